@@ -1,0 +1,1 @@
+//! BGP speaker: sans-IO session state machine and RIBs (issue: BGP speaker).

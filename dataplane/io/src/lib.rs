@@ -1,0 +1,92 @@
+//! Packet I/O drivers.
+//!
+//! Every driver implements [`Driver`]: ports with a name, MAC and MTU, and burst receive and
+//! transmit of [`PacketBuffer`]s. This crate and `switchyard-dpdk-sys` are the only places where
+//! `unsafe` lives; each block says why it is sound in a `// SAFETY:` line.
+
+use switchyard_dataplane::PacketBuffer;
+
+pub mod mem;
+
+/// What a driver knows about one of its ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortInfo {
+    /// The name the user gave (kernel interface name, DPDK device name, ...).
+    pub name: String,
+    /// The port's Ethernet address.
+    pub mac: [u8; 6],
+    /// Largest IP packet the port carries (the link MTU, without the Ethernet header).
+    pub mtu: u16,
+}
+
+/// A driver error, always with what the driver was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// The named interface or device does not exist.
+    #[error("no such interface: {0}")]
+    NoSuchInterface(String),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// DPDK returned an error.
+    #[error("dpdk: {0}")]
+    Dpdk(String),
+    /// The arguments given to the driver are not usable.
+    #[error("bad driver arguments: {0}")]
+    BadArguments(String),
+    /// A pcap file could not be read or written.
+    #[error("pcap: {0}")]
+    Pcap(String),
+}
+
+impl IoError {
+    /// An OS error from the last failed system call, labelled with `what`.
+    pub fn last_os_error(what: impl Into<String>) -> Self {
+        IoError::Os {
+            what: what.into(),
+            source: std::io::Error::last_os_error(),
+        }
+    }
+}
+
+/// Index of a port within its driver.
+pub type PortId = u16;
+
+/// A packet I/O driver with one or more ports, used by one worker.
+pub trait Driver {
+    /// The buffers this driver receives into and transmits from.
+    type Buffer: PacketBuffer;
+
+    /// The driver's ports; a port's [`PortId`] is its index here.
+    fn ports(&self) -> &[PortInfo];
+
+    /// Receives up to `max` packets from `port`, appending them to `out`; returns how many.
+    /// Never blocks.
+    fn rx_burst(
+        &mut self,
+        port: PortId,
+        out: &mut Vec<Self::Buffer>,
+        max: usize,
+    ) -> Result<usize, IoError>;
+
+    /// Transmits the packets in `pkts` on `port`, draining it; returns how many were sent.
+    /// Packets the port could not take are freed and not counted.
+    fn tx_burst(&mut self, port: PortId, pkts: &mut Vec<Self::Buffer>) -> Result<usize, IoError>;
+
+    /// Takes back buffers the graph has finished with (dropped or consumed), draining `bufs`.
+    fn recycle(&mut self, bufs: &mut Vec<Self::Buffer>) {
+        bufs.clear();
+    }
+
+    /// Waits up to `timeout` for any port to have packets to receive; drivers that cannot wait
+    /// return at once. Lets a worker sleep when idle instead of spinning.
+    fn wait(&mut self, timeout: std::time::Duration) {
+        let _ = timeout;
+    }
+}

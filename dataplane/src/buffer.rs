@@ -1,0 +1,249 @@
+//! Packet buffers.
+//!
+//! The graph works on any [`PacketBuffer`]: a contiguous run of bytes with room in front (to push
+//! encapsulation headers without copying) and behind. DPDK mbufs implement it in `switchyard-io`;
+//! [`HeapBuffer`] is the safe implementation used by every other driver and by tests, recycled
+//! through a [`BufferPool`] so the steady state allocates nothing.
+
+/// Bytes reserved in front of received data, enough for an outer Ethernet + IPv6 + GRE header
+/// or an ICMP error built in place around the packet that caused it.
+pub const DEFAULT_HEADROOM: usize = 128;
+
+/// Data room of a pooled buffer: a jumbo-less Ethernet frame plus headroom, as DPDK's default.
+pub const DEFAULT_BUFFER_SIZE: usize = 2048 + DEFAULT_HEADROOM;
+
+/// One packet's bytes, owned by one worker.
+///
+/// `data()` is the packet as it stands now: nodes strip headers with [`pull_front`] and add
+/// them with [`push_front`], so the front of `data()` is always the header being looked at.
+///
+/// [`pull_front`]: PacketBuffer::pull_front
+/// [`push_front`]: PacketBuffer::push_front
+pub trait PacketBuffer {
+    /// The packet's bytes.
+    fn data(&self) -> &[u8];
+    /// The packet's bytes, writable.
+    fn data_mut(&mut self) -> &mut [u8];
+    /// Free bytes in front of the data.
+    fn headroom(&self) -> usize;
+    /// Free bytes after the data.
+    fn tailroom(&self) -> usize;
+    /// Grows the packet by `n` bytes at the front. Returns false, changing nothing, when the
+    /// headroom is smaller than `n`. The new bytes are unspecified.
+    fn push_front(&mut self, n: usize) -> bool;
+    /// Removes `n` bytes from the front. Returns false, changing nothing, when the packet is
+    /// shorter than `n`.
+    fn pull_front(&mut self, n: usize) -> bool;
+    /// Grows the packet by `n` bytes at the end. Returns false, changing nothing, when the
+    /// tailroom is smaller than `n`. The new bytes are unspecified.
+    fn push_back(&mut self, n: usize) -> bool;
+    /// Shortens the packet to `len` bytes; does nothing when it is already that short.
+    fn truncate(&mut self, len: usize);
+
+    /// Length of the packet in bytes.
+    #[inline]
+    fn len(&self) -> usize {
+        self.data().len()
+    }
+
+    /// True for a packet of no bytes.
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A packet buffer on the heap: `bytes[start..end]` is the packet.
+#[derive(Clone)]
+pub struct HeapBuffer {
+    bytes: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl HeapBuffer {
+    /// An empty buffer of `size` bytes with `headroom` of them in front of the data.
+    pub fn new(size: usize, headroom: usize) -> Self {
+        let headroom = headroom.min(size);
+        HeapBuffer {
+            bytes: vec![0; size].into_boxed_slice(),
+            start: headroom,
+            end: headroom,
+        }
+    }
+
+    /// A buffer of the default size holding a copy of `packet` after the default headroom.
+    /// Packets longer than the data room are cut to it.
+    pub fn from_bytes(packet: &[u8]) -> Self {
+        let mut buf = HeapBuffer::new(
+            DEFAULT_BUFFER_SIZE.max(DEFAULT_HEADROOM + packet.len()),
+            DEFAULT_HEADROOM,
+        );
+        buf.fill(packet);
+        buf
+    }
+
+    /// Replaces the contents with a copy of `packet`, after the default headroom, and returns
+    /// how many bytes were taken (fewer than `packet.len()` when it does not fit).
+    pub fn fill(&mut self, packet: &[u8]) -> usize {
+        let headroom = DEFAULT_HEADROOM.min(self.bytes.len());
+        let n = packet.len().min(self.bytes.len() - headroom);
+        self.start = headroom;
+        self.end = headroom + n;
+        self.bytes[self.start..self.end].copy_from_slice(&packet[..n]);
+        n
+    }
+
+    /// Space the packet may occupy after the default headroom, for drivers that receive
+    /// straight into the buffer. Follow with [`HeapBuffer::set_received`].
+    pub fn receive_area(&mut self) -> &mut [u8] {
+        let headroom = DEFAULT_HEADROOM.min(self.bytes.len());
+        &mut self.bytes[headroom..]
+    }
+
+    /// Marks the first `len` bytes of [`HeapBuffer::receive_area`] as the packet.
+    pub fn set_received(&mut self, len: usize) {
+        let headroom = DEFAULT_HEADROOM.min(self.bytes.len());
+        self.start = headroom;
+        self.end = headroom + len.min(self.bytes.len() - headroom);
+    }
+}
+
+impl std::fmt::Debug for HeapBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapBuffer")
+            .field("len", &self.len())
+            .field("headroom", &self.start)
+            .finish()
+    }
+}
+
+impl PacketBuffer for HeapBuffer {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        &self.bytes[self.start..self.end]
+    }
+
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.end]
+    }
+
+    #[inline]
+    fn headroom(&self) -> usize {
+        self.start
+    }
+
+    #[inline]
+    fn tailroom(&self) -> usize {
+        self.bytes.len() - self.end
+    }
+
+    #[inline]
+    fn push_front(&mut self, n: usize) -> bool {
+        if n > self.start {
+            return false;
+        }
+        self.start -= n;
+        true
+    }
+
+    #[inline]
+    fn pull_front(&mut self, n: usize) -> bool {
+        if n > self.end - self.start {
+            return false;
+        }
+        self.start += n;
+        true
+    }
+
+    #[inline]
+    fn push_back(&mut self, n: usize) -> bool {
+        if n > self.tailroom() {
+            return false;
+        }
+        self.end += n;
+        true
+    }
+
+    #[inline]
+    fn truncate(&mut self, len: usize) {
+        if len < self.end - self.start {
+            self.end = self.start + len;
+        }
+    }
+}
+
+/// A free list of [`HeapBuffer`]s, filled once at start so receiving does not allocate.
+#[derive(Debug)]
+pub struct BufferPool {
+    free: Vec<HeapBuffer>,
+    buffer_size: usize,
+    /// Buffers handed out when the free list was empty (each one an allocation).
+    pub misses: u64,
+}
+
+impl BufferPool {
+    /// A pool holding `count` buffers of `buffer_size` bytes.
+    pub fn new(count: usize, buffer_size: usize) -> Self {
+        BufferPool {
+            free: (0..count)
+                .map(|_| HeapBuffer::new(buffer_size, DEFAULT_HEADROOM))
+                .collect(),
+            buffer_size,
+            misses: 0,
+        }
+    }
+
+    /// A buffer from the pool, or a new one when the pool is empty.
+    #[inline]
+    pub fn get(&mut self) -> HeapBuffer {
+        match self.free.pop() {
+            Some(buf) => buf,
+            None => {
+                self.misses += 1;
+                HeapBuffer::new(self.buffer_size, DEFAULT_HEADROOM)
+            }
+        }
+    }
+
+    /// Returns a buffer to the pool.
+    #[inline]
+    pub fn put(&mut self, buf: HeapBuffer) {
+        self.free.push(buf);
+    }
+
+    /// Buffers currently free.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_and_pull_respect_bounds() {
+        let mut b = HeapBuffer::from_bytes(&[1, 2, 3, 4]);
+        assert_eq!(b.data(), &[1, 2, 3, 4]);
+        assert!(b.pull_front(2));
+        assert_eq!(b.data(), &[3, 4]);
+        assert!(!b.pull_front(3));
+        assert!(b.push_front(2));
+        assert_eq!(b.data(), &[1, 2, 3, 4]);
+        assert!(!b.push_front(DEFAULT_HEADROOM + 1));
+        b.truncate(1);
+        assert_eq!(b.data(), &[1]);
+        assert!(b.push_back(1));
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn oversized_input_is_cut_not_panicking() {
+        let mut b = HeapBuffer::new(64, 16);
+        assert_eq!(b.fill(&[7; 100]), 48);
+        assert_eq!(b.len(), 48);
+        assert!(!b.push_back(1));
+    }
+}

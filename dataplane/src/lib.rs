@@ -1,0 +1,10 @@
+//! Switchyard's packet dataplane.
+//!
+//! Everything here is plain, safe, I/O-free code: wire formats, the vector graph engine and its
+//! nodes, the FIB and the immutable [`tables::Tables`] the control plane publishes. Time is passed
+//! in by the caller; packet I/O lives in `switchyard-io`.
+
+pub mod wire;
+pub mod buffer;
+
+pub use buffer::{BufferPool, HeapBuffer, PacketBuffer};

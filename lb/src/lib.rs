@@ -1,0 +1,1 @@
+//! Maglev consistent hashing and Service compilation (issue: service load balancing).

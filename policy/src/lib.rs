@@ -1,0 +1,1 @@
+//! NetworkPolicy to ACL compiler (issue: NetworkPolicy enforced as dataplane ACLs).
