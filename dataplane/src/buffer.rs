@@ -57,6 +57,8 @@ pub trait PacketBuffer {
 #[derive(Clone)]
 pub struct HeapBuffer {
     bytes: Box<[u8]>,
+    /// Headroom a freshly filled packet starts after.
+    base: usize,
     start: usize,
     end: usize,
 }
@@ -67,6 +69,7 @@ impl HeapBuffer {
         let headroom = headroom.min(size);
         HeapBuffer {
             bytes: vec![0; size].into_boxed_slice(),
+            base: headroom,
             start: headroom,
             end: headroom,
         }
@@ -83,10 +86,10 @@ impl HeapBuffer {
         buf
     }
 
-    /// Replaces the contents with a copy of `packet`, after the default headroom, and returns
-    /// how many bytes were taken (fewer than `packet.len()` when it does not fit).
+    /// Replaces the contents with a copy of `packet`, after the headroom, and returns how many
+    /// bytes were taken (fewer than `packet.len()` when it does not fit).
     pub fn fill(&mut self, packet: &[u8]) -> usize {
-        let headroom = DEFAULT_HEADROOM.min(self.bytes.len());
+        let headroom = self.base;
         let n = packet.len().min(self.bytes.len() - headroom);
         self.start = headroom;
         self.end = headroom + n;
@@ -94,16 +97,15 @@ impl HeapBuffer {
         n
     }
 
-    /// Space the packet may occupy after the default headroom, for drivers that receive
-    /// straight into the buffer. Follow with [`HeapBuffer::set_received`].
+    /// Space the packet may occupy after the headroom, for drivers that receive straight into
+    /// the buffer. Follow with [`HeapBuffer::set_received`].
     pub fn receive_area(&mut self) -> &mut [u8] {
-        let headroom = DEFAULT_HEADROOM.min(self.bytes.len());
-        &mut self.bytes[headroom..]
+        &mut self.bytes[self.base..]
     }
 
     /// Marks the first `len` bytes of [`HeapBuffer::receive_area`] as the packet.
     pub fn set_received(&mut self, len: usize) {
-        let headroom = DEFAULT_HEADROOM.min(self.bytes.len());
+        let headroom = self.base;
         self.start = headroom;
         self.end = headroom + len.min(self.bytes.len() - headroom);
     }

@@ -8,3 +8,7 @@ pub mod wire;
 pub mod buffer;
 
 pub use buffer::{BufferPool, HeapBuffer, PacketBuffer};
+pub mod fib;
+pub mod graph;
+pub mod tables;
+pub mod worker;

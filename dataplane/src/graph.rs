@@ -1,0 +1,568 @@
+//! The vector graph engine.
+//!
+//! Packets move through named [`Node`]s in vectors of up to [`VECTOR_SIZE`]. A node looks at a
+//! whole vector at once and says, per packet, which of its next nodes the packet goes to; the
+//! engine then hands each next node its share. Three next nodes are built in and end a packet's
+//! walk: [`DROP`] (buffer returned to the driver), [`TX`] (sent on `meta.tx_port`) and [`PUNT`]
+//! (handed to the control plane). Every node keeps named error counters and, for packets picked
+//! for tracing, writes a line saying what it decided.
+
+use std::fmt;
+
+use crate::buffer::PacketBuffer;
+use crate::tables::Tables;
+use crate::worker::WorkerState;
+
+/// Most packets a node is given at once.
+pub const VECTOR_SIZE: usize = 256;
+
+/// Name of the built-in next node that frees the packet.
+pub const DROP: &str = "drop";
+/// Name of the built-in next node that transmits the packet on `meta.tx_port`.
+pub const TX: &str = "tx";
+/// Name of the built-in next node that hands the packet to the control plane.
+pub const PUNT: &str = "punt";
+
+/// Nanoseconds on the caller's monotonic clock; the dataplane never reads a clock itself.
+pub type Nanos = u64;
+
+/// Per-packet state carried from node to node beside the buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Port the packet was received on.
+    pub rx_port: u16,
+    /// Port to transmit on, set by the lookup.
+    pub tx_port: u16,
+    /// Where the packet goes next at layer 3: the gateway, or the destination when on-link.
+    pub next_hop: Option<std::net::IpAddr>,
+    /// Hash of the flow's addresses and ports, for ECMP.
+    pub flow_hash: u32,
+    /// ICMP error to build, set by a node before passing the packet to an ICMP error node:
+    /// type, code and the 32-bit field that follows the checksum (MTU, pointer).
+    pub icmp_error: Option<(u8, u8, u32)>,
+    /// The packet was made by this node (an ICMP error or echo reply), not received: it is not
+    /// forwarded with a TTL decrement.
+    pub local_origin: bool,
+    /// The packet arrived in a link-layer broadcast or multicast frame.
+    pub l2_multicast: bool,
+    /// 1 + index of this packet's trace record, or 0 when it is not traced.
+    pub trace: u32,
+}
+
+/// A packet and its metadata.
+#[derive(Debug)]
+pub struct Packet<B> {
+    /// The bytes.
+    pub buf: B,
+    /// What the nodes know about it so far.
+    pub meta: Meta,
+}
+
+impl<B> Packet<B> {
+    /// A freshly received packet.
+    pub fn received(buf: B, rx_port: u16) -> Self {
+        Packet {
+            buf,
+            meta: Meta {
+                rx_port,
+                ..Meta::default()
+            },
+        }
+    }
+}
+
+/// A named error counter a node declares: a short key (for metrics labels) and a sentence
+/// (for people).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorInfo {
+    /// Stable short name, e.g. `bad_checksum`.
+    pub key: &'static str,
+    /// What it means.
+    pub text: &'static str,
+}
+
+/// Declares a node's error counters as an enum whose variants index its counter array.
+///
+/// ```ignore
+/// node_errors! {
+///     pub enum Ip4InputError {
+///         BadChecksum = ("bad_checksum", "IPv4 header checksum is wrong"),
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! node_errors {
+    ($vis:vis enum $name:ident { $($variant:ident = ($key:literal, $text:literal)),+ $(,)? }) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        #[allow(missing_docs)]
+        $vis enum $name { $($variant),+ }
+
+        impl $name {
+            /// The counters, in variant order.
+            pub const INFO: &'static [$crate::graph::ErrorInfo] = &[
+                $($crate::graph::ErrorInfo { key: $key, text: $text }),+
+            ];
+        }
+
+        impl From<$name> for usize {
+            #[inline]
+            fn from(e: $name) -> usize {
+                e as usize
+            }
+        }
+    };
+}
+
+/// Index into a node's [`Node::next_nodes`].
+pub type NextIndex = u16;
+
+/// A graph node.
+pub trait Node<B: PacketBuffer> {
+    /// The node's name, unique in the graph, e.g. `ip4-input`.
+    fn name(&self) -> &'static str;
+    /// The names of the nodes this one passes packets to; a packet's [`NextIndex`] indexes this.
+    fn next_nodes(&self) -> &'static [&'static str];
+    /// The node's error counters; [`Context::error`] takes indexes into this.
+    fn errors(&self) -> &'static [ErrorInfo];
+    /// Processes a vector: for each packet `pkts[i]` sets `next[i]`.
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]);
+}
+
+/// What a node sees of the world while it processes a vector.
+pub struct Context<'a> {
+    /// The forwarding tables in force for this vector.
+    pub tables: &'a Tables,
+    /// State the worker keeps across vectors (neighbors, rate limiters).
+    pub state: &'a mut WorkerState,
+    /// The time, as given by the caller.
+    pub now: Nanos,
+    errors: &'a mut [u64],
+    trace: &'a mut Trace,
+    node: &'static str,
+}
+
+impl Context<'_> {
+    /// Counts one occurrence of the node's error `e`.
+    #[inline]
+    pub fn error(&mut self, e: impl Into<usize>) {
+        if let Some(c) = self.errors.get_mut(e.into()) {
+            *c += 1;
+        }
+    }
+
+    /// Adds a line to the trace of `meta`'s packet, if it is traced. Take care to call this
+    /// only behind `meta.trace != 0` when building the line costs anything.
+    pub fn trace(&mut self, meta: &Meta, line: fmt::Arguments<'_>) {
+        if meta.trace != 0 {
+            self.trace.add(meta.trace, self.node, line.to_string());
+        }
+    }
+}
+
+/// The trace of the packets picked for tracing: for each, the nodes it visited and what each
+/// decided.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// Packets still to pick: each received packet is traced while this is above zero.
+    pub pending: u32,
+    records: Vec<TraceRecord>,
+}
+
+/// One traced packet's walk through the graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// `(node, line)` in the order they were written.
+    pub lines: Vec<(&'static str, String)>,
+}
+
+impl Trace {
+    fn pick(&mut self, meta: &mut Meta) {
+        if self.pending > 0 && self.records.len() < u32::MAX as usize {
+            self.pending -= 1;
+            self.records.push(TraceRecord::default());
+            meta.trace = self.records.len() as u32;
+        }
+    }
+
+    fn add(&mut self, id: u32, node: &'static str, line: String) {
+        if let Some(r) = (id as usize)
+            .checked_sub(1)
+            .and_then(|i| self.records.get_mut(i))
+        {
+            r.lines.push((node, line));
+        }
+    }
+
+    /// The records so far.
+    pub fn records(&self) -> &[TraceRecord] {
+        &self.records
+    }
+
+    /// Takes the records so far, leaving none.
+    pub fn take(&mut self) -> Vec<TraceRecord> {
+        std::mem::take(&mut self.records)
+    }
+}
+
+impl fmt::Display for TraceRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (node, line) in &self.lines {
+            writeln!(f, "  {node:<16} {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Counters of one node, as "show runtime" and `/metrics` present them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    /// Node name.
+    pub name: &'static str,
+    /// Vectors processed.
+    pub vectors: u64,
+    /// Packets processed.
+    pub packets: u64,
+    /// Per error: the declared info and its count.
+    pub errors: Vec<(ErrorInfo, u64)>,
+}
+
+/// Where a next-node arc leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Node(usize),
+    Drop,
+    Tx,
+    Punt,
+}
+
+struct Slot<B> {
+    node: Box<dyn Node<B>>,
+    arcs: Vec<Target>,
+    queue: Vec<Packet<B>>,
+    errors: Vec<u64>,
+    vectors: u64,
+    packets: u64,
+}
+
+/// Errors found while wiring a graph.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GraphError {
+    /// Two nodes have the same name.
+    #[error("two graph nodes are named {0}")]
+    DuplicateNode(&'static str),
+    /// A node names a next node that does not exist.
+    #[error("node {node} names next node {next}, which does not exist")]
+    UnknownNext {
+        /// The node.
+        node: &'static str,
+        /// The missing next node.
+        next: &'static str,
+    },
+    /// The named input node does not exist.
+    #[error("input node {0} does not exist")]
+    UnknownInput(&'static str),
+}
+
+/// Most passes over the nodes in one dispatch; a packet still queued after that is in a loop
+/// and is dropped (counted in [`Graph::looped`]).
+const MAX_PASSES: usize = 16;
+
+/// A wired graph of nodes with its sinks: packets to transmit, to punt and to free.
+pub struct Graph<B> {
+    slots: Vec<Slot<B>>,
+    input: usize,
+    next_scratch: Vec<NextIndex>,
+    /// Packets to transmit, per port.
+    pub tx: Vec<Vec<B>>,
+    /// Packets for the control plane.
+    pub punt: Vec<Packet<B>>,
+    /// Buffers to give back to the driver.
+    pub dropped: Vec<B>,
+    /// Packets dropped because they went round the graph more than [`MAX_PASSES`] times.
+    pub looped: u64,
+    /// Packets for a port that does not exist.
+    pub bad_tx_port: u64,
+    /// Which packets to trace, and the traces made.
+    pub trace: Trace,
+}
+
+impl<B: PacketBuffer> Graph<B> {
+    /// Wires `nodes` into a graph whose received packets enter at `input`, with `ports` ports.
+    /// Nodes are run in the order given, so list them from input towards output.
+    pub fn new(
+        nodes: Vec<Box<dyn Node<B>>>,
+        input: &'static str,
+        ports: usize,
+    ) -> Result<Self, GraphError> {
+        let names: Vec<&'static str> = nodes.iter().map(|n| n.name()).collect();
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return Err(GraphError::DuplicateNode(name));
+            }
+        }
+        let find = |n: &'static str| names.iter().position(|m| *m == n);
+        let mut slots = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let arcs = node
+                .next_nodes()
+                .iter()
+                .map(|&next| match next {
+                    DROP => Ok(Target::Drop),
+                    TX => Ok(Target::Tx),
+                    PUNT => Ok(Target::Punt),
+                    _ => find(next).map(Target::Node).ok_or(GraphError::UnknownNext {
+                        node: node.name(),
+                        next,
+                    }),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            slots.push(Slot {
+                errors: vec![0; node.errors().len()],
+                arcs,
+                queue: Vec::with_capacity(VECTOR_SIZE),
+                node,
+                vectors: 0,
+                packets: 0,
+            });
+        }
+        Ok(Graph {
+            input: find(input).ok_or(GraphError::UnknownInput(input))?,
+            slots,
+            next_scratch: vec![0; VECTOR_SIZE],
+            tx: (0..ports).map(|_| Vec::with_capacity(VECTOR_SIZE)).collect(),
+            punt: Vec::new(),
+            dropped: Vec::with_capacity(VECTOR_SIZE),
+            looped: 0,
+            bad_tx_port: 0,
+            trace: Trace::default(),
+        })
+    }
+
+    /// Queues a received packet at the input node.
+    #[inline]
+    pub fn receive(&mut self, mut pkt: Packet<B>) {
+        self.trace.pick(&mut pkt.meta);
+        self.slots[self.input].queue.push(pkt);
+    }
+
+    /// Runs the nodes until every queued packet has reached a sink.
+    pub fn dispatch(&mut self, tables: &Tables, state: &mut WorkerState, now: Nanos) {
+        for _ in 0..MAX_PASSES {
+            let mut ran = false;
+            for i in 0..self.slots.len() {
+                while !self.slots[i].queue.is_empty() {
+                    ran = true;
+                    self.run_node(i, tables, state, now);
+                }
+            }
+            if !ran {
+                return;
+            }
+        }
+        for slot in &mut self.slots {
+            for pkt in slot.queue.drain(..) {
+                self.looped += 1;
+                self.dropped.push(pkt.buf);
+            }
+        }
+    }
+
+    fn run_node(&mut self, i: usize, tables: &Tables, state: &mut WorkerState, now: Nanos) {
+        // Take at most one vector; anything beyond waits for the next turn.
+        let mut pkts = std::mem::take(&mut self.slots[i].queue);
+        let rest = if pkts.len() > VECTOR_SIZE {
+            pkts.split_off(VECTOR_SIZE)
+        } else {
+            Vec::new()
+        };
+        let n = pkts.len();
+        let slot = &mut self.slots[i];
+        slot.queue = rest;
+        slot.vectors += 1;
+        slot.packets += n as u64;
+        let next = &mut self.next_scratch[..n];
+        next.fill(0);
+        let mut cx = Context {
+            tables,
+            state,
+            now,
+            errors: &mut slot.errors,
+            trace: &mut self.trace,
+            node: slot.node.name(),
+        };
+        slot.node.process(&mut cx, &mut pkts, next);
+
+        let name = slot.node.name();
+        let next_names = slot.node.next_nodes();
+        for (pkt, &nx) in pkts.drain(..).zip(self.next_scratch.iter()) {
+            let slot = &self.slots[i];
+            let target = slot.arcs.get(usize::from(nx)).copied().unwrap_or(Target::Drop);
+            if pkt.meta.trace != 0 {
+                let to = next_names.get(usize::from(nx)).copied().unwrap_or(DROP);
+                self.trace.add(pkt.meta.trace, name, format!("-> {to}"));
+            }
+            match target {
+                Target::Node(j) => self.slots[j].queue.push(pkt),
+                Target::Drop => self.dropped.push(pkt.buf),
+                Target::Punt => self.punt.push(pkt),
+                Target::Tx => match self.tx.get_mut(usize::from(pkt.meta.tx_port)) {
+                    Some(q) => q.push(pkt.buf),
+                    None => {
+                        self.bad_tx_port += 1;
+                        self.dropped.push(pkt.buf);
+                    }
+                },
+            }
+        }
+        // Give the (now empty) vector's allocation back if the queue did not grow meanwhile.
+        if self.slots[i].queue.is_empty() {
+            self.slots[i].queue = pkts;
+        }
+    }
+
+    /// Every node's counters.
+    pub fn counters(&self) -> Vec<NodeCounters> {
+        self.slots
+            .iter()
+            .map(|s| NodeCounters {
+                name: s.node.name(),
+                vectors: s.vectors,
+                packets: s.packets,
+                errors: s
+                    .node
+                    .errors()
+                    .iter()
+                    .copied()
+                    .zip(s.errors.iter().copied())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The value of one error counter, by node name and error key (for tests and metrics).
+    pub fn error_count(&self, node: &str, key: &str) -> Option<u64> {
+        let slot = self.slots.iter().find(|s| s.node.name() == node)?;
+        let i = slot.node.errors().iter().position(|e| e.key == key)?;
+        slot.errors.get(i).copied()
+    }
+}
+
+impl<B: PacketBuffer> fmt::Debug for Graph<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Graph")
+            .field(
+                "nodes",
+                &self.slots.iter().map(|s| s.node.name()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::HeapBuffer;
+
+    node_errors! {
+        enum TestError {
+            Odd = ("odd", "first byte is odd"),
+        }
+    }
+
+    /// Sends packets whose first byte is even to `second`, odd ones to drop.
+    struct First;
+    impl Node<HeapBuffer> for First {
+        fn name(&self) -> &'static str {
+            "first"
+        }
+        fn next_nodes(&self) -> &'static [&'static str] {
+            &["second", DROP]
+        }
+        fn errors(&self) -> &'static [ErrorInfo] {
+            TestError::INFO
+        }
+        fn process(
+            &mut self,
+            cx: &mut Context<'_>,
+            pkts: &mut [Packet<HeapBuffer>],
+            next: &mut [NextIndex],
+        ) {
+            for (p, n) in pkts.iter().zip(next.iter_mut()) {
+                if p.buf.data()[0] % 2 == 1 {
+                    cx.error(TestError::Odd);
+                    *n = 1;
+                } else {
+                    cx.trace(&p.meta, format_args!("even"));
+                    *n = 0;
+                }
+            }
+        }
+    }
+
+    /// Transmits on port 1.
+    struct Second;
+    impl Node<HeapBuffer> for Second {
+        fn name(&self) -> &'static str {
+            "second"
+        }
+        fn next_nodes(&self) -> &'static [&'static str] {
+            &[TX]
+        }
+        fn errors(&self) -> &'static [ErrorInfo] {
+            &[]
+        }
+        fn process(
+            &mut self,
+            _cx: &mut Context<'_>,
+            pkts: &mut [Packet<HeapBuffer>],
+            next: &mut [NextIndex],
+        ) {
+            for (p, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                p.meta.tx_port = 1;
+                *n = 0;
+            }
+        }
+    }
+
+    #[test]
+    fn packets_reach_sinks_counted_and_traced() {
+        let mut g: Graph<HeapBuffer> =
+            Graph::new(vec![Box::new(First), Box::new(Second)], "first", 2).unwrap();
+        g.trace.pending = 1;
+        for i in 0..600u32 {
+            g.receive(Packet::received(HeapBuffer::from_bytes(&[i as u8]), 0));
+        }
+        g.dispatch(&Tables::default(), &mut WorkerState::default(), 0);
+        assert_eq!(g.tx[1].len(), 300);
+        assert_eq!(g.dropped.len(), 300);
+        assert_eq!(g.error_count("first", "odd"), Some(300));
+        let c = g.counters();
+        assert_eq!(c[0].packets, 600);
+        assert_eq!(c[0].vectors, 3);
+        let t = g.trace.take();
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t[0].lines,
+            vec![
+                ("first", "even".to_string()),
+                ("first", "-> second".to_string()),
+                ("second", "-> tx".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn wiring_errors_are_reported() {
+        let r = Graph::<HeapBuffer>::new(vec![Box::new(First)], "first", 1);
+        assert_eq!(
+            r.err(),
+            Some(GraphError::UnknownNext {
+                node: "first",
+                next: "second"
+            })
+        );
+        let r = Graph::<HeapBuffer>::new(vec![Box::new(Second)], "nope", 1);
+        assert_eq!(r.err(), Some(GraphError::UnknownInput("nope")));
+    }
+}

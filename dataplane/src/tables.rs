@@ -1,0 +1,340 @@
+//! The immutable tables the control plane publishes to the workers.
+//!
+//! The control plane builds the next [`Tables`] off to the side and swaps it in with one atomic
+//! pointer store ([`TablesHandle::publish`]); a worker loads the current one once per vector
+//! and never waits for anyone.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::fib::{Fib, NextHop, Route};
+
+/// A port as the dataplane sees it: its link-layer identity and its addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// Name, for people.
+    pub name: String,
+    /// Ethernet address.
+    pub mac: [u8; 6],
+    /// Largest IP packet the link carries.
+    pub mtu: u16,
+    /// IPv4 addresses with their subnet lengths.
+    pub ipv4: Vec<Ipv4Net>,
+    /// IPv6 global addresses with their subnet lengths.
+    pub ipv6: Vec<Ipv6Net>,
+    /// The IPv6 link-local address (from the MAC, modified EUI-64).
+    pub link_local: Ipv6Addr,
+}
+
+impl Interface {
+    /// An interface with no addresses yet; the link-local address is derived from `mac`.
+    pub fn new(name: impl Into<String>, mac: [u8; 6], mtu: u16) -> Self {
+        Interface {
+            name: name.into(),
+            mac,
+            mtu,
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            link_local: link_local_from_mac(mac),
+        }
+    }
+
+    /// The address to use as source for packets this node sends out of the interface.
+    pub fn primary_ipv4(&self) -> Option<Ipv4Addr> {
+        self.ipv4.first().map(|n| n.addr())
+    }
+
+    /// The global address to use as source, or the link-local one when there is none.
+    pub fn primary_ipv6(&self) -> Ipv6Addr {
+        self.ipv6.first().map_or(self.link_local, |n| n.addr())
+    }
+
+    /// True if `addr` is one of this interface's IPv6 addresses, link-local included.
+    pub fn has_ipv6(&self, addr: Ipv6Addr) -> bool {
+        addr == self.link_local || self.ipv6.iter().any(|n| n.addr() == addr)
+    }
+
+    /// True if `addr` is one of this interface's IPv4 addresses.
+    pub fn has_ipv4(&self, addr: Ipv4Addr) -> bool {
+        self.ipv4.iter().any(|n| n.addr() == addr)
+    }
+}
+
+/// The modified EUI-64 link-local address for an Ethernet address (RFC 4291 appendix A).
+pub fn link_local_from_mac(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ])
+}
+
+/// A static route as configured: a prefix and where it leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaticRoute {
+    /// Destination prefix.
+    pub prefix: IpNet,
+    /// What to do with it.
+    pub target: RouteTarget,
+}
+
+/// Where a configured route leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Equal-cost gateways, each with an optional port (found from the attached subnets when
+    /// not given) or a port alone for an on-link prefix.
+    Via(Vec<(Option<IpAddr>, Option<u16>)>),
+    /// Discard silently.
+    Blackhole,
+    /// Discard with ICMP unreachable.
+    Unreachable,
+}
+
+/// Why a configuration could not become tables.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TablesError {
+    /// A gateway is not on any attached subnet, so no port can be found for it.
+    #[error("gateway {gateway} of route {prefix} is not on an attached subnet; name the interface")]
+    UnresolvedGateway {
+        /// The route.
+        prefix: IpNet,
+        /// Its gateway.
+        gateway: IpAddr,
+    },
+    /// A route names a port that does not exist.
+    #[error("route {prefix} names port {port}, which does not exist")]
+    NoSuchPort {
+        /// The route.
+        prefix: IpNet,
+        /// The port.
+        port: u16,
+    },
+    /// A route has neither a gateway nor a port.
+    #[error("route {0} has no next hop")]
+    EmptyNextHop(IpNet),
+    /// A gateway's family differs from its route's.
+    #[error("route {prefix} has a gateway {gateway} of the other address family")]
+    FamilyMismatch {
+        /// The route.
+        prefix: IpNet,
+        /// Its gateway.
+        gateway: IpAddr,
+    },
+}
+
+/// Everything the workers forward by, as one immutable value.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    /// Increases with every publication.
+    pub version: u64,
+    /// The ports, indexed by port id.
+    pub interfaces: Vec<Interface>,
+    /// Routes.
+    pub fib: Fib,
+}
+
+impl Tables {
+    /// Builds tables from interfaces and static routes: each interface address becomes a
+    /// local route and its subnet an attached route; then the static routes are added.
+    pub fn build(
+        version: u64,
+        interfaces: Vec<Interface>,
+        routes: &[StaticRoute],
+    ) -> Result<Self, TablesError> {
+        let mut fib = Fib::new();
+        for (port, ifc) in interfaces.iter().enumerate() {
+            let port = port as u16;
+            for net in &ifc.ipv4 {
+                fib.insert(IpNet::V4(*net), Route::Attached { port });
+                fib.insert(IpNet::V4(Ipv4Net::from(net.addr())), Route::Local);
+                if net.prefix_len() < 31 {
+                    // The subnet's broadcast address is received, never forwarded.
+                    fib.insert(IpNet::V4(Ipv4Net::from(net.broadcast())), Route::Local);
+                }
+            }
+            for net in &ifc.ipv6 {
+                fib.insert(IpNet::V6(*net), Route::Attached { port });
+                fib.insert(IpNet::V6(Ipv6Net::from(net.addr())), Route::Local);
+            }
+        }
+        let mut tables = Tables {
+            version,
+            interfaces,
+            fib,
+        };
+        for r in routes {
+            let route = tables.resolve(r)?;
+            tables.fib.insert(r.prefix, route);
+        }
+        Ok(tables)
+    }
+
+    fn resolve(&self, r: &StaticRoute) -> Result<Route, TablesError> {
+        let hops = match &r.target {
+            RouteTarget::Blackhole => return Ok(Route::Blackhole),
+            RouteTarget::Unreachable => return Ok(Route::Unreachable),
+            RouteTarget::Via(hops) => hops,
+        };
+        let mut paths = Vec::with_capacity(hops.len());
+        for &(gateway, port) in hops {
+            if let Some(gw) = gateway {
+                if gw.is_ipv4() != r.prefix.addr().is_ipv4() {
+                    return Err(TablesError::FamilyMismatch {
+                        prefix: r.prefix,
+                        gateway: gw,
+                    });
+                }
+            }
+            let port = match (gateway, port) {
+                (_, Some(p)) if usize::from(p) < self.interfaces.len() => p,
+                (_, Some(p)) => {
+                    return Err(TablesError::NoSuchPort {
+                        prefix: r.prefix,
+                        port: p,
+                    })
+                }
+                (Some(gw), None) => {
+                    self.attached_port(gw)
+                        .ok_or(TablesError::UnresolvedGateway {
+                            prefix: r.prefix,
+                            gateway: gw,
+                        })?
+                }
+                (None, None) => return Err(TablesError::EmptyNextHop(r.prefix)),
+            };
+            paths.push(NextHop { port, gateway });
+        }
+        if paths.is_empty() {
+            return Err(TablesError::EmptyNextHop(r.prefix));
+        }
+        Ok(Route::Via(paths.into()))
+    }
+
+    /// The port whose attached subnet holds `addr`.
+    pub fn attached_port(&self, addr: IpAddr) -> Option<u16> {
+        self.interfaces.iter().position(|ifc| match addr {
+            IpAddr::V4(a) => ifc.ipv4.iter().any(|n| n.contains(&a)),
+            IpAddr::V6(a) => {
+                ifc.ipv6.iter().any(|n| n.contains(&a))
+            }
+        }).map(|p| p as u16)
+    }
+
+    /// The interface of `port`, if it exists.
+    #[inline]
+    pub fn interface(&self, port: u16) -> Option<&Interface> {
+        self.interfaces.get(usize::from(port))
+    }
+
+    /// True if `addr` is a unicast IPv4 address of this node.
+    pub fn is_local_ipv4(&self, addr: Ipv4Addr) -> bool {
+        self.interfaces.iter().any(|i| i.has_ipv4(addr))
+    }
+
+    /// True if `addr` is an IPv6 address of this node (link-local ones included).
+    pub fn is_local_ipv6(&self, addr: Ipv6Addr) -> bool {
+        self.interfaces.iter().any(|i| i.has_ipv6(addr))
+    }
+}
+
+/// The shared slot through which the control plane publishes tables to the workers.
+#[derive(Debug, Clone)]
+pub struct TablesHandle(Arc<ArcSwap<Tables>>);
+
+impl TablesHandle {
+    /// A handle holding `tables`.
+    pub fn new(tables: Tables) -> Self {
+        TablesHandle(Arc::new(ArcSwap::from_pointee(tables)))
+    }
+
+    /// The tables in force now.
+    #[inline]
+    pub fn load(&self) -> Arc<Tables> {
+        self.0.load_full()
+    }
+
+    /// Makes `tables` the ones in force, in one atomic step.
+    pub fn publish(&self, tables: Tables) {
+        self.0.store(Arc::new(tables));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ifc(name: &str, v4: &str, v6: &str) -> Interface {
+        let mut i = Interface::new(name, [2, 0, 0, 0, 0, 1], 1500);
+        i.ipv4.push(v4.parse().unwrap());
+        i.ipv6.push(v6.parse().unwrap());
+        i
+    }
+
+    #[test]
+    fn addresses_become_local_and_attached_routes() {
+        let t = Tables::build(
+            1,
+            vec![
+                ifc("a", "198.18.0.1/24", "2001:db8:0:1::1/64"),
+                ifc("b", "198.18.1.1/24", "2001:db8:0:2::1/64"),
+            ],
+            &[StaticRoute {
+                prefix: "198.19.0.0/16".parse().unwrap(),
+                target: RouteTarget::Via(vec![(Some("198.18.1.2".parse().unwrap()), None)]),
+            }],
+        )
+        .unwrap();
+        let l = |s: &str| t.fib.lookup(s.parse().unwrap()).cloned();
+        assert_eq!(l("198.18.0.1"), Some(Route::Local));
+        assert_eq!(l("198.18.0.255"), Some(Route::Local));
+        assert_eq!(l("198.18.1.7"), Some(Route::Attached { port: 1 }));
+        assert_eq!(l("2001:db8:0:2::1"), Some(Route::Local));
+        assert_eq!(
+            l("198.19.4.4"),
+            Some(Route::Via(
+                vec![NextHop {
+                    port: 1,
+                    gateway: Some("198.18.1.2".parse().unwrap())
+                }]
+                .into()
+            ))
+        );
+    }
+
+    #[test]
+    fn unresolvable_gateway_is_an_error() {
+        let e = Tables::build(
+            1,
+            vec![ifc("a", "198.18.0.1/24", "2001:db8::1/64")],
+            &[StaticRoute {
+                prefix: "0.0.0.0/0".parse().unwrap(),
+                target: RouteTarget::Via(vec![(Some("203.0.113.1".parse().unwrap()), None)]),
+            }],
+        );
+        assert!(matches!(e, Err(TablesError::UnresolvedGateway { .. })));
+    }
+
+    #[test]
+    fn link_local_is_modified_eui64() {
+        assert_eq!(
+            link_local_from_mac([0x00, 0x1b, 0x21, 0x3c, 0x4d, 0x5e]),
+            "fe80::21b:21ff:fe3c:4d5e".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+}

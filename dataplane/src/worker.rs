@@ -1,0 +1,272 @@
+//! State a worker keeps across vectors: what it has learned (neighbors) and what it rations
+//! (ICMP errors, neighbor requests). Unlike [`crate::tables::Tables`] this is mutable and
+//! belongs to one worker.
+
+use std::net::IpAddr;
+
+use fnv::FnvHashMap;
+
+use crate::graph::Nanos;
+
+const SECOND: Nanos = 1_000_000_000;
+
+/// A token bucket: `rate` tokens a second, holding at most `burst`.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    rate_per_sec: u64,
+    burst: u64,
+    /// Tokens scaled by one second, so refills need no division per packet.
+    scaled_tokens: u64,
+    last: Nanos,
+    /// Requests refused for want of tokens.
+    pub refused: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate_per_sec: u64, burst: u64) -> Self {
+        TokenBucket {
+            rate_per_sec,
+            burst,
+            scaled_tokens: burst.saturating_mul(SECOND),
+            last: 0,
+            refused: 0,
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn allow(&mut self, now: Nanos) -> bool {
+        let elapsed = now.saturating_sub(self.last);
+        self.last = self.last.max(now);
+        let cap = self.burst.saturating_mul(SECOND);
+        self.scaled_tokens = self
+            .scaled_tokens
+            .saturating_add(elapsed.saturating_mul(self.rate_per_sec))
+            .min(cap);
+        if self.scaled_tokens >= SECOND {
+            self.scaled_tokens -= SECOND;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+}
+
+/// A learned (or configured) neighbor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbor {
+    /// Its link-layer address, once known.
+    pub mac: Option<[u8; 6]>,
+    /// When `mac` was last confirmed.
+    pub confirmed: Nanos,
+    /// When we last asked for it (ARP request or neighbor solicitation).
+    pub requested: Option<Nanos>,
+    /// Configured by hand: never expires, never overwritten by what is learned.
+    pub permanent: bool,
+}
+
+/// How long a learned entry is used without being confirmed again.
+pub const NEIGHBOR_LIFETIME: Nanos = 600 * SECOND;
+/// Age after which using an entry also sends a request to refresh it.
+pub const NEIGHBOR_REFRESH: Nanos = 60 * SECOND;
+/// Least time between two requests for the same neighbor.
+pub const NEIGHBOR_REQUEST_INTERVAL: Nanos = SECOND;
+/// Most entries; when full, new neighbors are not learned (counted).
+pub const NEIGHBOR_CAPACITY: usize = 65_536;
+
+/// The answer of [`NeighborTable::resolve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Known: send to this address.
+    Known([u8; 6]),
+    /// Known but old: send, and also send a request to refresh it.
+    Refresh([u8; 6]),
+    /// Unknown: send a request now.
+    Request,
+    /// Unknown and a request went out recently: drop and wait.
+    Pending,
+}
+
+/// Neighbors by port and IP address (ARP for IPv4, ND for IPv6).
+#[derive(Clone, Debug, Default)]
+pub struct NeighborTable {
+    entries: FnvHashMap<(u16, IpAddr), Neighbor>,
+    /// Entries not learned because the table was full.
+    pub full: u64,
+}
+
+impl NeighborTable {
+    /// Looks up `ip` on `port` to send a packet to it, and rations requests.
+    pub fn resolve(&mut self, port: u16, ip: IpAddr, now: Nanos) -> Resolution {
+        let at_capacity = self.entries.len() >= NEIGHBOR_CAPACITY;
+        let entry = match self.entries.get_mut(&(port, ip)) {
+            Some(e) => e,
+            None if at_capacity => {
+                self.full += 1;
+                return Resolution::Pending;
+            }
+            None => self.entries.entry((port, ip)).or_insert(Neighbor {
+                mac: None,
+                confirmed: 0,
+                requested: None,
+                permanent: false,
+            }),
+        };
+        let may_request = entry
+            .requested
+            .is_none_or(|t| now.saturating_sub(t) >= NEIGHBOR_REQUEST_INTERVAL);
+        let age = now.saturating_sub(entry.confirmed);
+        match entry.mac {
+            Some(mac) if entry.permanent || age < NEIGHBOR_REFRESH => Resolution::Known(mac),
+            Some(mac) if age < NEIGHBOR_LIFETIME => {
+                if may_request {
+                    entry.requested = Some(now);
+                    Resolution::Refresh(mac)
+                } else {
+                    Resolution::Known(mac)
+                }
+            }
+            _ if may_request => {
+                entry.requested = Some(now);
+                Resolution::Request
+            }
+            _ => Resolution::Pending,
+        }
+    }
+
+    /// The address known for `ip` on `port`, without side effects.
+    pub fn get(&self, port: u16, ip: IpAddr) -> Option<[u8; 6]> {
+        self.entries.get(&(port, ip)).and_then(|e| e.mac)
+    }
+
+    /// Records that `ip` on `port` is at `mac`. With `create` false only an entry that
+    /// already exists is updated (RFC 826's merge, for packets not addressed to us).
+    pub fn learn(&mut self, port: u16, ip: IpAddr, mac: [u8; 6], now: Nanos, create: bool) {
+        if let Some(e) = self.entries.get_mut(&(port, ip)) {
+            if !e.permanent {
+                e.mac = Some(mac);
+                e.confirmed = now;
+                e.requested = None;
+            }
+            return;
+        }
+        if !create {
+            return;
+        }
+        if self.entries.len() >= NEIGHBOR_CAPACITY {
+            self.full += 1;
+            return;
+        }
+        self.entries.insert(
+            (port, ip),
+            Neighbor {
+                mac: Some(mac),
+                confirmed: now,
+                requested: None,
+                permanent: false,
+            },
+        );
+    }
+
+    /// Adds a permanent entry.
+    pub fn insert_permanent(&mut self, port: u16, ip: IpAddr, mac: [u8; 6]) {
+        self.entries.insert(
+            (port, ip),
+            Neighbor {
+                mac: Some(mac),
+                confirmed: 0,
+                requested: None,
+                permanent: true,
+            },
+        );
+    }
+
+    /// Forgets entries not confirmed within [`NEIGHBOR_LIFETIME`] and requests unanswered for
+    /// as long.
+    pub fn expire(&mut self, now: Nanos) {
+        self.entries.retain(|_, e| {
+            e.permanent
+                || now.saturating_sub(e.confirmed.max(e.requested.unwrap_or(0))) < NEIGHBOR_LIFETIME
+        });
+    }
+
+    /// Every entry, for `show`.
+    pub fn iter(&self) -> impl Iterator<Item = (&(u16, IpAddr), &Neighbor)> {
+        self.entries.iter()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Everything one worker keeps across vectors.
+#[derive(Clone, Debug)]
+pub struct WorkerState {
+    /// ARP and ND cache.
+    pub neighbors: NeighborTable,
+    /// Rations the ICMP errors this node originates (RFC 1812 4.3.2.8, RFC 4443 2.4(f)).
+    pub icmp_errors: TokenBucket,
+}
+
+impl Default for WorkerState {
+    fn default() -> Self {
+        WorkerState {
+            neighbors: NeighborTable::default(),
+            // As Linux's default icmp_msgs_per_sec / icmp_msgs_burst.
+            icmp_errors: TokenBucket::new(1000, 50),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_refills_at_its_rate() {
+        let mut b = TokenBucket::new(10, 2);
+        assert!(b.allow(0));
+        assert!(b.allow(0));
+        assert!(!b.allow(0));
+        assert!(!b.allow(SECOND / 20));
+        assert!(b.allow(SECOND / 10));
+        assert!(b.allow(SECOND));
+        assert_eq!(b.refused, 2);
+    }
+
+    #[test]
+    fn neighbor_requests_are_rationed_and_answers_learned() {
+        let mut t = NeighborTable::default();
+        let ip: IpAddr = "198.18.0.2".parse().unwrap();
+        assert_eq!(t.resolve(0, ip, 0), Resolution::Request);
+        assert_eq!(t.resolve(0, ip, 1000), Resolution::Pending);
+        assert_eq!(t.resolve(0, ip, SECOND), Resolution::Request);
+        t.learn(0, ip, [2; 6], 2 * SECOND, false);
+        assert_eq!(t.resolve(0, ip, 3 * SECOND), Resolution::Known([2; 6]));
+        assert_eq!(
+            t.resolve(0, ip, 70 * SECOND),
+            Resolution::Refresh([2; 6])
+        );
+        assert_eq!(t.resolve(0, ip, 70 * SECOND), Resolution::Known([2; 6]));
+        t.expire(700 * SECOND);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn merge_does_not_create_entries() {
+        let mut t = NeighborTable::default();
+        t.learn(1, "198.18.0.9".parse().unwrap(), [1; 6], 0, false);
+        assert!(t.is_empty());
+        t.insert_permanent(1, "198.18.0.9".parse().unwrap(), [3; 6]);
+        t.learn(1, "198.18.0.9".parse().unwrap(), [1; 6], 0, true);
+        assert_eq!(t.get(1, "198.18.0.9".parse().unwrap()), Some([3; 6]));
+    }
+}
