@@ -45,6 +45,8 @@ pub struct Meta {
     pub local_origin: bool,
     /// The packet arrived in a link-layer broadcast or multicast frame.
     pub l2_multicast: bool,
+    /// The Ethernet source address of the frame it arrived in.
+    pub l2_src: [u8; 6],
     /// 1 + index of this packet's trace record, or 0 when it is not traced.
     pub trace: u32,
 }
@@ -109,6 +111,35 @@ macro_rules! node_errors {
             #[inline]
             fn from(e: $name) -> usize {
                 e as usize
+            }
+        }
+    };
+}
+
+/// Declares a node's next nodes as an enum whose variants index its next-node list.
+///
+/// ```ignore
+/// node_nexts! {
+///     enum Next { Lookup = "ip4-lookup", Drop = "drop" }
+/// }
+/// ```
+#[macro_export]
+macro_rules! node_nexts {
+    ($vis:vis enum $name:ident { $($variant:ident = $node:expr),+ $(,)? }) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u16)]
+        #[allow(missing_docs)]
+        $vis enum $name { $($variant),+ }
+
+        impl $name {
+            /// The next nodes' names, in variant order.
+            pub const NAMES: &'static [&'static str] = &[$($node),+];
+        }
+
+        impl From<$name> for $crate::graph::NextIndex {
+            #[inline]
+            fn from(n: $name) -> $crate::graph::NextIndex {
+                n as $crate::graph::NextIndex
             }
         }
     };

@@ -12,3 +12,4 @@ pub mod fib;
 pub mod graph;
 pub mod tables;
 pub mod worker;
+pub mod nodes;

@@ -1,0 +1,100 @@
+//! `ethernet-input`: accepts frames addressed to the port, strips the header and sorts them by
+//! EtherType.
+
+use crate::buffer::PacketBuffer;
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet};
+use crate::wire::{EtherType, EthernetAddress, EthernetFrame};
+use crate::{node_errors, node_nexts};
+
+node_errors! {
+    pub enum EthernetInputError {
+        TooShort = ("too_short", "frame shorter than an Ethernet header"),
+        NoInterface = ("no_interface", "frame received on a port without configuration"),
+        NotForUs = ("not_for_us", "unicast frame for another station"),
+        BadSource = ("bad_source", "multicast or broadcast source address"),
+        Vlan = ("vlan_not_configured", "802.1Q/802.1ad tagged frame; no VLAN subinterfaces configured"),
+        UnknownEthertype = ("unknown_ethertype", "EtherType not handled"),
+    }
+}
+
+node_nexts! {
+    enum Next {
+        Drop = crate::graph::DROP,
+        Arp = "arp-input",
+        Ip4 = "ip4-input",
+        Ip6 = "ip6-input",
+    }
+}
+
+/// The `ethernet-input` node.
+#[derive(Debug, Default)]
+pub struct EthernetInput;
+
+impl EthernetInput {
+    #[inline]
+    fn classify<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> Next {
+        let data = pkt.buf.data();
+        let Ok(frame) = EthernetFrame::new_checked(data) else {
+            cx.error(EthernetInputError::TooShort);
+            return Next::Drop;
+        };
+        let Some(ifc) = cx.tables.interface(pkt.meta.rx_port) else {
+            cx.error(EthernetInputError::NoInterface);
+            return Next::Drop;
+        };
+        let dst = frame.dst_addr();
+        let src = frame.src_addr();
+        // The port is promiscuous (the driver sees every frame on the link): keep only ours.
+        if dst.is_unicast() && dst != EthernetAddress(ifc.mac) {
+            cx.error(EthernetInputError::NotForUs);
+            return Next::Drop;
+        }
+        if src.is_multicast() {
+            cx.error(EthernetInputError::BadSource);
+            return Next::Drop;
+        }
+        let next = match frame.ethertype() {
+            EtherType::IPV4 => Next::Ip4,
+            EtherType::IPV6 => Next::Ip6,
+            EtherType::ARP => Next::Arp,
+            t if t.is_vlan_tag() => {
+                cx.error(EthernetInputError::Vlan);
+                return Next::Drop;
+            }
+            _ => {
+                cx.error(EthernetInputError::UnknownEthertype);
+                return Next::Drop;
+            }
+        };
+        pkt.meta.l2_multicast = dst.is_multicast();
+        pkt.meta.l2_src = src.0;
+        if pkt.meta.trace != 0 {
+            cx.trace(
+                &pkt.meta,
+                format_args!("{src} > {dst} {} on port {}", frame.ethertype(), pkt.meta.rx_port),
+            );
+        }
+        pkt.buf.pull_front(EthernetFrame::<&[u8]>::HEADER_LEN);
+        next
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for EthernetInput {
+    fn name(&self) -> &'static str {
+        "ethernet-input"
+    }
+
+    fn next_nodes(&self) -> &'static [&'static str] {
+        Next::NAMES
+    }
+
+    fn errors(&self) -> &'static [ErrorInfo] {
+        EthernetInputError::INFO
+    }
+
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::classify(cx, pkt).into();
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! `icmp4-error`: turns the packet that caused an error into the ICMP error about it, in place,
+//! following RFC 1812 4.3.2 (what to quote, when never to answer, rate limits).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::ip4::{icmp, DEFAULT_TTL};
+use crate::buffer::PacketBuffer;
+use crate::fib::Route;
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP};
+use crate::tables::Tables;
+use crate::wire::{checksum, IpProtocol, Ipv4Packet, Ipv4Repr};
+use crate::{node_errors, node_nexts};
+
+/// Largest ICMP error datagram: RFC 1812 4.3.2.3 lets a router quote as much of the original
+/// as fits in 576 bytes.
+pub const MAX_ERROR_LEN: usize = 576;
+const HEADERS_LEN: usize = 20 + 8;
+
+node_errors! {
+    pub enum Icmp4ErrorError {
+        Sent = ("sent", "ICMP errors sent"),
+        AboutIcmpError = ("about_icmp_error", "not sent: the packet was itself an ICMP error"),
+        NotFirstFragment = ("not_first_fragment", "not sent: the packet was a non-initial fragment"),
+        BroadcastOrMulticast = ("broadcast_or_multicast", "not sent: the packet was link- or IP-broadcast or multicast"),
+        BadSource = ("bad_source", "not sent: the source is not a unique host address"),
+        RateLimited = ("rate_limited", "not sent: ICMP error rate limit reached"),
+        NoSourceAddress = ("no_source_address", "not sent: no IPv4 address to send it from"),
+        NoHeadroom = ("no_headroom", "not sent: no room to build it"),
+        Missing = ("missing", "no error to send was recorded (internal)"),
+    }
+}
+
+node_nexts! {
+    enum Next {
+        Drop = DROP,
+        Lookup = "ip4-lookup",
+    }
+}
+
+/// The `icmp4-error` node.
+#[derive(Debug, Default)]
+pub struct Icmp4Error;
+
+/// True if `payload` (of an IPv4 packet whose protocol is ICMP) is an ICMP error message, as
+/// opposed to a query (RFC 1812 4.3.2.7).
+fn is_icmp_error(payload: &[u8]) -> bool {
+    matches!(payload.first(), Some(3 | 4 | 5 | 11 | 12))
+}
+
+/// The address to send an ICMP error from: one of the interface it will leave by (RFC 1812
+/// 4.3.2.4), found by routing back to `to`; the receiving interface's otherwise.
+fn source_for(tables: &Tables, to: Ipv4Addr, rx_port: u16) -> Option<Ipv4Addr> {
+    let port = match tables.fib.lookup4(to) {
+        Some(r @ (Route::Attached { .. } | Route::Via(_))) => {
+            r.next_hop(IpAddr::V4(to), 0).map(|h| h.port)
+        }
+        _ => None,
+    }
+    .unwrap_or(rx_port);
+    tables
+        .interface(port)
+        .and_then(|i| i.primary_ipv4())
+        .or_else(|| tables.interface(rx_port).and_then(|i| i.primary_ipv4()))
+}
+
+impl Icmp4Error {
+    fn build<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> Next {
+        let Some((kind, code, param)) = pkt.meta.icmp_error.take() else {
+            cx.error(Icmp4ErrorError::Missing);
+            return Next::Drop;
+        };
+        let (orig_src, orig_dst) = {
+            let ip = Ipv4Packet::new_unchecked(pkt.buf.data());
+            if ip.protocol() == IpProtocol::ICMP && is_icmp_error(ip.payload()) {
+                cx.error(Icmp4ErrorError::AboutIcmpError);
+                return Next::Drop;
+            }
+            if ip.fragment_offset() != 0 {
+                cx.error(Icmp4ErrorError::NotFirstFragment);
+                return Next::Drop;
+            }
+            (ip.src_addr(), ip.dst_addr())
+        };
+        if pkt.meta.l2_multicast || orig_dst.is_broadcast() || orig_dst.is_multicast() {
+            cx.error(Icmp4ErrorError::BroadcastOrMulticast);
+            return Next::Drop;
+        }
+        let o = orig_src.octets()[0];
+        if orig_src.is_unspecified() || o == 0 || o == 127 || o >= 224 {
+            cx.error(Icmp4ErrorError::BadSource);
+            return Next::Drop;
+        }
+        if !cx.state.icmp_errors.allow(cx.now) {
+            cx.error(Icmp4ErrorError::RateLimited);
+            return Next::Drop;
+        }
+        let Some(src) = source_for(cx.tables, orig_src, pkt.meta.rx_port) else {
+            cx.error(Icmp4ErrorError::NoSourceAddress);
+            return Next::Drop;
+        };
+        // The original packet stays where it is and becomes the quoted part.
+        pkt.buf.truncate(MAX_ERROR_LEN - HEADERS_LEN);
+        if !pkt.buf.push_front(HEADERS_LEN) {
+            cx.error(Icmp4ErrorError::NoHeadroom);
+            return Next::Drop;
+        }
+        let data = pkt.buf.data_mut();
+        let len = data.len();
+        let repr = Ipv4Repr {
+            src_addr: src,
+            dst_addr: orig_src,
+            protocol: IpProtocol::ICMP,
+            payload_len: len - 20,
+            ttl: DEFAULT_TTL,
+            // Internetwork control (CS6), as Linux marks its ICMP errors.
+            dscp: 48,
+            ecn: 0,
+            ident: 0,
+            dont_fragment: false,
+            more_fragments: false,
+            fragment_offset: 0,
+        };
+        if repr.emit(&mut Ipv4Packet::new_unchecked(&mut data[..])).is_err() {
+            cx.error(Icmp4ErrorError::NoHeadroom);
+            return Next::Drop;
+        }
+        let msg = &mut data[20..];
+        msg[0] = kind;
+        msg[1] = code;
+        msg[2..4].fill(0);
+        let rest = if kind == icmp::DEST_UNREACHABLE && code == icmp::FRAGMENTATION_NEEDED {
+            // RFC 1191: the next-hop MTU goes in the low 16 bits.
+            param & 0xffff
+        } else {
+            param
+        };
+        msg[4..8].copy_from_slice(&rest.to_be_bytes());
+        let csum = checksum::checksum(msg);
+        msg[2..4].copy_from_slice(&csum.to_be_bytes());
+        pkt.meta.local_origin = true;
+        pkt.meta.l2_multicast = false;
+        cx.error(Icmp4ErrorError::Sent);
+        cx.trace(
+            &pkt.meta,
+            format_args!("type {kind} code {code} from {src} to {orig_src}"),
+        );
+        Next::Lookup
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for Icmp4Error {
+    fn name(&self) -> &'static str {
+        "icmp4-error"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        Next::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Icmp4ErrorError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::build(cx, pkt).into();
+        }
+    }
+}

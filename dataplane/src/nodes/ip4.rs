@@ -1,0 +1,441 @@
+//! IPv4 forwarding: `ip4-input` (RFC 1812 5.2.2 validation), `ip4-lookup` (FIB), `ip4-local`
+//! (packets for this node) and `ip4-rewrite` (TTL, MTU, neighbor, Ethernet header).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::{arp, flow_hash, l4_ports, push_ethernet};
+use crate::buffer::PacketBuffer;
+use crate::fib::Route;
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
+use crate::wire::{checksum, EtherType, IpProtocol, Ipv4Packet, WireError};
+use crate::worker::Resolution;
+use crate::{node_errors, node_nexts};
+
+/// TTL of packets this node originates (echo replies, ICMP errors), as Linux's default.
+pub const DEFAULT_TTL: u8 = 64;
+
+/// ICMP types and codes this module sends.
+pub(crate) mod icmp {
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACHABLE: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const NET_UNREACHABLE: u8 = 0;
+    pub const HOST_UNREACHABLE: u8 = 1;
+    pub const PROTOCOL_UNREACHABLE: u8 = 2;
+    pub const PORT_UNREACHABLE: u8 = 3;
+    pub const FRAGMENTATION_NEEDED: u8 = 4;
+    pub const TTL_EXCEEDED_IN_TRANSIT: u8 = 0;
+}
+
+/// True for source addresses RFC 1812 5.3.7 says a router must not forward from: "this
+/// network" (0/8), loopback, multicast, class E and limited broadcast.
+#[inline]
+fn is_martian_source(a: Ipv4Addr) -> bool {
+    let o = a.octets()[0];
+    o == 0 || o == 127 || o >= 224
+}
+
+/// True for destinations never valid on the wire: 0/8, loopback, class E (but not the limited
+/// broadcast, which is received locally).
+#[inline]
+fn is_martian_destination(a: Ipv4Addr) -> bool {
+    let o = a.octets()[0];
+    o == 0 || o == 127 || (o >= 240 && !a.is_broadcast())
+}
+
+node_errors! {
+    pub enum Ip4InputError {
+        TooShort = ("too_short", "shorter than an IPv4 header or than its header length"),
+        BadVersion = ("bad_version", "IP version is not 4"),
+        BadHeaderLength = ("bad_header_length", "IHL below 5"),
+        BadLength = ("bad_length", "total length below the header length or above the frame"),
+        BadChecksum = ("bad_checksum", "header checksum is wrong"),
+        MartianSource = ("martian_source", "source is 0/8, loopback, multicast or class E"),
+        MartianDestination = ("martian_destination", "destination is 0/8, loopback or class E"),
+    }
+}
+
+node_nexts! {
+    enum InputNext {
+        Drop = DROP,
+        Lookup = "ip4-lookup",
+    }
+}
+
+/// The `ip4-input` node.
+#[derive(Debug, Default)]
+pub struct Ip4Input;
+
+impl Ip4Input {
+    #[inline]
+    fn check<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> InputNext {
+        let (total_len, src, dst, hash) = {
+            let ip = match Ipv4Packet::new_checked(pkt.buf.data()) {
+                Ok(ip) => ip,
+                Err(e) => {
+                    cx.error(match e {
+                        WireError::BadVersion => Ip4InputError::BadVersion,
+                        WireError::BadHeaderLength => Ip4InputError::BadHeaderLength,
+                        WireError::BadTotalLength | WireError::BadLength => {
+                            Ip4InputError::BadLength
+                        }
+                        _ => Ip4InputError::TooShort,
+                    });
+                    return InputNext::Drop;
+                }
+            };
+            if !ip.verify_checksum() {
+                cx.error(Ip4InputError::BadChecksum);
+                return InputNext::Drop;
+            }
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            // Fragments carry no ports (but the first): hash them all on addresses alone so
+            // that a datagram's fragments take one path.
+            let ports = if !ip.is_fragment() {
+                l4_ports(ip.protocol(), ip.payload())
+            } else {
+                0
+            };
+            let hash = flow_hash(&[u32::from(src), u32::from(dst)], ip.protocol().0, ports);
+            (usize::from(ip.total_len()), src, dst, hash)
+        };
+        if is_martian_source(src) {
+            cx.error(Ip4InputError::MartianSource);
+            return InputNext::Drop;
+        }
+        if is_martian_destination(dst) {
+            cx.error(Ip4InputError::MartianDestination);
+            return InputNext::Drop;
+        }
+        // Ethernet pads short frames: the IP total length is the truth.
+        pkt.buf.truncate(total_len);
+        pkt.meta.flow_hash = hash;
+        cx.trace(&pkt.meta, format_args!("{src} > {dst} len {total_len}"));
+        InputNext::Lookup
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for Ip4Input {
+    fn name(&self) -> &'static str {
+        "ip4-input"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        InputNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip4InputError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::check(cx, pkt).into();
+        }
+    }
+}
+
+node_errors! {
+    pub enum Ip4LookupError {
+        NoRoute = ("no_route", "no route to the destination"),
+        Unreachable = ("unreachable", "route says unreachable"),
+        Blackhole = ("blackhole", "route says discard"),
+        Multicast = ("multicast", "multicast destination; multicast routing is not enabled"),
+        L2Broadcast = ("l2_broadcast", "unicast packet in a link-layer broadcast frame (RFC 1812 5.3.4)"),
+    }
+}
+
+node_nexts! {
+    enum LookupNext {
+        Drop = DROP,
+        Rewrite = "ip4-rewrite",
+        Local = "ip4-local",
+        Error = "icmp4-error",
+    }
+}
+
+/// The `ip4-lookup` node.
+#[derive(Debug, Default)]
+pub struct Ip4Lookup;
+
+impl Ip4Lookup {
+    #[inline]
+    fn lookup<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> LookupNext {
+        let dst = Ipv4Packet::new_unchecked(pkt.buf.data()).dst_addr();
+        if dst.is_broadcast() {
+            return LookupNext::Local;
+        }
+        if dst.is_multicast() {
+            cx.error(Ip4LookupError::Multicast);
+            return LookupNext::Drop;
+        }
+        let route = cx.tables.fib.lookup4(dst);
+        let hop = match route {
+            Some(Route::Local) => {
+                cx.trace(&pkt.meta, format_args!("{dst}: local"));
+                return LookupNext::Local;
+            }
+            Some(Route::Blackhole) => {
+                cx.error(Ip4LookupError::Blackhole);
+                return LookupNext::Drop;
+            }
+            Some(r) => r.next_hop(IpAddr::V4(dst), pkt.meta.flow_hash),
+            None => None,
+        };
+        let Some(hop) = hop else {
+            let (err, code) = if route.is_some() {
+                (Ip4LookupError::Unreachable, icmp::HOST_UNREACHABLE)
+            } else {
+                (Ip4LookupError::NoRoute, icmp::NET_UNREACHABLE)
+            };
+            cx.error(err);
+            cx.trace(&pkt.meta, format_args!("{dst}: {err:?}"));
+            pkt.meta.icmp_error = Some((icmp::DEST_UNREACHABLE, code, 0));
+            return LookupNext::Error;
+        };
+        if pkt.meta.l2_multicast && !pkt.meta.local_origin {
+            cx.error(Ip4LookupError::L2Broadcast);
+            return LookupNext::Drop;
+        }
+        pkt.meta.tx_port = hop.port;
+        pkt.meta.next_hop = hop.gateway;
+        if pkt.meta.trace != 0 {
+            cx.trace(
+                &pkt.meta,
+                format_args!("{dst}: via {:?} port {}", hop.gateway, hop.port),
+            );
+        }
+        LookupNext::Rewrite
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for Ip4Lookup {
+    fn name(&self) -> &'static str {
+        "ip4-lookup"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        LookupNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip4LookupError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::lookup(cx, pkt).into();
+        }
+    }
+}
+
+node_errors! {
+    pub enum Ip4LocalError {
+        Fragment = ("fragment", "fragment addressed to this node (reassembly is not supported)"),
+        BadIcmp = ("bad_icmp", "ICMP message too short or with a bad checksum"),
+        EchoReplied = ("echo_replied", "echo requests answered"),
+        BroadcastEcho = ("broadcast_echo", "echo request to a broadcast address ignored"),
+        LocalLoop = ("local_loop", "packet from this node to this node"),
+        PortUnreachable = ("port_unreachable", "UDP to this node, no listener: port unreachable sent"),
+        ProtocolUnreachable = ("protocol_unreachable", "protocol not handled: protocol unreachable sent"),
+        Punted = ("punted", "handed to the control plane"),
+    }
+}
+
+node_nexts! {
+    enum LocalNext {
+        Drop = DROP,
+        Lookup = "ip4-lookup",
+        Error = "icmp4-error",
+        Punt = PUNT,
+    }
+}
+
+/// The `ip4-local` node: answers pings, refuses what nothing listens to, punts the rest.
+#[derive(Debug, Default)]
+pub struct Ip4Local;
+
+impl Ip4Local {
+    fn deliver<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> LocalNext {
+        if pkt.meta.local_origin {
+            cx.error(Ip4LocalError::LocalLoop);
+            return LocalNext::Drop;
+        }
+        let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
+        if ip.is_fragment() {
+            cx.error(Ip4LocalError::Fragment);
+            return LocalNext::Drop;
+        }
+        let dst = ip.dst_addr();
+        let unicast_to_us = cx.tables.is_local_ipv4(dst);
+        match ip.protocol() {
+            IpProtocol::ICMP => {
+                let icmp = ip.payload_mut();
+                if icmp.len() < 8 || !checksum::verify(icmp) {
+                    cx.error(Ip4LocalError::BadIcmp);
+                    return LocalNext::Drop;
+                }
+                if icmp[0] != icmp::ECHO_REQUEST || icmp[1] != 0 {
+                    cx.error(Ip4LocalError::Punted);
+                    return LocalNext::Punt;
+                }
+                if !unicast_to_us {
+                    cx.error(Ip4LocalError::BroadcastEcho);
+                    return LocalNext::Drop;
+                }
+                // Echo reply in place: type 8 → 0 patches the checksum by RFC 1624.
+                let csum = u16::from_be_bytes([icmp[2], icmp[3]]);
+                let csum = checksum::update16(
+                    csum,
+                    u16::from(icmp::ECHO_REQUEST) << 8,
+                    u16::from(icmp::ECHO_REPLY) << 8,
+                );
+                icmp[0] = icmp::ECHO_REPLY;
+                icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+                let src = ip.src_addr();
+                ip.set_src_addr(dst);
+                ip.set_dst_addr(src);
+                ip.set_ttl(DEFAULT_TTL);
+                ip.fill_checksum();
+                pkt.meta.local_origin = true;
+                cx.error(Ip4LocalError::EchoReplied);
+                cx.trace(&pkt.meta, format_args!("echo reply to {src}"));
+                LocalNext::Lookup
+            }
+            IpProtocol::UDP if unicast_to_us => {
+                cx.error(Ip4LocalError::PortUnreachable);
+                pkt.meta.icmp_error = Some((icmp::DEST_UNREACHABLE, icmp::PORT_UNREACHABLE, 0));
+                LocalNext::Error
+            }
+            IpProtocol::TCP | IpProtocol::UDP => {
+                cx.error(Ip4LocalError::Punted);
+                LocalNext::Punt
+            }
+            _ if unicast_to_us => {
+                cx.error(Ip4LocalError::ProtocolUnreachable);
+                pkt.meta.icmp_error =
+                    Some((icmp::DEST_UNREACHABLE, icmp::PROTOCOL_UNREACHABLE, 0));
+                LocalNext::Error
+            }
+            _ => {
+                cx.error(Ip4LocalError::Punted);
+                LocalNext::Punt
+            }
+        }
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for Ip4Local {
+    fn name(&self) -> &'static str {
+        "ip4-local"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        LocalNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip4LocalError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::deliver(cx, pkt).into();
+        }
+    }
+}
+
+node_errors! {
+    pub enum Ip4RewriteError {
+        TtlExpired = ("ttl_expired", "TTL expired in transit: time exceeded sent"),
+        TooBig = ("too_big", "larger than the next link's MTU with DF set: fragmentation needed sent"),
+        FragmentationUnsupported = ("fragmentation_unsupported", "larger than the next link's MTU without DF (fragmentation is not implemented)"),
+        NoInterface = ("no_interface", "route points at a missing port"),
+        NeighborPending = ("neighbor_pending", "next hop unresolved, request already sent"),
+        ArpRequestSent = ("arp_request_sent", "next hop unresolved: packet turned into an ARP request"),
+        NoHeadroom = ("no_headroom", "no room to add the Ethernet header"),
+    }
+}
+
+node_nexts! {
+    enum RewriteNext {
+        Drop = DROP,
+        Tx = TX,
+        Error = "icmp4-error",
+    }
+}
+
+/// The `ip4-rewrite` node: the forwarding step (TTL, MTU) and the Ethernet header.
+#[derive(Debug, Default)]
+pub struct Ip4Rewrite;
+
+impl Ip4Rewrite {
+    #[inline]
+    fn rewrite<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> RewriteNext {
+        let Some(ifc) = cx.tables.interface(pkt.meta.tx_port) else {
+            cx.error(Ip4RewriteError::NoInterface);
+            return RewriteNext::Drop;
+        };
+        {
+            let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
+            if !pkt.meta.local_origin {
+                if ip.ttl() <= 1 {
+                    cx.error(Ip4RewriteError::TtlExpired);
+                    pkt.meta.icmp_error =
+                        Some((icmp::TIME_EXCEEDED, icmp::TTL_EXCEEDED_IN_TRANSIT, 0));
+                    return RewriteNext::Error;
+                }
+            }
+            if ip.total_len() > ifc.mtu {
+                if ip.dont_fragment() {
+                    cx.error(Ip4RewriteError::TooBig);
+                    pkt.meta.icmp_error = Some((
+                        icmp::DEST_UNREACHABLE,
+                        icmp::FRAGMENTATION_NEEDED,
+                        u32::from(ifc.mtu),
+                    ));
+                    return RewriteNext::Error;
+                }
+                cx.error(Ip4RewriteError::FragmentationUnsupported);
+                return RewriteNext::Drop;
+            }
+            if !pkt.meta.local_origin {
+                ip.decrement_ttl();
+            }
+        }
+        let Some(IpAddr::V4(nh)) = pkt.meta.next_hop else {
+            cx.error(Ip4RewriteError::NoInterface);
+            return RewriteNext::Drop;
+        };
+        let mac = match cx.state.neighbors.resolve(pkt.meta.tx_port, IpAddr::V4(nh), cx.now) {
+            Resolution::Known(mac) | Resolution::Refresh(mac) => mac,
+            Resolution::Pending => {
+                cx.error(Ip4RewriteError::NeighborPending);
+                return RewriteNext::Drop;
+            }
+            Resolution::Request => {
+                if !arp::make_request(&mut pkt.buf, ifc, nh) {
+                    cx.error(Ip4RewriteError::NoHeadroom);
+                    return RewriteNext::Drop;
+                }
+                cx.error(Ip4RewriteError::ArpRequestSent);
+                cx.trace(&pkt.meta, format_args!("who-has {nh}: packet became an ARP request"));
+                return RewriteNext::Tx;
+            }
+        };
+        if !push_ethernet(&mut pkt.buf, mac, ifc.mac, EtherType::IPV4) {
+            cx.error(Ip4RewriteError::NoHeadroom);
+            return RewriteNext::Drop;
+        }
+        RewriteNext::Tx
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for Ip4Rewrite {
+    fn name(&self) -> &'static str {
+        "ip4-rewrite"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        RewriteNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip4RewriteError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::rewrite(cx, pkt).into();
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! IPv6 forwarding: `ip6-input` (RFC 8200 validation), `ip6-lookup` (FIB and scopes),
+//! `ip6-local` (echo, neighbor discovery, what nothing listens to) and `ip6-rewrite` (hop
+//! limit, MTU, neighbor, Ethernet header).
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use super::icmp6::{self, icmpv6_checksum, nd, MessageType};
+use super::{flow_hash, push_ethernet};
+use crate::buffer::PacketBuffer;
+use crate::fib::Route;
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
+use crate::tables::Interface;
+use crate::wire::{checksum, EtherType, IpProtocol, Ipv6Packet, WireError};
+use crate::worker::Resolution;
+use crate::{node_errors, node_nexts};
+
+/// Hop limit of packets this node originates, other than neighbor discovery.
+pub const DEFAULT_HOP_LIMIT: u8 = 64;
+
+/// True for `fe80::/10`.
+#[inline]
+pub(crate) fn is_link_local(a: &Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// The solicited-node multicast group of `a` (RFC 4291 2.7.1).
+pub(crate) fn solicited_node(a: &Ipv6Addr) -> Ipv6Addr {
+    let o = a.octets();
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+/// True if `group` is a multicast group the interface listens to: all-nodes, all-routers, or
+/// the solicited-node group of one of its addresses.
+fn is_our_group(ifc: &Interface, group: &Ipv6Addr) -> bool {
+    const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    *group == ALL_NODES
+        || *group == ALL_ROUTERS
+        || solicited_node(&ifc.link_local) == *group
+        || ifc.ipv6.iter().any(|n| solicited_node(&n.addr()) == *group)
+}
+
+node_errors! {
+    pub enum Ip6InputError {
+        TooShort = ("too_short", "shorter than an IPv6 header or than its payload length"),
+        BadVersion = ("bad_version", "IP version is not 6"),
+        MulticastSource = ("multicast_source", "multicast source address"),
+        LoopbackAddress = ("loopback_address", "loopback or unspecified address where not allowed"),
+    }
+}
+
+node_nexts! {
+    enum InputNext {
+        Drop = DROP,
+        Lookup = "ip6-lookup",
+    }
+}
+
+/// The `ip6-input` node.
+#[derive(Debug, Default)]
+pub struct Ip6Input;
+
+impl Ip6Input {
+    #[inline]
+    fn check<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> InputNext {
+        let ip = match Ipv6Packet::new_checked(pkt.buf.data()) {
+            Ok(ip) => ip,
+            Err(WireError::BadVersion) => {
+                cx.error(Ip6InputError::BadVersion);
+                return InputNext::Drop;
+            }
+            Err(_) => {
+                cx.error(Ip6InputError::TooShort);
+                return InputNext::Drop;
+            }
+        };
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        if src.is_multicast() {
+            cx.error(Ip6InputError::MulticastSource);
+            return InputNext::Drop;
+        }
+        if src.is_loopback() || dst.is_loopback() || dst.is_unspecified() {
+            cx.error(Ip6InputError::LoopbackAddress);
+            return InputNext::Drop;
+        }
+        // Transit routers do not walk extension headers (RFC 8200 section 4): the flow label
+        // stands in for the ports when hashing (RFC 6437).
+        let words = |a: &Ipv6Addr| {
+            let s = a.segments();
+            (u32::from(s[4]) << 16 | u32::from(s[5])) ^ (u32::from(s[6]) << 16 | u32::from(s[7]))
+        };
+        pkt.meta.flow_hash = flow_hash(&[words(&src), words(&dst)], ip.next_header().0, ip.flow_label());
+        let len = ip.packet_len();
+        cx.trace(&pkt.meta, format_args!("{src} > {dst} len {len}"));
+        pkt.buf.truncate(len);
+        InputNext::Lookup
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for Ip6Input {
+    fn name(&self) -> &'static str {
+        "ip6-input"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        InputNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip6InputError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::check(cx, pkt).into();
+        }
+    }
+}
+
+node_errors! {
+    pub enum Ip6LookupError {
+        NoRoute = ("no_route", "no route to the destination"),
+        Blackhole = ("blackhole", "route says discard"),
+        Multicast = ("multicast", "multicast group not joined; multicast routing is not enabled"),
+        LinkLocal = ("link_local", "link-local destination that is not ours: not forwarded"),
+        BeyondScope = ("beyond_scope", "link-local source cannot be forwarded off its link"),
+        L2Multicast = ("l2_multicast", "unicast packet in a link-layer multicast frame"),
+    }
+}
+
+node_nexts! {
+    enum LookupNext {
+        Drop = DROP,
+        Rewrite = "ip6-rewrite",
+        Local = "ip6-local",
+        Error = "icmp6-error",
+    }
+}
+
+/// The `ip6-lookup` node.
+#[derive(Debug, Default)]
+pub struct Ip6Lookup;
+
+impl Ip6Lookup {
+    #[inline]
+    fn lookup<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> LookupNext {
+        let ip = Ipv6Packet::new_unchecked(pkt.buf.data());
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let Some(rx_ifc) = cx.tables.interface(pkt.meta.rx_port) else {
+            return LookupNext::Drop;
+        };
+        if dst.is_multicast() {
+            if !pkt.meta.local_origin && is_our_group(rx_ifc, &dst) {
+                return LookupNext::Local;
+            }
+            cx.error(Ip6LookupError::Multicast);
+            return LookupNext::Drop;
+        }
+        if is_link_local(&dst) {
+            if pkt.meta.local_origin {
+                // Our answer to a link-local source goes back out of the link it came from.
+                pkt.meta.tx_port = pkt.meta.rx_port;
+                pkt.meta.next_hop = Some(IpAddr::V6(dst));
+                return LookupNext::Rewrite;
+            }
+            if rx_ifc.has_ipv6(dst) {
+                return LookupNext::Local;
+            }
+            cx.error(Ip6LookupError::LinkLocal);
+            return LookupNext::Drop;
+        }
+        let route = cx.tables.fib.lookup6(dst);
+        let hop = match route {
+            Some(Route::Local) => {
+                cx.trace(&pkt.meta, format_args!("{dst}: local"));
+                return LookupNext::Local;
+            }
+            Some(Route::Blackhole) => {
+                cx.error(Ip6LookupError::Blackhole);
+                return LookupNext::Drop;
+            }
+            Some(r) => r.next_hop(IpAddr::V6(dst), pkt.meta.flow_hash),
+            None => None,
+        };
+        let Some(hop) = hop else {
+            cx.error(Ip6LookupError::NoRoute);
+            cx.trace(&pkt.meta, format_args!("{dst}: no route"));
+            pkt.meta.icmp_error = Some((MessageType::DEST_UNREACHABLE, icmp6::code::NO_ROUTE, 0));
+            return LookupNext::Error;
+        };
+        if !pkt.meta.local_origin {
+            if pkt.meta.l2_multicast {
+                cx.error(Ip6LookupError::L2Multicast);
+                return LookupNext::Drop;
+            }
+            if is_link_local(&src) {
+                cx.error(Ip6LookupError::BeyondScope);
+                pkt.meta.icmp_error =
+                    Some((MessageType::DEST_UNREACHABLE, icmp6::code::BEYOND_SCOPE, 0));
+                return LookupNext::Error;
+            }
+        }
+        pkt.meta.tx_port = hop.port;
+        pkt.meta.next_hop = hop.gateway;
+        if pkt.meta.trace != 0 {
+            cx.trace(
+                &pkt.meta,
+                format_args!("{dst}: via {:?} port {}", hop.gateway, hop.port),
+            );
+        }
+        LookupNext::Rewrite
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for Ip6Lookup {
+    fn name(&self) -> &'static str {
+        "ip6-lookup"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        LookupNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip6LookupError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::lookup(cx, pkt).into();
+        }
+    }
+}
+
+node_errors! {
+    pub enum Ip6LocalError {
+        BadExtensionHeaders = ("bad_extension_headers", "extension header chain malformed, too long or truncated"),
+        Fragment = ("fragment", "fragment addressed to this node (reassembly is not supported)"),
+        BadIcmp = ("bad_icmp", "ICMPv6 message too short or with a bad checksum"),
+        EchoReplied = ("echo_replied", "echo requests answered"),
+        MulticastEcho = ("multicast_echo", "echo request to a multicast group ignored"),
+        NeighborSolicitations = ("ns_answered", "neighbor solicitations for our addresses answered"),
+        NeighborAdvertisements = ("na_learned", "neighbor advertisements processed"),
+        BadNd = ("bad_nd", "neighbor discovery message failing RFC 4861 validation"),
+        NdNotForUs = ("nd_not_for_us", "neighbor solicitation for an address that is not ours"),
+        RouterDiscovery = ("router_discovery", "router solicitation or advertisement ignored"),
+        LocalLoop = ("local_loop", "packet from this node to this node"),
+        PortUnreachable = ("port_unreachable", "UDP to this node, no listener: port unreachable sent"),
+        UnknownHeader = ("unknown_next_header", "unrecognized next header: parameter problem sent"),
+        NoNextHeader = ("no_next_header", "no next header"),
+        Punted = ("punted", "handed to the control plane"),
+        NoHeadroom = ("no_headroom", "no room to build the answer"),
+    }
+}
+
+node_nexts! {
+    enum LocalNext {
+        Drop = DROP,
+        Lookup = "ip6-lookup",
+        Error = "icmp6-error",
+        Tx = TX,
+        Punt = PUNT,
+    }
+}
+
+/// The `ip6-local` node.
+#[derive(Debug, Default)]
+pub struct Ip6Local;
+
+impl Ip6Local {
+    fn deliver<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> LocalNext {
+        if pkt.meta.local_origin {
+            cx.error(Ip6LocalError::LocalLoop);
+            return LocalNext::Drop;
+        }
+        let ip = Ipv6Packet::new_unchecked(pkt.buf.data());
+        let (src, dst, hop_limit) = (ip.src_addr(), ip.dst_addr(), ip.hop_limit());
+        let ext = match ip.extension_headers() {
+            Ok(e) => e,
+            Err(_) => {
+                cx.error(Ip6LocalError::BadExtensionHeaders);
+                return LocalNext::Drop;
+            }
+        };
+        if ext.fragment.is_some_and(|f| f.is_fragmented()) {
+            cx.error(Ip6LocalError::Fragment);
+            return LocalNext::Drop;
+        }
+        let unicast_to_us = !dst.is_multicast();
+        match ext.upper_protocol {
+            IpProtocol::ICMPV6 => {}
+            IpProtocol::UDP if unicast_to_us => {
+                cx.error(Ip6LocalError::PortUnreachable);
+                pkt.meta.icmp_error =
+                    Some((MessageType::DEST_UNREACHABLE, icmp6::code::PORT_UNREACHABLE, 0));
+                return LocalNext::Error;
+            }
+            IpProtocol::TCP | IpProtocol::UDP => {
+                cx.error(Ip6LocalError::Punted);
+                return LocalNext::Punt;
+            }
+            IpProtocol::NO_NEXT => {
+                cx.error(Ip6LocalError::NoNextHeader);
+                return LocalNext::Drop;
+            }
+            _ => {
+                cx.error(Ip6LocalError::UnknownHeader);
+                pkt.meta.icmp_error = Some((
+                    MessageType::PARAMETER_PROBLEM,
+                    icmp6::code::UNRECOGNIZED_NEXT_HEADER,
+                    ext.next_header_offset as u32,
+                ));
+                return LocalNext::Error;
+            }
+        }
+        let offset = ext.upper_offset;
+        let msg = &pkt.buf.data()[offset..];
+        if msg.len() < 4 || icmpv6_checksum(&src, &dst, msg) != 0 {
+            cx.error(Ip6LocalError::BadIcmp);
+            return LocalNext::Drop;
+        }
+        match MessageType(msg[0]) {
+            MessageType::ECHO_REQUEST => {
+                if !unicast_to_us {
+                    cx.error(Ip6LocalError::MulticastEcho);
+                    return LocalNext::Drop;
+                }
+                let mut ip = Ipv6Packet::new_unchecked(pkt.buf.data_mut());
+                ip.set_src_addr(dst);
+                ip.set_dst_addr(src);
+                ip.set_hop_limit(DEFAULT_HOP_LIMIT);
+                let msg = &mut pkt.buf.data_mut()[offset..];
+                // The pseudo-header sum is unchanged by swapping the addresses; only the
+                // type word changes.
+                let csum = checksum::update16(
+                    u16::from_be_bytes([msg[2], msg[3]]),
+                    u16::from(MessageType::ECHO_REQUEST.0) << 8,
+                    u16::from(MessageType::ECHO_REPLY.0) << 8,
+                );
+                msg[0] = MessageType::ECHO_REPLY.0;
+                msg[2..4].copy_from_slice(&csum.to_be_bytes());
+                pkt.meta.local_origin = true;
+                cx.error(Ip6LocalError::EchoReplied);
+                cx.trace(&pkt.meta, format_args!("echo reply to {src}"));
+                LocalNext::Lookup
+            }
+            MessageType::NEIGHBOR_SOLICIT => Self::solicitation(cx, pkt, src, dst, hop_limit, offset),
+            MessageType::NEIGHBOR_ADVERT => {
+                match nd::parse_advertisement(msg, hop_limit, &dst) {
+                    Ok(adv) => {
+                        if let Some(mac) = adv.target_mac {
+                            cx.state.neighbors.learn(
+                                pkt.meta.rx_port,
+                                IpAddr::V6(adv.target),
+                                mac,
+                                cx.now,
+                                false,
+                            );
+                        }
+                        cx.error(Ip6LocalError::NeighborAdvertisements);
+                    }
+                    Err(_) => cx.error(Ip6LocalError::BadNd),
+                }
+                LocalNext::Drop
+            }
+            MessageType::ROUTER_SOLICIT | MessageType::ROUTER_ADVERT => {
+                cx.error(Ip6LocalError::RouterDiscovery);
+                LocalNext::Drop
+            }
+            _ => {
+                cx.error(Ip6LocalError::Punted);
+                LocalNext::Punt
+            }
+        }
+    }
+
+    /// RFC 4861 7.2.3/7.2.4: validate, learn the sender, answer with an advertisement built in
+    /// place and sent straight back out of the receiving port.
+    fn solicitation<B: PacketBuffer>(
+        cx: &mut Context<'_>,
+        pkt: &mut Packet<B>,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        offset: usize,
+    ) -> LocalNext {
+        let port = pkt.meta.rx_port;
+        let sol = match nd::parse_solicitation(&pkt.buf.data()[offset..], hop_limit, &src, &dst) {
+            Ok(s) => s,
+            Err(_) => {
+                cx.error(Ip6LocalError::BadNd);
+                return LocalNext::Drop;
+            }
+        };
+        let Some(ifc) = cx.tables.interface(port) else {
+            return LocalNext::Drop;
+        };
+        if !ifc.has_ipv6(sol.target) {
+            cx.error(Ip6LocalError::NdNotForUs);
+            return LocalNext::Drop;
+        }
+        if let Some(mac) = sol.source_mac {
+            cx.state
+                .neighbors
+                .learn(port, IpAddr::V6(src), mac, cx.now, true);
+        }
+        let (to, to_mac, solicited) = if src.is_unspecified() {
+            (nd::ALL_NODES, nd::multicast_mac(&nd::ALL_NODES), false)
+        } else {
+            (src, sol.source_mac.unwrap_or(pkt.meta.l2_src), true)
+        };
+        if !nd::make_advertisement(&mut pkt.buf, ifc, sol.target, to, solicited)
+            || !push_ethernet(&mut pkt.buf, to_mac, ifc.mac, EtherType::IPV6)
+        {
+            cx.error(Ip6LocalError::NoHeadroom);
+            return LocalNext::Drop;
+        }
+        cx.error(Ip6LocalError::NeighborSolicitations);
+        cx.trace(&pkt.meta, format_args!("NS from {src}: {} is at ours", sol.target));
+        pkt.meta.tx_port = port;
+        LocalNext::Tx
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for Ip6Local {
+    fn name(&self) -> &'static str {
+        "ip6-local"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        LocalNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip6LocalError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::deliver(cx, pkt).into();
+        }
+    }
+}
+
+node_errors! {
+    pub enum Ip6RewriteError {
+        HopLimitExpired = ("hop_limit_expired", "hop limit expired in transit: time exceeded sent"),
+        TooBig = ("too_big", "larger than the next link's MTU: packet too big sent"),
+        NoInterface = ("no_interface", "route points at a missing port"),
+        NeighborPending = ("neighbor_pending", "next hop unresolved, solicitation already sent"),
+        SolicitationSent = ("ns_sent", "next hop unresolved: packet turned into a neighbor solicitation"),
+        NoHeadroom = ("no_headroom", "no room to add the Ethernet header"),
+    }
+}
+
+node_nexts! {
+    enum RewriteNext {
+        Drop = DROP,
+        Tx = TX,
+        Error = "icmp6-error",
+    }
+}
+
+/// The `ip6-rewrite` node.
+#[derive(Debug, Default)]
+pub struct Ip6Rewrite;
+
+impl Ip6Rewrite {
+    #[inline]
+    fn rewrite<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> RewriteNext {
+        let Some(ifc) = cx.tables.interface(pkt.meta.tx_port) else {
+            cx.error(Ip6RewriteError::NoInterface);
+            return RewriteNext::Drop;
+        };
+        {
+            let mut ip = Ipv6Packet::new_unchecked(pkt.buf.data_mut());
+            if !pkt.meta.local_origin && ip.hop_limit() <= 1 {
+                cx.error(Ip6RewriteError::HopLimitExpired);
+                pkt.meta.icmp_error = Some((MessageType::TIME_EXCEEDED, 0, 0));
+                return RewriteNext::Error;
+            }
+            if ip.packet_len() > usize::from(ifc.mtu) {
+                cx.error(Ip6RewriteError::TooBig);
+                pkt.meta.icmp_error = Some((MessageType::PACKET_TOO_BIG, 0, u32::from(ifc.mtu)));
+                return RewriteNext::Error;
+            }
+            if !pkt.meta.local_origin {
+                ip.decrement_hop_limit();
+            }
+        }
+        let Some(IpAddr::V6(nh)) = pkt.meta.next_hop else {
+            cx.error(Ip6RewriteError::NoInterface);
+            return RewriteNext::Drop;
+        };
+        let mac = match cx.state.neighbors.resolve(pkt.meta.tx_port, IpAddr::V6(nh), cx.now) {
+            Resolution::Known(mac) | Resolution::Refresh(mac) => mac,
+            Resolution::Pending => {
+                cx.error(Ip6RewriteError::NeighborPending);
+                return RewriteNext::Drop;
+            }
+            Resolution::Request => {
+                if !nd::make_solicitation(&mut pkt.buf, ifc, nh) {
+                    cx.error(Ip6RewriteError::NoHeadroom);
+                    return RewriteNext::Drop;
+                }
+                cx.error(Ip6RewriteError::SolicitationSent);
+                cx.trace(&pkt.meta, format_args!("who-has {nh}: packet became an NS"));
+                return RewriteNext::Tx;
+            }
+        };
+        if !push_ethernet(&mut pkt.buf, mac, ifc.mac, EtherType::IPV6) {
+            cx.error(Ip6RewriteError::NoHeadroom);
+            return RewriteNext::Drop;
+        }
+        RewriteNext::Tx
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for Ip6Rewrite {
+    fn name(&self) -> &'static str {
+        "ip6-rewrite"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        RewriteNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip6RewriteError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::rewrite(cx, pkt).into();
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The router's graph nodes.
+//!
+//! ```text
+//! ethernet-input ─┬─► arp-input ──────────────────────────────────────────────► tx
+//!                 ├─► ip4-input ─► ip4-lookup ─┬─► ip4-rewrite ─────────────────► tx
+//!                 │                            ├─► ip4-local ──► (echo reply) ─► ip4-lookup
+//!                 │                            └─► icmp4-error ────────────────► ip4-lookup
+//!                 └─► ip6-input ─► ip6-lookup ─┬─► ip6-rewrite ─────────────────► tx
+//!                                              ├─► ip6-local (echo, ND) ───────► ip6-lookup / tx
+//!                                              └─► icmp6-error ────────────────► ip6-lookup
+//! ```
+//!
+//! Errors found while forwarding (TTL expired, no route, too big) send the packet to the ICMP
+//! error node of its family, which rebuilds it in place into the ICMP message and routes that
+//! back to the source. Neighbor misses turn the packet into an ARP request or a neighbor
+//! solicitation, so the graph never allocates.
+
+use crate::buffer::PacketBuffer;
+use crate::graph::{Graph, GraphError, Node};
+use crate::wire::{EtherType, EthernetAddress, EthernetFrame};
+
+pub mod arp;
+pub mod ethernet;
+pub mod icmp4;
+pub mod icmp6;
+pub mod ip4;
+pub mod ip6;
+
+/// The router graph: every node above, entered at `ethernet-input`.
+pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>, GraphError> {
+    let nodes: Vec<Box<dyn Node<B>>> = vec![
+        Box::new(ethernet::EthernetInput),
+        Box::new(arp::ArpInput),
+        Box::new(ip4::Ip4Input),
+        Box::new(ip6::Ip6Input),
+        Box::new(ip4::Ip4Lookup),
+        Box::new(ip6::Ip6Lookup),
+        Box::new(ip4::Ip4Local),
+        Box::new(ip6::Ip6Local),
+        Box::new(icmp4::Icmp4Error),
+        Box::new(icmp6::Icmp6Error),
+        Box::new(ip4::Ip4Rewrite),
+        Box::new(ip6::Ip6Rewrite),
+    ];
+    Graph::new(nodes, "ethernet-input", ports)
+}
+
+/// Length of an untagged Ethernet header.
+pub const ETHERNET_HEADER_LEN: usize = 14;
+
+/// Puts an Ethernet header in front of the packet. False when there is no headroom.
+#[inline]
+pub(crate) fn push_ethernet<B: PacketBuffer>(
+    buf: &mut B,
+    dst: [u8; 6],
+    src: [u8; 6],
+    ethertype: EtherType,
+) -> bool {
+    if !buf.push_front(ETHERNET_HEADER_LEN) {
+        return false;
+    }
+    let mut frame = EthernetFrame::new_unchecked(buf.data_mut());
+    frame.set_dst_addr(EthernetAddress(dst));
+    frame.set_src_addr(EthernetAddress(src));
+    frame.set_ethertype(ethertype);
+    true
+}
+
+/// Replaces the packet's bytes with `len` bytes written by `write` (for messages built from
+/// scratch in a recycled buffer, such as neighbor requests). False when the buffer is too small.
+pub(crate) fn rebuild<B: PacketBuffer>(
+    buf: &mut B,
+    len: usize,
+    write: impl FnOnce(&mut [u8]),
+) -> bool {
+    buf.truncate(0);
+    if !buf.push_back(len) {
+        return false;
+    }
+    let data = buf.data_mut();
+    data.fill(0);
+    write(data);
+    true
+}
+
+/// A 32-bit flow hash from addresses, protocol and ports: cheap, and good enough to spread
+/// flows over ECMP paths (a multiply-xorshift mix, as in many hash tables).
+#[inline]
+pub fn flow_hash(words: &[u32], proto: u8, ports: u32) -> u32 {
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(proto);
+    for &w in words {
+        h = (h ^ u64::from(w)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 32;
+    }
+    h = (h ^ u64::from(ports)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    (h ^ (h >> 29)) as u32
+}
+
+/// The ports of a TCP, UDP or SCTP header at the start of `l4`, as one word; 0 otherwise.
+#[inline]
+pub(crate) fn l4_ports(proto: crate::wire::IpProtocol, l4: &[u8]) -> u32 {
+    use crate::wire::IpProtocol;
+    match proto {
+        IpProtocol::TCP | IpProtocol::UDP | IpProtocol::SCTP if l4.len() >= 4 => {
+            u32::from_be_bytes([l4[0], l4[1], l4[2], l4[3]])
+        }
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests;

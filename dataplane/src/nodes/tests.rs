@@ -1,0 +1,503 @@
+//! The router graph end to end on in-memory frames: each test sends frames into a two-port
+//! router and checks the frames it transmits, byte by byte where it matters.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use proptest::prelude::*;
+
+use super::icmp6::icmpv6_checksum;
+use super::router_graph;
+use crate::buffer::{HeapBuffer, PacketBuffer};
+use crate::graph::{Graph, Packet};
+use crate::tables::{Interface, RouteTarget, StaticRoute, Tables};
+use crate::wire::{checksum, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr};
+use crate::worker::WorkerState;
+
+const MAC0: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const MAC1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
+const BCAST: [u8; 6] = [0xff; 6];
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+struct Rig {
+    graph: Graph<HeapBuffer>,
+    tables: Tables,
+    state: WorkerState,
+    now: u64,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let mut a = Interface::new("c0", MAC0, 1500);
+        a.ipv4.push("198.18.1.1/24".parse().unwrap());
+        a.ipv6.push("2001:db8:1::1/64".parse().unwrap());
+        let mut b = Interface::new("s0", MAC1, 1400);
+        b.ipv4.push("198.18.2.1/24".parse().unwrap());
+        b.ipv6.push("2001:db8:2::1/64".parse().unwrap());
+        let tables = Tables::build(
+            1,
+            vec![a, b],
+            &[StaticRoute {
+                prefix: "198.19.0.0/16".parse().unwrap(),
+                target: RouteTarget::Via(vec![
+                    (Some("198.18.2.3".parse().unwrap()), None),
+                    (Some("198.18.2.4".parse().unwrap()), None),
+                ]),
+            }],
+        )
+        .unwrap();
+        Rig {
+            graph: router_graph(2).unwrap(),
+            tables,
+            state: WorkerState::default(),
+            now: 1_000_000_000,
+        }
+    }
+
+    /// Sends one frame in on `port`; returns every frame sent, with its port.
+    fn send(&mut self, port: u16, frame: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        self.graph
+            .receive(Packet::received(HeapBuffer::from_bytes(frame), port));
+        self.graph.dispatch(&self.tables, &mut self.state, self.now);
+        let mut out = Vec::new();
+        for (p, q) in self.graph.tx.iter_mut().enumerate() {
+            for b in q.drain(..) {
+                out.push((p as u16, b.data().to_vec()));
+            }
+        }
+        self.graph.dropped.clear();
+        self.graph.punt.clear();
+        out
+    }
+
+    fn count(&self, node: &str, key: &str) -> u64 {
+        self.graph.error_count(node, key).unwrap_or_else(|| panic!("{node}/{key}"))
+    }
+
+    fn learn_client_and_server(&mut self) {
+        self.state
+            .neighbors
+            .insert_permanent(0, v4("198.18.1.2").into(), CLIENT_MAC);
+        self.state
+            .neighbors
+            .insert_permanent(1, v4("198.18.2.2").into(), SERVER_MAC);
+        self.state
+            .neighbors
+            .insert_permanent(0, v6("2001:db8:1::2").into(), CLIENT_MAC);
+        self.state
+            .neighbors
+            .insert_permanent(1, v6("2001:db8:2::2").into(), SERVER_MAC);
+    }
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, ttl: u8, df: bool, payload: &[u8]) -> Vec<u8> {
+    let repr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: proto,
+        payload_len: payload.len(),
+        ttl,
+        dscp: 0,
+        ecn: 0,
+        ident: 0x1234,
+        dont_fragment: df,
+        more_fragments: false,
+        fragment_offset: 0,
+    };
+    let mut b = vec![0; 20 + payload.len()];
+    repr.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
+    b[20..].copy_from_slice(payload);
+    b
+}
+
+fn icmp_echo(kind: u8, len: usize) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0, 0x12, 0x34, 0, 1];
+    m.extend((0..len).map(|i| i as u8));
+    let c = checksum::checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: IpProtocol, hop: u8, payload: &[u8]) -> Vec<u8> {
+    let repr = Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: next,
+        payload_len: payload.len(),
+        hop_limit: hop,
+        traffic_class: 0,
+        flow_label: 0,
+    };
+    let mut b = vec![0; 40 + payload.len()];
+    repr.emit(&mut Ipv6Packet::new_unchecked(&mut b[..])).unwrap();
+    b[40..].copy_from_slice(payload);
+    b
+}
+
+fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, mut msg: Vec<u8>) -> Vec<u8> {
+    msg[2..4].fill(0);
+    let c = icmpv6_checksum(&src, &dst, &msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    msg
+}
+
+fn echo6(src: Ipv6Addr, dst: Ipv6Addr, hop: u8) -> Vec<u8> {
+    let msg = icmp6(src, dst, vec![128, 0, 0, 0, 0, 7, 0, 1, 0xaa, 0xbb]);
+    ipv6(src, dst, IpProtocol::ICMPV6, hop, &msg)
+}
+
+fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
+    let mut a = vec![0, 1, 8, 0, 6, 4];
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha);
+    a.extend_from_slice(&spa.octets());
+    a.extend_from_slice(&tha);
+    a.extend_from_slice(&tpa.octets());
+    a
+}
+
+fn ip4_of(frame: &[u8]) -> Ipv4Packet<&[u8]> {
+    let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    ip
+}
+
+#[test]
+fn answers_arp_for_its_address_and_learns_the_asker() {
+    let mut r = Rig::new();
+    let req = arp(1, CLIENT_MAC, v4("198.18.1.2"), [0; 6], v4("198.18.1.1"));
+    let out = r.send(0, &eth(BCAST, CLIENT_MAC, 0x0806, &req));
+    assert_eq!(out.len(), 1);
+    let (port, f) = &out[0];
+    assert_eq!(*port, 0);
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    assert_eq!(&f[6..12], &MAC0);
+    assert_eq!(&f[12..14], &[8, 6]);
+    assert_eq!(&f[14..], &arp(2, MAC0, v4("198.18.1.1"), CLIENT_MAC, v4("198.18.1.2"))[..]);
+    assert_eq!(
+        r.state.neighbors.get(0, v4("198.18.1.2").into()),
+        Some(CLIENT_MAC)
+    );
+    // For another host: nothing sent, nothing learned.
+    let other = arp(1, [2, 0, 0, 0, 0, 0x99], v4("198.18.1.9"), [0; 6], v4("198.18.1.7"));
+    assert!(r.send(0, &eth(BCAST, [2, 0, 0, 0, 0, 0x99], 0x0806, &other)).is_empty());
+    assert_eq!(r.state.neighbors.get(0, v4("198.18.1.9").into()), None);
+    assert_eq!(r.count("arp-input", "not_for_us"), 1);
+}
+
+#[test]
+fn answers_ping_to_its_address() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let ping = ipv4(v4("198.18.1.2"), v4("198.18.1.1"), IpProtocol::ICMP, 64, false, &icmp_echo(8, 32));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ping));
+    assert_eq!(out.len(), 1);
+    let f = &out[0].1;
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    let ip = ip4_of(f);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (v4("198.18.1.1"), v4("198.18.1.2")));
+    assert_eq!(ip.payload()[0], 0);
+    assert!(checksum::verify(ip.payload()));
+    assert_eq!(&ip.payload()[4..], &icmp_echo(8, 32)[4..]);
+}
+
+#[test]
+fn forwards_with_ttl_decrement_and_new_macs() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert_eq!(out.len(), 1);
+    let (port, f) = &out[0];
+    assert_eq!(*port, 1);
+    assert_eq!(&f[0..6], &SERVER_MAC);
+    assert_eq!(&f[6..12], &MAC1);
+    let ip = ip4_of(f);
+    assert_eq!(ip.ttl(), 63);
+    assert_eq!(ip.payload(), &pkt[20..]);
+}
+
+#[test]
+fn pads_are_trimmed_before_forwarding() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    let mut frame = eth(MAC0, CLIENT_MAC, 0x0800, &pkt);
+    frame.resize(60, 0);
+    let out = r.send(0, &frame);
+    assert_eq!(out[0].1.len(), 14 + 28);
+}
+
+#[test]
+fn unknown_next_hop_becomes_an_arp_request_then_waits() {
+    let mut r = Rig::new();
+    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.9"), IpProtocol::UDP, 64, false, &[0; 8]);
+    let frame = eth(MAC0, CLIENT_MAC, 0x0800, &pkt);
+    let out = r.send(0, &frame);
+    assert_eq!(out.len(), 1);
+    let (port, f) = &out[0];
+    assert_eq!(*port, 1);
+    assert_eq!(&f[0..6], &BCAST);
+    assert_eq!(&f[14..], &arp(1, MAC1, v4("198.18.2.1"), [0; 6], v4("198.18.2.9"))[..]);
+    // Within a second no second request.
+    assert!(r.send(0, &frame).is_empty());
+    assert_eq!(r.count("ip4-rewrite", "neighbor_pending"), 1);
+    // The reply is learned and traffic flows.
+    let reply = arp(2, SERVER_MAC, v4("198.18.2.9"), MAC1, v4("198.18.2.1"));
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0806, &reply)).is_empty());
+    let out = r.send(0, &frame);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0].1[0..6], &SERVER_MAC);
+}
+
+#[test]
+fn ecmp_uses_both_gateways() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    r.state.neighbors.insert_permanent(1, v4("198.18.2.3").into(), [2, 0, 0, 0, 0, 3]);
+    r.state.neighbors.insert_permanent(1, v4("198.18.2.4").into(), [2, 0, 0, 0, 0, 4]);
+    let mut seen = std::collections::HashSet::new();
+    for sport in 0..64u16 {
+        let mut udp = vec![0; 8];
+        udp[0..2].copy_from_slice(&sport.to_be_bytes());
+        let pkt = ipv4(v4("198.18.1.2"), v4("198.19.0.1"), IpProtocol::UDP, 64, false, &udp);
+        for (_, f) in r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)) {
+            seen.insert(f[5]);
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?} {:?}", r.graph.counters());
+}
+
+#[test]
+fn ttl_expiry_sends_time_exceeded_from_the_receiving_interface() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::ICMP, 1, false, &icmp_echo(8, 16));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert_eq!(out.len(), 1);
+    let (port, f) = &out[0];
+    assert_eq!(*port, 0);
+    let ip = ip4_of(f);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (v4("198.18.1.1"), v4("198.18.1.2")));
+    let icmp = ip.payload();
+    assert_eq!((icmp[0], icmp[1]), (11, 0));
+    assert!(checksum::verify(icmp));
+    // The whole original packet is quoted, as received (TTL 1).
+    assert_eq!(&icmp[8..], &pkt[..]);
+}
+
+#[test]
+fn no_route_sends_net_unreachable_and_too_big_sends_frag_needed() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let pkt = ipv4(v4("198.18.1.2"), v4("203.0.113.9"), IpProtocol::UDP, 64, false, &[0; 8]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    let icmp = ip4_of(&out[0].1).payload().to_vec();
+    assert_eq!((icmp[0], icmp[1]), (3, 0));
+
+    let big = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, true, &[0; 1450]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &big));
+    let ip = ip4_of(&out[0].1);
+    let icmp = ip.payload();
+    assert_eq!((icmp[0], icmp[1]), (3, 4));
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1400);
+    // Quoted up to 576 bytes in all.
+    assert_eq!(usize::from(ip.total_len()), 576);
+    // Without DF it is dropped (no fragmentation yet) and counted.
+    let big = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 1450]);
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &big)).is_empty());
+    assert_eq!(r.count("ip4-rewrite", "fragmentation_unsupported"), 1);
+}
+
+#[test]
+fn never_an_icmp_error_about_an_icmp_error_or_a_broadcast() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let mut err = icmp_echo(11, 28);
+    err[0] = 11;
+    err[2..4].fill(0);
+    let c = checksum::checksum(&err);
+    err[2..4].copy_from_slice(&c.to_be_bytes());
+    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::ICMP, 1, false, &err);
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)).is_empty());
+    assert_eq!(r.count("icmp4-error", "about_icmp_error"), 1);
+    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 1, false, &[0; 8]);
+    assert!(r.send(0, &eth(BCAST, CLIENT_MAC, 0x0800, &pkt)).is_empty());
+}
+
+#[test]
+fn bad_headers_are_dropped_with_a_reason() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let mut pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 8]);
+    pkt[10] ^= 0xff;
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)).is_empty());
+    assert_eq!(r.count("ip4-input", "bad_checksum"), 1);
+    let pkt = ipv4(v4("127.0.0.1"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 8]);
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)).is_empty());
+    assert_eq!(r.count("ip4-input", "martian_source"), 1);
+    let mut pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 8]);
+    pkt[0] = 0x65;
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)).is_empty());
+    assert_eq!(r.count("ip4-input", "bad_version"), 1);
+    // Not our MAC.
+    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 8]);
+    assert!(r.send(0, &eth(SERVER_MAC, CLIENT_MAC, 0x0800, &pkt)).is_empty());
+    assert_eq!(r.count("ethernet-input", "not_for_us"), 1);
+}
+
+#[test]
+fn every_truncation_of_a_good_frame_is_handled() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let frames = [
+        eth(MAC0, CLIENT_MAC, 0x0800, &ipv4(v4("198.18.1.2"), v4("198.18.1.1"), IpProtocol::ICMP, 64, false, &icmp_echo(8, 8))),
+        eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(v6("2001:db8:1::2"), v6("2001:db8:1::1"), 64)),
+        eth(BCAST, CLIENT_MAC, 0x0806, &arp(1, CLIENT_MAC, v4("198.18.1.2"), [0; 6], v4("198.18.1.1"))),
+    ];
+    for f in &frames {
+        for len in 0..f.len() {
+            r.send(0, &f[..len]);
+        }
+    }
+}
+
+// ---- IPv6 ----
+
+fn ns(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, slla: Option<[u8; 6]>) -> Vec<u8> {
+    let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    if let Some(mac) = slla {
+        m.extend_from_slice(&[1, 1]);
+        m.extend_from_slice(&mac);
+    }
+    ipv6(src, dst, IpProtocol::ICMPV6, 255, &icmp6(src, dst, m))
+}
+
+#[test]
+fn answers_neighbor_solicitation_with_advertisement() {
+    let mut r = Rig::new();
+    let client = v6("2001:db8:1::2");
+    let group = v6("ff02::1:ff00:1");
+    let out = r.send(0, &eth([0x33, 0x33, 0xff, 0, 0, 1], CLIENT_MAC, 0x86dd, &ns(client, group, v6("2001:db8:1::1"), Some(CLIENT_MAC))));
+    assert_eq!(out.len(), 1, "{:?}", r.graph.counters());
+    let f = &out[0].1;
+    assert_eq!(&f[0..6], &CLIENT_MAC);
+    let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.hop_limit()), (v6("2001:db8:1::1"), client, 255));
+    let msg = ip.payload();
+    assert_eq!(msg[0], 136);
+    assert_eq!(msg[4], 0xe0, "router, solicited, override");
+    assert_eq!(&msg[8..24], &v6("2001:db8:1::1").octets());
+    assert_eq!(&msg[24..32], &[2, 1, 2, 0, 0, 0, 0, 0x10]);
+    assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), msg), 0);
+    assert_eq!(r.state.neighbors.get(0, client.into()), Some(CLIENT_MAC));
+    // Hop limit not 255: refused.
+    let mut bad = ns(client, group, v6("2001:db8:1::1"), Some(CLIENT_MAC));
+    bad[7] = 64;
+    assert!(r.send(0, &eth([0x33, 0x33, 0xff, 0, 0, 1], CLIENT_MAC, 0x86dd, &bad)).is_empty());
+    assert_eq!(r.count("ip6-local", "bad_nd"), 1);
+}
+
+#[test]
+fn answers_ping6_and_forwards_with_hop_limit_decrement() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(v6("2001:db8:1::2"), v6("2001:db8:1::1"), 64)));
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!(ip.payload()[0], 129);
+    assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), ip.payload()), 0);
+
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(v6("2001:db8:1::2"), v6("2001:db8:2::2"), 64)));
+    assert_eq!(out[0].0, 1);
+    assert_eq!(&out[0].1[0..6], &SERVER_MAC);
+    assert_eq!(Ipv6Packet::new_checked(&out[0].1[14..]).unwrap().hop_limit(), 63);
+}
+
+#[test]
+fn ipv6_errors_hop_limit_no_route_too_big() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let client = v6("2001:db8:1::2");
+    let check = |out: &[(u16, Vec<u8>)], kind: u8, code: u8| {
+        assert_eq!(out.len(), 1);
+        let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), client);
+        assert_eq!(ip.src_addr(), v6("2001:db8:1::1"));
+        let m = ip.payload();
+        assert_eq!((m[0], m[1]), (kind, code));
+        assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), m), 0);
+        m.to_vec()
+    };
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(client, v6("2001:db8:2::2"), 1)));
+    check(&out, 3, 0);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(client, v6("2001:db8:99::2"), 64)));
+    check(&out, 1, 0);
+    let big = ipv6(client, v6("2001:db8:2::2"), IpProtocol::UDP, 64, &[0; 1400]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &big));
+    let m = check(&out, 2, 0);
+    assert_eq!(u32::from_be_bytes([m[4], m[5], m[6], m[7]]), 1400);
+    assert_eq!(out[0].1.len(), 14 + 1280);
+}
+
+#[test]
+fn unknown_ipv6_next_hop_sends_solicitation() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(v6("2001:db8:1::2"), v6("2001:db8:2::77"), 64)));
+    assert_eq!(out.len(), 1);
+    let (port, f) = &out[0];
+    assert_eq!(*port, 1);
+    assert_eq!(&f[0..6], &[0x33, 0x33, 0xff, 0, 0, 0x77]);
+    let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+    assert_eq!(ip.dst_addr(), v6("ff02::1:ff00:77"));
+    assert_eq!(ip.src_addr(), v6("2001:db8:2::1"));
+    assert_eq!(ip.hop_limit(), 255);
+    assert_eq!(ip.payload()[0], 135);
+    assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), ip.payload()), 0);
+}
+
+#[test]
+fn link_local_source_is_not_forwarded() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let ll = v6("fe80::c1");
+    r.state.neighbors.insert_permanent(0, ll.into(), CLIENT_MAC);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(ll, v6("2001:db8:2::2"), 64)));
+    assert_eq!(out.len(), 1);
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!(ip.dst_addr(), ll);
+    assert_eq!(ip.src_addr(), r.tables.interfaces[0].link_local);
+    assert_eq!((ip.payload()[0], ip.payload()[1]), (1, 2));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn arbitrary_frames_never_panic(
+        ethertype in prop::sample::select(vec![0x0800u16, 0x86dd, 0x0806, 0x8100, 0x1234]),
+        body in prop::collection::vec(any::<u8>(), 0..200),
+        to_us in any::<bool>(),
+    ) {
+        let mut r = Rig::new();
+        r.learn_client_and_server();
+        let dst = if to_us { MAC0 } else { BCAST };
+        r.send(0, &eth(dst, CLIENT_MAC, ethertype, &body));
+    }
+}
