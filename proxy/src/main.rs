@@ -1,1 +1,27 @@
-fn main() {}
+//! `switchyard`: the node agent and, until the agent lands, the flag-driven router.
+
+mod cli;
+mod router;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Router(args) => router::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Command-line flags, and the parsing of the small `NAME=VALUE` languages they use.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use switchyard_dataplane::tables::{RouteTarget, StaticRoute};
+
+/// Switchyard: a userspace service proxy and router for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the dataplane as a plain IPv4/IPv6 router configured from flags alone.
+    Router(RouterArgs),
+}
+
+/// Which packet I/O the dataplane uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Dataplane {
+    /// Linux AF_PACKET sockets with TPACKET_V3 rings.
+    Afpacket,
+    /// Linux AF_XDP sockets (generic mode works on any interface).
+    Afxdp,
+    /// DPDK poll-mode drivers; ports are DPDK device names, EAL arguments in --eal.
+    Dpdk,
+    /// Read frames from pcap files and write what is sent to pcap files: --interface IN.pcap:OUT.pcap.
+    Pcap,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RouterArgs {
+    /// Packet I/O.
+    #[arg(long, value_enum, default_value = "afpacket")]
+    pub dataplane: Dataplane,
+
+    /// A port: kernel interface name (afpacket, afxdp), DPDK device name such as
+    /// net_af_packet0 (dpdk), or IN.pcap:OUT.pcap (pcap). Repeat for each port.
+    #[arg(long = "interface", short = 'i', required = true)]
+    pub interfaces: Vec<String>,
+
+    /// An address of a port: NAME=CIDR, e.g. eth0=198.18.1.1/24 or eth0=2001:db8:1::1/64.
+    #[arg(long = "address", short = 'a')]
+    pub addresses: Vec<String>,
+
+    /// A static route: PREFIX=GW[@NAME][,GW[@NAME]...] (several for ECMP), PREFIX=@NAME
+    /// (on-link), PREFIX=blackhole or PREFIX=unreachable.
+    #[arg(long = "route", short = 'r')]
+    pub routes: Vec<String>,
+
+    /// A port's MTU: NAME=BYTES (default: what the driver reports).
+    #[arg(long = "mtu")]
+    pub mtus: Vec<String>,
+
+    /// A static neighbor: NAME=IP,MAC.
+    #[arg(long = "neighbor")]
+    pub neighbors: Vec<String>,
+
+    /// DPDK EAL arguments, one string, e.g. "--no-huge --no-pci --vdev net_ring0".
+    #[arg(long, allow_hyphen_values = true)]
+    pub eal: Option<String>,
+
+    /// Stop after this many seconds (default: run until SIGINT or SIGTERM).
+    #[arg(long)]
+    pub duration: Option<f64>,
+
+    /// Record a trace of the first N packets received, printed on exit.
+    #[arg(long, default_value_t = 0)]
+    pub trace: u32,
+
+    /// Also write the counters on exit as JSON to this file.
+    #[arg(long)]
+    pub stats_json: Option<PathBuf>,
+}
+
+/// Splits `NAME=VALUE`.
+fn split_eq<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    s.split_once('=')
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .ok_or_else(|| anyhow!("{what} {s:?}: expected NAME=VALUE"))
+}
+
+/// Finds a port by name.
+pub fn port_index(ports: &[String], name: &str) -> anyhow::Result<u16> {
+    ports
+        .iter()
+        .position(|p| p == name)
+        .map(|i| i as u16)
+        .ok_or_else(|| anyhow!("no interface named {name:?} (interfaces: {})", ports.join(", ")))
+}
+
+/// Parses `--address NAME=CIDR`.
+pub fn parse_address(ports: &[String], s: &str) -> anyhow::Result<(u16, IpNet)> {
+    let (name, cidr) = split_eq(s, "--address")?;
+    let net: IpNet = cidr
+        .parse()
+        .with_context(|| format!("--address {s:?}: {cidr:?} is not an address with a prefix length"))?;
+    Ok((port_index(ports, name)?, net))
+}
+
+/// Parses `--route PREFIX=...`.
+pub fn parse_route(ports: &[String], s: &str) -> anyhow::Result<StaticRoute> {
+    let (prefix, target) = split_eq(s, "--route")?;
+    let prefix: IpNet = prefix
+        .parse()
+        .with_context(|| format!("--route {s:?}: {prefix:?} is not a prefix"))?;
+    let target = match target {
+        "blackhole" => RouteTarget::Blackhole,
+        "unreachable" => RouteTarget::Unreachable,
+        hops => {
+            let mut out = Vec::new();
+            for hop in hops.split(',') {
+                let (gw, port) = match hop.split_once('@') {
+                    Some((gw, name)) => (gw, Some(port_index(ports, name)?)),
+                    None => (hop, None),
+                };
+                let gw = if gw.is_empty() {
+                    None
+                } else {
+                    Some(gw.parse::<IpAddr>().with_context(|| {
+                        format!("--route {s:?}: {gw:?} is not an IP address")
+                    })?)
+                };
+                if gw.is_none() && port.is_none() {
+                    bail!("--route {s:?}: empty next hop");
+                }
+                out.push((gw, port));
+            }
+            RouteTarget::Via(out)
+        }
+    };
+    Ok(StaticRoute { prefix, target })
+}
+
+/// Parses `--mtu NAME=BYTES`.
+pub fn parse_mtu(ports: &[String], s: &str) -> anyhow::Result<(u16, u16)> {
+    let (name, v) = split_eq(s, "--mtu")?;
+    let mtu: u16 = v
+        .parse()
+        .with_context(|| format!("--mtu {s:?}: {v:?} is not a number of bytes"))?;
+    if mtu < 576 {
+        bail!("--mtu {s:?}: below the IPv4 minimum of 576 bytes");
+    }
+    Ok((port_index(ports, name)?, mtu))
+}
+
+/// Parses `--neighbor NAME=IP,MAC`.
+pub fn parse_neighbor(ports: &[String], s: &str) -> anyhow::Result<(u16, IpAddr, [u8; 6])> {
+    let (name, v) = split_eq(s, "--neighbor")?;
+    let (ip, mac) = v
+        .split_once(',')
+        .ok_or_else(|| anyhow!("--neighbor {s:?}: expected NAME=IP,MAC"))?;
+    let ip: IpAddr = ip
+        .parse()
+        .with_context(|| format!("--neighbor {s:?}: {ip:?} is not an IP address"))?;
+    Ok((port_index(ports, name)?, ip, parse_mac(mac)?))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(|| anyhow!("{s:?} is not a MAC address"))?;
+        *b = u8::from_str_radix(p, 16).map_err(|_| anyhow!("{s:?} is not a MAC address"))?;
+    }
+    if parts.next().is_some() {
+        bail!("{s:?} is not a MAC address");
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ports() -> Vec<String> {
+        vec!["c0".into(), "s0".into()]
+    }
+
+    #[test]
+    fn routes_parse() {
+        let r = parse_route(&ports(), "0.0.0.0/0=198.18.2.2,198.18.2.3@s0").unwrap();
+        assert_eq!(
+            r.target,
+            RouteTarget::Via(vec![
+                (Some("198.18.2.2".parse().unwrap()), None),
+                (Some("198.18.2.3".parse().unwrap()), Some(1))
+            ])
+        );
+        assert_eq!(
+            parse_route(&ports(), "2001:db8::/32=@c0").unwrap().target,
+            RouteTarget::Via(vec![(None, Some(0))])
+        );
+        assert_eq!(
+            parse_route(&ports(), "203.0.113.0/24=blackhole").unwrap().target,
+            RouteTarget::Blackhole
+        );
+        for bad in ["nope", "1.2.3.0/24=", "1.2.3.0/24=x", "1.2.3.0/24=1.1.1.1@zz", "x=1.1.1.1"] {
+            assert!(parse_route(&ports(), bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_mtus_neighbors_parse() {
+        assert_eq!(
+            parse_address(&ports(), "s0=198.18.2.1/24").unwrap(),
+            (1, "198.18.2.1/24".parse().unwrap())
+        );
+        assert!(parse_address(&ports(), "s0=198.18.2.1").is_err());
+        assert!(parse_address(&ports(), "zz=198.18.2.1/24").is_err());
+        assert_eq!(parse_mtu(&ports(), "c0=9000").unwrap(), (0, 9000));
+        assert!(parse_mtu(&ports(), "c0=100").is_err());
+        assert_eq!(
+            parse_neighbor(&ports(), "c0=198.18.1.2,02:00:00:00:00:01").unwrap().2,
+            [2, 0, 0, 0, 0, 1]
+        );
+        assert!(parse_mac("02:00:00:00:00").is_err());
+        assert!(parse_mac("02:00:00:00:00:01:02").is_err());
+    }
+}

@@ -1,0 +1,334 @@
+//! `switchyard router`: the dataplane as a plain router, configured from flags alone.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use ipnet::IpNet;
+use switchyard_dataplane::graph::{Graph, NodeCounters, Packet, VECTOR_SIZE};
+use switchyard_dataplane::nodes::router_graph;
+use switchyard_dataplane::tables::{Interface, Tables, TablesHandle};
+use switchyard_dataplane::worker::WorkerState;
+use switchyard_io::{Driver, PortInfo};
+
+use crate::cli::{self, Dataplane, RouterArgs};
+
+/// How long an idle worker waits for packets before looking at the clock and flags again.
+const IDLE_WAIT: Duration = Duration::from_millis(1);
+/// How often the neighbor table is aged.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the router until a signal or the `--duration` ends it.
+pub fn run(args: RouterArgs) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    match args.dataplane {
+        Dataplane::Afpacket => {
+            let driver = switchyard_io::afpacket::AfPacketDriver::new(&args.interfaces)
+                .context("starting the AF_PACKET dataplane")?;
+            Router::new(driver, &args)?.run(&args, &stop)
+        }
+        Dataplane::Afxdp => {
+            let driver = switchyard_io::afxdp::AfXdpDriver::new(&args.interfaces, 0)
+                .context("starting the AF_XDP dataplane")?;
+            Router::new(driver, &args)?.run(&args, &stop)
+        }
+        Dataplane::Dpdk => {
+            let eal_args: Vec<String> = std::iter::once("switchyard".to_string())
+                .chain(
+                    args.eal
+                        .as_deref()
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .map(str::to_string),
+                )
+                .collect();
+            let eal = switchyard_io::dpdk::Eal::init(&eal_args).context("starting DPDK's EAL")?;
+            let driver = switchyard_io::dpdk::DpdkDriver::new(
+                &eal,
+                &args.interfaces,
+                &switchyard_io::dpdk::DpdkConfig::default(),
+            )
+            .context("starting the DPDK dataplane")?;
+            Router::new(driver, &args)?.run(&args, &stop)
+        }
+        Dataplane::Pcap => {
+            let ports = args
+                .interfaces
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| pcap_port(i, spec))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let driver = switchyard_io::pcap::PcapDriver::new(ports).context("opening the pcap files")?;
+            // A replay ends when every input file has been read.
+            Router::new(driver, &args)?.run_until(&args, &stop, |d| {
+                (0..d.ports().len() as u16).all(|p| d.rx_done(p))
+            })
+        }
+    }
+}
+
+/// A pcap port from `IN.pcap:OUT.pcap` (either side may be empty), with a made-up MAC.
+fn pcap_port(index: usize, spec: &str) -> anyhow::Result<switchyard_io::pcap::PcapPortConfig> {
+    let (rx, tx) = spec.split_once(':').unwrap_or((spec, ""));
+    let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+    Ok(switchyard_io::pcap::PcapPortConfig {
+        info: PortInfo {
+            name: spec.to_string(),
+            mac: [0x02, 0, 0, 0, 0, u8::try_from(index + 1).context("too many pcap ports")?],
+            mtu: 1500,
+        },
+        rx: path(rx),
+        tx: path(tx),
+    })
+}
+
+/// Builds the tables the flags describe for the driver's ports.
+pub fn tables_from_args(ports: &[PortInfo], args: &RouterArgs) -> anyhow::Result<Tables> {
+    let names = &args.interfaces;
+    let mut interfaces: Vec<Interface> = ports
+        .iter()
+        .map(|p| Interface::new(p.name.clone(), p.mac, p.mtu))
+        .collect();
+    for a in &args.addresses {
+        let (port, net) = cli::parse_address(names, a)?;
+        let ifc = &mut interfaces[usize::from(port)];
+        match net {
+            IpNet::V4(n) => ifc.ipv4.push(n),
+            IpNet::V6(n) => ifc.ipv6.push(n),
+        }
+    }
+    for m in &args.mtus {
+        let (port, mtu) = cli::parse_mtu(names, m)?;
+        interfaces[usize::from(port)].mtu = mtu;
+    }
+    let routes = args
+        .routes
+        .iter()
+        .map(|r| cli::parse_route(names, r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Tables::build(1, interfaces, &routes)?)
+}
+
+/// One worker: a driver, the graph and the state it keeps.
+struct Router<D: Driver> {
+    driver: D,
+    graph: Graph<D::Buffer>,
+    tables: TablesHandle,
+    state: WorkerState,
+}
+
+impl<D: Driver> Router<D>
+where
+    D::Buffer: 'static,
+{
+    fn new(driver: D, args: &RouterArgs) -> anyhow::Result<Self> {
+        let ports = driver.ports().to_vec();
+        if ports.len() != args.interfaces.len() {
+            bail!(
+                "the driver opened {} ports for {} interfaces",
+                ports.len(),
+                args.interfaces.len()
+            );
+        }
+        let tables = tables_from_args(&ports, args)?;
+        let mut state = WorkerState::default();
+        for n in &args.neighbors {
+            let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;
+            state.neighbors.insert_permanent(port, ip, mac);
+        }
+        let mut graph = router_graph(ports.len())?;
+        graph.trace.pending = args.trace;
+        for (p, ifc) in ports.iter().zip(&tables.interfaces) {
+            let addrs: Vec<String> = ifc
+                .ipv4
+                .iter()
+                .map(|n| n.to_string())
+                .chain(ifc.ipv6.iter().map(|n| n.to_string()))
+                .collect();
+            tracing::info!(
+                port = %p.name,
+                mac = %format_mac(&p.mac),
+                mtu = ifc.mtu,
+                addresses = %addrs.join(" "),
+                "port ready"
+            );
+        }
+        Ok(Router {
+            driver,
+            graph,
+            tables: TablesHandle::new(tables),
+            state,
+        })
+    }
+
+    fn run(self, args: &RouterArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+        self.run_until(args, stop, |_| false)
+    }
+
+    /// Forwards until a signal, the deadline, or `finished` says the input is exhausted.
+    fn run_until(
+        mut self,
+        args: &RouterArgs,
+        stop: &AtomicBool,
+        finished: impl Fn(&D) -> bool,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let deadline = args.duration.map(|d| start + Duration::from_secs_f64(d.max(0.0)));
+        let nports = self.driver.ports().len() as u16;
+        let mut rx: Vec<D::Buffer> = Vec::with_capacity(VECTOR_SIZE);
+        let mut io_errors = 0u64;
+        let mut last_housekeeping = start;
+        let (mut rx_total, mut tx_total) = (0u64, 0u64);
+        tracing::info!("forwarding");
+        while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+            let mut received = 0;
+            for port in 0..nports {
+                match self.driver.rx_burst(port, &mut rx, VECTOR_SIZE) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        io_errors += 1;
+                        if io_errors.is_power_of_two() {
+                            tracing::warn!(error = %e, count = io_errors, "receive failed");
+                        }
+                    }
+                }
+                received += rx.len();
+                for buf in rx.drain(..) {
+                    self.graph.receive(Packet::received(buf, port));
+                }
+            }
+            let now = Instant::now();
+            if now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
+                last_housekeeping = now;
+                self.state.neighbors.expire(nanos_since(start, now));
+            }
+            if received == 0 {
+                if finished(&self.driver) {
+                    break;
+                }
+                self.driver.wait(IDLE_WAIT);
+                continue;
+            }
+            rx_total += received as u64;
+            let tables = self.tables.load();
+            self.graph.dispatch(&tables, &mut self.state, nanos_since(start, now));
+            for port in 0..nports {
+                let queue = &mut self.graph.tx[usize::from(port)];
+                if queue.is_empty() {
+                    continue;
+                }
+                match self.driver.tx_burst(port, queue) {
+                    Ok(n) => tx_total += n as u64,
+                    Err(e) => {
+                        io_errors += 1;
+                        queue.clear();
+                        if io_errors.is_power_of_two() {
+                            tracing::warn!(error = %e, count = io_errors, "transmit failed");
+                        }
+                    }
+                }
+            }
+            // Nothing consumes punted packets yet: the router has no local services.
+            self.graph
+                .dropped
+                .extend(self.graph.punt.drain(..).map(|p| p.buf));
+            self.driver.recycle(&mut self.graph.dropped);
+        }
+        let elapsed = start.elapsed();
+        let report = Report {
+            seconds: elapsed.as_secs_f64(),
+            rx: rx_total,
+            tx: tx_total,
+            io_errors,
+            looped: self.graph.looped,
+            neighbors: self.state.neighbors.len(),
+            nodes: self.graph.counters(),
+        };
+        print!("{}", report.text());
+        for (i, t) in self.graph.trace.take().iter().enumerate() {
+            println!("trace of packet {}:\n{t}", i + 1);
+        }
+        if let Some(path) = &args.stats_json {
+            std::fs::write(path, report.json())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn nanos_since(start: Instant, now: Instant) -> u64 {
+    u64::try_from(now.duration_since(start).as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn format_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// What the router did, printed on exit.
+struct Report {
+    seconds: f64,
+    rx: u64,
+    tx: u64,
+    io_errors: u64,
+    looped: u64,
+    neighbors: usize,
+    nodes: Vec<NodeCounters>,
+}
+
+impl Report {
+    /// VPP-style: per node, packets and vectors, then every non-zero counter.
+    fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "switchyard router: {:.1} s, {} packets received, {} sent, {} neighbors, {} I/O errors",
+            self.seconds, self.rx, self.tx, self.neighbors, self.io_errors
+        );
+        let _ = writeln!(s, "{:<16} {:>10} {:>8}  counters", "node", "packets", "vectors");
+        for n in &self.nodes {
+            if n.packets == 0 {
+                continue;
+            }
+            let _ = writeln!(s, "{:<16} {:>10} {:>8}", n.name, n.packets, n.vectors);
+            for (info, count) in &n.errors {
+                if *count > 0 {
+                    let _ = writeln!(s, "{:<16} {:>10}           {} ({})", "", count, info.key, info.text);
+                }
+            }
+        }
+        if self.looped > 0 {
+            let _ = writeln!(s, "{} packets dropped for looping in the graph", self.looped);
+        }
+        s
+    }
+
+    fn json(&self) -> String {
+        let nodes: Vec<serde_json::Value> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let errors: serde_json::Map<String, serde_json::Value> = n
+                    .errors
+                    .iter()
+                    .map(|(i, c)| (i.key.to_string(), (*c).into()))
+                    .collect();
+                serde_json::json!({
+                    "name": n.name, "packets": n.packets, "vectors": n.vectors, "errors": errors,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "seconds": self.seconds, "rx": self.rx, "tx": self.tx, "io_errors": self.io_errors,
+            "looped": self.looped, "neighbors": self.neighbors, "nodes": nodes,
+        })
+        .to_string()
+    }
+}
