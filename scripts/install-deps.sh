@@ -7,6 +7,8 @@ set -euo pipefail
 PACKAGES=(
   # build: bindgen needs libclang; DPDK headers/libs for dataplane/dpdk-sys
   build-essential clang libclang-dev pkg-config dpdk libdpdk-dev
+  # DPDK benchmark peer: dpdk-testpmd (benches/dpdk_vs_testpmd.sh)
+  dpdk-dev
   # AF_XDP driver: libxdp/libbpf built by xsk-rs
   m4 libelf-dev zlib1g-dev
   # lab and tests: namespaces, kernel peers, packet dissection, kernel baseline

@@ -40,6 +40,13 @@ pub trait PacketBuffer {
     /// Shortens the packet to `len` bytes; does nothing when it is already that short.
     fn truncate(&mut self, len: usize);
 
+    /// A new empty buffer of the same kind (same pool, same headroom), for the rare packet a
+    /// node sends besides the one it was given (a neighbor request while the packet waits).
+    /// `None` when none can be had; the caller then does without.
+    fn alloc_sibling(&self) -> Option<Self>
+    where
+        Self: Sized;
+
     /// Length of the packet in bytes.
     #[inline]
     fn len(&self) -> usize {
@@ -121,6 +128,10 @@ impl std::fmt::Debug for HeapBuffer {
 }
 
 impl PacketBuffer for HeapBuffer {
+    fn alloc_sibling(&self) -> Option<Self> {
+        Some(HeapBuffer::new(self.bytes.len(), self.base))
+    }
+
     #[inline]
     fn data(&self) -> &[u8] {
         &self.bytes[self.start..self.end]

@@ -22,6 +22,16 @@ pub const DROP: &str = "drop";
 pub const TX: &str = "tx";
 /// Name of the built-in next node that hands the packet to the control plane.
 pub const PUNT: &str = "punt";
+/// Name of the built-in next node that parks the packet until the neighbor table learns
+/// something new, then gives it back to the node that parked it (or drops it after
+/// [`HOLD_TIME`]).
+pub const HOLD: &str = "hold";
+
+/// Longest a packet is held waiting for its next hop to be resolved: three one-second
+/// requests, as Linux's default `mcast_solicit`.
+pub const HOLD_TIME: Nanos = 3_000_000_000;
+/// Most packets held at once; more are dropped (counted in [`Graph::hold_overflow`]).
+pub const MAX_HELD: usize = 256;
 
 /// Nanoseconds on the caller's monotonic clock; the dataplane never reads a clock itself.
 pub type Nanos = u64;
@@ -47,6 +57,8 @@ pub struct Meta {
     pub l2_multicast: bool,
     /// The Ethernet source address of the frame it arrived in.
     pub l2_src: [u8; 6],
+    /// When the packet was first parked in [`HOLD`], if it was.
+    pub held_since: Option<Nanos>,
     /// 1 + index of this packet's trace record, or 0 when it is not traced.
     pub trace: u32,
 }
@@ -157,11 +169,11 @@ pub trait Node<B: PacketBuffer> {
     /// The node's error counters; [`Context::error`] takes indexes into this.
     fn errors(&self) -> &'static [ErrorInfo];
     /// Processes a vector: for each packet `pkts[i]` sets `next[i]`.
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]);
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]);
 }
 
 /// What a node sees of the world while it processes a vector.
-pub struct Context<'a> {
+pub struct Context<'a, B> {
     /// The forwarding tables in force for this vector.
     pub tables: &'a Tables,
     /// State the worker keeps across vectors (neighbors, rate limiters).
@@ -170,10 +182,16 @@ pub struct Context<'a> {
     pub now: Nanos,
     errors: &'a mut [u64],
     trace: &'a mut Trace,
+    spawned: &'a mut Vec<(Packet<B>, NextIndex)>,
     node: &'static str,
 }
 
-impl Context<'_> {
+impl<B> Context<'_, B> {
+    /// Sends an extra packet, made by the node, to its next node `next`.
+    pub fn spawn(&mut self, pkt: Packet<B>, next: impl Into<NextIndex>) {
+        self.spawned.push((pkt, next.into()));
+    }
+
     /// Counts one occurrence of the node's error `e`.
     #[inline]
     pub fn error(&mut self, e: impl Into<usize>) {
@@ -265,6 +283,7 @@ enum Target {
     Drop,
     Tx,
     Punt,
+    Hold,
 }
 
 struct Slot<B> {
@@ -299,11 +318,26 @@ pub enum GraphError {
 /// and is dropped (counted in [`Graph::looped`]).
 const MAX_PASSES: usize = 16;
 
+/// A packet parked by [`HOLD`].
+struct Held<B> {
+    pkt: Packet<B>,
+    /// The slot to give it back to.
+    slot: usize,
+}
+
 /// A wired graph of nodes with its sinks: packets to transmit, to punt and to free.
 pub struct Graph<B> {
     slots: Vec<Slot<B>>,
     input: usize,
     next_scratch: Vec<NextIndex>,
+    spawned: Vec<(Packet<B>, NextIndex)>,
+    held: Vec<Held<B>>,
+    /// The neighbor table generation the held packets last saw.
+    held_generation: u64,
+    /// Packets dropped because too many were held.
+    pub hold_overflow: u64,
+    /// Held packets dropped because their next hop stayed unresolved for [`HOLD_TIME`].
+    pub hold_expired: u64,
     /// Packets to transmit, per port.
     pub tx: Vec<Vec<B>>,
     /// Packets for the control plane.
@@ -342,6 +376,7 @@ impl<B: PacketBuffer> Graph<B> {
                     DROP => Ok(Target::Drop),
                     TX => Ok(Target::Tx),
                     PUNT => Ok(Target::Punt),
+                    HOLD => Ok(Target::Hold),
                     _ => find(next).map(Target::Node).ok_or(GraphError::UnknownNext {
                         node: node.name(),
                         next,
@@ -361,6 +396,11 @@ impl<B: PacketBuffer> Graph<B> {
             input: find(input).ok_or(GraphError::UnknownInput(input))?,
             slots,
             next_scratch: vec![0; VECTOR_SIZE],
+            spawned: Vec::new(),
+            held: Vec::new(),
+            held_generation: 0,
+            hold_overflow: 0,
+            hold_expired: 0,
             tx: (0..ports).map(|_| Vec::with_capacity(VECTOR_SIZE)).collect(),
             punt: Vec::new(),
             dropped: Vec::with_capacity(VECTOR_SIZE),
@@ -377,8 +417,50 @@ impl<B: PacketBuffer> Graph<B> {
         self.slots[self.input].queue.push(pkt);
     }
 
-    /// Runs the nodes until every queued packet has reached a sink.
+    /// Runs the nodes until every queued packet has reached a sink, then gives held packets
+    /// another go if the neighbor table learned something meanwhile.
     pub fn dispatch(&mut self, tables: &Tables, state: &mut WorkerState, now: Nanos) {
+        self.run_passes(tables, state, now);
+        if self.release_held(state, now) {
+            self.run_passes(tables, state, now);
+        }
+    }
+
+    /// Drops held packets that waited too long; call now and then when idle.
+    pub fn housekeeping(&mut self, state: &WorkerState, now: Nanos) {
+        if !self.held.is_empty() {
+            self.release_held(state, now);
+        }
+    }
+
+    /// Number of packets held for neighbor resolution.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Expires old held packets and, when the neighbor table changed, queues the rest back at
+    /// the nodes that held them. True if any were queued.
+    fn release_held(&mut self, state: &WorkerState, now: Nanos) -> bool {
+        let generation = state.neighbors.generation();
+        let changed = generation != self.held_generation;
+        self.held_generation = generation;
+        let mut requeued = false;
+        for h in std::mem::take(&mut self.held) {
+            let since = h.pkt.meta.held_since.unwrap_or(now);
+            if now.saturating_sub(since) >= HOLD_TIME {
+                self.hold_expired += 1;
+                self.dropped.push(h.pkt.buf);
+            } else if changed {
+                self.slots[h.slot].queue.push(h.pkt);
+                requeued = true;
+            } else {
+                self.held.push(h);
+            }
+        }
+        requeued
+    }
+
+    fn run_passes(&mut self, tables: &Tables, state: &mut WorkerState, now: Nanos) {
         for _ in 0..MAX_PASSES {
             let mut ran = false;
             for i in 0..self.slots.len() {
@@ -420,35 +502,55 @@ impl<B: PacketBuffer> Graph<B> {
             now,
             errors: &mut slot.errors,
             trace: &mut self.trace,
+            spawned: &mut self.spawned,
             node: slot.node.name(),
         };
         slot.node.process(&mut cx, &mut pkts, next);
 
-        let name = slot.node.name();
-        let next_names = slot.node.next_nodes();
-        for (pkt, &nx) in pkts.drain(..).zip(self.next_scratch.iter()) {
-            let slot = &self.slots[i];
-            let target = slot.arcs.get(usize::from(nx)).copied().unwrap_or(Target::Drop);
-            if pkt.meta.trace != 0 {
-                let to = next_names.get(usize::from(nx)).copied().unwrap_or(DROP);
-                self.trace.add(pkt.meta.trace, name, format!("-> {to}"));
-            }
-            match target {
-                Target::Node(j) => self.slots[j].queue.push(pkt),
-                Target::Drop => self.dropped.push(pkt.buf),
-                Target::Punt => self.punt.push(pkt),
-                Target::Tx => match self.tx.get_mut(usize::from(pkt.meta.tx_port)) {
-                    Some(q) => q.push(pkt.buf),
-                    None => {
-                        self.bad_tx_port += 1;
-                        self.dropped.push(pkt.buf);
-                    }
-                },
-            }
+        for (k, pkt) in pkts.drain(..).enumerate() {
+            let nx = self.next_scratch[k];
+            self.forward(i, pkt, nx, now);
         }
+        let mut spawned = std::mem::take(&mut self.spawned);
+        for (pkt, nx) in spawned.drain(..) {
+            self.forward(i, pkt, nx, now);
+        }
+        self.spawned = spawned;
         // Give the (now empty) vector's allocation back if the queue did not grow meanwhile.
         if self.slots[i].queue.is_empty() {
             self.slots[i].queue = pkts;
+        }
+    }
+
+    /// Moves a packet leaving slot `i` by its next index `nx`.
+    #[inline]
+    fn forward(&mut self, i: usize, pkt: Packet<B>, nx: NextIndex, now: Nanos) {
+        let slot = &self.slots[i];
+        let target = slot.arcs.get(usize::from(nx)).copied().unwrap_or(Target::Drop);
+        if pkt.meta.trace != 0 {
+            let to = slot.node.next_nodes().get(usize::from(nx)).copied().unwrap_or(DROP);
+            self.trace.add(pkt.meta.trace, slot.node.name(), format!("-> {to}"));
+        }
+        match target {
+            Target::Node(j) => self.slots[j].queue.push(pkt),
+            Target::Drop => self.dropped.push(pkt.buf),
+            Target::Punt => self.punt.push(pkt),
+            Target::Hold if self.held.len() < MAX_HELD => {
+                let mut pkt = pkt;
+                pkt.meta.held_since.get_or_insert(now);
+                self.held.push(Held { pkt, slot: i });
+            }
+            Target::Hold => {
+                self.hold_overflow += 1;
+                self.dropped.push(pkt.buf);
+            }
+            Target::Tx => match self.tx.get_mut(usize::from(pkt.meta.tx_port)) {
+                Some(q) => q.push(pkt.buf),
+                None => {
+                    self.bad_tx_port += 1;
+                    self.dropped.push(pkt.buf);
+                }
+            },
         }
     }
 
@@ -515,7 +617,7 @@ mod tests {
         }
         fn process(
             &mut self,
-            cx: &mut Context<'_>,
+            cx: &mut Context<'_, HeapBuffer>,
             pkts: &mut [Packet<HeapBuffer>],
             next: &mut [NextIndex],
         ) {
@@ -545,7 +647,7 @@ mod tests {
         }
         fn process(
             &mut self,
-            _cx: &mut Context<'_>,
+            _cx: &mut Context<'_, HeapBuffer>,
             pkts: &mut [Packet<HeapBuffer>],
             next: &mut [NextIndex],
         ) {

@@ -92,6 +92,9 @@ pub enum Resolution {
 #[derive(Clone, Debug, Default)]
 pub struct NeighborTable {
     entries: FnvHashMap<(u16, IpAddr), Neighbor>,
+    /// Bumped whenever an address is learned or changes, so packets waiting for one know
+    /// when to look again.
+    generation: u64,
     /// Entries not learned because the table was full.
     pub full: u64,
 }
@@ -135,6 +138,11 @@ impl NeighborTable {
         }
     }
 
+    /// Changes whenever an address is learned or changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The address known for `ip` on `port`, without side effects.
     pub fn get(&self, port: u16, ip: IpAddr) -> Option<[u8; 6]> {
         self.entries.get(&(port, ip)).and_then(|e| e.mac)
@@ -145,6 +153,9 @@ impl NeighborTable {
     pub fn learn(&mut self, port: u16, ip: IpAddr, mac: [u8; 6], now: Nanos, create: bool) {
         if let Some(e) = self.entries.get_mut(&(port, ip)) {
             if !e.permanent {
+                if e.mac != Some(mac) {
+                    self.generation += 1;
+                }
                 e.mac = Some(mac);
                 e.confirmed = now;
                 e.requested = None;
@@ -158,6 +169,7 @@ impl NeighborTable {
             self.full += 1;
             return;
         }
+        self.generation += 1;
         self.entries.insert(
             (port, ip),
             Neighbor {
@@ -171,6 +183,7 @@ impl NeighborTable {
 
     /// Adds a permanent entry.
     pub fn insert_permanent(&mut self, port: u16, ip: IpAddr, mac: [u8; 6]) {
+        self.generation += 1;
         self.entries.insert(
             (port, ip),
             Neighbor {

@@ -206,6 +206,8 @@ where
             if now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
                 last_housekeeping = now;
                 self.state.neighbors.expire(nanos_since(start, now));
+                self.graph.housekeeping(&self.state, nanos_since(start, now));
+                self.driver.recycle(&mut self.graph.dropped);
             }
             if received == 0 {
                 if finished(&self.driver) {

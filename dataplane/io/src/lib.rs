@@ -6,7 +6,13 @@
 
 use switchyard_dataplane::PacketBuffer;
 
+pub mod afpacket;
+#[cfg(feature = "afxdp")]
+pub mod afxdp;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod mem;
+pub mod pcap;
 
 /// What a driver knows about one of its ports.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -36,7 +36,7 @@ node_nexts! {
 pub struct ArpInput;
 
 impl ArpInput {
-    fn handle<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> Next {
+    fn handle<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> Next {
         let repr = match ArpPacket::new_checked(pkt.buf.data()).and_then(|p| ArpRepr::parse(&p)) {
             Ok(r) => r,
             Err(crate::wire::WireError::Unsupported) => {
@@ -116,7 +116,7 @@ impl<B: PacketBuffer> Node<B> for ArpInput {
         ArpInputError::INFO
     }
 
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::handle(cx, pkt).into();
         }

@@ -32,7 +32,7 @@ pub struct EthernetInput;
 
 impl EthernetInput {
     #[inline]
-    fn classify<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> Next {
+    fn classify<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> Next {
         let data = pkt.buf.data();
         let Ok(frame) = EthernetFrame::new_checked(data) else {
             cx.error(EthernetInputError::TooShort);
@@ -92,7 +92,7 @@ impl<B: PacketBuffer> Node<B> for EthernetInput {
         EthernetInputError::INFO
     }
 
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::classify(cx, pkt).into();
         }

@@ -299,7 +299,7 @@ fn source_for(tables: &Tables, to: Ipv6Addr, rx_port: u16) -> Option<Ipv6Addr> {
 }
 
 impl Icmp6Error {
-    fn build<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> Next {
+    fn build<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> Next {
         let Some((kind, code, param)) = pkt.meta.icmp_error.take() else {
             cx.error(Icmp6ErrorError::Missing);
             return Next::Drop;
@@ -385,7 +385,7 @@ impl<B: PacketBuffer> Node<B> for Icmp6Error {
     fn errors(&self) -> &'static [ErrorInfo] {
         Icmp6ErrorError::INFO
     }
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::build(cx, pkt).into();
         }

@@ -3,12 +3,11 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{arp, flow_hash, l4_ports, push_ethernet};
+use super::{flow_hash, l4_ports};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
-use crate::wire::{checksum, EtherType, IpProtocol, Ipv4Packet, WireError};
-use crate::worker::Resolution;
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT};
+use crate::wire::{checksum, IpProtocol, Ipv4Packet, WireError};
 use crate::{node_errors, node_nexts};
 
 /// TTL of packets this node originates (echo replies, ICMP errors), as Linux's default.
@@ -69,7 +68,7 @@ pub struct Ip4Input;
 
 impl Ip4Input {
     #[inline]
-    fn check<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> InputNext {
+    fn check<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> InputNext {
         let (total_len, src, dst, hash) = {
             let ip = match Ipv4Packet::new_checked(pkt.buf.data()) {
                 Ok(ip) => ip,
@@ -126,7 +125,7 @@ impl<B: PacketBuffer> Node<B> for Ip4Input {
     fn errors(&self) -> &'static [ErrorInfo] {
         Ip4InputError::INFO
     }
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::check(cx, pkt).into();
         }
@@ -158,7 +157,7 @@ pub struct Ip4Lookup;
 
 impl Ip4Lookup {
     #[inline]
-    fn lookup<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> LookupNext {
+    fn lookup<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LookupNext {
         let dst = Ipv4Packet::new_unchecked(pkt.buf.data()).dst_addr();
         if dst.is_broadcast() {
             return LookupNext::Local;
@@ -217,7 +216,7 @@ impl<B: PacketBuffer> Node<B> for Ip4Lookup {
     fn errors(&self) -> &'static [ErrorInfo] {
         Ip4LookupError::INFO
     }
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::lookup(cx, pkt).into();
         }
@@ -251,7 +250,7 @@ node_nexts! {
 pub struct Ip4Local;
 
 impl Ip4Local {
-    fn deliver<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> LocalNext {
+    fn deliver<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LocalNext {
         if pkt.meta.local_origin {
             cx.error(Ip4LocalError::LocalLoop);
             return LocalNext::Drop;
@@ -330,7 +329,7 @@ impl<B: PacketBuffer> Node<B> for Ip4Local {
     fn errors(&self) -> &'static [ErrorInfo] {
         Ip4LocalError::INFO
     }
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::deliver(cx, pkt).into();
         }
@@ -343,27 +342,24 @@ node_errors! {
         TooBig = ("too_big", "larger than the next link's MTU with DF set: fragmentation needed sent"),
         FragmentationUnsupported = ("fragmentation_unsupported", "larger than the next link's MTU without DF (fragmentation is not implemented)"),
         NoInterface = ("no_interface", "route points at a missing port"),
-        NeighborPending = ("neighbor_pending", "next hop unresolved, request already sent"),
-        ArpRequestSent = ("arp_request_sent", "next hop unresolved: packet turned into an ARP request"),
-        NoHeadroom = ("no_headroom", "no room to add the Ethernet header"),
     }
 }
 
 node_nexts! {
     enum RewriteNext {
         Drop = DROP,
-        Tx = TX,
+        Output = "neighbor-output",
         Error = "icmp4-error",
     }
 }
 
-/// The `ip4-rewrite` node: the forwarding step (TTL, MTU) and the Ethernet header.
+/// The `ip4-rewrite` node: the forwarding step (TTL, MTU).
 #[derive(Debug, Default)]
 pub struct Ip4Rewrite;
 
 impl Ip4Rewrite {
     #[inline]
-    fn rewrite<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> RewriteNext {
+    fn rewrite<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> RewriteNext {
         let Some(ifc) = cx.tables.interface(pkt.meta.tx_port) else {
             cx.error(Ip4RewriteError::NoInterface);
             return RewriteNext::Drop;
@@ -395,31 +391,7 @@ impl Ip4Rewrite {
                 ip.decrement_ttl();
             }
         }
-        let Some(IpAddr::V4(nh)) = pkt.meta.next_hop else {
-            cx.error(Ip4RewriteError::NoInterface);
-            return RewriteNext::Drop;
-        };
-        let mac = match cx.state.neighbors.resolve(pkt.meta.tx_port, IpAddr::V4(nh), cx.now) {
-            Resolution::Known(mac) | Resolution::Refresh(mac) => mac,
-            Resolution::Pending => {
-                cx.error(Ip4RewriteError::NeighborPending);
-                return RewriteNext::Drop;
-            }
-            Resolution::Request => {
-                if !arp::make_request(&mut pkt.buf, ifc, nh) {
-                    cx.error(Ip4RewriteError::NoHeadroom);
-                    return RewriteNext::Drop;
-                }
-                cx.error(Ip4RewriteError::ArpRequestSent);
-                cx.trace(&pkt.meta, format_args!("who-has {nh}: packet became an ARP request"));
-                return RewriteNext::Tx;
-            }
-        };
-        if !push_ethernet(&mut pkt.buf, mac, ifc.mac, EtherType::IPV4) {
-            cx.error(Ip4RewriteError::NoHeadroom);
-            return RewriteNext::Drop;
-        }
-        RewriteNext::Tx
+        RewriteNext::Output
     }
 }
 
@@ -433,7 +405,7 @@ impl<B: PacketBuffer> Node<B> for Ip4Rewrite {
     fn errors(&self) -> &'static [ErrorInfo] {
         Ip4RewriteError::INFO
     }
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::rewrite(cx, pkt).into();
         }

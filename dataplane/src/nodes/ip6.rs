@@ -11,7 +11,6 @@ use crate::fib::Route;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
 use crate::tables::Interface;
 use crate::wire::{checksum, EtherType, IpProtocol, Ipv6Packet, WireError};
-use crate::worker::Resolution;
 use crate::{node_errors, node_nexts};
 
 /// Hop limit of packets this node originates, other than neighbor discovery.
@@ -71,7 +70,7 @@ pub struct Ip6Input;
 
 impl Ip6Input {
     #[inline]
-    fn check<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> InputNext {
+    fn check<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> InputNext {
         let ip = match Ipv6Packet::new_checked(pkt.buf.data()) {
             Ok(ip) => ip,
             Err(WireError::BadVersion) => {
@@ -116,7 +115,7 @@ impl<B: PacketBuffer> Node<B> for Ip6Input {
     fn errors(&self) -> &'static [ErrorInfo] {
         Ip6InputError::INFO
     }
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::check(cx, pkt).into();
         }
@@ -149,7 +148,7 @@ pub struct Ip6Lookup;
 
 impl Ip6Lookup {
     #[inline]
-    fn lookup<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> LookupNext {
+    fn lookup<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LookupNext {
         let ip = Ipv6Packet::new_unchecked(pkt.buf.data());
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         let Some(rx_ifc) = cx.tables.interface(pkt.meta.rx_port) else {
@@ -228,7 +227,7 @@ impl<B: PacketBuffer> Node<B> for Ip6Lookup {
     fn errors(&self) -> &'static [ErrorInfo] {
         Ip6LookupError::INFO
     }
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::lookup(cx, pkt).into();
         }
@@ -271,7 +270,7 @@ node_nexts! {
 pub struct Ip6Local;
 
 impl Ip6Local {
-    fn deliver<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> LocalNext {
+    fn deliver<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LocalNext {
         if pkt.meta.local_origin {
             cx.error(Ip6LocalError::LocalLoop);
             return LocalNext::Drop;
@@ -380,7 +379,7 @@ impl Ip6Local {
     /// RFC 4861 7.2.3/7.2.4: validate, learn the sender, answer with an advertisement built in
     /// place and sent straight back out of the receiving port.
     fn solicitation<B: PacketBuffer>(
-        cx: &mut Context<'_>,
+        cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
         src: Ipv6Addr,
         dst: Ipv6Addr,
@@ -435,7 +434,7 @@ impl<B: PacketBuffer> Node<B> for Ip6Local {
     fn errors(&self) -> &'static [ErrorInfo] {
         Ip6LocalError::INFO
     }
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::deliver(cx, pkt).into();
         }
@@ -447,16 +446,13 @@ node_errors! {
         HopLimitExpired = ("hop_limit_expired", "hop limit expired in transit: time exceeded sent"),
         TooBig = ("too_big", "larger than the next link's MTU: packet too big sent"),
         NoInterface = ("no_interface", "route points at a missing port"),
-        NeighborPending = ("neighbor_pending", "next hop unresolved, solicitation already sent"),
-        SolicitationSent = ("ns_sent", "next hop unresolved: packet turned into a neighbor solicitation"),
-        NoHeadroom = ("no_headroom", "no room to add the Ethernet header"),
     }
 }
 
 node_nexts! {
     enum RewriteNext {
         Drop = DROP,
-        Tx = TX,
+        Output = "neighbor-output",
         Error = "icmp6-error",
     }
 }
@@ -467,7 +463,7 @@ pub struct Ip6Rewrite;
 
 impl Ip6Rewrite {
     #[inline]
-    fn rewrite<B: PacketBuffer>(cx: &mut Context<'_>, pkt: &mut Packet<B>) -> RewriteNext {
+    fn rewrite<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> RewriteNext {
         let Some(ifc) = cx.tables.interface(pkt.meta.tx_port) else {
             cx.error(Ip6RewriteError::NoInterface);
             return RewriteNext::Drop;
@@ -488,31 +484,7 @@ impl Ip6Rewrite {
                 ip.decrement_hop_limit();
             }
         }
-        let Some(IpAddr::V6(nh)) = pkt.meta.next_hop else {
-            cx.error(Ip6RewriteError::NoInterface);
-            return RewriteNext::Drop;
-        };
-        let mac = match cx.state.neighbors.resolve(pkt.meta.tx_port, IpAddr::V6(nh), cx.now) {
-            Resolution::Known(mac) | Resolution::Refresh(mac) => mac,
-            Resolution::Pending => {
-                cx.error(Ip6RewriteError::NeighborPending);
-                return RewriteNext::Drop;
-            }
-            Resolution::Request => {
-                if !nd::make_solicitation(&mut pkt.buf, ifc, nh) {
-                    cx.error(Ip6RewriteError::NoHeadroom);
-                    return RewriteNext::Drop;
-                }
-                cx.error(Ip6RewriteError::SolicitationSent);
-                cx.trace(&pkt.meta, format_args!("who-has {nh}: packet became an NS"));
-                return RewriteNext::Tx;
-            }
-        };
-        if !push_ethernet(&mut pkt.buf, mac, ifc.mac, EtherType::IPV6) {
-            cx.error(Ip6RewriteError::NoHeadroom);
-            return RewriteNext::Drop;
-        }
-        RewriteNext::Tx
+        RewriteNext::Output
     }
 }
 
@@ -526,7 +498,7 @@ impl<B: PacketBuffer> Node<B> for Ip6Rewrite {
     fn errors(&self) -> &'static [ErrorInfo] {
         Ip6RewriteError::INFO
     }
-    fn process(&mut self, cx: &mut Context<'_>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::rewrite(cx, pkt).into();
         }

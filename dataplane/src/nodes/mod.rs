@@ -2,18 +2,19 @@
 //!
 //! ```text
 //! ethernet-input ─┬─► arp-input ──────────────────────────────────────────────► tx
-//!                 ├─► ip4-input ─► ip4-lookup ─┬─► ip4-rewrite ─────────────────► tx
+//!                 ├─► ip4-input ─► ip4-lookup ─┬─► ip4-rewrite ─┐
 //!                 │                            ├─► ip4-local ──► (echo reply) ─► ip4-lookup
 //!                 │                            └─► icmp4-error ────────────────► ip4-lookup
-//!                 └─► ip6-input ─► ip6-lookup ─┬─► ip6-rewrite ─────────────────► tx
+//!                 └─► ip6-input ─► ip6-lookup ─┬─► ip6-rewrite ─┴► neighbor-output ─► tx
 //!                                              ├─► ip6-local (echo, ND) ───────► ip6-lookup / tx
 //!                                              └─► icmp6-error ────────────────► ip6-lookup
 //! ```
 //!
 //! Errors found while forwarding (TTL expired, no route, too big) send the packet to the ICMP
 //! error node of its family, which rebuilds it in place into the ICMP message and routes that
-//! back to the source. Neighbor misses turn the packet into an ARP request or a neighbor
-//! solicitation, so the graph never allocates.
+//! back to the source. An unknown next hop makes `neighbor-output` send a request from a
+//! second buffer and hold the packet until the answer arrives; that is the only allocation
+//! outside start-up, and it is rationed to one request a second per neighbor.
 
 use crate::buffer::PacketBuffer;
 use crate::graph::{Graph, GraphError, Node};
@@ -25,6 +26,7 @@ pub mod icmp4;
 pub mod icmp6;
 pub mod ip4;
 pub mod ip6;
+pub mod neighbor;
 
 /// The router graph: every node above, entered at `ethernet-input`.
 pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>, GraphError> {
@@ -41,6 +43,7 @@ pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>,
         Box::new(icmp6::Icmp6Error),
         Box::new(ip4::Ip4Rewrite),
         Box::new(ip6::Ip6Rewrite),
+        Box::new(neighbor::NeighborOutput),
     ];
     Graph::new(nodes, "ethernet-input", ports)
 }

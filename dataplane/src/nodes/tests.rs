@@ -245,7 +245,7 @@ fn pads_are_trimmed_before_forwarding() {
 }
 
 #[test]
-fn unknown_next_hop_becomes_an_arp_request_then_waits() {
+fn unknown_next_hop_is_asked_for_and_the_packet_held_until_answered() {
     let mut r = Rig::new();
     let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.9"), IpProtocol::UDP, 64, false, &[0; 8]);
     let frame = eth(MAC0, CLIENT_MAC, 0x0800, &pkt);
@@ -255,15 +255,32 @@ fn unknown_next_hop_becomes_an_arp_request_then_waits() {
     assert_eq!(*port, 1);
     assert_eq!(&f[0..6], &BCAST);
     assert_eq!(&f[14..], &arp(1, MAC1, v4("198.18.2.1"), [0; 6], v4("198.18.2.9"))[..]);
-    // Within a second no second request.
+    // Within a second no second request; both packets wait.
     assert!(r.send(0, &frame).is_empty());
-    assert_eq!(r.count("ip4-rewrite", "neighbor_pending"), 1);
-    // The reply is learned and traffic flows.
+    assert_eq!(r.graph.held(), 2);
+    // The reply is learned and the held packets go out, TTL decremented once.
     let reply = arp(2, SERVER_MAC, v4("198.18.2.9"), MAC1, v4("198.18.2.1"));
-    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0806, &reply)).is_empty());
-    let out = r.send(0, &frame);
-    assert_eq!(out.len(), 1);
-    assert_eq!(&out[0].1[0..6], &SERVER_MAC);
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0806, &reply));
+    assert_eq!(out.len(), 2);
+    for (port, f) in &out {
+        assert_eq!(*port, 1);
+        assert_eq!(&f[0..6], &SERVER_MAC);
+        assert_eq!(ip4_of(f).ttl(), 63);
+    }
+    assert_eq!(r.graph.held(), 0);
+    assert_eq!(r.count("neighbor-output", "arp_request_sent"), 1);
+}
+
+#[test]
+fn held_packets_expire_when_nobody_answers() {
+    let mut r = Rig::new();
+    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.9"), IpProtocol::UDP, 64, false, &[0; 8]);
+    r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert_eq!(r.graph.held(), 1);
+    r.now += crate::graph::HOLD_TIME;
+    r.graph.housekeeping(&r.state, r.now);
+    assert_eq!(r.graph.held(), 0);
+    assert_eq!(r.graph.hold_expired, 1);
 }
 
 #[test]

@@ -1,0 +1,771 @@
+//! The AF_PACKET driver: one packet socket per kernel interface, receiving through a
+//! `TPACKET_V3` ring and transmitting with `sendmmsg`.
+//!
+//! Each port is an `AF_PACKET`/`SOCK_RAW` socket bound to one interface for `ETH_P_ALL`, in
+//! promiscuous mode, with `PACKET_QDISC_BYPASS` (transmit straight to the driver) and
+//! `PACKET_IGNORE_OUTGOING` (we do not see our own transmissions, nor anything else the host sends
+//! on that interface).
+//!
+//! Receive: the kernel fills blocks of a memory-mapped `TPACKET_V3` ring; `rx_burst` copies each
+//! frame into a pooled [`HeapBuffer`] and hands a block back to the kernel as soon as its last
+//! frame is copied. The kernel strips an 802.1Q/802.1ad tag into the frame header
+//! (`TP_STATUS_VLAN_VALID`) whatever the offload settings are; the driver puts it back so the
+//! graph sees the frame as it was on the wire.
+//!
+//! Transmit: one `sendmmsg` per burst, with an iovec pointing at each buffer's bytes: no copy in
+//! user space, no second ring and no completion scan. On veth the kernel's per-packet transmit
+//! work dominates either way; a `TPACKET_V3` TX ring has not been measured against it yet.
+//!
+//! Checksums: a kernel TCP/UDP stack on the other end of a veth leaves checksums for "hardware"
+//! that veth never runs (`CHECKSUM_PARTIAL`); such frames carry `TP_STATUS_CSUMNOTREADY` and their
+//! L4 checksum field is not valid. The driver counts them ([`PortStats::rx_csum_not_ready`]) and
+//! flags them per packet ([`AfPacketDriver::last_rx_flags`]). Test labs turn the offload off on the
+//! kernel side with `ethtool -K IFNAME tx off` (which also turns off TSO: veth otherwise passes
+//! 64 KiB TCP super-frames that do not fit a buffer and are dropped as oversize).
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use switchyard_dataplane::{BufferPool, HeapBuffer, PacketBuffer};
+
+use crate::{Driver, IoError, PortId, PortInfo};
+
+/// Sizes of the receive ring and the buffer pool.
+#[derive(Clone, Debug)]
+pub struct AfPacketConfig {
+    /// Bytes in one ring block (a power of two, a multiple of the page size).
+    pub block_size: u32,
+    /// Blocks in each port's receive ring.
+    pub block_count: u32,
+    /// How long the kernel waits before handing a partly filled block to us, in milliseconds;
+    /// the worst-case added latency at low packet rates.
+    pub block_timeout_ms: u32,
+    /// Buffers in the driver's pool (shared by all ports).
+    pub pool_size: usize,
+}
+
+impl Default for AfPacketConfig {
+    fn default() -> Self {
+        AfPacketConfig {
+            block_size: 1 << 16,
+            block_count: 64,
+            block_timeout_ms: 1,
+            pool_size: 4096,
+        }
+    }
+}
+
+/// Counters kept by the driver for one port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames received and handed to the caller.
+    pub rx_packets: u64,
+    /// Bytes of those frames (with reinserted VLAN tags).
+    pub rx_bytes: u64,
+    /// Received frames whose L4 checksum was left for offload (`TP_STATUS_CSUMNOTREADY`).
+    pub rx_csum_not_ready: u64,
+    /// Received frames whose VLAN tag the kernel had stripped and the driver put back.
+    pub rx_vlan_reinserted: u64,
+    /// Received frames dropped because they did not fit a buffer or were cut by the ring.
+    pub rx_oversize: u64,
+    /// Frames transmitted.
+    pub tx_packets: u64,
+    /// Frames the kernel refused (ring/queue full, too big, interface down).
+    pub tx_dropped: u64,
+}
+
+/// Kernel-side counters of a packet socket (`PACKET_STATISTICS`; reading them resets them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Frames the socket saw since the last read.
+    pub packets: u32,
+    /// Frames dropped because the ring was full.
+    pub drops: u32,
+    /// Times the ring was frozen (all blocks owned by user space).
+    pub freezes: u32,
+}
+
+/// Per-packet receive flags for the packets of the last [`Driver::rx_burst`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxFlags(u8);
+
+impl RxFlags {
+    const CSUM_NOT_READY: u8 = 1;
+    const VLAN_REINSERTED: u8 = 2;
+
+    /// The L4 checksum was left for offload and is not valid in the frame.
+    pub fn csum_not_ready(self) -> bool {
+        self.0 & Self::CSUM_NOT_READY != 0
+    }
+
+    /// The VLAN tag was stripped by the kernel and put back by the driver.
+    pub fn vlan_reinserted(self) -> bool {
+        self.0 & Self::VLAN_REINSERTED != 0
+    }
+}
+
+/// Length of an Ethernet destination + source address.
+const ETH_ADDRS_LEN: usize = 12;
+/// Length of an 802.1Q tag (TPID + TCI).
+const VLAN_TAG_LEN: usize = 4;
+/// The 802.1Q TPID, used when the kernel does not report one.
+const ETH_P_8021Q: u16 = 0x8100;
+
+/// Looks up an interface's index, MAC and MTU through `fd` (any socket of the right namespace).
+pub(crate) fn interface_info(fd: RawFd, name: &str) -> Result<(u32, PortInfo), IoError> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(IoError::NoSuchInterface(name.to_string()));
+    }
+    let cname = CString::new(name)
+        .map_err(|_| IoError::BadArguments(format!("interface name {name:?} contains NUL")))?;
+    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(IoError::NoSuchInterface(name.to_string()));
+    }
+
+    let mut req = ifreq_for(&cname);
+    // SAFETY: `req` is a properly initialised ifreq with the name set; SIOCGIFHWADDR writes the
+    // hardware address into its union and nothing else.
+    if unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(IoError::last_os_error(format!("SIOCGIFHWADDR {name}")));
+    }
+    // SAFETY: SIOCGIFHWADDR succeeded, so the hwaddr member of the union is the one written.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(hw.sa_data.iter()) {
+        *m = *b as u8;
+    }
+
+    let mut req = ifreq_for(&cname);
+    // SAFETY: as above; SIOCGIFMTU writes an int into the union.
+    if unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) } < 0 {
+        return Err(IoError::last_os_error(format!("SIOCGIFMTU {name}")));
+    }
+    // SAFETY: SIOCGIFMTU succeeded, so the mtu member of the union is the one written.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    let mtu = u16::try_from(mtu.max(0)).unwrap_or(u16::MAX);
+
+    Ok((
+        ifindex,
+        PortInfo {
+            name: name.to_string(),
+            mac,
+            mtu,
+        },
+    ))
+}
+
+fn ifreq_for(name: &CString) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data (arrays, integers and a union of them); all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    req
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, val: &T) -> std::io::Result<()> {
+    // SAFETY: `val` points at a live T and the length passed is exactly its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (val as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn os_err(what: String) -> impl FnOnce(std::io::Error) -> IoError {
+    move |source| IoError::Os { what, source }
+}
+
+/// A memory-mapped `TPACKET_V3` receive ring.
+struct RxRing {
+    base: *mut u8,
+    len: usize,
+    block_size: usize,
+    block_count: usize,
+    /// The block to look at next.
+    block: usize,
+    /// Whether `block` is user-owned and being read.
+    held: bool,
+    /// Frames of `block` not yet read.
+    left: u32,
+    /// Offset in `block` of the next frame header.
+    offset: usize,
+}
+
+// SAFETY: the ring is a private mapping owned by this struct alone; the raw pointer is only
+// dereferenced through `&mut self` methods, so moving it to another thread is sound.
+unsafe impl Send for RxRing {}
+
+impl RxRing {
+    fn block_ptr(&self, i: usize) -> *mut u8 {
+        // SAFETY: i < block_count, so the offset stays inside the mapping of len bytes.
+        unsafe { self.base.add(i * self.block_size) }
+    }
+
+    fn block_status(&self, i: usize) -> &AtomicU32 {
+        let desc = self.block_ptr(i).cast::<libc::tpacket_block_desc>();
+        // SAFETY: every block starts with a tpacket_block_desc (kernel ABI), blocks are page
+        // aligned so the u32 status is aligned, and the kernel writes it concurrently, which is
+        // why it is accessed only atomically. The reference lives no longer than `self`, which
+        // keeps the mapping alive.
+        unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*desc).hdr.bh1.block_status)) }
+    }
+
+    /// True when the next block holds frames for us.
+    fn ready(&self) -> bool {
+        self.held
+            || self.block_status(self.block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
+    }
+
+    /// Hands the current block back to the kernel and moves to the next one.
+    fn release(&mut self) {
+        self.block_status(self.block)
+            .store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        self.block = (self.block + 1) % self.block_count;
+        self.held = false;
+    }
+}
+
+impl Drop for RxRing {
+    fn drop(&mut self) {
+        // SAFETY: base/len are exactly what mmap returned, and nothing borrows the mapping any
+        // more (every borrow is tied to &self/&mut self).
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
+        }
+    }
+}
+
+/// Scratch space for one `sendmmsg` call, kept to avoid allocating per burst.
+struct TxScratch {
+    msgs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+}
+
+// SAFETY: the raw pointers inside are rewritten before every use and only point at buffers
+// borrowed for the duration of one `tx_burst` call; nothing is shared between threads.
+unsafe impl Send for TxScratch {}
+
+struct Port {
+    // Field order matters: the ring is unmapped before the socket closes.
+    ring: RxRing,
+    fd: OwnedFd,
+    stats: PortStats,
+}
+
+/// An AF_PACKET driver over one or more kernel interfaces (see the module documentation).
+pub struct AfPacketDriver {
+    info: Vec<PortInfo>,
+    ports: Vec<Port>,
+    pool: BufferPool,
+    tx: TxScratch,
+    last_rx_flags: Vec<RxFlags>,
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl std::fmt::Debug for AfPacketDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfPacketDriver")
+            .field("ports", &self.info)
+            .finish()
+    }
+}
+
+impl AfPacketDriver {
+    /// Opens one port per interface name with the default sizes.
+    pub fn new(ifnames: &[String]) -> Result<Self, IoError> {
+        Self::with_config(ifnames, &AfPacketConfig::default())
+    }
+
+    /// Opens one port per interface name.
+    pub fn with_config(ifnames: &[String], config: &AfPacketConfig) -> Result<Self, IoError> {
+        if ifnames.is_empty() {
+            return Err(IoError::BadArguments("no interfaces given".into()));
+        }
+        if ifnames.len() > usize::from(PortId::MAX) {
+            return Err(IoError::BadArguments("too many interfaces".into()));
+        }
+        // TPACKET_V3 needs a page-multiple power-of-two block and at least one block.
+        if !config.block_size.is_power_of_two()
+            || config.block_size < 4096
+            || config.block_count == 0
+        {
+            return Err(IoError::BadArguments(format!(
+                "AF_PACKET block size {} / count {} not usable",
+                config.block_size, config.block_count
+            )));
+        }
+        let mut info = Vec::with_capacity(ifnames.len());
+        let mut ports = Vec::with_capacity(ifnames.len());
+        for name in ifnames {
+            let (port_info, port) = open_port(name, config)?;
+            info.push(port_info);
+            ports.push(port);
+        }
+        let pollfds = ports
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.fd.as_raw_fd(),
+                events: libc::POLLIN | libc::POLLERR,
+                revents: 0,
+            })
+            .collect();
+        Ok(AfPacketDriver {
+            info,
+            ports,
+            pool: BufferPool::new(
+                config.pool_size,
+                switchyard_dataplane::buffer::DEFAULT_BUFFER_SIZE,
+            ),
+            tx: TxScratch {
+                msgs: Vec::new(),
+                iovs: Vec::new(),
+            },
+            last_rx_flags: Vec::new(),
+            pollfds,
+        })
+    }
+
+    /// The driver's counters for `port`.
+    pub fn stats(&self, port: PortId) -> Option<&PortStats> {
+        self.ports.get(usize::from(port)).map(|p| &p.stats)
+    }
+
+    /// Reads (and resets) the kernel's counters for `port`'s socket.
+    pub fn kernel_stats(&self, port: PortId) -> Result<KernelStats, IoError> {
+        let p = self.port(port)?;
+        let mut st = libc::tpacket_stats_v3 {
+            tp_packets: 0,
+            tp_drops: 0,
+            tp_freeze_q_cnt: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+        // SAFETY: `st` is a writable tpacket_stats_v3 and `len` its size, as PACKET_STATISTICS on
+        // a TPACKET_V3 socket expects.
+        let rc = unsafe {
+            libc::getsockopt(
+                p.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats_v3).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(IoError::last_os_error("PACKET_STATISTICS"));
+        }
+        Ok(KernelStats {
+            packets: st.tp_packets,
+            drops: st.tp_drops,
+            freezes: st.tp_freeze_q_cnt,
+        })
+    }
+
+    /// Flags of the packets appended by the last `rx_burst`, in the same order.
+    pub fn last_rx_flags(&self) -> &[RxFlags] {
+        &self.last_rx_flags
+    }
+
+    /// The buffer pool (for its miss counter).
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    fn port(&self, port: PortId) -> Result<&Port, IoError> {
+        self.ports
+            .get(usize::from(port))
+            .ok_or_else(|| IoError::NoSuchInterface(format!("port {port}")))
+    }
+}
+
+fn open_port(name: &str, config: &AfPacketConfig) -> Result<(PortInfo, Port), IoError> {
+    // Protocol 0: receive nothing until the ring is set up and the socket bound to its interface.
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(IoError::last_os_error("socket(AF_PACKET)"));
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (ifindex, info) = interface_info(fd.as_raw_fd(), name)?;
+    let ifindex_c =
+        libc::c_int::try_from(ifindex).map_err(|_| IoError::NoSuchInterface(name.to_string()))?;
+    let fdr = fd.as_raw_fd();
+
+    let version = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
+    setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_VERSION, &version)
+        .map_err(os_err(format!("PACKET_VERSION on {name}")))?;
+    let one: libc::c_int = 1;
+    setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)
+        .map_err(os_err(format!("PACKET_QDISC_BYPASS on {name}")))?;
+    setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)
+        .map_err(os_err(format!("PACKET_IGNORE_OUTGOING on {name}")))?;
+
+    let frame_size: u32 = 2048;
+    let req = libc::tpacket_req3 {
+        tp_block_size: config.block_size,
+        tp_block_nr: config.block_count,
+        tp_frame_size: frame_size,
+        tp_frame_nr: (config.block_size / frame_size) * config.block_count,
+        tp_retire_blk_tov: config.block_timeout_ms,
+        tp_sizeof_priv: 0,
+        tp_feature_req_word: 0,
+    };
+    setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
+        .map_err(os_err(format!("PACKET_RX_RING on {name}")))?;
+    let len = config.block_size as usize * config.block_count as usize;
+    // SAFETY: mapping the ring the kernel just allocated for this socket, shared, at a
+    // kernel-chosen address; the result is checked against MAP_FAILED.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_LOCKED,
+            fdr,
+            0,
+        )
+    };
+    let base = if base == libc::MAP_FAILED {
+        // MAP_LOCKED can fail under a small RLIMIT_MEMLOCK: retry without it.
+        // SAFETY: as above.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fdr,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(IoError::last_os_error(format!("mmap RX ring on {name}")));
+        }
+        base
+    } else {
+        base
+    };
+    let ring = RxRing {
+        base: base.cast(),
+        len,
+        block_size: config.block_size as usize,
+        block_count: config.block_count as usize,
+        block: 0,
+        held: false,
+        left: 0,
+        offset: 0,
+    };
+
+    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as libc::c_ushort;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = ifindex_c;
+    // SAFETY: `sll` is a valid sockaddr_ll and the length passed is its size.
+    let rc = unsafe {
+        libc::bind(
+            fdr,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(IoError::last_os_error(format!("bind AF_PACKET to {name}")));
+    }
+
+    let mreq = libc::packet_mreq {
+        mr_ifindex: ifindex_c,
+        mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)
+        .map_err(os_err(format!("PACKET_ADD_MEMBERSHIP promisc on {name}")))?;
+
+    Ok((
+        info,
+        Port {
+            ring,
+            fd,
+            stats: PortStats::default(),
+        },
+    ))
+}
+
+/// Copies one frame out of the ring into `buf`, reinserting a stripped VLAN tag. Returns the
+/// frame's flags, or None when it does not fit (or was cut by the ring).
+///
+/// # Safety
+///
+/// `hdr` must point at a frame header inside a user-owned block of a live ring, with
+/// `tp_mac + tp_snaplen` bytes of frame inside that block.
+unsafe fn copy_frame(hdr: *const libc::tpacket3_hdr, buf: &mut HeapBuffer) -> Option<RxFlags> {
+    // SAFETY: guaranteed by the caller; the header is 16-byte aligned in the block.
+    let h = unsafe { &*hdr };
+    if h.tp_snaplen < h.tp_len {
+        return None;
+    }
+    let len = h.tp_snaplen as usize;
+    // SAFETY: the caller guarantees tp_mac + tp_snaplen bytes lie within the block.
+    let frame =
+        unsafe { std::slice::from_raw_parts(hdr.cast::<u8>().add(usize::from(h.tp_mac)), len) };
+    let mut flags = 0u8;
+    if h.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0 {
+        flags |= RxFlags::CSUM_NOT_READY;
+    }
+    let area = buf.receive_area();
+    if h.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && len >= ETH_ADDRS_LEN {
+        let total = len + VLAN_TAG_LEN;
+        if total > area.len() {
+            return None;
+        }
+        let tpid = if h.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+            h.hv1.tp_vlan_tpid
+        } else {
+            ETH_P_8021Q
+        };
+        // The TCI is 16 bits on the wire; the header field is 32 bits wide.
+        let tci = h.hv1.tp_vlan_tci as u16;
+        area[..ETH_ADDRS_LEN].copy_from_slice(&frame[..ETH_ADDRS_LEN]);
+        area[ETH_ADDRS_LEN..ETH_ADDRS_LEN + 2].copy_from_slice(&tpid.to_be_bytes());
+        area[ETH_ADDRS_LEN + 2..ETH_ADDRS_LEN + 4].copy_from_slice(&tci.to_be_bytes());
+        area[ETH_ADDRS_LEN + VLAN_TAG_LEN..total].copy_from_slice(&frame[ETH_ADDRS_LEN..]);
+        buf.set_received(total);
+        flags |= RxFlags::VLAN_REINSERTED;
+    } else {
+        if len > area.len() {
+            return None;
+        }
+        area[..len].copy_from_slice(frame);
+        buf.set_received(len);
+    }
+    Some(RxFlags(flags))
+}
+
+impl Driver for AfPacketDriver {
+    type Buffer = HeapBuffer;
+
+    fn ports(&self) -> &[PortInfo] {
+        &self.info
+    }
+
+    fn rx_burst(
+        &mut self,
+        port: PortId,
+        out: &mut Vec<HeapBuffer>,
+        max: usize,
+    ) -> Result<usize, IoError> {
+        self.last_rx_flags.clear();
+        let p = self
+            .ports
+            .get_mut(usize::from(port))
+            .ok_or_else(|| IoError::NoSuchInterface(format!("port {port}")))?;
+        let ring = &mut p.ring;
+        let mut n = 0;
+        // Each iteration either takes a frame, takes a block or releases one; a block is
+        // released after at most its frame count, so this ends after at most
+        // max + 2 * block_count iterations.
+        while n < max {
+            if !ring.held {
+                if ring.block_status(ring.block).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0
+                {
+                    break;
+                }
+                let desc = ring
+                    .block_ptr(ring.block)
+                    .cast::<libc::tpacket_block_desc>();
+                // SAFETY: the block is user-owned (status read with Acquire above), so the
+                // kernel has finished writing its descriptor and frames.
+                let bh = unsafe { (*desc).hdr.bh1 };
+                ring.held = true;
+                ring.left = bh.num_pkts;
+                ring.offset = bh.offset_to_first_pkt as usize;
+            }
+            let cur = ring.offset;
+            if ring.left == 0 || cur + std::mem::size_of::<libc::tpacket3_hdr>() > ring.block_size {
+                ring.release();
+                continue;
+            }
+            // SAFETY: cur + header size <= block_size, so the header lies in the held block.
+            let hdr = unsafe { ring.block_ptr(ring.block).add(cur) }.cast::<libc::tpacket3_hdr>();
+            // SAFETY: the kernel wrote a tpacket3_hdr at this offset of the user-owned block.
+            let (next, mac, snaplen) = unsafe {
+                (
+                    (*hdr).tp_next_offset as usize,
+                    usize::from((*hdr).tp_mac),
+                    (*hdr).tp_snaplen as usize,
+                )
+            };
+            ring.left -= 1;
+            ring.offset = if next == 0 {
+                ring.block_size
+            } else {
+                cur + next
+            };
+            if cur + mac + snaplen > ring.block_size {
+                // A frame reaching outside its block would be a kernel bug; drop it rather than
+                // read outside the mapping.
+                p.stats.rx_oversize += 1;
+                continue;
+            }
+            let mut buf = self.pool.get();
+            // SAFETY: hdr is a frame header in the held block, and its frame
+            // (tp_mac + tp_snaplen bytes from it) was checked above to lie inside the block.
+            match unsafe { copy_frame(hdr, &mut buf) } {
+                Some(flags) => {
+                    p.stats.rx_packets += 1;
+                    p.stats.rx_bytes += buf.len() as u64;
+                    if flags.csum_not_ready() {
+                        p.stats.rx_csum_not_ready += 1;
+                    }
+                    if flags.vlan_reinserted() {
+                        p.stats.rx_vlan_reinserted += 1;
+                    }
+                    out.push(buf);
+                    self.last_rx_flags.push(flags);
+                    n += 1;
+                }
+                None => {
+                    p.stats.rx_oversize += 1;
+                    self.pool.put(buf);
+                }
+            }
+        }
+        // Give the block back now rather than on the next call when we read all of it.
+        if ring.held && ring.left == 0 {
+            ring.release();
+        }
+        Ok(n)
+    }
+
+    fn tx_burst(&mut self, port: PortId, pkts: &mut Vec<HeapBuffer>) -> Result<usize, IoError> {
+        let Some(p) = self.ports.get_mut(usize::from(port)) else {
+            for buf in pkts.drain(..) {
+                self.pool.put(buf);
+            }
+            return Err(IoError::NoSuchInterface(format!("port {port}")));
+        };
+        let count = pkts.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        let tx = &mut self.tx;
+        tx.iovs.clear();
+        tx.msgs.clear();
+        for buf in pkts.iter() {
+            let data = buf.data();
+            tx.iovs.push(libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            });
+        }
+        for iov in tx.iovs.iter_mut() {
+            // SAFETY: msghdr is plain old data; all-zero (no name, no control) is valid.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_iov = iov;
+            hdr.msg_iovlen = 1;
+            tx.msgs.push(libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            });
+        }
+        let mut sent = 0usize;
+        let mut i = 0usize;
+        let mut interrupts = 0;
+        // Each pass sends at least one message, skips one, or is an EINTR (at most 8 of those).
+        while i < count {
+            let batch = (count - i).min(1024);
+            // SAFETY: msgs[i..i + batch] are initialised mmsghdrs whose iovecs point at the
+            // buffers in `pkts`, which are neither moved nor freed during the call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    p.fd.as_raw_fd(),
+                    tx.msgs.as_mut_ptr().add(i),
+                    batch as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc > 0 {
+                sent += rc as usize;
+                i += rc as usize;
+                continue;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) if interrupts < 8 => interrupts += 1,
+                Some(libc::EAGAIN | libc::ENOBUFS) => break,
+                // Too big, interface down, ...: drop this frame and go on with the next.
+                _ => i += 1,
+            }
+        }
+        p.stats.tx_packets += sent as u64;
+        p.stats.tx_dropped += (count - sent) as u64;
+        tx.iovs.clear();
+        tx.msgs.clear();
+        for buf in pkts.drain(..) {
+            self.pool.put(buf);
+        }
+        Ok(sent)
+    }
+
+    fn recycle(&mut self, bufs: &mut Vec<HeapBuffer>) {
+        for buf in bufs.drain(..) {
+            self.pool.put(buf);
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) {
+        if self.ports.iter().any(|p| p.ring.ready()) {
+            return;
+        }
+        for pfd in self.pollfds.iter_mut() {
+            pfd.revents = 0;
+        }
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pollfds` is a live array of pollfd of the given length.
+        unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                ms,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_interface_is_named() {
+        match AfPacketDriver::new(&["sy-no-such0".to_string()]) {
+            Err(IoError::NoSuchInterface(n)) => assert_eq!(n, "sy-no-such0"),
+            // Without CAP_NET_RAW the socket itself fails first.
+            Err(IoError::Os { .. }) => {}
+            other => panic!("unexpected: {other:?}"),
+        }
+        assert!(matches!(
+            AfPacketDriver::new(&["a-name-much-too-long-for-linux".to_string()]),
+            Err(IoError::NoSuchInterface(_)) | Err(IoError::Os { .. })
+        ));
+        assert!(matches!(
+            AfPacketDriver::new(&[]),
+            Err(IoError::BadArguments(_))
+        ));
+    }
+}

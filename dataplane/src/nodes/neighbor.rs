@@ -1,0 +1,112 @@
+//! `neighbor-output`: finds the link-layer address of the next hop and puts the Ethernet header
+//! on. An unknown next hop is asked for (ARP for IPv4, a neighbor solicitation for IPv6) and
+//! the packet is held until the answer comes, as a host's stack would, so the first packet of
+//! a flow is not lost.
+
+use std::net::IpAddr;
+
+use super::{arp, icmp6::nd, push_ethernet};
+use crate::buffer::PacketBuffer;
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, HOLD, TX};
+use crate::wire::EtherType;
+use crate::worker::Resolution;
+use crate::{node_errors, node_nexts};
+
+node_errors! {
+    pub enum NeighborOutputError {
+        NoInterface = ("no_interface", "route points at a missing port"),
+        NoNextHop = ("no_next_hop", "packet reached output without a next hop (internal)"),
+        Held = ("held", "next hop unresolved: packet held until it is"),
+        ArpRequestSent = ("arp_request_sent", "ARP requests sent"),
+        SolicitationSent = ("ns_sent", "neighbor solicitations sent"),
+        NoBuffer = ("no_buffer", "no buffer for a neighbor request"),
+        NoHeadroom = ("no_headroom", "no room to add the Ethernet header"),
+    }
+}
+
+node_nexts! {
+    enum Next {
+        Drop = DROP,
+        Tx = TX,
+        Hold = HOLD,
+    }
+}
+
+/// The `neighbor-output` node.
+#[derive(Debug, Default)]
+pub struct NeighborOutput;
+
+impl NeighborOutput {
+    #[inline]
+    fn output<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> Next {
+        let port = pkt.meta.tx_port;
+        let Some(ifc) = cx.tables.interface(port) else {
+            cx.error(NeighborOutputError::NoInterface);
+            return Next::Drop;
+        };
+        let Some(next_hop) = pkt.meta.next_hop else {
+            cx.error(NeighborOutputError::NoNextHop);
+            return Next::Drop;
+        };
+        let ethertype = match next_hop {
+            IpAddr::V4(_) => EtherType::IPV4,
+            IpAddr::V6(_) => EtherType::IPV6,
+        };
+        let mac = match cx.state.neighbors.resolve(port, next_hop, cx.now) {
+            Resolution::Known(mac) | Resolution::Refresh(mac) => mac,
+            Resolution::Pending => {
+                cx.error(NeighborOutputError::Held);
+                return Next::Hold;
+            }
+            Resolution::Request => {
+                let Some(mut req) = pkt.buf.alloc_sibling() else {
+                    cx.error(NeighborOutputError::NoBuffer);
+                    return Next::Hold;
+                };
+                let (built, sent) = match next_hop {
+                    IpAddr::V4(a) => (
+                        arp::make_request(&mut req, ifc, a),
+                        NeighborOutputError::ArpRequestSent,
+                    ),
+                    IpAddr::V6(a) => (
+                        nd::make_solicitation(&mut req, ifc, a),
+                        NeighborOutputError::SolicitationSent,
+                    ),
+                };
+                if built {
+                    cx.error(sent);
+                    let mut request = Packet::received(req, pkt.meta.rx_port);
+                    request.meta.tx_port = port;
+                    cx.spawn(request, Next::Tx);
+                } else {
+                    cx.error(NeighborOutputError::NoHeadroom);
+                }
+                cx.trace(&pkt.meta, format_args!("who-has {next_hop} on port {port}: held"));
+                cx.error(NeighborOutputError::Held);
+                return Next::Hold;
+            }
+        };
+        if !push_ethernet(&mut pkt.buf, mac, ifc.mac, ethertype) {
+            cx.error(NeighborOutputError::NoHeadroom);
+            return Next::Drop;
+        }
+        Next::Tx
+    }
+}
+
+impl<B: PacketBuffer> Node<B> for NeighborOutput {
+    fn name(&self) -> &'static str {
+        "neighbor-output"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        Next::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        NeighborOutputError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::output(cx, pkt).into();
+        }
+    }
+}

@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Switchyard in a box: three network namespaces (client, node, server), the switchyard router in
+# the node namespace, and a few things a person would try from the client.
+#
+#   cargo build --release -p switchyard && sudo lab/demo.sh
+#
+# Environment:
+#   SWITCHYARD=PATH           router binary (default: target/release/switchyard; never built here)
+#   DATAPLANE=afpacket|afxdp  dataplane driver (default afpacket)
+#   SWITCHYARD_LAB_KERNEL=1   let the node namespace's kernel route instead (baseline / no binary)
+#
+# Exits non-zero if any check fails. Everything created is removed on exit, also on failure or ^C.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOPO="$ROOT/lab/topology.sh"
+SWITCHYARD=${SWITCHYARD:-$ROOT/target/release/switchyard}
+DATAPLANE=${DATAPLANE:-afpacket}
+KERNEL=${SWITCHYARD_LAB_KERNEL:-0}
+[ "$KERNEL" = 0 ] || [ -z "$KERNEL" ] && KERNEL=0 || KERNEL=1
+
+P="sd$$x"
+CLIENT=${P}client NODE=${P}node SERVER=${P}server
+WORK=$(mktemp -d /tmp/switchyard-demo.XXXXXX)
+ROUTER_PID=
+FAILED=0
+PASSED=0
+
+if [ -t 1 ]; then B=$'\e[1m' G=$'\e[32m' R=$'\e[31m' D=$'\e[2m' N=$'\e[0m'; else B= G= R= D= N=; fi
+heading() { printf '\n%s== %s ==%s\n' "$B" "$*" "$N"; }
+ok() { PASSED=$((PASSED + 1)); printf '  %s✓%s %s\n' "$G" "$N" "$*"; }
+bad() { FAILED=$((FAILED + 1)); printf '  %s✗%s %s\n' "$R" "$N" "$*"; }
+detail() { sed "s/^/      $D/; s/\$/$N/" ; }
+in_ns() { local ns=$1 t=$2; shift 2; timeout -k 2 "$t" ip netns exec "$ns" "$@"; }
+
+stop_router() {
+  [ -n "$ROUTER_PID" ] || return 0
+  kill -TERM "$ROUTER_PID" 2>/dev/null || true
+  local i
+  for i in $(seq 1 50); do # up to 10 s for counters and traces to be printed
+    kill -0 "$ROUTER_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$ROUTER_PID" 2>/dev/null; then
+    echo "  router did not stop after SIGTERM within 10 s; killing it" >&2
+    kill -KILL "$ROUTER_PID" 2>/dev/null || true
+  fi
+  wait "$ROUTER_PID" 2>/dev/null
+  ROUTER_RC=$?
+  ROUTER_PID=
+}
+
+cleanup() {
+  stop_router
+  "$TOPO" down "$P" || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'echo "interrupted"; exit 130' INT TERM
+
+if [ "$(id -u)" != 0 ]; then
+  echo "demo: needs root (network namespaces)" >&2
+  exit 1
+fi
+for tool in ip ping socat ss sha256sum timeout; do
+  command -v "$tool" >/dev/null || { echo "demo: missing $tool (scripts/install-deps.sh)" >&2; exit 1; }
+done
+if [ "$KERNEL" = 0 ] && [ ! -x "$SWITCHYARD" ]; then
+  echo "demo: no router binary at $SWITCHYARD (cargo build --release -p switchyard, or set SWITCHYARD=)" >&2
+  exit 1
+fi
+
+heading "Lab"
+if [ "$KERNEL" = 1 ]; then
+  "$TOPO" kernel "$P" || exit 1
+  echo "  namespaces ${P}{client,node,server}; the node's KERNEL routes (SWITCHYARD_LAB_KERNEL=1)"
+else
+  "$TOPO" up "$P" || exit 1
+  echo "  namespaces ${P}{client,node,server}; node ports c0, s0 have no kernel addresses"
+fi
+cat <<EOF
+  client eth0 198.18.1.2 2001:db8:1::2 ── c0 [node] s0 ── eth0 198.18.2.2 2001:db8:2::2 server
+                                          .1.1 / 1::1   .2.1 / 2::1
+EOF
+
+if [ "$KERNEL" = 0 ]; then
+  heading "Router"
+  ROUTER_ARGS=(router --dataplane "$DATAPLANE"
+    --interface c0 --interface s0
+    --address c0=198.18.1.1/24 --address c0=2001:db8:1::1/64
+    --address s0=198.18.2.1/24 --address s0=2001:db8:2::1/64
+    --trace 3 --duration 120)
+  echo "  ip netns exec $NODE $SWITCHYARD ${ROUTER_ARGS[*]}"
+  ip netns exec "$NODE" "$SWITCHYARD" "${ROUTER_ARGS[@]}" >"$WORK/router.out" 2>"$WORK/router.err" &
+  ROUTER_PID=$!
+  ready=0
+  for _ in $(seq 1 20); do # up to ~20 s
+    if ! kill -0 "$ROUTER_PID" 2>/dev/null; then break; fi
+    if in_ns "$CLIENT" 3 ping -q -c 1 -W 1 198.18.1.1 >/dev/null 2>&1; then ready=1; break; fi
+    sleep 0.2
+  done
+  if [ "$ready" = 1 ]; then
+    ok "router is up and answers ping on 198.18.1.1"
+  else
+    if kill -0 "$ROUTER_PID" 2>/dev/null; then
+      bad "router did not come up (no ping reply from 198.18.1.1 within ~20 s)"
+    else
+      bad "router exited during startup"
+    fi
+    stop_router
+    echo "  exit status: ${ROUTER_RC:-?}"
+    echo "  stdout:"; detail <"$WORK/router.out"
+    echo "  stderr:"; tail -n 30 "$WORK/router.err" | detail
+    exit 1
+  fi
+fi
+
+# check_ping NAME NS ADDR: three echo requests, all answered.
+check_ping() {
+  local what=$1 ns=$2 dst=$3 out
+  if out=$(in_ns "$ns" 10 ping -c 3 -i 0.2 -W 2 "$dst" 2>&1); then
+    ok "$what: $(grep -E 'packets transmitted' <<<"$out"), $(grep -oE 'rtt [^ ]+ = [0-9./]+ ms' <<<"$out")"
+  else
+    bad "$what"
+    detail <<<"$out"
+  fi
+}
+
+heading "Ping through the router"
+check_ping "IPv4 client → server 198.18.2.2" "$CLIENT" 198.18.2.2
+check_ping "IPv6 client → server 2001:db8:2::2" "$CLIENT" 2001:db8:2::2
+
+heading "Ping the router itself"
+check_ping "IPv4 198.18.1.1 (near side)" "$CLIENT" 198.18.1.1
+check_ping "IPv6 2001:db8:1::1 (near side)" "$CLIENT" 2001:db8:1::1
+
+# tcp_transfer FAMILY: 1 MiB of random bytes client → server over TCP, compared by sha256.
+head -c 1048576 /dev/urandom >"$WORK/in.bin"
+tcp_transfer() {
+  local fam=$1 port listen connect
+  if [ "$fam" = 4 ]; then
+    port=5004 listen="TCP4-LISTEN:$port,bind=198.18.2.2,reuseaddr" connect="TCP4:198.18.2.2:$port"
+  else
+    port=5006 listen="TCP6-LISTEN:$port,bind=[2001:db8:2::2],reuseaddr" connect="TCP6:[2001:db8:2::2]:$port"
+  fi
+  rm -f "$WORK/out.bin"
+  in_ns "$SERVER" 30 socat -u "$listen" "CREATE:$WORK/out.bin" 2>"$WORK/socat-server.err" &
+  local spid=$! i
+  for i in $(seq 1 50); do # up to 5 s for the listener
+    in_ns "$SERVER" 3 ss -Hltn "sport = :$port" 2>/dev/null | grep -q . && break
+    sleep 0.1
+  done
+  local t0 t1 crc
+  t0=$(date +%s.%N)
+  in_ns "$CLIENT" 30 socat -u "OPEN:$WORK/in.bin" "$connect" 2>"$WORK/socat-client.err"
+  crc=$?
+  wait "$spid"
+  local src=$?
+  t1=$(date +%s.%N)
+  local want got size
+  want=$(sha256sum <"$WORK/in.bin" | cut -c1-64)
+  got=$(sha256sum <"$WORK/out.bin" 2>/dev/null | cut -c1-64)
+  size=$(stat -c %s "$WORK/out.bin" 2>/dev/null || echo 0)
+  if [ "$crc" = 0 ] && [ "$src" = 0 ] && [ "$want" = "$got" ]; then
+    ok "IPv$fam: 1 MiB sent, $size bytes received, sha256 ${got:0:16}… matches ($(awk "BEGIN{printf \"%.2f\", $t1-$t0}") s)"
+  else
+    bad "IPv$fam: client rc=$crc server rc=$src, received $size bytes, sha256 ${got:0:16} (want ${want:0:16})"
+    cat "$WORK/socat-client.err" "$WORK/socat-server.err" | detail
+  fi
+}
+
+heading "TCP transfer through the router"
+tcp_transfer 4
+tcp_transfer 6
+
+# check_icmp_error NAME EXPECT PING-ARGS...: at least one ICMP error line matching EXPECT.
+check_icmp_error() {
+  local what=$1 expect=$2 out line
+  shift 2
+  out=$(in_ns "$CLIENT" 10 ping -c 2 -i 0.5 -W 2 "$@" 2>&1)
+  line=$(grep -E "$expect" <<<"$out" | head -n 1)
+  if [ -n "$line" ]; then
+    ok "$what: \"$line\""
+  else
+    bad "$what: no line matching /$expect/"
+    detail <<<"$out"
+  fi
+}
+
+heading "Traceroute-style probes and ICMP errors"
+check_icmp_error "TTL=1 to 198.18.2.2 → time exceeded from the router" \
+  '^From 198\.18\.1\.1 .*Time to live exceeded' -t 1 198.18.2.2
+check_icmp_error "hop limit 1 to 2001:db8:2::2 → time exceeded from the router" \
+  '^From 2001:db8:1::1 .*Time exceeded' -6 -t 1 2001:db8:2::2
+check_icmp_error "unrouted 198.19.255.9 → destination unreachable" \
+  '^From 198\.18\.1\.1 .*Unreachable' 198.19.255.9
+check_icmp_error "unrouted 2001:db8:ff::9 → destination unreachable" \
+  '^From 2001:db8:1::1 .*[Uu]nreachable' 2001:db8:ff::9
+
+if [ "$KERNEL" = 0 ]; then
+  heading "Router output (counters and first packet traces)"
+  stop_router
+  if [ "${ROUTER_RC:-1}" = 0 ]; then ok "router exited cleanly on SIGTERM"; else bad "router exit status ${ROUTER_RC:-?}"; fi
+  if [ -s "$WORK/router.out" ]; then
+    sed 's/^/  │ /' "$WORK/router.out"
+  else
+    bad "router printed nothing on stdout"
+  fi
+  if [ -s "$WORK/router.err" ]; then
+    echo "  stderr (last 20 lines):"
+    tail -n 20 "$WORK/router.err" | sed 's/^/  │ /'
+  fi
+fi
+
+heading "Summary"
+if [ "$FAILED" = 0 ]; then
+  printf '  %s✓ all %d checks passed%s\n' "$G" "$PASSED" "$N"
+  exit 0
+else
+  printf '  %s✗ %d of %d checks failed%s\n' "$R" "$FAILED" "$((PASSED + FAILED))" "$N"
+  exit 1
+fi
