@@ -59,6 +59,10 @@ pub struct RouterArgs {
     #[arg(long = "mtu")]
     pub mtus: Vec<String>,
 
+    /// Override a port's Ethernet address: NAME=MAC (the driver's is used otherwise).
+    #[arg(long = "mac")]
+    pub macs: Vec<String>,
+
     /// A static neighbor: NAME=IP,MAC.
     #[arg(long = "neighbor")]
     pub neighbors: Vec<String>,
@@ -149,6 +153,12 @@ pub fn parse_mtu(ports: &[String], s: &str) -> anyhow::Result<(u16, u16)> {
         bail!("--mtu {s:?}: below the IPv4 minimum of 576 bytes");
     }
     Ok((port_index(ports, name)?, mtu))
+}
+
+/// Parses `--mac NAME=MAC`.
+pub fn parse_port_mac(ports: &[String], s: &str) -> anyhow::Result<(u16, [u8; 6])> {
+    let (name, v) = split_eq(s, "--mac")?;
+    Ok((port_index(ports, name)?, parse_mac(v)?))
 }
 
 /// Parses `--neighbor NAME=IP,MAC`.

@@ -102,6 +102,15 @@ pub fn tables_from_args(ports: &[PortInfo], args: &RouterArgs) -> anyhow::Result
             IpNet::V6(n) => ifc.ipv6.push(n),
         }
     }
+    for m in &args.macs {
+        let (port, mac) = cli::parse_port_mac(names, m)?;
+        let ifc = &mut interfaces[usize::from(port)];
+        *ifc = Interface {
+            mac,
+            link_local: switchyard_dataplane::tables::link_local_from_mac(mac),
+            ..ifc.clone()
+        };
+    }
     for m in &args.mtus {
         let (port, mtu) = cli::parse_mtu(names, m)?;
         interfaces[usize::from(port)].mtu = mtu;

@@ -366,13 +366,10 @@ impl Ip4Rewrite {
         };
         {
             let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
-            if !pkt.meta.local_origin {
-                if ip.ttl() <= 1 {
-                    cx.error(Ip4RewriteError::TtlExpired);
-                    pkt.meta.icmp_error =
-                        Some((icmp::TIME_EXCEEDED, icmp::TTL_EXCEEDED_IN_TRANSIT, 0));
-                    return RewriteNext::Error;
-                }
+            if !pkt.meta.local_origin && ip.ttl() <= 1 {
+                cx.error(Ip4RewriteError::TtlExpired);
+                pkt.meta.icmp_error = Some((icmp::TIME_EXCEEDED, icmp::TTL_EXCEEDED_IN_TRANSIT, 0));
+                return RewriteNext::Error;
             }
             if ip.total_len() > ifc.mtu {
                 if ip.dont_fragment() {
