@@ -104,17 +104,13 @@ impl Fib {
     /// Longest-prefix match for an IPv4 destination.
     #[inline]
     pub fn lookup4(&self, dst: Ipv4Addr) -> Option<&Route> {
-        self.v4
-            .get_lpm(&Ipv4Net::from(dst))
-            .map(|(_, route)| route)
+        self.v4.get_lpm(&Ipv4Net::from(dst)).map(|(_, route)| route)
     }
 
     /// Longest-prefix match for an IPv6 destination.
     #[inline]
     pub fn lookup6(&self, dst: Ipv6Addr) -> Option<&Route> {
-        self.v6
-            .get_lpm(&Ipv6Net::from(dst))
-            .map(|(_, route)| route)
+        self.v6.get_lpm(&Ipv6Net::from(dst)).map(|(_, route)| route)
     }
 
     /// Longest-prefix match for either family.
@@ -167,7 +163,10 @@ mod tests {
         assert_eq!(l("203.0.113.1"), Some(Route::Blackhole));
         assert_eq!(l("2001:db8::1"), None);
         assert_eq!(fib.len(), 4);
-        assert_eq!(fib.remove(net("198.18.1.0/24")), Some(Route::Attached { port: 2 }));
+        assert_eq!(
+            fib.remove(net("198.18.1.0/24")),
+            Some(Route::Attached { port: 2 })
+        );
         assert_eq!(
             fib.lookup("198.18.1.2".parse().unwrap()),
             Some(&Route::Attached { port: 1 })
@@ -180,7 +179,8 @@ mod tests {
             port: 0,
             gateway: Some(s.parse().unwrap()),
         };
-        let paths: Arc<[NextHop]> = vec![gw("198.18.0.2"), gw("198.18.0.3"), gw("198.18.0.4")].into();
+        let paths: Arc<[NextHop]> =
+            vec![gw("198.18.0.2"), gw("198.18.0.3"), gw("198.18.0.4")].into();
         let route = Route::Via(paths.clone());
         let mut seen = [0u32; 3];
         for h in 0..3000u32 {

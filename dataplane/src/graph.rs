@@ -401,7 +401,9 @@ impl<B: PacketBuffer> Graph<B> {
             held_generation: 0,
             hold_overflow: 0,
             hold_expired: 0,
-            tx: (0..ports).map(|_| Vec::with_capacity(VECTOR_SIZE)).collect(),
+            tx: (0..ports)
+                .map(|_| Vec::with_capacity(VECTOR_SIZE))
+                .collect(),
             punt: Vec::new(),
             dropped: Vec::with_capacity(VECTOR_SIZE),
             looped: 0,
@@ -526,10 +528,20 @@ impl<B: PacketBuffer> Graph<B> {
     #[inline]
     fn forward(&mut self, i: usize, pkt: Packet<B>, nx: NextIndex, now: Nanos) {
         let slot = &self.slots[i];
-        let target = slot.arcs.get(usize::from(nx)).copied().unwrap_or(Target::Drop);
+        let target = slot
+            .arcs
+            .get(usize::from(nx))
+            .copied()
+            .unwrap_or(Target::Drop);
         if pkt.meta.trace != 0 {
-            let to = slot.node.next_nodes().get(usize::from(nx)).copied().unwrap_or(DROP);
-            self.trace.add(pkt.meta.trace, slot.node.name(), format!("-> {to}"));
+            let to = slot
+                .node
+                .next_nodes()
+                .get(usize::from(nx))
+                .copied()
+                .unwrap_or(DROP);
+            self.trace
+                .add(pkt.meta.trace, slot.node.name(), format!("-> {to}"));
         }
         match target {
             Target::Node(j) => self.slots[j].queue.push(pkt),

@@ -4,12 +4,12 @@
 //! nodes, the FIB and the immutable [`tables::Tables`] the control plane publishes. Time is passed
 //! in by the caller; packet I/O lives in `switchyard-io`.
 
-pub mod wire;
 pub mod buffer;
+pub mod wire;
 
 pub use buffer::{BufferPool, HeapBuffer, PacketBuffer};
 pub mod fib;
 pub mod graph;
+pub mod nodes;
 pub mod tables;
 pub mod worker;
-pub mod nodes;

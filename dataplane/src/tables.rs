@@ -110,7 +110,9 @@ pub enum RouteTarget {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TablesError {
     /// A gateway is not on any attached subnet, so no port can be found for it.
-    #[error("gateway {gateway} of route {prefix} is not on an attached subnet; name the interface")]
+    #[error(
+        "gateway {gateway} of route {prefix} is not on an attached subnet; name the interface"
+    )]
     UnresolvedGateway {
         /// The route.
         prefix: IpNet,
@@ -228,12 +230,13 @@ impl Tables {
 
     /// The port whose attached subnet holds `addr`.
     pub fn attached_port(&self, addr: IpAddr) -> Option<u16> {
-        self.interfaces.iter().position(|ifc| match addr {
-            IpAddr::V4(a) => ifc.ipv4.iter().any(|n| n.contains(&a)),
-            IpAddr::V6(a) => {
-                ifc.ipv6.iter().any(|n| n.contains(&a))
-            }
-        }).map(|p| p as u16)
+        self.interfaces
+            .iter()
+            .position(|ifc| match addr {
+                IpAddr::V4(a) => ifc.ipv4.iter().any(|n| n.contains(&a)),
+                IpAddr::V6(a) => ifc.ipv6.iter().any(|n| n.contains(&a)),
+            })
+            .map(|p| p as u16)
     }
 
     /// The interface of `port`, if it exists.

@@ -264,10 +264,7 @@ mod tests {
         assert_eq!(t.resolve(0, ip, SECOND), Resolution::Request);
         t.learn(0, ip, [2; 6], 2 * SECOND, false);
         assert_eq!(t.resolve(0, ip, 3 * SECOND), Resolution::Known([2; 6]));
-        assert_eq!(
-            t.resolve(0, ip, 70 * SECOND),
-            Resolution::Refresh([2; 6])
-        );
+        assert_eq!(t.resolve(0, ip, 70 * SECOND), Resolution::Refresh([2; 6]));
         assert_eq!(t.resolve(0, ip, 70 * SECOND), Resolution::Known([2; 6]));
         t.expire(700 * SECOND);
         assert!(t.is_empty());

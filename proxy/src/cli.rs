@@ -97,15 +97,20 @@ pub fn port_index(ports: &[String], name: &str) -> anyhow::Result<u16> {
         .iter()
         .position(|p| p == name)
         .map(|i| i as u16)
-        .ok_or_else(|| anyhow!("no interface named {name:?} (interfaces: {})", ports.join(", ")))
+        .ok_or_else(|| {
+            anyhow!(
+                "no interface named {name:?} (interfaces: {})",
+                ports.join(", ")
+            )
+        })
 }
 
 /// Parses `--address NAME=CIDR`.
 pub fn parse_address(ports: &[String], s: &str) -> anyhow::Result<(u16, IpNet)> {
     let (name, cidr) = split_eq(s, "--address")?;
-    let net: IpNet = cidr
-        .parse()
-        .with_context(|| format!("--address {s:?}: {cidr:?} is not an address with a prefix length"))?;
+    let net: IpNet = cidr.parse().with_context(|| {
+        format!("--address {s:?}: {cidr:?} is not an address with a prefix length")
+    })?;
     Ok((port_index(ports, name)?, net))
 }
 
@@ -125,13 +130,14 @@ pub fn parse_route(ports: &[String], s: &str) -> anyhow::Result<StaticRoute> {
                     Some((gw, name)) => (gw, Some(port_index(ports, name)?)),
                     None => (hop, None),
                 };
-                let gw = if gw.is_empty() {
-                    None
-                } else {
-                    Some(gw.parse::<IpAddr>().with_context(|| {
-                        format!("--route {s:?}: {gw:?} is not an IP address")
-                    })?)
-                };
+                let gw =
+                    if gw.is_empty() {
+                        None
+                    } else {
+                        Some(gw.parse::<IpAddr>().with_context(|| {
+                            format!("--route {s:?}: {gw:?} is not an IP address")
+                        })?)
+                    };
                 if gw.is_none() && port.is_none() {
                     bail!("--route {s:?}: empty next hop");
                 }
@@ -178,7 +184,9 @@ pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut mac {
-        let p = parts.next().ok_or_else(|| anyhow!("{s:?} is not a MAC address"))?;
+        let p = parts
+            .next()
+            .ok_or_else(|| anyhow!("{s:?} is not a MAC address"))?;
         *b = u8::from_str_radix(p, 16).map_err(|_| anyhow!("{s:?} is not a MAC address"))?;
     }
     if parts.next().is_some() {
@@ -210,10 +218,18 @@ mod tests {
             RouteTarget::Via(vec![(None, Some(0))])
         );
         assert_eq!(
-            parse_route(&ports(), "203.0.113.0/24=blackhole").unwrap().target,
+            parse_route(&ports(), "203.0.113.0/24=blackhole")
+                .unwrap()
+                .target,
             RouteTarget::Blackhole
         );
-        for bad in ["nope", "1.2.3.0/24=", "1.2.3.0/24=x", "1.2.3.0/24=1.1.1.1@zz", "x=1.1.1.1"] {
+        for bad in [
+            "nope",
+            "1.2.3.0/24=",
+            "1.2.3.0/24=x",
+            "1.2.3.0/24=1.1.1.1@zz",
+            "x=1.1.1.1",
+        ] {
             assert!(parse_route(&ports(), bad).is_err(), "{bad}");
         }
     }
@@ -229,7 +245,9 @@ mod tests {
         assert_eq!(parse_mtu(&ports(), "c0=9000").unwrap(), (0, 9000));
         assert!(parse_mtu(&ports(), "c0=100").is_err());
         assert_eq!(
-            parse_neighbor(&ports(), "c0=198.18.1.2,02:00:00:00:00:01").unwrap().2,
+            parse_neighbor(&ports(), "c0=198.18.1.2,02:00:00:00:00:01")
+                .unwrap()
+                .2,
             [2, 0, 0, 0, 0, 1]
         );
         assert!(parse_mac("02:00:00:00:00").is_err());

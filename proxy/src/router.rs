@@ -24,7 +24,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 pub fn run(args: RouterArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
     }
     match args.dataplane {
         Dataplane::Afpacket => {
@@ -63,7 +64,8 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
                 .enumerate()
                 .map(|(i, spec)| pcap_port(i, spec))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let driver = switchyard_io::pcap::PcapDriver::new(ports).context("opening the pcap files")?;
+            let driver =
+                switchyard_io::pcap::PcapDriver::new(ports).context("opening the pcap files")?;
             // A replay ends when every input file has been read.
             Router::new(driver, &args)?.run_until(&args, &stop, |d| {
                 (0..d.ports().len() as u16).all(|p| d.rx_done(p))
@@ -79,7 +81,14 @@ fn pcap_port(index: usize, spec: &str) -> anyhow::Result<switchyard_io::pcap::Pc
     Ok(switchyard_io::pcap::PcapPortConfig {
         info: PortInfo {
             name: spec.to_string(),
-            mac: [0x02, 0, 0, 0, 0, u8::try_from(index + 1).context("too many pcap ports")?],
+            mac: [
+                0x02,
+                0,
+                0,
+                0,
+                0,
+                u8::try_from(index + 1).context("too many pcap ports")?,
+            ],
             mtu: 1500,
         },
         rx: path(rx),
@@ -187,7 +196,9 @@ where
         finished: impl Fn(&D) -> bool,
     ) -> anyhow::Result<()> {
         let start = Instant::now();
-        let deadline = args.duration.map(|d| start + Duration::from_secs_f64(d.max(0.0)));
+        let deadline = args
+            .duration
+            .map(|d| start + Duration::from_secs_f64(d.max(0.0)));
         let nports = self.driver.ports().len() as u16;
         let mut rx: Vec<D::Buffer> = Vec::with_capacity(VECTOR_SIZE);
         let mut io_errors = 0u64;
@@ -215,7 +226,8 @@ where
             if now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
                 last_housekeeping = now;
                 self.state.neighbors.expire(nanos_since(start, now));
-                self.graph.housekeeping(&self.state, nanos_since(start, now));
+                self.graph
+                    .housekeeping(&self.state, nanos_since(start, now));
                 self.driver.recycle(&mut self.graph.dropped);
             }
             if received == 0 {
@@ -227,7 +239,8 @@ where
             }
             rx_total += received as u64;
             let tables = self.tables.load();
-            self.graph.dispatch(&tables, &mut self.state, nanos_since(start, now));
+            self.graph
+                .dispatch(&tables, &mut self.state, nanos_since(start, now));
             for port in 0..nports {
                 let queue = &mut self.graph.tx[usize::from(port)];
                 if queue.is_empty() {
@@ -303,7 +316,11 @@ impl Report {
             "switchyard router: {:.1} s, {} packets received, {} sent, {} neighbors, {} I/O errors",
             self.seconds, self.rx, self.tx, self.neighbors, self.io_errors
         );
-        let _ = writeln!(s, "{:<16} {:>10} {:>8}  counters", "node", "packets", "vectors");
+        let _ = writeln!(
+            s,
+            "{:<16} {:>10} {:>8}  counters",
+            "node", "packets", "vectors"
+        );
         for n in &self.nodes {
             if n.packets == 0 {
                 continue;
@@ -311,12 +328,20 @@ impl Report {
             let _ = writeln!(s, "{:<16} {:>10} {:>8}", n.name, n.packets, n.vectors);
             for (info, count) in &n.errors {
                 if *count > 0 {
-                    let _ = writeln!(s, "{:<16} {:>10}           {} ({})", "", count, info.key, info.text);
+                    let _ = writeln!(
+                        s,
+                        "{:<16} {:>10}           {} ({})",
+                        "", count, info.key, info.text
+                    );
                 }
             }
         }
         if self.looped > 0 {
-            let _ = writeln!(s, "{} packets dropped for looping in the graph", self.looped);
+            let _ = writeln!(
+                s,
+                "{} packets dropped for looping in the graph",
+                self.looped
+            );
         }
         s
     }

@@ -35,7 +35,10 @@ fn tshark(pcap: &Path, extra: &[&str]) -> String {
         .args(["-k", "2", "30", "tshark"])
         // The user's Wireshark profile (disabled protocols, preferences) must not change the
         // verdict: point tshark at a personal configuration that does not exist.
-        .env("WIRESHARK_CONFIG_DIR", "/nonexistent/switchyard-tests-wireshark")
+        .env(
+            "WIRESHARK_CONFIG_DIR",
+            "/nonexistent/switchyard-tests-wireshark",
+        )
         .args(&args)
         .output()
         .expect("run tshark");

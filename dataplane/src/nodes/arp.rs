@@ -82,20 +82,31 @@ impl ArpInput {
             return Next::Drop;
         }
         if repr.operation == ArpOperation::REPLY {
-            cx.trace(&pkt.meta, format_args!("reply: {sender} is at {}", repr.source_hardware_addr));
+            cx.trace(
+                &pkt.meta,
+                format_args!("reply: {sender} is at {}", repr.source_hardware_addr),
+            );
             cx.error(ArpInputError::RepliesLearned);
             return Next::Drop;
         }
         let reply = repr.reply(EthernetAddress(ifc.mac));
         pkt.buf.truncate(ArpRepr::LEN);
         reply.emit(&mut ArpPacket::new_unchecked(pkt.buf.data_mut()));
-        if !push_ethernet(&mut pkt.buf, repr.source_hardware_addr.0, ifc.mac, EtherType::ARP) {
+        if !push_ethernet(
+            &mut pkt.buf,
+            repr.source_hardware_addr.0,
+            ifc.mac,
+            EtherType::ARP,
+        ) {
             cx.error(ArpInputError::NoHeadroom);
             return Next::Drop;
         }
         cx.trace(
             &pkt.meta,
-            format_args!("request from {sender}: {} is at {}", repr.target_protocol_addr, reply.source_hardware_addr),
+            format_args!(
+                "request from {sender}: {} is at {}",
+                repr.target_protocol_addr, reply.source_hardware_addr
+            ),
         );
         cx.error(ArpInputError::RequestsAnswered);
         pkt.meta.tx_port = port;
@@ -125,7 +136,11 @@ impl<B: PacketBuffer> Node<B> for ArpInput {
 
 /// Turns the packet into a broadcast ARP request for `target` out of `ifc`. False when the
 /// buffer cannot hold it.
-pub(crate) fn make_request<B: PacketBuffer>(buf: &mut B, ifc: &Interface, target: Ipv4Addr) -> bool {
+pub(crate) fn make_request<B: PacketBuffer>(
+    buf: &mut B,
+    ifc: &Interface,
+    target: Ipv4Addr,
+) -> bool {
     // Ask from the address on the target's subnet, so the answer is usable (RFC 1812 4.3.2.4
     // spirit); any address of ours otherwise.
     let sender = ifc

@@ -71,7 +71,11 @@ impl EthernetInput {
         if pkt.meta.trace != 0 {
             cx.trace(
                 &pkt.meta,
-                format_args!("{src} > {dst} {} on port {}", frame.ethertype(), pkt.meta.rx_port),
+                format_args!(
+                    "{src} > {dst} {} on port {}",
+                    frame.ethertype(),
+                    pkt.meta.rx_port
+                ),
             );
         }
         pkt.buf.pull_front(EthernetFrame::<&[u8]>::HEADER_LEN);

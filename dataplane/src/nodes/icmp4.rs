@@ -120,7 +120,10 @@ impl Icmp4Error {
             more_fragments: false,
             fragment_offset: 0,
         };
-        if repr.emit(&mut Ipv4Packet::new_unchecked(&mut data[..])).is_err() {
+        if repr
+            .emit(&mut Ipv4Packet::new_unchecked(&mut data[..]))
+            .is_err()
+        {
             cx.error(Icmp4ErrorError::NoHeadroom);
             return Next::Drop;
         }

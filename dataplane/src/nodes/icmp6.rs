@@ -229,11 +229,24 @@ pub mod nd {
         solicited: bool,
     ) -> bool {
         let flags = FLAG_ROUTER | FLAG_OVERRIDE | if solicited { FLAG_SOLICITED } else { 0 };
-        write(buf, target, to, MessageType::NEIGHBOR_ADVERT, flags, target, TARGET_LLA, ifc.mac)
+        write(
+            buf,
+            target,
+            to,
+            MessageType::NEIGHBOR_ADVERT,
+            flags,
+            target,
+            TARGET_LLA,
+            ifc.mac,
+        )
     }
 
     /// Turns the packet into a multicast solicitation for `target`, with its Ethernet header.
-    pub fn make_solicitation<B: PacketBuffer>(buf: &mut B, ifc: &Interface, target: Ipv6Addr) -> bool {
+    pub fn make_solicitation<B: PacketBuffer>(
+        buf: &mut B,
+        ifc: &Interface,
+        target: Ipv6Addr,
+    ) -> bool {
         let src = if is_link_local(&target) {
             ifc.link_local
         } else {
@@ -243,13 +256,21 @@ pub mod nd {
                 .map_or(ifc.primary_ipv6(), |n| n.addr())
         };
         let group = super::super::ip6::solicited_node(&target);
-        write(buf, src, group, MessageType::NEIGHBOR_SOLICIT, 0, target, SOURCE_LLA, ifc.mac)
-            && crate::nodes::push_ethernet(
-                buf,
-                multicast_mac(&group),
-                ifc.mac,
-                crate::wire::EtherType::IPV6,
-            )
+        write(
+            buf,
+            src,
+            group,
+            MessageType::NEIGHBOR_SOLICIT,
+            0,
+            target,
+            SOURCE_LLA,
+            ifc.mac,
+        ) && crate::nodes::push_ethernet(
+            buf,
+            multicast_mac(&group),
+            ifc.mac,
+            crate::wire::EtherType::IPV6,
+        )
     }
 }
 
@@ -353,7 +374,10 @@ impl Icmp6Error {
             traffic_class: 0,
             flow_label: 0,
         };
-        if repr.emit(&mut Ipv6Packet::new_unchecked(&mut data[..])).is_err() {
+        if repr
+            .emit(&mut Ipv6Packet::new_unchecked(&mut data[..]))
+            .is_err()
+        {
             cx.error(Icmp6ErrorError::NoHeadroom);
             return Next::Drop;
         }

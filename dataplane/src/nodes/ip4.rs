@@ -307,8 +307,7 @@ impl Ip4Local {
             }
             _ if unicast_to_us => {
                 cx.error(Ip4LocalError::ProtocolUnreachable);
-                pkt.meta.icmp_error =
-                    Some((icmp::DEST_UNREACHABLE, icmp::PROTOCOL_UNREACHABLE, 0));
+                pkt.meta.icmp_error = Some((icmp::DEST_UNREACHABLE, icmp::PROTOCOL_UNREACHABLE, 0));
                 LocalNext::Error
             }
             _ => {

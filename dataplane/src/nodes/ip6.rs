@@ -97,7 +97,11 @@ impl Ip6Input {
             let s = a.segments();
             (u32::from(s[4]) << 16 | u32::from(s[5])) ^ (u32::from(s[6]) << 16 | u32::from(s[7]))
         };
-        pkt.meta.flow_hash = flow_hash(&[words(&src), words(&dst)], ip.next_header().0, ip.flow_label());
+        pkt.meta.flow_hash = flow_hash(
+            &[words(&src), words(&dst)],
+            ip.next_header().0,
+            ip.flow_label(),
+        );
         let len = ip.packet_len();
         cx.trace(&pkt.meta, format_args!("{src} > {dst} len {len}"));
         pkt.buf.truncate(len);
@@ -293,8 +297,11 @@ impl Ip6Local {
             IpProtocol::ICMPV6 => {}
             IpProtocol::UDP if unicast_to_us => {
                 cx.error(Ip6LocalError::PortUnreachable);
-                pkt.meta.icmp_error =
-                    Some((MessageType::DEST_UNREACHABLE, icmp6::code::PORT_UNREACHABLE, 0));
+                pkt.meta.icmp_error = Some((
+                    MessageType::DEST_UNREACHABLE,
+                    icmp6::code::PORT_UNREACHABLE,
+                    0,
+                ));
                 return LocalNext::Error;
             }
             IpProtocol::TCP | IpProtocol::UDP => {
@@ -346,7 +353,9 @@ impl Ip6Local {
                 cx.trace(&pkt.meta, format_args!("echo reply to {src}"));
                 LocalNext::Lookup
             }
-            MessageType::NEIGHBOR_SOLICIT => Self::solicitation(cx, pkt, src, dst, hop_limit, offset),
+            MessageType::NEIGHBOR_SOLICIT => {
+                Self::solicitation(cx, pkt, src, dst, hop_limit, offset)
+            }
             MessageType::NEIGHBOR_ADVERT => {
                 match nd::parse_advertisement(msg, hop_limit, &dst) {
                     Ok(adv) => {
@@ -418,7 +427,10 @@ impl Ip6Local {
             return LocalNext::Drop;
         }
         cx.error(Ip6LocalError::NeighborSolicitations);
-        cx.trace(&pkt.meta, format_args!("NS from {src}: {} is at ours", sol.target));
+        cx.trace(
+            &pkt.meta,
+            format_args!("NS from {src}: {} is at ours", sol.target),
+        );
         pkt.meta.tx_port = port;
         LocalNext::Tx
     }

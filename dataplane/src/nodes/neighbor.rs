@@ -81,7 +81,10 @@ impl NeighborOutput {
                 } else {
                     cx.error(NeighborOutputError::NoHeadroom);
                 }
-                cx.trace(&pkt.meta, format_args!("who-has {next_hop} on port {port}: held"));
+                cx.trace(
+                    &pkt.meta,
+                    format_args!("who-has {next_hop} on port {port}: held"),
+                );
                 cx.error(NeighborOutputError::Held);
                 return Next::Hold;
             }

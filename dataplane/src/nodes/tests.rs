@@ -78,7 +78,9 @@ impl Rig {
     }
 
     fn count(&self, node: &str, key: &str) -> u64 {
-        self.graph.error_count(node, key).unwrap_or_else(|| panic!("{node}/{key}"))
+        self.graph
+            .error_count(node, key)
+            .unwrap_or_else(|| panic!("{node}/{key}"))
     }
 
     fn learn_client_and_server(&mut self) {
@@ -106,7 +108,14 @@ fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, ttl: u8, df: bool, payload: &[u8]) -> Vec<u8> {
+fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    ttl: u8,
+    df: bool,
+    payload: &[u8],
+) -> Vec<u8> {
     let repr = Ipv4Repr {
         src_addr: src,
         dst_addr: dst,
@@ -121,7 +130,8 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, ttl: u8, df: bool, payl
         fragment_offset: 0,
     };
     let mut b = vec![0; 20 + payload.len()];
-    repr.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
+    repr.emit(&mut Ipv4Packet::new_unchecked(&mut b[..]))
+        .unwrap();
     b[20..].copy_from_slice(payload);
     b
 }
@@ -145,7 +155,8 @@ fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: IpProtocol, hop: u8, payload: &[u8])
         flow_label: 0,
     };
     let mut b = vec![0; 40 + payload.len()];
-    repr.emit(&mut Ipv6Packet::new_unchecked(&mut b[..])).unwrap();
+    repr.emit(&mut Ipv6Packet::new_unchecked(&mut b[..]))
+        .unwrap();
     b[40..].copy_from_slice(payload);
     b
 }
@@ -189,14 +200,25 @@ fn answers_arp_for_its_address_and_learns_the_asker() {
     assert_eq!(&f[0..6], &CLIENT_MAC);
     assert_eq!(&f[6..12], &MAC0);
     assert_eq!(&f[12..14], &[8, 6]);
-    assert_eq!(&f[14..], &arp(2, MAC0, v4("198.18.1.1"), CLIENT_MAC, v4("198.18.1.2"))[..]);
+    assert_eq!(
+        &f[14..],
+        &arp(2, MAC0, v4("198.18.1.1"), CLIENT_MAC, v4("198.18.1.2"))[..]
+    );
     assert_eq!(
         r.state.neighbors.get(0, v4("198.18.1.2").into()),
         Some(CLIENT_MAC)
     );
     // For another host: nothing sent, nothing learned.
-    let other = arp(1, [2, 0, 0, 0, 0, 0x99], v4("198.18.1.9"), [0; 6], v4("198.18.1.7"));
-    assert!(r.send(0, &eth(BCAST, [2, 0, 0, 0, 0, 0x99], 0x0806, &other)).is_empty());
+    let other = arp(
+        1,
+        [2, 0, 0, 0, 0, 0x99],
+        v4("198.18.1.9"),
+        [0; 6],
+        v4("198.18.1.7"),
+    );
+    assert!(r
+        .send(0, &eth(BCAST, [2, 0, 0, 0, 0, 0x99], 0x0806, &other))
+        .is_empty());
     assert_eq!(r.state.neighbors.get(0, v4("198.18.1.9").into()), None);
     assert_eq!(r.count("arp-input", "not_for_us"), 1);
 }
@@ -205,13 +227,23 @@ fn answers_arp_for_its_address_and_learns_the_asker() {
 fn answers_ping_to_its_address() {
     let mut r = Rig::new();
     r.learn_client_and_server();
-    let ping = ipv4(v4("198.18.1.2"), v4("198.18.1.1"), IpProtocol::ICMP, 64, false, &icmp_echo(8, 32));
+    let ping = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.1.1"),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &icmp_echo(8, 32),
+    );
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ping));
     assert_eq!(out.len(), 1);
     let f = &out[0].1;
     assert_eq!(&f[0..6], &CLIENT_MAC);
     let ip = ip4_of(f);
-    assert_eq!((ip.src_addr(), ip.dst_addr()), (v4("198.18.1.1"), v4("198.18.1.2")));
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr()),
+        (v4("198.18.1.1"), v4("198.18.1.2"))
+    );
     assert_eq!(ip.payload()[0], 0);
     assert!(checksum::verify(ip.payload()));
     assert_eq!(&ip.payload()[4..], &icmp_echo(8, 32)[4..]);
@@ -221,7 +253,14 @@ fn answers_ping_to_its_address() {
 fn forwards_with_ttl_decrement_and_new_macs() {
     let mut r = Rig::new();
     r.learn_client_and_server();
-    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0, 1, 0, 2, 0, 8, 0, 0],
+    );
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
     assert_eq!(out.len(), 1);
     let (port, f) = &out[0];
@@ -237,7 +276,14 @@ fn forwards_with_ttl_decrement_and_new_macs() {
 fn pads_are_trimmed_before_forwarding() {
     let mut r = Rig::new();
     r.learn_client_and_server();
-    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0, 1, 0, 2, 0, 8, 0, 0]);
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0, 1, 0, 2, 0, 8, 0, 0],
+    );
     let mut frame = eth(MAC0, CLIENT_MAC, 0x0800, &pkt);
     frame.resize(60, 0);
     let out = r.send(0, &frame);
@@ -247,14 +293,24 @@ fn pads_are_trimmed_before_forwarding() {
 #[test]
 fn unknown_next_hop_is_asked_for_and_the_packet_held_until_answered() {
     let mut r = Rig::new();
-    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.9"), IpProtocol::UDP, 64, false, &[0; 8]);
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.9"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
     let frame = eth(MAC0, CLIENT_MAC, 0x0800, &pkt);
     let out = r.send(0, &frame);
     assert_eq!(out.len(), 1);
     let (port, f) = &out[0];
     assert_eq!(*port, 1);
     assert_eq!(&f[0..6], &BCAST);
-    assert_eq!(&f[14..], &arp(1, MAC1, v4("198.18.2.1"), [0; 6], v4("198.18.2.9"))[..]);
+    assert_eq!(
+        &f[14..],
+        &arp(1, MAC1, v4("198.18.2.1"), [0; 6], v4("198.18.2.9"))[..]
+    );
     // Within a second no second request; both packets wait.
     assert!(r.send(0, &frame).is_empty());
     assert_eq!(r.graph.held(), 2);
@@ -274,7 +330,14 @@ fn unknown_next_hop_is_asked_for_and_the_packet_held_until_answered() {
 #[test]
 fn held_packets_expire_when_nobody_answers() {
     let mut r = Rig::new();
-    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.9"), IpProtocol::UDP, 64, false, &[0; 8]);
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.9"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
     r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
     assert_eq!(r.graph.held(), 1);
     r.now += crate::graph::HOLD_TIME;
@@ -287,13 +350,24 @@ fn held_packets_expire_when_nobody_answers() {
 fn ecmp_uses_both_gateways() {
     let mut r = Rig::new();
     r.learn_client_and_server();
-    r.state.neighbors.insert_permanent(1, v4("198.18.2.3").into(), [2, 0, 0, 0, 0, 3]);
-    r.state.neighbors.insert_permanent(1, v4("198.18.2.4").into(), [2, 0, 0, 0, 0, 4]);
+    r.state
+        .neighbors
+        .insert_permanent(1, v4("198.18.2.3").into(), [2, 0, 0, 0, 0, 3]);
+    r.state
+        .neighbors
+        .insert_permanent(1, v4("198.18.2.4").into(), [2, 0, 0, 0, 0, 4]);
     let mut seen = std::collections::HashSet::new();
     for sport in 0..64u16 {
         let mut udp = vec![0; 8];
         udp[0..2].copy_from_slice(&sport.to_be_bytes());
-        let pkt = ipv4(v4("198.18.1.2"), v4("198.19.0.1"), IpProtocol::UDP, 64, false, &udp);
+        let pkt = ipv4(
+            v4("198.18.1.2"),
+            v4("198.19.0.1"),
+            IpProtocol::UDP,
+            64,
+            false,
+            &udp,
+        );
         for (_, f) in r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)) {
             seen.insert(f[5]);
         }
@@ -305,13 +379,23 @@ fn ecmp_uses_both_gateways() {
 fn ttl_expiry_sends_time_exceeded_from_the_receiving_interface() {
     let mut r = Rig::new();
     r.learn_client_and_server();
-    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::ICMP, 1, false, &icmp_echo(8, 16));
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::ICMP,
+        1,
+        false,
+        &icmp_echo(8, 16),
+    );
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
     assert_eq!(out.len(), 1);
     let (port, f) = &out[0];
     assert_eq!(*port, 0);
     let ip = ip4_of(f);
-    assert_eq!((ip.src_addr(), ip.dst_addr()), (v4("198.18.1.1"), v4("198.18.1.2")));
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr()),
+        (v4("198.18.1.1"), v4("198.18.1.2"))
+    );
     let icmp = ip.payload();
     assert_eq!((icmp[0], icmp[1]), (11, 0));
     assert!(checksum::verify(icmp));
@@ -323,12 +407,26 @@ fn ttl_expiry_sends_time_exceeded_from_the_receiving_interface() {
 fn no_route_sends_net_unreachable_and_too_big_sends_frag_needed() {
     let mut r = Rig::new();
     r.learn_client_and_server();
-    let pkt = ipv4(v4("198.18.1.2"), v4("203.0.113.9"), IpProtocol::UDP, 64, false, &[0; 8]);
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("203.0.113.9"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
     let icmp = ip4_of(&out[0].1).payload().to_vec();
     assert_eq!((icmp[0], icmp[1]), (3, 0));
 
-    let big = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, true, &[0; 1450]);
+    let big = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        64,
+        true,
+        &[0; 1450],
+    );
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &big));
     let ip = ip4_of(&out[0].1);
     let icmp = ip.payload();
@@ -337,7 +435,14 @@ fn no_route_sends_net_unreachable_and_too_big_sends_frag_needed() {
     // Quoted up to 576 bytes in all.
     assert_eq!(usize::from(ip.total_len()), 576);
     // Without DF it is dropped (no fragmentation yet) and counted.
-    let big = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 1450]);
+    let big = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 1450],
+    );
     assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &big)).is_empty());
     assert_eq!(r.count("ip4-rewrite", "fragmentation_unsupported"), 1);
 }
@@ -351,10 +456,24 @@ fn never_an_icmp_error_about_an_icmp_error_or_a_broadcast() {
     err[2..4].fill(0);
     let c = checksum::checksum(&err);
     err[2..4].copy_from_slice(&c.to_be_bytes());
-    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::ICMP, 1, false, &err);
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::ICMP,
+        1,
+        false,
+        &err,
+    );
     assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)).is_empty());
     assert_eq!(r.count("icmp4-error", "about_icmp_error"), 1);
-    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 1, false, &[0; 8]);
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        1,
+        false,
+        &[0; 8],
+    );
     assert!(r.send(0, &eth(BCAST, CLIENT_MAC, 0x0800, &pkt)).is_empty());
 }
 
@@ -362,20 +481,50 @@ fn never_an_icmp_error_about_an_icmp_error_or_a_broadcast() {
 fn bad_headers_are_dropped_with_a_reason() {
     let mut r = Rig::new();
     r.learn_client_and_server();
-    let mut pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 8]);
+    let mut pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
     pkt[10] ^= 0xff;
     assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)).is_empty());
     assert_eq!(r.count("ip4-input", "bad_checksum"), 1);
-    let pkt = ipv4(v4("127.0.0.1"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 8]);
+    let pkt = ipv4(
+        v4("127.0.0.1"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
     assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)).is_empty());
     assert_eq!(r.count("ip4-input", "martian_source"), 1);
-    let mut pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 8]);
+    let mut pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
     pkt[0] = 0x65;
     assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt)).is_empty());
     assert_eq!(r.count("ip4-input", "bad_version"), 1);
     // Not our MAC.
-    let pkt = ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &[0; 8]);
-    assert!(r.send(0, &eth(SERVER_MAC, CLIENT_MAC, 0x0800, &pkt)).is_empty());
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
+    assert!(r
+        .send(0, &eth(SERVER_MAC, CLIENT_MAC, 0x0800, &pkt))
+        .is_empty());
     assert_eq!(r.count("ethernet-input", "not_for_us"), 1);
 }
 
@@ -384,9 +533,31 @@ fn every_truncation_of_a_good_frame_is_handled() {
     let mut r = Rig::new();
     r.learn_client_and_server();
     let frames = [
-        eth(MAC0, CLIENT_MAC, 0x0800, &ipv4(v4("198.18.1.2"), v4("198.18.1.1"), IpProtocol::ICMP, 64, false, &icmp_echo(8, 8))),
-        eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(v6("2001:db8:1::2"), v6("2001:db8:1::1"), 64)),
-        eth(BCAST, CLIENT_MAC, 0x0806, &arp(1, CLIENT_MAC, v4("198.18.1.2"), [0; 6], v4("198.18.1.1"))),
+        eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(
+                v4("198.18.1.2"),
+                v4("198.18.1.1"),
+                IpProtocol::ICMP,
+                64,
+                false,
+                &icmp_echo(8, 8),
+            ),
+        ),
+        eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &echo6(v6("2001:db8:1::2"), v6("2001:db8:1::1"), 64),
+        ),
+        eth(
+            BCAST,
+            CLIENT_MAC,
+            0x0806,
+            &arp(1, CLIENT_MAC, v4("198.18.1.2"), [0; 6], v4("198.18.1.1")),
+        ),
     ];
     for f in &frames {
         for len in 0..f.len() {
@@ -412,12 +583,23 @@ fn answers_neighbor_solicitation_with_advertisement() {
     let mut r = Rig::new();
     let client = v6("2001:db8:1::2");
     let group = v6("ff02::1:ff00:1");
-    let out = r.send(0, &eth([0x33, 0x33, 0xff, 0, 0, 1], CLIENT_MAC, 0x86dd, &ns(client, group, v6("2001:db8:1::1"), Some(CLIENT_MAC))));
+    let out = r.send(
+        0,
+        &eth(
+            [0x33, 0x33, 0xff, 0, 0, 1],
+            CLIENT_MAC,
+            0x86dd,
+            &ns(client, group, v6("2001:db8:1::1"), Some(CLIENT_MAC)),
+        ),
+    );
     assert_eq!(out.len(), 1, "{:?}", r.graph.counters());
     let f = &out[0].1;
     assert_eq!(&f[0..6], &CLIENT_MAC);
     let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
-    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.hop_limit()), (v6("2001:db8:1::1"), client, 255));
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.hop_limit()),
+        (v6("2001:db8:1::1"), client, 255)
+    );
     let msg = ip.payload();
     assert_eq!(msg[0], 136);
     assert_eq!(msg[4], 0xe0, "router, solicited, override");
@@ -428,7 +610,12 @@ fn answers_neighbor_solicitation_with_advertisement() {
     // Hop limit not 255: refused.
     let mut bad = ns(client, group, v6("2001:db8:1::1"), Some(CLIENT_MAC));
     bad[7] = 64;
-    assert!(r.send(0, &eth([0x33, 0x33, 0xff, 0, 0, 1], CLIENT_MAC, 0x86dd, &bad)).is_empty());
+    assert!(r
+        .send(
+            0,
+            &eth([0x33, 0x33, 0xff, 0, 0, 1], CLIENT_MAC, 0x86dd, &bad)
+        )
+        .is_empty());
     assert_eq!(r.count("ip6-local", "bad_nd"), 1);
 }
 
@@ -436,15 +623,39 @@ fn answers_neighbor_solicitation_with_advertisement() {
 fn answers_ping6_and_forwards_with_hop_limit_decrement() {
     let mut r = Rig::new();
     r.learn_client_and_server();
-    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(v6("2001:db8:1::2"), v6("2001:db8:1::1"), 64)));
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &echo6(v6("2001:db8:1::2"), v6("2001:db8:1::1"), 64),
+        ),
+    );
     let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
     assert_eq!(ip.payload()[0], 129);
-    assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), ip.payload()), 0);
+    assert_eq!(
+        icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), ip.payload()),
+        0
+    );
 
-    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(v6("2001:db8:1::2"), v6("2001:db8:2::2"), 64)));
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &echo6(v6("2001:db8:1::2"), v6("2001:db8:2::2"), 64),
+        ),
+    );
     assert_eq!(out[0].0, 1);
     assert_eq!(&out[0].1[0..6], &SERVER_MAC);
-    assert_eq!(Ipv6Packet::new_checked(&out[0].1[14..]).unwrap().hop_limit(), 63);
+    assert_eq!(
+        Ipv6Packet::new_checked(&out[0].1[14..])
+            .unwrap()
+            .hop_limit(),
+        63
+    );
 }
 
 #[test]
@@ -462,9 +673,25 @@ fn ipv6_errors_hop_limit_no_route_too_big() {
         assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), m), 0);
         m.to_vec()
     };
-    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(client, v6("2001:db8:2::2"), 1)));
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &echo6(client, v6("2001:db8:2::2"), 1),
+        ),
+    );
     check(&out, 3, 0);
-    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(client, v6("2001:db8:99::2"), 64)));
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &echo6(client, v6("2001:db8:99::2"), 64),
+        ),
+    );
     check(&out, 1, 0);
     let big = ipv6(client, v6("2001:db8:2::2"), IpProtocol::UDP, 64, &[0; 1400]);
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &big));
@@ -477,7 +704,15 @@ fn ipv6_errors_hop_limit_no_route_too_big() {
 fn unknown_ipv6_next_hop_sends_solicitation() {
     let mut r = Rig::new();
     r.learn_client_and_server();
-    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(v6("2001:db8:1::2"), v6("2001:db8:2::77"), 64)));
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &echo6(v6("2001:db8:1::2"), v6("2001:db8:2::77"), 64),
+        ),
+    );
     assert_eq!(out.len(), 1);
     let (port, f) = &out[0];
     assert_eq!(*port, 1);
@@ -487,7 +722,10 @@ fn unknown_ipv6_next_hop_sends_solicitation() {
     assert_eq!(ip.src_addr(), v6("2001:db8:2::1"));
     assert_eq!(ip.hop_limit(), 255);
     assert_eq!(ip.payload()[0], 135);
-    assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), ip.payload()), 0);
+    assert_eq!(
+        icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), ip.payload()),
+        0
+    );
 }
 
 #[test]
@@ -496,7 +734,15 @@ fn link_local_source_is_not_forwarded() {
     r.learn_client_and_server();
     let ll = v6("fe80::c1");
     r.state.neighbors.insert_permanent(0, ll.into(), CLIENT_MAC);
-    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(ll, v6("2001:db8:2::2"), 64)));
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &echo6(ll, v6("2001:db8:2::2"), 64),
+        ),
+    );
     assert_eq!(out.len(), 1);
     let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
     assert_eq!(ip.dst_addr(), ll);
