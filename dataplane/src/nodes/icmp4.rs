@@ -3,17 +3,15 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::ip4::{icmp, DEFAULT_TTL};
+use super::ip4::DEFAULT_TTL;
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP};
 use crate::tables::Tables;
-use crate::wire::{checksum, IpProtocol, Ipv4Packet, Ipv4Repr};
+use crate::wire::icmpv4::{unreachable_code, MAX_ERROR_DATAGRAM_LEN};
+use crate::wire::{checksum, Icmpv4Message, IpProtocol, Ipv4Packet, Ipv4Repr};
 use crate::{node_errors, node_nexts};
 
-/// Largest ICMP error datagram: RFC 1812 4.3.2.3 lets a router quote as much of the original
-/// as fits in 576 bytes.
-pub const MAX_ERROR_LEN: usize = 576;
 const HEADERS_LEN: usize = 20 + 8;
 
 node_errors! {
@@ -41,12 +39,6 @@ node_nexts! {
 #[derive(Debug, Default)]
 pub struct Icmp4Error;
 
-/// True if `payload` (of an IPv4 packet whose protocol is ICMP) is an ICMP error message, as
-/// opposed to a query (RFC 1812 4.3.2.7).
-fn is_icmp_error(payload: &[u8]) -> bool {
-    matches!(payload.first(), Some(3 | 4 | 5 | 11 | 12))
-}
-
 /// The address to send an ICMP error from: one of the interface it will leave by (RFC 1812
 /// 4.3.2.4), found by routing back to `to`; the receiving interface's otherwise.
 fn source_for(tables: &Tables, to: Ipv4Addr, rx_port: u16) -> Option<Ipv4Addr> {
@@ -71,7 +63,12 @@ impl Icmp4Error {
         };
         let (orig_src, orig_dst) = {
             let ip = Ipv4Packet::new_unchecked(pkt.buf.data());
-            if ip.protocol() == IpProtocol::ICMP && is_icmp_error(ip.payload()) {
+            if ip.protocol() == IpProtocol::ICMP
+                && ip
+                    .payload()
+                    .first()
+                    .is_some_and(|&t| Icmpv4Message(t).is_error())
+            {
                 cx.error(Icmp4ErrorError::AboutIcmpError);
                 return Next::Drop;
             }
@@ -98,8 +95,9 @@ impl Icmp4Error {
             cx.error(Icmp4ErrorError::NoSourceAddress);
             return Next::Drop;
         };
-        // The original packet stays where it is and becomes the quoted part.
-        pkt.buf.truncate(MAX_ERROR_LEN - HEADERS_LEN);
+        // The original packet stays where it is and becomes the quoted part: RFC 1812 4.3.2.3
+        // lets a router quote as much as fits in a 576-byte datagram.
+        pkt.buf.truncate(MAX_ERROR_DATAGRAM_LEN - HEADERS_LEN);
         if !pkt.buf.push_front(HEADERS_LEN) {
             cx.error(Icmp4ErrorError::NoHeadroom);
             return Next::Drop;
@@ -131,7 +129,9 @@ impl Icmp4Error {
         msg[0] = kind;
         msg[1] = code;
         msg[2..4].fill(0);
-        let rest = if kind == icmp::DEST_UNREACHABLE && code == icmp::FRAGMENTATION_NEEDED {
+        let rest = if Icmpv4Message(kind) == Icmpv4Message::DST_UNREACHABLE
+            && code == unreachable_code::FRAG_NEEDED
+        {
             // RFC 1191: the next-hop MTU goes in the low 16 bits.
             param & 0xffff
         } else {

@@ -8,216 +8,117 @@ use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP};
 use crate::tables::Tables;
-use crate::wire::{checksum, IpProtocol, Ipv6Packet, Ipv6Repr};
+use crate::wire::icmpv6::param_problem_code;
+use crate::wire::{Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv6Packet, Ipv6Repr};
 use crate::{node_errors, node_nexts};
 
-/// An ICMPv6 message type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MessageType(pub u8);
-
-#[allow(missing_docs)]
-impl MessageType {
-    pub const DEST_UNREACHABLE: u8 = 1;
-    pub const PACKET_TOO_BIG: u8 = 2;
-    pub const TIME_EXCEEDED: u8 = 3;
-    pub const PARAMETER_PROBLEM: u8 = 4;
-    pub const ECHO_REQUEST: MessageType = MessageType(128);
-    pub const ECHO_REPLY: MessageType = MessageType(129);
-    pub const ROUTER_SOLICIT: MessageType = MessageType(133);
-    pub const ROUTER_ADVERT: MessageType = MessageType(134);
-    pub const NEIGHBOR_SOLICIT: MessageType = MessageType(135);
-    pub const NEIGHBOR_ADVERT: MessageType = MessageType(136);
-}
-
-/// ICMPv6 codes this node sends.
-#[allow(missing_docs)]
-pub mod code {
-    pub const NO_ROUTE: u8 = 0;
-    pub const BEYOND_SCOPE: u8 = 2;
-    pub const PORT_UNREACHABLE: u8 = 4;
-    pub const UNRECOGNIZED_NEXT_HEADER: u8 = 1;
-    pub const UNRECOGNIZED_OPTION: u8 = 2;
-}
-
-/// The ICMPv6 checksum of `msg` between `src` and `dst`: the value to store when the checksum
-/// field is zero, and 0 when the field already holds a correct checksum.
-pub fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, msg: &[u8]) -> u16 {
-    let pseudo = checksum::pseudo_header_ipv6(src, dst, IpProtocol::ICMPV6, msg.len() as u32);
-    checksum::finish(checksum::combine(pseudo, checksum::sum(msg)))
-}
-
-/// Neighbor discovery: the two messages address resolution needs.
+/// Neighbor discovery: the two messages address resolution needs, with the checks RFC 4861
+/// 7.1 puts on top of the wire format's own.
 pub mod nd {
     use super::*;
+    use crate::nodes::ip6::solicited_node;
     use crate::nodes::rebuild;
     use crate::tables::Interface;
+    use crate::wire::{EthernetAddress, Icmpv6Packet, Icmpv6Repr, NdiscRepr};
 
     /// The all-nodes link-local group.
     pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-    const SOURCE_LLA: u8 = 1;
-    const TARGET_LLA: u8 = 2;
-    /// Type, code, checksum, flags/reserved and target.
-    const FIXED_LEN: usize = 24;
-    const LLA_OPTION_LEN: usize = 8;
-    const FLAG_ROUTER: u8 = 0x80;
-    const FLAG_SOLICITED: u8 = 0x40;
-    const FLAG_OVERRIDE: u8 = 0x20;
 
-    /// Why a neighbor discovery message was refused (RFC 4861 7.1).
+    /// Why a neighbor discovery message was refused.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum NdError {
-        /// Hop limit not 255: it did not come from the link.
+        /// Hop limit not 255: it did not come from the link (RFC 4861 7.1.1).
         HopLimit,
-        /// Non-zero code, short message, multicast target or bad addressing.
+        /// Not the expected message, malformed, or addressed against the rules.
         Malformed,
-        /// An option of length zero or running past the end.
-        BadOption,
     }
 
-    /// A validated neighbor solicitation.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Solicitation {
-        /// Whose address is asked for.
-        pub target: Ipv6Addr,
-        /// The sender's link-layer address option, if present.
-        pub source_mac: Option<[u8; 6]>,
-    }
-
-    /// A validated neighbor advertisement.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Advertisement {
-        /// Whose address is announced.
-        pub target: Ipv6Addr,
-        /// The target link-layer address option, if present.
-        pub target_mac: Option<[u8; 6]>,
-        /// The solicited flag.
-        pub solicited: bool,
-    }
-
-    fn target(msg: &[u8]) -> Result<Ipv6Addr, NdError> {
-        let bytes: [u8; 16] = msg
-            .get(8..24)
-            .and_then(|b| b.try_into().ok())
-            .ok_or(NdError::Malformed)?;
-        let t = Ipv6Addr::from(bytes);
-        if t.is_multicast() {
-            return Err(NdError::Malformed);
-        }
-        Ok(t)
-    }
-
-    /// Finds the link-layer address option of `kind`, checking every option's length.
-    fn lla_option(options: &[u8], kind: u8) -> Result<Option<[u8; 6]>, NdError> {
-        let mut rest = options;
-        let mut found = None;
-        while !rest.is_empty() {
-            let (&ty, &len) = match rest {
-                [ty, len, ..] => (ty, len),
-                _ => return Err(NdError::BadOption),
-            };
-            let len = usize::from(len) * 8;
-            if len == 0 || len > rest.len() {
-                return Err(NdError::BadOption);
-            }
-            if ty == kind && len == LLA_OPTION_LEN {
-                found = Some([rest[2], rest[3], rest[4], rest[5], rest[6], rest[7]]);
-            }
-            rest = &rest[len..];
-        }
-        Ok(found)
-    }
-
-    fn common_checks(msg: &[u8], hop_limit: u8) -> Result<(), NdError> {
+    fn parse(
+        msg: &[u8],
+        hop_limit: u8,
+        src: &Ipv6Addr,
+        dst: &Ipv6Addr,
+    ) -> Result<NdiscRepr, NdError> {
         if hop_limit != 255 {
             return Err(NdError::HopLimit);
         }
-        if msg.len() < FIXED_LEN || msg[1] != 0 {
-            return Err(NdError::Malformed);
+        let pkt = Icmpv6Packet::new_checked(msg).map_err(|_| NdError::Malformed)?;
+        match Icmpv6Repr::parse(&pkt, src, dst) {
+            Ok(Icmpv6Repr::Ndisc(nd)) => Ok(nd),
+            _ => Err(NdError::Malformed),
         }
-        Ok(())
     }
 
-    /// Validates a neighbor solicitation (RFC 4861 7.1.1); `msg` is the ICMPv6 message whose
-    /// checksum is already verified.
+    /// A validated neighbor solicitation: its target and the sender's link-layer address.
     pub fn parse_solicitation(
         msg: &[u8],
         hop_limit: u8,
         src: &Ipv6Addr,
         dst: &Ipv6Addr,
-    ) -> Result<Solicitation, NdError> {
-        common_checks(msg, hop_limit)?;
-        let target = target(msg)?;
-        let source_mac = lla_option(&msg[FIXED_LEN..], SOURCE_LLA)?;
+    ) -> Result<(Ipv6Addr, Option<[u8; 6]>), NdError> {
+        let NdiscRepr::NeighborSolicit {
+            target_addr,
+            lladdr,
+        } = parse(msg, hop_limit, src, dst)?
+        else {
+            return Err(NdError::Malformed);
+        };
         // Duplicate address detection probes come from :: to the solicited-node group and
         // carry no source link-layer address.
-        if src.is_unspecified()
-            && (*dst != super::super::ip6::solicited_node(&target) || source_mac.is_some())
-        {
+        if src.is_unspecified() && (*dst != solicited_node(&target_addr) || lladdr.is_some()) {
             return Err(NdError::Malformed);
         }
-        Ok(Solicitation { target, source_mac })
+        Ok((target_addr, lladdr.map(|a| a.0)))
     }
 
-    /// Validates a neighbor advertisement (RFC 4861 7.1.2).
+    /// A validated neighbor advertisement: its target and link-layer address.
     pub fn parse_advertisement(
         msg: &[u8],
         hop_limit: u8,
+        src: &Ipv6Addr,
         dst: &Ipv6Addr,
-    ) -> Result<Advertisement, NdError> {
-        common_checks(msg, hop_limit)?;
-        let solicited = msg[4] & FLAG_SOLICITED != 0;
+    ) -> Result<(Ipv6Addr, Option<[u8; 6]>), NdError> {
+        let NdiscRepr::NeighborAdvert {
+            solicited,
+            target_addr,
+            lladdr,
+            ..
+        } = parse(msg, hop_limit, src, dst)?
+        else {
+            return Err(NdError::Malformed);
+        };
         if dst.is_multicast() && solicited {
             return Err(NdError::Malformed);
         }
-        Ok(Advertisement {
-            target: target(msg)?,
-            target_mac: lla_option(&msg[FIXED_LEN..], TARGET_LLA)?,
-            solicited,
-        })
+        Ok((target_addr, lladdr.map(|a| a.0)))
     }
 
     /// The Ethernet address of an IPv6 multicast group (RFC 2464 7).
     pub fn multicast_mac(group: &Ipv6Addr) -> [u8; 6] {
-        let o = group.octets();
-        [0x33, 0x33, o[12], o[13], o[14], o[15]]
+        EthernetAddress::from_ipv6_multicast(group).map_or([0x33, 0x33, 0, 0, 0, 1], |a| a.0)
     }
 
-    /// Writes an IPv6 packet carrying an ND message of `kind` about `target` with a link-layer
-    /// address option of `option`, from `src` to `dst`, into the buffer.
-    #[allow(clippy::too_many_arguments)]
-    fn write<B: PacketBuffer>(
-        buf: &mut B,
-        src: Ipv6Addr,
-        dst: Ipv6Addr,
-        kind: MessageType,
-        flags: u8,
-        target: Ipv6Addr,
-        option: u8,
-        mac: [u8; 6],
-    ) -> bool {
-        let msg_len = FIXED_LEN + LLA_OPTION_LEN;
-        rebuild(buf, 40 + msg_len, |data| {
-            let repr = Ipv6Repr {
-                src_addr: src,
-                dst_addr: dst,
-                next_header: IpProtocol::ICMPV6,
-                payload_len: msg_len,
-                hop_limit: 255,
-                traffic_class: 0,
-                flow_label: 0,
-            };
-            // The buffer is exactly the right size, so emitting cannot fail.
-            let _ = repr.emit(&mut Ipv6Packet::new_unchecked(&mut data[..]));
-            let msg = &mut data[40..];
-            msg[0] = kind.0;
-            msg[4] = flags;
-            msg[8..24].copy_from_slice(&target.octets());
-            msg[24] = option;
-            msg[25] = 1;
-            msg[26..32].copy_from_slice(&mac);
-            let csum = icmpv6_checksum(&src, &dst, msg);
-            msg[2..4].copy_from_slice(&csum.to_be_bytes());
-        })
+    /// Writes an IPv6 packet carrying `nd` from `src` to `dst` (hop limit 255) into the buffer.
+    fn write<B: PacketBuffer>(buf: &mut B, src: Ipv6Addr, dst: Ipv6Addr, nd: NdiscRepr) -> bool {
+        let msg = Icmpv6Repr::Ndisc(nd);
+        let msg_len = msg.buffer_len();
+        let ip = Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::ICMPV6,
+            payload_len: msg_len,
+            hop_limit: 255,
+            traffic_class: 0,
+            flow_label: 0,
+        };
+        let mut ok = false;
+        rebuild(buf, ip.buffer_len(), |data| {
+            let (header, body) = data.split_at_mut(ip.header_len());
+            ok = ip.emit(&mut Ipv6Packet::new_unchecked(header)).is_ok()
+                && msg
+                    .emit(&mut Icmpv6Packet::new_unchecked(body), &src, &dst)
+                    .is_ok();
+        }) && ok
     }
 
     /// Turns the packet into an advertisement that `target` (ours) is at the interface's MAC.
@@ -228,17 +129,14 @@ pub mod nd {
         to: Ipv6Addr,
         solicited: bool,
     ) -> bool {
-        let flags = FLAG_ROUTER | FLAG_OVERRIDE | if solicited { FLAG_SOLICITED } else { 0 };
-        write(
-            buf,
-            target,
-            to,
-            MessageType::NEIGHBOR_ADVERT,
-            flags,
-            target,
-            TARGET_LLA,
-            ifc.mac,
-        )
+        let nd = NdiscRepr::NeighborAdvert {
+            router: true,
+            solicited,
+            override_: true,
+            target_addr: target,
+            lladdr: Some(EthernetAddress(ifc.mac)),
+        };
+        write(buf, target, to, nd)
     }
 
     /// Turns the packet into a multicast solicitation for `target`, with its Ethernet header.
@@ -255,22 +153,18 @@ pub mod nd {
                 .find(|n| n.contains(&target))
                 .map_or(ifc.primary_ipv6(), |n| n.addr())
         };
-        let group = super::super::ip6::solicited_node(&target);
-        write(
-            buf,
-            src,
-            group,
-            MessageType::NEIGHBOR_SOLICIT,
-            0,
-            target,
-            SOURCE_LLA,
-            ifc.mac,
-        ) && crate::nodes::push_ethernet(
-            buf,
-            multicast_mac(&group),
-            ifc.mac,
-            crate::wire::EtherType::IPV6,
-        )
+        let group = solicited_node(&target);
+        let nd = NdiscRepr::NeighborSolicit {
+            target_addr: target,
+            lladdr: Some(EthernetAddress(ifc.mac)),
+        };
+        write(buf, src, group, nd)
+            && crate::nodes::push_ethernet(
+                buf,
+                multicast_mac(&group),
+                ifc.mac,
+                crate::wire::EtherType::IPV6,
+            )
     }
 }
 
@@ -330,7 +224,7 @@ impl Icmp6Error {
             let is_error = ip.extension_headers().is_ok_and(|e| {
                 e.upper_protocol == IpProtocol::ICMPV6
                     && ip.payload().len() + 40 > e.upper_offset
-                    && pkt.buf.data()[e.upper_offset] < 128
+                    && Icmpv6Message(pkt.buf.data()[e.upper_offset]).is_error()
             });
             if is_error {
                 cx.error(Icmp6ErrorError::AboutIcmpError);
@@ -340,8 +234,9 @@ impl Icmp6Error {
         };
         // RFC 4443 2.4(e): never about multicast-addressed packets, except Packet Too Big and
         // the unrecognized-option Parameter Problem.
-        let exempt = kind == MessageType::PACKET_TOO_BIG
-            || (kind == MessageType::PARAMETER_PROBLEM && code == code::UNRECOGNIZED_OPTION);
+        let exempt = Icmpv6Message(kind) == Icmpv6Message::PACKET_TOO_BIG
+            || (Icmpv6Message(kind) == Icmpv6Message::PARAM_PROBLEM
+                && code == param_problem_code::UNRECOGNIZED_OPTION);
         if (orig_dst.is_multicast() || pkt.meta.l2_multicast) && !exempt {
             cx.error(Icmp6ErrorError::Multicast);
             return Next::Drop;
@@ -381,13 +276,11 @@ impl Icmp6Error {
             cx.error(Icmp6ErrorError::NoHeadroom);
             return Next::Drop;
         }
-        let msg = &mut data[40..];
-        msg[0] = kind;
-        msg[1] = code;
-        msg[2..4].fill(0);
-        msg[4..8].copy_from_slice(&param.to_be_bytes());
-        let csum = icmpv6_checksum(&src, &orig_src, msg);
-        msg[2..4].copy_from_slice(&csum.to_be_bytes());
+        let mut msg = Icmpv6Packet::new_unchecked(&mut data[40..]);
+        msg.set_msg_type(Icmpv6Message(kind));
+        msg.set_code(code);
+        msg.set_rest_of_header(param);
+        msg.fill_checksum(&src, &orig_src);
         pkt.meta.local_origin = true;
         pkt.meta.l2_multicast = false;
         cx.error(Icmp6ErrorError::Sent);

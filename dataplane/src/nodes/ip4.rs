@@ -7,25 +7,12 @@ use super::{flow_hash, l4_ports};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT};
-use crate::wire::{checksum, IpProtocol, Ipv4Packet, WireError};
+use crate::wire::icmpv4::{time_exceeded_code, unreachable_code};
+use crate::wire::{checksum, Icmpv4Message, IpProtocol, Ipv4Packet, WireError};
 use crate::{node_errors, node_nexts};
 
 /// TTL of packets this node originates (echo replies, ICMP errors), as Linux's default.
 pub const DEFAULT_TTL: u8 = 64;
-
-/// ICMP types and codes this module sends.
-pub(crate) mod icmp {
-    pub const ECHO_REPLY: u8 = 0;
-    pub const DEST_UNREACHABLE: u8 = 3;
-    pub const ECHO_REQUEST: u8 = 8;
-    pub const TIME_EXCEEDED: u8 = 11;
-    pub const NET_UNREACHABLE: u8 = 0;
-    pub const HOST_UNREACHABLE: u8 = 1;
-    pub const PROTOCOL_UNREACHABLE: u8 = 2;
-    pub const PORT_UNREACHABLE: u8 = 3;
-    pub const FRAGMENTATION_NEEDED: u8 = 4;
-    pub const TTL_EXCEEDED_IN_TRANSIT: u8 = 0;
-}
 
 /// True for source addresses RFC 1812 5.3.7 says a router must not forward from: "this
 /// network" (0/8), loopback, multicast, class E and limited broadcast.
@@ -181,13 +168,13 @@ impl Ip4Lookup {
         };
         let Some(hop) = hop else {
             let (err, code) = if route.is_some() {
-                (Ip4LookupError::Unreachable, icmp::HOST_UNREACHABLE)
+                (Ip4LookupError::Unreachable, unreachable_code::HOST)
             } else {
-                (Ip4LookupError::NoRoute, icmp::NET_UNREACHABLE)
+                (Ip4LookupError::NoRoute, unreachable_code::NET)
             };
             cx.error(err);
             cx.trace(&pkt.meta, format_args!("{dst}: {err:?}"));
-            pkt.meta.icmp_error = Some((icmp::DEST_UNREACHABLE, code, 0));
+            pkt.meta.icmp_error = Some((Icmpv4Message::DST_UNREACHABLE.0, code, 0));
             return LookupNext::Error;
         };
         if pkt.meta.l2_multicast && !pkt.meta.local_origin {
@@ -269,7 +256,7 @@ impl Ip4Local {
                     cx.error(Ip4LocalError::BadIcmp);
                     return LocalNext::Drop;
                 }
-                if icmp[0] != icmp::ECHO_REQUEST || icmp[1] != 0 {
+                if icmp[0] != Icmpv4Message::ECHO_REQUEST.0 || icmp[1] != 0 {
                     cx.error(Ip4LocalError::Punted);
                     return LocalNext::Punt;
                 }
@@ -281,10 +268,10 @@ impl Ip4Local {
                 let csum = u16::from_be_bytes([icmp[2], icmp[3]]);
                 let csum = checksum::update16(
                     csum,
-                    u16::from(icmp::ECHO_REQUEST) << 8,
-                    u16::from(icmp::ECHO_REPLY) << 8,
+                    u16::from(Icmpv4Message::ECHO_REQUEST.0) << 8,
+                    u16::from(Icmpv4Message::ECHO_REPLY.0) << 8,
                 );
-                icmp[0] = icmp::ECHO_REPLY;
+                icmp[0] = Icmpv4Message::ECHO_REPLY.0;
                 icmp[2..4].copy_from_slice(&csum.to_be_bytes());
                 let src = ip.src_addr();
                 ip.set_src_addr(dst);
@@ -298,7 +285,8 @@ impl Ip4Local {
             }
             IpProtocol::UDP if unicast_to_us => {
                 cx.error(Ip4LocalError::PortUnreachable);
-                pkt.meta.icmp_error = Some((icmp::DEST_UNREACHABLE, icmp::PORT_UNREACHABLE, 0));
+                pkt.meta.icmp_error =
+                    Some((Icmpv4Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0));
                 LocalNext::Error
             }
             IpProtocol::TCP | IpProtocol::UDP => {
@@ -307,7 +295,11 @@ impl Ip4Local {
             }
             _ if unicast_to_us => {
                 cx.error(Ip4LocalError::ProtocolUnreachable);
-                pkt.meta.icmp_error = Some((icmp::DEST_UNREACHABLE, icmp::PROTOCOL_UNREACHABLE, 0));
+                pkt.meta.icmp_error = Some((
+                    Icmpv4Message::DST_UNREACHABLE.0,
+                    unreachable_code::PROTOCOL,
+                    0,
+                ));
                 LocalNext::Error
             }
             _ => {
@@ -367,15 +359,16 @@ impl Ip4Rewrite {
             let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
             if !pkt.meta.local_origin && ip.ttl() <= 1 {
                 cx.error(Ip4RewriteError::TtlExpired);
-                pkt.meta.icmp_error = Some((icmp::TIME_EXCEEDED, icmp::TTL_EXCEEDED_IN_TRANSIT, 0));
+                pkt.meta.icmp_error =
+                    Some((Icmpv4Message::TIME_EXCEEDED.0, time_exceeded_code::TTL, 0));
                 return RewriteNext::Error;
             }
             if ip.total_len() > ifc.mtu {
                 if ip.dont_fragment() {
                     cx.error(Ip4RewriteError::TooBig);
                     pkt.meta.icmp_error = Some((
-                        icmp::DEST_UNREACHABLE,
-                        icmp::FRAGMENTATION_NEEDED,
+                        Icmpv4Message::DST_UNREACHABLE.0,
+                        unreachable_code::FRAG_NEEDED,
                         u32::from(ifc.mtu),
                     ));
                     return RewriteNext::Error;

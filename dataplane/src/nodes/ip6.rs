@@ -4,13 +4,16 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::icmp6::{self, icmpv6_checksum, nd, MessageType};
+use super::icmp6::nd;
 use super::{flow_hash, push_ethernet};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
 use crate::tables::Interface;
-use crate::wire::{checksum, EtherType, IpProtocol, Ipv6Packet, WireError};
+use crate::wire::icmpv6::{param_problem_code, unreachable_code};
+use crate::wire::{
+    checksum, EtherType, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv6Packet, WireError,
+};
 use crate::{node_errors, node_nexts};
 
 /// Hop limit of packets this node originates, other than neighbor discovery.
@@ -194,7 +197,11 @@ impl Ip6Lookup {
         let Some(hop) = hop else {
             cx.error(Ip6LookupError::NoRoute);
             cx.trace(&pkt.meta, format_args!("{dst}: no route"));
-            pkt.meta.icmp_error = Some((MessageType::DEST_UNREACHABLE, icmp6::code::NO_ROUTE, 0));
+            pkt.meta.icmp_error = Some((
+                Icmpv6Message::DST_UNREACHABLE.0,
+                unreachable_code::NO_ROUTE,
+                0,
+            ));
             return LookupNext::Error;
         };
         if !pkt.meta.local_origin {
@@ -204,8 +211,11 @@ impl Ip6Lookup {
             }
             if is_link_local(&src) {
                 cx.error(Ip6LookupError::BeyondScope);
-                pkt.meta.icmp_error =
-                    Some((MessageType::DEST_UNREACHABLE, icmp6::code::BEYOND_SCOPE, 0));
+                pkt.meta.icmp_error = Some((
+                    Icmpv6Message::DST_UNREACHABLE.0,
+                    unreachable_code::BEYOND_SCOPE,
+                    0,
+                ));
                 return LookupNext::Error;
             }
         }
@@ -297,11 +307,8 @@ impl Ip6Local {
             IpProtocol::ICMPV6 => {}
             IpProtocol::UDP if unicast_to_us => {
                 cx.error(Ip6LocalError::PortUnreachable);
-                pkt.meta.icmp_error = Some((
-                    MessageType::DEST_UNREACHABLE,
-                    icmp6::code::PORT_UNREACHABLE,
-                    0,
-                ));
+                pkt.meta.icmp_error =
+                    Some((Icmpv6Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0));
                 return LocalNext::Error;
             }
             IpProtocol::TCP | IpProtocol::UDP => {
@@ -315,8 +322,8 @@ impl Ip6Local {
             _ => {
                 cx.error(Ip6LocalError::UnknownHeader);
                 pkt.meta.icmp_error = Some((
-                    MessageType::PARAMETER_PROBLEM,
-                    icmp6::code::UNRECOGNIZED_NEXT_HEADER,
+                    Icmpv6Message::PARAM_PROBLEM.0,
+                    param_problem_code::UNRECOGNIZED_NEXT_HEADER,
                     ext.next_header_offset as u32,
                 ));
                 return LocalNext::Error;
@@ -324,12 +331,12 @@ impl Ip6Local {
         }
         let offset = ext.upper_offset;
         let msg = &pkt.buf.data()[offset..];
-        if msg.len() < 4 || icmpv6_checksum(&src, &dst, msg) != 0 {
+        if !Icmpv6Packet::new_checked(msg).is_ok_and(|m| m.verify_checksum(&src, &dst)) {
             cx.error(Ip6LocalError::BadIcmp);
             return LocalNext::Drop;
         }
-        match MessageType(msg[0]) {
-            MessageType::ECHO_REQUEST => {
+        match Icmpv6Message(msg[0]) {
+            Icmpv6Message::ECHO_REQUEST => {
                 if !unicast_to_us {
                     cx.error(Ip6LocalError::MulticastEcho);
                     return LocalNext::Drop;
@@ -343,26 +350,26 @@ impl Ip6Local {
                 // type word changes.
                 let csum = checksum::update16(
                     u16::from_be_bytes([msg[2], msg[3]]),
-                    u16::from(MessageType::ECHO_REQUEST.0) << 8,
-                    u16::from(MessageType::ECHO_REPLY.0) << 8,
+                    u16::from(Icmpv6Message::ECHO_REQUEST.0) << 8,
+                    u16::from(Icmpv6Message::ECHO_REPLY.0) << 8,
                 );
-                msg[0] = MessageType::ECHO_REPLY.0;
+                msg[0] = Icmpv6Message::ECHO_REPLY.0;
                 msg[2..4].copy_from_slice(&csum.to_be_bytes());
                 pkt.meta.local_origin = true;
                 cx.error(Ip6LocalError::EchoReplied);
                 cx.trace(&pkt.meta, format_args!("echo reply to {src}"));
                 LocalNext::Lookup
             }
-            MessageType::NEIGHBOR_SOLICIT => {
+            Icmpv6Message::NEIGHBOR_SOLICIT => {
                 Self::solicitation(cx, pkt, src, dst, hop_limit, offset)
             }
-            MessageType::NEIGHBOR_ADVERT => {
-                match nd::parse_advertisement(msg, hop_limit, &dst) {
-                    Ok(adv) => {
-                        if let Some(mac) = adv.target_mac {
+            Icmpv6Message::NEIGHBOR_ADVERT => {
+                match nd::parse_advertisement(msg, hop_limit, &src, &dst) {
+                    Ok((target, target_mac)) => {
+                        if let Some(mac) = target_mac {
                             cx.state.neighbors.learn(
                                 pkt.meta.rx_port,
-                                IpAddr::V6(adv.target),
+                                IpAddr::V6(target),
                                 mac,
                                 cx.now,
                                 false,
@@ -374,7 +381,7 @@ impl Ip6Local {
                 }
                 LocalNext::Drop
             }
-            MessageType::ROUTER_SOLICIT | MessageType::ROUTER_ADVERT => {
+            Icmpv6Message::ROUTER_SOLICIT | Icmpv6Message::ROUTER_ADVERT => {
                 cx.error(Ip6LocalError::RouterDiscovery);
                 LocalNext::Drop
             }
@@ -396,21 +403,22 @@ impl Ip6Local {
         offset: usize,
     ) -> LocalNext {
         let port = pkt.meta.rx_port;
-        let sol = match nd::parse_solicitation(&pkt.buf.data()[offset..], hop_limit, &src, &dst) {
-            Ok(s) => s,
-            Err(_) => {
-                cx.error(Ip6LocalError::BadNd);
-                return LocalNext::Drop;
-            }
-        };
+        let (target, source_mac) =
+            match nd::parse_solicitation(&pkt.buf.data()[offset..], hop_limit, &src, &dst) {
+                Ok(s) => s,
+                Err(_) => {
+                    cx.error(Ip6LocalError::BadNd);
+                    return LocalNext::Drop;
+                }
+            };
         let Some(ifc) = cx.tables.interface(port) else {
             return LocalNext::Drop;
         };
-        if !ifc.has_ipv6(sol.target) {
+        if !ifc.has_ipv6(target) {
             cx.error(Ip6LocalError::NdNotForUs);
             return LocalNext::Drop;
         }
-        if let Some(mac) = sol.source_mac {
+        if let Some(mac) = source_mac {
             cx.state
                 .neighbors
                 .learn(port, IpAddr::V6(src), mac, cx.now, true);
@@ -418,9 +426,9 @@ impl Ip6Local {
         let (to, to_mac, solicited) = if src.is_unspecified() {
             (nd::ALL_NODES, nd::multicast_mac(&nd::ALL_NODES), false)
         } else {
-            (src, sol.source_mac.unwrap_or(pkt.meta.l2_src), true)
+            (src, source_mac.unwrap_or(pkt.meta.l2_src), true)
         };
-        if !nd::make_advertisement(&mut pkt.buf, ifc, sol.target, to, solicited)
+        if !nd::make_advertisement(&mut pkt.buf, ifc, target, to, solicited)
             || !push_ethernet(&mut pkt.buf, to_mac, ifc.mac, EtherType::IPV6)
         {
             cx.error(Ip6LocalError::NoHeadroom);
@@ -429,7 +437,7 @@ impl Ip6Local {
         cx.error(Ip6LocalError::NeighborSolicitations);
         cx.trace(
             &pkt.meta,
-            format_args!("NS from {src}: {} is at ours", sol.target),
+            format_args!("NS from {src}: {} is at ours", target),
         );
         pkt.meta.tx_port = port;
         LocalNext::Tx
@@ -484,12 +492,13 @@ impl Ip6Rewrite {
             let mut ip = Ipv6Packet::new_unchecked(pkt.buf.data_mut());
             if !pkt.meta.local_origin && ip.hop_limit() <= 1 {
                 cx.error(Ip6RewriteError::HopLimitExpired);
-                pkt.meta.icmp_error = Some((MessageType::TIME_EXCEEDED, 0, 0));
+                pkt.meta.icmp_error = Some((Icmpv6Message::TIME_EXCEEDED.0, 0, 0));
                 return RewriteNext::Error;
             }
             if ip.packet_len() > usize::from(ifc.mtu) {
                 cx.error(Ip6RewriteError::TooBig);
-                pkt.meta.icmp_error = Some((MessageType::PACKET_TOO_BIG, 0, u32::from(ifc.mtu)));
+                pkt.meta.icmp_error =
+                    Some((Icmpv6Message::PACKET_TOO_BIG.0, 0, u32::from(ifc.mtu)));
                 return RewriteNext::Error;
             }
             if !pkt.meta.local_origin {

@@ -5,7 +5,6 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 
-use super::icmp6::icmpv6_checksum;
 use super::router_graph;
 use crate::buffer::{HeapBuffer, PacketBuffer};
 use crate::graph::{Graph, Packet};
@@ -106,6 +105,12 @@ fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(payload);
     f
+}
+
+/// The ICMPv6 checksum of `msg`: the value to store when the field is zero, 0 when correct.
+fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, msg: &[u8]) -> u16 {
+    let pseudo = checksum::pseudo_header_ipv6(src, dst, IpProtocol::ICMPV6, msg.len() as u32);
+    checksum::finish(checksum::combine(pseudo, checksum::sum(msg)))
 }
 
 fn ipv4(
