@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::fragment::{fragment_ipv4, FragmentError};
 use super::{flow_hash, l4_ports};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
@@ -331,7 +332,9 @@ node_errors! {
     pub enum Ip4RewriteError {
         TtlExpired = ("ttl_expired", "TTL expired in transit: time exceeded sent"),
         TooBig = ("too_big", "larger than the next link's MTU with DF set: fragmentation needed sent"),
-        FragmentationUnsupported = ("fragmentation_unsupported", "larger than the next link's MTU without DF (fragmentation is not implemented)"),
+        Fragmented = ("fragmented", "larger than the next link's MTU without DF: fragmented"),
+        MtuTooSmall = ("mtu_too_small", "next link's MTU too small to fragment into"),
+        NoBuffer = ("no_buffer", "no buffer for a fragment"),
         NoInterface = ("no_interface", "route points at a missing port"),
     }
 }
@@ -363,21 +366,44 @@ impl Ip4Rewrite {
                     Some((Icmpv4Message::TIME_EXCEEDED.0, time_exceeded_code::TTL, 0));
                 return RewriteNext::Error;
             }
-            if ip.total_len() > ifc.mtu {
-                if ip.dont_fragment() {
-                    cx.error(Ip4RewriteError::TooBig);
-                    pkt.meta.icmp_error = Some((
-                        Icmpv4Message::DST_UNREACHABLE.0,
-                        unreachable_code::FRAG_NEEDED,
-                        u32::from(ifc.mtu),
-                    ));
-                    return RewriteNext::Error;
-                }
-                cx.error(Ip4RewriteError::FragmentationUnsupported);
-                return RewriteNext::Drop;
+            let too_big = ip.total_len() > ifc.mtu;
+            if too_big && ip.dont_fragment() {
+                cx.error(Ip4RewriteError::TooBig);
+                pkt.meta.icmp_error = Some((
+                    Icmpv4Message::DST_UNREACHABLE.0,
+                    unreachable_code::FRAG_NEEDED,
+                    u32::from(ifc.mtu),
+                ));
+                return RewriteNext::Error;
             }
             if !pkt.meta.local_origin {
                 ip.decrement_ttl();
+            }
+            if !too_big {
+                return RewriteNext::Output;
+            }
+        }
+        let meta = pkt.meta;
+        let mut later = 0;
+        let result = fragment_ipv4(&mut pkt.buf, usize::from(ifc.mtu), |buf| {
+            later += 1;
+            cx.spawn(Packet { buf, meta }, RewriteNext::Output);
+        });
+        match result {
+            Ok(n) => {
+                cx.error(Ip4RewriteError::Fragmented);
+                cx.trace(
+                    &pkt.meta,
+                    format_args!("fragmented into {n} for MTU {}", ifc.mtu),
+                );
+            }
+            Err(FragmentError::MtuTooSmall) => {
+                cx.error(Ip4RewriteError::MtuTooSmall);
+                return RewriteNext::Drop;
+            }
+            Err(FragmentError::NoBuffer) => {
+                cx.error(Ip4RewriteError::NoBuffer);
+                return RewriteNext::Drop;
             }
         }
         RewriteNext::Output

@@ -439,17 +439,28 @@ fn no_route_sends_net_unreachable_and_too_big_sends_frag_needed() {
     assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1400);
     // Quoted up to 576 bytes in all.
     assert_eq!(usize::from(ip.total_len()), 576);
-    // Without DF it is dropped (no fragmentation yet) and counted.
+    // Without DF it is fragmented to the 1400-byte MTU, TTL decremented in each fragment.
     let big = ipv4(
         v4("198.18.1.2"),
         v4("198.18.2.2"),
         IpProtocol::UDP,
         64,
         false,
-        &[0; 1450],
+        &[7; 1450],
     );
-    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &big)).is_empty());
-    assert_eq!(r.count("ip4-rewrite", "fragmentation_unsupported"), 1);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &big));
+    assert_eq!(out.len(), 2);
+    let (a, b) = (ip4_of(&out[0].1), ip4_of(&out[1].1));
+    assert_eq!(
+        (a.total_len(), a.more_fragments(), a.fragment_offset()),
+        (1396, true, 0)
+    );
+    assert_eq!(
+        (b.total_len(), b.more_fragments(), b.fragment_offset()),
+        (94, false, 1376)
+    );
+    assert_eq!((a.ttl(), b.ttl()), (63, 63));
+    assert_eq!(r.count("ip4-rewrite", "fragmented"), 1);
 }
 
 #[test]
