@@ -4,12 +4,14 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::fragment::{fragment_ipv4, FragmentError};
-use super::{flow_hash, l4_ports};
+use super::{flow_hash, l4_ports, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT};
 use crate::wire::icmpv4::{time_exceeded_code, unreachable_code};
-use crate::wire::{checksum, Icmpv4Message, IpProtocol, Ipv4Packet, WireError};
+use crate::wire::{
+    checksum, Icmpv4Message, IpAddrPair, IpProtocol, Ipv4Packet, TcpPacket, WireError,
+};
 use crate::{node_errors, node_nexts};
 
 /// TTL of packets this node originates (echo replies, ICMP errors), as Linux's default.
@@ -220,6 +222,8 @@ node_errors! {
         LocalLoop = ("local_loop", "packet from this node to this node"),
         PortUnreachable = ("port_unreachable", "UDP to this node, no listener: port unreachable sent"),
         ProtocolUnreachable = ("protocol_unreachable", "protocol not handled: protocol unreachable sent"),
+        TcpReset = ("tcp_reset", "TCP to this node, no listener: reset sent"),
+        TcpDropped = ("tcp_dropped", "TCP to this node that was a reset, malformed or had a bad checksum"),
         Punted = ("punted", "handed to the control plane"),
     }
 }
@@ -289,6 +293,35 @@ impl Ip4Local {
                 pkt.meta.icmp_error =
                     Some((Icmpv4Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0));
                 LocalNext::Error
+            }
+            IpProtocol::TCP if unicast_to_us => {
+                let src = ip.src_addr();
+                let addrs = IpAddrPair::V4 { src, dst };
+                let Some(rst) = tcp_reset::reset_for(ip.payload(), &addrs) else {
+                    cx.error(Ip4LocalError::TcpDropped);
+                    return LocalNext::Drop;
+                };
+                let hlen = ip.header_len();
+                ip.set_src_addr(dst);
+                ip.set_dst_addr(src);
+                ip.set_ttl(DEFAULT_TTL);
+                ip.set_total_len((hlen + rst.buffer_len()) as u16);
+                ip.fill_checksum();
+                pkt.buf.truncate(hlen + rst.buffer_len());
+                let seg = &mut pkt.buf.data_mut()[hlen..];
+                if rst
+                    .emit(
+                        &mut TcpPacket::new_unchecked(seg),
+                        &tcp_reset::reversed(&addrs),
+                    )
+                    .is_err()
+                {
+                    cx.error(Ip4LocalError::TcpDropped);
+                    return LocalNext::Drop;
+                }
+                pkt.meta.local_origin = true;
+                cx.error(Ip4LocalError::TcpReset);
+                LocalNext::Lookup
             }
             IpProtocol::TCP | IpProtocol::UDP => {
                 cx.error(Ip4LocalError::Punted);

@@ -5,14 +5,15 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::icmp6::nd;
-use super::{flow_hash, push_ethernet};
+use super::{flow_hash, push_ethernet, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
 use crate::tables::Interface;
 use crate::wire::icmpv6::{param_problem_code, unreachable_code};
 use crate::wire::{
-    checksum, EtherType, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv6Packet, WireError,
+    checksum, EtherType, Icmpv6Message, Icmpv6Packet, IpAddrPair, IpProtocol, Ipv6Packet, Ipv6Repr,
+    TcpPacket, WireError,
 };
 use crate::{node_errors, node_nexts};
 
@@ -264,6 +265,8 @@ node_errors! {
         PortUnreachable = ("port_unreachable", "UDP to this node, no listener: port unreachable sent"),
         UnknownHeader = ("unknown_next_header", "unrecognized next header: parameter problem sent"),
         NoNextHeader = ("no_next_header", "no next header"),
+        TcpReset = ("tcp_reset", "TCP to this node, no listener: reset sent"),
+        TcpDropped = ("tcp_dropped", "TCP to this node that was a reset, malformed or had a bad checksum"),
         Punted = ("punted", "handed to the control plane"),
         NoHeadroom = ("no_headroom", "no room to build the answer"),
     }
@@ -310,6 +313,9 @@ impl Ip6Local {
                 pkt.meta.icmp_error =
                     Some((Icmpv6Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0));
                 return LocalNext::Error;
+            }
+            IpProtocol::TCP if unicast_to_us => {
+                return Self::reset(cx, pkt, src, dst, ext.upper_offset);
             }
             IpProtocol::TCP | IpProtocol::UDP => {
                 cx.error(Ip6LocalError::Punted);
@@ -390,6 +396,50 @@ impl Ip6Local {
                 LocalNext::Punt
             }
         }
+    }
+
+    /// Answers a TCP segment with a reset built in place; extension headers are not repeated.
+    fn reset<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        offset: usize,
+    ) -> LocalNext {
+        let addrs = IpAddrPair::V6 { src, dst };
+        let Some(rst) = tcp_reset::reset_for(&pkt.buf.data()[offset..], &addrs) else {
+            cx.error(Ip6LocalError::TcpDropped);
+            return LocalNext::Drop;
+        };
+        let repr = Ipv6Repr {
+            src_addr: dst,
+            dst_addr: src,
+            next_header: IpProtocol::TCP,
+            payload_len: rst.buffer_len(),
+            hop_limit: DEFAULT_HOP_LIMIT,
+            traffic_class: 0,
+            flow_label: 0,
+        };
+        pkt.buf.truncate(0);
+        if !pkt.buf.push_back(repr.buffer_len()) {
+            cx.error(Ip6LocalError::NoHeadroom);
+            return LocalNext::Drop;
+        }
+        let (header, seg) = pkt.buf.data_mut().split_at_mut(repr.header_len());
+        if repr.emit(&mut Ipv6Packet::new_unchecked(header)).is_err()
+            || rst
+                .emit(
+                    &mut TcpPacket::new_unchecked(seg),
+                    &tcp_reset::reversed(&addrs),
+                )
+                .is_err()
+        {
+            cx.error(Ip6LocalError::TcpDropped);
+            return LocalNext::Drop;
+        }
+        pkt.meta.local_origin = true;
+        cx.error(Ip6LocalError::TcpReset);
+        LocalNext::Lookup
     }
 
     /// RFC 4861 7.2.3/7.2.4: validate, learn the sender, answer with an advertisement built in

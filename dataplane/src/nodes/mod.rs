@@ -28,6 +28,7 @@ pub mod icmp6;
 pub mod ip4;
 pub mod ip6;
 pub mod neighbor;
+mod tcp_reset;
 
 /// The router graph: every node above, entered at `ethernet-input`.
 pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>, GraphError> {

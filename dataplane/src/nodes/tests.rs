@@ -9,7 +9,10 @@ use super::router_graph;
 use crate::buffer::{HeapBuffer, PacketBuffer};
 use crate::graph::{Graph, Packet};
 use crate::tables::{Interface, RouteTarget, StaticRoute, Tables};
-use crate::wire::{checksum, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr};
+use crate::wire::{
+    checksum, IpAddrPair, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpFlags,
+    TcpPacket, TcpRepr,
+};
 use crate::worker::WorkerState;
 
 const MAC0: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
@@ -779,4 +782,89 @@ proptest! {
         let dst = if to_us { MAC0 } else { BCAST };
         r.send(0, &eth(dst, CLIENT_MAC, ethertype, &body));
     }
+}
+
+fn tcp_syn(src: IpAddrPair, sport: u16, dport: u16, seq: u32) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: sport,
+        dst_port: dport,
+        seq_number: seq,
+        ack_number: 0,
+        flags: TcpFlags::SYN,
+        window_len: 1000,
+        urgent_ptr: 0,
+        max_seg_size: Some(1460),
+        payload: &[],
+    };
+    let mut b = vec![0; repr.buffer_len()];
+    repr.emit(&mut TcpPacket::new_unchecked(&mut b[..]), &src)
+        .unwrap();
+    b
+}
+
+#[test]
+fn tcp_to_the_router_is_reset() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let syn = tcp_syn(IpAddrPair::V4 { src: c, dst: me }, 40000, 179, 1000);
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(c, me, IpProtocol::TCP, 64, true, &syn),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    let ip = ip4_of(&out[0].1);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (me, c));
+    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+    let rst = TcpRepr::parse(&tcp, &IpAddrPair::V4 { src: me, dst: c }).unwrap();
+    assert_eq!((rst.src_port, rst.dst_port), (179, 40000));
+    assert_eq!(rst.flags, TcpFlags::RST | TcpFlags::ACK);
+    assert_eq!((rst.seq_number, rst.ack_number), (0, 1001));
+
+    let (c6, me6) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let syn = tcp_syn(IpAddrPair::V6 { src: c6, dst: me6 }, 40001, 22, 7);
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &ipv6(c6, me6, IpProtocol::TCP, 64, &syn),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.next_header()),
+        (me6, c6, IpProtocol::TCP)
+    );
+    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+    let rst = TcpRepr::parse(&tcp, &IpAddrPair::V6 { src: me6, dst: c6 }).unwrap();
+    assert_eq!((rst.seq_number, rst.ack_number), (0, 8));
+    // A reset is never answered.
+    let mut rst_in = syn.clone();
+    rst_in[13] = 0x04;
+    rst_in[16..18].fill(0);
+    let csum = {
+        let pseudo = checksum::pseudo_header_ipv6(&c6, &me6, IpProtocol::TCP, rst_in.len() as u32);
+        checksum::finish(checksum::combine(pseudo, checksum::sum(&rst_in)))
+    };
+    rst_in[16..18].copy_from_slice(&csum.to_be_bytes());
+    assert!(r
+        .send(
+            0,
+            &eth(
+                MAC0,
+                CLIENT_MAC,
+                0x86dd,
+                &ipv6(c6, me6, IpProtocol::TCP, 64, &rst_in)
+            )
+        )
+        .is_empty());
+    assert_eq!(r.count("ip6-local", "tcp_dropped"), 1);
 }
