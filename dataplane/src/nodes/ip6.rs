@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::icmp6::nd;
+use super::ip6_options::{check_hop_by_hop, OptionsVerdict};
 use super::{flow_hash, push_ethernet, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
@@ -58,6 +59,8 @@ node_errors! {
         BadVersion = ("bad_version", "IP version is not 6"),
         MulticastSource = ("multicast_source", "multicast source address"),
         LoopbackAddress = ("loopback_address", "loopback or unspecified address where not allowed"),
+        BadHopByHop = ("bad_hop_by_hop", "hop-by-hop header malformed or with an option saying discard"),
+        UnknownOption = ("unknown_option", "unrecognized hop-by-hop option: parameter problem sent"),
     }
 }
 
@@ -65,6 +68,7 @@ node_nexts! {
     enum InputNext {
         Drop = DROP,
         Lookup = "ip6-lookup",
+        Error = "icmp6-error",
     }
 }
 
@@ -107,8 +111,34 @@ impl Ip6Input {
             ip.flow_label(),
         );
         let len = ip.packet_len();
+        let hop_by_hop = ip.next_header() == IpProtocol::HOP_BY_HOP;
         cx.trace(&pkt.meta, format_args!("{src} > {dst} len {len}"));
         pkt.buf.truncate(len);
+        if hop_by_hop {
+            match check_hop_by_hop(pkt.buf.data()) {
+                OptionsVerdict::Accept => {}
+                OptionsVerdict::Discard => {
+                    cx.error(Ip6InputError::BadHopByHop);
+                    return InputNext::Drop;
+                }
+                OptionsVerdict::ParamProblem {
+                    pointer,
+                    unless_multicast,
+                } => {
+                    if unless_multicast && dst.is_multicast() {
+                        cx.error(Ip6InputError::BadHopByHop);
+                        return InputNext::Drop;
+                    }
+                    cx.error(Ip6InputError::UnknownOption);
+                    pkt.meta.icmp_error = Some((
+                        Icmpv6Message::PARAM_PROBLEM.0,
+                        param_problem_code::UNRECOGNIZED_OPTION,
+                        pointer,
+                    ));
+                    return InputNext::Error;
+                }
+            }
+        }
         InputNext::Lookup
     }
 }
@@ -255,7 +285,7 @@ node_errors! {
         Fragment = ("fragment", "fragment addressed to this node (reassembly is not supported)"),
         BadIcmp = ("bad_icmp", "ICMPv6 message too short or with a bad checksum"),
         EchoReplied = ("echo_replied", "echo requests answered"),
-        MulticastEcho = ("multicast_echo", "echo request to a multicast group ignored"),
+        MulticastEcho = ("multicast_echo", "echo requests to a multicast group answered"),
         NeighborSolicitations = ("ns_answered", "neighbor solicitations for our addresses answered"),
         NeighborAdvertisements = ("na_learned", "neighbor advertisements processed"),
         BadNd = ("bad_nd", "neighbor discovery message failing RFC 4861 validation"),
@@ -343,22 +373,36 @@ impl Ip6Local {
         }
         match Icmpv6Message(msg[0]) {
             Icmpv6Message::ECHO_REQUEST => {
-                if !unicast_to_us {
+                // RFC 4443 4.1: a request to a group is answered from a unicast address of
+                // the receiving interface.
+                let reply_from = if unicast_to_us {
+                    dst
+                } else {
+                    let Some(ifc) = cx.tables.interface(pkt.meta.rx_port) else {
+                        return LocalNext::Drop;
+                    };
                     cx.error(Ip6LocalError::MulticastEcho);
-                    return LocalNext::Drop;
-                }
+                    if is_link_local(&src) {
+                        ifc.link_local
+                    } else {
+                        ifc.primary_ipv6()
+                    }
+                };
                 let mut ip = Ipv6Packet::new_unchecked(pkt.buf.data_mut());
-                ip.set_src_addr(dst);
+                ip.set_src_addr(reply_from);
                 ip.set_dst_addr(src);
                 ip.set_hop_limit(DEFAULT_HOP_LIMIT);
                 let msg = &mut pkt.buf.data_mut()[offset..];
-                // The pseudo-header sum is unchanged by swapping the addresses; only the
-                // type word changes.
-                let csum = checksum::update16(
+                // Swapping the addresses keeps the pseudo-header sum: only the type word and,
+                // for a group, the group giving way to our address change it.
+                let mut csum = checksum::update16(
                     u16::from_be_bytes([msg[2], msg[3]]),
                     u16::from(Icmpv6Message::ECHO_REQUEST.0) << 8,
                     u16::from(Icmpv6Message::ECHO_REPLY.0) << 8,
                 );
+                if reply_from != dst {
+                    csum = checksum::update_ipv6_addr(csum, &dst, &reply_from);
+                }
                 msg[0] = Icmpv6Message::ECHO_REPLY.0;
                 msg[2..4].copy_from_slice(&csum.to_be_bytes());
                 pkt.meta.local_origin = true;

@@ -868,3 +868,51 @@ fn tcp_to_the_router_is_reset() {
         .is_empty());
     assert_eq!(r.count("ip6-local", "tcp_dropped"), 1);
 }
+
+#[test]
+fn echo_to_all_nodes_is_answered_from_the_link_local_address() {
+    let mut r = Rig::new();
+    let ll = v6("fe80::c1");
+    r.state.neighbors.insert_permanent(0, ll.into(), CLIENT_MAC);
+    let all = v6("ff02::1");
+    let out = r.send(
+        0,
+        &eth(
+            [0x33, 0x33, 0, 0, 0, 1],
+            CLIENT_MAC,
+            0x86dd,
+            &echo6(ll, all, 1),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr()),
+        (r.tables.interfaces[0].link_local, ll)
+    );
+    assert_eq!(ip.payload()[0], 129);
+    assert_eq!(
+        icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), ip.payload()),
+        0
+    );
+}
+
+#[test]
+fn unknown_hop_by_hop_option_gets_parameter_problem() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, s) = (v6("2001:db8:1::2"), v6("2001:db8:2::2"));
+    // Hop-by-hop header: next header 59, length 0, option 0x9e (action 10) len 2, Pad1 x2.
+    let hbh = [59, 0, 0x9e, 2, 0, 0, 0, 0];
+    let mut pkt = ipv6(c, s, IpProtocol::HOP_BY_HOP, 64, &hbh);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    assert_eq!(out.len(), 1);
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    let m = ip.payload();
+    assert_eq!((m[0], m[1]), (4, 2));
+    assert_eq!(u32::from_be_bytes([m[4], m[5], m[6], m[7]]), 42);
+    // Action 00 is skipped: forwarded.
+    pkt[42] = 0x1e;
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    assert_eq!(out[0].0, 1);
+}
