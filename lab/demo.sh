@@ -85,13 +85,16 @@ EOF
 
 if [ "$KERNEL" = 0 ]; then
   heading "Router"
+  # Let the end hosts' link-up chatter (MLD reports, repeated once after ~1 s) pass, so the
+  # router's packet trace shows the demo's own packets.
+  sleep 2
   ROUTER_ARGS=(router --dataplane "$DATAPLANE"
     --interface c0 --interface s0
     --address c0=198.18.1.1/24 --address c0=2001:db8:1::1/64
     --address s0=198.18.2.1/24 --address s0=2001:db8:2::1/64
     --trace 3 --duration 120)
   echo "  ip netns exec $NODE $SWITCHYARD ${ROUTER_ARGS[*]}"
-  ip netns exec "$NODE" "$SWITCHYARD" "${ROUTER_ARGS[@]}" >"$WORK/router.out" 2>"$WORK/router.err" &
+  NO_COLOR=1 ip netns exec "$NODE" "$SWITCHYARD" "${ROUTER_ARGS[@]}" >"$WORK/router.out" 2>"$WORK/router.err" &
   ROUTER_PID=$!
   ready=0
   for _ in $(seq 1 20); do # up to ~20 s

@@ -8,12 +8,15 @@
 #   default via .1.1 / 1::1                               default via .2.1 / 2::1
 #
 # Usage: lab/topology.sh up|kernel|down PREFIX
+#        lab/topology.sh prune
 #   up      node namespace left to a userspace router: no addresses on c0/s0, IPv6 disabled on
 #           them, forwarding off, links up. The router owns 198.18.1.1, 198.18.2.1,
 #           2001:db8:1::1 and 2001:db8:2::1.
 #   kernel  same wiring, but the node namespace's kernel is the router (the baseline, and a way
 #           to check the tests without the switchyard binary).
 #   down    removes the three namespaces (and with them the veths). Idempotent.
+#   prune   removes labs left behind by a killed test or demo: namespaces named like the tests'
+#           (sy<PID>t<N>...) and the demo's (sd<PID>x...) prefixes whose process is gone.
 #
 # Everything is created inside the namespaces: the veth pairs are made in the client/server
 # namespace with their peer directly in the node namespace, so the root namespace never sees an
@@ -21,9 +24,20 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 up|kernel|down PREFIX" >&2
+  echo "usage: $0 up|kernel|down PREFIX | $0 prune" >&2
   exit 2
 }
+
+if [ $# -eq 1 ] && [ "$1" = prune ]; then
+  ip netns list | awk '{print $1}' | sed -nE 's/^((sy([0-9]+)t[0-9]+)|(sd([0-9]+)x))(client|node|server)$/\1 \3\5/p' |
+    sort -u | while read -r stale pid; do
+      if [ ! -d "/proc/$pid" ]; then
+        echo "topology: removing stale lab $stale (pid $pid is gone)"
+        "$0" down "$stale"
+      fi
+    done
+  exit 0
+fi
 
 [ $# -eq 2 ] || usage
 cmd=$1

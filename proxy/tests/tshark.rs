@@ -231,6 +231,16 @@ fn afpacket_wire_dissects_cleanly() {
     capture_and_dissect(Driver::AfPacket);
 }
 
+#[test]
+fn afxdp_wire_dissects_cleanly() {
+    capture_and_dissect(Driver::AfXdp);
+}
+
+#[test]
+fn dpdk_wire_dissects_cleanly() {
+    capture_and_dissect(Driver::Dpdk);
+}
+
 /// The harness's own check: the error filter does catch a bad IPv4 checksum and a truncated
 /// header (needs only tshark, no root).
 #[test]
@@ -268,8 +278,8 @@ fn error_filter_catches_bad_packets() {
         std::process::id()
     ));
     std::fs::write(&path, &pcap).expect("write pcap");
+    let _cleanup = RemoveOnDrop(path.clone());
     let bad = frames(&path, ERROR_FILTER);
-    let _ = std::fs::remove_file(&path);
     assert_eq!(bad.len(), 2, "error filter missed a bad frame: {bad:?}");
 }
 
@@ -298,4 +308,13 @@ fn inet_checksum(bytes: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// Removes a scratch file also when the test panics.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
