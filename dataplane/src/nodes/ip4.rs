@@ -189,7 +189,11 @@ impl Ip4Lookup {
         if pkt.meta.trace != 0 {
             cx.trace(
                 &pkt.meta,
-                format_args!("{dst}: via {:?} port {}", hop.gateway, hop.port),
+                format_args!(
+                    "{dst}: next hop {} on port {}",
+                    hop.gateway.map_or(dst.into(), |g| g),
+                    hop.port
+                ),
             );
         }
         LookupNext::Rewrite

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::{arp, icmp6::nd, push_ethernet};
 use crate::buffer::PacketBuffer;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, HOLD, TX};
-use crate::wire::EtherType;
+use crate::wire::{EtherType, EthernetAddress};
 use crate::worker::Resolution;
 use crate::{node_errors, node_nexts};
 
@@ -92,6 +92,12 @@ impl NeighborOutput {
         if !push_ethernet(&mut pkt.buf, mac, ifc.mac, ethertype) {
             cx.error(NeighborOutputError::NoHeadroom);
             return Next::Drop;
+        }
+        if pkt.meta.trace != 0 {
+            cx.trace(
+                &pkt.meta,
+                format_args!("{next_hop} is at {} on port {port}", EthernetAddress(mac)),
+            );
         }
         Next::Tx
     }
