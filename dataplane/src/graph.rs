@@ -348,6 +348,8 @@ pub struct Graph<B> {
     pub looped: u64,
     /// Packets for a port that does not exist.
     pub bad_tx_port: u64,
+    /// Packets injected at a node index that does not exist.
+    pub bad_inject: u64,
     /// Which packets to trace, and the traces made.
     pub trace: Trace,
 }
@@ -408,6 +410,7 @@ impl<B: PacketBuffer> Graph<B> {
             dropped: Vec::with_capacity(VECTOR_SIZE),
             looped: 0,
             bad_tx_port: 0,
+            bad_inject: 0,
             trace: Trace::default(),
         })
     }
@@ -417,6 +420,29 @@ impl<B: PacketBuffer> Graph<B> {
     pub fn receive(&mut self, mut pkt: Packet<B>) {
         self.trace.pick(&mut pkt.meta);
         self.slots[self.input].queue.push(pkt);
+    }
+
+    /// The index of the node named `name`, for [`Graph::inject`].
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.node.name() == name)
+    }
+
+    /// Queues a packet at node `node` (an index from [`Graph::node_index`]) instead of the
+    /// input: for packets that enter the graph part-way, such as those the host stack sends
+    /// through the punt path, which start at the IP header and go to the lookup. A packet
+    /// for an index that does not exist is dropped (counted in [`Graph::bad_inject`]).
+    #[inline]
+    pub fn inject(&mut self, node: usize, mut pkt: Packet<B>) {
+        match self.slots.get_mut(node) {
+            Some(slot) => {
+                self.trace.pick(&mut pkt.meta);
+                slot.queue.push(pkt);
+            }
+            None => {
+                self.bad_inject += 1;
+                self.dropped.push(pkt.buf);
+            }
+        }
     }
 
     /// Runs the nodes until every queued packet has reached a sink, then gives held packets
@@ -695,6 +721,25 @@ mod tests {
                 ("second", "-> tx".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn injected_packets_start_at_their_node() {
+        let mut g: Graph<HeapBuffer> =
+            Graph::new(vec![Box::new(First), Box::new(Second)], "first", 2).unwrap();
+        let second = g.node_index("second").unwrap();
+        assert_eq!(g.node_index("nope"), None);
+        g.trace.pending = 1;
+        // Odd first byte: "first" would drop it, "second" transmits it.
+        g.inject(second, Packet::received(HeapBuffer::from_bytes(&[1]), 0));
+        g.inject(99, Packet::received(HeapBuffer::from_bytes(&[1]), 0));
+        g.dispatch(&Tables::default(), &mut WorkerState::default(), 0);
+        assert_eq!(g.tx[1].len(), 1);
+        assert_eq!(g.dropped.len(), 1);
+        assert_eq!(g.bad_inject, 1);
+        assert_eq!(g.error_count("first", "odd"), Some(0));
+        let t = g.trace.take();
+        assert_eq!(t[0].lines, vec![("second", "-> tx".to_string())]);
     }
 
     #[test]

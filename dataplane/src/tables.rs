@@ -149,6 +149,10 @@ pub struct Tables {
     pub interfaces: Vec<Interface>,
     /// Routes.
     pub fib: Fib,
+    /// Hand what is addressed to this node and not answered by the dataplane itself (TCP,
+    /// UDP, ICMP errors, other protocols, fragments) to the host's stack through the punt
+    /// sink, instead of refusing it with a reset or an ICMP error.
+    pub punt_to_host: bool,
 }
 
 impl Tables {
@@ -179,6 +183,7 @@ impl Tables {
             version,
             interfaces,
             fib,
+            punt_to_host: false,
         };
         for r in routes {
             let route = tables.resolve(r)?;

@@ -229,6 +229,7 @@ node_errors! {
         TcpReset = ("tcp_reset", "TCP to this node, no listener: reset sent"),
         TcpDropped = ("tcp_dropped", "TCP to this node that was a reset, malformed or had a bad checksum"),
         Punted = ("punted", "handed to the control plane"),
+        PuntedToHost = ("punted_to_host", "for this node, handed to the host stack (punt to host on)"),
     }
 }
 
@@ -247,17 +248,34 @@ pub struct Ip4Local;
 
 impl Ip4Local {
     fn deliver<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LocalNext {
+        let punt_to_host = cx.tables.punt_to_host;
         if pkt.meta.local_origin {
+            // An ICMP error this node built about a packet from the host stack (no route, too
+            // big) goes back to the host, whose sockets and path MTU cache want it.
+            if punt_to_host && Self::is_icmp_error(pkt.buf.data()) {
+                cx.error(Ip4LocalError::PuntedToHost);
+                return LocalNext::Punt;
+            }
             cx.error(Ip4LocalError::LocalLoop);
             return LocalNext::Drop;
         }
         let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
+        let dst = ip.dst_addr();
+        let unicast_to_us = cx.tables.is_local_ipv4(dst);
         if ip.is_fragment() {
+            // The host stack reassembles; the dataplane does not.
+            if punt_to_host && unicast_to_us {
+                cx.error(Ip4LocalError::PuntedToHost);
+                return LocalNext::Punt;
+            }
             cx.error(Ip4LocalError::Fragment);
             return LocalNext::Drop;
         }
-        let dst = ip.dst_addr();
-        let unicast_to_us = cx.tables.is_local_ipv4(dst);
+        if punt_to_host && unicast_to_us && ip.protocol() != IpProtocol::ICMP {
+            cx.error(Ip4LocalError::PuntedToHost);
+            cx.trace(&pkt.meta, format_args!("to the host stack"));
+            return LocalNext::Punt;
+        }
         match ip.protocol() {
             IpProtocol::ICMP => {
                 let icmp = ip.payload_mut();
@@ -266,7 +284,11 @@ impl Ip4Local {
                     return LocalNext::Drop;
                 }
                 if icmp[0] != Icmpv4Message::ECHO_REQUEST.0 || icmp[1] != 0 {
-                    cx.error(Ip4LocalError::Punted);
+                    cx.error(if punt_to_host && unicast_to_us {
+                        Ip4LocalError::PuntedToHost
+                    } else {
+                        Ip4LocalError::Punted
+                    });
                     return LocalNext::Punt;
                 }
                 if !unicast_to_us {
@@ -345,6 +367,19 @@ impl Ip4Local {
                 LocalNext::Punt
             }
         }
+    }
+}
+
+impl Ip4Local {
+    /// True for a well-formed IPv4 packet carrying an ICMP error message.
+    fn is_icmp_error(data: &[u8]) -> bool {
+        let ip = Ipv4Packet::new_unchecked(data);
+        ip.protocol() == IpProtocol::ICMP
+            && ip.fragment_offset() == 0
+            && ip
+                .payload()
+                .first()
+                .is_some_and(|&t| Icmpv4Message(t).is_error())
     }
 }
 

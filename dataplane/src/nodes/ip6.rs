@@ -302,6 +302,7 @@ node_errors! {
         TcpReset = ("tcp_reset", "TCP to this node, no listener: reset sent"),
         TcpDropped = ("tcp_dropped", "TCP to this node that was a reset, malformed or had a bad checksum"),
         Punted = ("punted", "handed to the control plane"),
+        PuntedToHost = ("punted_to_host", "for this node, handed to the host stack (punt to host on)"),
         NoHeadroom = ("no_headroom", "no room to build the answer"),
     }
 }
@@ -322,24 +323,53 @@ pub struct Ip6Local;
 
 impl Ip6Local {
     fn deliver<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LocalNext {
+        let punt_to_host = cx.tables.punt_to_host;
+        let ip = Ipv6Packet::new_unchecked(pkt.buf.data());
+        let (src, dst, hop_limit) = (ip.src_addr(), ip.dst_addr(), ip.hop_limit());
+        let ext = ip.extension_headers();
         if pkt.meta.local_origin {
+            // An ICMPv6 error this node built about a packet from the host stack (no route,
+            // too big) goes back to the host, whose sockets and path MTU cache want it.
+            let icmp_error = ext.as_ref().is_ok_and(|e| {
+                e.upper_protocol == IpProtocol::ICMPV6
+                    && pkt
+                        .buf
+                        .data()
+                        .get(e.upper_offset)
+                        .is_some_and(|&t| Icmpv6Message(t).is_error())
+            });
+            if punt_to_host && icmp_error && !dst.is_multicast() {
+                cx.error(Ip6LocalError::PuntedToHost);
+                return LocalNext::Punt;
+            }
             cx.error(Ip6LocalError::LocalLoop);
             return LocalNext::Drop;
         }
-        let ip = Ipv6Packet::new_unchecked(pkt.buf.data());
-        let (src, dst, hop_limit) = (ip.src_addr(), ip.dst_addr(), ip.hop_limit());
-        let ext = match ip.extension_headers() {
+        let ext = match ext {
             Ok(e) => e,
             Err(_) => {
                 cx.error(Ip6LocalError::BadExtensionHeaders);
                 return LocalNext::Drop;
             }
         };
+        let unicast_to_us = !dst.is_multicast();
         if ext.fragment.is_some_and(|f| f.is_fragmented()) {
+            // The host stack reassembles; the dataplane does not.
+            if punt_to_host && unicast_to_us {
+                cx.error(Ip6LocalError::PuntedToHost);
+                return LocalNext::Punt;
+            }
             cx.error(Ip6LocalError::Fragment);
             return LocalNext::Drop;
         }
-        let unicast_to_us = !dst.is_multicast();
+        if punt_to_host
+            && unicast_to_us
+            && !matches!(ext.upper_protocol, IpProtocol::ICMPV6 | IpProtocol::NO_NEXT)
+        {
+            cx.error(Ip6LocalError::PuntedToHost);
+            cx.trace(&pkt.meta, format_args!("to the host stack"));
+            return LocalNext::Punt;
+        }
         match ext.upper_protocol {
             IpProtocol::ICMPV6 => {}
             IpProtocol::UDP if unicast_to_us => {
@@ -440,7 +470,11 @@ impl Ip6Local {
                 LocalNext::Drop
             }
             _ => {
-                cx.error(Ip6LocalError::Punted);
+                cx.error(if punt_to_host && unicast_to_us {
+                    Ip6LocalError::PuntedToHost
+                } else {
+                    Ip6LocalError::Punted
+                });
                 LocalNext::Punt
             }
         }

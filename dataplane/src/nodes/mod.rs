@@ -23,6 +23,7 @@ use crate::wire::{EtherType, EthernetAddress, EthernetFrame};
 pub mod arp;
 pub mod ethernet;
 pub mod fragment;
+pub mod host;
 pub mod icmp4;
 pub mod icmp6;
 pub mod ip4;

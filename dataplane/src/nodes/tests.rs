@@ -916,3 +916,178 @@ fn unknown_hop_by_hop_option_gets_parameter_problem() {
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
     assert_eq!(out[0].0, 1);
 }
+
+/// Runs the graph and takes what it punted (as bytes) and what it sent (port, frame).
+fn punted_and_sent(r: &mut Rig) -> (Vec<Vec<u8>>, Vec<(u16, Vec<u8>)>) {
+    r.graph.dispatch(&r.tables, &mut r.state, r.now);
+    let punted = r
+        .graph
+        .punt
+        .drain(..)
+        .map(|p| p.buf.data().to_vec())
+        .collect();
+    let mut sent = Vec::new();
+    for (p, q) in r.graph.tx.iter_mut().enumerate() {
+        for b in q.drain(..) {
+            sent.push((p as u16, b.data().to_vec()));
+        }
+    }
+    r.graph.dropped.clear();
+    (punted, sent)
+}
+
+/// Injects a packet from the host stack the way the proxy does.
+fn from_host(r: &mut Rig, ip: &[u8]) {
+    let mut buf = HeapBuffer::from_bytes(ip);
+    let (family, meta) = super::host::from_host(&mut buf).unwrap();
+    let entry = match family {
+        super::host::HostFamily::Ipv4 => super::host::IP4_ENTRY,
+        super::host::HostFamily::Ipv6 => super::host::IP6_ENTRY,
+    };
+    let node = r.graph.node_index(entry).unwrap();
+    r.graph.inject(node, Packet { buf, meta });
+}
+
+#[test]
+fn punt_to_host_hands_tcp_udp_and_icmp_errors_to_the_host_and_routes_its_answers() {
+    let mut r = Rig::new();
+    r.tables.punt_to_host = true;
+    r.learn_client_and_server();
+    let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let syn = ipv4(
+        c,
+        me,
+        IpProtocol::TCP,
+        64,
+        true,
+        &tcp_syn(IpAddrPair::V4 { src: c, dst: me }, 40000, 179, 1000),
+    );
+    let udp = ipv4(
+        c,
+        me,
+        IpProtocol::UDP,
+        64,
+        true,
+        &[0x9c, 0x40, 0, 53, 0, 8, 0, 0],
+    );
+    // Port unreachable about something the host sent: an ICMP error for the host's sockets.
+    let mut unreach = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    unreach.extend_from_slice(&udp[..28]);
+    let c_sum = checksum::checksum(&unreach);
+    unreach[2..4].copy_from_slice(&c_sum.to_be_bytes());
+    let icmp_err = ipv4(c, me, IpProtocol::ICMP, 64, false, &unreach);
+    for ip in [&syn, &udp, &icmp_err] {
+        r.graph.receive(Packet::received(
+            HeapBuffer::from_bytes(&eth(MAC0, CLIENT_MAC, 0x0800, ip)),
+            0,
+        ));
+    }
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty(), "no reset, no port unreachable: {sent:?}");
+    // The punted packets start at the IP header, unchanged.
+    assert_eq!(punted, vec![syn.clone(), udp.clone(), icmp_err.clone()]);
+    assert_eq!(r.count("ip4-local", "punted_to_host"), 3);
+    assert_eq!(r.count("ip4-local", "tcp_reset"), 0);
+
+    // Ping stays in the dataplane.
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4(c, me, IpProtocol::ICMP, 64, false, &icmp_echo(8, 8)),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(r.count("ip4-local", "echo_replied"), 1);
+
+    // The host's answer is routed like the router's own: no TTL decrement, new MACs.
+    from_host(
+        &mut r,
+        &ipv4(
+            me,
+            c,
+            IpProtocol::UDP,
+            64,
+            true,
+            &[0, 53, 0x9c, 0x40, 0, 8, 0, 0],
+        ),
+    );
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(punted.is_empty());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, 0);
+    assert_eq!(&sent[0].1[..12], &[CLIENT_MAC, MAC0].concat()[..]);
+    let ip = ip4_of(&sent[0].1);
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.ttl()), (me, c, 64));
+
+    // A host packet the dataplane cannot deliver draws an ICMP error, and that goes to the
+    // host: here, too big for s0 (MTU 1400) with DF set.
+    let big = ipv4(me, v4("198.18.2.2"), IpProtocol::UDP, 64, true, &[0; 1420]);
+    from_host(&mut r, &big);
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty());
+    assert_eq!(punted.len(), 1);
+    let err = Ipv4Packet::new_checked(&punted[0][..]).unwrap();
+    assert_eq!(err.dst_addr(), me);
+    assert_eq!(err.payload()[..2], [3, 4]);
+    assert_eq!(
+        u16::from_be_bytes([err.payload()[6], err.payload()[7]]),
+        1400
+    );
+
+    // IPv6: TCP and UDP to us go to the host; ping6 stays here.
+    let (c6, me6) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let syn6 = ipv6(
+        c6,
+        me6,
+        IpProtocol::TCP,
+        64,
+        &tcp_syn(IpAddrPair::V6 { src: c6, dst: me6 }, 40001, 179, 7),
+    );
+    let udp6 = ipv6(
+        c6,
+        me6,
+        IpProtocol::UDP,
+        64,
+        &[0x9c, 0x41, 0, 53, 0, 8, 0, 0],
+    );
+    for ip in [&syn6, &udp6] {
+        r.graph.receive(Packet::received(
+            HeapBuffer::from_bytes(&eth(MAC0, CLIENT_MAC, 0x86dd, ip)),
+            0,
+        ));
+    }
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty());
+    assert_eq!(punted, vec![syn6, udp6]);
+    assert_eq!(r.count("ip6-local", "punted_to_host"), 2);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(c6, me6, 64)));
+    assert_eq!(out.len(), 1);
+
+    // A host packet with no route draws an ICMPv6 error that goes to the host.
+    from_host(
+        &mut r,
+        &ipv6(me6, v6("2001:db8:ff::9"), IpProtocol::UDP, 64, &[0; 8]),
+    );
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty());
+    assert_eq!(punted.len(), 1);
+    let err = Ipv6Packet::new_checked(&punted[0][..]).unwrap();
+    assert_eq!((err.dst_addr(), err.payload()[0]), (me6, 1));
+    assert_eq!(r.count("ip6-local", "local_loop"), 0);
+}
+
+#[test]
+fn without_punt_to_host_icmp_errors_about_our_own_packets_are_not_looped() {
+    let mut r = Rig::new();
+    let me = v4("198.18.1.1");
+    from_host(
+        &mut r,
+        &ipv4(me, v4("198.18.2.2"), IpProtocol::UDP, 64, true, &[0; 1420]),
+    );
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(punted.is_empty() && sent.is_empty());
+    assert_eq!(r.count("ip4-local", "local_loop"), 1);
+}

@@ -1,0 +1,201 @@
+//! The way back of the punt path: packets the host stack sends (read from a TUN device, so
+//! they start at the IP header) are checked here and given the metadata of packets this node
+//! originates, then injected at `ip4-lookup` / `ip6-lookup`. They are routed like the router's
+//! own packets: no TTL decrement, neighbor resolution as usual.
+
+use super::ip6::is_link_local;
+use super::{flow_hash, l4_ports};
+use crate::buffer::PacketBuffer;
+use crate::graph::Meta;
+use crate::wire::{Ipv4Packet, Ipv6Packet};
+
+/// The node IPv4 packets from the host enter at.
+pub const IP4_ENTRY: &str = "ip4-lookup";
+/// The node IPv6 packets from the host enter at.
+pub const IP6_ENTRY: &str = "ip6-lookup";
+
+/// Why a packet from the host is not injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostPacketError {
+    /// Not a well-formed IPv4 or IPv6 packet (version, lengths, header checksum).
+    #[error("not a well-formed IPv4 or IPv6 packet")]
+    Malformed,
+    /// Multicast or broadcast: the dataplane does not route those.
+    #[error("multicast or broadcast destination")]
+    Multicast,
+    /// A link-local, loopback or unspecified address: it has no meaning beyond the host's
+    /// side of the TUN device.
+    #[error("link-local, loopback or unspecified address")]
+    Scope,
+}
+
+/// Which family a packet from the host is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostFamily {
+    /// Enters at [`IP4_ENTRY`].
+    Ipv4,
+    /// Enters at [`IP6_ENTRY`].
+    Ipv6,
+}
+
+/// Checks a packet from the host stack, trims it to its IP length and returns its family and
+/// the metadata to inject it with (`local_origin`, the flow hash for ECMP).
+pub fn from_host<B: PacketBuffer>(buf: &mut B) -> Result<(HostFamily, Meta), HostPacketError> {
+    let data = buf.data();
+    let (family, len, hash) = match data.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ip = Ipv4Packet::new_checked(data).map_err(|_| HostPacketError::Malformed)?;
+            if !ip.verify_checksum() {
+                return Err(HostPacketError::Malformed);
+            }
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            if dst.is_multicast() || dst.is_broadcast() {
+                return Err(HostPacketError::Multicast);
+            }
+            if src.is_unspecified() || src.is_loopback() || dst.is_loopback() {
+                return Err(HostPacketError::Scope);
+            }
+            let ports = if ip.is_fragment() {
+                0
+            } else {
+                l4_ports(ip.protocol(), ip.payload())
+            };
+            let hash = flow_hash(&[u32::from(src), u32::from(dst)], ip.protocol().0, ports);
+            (HostFamily::Ipv4, usize::from(ip.total_len()), hash)
+        }
+        Some(6) => {
+            let ip = Ipv6Packet::new_checked(data).map_err(|_| HostPacketError::Malformed)?;
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            if dst.is_multicast() {
+                return Err(HostPacketError::Multicast);
+            }
+            if is_link_local(&src)
+                || is_link_local(&dst)
+                || src.is_unspecified()
+                || src.is_loopback()
+                || dst.is_loopback()
+            {
+                return Err(HostPacketError::Scope);
+            }
+            // As ip6-input: the flow label stands in for the ports.
+            let words = |a: &std::net::Ipv6Addr| {
+                let s = a.segments();
+                (u32::from(s[4]) << 16 | u32::from(s[5]))
+                    ^ (u32::from(s[6]) << 16 | u32::from(s[7]))
+            };
+            let hash = flow_hash(
+                &[words(&src), words(&dst)],
+                ip.next_header().0,
+                ip.flow_label(),
+            );
+            (HostFamily::Ipv6, ip.packet_len(), hash)
+        }
+        _ => return Err(HostPacketError::Malformed),
+    };
+    buf.truncate(len);
+    Ok((
+        family,
+        Meta {
+            flow_hash: hash,
+            local_origin: true,
+            ..Meta::default()
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::HeapBuffer;
+    use crate::wire::{IpProtocol, Ipv4Repr, Ipv6Repr};
+
+    fn v4(src: &str, dst: &str) -> Vec<u8> {
+        let repr = Ipv4Repr {
+            src_addr: src.parse().unwrap(),
+            dst_addr: dst.parse().unwrap(),
+            protocol: IpProtocol::UDP,
+            payload_len: 8,
+            ttl: 64,
+            dscp: 0,
+            ecn: 0,
+            ident: 1,
+            dont_fragment: true,
+            more_fragments: false,
+            fragment_offset: 0,
+        };
+        let mut b = vec![0; 28];
+        repr.emit(&mut Ipv4Packet::new_unchecked(&mut b[..]))
+            .unwrap();
+        b
+    }
+
+    fn v6(src: &str, dst: &str) -> Vec<u8> {
+        let repr = Ipv6Repr {
+            src_addr: src.parse().unwrap(),
+            dst_addr: dst.parse().unwrap(),
+            next_header: IpProtocol::UDP,
+            payload_len: 8,
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 7,
+        };
+        let mut b = vec![0; 48];
+        repr.emit(&mut Ipv6Packet::new_unchecked(&mut b[..]))
+            .unwrap();
+        b
+    }
+
+    fn check(bytes: &[u8]) -> Result<(HostFamily, Meta), HostPacketError> {
+        from_host(&mut HeapBuffer::from_bytes(bytes))
+    }
+
+    #[test]
+    fn good_packets_are_local_origin_and_trimmed() {
+        let mut padded = v4("198.18.1.1", "198.18.1.2");
+        padded.extend_from_slice(&[0; 10]);
+        let mut buf = HeapBuffer::from_bytes(&padded);
+        let (family, meta) = from_host(&mut buf).unwrap();
+        assert_eq!(family, HostFamily::Ipv4);
+        assert!(meta.local_origin);
+        assert_ne!(meta.flow_hash, 0);
+        assert_eq!(buf.len(), 28);
+        let (family, meta) = check(&v6("2001:db8:1::1", "2001:db8:1::2")).unwrap();
+        assert_eq!(family, HostFamily::Ipv6);
+        assert!(meta.local_origin);
+    }
+
+    #[test]
+    fn bad_and_unroutable_packets_are_refused() {
+        assert_eq!(check(&[]).err(), Some(HostPacketError::Malformed));
+        assert_eq!(check(&[0x45; 10]).err(), Some(HostPacketError::Malformed));
+        let mut bad_sum = v4("198.18.1.1", "198.18.1.2");
+        bad_sum[10] ^= 1;
+        assert_eq!(check(&bad_sum).err(), Some(HostPacketError::Malformed));
+        assert_eq!(
+            check(&v4("198.18.1.1", "224.0.0.22")).err(),
+            Some(HostPacketError::Multicast)
+        );
+        assert_eq!(
+            check(&v4("0.0.0.0", "198.18.1.2")).err(),
+            Some(HostPacketError::Scope)
+        );
+        assert_eq!(
+            check(&v6("fe80::1", "ff02::16")).err(),
+            Some(HostPacketError::Multicast)
+        );
+        assert_eq!(
+            check(&v6("2001:db8:1::1", "fe80::2")).err(),
+            Some(HostPacketError::Scope)
+        );
+        let mut short = v6("2001:db8:1::1", "2001:db8:1::2");
+        short.truncate(45);
+        assert_eq!(check(&short).err(), Some(HostPacketError::Malformed));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = check(&bytes);
+        }
+    }
+}
