@@ -563,6 +563,12 @@ impl Driver for AfPacketDriver {
         &self.info
     }
 
+    fn alloc(&mut self) -> Option<HeapBuffer> {
+        let mut buf = self.pool.get();
+        buf.set_received(0);
+        Some(buf)
+    }
+
     fn rx_burst(
         &mut self,
         port: PortId,
@@ -729,12 +735,22 @@ impl Driver for AfPacketDriver {
     }
 
     fn wait(&mut self, timeout: Duration) {
+        self.wait_also(timeout, &[]);
+    }
+
+    fn wait_also(&mut self, timeout: Duration, extra: &[std::os::fd::RawFd]) {
         if self.ports.iter().any(|p| p.ring.ready()) {
             return;
         }
+        let own = self.pollfds.len();
         for pfd in self.pollfds.iter_mut() {
             pfd.revents = 0;
         }
+        self.pollfds.extend(extra.iter().map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
         let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: `pollfds` is a live array of pollfd of the given length.
         unsafe {
@@ -744,6 +760,7 @@ impl Driver for AfPacketDriver {
                 ms,
             );
         }
+        self.pollfds.truncate(own);
     }
 }
 

@@ -387,6 +387,12 @@ impl Driver for AfXdpDriver {
         &self.info
     }
 
+    fn alloc(&mut self) -> Option<HeapBuffer> {
+        let mut buf = self.pool.get();
+        buf.set_received(0);
+        Some(buf)
+    }
+
     fn rx_burst(
         &mut self,
         port: PortId,
@@ -500,12 +506,22 @@ impl Driver for AfXdpDriver {
     }
 
     fn wait(&mut self, timeout: Duration) {
+        self.wait_also(timeout, &[]);
+    }
+
+    fn wait_also(&mut self, timeout: Duration, extra: &[std::os::fd::RawFd]) {
         for (p, pfd) in self.ports.iter_mut().zip(self.pollfds.iter_mut()) {
             if p.q.rx_q.nb_avail(1) > 0 {
                 return;
             }
             pfd.revents = 0;
         }
+        let own = self.pollfds.len();
+        self.pollfds.extend(extra.iter().map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
         let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: `pollfds` is a live array of pollfd of the given length.
         unsafe {
@@ -515,5 +531,6 @@ impl Driver for AfXdpDriver {
                 ms,
             );
         }
+        self.pollfds.truncate(own);
     }
 }

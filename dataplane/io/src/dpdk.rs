@@ -684,6 +684,10 @@ impl Driver for DpdkDriver {
         &self.info
     }
 
+    fn alloc(&mut self) -> Option<Mbuf> {
+        DpdkDriver::alloc(self)
+    }
+
     fn rx_burst(
         &mut self,
         port: PortId,

@@ -13,6 +13,7 @@ pub mod afxdp;
 pub mod dpdk;
 pub mod mem;
 pub mod pcap;
+pub mod tun;
 
 /// What a driver knows about one of its ports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +86,11 @@ pub trait Driver {
     /// Packets the port could not take are freed and not counted.
     fn tx_burst(&mut self, port: PortId, pkts: &mut Vec<Self::Buffer>) -> Result<usize, IoError>;
 
+    /// A fresh, empty buffer from the driver's own pool (default headroom in front), for
+    /// packets that do not come from a port, such as those read from a TUN device. `None` when
+    /// the pool is exhausted.
+    fn alloc(&mut self) -> Option<Self::Buffer>;
+
     /// Takes back buffers the graph has finished with (dropped or consumed), draining `bufs`.
     fn recycle(&mut self, bufs: &mut Vec<Self::Buffer>) {
         bufs.clear();
@@ -94,5 +100,12 @@ pub trait Driver {
     /// return at once. Lets a worker sleep when idle instead of spinning.
     fn wait(&mut self, timeout: std::time::Duration) {
         let _ = timeout;
+    }
+
+    /// As [`Driver::wait`], but also wakes when one of `extra` (file descriptors such as a TUN
+    /// device's) is readable. Drivers that cannot wait return at once.
+    fn wait_also(&mut self, timeout: std::time::Duration, extra: &[std::os::fd::RawFd]) {
+        let _ = extra;
+        self.wait(timeout);
     }
 }

@@ -73,6 +73,12 @@ impl Driver for MemDriver {
         &self.info
     }
 
+    fn alloc(&mut self) -> Option<HeapBuffer> {
+        let mut buf = self.pool.get();
+        buf.set_received(0);
+        Some(buf)
+    }
+
     fn rx_burst(
         &mut self,
         port: PortId,

@@ -198,6 +198,12 @@ impl Driver for PcapDriver {
         &self.info
     }
 
+    fn alloc(&mut self) -> Option<HeapBuffer> {
+        let mut buf = self.pool.get();
+        buf.set_received(0);
+        Some(buf)
+    }
+
     fn rx_burst(
         &mut self,
         port: PortId,

@@ -1,0 +1,487 @@
+//! A TUN device: the punt path between the dataplane and the host's own IP stack, as VPP's
+//! linux-cp and kube-router use one.
+//!
+//! Packets the dataplane hands to the host (TCP and UDP to the router's addresses, ICMP errors
+//! about the host's packets, ...) are written to the device, so the kernel receives them as if
+//! from a link; what the kernel sends out of the device (its answers, connections it opens)
+//! is read back and routed by the dataplane. Each read or write is one raw IP packet
+//! (`IFF_TUN | IFF_NO_PI`: no Ethernet header, no packet-information prefix).
+//!
+//! The device is set up without shelling out: the link and its MTU with `SIOCSIF*` ioctls, its
+//! addresses and routes with rtnetlink (`RTM_NEWADDR`, `RTM_NEWROUTE`), the messages built
+//! here byte by byte. Netlink rather than `SIOCSIFADDR` for IPv4 too: the ioctl sets only one
+//! address per device, and a router has one per port.
+//!
+//! The device disappears with its file descriptor, and its addresses and routes with it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::IoError;
+
+/// Longest interface name Linux accepts, without the terminating NUL.
+const IFNAMSIZ: usize = 16;
+
+// <linux/sockios.h>; spelled out because not every libc release exports them for every
+// target.
+const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
+const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+const SIOCSIFMTU: libc::c_ulong = 0x8922;
+const SIOCGIFINDEX: libc::c_ulong = 0x8933;
+
+// <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_addr.h>.
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_FLAGS: u16 = 8;
+const IFA_F_NODAD: u32 = 0x02;
+const IFA_F_PERMANENT: u8 = 0x80;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_STATIC: u8 = 4;
+const RTN_UNICAST: u8 = 1;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+
+/// `struct ifreq`: a name and a 24-byte union, of which we use the leading short (flags) or
+/// int (MTU, index).
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; IFNAMSIZ],
+    data: [u8; 24],
+}
+
+impl IfReq {
+    fn new(name: &str) -> Self {
+        let mut r = IfReq {
+            name: [0; IFNAMSIZ],
+            data: [0; 24],
+        };
+        for (d, s) in r.name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        r
+    }
+
+    fn short(&self) -> i16 {
+        i16::from_ne_bytes([self.data[0], self.data[1]])
+    }
+
+    fn set_short(&mut self, v: i16) {
+        self.data[..2].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    fn int(&self) -> i32 {
+        i32::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
+    }
+
+    fn set_int(&mut self, v: i32) {
+        self.data[..4].copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+/// A TUN device, non-blocking.
+#[derive(Debug)]
+pub struct Tun {
+    file: File,
+    name: String,
+    index: u32,
+}
+
+impl Tun {
+    /// Creates the TUN device `name` in the calling thread's network namespace. It starts
+    /// down, without addresses.
+    pub fn create(name: &str) -> Result<Tun, IoError> {
+        if name.is_empty() || name.len() >= IFNAMSIZ || name.contains(['/', ' ', '\0']) {
+            return Err(IoError::BadArguments(format!(
+                "{name:?} is not a usable interface name (1 to 15 bytes, no '/', ' ')"
+            )));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(|source| IoError::Os {
+                what: "opening /dev/net/tun".into(),
+                source,
+            })?;
+        let mut req = IfReq::new(name);
+        req.set_short((libc::IFF_TUN | libc::IFF_NO_PI) as i16);
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `req` is (repr(C), the
+        // kernel's 40-byte layout), live for the call; the fd is an open /dev/net/tun.
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                libc::TUNSETIFF as _,
+                &mut req as *mut IfReq,
+            )
+        };
+        if rc < 0 {
+            return Err(IoError::last_os_error(format!("TUNSETIFF {name}")));
+        }
+        let ctl = control_socket()?;
+        let mut req = IfReq::new(name);
+        ifreq_ioctl(&ctl, SIOCGIFINDEX, &mut req, name)?;
+        let index = u32::try_from(req.int()).map_err(|_| {
+            IoError::BadArguments(format!("{name}: kernel gave a negative ifindex"))
+        })?;
+        Ok(Tun {
+            file,
+            name: name.to_string(),
+            index,
+        })
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device's interface index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Reads one packet into `buf`: `Ok(None)` when none is waiting. A packet longer than
+    /// `buf` is cut short by the kernel.
+    pub fn read_into(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.file.read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes one packet, which the kernel receives as from a link. Fails with `WouldBlock`
+    /// when the device's queue is full (the packet is then not sent).
+    pub fn write(&mut self, packet: &[u8]) -> io::Result<()> {
+        let n = self.file.write(packet)?;
+        if n != packet.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("tun took {n} of {} bytes", packet.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets the device's MTU.
+    pub fn set_mtu(&self, mtu: u16) -> Result<(), IoError> {
+        let ctl = control_socket()?;
+        let mut req = IfReq::new(&self.name);
+        req.set_int(i32::from(mtu));
+        ifreq_ioctl(&ctl, SIOCSIFMTU, &mut req, &self.name)
+    }
+
+    /// Brings the link up.
+    pub fn set_up(&self) -> Result<(), IoError> {
+        let ctl = control_socket()?;
+        let mut req = IfReq::new(&self.name);
+        ifreq_ioctl(&ctl, SIOCGIFFLAGS, &mut req, &self.name)?;
+        req.set_short(req.short() | libc::IFF_UP as i16);
+        ifreq_ioctl(&ctl, SIOCSIFFLAGS, &mut req, &self.name)
+    }
+
+    /// Stops the kernel from giving the device an IPv6 link-local address (and with it router
+    /// solicitations and MLD reports): the device is not a real link. Call before
+    /// [`Tun::set_up`]. Writes the `addr_gen_mode` sysctl.
+    pub fn no_ipv6_link_local(&self) -> Result<(), IoError> {
+        let path = format!("/proc/sys/net/ipv6/conf/{}/addr_gen_mode", self.name);
+        std::fs::write(&path, "1\n").map_err(|source| IoError::Os {
+            what: format!("writing {path}"),
+            source,
+        })
+    }
+
+    /// Adds `addr` to the device as a host address (/32 or /128), so that the kernel owns it
+    /// without believing any subnet is on the device. IPv6 addresses skip duplicate address
+    /// detection.
+    pub fn add_host_address(&self, addr: IpAddr) -> Result<(), IoError> {
+        let msg = new_address_message(self.index, addr, 1);
+        netlink_request(&msg).map_err(|source| IoError::Os {
+            what: format!("adding {addr} to {}", self.name),
+            source,
+        })
+    }
+
+    /// Routes `prefix`/`len` out of the device (`len` 0: the default route). Fails (with
+    /// "File exists") rather than replace a route already there.
+    pub fn add_route(&self, prefix: IpAddr, len: u8) -> Result<(), IoError> {
+        let msg = new_route_message(self.index, prefix, len, 2);
+        netlink_request(&msg).map_err(|source| IoError::Os {
+            what: format!("adding route {prefix}/{len} via {}", self.name),
+            source,
+        })
+    }
+}
+
+impl AsRawFd for Tun {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// An `AF_INET` datagram socket, the handle the `SIOC*IF*` ioctls go through.
+fn control_socket() -> Result<OwnedFd, IoError> {
+    // SAFETY: plain socket(2) call with constant arguments; no pointers.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(IoError::last_os_error("socket(AF_INET, SOCK_DGRAM)"));
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ifreq_ioctl(
+    sock: &OwnedFd,
+    request: libc::c_ulong,
+    req: &mut IfReq,
+    name: &str,
+) -> Result<(), IoError> {
+    // SAFETY: every request used here reads and/or writes one `struct ifreq`, which `req` is,
+    // live and exclusively borrowed for the call; sock is an open socket.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request as _, req as *mut IfReq) };
+    if rc < 0 {
+        return Err(IoError::last_os_error(format!(
+            "ioctl {request:#x} on {name}"
+        )));
+    }
+    Ok(())
+}
+
+/// A netlink message under construction: header, family header, attributes, each padded to
+/// four bytes.
+struct NetlinkMessage(Vec<u8>);
+
+impl NetlinkMessage {
+    fn new(kind: u16, flags: u16, seq: u32) -> Self {
+        let mut b = Vec::with_capacity(64);
+        b.extend_from_slice(&0u32.to_ne_bytes()); // length, set by finish
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+        NetlinkMessage(b)
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+        while self.0.len() % 4 != 0 {
+            self.0.push(0);
+        }
+    }
+
+    fn attr(&mut self, kind: u16, data: &[u8]) {
+        let len = 4 + data.len() as u16;
+        self.0.extend_from_slice(&len.to_ne_bytes());
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        self.put(data);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.0.len() as u32;
+        self.0[..4].copy_from_slice(&len.to_ne_bytes());
+        self.0
+    }
+}
+
+fn ip_bytes(addr: &IpAddr) -> (u8, Vec<u8>) {
+    match addr {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    }
+}
+
+/// `RTM_NEWADDR` for a host address (/32, /128) on interface `index`.
+fn new_address_message(index: u32, addr: IpAddr, seq: u32) -> Vec<u8> {
+    let (family, bytes) = ip_bytes(&addr);
+    let prefix_len = (bytes.len() * 8) as u8;
+    let mut m = NetlinkMessage::new(
+        RTM_NEWADDR,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        seq,
+    );
+    // struct ifaddrmsg: family, prefixlen, flags, scope, index.
+    let mut ifa = vec![family, prefix_len, IFA_F_PERMANENT, RT_SCOPE_UNIVERSE];
+    ifa.extend_from_slice(&index.to_ne_bytes());
+    m.put(&ifa);
+    m.attr(IFA_LOCAL, &bytes);
+    m.attr(IFA_ADDRESS, &bytes);
+    if addr.is_ipv6() {
+        m.attr(
+            IFA_FLAGS,
+            &(IFA_F_NODAD | u32::from(IFA_F_PERMANENT)).to_ne_bytes(),
+        );
+    }
+    m.finish()
+}
+
+/// `RTM_NEWROUTE` for `prefix`/`len` out of interface `index`, in the main table.
+fn new_route_message(index: u32, prefix: IpAddr, len: u8, seq: u32) -> Vec<u8> {
+    let (family, bytes) = ip_bytes(&prefix);
+    let mut m = NetlinkMessage::new(
+        RTM_NEWROUTE,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        seq,
+    );
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32).
+    // No gateway: the device is point-to-point, so the route is link-scoped (as `ip route add
+    // default dev tun0` makes it).
+    let mut rtm = vec![
+        family,
+        len,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        RT_SCOPE_LINK,
+        RTN_UNICAST,
+    ];
+    rtm.extend_from_slice(&0u32.to_ne_bytes());
+    m.put(&rtm);
+    if len > 0 {
+        m.attr(RTA_DST, &bytes);
+    }
+    m.attr(RTA_OIF, &index.to_ne_bytes());
+    m.finish()
+}
+
+/// Sends one request on a fresh rtnetlink socket and waits for its acknowledgement.
+fn netlink_request(msg: &[u8]) -> io::Result<()> {
+    // SAFETY: plain socket(2) call with constant arguments; no pointers.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let mut sock = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // An unconnected netlink socket sends to the kernel.
+    sock.write_all(msg)?;
+    let mut reply = [0u8; 4096];
+    // Bounded: the kernel answers every request carrying NLM_F_ACK, so this returns.
+    loop {
+        let n = sock.read(&mut reply)?;
+        match parse_ack(&reply[..n]) {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(errno)) => return Err(io::Error::from_raw_os_error(errno)),
+            None if n == 0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "netlink socket closed without an answer",
+                ))
+            }
+            None => continue,
+        }
+    }
+}
+
+/// The result in an `NLMSG_ERROR` reply (`Ok` for an acknowledgement), or `None` when the
+/// datagram holds none.
+fn parse_ack(mut data: &[u8]) -> Option<Result<(), i32>> {
+    while data.len() >= 16 {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        if len < 16 || len > data.len() {
+            return None;
+        }
+        if kind == NLMSG_ERROR && len >= 20 {
+            let err = i32::from_ne_bytes([data[16], data[17], data[18], data[19]]);
+            return Some(if err == 0 { Ok(()) } else { Err(-err) });
+        }
+        data = &data[(len + 3) & !3..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_message_layout() {
+        let m = new_address_message(7, "198.18.1.1".parse().unwrap(), 9);
+        // header 16 + ifaddrmsg 8 + two 8-byte attributes.
+        assert_eq!(m.len(), 40);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 40);
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), RTM_NEWADDR);
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 9);
+        assert_eq!(&m[16..20], &[libc::AF_INET as u8, 32, IFA_F_PERMANENT, 0]);
+        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 7);
+        assert_eq!(u16::from_ne_bytes([m[24], m[25]]), 8);
+        assert_eq!(u16::from_ne_bytes([m[26], m[27]]), IFA_LOCAL);
+        assert_eq!(&m[28..32], &[198, 18, 1, 1]);
+
+        let m = new_address_message(7, "2001:db8:1::1".parse().unwrap(), 1);
+        // header 16 + ifaddrmsg 8 + two 20-byte addresses + 8-byte flags.
+        assert_eq!(m.len(), 72);
+        assert_eq!(m[17], 128);
+        assert_eq!(u16::from_ne_bytes([m[66], m[67]]), IFA_FLAGS);
+        assert_eq!(
+            u32::from_ne_bytes(m[68..72].try_into().unwrap()) & IFA_F_NODAD,
+            IFA_F_NODAD
+        );
+    }
+
+    #[test]
+    fn route_message_layout() {
+        let m = new_route_message(3, "0.0.0.0".parse().unwrap(), 0, 2);
+        // header 16 + rtmsg 12 + oif 8: no destination for the default route.
+        assert_eq!(m.len(), 36);
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), RTM_NEWROUTE);
+        assert_eq!(
+            &m[16..24],
+            &[
+                libc::AF_INET as u8,
+                0,
+                0,
+                0,
+                RT_TABLE_MAIN,
+                RTPROT_STATIC,
+                RT_SCOPE_LINK,
+                RTN_UNICAST
+            ]
+        );
+        assert_eq!(u16::from_ne_bytes([m[30], m[31]]), RTA_OIF);
+        assert_eq!(u32::from_ne_bytes(m[32..36].try_into().unwrap()), 3);
+        let m = new_route_message(3, "2001:db8::".parse().unwrap(), 32, 2);
+        assert_eq!(m.len(), 16 + 12 + 20 + 8);
+        assert_eq!(u16::from_ne_bytes([m[30], m[31]]), RTA_DST);
+    }
+
+    #[test]
+    fn acks_and_errors_parse() {
+        let mut ack = vec![0u8; 36];
+        ack[0..4].copy_from_slice(&36u32.to_ne_bytes());
+        ack[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        assert_eq!(parse_ack(&ack), Some(Ok(())));
+        ack[16..20].copy_from_slice(&(-libc::EEXIST).to_ne_bytes());
+        assert_eq!(parse_ack(&ack), Some(Err(libc::EEXIST)));
+        assert_eq!(parse_ack(&ack[..10]), None);
+        ack[0..4].copy_from_slice(&400u32.to_ne_bytes());
+        assert_eq!(parse_ack(&ack), None);
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for bad in ["", "a-name-far-too-long", "a/b"] {
+            assert!(matches!(Tun::create(bad), Err(IoError::BadArguments(_))));
+        }
+    }
+}
