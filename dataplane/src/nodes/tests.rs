@@ -917,8 +917,11 @@ fn unknown_hop_by_hop_option_gets_parameter_problem() {
     assert_eq!(out[0].0, 1);
 }
 
-/// Runs the graph and takes what it punted (as bytes) and what it sent (port, frame).
-fn punted_and_sent(r: &mut Rig) -> (Vec<Vec<u8>>, Vec<(u16, Vec<u8>)>) {
+/// Frames sent, with their port.
+type Sent = Vec<(u16, Vec<u8>)>;
+
+/// Runs the graph and takes what it punted (as bytes) and what it sent.
+fn punted_and_sent(r: &mut Rig) -> (Vec<Vec<u8>>, Sent) {
     r.graph.dispatch(&r.tables, &mut r.state, r.now);
     let punted = r
         .graph
