@@ -67,6 +67,15 @@ pub struct RouterArgs {
     #[arg(long = "neighbor")]
     pub neighbors: Vec<String>,
 
+    /// Punt to the host stack through a TUN device of this name, made in the router's network
+    /// namespace: TCP, UDP and ICMP errors for the router's addresses go to the kernel (so
+    /// local services such as a BGP speaker work through the dataplane) instead of drawing a
+    /// reset or port unreachable; the kernel's packets are routed by the dataplane. The device
+    /// gets every --address as a /32 or /128 and default routes, so run the router in a
+    /// namespace of its own.
+    #[arg(long, value_name = "NAME")]
+    pub punt_tun: Option<String>,
+
     /// DPDK EAL arguments, one string, e.g. "--no-huge --no-pci --vdev net_ring0".
     #[arg(long, allow_hyphen_values = true)]
     pub eal: Option<String>,

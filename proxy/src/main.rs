@@ -1,6 +1,7 @@
 //! `switchyard`: the node agent and, until the agent lands, the flag-driven router.
 
 mod cli;
+mod punt;
 mod router;
 
 use clap::Parser;

@@ -14,6 +14,7 @@ use switchyard_dataplane::worker::WorkerState;
 use switchyard_io::{Driver, PortInfo};
 
 use crate::cli::{self, Dataplane, RouterArgs};
+use crate::punt::{PuntCounters, PuntPath};
 
 /// How long an idle worker waits for packets before looking at the clock and flags again.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
@@ -138,6 +139,8 @@ struct Router<D: Driver> {
     graph: Graph<D::Buffer>,
     tables: TablesHandle,
     state: WorkerState,
+    /// The TUN device to the host stack (`--punt-tun`).
+    punt: Option<PuntPath<D::Buffer>>,
 }
 
 impl<D: Driver> Router<D>
@@ -153,7 +156,8 @@ where
                 args.interfaces.len()
             );
         }
-        let tables = tables_from_args(&ports, args)?;
+        let mut tables = tables_from_args(&ports, args)?;
+        tables.punt_to_host = args.punt_tun.is_some();
         let mut state = WorkerState::default();
         for n in &args.neighbors {
             let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;
@@ -176,11 +180,16 @@ where
                 "port ready"
             );
         }
+        let punt = match &args.punt_tun {
+            Some(name) => Some(PuntPath::new(name, &tables, &graph)?),
+            None => None,
+        };
         Ok(Router {
             driver,
             graph,
             tables: TablesHandle::new(tables),
             state,
+            punt,
         })
     }
 
@@ -222,6 +231,9 @@ where
                     self.graph.receive(Packet::received(buf, port));
                 }
             }
+            if let Some(punt) = self.punt.as_mut() {
+                received += punt.receive(&mut self.driver, &mut self.graph);
+            }
             let now = Instant::now();
             if now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
                 last_housekeeping = now;
@@ -234,7 +246,10 @@ where
                 if finished(&self.driver) {
                     break;
                 }
-                self.driver.wait(IDLE_WAIT);
+                match &self.punt {
+                    Some(punt) => self.driver.wait_also(IDLE_WAIT, &[punt.fd()]),
+                    None => self.driver.wait(IDLE_WAIT),
+                }
                 continue;
             }
             rx_total += received as u64;
@@ -257,10 +272,18 @@ where
                     }
                 }
             }
-            // Nothing consumes punted packets yet: the router has no local services.
-            self.graph
-                .dropped
-                .extend(self.graph.punt.drain(..).map(|p| p.buf));
+            match self.punt.as_mut() {
+                Some(punt) => punt.send(&mut self.graph.punt, &mut self.graph.dropped),
+                // Without --punt-tun nothing consumes punted packets.
+                None => self
+                    .graph
+                    .dropped
+                    .extend(self.graph.punt.drain(..).map(|p| p.buf)),
+            }
+            self.driver.recycle(&mut self.graph.dropped);
+        }
+        if let Some(punt) = self.punt.as_mut() {
+            punt.release(&mut self.graph.dropped);
             self.driver.recycle(&mut self.graph.dropped);
         }
         let elapsed = start.elapsed();
@@ -272,6 +295,10 @@ where
             looped: self.graph.looped,
             neighbors: self.state.neighbors.len(),
             nodes: self.graph.counters(),
+            punt: self
+                .punt
+                .as_ref()
+                .map(|p| (p.name().to_string(), p.counters)),
         };
         print!("{}", report.text());
         for (i, t) in self.graph.trace.take().iter().enumerate() {
@@ -305,6 +332,8 @@ struct Report {
     looped: u64,
     neighbors: usize,
     nodes: Vec<NodeCounters>,
+    /// The punt TUN device's name and counters, with `--punt-tun`.
+    punt: Option<(String, PuntCounters)>,
 }
 
 impl Report {
@@ -336,6 +365,19 @@ impl Report {
                 }
             }
         }
+        if let Some((name, c)) = &self.punt {
+            let _ = writeln!(
+                s,
+                "punt {name}: {} packets to the host ({} dropped), {} from the host \
+                 ({} dropped), {} reads without a buffer, {} read errors",
+                c.to_host,
+                c.to_host_dropped,
+                c.from_host,
+                c.from_host_dropped,
+                c.no_buffer,
+                c.read_errors
+            );
+        }
         if self.looped > 0 {
             let _ = writeln!(
                 s,
@@ -361,9 +403,16 @@ impl Report {
                 })
             })
             .collect();
+        let punt = self.punt.as_ref().map(|(name, c)| {
+            serde_json::json!({
+                "tun": name, "to_host": c.to_host, "to_host_dropped": c.to_host_dropped,
+                "from_host": c.from_host, "from_host_dropped": c.from_host_dropped,
+                "no_buffer": c.no_buffer, "read_errors": c.read_errors,
+            })
+        });
         serde_json::json!({
             "seconds": self.seconds, "rx": self.rx, "tx": self.tx, "io_errors": self.io_errors,
-            "looped": self.looped, "neighbors": self.neighbors, "nodes": nodes,
+            "looped": self.looped, "neighbors": self.neighbors, "nodes": nodes, "punt": punt,
         })
         .to_string()
     }

@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 /// Builds a lab, starts the router with `driver`, runs `check`, stops the router (which must
@@ -132,6 +134,120 @@ macro_rules! driver_tests {
 driver_tests!(afpacket, Driver::AfPacket);
 driver_tests!(afxdp, Driver::AfXdp);
 driver_tests!(dpdk, Driver::Dpdk);
+
+/// `--punt-tun`: local services in the node namespace reached through the dataplane.
+mod punt_to_host {
+    use super::*;
+
+    /// Builds a lab with the router on AF_PACKET punting to the TUN device `sy0`, runs
+    /// `check`, and returns the router's output.
+    fn run_punt(test: &str, check: impl FnOnce(&Lab)) -> Option<RouterOutput> {
+        let mut lab = Lab::new(&format!("afpacket::punt::{test}"), &[])?;
+        if lab.kernel {
+            // The node's kernel is the router: its services are reached without a punt path.
+            check(&lab);
+            return None;
+        }
+        lab.keep_node_kernel_off_ports();
+        lab.start_router(Driver::AfPacket, &["--trace", "3", "--punt-tun", "sy0"]);
+        check(&lab);
+        lab.finish()
+    }
+
+    /// Five pings, five replies, and no duplicates (which a kernel answering too would add).
+    fn ping_once_each(lab: &Lab, ns: Ns, dst: &str) {
+        let (ok, out) = lab.ping(ns, "-c 5 -i 0.2 -W 2", dst);
+        assert!(ok && out.contains(" 0% packet loss"), "ping {dst}\n{out}");
+        assert!(!out.contains("duplicates"), "ping {dst}: duplicates\n{out}");
+    }
+
+    /// A counter of the exit report, summed over the nodes that have it.
+    fn counter(out: &RouterOutput, key: &str) -> u64 {
+        out.stdout
+            .lines()
+            .filter(|l| l.contains(&format!(" {key} (")))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[test]
+    fn tcp_v4_to_a_node_service() {
+        let out = run_punt("tcp_v4", |lab| {
+            lab.tcp_echo(Ns::Node, Ns::Client, ROUTER_C0_V4, 7100, 256 << 10);
+        });
+        if let Some(out) = out {
+            assert!(counter(&out, "punted_to_host") > 0, "{out}");
+            assert_eq!(counter(&out, "tcp_reset"), 0, "{out}");
+            assert!(out.stdout.contains("punt sy0: "), "{out}");
+        }
+    }
+
+    #[test]
+    fn tcp_v6_to_a_node_service() {
+        run_punt("tcp_v6", |lab| {
+            lab.tcp_echo(
+                Ns::Node,
+                Ns::Client,
+                &format!("[{ROUTER_C0_V6}]"),
+                7102,
+                256 << 10,
+            );
+        });
+    }
+
+    #[test]
+    fn udp_echo_on_the_node_from_both_sides() {
+        let out = run_punt("udp_echo", |lab| {
+            let got = lab.udp_echo(Ns::Node, Ns::Client, ROUTER_C0_V4, 7104, "ping-v4");
+            assert_eq!(got, "ping-v4");
+            let got = lab.udp_echo(
+                Ns::Node,
+                Ns::Server,
+                &format!("[{ROUTER_S0_V6}]"),
+                7105,
+                "ping-v6",
+            );
+            assert_eq!(got, "ping-v6");
+        });
+        if let Some(out) = out {
+            assert_eq!(counter(&out, "port_unreachable"), 0, "{out}");
+        }
+    }
+
+    /// Ping to the router stays in the dataplane (answered once, counted in `echo_replied`),
+    /// and the node's own pings go out through it and their replies come back.
+    #[test]
+    fn ping_stays_in_the_dataplane_and_the_node_can_ping_out() {
+        let out = run_punt("ping", |lab| {
+            ping_once_each(lab, Ns::Client, ROUTER_C0_V4);
+            ping_once_each(lab, Ns::Client, ROUTER_C0_V6);
+            ping_once_each(lab, Ns::Server, ROUTER_S0_V4);
+            ping_once_each(lab, Ns::Node, SERVER_V4);
+            ping_once_each(lab, Ns::Node, CLIENT_V6);
+        });
+        if let Some(out) = out {
+            // 5 + 5 + 5 from the tests, more from the harness's readiness probes.
+            assert!(counter(&out, "echo_replied") >= 15, "{out}");
+        }
+    }
+
+    /// Without a listener the host stack refuses, as the dataplane did on its own.
+    #[test]
+    fn closed_port_is_refused_by_the_host() {
+        run_punt("closed_port", |lab| {
+            let out = lab.exec_t(
+                Ns::Client,
+                &format!("socat -T 3 - TCP4:{ROUTER_C0_V4}:7199,connect-timeout=3 </dev/null"),
+                Duration::from_secs(10),
+            );
+            let err = text(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("Connection refused"),
+                "expected a reset: {err}"
+            );
+        });
+    }
+}
 
 /// The harness itself: the command line the tests give the router for each driver.
 #[test]

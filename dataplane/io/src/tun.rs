@@ -204,6 +204,16 @@ impl Tun {
         })
     }
 
+    /// Turns IPv6 on for the device, in case the namespace's default has it off. Writes the
+    /// `disable_ipv6` sysctl; call after [`Tun::no_ipv6_link_local`].
+    pub fn enable_ipv6(&self) -> Result<(), IoError> {
+        let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", self.name);
+        std::fs::write(&path, "0\n").map_err(|source| IoError::Os {
+            what: format!("writing {path}"),
+            source,
+        })
+    }
+
     /// Adds `addr` to the device as a host address (/32 or /128), so that the kernel owns it
     /// without believing any subnet is on the device. IPv6 addresses skip duplicate address
     /// detection.

@@ -34,10 +34,9 @@ fn tun_carries_packets_between_us_and_the_kernel() {
     let Some(lab) = Lab::new("tun") else { return };
     let (mut tun, sock) = in_netns(&lab.ns_a, || {
         let tun = Tun::create(TUN).expect("create tun");
-        // The lab turns IPv6 off for new devices; this device wants it.
-        std::fs::write(format!("/proc/sys/net/ipv6/conf/{TUN}/disable_ipv6"), "0")
-            .expect("enable IPv6 on the tun");
         tun.no_ipv6_link_local().expect("addr_gen_mode");
+        // The lab turns IPv6 off for new devices; this device wants it.
+        tun.enable_ipv6().expect("enable IPv6 on the tun");
         tun.set_mtu(1400).expect("mtu");
         tun.set_up().expect("up");
         tun.add_host_address(IpAddr::V4(HOST)).expect("v4 address");

@@ -486,6 +486,146 @@ impl Lab {
         Some(out)
     }
 
+    /// Keeps the node namespace's kernel off the router's ports, for `--punt-tun` with a
+    /// driver that leaves the kernel a copy of every frame (AF_PACKET): once the router's
+    /// addresses live on the TUN device the kernel would otherwise take IPv4 for them straight
+    /// from c0/s0 (weak host model) and answer ARP there. Strict reverse-path filtering drops
+    /// such packets (the way back to the sender is the TUN device, not the port), and
+    /// `arp_ignore=8` never answers ARP on the ports. IPv6 is already off on them.
+    pub fn keep_node_kernel_off_ports(&self) {
+        if self.kernel {
+            return;
+        }
+        for port in ["c0", "s0"] {
+            self.exec_ok(
+                Ns::Node,
+                &format!(
+                    "sysctl -qw net.ipv4.conf.{port}.rp_filter=1 \
+                     net.ipv4.conf.{port}.arp_ignore=8"
+                ),
+            );
+        }
+    }
+
+    /// Starts `socat {listen} {action}` in `ns` and waits until something listens on `port`
+    /// (`udp`: a UDP socket bound to it).
+    pub fn spawn_listener(
+        &self,
+        ns: Ns,
+        name: &str,
+        listen: &str,
+        action: &str,
+        port: u16,
+        udp: bool,
+    ) -> Child {
+        let child = self.spawn(
+            ns,
+            name,
+            &format!("socat {listen} {action}"),
+            Duration::from_secs(40),
+        );
+        let ss = if udp { "-Hlun" } else { "-Hltn" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self
+            .exec(ns, &format!("ss {ss} 'sport = :{port}' | grep -q ."))
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "socat listener on :{port} in {ns:?} did not start: {}",
+                self.read(&format!("{name}.err"))
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    /// Sends `len` bytes over TCP from `client` to an echo server (socat + cat) that listens
+    /// in `server` on `addr` (bracketed for IPv6), and checks that they come back intact: data
+    /// both ways through whatever sits between.
+    pub fn tcp_echo(&self, server: Ns, client: Ns, addr: &str, port: u16, len: usize) {
+        let v6 = addr.starts_with('[');
+        let data = pseudo_random(len, u64::from(port) + 77);
+        let src = self.dir.join(format!("echo-{port}.in"));
+        let dst = self.dir.join(format!("echo-{port}.out"));
+        fs::write(&src, &data).expect("write echo source");
+        let (listen, connect) = if v6 {
+            (
+                format!("TCP6-LISTEN:{port},bind={addr},reuseaddr"),
+                format!("TCP6:{addr}:{port}"),
+            )
+        } else {
+            (
+                format!("TCP4-LISTEN:{port},bind={addr},reuseaddr"),
+                format!("TCP4:{addr}:{port}"),
+            )
+        };
+        let name = format!("echo-server-{port}");
+        let mut srv = self.spawn_listener(server, &name, &listen, "EXEC:cat", port, false);
+        let started = Instant::now();
+        // -t 5: after sending everything, wait for the echo to finish coming back.
+        let out = self.exec_t(
+            client,
+            &format!(
+                "socat -t 5 - {connect} < {} > {}",
+                src.display(),
+                dst.display()
+            ),
+            Duration::from_secs(30),
+        );
+        let server_status = wait_bounded(&mut srv, Duration::from_secs(10));
+        let got = fs::read(&dst).unwrap_or_default();
+        let diag = || {
+            format!(
+                "client: {} {}\nserver: {:?} {}",
+                out.status,
+                text(&out.stderr),
+                server_status,
+                self.read(&format!("{name}.err"))
+            )
+        };
+        assert!(out.status.success(), "TCP echo client failed\n{}", diag());
+        assert_eq!(
+            got.len(),
+            data.len(),
+            "TCP echo: byte count differs\n{}",
+            diag()
+        );
+        assert!(got == data, "TCP echo: content differs");
+        eprintln!(
+            "TCP echo {addr}:{port} {len} bytes each way in {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Sends one UDP datagram from `client` to a socat echo server in `server` on `addr` and
+    /// returns what came back.
+    pub fn udp_echo(&self, server: Ns, client: Ns, addr: &str, port: u16, msg: &str) -> String {
+        let v6 = addr.starts_with('[');
+        let (listen, connect) = if v6 {
+            (
+                format!("UDP6-LISTEN:{port},bind={addr},reuseaddr"),
+                format!("UDP6:{addr}:{port}"),
+            )
+        } else {
+            (
+                format!("UDP4-LISTEN:{port},bind={addr},reuseaddr"),
+                format!("UDP4:{addr}:{port}"),
+            )
+        };
+        let name = format!("udp-echo-{port}");
+        let mut srv = self.spawn_listener(server, &name, &listen, "PIPE", port, true);
+        let out = self.exec_t(
+            client,
+            &format!("printf '%s' {} | socat -t 3 - {connect}", sh_quote(msg)),
+            Duration::from_secs(10),
+        );
+        let _ = srv.kill();
+        let _ = srv.wait();
+        text(&out.stdout)
+    }
+
     // ---- probes ----------------------------------------------------------------------------
 
     /// `ping` from `ns` with extra arguments; returns (success, combined output).
