@@ -40,6 +40,7 @@ bench: deps
 	$(CARGO) bench -p switchyard-benches
 	bash benches/dpdk_vs_testpmd.sh
 	bash benches/kernel_vs_userspace.sh
+	bash benches/callgrind.sh
 
 ## Each fuzz target for FUZZ_SECONDS (default 600). cargo-fuzz needs nightly features;
 ## RUSTC_BOOTSTRAP lets the stable toolchain provide them.

@@ -1,112 +1,145 @@
 #!/usr/bin/env bash
-# Side-by-side DPDK forwarding rate: dpdk-testpmd io-forward (the limit), Switchyard's bare
-# driver loop (dataplane/io/examples/dpdk_fwd.rs) and, when ROUTER_CMD is set, the Switchyard
-# forwarder, all between the same two vdevs, each for DURATION seconds, bounded by `timeout`.
+# DPDK forwarding rate, Switchyard's router against dpdk-testpmd, on the same vdev pair in the
+# same run:
+#
+#   port 0: net_pcap0,rx_pcap=IN,infinite_rx=1   replays 256 64-byte IPv4/UDP frames endlessly
+#           (one source port and destination each, dst MAC = the router's port 0)
+#   port 1: net_null0,no-rx=1                    a free sink that receives nothing
+#
+#   1. dpdk-testpmd --forward-mode=io          the limit: no look at the packet at all
+#      dpdk-testpmd --forward-mode=mac         (context) rewrites both MACs of every packet
+#   2. dpdk_fwd (switchyard-io example)        Switchyard's DPDK driver alone, no graph
+#   3. switchyard router --dataplane dpdk      ethernet-input, ip4-input (checksum, TTL),
+#                                              FIB lookup of a /16 with two ECMP gateways,
+#                                              ip4-rewrite, neighbor-output (MAC rewrite)
+#
+# One direction only (port 0 -> port 1), one forwarding lcore each. Rates are packets forwarded
+# per second; every ratio is against testpmd measured in this run. No traffic leaves the
+# process: the vdevs are in-memory.
 #
 # usage: benches/dpdk_vs_testpmd.sh [DURATION_SECONDS]
 #
 # Environment:
-#   DURATION      seconds per run (default 10; the first argument wins)
-#   FWD_LCORE     the core the forwarding loop runs on (default 1; testpmd uses lcores 0,FWD_LCORE
-#                 with 0 as an idle main lcore, the Switchyard runs use FWD_LCORE alone)
-#   SKIP_DPDK_FWD set to 1 to skip the dpdk_fwd baseline (else it is built with cargo --release)
-#   ROUTER_CMD    hook for the Switchyard forwarder, run with `bash -c` under `timeout`. It gets
-#                   SY_BENCH_EAL_ARGS  EAL arguments to use verbatim (vdevs, memory, lcore, prefix)
-#                   SY_BENCH_PORTS     the two DPDK device names, comma-separated
-#                   SY_BENCH_SECONDS   how long to forward
-#                 and must print a line containing `Mpps=<float>` (total packets forwarded, both
-#                 directions, per second), as dpdk_fwd does. Example:
-#                   ROUTER_CMD='target/release/switchyard forward --dpdk-ports "$SY_BENCH_PORTS" \
-#                     --seconds "$SY_BENCH_SECONDS" -- $SY_BENCH_EAL_ARGS'
-#
-# All rates are total forwarded packets per second (both directions summed), and every ratio is
-# against testpmd measured in the same run. No traffic leaves the process: the vdevs are
-# in-memory.
+#   DURATION       seconds per run (default 10; the first argument wins; at most 60)
+#   FWD_LCORE      the core the forwarding loop runs on (default 1; testpmd uses lcores
+#                  0,FWD_LCORE with 0 as its idle main lcore)
+#   SWITCHYARD     router binary (default: built with cargo build --release -p switchyard)
+#   SKIP_DPDK_FWD  set to 1 to skip the dpdk_fwd baseline
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 DURATION="${1:-${DURATION:-10}}"
+[ "$DURATION" -ge 1 ] && [ "$DURATION" -le 60 ] || { echo "DURATION must be 1..60" >&2; exit 2; }
 FWD_LCORE="${FWD_LCORE:-1}"
+TARGET="${CARGO_TARGET_DIR:-target}"
 WORK="$(mktemp -d /tmp/sy-dpdk-bench.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 
-# net_null: an endless source and a free sink, so the figure is the forwarding loop's own cost.
-PORTS="net_null0,net_null1"
-VDEVS=(--vdev net_null0 --vdev net_null1)
+for c in dpdk-testpmd python3; do
+  command -v "$c" >/dev/null || { echo "$c not found (scripts/install-deps.sh)" >&2; exit 1; }
+done
+
+MAC0=02:00:00:00:00:10 MAC1=02:00:00:00:00:11
+python3 benches/tools/udp_pcap.py "$WORK/in.pcap" "$MAC0" 02:00:00:00:00:c1 256
+
+PORTS="net_pcap0,net_null0"
+VDEVS="--vdev net_pcap0,rx_pcap=$WORK/in.pcap,infinite_rx=1 --vdev net_null0,no-rx=1"
 # --no-shconf and a per-run prefix keep runs from seeing each other's files.
-EAL_COMMON=(--no-huge --no-pci --no-shconf -m 512)
+EAL_COMMON="--no-huge --no-pci --no-shconf -m 512"
+eal_args() { echo "$EAL_COMMON --file-prefix sy_bench_$1_$$ -l $2 $VDEVS"; }
 
-command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd not found (apt-get install dpdk-dev)" >&2; exit 1; }
-
-# Bounds a run: SIGINT after DURATION + 3 s of startup (testpmd then prints its totals and
+# Bounds a run: SIGINT after DURATION + 5 s of start-up (testpmd then prints its totals and
 # exits), SIGKILL 10 s later if it hangs.
-bounded() { timeout -s INT -k 10 "$((DURATION + 3))" "$@"; }
+bounded() { timeout -s INT -k 10 "$((DURATION + 5))" "$@"; }
 
-# --- testpmd -------------------------------------------------------------------------------
-echo "testpmd: io-forward ${PORTS} for ${DURATION}s" >&2
-bounded dpdk-testpmd "${EAL_COMMON[@]}" --file-prefix "sy_bench_tp_$$" -l "0,${FWD_LCORE}" \
-  "${VDEVS[@]}" -- --total-num-mbufs=16384 --no-flush-rx --forward-mode=io --stats-period 1 \
-  >"$WORK/testpmd.log" 2>&1 || true
-
-# testpmd prints one "Rx-pps:" line per port per period; sum the two ports of each period, drop
-# the first two periods (start-up) and average the rest.
-TESTPMD_MPPS="$(awk '
-  /Rx-pps:/ { v[n++] = $2 }
-  END {
-    periods = int(n / 2); first = (periods > 4) ? 1 : 0; sum = 0; k = 0
-    for (p = first; p < periods; p++) { s = v[2 * p] + v[2 * p + 1]; if (s > 0) { sum += s; k++ } }
-    if (k == 0) { print "0"; exit }
-    printf "%.3f", sum / k / 1e6
-  }' "$WORK/testpmd.log")"
+# --- 1. testpmd ------------------------------------------------------------------------------
+# io: the limit, never touches the packet. mac: also rewrites both MAC addresses of every
+# packet (the cheapest forwarder that reads and writes headers), for context.
+testpmd_mpps() { # forward mode
+  echo "testpmd: $1-forward ${PORTS} for ${DURATION}s" >&2
+  # shellcheck disable=SC2046
+  bounded dpdk-testpmd $(eal_args "tp_$1" "0,$FWD_LCORE") -- --total-num-mbufs=16384 --no-flush-rx \
+    --forward-mode="$1" --stats-period 1 >"$WORK/testpmd-$1.log" 2>&1 &
+  local pid=$!
+  sleep "$DURATION"
+  kill -INT "$pid" 2>/dev/null || true
+  wait "$pid" || true
+  # One "Rx-pps:" line per port per period: sum the two ports of each period, skip the first
+  # period (start-up) and average the rest.
+  awk '
+    /Rx-pps:/ { v[n++] = $2 }
+    END {
+      periods = int(n / 2); sum = 0; k = 0
+      for (p = 1; p < periods; p++) { s = v[2 * p] + v[2 * p + 1]; if (s > 0) { sum += s; k++ } }
+      if (k == 0) { print "0"; exit }
+      printf "%.3f", sum / k / 1e6
+    }' "$WORK/testpmd-$1.log"
+}
+TESTPMD_MPPS="$(testpmd_mpps io)"
 if [ "$TESTPMD_MPPS" = "0" ]; then
   echo "testpmd produced no rate; log follows" >&2
-  cat "$WORK/testpmd.log" >&2
+  cat "$WORK/testpmd-io.log" >&2
   exit 1
 fi
+TESTPMD_MAC_MPPS="$(testpmd_mpps mac)"
 
-# EAL arguments for the Switchyard runs: same memory and vdevs, one lcore.
-sy_eal_args() { echo "${EAL_COMMON[*]} --file-prefix sy_bench_$1_$$ -l ${FWD_LCORE} ${VDEVS[*]}"; }
-
-mpps_of() { grep -o 'Mpps=[0-9.]*' "$1" | tail -1 | cut -d= -f2; }
-
-# --- dpdk_fwd: the driver alone --------------------------------------------------------------
+# --- 2. dpdk_fwd: the driver alone ------------------------------------------------------------
 FWD_MPPS=""
 if [ "${SKIP_DPDK_FWD:-0}" != 1 ]; then
-  FWD_BIN=target/release/examples/dpdk_fwd
-  echo "dpdk_fwd: building" >&2
   cargo build --release -q -p switchyard-io --example dpdk_fwd ||
     echo "dpdk_fwd: build failed; using the last built binary if there is one" >&2
+  FWD_BIN="$TARGET/release/examples/dpdk_fwd"
   if [ -x "$FWD_BIN" ]; then
     echo "dpdk_fwd: forwarding ${PORTS} for ${DURATION}s" >&2
     # shellcheck disable=SC2046
-    bounded "$FWD_BIN" --seconds "$DURATION" --ports "$PORTS" \
-      -- $(sy_eal_args fwd) >"$WORK/fwd.log" 2>&1 || true
-    FWD_MPPS="$(mpps_of "$WORK/fwd.log")"
+    bounded "$FWD_BIN" --seconds "$DURATION" --ports "$PORTS" -- $(eal_args fwd "$FWD_LCORE") \
+      >"$WORK/fwd.log" 2>&1 || true
+    FWD_MPPS="$(grep -o 'Mpps=[0-9.]*' "$WORK/fwd.log" | tail -1 | cut -d= -f2)"
     [ -n "$FWD_MPPS" ] || { echo "dpdk_fwd produced no rate; log follows" >&2; cat "$WORK/fwd.log" >&2; }
   fi
 fi
 
-# --- the Switchyard forwarder (hook) ---------------------------------------------------------
-ROUTER_MPPS=""
-if [ -n "${ROUTER_CMD:-}" ]; then
-  echo "router: running ROUTER_CMD for ${DURATION}s" >&2
-  SY_BENCH_EAL_ARGS="$(sy_eal_args router)" SY_BENCH_PORTS="$PORTS" SY_BENCH_SECONDS="$DURATION" \
-    bounded bash -c "$ROUTER_CMD" >"$WORK/router.log" 2>&1 || true
-  ROUTER_MPPS="$(mpps_of "$WORK/router.log")"
-  [ -n "$ROUTER_MPPS" ] || { echo "ROUTER_CMD printed no Mpps=; log follows" >&2; cat "$WORK/router.log" >&2; }
+# --- 3. the router -----------------------------------------------------------------------------
+if [ -z "${SWITCHYARD:-}" ]; then
+  cargo build --release -q -p switchyard
+  SWITCHYARD="$TARGET/release/switchyard"
 fi
+echo "switchyard router: forwarding ${PORTS} for ${DURATION}s" >&2
+bounded "$SWITCHYARD" router --dataplane dpdk -i net_pcap0 -i net_null0 \
+  --mac "net_pcap0=$MAC0" --mac "net_null0=$MAC1" \
+  -a net_pcap0=198.18.1.1/24 -a net_null0=198.18.2.1/24 \
+  -r 198.19.0.0/16=198.18.2.3,198.18.2.4 \
+  --neighbor net_null0=198.18.2.3,02:00:00:00:00:53 \
+  --neighbor net_null0=198.18.2.4,02:00:00:00:00:54 \
+  --eal "$(eal_args router "$FWD_LCORE")" \
+  --duration "$DURATION" --stats-json "$WORK/router.json" >"$WORK/router.log" 2>&1 || true
+ROUTER_MPPS="$(python3 - "$WORK/router.json" <<'PY' 2>>"$WORK/router.log" || true
+import json, sys
+s = json.load(open(sys.argv[1]))
+out = {n["name"]: n["packets"] for n in s["nodes"]}.get("neighbor-output", 0)
+# Every received frame must have gone through the whole IPv4 path and out, or the figure is
+# not the forwarding rate.
+if s["rx"] == 0 or s["tx"] != s["rx"] or out != s["rx"]:
+    sys.exit("router did not forward every frame: rx=%d tx=%d neighbor-output=%d" % (s["rx"], s["tx"], out))
+print("%.3f" % (s["tx"] / s["seconds"] / 1e6))
+PY
+)"
+[ -n "$ROUTER_MPPS" ] || { echo "the router produced no rate; log follows" >&2; cat "$WORK/router.log" >&2; }
 
 # --- table -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$TESTPMD_MPPS" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "DPDK io-forward, ${PORTS}, ${DURATION}s each, total Mpps (both directions)"
-printf '%-32s %10s %14s\n' "forwarder" "Mpps" "vs testpmd"
-printf '%-32s %10s %14s\n' "dpdk-testpmd --forward-mode=io" "$TESTPMD_MPPS" "1.00"
-if [ -n "$FWD_MPPS" ]; then
-  printf '%-32s %10s %14s\n' "switchyard dpdk_fwd (driver)" "$FWD_MPPS" "$(ratio "$FWD_MPPS")"
-fi
+echo "DPDK, 64-byte IPv4/UDP, net_pcap0 (infinite_rx) -> net_null0, ${DURATION}s each, one lcore"
+printf '| %-44s | %8s | %10s |\n' "forwarder" "Mpps" "vs testpmd"
+printf '| %-44s | %8s | %10s |\n' "--------------------------------------------" "--------" "----------"
+printf '| %-44s | %8s | %10s |\n' "dpdk-testpmd --forward-mode=io" "$TESTPMD_MPPS" "1.00"
+[ "$TESTPMD_MAC_MPPS" = 0 ] ||
+  printf '| %-44s | %8s | %10s |\n' "dpdk-testpmd --forward-mode=mac" "$TESTPMD_MAC_MPPS" "$(ratio "$TESTPMD_MAC_MPPS")"
+[ -z "$FWD_MPPS" ] ||
+  printf '| %-44s | %8s | %10s |\n' "switchyard-io dpdk_fwd (driver, no graph)" "$FWD_MPPS" "$(ratio "$FWD_MPPS")"
 if [ -n "$ROUTER_MPPS" ]; then
-  printf '%-32s %10s %14s\n' "switchyard router" "$ROUTER_MPPS" "$(ratio "$ROUTER_MPPS")"
+  printf '| %-44s | %8s | %10s |\n' "switchyard router (lookup + rewrite)" "$ROUTER_MPPS" "$(ratio "$ROUTER_MPPS")"
 else
-  printf '%-32s %10s %14s\n' "switchyard router" "-" "(set ROUTER_CMD)"
+  printf '| %-44s | %8s | %10s |\n' "switchyard router (lookup + rewrite)" "-" "failed"
+  exit 1
 fi

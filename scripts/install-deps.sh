@@ -14,6 +14,10 @@ PACKAGES=(
   # lab and tests: namespaces, kernel peers, packet dissection, kernel baseline
   iproute2 iputils-ping tshark tcpdump nftables iptables socat netcat-openbsd ethtool
   python3
+  # benchmarks: instruction counts
+  valgrind
+  # benches/kernel_vs_userspace.sh: TCP throughput through each forwarder
+  iperf3
 )
 
 missing=()
