@@ -535,6 +535,40 @@ impl<B: PacketBuffer> Graph<B> {
         };
         slot.node.process(&mut cx, &mut pkts, next);
 
+        if let Some(pkts) = self.hand_over_whole(i, pkts) {
+            self.scatter(i, pkts, now);
+        }
+    }
+
+    /// When every packet of the vector goes to the same node and that node's queue is empty,
+    /// hands the whole vector over in one move instead of packet by packet (most vectors, on
+    /// the forwarding path). Gives the vector back when it cannot.
+    #[inline]
+    fn hand_over_whole(&mut self, i: usize, pkts: Vec<Packet<B>>) -> Option<Vec<Packet<B>>> {
+        let n = pkts.len();
+        let first = *self.next_scratch.first()?;
+        if n == 0 || !self.spawned.is_empty() || self.next_scratch[..n].iter().any(|&x| x != first)
+        {
+            return Some(pkts);
+        }
+        let Some(Target::Node(j)) = self.slots[i].arcs.get(usize::from(first)).copied() else {
+            return Some(pkts);
+        };
+        if j == i || !self.slots[j].queue.is_empty() {
+            return Some(pkts);
+        }
+        for pkt in pkts.iter().filter(|p| p.meta.trace != 0) {
+            self.trace_next(i, pkt.meta.trace, first);
+        }
+        let spare = std::mem::replace(&mut self.slots[j].queue, pkts);
+        if self.slots[i].queue.is_empty() {
+            self.slots[i].queue = spare;
+        }
+        None
+    }
+
+    /// Sends each packet of a processed vector (and any the node spawned) on its way.
+    fn scatter(&mut self, i: usize, mut pkts: Vec<Packet<B>>, now: Nanos) {
         for (k, pkt) in pkts.drain(..).enumerate() {
             let nx = self.next_scratch[k];
             self.forward(i, pkt, nx, now);
@@ -560,14 +594,7 @@ impl<B: PacketBuffer> Graph<B> {
             .copied()
             .unwrap_or(Target::Drop);
         if pkt.meta.trace != 0 {
-            let to = slot
-                .node
-                .next_nodes()
-                .get(usize::from(nx))
-                .copied()
-                .unwrap_or(DROP);
-            self.trace
-                .add(pkt.meta.trace, slot.node.name(), format!("-> {to}"));
+            self.trace_next(i, pkt.meta.trace, nx);
         }
         match target {
             Target::Node(j) => self.slots[j].queue.push(pkt),
@@ -590,6 +617,18 @@ impl<B: PacketBuffer> Graph<B> {
                 }
             },
         }
+    }
+
+    /// Records in a packet's trace which next node slot `i` sent it to.
+    #[cold]
+    fn trace_next(&mut self, i: usize, trace: u32, nx: NextIndex) {
+        let node = &self.slots[i].node;
+        let to = node
+            .next_nodes()
+            .get(usize::from(nx))
+            .copied()
+            .unwrap_or(DROP);
+        self.trace.add(trace, node.name(), format!("-> {to}"));
     }
 
     /// Every node's counters.
