@@ -7,6 +7,8 @@ use std::sync::Arc;
 use ipnet::{Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
 
+use crate::mtrie::Mtrie4;
+
 /// One way out: a port and, unless the destination is on-link, the gateway to send to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NextHop {
@@ -57,11 +59,24 @@ impl Route {
 }
 
 /// IPv4 and IPv6 route tables.
+///
+/// Edits go to binary tries (`prefix-trie`); [`Fib::compile`] then builds the IPv4 lookup
+/// structure the workers use, a 16-8-8 multibit trie over a flat route list. Until the next
+/// compile, IPv4 lookups fall back to the binary trie, so a FIB is always correct, only slower
+/// when left uncompiled.
 #[derive(Clone, Debug, Default)]
 pub struct Fib {
     v4: PrefixMap<Ipv4Net, Route>,
     v6: PrefixMap<Ipv6Net, Route>,
     len: usize,
+    compiled4: Option<Compiled4>,
+}
+
+/// The IPv4 routes as the fast path reads them.
+#[derive(Clone, Debug)]
+struct Compiled4 {
+    trie: Mtrie4,
+    routes: Vec<Route>,
 }
 
 impl Fib {
@@ -70,8 +85,16 @@ impl Fib {
         Fib::default()
     }
 
+    /// Builds the IPv4 fast-path structure from the routes as they are now.
+    pub fn compile(&mut self) {
+        let routes: Vec<Route> = self.v4.iter().map(|(_, r)| r.clone()).collect();
+        let trie = Mtrie4::build(self.v4.iter().enumerate().map(|(i, (p, _))| (p, i as u32)));
+        self.compiled4 = Some(Compiled4 { trie, routes });
+    }
+
     /// Adds or replaces the route for `prefix` (host bits are ignored).
     pub fn insert(&mut self, prefix: ipnet::IpNet, route: Route) {
+        self.compiled4 = None;
         let old = match prefix {
             ipnet::IpNet::V4(p) => self.v4.insert(p.trunc(), route),
             ipnet::IpNet::V6(p) => self.v6.insert(p.trunc(), route),
@@ -83,6 +106,7 @@ impl Fib {
 
     /// Removes the route for `prefix`, returning it.
     pub fn remove(&mut self, prefix: ipnet::IpNet) -> Option<Route> {
+        self.compiled4 = None;
         let old = match prefix {
             ipnet::IpNet::V4(p) => self.v4.remove(&p.trunc()),
             ipnet::IpNet::V6(p) => self.v6.remove(&p.trunc()),
@@ -104,6 +128,9 @@ impl Fib {
     /// Longest-prefix match for an IPv4 destination.
     #[inline]
     pub fn lookup4(&self, dst: Ipv4Addr) -> Option<&Route> {
+        if let Some(c) = &self.compiled4 {
+            return c.trie.lookup(dst).and_then(|i| c.routes.get(i as usize));
+        }
         self.v4.get_lpm(&Ipv4Net::from(dst)).map(|(_, route)| route)
     }
 
@@ -215,13 +242,17 @@ mod tests {
                 routes.push((p, port));
                 fib.insert(ipnet::IpNet::V4(p), Route::Attached { port });
             }
+            let mut compiled = fib.clone();
+            compiled.compile();
             for probe in probes {
                 let dst = Ipv4Addr::from(probe);
-                let got = match fib.lookup4(dst) {
-                    Some(Route::Attached { port }) => Some(*port),
-                    _ => None,
-                };
-                prop_assert_eq!(got, reference(&routes, dst));
+                for f in [&fib, &compiled] {
+                    let got = match f.lookup4(dst) {
+                        Some(Route::Attached { port }) => Some(*port),
+                        _ => None,
+                    };
+                    prop_assert_eq!(got, reference(&routes, dst));
+                }
             }
         }
     }

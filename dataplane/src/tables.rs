@@ -189,6 +189,7 @@ impl Tables {
             let route = tables.resolve(r)?;
             tables.fib.insert(r.prefix, route);
         }
+        tables.fib.compile();
         Ok(tables)
     }
 
