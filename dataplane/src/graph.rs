@@ -202,10 +202,17 @@ impl<B> Context<'_, B> {
 
     /// Adds a line to the trace of `meta`'s packet, if it is traced. Take care to call this
     /// only behind `meta.trace != 0` when building the line costs anything.
+    #[inline]
     pub fn trace(&mut self, meta: &Meta, line: fmt::Arguments<'_>) {
         if meta.trace != 0 {
-            self.trace.add(meta.trace, self.node, line.to_string());
+            self.trace_line(meta.trace, line);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn trace_line(&mut self, id: u32, line: fmt::Arguments<'_>) {
+        self.trace.add(id, self.node, line.to_string());
     }
 }
 

@@ -88,20 +88,45 @@ pub enum Resolution {
     Pending,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct LastAnswer {
+    key: (u16, IpAddr),
+    mac: [u8; 6],
+    /// Until when the answer stays [`Resolution::Known`] without a refresh.
+    fresh_until: Nanos,
+    generation: u64,
+}
+
 /// Neighbors by port and IP address (ARP for IPv4, ND for IPv6).
 #[derive(Clone, Debug, Default)]
 pub struct NeighborTable {
     entries: FnvHashMap<(u16, IpAddr), Neighbor>,
-    /// Bumped whenever an address is learned or changes, so packets waiting for one know
-    /// when to look again.
+    /// Bumped whenever an address is learned, changes or is forgotten, so packets waiting for
+    /// one know when to look again, and so the last answer can be reused.
     generation: u64,
+    /// The last known answer, reused while nothing changed: consecutive packets mostly go to
+    /// the same next hop, and this skips the hash lookup for them.
+    last: Option<LastAnswer>,
     /// Entries not learned because the table was full.
     pub full: u64,
 }
 
 impl NeighborTable {
     /// Looks up `ip` on `port` to send a packet to it, and rations requests.
+    #[inline]
     pub fn resolve(&mut self, port: u16, ip: IpAddr, now: Nanos) -> Resolution {
+        if let Some(last) = &self.last {
+            if last.key == (port, ip)
+                && now < last.fresh_until
+                && last.generation == self.generation
+            {
+                return Resolution::Known(last.mac);
+            }
+        }
+        self.resolve_slow(port, ip, now)
+    }
+
+    fn resolve_slow(&mut self, port: u16, ip: IpAddr, now: Nanos) -> Resolution {
         let at_capacity = self.entries.len() >= NEIGHBOR_CAPACITY;
         let entry = match self.entries.get_mut(&(port, ip)) {
             Some(e) => e,
@@ -121,7 +146,19 @@ impl NeighborTable {
             .is_none_or(|t| now.saturating_sub(t) >= NEIGHBOR_REQUEST_INTERVAL);
         let age = now.saturating_sub(entry.confirmed);
         match entry.mac {
-            Some(mac) if entry.permanent || age < NEIGHBOR_REFRESH => Resolution::Known(mac),
+            Some(mac) if entry.permanent || age < NEIGHBOR_REFRESH => {
+                self.last = Some(LastAnswer {
+                    key: (port, ip),
+                    mac,
+                    fresh_until: if entry.permanent {
+                        Nanos::MAX
+                    } else {
+                        entry.confirmed.saturating_add(NEIGHBOR_REFRESH)
+                    },
+                    generation: self.generation,
+                });
+                Resolution::Known(mac)
+            }
             Some(mac) if age < NEIGHBOR_LIFETIME => {
                 if may_request {
                     entry.requested = Some(now);
@@ -198,10 +235,14 @@ impl NeighborTable {
     /// Forgets entries not confirmed within [`NEIGHBOR_LIFETIME`] and requests unanswered for
     /// as long.
     pub fn expire(&mut self, now: Nanos) {
+        let before = self.entries.len();
         self.entries.retain(|_, e| {
             e.permanent
                 || now.saturating_sub(e.confirmed.max(e.requested.unwrap_or(0))) < NEIGHBOR_LIFETIME
         });
+        if self.entries.len() != before {
+            self.generation += 1;
+        }
     }
 
     /// Every entry, for `show`.

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use super::{arp, icmp6::nd, push_ethernet};
 use crate::buffer::PacketBuffer;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, HOLD, TX};
+use crate::tables::Interface;
 use crate::wire::{EtherType, EthernetAddress};
 use crate::worker::Resolution;
 use crate::{node_errors, node_nexts};
@@ -53,34 +54,18 @@ impl NeighborOutput {
             IpAddr::V6(_) => EtherType::IPV6,
         };
         let mac = match cx.state.neighbors.resolve(port, next_hop, cx.now) {
-            Resolution::Known(mac) | Resolution::Refresh(mac) => mac,
+            Resolution::Known(mac) => mac,
+            Resolution::Refresh(mac) => {
+                // Still usable: send it, and ask again so it stays known.
+                Self::request(cx, pkt, ifc, next_hop);
+                mac
+            }
             Resolution::Pending => {
                 cx.error(NeighborOutputError::Held);
                 return Next::Hold;
             }
             Resolution::Request => {
-                let Some(mut req) = pkt.buf.alloc_sibling() else {
-                    cx.error(NeighborOutputError::NoBuffer);
-                    return Next::Hold;
-                };
-                let (built, sent) = match next_hop {
-                    IpAddr::V4(a) => (
-                        arp::make_request(&mut req, ifc, a),
-                        NeighborOutputError::ArpRequestSent,
-                    ),
-                    IpAddr::V6(a) => (
-                        nd::make_solicitation(&mut req, ifc, a),
-                        NeighborOutputError::SolicitationSent,
-                    ),
-                };
-                if built {
-                    cx.error(sent);
-                    let mut request = Packet::received(req, pkt.meta.rx_port);
-                    request.meta.tx_port = port;
-                    cx.spawn(request, Next::Tx);
-                } else {
-                    cx.error(NeighborOutputError::NoHeadroom);
-                }
+                Self::request(cx, pkt, ifc, next_hop);
                 cx.trace(
                     &pkt.meta,
                     format_args!("who-has {next_hop} on port {port}: held"),
@@ -100,6 +85,40 @@ impl NeighborOutput {
             );
         }
         Next::Tx
+    }
+}
+
+impl NeighborOutput {
+    /// Sends an ARP request or neighbor solicitation for `next_hop` out of the packet's port,
+    /// in a buffer of its own.
+    fn request<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &Packet<B>,
+        ifc: &Interface,
+        next_hop: IpAddr,
+    ) {
+        let Some(mut req) = pkt.buf.alloc_sibling() else {
+            cx.error(NeighborOutputError::NoBuffer);
+            return;
+        };
+        let (built, sent) = match next_hop {
+            IpAddr::V4(a) => (
+                arp::make_request(&mut req, ifc, a),
+                NeighborOutputError::ArpRequestSent,
+            ),
+            IpAddr::V6(a) => (
+                nd::make_solicitation(&mut req, ifc, a),
+                NeighborOutputError::SolicitationSent,
+            ),
+        };
+        if !built {
+            cx.error(NeighborOutputError::NoHeadroom);
+            return;
+        }
+        cx.error(sent);
+        let mut request = Packet::received(req, pkt.meta.rx_port);
+        request.meta.tx_port = pkt.meta.tx_port;
+        cx.spawn(request, Next::Tx);
     }
 }
 

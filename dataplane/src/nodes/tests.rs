@@ -1094,3 +1094,27 @@ fn without_punt_to_host_icmp_errors_about_our_own_packets_are_not_looped() {
     assert!(punted.is_empty() && sent.is_empty());
     assert_eq!(r.count("ip4-local", "local_loop"), 1);
 }
+
+#[test]
+fn an_ageing_neighbor_is_refreshed_while_traffic_flows() {
+    let mut r = Rig::new();
+    let server = v4("198.18.2.2");
+    let reply = arp(2, SERVER_MAC, server, MAC1, v4("198.18.2.1"));
+    r.state.neighbors.resolve(1, server.into(), r.now);
+    r.send(1, &eth(MAC1, SERVER_MAC, 0x0806, &reply));
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        server,
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
+    let frame = eth(MAC0, CLIENT_MAC, 0x0800, &pkt);
+    assert_eq!(r.send(0, &frame).len(), 1);
+    r.now += crate::worker::NEIGHBOR_REFRESH;
+    let out = r.send(0, &frame);
+    assert_eq!(out.len(), 2, "the packet and a refresh request");
+    assert!(out.iter().any(|(_, f)| f[0..6] == SERVER_MAC));
+    assert!(out.iter().any(|(_, f)| f[12..14] == [8, 6]));
+}
