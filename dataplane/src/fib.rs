@@ -37,18 +37,22 @@ pub enum Route {
 }
 
 impl Route {
-    /// The next hop for `dst` in a flow with hash `flow_hash`, or `None` for local, blackhole
-    /// and unreachable routes.
+    /// The next hop for `dst`, or `None` for local, blackhole and unreachable routes.
+    /// `flow_hash` is called only when there are several paths to choose from.
     #[inline]
-    pub fn next_hop(&self, dst: IpAddr, flow_hash: u32) -> Option<NextHop> {
+    pub fn next_hop(&self, dst: IpAddr, flow_hash: impl FnOnce() -> u32) -> Option<NextHop> {
         match self {
             Route::Attached { port } => Some(NextHop {
                 port: *port,
                 gateway: Some(dst),
             }),
             Route::Via(paths) if !paths.is_empty() => {
-                // Multiply-shift maps the hash onto the paths evenly without a division.
-                let i = ((u64::from(flow_hash) * paths.len() as u64) >> 32) as usize;
+                let i = if paths.len() == 1 {
+                    0
+                } else {
+                    // Multiply-shift maps the hash onto the paths evenly without a division.
+                    ((u64::from(flow_hash()) * paths.len() as u64) >> 32) as usize
+                };
                 let mut hop = paths[i];
                 hop.gateway.get_or_insert(dst);
                 Some(hop)
@@ -212,7 +216,7 @@ mod tests {
         let mut seen = [0u32; 3];
         for h in 0..3000u32 {
             let hop = route
-                .next_hop("203.0.113.9".parse().unwrap(), h.wrapping_mul(2654435761))
+                .next_hop("203.0.113.9".parse().unwrap(), || h.wrapping_mul(2654435761))
                 .unwrap();
             seen[paths.iter().position(|p| *p == hop).unwrap()] += 1;
         }

@@ -45,8 +45,6 @@ pub struct Meta {
     pub tx_port: u16,
     /// Where the packet goes next at layer 3: the gateway, or the destination when on-link.
     pub next_hop: Option<std::net::IpAddr>,
-    /// Hash of the flow's addresses and ports, for ECMP.
-    pub flow_hash: u32,
     /// ICMP error to build, set by a node before passing the packet to an ICMP error node:
     /// type, code and the 32-bit field that follows the checksum (MTU, pointer).
     pub icmp_error: Option<(u8, u8, u32)>,

@@ -4,7 +4,6 @@
 //! own packets: no TTL decrement, neighbor resolution as usual.
 
 use super::ip6::is_link_local;
-use super::{flow_hash, l4_ports};
 use crate::buffer::PacketBuffer;
 use crate::graph::Meta;
 use crate::wire::{Ipv4Packet, Ipv6Packet};
@@ -39,10 +38,10 @@ pub enum HostFamily {
 }
 
 /// Checks a packet from the host stack, trims it to its IP length and returns its family and
-/// the metadata to inject it with (`local_origin`, the flow hash for ECMP).
+/// the metadata to inject it with (`local_origin`).
 pub fn from_host<B: PacketBuffer>(buf: &mut B) -> Result<(HostFamily, Meta), HostPacketError> {
     let data = buf.data();
-    let (family, len, hash) = match data.first().map(|b| b >> 4) {
+    let (family, len) = match data.first().map(|b| b >> 4) {
         Some(4) => {
             let ip = Ipv4Packet::new_checked(data).map_err(|_| HostPacketError::Malformed)?;
             if !ip.verify_checksum() {
@@ -55,13 +54,7 @@ pub fn from_host<B: PacketBuffer>(buf: &mut B) -> Result<(HostFamily, Meta), Hos
             if src.is_unspecified() || src.is_loopback() || dst.is_loopback() {
                 return Err(HostPacketError::Scope);
             }
-            let ports = if ip.is_fragment() {
-                0
-            } else {
-                l4_ports(ip.protocol(), ip.payload())
-            };
-            let hash = flow_hash(&[u32::from(src), u32::from(dst)], ip.protocol().0, ports);
-            (HostFamily::Ipv4, usize::from(ip.total_len()), hash)
+            (HostFamily::Ipv4, usize::from(ip.total_len()))
         }
         Some(6) => {
             let ip = Ipv6Packet::new_checked(data).map_err(|_| HostPacketError::Malformed)?;
@@ -77,18 +70,7 @@ pub fn from_host<B: PacketBuffer>(buf: &mut B) -> Result<(HostFamily, Meta), Hos
             {
                 return Err(HostPacketError::Scope);
             }
-            // As ip6-input: the flow label stands in for the ports.
-            let words = |a: &std::net::Ipv6Addr| {
-                let s = a.segments();
-                (u32::from(s[4]) << 16 | u32::from(s[5]))
-                    ^ (u32::from(s[6]) << 16 | u32::from(s[7]))
-            };
-            let hash = flow_hash(
-                &[words(&src), words(&dst)],
-                ip.next_header().0,
-                ip.flow_label(),
-            );
-            (HostFamily::Ipv6, ip.packet_len(), hash)
+            (HostFamily::Ipv6, ip.packet_len())
         }
         _ => return Err(HostPacketError::Malformed),
     };
@@ -96,7 +78,6 @@ pub fn from_host<B: PacketBuffer>(buf: &mut B) -> Result<(HostFamily, Meta), Hos
     Ok((
         family,
         Meta {
-            flow_hash: hash,
             local_origin: true,
             ..Meta::default()
         },
@@ -157,7 +138,6 @@ mod tests {
         let (family, meta) = from_host(&mut buf).unwrap();
         assert_eq!(family, HostFamily::Ipv4);
         assert!(meta.local_origin);
-        assert_ne!(meta.flow_hash, 0);
         assert_eq!(buf.len(), 28);
         let (family, meta) = check(&v6("2001:db8:1::1", "2001:db8:1::2")).unwrap();
         assert_eq!(family, HostFamily::Ipv6);

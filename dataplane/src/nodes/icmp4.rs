@@ -44,7 +44,7 @@ pub struct Icmp4Error;
 fn source_for(tables: &Tables, to: Ipv4Addr, rx_port: u16) -> Option<Ipv4Addr> {
     let port = match tables.fib.lookup4(to) {
         Some(r @ (Route::Attached { .. } | Route::Via(_))) => {
-            r.next_hop(IpAddr::V4(to), 0).map(|h| h.port)
+            r.next_hop(IpAddr::V4(to), || 0).map(|h| h.port)
         }
         _ => None,
     }

@@ -200,7 +200,7 @@ pub struct Icmp6Error;
 fn source_for(tables: &Tables, to: Ipv6Addr, rx_port: u16) -> Option<Ipv6Addr> {
     let port = match tables.fib.lookup6(to) {
         Some(r @ (Route::Attached { .. } | Route::Via(_))) if !is_link_local(&to) => {
-            r.next_hop(IpAddr::V6(to), 0).map(|h| h.port)
+            r.next_hop(IpAddr::V6(to), || 0).map(|h| h.port)
         }
         _ => None,
     }

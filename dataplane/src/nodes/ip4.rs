@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::fragment::{fragment_ipv4, FragmentError};
-use super::{flow_hash, l4_ports, tcp_reset};
+use super::{ipv4_flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT};
@@ -59,7 +59,7 @@ pub struct Ip4Input;
 impl Ip4Input {
     #[inline]
     fn check<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> InputNext {
-        let (total_len, src, dst, hash) = {
+        let (total_len, src, dst) = {
             let ip = match Ipv4Packet::new_checked(pkt.buf.data()) {
                 Ok(ip) => ip,
                 Err(e) => {
@@ -78,16 +78,7 @@ impl Ip4Input {
                 cx.error(Ip4InputError::BadChecksum);
                 return InputNext::Drop;
             }
-            let (src, dst) = (ip.src_addr(), ip.dst_addr());
-            // Fragments carry no ports (but the first): hash them all on addresses alone so
-            // that a datagram's fragments take one path.
-            let ports = if !ip.is_fragment() {
-                l4_ports(ip.protocol(), ip.payload())
-            } else {
-                0
-            };
-            let hash = flow_hash(&[u32::from(src), u32::from(dst)], ip.protocol().0, ports);
-            (usize::from(ip.total_len()), src, dst, hash)
+            (usize::from(ip.total_len()), ip.src_addr(), ip.dst_addr())
         };
         if is_martian_source(src) {
             cx.error(Ip4InputError::MartianSource);
@@ -99,7 +90,6 @@ impl Ip4Input {
         }
         // Ethernet pads short frames: the IP total length is the truth.
         pkt.buf.truncate(total_len);
-        pkt.meta.flow_hash = hash;
         cx.trace(&pkt.meta, format_args!("{src} > {dst} len {total_len}"));
         InputNext::Lookup
     }
@@ -148,7 +138,8 @@ pub struct Ip4Lookup;
 impl Ip4Lookup {
     #[inline]
     fn lookup<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LookupNext {
-        let dst = Ipv4Packet::new_unchecked(pkt.buf.data()).dst_addr();
+        let ip = Ipv4Packet::new_unchecked(pkt.buf.data());
+        let dst = ip.dst_addr();
         if dst.is_broadcast() {
             return LookupNext::Local;
         }
@@ -166,7 +157,7 @@ impl Ip4Lookup {
                 cx.error(Ip4LookupError::Blackhole);
                 return LookupNext::Drop;
             }
-            Some(r) => r.next_hop(IpAddr::V4(dst), pkt.meta.flow_hash),
+            Some(r) => r.next_hop(IpAddr::V4(dst), || ipv4_flow_hash(&ip)),
             None => None,
         };
         let Some(hop) = hop else {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use super::icmp6::nd;
 use super::ip6_options::{check_hop_by_hop, OptionsVerdict};
-use super::{flow_hash, push_ethernet, tcp_reset};
+use super::{ipv6_flow_hash, push_ethernet, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
@@ -99,17 +99,6 @@ impl Ip6Input {
             cx.error(Ip6InputError::LoopbackAddress);
             return InputNext::Drop;
         }
-        // Transit routers do not walk extension headers (RFC 8200 section 4): the flow label
-        // stands in for the ports when hashing (RFC 6437).
-        let words = |a: &Ipv6Addr| {
-            let s = a.segments();
-            (u32::from(s[4]) << 16 | u32::from(s[5])) ^ (u32::from(s[6]) << 16 | u32::from(s[7]))
-        };
-        pkt.meta.flow_hash = flow_hash(
-            &[words(&src), words(&dst)],
-            ip.next_header().0,
-            ip.flow_label(),
-        );
         let len = ip.packet_len();
         let hop_by_hop = ip.next_header() == IpProtocol::HOP_BY_HOP;
         cx.trace(&pkt.meta, format_args!("{src} > {dst} len {len}"));
@@ -222,7 +211,7 @@ impl Ip6Lookup {
                 cx.error(Ip6LookupError::Blackhole);
                 return LookupNext::Drop;
             }
-            Some(r) => r.next_hop(IpAddr::V6(dst), pkt.meta.flow_hash),
+            Some(r) => r.next_hop(IpAddr::V6(dst), || ipv6_flow_hash(&ip)),
             None => None,
         };
         let Some(hop) = hop else {

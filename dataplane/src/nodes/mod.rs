@@ -103,6 +103,37 @@ pub fn flow_hash(words: &[u32], proto: u8, ports: u32) -> u32 {
     (h ^ (h >> 29)) as u32
 }
 
+/// The flow hash of an IPv4 packet: addresses, protocol and, unless it is a fragment, ports.
+/// Fragments hash on addresses alone so that a datagram's fragments take one path.
+#[inline]
+pub fn ipv4_flow_hash<T: AsRef<[u8]>>(ip: &crate::wire::Ipv4Packet<T>) -> u32 {
+    let ports = if ip.is_fragment() {
+        0
+    } else {
+        l4_ports(ip.protocol(), ip.payload())
+    };
+    flow_hash(
+        &[u32::from(ip.src_addr()), u32::from(ip.dst_addr())],
+        ip.protocol().0,
+        ports,
+    )
+}
+
+/// The flow hash of an IPv6 packet. Transit routers do not walk extension headers (RFC 8200
+/// section 4): the flow label stands in for the ports (RFC 6437).
+#[inline]
+pub fn ipv6_flow_hash<T: AsRef<[u8]>>(ip: &crate::wire::Ipv6Packet<T>) -> u32 {
+    let low = |a: std::net::Ipv6Addr| {
+        let s = a.segments();
+        (u32::from(s[4]) << 16 | u32::from(s[5])) ^ (u32::from(s[6]) << 16 | u32::from(s[7]))
+    };
+    flow_hash(
+        &[low(ip.src_addr()), low(ip.dst_addr())],
+        ip.next_header().0,
+        ip.flow_label(),
+    )
+}
+
 /// The ports of a TCP, UDP or SCTP header at the start of `l4`, as one word; 0 otherwise.
 #[inline]
 pub(crate) fn l4_ports(proto: crate::wire::IpProtocol, l4: &[u8]) -> u32 {
