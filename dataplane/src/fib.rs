@@ -216,7 +216,9 @@ mod tests {
         let mut seen = [0u32; 3];
         for h in 0..3000u32 {
             let hop = route
-                .next_hop("203.0.113.9".parse().unwrap(), || h.wrapping_mul(2654435761))
+                .next_hop("203.0.113.9".parse().unwrap(), || {
+                    h.wrapping_mul(2654435761)
+                })
                 .unwrap();
             seen[paths.iter().position(|p| *p == hop).unwrap()] += 1;
         }

@@ -88,6 +88,19 @@ pub enum Resolution {
     Pending,
 }
 
+/// Slots of [`NeighborTable`]'s cache of recent answers (direct-mapped).
+const RECENT_SLOTS: usize = 16;
+
+/// The cache slot for a neighbor: low bits of the address mixed with the port.
+#[inline]
+fn recent_slot(port: u16, ip: &IpAddr) -> usize {
+    let low = match ip {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    (usize::from(low) ^ usize::from(port)) % RECENT_SLOTS
+}
+
 #[derive(Clone, Copy, Debug)]
 struct LastAnswer {
     key: (u16, IpAddr),
@@ -104,9 +117,9 @@ pub struct NeighborTable {
     /// Bumped whenever an address is learned, changes or is forgotten, so packets waiting for
     /// one know when to look again, and so the last answer can be reused.
     generation: u64,
-    /// The last known answer, reused while nothing changed: consecutive packets mostly go to
-    /// the same next hop, and this skips the hash lookup for them.
-    last: Option<LastAnswer>,
+    /// Recent answers, reused while nothing changed: traffic goes to few next hops at a time
+    /// (one, or the members of an ECMP group), and this skips the hash lookup for them.
+    recent: [Option<LastAnswer>; RECENT_SLOTS],
     /// Entries not learned because the table was full.
     pub full: u64,
 }
@@ -115,7 +128,7 @@ impl NeighborTable {
     /// Looks up `ip` on `port` to send a packet to it, and rations requests.
     #[inline]
     pub fn resolve(&mut self, port: u16, ip: IpAddr, now: Nanos) -> Resolution {
-        if let Some(last) = &self.last {
+        if let Some(last) = &self.recent[recent_slot(port, &ip)] {
             if last.key == (port, ip)
                 && now < last.fresh_until
                 && last.generation == self.generation
@@ -147,7 +160,7 @@ impl NeighborTable {
         let age = now.saturating_sub(entry.confirmed);
         match entry.mac {
             Some(mac) if entry.permanent || age < NEIGHBOR_REFRESH => {
-                self.last = Some(LastAnswer {
+                self.recent[recent_slot(port, &ip)] = Some(LastAnswer {
                     key: (port, ip),
                     mac,
                     fresh_until: if entry.permanent {
