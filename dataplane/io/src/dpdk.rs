@@ -264,6 +264,12 @@ impl Mbuf {
     }
 
     #[inline]
+    fn raw_mut(&mut self) -> &mut sys::rte_mbuf {
+        // SAFETY: self owns a valid mbuf exclusively (constructor contract); &mut self.
+        unsafe { self.m.as_mut() }
+    }
+
+    #[inline]
     fn data_ptr(&self) -> *mut u8 {
         let raw = self.raw();
         // SAFETY: buf_addr points at buf_len bytes and data_off <= buf_len, so the sum stays
@@ -324,41 +330,61 @@ impl PacketBuffer for Mbuf {
             .saturating_sub(usize::from(raw.data_off) + usize::from(raw.data_len))
     }
 
+    // The four edits below are DPDK's rte_pktmbuf_prepend/adj/append/trim for a single-segment
+    // mbuf, written on the fields directly so that they inline: through the C shim each was a
+    // function call on the per-packet path.
+
+    #[inline]
     fn push_front(&mut self, n: usize) -> bool {
-        let Ok(n) = u16::try_from(n) else {
+        let m = self.raw_mut();
+        let Ok(n16) = u16::try_from(n) else {
             return false;
         };
-        // SAFETY: self owns the mbuf exclusively; rte_pktmbuf_prepend checks the headroom and
-        // returns NULL without changing anything when it is too small.
-        !unsafe { sys::sy_rte_pktmbuf_prepend(self.m.as_ptr(), n) }.is_null()
+        if n16 > m.data_off {
+            return false;
+        }
+        m.data_off -= n16;
+        m.data_len += n16;
+        m.pkt_len += u32::from(n16);
+        true
     }
 
+    #[inline]
     fn pull_front(&mut self, n: usize) -> bool {
-        let Ok(n) = u16::try_from(n) else {
+        let m = self.raw_mut();
+        let Ok(n16) = u16::try_from(n) else {
             return false;
         };
-        // SAFETY: self owns the mbuf exclusively; rte_pktmbuf_adj checks the first segment's
-        // length and returns NULL without changing anything when it is too short.
-        !unsafe { sys::sy_rte_pktmbuf_adj(self.m.as_ptr(), n) }.is_null()
+        if n16 > m.data_len {
+            return false;
+        }
+        m.data_off += n16;
+        m.data_len -= n16;
+        m.pkt_len -= u32::from(n16);
+        true
     }
 
+    #[inline]
     fn push_back(&mut self, n: usize) -> bool {
-        let Ok(n) = u16::try_from(n) else {
+        if n > self.tailroom() {
             return false;
-        };
-        // SAFETY: self owns the mbuf exclusively; rte_pktmbuf_append checks the tailroom and
-        // returns NULL without changing anything when it is too small.
-        !unsafe { sys::sy_rte_pktmbuf_append(self.m.as_ptr(), n) }.is_null()
+        }
+        let m = self.raw_mut();
+        // n <= tailroom < buf_len <= u16::MAX.
+        m.data_len += n as u16;
+        m.pkt_len += n as u32;
+        true
     }
 
+    #[inline]
     fn truncate(&mut self, len: usize) {
-        let cur = usize::from(self.raw().data_len);
+        let m = self.raw_mut();
+        let cur = usize::from(m.data_len);
         if len < cur {
             // cur - len < cur <= u16::MAX.
             let cut = (cur - len) as u16;
-            // SAFETY: self owns the single-segment mbuf exclusively; cut is at most data_len,
-            // which rte_pktmbuf_trim accepts (it fails only for more than the last segment).
-            unsafe { sys::sy_rte_pktmbuf_trim(self.m.as_ptr(), cut) };
+            m.data_len -= cut;
+            m.pkt_len -= u32::from(cut);
         }
     }
 }
