@@ -60,20 +60,25 @@ pub trait PacketBuffer {
     }
 }
 
+/// Largest [`HeapBuffer`]: offsets are kept in 32 bits to keep packets small in vectors.
+pub const MAX_BUFFER_SIZE: usize = 1 << 20;
+
 /// A packet buffer on the heap: `bytes[start..end]` is the packet.
 #[derive(Clone)]
 pub struct HeapBuffer {
     bytes: Box<[u8]>,
     /// Headroom a freshly filled packet starts after.
-    base: usize,
-    start: usize,
-    end: usize,
+    base: u32,
+    start: u32,
+    end: u32,
 }
 
 impl HeapBuffer {
-    /// An empty buffer of `size` bytes with `headroom` of them in front of the data.
+    /// An empty buffer of `size` bytes (at most [`MAX_BUFFER_SIZE`]) with `headroom` of them in
+    /// front of the data.
     pub fn new(size: usize, headroom: usize) -> Self {
-        let headroom = headroom.min(size);
+        let size = size.min(MAX_BUFFER_SIZE);
+        let headroom = headroom.min(size) as u32;
         HeapBuffer {
             bytes: vec![0; size].into_boxed_slice(),
             base: headroom,
@@ -96,25 +101,31 @@ impl HeapBuffer {
     /// Replaces the contents with a copy of `packet`, after the headroom, and returns how many
     /// bytes were taken (fewer than `packet.len()` when it does not fit).
     pub fn fill(&mut self, packet: &[u8]) -> usize {
-        let headroom = self.base;
-        let n = packet.len().min(self.bytes.len() - headroom);
-        self.start = headroom;
-        self.end = headroom + n;
-        self.bytes[self.start..self.end].copy_from_slice(&packet[..n]);
+        let n = self.set_received(packet.len());
+        let start = self.start as usize;
+        self.bytes[start..start + n].copy_from_slice(&packet[..n]);
         n
     }
 
     /// Space the packet may occupy after the headroom, for drivers that receive straight into
     /// the buffer. Follow with [`HeapBuffer::set_received`].
     pub fn receive_area(&mut self) -> &mut [u8] {
-        &mut self.bytes[self.base..]
+        &mut self.bytes[self.base as usize..]
     }
 
-    /// Marks the first `len` bytes of [`HeapBuffer::receive_area`] as the packet.
-    pub fn set_received(&mut self, len: usize) {
-        let headroom = self.base;
-        self.start = headroom;
-        self.end = headroom + len.min(self.bytes.len() - headroom);
+    /// Marks the first `len` bytes of [`HeapBuffer::receive_area`] as the packet (cut to the
+    /// buffer) and returns how many that is.
+    pub fn set_received(&mut self, len: usize) -> usize {
+        let n = len.min(self.bytes.len() - self.base as usize);
+        self.start = self.base;
+        // base + n <= bytes.len() <= MAX_BUFFER_SIZE.
+        self.end = self.base + n as u32;
+        n
+    }
+
+    #[inline]
+    fn range(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
     }
 }
 
@@ -129,44 +140,45 @@ impl std::fmt::Debug for HeapBuffer {
 
 impl PacketBuffer for HeapBuffer {
     fn alloc_sibling(&self) -> Option<Self> {
-        Some(HeapBuffer::new(self.bytes.len(), self.base))
+        Some(HeapBuffer::new(self.bytes.len(), self.base as usize))
     }
 
     #[inline]
     fn data(&self) -> &[u8] {
-        &self.bytes[self.start..self.end]
+        &self.bytes[self.range()]
     }
 
     #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.bytes[self.start..self.end]
+        let r = self.range();
+        &mut self.bytes[r]
     }
 
     #[inline]
     fn headroom(&self) -> usize {
-        self.start
+        self.start as usize
     }
 
     #[inline]
     fn tailroom(&self) -> usize {
-        self.bytes.len() - self.end
+        self.bytes.len() - self.end as usize
     }
 
     #[inline]
     fn push_front(&mut self, n: usize) -> bool {
-        if n > self.start {
+        if n > self.start as usize {
             return false;
         }
-        self.start -= n;
+        self.start -= n as u32;
         true
     }
 
     #[inline]
     fn pull_front(&mut self, n: usize) -> bool {
-        if n > self.end - self.start {
+        if n > (self.end - self.start) as usize {
             return false;
         }
-        self.start += n;
+        self.start += n as u32;
         true
     }
 
@@ -175,14 +187,14 @@ impl PacketBuffer for HeapBuffer {
         if n > self.tailroom() {
             return false;
         }
-        self.end += n;
+        self.end += n as u32;
         true
     }
 
     #[inline]
     fn truncate(&mut self, len: usize) {
-        if len < self.end - self.start {
-            self.end = self.start + len;
+        if len < (self.end - self.start) as usize {
+            self.end = self.start + len as u32;
         }
     }
 }

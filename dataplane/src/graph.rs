@@ -8,6 +8,7 @@
 //! for tracing, writes a line saying what it decided.
 
 use std::fmt;
+use std::num::NonZeroU64;
 
 use crate::buffer::PacketBuffer;
 use crate::tables::Tables;
@@ -53,10 +54,8 @@ pub struct Meta {
     pub local_origin: bool,
     /// The packet arrived in a link-layer broadcast or multicast frame.
     pub l2_multicast: bool,
-    /// The Ethernet source address of the frame it arrived in.
-    pub l2_src: [u8; 6],
     /// When the packet was first parked in [`HOLD`], if it was.
-    pub held_since: Option<Nanos>,
+    pub held_since: Option<NonZeroU64>,
     /// 1 + index of this packet's trace record, or 0 when it is not traced.
     pub trace: u32,
 }
@@ -479,7 +478,7 @@ impl<B: PacketBuffer> Graph<B> {
         self.held_generation = generation;
         let mut requeued = false;
         for h in std::mem::take(&mut self.held) {
-            let since = h.pkt.meta.held_since.unwrap_or(now);
+            let since = h.pkt.meta.held_since.map_or(now, NonZeroU64::get);
             if now.saturating_sub(since) >= HOLD_TIME {
                 self.hold_expired += 1;
                 self.dropped.push(h.pkt.buf);
@@ -607,7 +606,9 @@ impl<B: PacketBuffer> Graph<B> {
             Target::Punt => self.punt.push(pkt),
             Target::Hold if self.held.len() < MAX_HELD => {
                 let mut pkt = pkt;
-                pkt.meta.held_since.get_or_insert(now);
+                pkt.meta
+                    .held_since
+                    .get_or_insert(NonZeroU64::new(now).unwrap_or(NonZeroU64::MIN));
                 self.held.push(Held { pkt, slot: i });
             }
             Target::Hold => {

@@ -67,7 +67,6 @@ impl EthernetInput {
             }
         };
         pkt.meta.l2_multicast = dst.is_multicast();
-        pkt.meta.l2_src = src.0;
         if pkt.meta.trace != 0 {
             cx.trace(
                 &pkt.meta,

@@ -302,6 +302,7 @@ node_nexts! {
         Lookup = "ip6-lookup",
         Error = "icmp6-error",
         Tx = TX,
+        Output = "neighbor-output",
         Punt = PUNT,
     }
 }
@@ -544,14 +545,12 @@ impl Ip6Local {
                 .neighbors
                 .learn(port, IpAddr::V6(src), mac, cx.now, true);
         }
-        let (to, to_mac, solicited) = if src.is_unspecified() {
-            (nd::ALL_NODES, nd::multicast_mac(&nd::ALL_NODES), false)
+        let (to, solicited) = if src.is_unspecified() {
+            (nd::ALL_NODES, false)
         } else {
-            (src, source_mac.unwrap_or(pkt.meta.l2_src), true)
+            (src, true)
         };
-        if !nd::make_advertisement(&mut pkt.buf, ifc, target, to, solicited)
-            || !push_ethernet(&mut pkt.buf, to_mac, ifc.mac, EtherType::IPV6)
-        {
+        if !nd::make_advertisement(&mut pkt.buf, ifc, target, to, solicited) {
             cx.error(Ip6LocalError::NoHeadroom);
             return LocalNext::Drop;
         }
@@ -561,7 +560,27 @@ impl Ip6Local {
             format_args!("NS from {src}: {} is at ours", target),
         );
         pkt.meta.tx_port = port;
-        LocalNext::Tx
+        pkt.meta.local_origin = true;
+        let to_mac = if to.is_multicast() {
+            Some(nd::multicast_mac(&to))
+        } else {
+            source_mac
+        };
+        match to_mac {
+            Some(mac) => {
+                if !push_ethernet(&mut pkt.buf, mac, ifc.mac, EtherType::IPV6) {
+                    cx.error(Ip6LocalError::NoHeadroom);
+                    return LocalNext::Drop;
+                }
+                LocalNext::Tx
+            }
+            // No source link-layer option: resolve the asker like any next hop (RFC 4861
+            // 7.2.4).
+            None => {
+                pkt.meta.next_hop = Some(IpAddr::V6(to));
+                LocalNext::Output
+            }
+        }
     }
 }
 

@@ -1118,3 +1118,27 @@ fn an_ageing_neighbor_is_refreshed_while_traffic_flows() {
     assert!(out.iter().any(|(_, f)| f[0..6] == SERVER_MAC));
     assert!(out.iter().any(|(_, f)| f[12..14] == [8, 6]));
 }
+
+#[test]
+fn solicitation_without_source_address_option_resolves_the_asker_first() {
+    let mut r = Rig::new();
+    let client = v6("2001:db8:1::2");
+    let me = v6("2001:db8:1::1");
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &ns(client, me, me, None)));
+    // Our own solicitation for the asker goes out; the advertisement waits for its answer.
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        Ipv6Packet::new_checked(&out[0].1[14..]).unwrap().payload()[0],
+        135
+    );
+    let mut na = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    na.extend_from_slice(&client.octets());
+    na.extend_from_slice(&[2, 1]);
+    na.extend_from_slice(&CLIENT_MAC);
+    let na = ipv6(client, me, IpProtocol::ICMPV6, 255, &icmp6(client, me, na));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &na));
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0].1[0..6], &CLIENT_MAC);
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!((ip.payload()[0], ip.hop_limit()), (136, 255));
+}
