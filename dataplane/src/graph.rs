@@ -561,8 +561,10 @@ impl<B: PacketBuffer> Graph<B> {
         if j == i || !self.slots[j].queue.is_empty() {
             return Some(pkts);
         }
-        for pkt in pkts.iter().filter(|p| p.meta.trace != 0) {
-            self.trace_next(i, pkt.meta.trace, first);
+        if !self.trace.records.is_empty() {
+            for pkt in pkts.iter().filter(|p| p.meta.trace != 0) {
+                self.trace_next(i, pkt.meta.trace, first);
+            }
         }
         let spare = std::mem::replace(&mut self.slots[j].queue, pkts);
         if self.slots[i].queue.is_empty() {

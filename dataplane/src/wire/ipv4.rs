@@ -187,7 +187,11 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// True if the header checksum is correct.
     #[inline]
     pub fn verify_checksum(&self) -> bool {
-        checksum::verify(&self.buffer.as_ref()[..self.header_len()])
+        let header = &self.buffer.as_ref()[..self.header_len()];
+        match <&[u8; 20]>::try_from(header) {
+            Ok(plain) => checksum::sum_ipv4_header(plain) == 0xffff,
+            Err(_) => checksum::verify(header),
+        }
     }
 
     /// The bytes from the end of the header to the total length (excluding link padding).
