@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ipnet::{Ipv4Net, Ipv6Net};
 use prefix_trie::PrefixMap;
 
+use crate::lpm6::Lpm6;
 use crate::mtrie::Mtrie4;
 
 /// One way out: a port and, unless the destination is on-link, the gateway to send to.
@@ -64,16 +65,24 @@ impl Route {
 
 /// IPv4 and IPv6 route tables.
 ///
-/// Edits go to binary tries (`prefix-trie`); [`Fib::compile`] then builds the IPv4 lookup
-/// structure the workers use, a 16-8-8 multibit trie over a flat route list. Until the next
-/// compile, IPv4 lookups fall back to the binary trie, so a FIB is always correct, only slower
-/// when left uncompiled.
+/// Edits go to binary tries (`prefix-trie`); [`Fib::compile`] then builds the lookup
+/// structures the workers use over a flat route list: a 16-8-8 multibit trie for IPv4, hash
+/// tables per prefix length for IPv6. Until the next compile, lookups fall back to the binary
+/// tries, so a FIB is always correct, only slower when left uncompiled.
 #[derive(Clone, Debug, Default)]
 pub struct Fib {
     v4: PrefixMap<Ipv4Net, Route>,
     v6: PrefixMap<Ipv6Net, Route>,
     len: usize,
     compiled4: Option<Compiled4>,
+    compiled6: Option<Compiled6>,
+}
+
+/// The IPv6 routes as the fast path reads them.
+#[derive(Clone, Debug)]
+struct Compiled6 {
+    lpm: Lpm6,
+    routes: Vec<Route>,
 }
 
 /// The IPv4 routes as the fast path reads them.
@@ -94,11 +103,15 @@ impl Fib {
         let routes: Vec<Route> = self.v4.iter().map(|(_, r)| r.clone()).collect();
         let trie = Mtrie4::build(self.v4.iter().enumerate().map(|(i, (p, _))| (p, i as u32)));
         self.compiled4 = Some(Compiled4 { trie, routes });
+        let routes: Vec<Route> = self.v6.iter().map(|(_, r)| r.clone()).collect();
+        let lpm = Lpm6::build(self.v6.iter().enumerate().map(|(i, (p, _))| (p, i as u32)));
+        self.compiled6 = Some(Compiled6 { lpm, routes });
     }
 
     /// Adds or replaces the route for `prefix` (host bits are ignored).
     pub fn insert(&mut self, prefix: ipnet::IpNet, route: Route) {
         self.compiled4 = None;
+        self.compiled6 = None;
         let old = match prefix {
             ipnet::IpNet::V4(p) => self.v4.insert(p.trunc(), route),
             ipnet::IpNet::V6(p) => self.v6.insert(p.trunc(), route),
@@ -111,6 +124,7 @@ impl Fib {
     /// Removes the route for `prefix`, returning it.
     pub fn remove(&mut self, prefix: ipnet::IpNet) -> Option<Route> {
         self.compiled4 = None;
+        self.compiled6 = None;
         let old = match prefix {
             ipnet::IpNet::V4(p) => self.v4.remove(&p.trunc()),
             ipnet::IpNet::V6(p) => self.v6.remove(&p.trunc()),
@@ -141,6 +155,9 @@ impl Fib {
     /// Longest-prefix match for an IPv6 destination.
     #[inline]
     pub fn lookup6(&self, dst: Ipv6Addr) -> Option<&Route> {
+        if let Some(c) = &self.compiled6 {
+            return c.lpm.lookup(dst).and_then(|i| c.routes.get(i as usize));
+        }
         self.v6.get_lpm(&Ipv6Net::from(dst)).map(|(_, route)| route)
     }
 

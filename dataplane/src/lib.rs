@@ -10,6 +10,7 @@ pub mod wire;
 pub use buffer::{BufferPool, HeapBuffer, PacketBuffer};
 pub mod fib;
 pub mod graph;
+pub mod lpm6;
 pub mod mtrie;
 pub mod nodes;
 pub mod tables;
