@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::fragment::{fragment_ipv4, FragmentError};
+use super::ip4_options::{self, OptionsVerdict};
 use super::{ipv4_flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
@@ -16,6 +17,11 @@ use crate::{node_errors, node_nexts};
 
 /// TTL of packets this node originates (echo replies, ICMP errors), as Linux's default.
 pub const DEFAULT_TTL: u8 = 64;
+
+/// The ICMP parameter problem pointing at byte `pointer` of the IPv4 header.
+fn param_problem(pointer: u8) -> (u8, u8, u32) {
+    (Icmpv4Message::PARAM_PROBLEM.0, 0, u32::from(pointer) << 24)
+}
 
 /// True for source addresses RFC 1812 5.3.7 says a router must not forward from: "this
 /// network" (0/8), loopback, multicast, class E and limited broadcast.
@@ -42,6 +48,8 @@ node_errors! {
         BadChecksum = ("bad_checksum", "header checksum is wrong"),
         MartianSource = ("martian_source", "source is 0/8, loopback, multicast or class E"),
         MartianDestination = ("martian_destination", "destination is 0/8, loopback or class E"),
+        BadOption = ("bad_option", "malformed IP option: parameter problem sent"),
+        SourceRoute = ("source_route", "source-routed packet (LSRR/SSRR) dropped"),
     }
 }
 
@@ -49,6 +57,7 @@ node_nexts! {
     enum InputNext {
         Drop = DROP,
         Lookup = "ip4-lookup",
+        Error = "icmp4-error",
     }
 }
 
@@ -91,6 +100,21 @@ impl Ip4Input {
         // Ethernet pads short frames: the IP total length is the truth.
         pkt.buf.truncate(total_len);
         cx.trace(&pkt.meta, format_args!("{src} > {dst} len {total_len}"));
+        let ip = Ipv4Packet::new_unchecked(pkt.buf.data());
+        if ip.header_len() > 20 {
+            match ip4_options::check(ip.options()) {
+                OptionsVerdict::Accept { .. } => {}
+                OptionsVerdict::SourceRoute => {
+                    cx.error(Ip4InputError::SourceRoute);
+                    return InputNext::Drop;
+                }
+                OptionsVerdict::ParamProblem(pointer) => {
+                    cx.error(Ip4InputError::BadOption);
+                    pkt.meta.icmp_error = Some(param_problem(pointer));
+                    return InputNext::Error;
+                }
+            }
+        }
         InputNext::Lookup
     }
 }
@@ -394,6 +418,7 @@ impl<B: PacketBuffer> Node<B> for Ip4Local {
 node_errors! {
     pub enum Ip4RewriteError {
         TtlExpired = ("ttl_expired", "TTL expired in transit: time exceeded sent"),
+        BadOption = ("bad_option", "timestamp option overflow count full: parameter problem sent"),
         TooBig = ("too_big", "larger than the next link's MTU with DF set: fragmentation needed sent"),
         Fragmented = ("fragmented", "larger than the next link's MTU without DF: fragmented"),
         MtuTooSmall = ("mtu_too_small", "next link's MTU too small to fragment into"),
@@ -441,6 +466,17 @@ impl Ip4Rewrite {
             }
             if !pkt.meta.local_origin {
                 ip.decrement_ttl();
+                if ip.header_len() > 20 {
+                    // Record route and timestamp options get this router's entry.
+                    let addr = ifc.primary_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED);
+                    let stamp = ip4_options::nonstandard_timestamp(cx.now);
+                    if let Err(pointer) = ip4_options::record(ip.options_mut(), addr, stamp) {
+                        cx.error(Ip4RewriteError::BadOption);
+                        pkt.meta.icmp_error = Some(param_problem(pointer));
+                        return RewriteNext::Error;
+                    }
+                    ip.fill_checksum();
+                }
             }
             if !too_big {
                 return RewriteNext::Output;

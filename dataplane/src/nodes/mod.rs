@@ -27,6 +27,7 @@ pub mod host;
 pub mod icmp4;
 pub mod icmp6;
 pub mod ip4;
+pub mod ip4_options;
 pub mod ip6;
 pub mod ip6_options;
 pub mod neighbor;

@@ -1142,3 +1142,65 @@ fn solicitation_without_source_address_option_resolves_the_asker_first() {
     let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
     assert_eq!((ip.payload()[0], ip.hop_limit()), (136, 255));
 }
+
+/// An IPv4 packet with `options` (a multiple of 4 bytes) after the fixed header.
+fn ipv4_with_options(src: Ipv4Addr, dst: Ipv4Addr, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut b = ipv4(src, dst, IpProtocol::UDP, 64, false, payload);
+    let hlen = 20 + options.len();
+    b.splice(20..20, options.iter().copied());
+    let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+    ip.set_version_and_header_len(hlen);
+    ip.set_total_len((hlen + payload.len()) as u16);
+    ip.fill_checksum();
+    b
+}
+
+#[test]
+fn ipv4_options_record_route_param_problem_and_source_route() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, s) = (v4("198.18.1.2"), v4("198.18.2.2"));
+    let rr = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4_with_options(c, s, &rr, &[0; 8]),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    let ip = ip4_of(&out[0].1);
+    assert_eq!(&ip.options()[..8], &[7, 11, 8, 198, 18, 2, 1, 0]);
+    assert_eq!(ip.ttl(), 63);
+
+    // Record route whose pointer is below 4: parameter problem pointing at it (byte 22).
+    let bad = [7, 7, 2, 0, 0, 0, 0, 1];
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4_with_options(c, s, &bad, &[0; 8]),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    let icmp = ip4_of(&out[0].1).payload().to_vec();
+    assert_eq!((icmp[0], icmp[1], icmp[4]), (12, 0, 22));
+
+    let lsrr = [131, 7, 4, 198, 18, 2, 2, 1];
+    assert!(r
+        .send(
+            0,
+            &eth(
+                MAC0,
+                CLIENT_MAC,
+                0x0800,
+                &ipv4_with_options(c, s, &lsrr, &[0; 8])
+            )
+        )
+        .is_empty());
+    assert_eq!(r.count("ip4-input", "source_route"), 1);
+}
