@@ -13,5 +13,6 @@ pub mod graph;
 pub mod lpm6;
 pub mod mtrie;
 pub mod nodes;
+pub mod reassembly;
 pub mod tables;
 pub mod worker;

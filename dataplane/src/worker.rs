@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use fnv::FnvHashMap;
 
 use crate::graph::Nanos;
+use crate::reassembly::Reassembler;
 
 const SECOND: Nanos = 1_000_000_000;
 
@@ -275,12 +276,24 @@ impl NeighborTable {
 }
 
 /// Everything one worker keeps across vectors.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct WorkerState {
     /// ARP and ND cache.
     pub neighbors: NeighborTable,
     /// Rations the ICMP errors this node originates (RFC 1812 4.3.2.8, RFC 4443 2.4(f)).
     pub icmp_errors: TokenBucket,
+    /// Fragments addressed to this node, waiting for the rest of their datagrams.
+    pub reassembly: Reassembler,
+    /// The identification last given to a datagram this node fragmented.
+    pub fragment_ident: u32,
+}
+
+impl WorkerState {
+    /// Ages what is kept by time: neighbors, and datagrams in reassembly.
+    pub fn expire(&mut self, now: Nanos) {
+        self.neighbors.expire(now);
+        self.reassembly.expire(now);
+    }
 }
 
 impl Default for WorkerState {
@@ -289,6 +302,8 @@ impl Default for WorkerState {
             neighbors: NeighborTable::default(),
             // As Linux's default icmp_msgs_per_sec / icmp_msgs_burst.
             icmp_errors: TokenBucket::new(1000, 50),
+            reassembly: Reassembler::default(),
+            fragment_ident: 0,
         }
     }
 }

@@ -237,7 +237,7 @@ where
             let now = Instant::now();
             if now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
                 last_housekeeping = now;
-                self.state.neighbors.expire(nanos_since(start, now));
+                self.state.expire(nanos_since(start, now));
                 self.graph
                     .housekeeping(&self.state, nanos_since(start, now));
                 self.driver.recycle(&mut self.graph.dropped);

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::fragment::{fragment_ipv4, FragmentError};
 use super::ip4_options::{self, OptionsVerdict};
+use super::local_frag::{self, Reassembled};
 use super::{ipv4_flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
@@ -234,7 +235,11 @@ impl<B: PacketBuffer> Node<B> for Ip4Lookup {
 
 node_errors! {
     pub enum Ip4LocalError {
-        Fragment = ("fragment", "fragment addressed to this node (reassembly is not supported)"),
+        Fragment = ("fragment", "fragment to a broadcast or multicast address"),
+        FragmentQueued = ("fragment_queued", "fragments held for reassembly"),
+        FragmentDropped = ("fragment_dropped", "fragments dropped: overlapping, too big, or too many datagrams in reassembly"),
+        Reassembled = ("reassembled", "datagrams reassembled"),
+        NoBuffer = ("no_buffer", "no buffer for a fragment of a reply"),
         BadIcmp = ("bad_icmp", "ICMP message too short or with a bad checksum"),
         EchoReplied = ("echo_replied", "echo requests answered"),
         BroadcastEcho = ("broadcast_echo", "echo request to a broadcast address ignored"),
@@ -278,13 +283,16 @@ impl Ip4Local {
         let dst = ip.dst_addr();
         let unicast_to_us = cx.tables.is_local_ipv4(dst);
         if ip.is_fragment() {
-            // The host stack reassembles; the dataplane does not.
+            // With a host stack behind the punt path, it reassembles; otherwise this node does.
             if punt_to_host && unicast_to_us {
                 cx.error(Ip4LocalError::PuntedToHost);
                 return LocalNext::Punt;
             }
-            cx.error(Ip4LocalError::Fragment);
-            return LocalNext::Drop;
+            if !unicast_to_us {
+                cx.error(Ip4LocalError::Fragment);
+                return LocalNext::Drop;
+            }
+            return Self::fragment(cx, pkt);
         }
         if punt_to_host && unicast_to_us && ip.protocol() != IpProtocol::ICMP {
             cx.error(Ip4LocalError::PuntedToHost);
@@ -395,6 +403,63 @@ impl Ip4Local {
                 .payload()
                 .first()
                 .is_some_and(|&t| Icmpv4Message(t).is_error())
+    }
+}
+
+impl Ip4Local {
+    /// Reassembles a fragment's datagram and, once whole, answers it as its unfragmented kind
+    /// would be: echo requests with a (fragmented) echo reply, UDP with port unreachable.
+    fn fragment<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LocalNext {
+        let whole = match local_frag::add_v4(cx, pkt.buf.data()) {
+            Reassembled::Queued => {
+                cx.error(Ip4LocalError::FragmentQueued);
+                return LocalNext::Drop;
+            }
+            Reassembled::Dropped => {
+                cx.error(Ip4LocalError::FragmentDropped);
+                return LocalNext::Drop;
+            }
+            Reassembled::Whole(w) => w,
+        };
+        cx.error(Ip4LocalError::Reassembled);
+        let ident = local_frag::next_ident(cx) as u16;
+        let mtu = cx
+            .tables
+            .interface(pkt.meta.rx_port)
+            .map_or(576, |i| usize::from(i.mtu));
+        if let Some((header, reply)) = local_frag::echo_reply_v4(&whole, ident) {
+            if !local_frag::send_v4(cx, pkt, &header, &reply, mtu, LocalNext::Lookup.into()) {
+                cx.error(Ip4LocalError::NoBuffer);
+                return LocalNext::Drop;
+            }
+            cx.error(Ip4LocalError::EchoReplied);
+            return LocalNext::Lookup;
+        }
+        if whole.header.len() < 20
+            || Ipv4Packet::new_unchecked(&whole.header[..]).protocol() != IpProtocol::UDP
+        {
+            cx.error(Ip4LocalError::Punted);
+            return LocalNext::Drop;
+        }
+        // Port unreachable quoting the datagram as if it had come whole.
+        let hlen = whole.header.len();
+        let quoted = whole.payload.len().min(576 - 28 - hlen);
+        let total = hlen + whole.payload.len();
+        let rebuilt = super::rebuild(&mut pkt.buf, hlen + quoted, |data| {
+            data[..hlen].copy_from_slice(&whole.header);
+            data[hlen..].copy_from_slice(&whole.payload[..quoted]);
+            let mut ip = Ipv4Packet::new_unchecked(data);
+            ip.set_total_len(total.min(usize::from(u16::MAX)) as u16);
+            ip.set_fragment(false, false, 0);
+            ip.fill_checksum();
+        });
+        if !rebuilt {
+            cx.error(Ip4LocalError::NoBuffer);
+            return LocalNext::Drop;
+        }
+        cx.error(Ip4LocalError::PortUnreachable);
+        pkt.meta.icmp_error = Some((Icmpv4Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0));
+        LocalNext::Error
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use super::icmp6::nd;
 use super::ip6_options::{check_hop_by_hop, OptionsVerdict};
+use super::local_frag::{self, Reassembled};
 use super::{ipv6_flow_hash, push_ethernet, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
@@ -275,7 +276,11 @@ impl<B: PacketBuffer> Node<B> for Ip6Lookup {
 node_errors! {
     pub enum Ip6LocalError {
         BadExtensionHeaders = ("bad_extension_headers", "extension header chain malformed, too long or truncated"),
-        Fragment = ("fragment", "fragment addressed to this node (reassembly is not supported)"),
+        Fragment = ("fragment", "fragment to a group, or behind other extension headers: not reassembled"),
+        FragmentQueued = ("fragment_queued", "fragments held for reassembly"),
+        FragmentDropped = ("fragment_dropped", "fragments dropped: overlapping, too big, or too many datagrams in reassembly"),
+        Reassembled = ("reassembled", "datagrams reassembled (echo requests answered, others dropped)"),
+        NoBuffer = ("no_buffer", "no buffer for a fragment of a reply"),
         BadIcmp = ("bad_icmp", "ICMPv6 message too short or with a bad checksum"),
         EchoReplied = ("echo_replied", "echo requests answered"),
         MulticastEcho = ("multicast_echo", "echo requests to a multicast group answered"),
@@ -343,14 +348,18 @@ impl Ip6Local {
             }
         };
         let unicast_to_us = !dst.is_multicast();
-        if ext.fragment.is_some_and(|f| f.is_fragmented()) {
-            // The host stack reassembles; the dataplane does not.
+        if let Some(frag) = ext.fragment.filter(|f| f.is_fragmented()) {
+            // With a host stack behind the punt path, it reassembles; otherwise this node does,
+            // for the usual layout (the fragment header right after the fixed header).
             if punt_to_host && unicast_to_us {
                 cx.error(Ip6LocalError::PuntedToHost);
                 return LocalNext::Punt;
             }
-            cx.error(Ip6LocalError::Fragment);
-            return LocalNext::Drop;
+            if !unicast_to_us || frag.header_offset != 40 {
+                cx.error(Ip6LocalError::Fragment);
+                return LocalNext::Drop;
+            }
+            return Self::fragment(cx, pkt, dst);
         }
         if punt_to_host
             && unicast_to_us
@@ -581,6 +590,43 @@ impl Ip6Local {
                 LocalNext::Output
             }
         }
+    }
+}
+
+impl Ip6Local {
+    /// Reassembles a fragment's datagram and answers a whole echo request, fragmenting the
+    /// reply to the receiving link's MTU.
+    fn fragment<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        dst: Ipv6Addr,
+    ) -> LocalNext {
+        let whole = match local_frag::add_v6(cx, pkt.buf.data()) {
+            Reassembled::Queued => {
+                cx.error(Ip6LocalError::FragmentQueued);
+                return LocalNext::Drop;
+            }
+            Reassembled::Dropped => {
+                cx.error(Ip6LocalError::FragmentDropped);
+                return LocalNext::Drop;
+            }
+            Reassembled::Whole(w) => w,
+        };
+        cx.error(Ip6LocalError::Reassembled);
+        let Some((repr, reply)) = local_frag::echo_reply_v6(&whole, dst) else {
+            return LocalNext::Drop;
+        };
+        let mtu = cx
+            .tables
+            .interface(pkt.meta.rx_port)
+            .map_or(1280, |i| usize::from(i.mtu));
+        let ident = local_frag::next_ident(cx);
+        if !local_frag::send_v6(cx, pkt, &repr, &reply, mtu, ident, LocalNext::Lookup.into()) {
+            cx.error(Ip6LocalError::NoBuffer);
+            return LocalNext::Drop;
+        }
+        cx.error(Ip6LocalError::EchoReplied);
+        LocalNext::Lookup
     }
 }
 

@@ -30,6 +30,7 @@ pub mod ip4;
 pub mod ip4_options;
 pub mod ip6;
 pub mod ip6_options;
+mod local_frag;
 pub mod neighbor;
 mod tcp_reset;
 

@@ -1204,3 +1204,85 @@ fn ipv4_options_record_route_param_problem_and_source_route() {
         .is_empty());
     assert_eq!(r.count("ip4-input", "source_route"), 1);
 }
+
+/// Splits an IPv4 datagram's payload into fragments of `size` bytes (a multiple of 8).
+fn ipv4_fragments(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8], size: usize) -> Vec<Vec<u8>> {
+    payload
+        .chunks(size)
+        .enumerate()
+        .map(|(k, chunk)| {
+            let mut b = ipv4(src, dst, IpProtocol::ICMP, 64, false, chunk);
+            let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+            ip.set_fragment(false, (k + 1) * size < payload.len(), (k * size) as u16);
+            ip.fill_checksum();
+            b
+        })
+        .collect()
+}
+
+#[test]
+fn fragmented_ping_to_the_router_gets_a_fragmented_reply() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let echo = icmp_echo(8, 2992);
+    let frags = ipv4_fragments(c, me, &echo, 1480);
+    let mut out = Vec::new();
+    for f in frags.iter().rev() {
+        out.extend(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, f)));
+    }
+    assert_eq!(out.len(), 3, "{:?}", r.graph.counters());
+    let mut reply = vec![0u8; 3000];
+    let mut got = 0;
+    for (port, f) in &out {
+        assert_eq!(*port, 0);
+        assert!(f.len() <= 14 + 1500);
+        let ip = ip4_of(f);
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (me, c));
+        let off = usize::from(ip.fragment_offset());
+        reply[off..off + ip.payload().len()].copy_from_slice(ip.payload());
+        got += ip.payload().len();
+    }
+    assert_eq!(got, 3000);
+    assert_eq!(reply[0], 0);
+    assert!(checksum::verify(&reply));
+    assert_eq!(&reply[4..], &echo[4..]);
+    assert_eq!(r.count("ip4-local", "reassembled"), 1);
+}
+
+#[test]
+fn fragmented_ping6_to_the_router_gets_a_fragmented_reply() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut echo = vec![128, 0, 0, 0, 0, 9, 0, 1];
+    echo.extend((0..2992).map(|i| i as u8));
+    let echo = icmp6(c, me, echo);
+    let mut out = Vec::new();
+    for (k, chunk) in echo.chunks(1232).enumerate() {
+        let mut fh = vec![58, 0];
+        let word = (k * 1232) as u16 | u16::from((k + 1) * 1232 < echo.len());
+        fh.extend_from_slice(&word.to_be_bytes());
+        fh.extend_from_slice(&77u32.to_be_bytes());
+        fh.extend_from_slice(chunk);
+        let pkt = ipv6(c, me, IpProtocol::FRAGMENT, 64, &fh);
+        out.extend(r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt)));
+    }
+    assert!(out.len() >= 3, "{:?}", r.graph.counters());
+    let mut reply = vec![0u8; echo.len()];
+    let mut got = 0;
+    for (_, f) in &out {
+        let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr(), ip.next_header()),
+            (me, c, IpProtocol::FRAGMENT)
+        );
+        let p = ip.payload();
+        let off = usize::from(u16::from_be_bytes([p[2], p[3]]) & 0xfff8);
+        reply[off..off + p.len() - 8].copy_from_slice(&p[8..]);
+        got += p.len() - 8;
+    }
+    assert_eq!(got, echo.len());
+    assert_eq!(reply[0], 129);
+    assert_eq!(icmpv6_checksum(&me, &c, &reply), 0);
+}

@@ -1,0 +1,266 @@
+//! Fragments addressed to the router: reassembled (see [`crate::reassembly`]), and a
+//! reassembled echo request answered with an echo reply that is itself fragmented to the
+//! receiving link's MTU, so `ping -s 3000` to a router address works as it does to a host.
+//! Other reassembled datagrams get what their unfragmented kind gets (UDP: port unreachable).
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use crate::buffer::PacketBuffer;
+use crate::graph::{Context, Meta, Packet};
+use crate::reassembly::{Fragment, FragmentKey, Outcome, TIMEOUT_V4, TIMEOUT_V6};
+use crate::wire::{
+    checksum, Icmpv4Message, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet, Ipv6Packet,
+    Ipv6Repr,
+};
+
+/// A reassembled datagram, ready to be answered.
+pub(crate) struct Whole {
+    pub header: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// What became of a fragment.
+pub(crate) enum Reassembled {
+    /// Held until its datagram completes.
+    Queued,
+    /// Dropped (overlap, too big, too many in progress).
+    Dropped,
+    /// The datagram it completed.
+    Whole(Whole),
+}
+
+fn outcome(o: Outcome) -> Reassembled {
+    match o {
+        Outcome::Incomplete => Reassembled::Queued,
+        Outcome::Dropped(_) => Reassembled::Dropped,
+        Outcome::Complete { header, payload } => Reassembled::Whole(Whole { header, payload }),
+    }
+}
+
+/// Adds an IPv4 fragment (the packet in `data`).
+pub(crate) fn add_v4<B>(cx: &mut Context<'_, B>, data: &[u8]) -> Reassembled {
+    let ip = Ipv4Packet::new_unchecked(data);
+    let key = FragmentKey {
+        src: IpAddr::V4(ip.src_addr()),
+        dst: IpAddr::V4(ip.dst_addr()),
+        id: u32::from(ip.ident()),
+        protocol: ip.protocol().0,
+    };
+    let offset = usize::from(ip.fragment_offset());
+    let frag = Fragment {
+        offset,
+        more: ip.more_fragments(),
+        data: ip.payload(),
+        header: (offset == 0).then(|| &data[..ip.header_len()]),
+    };
+    outcome(cx.state.reassembly.add(key, frag, TIMEOUT_V4, cx.now))
+}
+
+/// Adds an IPv6 fragment whose fragment header sits right after the fixed header (the only
+/// layout this node reassembles; others are dropped by the caller).
+pub(crate) fn add_v6<B>(cx: &mut Context<'_, B>, data: &[u8]) -> Reassembled {
+    let ip = Ipv6Packet::new_unchecked(data);
+    let Some(fh) = data.get(40..48) else {
+        return Reassembled::Dropped;
+    };
+    let word = u16::from_be_bytes([fh[2], fh[3]]);
+    let key = FragmentKey {
+        src: IpAddr::V6(ip.src_addr()),
+        dst: IpAddr::V6(ip.dst_addr()),
+        id: u32::from_be_bytes([fh[4], fh[5], fh[6], fh[7]]),
+        protocol: 0,
+    };
+    let offset = usize::from(word & 0xfff8);
+    // The first fragment's fixed header, naming the protocol after the fragment header.
+    let mut header = [0u8; 40];
+    header.copy_from_slice(&data[..40]);
+    header[6] = fh[0];
+    let frag = Fragment {
+        offset,
+        more: word & 1 != 0,
+        data: &data[48..ip.packet_len().max(48)],
+        header: (offset == 0).then_some(&header[..]),
+    };
+    outcome(cx.state.reassembly.add(key, frag, TIMEOUT_V6, cx.now))
+}
+
+/// The reply to a reassembled IPv4 echo request, as (header, ICMP message); `None` when the
+/// datagram is not one.
+pub(crate) fn echo_reply_v4(whole: &Whole, ident: u16) -> Option<([u8; 20], Vec<u8>)> {
+    // The header came from a checked packet, but its lengths describe that first fragment.
+    if whole.header.len() < 20 {
+        return None;
+    }
+    let req = Ipv4Packet::new_unchecked(&whole.header[..]);
+    let msg = &whole.payload;
+    if req.protocol() != IpProtocol::ICMP
+        || msg.len() < 8
+        || msg[0] != Icmpv4Message::ECHO_REQUEST.0
+        || !checksum::verify(msg)
+    {
+        return None;
+    }
+    let mut reply = msg.clone();
+    reply[0] = Icmpv4Message::ECHO_REPLY.0;
+    reply[2..4].fill(0);
+    let c = checksum::checksum(&reply);
+    reply[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut header = [0u8; 20];
+    let mut ip = Ipv4Packet::new_unchecked(&mut header[..]);
+    ip.set_version_and_header_len(20);
+    ip.set_ident(ident);
+    ip.set_ttl(super::ip4::DEFAULT_TTL);
+    ip.set_protocol(IpProtocol::ICMP);
+    ip.set_src_addr(req.dst_addr());
+    ip.set_dst_addr(req.src_addr());
+    Some((header, reply))
+}
+
+/// Sends `payload` behind `header` (20 bytes, no options) as IPv4 fragments of at most `mtu`
+/// bytes, in buffers from `like`'s pool: the first goes in `first`, the rest are spawned to
+/// `next`. Returns false when buffers ran out.
+pub(crate) fn send_v4<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    first: &mut Packet<B>,
+    header: &[u8; 20],
+    payload: &[u8],
+    mtu: usize,
+    next: u16,
+) -> bool {
+    let room = (mtu.min(first.buf.len() + first.buf.tailroom()) - 20) / 8 * 8;
+    let chunks = payload.len().div_ceil(room.max(8)).max(1);
+    for k in 0..chunks {
+        let start = k * room;
+        let end = (start + room).min(payload.len());
+        let write = |data: &mut [u8]| {
+            data[..20].copy_from_slice(header);
+            data[20..].copy_from_slice(&payload[start..end]);
+            let mut ip = Ipv4Packet::new_unchecked(data);
+            ip.set_total_len((20 + end - start) as u16);
+            ip.set_fragment(false, end < payload.len(), start as u16);
+            ip.fill_checksum();
+        };
+        if !emit(cx, first, k == 0, 20 + end - start, write, next) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The reply to a reassembled IPv6 echo request from `reply_from`: (fixed header, message).
+pub(crate) fn echo_reply_v6(whole: &Whole, reply_from: Ipv6Addr) -> Option<(Ipv6Repr, Vec<u8>)> {
+    if whole.header.len() < 40 {
+        return None;
+    }
+    let req = Ipv6Packet::new_unchecked(&whole.header[..]);
+    let msg = &whole.payload;
+    let (src, dst) = (req.src_addr(), req.dst_addr());
+    if req.next_header() != IpProtocol::ICMPV6
+        || msg.len() < 8
+        || msg[0] != Icmpv6Message::ECHO_REQUEST.0
+        || !Icmpv6Packet::new_checked(&msg[..]).is_ok_and(|m| m.verify_checksum(&src, &dst))
+    {
+        return None;
+    }
+    let mut reply = msg.clone();
+    let mut m = Icmpv6Packet::new_unchecked(&mut reply[..]);
+    m.set_msg_type(Icmpv6Message::ECHO_REPLY);
+    m.fill_checksum(&reply_from, &src);
+    let repr = Ipv6Repr {
+        src_addr: reply_from,
+        dst_addr: src,
+        next_header: IpProtocol::ICMPV6,
+        payload_len: reply.len(),
+        hop_limit: super::ip6::DEFAULT_HOP_LIMIT,
+        traffic_class: 0,
+        flow_label: 0,
+    };
+    Some((repr, reply))
+}
+
+/// Sends an IPv6 packet (`repr` and `payload`), with fragment headers when it does not fit
+/// in `mtu` (RFC 8200 4.5; the source fragments, routers never do).
+pub(crate) fn send_v6<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    first: &mut Packet<B>,
+    repr: &Ipv6Repr,
+    payload: &[u8],
+    mtu: usize,
+    ident: u32,
+    next: u16,
+) -> bool {
+    let capacity = mtu.min(first.buf.len() + first.buf.tailroom());
+    if 40 + payload.len() <= capacity {
+        let write = |data: &mut [u8]| {
+            let _ = repr.emit(&mut Ipv6Packet::new_unchecked(&mut data[..40]));
+            data[40..].copy_from_slice(payload);
+        };
+        return emit(cx, first, true, 40 + payload.len(), write, next);
+    }
+    let room = (capacity - 48) / 8 * 8;
+    let chunks = payload.len().div_ceil(room);
+    for k in 0..chunks {
+        let start = k * room;
+        let end = (start + room).min(payload.len());
+        let write = |data: &mut [u8]| {
+            let header = Ipv6Repr {
+                next_header: IpProtocol::FRAGMENT,
+                payload_len: 8 + end - start,
+                ..*repr
+            };
+            let _ = header.emit(&mut Ipv6Packet::new_unchecked(&mut data[..40]));
+            data[40] = repr.next_header.0;
+            data[41] = 0;
+            let word = start as u16 | u16::from(end < payload.len());
+            data[42..44].copy_from_slice(&word.to_be_bytes());
+            data[44..48].copy_from_slice(&ident.to_be_bytes());
+            data[48..].copy_from_slice(&payload[start..end]);
+        };
+        if !emit(cx, first, k == 0, 48 + end - start, write, next) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Writes `len` bytes with `write` into the first packet's buffer or a new one, marking it as
+/// this node's own; new ones are spawned to `next`.
+fn emit<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    first: &mut Packet<B>,
+    is_first: bool,
+    len: usize,
+    write: impl FnOnce(&mut [u8]),
+    next: u16,
+) -> bool {
+    let meta = Meta {
+        rx_port: first.meta.rx_port,
+        local_origin: true,
+        trace: first.meta.trace,
+        ..Meta::default()
+    };
+    if is_first {
+        first.meta = meta;
+        return super::rebuild(&mut first.buf, len, write);
+    }
+    let Some(mut buf) = first.buf.alloc_sibling() else {
+        return false;
+    };
+    if !super::rebuild(&mut buf, len, write) {
+        return false;
+    }
+    cx.spawn(
+        Packet {
+            buf,
+            meta: Meta { trace: 0, ..meta },
+        },
+        next,
+    );
+    true
+}
+
+/// A fresh identification for this node's own fragments.
+pub(crate) fn next_ident<B>(cx: &mut Context<'_, B>) -> u32 {
+    cx.state.fragment_ident = cx.state.fragment_ident.wrapping_add(1);
+    cx.state.fragment_ident
+}
