@@ -51,6 +51,24 @@ fn ping_router_addresses(lab: &Lab) {
     lab.assert_ping(Ns::Server, ROUTER_S0_V6);
 }
 
+/// Pings bigger than the link MTU: fragmented on the way through the router (reassembled by
+/// the far host) and to the router itself (reassembled and answered by the dataplane, which
+/// fragments its reply).
+fn large_pings(lab: &Lab) {
+    for (args, dst) in [
+        ("-s 3000", SERVER_V4),
+        ("-6 -s 3000", SERVER_V6),
+        ("-s 3000", ROUTER_C0_V4),
+        ("-6 -s 3000", ROUTER_C0_V6),
+    ] {
+        let (ok, out) = lab.ping(Ns::Client, &format!("-c 3 -i 0.2 -W 2 {args}"), dst);
+        assert!(
+            ok && out.contains(" 0% packet loss"),
+            "ping {args} {dst}\n{out}"
+        );
+    }
+}
+
 /// TTL 1 through the router: ICMP time exceeded (type 11) from the ingress address.
 fn ttl_expired(lab: &Lab) {
     lab.assert_icmp_error("-t 1", SERVER_V4, ROUTER_C0_V4, "Time to live exceeded");
@@ -102,6 +120,11 @@ macro_rules! driver_tests {
                     $driver,
                     super::ping_router_addresses,
                 );
+            }
+
+            #[test]
+            fn large_pings_are_fragmented_and_reassembled() {
+                run("large_pings", $driver, large_pings);
             }
 
             #[test]
