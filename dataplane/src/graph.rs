@@ -154,6 +154,40 @@ macro_rules! node_nexts {
     };
 }
 
+/// Implements [`Node`] for a node that decides each packet on its own: `$decide` is an
+/// associated function `fn(&mut Context<B>, &mut Packet<B>) -> $next`, called for every
+/// packet of the vector in turn.
+///
+/// ```ignore
+/// per_packet_node!(Ip4Input, "ip4-input", InputNext, Ip4InputError, check);
+/// ```
+#[macro_export]
+macro_rules! per_packet_node {
+    ($node:ty, $name:literal, $next:ty, $errors:ty, $decide:ident) => {
+        impl<B: $crate::buffer::PacketBuffer> $crate::graph::Node<B> for $node {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn next_nodes(&self) -> &'static [&'static str] {
+                <$next>::NAMES
+            }
+            fn errors(&self) -> &'static [$crate::graph::ErrorInfo] {
+                <$errors>::INFO
+            }
+            fn process(
+                &mut self,
+                cx: &mut $crate::graph::Context<'_, B>,
+                pkts: &mut [$crate::graph::Packet<B>],
+                next: &mut [$crate::graph::NextIndex],
+            ) {
+                for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                    *n = Self::$decide(cx, pkt).into();
+                }
+            }
+        }
+    };
+}
+
 /// Index into a node's [`Node::next_nodes`].
 pub type NextIndex = u16;
 

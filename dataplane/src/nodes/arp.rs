@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::{push_ethernet, rebuild};
 use crate::buffer::PacketBuffer;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, TX};
+use crate::graph::{Context, Packet, DROP, TX};
 use crate::tables::Interface;
 use crate::wire::{ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress};
-use crate::{node_errors, node_nexts};
+use crate::{node_errors, node_nexts, per_packet_node};
 
 node_errors! {
     pub enum ArpInputError {
@@ -114,25 +114,7 @@ impl ArpInput {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for ArpInput {
-    fn name(&self) -> &'static str {
-        "arp-input"
-    }
-
-    fn next_nodes(&self) -> &'static [&'static str] {
-        Next::NAMES
-    }
-
-    fn errors(&self) -> &'static [ErrorInfo] {
-        ArpInputError::INFO
-    }
-
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::handle(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(ArpInput, "arp-input", Next, ArpInputError, handle);
 
 /// Turns the packet into a broadcast ARP request for `target` out of `ifc`. False when the
 /// buffer cannot hold it.

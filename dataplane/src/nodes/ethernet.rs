@@ -2,9 +2,9 @@
 //! EtherType.
 
 use crate::buffer::PacketBuffer;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet};
+use crate::graph::{Context, Packet};
 use crate::wire::{EtherType, EthernetAddress, EthernetFrame};
-use crate::{node_errors, node_nexts};
+use crate::{node_errors, node_nexts, per_packet_node};
 
 node_errors! {
     pub enum EthernetInputError {
@@ -82,22 +82,10 @@ impl EthernetInput {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for EthernetInput {
-    fn name(&self) -> &'static str {
-        "ethernet-input"
-    }
-
-    fn next_nodes(&self) -> &'static [&'static str] {
-        Next::NAMES
-    }
-
-    fn errors(&self) -> &'static [ErrorInfo] {
-        EthernetInputError::INFO
-    }
-
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::classify(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(
+    EthernetInput,
+    "ethernet-input",
+    Next,
+    EthernetInputError,
+    classify
+);

@@ -6,11 +6,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::ip4::DEFAULT_TTL;
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP};
+use crate::graph::{Context, Packet, DROP};
 use crate::tables::Tables;
 use crate::wire::icmpv4::{unreachable_code, MAX_ERROR_DATAGRAM_LEN};
 use crate::wire::{checksum, Icmpv4Message, IpProtocol, Ipv4Packet, Ipv4Repr};
-use crate::{node_errors, node_nexts};
+use crate::{node_errors, node_nexts, per_packet_node};
 
 const HEADERS_LEN: usize = 20 + 8;
 
@@ -151,19 +151,4 @@ impl Icmp4Error {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Icmp4Error {
-    fn name(&self) -> &'static str {
-        "icmp4-error"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        Next::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Icmp4ErrorError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::build(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(Icmp4Error, "icmp4-error", Next, Icmp4ErrorError, build);

@@ -6,11 +6,11 @@ use std::net::{IpAddr, Ipv6Addr};
 use super::ip6::{is_link_local, DEFAULT_HOP_LIMIT};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP};
+use crate::graph::{Context, Packet, DROP};
 use crate::tables::Tables;
 use crate::wire::icmpv6::param_problem_code;
 use crate::wire::{Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv6Packet, Ipv6Repr};
-use crate::{node_errors, node_nexts};
+use crate::{node_errors, node_nexts, per_packet_node};
 
 /// Neighbor discovery: the two messages address resolution needs, with the checks RFC 4861
 /// 7.1 puts on top of the wire format's own.
@@ -292,19 +292,4 @@ impl Icmp6Error {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Icmp6Error {
-    fn name(&self) -> &'static str {
-        "icmp6-error"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        Next::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Icmp6ErrorError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::build(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(Icmp6Error, "icmp6-error", Next, Icmp6ErrorError, build);

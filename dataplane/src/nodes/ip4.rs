@@ -9,12 +9,12 @@ use super::local_frag::{self, Reassembled};
 use super::{ipv4_flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT};
+use crate::graph::{Context, Packet, DROP, PUNT};
 use crate::wire::icmpv4::{time_exceeded_code, unreachable_code};
 use crate::wire::{
     checksum, Icmpv4Message, IpAddrPair, IpProtocol, Ipv4Packet, TcpPacket, WireError,
 };
-use crate::{node_errors, node_nexts};
+use crate::{node_errors, node_nexts, per_packet_node};
 
 /// TTL of packets this node originates (echo replies, ICMP errors), as Linux's default.
 pub const DEFAULT_TTL: u8 = 64;
@@ -120,22 +120,7 @@ impl Ip4Input {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Ip4Input {
-    fn name(&self) -> &'static str {
-        "ip4-input"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        InputNext::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Ip4InputError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::check(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(Ip4Input, "ip4-input", InputNext, Ip4InputError, check);
 
 node_errors! {
     pub enum Ip4LookupError {
@@ -216,22 +201,7 @@ impl Ip4Lookup {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Ip4Lookup {
-    fn name(&self) -> &'static str {
-        "ip4-lookup"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        LookupNext::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Ip4LookupError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::lookup(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(Ip4Lookup, "ip4-lookup", LookupNext, Ip4LookupError, lookup);
 
 node_errors! {
     pub enum Ip4LocalError {
@@ -463,22 +433,7 @@ impl Ip4Local {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Ip4Local {
-    fn name(&self) -> &'static str {
-        "ip4-local"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        LocalNext::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Ip4LocalError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::deliver(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(Ip4Local, "ip4-local", LocalNext, Ip4LocalError, deliver);
 
 node_errors! {
     pub enum Ip4RewriteError {
@@ -574,19 +529,10 @@ impl Ip4Rewrite {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Ip4Rewrite {
-    fn name(&self) -> &'static str {
-        "ip4-rewrite"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        RewriteNext::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Ip4RewriteError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::rewrite(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(
+    Ip4Rewrite,
+    "ip4-rewrite",
+    RewriteNext,
+    Ip4RewriteError,
+    rewrite
+);

@@ -10,14 +10,14 @@ use super::local_frag::{self, Reassembled};
 use super::{ipv6_flow_hash, push_ethernet, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
+use crate::graph::{Context, Packet, DROP, PUNT, TX};
 use crate::tables::Interface;
 use crate::wire::icmpv6::{param_problem_code, unreachable_code};
 use crate::wire::{
     checksum, EtherType, Icmpv6Message, Icmpv6Packet, IpAddrPair, IpProtocol, Ipv6Packet, Ipv6Repr,
     TcpPacket, WireError,
 };
-use crate::{node_errors, node_nexts};
+use crate::{node_errors, node_nexts, per_packet_node};
 
 /// Hop limit of packets this node originates, other than neighbor discovery.
 pub const DEFAULT_HOP_LIMIT: u8 = 64;
@@ -133,22 +133,7 @@ impl Ip6Input {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Ip6Input {
-    fn name(&self) -> &'static str {
-        "ip6-input"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        InputNext::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Ip6InputError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::check(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(Ip6Input, "ip6-input", InputNext, Ip6InputError, check);
 
 node_errors! {
     pub enum Ip6LookupError {
@@ -256,22 +241,7 @@ impl Ip6Lookup {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Ip6Lookup {
-    fn name(&self) -> &'static str {
-        "ip6-lookup"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        LookupNext::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Ip6LookupError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::lookup(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(Ip6Lookup, "ip6-lookup", LookupNext, Ip6LookupError, lookup);
 
 node_errors! {
     pub enum Ip6LocalError {
@@ -630,22 +600,7 @@ impl Ip6Local {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Ip6Local {
-    fn name(&self) -> &'static str {
-        "ip6-local"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        LocalNext::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Ip6LocalError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::deliver(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(Ip6Local, "ip6-local", LocalNext, Ip6LocalError, deliver);
 
 node_errors! {
     pub enum Ip6RewriteError {
@@ -695,19 +650,10 @@ impl Ip6Rewrite {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for Ip6Rewrite {
-    fn name(&self) -> &'static str {
-        "ip6-rewrite"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        RewriteNext::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        Ip6RewriteError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::rewrite(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(
+    Ip6Rewrite,
+    "ip6-rewrite",
+    RewriteNext,
+    Ip6RewriteError,
+    rewrite
+);

@@ -7,11 +7,11 @@ use std::net::IpAddr;
 
 use super::{arp, icmp6::nd, push_ethernet};
 use crate::buffer::PacketBuffer;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, HOLD, TX};
+use crate::graph::{Context, Packet, DROP, HOLD, TX};
 use crate::tables::Interface;
 use crate::wire::{EtherType, EthernetAddress};
 use crate::worker::Resolution;
-use crate::{node_errors, node_nexts};
+use crate::{node_errors, node_nexts, per_packet_node};
 
 node_errors! {
     pub enum NeighborOutputError {
@@ -122,19 +122,10 @@ impl NeighborOutput {
     }
 }
 
-impl<B: PacketBuffer> Node<B> for NeighborOutput {
-    fn name(&self) -> &'static str {
-        "neighbor-output"
-    }
-    fn next_nodes(&self) -> &'static [&'static str] {
-        Next::NAMES
-    }
-    fn errors(&self) -> &'static [ErrorInfo] {
-        NeighborOutputError::INFO
-    }
-    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::output(cx, pkt).into();
-        }
-    }
-}
+per_packet_node!(
+    NeighborOutput,
+    "neighbor-output",
+    Next,
+    NeighborOutputError,
+    output
+);
