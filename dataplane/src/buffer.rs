@@ -220,11 +220,14 @@ impl BufferPool {
         }
     }
 
-    /// A buffer from the pool, or a new one when the pool is empty.
+    /// An empty buffer from the pool, or a new one when the pool is empty.
     #[inline]
     pub fn get(&mut self) -> HeapBuffer {
         match self.free.pop() {
-            Some(buf) => buf,
+            Some(mut buf) => {
+                buf.set_received(0);
+                buf
+            }
             None => {
                 self.misses += 1;
                 HeapBuffer::new(self.buffer_size, DEFAULT_HEADROOM)

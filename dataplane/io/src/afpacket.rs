@@ -564,9 +564,7 @@ impl Driver for AfPacketDriver {
     }
 
     fn alloc(&mut self) -> Option<HeapBuffer> {
-        let mut buf = self.pool.get();
-        buf.set_received(0);
-        Some(buf)
+        Some(self.pool.get())
     }
 
     fn rx_burst(
@@ -576,10 +574,7 @@ impl Driver for AfPacketDriver {
         max: usize,
     ) -> Result<usize, IoError> {
         self.last_rx_flags.clear();
-        let p = self
-            .ports
-            .get_mut(usize::from(port))
-            .ok_or_else(|| IoError::NoSuchInterface(format!("port {port}")))?;
+        let p = crate::port_entry(&mut self.ports, port)?;
         let ring = &mut p.ring;
         let mut n = 0;
         // Each iteration either takes a frame, takes a block or releases one; a block is

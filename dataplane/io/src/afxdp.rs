@@ -388,9 +388,7 @@ impl Driver for AfXdpDriver {
     }
 
     fn alloc(&mut self) -> Option<HeapBuffer> {
-        let mut buf = self.pool.get();
-        buf.set_received(0);
-        Some(buf)
+        Some(self.pool.get())
     }
 
     fn rx_burst(
@@ -399,10 +397,7 @@ impl Driver for AfXdpDriver {
         out: &mut Vec<HeapBuffer>,
         max: usize,
     ) -> Result<usize, IoError> {
-        let p = self
-            .ports
-            .get_mut(usize::from(port))
-            .ok_or_else(|| IoError::NoSuchInterface(format!("port {port}")))?;
+        let p = crate::port_entry(&mut self.ports, port)?;
         let mut total = 0;
         // Bounded by max / BURST + 1 passes; each pass ends the loop unless it filled a burst.
         while total < max {

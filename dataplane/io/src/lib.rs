@@ -65,6 +65,14 @@ impl IoError {
 /// Index of a port within its driver.
 pub type PortId = u16;
 
+/// The entry for `port` in a driver's per-port list, or the error every driver gives for a
+/// port it does not have.
+pub(crate) fn port_entry<T>(ports: &mut [T], port: PortId) -> Result<&mut T, IoError> {
+    ports
+        .get_mut(usize::from(port))
+        .ok_or_else(|| IoError::NoSuchInterface(format!("port {port}")))
+}
+
 /// A packet I/O driver with one or more ports, used by one worker.
 pub trait Driver {
     /// The buffers this driver receives into and transmits from.

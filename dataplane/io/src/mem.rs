@@ -60,9 +60,7 @@ impl MemDriver {
     }
 
     fn port(&mut self, port: PortId) -> Result<&mut MemPort, IoError> {
-        self.ports
-            .get_mut(usize::from(port))
-            .ok_or_else(|| IoError::NoSuchInterface(format!("port {port}")))
+        crate::port_entry(&mut self.ports, port)
     }
 }
 
@@ -74,9 +72,7 @@ impl Driver for MemDriver {
     }
 
     fn alloc(&mut self) -> Option<HeapBuffer> {
-        let mut buf = self.pool.get();
-        buf.set_received(0);
-        Some(buf)
+        Some(self.pool.get())
     }
 
     fn rx_burst(

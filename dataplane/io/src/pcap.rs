@@ -185,9 +185,7 @@ impl PcapDriver {
     }
 
     fn port_mut(&mut self, port: PortId) -> Result<&mut PcapPort, IoError> {
-        self.ports
-            .get_mut(usize::from(port))
-            .ok_or_else(|| IoError::NoSuchInterface(format!("port {port}")))
+        crate::port_entry(&mut self.ports, port)
     }
 }
 
@@ -199,9 +197,7 @@ impl Driver for PcapDriver {
     }
 
     fn alloc(&mut self) -> Option<HeapBuffer> {
-        let mut buf = self.pool.get();
-        buf.set_received(0);
-        Some(buf)
+        Some(self.pool.get())
     }
 
     fn rx_burst(
@@ -210,10 +206,7 @@ impl Driver for PcapDriver {
         out: &mut Vec<HeapBuffer>,
         max: usize,
     ) -> Result<usize, IoError> {
-        let p = self
-            .ports
-            .get_mut(usize::from(port))
-            .ok_or_else(|| IoError::NoSuchInterface(format!("port {port}")))?;
+        let p = crate::port_entry(&mut self.ports, port)?;
         if let Some(e) = p.rx_error.take() {
             return Err(e);
         }
