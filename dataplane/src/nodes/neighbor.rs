@@ -86,9 +86,7 @@ impl NeighborOutput {
         }
         Next::Tx
     }
-}
 
-impl NeighborOutput {
     /// Sends an ARP request or neighbor solicitation for `next_hop` out of the packet's port,
     /// in a buffer of its own.
     fn request<B: PacketBuffer>(
