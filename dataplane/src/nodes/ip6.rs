@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::icmp6::nd;
-use super::ip6_options::{check_hop_by_hop, OptionsVerdict};
+use super::ip6_options::{check_hop_by_hop, check_options, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
 use super::{ipv6_flow_hash, push_ethernet, tcp_reset};
 use crate::buffer::PacketBuffer;
@@ -245,7 +245,9 @@ per_packet_node!(Ip6Lookup, "ip6-lookup", LookupNext, Ip6LookupError, lookup);
 
 node_errors! {
     pub enum Ip6LocalError {
-        BadExtensionHeaders = ("bad_extension_headers", "extension header chain malformed, too long or truncated"),
+        BadExtensionHeaders = ("bad_extension_headers", "extension header chain malformed, too long or truncated, or an option saying discard"),
+        RoutingHeader = ("routing_header", "routing header with segments left: parameter problem sent"),
+        UnknownOption = ("unknown_option", "unrecognized destination option: parameter problem sent"),
         Fragment = ("fragment", "fragment to a group, or behind other extension headers: not reassembled"),
         FragmentQueued = ("fragment_queued", "fragments held for reassembly"),
         FragmentDropped = ("fragment_dropped", "fragments dropped: overlapping, too big, or too many datagrams in reassembly"),
@@ -318,6 +320,40 @@ impl Ip6Local {
             }
         };
         let unicast_to_us = !dst.is_multicast();
+        // RFC 8200 4.4: a routing header with segments left is for a node that routes by it;
+        // this one knows no routing type (type 0 is deprecated by RFC 5095).
+        if let Some(at) = ext.routing {
+            if pkt.buf.data().get(at + 3).is_some_and(|&left| left != 0) {
+                cx.error(Ip6LocalError::RoutingHeader);
+                pkt.meta.icmp_error = Some((
+                    Icmpv6Message::PARAM_PROBLEM.0,
+                    param_problem_code::HEADER_FIELD,
+                    (at + 2) as u32,
+                ));
+                return LocalNext::Error;
+            }
+        }
+        if let Some(at) = ext.destination_options {
+            match check_options(pkt.buf.data(), at) {
+                OptionsVerdict::Accept => {}
+                OptionsVerdict::ParamProblem {
+                    pointer,
+                    unless_multicast,
+                } if !(unless_multicast && !unicast_to_us) => {
+                    cx.error(Ip6LocalError::UnknownOption);
+                    pkt.meta.icmp_error = Some((
+                        Icmpv6Message::PARAM_PROBLEM.0,
+                        param_problem_code::UNRECOGNIZED_OPTION,
+                        pointer,
+                    ));
+                    return LocalNext::Error;
+                }
+                _ => {
+                    cx.error(Ip6LocalError::BadExtensionHeaders);
+                    return LocalNext::Drop;
+                }
+            }
+        }
         if let Some(frag) = ext.fragment.filter(|f| f.is_fragmented()) {
             // With a host stack behind the punt path, it reassembles; otherwise this node does,
             // for the usual layout (the fragment header right after the fixed header).
@@ -391,7 +427,18 @@ impl Ip6Local {
                         ifc.primary_ipv6()
                     }
                 };
+                // The reply carries none of the request's extension headers: slide the fixed
+                // header up against the message.
+                let hlen = Ipv6Packet::<&[u8]>::HEADER_LEN;
+                if offset > hlen {
+                    pkt.buf.data_mut().copy_within(..hlen, offset - hlen);
+                    pkt.buf.pull_front(offset - hlen);
+                }
+                let offset = hlen;
+                let msg_len = pkt.buf.len() - hlen;
                 let mut ip = Ipv6Packet::new_unchecked(pkt.buf.data_mut());
+                ip.set_next_header(IpProtocol::ICMPV6);
+                ip.set_payload_len(msg_len as u16);
                 ip.set_src_addr(reply_from);
                 ip.set_dst_addr(src);
                 ip.set_hop_limit(DEFAULT_HOP_LIMIT);

@@ -1,6 +1,7 @@
-//! Hop-by-hop options (RFC 8200 4.2/4.3): every router on the path reads them, and an option
-//! it does not know says by its two high bits what to do: skip it, drop the packet, or drop it
-//! and send a parameter problem pointing at the option.
+//! Hop-by-hop and destination options (RFC 8200 4.2/4.3/4.6): every router on the path reads
+//! the first, the final destination the second, and an option a node does not know says by
+//! its two high bits what to do: skip it, drop the packet, or drop it and send a parameter
+//! problem pointing at the option.
 
 use crate::wire::IpProtocol;
 
@@ -30,15 +31,23 @@ fn is_known(kind: u8) -> bool {
 /// Reads the hop-by-hop options header of `packet` (a whole IPv6 packet whose next header is
 /// hop-by-hop).
 pub fn check_hop_by_hop(packet: &[u8]) -> OptionsVerdict {
-    const START: usize = 40;
-    let Some(&len) = packet.get(START + 1) else {
-        return OptionsVerdict::Discard;
-    };
-    let end = START + (usize::from(len) + 1) * 8;
-    if end > packet.len() || packet.get(6) != Some(&IpProtocol::HOP_BY_HOP.0) {
+    if packet.get(6) != Some(&IpProtocol::HOP_BY_HOP.0) {
         return OptionsVerdict::Discard;
     }
-    let mut at = START + 2;
+    check_options(packet, 40)
+}
+
+/// Reads an options header (hop-by-hop or destination options, the same TLV format) that
+/// starts at `start` in `packet`.
+pub fn check_options(packet: &[u8], start: usize) -> OptionsVerdict {
+    let Some(&len) = packet.get(start + 1) else {
+        return OptionsVerdict::Discard;
+    };
+    let end = start + (usize::from(len) + 1) * 8;
+    if end > packet.len() {
+        return OptionsVerdict::Discard;
+    }
+    let mut at = start + 2;
     while at < end {
         let kind = packet[at];
         if kind == 0 {

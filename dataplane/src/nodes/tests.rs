@@ -1286,3 +1286,42 @@ fn fragmented_ping6_to_the_router_gets_a_fragmented_reply() {
     assert_eq!(reply[0], 129);
     assert_eq!(icmpv6_checksum(&me, &c, &reply), 0);
 }
+
+#[test]
+fn routing_headers_and_destination_options_to_the_router() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let echo = icmp6(c, me, vec![128, 0, 0, 0, 0, 1, 0, 1]);
+    let send = |r: &mut Rig, next: IpProtocol, ext: &[u8]| {
+        let mut payload = ext.to_vec();
+        payload.extend_from_slice(&echo);
+        r.send(
+            0,
+            &eth(MAC0, CLIENT_MAC, 0x86dd, &ipv6(c, me, next, 64, &payload)),
+        )
+    };
+    let problem = |out: &[(u16, Vec<u8>)]| {
+        let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+        let m = ip.payload();
+        (m[0], m[1], u32::from_be_bytes([m[4], m[5], m[6], m[7]]))
+    };
+    // Routing header type 0 with one segment left: parameter problem at its type field.
+    let rh0 = [
+        58, 2, 0, 1, 0, 0, 0, 0, 0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9,
+    ];
+    let out = send(&mut r, IpProtocol::ROUTING, &rh0);
+    assert_eq!(problem(&out), (4, 0, 42));
+    // No segments left: the header is skipped and the echo answered.
+    let mut done = rh0;
+    done[3] = 0;
+    let out = send(&mut r, IpProtocol::ROUTING, &done);
+    assert_eq!(
+        Ipv6Packet::new_checked(&out[0].1[14..]).unwrap().payload()[0],
+        129
+    );
+    // A destination option the router does not know, action 10: parameter problem code 2.
+    let dopt = [58, 0, 0x8a, 2, 0, 0, 1, 0];
+    let out = send(&mut r, IpProtocol::DEST_OPTS, &dopt);
+    assert_eq!(problem(&out), (4, 2, 42));
+}

@@ -153,6 +153,11 @@ pub struct Ipv6ExtensionHeaders {
     pub next_header_offset: usize,
     /// The fragment header, if one was seen.
     pub fragment: Option<Ipv6FragmentInfo>,
+    /// Where the first routing header starts, if there is one.
+    pub routing: Option<usize>,
+    /// Where the last destination options header starts, if there is one (the one read by
+    /// the final destination: it follows any routing header).
+    pub destination_options: Option<usize>,
     /// How many extension headers were stepped over.
     pub count: usize,
 }
@@ -182,6 +187,8 @@ fn walk(buf: &[u8], end: usize) -> Result<Ipv6ExtensionHeaders, WireError> {
     let mut next_header_offset = field::NEXT_HEADER;
     let mut offset = Ipv6Packet::<&[u8]>::HEADER_LEN;
     let mut fragment = None;
+    let mut routing = None;
+    let mut destination_options = None;
     let mut count = 0;
     // Every walked header starts with Next Header and a length byte.
     let length_byte = |at: usize| {
@@ -210,6 +217,13 @@ fn walk(buf: &[u8], end: usize) -> Result<Ipv6ExtensionHeaders, WireError> {
         count += 1;
         let header = &buf[offset..offset + header_len];
         let this = next;
+        match this {
+            IpProtocol::ROUTING => {
+                routing.get_or_insert(offset);
+            }
+            IpProtocol::DEST_OPTS => destination_options = Some(offset),
+            _ => {}
+        }
         next = IpProtocol(header[0]);
         next_header_offset = offset;
         offset += header_len;
@@ -232,6 +246,8 @@ fn walk(buf: &[u8], end: usize) -> Result<Ipv6ExtensionHeaders, WireError> {
         upper_offset: offset,
         next_header_offset,
         fragment,
+        routing,
+        destination_options,
         count,
     })
 }
