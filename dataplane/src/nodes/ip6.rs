@@ -339,7 +339,7 @@ impl Ip6Local {
                 OptionsVerdict::ParamProblem {
                     pointer,
                     unless_multicast,
-                } if !(unless_multicast && !unicast_to_us) => {
+                } if !unless_multicast || unicast_to_us => {
                     cx.error(Ip6LocalError::UnknownOption);
                     pkt.meta.icmp_error = Some((
                         Icmpv6Message::PARAM_PROBLEM.0,
