@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::fragment::{fragment_ipv4, FragmentError};
 use super::ip4_options::{self, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
-use super::{ipv4_flow_hash, tcp_reset};
+use super::{ipv4_flow_hash, redirect, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, Packet, DROP, PUNT};
@@ -439,6 +439,7 @@ node_errors! {
     pub enum Ip4RewriteError {
         TtlExpired = ("ttl_expired", "TTL expired in transit: time exceeded sent"),
         BadOption = ("bad_option", "timestamp option overflow count full: parameter problem sent"),
+        Redirected = ("redirect_sent", "forwarded back out of its own link: redirect sent to the source"),
         TooBig = ("too_big", "larger than the next link's MTU with DF set: fragmentation needed sent"),
         Fragmented = ("fragmented", "larger than the next link's MTU without DF: fragmented"),
         MtuTooSmall = ("mtu_too_small", "next link's MTU too small to fragment into"),
@@ -467,7 +468,7 @@ impl Ip4Rewrite {
             return RewriteNext::Drop;
         };
         {
-            let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
+            let ip = Ipv4Packet::new_unchecked(pkt.buf.data());
             if !pkt.meta.local_origin && ip.ttl() <= 1 {
                 cx.error(Ip4RewriteError::TtlExpired);
                 pkt.meta.icmp_error =
@@ -475,6 +476,14 @@ impl Ip4Rewrite {
                 return RewriteNext::Error;
             }
             let too_big = ip.total_len() > ifc.mtu;
+            // Back out of the link it came in on: the source may be told of a better first hop.
+            if pkt.meta.tx_port == pkt.meta.rx_port {
+                if let Some(redirect) = redirect::ipv4(cx, pkt, ifc) {
+                    cx.error(Ip4RewriteError::Redirected);
+                    cx.spawn(redirect, RewriteNext::Output);
+                }
+            }
+            let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
             if too_big && ip.dont_fragment() {
                 cx.error(Ip4RewriteError::TooBig);
                 pkt.meta.icmp_error = Some((

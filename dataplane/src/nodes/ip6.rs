@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use super::icmp6::nd;
 use super::ip6_options::{check_hop_by_hop, check_options, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
-use super::{ipv6_flow_hash, push_ethernet, tcp_reset};
+use super::{ipv6_flow_hash, push_ethernet, redirect, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, Packet, DROP, PUNT, TX};
@@ -652,6 +652,7 @@ per_packet_node!(Ip6Local, "ip6-local", LocalNext, Ip6LocalError, deliver);
 node_errors! {
     pub enum Ip6RewriteError {
         HopLimitExpired = ("hop_limit_expired", "hop limit expired in transit: time exceeded sent"),
+        Redirected = ("redirect_sent", "forwarded back out of its own link: redirect sent to the source"),
         TooBig = ("too_big", "larger than the next link's MTU: packet too big sent"),
         NoInterface = ("no_interface", "route points at a missing port"),
     }
@@ -677,12 +678,20 @@ impl Ip6Rewrite {
             return RewriteNext::Drop;
         };
         {
-            let mut ip = Ipv6Packet::new_unchecked(pkt.buf.data_mut());
-            if !pkt.meta.local_origin && ip.hop_limit() <= 1 {
+            if !pkt.meta.local_origin && Ipv6Packet::new_unchecked(pkt.buf.data()).hop_limit() <= 1
+            {
                 cx.error(Ip6RewriteError::HopLimitExpired);
                 pkt.meta.icmp_error = Some((Icmpv6Message::TIME_EXCEEDED.0, 0, 0));
                 return RewriteNext::Error;
             }
+            // Back out of the link it came in on: the source may be told of a better first hop.
+            if pkt.meta.tx_port == pkt.meta.rx_port {
+                if let Some(redirect) = redirect::ipv6(cx, pkt, ifc) {
+                    cx.error(Ip6RewriteError::Redirected);
+                    cx.spawn(redirect, RewriteNext::Output);
+                }
+            }
+            let mut ip = Ipv6Packet::new_unchecked(pkt.buf.data_mut());
             if ip.packet_len() > usize::from(ifc.mtu) {
                 cx.error(Ip6RewriteError::TooBig);
                 pkt.meta.icmp_error =

@@ -32,6 +32,7 @@ pub mod ip6;
 pub mod ip6_options;
 mod local_frag;
 pub mod neighbor;
+mod redirect;
 mod tcp_reset;
 
 /// The router graph: every node above, entered at `ethernet-input`.

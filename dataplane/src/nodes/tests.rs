@@ -1325,3 +1325,83 @@ fn routing_headers_and_destination_options_to_the_router() {
     let out = send(&mut r, IpProtocol::DEST_OPTS, &dopt);
     assert_eq!(problem(&out), (4, 2, 42));
 }
+
+#[test]
+fn forwarding_back_out_of_the_same_link_sends_a_redirect() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let mut ifcs = r.tables.interfaces.clone();
+    ifcs[0].mtu = 1500;
+    r.tables = Tables::build(
+        2,
+        ifcs,
+        &[
+            StaticRoute {
+                prefix: "198.19.9.0/24".parse().unwrap(),
+                target: RouteTarget::Via(vec![(Some("198.18.1.3".parse().unwrap()), None)]),
+            },
+            StaticRoute {
+                prefix: "2001:db8:99::/48".parse().unwrap(),
+                target: RouteTarget::Via(vec![(Some("2001:db8:1::3".parse().unwrap()), None)]),
+            },
+        ],
+    )
+    .unwrap();
+    let other: [u8; 6] = [2, 0, 0, 0, 0, 0x33];
+    r.state
+        .neighbors
+        .insert_permanent(0, v4("198.18.1.3").into(), other);
+    r.state
+        .neighbors
+        .insert_permanent(0, v6("2001:db8:1::3").into(), other);
+
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.19.9.9"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert_eq!(out.len(), 2, "the packet and the redirect");
+    let fwd = out
+        .iter()
+        .find(|(_, f)| f[0..6] == other)
+        .expect("forwarded");
+    assert_eq!(ip4_of(&fwd.1).ttl(), 63);
+    let redirect = out
+        .iter()
+        .find(|(_, f)| f[0..6] == CLIENT_MAC)
+        .expect("redirect");
+    let ip = ip4_of(&redirect.1);
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr()),
+        (v4("198.18.1.1"), v4("198.18.1.2"))
+    );
+    let m = ip.payload();
+    assert_eq!((m[0], m[1]), (5, 1));
+    assert_eq!(&m[4..8], &[198, 18, 1, 3]);
+    assert!(checksum::verify(m));
+    assert_eq!(&m[8..], &pkt[..]);
+
+    let (c, d) = (v6("2001:db8:1::2"), v6("2001:db8:99::9"));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(c, d, 64)));
+    assert_eq!(out.len(), 2);
+    let redirect = out
+        .iter()
+        .find(|(_, f)| f[0..6] == CLIENT_MAC)
+        .expect("redirect");
+    let ip = Ipv6Packet::new_checked(&redirect.1[14..]).unwrap();
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.hop_limit()),
+        (r.tables.interfaces[0].link_local, c, 255)
+    );
+    let m = ip.payload();
+    assert_eq!(m[0], 137);
+    assert_eq!(&m[8..24], &v6("2001:db8:1::3").octets());
+    assert_eq!(&m[24..40], &d.octets());
+    assert_eq!(&m[40..48], &[2, 1, 2, 0, 0, 0, 0, 0x33]);
+    assert_eq!(m[48], 4);
+    assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), m), 0);
+}
