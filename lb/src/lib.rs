@@ -1,1 +1,20 @@
-//! Maglev consistent hashing and Service compilation (issue: service load balancing).
+//! Load balancing for Switchyard: Maglev consistent hashing (Eisenbud et al., "Maglev: A Fast and
+//! Reliable Software Network Load Balancer", NSDI 2016, section 3.4) over named, weighted
+//! backends.
+//!
+//! - [`MaglevTable`]: the lookup table the dataplane indexes with a flow hash, built fast
+//!   (see [`maglev`] for how) and identically on every node from the same backend set.
+//! - [`reference`]: the paper's populate loop written out plainly, the oracle the fast build is
+//!   tested against and the baseline the benchmark measures it against.
+//! - [`hash`]: FNV-1a 64, the hash of backend names that places them in the table.
+//!
+//! No I/O here: everything is plain data in, plain data out.
+
+pub mod hash;
+pub mod maglev;
+pub mod reference;
+
+pub use maglev::{
+    Backend, BackendIndex, MaglevError, MaglevTable, TableSize, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE,
+    MIN_TABLE_SIZE,
+};
