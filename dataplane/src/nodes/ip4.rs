@@ -69,7 +69,7 @@ pub struct Ip4Input;
 impl Ip4Input {
     #[inline]
     fn check<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> InputNext {
-        let (total_len, src, dst) = {
+        let (total_len, src, dst, has_options) = {
             let ip = match Ipv4Packet::new_checked(pkt.buf.data()) {
                 Ok(ip) => ip,
                 Err(e) => {
@@ -88,7 +88,13 @@ impl Ip4Input {
                 cx.error(Ip4InputError::BadChecksum);
                 return InputNext::Drop;
             }
-            (usize::from(ip.total_len()), ip.src_addr(), ip.dst_addr())
+            let options = ip.header_len() > 20;
+            (
+                usize::from(ip.total_len()),
+                ip.src_addr(),
+                ip.dst_addr(),
+                options,
+            )
         };
         if is_martian_source(src) {
             cx.error(Ip4InputError::MartianSource);
@@ -101,9 +107,8 @@ impl Ip4Input {
         // Ethernet pads short frames: the IP total length is the truth.
         pkt.buf.truncate(total_len);
         cx.trace(&pkt.meta, format_args!("{src} > {dst} len {total_len}"));
-        let ip = Ipv4Packet::new_unchecked(pkt.buf.data());
-        if ip.header_len() > 20 {
-            match ip4_options::check(ip.options()) {
+        if has_options {
+            match ip4_options::check(Ipv4Packet::new_unchecked(pkt.buf.data()).options()) {
                 OptionsVerdict::Accept { .. } => {}
                 OptionsVerdict::SourceRoute => {
                     cx.error(Ip4InputError::SourceRoute);

@@ -35,6 +35,7 @@ pub enum OptionsVerdict {
 }
 
 /// Checks the structure of `options` (the bytes after the fixed header).
+#[cold]
 pub fn check(options: &[u8]) -> OptionsVerdict {
     let mut record = false;
     let mut at = 0;
@@ -85,6 +86,7 @@ pub fn check(options: &[u8]) -> OptionsVerdict {
 /// Adds this router's entry to the record-route and timestamp options of a forwarded packet:
 /// `addr` is the address of the interface it leaves by, `timestamp` the value to stamp.
 /// Returns the parameter-problem pointer if a timestamp overflow count itself overflows.
+#[cold]
 pub fn record(options: &mut [u8], addr: Ipv4Addr, timestamp: u32) -> Result<(), u8> {
     let mut at = 0;
     while at < options.len() {

@@ -33,6 +33,7 @@ fn back_to(pkt_meta: &Meta, to: IpAddr) -> Meta {
 }
 
 /// The IPv4 redirect owed for `pkt` (still as received), if any.
+#[cold]
 pub(crate) fn ipv4<B: PacketBuffer>(
     cx: &mut Context<'_, B>,
     pkt: &Packet<B>,
@@ -91,6 +92,7 @@ pub(crate) fn ipv4<B: PacketBuffer>(
 }
 
 /// The IPv6 redirect owed for `pkt` (still as received), if any.
+#[cold]
 pub(crate) fn ipv6<B: PacketBuffer>(
     cx: &mut Context<'_, B>,
     pkt: &Packet<B>,
