@@ -118,10 +118,11 @@ if [ "$KERNEL" = 0 ]; then
   fi
 fi
 
-# check_ping NAME NS ADDR: three echo requests, all answered.
+# check_ping NAME NS ADDR [PING ARGS...]: three echo requests, all answered.
 check_ping() {
   local what=$1 ns=$2 dst=$3 out
-  if out=$(in_ns "$ns" 10 ping -c 3 -i 0.2 -W 2 "$dst" 2>&1); then
+  shift 3
+  if out=$(in_ns "$ns" 10 ping -c 3 -i 0.2 -W 2 "$@" "$dst" 2>&1); then
     ok "$what: $(grep -E 'packets transmitted' <<<"$out"), $(grep -oE 'rtt [^ ]+ = [0-9./]+ ms' <<<"$out")"
   else
     bad "$what"
@@ -136,6 +137,8 @@ check_ping "IPv6 client → server 2001:db8:2::2" "$CLIENT" 2001:db8:2::2
 heading "Ping the router itself"
 check_ping "IPv4 198.18.1.1 (near side)" "$CLIENT" 198.18.1.1
 check_ping "IPv6 2001:db8:1::1 (near side)" "$CLIENT" 2001:db8:1::1
+check_ping "IPv4 3000-byte echo to 198.18.1.1 (reassembled, reply fragmented)" "$CLIENT" 198.18.1.1 -s 3000
+check_ping "IPv4 3000-byte echo through the router (fragments forwarded)" "$CLIENT" 198.18.2.2 -s 3000
 
 # tcp_transfer FAMILY: 1 MiB of random bytes client → server over TCP, compared by sha256.
 head -c 1048576 /dev/urandom >"$WORK/in.bin"
