@@ -159,13 +159,16 @@ mod tests {
         ];
         let t = Mtrie4::build(routes);
         let l = |s: &str| t.lookup(s.parse().unwrap());
-        assert_eq!(l("1.2.3.4"), Some(0));
+        assert_eq!(l("198.51.100.77"), Some(0));
         assert_eq!(l("198.19.7.7"), Some(1));
         assert_eq!(l("198.18.1.7"), Some(2));
         assert_eq!(l("198.18.1.129"), Some(3));
         assert_eq!(l("198.18.1.130"), Some(4));
         assert_eq!(l("203.0.113.255"), Some(5));
-        assert_eq!(Mtrie4::build([]).lookup("1.1.1.1".parse().unwrap()), None);
+        assert_eq!(
+            Mtrie4::build([]).lookup("198.51.100.9".parse().unwrap()),
+            None
+        );
     }
 
     proptest! {

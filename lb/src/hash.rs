@@ -58,14 +58,14 @@ mod tests {
     #[test]
     fn seeding_is_fnv_of_the_seed_bytes_then_the_name() {
         let mut joined = OFFSET_SEED.to_le_bytes().to_vec();
-        joined.extend_from_slice(b"10.0.0.1:8080");
+        joined.extend_from_slice(b"198.51.100.1:8080");
         assert_eq!(
-            fnv1a64_seeded(OFFSET_SEED, b"10.0.0.1:8080"),
+            fnv1a64_seeded(OFFSET_SEED, b"198.51.100.1:8080"),
             fnv1a64(&joined)
         );
         assert_ne!(
-            fnv1a64_seeded(OFFSET_SEED, b"10.0.0.1:8080"),
-            fnv1a64_seeded(SKIP_SEED, b"10.0.0.1:8080")
+            fnv1a64_seeded(OFFSET_SEED, b"198.51.100.1:8080"),
+            fnv1a64_seeded(SKIP_SEED, b"198.51.100.1:8080")
         );
     }
 }

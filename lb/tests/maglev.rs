@@ -237,7 +237,7 @@ fn disruption_figures(kind: &str, size: u32, names: &[String]) {
         removal.push(moved_fraction(&all, &table(size, equal_weights(&rest))));
     }
     let mut more = names.to_vec();
-    more.push("10.255.255.254:8080".to_owned());
+    more.push("203.0.113.254:8080".to_owned());
     let added = moved_fraction(&all, &table(size, equal_weights(&more)));
 
     let ideal_remove = 1.0 / n as f64;
