@@ -190,18 +190,7 @@ impl Ip4Lookup {
             cx.error(Ip4LookupError::L2Broadcast);
             return LookupNext::Drop;
         }
-        pkt.meta.tx_port = hop.port;
-        pkt.meta.next_hop = hop.gateway;
-        if pkt.meta.trace != 0 {
-            cx.trace(
-                &pkt.meta,
-                format_args!(
-                    "{dst}: next hop {} on port {}",
-                    hop.gateway.map_or(dst.into(), |g| g),
-                    hop.port
-                ),
-            );
-        }
+        super::set_next_hop(cx, pkt, IpAddr::V4(dst), hop);
         LookupNext::Rewrite
     }
 }

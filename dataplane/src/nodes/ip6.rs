@@ -225,18 +225,7 @@ impl Ip6Lookup {
                 return LookupNext::Error;
             }
         }
-        pkt.meta.tx_port = hop.port;
-        pkt.meta.next_hop = hop.gateway;
-        if pkt.meta.trace != 0 {
-            cx.trace(
-                &pkt.meta,
-                format_args!(
-                    "{dst}: next hop {} on port {}",
-                    hop.gateway.map_or(dst.into(), |g| g),
-                    hop.port
-                ),
-            );
-        }
+        super::set_next_hop(cx, pkt, IpAddr::V6(dst), hop);
         LookupNext::Rewrite
     }
 }

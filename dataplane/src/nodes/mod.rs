@@ -76,6 +76,25 @@ pub(crate) fn push_ethernet<B: PacketBuffer>(
     true
 }
 
+/// Records the lookup's decision in the packet's metadata (and its trace).
+#[inline]
+pub(crate) fn set_next_hop<B>(
+    cx: &mut crate::graph::Context<'_, B>,
+    pkt: &mut crate::graph::Packet<B>,
+    dst: std::net::IpAddr,
+    hop: crate::fib::NextHop,
+) {
+    pkt.meta.tx_port = hop.port;
+    pkt.meta.next_hop = hop.gateway;
+    if pkt.meta.trace != 0 {
+        let via = hop.gateway.unwrap_or(dst);
+        cx.trace(
+            &pkt.meta,
+            format_args!("{dst}: next hop {via} on port {}", hop.port),
+        );
+    }
+}
+
 /// Replaces the packet's bytes with `len` bytes written by `write` (for messages built from
 /// scratch in a recycled buffer, such as neighbor requests). False when the buffer is too small.
 pub(crate) fn rebuild<B: PacketBuffer>(
