@@ -13,6 +13,7 @@
 pub mod hash;
 pub mod maglev;
 pub mod reference;
+pub mod service;
 
 pub use maglev::{
     Backend, BackendIndex, MaglevError, MaglevTable, TableSize, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE,

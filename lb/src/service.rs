@@ -1,0 +1,306 @@
+//! The Service model: Kubernetes Services and their endpoints as plain data, and the compiled
+//! form the dataplane looks packets up in.
+//!
+//! Input ([`Service`], [`ServicePort`], [`Endpoint`]) is what a reducer makes of the API objects
+//! (no Kubernetes types here). [`ServiceTable::compile`] turns a set of them into
+//! [`Frontend`] → [`FrontendEntry`] entries, one per address/protocol/port a packet may be
+//! sent to, each pointing at the backend sets kube-proxy's topology rules give for it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::maglev::MaglevTable;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+/// IP protocol number of SCTP.
+pub const PROTO_SCTP: u8 = 132;
+
+/// A Service's identity: namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Object name.
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Transport protocol of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+            Protocol::Sctp => PROTO_SCTP,
+        }
+    }
+
+    /// The protocol with IP protocol number `number`, if a Service can use it.
+    pub const fn from_number(number: u8) -> Option<Self> {
+        match number {
+            PROTO_TCP => Some(Protocol::Tcp),
+            PROTO_UDP => Some(Protocol::Udp),
+            PROTO_SCTP => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+/// externalTrafficPolicy / internalTrafficPolicy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TrafficPolicy {
+    /// Any ready endpoint in the cluster.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node.
+    Local,
+}
+
+/// How packets reach a chosen backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Forwarding {
+    /// Rewrite the destination to the backend (and back on replies): kube-proxy's way.
+    #[default]
+    Nat,
+    /// Encapsulate in GRE (RFC 2784) towards the backend, destination unchanged.
+    Gre,
+    /// Encapsulate in IP-in-IP (RFC 2003 / 2473) towards the backend, destination unchanged.
+    Ipip,
+    /// Direct server return: IP-in-IP to the backend, which answers the client itself with
+    /// the service address as source; replies never come back through this node.
+    DsrIpip,
+}
+
+/// One endpoint of a Service port, as an EndpointSlice describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The endpoint's address (pod IP, or a node IP for tunnelled backends).
+    pub addr: IpAddr,
+    /// The port the Service port's targetPort resolved to for this endpoint.
+    pub port: u16,
+    /// True if the endpoint runs on this node (its `nodeName` is ours).
+    pub is_local: bool,
+    /// EndpointConditions.ready (absent in the API means true).
+    pub ready: bool,
+    /// EndpointConditions.serving (absent means: same as ready).
+    pub serving: bool,
+    /// EndpointConditions.terminating (absent means false).
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    /// A ready, serving, non-terminating endpoint.
+    pub fn ready(addr: IpAddr, port: u16, is_local: bool) -> Self {
+        Endpoint {
+            addr,
+            port,
+            is_local,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The port's name (may be empty when the Service has one port).
+    pub name: String,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// The port on the cluster IPs, external IPs and load-balancer IPs.
+    pub port: u16,
+    /// The NodePort, if the Service type allocates one.
+    pub node_port: Option<u16>,
+    /// The endpoints for this port (from the Service's EndpointSlices, matched by port name).
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A Service, reduced to what the dataplane needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Namespace and name.
+    pub name: ServiceName,
+    /// spec.clusterIPs (one per family; empty for headless, which the reducer drops).
+    pub cluster_ips: Vec<IpAddr>,
+    /// spec.externalIPs.
+    pub external_ips: Vec<IpAddr>,
+    /// status.loadBalancer.ingress[].ip.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// spec.ports.
+    pub ports: Vec<ServicePort>,
+    /// sessionAffinity ClientIP with its timeout in seconds; `None` for no affinity.
+    pub affinity_timeout_secs: Option<u32>,
+    /// spec.externalTrafficPolicy (applies to NodePorts, external IPs and load-balancer IPs).
+    pub external_traffic_policy: TrafficPolicy,
+    /// spec.internalTrafficPolicy (applies to cluster IPs).
+    pub internal_traffic_policy: TrafficPolicy,
+    /// spec.healthCheckNodePort (LoadBalancer Services with externalTrafficPolicy Local).
+    pub health_check_node_port: Option<u16>,
+    /// How packets reach the chosen backend.
+    pub forwarding: Forwarding,
+}
+
+/// Where a packet is addressed: the key the dataplane looks services up by.
+///
+/// NodePorts are keyed with the unspecified address of their family (`0.0.0.0` / `::`) when
+/// they are open on every node address; the dataplane tries the exact key first and, for a
+/// destination that is one of the node's own addresses, the unspecified one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    /// Destination address.
+    pub addr: IpAddr,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Destination port.
+    pub port: u16,
+}
+
+/// Which kind of Service address a frontend is (it decides which traffic policy applies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrontendKind {
+    /// A cluster IP.
+    ClusterIp,
+    /// A NodePort on a node address.
+    NodePort,
+    /// An external IP.
+    ExternalIp,
+    /// A load-balancer ingress IP.
+    LoadBalancer,
+}
+
+/// A backend as the dataplane uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendAddr {
+    /// Address to send to.
+    pub addr: IpAddr,
+    /// Port to send to (for encapsulating modes, the frontend's port is kept instead).
+    pub port: u16,
+}
+
+/// A set of backends and the Maglev table that spreads flows over them.
+#[derive(Clone, Debug)]
+pub struct BackendSet {
+    /// The backends, in the order the Maglev table's [`crate::BackendIndex`] values name them
+    /// (sorted by backend name, as [`MaglevTable::backends`] is).
+    pub backends: Vec<BackendAddr>,
+    /// The Maglev table over `backends` (backend names are `addr:port`, so every node builds
+    /// the same table).
+    pub maglev: MaglevTable,
+}
+
+impl BackendSet {
+    /// The backend for a flow with hash `hash`, or `None` when the set is empty.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<BackendAddr> {
+        let index = self.maglev.lookup(hash)?;
+        self.backends.get(index.get()).copied()
+    }
+
+    /// True if the set has no backend.
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+}
+
+/// What to do with a packet to a frontend, for one class of sender.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Load-balance over these backends.
+    Backends(Arc<BackendSet>),
+    /// The Service has no usable endpoints at all: refuse (TCP RST, ICMP port unreachable),
+    /// as kube-proxy's REJECT rules do.
+    Reject,
+    /// The traffic policy is Local and no local endpoint is usable: drop silently, as
+    /// kube-proxy does.
+    Drop,
+}
+
+/// The compiled entry for one frontend.
+#[derive(Clone, Debug)]
+pub struct FrontendEntry {
+    /// The Service it belongs to.
+    pub service: Arc<ServiceName>,
+    /// The Service port's name.
+    pub port_name: Arc<str>,
+    /// What kind of address the frontend is.
+    pub kind: FrontendKind,
+    /// For packets from inside the cluster (pods, this node). For a cluster IP this follows
+    /// internalTrafficPolicy; for the other kinds kube-proxy sends cluster traffic to all
+    /// endpoints whatever the externalTrafficPolicy ("short-circuit").
+    pub internal: Target,
+    /// For packets from outside the cluster. Follows externalTrafficPolicy (a cluster IP
+    /// reached from outside is treated as internal with masquerade).
+    pub external: Target,
+    /// Source-NAT external traffic to the node address (externalTrafficPolicy Cluster, or a
+    /// cluster IP reached from outside the cluster).
+    pub masquerade_external: bool,
+    /// sessionAffinity ClientIP timeout in seconds.
+    pub affinity_timeout_secs: Option<u32>,
+    /// How packets reach the backend.
+    pub forwarding: Forwarding,
+}
+
+/// A problem found while compiling; the offending frontend or port is skipped, the rest is
+/// compiled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// Two Services (or two ports of one) claim the same address, protocol and port.
+    #[error("{service}: {frontend:?} is already used by {owner}; skipped")]
+    Overlap {
+        /// The Service that was skipped.
+        service: ServiceName,
+        /// The contested frontend.
+        frontend: Frontend,
+        /// The Service that keeps it.
+        owner: ServiceName,
+    },
+    /// A port number of 0.
+    #[error("{service}: port {port_name:?} has port 0; skipped")]
+    ZeroPort {
+        /// The Service.
+        service: ServiceName,
+        /// The port's name.
+        port_name: String,
+    },
+}
+
+/// Compile-time settings that are not part of any Service.
+#[derive(Clone, Debug, Default)]
+pub struct CompileOptions {
+    /// Addresses NodePorts are open on; empty means every address of the node (keyed with the
+    /// unspecified address, see [`Frontend`]).
+    pub node_port_addresses: Vec<IpAddr>,
+    /// Maglev table size for every backend set; `None` for the default.
+    pub table_size: Option<u32>,
+}
+
+/// All Services, compiled.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceTable {
+    /// Frontend → entry.
+    pub frontends: HashMap<Frontend, FrontendEntry>,
+    /// Health-check NodePorts: port → (Service, number of local ready endpoints).
+    pub health_checks: HashMap<u16, (Arc<ServiceName>, usize)>,
+}
