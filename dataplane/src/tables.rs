@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::fib::{Fib, NextHop, Route};
+use crate::services::Services;
 
 /// A port as the dataplane sees it: its link-layer identity and its addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +154,9 @@ pub struct Tables {
     /// UDP, ICMP errors, other protocols, fragments) to the host's stack through the punt
     /// sink, instead of refusing it with a reset or an ICMP error.
     pub punt_to_host: bool,
+    /// The service proxy's tables; `None` on a plain router, whose packets then skip the
+    /// `ip{4,6}-nat` nodes.
+    pub services: Option<Arc<Services>>,
 }
 
 impl Tables {
@@ -184,6 +188,7 @@ impl Tables {
             interfaces,
             fib,
             punt_to_host: false,
+            services: None,
         };
         for r in routes {
             let route = tables.resolve(r)?;

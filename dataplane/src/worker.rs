@@ -6,8 +6,11 @@ use std::net::IpAddr;
 
 use fnv::FnvHashMap;
 
+use crate::conntrack::{Conntrack, ConntrackConfig};
+use crate::fib::Route;
 use crate::graph::Nanos;
 use crate::reassembly::Reassembler;
+use crate::tables::Tables;
 
 const SECOND: Nanos = 1_000_000_000;
 
@@ -286,6 +289,10 @@ pub struct WorkerState {
     pub reassembly: Reassembler,
     /// The identification last given to a datagram this node fragmented.
     pub fragment_ident: u32,
+    /// The service proxy's connections.
+    pub conntrack: Conntrack,
+    /// The version of the tables the connections were last checked against.
+    services_version: u64,
 }
 
 impl WorkerState {
@@ -293,6 +300,36 @@ impl WorkerState {
     pub fn expire(&mut self, now: Nanos) {
         self.neighbors.expire(now);
         self.reassembly.expire(now);
+        // A slice of the connection table per call; callers call this often.
+        self.conntrack.expire(now, 1024);
+    }
+
+    /// A worker with a connection table of its own making.
+    pub fn with_conntrack(config: ConntrackConfig) -> Self {
+        WorkerState {
+            conntrack: Conntrack::new(config),
+            ..WorkerState::default()
+        }
+    }
+
+    /// Call when new tables come into force: forgets the connections whose backend left its
+    /// Service (UDP and SCTP always, TCP when configured). Returns how many were forgotten.
+    pub fn sync_services(&mut self, tables: &Tables) -> usize {
+        if tables.version == self.services_version {
+            return 0;
+        }
+        self.services_version = tables.version;
+        let Some(services) = tables.services.as_deref() else {
+            return self.conntrack.flush_matching(|_| true);
+        };
+        self.conntrack.flush_matching(|e| {
+            let tcp = e.original.proto == crate::conntrack::PROTO_TCP;
+            if tcp && !services.flush_tcp_on_removal {
+                return false;
+            }
+            let local = matches!(tables.fib.lookup(e.original.dst), Some(Route::Local));
+            !services.still_valid(e, local)
+        })
     }
 }
 
@@ -304,6 +341,8 @@ impl Default for WorkerState {
             icmp_errors: TokenBucket::new(1000, 50),
             reassembly: Reassembler::default(),
             fragment_ident: 0,
+            conntrack: Conntrack::new(ConntrackConfig::default()),
+            services_version: 0,
         }
     }
 }

@@ -59,6 +59,7 @@ node_nexts! {
         Drop = DROP,
         Lookup = "ip4-lookup",
         Error = "icmp4-error",
+        Nat = "ip4-nat",
     }
 }
 
@@ -120,6 +121,9 @@ impl Ip4Input {
                     return InputNext::Error;
                 }
             }
+        }
+        if cx.tables.services.is_some() {
+            return InputNext::Nat;
         }
         InputNext::Lookup
     }

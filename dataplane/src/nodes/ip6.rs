@@ -70,6 +70,7 @@ node_nexts! {
         Drop = DROP,
         Lookup = "ip6-lookup",
         Error = "icmp6-error",
+        Nat = "ip6-nat",
     }
 }
 
@@ -128,6 +129,9 @@ impl Ip6Input {
                     return InputNext::Error;
                 }
             }
+        }
+        if cx.tables.services.is_some() {
+            return InputNext::Nat;
         }
         InputNext::Lookup
     }

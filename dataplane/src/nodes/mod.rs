@@ -31,6 +31,7 @@ pub mod ip4_options;
 pub mod ip6;
 pub mod ip6_options;
 mod local_frag;
+pub mod nat;
 pub mod neighbor;
 mod redirect;
 mod tcp_reset;
@@ -42,6 +43,8 @@ pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>,
         Box::new(arp::ArpInput),
         Box::new(ip4::Ip4Input),
         Box::new(ip6::Ip6Input),
+        Box::new(nat::Ip4Nat::default()),
+        Box::new(nat::Ip6Nat::default()),
         Box::new(ip4::Ip4Lookup),
         Box::new(ip6::Ip6Lookup),
         Box::new(ip4::Ip4Local),

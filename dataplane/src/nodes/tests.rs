@@ -1405,3 +1405,5 @@ fn forwarding_back_out_of_the_same_link_sends_a_redirect() {
     assert_eq!(m[48], 4);
     assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), m), 0);
 }
+
+mod nat;

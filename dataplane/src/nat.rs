@@ -1,0 +1,404 @@
+//! Address and port translation of IPv4 and IPv6 packets, for the service proxy.
+//!
+//! A translated connection is two tuples in [`crate::conntrack`]: `original` (what the client
+//! sent, e.g. to a service address) and `reply` (what the answers look like, e.g. from the
+//! chosen backend to the client, or to this node after masquerade). As in Linux's NAT, the
+//! translation needs nothing else: a packet travelling one way is rewritten so that its tuple
+//! becomes the reverse of the other way's tuple ([`target_tuple`]).
+//!
+//! The functions here parse what NAT needs ([`Tuple::parse`]), rewrite addresses and ports
+//! with RFC 1624 incremental checksum updates ([`rewrite`]), and translate the packet an ICMP
+//! error quotes ([`quoted_tuple`], [`rewrite_icmp_error`]). None of them panics on any input.
+
+use std::net::IpAddr;
+
+use crate::conntrack::{ConnEntry, Direction, FlowKey};
+use crate::wire::{checksum, sctp, IpProtocol, Ipv4Packet, Ipv6Packet};
+
+/// Protocol numbers NAT translates the ports of.
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SCTP: u8 = 132;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+/// Where an IP packet's parts are, for translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    /// The flow key (ports are zero for protocols without them).
+    pub key: FlowKey,
+    /// Offset of the transport header from the start of the IP header.
+    pub l4_offset: usize,
+    /// End of the IP packet (its total length).
+    pub end: usize,
+    /// TCP flags, for TCP.
+    pub tcp_flags: Option<u8>,
+    /// The packet is a fragment that does not carry the transport header, or one of several
+    /// fragments: ports cannot be read or rewritten reliably.
+    pub fragment: bool,
+}
+
+impl Tuple {
+    /// Reads the tuple of an IPv4 or IPv6 packet that ip-input already validated. `None`
+    /// when the transport header is missing or truncated.
+    pub fn parse(ip: &[u8]) -> Option<Tuple> {
+        match ip.first()? >> 4 {
+            4 => Self::parse_v4(ip),
+            6 => Self::parse_v6(ip),
+            _ => None,
+        }
+    }
+
+    fn parse_v4(data: &[u8]) -> Option<Tuple> {
+        let ip = Ipv4Packet::new_checked(data).ok()?;
+        let l4_offset = ip.header_len();
+        let fragment = ip.is_fragment();
+        let key = FlowKey::new(
+            IpAddr::V4(ip.src_addr()),
+            IpAddr::V4(ip.dst_addr()),
+            ip.protocol().0,
+            0,
+            0,
+        );
+        Self::with_ports(data, key, l4_offset, usize::from(ip.total_len()), fragment)
+    }
+
+    fn parse_v6(data: &[u8]) -> Option<Tuple> {
+        let ip = Ipv6Packet::new_checked(data).ok()?;
+        let ext = ip.extension_headers().ok()?;
+        let fragment = ext.fragment.is_some_and(|f| f.is_fragmented());
+        let key = FlowKey::new(
+            IpAddr::V6(ip.src_addr()),
+            IpAddr::V6(ip.dst_addr()),
+            ext.upper_protocol.0,
+            0,
+            0,
+        );
+        Self::with_ports(data, key, ext.upper_offset, ip.packet_len(), fragment)
+    }
+
+    fn with_ports(
+        data: &[u8],
+        mut key: FlowKey,
+        l4_offset: usize,
+        end: usize,
+        fragment: bool,
+    ) -> Option<Tuple> {
+        let l4 = data.get(l4_offset..end)?;
+        let mut tcp_flags = None;
+        if !fragment || first_fragment(data) {
+            match key.proto {
+                TCP if l4.len() >= 20 => tcp_flags = Some(l4[13]),
+                UDP if l4.len() >= 8 => {}
+                SCTP if l4.len() >= 12 => {}
+                TCP | UDP | SCTP => return None,
+                _ => {}
+            }
+            if matches!(key.proto, TCP | UDP | SCTP) {
+                key.src_port = u16::from_be_bytes([l4[0], l4[1]]);
+                key.dst_port = u16::from_be_bytes([l4[2], l4[3]]);
+            }
+        }
+        Some(Tuple {
+            key,
+            l4_offset,
+            end,
+            tcp_flags,
+            fragment,
+        })
+    }
+
+    /// True for TCP, UDP and SCTP: the protocols services are defined for.
+    pub fn has_ports(&self) -> bool {
+        matches!(self.key.proto, TCP | UDP | SCTP)
+    }
+}
+
+/// True for an IPv4 fragment at offset 0 (it carries the transport header).
+fn first_fragment(data: &[u8]) -> bool {
+    data.first().is_some_and(|b| b >> 4 == 4)
+        && data.len() >= 8
+        && u16::from_be_bytes([data[6], data[7]]) & 0x1fff == 0
+}
+
+/// The tuple a packet travelling in `dir` on `entry` must have after translation: the reverse
+/// of the other direction's tuple.
+#[inline]
+pub fn target_tuple(entry: &ConnEntry, dir: Direction) -> FlowKey {
+    match dir {
+        Direction::Original => entry.reply.reversed(),
+        Direction::Reply => entry.original.reversed(),
+    }
+}
+
+/// True if the entry translates anything.
+#[inline]
+pub fn is_translated(entry: &ConnEntry) -> bool {
+    entry.reply != entry.original.reversed()
+}
+
+/// Rewrites the packet at the start of `ip` (tuple `from`, as parsed) so that its addresses
+/// and ports are those of `to`, fixing the IPv4 header checksum and the transport checksum
+/// (incrementally for TCP and UDP, recomputed for SCTP's CRC32c when a port changes). False
+/// when the packet is too short for what it claims (nothing is changed then).
+pub fn rewrite(ip: &mut [u8], from: &Tuple, to: &FlowKey) -> bool {
+    let l4_start = from.l4_offset;
+    if ip.len() < from.end || l4_start > from.end {
+        return false;
+    }
+    let ports = from.has_ports() && !from.fragment;
+    // Transport checksum position, if the protocol has a pseudo-header one.
+    let csum_at = match from.key.proto {
+        TCP if ports => Some(l4_start + 16),
+        UDP if ports => Some(l4_start + 6),
+        _ => None,
+    };
+    let mut l4_csum = csum_at.map(|at| u16::from_be_bytes([ip[at], ip[at + 1]]));
+    let udp_v4_no_checksum = from.key.proto == UDP && from.key.src.is_ipv4() && l4_csum == Some(0);
+    if udp_v4_no_checksum {
+        l4_csum = None;
+    }
+    match (from.key.src, from.key.dst, to.src, to.dst) {
+        (IpAddr::V4(os), IpAddr::V4(od), IpAddr::V4(ns), IpAddr::V4(nd)) => {
+            let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
+            let mut hc = p.checksum();
+            if os != ns {
+                hc = checksum::update_ipv4_addr(hc, os, ns);
+                l4_csum = l4_csum.map(|c| checksum::update_ipv4_addr(c, os, ns));
+                p.set_src_addr(ns);
+            }
+            if od != nd {
+                hc = checksum::update_ipv4_addr(hc, od, nd);
+                l4_csum = l4_csum.map(|c| checksum::update_ipv4_addr(c, od, nd));
+                p.set_dst_addr(nd);
+            }
+            p.set_checksum(hc);
+        }
+        (IpAddr::V6(os), IpAddr::V6(od), IpAddr::V6(ns), IpAddr::V6(nd)) => {
+            let mut p = Ipv6Packet::new_unchecked(&mut ip[..]);
+            if os != ns {
+                l4_csum = l4_csum.map(|c| checksum::update_ipv6_addr(c, &os, &ns));
+                p.set_src_addr(ns);
+            }
+            if od != nd {
+                l4_csum = l4_csum.map(|c| checksum::update_ipv6_addr(c, &od, &nd));
+                p.set_dst_addr(nd);
+            }
+        }
+        // Translation never changes the family.
+        _ => return false,
+    }
+    if ports {
+        let l4 = &mut ip[l4_start..from.end];
+        if from.key.src_port != to.src_port {
+            l4_csum = l4_csum.map(|c| checksum::update_port(c, from.key.src_port, to.src_port));
+            l4[0..2].copy_from_slice(&to.src_port.to_be_bytes());
+        }
+        if from.key.dst_port != to.dst_port {
+            l4_csum = l4_csum.map(|c| checksum::update_port(c, from.key.dst_port, to.dst_port));
+            l4[2..4].copy_from_slice(&to.dst_port.to_be_bytes());
+        }
+        if from.key.proto == SCTP
+            && (from.key.src_port != to.src_port || from.key.dst_port != to.dst_port)
+        {
+            let mut s = sctp::SctpPacket::new_unchecked(l4);
+            s.fill_checksum();
+        }
+    }
+    if let (Some(at), Some(mut c)) = (csum_at, l4_csum) {
+        // A UDP checksum of zero means "none"; a computed zero is sent as all ones.
+        if from.key.proto == UDP && c == 0 {
+            c = 0xffff;
+        }
+        ip[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    true
+}
+
+/// ICMP types that carry an error about another packet: IPv4 destination unreachable, time
+/// exceeded, parameter problem; ICMPv6 destination unreachable, packet too big, time
+/// exceeded, parameter problem.
+pub fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
+    match proto {
+        ICMP => matches!(icmp_type, 3 | 11 | 12),
+        ICMPV6 => matches!(icmp_type, 1..=4),
+        _ => false,
+    }
+}
+
+/// For an ICMP error packet (tuple `outer`), the tuple of the packet it quotes and that
+/// packet's offset in `ip`. `None` when the message is not an error or quotes too little.
+pub fn quoted_tuple(ip: &[u8], outer: &Tuple) -> Option<(Tuple, usize)> {
+    if outer.fragment {
+        return None;
+    }
+    let icmp = ip.get(outer.l4_offset..outer.end)?;
+    if icmp.len() < 8 || !is_icmp_error(outer.key.proto, icmp[0]) {
+        return None;
+    }
+    let at = outer.l4_offset + 8;
+    let inner = ip.get(at..outer.end)?;
+    let quoted = parse_quoted(inner)?;
+    Some((quoted, at))
+}
+
+/// Parses a quoted packet: an IP header and at least the first 8 bytes of its payload (the
+/// ports), whatever the quoted length fields say (errors quote a prefix of the packet).
+fn parse_quoted(inner: &[u8]) -> Option<Tuple> {
+    let version = inner.first()? >> 4;
+    let (key, l4_offset, fragment) = match version {
+        4 => {
+            let ihl = usize::from(inner.first()? & 0x0f) * 4;
+            if ihl < 20 || inner.len() < ihl + 8 {
+                return None;
+            }
+            let p = Ipv4Packet::new_unchecked(inner);
+            let key = FlowKey::new(
+                IpAddr::V4(p.src_addr()),
+                IpAddr::V4(p.dst_addr()),
+                p.protocol().0,
+                0,
+                0,
+            );
+            (key, ihl, p.is_fragment() && !first_fragment(inner))
+        }
+        6 => {
+            if inner.len() < 48 {
+                return None;
+            }
+            let p = Ipv6Packet::new_unchecked(inner);
+            // Quoted IPv6 packets are walked no further than the fixed header: errors about
+            // translated flows quote TCP/UDP/SCTP right after it.
+            let proto = p.next_header();
+            if proto.is_ipv6_extension_header() && proto != IpProtocol(SCTP) {
+                return None;
+            }
+            let key = FlowKey::new(
+                IpAddr::V6(p.src_addr()),
+                IpAddr::V6(p.dst_addr()),
+                proto.0,
+                0,
+                0,
+            );
+            (key, 40, false)
+        }
+        _ => return None,
+    };
+    let mut key = key;
+    if !fragment && matches!(key.proto, TCP | UDP | SCTP) {
+        let l4 = &inner[l4_offset..];
+        key.src_port = u16::from_be_bytes([l4[0], l4[1]]);
+        key.dst_port = u16::from_be_bytes([l4[2], l4[3]]);
+    }
+    Some(Tuple {
+        key,
+        l4_offset,
+        end: inner.len(),
+        tcp_flags: None,
+        fragment,
+    })
+}
+
+/// Translates an ICMP error about a tracked flow: the quoted packet (tuple `quoted`, at
+/// `quoted_at`) becomes `quoted_to`, the outer destination becomes `outer_dst`, and the outer
+/// source becomes `outer_src`. The quoted IPv4 header checksum, the quoted transport checksum
+/// (when quoted), the ICMP checksum and the outer header checksum are recomputed.
+pub fn rewrite_icmp_error(
+    ip: &mut [u8],
+    outer: &Tuple,
+    quoted: &Tuple,
+    quoted_at: usize,
+    quoted_to: &FlowKey,
+    outer_src: IpAddr,
+    outer_dst: IpAddr,
+) -> bool {
+    if ip.len() < outer.end || quoted_at > outer.end {
+        return false;
+    }
+    {
+        let inner = &mut ip[quoted_at..outer.end];
+        // Only the quoted header's own fields are rewritten in place; the quoted transport
+        // checksum is fixed when it is present (the quote may end before it).
+        if !rewrite_quoted(inner, quoted, quoted_to) {
+            return false;
+        }
+    }
+    let outer_to = FlowKey::new(outer_src, outer_dst, outer.key.proto, 0, 0);
+    let outer_ports_free = Tuple {
+        key: FlowKey {
+            src_port: 0,
+            dst_port: 0,
+            ..outer.key
+        },
+        ..*outer
+    };
+    if !rewrite(ip, &outer_ports_free, &outer_to) {
+        return false;
+    }
+    // The ICMP checksum covers the (changed) quote and, for ICMPv6, the pseudo-header: compute
+    // it whole; errors are rare.
+    let icmp_at = outer.l4_offset;
+    ip[icmp_at + 2] = 0;
+    ip[icmp_at + 3] = 0;
+    let csum = match (outer_src, outer_dst) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let len = (outer.end - icmp_at) as u32;
+            let ph = checksum::pseudo_header_ipv6(&s, &d, IpProtocol(ICMPV6), len);
+            checksum::finish(checksum::combine(ph, checksum::sum(&ip[icmp_at..outer.end])))
+        }
+        _ => checksum::checksum(&ip[icmp_at..outer.end]),
+    };
+    ip[icmp_at + 2..icmp_at + 4].copy_from_slice(&csum.to_be_bytes());
+    true
+}
+
+/// Rewrites a quoted packet's addresses and ports (a quote may be cut short, so the transport
+/// checksum is only updated when it is inside the quote).
+fn rewrite_quoted(inner: &mut [u8], from: &Tuple, to: &FlowKey) -> bool {
+    let l4 = from.l4_offset;
+    let csum_at = match from.key.proto {
+        TCP => Some(l4 + 16),
+        UDP => Some(l4 + 6),
+        _ => None,
+    }
+    .filter(|&at| at + 2 <= inner.len());
+    let mut c = csum_at.map(|at| u16::from_be_bytes([inner[at], inner[at + 1]]));
+    if from.key.proto == UDP && from.key.src.is_ipv4() && c == Some(0) {
+        c = None;
+    }
+    match (from.key.src, from.key.dst, to.src, to.dst) {
+        (IpAddr::V4(os), IpAddr::V4(od), IpAddr::V4(ns), IpAddr::V4(nd)) => {
+            let mut p = Ipv4Packet::new_unchecked(&mut inner[..]);
+            p.set_src_addr(ns);
+            p.set_dst_addr(nd);
+            // The quoted header is complete (the quote holds at least header + 8 bytes).
+            p.fill_checksum();
+            c = c.map(|c| checksum::update_ipv4_addr(c, os, ns));
+            c = c.map(|c| checksum::update_ipv4_addr(c, od, nd));
+        }
+        (IpAddr::V6(os), IpAddr::V6(od), IpAddr::V6(ns), IpAddr::V6(nd)) => {
+            let mut p = Ipv6Packet::new_unchecked(&mut inner[..]);
+            p.set_src_addr(ns);
+            p.set_dst_addr(nd);
+            c = c.map(|c| checksum::update_ipv6_addr(c, &os, &ns));
+            c = c.map(|c| checksum::update_ipv6_addr(c, &od, &nd));
+        }
+        _ => return false,
+    }
+    if !from.fragment && matches!(from.key.proto, TCP | UDP | SCTP) && inner.len() >= l4 + 4 {
+        c = c.map(|c| checksum::update_port(c, from.key.src_port, to.src_port));
+        c = c.map(|c| checksum::update_port(c, from.key.dst_port, to.dst_port));
+        inner[l4..l4 + 2].copy_from_slice(&to.src_port.to_be_bytes());
+        inner[l4 + 2..l4 + 4].copy_from_slice(&to.dst_port.to_be_bytes());
+    }
+    if let (Some(at), Some(mut c)) = (csum_at, c) {
+        if from.key.proto == UDP && c == 0 {
+            c = 0xffff;
+        }
+        inner[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;

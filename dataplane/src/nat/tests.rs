@@ -1,0 +1,234 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::conntrack::FlowKey;
+use crate::wire::{checksum, IpProtocol};
+
+/// An IPv4 or IPv6 packet with a transport segment whose checksum is right.
+fn packet(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut l4 = match proto {
+        TCP => {
+            let mut h = vec![0u8; 20];
+            h[12] = 5 << 4;
+            h[13] = 0x02;
+            h
+        }
+        SCTP => vec![0u8; 12],
+        _ => {
+            let mut h = vec![0u8; 8];
+            let len = (8 + payload.len()) as u16;
+            h[4..6].copy_from_slice(&len.to_be_bytes());
+            h
+        }
+    };
+    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(payload);
+    fill_l4_checksum(src, dst, proto, &mut l4);
+    let mut out = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = vec![0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            h[8] = 64;
+            h[9] = proto;
+            h[12..16].copy_from_slice(&s.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            let c = checksum::checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            h
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut h = vec![0u8; 40];
+            h[0] = 0x60;
+            h[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+            h[6] = proto;
+            h[7] = 64;
+            h[8..24].copy_from_slice(&s.octets());
+            h[24..40].copy_from_slice(&d.octets());
+            h
+        }
+        _ => unreachable!(),
+    };
+    out.extend_from_slice(&l4);
+    out
+}
+
+fn fill_l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &mut [u8]) {
+    let at = match proto {
+        TCP => 16,
+        UDP => 6,
+        SCTP => {
+            let mut s = sctp::SctpPacket::new_unchecked(l4);
+            s.fill_checksum();
+            return;
+        }
+        _ => return,
+    };
+    l4[at] = 0;
+    l4[at + 1] = 0;
+    let ph = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            checksum::pseudo_header_ipv4(&s, &d, IpProtocol(proto), l4.len() as u32)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            checksum::pseudo_header_ipv6(&s, &d, IpProtocol(proto), l4.len() as u32)
+        }
+        _ => unreachable!(),
+    };
+    let mut c = checksum::finish(checksum::combine(ph, checksum::sum(l4)));
+    if proto == UDP && c == 0 {
+        c = 0xffff;
+    }
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The packet as it would be built from scratch with `to`'s tuple.
+fn expected(orig: &[u8], t: &Tuple, to: &FlowKey) -> Vec<u8> {
+    let payload_at = t.l4_offset
+        + match t.key.proto {
+            TCP => 20,
+            SCTP => 12,
+            _ => 8,
+        };
+    let mut want = packet(
+        to.src,
+        to.dst,
+        t.key.proto,
+        to.src_port,
+        to.dst_port,
+        &orig[payload_at..],
+    );
+    // Fields the builder does not know (TTL, flags) are the same by construction.
+    want.truncate(orig.len());
+    want
+}
+
+fn v4(s: &str) -> IpAddr {
+    IpAddr::V4(s.parse::<Ipv4Addr>().unwrap())
+}
+fn v6(s: &str) -> IpAddr {
+    IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())
+}
+
+#[test]
+fn dnat_of_tcp_udp_sctp_matches_a_packet_built_from_scratch() {
+    for (client, vip, backend) in [
+        (v4("198.18.0.2"), v4("198.51.100.10"), v4("203.0.113.7")),
+        (v6("2001:db8::2"), v6("2001:db8:1::10"), v6("2001:db8:2::7")),
+    ] {
+        for proto in [TCP, UDP, SCTP] {
+            let pkt = packet(client, vip, proto, 40000, 80, b"hello world");
+            let t = Tuple::parse(&pkt).unwrap();
+            assert_eq!(t.key, FlowKey::new(client, vip, proto, 40000, 80));
+            let to = FlowKey::new(client, backend, proto, 40000, 8080);
+            let mut out = pkt.clone();
+            assert!(rewrite(&mut out, &t, &to));
+            assert_eq!(out, expected(&pkt, &t, &to), "proto {proto} {client}");
+            // And back (un-DNAT of the reply, with masquerade this time).
+            let masq = FlowKey::new(v_like(client, "198.18.0.1", "2001:db8::1"), backend, proto, 1234, 8080);
+            let mut again = out.clone();
+            let t2 = Tuple::parse(&out).unwrap();
+            assert!(rewrite(&mut again, &t2, &masq));
+            assert_eq!(again, expected(&out, &t2, &masq));
+        }
+    }
+}
+
+fn v_like(like: IpAddr, a4: &str, a6: &str) -> IpAddr {
+    if like.is_ipv4() {
+        v4(a4)
+    } else {
+        v6(a6)
+    }
+}
+
+#[test]
+fn udp_over_ipv4_without_checksum_keeps_none() {
+    let mut pkt = packet(v4("198.18.0.2"), v4("198.51.100.10"), UDP, 5000, 53, b"q");
+    pkt[26] = 0;
+    pkt[27] = 0;
+    let t = Tuple::parse(&pkt).unwrap();
+    let to = FlowKey::new(v4("198.18.0.2"), v4("203.0.113.9"), UDP, 5000, 5353);
+    assert!(rewrite(&mut pkt, &t, &to));
+    assert_eq!(&pkt[26..28], &[0, 0]);
+    assert!(checksum::verify(&pkt[..20]));
+}
+
+#[test]
+fn truncated_and_odd_packets_are_refused_not_panicked_on() {
+    let pkt = packet(v4("198.18.0.2"), v4("198.51.100.10"), TCP, 1, 2, b"");
+    for n in 0..pkt.len() {
+        let _ = Tuple::parse(&pkt[..n]);
+    }
+    let t = Tuple::parse(&pkt).unwrap();
+    let mut short = pkt[..30].to_vec();
+    assert!(!rewrite(&mut short, &t, &t.key));
+}
+
+/// An ICMP error from `from` about `quoted` (an IPv4 packet).
+fn icmp4_error(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[..quoted.len().min(28)]);
+    let c = checksum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut h = vec![0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    h[8] = 64;
+    h[9] = ICMP;
+    h[12..16].copy_from_slice(&from.octets());
+    h[16..20].copy_from_slice(&to.octets());
+    let c = checksum::checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(&icmp);
+    h
+}
+
+#[test]
+fn icmp_error_about_a_translated_flow_is_translated_back() {
+    let (client, vip, backend) = (v4("198.18.0.2"), v4("198.51.100.10"), v4("203.0.113.7"));
+    // What the backend saw, and its port-unreachable about it.
+    let seen = packet(client, backend, UDP, 40000, 8080, b"ping");
+    let IpAddr::V4(b4) = backend else { unreachable!() };
+    let IpAddr::V4(c4) = client else { unreachable!() };
+    let mut err = icmp4_error(b4, c4, &seen);
+    let outer = Tuple::parse(&err).unwrap();
+    let (quoted, at) = quoted_tuple(&err, &outer).unwrap();
+    assert_eq!(quoted.key, FlowKey::new(client, backend, UDP, 40000, 8080));
+    let original = FlowKey::new(client, vip, UDP, 40000, 80);
+    assert!(rewrite_icmp_error(&mut err, &outer, &quoted, at, &original, vip, client));
+    // What the client must see: an error from the service address about its own packet.
+    let sent = packet(client, vip, UDP, 40000, 80, b"ping");
+    let IpAddr::V4(v4a) = vip else { unreachable!() };
+    assert_eq!(err, icmp4_error(v4a, c4, &sent));
+}
+
+proptest! {
+    #[test]
+    fn rewrite_equals_rebuild(
+        a in any::<[u8; 4]>(), b in any::<[u8; 4]>(), c in any::<[u8; 4]>(), d in any::<[u8; 4]>(),
+        ports in any::<[u16; 4]>(),
+        proto in prop_oneof![Just(TCP), Just(UDP), Just(SCTP)],
+        payload in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let (s, dd) = (IpAddr::from(a), IpAddr::from(b));
+        let pkt = packet(s, dd, proto, ports[0], ports[1], &payload);
+        let t = Tuple::parse(&pkt).unwrap();
+        let to = FlowKey::new(IpAddr::from(c), IpAddr::from(d), proto, ports[2], ports[3]);
+        let mut out = pkt.clone();
+        prop_assert!(rewrite(&mut out, &t, &to));
+        prop_assert_eq!(out, expected(&pkt, &t, &to));
+    }
+
+    #[test]
+    fn parsing_garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..80)) {
+        if let Some(t) = Tuple::parse(&data) {
+            let _ = quoted_tuple(&data, &t);
+            let mut copy = data.clone();
+            let _ = rewrite(&mut copy, &t, &t.key.reversed());
+        }
+    }
+}

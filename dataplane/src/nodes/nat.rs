@@ -1,0 +1,405 @@
+//! `ip4-nat` and `ip6-nat`: the service proxy. Between ip-input and ip-lookup, so that what
+//! the lookup sees is already the backend's address (or, for answers, the client's).
+//!
+//! For each TCP, UDP or SCTP packet:
+//! 1. a tracked connection (either direction) is translated as its conntrack entry says;
+//! 2. otherwise, a packet to a Service frontend starts a connection: the frontend's backend
+//!    set for this sender (internal or external, by the traffic policies) is picked from with
+//!    Maglev over the flow hash (the client address alone with ClientIP affinity), the
+//!    source is masqueraded when kube-proxy would, the connection is tracked with both
+//!    tuples, and the packet is rewritten;
+//! 3. a frontend with no usable endpoint refuses (TCP reset, ICMP port unreachable) or, when
+//!    a Local traffic policy leaves no local endpoint, drops, as kube-proxy does;
+//! 4. anything else passes untouched.
+//!
+//! ICMP errors about a tracked connection are translated back (outer header and the quoted
+//! packet) so the client's stack matches them to its socket.
+
+use std::net::IpAddr;
+
+use switchyard_lb::service::{FrontendEntry, FrontendKind, Target};
+
+use super::{flow_hash, tcp_reset};
+use crate::buffer::PacketBuffer;
+use crate::conntrack::{ConntrackError, Direction, FlowKey, Verdict};
+use crate::fib::Route;
+use crate::graph::{Context, ErrorInfo, Node, NextIndex, Packet, DROP};
+use crate::nat::{self, Tuple};
+use crate::node_errors;
+use crate::services::Services;
+use crate::tables::Tables;
+use crate::wire::{IpAddrPair, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
+
+node_errors! {
+    pub enum NatError {
+        Translated = ("translated", "packets of tracked connections translated"),
+        NewConnection = ("new_connection", "connections started to a service backend"),
+        Masqueraded = ("masqueraded", "new connections source-NATed to this node"),
+        Rejected = ("rejected", "to a service with no endpoints: refused"),
+        NoLocalEndpoint = ("no_local_endpoint", "traffic policy Local and no local endpoint: dropped"),
+        Invalid = ("invalid", "TCP segment that does not fit its connection's state: dropped"),
+        TableFull = ("table_full", "connection table full: new connection dropped"),
+        Clash = ("clash", "connection tuple already tracked: dropped"),
+        NoSnatPort = ("no_snat_port", "no free masquerade port or no address towards the backend: dropped"),
+        Fragment = ("fragment", "non-first fragment: not translated"),
+        IcmpTranslated = ("icmp_translated", "ICMP errors about tracked connections translated"),
+    }
+}
+
+/// The node's next nodes, in the order both families list them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+enum Next {
+    Drop,
+    Lookup,
+    Error,
+}
+
+const NEXT4: &[&str] = &[DROP, "ip4-lookup", "icmp4-error"];
+const NEXT6: &[&str] = &[DROP, "ip6-lookup", "icmp6-error"];
+
+/// The NAT node of IPv4 (`V6 = false`) or IPv6.
+#[derive(Debug, Default)]
+pub struct IpNat<const V6: bool>;
+
+/// `ip4-nat`.
+pub type Ip4Nat = IpNat<false>;
+/// `ip6-nat`.
+pub type Ip6Nat = IpNat<true>;
+
+impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
+    fn name(&self) -> &'static str {
+        if V6 {
+            "ip6-nat"
+        } else {
+            "ip4-nat"
+        }
+    }
+
+    fn next_nodes(&self) -> &'static [&'static str] {
+        if V6 {
+            NEXT6
+        } else {
+            NEXT4
+        }
+    }
+
+    fn errors(&self) -> &'static [ErrorInfo] {
+        NatError::INFO
+    }
+
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let Some(services) = cx.tables.services.clone() else {
+            next.fill(Next::Lookup as NextIndex);
+            return;
+        };
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = translate(cx, &services, pkt) as NextIndex;
+        }
+    }
+}
+
+fn translate<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+) -> Next {
+    let Some(t) = Tuple::parse(pkt.buf.data()) else {
+        return Next::Lookup;
+    };
+    if !t.has_ports() {
+        return icmp_error(cx, pkt, &t);
+    }
+    if t.fragment && t.key.src_port == 0 && t.key.dst_port == 0 {
+        cx.error(NatError::Fragment);
+        return Next::Lookup;
+    }
+    let len = t.end as u32;
+    if let Some((id, dir)) = cx.state.conntrack.lookup(&t.key, cx.now) {
+        match cx.state.conntrack.track(id, dir, t.tcp_flags, len, cx.now) {
+            Verdict::Valid => {}
+            Verdict::Invalid => {
+                cx.error(NatError::Invalid);
+                return Next::Drop;
+            }
+            Verdict::Stale => return Next::Lookup,
+        }
+        let Some(entry) = cx.state.conntrack.get(id) else {
+            return Next::Lookup;
+        };
+        if nat::is_translated(entry) {
+            let to = nat::target_tuple(entry, dir);
+            if nat::rewrite(pkt.buf.data_mut(), &t, &to) {
+                cx.error(NatError::Translated);
+                if pkt.meta.trace != 0 {
+                    cx.trace(&pkt.meta, format_args!("{:?} {dir:?}: to {to:?}", t.key));
+                }
+            }
+        }
+        return Next::Lookup;
+    }
+    let dst_is_local = is_local(cx.tables, t.key.dst);
+    let Some(frontend) = services.find(t.key.dst, t.key.proto, t.key.dst_port, dst_is_local)
+    else {
+        return Next::Lookup;
+    };
+    new_connection(cx, services, frontend, pkt, &t)
+}
+
+fn is_local(tables: &Tables, addr: IpAddr) -> bool {
+    matches!(tables.fib.lookup(addr), Some(Route::Local))
+}
+
+fn new_connection<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    frontend: &FrontendEntry,
+    pkt: &mut Packet<B>,
+    t: &Tuple,
+) -> Next {
+    let src = t.key.src;
+    let from_cluster = pkt.meta.local_origin || services.is_cluster_source(src);
+    let internal = match frontend.kind {
+        FrontendKind::ClusterIp => from_cluster || services.cluster_cidrs.is_empty(),
+        _ => from_cluster,
+    };
+    let target = if internal {
+        &frontend.internal
+    } else {
+        &frontend.external
+    };
+    let set = match target {
+        Target::Backends(set) => set,
+        Target::Reject => return reject(cx, pkt, t),
+        Target::Drop => {
+            cx.error(NatError::NoLocalEndpoint);
+            return Next::Drop;
+        }
+    };
+    let hash = if frontend.affinity_timeout_secs.is_some() {
+        u64::from(flow_hash(&addr_words(src), 0, 0))
+    } else {
+        u64::from(flow_hash(
+            &addr_words(src),
+            t.key.proto,
+            u32::from(t.key.src_port) << 16 | u32::from(t.key.dst_port),
+        ))
+    };
+    let Some(backend) = set.pick(hash) else {
+        return reject(cx, pkt, t);
+    };
+    let masquerade = services.masquerade_all
+        || backend.addr == src
+        || match frontend.kind {
+            FrontendKind::ClusterIp => !internal && frontend.masquerade_external,
+            _ => frontend.masquerade_external || pkt.meta.local_origin,
+        };
+    let (reply_dst, reply_dst_port) = if masquerade {
+        match snat(cx, services, t, backend.addr, backend.port) {
+            Some(a) => a,
+            None => {
+                cx.error(NatError::NoSnatPort);
+                return Next::Drop;
+            }
+        }
+    } else {
+        (src, t.key.src_port)
+    };
+    let reply = FlowKey::new(
+        backend.addr,
+        reply_dst,
+        t.key.proto,
+        backend.port,
+        reply_dst_port,
+    );
+    let ct = &mut cx.state.conntrack;
+    let id = match ct.insert(t.key, reply, 0, cx.now) {
+        Ok(id) => id,
+        Err(ConntrackError::Full) => {
+            cx.error(NatError::TableFull);
+            return Next::Drop;
+        }
+        Err(_) => {
+            cx.error(NatError::Clash);
+            return Next::Drop;
+        }
+    };
+    if ct.track(id, Direction::Original, t.tcp_flags, t.end as u32, cx.now) != Verdict::Valid {
+        ct.remove(id);
+        cx.error(NatError::Invalid);
+        return Next::Drop;
+    }
+    cx.error(NatError::NewConnection);
+    if masquerade {
+        cx.error(NatError::Masqueraded);
+    }
+    let to = reply.reversed();
+    if pkt.meta.trace != 0 {
+        cx.trace(
+            &pkt.meta,
+            format_args!("{}: new connection to {to:?}", frontend.service),
+        );
+    }
+    nat::rewrite(pkt.buf.data_mut(), t, &to);
+    Next::Lookup
+}
+
+/// An address as 32-bit words for [`flow_hash`].
+fn addr_words(a: IpAddr) -> [u32; 4] {
+    match a {
+        IpAddr::V4(a) => [u32::from(a), 0, 0, 0],
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            std::array::from_fn(|i| {
+                u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
+        }
+    }
+}
+
+/// This node's address towards `backend` and a free port on it for the connection `t`.
+fn snat<B>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    t: &Tuple,
+    backend: IpAddr,
+    backend_port: u16,
+) -> Option<(IpAddr, u16)> {
+    let addr = source_towards(cx.tables, backend)?;
+    let (lo, hi) = (*services.snat_ports.start(), *services.snat_ports.end());
+    if lo > hi {
+        return None;
+    }
+    let span = u32::from(hi - lo) + 1;
+    // Keep the client's port when it is free and in range (as Linux does); otherwise probe
+    // from a point that depends on the flow, so concurrent clients spread over the range.
+    let start = u32::from(
+        flow_hash(
+            &addr_words(t.key.src),
+            t.key.proto,
+            u32::from(t.key.src_port),
+        ) as u16,
+    );
+    let in_range = (lo..=hi).contains(&t.key.src_port);
+    let candidates = in_range
+        .then_some(t.key.src_port)
+        .into_iter()
+        .chain((0..64u32).map(|i| lo + ((start + i * 7919) % span) as u16));
+    for port in candidates {
+        let reply = FlowKey::new(backend, addr, t.key.proto, backend_port, port);
+        if cx.state.conntrack.lookup(&reply, cx.now).is_none() {
+            return Some((addr, port));
+        }
+    }
+    None
+}
+
+/// The address this node sends from towards `dst`: the primary address of the interface the
+/// route leaves by.
+fn source_towards(tables: &Tables, dst: IpAddr) -> Option<IpAddr> {
+    let port = match tables.fib.lookup(dst)? {
+        Route::Attached { port } => *port,
+        Route::Via(hops) => hops.first()?.port,
+        _ => return None,
+    };
+    let ifc = tables.interface(port)?;
+    match dst {
+        IpAddr::V4(_) => ifc.primary_ipv4().map(IpAddr::V4),
+        IpAddr::V6(_) => Some(IpAddr::V6(ifc.primary_ipv6())),
+    }
+}
+
+/// Refuses a connection to a service without endpoints: a TCP reset from the service address,
+/// or an ICMP port unreachable for the other protocols.
+fn reject<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: &Tuple) -> Next {
+    cx.error(NatError::Rejected);
+    if t.key.proto != IpProtocol::TCP.0 {
+        pkt.meta.icmp_error = Some(match t.key.dst {
+            IpAddr::V4(_) => (3, 3, 0),
+            IpAddr::V6(_) => (1, 4, 0),
+        });
+        return Next::Error;
+    }
+    let addrs = match (t.key.src, t.key.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => IpAddrPair::V4 { src, dst },
+        (IpAddr::V6(src), IpAddr::V6(dst)) => IpAddrPair::V6 { src, dst },
+        _ => return Next::Drop,
+    };
+    let Some(rst) = pkt
+        .buf
+        .data()
+        .get(t.l4_offset..t.end)
+        .and_then(|seg| tcp_reset::reset_for(seg, &addrs))
+    else {
+        return Next::Drop;
+    };
+    let back = tcp_reset::reversed(&addrs);
+    let data = pkt.buf.data_mut();
+    let ip_len = match back {
+        IpAddrPair::V4 { src, dst } => {
+            let hlen = t.l4_offset;
+            let mut ip = Ipv4Packet::new_unchecked(&mut data[..]);
+            ip.set_src_addr(src);
+            ip.set_dst_addr(dst);
+            ip.set_ttl(super::ip4::DEFAULT_TTL);
+            ip.set_total_len((hlen + rst.buffer_len()) as u16);
+            ip.fill_checksum();
+            hlen
+        }
+        IpAddrPair::V6 { src, dst } => {
+            // Extension headers are not echoed: the reset follows the fixed header.
+            let mut ip = Ipv6Packet::new_unchecked(&mut data[..]);
+            ip.set_src_addr(src);
+            ip.set_dst_addr(dst);
+            ip.set_hop_limit(64);
+            ip.set_next_header(IpProtocol::TCP);
+            ip.set_payload_len(rst.buffer_len() as u16);
+            40
+        }
+    };
+    pkt.buf.truncate(ip_len + rst.buffer_len());
+    let seg = &mut pkt.buf.data_mut()[ip_len..];
+    if rst.emit(&mut TcpPacket::new_unchecked(seg), &back).is_err() {
+        return Next::Drop;
+    }
+    pkt.meta.local_origin = true;
+    Next::Lookup
+}
+
+/// Translates an ICMP error about a tracked connection; passes other packets on.
+fn icmp_error<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: &Tuple) -> Next {
+    let Some((quoted, at)) = nat::quoted_tuple(pkt.buf.data(), t) else {
+        return Next::Lookup;
+    };
+    let Some((id, dir)) = cx.state.conntrack.lookup_icmp_error(&quoted.key, cx.now) else {
+        return Next::Lookup;
+    };
+    let Some(entry) = cx.state.conntrack.get(id) else {
+        return Next::Lookup;
+    };
+    if !nat::is_translated(entry) {
+        return Next::Lookup;
+    }
+    // The quoted packet travelled the other way; give it back its untranslated tuple.
+    let quoted_to = match dir {
+        Direction::Reply => entry.original,
+        Direction::Original => entry.reply,
+    };
+    let outer_src = if t.key.src == quoted.key.dst {
+        quoted_to.dst
+    } else {
+        t.key.src
+    };
+    if nat::rewrite_icmp_error(
+        pkt.buf.data_mut(),
+        t,
+        &quoted,
+        at,
+        &quoted_to,
+        outer_src,
+        quoted_to.src,
+    ) {
+        cx.error(NatError::IcmpTranslated);
+    }
+    Next::Lookup
+}

@@ -1,0 +1,232 @@
+//! The service proxy in the graph: DNAT, masquerade, un-NAT of replies, refusals, flushes.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use switchyard_lb::service::{
+    CompileOptions, Endpoint, Protocol, Service, ServiceName, ServicePort, ServiceTable,
+    TrafficPolicy,
+};
+
+use super::*;
+use crate::services::Services;
+use crate::wire::{UdpPacket, UdpRepr};
+
+const VIP: &str = "198.51.100.10";
+const CLIENT: &str = "198.18.1.2";
+const BACKEND: &str = "198.18.2.2";
+
+fn service(endpoints: Vec<Endpoint>) -> Service {
+    Service {
+        name: ServiceName {
+            namespace: "default".into(),
+            name: "web".into(),
+        },
+        cluster_ips: vec![v4(VIP).into()],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        ports: [Protocol::Tcp, Protocol::Udp]
+            .into_iter()
+            .map(|protocol| ServicePort {
+                name: format!("{protocol:?}").to_lowercase(),
+                protocol,
+                port: 80,
+                node_port: Some(30080),
+                endpoints: endpoints.clone(),
+            })
+            .collect(),
+        affinity_timeout_secs: None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        forwarding: Default::default(),
+    }
+}
+
+fn backend() -> Endpoint {
+    Endpoint::ready(v4(BACKEND).into(), 8080, true)
+}
+
+impl Rig {
+    fn with_services(services: &[Service]) -> Rig {
+        let mut r = Rig::new();
+        r.set_services(services, 2);
+        r.learn_client_and_server();
+        r
+    }
+
+    fn set_services(&mut self, services: &[Service], version: u64) {
+        let (table, errors) = ServiceTable::compile(services, &CompileOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        self.tables.services = Some(Arc::new(Services {
+            table,
+            ..Services::default()
+        }));
+        self.tables.version = version;
+        self.state.sync_services(&self.tables);
+    }
+}
+
+fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: TcpFlags) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: sport,
+        dst_port: dport,
+        seq_number: 100,
+        ack_number: if flags.contains(TcpFlags::ACK) { 1 } else { 0 },
+        flags,
+        window_len: 1000,
+        urgent_ptr: 0,
+        max_seg_size: None,
+        payload: &[],
+    };
+    let mut seg = vec![0; repr.buffer_len()];
+    let addrs = IpAddrPair::V4 { src, dst };
+    repr.emit(&mut TcpPacket::new_unchecked(&mut seg[..]), &addrs)
+        .unwrap();
+    ipv4(src, dst, IpProtocol::TCP, 64, true, &seg)
+}
+
+fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let repr = UdpRepr {
+        src_port: sport,
+        dst_port: dport,
+        payload: b"hello",
+    };
+    let mut seg = vec![0; repr.buffer_len()];
+    let addrs = IpAddrPair::V4 { src, dst };
+    repr.emit(&mut UdpPacket::new_unchecked(&mut seg[..]), &addrs)
+        .unwrap();
+    ipv4(src, dst, IpProtocol::UDP, 64, true, &seg)
+}
+
+/// The single frame sent, as (port, IPv4 src, dst, sport, dport), with its checksums checked.
+fn one_tcp(out: &[(u16, Vec<u8>)]) -> (u16, Ipv4Addr, Ipv4Addr, u16, u16, TcpFlags) {
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (port, frame) = &out[0];
+    let ip = ip4_of(frame);
+    assert!(ip.verify_checksum());
+    let addrs = IpAddrPair::V4 {
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+    };
+    let seg = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert!(seg.verify_checksum(&addrs), "TCP checksum");
+    let repr = TcpRepr::parse(&seg, &addrs).unwrap();
+    (
+        *port,
+        ip.src_addr(),
+        ip.dst_addr(),
+        repr.src_port,
+        repr.dst_port,
+        repr.flags,
+    )
+}
+
+#[test]
+fn cluster_ip_is_dnated_and_the_reply_un_dnated() {
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let (port, src, dst, sport, dport, _) = one_tcp(&out);
+    assert_eq!((port, src, dst, sport, dport), (1, v4(CLIENT), v4(BACKEND), 40000, 8080));
+    let synack = tcp(v4(BACKEND), v4(CLIENT), 8080, 40000, TcpFlags::SYN | TcpFlags::ACK);
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack));
+    let (port, src, dst, sport, dport, _) = one_tcp(&out);
+    assert_eq!((port, src, dst, sport, dport), (0, v4(VIP), v4(CLIENT), 80, 40000));
+    assert_eq!(r.count("ip4-nat", "new_connection"), 1);
+    assert_eq!(r.count("ip4-nat", "translated"), 1);
+}
+
+#[test]
+fn node_port_is_masqueraded_and_answered_from_the_node_address() {
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    let syn = tcp(v4(CLIENT), v4("198.18.1.1"), 40000, 30080, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let (port, src, dst, masq_port, dport, _) = one_tcp(&out);
+    assert_eq!((port, src, dst, dport), (1, v4("198.18.2.1"), v4(BACKEND), 8080));
+    let synack = tcp(v4(BACKEND), v4("198.18.2.1"), 8080, masq_port, TcpFlags::SYN | TcpFlags::ACK);
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack));
+    let (port, src, dst, sport, dport, _) = one_tcp(&out);
+    assert_eq!((port, src, dst, sport, dport), (0, v4("198.18.1.1"), v4(CLIENT), 30080, 40000));
+    assert_eq!(r.count("ip4-nat", "masqueraded"), 1);
+}
+
+#[test]
+fn a_service_without_endpoints_refuses_tcp_with_a_reset_and_udp_with_port_unreachable() {
+    let mut r = Rig::with_services(&[service(vec![])]);
+    let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let (port, src, dst, sport, dport, flags) = one_tcp(&out);
+    assert_eq!((port, src, dst, sport, dport), (0, v4(VIP), v4(CLIENT), 80, 40000));
+    assert!(flags.contains(TcpFlags::RST));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &udp(v4(CLIENT), v4(VIP), 5000, 80)));
+    assert_eq!(out.len(), 1);
+    let ip = ip4_of(&out[0].1);
+    assert_eq!(ip.protocol(), IpProtocol::ICMP);
+    assert_eq!(ip.dst_addr(), v4(CLIENT));
+    assert_eq!(&ip.payload()[..2], &[3, 3]);
+    assert_eq!(r.count("ip4-nat", "rejected"), 2);
+}
+
+#[test]
+fn external_traffic_policy_local_without_local_endpoints_drops() {
+    let mut svc = service(vec![Endpoint::ready(v4(BACKEND).into(), 8080, false)]);
+    svc.external_traffic_policy = TrafficPolicy::Local;
+    let mut r = Rig::with_services(&[svc]);
+    let syn = tcp(v4(CLIENT), v4("198.18.1.1"), 40000, 30080, TcpFlags::SYN);
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn)).is_empty());
+    assert_eq!(r.count("ip4-nat", "no_local_endpoint"), 1);
+    // The cluster IP still works (internal traffic, internalTrafficPolicy Cluster).
+    let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    assert_eq!(one_tcp(&out).2, v4(BACKEND));
+}
+
+#[test]
+fn udp_flows_to_a_removed_backend_are_forgotten_tcp_ones_kept() {
+    let other = Endpoint::ready(v4("198.18.2.9").into(), 8080, true);
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &udp(v4(CLIENT), v4(VIP), 5000, 80)));
+    r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN)));
+    assert_eq!(r.state.conntrack.len(), 2);
+    r.set_services(&[service(vec![other])], 3);
+    assert_eq!(r.state.conntrack.len(), 1);
+    assert_eq!(r.state.conntrack.iter().next().unwrap().1.original.proto, 6);
+}
+
+#[test]
+fn icmp_error_from_the_backend_reaches_the_client_as_from_the_service() {
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &udp(v4(CLIENT), v4(VIP), 5000, 80)));
+    assert_eq!(out.len(), 1);
+    let seen = ip4_of(&out[0].1);
+    let hlen = seen.header_len();
+    let quoted = seen.into_inner()[..hlen + 8].to_vec();
+    let mut icmp = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted);
+    let c = checksum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let err = ipv4(v4(BACKEND), v4(CLIENT), IpProtocol::ICMP, 64, false, &icmp);
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &err));
+    assert_eq!(out.len(), 1);
+    let ip = ip4_of(&out[0].1);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (v4(VIP), v4(CLIENT)));
+    let icmp = ip.payload();
+    assert!(checksum::verify(icmp));
+    let inner = Ipv4Packet::new_unchecked(&icmp[8..]);
+    assert!(checksum::verify(&icmp[8..28]));
+    assert_eq!((inner.src_addr(), inner.dst_addr()), (v4(CLIENT), v4(VIP)));
+    assert_eq!(&icmp[8 + 22..8 + 24], &80u16.to_be_bytes());
+    assert_eq!(r.count("ip4-nat", "icmp_translated"), 1);
+}
+
+#[test]
+fn plain_routing_is_untouched_by_the_proxy() {
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    let syn = tcp(v4(CLIENT), v4(BACKEND), 40000, 8080, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let (port, src, dst, ..) = one_tcp(&out);
+    assert_eq!((port, src, dst), (1, v4(CLIENT), v4(BACKEND)));
+    assert_eq!(r.state.conntrack.len(), 0);
+    let _ = IpAddr::from(v4(CLIENT));
+}

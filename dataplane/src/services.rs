@@ -1,0 +1,100 @@
+//! The service proxy's part of [`crate::tables::Tables`]: the compiled Services and the
+//! node-wide settings kube-proxy takes as flags.
+
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+
+use ipnet::IpNet;
+use switchyard_lb::service::{BackendAddr, Frontend, FrontendEntry, ServiceTable, Target};
+
+use crate::conntrack::ConnEntry;
+
+/// Everything the `ip{4,6}-nat` nodes translate by.
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// Frontends and their backends.
+    pub table: ServiceTable,
+    /// Where pods live (kube-proxy's `--cluster-cidr`): sources in these are "internal" for
+    /// the traffic policies and are not masqueraded on their way to a cluster IP. Empty: no
+    /// detection, every source counts as internal for cluster IPs and as external for the
+    /// other kinds of address.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Masquerade all traffic to services (kube-proxy's `--masquerade-all`).
+    pub masquerade_all: bool,
+    /// Ports masqueraded connections are given on this node's addresses.
+    pub snat_ports: RangeInclusive<u16>,
+    /// When a backend leaves its Service, also forget the TCP connections to it (the next
+    /// segment is balanced afresh, and a backend that does not know the connection resets
+    /// it). UDP and SCTP flows are always forgotten, so clients do not talk into the void.
+    pub flush_tcp_on_removal: bool,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            table: ServiceTable::default(),
+            cluster_cidrs: Vec::new(),
+            masquerade_all: false,
+            // As Linux's default ip_local_port_range tail, clear of ephemeral client ports
+            // that the node's own stack hands out first.
+            snat_ports: 32768..=60999,
+            flush_tcp_on_removal: false,
+        }
+    }
+}
+
+impl Services {
+    /// The frontend a packet to `dst`/`proto`/`port` hits. `dst_is_local` says whether `dst` is
+    /// one of this node's addresses, where NodePorts open on every address also answer.
+    #[inline]
+    pub fn find(
+        &self,
+        dst: IpAddr,
+        proto: u8,
+        port: u16,
+        dst_is_local: bool,
+    ) -> Option<&FrontendEntry> {
+        let exact = Frontend {
+            addr: dst,
+            proto,
+            port,
+        };
+        if let Some(entry) = self.table.frontends.get(&exact) {
+            return Some(entry);
+        }
+        if !dst_is_local {
+            return None;
+        }
+        let any = match dst {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        self.table.frontends.get(&Frontend {
+            addr: any,
+            proto,
+            port,
+        })
+    }
+
+    /// True if `src` is a pod address by `cluster_cidrs`.
+    #[inline]
+    pub fn is_cluster_source(&self, src: IpAddr) -> bool {
+        self.cluster_cidrs.iter().any(|n| n.contains(&src))
+    }
+
+    /// True if the connection `entry` (made by the NAT node: `original` is what the client
+    /// sent, `reply.src` the backend) still goes to a backend of its frontend.
+    pub fn still_valid(&self, entry: &ConnEntry, dst_is_local: bool) -> bool {
+        let o = &entry.original;
+        let Some(frontend) = self.find(o.dst, o.proto, o.dst_port, dst_is_local) else {
+            return false;
+        };
+        let backend = BackendAddr {
+            addr: entry.reply.src,
+            port: entry.reply.src_port,
+        };
+        [&frontend.internal, &frontend.external]
+            .into_iter()
+            .any(|t| matches!(t, Target::Backends(set) if set.backends.contains(&backend)))
+    }
+}
