@@ -4,9 +4,11 @@
 //!
 //! - [`MaglevTable`]: the lookup table the dataplane indexes with a flow hash, built fast
 //!   (see [`maglev`] for how) and identically on every node from the same backend set.
-//! - [`reference`]: the paper's populate loop written out plainly, the oracle the fast build is
+//! - [`reference`](mod@reference): the paper's populate loop written out plainly, the oracle the fast build is
 //!   tested against and the baseline the benchmark measures it against.
 //! - [`hash`]: FNV-1a 64, the hash of backend names that places them in the table.
+//! - [`service`]: Kubernetes Services as plain data, and [`service::ServiceTable::compile`],
+//!   which turns them into frontends and backend sets by kube-proxy's rules.
 //!
 //! No I/O here: everything is plain data in, plain data out.
 

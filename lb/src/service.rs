@@ -4,13 +4,102 @@
 //! Input ([`Service`], [`ServicePort`], [`Endpoint`]) is what a reducer makes of the API objects
 //! (no Kubernetes types here). [`ServiceTable::compile`] turns a set of them into
 //! [`Frontend`] → [`FrontendEntry`] entries, one per address/protocol/port a packet may be
-//! sent to, each pointing at the backend sets kube-proxy's topology rules give for it.
+//! sent to, each saying what to do with packets from inside and from outside the cluster.
+//!
+//! The rules are kube-proxy's (`pkg/proxy/topology.go` and its nftables and iptables proxiers),
+//! so that swapping kube-proxy for Switchyard changes nothing a workload can observe.
+//!
+//! # Usable endpoints
+//!
+//! Chosen per Service port and per IP family: kube-proxy runs one proxier per family, and an
+//! endpoint of the other family is ignored.
+//!
+//! - **Cluster endpoints** are the ready ones. If none is ready anywhere, they are the ones
+//!   still serving while terminating: during a rollout that has left only terminating pods,
+//!   serving them beats refusing every connection.
+//! - **Local endpoints** follow the same rule among the endpoints on this node alone (a local
+//!   terminating pod is used when no local pod is ready, even if remote ones are).
+//!
+//! # Which endpoints a packet goes to
+//!
+//! A traffic policy picks a set: Cluster → the cluster endpoints, Local → the local ones.
+//!
+//! | frontend | `internal` (from inside the cluster) | `external` (from outside) |
+//! |---|---|---|
+//! | cluster IP | by internalTrafficPolicy | as `internal`, masqueraded |
+//! | NodePort, external IP, LB IP | cluster endpoints (the "short-circuit") | by externalTrafficPolicy |
+//!
+//! NodePort, external-IP and load-balancer traffic is masqueraded, from either side, when the
+//! externalTrafficPolicy is Cluster, and not at all when it is Local.
+//!
+//! - **No usable endpoint at all**: every frontend gets [`Target::Reject`] for both classes of
+//!   sender, so clients fail at once (TCP RST, ICMP unreachable) instead of timing out.
+//! - **Local policy, no local endpoint**: [`Target::Drop`]. The Service does have endpoints,
+//!   on other nodes; a silent drop lets the client retry and a load balancer's health check
+//!   move traffic away, where a reject would claim the Service is down.
+//! - **Short-circuit**: a pod on this node that sends to a NodePort or load-balancer address is
+//!   treated as if its packet had gone out to the load balancer and come back to a node that
+//!   has endpoints: it may use any endpoint, whatever the externalTrafficPolicy.
+//! - **Masquerade**: with externalTrafficPolicy Cluster the backend may be on another node, so
+//!   the source becomes this node's address and replies come back here to be un-NATed.
+//!   Keeping the client's address is the point of Local, so Local traffic is not rewritten. A
+//!   cluster IP reached from outside the cluster (a route to the service range pointing at a
+//!   node) is masqueraded for the same reason as Cluster traffic (kube-proxy does so when it
+//!   can tell cluster traffic from the rest, which is the dataplane's to tell here). Two cases
+//!   kube-proxy also masquerades are the dataplane's to spot, as they depend on the packet, not
+//!   the Service: traffic the node itself originates towards a NodePort or LB address with
+//!   externalTrafficPolicy Local, and hairpin traffic (a backend reaching itself through its
+//!   Service).
+//!
+//! # Frontends
+//!
+//! One per (cluster IP, port), (external IP, port) and (load-balancer IP, port), and one per
+//! NodePort: keyed with the unspecified address of each family the Service has a cluster IP in
+//! when [`CompileOptions::node_port_addresses`] is empty, else one per listed address of such a
+//! family. External and load-balancer IPs of a family the Service has no cluster IP in are
+//! ignored, as kube-proxy's proxier for that family does not see the Service, and reported.
+//!
+//! Compiling is deterministic: Services are taken in [`ServiceName`] order and ports in spec
+//! order, and when two claim the same frontend the first keeps it and the other is reported
+//! ([`ServiceError::Overlap`]). A bad port or frontend is skipped and reported; everything else
+//! is compiled.
+//!
+//! # Backend sets
+//!
+//! Every distinct list of backends becomes one [`BackendSet`], a [`MaglevTable`] over backends
+//! named `addr:port`, so every node builds the same table and a flow picks the same backend
+//! whichever node it lands on. Sets are shared through [`Arc`]: a frontend's `internal` and
+//! `external` targets, the ports and address kinds of one Service, and Services with identical
+//! endpoints all point at one set. Unless [`CompileOptions::table_size`] fixes it, a set's table
+//! size is [`auto_table_size`]: the smallest of a few primes giving at least 100 slots per
+//! backend (the Maglev paper's bound for shares within about 1% of each other), which keeps
+//! 30,000 Services of 10 endpoints near 4 KiB of table each instead of 256 KiB at the default
+//! size.
+//!
+//! # Health checks
+//!
+//! A Service with externalTrafficPolicy Local and a health-check NodePort gets an entry in
+//! [`ServiceTable::health_checks`] with its number of local ready endpoints: load balancers
+//! probe it and send traffic only to nodes that will not drop it.
+//!
+//! # Not implemented
+//!
+//! Topology-aware routing (zone and node hints, `trafficDistribution`) is ignored: every
+//! ready endpoint is a cluster endpoint. `loadBalancerSourceRanges` is not part of the model.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::maglev::MaglevTable;
+use crate::maglev::{MaglevError, MaglevTable};
+
+mod backends;
+mod compile;
+mod endpoints;
+#[cfg(test)]
+mod tests;
+
+pub use backends::{auto_table_size, AUTO_TABLE_SIZES, SLOTS_PER_BACKEND};
 
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
@@ -199,8 +288,18 @@ pub struct BackendAddr {
     pub port: u16,
 }
 
+impl BackendAddr {
+    /// The backend's Maglev name, `addr:port` (`[addr]:port` for IPv6): the same on every
+    /// node, so every node builds the same table.
+    pub fn name(&self) -> String {
+        SocketAddr::new(self.addr, self.port).to_string()
+    }
+}
+
 /// A set of backends and the Maglev table that spreads flows over them.
-#[derive(Clone, Debug)]
+///
+/// Build it with [`BackendSet::new`], which keeps `backends` in the table's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSet {
     /// The backends, in the order the Maglev table's [`crate::BackendIndex`] values name them
     /// (sorted by backend name, as [`MaglevTable::backends`] is).
@@ -225,7 +324,7 @@ impl BackendSet {
 }
 
 /// What to do with a packet to a frontend, for one class of sender.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// Load-balance over these backends.
     Backends(Arc<BackendSet>),
@@ -238,7 +337,7 @@ pub enum Target {
 }
 
 /// The compiled entry for one frontend.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrontendEntry {
     /// The Service it belongs to.
     pub service: Arc<ServiceName>,
@@ -256,6 +355,12 @@ pub struct FrontendEntry {
     /// Source-NAT external traffic to the node address (externalTrafficPolicy Cluster, or a
     /// cluster IP reached from outside the cluster).
     pub masquerade_external: bool,
+    /// Source-NAT internal traffic to the node address: true for NodePorts, external IPs and
+    /// load-balancer IPs with externalTrafficPolicy Cluster (kube-proxy masquerades everything
+    /// sent to those, pods included), false for cluster IPs and for externalTrafficPolicy
+    /// Local. Hairpin traffic (a backend reaching itself) needs masquerading whatever this
+    /// says; that is for the dataplane to spot.
+    pub masquerade_internal: bool,
     /// sessionAffinity ClientIP timeout in seconds.
     pub affinity_timeout_secs: Option<u32>,
     /// How packets reach the backend.
@@ -284,6 +389,55 @@ pub enum ServiceError {
         /// The port's name.
         port_name: String,
     },
+    /// A NodePort of 0 (the port's other frontends are compiled).
+    #[error("{service}: port {port_name:?} has NodePort 0; its NodePorts are skipped")]
+    ZeroNodePort {
+        /// The Service.
+        service: ServiceName,
+        /// The port's name.
+        port_name: String,
+    },
+    /// An external or load-balancer IP of a family the Service has no cluster IP in: kube-proxy
+    /// ignores it (its proxier for that family does not see the Service), and so do we.
+    #[error("{service}: {addr} is not of an IP family of the cluster IPs; skipped")]
+    FamilyMismatch {
+        /// The Service.
+        service: ServiceName,
+        /// The ignored address.
+        addr: IpAddr,
+    },
+    /// Two different Services of the same name were given: neither is compiled, since which
+    /// one is meant cannot be told (identical copies are compiled once, silently).
+    #[error("{service}: given more than once, with different contents; skipped")]
+    DuplicateService {
+        /// The name given more than once.
+        service: ServiceName,
+    },
+    /// Two Services claim the same health-check NodePort.
+    #[error("{service}: health-check NodePort {port} is already used by {owner}; skipped")]
+    HealthCheckOverlap {
+        /// The Service that was skipped.
+        service: ServiceName,
+        /// The contested port.
+        port: u16,
+        /// The Service that keeps it.
+        owner: ServiceName,
+    },
+    /// A backend set could not be built (more endpoints than a fixed table size has slots);
+    /// the port's frontends are skipped.
+    #[error("{service}: port {port_name:?}: {error}; skipped")]
+    Backends {
+        /// The Service.
+        service: ServiceName,
+        /// The port's name.
+        port_name: String,
+        /// Why the Maglev table could not be built.
+        error: MaglevError,
+    },
+    /// [`CompileOptions::table_size`] is not a valid Maglev table size; sizes are chosen
+    /// automatically instead.
+    #[error("table size option: {0}; sizing tables automatically")]
+    TableSize(MaglevError),
 }
 
 /// Compile-time settings that are not part of any Service.
@@ -292,15 +446,19 @@ pub struct CompileOptions {
     /// Addresses NodePorts are open on; empty means every address of the node (keyed with the
     /// unspecified address, see [`Frontend`]).
     pub node_port_addresses: Vec<IpAddr>,
-    /// Maglev table size for every backend set; `None` for the default.
+    /// Maglev table size for every backend set (a prime, see [`crate::TableSize`]); `None` to
+    /// size each set by its number of backends ([`auto_table_size`]).
     pub table_size: Option<u32>,
 }
 
 /// All Services, compiled.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceTable {
     /// Frontend → entry.
     pub frontends: HashMap<Frontend, FrontendEntry>,
-    /// Health-check NodePorts: port → (Service, number of local ready endpoints).
+    /// Health-check NodePorts: port → (Service, number of local ready endpoints). Only Services
+    /// with externalTrafficPolicy Local have one. Endpoints are counted by address, over all
+    /// ports (a pod serving two ports counts once), taking the larger count of the two IP
+    /// families (a dual-stack pod has one address in each).
     pub health_checks: HashMap<u16, (Arc<ServiceName>, usize)>,
 }

@@ -34,6 +34,7 @@ mod local_frag;
 pub mod nat;
 pub mod neighbor;
 mod redirect;
+pub mod tunnel;
 mod tcp_reset;
 
 /// The router graph: every node above, entered at `ethernet-input`.

@@ -192,7 +192,8 @@ fn new_connection<B: PacketBuffer>(
         || backend.addr == src
         || match frontend.kind {
             FrontendKind::ClusterIp => !internal && frontend.masquerade_external,
-            _ => frontend.masquerade_external || pkt.meta.local_origin,
+            _ if internal => frontend.masquerade_internal || pkt.meta.local_origin,
+            _ => frontend.masquerade_external,
         };
     let (reply_dst, reply_dst_port) = if masquerade {
         match snat(cx, services, t, backend.addr, backend.port) {

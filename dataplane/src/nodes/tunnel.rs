@@ -1,0 +1,272 @@
+//! Encapsulation towards a backend (GRE, RFC 2784; IP-in-IP, RFC 2003 / RFC 2473) and
+//! decapsulation of what other Switchyard nodes send, for the edge load balancer role.
+//!
+//! The outer header is built in the buffer's headroom, so the inner packet is never copied.
+//! ECN follows RFC 6040's normal mode: the outer header copies the inner ECN field, and at
+//! decapsulation a Congestion Experienced mark on the outer header is carried into an
+//! ECN-capable inner packet.
+
+use std::net::IpAddr;
+
+use crate::buffer::PacketBuffer;
+use crate::wire::{checksum, EtherType, Ipv4Packet, Ipv6Packet};
+
+/// IP protocol numbers of the tunnels.
+pub const PROTO_IPIP: u8 = 4;
+/// IPv6 in IP (RFC 2473 / RFC 4213).
+pub const PROTO_IPV6: u8 = 41;
+/// GRE.
+pub const PROTO_GRE: u8 = 47;
+
+/// Which tunnel to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelKind {
+    /// GRE with no optional fields.
+    Gre,
+    /// Plain IP-in-IP.
+    Ipip,
+}
+
+/// TTL / hop limit of outer headers.
+const OUTER_TTL: u8 = 64;
+const ECN_CE: u8 = 3;
+
+/// Bytes the tunnel adds in front of a packet whose outer destination is `outer_dst`.
+pub fn overhead(kind: TunnelKind, outer_dst: IpAddr) -> usize {
+    let ip = if outer_dst.is_ipv4() { 20 } else { 40 };
+    ip + if kind == TunnelKind::Gre { 4 } else { 0 }
+}
+
+/// Puts the inner packet (the whole of `buf`) in a tunnel from `src` to `dst`. `ident` is the
+/// IPv4 identification to use. False, changing nothing, without headroom or when the outer
+/// addresses are not of one family.
+pub fn encapsulate<B: PacketBuffer>(
+    buf: &mut B,
+    kind: TunnelKind,
+    src: IpAddr,
+    dst: IpAddr,
+    ident: u16,
+) -> bool {
+    let inner = buf.data();
+    let Some(&first) = inner.first() else {
+        return false;
+    };
+    let inner_v6 = first >> 4 == 6;
+    let (inner_ecn, inner_df) = if inner_v6 {
+        let tc = inner.get(..2).map_or(0, |b| (b[0] << 4) | (b[1] >> 4));
+        (tc & 3, true)
+    } else {
+        let tos = inner.get(1).copied().unwrap_or(0);
+        let df = inner.get(6).is_some_and(|b| b & 0x40 != 0);
+        (tos & 3, df)
+    };
+    let inner_len = inner.len();
+    let gre_len = if kind == TunnelKind::Gre { 4 } else { 0 };
+    let proto = match (kind, inner_v6) {
+        (TunnelKind::Gre, _) => PROTO_GRE,
+        (TunnelKind::Ipip, false) => PROTO_IPIP,
+        (TunnelKind::Ipip, true) => PROTO_IPV6,
+    };
+    let total = overhead(kind, dst) + inner_len;
+    if total > usize::from(u16::MAX) + if dst.is_ipv6() { 40 } else { 0 } {
+        return false;
+    }
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            if !buf.push_front(20 + gre_len) {
+                return false;
+            }
+            let data = buf.data_mut();
+            data[..20].fill(0);
+            let mut ip = Ipv4Packet::new_unchecked(&mut data[..]);
+            ip.set_version_and_header_len(20);
+            ip.set_dscp_ecn(0, inner_ecn);
+            ip.set_total_len(total as u16);
+            ip.set_ident(ident);
+            // RFC 2003 3.1: DF copied from the inner header (always set for IPv6 inner).
+            ip.set_fragment(inner_df, false, 0);
+            ip.set_ttl(OUTER_TTL);
+            ip.set_protocol(crate::wire::IpProtocol(proto));
+            ip.set_src_addr(s);
+            ip.set_dst_addr(d);
+            ip.fill_checksum();
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            if !buf.push_front(40 + gre_len) {
+                return false;
+            }
+            let data = buf.data_mut();
+            data[..40].fill(0);
+            let mut ip = Ipv6Packet::new_unchecked(&mut data[..]);
+            ip.set_version_tc_flow(inner_ecn, 0);
+            ip.set_payload_len((gre_len + inner_len) as u16);
+            ip.set_next_header(crate::wire::IpProtocol(proto));
+            ip.set_hop_limit(OUTER_TTL);
+            ip.set_src_addr(s);
+            ip.set_dst_addr(d);
+        }
+        _ => return false,
+    }
+    if kind == TunnelKind::Gre {
+        let at = if dst.is_ipv4() { 20 } else { 40 };
+        let ethertype = if inner_v6 {
+            EtherType::IPV6
+        } else {
+            EtherType::IPV4
+        };
+        let g = &mut buf.data_mut()[at..at + 4];
+        g[0] = 0;
+        g[1] = 0;
+        g[2..4].copy_from_slice(&ethertype.0.to_be_bytes());
+    }
+    true
+}
+
+/// Why a tunnel packet was not decapsulated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapError {
+    /// GRE with a version other than 0, the routing bit, an unknown payload type, or a bad
+    /// checksum.
+    BadGre,
+    /// The inner packet is not the IP version the outer header says.
+    BadInner,
+}
+
+/// Strips the outer header (IP, and GRE when `proto` is GRE) from a packet whose transport
+/// header starts at `l4_offset`, leaving the inner packet. Returns whether the inner packet is
+/// IPv6.
+pub fn decapsulate<B: PacketBuffer>(
+    buf: &mut B,
+    proto: u8,
+    l4_offset: usize,
+    end: usize,
+) -> Result<bool, DecapError> {
+    let data = buf.data();
+    let outer_ecn = match data.first().map(|b| b >> 4) {
+        Some(4) => data.get(1).map_or(0, |b| b & 3),
+        _ => data.get(..2).map_or(0, |b| ((b[0] << 4) | (b[1] >> 4)) & 3),
+    };
+    let l4 = data.get(l4_offset..end).ok_or(DecapError::BadInner)?;
+    let (strip, inner_v6) = match proto {
+        PROTO_IPIP => (l4_offset, false),
+        PROTO_IPV6 => (l4_offset, true),
+        PROTO_GRE => {
+            let g = crate::wire::GrePacket::new_checked(l4).map_err(|_| DecapError::BadGre)?;
+            // RFC 2784: version 0; the RFC 1701 routing bit means a reserved bit set.
+            if g.version() != 0 || l4[0] & 0x40 != 0 {
+                return Err(DecapError::BadGre);
+            }
+            if g.checksum_present() && !g.verify_checksum() {
+                return Err(DecapError::BadGre);
+            }
+            let v6 = match g.protocol_type() {
+                EtherType::IPV4 => false,
+                EtherType::IPV6 => true,
+                _ => return Err(DecapError::BadGre),
+            };
+            (l4_offset + g.header_len(), v6)
+        }
+        _ => return Err(DecapError::BadInner),
+    };
+    let version = data.get(strip).map(|b| b >> 4);
+    if version != Some(if inner_v6 { 6 } else { 4 }) {
+        return Err(DecapError::BadInner);
+    }
+    buf.truncate(end);
+    if !buf.pull_front(strip) {
+        return Err(DecapError::BadInner);
+    }
+    if outer_ecn == ECN_CE {
+        mark_ce(buf.data_mut(), inner_v6);
+    }
+    Ok(inner_v6)
+}
+
+/// Sets Congestion Experienced on an ECN-capable packet (RFC 6040 section 4.2).
+fn mark_ce(ip: &mut [u8], v6: bool) {
+    if v6 {
+        if ip.len() >= 2 && (ip[1] >> 4) & 3 != 0 {
+            ip[1] |= ECN_CE << 4;
+        }
+    } else if ip.len() >= 20 && ip[1] & 3 != 0 {
+        let old = u16::from_be_bytes([ip[0], ip[1]]);
+        ip[1] |= ECN_CE;
+        let new = u16::from_be_bytes([ip[0], ip[1]]);
+        let c = checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::HeapBuffer;
+
+    fn inner_v4() -> Vec<u8> {
+        let mut h = vec![0u8; 28];
+        h[0] = 0x45;
+        h[1] = 0x02; // ECT(0)
+        h[2..4].copy_from_slice(&28u16.to_be_bytes());
+        h[6] = 0x40; // DF
+        h[8] = 63;
+        h[9] = 17;
+        h[12..16].copy_from_slice(&[198, 18, 1, 2]);
+        h[16..20].copy_from_slice(&[198, 51, 100, 10]);
+        let c = checksum::checksum(&h[..20]);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn gre_and_ipip_round_trip_with_ecn() {
+        for kind in [TunnelKind::Gre, TunnelKind::Ipip] {
+            let inner = inner_v4();
+            let mut buf = HeapBuffer::from_bytes(&inner);
+            let (s, d) = (
+                "198.18.3.1".parse().unwrap(),
+                "198.18.3.2".parse().unwrap(),
+            );
+            assert!(encapsulate(&mut buf, kind, s, d, 7));
+            let outer = Ipv4Packet::new_checked(buf.data()).unwrap();
+            assert!(outer.verify_checksum());
+            assert!(outer.dont_fragment());
+            assert_eq!(usize::from(outer.total_len()), 28 + overhead(kind, d));
+            let proto = outer.protocol().0;
+            assert_eq!(proto, if kind == TunnelKind::Gre { 47 } else { 4 });
+            // Congestion on the way: CE on the outer header reaches the inner one.
+            let mut bytes = buf.data().to_vec();
+            bytes[1] |= 3;
+            let mut buf = HeapBuffer::from_bytes(&bytes);
+            let end = bytes.len();
+            assert_eq!(decapsulate(&mut buf, proto, 20, end), Ok(false));
+            let got = Ipv4Packet::new_checked(buf.data()).unwrap();
+            assert!(got.verify_checksum());
+            assert_eq!(buf.data()[1] & 3, 3);
+            assert_eq!(&buf.data()[2..10], &inner[2..10]);
+            assert_eq!(&buf.data()[12..], &inner[12..]);
+        }
+    }
+
+    #[test]
+    fn bad_gre_is_refused() {
+        let inner = inner_v4();
+        let mut buf = HeapBuffer::from_bytes(&inner);
+        let (s, d) = (
+            "198.18.3.1".parse().unwrap(),
+            "198.18.3.2".parse().unwrap(),
+        );
+        assert!(encapsulate(&mut buf, TunnelKind::Gre, s, d, 7));
+        let mut bytes = buf.data().to_vec();
+        bytes[21] = 1; // version 1 (PPTP)
+        let mut b = HeapBuffer::from_bytes(&bytes);
+        let end = bytes.len();
+        assert_eq!(decapsulate(&mut b, 47, 20, end), Err(DecapError::BadGre));
+        bytes[21] = 0;
+        bytes[22..24].copy_from_slice(&0x6558u16.to_be_bytes()); // transparent Ethernet
+        let mut b = HeapBuffer::from_bytes(&bytes);
+        assert_eq!(decapsulate(&mut b, 47, 20, end), Err(DecapError::BadGre));
+        // IPIP that says IPv4 but carries something else.
+        let mut b = HeapBuffer::from_bytes(&[0x45, 0, 0, 21, 0, 0, 0, 0, 64, 4, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 0x60]);
+        assert_eq!(decapsulate(&mut b, 4, 20, 21), Err(DecapError::BadInner));
+    }
+}
