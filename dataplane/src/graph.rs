@@ -54,6 +54,8 @@ pub struct Meta {
     pub local_origin: bool,
     /// The packet arrived in a link-layer broadcast or multicast frame.
     pub l2_multicast: bool,
+    /// The packet came out of a tunnel this node terminated (GRE, IP-in-IP).
+    pub decapsulated: bool,
     /// When the packet was first parked in [`HOLD`], if it was.
     pub held_since: Option<NonZeroU64>,
     /// 1 + index of this packet's trace record, or 0 when it is not traced.

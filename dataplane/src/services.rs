@@ -27,6 +27,9 @@ pub struct Services {
     /// segment is balanced afresh, and a backend that does not know the connection resets
     /// it). UDP and SCTP flows are always forgotten, so clients do not talk into the void.
     pub flush_tcp_on_removal: bool,
+    /// Terminate GRE and IP-in-IP tunnels addressed to this node (from an edge load balancer)
+    /// and treat what they carry as received.
+    pub accept_tunnels: bool,
 }
 
 impl Default for Services {
@@ -39,6 +42,7 @@ impl Default for Services {
             // that the node's own stack hands out first.
             snat_ports: 32768..=60999,
             flush_tcp_on_removal: false,
+            accept_tunnels: true,
         }
     }
 }

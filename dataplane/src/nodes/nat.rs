@@ -17,8 +17,9 @@
 
 use std::net::IpAddr;
 
-use switchyard_lb::service::{FrontendEntry, FrontendKind, Target};
+use switchyard_lb::service::{Forwarding, FrontendEntry, FrontendKind, Target};
 
+use super::tunnel::{self, TunnelKind};
 use super::{flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{ConntrackError, Direction, FlowKey, Verdict};
@@ -43,6 +44,13 @@ node_errors! {
         NoSnatPort = ("no_snat_port", "no free masquerade port or no address towards the backend: dropped"),
         Fragment = ("fragment", "non-first fragment: not translated"),
         IcmpTranslated = ("icmp_translated", "ICMP errors about tracked connections translated"),
+        Encapsulated = ("encapsulated", "packets sent to a backend in a GRE or IP-in-IP tunnel"),
+        Decapsulated = ("decapsulated", "tunnel packets to this node unwrapped"),
+        BadTunnel = ("bad_tunnel", "tunnel packet with a bad GRE header or inner packet: dropped"),
+        NoTunnelSource = ("no_tunnel_source", "no route or address towards a tunnel's far end: dropped"),
+        TooBigForTunnel = ("too_big_for_tunnel", "too big once encapsulated and not to be fragmented: ICMP sent"),
+        TtlExpired = ("ttl_expired", "TTL or hop limit expired before encapsulation: ICMP sent"),
+        Delivered = ("delivered", "direct server return: sent to a local backend unchanged"),
     }
 }
 
@@ -51,12 +59,38 @@ node_errors! {
 #[repr(u16)]
 enum Next {
     Drop,
+    /// The lookup of the node's own family.
     Lookup,
+    /// The ICMP error node of the node's own family.
     Error,
+    /// The lookup of the other family (a tunnel whose outer header is of the other family).
+    OtherLookup,
+    /// IPv4 input (a decapsulated IPv4 packet).
+    Input4,
+    /// IPv6 input (a decapsulated IPv6 packet).
+    Input6,
+    /// Rewrite of the node's own family, the next hop already chosen (direct server return).
+    Rewrite,
 }
 
-const NEXT4: &[&str] = &[DROP, "ip4-lookup", "icmp4-error"];
-const NEXT6: &[&str] = &[DROP, "ip6-lookup", "icmp6-error"];
+const NEXT4: &[&str] = &[
+    DROP,
+    "ip4-lookup",
+    "icmp4-error",
+    "ip6-lookup",
+    "ip4-input",
+    "ip6-input",
+    "ip4-rewrite",
+];
+const NEXT6: &[&str] = &[
+    DROP,
+    "ip6-lookup",
+    "icmp6-error",
+    "ip4-lookup",
+    "ip4-input",
+    "ip6-input",
+    "ip6-rewrite",
+];
 
 /// The NAT node of IPv4 (`V6 = false`) or IPv6.
 #[derive(Debug, Default)]
@@ -107,6 +141,13 @@ fn translate<B: PacketBuffer>(
     let Some(t) = Tuple::parse(pkt.buf.data()) else {
         return Next::Lookup;
     };
+    if matches!(t.key.proto, tunnel::PROTO_IPIP | tunnel::PROTO_IPV6 | tunnel::PROTO_GRE)
+        && services.accept_tunnels
+        && !t.fragment
+        && is_local(cx.tables, t.key.dst)
+    {
+        return decapsulate(cx, pkt, &t);
+    }
     if !t.has_ports() {
         return icmp_error(cx, pkt, &t);
     }
@@ -188,6 +229,14 @@ fn new_connection<B: PacketBuffer>(
     let Some(backend) = set.pick(hash) else {
         return reject(cx, pkt, t);
     };
+    match (frontend.forwarding, pkt.meta.decapsulated) {
+        (Forwarding::Nat, _) | (Forwarding::Gre | Forwarding::Ipip, true) => {}
+        (Forwarding::DsrIpip, true) => return deliver(cx, pkt, backend.addr),
+        (Forwarding::Gre, false) => return encapsulate(cx, pkt, t, TunnelKind::Gre, backend.addr),
+        (Forwarding::Ipip | Forwarding::DsrIpip, false) => {
+            return encapsulate(cx, pkt, t, TunnelKind::Ipip, backend.addr)
+        }
+    }
     let masquerade = services.masquerade_all
         || backend.addr == src
         || match frontend.kind {
@@ -298,16 +347,22 @@ fn snat<B>(
 /// The address this node sends from towards `dst`: the primary address of the interface the
 /// route leaves by.
 fn source_towards(tables: &Tables, dst: IpAddr) -> Option<IpAddr> {
+    source_and_mtu_towards(tables, dst).map(|(a, _)| a)
+}
+
+/// [`source_towards`] and the MTU of that interface.
+fn source_and_mtu_towards(tables: &Tables, dst: IpAddr) -> Option<(IpAddr, u16)> {
     let port = match tables.fib.lookup(dst)? {
         Route::Attached { port } => *port,
         Route::Via(hops) => hops.first()?.port,
         _ => return None,
     };
     let ifc = tables.interface(port)?;
-    match dst {
-        IpAddr::V4(_) => ifc.primary_ipv4().map(IpAddr::V4),
-        IpAddr::V6(_) => Some(IpAddr::V6(ifc.primary_ipv6())),
-    }
+    let addr = match dst {
+        IpAddr::V4(_) => IpAddr::V4(ifc.primary_ipv4()?),
+        IpAddr::V6(_) => IpAddr::V6(ifc.primary_ipv6()),
+    };
+    Some((addr, ifc.mtu))
 }
 
 /// Refuses a connection to a service without endpoints: a TCP reset from the service address,
@@ -403,4 +458,105 @@ fn icmp_error<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: 
         cx.error(NatError::IcmpTranslated);
     }
     Next::Lookup
+}
+
+/// Unwraps a tunnel packet addressed to this node and sends the inner packet to the input
+/// node of its family, marked as decapsulated.
+fn decapsulate<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: &Tuple) -> Next {
+    match tunnel::decapsulate(&mut pkt.buf, t.key.proto, t.l4_offset, t.end) {
+        Ok(inner_v6) => {
+            cx.error(NatError::Decapsulated);
+            pkt.meta.decapsulated = true;
+            pkt.meta.local_origin = false;
+            if pkt.meta.trace != 0 {
+                cx.trace(&pkt.meta, format_args!("decapsulated from {}", t.key.src));
+            }
+            if inner_v6 {
+                Next::Input6
+            } else {
+                Next::Input4
+            }
+        }
+        Err(_) => {
+            cx.error(NatError::BadTunnel);
+            Next::Drop
+        }
+    }
+}
+
+/// The edge role: sends the packet, unchanged but for its TTL, in a tunnel to `to` (a node
+/// or pod that terminates it).
+fn encapsulate<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    pkt: &mut Packet<B>,
+    t: &Tuple,
+    kind: TunnelKind,
+    to: IpAddr,
+) -> Next {
+    let Some((src, mtu)) = source_and_mtu_towards(cx.tables, to) else {
+        cx.error(NatError::NoTunnelSource);
+        return Next::Drop;
+    };
+    let inner_v6 = t.key.dst.is_ipv6();
+    let overhead = tunnel::overhead(kind, to);
+    let data = pkt.buf.data_mut();
+    let may_fragment = !inner_v6 && data.get(6).is_some_and(|b| b & 0x40 == 0);
+    if t.end + overhead > usize::from(mtu) && !may_fragment {
+        cx.error(NatError::TooBigForTunnel);
+        let inner_mtu = u32::from(mtu).saturating_sub(overhead as u32);
+        pkt.meta.icmp_error = Some(if inner_v6 {
+            (2, 0, inner_mtu.max(1280))
+        } else {
+            (3, 4, inner_mtu)
+        });
+        return Next::Error;
+    }
+    // The tunnel is a hop: the inner TTL goes down here, as a router's would.
+    let expired = if inner_v6 {
+        let mut ip = Ipv6Packet::new_unchecked(&mut data[..]);
+        ip.hop_limit() <= 1 || {
+            ip.decrement_hop_limit();
+            false
+        }
+    } else {
+        let mut ip = Ipv4Packet::new_unchecked(&mut data[..]);
+        ip.ttl() <= 1 || {
+            ip.decrement_ttl();
+            false
+        }
+    };
+    if expired {
+        cx.error(NatError::TtlExpired);
+        pkt.meta.icmp_error = Some(if inner_v6 { (3, 0, 0) } else { (11, 0, 0) });
+        return Next::Error;
+    }
+    cx.state.fragment_ident = cx.state.fragment_ident.wrapping_add(1);
+    let ident = cx.state.fragment_ident as u16;
+    if !tunnel::encapsulate(&mut pkt.buf, kind, src, to, ident) {
+        cx.error(NatError::NoTunnelSource);
+        return Next::Drop;
+    }
+    cx.error(NatError::Encapsulated);
+    pkt.meta.local_origin = true;
+    if pkt.meta.trace != 0 {
+        cx.trace(&pkt.meta, format_args!("{kind:?} tunnel {src} -> {to}"));
+    }
+    if to.is_ipv6() == inner_v6 {
+        Next::Lookup
+    } else {
+        Next::OtherLookup
+    }
+}
+
+/// Direct server return, backend side: the packet goes to the local backend `to` as it is
+/// (still addressed to the service, which the backend holds on a loopback interface); the
+/// backend answers the client directly.
+fn deliver<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, to: IpAddr) -> Next {
+    let Some(hop) = cx.tables.fib.lookup(to).and_then(|r| r.next_hop(to, || 0)) else {
+        cx.error(NatError::NoTunnelSource);
+        return Next::Drop;
+    };
+    super::set_next_hop(cx, pkt, to, hop);
+    cx.error(NatError::Delivered);
+    Next::Rewrite
 }

@@ -230,3 +230,77 @@ fn plain_routing_is_untouched_by_the_proxy() {
     assert_eq!(r.state.conntrack.len(), 0);
     let _ = IpAddr::from(v4(CLIENT));
 }
+
+fn with_forwarding(forwarding: switchyard_lb::service::Forwarding) -> Service {
+    Service {
+        forwarding,
+        ..service(vec![backend()])
+    }
+}
+
+/// `inner` inside an outer IPv4 header (protocol `proto`, GRE header included by the caller).
+fn outer_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, inner: &[u8]) -> Vec<u8> {
+    ipv4(src, dst, IpProtocol(proto), 64, true, inner)
+}
+
+#[test]
+fn edge_role_sends_service_traffic_in_gre_and_ipip() {
+    use switchyard_lb::service::Forwarding;
+    for (forwarding, proto, hdr) in [
+        (Forwarding::Gre, 47u8, 4usize),
+        (Forwarding::Ipip, 4, 0),
+        (Forwarding::DsrIpip, 4, 0),
+    ] {
+        let mut r = Rig::with_services(&[with_forwarding(forwarding)]);
+        let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+        assert_eq!(out.len(), 1, "{forwarding:?}");
+        assert_eq!(out[0].0, 1);
+        let outer = ip4_of(&out[0].1);
+        assert!(outer.verify_checksum());
+        assert_eq!(outer.protocol().0, proto);
+        assert_eq!((outer.src_addr(), outer.dst_addr()), (v4("198.18.2.1"), v4(BACKEND)));
+        let payload = outer.payload();
+        if hdr == 4 {
+            assert_eq!(payload[..4], [0, 0, 0x08, 0x00]);
+        }
+        let inner = Ipv4Packet::new_checked(&payload[hdr..]).unwrap();
+        assert!(inner.verify_checksum());
+        assert_eq!(inner.ttl(), 63);
+        assert_eq!((inner.src_addr(), inner.dst_addr()), (v4(CLIENT), v4(VIP)));
+        assert_eq!(&inner.payload()[..4], &[0x9c, 0x40, 0, 80]);
+        assert_eq!(r.state.conntrack.len(), 0, "tunnelling is stateless");
+        assert_eq!(r.count("ip4-nat", "encapsulated"), 1);
+    }
+}
+
+#[test]
+fn node_role_unwraps_and_proxies_or_delivers_for_direct_return() {
+    use switchyard_lb::service::Forwarding;
+    let client = v4("203.0.113.5");
+    let inner = tcp(client, v4(VIP), 40000, 80, TcpFlags::SYN);
+    let mut gre = vec![0, 0, 0x08, 0x00];
+    gre.extend_from_slice(&inner);
+    // GRE: decapsulated, then DNAT to the local pod as a service proxy.
+    let mut r = Rig::with_services(&[with_forwarding(Forwarding::Gre)]);
+    let frame = eth(MAC0, CLIENT_MAC, 0x0800, &outer_v4(v4(CLIENT), v4("198.18.1.1"), 47, &gre));
+    let out = r.send(0, &frame);
+    let (port, src, dst, sport, dport, _) = one_tcp(&out);
+    assert_eq!((port, src, dst, sport, dport), (1, client, v4(BACKEND), 40000, 8080));
+    assert_eq!(r.count("ip4-nat", "decapsulated"), 1);
+    // IPIP for direct server return: delivered to the pod still addressed to the service.
+    let mut r = Rig::with_services(&[with_forwarding(Forwarding::DsrIpip)]);
+    let frame = eth(MAC0, CLIENT_MAC, 0x0800, &outer_v4(v4(CLIENT), v4("198.18.1.1"), 4, &inner));
+    let out = r.send(0, &frame);
+    let (port, src, dst, sport, dport, _) = one_tcp(&out);
+    assert_eq!((port, src, dst, sport, dport), (1, client, v4(VIP), 40000, 80));
+    assert_eq!(&out[0].1[..6], &SERVER_MAC, "sent to the pod's MAC");
+    assert_eq!(r.count("ip4-nat", "delivered"), 1);
+    assert_eq!(r.state.conntrack.len(), 0);
+    // A broken GRE header is counted and dropped.
+    let mut bad = gre.clone();
+    bad[1] = 1;
+    let frame = eth(MAC0, CLIENT_MAC, 0x0800, &outer_v4(v4(CLIENT), v4("198.18.1.1"), 47, &bad));
+    assert!(r.send(0, &frame).is_empty());
+    assert_eq!(r.count("ip4-nat", "bad_tunnel"), 1);
+}
