@@ -102,3 +102,61 @@ impl Services {
             .any(|t| matches!(t, Target::Backends(set) if set.backends.contains(&backend)))
     }
 }
+
+/// sessionAffinity ClientIP: which backend each client was last sent to, per frontend, so
+/// that a client keeps its backend for the affinity timeout after its last new connection
+/// (kube-proxy's `recent` match), even when the backend set changes around it.
+#[derive(Debug, Default)]
+pub struct AffinityTable {
+    entries: fnv::FnvHashMap<(Frontend, IpAddr), (BackendAddr, crate::graph::Nanos)>,
+}
+
+/// Most clients remembered per worker; beyond it new clients go by hash alone until expiry
+/// makes room.
+pub const AFFINITY_CAPACITY: usize = 65_536;
+
+impl AffinityTable {
+    /// The backend `client` keeps for `frontend`, if it was chosen less than `timeout` ago and
+    /// `valid` still accepts it.
+    pub fn get(
+        &self,
+        frontend: &Frontend,
+        client: IpAddr,
+        timeout: crate::graph::Nanos,
+        now: crate::graph::Nanos,
+        valid: impl Fn(&BackendAddr) -> bool,
+    ) -> Option<BackendAddr> {
+        let (backend, used) = self.entries.get(&(*frontend, client))?;
+        (now.saturating_sub(*used) < timeout && valid(backend)).then_some(*backend)
+    }
+
+    /// Records that `client` was sent to `backend` now.
+    pub fn record(
+        &mut self,
+        frontend: Frontend,
+        client: IpAddr,
+        backend: BackendAddr,
+        now: crate::graph::Nanos,
+    ) {
+        if self.entries.len() >= AFFINITY_CAPACITY && !self.entries.contains_key(&(frontend, client)) {
+            return;
+        }
+        self.entries.insert((frontend, client), (backend, now));
+    }
+
+    /// Forgets entries idle for longer than `max_timeout` (the longest affinity timeout).
+    pub fn expire(&mut self, now: crate::graph::Nanos, max_timeout: crate::graph::Nanos) {
+        self.entries
+            .retain(|_, (_, used)| now.saturating_sub(*used) < max_timeout);
+    }
+
+    /// Clients remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no client is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

@@ -10,6 +10,7 @@ use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::fib::Route;
 use crate::graph::Nanos;
 use crate::reassembly::Reassembler;
+use crate::services::AffinityTable;
 use crate::tables::Tables;
 
 const SECOND: Nanos = 1_000_000_000;
@@ -291,6 +292,8 @@ pub struct WorkerState {
     pub fragment_ident: u32,
     /// The service proxy's connections.
     pub conntrack: Conntrack,
+    /// sessionAffinity ClientIP choices.
+    pub affinity: AffinityTable,
     /// The version of the tables the connections were last checked against.
     services_version: u64,
 }
@@ -302,6 +305,8 @@ impl WorkerState {
         self.reassembly.expire(now);
         // A slice of the connection table per call; callers call this often.
         self.conntrack.expire(now, 1024);
+        // Kubernetes caps sessionAffinityConfig.clientIP.timeoutSeconds at one day.
+        self.affinity.expire(now, 86_400 * SECOND);
     }
 
     /// A worker with a connection table of its own making.
@@ -342,6 +347,7 @@ impl Default for WorkerState {
             reassembly: Reassembler::default(),
             fragment_ident: 0,
             conntrack: Conntrack::new(ConntrackConfig::default()),
+            affinity: AffinityTable::default(),
             services_version: 0,
         }
     }

@@ -17,7 +17,7 @@
 
 use std::net::IpAddr;
 
-use switchyard_lb::service::{Forwarding, FrontendEntry, FrontendKind, Target};
+use switchyard_lb::service::{Forwarding, Frontend, FrontendEntry, FrontendKind, Target};
 
 use super::tunnel::{self, TunnelKind};
 use super::{flow_hash, tcp_reset};
@@ -217,16 +217,30 @@ fn new_connection<B: PacketBuffer>(
             return Next::Drop;
         }
     };
-    let hash = if frontend.affinity_timeout_secs.is_some() {
-        u64::from(flow_hash(&addr_words(src), 0, 0))
-    } else {
-        u64::from(flow_hash(
+    let backend = match frontend.affinity_timeout_secs {
+        Some(secs) => {
+            let key = Frontend {
+                addr: t.key.dst,
+                proto: t.key.proto,
+                port: t.key.dst_port,
+            };
+            let timeout = u64::from(secs) * 1_000_000_000;
+            let kept = cx.state.affinity.get(&key, src, timeout, cx.now, |b| {
+                set.backends.contains(b)
+            });
+            let chosen = kept.or_else(|| set.pick(u64::from(flow_hash(&addr_words(src), 0, 0))));
+            if let Some(b) = chosen {
+                cx.state.affinity.record(key, src, b, cx.now);
+            }
+            chosen
+        }
+        None => set.pick(u64::from(flow_hash(
             &addr_words(src),
             t.key.proto,
             u32::from(t.key.src_port) << 16 | u32::from(t.key.dst_port),
-        ))
+        ))),
     };
-    let Some(backend) = set.pick(hash) else {
+    let Some(backend) = backend else {
         return reject(cx, pkt, t);
     };
     match (frontend.forwarding, pkt.meta.decapsulated) {

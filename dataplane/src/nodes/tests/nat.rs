@@ -304,3 +304,45 @@ fn node_role_unwraps_and_proxies_or_delivers_for_direct_return() {
     assert!(r.send(0, &frame).is_empty());
     assert_eq!(r.count("ip4-nat", "bad_tunnel"), 1);
 }
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_its_backend_across_changes_until_the_timeout() {
+    let pods = |n: u8| -> Vec<Endpoint> {
+        (0..n)
+            .map(|i| Endpoint::ready(v4(&format!("198.18.2.{}", 10 + i)).into(), 8080, true))
+            .collect()
+    };
+    let sticky = |endpoints| Service {
+        affinity_timeout_secs: Some(10),
+        ..service(endpoints)
+    };
+    let mut r = Rig::with_services(&[sticky(pods(4))]);
+    for i in 0..4 {
+        r.state
+            .neighbors
+            .insert_permanent(1, v4(&format!("198.18.2.{}", 10 + i)).into(), SERVER_MAC);
+    }
+    let connect = |r: &mut Rig, sport: u16| {
+        let syn = tcp(v4(CLIENT), v4(VIP), sport, 80, TcpFlags::SYN);
+        one_tcp(&r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn))).2
+    };
+    let first = connect(&mut r, 1000);
+    for sport in 1001..1020 {
+        assert_eq!(connect(&mut r, sport), first);
+    }
+    // The set changes; the client keeps its backend while it is still there.
+    let others: Vec<Endpoint> = pods(4)
+        .into_iter()
+        .filter(|e| e.addr != IpAddr::from(first))
+        .take(2)
+        .chain([Endpoint::ready(first.into(), 8080, true)])
+        .collect();
+    r.set_services(&[sticky(others)], 3);
+    for sport in 2000..2010 {
+        assert_eq!(connect(&mut r, sport), first);
+    }
+    // Past the timeout the choice is made afresh (by the client address, so stable again).
+    r.now += 11_000_000_000;
+    let again = connect(&mut r, 3000);
+    assert_eq!(connect(&mut r, 3001), again);
+}
