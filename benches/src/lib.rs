@@ -335,3 +335,150 @@ mod tests {
         assert_eq!(frame(Family::V6, 0).len(), 64);
     }
 }
+
+/// The service proxy's rig: the router rig with one ClusterIP Service (198.51.100.10:80/TCP)
+/// over ten backends on port 1, fed 64-byte TCP ACK segments from `count` client ports.
+pub struct ServiceRig {
+    /// The router rig with services in its tables.
+    pub rig: RouterRig,
+}
+
+/// The Service address of [`ServiceRig`].
+pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+
+impl ServiceRig {
+    /// A rig whose vector is `count` segments of as many connections.
+    pub fn new(count: usize) -> Self {
+        use std::sync::Arc;
+        use switchyard_dataplane::services::Services;
+        use switchyard_lb::service::{
+            CompileOptions, Endpoint, Protocol, Service, ServiceName, ServicePort, ServiceTable,
+        };
+        let mut rig = RouterRig::new(Family::V4, count);
+        let backends: Vec<Ipv4Addr> = (0..10).map(|i| Ipv4Addr::new(198, 18, 2, 10 + i)).collect();
+        let service = Service {
+            name: ServiceName {
+                namespace: "bench".into(),
+                name: "web".into(),
+            },
+            cluster_ips: vec![SERVICE_VIP.into()],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+                endpoints: backends
+                    .iter()
+                    .map(|b| Endpoint::ready((*b).into(), 8080, true))
+                    .collect(),
+            }],
+            affinity_timeout_secs: None,
+            external_traffic_policy: Default::default(),
+            internal_traffic_policy: Default::default(),
+            health_check_node_port: None,
+            forwarding: Default::default(),
+        };
+        let (table, errors) = ServiceTable::compile(&[service], &CompileOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        rig.tables.services = Some(Arc::new(Services {
+            table,
+            ..Services::default()
+        }));
+        rig.tables.version = 2;
+        for b in &backends {
+            rig.state
+                .neighbors
+                .insert_permanent(1, (*b).into(), GATEWAY_MACS[0]);
+        }
+        rig.frames = (0..rig.frames.len())
+            .map(|i| tcp4_ack_frame(10_000 + i as u16))
+            .collect();
+        ServiceRig { rig }
+    }
+
+    /// Forwards one vector (see [`RouterRig::forward_vector`]).
+    #[inline]
+    pub fn forward_vector(&mut self) -> usize {
+        self.rig.forward_vector()
+    }
+
+    /// Forgets every connection, so the next vector starts new ones.
+    pub fn forget_connections(&mut self) -> usize {
+        self.rig.state.conntrack.flush_matching(|_| true)
+    }
+
+    /// Forwards one vector and checks that every segment left on port 1 for a backend's port
+    /// 8080, with the client's address kept.
+    pub fn check(&mut self) -> Result<(), String> {
+        let rig = &mut self.rig;
+        for (frame, mut buf) in rig.frames.iter().zip(rig.free.drain(..)) {
+            buf.fill(frame);
+            rig.graph.receive(Packet::received(buf, 0));
+        }
+        rig.graph.dispatch(&rig.tables, &mut rig.state, rig.now);
+        let n = rig.frames.len();
+        let result = (|| {
+            if rig.graph.tx[1].len() != n {
+                return Err(format!(
+                    "{} of {n} segments sent to backends; counters: {:?}",
+                    rig.graph.tx[1].len(),
+                    rig.graph.counters()
+                ));
+            }
+            for buf in &rig.graph.tx[1] {
+                let ip = Ipv4Packet::new_checked(&buf.data()[14..]).map_err(|e| e.to_string())?;
+                if ip.src_addr() != Ipv4Addr::new(198, 18, 1, 2)
+                    || ip.dst_addr().octets()[..3] != [198, 18, 2]
+                    || ip.payload()[2..4] != 8080u16.to_be_bytes()
+                {
+                    return Err(format!("not translated: {} -> {}", ip.src_addr(), ip.dst_addr()));
+                }
+            }
+            Ok(())
+        })();
+        for q in &mut rig.graph.tx {
+            rig.free.append(q);
+        }
+        rig.free.append(&mut rig.graph.dropped);
+        result
+    }
+}
+
+/// A 64-byte (60 without FCS) Ethernet/IPv4/TCP ACK from the client's port `sport` to the
+/// service, with correct checksums.
+pub fn tcp4_ack_frame(sport: u16) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    tcp.extend_from_slice(&[0; 6]); // pads the frame to 60 bytes
+    let client = Ipv4Addr::new(198, 18, 1, 2);
+    let repr = Ipv4Repr {
+        src_addr: client,
+        dst_addr: SERVICE_VIP,
+        protocol: IpProtocol::TCP,
+        payload_len: tcp.len(),
+        ttl: 64,
+        dscp: 0,
+        ecn: 0,
+        ident: sport,
+        dont_fragment: true,
+        more_fragments: false,
+        fragment_offset: 0,
+    };
+    let mut ip = vec![0u8; 20 + tcp.len()];
+    repr.emit(&mut Ipv4Packet::new_unchecked(&mut ip[..]))
+        .expect("the buffer fits the header");
+    let mut pseudo = pseudo_sum(&ip[12..20], IpProtocol::TCP, tcp.len());
+    pseudo.extend_from_slice(&tcp);
+    let c = checksum::checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    ip[20..].copy_from_slice(&tcp);
+    ethernet(ROUTER_MAC0, CLIENT_MAC, 0x0800, &ip)
+}
