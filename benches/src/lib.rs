@@ -318,24 +318,6 @@ fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u
     f
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_frame_is_forwarded_in_both_families() {
-        for family in [Family::V4, Family::V6] {
-            let mut rig = RouterRig::new(family, VECTOR_SIZE);
-            rig.check().unwrap();
-            // Buffers come back: a second round works the same.
-            assert_eq!(rig.forward_vector(), VECTOR_SIZE);
-            rig.check().unwrap();
-        }
-        assert_eq!(frame(Family::V4, 0).len(), 60);
-        assert_eq!(frame(Family::V6, 0).len(), 64);
-    }
-}
-
 /// The service proxy's rig: the router rig with one ClusterIP Service (198.51.100.10:80/TCP)
 /// over ten backends on port 1, fed 64-byte TCP ACK segments from `count` client ports.
 pub struct ServiceRig {
@@ -481,4 +463,22 @@ pub fn tcp4_ack_frame(sport: u16) -> Vec<u8> {
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     ip[20..].copy_from_slice(&tcp);
     ethernet(ROUTER_MAC0, CLIENT_MAC, 0x0800, &ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_frame_is_forwarded_in_both_families() {
+        for family in [Family::V4, Family::V6] {
+            let mut rig = RouterRig::new(family, VECTOR_SIZE);
+            rig.check().unwrap();
+            // Buffers come back: a second round works the same.
+            assert_eq!(rig.forward_vector(), VECTOR_SIZE);
+            rig.check().unwrap();
+        }
+        assert_eq!(frame(Family::V4, 0).len(), 60);
+        assert_eq!(frame(Family::V6, 0).len(), 64);
+    }
 }
