@@ -4,14 +4,20 @@
 //! It also counts heap allocations in the forwarding loop, which should be zero.
 //!
 //! ```text
-//! forward_n [v4|v6] [PACKETS]     (default v4 1000000; rounded up to whole vectors of 256)
+//! forward_n [v4|v6|svc] [PACKETS]     (default v4 1000000; rounded up to whole vectors of 256)
+//! ```
+//!
+//! `svc` sends the service rig's established TCP segments through the service proxy (see
+//! `benches/service.rs`).
+//!
+//! ```text
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use switchyard_benches::{Family, RouterRig};
+use switchyard_benches::{Family, RouterRig, ServiceRig};
 use switchyard_dataplane::graph::VECTOR_SIZE;
 
 /// The system allocator, counting allocations.
@@ -40,13 +46,32 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// A rig that forwards a vector.
+trait Forward {
+    fn forward_vector(&mut self) -> usize;
+}
+
+impl Forward for RouterRig {
+    fn forward_vector(&mut self) -> usize {
+        RouterRig::forward_vector(self)
+    }
+}
+
+impl Forward for ServiceRig {
+    fn forward_vector(&mut self) -> usize {
+        ServiceRig::forward_vector(self)
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let service = args.get(1).is_some_and(|s| s == "svc");
     let family = match args.get(1).map(|s| Family::parse(s)) {
         None => Family::V4,
         Some(Some(f)) => f,
+        Some(None) if service => Family::V4,
         Some(None) => {
-            eprintln!("usage: forward_n [v4|v6] [PACKETS]");
+            eprintln!("usage: forward_n [v4|v6|svc] [PACKETS]");
             std::process::exit(2)
         }
     };
@@ -59,11 +84,23 @@ fn main() {
         }
     };
     let vectors = packets.div_ceil(VECTOR_SIZE as u64);
-    let mut rig = RouterRig::new(family, VECTOR_SIZE);
-    if let Err(e) = rig.check() {
-        eprintln!("the graph does not forward the frames: {e}");
-        std::process::exit(1)
-    }
+    let mut router;
+    let mut services;
+    let rig: &mut dyn Forward = if service {
+        services = ServiceRig::new(VECTOR_SIZE);
+        if let Err(e) = services.check() {
+            eprintln!("the service proxy does not translate the frames: {e}");
+            std::process::exit(1)
+        }
+        &mut services
+    } else {
+        router = RouterRig::new(family, VECTOR_SIZE);
+        if let Err(e) = router.check() {
+            eprintln!("the graph does not forward the frames: {e}");
+            std::process::exit(1)
+        }
+        &mut router
+    };
     // One warm-up vector so every queue has its capacity.
     rig.forward_vector();
     let allocs_before = ALLOCATIONS.load(Ordering::Relaxed);

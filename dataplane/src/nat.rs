@@ -143,59 +143,56 @@ pub fn is_translated(entry: &ConnEntry) -> bool {
 /// when the packet is too short for what it claims (nothing is changed then).
 pub fn rewrite(ip: &mut [u8], from: &Tuple, to: &FlowKey) -> bool {
     let l4_start = from.l4_offset;
-    if ip.len() < from.end || l4_start > from.end {
+    let min_header = if from.key.src.is_ipv4() { 20 } else { 40 };
+    if ip.len() < from.end || l4_start > from.end || l4_start < min_header {
         return false;
     }
-    let ports = from.has_ports() && !from.fragment;
+    let ports = from.has_ports() && !from.fragment && l4_start + 4 <= from.end;
     // Transport checksum position, if the protocol has a pseudo-header one.
     let csum_at = match from.key.proto {
         TCP if ports => Some(l4_start + 16),
         UDP if ports => Some(l4_start + 6),
         _ => None,
-    };
-    let mut l4_csum = csum_at.map(|at| u16::from_be_bytes([ip[at], ip[at + 1]]));
-    let udp_v4_no_checksum = from.key.proto == UDP && from.key.src.is_ipv4() && l4_csum == Some(0);
-    if udp_v4_no_checksum {
-        l4_csum = None;
     }
+    .filter(|&at| at + 2 <= from.end);
+    // The address changes go into both checksums (IPv4 header, pseudo-header); the port
+    // changes into the transport one only.
+    let mut addrs = checksum::Delta::default();
     match (from.key.src, from.key.dst, to.src, to.dst) {
         (IpAddr::V4(os), IpAddr::V4(od), IpAddr::V4(ns), IpAddr::V4(nd)) => {
-            let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
-            let mut hc = p.checksum();
             if os != ns {
-                hc = checksum::update_ipv4_addr(hc, os, ns);
-                l4_csum = l4_csum.map(|c| checksum::update_ipv4_addr(c, os, ns));
-                p.set_src_addr(ns);
+                addrs.replace32(os.to_bits(), ns.to_bits());
+                ip[12..16].copy_from_slice(&ns.octets());
             }
             if od != nd {
-                hc = checksum::update_ipv4_addr(hc, od, nd);
-                l4_csum = l4_csum.map(|c| checksum::update_ipv4_addr(c, od, nd));
-                p.set_dst_addr(nd);
+                addrs.replace32(od.to_bits(), nd.to_bits());
+                ip[16..20].copy_from_slice(&nd.octets());
             }
-            p.set_checksum(hc);
+            let hc = u16::from_be_bytes([ip[10], ip[11]]);
+            ip[10..12].copy_from_slice(&addrs.apply(hc).to_be_bytes());
         }
         (IpAddr::V6(os), IpAddr::V6(od), IpAddr::V6(ns), IpAddr::V6(nd)) => {
-            let mut p = Ipv6Packet::new_unchecked(&mut ip[..]);
             if os != ns {
-                l4_csum = l4_csum.map(|c| checksum::update_ipv6_addr(c, &os, &ns));
-                p.set_src_addr(ns);
+                addrs.replace_bytes(&os.octets(), &ns.octets());
+                ip[8..24].copy_from_slice(&ns.octets());
             }
             if od != nd {
-                l4_csum = l4_csum.map(|c| checksum::update_ipv6_addr(c, &od, &nd));
-                p.set_dst_addr(nd);
+                addrs.replace_bytes(&od.octets(), &nd.octets());
+                ip[24..40].copy_from_slice(&nd.octets());
             }
         }
         // Translation never changes the family.
         _ => return false,
     }
+    let mut l4_delta = addrs;
     if ports {
         let l4 = &mut ip[l4_start..from.end];
         if from.key.src_port != to.src_port {
-            l4_csum = l4_csum.map(|c| checksum::update_port(c, from.key.src_port, to.src_port));
+            l4_delta.replace16(from.key.src_port, to.src_port);
             l4[0..2].copy_from_slice(&to.src_port.to_be_bytes());
         }
         if from.key.dst_port != to.dst_port {
-            l4_csum = l4_csum.map(|c| checksum::update_port(c, from.key.dst_port, to.dst_port));
+            l4_delta.replace16(from.key.dst_port, to.dst_port);
             l4[2..4].copy_from_slice(&to.dst_port.to_be_bytes());
         }
         if from.key.proto == SCTP
@@ -205,12 +202,18 @@ pub fn rewrite(ip: &mut [u8], from: &Tuple, to: &FlowKey) -> bool {
             s.fill_checksum();
         }
     }
-    if let (Some(at), Some(mut c)) = (csum_at, l4_csum) {
-        // A UDP checksum of zero means "none"; a computed zero is sent as all ones.
-        if from.key.proto == UDP && c == 0 {
-            c = 0xffff;
+    if let Some(at) = csum_at {
+        let old = u16::from_be_bytes([ip[at], ip[at + 1]]);
+        // A UDP-over-IPv4 checksum of zero means "none" and stays so.
+        let none = from.key.proto == UDP && old == 0 && from.key.src.is_ipv4();
+        if !none {
+            let mut c = l4_delta.apply(old);
+            // A computed zero is sent as all ones in UDP.
+            if from.key.proto == UDP && c == 0 {
+                c = 0xffff;
+            }
+            ip[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
-        ip[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
     true
 }
