@@ -346,3 +346,52 @@ fn client_ip_affinity_keeps_a_client_on_its_backend_across_changes_until_the_tim
     let again = connect(&mut r, 3000);
     assert_eq!(connect(&mut r, 3001), again);
 }
+
+#[test]
+fn ipv6_cluster_ip_is_dnated_and_answered() {
+    let vip6 = v6("2001:db8:ffff::10");
+    let client6 = v6("2001:db8:1::2");
+    let backend6 = v6("2001:db8:2::2");
+    let svc = Service {
+        cluster_ips: vec![v4(VIP).into(), vip6.into()],
+        ..service(vec![backend(), Endpoint::ready(backend6.into(), 8080, true)])
+    };
+    let mut r = Rig::with_services(&[svc]);
+    let seg = |src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: TcpFlags| {
+        let repr = TcpRepr {
+            src_port: sport,
+            dst_port: dport,
+            seq_number: 7,
+            ack_number: if flags.contains(TcpFlags::ACK) { 1 } else { 0 },
+            flags,
+            window_len: 1000,
+            urgent_ptr: 0,
+            max_seg_size: None,
+            payload: &[],
+        };
+        let mut b = vec![0; repr.buffer_len()];
+        repr.emit(&mut TcpPacket::new_unchecked(&mut b[..]), &IpAddrPair::V6 { src, dst })
+            .unwrap();
+        eth(MAC0, CLIENT_MAC, 0x86dd, &ipv6(src, dst, IpProtocol::TCP, 64, &b))
+    };
+    let parse = |frame: &[u8]| {
+        let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+        let addrs = IpAddrPair::V6 {
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+        };
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum(&addrs));
+        (ip.src_addr(), ip.dst_addr(), t.src_port(), t.dst_port())
+    };
+    let out = r.send(0, &seg(client6, vip6, 40000, 80, TcpFlags::SYN));
+    assert_eq!(out.len(), 1);
+    assert_eq!(parse(&out[0].1), (client6, backend6, 40000, 8080));
+    let mut reply = seg(backend6, client6, 8080, 40000, TcpFlags::SYN | TcpFlags::ACK);
+    reply[..6].copy_from_slice(&MAC1);
+    reply[6..12].copy_from_slice(&SERVER_MAC);
+    let out = r.send(1, &reply);
+    assert_eq!(out.len(), 1);
+    assert_eq!(parse(&out[0].1), (vip6, client6, 80, 40000));
+    assert_eq!(r.count("ip6-nat", "new_connection"), 1);
+}
