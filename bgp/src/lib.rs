@@ -1,1 +1,77 @@
-//! BGP speaker: sans-IO session state machine and RIBs (issue: BGP speaker).
+//! BGP speaker core: a sans-IO session state machine, RFC 7606 error
+//! handling, and the RIBs with best path, multipath, route reflection and
+//! policy. Nothing here touches a socket or reads a clock; wire formats
+//! are netgauze-bgp-pkt's.
+//!
+//! # Driving a session (the tokio shell's job)
+//!
+//! One [`fsm::Session`] per configured peer ([`config::SessionConfig`]).
+//! The shell turns the world into events and carries out the actions:
+//!
+//! ```text
+//! shell                              Session                  Rib
+//! ManualStart / ManualStop  ───►  handle(Event)  ──► Vec<Action>
+//! TCP connected/failed/closed ──► handle(Event)
+//! bytes read from the socket ───► handle_bytes(&[u8])
+//! a timer fired ────────────────► handle(TimerExpired(Timer))
+//!
+//! Action::Connect          open TCP to the peer
+//! Action::Send(bytes)      write them, in order
+//! Action::Disconnect       close the connection
+//! Action::ArmTimer(t, d)   (re)start timer t to fire after d; CancelTimer(t)
+//! Action::SessionUp(neg)   rib.add_peer(..) once; neg is the Negotiated
+//!                          result (hold time, families, ADD-PATH, 4-octet
+//!                          AS, extended messages, the peer's GR capability)
+//! Action::Update(u)        rib.apply_update(peer, &u)
+//! Action::SessionDown(_)   rib.peer_down(peer)
+//! Action::RouteRefresh(f)  resend the Adj-RIB-Out for family f
+//! ```
+//!
+//! A second TCP connection for a peer that already has one in OpenSent or
+//! OpenConfirm is a collision: run a second `Session` on it and, when its
+//! OPEN arrives, keep the connection [`collision::connection_to_keep`]
+//! names and stop the other with Cease / Connection Collision Resolution.
+//!
+//! # Routes
+//!
+//! [`rib::Rib`] holds one [`rib::Table`] per family; every candidate path
+//! of a prefix is kept (that is each peer's post-policy Adj-RIB-In), the
+//! first is the Loc-RIB best and the leading ones the ECMP set
+//! ([`rib::Rib::multipath`]). After applying updates the shell takes the
+//! changed prefixes (`rib.v4.take_changes()`), updates the FIB from
+//! `multipath`, and for every established peer calls
+//! `sync_adj_rib_out_v4/v6` with its [`rib::adj_out::AdjRibOut`] and encodes
+//! the returned changes with [`update_tx::build_v4`] / [`update_tx::build_v6`]
+//! using [`update_tx::TxParams`] from the negotiated result. Locally
+//! originated routes (service VIPs, pod CIDR) enter via
+//! [`rib::Rib::originate`].
+//!
+//! # Errors
+//!
+//! Every protocol error becomes one [`notification::Notification`]:
+//! header checks in [`wire`], OPEN checks in [`open`], UPDATE checks in
+//! [`update_check`] (RFC 7606: attribute discard, treat-as-withdraw, or
+//! session reset, the most severe winning). Nothing in this crate panics
+//! on peer input.
+
+pub mod attrs;
+pub mod capability;
+pub mod collision;
+pub mod config;
+pub mod fsm;
+#[cfg(test)]
+mod fsm_tests;
+pub mod notification;
+pub mod open;
+pub mod policy;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod rfc7606_tests;
+pub mod rib;
+#[cfg(test)]
+mod rib_tests;
+pub mod update_check;
+pub mod update_rx;
+pub mod update_tx;
+pub mod wire;

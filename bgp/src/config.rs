@@ -1,0 +1,99 @@
+//! Per-session configuration: what we propose in our OPEN and what we
+//! expect from the peer.
+
+use netgauze_iana::address_family::AddressType;
+use std::net::Ipv4Addr;
+
+/// Address families this speaker knows (RFC 4760 AFI/SAFI pairs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    Ipv4Unicast,
+    Ipv6Unicast,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
+
+    pub fn address_type(self) -> AddressType {
+        match self {
+            Family::Ipv4Unicast => AddressType::Ipv4Unicast,
+            Family::Ipv6Unicast => AddressType::Ipv6Unicast,
+        }
+    }
+
+    pub fn from_address_type(at: AddressType) -> Option<Self> {
+        match at {
+            AddressType::Ipv4Unicast => Some(Family::Ipv4Unicast),
+            AddressType::Ipv6Unicast => Some(Family::Ipv6Unicast),
+            _ => None,
+        }
+    }
+
+    pub fn from_afi_safi(afi: u16, safi: u8) -> Option<Self> {
+        match (afi, safi) {
+            (1, 1) => Some(Family::Ipv4Unicast),
+            (2, 1) => Some(Family::Ipv6Unicast),
+            _ => None,
+        }
+    }
+}
+
+/// ADD-PATH directions for one family (RFC 7911 §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AddPathMode {
+    pub send: bool,
+    pub receive: bool,
+}
+
+/// Graceful restart as advertised by us (RFC 4724 §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GracefulRestartConfig {
+    /// Seconds the peer should keep our routes while we restart (12 bits).
+    pub restart_time: u16,
+    /// Set the Restart State bit: we are coming back from a restart.
+    pub restarting: bool,
+    /// Families whose forwarding state we preserved across the restart.
+    pub forwarding_preserved: Vec<Family>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    /// The AS the peer must announce (RFC 4271 §6.2 Bad Peer AS).
+    pub peer_as: u32,
+    /// Proposed hold time in seconds: 0 (no keepalives) or at least 3.
+    pub hold_time: u16,
+    pub connect_retry_time: u16,
+    /// Never initiate the TCP connection, only accept (RFC 4271 §8.1.1
+    /// PassiveTcpEstablishment).
+    pub passive: bool,
+    pub families: Vec<Family>,
+    pub route_refresh: bool,
+    pub graceful_restart: Option<GracefulRestartConfig>,
+    pub add_path: Vec<(Family, AddPathMode)>,
+    pub extended_message: bool,
+}
+
+impl SessionConfig {
+    /// Defaults in the spirit of RFC 4271 §10: hold 90 s, ConnectRetry 120 s.
+    pub fn new(local_as: u32, router_id: Ipv4Addr, peer_as: u32) -> Self {
+        Self {
+            local_as,
+            router_id,
+            peer_as,
+            hold_time: 90,
+            connect_retry_time: 120,
+            passive: false,
+            families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+            route_refresh: true,
+            graceful_restart: None,
+            add_path: Vec::new(),
+            extended_message: true,
+        }
+    }
+
+    pub fn is_ibgp(&self) -> bool {
+        self.local_as == self.peer_as
+    }
+}

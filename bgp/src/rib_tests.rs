@@ -1,0 +1,413 @@
+//! RIB, decision process, route reflection, export and UPDATE building.
+
+use crate::attrs::{AsPath, Origin, PathAttrs};
+use crate::config::Family;
+use crate::policy::{Match, Policy, Rule, Set, Verdict};
+use crate::rib::adj_out::AdjRibOut;
+use crate::rib::decision::DecisionConfig;
+use crate::rib::{PeerId, PeerInfo, Rib, RibConfig};
+use crate::update_check::UpdateContext;
+use crate::update_rx::{self, Nlri};
+use crate::update_tx::{self, TxParams};
+use ipnet::{Ipv4Net, Ipv6Net};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+const LOCAL_AS: u32 = 65000;
+
+fn rib(max_paths: usize, cluster: Option<Ipv4Addr>) -> Rib {
+    Rib::new(RibConfig {
+        local_as: LOCAL_AS,
+        router_id: Ipv4Addr::new(10, 0, 0, 1),
+        cluster_id: cluster,
+        decision: DecisionConfig {
+            max_paths,
+            ..Default::default()
+        },
+    })
+}
+
+fn peer(last: u8, asn: u32, client: bool) -> PeerInfo {
+    PeerInfo {
+        address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, last)),
+        router_id: Ipv4Addr::new(10, 0, 1, last),
+        peer_as: asn,
+        local_as: LOCAL_AS,
+        rr_client: client,
+        local_address: Some(Ipv4Addr::new(198, 51, 100, 254)),
+        local_address_v6: Some("2001:db8::fe".parse().unwrap()),
+        import: Policy::accept_all(),
+        export: Policy::accept_all(),
+    }
+}
+
+fn attrs(path: &[u32], nh: u8) -> PathAttrs {
+    PathAttrs::new(
+        Origin::Igp,
+        AsPath::from_sequence(path.to_vec()),
+        Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, nh))),
+    )
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+fn n(s: &str) -> Nlri<Ipv4Net> {
+    Nlri {
+        prefix: net(s),
+        path_id: 0,
+    }
+}
+
+#[test]
+fn decision_steps_in_order() {
+    let mut r = rib(1, None);
+    let a = r.add_peer(peer(1, 65001, false));
+    let b = r.add_peer(peer(2, 65002, false));
+    let p = n("203.0.113.0/24");
+    r.announce_v4(a, &attrs(&[65001, 1], 1), &[p]);
+    r.announce_v4(b, &attrs(&[65002], 2), &[p]);
+    assert_eq!(
+        r.best(&r.v4, &p.prefix).map(|x| x.peer),
+        Some(b),
+        "shorter AS_PATH"
+    );
+    let mut lp = attrs(&[65001, 1], 1);
+    lp.local_pref = Some(200);
+    r.announce_v4(a, &lp, &[p]);
+    assert_eq!(
+        r.best(&r.v4, &p.prefix).map(|x| x.peer),
+        Some(a),
+        "higher LOCAL_PREF"
+    );
+    r.withdraw_v4(a, p);
+    assert_eq!(r.best(&r.v4, &p.prefix).map(|x| x.peer), Some(b));
+    r.withdraw_v4(b, p);
+    assert!(r.v4.is_empty());
+    assert_eq!(r.v4.take_changes(), vec![p.prefix]);
+}
+
+#[test]
+fn med_only_within_same_neighbor_as() {
+    let mut r = rib(1, None);
+    let a = r.add_peer(peer(1, 65001, false));
+    let b = r.add_peer(peer(2, 65002, false));
+    let p = n("203.0.113.0/24");
+    let mut x = attrs(&[65001], 1);
+    x.med = Some(50);
+    let mut y = attrs(&[65002], 2);
+    y.med = Some(10);
+    r.announce_v4(a, &x, &[p]);
+    r.announce_v4(b, &y, &[p]);
+    // Different neighbour AS: MED ignored, lower router id (peer a) wins.
+    assert_eq!(r.best(&r.v4, &p.prefix).map(|x| x.peer), Some(a));
+}
+
+#[test]
+fn ecmp_up_to_max_paths_same_neighbor_as() {
+    let mut r = rib(2, None);
+    let a = r.add_peer(peer(1, 65001, false));
+    let b = r.add_peer(peer(2, 65001, false));
+    let c = r.add_peer(peer(3, 65001, false));
+    let d = r.add_peer(peer(4, 65009, false));
+    let p = n("203.0.113.0/24");
+    for (id, nh) in [(a, 1), (b, 2), (c, 3)] {
+        r.announce_v4(id, &attrs(&[65001], nh), &[p]);
+    }
+    r.announce_v4(d, &attrs(&[65009], 4), &[p]);
+    let mp: Vec<_> = r
+        .multipath(&r.v4, &p.prefix)
+        .iter()
+        .map(|x| x.peer)
+        .collect();
+    assert_eq!(mp, vec![a, b]);
+}
+
+#[test]
+fn ebgp_loop_and_rr_loop_checks() {
+    let mut r = rib(1, Some(Ipv4Addr::new(10, 9, 9, 9)));
+    let e = r.add_peer(peer(1, 65001, false));
+    let i = r.add_peer(peer(2, LOCAL_AS, true));
+    r.announce_v4(e, &attrs(&[65001, LOCAL_AS], 1), &[n("203.0.113.0/24")]);
+    let mut orig = attrs(&[], 2);
+    orig.originator_id = Some(Ipv4Addr::new(10, 0, 0, 1));
+    r.announce_v4(i, &orig, &[n("203.0.113.0/25")]);
+    let mut cl = attrs(&[], 2);
+    cl.cluster_list = vec![Ipv4Addr::new(10, 9, 9, 9)];
+    r.announce_v4(i, &cl, &[n("203.0.113.128/25")]);
+    assert!(r.v4.is_empty());
+    assert_eq!(r.rejected[..3], [1, 1, 1]);
+}
+
+#[test]
+fn route_reflection_and_split_horizon() {
+    let cluster = Ipv4Addr::new(10, 9, 9, 9);
+    let mut r = rib(1, Some(cluster));
+    let client1 = r.add_peer(peer(1, LOCAL_AS, true));
+    let client2 = r.add_peer(peer(2, LOCAL_AS, true));
+    let nonclient = r.add_peer(peer(3, LOCAL_AS, false));
+    let nonclient2 = r.add_peer(peer(5, LOCAL_AS, false));
+    let ebgp = r.add_peer(peer(4, 65001, false));
+    let p = n("203.0.113.0/24");
+    r.announce_v4(client1, &attrs(&[], 1), &[p]);
+    let best = r.best(&r.v4, &p.prefix).unwrap();
+    let to = |r: &Rib, t: PeerId| r.export_attrs(t, p.prefix.into(), &best);
+    let refl = to(&r, client2).unwrap();
+    assert_eq!(refl.originator_id, Some(Ipv4Addr::new(10, 0, 1, 1)));
+    assert_eq!(refl.cluster_list, vec![cluster]);
+    assert!(
+        to(&r, nonclient).is_some(),
+        "client route reaches non-clients"
+    );
+    assert!(to(&r, client1).is_none(), "not back to the source");
+    let e = to(&r, ebgp).unwrap();
+    assert_eq!(e.as_path.first_as(), Some(LOCAL_AS));
+    assert_eq!(
+        e.next_hop,
+        Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 254)))
+    );
+    assert!(e.local_pref.is_none() && e.originator_id.is_none() && e.cluster_list.is_empty());
+    // A non-client route goes to clients only.
+    let q = n("198.18.0.0/24");
+    r.announce_v4(nonclient, &attrs(&[], 3), &[q]);
+    let best = r.best(&r.v4, &q.prefix).unwrap();
+    assert!(r.export_attrs(client1, q.prefix.into(), &best).is_some());
+    assert!(r.export_attrs(nonclient2, q.prefix.into(), &best).is_none());
+    // Without a cluster id there is no reflection at all.
+    let mut plain = rib(1, None);
+    let i1 = plain.add_peer(peer(1, LOCAL_AS, true));
+    let i2 = plain.add_peer(peer(2, LOCAL_AS, true));
+    plain.announce_v4(i1, &attrs(&[], 1), &[p]);
+    let best = plain.best(&plain.v4, &p.prefix).unwrap();
+    assert!(plain.export_attrs(i2, p.prefix.into(), &best).is_none());
+}
+
+#[test]
+fn import_policy_sets_local_pref_and_rejects() {
+    let mut r = rib(1, None);
+    let mut info = peer(1, 65001, false);
+    info.import = Policy {
+        rules: vec![Rule {
+            when: Match {
+                prefix_list: Some(vec![crate::policy::PrefixEntry {
+                    prefix: "198.18.0.0/15".parse().unwrap(),
+                    ge: Some(15),
+                    le: Some(32),
+                }]),
+                ..Default::default()
+            },
+            then: Verdict::Accept(Set {
+                local_pref: Some(300),
+                ..Default::default()
+            }),
+        }],
+        default_accept: false,
+    };
+    let a = r.add_peer(info);
+    r.announce_v4(
+        a,
+        &attrs(&[65001], 1),
+        &[n("198.18.1.0/24"), n("203.0.113.0/24")],
+    );
+    assert_eq!(r.v4.len(), 1);
+    let best = r.best(&r.v4, &net("198.18.1.0/24")).unwrap();
+    assert_eq!(best.attrs.local_pref, Some(300));
+}
+
+#[test]
+fn adj_rib_out_diffs_and_peer_down() {
+    let mut r = rib(1, None);
+    let a = r.add_peer(peer(1, 65001, false));
+    let b = r.add_peer(peer(2, 65002, false));
+    let ps = [n("203.0.113.0/24"), n("198.51.100.0/24")];
+    r.announce_v4(a, &attrs(&[65001], 1), &ps);
+    let changed = r.v4.take_changes();
+    let mut out = AdjRibOut::default();
+    let ch = r.sync_adj_rib_out_v4(b, &mut out, &changed);
+    assert_eq!(ch.announce.len(), 2);
+    assert!(
+        Arc::ptr_eq(&ch.announce[0].1, &ch.announce[1].1),
+        "shared attribute set"
+    );
+    assert_eq!(
+        r.sync_adj_rib_out_v4(b, &mut out, &changed).announce.len(),
+        0
+    );
+    r.peer_down(a);
+    let changed = r.v4.take_changes();
+    let ch = r.sync_adj_rib_out_v4(b, &mut out, &changed);
+    assert_eq!(ch.withdraw.len(), 2);
+    assert_eq!(r.adj_rib_in_v4(a).count(), 0);
+}
+
+fn ctx_for(p: &TxParams) -> UpdateContext {
+    UpdateContext {
+        ibgp: true,
+        peer_as: LOCAL_AS,
+        four_octet_as: p.four_octet_as,
+        families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+        add_path_v4: p.add_path,
+        add_path_v6: p.add_path,
+    }
+}
+
+fn decode_all(msgs: &[Vec<u8>], p: &TxParams) -> Vec<update_rx::ParsedUpdate> {
+    msgs.iter()
+        .map(|m| {
+            assert!(m.len() <= p.max_len);
+            update_rx::decode(&m[19..], &ctx_for(p)).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn updates_pack_and_round_trip_v4() {
+    let mut a = attrs(&[65001, 4_200_000_000], 1);
+    a.communities = vec![1, 2];
+    a.large_communities = vec![[1, 2, 3]];
+    a.local_pref = Some(100);
+    let a = Arc::new(a);
+    let b = Arc::new(attrs(&[65002], 2));
+    let mut announce = Vec::new();
+    for i in 0..3000u32 {
+        let p = Ipv4Net::new(Ipv4Addr::from(0xc612_0000 + i), 32).unwrap();
+        announce.push((
+            p,
+            if i % 2 == 0 {
+                Arc::clone(&a)
+            } else {
+                Arc::clone(&b)
+            },
+        ));
+    }
+    let withdraw: Vec<Ipv4Net> = (0..1000u32)
+        .map(|i| Ipv4Net::new(Ipv4Addr::from(0xcb00_7100 + i), 32).unwrap())
+        .collect();
+    for params in [
+        TxParams {
+            four_octet_as: true,
+            add_path: false,
+            max_len: 4096,
+        },
+        TxParams {
+            four_octet_as: false,
+            add_path: true,
+            max_len: 4096,
+        },
+        TxParams {
+            four_octet_as: true,
+            add_path: false,
+            max_len: 65535,
+        },
+    ] {
+        let msgs = update_tx::build_v4(&announce, &withdraw, &params).unwrap();
+        let got = decode_all(&msgs, &params);
+        let announced: usize = got.iter().map(|u| u.announced_v4.len()).sum();
+        let withdrawn: usize = got.iter().map(|u| u.withdrawn_v4.len()).sum();
+        assert_eq!((announced, withdrawn), (3000, 1000));
+        // 5 bytes a /32 (9 with ADD-PATH): the fewest messages that fit.
+        let per: usize = if params.add_path { 9 } else { 5 };
+        let min = (1500usize * per).div_ceil(params.max_len - 100) * 2
+            + (1000usize * per).div_ceil(params.max_len - 23);
+        assert!(
+            msgs.len() <= min + 2,
+            "{} messages, expected about {min}",
+            msgs.len()
+        );
+        let first = got
+            .iter()
+            .find(|u| {
+                u.attrs_v4
+                    .as_ref()
+                    .is_some_and(|x| x.communities.len() == 2)
+            })
+            .unwrap();
+        assert_eq!(
+            first.attrs_v4.as_ref().unwrap().as_path,
+            a.as_path,
+            "AS4_PATH restores 4-octet ASNs"
+        );
+    }
+}
+
+#[test]
+fn updates_round_trip_v6_with_link_local() {
+    let mut a = PathAttrs::new(
+        Origin::Igp,
+        AsPath::from_sequence(vec![65001]),
+        Some(IpAddr::V6("2001:db8::1".parse().unwrap())),
+    );
+    a.next_hop_local = Some("fe80::1".parse::<Ipv6Addr>().unwrap());
+    let a = Arc::new(a);
+    let announce: Vec<(Ipv6Net, _)> = (0..1000u128)
+        .map(|i| {
+            (
+                Ipv6Net::new(Ipv6Addr::from((0x2001_0db8u128 << 96) + (i << 64)), 64).unwrap(),
+                Arc::clone(&a),
+            )
+        })
+        .collect();
+    let withdraw = vec![announce[0].0];
+    let params = TxParams {
+        four_octet_as: true,
+        add_path: false,
+        max_len: 4096,
+    };
+    let msgs = update_tx::build_v6(&announce, &withdraw, &params).unwrap();
+    let got = decode_all(&msgs, &params);
+    assert_eq!(
+        got.iter().map(|u| u.announced_v6.len()).sum::<usize>(),
+        1000
+    );
+    assert_eq!(got.iter().map(|u| u.withdrawn_v6.len()).sum::<usize>(), 1);
+    let x = got.iter().find_map(|u| u.attrs_v6.clone()).unwrap();
+    assert_eq!(x.next_hop_local, a.next_hop_local);
+    assert_eq!(x.next_hop, a.next_hop);
+    assert!(msgs.len() <= 4, "{}", msgs.len());
+    let eor = update_tx::end_of_rib(Family::Ipv6Unicast).unwrap();
+    assert_eq!(
+        decode_all(&[eor], &params)[0].end_of_rib,
+        Some(Family::Ipv6Unicast)
+    );
+}
+
+/// Release-mode scale check: `cargo test --release -- --ignored scale`.
+#[test]
+#[ignore]
+fn scale_one_million_routes() {
+    let params = TxParams {
+        four_octet_as: true,
+        add_path: false,
+        max_len: 4096,
+    };
+    let a = Arc::new(attrs(&[65001], 1));
+    let announce: Vec<(Ipv4Net, _)> = (0..1_000_000u32)
+        .map(|i| {
+            (
+                Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i), 32).unwrap(),
+                Arc::clone(&a),
+            )
+        })
+        .collect();
+    let msgs = update_tx::build_v4(&announce, &[], &params).unwrap();
+    drop(announce);
+    let mut ctx = ctx_for(&params);
+    ctx.ibgp = false;
+    ctx.peer_as = 65001;
+    let mut r = rib(1, None);
+    let p = r.add_peer(peer(1, 65001, false));
+    let t = std::time::Instant::now();
+    for m in &msgs {
+        let u = update_rx::decode(&m[19..], &ctx).unwrap();
+        r.apply_update(p, &u);
+    }
+    let el = t.elapsed();
+    eprintln!(
+        "{} UPDATEs, {} routes into Loc-RIB in {:?}",
+        msgs.len(),
+        r.v4.len(),
+        el
+    );
+    assert_eq!(r.v4.len(), 1_000_000);
+}

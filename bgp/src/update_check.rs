@@ -1,0 +1,570 @@
+//! RFC 7606 revised error handling, done on the raw UPDATE body before
+//! netgauze decodes it.
+//!
+//! netgauze fails a whole message on the first bad attribute, but RFC 7606
+//! needs a per-attribute decision: *attribute discard*, *treat-as-withdraw*
+//! or *session reset*, the most severe winning (§3 h). This walk checks
+//! framing, flags, lengths and the attribute-specific rules of §7 without
+//! allocating per prefix, records where every attribute is, and decides.
+//! [`sanitize`] then cuts out what must not reach netgauze.
+
+use crate::config::Family;
+use crate::notification::{update as sub, Notification};
+
+pub const ORIGIN: u8 = 1;
+pub const AS_PATH: u8 = 2;
+pub const NEXT_HOP: u8 = 3;
+pub const MED: u8 = 4;
+pub const LOCAL_PREF: u8 = 5;
+pub const ATOMIC_AGGREGATE: u8 = 6;
+pub const AGGREGATOR: u8 = 7;
+pub const COMMUNITIES: u8 = 8;
+pub const ORIGINATOR_ID: u8 = 9;
+pub const CLUSTER_LIST: u8 = 10;
+pub const MP_REACH: u8 = 14;
+pub const MP_UNREACH: u8 = 15;
+pub const EXT_COMMUNITIES: u8 = 16;
+pub const AS4_PATH: u8 = 17;
+pub const AS4_AGGREGATOR: u8 = 18;
+pub const IPV6_EXT_COMMUNITIES: u8 = 25;
+pub const LARGE_COMMUNITIES: u8 = 32;
+
+pub const FLAG_OPTIONAL: u8 = 0x80;
+pub const FLAG_TRANSITIVE: u8 = 0x40;
+pub const FLAG_PARTIAL: u8 = 0x20;
+pub const FLAG_EXTENDED: u8 = 0x10;
+
+/// What the session knows that changes how an UPDATE is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateContext {
+    pub ibgp: bool,
+    /// The peer's AS; for eBGP the leftmost AS_PATH entry must match.
+    pub peer_as: u32,
+    pub four_octet_as: bool,
+    pub families: Vec<Family>,
+    pub add_path_v4: bool,
+    pub add_path_v6: bool,
+}
+
+impl UpdateContext {
+    fn add_path(&self, f: Family) -> bool {
+        match f {
+            Family::Ipv4Unicast => self.add_path_v4,
+            Family::Ipv6Unicast => self.add_path_v6,
+        }
+    }
+}
+
+/// The RFC 7606 approach chosen for a message; ordered by severity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Some attributes are dropped, the rest of the message is used.
+    AttributeDiscard,
+    /// Every prefix the message announces is withdrawn instead. The
+    /// notification says why (it is logged, never sent).
+    TreatAsWithdraw(Notification),
+    SessionReset(Notification),
+}
+
+impl Verdict {
+    fn rank(&self) -> u8 {
+        match self {
+            Verdict::Accept => 0,
+            Verdict::AttributeDiscard => 1,
+            Verdict::TreatAsWithdraw(_) => 2,
+            Verdict::SessionReset(_) => 3,
+        }
+    }
+}
+
+/// Where one attribute sits in the body, and whether it is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttrSpan {
+    pub flags: u8,
+    pub code: u8,
+    /// The whole attribute (header included) within the UPDATE body.
+    pub start: usize,
+    pub end: usize,
+    /// Offset of the value within the body.
+    pub value_start: usize,
+    pub keep: bool,
+}
+
+/// The result of the walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub verdict: Verdict,
+    pub withdrawn: (usize, usize),
+    pub attrs_range: (usize, usize),
+    pub nlri: (usize, usize),
+    pub attrs: Vec<AttrSpan>,
+    /// Whether the message announces anything (body NLRI or MP_REACH NLRI).
+    pub has_reach: bool,
+}
+
+impl Scan {
+    fn raise(&mut self, v: Verdict) {
+        if v.rank() > self.verdict.rank() {
+            self.verdict = v;
+        }
+    }
+    fn discard(&mut self, idx: usize) {
+        if let Some(a) = self.attrs.get_mut(idx) {
+            a.keep = false;
+        }
+        self.raise(Verdict::AttributeDiscard);
+    }
+    fn withdraw(&mut self, subcode: u8, data: &[u8]) {
+        self.raise(Verdict::TreatAsWithdraw(Notification::update(
+            subcode, data,
+        )));
+    }
+    fn reset(&mut self, subcode: u8, data: &[u8]) {
+        self.raise(Verdict::SessionReset(Notification::update(subcode, data)));
+    }
+}
+
+fn read_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Walks a run of NLRI (RFC 4271 §4.3 prefix encoding, RFC 7911 path ids).
+/// Returns the number of prefixes, or `None` on a syntax error.
+pub fn check_nlri(mut b: &[u8], max_bits: u8, add_path: bool) -> Option<usize> {
+    let mut n = 0;
+    while !b.is_empty() {
+        if add_path {
+            b = b.get(4..)?;
+        }
+        let (&bits, rest) = b.split_first()?;
+        if bits > max_bits {
+            return None;
+        }
+        b = rest.get(usize::from(bits).div_ceil(8)..)?;
+        n += 1;
+    }
+    Some(n)
+}
+
+/// The (optional, transitive) flag values RFC 4271 and later RFCs fix for
+/// each attribute we recognise; `None` for unrecognised codes.
+fn expected_flags(code: u8) -> Option<(bool, bool)> {
+    Some(match code {
+        ORIGIN | AS_PATH | NEXT_HOP | LOCAL_PREF | ATOMIC_AGGREGATE => (false, true),
+        MED | ORIGINATOR_ID | CLUSTER_LIST | MP_REACH | MP_UNREACH => (true, false),
+        AGGREGATOR | COMMUNITIES | EXT_COMMUNITIES | AS4_PATH | AS4_AGGREGATOR
+        | IPV6_EXT_COMMUNITIES | LARGE_COMMUNITIES => (true, true),
+        _ => return None,
+    })
+}
+
+/// Checks AS_PATH / AS4_PATH segments (RFC 7606 §7.2): known segment
+/// type, non-zero count, no overrun. Returns the first segment's type and
+/// first AS when well formed.
+fn check_as_path(mut v: &[u8], asn_len: usize) -> Option<Option<(u8, u32)>> {
+    let mut first = None;
+    while !v.is_empty() {
+        let (&ty, rest) = v.split_first()?;
+        let (&count, rest) = rest.split_first()?;
+        if !(1..=4).contains(&ty) || count == 0 {
+            return None;
+        }
+        let len = usize::from(count) * asn_len;
+        let asns = rest.get(..len)?;
+        if first.is_none() {
+            let asn = if asn_len == 4 {
+                u32::from_be_bytes([asns[0], asns[1], asns[2], asns[3]])
+            } else {
+                u32::from(u16::from_be_bytes([asns[0], asns[1]]))
+            };
+            first = Some((ty, asn));
+        }
+        v = rest.get(len..)?;
+    }
+    Some(first)
+}
+
+/// Scans an UPDATE body (the bytes after the 19-byte header).
+pub fn scan(body: &[u8], ctx: &UpdateContext) -> Scan {
+    let mut s = Scan {
+        verdict: Verdict::Accept,
+        withdrawn: (0, 0),
+        attrs_range: (0, 0),
+        nlri: (0, 0),
+        attrs: Vec::new(),
+        has_reach: false,
+    };
+    // RFC 4271 §6.3 / RFC 7606 §4: lengths that exceed the message make
+    // it impossible to find the NLRI: Malformed Attribute List, reset.
+    let Some(wlen) = read_u16(body, 0).map(usize::from) else {
+        s.reset(sub::MALFORMED_ATTRIBUTE_LIST, &[]);
+        return s;
+    };
+    let Some(alen) = read_u16(body, 2 + wlen).map(usize::from) else {
+        s.reset(sub::MALFORMED_ATTRIBUTE_LIST, &[]);
+        return s;
+    };
+    let a_start = 4 + wlen;
+    if a_start + alen > body.len() {
+        s.reset(sub::MALFORMED_ATTRIBUTE_LIST, &[]);
+        return s;
+    }
+    s.withdrawn = (2, 2 + wlen);
+    s.attrs_range = (a_start, a_start + alen);
+    s.nlri = (a_start + alen, body.len());
+    // RFC 7606 §5.3: NLRI that cannot be parsed means session reset.
+    let v4_ok = |r: (usize, usize)| check_nlri(&body[r.0..r.1], 32, ctx.add_path_v4);
+    if v4_ok(s.withdrawn).is_none() {
+        s.reset(sub::INVALID_NETWORK_FIELD, &[]);
+        return s;
+    }
+    match v4_ok(s.nlri) {
+        None => {
+            s.reset(sub::INVALID_NETWORK_FIELD, &[]);
+            return s;
+        }
+        Some(n) => s.has_reach = n > 0,
+    }
+    walk_attributes(body, ctx, &mut s);
+    if matches!(s.verdict, Verdict::SessionReset(_)) {
+        return s;
+    }
+    check_mandatory(&mut s);
+    s
+}
+
+fn walk_attributes(body: &[u8], ctx: &UpdateContext, s: &mut Scan) {
+    let (mut at, end) = s.attrs_range;
+    let mut seen = [false; 256];
+    while at < end {
+        // RFC 7606 §4: too few bytes for an attribute header, or a length
+        // running past the attribute section: treat-as-withdraw, and the
+        // NLRI is still found through Total Attribute Length.
+        let flags = body[at];
+        let hdr = if flags & FLAG_EXTENDED != 0 { 4 } else { 3 };
+        if end - at < hdr {
+            s.withdraw(sub::MALFORMED_ATTRIBUTE_LIST, &[]);
+            return;
+        }
+        let code = body[at + 1];
+        let vlen = if hdr == 4 {
+            usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]))
+        } else {
+            usize::from(body[at + 2])
+        };
+        let vstart = at + hdr;
+        if vstart + vlen > end {
+            s.withdraw(sub::ATTRIBUTE_LENGTH, &[]);
+            return;
+        }
+        let idx = s.attrs.len();
+        s.attrs.push(AttrSpan {
+            flags,
+            code,
+            start: at,
+            end: vstart + vlen,
+            value_start: vstart,
+            keep: true,
+        });
+        at = vstart + vlen;
+        let raw = &body[s.attrs[idx].start..s.attrs[idx].end];
+        // RFC 7606 §3 g: a repeated MP_(UN)REACH resets the session, any
+        // other repeat is discarded after the first.
+        if seen[usize::from(code)] {
+            if code == MP_REACH || code == MP_UNREACH {
+                s.reset(sub::MALFORMED_ATTRIBUTE_LIST, &[]);
+                return;
+            }
+            s.discard(idx);
+            continue;
+        }
+        seen[usize::from(code)] = true;
+        let optional = flags & FLAG_OPTIONAL != 0;
+        let transitive = flags & FLAG_TRANSITIVE != 0;
+        match expected_flags(code) {
+            None if !optional => {
+                // RFC 4271 §6.3, unchanged by RFC 7606.
+                s.reset(sub::UNRECOGNIZED_WELL_KNOWN, raw);
+                return;
+            }
+            None => {
+                // Unrecognised optional: non-transitive ones are quietly
+                // ignored; transitive ones are carried, never given to
+                // netgauze (it may know the code and disagree).
+                if !transitive {
+                    s.attrs[idx].keep = false;
+                }
+                continue;
+            }
+            Some((o, t)) if (o, t) != (optional, transitive) => {
+                // RFC 7606 §3 c.
+                s.withdraw(sub::ATTRIBUTE_FLAGS, raw);
+                continue;
+            }
+            Some(_) => {}
+        }
+        let v = &body[vstart..vstart + vlen];
+        check_attribute(code, v, raw, idx, ctx, s);
+        if matches!(s.verdict, Verdict::SessionReset(_)) {
+            return;
+        }
+    }
+}
+
+/// The attribute-specific rules of RFC 7606 §7 (and RFC 6793 §6, RFC 8092
+/// §6 for AS4_* and large communities).
+// One arm per attribute reads as the RFC's table; moving conditions into
+// match guards would split each rule over two places.
+#[allow(clippy::collapsible_match)]
+fn check_attribute(code: u8, v: &[u8], raw: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
+    let asn_len = if ctx.four_octet_as { 4 } else { 2 };
+    let nonzero_multiple = |n: usize| !v.is_empty() && v.len().is_multiple_of(n);
+    match code {
+        ORIGIN => {
+            if v.len() != 1 || v[0] > 2 {
+                s.withdraw(sub::INVALID_ORIGIN, raw);
+            }
+        }
+        AS_PATH => match check_as_path(v, asn_len) {
+            None => s.withdraw(sub::MALFORMED_AS_PATH, &[]),
+            // We are not a confederation member (RFC 5065): confed
+            // segments from any peer make the path malformed.
+            Some(_) if as_path_has_confed(v, asn_len) => {
+                s.withdraw(sub::MALFORMED_AS_PATH, &[]);
+            }
+            // RFC 4271 §6.3: from eBGP the leftmost AS is the peer's.
+            Some(first) if !ctx.ibgp => {
+                if !matches!(first, Some((2, asn)) if asn == ctx.peer_as) {
+                    s.withdraw(sub::MALFORMED_AS_PATH, &[]);
+                }
+            }
+            Some(_) => {}
+        },
+        NEXT_HOP => {
+            if v.len() != 4 {
+                s.withdraw(sub::ATTRIBUTE_LENGTH, raw);
+            } else {
+                // RFC 4271 §6.3: a semantically wrong next hop makes the
+                // route unusable, without a NOTIFICATION.
+                let nh = std::net::Ipv4Addr::new(v[0], v[1], v[2], v[3]);
+                if nh.is_unspecified() || nh.is_multicast() || nh.is_broadcast() {
+                    s.withdraw(sub::INVALID_NEXT_HOP, raw);
+                }
+            }
+        }
+        MED => {
+            if v.len() != 4 {
+                s.withdraw(sub::ATTRIBUTE_LENGTH, raw);
+            }
+        }
+        LOCAL_PREF => {
+            if !ctx.ibgp {
+                s.discard(idx);
+            } else if v.len() != 4 {
+                s.withdraw(sub::ATTRIBUTE_LENGTH, raw);
+            }
+        }
+        ATOMIC_AGGREGATE => {
+            if !v.is_empty() {
+                s.discard(idx);
+            }
+        }
+        AGGREGATOR => {
+            if v.len() != 2 + asn_len + 2 {
+                s.discard(idx);
+            }
+        }
+        COMMUNITIES => {
+            if !nonzero_multiple(4) {
+                s.withdraw(sub::OPTIONAL_ATTRIBUTE, raw);
+            }
+        }
+        ORIGINATOR_ID => {
+            if !ctx.ibgp {
+                s.discard(idx);
+            } else if v.len() != 4 {
+                s.withdraw(sub::ATTRIBUTE_LENGTH, raw);
+            }
+        }
+        CLUSTER_LIST => {
+            if !ctx.ibgp {
+                s.discard(idx);
+            } else if !nonzero_multiple(4) {
+                s.withdraw(sub::ATTRIBUTE_LENGTH, raw);
+            }
+        }
+        EXT_COMMUNITIES => {
+            if !nonzero_multiple(8) {
+                s.withdraw(sub::OPTIONAL_ATTRIBUTE, raw);
+            }
+        }
+        IPV6_EXT_COMMUNITIES => {
+            if !nonzero_multiple(20) {
+                s.withdraw(sub::OPTIONAL_ATTRIBUTE, raw);
+            }
+        }
+        LARGE_COMMUNITIES => {
+            if !nonzero_multiple(12) {
+                s.withdraw(sub::OPTIONAL_ATTRIBUTE, raw);
+            }
+        }
+        AS4_PATH => {
+            // RFC 6793: from a 4-octet speaker it is ignored; malformed it
+            // is discarded; confed segments are not allowed in it.
+            let ok = check_as_path(v, 4).is_some() && !as_path_has_confed(v, 4);
+            if ctx.four_octet_as || !ok {
+                s.discard(idx);
+            }
+        }
+        AS4_AGGREGATOR => {
+            if ctx.four_octet_as || v.len() != 8 {
+                s.discard(idx);
+            }
+        }
+        MP_REACH => check_mp_reach(v, idx, ctx, s),
+        MP_UNREACH => check_mp_unreach(v, idx, ctx, s),
+        _ => {
+            // Recognised by flags table but not interpreted: pass on.
+        }
+    }
+}
+
+fn as_path_has_confed(mut v: &[u8], asn_len: usize) -> bool {
+    while let [ty, count, rest @ ..] = v {
+        if *ty >= 3 {
+            return true;
+        }
+        v = rest.get(usize::from(*count) * asn_len..).unwrap_or(&[]);
+    }
+    false
+}
+
+/// RFC 7606 §7.11 / RFC 4760 §7: a next hop of the wrong length or NLRI
+/// that cannot be parsed leaves us unable to find the prefixes: reset.
+/// Families we did not negotiate are ignored.
+fn check_mp_reach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
+    let (Some(afi), Some(&safi), Some(&nh_len)) = (read_u16(v, 0), v.get(2), v.get(3)) else {
+        s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
+        return;
+    };
+    let Some(family) = Family::from_afi_safi(afi, safi).filter(|f| ctx.families.contains(f)) else {
+        s.discard(idx);
+        return;
+    };
+    let nh_ok = match family {
+        Family::Ipv4Unicast => nh_len == 4,
+        Family::Ipv6Unicast => nh_len == 16 || nh_len == 32,
+    };
+    let nlri_at = 4 + usize::from(nh_len) + 1;
+    if !nh_ok || v.len() < nlri_at {
+        s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
+        return;
+    }
+    let max_bits = match family {
+        Family::Ipv4Unicast => 32,
+        Family::Ipv6Unicast => 128,
+    };
+    match check_nlri(&v[nlri_at..], max_bits, ctx.add_path(family)) {
+        None => s.reset(sub::OPTIONAL_ATTRIBUTE, &[]),
+        Some(n) => s.has_reach |= n > 0,
+    }
+}
+
+fn check_mp_unreach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
+    let (Some(afi), Some(&safi)) = (read_u16(v, 0), v.get(2)) else {
+        s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
+        return;
+    };
+    let Some(family) = Family::from_afi_safi(afi, safi).filter(|f| ctx.families.contains(f)) else {
+        s.discard(idx);
+        return;
+    };
+    let max_bits = match family {
+        Family::Ipv4Unicast => 32,
+        Family::Ipv6Unicast => 128,
+    };
+    if check_nlri(&v[3..], max_bits, ctx.add_path(family)).is_none() {
+        s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
+    }
+}
+
+/// RFC 7606 §3 d: a message that announces routes without ORIGIN,
+/// AS_PATH, or (for body NLRI) NEXT_HOP is treated as withdraw.
+fn check_mandatory(s: &mut Scan) {
+    if !s.has_reach {
+        return;
+    }
+    let present = |code: u8| s.attrs.iter().any(|a| a.code == code);
+    let mut missing = None;
+    if !present(ORIGIN) {
+        missing = Some(ORIGIN);
+    } else if !present(AS_PATH) {
+        missing = Some(AS_PATH);
+    } else if s.nlri.1 > s.nlri.0 && !present(NEXT_HOP) {
+        missing = Some(NEXT_HOP);
+    }
+    if let Some(code) = missing {
+        s.withdraw(sub::MISSING_WELL_KNOWN, &[code]);
+    }
+}
+
+/// Rebuilds the body for netgauze: dropped attributes removed, unknown
+/// transitive attributes removed (they are read from the raw bytes), the
+/// Partial bit cleared where netgauze insists on zero. With
+/// `reach_only`, only MP_REACH/MP_UNREACH are kept (treat-as-withdraw needs
+/// nothing but the prefixes). Returns `None` when the body can be used
+/// as is.
+pub fn sanitize(body: &[u8], s: &Scan, reach_only: bool) -> Option<Vec<u8>> {
+    let needs_change = reach_only
+        || s.attrs.iter().any(|a| {
+            !a.keep || !decoded_by_netgauze(a.code) || partial_must_clear(a.flags, a.code)
+        });
+    if !needs_change {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(&body[..s.withdrawn.1]);
+    out.extend_from_slice(&[0, 0]);
+    let attr_start = out.len();
+    for a in &s.attrs {
+        let interpreted = decoded_by_netgauze(a.code);
+        let wanted = if reach_only {
+            a.code == MP_REACH || a.code == MP_UNREACH
+        } else {
+            true
+        };
+        if !a.keep || !interpreted || !wanted {
+            continue;
+        }
+        let from = out.len();
+        out.extend_from_slice(&body[a.start..a.end]);
+        if partial_must_clear(a.flags, a.code) {
+            out[from] &= !FLAG_PARTIAL;
+        }
+    }
+    let alen = out.len() - attr_start;
+    let alen = u16::try_from(alen).unwrap_or(u16::MAX).to_be_bytes();
+    out[attr_start - 2] = alen[0];
+    out[attr_start - 1] = alen[1];
+    out.extend_from_slice(&body[s.nlri.0..s.nlri.1]);
+    Some(out)
+}
+
+pub fn is_recognised(code: u8) -> bool {
+    expected_flags(code).is_some()
+}
+
+/// Attributes handed to netgauze; the rest (unrecognised, extended
+/// communities) are read from the raw bytes, which is all they need.
+pub fn decoded_by_netgauze(code: u8) -> bool {
+    expected_flags(code).is_some() && code != EXT_COMMUNITIES && code != IPV6_EXT_COMMUNITIES
+}
+
+/// RFC 4271 §4.3: Partial is 0 for well-known and optional non-transitive
+/// attributes. RFC 7606 leaves a wrong Partial bit out of its flag checks,
+/// so we accept it and normalise.
+fn partial_must_clear(flags: u8, code: u8) -> bool {
+    flags & FLAG_PARTIAL != 0
+        && matches!(expected_flags(code), Some((false, _)) | Some((true, false)))
+}
