@@ -18,8 +18,48 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the node agent: the router plus the service proxy, fed from the Kubernetes API or
+    /// from a directory of manifests.
+    Agent(AgentArgs),
     /// Run the dataplane as a plain IPv4/IPv6 router configured from flags alone.
     Router(RouterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Read Services, EndpointSlices, NetworkPolicies, Nodes, Pods and Namespaces from the YAML
+    /// (or JSON) files in this directory, re-read when they change, instead of a cluster.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+
+    /// This node's name: endpoints whose nodeName is this are local (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+
+    /// Pod address ranges (kube-proxy's --cluster-cidr): traffic from them is internal.
+    /// Repeat or separate with commas.
+    #[arg(long = "cluster-cidr", value_delimiter = ',')]
+    pub cluster_cidrs: Vec<IpNet>,
+
+    /// Addresses NodePorts are open on (default: all of the node's addresses).
+    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<IpAddr>,
+
+    /// Source-NAT all traffic to services (kube-proxy's --masquerade-all).
+    #[arg(long)]
+    pub masquerade_all: bool,
+
+    /// Only handle Services whose service.kubernetes.io/service-proxy-name label is this.
+    #[arg(long)]
+    pub service_proxy_name: Option<String>,
+
+    /// How often the manifest directory is checked for changes, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub poll_interval: f64,
+
+    /// The dataplane: ports, addresses, routes as for `switchyard router`.
+    #[command(flatten)]
+    pub router: RouterArgs,
 }
 
 /// Which packet I/O the dataplane uses.

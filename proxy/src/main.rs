@@ -1,5 +1,6 @@
 //! `switchyard`: the node agent and, until the agent lands, the flag-driven router.
 
+mod agent;
 mod cli;
 mod punt;
 mod router;
@@ -16,6 +17,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
+        cli::Command::Agent(args) => agent::run(args),
         cli::Command::Router(args) => router::run(args),
     };
     match result {

@@ -21,8 +21,25 @@ const IDLE_WAIT: Duration = Duration::from_millis(1);
 /// How often the neighbor table is aged.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
+/// What a caller running the dataplane (the agent) plugs into it.
+#[derive(Default)]
+pub struct Hooks {
+    /// Called once the ports are open and the tables from the flags are built, with the
+    /// handle the worker loads its tables from and those base tables. The control plane
+    /// starts here and publishes through the handle from then on.
+    pub on_ready: Option<OnReady>,
+}
+
+/// See [`Hooks::on_ready`].
+pub type OnReady = Box<dyn FnOnce(&TablesHandle, &Tables) -> anyhow::Result<()>>;
+
 /// Runs the router until a signal or the `--duration` ends it.
 pub fn run(args: RouterArgs) -> anyhow::Result<()> {
+    run_with(&args, Hooks::default())
+}
+
+/// Runs the dataplane configured by `args`, with the caller's `hooks`.
+pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -32,12 +49,12 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
         Dataplane::Afpacket => {
             let driver = switchyard_io::afpacket::AfPacketDriver::new(&args.interfaces)
                 .context("starting the AF_PACKET dataplane")?;
-            Router::new(driver, &args)?.run(&args, &stop)
+            Router::new(driver, args, hooks)?.run(args, &stop)
         }
         Dataplane::Afxdp => {
             let driver = switchyard_io::afxdp::AfXdpDriver::new(&args.interfaces, 0)
                 .context("starting the AF_XDP dataplane")?;
-            Router::new(driver, &args)?.run(&args, &stop)
+            Router::new(driver, args, hooks)?.run(args, &stop)
         }
         Dataplane::Dpdk => {
             let eal_args: Vec<String> = std::iter::once("switchyard".to_string())
@@ -56,7 +73,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
                 &switchyard_io::dpdk::DpdkConfig::default(),
             )
             .context("starting the DPDK dataplane")?;
-            Router::new(driver, &args)?.run(&args, &stop)
+            Router::new(driver, args, hooks)?.run(args, &stop)
         }
         Dataplane::Pcap => {
             let ports = args
@@ -68,7 +85,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<()> {
             let driver =
                 switchyard_io::pcap::PcapDriver::new(ports).context("opening the pcap files")?;
             // A replay ends when every input file has been read.
-            Router::new(driver, &args)?.run_until(&args, &stop, |d| {
+            Router::new(driver, args, hooks)?.run_until(args, &stop, |d| {
                 (0..d.ports().len() as u16).all(|p| d.rx_done(p))
             })
         }
@@ -147,7 +164,7 @@ impl<D: Driver> Router<D>
 where
     D::Buffer: 'static,
 {
-    fn new(driver: D, args: &RouterArgs) -> anyhow::Result<Self> {
+    fn new(driver: D, args: &RouterArgs, hooks: Hooks) -> anyhow::Result<Self> {
         let ports = driver.ports().to_vec();
         if ports.len() != args.interfaces.len() {
             bail!(
@@ -184,10 +201,14 @@ where
             Some(name) => Some(PuntPath::new(name, &tables, &graph)?),
             None => None,
         };
+        let handle = TablesHandle::new(tables.clone());
+        if let Some(on_ready) = hooks.on_ready {
+            on_ready(&handle, &tables)?;
+        }
         Ok(Router {
             driver,
             graph,
-            tables: TablesHandle::new(tables),
+            tables: handle,
             state,
             punt,
         })
@@ -254,6 +275,7 @@ where
             }
             rx_total += received as u64;
             let tables = self.tables.load();
+            self.state.sync_services(&tables);
             self.graph
                 .dispatch(&tables, &mut self.state, nanos_since(start, now));
             for port in 0..nports {

@@ -22,6 +22,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod dissect;
+
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -213,7 +215,7 @@ fn sh_quote(s: &str) -> String {
 }
 
 /// Runs a program under `timeout -k 2 SECS`, capturing its output.
-fn run_bounded(timeout: Duration, program: &str, args: &[&str]) -> Output {
+pub fn run_bounded(timeout: Duration, program: &str, args: &[&str]) -> Output {
     let secs = format!("{}", timeout.as_secs().max(1));
     Command::new("timeout")
         .args(["-k", "2", &secs, program])
@@ -355,12 +357,24 @@ impl Lab {
     /// Starts the router in the node namespace and waits until it answers ping on both sides.
     /// In kernel mode it does nothing (the kernel already routes).
     pub fn start_router(&mut self, driver: Driver, extra: &[&str]) {
+        self.start_switchyard("router", driver, extra);
+    }
+
+    /// Starts `switchyard agent` (the router's flags plus `extra`, e.g. `--manifests DIR`) in the
+    /// node namespace and waits until it answers ping on both sides.
+    pub fn start_agent(&mut self, driver: Driver, extra: &[&str]) {
+        assert!(!self.kernel, "the agent needs the switchyard dataplane, not kernel mode");
+        self.start_switchyard("agent", driver, extra);
+    }
+
+    fn start_switchyard(&mut self, subcommand: &str, driver: Driver, extra: &[&str]) {
         assert!(self.router.is_none(), "router already running");
         if self.kernel {
             return;
         }
         let bin = env!("CARGO_BIN_EXE_switchyard");
-        let args = self.router_args(driver, extra);
+        let mut args = self.router_args(driver, extra);
+        args[0] = subcommand.to_string();
         let stdout = self.dir.join("router.stdout");
         let stderr = self.dir.join("router.stderr");
         eprintln!(

@@ -1,0 +1,247 @@
+//! The service proxy end to end: `switchyard agent --manifests DIR` in the lab's node
+//! namespace, kernel TCP/UDP clients in the client namespace, real servers ("pods", one
+//! address each) in the server namespace.
+//!
+//! ```text
+//!   client 198.18.1.2 ── [node: switchyard agent] ── server: pod-a 198.18.2.3 (node-a, local)
+//!                                                           pod-b 198.18.2.4 (node-b)
+//! ```
+//!
+//! The agent is told it is node-a, so pod-a is its local endpoint. Each pod answers a TCP
+//! connection or a UDP datagram with its name and the peer address it saw, which shows both
+//! which backend was chosen and whether the source was masqueraded.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{text, Driver, Lab, Ns};
+
+const POD_A: &str = "198.18.2.3";
+const POD_B: &str = "198.18.2.4";
+const NODE_C0: &str = "198.18.1.1";
+const NODE_S0: &str = "198.18.2.1";
+const CLIENT: &str = "198.18.1.2";
+
+fn service(name: &str, cluster_ip: &str, spec_extra: &str, ports: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n{spec_extra}  ports:\n{ports}"
+    )
+}
+
+fn slice(service: &str, endpoints: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {service}-1, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+         addressType: IPv4\n\
+         ports: [{{name: http, protocol: TCP, port: 8080}}, {{name: dns, protocol: UDP, port: 8053}}]\n\
+         endpoints:"
+    );
+    if endpoints.is_empty() {
+        s.push_str(" []\n");
+    } else {
+        s.push('\n');
+    }
+    for (ip, node) in endpoints {
+        s.push_str(&format!(
+            "- addresses: [{ip}]\n  conditions: {{ready: true}}\n  nodeName: {node}\n"
+        ));
+    }
+    s
+}
+
+const PORTS: &str = "  - {name: http, protocol: TCP, port: 80, targetPort: 8080}\n  \
+                     - {name: dns, protocol: UDP, port: 53, targetPort: 8053}\n";
+
+fn write_manifests(lab: &Lab, web_endpoints: &[(&str, &str)], local_endpoints: &[(&str, &str)]) {
+    let dir = lab.dir.join("manifests");
+    fs::create_dir_all(&dir).expect("manifest dir");
+    let web = service(
+        "web",
+        "198.51.100.10",
+        "  type: NodePort\n",
+        "  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}\n  \
+         - {name: dns, protocol: UDP, port: 53, targetPort: 8053, nodePort: 30053}\n",
+    );
+    let empty = service("empty", "198.51.100.11", "", PORTS);
+    let local = service(
+        "local",
+        "198.51.100.12",
+        "  type: NodePort\n  externalTrafficPolicy: Local\n",
+        "  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30081}\n",
+    );
+    let sticky = service(
+        "sticky",
+        "198.51.100.13",
+        "  sessionAffinity: ClientIP\n",
+        PORTS,
+    );
+    let both = [(POD_A, "node-a"), (POD_B, "node-b")];
+    let docs = [
+        web,
+        slice("web", web_endpoints),
+        empty,
+        local,
+        slice("local", local_endpoints),
+        sticky,
+        slice("sticky", &both),
+    ];
+    // Written whole and renamed, so the agent never reads half a file.
+    let tmp = dir.join(".services.yaml.tmp");
+    fs::write(&tmp, docs.join("---\n")).expect("write manifests");
+    fs::rename(&tmp, dir.join("services.yaml")).expect("rename manifests");
+}
+
+/// Starts the pods: each answers TCP :8080 and UDP :8053 with "NAME PEER-ADDRESS".
+fn start_pods(lab: &Lab) -> Vec<std::process::Child> {
+    let mut children = Vec::new();
+    for (name, ip) in [("pod-a", POD_A), ("pod-b", POD_B)] {
+        lab.exec_ok(Ns::Server, &format!("ip addr add {ip}/24 dev eth0"));
+        for (proto, listen) in [
+            ("tcp", format!("TCP4-LISTEN:8080,bind={ip},fork,reuseaddr")),
+            ("udp", format!("UDP4-RECVFROM:8053,bind={ip},fork")),
+        ] {
+            children.push(lab.spawn(
+                Ns::Server,
+                &format!("{name}-{proto}"),
+                &format!("socat {listen} SYSTEM:'echo {name} $SOCAT_PEERADDR'"),
+                Duration::from_secs(110),
+            ));
+            let flag = if proto == "tcp" { "-Hltn" } else { "-Hlun" };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !lab
+                .exec(Ns::Server, &format!("ss {flag} src {ip} | grep -q ."))
+                .status
+                .success()
+            {
+                assert!(Instant::now() < deadline, "{name} {proto} did not start");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    children
+}
+
+/// One TCP request from the client: the pod's answer ("pod-a 198.18.1.2"), or the error.
+fn tcp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
+    let out = lab.exec_t(
+        Ns::Client,
+        &format!("socat -T 2 - TCP4:{addr}:{port},connect-timeout=2 </dev/null"),
+        Duration::from_secs(6),
+    );
+    if out.status.success() && !out.stdout.is_empty() {
+        Ok(text(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("{} {}", out.status, text(&out.stderr).trim()))
+    }
+}
+
+fn udp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
+    let out = lab.exec_t(
+        Ns::Client,
+        &format!("echo q | socat -T 2 - UDP4:{addr}:{port}"),
+        Duration::from_secs(6),
+    );
+    if out.status.success() && !out.stdout.is_empty() {
+        Ok(text(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("{} {}", out.status, text(&out.stderr).trim()))
+    }
+}
+
+/// Which pods answered `n` requests, and how often.
+fn spread(lab: &Lab, addr: &str, port: u16, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let answer = tcp_request(lab, addr, port)
+            .unwrap_or_else(|e| panic!("request to {addr}:{port} failed: {e}"));
+        let pod = answer.split(' ').next().unwrap_or_default().to_string();
+        *seen.entry(pod).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Waits until `check` holds (the agent re-reads manifests on its own schedule).
+fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn services_through_the_agent() {
+    let Some(mut lab) = Lab::new("services_through_the_agent", &["socat"]) else {
+        return;
+    };
+    if lab.kernel {
+        eprintln!("skipped: the service proxy has no kernel-mode equivalent in this lab");
+        return;
+    }
+    let both = [(POD_A, "node-a"), (POD_B, "node-b")];
+    write_manifests(&lab, &both, &[(POD_B, "node-b")]);
+    let _pods = start_pods(&lab);
+    let manifests = lab.dir.join("manifests");
+    lab.start_agent(
+        Driver::AfPacket,
+        &[
+            "--manifests",
+            manifests.to_str().expect("utf-8"),
+            "--node-name",
+            "node-a",
+            "--poll-interval",
+            "0.2",
+        ],
+    );
+
+    // ClusterIP: both pods serve, and they see the client's own address.
+    let seen = spread(&lab, "198.51.100.10", 80, 24);
+    assert_eq!(seen.len(), 2, "both backends should answer: {seen:?}");
+    let answer = tcp_request(&lab, "198.51.100.10", 80).expect("ClusterIP request");
+    assert!(answer.ends_with(CLIENT), "no masquerade for ClusterIP: {answer}");
+    let answer = udp_request(&lab, "198.51.100.10", 53).expect("ClusterIP UDP request");
+    assert!(answer.starts_with("pod-"), "UDP answer: {answer}");
+
+    // NodePort (externalTrafficPolicy Cluster): masqueraded to the node's address.
+    let answer = tcp_request(&lab, NODE_C0, 30080).expect("NodePort request");
+    assert!(answer.ends_with(NODE_S0), "NodePort is masqueraded: {answer}");
+    let answer = udp_request(&lab, NODE_C0, 30053).expect("NodePort UDP request");
+    assert!(answer.ends_with(NODE_S0), "NodePort UDP is masqueraded: {answer}");
+
+    // No endpoints: refused at once, as kube-proxy's REJECT does.
+    let refused = tcp_request(&lab, "198.51.100.11", 80).expect_err("no endpoints");
+    assert!(refused.contains("refused"), "TCP to a service without endpoints: {refused}");
+
+    // externalTrafficPolicy Local with no local endpoint: dropped (times out).
+    assert!(tcp_request(&lab, NODE_C0, 30081).is_err());
+
+    // ClientIP affinity: every connection lands on one pod.
+    let seen = spread(&lab, "198.51.100.13", 80, 8);
+    assert_eq!(seen.len(), 1, "affinity: {seen:?}");
+
+    // Live changes: web scaled down to pod-b; local gets a local endpoint.
+    write_manifests(&lab, &[(POD_B, "node-b")], &both);
+    eventually("web served by pod-b only", || {
+        let seen = spread(&lab, "198.51.100.10", 80, 8);
+        (seen.keys().collect::<Vec<_>>() == ["pod-b"])
+            .then_some(())
+            .ok_or(format!("{seen:?}"))
+    });
+    eventually("Local service served with the client address kept", || {
+        let answer = tcp_request(&lab, NODE_C0, 30081)?;
+        (answer == format!("pod-a {CLIENT}"))
+            .then_some(())
+            .ok_or(answer)
+    });
+
+    let out = lab.finish().expect("agent output");
+    assert!(out.stdout.contains("ip4-nat"), "{out}");
+}
