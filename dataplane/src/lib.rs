@@ -8,6 +8,7 @@ pub mod buffer;
 pub mod wire;
 
 pub use buffer::{BufferPool, HeapBuffer, PacketBuffer};
+pub mod acl;
 pub mod conntrack;
 pub mod fib;
 pub mod graph;

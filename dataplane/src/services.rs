@@ -160,3 +160,66 @@ impl AffinityTable {
         self.entries.is_empty()
     }
 }
+
+/// Packets and bytes of one frontend's traffic to one backend, both ways.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    /// Connections started.
+    pub connections: u64,
+    /// Packets, client to backend ([0]) and back ([1]).
+    pub packets: [u64; 2],
+    /// Bytes (IP packet lengths), same order.
+    pub bytes: [u64; 2],
+}
+
+/// Per-worker traffic counters per (frontend, backend). A connection is given its counter's
+/// slot when it starts (kept in its conntrack entry's `user` value), so a packet of a
+/// tracked connection is counted with one array index, no hashing.
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    slots: fnv::FnvHashMap<(Frontend, BackendAddr), u32>,
+    keys: Vec<(Frontend, BackendAddr)>,
+    counters: Vec<BackendCounters>,
+}
+
+/// Most (frontend, backend) pairs counted per worker; later pairs share slot 0's overflow.
+pub const MAX_COUNTED_PAIRS: usize = 1 << 20;
+
+impl ServiceCounters {
+    /// The slot of (frontend, backend), made on first use.
+    pub fn slot(&mut self, frontend: Frontend, backend: BackendAddr) -> u32 {
+        if let Some(&s) = self.slots.get(&(frontend, backend)) {
+            return s;
+        }
+        if self.keys.len() >= MAX_COUNTED_PAIRS {
+            return u32::MAX;
+        }
+        let s = self.keys.len() as u32;
+        self.slots.insert((frontend, backend), s);
+        self.keys.push((frontend, backend));
+        self.counters.push(BackendCounters::default());
+        s
+    }
+
+    /// Counts a new connection on `slot`.
+    #[inline]
+    pub fn connection(&mut self, slot: u32) {
+        if let Some(c) = self.counters.get_mut(slot as usize) {
+            c.connections += 1;
+        }
+    }
+
+    /// Counts a packet of `len` bytes travelling `dir` (0: to the backend) on `slot`.
+    #[inline]
+    pub fn packet(&mut self, slot: u32, dir: usize, len: u32) {
+        if let Some(c) = self.counters.get_mut(slot as usize) {
+            c.packets[dir & 1] += 1;
+            c.bytes[dir & 1] += u64::from(len);
+        }
+    }
+
+    /// Every counted pair and its counters.
+    pub fn iter(&self) -> impl Iterator<Item = (&(Frontend, BackendAddr), &BackendCounters)> {
+        self.keys.iter().zip(&self.counters)
+    }
+}

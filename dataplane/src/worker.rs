@@ -10,7 +10,7 @@ use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::fib::Route;
 use crate::graph::Nanos;
 use crate::reassembly::Reassembler;
-use crate::services::AffinityTable;
+use crate::services::{AffinityTable, ServiceCounters};
 use crate::tables::Tables;
 
 const SECOND: Nanos = 1_000_000_000;
@@ -294,6 +294,8 @@ pub struct WorkerState {
     pub conntrack: Conntrack,
     /// sessionAffinity ClientIP choices.
     pub affinity: AffinityTable,
+    /// Traffic per service frontend and backend.
+    pub service_counters: ServiceCounters,
     /// The version of the tables the connections were last checked against.
     services_version: u64,
 }
@@ -348,6 +350,7 @@ impl Default for WorkerState {
             fragment_ident: 0,
             conntrack: Conntrack::new(ConntrackConfig::default()),
             affinity: AffinityTable::default(),
+            service_counters: ServiceCounters::default(),
             services_version: 0,
         }
     }

@@ -13,6 +13,7 @@ pub mod afxdp;
 pub mod dpdk;
 pub mod mem;
 pub mod pcap;
+pub mod tcp_md5;
 pub mod tun;
 
 /// What a driver knows about one of its ports.

@@ -168,6 +168,9 @@ fn translate<B: PacketBuffer>(
         let Some(entry) = cx.state.conntrack.get(id) else {
             return Next::Lookup;
         };
+        cx.state
+            .service_counters
+            .packet(entry.user, dir.index(), len);
         if nat::is_translated(entry) {
             let to = nat::target_tuple(entry, dir);
             if nat::rewrite(pkt.buf.data_mut(), &t, &to) {
@@ -276,8 +279,16 @@ fn new_connection<B: PacketBuffer>(
         backend.port,
         reply_dst_port,
     );
+    let slot = cx.state.service_counters.slot(
+        Frontend {
+            addr: t.key.dst,
+            proto: t.key.proto,
+            port: t.key.dst_port,
+        },
+        backend,
+    );
     let ct = &mut cx.state.conntrack;
-    let id = match ct.insert(t.key, reply, 0, cx.now) {
+    let id = match ct.insert(t.key, reply, slot, cx.now) {
         Ok(id) => id,
         Err(ConntrackError::Full) => {
             cx.error(NatError::TableFull);
@@ -294,6 +305,8 @@ fn new_connection<B: PacketBuffer>(
         return Next::Drop;
     }
     cx.error(NatError::NewConnection);
+    cx.state.service_counters.connection(slot);
+    cx.state.service_counters.packet(slot, 0, t.end as u32);
     if masquerade {
         cx.error(NatError::Masqueraded);
     }

@@ -135,6 +135,10 @@ fn cluster_ip_is_dnated_and_the_reply_un_dnated() {
     assert_eq!((port, src, dst, sport, dport), (0, v4(VIP), v4(CLIENT), 80, 40000));
     assert_eq!(r.count("ip4-nat", "new_connection"), 1);
     assert_eq!(r.count("ip4-nat", "translated"), 1);
+    let counted: Vec<_> = r.state.service_counters.iter().collect();
+    assert_eq!(counted.len(), 1);
+    assert_eq!(counted[0].1.connections, 1);
+    assert_eq!(counted[0].1.packets, [1, 1]);
 }
 
 #[test]
