@@ -287,6 +287,11 @@ impl TablesHandle {
     pub fn publish(&self, tables: Tables) {
         self.0.store(Arc::new(tables));
     }
+
+    /// [`TablesHandle::publish`] for tables the caller keeps a reference to (to show them).
+    pub fn publish_arc(&self, tables: Arc<Tables>) {
+        self.0.store(tables);
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ mod agent;
 mod cli;
 mod punt;
 mod router;
+#[allow(dead_code)] // the readers (metrics, admin socket) come with the servers
+mod state;
 
 use clap::Parser;
 

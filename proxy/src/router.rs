@@ -15,6 +15,7 @@ use switchyard_io::{Driver, PortInfo};
 
 use crate::cli::{self, Dataplane, RouterArgs};
 use crate::punt::{PuntCounters, PuntPath};
+use crate::state::{DataplaneSnapshot, Shared, CONNTRACK_SAMPLE};
 
 /// How long an idle worker waits for packets before looking at the clock and flags again.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
@@ -28,6 +29,8 @@ pub struct Hooks {
     /// handle the worker loads its tables from and those base tables. The control plane
     /// starts here and publishes through the handle from then on.
     pub on_ready: Option<OnReady>,
+    /// Where the worker publishes a snapshot of its counters once a second.
+    pub shared: Option<Arc<Shared>>,
 }
 
 /// See [`Hooks::on_ready`].
@@ -158,6 +161,8 @@ struct Router<D: Driver> {
     state: WorkerState,
     /// The TUN device to the host stack (`--punt-tun`).
     punt: Option<PuntPath<D::Buffer>>,
+    /// Where snapshots go.
+    shared: Option<Arc<Shared>>,
 }
 
 impl<D: Driver> Router<D>
@@ -211,7 +216,37 @@ where
             tables: handle,
             state,
             punt,
+            shared: hooks.shared,
         })
+    }
+
+    /// The worker's counters and state, for the servers that show them.
+    fn snapshot(&self, rx: u64, tx: u64, io_errors: u64) -> DataplaneSnapshot {
+        let ct = &self.state.conntrack;
+        DataplaneSnapshot {
+            taken_at: std::time::SystemTime::now(),
+            tables_version: self.tables.load().version,
+            rx,
+            tx,
+            io_errors,
+            nodes: self.graph.counters(),
+            conntrack_len: ct.len(),
+            conntrack_capacity: ct.config().capacity,
+            conntrack: *ct.counters(),
+            connections: ct.iter().take(CONNTRACK_SAMPLE).map(|(_, e)| *e).collect(),
+            backends: self
+                .state
+                .service_counters
+                .iter()
+                .map(|((f, b), c)| (*f, *b, *c))
+                .collect(),
+            neighbors: self
+                .state
+                .neighbors
+                .iter()
+                .map(|((port, ip), n)| (*port, *ip, n.mac))
+                .collect(),
+        }
     }
 
     fn run(self, args: &RouterArgs, stop: &AtomicBool) -> anyhow::Result<()> {
@@ -262,6 +297,9 @@ where
                 self.graph
                     .housekeeping(&self.state, nanos_since(start, now));
                 self.driver.recycle(&mut self.graph.dropped);
+                if let Some(shared) = &self.shared {
+                    shared.set_dataplane(self.snapshot(rx_total, tx_total, io_errors));
+                }
             }
             if received == 0 {
                 if finished(&self.driver) {

@@ -18,6 +18,7 @@ use switchyard_lb::service::{CompileOptions, ServiceTable};
 
 use crate::cli::AgentArgs;
 use crate::router::{self, Hooks};
+use crate::state::Shared;
 
 /// Runs the agent until a signal or `--duration` ends it.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -50,10 +51,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         proxy_name: args.service_proxy_name.clone(),
         poll: Duration::from_secs_f64(args.poll_interval),
     };
+    let shared = Arc::new(Shared::default());
+    let for_control = Arc::clone(&shared);
     let hooks = Hooks {
         on_ready: Some(Box::new(move |handle: &TablesHandle, base: &Tables| {
-            control.start(handle.clone(), base.clone())
+            control.start(handle.clone(), base.clone(), for_control)
         })),
+        shared: Some(shared),
     };
     router::run_with(&args.router, hooks)
 }
@@ -79,11 +83,11 @@ struct ControlPlane {
 impl ControlPlane {
     /// Programs the first tables now (so the dataplane starts with the services in place),
     /// then keeps them current from a thread of its own.
-    fn start(self, handle: TablesHandle, base: Tables) -> anyhow::Result<()> {
+    fn start(self, handle: TablesHandle, base: Tables, shared: Arc<Shared>) -> anyhow::Result<()> {
         let mut version = base.version;
         let mut fingerprint = manifests::fingerprint(&self.dir);
         version += 1;
-        handle.publish(self.sync(&base, version));
+        self.sync(&base, version, &handle, &shared, Instant::now());
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || loop {
@@ -92,29 +96,43 @@ impl ControlPlane {
                 if now == fingerprint {
                     continue;
                 }
+                // The change happened at most one poll ago; count from when it was seen.
+                let seen = Instant::now();
                 fingerprint = now;
                 version += 1;
-                handle.publish(self.sync(&base, version));
+                self.sync(&base, version, &handle, &shared, seen);
             })
             .context("starting the control-plane thread")?;
         Ok(())
     }
 
-    /// Reads the manifests and builds the tables they give, logging what was wrong in them.
-    fn sync(&self, base: &Tables, version: u64) -> Tables {
+    /// Reads the manifests, builds the tables they give and publishes them, logging what was
+    /// wrong in them; records the sync in `shared`.
+    fn sync(
+        &self,
+        base: &Tables,
+        version: u64,
+        handle: &TablesHandle,
+        shared: &Shared,
+        seen: Instant,
+    ) {
         let started = Instant::now();
+        let mut problems = Vec::new();
         let (store, errors) = manifests::load(&self.dir);
         for e in &errors {
             tracing::warn!(error = %e, "manifest skipped");
+            problems.push(e.to_string());
         }
         let (services, errors) =
             reduce::services(&store, &self.node_name, self.proxy_name.as_deref());
         for e in &errors {
             tracing::warn!(error = %e, "object skipped");
+            problems.push(e.to_string());
         }
         let (table, errors) = ServiceTable::compile(&services, &self.options);
         for e in &errors {
             tracing::warn!(error = %e, "service frontend skipped");
+            problems.push(e.to_string());
         }
         let frontends = table.frontends.len();
         let tables = Tables {
@@ -127,6 +145,9 @@ impl ControlPlane {
             })),
             ..base.clone()
         };
+        let tables = Arc::new(tables);
+        handle.publish_arc(Arc::clone(&tables));
+        let latency = seen.elapsed().as_secs_f64();
         tracing::info!(
             version,
             services = services.len(),
@@ -135,6 +156,17 @@ impl ControlPlane {
             "tables programmed from {}",
             self.dir.display()
         );
-        tables
+        let source = format!("manifests {}", self.dir.display());
+        shared.update_control(|c| {
+            c.ready = true;
+            c.last_sync = Some(std::time::SystemTime::now());
+            c.last_sync_instant = Some(Instant::now());
+            c.syncs += 1;
+            c.sync_latency.observe(latency);
+            c.services = services;
+            c.tables = Some(tables);
+            c.problems = problems;
+            c.source = source;
+        });
     }
 }

@@ -1,0 +1,179 @@
+//! What the agent knows about itself, shared between the worker, the control plane and the
+//! servers that show it (`/metrics`, `/healthz`, `/readyz`, the admin socket).
+//!
+//! The worker never waits for anyone: once a second (at housekeeping) it builds a
+//! [`DataplaneSnapshot`] and swaps it in; the control plane does the same with a
+//! [`ControlSnapshot`] after each sync. Readers take the current `Arc` and read at leisure.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use switchyard_dataplane::conntrack::{ConnEntry, Counters as ConntrackCounters};
+use switchyard_dataplane::graph::NodeCounters;
+use switchyard_dataplane::services::BackendCounters;
+use switchyard_dataplane::tables::Tables;
+use switchyard_lb::service::{BackendAddr, Frontend, Service};
+
+/// Most conntrack entries a snapshot carries (for `switchyard show conntrack`).
+pub const CONNTRACK_SAMPLE: usize = 4096;
+
+/// The dataplane as one worker saw it at `taken_at`.
+#[derive(Clone, Debug)]
+pub struct DataplaneSnapshot {
+    /// When it was taken.
+    pub taken_at: SystemTime,
+    /// The version of the tables in force.
+    pub tables_version: u64,
+    /// Packets received and sent, and I/O errors, since start.
+    pub rx: u64,
+    /// Packets sent.
+    pub tx: u64,
+    /// Receive/transmit errors.
+    pub io_errors: u64,
+    /// Per graph node: packets, vectors and per-reason counters.
+    pub nodes: Vec<NodeCounters>,
+    /// Live connections.
+    pub conntrack_len: usize,
+    /// Connection table capacity.
+    pub conntrack_capacity: u32,
+    /// Connection table events.
+    pub conntrack: ConntrackCounters,
+    /// Up to [`CONNTRACK_SAMPLE`] live connections.
+    pub connections: Vec<ConnEntry>,
+    /// Traffic per service frontend and backend.
+    pub backends: Vec<(Frontend, BackendAddr, BackendCounters)>,
+    /// Neighbors: port, address, MAC.
+    pub neighbors: Vec<(u16, IpAddr, Option<[u8; 6]>)>,
+}
+
+/// Fixed-bucket histogram of durations in seconds, Prometheus style (cumulative on export).
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, seconds, increasing.
+    pub bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); one more for +Inf.
+    pub counts: Vec<u64>,
+    /// Sum of observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// Sync latency buckets: 1 ms to 10 s.
+pub const SYNC_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+impl Histogram {
+    /// An empty histogram over `bounds`.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Adds one observation.
+    pub fn observe(&mut self, seconds: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// The control plane's state after its last sync.
+#[derive(Clone, Debug)]
+pub struct ControlSnapshot {
+    /// The first full sync has been programmed (kube-proxy's readiness).
+    pub ready: bool,
+    /// When the last sync was programmed.
+    pub last_sync: Option<SystemTime>,
+    /// Monotonic time of the last sync, for staleness checks.
+    pub last_sync_instant: Option<Instant>,
+    /// Syncs done.
+    pub syncs: u64,
+    /// From change seen to tables published.
+    pub sync_latency: Histogram,
+    /// The Services as reduced (what `show services` lists).
+    pub services: Vec<Service>,
+    /// The tables last published (FIB, compiled services).
+    pub tables: Option<Arc<Tables>>,
+    /// Problems found in the objects at the last sync, one line each.
+    pub problems: Vec<String>,
+    /// Where the objects come from, for people.
+    pub source: String,
+}
+
+impl Default for ControlSnapshot {
+    fn default() -> Self {
+        ControlSnapshot {
+            ready: false,
+            last_sync: None,
+            last_sync_instant: None,
+            syncs: 0,
+            sync_latency: Histogram::new(SYNC_BUCKETS),
+            services: Vec::new(),
+            tables: None,
+            problems: Vec::new(),
+            source: String::new(),
+        }
+    }
+}
+
+/// The shared state.
+#[derive(Debug)]
+pub struct Shared {
+    dataplane: Mutex<Option<Arc<DataplaneSnapshot>>>,
+    control: Mutex<Arc<ControlSnapshot>>,
+    /// When the agent started.
+    pub started: SystemTime,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            dataplane: Mutex::new(None),
+            control: Mutex::new(Arc::new(ControlSnapshot::default())),
+            started: SystemTime::now(),
+        }
+    }
+}
+
+impl Shared {
+    /// The worker's latest snapshot, once it has taken one.
+    pub fn dataplane(&self) -> Option<Arc<DataplaneSnapshot>> {
+        self.dataplane.lock().map(|d| d.clone()).unwrap_or(None)
+    }
+
+    /// Publishes the worker's snapshot.
+    pub fn set_dataplane(&self, snapshot: DataplaneSnapshot) {
+        if let Ok(mut d) = self.dataplane.lock() {
+            *d = Some(Arc::new(snapshot));
+        }
+    }
+
+    /// The control plane's latest state.
+    pub fn control(&self) -> Arc<ControlSnapshot> {
+        self.control
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|_| Arc::new(ControlSnapshot::default()))
+    }
+
+    /// Changes the control plane's state.
+    pub fn update_control(&self, change: impl FnOnce(&mut ControlSnapshot)) {
+        if let Ok(mut c) = self.control.lock() {
+            let mut next = (**c).clone();
+            change(&mut next);
+            *c = Arc::new(next);
+        }
+    }
+}
