@@ -15,6 +15,7 @@ pub mod graph;
 pub mod lpm6;
 pub mod mtrie;
 pub mod nat;
+pub mod policy;
 pub mod nodes;
 pub mod reassembly;
 pub mod services;

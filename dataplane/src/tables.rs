@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::fib::{Fib, NextHop, Route};
+use crate::policy::PolicyTables;
 use crate::services::Services;
 
 /// A port as the dataplane sees it: its link-layer identity and its addresses.
@@ -157,6 +158,9 @@ pub struct Tables {
     /// The service proxy's tables; `None` on a plain router, whose packets then skip the
     /// `ip{4,6}-nat` nodes.
     pub services: Option<Arc<Services>>,
+    /// NetworkPolicy ACLs; `None` when nothing is enforced, and packets skip the
+    /// `ip{4,6}-acl` nodes.
+    pub policy: Option<Arc<PolicyTables>>,
 }
 
 impl Tables {
@@ -189,6 +193,7 @@ impl Tables {
             fib,
             punt_to_host: false,
             services: None,
+            policy: None,
         };
         for r in routes {
             let route = tables.resolve(r)?;
