@@ -56,6 +56,11 @@ pub struct Meta {
     pub l2_multicast: bool,
     /// The packet came out of a tunnel this node terminated (GRE, IP-in-IP).
     pub decapsulated: bool,
+    /// The connection-tracking entry the packet belongs to, when the NAT node found or made
+    /// one.
+    pub conn: Option<crate::conntrack::EntryId>,
+    /// `conn` was made for this packet (a new connection, not yet allowed by policy).
+    pub conn_new: bool,
     /// When the packet was first parked in [`HOLD`], if it was.
     pub held_since: Option<NonZeroU64>,
     /// 1 + index of this packet's trace record, or 0 when it is not traced.

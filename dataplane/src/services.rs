@@ -182,7 +182,11 @@ pub struct ServiceCounters {
     counters: Vec<BackendCounters>,
 }
 
-/// Most (frontend, backend) pairs counted per worker; later pairs share slot 0's overflow.
+/// The `user` value of connections that are not to a Service (tracked for NetworkPolicy):
+/// no counter slot, and never flushed by a Service change.
+pub const NOT_A_SERVICE: u32 = u32::MAX;
+
+/// Most (frontend, backend) pairs counted per worker; pairs beyond it are not counted.
 pub const MAX_COUNTED_PAIRS: usize = 1 << 20;
 
 impl ServiceCounters {
@@ -192,7 +196,8 @@ impl ServiceCounters {
             return s;
         }
         if self.keys.len() >= MAX_COUNTED_PAIRS {
-            return u32::MAX;
+            // Past the limit: counted nowhere, but still a Service connection.
+            return NOT_A_SERVICE - 1;
         }
         let s = self.keys.len() as u32;
         self.slots.insert((frontend, backend), s);

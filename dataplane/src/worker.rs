@@ -296,6 +296,8 @@ pub struct WorkerState {
     pub affinity: AffinityTable,
     /// Traffic per service frontend and backend.
     pub service_counters: ServiceCounters,
+    /// Per ACL of the tables in force (same order as `PolicyTables::acls`): rule hits.
+    pub acl_hits: Vec<crate::acl::AclHits>,
     /// The version of the tables the connections were last checked against.
     services_version: u64,
 }
@@ -326,10 +328,22 @@ impl WorkerState {
             return 0;
         }
         self.services_version = tables.version;
+        // Rule hit counters follow the ACLs they count (a new version may renumber them).
+        self.acl_hits = tables.policy.as_deref().map_or_else(Vec::new, |p| {
+            p.acls
+                .iter()
+                .map(|a| crate::acl::AclHits::new(&a.classifier))
+                .collect()
+        });
         let Some(services) = tables.services.as_deref() else {
-            return self.conntrack.flush_matching(|_| true);
+            return self
+                .conntrack
+                .flush_matching(|e| e.user != crate::services::NOT_A_SERVICE);
         };
         self.conntrack.flush_matching(|e| {
+            if e.user == crate::services::NOT_A_SERVICE {
+                return false;
+            }
             let tcp = e.original.proto == crate::conntrack::PROTO_TCP;
             if tcp && !services.flush_tcp_on_removal {
                 return false;
@@ -351,6 +365,7 @@ impl Default for WorkerState {
             conntrack: Conntrack::new(ConntrackConfig::default()),
             affinity: AffinityTable::default(),
             service_counters: ServiceCounters::default(),
+            acl_hits: Vec::new(),
             services_version: 0,
         }
     }

@@ -122,7 +122,7 @@ impl Ip4Input {
                 }
             }
         }
-        if cx.tables.services.is_some() {
+        if cx.tables.services.is_some() || cx.tables.policy.is_some() {
             return InputNext::Nat;
         }
         InputNext::Lookup

@@ -130,7 +130,7 @@ impl Ip6Input {
                 }
             }
         }
-        if cx.tables.services.is_some() {
+        if cx.tables.services.is_some() || cx.tables.policy.is_some() {
             return InputNext::Nat;
         }
         InputNext::Lookup

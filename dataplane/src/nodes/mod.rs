@@ -20,6 +20,7 @@ use crate::buffer::PacketBuffer;
 use crate::graph::{Graph, GraphError, Node};
 use crate::wire::{EtherType, EthernetAddress, EthernetFrame};
 
+pub mod acl;
 pub mod arp;
 pub mod ethernet;
 pub mod fragment;
@@ -46,6 +47,8 @@ pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>,
         Box::new(ip6::Ip6Input),
         Box::new(nat::Ip4Nat::default()),
         Box::new(nat::Ip6Nat::default()),
+        Box::new(acl::Ip4Acl::default()),
+        Box::new(acl::Ip6Acl::default()),
         Box::new(ip4::Ip4Lookup),
         Box::new(ip6::Ip6Lookup),
         Box::new(ip4::Ip4Local),

@@ -71,6 +71,8 @@ enum Next {
     Input6,
     /// Rewrite of the node's own family, the next hop already chosen (direct server return).
     Rewrite,
+    /// The ACL node of the node's own family (when NetworkPolicy is enforced).
+    Acl,
 }
 
 const NEXT4: &[&str] = &[
@@ -81,6 +83,7 @@ const NEXT4: &[&str] = &[
     "ip4-input",
     "ip6-input",
     "ip4-rewrite",
+    "ip4-acl",
 ];
 const NEXT6: &[&str] = &[
     DROP,
@@ -90,6 +93,7 @@ const NEXT6: &[&str] = &[
     "ip4-input",
     "ip6-input",
     "ip6-rewrite",
+    "ip6-acl",
 ];
 
 /// The NAT node of IPv4 (`V6 = false`) or IPv6.
@@ -123,12 +127,21 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
     }
 
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        // With NetworkPolicy enforced, what would go to the lookup goes through the ACLs.
+        let lookup = if cx.tables.policy.is_some() {
+            Next::Acl
+        } else {
+            Next::Lookup
+        };
         let Some(services) = cx.tables.services.clone() else {
-            next.fill(Next::Lookup as NextIndex);
+            next.fill(lookup as NextIndex);
             return;
         };
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = translate(cx, &services, pkt) as NextIndex;
+            *n = match translate(cx, &services, pkt) {
+                Next::Lookup => lookup,
+                other => other,
+            } as NextIndex;
         }
     }
 }
@@ -168,6 +181,7 @@ fn translate<B: PacketBuffer>(
         let Some(entry) = cx.state.conntrack.get(id) else {
             return Next::Lookup;
         };
+        pkt.meta.conn = Some(id);
         cx.state
             .service_counters
             .packet(entry.user, dir.index(), len);
@@ -305,6 +319,8 @@ fn new_connection<B: PacketBuffer>(
         return Next::Drop;
     }
     cx.error(NatError::NewConnection);
+    pkt.meta.conn = Some(id);
+    pkt.meta.conn_new = true;
     cx.state.service_counters.connection(slot);
     cx.state.service_counters.packet(slot, 0, t.end as u32);
     if masquerade {

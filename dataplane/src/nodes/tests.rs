@@ -1406,4 +1406,5 @@ fn forwarding_back_out_of_the_same_link_sends_a_redirect() {
     assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), m), 0);
 }
 
+mod acl;
 mod nat;

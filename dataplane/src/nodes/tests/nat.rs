@@ -16,6 +16,10 @@ const VIP: &str = "198.51.100.10";
 const CLIENT: &str = "198.18.1.2";
 const BACKEND: &str = "198.18.2.2";
 
+pub(super) fn test_service(endpoints: Vec<Endpoint>) -> Service {
+    service(endpoints)
+}
+
 fn service(endpoints: Vec<Endpoint>) -> Service {
     Service {
         name: ServiceName {
@@ -67,7 +71,7 @@ impl Rig {
     }
 }
 
-fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: TcpFlags) -> Vec<u8> {
+pub(super) fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: TcpFlags) -> Vec<u8> {
     let repr = TcpRepr {
         src_port: sport,
         dst_port: dport,
@@ -86,7 +90,7 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: TcpFlags) ->
     ipv4(src, dst, IpProtocol::TCP, 64, true, &seg)
 }
 
-fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+pub(super) fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     let repr = UdpRepr {
         src_port: sport,
         dst_port: dport,

@@ -1,0 +1,171 @@
+//! `ip4-acl` and `ip6-acl`: NetworkPolicy, after the NAT node (so a packet to a Service is
+//! judged by the pod it was sent to) and before the lookup.
+//!
+//! A packet is checked against the egress ACL of its source and the ingress ACL of its
+//! destination, when these are local pods isolated in that direction. Policy is stateful:
+//! a packet of a tracked connection (either way) passes without a rule check, an allowed
+//! new flow is tracked so that its replies pass, and ICMP errors about a tracked flow pass.
+//! Traffic this node originates is allowed (the node's own traffic convention); a denied
+//! new service connection is forgotten again.
+
+use crate::buffer::PacketBuffer;
+use crate::conntrack::{FlowKey, PROTO_ICMP, PROTO_ICMPV6};
+use crate::graph::{Context, ErrorInfo, Node, NextIndex, Packet, DROP};
+use crate::nat::{self, Tuple};
+use crate::node_errors;
+use crate::policy::{AclDirection, PolicyTables};
+use crate::services::NOT_A_SERVICE;
+
+node_errors! {
+    pub enum AclError {
+        Established = ("established", "packets of tracked connections: passed without a rule check"),
+        AllowedNew = ("allowed_new", "new flows allowed by a rule (and tracked)"),
+        Unisolated = ("unisolated", "packets between pods not isolated in that direction"),
+        IngressDenied = ("ingress_denied", "denied: no ingress rule of the destination pod allows it"),
+        EgressDenied = ("egress_denied", "denied: no egress rule of the source pod allows it"),
+        Related = ("related", "ICMP errors about tracked connections: passed"),
+        TrackFailed = ("track_failed", "allowed, but the connection table refused the flow: replies may be denied"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+enum Next {
+    Drop,
+    Lookup,
+}
+
+const NEXT4: &[&str] = &[DROP, "ip4-lookup"];
+const NEXT6: &[&str] = &[DROP, "ip6-lookup"];
+
+/// The ACL node of IPv4 (`V6 = false`) or IPv6.
+#[derive(Debug, Default)]
+pub struct IpAcl<const V6: bool>;
+
+/// `ip4-acl`.
+pub type Ip4Acl = IpAcl<false>;
+/// `ip6-acl`.
+pub type Ip6Acl = IpAcl<true>;
+
+impl<B: PacketBuffer, const V6: bool> Node<B> for IpAcl<V6> {
+    fn name(&self) -> &'static str {
+        if V6 {
+            "ip6-acl"
+        } else {
+            "ip4-acl"
+        }
+    }
+
+    fn next_nodes(&self) -> &'static [&'static str] {
+        if V6 {
+            NEXT6
+        } else {
+            NEXT4
+        }
+    }
+
+    fn errors(&self) -> &'static [ErrorInfo] {
+        AclError::INFO
+    }
+
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let Some(policy) = cx.tables.policy.clone() else {
+            next.fill(Next::Lookup as NextIndex);
+            return;
+        };
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = judge(cx, &policy, pkt) as NextIndex;
+        }
+    }
+}
+
+/// The flow key policy tracks a packet under: ports for TCP/UDP/SCTP, the identifier for ICMP
+/// echo, nothing for other protocols.
+fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
+    let icmp = t.key.proto == PROTO_ICMP || t.key.proto == PROTO_ICMPV6;
+    if icmp && !t.fragment {
+        if let Some(m) = ip.get(t.l4_offset..t.l4_offset + 8) {
+            let echo = matches!((t.key.proto, m[0]), (PROTO_ICMP, 0 | 8) | (PROTO_ICMPV6, 128 | 129));
+            if echo {
+                let ident = u16::from_be_bytes([m[4], m[5]]);
+                return FlowKey::icmp_echo(t.key.src, t.key.dst, ident);
+            }
+        }
+    }
+    t.key
+}
+
+fn judge<B: PacketBuffer>(cx: &mut Context<'_, B>, policy: &PolicyTables, pkt: &mut Packet<B>) -> Next {
+    if pkt.meta.local_origin {
+        return Next::Lookup;
+    }
+    if pkt.meta.conn.is_some() && !pkt.meta.conn_new {
+        cx.error(AclError::Established);
+        return Next::Lookup;
+    }
+    let Some(t) = Tuple::parse(pkt.buf.data()) else {
+        return Next::Lookup;
+    };
+    let egress = policy.acl_for(t.key.src, AclDirection::Egress);
+    let ingress = policy.acl_for(t.key.dst, AclDirection::Ingress);
+    if egress.is_none() && ingress.is_none() {
+        cx.error(AclError::Unisolated);
+        return Next::Lookup;
+    }
+    let key = policy_key(pkt.buf.data(), &t);
+    if !pkt.meta.conn_new {
+        if let Some((id, dir)) = cx.state.conntrack.lookup(&key, cx.now) {
+            let flags = t.tcp_flags;
+            cx.state.conntrack.track(id, dir, flags, t.end as u32, cx.now);
+            cx.error(AclError::Established);
+            return Next::Lookup;
+        }
+        if let Some((quoted, _)) = nat::quoted_tuple(pkt.buf.data(), &t) {
+            if cx.state.conntrack.lookup_icmp_error(&quoted.key, cx.now).is_some() {
+                cx.error(AclError::Related);
+                return Next::Lookup;
+            }
+        }
+    }
+    // ICMP and other port-less protocols are matched as port 0 (rules with ports never match
+    // them; rules without ports do).
+    let port = key.dst_port * u16::from(t.has_ports());
+    for (acl, peer, denied) in [
+        (egress, t.key.dst, AclError::EgressDenied),
+        (ingress, t.key.src, AclError::IngressDenied),
+    ] {
+        let Some((index, table)) = acl else { continue };
+        let matched = table.classifier.classify(peer, key.proto, port);
+        if let Some(hits) = cx.state.acl_hits.get_mut(index as usize) {
+            hits.record(matched);
+        }
+        if matched.is_none() {
+            cx.error(denied);
+            if pkt.meta.trace != 0 {
+                cx.trace(&pkt.meta, format_args!("{denied:?} by {}", table.name));
+            }
+            if let (Some(id), true) = (pkt.meta.conn, pkt.meta.conn_new) {
+                cx.state.conntrack.remove(id);
+            }
+            return Next::Drop;
+        }
+    }
+    cx.error(AclError::AllowedNew);
+    if !pkt.meta.conn_new {
+        track_new(cx, &key, &t);
+    }
+    Next::Lookup
+}
+
+/// Tracks an allowed new flow (no translation), so its replies pass.
+fn track_new<B>(cx: &mut Context<'_, B>, key: &FlowKey, t: &Tuple) {
+    let reply = key.reversed();
+    match cx.state.conntrack.insert(*key, reply, NOT_A_SERVICE, cx.now) {
+        Ok(id) => {
+            cx.state
+                .conntrack
+                .track(id, crate::conntrack::Direction::Original, t.tcp_flags, t.end as u32, cx.now);
+        }
+        Err(_) => cx.error(AclError::TrackFailed),
+    }
+}

@@ -1,0 +1,156 @@
+//! NetworkPolicy in the graph: per-pod ACLs, stateful replies, service traffic judged after
+//! DNAT.
+
+use std::sync::Arc;
+
+use super::nat::{tcp, udp};
+use super::*;
+use crate::acl::{AclRuleSpec, Classifier};
+use crate::policy::{AclTable, PodAcls, PolicyTables};
+
+const CLIENT: &str = "198.18.1.2";
+const SERVER: &str = "198.18.2.2";
+
+fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> AclTable {
+    let specs: Vec<AclRuleSpec> = rules
+        .iter()
+        .map(|(net, proto, ports)| AclRuleSpec {
+            peer: net.parse().unwrap(),
+            protocol: *proto,
+            ports: *ports,
+        })
+        .collect();
+    AclTable {
+        name: name.into(),
+        classifier: Classifier::build(&specs, false),
+        origins: specs.iter().map(|_| Arc::from("test")).collect(),
+    }
+}
+
+/// The server pod admits what `server_ingress` says; the client pod may send TCP to the
+/// server subnet only and admits nothing (so replies reach it only as replies).
+fn policy(server_ingress: &[(&str, Option<u8>, (u16, u16))]) -> PolicyTables {
+    let mut p = PolicyTables {
+        acls: vec![
+            acl("server-in", server_ingress),
+            acl("client-out", &[("198.18.2.0/24", Some(6), (1, 65535))]),
+            acl("client-in", &[]),
+        ],
+        ..PolicyTables::default()
+    };
+    p.pods.insert(
+        v4(SERVER).into(),
+        PodAcls {
+            ingress: Some(0),
+            egress: None,
+        },
+    );
+    p.pods.insert(
+        v4(CLIENT).into(),
+        PodAcls {
+            ingress: Some(2),
+            egress: Some(1),
+        },
+    );
+    p
+}
+
+fn rig(p: PolicyTables) -> Rig {
+    let mut r = Rig::new();
+    r.tables.policy = Some(Arc::new(p));
+    r.tables.version = 2;
+    r.state.sync_services(&r.tables);
+    r.learn_client_and_server();
+    r
+}
+
+fn from_client(r: &mut Rig, ip: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, ip))
+}
+
+fn from_server(r: &mut Rig, ip: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, ip))
+}
+
+#[test]
+fn allowed_flows_pass_both_ways_and_the_rest_is_denied() {
+    let mut r = rig(policy(&[("198.18.1.0/24", Some(6), (80, 80))]));
+    let syn = tcp(v4(CLIENT), v4(SERVER), 40000, 80, TcpFlags::SYN);
+    assert_eq!(from_client(&mut r, &syn).len(), 1);
+    let synack = tcp(v4(SERVER), v4(CLIENT), 80, 40000, TcpFlags::SYN | TcpFlags::ACK);
+    assert_eq!(from_server(&mut r, &synack).len(), 1, "the reply of an allowed flow passes");
+    assert_eq!(r.count("ip4-acl", "allowed_new"), 1);
+    assert_eq!(r.count("ip4-acl", "established"), 1);
+    // Another port: the server's ingress denies.
+    let syn81 = tcp(v4(CLIENT), v4(SERVER), 40001, 81, TcpFlags::SYN);
+    assert!(from_client(&mut r, &syn81).is_empty());
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 1);
+    // UDP: the client's egress allows TCP only.
+    assert!(from_client(&mut r, &udp(v4(CLIENT), v4(SERVER), 5000, 80)).is_empty());
+    assert_eq!(r.count("ip4-acl", "egress_denied"), 1);
+    // The client admits nothing new: the server cannot open a connection to it.
+    let s2c = tcp(v4(SERVER), v4(CLIENT), 5555, 22, TcpFlags::SYN);
+    assert!(from_server(&mut r, &s2c).is_empty());
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 2);
+    // Hit counters: the server's port-80 rule matched once.
+    assert_eq!(r.state.acl_hits[0].rule(0), 1);
+}
+
+#[test]
+fn ping_needs_a_rule_without_ports() {
+    let mut r = rig(policy(&[("198.18.1.0/24", Some(6), (80, 80))]));
+    let ping = ipv4(v4(CLIENT), v4(SERVER), IpProtocol::ICMP, 64, false, &icmp_echo(8, 16));
+    assert!(from_client(&mut r, &ping).is_empty(), "client egress allows TCP only");
+    let mut r = rig(PolicyTables {
+        acls: vec![acl("server-in", &[("198.18.1.0/24", None, (0, 65535))])],
+        pods: [(
+            v4(SERVER).into(),
+            PodAcls {
+                ingress: Some(0),
+                egress: None,
+            },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    assert_eq!(from_client(&mut r, &ping).len(), 1, "a port-less rule admits ICMP");
+    let reply = ipv4(v4(SERVER), v4(CLIENT), IpProtocol::ICMP, 64, false, &icmp_echo(0, 16));
+    assert_eq!(from_server(&mut r, &reply).len(), 1);
+}
+
+#[test]
+fn service_traffic_is_judged_by_the_backend_port_after_dnat() {
+    use crate::services::Services;
+    use switchyard_lb::service::{CompileOptions, ServiceTable};
+    let svc = super::nat::test_service(vec![switchyard_lb::service::Endpoint::ready(
+        v4(SERVER).into(),
+        8080,
+        true,
+    )]);
+    let (table, _) = ServiceTable::compile(&[svc], &CompileOptions::default());
+    let services = Some(Arc::new(Services {
+        table,
+        ..Services::default()
+    }));
+    // Ingress admits 80 only: the connection to VIP:80 lands on 8080 and is refused.
+    let mut r = rig(policy(&[("198.18.1.0/24", Some(6), (80, 80))]));
+    r.tables.services = services.clone();
+    r.tables.version = 3;
+    r.state.sync_services(&r.tables);
+    let syn = tcp(v4(CLIENT), v4("198.51.100.10"), 40000, 80, TcpFlags::SYN);
+    assert!(from_client(&mut r, &syn).is_empty());
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 1);
+    assert_eq!(r.state.conntrack.len(), 0, "a denied connection is not kept");
+    // Admitting 8080 lets it through, and the reply comes back translated.
+    let mut r = rig(policy(&[("198.18.1.0/24", Some(6), (8080, 8080))]));
+    r.tables.services = services;
+    r.tables.version = 3;
+    r.state.sync_services(&r.tables);
+    let out = from_client(&mut r, &syn);
+    assert_eq!(out.len(), 1);
+    assert_eq!(ip4_of(&out[0].1).dst_addr(), v4(SERVER));
+    let synack = tcp(v4(SERVER), v4(CLIENT), 8080, 40000, TcpFlags::SYN | TcpFlags::ACK);
+    let out = from_server(&mut r, &synack);
+    assert_eq!(out.len(), 1);
+    assert_eq!(ip4_of(&out[0].1).src_addr(), v4("198.51.100.10"));
+}
