@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Switchyard in a box: three network namespaces (client, node, server), the switchyard router in
-# the node namespace, and a few things a person would try from the client.
+# the node namespace, and a few things a person would try from the client; then the node agent
+# with the manifests in examples/ (on DPDK by default), serving real requests to Services.
 #
 #   cargo build --release -p switchyard && sudo lab/demo.sh
 #
 # Environment:
 #   SWITCHYARD=PATH           router binary (default: target/release/switchyard; never built here)
-#   DATAPLANE=afpacket|afxdp  dataplane driver (default afpacket)
+#   DATAPLANE=afpacket|afxdp  dataplane driver of the router part (default afpacket)
+#   AGENT_DATAPLANE=dpdk|afpacket|afxdp  dataplane of the agent part (default dpdk)
 #   SWITCHYARD_LAB_KERNEL=1   let the node namespace's kernel route instead (baseline / no binary)
 #
 # Exits non-zero if any check fails. Everything created is removed on exit, also on failure or ^C.
@@ -216,6 +218,99 @@ if [ "$KERNEL" = 0 ]; then
     echo "  stderr (last 20 lines):"
     tail -n 20 "$WORK/router.err" | sed 's/^/  │ /'
   fi
+fi
+
+if [ "$KERNEL" = 0 ]; then
+  heading "Service proxy: switchyard agent --manifests examples/"
+  # The pods of examples/: web's pod-a and pod-b, api-0 (IPv4 and IPv6), all in the server
+  # namespace, each answering with its name and the address it saw the client as.
+  pod_listen() { # pod_listen NAME ADDR PORT [udp]
+    local name=$1 addr=$2 port=$3 proto=${4:-tcp} listen
+    if [ "$proto" = udp ]; then listen="UDP-RECVFROM:$port,bind=$addr,fork"; else listen="TCP-LISTEN:$port,bind=$addr,fork,reuseaddr"; fi
+    in_ns "$SERVER" 150 socat "$listen" SYSTEM:"echo $name \$SOCAT_PEERADDR" 2>>"$WORK/pods.err" &
+  }
+  for a in 198.18.2.3 198.18.2.4 198.18.2.10; do in_ns "$SERVER" 5 ip addr add "$a/24" dev eth0; done
+  in_ns "$SERVER" 5 ip -6 addr add 2001:db8:2::10/64 dev eth0 nodad
+  pod_listen pod-a 198.18.2.3 8080
+  pod_listen pod-b 198.18.2.4 8080
+  pod_listen api-0 198.18.2.10 8080
+  pod_listen api-0 '[2001:db8:2::10]' 8080
+  pod_listen api-0 198.18.2.10 5353 udp
+  mkdir -p "$WORK/manifests"
+  cp "$ROOT"/examples/*.yaml "$WORK/manifests/"
+  AGENT_DATAPLANE=${AGENT_DATAPLANE:-dpdk}
+  if [ "$AGENT_DATAPLANE" = dpdk ]; then
+    PORTS=(--interface net_af_packet0 --interface net_af_packet1
+      --address net_af_packet0=198.18.1.1/24 --address net_af_packet0=2001:db8:1::1/64
+      --address net_af_packet1=198.18.2.1/24 --address net_af_packet1=2001:db8:2::1/64
+      --eal "--no-huge --no-pci --no-shconf -m 512 --file-prefix $P --vdev net_af_packet0,iface=c0 --vdev net_af_packet1,iface=s0")
+  else
+    PORTS=(--interface c0 --interface s0
+      --address c0=198.18.1.1/24 --address c0=2001:db8:1::1/64
+      --address s0=198.18.2.1/24 --address s0=2001:db8:2::1/64)
+  fi
+  AGENT_ARGS=(agent --manifests "$WORK/manifests" --node-name node-a --poll-interval 0.2
+    --dataplane "$AGENT_DATAPLANE" "${PORTS[@]}" --duration 120)
+  echo "  ip netns exec $NODE $SWITCHYARD ${AGENT_ARGS[*]}"
+  NO_COLOR=1 ip netns exec "$NODE" "$SWITCHYARD" "${AGENT_ARGS[@]}" >"$WORK/agent.out" 2>"$WORK/agent.err" &
+  ROUTER_PID=$!
+  ready=0
+  for _ in $(seq 1 40); do
+    if ! kill -0 "$ROUTER_PID" 2>/dev/null; then break; fi
+    if in_ns "$CLIENT" 3 ping -q -c 1 -W 1 198.18.1.1 >/dev/null 2>&1; then ready=1; break; fi
+    sleep 0.3
+  done
+  if [ "$ready" = 1 ]; then
+    ok "agent is up ($AGENT_DATAPLANE dataplane): $(grep -o 'services=[0-9]* frontends=[0-9]*' "$WORK/agent.err" | head -n 1)"
+  else
+    bad "agent did not come up"
+    tail -n 30 "$WORK/agent.err" | detail
+  fi
+
+  # ask NAME ADDR PORT [udp]: one request from the client; prints the answer.
+  ask() {
+    if [ "${4:-tcp}" = udp ]; then
+      echo q | in_ns "$CLIENT" 5 socat -T 2 - "UDP:$2:$3" 2>/dev/null
+    else
+      in_ns "$CLIENT" 5 socat -T 2 - "TCP:$2:$3,connect-timeout=2" </dev/null 2>/dev/null
+    fi
+  }
+  spread() { # spread ADDR PORT N: which pods answered N requests
+    local i
+    for i in $(seq 1 "$3"); do ask x "$1" "$2" | cut -d' ' -f1; done | sort | uniq -c | awk '{printf "%s×%s ", $2, $1}'
+  }
+  answers=$(spread 198.19.0.10 80 12)
+  if grep -q pod-a <<<"$answers" && grep -q pod-b <<<"$answers"; then
+    ok "ClusterIP web 198.19.0.10:80, 12 connections (Maglev): $answers"
+  else
+    bad "ClusterIP web 198.19.0.10:80: $answers"
+  fi
+  a=$(ask x 198.18.1.1 30080)
+  if [ "${a#api-0 }" = 198.18.2.1 ]; then
+    ok "NodePort api 198.18.1.1:30080 → \"$a\" (masqueraded to the node's address)"
+  else
+    bad "NodePort api 198.18.1.1:30080 → \"$a\""
+  fi
+  a=$(ask x '[2001:db8:ffff::20]' 80)
+  if [ "${a%% *}" = api-0 ]; then ok "IPv6 ClusterIP api [2001:db8:ffff::20]:80 → \"$a\""; else bad "IPv6 ClusterIP api → \"$a\""; fi
+  a=$(ask x 198.18.1.1 30053 udp)
+  if [ "${a%% *}" = api-0 ]; then ok "UDP NodePort api 198.18.1.1:30053 → \"$a\""; else bad "UDP NodePort api → \"$a\""; fi
+
+  # Live change: web loses pod-a (as when a Deployment is scaled down).
+  sed -i '/- addresses: \[198.18.2.3\]/,/name: pod-a}/d' "$WORK/manifests/10-web.yaml"
+  sleep 1
+  answers=$(spread 198.19.0.10 80 8)
+  if [ "$answers" = "pod-b×8 " ]; then
+    ok "after removing pod-a from web's EndpointSlice: $answers"
+  else
+    bad "after removing pod-a: $answers"
+  fi
+
+  stop_router
+  if [ "${ROUTER_RC:-1}" = 0 ]; then ok "agent exited cleanly on SIGTERM"; else bad "agent exit status ${ROUTER_RC:-?}"; fi
+  echo "  service proxy counters:"
+  sed -n '/^ip4-nat/,/^ip4-lookup/p;/^ip6-nat/,/^ip6-lookup/p' "$WORK/agent.out" | grep -v lookup | sed 's/^/  │ /'
+  grep 'tables programmed' "$WORK/agent.err" | sed -E 's/^.*version=/  │ tables version=/' | head -n 5
 fi
 
 heading "Summary"
