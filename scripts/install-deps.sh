@@ -12,7 +12,7 @@ PACKAGES=(
   # AF_XDP driver: libxdp/libbpf built by xsk-rs
   m4 libelf-dev zlib1g-dev
   # lab and tests: namespaces, kernel peers, packet dissection, kernel baseline
-  iproute2 iputils-ping tshark tcpdump nftables iptables socat netcat-openbsd ethtool
+  iproute2 iputils-ping tshark tcpdump nftables iptables socat netcat-openbsd ethtool gobgpd bird2
   python3
   # benchmarks: instruction counts
   valgrind

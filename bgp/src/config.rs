@@ -65,6 +65,9 @@ pub struct SessionConfig {
     /// Proposed hold time in seconds: 0 (no keepalives) or at least 3.
     pub hold_time: u16,
     pub connect_retry_time: u16,
+    /// Hold timer while waiting for the peer's OPEN (RFC 4271 §8: "a
+    /// large value", 240 s suggested).
+    pub open_hold_time: u16,
     /// Never initiate the TCP connection, only accept (RFC 4271 §8.1.1
     /// PassiveTcpEstablishment).
     pub passive: bool,
@@ -84,6 +87,7 @@ impl SessionConfig {
             peer_as,
             hold_time: 90,
             connect_retry_time: 120,
+            open_hold_time: 240,
             passive: false,
             families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
             route_refresh: true,

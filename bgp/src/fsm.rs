@@ -76,9 +76,6 @@ pub enum Action {
     RouteRefresh(Family),
 }
 
-/// RFC 4271 §8: "a large value" for the Hold timer while waiting for OPEN.
-const OPEN_HOLD_TIME: Duration = Duration::from_secs(240);
-
 #[derive(Debug)]
 pub struct Session {
     cfg: SessionConfig,
@@ -136,7 +133,9 @@ impl Session {
                     match open::encode_local(&self.cfg) {
                         Ok(bytes) => {
                             out.push(Action::Send(bytes));
-                            out.push(Action::ArmTimer(Timer::Hold, OPEN_HOLD_TIME));
+                            // RFC 4271 §8: "a large value" while waiting for OPEN.
+                            let t = Duration::from_secs(self.cfg.open_hold_time.into());
+                            out.push(Action::ArmTimer(Timer::Hold, t));
                             self.state = State::OpenSent;
                         }
                         // Only a configuration too large for an OPEN.

@@ -32,6 +32,12 @@
 //! OPEN arrives, keep the connection [`collision::connection_to_keep`]
 //! names and stop the other with Cease / Connection Collision Resolution.
 //!
+//! [`speaker`] is that shell, on tokio: `Speaker::start(config)` gives a
+//! `SpeakerHandle` (advertise/withdraw/`set_local_routes`, neighbors,
+//! routes, shutdown) and a stream of `SpeakerEvent`s (session up/down,
+//! `BestPathsChanged` ECMP sets for the FIB). Tests against gobgpd and
+//! BIRD live in `tests/`.
+//!
 //! # Routes
 //!
 //! [`rib::Rib`] holds one [`rib::Table`] per family; every candidate path
@@ -71,6 +77,7 @@ mod rfc7606_tests;
 pub mod rib;
 #[cfg(test)]
 mod rib_tests;
+pub mod speaker;
 pub mod update_check;
 pub mod update_rx;
 pub mod update_tx;

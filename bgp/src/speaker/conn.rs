@@ -1,0 +1,246 @@
+//! Sockets: the listener, active connects (source address, TTL, MD5),
+//! and the reader/writer tasks of one established TCP connection.
+
+use super::{PeerConfig, SpeakerError};
+use crate::collision::ConnectionOrigin;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use switchyard_io::tcp_md5::set_tcp_md5sig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How long one connect attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Size of one read; the core gets at most this many bytes at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// Longest a single write may block on a peer that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What socket tasks tell the core.
+#[derive(Debug)]
+pub(super) enum Input {
+    Accepted(TcpStream, SocketAddr),
+    Connected {
+        peer: usize,
+        attempt: u64,
+        stream: TcpStream,
+    },
+    ConnectFailed {
+        peer: usize,
+        attempt: u64,
+        error: String,
+    },
+    Bytes {
+        conn: u64,
+        data: Vec<u8>,
+    },
+    Closed {
+        conn: u64,
+    },
+}
+
+/// The TTL for a peer: 1 for directly connected eBGP unless multihop,
+/// the system default for iBGP unless multihop is set.
+pub(super) fn ttl_for(p: &PeerConfig, local_as: u32) -> Option<u32> {
+    match p.multihop_ttl {
+        Some(t) => Some(t.into()),
+        None if p.remote_as != local_as => Some(1),
+        None => None,
+    }
+}
+
+fn set_ttl(sock: socket2::SockRef<'_>, addr: IpAddr, ttl: Option<u32>) -> io::Result<()> {
+    let Some(ttl) = ttl else { return Ok(()) };
+    match addr {
+        IpAddr::V4(_) => sock.set_ttl_v4(ttl),
+        IpAddr::V6(_) => sock.set_unicast_hops_v6(ttl),
+    }
+}
+
+/// Binds the listener and installs the MD5 key of every peer with a
+/// password (the key must be there before the peer's SYN arrives).
+pub(super) fn listen(addr: SocketAddr, peers: &[PeerConfig]) -> Result<TcpListener, SpeakerError> {
+    let l = |source| SpeakerError::Listen { addr, source };
+    let sock = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(l)?;
+    sock.set_reuseaddr(true).map_err(l)?;
+    sock.bind(addr).map_err(l)?;
+    for p in peers {
+        if let Some(key) = &p.md5_password {
+            // A v4 listener cannot carry a v6 peer's key and vice versa.
+            if p.address.is_ipv4() == addr.is_ipv4() {
+                set_tcp_md5sig(&sock, SocketAddr::new(p.address, 0), key.as_bytes()).map_err(
+                    |source| SpeakerError::Md5 {
+                        peer: p.address,
+                        source,
+                    },
+                )?;
+            }
+        }
+    }
+    sock.listen(128).map_err(l)
+}
+
+/// Accepts forever; the core decides what each connection is.
+pub(super) async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Input>) {
+    loop {
+        match listener.accept().await {
+            Ok((s, a)) => {
+                if tx.send(Input::Accepted(s, a)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "bgp: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Everything an active connect needs, copied out of the configuration.
+#[derive(Debug, Clone)]
+pub(super) struct ConnectParams {
+    pub remote: SocketAddr,
+    pub local: Option<IpAddr>,
+    pub ttl: Option<u32>,
+    pub md5: Option<String>,
+}
+
+async fn connect(p: &ConnectParams) -> io::Result<TcpStream> {
+    let sock = match p.remote {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }?;
+    if let Some(local) = p.local {
+        sock.set_reuseaddr(true)?;
+        sock.bind(SocketAddr::new(local, 0))?;
+    }
+    set_ttl(socket2::SockRef::from(&sock), p.remote.ip(), p.ttl)?;
+    if let Some(key) = &p.md5 {
+        set_tcp_md5sig(&sock, p.remote, key.as_bytes())?;
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(p.remote)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+pub(super) fn spawn_connect(
+    peer: usize,
+    attempt: u64,
+    params: ConnectParams,
+    tx: mpsc::Sender<Input>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let msg = match connect(&params).await {
+            Ok(stream) => Input::Connected {
+                peer,
+                attempt,
+                stream,
+            },
+            Err(e) => Input::ConnectFailed {
+                peer,
+                attempt,
+                error: e.to_string(),
+            },
+        };
+        let _ = tx.send(msg).await;
+    })
+}
+
+/// One TCP connection as the core sees it. Dropping it closes the
+/// connection once everything queued has been written.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub id: u64,
+    pub origin: ConnectionOrigin,
+    pub local: Option<SocketAddr>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    reader: JoinHandle<()>,
+}
+
+impl Conn {
+    /// Starts the reader and writer tasks of `stream`.
+    pub fn start(
+        id: u64,
+        origin: ConnectionOrigin,
+        stream: TcpStream,
+        ttl: Option<u32>,
+        tx: mpsc::Sender<Input>,
+    ) -> Self {
+        let local = stream.local_addr().ok();
+        if let Some(l) = local {
+            // Accepted connections get the peer's TTL here; a failure only
+            // loses the TTL restriction, so it is logged, not fatal.
+            if let Err(e) = set_ttl(socket2::SockRef::from(&stream), l.ip(), ttl) {
+                tracing::warn!(error = %e, "bgp: setting TTL failed");
+            }
+        }
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let rtx = tx.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let mut buf = vec![0u8; READ_CHUNK];
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if rtx
+                            .send(Input::Bytes {
+                                conn: id,
+                                data: buf,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = rtx.send(Input::Closed { conn: id }).await;
+        });
+        tokio::spawn(async move {
+            while let Some(b) = out_rx.recv().await {
+                // A peer that stops reading must not pin the socket (and
+                // this task) forever.
+                let w = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&b)).await;
+                if !matches!(w, Ok(Ok(()))) {
+                    let _ = tx.send(Input::Closed { conn: id }).await;
+                    return;
+                }
+            }
+            // Everything queued (a NOTIFICATION last) is written: FIN.
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.shutdown()).await;
+        });
+        Self {
+            id,
+            origin,
+            local,
+            out,
+            reader,
+        }
+    }
+
+    pub fn send(&self, bytes: Vec<u8>) {
+        // A closed writer means the connection is gone; the reader
+        // reports that.
+        let _ = self.out.send(bytes);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}

@@ -1,0 +1,850 @@
+//! The core task: every session, the RIB and every timer, one owner.
+
+use super::conn::{self, Conn, ConnectParams, Input};
+use super::{
+    BestPaths, Command, LocalRoute, NeighborStatus, PeerConfig, RouteEntry, RoutePath,
+    SpeakerConfig, SpeakerError, SpeakerEvent,
+};
+use crate::attrs::{AsPath, AsSegment, Origin, PathAttrs};
+use crate::capability::Negotiated;
+use crate::collision::{connection_to_keep, ConnectionOrigin};
+use crate::config::{Family, SessionConfig};
+use crate::fsm::{Action, DownReason, Event, Session, State, Timer};
+use crate::notification::{cease, Notification};
+use crate::rib::adj_out::AdjRibOut;
+use crate::rib::decision::DecisionConfig;
+use crate::rib::{Path, PeerId, PeerInfo, Rib, RibConfig, RibPrefix, Table};
+use crate::update_tx::{self, TxParams};
+use crate::wire;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Reads queued for the core; a full queue stops the readers, and TCP
+/// flow control then slows the peers.
+const INPUT_QUEUE: usize = 256;
+
+/// Binds the listener and spawns the core; returns the bound address.
+pub(super) fn spawn(
+    config: SpeakerConfig,
+    cmd_rx: mpsc::Receiver<Command>,
+    ev_tx: mpsc::UnboundedSender<SpeakerEvent>,
+) -> Result<Option<SocketAddr>, SpeakerError> {
+    let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
+    let mut bound = None;
+    let mut accept_task = None;
+    if let Some(addr) = config.listen {
+        let l = conn::listen(addr, &config.peers)?;
+        bound = l.local_addr().ok();
+        accept_task = Some(tokio::spawn(conn::accept_loop(l, in_tx.clone())));
+    }
+    let mut core = Core::new(config, in_tx, ev_tx, bound);
+    tokio::spawn(async move {
+        core.run(cmd_rx, in_rx).await;
+        if let Some(t) = accept_task {
+            t.abort();
+        }
+    });
+    Ok(bound)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Main,
+    /// The second connection of a collision (RFC 4271 §6.8).
+    Other,
+}
+
+fn timer_index(t: Timer) -> usize {
+    match t {
+        Timer::ConnectRetry => 0,
+        Timer::Hold => 1,
+        Timer::Keepalive => 2,
+    }
+}
+
+const TIMERS: [Timer; 3] = [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive];
+
+/// A session with its connection and timer deadlines.
+#[derive(Debug)]
+struct Slot {
+    session: Session,
+    conn: Option<Conn>,
+    timers: [Option<Instant>; 3],
+}
+
+impl Slot {
+    fn new(cfg: SessionConfig) -> Self {
+        Self {
+            session: Session::new(cfg),
+            conn: None,
+            timers: [None; 3],
+        }
+    }
+
+    /// Closes the connection with Cease / `subcode`.
+    fn close(self, subcode: u8) {
+        if let Some(c) = self.conn {
+            c.send(Notification::cease(subcode).encode());
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Peer {
+    cfg: PeerConfig,
+    session_cfg: SessionConfig,
+    main: Slot,
+    other: Option<Slot>,
+    /// Id of the connect attempt whose result we wait for.
+    attempt: u64,
+    connecting: Option<JoinHandle<()>>,
+    rib_id: Option<PeerId>,
+    negotiated: Option<Negotiated>,
+    adj_out: AdjRibOut,
+    up_since: Option<Instant>,
+    flaps: u64,
+    last_error: Option<String>,
+}
+
+impl Peer {
+    fn slot(&mut self, w: Which) -> Option<&mut Slot> {
+        match w {
+            Which::Main => Some(&mut self.main),
+            Which::Other => self.other.as_mut(),
+        }
+    }
+
+    fn cancel_connect(&mut self) {
+        if let Some(h) = self.connecting.take() {
+            h.abort();
+        }
+        // Any result still in flight is now stale.
+        self.attempt += 1;
+    }
+
+    /// Makes the collision's second connection the main one; returns the
+    /// old main.
+    fn promote_other(&mut self) -> Option<Slot> {
+        let o = self.other.take()?;
+        Some(std::mem::replace(&mut self.main, o))
+    }
+}
+
+struct Core {
+    local_as: u32,
+    router_id: std::net::Ipv4Addr,
+    listen: Option<SocketAddr>,
+    peers: Vec<Peer>,
+    rib: Rib,
+    local_routes: BTreeMap<IpNet, Option<IpAddr>>,
+    in_tx: mpsc::Sender<Input>,
+    ev_tx: mpsc::UnboundedSender<SpeakerEvent>,
+    next_conn: u64,
+    stopping: bool,
+}
+
+impl Core {
+    fn new(
+        cfg: SpeakerConfig,
+        in_tx: mpsc::Sender<Input>,
+        ev_tx: mpsc::UnboundedSender<SpeakerEvent>,
+        listen: Option<SocketAddr>,
+    ) -> Self {
+        let rib = Rib::new(RibConfig {
+            local_as: cfg.local_as,
+            router_id: cfg.router_id,
+            cluster_id: cfg.cluster_id,
+            decision: DecisionConfig {
+                max_paths: cfg.multipath_max.max(1),
+                ..DecisionConfig::default()
+            },
+        });
+        let peers = cfg
+            .peers
+            .into_iter()
+            .map(|p| {
+                let session_cfg = SessionConfig {
+                    local_as: cfg.local_as,
+                    router_id: cfg.router_id,
+                    peer_as: p.remote_as,
+                    hold_time: p.hold_time,
+                    connect_retry_time: p.connect_retry_time,
+                    open_hold_time: p.open_hold_time,
+                    passive: p.passive,
+                    families: p.families.clone(),
+                    route_refresh: true,
+                    graceful_restart: None,
+                    add_path: p.add_path.clone(),
+                    extended_message: true,
+                };
+                Peer {
+                    main: Slot::new(session_cfg.clone()),
+                    session_cfg,
+                    cfg: p,
+                    other: None,
+                    attempt: 0,
+                    connecting: None,
+                    rib_id: None,
+                    negotiated: None,
+                    adj_out: AdjRibOut::default(),
+                    up_since: None,
+                    flaps: 0,
+                    last_error: None,
+                }
+            })
+            .collect();
+        Self {
+            local_as: cfg.local_as,
+            router_id: cfg.router_id,
+            listen,
+            peers,
+            rib,
+            local_routes: BTreeMap::new(),
+            in_tx,
+            ev_tx,
+            next_conn: 0,
+            stopping: false,
+        }
+    }
+
+    async fn run(&mut self, mut cmd_rx: mpsc::Receiver<Command>, mut in_rx: mpsc::Receiver<Input>) {
+        for i in 0..self.peers.len() {
+            let a = self.peers[i].main.session.handle(Event::ManualStart);
+            self.dispatch(i, Which::Main, a);
+        }
+        loop {
+            let next = self.next_deadline();
+            tokio::select! {
+                biased;
+                _ = sleep_until(next) => self.fire_timers(),
+                c = cmd_rx.recv() => match c {
+                    None => return self.stop_all(),
+                    Some(Command::Shutdown(done)) => {
+                        self.stop_all();
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(c) => self.command(c),
+                },
+                Some(i) = in_rx.recv() => self.input(i),
+            }
+        }
+    }
+
+    fn emit(&self, ev: SpeakerEvent) {
+        // Nobody listening is fine: the agent may not care.
+        let _ = self.ev_tx.send(ev);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.peers
+            .iter()
+            .flat_map(|p| std::iter::once(&p.main).chain(p.other.as_ref()))
+            .flat_map(|s| s.timers.iter().flatten())
+            .min()
+            .copied()
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.peers.len() {
+            for which in [Which::Main, Which::Other] {
+                for t in TIMERS {
+                    let Some(slot) = self.peers[i].slot(which) else {
+                        continue;
+                    };
+                    let due = &mut slot.timers[timer_index(t)];
+                    if due.is_some_and(|d| d <= now) {
+                        *due = None;
+                        let a = slot.session.handle(Event::TimerExpired(t));
+                        self.dispatch(i, which, a);
+                    }
+                }
+            }
+        }
+    }
+
+    fn find_conn(&self, id: u64) -> Option<(usize, Which)> {
+        self.peers.iter().enumerate().find_map(|(i, p)| {
+            if p.main.conn.as_ref().is_some_and(|c| c.id == id) {
+                Some((i, Which::Main))
+            } else if p
+                .other
+                .as_ref()
+                .and_then(|o| o.conn.as_ref())
+                .is_some_and(|c| c.id == id)
+            {
+                Some((i, Which::Other))
+            } else {
+                None
+            }
+        })
+    }
+
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::Accepted(stream, from) => {
+                let ip = from.ip().to_canonical();
+                match self.peers.iter().position(|p| p.cfg.address == ip) {
+                    Some(i) => self.new_connection(i, stream, ConnectionOrigin::Remote),
+                    None => tracing::info!(%from, "bgp: connection from unknown peer refused"),
+                }
+            }
+            Input::Connected {
+                peer,
+                attempt,
+                stream,
+            } => {
+                if self.peers.get(peer).is_some_and(|p| p.attempt == attempt) {
+                    self.peers[peer].connecting = None;
+                    self.new_connection(peer, stream, ConnectionOrigin::Local);
+                }
+            }
+            Input::ConnectFailed {
+                peer,
+                attempt,
+                error,
+            } => {
+                if let Some(p) = self.peers.get_mut(peer).filter(|p| p.attempt == attempt) {
+                    p.connecting = None;
+                    p.last_error = Some(format!("connect: {error}"));
+                    let a = p.main.session.handle(Event::TcpConnectFailed);
+                    self.dispatch(peer, Which::Main, a);
+                }
+            }
+            Input::Bytes { conn, data } => {
+                if let Some((i, w)) = self.find_conn(conn) {
+                    if let Some(slot) = self.peers[i].slot(w) {
+                        let a = slot.session.handle_bytes(&data);
+                        self.after_bytes(i, w, a);
+                    }
+                }
+            }
+            Input::Closed { conn } => {
+                if let Some((i, w)) = self.find_conn(conn) {
+                    if let Some(slot) = self.peers[i].slot(w) {
+                        slot.conn = None;
+                        let a = slot.session.handle(Event::TcpClosed);
+                        self.dispatch(i, w, a);
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_conn(&mut self, i: usize, stream: TcpStream, origin: ConnectionOrigin) -> Conn {
+        self.next_conn += 1;
+        let ttl = conn::ttl_for(&self.peers[i].cfg, self.local_as);
+        Conn::start(self.next_conn, origin, stream, ttl, self.in_tx.clone())
+    }
+
+    fn new_connection(&mut self, i: usize, stream: TcpStream, origin: ConnectionOrigin) {
+        match self.peers[i].main.session.state() {
+            // Idle refuses connections until ConnectRetry restarts it.
+            State::Idle => {}
+            State::Connect | State::Active => {
+                if origin == ConnectionOrigin::Remote {
+                    self.peers[i].cancel_connect();
+                }
+                let c = self.start_conn(i, stream, origin);
+                let p = &mut self.peers[i];
+                p.main.conn = Some(c);
+                let a = p.main.session.handle(Event::TcpConnected);
+                self.dispatch(i, Which::Main, a);
+            }
+            State::OpenSent | State::OpenConfirm => {
+                if self.peers[i].other.is_some() {
+                    return;
+                }
+                let c = self.start_conn(i, stream, origin);
+                let p = &mut self.peers[i];
+                let mut slot = Slot::new(p.session_cfg.clone());
+                // Started so it accepts the connection; its own connect
+                // request is not acted on.
+                let _ = slot.session.handle(Event::ManualStart);
+                slot.conn = Some(c);
+                let a = slot.session.handle(Event::TcpConnected);
+                p.other = Some(slot);
+                self.dispatch(i, Which::Other, a);
+            }
+            State::Established => {
+                // RFC 4271 §6.8: a collision with an established session
+                // closes the new connection.
+                let c = self.start_conn(i, stream, origin);
+                c.send(Notification::cease(cease::COLLISION_RESOLUTION).encode());
+            }
+        }
+    }
+
+    /// Collision resolution once a connection knows the peer's BGP id,
+    /// then the actions.
+    fn after_bytes(&mut self, i: usize, which: Which, actions: Vec<Action>) {
+        let (local_id, local_as) = (self.router_id, self.local_as);
+        let p = &mut self.peers[i];
+        let mut which = which;
+        if p.other.is_some() {
+            let Some(this) = p.slot(which) else { return };
+            let st = this.session.state();
+            if matches!(st, State::OpenConfirm | State::Established) {
+                let origin = this.conn.as_ref().map(|c| c.origin);
+                let keep_this = st == State::Established
+                    || this.session.negotiated().is_none_or(|n| {
+                        origin
+                            == Some(connection_to_keep(
+                                local_id,
+                                local_as,
+                                n.peer_router_id,
+                                n.peer_as,
+                            ))
+                    });
+                let loser = match (keep_this, which) {
+                    (true, Which::Main) => p.other.take(),
+                    (true, Which::Other) => {
+                        which = Which::Main;
+                        p.promote_other()
+                    }
+                    (false, Which::Main) => p.promote_other(),
+                    (false, Which::Other) => p.other.take(),
+                };
+                if let Some(l) = loser {
+                    l.close(cease::COLLISION_RESOLUTION);
+                }
+                if !keep_this {
+                    // The loser's actions die with it.
+                    return;
+                }
+            }
+        }
+        self.dispatch(i, which, actions);
+    }
+
+    fn dispatch(&mut self, i: usize, which: Which, actions: Vec<Action>) {
+        let mut rib_changed = false;
+        for a in actions {
+            match a {
+                Action::Connect => {
+                    if which == Which::Main {
+                        self.start_connect(i);
+                    }
+                }
+                Action::Disconnect => {
+                    let p = &mut self.peers[i];
+                    if which == Which::Main {
+                        p.cancel_connect();
+                    }
+                    if let Some(s) = p.slot(which) {
+                        s.conn = None;
+                    }
+                }
+                Action::Send(bytes) => {
+                    let p = &mut self.peers[i];
+                    if let Some(n) = sent_notification(&bytes) {
+                        tracing::info!(peer = %p.cfg.address, %n, "bgp: NOTIFICATION sent");
+                        p.last_error = Some(format!("sent {n}"));
+                    }
+                    if let Some(c) = p.slot(which).and_then(|s| s.conn.as_ref()) {
+                        c.send(bytes);
+                    }
+                }
+                Action::ArmTimer(t, d) => {
+                    if let Some(s) = self.peers[i].slot(which) {
+                        s.timers[timer_index(t)] = Some(Instant::now() + d);
+                    }
+                }
+                Action::CancelTimer(t) => {
+                    if let Some(s) = self.peers[i].slot(which) {
+                        s.timers[timer_index(t)] = None;
+                    }
+                }
+                Action::SessionUp(neg) => {
+                    // The collision check runs first, so only the main
+                    // connection ever gets here.
+                    if which == Which::Main {
+                        self.session_up(i, *neg);
+                    }
+                }
+                Action::SessionDown(why) => {
+                    if which == Which::Main {
+                        self.session_down(i, why);
+                        rib_changed = true;
+                    }
+                }
+                Action::Update(u) => {
+                    if let Some(id) = self.peers[i].rib_id.filter(|_| which == Which::Main) {
+                        if let Some(n) = &u.treated_as_withdraw {
+                            tracing::info!(peer = %self.peers[i].cfg.address, %n,
+                                "bgp: UPDATE treated as withdraw (RFC 7606)");
+                        }
+                        self.rib.apply_update(id, &u);
+                        rib_changed = true;
+                    }
+                }
+                Action::RouteRefresh(f) => {
+                    if which == Which::Main {
+                        self.refresh(i, f);
+                    }
+                }
+            }
+        }
+        let p = &mut self.peers[i];
+        if which == Which::Other && p.other.as_ref().is_some_and(|o| o.conn.is_none()) {
+            p.other = None;
+        }
+        if rib_changed {
+            self.propagate();
+        }
+    }
+
+    fn start_connect(&mut self, i: usize) {
+        let listen_ip = self
+            .listen
+            .map(|l| l.ip())
+            .filter(|ip| !ip.is_unspecified());
+        let ttl = conn::ttl_for(&self.peers[i].cfg, self.local_as);
+        let p = &mut self.peers[i];
+        p.cancel_connect();
+        let local = p
+            .cfg
+            .local_address
+            .or(listen_ip.filter(|ip| ip.is_ipv4() == p.cfg.address.is_ipv4()));
+        let params = ConnectParams {
+            remote: SocketAddr::new(p.cfg.address, p.cfg.port),
+            local,
+            ttl,
+            md5: p.cfg.md5_password.clone(),
+        };
+        p.connecting = Some(conn::spawn_connect(
+            i,
+            p.attempt,
+            params,
+            self.in_tx.clone(),
+        ));
+    }
+
+    fn session_up(&mut self, i: usize, neg: Negotiated) {
+        let p = &mut self.peers[i];
+        let local = p.main.conn.as_ref().and_then(|c| c.local).map(|a| a.ip());
+        let info = PeerInfo {
+            address: p.cfg.address,
+            router_id: neg.peer_router_id,
+            peer_as: neg.peer_as,
+            local_as: self.local_as,
+            rr_client: p.cfg.route_reflector_client,
+            local_address: p.cfg.next_hop_v4.or(match local {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            }),
+            local_address_v6: p.cfg.next_hop_v6.or(match local {
+                Some(IpAddr::V6(a)) => Some(a),
+                _ => None,
+            }),
+            import: p.cfg.import.clone(),
+            export: p.cfg.export.clone(),
+        };
+        if let Some(old) = p.rib_id.take() {
+            self.rib.remove_peer(old);
+        }
+        let id = self.rib.add_peer(info);
+        let p = &mut self.peers[i];
+        p.rib_id = Some(id);
+        p.up_since = Some(Instant::now());
+        p.adj_out = AdjRibOut::default();
+        let families = neg.families.clone();
+        p.negotiated = Some(neg);
+        let (peer, asn) = (p.cfg.address, p.cfg.remote_as);
+        tracing::info!(%peer, "bgp: session established");
+        self.emit(SpeakerEvent::SessionUp { peer, asn });
+        // Initial Adj-RIB-Out, then End-of-RIB per family (RFC 4724 §2).
+        let v4: Vec<_> = self.rib.v4.prefixes().copied().collect();
+        let v6: Vec<_> = self.rib.v6.prefixes().copied().collect();
+        self.sync_peer(i, &v4, &v6);
+        for f in families {
+            match update_tx::end_of_rib(f) {
+                Ok(b) => self.send_main(i, b),
+                Err(e) => tracing::warn!(error = %e, "bgp: End-of-RIB encoding"),
+            }
+        }
+    }
+
+    fn session_down(&mut self, i: usize, why: DownReason) {
+        let p = &mut self.peers[i];
+        let reason = match &why {
+            DownReason::Sent(n) => format!("sent {n}"),
+            DownReason::Received(n) => format!("received {n}"),
+            DownReason::TcpClosed => "connection closed".to_string(),
+            DownReason::ManualStop => "stopped".to_string(),
+        };
+        tracing::info!(peer = %p.cfg.address, %reason, "bgp: session down");
+        p.last_error = Some(reason.clone());
+        p.flaps += 1;
+        p.up_since = None;
+        p.negotiated = None;
+        p.adj_out = AdjRibOut::default();
+        let addr = p.cfg.address;
+        if let Some(id) = p.rib_id.take() {
+            self.rib.remove_peer(id);
+        }
+        self.emit(SpeakerEvent::SessionDown { peer: addr, reason });
+    }
+
+    fn send_main(&self, i: usize, bytes: Vec<u8>) {
+        if let Some(c) = &self.peers[i].main.conn {
+            c.send(bytes);
+        }
+    }
+
+    fn tx_params(neg: &Negotiated, f: Family) -> TxParams {
+        TxParams {
+            four_octet_as: neg.four_octet_as,
+            add_path: neg.add_path_tx(f),
+            max_len: neg.max_message_len(),
+        }
+    }
+
+    /// Brings one established peer's Adj-RIB-Out up to date for the
+    /// given prefixes and sends the difference.
+    fn sync_peer(&mut self, i: usize, v4: &[ipnet::Ipv4Net], v6: &[ipnet::Ipv6Net]) {
+        let p = &mut self.peers[i];
+        let (Some(id), Some(neg)) = (p.rib_id, p.negotiated.as_ref()) else {
+            return;
+        };
+        if p.main.session.state() != State::Established {
+            return;
+        }
+        let mut msgs = Vec::new();
+        if !v4.is_empty() && neg.families.contains(&Family::Ipv4Unicast) {
+            let ch = self.rib.sync_adj_rib_out_v4(id, &mut p.adj_out, v4);
+            if !ch.announce.is_empty() || !ch.withdraw.is_empty() {
+                let params = Self::tx_params(neg, Family::Ipv4Unicast);
+                match update_tx::build_v4(&ch.announce, &ch.withdraw, &params) {
+                    Ok(m) => msgs.extend(m),
+                    Err(e) => tracing::warn!(error = %e, "bgp: UPDATE encoding"),
+                }
+            }
+        }
+        if !v6.is_empty() && neg.families.contains(&Family::Ipv6Unicast) {
+            let ch = self.rib.sync_adj_rib_out_v6(id, &mut p.adj_out, v6);
+            if !ch.announce.is_empty() || !ch.withdraw.is_empty() {
+                let params = Self::tx_params(neg, Family::Ipv6Unicast);
+                match update_tx::build_v6(&ch.announce, &ch.withdraw, &params) {
+                    Ok(m) => msgs.extend(m),
+                    Err(e) => tracing::warn!(error = %e, "bgp: UPDATE encoding"),
+                }
+            }
+        }
+        for m in msgs {
+            self.send_main(i, m);
+        }
+    }
+
+    /// RFC 2918: resend the whole Adj-RIB-Out of a family.
+    fn refresh(&mut self, i: usize, f: Family) {
+        match f {
+            Family::Ipv4Unicast => {
+                self.peers[i].adj_out.v4.clear();
+                let v4: Vec<_> = self.rib.v4.prefixes().copied().collect();
+                self.sync_peer(i, &v4, &[]);
+            }
+            Family::Ipv6Unicast => {
+                self.peers[i].adj_out.v6.clear();
+                let v6: Vec<_> = self.rib.v6.prefixes().copied().collect();
+                self.sync_peer(i, &[], &v6);
+            }
+        }
+    }
+
+    /// After RIB changes: tell the FIB and every established peer.
+    fn propagate(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let c4 = self.rib.v4.take_changes();
+        let c6 = self.rib.v6.take_changes();
+        if c4.is_empty() && c6.is_empty() {
+            return;
+        }
+        let mut changes = Vec::with_capacity(c4.len() + c6.len());
+        for p in &c4 {
+            changes.push(best_paths(&self.rib, &self.rib.v4, p));
+        }
+        for p in &c6 {
+            changes.push(best_paths(&self.rib, &self.rib.v6, p));
+        }
+        self.emit(SpeakerEvent::BestPathsChanged(changes));
+        for i in 0..self.peers.len() {
+            self.sync_peer(i, &c4, &c6);
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Advertise(routes) => {
+                for r in routes {
+                    self.originate(r);
+                }
+            }
+            Command::Withdraw(prefixes) => {
+                for p in prefixes {
+                    if self.local_routes.remove(&p).is_some() {
+                        self.rib.withdraw_local(p);
+                    }
+                }
+            }
+            Command::SetLocalRoutes(routes) => {
+                let wanted: BTreeMap<IpNet, Option<IpAddr>> =
+                    routes.iter().map(|r| (r.prefix, r.next_hop)).collect();
+                let gone: Vec<IpNet> = self
+                    .local_routes
+                    .keys()
+                    .filter(|p| !wanted.contains_key(p))
+                    .copied()
+                    .collect();
+                for p in gone {
+                    self.local_routes.remove(&p);
+                    self.rib.withdraw_local(p);
+                }
+                for r in routes {
+                    self.originate(r);
+                }
+            }
+            Command::Neighbors(reply) => {
+                let _ = reply.send(self.neighbors());
+            }
+            Command::Routes(reply) => {
+                let _ = reply.send(self.routes());
+            }
+            // Handled in `run`.
+            Command::Shutdown(_) => {}
+        }
+        self.propagate();
+    }
+
+    fn originate(&mut self, r: LocalRoute) {
+        let prefix = r.prefix.trunc();
+        // A next hop of the other family is ignored: the peer's own
+        // session address is used instead.
+        let nh = r
+            .next_hop
+            .filter(|nh| nh.is_ipv4() == matches!(prefix, IpNet::V4(_)));
+        if self.local_routes.get(&prefix) == Some(&nh) {
+            return;
+        }
+        self.local_routes.insert(prefix, nh);
+        self.rib
+            .originate(prefix, PathAttrs::new(Origin::Igp, AsPath::default(), nh));
+    }
+
+    fn neighbors(&self) -> Vec<NeighborStatus> {
+        self.peers
+            .iter()
+            .map(|p| NeighborStatus {
+                addr: p.cfg.address,
+                asn: p.cfg.remote_as,
+                state: p.main.session.state(),
+                uptime: p.up_since.map(|t| t.elapsed()),
+                prefixes_in: p.rib_id.map_or(0, |id| {
+                    self.rib.adj_rib_in_v4(id).count() + self.rib.adj_rib_in_v6(id).count()
+                }),
+                prefixes_out: p.adj_out.v4.len() + p.adj_out.v6.len(),
+                flaps: p.flaps,
+                last_error: p.last_error.clone(),
+            })
+            .collect()
+    }
+
+    fn routes(&self) -> Vec<RouteEntry> {
+        let mut out = Vec::with_capacity(self.rib.v4.len() + self.rib.v6.len());
+        for p in self.rib.v4.prefixes() {
+            out.push(route_entry(&self.rib, &self.rib.v4, p));
+        }
+        for p in self.rib.v6.prefixes() {
+            out.push(route_entry(&self.rib, &self.rib.v6, p));
+        }
+        out
+    }
+
+    fn stop_all(&mut self) {
+        self.stopping = true;
+        for i in 0..self.peers.len() {
+            if let Some(o) = self.peers[i].other.take() {
+                o.close(cease::ADMIN_SHUTDOWN);
+            }
+            let a = self.peers[i].main.session.handle(Event::ManualStop);
+            self.dispatch(i, Which::Main, a);
+            self.peers[i].cancel_connect();
+        }
+    }
+}
+
+/// `Some` when `bytes` is a NOTIFICATION (for the neighbour's last error).
+fn sent_notification(bytes: &[u8]) -> Option<Notification> {
+    if bytes.get(18) != Some(&wire::MSG_NOTIFICATION) {
+        return None;
+    }
+    Notification::decode_body(bytes.get(wire::HEADER_LEN..)?)
+}
+
+fn best_paths<P: RibPrefix>(rib: &Rib, t: &Table<P>, p: &P) -> BestPaths {
+    let mut next_hops: Vec<IpAddr> = Vec::new();
+    for path in rib.multipath(t, p) {
+        if path.peer == PeerId::LOCAL {
+            continue;
+        }
+        if let Some(nh) = path.attrs.next_hop {
+            if !next_hops.contains(&nh) {
+                next_hops.push(nh);
+            }
+        }
+    }
+    BestPaths {
+        prefix: (*p).into(),
+        next_hops,
+    }
+}
+
+fn route_entry<P: RibPrefix>(rib: &Rib, t: &Table<P>, p: &P) -> RouteEntry {
+    let multi = rib.multipath(t, p);
+    let same = |a: &Path, b: &Path| a.peer == b.peer && a.path_id == b.path_id;
+    let paths = t
+        .paths(p)
+        .iter()
+        .map(|path| RoutePath {
+            peer: (path.peer != PeerId::LOCAL)
+                .then(|| rib.peer(path.peer).map(|i| i.address))
+                .flatten(),
+            next_hop: path.attrs.next_hop,
+            as_path: path
+                .attrs
+                .as_path
+                .segments
+                .iter()
+                .flat_map(|s| match s {
+                    AsSegment::Sequence(v)
+                    | AsSegment::Set(v)
+                    | AsSegment::ConfedSequence(v)
+                    | AsSegment::ConfedSet(v) => v.iter().copied(),
+                })
+                .collect(),
+            local_pref: path.attrs.local_pref,
+            med: path.attrs.med,
+            best: multi.first().is_some_and(|b| same(b, path)),
+            multipath: multi.iter().any(|b| same(b, path)),
+        })
+        .collect();
+    RouteEntry {
+        prefix: (*p).into(),
+        paths,
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,350 @@
+//! The tokio shell around the sans-IO core: it owns the TCP sockets and
+//! the timers, drives one [`crate::fsm::Session`] per configured peer and
+//! the shared [`crate::rib::Rib`], and tells the agent what changed.
+//!
+//! One task (the *core*) owns every session, the RIB and every timer, so
+//! no lock is ever taken; per-connection reader and writer tasks move
+//! bytes, and connect attempts run in their own tasks. A peer's error
+//! ends that peer's session only: the core never panics on peer input
+//! and every failure is handled per peer. Reads reach the core through a
+//! bounded queue, so a peer that floods us is slowed by TCP flow control
+//! rather than by our memory.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), switchyard_bgp::speaker::SpeakerError> {
+//! use switchyard_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
+//! let mut cfg = SpeakerConfig::new(65000, "198.51.100.1".parse().unwrap());
+//! cfg.peers.push(PeerConfig::new("127.0.0.2".parse().unwrap(), 65001));
+//! let (handle, mut events) = Speaker::start(cfg).await?;
+//! handle.advertise(vec!["203.0.113.10/32".parse().unwrap()], None).await?;
+//! while let Some(ev) = events.recv().await { /* program the FIB */ }
+//! # Ok(()) }
+//! ```
+
+mod conn;
+mod core;
+
+use crate::config::{AddPathMode, Family};
+use crate::fsm::State;
+use crate::policy::Policy;
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The well-known BGP port.
+pub const BGP_PORT: u16 = 179;
+
+/// Speaker-wide configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeakerConfig {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    /// Where to accept connections; `None` makes every peer active-only.
+    pub listen: Option<SocketAddr>,
+    pub peers: Vec<PeerConfig>,
+    /// Most next hops installed per prefix (1 = no ECMP).
+    pub multipath_max: usize,
+    /// Act as a route reflector (RFC 4456) with this cluster id.
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+impl SpeakerConfig {
+    /// Listens on `0.0.0.0:179`, no peers, no multipath.
+    pub fn new(local_as: u32, router_id: Ipv4Addr) -> Self {
+        Self {
+            local_as,
+            router_id,
+            listen: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), BGP_PORT)),
+            peers: Vec::new(),
+            multipath_max: 1,
+            cluster_id: None,
+        }
+    }
+}
+
+/// One configured neighbour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub address: IpAddr,
+    /// The peer's BGP port for our active connects.
+    pub port: u16,
+    pub remote_as: u32,
+    /// Source address of our connects. Defaults to the listen address
+    /// when that is a specific address of the same family.
+    pub local_address: Option<IpAddr>,
+    /// Only accept connections from this peer, never connect.
+    pub passive: bool,
+    /// eBGP multihop: the TTL of our packets. Without it an eBGP session
+    /// uses TTL 1 (directly connected); iBGP uses the system default.
+    pub multihop_ttl: Option<u8>,
+    /// RFC 2385 TCP MD5 signature key (at most 80 bytes).
+    pub md5_password: Option<String>,
+    pub route_reflector_client: bool,
+    /// Proposed hold time in seconds (0, or at least 3).
+    pub hold_time: u16,
+    pub connect_retry_time: u16,
+    /// Hold timer while waiting for the peer's OPEN.
+    pub open_hold_time: u16,
+    pub families: Vec<Family>,
+    pub add_path: Vec<(Family, AddPathMode)>,
+    /// Next hop we announce for IPv4 routes when we are the next hop
+    /// (eBGP, or our own routes without one). Defaults to the local
+    /// address of the TCP connection when that is IPv4.
+    pub next_hop_v4: Option<Ipv4Addr>,
+    /// The same for IPv6; defaults to the connection's local address
+    /// when that is IPv6. An IPv6 family over an IPv4 session needs it.
+    pub next_hop_v6: Option<Ipv6Addr>,
+    pub import: Policy,
+    pub export: Policy,
+}
+
+impl PeerConfig {
+    pub fn new(address: IpAddr, remote_as: u32) -> Self {
+        Self {
+            address,
+            port: BGP_PORT,
+            remote_as,
+            local_address: None,
+            passive: false,
+            multihop_ttl: None,
+            md5_password: None,
+            route_reflector_client: false,
+            hold_time: 90,
+            connect_retry_time: 120,
+            open_hold_time: 240,
+            families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+            add_path: Vec::new(),
+            next_hop_v4: None,
+            next_hop_v6: None,
+            import: Policy::accept_all(),
+            export: Policy::accept_all(),
+        }
+    }
+}
+
+/// Errors of the shell itself (protocol errors end one session and are
+/// reported as [`SpeakerEvent::SessionDown`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TCP MD5 key for {peer}: {source}")]
+    Md5 {
+        peer: IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the speaker has stopped")]
+    Stopped,
+}
+
+/// What the agent hears about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpeakerEvent {
+    SessionUp {
+        peer: IpAddr,
+        asn: u32,
+    },
+    SessionDown {
+        peer: IpAddr,
+        reason: String,
+    },
+    /// Learned routes whose ECMP set changed, in one batch per burst of
+    /// input so the FIB is rebuilt once, not once per prefix.
+    BestPathsChanged(Vec<BestPaths>),
+}
+
+/// The next hops to install for a prefix; empty means remove it. Our own
+/// originated routes never appear here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BestPaths {
+    pub prefix: IpNet,
+    pub next_hops: Vec<IpAddr>,
+}
+
+/// One neighbour as `switchyard show bgp` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighborStatus {
+    pub addr: IpAddr,
+    pub asn: u32,
+    pub state: State,
+    /// Time since the session reached Established.
+    pub uptime: Option<Duration>,
+    pub prefixes_in: usize,
+    pub prefixes_out: usize,
+    /// Times the session left Established.
+    pub flaps: u64,
+    /// Why the session last went down.
+    pub last_error: Option<String>,
+}
+
+/// A prefix with every candidate path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub prefix: IpNet,
+    pub paths: Vec<RoutePath>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePath {
+    /// `None` for routes we originate.
+    pub peer: Option<IpAddr>,
+    pub next_hop: Option<IpAddr>,
+    pub as_path: Vec<u32>,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub best: bool,
+    /// Member of the ECMP set (the best path included).
+    pub multipath: bool,
+}
+
+/// A route we originate (service VIP, pod CIDR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalRoute {
+    pub prefix: IpNet,
+    /// `None`: each peer gets our session address (or the configured
+    /// `next_hop_v4`/`next_hop_v6`).
+    pub next_hop: Option<IpAddr>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Advertise(Vec<LocalRoute>),
+    Withdraw(Vec<IpNet>),
+    SetLocalRoutes(Vec<LocalRoute>),
+    Neighbors(oneshot::Sender<Vec<NeighborStatus>>),
+    Routes(oneshot::Sender<Vec<RouteEntry>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Entry point.
+pub struct Speaker;
+
+impl Speaker {
+    /// Validates `config`, binds the listener and spawns the speaker on
+    /// the current tokio runtime. Sessions start at once.
+    pub async fn start(
+        config: SpeakerConfig,
+    ) -> Result<(SpeakerHandle, mpsc::UnboundedReceiver<SpeakerEvent>), SpeakerError> {
+        validate(&config)?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let local_addr = core::spawn(config, cmd_rx, ev_tx)?;
+        Ok((
+            SpeakerHandle {
+                tx: cmd_tx,
+                local_addr,
+            },
+            ev_rx,
+        ))
+    }
+}
+
+fn validate(c: &SpeakerConfig) -> Result<(), SpeakerError> {
+    let err = |m: String| Err(SpeakerError::Config(m));
+    if c.router_id.is_unspecified() {
+        return err("router id 0.0.0.0".into());
+    }
+    if c.local_as == 0 {
+        return err("local AS 0".into());
+    }
+    for (i, p) in c.peers.iter().enumerate() {
+        if c.peers[..i].iter().any(|q| q.address == p.address) {
+            return err(format!("peer {} configured twice", p.address));
+        }
+        if p.remote_as == 0 {
+            return err(format!("peer {}: remote AS 0", p.address));
+        }
+        if matches!(p.hold_time, 1 | 2) {
+            return err(format!("peer {}: hold time must be 0 or >= 3", p.address));
+        }
+        if p.connect_retry_time == 0 || p.open_hold_time == 0 {
+            return err(format!(
+                "peer {}: connect retry or OPEN hold time 0",
+                p.address
+            ));
+        }
+        if p.multihop_ttl == Some(0) {
+            return err(format!("peer {}: multihop TTL 0", p.address));
+        }
+        if let Some(k) = &p.md5_password {
+            if k.is_empty() || k.len() > switchyard_io::tcp_md5::MAX_KEY_LEN {
+                return err(format!("peer {}: MD5 password of 1..=80 bytes", p.address));
+            }
+        }
+        if p.passive && c.listen.is_none() {
+            return err(format!("peer {} is passive but nothing listens", p.address));
+        }
+    }
+    Ok(())
+}
+
+/// Talks to a running speaker; cheap to clone. Dropping every handle
+/// stops the speaker (sessions get Cease / Administrative Shutdown).
+#[derive(Debug, Clone)]
+pub struct SpeakerHandle {
+    tx: mpsc::Sender<Command>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl SpeakerHandle {
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    async fn send(&self, c: Command) -> Result<(), SpeakerError> {
+        self.tx.send(c).await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Originates `prefixes` (added to what is already advertised).
+    pub async fn advertise(
+        &self,
+        prefixes: Vec<IpNet>,
+        next_hop: Option<IpAddr>,
+    ) -> Result<(), SpeakerError> {
+        let routes = prefixes
+            .into_iter()
+            .map(|prefix| LocalRoute { prefix, next_hop })
+            .collect();
+        self.send(Command::Advertise(routes)).await
+    }
+
+    pub async fn withdraw(&self, prefixes: Vec<IpNet>) -> Result<(), SpeakerError> {
+        self.send(Command::Withdraw(prefixes)).await
+    }
+
+    /// Replaces the whole set of originated routes; only the difference
+    /// goes on the wire. What a reconciler wants.
+    pub async fn set_local_routes(&self, routes: Vec<LocalRoute>) -> Result<(), SpeakerError> {
+        self.send(Command::SetLocalRoutes(routes)).await
+    }
+
+    pub async fn neighbors(&self) -> Result<Vec<NeighborStatus>, SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Neighbors(tx)).await?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Loc-RIB with every candidate path, prefixes in order.
+    pub async fn routes(&self) -> Result<Vec<RouteEntry>, SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Routes(tx)).await?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Closes every session with Cease / Administrative Shutdown and
+    /// stops the speaker.
+    pub async fn shutdown(&self) -> Result<(), SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Shutdown(tx)).await?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+}

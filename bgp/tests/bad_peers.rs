@@ -1,0 +1,288 @@
+//! Peers that misbehave: silent, stalled after OPEN, sending malformed
+//! UPDATEs. Scripted over raw TCP on loopback; gobgpd, when installed,
+//! is a well-behaved neighbour that must not notice any of it.
+
+mod common;
+
+use common::*;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+use switchyard_bgp::fsm::State;
+use switchyard_bgp::speaker::{Speaker, SpeakerHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+const RAW_AS: u32 = 65020;
+
+fn message(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&u16::try_from(19 + body.len()).unwrap().to_be_bytes());
+    m.push(ty);
+    m.extend_from_slice(body);
+    m
+}
+
+/// OPEN with IPv4 unicast and 4-octet AS capabilities.
+fn open(asn: u32, hold: u16, id: Ipv4Addr) -> Vec<u8> {
+    let mut b = vec![4];
+    b.extend_from_slice(&23456u16.to_be_bytes());
+    b.extend_from_slice(&hold.to_be_bytes());
+    b.extend_from_slice(&id.octets());
+    let mut caps = vec![1, 4, 0, 1, 0, 1, 65, 4];
+    caps.extend_from_slice(&asn.to_be_bytes());
+    b.push(u8::try_from(caps.len() + 2).unwrap());
+    b.push(2);
+    b.push(u8::try_from(caps.len()).unwrap());
+    b.extend_from_slice(&caps);
+    message(1, &b)
+}
+
+fn update(withdrawn: &[u8], attrs: &[Vec<u8>], nlri: &[u8]) -> Vec<u8> {
+    let a: Vec<u8> = attrs.concat();
+    let mut b = Vec::new();
+    b.extend_from_slice(&u16::try_from(withdrawn.len()).unwrap().to_be_bytes());
+    b.extend_from_slice(withdrawn);
+    b.extend_from_slice(&u16::try_from(a.len()).unwrap().to_be_bytes());
+    b.extend_from_slice(&a);
+    b.extend_from_slice(nlri);
+    message(2, &b)
+}
+
+fn attr(flags: u8, code: u8, v: &[u8]) -> Vec<u8> {
+    let mut a = vec![flags, code, u8::try_from(v.len()).unwrap()];
+    a.extend_from_slice(v);
+    a
+}
+
+fn good_attrs(origin: u8) -> Vec<Vec<u8>> {
+    let mut path = vec![2, 1];
+    path.extend_from_slice(&RAW_AS.to_be_bytes());
+    vec![
+        attr(0x40, 1, &[origin]),
+        attr(0x40, 2, &path),
+        attr(0x40, 3, &[198, 51, 100, 9]),
+    ]
+}
+
+/// Reads one BGP message: (type, body).
+async fn read_msg(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 19];
+    timeout(Duration::from_secs(15), s.read_exact(&mut h))
+        .await
+        .ok()?
+        .ok()?;
+    let len = usize::from(u16::from_be_bytes([h[16], h[17]]));
+    let mut body = vec![0u8; len.checked_sub(19)?];
+    timeout(Duration::from_secs(15), s.read_exact(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    Some((h[18], body))
+}
+
+/// Reads until a NOTIFICATION arrives: (code, subcode).
+async fn read_notification(s: &mut TcpStream) -> Option<(u8, u8)> {
+    loop {
+        let (ty, body) = read_msg(s).await?;
+        if ty == 3 {
+            return Some((*body.first()?, *body.get(1)?));
+        }
+    }
+}
+
+/// Accepts our speaker's connection and completes the handshake.
+async fn handshake(l: &TcpListener, hold: u16, id: Ipv4Addr) -> TcpStream {
+    let (mut s, _) = timeout(Duration::from_secs(15), l.accept())
+        .await
+        .expect("speaker did not connect")
+        .expect("accept");
+    let (ty, _) = read_msg(&mut s).await.expect("no OPEN from speaker");
+    assert_eq!(ty, 1);
+    s.write_all(&open(RAW_AS, hold, id)).await.unwrap();
+    s.write_all(&message(4, &[])).await.unwrap();
+    let (ty, _) = read_msg(&mut s).await.expect("no KEEPALIVE from speaker");
+    assert_eq!(ty, 4);
+    s
+}
+
+async fn established(h: &SpeakerHandle, a: Ipv4Addr) -> bool {
+    neighbor_state(h, a).await == Some(State::Established)
+}
+
+/// A peer that accepts and never sends, and one that stalls after OPEN:
+/// both end by the Hold timer with NOTIFICATION 4/0; the gobgpd session
+/// beside them never flaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_stalled_peers_time_out_others_unaffected() {
+    let gobgp = require(&["gobgpd", "gobgp"]);
+    let net = 31;
+    let our_port = free_port(ip(net, 1));
+    let silent = TcpListener::bind((ip(net, 4), 0)).await.unwrap();
+    let stalled = TcpListener::bind((ip(net, 5), 0)).await.unwrap();
+    let mut cfg = speaker_config(net);
+    cfg.listen = Some((ip(net, 1), our_port).into());
+    let mut p = peer_config(ip(net, 4), silent.local_addr().unwrap().port(), RAW_AS);
+    p.open_hold_time = 3;
+    p.connect_retry_time = 30;
+    cfg.peers.push(p);
+    let mut p = peer_config(ip(net, 5), stalled.local_addr().unwrap().port(), RAW_AS);
+    p.connect_retry_time = 30;
+    cfg.peers.push(p);
+    let g = gobgp.as_ref().map(|bins| {
+        let o = GobgpdOpts {
+            asn: 65001,
+            router_id: "198.51.100.2".parse().unwrap(),
+            addr: ip(net, 2),
+            port: free_port(ip(net, 2)),
+            nh4: "198.51.100.2".parse().unwrap(),
+            nh6: "2001:db8::2".parse().unwrap(),
+            neighbors: vec![GobgpNeighbor {
+                addr: ip(net, 1),
+                port: our_port,
+                asn: OUR_AS,
+                passive: true,
+            }],
+        };
+        cfg.peers.push(peer_config(ip(net, 2), o.port, 65001));
+        Gobgpd::start(&bins[0], &o)
+    });
+    let (h, _ev) = Speaker::start(cfg).await.unwrap();
+    if g.is_some() {
+        wait_established(&h, ip(net, 2), 20).await;
+    }
+
+    // Silent: our OPEN, then the OPEN hold timer (3 s here) fires.
+    let (mut s1, _) = timeout(Duration::from_secs(10), silent.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (ty, _) = read_msg(&mut s1).await.unwrap();
+    assert_eq!(ty, 1);
+    assert_eq!(read_notification(&mut s1).await, Some((4, 0)));
+
+    // Stalled after OPEN: negotiated hold time min(9, 3) = 3 s.
+    let (mut s2, _) = timeout(Duration::from_secs(10), stalled.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (ty, _) = read_msg(&mut s2).await.unwrap();
+    assert_eq!(ty, 1);
+    s2.write_all(&open(RAW_AS, 3, "198.51.100.5".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(read_notification(&mut s2).await, Some((4, 0)));
+
+    let n = h.neighbors().await.unwrap();
+    let by = |a: Ipv4Addr| n.iter().find(|x| x.addr == IpAddr::V4(a)).unwrap();
+    assert!(
+        by(ip(net, 4))
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("4/0")),
+        "{n:?}"
+    );
+    if g.is_some() {
+        let gn = by(ip(net, 2));
+        assert_eq!(gn.state, State::Established, "{n:?}");
+        assert_eq!(gn.flaps, 0, "{n:?}");
+    }
+    h.shutdown().await.unwrap();
+}
+
+/// Each malformed UPDATE gets its RFC 4271 / RFC 7606 NOTIFICATION, on
+/// its own session only; a treat-as-withdraw error keeps the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_updates_get_the_right_notification() {
+    let net = 32;
+    let mut nlri = vec![32];
+    nlri.extend_from_slice(&[203, 0, 113, 77]);
+    let cases: Vec<(&str, Vec<u8>, (u8, u8))> = vec![
+        (
+            "NLRI prefix length 33",
+            update(&[], &good_attrs(0), &[33, 1, 2, 3, 4, 5]),
+            (3, 10),
+        ),
+        (
+            "withdrawn length beyond the message",
+            message(2, &[0, 9, 0, 0]),
+            (3, 1),
+        ),
+        (
+            "unrecognised well-known attribute",
+            update(
+                &[],
+                &[good_attrs(0), vec![attr(0x40, 99, &[1])]].concat(),
+                &nlri,
+            ),
+            (3, 2),
+        ),
+        (
+            "bad marker",
+            {
+                let mut m = message(4, &[]);
+                m[3] = 0;
+                m
+            },
+            (1, 1),
+        ),
+    ];
+    let mut listeners = Vec::new();
+    let mut cfg = speaker_config(net);
+    cfg.listen = None;
+    for i in 0..=cases.len() {
+        let a = ip(net, 10 + u8::try_from(i).unwrap());
+        let l = TcpListener::bind((a, 0)).await.unwrap();
+        let mut p = peer_config(a, l.local_addr().unwrap().port(), RAW_AS);
+        p.connect_retry_time = 60;
+        cfg.peers.push(p);
+        listeners.push(l);
+    }
+    let (h, _ev) = Speaker::start(cfg).await.unwrap();
+
+    // The extra last peer: treat-as-withdraw (bad ORIGIN) keeps the
+    // session, and the route does not appear; a good UPDATE then does.
+    let good_peer = ip(net, 10 + u8::try_from(cases.len()).unwrap());
+    let mut good = handshake(&listeners[cases.len()], 9, "198.51.100.99".parse().unwrap()).await;
+
+    let mut sessions = Vec::new();
+    for (i, (_, _, _)) in cases.iter().enumerate() {
+        let id = Ipv4Addr::new(198, 51, 100, 10 + u8::try_from(i).unwrap());
+        sessions.push(handshake(&listeners[i], 9, id).await);
+    }
+    for (i, (what, bytes, want)) in cases.iter().enumerate() {
+        let s = &mut sessions[i];
+        s.write_all(bytes).await.unwrap();
+        assert_eq!(read_notification(s).await, Some(*want), "{what}");
+    }
+
+    good.write_all(&update(&[], &good_attrs(7), &nlri))
+        .await
+        .unwrap();
+    good.write_all(&message(4, &[])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(established(&h, good_peer).await);
+    assert!(our_next_hops(&h, "203.0.113.77/32").await.is_empty());
+    good.write_all(&update(&[], &good_attrs(0), &nlri))
+        .await
+        .unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        if our_next_hops(&h, "203.0.113.77/32").await
+            == vec!["198.51.100.9".parse::<IpAddr>().unwrap()]
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "route from the healthy peer missing");
+    let n = h.neighbors().await.unwrap();
+    for (i, (what, _, (c, sc))) in cases.iter().enumerate() {
+        let e = n[i].last_error.clone().unwrap_or_default();
+        assert!(e.contains(&format!("{c}/{sc}")), "{what}: {e}");
+        assert_ne!(n[i].state, State::Established, "{what}");
+    }
+    assert_eq!(n[cases.len()].state, State::Established);
+    h.shutdown().await.unwrap();
+}

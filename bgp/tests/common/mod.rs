@@ -1,0 +1,500 @@
+//! Real BGP peers for the integration tests: gobgpd and BIRD 2, started
+//! on loopback addresses and unprivileged ports, each in its own temp
+//! dir, killed when dropped (also when a test panics).
+//!
+//! Addresses: every test takes its own 127.0.N.0/24 (N distinct per
+//! test) so tests can run in parallel; we are 127.0.N.1, peers .2, .3.
+//! Announced prefixes and next hops come only from the documentation
+//! and benchmarking ranges. Nothing is installed into the kernel.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use switchyard_bgp::fsm::State;
+use switchyard_bgp::speaker::{PeerConfig, SpeakerConfig, SpeakerEvent, SpeakerHandle};
+use tokio::sync::mpsc;
+
+pub const OUR_AS: u32 = 65000;
+pub const OUR_NH4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const OUR_NH6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The binaries, or `None` after printing why the test is skipped. With
+/// `CI` set a missing binary fails the test instead.
+pub fn require(names: &[&str]) -> Option<Vec<PathBuf>> {
+    let found: Vec<_> = names.iter().map(|n| find_binary(n)).collect();
+    let missing: Vec<_> = names
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    if missing.is_empty() {
+        return Some(found.into_iter().flatten().collect());
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "peer binaries missing in CI: {missing:?} (scripts/install-deps.sh installs them)"
+    );
+    println!("skipped: {missing:?} not installed (apt-get install gobgpd bird2)");
+    None
+}
+
+pub fn ip(net: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, net, host)
+}
+
+/// A port free on `addr` right now.
+pub fn free_port(addr: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((addr, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// A child process killed and reaped on drop.
+pub struct Proc {
+    name: String,
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proc {
+    fn spawn(name: &str, dir: tempfile::TempDir, cmd: &mut Command) -> Self {
+        let log =
+            std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("create log file");
+        let log2 = log.try_clone().expect("clone log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Self {
+            name: name.to_string(),
+            child,
+            dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.name)))
+            .unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gobgpd neighbour entry.
+#[derive(Clone)]
+pub struct GobgpNeighbor {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub asn: u32,
+    pub passive: bool,
+}
+
+pub struct GobgpdOpts {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// Next hops gobgpd announces (export policy), never loopback.
+    pub nh4: Ipv4Addr,
+    pub nh6: Ipv6Addr,
+    pub neighbors: Vec<GobgpNeighbor>,
+}
+
+pub struct Gobgpd {
+    pub proc: Proc,
+    pub addr: Ipv4Addr,
+    pub api_port: u16,
+    pub port: u16,
+}
+
+impl Gobgpd {
+    pub fn start(bin: &Path, o: &GobgpdOpts) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conf = format!(
+            r#"[global.config]
+  as = {asn}
+  router-id = "{rid}"
+  port = {port}
+  local-address-list = ["{addr}"]
+
+[global.apply-policy.config]
+  export-policy-list = ["nh"]
+  default-export-policy = "accept-route"
+
+[[policy-definitions]]
+  name = "nh"
+  [[policy-definitions.statements]]
+    name = "v4"
+    [policy-definitions.statements.conditions.bgp-conditions]
+      afi-safi-in-list = ["ipv4-unicast"]
+    [policy-definitions.statements.actions]
+      route-disposition = "accept-route"
+    [policy-definitions.statements.actions.bgp-actions]
+      set-next-hop = "{nh4}"
+  [[policy-definitions.statements]]
+    name = "v6"
+    [policy-definitions.statements.conditions.bgp-conditions]
+      afi-safi-in-list = ["ipv6-unicast"]
+    [policy-definitions.statements.actions]
+      route-disposition = "accept-route"
+    [policy-definitions.statements.actions.bgp-actions]
+      set-next-hop = "{nh6}"
+"#,
+            asn = o.asn,
+            rid = o.router_id,
+            port = o.port,
+            addr = o.addr,
+            nh4 = o.nh4,
+            nh6 = o.nh6,
+        );
+        for n in &o.neighbors {
+            conf.push_str(&format!(
+                r#"
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{a}"
+    peer-as = {asn}
+  [neighbors.transport.config]
+    local-address = "{local}"
+    remote-port = {port}
+    passive-mode = {passive}
+  [neighbors.timers.config]
+    connect-retry = 1
+    hold-time = 9
+    keepalive-interval = 3
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv6-unicast"
+"#,
+                a = n.addr,
+                asn = n.asn,
+                local = o.addr,
+                port = n.port,
+                passive = n.passive,
+            ));
+        }
+        let file = dir.path().join("gobgpd.toml");
+        std::fs::write(&file, conf).expect("write gobgpd.toml");
+        let api_port = free_port(o.addr);
+        let proc = Proc::spawn(
+            "gobgpd",
+            dir,
+            Command::new(bin)
+                .arg("-f")
+                .arg(&file)
+                .arg("--api-hosts")
+                .arg(format!("{}:{api_port}", o.addr))
+                .arg("-p")
+                .arg("--pprof-disable"),
+        );
+        let g = Self {
+            proc,
+            addr: o.addr,
+            api_port,
+            port: o.port,
+        };
+        g.wait_api();
+        g
+    }
+
+    /// Runs the `gobgp` CLI against this daemon; stdout, or stderr on
+    /// failure.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("gobgp")
+            .arg("-u")
+            .arg(self.addr.to_string())
+            .arg("-p")
+            .arg(self.api_port.to_string())
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn wait_api(&self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if self.cli(&["global"]).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("gobgpd API did not come up:\n{}", self.proc.log());
+    }
+
+    pub fn rib(&self, afi: &str) -> String {
+        self.cli(&["global", "rib", "-a", afi]).unwrap_or_default()
+    }
+
+    pub fn neighbor_state(&self) -> String {
+        self.cli(&["neighbor"]).unwrap_or_default()
+    }
+
+    /// Adds a route with ORIGIN IGP (the CLI's default is incomplete,
+    /// which loses ECMP against other peers' IGP routes).
+    pub fn add(&self, afi: &str, prefix: &str, nh: &str) {
+        self.cli(&[
+            "global", "rib", "add", "-a", afi, prefix, "nexthop", nh, "origin", "igp",
+        ])
+        .unwrap_or_else(|e| panic!("gobgp add {prefix}: {e}"));
+    }
+
+    pub fn del(&self, afi: &str, prefix: &str) {
+        self.cli(&["global", "rib", "del", "-a", afi, prefix])
+            .unwrap_or_else(|e| panic!("gobgp del {prefix}: {e}"));
+    }
+}
+
+pub struct BirdOpts {
+    pub router_id: Ipv4Addr,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub asn: u32,
+    pub neighbor: (Ipv4Addr, u16, u32),
+    pub nh4: Ipv4Addr,
+    pub nh6: Ipv6Addr,
+    pub password: Option<String>,
+    /// Prefixes BIRD originates (blackhole statics exported with ORIGIN IGP).
+    pub static4: Vec<String>,
+    pub static6: Vec<String>,
+    /// Extra lines inside the `protocol bgp` block.
+    pub extra: String,
+}
+
+pub struct Bird {
+    pub proc: Proc,
+    pub sock: PathBuf,
+}
+
+impl Bird {
+    pub fn start(bin: &Path, o: &BirdOpts) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("bird.ctl");
+        let statics = |v: &[String]| {
+            v.iter()
+                .map(|p| format!("  route {p} blackhole;\n"))
+                .collect::<String>()
+        };
+        let password = o
+            .password
+            .as_ref()
+            .map(|p| format!("  password \"{p}\";\n"))
+            .unwrap_or_default();
+        let conf = format!(
+            r#"log stderr all;
+router id {rid};
+protocol device {{ }}
+protocol static s4 {{
+  ipv4;
+{s4}}}
+protocol static s6 {{
+  ipv6;
+{s6}}}
+protocol bgp sy {{
+  local {addr} port {port} as {asn};
+  neighbor {naddr} port {nport} as {nasn};
+  multihop 2;
+  strict bind yes;
+  hold time 9;
+  connect retry time 1;
+  error wait time 1, 5;
+{password}{extra}
+  ipv4 {{ import all; export filter {{ bgp_origin = ORIGIN_IGP; accept; }}; next hop address {nh4}; }};
+  ipv6 {{ import all; export filter {{ bgp_origin = ORIGIN_IGP; accept; }}; next hop address {nh6}; }};
+}}
+"#,
+            rid = o.router_id,
+            s4 = statics(&o.static4),
+            s6 = statics(&o.static6),
+            addr = o.addr,
+            port = o.port,
+            asn = o.asn,
+            naddr = o.neighbor.0,
+            nport = o.neighbor.1,
+            nasn = o.neighbor.2,
+            nh4 = o.nh4,
+            nh6 = o.nh6,
+            extra = o.extra,
+        );
+        let file = dir.path().join("bird.conf");
+        std::fs::write(&file, conf).expect("write bird.conf");
+        let proc = Proc::spawn(
+            "bird",
+            dir,
+            Command::new(bin)
+                .arg("-f")
+                .arg("-c")
+                .arg(&file)
+                .arg("-s")
+                .arg(&sock),
+        );
+        let b = Self { proc, sock };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if b.cli(&["show", "status"]).is_ok() {
+                return b;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("bird did not come up:\n{}", b.proc.log());
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(find_binary("birdc").unwrap_or_else(|| "birdc".into()))
+            .arg("-s")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && !s.contains("Unable to connect") {
+            Ok(s)
+        } else {
+            Err(format!("{s}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    pub fn routes(&self) -> String {
+        self.cli(&["show", "route", "protocol", "sy"])
+            .unwrap_or_default()
+    }
+
+    pub fn protocol(&self) -> String {
+        self.cli(&["show", "protocols", "all", "sy"])
+            .unwrap_or_default()
+    }
+}
+
+/// Our speaker's configuration for a test network.
+pub fn speaker_config(net: u8) -> SpeakerConfig {
+    let mut c = SpeakerConfig::new(OUR_AS, OUR_NH4);
+    c.listen = Some(SocketAddr::new(IpAddr::V4(ip(net, 1)), 0));
+    c.multipath_max = 4;
+    c
+}
+
+/// A peer with test-friendly timers and documentation next hops.
+pub fn peer_config(addr: Ipv4Addr, port: u16, asn: u32) -> PeerConfig {
+    let mut p = PeerConfig::new(IpAddr::V4(addr), asn);
+    p.port = port;
+    p.hold_time = 9;
+    p.connect_retry_time = 1;
+    p.open_hold_time = 10;
+    p.next_hop_v4 = Some(OUR_NH4);
+    p.next_hop_v6 = Some(OUR_NH6);
+    p
+}
+
+/// Polls `f` until it is true; panics with `what` and `context()` after
+/// `secs`.
+pub async fn wait_until(
+    what: &str,
+    secs: u64,
+    mut f: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f() {
+            return;
+        }
+        if Instant::now() > end {
+            panic!("timed out waiting for {what}\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits for an event matching `pred`, discarding others.
+pub async fn wait_event(
+    rx: &mut mpsc::UnboundedReceiver<SpeakerEvent>,
+    secs: u64,
+    what: &str,
+    mut pred: impl FnMut(&SpeakerEvent) -> bool,
+) -> SpeakerEvent {
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(end, rx.recv()).await {
+            Ok(Some(ev)) if pred(&ev) => return ev,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("speaker stopped while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+pub async fn neighbor_state(h: &SpeakerHandle, addr: Ipv4Addr) -> Option<State> {
+    h.neighbors()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|n| n.addr == IpAddr::V4(addr))
+        .map(|n| n.state)
+}
+
+/// Waits until our session with `addr` is Established.
+pub async fn wait_established(h: &SpeakerHandle, addr: Ipv4Addr, secs: u64) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if neighbor_state(h, addr).await == Some(State::Established) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "session with {addr} not established: {:?}",
+        h.neighbors().await
+    );
+}
+
+/// Next hops of a prefix in our Loc-RIB's multipath set.
+pub async fn our_next_hops(h: &SpeakerHandle, prefix: &str) -> Vec<IpAddr> {
+    let Ok(p) = prefix.parse::<ipnet::IpNet>() else {
+        return Vec::new();
+    };
+    let routes = h.routes().await.unwrap_or_default();
+    let mut v: Vec<IpAddr> = routes
+        .into_iter()
+        .filter(|r| r.prefix == p)
+        .flat_map(|r| r.paths)
+        .filter(|p| p.multipath)
+        .filter_map(|p| p.next_hop)
+        .collect();
+    v.sort();
+    v
+}
