@@ -415,7 +415,11 @@ impl ServiceRig {
                     || ip.dst_addr().octets()[..3] != [198, 18, 2]
                     || ip.payload()[2..4] != 8080u16.to_be_bytes()
                 {
-                    return Err(format!("not translated: {} -> {}", ip.src_addr(), ip.dst_addr()));
+                    return Err(format!(
+                        "not translated: {} -> {}",
+                        ip.src_addr(),
+                        ip.dst_addr()
+                    ));
                 }
             }
             Ok(())
@@ -463,6 +467,46 @@ pub fn tcp4_ack_frame(sport: u16) -> Vec<u8> {
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     ip[20..].copy_from_slice(&tcp);
     ethernet(ROUTER_MAC0, CLIENT_MAC, 0x0800, &ip)
+}
+
+/// A 60-byte Ethernet frame carrying a 40-byte IPv4/TCP segment (no payload, then Ethernet
+/// padding) from the client on the router's port 0, with the given addresses, ports and flags
+/// (e.g. `0x02` for a SYN), correct checksums, TTL 64 and DF set.
+pub fn tcp4_frame(src: Ipv4Addr, dst: Ipv4Addr, (sport, dport): (u16, u16), flags: u8) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    if flags & 0x10 != 0 {
+        tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+    }
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    let repr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: IpProtocol::TCP,
+        payload_len: tcp.len(),
+        ttl: 64,
+        dscp: 0,
+        ecn: 0,
+        ident: sport,
+        dont_fragment: true,
+        more_fragments: false,
+        fragment_offset: 0,
+    };
+    let mut ip = vec![0u8; 20 + tcp.len()];
+    repr.emit(&mut Ipv4Packet::new_unchecked(&mut ip[..]))
+        .expect("the buffer fits the header");
+    let mut pseudo = pseudo_sum(&ip[12..20], IpProtocol::TCP, tcp.len());
+    pseudo.extend_from_slice(&tcp);
+    let c = checksum::checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    ip[20..].copy_from_slice(&tcp);
+    let mut frame = ethernet(ROUTER_MAC0, CLIENT_MAC, 0x0800, &ip);
+    frame.resize(60, 0); // Ethernet padding after the 40-byte IP packet
+    frame
 }
 
 #[cfg(test)]

@@ -347,7 +347,10 @@ pub fn rewrite_icmp_error(
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let len = (outer.end - icmp_at) as u32;
             let ph = checksum::pseudo_header_ipv6(&s, &d, IpProtocol(ICMPV6), len);
-            checksum::finish(checksum::combine(ph, checksum::sum(&ip[icmp_at..outer.end])))
+            checksum::finish(checksum::combine(
+                ph,
+                checksum::sum(&ip[icmp_at..outer.end]),
+            ))
         }
         _ => checksum::checksum(&ip[icmp_at..outer.end]),
     };

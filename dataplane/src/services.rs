@@ -138,7 +138,9 @@ impl AffinityTable {
         backend: BackendAddr,
         now: crate::graph::Nanos,
     ) {
-        if self.entries.len() >= AFFINITY_CAPACITY && !self.entries.contains_key(&(frontend, client)) {
+        if self.entries.len() >= AFFINITY_CAPACITY
+            && !self.entries.contains_key(&(frontend, client))
+        {
             return;
         }
         self.entries.insert((frontend, client), (backend, now));

@@ -78,7 +78,16 @@ impl EdgeLab {
 
     fn spawn(&self, ns: &str, name: &str, program: &str, args: &[String]) -> Child {
         Command::new("timeout")
-            .args(["-k", "2", AGENT_MAX_SECS, "ip", "netns", "exec", &self.ns(ns), program])
+            .args([
+                "-k",
+                "2",
+                AGENT_MAX_SECS,
+                "ip",
+                "netns",
+                "exec",
+                &self.ns(ns),
+                program,
+            ])
             .args(args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -103,14 +112,29 @@ impl EdgeLab {
             "afpacket".into(),
             "--duration".into(),
             "120".into(),
+            "--admin-socket".into(),
+            self.dir
+                .join(format!("admin-{ns}.sock"))
+                .display()
+                .to_string(),
         ];
         for (port, addr) in ports {
-            args.extend(["-i".into(), port.to_string(), "-a".into(), format!("{port}={addr}")]);
+            args.extend([
+                "-i".into(),
+                port.to_string(),
+                "-a".into(),
+                format!("{port}={addr}"),
+            ]);
         }
         for r in routes {
             args.extend(["-r".into(), r.to_string()]);
         }
-        let child = self.spawn(ns, &format!("agent-{ns}"), env!("CARGO_BIN_EXE_switchyard"), &args);
+        let child = self.spawn(
+            ns,
+            &format!("agent-{ns}"),
+            env!("CARGO_BIN_EXE_switchyard"),
+            &args,
+        );
         self.agents.push((ns.to_string(), child));
     }
 
@@ -122,7 +146,9 @@ impl EdgeLab {
     fn stop_agents(&mut self) -> String {
         let mut out = String::new();
         for (ns, mut child) in self.agents.drain(..) {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let status = wait_bounded(&mut child, Duration::from_secs(10));
             out += &format!(
                 "---- agent {ns}: {status:?}\n{}\n{}",
@@ -155,7 +181,14 @@ impl Drop for EdgeLab {
     }
 }
 
-fn service(name: &str, vip: &str, cluster_ip: &str, forwarding: &str, target: u16, etp: &str) -> String {
+fn service(
+    name: &str,
+    vip: &str,
+    cluster_ip: &str,
+    forwarding: &str,
+    target: u16,
+    etp: &str,
+) -> String {
     format!(
         "apiVersion: v1\nkind: Service\n\
          metadata: {{name: {name}, namespace: default, annotations: {{switchyard.io/forwarding: {forwarding}}}}}\n\
@@ -223,15 +256,36 @@ fn edge_tunnels_to_nodes_and_direct_server_return() {
     };
     lab.agent(
         "edge",
-        &[("c0", "198.18.1.1/24"), ("n1", "198.18.3.1/30"), ("n2", "198.18.3.5/30")],
+        &[
+            ("c0", "198.18.1.1/24"),
+            ("n1", "198.18.3.1/30"),
+            ("n2", "198.18.3.5/30"),
+        ],
         &[],
         &edge_manifests(),
     );
     for (node, e0, p0, pod, route) in [
-        ("node1", "198.18.3.2/30", "198.18.4.1/24", "198.18.4.2", "0.0.0.0/0=198.18.3.1"),
-        ("node2", "198.18.3.6/30", "198.18.5.1/24", "198.18.5.2", "0.0.0.0/0=198.18.3.5"),
+        (
+            "node1",
+            "198.18.3.2/30",
+            "198.18.4.1/24",
+            "198.18.4.2",
+            "0.0.0.0/0=198.18.3.1",
+        ),
+        (
+            "node2",
+            "198.18.3.6/30",
+            "198.18.5.1/24",
+            "198.18.5.2",
+            "0.0.0.0/0=198.18.3.5",
+        ),
     ] {
-        lab.agent(node, &[("e0", e0), ("p0", p0)], &[route], &node_manifests(node, pod));
+        lab.agent(
+            node,
+            &[("e0", e0), ("p0", p0)],
+            &[route],
+            &node_manifests(node, pod),
+        );
     }
     for (pod, name) in [("pod1", "pod-1"), ("pod2", "pod-2")] {
         for port in [8080, 80] {
@@ -281,14 +335,22 @@ fn edge_tunnels_to_nodes_and_direct_server_return() {
             let local = words.next().unwrap_or_default().to_string();
             if vip == DSR_VIP {
                 // The pod saw the client itself, on the service address: nothing translated.
-                assert_eq!((peer.as_str(), local.as_str()), ("198.18.1.2", DSR_VIP), "{answer}");
+                assert_eq!(
+                    (peer.as_str(), local.as_str()),
+                    ("198.18.1.2", DSR_VIP),
+                    "{answer}"
+                );
             } else {
                 // externalTrafficPolicy Local on the node: the client's address is kept.
                 assert_eq!(peer, "198.18.1.2", "{answer}");
             }
             pods.insert(pod);
         }
-        assert_eq!(pods.len(), 2, "{vip}: Maglev should use both nodes: {pods:?}");
+        assert_eq!(
+            pods.len(),
+            2,
+            "{vip}: Maglev should use both nodes: {pods:?}"
+        );
     }
 
     thread::sleep(Duration::from_millis(300));
@@ -299,7 +361,11 @@ fn edge_tunnels_to_nodes_and_direct_server_return() {
     assert!(!gre.is_empty(), "no GRE frames seen by node1\n{report}");
     assert!(!ipip.is_empty(), "no IPIP frames seen by node1\n{report}");
     let bad = frames(&pcap, ERROR_FILTER);
-    assert!(bad.is_empty(), "tshark found malformed frames or errors:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "tshark found malformed frames or errors:\n{}",
+        bad.join("\n")
+    );
     assert!(report.contains("encapsulated"), "{report}");
     assert!(report.contains("decapsulated"), "{report}");
     assert!(report.contains("delivered"), "{report}");

@@ -206,19 +206,31 @@ fn services_through_the_agent() {
     let seen = spread(&lab, "198.51.100.10", 80, 24);
     assert_eq!(seen.len(), 2, "both backends should answer: {seen:?}");
     let answer = tcp_request(&lab, "198.51.100.10", 80).expect("ClusterIP request");
-    assert!(answer.ends_with(CLIENT), "no masquerade for ClusterIP: {answer}");
+    assert!(
+        answer.ends_with(CLIENT),
+        "no masquerade for ClusterIP: {answer}"
+    );
     let answer = udp_request(&lab, "198.51.100.10", 53).expect("ClusterIP UDP request");
     assert!(answer.starts_with("pod-"), "UDP answer: {answer}");
 
     // NodePort (externalTrafficPolicy Cluster): masqueraded to the node's address.
     let answer = tcp_request(&lab, NODE_C0, 30080).expect("NodePort request");
-    assert!(answer.ends_with(NODE_S0), "NodePort is masqueraded: {answer}");
+    assert!(
+        answer.ends_with(NODE_S0),
+        "NodePort is masqueraded: {answer}"
+    );
     let answer = udp_request(&lab, NODE_C0, 30053).expect("NodePort UDP request");
-    assert!(answer.ends_with(NODE_S0), "NodePort UDP is masqueraded: {answer}");
+    assert!(
+        answer.ends_with(NODE_S0),
+        "NodePort UDP is masqueraded: {answer}"
+    );
 
     // No endpoints: refused at once, as kube-proxy's REJECT does.
     let refused = tcp_request(&lab, "198.51.100.11", 80).expect_err("no endpoints");
-    assert!(refused.contains("refused"), "TCP to a service without endpoints: {refused}");
+    assert!(
+        refused.contains("refused"),
+        "TCP to a service without endpoints: {refused}"
+    );
 
     // externalTrafficPolicy Local with no local endpoint: dropped (times out).
     assert!(tcp_request(&lab, NODE_C0, 30081).is_err());

@@ -128,7 +128,13 @@ fn dnat_of_tcp_udp_sctp_matches_a_packet_built_from_scratch() {
             assert!(rewrite(&mut out, &t, &to));
             assert_eq!(out, expected(&pkt, &t, &to), "proto {proto} {client}");
             // And back (un-DNAT of the reply, with masquerade this time).
-            let masq = FlowKey::new(v_like(client, "198.18.0.1", "2001:db8::1"), backend, proto, 1234, 8080);
+            let masq = FlowKey::new(
+                v_like(client, "198.18.0.1", "2001:db8::1"),
+                backend,
+                proto,
+                1234,
+                8080,
+            );
             let mut again = out.clone();
             let t2 = Tuple::parse(&out).unwrap();
             assert!(rewrite(&mut again, &t2, &masq));
@@ -192,14 +198,20 @@ fn icmp_error_about_a_translated_flow_is_translated_back() {
     let (client, vip, backend) = (v4("198.18.0.2"), v4("198.51.100.10"), v4("203.0.113.7"));
     // What the backend saw, and its port-unreachable about it.
     let seen = packet(client, backend, UDP, 40000, 8080, b"ping");
-    let IpAddr::V4(b4) = backend else { unreachable!() };
-    let IpAddr::V4(c4) = client else { unreachable!() };
+    let IpAddr::V4(b4) = backend else {
+        unreachable!()
+    };
+    let IpAddr::V4(c4) = client else {
+        unreachable!()
+    };
     let mut err = icmp4_error(b4, c4, &seen);
     let outer = Tuple::parse(&err).unwrap();
     let (quoted, at) = quoted_tuple(&err, &outer).unwrap();
     assert_eq!(quoted.key, FlowKey::new(client, backend, UDP, 40000, 8080));
     let original = FlowKey::new(client, vip, UDP, 40000, 80);
-    assert!(rewrite_icmp_error(&mut err, &outer, &quoted, at, &original, vip, client));
+    assert!(rewrite_icmp_error(
+        &mut err, &outer, &quoted, at, &original, vip, client
+    ));
     // What the client must see: an error from the service address about its own packet.
     let sent = packet(client, vip, UDP, 40000, 80, b"ping");
     let IpAddr::V4(v4a) = vip else { unreachable!() };

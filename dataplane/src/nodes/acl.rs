@@ -10,7 +10,7 @@
 
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{FlowKey, PROTO_ICMP, PROTO_ICMPV6};
-use crate::graph::{Context, ErrorInfo, Node, NextIndex, Packet, DROP};
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP};
 use crate::nat::{self, Tuple};
 use crate::node_errors;
 use crate::policy::{AclDirection, PolicyTables};
@@ -85,7 +85,10 @@ fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
     let icmp = t.key.proto == PROTO_ICMP || t.key.proto == PROTO_ICMPV6;
     if icmp && !t.fragment {
         if let Some(m) = ip.get(t.l4_offset..t.l4_offset + 8) {
-            let echo = matches!((t.key.proto, m[0]), (PROTO_ICMP, 0 | 8) | (PROTO_ICMPV6, 128 | 129));
+            let echo = matches!(
+                (t.key.proto, m[0]),
+                (PROTO_ICMP, 0 | 8) | (PROTO_ICMPV6, 128 | 129)
+            );
             if echo {
                 let ident = u16::from_be_bytes([m[4], m[5]]);
                 return FlowKey::icmp_echo(t.key.src, t.key.dst, ident);
@@ -95,7 +98,11 @@ fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
     t.key
 }
 
-fn judge<B: PacketBuffer>(cx: &mut Context<'_, B>, policy: &PolicyTables, pkt: &mut Packet<B>) -> Next {
+fn judge<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    policy: &PolicyTables,
+    pkt: &mut Packet<B>,
+) -> Next {
     if pkt.meta.local_origin {
         return Next::Lookup;
     }
@@ -116,12 +123,19 @@ fn judge<B: PacketBuffer>(cx: &mut Context<'_, B>, policy: &PolicyTables, pkt: &
     if !pkt.meta.conn_new {
         if let Some((id, dir)) = cx.state.conntrack.lookup(&key, cx.now) {
             let flags = t.tcp_flags;
-            cx.state.conntrack.track(id, dir, flags, t.end as u32, cx.now);
+            cx.state
+                .conntrack
+                .track(id, dir, flags, t.end as u32, cx.now);
             cx.error(AclError::Established);
             return Next::Lookup;
         }
         if let Some((quoted, _)) = nat::quoted_tuple(pkt.buf.data(), &t) {
-            if cx.state.conntrack.lookup_icmp_error(&quoted.key, cx.now).is_some() {
+            if cx
+                .state
+                .conntrack
+                .lookup_icmp_error(&quoted.key, cx.now)
+                .is_some()
+            {
                 cx.error(AclError::Related);
                 return Next::Lookup;
             }
@@ -160,11 +174,19 @@ fn judge<B: PacketBuffer>(cx: &mut Context<'_, B>, policy: &PolicyTables, pkt: &
 /// Tracks an allowed new flow (no translation), so its replies pass.
 fn track_new<B>(cx: &mut Context<'_, B>, key: &FlowKey, t: &Tuple) {
     let reply = key.reversed();
-    match cx.state.conntrack.insert(*key, reply, NOT_A_SERVICE, cx.now) {
+    match cx
+        .state
+        .conntrack
+        .insert(*key, reply, NOT_A_SERVICE, cx.now)
+    {
         Ok(id) => {
-            cx.state
-                .conntrack
-                .track(id, crate::conntrack::Direction::Original, t.tcp_flags, t.end as u32, cx.now);
+            cx.state.conntrack.track(
+                id,
+                crate::conntrack::Direction::Original,
+                t.tcp_flags,
+                t.end as u32,
+                cx.now,
+            );
         }
         Err(_) => cx.error(AclError::TrackFailed),
     }

@@ -35,8 +35,8 @@ mod local_frag;
 pub mod nat;
 pub mod neighbor;
 mod redirect;
-pub mod tunnel;
 mod tcp_reset;
+pub mod tunnel;
 
 /// The router graph: every node above, entered at `ethernet-input`.
 pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>, GraphError> {

@@ -24,7 +24,7 @@ use super::{flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{ConntrackError, Direction, FlowKey, Verdict};
 use crate::fib::Route;
-use crate::graph::{Context, ErrorInfo, Node, NextIndex, Packet, DROP};
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP};
 use crate::nat::{self, Tuple};
 use crate::node_errors;
 use crate::services::Services;
@@ -154,8 +154,10 @@ fn translate<B: PacketBuffer>(
     let Some(t) = Tuple::parse(pkt.buf.data()) else {
         return Next::Lookup;
     };
-    if matches!(t.key.proto, tunnel::PROTO_IPIP | tunnel::PROTO_IPV6 | tunnel::PROTO_GRE)
-        && services.accept_tunnels
+    if matches!(
+        t.key.proto,
+        tunnel::PROTO_IPIP | tunnel::PROTO_IPV6 | tunnel::PROTO_GRE
+    ) && services.accept_tunnels
         && !t.fragment
         && is_local(cx.tables, t.key.dst)
     {
@@ -197,8 +199,7 @@ fn translate<B: PacketBuffer>(
         return Next::Lookup;
     }
     let dst_is_local = is_local(cx.tables, t.key.dst);
-    let Some(frontend) = services.find(t.key.dst, t.key.proto, t.key.dst_port, dst_is_local)
-    else {
+    let Some(frontend) = services.find(t.key.dst, t.key.proto, t.key.dst_port, dst_is_local) else {
         return Next::Lookup;
     };
     new_connection(cx, services, frontend, pkt, &t)
@@ -242,9 +243,10 @@ fn new_connection<B: PacketBuffer>(
                 port: t.key.dst_port,
             };
             let timeout = u64::from(secs) * 1_000_000_000;
-            let kept = cx.state.affinity.get(&key, src, timeout, cx.now, |b| {
-                set.backends.contains(b)
-            });
+            let kept = cx
+                .state
+                .affinity
+                .get(&key, src, timeout, cx.now, |b| set.backends.contains(b));
             let chosen = kept.or_else(|| set.pick(u64::from(flow_hash(&addr_words(src), 0, 0))));
             if let Some(b) = chosen {
                 cx.state.affinity.record(key, src, b, cx.now);
@@ -366,13 +368,11 @@ fn snat<B>(
     let span = u32::from(hi - lo) + 1;
     // Keep the client's port when it is free and in range (as Linux does); otherwise probe
     // from a point that depends on the flow, so concurrent clients spread over the range.
-    let start = u32::from(
-        flow_hash(
-            &addr_words(t.key.src),
-            t.key.proto,
-            u32::from(t.key.src_port),
-        ) as u16,
-    );
+    let start = u32::from(flow_hash(
+        &addr_words(t.key.src),
+        t.key.proto,
+        u32::from(t.key.src_port),
+    ) as u16);
     let in_range = (lo..=hi).contains(&t.key.src_port);
     let candidates = in_range
         .then_some(t.key.src_port)

@@ -222,10 +222,7 @@ mod tests {
         for kind in [TunnelKind::Gre, TunnelKind::Ipip] {
             let inner = inner_v4();
             let mut buf = HeapBuffer::from_bytes(&inner);
-            let (s, d) = (
-                "198.18.3.1".parse().unwrap(),
-                "198.18.3.2".parse().unwrap(),
-            );
+            let (s, d) = ("198.18.3.1".parse().unwrap(), "198.18.3.2".parse().unwrap());
             assert!(encapsulate(&mut buf, kind, s, d, 7));
             let outer = Ipv4Packet::new_checked(buf.data()).unwrap();
             assert!(outer.verify_checksum());
@@ -251,10 +248,7 @@ mod tests {
     fn bad_gre_is_refused() {
         let inner = inner_v4();
         let mut buf = HeapBuffer::from_bytes(&inner);
-        let (s, d) = (
-            "198.18.3.1".parse().unwrap(),
-            "198.18.3.2".parse().unwrap(),
-        );
+        let (s, d) = ("198.18.3.1".parse().unwrap(), "198.18.3.2".parse().unwrap());
         assert!(encapsulate(&mut buf, TunnelKind::Gre, s, d, 7));
         let mut bytes = buf.data().to_vec();
         bytes[21] = 1; // version 1 (PPTP)
@@ -266,7 +260,9 @@ mod tests {
         let mut b = HeapBuffer::from_bytes(&bytes);
         assert_eq!(decapsulate(&mut b, 47, 20, end), Err(DecapError::BadGre));
         // IPIP that says IPv4 but carries something else.
-        let mut b = HeapBuffer::from_bytes(&[0x45, 0, 0, 21, 0, 0, 0, 0, 64, 4, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 0x60]);
+        let mut b = HeapBuffer::from_bytes(&[
+            0x45, 0, 0, 21, 0, 0, 0, 0, 64, 4, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 0x60,
+        ]);
         assert_eq!(decapsulate(&mut b, 4, 20, 21), Err(DecapError::BadInner));
     }
 }

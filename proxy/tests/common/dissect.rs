@@ -67,4 +67,3 @@ pub fn frames(pcap: &Path, filter: &str) -> Vec<String> {
     .map(str::to_string)
     .collect()
 }
-

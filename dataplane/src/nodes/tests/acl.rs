@@ -77,8 +77,18 @@ fn allowed_flows_pass_both_ways_and_the_rest_is_denied() {
     let mut r = rig(policy(&[("198.18.1.0/24", Some(6), (80, 80))]));
     let syn = tcp(v4(CLIENT), v4(SERVER), 40000, 80, TcpFlags::SYN);
     assert_eq!(from_client(&mut r, &syn).len(), 1);
-    let synack = tcp(v4(SERVER), v4(CLIENT), 80, 40000, TcpFlags::SYN | TcpFlags::ACK);
-    assert_eq!(from_server(&mut r, &synack).len(), 1, "the reply of an allowed flow passes");
+    let synack = tcp(
+        v4(SERVER),
+        v4(CLIENT),
+        80,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    assert_eq!(
+        from_server(&mut r, &synack).len(),
+        1,
+        "the reply of an allowed flow passes"
+    );
     assert_eq!(r.count("ip4-acl", "allowed_new"), 1);
     assert_eq!(r.count("ip4-acl", "established"), 1);
     // Another port: the server's ingress denies.
@@ -99,8 +109,18 @@ fn allowed_flows_pass_both_ways_and_the_rest_is_denied() {
 #[test]
 fn ping_needs_a_rule_without_ports() {
     let mut r = rig(policy(&[("198.18.1.0/24", Some(6), (80, 80))]));
-    let ping = ipv4(v4(CLIENT), v4(SERVER), IpProtocol::ICMP, 64, false, &icmp_echo(8, 16));
-    assert!(from_client(&mut r, &ping).is_empty(), "client egress allows TCP only");
+    let ping = ipv4(
+        v4(CLIENT),
+        v4(SERVER),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &icmp_echo(8, 16),
+    );
+    assert!(
+        from_client(&mut r, &ping).is_empty(),
+        "client egress allows TCP only"
+    );
     let mut r = rig(PolicyTables {
         acls: vec![acl("server-in", &[("198.18.1.0/24", None, (0, 65535))])],
         pods: [(
@@ -113,8 +133,19 @@ fn ping_needs_a_rule_without_ports() {
         .into_iter()
         .collect(),
     });
-    assert_eq!(from_client(&mut r, &ping).len(), 1, "a port-less rule admits ICMP");
-    let reply = ipv4(v4(SERVER), v4(CLIENT), IpProtocol::ICMP, 64, false, &icmp_echo(0, 16));
+    assert_eq!(
+        from_client(&mut r, &ping).len(),
+        1,
+        "a port-less rule admits ICMP"
+    );
+    let reply = ipv4(
+        v4(SERVER),
+        v4(CLIENT),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &icmp_echo(0, 16),
+    );
     assert_eq!(from_server(&mut r, &reply).len(), 1);
 }
 
@@ -140,7 +171,11 @@ fn service_traffic_is_judged_by_the_backend_port_after_dnat() {
     let syn = tcp(v4(CLIENT), v4("198.51.100.10"), 40000, 80, TcpFlags::SYN);
     assert!(from_client(&mut r, &syn).is_empty());
     assert_eq!(r.count("ip4-acl", "ingress_denied"), 1);
-    assert_eq!(r.state.conntrack.len(), 0, "a denied connection is not kept");
+    assert_eq!(
+        r.state.conntrack.len(),
+        0,
+        "a denied connection is not kept"
+    );
     // Admitting 8080 lets it through, and the reply comes back translated.
     let mut r = rig(policy(&[("198.18.1.0/24", Some(6), (8080, 8080))]));
     r.tables.services = services;
@@ -149,7 +184,13 @@ fn service_traffic_is_judged_by_the_backend_port_after_dnat() {
     let out = from_client(&mut r, &syn);
     assert_eq!(out.len(), 1);
     assert_eq!(ip4_of(&out[0].1).dst_addr(), v4(SERVER));
-    let synack = tcp(v4(SERVER), v4(CLIENT), 8080, 40000, TcpFlags::SYN | TcpFlags::ACK);
+    let synack = tcp(
+        v4(SERVER),
+        v4(CLIENT),
+        8080,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
     let out = from_server(&mut r, &synack);
     assert_eq!(out.len(), 1);
     assert_eq!(ip4_of(&out[0].1).src_addr(), v4("198.51.100.10"));

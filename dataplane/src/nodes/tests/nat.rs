@@ -71,7 +71,13 @@ impl Rig {
     }
 }
 
-pub(super) fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: TcpFlags) -> Vec<u8> {
+pub(super) fn tcp(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: TcpFlags,
+) -> Vec<u8> {
     let repr = TcpRepr {
         src_port: sport,
         dst_port: dport,
@@ -132,11 +138,23 @@ fn cluster_ip_is_dnated_and_the_reply_un_dnated() {
     let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
     let (port, src, dst, sport, dport, _) = one_tcp(&out);
-    assert_eq!((port, src, dst, sport, dport), (1, v4(CLIENT), v4(BACKEND), 40000, 8080));
-    let synack = tcp(v4(BACKEND), v4(CLIENT), 8080, 40000, TcpFlags::SYN | TcpFlags::ACK);
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (1, v4(CLIENT), v4(BACKEND), 40000, 8080)
+    );
+    let synack = tcp(
+        v4(BACKEND),
+        v4(CLIENT),
+        8080,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
     let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack));
     let (port, src, dst, sport, dport, _) = one_tcp(&out);
-    assert_eq!((port, src, dst, sport, dport), (0, v4(VIP), v4(CLIENT), 80, 40000));
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (0, v4(VIP), v4(CLIENT), 80, 40000)
+    );
     assert_eq!(r.count("ip4-nat", "new_connection"), 1);
     assert_eq!(r.count("ip4-nat", "translated"), 1);
     let counted: Vec<_> = r.state.service_counters.iter().collect();
@@ -151,11 +169,23 @@ fn node_port_is_masqueraded_and_answered_from_the_node_address() {
     let syn = tcp(v4(CLIENT), v4("198.18.1.1"), 40000, 30080, TcpFlags::SYN);
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
     let (port, src, dst, masq_port, dport, _) = one_tcp(&out);
-    assert_eq!((port, src, dst, dport), (1, v4("198.18.2.1"), v4(BACKEND), 8080));
-    let synack = tcp(v4(BACKEND), v4("198.18.2.1"), 8080, masq_port, TcpFlags::SYN | TcpFlags::ACK);
+    assert_eq!(
+        (port, src, dst, dport),
+        (1, v4("198.18.2.1"), v4(BACKEND), 8080)
+    );
+    let synack = tcp(
+        v4(BACKEND),
+        v4("198.18.2.1"),
+        8080,
+        masq_port,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
     let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack));
     let (port, src, dst, sport, dport, _) = one_tcp(&out);
-    assert_eq!((port, src, dst, sport, dport), (0, v4("198.18.1.1"), v4(CLIENT), 30080, 40000));
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (0, v4("198.18.1.1"), v4(CLIENT), 30080, 40000)
+    );
     assert_eq!(r.count("ip4-nat", "masqueraded"), 1);
 }
 
@@ -165,9 +195,20 @@ fn a_service_without_endpoints_refuses_tcp_with_a_reset_and_udp_with_port_unreac
     let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
     let (port, src, dst, sport, dport, flags) = one_tcp(&out);
-    assert_eq!((port, src, dst, sport, dport), (0, v4(VIP), v4(CLIENT), 80, 40000));
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (0, v4(VIP), v4(CLIENT), 80, 40000)
+    );
     assert!(flags.contains(TcpFlags::RST));
-    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &udp(v4(CLIENT), v4(VIP), 5000, 80)));
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &udp(v4(CLIENT), v4(VIP), 5000, 80),
+        ),
+    );
     assert_eq!(out.len(), 1);
     let ip = ip4_of(&out[0].1);
     assert_eq!(ip.protocol(), IpProtocol::ICMP);
@@ -194,8 +235,24 @@ fn external_traffic_policy_local_without_local_endpoints_drops() {
 fn udp_flows_to_a_removed_backend_are_forgotten_tcp_ones_kept() {
     let other = Endpoint::ready(v4("198.18.2.9").into(), 8080, true);
     let mut r = Rig::with_services(&[service(vec![backend()])]);
-    r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &udp(v4(CLIENT), v4(VIP), 5000, 80)));
-    r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN)));
+    r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &udp(v4(CLIENT), v4(VIP), 5000, 80),
+        ),
+    );
+    r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN),
+        ),
+    );
     assert_eq!(r.state.conntrack.len(), 2);
     r.set_services(&[service(vec![other])], 3);
     assert_eq!(r.state.conntrack.len(), 1);
@@ -205,7 +262,15 @@ fn udp_flows_to_a_removed_backend_are_forgotten_tcp_ones_kept() {
 #[test]
 fn icmp_error_from_the_backend_reaches_the_client_as_from_the_service() {
     let mut r = Rig::with_services(&[service(vec![backend()])]);
-    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &udp(v4(CLIENT), v4(VIP), 5000, 80)));
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &udp(v4(CLIENT), v4(VIP), 5000, 80),
+        ),
+    );
     assert_eq!(out.len(), 1);
     let seen = ip4_of(&out[0].1);
     let hlen = seen.header_len();
@@ -267,7 +332,10 @@ fn edge_role_sends_service_traffic_in_gre_and_ipip() {
         let outer = ip4_of(&out[0].1);
         assert!(outer.verify_checksum());
         assert_eq!(outer.protocol().0, proto);
-        assert_eq!((outer.src_addr(), outer.dst_addr()), (v4("198.18.2.1"), v4(BACKEND)));
+        assert_eq!(
+            (outer.src_addr(), outer.dst_addr()),
+            (v4("198.18.2.1"), v4(BACKEND))
+        );
         let payload = outer.payload();
         if hdr == 4 {
             assert_eq!(payload[..4], [0, 0, 0x08, 0x00]);
@@ -291,24 +359,45 @@ fn node_role_unwraps_and_proxies_or_delivers_for_direct_return() {
     gre.extend_from_slice(&inner);
     // GRE: decapsulated, then DNAT to the local pod as a service proxy.
     let mut r = Rig::with_services(&[with_forwarding(Forwarding::Gre)]);
-    let frame = eth(MAC0, CLIENT_MAC, 0x0800, &outer_v4(v4(CLIENT), v4("198.18.1.1"), 47, &gre));
+    let frame = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x0800,
+        &outer_v4(v4(CLIENT), v4("198.18.1.1"), 47, &gre),
+    );
     let out = r.send(0, &frame);
     let (port, src, dst, sport, dport, _) = one_tcp(&out);
-    assert_eq!((port, src, dst, sport, dport), (1, client, v4(BACKEND), 40000, 8080));
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (1, client, v4(BACKEND), 40000, 8080)
+    );
     assert_eq!(r.count("ip4-nat", "decapsulated"), 1);
     // IPIP for direct server return: delivered to the pod still addressed to the service.
     let mut r = Rig::with_services(&[with_forwarding(Forwarding::DsrIpip)]);
-    let frame = eth(MAC0, CLIENT_MAC, 0x0800, &outer_v4(v4(CLIENT), v4("198.18.1.1"), 4, &inner));
+    let frame = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x0800,
+        &outer_v4(v4(CLIENT), v4("198.18.1.1"), 4, &inner),
+    );
     let out = r.send(0, &frame);
     let (port, src, dst, sport, dport, _) = one_tcp(&out);
-    assert_eq!((port, src, dst, sport, dport), (1, client, v4(VIP), 40000, 80));
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (1, client, v4(VIP), 40000, 80)
+    );
     assert_eq!(&out[0].1[..6], &SERVER_MAC, "sent to the pod's MAC");
     assert_eq!(r.count("ip4-nat", "delivered"), 1);
     assert_eq!(r.state.conntrack.len(), 0);
     // A broken GRE header is counted and dropped.
     let mut bad = gre.clone();
     bad[1] = 1;
-    let frame = eth(MAC0, CLIENT_MAC, 0x0800, &outer_v4(v4(CLIENT), v4("198.18.1.1"), 47, &bad));
+    let frame = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x0800,
+        &outer_v4(v4(CLIENT), v4("198.18.1.1"), 47, &bad),
+    );
     assert!(r.send(0, &frame).is_empty());
     assert_eq!(r.count("ip4-nat", "bad_tunnel"), 1);
 }
@@ -326,9 +415,11 @@ fn client_ip_affinity_keeps_a_client_on_its_backend_across_changes_until_the_tim
     };
     let mut r = Rig::with_services(&[sticky(pods(4))]);
     for i in 0..4 {
-        r.state
-            .neighbors
-            .insert_permanent(1, v4(&format!("198.18.2.{}", 10 + i)).into(), SERVER_MAC);
+        r.state.neighbors.insert_permanent(
+            1,
+            v4(&format!("198.18.2.{}", 10 + i)).into(),
+            SERVER_MAC,
+        );
     }
     let connect = |r: &mut Rig, sport: u16| {
         let syn = tcp(v4(CLIENT), v4(VIP), sport, 80, TcpFlags::SYN);
@@ -362,7 +453,10 @@ fn ipv6_cluster_ip_is_dnated_and_answered() {
     let backend6 = v6("2001:db8:2::2");
     let svc = Service {
         cluster_ips: vec![v4(VIP).into(), vip6.into()],
-        ..service(vec![backend(), Endpoint::ready(backend6.into(), 8080, true)])
+        ..service(vec![
+            backend(),
+            Endpoint::ready(backend6.into(), 8080, true),
+        ])
     };
     let mut r = Rig::with_services(&[svc]);
     let seg = |src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: TcpFlags| {
@@ -378,9 +472,17 @@ fn ipv6_cluster_ip_is_dnated_and_answered() {
             payload: &[],
         };
         let mut b = vec![0; repr.buffer_len()];
-        repr.emit(&mut TcpPacket::new_unchecked(&mut b[..]), &IpAddrPair::V6 { src, dst })
-            .unwrap();
-        eth(MAC0, CLIENT_MAC, 0x86dd, &ipv6(src, dst, IpProtocol::TCP, 64, &b))
+        repr.emit(
+            &mut TcpPacket::new_unchecked(&mut b[..]),
+            &IpAddrPair::V6 { src, dst },
+        )
+        .unwrap();
+        eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &ipv6(src, dst, IpProtocol::TCP, 64, &b),
+        )
     };
     let parse = |frame: &[u8]| {
         let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
@@ -395,7 +497,13 @@ fn ipv6_cluster_ip_is_dnated_and_answered() {
     let out = r.send(0, &seg(client6, vip6, 40000, 80, TcpFlags::SYN));
     assert_eq!(out.len(), 1);
     assert_eq!(parse(&out[0].1), (client6, backend6, 40000, 8080));
-    let mut reply = seg(backend6, client6, 8080, 40000, TcpFlags::SYN | TcpFlags::ACK);
+    let mut reply = seg(
+        backend6,
+        client6,
+        8080,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
     reply[..6].copy_from_slice(&MAC1);
     reply[6..12].copy_from_slice(&SERVER_MAC);
     let out = r.send(1, &reply);
