@@ -363,7 +363,10 @@ impl Lab {
     /// Starts `switchyard agent` (the router's flags plus `extra`, e.g. `--manifests DIR`) in the
     /// node namespace and waits until it answers ping on both sides.
     pub fn start_agent(&mut self, driver: Driver, extra: &[&str]) {
-        assert!(!self.kernel, "the agent needs the switchyard dataplane, not kernel mode");
+        assert!(
+            !self.kernel,
+            "the agent needs the switchyard dataplane, not kernel mode"
+        );
         self.start_switchyard("agent", driver, extra);
     }
 
