@@ -1,0 +1,204 @@
+//! The software backend: `ring` for AES-GCM and HMAC, `aws-lc-rs` for AES-CBC (which `ring`
+//! does not offer).
+
+use super::{Aead, AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, CryptoError, MacAlgorithm};
+use aws_lc_rs::cipher as lc;
+use ring::rand::SecureRandom;
+use subtle::ConstantTimeEq;
+
+/// Crypto in software on the calling core.
+#[derive(Debug)]
+pub struct SoftwareBackend {
+    rng: ring::rand::SystemRandom,
+}
+
+impl SoftwareBackend {
+    pub fn new() -> Self {
+        Self {
+            rng: ring::rand::SystemRandom::new(),
+        }
+    }
+}
+
+impl Default for SoftwareBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct RingGcm {
+    algorithm: AeadAlgorithm,
+    key: ring::aead::LessSafeKey,
+}
+
+impl Aead for RingGcm {
+    fn algorithm(&self) -> AeadAlgorithm {
+        self.algorithm
+    }
+
+    fn seal(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &mut [u8; AeadAlgorithm::TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        let nonce = ring::aead::Nonce::assume_unique_for_key(*nonce);
+        let out = self
+            .key
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(aad), in_out)
+            .map_err(|_| CryptoError::BufferLength)?;
+        tag.copy_from_slice(out.as_ref());
+        Ok(())
+    }
+
+    fn open(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; AeadAlgorithm::TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        let nonce = ring::aead::Nonce::assume_unique_for_key(*nonce);
+        self.key
+            .open_in_place_separate_tag(
+                nonce,
+                ring::aead::Aad::from(aad),
+                ring::aead::Tag::from(*tag),
+                in_out,
+                0..,
+            )
+            .map(|_| ())
+            .map_err(|_| CryptoError::Authentication)
+    }
+}
+
+struct LcCbcRingHmac {
+    cipher: CbcAlgorithm,
+    mac: MacAlgorithm,
+    encrypting: lc::EncryptingKey,
+    decrypting: lc::DecryptingKey,
+    hmac: ring::hmac::Key,
+}
+
+impl LcCbcRingHmac {
+    fn full_mac(&self, parts: &[&[u8]]) -> ring::hmac::Tag {
+        let mut ctx = ring::hmac::Context::with_key(&self.hmac);
+        for part in parts {
+            ctx.update(part);
+        }
+        ctx.sign()
+    }
+}
+
+impl CbcHmac for LcCbcRingHmac {
+    fn cipher(&self) -> CbcAlgorithm {
+        self.cipher
+    }
+
+    fn mac(&self) -> MacAlgorithm {
+        self.mac
+    }
+
+    fn encrypt(&self, iv: &[u8; 16], in_out: &mut [u8]) -> Result<(), CryptoError> {
+        if in_out.len() % CbcAlgorithm::BLOCK_LEN != 0 {
+            return Err(CryptoError::BufferLength);
+        }
+        let context = lc::EncryptionContext::Iv128(aws_lc_rs::iv::FixedLength::from(*iv));
+        self.encrypting
+            .less_safe_encrypt(in_out, context)
+            .map(|_| ())
+            .map_err(|_| CryptoError::Backend)
+    }
+
+    fn decrypt(&self, iv: &[u8; 16], in_out: &mut [u8]) -> Result<(), CryptoError> {
+        if in_out.len() % CbcAlgorithm::BLOCK_LEN != 0 {
+            return Err(CryptoError::BufferLength);
+        }
+        let context = lc::DecryptionContext::Iv128(aws_lc_rs::iv::FixedLength::from(*iv));
+        self.decrypting
+            .decrypt(in_out, context)
+            .map(|_| ())
+            .map_err(|_| CryptoError::Backend)
+    }
+
+    fn sign(&self, parts: &[&[u8]], icv: &mut [u8]) -> Result<(), CryptoError> {
+        if icv.len() != self.mac.icv_len() {
+            return Err(CryptoError::BufferLength);
+        }
+        let tag = self.full_mac(parts);
+        icv.copy_from_slice(&tag.as_ref()[..icv.len()]);
+        Ok(())
+    }
+
+    fn verify(&self, parts: &[&[u8]], icv: &[u8]) -> Result<(), CryptoError> {
+        if icv.len() != self.mac.icv_len() {
+            return Err(CryptoError::Authentication);
+        }
+        let tag = self.full_mac(parts);
+        if bool::from(tag.as_ref()[..icv.len()].ct_eq(icv)) {
+            Ok(())
+        } else {
+            Err(CryptoError::Authentication)
+        }
+    }
+}
+
+impl CryptoBackend for SoftwareBackend {
+    fn name(&self) -> &'static str {
+        "software"
+    }
+
+    fn aead(&self, algorithm: AeadAlgorithm, key: &[u8]) -> Result<Box<dyn Aead>, CryptoError> {
+        if key.len() != algorithm.key_len() {
+            return Err(CryptoError::KeyLength);
+        }
+        let ring_algorithm = match algorithm {
+            AeadAlgorithm::Aes128Gcm16 => &ring::aead::AES_128_GCM,
+            AeadAlgorithm::Aes256Gcm16 => &ring::aead::AES_256_GCM,
+        };
+        let unbound =
+            ring::aead::UnboundKey::new(ring_algorithm, key).map_err(|_| CryptoError::KeyLength)?;
+        Ok(Box::new(RingGcm {
+            algorithm,
+            key: ring::aead::LessSafeKey::new(unbound),
+        }))
+    }
+
+    fn cbc_hmac(
+        &self,
+        cipher: CbcAlgorithm,
+        cipher_key: &[u8],
+        mac: MacAlgorithm,
+        mac_key: &[u8],
+    ) -> Result<Box<dyn CbcHmac>, CryptoError> {
+        if cipher_key.len() != cipher.key_len() || mac_key.len() != mac.key_len() {
+            return Err(CryptoError::KeyLength);
+        }
+        let lc_algorithm = match cipher {
+            CbcAlgorithm::Aes128Cbc => &lc::AES_128,
+            CbcAlgorithm::Aes256Cbc => &lc::AES_256,
+        };
+        let unbound = || {
+            lc::UnboundCipherKey::new(lc_algorithm, cipher_key).map_err(|_| CryptoError::KeyLength)
+        };
+        let encrypting = lc::EncryptingKey::cbc(unbound()?).map_err(|_| CryptoError::Backend)?;
+        let decrypting = lc::DecryptingKey::cbc(unbound()?).map_err(|_| CryptoError::Backend)?;
+        let hmac_algorithm = match mac {
+            MacAlgorithm::HmacSha256_128 => ring::hmac::HMAC_SHA256,
+            MacAlgorithm::HmacSha384_192 => ring::hmac::HMAC_SHA384,
+            MacAlgorithm::HmacSha512_256 => ring::hmac::HMAC_SHA512,
+        };
+        Ok(Box::new(LcCbcRingHmac {
+            cipher,
+            mac,
+            encrypting,
+            decrypting,
+            hmac: ring::hmac::Key::new(hmac_algorithm, mac_key),
+        }))
+    }
+
+    fn random(&self, out: &mut [u8]) -> Result<(), CryptoError> {
+        self.rng.fill(out).map_err(|_| CryptoError::Random)
+    }
+}

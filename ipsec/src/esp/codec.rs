@@ -1,0 +1,574 @@
+//! Tunnel-mode encapsulation and decapsulation.
+
+use super::sa::{Direction, EspSuite, LifetimeState, Nanos, Sa, SaCrypto};
+use super::EspError;
+use crate::crypto::AeadAlgorithm;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+
+/// IP protocol number of ESP.
+pub const ESP_PROTOCOL: u8 = 50;
+/// Next header for an inner IPv4 packet.
+pub const IPIP_PROTOCOL: u8 = 4;
+/// Next header for an inner IPv6 packet.
+pub const IPV6_PROTOCOL: u8 = 41;
+const UDP_PROTOCOL: u8 = 17;
+const NO_NEXT_HEADER: u8 = 59;
+/// UDP port of encapsulated ESP and IKE after NAT detection (RFC 3948).
+pub const NAT_T_PORT: u16 = 4500;
+
+const IPV4_HEADER_LEN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
+const UDP_HEADER_LEN: usize = 8;
+const ESP_HEADER_LEN: usize = 8;
+const MAX_ICV_LEN: usize = 32;
+
+/// The outer header to put around ESP: tunnel endpoints and, behind a NAT, UDP ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OuterHeader {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// `(source port, destination port)` for UDP encapsulation (RFC 3948).
+    pub udp: Option<(u16, u16)>,
+    pub ttl: u8,
+}
+
+impl OuterHeader {
+    pub fn new(src: IpAddr, dst: IpAddr) -> Self {
+        Self {
+            src,
+            dst,
+            udp: None,
+            ttl: 64,
+        }
+    }
+
+    pub fn with_udp(mut self, src_port: u16, dst_port: u16) -> Self {
+        self.udp = Some((src_port, dst_port));
+        self
+    }
+
+    /// Length of the IP (and UDP) header.
+    pub fn len(&self) -> usize {
+        let ip = match self.src {
+            IpAddr::V4(_) => IPV4_HEADER_LEN,
+            IpAddr::V6(_) => IPV6_HEADER_LEN,
+        };
+        ip + if self.udp.is_some() {
+            UDP_HEADER_LEN
+        } else {
+            0
+        }
+    }
+
+    /// Never empty; present for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// Finds inbound SAs by SPI (and destination, for tables keyed by both).
+pub trait SaLookup {
+    fn inbound_sa(&mut self, spi: u32, dst: IpAddr) -> Option<&mut Sa>;
+}
+
+impl SaLookup for HashMap<u32, Sa> {
+    fn inbound_sa(&mut self, spi: u32, _dst: IpAddr) -> Option<&mut Sa> {
+        self.get_mut(&spi)
+    }
+}
+
+impl SaLookup for Sa {
+    fn inbound_sa(&mut self, spi: u32, _dst: IpAddr) -> Option<&mut Sa> {
+        (self.spi == spi).then_some(self)
+    }
+}
+
+/// Where a decapsulated inner packet lies in the caller's buffer, and what carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decapsulated {
+    pub spi: u32,
+    /// The full (ESN-inferred) sequence number.
+    pub sequence: u64,
+    pub inner: Range<usize>,
+    /// [`IPIP_PROTOCOL`] or [`IPV6_PROTOCOL`].
+    pub next_header: u8,
+    pub outer_src: IpAddr,
+    pub outer_dst: IpAddr,
+    /// The peer's UDP source port when encapsulated (its NAT mapping).
+    pub udp_src_port: Option<u16>,
+}
+
+/// Encapsulates `inner` into a new buffer: outer IP, optional UDP, ESP.
+pub fn encapsulate(
+    sa: &mut Sa,
+    inner: &[u8],
+    outer: &OuterHeader,
+    now: Nanos,
+) -> Result<Vec<u8>, EspError> {
+    let headroom = outer.len() + ESP_HEADER_LEN + sa.suite.iv_len();
+    let mut buf = vec![0u8; headroom + inner.len() + sa.esp_overhead()];
+    buf[headroom..headroom + inner.len()].copy_from_slice(inner);
+    let range = encapsulate_in_place(sa, &mut buf, headroom..headroom + inner.len(), outer, now)?;
+    buf.truncate(range.end);
+    buf.drain(..range.start);
+    Ok(buf)
+}
+
+/// Encapsulates the inner packet at `buf[inner]` in place and returns where the outer packet
+/// lies. Needs `outer.len() + 8 + IV` bytes before `inner.start` and
+/// [`Sa::esp_overhead`] bytes after `inner.end` (less suffices for lucky lengths).
+pub fn encapsulate_in_place(
+    sa: &mut Sa,
+    buf: &mut [u8],
+    inner: Range<usize>,
+    outer: &OuterHeader,
+    now: Nanos,
+) -> Result<Range<usize>, EspError> {
+    if sa.direction != Direction::Outbound {
+        return Err(EspError::WrongDirection);
+    }
+    if inner.start > inner.end || inner.end > buf.len() {
+        return Err(EspError::BufferTooSmall);
+    }
+    let next_header = match buf.get(inner.start).map(|b| b >> 4) {
+        Some(4) => IPIP_PROTOCOL,
+        Some(6) => IPV6_PROTOCOL,
+        _ => return Err(EspError::InnerNotIp),
+    };
+    let family_ok = matches!(
+        (outer.src, outer.dst),
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_))
+    );
+    if !family_ok {
+        return Err(EspError::FamilyMismatch);
+    }
+    if sa.lifetime_state(now) == LifetimeState::Hard {
+        sa.counters.lifetime_drops += 1;
+        return Err(EspError::Expired);
+    }
+    let seq = sa.seq.checked_add(1).ok_or(EspError::SequenceExhausted)?;
+    if !sa.esn && seq > u64::from(u32::MAX) {
+        return Err(EspError::SequenceExhausted);
+    }
+
+    // Tunnel mode copies the inner DSCP (RFC 4301 section 5.1.2.1); ECN stays 0 here.
+    // Read it now: the inner header is about to be encrypted in place.
+    let dscp = match next_header {
+        IPIP_PROTOCOL => buf.get(inner.start + 1).copied().unwrap_or(0) & 0xfc,
+        _ => {
+            let hi = buf.get(inner.start).copied().unwrap_or(0);
+            let lo = buf.get(inner.start + 1).copied().unwrap_or(0);
+            ((hi << 4) | (lo >> 4)) & 0xfc
+        }
+    };
+    let suite = sa.suite;
+    let inner_len = inner.len();
+    let align = suite.block_len();
+    let pad_len = (align - (inner_len + 2) % align) % align;
+    let ct_len = inner_len + pad_len + 2;
+    let icv_len = suite.icv_len();
+    let iv_len = suite.iv_len();
+    let start = inner
+        .start
+        .checked_sub(outer.len() + ESP_HEADER_LEN + iv_len)
+        .ok_or(EspError::BufferTooSmall)?;
+    let esp_at = start + outer.len();
+    let ct_at = inner.start;
+    let ct_end = ct_at + ct_len;
+    let end = ct_end + icv_len;
+    if end > buf.len() {
+        return Err(EspError::BufferTooSmall);
+    }
+
+    // Trailer: monotonic padding 1, 2, 3, ..., pad length, next header.
+    for (i, byte) in buf[inner.end..inner.end + pad_len].iter_mut().enumerate() {
+        *byte = (i + 1) as u8;
+    }
+    buf[ct_end - 2] = pad_len as u8;
+    buf[ct_end - 1] = next_header;
+
+    let spi = sa.spi.to_be_bytes();
+    let seq_low = (seq as u32).to_be_bytes();
+    let seq_high = ((seq >> 32) as u32).to_be_bytes();
+    buf[esp_at..esp_at + 4].copy_from_slice(&spi);
+    buf[esp_at + 4..esp_at + 8].copy_from_slice(&seq_low);
+
+    match &sa.crypto {
+        SaCrypto::Gcm { aead, salt } => {
+            // The explicit IV is the 64-bit sequence number: unique per SA, as RFC 4106
+            // section 3.1 requires, and free to produce.
+            let iv = seq.to_be_bytes();
+            buf[esp_at + 8..ct_at].copy_from_slice(&iv);
+            let nonce = gcm_nonce(salt, &iv);
+            let aad = gcm_aad(&spi, &seq_low, sa.esn.then_some(&seq_high));
+            let mut tag = [0u8; AeadAlgorithm::TAG_LEN];
+            aead.seal(&nonce, aad.as_slice(), &mut buf[ct_at..ct_end], &mut tag)
+                .map_err(EspError::Crypto)?;
+            buf[ct_end..end].copy_from_slice(&tag);
+        }
+        SaCrypto::CbcHmac(ctx) => {
+            let mut nonce = [0u8; 16];
+            nonce[..4].copy_from_slice(&spi);
+            nonce[8..].copy_from_slice(&seq.to_be_bytes());
+            let iv = ctx.derive_iv(&nonce).map_err(EspError::Crypto)?;
+            buf[esp_at + 8..ct_at].copy_from_slice(&iv);
+            ctx.encrypt(&iv, &mut buf[ct_at..ct_end])
+                .map_err(EspError::Crypto)?;
+            let mut icv = [0u8; MAX_ICV_LEN];
+            let high: &[u8] = if sa.esn { &seq_high } else { &[] };
+            ctx.sign(&[&buf[esp_at..ct_end], high], &mut icv[..icv_len])
+                .map_err(EspError::Crypto)?;
+            buf[ct_end..end].copy_from_slice(&icv[..icv_len]);
+        }
+    }
+
+    write_outer(buf, start, end, outer, dscp);
+    sa.seq = seq;
+    sa.counters.packets += 1;
+    sa.counters.bytes += inner_len as u64;
+    Ok(start..end)
+}
+
+fn gcm_nonce(salt: &[u8; 4], iv: &[u8; 8]) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[..4].copy_from_slice(salt);
+    nonce[4..].copy_from_slice(iv);
+    nonce
+}
+
+/// RFC 4106 section 5: SPI and the 32-bit sequence number, or SPI and the 64-bit ESN.
+fn gcm_aad(spi: &[u8; 4], seq_low: &[u8; 4], seq_high: Option<&[u8; 4]>) -> AadBuf {
+    let mut aad = AadBuf {
+        bytes: [0; 12],
+        len: 0,
+    };
+    aad.bytes[..4].copy_from_slice(spi);
+    match seq_high {
+        Some(high) => {
+            aad.bytes[4..8].copy_from_slice(high);
+            aad.bytes[8..12].copy_from_slice(seq_low);
+            aad.len = 12;
+        }
+        None => {
+            aad.bytes[4..8].copy_from_slice(seq_low);
+            aad.len = 8;
+        }
+    }
+    aad
+}
+
+struct AadBuf {
+    bytes: [u8; 12],
+    len: usize,
+}
+
+impl AadBuf {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Writes the outer IP (and UDP) header into `buf[start..]`; the packet ends at `end`.
+fn write_outer(buf: &mut [u8], start: usize, end: usize, outer: &OuterHeader, dscp: u8) {
+    let total = end - start;
+    let protocol = if outer.udp.is_some() {
+        UDP_PROTOCOL
+    } else {
+        ESP_PROTOCOL
+    };
+    let ip_len = match (outer.src, outer.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let h = &mut buf[start..start + IPV4_HEADER_LEN];
+            h[0] = 0x45;
+            h[1] = dscp;
+            h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&[0, 0]);
+            // DF set, ID 0: an atomic datagram (RFC 6864).
+            h[6..8].copy_from_slice(&[0x40, 0]);
+            h[8] = outer.ttl;
+            h[9] = protocol;
+            h[10..12].copy_from_slice(&[0, 0]);
+            h[12..16].copy_from_slice(&src.octets());
+            h[16..20].copy_from_slice(&dst.octets());
+            let sum = checksum(&[h]);
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            IPV4_HEADER_LEN
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let h = &mut buf[start..start + IPV6_HEADER_LEN];
+            h[0] = 0x60 | (dscp >> 4);
+            h[1] = dscp << 4;
+            h[2..4].copy_from_slice(&[0, 0]);
+            h[4..6].copy_from_slice(&((total - IPV6_HEADER_LEN) as u16).to_be_bytes());
+            h[6] = protocol;
+            h[7] = outer.ttl;
+            h[8..24].copy_from_slice(&src.octets());
+            h[24..40].copy_from_slice(&dst.octets());
+            IPV6_HEADER_LEN
+        }
+        // Checked by the caller.
+        _ => return,
+    };
+    if let Some((src_port, dst_port)) = outer.udp {
+        let udp_at = start + ip_len;
+        let udp_len = (end - udp_at) as u16;
+        let u = &mut buf[udp_at..udp_at + UDP_HEADER_LEN];
+        u[0..2].copy_from_slice(&src_port.to_be_bytes());
+        u[2..4].copy_from_slice(&dst_port.to_be_bytes());
+        u[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        u[6..8].copy_from_slice(&[0, 0]);
+        // IPv4: zero checksum, as RFC 3948 section 2.1 recommends. IPv6 requires one.
+        if let (IpAddr::V6(src), IpAddr::V6(dst)) = (outer.src, outer.dst) {
+            let mut pseudo = [0u8; 40];
+            pseudo[..16].copy_from_slice(&src.octets());
+            pseudo[16..32].copy_from_slice(&dst.octets());
+            pseudo[32..36].copy_from_slice(&u32::from(udp_len).to_be_bytes());
+            pseudo[39] = UDP_PROTOCOL;
+            let mut sum = checksum(&[&pseudo, &buf[udp_at..end]]);
+            if sum == 0 {
+                sum = 0xffff;
+            }
+            buf[udp_at + 6..udp_at + 8].copy_from_slice(&sum.to_be_bytes());
+        }
+    }
+}
+
+/// The Internet checksum (RFC 1071) over the concatenation of `parts` (each even-length
+/// except possibly the last).
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for part in parts {
+        let mut chunks = part.chunks_exact(2);
+        for pair in &mut chunks {
+            sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            sum += u32::from(*last) << 8;
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+struct OuterParsed {
+    src: IpAddr,
+    dst: IpAddr,
+    /// Range of the ESP packet in the buffer.
+    esp: Range<usize>,
+    udp_src_port: Option<u16>,
+}
+
+fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
+    let version = packet.first().ok_or(EspError::Truncated)? >> 4;
+    let (src, dst, protocol, l4) = match version {
+        4 => {
+            let h = packet.get(..IPV4_HEADER_LEN).ok_or(EspError::Truncated)?;
+            let ihl = usize::from(h[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            if ihl < IPV4_HEADER_LEN || total < ihl {
+                return Err(EspError::Malformed);
+            }
+            if total > packet.len() {
+                return Err(EspError::Truncated);
+            }
+            let fragment = u16::from_be_bytes([h[6], h[7]]);
+            if fragment & 0x3fff != 0 {
+                return Err(EspError::Fragment);
+            }
+            let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+            let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+            (IpAddr::V4(src), IpAddr::V4(dst), h[9], ihl..total)
+        }
+        6 => {
+            let h = packet.get(..IPV6_HEADER_LEN).ok_or(EspError::Truncated)?;
+            let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            let total = IPV6_HEADER_LEN + payload;
+            if total > packet.len() {
+                return Err(EspError::Truncated);
+            }
+            let mut src = [0u8; 16];
+            src.copy_from_slice(&h[8..24]);
+            let mut dst = [0u8; 16];
+            dst.copy_from_slice(&h[24..40]);
+            (
+                IpAddr::V6(Ipv6Addr::from(src)),
+                IpAddr::V6(Ipv6Addr::from(dst)),
+                h[6],
+                IPV6_HEADER_LEN..total,
+            )
+        }
+        _ => return Err(EspError::Malformed),
+    };
+    match protocol {
+        ESP_PROTOCOL => Ok(OuterParsed {
+            src,
+            dst,
+            esp: l4,
+            udp_src_port: None,
+        }),
+        UDP_PROTOCOL => {
+            let u = packet
+                .get(l4.start..l4.start + UDP_HEADER_LEN)
+                .ok_or(EspError::Truncated)?;
+            let src_port = u16::from_be_bytes([u[0], u[1]]);
+            let dst_port = u16::from_be_bytes([u[2], u[3]]);
+            let udp_len = usize::from(u16::from_be_bytes([u[4], u[5]]));
+            if udp_len < UDP_HEADER_LEN || l4.start + udp_len > l4.end {
+                return Err(EspError::Malformed);
+            }
+            if dst_port != NAT_T_PORT {
+                return Err(EspError::NotEsp);
+            }
+            let payload = l4.start + UDP_HEADER_LEN..l4.start + udp_len;
+            match &packet[payload.clone()] {
+                // NAT keepalive or IKE behind the non-ESP marker: not ours.
+                [0xff] | [0, 0, 0, 0, ..] => Err(EspError::NotEsp),
+                _ => Ok(OuterParsed {
+                    src,
+                    dst,
+                    esp: payload,
+                    udp_src_port: Some(src_port),
+                }),
+            }
+        }
+        _ => Err(EspError::NotEsp),
+    }
+}
+
+/// Decapsulates the outer packet in `packet` in place. On success the inner packet is at
+/// `packet[result.inner]`. Errors after the SA was found are counted on it.
+pub fn decapsulate<L: SaLookup + ?Sized>(
+    lookup: &mut L,
+    packet: &mut [u8],
+    now: Nanos,
+) -> Result<Decapsulated, EspError> {
+    let outer = parse_outer(packet)?;
+    let esp = outer.esp.clone();
+    let header = packet
+        .get(esp.start..esp.start + ESP_HEADER_LEN)
+        .ok_or(EspError::Truncated)?;
+    let spi = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let seq_low = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if spi == 0 {
+        return Err(EspError::Malformed);
+    }
+    let sa = lookup
+        .inbound_sa(spi, outer.dst)
+        .ok_or(EspError::UnknownSpi(spi))?;
+    let result = decapsulate_with(sa, packet, &outer, spi, seq_low, now);
+    if let Err(error) = result {
+        let counters = &mut sa.counters;
+        match error {
+            EspError::Replay(_) => counters.replay_drops += 1,
+            EspError::Authentication => counters.auth_failures += 1,
+            EspError::Expired => counters.lifetime_drops += 1,
+            _ => counters.other_drops += 1,
+        }
+    }
+    result
+}
+
+fn decapsulate_with(
+    sa: &mut Sa,
+    packet: &mut [u8],
+    outer: &OuterParsed,
+    spi: u32,
+    seq_low: u32,
+    now: Nanos,
+) -> Result<Decapsulated, EspError> {
+    if sa.direction != Direction::Inbound {
+        return Err(EspError::WrongDirection);
+    }
+    if sa.lifetime_state(now) == LifetimeState::Hard {
+        return Err(EspError::Expired);
+    }
+    let suite = sa.suite;
+    let esp = outer.esp.clone();
+    let iv_at = esp.start + ESP_HEADER_LEN;
+    let ct_at = iv_at + suite.iv_len();
+    let icv_len = suite.icv_len();
+    let ct_end = esp
+        .end
+        .checked_sub(icv_len)
+        .filter(|&e| e >= ct_at + 2)
+        .ok_or(EspError::Truncated)?;
+    if let EspSuite::CbcHmac(..) = suite {
+        if (ct_end - ct_at) % 16 != 0 {
+            return Err(EspError::Truncated);
+        }
+    }
+    let seq = sa.replay.check(seq_low)?;
+    let spi_bytes = spi.to_be_bytes();
+    let seq_low_bytes = seq_low.to_be_bytes();
+    let seq_high_bytes = ((seq >> 32) as u32).to_be_bytes();
+
+    match &sa.crypto {
+        SaCrypto::Gcm { aead, salt } => {
+            let mut iv = [0u8; 8];
+            iv.copy_from_slice(&packet[iv_at..ct_at]);
+            let mut tag = [0u8; AeadAlgorithm::TAG_LEN];
+            tag.copy_from_slice(&packet[ct_end..esp.end]);
+            let nonce = gcm_nonce(salt, &iv);
+            let aad = gcm_aad(
+                &spi_bytes,
+                &seq_low_bytes,
+                sa.esn.then_some(&seq_high_bytes),
+            );
+            aead.open(&nonce, aad.as_slice(), &mut packet[ct_at..ct_end], &tag)
+                .map_err(|_| EspError::Authentication)?;
+        }
+        SaCrypto::CbcHmac(ctx) => {
+            let high: &[u8] = if sa.esn { &seq_high_bytes } else { &[] };
+            ctx.verify(
+                &[&packet[esp.start..ct_end], high],
+                &packet[ct_end..esp.end],
+            )
+            .map_err(|_| EspError::Authentication)?;
+            let mut iv = [0u8; 16];
+            iv.copy_from_slice(&packet[iv_at..ct_at]);
+            ctx.decrypt(&iv, &mut packet[ct_at..ct_end])
+                .map_err(EspError::Crypto)?;
+        }
+    }
+    // Only an authenticated packet may move the window.
+    sa.replay.accept(seq)?;
+
+    let pad_len = usize::from(packet[ct_end - 2]);
+    let next_header = packet[ct_end - 1];
+    let inner_end = (ct_end - 2)
+        .checked_sub(pad_len)
+        .filter(|&e| e >= ct_at)
+        .ok_or(EspError::BadTrailer)?;
+    let monotonic = packet[inner_end..ct_end - 2]
+        .iter()
+        .zip(1u8..)
+        .all(|(&byte, expected)| byte == expected);
+    if !monotonic {
+        return Err(EspError::BadTrailer);
+    }
+    let version = packet.get(ct_at).map(|b| b >> 4);
+    match (next_header, version) {
+        (IPIP_PROTOCOL, Some(4)) | (IPV6_PROTOCOL, Some(6)) if inner_end > ct_at => {}
+        (IPIP_PROTOCOL | IPV6_PROTOCOL, _) => return Err(EspError::InnerNotIp),
+        (NO_NEXT_HEADER, _) => return Err(EspError::Dummy),
+        (other, _) => return Err(EspError::UnsupportedNextHeader(other)),
+    }
+    sa.counters.packets += 1;
+    sa.counters.bytes += (inner_end - ct_at) as u64;
+    Ok(Decapsulated {
+        spi,
+        sequence: seq,
+        inner: ct_at..inner_end,
+        next_header,
+        outer_src: outer.src,
+        outer_dst: outer.dst,
+        udp_src_port: outer.udp_src_port,
+    })
+}
+
+#[cfg(test)]
+mod tests;

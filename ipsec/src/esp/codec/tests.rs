@@ -1,0 +1,386 @@
+use super::*;
+use crate::crypto::{CbcAlgorithm, MacAlgorithm, SecretBytes, SoftwareBackend};
+use crate::esp::{EspKeys, Lifetime, ReplayError, SaConfig};
+use proptest::prelude::*;
+
+const SUITES: [EspSuite; 6] = [
+    EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16),
+    EspSuite::Gcm(AeadAlgorithm::Aes256Gcm16),
+    EspSuite::CbcHmac(CbcAlgorithm::Aes128Cbc, MacAlgorithm::HmacSha256_128),
+    EspSuite::CbcHmac(CbcAlgorithm::Aes256Cbc, MacAlgorithm::HmacSha256_128),
+    EspSuite::CbcHmac(CbcAlgorithm::Aes128Cbc, MacAlgorithm::HmacSha512_256),
+    EspSuite::CbcHmac(CbcAlgorithm::Aes256Cbc, MacAlgorithm::HmacSha512_256),
+];
+
+fn config(suite: EspSuite, esn: bool) -> SaConfig {
+    SaConfig {
+        spi: 0x1234_5678,
+        suite,
+        keys: EspKeys {
+            encryption: SecretBytes::new((0..suite.encryption_key_len() as u8).collect()),
+            integrity: SecretBytes::new(
+                (0..suite.integrity_key_len() as u8)
+                    .map(|b| b ^ 0x5a)
+                    .collect(),
+            ),
+        },
+        esn,
+        replay_window: 1024,
+        lifetime: Lifetime::default(),
+    }
+}
+
+fn pair(suite: EspSuite, esn: bool) -> (Sa, Sa) {
+    let backend = SoftwareBackend::new();
+    let c = config(suite, esn);
+    (
+        Sa::new(&backend, &c, Direction::Outbound, 0).unwrap(),
+        Sa::new(&backend, &c, Direction::Inbound, 0).unwrap(),
+    )
+}
+
+/// A minimal IPv4 packet (198.18.0.1 -> 198.18.0.2, UDP-ish payload) of `len` bytes.
+fn inner_v4(len: usize) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    p[0] = 0x45;
+    p[1] = 0xb8; // DSCP EF
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p
+}
+
+fn inner_v6(len: usize) -> Vec<u8> {
+    let mut p: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+    p[0] = 0x60;
+    p
+}
+
+fn v4_outer() -> OuterHeader {
+    OuterHeader::new(
+        "203.0.113.1".parse().unwrap(),
+        "203.0.113.2".parse().unwrap(),
+    )
+}
+
+fn v6_outer() -> OuterHeader {
+    OuterHeader::new(
+        "2001:db8::1".parse().unwrap(),
+        "2001:db8::2".parse().unwrap(),
+    )
+}
+
+#[test]
+fn round_trip_every_suite_family_and_encapsulation() {
+    for suite in SUITES {
+        for esn in [false, true] {
+            for outer in [
+                v4_outer(),
+                v6_outer(),
+                v4_outer().with_udp(4500, 4500),
+                v6_outer().with_udp(40000, 4500),
+            ] {
+                let (mut out, mut inb) = pair(suite, esn);
+                for (i, inner) in [inner_v4(20), inner_v4(61), inner_v6(40), inner_v6(1400)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let mut packet = encapsulate(&mut out, &inner, &outer, 0).unwrap();
+                    assert_eq!(packet.len() % 4, 0, "ICV alignment");
+                    let result = decapsulate(&mut inb, &mut packet, 0).unwrap();
+                    assert_eq!(&packet[result.inner.clone()], &inner[..], "{suite:?}");
+                    assert_eq!(result.sequence, i as u64 + 1);
+                    assert_eq!(result.spi, 0x1234_5678);
+                    assert_eq!(result.udp_src_port, outer.udp.map(|(s, _)| s));
+                    assert_eq!(result.outer_src, outer.src);
+                    let expected_nh = if inner[0] >> 4 == 4 { 4 } else { 41 };
+                    assert_eq!(result.next_header, expected_nh);
+                }
+                assert_eq!(out.counters().packets, 4);
+                assert_eq!(inb.counters().packets, 4);
+                assert_eq!(inb.counters().bytes, out.counters().bytes);
+            }
+        }
+    }
+}
+
+#[test]
+fn outer_headers_are_well_formed() {
+    let (mut out, _) = pair(SUITES[0], false);
+    let inner = inner_v4(100);
+    let p = encapsulate(&mut out, &inner, &v4_outer(), 0).unwrap();
+    assert_eq!(p[0], 0x45);
+    assert_eq!(p[1], 0xb8, "inner DSCP copied");
+    assert_eq!(usize::from(u16::from_be_bytes([p[2], p[3]])), p.len());
+    assert_eq!(p[9], ESP_PROTOCOL);
+    assert_eq!(checksum(&[&p[..20]]), 0, "valid IPv4 header checksum");
+    // GCM: 8 ESP + 8 IV + (100 + 2 -> 104) + 16 ICV.
+    assert_eq!(p.len(), 20 + 8 + 8 + 104 + 16);
+    assert_eq!(&p[20..24], &0x1234_5678u32.to_be_bytes());
+    assert_eq!(&p[24..28], &1u32.to_be_bytes());
+
+    let p = encapsulate(&mut out, &inner, &v4_outer().with_udp(4500, 4500), 0).unwrap();
+    assert_eq!(p[9], 17);
+    assert_eq!(&p[20..24], &[0x11, 0x94, 0x11, 0x94]);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([p[24], p[25]])),
+        p.len() - 20
+    );
+    assert_eq!(
+        &p[26..28],
+        &[0, 0],
+        "zero UDP checksum over IPv4 (RFC 3948)"
+    );
+
+    let p = encapsulate(&mut out, &inner_v6(80), &v6_outer().with_udp(4500, 4500), 0).unwrap();
+    assert_eq!(p[6], 17);
+    let udp_len = u16::from_be_bytes([p[44], p[45]]);
+    let mut pseudo = [0u8; 40];
+    pseudo[..32].copy_from_slice(&p[8..40]);
+    pseudo[32..36].copy_from_slice(&u32::from(udp_len).to_be_bytes());
+    pseudo[39] = 17;
+    assert_eq!(
+        checksum(&[&pseudo, &p[40..]]),
+        0,
+        "valid UDP checksum over IPv6"
+    );
+}
+
+/// The ESP bytes for AES-GCM built independently from the RFC 4106 layout.
+#[test]
+fn gcm_wire_layout_matches_rfc4106() {
+    let suite = EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16);
+    let (mut out, _) = pair(suite, false);
+    let inner = inner_v4(22);
+    let p = encapsulate(&mut out, &inner, &v4_outer(), 0).unwrap();
+    let key: Vec<u8> = (0..16).collect();
+    let salt: Vec<u8> = (16..20).collect();
+    let ring_key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &key).unwrap(),
+    );
+    let mut nonce = salt.clone();
+    nonce.extend_from_slice(&1u64.to_be_bytes());
+    let mut plaintext = inner.clone();
+    plaintext.extend_from_slice(&[0, 4]); // 22 + 2 is already 4-aligned: no padding
+    let aad = [0x12, 0x34, 0x56, 0x78, 0, 0, 0, 1];
+    let tag = ring_key
+        .seal_in_place_separate_tag(
+            ring::aead::Nonce::try_assume_unique_for_key(&nonce).unwrap(),
+            ring::aead::Aad::from(aad),
+            &mut plaintext,
+        )
+        .unwrap();
+    let mut expected = aad.to_vec();
+    expected.extend_from_slice(&1u64.to_be_bytes());
+    expected.extend_from_slice(&plaintext);
+    expected.extend_from_slice(tag.as_ref());
+    assert_eq!(&p[20..], &expected[..]);
+}
+
+#[test]
+fn replayed_packets_are_dropped_and_counted() {
+    for suite in [SUITES[0], SUITES[2]] {
+        let (mut out, mut inb) = pair(suite, false);
+        let first = encapsulate(&mut out, &inner_v4(40), &v4_outer(), 0).unwrap();
+        decapsulate(&mut inb, &mut first.clone(), 0).unwrap();
+        assert_eq!(
+            decapsulate(&mut inb, &mut first.clone(), 0),
+            Err(EspError::Replay(ReplayError::Duplicate))
+        );
+        // Jump far ahead: the first packet is now also too old.
+        out.set_sequence(5000);
+        let late = encapsulate(&mut out, &inner_v4(40), &v4_outer(), 0).unwrap();
+        decapsulate(&mut inb, &mut late.clone(), 0).unwrap();
+        assert_eq!(
+            decapsulate(&mut inb, &mut first.clone(), 0),
+            Err(EspError::Replay(ReplayError::TooOld))
+        );
+        assert_eq!(inb.counters().replay_drops, 2);
+        assert_eq!(inb.counters().packets, 2);
+    }
+}
+
+#[test]
+fn forged_icv_and_ciphertext_fail_without_moving_the_window() {
+    for suite in SUITES {
+        let (mut out, mut inb) = pair(suite, true);
+        let good = encapsulate(&mut out, &inner_v4(64), &v4_outer(), 0).unwrap();
+        for flip in [good.len() - 1, good.len() - 20, 20 + 4, 20 + 9] {
+            let mut bad = good.clone();
+            bad[flip] ^= 0x01;
+            let result = decapsulate(&mut inb, &mut bad, 0);
+            // Flipping the sequence number can also make it a replay of nothing: either
+            // way it must not pass.
+            assert!(
+                matches!(result, Err(EspError::Authentication)),
+                "{suite:?} byte {flip}: {result:?}"
+            );
+        }
+        assert_eq!(inb.counters().auth_failures, 4);
+        assert_eq!(inb.sequence(), 0, "window untouched by forgeries");
+        let mut good = good;
+        decapsulate(&mut inb, &mut good, 0).unwrap();
+    }
+}
+
+#[test]
+fn wrong_key_fails_authentication() {
+    let suite = SUITES[3];
+    let backend = SoftwareBackend::new();
+    let (mut out, _) = pair(suite, false);
+    let mut other = config(suite, false);
+    other.keys.integrity = SecretBytes::new(vec![9; suite.integrity_key_len()]);
+    let mut inb = Sa::new(&backend, &other, Direction::Inbound, 0).unwrap();
+    let mut p = encapsulate(&mut out, &inner_v4(30), &v4_outer(), 0).unwrap();
+    assert_eq!(
+        decapsulate(&mut inb, &mut p, 0),
+        Err(EspError::Authentication)
+    );
+    assert_eq!(
+        decapsulate(&mut HashMap::new(), &mut p, 0),
+        Err(EspError::UnknownSpi(0x1234_5678))
+    );
+}
+
+#[test]
+fn esn_wraps_and_plain_sequence_exhausts() {
+    for suite in [SUITES[1], SUITES[5]] {
+        let (mut out, mut inb) = pair(suite, true);
+        out.set_sequence(u64::from(u32::MAX) - 2);
+        let mut packets: Vec<Vec<u8>> = (0..5)
+            .map(|_| encapsulate(&mut out, &inner_v6(48), &v6_outer(), 0).unwrap())
+            .collect();
+        // Deliver out of order across the wrap.
+        packets.swap(1, 3);
+        let mut seqs = Vec::new();
+        for p in &mut packets {
+            seqs.push(decapsulate(&mut inb, p, 0).unwrap().sequence);
+        }
+        let base = u64::from(u32::MAX);
+        assert_eq!(seqs, vec![base - 1, base + 2, base + 1, base, base + 3]);
+
+        let (mut out, _) = pair(suite, false);
+        out.set_sequence(u64::from(u32::MAX) - 1);
+        encapsulate(&mut out, &inner_v4(20), &v4_outer(), 0).unwrap();
+        assert_eq!(
+            encapsulate(&mut out, &inner_v4(20), &v4_outer(), 0),
+            Err(EspError::SequenceExhausted)
+        );
+    }
+}
+
+#[test]
+fn lifetimes_by_bytes_and_time() {
+    let backend = SoftwareBackend::new();
+    let mut c = config(SUITES[0], false);
+    c.lifetime = Lifetime {
+        soft_bytes: Some(100),
+        hard_bytes: Some(200),
+        soft_time: Some(1_000),
+        hard_time: Some(2_000),
+    };
+    let mut out = Sa::new(&backend, &c, Direction::Outbound, 10).unwrap();
+    assert_eq!(out.lifetime_state(10), LifetimeState::Fresh);
+    assert_eq!(out.lifetime_state(1_010), LifetimeState::Soft);
+    assert_eq!(out.lifetime_state(2_010), LifetimeState::Hard);
+    assert_eq!(
+        encapsulate(&mut out, &inner_v4(60), &v4_outer(), 2_010),
+        Err(EspError::Expired)
+    );
+    encapsulate(&mut out, &inner_v4(120), &v4_outer(), 20).unwrap();
+    assert_eq!(out.lifetime_state(20), LifetimeState::Soft);
+    encapsulate(&mut out, &inner_v4(120), &v4_outer(), 20).unwrap();
+    assert_eq!(
+        encapsulate(&mut out, &inner_v4(20), &v4_outer(), 20),
+        Err(EspError::Expired)
+    );
+    assert_eq!(out.counters().lifetime_drops, 2);
+}
+
+#[test]
+fn in_place_respects_headroom_and_rejects_bad_input() {
+    let (mut out, mut inb) = pair(SUITES[2], false);
+    let outer = v4_outer().with_udp(4500, 4500);
+    let inner = inner_v4(50);
+    let headroom = outer.len() + 8 + 16;
+    let mut buf = vec![0u8; headroom + inner.len() + out.esp_overhead()];
+    buf[headroom..headroom + 50].copy_from_slice(&inner);
+    let range =
+        encapsulate_in_place(&mut out, &mut buf, headroom..headroom + 50, &outer, 0).unwrap();
+    assert_eq!(range.start, 0);
+    let decap = decapsulate(&mut inb, &mut buf[range], 0).unwrap();
+    assert_eq!(decap.inner.len(), 50);
+
+    let mut small = vec![0u8; 60];
+    small[10] = 0x45;
+    assert_eq!(
+        encapsulate_in_place(&mut out, &mut small, 10..30, &outer, 0),
+        Err(EspError::BufferTooSmall)
+    );
+    assert_eq!(
+        encapsulate(&mut out, &[0x12; 20], &outer, 0),
+        Err(EspError::InnerNotIp)
+    );
+    let mixed = OuterHeader::new(
+        "203.0.113.1".parse().unwrap(),
+        "2001:db8::2".parse().unwrap(),
+    );
+    assert_eq!(
+        encapsulate(&mut out, &inner, &mixed, 0),
+        Err(EspError::FamilyMismatch)
+    );
+    assert_eq!(
+        encapsulate(&mut inb, &inner, &outer, 0),
+        Err(EspError::WrongDirection)
+    );
+}
+
+#[test]
+fn non_esp_udp_is_not_taken() {
+    let (mut out, mut inb) = pair(SUITES[0], false);
+    let mut p = encapsulate(&mut out, &inner_v4(40), &v4_outer().with_udp(4500, 4500), 0).unwrap();
+    // IKE behind the non-ESP marker.
+    p[28..32].copy_from_slice(&[0, 0, 0, 0]);
+    assert_eq!(decapsulate(&mut inb, &mut p, 0), Err(EspError::NotEsp));
+    // Other destination port.
+    let mut p = encapsulate(&mut out, &inner_v4(40), &v4_outer().with_udp(4500, 500), 0).unwrap();
+    assert_eq!(decapsulate(&mut inb, &mut p, 0), Err(EspError::NotEsp));
+    // Outer fragment.
+    let mut p = encapsulate(&mut out, &inner_v4(40), &v4_outer(), 0).unwrap();
+    p[6] = 0x20;
+    assert_eq!(decapsulate(&mut inb, &mut p, 0), Err(EspError::Fragment));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn garbage_never_panics(mut data in proptest::collection::vec(any::<u8>(), 0..200), v6 in any::<bool>()) {
+        let (_, mut inb) = pair(SUITES[2], true);
+        if let Some(first) = data.first_mut() {
+            *first = if v6 { 0x60 } else { 0x45 };
+        }
+        let _ = decapsulate(&mut inb, &mut data, 0);
+    }
+
+    #[test]
+    fn truncated_or_mutated_packets_never_pass(
+        suite_index in 0usize..6,
+        len in 20usize..300,
+        cut in 0usize..400,
+        flip in any::<(usize, u8)>(),
+    ) {
+        let suite = SUITES[suite_index];
+        let (mut out, mut inb) = pair(suite, false);
+        let good = encapsulate(&mut out, &inner_v4(len), &v4_outer().with_udp(4500, 4500), 0).unwrap();
+        let mut truncated = good[..cut.min(good.len())].to_vec();
+        if truncated.len() < good.len() {
+            prop_assert!(decapsulate(&mut inb, &mut truncated, 0).is_err());
+        }
+        let mut mutated = good.clone();
+        let at = 28 + flip.0 % (good.len() - 28);
+        let mask = flip.1 | 1;
+        mutated[at] ^= mask;
+        prop_assert!(decapsulate(&mut inb, &mut mutated, 0).is_err());
+        let mut good = good;
+        prop_assert!(decapsulate(&mut inb, &mut good, 0).is_ok());
+    }
+}

@@ -1,0 +1,128 @@
+//! What the engine is told: peers, identities, secrets, proposals, selectors, knobs.
+
+use super::proposal::{EspProposal, IkeProposal};
+use super::wire::{id_type, Identification, TrafficSelector};
+use crate::crypto::SecretBytes;
+use crate::esp::{Lifetime, ReplayWindow};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// An IKE identity (RFC 7296 section 3.5).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Address(IpAddr),
+    Fqdn(String),
+    Email(String),
+    KeyId(Vec<u8>),
+}
+
+impl Identity {
+    /// Reads an SD-EWAN/strongSwan style identifier: an IP address, `@fqdn`, `@#hex` key id,
+    /// `user@domain`, or a bare name taken as an FQDN.
+    pub fn parse(text: &str) -> Self {
+        let text = text.trim();
+        if let Ok(addr) = text.parse::<IpAddr>() {
+            return Self::Address(addr);
+        }
+        if let Some(hex) = text.strip_prefix("@#") {
+            let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
+                .map(|i| {
+                    hex.get(2 * i..2 * i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect();
+            if let Some(bytes) = bytes.filter(|_| hex.len() % 2 == 0) {
+                return Self::KeyId(bytes);
+            }
+        }
+        if let Some(fqdn) = text.strip_prefix('@') {
+            return Self::Fqdn(fqdn.to_string());
+        }
+        if text.contains('@') {
+            return Self::Email(text.to_string());
+        }
+        Self::Fqdn(text.to_string())
+    }
+
+    pub fn to_wire(&self) -> Identification {
+        match self {
+            Self::Address(IpAddr::V4(a)) => Identification {
+                kind: id_type::IPV4_ADDR,
+                data: a.octets().to_vec(),
+            },
+            Self::Address(IpAddr::V6(a)) => Identification {
+                kind: id_type::IPV6_ADDR,
+                data: a.octets().to_vec(),
+            },
+            Self::Fqdn(name) => Identification {
+                kind: id_type::FQDN,
+                data: name.as_bytes().to_vec(),
+            },
+            Self::Email(name) => Identification {
+                kind: id_type::RFC822_ADDR,
+                data: name.as_bytes().to_vec(),
+            },
+            Self::KeyId(bytes) => Identification {
+                kind: id_type::KEY_ID,
+                data: bytes.clone(),
+            },
+        }
+    }
+}
+
+/// One tunnel peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Unique name (the SD-EWAN resource and connection name).
+    pub name: String,
+    /// Our IKE socket address (port 500).
+    pub local: SocketAddr,
+    /// The peer's IKE address; `None` accepts any initiator (responder only).
+    pub remote: Option<SocketAddr>,
+    pub local_id: Identity,
+    /// `None` accepts any identity that proves the PSK.
+    pub remote_id: Option<Identity>,
+    pub psk: SecretBytes,
+    pub ike_proposals: Vec<IkeProposal>,
+    pub esp_proposals: Vec<EspProposal>,
+    /// Our side of the tunnel (TSi when we initiate).
+    pub local_ts: Vec<TrafficSelector>,
+    /// The peer's side.
+    pub remote_ts: Vec<TrafficSelector>,
+    pub child_lifetime: Lifetime,
+}
+
+/// Engine-wide knobs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub peers: Vec<PeerConfig>,
+    /// First retransmission delay; doubles each time (RFC 7296 section 2.1).
+    pub retransmit_base: Duration,
+    /// Transmissions of one request before the SA is declared dead.
+    pub retransmit_limit: u32,
+    /// Responder: require a COOKIE (RFC 7296 section 2.6) once this many half-open SAs exist.
+    pub cookie_threshold: Option<usize>,
+    /// Responder: a half-open SA not authenticated within this time is forgotten.
+    pub half_open_timeout: Duration,
+    /// Replay window for inbound CHILD_SAs.
+    pub replay_window: u32,
+    /// The NAT-T port (4500): IKE moves there when a NAT is detected, with the non-ESP marker.
+    pub natt_port: u16,
+    /// Use UDP encapsulation even without a NAT (strongSwan's `encap = yes`).
+    pub force_udp_encap: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            retransmit_base: Duration::from_secs(1),
+            retransmit_limit: 5,
+            cookie_threshold: None,
+            half_open_timeout: Duration::from_secs(30),
+            replay_window: ReplayWindow::DEFAULT_SIZE,
+            natt_port: 4500,
+            force_udp_encap: false,
+        }
+    }
+}

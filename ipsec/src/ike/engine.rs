@@ -1,0 +1,1710 @@
+//! The IKEv2 engine: IKE_SA_INIT, IKE_AUTH with PSK, the first CHILD_SA, INFORMATIONAL
+//! (delete, liveness), retransmissions, cookies and NAT traversal, as a sans-IO state machine.
+//!
+//! Feed it datagrams with [`Engine::handle`] and the clock with [`Engine::handle_timeout`];
+//! start tunnels with [`Engine::connect`]. Every call returns the [`Action`]s to carry out:
+//! datagrams to send, CHILD_SAs to install or remove in the dataplane, timers, and events.
+
+use super::config::{EngineConfig, PeerConfig};
+use super::dh::{self, DhGroup, DhPrivate};
+use super::keys::{derive_child_keys, derive_ike_keys, psk_auth, IkeKeys};
+use super::proposal::{self, ChildSuite, EspProposal, IkeProposal, IkeSuite};
+use super::sk::{open_message, seal_message, SkCipher};
+use super::wire::{
+    exchange, notify, protocol, Header, Message, Notify, ParseError, Payload, TrafficSelector,
+    AUTH_METHOD_PSK, FLAG_INITIATOR, FLAG_RESPONSE, VERSION,
+};
+use crate::crypto::SoftwareBackend;
+use crate::esp::{EspSuite, SaConfig};
+use ring::rand::SecureRandom;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+
+/// An IKE SA, named by our own SPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IkeSaId(pub u64);
+
+/// Why an IKE SA or CHILD_SA could not be set up or was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The peer answered with this error Notify type.
+    PeerError(u16),
+    /// The peer's AUTH did not verify (or its identity was not the expected one).
+    AuthenticationFailed,
+    /// The peer's answer did not match anything we offered.
+    ProposalMismatch,
+    /// The peer's answer was missing payloads or malformed.
+    InvalidSyntax,
+    /// No answer after all retransmissions.
+    Timeout,
+    /// The peer asked for a DH group we do not offer.
+    UnsupportedGroup(u16),
+    /// The local configuration cannot be used.
+    Config,
+}
+
+/// Keys and parameters of a new CHILD_SA, for the dataplane.
+#[derive(Debug, Clone)]
+pub struct ChildSaInstall {
+    pub ike_sa: IkeSaId,
+    pub peer: String,
+    pub inbound: SaConfig,
+    pub outbound: SaConfig,
+    pub local_addr: IpAddr,
+    pub remote_addr: IpAddr,
+    /// `(local port, remote port)` when ESP travels in UDP (RFC 3948).
+    pub udp_encap: Option<(u16, u16)>,
+    /// Narrowed selectors: our side and the peer's side.
+    pub local_ts: Vec<TrafficSelector>,
+    pub remote_ts: Vec<TrafficSelector>,
+}
+
+/// What the shell must do.
+#[derive(Debug)]
+pub enum Action {
+    Send {
+        local: SocketAddr,
+        remote: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    InstallChildSa(Box<ChildSaInstall>),
+    DeleteChildSa {
+        ike_sa: IkeSaId,
+        inbound_spi: u32,
+        outbound_spi: u32,
+    },
+    /// Call [`Engine::handle_timeout`] at (or after) this instant.
+    ArmTimer {
+        ike_sa: IkeSaId,
+        at: Instant,
+    },
+    Established {
+        ike_sa: IkeSaId,
+        peer: String,
+    },
+    /// The IKE SA could not be set up, or died.
+    Failed {
+        ike_sa: IkeSaId,
+        peer: String,
+        reason: Failure,
+    },
+    /// The IKE SA is up but its CHILD_SA was refused.
+    ChildFailed {
+        ike_sa: IkeSaId,
+        peer: String,
+        reason: Failure,
+    },
+    /// The IKE SA was deleted (by us or the peer).
+    Closed {
+        ike_sa: IkeSaId,
+        peer: String,
+    },
+}
+
+/// Why an API call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("no peer named {0:?}")]
+    UnknownPeer(String),
+    #[error("peer {0:?} has no remote address to connect to")]
+    NoRemote(String),
+    #[error("no such IKE SA")]
+    UnknownSa,
+    #[error("an exchange is already outstanding (window size 1)")]
+    Busy,
+    #[error("peer {0:?} has no usable proposal")]
+    NoProposal(String),
+    #[error("random number generator failed")]
+    Random,
+}
+
+/// Named drop and event counters, as `show ipsec` and `/metrics` report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IkeCounters {
+    pub rx_messages: u64,
+    pub rx_malformed: u64,
+    pub rx_not_ike: u64,
+    pub rx_unknown_spi: u64,
+    pub rx_bad_message_id: u64,
+    pub rx_integrity_failures: u64,
+    pub rx_unexpected: u64,
+    pub retransmits: u64,
+    pub responses_resent: u64,
+    pub auth_failures: u64,
+    pub no_proposal_chosen: u64,
+    pub invalid_ke: u64,
+    pub ts_unacceptable: u64,
+    pub cookies_sent: u64,
+    pub cookies_rejected: u64,
+    pub established: u64,
+    pub failed: u64,
+    pub child_sas_installed: u64,
+    pub half_open_expired: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IkeState {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    HalfOpen,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    Established,
+    /// Our Delete is outstanding.
+    Deleting,
+}
+
+struct Outstanding {
+    message_id: u32,
+    bytes: Vec<u8>,
+    transmissions: u32,
+    next_at: Instant,
+}
+
+struct Child {
+    inbound_spi: u32,
+    outbound_spi: u32,
+}
+
+struct IkeSa {
+    spi_i: u64,
+    spi_r: u64,
+    initiator: bool,
+    peer: usize,
+    state: IkeState,
+    local: SocketAddr,
+    remote: SocketAddr,
+    suite: Option<IkeSuite>,
+    nonce_i: Vec<u8>,
+    nonce_r: Vec<u8>,
+    dh_group: DhGroup,
+    dh: Option<DhPrivate>,
+    ke_public: Vec<u8>,
+    keys: Option<IkeKeys>,
+    tx: Option<SkCipher>,
+    rx: Option<SkCipher>,
+    init_request: Vec<u8>,
+    init_response: Vec<u8>,
+    cookie: Option<Vec<u8>>,
+    next_request_id: u32,
+    expected_peer_id: u32,
+    outstanding: Option<Outstanding>,
+    last_response: Option<(u32, Vec<u8>)>,
+    iv_counter: u64,
+    nat: bool,
+    child_spi: u32,
+    children: Vec<Child>,
+    created: Instant,
+}
+
+impl IkeSa {
+    fn header(&self, exchange_type: u8, message_id: u32, response: bool) -> Header {
+        let mut flags = if self.initiator { FLAG_INITIATOR } else { 0 };
+        if response {
+            flags |= FLAG_RESPONSE;
+        }
+        Header {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            next_payload: 0,
+            version: VERSION,
+            exchange: exchange_type,
+            flags,
+            message_id,
+            length: 0,
+        }
+    }
+}
+
+/// The engine: every IKE SA of this node.
+pub struct Engine {
+    config: EngineConfig,
+    backend: SoftwareBackend,
+    rng: ring::rand::SystemRandom,
+    sas: HashMap<u64, IkeSa>,
+    cookie_secret: [u8; 32],
+    counters: IkeCounters,
+}
+
+/// NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | port) (RFC 7296 section 2.23).
+fn nat_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(&spi_i.to_be_bytes());
+    ctx.update(&spi_r.to_be_bytes());
+    match addr.ip() {
+        IpAddr::V4(a) => ctx.update(&a.octets()),
+        IpAddr::V6(a) => ctx.update(&a.octets()),
+    }
+    ctx.update(&addr.port().to_be_bytes());
+    ctx.finish().as_ref().to_vec()
+}
+
+fn notifies(payloads: &[Payload]) -> impl Iterator<Item = &Notify> {
+    payloads.iter().filter_map(|p| match p {
+        Payload::Notify(n) => Some(n),
+        _ => None,
+    })
+}
+
+fn first_error(payloads: &[Payload]) -> Option<u16> {
+    notifies(payloads).find(|n| n.is_error()).map(|n| n.kind)
+}
+
+fn ts_intersect(a: &TrafficSelector, b: &TrafficSelector) -> Option<TrafficSelector> {
+    let same_family = a.start.is_ipv4() == b.start.is_ipv4()
+        && a.end.is_ipv4() == a.start.is_ipv4()
+        && b.end.is_ipv4() == b.start.is_ipv4();
+    if !same_family {
+        return None;
+    }
+    let protocol = match (a.protocol, b.protocol) {
+        (0, p) | (p, 0) => p,
+        (p, q) if p == q => p,
+        _ => return None,
+    };
+    let start = a.start.max(b.start);
+    let end = a.end.min(b.end);
+    let start_port = a.start_port.max(b.start_port);
+    let end_port = a.end_port.min(b.end_port);
+    (start <= end && start_port <= end_port).then_some(TrafficSelector {
+        protocol,
+        start_port,
+        end_port,
+        start,
+        end,
+    })
+}
+
+/// Responder narrowing (RFC 7296 section 2.9): every non-empty intersection.
+fn narrow(offered: &[TrafficSelector], allowed: &[TrafficSelector]) -> Vec<TrafficSelector> {
+    let mut out = Vec::new();
+    for o in offered {
+        for a in allowed {
+            if let Some(ts) = ts_intersect(o, a) {
+                if !out.contains(&ts) {
+                    out.push(ts);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Initiator check: the responder may only narrow what we proposed.
+fn within(answer: &[TrafficSelector], proposed: &[TrafficSelector]) -> bool {
+    !answer.is_empty()
+        && answer.iter().all(|a| {
+            proposed
+                .iter()
+                .any(|p| ts_intersect(a, p).as_ref() == Some(a))
+        })
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
+        let rng = ring::rand::SystemRandom::new();
+        let mut cookie_secret = [0u8; 32];
+        rng.fill(&mut cookie_secret)
+            .map_err(|_| EngineError::Random)?;
+        Ok(Self {
+            config,
+            backend: SoftwareBackend::new(),
+            rng,
+            sas: HashMap::new(),
+            cookie_secret,
+            counters: IkeCounters::default(),
+        })
+    }
+
+    pub fn counters(&self) -> &IkeCounters {
+        &self.counters
+    }
+
+    /// The state of an IKE SA, if it exists.
+    pub fn state(&self, id: IkeSaId) -> Option<IkeState> {
+        self.sas.get(&id.0).map(|sa| sa.state)
+    }
+
+    /// All IKE SAs with their peer name and state (for `show ipsec`).
+    pub fn sas(&self) -> Vec<(IkeSaId, String, IkeState)> {
+        let mut out: Vec<_> = self
+            .sas
+            .iter()
+            .map(|(&id, sa)| {
+                let name = self
+                    .config
+                    .peers
+                    .get(sa.peer)
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                (IkeSaId(id), name, sa.state)
+            })
+            .collect();
+        out.sort_by_key(|e| e.0);
+        out
+    }
+
+    /// The earliest instant at which [`Self::handle_timeout`] has work.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.sas
+            .values()
+            .filter_map(|sa| match (&sa.outstanding, sa.state) {
+                (Some(o), _) => Some(o.next_at),
+                (None, IkeState::HalfOpen) => Some(sa.created + self.config.half_open_timeout),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn random_u64(&self) -> Result<u64, EngineError> {
+        let mut b = [0u8; 8];
+        self.rng.fill(&mut b).map_err(|_| EngineError::Random)?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    fn new_spi(&self) -> Result<u64, EngineError> {
+        loop {
+            let spi = self.random_u64()?;
+            if spi != 0 && !self.sas.contains_key(&spi) {
+                return Ok(spi);
+            }
+        }
+    }
+
+    fn new_child_spi(&self) -> Result<u32, EngineError> {
+        loop {
+            let spi = (self.random_u64()? >> 32) as u32;
+            // 1-255 are reserved by IANA (RFC 4303 section 2.1).
+            if spi > 255 {
+                return Ok(spi);
+            }
+        }
+    }
+
+    fn nonce(&self) -> Result<Vec<u8>, EngineError> {
+        let mut n = vec![0u8; 32];
+        self.rng.fill(&mut n).map_err(|_| EngineError::Random)?;
+        Ok(n)
+    }
+
+    fn send(&self, local: SocketAddr, remote: SocketAddr, message: &[u8]) -> Action {
+        let mut bytes = Vec::with_capacity(message.len() + 4);
+        if local.port() == self.config.natt_port {
+            // The non-ESP marker (RFC 3948 section 2.2).
+            bytes.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        bytes.extend_from_slice(message);
+        Action::Send {
+            local,
+            remote,
+            bytes,
+        }
+    }
+
+    fn peer_name(&self, index: usize) -> String {
+        self.config
+            .peers
+            .get(index)
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
+    }
+
+    // ---------------------------------------------------------------- initiator start
+
+    /// Starts an IKE SA (and its first CHILD_SA) towards the named peer.
+    pub fn connect(
+        &mut self,
+        peer_name: &str,
+        now: Instant,
+    ) -> Result<(IkeSaId, Vec<Action>), EngineError> {
+        let index = self
+            .config
+            .peers
+            .iter()
+            .position(|p| p.name == peer_name)
+            .ok_or_else(|| EngineError::UnknownPeer(peer_name.to_string()))?;
+        let peer = &self.config.peers[index];
+        let remote = peer
+            .remote
+            .ok_or_else(|| EngineError::NoRemote(peer_name.to_string()))?;
+        let group = peer
+            .ike_proposals
+            .first()
+            .and_then(|p| p.dh.first())
+            .copied()
+            .ok_or_else(|| EngineError::NoProposal(peer_name.to_string()))?;
+        let local = peer.local;
+        let spi_i = self.new_spi()?;
+        let (dh, ke_public) = dh::generate(group, &self.rng).map_err(|_| EngineError::Random)?;
+        let sa = IkeSa {
+            spi_i,
+            spi_r: 0,
+            initiator: true,
+            peer: index,
+            state: IkeState::InitSent,
+            local,
+            remote,
+            suite: None,
+            nonce_i: self.nonce()?,
+            nonce_r: Vec::new(),
+            dh_group: group,
+            dh: Some(dh),
+            ke_public,
+            keys: None,
+            tx: None,
+            rx: None,
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            cookie: None,
+            next_request_id: 0,
+            expected_peer_id: 0,
+            outstanding: None,
+            last_response: None,
+            iv_counter: 0,
+            nat: false,
+            child_spi: self.new_child_spi()?,
+            children: Vec::new(),
+            created: now,
+        };
+        self.sas.insert(spi_i, sa);
+        let mut actions = Vec::new();
+        self.send_init_request(spi_i, now, &mut actions);
+        Ok((IkeSaId(spi_i), actions))
+    }
+
+    fn send_init_request(&mut self, id: u64, now: Instant, actions: &mut Vec<Action>) {
+        let Some(sa) = self.sas.get(&id) else { return };
+        let peer = &self.config.peers[sa.peer];
+        let mut payloads = Vec::new();
+        if let Some(cookie) = &sa.cookie {
+            payloads.push(Payload::Notify(Notify::new(notify::COOKIE, cookie.clone())));
+        }
+        let proposals = peer
+            .ike_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_wire(i as u8 + 1, &[]))
+            .collect();
+        payloads.push(Payload::Sa(proposals));
+        payloads.push(Payload::Ke {
+            group: sa.dh_group.id(),
+            data: sa.ke_public.clone(),
+        });
+        payloads.push(Payload::Nonce(sa.nonce_i.clone()));
+        payloads.push(Payload::Notify(Notify::new(
+            notify::NAT_DETECTION_SOURCE_IP,
+            nat_hash(sa.spi_i, 0, sa.local),
+        )));
+        payloads.push(Payload::Notify(Notify::new(
+            notify::NAT_DETECTION_DESTINATION_IP,
+            nat_hash(sa.spi_i, 0, sa.remote),
+        )));
+        let bytes = Message::emit(sa.header(exchange::IKE_SA_INIT, 0, false), &payloads);
+        let (local, remote) = (sa.local, sa.remote);
+        actions.push(self.send(local, remote, &bytes));
+        let next_at = now + self.config.retransmit_base;
+        if let Some(sa) = self.sas.get_mut(&id) {
+            sa.init_request = bytes.clone();
+            sa.next_request_id = 1;
+            sa.outstanding = Some(Outstanding {
+                message_id: 0,
+                bytes,
+                transmissions: 1,
+                next_at,
+            });
+        }
+        actions.push(Action::ArmTimer {
+            ike_sa: IkeSaId(id),
+            at: next_at,
+        });
+    }
+
+    /// Sends an encrypted request on an SA (window of one) and arms its retransmission.
+    fn send_request(
+        &mut self,
+        id: u64,
+        exchange_type: u8,
+        payloads: &[Payload],
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let Some(tx) = &sa.tx else { return };
+        let message_id = sa.next_request_id;
+        let header = sa.header(exchange_type, message_id, false);
+        sa.iv_counter += 1;
+        let Ok(bytes) = seal_message(header, payloads, tx, sa.iv_counter) else {
+            return;
+        };
+        let next_at = now + self.config.retransmit_base;
+        sa.next_request_id = message_id.wrapping_add(1);
+        sa.outstanding = Some(Outstanding {
+            message_id,
+            bytes: bytes.clone(),
+            transmissions: 1,
+            next_at,
+        });
+        let (local, remote) = (sa.local, sa.remote);
+        actions.push(self.send(local, remote, &bytes));
+        actions.push(Action::ArmTimer {
+            ike_sa: IkeSaId(id),
+            at: next_at,
+        });
+    }
+
+    /// Sends an encrypted response and remembers it for retransmitted requests.
+    fn send_response(
+        &mut self,
+        id: u64,
+        exchange_type: u8,
+        message_id: u32,
+        payloads: &[Payload],
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let Some(tx) = &sa.tx else { return };
+        let header = sa.header(exchange_type, message_id, true);
+        sa.iv_counter += 1;
+        let Ok(bytes) = seal_message(header, payloads, tx, sa.iv_counter) else {
+            return;
+        };
+        sa.last_response = Some((message_id, bytes.clone()));
+        sa.expected_peer_id = message_id.wrapping_add(1);
+        let (local, remote) = (sa.local, sa.remote);
+        actions.push(self.send(local, remote, &bytes));
+    }
+
+    /// Deletes an IKE SA and all its CHILD_SAs (INFORMATIONAL with Delete).
+    pub fn delete_ike_sa(&mut self, id: IkeSaId, now: Instant) -> Result<Vec<Action>, EngineError> {
+        let sa = self.sas.get(&id.0).ok_or(EngineError::UnknownSa)?;
+        let mut actions = Vec::new();
+        if sa.state != IkeState::Established {
+            // Nothing authenticated to tell: just forget it.
+            self.remove(id.0, &mut actions, None);
+            return Ok(actions);
+        }
+        if sa.outstanding.is_some() {
+            return Err(EngineError::Busy);
+        }
+        let delete = Payload::Delete {
+            protocol: protocol::IKE,
+            spis: Vec::new(),
+        };
+        self.send_request(id.0, exchange::INFORMATIONAL, &[delete], now, &mut actions);
+        if let Some(sa) = self.sas.get_mut(&id.0) {
+            sa.state = IkeState::Deleting;
+        }
+        Ok(actions)
+    }
+
+    /// Sends an empty INFORMATIONAL request (dead peer detection, RFC 7296 section 2.4); a
+    /// peer that never answers makes the SA fail with [`Failure::Timeout`].
+    pub fn send_dpd(&mut self, id: IkeSaId, now: Instant) -> Result<Vec<Action>, EngineError> {
+        let sa = self.sas.get(&id.0).ok_or(EngineError::UnknownSa)?;
+        if sa.state != IkeState::Established {
+            return Err(EngineError::UnknownSa);
+        }
+        if sa.outstanding.is_some() {
+            return Err(EngineError::Busy);
+        }
+        let mut actions = Vec::new();
+        self.send_request(id.0, exchange::INFORMATIONAL, &[], now, &mut actions);
+        Ok(actions)
+    }
+
+    /// Tells the peer that an ESP packet arrived for an SPI we do not know (RFC 7296
+    /// section 2.21.4), on the IKE SA with that peer.
+    pub fn report_invalid_spi(
+        &mut self,
+        id: IkeSaId,
+        spi: u32,
+        now: Instant,
+    ) -> Result<Vec<Action>, EngineError> {
+        let sa = self.sas.get(&id.0).ok_or(EngineError::UnknownSa)?;
+        if sa.state != IkeState::Established {
+            return Err(EngineError::UnknownSa);
+        }
+        if sa.outstanding.is_some() {
+            return Err(EngineError::Busy);
+        }
+        let n = Payload::Notify(Notify {
+            protocol: protocol::ESP,
+            spi: spi.to_be_bytes().to_vec(),
+            kind: notify::INVALID_SPI,
+            data: Vec::new(),
+        });
+        let mut actions = Vec::new();
+        self.send_request(id.0, exchange::INFORMATIONAL, &[n], now, &mut actions);
+        Ok(actions)
+    }
+
+    fn remove(&mut self, id: u64, actions: &mut Vec<Action>, failure: Option<Failure>) {
+        let Some(sa) = self.sas.remove(&id) else {
+            return;
+        };
+        let peer = self.peer_name(sa.peer);
+        for child in &sa.children {
+            actions.push(Action::DeleteChildSa {
+                ike_sa: IkeSaId(id),
+                inbound_spi: child.inbound_spi,
+                outbound_spi: child.outbound_spi,
+            });
+        }
+        match failure {
+            Some(reason) => {
+                self.counters.failed += 1;
+                actions.push(Action::Failed {
+                    ike_sa: IkeSaId(id),
+                    peer,
+                    reason,
+                });
+            }
+            None if sa.state == IkeState::Established || sa.state == IkeState::Deleting => {
+                actions.push(Action::Closed {
+                    ike_sa: IkeSaId(id),
+                    peer,
+                });
+            }
+            None => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// Retransmits, gives up, and forgets stale half-open SAs.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut ids: Vec<u64> = self.sas.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(sa) = self.sas.get_mut(&id) else {
+                continue;
+            };
+            if sa.state == IkeState::HalfOpen && sa.outstanding.is_none() {
+                if now >= sa.created + self.config.half_open_timeout {
+                    self.counters.half_open_expired += 1;
+                    self.sas.remove(&id);
+                }
+                continue;
+            }
+            let Some(o) = &mut sa.outstanding else {
+                continue;
+            };
+            if now < o.next_at {
+                continue;
+            }
+            if o.transmissions >= self.config.retransmit_limit {
+                self.remove(id, &mut actions, Some(Failure::Timeout));
+                continue;
+            }
+            // Exponential back-off: base, 2 x base, 4 x base, ...
+            let delay = self.config.retransmit_base * 2u32.saturating_pow(o.transmissions);
+            o.transmissions += 1;
+            o.next_at = now + delay;
+            let (bytes, at) = (o.bytes.clone(), o.next_at);
+            let (local, remote) = (sa.local, sa.remote);
+            self.counters.retransmits += 1;
+            actions.push(self.send(local, remote, &bytes));
+            actions.push(Action::ArmTimer {
+                ike_sa: IkeSaId(id),
+                at,
+            });
+        }
+        actions
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// Processes one UDP payload received on `local` from `remote`.
+    pub fn handle(
+        &mut self,
+        datagram: &[u8],
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> Vec<Action> {
+        self.counters.rx_messages += 1;
+        let mut actions = Vec::new();
+        let bytes = if local.port() == self.config.natt_port {
+            match datagram {
+                [0, 0, 0, 0, rest @ ..] => rest,
+                _ => {
+                    // ESP or a keepalive: the dataplane's business.
+                    self.counters.rx_not_ike += 1;
+                    return actions;
+                }
+            }
+        } else {
+            datagram
+        };
+        let header = match Header::parse(bytes) {
+            Ok(h) => h,
+            Err(_) => {
+                self.counters.rx_malformed += 1;
+                return actions;
+            }
+        };
+        let message = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(error) => {
+                self.counters.rx_malformed += 1;
+                if header.exchange == exchange::IKE_SA_INIT
+                    && !header.is_response()
+                    && header.spi_r == 0
+                {
+                    let kind = match error {
+                        ParseError::UnsupportedCritical(t) => {
+                            (notify::UNSUPPORTED_CRITICAL_PAYLOAD, vec![t])
+                        }
+                        _ => (notify::INVALID_SYNTAX, Vec::new()),
+                    };
+                    self.reply_init_error(&header, local, remote, kind.0, kind.1, &mut actions);
+                }
+                return actions;
+            }
+        };
+        if header.exchange == exchange::IKE_SA_INIT {
+            if !header.is_response() && header.spi_r == 0 && header.message_id == 0 {
+                self.init_request(&message, bytes, local, remote, now, &mut actions);
+            } else if header.is_response() && !header.from_initiator() {
+                self.init_response(&message, bytes, now, &mut actions);
+            } else {
+                self.counters.rx_unexpected += 1;
+            }
+            return actions;
+        }
+        // Everything else is protected and belongs to an SA: our SPI is SPIr when the sender
+        // is the original initiator, SPIi otherwise.
+        let our_spi = if header.from_initiator() {
+            header.spi_r
+        } else {
+            header.spi_i
+        };
+        let Some(sa) = self.sas.get(&our_spi) else {
+            self.counters.rx_unknown_spi += 1;
+            return actions;
+        };
+        if sa.spi_i != header.spi_i
+            || sa.spi_r != header.spi_r
+            || sa.initiator == header.from_initiator()
+        {
+            self.counters.rx_unknown_spi += 1;
+            return actions;
+        }
+        if header.is_response() {
+            match &sa.outstanding {
+                Some(o) if o.message_id == header.message_id => {}
+                _ => {
+                    self.counters.rx_bad_message_id += 1;
+                    return actions;
+                }
+            }
+        } else if header.message_id != sa.expected_peer_id {
+            match &sa.last_response {
+                Some((id, response)) if *id == header.message_id => {
+                    // A retransmitted request: the same answer again (RFC 7296 section 2.1).
+                    let response = response.clone();
+                    self.counters.responses_resent += 1;
+                    actions.push(self.send(local, remote, &response));
+                }
+                _ => self.counters.rx_bad_message_id += 1,
+            }
+            return actions;
+        }
+        let Some(&Payload::Encrypted {
+            first_payload,
+            offset,
+        }) = message.payloads.last()
+        else {
+            self.counters.rx_malformed += 1;
+            return actions;
+        };
+        let Some(rx) = &sa.rx else {
+            self.counters.rx_unexpected += 1;
+            return actions;
+        };
+        let payloads = match open_message(bytes, offset, first_payload, rx) {
+            Ok(p) => p,
+            Err(super::sk::SkError::Parse(_)) => {
+                self.counters.rx_malformed += 1;
+                if !header.is_response() {
+                    let n = Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()));
+                    self.send_response(
+                        our_spi,
+                        header.exchange,
+                        header.message_id,
+                        &[n],
+                        &mut actions,
+                    );
+                }
+                return actions;
+            }
+            Err(_) => {
+                self.counters.rx_integrity_failures += 1;
+                return actions;
+            }
+        };
+        // Authenticated: follow the peer's address (NAT mapping changes, the move to 4500).
+        if let Some(sa) = self.sas.get_mut(&our_spi) {
+            sa.local = local;
+            sa.remote = remote;
+        }
+        match (header.exchange, header.is_response()) {
+            (exchange::IKE_AUTH, false) => {
+                self.auth_request(our_spi, &header, &payloads, now, &mut actions)
+            }
+            (exchange::IKE_AUTH, true) => self.auth_response(our_spi, &payloads, &mut actions),
+            (exchange::INFORMATIONAL, false) => {
+                self.informational_request(our_spi, &header, &payloads, &mut actions)
+            }
+            (exchange::INFORMATIONAL, true) => self.informational_response(our_spi, &mut actions),
+            (exchange::CREATE_CHILD_SA, false) => {
+                // Rekeying is not implemented yet: refuse politely (RFC 7296 section 2.8).
+                let n = Payload::Notify(Notify::new(notify::NO_ADDITIONAL_SAS, Vec::new()));
+                self.send_response(
+                    our_spi,
+                    header.exchange,
+                    header.message_id,
+                    &[n],
+                    &mut actions,
+                );
+            }
+            _ => self.counters.rx_unexpected += 1,
+        }
+        actions
+    }
+
+    fn reply_init_error(
+        &mut self,
+        request: &Header,
+        local: SocketAddr,
+        remote: SocketAddr,
+        kind: u16,
+        data: Vec<u8>,
+        actions: &mut Vec<Action>,
+    ) {
+        let header = Header {
+            spi_i: request.spi_i,
+            spi_r: 0,
+            next_payload: 0,
+            version: VERSION,
+            exchange: exchange::IKE_SA_INIT,
+            flags: FLAG_RESPONSE,
+            message_id: 0,
+            length: 0,
+        };
+        let bytes = Message::emit(header, &[Payload::Notify(Notify::new(kind, data))]);
+        actions.push(self.send(local, remote, &bytes));
+    }
+
+    fn cookie_for(&self, nonce_i: &[u8], remote: IpAddr, spi_i: u64) -> Vec<u8> {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(nonce_i);
+        match remote {
+            IpAddr::V4(a) => ctx.update(&a.octets()),
+            IpAddr::V6(a) => ctx.update(&a.octets()),
+        }
+        ctx.update(&spi_i.to_be_bytes());
+        ctx.update(&self.cookie_secret);
+        let mut cookie = vec![0u8];
+        cookie.extend_from_slice(ctx.finish().as_ref());
+        cookie
+    }
+
+    // ---------------------------------------------------------------- IKE_SA_INIT
+
+    fn init_request(
+        &mut self,
+        message: &Message,
+        raw: &[u8],
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let header = message.header;
+        // A retransmission of a request we already answered.
+        if let Some(sa) = self
+            .sas
+            .values()
+            .find(|sa| !sa.initiator && sa.spi_i == header.spi_i && sa.remote == remote)
+        {
+            if sa.init_request == raw {
+                let response = sa.init_response.clone();
+                self.counters.responses_resent += 1;
+                actions.push(self.send(local, remote, &response));
+            }
+            return;
+        }
+        let payloads = &message.payloads;
+        let mut sa_payload = None;
+        let mut ke = None;
+        let mut nonce = None;
+        for p in payloads {
+            match p {
+                Payload::Sa(proposals) => sa_payload = Some(proposals),
+                Payload::Ke { group, data } => ke = Some((*group, data)),
+                Payload::Nonce(n) => nonce = Some(n),
+                _ => {}
+            }
+        }
+        let (Some(offered), Some((ke_group, ke_data)), Some(nonce_i)) = (sa_payload, ke, nonce)
+        else {
+            self.reply_init_error(
+                &header,
+                local,
+                remote,
+                notify::INVALID_SYNTAX,
+                Vec::new(),
+                actions,
+            );
+            return;
+        };
+        // Cookies under load (RFC 7296 section 2.6).
+        if let Some(threshold) = self.config.cookie_threshold {
+            let half_open = self
+                .sas
+                .values()
+                .filter(|sa| sa.state == IkeState::HalfOpen)
+                .count();
+            if half_open >= threshold {
+                let expected = self.cookie_for(nonce_i, remote.ip(), header.spi_i);
+                let presented = match payloads.first() {
+                    Some(Payload::Notify(n)) if n.kind == notify::COOKIE => Some(&n.data),
+                    _ => None,
+                };
+                let valid = presented.is_some_and(|c| bool::from(c.as_slice().ct_eq(&expected)));
+                if !valid {
+                    if presented.is_some() {
+                        self.counters.cookies_rejected += 1;
+                    }
+                    self.counters.cookies_sent += 1;
+                    self.reply_init_error(
+                        &header,
+                        local,
+                        remote,
+                        notify::COOKIE,
+                        expected,
+                        actions,
+                    );
+                    return;
+                }
+            }
+        }
+        let candidates: Vec<usize> = self
+            .config
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.remote.is_none_or(|r| r.ip() == remote.ip()))
+            .map(|(i, _)| i)
+            .collect();
+        let chosen = candidates.iter().find_map(|&i| {
+            proposal::select_ike(offered, &self.config.peers[i].ike_proposals)
+                .map(|(n, s)| (i, n, s))
+        });
+        let Some((peer, number, suite)) = chosen else {
+            self.counters.no_proposal_chosen += 1;
+            self.reply_init_error(
+                &header,
+                local,
+                remote,
+                notify::NO_PROPOSAL_CHOSEN,
+                Vec::new(),
+                actions,
+            );
+            return;
+        };
+        if ke_group != suite.dh.id() {
+            self.counters.invalid_ke += 1;
+            let group = suite.dh.id().to_be_bytes().to_vec();
+            self.reply_init_error(
+                &header,
+                local,
+                remote,
+                notify::INVALID_KE_PAYLOAD,
+                group,
+                actions,
+            );
+            return;
+        }
+        let Ok((dh, ke_public)) = dh::generate(suite.dh, &self.rng) else {
+            return;
+        };
+        let Ok(shared) = dh.agree(ke_data) else {
+            self.counters.rx_malformed += 1;
+            self.reply_init_error(
+                &header,
+                local,
+                remote,
+                notify::INVALID_SYNTAX,
+                Vec::new(),
+                actions,
+            );
+            return;
+        };
+        let (Ok(spi_r), Ok(nonce_r), Ok(child_spi)) =
+            (self.new_spi(), self.nonce(), self.new_child_spi())
+        else {
+            return;
+        };
+        // NAT detection: hashes over the request's SPIs (SPIr still zero).
+        let nat_src: Vec<&Notify> = notifies(payloads)
+            .filter(|n| n.kind == notify::NAT_DETECTION_SOURCE_IP)
+            .collect();
+        let nat_dst: Vec<&Notify> = notifies(payloads)
+            .filter(|n| n.kind == notify::NAT_DETECTION_DESTINATION_IP)
+            .collect();
+        let peer_natted = !nat_src.is_empty()
+            && !nat_src
+                .iter()
+                .any(|n| n.data == nat_hash(header.spi_i, 0, remote));
+        let we_natted = !nat_dst.is_empty()
+            && !nat_dst
+                .iter()
+                .any(|n| n.data == nat_hash(header.spi_i, 0, local));
+        let Some(keys) = derive_ike_keys(&suite, nonce_i, &nonce_r, &shared, header.spi_i, spi_r)
+        else {
+            return;
+        };
+        let (Ok(tx), Ok(rx)) = (
+            SkCipher::new(
+                &self.backend,
+                suite.encryption,
+                suite.integrity,
+                &keys.sk_er,
+                &keys.sk_ar,
+            ),
+            SkCipher::new(
+                &self.backend,
+                suite.encryption,
+                suite.integrity,
+                &keys.sk_ei,
+                &keys.sk_ai,
+            ),
+        ) else {
+            return;
+        };
+        let response_payloads = vec![
+            Payload::Sa(vec![IkeProposal::from_suite(&suite).to_wire(number, &[])]),
+            Payload::Ke {
+                group: suite.dh.id(),
+                data: ke_public,
+            },
+            Payload::Nonce(nonce_r.clone()),
+            Payload::Notify(Notify::new(
+                notify::NAT_DETECTION_SOURCE_IP,
+                nat_hash(header.spi_i, spi_r, local),
+            )),
+            Payload::Notify(Notify::new(
+                notify::NAT_DETECTION_DESTINATION_IP,
+                nat_hash(header.spi_i, spi_r, remote),
+            )),
+        ];
+        let sa = IkeSa {
+            spi_i: header.spi_i,
+            spi_r,
+            initiator: false,
+            peer,
+            state: IkeState::HalfOpen,
+            local,
+            remote,
+            suite: Some(suite),
+            nonce_i: nonce_i.clone(),
+            nonce_r,
+            dh_group: suite.dh,
+            dh: None,
+            ke_public: Vec::new(),
+            keys: Some(keys),
+            tx: Some(tx),
+            rx: Some(rx),
+            init_request: raw.to_vec(),
+            init_response: Vec::new(),
+            cookie: None,
+            next_request_id: 0,
+            expected_peer_id: 1,
+            outstanding: None,
+            last_response: None,
+            iv_counter: 0,
+            nat: peer_natted || we_natted || self.config.force_udp_encap,
+            child_spi,
+            children: Vec::new(),
+            created: now,
+        };
+        let bytes = Message::emit(
+            sa.header(exchange::IKE_SA_INIT, 0, true),
+            &response_payloads,
+        );
+        let mut sa = sa;
+        sa.init_response = bytes.clone();
+        sa.last_response = Some((0, bytes.clone()));
+        self.sas.insert(spi_r, sa);
+        actions.push(self.send(local, remote, &bytes));
+        actions.push(Action::ArmTimer {
+            ike_sa: IkeSaId(spi_r),
+            at: now + self.config.half_open_timeout,
+        });
+    }
+
+    fn init_response(
+        &mut self,
+        message: &Message,
+        raw: &[u8],
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let header = message.header;
+        let id = header.spi_i;
+        let Some(sa) = self.sas.get_mut(&id) else {
+            self.counters.rx_unknown_spi += 1;
+            return;
+        };
+        if sa.state != IkeState::InitSent || !sa.initiator || header.message_id != 0 {
+            self.counters.rx_unexpected += 1;
+            return;
+        }
+        let payloads = &message.payloads;
+        let peer = &self.config.peers[sa.peer];
+        // COOKIE: retry with it in front, everything else unchanged.
+        if let Some(cookie) = notifies(payloads).find(|n| n.kind == notify::COOKIE) {
+            if cookie.data.is_empty() || cookie.data.len() > 64 {
+                self.counters.rx_malformed += 1;
+                return;
+            }
+            sa.cookie = Some(cookie.data.clone());
+            self.send_init_request(id, now, actions);
+            return;
+        }
+        if let Some(n) = notifies(payloads).find(|n| n.kind == notify::INVALID_KE_PAYLOAD) {
+            let requested = n.data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+            let group = requested.and_then(DhGroup::from_id).filter(|g| {
+                *g != sa.dh_group && peer.ike_proposals.iter().any(|p| p.dh.contains(g))
+            });
+            let Some(group) = group else {
+                self.remove(
+                    id,
+                    actions,
+                    Some(Failure::UnsupportedGroup(requested.unwrap_or(0))),
+                );
+                return;
+            };
+            let Ok((dh, public)) = dh::generate(group, &self.rng) else {
+                return;
+            };
+            sa.dh_group = group;
+            sa.dh = Some(dh);
+            sa.ke_public = public;
+            self.send_init_request(id, now, actions);
+            return;
+        }
+        if let Some(error) = first_error(payloads) {
+            self.remove(id, actions, Some(Failure::PeerError(error)));
+            return;
+        }
+        let mut answer = None;
+        let mut ke = None;
+        let mut nonce = None;
+        for p in payloads {
+            match p {
+                Payload::Sa(proposals) => answer = Some(proposals),
+                Payload::Ke { group, data } => ke = Some((*group, data)),
+                Payload::Nonce(n) => nonce = Some(n),
+                _ => {}
+            }
+        }
+        let (Some(answer), Some((ke_group, ke_data)), Some(nonce_r)) = (answer, ke, nonce) else {
+            self.remove(id, actions, Some(Failure::InvalidSyntax));
+            return;
+        };
+        let Some(suite) = proposal::check_ike_answer(answer, &peer.ike_proposals) else {
+            self.remove(id, actions, Some(Failure::ProposalMismatch));
+            return;
+        };
+        if suite.dh != sa.dh_group || ke_group != suite.dh.id() {
+            self.remove(id, actions, Some(Failure::ProposalMismatch));
+            return;
+        }
+        let Some(dh) = sa.dh.take() else { return };
+        let Ok(shared) = dh.agree(ke_data) else {
+            self.remove(id, actions, Some(Failure::InvalidSyntax));
+            return;
+        };
+        let spi_r = header.spi_r;
+        let Some(keys) = derive_ike_keys(&suite, &sa.nonce_i, nonce_r, &shared, sa.spi_i, spi_r)
+        else {
+            return;
+        };
+        let (Ok(tx), Ok(rx)) = (
+            SkCipher::new(
+                &self.backend,
+                suite.encryption,
+                suite.integrity,
+                &keys.sk_ei,
+                &keys.sk_ai,
+            ),
+            SkCipher::new(
+                &self.backend,
+                suite.encryption,
+                suite.integrity,
+                &keys.sk_er,
+                &keys.sk_ar,
+            ),
+        ) else {
+            return;
+        };
+        let nat_src: Vec<&Notify> = notifies(payloads)
+            .filter(|n| n.kind == notify::NAT_DETECTION_SOURCE_IP)
+            .collect();
+        let nat_dst: Vec<&Notify> = notifies(payloads)
+            .filter(|n| n.kind == notify::NAT_DETECTION_DESTINATION_IP)
+            .collect();
+        let peer_natted = !nat_src.is_empty()
+            && !nat_src
+                .iter()
+                .any(|n| n.data == nat_hash(sa.spi_i, spi_r, sa.remote));
+        let we_natted = !nat_dst.is_empty()
+            && !nat_dst
+                .iter()
+                .any(|n| n.data == nat_hash(sa.spi_i, spi_r, sa.local));
+        let peer_supports_natt = !nat_src.is_empty() && !nat_dst.is_empty();
+        sa.nat = peer_natted || we_natted || self.config.force_udp_encap;
+        if sa.nat && peer_supports_natt {
+            // Move IKE to the NAT-T port (RFC 7296 section 2.23).
+            sa.local.set_port(self.config.natt_port);
+            sa.remote.set_port(self.config.natt_port);
+        }
+        sa.spi_r = spi_r;
+        sa.suite = Some(suite);
+        sa.nonce_r = nonce_r.clone();
+        sa.init_response = raw.to_vec();
+        sa.tx = Some(tx);
+        sa.rx = Some(rx);
+        sa.outstanding = None;
+        sa.state = IkeState::AuthSent;
+
+        // IKE_AUTH request.
+        let id_i = peer.local_id.to_wire();
+        let auth = psk_auth(
+            suite.prf,
+            peer.psk.expose(),
+            &sa.init_request,
+            nonce_r,
+            &keys.sk_pi,
+            &id_i.body(),
+        );
+        sa.keys = Some(keys);
+        let mut out = vec![Payload::IdI(id_i)];
+        if let Some(remote_id) = &peer.remote_id {
+            out.push(Payload::IdR(remote_id.to_wire()));
+        }
+        out.push(Payload::Auth {
+            method: AUTH_METHOD_PSK,
+            data: auth.expose().to_vec(),
+        });
+        let proposals = peer
+            .esp_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_wire(i as u8 + 1, sa.child_spi, false))
+            .collect();
+        out.push(Payload::Sa(proposals));
+        out.push(Payload::TsI(peer.local_ts.clone()));
+        out.push(Payload::TsR(peer.remote_ts.clone()));
+        self.send_request(id, exchange::IKE_AUTH, &out, now, actions);
+    }
+
+    // ---------------------------------------------------------------- IKE_AUTH
+
+    fn auth_request(
+        &mut self,
+        id: u64,
+        header: &Header,
+        payloads: &[Payload],
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(sa) = self.sas.get(&id) else { return };
+        if sa.state != IkeState::HalfOpen || header.message_id != 1 {
+            self.counters.rx_unexpected += 1;
+            return;
+        }
+        let _ = now;
+        let mut id_i = None;
+        let mut auth = None;
+        let mut offered = None;
+        let mut ts_i = None;
+        let mut ts_r = None;
+        for p in payloads {
+            match p {
+                Payload::IdI(i) => id_i = Some(i),
+                Payload::Auth { method, data } => auth = Some((*method, data)),
+                Payload::Sa(s) => offered = Some(s),
+                Payload::TsI(t) => ts_i = Some(t),
+                Payload::TsR(t) => ts_r = Some(t),
+                _ => {}
+            }
+        }
+        let (Some(id_i), Some((method, auth_data))) = (id_i, auth) else {
+            let n = Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()));
+            self.send_response(id, exchange::IKE_AUTH, header.message_id, &[n], actions);
+            self.remove(id, actions, Some(Failure::InvalidSyntax));
+            return;
+        };
+        let (Some(suite), Some(keys)) = (sa.suite, &sa.keys) else {
+            return;
+        };
+        let remote_ip = sa.remote.ip();
+        // The peer configuration: the address matched at IKE_SA_INIT, now the identity too.
+        let peer = self
+            .config
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.remote.is_none_or(|r| r.ip() == remote_ip))
+            .find(|(_, p)| p.remote_id.as_ref().is_none_or(|r| &r.to_wire() == id_i))
+            .map(|(i, _)| i);
+        let verified = peer.is_some_and(|i| {
+            let expected = psk_auth(
+                suite.prf,
+                self.config.peers[i].psk.expose(),
+                &sa.init_request,
+                &sa.nonce_r,
+                &keys.sk_pi,
+                &id_i.body(),
+            );
+            method == AUTH_METHOD_PSK && bool::from(expected.expose().ct_eq(auth_data))
+        });
+        let Some(peer_index) = peer.filter(|_| verified) else {
+            self.counters.auth_failures += 1;
+            let n = Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, Vec::new()));
+            self.send_response(id, exchange::IKE_AUTH, header.message_id, &[n], actions);
+            self.remove(id, actions, Some(Failure::AuthenticationFailed));
+            return;
+        };
+        let peer = &self.config.peers[peer_index];
+        let id_r = peer.local_id.to_wire();
+        let auth_r = psk_auth(
+            suite.prf,
+            peer.psk.expose(),
+            &sa.init_response,
+            &sa.nonce_i,
+            &keys.sk_pr,
+            &id_r.body(),
+        );
+        let mut out = vec![
+            Payload::IdR(id_r),
+            Payload::Auth {
+                method: AUTH_METHOD_PSK,
+                data: auth_r.expose().to_vec(),
+            },
+        ];
+        // The CHILD_SA.
+        let mut install = None;
+        let mut child_failure = None;
+        match (offered, ts_i, ts_r) {
+            (Some(offered), Some(ts_i), Some(ts_r)) => {
+                match proposal::select_esp(offered, &peer.esp_proposals) {
+                    None => {
+                        self.counters.no_proposal_chosen += 1;
+                        child_failure = Some(notify::NO_PROPOSAL_CHOSEN);
+                    }
+                    Some((number, peer_spi, child_suite)) => {
+                        let narrowed_i = narrow(ts_i, &peer.remote_ts);
+                        let narrowed_r = narrow(ts_r, &peer.local_ts);
+                        if narrowed_i.is_empty() || narrowed_r.is_empty() {
+                            self.counters.ts_unacceptable += 1;
+                            child_failure = Some(notify::TS_UNACCEPTABLE);
+                        } else {
+                            out.push(Payload::Sa(vec![EspProposal::from_suite(&child_suite)
+                                .to_wire(number, sa.child_spi, false)]));
+                            out.push(Payload::TsI(narrowed_i.clone()));
+                            out.push(Payload::TsR(narrowed_r.clone()));
+                            install = Some((peer_spi, child_suite, narrowed_r, narrowed_i));
+                        }
+                    }
+                }
+            }
+            _ => child_failure = Some(notify::INVALID_SYNTAX),
+        }
+        if let Some(kind) = child_failure {
+            out.push(Payload::Notify(Notify::new(kind, Vec::new())));
+        }
+        let peer_name = peer.name.clone();
+        if let Some(sa) = self.sas.get_mut(&id) {
+            sa.peer = peer_index;
+            sa.state = IkeState::Established;
+        }
+        self.send_response(id, exchange::IKE_AUTH, header.message_id, &out, actions);
+        self.counters.established += 1;
+        actions.push(Action::Established {
+            ike_sa: IkeSaId(id),
+            peer: peer_name.clone(),
+        });
+        match install {
+            Some((peer_spi, child_suite, local_ts, remote_ts)) => {
+                self.install_child(id, peer_spi, child_suite, local_ts, remote_ts, actions)
+            }
+            None => actions.push(Action::ChildFailed {
+                ike_sa: IkeSaId(id),
+                peer: peer_name,
+                reason: Failure::PeerError(child_failure.unwrap_or(notify::INVALID_SYNTAX)),
+            }),
+        }
+    }
+
+    fn auth_response(&mut self, id: u64, payloads: &[Payload], actions: &mut Vec<Action>) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        if sa.state != IkeState::AuthSent {
+            self.counters.rx_unexpected += 1;
+            return;
+        }
+        sa.outstanding = None;
+        let mut id_r = None;
+        let mut auth = None;
+        let mut answer = None;
+        let mut ts_i = None;
+        let mut ts_r = None;
+        for p in payloads {
+            match p {
+                Payload::IdR(i) => id_r = Some(i),
+                Payload::Auth { method, data } => auth = Some((*method, data)),
+                Payload::Sa(s) => answer = Some(s),
+                Payload::TsI(t) => ts_i = Some(t),
+                Payload::TsR(t) => ts_r = Some(t),
+                _ => {}
+            }
+        }
+        let (Some(id_r), Some((method, auth_data))) = (id_r, auth) else {
+            let reason = match first_error(payloads) {
+                Some(notify::AUTHENTICATION_FAILED) => Failure::AuthenticationFailed,
+                Some(other) => Failure::PeerError(other),
+                None => Failure::InvalidSyntax,
+            };
+            if reason == Failure::AuthenticationFailed {
+                self.counters.auth_failures += 1;
+            }
+            self.remove(id, actions, Some(reason));
+            return;
+        };
+        let peer = &self.config.peers[sa.peer];
+        let (Some(suite), Some(keys)) = (sa.suite, &sa.keys) else {
+            return;
+        };
+        let expected = psk_auth(
+            suite.prf,
+            peer.psk.expose(),
+            &sa.init_response,
+            &sa.nonce_i,
+            &keys.sk_pr,
+            &id_r.body(),
+        );
+        let id_ok = peer.remote_id.as_ref().is_none_or(|r| &r.to_wire() == id_r);
+        if method != AUTH_METHOD_PSK || !id_ok || !bool::from(expected.expose().ct_eq(auth_data)) {
+            self.counters.auth_failures += 1;
+            self.remove(id, actions, Some(Failure::AuthenticationFailed));
+            return;
+        }
+        sa.state = IkeState::Established;
+        let peer_name = peer.name.clone();
+        self.counters.established += 1;
+        actions.push(Action::Established {
+            ike_sa: IkeSaId(id),
+            peer: peer_name.clone(),
+        });
+        let child = match (answer, ts_i, ts_r, first_error(payloads)) {
+            (Some(answer), Some(ts_i), Some(ts_r), None) => {
+                match proposal::check_esp_answer(answer, &peer.esp_proposals) {
+                    Some((peer_spi, child_suite))
+                        if within(ts_i, &peer.local_ts) && within(ts_r, &peer.remote_ts) =>
+                    {
+                        Ok((peer_spi, child_suite, ts_i.clone(), ts_r.clone()))
+                    }
+                    Some(_) => Err(Failure::PeerError(notify::TS_UNACCEPTABLE)),
+                    None => Err(Failure::ProposalMismatch),
+                }
+            }
+            (_, _, _, Some(error)) => Err(Failure::PeerError(error)),
+            _ => Err(Failure::InvalidSyntax),
+        };
+        match child {
+            Ok((peer_spi, child_suite, local_ts, remote_ts)) => {
+                self.install_child(id, peer_spi, child_suite, local_ts, remote_ts, actions)
+            }
+            Err(reason) => actions.push(Action::ChildFailed {
+                ike_sa: IkeSaId(id),
+                peer: peer_name,
+                reason,
+            }),
+        }
+    }
+
+    fn install_child(
+        &mut self,
+        id: u64,
+        peer_spi: u32,
+        suite: ChildSuite,
+        local_ts: Vec<TrafficSelector>,
+        remote_ts: Vec<TrafficSelector>,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let (Some(ike_suite), Some(keys)) = (sa.suite, &sa.keys) else {
+            return;
+        };
+        let Some(esp_suite): Option<EspSuite> = suite.esp_suite() else {
+            return;
+        };
+        let Some((i2r, r2i)) = derive_child_keys(
+            ike_suite.prf,
+            &keys.sk_d,
+            None,
+            &sa.nonce_i,
+            &sa.nonce_r,
+            &suite,
+        ) else {
+            return;
+        };
+        let (inbound_keys, outbound_keys) = if sa.initiator { (r2i, i2r) } else { (i2r, r2i) };
+        let peer = &self.config.peers[sa.peer];
+        let make = |spi, keys, window| SaConfig {
+            spi,
+            suite: esp_suite,
+            keys,
+            esn: suite.esn,
+            replay_window: window,
+            lifetime: peer.child_lifetime,
+        };
+        let install = ChildSaInstall {
+            ike_sa: IkeSaId(id),
+            peer: peer.name.clone(),
+            inbound: make(sa.child_spi, inbound_keys, self.config.replay_window),
+            outbound: make(peer_spi, outbound_keys, 0),
+            local_addr: sa.local.ip(),
+            remote_addr: sa.remote.ip(),
+            udp_encap: sa.nat.then(|| (sa.local.port(), sa.remote.port())),
+            local_ts,
+            remote_ts,
+        };
+        sa.children.push(Child {
+            inbound_spi: sa.child_spi,
+            outbound_spi: peer_spi,
+        });
+        self.counters.child_sas_installed += 1;
+        actions.push(Action::InstallChildSa(Box::new(install)));
+    }
+
+    // ---------------------------------------------------------------- INFORMATIONAL
+
+    fn informational_request(
+        &mut self,
+        id: u64,
+        header: &Header,
+        payloads: &[Payload],
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        if !matches!(sa.state, IkeState::Established | IkeState::Deleting) {
+            self.counters.rx_unexpected += 1;
+            return;
+        }
+        let mut response = Vec::new();
+        let mut delete_ike = false;
+        let mut deleted_children = Vec::new();
+        for p in payloads {
+            if let Payload::Delete {
+                protocol: proto,
+                spis,
+            } = p
+            {
+                match *proto {
+                    protocol::IKE => delete_ike = true,
+                    protocol::ESP => {
+                        // The peer names its inbound SPIs, our outbound ones.
+                        for spi in spis {
+                            let Ok(bytes) = <[u8; 4]>::try_from(spi.as_slice()) else {
+                                continue;
+                            };
+                            let outbound = u32::from_be_bytes(bytes);
+                            if let Some(pos) =
+                                sa.children.iter().position(|c| c.outbound_spi == outbound)
+                            {
+                                deleted_children.push(sa.children.remove(pos));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !deleted_children.is_empty() {
+            response.push(Payload::Delete {
+                protocol: protocol::ESP,
+                spis: deleted_children
+                    .iter()
+                    .map(|c| c.inbound_spi.to_be_bytes().to_vec())
+                    .collect(),
+            });
+        }
+        for child in deleted_children {
+            actions.push(Action::DeleteChildSa {
+                ike_sa: IkeSaId(id),
+                inbound_spi: child.inbound_spi,
+                outbound_spi: child.outbound_spi,
+            });
+        }
+        if delete_ike {
+            // Answer with an empty INFORMATIONAL, then forget everything.
+            self.send_response(id, exchange::INFORMATIONAL, header.message_id, &[], actions);
+            self.remove(id, actions, None);
+            return;
+        }
+        self.send_response(
+            id,
+            exchange::INFORMATIONAL,
+            header.message_id,
+            &response,
+            actions,
+        );
+    }
+
+    fn informational_response(&mut self, id: u64, actions: &mut Vec<Action>) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        sa.outstanding = None;
+        if sa.state == IkeState::Deleting {
+            self.remove(id, actions, None);
+        }
+    }
+
+    /// The peer configuration an SA uses (for the shell's bookkeeping).
+    pub fn peer_of(&self, id: IkeSaId) -> Option<&PeerConfig> {
+        self.sas
+            .get(&id.0)
+            .and_then(|sa| self.config.peers.get(sa.peer))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn sk_d_for_test(&self, id: IkeSaId) -> Option<crate::crypto::SecretBytes> {
+        self.sas
+            .get(&id.0)
+            .and_then(|sa| sa.keys.as_ref())
+            .map(|k| k.sk_d.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,13 @@
+//! IKEv2 (RFC 7296), sans-IO.
+pub mod config;
+pub mod dh;
+pub mod engine;
+pub mod keys;
+pub mod proposal;
+pub mod sk;
+pub mod wire;
+
+pub use config::{EngineConfig, Identity, PeerConfig};
+pub use engine::{
+    Action, ChildSaInstall, Engine, EngineError, Failure, IkeCounters, IkeSaId, IkeState,
+};

@@ -1,0 +1,614 @@
+//! The SD-EWAN resources (`batch.sdewan.akraino.org/v1alpha1`): `IpsecProposal`, `IpsecSite`
+//! and `IpsecHost` with their connection lists, as plain structs whose JSON names match the
+//! SD-EWAN CRDs, so the agent can read the same custom resources. Conversion into
+//! [`PeerConfig`]s for the IKE engine lives here too.
+
+use crate::crypto::SecretBytes;
+use crate::ike::proposal::{EspProposal, IkeProposal, ProposalError};
+use crate::ike::wire::TrafficSelector;
+use crate::ike::{Identity, PeerConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The label naming which SD-EWAN CNF a resource is for.
+pub const PURPOSE_LABEL: &str = "sdewanPurpose";
+
+/// The part of `metadata` Switchyard uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+/// `SdewanStatus` (common_types.go).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdewanStatus {
+    #[serde(rename = "appliedVersion", default)]
+    pub applied_version: String,
+    #[serde(rename = "appliedTime", default)]
+    pub applied_time: Option<String>,
+    #[serde(rename = "inSync", default)]
+    pub in_sync: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpsecProposalSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub encryption_algorithm: String,
+    pub hash_algorithm: String,
+    pub dh_group: String,
+}
+
+impl IpsecProposalSpec {
+    /// The strongSwan-style string SD-EWAN renders: "aes128-sha256-modp2048".
+    pub fn proposal_string(&self) -> String {
+        [
+            &self.encryption_algorithm,
+            &self.hash_algorithm,
+            &self.dh_group,
+        ]
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpsecProposal {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: IpsecProposalSpec,
+    #[serde(default)]
+    pub status: SdewanStatus,
+}
+
+/// A connection of an `IpsecSite` (site-to-site: local and remote subnets).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteConnection {
+    pub name: String,
+    pub conn_type: String,
+    pub mode: String,
+    pub local_subnet: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_updown: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_firewall: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_subnet: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_sourceip: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_updown: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_firewall: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crypto_proposal: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mark: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub if_id: String,
+}
+
+/// The fields `IpsecSiteSpec` and `IpsecHostSpec` share.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpsecSiteSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    pub remote: String,
+    pub authentication_method: String,
+    #[serde(default)]
+    pub crypto_proposal: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_identifier: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_identifier: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub force_crypto_proposal: String,
+    #[serde(
+        default,
+        rename = "pre_shared_key",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub pre_shared_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_public_cert: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_private_cert: String,
+    #[serde(
+        default,
+        rename = "shared_ca",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub shared_ca: String,
+    #[serde(default)]
+    pub connections: Vec<SiteConnection>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpsecSite {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: IpsecSiteSpec,
+    #[serde(default)]
+    pub status: SdewanStatus,
+}
+
+/// A connection of an `IpsecHost` (a host asks a hub for a virtual IP: `local_sourceip`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostConnection {
+    pub name: String,
+    pub conn_type: String,
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_sourceip: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_updown: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_firewall: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_subnet: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_sourceip: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_updown: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_firewall: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crypto_proposal: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mark: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub if_id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpsecHostSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    pub remote: String,
+    pub authentication_method: String,
+    #[serde(default)]
+    pub crypto_proposal: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_identifier: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_identifier: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub force_crypto_proposal: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pre_shared_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_public_cert: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_private_cert: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shared_ca: String,
+    #[serde(default)]
+    pub connections: Vec<HostConnection>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpsecHost {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: IpsecHostSpec,
+    #[serde(default)]
+    pub status: SdewanStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdewanError {
+    #[error("{0}: authentication method {1:?} not supported (only psk)")]
+    AuthMethod(String, String),
+    #[error("{0}: no pre-shared key")]
+    NoPsk(String),
+    #[error("{0}: bad remote {1:?}")]
+    Remote(String, String),
+    #[error("{0}: bad subnet {1:?}")]
+    Subnet(String, String),
+    #[error("{0}: {1}")]
+    Proposal(String, ProposalError),
+    #[error("{0}: no crypto proposal")]
+    NoProposal(String),
+}
+
+/// Resolves `crypto_proposal` entries: names of `IpsecProposal` resources, or proposal
+/// strings written inline.
+pub fn resolve_proposals(entries: &[String], proposals: &[IpsecProposal]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|entry| {
+            proposals
+                .iter()
+                .find(|p| {
+                    &p.metadata.name == entry || (!p.spec.name.is_empty() && &p.spec.name == entry)
+                })
+                .map_or_else(|| entry.clone(), |p| p.spec.proposal_string())
+        })
+        .collect()
+}
+
+/// Parses "198.18.0.0/24", a bare address, or a comma-separated list of them.
+pub fn subnets_to_selectors(text: &str) -> Option<Vec<TrafficSelector>> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (addr, len) = match part.split_once('/') {
+            Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
+            None => (part.parse::<IpAddr>().ok()?, None),
+        };
+        let (start, end) = match addr {
+            IpAddr::V4(a) => {
+                let len = u32::from(len.unwrap_or(32));
+                if len > 32 {
+                    return None;
+                }
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                let base = u32::from(a) & mask;
+                (
+                    IpAddr::V4(Ipv4Addr::from(base)),
+                    IpAddr::V4(Ipv4Addr::from(base | !mask)),
+                )
+            }
+            IpAddr::V6(a) => {
+                let len = u32::from(len.unwrap_or(128));
+                if len > 128 {
+                    return None;
+                }
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
+                let base = u128::from(a) & mask;
+                (
+                    IpAddr::V6(Ipv6Addr::from(base)),
+                    IpAddr::V6(Ipv6Addr::from(base | !mask)),
+                )
+            }
+        };
+        out.push(TrafficSelector {
+            protocol: 0,
+            start_port: 0,
+            end_port: 65535,
+            start,
+            end,
+        });
+    }
+    Some(out)
+}
+
+struct Common<'a> {
+    resource: &'a str,
+    remote: &'a str,
+    authentication_method: &'a str,
+    crypto_proposal: &'a [String],
+    local_identifier: &'a str,
+    remote_identifier: &'a str,
+    pre_shared_key: &'a str,
+}
+
+fn peer_from(
+    common: &Common<'_>,
+    connection: &str,
+    connection_proposals: &[String],
+    local_ts: Vec<TrafficSelector>,
+    remote_ts: Vec<TrafficSelector>,
+    local: SocketAddr,
+    proposals: &[IpsecProposal],
+) -> Result<PeerConfig, SdewanError> {
+    let name = format!("{}/{}", common.resource, connection);
+    if !common.authentication_method.eq_ignore_ascii_case("psk") {
+        return Err(SdewanError::AuthMethod(
+            name,
+            common.authentication_method.to_string(),
+        ));
+    }
+    if common.pre_shared_key.is_empty() {
+        return Err(SdewanError::NoPsk(name));
+    }
+    let remote = match common.remote.trim() {
+        "" | "%any" | "0.0.0.0" | "::" => None,
+        text => Some(SocketAddr::new(
+            text.parse::<IpAddr>()
+                .map_err(|_| SdewanError::Remote(name.clone(), text.to_string()))?,
+            500,
+        )),
+    };
+    let ike: Vec<IkeProposal> = resolve_proposals(common.crypto_proposal, proposals)
+        .iter()
+        .map(|p| IkeProposal::parse(p).map_err(|e| SdewanError::Proposal(name.clone(), e)))
+        .collect::<Result<_, _>>()?;
+    let esp_names = if connection_proposals.is_empty() {
+        common.crypto_proposal
+    } else {
+        connection_proposals
+    };
+    // Connection proposals name ESP transforms; an IKE-style string also carries a DH group,
+    // which for ESP means PFS on rekey and is accepted.
+    let esp: Vec<EspProposal> = resolve_proposals(esp_names, proposals)
+        .iter()
+        .map(|p| EspProposal::parse(p).map_err(|e| SdewanError::Proposal(name.clone(), e)))
+        .collect::<Result<_, _>>()?;
+    if ike.is_empty() || esp.is_empty() {
+        return Err(SdewanError::NoProposal(name));
+    }
+    let local_id = if common.local_identifier.is_empty() {
+        Identity::Address(local.ip())
+    } else {
+        Identity::parse(common.local_identifier)
+    };
+    let remote_id = if common.remote_identifier.is_empty() {
+        remote.map(|r| Identity::Address(r.ip()))
+    } else {
+        Some(Identity::parse(common.remote_identifier))
+    };
+    Ok(PeerConfig {
+        name,
+        local,
+        remote,
+        local_id,
+        remote_id,
+        psk: SecretBytes::from_slice(common.pre_shared_key.as_bytes()),
+        ike_proposals: ike,
+        esp_proposals: esp,
+        local_ts,
+        remote_ts,
+        child_lifetime: Default::default(),
+    })
+}
+
+fn selectors(
+    name: &str,
+    text: &str,
+    fallback: IpAddr,
+) -> Result<Vec<TrafficSelector>, SdewanError> {
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('%') {
+        return Ok(subnets_to_selectors(&fallback.to_string()).unwrap_or_default());
+    }
+    subnets_to_selectors(text)
+        .ok_or_else(|| SdewanError::Subnet(name.to_string(), text.to_string()))
+}
+
+impl IpsecSite {
+    /// One peer per connection, `local` being this node's IKE address.
+    pub fn to_peers(
+        &self,
+        local: SocketAddr,
+        proposals: &[IpsecProposal],
+    ) -> Result<Vec<PeerConfig>, SdewanError> {
+        let s = &self.spec;
+        let common = Common {
+            resource: &self.metadata.name,
+            remote: &s.remote,
+            authentication_method: &s.authentication_method,
+            crypto_proposal: &s.crypto_proposal,
+            local_identifier: &s.local_identifier,
+            remote_identifier: &s.remote_identifier,
+            pre_shared_key: &s.pre_shared_key,
+        };
+        s.connections
+            .iter()
+            .map(|c| {
+                let remote_fallback = s
+                    .remote
+                    .parse()
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                let local_ts = selectors(&c.name, &c.local_subnet, local.ip())?;
+                let remote_ts = selectors(&c.name, &c.remote_subnet, remote_fallback)?;
+                peer_from(
+                    &common,
+                    &c.name,
+                    &c.crypto_proposal,
+                    local_ts,
+                    remote_ts,
+                    local,
+                    proposals,
+                )
+            })
+            .collect()
+    }
+}
+
+impl IpsecHost {
+    /// One peer per connection. The host's side is its virtual IP when given as an address
+    /// (`%config`, asking the hub for one, needs the configuration payload: not yet).
+    pub fn to_peers(
+        &self,
+        local: SocketAddr,
+        proposals: &[IpsecProposal],
+    ) -> Result<Vec<PeerConfig>, SdewanError> {
+        let s = &self.spec;
+        let common = Common {
+            resource: &self.metadata.name,
+            remote: &s.remote,
+            authentication_method: &s.authentication_method,
+            crypto_proposal: &s.crypto_proposal,
+            local_identifier: &s.local_identifier,
+            remote_identifier: &s.remote_identifier,
+            pre_shared_key: &s.pre_shared_key,
+        };
+        s.connections
+            .iter()
+            .map(|c| {
+                let remote_fallback = s
+                    .remote
+                    .parse()
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                let local_ts = selectors(&c.name, &c.local_sourceip, local.ip())?;
+                let remote_ts = selectors(&c.name, &c.remote_subnet, remote_fallback)?;
+                peer_from(
+                    &common,
+                    &c.name,
+                    &c.crypto_proposal,
+                    local_ts,
+                    remote_ts,
+                    local,
+                    proposals,
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROPOSAL: &str = r#"{
+        "apiVersion": "batch.sdewan.akraino.org/v1alpha1",
+        "kind": "IpsecProposal",
+        "metadata": {"name": "ipsecproposal1", "namespace": "default",
+                     "labels": {"sdewanPurpose": "cnf1"}},
+        "spec": {"encryption_algorithm": "aes128", "hash_algorithm": "sha256", "dh_group": "modp2048"}
+    }"#;
+
+    const SITE: &str = r#"{
+        "apiVersion": "batch.sdewan.akraino.org/v1alpha1",
+        "kind": "IpsecSite",
+        "metadata": {"name": "ipsecsite1", "labels": {"sdewanPurpose": "cnf1"}},
+        "spec": {
+            "remote": "203.0.113.2",
+            "authentication_method": "psk",
+            "pre_shared_key": "test_key",
+            "local_identifier": "@site-a",
+            "remote_identifier": "@site-b",
+            "crypto_proposal": ["ipsecproposal1", "aes128gcm16-prfsha256-x25519"],
+            "force_crypto_proposal": "0",
+            "connections": [{
+                "name": "connA",
+                "conn_type": "tunnel",
+                "mode": "start",
+                "local_subnet": "198.18.1.0/24",
+                "remote_subnet": "198.18.2.0/24,2001:db8:2::/48",
+                "crypto_proposal": ["aes128gcm16"]
+            }]
+        }
+    }"#;
+
+    const HOST: &str = r#"{
+        "apiVersion": "batch.sdewan.akraino.org/v1alpha1",
+        "kind": "IpsecHost",
+        "metadata": {"name": "ipsechost1"},
+        "spec": {
+            "remote": "%any",
+            "authentication_method": "psk",
+            "pre_shared_key": "k",
+            "crypto_proposal": ["ipsecproposal1"],
+            "connections": [{"name": "c1", "conn_type": "tunnel", "mode": "add",
+                             "local_sourceip": "%config", "remote_subnet": "198.19.0.0/16"}]
+        }
+    }"#;
+
+    #[test]
+    fn parses_the_sdewan_resources() {
+        let proposal: IpsecProposal = serde_json::from_str(PROPOSAL).unwrap();
+        assert_eq!(proposal.spec.proposal_string(), "aes128-sha256-modp2048");
+        assert_eq!(
+            proposal
+                .metadata
+                .labels
+                .get(PURPOSE_LABEL)
+                .map(String::as_str),
+            Some("cnf1")
+        );
+        let site: IpsecSite = serde_json::from_str(SITE).unwrap();
+        assert_eq!(site.spec.connections[0].local_subnet, "198.18.1.0/24");
+        assert_eq!(site.spec.pre_shared_key, "test_key");
+        // JSON names survive a round trip.
+        let back = serde_json::to_value(&site).unwrap();
+        assert_eq!(back["spec"]["connections"][0]["conn_type"], "tunnel");
+        assert_eq!(back["spec"]["pre_shared_key"], "test_key");
+        let host: IpsecHost = serde_json::from_str(HOST).unwrap();
+        assert_eq!(host.spec.connections[0].local_sourceip, "%config");
+    }
+
+    #[test]
+    fn converts_to_engine_peers() {
+        let proposal: IpsecProposal = serde_json::from_str(PROPOSAL).unwrap();
+        let site: IpsecSite = serde_json::from_str(SITE).unwrap();
+        let local: SocketAddr = "203.0.113.1:500".parse().unwrap();
+        let peers = site
+            .to_peers(local, std::slice::from_ref(&proposal))
+            .unwrap();
+        assert_eq!(peers.len(), 1);
+        let p = &peers[0];
+        assert_eq!(p.name, "ipsecsite1/connA");
+        assert_eq!(p.remote, Some("203.0.113.2:500".parse().unwrap()));
+        assert_eq!(p.ike_proposals.len(), 2);
+        assert_eq!(
+            p.ike_proposals[0],
+            IkeProposal::parse("aes128-sha256-modp2048").unwrap()
+        );
+        assert_eq!(
+            p.esp_proposals,
+            vec![EspProposal::parse("aes128gcm16").unwrap()]
+        );
+        assert_eq!(p.local_id, Identity::Fqdn("site-a".into()));
+        assert_eq!(p.remote_ts.len(), 2);
+        assert_eq!(
+            p.remote_ts[0].end,
+            "198.18.2.255".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            p.remote_ts[1].end,
+            "2001:db8:2:ffff:ffff:ffff:ffff:ffff"
+                .parse::<IpAddr>()
+                .unwrap()
+        );
+        assert!(
+            !format!("{p:?}").contains("test_key"),
+            "no secret in Debug output"
+        );
+
+        let host: IpsecHost = serde_json::from_str(HOST).unwrap();
+        let peers = host.to_peers(local, &[proposal]).unwrap();
+        assert_eq!(peers[0].remote, None, "%any: responder only");
+
+        let mut bad = site.clone();
+        bad.spec.authentication_method = "pubkey".into();
+        assert!(matches!(
+            bad.to_peers(local, &[]),
+            Err(SdewanError::AuthMethod(..))
+        ));
+        let mut bad = site;
+        bad.spec.connections[0].local_subnet = "198.18.1.0/40".into();
+        assert!(matches!(
+            bad.to_peers(local, &[]),
+            Err(SdewanError::Subnet(..))
+        ));
+    }
+}
