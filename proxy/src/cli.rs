@@ -17,12 +17,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; boxing buys nothing
 pub enum Command {
     /// Run the node agent: the router plus the service proxy, fed from the Kubernetes API or
     /// from a directory of manifests.
     Agent(AgentArgs),
     /// Run the dataplane as a plain IPv4/IPv6 router configured from flags alone.
     Router(RouterArgs),
+    /// Show live state of a running agent, read over its admin socket.
+    Show(ShowArgs),
+    /// NetworkPolicy tools that work on manifests, without a running agent.
+    Policy(PolicyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -31,6 +36,12 @@ pub struct AgentArgs {
     /// (or JSON) files in this directory, re-read when they change, instead of a cluster.
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
+
+    /// Watch the Kubernetes API server this kubeconfig file points at (its current context).
+    /// Without --manifests or --kubeconfig, the in-cluster configuration is used when
+    /// KUBERNETES_SERVICE_HOST is set.
+    #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
 
     /// This node's name: endpoints whose nodeName is this are local (default: the host name).
     #[arg(long)]
@@ -57,9 +68,167 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 1.0)]
     pub poll_interval: f64,
 
+    /// Least time between two dataplane syncs, in seconds (kube-proxy's --min-sync-period):
+    /// changes arriving faster are programmed together.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_sync_period: f64,
+
+    /// Serve Prometheus metrics (`/metrics`) on this address, like kube-proxy's
+    /// --metrics-bind-address; `off` to serve none.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: ListenAddress,
+
+    /// Serve `/healthz`, `/livez` and `/readyz` on this address, like kube-proxy's
+    /// --healthz-bind-address; `off` to serve none.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: ListenAddress,
+
+    /// `/healthz` fails once a change has waited this many seconds without being programmed
+    /// (kube-proxy uses twice its sync period).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub healthz_timeout: f64,
+
+    /// The admin socket that `switchyard show` reads (made mode 0600, its directory created
+    /// if missing).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
+
     /// The dataplane: ports, addresses, routes as for `switchyard router`.
     #[command(flatten)]
     pub router: RouterArgs,
+}
+
+/// Where the agent's admin socket is unless `--admin-socket` says otherwise.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/switchyard/admin.sock";
+
+/// A TCP address to listen on, or none (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddress(pub Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for ListenAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(ListenAddress(None));
+        }
+        s.parse()
+            .map(|a| ListenAddress(Some(a)))
+            .map_err(|_| format!("{s:?} is not ADDRESS:PORT (e.g. 127.0.0.1:10249) or off"))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// What to show.
+    #[arg(value_enum)]
+    pub what: ShowWhat,
+
+    /// Print the agent's answer as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The running agent's admin socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// What `switchyard show` can show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ShowWhat {
+    /// Services with their ports, frontends and backends.
+    Services,
+    /// Endpoints per Service port, with their conditions.
+    Endpoints,
+    /// Connection-tracking counts and a sample of the connections.
+    Conntrack,
+    /// The routes.
+    Fib,
+    /// Packets and per-reason counters of every graph node.
+    Counters,
+    /// The neighbor (ARP/NDP) table.
+    Neighbors,
+    /// The control plane: readiness, last sync, problems.
+    Sync,
+    /// NetworkPolicy ACLs (not available yet).
+    Acl,
+    /// BGP sessions and routes (not available yet).
+    Bgp,
+    /// IPsec tunnels (not available yet).
+    Ipsec,
+}
+
+impl ShowWhat {
+    /// The admin-socket request for this.
+    pub fn request(self) -> &'static str {
+        match self {
+            ShowWhat::Services => "services",
+            ShowWhat::Endpoints => "endpoints",
+            ShowWhat::Conntrack => "conntrack",
+            ShowWhat::Fib => "fib",
+            ShowWhat::Counters => "counters",
+            ShowWhat::Neighbors => "neighbors",
+            ShowWhat::Sync => "sync",
+            ShowWhat::Acl => "acl",
+            ShowWhat::Bgp => "bgp",
+            ShowWhat::Ipsec => "ipsec",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the allow/deny truth table (pods x pods, per port) that the compiled ACLs give
+    /// for a directory of manifests, every pod taken as local to one node.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The directory of manifests (Namespaces, Pods, NetworkPolicies; other kinds are ignored).
+    #[arg(long, value_name = "DIR")]
+    pub manifests: PathBuf,
+
+    /// A destination port to tabulate: PORT/PROTOCOL (TCP, UDP or SCTP; TCP when left out).
+    /// Repeat for more. Default: every port the policies name, and 80/TCP.
+    #[arg(long = "port", value_name = "PORT[/PROTOCOL]")]
+    pub ports: Vec<ProbePort>,
+}
+
+/// A `--port` of `policy explain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbePort {
+    /// IP protocol number (6, 17 or 132).
+    pub protocol: u8,
+    pub port: u16,
+}
+
+impl std::str::FromStr for ProbePort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (port, protocol) = s.split_once('/').unwrap_or((s, "TCP"));
+        let protocol = match protocol.to_ascii_uppercase().as_str() {
+            "TCP" => 6,
+            "UDP" => 17,
+            "SCTP" => 132,
+            _ => {
+                return Err(format!(
+                    "{s:?}: protocol {protocol:?} is not TCP, UDP or SCTP"
+                ))
+            }
+        };
+        match port.parse::<u16>() {
+            Ok(port) if port != 0 => Ok(ProbePort { protocol, port }),
+            _ => Err(format!("{s:?}: {port:?} is not a port number (1-65535)")),
+        }
+    }
 }
 
 /// Which packet I/O the dataplane uses.
@@ -280,6 +449,36 @@ mod tests {
             "x=198.51.100.1",
         ] {
             assert!(parse_route(&ports(), bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn probe_ports_parse() {
+        let p = |s: &str| s.parse::<ProbePort>();
+        assert_eq!(
+            p("80/TCP"),
+            Ok(ProbePort {
+                protocol: 6,
+                port: 80
+            })
+        );
+        assert_eq!(
+            p("53/udp"),
+            Ok(ProbePort {
+                protocol: 17,
+                port: 53
+            })
+        );
+        assert_eq!(
+            p("8080"),
+            Ok(ProbePort {
+                protocol: 6,
+                port: 8080
+            })
+        );
+        assert_eq!(p("9/SCTP").map(|p| p.protocol), Ok(132));
+        for bad in ["0/TCP", "70000", "80/ICMP", "http/TCP", ""] {
+            assert!(p(bad).is_err(), "{bad}");
         }
     }
 

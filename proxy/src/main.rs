@@ -1,10 +1,15 @@
 //! `switchyard`: the node agent and, until the agent lands, the flag-driven router.
 
+mod admin;
 mod agent;
 mod cli;
+mod http;
+mod metrics;
+mod policy;
 mod punt;
 mod router;
-#[allow(dead_code)] // the readers (metrics, admin socket) come with the servers
+mod servers;
+mod show;
 mod state;
 
 use clap::Parser;
@@ -21,6 +26,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Agent(args) => agent::run(args),
         cli::Command::Router(args) => router::run(args),
+        cli::Command::Show(args) => show::run(&args),
+        cli::Command::Policy(args) => policy::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

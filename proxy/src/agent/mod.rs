@@ -1,11 +1,15 @@
 //! `switchyard agent`: the node agent. The dataplane runs as `switchyard router` does; beside
 //! it a control-plane thread watches the cluster source, reduces what it sees to plain
-//! Services ([`reduce`]), compiles them ([`switchyard_lb::service::ServiceTable::compile`])
-//! and publishes the next tables with one pointer swap.
+//! Services ([`reduce`]) and NetworkPolicy input ([`reduce_policy`]), compiles them
+//! ([`switchyard_lb::service::ServiceTable::compile`], [`switchyard_policy::compile`] and
+//! [`policy_tables`]) and publishes the next tables with one pointer swap.
 
+pub mod kube;
 pub mod manifests;
 pub mod objects;
+pub mod policy_tables;
 pub mod reduce;
+pub mod reduce_policy;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,25 +26,25 @@ use crate::state::Shared;
 
 /// Runs the agent until a signal or `--duration` ends it.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let Some(dir) = args.manifests.clone() else {
-        bail!(
-            "no cluster source: give --manifests DIR (the Kubernetes API source is not built yet)"
-        );
-    };
-    std::fs::read_dir(&dir)
-        .with_context(|| format!("--manifests {}: cannot read the directory", dir.display()))?;
     if !(args.poll_interval.is_finite() && args.poll_interval > 0.0) {
         bail!(
             "--poll-interval {}: must be a positive number of seconds",
             args.poll_interval
         );
     }
+    if !(args.min_sync_period.is_finite() && args.min_sync_period >= 0.0) {
+        bail!(
+            "--min-sync-period {}: must be zero or a positive number of seconds",
+            args.min_sync_period
+        );
+    }
     let node_name = match &args.node_name {
         Some(n) => n.clone(),
         None => hostname()?,
     };
+    let source = cluster_source(&args, &node_name)?;
     let control = ControlPlane {
-        dir,
+        source,
         node_name,
         options: CompileOptions {
             node_port_addresses: args.nodeport_addresses.clone(),
@@ -49,9 +53,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         cluster_cidrs: args.cluster_cidrs.to_vec(),
         masquerade_all: args.masquerade_all,
         proxy_name: args.service_proxy_name.clone(),
-        poll: Duration::from_secs_f64(args.poll_interval),
+        min_sync: Duration::from_secs_f64(args.min_sync_period),
     };
+    // Bound before the dataplane starts: an address in use is one error line and an exit.
+    let listeners = crate::servers::bind(&crate::servers::Config::from_args(&args)?)?;
     let shared = Arc::new(Shared::default());
+    let _servers = crate::servers::Servers::start(listeners, Arc::clone(&shared))?;
     let for_control = Arc::clone(&shared);
     let hooks = Hooks {
         on_ready: Some(Box::new(move |handle: &TablesHandle, base: &Tables| {
@@ -62,6 +69,39 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     router::run_with(&args.router, hooks)
 }
 
+/// The cluster source the flags choose: `--manifests DIR`, `--kubeconfig PATH`, or the
+/// in-cluster configuration when running in a pod (`KUBERNETES_SERVICE_HOST` set).
+fn cluster_source(args: &AgentArgs, node_name: &str) -> anyhow::Result<Box<dyn Source>> {
+    let kube_settings = || kube::Settings {
+        node_name: node_name.to_string(),
+        proxy_name: args.service_proxy_name.clone(),
+    };
+    match (&args.manifests, &args.kubeconfig) {
+        (Some(_), Some(_)) => bail!("give either --manifests or --kubeconfig, not both"),
+        (Some(dir), None) => {
+            std::fs::read_dir(dir).with_context(|| {
+                format!("--manifests {}: cannot read the directory", dir.display())
+            })?;
+            Ok(Box::new(ManifestSource {
+                dir: dir.clone(),
+                poll: Duration::from_secs_f64(args.poll_interval),
+                fingerprint: None,
+            }))
+        }
+        (None, Some(path)) => Ok(Box::new(kube::KubeSource::start(
+            kube::ClientConfig::Kubeconfig(path),
+            kube_settings(),
+        )?)),
+        (None, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Ok(Box::new(
+            kube::KubeSource::start(kube::ClientConfig::InCluster, kube_settings())?,
+        )),
+        (None, None) => bail!(
+            "no cluster source: give --manifests DIR or --kubeconfig PATH \
+             (or run in a pod, where the in-cluster configuration is used)"
+        ),
+    }
+}
+
 /// This host's name, as a Kubernetes node is usually named.
 fn hostname() -> anyhow::Result<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -69,47 +109,114 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_string())
 }
 
+/// Where the cluster's objects come from: a manifest directory or the Kubernetes API.
+pub trait Source: Send + 'static {
+    /// For people and logs: "manifests /etc/switchyard", "kube https://...".
+    fn describe(&self) -> String;
+    /// Blocks until the objects may have changed since the last [`Source::snapshot`] (or
+    /// `timeout` passed); true if they did. The first call after start returns at once.
+    fn wait_change(&mut self, timeout: Duration) -> bool;
+    /// The objects as they are now, and what was wrong with some of them (skipped).
+    fn snapshot(&mut self) -> (objects::ObjectStore, Vec<String>);
+    /// False while the source has not seen a complete view yet (a cluster source before
+    /// its first full list); the agent does not report ready until it has.
+    fn synced(&self) -> bool {
+        true
+    }
+}
+
+/// Manifests in a directory, checked for changes every `poll`.
+struct ManifestSource {
+    dir: PathBuf,
+    poll: Duration,
+    fingerprint: Option<manifests::Fingerprint>,
+}
+
+impl Source for ManifestSource {
+    fn describe(&self) -> String {
+        format!("manifests {}", self.dir.display())
+    }
+
+    fn wait_change(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = manifests::fingerprint(&self.dir);
+            if self.fingerprint.as_ref() != Some(&now) {
+                self.fingerprint = Some(now);
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(self.poll.min(left));
+        }
+    }
+
+    fn snapshot(&mut self) -> (objects::ObjectStore, Vec<String>) {
+        let (store, errors) = manifests::load(&self.dir);
+        for e in &errors {
+            tracing::warn!(error = %e, "manifest skipped");
+        }
+        (store, errors.iter().map(ToString::to_string).collect())
+    }
+}
+
 /// The control plane's settings.
 struct ControlPlane {
-    dir: PathBuf,
+    source: Box<dyn Source>,
     node_name: String,
     options: CompileOptions,
     cluster_cidrs: Vec<ipnet::IpNet>,
     masquerade_all: bool,
     proxy_name: Option<String>,
-    poll: Duration,
+    /// Least time between two syncs (kube-proxy's --min-sync-period): changes that come
+    /// faster are coalesced into one sync.
+    min_sync: Duration,
 }
 
 impl ControlPlane {
-    /// Programs the first tables now (so the dataplane starts with the services in place),
-    /// then keeps them current from a thread of its own.
-    fn start(self, handle: TablesHandle, base: Tables, shared: Arc<Shared>) -> anyhow::Result<()> {
+    /// Programs the first tables now (so the dataplane starts with the services in place,
+    /// when the source has them at once), then keeps them current from a thread of its own.
+    fn start(
+        mut self,
+        handle: TablesHandle,
+        base: Tables,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<()> {
         let mut version = base.version;
-        let mut fingerprint = manifests::fingerprint(&self.dir);
+        // The first view: what the source has now (a cluster source may not have listed yet;
+        // then the agent starts with no services and is not ready until it has).
+        self.source.wait_change(Duration::ZERO);
         version += 1;
         self.sync(&base, version, &handle, &shared, Instant::now());
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || loop {
-                std::thread::sleep(self.poll);
-                let now = manifests::fingerprint(&self.dir);
-                if now == fingerprint {
-                    continue;
+            .spawn(move || {
+                let mut last_sync = Instant::now();
+                loop {
+                    if !self.source.wait_change(Duration::from_secs(1)) {
+                        continue;
+                    }
+                    let seen = Instant::now();
+                    // Coalesce: wait out the minimum interval, taking in what else changes.
+                    let since = last_sync.elapsed();
+                    if since < self.min_sync {
+                        std::thread::sleep(self.min_sync - since);
+                    }
+                    version += 1;
+                    self.sync(&base, version, &handle, &shared, seen);
+                    last_sync = Instant::now();
                 }
-                // The change happened at most one poll ago; count from when it was seen.
-                let seen = Instant::now();
-                fingerprint = now;
-                version += 1;
-                self.sync(&base, version, &handle, &shared, seen);
             })
             .context("starting the control-plane thread")?;
         Ok(())
     }
 
-    /// Reads the manifests, builds the tables they give and publishes them, logging what was
-    /// wrong in them; records the sync in `shared`.
+    /// Takes the source's objects, builds the tables they give and publishes them, logging
+    /// what was wrong in them; records the sync in `shared`.
     fn sync(
-        &self,
+        &mut self,
         base: &Tables,
         version: u64,
         handle: &TablesHandle,
@@ -117,12 +224,7 @@ impl ControlPlane {
         seen: Instant,
     ) {
         let started = Instant::now();
-        let mut problems = Vec::new();
-        let (store, errors) = manifests::load(&self.dir);
-        for e in &errors {
-            tracing::warn!(error = %e, "manifest skipped");
-            problems.push(e.to_string());
-        }
+        let (store, mut problems) = self.source.snapshot();
         let (services, errors) =
             reduce::services(&store, &self.node_name, self.proxy_name.as_deref());
         for e in &errors {
@@ -135,8 +237,10 @@ impl ControlPlane {
             problems.push(e.to_string());
         }
         let frontends = table.frontends.len();
+        let (policy, policies) = self.policy(&store, base, &mut problems);
         let tables = Tables {
             version,
+            policy,
             services: Some(Arc::new(Services {
                 table,
                 cluster_cidrs: self.cluster_cidrs.clone(),
@@ -148,17 +252,18 @@ impl ControlPlane {
         let tables = Arc::new(tables);
         handle.publish_arc(Arc::clone(&tables));
         let latency = seen.elapsed().as_secs_f64();
+        let source = self.source.describe();
+        let synced = self.source.synced();
         tracing::info!(
             version,
             services = services.len(),
             frontends,
+            policies,
             ms = started.elapsed().as_secs_f64() * 1e3,
-            "tables programmed from {}",
-            self.dir.display()
+            "tables programmed from {source}"
         );
-        let source = format!("manifests {}", self.dir.display());
         shared.update_control(|c| {
-            c.ready = true;
+            c.ready = c.ready || synced;
             c.last_sync = Some(std::time::SystemTime::now());
             c.last_sync_instant = Some(Instant::now());
             c.syncs += 1;
@@ -168,5 +273,46 @@ impl ControlPlane {
             c.problems = problems;
             c.source = source;
         });
+    }
+
+    /// The NetworkPolicy ACLs for the objects in `store` (`None` when there is no policy, so
+    /// the ACL nodes are skipped) and the number of policies; problems are logged and added
+    /// to `problems`. This node's own addresses, whose traffic with local pods is always
+    /// allowed, are the dataplane interfaces' addresses.
+    ///
+    /// Compiled afresh on every sync; [`switchyard_policy::PolicyCompiler`] could instead be
+    /// kept across syncs and fed only what changed.
+    fn policy(
+        &self,
+        store: &objects::ObjectStore,
+        base: &Tables,
+        problems: &mut Vec<String>,
+    ) -> (
+        Option<Arc<switchyard_dataplane::policy::PolicyTables>>,
+        usize,
+    ) {
+        let node_ips: Vec<std::net::IpAddr> = base
+            .interfaces
+            .iter()
+            .flat_map(|i| {
+                let v4 = i.ipv4.iter().map(|n| std::net::IpAddr::V4(n.addr()));
+                v4.chain(i.ipv6.iter().map(|n| std::net::IpAddr::V6(n.addr())))
+            })
+            .collect();
+        let (cluster, errors) = reduce_policy::cluster(store, &self.node_name, &node_ips);
+        for e in &errors {
+            tracing::warn!(error = %e, "object skipped for NetworkPolicy");
+            problems.push(e.to_string());
+        }
+        if cluster.policies.is_empty() {
+            return (None, 0);
+        }
+        let compiled = switchyard_policy::compile(&cluster);
+        for e in compiled.errors() {
+            tracing::warn!(error = %e, "NetworkPolicy part matches nothing; policy still enforced");
+            problems.push(e.to_string());
+        }
+        let tables = policy_tables::policy_tables(&cluster, &compiled);
+        (Some(Arc::new(tables)), cluster.policies.len())
     }
 }

@@ -354,6 +354,12 @@ impl Lab {
         router_command(&self.prefix, driver, extra)
     }
 
+    /// The admin socket of the agent started by [`Lab::start_agent`] (unless the test gave
+    /// its own `--admin-socket`).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
     /// Starts the router in the node namespace and waits until it answers ping on both sides.
     /// In kernel mode it does nothing (the kernel already routes).
     pub fn start_router(&mut self, driver: Driver, extra: &[&str]) {
@@ -378,6 +384,13 @@ impl Lab {
         let bin = env!("CARGO_BIN_EXE_switchyard");
         let mut args = self.router_args(driver, extra);
         args[0] = subcommand.to_string();
+        if subcommand == "agent" && !extra.contains(&"--admin-socket") {
+            // Namespaces do not separate file systems: each lab's agent gets its own socket.
+            args.extend([
+                "--admin-socket".into(),
+                self.admin_socket().display().to_string(),
+            ]);
+        }
         let stdout = self.dir.join("router.stdout");
         let stderr = self.dir.join("router.stderr");
         eprintln!(

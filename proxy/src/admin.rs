@@ -1,0 +1,724 @@
+//! The admin socket: a local Unix socket, root-only (mode 0600), that `switchyard show` reads.
+//!
+//! Protocol: the client writes one request per line, a word such as `services`; the agent
+//! answers each with one line of JSON, `{"ok":true,"show":"services","data":...}` or
+//! `{"ok":false,"error":"..."}`. The answers are built from the snapshots in [`Shared`] by
+//! the pure functions below, so they are tested without a socket.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+use switchyard_dataplane::conntrack::{ConnEntry, ConnState, FlowKey};
+use switchyard_dataplane::fib::Route;
+use switchyard_dataplane::tables::Tables;
+use switchyard_lb::service::{
+    Forwarding, Frontend, FrontendEntry, FrontendKind, Protocol, Target, TrafficPolicy,
+};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+
+use crate::http::rfc3339;
+use crate::metrics::frontend_label;
+use crate::state::{ControlSnapshot, DataplaneSnapshot, Shared};
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 1024;
+/// A connection idle this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The requests the socket answers.
+pub const REQUESTS: &[&str] = &[
+    "services",
+    "endpoints",
+    "conntrack",
+    "fib",
+    "counters",
+    "neighbors",
+    "sync",
+];
+
+/// Requests for parts of the agent that are not built yet.
+const NOT_YET: &[(&str, &str)] = &[
+    (
+        "acl",
+        "NetworkPolicy ACLs are not programmed by the agent yet",
+    ),
+    ("bgp", "the agent does not run BGP yet"),
+    ("ipsec", "the agent does not terminate IPsec tunnels yet"),
+];
+
+/// The admin socket, bound and ready to hand to the servers' runtime.
+#[derive(Debug)]
+pub struct AdminSocket {
+    /// The listener (non-blocking).
+    pub listener: std::os::unix::net::UnixListener,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its inode, to remove it at exit only if it is still ours.
+    ino: u64,
+}
+
+/// Makes the admin socket at `path`: its directory is created (mode 0700) if missing, a
+/// stale socket left by an agent that died is removed, a live one is an error (another agent
+/// serves it). The socket is bound under a temporary name, made mode 0600 and renamed into
+/// place, so it is never reachable with looser permissions.
+pub fn bind(path: &Path) -> anyhow::Result<AdminSocket> {
+    let what = || format!("--admin-socket {}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("{}: cannot create {}", what(), dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("{}: another agent is serving this socket", what());
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("{}: cannot remove the stale socket", what()))?;
+        }
+        Ok(_) => bail!("{}: exists and is not a socket", what()),
+        Err(_) => {}
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = std::os::unix::net::UnixListener::bind(&tmp)
+        .with_context(|| format!("{}: cannot listen", what()))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: cannot put the socket in place", what()));
+    }
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("{}: cannot make the socket non-blocking", what()))?;
+    let ino = std::fs::symlink_metadata(path)
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    Ok(AdminSocket {
+        listener,
+        path: path.to_path_buf(),
+        ino,
+    })
+}
+
+impl AdminSocket {
+    /// Removes the socket file if it is still the one this agent made.
+    pub fn remove(&self) {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Serves the admin socket until the task is dropped.
+pub async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an admin connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut read = BufReader::new(read);
+            loop {
+                let mut line = String::new();
+                let n = match tokio::time::timeout(
+                    IDLE,
+                    (&mut read).take(MAX_REQUEST).read_line(&mut line),
+                )
+                .await
+                {
+                    Ok(Ok(n)) => n,
+                    // Idle, reset, or not UTF-8: nothing sensible to answer.
+                    _ => return,
+                };
+                if n == 0 {
+                    return;
+                }
+                let (reply, close) = if line.ends_with('\n') {
+                    (answer(&shared, &line, SystemTime::now()), false)
+                } else if n as u64 >= MAX_REQUEST {
+                    (error("request line too long"), true)
+                } else {
+                    // The last line, without a newline: answer it and finish.
+                    (answer(&shared, &line, SystemTime::now()), true)
+                };
+                let mut out = reply.to_string();
+                out.push('\n');
+                if write.write_all(out.as_bytes()).await.is_err() || close {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn error(message: &str) -> Value {
+    json!({"ok": false, "error": message})
+}
+
+/// The answer to one request line.
+pub fn answer(shared: &Shared, request: &str, now: SystemTime) -> Value {
+    let request = request.trim();
+    let control = shared.control();
+    let dataplane = shared.dataplane();
+    let data = match request {
+        "services" => Ok(services(&control)),
+        "endpoints" => Ok(endpoints(&control)),
+        "sync" => Ok(sync(shared, &control, dataplane.as_deref(), now)),
+        "fib" => tables(&control).map(fib),
+        "conntrack" | "counters" | "neighbors" => match dataplane.as_deref() {
+            None => Err(
+                "the dataplane has not published its state yet (it does once a second)".to_string(),
+            ),
+            Some(d) => Ok(match request {
+                "conntrack" => conntrack(d),
+                "counters" => counters(d),
+                _ => neighbors(d, control.tables.as_deref()),
+            }),
+        },
+        other => Err(match NOT_YET.iter().find(|(name, _)| *name == other) {
+            Some((_, why)) => format!("not available yet: {why}"),
+            None => format!("unknown request {other:?}; one of: {}", REQUESTS.join(", ")),
+        }),
+    };
+    match data {
+        Ok(data) => json!({"ok": true, "show": request, "data": data}),
+        Err(e) => error(&e),
+    }
+}
+
+fn tables(control: &ControlSnapshot) -> Result<&Tables, String> {
+    control
+        .tables
+        .as_deref()
+        .ok_or_else(|| "no tables have been published yet".to_string())
+}
+
+fn protocol_name(proto: u8) -> String {
+    match Protocol::from_number(proto) {
+        Some(p) => protocol(p).to_string(),
+        None => match proto {
+            1 => "ICMP".into(),
+            58 => "ICMPv6".into(),
+            n => n.to_string(),
+        },
+    }
+}
+
+fn protocol(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
+    }
+}
+
+fn policy(p: TrafficPolicy) -> &'static str {
+    match p {
+        TrafficPolicy::Cluster => "Cluster",
+        TrafficPolicy::Local => "Local",
+    }
+}
+
+fn forwarding(f: Forwarding) -> &'static str {
+    match f {
+        Forwarding::Nat => "nat",
+        Forwarding::Gre => "gre",
+        Forwarding::Ipip => "ipip",
+        Forwarding::DsrIpip => "dsr-ipip",
+    }
+}
+
+fn kind(k: FrontendKind) -> &'static str {
+    match k {
+        FrontendKind::ClusterIp => "ClusterIP",
+        FrontendKind::NodePort => "NodePort",
+        FrontendKind::ExternalIp => "ExternalIP",
+        FrontendKind::LoadBalancer => "LoadBalancer",
+    }
+}
+
+fn target(t: &Target) -> Value {
+    match t {
+        Target::Backends(set) => json!({
+            "action": "balance",
+            "backends": set
+                .backends
+                .iter()
+                .map(|b| SocketAddr::new(b.addr, b.port).to_string())
+                .collect::<Vec<_>>(),
+        }),
+        Target::Reject => json!({"action": "reject", "backends": []}),
+        Target::Drop => json!({"action": "drop", "backends": []}),
+    }
+}
+
+fn ips(v: &[IpAddr]) -> Vec<String> {
+    v.iter().map(IpAddr::to_string).collect()
+}
+
+type FrontendsByService<'a> = BTreeMap<(&'a str, &'a str), Vec<(&'a Frontend, &'a FrontendEntry)>>;
+
+/// The Services as reduced, with the frontends compiled from them.
+pub fn services(control: &ControlSnapshot) -> Value {
+    let mut frontends: FrontendsByService<'_> = BTreeMap::new();
+    if let Some(s) = control.tables.as_ref().and_then(|t| t.services.as_ref()) {
+        for (f, e) in &s.table.frontends {
+            frontends
+                .entry((e.service.namespace.as_str(), e.service.name.as_str()))
+                .or_default()
+                .push((f, e));
+        }
+    }
+    let mut list: Vec<_> = control.services.iter().collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let out: Vec<Value> = list
+        .into_iter()
+        .map(|s| {
+            let mut fe = frontends
+                .get(&(s.name.namespace.as_str(), s.name.name.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            fe.sort_by_key(|(f, _)| **f);
+            json!({
+                "namespace": s.name.namespace,
+                "name": s.name.name,
+                "cluster_ips": ips(&s.cluster_ips),
+                "external_ips": ips(&s.external_ips),
+                "load_balancer_ips": ips(&s.load_balancer_ips),
+                "external_traffic_policy": policy(s.external_traffic_policy),
+                "internal_traffic_policy": policy(s.internal_traffic_policy),
+                "session_affinity_timeout_seconds": s.affinity_timeout_secs,
+                "health_check_node_port": s.health_check_node_port,
+                "forwarding": forwarding(s.forwarding),
+                "ports": s.ports.iter().map(|p| json!({
+                    "name": p.name,
+                    "protocol": protocol(p.protocol),
+                    "port": p.port,
+                    "node_port": p.node_port,
+                    "endpoints": p.endpoints.len(),
+                })).collect::<Vec<_>>(),
+                "frontends": fe.iter().map(|(f, e)| json!({
+                    "frontend": frontend_label(f),
+                    "port": &*e.port_name,
+                    "kind": kind(e.kind),
+                    "internal": target(&e.internal),
+                    "external": target(&e.external),
+                    "masquerade_internal": e.masquerade_internal,
+                    "masquerade_external": e.masquerade_external,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Value::Array(out)
+}
+
+/// Endpoints per Service port, with their conditions.
+pub fn endpoints(control: &ControlSnapshot) -> Value {
+    let mut list: Vec<_> = control.services.iter().collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let out: Vec<Value> = list
+        .into_iter()
+        .flat_map(|s| {
+            s.ports.iter().map(move |p| {
+                json!({
+                    "namespace": s.name.namespace,
+                    "name": s.name.name,
+                    "port": p.name,
+                    "protocol": protocol(p.protocol),
+                    "endpoints": p.endpoints.iter().map(|e| json!({
+                        "address": SocketAddr::new(e.addr, e.port).to_string(),
+                        "ready": e.ready,
+                        "serving": e.serving,
+                        "terminating": e.terminating,
+                        "local": e.is_local,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+        })
+        .collect();
+    Value::Array(out)
+}
+
+fn flow(k: &FlowKey) -> Value {
+    json!({
+        "src": SocketAddr::new(k.src, k.src_port).to_string(),
+        "dst": SocketAddr::new(k.dst, k.dst_port).to_string(),
+    })
+}
+
+fn state(s: ConnState) -> &'static str {
+    match s {
+        ConnState::New => "NEW",
+        ConnState::SynSent => "SYN_SENT",
+        ConnState::SynReceived => "SYN_RECV",
+        ConnState::Established => "ESTABLISHED",
+        ConnState::FinWait => "FIN_WAIT",
+        ConnState::CloseWait => "CLOSE_WAIT",
+        ConnState::LastAck => "LAST_ACK",
+        ConnState::TimeWait => "TIME_WAIT",
+        ConnState::Close => "CLOSE",
+        ConnState::Unreplied => "UNREPLIED",
+        ConnState::Replied => "REPLIED",
+    }
+}
+
+fn connection(c: &ConnEntry) -> Value {
+    json!({
+        "protocol": protocol_name(c.original.proto),
+        "original": flow(&c.original),
+        "reply": flow(&c.reply),
+        "state": state(c.state),
+        "assured": c.assured,
+        "packets": c.packets,
+        "bytes": c.bytes,
+    })
+}
+
+/// Connection-tracking counts and the sample of connections.
+pub fn conntrack(d: &DataplaneSnapshot) -> Value {
+    let c = &d.conntrack;
+    json!({
+        "entries": d.conntrack_len,
+        "capacity": d.conntrack_capacity,
+        "counters": {
+            "inserts": c.inserts, "removals": c.removals, "evictions": c.evictions,
+            "expirations": c.expirations, "full_drops": c.full_drops, "clashes": c.clashes,
+            "invalid": c.invalid,
+        },
+        "sampled": d.connections.len(),
+        "connections": d.connections.iter().map(connection).collect::<Vec<_>>(),
+    })
+}
+
+fn port_name(tables: Option<&Tables>, port: u16) -> String {
+    tables
+        .and_then(|t| t.interfaces.get(usize::from(port)))
+        .map(|i| i.name.clone())
+        .unwrap_or_else(|| format!("port{port}"))
+}
+
+/// The routes of the published tables.
+pub fn fib(t: &Tables) -> Value {
+    let routes: Vec<Value> = t
+        .fib
+        .iter()
+        .map(|(prefix, route)| {
+            let (kind, hops): (&str, Vec<Value>) = match route {
+                Route::Local => ("local", vec![]),
+                Route::Attached { port } => (
+                    "attached",
+                    vec![json!({"gateway": null, "port": port_name(Some(t), *port)})],
+                ),
+                Route::Via(hops) => (
+                    "via",
+                    hops.iter()
+                        .map(|h| {
+                            json!({
+                                "gateway": h.gateway.map(|g| g.to_string()),
+                                "port": port_name(Some(t), h.port),
+                            })
+                        })
+                        .collect(),
+                ),
+                Route::Blackhole => ("blackhole", vec![]),
+                Route::Unreachable => ("unreachable", vec![]),
+            };
+            json!({"prefix": prefix.to_string(), "type": kind, "next_hops": hops})
+        })
+        .collect();
+    json!({"tables_version": t.version, "routes": routes})
+}
+
+/// Per graph node counters, and the port totals.
+pub fn counters(d: &DataplaneSnapshot) -> Value {
+    json!({
+        "taken_at": rfc3339(Some(d.taken_at)),
+        "tables_version": d.tables_version,
+        "rx": d.rx,
+        "tx": d.tx,
+        "io_errors": d.io_errors,
+        "nodes": d.nodes.iter().map(|n| json!({
+            "name": n.name,
+            "packets": n.packets,
+            "vectors": n.vectors,
+            "errors": n.errors.iter().map(|(info, count)| json!({
+                "reason": info.key, "text": info.text, "count": count,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac(m: &[u8; 6]) -> String {
+    let mut s = String::with_capacity(17);
+    for (i, b) in m.iter().enumerate() {
+        let _ = write!(s, "{}{b:02x}", if i == 0 { "" } else { ":" });
+    }
+    s
+}
+
+/// The neighbor table.
+pub fn neighbors(d: &DataplaneSnapshot, tables: Option<&Tables>) -> Value {
+    let mut list: Vec<_> = d.neighbors.iter().collect();
+    list.sort();
+    Value::Array(
+        list.into_iter()
+            .map(|(port, ip, m)| {
+                json!({
+                    "port": port_name(tables, *port),
+                    "address": ip.to_string(),
+                    "mac": m.as_ref().map(mac),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The control plane's state.
+pub fn sync(
+    shared: &Shared,
+    c: &ControlSnapshot,
+    d: Option<&DataplaneSnapshot>,
+    now: SystemTime,
+) -> Value {
+    let mut cumulative = 0;
+    let buckets: Vec<Value> = c
+        .sync_latency
+        .bounds
+        .iter()
+        .map(|b| b.to_string())
+        .chain(std::iter::once("+Inf".to_string()))
+        .zip(&c.sync_latency.counts)
+        .map(|(le, n)| {
+            cumulative += n;
+            json!({"le": le, "count": cumulative})
+        })
+        .collect();
+    let age = |t: SystemTime| now.duration_since(t).map(|d| d.as_secs_f64()).ok();
+    json!({
+        "ready": c.ready,
+        "source": c.source,
+        "started": rfc3339(Some(shared.started)),
+        "syncs": c.syncs,
+        "last_sync": c.last_sync.map(|t| rfc3339(Some(t))),
+        "last_sync_age_seconds": c.last_sync.and_then(age),
+        "tables_version": c.tables.as_ref().map(|t| t.version),
+        "dataplane_tables_version": d.map(|d| d.tables_version),
+        "dataplane_snapshot_age_seconds": d.and_then(|d| age(d.taken_at)),
+        "services": c.services.len(),
+        "problems": c.problems,
+        "sync_latency": {
+            "count": c.sync_latency.count,
+            "sum_seconds": c.sync_latency.sum,
+            "buckets": buckets,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared_with_connection() -> Arc<Shared> {
+        let shared = crate::metrics::tests::sample_shared();
+        let mut d = (*shared.dataplane().unwrap()).clone();
+        let original = FlowKey::new(
+            "198.18.1.2".parse().unwrap(),
+            "198.51.100.10".parse().unwrap(),
+            6,
+            40000,
+            80,
+        );
+        let reply = FlowKey::new(
+            "198.18.2.3".parse().unwrap(),
+            "198.18.1.2".parse().unwrap(),
+            6,
+            8080,
+            40000,
+        );
+        d.connections = vec![ConnEntry {
+            original,
+            reply,
+            last_seen: 5,
+            created: 1,
+            packets: [3, 2],
+            bytes: [180, 120],
+            user: 0,
+            mark: 0,
+            state: ConnState::Established,
+            assured: true,
+        }];
+        d.neighbors = vec![(
+            0,
+            "198.18.1.2".parse().unwrap(),
+            Some([2, 0, 0, 0, 0, 0xab]),
+        )];
+        shared.set_dataplane(d);
+        shared
+    }
+
+    #[test]
+    fn answers_each_request() {
+        let shared = shared_with_connection();
+        let now = SystemTime::now();
+        let a = answer(&shared, "services\n", now);
+        assert_eq!(a["ok"], true, "{a}");
+        let svc = &a["data"][0];
+        assert_eq!(svc["name"], "we\"b\\x\ny");
+        assert_eq!(svc["cluster_ips"][0], "198.51.100.10");
+        assert_eq!(svc["ports"][0]["protocol"], "TCP");
+        let fe = &svc["frontends"][0];
+        assert_eq!(fe["frontend"], "198.51.100.10:80/TCP");
+        assert_eq!(fe["kind"], "ClusterIP");
+        assert_eq!(fe["internal"]["backends"][0], "198.18.2.3:8080");
+
+        let a = answer(&shared, "endpoints", now);
+        assert_eq!(a["data"][0]["endpoints"][0]["address"], "198.18.2.3:8080");
+        assert_eq!(a["data"][0]["endpoints"][0]["local"], true);
+
+        let a = answer(&shared, "conntrack", now);
+        assert_eq!(a["data"]["entries"], 1);
+        assert_eq!(a["data"]["counters"]["full_drops"], 2);
+        let c = &a["data"]["connections"][0];
+        assert_eq!(c["original"]["dst"], "198.51.100.10:80");
+        assert_eq!(c["reply"]["src"], "198.18.2.3:8080");
+        assert_eq!(c["state"], "ESTABLISHED");
+
+        let a = answer(&shared, "counters", now);
+        assert_eq!(a["data"]["nodes"][0]["errors"][0]["reason"], "no_route");
+
+        let a = answer(&shared, "neighbors", now);
+        assert_eq!(a["data"][0]["mac"], "02:00:00:00:00:ab");
+
+        let a = answer(&shared, "fib", now);
+        assert_eq!(a["ok"], true, "{a}");
+        assert_eq!(a["data"]["tables_version"], 7);
+
+        let a = answer(&shared, " sync ", now);
+        assert_eq!(a["data"]["ready"], true);
+        assert_eq!(a["data"]["syncs"], 3);
+        assert_eq!(a["data"]["sync_latency"]["count"], 2);
+        let buckets = a["data"]["sync_latency"]["buckets"].as_array().unwrap();
+        assert_eq!(buckets.last().unwrap()["count"], 2);
+    }
+
+    #[test]
+    fn bad_and_unbuilt_requests_are_errors() {
+        let shared = Arc::new(Shared::default());
+        let now = SystemTime::now();
+        let a = answer(&shared, "bogus", now);
+        assert_eq!(a["ok"], false);
+        assert!(a["error"].as_str().unwrap().contains("one of: services"));
+        let a = answer(&shared, "bgp", now);
+        assert!(a["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not available yet"));
+        // Before the worker's first snapshot and the first sync.
+        let a = answer(&shared, "conntrack", now);
+        assert!(a["error"].as_str().unwrap().contains("not published"));
+        assert_eq!(answer(&shared, "fib", now)["ok"], false);
+        assert_eq!(answer(&shared, "services", now)["data"], json!([]));
+    }
+
+    #[test]
+    fn fib_lists_routes_with_port_names() {
+        use switchyard_dataplane::tables::{Interface, RouteTarget, StaticRoute};
+        let mut c0 = Interface::new("c0", [2, 0, 0, 0, 0, 1], 1500);
+        c0.ipv4.push("198.18.1.1/24".parse().unwrap());
+        let t = Tables::build(
+            3,
+            vec![c0],
+            &[StaticRoute {
+                prefix: "203.0.113.0/24".parse().unwrap(),
+                target: RouteTarget::Via(vec![(Some("198.18.1.9".parse().unwrap()), None)]),
+            }],
+        )
+        .unwrap();
+        let v = fib(&t);
+        let routes = v["routes"].as_array().unwrap();
+        let find = |p: &str| routes.iter().find(|r| r["prefix"] == p).cloned().unwrap();
+        assert_eq!(find("198.18.1.0/24")["type"], "attached");
+        assert_eq!(find("198.18.1.0/24")["next_hops"][0]["port"], "c0");
+        assert_eq!(find("198.18.1.1/32")["type"], "local");
+        let via = find("203.0.113.0/24");
+        assert_eq!(via["type"], "via");
+        assert_eq!(via["next_hops"][0]["gateway"], "198.18.1.9");
+        assert_eq!(via["next_hops"][0]["port"], "c0");
+    }
+
+    /// The socket itself: permissions, stale-socket removal, one line in, one line out.
+    #[test]
+    fn socket_serves_json_lines() {
+        use std::io::{BufRead as _, BufReader as StdBufReader, Write as _};
+        let dir = std::env::temp_dir().join(format!("sy-admin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub/admin.sock");
+        // A stale socket (bound, then its listener closed) is replaced.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let socket = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A live one is refused.
+        let err = bind(&path).unwrap_err().to_string();
+        assert!(err.contains("another agent"), "{err}");
+
+        let shared = shared_with_connection();
+        let std_listener = socket.listener.try_clone().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        {
+            let _enter = rt.enter();
+            let l = tokio::net::UnixListener::from_std(std_listener).unwrap();
+            rt.spawn(serve(l, Arc::clone(&shared)));
+        }
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"services\nconntrack\nnope\n").unwrap();
+        let mut r = StdBufReader::new(s.try_clone().unwrap());
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            lines.push(serde_json::from_str::<Value>(&l).unwrap());
+        }
+        assert_eq!(lines[0]["show"], "services");
+        assert_eq!(lines[1]["data"]["entries"], 1);
+        assert_eq!(lines[2]["ok"], false);
+        // A request line that never ends is cut off.
+        let mut s2 = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s2.write_all(&[b'x'; 2000]).unwrap();
+        let mut l = String::new();
+        StdBufReader::new(s2).read_line(&mut l).unwrap();
+        assert!(l.contains("too long"), "{l}");
+        drop(s);
+        rt.shutdown_background();
+        socket.remove();
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

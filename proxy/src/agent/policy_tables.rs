@@ -1,0 +1,95 @@
+//! From the policy compiler's output to the tables the dataplane's ACL nodes read.
+//!
+//! Each shared ACL of [`CompiledPolicies`] that isolates (default deny) becomes one
+//! [`AclTable`], its rules compiled into a [`Classifier`] in the compiler's order, so a rule's
+//! index in the classifier is its index in the ACL and in [`AclTable::origins`]. An ACL that
+//! does not isolate (default allow, no rules) gets no table: the pod's direction is `None`,
+//! which the ACL nodes pass without a lookup. Every address of every local pod points at the
+//! pod's two ACLs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use switchyard_dataplane::acl::{AclRuleSpec, Classifier};
+use switchyard_dataplane::policy::{AclTable, PodAcls, PolicyTables};
+use switchyard_policy::{Acl, AclId, Cluster, CompiledPolicies, DefaultAction};
+
+/// The dataplane's view of `compiled`, which was compiled from `cluster` (whose pods give the
+/// addresses).
+pub fn policy_tables(cluster: &Cluster, compiled: &CompiledPolicies) -> PolicyTables {
+    let mut tables = PolicyTables::default();
+    let mut index: BTreeMap<AclId, u32> = BTreeMap::new();
+    for (id, acl) in compiled.acls() {
+        if acl.default == DefaultAction::Allow {
+            continue;
+        }
+        let Ok(i) = u32::try_from(tables.acls.len()) else {
+            break;
+        };
+        index.insert(id, i);
+        tables.acls.push(acl_table(id, acl));
+    }
+    for (key, acls) in compiled.pods() {
+        let Some(pod) = cluster.pod(key) else {
+            continue;
+        };
+        let entry = PodAcls {
+            ingress: index.get(&acls.ingress).copied(),
+            egress: index.get(&acls.egress).copied(),
+        };
+        for ip in &pod.ips {
+            tables.pods.insert(*ip, entry);
+        }
+    }
+    tables
+}
+
+/// One isolating ACL as a classifier with its rule origins.
+fn acl_table(id: AclId, acl: &Acl) -> AclTable {
+    let specs: Vec<AclRuleSpec> = acl
+        .rules
+        .iter()
+        .map(|r| AclRuleSpec {
+            peer: r.peer,
+            protocol: r.protocol,
+            ports: (r.ports.first, r.ports.last),
+        })
+        .collect();
+    AclTable {
+        name: format!("acl-{}", id.0).into(),
+        classifier: Classifier::build(&specs, acl.default == DefaultAction::Allow),
+        origins: acl
+            .rules
+            .iter()
+            .map(|r| Arc::from(r.origin.to_string()))
+            .collect(),
+    }
+}
+
+/// The verdict the ACL nodes give the first packet of a flow from `source` to `destination`
+/// (both directions' ACLs of local pods, as [`CompiledPolicies::flow_allowed`] defines it),
+/// worked out from `tables`. A pod's traffic to itself is allowed (it never reaches the
+/// dataplane). For `policy explain` and the tests.
+pub fn flow_allowed(
+    tables: &PolicyTables,
+    source: std::net::IpAddr,
+    destination: std::net::IpAddr,
+    same_pod: bool,
+    protocol: u8,
+    port: u16,
+) -> bool {
+    use switchyard_dataplane::policy::AclDirection;
+    if same_pod {
+        return true;
+    }
+    let egress_ok = tables
+        .acl_for(source, AclDirection::Egress)
+        .is_none_or(|(_, t)| t.classifier.allows(destination, protocol, port));
+    let ingress_ok = tables
+        .acl_for(destination, AclDirection::Ingress)
+        .is_none_or(|(_, t)| t.classifier.allows(source, protocol, port));
+    egress_ok && ingress_ok
+}
+
+#[cfg(test)]
+mod tests;

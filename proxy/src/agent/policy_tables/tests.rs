@@ -1,0 +1,297 @@
+//! The dataplane tables against the compiler's own verdicts: for every pair of endpoints and a
+//! spread of protocols and ports, the classifiers built here must decide as
+//! [`CompiledPolicies::flow_allowed`] does.
+
+use std::net::IpAddr;
+
+use switchyard_dataplane::policy::AclDirection;
+use switchyard_policy::{
+    compile, Direction, LabelSelector, NamedPort, Namespace, NetworkPolicy, Peer, Pod, PodKey,
+    PolicyType, PortSpec, Protocol, Rule, SelectorOperator,
+};
+
+use super::*;
+
+fn ip(s: &str) -> IpAddr {
+    match s.parse() {
+        Ok(ip) => ip,
+        Err(e) => panic!("bad test address {s}: {e}"),
+    }
+}
+
+fn ns(name: &str, labels: &[(&str, &str)]) -> Namespace {
+    Namespace {
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn pod(key: &str, app: &str, ips: &[&str], ports: &[(&str, Protocol, u16)], local: bool) -> Pod {
+    let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+    Pod {
+        namespace: namespace.into(),
+        name: name.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ips: ips.iter().map(|s| ip(s)).collect(),
+        named_ports: ports
+            .iter()
+            .map(|(n, p, port)| NamedPort {
+                name: n.to_string(),
+                protocol: p.clone(),
+                port: *port,
+            })
+            .collect(),
+        node_local: local,
+    }
+}
+
+fn policy(
+    key: &str,
+    selector: LabelSelector,
+    types: Option<Vec<PolicyType>>,
+    ingress: Option<Vec<Rule>>,
+    egress: Option<Vec<Rule>>,
+) -> NetworkPolicy {
+    let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+    NetworkPolicy {
+        namespace: namespace.into(),
+        name: name.into(),
+        pod_selector: selector,
+        policy_types: types,
+        ingress,
+        egress,
+    }
+}
+
+fn cluster() -> Cluster {
+    Cluster {
+        namespaces: vec![ns("a", &[("team", "x")]), ns("b", &[])],
+        pods: vec![
+            pod(
+                "a/web",
+                "web",
+                &["198.18.1.2", "2001:db8:1::2"],
+                &[("http", Protocol::Tcp, 8080)],
+                true,
+            ),
+            pod("a/db", "db", &["198.18.1.3"], &[], true),
+            pod("a/open", "open", &["198.18.1.4"], &[], true),
+            pod(
+                "b/client",
+                "client",
+                &["198.18.2.2", "2001:db8:2::2"],
+                &[("dns", Protocol::Udp, 53)],
+                true,
+            ),
+            pod("b/remote", "client", &["198.18.2.3"], &[], false),
+            pod(
+                "b/dns",
+                "dns",
+                &["198.18.2.53"],
+                &[("dns", Protocol::Udp, 53)],
+                false,
+            ),
+        ],
+        policies: vec![
+            policy(
+                "a/deny-db",
+                LabelSelector::labels([("app", "db")]),
+                None,
+                Some(vec![]),
+                None,
+            ),
+            policy(
+                "a/web",
+                LabelSelector::labels([("app", "web")]),
+                None,
+                Some(vec![
+                    Rule {
+                        peers: Some(vec![Peer::namespaces(
+                            LabelSelector::everything().with_expression(
+                                "team",
+                                SelectorOperator::DoesNotExist,
+                                &[],
+                            ),
+                        )]),
+                        ports: Some(vec![PortSpec::named(Protocol::Tcp, "http")]),
+                    },
+                    Rule {
+                        peers: Some(vec![Peer::ip_block(
+                            "198.51.100.0/24",
+                            &["198.51.100.128/25"],
+                        )]),
+                        ports: Some(vec![PortSpec::range(Protocol::Tcp, 8000, 8100)]),
+                    },
+                ]),
+                None,
+            ),
+            policy(
+                "b/client-egress",
+                LabelSelector::labels([("app", "client")]),
+                Some(vec![PolicyType::Egress]),
+                None,
+                Some(vec![
+                    Rule {
+                        peers: None,
+                        ports: Some(vec![PortSpec::named(Protocol::Udp, "dns")]),
+                    },
+                    Rule {
+                        peers: Some(vec![Peer::pods_in_namespaces(
+                            LabelSelector::labels([("app", "web")]),
+                            LabelSelector::labels([("team", "x")]),
+                        )]),
+                        ports: None,
+                    },
+                ]),
+            ),
+        ],
+        node_ips: vec![ip("198.18.0.1"), ip("2001:db8::1")],
+    }
+}
+
+#[test]
+fn classifiers_agree_with_the_compiler() {
+    let cluster = cluster();
+    let compiled = compile(&cluster);
+    assert!(compiled.errors().is_empty(), "{:#?}", compiled.errors());
+    let tables = policy_tables(&cluster, &compiled);
+
+    let mut endpoints: Vec<(Option<PodKey>, IpAddr)> = cluster
+        .pods
+        .iter()
+        .flat_map(|p| p.ips.iter().map(move |ip| (Some(p.key()), *ip)))
+        .collect();
+    for other in [
+        "198.18.0.1",
+        "2001:db8::1",
+        "198.51.100.7",
+        "198.51.100.200",
+        "203.0.113.9",
+        "2001:db8:ffff::9",
+    ] {
+        endpoints.push((None, ip(other)));
+    }
+    let probes: &[(u8, u16)] = &[
+        (6, 80),
+        (6, 8080),
+        (6, 8000),
+        (6, 8100),
+        (6, 8101),
+        (17, 53),
+        (17, 8080),
+        (132, 53),
+        (1, 0),
+    ];
+    let (mut checked, mut denied) = (0, 0);
+    for (from_pod, src) in &endpoints {
+        for (to_pod, dst) in &endpoints {
+            if src.is_ipv4() != dst.is_ipv4() {
+                continue;
+            }
+            let same = from_pod.is_some() && from_pod == to_pod;
+            for &(protocol, port) in probes {
+                let want = compiled.flow_allowed(*src, *dst, protocol, port);
+                let got = flow_allowed(&tables, *src, *dst, same, protocol, port);
+                assert_eq!(got, want, "{src} -> {dst} proto {protocol} port {port}");
+                checked += 1;
+                denied += usize::from(!got);
+            }
+        }
+    }
+    assert!(
+        checked > 1000 && denied > 100,
+        "{checked} checked, {denied} denied"
+    );
+}
+
+#[test]
+fn isolation_names_and_origins() {
+    let cluster = cluster();
+    let compiled = compile(&cluster);
+    let tables = policy_tables(&cluster, &compiled);
+
+    // Non-local pods have no entry; every address of a local pod has one.
+    assert!(!tables.pods.contains_key(&ip("198.18.2.3")));
+    assert_eq!(tables.pods.len(), 6);
+    assert_eq!(
+        tables.pods.get(&ip("198.18.1.2")),
+        tables.pods.get(&ip("2001:db8:1::2"))
+    );
+    // Not isolated: no ACL, in either direction.
+    assert_eq!(
+        tables.pods.get(&ip("198.18.1.4")),
+        Some(&switchyard_dataplane::policy::PodAcls::default())
+    );
+    // Isolated directions have a default-deny table; the other direction has none.
+    let web = tables
+        .pods
+        .get(&ip("198.18.1.2"))
+        .copied()
+        .unwrap_or_default();
+    assert!(web.ingress.is_some() && web.egress.is_none());
+    let client = tables
+        .pods
+        .get(&ip("198.18.2.2"))
+        .copied()
+        .unwrap_or_default();
+    assert!(client.ingress.is_none() && client.egress.is_some());
+    let Some((_, db)) = tables.acl_for(ip("198.18.1.3"), AclDirection::Ingress) else {
+        panic!("db is isolated for ingress");
+    };
+    assert!(!db.classifier.default_allow());
+    assert_eq!(
+        db.origins.iter().map(|o| &**o).collect::<Vec<_>>(),
+        ["node", "node"]
+    );
+
+    // Tables are only built for isolating ACLs, one per distinct ACL, named by id.
+    let isolating = compiled
+        .acls()
+        .filter(|(_, a)| a.default == DefaultAction::Deny)
+        .count();
+    assert_eq!(tables.acls.len(), isolating);
+    assert_eq!(tables.acls.len(), 3);
+    for (table, (id, acl)) in tables.acls.iter().zip(
+        compiled
+            .acls()
+            .filter(|(_, a)| a.default == DefaultAction::Deny),
+    ) {
+        assert_eq!(&*table.name, format!("acl-{}", id.0));
+        assert_eq!(table.origins.len(), acl.rules.len());
+        assert_eq!(table.classifier.rule_count(), acl.rules.len());
+    }
+    let Some((_, web_in)) = tables.acl_for(ip("198.18.1.2"), AclDirection::Ingress) else {
+        panic!("web is isolated for ingress");
+    };
+    let origins: Vec<&str> = web_in.origins.iter().map(|o| &**o).collect();
+    assert!(origins.contains(&"a/web ingress[0]"), "{origins:?}");
+    assert!(origins.contains(&"a/web ingress[1]"), "{origins:?}");
+    // The hit index is the rule's index in the origins.
+    let Some(hit) = web_in.classifier.classify(ip("198.18.2.2"), 6, 8080) else {
+        panic!("b/client may reach a/web on http");
+    };
+    assert_eq!(
+        web_in.origins.get(hit as usize).map(|o| &**o),
+        Some("a/web ingress[0]")
+    );
+    let compiled_acl = compiled.pod_acl(&PodKey::new("a", "web"), Direction::Ingress);
+    assert_eq!(
+        compiled_acl.and_then(|a| a.first_match(ip("198.18.2.2"), 6, 8080)),
+        Some(hit as usize)
+    );
+}
+
+#[test]
+fn no_policies_no_tables() {
+    let mut cluster = cluster();
+    cluster.policies.clear();
+    let tables = policy_tables(&cluster, &compile(&cluster));
+    assert!(tables.acls.is_empty());
+    assert!(tables
+        .pods
+        .values()
+        .all(|p| p.ingress.is_none() && p.egress.is_none()));
+}

@@ -1,0 +1,685 @@
+//! `/metrics`: the agent's state in the Prometheus exposition formats.
+//!
+//! Nothing is counted here. The worker and the control plane already publish snapshots
+//! ([`crate::state`]); a scrape turns the current ones into metric families with a
+//! [`Collector`], so the cost of metrics is paid by whoever scrapes, never by the worker.
+//!
+//! Names follow Prometheus' rules: a `switchyard_` prefix, base units (`_seconds`,
+//! `_bytes`) and `_total` on counters (the encoder adds unit and `_total` suffixes to the
+//! names written below). Each part of the agent has its own section function; parts that
+//! publish state later (ACLs, BGP, IPsec) add theirs to [`SECTIONS`].
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use switchyard_lb::service::{Frontend, Protocol};
+
+use crate::state::{ControlSnapshot, DataplaneSnapshot, Shared};
+
+/// `Content-Type` of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Which exposition format a scraper asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (what Prometheus asks for first).
+    OpenMetrics,
+    /// The classic Prometheus text format, for clients that do not ask for OpenMetrics.
+    Prometheus,
+}
+
+impl Format {
+    /// The format an HTTP `Accept` header asks for: OpenMetrics when it is named at all.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    /// The `Content-Type` of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Format::Prometheus => PROMETHEUS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// The registry the HTTP server renders on each scrape.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Metrics read from `shared` at each scrape.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(AgentCollector { shared }));
+        Metrics { registry }
+    }
+
+    /// The exposition text in `format`.
+    pub fn render(&self, format: Format) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(16 * 1024);
+        match format {
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)?
+            }
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads the snapshots at scrape time.
+#[derive(Debug)]
+struct AgentCollector {
+    shared: Arc<Shared>,
+}
+
+/// What a section of metrics reads.
+struct Scrape<'a> {
+    shared: &'a Shared,
+    control: &'a ControlSnapshot,
+    dataplane: Option<&'a DataplaneSnapshot>,
+}
+
+type Section = fn(&mut DescriptorEncoder<'_>, &Scrape<'_>) -> std::fmt::Result;
+
+/// The sections, in output order. ACL, BGP and IPsec sections join here once those parts
+/// publish their state in [`Shared`].
+const SECTIONS: &[Section] = &[
+    agent_section,
+    control_section,
+    dataplane_section,
+    services_section,
+];
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let control = self.shared.control();
+        let dataplane = self.shared.dataplane();
+        let scrape = Scrape {
+            shared: &self.shared,
+            control: &control,
+            dataplane: dataplane.as_deref(),
+        };
+        for section in SECTIONS {
+            section(&mut encoder, &scrape)?;
+        }
+        Ok(())
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// One unlabelled counter.
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: u64,
+) -> std::fmt::Result {
+    let m = ConstCounter::new(value);
+    m.encode(enc.encode_descriptor(name, help, unit, m.metric_type())?)
+}
+
+/// One unlabelled gauge.
+fn gauge<N>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: N,
+) -> std::fmt::Result
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let m = ConstGauge::new(value);
+    m.encode(enc.encode_descriptor(name, help, unit, m.metric_type())?)
+}
+
+/// A counter family: one sample per label set.
+fn counter_family<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn agent_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "switchyard_build",
+        "The version of the switchyard binary (always 1).",
+        None,
+        MetricType::Info,
+    )?;
+    m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+    gauge(
+        enc,
+        "process_start_time",
+        "When the agent started, since the Unix epoch.",
+        Some(&Unit::Seconds),
+        unix_seconds(s.shared.started),
+    )
+}
+
+fn control_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Result {
+    let c = s.control;
+    gauge(
+        enc,
+        "switchyard_ready",
+        "1 once the first full sync has been programmed into the dataplane.",
+        None,
+        i64::from(c.ready),
+    )?;
+    counter(
+        enc,
+        "switchyard_syncs",
+        "Syncs of the dataplane tables from the cluster state.",
+        None,
+        c.syncs,
+    )?;
+    if let Some(t) = c.last_sync {
+        gauge(
+            enc,
+            "switchyard_last_sync_timestamp",
+            "When the tables were last programmed, since the Unix epoch.",
+            Some(&Unit::Seconds),
+            unix_seconds(t),
+        )?;
+    }
+    let h = &c.sync_latency;
+    let buckets: Vec<(f64, u64)> = h
+        .bounds
+        .iter()
+        .copied()
+        .chain(std::iter::once(f64::INFINITY))
+        .zip(h.counts.iter().copied())
+        .collect();
+    let mut m = enc.encode_descriptor(
+        "switchyard_sync_duration",
+        "From a change seen in the cluster state to its tables published to the dataplane.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &buckets, None)?;
+    gauge(
+        enc,
+        "switchyard_sync_problems",
+        "Objects or frontends skipped at the last sync for being invalid (see the logs).",
+        None,
+        c.problems.len() as u64,
+    )?;
+    if let Some(t) = &c.tables {
+        gauge(
+            enc,
+            "switchyard_tables_version",
+            "Version of the tables the control plane last published.",
+            None,
+            t.version,
+        )?;
+    }
+    Ok(())
+}
+
+fn dataplane_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Result {
+    let Some(d) = s.dataplane else {
+        return Ok(());
+    };
+    gauge(
+        enc,
+        "switchyard_dataplane_snapshot_timestamp",
+        "When the worker last published its counters, since the Unix epoch.",
+        Some(&Unit::Seconds),
+        unix_seconds(d.taken_at),
+    )?;
+    counter(
+        enc,
+        "switchyard_rx_packets",
+        "Packets received from the ports.",
+        None,
+        d.rx,
+    )?;
+    counter(
+        enc,
+        "switchyard_tx_packets",
+        "Packets sent on the ports.",
+        None,
+        d.tx,
+    )?;
+    counter(
+        enc,
+        "switchyard_io_errors",
+        "Failed receive or transmit calls.",
+        None,
+        d.io_errors,
+    )?;
+    counter_family(
+        enc,
+        "switchyard_node_packets",
+        "Packets processed per graph node.",
+        None,
+        d.nodes.iter().map(|n| ([("node", n.name)], n.packets)),
+    )?;
+    counter_family(
+        enc,
+        "switchyard_node_vectors",
+        "Vectors processed per graph node.",
+        None,
+        d.nodes.iter().map(|n| ([("node", n.name)], n.vectors)),
+    )?;
+    counter_family(
+        enc,
+        "switchyard_node_errors",
+        "Packets counted by a graph node under a reason, mostly drops.",
+        None,
+        d.nodes.iter().flat_map(|n| {
+            n.errors
+                .iter()
+                .map(move |(info, count)| ([("node", n.name), ("reason", info.key)], *count))
+        }),
+    )?;
+    gauge(
+        enc,
+        "switchyard_neighbors",
+        "Neighbor (ARP and NDP) entries.",
+        None,
+        d.neighbors.len() as u64,
+    )?;
+    gauge(
+        enc,
+        "switchyard_conntrack_entries",
+        "Connections tracked now.",
+        None,
+        d.conntrack_len as u64,
+    )?;
+    gauge(
+        enc,
+        "switchyard_conntrack_entries_limit",
+        "Capacity of the connection table.",
+        None,
+        u64::from(d.conntrack_capacity),
+    )?;
+    let ct = &d.conntrack;
+    for (name, help, value) in [
+        (
+            "switchyard_conntrack_inserts",
+            "Connections inserted.",
+            ct.inserts,
+        ),
+        (
+            "switchyard_conntrack_removals",
+            "Connections removed (backend gone, flushes).",
+            ct.removals,
+        ),
+        (
+            "switchyard_conntrack_evictions",
+            "Unexpired connections evicted to make room.",
+            ct.evictions,
+        ),
+        (
+            "switchyard_conntrack_expirations",
+            "Connections removed when their timeout passed.",
+            ct.expirations,
+        ),
+        (
+            "switchyard_conntrack_full_drops",
+            "New connections refused because the table was full.",
+            ct.full_drops,
+        ),
+        (
+            "switchyard_conntrack_clashes",
+            "Inserts refused because the tuple was already tracked.",
+            ct.clashes,
+        ),
+        (
+            "switchyard_conntrack_invalid_packets",
+            "Packets that did not fit their connection's state.",
+            ct.invalid,
+        ),
+    ] {
+        counter(enc, name, help, None, value)?;
+    }
+    Ok(())
+}
+
+/// Labels of one (frontend, backend) pair.
+struct PairLabels {
+    namespace: String,
+    service: String,
+    port: String,
+    frontend: String,
+    backend: String,
+}
+
+impl PairLabels {
+    fn toward_backend(&self) -> [(&str, &str); 6] {
+        self.with_direction("to_backend")
+    }
+
+    fn toward_client(&self) -> [(&str, &str); 6] {
+        self.with_direction("from_backend")
+    }
+
+    fn with_direction<'a>(&'a self, direction: &'a str) -> [(&'a str, &'a str); 6] {
+        let [a, b, c, d, e] = self.base();
+        [a, b, c, d, e, ("direction", direction)]
+    }
+
+    fn base(&self) -> [(&str, &str); 5] {
+        [
+            ("namespace", &self.namespace),
+            ("service", &self.service),
+            ("port", &self.port),
+            ("frontend", &self.frontend),
+            ("backend", &self.backend),
+        ]
+    }
+}
+
+/// `addr:port/PROTO`, e.g. `198.51.100.10:80/TCP` or `[2001:db8::1]:53/UDP`.
+pub fn frontend_label(f: &Frontend) -> String {
+    let mut s = SocketAddr::new(f.addr, f.port).to_string();
+    let _ = match Protocol::from_number(f.proto) {
+        Some(Protocol::Tcp) => write!(s, "/TCP"),
+        Some(Protocol::Udp) => write!(s, "/UDP"),
+        Some(Protocol::Sctp) => write!(s, "/SCTP"),
+        None => write!(s, "/{}", f.proto),
+    };
+    s
+}
+
+fn services_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Result {
+    let Some(d) = s.dataplane else {
+        return Ok(());
+    };
+    let frontends = s
+        .control
+        .tables
+        .as_ref()
+        .and_then(|t| t.services.as_ref())
+        .map(|svc| &svc.table.frontends);
+    // One label set per frontend, shared by its backends.
+    let mut by_frontend: HashMap<Frontend, (String, String, String, String)> = HashMap::new();
+    let pairs: Vec<(PairLabels, &switchyard_dataplane::services::BackendCounters)> = d
+        .backends
+        .iter()
+        .map(|(f, b, c)| {
+            let (namespace, service, port, frontend) = by_frontend
+                .entry(*f)
+                .or_insert_with(|| {
+                    let entry = frontends.and_then(|t| t.get(f));
+                    (
+                        entry
+                            .map(|e| e.service.namespace.clone())
+                            .unwrap_or_default(),
+                        entry.map(|e| e.service.name.clone()).unwrap_or_default(),
+                        entry.map(|e| e.port_name.to_string()).unwrap_or_default(),
+                        frontend_label(f),
+                    )
+                })
+                .clone();
+            let labels = PairLabels {
+                namespace,
+                service,
+                port,
+                frontend,
+                backend: SocketAddr::new(b.addr, b.port).to_string(),
+            };
+            (labels, c)
+        })
+        .collect();
+    counter_family(
+        enc,
+        "switchyard_service_backend_connections",
+        "Connections started per service frontend and backend.",
+        None,
+        pairs.iter().map(|(l, c)| (l.base(), c.connections)),
+    )?;
+    counter_family(
+        enc,
+        "switchyard_service_backend_packets",
+        "Packets per service frontend and backend, each way.",
+        None,
+        pairs.iter().flat_map(|(l, c)| {
+            [
+                (l.toward_backend(), c.packets[0]),
+                (l.toward_client(), c.packets[1]),
+            ]
+        }),
+    )?;
+    counter_family(
+        enc,
+        "switchyard_service_backend",
+        "IP bytes per service frontend and backend, each way.",
+        Some(&Unit::Bytes),
+        pairs.iter().flat_map(|(l, c)| {
+            [
+                (l.toward_backend(), c.bytes[0]),
+                (l.toward_client(), c.bytes[1]),
+            ]
+        }),
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    use switchyard_dataplane::conntrack::Counters;
+    use switchyard_dataplane::graph::{ErrorInfo, NodeCounters};
+    use switchyard_dataplane::services::{BackendCounters, Services};
+    use switchyard_dataplane::tables::Tables;
+    use switchyard_lb::service::{
+        BackendAddr, CompileOptions, Endpoint, Service, ServiceName, ServicePort, ServiceTable,
+    };
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    pub(crate) fn sample_shared() -> Arc<Shared> {
+        let service = Service {
+            name: ServiceName {
+                namespace: "default".into(),
+                name: "we\"b\\x\ny".into(),
+            },
+            cluster_ips: vec![ip("198.51.100.10")],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+                endpoints: vec![Endpoint::ready(ip("198.18.2.3"), 8080, true)],
+            }],
+            affinity_timeout_secs: None,
+            external_traffic_policy: Default::default(),
+            internal_traffic_policy: Default::default(),
+            health_check_node_port: None,
+            forwarding: Default::default(),
+        };
+        let (table, errors) =
+            ServiceTable::compile(std::slice::from_ref(&service), &CompileOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        let tables = Tables {
+            version: 7,
+            services: Some(Arc::new(Services {
+                table,
+                ..Services::default()
+            })),
+            ..Tables::build(7, vec![], &[]).unwrap()
+        };
+        let shared = Arc::new(Shared::default());
+        shared.update_control(|c| {
+            c.ready = true;
+            c.syncs = 3;
+            c.last_sync = Some(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000));
+            c.sync_latency.observe(0.0015);
+            c.sync_latency.observe(0.3);
+            c.services = vec![service];
+            c.tables = Some(Arc::new(tables));
+        });
+        static ERRS: &[ErrorInfo] = &[ErrorInfo {
+            key: "no_route",
+            text: "no route",
+        }];
+        let frontend = Frontend {
+            addr: ip("198.51.100.10"),
+            proto: 6,
+            port: 80,
+        };
+        shared.set_dataplane(DataplaneSnapshot {
+            taken_at: SystemTime::now(),
+            tables_version: 7,
+            rx: 10,
+            tx: 9,
+            io_errors: 1,
+            nodes: vec![NodeCounters {
+                name: "ip4-lookup",
+                vectors: 2,
+                packets: 10,
+                errors: vec![(ERRS[0], 4)],
+            }],
+            conntrack_len: 1,
+            conntrack_capacity: 1024,
+            conntrack: Counters {
+                inserts: 5,
+                full_drops: 2,
+                ..Counters::default()
+            },
+            connections: vec![],
+            backends: vec![
+                (
+                    frontend,
+                    BackendAddr {
+                        addr: ip("198.18.2.3"),
+                        port: 8080,
+                    },
+                    BackendCounters {
+                        connections: 2,
+                        packets: [6, 4],
+                        bytes: [600, 400],
+                    },
+                ),
+                (
+                    Frontend {
+                        addr: ip("2001:db8::9"),
+                        proto: 17,
+                        port: 53,
+                    },
+                    BackendAddr {
+                        addr: ip("2001:db8:2::3"),
+                        port: 8053,
+                    },
+                    BackendCounters::default(),
+                ),
+            ],
+            neighbors: vec![],
+        });
+        shared
+    }
+
+    #[test]
+    fn openmetrics_names_labels_and_escaping() {
+        let text = Metrics::new(sample_shared())
+            .render(Format::OpenMetrics)
+            .unwrap();
+        let want = [
+            "switchyard_build_info{version=\"",
+            "# TYPE switchyard_ready gauge\nswitchyard_ready 1\n",
+            "switchyard_syncs_total 3\n",
+            "switchyard_last_sync_timestamp_seconds 1700000000.0\n",
+            "# TYPE switchyard_sync_duration_seconds histogram\n",
+            "# UNIT switchyard_sync_duration_seconds seconds\n",
+            "switchyard_sync_duration_seconds_count 2\n",
+            "switchyard_sync_duration_seconds_bucket{le=\"0.001\"} 0\n",
+            "switchyard_sync_duration_seconds_bucket{le=\"0.002\"} 1\n",
+            "switchyard_sync_duration_seconds_bucket{le=\"0.5\"} 2\n",
+            "switchyard_sync_duration_seconds_bucket{le=\"+Inf\"} 2\n",
+            "switchyard_rx_packets_total 10\n",
+            "switchyard_io_errors_total 1\n",
+            "switchyard_node_packets_total{node=\"ip4-lookup\"} 10\n",
+            "switchyard_node_errors_total{node=\"ip4-lookup\",reason=\"no_route\"} 4\n",
+            "switchyard_conntrack_entries 1\n",
+            "switchyard_conntrack_entries_limit 1024\n",
+            "switchyard_conntrack_inserts_total 5\n",
+            "switchyard_conntrack_full_drops_total 2\n",
+            // The name's quote, backslash and newline are escaped.
+            "switchyard_service_backend_connections_total{namespace=\"default\",\
+             service=\"we\\\"b\\\\x\\ny\",port=\"http\",frontend=\"198.51.100.10:80/TCP\",\
+             backend=\"198.18.2.3:8080\"} 2\n",
+            "switchyard_service_backend_packets_total{namespace=\"default\",\
+             service=\"we\\\"b\\\\x\\ny\",port=\"http\",frontend=\"198.51.100.10:80/TCP\",\
+             backend=\"198.18.2.3:8080\",direction=\"from_backend\"} 4\n",
+            "switchyard_service_backend_bytes_total{namespace=\"default\",\
+             service=\"we\\\"b\\\\x\\ny\",port=\"http\",frontend=\"198.51.100.10:80/TCP\",\
+             backend=\"198.18.2.3:8080\",direction=\"to_backend\"} 600\n",
+            // A frontend no longer in the tables keeps its counters, without a service.
+            "switchyard_service_backend_packets_total{namespace=\"\",service=\"\",port=\"\",\
+             frontend=\"[2001:db8::9]:53/UDP\",backend=\"[2001:db8:2::3]:8053\",\
+             direction=\"to_backend\"} 0\n",
+        ];
+        for w in want {
+            assert!(text.contains(w), "missing {w:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn prometheus_text_for_plain_clients() {
+        let m = Metrics::new(sample_shared());
+        let text = m.render(Format::Prometheus).unwrap();
+        assert!(text.contains("switchyard_syncs_total 3\n"), "{text}");
+        assert!(text.contains("switchyard_build_info{version="), "{text}");
+        assert!(!text.contains("# EOF"));
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+        assert_eq!(
+            Format::from_accept(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+    }
+
+    #[test]
+    fn before_any_snapshot_only_control_metrics() {
+        let text = Metrics::new(Arc::new(Shared::default()))
+            .render(Format::OpenMetrics)
+            .unwrap();
+        assert!(text.contains("switchyard_ready 0\n"), "{text}");
+        assert!(!text.contains("switchyard_last_sync_timestamp"), "{text}");
+        assert!(!text.contains("switchyard_rx_packets"), "{text}");
+    }
+}

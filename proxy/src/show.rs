@@ -1,0 +1,453 @@
+//! `switchyard show ...`: asks a running agent over its admin socket ([`crate::admin`]) and
+//! prints the answer as aligned tables, or as JSON with `--json`.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::Value;
+
+use crate::cli::{ShowArgs, ShowWhat};
+
+/// How long the agent may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `switchyard show`.
+pub fn run(args: &ShowArgs) -> anyhow::Result<()> {
+    let data = request(&args.socket, args.what.request())?;
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&data).context("formatting the answer")?;
+        s.push('\n');
+        s
+    } else {
+        render(args.what, &data)
+    };
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing to stdout")
+}
+
+/// Sends one request and returns the answer's data, or the agent's error.
+pub fn request(socket: &Path, request: &str) -> anyhow::Result<Value> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        anyhow!(
+            "cannot reach the agent's admin socket {}: {e} (is `switchyard agent` running? \
+             --socket PATH names another socket)",
+            socket.display()
+        )
+    })?;
+    let io = |e: std::io::Error| anyhow!("admin socket {}: {e}", socket.display());
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).map_err(io)?;
+    if line.is_empty() {
+        bail!(
+            "admin socket {}: the agent closed the connection",
+            socket.display()
+        );
+    }
+    let answer: Value = serde_json::from_str(&line)
+        .with_context(|| format!("admin socket {}: the answer is not JSON", socket.display()))?;
+    if answer["ok"] == true {
+        Ok(answer["data"].clone())
+    } else {
+        bail!(
+            "{}",
+            answer["error"]
+                .as_str()
+                .unwrap_or("the agent gave an error without a message")
+        )
+    }
+}
+
+/// A JSON value as a table cell.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::Bool(true) => "yes".into(),
+        Value::Bool(false) => "no".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Columns padded to their widest cell, two spaces apart; the last one is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(c);
+            } else {
+                let pad = widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(c.chars().count());
+                line.push_str(c);
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A frontend's target: its backends, or what happens instead.
+fn target(t: &Value) -> String {
+    match t["action"].as_str() {
+        Some("balance") => {
+            let b: Vec<String> = items(&t["backends"]).iter().map(cell).collect();
+            if b.is_empty() {
+                "-".into()
+            } else {
+                b.join(",")
+            }
+        }
+        Some(other) => other.to_string(),
+        None => "-".into(),
+    }
+}
+
+/// The human form of an answer.
+pub fn render(what: ShowWhat, data: &Value) -> String {
+    match what {
+        ShowWhat::Services => services(data),
+        ShowWhat::Endpoints => endpoints(data),
+        ShowWhat::Conntrack => conntrack(data),
+        ShowWhat::Fib => fib(data),
+        ShowWhat::Counters => counters(data),
+        ShowWhat::Neighbors => neighbors(data),
+        ShowWhat::Sync => sync(data),
+        // The agent refuses these until they exist; show whatever it sends.
+        ShowWhat::Acl | ShowWhat::Bgp | ShowWhat::Ipsec => {
+            serde_json::to_string_pretty(data).unwrap_or_default() + "\n"
+        }
+    }
+}
+
+fn services(data: &Value) -> String {
+    let mut rows = Vec::new();
+    for s in items(data) {
+        let name = format!("{}/{}", cell(&s["namespace"]), cell(&s["name"]));
+        let fes = items(&s["frontends"]);
+        if fes.is_empty() {
+            rows.push(vec![
+                name.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for f in fes {
+            let internal = target(&f["internal"]);
+            let external = target(&f["external"]);
+            rows.push(vec![
+                name.clone(),
+                cell(&f["frontend"]),
+                cell(&f["kind"]),
+                if f["port"].as_str().is_some_and(|p| !p.is_empty()) {
+                    cell(&f["port"])
+                } else {
+                    "-".into()
+                },
+                internal.clone(),
+                if external == internal {
+                    "(same)".into()
+                } else {
+                    external
+                },
+            ]);
+        }
+    }
+    table(
+        &[
+            "SERVICE",
+            "FRONTEND",
+            "KIND",
+            "PORT",
+            "BACKENDS",
+            "EXTERNAL BACKENDS",
+        ],
+        &rows,
+    )
+}
+
+fn endpoints(data: &Value) -> String {
+    let mut rows = Vec::new();
+    for p in items(data) {
+        let name = format!("{}/{}", cell(&p["namespace"]), cell(&p["name"]));
+        let port = format!("{}/{}", cell(&p["port"]), cell(&p["protocol"]));
+        let eps = items(&p["endpoints"]);
+        if eps.is_empty() {
+            rows.push(vec![name.clone(), port.clone(), "-".into()]);
+        }
+        for e in eps {
+            rows.push(vec![
+                name.clone(),
+                port.clone(),
+                cell(&e["address"]),
+                cell(&e["ready"]),
+                cell(&e["serving"]),
+                cell(&e["terminating"]),
+                cell(&e["local"]),
+            ]);
+        }
+    }
+    table(
+        &[
+            "SERVICE",
+            "PORT",
+            "ENDPOINT",
+            "READY",
+            "SERVING",
+            "TERMINATING",
+            "LOCAL",
+        ],
+        &rows,
+    )
+}
+
+fn conntrack(data: &Value) -> String {
+    let c = &data["counters"];
+    let mut out = format!(
+        "{} connections tracked (capacity {}); inserted {}, removed {}, evicted {}, \
+         expired {}, refused when full {}, invalid packets {}\n",
+        cell(&data["entries"]),
+        cell(&data["capacity"]),
+        cell(&c["inserts"]),
+        cell(&c["removals"]),
+        cell(&c["evictions"]),
+        cell(&c["expirations"]),
+        cell(&c["full_drops"]),
+        cell(&c["invalid"]),
+    );
+    if data["sampled"] != data["entries"] {
+        out.push_str(&format!("showing {} of them\n", cell(&data["sampled"])));
+    }
+    let pair = |v: &Value| format!("{}/{}", cell(&v[0]), cell(&v[1]));
+    let rows: Vec<Vec<String>> = items(&data["connections"])
+        .iter()
+        .map(|k| {
+            vec![
+                cell(&k["protocol"]),
+                format!(
+                    "{} -> {}",
+                    cell(&k["original"]["src"]),
+                    cell(&k["original"]["dst"])
+                ),
+                format!(
+                    "{} -> {}",
+                    cell(&k["reply"]["src"]),
+                    cell(&k["reply"]["dst"])
+                ),
+                cell(&k["state"]),
+                pair(&k["packets"]),
+                pair(&k["bytes"]),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["PROTO", "ORIGINAL", "REPLY", "STATE", "PACKETS", "BYTES"],
+        &rows,
+    ));
+    out
+}
+
+fn fib(data: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(&data["routes"])
+        .iter()
+        .map(|r| {
+            let hops: Vec<String> = items(&r["next_hops"])
+                .iter()
+                .map(|h| match h["gateway"].as_str() {
+                    Some(gw) => format!("{gw} via {}", cell(&h["port"])),
+                    None => cell(&h["port"]),
+                })
+                .collect();
+            vec![
+                cell(&r["prefix"]),
+                cell(&r["type"]),
+                if hops.is_empty() {
+                    "-".into()
+                } else {
+                    hops.join(", ")
+                },
+            ]
+        })
+        .collect();
+    table(&["PREFIX", "TYPE", "NEXT HOPS"], &rows)
+}
+
+fn counters(data: &Value) -> String {
+    let mut out = format!(
+        "received {}, sent {}, I/O errors {} (as of {})\n",
+        cell(&data["rx"]),
+        cell(&data["tx"]),
+        cell(&data["io_errors"]),
+        cell(&data["taken_at"]),
+    );
+    let mut rows = Vec::new();
+    for n in items(&data["nodes"]) {
+        rows.push(vec![
+            cell(&n["name"]),
+            cell(&n["packets"]),
+            cell(&n["vectors"]),
+            String::new(),
+        ]);
+        for e in items(&n["errors"]) {
+            if e["count"].as_u64().unwrap_or(0) > 0 {
+                rows.push(vec![
+                    String::new(),
+                    cell(&e["count"]),
+                    String::new(),
+                    format!("{} ({})", cell(&e["reason"]), cell(&e["text"])),
+                ]);
+            }
+        }
+    }
+    out.push_str(&table(&["NODE", "PACKETS", "VECTORS", "COUNTER"], &rows));
+    out
+}
+
+fn neighbors(data: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(data)
+        .iter()
+        .map(|n| {
+            vec![
+                cell(&n["port"]),
+                cell(&n["address"]),
+                n["mac"].as_str().unwrap_or("(incomplete)").to_string(),
+            ]
+        })
+        .collect();
+    table(&["PORT", "ADDRESS", "MAC"], &rows)
+}
+
+fn sync(data: &Value) -> String {
+    let lat = &data["sync_latency"];
+    let mean = match (lat["sum_seconds"].as_f64(), lat["count"].as_u64()) {
+        (Some(sum), Some(n)) if n > 0 => format!("{:.1} ms", sum / n as f64 * 1e3),
+        _ => "-".into(),
+    };
+    let age = |v: &Value| {
+        v.as_f64()
+            .map(|s| format!("{s:.1} s ago"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut rows = vec![
+        vec!["ready".into(), cell(&data["ready"])],
+        vec!["source".into(), cell(&data["source"])],
+        vec!["started".into(), cell(&data["started"])],
+        vec!["syncs".into(), cell(&data["syncs"])],
+        vec![
+            "last sync".into(),
+            format!(
+                "{} ({})",
+                cell(&data["last_sync"]),
+                age(&data["last_sync_age_seconds"])
+            ),
+        ],
+        vec!["mean sync latency".into(), mean],
+        vec!["tables version".into(), cell(&data["tables_version"])],
+        vec![
+            "dataplane".into(),
+            format!(
+                "tables version {}, counters from {}",
+                cell(&data["dataplane_tables_version"]),
+                age(&data["dataplane_snapshot_age_seconds"])
+            ),
+        ],
+        vec!["services".into(), cell(&data["services"])],
+    ];
+    let problems = items(&data["problems"]);
+    rows.push(vec!["problems".into(), problems.len().to_string()]);
+    let mut out = String::new();
+    for r in &rows {
+        out.push_str(&format!("{:<18} {}\n", format!("{}:", r[0]), r[1]));
+    }
+    for p in problems {
+        out.push_str(&format!("  {}\n", cell(p)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn data(what: &str) -> Value {
+        let shared = crate::metrics::tests::sample_shared();
+        crate::admin::answer(&shared, what, SystemTime::now())["data"].clone()
+    }
+
+    #[test]
+    fn tables_are_aligned() {
+        let t = table(
+            &["A", "LONGER"],
+            &[
+                vec!["xxxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A     LONGER\nxxxx  1\ny     22\n");
+    }
+
+    #[test]
+    fn renders_each_answer() {
+        let s = render(ShowWhat::Services, &data("services"));
+        assert!(s.starts_with("SERVICE"), "{s}");
+        assert!(
+            s.contains("198.51.100.10:80/TCP  ClusterIP  http  198.18.2.3:8080"),
+            "{s}"
+        );
+        let s = render(ShowWhat::Endpoints, &data("endpoints"));
+        assert!(s.contains("http/TCP  198.18.2.3:8080  yes"), "{s}");
+        let s = render(ShowWhat::Conntrack, &data("conntrack"));
+        assert!(
+            s.starts_with("1 connections tracked (capacity 1024)"),
+            "{s}"
+        );
+        assert!(s.contains("showing 0 of them"), "{s}");
+        let s = render(ShowWhat::Counters, &data("counters"));
+        assert!(s.contains("ip4-lookup"), "{s}");
+        assert!(s.contains("no_route (no route)"), "{s}");
+        let s = render(ShowWhat::Sync, &data("sync"));
+        assert!(s.contains("ready:             yes"), "{s}");
+        let s = render(ShowWhat::Neighbors, &data("neighbors"));
+        assert_eq!(s, "PORT  ADDRESS  MAC\n");
+        let s = render(ShowWhat::Fib, &data("fib"));
+        assert!(s.starts_with("PREFIX"), "{s}");
+    }
+
+    #[test]
+    fn a_missing_socket_is_one_clear_error() {
+        let e = request(Path::new("/nonexistent/switchyard.sock"), "services")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot reach the agent's admin socket"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+}
