@@ -226,7 +226,9 @@ if [ "$KERNEL" = 0 ]; then
   # namespace, each answering with its name and the address it saw the client as.
   pod_listen() { # pod_listen NAME ADDR PORT [udp]
     local name=$1 addr=$2 port=$3 proto=${4:-tcp} listen
-    if [ "$proto" = udp ]; then listen="UDP-RECVFROM:$port,bind=$addr,fork"; else listen="TCP-LISTEN:$port,bind=$addr,fork,reuseaddr"; fi
+    local fam=4
+    case "$addr" in \[*) fam=6 ;; esac
+    if [ "$proto" = udp ]; then listen="UDP$fam-RECVFROM:$port,bind=$addr,fork"; else listen="TCP$fam-LISTEN:$port,bind=$addr,fork,reuseaddr"; fi
     in_ns "$SERVER" 150 socat "$listen" SYSTEM:"echo $name \$SOCAT_PEERADDR" 2>>"$WORK/pods.err" &
   }
   for a in 198.18.2.3 198.18.2.4 198.18.2.10; do in_ns "$SERVER" 5 ip addr add "$a/24" dev eth0; done
@@ -238,6 +240,8 @@ if [ "$KERNEL" = 0 ]; then
   pod_listen api-0 198.18.2.10 5353 udp
   mkdir -p "$WORK/manifests"
   cp "$ROOT"/examples/*.yaml "$WORK/manifests/"
+  # The NetworkPolicy is added live, later, to show its effect.
+  mv "$WORK/manifests/30-policy.yaml" "$WORK/policy.yaml"
   AGENT_DATAPLANE=${AGENT_DATAPLANE:-dpdk}
   if [ "$AGENT_DATAPLANE" = dpdk ]; then
     PORTS=(--interface net_af_packet0 --interface net_af_packet1
@@ -250,6 +254,8 @@ if [ "$KERNEL" = 0 ]; then
       --address s0=198.18.2.1/24 --address s0=2001:db8:2::1/64)
   fi
   AGENT_ARGS=(agent --manifests "$WORK/manifests" --node-name node-a --poll-interval 0.2
+    --admin-socket "$WORK/admin.sock" --metrics-bind-address 127.0.0.1:10249
+    --healthz-bind-address 127.0.0.1:10256
     --dataplane "$AGENT_DATAPLANE" "${PORTS[@]}" --duration 120)
   echo "  ip netns exec $NODE $SWITCHYARD ${AGENT_ARGS[*]}"
   NO_COLOR=1 ip netns exec "$NODE" "$SWITCHYARD" "${AGENT_ARGS[@]}" >"$WORK/agent.out" 2>"$WORK/agent.err" &
@@ -269,10 +275,12 @@ if [ "$KERNEL" = 0 ]; then
 
   # ask NAME ADDR PORT [udp]: one request from the client; prints the answer.
   ask() {
+    local fam=4
+    case "$2" in \[*) fam=6 ;; esac
     if [ "${4:-tcp}" = udp ]; then
-      echo q | in_ns "$CLIENT" 5 socat -T 2 - "UDP:$2:$3" 2>/dev/null
+      echo q | in_ns "$CLIENT" 5 socat -T 2 - "UDP$fam:$2:$3" 2>/dev/null
     else
-      in_ns "$CLIENT" 5 socat -T 2 - "TCP:$2:$3,connect-timeout=2" </dev/null 2>/dev/null
+      in_ns "$CLIENT" 5 socat -T 2 - "TCP$fam:$2:$3,connect-timeout=2" </dev/null 2>/dev/null
     fi
   }
   spread() { # spread ADDR PORT N: which pods answered N requests
@@ -306,10 +314,43 @@ if [ "$KERNEL" = 0 ]; then
     bad "after removing pod-a: $answers"
   fi
 
+  # Live change: a NetworkPolicy lets only web pods reach api pods (8080/TCP, 5353/UDP).
+  cp "$WORK/policy.yaml" "$WORK/manifests/30-policy.yaml"
+  sleep 1
+  a=$(ask x '[2001:db8:ffff::20]' 80)
+  if [ -z "$a" ]; then
+    ok "after adding NetworkPolicy demo/api-from-web: the client can no longer reach api-0 (denied by its ingress ACL)"
+  else
+    bad "after adding the policy, api-0 still answered the client: \"$a\""
+  fi
+  a=$(ask x 198.18.1.1 30080)
+  if [ "${a%% *}" = api-0 ]; then
+    ok "NodePort api still answers: \"$a\" (masqueraded to the node's address; node traffic is always allowed)"
+  else
+    bad "NodePort api after the policy → \"$a\""
+  fi
+  echo "  switchyard policy explain --manifests examples/ --port 8080/TCP:"
+  "$SWITCHYARD" policy explain --manifests "$WORK/manifests" --port 8080/TCP 2>&1 | sed 's/^/  │ /' | head -n 14
+
+  heading "What the agent shows"
+  echo "  switchyard show services:"
+  "$SWITCHYARD" show services --socket "$WORK/admin.sock" 2>&1 | sed 's/^/  │ /' | head -n 20
+  echo "  switchyard show conntrack (first lines):"
+  "$SWITCHYARD" show conntrack --socket "$WORK/admin.sock" 2>&1 | sed 's/^/  │ /' | head -n 8
+  if out=$(in_ns "$NODE" 5 python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:10256/readyz").status)' 2>&1) && [ "$out" = 200 ]; then
+    ok "/readyz answers 200 (first sync programmed)"
+  else
+    bad "/readyz: $out"
+  fi
+  echo "  a few metrics (curl http://127.0.0.1:10249/metrics in the node namespace):"
+  in_ns "$NODE" 5 python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:10249/metrics").read().decode())' 2>&1 |
+    grep -E '^switchyard_(service_backend_connections_total|conntrack_entries |sync_duration_seconds_count|node_errors_total\{node="ip6-acl")' |
+    head -n 10 | sed 's/^/  │ /'
+
   stop_router
   if [ "${ROUTER_RC:-1}" = 0 ]; then ok "agent exited cleanly on SIGTERM"; else bad "agent exit status ${ROUTER_RC:-?}"; fi
-  echo "  service proxy counters:"
-  sed -n '/^ip4-nat/,/^ip4-lookup/p;/^ip6-nat/,/^ip6-lookup/p' "$WORK/agent.out" | grep -v lookup | sed 's/^/  │ /'
+  echo "  service proxy and policy counters:"
+  awk '/^[a-z0-9-]+ +[0-9]+ +[0-9]+$/ { show = ($1 ~ /^ip[46]-(nat|acl)$/) } show' "$WORK/agent.out" | sed 's/^/  │ /'
   grep 'tables programmed' "$WORK/agent.err" | sed -E 's/^.*version=/  │ tables version=/' | head -n 5
 fi
 
