@@ -203,6 +203,26 @@ impl Tables {
         Ok(tables)
     }
 
+    /// A copy of these tables with `routes` added (learned routes, e.g. from BGP), the FIB
+    /// recompiled. A route whose prefix already has one (an address of this node, an attached
+    /// subnet or a static route from the flags) is left out: those win. Routes that cannot
+    /// be resolved are left out and returned as errors.
+    pub fn with_extra_routes(&self, routes: &[StaticRoute]) -> (Tables, Vec<TablesError>) {
+        let mut tables = self.clone();
+        let mut errors = Vec::new();
+        for r in routes {
+            if tables.fib.get(r.prefix).is_some() {
+                continue;
+            }
+            match tables.resolve(r) {
+                Ok(route) => tables.fib.insert(r.prefix, route),
+                Err(e) => errors.push(e),
+            }
+        }
+        tables.fib.compile();
+        (tables, errors)
+    }
+
     fn resolve(&self, r: &StaticRoute) -> Result<Route, TablesError> {
         let hops = match &r.target {
             RouteTarget::Blackhole => return Ok(Route::Blackhole),
@@ -352,6 +372,45 @@ mod tests {
             }],
         );
         assert!(matches!(e, Err(TablesError::UnresolvedGateway { .. })));
+    }
+
+    #[test]
+    fn extra_routes_never_replace_existing_ones() {
+        let gw = |s: &str| RouteTarget::Via(vec![(Some(s.parse().unwrap()), None)]);
+        let base = Tables::build(
+            1,
+            vec![ifc("a", "198.18.0.1/24", "2001:db8::1/64")],
+            &[StaticRoute {
+                prefix: "198.19.0.0/16".parse().unwrap(),
+                target: RouteTarget::Blackhole,
+            }],
+        )
+        .unwrap();
+        let extra = [
+            StaticRoute {
+                prefix: "198.19.0.0/16".parse().unwrap(),
+                target: gw("198.18.0.2"),
+            },
+            StaticRoute {
+                prefix: "198.18.0.1/32".parse().unwrap(),
+                target: gw("198.18.0.2"),
+            },
+            StaticRoute {
+                prefix: "203.0.113.0/24".parse().unwrap(),
+                target: gw("198.18.0.2"),
+            },
+            StaticRoute {
+                prefix: "198.51.100.0/24".parse().unwrap(),
+                target: gw("192.0.2.1"),
+            },
+        ];
+        let (t, errors) = base.with_extra_routes(&extra);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let l = |s: &str| t.fib.lookup(s.parse().unwrap()).cloned();
+        assert_eq!(l("198.19.1.1"), Some(Route::Blackhole));
+        assert_eq!(l("198.18.0.1"), Some(Route::Local));
+        assert!(matches!(l("203.0.113.9"), Some(Route::Via(_))));
+        assert_eq!(base.fib.lookup("203.0.113.9".parse().unwrap()), None);
     }
 
     #[test]

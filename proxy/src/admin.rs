@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 
 use crate::http::rfc3339;
 use crate::metrics::frontend_label;
-use crate::state::{ControlSnapshot, DataplaneSnapshot, Shared};
+use crate::state::{BgpSnapshot, ControlSnapshot, DataplaneSnapshot, Shared};
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 1024;
@@ -41,6 +41,7 @@ pub const REQUESTS: &[&str] = &[
     "counters",
     "neighbors",
     "sync",
+    "bgp",
 ];
 
 /// Requests for parts of the agent that are not built yet.
@@ -49,7 +50,6 @@ const NOT_YET: &[(&str, &str)] = &[
         "acl",
         "NetworkPolicy ACLs are not programmed by the agent yet",
     ),
-    ("bgp", "the agent does not run BGP yet"),
     ("ipsec", "the agent does not terminate IPsec tunnels yet"),
 ];
 
@@ -184,6 +184,17 @@ pub fn answer(shared: &Shared, request: &str, now: SystemTime) -> Value {
         "endpoints" => Ok(endpoints(&control)),
         "sync" => Ok(sync(shared, &control, dataplane.as_deref(), now)),
         "fib" => tables(&control).map(fib),
+        "bgp" => {
+            let b = shared.bgp();
+            if b.enabled {
+                Ok(bgp(&b, now))
+            } else {
+                Err(
+                    "not available yet: this agent runs no BGP speaker (start it with --bgp-asn)"
+                        .to_string(),
+                )
+            }
+        }
         "conntrack" | "counters" | "neighbors" => match dataplane.as_deref() {
             None => Err(
                 "the dataplane has not published its state yet (it does once a second)".to_string(),
@@ -491,6 +502,75 @@ pub fn neighbors(d: &DataplaneSnapshot, tables: Option<&Tables>) -> Value {
             })
             .collect(),
     )
+}
+
+/// A BGP session state as people write it.
+pub fn bgp_state(s: switchyard_bgp::fsm::State) -> &'static str {
+    use switchyard_bgp::fsm::State;
+    match s {
+        State::Idle => "Idle",
+        State::Connect => "Connect",
+        State::Active => "Active",
+        State::OpenSent => "OpenSent",
+        State::OpenConfirm => "OpenConfirm",
+        State::Established => "Established",
+    }
+}
+
+/// The BGP sessions and the Loc-RIB (a sample of it when large).
+pub fn bgp(b: &BgpSnapshot, now: SystemTime) -> Value {
+    let neighbors: Vec<Value> = b
+        .neighbors
+        .iter()
+        .map(|n| {
+            json!({
+                "address": n.addr.to_string(),
+                "asn": n.asn,
+                "state": bgp_state(n.state),
+                "uptime_seconds": n.uptime.map(|u| u.as_secs()),
+                "prefixes_in": n.prefixes_in,
+                "prefixes_out": n.prefixes_out,
+                "flaps": n.flaps,
+                "last_error": n.last_error,
+            })
+        })
+        .collect();
+    let routes: Vec<Value> = b
+        .routes
+        .iter()
+        .map(|r| {
+            let paths: Vec<Value> = r
+                .paths
+                .iter()
+                .map(|p| {
+                    json!({
+                        "peer": p.peer.map(|a| a.to_string()),
+                        "next_hop": p.next_hop.map(|a| a.to_string()),
+                        "as_path": p.as_path,
+                        "local_pref": p.local_pref,
+                        "med": p.med,
+                        "best": p.best,
+                        "multipath": p.multipath,
+                    })
+                })
+                .collect();
+            json!({"prefix": r.prefix.to_string(), "paths": paths})
+        })
+        .collect();
+    json!({
+        "local_as": b.local_as,
+        "router_id": b.router_id.map(|r| r.to_string()),
+        "snapshot_age_seconds": b
+            .taken_at
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|d| d.as_secs_f64()),
+        "neighbors": neighbors,
+        "routes": routes,
+        "routes_total": b.routes_total,
+        "routes_truncated": b.routes_total > b.routes.len(),
+        "advertised": b.advertised,
+        "installed": b.installed,
+    })
 }
 
 /// The control plane's state.

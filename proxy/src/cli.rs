@@ -93,9 +93,95 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH", default_value = DEFAULT_ADMIN_SOCKET)]
     pub admin_socket: PathBuf,
 
+    // ---- BGP (off unless --bgp-asn is given) ------------------------------------------------
+    /// Run a BGP speaker with this AS number: advertise Service addresses and the pod CIDRs,
+    /// and install the routes learned from the peers into the dataplane FIB (ECMP).
+    #[arg(long, value_name = "ASN", help_heading = "BGP")]
+    pub bgp_asn: Option<u32>,
+
+    /// The BGP router id (default: the first IPv4 address of the dataplane ports).
+    #[arg(long, value_name = "IPV4", requires = "bgp_asn", help_heading = "BGP")]
+    pub bgp_router_id: Option<std::net::Ipv4Addr>,
+
+    /// Where to accept BGP connections; `off` to only connect out (no passive peers then).
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value = "0.0.0.0:179",
+        requires = "bgp_asn",
+        help_heading = "BGP"
+    )]
+    pub bgp_listen: ListenAddress,
+
+    /// A BGP peer: ADDR=ASN, then any of ,port=N ,passive ,password=SECRET ,multihop=TTL
+    /// ,rr-client ,hold=SECS (e.g. 198.18.2.2=65001,port=1790,hold=9). Repeat for more. `password` is the TCP MD5 key (RFC 2385; no commas; never logged);
+    /// `rr-client` makes the peer a route-reflector client; `hold` is 0 or at least 3
+    /// (default 90).
+    #[arg(
+        long = "bgp-peer",
+        value_name = "ADDR=ASN[,OPTION...]",
+        requires = "bgp_asn",
+        help_heading = "BGP"
+    )]
+    pub bgp_peers: Vec<String>,
+
+    /// What to advertise: cluster-ip, external-ip, load-balancer-ip, pod-cidr (comma-separated
+    /// or repeated; kube-router's defaults are all four), or none.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "KIND,...",
+        default_value = "cluster-ip,external-ip,load-balancer-ip,pod-cidr",
+        requires = "bgp_asn",
+        help_heading = "BGP"
+    )]
+    pub bgp_advertise: Vec<BgpAdvertise>,
+
+    /// The next hop announced for our routes, one per address family (default: the local
+    /// address of each session).
+    #[arg(
+        long,
+        value_name = "IP",
+        value_delimiter = ',',
+        requires = "bgp_asn",
+        help_heading = "BGP"
+    )]
+    pub bgp_next_hop: Vec<IpAddr>,
+
+    /// Most equal-cost next hops installed per learned prefix (1: no ECMP).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        requires = "bgp_asn",
+        help_heading = "BGP"
+    )]
+    pub bgp_multipath: usize,
+
+    /// Act as a BGP route reflector (RFC 4456) with this cluster id (with rr-client peers
+    /// and no --bgp-cluster-id, the router id is the cluster id).
+    #[arg(long, value_name = "IPV4", requires = "bgp_asn", help_heading = "BGP")]
+    pub bgp_cluster_id: Option<std::net::Ipv4Addr>,
+
     /// The dataplane: ports, addresses, routes as for `switchyard router`.
     #[command(flatten)]
     pub router: RouterArgs,
+}
+
+/// A kind of route `--bgp-advertise` can announce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BgpAdvertise {
+    /// Service cluster IPs, as /32 and /128.
+    ClusterIp,
+    /// Service external IPs.
+    ExternalIp,
+    /// Service load-balancer ingress IPs.
+    LoadBalancerIp,
+    /// This node's pod CIDRs (Node spec.podCIDRs).
+    PodCidr,
+    /// Nothing (only learn routes).
+    None,
 }
 
 /// Where the agent's admin socket is unless `--admin-socket` says otherwise.
@@ -152,7 +238,7 @@ pub enum ShowWhat {
     Sync,
     /// NetworkPolicy ACLs (not available yet).
     Acl,
-    /// BGP sessions and routes (not available yet).
+    /// BGP sessions and routes.
     Bgp,
     /// IPsec tunnels (not available yet).
     Ipsec,

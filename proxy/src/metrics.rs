@@ -7,7 +7,7 @@
 //! Names follow Prometheus' rules: a `switchyard_` prefix, base units (`_seconds`,
 //! `_bytes`) and `_total` on counters (the encoder adds unit and `_total` suffixes to the
 //! names written below). Each part of the agent has its own section function; parts that
-//! publish state later (ACLs, BGP, IPsec) add theirs to [`SECTIONS`].
+//! publish state later (ACLs, IPsec) add theirs to [`SECTIONS`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -102,13 +102,14 @@ struct Scrape<'a> {
 
 type Section = fn(&mut DescriptorEncoder<'_>, &Scrape<'_>) -> std::fmt::Result;
 
-/// The sections, in output order. ACL, BGP and IPsec sections join here once those parts
+/// The sections, in output order. ACL and IPsec sections join here once those parts
 /// publish their state in [`Shared`].
 const SECTIONS: &[Section] = &[
     agent_section,
     control_section,
     dataplane_section,
     services_section,
+    bgp_section,
 ];
 
 impl Collector for AgentCollector {
@@ -173,6 +174,70 @@ fn counter_family<L: EncodeLabelSet>(
         ConstCounter::new(value).encode(m.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// A gauge family: one sample per label set.
+fn gauge_family<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, i64)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The BGP speaker, from the snapshot its thread refreshes once a second.
+fn bgp_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Result {
+    let b = s.shared.bgp();
+    if !b.enabled {
+        return Ok(());
+    }
+    let peer = |n: &switchyard_bgp::speaker::NeighborStatus| n.addr.to_string();
+    gauge_family(
+        enc,
+        "switchyard_bgp_session_up",
+        "1 while the BGP session with the peer is Established.",
+        b.neighbors.iter().map(|n| {
+            (
+                [("peer", peer(n)), ("asn", n.asn.to_string())],
+                i64::from(n.state == switchyard_bgp::fsm::State::Established),
+            )
+        }),
+    )?;
+    counter_family(
+        enc,
+        "switchyard_bgp_session_flaps",
+        "Times the BGP session with the peer left Established.",
+        None,
+        b.neighbors.iter().map(|n| ([("peer", peer(n))], n.flaps)),
+    )?;
+    gauge_family(
+        enc,
+        "switchyard_bgp_prefixes_received",
+        "Prefixes the peer announces to us (its Adj-RIB-In).",
+        b.neighbors
+            .iter()
+            .map(|n| ([("peer", peer(n))], n.prefixes_in as i64)),
+    )?;
+    gauge_family(
+        enc,
+        "switchyard_bgp_prefixes_advertised",
+        "Prefixes we announce to the peer (its Adj-RIB-Out).",
+        b.neighbors
+            .iter()
+            .map(|n| ([("peer", peer(n))], n.prefixes_out as i64)),
+    )?;
+    gauge(
+        enc,
+        "switchyard_bgp_routes_installed",
+        "Learned BGP prefixes installed in the dataplane FIB.",
+        None,
+        b.installed as u64,
+    )
 }
 
 fn agent_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Result {
@@ -681,5 +746,69 @@ pub(crate) mod tests {
         assert!(text.contains("switchyard_ready 0\n"), "{text}");
         assert!(!text.contains("switchyard_last_sync_timestamp"), "{text}");
         assert!(!text.contains("switchyard_rx_packets"), "{text}");
+    }
+
+    /// A shared state with a BGP speaker that has one session up and one down.
+    pub(crate) fn bgp_shared() -> Arc<Shared> {
+        use switchyard_bgp::speaker::{NeighborStatus, RouteEntry, RoutePath};
+        let shared = Arc::new(Shared::default());
+        let neighbor = |addr: &str, up: bool| NeighborStatus {
+            addr: addr.parse().unwrap(),
+            asn: 65001,
+            state: if up {
+                switchyard_bgp::fsm::State::Established
+            } else {
+                switchyard_bgp::fsm::State::Active
+            },
+            uptime: up.then_some(std::time::Duration::from_secs(3725)),
+            prefixes_in: if up { 3 } else { 0 },
+            prefixes_out: if up { 2 } else { 0 },
+            flaps: if up { 0 } else { 4 },
+            last_error: (!up).then(|| "hold timer expired".to_string()),
+        };
+        let path = |nh: &str, best: bool| RoutePath {
+            peer: Some("198.18.2.2".parse().unwrap()),
+            next_hop: Some(nh.parse().unwrap()),
+            as_path: vec![65001, 65010],
+            local_pref: None,
+            med: Some(5),
+            best,
+            multipath: true,
+        };
+        shared.update_bgp(|b| {
+            b.enabled = true;
+            b.local_as = 65000;
+            b.router_id = Some("198.18.1.1".parse().unwrap());
+            b.neighbors = vec![neighbor("198.18.2.2", true), neighbor("198.18.2.3", false)];
+            b.routes = vec![RouteEntry {
+                prefix: "203.0.113.0/24".parse().unwrap(),
+                paths: vec![path("198.18.2.2", true), path("198.18.2.3", false)],
+            }];
+            b.routes_total = 1;
+            b.advertised = 2;
+            b.installed = 1;
+        });
+        shared
+    }
+
+    #[test]
+    fn bgp_section() {
+        let text = Metrics::new(Arc::new(Shared::default()))
+            .render(Format::OpenMetrics)
+            .unwrap();
+        assert!(!text.contains("switchyard_bgp"), "{text}");
+        let text = Metrics::new(bgp_shared())
+            .render(Format::OpenMetrics)
+            .unwrap();
+        for w in [
+            "switchyard_bgp_session_up{peer=\"198.18.2.2\",asn=\"65001\"} 1\n",
+            "switchyard_bgp_session_up{peer=\"198.18.2.3\",asn=\"65001\"} 0\n",
+            "switchyard_bgp_session_flaps_total{peer=\"198.18.2.3\"} 4\n",
+            "switchyard_bgp_prefixes_received{peer=\"198.18.2.2\"} 3\n",
+            "switchyard_bgp_prefixes_advertised{peer=\"198.18.2.2\"} 2\n",
+            "switchyard_bgp_routes_installed 1\n",
+        ] {
+            assert!(text.contains(w), "missing {w:?} in\n{text}");
+        }
     }
 }

@@ -138,8 +138,9 @@ pub fn render(what: ShowWhat, data: &Value) -> String {
         ShowWhat::Counters => counters(data),
         ShowWhat::Neighbors => neighbors(data),
         ShowWhat::Sync => sync(data),
+        ShowWhat::Bgp => bgp(data),
         // The agent refuses these until they exist; show whatever it sends.
-        ShowWhat::Acl | ShowWhat::Bgp | ShowWhat::Ipsec => {
+        ShowWhat::Acl | ShowWhat::Ipsec => {
             serde_json::to_string_pretty(data).unwrap_or_default() + "\n"
         }
     }
@@ -345,6 +346,106 @@ fn neighbors(data: &Value) -> String {
     table(&["PORT", "ADDRESS", "MAC"], &rows)
 }
 
+/// Seconds as `1d02h03m04s`, shortest form.
+fn duration(v: &Value) -> String {
+    let Some(s) = v.as_u64() else {
+        return "-".into();
+    };
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h{m:02}m")
+    } else if h > 0 {
+        format!("{h}h{m:02}m{s:02}s")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn bgp(data: &Value) -> String {
+    let mut out = format!(
+        "BGP AS {}, router id {}; {} prefixes advertised, {} learned prefixes installed\n\n",
+        cell(&data["local_as"]),
+        cell(&data["router_id"]),
+        cell(&data["advertised"]),
+        cell(&data["installed"]),
+    );
+    let rows: Vec<Vec<String>> = items(&data["neighbors"])
+        .iter()
+        .map(|n| {
+            vec![
+                cell(&n["address"]),
+                cell(&n["asn"]),
+                cell(&n["state"]),
+                duration(&n["uptime_seconds"]),
+                cell(&n["prefixes_in"]),
+                cell(&n["prefixes_out"]),
+                cell(&n["flaps"]),
+                cell(&n["last_error"]),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "NEIGHBOR",
+            "ASN",
+            "STATE",
+            "UPTIME",
+            "PFX IN",
+            "PFX OUT",
+            "FLAPS",
+            "LAST ERROR",
+        ],
+        &rows,
+    ));
+    out.push('\n');
+    let mut rows = Vec::new();
+    for r in items(&data["routes"]) {
+        for (i, p) in items(&r["paths"]).iter().enumerate() {
+            let flags = match (p["best"].as_bool(), p["multipath"].as_bool()) {
+                (Some(true), _) => "*>",
+                (_, Some(true)) => "*=",
+                _ => "",
+            };
+            let as_path: Vec<String> = items(&p["as_path"]).iter().map(cell).collect();
+            rows.push(vec![
+                flags.to_string(),
+                if i == 0 {
+                    cell(&r["prefix"])
+                } else {
+                    String::new()
+                },
+                cell(&p["next_hop"]),
+                match p["peer"].as_str() {
+                    Some(peer) => peer.to_string(),
+                    None => "local".into(),
+                },
+                cell(&p["local_pref"]),
+                cell(&p["med"]),
+                if as_path.is_empty() {
+                    "-".into()
+                } else {
+                    as_path.join(" ")
+                },
+            ]);
+        }
+    }
+    out.push_str(&table(
+        &["", "PREFIX", "NEXT HOP", "FROM", "LOCPRF", "MED", "AS PATH"],
+        &rows,
+    ));
+    if data["routes_truncated"].as_bool() == Some(true) {
+        out.push_str(&format!(
+            "(first {} of {} prefixes)\n",
+            items(&data["routes"]).len(),
+            cell(&data["routes_total"])
+        ));
+    }
+    out.push_str("*> best, *= multipath (ECMP)\n");
+    out
+}
+
 fn sync(data: &Value) -> String {
     let lat = &data["sync_latency"];
     let mean = match (lat["sum_seconds"].as_f64(), lat["count"].as_u64()) {
@@ -413,6 +514,25 @@ mod tests {
             ],
         );
         assert_eq!(t, "A     LONGER\nxxxx  1\ny     22\n");
+    }
+
+    #[test]
+    fn renders_bgp() {
+        let shared = crate::metrics::tests::bgp_shared();
+        let v = crate::admin::answer(&shared, "bgp", SystemTime::now());
+        assert_eq!(v["ok"], true, "{v}");
+        let s = render(ShowWhat::Bgp, &v["data"]);
+        assert!(s.starts_with("BGP AS 65000, router id 198.18.1.1"), "{s}");
+        assert!(
+            s.contains("198.18.2.2  65001  Established  1h02m05s  3       2        0      -"),
+            "{s}"
+        );
+        assert!(s.contains("hold timer expired"), "{s}");
+        assert!(
+            s.contains("*>  203.0.113.0/24  198.18.2.2  198.18.2.2  -       5    65001 65010"),
+            "{s}"
+        );
+        assert!(s.contains("*=                  198.18.2.3"), "{s}");
     }
 
     #[test]

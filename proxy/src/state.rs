@@ -128,11 +128,38 @@ impl Default for ControlSnapshot {
     }
 }
 
+/// Most BGP routes a snapshot carries (for `switchyard show bgp`).
+pub const BGP_ROUTES_SAMPLE: usize = 10_000;
+
+/// The BGP speaker as last seen (refreshed once a second by the BGP thread).
+#[derive(Clone, Debug, Default)]
+pub struct BgpSnapshot {
+    /// False when the agent runs no speaker (no `--bgp-asn`).
+    pub enabled: bool,
+    /// Our AS.
+    pub local_as: u32,
+    /// Our router id.
+    pub router_id: Option<std::net::Ipv4Addr>,
+    /// When the neighbors and routes were read from the speaker.
+    pub taken_at: Option<SystemTime>,
+    /// The sessions.
+    pub neighbors: Vec<switchyard_bgp::speaker::NeighborStatus>,
+    /// Up to [`BGP_ROUTES_SAMPLE`] prefixes of the Loc-RIB, with every candidate path.
+    pub routes: Vec<switchyard_bgp::speaker::RouteEntry>,
+    /// Prefixes in the Loc-RIB (learned and our own).
+    pub routes_total: usize,
+    /// Prefixes we originate (service addresses, pod CIDRs).
+    pub advertised: usize,
+    /// Learned prefixes installed in the dataplane FIB at the last publication.
+    pub installed: usize,
+}
+
 /// The shared state.
 #[derive(Debug)]
 pub struct Shared {
     dataplane: Mutex<Option<Arc<DataplaneSnapshot>>>,
     control: Mutex<Arc<ControlSnapshot>>,
+    bgp: Mutex<Arc<BgpSnapshot>>,
     /// When the agent started.
     pub started: SystemTime,
 }
@@ -142,6 +169,7 @@ impl Default for Shared {
         Shared {
             dataplane: Mutex::new(None),
             control: Mutex::new(Arc::new(ControlSnapshot::default())),
+            bgp: Mutex::new(Arc::new(BgpSnapshot::default())),
             started: SystemTime::now(),
         }
     }
@@ -174,6 +202,23 @@ impl Shared {
             let mut next = (**c).clone();
             change(&mut next);
             *c = Arc::new(next);
+        }
+    }
+
+    /// The BGP speaker's latest state.
+    pub fn bgp(&self) -> Arc<BgpSnapshot> {
+        self.bgp
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_else(|_| Arc::new(BgpSnapshot::default()))
+    }
+
+    /// Changes the BGP state.
+    pub fn update_bgp(&self, change: impl FnOnce(&mut BgpSnapshot)) {
+        if let Ok(mut b) = self.bgp.lock() {
+            let mut next = (**b).clone();
+            change(&mut next);
+            *b = Arc::new(next);
         }
     }
 }

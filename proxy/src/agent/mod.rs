@@ -2,8 +2,11 @@
 //! it a control-plane thread watches the cluster source, reduces what it sees to plain
 //! Services ([`reduce`]) and NetworkPolicy input ([`reduce_policy`]), compiles them
 //! ([`switchyard_lb::service::ServiceTable::compile`], [`switchyard_policy::compile`] and
-//! [`policy_tables`]) and publishes the next tables with one pointer swap.
+//! [`policy_tables`]) and publishes the next tables with one pointer swap. With `--bgp-asn`
+//! a BGP speaker ([`bgp`]) advertises the Services and the pod CIDRs and its learned routes
+//! join the FIB.
 
+pub mod bgp;
 pub mod kube;
 pub mod manifests;
 pub mod objects;
@@ -24,6 +27,10 @@ use crate::cli::AgentArgs;
 use crate::router::{self, Hooks};
 use crate::state::Shared;
 
+/// How long the control plane waits on the cluster source at a time when BGP runs: the
+/// longest a learned route waits before it is programmed.
+const BGP_POLL: Duration = Duration::from_millis(50);
+
 /// Runs the agent until a signal or `--duration` ends it.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     if !(args.poll_interval.is_finite() && args.poll_interval > 0.0) {
@@ -43,6 +50,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => hostname()?,
     };
     let source = cluster_source(&args, &node_name)?;
+    let bgp_settings = bgp::Settings::from_args(&args)?;
+    let bgp_stopper = Arc::new(std::sync::OnceLock::new());
     let control = ControlPlane {
         source,
         node_name,
@@ -54,6 +63,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         masquerade_all: args.masquerade_all,
         proxy_name: args.service_proxy_name.clone(),
         min_sync: Duration::from_secs_f64(args.min_sync_period),
+        bgp_settings,
+        bgp_stopper: Arc::clone(&bgp_stopper),
+        bgp: None,
+        last: None,
     };
     // Bound before the dataplane starts: an address in use is one error line and an exit.
     let listeners = crate::servers::bind(&crate::servers::Config::from_args(&args)?)?;
@@ -66,7 +79,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         })),
         shared: Some(shared),
     };
-    router::run_with(&args.router, hooks)
+    let result = router::run_with(&args.router, hooks);
+    if let Some(stopper) = bgp_stopper.get() {
+        stopper.stop(Duration::from_secs(2));
+    }
+    result
 }
 
 /// The cluster source the flags choose: `--manifests DIR`, `--kubeconfig PATH`, or the
@@ -173,6 +190,14 @@ struct ControlPlane {
     /// Least time between two syncs (kube-proxy's --min-sync-period): changes that come
     /// faster are coalesced into one sync.
     min_sync: Duration,
+    /// `--bgp-*`, until the speaker is started.
+    bgp_settings: Option<bgp::Settings>,
+    /// Where the running speaker's stopper is left for [`run`] to use at exit.
+    bgp_stopper: Arc<std::sync::OnceLock<bgp::Stopper>>,
+    /// The running BGP speaker.
+    bgp: Option<bgp::Bgp>,
+    /// The tables last published.
+    last: Option<Arc<Tables>>,
 }
 
 impl ControlPlane {
@@ -185,6 +210,11 @@ impl ControlPlane {
         shared: Arc<Shared>,
     ) -> anyhow::Result<()> {
         let mut version = base.version;
+        if let Some(settings) = self.bgp_settings.take() {
+            let b = bgp::Bgp::start(settings, &base, Arc::clone(&shared))?;
+            let _ = self.bgp_stopper.set(b.stopper.clone());
+            self.bgp = Some(b);
+        }
         // The first view: what the source has now (a cluster source may not have listed yet;
         // then the agent starts with no services and is not ready until it has).
         self.source.wait_change(Duration::ZERO);
@@ -194,8 +224,20 @@ impl ControlPlane {
             .name("control".into())
             .spawn(move || {
                 let mut last_sync = Instant::now();
+                // With BGP, wait on the source in short slices so learned routes reach the
+                // FIB promptly.
+                let slice = if self.bgp.is_some() {
+                    BGP_POLL
+                } else {
+                    Duration::from_secs(1)
+                };
                 loop {
-                    if !self.source.wait_change(Duration::from_secs(1)) {
+                    let changed = self.source.wait_change(slice);
+                    if !changed {
+                        if self.bgp.as_mut().is_some_and(bgp::Bgp::poll_learned) {
+                            version += 1;
+                            self.republish_routes(&base, version, &handle, &shared);
+                        }
                         continue;
                     }
                     let seen = Instant::now();
@@ -231,6 +273,16 @@ impl ControlPlane {
             tracing::warn!(error = %e, "object skipped");
             problems.push(e.to_string());
         }
+        if let Some(b) = &mut self.bgp {
+            let pod_cidrs = if b.advertise.pod_cidr {
+                reduce::pod_cidrs(&store, &self.node_name)
+            } else {
+                Vec::new()
+            };
+            b.set_local_routes(bgp::local_routes(&services, &pod_cidrs, b.advertise));
+            b.poll_learned();
+        }
+        let routed = self.routed(base, shared);
         let (table, errors) = ServiceTable::compile(&services, &self.options);
         for e in &errors {
             tracing::warn!(error = %e, "service frontend skipped");
@@ -247,10 +299,11 @@ impl ControlPlane {
                 masquerade_all: self.masquerade_all,
                 ..Services::default()
             })),
-            ..base.clone()
+            ..routed
         };
         let tables = Arc::new(tables);
         handle.publish_arc(Arc::clone(&tables));
+        self.last = Some(Arc::clone(&tables));
         let latency = seen.elapsed().as_secs_f64();
         let source = self.source.describe();
         let synced = self.source.synced();
@@ -273,6 +326,51 @@ impl ControlPlane {
             c.problems = problems;
             c.source = source;
         });
+    }
+
+    /// `base` with the routes learned over BGP added (just `base` without BGP); records how
+    /// many were installed.
+    fn routed(&self, base: &Tables, shared: &Shared) -> Tables {
+        let Some(b) = &self.bgp else {
+            return base.clone();
+        };
+        let routes = b.fib_routes(base);
+        let (tables, errors) = base.with_extra_routes(&routes);
+        for e in &errors {
+            tracing::debug!(error = %e, "learned route not installed");
+        }
+        let installed = routes.len().saturating_sub(errors.len());
+        shared.update_bgp(|s| s.installed = installed);
+        tables
+    }
+
+    /// Publishes the last tables again with the FIB rebuilt for what BGP learned since.
+    fn republish_routes(
+        &mut self,
+        base: &Tables,
+        version: u64,
+        handle: &TablesHandle,
+        shared: &Shared,
+    ) {
+        let Some(last) = self.last.clone() else {
+            return;
+        };
+        let started = Instant::now();
+        let routed = self.routed(base, shared);
+        let tables = Arc::new(Tables {
+            version,
+            fib: routed.fib,
+            ..(*last).clone()
+        });
+        handle.publish_arc(Arc::clone(&tables));
+        tracing::debug!(
+            version,
+            routes = tables.fib.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "FIB republished for BGP"
+        );
+        shared.update_control(|c| c.tables = Some(Arc::clone(&tables)));
+        self.last = Some(tables);
     }
 
     /// The NetworkPolicy ACLs for the objects in `store` (`None` when there is no policy, so

@@ -865,7 +865,7 @@ fn slice_endpoints(
 /// The InternalIP and ExternalIP addresses of the Node `node_name`, in the order its status
 /// lists them, without repeats (none if the Node is unknown; bad ones are logged and left
 /// out).
-#[allow(dead_code)] // for NodePort addresses and BGP; not wired into the agent yet
+#[allow(dead_code)] // for NodePort addresses; not wired into the agent yet
 pub fn node_addresses(store: &ObjectStore, node_name: &str) -> Vec<IpAddr> {
     let Some(node) = store.nodes.get(&(String::new(), node_name.to_string())) else {
         return Vec::new();
@@ -896,7 +896,6 @@ pub fn node_addresses(store: &ObjectStore, node_name: &str) -> Vec<IpAddr> {
 
 /// The pod CIDRs of the Node `node_name`: `spec.podCIDRs`, or `spec.podCIDR` when the list
 /// is empty (none if the Node is unknown; bad ones are logged and left out).
-#[allow(dead_code)] // for NodePort addresses and BGP; not wired into the agent yet
 pub fn pod_cidrs(store: &ObjectStore, node_name: &str) -> Vec<ipnet::IpNet> {
     let Some(spec) = store
         .nodes

@@ -1,0 +1,700 @@
+//! BGP in the agent: the `--bgp-*` flags, the routes we originate (Service addresses and the
+//! node's pod CIDRs) and the learned routes that go into the dataplane FIB.
+//!
+//! The speaker ([`switchyard_bgp::speaker`]) runs on a tokio runtime of its own ("bgp"
+//! thread). The control-plane thread talks to it through two channels: it hands over the
+//! full set of routes to originate after every sync (the speaker sends only the difference),
+//! and it drains the learned ECMP sets between short waits on the cluster source, so a
+//! learned route reaches the FIB within about 50 ms. Once a second the BGP thread reads the
+//! neighbors and the Loc-RIB into [`Shared`] for `switchyard show bgp` and `/metrics`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context as _};
+use ipnet::IpNet;
+use switchyard_bgp::speaker::{
+    BestPaths, LocalRoute, PeerConfig, Speaker, SpeakerConfig, SpeakerEvent, SpeakerHandle,
+};
+use switchyard_dataplane::tables::{RouteTarget, StaticRoute, Tables};
+use switchyard_lb::service::{Service, TrafficPolicy};
+
+use crate::cli::{AgentArgs, BgpAdvertise};
+use crate::state::{Shared, BGP_ROUTES_SAMPLE};
+
+/// How often the BGP thread refreshes the snapshot in [`Shared`].
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+
+/// Which kinds of routes we originate (`--bgp-advertise`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Advertise {
+    pub cluster_ip: bool,
+    pub external_ip: bool,
+    pub load_balancer_ip: bool,
+    pub pod_cidr: bool,
+}
+
+impl Advertise {
+    /// From the flag's list; `none` must stand alone.
+    pub fn from_kinds(kinds: &[BgpAdvertise]) -> anyhow::Result<Self> {
+        let mut a = Advertise::default();
+        if kinds.contains(&BgpAdvertise::None) {
+            if kinds.len() > 1 {
+                bail!("--bgp-advertise: `none` cannot be combined with other kinds");
+            }
+            return Ok(a);
+        }
+        for k in kinds {
+            match k {
+                BgpAdvertise::ClusterIp => a.cluster_ip = true,
+                BgpAdvertise::ExternalIp => a.external_ip = true,
+                BgpAdvertise::LoadBalancerIp => a.load_balancer_ip = true,
+                BgpAdvertise::PodCidr => a.pod_cidr = true,
+                BgpAdvertise::None => {}
+            }
+        }
+        Ok(a)
+    }
+}
+
+/// The speaker's settings from the flags (router id still to be defaulted).
+#[derive(Clone)]
+pub struct Settings {
+    pub local_as: u32,
+    pub router_id: Option<Ipv4Addr>,
+    pub listen: Option<std::net::SocketAddr>,
+    pub peers: Vec<PeerConfig>,
+    pub advertise: Advertise,
+    pub multipath: usize,
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+// By hand: the peers' MD5 passwords must never reach a log.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("local_as", &self.local_as)
+            .field("router_id", &self.router_id)
+            .field("listen", &self.listen)
+            .field(
+                "peers",
+                &self
+                    .peers
+                    .iter()
+                    .map(|p| (p.address, p.remote_as))
+                    .collect::<Vec<_>>(),
+            )
+            .field("advertise", &self.advertise)
+            .field("multipath", &self.multipath)
+            .field("cluster_id", &self.cluster_id)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// `None` when `--bgp-asn` is not given.
+    pub fn from_args(args: &AgentArgs) -> anyhow::Result<Option<Self>> {
+        let Some(local_as) = args.bgp_asn else {
+            return Ok(None);
+        };
+        if local_as == 0 {
+            bail!("--bgp-asn 0: not a valid AS number");
+        }
+        if args.bgp_multipath == 0 {
+            bail!("--bgp-multipath 0: must be at least 1 (1 turns ECMP off)");
+        }
+        let mut nh4 = None;
+        let mut nh6 = None;
+        for nh in &args.bgp_next_hop {
+            let slot_taken = match nh {
+                IpAddr::V4(a) => nh4.replace(*a).is_some(),
+                IpAddr::V6(a) => nh6.replace(*a).is_some(),
+            };
+            if slot_taken {
+                bail!("--bgp-next-hop: give at most one IPv4 and one IPv6 address");
+            }
+            if nh.is_unspecified() || nh.is_multicast() || nh.is_loopback() {
+                bail!("--bgp-next-hop {nh}: not a usable next hop");
+            }
+        }
+        let mut peers: Vec<PeerConfig> = Vec::new();
+        for spec in &args.bgp_peers {
+            let mut p = parse_peer(spec)?;
+            if peers.iter().any(|q| q.address == p.address) {
+                bail!("--bgp-peer {}: given twice", p.address);
+            }
+            p.next_hop_v4 = nh4;
+            p.next_hop_v6 = nh6;
+            peers.push(p);
+        }
+        let listen = args.bgp_listen.0;
+        if listen.is_none() {
+            if let Some(p) = peers.iter().find(|p| p.passive) {
+                bail!("--bgp-peer {}: passive, but --bgp-listen is off", p.address);
+            }
+        }
+        Ok(Some(Settings {
+            local_as,
+            router_id: args.bgp_router_id,
+            listen,
+            peers,
+            advertise: Advertise::from_kinds(&args.bgp_advertise)?,
+            multipath: args.bgp_multipath,
+            cluster_id: args.bgp_cluster_id,
+        }))
+    }
+}
+
+/// `spec` with the password replaced, for error messages.
+fn redact(spec: &str) -> String {
+    spec.split(',')
+        .map(|p| {
+            if p.starts_with("password=") {
+                "password=<redacted>"
+            } else {
+                p
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses `--bgp-peer ADDR=ASN[,port=N][,passive][,password=SECRET][,multihop=TTL]
+/// [,rr-client][,hold=SECS]`. Errors never contain the password.
+pub fn parse_peer(spec: &str) -> anyhow::Result<PeerConfig> {
+    let shown = redact(spec);
+    let err = |why: String| anyhow!("--bgp-peer {shown:?}: {why}");
+    let mut parts = spec.split(',');
+    let head = parts.next().unwrap_or_default();
+    let (addr, asn) = head
+        .split_once('=')
+        .ok_or_else(|| err("expected ADDR=ASN[,OPTION...]".into()))?;
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| err(format!("{addr:?} is not an IP address")))?;
+    let asn: u32 = match asn.trim().parse() {
+        Ok(a) if a != 0 => a,
+        _ => return Err(err(format!("{asn:?} is not an AS number (1-4294967295)"))),
+    };
+    if addr.is_unspecified() || addr.is_multicast() {
+        return Err(err(format!("{addr} cannot be a peer")));
+    }
+    let mut p = PeerConfig::new(addr, asn);
+    for opt in parts {
+        let (key, value) = match opt.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v)),
+            None => (opt.trim(), None),
+        };
+        match (key, value) {
+            ("passive", None) => p.passive = true,
+            ("rr-client", None) => p.route_reflector_client = true,
+            ("port", Some(v)) => {
+                p.port = match v.trim().parse::<u16>() {
+                    Ok(n) if n != 0 => n,
+                    _ => return Err(err(format!("port {v:?} is not a port number (1-65535)"))),
+                }
+            }
+            ("password", Some(v)) => {
+                if v.is_empty() || v.len() > 80 {
+                    return Err(err("the password must be 1 to 80 bytes".into()));
+                }
+                p.md5_password = Some(v.to_string());
+            }
+            ("multihop", Some(v)) => {
+                p.multihop_ttl = match v.trim().parse::<u8>() {
+                    Ok(n) if n != 0 => Some(n),
+                    _ => return Err(err(format!("multihop {v:?} is not a TTL (1-255)"))),
+                }
+            }
+            ("hold", Some(v)) => {
+                p.hold_time = match v.trim().parse::<u16>() {
+                    Ok(n) if n == 0 || n >= 3 => n,
+                    _ => {
+                        return Err(err(format!(
+                            "hold {v:?}: a hold time is 0 or 3-65535 seconds"
+                        )))
+                    }
+                }
+            }
+            _ => {
+                let shown_opt = if key == "password" { "password" } else { opt };
+                return Err(err(format!(
+                    "unknown option {shown_opt:?} (port=N, passive, password=SECRET, \
+                     multihop=TTL, rr-client, hold=SECS)"
+                )));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// A host prefix for an address (/32 or /128).
+fn host(addr: IpAddr) -> IpNet {
+    IpNet::from(addr)
+}
+
+/// True if the Service has a ready endpoint on this node (on any port).
+fn has_local_ready_endpoint(s: &Service) -> bool {
+    s.ports
+        .iter()
+        .any(|p| p.endpoints.iter().any(|e| e.is_local && e.ready))
+}
+
+/// The routes to originate: the Service addresses `advertise` asks for, as host routes
+/// (external and load-balancer IPs of externalTrafficPolicy Local Services only while they
+/// have a ready endpoint on this node), and the node's pod CIDRs. Sorted, no duplicates.
+pub fn local_routes(
+    services: &[Service],
+    pod_cidrs: &[IpNet],
+    advertise: Advertise,
+) -> Vec<LocalRoute> {
+    let mut prefixes = BTreeSet::new();
+    for s in services {
+        if advertise.cluster_ip {
+            prefixes.extend(s.cluster_ips.iter().copied().map(host));
+        }
+        let external_here =
+            s.external_traffic_policy != TrafficPolicy::Local || has_local_ready_endpoint(s);
+        if external_here {
+            if advertise.external_ip {
+                prefixes.extend(s.external_ips.iter().copied().map(host));
+            }
+            if advertise.load_balancer_ip {
+                prefixes.extend(s.load_balancer_ips.iter().copied().map(host));
+            }
+        }
+    }
+    if advertise.pod_cidr {
+        prefixes.extend(pod_cidrs.iter().map(IpNet::trunc));
+    }
+    prefixes
+        .into_iter()
+        .map(|prefix| LocalRoute {
+            prefix,
+            next_hop: None,
+        })
+        .collect()
+}
+
+/// The learned routes as static routes for [`Tables::with_extra_routes`]: each prefix with
+/// the next hops that are on an attached subnet of `base` and are not our own addresses.
+/// Prefixes `base` already routes (our addresses, attached subnets, `--route`s) are left
+/// out: those win.
+pub fn fib_routes(learned: &BTreeMap<IpNet, Vec<IpAddr>>, base: &Tables) -> Vec<StaticRoute> {
+    let mut out = Vec::new();
+    for (prefix, hops) in learned {
+        if base.fib.get(*prefix).is_some() {
+            tracing::debug!(%prefix, "learned route not installed: a local or static route wins");
+            continue;
+        }
+        let mut via = Vec::new();
+        for &hop in hops {
+            let own = match hop {
+                IpAddr::V4(a) => base.is_local_ipv4(a),
+                IpAddr::V6(a) => base.is_local_ipv6(a),
+            };
+            if own {
+                tracing::debug!(%prefix, next_hop = %hop, "next hop is our own address; skipped");
+            } else if hop.is_ipv4() != prefix.addr().is_ipv4() {
+                tracing::debug!(%prefix, next_hop = %hop, "next hop of the other family; skipped");
+            } else if base.attached_port(hop).is_none() {
+                tracing::debug!(%prefix, next_hop = %hop, "next hop not on an attached subnet; skipped");
+            } else {
+                via.push((Some(hop), None));
+            }
+        }
+        if !via.is_empty() {
+            out.push(StaticRoute {
+                prefix: *prefix,
+                target: RouteTarget::Via(via),
+            });
+        }
+    }
+    out
+}
+
+/// Stops the speaker from another thread when the agent exits: the peers get Cease /
+/// Administrative Shutdown instead of a bare TCP close.
+#[derive(Clone)]
+pub struct Stopper {
+    runtime: tokio::runtime::Handle,
+    speaker: SpeakerHandle,
+}
+
+impl Stopper {
+    /// Closes every session, waiting at most `limit`.
+    pub fn stop(&self, limit: Duration) {
+        let speaker = self.speaker.clone();
+        let done = self
+            .runtime
+            .block_on(async move { tokio::time::timeout(limit, speaker.shutdown()).await });
+        match done {
+            Ok(Ok(())) => tracing::info!("BGP sessions closed"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "BGP speaker already stopped"),
+            Err(_) => tracing::warn!("BGP sessions not closed in {limit:?}"),
+        }
+    }
+}
+
+/// The running speaker, as the control-plane thread sees it.
+pub struct Bgp {
+    /// Keeps the speaker's runtime (and so the speaker) alive.
+    _runtime: tokio::runtime::Runtime,
+    routes_tx: tokio::sync::mpsc::UnboundedSender<Vec<LocalRoute>>,
+    learned_rx: std::sync::mpsc::Receiver<Vec<BestPaths>>,
+    /// Prefix → ECMP next hops, as the speaker last said.
+    learned: BTreeMap<IpNet, Vec<IpAddr>>,
+    last_local: Option<Vec<LocalRoute>>,
+    pub advertise: Advertise,
+    /// For [`Stopper`].
+    pub stopper: Stopper,
+}
+
+impl Bgp {
+    /// Binds the listener and starts the sessions; the router id defaults to the first IPv4
+    /// address of the dataplane ports in `base`.
+    pub fn start(settings: Settings, base: &Tables, shared: Arc<Shared>) -> anyhow::Result<Self> {
+        let router_id = match settings.router_id {
+            Some(id) => id,
+            None => base
+                .interfaces
+                .iter()
+                .find_map(|i| i.primary_ipv4())
+                .ok_or_else(|| {
+                    anyhow!("BGP: no IPv4 address on the dataplane ports; give --bgp-router-id")
+                })?,
+        };
+        let mut config = SpeakerConfig::new(settings.local_as, router_id);
+        config.listen = settings.listen;
+        config.multipath_max = settings.multipath;
+        // A route reflector's cluster id defaults to its router id (as in BIRD and FRR).
+        config.cluster_id = settings.cluster_id.or_else(|| {
+            settings
+                .peers
+                .iter()
+                .any(|p| p.route_reflector_client)
+                .then_some(router_id)
+        });
+        let peers: Vec<(IpAddr, u32)> = settings
+            .peers
+            .iter()
+            .map(|p| (p.address, p.remote_as))
+            .collect();
+        config.peers = settings.peers;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bgp")
+            .enable_all()
+            .build()
+            .context("starting the BGP runtime")?;
+        let (handle, mut events) = runtime
+            .block_on(Speaker::start(config))
+            .map_err(|e| anyhow!("BGP: {e}"))?;
+        tracing::info!(
+            asn = settings.local_as,
+            %router_id,
+            listen = ?handle.local_addr(),
+            ?peers,
+            "BGP speaker started"
+        );
+        shared.update_bgp(|b| {
+            b.enabled = true;
+            b.local_as = settings.local_as;
+            b.router_id = Some(router_id);
+        });
+
+        let (learned_tx, learned_rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    SpeakerEvent::SessionUp { peer, asn } => {
+                        tracing::info!(%peer, asn, "BGP session established")
+                    }
+                    SpeakerEvent::SessionDown { peer, reason } => {
+                        tracing::warn!(%peer, %reason, "BGP session down")
+                    }
+                    SpeakerEvent::BestPathsChanged(v) => {
+                        if learned_tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+
+        let (routes_tx, mut routes_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<LocalRoute>>();
+        let h = handle.clone();
+        let for_routes = Arc::clone(&shared);
+        runtime.spawn(async move {
+            while let Some(mut routes) = routes_rx.recv().await {
+                // Only the newest set matters.
+                while let Ok(newer) = routes_rx.try_recv() {
+                    routes = newer;
+                }
+                let n = routes.len();
+                if let Err(e) = h.set_local_routes(routes).await {
+                    tracing::warn!(error = %e, "BGP: cannot update the advertised routes");
+                    return;
+                }
+                for_routes.update_bgp(|b| b.advertised = n);
+            }
+        });
+
+        let stopper = Stopper {
+            runtime: runtime.handle().clone(),
+            speaker: handle.clone(),
+        };
+        runtime.spawn(async move {
+            let h = handle;
+            let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (Ok(neighbors), Ok(mut routes)) = (h.neighbors().await, h.routes().await)
+                else {
+                    return;
+                };
+                let total = routes.len();
+                routes.truncate(BGP_ROUTES_SAMPLE);
+                shared.update_bgp(|b| {
+                    b.taken_at = Some(SystemTime::now());
+                    b.neighbors = neighbors;
+                    b.routes = routes;
+                    b.routes_total = total;
+                });
+            }
+        });
+
+        Ok(Bgp {
+            _runtime: runtime,
+            routes_tx,
+            learned_rx,
+            learned: BTreeMap::new(),
+            last_local: None,
+            advertise: settings.advertise,
+            stopper,
+        })
+    }
+
+    /// Hands the speaker the routes to originate, when they changed.
+    pub fn set_local_routes(&mut self, routes: Vec<LocalRoute>) {
+        if self.last_local.as_ref() == Some(&routes) {
+            return;
+        }
+        tracing::debug!(routes = routes.len(), "BGP: advertised routes changed");
+        if self.routes_tx.send(routes.clone()).is_ok() {
+            self.last_local = Some(routes);
+        }
+    }
+
+    /// Takes in what the speaker learned since the last call; true if the FIB needs
+    /// rebuilding.
+    pub fn poll_learned(&mut self) -> bool {
+        let mut changed = false;
+        while let Ok(batch) = self.learned_rx.try_recv() {
+            for b in batch {
+                let mut hops = b.next_hops;
+                hops.sort();
+                hops.dedup();
+                let before = if hops.is_empty() {
+                    self.learned.remove(&b.prefix)
+                } else {
+                    self.learned.insert(b.prefix, hops.clone())
+                };
+                changed |= before.unwrap_or_default() != hops;
+            }
+        }
+        changed
+    }
+
+    /// The learned routes for the FIB (see [`fib_routes`]).
+    pub fn fib_routes(&self, base: &Tables) -> Vec<StaticRoute> {
+        fib_routes(&self.learned, base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_dataplane::tables::Interface;
+    use switchyard_lb::service::{Endpoint, Forwarding, Protocol, ServiceName, ServicePort};
+
+    fn service(name: &str, etp: TrafficPolicy, local_ready: bool) -> Service {
+        Service {
+            name: ServiceName {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            cluster_ips: vec![
+                "198.51.100.10".parse().unwrap(),
+                "2001:db8::10".parse().unwrap(),
+            ],
+            external_ips: vec!["203.0.113.10".parse().unwrap()],
+            load_balancer_ips: vec!["203.0.113.20".parse().unwrap()],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+                endpoints: vec![
+                    Endpoint::ready("198.18.2.3".parse().unwrap(), 8080, false),
+                    Endpoint {
+                        ready: local_ready,
+                        ..Endpoint::ready("198.18.2.4".parse().unwrap(), 8080, true)
+                    },
+                ],
+            }],
+            affinity_timeout_secs: None,
+            external_traffic_policy: etp,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            forwarding: Forwarding::default(),
+        }
+    }
+
+    fn prefixes(r: &[LocalRoute]) -> Vec<String> {
+        r.iter().map(|r| r.prefix.to_string()).collect()
+    }
+
+    const ALL: Advertise = Advertise {
+        cluster_ip: true,
+        external_ip: true,
+        load_balancer_ip: true,
+        pod_cidr: true,
+    };
+
+    #[test]
+    fn service_addresses_and_pod_cidrs_are_advertised() {
+        let pods = ["10.244.1.0/24".parse().unwrap()];
+        let r = local_routes(&[service("a", TrafficPolicy::Cluster, false)], &pods, ALL);
+        assert_eq!(
+            prefixes(&r),
+            [
+                "10.244.1.0/24",
+                "198.51.100.10/32",
+                "203.0.113.10/32",
+                "203.0.113.20/32",
+                "2001:db8::10/128"
+            ]
+        );
+        let only_cluster = Advertise {
+            cluster_ip: true,
+            ..Advertise::default()
+        };
+        let r = local_routes(
+            &[service("a", TrafficPolicy::Cluster, false)],
+            &pods,
+            only_cluster,
+        );
+        assert_eq!(prefixes(&r), ["198.51.100.10/32", "2001:db8::10/128"]);
+        assert!(local_routes(
+            &[service("a", TrafficPolicy::Cluster, true)],
+            &pods,
+            Advertise::default()
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn local_policy_needs_a_local_ready_endpoint() {
+        let r = local_routes(&[service("l", TrafficPolicy::Local, false)], &[], ALL);
+        assert_eq!(prefixes(&r), ["198.51.100.10/32", "2001:db8::10/128"]);
+        let r = local_routes(&[service("l", TrafficPolicy::Local, true)], &[], ALL);
+        assert_eq!(r.len(), 4, "{r:?}");
+    }
+
+    #[test]
+    fn advertise_kinds() {
+        assert_eq!(
+            Advertise::from_kinds(&[BgpAdvertise::None]).unwrap(),
+            Advertise::default()
+        );
+        assert!(Advertise::from_kinds(&[BgpAdvertise::None, BgpAdvertise::PodCidr]).is_err());
+        let a = Advertise::from_kinds(&[BgpAdvertise::PodCidr]).unwrap();
+        assert!(a.pod_cidr && !a.cluster_ip);
+    }
+
+    #[test]
+    fn peers_parse_and_errors_hide_the_password() {
+        let p = parse_peer(
+            "198.18.2.2=65001,port=1791,passive,password=s3cret,multihop=2,rr-client,hold=9",
+        )
+        .unwrap();
+        assert_eq!(p.address, "198.18.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!((p.remote_as, p.port, p.hold_time), (65001, 1791, 9));
+        assert!(p.passive && p.route_reflector_client);
+        assert_eq!(p.multihop_ttl, Some(2));
+        assert_eq!(p.md5_password.as_deref(), Some("s3cret"));
+        let p = parse_peer("2001:db8::2=4200000000").unwrap();
+        assert_eq!(p.remote_as, 4_200_000_000);
+        assert_eq!(p.port, 179);
+        for bad in [
+            "198.18.2.2",
+            "198.18.2.2=",
+            "198.18.2.2=0",
+            "x=65001",
+            "198.18.2.2=65001,port=0",
+            "198.18.2.2=65001,hold=2",
+            "198.18.2.2=65001,multihop=0",
+            "198.18.2.2=65001,bogus",
+            "198.18.2.2=65001,password=",
+            "0.0.0.0=65001",
+        ] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "198.18.2.2=65001,password=s3cret,bogus",
+            "198.18.2.2=x,password=s3cret",
+            "198.18.2.2=65001,password",
+        ] {
+            let e = format!("{:#}", parse_peer(bad).unwrap_err());
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn learned_routes_resolve_against_attached_subnets() {
+        let mut ifc = Interface::new("s0", [2, 0, 0, 0, 0, 1], 1500);
+        ifc.ipv4.push("198.18.2.1/24".parse().unwrap());
+        let base = Tables::build(
+            1,
+            vec![ifc],
+            &[StaticRoute {
+                prefix: "198.19.0.0/16".parse().unwrap(),
+                target: RouteTarget::Blackhole,
+            }],
+        )
+        .unwrap();
+        let mut learned = BTreeMap::new();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        learned.insert(
+            "203.0.113.0/24".parse().unwrap(),
+            vec![
+                ip("198.18.2.2"),
+                ip("198.18.2.3"),
+                ip("192.0.2.1"),
+                ip("198.18.2.1"),
+            ],
+        );
+        learned.insert("198.19.0.0/16".parse().unwrap(), vec![ip("198.18.2.2")]);
+        learned.insert("198.18.2.1/32".parse().unwrap(), vec![ip("198.18.2.2")]);
+        learned.insert("198.51.100.0/24".parse().unwrap(), vec![ip("192.0.2.1")]);
+        let r = fib_routes(&learned, &base);
+        assert_eq!(
+            r,
+            vec![StaticRoute {
+                prefix: "203.0.113.0/24".parse().unwrap(),
+                target: RouteTarget::Via(vec![
+                    (Some(ip("198.18.2.2")), None),
+                    (Some(ip("198.18.2.3")), None)
+                ]),
+            }]
+        );
+        let (t, errors) = base.with_extra_routes(&r);
+        assert!(errors.is_empty());
+        assert!(t.fib.lookup(ip("203.0.113.9")).is_some());
+    }
+}
