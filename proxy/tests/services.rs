@@ -140,17 +140,25 @@ fn tcp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
     }
 }
 
+/// One UDP request from the client; like a DNS client it tries three times (UDP may lose a
+/// datagram on a loaded machine), and says so when it had to.
 fn udp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
-    let out = lab.exec_t(
-        Ns::Client,
-        &format!("echo q | socat -T 2 - UDP4:{addr}:{port}"),
-        Duration::from_secs(6),
-    );
-    if out.status.success() && !out.stdout.is_empty() {
-        Ok(text(&out.stdout).trim().to_string())
-    } else {
-        Err(format!("{} {}", out.status, text(&out.stderr).trim()))
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        let out = lab.exec_t(
+            Ns::Client,
+            &format!("echo q | socat -T 2 - UDP4:{addr}:{port}"),
+            Duration::from_secs(6),
+        );
+        if out.status.success() && !out.stdout.is_empty() {
+            if attempt > 1 {
+                eprintln!("UDP {addr}:{port}: answered on attempt {attempt}");
+            }
+            return Ok(text(&out.stdout).trim().to_string());
+        }
+        last = format!("{} {}", out.status, text(&out.stderr).trim());
     }
+    Err(last)
 }
 
 /// Which pods answered `n` requests, and how often.
