@@ -435,38 +435,7 @@ impl ServiceRig {
 /// A 64-byte (60 without FCS) Ethernet/IPv4/TCP ACK from the client's port `sport` to the
 /// service, with correct checksums.
 pub fn tcp4_ack_frame(sport: u16) -> Vec<u8> {
-    let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
-    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
-    tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x10; // ACK
-    tcp[14..16].copy_from_slice(&1024u16.to_be_bytes());
-    tcp.extend_from_slice(&[0; 6]); // pads the frame to 60 bytes
-    let client = Ipv4Addr::new(198, 18, 1, 2);
-    let repr = Ipv4Repr {
-        src_addr: client,
-        dst_addr: SERVICE_VIP,
-        protocol: IpProtocol::TCP,
-        payload_len: tcp.len(),
-        ttl: 64,
-        dscp: 0,
-        ecn: 0,
-        ident: sport,
-        dont_fragment: true,
-        more_fragments: false,
-        fragment_offset: 0,
-    };
-    let mut ip = vec![0u8; 20 + tcp.len()];
-    repr.emit(&mut Ipv4Packet::new_unchecked(&mut ip[..]))
-        .expect("the buffer fits the header");
-    let mut pseudo = pseudo_sum(&ip[12..20], IpProtocol::TCP, tcp.len());
-    pseudo.extend_from_slice(&tcp);
-    let c = checksum::checksum(&pseudo);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    ip[20..].copy_from_slice(&tcp);
-    ethernet(ROUTER_MAC0, CLIENT_MAC, 0x0800, &ip)
+    tcp4_frame(Ipv4Addr::new(198, 18, 1, 2), SERVICE_VIP, (sport, 80), 0x10)
 }
 
 /// A 60-byte Ethernet frame carrying a 40-byte IPv4/TCP segment (no payload, then Ethernet

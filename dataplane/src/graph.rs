@@ -195,6 +195,38 @@ macro_rules! per_packet_node {
     };
 }
 
+/// The `name`, `next_nodes` and `errors` methods of a node that is generic over the IP family
+/// with a `const V6: bool` parameter (one type, two nodes in the graph).
+///
+/// ```ignore
+/// impl<B: PacketBuffer, const V6: bool> Node<B> for IpAcl<V6> {
+///     family_node_info!(AclError, "ip4-acl", NEXT4, "ip6-acl", NEXT6);
+///     fn process(...) { ... }
+/// }
+/// ```
+#[macro_export]
+macro_rules! family_node_info {
+    ($errors:ty, $name4:literal, $next4:expr, $name6:literal, $next6:expr) => {
+        fn name(&self) -> &'static str {
+            if V6 {
+                $name6
+            } else {
+                $name4
+            }
+        }
+        fn next_nodes(&self) -> &'static [&'static str] {
+            if V6 {
+                $next6
+            } else {
+                $next4
+            }
+        }
+        fn errors(&self) -> &'static [$crate::graph::ErrorInfo] {
+            <$errors>::INFO
+        }
+    };
+}
+
 /// Index into a node's [`Node::next_nodes`].
 pub type NextIndex = u16;
 

@@ -10,11 +10,11 @@
 
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{FlowKey, PROTO_ICMP, PROTO_ICMPV6};
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP};
+use crate::graph::{Context, NextIndex, Node, Packet, DROP};
 use crate::nat::{self, Tuple};
-use crate::node_errors;
 use crate::policy::{AclDirection, PolicyTables};
 use crate::services::NOT_A_SERVICE;
+use crate::{family_node_info, node_errors};
 
 node_errors! {
     pub enum AclError {
@@ -48,25 +48,7 @@ pub type Ip4Acl = IpAcl<false>;
 pub type Ip6Acl = IpAcl<true>;
 
 impl<B: PacketBuffer, const V6: bool> Node<B> for IpAcl<V6> {
-    fn name(&self) -> &'static str {
-        if V6 {
-            "ip6-acl"
-        } else {
-            "ip4-acl"
-        }
-    }
-
-    fn next_nodes(&self) -> &'static [&'static str] {
-        if V6 {
-            NEXT6
-        } else {
-            NEXT4
-        }
-    }
-
-    fn errors(&self) -> &'static [ErrorInfo] {
-        AclError::INFO
-    }
+    family_node_info!(AclError, "ip4-acl", NEXT4, "ip6-acl", NEXT6);
 
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         let Some(policy) = cx.tables.policy.clone() else {

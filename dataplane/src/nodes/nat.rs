@@ -24,12 +24,12 @@ use super::{flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{ConntrackError, Direction, FlowKey, Verdict};
 use crate::fib::Route;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP};
+use crate::graph::{Context, NextIndex, Node, Packet, DROP};
 use crate::nat::{self, Tuple};
-use crate::node_errors;
 use crate::services::Services;
 use crate::tables::Tables;
 use crate::wire::{IpAddrPair, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
+use crate::{family_node_info, node_errors};
 
 node_errors! {
     pub enum NatError {
@@ -106,25 +106,7 @@ pub type Ip4Nat = IpNat<false>;
 pub type Ip6Nat = IpNat<true>;
 
 impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
-    fn name(&self) -> &'static str {
-        if V6 {
-            "ip6-nat"
-        } else {
-            "ip4-nat"
-        }
-    }
-
-    fn next_nodes(&self) -> &'static [&'static str] {
-        if V6 {
-            NEXT6
-        } else {
-            NEXT4
-        }
-    }
-
-    fn errors(&self) -> &'static [ErrorInfo] {
-        NatError::INFO
-    }
+    family_node_info!(NatError, "ip4-nat", NEXT4, "ip6-nat", NEXT6);
 
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         // With NetworkPolicy enforced, what would go to the lookup goes through the ACLs.
