@@ -109,6 +109,7 @@ const SECTIONS: &[Section] = &[
     control_section,
     dataplane_section,
     services_section,
+    acl_section,
     bgp_section,
 ];
 
@@ -191,6 +192,54 @@ fn gauge_family<L: EncodeLabelSet>(
 }
 
 /// The BGP speaker, from the snapshot its thread refreshes once a second.
+/// NetworkPolicy rule hits, named by ACL and by where each rule comes from. Counters are read
+/// only when the worker's snapshot is of the tables the names come from.
+fn acl_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Result {
+    let (Some(d), Some(tables)) = (s.dataplane, s.control.tables.as_ref()) else {
+        return Ok(());
+    };
+    let Some(policy) = tables.policy.as_ref() else {
+        return Ok(());
+    };
+    if d.tables_version != tables.version || d.acl_hits.len() != policy.acls.len() {
+        return Ok(());
+    }
+    let mut rules = Vec::new();
+    let mut defaults = Vec::new();
+    for (acl, (hits, default)) in policy.acls.iter().zip(&d.acl_hits) {
+        for (i, count) in hits.iter().enumerate() {
+            let origin = acl
+                .origins
+                .get(i)
+                .map(|o| o.to_string())
+                .unwrap_or_default();
+            rules.push((
+                [
+                    ("acl", acl.name.to_string()),
+                    ("rule", i.to_string()),
+                    ("origin", origin),
+                ],
+                *count,
+            ));
+        }
+        defaults.push(([("acl", acl.name.to_string())], *default));
+    }
+    counter_family(
+        enc,
+        "switchyard_acl_rule_hits",
+        "New flows a NetworkPolicy ACL rule allowed (first matching rule).",
+        None,
+        rules,
+    )?;
+    counter_family(
+        enc,
+        "switchyard_acl_denied",
+        "New flows an ACL denied (no rule matched: the pod is isolated).",
+        None,
+        defaults,
+    )
+}
+
 fn bgp_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Result {
     let b = s.shared.bgp();
     if !b.enabled {
@@ -598,11 +647,20 @@ pub(crate) mod tests {
         let (table, errors) =
             ServiceTable::compile(std::slice::from_ref(&service), &CompileOptions::default());
         assert!(errors.is_empty(), "{errors:?}");
+        let acl = switchyard_dataplane::policy::AclTable {
+            name: "acl-1".into(),
+            classifier: switchyard_dataplane::acl::Classifier::default(),
+            origins: vec!["node".into(), "demo/api-from-web ingress[0]".into()],
+        };
         let tables = Tables {
             version: 7,
             services: Some(Arc::new(Services {
                 table,
                 ..Services::default()
+            })),
+            policy: Some(Arc::new(switchyard_dataplane::policy::PolicyTables {
+                acls: vec![acl],
+                ..Default::default()
             })),
             ..Tables::build(7, vec![], &[]).unwrap()
         };
@@ -672,6 +730,7 @@ pub(crate) mod tests {
                 ),
             ],
             neighbors: vec![],
+            acl_hits: vec![(vec![0, 5], 3)],
         });
         shared
     }
@@ -701,6 +760,8 @@ pub(crate) mod tests {
             "switchyard_conntrack_entries_limit 1024\n",
             "switchyard_conntrack_inserts_total 5\n",
             "switchyard_conntrack_full_drops_total 2\n",
+            "switchyard_acl_rule_hits_total{acl=\"acl-1\",rule=\"1\",origin=\"demo/api-from-web ingress[0]\"} 5\n",
+            "switchyard_acl_denied_total{acl=\"acl-1\"} 3\n",
             // The name's quote, backslash and newline are escaped.
             "switchyard_service_backend_connections_total{namespace=\"default\",\
              service=\"we\\\"b\\\\x\\ny\",port=\"http\",frontend=\"198.51.100.10:80/TCP\",\

@@ -246,6 +246,12 @@ where
                 .iter()
                 .map(|((port, ip), n)| (*port, *ip, n.mac))
                 .collect(),
+            acl_hits: self
+                .state
+                .acl_hits
+                .iter()
+                .map(|h| (h.rules().to_vec(), h.default_action()))
+                .collect(),
         }
     }
 

@@ -45,6 +45,9 @@ pub struct DataplaneSnapshot {
     pub backends: Vec<(Frontend, BackendAddr, BackendCounters)>,
     /// Neighbors: port, address, MAC.
     pub neighbors: Vec<(u16, IpAddr, Option<[u8; 6]>)>,
+    /// NetworkPolicy hit counters of the tables in force (`tables_version`), one entry per
+    /// ACL in `PolicyTables::acls` order: hits per rule, and hits of the default (deny).
+    pub acl_hits: Vec<(Vec<u64>, u64)>,
 }
 
 /// Fixed-bucket histogram of durations in seconds, Prometheus style (cumulative on export).
