@@ -46,23 +46,11 @@ impl NsApiServer {
         thread::Builder::new()
             .name("apiserver".into())
             .spawn(move || {
-                let entered = std::fs::File::open(&path)
-                    .map_err(|e| format!("open {path}: {e}"))
-                    .and_then(|f| {
-                        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                            .map_err(|e| format!("setns {path}: {e}"))
-                    });
-                if let Err(e) = entered {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
+                // One thread: every task (and so every socket) stays in this namespace.
+                let runtime = match common::runtime_in_netns(&path) {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(format!("runtime: {e}")));
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };

@@ -875,3 +875,16 @@ impl Drop for Lab {
         }
     }
 }
+
+/// A single-thread tokio runtime for the calling thread, after moving the thread into the
+/// network namespace at `path` (e.g. `/run/netns/NAME`): sockets belong to the namespace of the
+/// thread that creates them, so a server run on it listens inside the lab.
+pub fn runtime_in_netns(path: &str) -> Result<tokio::runtime::Runtime, String> {
+    let file = fs::File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns {path}: {e}"))?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))
+}
