@@ -200,7 +200,7 @@ pub struct ObjectStore {
     pub namespaces: BTreeMap<ObjectKey, Namespace>,
 }
 
-// The API watchers (not wired yet) use the whole of this; the manifest source only `apply`.
+// The sources use `apply` and `delete`; the rest serves tests and tools, hence the allow.
 #[allow(dead_code)]
 impl ObjectStore {
     /// An empty store.
