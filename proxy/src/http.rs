@@ -117,7 +117,13 @@ pub fn proxy_health(
     now: SystemTime,
     timeout: Duration,
 ) -> ProxyHealth {
-    let pending_since = (!control.ready).then_some(started);
+    // Before the first sync everything is pending since start; after it, since the control
+    // plane saw a change it has not programmed yet.
+    let pending_since = if control.ready {
+        control.pending_since
+    } else {
+        Some(started)
+    };
     let healthy = match pending_since {
         None => true,
         Some(since) => now.duration_since(since).unwrap_or_default() < timeout,
@@ -449,6 +455,11 @@ mod tests {
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(j["nodeEligible"], false);
         assert_eq!(health_response(&h, None).status(), StatusCode::OK);
+        // A change waiting to be programmed: healthy within the timeout, not after it.
+        c.pending_since = Some(at(9000));
+        assert!(proxy_health(at(1000), &c, at(9030), timeout).healthy);
+        let h = proxy_health(at(1000), &c, at(9061), timeout);
+        assert!(!h.healthy && h.ready);
     }
 
     #[test]

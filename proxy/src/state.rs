@@ -101,6 +101,9 @@ pub struct ControlSnapshot {
     pub last_sync: Option<SystemTime>,
     /// Monotonic time of the last sync, for staleness checks.
     pub last_sync_instant: Option<Instant>,
+    /// Since when a change seen by the control plane waits to be programmed (`None`: nothing
+    /// pending). `/healthz` fails when this is older than its timeout, as kube-proxy's does.
+    pub pending_since: Option<SystemTime>,
     /// Syncs done.
     pub syncs: u64,
     /// From change seen to tables published.
@@ -121,6 +124,7 @@ impl Default for ControlSnapshot {
             ready: false,
             last_sync: None,
             last_sync_instant: None,
+            pending_since: None,
             syncs: 0,
             sync_latency: Histogram::new(SYNC_BUCKETS),
             services: Vec::new(),

@@ -241,6 +241,11 @@ impl ControlPlane {
                         continue;
                     }
                     let seen = Instant::now();
+                    // Until the sync is programmed, /healthz measures how long it has waited.
+                    shared.update_control(|c| {
+                        c.pending_since
+                            .get_or_insert_with(std::time::SystemTime::now);
+                    });
                     // Coalesce: wait out the minimum interval, taking in what else changes.
                     let since = last_sync.elapsed();
                     if since < self.min_sync {
@@ -317,6 +322,7 @@ impl ControlPlane {
         );
         shared.update_control(|c| {
             c.ready = c.ready || synced;
+            c.pending_since = None;
             c.last_sync = Some(std::time::SystemTime::now());
             c.last_sync_instant = Some(Instant::now());
             c.syncs += 1;
