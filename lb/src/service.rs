@@ -96,10 +96,12 @@ use crate::maglev::{MaglevError, MaglevTable};
 mod backends;
 mod compile;
 mod endpoints;
+mod incremental;
 #[cfg(test)]
 mod tests;
 
 pub use backends::{auto_table_size, AUTO_TABLE_SIZES, SLOTS_PER_BACKEND};
+pub use incremental::ServiceCompiler;
 
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;

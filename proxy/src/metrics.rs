@@ -671,7 +671,7 @@ pub(crate) mod tests {
             c.last_sync = Some(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000));
             c.sync_latency.observe(0.0015);
             c.sync_latency.observe(0.3);
-            c.services = vec![service];
+            c.services = Arc::from([Arc::new(service)]);
             c.tables = Some(Arc::new(tables));
         });
         static ERRS: &[ErrorInfo] = &[ErrorInfo {

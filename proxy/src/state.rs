@@ -108,8 +108,8 @@ pub struct ControlSnapshot {
     pub syncs: u64,
     /// From change seen to tables published.
     pub sync_latency: Histogram,
-    /// The Services as reduced (what `show services` lists).
-    pub services: Vec<Service>,
+    /// The Services as reduced (what `show services` lists), in name order.
+    pub services: Arc<[Arc<Service>]>,
     /// The tables last published (FIB, compiled services).
     pub tables: Option<Arc<Tables>>,
     /// Problems found in the objects at the last sync, one line each.
@@ -127,7 +127,7 @@ impl Default for ControlSnapshot {
             pending_since: None,
             syncs: 0,
             sync_latency: Histogram::new(SYNC_BUCKETS),
-            services: Vec::new(),
+            services: Arc::new([]),
             tables: None,
             problems: Vec::new(),
             source: String::new(),

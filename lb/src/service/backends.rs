@@ -1,7 +1,7 @@
 //! Backend sets: building one, sizing its Maglev table, and sharing identical ones.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::{BackendAddr, BackendSet};
 use crate::maglev::{Backend, MaglevError, MaglevTable, TableSize};
@@ -77,13 +77,16 @@ impl BackendSet {
     }
 }
 
-/// The backend sets built during one compile, by backend list, so that each distinct list is
-/// built once and shared.
+/// The backend sets in use, by backend list, so that each distinct list is built once and
+/// shared. Held weakly: a set lives as long as some compiled table uses it, and its entry here
+/// is swept once it is gone.
 pub(super) struct BackendSets {
     /// A fixed table size, or `None` to size each set by [`auto_table_size`].
     size: Option<TableSize>,
     /// Keyed by the backends sorted by address and port.
-    sets: HashMap<Vec<BackendAddr>, Arc<BackendSet>>,
+    sets: HashMap<Vec<BackendAddr>, Weak<BackendSet>>,
+    /// Entries added since the last sweep of dead ones.
+    added: usize,
 }
 
 impl BackendSets {
@@ -91,17 +94,26 @@ impl BackendSets {
         BackendSets {
             size,
             sets: HashMap::new(),
+            added: 0,
         }
     }
 
-    /// The set over `backends` (sorted by address and port, no duplicates), built on first use.
+    /// The set over `backends` (sorted by address and port, no duplicates), built unless a
+    /// live one exists.
     pub(super) fn get(&mut self, backends: &[BackendAddr]) -> Result<Arc<BackendSet>, MaglevError> {
-        if let Some(set) = self.sets.get(backends) {
-            return Ok(Arc::clone(set));
+        if let Some(set) = self.sets.get(backends).and_then(Weak::upgrade) {
+            return Ok(set);
         }
         let size = self.size.unwrap_or_else(|| auto_table_size(backends.len()));
         let set = Arc::new(BackendSet::new(backends.iter().copied(), size)?);
-        self.sets.insert(backends.to_vec(), Arc::clone(&set));
+        self.sets.insert(backends.to_vec(), Arc::downgrade(&set));
+        // Sweep when the additions since the last sweep match what was live then: the map
+        // stays within twice its live size, at a constant cost per set built.
+        self.added += 1;
+        if self.added > self.sets.len() / 2 {
+            self.sets.retain(|_, set| set.strong_count() > 0);
+            self.added = 0;
+        }
         Ok(set)
     }
 }

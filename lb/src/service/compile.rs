@@ -1,17 +1,17 @@
 //! [`ServiceTable::compile`]: Services in, frontends and their targets out.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use super::backends::BackendSets;
 use super::endpoints::{endpoints_of_family, Family, Usable};
+use super::incremental::ServiceCompiler;
 use super::{
     CompileOptions, Frontend, FrontendEntry, FrontendKind, Service, ServiceError, ServiceName,
     ServicePort, ServiceTable, Target, TrafficPolicy,
 };
-use crate::maglev::{MaglevError, TableSize};
+use crate::maglev::MaglevError;
 
 impl ServiceTable {
     /// Compiles `services` into frontends, following kube-proxy's rules (see the [module
@@ -24,26 +24,13 @@ impl ServiceTable {
         options: &CompileOptions,
     ) -> (ServiceTable, Vec<ServiceError>) {
         let mut errors = Vec::new();
-        let table_size = options
-            .table_size
-            .and_then(|size| match TableSize::new(size) {
-                Ok(size) => Some(size),
-                Err(error) => {
-                    errors.push(ServiceError::TableSize(error));
-                    None
-                }
-            });
-        let services = distinct_by_name(services, &mut errors);
-        let mut compiler = Compiler {
-            options,
-            sets: BackendSets::new(table_size),
-            table: ServiceTable::default(),
-            errors,
-        };
-        for service in services {
-            compiler.service(service);
+        let distinct = distinct_by_name(services, &mut errors);
+        let mut compiler = ServiceCompiler::new(options.clone());
+        for service in distinct {
+            compiler.upsert(Arc::new(service.clone()));
         }
-        (compiler.table, compiler.errors)
+        errors.extend(compiler.errors());
+        (compiler.into_table(), errors)
     }
 
     /// Bytes the table takes on the heap: its maps, and every Service name, port name and
@@ -105,16 +92,19 @@ fn distinct_by_name<'a>(
     distinct
 }
 
-/// One compile in progress.
-struct Compiler<'a> {
-    options: &'a CompileOptions,
-    sets: BackendSets,
-    table: ServiceTable,
-    errors: Vec<ServiceError>,
+/// One Service being compiled: its frontends (in claim order; a frontend claimed twice by
+/// the Service's own ports appears twice), its health-check NodePort and its problems.
+/// Whether it keeps a contested frontend is for [`ServiceCompiler`] to decide.
+pub(super) struct Compiler<'a> {
+    pub(super) options: &'a CompileOptions,
+    pub(super) sets: &'a mut BackendSets,
+    pub(super) entries: Vec<(Frontend, FrontendEntry)>,
+    pub(super) health_check: Option<(u16, usize)>,
+    pub(super) errors: Vec<ServiceError>,
 }
 
 impl Compiler<'_> {
-    fn service(&mut self, service: &Service) {
+    pub(super) fn service(&mut self, service: &Service) {
         let name = Arc::new(service.name.clone());
         let families: Vec<Family> = Family::BOTH
             .into_iter()
@@ -132,7 +122,7 @@ impl Compiler<'_> {
                 });
             }
         }
-        self.health_check(service, &name, &families);
+        self.health_check(service, &families);
         for port in &service.ports {
             self.port(service, &name, port, &families);
         }
@@ -143,7 +133,7 @@ impl Compiler<'_> {
     /// answers 200 when that count is above zero, so load balancers send traffic only to nodes
     /// that will not drop it. Terminating endpoints do not count, so a node whose pods are all
     /// going away fails the check even while they still serve.
-    fn health_check(&mut self, service: &Service, name: &Arc<ServiceName>, families: &[Family]) {
+    fn health_check(&mut self, service: &Service, families: &[Family]) {
         if service.external_traffic_policy != TrafficPolicy::Local {
             return;
         }
@@ -164,16 +154,7 @@ impl Compiler<'_> {
             })
             .max()
             .unwrap_or(0);
-        match self.table.health_checks.entry(port) {
-            Entry::Vacant(slot) => {
-                slot.insert((Arc::clone(name), count));
-            }
-            Entry::Occupied(slot) => self.errors.push(ServiceError::HealthCheckOverlap {
-                service: service.name.clone(),
-                port,
-                owner: (*slot.get().0).clone(),
-            }),
-        }
+        self.health_check = Some((port, count));
     }
 
     fn port(
@@ -208,11 +189,9 @@ impl Compiler<'_> {
             node_port,
         };
         for &family in families {
-            match frontends.entries(family, &self.options.node_port_addresses, &mut self.sets) {
+            match frontends.entries(family, &self.options.node_port_addresses, self.sets) {
                 Ok(entries) => {
-                    for (frontend, entry) in entries {
-                        self.insert(frontend, entry);
-                    }
+                    self.entries.extend(entries);
                 }
                 Err(error) => self.errors.push(ServiceError::Backends {
                     service: service.name.clone(),
@@ -220,20 +199,6 @@ impl Compiler<'_> {
                     error,
                 }),
             }
-        }
-    }
-
-    /// Adds `entry` unless `frontend` is taken, in which case the earlier claim stands.
-    fn insert(&mut self, frontend: Frontend, entry: FrontendEntry) {
-        match self.table.frontends.entry(frontend) {
-            Entry::Vacant(slot) => {
-                slot.insert(entry);
-            }
-            Entry::Occupied(slot) => self.errors.push(ServiceError::Overlap {
-                service: (*entry.service).clone(),
-                frontend,
-                owner: (*slot.get().service).clone(),
-            }),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! focused tests for frontends, conflicts, backend sets and sizing, and a property test that
 //! input order does not matter.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
@@ -1003,6 +1004,111 @@ proptest! {
                     prop_assert!(set.backends.iter().all(|b| b.addr.is_ipv6() == frontend.addr.is_ipv6()));
                 }
             }
+        }
+    }
+}
+
+// Incremental compiling: any sequence of upserts and removals leaves the table a full compile
+// of the Services left gives, and the same problems. The reference below is the plain
+// algorithm: Services in name order, the first claim on a frontend stands.
+
+fn reference_compile(
+    services: &BTreeMap<ServiceName, Service>,
+    options: &CompileOptions,
+) -> (ServiceTable, Vec<String>) {
+    let mut sets = super::backends::BackendSets::new(None);
+    let mut table = ServiceTable::default();
+    let mut errors = Vec::new();
+    for service in services.values() {
+        let mut compiler = super::compile::Compiler {
+            options,
+            sets: &mut sets,
+            entries: Vec::new(),
+            health_check: None,
+            errors: Vec::new(),
+        };
+        compiler.service(service);
+        errors.extend(compiler.errors.iter().map(ToString::to_string));
+        if let Some((port, count)) = compiler.health_check {
+            match table.health_checks.get(&port) {
+                Some((owner, _)) => errors.push(
+                    ServiceError::HealthCheckOverlap {
+                        service: service.name.clone(),
+                        port,
+                        owner: (**owner).clone(),
+                    }
+                    .to_string(),
+                ),
+                None => {
+                    table
+                        .health_checks
+                        .insert(port, (Arc::new(service.name.clone()), count));
+                }
+            }
+        }
+        for (frontend, entry) in compiler.entries {
+            match table.frontends.get(&frontend) {
+                Some(owner) => errors.push(
+                    ServiceError::Overlap {
+                        service: service.name.clone(),
+                        frontend,
+                        owner: (*owner.service).clone(),
+                    }
+                    .to_string(),
+                ),
+                None => {
+                    table.frontends.insert(frontend, entry);
+                }
+            }
+        }
+    }
+    errors.sort();
+    (table, errors)
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Upsert(Service),
+    Remove(&'static str),
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => service_strategy().prop_map(Op::Upsert),
+        1 => pick(&["a", "b", "c", "d", "e"]).prop_map(Op::Remove),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn incremental_compiling_matches_a_full_compile(
+        ops in prop::collection::vec(op_strategy(), 1..24),
+        listed in any::<bool>(),
+    ) {
+        let options = CompileOptions {
+            node_port_addresses: if listed { vec![ip("198.51.100.100")] } else { Vec::new() },
+            table_size: None,
+        };
+        let mut compiler = ServiceCompiler::new(options.clone());
+        let mut held: BTreeMap<ServiceName, Service> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Upsert(service) => {
+                    let changed = held.get(&service.name) != Some(&service);
+                    held.insert(service.name.clone(), service.clone());
+                    prop_assert_eq!(compiler.upsert(Arc::new(service)), changed);
+                }
+                Op::Remove(name) => {
+                    let name = service_name(name);
+                    prop_assert_eq!(compiler.remove(&name), held.remove(&name).is_some());
+                }
+            }
+            let (table, errors) = reference_compile(&held, &options);
+            prop_assert_eq!(compiler.table(), &table);
+            let mut got: Vec<String> = compiler.errors().iter().map(ToString::to_string).collect();
+            got.sort();
+            prop_assert_eq!(got, errors);
+            prop_assert_eq!(compiler.len(), held.len());
         }
     }
 }

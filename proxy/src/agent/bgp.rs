@@ -246,8 +246,8 @@ fn has_local_ready_endpoint(s: &Service) -> bool {
 /// The routes to originate: the Service addresses `advertise` asks for, as host routes
 /// (external and load-balancer IPs of externalTrafficPolicy Local Services only while they
 /// have a ready endpoint on this node), and the node's pod CIDRs. Sorted, no duplicates.
-pub fn local_routes(
-    services: &[Service],
+pub fn local_routes<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
     pod_cidrs: &[IpNet],
     advertise: Advertise,
 ) -> Vec<LocalRoute> {

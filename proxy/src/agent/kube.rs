@@ -53,7 +53,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 
-use super::objects::{Object, ObjectKind, ObjectStore};
+use super::objects::{Change, Object, ObjectKind, ObjectStore};
 use super::reduce::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME};
 use super::Source;
 use state::{WatchEvent, WatchState};
@@ -214,6 +214,13 @@ impl Source for KubeSource {
         self.seen = Some(inner.watch.generation);
         let problems = inner.problems.values().flatten().cloned().collect();
         (inner.watch.store.clone(), problems)
+    }
+
+    fn changes(&mut self) -> (Vec<Change>, Vec<String>) {
+        let mut inner = self.shared.lock();
+        self.seen = Some(inner.watch.generation);
+        let problems = inner.problems.values().flatten().cloned().collect();
+        (inner.watch.take_changes(), problems)
     }
 
     fn synced(&self) -> bool {

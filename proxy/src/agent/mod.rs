@@ -13,15 +13,17 @@ pub mod objects;
 pub mod policy_tables;
 pub mod reduce;
 pub mod reduce_policy;
+pub mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use switchyard_dataplane::policy::PolicyTables;
 use switchyard_dataplane::services::Services;
 use switchyard_dataplane::tables::{Tables, TablesHandle};
-use switchyard_lb::service::{CompileOptions, ServiceTable};
+use switchyard_lb::service::CompileOptions;
 
 use crate::cli::AgentArgs;
 use crate::router::{self, Hooks};
@@ -52,16 +54,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let source = cluster_source(&args, &node_name)?;
     let bgp_settings = bgp::Settings::from_args(&args)?;
     let bgp_stopper = Arc::new(std::sync::OnceLock::new());
+    let options = CompileOptions {
+        node_port_addresses: args.nodeport_addresses.clone(),
+        table_size: None,
+    };
     let control = ControlPlane {
         source,
+        view: view::View::new(&node_name, args.service_proxy_name.as_deref(), options),
         node_name,
-        options: CompileOptions {
-            node_port_addresses: args.nodeport_addresses.clone(),
-            table_size: None,
-        },
+        policy: None,
+        compile_problems: Vec::new(),
         cluster_cidrs: args.cluster_cidrs.to_vec(),
         masquerade_all: args.masquerade_all,
-        proxy_name: args.service_proxy_name.clone(),
         min_sync: Duration::from_secs_f64(args.min_sync_period),
         bgp_settings,
         bgp_stopper: Arc::clone(&bgp_stopper),
@@ -103,6 +107,7 @@ fn cluster_source(args: &AgentArgs, node_name: &str) -> anyhow::Result<Box<dyn S
                 dir: dir.clone(),
                 poll: Duration::from_secs_f64(args.poll_interval),
                 fingerprint: None,
+                last: objects::ObjectStore::default(),
             }))
         }
         (None, Some(path)) => Ok(Box::new(kube::KubeSource::start(
@@ -135,6 +140,9 @@ pub trait Source: Send + 'static {
     fn wait_change(&mut self, timeout: Duration) -> bool;
     /// The objects as they are now, and what was wrong with some of them (skipped).
     fn snapshot(&mut self) -> (objects::ObjectStore, Vec<String>);
+    /// The objects changed since the last call (all of them at the first), and what is wrong
+    /// with some of them now (skipped).
+    fn changes(&mut self) -> (Vec<objects::Change>, Vec<String>);
     /// False while the source has not seen a complete view yet (a cluster source before
     /// its first full list); the agent does not report ready until it has.
     fn synced(&self) -> bool {
@@ -147,6 +155,8 @@ struct ManifestSource {
     dir: PathBuf,
     poll: Duration,
     fingerprint: Option<manifests::Fingerprint>,
+    /// The objects as last handed out by [`Source::changes`].
+    last: objects::ObjectStore,
 }
 
 impl Source for ManifestSource {
@@ -177,16 +187,28 @@ impl Source for ManifestSource {
         }
         (store, errors.iter().map(ToString::to_string).collect())
     }
+
+    fn changes(&mut self) -> (Vec<objects::Change>, Vec<String>) {
+        let (store, problems) = self.snapshot();
+        let changes = self.last.diff(&store);
+        self.last = store;
+        (changes, problems)
+    }
 }
 
 /// The control plane's settings.
 struct ControlPlane {
     source: Box<dyn Source>,
+    /// The objects and the Services they compile to, kept current change by change.
+    view: view::View,
     node_name: String,
-    options: CompileOptions,
+    /// The NetworkPolicy tables as last compiled, with the number of policies and the
+    /// problems found; compiled again only when a kind policy reads changes.
+    policy: Option<CompiledPolicy>,
+    /// The Service compile problems at the last sync (each is logged when it first appears).
+    compile_problems: Vec<String>,
     cluster_cidrs: Vec<ipnet::IpNet>,
     masquerade_all: bool,
-    proxy_name: Option<String>,
     /// Least time between two syncs (kube-proxy's --min-sync-period): changes that come
     /// faster are coalesced into one sync.
     min_sync: Duration,
@@ -198,6 +220,13 @@ struct ControlPlane {
     bgp: Option<bgp::Bgp>,
     /// The tables last published.
     last: Option<Arc<Tables>>,
+}
+
+/// NetworkPolicy as compiled for the dataplane.
+struct CompiledPolicy {
+    tables: Option<Arc<PolicyTables>>,
+    policies: usize,
+    problems: Vec<String>,
 }
 
 impl ControlPlane {
@@ -271,33 +300,45 @@ impl ControlPlane {
         seen: Instant,
     ) {
         let started = Instant::now();
-        let (store, mut problems) = self.source.snapshot();
-        let (services, errors) =
-            reduce::services(&store, &self.node_name, self.proxy_name.as_deref());
-        for e in &errors {
-            tracing::warn!(error = %e, "object skipped");
-            problems.push(e.to_string());
-        }
+        let (changes, mut problems) = self.source.changes();
+        let changed = changes.len();
+        let touched = self.view.apply(changes);
+        problems.extend(self.view.reduce_problems().map(ToString::to_string));
+        let services = self.view.services();
         if let Some(b) = &mut self.bgp {
             let pod_cidrs = if b.advertise.pod_cidr {
-                reduce::pod_cidrs(&store, &self.node_name)
+                reduce::pod_cidrs(&self.view.store, &self.node_name)
             } else {
                 Vec::new()
             };
-            b.set_local_routes(bgp::local_routes(&services, &pod_cidrs, b.advertise));
+            b.set_local_routes(bgp::local_routes(
+                services.iter().map(|s| &**s),
+                &pod_cidrs,
+                b.advertise,
+            ));
             b.poll_learned();
         }
         let routed = self.routed(base, shared);
-        let (table, errors) = ServiceTable::compile(&services, &self.options);
-        for e in &errors {
+        let compiler = self.view.compiler();
+        let compile_problems: Vec<String> =
+            compiler.errors().iter().map(ToString::to_string).collect();
+        let known: std::collections::HashSet<&String> = self.compile_problems.iter().collect();
+        for e in compile_problems.iter().filter(|e| !known.contains(e)) {
             tracing::warn!(error = %e, "service frontend skipped");
-            problems.push(e.to_string());
         }
+        problems.extend(compile_problems.iter().cloned());
+        self.compile_problems = compile_problems;
+        let table = compiler.table().clone();
         let frontends = table.frontends.len();
-        let (policy, policies) = self.policy(&store, base, &mut problems);
+        if touched.policy || self.policy.is_none() {
+            self.policy = Some(self.compile_policy(base));
+        }
+        let policy = self.policy.as_ref().expect("compiled above");
+        problems.extend(policy.problems.iter().cloned());
+        let policies = policy.policies;
         let tables = Tables {
             version,
-            policy,
+            policy: policy.tables.clone(),
             services: Some(Arc::new(Services {
                 table,
                 cluster_cidrs: self.cluster_cidrs.clone(),
@@ -314,6 +355,8 @@ impl ControlPlane {
         let synced = self.source.synced();
         tracing::info!(
             version,
+            changed,
+            reduced = touched.services,
             services = services.len(),
             frontends,
             policies,
@@ -379,22 +422,14 @@ impl ControlPlane {
         self.last = Some(tables);
     }
 
-    /// The NetworkPolicy ACLs for the objects in `store` (`None` when there is no policy, so
-    /// the ACL nodes are skipped) and the number of policies; problems are logged and added
-    /// to `problems`. This node's own addresses, whose traffic with local pods is always
+    /// The NetworkPolicy ACLs for the objects in the view (no tables when there is no
+    /// policy, so the ACL nodes are skipped), the number of policies and the problems found
+    /// (logged too). This node's own addresses, whose traffic with local pods is always
     /// allowed, are the dataplane interfaces' addresses.
     ///
-    /// Compiled afresh on every sync; [`switchyard_policy::PolicyCompiler`] could instead be
-    /// kept across syncs and fed only what changed.
-    fn policy(
-        &self,
-        store: &objects::ObjectStore,
-        base: &Tables,
-        problems: &mut Vec<String>,
-    ) -> (
-        Option<Arc<switchyard_dataplane::policy::PolicyTables>>,
-        usize,
-    ) {
+    /// Compiled afresh whenever a NetworkPolicy, Pod, Namespace or Node changed;
+    /// [`switchyard_policy::PolicyCompiler`] could instead be fed only what changed.
+    fn compile_policy(&self, base: &Tables) -> CompiledPolicy {
         let node_ips: Vec<std::net::IpAddr> = base
             .interfaces
             .iter()
@@ -403,13 +438,19 @@ impl ControlPlane {
                 v4.chain(i.ipv6.iter().map(|n| std::net::IpAddr::V6(n.addr())))
             })
             .collect();
-        let (cluster, errors) = reduce_policy::cluster(store, &self.node_name, &node_ips);
+        let mut problems = Vec::new();
+        let (cluster, errors) =
+            reduce_policy::cluster(&self.view.store, &self.node_name, &node_ips);
         for e in &errors {
             tracing::warn!(error = %e, "object skipped for NetworkPolicy");
             problems.push(e.to_string());
         }
         if cluster.policies.is_empty() {
-            return (None, 0);
+            return CompiledPolicy {
+                tables: None,
+                policies: 0,
+                problems,
+            };
         }
         let compiled = switchyard_policy::compile(&cluster);
         for e in compiled.errors() {
@@ -417,6 +458,10 @@ impl ControlPlane {
             problems.push(e.to_string());
         }
         let tables = policy_tables::policy_tables(&cluster, &compiled);
-        (Some(Arc::new(tables)), cluster.policies.len())
+        CompiledPolicy {
+            tables: Some(Arc::new(tables)),
+            policies: cluster.policies.len(),
+            problems,
+        }
     }
 }

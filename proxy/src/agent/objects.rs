@@ -182,6 +182,55 @@ pub enum StoreError {
         kind: ObjectKind,
     },
 }
+/// One object's change: what `key` of `kind` holds now, `None` once deleted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The object's kind.
+    pub kind: ObjectKind,
+    /// Its key.
+    pub key: ObjectKey,
+    /// Its content now; `None` when it is gone.
+    pub object: Option<Object>,
+}
+
+/// The keys whose values differ between two maps, by a merge of their sorted keys.
+fn differing<V: PartialEq>(
+    a: &BTreeMap<ObjectKey, V>,
+    b: &BTreeMap<ObjectKey, V>,
+) -> Vec<ObjectKey> {
+    let mut out = Vec::new();
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return out,
+            (Some((ka, _)), None) => {
+                out.push((*ka).clone());
+                a.next();
+            }
+            (None, Some((kb, _))) => {
+                out.push((*kb).clone());
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    out.push((*ka).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((*kb).clone());
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        out.push((*ka).clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
 
 /// All objects the agent knows about, by kind and `(namespace, name)`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -301,6 +350,68 @@ impl ObjectStore {
             ObjectKind::Namespace => self.namespaces.contains_key(&key),
         }
     }
+    /// A copy of the object of `kind` stored under `key`.
+    pub fn get(&self, kind: ObjectKind, key: &ObjectKey) -> Option<Object> {
+        match kind {
+            ObjectKind::Service => self
+                .services
+                .get(key)
+                .map(|o| Object::Service(Box::new(o.clone()))),
+            ObjectKind::EndpointSlice => self
+                .endpoint_slices
+                .get(key)
+                .map(|o| Object::EndpointSlice(Box::new(o.clone()))),
+            ObjectKind::NetworkPolicy => self
+                .network_policies
+                .get(key)
+                .map(|o| Object::NetworkPolicy(Box::new(o.clone()))),
+            ObjectKind::Node => self
+                .nodes
+                .get(key)
+                .map(|o| Object::Node(Box::new(o.clone()))),
+            ObjectKind::Pod => self.pods.get(key).map(|o| Object::Pod(Box::new(o.clone()))),
+            ObjectKind::Namespace => self
+                .namespaces
+                .get(key)
+                .map(|o| Object::Namespace(Box::new(o.clone()))),
+        }
+    }
+
+    /// Makes `change` (stores its object, or deletes the key) and returns the object the key
+    /// held before.
+    pub fn set(&mut self, change: Change) -> Option<Object> {
+        let Change { kind, key, object } = change;
+        match object {
+            // The key came from a store, so the object has a name.
+            Some(object) => self.apply(object).ok().flatten(),
+            None => self.delete(kind, &key.0, &key.1),
+        }
+    }
+
+    /// The keys of `kind` whose objects differ between `self` and `other` (present in one
+    /// only, or different), in key order.
+    pub fn changed_keys(&self, other: &ObjectStore, kind: ObjectKind) -> Vec<ObjectKey> {
+        match kind {
+            ObjectKind::Service => differing(&self.services, &other.services),
+            ObjectKind::EndpointSlice => differing(&self.endpoint_slices, &other.endpoint_slices),
+            ObjectKind::NetworkPolicy => differing(&self.network_policies, &other.network_policies),
+            ObjectKind::Node => differing(&self.nodes, &other.nodes),
+            ObjectKind::Pod => differing(&self.pods, &other.pods),
+            ObjectKind::Namespace => differing(&self.namespaces, &other.namespaces),
+        }
+    }
+
+    /// What turns `self` into `next`: one [`Change`] per object added, changed or deleted.
+    pub fn diff(&self, next: &ObjectStore) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for kind in ObjectKind::ALL {
+            for key in self.changed_keys(next, kind) {
+                let object = next.get(kind, &key);
+                changes.push(Change { kind, key, object });
+            }
+        }
+        changes
+    }
 
     /// The number of objects of `kind`.
     pub fn count(&self, kind: ObjectKind) -> usize {
@@ -408,5 +519,30 @@ mod tests {
         }
         assert_eq!(ObjectKind::from_type("apps/v1", "Deployment"), None);
         assert_eq!(ObjectKind::from_type("v1", "EndpointSlice"), None);
+    }
+
+    #[test]
+    fn a_diff_turns_one_store_into_the_other() {
+        let mut old = ObjectStore::new();
+        old.apply(service(None, "kept")).unwrap();
+        old.apply(service(None, "gone")).unwrap();
+        old.apply(service(Some("demo"), "changed")).unwrap();
+        let mut new = ObjectStore::new();
+        new.apply(service(None, "kept")).unwrap();
+        new.apply(service(None, "added")).unwrap();
+        let mut changed = service(Some("demo"), "changed");
+        if let Object::Service(s) = &mut changed {
+            s.metadata.resource_version = Some("2".into());
+        }
+        new.apply(changed).unwrap();
+
+        let changes = old.diff(&new);
+        let keys: Vec<&str> = changes.iter().map(|c| c.key.1.as_str()).collect();
+        assert_eq!(keys, ["added", "gone", "changed"]);
+        for change in changes {
+            old.set(change);
+        }
+        assert_eq!(old, new);
+        assert!(old.diff(&new).is_empty());
     }
 }

@@ -230,6 +230,10 @@ impl Report<'_> {
 
 /// The Services in `store` as the dataplane takes them, for the node `node_name`, as the
 /// proxy named `proxy_name` (see the module documentation), and what was wrong.
+///
+/// The agent reduces one Service at a time ([`service`], through [`super::view::View`]);
+/// this whole-store form is the reference its tests hold that to.
+#[cfg(test)]
 pub fn services(
     store: &ObjectStore,
     node_name: &str,
@@ -240,27 +244,97 @@ pub fn services(
     let mut out = Vec::new();
     // The store's keys are (namespace, name), so this is ServiceName order.
     for ((namespace, name), svc) in &store.services {
-        if !is_ours(&svc.metadata, proxy_name) {
-            tracing::debug!(service = %format!("{namespace}/{name}"), "not for this proxy; skipped");
+        let own_slices = slices
+            .get(&(namespace.as_str(), name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let context = Context {
+            node_name,
+            proxy_name,
+        };
+        out.extend(context.reduce(namespace, name, svc, own_slices, &mut errors));
+    }
+    (out, errors)
+}
+
+/// The Service stored under `key` as the dataplane takes it (`None` when there is none, or
+/// it is skipped), given the names of the EndpointSlices labelled as its own
+/// ([`slice_owner`]); its problems are added to `errors`. The same as its entry in
+/// [`services`], for one Service.
+pub fn service<'a>(
+    store: &ObjectStore,
+    key: &(String, String),
+    slice_names: impl IntoIterator<Item = &'a String>,
+    node_name: &str,
+    proxy_name: Option<&str>,
+    errors: &mut Vec<ReduceError>,
+) -> Option<Service> {
+    let svc = store.services.get(key)?;
+    let (namespace, name) = key;
+    let mut own_slices: Vec<(&str, &discovery::EndpointSlice)> = Vec::new();
+    for slice_name in slice_names {
+        let Some(slice) = store
+            .endpoint_slices
+            .get(&(namespace.clone(), slice_name.clone()))
+        else {
             continue;
+        };
+        if is_ours(&slice.metadata, proxy_name)
+            && slice_owner(slice).is_some_and(|owner| owner == name.as_str())
+        {
+            own_slices.push((slice_name.as_str(), slice));
+        }
+    }
+    own_slices.sort_by(|a, b| a.0.cmp(b.0));
+    let context = Context {
+        node_name,
+        proxy_name,
+    };
+    context.reduce(namespace, name, svc, &own_slices, errors)
+}
+
+/// The name of the Service an EndpointSlice belongs to (in its own namespace): its
+/// `kubernetes.io/service-name` label, when set and not empty.
+pub fn slice_owner(slice: &discovery::EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// What a reduction depends on besides the objects.
+struct Context<'a> {
+    node_name: &'a str,
+    proxy_name: Option<&'a str>,
+}
+
+impl Context<'_> {
+    /// One Service with its own slices (in slice-name order), or `None` when it is skipped.
+    fn reduce(
+        &self,
+        namespace: &str,
+        name: &str,
+        svc: &core::Service,
+        own_slices: &[(&str, &discovery::EndpointSlice)],
+        errors: &mut Vec<ReduceError>,
+    ) -> Option<Service> {
+        if !is_ours(&svc.metadata, self.proxy_name) {
+            tracing::debug!(service = %format!("{namespace}/{name}"), "not for this proxy; skipped");
+            return None;
         }
         let mut report = Report {
             kind: "Service",
             namespace,
             name,
-            errors: &mut errors,
+            errors: &mut *errors,
         };
-        let Some(mut service) = reduce_service(namespace, name, svc, &mut report) else {
-            continue;
-        };
-        let own_slices = slices
-            .get(&(namespace.as_str(), name.as_str()))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        attach_endpoints(&mut service, own_slices, node_name, &mut errors);
-        out.push(service);
+        let mut service = reduce_service(namespace, name, svc, &mut report)?;
+        attach_endpoints(&mut service, own_slices, self.node_name, errors);
+        Some(service)
     }
-    (out, errors)
 }
 
 /// True if an object with `meta`'s labels is for the proxy named `proxy_name`: kube-proxy's
@@ -278,6 +352,7 @@ fn is_ours(meta: &ObjectMeta, proxy_name: Option<&str>) -> bool {
 
 /// The EndpointSlices of each Service, by (namespace, Service name), each list in slice-name
 /// order.
+#[cfg(test)]
 fn slices_by_service<'a>(
     store: &'a ObjectStore,
     proxy_name: Option<&str>,
@@ -287,20 +362,14 @@ fn slices_by_service<'a>(
         if !is_ours(&slice.metadata, proxy_name) {
             continue;
         }
-        let service = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_SERVICE_NAME))
-            .filter(|s| !s.is_empty());
-        let Some(service) = service else {
+        let Some(service) = slice_owner(slice) else {
             tracing::debug!(
                 slice = %format!("{namespace}/{name}"),
                 "EndpointSlice has no {LABEL_SERVICE_NAME} label; ignored"
             );
             continue;
         };
-        map.entry((namespace.as_str(), service.as_str()))
+        map.entry((namespace.as_str(), service))
             .or_default()
             .push((name.as_str(), slice));
     }

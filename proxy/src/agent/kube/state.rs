@@ -10,10 +10,12 @@
 //!   store keeps the last full view, so the control plane never programs half a list.
 //! - Every change that alters the store bumps [`WatchState::generation`]; a relist that finds
 //!   exactly what the store already held does not.
+//! - The keys of the objects changed are remembered until [`WatchState::take_changes`]
+//!   collects them, so the control plane can take in only what changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::super::objects::{Object, ObjectKind, ObjectStore};
+use super::super::objects::{Change, Object, ObjectKey, ObjectKind, ObjectStore};
 
 /// One watch event, with the object already sorted into its kind.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +43,8 @@ pub struct WatchState {
     synced: BTreeSet<ObjectKind>,
     /// Lists in progress, by kind.
     listing: BTreeMap<ObjectKind, ObjectStore>,
+    /// Objects changed since the last [`WatchState::take_changes`].
+    dirty: BTreeSet<(ObjectKind, ObjectKey)>,
 }
 
 impl WatchState {
@@ -48,16 +52,23 @@ impl WatchState {
     /// (an object the store refuses, such as one without a name, is skipped).
     pub fn apply(&mut self, kind: ObjectKind, event: WatchEvent) -> Option<String> {
         match event {
-            WatchEvent::Apply(object) => match self.store.apply(object) {
-                Ok(_) => {
+            WatchEvent::Apply(object) => match object
+                .key()
+                .and_then(|key| self.store.apply(object).map(|_| key))
+            {
+                Ok(key) => {
                     self.generation += 1;
+                    self.dirty.insert((kind, key));
                     None
                 }
                 Err(e) => Some(format!("{kind} skipped: {e}")),
             },
             WatchEvent::Delete(object) => match self.store.delete_object(&object) {
-                Ok(Some(_)) => {
+                Ok(Some(deleted)) => {
                     self.generation += 1;
+                    if let Ok(key) = deleted.key() {
+                        self.dirty.insert((kind, key));
+                    }
                     None
                 }
                 Ok(None) => None,
@@ -79,14 +90,28 @@ impl WatchState {
             }
             WatchEvent::InitDone => {
                 let listed = self.listing.remove(&kind).unwrap_or_default();
-                let changed = replace_kind(&mut self.store, listed, kind);
+                let changed = self.store.changed_keys(&listed, kind);
+                self.dirty
+                    .extend(changed.iter().map(|key| (kind, key.clone())));
+                replace_kind(&mut self.store, listed, kind);
                 let first = self.synced.insert(kind);
-                if changed || first {
+                if !changed.is_empty() || first {
                     self.generation += 1;
                 }
                 None
             }
         }
+    }
+
+    /// The objects changed since the last call, each with what it holds now (`None`: deleted).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|(kind, key)| {
+                let object = self.store.get(kind, &key);
+                Change { kind, key, object }
+            })
+            .collect()
     }
 
     /// True once `kind`'s first list has completed.
@@ -100,24 +125,19 @@ impl WatchState {
     }
 }
 
-/// Moves `kind`'s objects from `from` into `into`, replacing what `into` held of that kind;
-/// true if that changed anything.
-fn replace_kind(into: &mut ObjectStore, mut from: ObjectStore, kind: ObjectKind) -> bool {
-    fn swap<V: PartialEq>(
-        a: &mut BTreeMap<(String, String), V>,
-        b: &mut BTreeMap<(String, String), V>,
-    ) -> bool {
-        let changed = a != b;
-        std::mem::swap(a, b);
-        changed
-    }
+/// Moves `kind`'s objects from `from` into `into`, replacing what `into` held of that kind.
+fn replace_kind(into: &mut ObjectStore, mut from: ObjectStore, kind: ObjectKind) {
     match kind {
-        ObjectKind::Service => swap(&mut into.services, &mut from.services),
-        ObjectKind::EndpointSlice => swap(&mut into.endpoint_slices, &mut from.endpoint_slices),
-        ObjectKind::NetworkPolicy => swap(&mut into.network_policies, &mut from.network_policies),
-        ObjectKind::Node => swap(&mut into.nodes, &mut from.nodes),
-        ObjectKind::Pod => swap(&mut into.pods, &mut from.pods),
-        ObjectKind::Namespace => swap(&mut into.namespaces, &mut from.namespaces),
+        ObjectKind::Service => std::mem::swap(&mut into.services, &mut from.services),
+        ObjectKind::EndpointSlice => {
+            std::mem::swap(&mut into.endpoint_slices, &mut from.endpoint_slices)
+        }
+        ObjectKind::NetworkPolicy => {
+            std::mem::swap(&mut into.network_policies, &mut from.network_policies)
+        }
+        ObjectKind::Node => std::mem::swap(&mut into.nodes, &mut from.nodes),
+        ObjectKind::Pod => std::mem::swap(&mut into.pods, &mut from.pods),
+        ObjectKind::Namespace => std::mem::swap(&mut into.namespaces, &mut from.namespaces),
     }
 }
 
@@ -228,5 +248,37 @@ mod tests {
         let problem = state.apply(ObjectKind::Service, WatchEvent::Apply(svc("", "4")));
         assert!(problem.is_some());
         assert!(state.store.is_empty());
+    }
+
+    #[test]
+    fn changes_are_collected_once_with_what_each_key_holds_now() {
+        let mut state = WatchState::default();
+        list(&mut state, &[svc("a", "1"), svc("b", "2")]);
+        let first: Vec<String> = state
+            .take_changes()
+            .iter()
+            .map(|c| c.key.1.clone())
+            .collect();
+        assert_eq!(first, ["a", "b"]);
+        assert!(state.take_changes().is_empty());
+
+        // Changed twice, then deleted: one change, the deletion.
+        state.apply(ObjectKind::Service, WatchEvent::Apply(svc("a", "3")));
+        state.apply(ObjectKind::Service, WatchEvent::Apply(svc("a", "4")));
+        state.apply(ObjectKind::Service, WatchEvent::Delete(svc("a", "5")));
+        // A relist that changes "b" and adds "c".
+        list(&mut state, &[svc("b", "6"), svc("c", "7")]);
+        let changes = state.take_changes();
+        let summary: Vec<(String, bool)> = changes
+            .iter()
+            .map(|c| (c.key.1.clone(), c.object.is_some()))
+            .collect();
+        assert_eq!(
+            summary,
+            [("a".into(), false), ("b".into(), true), ("c".into(), true)]
+        );
+        // An identical relist changes nothing.
+        list(&mut state, &[svc("b", "6"), svc("c", "7")]);
+        assert!(state.take_changes().is_empty());
     }
 }

@@ -1,0 +1,166 @@
+//! The control plane's view of the cluster, kept current one change at a time.
+//!
+//! A sync used to take the whole object store, reduce every Service and compile them all: the
+//! same work for one endpoint change as for the first list, hundreds of milliseconds at ten
+//! thousand Services. [`View`] instead takes the changed objects ([`Change`]), works out which
+//! Services they touch (a Service object, or an EndpointSlice labelled with its name, before
+//! or after the change), reduces only those ([`reduce::service`]) and patches them into a
+//! [`ServiceCompiler`]. What it holds is always what a full reduce and compile of its store
+//! would give (the tests check that).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use switchyard_lb::service::{CompileOptions, Service, ServiceCompiler, ServiceName};
+
+use super::objects::{Change, Object, ObjectKey, ObjectKind, ObjectStore};
+use super::reduce::{self, ReduceError};
+
+/// The objects, the Services they reduce to, and those compiled.
+pub struct View {
+    /// The objects as of the changes taken in so far.
+    pub store: ObjectStore,
+    node_name: String,
+    proxy_name: Option<String>,
+    /// The names of the EndpointSlices that name each Service (namespace, Service name) as
+    /// theirs, whether or not the Service exists.
+    slices_of: HashMap<ObjectKey, BTreeSet<String>>,
+    /// The Services, reduced and compiled.
+    compiler: ServiceCompiler,
+    /// What reducing each Service (and its slices) found wrong.
+    reduce_errors: BTreeMap<ObjectKey, Vec<ReduceError>>,
+}
+
+/// What a batch of changes touched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Services reduced again (whether or not they came out different).
+    pub services: usize,
+    /// Some NetworkPolicy, Pod, Namespace or Node changed: policy needs compiling again.
+    pub policy: bool,
+    /// Some Node changed (its pod CIDRs, for BGP).
+    pub nodes: bool,
+}
+
+impl View {
+    /// An empty view for the node `node_name`, as the proxy named `proxy_name`.
+    pub fn new(node_name: &str, proxy_name: Option<&str>, options: CompileOptions) -> View {
+        View {
+            store: ObjectStore::default(),
+            node_name: node_name.to_string(),
+            proxy_name: proxy_name.map(str::to_string),
+            slices_of: HashMap::new(),
+            compiler: ServiceCompiler::new(options),
+            reduce_errors: BTreeMap::new(),
+        }
+    }
+
+    /// Takes in `changes` and brings the compiled Services up to date with them.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Touched {
+        let mut touched = Touched::default();
+        let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
+        for change in changes {
+            let kind = change.kind;
+            let key = change.key.clone();
+            let new_owner = owner_of(change.object.as_ref());
+            let old = self.store.set(change);
+            match kind {
+                ObjectKind::Service => {
+                    dirty.insert(key);
+                }
+                ObjectKind::EndpointSlice => {
+                    let (namespace, slice) = key;
+                    if let Some(owner) = owner_of(old.as_ref()) {
+                        let service = (namespace.clone(), owner);
+                        if let Some(names) = self.slices_of.get_mut(&service) {
+                            names.remove(&slice);
+                            if names.is_empty() {
+                                self.slices_of.remove(&service);
+                            }
+                        }
+                        dirty.insert(service);
+                    }
+                    if let Some(owner) = new_owner {
+                        let service = (namespace, owner);
+                        self.slices_of
+                            .entry(service.clone())
+                            .or_default()
+                            .insert(slice);
+                        dirty.insert(service);
+                    }
+                }
+                ObjectKind::NetworkPolicy | ObjectKind::Pod | ObjectKind::Namespace => {
+                    touched.policy = true;
+                }
+                ObjectKind::Node => {
+                    touched.policy = true;
+                    touched.nodes = true;
+                }
+            }
+        }
+        touched.services = dirty.len();
+        for key in dirty {
+            self.reduce(key);
+        }
+        touched
+    }
+
+    /// Reduces the Service under `key` again and compiles the result in (or takes it out).
+    fn reduce(&mut self, key: ObjectKey) {
+        let mut errors = Vec::new();
+        let service = reduce::service(
+            &self.store,
+            &key,
+            self.slices_of.get(&key).into_iter().flatten(),
+            &self.node_name,
+            self.proxy_name.as_deref(),
+            &mut errors,
+        );
+        for e in &errors {
+            tracing::warn!(error = %e, "object skipped");
+        }
+        let name = ServiceName {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+        };
+        if errors.is_empty() {
+            self.reduce_errors.remove(&key);
+        } else {
+            self.reduce_errors.insert(key, errors);
+        }
+        match service {
+            Some(service) => {
+                self.compiler.upsert(Arc::new(service));
+            }
+            None => {
+                self.compiler.remove(&name);
+            }
+        }
+    }
+
+    /// The Services, in name order.
+    pub fn services(&self) -> Arc<[Arc<Service>]> {
+        self.compiler.services().cloned().collect()
+    }
+
+    /// The compiled Services.
+    pub fn compiler(&self) -> &ServiceCompiler {
+        &self.compiler
+    }
+
+    /// What reducing the objects found wrong, one line each, in Service order.
+    pub fn reduce_problems(&self) -> impl Iterator<Item = &ReduceError> {
+        self.reduce_errors.values().flatten()
+    }
+}
+
+/// The Service an EndpointSlice (if `object` is one) names as its own.
+fn owner_of(object: Option<&Object>) -> Option<String> {
+    match object {
+        Some(Object::EndpointSlice(slice)) => reduce::slice_owner(slice).map(str::to_string),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
