@@ -337,6 +337,8 @@ if [ "$KERNEL" = 0 ]; then
   "$SWITCHYARD" show services --socket "$WORK/admin.sock" 2>&1 | sed 's/^/  │ /' | head -n 20
   echo "  switchyard show conntrack (first lines):"
   "$SWITCHYARD" show conntrack --socket "$WORK/admin.sock" 2>&1 | sed 's/^/  │ /' | head -n 8
+  echo "  switchyard show acl (the policy added live, with its hit counters):"
+  "$SWITCHYARD" show acl --socket "$WORK/admin.sock" 2>&1 | sed 's/^/  │ /' | head -n 12
   if out=$(in_ns "$NODE" 5 python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:10256/readyz").status)' 2>&1) && [ "$out" = 200 ]; then
     ok "/readyz answers 200 (first sync programmed)"
   else

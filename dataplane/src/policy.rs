@@ -8,17 +8,37 @@ use std::sync::Arc;
 
 use fnv::FnvHashMap;
 
-use crate::acl::Classifier;
+use crate::acl::{AclRuleSpec, Classifier};
 
 /// One compiled ACL, shared by every pod that has it.
 #[derive(Clone, Debug)]
 pub struct AclTable {
     /// A stable name for people and metrics (e.g. `acl-3`).
     pub name: Arc<str>,
+    /// The rules as given (for people: `switchyard show acl`), in classifier order.
+    pub rules: Vec<AclRuleSpec>,
     /// The rules, compiled. Allow rules; the default action is deny (the pod is isolated).
     pub classifier: Classifier,
     /// Where each rule comes from, by rule index: `namespace/policy ingress[0]`, `node`.
     pub origins: Vec<Arc<str>>,
+}
+
+impl AclTable {
+    /// The ACL named `name` over `rules` (allow rules; first match wins), with
+    /// `default_allow` for what matches none, and each rule's origin.
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        rules: Vec<AclRuleSpec>,
+        default_allow: bool,
+        origins: Vec<Arc<str>>,
+    ) -> Self {
+        AclTable {
+            name: name.into(),
+            classifier: Classifier::build(&rules, default_allow),
+            rules,
+            origins,
+        }
+    }
 }
 
 /// The ACLs of one local pod.

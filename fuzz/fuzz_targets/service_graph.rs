@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use switchyard_dataplane::acl::{AclRuleSpec, Classifier};
+use switchyard_dataplane::acl::AclRuleSpec;
 use switchyard_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use switchyard_dataplane::graph::{Graph, Packet};
 use switchyard_dataplane::nodes::router_graph;
@@ -240,11 +240,8 @@ fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> AclTable {
             ports: *ports,
         })
         .collect();
-    AclTable {
-        name: name.into(),
-        classifier: Classifier::build(&specs, false),
-        origins: specs.iter().map(|_| Arc::from("fuzz")).collect(),
-    }
+    let origins = specs.iter().map(|_| Arc::from("fuzz")).collect();
+    AclTable::new(name, specs, false, origins)
 }
 
 fn policy() -> PolicyTables {

@@ -42,16 +42,11 @@ pub const REQUESTS: &[&str] = &[
     "neighbors",
     "sync",
     "bgp",
+    "acl",
 ];
 
 /// Requests for parts of the agent that are not built yet.
-const NOT_YET: &[(&str, &str)] = &[
-    (
-        "acl",
-        "NetworkPolicy ACLs are not programmed by the agent yet",
-    ),
-    ("ipsec", "the agent does not terminate IPsec tunnels yet"),
-];
+const NOT_YET: &[(&str, &str)] = &[("ipsec", "the agent does not terminate IPsec tunnels yet")];
 
 /// The admin socket, bound and ready to hand to the servers' runtime.
 #[derive(Debug)]
@@ -184,6 +179,7 @@ pub fn answer(shared: &Shared, request: &str, now: SystemTime) -> Value {
         "endpoints" => Ok(endpoints(&control)),
         "sync" => Ok(sync(shared, &control, dataplane.as_deref(), now)),
         "fib" => tables(&control).map(fib),
+        "acl" => tables(&control).map(|t| acl(t, dataplane.as_deref())),
         "bgp" => {
             let b = shared.bgp();
             if b.enabled {
@@ -459,6 +455,73 @@ pub fn fib(t: &Tables) -> Value {
     json!({"tables_version": t.version, "routes": routes})
 }
 
+/// The NetworkPolicy ACLs in force: each shared ACL with its rules (and where each comes
+/// from), its hit counters when the dataplane has counted under these tables, and the local
+/// pods it guards.
+pub fn acl(t: &Tables, d: Option<&DataplaneSnapshot>) -> Value {
+    let Some(policy) = t.policy.as_deref() else {
+        return json!({"tables_version": t.version, "acls": [], "pods": 0});
+    };
+    // Counters are per tables version (a new version may renumber the ACLs).
+    let hits = d
+        .filter(|d| d.tables_version == t.version && d.acl_hits.len() == policy.acls.len())
+        .map(|d| &d.acl_hits);
+    let mut guarded: Vec<(Vec<String>, Vec<String>)> = vec![Default::default(); policy.acls.len()];
+    let mut pods: Vec<_> = policy.pods.iter().collect();
+    pods.sort_by_key(|(ip, _)| **ip);
+    for (ip, acls) in pods {
+        let slots = [(acls.ingress, true), (acls.egress, false)];
+        for (index, ingress) in slots {
+            let Some(g) = index.and_then(|i| guarded.get_mut(i as usize)) else {
+                continue;
+            };
+            if ingress {
+                g.0.push(ip.to_string());
+            } else {
+                g.1.push(ip.to_string());
+            }
+        }
+    }
+    let acls: Vec<Value> = policy
+        .acls
+        .iter()
+        .zip(guarded)
+        .enumerate()
+        .map(|(i, (acl, (ingress, egress)))| {
+            let counts = hits.and_then(|h| h.get(i));
+            let rules: Vec<Value> = acl
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(r, rule)| {
+                    json!({
+                        "peer": rule.peer.to_string(),
+                        "protocol": rule.protocol.map_or_else(|| "any".to_string(), protocol_name),
+                        "ports": if rule.ports == (0, u16::MAX) {
+                            "any".to_string()
+                        } else if rule.ports.0 == rule.ports.1 {
+                            rule.ports.0.to_string()
+                        } else {
+                            format!("{}-{}", rule.ports.0, rule.ports.1)
+                        },
+                        "origin": acl.origins.get(r).map(|o| o.to_string()),
+                        "hits": counts.and_then(|(rules, _)| rules.get(r)),
+                    })
+                })
+                .collect();
+            json!({
+                "name": acl.name.to_string(),
+                "default": if acl.classifier.default_allow() { "allow" } else { "deny" },
+                "denied": counts.map(|(_, denied)| denied),
+                "rules": rules,
+                "ingress_pods": ingress,
+                "egress_pods": egress,
+            })
+        })
+        .collect();
+    json!({"tables_version": t.version, "acls": acls, "pods": policy.pods.len()})
+}
+
 /// Per graph node counters, and the port totals.
 pub fn counters(d: &DataplaneSnapshot) -> Value {
     json!({
@@ -692,6 +755,30 @@ mod tests {
         let a = answer(&shared, "fib", now);
         assert_eq!(a["ok"], true, "{a}");
         assert_eq!(a["data"]["tables_version"], 7);
+
+        let a = answer(&shared, "acl", now);
+        assert_eq!(a["ok"], true, "{a}");
+        let acl = &a["data"]["acls"][0];
+        assert_eq!(acl["name"], "acl-1");
+        assert_eq!(acl["default"], "deny");
+        assert_eq!(acl["denied"], 3);
+        assert_eq!(acl["ingress_pods"], json!(["198.18.2.3"]));
+        assert_eq!(acl["rules"][0]["origin"], "node");
+        assert_eq!(acl["rules"][0]["ports"], "any");
+        assert_eq!(acl["rules"][1]["protocol"], "TCP");
+        assert_eq!(acl["rules"][1]["ports"], "8080");
+        assert_eq!(acl["rules"][1]["hits"], 5);
+        let text = crate::show::render(crate::cli::ShowWhat::Acl, &a["data"]);
+        assert!(
+            text.starts_with(
+                "acl-1 (default deny, denied 3): ingress of 198.18.2.3; egress of -\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("198.18.1.0/24  TCP    8080   5     demo/api-from-web ingress[0]"),
+            "{text}"
+        );
 
         let a = answer(&shared, " sync ", now);
         assert_eq!(a["data"]["ready"], true);

@@ -647,11 +647,20 @@ pub(crate) mod tests {
         let (table, errors) =
             ServiceTable::compile(std::slice::from_ref(&service), &CompileOptions::default());
         assert!(errors.is_empty(), "{errors:?}");
-        let acl = switchyard_dataplane::policy::AclTable {
-            name: "acl-1".into(),
-            classifier: switchyard_dataplane::acl::Classifier::default(),
-            origins: vec!["node".into(), "demo/api-from-web ingress[0]".into()],
+        let rule = |peer: &str, protocol, ports| switchyard_dataplane::acl::AclRuleSpec {
+            peer: peer.parse().unwrap(),
+            protocol,
+            ports,
         };
+        let acl = switchyard_dataplane::policy::AclTable::new(
+            "acl-1",
+            vec![
+                rule("198.18.1.1/32", None, (0, u16::MAX)),
+                rule("198.18.1.0/24", Some(6), (8080, 8080)),
+            ],
+            false,
+            vec!["node".into(), "demo/api-from-web ingress[0]".into()],
+        );
         let tables = Tables {
             version: 7,
             services: Some(Arc::new(Services {
@@ -660,7 +669,15 @@ pub(crate) mod tests {
             })),
             policy: Some(Arc::new(switchyard_dataplane::policy::PolicyTables {
                 acls: vec![acl],
-                ..Default::default()
+                pods: [(
+                    "198.18.2.3".parse().unwrap(),
+                    switchyard_dataplane::policy::PodAcls {
+                        ingress: Some(0),
+                        egress: None,
+                    },
+                )]
+                .into_iter()
+                .collect(),
             })),
             ..Tables::build(7, vec![], &[]).unwrap()
         };

@@ -1,6 +1,7 @@
 //! `switchyard show ...`: asks a running agent over its admin socket ([`crate::admin`]) and
 //! prints the answer as aligned tables, or as JSON with `--json`.
 
+use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -139,10 +140,9 @@ pub fn render(what: ShowWhat, data: &Value) -> String {
         ShowWhat::Neighbors => neighbors(data),
         ShowWhat::Sync => sync(data),
         ShowWhat::Bgp => bgp(data),
-        // The agent refuses these until they exist; show whatever it sends.
-        ShowWhat::Acl | ShowWhat::Ipsec => {
-            serde_json::to_string_pretty(data).unwrap_or_default() + "\n"
-        }
+        ShowWhat::Acl => acl(data),
+        // The agent refuses this until it exists; show whatever it sends.
+        ShowWhat::Ipsec => serde_json::to_string_pretty(data).unwrap_or_default() + "\n",
     }
 }
 
@@ -299,6 +299,51 @@ fn fib(data: &Value) -> String {
         })
         .collect();
     table(&["PREFIX", "TYPE", "NEXT HOPS"], &rows)
+}
+
+fn acl(data: &Value) -> String {
+    let acls = items(&data["acls"]);
+    if acls.is_empty() {
+        return "no NetworkPolicy isolates a pod on this node\n".into();
+    }
+    let mut out = String::new();
+    for a in acls {
+        let pods = |key: &str| {
+            let p: Vec<String> = items(&a[key]).iter().map(cell).collect();
+            if p.is_empty() {
+                "-".to_string()
+            } else {
+                p.join(", ")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{} (default {}, denied {}): ingress of {}; egress of {}",
+            cell(&a["name"]),
+            cell(&a["default"]),
+            cell(&a["denied"]),
+            pods("ingress_pods"),
+            pods("egress_pods"),
+        );
+        let rows: Vec<Vec<String>> = items(&a["rules"])
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                vec![
+                    i.to_string(),
+                    cell(&r["peer"]),
+                    cell(&r["protocol"]),
+                    cell(&r["ports"]),
+                    cell(&r["hits"]),
+                    cell(&r["origin"]),
+                ]
+            })
+            .collect();
+        for line in table(&["RULE", "PEER", "PROTO", "PORTS", "HITS", "FROM"], &rows).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
 }
 
 fn counters(data: &Value) -> String {

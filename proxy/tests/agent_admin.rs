@@ -290,7 +290,7 @@ fn metrics_health_and_admin_socket() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert!(v["entries"].as_u64().unwrap_or(0) >= 1, "{v}");
-    for what in ["endpoints", "fib", "counters", "neighbors", "sync"] {
+    for what in ["endpoints", "fib", "counters", "neighbors", "sync", "acl"] {
         let (code, out, err) = show(&[what, "--socket", &socket]);
         assert_eq!(code, 0, "show {what}: {err}");
         eprintln!("switchyard show {what}:\n{out}");

@@ -1,7 +1,7 @@
 //! From the policy compiler's output to the tables the dataplane's ACL nodes read.
 //!
 //! Each shared ACL of [`CompiledPolicies`] that isolates (default deny) becomes one
-//! [`AclTable`], its rules compiled into a [`Classifier`] in the compiler's order, so a rule's
+//! [`AclTable`], its rules compiled into a classifier in the compiler's order, so a rule's
 //! index in the classifier is its index in the ACL and in [`AclTable::origins`]. An ACL that
 //! does not isolate (default allow, no rules) gets no table: the pod's direction is `None`,
 //! which the ACL nodes pass without a lookup. Every address of every local pod points at the
@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use switchyard_dataplane::acl::{AclRuleSpec, Classifier};
+use switchyard_dataplane::acl::AclRuleSpec;
 use switchyard_dataplane::policy::{AclTable, PodAcls, PolicyTables};
 use switchyard_policy::{Acl, AclId, Cluster, CompiledPolicies, DefaultAction};
 
@@ -55,15 +55,17 @@ fn acl_table(id: AclId, acl: &Acl) -> AclTable {
             ports: (r.ports.first, r.ports.last),
         })
         .collect();
-    AclTable {
-        name: format!("acl-{}", id.0).into(),
-        classifier: Classifier::build(&specs, acl.default == DefaultAction::Allow),
-        origins: acl
-            .rules
-            .iter()
-            .map(|r| Arc::from(r.origin.to_string()))
-            .collect(),
-    }
+    let origins = acl
+        .rules
+        .iter()
+        .map(|r| Arc::from(r.origin.to_string()))
+        .collect();
+    AclTable::new(
+        format!("acl-{}", id.0),
+        specs,
+        acl.default == DefaultAction::Allow,
+        origins,
+    )
 }
 
 /// The verdict the ACL nodes give the first packet of a flow from `source` to `destination`

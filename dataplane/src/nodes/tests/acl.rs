@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::nat::{tcp, udp};
 use super::*;
-use crate::acl::{AclRuleSpec, Classifier};
+use crate::acl::AclRuleSpec;
 use crate::policy::{AclTable, PodAcls, PolicyTables};
 
 const CLIENT: &str = "198.18.1.2";
@@ -20,11 +20,8 @@ fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> AclTable {
             ports: *ports,
         })
         .collect();
-    AclTable {
-        name: name.into(),
-        classifier: Classifier::build(&specs, false),
-        origins: specs.iter().map(|_| Arc::from("test")).collect(),
-    }
+    let origins = specs.iter().map(|_| Arc::from("test")).collect();
+    AclTable::new(name, specs, false, origins)
 }
 
 /// The server pod admits what `server_ingress` says; the client pod may send TCP to the
