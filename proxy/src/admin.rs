@@ -147,7 +147,9 @@ pub async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
                 if n == 0 {
                     return;
                 }
-                let (reply, close) = if line.ends_with('\n') {
+                let (reply, close) = if let Some(args) = trace_request(&line) {
+                    (trace(&shared, args).await, !line.ends_with('\n'))
+                } else if line.ends_with('\n') {
                     (answer(&shared, &line, SystemTime::now()), false)
                 } else if n as u64 >= MAX_REQUEST {
                     (error("request line too long"), true)
@@ -163,6 +165,73 @@ pub async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
             }
         });
     }
+}
+
+/// Longest `trace` wait.
+pub const TRACE_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
+/// A `trace [PACKETS [SECONDS]]` request's arguments (defaults 10 packets, 5 seconds), or
+/// `None` when the line is another request. Bad numbers come back as the error to answer.
+fn trace_request(line: &str) -> Option<Result<(u32, Duration), String>> {
+    let mut words = line.split_whitespace();
+    if words.next() != Some("trace") {
+        return None;
+    }
+    let packets = match words.next().map(str::parse::<u32>) {
+        None => Ok(10),
+        Some(Ok(n)) if (1..=crate::state::TRACE_MAX).contains(&n) => Ok(n),
+        Some(_) => Err(format!(
+            "trace: the packet count must be 1 to {}",
+            crate::state::TRACE_MAX
+        )),
+    };
+    let wait = match words.next().map(str::parse::<f64>) {
+        None => Ok(Duration::from_secs(5)),
+        Some(Ok(s)) if s > 0.0 && s <= TRACE_TIMEOUT_MAX.as_secs_f64() => {
+            Ok(Duration::from_secs_f64(s))
+        }
+        Some(_) => Err(format!(
+            "trace: the wait must be above 0 and at most {} seconds",
+            TRACE_TIMEOUT_MAX.as_secs()
+        )),
+    };
+    if words.next().is_some() {
+        return Some(Err("usage: trace [PACKETS [SECONDS]]".into()));
+    }
+    Some(packets.and_then(|p| wait.map(|w| (p, w))))
+}
+
+/// Traces the next packets the dataplane receives: waits until that many have been traced
+/// or the wait is over, and answers with what each node did to each.
+async fn trace(shared: &Shared, args: Result<(u32, Duration), String>) -> Value {
+    let (packets, wait) = match args {
+        Ok(args) => args,
+        Err(e) => return error(&e),
+    };
+    if !shared.trace.start(packets) {
+        return error("trace: another trace is being collected; try again when it is done");
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    while shared.trace.collected() < packets as usize && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let records = shared.trace.finish();
+    let traced: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            json!(r
+                .lines
+                .iter()
+                .map(|(node, text)| json!({"node": node, "text": text}))
+                .collect::<Vec<_>>())
+        })
+        .collect();
+    json!({"ok": true, "show": "trace", "data": {
+        "asked": packets,
+        "traced": traced.len(),
+        "waited_seconds": wait.as_secs_f64(),
+        "packets": traced,
+    }})
 }
 
 fn error(message: &str) -> Value {
@@ -805,6 +874,76 @@ mod tests {
         assert!(a["error"].as_str().unwrap().contains("not published"));
         assert_eq!(answer(&shared, "fib", now)["ok"], false);
         assert_eq!(answer(&shared, "services", now)["data"], json!([]));
+    }
+
+    #[test]
+    fn trace_requests_parse() {
+        assert!(trace_request("services").is_none());
+        assert!(trace_request("tracer").is_none());
+        assert_eq!(
+            trace_request("trace\n"),
+            Some(Ok((10, Duration::from_secs(5))))
+        );
+        assert_eq!(
+            trace_request(" trace 3 0.5"),
+            Some(Ok((3, Duration::from_millis(500))))
+        );
+        for bad in [
+            "trace 0",
+            "trace 101",
+            "trace x",
+            "trace 3 0",
+            "trace 3 61",
+            "trace 1 1 1",
+        ] {
+            assert!(matches!(trace_request(bad), Some(Err(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_trace_collects_what_the_worker_hands_over() {
+        use switchyard_dataplane::graph::TraceRecord;
+        let shared = Arc::new(Shared::default());
+        let worker = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                // As the worker loop does: take the request, hand over one trace per packet.
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                let mut wanted = 0;
+                while wanted == 0 && std::time::Instant::now() < deadline {
+                    wanted = shared.trace.take_wanted();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let records = (0..wanted)
+                    .map(|i| TraceRecord {
+                        lines: vec![("ethernet-input", format!("packet {i}"))],
+                    })
+                    .collect();
+                assert!(shared.trace.is_active());
+                shared.trace.hand_over(records);
+                wanted
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let answer = runtime.block_on(trace(&shared, Ok((2, Duration::from_secs(5)))));
+        assert_eq!(worker.join().unwrap(), 2);
+        assert_eq!(answer["ok"], true, "{answer}");
+        assert_eq!(answer["data"]["traced"], 2);
+        assert_eq!(answer["data"]["packets"][1][0]["node"], "ethernet-input");
+        assert_eq!(answer["data"]["packets"][1][0]["text"], "packet 1");
+        assert!(!shared.trace.is_active());
+
+        // Nothing arrives: the wait ends it, with what there is.
+        let answer = runtime.block_on(trace(&shared, Ok((1, Duration::from_millis(30)))));
+        assert_eq!(answer["data"]["traced"], 0);
+        // One at a time.
+        assert!(shared.trace.start(1));
+        let answer = runtime.block_on(trace(&shared, Ok((1, Duration::from_millis(30)))));
+        assert_eq!(answer["ok"], false);
+        shared.trace.finish();
     }
 
     #[test]

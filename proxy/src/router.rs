@@ -277,6 +277,10 @@ where
         let (mut rx_total, mut tx_total) = (0u64, 0u64);
         tracing::info!("forwarding");
         while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+            if let Some(shared) = &self.shared {
+                let wanted = shared.trace.take_wanted();
+                self.graph.trace.pending = self.graph.trace.pending.saturating_add(wanted);
+            }
             let mut received = 0;
             for port in 0..nports {
                 match self.driver.rx_burst(port, &mut rx, VECTOR_SIZE) {
@@ -322,6 +326,13 @@ where
             self.state.sync_services(&tables);
             self.graph
                 .dispatch(&tables, &mut self.state, nanos_since(start, now));
+            if let Some(shared) = &self.shared {
+                // Traces asked for over the admin socket go there once their packets are
+                // through the graph (those of `--trace` stay for the exit report).
+                if shared.trace.is_active() && !self.graph.trace.records().is_empty() {
+                    shared.trace.hand_over(self.graph.trace.take());
+                }
+            }
             for port in 0..nports {
                 let queue = &mut self.graph.tx[usize::from(port)];
                 if queue.is_empty() {

@@ -6,11 +6,12 @@
 //! [`ControlSnapshot`] after each sync. Readers take the current `Arc` and read at leisure.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use switchyard_dataplane::conntrack::{ConnEntry, Counters as ConntrackCounters};
-use switchyard_dataplane::graph::NodeCounters;
+use switchyard_dataplane::graph::{NodeCounters, TraceRecord};
 use switchyard_dataplane::services::BackendCounters;
 use switchyard_dataplane::tables::Tables;
 use switchyard_lb::service::{BackendAddr, Frontend, Service};
@@ -161,12 +162,84 @@ pub struct BgpSnapshot {
     pub installed: usize,
 }
 
+/// Most traced packets one `switchyard trace` collects.
+pub const TRACE_MAX: u32 = 100;
+
+/// Packet tracing asked for over the admin socket (`switchyard trace`): the admin side asks
+/// for a number of packets, the worker marks that many of the next packets it receives and
+/// hands their traces over once they have been through the graph.
+#[derive(Debug, Default)]
+pub struct TraceRequests {
+    /// Packets the worker should start tracing; it takes the number when it next looks (a
+    /// relaxed load per loop: the request costs the worker nothing until there is one).
+    wanted: AtomicU32,
+    /// A trace is being collected (only one at a time).
+    active: AtomicBool,
+    /// The traces handed over so far.
+    done: Mutex<Vec<TraceRecord>>,
+}
+
+impl TraceRequests {
+    /// Starts collecting the traces of the next `packets` packets; false if a trace is
+    /// already being collected.
+    pub fn start(&self, packets: u32) -> bool {
+        if self.active.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        if let Ok(mut done) = self.done.lock() {
+            done.clear();
+        }
+        self.wanted.store(packets.min(TRACE_MAX), Ordering::Release);
+        true
+    }
+
+    /// The traces handed over so far.
+    pub fn collected(&self) -> usize {
+        self.done.lock().map(|d| d.len()).unwrap_or(0)
+    }
+
+    /// Stops collecting and returns the traces.
+    pub fn finish(&self) -> Vec<TraceRecord> {
+        self.wanted.store(0, Ordering::Release);
+        let done = self
+            .done
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        self.active.store(false, Ordering::Release);
+        done
+    }
+
+    /// For the worker: packets to start tracing now (zero almost always).
+    pub fn take_wanted(&self) -> u32 {
+        if self.wanted.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.wanted.swap(0, Ordering::AcqRel)
+    }
+
+    /// For the worker: true while someone collects traces.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// For the worker: hands over finished traces.
+    pub fn hand_over(&self, records: Vec<TraceRecord>) {
+        if let Ok(mut done) = self.done.lock() {
+            let room = (TRACE_MAX as usize).saturating_sub(done.len());
+            done.extend(records.into_iter().take(room));
+        }
+    }
+}
+
 /// The shared state.
 #[derive(Debug)]
 pub struct Shared {
     dataplane: Mutex<Option<Arc<DataplaneSnapshot>>>,
     control: Mutex<Arc<ControlSnapshot>>,
     bgp: Mutex<Arc<BgpSnapshot>>,
+    /// Packet traces asked for over the admin socket.
+    pub trace: TraceRequests,
     /// When the agent started.
     pub started: SystemTime,
 }
@@ -177,6 +250,7 @@ impl Default for Shared {
             dataplane: Mutex::new(None),
             control: Mutex::new(Arc::new(ControlSnapshot::default())),
             bgp: Mutex::new(Arc::new(BgpSnapshot::default())),
+            trace: TraceRequests::default(),
             started: SystemTime::now(),
         }
     }
