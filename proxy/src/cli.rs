@@ -28,10 +28,17 @@ pub enum Command {
     Show(ShowArgs),
     /// NetworkPolicy tools that work on manifests, without a running agent.
     Policy(PolicyArgs),
+    /// Agent configuration file tools.
+    Config(crate::config::ConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
+    /// Read settings from this YAML file: one key per long flag, in camelCase (see
+    /// deploy/README.md). Flags given on the command line win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Read Services, EndpointSlices, NetworkPolicies, Nodes, Pods and Namespaces from the YAML
     /// (or JSON) files in this directory, re-read when they change, instead of a cluster.
     #[arg(long, value_name = "DIR")]

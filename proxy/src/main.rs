@@ -3,6 +3,7 @@
 mod admin;
 mod agent;
 mod cli;
+mod config;
 mod http;
 mod metrics;
 mod policy;
@@ -12,8 +13,6 @@ mod servers;
 mod show;
 mod state;
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -22,12 +21,19 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = cli::Cli::parse();
+    let cli = match config::parse_command_line() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("switchyard: error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         cli::Command::Agent(args) => agent::run(args),
         cli::Command::Router(args) => router::run(args),
         cli::Command::Show(args) => show::run(&args),
         cli::Command::Policy(args) => policy::run(&args),
+        cli::Command::Config(args) => config::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::server::Shared;
+use crate::server::{RequestRecord, Shared};
 use crate::status::ApiError;
 use crate::store::ContinueToken;
 use crate::watch::{WatchRequest, WatchStream};
@@ -169,9 +169,17 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
     let Some(route) = parse_path(&path) else {
+        shared.log_request(RequestRecord {
+            verb: req.method().as_str().to_ascii_lowercase(),
+            group: String::new(),
+            resource: String::new(),
+            namespace: None,
+            non_resource_url: Some(path.clone()),
+        });
         return Err(ApiError::no_route());
     };
     let method = req.method().clone();
+    shared.log_request(request_record(&method, &route, &query, &path));
     let discovery = |v: Option<Value>| -> Result<Response<Body>, ApiError> {
         if method != Method::GET {
             return Err(ApiError::method_not_allowed());
@@ -198,6 +206,44 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
             discovery(found.then(|| registry.api_resource_list(&g, &v)))
         }
         Route::Resource(p) => resource(shared, req, p, query).await,
+    }
+}
+
+/// The request as an RBAC rule names it (kube-apiserver's request-info rules, for the verbs
+/// this server serves).
+fn request_record(method: &Method, route: &Route, query: &Query, path: &str) -> RequestRecord {
+    let verb = |name: bool, watching: bool| match *method {
+        Method::GET if watching => "watch",
+        Method::GET if name => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if name => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "unknown",
+    };
+    match route {
+        Route::Resource(p) => {
+            let watching = p.watch_prefix || query.bool("watch").unwrap_or(false);
+            RequestRecord {
+                verb: verb(p.name.is_some(), watching).to_string(),
+                group: p.group.clone(),
+                resource: match &p.subresource {
+                    Some(sub) => format!("{}/{sub}", p.plural),
+                    None => p.plural.clone(),
+                },
+                namespace: p.namespace.clone(),
+                non_resource_url: None,
+            }
+        }
+        _ => RequestRecord {
+            verb: method.as_str().to_ascii_lowercase(),
+            group: String::new(),
+            resource: String::new(),
+            namespace: None,
+            non_resource_url: Some(path.to_string()),
+        },
     }
 }
 

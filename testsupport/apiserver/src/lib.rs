@@ -41,5 +41,5 @@ mod watch;
 
 pub use manifests::{read_dir, LoadError};
 pub use resources::ResourceType;
-pub use server::{ApiServer, Builder, Config};
+pub use server::{ApiServer, Builder, Config, RequestRecord};
 pub use status::ApiError;

@@ -1,7 +1,7 @@
 //! The server handle a test holds: start, address, kubeconfig, object changes, and the switches
 //! that simulate trouble (compaction, expired watches, the server going away).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) open_watches: AtomicUsize,
     requests: Mutex<HashMap<(String, String), u64>>,
+    /// Every distinct request as RBAC sees it (see [`ApiServer::request_log`]).
+    request_log: Mutex<BTreeSet<RequestRecord>>,
 }
 
 impl Shared {
@@ -67,6 +69,30 @@ impl Shared {
         let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *r.entry((verb.to_string(), plural.to_string())).or_default() += 1;
     }
+
+    pub(crate) fn log_request(&self, record: RequestRecord) {
+        let mut log = self.request_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.insert(record);
+    }
+}
+
+/// One kind of request a client made, in the terms of an RBAC rule: the verb, and either the
+/// API group and resource (with `/subresource`) or, for discovery and `/version`, the
+/// non-resource URL. Recorded whether or not the server serves the resource.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRecord {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete` or `deletecollection`.
+    pub verb: String,
+    /// The API group (`""` for the core group); empty for non-resource URLs.
+    pub group: String,
+    /// The resource's plural, `plural/subresource` for a subresource; empty for
+    /// non-resource URLs.
+    pub resource: String,
+    /// The namespace the request was scoped to, if any.
+    pub namespace: Option<String>,
+    /// The path of a non-resource request (`/version`, `/api`, ...).
+    pub non_resource_url: Option<String>,
 }
 
 struct Serving {
@@ -122,6 +148,7 @@ impl Builder {
             store: Mutex::new(Store::new(registry, self.config.history_limit)),
             open_watches: AtomicUsize::new(0),
             requests: Mutex::new(HashMap::new()),
+            request_log: Mutex::new(BTreeSet::new()),
             config: self.config.clone(),
         });
         let listener = TcpListener::bind(("127.0.0.1", self.config.port)).await?;
@@ -380,6 +407,17 @@ impl ApiServer {
         r.get(&(verb.to_string(), plural.to_string()))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every distinct request served since start (verb, group, resource, namespace, or the
+    /// non-resource URL), sorted: what a ClusterRole must allow for the client to work.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        let log = self
+            .shared
+            .request_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        log.iter().cloned().collect()
     }
 
     /// Waits until at least `n` watches are open, up to `timeout`; true if they are.
