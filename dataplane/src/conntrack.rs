@@ -78,6 +78,15 @@ pub struct FlowKey {
     pub dst_port: u16,
 }
 
+/// `198.18.1.2:40000 > 198.51.100.10:80 proto 6` (`[addr]:port` for IPv6), as a trace shows it.
+impl std::fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let src = std::net::SocketAddr::new(self.src, self.src_port);
+        let dst = std::net::SocketAddr::new(self.dst, self.dst_port);
+        write!(f, "{src} > {dst} proto {}", self.proto)
+    }
+}
+
 impl FlowKey {
     /// A key from its parts.
     pub const fn new(src: IpAddr, dst: IpAddr, proto: u8, src_port: u16, dst_port: u16) -> Self {

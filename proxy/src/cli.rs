@@ -26,6 +26,8 @@ pub enum Command {
     Router(RouterArgs),
     /// Show live state of a running agent, read over its admin socket.
     Show(ShowArgs),
+    /// Trace the next packets a running agent receives, node by node (VPP's `trace add`).
+    Trace(TraceArgs),
     /// NetworkPolicy tools that work on manifests, without a running agent.
     Policy(PolicyArgs),
     /// Agent configuration file tools.
@@ -218,6 +220,25 @@ pub struct ShowArgs {
     pub what: ShowWhat,
 
     /// Print the agent's answer as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The running agent's admin socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// How many packets to trace (1 to 100): the next ones the dataplane receives, on any port.
+    #[arg(long, short = 'n', default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub count: u32,
+
+    /// Stop waiting after this many seconds (at most 60), with the packets traced by then.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub wait: f64,
+
+    /// Print the agent's answer as JSON.
     #[arg(long)]
     pub json: bool,
 

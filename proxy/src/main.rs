@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Agent(args) => agent::run(args),
         cli::Command::Router(args) => router::run(args),
         cli::Command::Show(args) => show::run(&args),
+        cli::Command::Trace(args) => show::trace(&args),
         cli::Command::Policy(args) => policy::run(&args),
         cli::Command::Config(args) => config::run(&args),
     };

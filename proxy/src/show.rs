@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
 
-use crate::cli::{ShowArgs, ShowWhat};
+use crate::cli::{ShowArgs, ShowWhat, TraceArgs};
 
 /// How long the agent may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,8 +30,60 @@ pub fn run(args: &ShowArgs) -> anyhow::Result<()> {
         .context("writing to stdout")
 }
 
+/// Runs `switchyard trace`.
+pub fn trace(args: &TraceArgs) -> anyhow::Result<()> {
+    if !(args.wait > 0.0 && args.wait <= crate::admin::TRACE_TIMEOUT_MAX.as_secs_f64()) {
+        bail!(
+            "--wait {}: must be above 0 and at most {} seconds",
+            args.wait,
+            crate::admin::TRACE_TIMEOUT_MAX.as_secs()
+        );
+    }
+    let wait = Duration::from_secs_f64(args.wait);
+    let data = request_waiting(
+        &args.socket,
+        &format!("trace {} {}", args.count, args.wait),
+        wait + TIMEOUT,
+    )?;
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&data).context("formatting the answer")?;
+        s.push('\n');
+        s
+    } else {
+        render_trace(&data)
+    };
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing to stdout")
+}
+
+/// The human form of a trace: each packet's nodes and what they did.
+fn render_trace(data: &Value) -> String {
+    let packets = items(&data["packets"]);
+    let mut out = String::new();
+    for (i, p) in packets.iter().enumerate() {
+        let _ = writeln!(out, "packet {}:", i + 1);
+        for line in items(p) {
+            let _ = writeln!(out, "  {:<16} {}", cell(&line["node"]), cell(&line["text"]));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} of {} packets traced in {} s",
+        cell(&data["traced"]),
+        cell(&data["asked"]),
+        cell(&data["waited_seconds"])
+    );
+    out
+}
+
 /// Sends one request and returns the answer's data, or the agent's error.
 pub fn request(socket: &Path, request: &str) -> anyhow::Result<Value> {
+    request_waiting(socket, request, TIMEOUT)
+}
+
+/// As [`request`], waiting up to `timeout` for the answer.
+fn request_waiting(socket: &Path, request: &str, timeout: Duration) -> anyhow::Result<Value> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         anyhow!(
             "cannot reach the agent's admin socket {}: {e} (is `switchyard agent` running? \
@@ -40,7 +92,7 @@ pub fn request(socket: &Path, request: &str) -> anyhow::Result<Value> {
         )
     })?;
     let io = |e: std::io::Error| anyhow!("admin socket {}: {e}", socket.display());
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
     stream
         .write_all(format!("{request}\n").as_bytes())

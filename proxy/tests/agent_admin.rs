@@ -126,17 +126,26 @@ fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T 
 }
 
 /// `switchyard show ARGS...`: exit code, stdout, stderr.
-fn show(args: &[&str]) -> (i32, String, String) {
+/// Runs `switchyard SUBCOMMAND ARGS...`: exit code, stdout, stderr.
+fn switchyard(subcommand: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("show")
+        .arg(subcommand)
         .args(args)
         .output()
-        .expect("run switchyard show");
+        .unwrap_or_else(|e| panic!("run switchyard {subcommand}: {e}"));
     (
         out.status.code().unwrap_or(-1),
         text(&out.stdout),
         text(&out.stderr),
     )
+}
+
+fn show(args: &[&str]) -> (i32, String, String) {
+    switchyard("show", args)
+}
+
+fn show_trace(args: &[&str]) -> (i32, String, String) {
+    switchyard("trace", args)
 }
 
 #[test]
@@ -214,6 +223,27 @@ fn metrics_health_and_admin_socket() {
         "{}",
         hc.headers
     );
+
+    // `switchyard trace`: the next packets, node by node, while one request goes through.
+    let tracer = {
+        let socket = socket.clone();
+        std::thread::spawn(move || show_trace(&["-n", "3", "--wait", "10", "--socket", &socket]))
+    };
+    thread::sleep(Duration::from_millis(300));
+    let out = lab.exec_t(
+        Ns::Client,
+        &format!("socat -T 2 - TCP4:{WEB_VIP}:80,connect-timeout=2 </dev/null"),
+        Duration::from_secs(6),
+    );
+    assert!(out.status.success(), "request: {}", text(&out.stderr));
+    let (code, out, err) = tracer.join().expect("trace thread");
+    assert_eq!(code, 0, "{err}");
+    eprintln!("switchyard trace:\n{out}");
+    assert!(out.contains("3 of 3 packets traced"), "{out}");
+    assert!(out.contains("packet 1:\n  ethernet-input"), "{out}");
+    assert!(out.contains("ip4-nat"), "{out}");
+    let (code, _, err) = show_trace(&["-n", "0", "--socket", &socket]);
+    assert_eq!(code, 2, "{err}");
 
     // Traffic through the ClusterIP.
     for _ in 0..8 {

@@ -174,7 +174,7 @@ fn translate<B: PacketBuffer>(
             if nat::rewrite(pkt.buf.data_mut(), &t, &to) {
                 cx.error(NatError::Translated);
                 if pkt.meta.trace != 0 {
-                    cx.trace(&pkt.meta, format_args!("{:?} {dir:?}: to {to:?}", t.key));
+                    cx.trace(&pkt.meta, format_args!("{} {dir:?}: to {to}", t.key));
                 }
             }
         }
@@ -314,7 +314,7 @@ fn new_connection<B: PacketBuffer>(
     if pkt.meta.trace != 0 {
         cx.trace(
             &pkt.meta,
-            format_args!("{}: new connection to {to:?}", frontend.service),
+            format_args!("{}: new connection, now {to}", frontend.service),
         );
     }
     nat::rewrite(pkt.buf.data_mut(), t, &to);
