@@ -322,6 +322,19 @@ fn control_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt:
         None,
         c.syncs,
     )?;
+    // kube-proxy's /healthz rule as a number: alert on it before the kubelet acts.
+    let pending = c.pending_since.map_or(0.0, |since| {
+        SystemTime::now()
+            .duration_since(since)
+            .map_or(0.0, |d| d.as_secs_f64())
+    });
+    gauge(
+        enc,
+        "switchyard_sync_pending",
+        "How long the oldest change seen has waited to be programmed (0: none waits).",
+        Some(&Unit::Seconds),
+        pending,
+    )?;
     if let Some(t) = c.last_sync {
         gauge(
             enc,
