@@ -19,6 +19,12 @@
 //!   serving them beats refusing every connection.
 //! - **Local endpoints** follow the same rule among the endpoints on this node alone (a local
 //!   terminating pod is used when no local pod is ready, even if remote ones are).
+//! - **Topology hints** narrow the ready cluster endpoints, as kube-proxy's
+//!   `topologyModeFromHints` does: when every ready endpoint carries node hints and one names
+//!   this node, only those naming it are used (PreferSameNode); otherwise, when every ready
+//!   endpoint carries zone hints and one names this node's zone, only those (the
+//!   EndpointSlice controller's topology-aware routing and PreferClose). Partial hints are
+//!   ignored. Local endpoints and the serving-terminating fallback are not filtered.
 //!
 //! # Which endpoints a packet goes to
 //!
@@ -84,8 +90,7 @@
 //!
 //! # Not implemented
 //!
-//! Topology-aware routing (zone and node hints, `trafficDistribution`) is ignored: every
-//! ready endpoint is a cluster endpoint. `loadBalancerSourceRanges` is not part of the model.
+//! `loadBalancerSourceRanges` is not part of the model.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -197,6 +202,21 @@ pub struct Endpoint {
     pub serving: bool,
     /// EndpointConditions.terminating (absent means false).
     pub terminating: bool,
+    /// The EndpointSlice's topology hints for this endpoint, as they concern this node.
+    pub hints: TopologyHints,
+}
+
+/// An endpoint's topology hints (EndpointSlice `hints.forZones`, `hints.forNodes`), reduced
+/// to what they say about this node: absent (`None`), naming this node's zone (or this node)
+/// (`Some(true)`), or naming only others (`Some(false)`). When every ready endpoint of a port
+/// carries hints and some name this node, kube-proxy sends cluster traffic only to those
+/// (see [`module documentation`](self)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TopologyHints {
+    /// `hints.forZones` names this node's zone.
+    pub zone: Option<bool>,
+    /// `hints.forNodes` names this node (`trafficDistribution: PreferSameNode`).
+    pub node: Option<bool>,
 }
 
 impl Endpoint {
@@ -209,6 +229,7 @@ impl Endpoint {
             ready: true,
             serving: true,
             terminating: false,
+            hints: TopologyHints::default(),
         }
     }
 }

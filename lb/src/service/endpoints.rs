@@ -1,6 +1,6 @@
 //! Which endpoints of a Service port are usable, for Cluster and for Local traffic policy:
-//! kube-proxy's endpoint categorisation (`CategorizeEndpoints` in `pkg/proxy/topology.go`),
-//! without topology hints.
+//! kube-proxy's endpoint categorisation (`CategorizeEndpoints` and `topologyModeFromHints` in
+//! `pkg/proxy/topology.go`).
 
 use std::net::IpAddr;
 
@@ -64,23 +64,67 @@ pub(super) struct Usable {
 impl Usable {
     /// Categorises `endpoints` (as [`endpoints_of_family`] returns them).
     pub(super) fn categorize(endpoints: &[&Endpoint]) -> Self {
+        let mode = Topology::of(endpoints);
         Usable {
-            cluster: usable(endpoints.iter().copied()),
-            local: usable(endpoints.iter().copied().filter(|e| e.is_local)),
+            cluster: usable(endpoints.iter().copied(), |e| mode.admits(e)),
+            local: usable(endpoints.iter().copied().filter(|e| e.is_local), |_| true),
         }
     }
 
-    /// True if any endpoint anywhere can serve. kube-proxy's "has endpoints": with no
-    /// topology filtering, the cluster endpoints are empty exactly when no endpoint is ready
-    /// or serving-and-terminating, whichever policies the Service uses.
+    /// True if any endpoint anywhere can serve. kube-proxy's "has endpoints": topology
+    /// narrows the ready cluster endpoints only when some remain, so the cluster endpoints
+    /// are empty exactly when no endpoint is ready or serving-and-terminating, whichever
+    /// policies the Service uses.
     pub(super) fn has_any(&self) -> bool {
         !self.cluster.is_empty()
     }
 }
 
-/// Ready endpoints, falling back to serving-and-terminating ones when none is ready.
-fn usable<'a>(endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<BackendAddr> {
-    let select = |keep: fn(&Endpoint) -> bool| -> Vec<BackendAddr> {
+/// Which ready endpoints topology hints leave for cluster traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// No filtering: hints are absent, partial, or name neither this node nor its zone.
+    Any,
+    /// Only endpoints whose node hints name this node.
+    SameNode,
+    /// Only endpoints whose zone hints name this node's zone.
+    SameZone,
+}
+
+impl Topology {
+    /// The mode the ready endpoints' hints call for.
+    fn of(endpoints: &[&Endpoint]) -> Topology {
+        let ready = || endpoints.iter().filter(|e| e.ready);
+        let decide = |hint: fn(&Endpoint) -> Option<bool>| {
+            ready().all(|e| hint(e).is_some()) && ready().any(|e| hint(e) == Some(true))
+        };
+        if ready().next().is_none() {
+            Topology::Any
+        } else if decide(|e| e.hints.node) {
+            Topology::SameNode
+        } else if decide(|e| e.hints.zone) {
+            Topology::SameZone
+        } else {
+            Topology::Any
+        }
+    }
+
+    fn admits(self, e: &Endpoint) -> bool {
+        match self {
+            Topology::Any => true,
+            Topology::SameNode => e.hints.node == Some(true),
+            Topology::SameZone => e.hints.zone == Some(true),
+        }
+    }
+}
+
+/// Ready endpoints that `admit` lets through, falling back to serving-and-terminating ones
+/// (whatever `admit` says, as kube-proxy's fallback ignores topology) when there are none.
+fn usable<'a>(
+    endpoints: impl Iterator<Item = &'a Endpoint> + Clone,
+    admit: impl Fn(&Endpoint) -> bool,
+) -> Vec<BackendAddr> {
+    let select = |keep: &dyn Fn(&Endpoint) -> bool| -> Vec<BackendAddr> {
         endpoints
             .clone()
             .filter(|e| keep(e))
@@ -90,9 +134,9 @@ fn usable<'a>(endpoints: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<Back
             })
             .collect()
     };
-    let ready = select(|e| e.ready);
+    let ready = select(&|e| e.ready && admit(e));
     if ready.is_empty() {
-        select(|e| e.serving && e.terminating)
+        select(&|e| e.serving && e.terminating)
     } else {
         ready
     }

@@ -916,16 +916,24 @@ fn endpoint_strategy() -> impl Strategy<Value = Endpoint> {
         (1u8..6).prop_map(|i| IpAddr::V4(Ipv4Addr::new(198, 18, 0, i))),
         (1u16..4).prop_map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, i))),
     ];
-    (addr, pick(&[8080u16, 8081]), any::<[bool; 4]>()).prop_map(
-        |(addr, port, [is_local, ready, serving, terminating])| Endpoint {
-            addr,
-            port,
-            is_local,
-            ready,
-            serving,
-            terminating,
-        },
+    let hint = || pick(&[None, Some(false), Some(true)]);
+    (
+        addr,
+        pick(&[8080u16, 8081]),
+        any::<[bool; 4]>(),
+        (hint(), hint()),
     )
+        .prop_map(
+            |(addr, port, [is_local, ready, serving, terminating], (zone, node))| Endpoint {
+                addr,
+                port,
+                is_local,
+                ready,
+                serving,
+                terminating,
+                hints: TopologyHints { zone, node },
+            },
+        )
 }
 
 fn port_strategy() -> impl Strategy<Value = ServicePort> {
@@ -1111,4 +1119,99 @@ proptest! {
             prop_assert_eq!(compiler.len(), held.len());
         }
     }
+}
+
+// Topology hints (kube-proxy's topologyModeFromHints): the ready cluster endpoints narrow
+// to those hinted for this node or its zone only when every ready endpoint has hints.
+
+fn hinted(addr: &str, local: bool, zone: Option<bool>, node: Option<bool>) -> Endpoint {
+    Endpoint {
+        hints: TopologyHints { zone, node },
+        ..ready(addr, local)
+    }
+}
+
+fn cluster_targets(endpoints: Vec<Endpoint>) -> (Expect, Expect) {
+    let service = Service {
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        ..service("web", &["198.51.100.10"], vec![tcp("http", 80, endpoints)])
+    };
+    let local = Service {
+        name: service_name("local"),
+        cluster_ips: vec![ip("198.51.100.11")],
+        internal_traffic_policy: TrafficPolicy::Local,
+        ..service.clone()
+    };
+    let table = compile_ok(&[service, local]);
+    (
+        seen(&entry(&table, "198.51.100.10", 80).internal),
+        seen(&entry(&table, "198.51.100.11", 80).internal),
+    )
+}
+
+#[test]
+fn topology_hints_follow_kube_proxy() {
+    let (a, b, c) = ("198.18.0.1", "198.18.0.2", "198.18.0.3");
+    // Every ready endpoint has zone hints and some are for our zone: only those.
+    let (cluster, local) = cluster_targets(vec![
+        hinted(a, false, Some(true), None),
+        hinted(b, true, Some(false), None),
+        hinted(c, false, Some(true), None),
+    ]);
+    assert_eq!(cluster, to(&[a, c]));
+    // Local traffic policy is not narrowed by hints.
+    assert_eq!(local, to(&[b]));
+
+    // One ready endpoint without hints: hints are ignored.
+    let (cluster, _) = cluster_targets(vec![
+        hinted(a, false, Some(true), None),
+        hinted(b, false, None, None),
+    ]);
+    assert_eq!(cluster, to(&[a, b]));
+    // An unready endpoint without hints does not count.
+    let (cluster, _) = cluster_targets(vec![
+        hinted(a, false, Some(true), None),
+        Endpoint {
+            ready: false,
+            serving: false,
+            ..hinted(b, false, None, None)
+        },
+        hinted(c, false, Some(false), None),
+    ]);
+    assert_eq!(cluster, to(&[a]));
+    // Hints that name only other zones: ignored.
+    let (cluster, _) = cluster_targets(vec![
+        hinted(a, false, Some(false), None),
+        hinted(b, false, Some(false), None),
+    ]);
+    assert_eq!(cluster, to(&[a, b]));
+    // Node hints come first (PreferSameNode), then zone hints.
+    let (cluster, _) = cluster_targets(vec![
+        hinted(a, false, Some(true), Some(false)),
+        hinted(b, true, Some(false), Some(true)),
+    ]);
+    assert_eq!(cluster, to(&[b]));
+    let (cluster, _) = cluster_targets(vec![
+        hinted(a, false, Some(true), Some(false)),
+        hinted(b, true, Some(false), Some(false)),
+    ]);
+    assert_eq!(cluster, to(&[a]));
+    // No ready endpoint: the serving-terminating fallback ignores hints.
+    let (cluster, _) = cluster_targets(vec![
+        Endpoint {
+            hints: TopologyHints {
+                zone: Some(false),
+                node: None,
+            },
+            ..terminating(a, false, true)
+        },
+        Endpoint {
+            hints: TopologyHints {
+                zone: Some(true),
+                node: None,
+            },
+            ..terminating(b, false, true)
+        },
+    ]);
+    assert_eq!(cluster, to(&[a, b]));
 }

@@ -60,6 +60,9 @@
 //!   Conditions: `ready` absent means true; `serving` absent means true (the API's rule and
 //!   kube-proxy's); `terminating` absent means false. It is local when its `nodeName` is this
 //!   node's name.
+//! - Topology hints: an endpoint's `hints.forZones` and `hints.forNodes` are reduced to
+//!   whether they name this node's zone (its Node's `topology.kubernetes.io/zone` label) and
+//!   this node; the compiler applies kube-proxy's rule for them.
 //! - Endpoints are merged over all the Service's slices and deduplicated by address and port.
 //!   Of two copies the ready one is kept, then the serving one, then the non-terminating
 //!   one, then the local one (kube-proxy keeps the local one), else the first in slice-name
@@ -83,7 +86,7 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use switchyard_lb::service::{
-    Endpoint, Forwarding, Protocol, Service, ServiceName, ServicePort, TrafficPolicy,
+    Endpoint, Forwarding, Protocol, Service, ServiceName, ServicePort, TopologyHints, TrafficPolicy,
 };
 
 use super::objects::ObjectStore;
@@ -92,6 +95,8 @@ use super::objects::ObjectStore;
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// The label the EndpointSlice controller puts on the slices of headless Services.
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// The Node label naming its zone, which EndpointSlice zone hints refer to.
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 /// The label naming an EndpointSlice's Service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// The annotation choosing a Service's [`Forwarding`].
@@ -242,6 +247,7 @@ pub fn services(
     let mut errors = Vec::new();
     let slices = slices_by_service(store, proxy_name);
     let mut out = Vec::new();
+    let zone = node_zone(store, node_name);
     // The store's keys are (namespace, name), so this is ServiceName order.
     for ((namespace, name), svc) in &store.services {
         let own_slices = slices
@@ -249,7 +255,10 @@ pub fn services(
             .map(Vec::as_slice)
             .unwrap_or_default();
         let context = Context {
-            node_name,
+            here: Here {
+                node_name,
+                zone: zone.as_deref(),
+            },
             proxy_name,
         };
         out.extend(context.reduce(namespace, name, svc, own_slices, &mut errors));
@@ -260,12 +269,12 @@ pub fn services(
 /// The Service stored under `key` as the dataplane takes it (`None` when there is none, or
 /// it is skipped), given the names of the EndpointSlices labelled as its own
 /// ([`slice_owner`]); its problems are added to `errors`. The same as its entry in
-/// [`services`], for one Service.
+/// [`services`], for one Service (`here.zone` must be [`node_zone`]).
 pub fn service<'a>(
     store: &ObjectStore,
     key: &(String, String),
     slice_names: impl IntoIterator<Item = &'a String>,
-    node_name: &str,
+    here: Here<'_>,
     proxy_name: Option<&str>,
     errors: &mut Vec<ReduceError>,
 ) -> Option<Service> {
@@ -286,11 +295,21 @@ pub fn service<'a>(
         }
     }
     own_slices.sort_by(|a, b| a.0.cmp(b.0));
-    let context = Context {
-        node_name,
-        proxy_name,
-    };
+    let context = Context { here, proxy_name };
     context.reduce(namespace, name, svc, &own_slices, errors)
+}
+
+/// The zone of the Node `node_name`: its `topology.kubernetes.io/zone` label.
+pub fn node_zone(store: &ObjectStore, node_name: &str) -> Option<String> {
+    store
+        .nodes
+        .get(&(String::new(), node_name.to_string()))?
+        .metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_ZONE)
+        .filter(|zone| !zone.is_empty())
+        .cloned()
 }
 
 /// The name of the Service an EndpointSlice belongs to (in its own namespace): its
@@ -307,8 +326,16 @@ pub fn slice_owner(slice: &discovery::EndpointSlice) -> Option<&str> {
 
 /// What a reduction depends on besides the objects.
 struct Context<'a> {
-    node_name: &'a str,
+    here: Here<'a>,
     proxy_name: Option<&'a str>,
+}
+
+/// This node, as endpoints are judged local or hinted for it.
+pub struct Here<'a> {
+    /// The node's name.
+    pub node_name: &'a str,
+    /// Its zone (the Node's `topology.kubernetes.io/zone` label), if known.
+    pub zone: Option<&'a str>,
 }
 
 impl Context<'_> {
@@ -332,7 +359,7 @@ impl Context<'_> {
             errors: &mut *errors,
         };
         let mut service = reduce_service(namespace, name, svc, &mut report)?;
-        attach_endpoints(&mut service, own_slices, self.node_name, errors);
+        attach_endpoints(&mut service, own_slices, &self.here, errors);
         Some(service)
     }
 }
@@ -765,13 +792,14 @@ struct SliceEndpoint {
     ready: bool,
     serving: bool,
     terminating: bool,
+    hints: TopologyHints,
 }
 
 /// Fills in the endpoints of `service`'s ports from its slices.
 fn attach_endpoints(
     service: &mut Service,
     slices: &[(&str, &discovery::EndpointSlice)],
-    node_name: &str,
+    here: &Here<'_>,
     errors: &mut Vec<ReduceError>,
 ) {
     let families: BTreeSet<bool> = service.cluster_ips.iter().map(IpAddr::is_ipv4).collect();
@@ -811,7 +839,7 @@ fn attach_endpoints(
             );
             continue;
         }
-        let endpoints = slice_endpoints(slice, ipv4, node_name, &mut report);
+        let endpoints = slice_endpoints(slice, ipv4, here, &mut report);
         for (i, port) in slice
             .ports
             .as_deref()
@@ -863,6 +891,7 @@ fn attach_endpoints(
                     ready: e.ready,
                     serving: e.serving,
                     terminating: e.terminating,
+                    hints: e.hints,
                 };
                 match set.get(&(e.addr, number)) {
                     Some(kept) if rank(kept) >= rank(&candidate) => {}
@@ -887,7 +916,7 @@ fn rank(e: &Endpoint) -> (bool, bool, bool, bool) {
 fn slice_endpoints(
     slice: &discovery::EndpointSlice,
     ipv4: bool,
-    node_name: &str,
+    here: &Here<'_>,
     report: &mut Report<'_>,
 ) -> Vec<SliceEndpoint> {
     let mut out = Vec::with_capacity(slice.endpoints.len());
@@ -920,8 +949,19 @@ fn slice_endpoints(
         }
         let conditions = endpoint.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let hints = endpoint.hints.as_ref();
+        let node_name = here.node_name;
         out.push(SliceEndpoint {
             addr,
+            hints: TopologyHints {
+                zone: hints.and_then(|h| h.for_zones.as_ref()).map(|zones| {
+                    here.zone
+                        .is_some_and(|zone| zones.iter().any(|z| z.name == zone))
+                }),
+                node: hints.and_then(|h| h.for_nodes.as_ref()).map(|nodes| {
+                    !node_name.is_empty() && nodes.iter().any(|n| n.name == node_name)
+                }),
+            },
             is_local: !node_name.is_empty() && endpoint.node_name.as_deref() == Some(node_name),
             ready,
             serving: conditions.and_then(|c| c.serving).unwrap_or(true),

@@ -29,6 +29,8 @@ pub struct View {
     compiler: ServiceCompiler,
     /// What reducing each Service (and its slices) found wrong.
     reduce_errors: BTreeMap<ObjectKey, Vec<ReduceError>>,
+    /// This node's zone, which topology hints are read against.
+    zone: Option<String>,
 }
 
 /// What a batch of changes touched.
@@ -52,6 +54,7 @@ impl View {
             slices_of: HashMap::new(),
             compiler: ServiceCompiler::new(options),
             reduce_errors: BTreeMap::new(),
+            zone: None,
         }
     }
 
@@ -98,6 +101,14 @@ impl View {
                 }
             }
         }
+        if touched.nodes {
+            // A new zone changes which endpoints every Service's hints leave in.
+            let zone = reduce::node_zone(&self.store, &self.node_name);
+            if zone != self.zone {
+                self.zone = zone;
+                dirty.extend(self.store.services.keys().cloned());
+            }
+        }
         touched.services = dirty.len();
         for key in dirty {
             self.reduce(key);
@@ -112,7 +123,10 @@ impl View {
             &self.store,
             &key,
             self.slices_of.get(&key).into_iter().flatten(),
-            &self.node_name,
+            reduce::Here {
+                node_name: &self.node_name,
+                zone: self.zone.as_deref(),
+            },
             self.proxy_name.as_deref(),
             &mut errors,
         );

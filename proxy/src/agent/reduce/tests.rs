@@ -915,3 +915,54 @@ fn the_examples() {
     assert_eq!(pod_cidrs(&store, NODE).len(), 2);
     assert_eq!(store.network_policies.len(), 1);
 }
+
+#[test]
+fn topology_hints_are_read_against_this_node_and_its_zone() {
+    let yaml = |zone: &str| {
+        format!(
+            "{}{}---\napiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n",
+            svc("web", "", "", HTTP),
+            slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP_8080,
+                "[{addresses: [198.18.0.1], hints: {forZones: [{name: zone-a}]}},\
+                  {addresses: [198.18.0.2], hints: {forZones: [{name: zone-b}], forNodes: [{name: node-a}]}},\
+                  {addresses: [198.18.0.3]}]",
+            ),
+        )
+    };
+    let web = one(&yaml("zone-a"));
+    let hints: Vec<TopologyHints> = web.ports[0].endpoints.iter().map(|e| e.hints).collect();
+    assert_eq!(
+        hints,
+        [
+            TopologyHints {
+                zone: Some(true),
+                node: None
+            },
+            TopologyHints {
+                zone: Some(false),
+                node: Some(true)
+            },
+            TopologyHints::default(),
+        ]
+    );
+    // Another zone, and no zone label at all.
+    let web = one(&yaml("zone-b"));
+    assert_eq!(web.ports[0].endpoints[0].hints.zone, Some(false));
+    assert_eq!(web.ports[0].endpoints[1].hints.zone, Some(true));
+    let web = one(&format!(
+        "{}{}",
+        svc("web", "", "", HTTP),
+        slice(
+            "web-1",
+            "web",
+            "IPv4",
+            HTTP_8080,
+            "[{addresses: [198.18.0.1], hints: {forZones: [{name: zone-a}]}}]"
+        )
+    ));
+    assert_eq!(web.ports[0].endpoints[0].hints.zone, Some(false));
+}

@@ -28,12 +28,25 @@ struct Slice {
     endpoints: u8,
     ready: bool,
     bad: bool,
+    /// Zone hints on every endpoint (zone-a or zone-b by address).
+    hinted: bool,
 }
 
 const SERVICES: [&str; 3] = ["a", "b", "c"];
 
 fn yaml(services: &[Option<Svc>], slices: &[Option<Slice>]) -> String {
+    with_node(services, slices, None)
+}
+
+/// As [`yaml`], with this node's Node object in zone `zone-{zone}` when `zone` is given.
+fn with_node(services: &[Option<Svc>], slices: &[Option<Slice>], zone: Option<char>) -> String {
     let mut out = String::new();
+    if let Some(zone) = zone {
+        out += &format!(
+            "---\napiVersion: v1\nkind: Node\n\
+             metadata: {{name: {NODE}, labels: {{topology.kubernetes.io/zone: zone-{zone}}}}}\n"
+        );
+    }
     for (name, svc) in SERVICES.iter().zip(services) {
         let Some(svc) = svc else { continue };
         let labels = if svc.foreign {
@@ -63,8 +76,13 @@ fn yaml(services: &[Option<Svc>], slices: &[Option<Slice>]) -> String {
                 } else {
                     format!("198.18.0.{}", b + 1)
                 };
+                let hints = if slice.hinted {
+                    format!(", hints: {{forZones: [{{name: zone-{}}}]}}", if b % 2 == 0 { "a" } else { "b" })
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{{addresses: [\"{addr}\"], conditions: {{ready: {}}}, nodeName: node-{}}}",
+                    "{{addresses: [\"{addr}\"], conditions: {{ready: {}}}, nodeName: node-{}{hints}}}",
                     slice.ready,
                     if b % 2 == 0 { "a" } else { "b" }
                 )
@@ -107,12 +125,14 @@ fn slice_strategy() -> impl Strategy<Value = Option<Slice>> {
             any::<u8>(),
             any::<bool>(),
             prop::bool::weighted(0.1),
+            any::<bool>(),
         )
-            .prop_map(|(owner, endpoints, ready, bad)| Slice {
+            .prop_map(|(owner, endpoints, ready, bad, hinted)| Slice {
                 owner,
                 endpoints: endpoints & 0xf,
                 ready,
                 bad,
+                hinted,
             }),
     )
 }
@@ -121,8 +141,9 @@ fn store_strategy() -> impl Strategy<Value = ObjectStore> {
     (
         prop::collection::vec(svc_strategy(), 3),
         prop::collection::vec(slice_strategy(), 4),
+        prop::option::of(prop::sample::select(vec!['a', 'b'])),
     )
-        .prop_map(|(services, slices)| store(&yaml(&services, &slices)))
+        .prop_map(|(services, slices, zone)| store(&with_node(&services, &slices, zone)))
 }
 
 proptest! {
@@ -183,12 +204,14 @@ fn one_slice_change_reduces_one_service() {
                 endpoints: 1,
                 ready: true,
                 bad: false,
+                hinted: false,
             }),
             Some(Slice {
                 owner: 1,
                 endpoints: 2,
                 ready: true,
                 bad: false,
+                hinted: false,
             }),
         ],
     ));
@@ -218,12 +241,14 @@ fn one_slice_change_reduces_one_service() {
                 endpoints: 1,
                 ready: true,
                 bad: false,
+                hinted: false,
             }),
             Some(Slice {
                 owner: 0,
                 endpoints: 2,
                 ready: true,
                 bad: false,
+                hinted: false,
             }),
         ],
     ));
