@@ -82,6 +82,7 @@ fn services(n: u32) -> Vec<Service> {
             external_traffic_policy: Default::default(),
             internal_traffic_policy: Default::default(),
             health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
             forwarding: Default::default(),
         })
         .collect()

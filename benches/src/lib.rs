@@ -360,6 +360,7 @@ impl ServiceRig {
             external_traffic_policy: Default::default(),
             internal_traffic_policy: Default::default(),
             health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
             forwarding: Default::default(),
         };
         let (table, errors) = ServiceTable::compile(&[service], &CompileOptions::default());

@@ -134,6 +134,7 @@ fn service(n: &str, cluster_ips: &[&str], ports: Vec<ServicePort>) -> Service {
         external_traffic_policy: TrafficPolicy::Cluster,
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
+        load_balancer_source_ranges: Vec::new(),
         forwarding: Forwarding::Nat,
     }
 }

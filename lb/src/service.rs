@@ -82,6 +82,14 @@
 //! 30,000 Services of 10 endpoints near 4 KiB of table each instead of 256 KiB at the default
 //! size.
 //!
+//! # Source ranges
+//!
+//! `loadBalancerSourceRanges` (of the frontend's family; ranges of the other family are
+//! ignored, as that family's kube-proxy does not see them) restrict who may open connections
+//! to a Service's load-balancer IPs, from outside the cluster or inside; other frontends
+//! (cluster IPs, NodePorts, external IPs) are not restricted. Established connections are
+//! left alone.
+//!
 //! # Health checks
 //!
 //! A Service with externalTrafficPolicy Local and a health-check NodePort gets an entry in
@@ -90,11 +98,14 @@
 //!
 //! # Not implemented
 //!
-//! `loadBalancerSourceRanges` is not part of the model.
+//! The `allowFromNode` exception of kube-proxy's firewall (a load-balancer IP reached from the
+//! node itself when a source range covers a node address) is not modelled.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use crate::maglev::{MaglevError, MaglevTable};
 
@@ -270,6 +281,9 @@ pub struct Service {
     pub internal_traffic_policy: TrafficPolicy,
     /// spec.healthCheckNodePort (LoadBalancer Services with externalTrafficPolicy Local).
     pub health_check_node_port: Option<u16>,
+    /// spec.loadBalancerSourceRanges: the clients that may open connections to the
+    /// load-balancer IPs (empty: anyone).
+    pub load_balancer_source_ranges: Vec<IpNet>,
     /// How packets reach the chosen backend.
     pub forwarding: Forwarding,
 }
@@ -388,6 +402,10 @@ pub struct FrontendEntry {
     pub affinity_timeout_secs: Option<u32>,
     /// How packets reach the backend.
     pub forwarding: Forwarding,
+    /// The sources allowed to open connections (a load-balancer IP of a Service with
+    /// loadBalancerSourceRanges in this frontend's family); `None`: any source. New
+    /// connections from elsewhere are dropped, as kube-proxy's firewall chain does.
+    pub source_ranges: Option<Arc<[IpNet]>>,
 }
 
 /// A problem found while compiling; the offending frontend or port is skipped, the rest is

@@ -655,6 +655,7 @@ pub(crate) mod tests {
             external_traffic_policy: Default::default(),
             internal_traffic_policy: Default::default(),
             health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
             forwarding: Default::default(),
         };
         let (table, errors) =

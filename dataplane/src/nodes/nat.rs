@@ -51,6 +51,7 @@ node_errors! {
         TooBigForTunnel = ("too_big_for_tunnel", "too big once encapsulated and not to be fragmented: ICMP sent"),
         TtlExpired = ("ttl_expired", "TTL or hop limit expired before encapsulation: ICMP sent"),
         Delivered = ("delivered", "direct server return: sent to a local backend unchanged"),
+        SourceDenied = ("source_denied", "new connection to a load-balancer IP from outside its loadBalancerSourceRanges: dropped"),
     }
 }
 
@@ -199,6 +200,21 @@ fn new_connection<B: PacketBuffer>(
     t: &Tuple,
 ) -> Next {
     let src = t.key.src;
+    if let Some(ranges) = &frontend.source_ranges {
+        if !ranges.iter().any(|net| net.contains(&src)) {
+            cx.error(NatError::SourceDenied);
+            if pkt.meta.trace != 0 {
+                cx.trace(
+                    &pkt.meta,
+                    format_args!(
+                        "{}: {src} not in loadBalancerSourceRanges",
+                        frontend.service
+                    ),
+                );
+            }
+            return Next::Drop;
+        }
+    }
     let from_cluster = pkt.meta.local_origin || services.is_cluster_source(src);
     let internal = match frontend.kind {
         FrontendKind::ClusterIp => from_cluster || services.cluster_cidrs.is_empty(),

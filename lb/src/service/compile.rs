@@ -4,6 +4,8 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
 use super::backends::BackendSets;
 use super::endpoints::{endpoints_of_family, Family, Usable};
 use super::incremental::ServiceCompiler;
@@ -250,7 +252,7 @@ impl PortFrontends<'_> {
             external: true,
         };
         for addr in in_family(&service.cluster_ips) {
-            let entry = self.entry(FrontendKind::ClusterIp, &target, &target, masquerade);
+            let entry = self.entry(FrontendKind::ClusterIp, &target, &target, masquerade, None);
             entries.push((Frontend { addr, proto, port }, entry));
         }
 
@@ -281,13 +283,29 @@ impl PortFrontends<'_> {
         }
         let internal = chooser.cluster()?;
         let external = chooser.policy(service.external_traffic_policy)?;
+        // Of this family only: the other family's ranges do not restrict it.
+        let source_ranges: Option<Arc<[IpNet]>> = {
+            let ranges: Vec<IpNet> = service
+                .load_balancer_source_ranges
+                .iter()
+                .filter(|net| family.contains(&net.addr()))
+                .copied()
+                .collect();
+            (!ranges.is_empty()).then(|| ranges.into())
+        };
         let cluster_policy = service.external_traffic_policy == TrafficPolicy::Cluster;
         let masquerade = Masquerade {
             internal: cluster_policy,
             external: cluster_policy,
         };
         for (frontend, kind) in outside {
-            entries.push((frontend, self.entry(kind, &internal, &external, masquerade)));
+            let ranges = (kind == FrontendKind::LoadBalancer)
+                .then_some(source_ranges.as_ref())
+                .flatten();
+            entries.push((
+                frontend,
+                self.entry(kind, &internal, &external, masquerade, ranges),
+            ));
         }
         Ok(entries)
     }
@@ -298,6 +316,7 @@ impl PortFrontends<'_> {
         internal: &Target,
         external: &Target,
         masquerade: Masquerade,
+        source_ranges: Option<&Arc<[IpNet]>>,
     ) -> FrontendEntry {
         FrontendEntry {
             service: Arc::clone(&self.name),
@@ -309,6 +328,7 @@ impl PortFrontends<'_> {
             masquerade_internal: masquerade.internal,
             affinity_timeout_secs: self.service.affinity_timeout_secs,
             forwarding: self.service.forwarding,
+            source_ranges: source_ranges.cloned(),
         }
     }
 }

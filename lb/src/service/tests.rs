@@ -35,6 +35,7 @@ fn service(name: &str, cluster_ips: &[&str], ports: Vec<ServicePort>) -> Service
         external_traffic_policy: TrafficPolicy::Cluster,
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
+        load_balancer_source_ranges: Vec::new(),
         forwarding: Forwarding::Nat,
     }
 }
@@ -977,6 +978,7 @@ fn service_strategy() -> impl Strategy<Value = Service> {
                 external_traffic_policy: policies.0,
                 internal_traffic_policy: policies.1,
                 health_check_node_port: hc,
+                load_balancer_source_ranges: Vec::new(),
                 ..service(name, &[], ports)
             },
         )
@@ -1214,4 +1216,30 @@ fn topology_hints_follow_kube_proxy() {
         },
     ]);
     assert_eq!(cluster, to(&[a, b]));
+}
+
+#[test]
+fn source_ranges_guard_load_balancer_ips_of_their_own_family() {
+    let lb = Service {
+        load_balancer_ips: vec![ip("203.0.113.80"), ip("2001:db8::80")],
+        external_ips: vec![ip("203.0.113.81")],
+        cluster_ips: vec![ip("198.51.100.10"), ip("2001:db8::10")],
+        load_balancer_source_ranges: vec!["198.18.0.0/15".parse().unwrap()],
+        ..service("lb", &[], vec![tcp("http", 80, vec![ready(REMOTE, false)])])
+    };
+    let table = compile_ok(&[lb]);
+    let ranges = |addr: &str| {
+        table.frontends[&frontend(addr, Protocol::Tcp, 80)]
+            .source_ranges
+            .as_deref()
+            .map(<[ipnet::IpNet]>::to_vec)
+    };
+    assert_eq!(
+        ranges("203.0.113.80"),
+        Some(vec!["198.18.0.0/15".parse().unwrap()])
+    );
+    // No IPv6 range: the IPv6 LB IP is open to all, as kube-proxy's IPv6 proxier sees none.
+    assert_eq!(ranges("2001:db8::80"), None);
+    assert_eq!(ranges("203.0.113.81"), None);
+    assert_eq!(ranges("198.51.100.10"), None);
 }

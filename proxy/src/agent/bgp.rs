@@ -551,6 +551,7 @@ mod tests {
             external_traffic_policy: etp,
             internal_traffic_policy: TrafficPolicy::Cluster,
             health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
             forwarding: Forwarding::default(),
         }
     }

@@ -28,6 +28,8 @@
 //!   one the user asked for explicitly is still honoured, as the API documents and kube-proxy
 //!   does.
 //! - Protocol: TCP when absent; TCP, UDP or SCTP.
+//! - `spec.loadBalancerSourceRanges` of `type: LoadBalancer` Services (unparseable entries
+//!   are reported and ignored, as kube-proxy ignores them).
 //!
 //! # Policies
 //!
@@ -199,6 +201,8 @@ pub enum Skipped {
     SlicePort(String),
     /// One endpoint of an EndpointSlice, by its index in `endpoints`.
     Endpoint(usize),
+    /// One entry of a Service's `spec.loadBalancerSourceRanges`, by index.
+    SourceRange(usize),
 }
 
 impl fmt::Display for Skipped {
@@ -209,6 +213,7 @@ impl fmt::Display for Skipped {
             Skipped::EndpointSlice => f.write_str("EndpointSlice skipped"),
             Skipped::SlicePort(name) => write!(f, "EndpointSlice port {name:?} skipped"),
             Skipped::Endpoint(i) => write!(f, "endpoint {i} skipped"),
+            Skipped::SourceRange(i) => write!(f, "source range {i} ignored"),
         }
     }
 }
@@ -503,6 +508,29 @@ fn reduce_service(
         }
     }
 
+    // kube-proxy reads the spec field only (the beta annotation is for cloud providers) and
+    // ignores entries it cannot parse; a range with host bits set is taken as its network.
+    let mut load_balancer_source_ranges = Vec::new();
+    if service_type == ServiceType::LoadBalancer {
+        let ranges = spec
+            .load_balancer_source_ranges
+            .as_deref()
+            .unwrap_or_default();
+        for (i, raw) in ranges.iter().enumerate() {
+            match raw.trim().parse::<ipnet::IpNet>() {
+                Ok(net) => load_balancer_source_ranges.push(net.trunc()),
+                Err(_) => report.push(
+                    Problem::BadValue {
+                        field: format!("spec.loadBalancerSourceRanges[{i}]"),
+                        value: raw.clone(),
+                        expected: "a CIDR such as 203.0.113.0/24",
+                    },
+                    Skipped::SourceRange(i),
+                ),
+            }
+        }
+    }
+
     let affinity_timeout_secs = match spec.session_affinity.as_deref() {
         None | Some("") | Some("None") => None,
         Some("ClientIP") => {
@@ -613,6 +641,7 @@ fn reduce_service(
         external_traffic_policy,
         internal_traffic_policy,
         health_check_node_port,
+        load_balancer_source_ranges,
         forwarding,
     })
 }

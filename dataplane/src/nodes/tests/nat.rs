@@ -43,6 +43,7 @@ fn service(endpoints: Vec<Endpoint>) -> Service {
         external_traffic_policy: TrafficPolicy::Cluster,
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
+        load_balancer_source_ranges: Vec::new(),
         forwarding: Default::default(),
     }
 }
@@ -187,6 +188,36 @@ fn node_port_is_masqueraded_and_answered_from_the_node_address() {
         (0, v4("198.18.1.1"), v4(CLIENT), 30080, 40000)
     );
     assert_eq!(r.count("ip4-nat", "masqueraded"), 1);
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_listed_clients_to_the_lb_ip() {
+    const LB_IP: &str = "203.0.113.80";
+    let lb = Service {
+        load_balancer_ips: vec![v4(LB_IP).into()],
+        load_balancer_source_ranges: vec![
+            "198.18.1.0/28".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ],
+        ..service(vec![backend()])
+    };
+    let mut r = Rig::with_services(&[lb]);
+    // 198.18.1.2 is in range: served.
+    let syn = tcp(v4(CLIENT), v4(LB_IP), 40000, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let (_, _, dst, _, dport, _) = one_tcp(&out);
+    assert_eq!((dst, dport), (v4(BACKEND), 8080));
+    // 198.18.1.20 is not: dropped, counted.
+    let syn = tcp(v4("198.18.1.20"), v4(LB_IP), 40001, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(r.count("ip4-nat", "source_denied"), 1);
+    // The ranges guard the load-balancer IP only: the cluster IP still answers it.
+    let syn = tcp(v4("198.18.1.20"), v4(VIP), 40002, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let (_, _, dst, _, _, _) = one_tcp(&out);
+    assert_eq!(dst, v4(BACKEND));
+    assert_eq!(r.count("ip4-nat", "source_denied"), 1);
 }
 
 #[test]

@@ -110,6 +110,7 @@ fn a_cluster_ip_service_with_two_endpoints() {
         external_traffic_policy: TrafficPolicy::Cluster,
         internal_traffic_policy: TrafficPolicy::Cluster,
         health_check_node_port: None,
+        load_balancer_source_ranges: Vec::new(),
         forwarding: Forwarding::Nat,
     };
     assert_eq!(one(&yaml), expected);
@@ -965,4 +966,35 @@ fn topology_hints_are_read_against_this_node_and_its_zone() {
         )
     ));
     assert_eq!(web.ports[0].endpoints[0].hints.zone, Some(false));
+}
+
+#[test]
+fn load_balancer_source_ranges() {
+    let yaml = svc(
+        "lb",
+        "",
+        "  type: LoadBalancer\n  loadBalancerSourceRanges: [\"198.18.0.0/15\", \" 203.0.113.7/24 \", bogus]\n",
+        HTTP,
+    );
+    let (services, errors) = reduce(&yaml);
+    assert_eq!(
+        services[0].load_balancer_source_ranges,
+        vec![
+            "198.18.0.0/15".parse::<ipnet::IpNet>().unwrap(),
+            "203.0.113.0/24".parse().unwrap()
+        ]
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].to_string(),
+        "Service default/lb: spec.loadBalancerSourceRanges[2]: \"bogus\" is not valid (a CIDR such as 203.0.113.0/24); source range 2 ignored"
+    );
+    // Only LoadBalancer Services have them.
+    let yaml = svc(
+        "np",
+        "",
+        "  type: NodePort\n  loadBalancerSourceRanges: [198.18.0.0/15]\n",
+        HTTP,
+    );
+    assert!(reduce(&yaml).0[0].load_balancer_source_ranges.is_empty());
 }
