@@ -14,6 +14,20 @@ use switchyard_dataplane::tables::{RouteTarget, StaticRoute};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines as text for people, or as one JSON object per line for a log pipeline.
+    /// The level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -69,5 +69,19 @@ fn bad_pcap_ports_and_addresses_give_one_error_line() {
     }
     // The empty capture itself replays cleanly.
     assert_eq!(run(&base).0, 0);
+    // With --log-format json, every log line is one JSON object.
+    let json: Vec<&str> = ["--log-format", "json"]
+        .iter()
+        .chain(&base)
+        .copied()
+        .collect();
+    let (code, stderr) = run(&json);
+    assert_eq!(code, 0, "{stderr}");
+    let logs: Vec<&str> = stderr.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(r#""level":"INFO""#) && l.contains("forwarding")),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
