@@ -223,9 +223,12 @@ pub fn route(ctx: &Context, routes: Routes, path: &str, accept: Option<&str>) ->
                 ),
             }
         }
-        // The node is always eligible until Node objects (deletion, the autoscaler's
-        // ToBeDeleted taint) are watched.
-        "/healthz" if routes.health => health_response(&ctx.health(SystemTime::now()), Some(true)),
+        // Not eligible while the Node is being deleted or the cluster autoscaler has tainted
+        // it for deletion (kube-proxy's rule): load balancers drain it first.
+        "/healthz" if routes.health => health_response(
+            &ctx.health(SystemTime::now()),
+            Some(ctx.shared.control().node_eligible),
+        ),
         "/livez" if routes.health => health_response(&ctx.health(SystemTime::now()), None),
         "/readyz" if routes.health => ready_response(&ctx.health(SystemTime::now())),
         _ => text(

@@ -109,6 +109,10 @@ pub struct ControlSnapshot {
     pub syncs: u64,
     /// From change seen to tables published.
     pub sync_latency: Histogram,
+    /// This node may take load-balancer traffic: its Node is not being deleted and has no
+    /// `ToBeDeletedByClusterAutoscaler` taint (true while the Node is unknown). `/healthz`
+    /// fails otherwise, as kube-proxy's does.
+    pub node_eligible: bool,
     /// The Services as reduced (what `show services` lists), in name order.
     pub services: Arc<[Arc<Service>]>,
     /// The tables last published (FIB, compiled services).
@@ -128,6 +132,7 @@ impl Default for ControlSnapshot {
             pending_since: None,
             syncs: 0,
             sync_latency: Histogram::new(SYNC_BUCKETS),
+            node_eligible: true,
             services: Arc::new([]),
             tables: None,
             problems: Vec::new(),

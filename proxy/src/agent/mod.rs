@@ -363,8 +363,10 @@ impl ControlPlane {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "tables programmed from {source}"
         );
+        let node_eligible = reduce::node_eligible(&self.view.store, &self.node_name);
         shared.update_control(|c| {
             c.ready = c.ready || synced;
+            c.node_eligible = node_eligible;
             c.pending_since = None;
             c.last_sync = Some(std::time::SystemTime::now());
             c.last_sync_instant = Some(Instant::now());

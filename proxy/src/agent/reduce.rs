@@ -317,6 +317,24 @@ pub fn node_zone(store: &ObjectStore, node_name: &str) -> Option<String> {
         .cloned()
 }
 
+/// The taint the cluster autoscaler puts on a node it is about to delete.
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Whether the Node `node_name` may take load-balancer traffic, by kube-proxy's rule: not
+/// when it is being deleted or carries the autoscaler's [`TAINT_TO_BE_DELETED`] taint. An
+/// unknown Node is eligible.
+pub fn node_eligible(store: &ObjectStore, node_name: &str) -> bool {
+    let Some(node) = store.nodes.get(&(String::new(), node_name.to_string())) else {
+        return true;
+    };
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| taints.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
+    node.metadata.deletion_timestamp.is_none() && !tainted
+}
+
 /// The name of the Service an EndpointSlice belongs to (in its own namespace): its
 /// `kubernetes.io/service-name` label, when set and not empty.
 pub fn slice_owner(slice: &discovery::EndpointSlice) -> Option<&str> {

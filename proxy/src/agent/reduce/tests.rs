@@ -998,3 +998,25 @@ fn load_balancer_source_ranges() {
     );
     assert!(reduce(&yaml).0[0].load_balancer_source_ranges.is_empty());
 }
+
+#[test]
+fn a_node_is_eligible_unless_being_deleted_or_tainted_for_deletion() {
+    let node = |extra: &str| {
+        store(&format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}{extra}}}\n"
+        ))
+    };
+    assert!(node_eligible(&ObjectStore::default(), NODE));
+    assert!(node_eligible(&node(""), NODE));
+    assert!(!node_eligible(
+        &node(", deletionTimestamp: \"2026-11-27T00:00:00Z\"}\nspec: {"),
+        NODE
+    ));
+    let tainted = store(&format!(
+        "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\n\
+         spec: {{taints: [{{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}}]}}\n"
+    ));
+    assert!(!node_eligible(&tainted, NODE));
+    // Another node's state is not ours.
+    assert!(node_eligible(&tainted, "node-b"));
+}
