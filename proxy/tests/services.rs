@@ -265,3 +265,122 @@ fn services_through_the_agent() {
     let out = lab.finish().expect("agent output");
     assert!(out.stdout.contains("ip4-nat"), "{out}");
 }
+
+/// A restart of the agent keeps established connections: the new process finds no entry for
+/// the connection's next segment, picks it up mid-stream (loose TCP tracking, as Linux's
+/// default) and Maglev, whose tables are the same on every start, sends it to the same pod.
+#[test]
+fn established_connections_survive_an_agent_restart() {
+    let Some(mut lab) = Lab::new(
+        "established_connections_survive_an_agent_restart",
+        &["socat", "python3"],
+    ) else {
+        return;
+    };
+    if lab.kernel {
+        eprintln!("skipped: the service proxy has no kernel-mode equivalent in this lab");
+        return;
+    }
+    const VIP: &str = "198.51.100.14";
+    let dir = lab.dir.join("manifests");
+    fs::create_dir_all(&dir).expect("manifest dir");
+    let mut docs = vec![service(
+        "echo",
+        VIP,
+        "",
+        "  - {name: echo, protocol: TCP, port: 90, targetPort: 9090}\n",
+    )];
+    let mut endpoints = String::new();
+    for (ip, node) in [(POD_A, "node-a"), (POD_B, "node-b")] {
+        endpoints +=
+            &format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n  nodeName: {node}\n");
+    }
+    docs.push(format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: echo-1, namespace: default, labels: {{kubernetes.io/service-name: echo}}}}\n\
+         addressType: IPv4\nports: [{{name: echo, protocol: TCP, port: 9090}}]\nendpoints:\n{endpoints}"
+    ));
+    fs::write(dir.join("echo.yaml"), docs.join("---\n")).expect("manifests");
+    // Each pod echoes every line back, prefixed with its name, for as long as the client stays.
+    let mut pods = Vec::new();
+    for (name, ip) in [("pod-a", POD_A), ("pod-b", POD_B)] {
+        lab.exec_ok(Ns::Server, &format!("ip addr add {ip}/24 dev eth0"));
+        pods.push(lab.spawn_listener(
+            Ns::Server,
+            name,
+            &format!("TCP4-LISTEN:9090,bind={ip},fork,reuseaddr"),
+            &format!("SYSTEM:'while read l; do echo {name} $l; done'"),
+            9090,
+            false,
+        ));
+    }
+    let agent_args = [
+        "--manifests",
+        dir.to_str().expect("utf-8"),
+        "--node-name",
+        "node-a",
+    ];
+    lab.start_agent(Driver::AfPacket, &agent_args);
+
+    // A client that says "one", waits for a go file, then says "two" on the same connection.
+    let go = lab.dir.join("go");
+    let script = format!(
+        r#"
+import os, socket, sys, time
+s = socket.create_connection(("{VIP}", 90), timeout=5)
+f = s.makefile("rw")
+f.write("one\n"); f.flush()
+print(f.readline().strip(), flush=True)
+deadline = time.time() + 30
+while not os.path.exists("{go}") and time.time() < deadline:
+    time.sleep(0.05)
+f.write("two\n"); f.flush()
+print(f.readline().strip(), flush=True)
+"#,
+        go = go.display()
+    );
+    fs::write(lab.dir.join("client.py"), script).expect("client script");
+    let mut client = lab.spawn(
+        Ns::Client,
+        "client",
+        &format!("python3 {}", lab.dir.join("client.py").display()),
+        Duration::from_secs(40),
+    );
+    let first = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = lab.read("client.out");
+            if let Some(line) = out.lines().next() {
+                break line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no first answer: {}",
+                lab.read("client.err")
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(first.ends_with(" one"), "first answer: {first}");
+    let pod = first.split(' ').next().unwrap_or_default().to_string();
+
+    // SIGTERM, a clean exit, and a fresh process with empty tables.
+    let out = lab.stop_router().expect("agent was running");
+    assert!(
+        out.status.is_some_and(|s| s.success()) && !out.killed,
+        "{out}"
+    );
+    lab.start_agent(Driver::AfPacket, &agent_args);
+    fs::write(&go, "").expect("go file");
+    let status = common::wait_bounded(&mut client, Duration::from_secs(15));
+    let out = lab.read("client.out");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "client: {out} {}",
+        lab.read("client.err")
+    );
+    let second = out.lines().nth(1).unwrap_or_default();
+    assert_eq!(second, format!("{pod} two"), "after the restart: {out}");
+    lab.finish();
+    drop(pods);
+}
