@@ -587,6 +587,11 @@ impl PolicyCompiler {
         self.acls.get(id)
     }
 
+    /// How many policies are held.
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
     /// How many distinct ACLs are in use.
     pub fn acl_count(&self) -> usize {
         self.acls.len()
@@ -661,6 +666,11 @@ impl CompiledPolicies {
     /// Every distinct ACL, by id.
     pub fn acls(&self) -> impl Iterator<Item = (AclId, &Arc<Acl>)> {
         self.acls.iter().map(|(id, acl)| (*id, acl))
+    }
+
+    /// Every address of every local pod, with the pod.
+    pub fn local_pod_ips(&self) -> impl Iterator<Item = (IpAddr, &PodKey)> {
+        self.local_pods_by_ip.iter().map(|(ip, key)| (*ip, key))
     }
 
     /// Every local pod and its ACL ids.

@@ -108,7 +108,7 @@ fn default_probes(cluster: &Cluster) -> Vec<(u8, u16)> {
 /// with each cell decided by the dataplane's classifiers.
 pub fn tables_text(cluster: &Cluster, probes: &[(u8, u16)]) -> String {
     let compiled = switchyard_policy::compile(cluster);
-    let tables = policy_tables::policy_tables(cluster, &compiled);
+    let tables = policy_tables::policy_tables(&compiled);
     let mut out = String::new();
     for (i, (protocol, port)) in probes.iter().enumerate() {
         if i > 0 {

@@ -239,6 +239,17 @@ impl ControlPlane {
         shared: Arc<Shared>,
     ) -> anyhow::Result<()> {
         let mut version = base.version;
+        // This node's own addresses, whose traffic with local pods policy always allows, are
+        // the dataplane interfaces' addresses.
+        let node_ips = base
+            .interfaces
+            .iter()
+            .flat_map(|i| {
+                let v4 = i.ipv4.iter().map(|n| std::net::IpAddr::V4(n.addr()));
+                v4.chain(i.ipv6.iter().map(|n| std::net::IpAddr::V6(n.addr())))
+            })
+            .collect();
+        self.view.set_node_ips(node_ips);
         if let Some(settings) = self.bgp_settings.take() {
             let b = bgp::Bgp::start(settings, &base, Arc::clone(&shared))?;
             let _ = self.bgp_stopper.set(b.stopper.clone());
@@ -331,7 +342,7 @@ impl ControlPlane {
         let table = compiler.table().clone();
         let frontends = table.frontends.len();
         if touched.policy || self.policy.is_none() {
-            self.policy = Some(self.compile_policy(base));
+            self.policy = Some(self.compile_policy());
         }
         let policy = self.policy.as_ref().expect("compiled above");
         problems.extend(policy.problems.iter().cloned());
@@ -425,44 +436,32 @@ impl ControlPlane {
     }
 
     /// The NetworkPolicy ACLs for the objects in the view (no tables when there is no
-    /// policy, so the ACL nodes are skipped), the number of policies and the problems found
-    /// (logged too). This node's own addresses, whose traffic with local pods is always
-    /// allowed, are the dataplane interfaces' addresses.
-    ///
-    /// Compiled afresh whenever a NetworkPolicy, Pod, Namespace or Node changed;
-    /// [`switchyard_policy::PolicyCompiler`] could instead be fed only what changed.
-    fn compile_policy(&self, base: &Tables) -> CompiledPolicy {
-        let node_ips: Vec<std::net::IpAddr> = base
-            .interfaces
-            .iter()
-            .flat_map(|i| {
-                let v4 = i.ipv4.iter().map(|n| std::net::IpAddr::V4(n.addr()));
-                v4.chain(i.ipv6.iter().map(|n| std::net::IpAddr::V6(n.addr())))
-            })
+    /// policy, so the ACL nodes are skipped), the number of policies and the problems found.
+    /// The view's compiler is kept current change by change; this takes its snapshot and
+    /// builds the classifiers.
+    fn compile_policy(&self) -> CompiledPolicy {
+        let compiler = self.view.policy();
+        let mut problems: Vec<String> = self
+            .view
+            .policy_problems()
+            .map(ToString::to_string)
             .collect();
-        let mut problems = Vec::new();
-        let (cluster, errors) =
-            reduce_policy::cluster(&self.view.store, &self.node_name, &node_ips);
-        for e in &errors {
-            tracing::warn!(error = %e, "object skipped for NetworkPolicy");
-            problems.push(e.to_string());
-        }
-        if cluster.policies.is_empty() {
+        if compiler.policy_count() == 0 {
             return CompiledPolicy {
                 tables: None,
                 policies: 0,
                 problems,
             };
         }
-        let compiled = switchyard_policy::compile(&cluster);
+        let compiled = compiler.snapshot();
         for e in compiled.errors() {
             tracing::warn!(error = %e, "NetworkPolicy part matches nothing; policy still enforced");
             problems.push(e.to_string());
         }
-        let tables = policy_tables::policy_tables(&cluster, &compiled);
+        let tables = policy_tables::policy_tables(&compiled);
         CompiledPolicy {
             tables: Some(Arc::new(tables)),
-            policies: cluster.policies.len(),
+            policies: compiler.policy_count(),
             problems,
         }
     }

@@ -12,11 +12,10 @@ use std::sync::Arc;
 
 use switchyard_dataplane::acl::AclRuleSpec;
 use switchyard_dataplane::policy::{AclTable, PodAcls, PolicyTables};
-use switchyard_policy::{Acl, AclId, Cluster, CompiledPolicies, DefaultAction};
+use switchyard_policy::{Acl, AclId, CompiledPolicies, DefaultAction};
 
-/// The dataplane's view of `compiled`, which was compiled from `cluster` (whose pods give the
-/// addresses).
-pub fn policy_tables(cluster: &Cluster, compiled: &CompiledPolicies) -> PolicyTables {
+/// The dataplane's view of `compiled`.
+pub fn policy_tables(compiled: &CompiledPolicies) -> PolicyTables {
     let mut tables = PolicyTables::default();
     let mut index: BTreeMap<AclId, u32> = BTreeMap::new();
     for (id, acl) in compiled.acls() {
@@ -29,17 +28,15 @@ pub fn policy_tables(cluster: &Cluster, compiled: &CompiledPolicies) -> PolicyTa
         index.insert(id, i);
         tables.acls.push(acl_table(id, acl));
     }
-    for (key, acls) in compiled.pods() {
-        let Some(pod) = cluster.pod(key) else {
+    for (ip, key) in compiled.local_pod_ips() {
+        let Some(acls) = compiled.pod_acls(key) else {
             continue;
         };
         let entry = PodAcls {
             ingress: index.get(&acls.ingress).copied(),
             egress: index.get(&acls.egress).copied(),
         };
-        for ip in &pod.ips {
-            tables.pods.insert(*ip, entry);
-        }
+        tables.pods.insert(ip, entry);
     }
     tables
 }

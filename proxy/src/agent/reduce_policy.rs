@@ -120,28 +120,16 @@ pub fn cluster(
         .iter()
         .map(|((_, name), ns)| namespace(name, ns))
         .collect();
-    let mut pods = Vec::new();
-    for ((namespace, name), p) in &store.pods {
-        let mut report = Report {
-            kind: "Pod",
-            namespace,
-            name,
-            errors: &mut errors,
-        };
-        if let Some(pod) = pod(namespace, name, p, node_name, &mut report) {
-            pods.push(pod);
-        }
-    }
-    let mut policies = Vec::new();
-    for ((namespace, name), np) in &store.network_policies {
-        let mut report = Report {
-            kind: "NetworkPolicy",
-            namespace,
-            name,
-            errors: &mut errors,
-        };
-        policies.push(policy(namespace, name, np, &mut report));
-    }
+    let pods = store
+        .pods
+        .iter()
+        .filter_map(|((namespace, name), p)| one_pod(namespace, name, p, node_name, &mut errors))
+        .collect();
+    let policies = store
+        .network_policies
+        .iter()
+        .map(|((namespace, name), np)| one_policy(namespace, name, np, &mut errors))
+        .collect();
     let mut node_ips = node_ips.to_vec();
     node_ips.sort();
     node_ips.dedup();
@@ -154,7 +142,42 @@ pub fn cluster(
     (cluster, errors)
 }
 
-fn namespace(name: &str, ns: &core::Namespace) -> Namespace {
+/// One Pod as policy sees it: `None` when it takes no part (host network, finished, no
+/// address yet, or skipped for bad input, which is added to `errors`).
+pub fn one_pod(
+    namespace: &str,
+    name: &str,
+    p: &core::Pod,
+    node_name: &str,
+    errors: &mut Vec<ReduceError>,
+) -> Option<Pod> {
+    let mut report = Report {
+        kind: "Pod",
+        namespace,
+        name,
+        errors,
+    };
+    pod(namespace, name, p, node_name, &mut report)
+}
+
+/// One NetworkPolicy as the compiler takes it; what was wrong is added to `errors`.
+pub fn one_policy(
+    namespace: &str,
+    name: &str,
+    np: &networking::NetworkPolicy,
+    errors: &mut Vec<ReduceError>,
+) -> NetworkPolicy {
+    let mut report = Report {
+        kind: "NetworkPolicy",
+        namespace,
+        name,
+        errors,
+    };
+    policy(namespace, name, np, &mut report)
+}
+
+/// One Namespace as policy sees it (its labels, with the automatic name label).
+pub fn namespace(name: &str, ns: &core::Namespace) -> Namespace {
     let mut labels = ns.metadata.labels.clone().unwrap_or_default();
     labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
     Namespace {

@@ -12,9 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use switchyard_lb::service::{CompileOptions, Service, ServiceCompiler, ServiceName};
+use switchyard_policy::{PodKey, PolicyCompiler, PolicyKey};
 
 use super::objects::{Change, Object, ObjectKey, ObjectKind, ObjectStore};
 use super::reduce::{self, ReduceError};
+use super::reduce_policy;
 
 /// The objects, the Services they reduce to, and those compiled.
 pub struct View {
@@ -31,6 +33,11 @@ pub struct View {
     reduce_errors: BTreeMap<ObjectKey, Vec<ReduceError>>,
     /// This node's zone, which topology hints are read against.
     zone: Option<String>,
+    /// NetworkPolicy, compiled incrementally: each Pod, Namespace and NetworkPolicy change
+    /// goes in on its own and recompiles only the local pods it can affect.
+    policy: PolicyCompiler,
+    /// What reducing each Pod and NetworkPolicy found wrong.
+    policy_errors: BTreeMap<(ObjectKind, ObjectKey), Vec<reduce_policy::ReduceError>>,
 }
 
 /// What a batch of changes touched.
@@ -55,7 +62,16 @@ impl View {
             compiler: ServiceCompiler::new(options),
             reduce_errors: BTreeMap::new(),
             zone: None,
+            policy: PolicyCompiler::new(Vec::new()),
+            policy_errors: BTreeMap::new(),
         }
+    }
+
+    /// Sets this node's own addresses, whose traffic with local pods policy always allows.
+    pub fn set_node_ips(&mut self, mut ips: Vec<std::net::IpAddr>) {
+        ips.sort();
+        ips.dedup();
+        self.policy.set_node_ips(ips);
     }
 
     /// Takes in `changes` and brings the compiled Services up to date with them.
@@ -94,6 +110,7 @@ impl View {
                 }
                 ObjectKind::NetworkPolicy | ObjectKind::Pod | ObjectKind::Namespace => {
                     touched.policy = true;
+                    self.policy_change(kind, key);
                 }
                 ObjectKind::Node => {
                     touched.policy = true;
@@ -150,6 +167,62 @@ impl View {
                 self.compiler.remove(&name);
             }
         }
+    }
+
+    /// Takes the Pod, Namespace or NetworkPolicy under `key` (as the store now has it) into
+    /// the policy compiler.
+    fn policy_change(&mut self, kind: ObjectKind, key: ObjectKey) {
+        let mut errors = Vec::new();
+        let (namespace, name) = (&key.0, &key.1);
+        match kind {
+            ObjectKind::Pod => {
+                let pod = self.store.pods.get(&key).and_then(|p| {
+                    reduce_policy::one_pod(namespace, name, p, &self.node_name, &mut errors)
+                });
+                match pod {
+                    Some(pod) => self.policy.upsert_pod(pod),
+                    None => self.policy.remove_pod(&PodKey::new(namespace, name)),
+                };
+            }
+            ObjectKind::Namespace => {
+                match self.store.namespaces.get(&key) {
+                    Some(ns) => self
+                        .policy
+                        .upsert_namespace(reduce_policy::namespace(name, ns)),
+                    None => self.policy.remove_namespace(name),
+                };
+            }
+            ObjectKind::NetworkPolicy => {
+                match self.store.network_policies.get(&key) {
+                    Some(np) => self.policy.upsert_policy(reduce_policy::one_policy(
+                        namespace,
+                        name,
+                        np,
+                        &mut errors,
+                    )),
+                    None => self.policy.remove_policy(&PolicyKey::new(namespace, name)),
+                };
+            }
+            _ => {}
+        }
+        for e in &errors {
+            tracing::warn!(error = %e, "object skipped for NetworkPolicy");
+        }
+        if errors.is_empty() {
+            self.policy_errors.remove(&(kind, key));
+        } else {
+            self.policy_errors.insert((kind, key), errors);
+        }
+    }
+
+    /// The NetworkPolicy compiler, up to date with the objects.
+    pub fn policy(&self) -> &PolicyCompiler {
+        &self.policy
+    }
+
+    /// What reducing Pods and NetworkPolicies found wrong, one line each.
+    pub fn policy_problems(&self) -> impl Iterator<Item = &reduce_policy::ReduceError> {
+        self.policy_errors.values().flatten()
     }
 
     /// The Services, in name order.

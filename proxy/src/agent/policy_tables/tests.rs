@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use switchyard_dataplane::policy::AclDirection;
 use switchyard_policy::{
-    compile, Direction, LabelSelector, NamedPort, Namespace, NetworkPolicy, Peer, Pod, PodKey,
-    PolicyType, PortSpec, Protocol, Rule, SelectorOperator,
+    compile, Cluster, Direction, LabelSelector, NamedPort, Namespace, NetworkPolicy, Peer, Pod,
+    PodKey, PolicyType, PortSpec, Protocol, Rule, SelectorOperator,
 };
 
 use super::*;
@@ -157,7 +157,7 @@ fn classifiers_agree_with_the_compiler() {
     let cluster = cluster();
     let compiled = compile(&cluster);
     assert!(compiled.errors().is_empty(), "{:#?}", compiled.errors());
-    let tables = policy_tables(&cluster, &compiled);
+    let tables = policy_tables(&compiled);
 
     let mut endpoints: Vec<(Option<PodKey>, IpAddr)> = cluster
         .pods
@@ -211,7 +211,7 @@ fn classifiers_agree_with_the_compiler() {
 fn isolation_names_and_origins() {
     let cluster = cluster();
     let compiled = compile(&cluster);
-    let tables = policy_tables(&cluster, &compiled);
+    let tables = policy_tables(&compiled);
 
     // Non-local pods have no entry; every address of a local pod has one.
     assert!(!tables.pods.contains_key(&ip("198.18.2.3")));
@@ -288,7 +288,7 @@ fn isolation_names_and_origins() {
 fn no_policies_no_tables() {
     let mut cluster = cluster();
     cluster.policies.clear();
-    let tables = policy_tables(&cluster, &compile(&cluster));
+    let tables = policy_tables(&compile(&cluster));
     assert!(tables.acls.is_empty());
     assert!(tables
         .pods

@@ -1,6 +1,7 @@
 //! The view against the whole-store reference: after any sequence of stores, taking in only
 //! the differences gives the Services, table and problems a full reduce and compile give.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use proptest::prelude::*;
@@ -257,4 +258,141 @@ fn one_slice_change_reduces_one_service() {
     let services = view.services();
     assert_eq!(services[0].ports[0].endpoints.len(), 2);
     assert!(services[1].ports[0].endpoints.is_empty());
+}
+
+// NetworkPolicy: the view's incremental compiler against a whole-store reduce and compile.
+
+/// A policy cluster drawn from small pools: pods (namespace, labels, node, present),
+/// namespaces (labels), and which of a few policy templates exist.
+#[derive(Clone, Debug)]
+struct PolicyWorld {
+    /// Per pod slot: present, in namespace ns-0/ns-1, app a/b, on this node, named port.
+    pods: Vec<Option<(u8, u8, bool, bool)>>,
+    /// Per namespace: present, team label x/y/none.
+    namespaces: Vec<Option<Option<u8>>>,
+    /// Which policy templates exist.
+    policies: Vec<bool>,
+}
+
+const POLICIES: [&str; 4] = [
+    // Default deny ingress in ns-0.
+    "metadata: {name: deny, namespace: ns-0}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    // app=a in ns-1 takes TCP 8080 (by name) from app=b pods of team=x namespaces.
+    "metadata: {name: from-b, namespace: ns-1}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  \
+     ingress: [{from: [{namespaceSelector: {matchLabels: {team: x}}, podSelector: {matchLabels: {app: b}}}], \
+     ports: [{port: http}]}]\n",
+    // Egress of ns-0's app=b pods: only 198.18.0.0/16 except 198.18.2.0/24, and DNS.
+    "metadata: {name: egress, namespace: ns-0}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  \
+     policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 198.18.0.0/16, except: [198.18.2.0/24]}}]}, \
+     {ports: [{port: 53, protocol: UDP}]}]\n",
+    // Everything in ns-1 admits team=y namespaces.
+    "metadata: {name: from-y, namespace: ns-1}\nspec:\n  podSelector: {}\n  \
+     ingress: [{from: [{namespaceSelector: {matchLabels: {team: y}}}]}]\n",
+];
+
+fn policy_yaml(world: &PolicyWorld) -> String {
+    let mut out = String::new();
+    for (i, ns) in world.namespaces.iter().enumerate() {
+        let Some(team) = ns else { continue };
+        let labels = match team {
+            Some(t) => format!("{{team: {}}}", if *t == 0 { "x" } else { "y" }),
+            None => "{}".to_string(),
+        };
+        out += &format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{i}, labels: {labels}}}\n"
+        );
+    }
+    for (i, pod) in world.pods.iter().enumerate() {
+        let Some((ns, app, local, named)) = pod else {
+            continue;
+        };
+        let node = if *local { NODE } else { "node-b" };
+        let ports = if *named {
+            "[{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]"
+        } else {
+            "[{name: c, image: i}]"
+        };
+        out += &format!(
+            "---\napiVersion: v1\nkind: Pod\n\
+             metadata: {{name: pod-{i}, namespace: ns-{ns}, labels: {{app: {}}}}}\n\
+             spec: {{nodeName: {node}, containers: {ports}}}\n\
+             status: {{podIP: 198.18.{}.{}}}\n",
+            if *app == 0 { "a" } else { "b" },
+            1 + ns,
+            10 + i
+        );
+    }
+    for (template, present) in POLICIES.iter().zip(&world.policies) {
+        if *present {
+            out +=
+                &format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n{template}");
+        }
+    }
+    out
+}
+
+fn policy_world_strategy() -> impl Strategy<Value = PolicyWorld> {
+    let pod = prop::option::of((0u8..2, 0u8..2, any::<bool>(), any::<bool>()));
+    let namespace = prop::option::of(prop::option::of(0u8..2));
+    (
+        prop::collection::vec(pod, 5),
+        prop::collection::vec(namespace, 2),
+        prop::collection::vec(any::<bool>(), POLICIES.len()),
+    )
+        .prop_map(|(pods, namespaces, policies)| PolicyWorld {
+            pods,
+            namespaces,
+            policies,
+        })
+}
+
+/// Per local pod address: the rules (and origins) of its ingress and egress ACLs, whatever
+/// ids the compiler gave them.
+type Canonical = BTreeMap<
+    std::net::IpAddr,
+    [Option<(Vec<switchyard_dataplane::acl::AclRuleSpec>, Vec<String>)>; 2],
+>;
+
+fn canonical(tables: &switchyard_dataplane::policy::PolicyTables) -> Canonical {
+    let acl = |i: Option<u32>| {
+        i.and_then(|i| tables.acls.get(i as usize)).map(|a| {
+            (
+                a.rules.clone(),
+                a.origins.iter().map(ToString::to_string).collect(),
+            )
+        })
+    };
+    tables
+        .pods
+        .iter()
+        .map(|(ip, p)| (*ip, [acl(p.ingress), acl(p.egress)]))
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn incremental_policy_matches_compiling_everything(
+        worlds in prop::collection::vec(policy_world_strategy(), 1..6),
+    ) {
+        use crate::agent::{policy_tables, reduce_policy};
+        let node_ips: Vec<std::net::IpAddr> = vec!["198.18.1.1".parse().unwrap()];
+        let mut view = View::new(NODE, None, CompileOptions::default());
+        view.set_node_ips(node_ips.clone());
+        let mut last = ObjectStore::default();
+        for world in worlds {
+            let next = store(&policy_yaml(&world));
+            view.apply(last.diff(&next));
+            let (cluster, errors) = reduce_policy::cluster(&next, NODE, &node_ips);
+            let want = canonical(&policy_tables::policy_tables(&switchyard_policy::compile(&cluster)));
+            let got = canonical(&policy_tables::policy_tables(&view.policy().snapshot()));
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(view.policy().policy_count(), cluster.policies.len());
+            let mut want_errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            let mut got_errors: Vec<String> = view.policy_problems().map(ToString::to_string).collect();
+            want_errors.sort();
+            got_errors.sort();
+            prop_assert_eq!(got_errors, want_errors);
+            last = next;
+        }
+    }
 }
