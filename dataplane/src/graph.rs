@@ -492,6 +492,33 @@ impl<B: PacketBuffer> Graph<B> {
         })
     }
 
+    /// Reroutes every arc from node `node` to node `old` through node `via` instead (a
+    /// feature spliced into a path, as VPP's feature arcs do: `via` passes what it does not
+    /// take on to `old` by its own arcs). Traces still name `old` as the next node of `node`.
+    pub fn splice(
+        &mut self,
+        node: &'static str,
+        old: &'static str,
+        via: &'static str,
+    ) -> Result<(), GraphError> {
+        let find = |name: &'static str| {
+            self.node_index(name)
+                .ok_or(GraphError::UnknownNext { node, next: name })
+        };
+        let (from, old_i, via_i) = (
+            self.node_index(node)
+                .ok_or(GraphError::UnknownInput(node))?,
+            find(old)?,
+            find(via)?,
+        );
+        for arc in &mut self.slots[from].arcs {
+            if *arc == Target::Node(old_i) {
+                *arc = Target::Node(via_i);
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a received packet at the input node.
     #[inline]
     pub fn receive(&mut self, mut pkt: Packet<B>) {

@@ -12,6 +12,7 @@ pub mod acl;
 pub mod conntrack;
 pub mod fib;
 pub mod graph;
+pub mod ipsec_tables;
 pub mod lpm6;
 pub mod mtrie;
 pub mod nat;

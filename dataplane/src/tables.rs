@@ -161,6 +161,9 @@ pub struct Tables {
     /// NetworkPolicy ACLs; `None` when nothing is enforced, and packets skip the
     /// `ip{4,6}-acl` nodes.
     pub policy: Option<Arc<PolicyTables>>,
+    /// IPsec SPD and SAs; `None` (or empty) when no tunnel is up, and the `esp{4,6}-*` nodes
+    /// (present only in [`crate::nodes::ipsec_router_graph`]) pass everything.
+    pub ipsec: Option<Arc<crate::ipsec_tables::IpsecTables>>,
 }
 
 impl Tables {
@@ -194,6 +197,7 @@ impl Tables {
             punt_to_host: false,
             services: None,
             policy: None,
+            ipsec: None,
         };
         for r in routes {
             let route = tables.resolve(r)?;

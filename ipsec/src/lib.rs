@@ -38,7 +38,8 @@
 //! The shell owns two UDP sockets per local address (500 and 4500). [`ike::Engine::handle`]
 //! takes the UDP payload, the local socket address it arrived on and the sender; on the
 //! NAT-T port it strips the non-ESP marker itself and [`ike::Action::Send`] bytes already
-//! carry it. The shell carries out each action:
+//! carry it. The shell carries out each action, in order (an `InstallChildSa` comes before
+//! the `Send` of the answer that lets the peer start using the SA):
 //!
 //! * `Send { local, remote, bytes }`: send from that local socket.
 //! * `ArmTimer { at }`: wake up and call `handle_timeout` then (`next_timeout` gives the

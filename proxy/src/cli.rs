@@ -428,6 +428,13 @@ pub struct RouterArgs {
     /// Also write the counters on exit as JSON to this file.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
+
+    /// IPsec tunnels from SD-EWAN resources (IpsecSite, IpsecHost, IpsecProposal) in this
+    /// YAML/JSON file or directory: runs the IKE daemon on the address facing the first remote
+    /// peer and ESP in the dataplane. Needs --punt-tun (IKE reaches the daemon's sockets
+    /// through the host stack).
+    #[arg(long, value_name = "PATH", requires = "punt_tun")]
+    pub ipsec: Option<PathBuf>,
 }
 
 /// Splits `NAME=VALUE`.

@@ -5,6 +5,7 @@ mod agent;
 mod cli;
 mod config;
 mod http;
+mod ipsec;
 mod metrics;
 mod policy;
 mod punt;

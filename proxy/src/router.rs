@@ -163,6 +163,8 @@ struct Router<D: Driver> {
     punt: Option<PuntPath<D::Buffer>>,
     /// Where snapshots go.
     shared: Option<Arc<Shared>>,
+    /// The IKE daemon (`--ipsec`), wound down before the worker stops forwarding.
+    ipsec: Option<crate::ipsec::IpsecService>,
 }
 
 impl<D: Driver> Router<D>
@@ -185,7 +187,11 @@ where
             let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;
             state.neighbors.insert_permanent(port, ip, mac);
         }
-        let mut graph = router_graph(ports.len())?;
+        let mut graph = if args.ipsec.is_some() {
+            switchyard_dataplane::nodes::ipsec_router_graph(ports.len())?
+        } else {
+            router_graph(ports.len())?
+        };
         graph.trace.pending = args.trace;
         for (p, ifc) in ports.iter().zip(&tables.interfaces) {
             let addrs: Vec<String> = ifc
@@ -207,6 +213,15 @@ where
             None => None,
         };
         let handle = TablesHandle::new(tables.clone());
+        let ipsec = match &args.ipsec {
+            // The agent's control plane republishes the tables from its own state and would
+            // drop the SAs: IPsec runs with `switchyard router` only, for now.
+            Some(_) if hooks.on_ready.is_some() => {
+                bail!("--ipsec is not supported by `switchyard agent` yet; use `switchyard router`")
+            }
+            Some(path) => Some(crate::ipsec::start(path, &handle, &tables)?),
+            None => None,
+        };
         if let Some(on_ready) = hooks.on_ready {
             on_ready(&handle, &tables)?;
         }
@@ -217,6 +232,7 @@ where
             state,
             punt,
             shared: hooks.shared,
+            ipsec,
         })
     }
 
@@ -255,6 +271,16 @@ where
         }
     }
 
+    /// True once a signal or the deadline asks the worker to stop and the IKE daemon (if
+    /// any) has told its peers: its Delete messages still need the dataplane.
+    fn stop_requested(&mut self, stop: &AtomicBool, deadline: Option<Instant>) -> bool {
+        let asked = stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d);
+        match &mut self.ipsec {
+            Some(ipsec) if asked => ipsec.wind_down(),
+            _ => asked,
+        }
+    }
+
     fn run(self, args: &RouterArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         self.run_until(args, stop, |_| false)
     }
@@ -276,7 +302,7 @@ where
         let mut last_housekeeping = start;
         let (mut rx_total, mut tx_total) = (0u64, 0u64);
         tracing::info!("forwarding");
-        while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        while !self.stop_requested(stop, deadline) {
             if let Some(shared) = &self.shared {
                 let wanted = shared.trace.take_wanted();
                 self.graph.trace.pending = self.graph.trace.pending.saturating_add(wanted);

@@ -22,6 +22,7 @@ use crate::wire::{EtherType, EthernetAddress, EthernetFrame};
 
 pub mod acl;
 pub mod arp;
+pub mod esp;
 pub mod ethernet;
 pub mod fragment;
 pub mod host;
@@ -60,6 +61,41 @@ pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>,
         Box::new(neighbor::NeighborOutput),
     ];
     Graph::new(nodes, "ethernet-input", ports)
+}
+
+/// The router graph with IPsec: [`router_graph`]'s nodes plus `esp{4,6}-encrypt`, spliced
+/// between each lookup and its rewrite, and `esp{4,6}-decrypt`, between each lookup and its
+/// local node (see [`esp`]). With no SAs in the tables they pass every packet.
+pub fn ipsec_router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>, GraphError> {
+    let nodes: Vec<Box<dyn Node<B>>> = vec![
+        Box::new(ethernet::EthernetInput),
+        Box::new(arp::ArpInput),
+        Box::new(ip4::Ip4Input),
+        Box::new(ip6::Ip6Input),
+        Box::new(nat::Ip4Nat::default()),
+        Box::new(nat::Ip6Nat::default()),
+        Box::new(acl::Ip4Acl::default()),
+        Box::new(acl::Ip6Acl::default()),
+        Box::new(ip4::Ip4Lookup),
+        Box::new(ip6::Ip6Lookup),
+        Box::new(esp::Esp4Decrypt::default()),
+        Box::new(esp::Esp6Decrypt::default()),
+        Box::new(esp::Esp4Encrypt::default()),
+        Box::new(esp::Esp6Encrypt::default()),
+        Box::new(ip4::Ip4Local),
+        Box::new(ip6::Ip6Local),
+        Box::new(icmp4::Icmp4Error),
+        Box::new(icmp6::Icmp6Error),
+        Box::new(ip4::Ip4Rewrite),
+        Box::new(ip6::Ip6Rewrite),
+        Box::new(neighbor::NeighborOutput),
+    ];
+    let mut graph = Graph::new(nodes, "ethernet-input", ports)?;
+    graph.splice("ip4-lookup", "ip4-rewrite", "esp4-encrypt")?;
+    graph.splice("ip6-lookup", "ip6-rewrite", "esp6-encrypt")?;
+    graph.splice("ip4-lookup", "ip4-local", "esp4-decrypt")?;
+    graph.splice("ip6-lookup", "ip6-local", "esp6-decrypt")?;
+    Ok(graph)
 }
 
 /// Length of an untagged Ethernet header.

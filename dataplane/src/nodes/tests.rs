@@ -1407,4 +1407,5 @@ fn forwarding_back_out_of_the_same_link_sends_a_redirect() {
 }
 
 mod acl;
+mod esp;
 mod nat;

@@ -7,7 +7,7 @@
 
 use super::config::{EngineConfig, PeerConfig};
 use super::dh::{self, DhGroup, DhPrivate};
-use super::keys::{derive_child_keys, derive_ike_keys, psk_auth, IkeKeys};
+use super::keys::{derive_child_keys, derive_ike_keys, derive_rekeyed_ike_keys, psk_auth, IkeKeys};
 use super::proposal::{self, ChildSuite, EspProposal, IkeProposal, IkeSuite};
 use super::sk::{open_message, seal_message, SkCipher};
 use super::wire::{
@@ -80,6 +80,8 @@ pub enum Action {
         ike_sa: IkeSaId,
         at: Instant,
     },
+    /// An IKE SA is up: set up, or made by the peer rekeying one (whose CHILD_SAs it takes
+    /// over; the old one is then `Closed` by the peer's delete).
     Established {
         ike_sa: IkeSaId,
         peer: String,
@@ -142,6 +144,10 @@ pub struct IkeCounters {
     pub failed: u64,
     pub child_sas_installed: u64,
     pub half_open_expired: u64,
+    /// CHILD_SAs the peer rekeyed (CREATE_CHILD_SA with REKEY_SA).
+    pub child_sas_rekeyed: u64,
+    /// IKE SAs the peer rekeyed.
+    pub ike_sas_rekeyed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +173,16 @@ struct Outstanding {
 struct Child {
     inbound_spi: u32,
     outbound_spi: u32,
+}
+
+/// What keys a CHILD_SA: the nonces of the exchange that made it (IKE_SA_INIT's for the
+/// first one), the PFS secret, and which side started that exchange.
+struct ChildExchange {
+    nonce_i: Vec<u8>,
+    nonce_r: Vec<u8>,
+    pfs_shared: Option<crate::crypto::SecretBytes>,
+    we_initiated: bool,
+    our_spi: u32,
 }
 
 struct IkeSa {
@@ -866,15 +882,7 @@ impl Engine {
             }
             (exchange::INFORMATIONAL, true) => self.informational_response(our_spi, &mut actions),
             (exchange::CREATE_CHILD_SA, false) => {
-                // Rekeying is not implemented yet: refuse politely (RFC 7296 section 2.8).
-                let n = Payload::Notify(Notify::new(notify::NO_ADDITIONAL_SAS, Vec::new()));
-                self.send_response(
-                    our_spi,
-                    header.exchange,
-                    header.message_id,
-                    &[n],
-                    &mut actions,
-                );
+                self.create_child_request(our_spi, &header, &payloads, now, &mut actions)
             }
             _ => self.counters.rx_unexpected += 1,
         }
@@ -1441,12 +1449,13 @@ impl Engine {
             sa.peer = peer_index;
             sa.state = IkeState::Established;
         }
-        self.send_response(id, exchange::IKE_AUTH, header.message_id, &out, actions);
         self.counters.established += 1;
         actions.push(Action::Established {
             ike_sa: IkeSaId(id),
             peer: peer_name.clone(),
         });
+        // Install before answering: the initiator sends ESP as soon as it reads the answer,
+        // and a shell that carries out the actions in order has the SA in place by then.
         match install {
             Some((peer_spi, child_suite, local_ts, remote_ts)) => {
                 self.install_child(id, peer_spi, child_suite, local_ts, remote_ts, actions)
@@ -1457,6 +1466,7 @@ impl Engine {
                 reason: Failure::PeerError(child_failure.unwrap_or(notify::INVALID_SYNTAX)),
             }),
         }
+        self.send_response(id, exchange::IKE_AUTH, header.message_id, &out, actions);
     }
 
     fn auth_response(&mut self, id: u64, payloads: &[Payload], actions: &mut Vec<Action>) {
@@ -1556,6 +1566,32 @@ impl Engine {
         remote_ts: Vec<TrafficSelector>,
         actions: &mut Vec<Action>,
     ) {
+        let Some(sa) = self.sas.get(&id) else {
+            return;
+        };
+        // The first CHILD_SA: keyed from the IKE_SA_INIT nonces, no PFS.
+        let exchange = ChildExchange {
+            nonce_i: sa.nonce_i.clone(),
+            nonce_r: sa.nonce_r.clone(),
+            pfs_shared: None,
+            we_initiated: sa.initiator,
+            our_spi: sa.child_spi,
+        };
+        self.install_child_with(id, &exchange, peer_spi, suite, local_ts, remote_ts, actions);
+    }
+
+    /// Installs a CHILD_SA negotiated in an exchange (IKE_AUTH or CREATE_CHILD_SA).
+    #[allow(clippy::too_many_arguments)]
+    fn install_child_with(
+        &mut self,
+        id: u64,
+        exchange: &ChildExchange,
+        peer_spi: u32,
+        suite: ChildSuite,
+        local_ts: Vec<TrafficSelector>,
+        remote_ts: Vec<TrafficSelector>,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
@@ -1568,14 +1604,18 @@ impl Engine {
         let Some((i2r, r2i)) = derive_child_keys(
             ike_suite.prf,
             &keys.sk_d,
-            None,
-            &sa.nonce_i,
-            &sa.nonce_r,
+            exchange.pfs_shared.as_ref(),
+            &exchange.nonce_i,
+            &exchange.nonce_r,
             &suite,
         ) else {
             return;
         };
-        let (inbound_keys, outbound_keys) = if sa.initiator { (r2i, i2r) } else { (i2r, r2i) };
+        let (inbound_keys, outbound_keys) = if exchange.we_initiated {
+            (r2i, i2r)
+        } else {
+            (i2r, r2i)
+        };
         let peer = &self.config.peers[sa.peer];
         let make = |spi, keys, window| SaConfig {
             spi,
@@ -1588,7 +1628,7 @@ impl Engine {
         let install = ChildSaInstall {
             ike_sa: IkeSaId(id),
             peer: peer.name.clone(),
-            inbound: make(sa.child_spi, inbound_keys, self.config.replay_window),
+            inbound: make(exchange.our_spi, inbound_keys, self.config.replay_window),
             outbound: make(peer_spi, outbound_keys, 0),
             local_addr: sa.local.ip(),
             remote_addr: sa.remote.ip(),
@@ -1597,11 +1637,347 @@ impl Engine {
             remote_ts,
         };
         sa.children.push(Child {
-            inbound_spi: sa.child_spi,
+            inbound_spi: exchange.our_spi,
             outbound_spi: peer_spi,
         });
         self.counters.child_sas_installed += 1;
         actions.push(Action::InstallChildSa(Box::new(install)));
+    }
+
+    // ---------------------------------------------------------------- CREATE_CHILD_SA
+
+    /// The peer creates a CHILD_SA or rekeys one (RFC 7296 sections 1.3.1 and 1.3.3), with
+    /// PFS when it sends a KE payload, or rekeys the IKE SA (section 1.3.2). A new CHILD_SA
+    /// is installed beside the old one, which the peer deletes once it has moved over.
+    fn create_child_request(
+        &mut self,
+        id: u64,
+        header: &Header,
+        payloads: &[Payload],
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let refuse = |engine: &mut Self, kind: u16, actions: &mut Vec<Action>| {
+            let n = Payload::Notify(Notify::new(kind, Vec::new()));
+            engine.send_response(
+                id,
+                exchange::CREATE_CHILD_SA,
+                header.message_id,
+                &[n],
+                actions,
+            );
+        };
+        let Some(sa) = self.sas.get(&id) else { return };
+        if sa.state != IkeState::Established {
+            refuse(self, notify::TEMPORARY_FAILURE, actions);
+            return;
+        }
+        let mut rekey = None;
+        let mut offered = None;
+        let mut nonce_i = None;
+        let mut ke = None;
+        let mut ts_i = None;
+        let mut ts_r = None;
+        for p in payloads {
+            match p {
+                Payload::Notify(n) if n.kind == notify::REKEY_SA => {
+                    rekey = <[u8; 4]>::try_from(n.spi.as_slice())
+                        .ok()
+                        .map(u32::from_be_bytes)
+                        .map(|spi| (n.protocol, spi));
+                }
+                Payload::Sa(s) => offered = Some(s),
+                Payload::Nonce(n) => nonce_i = Some(n),
+                Payload::Ke { group, data } => ke = Some((*group, data)),
+                Payload::TsI(t) => ts_i = Some(t),
+                Payload::TsR(t) => ts_r = Some(t),
+                _ => {}
+            }
+        }
+        let (Some(offered), Some(nonce_i)) = (offered, nonce_i) else {
+            refuse(self, notify::INVALID_SYNTAX, actions);
+            return;
+        };
+        if offered.iter().all(|p| p.protocol == protocol::IKE) {
+            let ke = ke.map(|(group, data)| (group, data.as_slice()));
+            self.rekey_ike_request(id, header, offered, nonce_i, ke, now, actions);
+            return;
+        }
+        let (Some(ts_i), Some(ts_r)) = (ts_i, ts_r) else {
+            refuse(self, notify::INVALID_SYNTAX, actions);
+            return;
+        };
+        if let Some((proto, spi)) = rekey {
+            // The SPI in REKEY_SA is one the peer receives on: our outbound one.
+            let known = proto == protocol::ESP
+                && sa
+                    .children
+                    .iter()
+                    .any(|c| c.outbound_spi == spi || c.inbound_spi == spi);
+            if !known {
+                refuse(self, notify::CHILD_SA_NOT_FOUND, actions);
+                return;
+            }
+        }
+        let peer = &self.config.peers[sa.peer];
+        let Some((number, peer_spi, child_suite)) =
+            proposal::select_esp(offered, &peer.esp_proposals)
+        else {
+            self.counters.no_proposal_chosen += 1;
+            refuse(self, notify::NO_PROPOSAL_CHOSEN, actions);
+            return;
+        };
+        // PFS: the group of the KE payload, if the chosen proposal offers it (and ours,
+        // when ours names groups at all).
+        let chosen = offered.iter().find(|p| p.number == number);
+        let ours_allow = |g: DhGroup| {
+            peer.esp_proposals
+                .iter()
+                .any(|p| p.dh.is_empty() || p.dh.contains(&g))
+        };
+        let mut pfs = None;
+        if let Some((group_id, data)) = ke {
+            let offered_group = chosen.is_some_and(|p| {
+                p.transforms
+                    .iter()
+                    .any(|t| t.kind == super::wire::transform::DH && t.id == group_id)
+            });
+            let Some(group) =
+                DhGroup::from_id(group_id).filter(|g| offered_group && ours_allow(*g))
+            else {
+                self.counters.invalid_ke += 1;
+                // Ask for a group the proposal offers and we support, if there is one.
+                let wanted = chosen.and_then(|p| {
+                    p.transforms
+                        .iter()
+                        .filter(|t| t.kind == super::wire::transform::DH)
+                        .filter_map(|t| DhGroup::from_id(t.id))
+                        .find(|g| ours_allow(*g))
+                });
+                match wanted {
+                    Some(g) => {
+                        let n = Payload::Notify(Notify::new(
+                            notify::INVALID_KE_PAYLOAD,
+                            g.id().to_be_bytes().to_vec(),
+                        ));
+                        self.send_response(
+                            id,
+                            exchange::CREATE_CHILD_SA,
+                            header.message_id,
+                            &[n],
+                            actions,
+                        );
+                    }
+                    None => refuse(self, notify::NO_PROPOSAL_CHOSEN, actions),
+                }
+                return;
+            };
+            let Ok((private, public)) = dh::generate(group, &self.rng) else {
+                return;
+            };
+            let Ok(shared) = private.agree(data) else {
+                refuse(self, notify::INVALID_SYNTAX, actions);
+                return;
+            };
+            pfs = Some((group, public, shared));
+        }
+        let narrowed_i = narrow(ts_i, &peer.remote_ts);
+        let narrowed_r = narrow(ts_r, &peer.local_ts);
+        if narrowed_i.is_empty() || narrowed_r.is_empty() {
+            self.counters.ts_unacceptable += 1;
+            refuse(self, notify::TS_UNACCEPTABLE, actions);
+            return;
+        }
+        let (Ok(our_spi), Ok(nonce_r)) = (self.new_child_spi(), self.nonce()) else {
+            return;
+        };
+        let mut answer = EspProposal::from_suite(&child_suite);
+        let mut out = Vec::new();
+        if let Some((group, public, _)) = &pfs {
+            answer.dh = vec![*group];
+            out.push(Payload::Sa(vec![answer.to_wire(number, our_spi, true)]));
+            out.push(Payload::Nonce(nonce_r.clone()));
+            out.push(Payload::Ke {
+                group: group.id(),
+                data: public.clone(),
+            });
+        } else {
+            out.push(Payload::Sa(vec![answer.to_wire(number, our_spi, false)]));
+            out.push(Payload::Nonce(nonce_r.clone()));
+        }
+        out.push(Payload::TsI(narrowed_i.clone()));
+        out.push(Payload::TsR(narrowed_r.clone()));
+        let exchange = ChildExchange {
+            nonce_i: nonce_i.clone(),
+            nonce_r,
+            pfs_shared: pfs.map(|(_, _, shared)| shared),
+            we_initiated: false,
+            our_spi,
+        };
+        if rekey.is_some() {
+            self.counters.child_sas_rekeyed += 1;
+        }
+        // Installed before the answer goes out (see `auth_request`).
+        self.install_child_with(
+            id,
+            &exchange,
+            peer_spi,
+            child_suite,
+            narrowed_r,
+            narrowed_i,
+            actions,
+        );
+        self.send_response(
+            id,
+            exchange::CREATE_CHILD_SA,
+            header.message_id,
+            &out,
+            actions,
+        );
+    }
+
+    /// The peer rekeys the IKE SA (RFC 7296 sections 1.3.2 and 2.18): a new IKE SA with the
+    /// SPIs of this exchange, keyed from the old SK_d and a fresh Diffie-Hellman secret, takes
+    /// over the CHILD_SAs; the peer then deletes the old one (which takes nothing with it).
+    #[allow(clippy::too_many_arguments)]
+    fn rekey_ike_request(
+        &mut self,
+        id: u64,
+        header: &Header,
+        offered: &[super::wire::Proposal],
+        nonce_i: &[u8],
+        ke: Option<(u16, &[u8])>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let answer_error = |engine: &mut Self, kind: u16, data: Vec<u8>, a: &mut Vec<Action>| {
+            let n = Payload::Notify(Notify::new(kind, data));
+            engine.send_response(id, exchange::CREATE_CHILD_SA, header.message_id, &[n], a);
+        };
+        let Some(sa) = self.sas.get(&id) else { return };
+        let (Some(old_suite), Some(old_keys)) = (sa.suite, sa.keys.as_ref()) else {
+            return;
+        };
+        let peer = &self.config.peers[sa.peer];
+        let Some((number, suite)) = proposal::select_ike(offered, &peer.ike_proposals) else {
+            self.counters.no_proposal_chosen += 1;
+            answer_error(self, notify::NO_PROPOSAL_CHOSEN, Vec::new(), actions);
+            return;
+        };
+        let peer_spi = offered
+            .iter()
+            .find(|p| p.number == number)
+            .and_then(|p| <[u8; 8]>::try_from(p.spi.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .filter(|&spi| spi != 0);
+        let Some(peer_spi) = peer_spi else {
+            answer_error(self, notify::INVALID_SYNTAX, Vec::new(), actions);
+            return;
+        };
+        let Some((_, ke_data)) = ke.filter(|(group, _)| *group == suite.dh.id()) else {
+            self.counters.invalid_ke += 1;
+            let group = suite.dh.id().to_be_bytes().to_vec();
+            answer_error(self, notify::INVALID_KE_PAYLOAD, group, actions);
+            return;
+        };
+        let Ok((private, public)) = dh::generate(suite.dh, &self.rng) else {
+            return;
+        };
+        let Ok(shared) = private.agree(ke_data) else {
+            answer_error(self, notify::INVALID_SYNTAX, Vec::new(), actions);
+            return;
+        };
+        let (Ok(our_spi), Ok(nonce_r)) = (self.new_spi(), self.nonce()) else {
+            return;
+        };
+        let Some(keys) = derive_rekeyed_ike_keys(
+            &suite,
+            old_suite.prf,
+            &old_keys.sk_d,
+            nonce_i,
+            &nonce_r,
+            &shared,
+            peer_spi,
+            our_spi,
+        ) else {
+            return;
+        };
+        let (Ok(tx), Ok(rx)) = (
+            SkCipher::new(
+                &self.backend,
+                suite.encryption,
+                suite.integrity,
+                &keys.sk_er,
+                &keys.sk_ar,
+            ),
+            SkCipher::new(
+                &self.backend,
+                suite.encryption,
+                suite.integrity,
+                &keys.sk_ei,
+                &keys.sk_ai,
+            ),
+        ) else {
+            return;
+        };
+        let response = [
+            Payload::Sa(vec![
+                IkeProposal::from_suite(&suite).to_wire(number, &our_spi.to_be_bytes())
+            ]),
+            Payload::Nonce(nonce_r.clone()),
+            Payload::Ke {
+                group: suite.dh.id(),
+                data: public,
+            },
+        ];
+        self.send_response(
+            id,
+            exchange::CREATE_CHILD_SA,
+            header.message_id,
+            &response,
+            actions,
+        );
+        let Some(old) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let children = std::mem::take(&mut old.children);
+        let new = IkeSa {
+            spi_i: peer_spi,
+            spi_r: our_spi,
+            initiator: false,
+            peer: old.peer,
+            state: IkeState::Established,
+            local: old.local,
+            remote: old.remote,
+            suite: Some(suite),
+            nonce_i: nonce_i.to_vec(),
+            nonce_r,
+            dh_group: suite.dh,
+            dh: None,
+            ke_public: Vec::new(),
+            keys: Some(keys),
+            tx: Some(tx),
+            rx: Some(rx),
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            cookie: None,
+            next_request_id: 0,
+            expected_peer_id: 0,
+            outstanding: None,
+            last_response: None,
+            iv_counter: 0,
+            nat: old.nat,
+            child_spi: old.child_spi,
+            children,
+            created: now,
+        };
+        let peer_name = self.peer_name(new.peer);
+        self.sas.insert(our_spi, new);
+        self.counters.ike_sas_rekeyed += 1;
+        actions.push(Action::Established {
+            ike_sa: IkeSaId(our_spi),
+            peer: peer_name,
+        });
     }
 
     // ---------------------------------------------------------------- INFORMATIONAL

@@ -26,11 +26,44 @@ pub fn derive_ike_keys(
     spi_i: u64,
     spi_r: u64,
 ) -> Option<IkeKeys> {
-    let prf = suite.prf;
     let mut nonces = Vec::with_capacity(nonce_i.len() + nonce_r.len());
     nonces.extend_from_slice(nonce_i);
     nonces.extend_from_slice(nonce_r);
-    let skeyseed = prf.compute(&nonces, &[shared.expose()]);
+    let skeyseed = suite.prf.compute(&nonces, &[shared.expose()]);
+    keys_from_skeyseed(suite, &skeyseed, nonces, spi_i, spi_r)
+}
+
+/// A rekeyed IKE SA (RFC 7296 section 2.18): SKEYSEED = prf(SK_d (old), g^ir (new) | Ni |
+/// Nr), with the old IKE SA's PRF (the exchange belongs to it); the rest as for a new SA,
+/// with the new SPIs and the new suite.
+#[allow(clippy::too_many_arguments)]
+pub fn derive_rekeyed_ike_keys(
+    suite: &IkeSuite,
+    old_prf: PrfAlgorithm,
+    old_sk_d: &SecretBytes,
+    nonce_i: &[u8],
+    nonce_r: &[u8],
+    shared: &SecretBytes,
+    spi_i: u64,
+    spi_r: u64,
+) -> Option<IkeKeys> {
+    let skeyseed = old_prf.compute(old_sk_d.expose(), &[shared.expose(), nonce_i, nonce_r]);
+    let mut nonces = Vec::with_capacity(nonce_i.len() + nonce_r.len());
+    nonces.extend_from_slice(nonce_i);
+    nonces.extend_from_slice(nonce_r);
+    keys_from_skeyseed(suite, &skeyseed, nonces, spi_i, spi_r)
+}
+
+/// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} = prf+(SKEYSEED, Ni | Nr | SPIi |
+/// SPIr); `nonces` is Ni | Nr.
+fn keys_from_skeyseed(
+    suite: &IkeSuite,
+    skeyseed: &SecretBytes,
+    nonces: Vec<u8>,
+    spi_i: u64,
+    spi_r: u64,
+) -> Option<IkeKeys> {
+    let prf = suite.prf;
     let mut seed = nonces;
     seed.extend_from_slice(&spi_i.to_be_bytes());
     seed.extend_from_slice(&spi_r.to_be_bytes());

@@ -1,4 +1,5 @@
 use super::*;
+use crate::crypto::PrfAlgorithm;
 use crate::crypto::SecretBytes;
 use crate::esp::{decapsulate, encapsulate, Direction, OuterHeader, Sa};
 use crate::ike::config::Identity;
@@ -575,4 +576,336 @@ proptest! {
         let _ = b.handle(truncated, B.parse().unwrap(), A.parse().unwrap(), now);
         let _ = b.handle_timeout(now + Duration::from_secs(60));
     }
+}
+
+/// A's side of a CREATE_CHILD_SA exchange, crafted here (the engine only answers them): the
+/// request to B on A's IKE SA, and the payloads of B's response.
+fn create_child(
+    p: &mut Pair,
+    id: IkeSaId,
+    request: &[Payload],
+) -> (Vec<Action>, Option<Vec<Payload>>) {
+    let sa = p.a.sas.get_mut(&id.0).unwrap();
+    let message_id = sa.next_request_id;
+    sa.next_request_id += 1;
+    sa.iv_counter += 1;
+    let header = sa.header(exchange::CREATE_CHILD_SA, message_id, false);
+    let bytes = seal_message(header, request, sa.tx.as_ref().unwrap(), sa.iv_counter).unwrap();
+    let (local, remote) = (sa.local, sa.remote);
+    let actions = p.b.handle(&bytes, remote, local, p.now);
+    let response = actions.iter().find_map(|a| match a {
+        Action::Send { bytes, .. } => Some(bytes.clone()),
+        _ => None,
+    });
+    let payloads = response.and_then(|bytes| {
+        let message = Message::parse(&bytes).ok()?;
+        assert!(message.header.is_response());
+        assert_eq!(message.header.message_id, message_id);
+        let Some(&Payload::Encrypted {
+            first_payload,
+            offset,
+        }) = message.payloads.last()
+        else {
+            return None;
+        };
+        let sa = p.a.sas.get(&id.0).unwrap();
+        open_message(&bytes, offset, first_payload, sa.rx.as_ref().unwrap()).ok()
+    });
+    (actions, payloads)
+}
+
+/// Regression (strongSwan interop): strongSwan rekeys CHILD_SAs with CREATE_CHILD_SA (by
+/// default every hour, with PFS when its ESP proposal names a group). The engine used to
+/// refuse with NO_ADDITIONAL_SAS, so the tunnel died at the old SA's hard lifetime.
+#[test]
+fn create_child_sa_rekeys_with_and_without_pfs() {
+    for pfs in [None, Some(DhGroup::Curve25519), Some(DhGroup::Modp2048)] {
+        let esp = match pfs {
+            Some(DhGroup::Modp2048) => "aes128-sha256-modp2048",
+            Some(_) => "aes128gcm16-x25519",
+            None => "aes128gcm16",
+        };
+        let mut p = pair("aes128gcm16-prfsha256-x25519", esp);
+        let id = p.connect();
+        let old = installs(&p.events_b)[0].clone();
+        let new_spi = 0x0bad_cafe_u32;
+        let nonce_i = vec![0x11u8; 32];
+        let proposal = EspProposal::parse(esp).unwrap();
+        let mut request = vec![
+            Payload::Notify(Notify {
+                protocol: protocol::ESP,
+                // The SPI A receives on: B's outbound.
+                spi: old.outbound.spi.to_be_bytes().to_vec(),
+                kind: notify::REKEY_SA,
+                data: Vec::new(),
+            }),
+            Payload::Sa(vec![proposal.to_wire(1, new_spi, pfs.is_some())]),
+            Payload::Nonce(nonce_i.clone()),
+        ];
+        let private = pfs.map(|group| {
+            let (private, public) = dh::generate(group, &ring::rand::SystemRandom::new()).unwrap();
+            request.push(Payload::Ke {
+                group: group.id(),
+                data: public,
+            });
+            private
+        });
+        request.push(Payload::TsI(vec![ts("198.18.0.0", "198.18.0.255")]));
+        request.push(Payload::TsR(vec![ts("198.19.0.0", "198.19.0.255")]));
+        let (actions, response) = create_child(&mut p, id, &request);
+        let response = response.expect("an encrypted response");
+        let install = installs(&actions)
+            .first()
+            .map(|i| (*i).clone())
+            .unwrap_or_else(|| panic!("{esp}: no new CHILD_SA: {response:?}"));
+        // B's answer: its new SPI, its nonce, its KE when PFS was asked for.
+        let answer_spi = response.iter().find_map(|p| match p {
+            Payload::Sa(s) => Some(u32::from_be_bytes(s[0].spi.clone().try_into().unwrap())),
+            _ => None,
+        });
+        assert_eq!(answer_spi, Some(install.inbound.spi));
+        assert_ne!(install.inbound.spi, old.inbound.spi, "a new SPI");
+        assert_eq!(install.outbound.spi, new_spi);
+        let nonce_r = response
+            .iter()
+            .find_map(|p| match p {
+                Payload::Nonce(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let shared = private.map(|private| {
+            let ke = response
+                .iter()
+                .find_map(|p| match p {
+                    Payload::Ke { data, .. } => Some(data.clone()),
+                    _ => None,
+                })
+                .expect("KEr with PFS");
+            private.agree(&ke).unwrap()
+        });
+        // A's keys, by RFC 7296 section 2.17: KEYMAT = prf+(SK_d, [g^ir] | Ni | Nr).
+        let sk_d = p.a.sk_d_for_test(id).unwrap();
+        let suite = proposal::select_esp(
+            &[proposal.to_wire(1, 1, false)],
+            std::slice::from_ref(&proposal),
+        )
+        .unwrap()
+        .2;
+        let (i2r, r2i) = derive_child_keys(
+            PrfAlgorithm::HmacSha256,
+            &sk_d,
+            shared.as_ref(),
+            &nonce_i,
+            &nonce_r,
+            &suite,
+        )
+        .unwrap();
+        assert_eq!(install.inbound.keys, i2r, "{esp}");
+        assert_eq!(install.outbound.keys, r2i, "{esp}");
+        // Both SAs live until A deletes the old one.
+        let b_sa = p.b.sas.values().next().unwrap();
+        assert_eq!(b_sa.children.len(), 2);
+    }
+}
+
+#[test]
+fn create_child_sa_refusals() {
+    let mut p = pair("aes128gcm16-prfsha256-x25519", "aes128gcm16");
+    let id = p.connect();
+    let request = |spi: u32, esp: &str| {
+        vec![
+            Payload::Notify(Notify {
+                protocol: protocol::ESP,
+                spi: spi.to_be_bytes().to_vec(),
+                kind: notify::REKEY_SA,
+                data: Vec::new(),
+            }),
+            Payload::Sa(vec![EspProposal::parse(esp)
+                .unwrap()
+                .to_wire(1, 0x1234, false)]),
+            Payload::Nonce(vec![1; 32]),
+            Payload::TsI(vec![ts("198.18.0.0", "198.18.0.255")]),
+            Payload::TsR(vec![ts("198.19.0.0", "198.19.0.255")]),
+        ]
+    };
+    let error = |payloads: Option<Vec<Payload>>| {
+        payloads.and_then(|ps| {
+            ps.iter().find_map(|p| match p {
+                Payload::Notify(n) if n.is_error() => Some(n.kind),
+                _ => None,
+            })
+        })
+    };
+    let known = installs(&p.events_b)[0].outbound.spi;
+    let (actions, response) = create_child(&mut p, id, &request(0xdead_beef, "aes128gcm16"));
+    assert!(installs(&actions).is_empty());
+    assert_eq!(error(response), Some(notify::CHILD_SA_NOT_FOUND));
+    let (actions, response) = create_child(&mut p, id, &request(known, "aes256-sha512"));
+    assert!(installs(&actions).is_empty());
+    assert_eq!(error(response), Some(notify::NO_PROPOSAL_CHOSEN));
+    // An IKE SA rekey without a KE payload: B asks for its group; the SA lives on.
+    let ike = IkeProposal::parse("aes128gcm16-prfsha256-x25519").unwrap();
+    let (_, response) = create_child(
+        &mut p,
+        id,
+        &[
+            Payload::Sa(vec![ike.to_wire(1, &[7; 8])]),
+            Payload::Nonce(vec![2; 32]),
+        ],
+    );
+    assert_eq!(error(response), Some(notify::INVALID_KE_PAYLOAD));
+    assert_eq!(p.b.sas().len(), 1);
+}
+
+/// Regression (strongSwan interop): strongSwan rekeys the IKE SA (by default every 4 hours);
+/// the engine refused with NO_ADDITIONAL_SAS and strongSwan deleted the IKE SA, with every
+/// tunnel, when its time ran out. Now the new IKE SA takes the CHILD_SAs over, the old one
+/// goes without them, and the new keys are the RFC 7296 section 2.18 ones.
+#[test]
+fn ike_sa_rekey_moves_the_child_sas_to_the_new_sa() {
+    let ike = "aes256-sha256-ecp256";
+    let mut p = pair(ike, "aes128gcm16");
+    let id = p.connect();
+    let child = installs(&p.events_b)[0].clone();
+    let proposal = IkeProposal::parse(ike).unwrap();
+    let new_spi_i = 0x1111_2222_3333_4444u64;
+    let nonce_i = vec![0x22u8; 32];
+    let (private, public) =
+        dh::generate(DhGroup::Ecp256, &ring::rand::SystemRandom::new()).unwrap();
+    let request = [
+        Payload::Sa(vec![proposal.to_wire(1, &new_spi_i.to_be_bytes())]),
+        Payload::Nonce(nonce_i.clone()),
+        Payload::Ke {
+            group: DhGroup::Ecp256.id(),
+            data: public,
+        },
+    ];
+    let (actions, response) = create_child(&mut p, id, &request);
+    let response = response.expect("an answer");
+    assert!(matches!(
+        actions
+            .iter()
+            .find(|a| matches!(a, Action::Established { .. })),
+        Some(Action::Established { .. })
+    ));
+    let (new_spi_r, nonce_r, ke_r) = {
+        let mut spi = None;
+        let mut nonce = None;
+        let mut ke = None;
+        for payload in &response {
+            match payload {
+                Payload::Sa(s) => {
+                    spi = Some(u64::from_be_bytes(s[0].spi.clone().try_into().unwrap()))
+                }
+                Payload::Nonce(n) => nonce = Some(n.clone()),
+                Payload::Ke { data, .. } => ke = Some(data.clone()),
+                _ => {}
+            }
+        }
+        (spi.unwrap(), nonce.unwrap(), ke.unwrap())
+    };
+    assert_eq!(p.b.sas().len(), 2, "old and new until the old is deleted");
+    // A's view of the new SA's keys.
+    let shared = private.agree(&ke_r).unwrap();
+    let old_sk_d = p.a.sk_d_for_test(id).unwrap();
+    let suite = proposal::select_ike(&[proposal.to_wire(1, &[])], std::slice::from_ref(&proposal))
+        .unwrap()
+        .1;
+    let keys = derive_rekeyed_ike_keys(
+        &suite,
+        PrfAlgorithm::HmacSha256,
+        &old_sk_d,
+        &nonce_i,
+        &nonce_r,
+        &shared,
+        new_spi_i,
+        new_spi_r,
+    )
+    .unwrap();
+    let backend = SoftwareBackend::new();
+    let tx = SkCipher::new(
+        &backend,
+        suite.encryption,
+        suite.integrity,
+        &keys.sk_ei,
+        &keys.sk_ai,
+    )
+    .unwrap();
+    let rx = SkCipher::new(
+        &backend,
+        suite.encryption,
+        suite.integrity,
+        &keys.sk_er,
+        &keys.sk_ar,
+    )
+    .unwrap();
+    // A deletes the old IKE SA: B closes it, and no CHILD_SA goes with it.
+    let delete = [Payload::Delete {
+        protocol: protocol::IKE,
+        spis: Vec::new(),
+    }];
+    let actions = request_on(&mut p, id, exchange::INFORMATIONAL, &delete);
+    assert!(actions.iter().any(|a| matches!(a, Action::Closed { .. })));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::DeleteChildSa { .. })));
+    assert_eq!(p.b.sas().len(), 1);
+    // A liveness check on the new SA, with the new keys: answered; then A deletes the
+    // CHILD_SA there, and B names its side of it.
+    let (a_local, b_local) = {
+        let sa = p.a.sas.get(&id.0).unwrap();
+        (sa.local, sa.remote)
+    };
+    let header = |message_id| Header {
+        spi_i: new_spi_i,
+        spi_r: new_spi_r,
+        next_payload: 0,
+        version: VERSION,
+        exchange: exchange::INFORMATIONAL,
+        flags: FLAG_INITIATOR,
+        message_id,
+        length: 0,
+    };
+    let bytes = seal_message(header(0), &[], &tx, 1).unwrap();
+    let out = p.b.handle(&bytes, b_local, a_local, p.now);
+    let answer = out.iter().find_map(|a| match a {
+        Action::Send { bytes, .. } => Some(bytes.clone()),
+        _ => None,
+    });
+    let answer = answer.expect("DPD answered on the new SA");
+    let message = Message::parse(&answer).unwrap();
+    let Some(&Payload::Encrypted {
+        first_payload,
+        offset,
+    }) = message.payloads.last()
+    else {
+        panic!("not encrypted");
+    };
+    assert!(
+        open_message(&answer, offset, first_payload, &rx).is_ok(),
+        "new keys agree"
+    );
+    let delete_child = [Payload::Delete {
+        protocol: protocol::ESP,
+        spis: vec![child.outbound.spi.to_be_bytes().to_vec()],
+    }];
+    let bytes = seal_message(header(1), &delete_child, &tx, 2).unwrap();
+    let out = p.b.handle(&bytes, b_local, a_local, p.now);
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::DeleteChildSa { inbound_spi, .. } if *inbound_spi == child.inbound.spi
+    )));
+    assert_eq!(p.b.counters().ike_sas_rekeyed, 1);
+}
+
+/// Sends a request of `exchange_type` on A's IKE SA `id` to B; B's actions.
+fn request_on(p: &mut Pair, id: IkeSaId, exchange_type: u8, request: &[Payload]) -> Vec<Action> {
+    let sa = p.a.sas.get_mut(&id.0).unwrap();
+    let message_id = sa.next_request_id;
+    sa.next_request_id += 1;
+    sa.iv_counter += 1;
+    let header = sa.header(exchange_type, message_id, false);
+    let bytes = seal_message(header, request, sa.tx.as_ref().unwrap(), sa.iv_counter).unwrap();
+    let (local, remote) = (sa.local, sa.remote);
+    p.b.handle(&bytes, remote, local, p.now)
 }

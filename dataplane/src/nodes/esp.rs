@@ -1,0 +1,588 @@
+//! `esp{4,6}-encrypt` and `esp{4,6}-decrypt`: IPsec ESP in tunnel mode (RFC 4303), with UDP
+//! encapsulation (RFC 3948) when the SA says so.
+//!
+//! They are spliced into the router graph by [`super::ipsec_router_graph`]:
+//!
+//! ```text
+//! ip4-lookup ─┬─(forward)─► esp4-encrypt ─┬─(no policy)──► ip4-rewrite
+//!             │                           └─(encrypted)──► ip4-lookup / ip6-lookup (outer)
+//!             └─(local)───► esp4-decrypt ─┬─(not ESP)────► ip4-local
+//!                                         └─(decrypted)──► ip4-input / ip6-input (inner)
+//! ```
+//!
+//! The encrypt node looks the forwarded packet up in the SPD ([`IpsecTables::outbound_for`]);
+//! a match goes into the tunnel: the inner TTL is decremented here (the tunnel is a hop), the
+//! outer header is built in the headroom and the padding and ICV in the tailroom, and the
+//! outer packet is routed again as this node's own (`local_origin`). IKE (UDP 500 and 4500)
+//! and ESP always bypass the SPD, so the outer packet passes on its second visit.
+//!
+//! The decrypt node takes ESP addressed to this node, raw (protocol 50) or in UDP to 4500
+//! with a non-zero first word (zero is the non-ESP marker of IKE, which goes on to
+//! `ip4-local` and the host stack), finds the SA by SPI, checks the replay window and the
+//! ICV, decrypts in place, checks the inner packet against the SA's selectors, and sends it
+//! to the input node of its family as `decapsulated`.
+//!
+//! Each node keeps the per-worker state of the SAs (prepared ciphers, sequence numbers,
+//! replay windows) by SPI. An SA's state is made on its first packet (the one allocation,
+//! once per SA) and dropped when the tables no longer name the SA.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use fnv::FnvBuildHasher;
+use switchyard_ipsec::crypto::SoftwareBackend;
+use switchyard_ipsec::esp::{self, Direction, EspError, ReplayError, Sa};
+
+use crate::buffer::PacketBuffer;
+use crate::fib::Route;
+use crate::graph::{Context, NextIndex, Node, Packet, DROP};
+use crate::ipsec_tables::{FlowSelector, IpsecTables, SaStats};
+use crate::tables::Tables;
+use crate::wire::{Ipv4Packet, Ipv6Packet};
+use crate::{family_node_info, node_errors};
+
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const PROTO_ESP: u8 = 50;
+const PROTO_SCTP: u8 = 132;
+const IKE_PORT: u16 = 500;
+const NAT_T_PORT: u16 = 4500;
+
+node_errors! {
+    pub enum EspEncryptError {
+        Encrypted = ("encrypted", "packets put into an ESP tunnel"),
+        TtlExpired = ("ttl_expired", "TTL or hop limit expired before encryption: ICMP sent"),
+        TooBig = ("too_big", "too big once encrypted and not to be fragmented: ICMP sent"),
+        NoRoute = ("no_route", "no route to the tunnel's far end: dropped"),
+        NoBuffer = ("no_buffer", "not enough headroom or tailroom for ESP: dropped"),
+        SaSetup = ("sa_setup", "the SA's keys could not be prepared: dropped"),
+        SequenceExhausted = ("sequence_exhausted", "SA out of sequence numbers (needs a rekey): dropped"),
+        Expired = ("expired", "SA past its hard lifetime: dropped"),
+        Failed = ("failed", "encryption failed: dropped"),
+    }
+}
+
+node_errors! {
+    pub enum EspDecryptError {
+        Decrypted = ("decrypted", "ESP packets decrypted"),
+        UnknownSpi = ("unknown_spi", "ESP with an SPI of no inbound SA: dropped"),
+        Replay = ("replay", "replayed or older than the replay window: dropped"),
+        IcvFailed = ("icv_failed", "integrity check failed: dropped"),
+        PolicyMismatch = ("policy_mismatch", "inner packet outside the SA's selectors: dropped"),
+        Malformed = ("malformed", "truncated or malformed ESP, bad padding: dropped"),
+        Fragment = ("fragment", "fragmented ESP (not reassembled here): dropped"),
+        Dummy = ("dummy", "dummy packets (next header 59): dropped"),
+        Expired = ("expired", "SA past its hard lifetime: dropped"),
+        SaSetup = ("sa_setup", "the SA's keys could not be prepared: dropped"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+enum EncryptNext {
+    Drop,
+    /// Not for a tunnel: on to the rewrite of the node's family.
+    Rewrite,
+    Lookup4,
+    Lookup6,
+    /// The ICMP error node of the node's family.
+    Error,
+}
+
+const ENCRYPT_NEXT4: &[&str] = &[
+    DROP,
+    "ip4-rewrite",
+    "ip4-lookup",
+    "ip6-lookup",
+    "icmp4-error",
+];
+const ENCRYPT_NEXT6: &[&str] = &[
+    DROP,
+    "ip6-rewrite",
+    "ip4-lookup",
+    "ip6-lookup",
+    "icmp6-error",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+enum DecryptNext {
+    Drop,
+    /// Not ESP: on to the local node of the node's family.
+    Local,
+    Input4,
+    Input6,
+}
+
+const DECRYPT_NEXT4: &[&str] = &[DROP, "ip4-local", "ip4-input", "ip6-input"];
+const DECRYPT_NEXT6: &[&str] = &[DROP, "ip6-local", "ip4-input", "ip6-input"];
+
+/// The per-worker state of SAs, by SPI, with the generation of the tables it follows.
+struct SaCache {
+    sas: HashMap<u32, Sa, FnvBuildHasher>,
+    generation: Option<u64>,
+    backend: SoftwareBackend,
+}
+
+impl Default for SaCache {
+    fn default() -> Self {
+        Self {
+            sas: HashMap::default(),
+            generation: None,
+            backend: SoftwareBackend::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SaCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaCache")
+            .field("sas", &self.sas.len())
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl SaCache {
+    /// Forgets every SA (the tables have no IPsec part any more).
+    fn forget_all(&mut self) {
+        if self.generation.is_some() {
+            self.sas.clear();
+            self.generation = None;
+        }
+    }
+
+    /// Forgets SAs the new tables no longer have.
+    fn follow(&mut self, tables: &IpsecTables, outbound: bool) {
+        if self.generation == Some(tables.generation) {
+            return;
+        }
+        self.generation = Some(tables.generation);
+        if outbound {
+            self.sas
+                .retain(|spi, _| tables.outbound.iter().any(|p| p.sa.spi == *spi));
+        } else {
+            self.sas
+                .retain(|spi, _| tables.inbound_by_spi(*spi).is_some());
+        }
+    }
+}
+
+/// The encrypt node of IPv4 (`V6 = false`) or IPv6.
+#[derive(Debug, Default)]
+pub struct EspEncrypt<const V6: bool> {
+    cache: SaCache,
+}
+
+/// `esp4-encrypt`.
+pub type Esp4Encrypt = EspEncrypt<false>;
+/// `esp6-encrypt`.
+pub type Esp6Encrypt = EspEncrypt<true>;
+
+/// The decrypt node of IPv4 (`V6 = false`) or IPv6.
+#[derive(Debug, Default)]
+pub struct EspDecrypt<const V6: bool> {
+    cache: SaCache,
+}
+
+/// `esp4-decrypt`.
+pub type Esp4Decrypt = EspDecrypt<false>;
+/// `esp6-decrypt`.
+pub type Esp6Decrypt = EspDecrypt<true>;
+
+/// The addresses, protocol, transport ports and payload offset of an IP packet; `None`
+/// when it is not a well-formed IPv4/IPv6 packet. IPv6 extension headers are not walked
+/// (the protocol is then the first next header, as a transit router sees it).
+fn flow_of(data: &[u8]) -> Option<(FlowSelector, usize, bool)> {
+    let (src, dst, proto, l4, first_fragment) = match data.first()? >> 4 {
+        4 => {
+            let h = data.get(..20)?;
+            let ihl = usize::from(h[0] & 0x0f) * 4;
+            let offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+            (
+                IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
+                IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
+                h[9],
+                ihl,
+                offset == 0,
+            )
+        }
+        6 => {
+            let h = data.get(..40)?;
+            let mut s = [0u8; 16];
+            s.copy_from_slice(&h[8..24]);
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&h[24..40]);
+            (
+                IpAddr::V6(Ipv6Addr::from(s)),
+                IpAddr::V6(Ipv6Addr::from(d)),
+                h[6],
+                40,
+                true,
+            )
+        }
+        _ => return None,
+    };
+    let ports = match proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP if first_fragment => data.get(l4..l4 + 4).map(|p| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
+        }),
+        _ => None,
+    };
+    let (src_port, dst_port) = ports.unwrap_or((0, 0));
+    Some((
+        FlowSelector {
+            src,
+            dst,
+            proto,
+            src_port,
+            dst_port,
+        },
+        l4,
+        first_fragment,
+    ))
+}
+
+/// IKE and ESP never go through the SPD (RFC 4301 section 5.1: IKE bypasses; ESP that we
+/// made must not be encrypted again).
+#[inline]
+fn bypasses_spd(flow: &FlowSelector) -> bool {
+    flow.proto == PROTO_ESP
+        || (flow.proto == PROTO_UDP
+            && [IKE_PORT, NAT_T_PORT]
+                .iter()
+                .any(|p| flow.src_port == *p || flow.dst_port == *p))
+}
+
+/// The MTU of the link towards `dst`.
+fn mtu_towards(tables: &Tables, dst: IpAddr) -> Option<u16> {
+    let port = match tables.fib.lookup(dst)? {
+        Route::Attached { port } => *port,
+        Route::Via(hops) => hops.first()?.port,
+        Route::Local => return Some(u16::MAX),
+        _ => return None,
+    };
+    tables.interface(port).map(|i| i.mtu)
+}
+
+impl<B: PacketBuffer, const V6: bool> Node<B> for EspEncrypt<V6> {
+    family_node_info!(
+        EspEncryptError,
+        "esp4-encrypt",
+        ENCRYPT_NEXT4,
+        "esp6-encrypt",
+        ENCRYPT_NEXT6
+    );
+
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let Some(ipsec) = cx.tables.ipsec.clone() else {
+            self.cache.forget_all();
+            next.fill(EncryptNext::Rewrite as NextIndex);
+            return;
+        };
+        self.cache.follow(&ipsec, true);
+        if ipsec.outbound.is_empty() {
+            next.fill(EncryptNext::Rewrite as NextIndex);
+            return;
+        }
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = self.encrypt(cx, &ipsec, pkt) as NextIndex;
+        }
+    }
+}
+
+impl<const V6: bool> EspEncrypt<V6> {
+    fn encrypt<B: PacketBuffer>(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+    ) -> EncryptNext {
+        let Some((flow, _, _)) = flow_of(pkt.buf.data()) else {
+            return EncryptNext::Rewrite;
+        };
+        if bypasses_spd(&flow) {
+            return EncryptNext::Rewrite;
+        }
+        let Some(policy) = ipsec.outbound_for(&flow) else {
+            return EncryptNext::Rewrite;
+        };
+        let outer = policy.outer;
+        let Some(mtu) = mtu_towards(cx.tables, outer.dst) else {
+            cx.error(EspEncryptError::NoRoute);
+            return EncryptNext::Drop;
+        };
+        let sa = match self.cache.sas.entry(policy.sa.spi) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                match Sa::new(&self.cache.backend, &policy.sa, Direction::Outbound, cx.now) {
+                    Ok(sa) => e.insert(sa),
+                    Err(_) => {
+                        cx.error(EspEncryptError::SaSetup);
+                        return EncryptNext::Drop;
+                    }
+                }
+            }
+        };
+        let inner_len = pkt.buf.len();
+        let head = outer.len() + 8 + sa.suite().iv_len();
+        let suite = sa.suite();
+        let block = suite.block_len();
+        let encrypted_len = head + (inner_len + 2).div_ceil(block) * block + suite.icv_len();
+        let data = pkt.buf.data_mut();
+        let inner_v6 = !flow.src.is_ipv4();
+        if encrypted_len > usize::from(mtu) {
+            let may_fragment = !inner_v6 && data.get(6).is_some_and(|b| b & 0x40 == 0);
+            if !may_fragment {
+                cx.error(EspEncryptError::TooBig);
+                let room = u32::from(mtu).saturating_sub((encrypted_len - inner_len) as u32);
+                // Leave room for the padding to the next block too.
+                let inner_mtu = room.saturating_sub(block as u32 - 1);
+                pkt.meta.icmp_error = Some(if inner_v6 {
+                    (2, 0, inner_mtu.max(1280))
+                } else {
+                    (3, 4, inner_mtu)
+                });
+                return EncryptNext::Error;
+            }
+        }
+        // The tunnel is a hop: the inner TTL goes down here, as a router's would.
+        if !pkt.meta.local_origin {
+            let expired = if inner_v6 {
+                let mut ip = Ipv6Packet::new_unchecked(&mut data[..]);
+                ip.hop_limit() <= 1 || {
+                    ip.decrement_hop_limit();
+                    false
+                }
+            } else {
+                let mut ip = Ipv4Packet::new_unchecked(&mut data[..]);
+                ip.ttl() <= 1 || {
+                    ip.decrement_ttl();
+                    false
+                }
+            };
+            if expired {
+                cx.error(EspEncryptError::TtlExpired);
+                pkt.meta.icmp_error = Some(if inner_v6 { (3, 0, 0) } else { (11, 0, 0) });
+                return EncryptNext::Error;
+            }
+        }
+        let tail = sa.esp_overhead();
+        if !pkt.buf.push_front(head) {
+            cx.error(EspEncryptError::NoBuffer);
+            return EncryptNext::Drop;
+        }
+        if !pkt.buf.push_back(tail) {
+            cx.error(EspEncryptError::NoBuffer);
+            return EncryptNext::Drop;
+        }
+        let result = esp::encapsulate_in_place(
+            sa,
+            pkt.buf.data_mut(),
+            head..head + inner_len,
+            &outer,
+            cx.now,
+        );
+        let range = match result {
+            Ok(r) => r,
+            Err(e) => {
+                cx.error(match e {
+                    EspError::SequenceExhausted => EspEncryptError::SequenceExhausted,
+                    EspError::Expired => EspEncryptError::Expired,
+                    EspError::BufferTooSmall => EspEncryptError::NoBuffer,
+                    _ => EspEncryptError::Failed,
+                });
+                SaStats::add(&policy.stats.other_drops, 1);
+                return EncryptNext::Drop;
+            }
+        };
+        pkt.buf.pull_front(range.start);
+        pkt.buf.truncate(range.end - range.start);
+        if range.end - range.start > usize::from(mtu) {
+            // The inner packet allowed fragmentation: so does the outer one (RFC 4459's
+            // post-encryption fragmentation; the peer reassembles).
+            let data = pkt.buf.data_mut();
+            if outer.src.is_ipv4() && data.len() >= 20 {
+                data[6] &= !0x40;
+                Ipv4Packet::new_unchecked(&mut data[..]).fill_checksum();
+            }
+        }
+        SaStats::add(&policy.stats.packets, 1);
+        SaStats::add(&policy.stats.bytes, inner_len as u64);
+        cx.error(EspEncryptError::Encrypted);
+        if pkt.meta.trace != 0 {
+            cx.trace(
+                &pkt.meta,
+                format_args!(
+                    "{} > {}: ESP spi {:08x} to {}",
+                    flow.src, flow.dst, policy.sa.spi, outer.dst
+                ),
+            );
+        }
+        pkt.meta.local_origin = true;
+        pkt.meta.decapsulated = false;
+        if outer.dst.is_ipv4() {
+            EncryptNext::Lookup4
+        } else {
+            EncryptNext::Lookup6
+        }
+    }
+}
+
+impl<B: PacketBuffer, const V6: bool> Node<B> for EspDecrypt<V6> {
+    family_node_info!(
+        EspDecryptError,
+        "esp4-decrypt",
+        DECRYPT_NEXT4,
+        "esp6-decrypt",
+        DECRYPT_NEXT6
+    );
+
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let Some(ipsec) = cx.tables.ipsec.clone() else {
+            self.cache.forget_all();
+            next.fill(DecryptNext::Local as NextIndex);
+            return;
+        };
+        self.cache.follow(&ipsec, false);
+        if ipsec.inbound.is_empty() {
+            next.fill(DecryptNext::Local as NextIndex);
+            return;
+        }
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = self.decrypt(cx, &ipsec, pkt) as NextIndex;
+        }
+    }
+}
+
+/// Where the ESP header starts, if the packet is ESP addressed to this node (raw, or in UDP
+/// to the NAT-T port and not behind the non-ESP marker); and whether it is a fragment.
+fn esp_offset(tables: &Tables, data: &[u8]) -> Option<(usize, bool)> {
+    let (flow, l4, first_fragment) = flow_of(data)?;
+    let local = match flow.dst {
+        IpAddr::V4(a) => tables.is_local_ipv4(a),
+        IpAddr::V6(a) => tables.is_local_ipv6(a),
+    };
+    if !local {
+        return None;
+    }
+    let fragment = match flow.src {
+        IpAddr::V4(_) => {
+            !first_fragment || data.get(6).is_some_and(|b| b & 0x20 != 0) // MF
+        }
+        IpAddr::V6(_) => false,
+    };
+    match flow.proto {
+        PROTO_ESP => Some((l4, fragment)),
+        PROTO_UDP if fragment => None, // the host reassembles IKE; ESP in fragments: see below
+        PROTO_UDP if flow.dst_port == NAT_T_PORT => {
+            let esp = data.get(l4 + 8..)?;
+            // The non-ESP marker (IKE) and one-byte keepalives are the host's.
+            (esp.len() >= 8 && esp[..4] != [0, 0, 0, 0]).then_some((l4 + 8, false))
+        }
+        _ => None,
+    }
+}
+
+impl<const V6: bool> EspDecrypt<V6> {
+    fn decrypt<B: PacketBuffer>(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+    ) -> DecryptNext {
+        let Some((esp_at, fragment)) = esp_offset(cx.tables, pkt.buf.data()) else {
+            return DecryptNext::Local;
+        };
+        if fragment {
+            cx.error(EspDecryptError::Fragment);
+            return DecryptNext::Drop;
+        }
+        let data = pkt.buf.data();
+        let Some(spi) = data
+            .get(esp_at..esp_at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            cx.error(EspDecryptError::Malformed);
+            return DecryptNext::Drop;
+        };
+        let Some(entry) = ipsec.inbound_by_spi(spi) else {
+            cx.error(EspDecryptError::UnknownSpi);
+            return DecryptNext::Drop;
+        };
+        let sa = match self.cache.sas.entry(spi) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                match Sa::new(&self.cache.backend, &entry.sa, Direction::Inbound, cx.now) {
+                    Ok(sa) => e.insert(sa),
+                    Err(_) => {
+                        cx.error(EspDecryptError::SaSetup);
+                        return DecryptNext::Drop;
+                    }
+                }
+            }
+        };
+        let stats = &entry.stats;
+        let d = match esp::decapsulate(sa, pkt.buf.data_mut(), cx.now) {
+            Ok(d) => d,
+            Err(e) => {
+                let (error, counter) = match e {
+                    EspError::Replay(ReplayError::Duplicate | ReplayError::TooOld) => {
+                        (EspDecryptError::Replay, &stats.replay_drops)
+                    }
+                    EspError::Authentication => (EspDecryptError::IcvFailed, &stats.auth_failures),
+                    EspError::Expired => (EspDecryptError::Expired, &stats.other_drops),
+                    EspError::Dummy => (EspDecryptError::Dummy, &stats.other_drops),
+                    EspError::UnknownSpi(_) => (EspDecryptError::UnknownSpi, &stats.other_drops),
+                    _ => (EspDecryptError::Malformed, &stats.other_drops),
+                };
+                cx.error(error);
+                SaStats::add(counter, 1);
+                if pkt.meta.trace != 0 {
+                    cx.trace(&pkt.meta, format_args!("ESP spi {spi:08x}: {e}"));
+                }
+                return DecryptNext::Drop;
+            }
+        };
+        pkt.buf.pull_front(d.inner.start);
+        pkt.buf.truncate(d.inner.end - d.inner.start);
+        // The inner packet must be one the SA was negotiated for (RFC 4301 section 5.2).
+        let Some((flow, _, _)) = flow_of(pkt.buf.data()) else {
+            cx.error(EspDecryptError::Malformed);
+            SaStats::add(&stats.other_drops, 1);
+            return DecryptNext::Drop;
+        };
+        let allowed = entry.remote_ts.iter().any(|ts| {
+            crate::ipsec_tables::selector_matches(ts, flow.src, flow.proto, flow.src_port)
+        }) && entry.local_ts.iter().any(|ts| {
+            crate::ipsec_tables::selector_matches(ts, flow.dst, flow.proto, flow.dst_port)
+        });
+        if !allowed {
+            cx.error(EspDecryptError::PolicyMismatch);
+            SaStats::add(&stats.policy_drops, 1);
+            return DecryptNext::Drop;
+        }
+        SaStats::add(&stats.packets, 1);
+        SaStats::add(&stats.bytes, pkt.buf.len() as u64);
+        cx.error(EspDecryptError::Decrypted);
+        if pkt.meta.trace != 0 {
+            cx.trace(
+                &pkt.meta,
+                format_args!(
+                    "ESP spi {spi:08x} seq {} from {}: {} > {}",
+                    d.sequence, d.outer_src, flow.src, flow.dst
+                ),
+            );
+        }
+        pkt.meta.decapsulated = true;
+        pkt.meta.local_origin = false;
+        if flow.src.is_ipv4() {
+            DecryptNext::Input4
+        } else {
+            DecryptNext::Input6
+        }
+    }
+}

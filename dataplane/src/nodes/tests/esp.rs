@@ -1,0 +1,495 @@
+//! ESP in the graph: the encrypt node's output against the ipsec crate's own encapsulation,
+//! the decrypt node on what the ipsec crate encapsulates, anti-replay, ICV failures, policy
+//! checks, and that IKE still reaches the node's local path.
+
+use std::sync::Arc;
+
+use switchyard_ipsec::crypto::{AeadAlgorithm, CbcAlgorithm, MacAlgorithm, SecretBytes};
+use switchyard_ipsec::esp::{
+    self, Direction, EspKeys, EspSuite, Lifetime, OuterHeader, Sa, SaConfig,
+};
+use switchyard_ipsec::ike::wire::TrafficSelector;
+
+use super::*;
+use crate::fib::Route;
+use crate::ipsec_tables::{InboundSa, IpsecTables, OutboundPolicy};
+use crate::nodes::ipsec_router_graph;
+
+const LOCAL: &str = "198.18.2.1"; // the router's address on s0: our tunnel end
+const PEER: &str = "198.18.2.2"; // the server: the peer's tunnel end
+const CLIENT: &str = "198.18.1.2"; // behind us
+const REMOTE_HOST: &str = "203.0.113.2"; // behind the peer
+const OUT_SPI: u32 = 0xc0ff_ee01;
+const IN_SPI: u32 = 0xc0ff_ee02;
+
+fn ts(start: &str, end: &str) -> TrafficSelector {
+    TrafficSelector {
+        protocol: 0,
+        start_port: 0,
+        end_port: 65535,
+        start: start.parse().unwrap(),
+        end: end.parse().unwrap(),
+    }
+}
+
+/// Fixed keys, so the outputs are reproducible.
+fn config(spi: u32, suite: EspSuite, seed: u8) -> SaConfig {
+    let (enc_len, int_len) = match suite {
+        EspSuite::Gcm(a) => (a.key_len() + AeadAlgorithm::SALT_LEN, 0),
+        EspSuite::CbcHmac(c, m) => (c.key_len(), m.key_len()),
+    };
+    let bytes = |n: usize, k: u8| (0..n).map(|i| (i as u8).wrapping_mul(7) ^ k).collect();
+    SaConfig {
+        spi,
+        suite,
+        keys: EspKeys {
+            encryption: SecretBytes::new(bytes(enc_len, seed)),
+            integrity: SecretBytes::new(bytes(int_len, seed ^ 0x5a)),
+        },
+        esn: false,
+        replay_window: 64,
+        lifetime: Lifetime::default(),
+    }
+}
+
+const GCM: EspSuite = EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16);
+const CBC: EspSuite = EspSuite::CbcHmac(CbcAlgorithm::Aes256Cbc, MacAlgorithm::HmacSha256_128);
+
+fn outer(udp: bool, from_peer: bool) -> OuterHeader {
+    let (src, dst) = if from_peer {
+        (PEER, LOCAL)
+    } else {
+        (LOCAL, PEER)
+    };
+    let o = OuterHeader::new(src.parse().unwrap(), dst.parse().unwrap());
+    if udp {
+        o.with_udp(4500, 4500)
+    } else {
+        o
+    }
+}
+
+/// A rig with the IPsec graph, a route to the peer's subnet and one tunnel.
+fn rig(suite: EspSuite, udp: bool) -> Rig {
+    let mut r = Rig {
+        graph: ipsec_router_graph(2).unwrap(),
+        ..Rig::new()
+    };
+    r.tables.fib.insert(
+        "203.0.113.0/24".parse().unwrap(),
+        Route::Attached { port: 1 },
+    );
+    r.learn_client_and_server();
+    // Packets that stay in the clear go to the peer's subnet on-link.
+    r.state
+        .neighbors
+        .insert_permanent(1, v4(REMOTE_HOST).into(), SERVER_MAC);
+    let local_ts = vec![ts("198.18.1.0", "198.18.1.255")];
+    let remote_ts = vec![ts("203.0.113.0", "203.0.113.255")];
+    r.tables.ipsec = Some(Arc::new(IpsecTables {
+        generation: 1,
+        outbound: vec![OutboundPolicy {
+            local_ts: local_ts.clone(),
+            remote_ts: remote_ts.clone(),
+            sa: config(OUT_SPI, suite, 1),
+            outer: outer(udp, false),
+            stats: Arc::default(),
+        }],
+        inbound: vec![InboundSa {
+            sa: config(IN_SPI, suite, 2),
+            local: LOCAL.parse().unwrap(),
+            local_ts,
+            remote_ts,
+            stats: Arc::default(),
+        }],
+    }));
+    r
+}
+
+fn ipsec(r: &Rig) -> &IpsecTables {
+    r.tables.ipsec.as_deref().unwrap()
+}
+
+fn echo(src: &str, dst: &str, ttl: u8, len: usize) -> Vec<u8> {
+    ipv4(
+        v4(src),
+        v4(dst),
+        IpProtocol::ICMP,
+        ttl,
+        true,
+        &icmp_echo(8, len),
+    )
+}
+
+/// What the peer sends: `inner` encrypted under our inbound SA by the ipsec crate.
+fn from_peer(peer_sa: &mut Sa, inner: &[u8], udp: bool) -> Vec<u8> {
+    esp::encapsulate(peer_sa, inner, &outer(udp, true), 0).unwrap()
+}
+
+fn peer_outbound(suite: EspSuite) -> Sa {
+    Sa::new(
+        &switchyard_ipsec::crypto::SoftwareBackend::new(),
+        &config(IN_SPI, suite, 2),
+        Direction::Outbound,
+        0,
+    )
+    .unwrap()
+}
+
+fn peer_inbound(suite: EspSuite) -> Sa {
+    Sa::new(
+        &switchyard_ipsec::crypto::SoftwareBackend::new(),
+        &config(OUT_SPI, suite, 1),
+        Direction::Inbound,
+        0,
+    )
+    .unwrap()
+}
+
+#[test]
+fn encrypts_what_the_policy_selects_as_the_ipsec_crate_would() {
+    for (suite, udp) in [(GCM, true), (CBC, true), (GCM, false), (CBC, false)] {
+        let mut r = rig(suite, udp);
+        let inner = echo(CLIENT, REMOTE_HOST, 64, 100);
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &inner));
+        assert_eq!(out.len(), 1, "{suite:?} udp={udp}: one frame out");
+        let (port, frame) = &out[0];
+        assert_eq!(*port, 1);
+        assert_eq!(&frame[..6], &SERVER_MAC, "to the peer's MAC");
+        let outer_ip = &frame[14..];
+        // Known answer: the ipsec crate encapsulating the same packet (TTL already taken
+        // down by the tunnel hop) with the same SA gives the same bytes.
+        let mut hop = inner.clone();
+        Ipv4Packet::new_unchecked(&mut hop[..]).decrement_ttl();
+        let mut reference = Sa::new(
+            &switchyard_ipsec::crypto::SoftwareBackend::new(),
+            &config(OUT_SPI, suite, 1),
+            Direction::Outbound,
+            0,
+        )
+        .unwrap();
+        let expected = esp::encapsulate(&mut reference, &hop, &outer(udp, false), 0).unwrap();
+        assert_eq!(outer_ip, &expected[..], "{suite:?} udp={udp}");
+        let ip = ip4_of(frame);
+        assert_eq!(ip.src_addr(), v4(LOCAL));
+        assert_eq!(ip.dst_addr(), v4(PEER));
+        assert_eq!(ip.protocol().0, if udp { 17 } else { 50 });
+        // And the peer can read it.
+        let mut packet = outer_ip.to_vec();
+        let d = esp::decapsulate(&mut peer_inbound(suite), &mut packet, 0).unwrap();
+        assert_eq!(d.spi, OUT_SPI);
+        assert_eq!(d.sequence, 1);
+        assert_eq!(&packet[d.inner], &hop[..]);
+        assert_eq!(r.count("esp4-encrypt", "encrypted"), 1);
+        let stats = ipsec(&r).outbound[0].stats.snapshot();
+        assert_eq!((stats.packets, stats.bytes), (1, inner.len() as u64));
+        // The next packet takes the next sequence number.
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &inner));
+        let mut packet = out[0].1[14..].to_vec();
+        let d = esp::decapsulate(&mut peer_inbound(suite), &mut packet, 0).unwrap();
+        assert_eq!(d.sequence, 2);
+    }
+}
+
+#[test]
+fn traffic_outside_the_policy_and_ike_are_routed_in_the_clear() {
+    let mut r = rig(GCM, true);
+    // To the server itself: not in the remote selectors.
+    let plain = echo(CLIENT, SERVER_V4, 64, 10);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &plain));
+    assert_eq!(out.len(), 1);
+    assert_eq!(ip4_of(&out[0].1).protocol(), IpProtocol::ICMP);
+    // IKE between the selectors' hosts (odd, but IKE always bypasses the SPD).
+    let udp = udp4(CLIENT, REMOTE_HOST, 500, 500, b"ike");
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &udp));
+    assert_eq!(out.len(), 1);
+    assert_eq!(ip4_of(&out[0].1).dst_addr(), v4(REMOTE_HOST));
+    assert_eq!(ip4_of(&out[0].1).protocol(), IpProtocol::UDP);
+    assert_eq!(r.count("esp4-encrypt", "encrypted"), 0);
+}
+
+const SERVER_V4: &str = "198.18.2.2";
+
+fn udp4(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    ipv4(v4(src), v4(dst), IpProtocol::UDP, 64, false, &u)
+}
+
+#[test]
+fn decrypts_esp_for_the_node_and_forwards_the_inner_packet() {
+    for (suite, udp) in [(GCM, true), (CBC, true), (GCM, false), (CBC, false)] {
+        let mut r = rig(suite, udp);
+        let mut peer = peer_outbound(suite);
+        let inner = echo(REMOTE_HOST, CLIENT, 64, 60);
+        let esp = from_peer(&mut peer, &inner, udp);
+        let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &esp));
+        assert_eq!(
+            out.len(),
+            1,
+            "{suite:?} udp={udp}: the inner packet comes out"
+        );
+        let (port, frame) = &out[0];
+        assert_eq!(*port, 0);
+        assert_eq!(&frame[..6], &CLIENT_MAC);
+        let ip = ip4_of(frame);
+        assert_eq!(ip.src_addr(), v4(REMOTE_HOST));
+        assert_eq!(ip.dst_addr(), v4(CLIENT));
+        assert_eq!(ip.ttl(), 63, "forwarded: one hop");
+        assert_eq!(&frame[14 + 20..], &inner[20..], "payload unchanged");
+        assert_eq!(r.count("esp4-decrypt", "decrypted"), 1);
+        let stats = ipsec(&r).inbound[0].stats.snapshot();
+        assert_eq!((stats.packets, stats.bytes), (1, inner.len() as u64));
+    }
+}
+
+#[test]
+fn replayed_esp_is_dropped_and_counted() {
+    let mut r = rig(GCM, true);
+    let mut peer = peer_outbound(GCM);
+    let first = from_peer(&mut peer, &echo(REMOTE_HOST, CLIENT, 64, 10), true);
+    let second = from_peer(&mut peer, &echo(REMOTE_HOST, CLIENT, 64, 11), true);
+    assert_eq!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &second)).len(), 1);
+    // Out of order but inside the window: accepted.
+    assert_eq!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &first)).len(), 1);
+    // Either again: replays.
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &first)).is_empty());
+    assert!(r
+        .send(1, &eth(MAC1, SERVER_MAC, 0x0800, &second))
+        .is_empty());
+    assert_eq!(r.count("esp4-decrypt", "decrypted"), 2);
+    assert_eq!(r.count("esp4-decrypt", "replay"), 2);
+    assert_eq!(ipsec(&r).inbound[0].stats.snapshot().replay_drops, 2);
+}
+
+#[test]
+fn icv_failure_is_dropped_and_counted_and_does_not_move_the_window() {
+    for suite in [GCM, CBC] {
+        let mut r = rig(suite, true);
+        let mut peer = peer_outbound(suite);
+        let good = from_peer(&mut peer, &echo(REMOTE_HOST, CLIENT, 64, 30), true);
+        let mut bad = good.clone();
+        let at = bad.len() - 20; // in the ciphertext or the ICV
+        bad[at] ^= 0x01;
+        assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &bad)).is_empty());
+        assert_eq!(r.count("esp4-decrypt", "icv_failed"), 1, "{suite:?}");
+        assert_eq!(ipsec(&r).inbound[0].stats.snapshot().auth_failures, 1);
+        // The genuine packet with the same sequence number still gets through.
+        assert_eq!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &good)).len(), 1);
+    }
+}
+
+#[test]
+fn unknown_spi_and_foreign_inner_packets_are_dropped() {
+    let mut r = rig(GCM, true);
+    // An SA we do not have.
+    let mut stranger = Sa::new(
+        &switchyard_ipsec::crypto::SoftwareBackend::new(),
+        &config(0x1234_5678, GCM, 2),
+        Direction::Outbound,
+        0,
+    )
+    .unwrap();
+    let esp = from_peer(&mut stranger, &echo(REMOTE_HOST, CLIENT, 64, 10), true);
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &esp)).is_empty());
+    assert_eq!(r.count("esp4-decrypt", "unknown_spi"), 1);
+    // The right SA, but the inner source is not behind the peer.
+    let mut peer = peer_outbound(GCM);
+    let esp = from_peer(&mut peer, &echo("198.19.9.9", CLIENT, 64, 10), true);
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &esp)).is_empty());
+    assert_eq!(r.count("esp4-decrypt", "policy_mismatch"), 1);
+    assert_eq!(ipsec(&r).inbound[0].stats.snapshot().policy_drops, 1);
+}
+
+#[test]
+fn ike_on_the_nat_t_port_goes_to_the_local_path() {
+    let mut r = rig(GCM, true);
+    // Non-ESP marker: IKE, the host's (without a punt path the node refuses the port).
+    let ike = udp4(
+        PEER,
+        LOCAL,
+        4500,
+        4500,
+        &[0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+    );
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &ike));
+    assert_eq!(out.len(), 1, "port unreachable back to the peer");
+    assert_eq!(r.count("ip4-local", "port_unreachable"), 1);
+    assert_eq!(r.count("esp4-decrypt", "decrypted"), 0);
+    // With the punt path on, the same packet goes to the host.
+    r.tables.punt_to_host = true;
+    r.graph.receive(Packet::received(
+        HeapBuffer::from_bytes(&eth(MAC1, SERVER_MAC, 0x0800, &ike)),
+        1,
+    ));
+    r.graph.dispatch(&r.tables, &mut r.state, r.now);
+    assert_eq!(r.graph.punt.len(), 1);
+}
+
+#[test]
+fn too_big_for_the_tunnel_with_df_draws_frag_needed() {
+    let mut r = rig(GCM, true);
+    // s0's MTU is 1400: a 1380-byte inner packet with DF does not fit once encrypted.
+    let inner = echo(CLIENT, REMOTE_HOST, 64, 1380 - 28);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &inner));
+    assert_eq!(out.len(), 1);
+    let (port, frame) = &out[0];
+    assert_eq!(*port, 0, "back to the client");
+    let ip = ip4_of(frame);
+    assert_eq!(ip.protocol(), IpProtocol::ICMP);
+    let icmp = ip.payload();
+    assert_eq!((icmp[0], icmp[1]), (3, 4));
+    let mtu = u16::from_be_bytes([icmp[6], icmp[7]]);
+    assert!(mtu < 1400 - 50 && mtu > 1300, "next-hop MTU {mtu}");
+    assert_eq!(r.count("esp4-encrypt", "too_big"), 1);
+    // A packet of that size fits.
+    let fits = echo(CLIENT, REMOTE_HOST, 64, usize::from(mtu) - 28);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &fits));
+    assert_eq!(out[0].0, 1, "into the tunnel");
+    assert!(out[0].1.len() - 14 <= 1400);
+}
+
+#[test]
+fn without_sas_the_ipsec_graph_routes_like_the_plain_one() {
+    let mut r = Rig {
+        graph: ipsec_router_graph(2).unwrap(),
+        ..Rig::new()
+    };
+    r.learn_client_and_server();
+    let ping = echo(CLIENT, SERVER_V4, 64, 10);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ping));
+    assert_eq!(out.len(), 1);
+    assert_eq!(ip4_of(&out[0].1).ttl(), 63);
+    // And the node still answers its own pings.
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &echo(CLIENT, "198.18.1.1", 64, 10),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(ip4_of(&out[0].1).src_addr(), v4("198.18.1.1"));
+}
+
+#[test]
+fn sa_state_survives_a_table_swap_and_goes_with_its_sa() {
+    let mut r = rig(GCM, true);
+    let inner = echo(CLIENT, REMOTE_HOST, 64, 10);
+    r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &inner));
+    // New tables naming the same SAs (a republish for another reason): sequence goes on.
+    let mut t = ipsec(&r).clone();
+    t.generation = 2;
+    r.tables.ipsec = Some(Arc::new(t));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &inner));
+    let mut packet = out[0].1[14..].to_vec();
+    let d = esp::decapsulate(&mut peer_inbound(GCM), &mut packet, 0).unwrap();
+    assert_eq!(d.sequence, 2);
+    // The SA removed: traffic goes in the clear again (no policy), and the state is gone.
+    let mut t = ipsec(&r).clone();
+    t.generation = 3;
+    t.outbound.clear();
+    r.tables.ipsec = Some(Arc::new(t));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &inner));
+    assert_eq!(ip4_of(&out[0].1).protocol(), IpProtocol::ICMP);
+}
+
+/// IPv6 both ways: an IPv6 tunnel (outer IPv6, UDP with its checksum) carrying IPv6.
+#[test]
+fn ipv6_tunnel_carries_ipv6() {
+    let local = "2001:db8:2::1";
+    let peer_addr = "2001:db8:2::2";
+    let client = v6("2001:db8:1::2");
+    let remote_host = v6("2001:db8:99::2");
+    let outer6 = |from_peer: bool| {
+        let (s, d) = if from_peer {
+            (peer_addr, local)
+        } else {
+            (local, peer_addr)
+        };
+        OuterHeader::new(s.parse().unwrap(), d.parse().unwrap()).with_udp(4500, 4500)
+    };
+    let mut r = Rig {
+        graph: ipsec_router_graph(2).unwrap(),
+        ..Rig::new()
+    };
+    r.tables.fib.insert(
+        "2001:db8:99::/48".parse().unwrap(),
+        Route::Attached { port: 1 },
+    );
+    r.learn_client_and_server();
+    let local_ts = vec![ts("2001:db8:1::", "2001:db8:1::ffff")];
+    let remote_ts = vec![ts("2001:db8:99::", "2001:db8:99::ffff")];
+    r.tables.ipsec = Some(Arc::new(IpsecTables {
+        generation: 1,
+        outbound: vec![OutboundPolicy {
+            local_ts: local_ts.clone(),
+            remote_ts: remote_ts.clone(),
+            sa: config(OUT_SPI, GCM, 1),
+            outer: outer6(false),
+            stats: Arc::default(),
+        }],
+        inbound: vec![InboundSa {
+            sa: config(IN_SPI, GCM, 2),
+            local: local.parse().unwrap(),
+            local_ts,
+            remote_ts,
+            stats: Arc::default(),
+        }],
+    }));
+    // Out: encrypted into an IPv6 packet to the peer.
+    let inner = echo6(client, remote_host, 64);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &inner));
+    assert_eq!(out.len(), 1);
+    let (port, frame) = &out[0];
+    assert_eq!(*port, 1);
+    assert_eq!(&frame[12..14], &[0x86, 0xdd]);
+    let mut packet = frame[14..].to_vec();
+    let outer_ip = Ipv6Packet::new_checked(&packet[..]).unwrap();
+    assert_eq!(outer_ip.next_header(), IpProtocol::UDP);
+    assert_eq!(outer_ip.dst_addr(), v6(peer_addr));
+    let d = esp::decapsulate(&mut peer_inbound(GCM), &mut packet, 0).unwrap();
+    let got = &packet[d.inner];
+    assert_eq!(got[7], 63, "hop limit taken down by the tunnel hop");
+    assert_eq!(&got[8..], &inner[8..]);
+    assert_eq!(r.count("esp6-encrypt", "encrypted"), 1);
+    // In: the peer's ESP over IPv6, forwarded to the client.
+    let reply = echo6(remote_host, client, 64);
+    let esp = esp::encapsulate(&mut peer_outbound(GCM), &reply, &outer6(true), 0).unwrap();
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x86dd, &esp));
+    assert_eq!(out.len(), 1, "decrypted and forwarded");
+    let (port, frame) = &out[0];
+    assert_eq!(*port, 0);
+    let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+    assert_eq!(ip.src_addr(), remote_host);
+    assert_eq!(ip.hop_limit(), 63);
+    assert_eq!(r.count("esp6-decrypt", "decrypted"), 1);
+}
+
+/// IPv4 hosts over an IPv6 tunnel: the outer family differs from the inner one.
+#[test]
+fn ipv4_over_an_ipv6_tunnel() {
+    let mut r = rig(GCM, true);
+    let mut t = ipsec(&r).clone();
+    t.outbound[0].outer = OuterHeader::new(
+        "2001:db8:2::1".parse().unwrap(),
+        "2001:db8:2::2".parse().unwrap(),
+    )
+    .with_udp(4500, 4500);
+    r.tables.ipsec = Some(Arc::new(t));
+    let out = r.send(
+        0,
+        &eth(MAC0, CLIENT_MAC, 0x0800, &echo(CLIENT, REMOTE_HOST, 64, 20)),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0].1[12..14], &[0x86, 0xdd], "an IPv6 outer packet");
+    let mut packet = out[0].1[14..].to_vec();
+    let d = esp::decapsulate(&mut peer_inbound(GCM), &mut packet, 0).unwrap();
+    assert_eq!(packet[d.inner.start] >> 4, 4);
+}

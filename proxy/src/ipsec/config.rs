@@ -1,0 +1,136 @@
+//! The IKE daemon's configuration from SD-EWAN resources (`IpsecProposal`, `IpsecSite`,
+//! `IpsecHost`) found in manifest files: the same `*.yaml`/`*.yml`/`*.json` files (several
+//! `---` documents each) that `--manifests DIR` reads, where the agent's loader skips these
+//! custom resources. Other kinds are ignored here.
+//!
+//! Like the other parts of this module it depends only on external crates, so tests can
+//! compile it in.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use switchyard_ipsec::ike::{EngineConfig, PeerConfig};
+use switchyard_ipsec::sdewan::{IpsecHost, IpsecProposal, IpsecSite};
+
+use super::daemon::DaemonConfig;
+
+/// What went wrong reading the resources.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}: {1}")]
+    Read(PathBuf, String),
+    #[error("{0}: document {1}: {2}")]
+    Document(PathBuf, usize, String),
+    #[error("{0}")]
+    Resource(#[from] switchyard_ipsec::sdewan::SdewanError),
+}
+
+/// The SD-EWAN resources of a set of files.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    pub proposals: Vec<IpsecProposal>,
+    pub sites: Vec<IpsecSite>,
+    pub hosts: Vec<IpsecHost>,
+}
+
+/// The files `path` names: itself, or the manifest files directly in it, by name.
+fn files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let read =
+        std::fs::read_dir(path).map_err(|e| ConfigError::Read(path.into(), e.to_string()))?;
+    let mut out: Vec<PathBuf> = read
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.')
+                && p.is_file()
+                && [".yaml", ".yml", ".json"].iter().any(|x| name.ends_with(x))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+impl Resources {
+    /// Reads every SD-EWAN resource in `path` (a file or a directory).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut out = Self::default();
+        for file in files(path)? {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| ConfigError::Read(file.clone(), e.to_string()))?;
+            out.add_text(&file, &text)?;
+        }
+        Ok(out)
+    }
+
+    /// Adds the resources in one file's text (`file` names it in errors).
+    pub fn add_text(&mut self, file: &Path, text: &str) -> Result<(), ConfigError> {
+        for (n, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let bad = |e: String| ConfigError::Document(file.to_path_buf(), n + 1, e);
+            let value = serde_yaml::Value::deserialize_from(document).map_err(bad)?;
+            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            match kind {
+                "IpsecProposal" => self
+                    .proposals
+                    .push(serde_yaml::from_value(value).map_err(|e| bad(e.to_string()))?),
+                "IpsecSite" => self
+                    .sites
+                    .push(serde_yaml::from_value(value).map_err(|e| bad(e.to_string()))?),
+                "IpsecHost" => self
+                    .hosts
+                    .push(serde_yaml::from_value(value).map_err(|e| bad(e.to_string()))?),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The daemon's configuration for a node whose IKE address is `local`: one peer per
+    /// connection; connections whose `mode` is `start` are initiated, the others (`add`)
+    /// wait for the peer.
+    pub fn daemon_config(&self, local: IpAddr) -> Result<DaemonConfig, ConfigError> {
+        let local = SocketAddr::new(local, 500);
+        let mut peers: Vec<PeerConfig> = Vec::new();
+        let mut initiate = Vec::new();
+        for site in &self.sites {
+            let made = site.to_peers(local, &self.proposals)?;
+            for (peer, conn) in made.into_iter().zip(&site.spec.connections) {
+                if conn.mode == "start" && peer.remote.is_some() {
+                    initiate.push(peer.name.clone());
+                }
+                peers.push(peer);
+            }
+        }
+        for host in &self.hosts {
+            let made = host.to_peers(local, &self.proposals)?;
+            for (peer, conn) in made.into_iter().zip(&host.spec.connections) {
+                if conn.mode == "start" && peer.remote.is_some() {
+                    initiate.push(peer.name.clone());
+                }
+                peers.push(peer);
+            }
+        }
+        Ok(DaemonConfig {
+            engine: EngineConfig {
+                peers,
+                ..EngineConfig::default()
+            },
+            initiate,
+            reconnect: Some(std::time::Duration::from_secs(5)),
+            esp_tap: None,
+        })
+    }
+}
+
+/// `Value::deserialize_from` without importing serde's trait at every call site.
+trait DeserializeFrom: Sized {
+    fn deserialize_from(d: serde_yaml::Deserializer<'_>) -> Result<Self, String>;
+}
+
+impl DeserializeFrom for serde_yaml::Value {
+    fn deserialize_from(d: serde_yaml::Deserializer<'_>) -> Result<Self, String> {
+        serde::Deserialize::deserialize(d).map_err(|e: serde_yaml::Error| e.to_string())
+    }
+}

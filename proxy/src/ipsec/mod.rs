@@ -1,0 +1,228 @@
+//! IPsec for the binary: the IKE daemon ([`daemon`]), its configuration from SD-EWAN
+//! resources ([`config`]), and [`IpsecService`], which runs the daemon on a thread of its own
+//! for `switchyard router --ipsec PATH` and publishes every change of the installed CHILD_SAs
+//! into the dataplane's tables (the `esp{4,6}-*` nodes read them from there).
+//!
+//! IKE reaches the daemon's kernel sockets through the punt path (`--punt-tun`: the TUN
+//! device carries the router's addresses, and `ip{4,6}-local` hands UDP for them to the
+//! host); ESP never leaves the dataplane.
+
+// The tests compile daemon.rs and config.rs in and use parts the router does not.
+#![allow(dead_code)]
+
+pub mod config;
+pub mod daemon;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context as _;
+use switchyard_dataplane::fib::Route;
+use switchyard_dataplane::ipsec_tables::IpsecTables;
+use switchyard_dataplane::tables::{Tables, TablesHandle};
+use tokio::sync::oneshot;
+
+use daemon::Daemon;
+
+/// The IKE daemon's thread; dropping it deletes the IKE SAs (telling the peers) and stops it.
+pub struct IpsecService {
+    /// The tables the SAs are published in (for their counters at the end).
+    handle: TablesHandle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// When [`IpsecService::wind_down`] was first called.
+    winding_down: Option<std::time::Instant>,
+}
+
+/// How long the router keeps forwarding for the daemon's Delete exchanges at shutdown.
+const WIND_DOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl IpsecService {
+    /// One line per SA direction with its counters (the router's exit report).
+    fn log_counters(&self) {
+        let tables = self.handle.load();
+        let Some(ipsec) = tables.ipsec.as_ref() else {
+            return;
+        };
+        for p in &ipsec.outbound {
+            let c = p.stats.snapshot();
+            tracing::info!(
+                spi = %format!("{:08x}", p.sa.spi),
+                to = %p.outer.dst,
+                packets = c.packets,
+                bytes = c.bytes,
+                dropped = c.other_drops,
+                "ipsec: outbound SA"
+            );
+        }
+        for s in &ipsec.inbound {
+            let c = s.stats.snapshot();
+            tracing::info!(
+                spi = %format!("{:08x}", s.sa.spi),
+                packets = c.packets,
+                bytes = c.bytes,
+                replay_drops = c.replay_drops,
+                auth_failures = c.auth_failures,
+                policy_drops = c.policy_drops,
+                other_drops = c.other_drops,
+                "ipsec: inbound SA"
+            );
+        }
+    }
+
+    /// Asks the daemon to delete its IKE SAs and stop; true once it has (or after
+    /// [`WIND_DOWN`]). The caller keeps forwarding meanwhile: the Deletes go out through the
+    /// dataplane.
+    pub fn wind_down(&mut self) -> bool {
+        let started = *self
+            .winding_down
+            .get_or_insert_with(std::time::Instant::now);
+        if let Some(stop) = self.stop.take() {
+            self.log_counters();
+            let _ = stop.send(());
+        }
+        self.thread.as_ref().is_none_or(|t| t.is_finished()) || started.elapsed() > WIND_DOWN
+    }
+}
+
+impl Drop for IpsecService {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The address of ours that faces `remote`: the primary address of the port the FIB sends
+/// it out of.
+fn address_towards(tables: &Tables, remote: IpAddr) -> Option<IpAddr> {
+    let port = match tables.fib.lookup(remote)? {
+        Route::Attached { port } => *port,
+        Route::Via(hops) => hops.first()?.port,
+        _ => return None,
+    };
+    let ifc = tables.interface(port)?;
+    match remote {
+        IpAddr::V4(_) => ifc.primary_ipv4().map(IpAddr::V4),
+        IpAddr::V6(_) => Some(IpAddr::V6(ifc.primary_ipv6())),
+    }
+}
+
+/// The IKE address: the one facing the first site or host with a remote address, else the
+/// first IPv4 address of any port.
+fn ike_address(resources: &config::Resources, tables: &Tables) -> Option<IpAddr> {
+    let remotes = resources
+        .sites
+        .iter()
+        .map(|s| s.spec.remote.as_str())
+        .chain(resources.hosts.iter().map(|h| h.spec.remote.as_str()));
+    remotes
+        .filter_map(|r| r.trim().parse::<IpAddr>().ok())
+        .find_map(|r| address_towards(tables, r))
+        .or_else(|| {
+            tables
+                .interfaces
+                .iter()
+                .find_map(|i| i.primary_ipv4().map(IpAddr::V4))
+        })
+}
+
+/// Reads the SD-EWAN resources at `path`, starts the IKE daemon (binding its sockets before
+/// returning, so a bad address is an error at start-up) and keeps `handle`'s tables' IPsec
+/// part in step with the installed CHILD_SAs.
+pub fn start(path: &Path, handle: &TablesHandle, base: &Tables) -> anyhow::Result<IpsecService> {
+    let resources = config::Resources::load(path)
+        .with_context(|| format!("reading the IPsec resources in {}", path.display()))?;
+    let local = ike_address(&resources, base).context("no address for IKE")?;
+    let config = resources
+        .daemon_config(local)
+        .context("the IPsec resources")?;
+    tracing::info!(
+        %local,
+        peers = config.engine.peers.len(),
+        initiate = config.initiate.len(),
+        "ipsec: starting the IKE daemon"
+    );
+    let service_handle = handle.clone();
+    let handle = handle.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("ipsec".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("tokio runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let daemon = match Daemon::start_with_hook(config, Some(publisher(handle))) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("IKE daemon: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                run_until_stopped(daemon, stop_rx).await;
+            });
+        })
+        .context("starting the IPsec thread")?;
+    ready_rx
+        .recv()
+        .context("the IPsec thread ended at start-up")??;
+    Ok(IpsecService {
+        handle: service_handle,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        winding_down: None,
+    })
+}
+
+/// A hook for the daemon that publishes the dataplane's IPsec tables for a set of CHILD_SAs
+/// (newest last), keeping the counters of SAs that stay.
+fn publisher(handle: TablesHandle) -> daemon::ChildSaHook {
+    let mut generation = 0u64;
+    let mut current: Option<Arc<IpsecTables>> = None;
+    Box::new(move |children| {
+        generation += 1;
+        let ipsec = Arc::new(IpsecTables::from_children(
+            generation,
+            children.iter().map(|c| c.as_ref()),
+            current.as_deref(),
+        ));
+        current = Some(Arc::clone(&ipsec));
+        let latest = handle.load();
+        handle.publish(Tables {
+            version: latest.version + 1,
+            ipsec: Some(ipsec),
+            ..(*latest).clone()
+        });
+        tracing::info!(
+            child_sas = children.len(),
+            generation,
+            "ipsec: dataplane SAs published"
+        );
+    })
+}
+
+/// Runs until told to stop, then deletes the IKE SAs.
+async fn run_until_stopped(mut daemon: Daemon, mut stop: oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            event = daemon.events.recv() => if event.is_none() { break },
+        }
+    }
+    daemon.shutdown().await;
+}
