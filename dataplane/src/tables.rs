@@ -321,6 +321,29 @@ impl TablesHandle {
     pub fn publish_arc(&self, tables: Arc<Tables>) {
         self.0.store(tables);
     }
+
+    /// Publishes `tables` when several publishers own parts of them (the control plane its
+    /// services and routes, the IKE daemon its SAs): `keep` first copies into `tables` what
+    /// the others own from the tables in force, and the swap happens only if those are still
+    /// in force (else it is retried), so no publisher's part is lost. The version becomes the
+    /// one in force plus one, so versions rise whoever publishes. Returns what was published.
+    pub fn publish_keeping(
+        &self,
+        mut tables: Tables,
+        keep: impl Fn(&Tables, &mut Tables),
+    ) -> Arc<Tables> {
+        loop {
+            let current = self.0.load_full();
+            keep(&current, &mut tables);
+            tables.version = current.version + 1;
+            let next = Arc::new(tables);
+            let previous = self.0.compare_and_swap(&current, Arc::clone(&next));
+            if Arc::ptr_eq(&previous, &current) {
+                return next;
+            }
+            tables = Arc::try_unwrap(next).unwrap_or_else(|shared| (*shared).clone());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,10 +43,11 @@ pub const REQUESTS: &[&str] = &[
     "sync",
     "bgp",
     "acl",
+    "ipsec",
 ];
 
 /// Requests for parts of the agent that are not built yet.
-const NOT_YET: &[(&str, &str)] = &[("ipsec", "the agent does not terminate IPsec tunnels yet")];
+const NOT_YET: &[(&str, &str)] = &[];
 
 /// The admin socket, bound and ready to hand to the servers' runtime.
 #[derive(Debug)]
@@ -249,6 +250,12 @@ pub fn answer(shared: &Shared, request: &str, now: SystemTime) -> Value {
         "sync" => Ok(sync(shared, &control, dataplane.as_deref(), now)),
         "fib" => tables(&control).map(fib),
         "acl" => tables(&control).map(|t| acl(t, dataplane.as_deref())),
+        "ipsec" => match shared.ipsec() {
+            Some(view) => Ok(ipsec(&view)),
+            None => Err(
+                "not available yet: this agent runs no IPsec (start it with --ipsec PATH)".into(),
+            ),
+        },
         "bgp" => {
             let b = shared.bgp();
             if b.enabled {
@@ -589,6 +596,151 @@ pub fn acl(t: &Tables, d: Option<&DataplaneSnapshot>) -> Value {
         })
         .collect();
     json!({"tables_version": t.version, "acls": acls, "pods": policy.pods.len()})
+}
+
+/// A traffic selector as `addr-addr proto:ports` (a range that is one prefix as the prefix).
+fn selector(ts: &switchyard_ipsec::ike::wire::TrafficSelector) -> String {
+    // A range that is exactly one prefix shows as the prefix.
+    let prefix = |start: u128, end: u128, bits: u32| {
+        let span = start ^ end;
+        (span.wrapping_add(1).is_power_of_two() && start & span == 0)
+            .then(|| bits - (128 - span.leading_zeros()))
+    };
+    let addrs = match (ts.start, ts.end) {
+        (a, b) if a == b => a.to_string(),
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            match prefix(u128::from(a.to_bits()), u128::from(b.to_bits()), 32) {
+                Some(len) => format!("{a}/{len}"),
+                None => format!("{a}-{b}"),
+            }
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) if a.to_bits() == 0 && b.to_bits() == u128::MAX => {
+            "::/0".to_string()
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => match prefix(a.to_bits(), b.to_bits(), 128) {
+            Some(len) => format!("{a}/{len}"),
+            None => format!("{a}-{b}"),
+        },
+        (a, b) => format!("{a}-{b}"),
+    };
+    let proto = if ts.protocol == 0 {
+        String::new()
+    } else {
+        format!(" {}", protocol_name(ts.protocol))
+    };
+    let ports = if (ts.start_port, ts.end_port) == (0, u16::MAX) {
+        String::new()
+    } else {
+        format!(":{}-{}", ts.start_port, ts.end_port)
+    };
+    format!("{addrs}{proto}{ports}")
+}
+
+fn selectors(list: &[switchyard_ipsec::ike::wire::TrafficSelector]) -> Vec<String> {
+    list.iter().map(selector).collect()
+}
+
+#[cfg(test)]
+#[test]
+fn selectors_that_are_prefixes_show_as_prefixes() {
+    use switchyard_ipsec::ike::wire::TrafficSelector;
+    let ts = |start: &str, end: &str| TrafficSelector {
+        protocol: 0,
+        start_port: 0,
+        end_port: u16::MAX,
+        start: start.parse().unwrap(),
+        end: end.parse().unwrap(),
+    };
+    assert_eq!(selector(&ts("198.18.1.0", "198.18.1.255")), "198.18.1.0/24");
+    assert_eq!(selector(&ts("0.0.0.0", "255.255.255.255")), "0.0.0.0/0");
+    assert_eq!(selector(&ts("198.18.1.1", "198.18.1.1")), "198.18.1.1");
+    assert_eq!(
+        selector(&ts("198.18.1.1", "198.18.1.4")),
+        "198.18.1.1-198.18.1.4"
+    );
+    assert_eq!(
+        selector(&ts("2001:db8::", "2001:db8::ffff")),
+        "2001:db8::/112"
+    );
+    assert_eq!(
+        selector(&ts("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
+        "::/0"
+    );
+    let tcp = TrafficSelector {
+        protocol: 6,
+        start_port: 80,
+        end_port: 80,
+        ..ts("198.18.1.0", "198.18.1.255")
+    };
+    assert_eq!(selector(&tcp), "198.18.1.0/24 TCP:80-80");
+}
+
+/// The IKE SAs, the CHILD_SAs with their dataplane counters, and the daemon's counters.
+pub fn ipsec(view: &crate::ipsec::IpsecView) -> Value {
+    let state = view.daemon_state();
+    let tables = view.tables.load();
+    let dataplane = tables.ipsec.as_deref();
+    let counters_in = |spi: u32| {
+        dataplane
+            .and_then(|d| d.inbound.iter().find(|s| s.sa.spi == spi))
+            .map(|s| {
+                let c = s.stats.snapshot();
+                json!({"packets": c.packets, "bytes": c.bytes, "replay_drops": c.replay_drops,
+                       "auth_failures": c.auth_failures, "policy_drops": c.policy_drops,
+                       "other_drops": c.other_drops})
+            })
+    };
+    let counters_out = |spi: u32| {
+        dataplane
+            .and_then(|d| d.outbound.iter().find(|p| p.sa.spi == spi))
+            .map(|p| {
+                let c = p.stats.snapshot();
+                json!({"packets": c.packets, "bytes": c.bytes, "other_drops": c.other_drops})
+            })
+    };
+    let ike_sas: Vec<Value> = state
+        .ike_sas
+        .iter()
+        .map(|(id, peer, st)| {
+            json!({"id": format!("{:016x}", id.0), "peer": peer, "state": format!("{st:?}")})
+        })
+        .collect();
+    let child_sas: Vec<Value> = state
+        .child_sas
+        .iter()
+        .map(|c| {
+            json!({
+                "ike_sa": format!("{:016x}", c.ike_sa.0),
+                "peer": c.peer,
+                "local": c.local_addr.to_string(),
+                "remote": c.remote_addr.to_string(),
+                "udp_encap": c.udp_encap.map(|(l, r)| format!("{l}:{r}")),
+                "suite": format!("{:?}", c.outbound.suite),
+                "inbound_spi": format!("{:08x}", c.inbound.spi),
+                "outbound_spi": format!("{:08x}", c.outbound.spi),
+                "local_ts": selectors(&c.local_ts),
+                "remote_ts": selectors(&c.remote_ts),
+                "inbound": counters_in(c.inbound.spi),
+                "outbound": counters_out(c.outbound.spi),
+            })
+        })
+        .collect();
+    let k = state.counters;
+    json!({
+        "ike_sas": ike_sas,
+        "child_sas": child_sas,
+        "counters": {
+            "rx_messages": k.rx_messages, "rx_malformed": k.rx_malformed,
+            "rx_unknown_spi": k.rx_unknown_spi, "rx_integrity_failures": k.rx_integrity_failures,
+            "retransmits": k.retransmits, "auth_failures": k.auth_failures,
+            "no_proposal_chosen": k.no_proposal_chosen, "invalid_ke": k.invalid_ke,
+            "ts_unacceptable": k.ts_unacceptable, "cookies_sent": k.cookies_sent,
+            "established": k.established, "failed": k.failed,
+            "child_sas_installed": k.child_sas_installed,
+            "child_sas_rekeyed": k.child_sas_rekeyed, "ike_sas_rekeyed": k.ike_sas_rekeyed,
+            "send_errors": state.send_errors,
+        },
+    })
 }
 
 /// Per graph node counters, and the port totals.

@@ -9,7 +9,7 @@
 //! names written below). Each part of the agent has its own section function; parts that
 //! publish state later (ACLs, IPsec) add theirs to [`SECTIONS`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -102,8 +102,7 @@ struct Scrape<'a> {
 
 type Section = fn(&mut DescriptorEncoder<'_>, &Scrape<'_>) -> std::fmt::Result;
 
-/// The sections, in output order. ACL and IPsec sections join here once those parts
-/// publish their state in [`Shared`].
+/// The sections, in output order.
 const SECTIONS: &[Section] = &[
     agent_section,
     control_section,
@@ -111,6 +110,7 @@ const SECTIONS: &[Section] = &[
     services_section,
     acl_section,
     bgp_section,
+    ipsec_section,
 ];
 
 impl Collector for AgentCollector {
@@ -237,6 +237,119 @@ fn acl_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Res
         "New flows an ACL denied (no rule matched: the pod is isolated).",
         None,
         defaults,
+    )
+}
+
+fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Result {
+    let Some(view) = s.shared.ipsec() else {
+        return Ok(());
+    };
+    let state = view.daemon_state();
+    let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
+    for (_, _, st) in &state.ike_sas {
+        *by_state.entry(format!("{st:?}")).or_default() += 1;
+    }
+    gauge_family(
+        enc,
+        "switchyard_ipsec_ike_sas",
+        "IKE SAs by state.",
+        by_state.into_iter().map(|(st, n)| ([("state", st)], n)),
+    )?;
+    gauge(
+        enc,
+        "switchyard_ipsec_child_sas",
+        "CHILD_SAs installed in the dataplane.",
+        None,
+        i64::try_from(state.child_sas.len()).unwrap_or(i64::MAX),
+    )?;
+    let k = state.counters;
+    counter_family(
+        enc,
+        "switchyard_ipsec_ike_events",
+        "IKE events: SAs established, failed, rekeyed; messages refused by reason.",
+        None,
+        [
+            ("established", k.established),
+            ("failed", k.failed),
+            ("auth_failure", k.auth_failures),
+            ("no_proposal_chosen", k.no_proposal_chosen),
+            ("invalid_ke", k.invalid_ke),
+            ("ts_unacceptable", k.ts_unacceptable),
+            ("malformed", k.rx_malformed),
+            ("unknown_spi", k.rx_unknown_spi),
+            ("integrity_failure", k.rx_integrity_failures),
+            ("retransmit", k.retransmits),
+            ("cookie_sent", k.cookies_sent),
+            ("child_sa_installed", k.child_sas_installed),
+            ("child_sa_rekeyed", k.child_sas_rekeyed),
+            ("ike_sa_rekeyed", k.ike_sas_rekeyed),
+        ]
+        .into_iter()
+        .map(|(event, n)| ([("event", event.to_string())], n)),
+    )?;
+    let tables = view.tables.load();
+    let Some(sas) = tables.ipsec.as_deref() else {
+        return Ok(());
+    };
+    let spi = |spi: u32| format!("{spi:08x}");
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    let mut drops = Vec::new();
+    for p in &sas.outbound {
+        let c = p.stats.snapshot();
+        let labels = |extra: Option<&str>| {
+            let mut l = vec![
+                ("spi", spi(p.sa.spi)),
+                ("direction", "outbound".to_string()),
+            ];
+            l.extend(extra.map(|r| ("reason", r.to_string())));
+            l
+        };
+        packets.push((labels(None), c.packets));
+        bytes.push((labels(None), c.bytes));
+        drops.push((labels(Some("other")), c.other_drops));
+    }
+    for sa in &sas.inbound {
+        let c = sa.stats.snapshot();
+        let labels = |extra: Option<&str>| {
+            let mut l = vec![
+                ("spi", spi(sa.sa.spi)),
+                ("direction", "inbound".to_string()),
+            ];
+            l.extend(extra.map(|r| ("reason", r.to_string())));
+            l
+        };
+        packets.push((labels(None), c.packets));
+        bytes.push((labels(None), c.bytes));
+        for (reason, n) in [
+            ("replay", c.replay_drops),
+            ("auth", c.auth_failures),
+            ("policy", c.policy_drops),
+            ("other", c.other_drops),
+        ] {
+            drops.push((labels(Some(reason)), n));
+        }
+    }
+    counter_family(
+        enc,
+        "switchyard_ipsec_sa_packets",
+        "Packets encrypted (outbound) or decrypted (inbound) per SA.",
+        None,
+        packets,
+    )?;
+    counter_family(
+        enc,
+        "switchyard_ipsec_sa",
+        "Inner bytes encrypted or decrypted per SA.",
+        Some(&Unit::Bytes),
+        bytes,
+    )?;
+    counter_family(
+        enc,
+        "switchyard_ipsec_sa_drops",
+        "ESP packets dropped per SA, by reason (replayed, ICV failure, outside the selectors, other).",
+        None,
+        drops,
     )
 }
 

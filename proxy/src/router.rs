@@ -214,12 +214,13 @@ where
         };
         let handle = TablesHandle::new(tables.clone());
         let ipsec = match &args.ipsec {
-            // The agent's control plane republishes the tables from its own state and would
-            // drop the SAs: IPsec runs with `switchyard router` only, for now.
-            Some(_) if hooks.on_ready.is_some() => {
-                bail!("--ipsec is not supported by `switchyard agent` yet; use `switchyard router`")
+            Some(path) => {
+                let service = crate::ipsec::start(path, &handle, &tables)?;
+                if let Some(shared) = &hooks.shared {
+                    shared.set_ipsec(service.view());
+                }
+                Some(service)
             }
-            Some(path) => Some(crate::ipsec::start(path, &handle, &tables)?),
             None => None,
         };
         if let Some(on_ready) = hooks.on_ready {

@@ -193,8 +193,7 @@ pub fn render(what: ShowWhat, data: &Value) -> String {
         ShowWhat::Sync => sync(data),
         ShowWhat::Bgp => bgp(data),
         ShowWhat::Acl => acl(data),
-        // The agent refuses this until it exists; show whatever it sends.
-        ShowWhat::Ipsec => serde_json::to_string_pretty(data).unwrap_or_default() + "\n",
+        ShowWhat::Ipsec => ipsec(data),
     }
 }
 
@@ -395,6 +394,64 @@ fn acl(data: &Value) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
+    out
+}
+
+fn ipsec(data: &Value) -> String {
+    let ike: Vec<Vec<String>> = items(&data["ike_sas"])
+        .iter()
+        .map(|s| vec![cell(&s["id"]), cell(&s["peer"]), cell(&s["state"])])
+        .collect();
+    let mut out = table(&["IKE SA", "PEER", "STATE"], &ike);
+    let count = |c: &Value, key: &str| cell(&c[key]);
+    let child: Vec<Vec<String>> = items(&data["child_sas"])
+        .iter()
+        .map(|c| {
+            let ts = |key: &str| {
+                let list: Vec<String> = items(&c[key]).iter().map(cell).collect();
+                list.join(",")
+            };
+            vec![
+                format!("{}/{}", cell(&c["inbound_spi"]), cell(&c["outbound_spi"])),
+                cell(&c["peer"]),
+                format!("{} > {}", ts("local_ts"), ts("remote_ts")),
+                cell(&c["suite"]),
+                format!(
+                    "{}/{}",
+                    count(&c["inbound"], "packets"),
+                    count(&c["outbound"], "packets")
+                ),
+                format!(
+                    "{}/{}",
+                    count(&c["inbound"], "replay_drops"),
+                    count(&c["inbound"], "auth_failures")
+                ),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &[
+            "SPI IN/OUT",
+            "PEER",
+            "SELECTORS",
+            "SUITE",
+            "PKTS IN/OUT",
+            "REPLAY/AUTH DROPS",
+        ],
+        &child,
+    ));
+    let k = &data["counters"];
+    let _ = writeln!(
+        out,
+        "\nIKE: {} established, {} failed, {} auth failures, {} malformed, {} CHILD_SAs installed, {} rekeyed",
+        cell(&k["established"]),
+        cell(&k["failed"]),
+        cell(&k["auth_failures"]),
+        cell(&k["rx_malformed"]),
+        cell(&k["child_sas_installed"]),
+        cell(&k["child_sas_rekeyed"]),
+    );
     out
 }
 

@@ -245,6 +245,8 @@ pub struct Shared {
     bgp: Mutex<Arc<BgpSnapshot>>,
     /// Packet traces asked for over the admin socket.
     pub trace: TraceRequests,
+    /// The IPsec service, when the agent runs one (`--ipsec`).
+    ipsec: Mutex<Option<crate::ipsec::IpsecView>>,
     /// When the agent started.
     pub started: SystemTime,
 }
@@ -256,6 +258,7 @@ impl Default for Shared {
             control: Mutex::new(Arc::new(ControlSnapshot::default())),
             bgp: Mutex::new(Arc::new(BgpSnapshot::default())),
             trace: TraceRequests::default(),
+            ipsec: Mutex::new(None),
             started: SystemTime::now(),
         }
     }
@@ -288,6 +291,18 @@ impl Shared {
             let mut next = (**c).clone();
             change(&mut next);
             *c = Arc::new(next);
+        }
+    }
+
+    /// The IPsec service, if one runs.
+    pub fn ipsec(&self) -> Option<crate::ipsec::IpsecView> {
+        self.ipsec.lock().ok().and_then(|i| i.clone())
+    }
+
+    /// Registers the running IPsec service.
+    pub fn set_ipsec(&self, view: crate::ipsec::IpsecView) {
+        if let Ok(mut i) = self.ipsec.lock() {
+            *i = Some(view);
         }
     }
 

@@ -1291,3 +1291,120 @@ fn ike_with_strongswan_reconnects_after_a_failure() {
         Err(_) => panic!("daemon thread panicked\n{}", peer.log()),
     }
 }
+
+/// The same tunnel with `switchyard agent --ipsec` (the control plane publishes its tables
+/// keeping the IKE daemon's SAs), read through `switchyard show ipsec` and `/metrics`.
+#[test]
+fn esp_through_the_agent_shown_by_show_ipsec() {
+    let Some(lab) = Lab::new(
+        "ipsec_agent",
+        &[CHARON, "swanctl", "unshare", "mount", "socat", "python3"],
+    ) else {
+        return;
+    };
+    let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
+    let (ike, ike_shown) = ike_proposal(true, "x25519");
+    let case = Case {
+        we_initiate: true,
+        ike,
+        esp: GCM128.0,
+        ike_shown,
+        esp_shown: GCM128.1,
+        ..BASE
+    };
+    peer.load(&case, PSK);
+    let manifest = peer.lab.dir.join("ipsec.yaml");
+    fs::write(&manifest, resources_yaml(&case, PSK, common::SERVER_V4))
+        .expect("write the SD-EWAN resources");
+    let manifests = peer.lab.dir.join("manifests");
+    fs::create_dir_all(&manifests).expect("manifest dir");
+    peer.lab.keep_node_kernel_off_ports();
+    let manifest = manifest.display().to_string();
+    let manifests = manifests.display().to_string();
+    let route = format!("{SS_NET}={}", common::SERVER_V4);
+    peer.lab.start_agent(
+        common::Driver::AfPacket,
+        &[
+            "--manifests",
+            &manifests,
+            "--node-name",
+            "node-a",
+            "--punt-tun",
+            "sy0",
+            "--ipsec",
+            &manifest,
+            "--route",
+            &route,
+        ],
+    );
+    let listed = wait_installed(&peer, Duration::from_secs(20)).unwrap_or_else(|| {
+        let out = peer.lab.stop_router();
+        panic!(
+            "no CHILD_SA with the agent:\n{}\n{}",
+            out.map(|o| o.to_string()).unwrap_or_default(),
+            peer.log()
+        )
+    });
+    let spis = listed_spis(&listed).expect("strongSwan lists the SPIs");
+    peer.lab.assert_ping(Ns::Client, SS_HOST);
+
+    let socket = peer.lab.admin_socket().display().to_string();
+    let show = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.args(["show", "ipsec", "--socket", &socket]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("run switchyard show ipsec");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let shown = show(false);
+    eprintln!("switchyard show ipsec:\n{shown}");
+    assert!(shown.contains("Established"), "{shown}");
+    let data: serde_json::Value = serde_json::from_str(&show(true)).expect("JSON");
+    let child = &data["child_sas"][0];
+    // strongSwan's inbound SPI is our outbound one and the other way round.
+    let ours = (
+        child["inbound_spi"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        child["outbound_spi"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    let (theirs_in, theirs_out) = spis;
+    assert!(
+        ours == (format!("{theirs_out:08x}"), format!("{theirs_in:08x}"))
+            || ours == (format!("{theirs_in:08x}"), format!("{theirs_out:08x}")),
+        "SPIs {ours:?} vs strongSwan's {spis:?}:\n{listed}"
+    );
+    assert!(
+        child["outbound"]["packets"].as_u64().unwrap_or(0) >= 1,
+        "{data}"
+    );
+    assert!(
+        child["inbound"]["packets"].as_u64().unwrap_or(0) >= 1,
+        "{data}"
+    );
+    assert_eq!(data["counters"]["established"], 1, "{data}");
+
+    // The same through /metrics (the agent's default address, in the node namespace).
+    let out = peer.lab.exec_t(
+        Ns::Node,
+        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:10249/metrics\").read().decode())'",
+        Duration::from_secs(5),
+    );
+    let metrics = text(&out.stdout);
+    for want in [
+        "switchyard_ipsec_ike_sas{state=\"Established\"} 1",
+        "switchyard_ipsec_child_sas 1",
+        "switchyard_ipsec_sa_packets_total{",
+        "switchyard_ipsec_ike_events_total{event=\"established\"} 1",
+    ] {
+        assert!(metrics.contains(want), "missing {want:?} in\n{metrics}");
+    }
+    peer.lab.finish();
+}

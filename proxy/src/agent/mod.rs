@@ -222,6 +222,12 @@ struct ControlPlane {
     last: Option<Arc<Tables>>,
 }
 
+/// For [`TablesHandle::publish_keeping`]: the IPsec SAs in force stay (the IKE daemon
+/// publishes those).
+fn keep_ipsec(current: &Tables, next: &mut Tables) {
+    next.ipsec.clone_from(&current.ipsec);
+}
+
 /// NetworkPolicy as compiled for the dataplane.
 struct CompiledPolicy {
     tables: Option<Arc<PolicyTables>>,
@@ -358,8 +364,9 @@ impl ControlPlane {
             })),
             ..routed
         };
-        let tables = Arc::new(tables);
-        handle.publish_arc(Arc::clone(&tables));
+        // The IPsec SAs (with --ipsec) are the IKE daemon's to publish: keep those in force.
+        let tables = handle.publish_keeping(tables, keep_ipsec);
+        let version = tables.version;
         self.last = Some(Arc::clone(&tables));
         let latency = seen.elapsed().as_secs_f64();
         let source = self.source.describe();
@@ -419,12 +426,14 @@ impl ControlPlane {
         };
         let started = Instant::now();
         let routed = self.routed(base, shared);
-        let tables = Arc::new(Tables {
-            version,
-            fib: routed.fib,
-            ..(*last).clone()
-        });
-        handle.publish_arc(Arc::clone(&tables));
+        let tables = handle.publish_keeping(
+            Tables {
+                version,
+                fib: routed.fib,
+                ..(*last).clone()
+            },
+            keep_ipsec,
+        );
         tracing::debug!(
             version,
             routes = tables.fib.len(),

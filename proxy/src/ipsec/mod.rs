@@ -30,16 +30,49 @@ use daemon::Daemon;
 pub struct IpsecService {
     /// The tables the SAs are published in (for their counters at the end).
     handle: TablesHandle,
+    /// The daemon's IKE SAs, CHILD_SAs and counters.
+    state: Arc<std::sync::Mutex<daemon::DaemonState>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     /// When [`IpsecService::wind_down`] was first called.
     winding_down: Option<std::time::Instant>,
 }
 
+/// Where the running IPsec service can be read from (see [`IpsecService::view`]).
+#[derive(Clone)]
+pub struct IpsecView {
+    /// The daemon's IKE SAs, CHILD_SAs and counters.
+    pub daemon: Arc<std::sync::Mutex<daemon::DaemonState>>,
+    /// The tables in force, whose IPsec part counts packets per SA.
+    pub tables: TablesHandle,
+}
+
+impl std::fmt::Debug for IpsecView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IpsecView")
+    }
+}
+
+impl IpsecView {
+    /// A copy of the daemon's state.
+    pub fn daemon_state(&self) -> daemon::DaemonState {
+        self.daemon.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
 /// How long the router keeps forwarding for the daemon's Delete exchanges at shutdown.
 const WIND_DOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl IpsecService {
+    /// What `switchyard show ipsec` and `/metrics` read: the daemon's state and the tables
+    /// holding the dataplane's per-SA counters.
+    pub fn view(&self) -> IpsecView {
+        IpsecView {
+            daemon: Arc::clone(&self.state),
+            tables: self.handle.clone(),
+        }
+    }
+
     /// One line per SA direction with its counters (the router's exit report).
     fn log_counters(&self) {
         let tables = self.handle.load();
@@ -173,16 +206,17 @@ pub fn start(path: &Path, handle: &TablesHandle, base: &Tables) -> anyhow::Resul
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok(()));
+                let _ = ready_tx.send(Ok(Arc::clone(&daemon.state)));
                 run_until_stopped(daemon, stop_rx).await;
             });
         })
         .context("starting the IPsec thread")?;
-    ready_rx
+    let state = ready_rx
         .recv()
         .context("the IPsec thread ended at start-up")??;
     Ok(IpsecService {
         handle: service_handle,
+        state,
         stop: Some(stop_tx),
         thread: Some(thread),
         winding_down: None,
@@ -202,12 +236,22 @@ fn publisher(handle: TablesHandle) -> daemon::ChildSaHook {
             current.as_deref(),
         ));
         current = Some(Arc::clone(&ipsec));
+        // The rest of the tables belong to the control plane (in the agent): take them as they
+        // are in force, and only the SAs from here.
         let latest = handle.load();
-        handle.publish(Tables {
-            version: latest.version + 1,
-            ipsec: Some(ipsec),
-            ..(*latest).clone()
-        });
+        handle.publish_keeping(
+            Tables {
+                ipsec: Some(Arc::clone(&ipsec)),
+                ..(*latest).clone()
+            },
+            |current, next| {
+                let ipsec = next.ipsec.take();
+                *next = Tables {
+                    ipsec,
+                    ..current.clone()
+                };
+            },
+        );
         tracing::info!(
             child_sas = children.len(),
             generation,
