@@ -185,74 +185,31 @@ proptest! {
 
 #[test]
 fn one_slice_change_reduces_one_service() {
-    let before = store(&yaml(
-        &[
-            Some(Svc {
-                ip: 1,
-                port: 80,
-                foreign: false,
-            }),
-            Some(Svc {
-                ip: 2,
-                port: 80,
-                foreign: false,
-            }),
-            None,
-        ],
-        &[
-            Some(Slice {
-                owner: 0,
-                endpoints: 1,
-                ready: true,
-                bad: false,
-                hinted: false,
-            }),
-            Some(Slice {
-                owner: 1,
-                endpoints: 2,
-                ready: true,
-                bad: false,
-                hinted: false,
-            }),
-        ],
-    ));
+    let svc = |ip| {
+        Some(Svc {
+            ip,
+            port: 80,
+            foreign: false,
+        })
+    };
+    let slice = |owner, endpoints| {
+        Some(Slice {
+            owner,
+            endpoints,
+            ready: true,
+            bad: false,
+            hinted: false,
+        })
+    };
+    let services = [svc(1), svc(2), None];
+    let before = store(&yaml(&services, &[slice(0, 1), slice(1, 2)]));
     let mut view = View::new(NODE, None, CompileOptions::default());
     let first = view.apply(ObjectStore::default().diff(&before));
     assert_eq!(first.services, 2);
     assert!(!first.policy);
 
     // Slice s1 moves from Service b to Service a: both are reduced again, nothing else.
-    let after = store(&yaml(
-        &[
-            Some(Svc {
-                ip: 1,
-                port: 80,
-                foreign: false,
-            }),
-            Some(Svc {
-                ip: 2,
-                port: 80,
-                foreign: false,
-            }),
-            None,
-        ],
-        &[
-            Some(Slice {
-                owner: 0,
-                endpoints: 1,
-                ready: true,
-                bad: false,
-                hinted: false,
-            }),
-            Some(Slice {
-                owner: 0,
-                endpoints: 2,
-                ready: true,
-                bad: false,
-                hinted: false,
-            }),
-        ],
-    ));
+    let after = store(&yaml(&services, &[slice(0, 1), slice(0, 2)]));
     let touched = view.apply(before.diff(&after));
     assert_eq!(touched.services, 2);
     let services = view.services();
