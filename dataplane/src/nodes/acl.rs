@@ -97,7 +97,13 @@ fn judge<B: PacketBuffer>(
     };
     let egress = policy.acl_for(t.key.src, AclDirection::Egress);
     let ingress = policy.acl_for(t.key.dst, AclDirection::Ingress);
-    if egress.is_none() && ingress.is_none() {
+    let isolated = egress.is_some() || ingress.is_some();
+    // The replies travel the other way. When an ACL judges that way (the destination's
+    // egress, the source's ingress), an unisolated flow is still tracked, so its replies pass
+    // as replies instead of being judged as new connections.
+    let judged_back = policy.acl_for(t.key.dst, AclDirection::Egress).is_some()
+        || policy.acl_for(t.key.src, AclDirection::Ingress).is_some();
+    if !isolated && !judged_back {
         cx.error(AclError::Unisolated);
         return Next::Lookup;
     }
@@ -122,6 +128,13 @@ fn judge<B: PacketBuffer>(
                 return Next::Lookup;
             }
         }
+    }
+    if !isolated {
+        cx.error(AclError::Unisolated);
+        if !pkt.meta.conn_new {
+            track_new(cx, &key, &t);
+        }
+        return Next::Lookup;
     }
     // ICMP and other port-less protocols are matched as port 0 (rules with ports never match
     // them; rules without ports do).

@@ -104,6 +104,68 @@ fn allowed_flows_pass_both_ways_and_the_rest_is_denied() {
 }
 
 #[test]
+fn a_connection_an_isolated_pod_opens_to_an_open_one_gets_its_replies() {
+    // The server admits nothing (default-deny ingress) and may send anywhere; the client is
+    // not isolated. A connection the server opens is not judged on the way out, but its
+    // replies come into the server: they must pass as replies, not as new connections.
+    let mut r = rig(PolicyTables {
+        acls: vec![acl("server-in", &[])],
+        pods: [(
+            v4(SERVER).into(),
+            PodAcls {
+                ingress: Some(0),
+                egress: None,
+            },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    let syn = tcp(v4(SERVER), v4(CLIENT), 41000, 8080, TcpFlags::SYN);
+    assert_eq!(from_server(&mut r, &syn).len(), 1);
+    assert_eq!(r.count("ip4-acl", "unisolated"), 1);
+    let synack = tcp(
+        v4(CLIENT),
+        v4(SERVER),
+        8080,
+        41000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    assert_eq!(from_client(&mut r, &synack).len(), 1, "the reply passes");
+    assert_eq!(r.count("ip4-acl", "established"), 1);
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 0);
+    // A new connection to the server from the client is still denied.
+    let syn = tcp(v4(CLIENT), v4(SERVER), 42000, 80, TcpFlags::SYN);
+    assert!(from_client(&mut r, &syn).is_empty());
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 1);
+
+    // The mirror case: the client may send nothing (default-deny egress); the server is open
+    // and connects to it; the client's answers go out as replies.
+    let mut r = rig(PolicyTables {
+        acls: vec![acl("client-out", &[])],
+        pods: [(
+            v4(CLIENT).into(),
+            PodAcls {
+                ingress: None,
+                egress: Some(0),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    let syn = tcp(v4(SERVER), v4(CLIENT), 43000, 22, TcpFlags::SYN);
+    assert_eq!(from_server(&mut r, &syn).len(), 1);
+    let synack = tcp(
+        v4(CLIENT),
+        v4(SERVER),
+        22,
+        43000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    assert_eq!(from_client(&mut r, &synack).len(), 1, "the reply passes");
+    assert_eq!(r.count("ip4-acl", "egress_denied"), 0);
+}
+
+#[test]
 fn ping_needs_a_rule_without_ports() {
     let mut r = rig(policy(&[("198.18.1.0/24", Some(6), (80, 80))]));
     let ping = ipv4(
