@@ -53,8 +53,8 @@ pub struct PodAcls {
 /// Everything the ACL nodes enforce.
 #[derive(Clone, Debug, Default)]
 pub struct PolicyTables {
-    /// The shared ACLs.
-    pub acls: Vec<AclTable>,
+    /// The shared ACLs (behind `Arc`, so the next tables reuse the ones that did not change).
+    pub acls: Vec<Arc<AclTable>>,
     /// Local pods by address (every address of a pod points at the same [`PodAcls`]).
     pub pods: FnvHashMap<IpAddr, PodAcls>,
 }
@@ -77,6 +77,6 @@ impl PolicyTables {
             AclDirection::Ingress => acls.ingress?,
             AclDirection::Egress => acls.egress?,
         };
-        self.acls.get(index as usize).map(|t| (index, t))
+        self.acls.get(index as usize).map(|t| (index, &**t))
     }
 }

@@ -232,7 +232,7 @@ fn services(shrunk: bool) -> Vec<Service> {
     vec![web, gre, dsr, ipip, empty, local]
 }
 
-fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> AclTable {
+fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> Arc<AclTable> {
     let specs: Vec<AclRuleSpec> = rules
         .iter()
         .map(|(net, protocol, ports)| AclRuleSpec {
@@ -242,7 +242,7 @@ fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> AclTable {
         })
         .collect();
     let origins = specs.iter().map(|_| Arc::from("fuzz")).collect();
-    AclTable::new(name, specs, false, origins)
+    Arc::new(AclTable::new(name, specs, false, origins))
 }
 
 fn policy() -> PolicyTables {

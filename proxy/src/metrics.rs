@@ -795,7 +795,7 @@ pub(crate) mod tests {
                 ..Services::default()
             })),
             policy: Some(Arc::new(switchyard_dataplane::policy::PolicyTables {
-                acls: vec![acl],
+                acls: vec![Arc::new(acl)],
                 pods: [(
                     "198.18.2.3".parse().unwrap(),
                     switchyard_dataplane::policy::PodAcls {

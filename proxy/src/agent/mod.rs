@@ -64,6 +64,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         node_name,
         policy: None,
         compile_problems: Vec::new(),
+        acl_cache: policy_tables::AclCache::default(),
         cluster_cidrs: args.cluster_cidrs.to_vec(),
         masquerade_all: args.masquerade_all,
         min_sync: Duration::from_secs_f64(args.min_sync_period),
@@ -207,6 +208,8 @@ struct ControlPlane {
     policy: Option<CompiledPolicy>,
     /// The Service compile problems at the last sync (each is logged when it first appears).
     compile_problems: Vec<String>,
+    /// The ACL classifiers in force, reused while their ACLs do not change.
+    acl_cache: policy_tables::AclCache,
     cluster_cidrs: Vec<ipnet::IpNet>,
     masquerade_all: bool,
     /// Least time between two syncs (kube-proxy's --min-sync-period): changes that come
@@ -448,7 +451,7 @@ impl ControlPlane {
     /// policy, so the ACL nodes are skipped), the number of policies and the problems found.
     /// The view's compiler is kept current change by change; this takes its snapshot and
     /// builds the classifiers.
-    fn compile_policy(&self) -> CompiledPolicy {
+    fn compile_policy(&mut self) -> CompiledPolicy {
         let compiler = self.view.policy();
         let mut problems: Vec<String> = self
             .view
@@ -467,7 +470,7 @@ impl ControlPlane {
             tracing::warn!(error = %e, "NetworkPolicy part matches nothing; policy still enforced");
             problems.push(e.to_string());
         }
-        let tables = policy_tables::policy_tables(&compiled);
+        let tables = policy_tables::policy_tables_reusing(&compiled, &mut self.acl_cache);
         CompiledPolicy {
             tables: Some(Arc::new(tables)),
             policies: compiler.policy_count(),

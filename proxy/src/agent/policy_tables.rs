@@ -7,7 +7,7 @@
 //! which the ACL nodes pass without a lookup. Every address of every local pod points at the
 //! pod's two ACLs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use switchyard_dataplane::acl::AclRuleSpec;
@@ -16,8 +16,21 @@ use switchyard_policy::{Acl, AclId, CompiledPolicies, DefaultAction};
 
 /// The dataplane's view of `compiled`.
 pub fn policy_tables(compiled: &CompiledPolicies) -> PolicyTables {
+    policy_tables_reusing(compiled, &mut AclCache::default())
+}
+
+/// The classifiers built so far, by ACL id, with the ACL each was built from: an ACL the
+/// compiler still holds (the same `Arc`) keeps its classifier, so a change builds only the
+/// classifiers of the ACLs it made.
+#[derive(Debug, Default)]
+pub struct AclCache(HashMap<AclId, (Arc<Acl>, Arc<AclTable>)>);
+
+/// [`policy_tables`], building classifiers only for ACLs `cache` does not hold; afterwards the
+/// cache holds exactly the isolating ACLs of `compiled`.
+pub fn policy_tables_reusing(compiled: &CompiledPolicies, cache: &mut AclCache) -> PolicyTables {
     let mut tables = PolicyTables::default();
     let mut index: BTreeMap<AclId, u32> = BTreeMap::new();
+    let mut next = HashMap::new();
     for (id, acl) in compiled.acls() {
         if acl.default == DefaultAction::Allow {
             continue;
@@ -26,8 +39,14 @@ pub fn policy_tables(compiled: &CompiledPolicies) -> PolicyTables {
             break;
         };
         index.insert(id, i);
-        tables.acls.push(acl_table(id, acl));
+        let table = match cache.0.remove(&id) {
+            Some((built_from, table)) if Arc::ptr_eq(&built_from, acl) => table,
+            _ => Arc::new(acl_table(id, acl)),
+        };
+        tables.acls.push(Arc::clone(&table));
+        next.insert(id, (Arc::clone(acl), table));
     }
+    cache.0 = next;
     for (ip, key) in compiled.local_pod_ips() {
         let Some(acls) = compiled.pod_acls(key) else {
             continue;

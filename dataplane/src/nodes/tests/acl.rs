@@ -11,7 +11,7 @@ use crate::policy::{AclTable, PodAcls, PolicyTables};
 const CLIENT: &str = "198.18.1.2";
 const SERVER: &str = "198.18.2.2";
 
-fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> AclTable {
+fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> Arc<AclTable> {
     let specs: Vec<AclRuleSpec> = rules
         .iter()
         .map(|(net, proto, ports)| AclRuleSpec {
@@ -21,7 +21,7 @@ fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> AclTable {
         })
         .collect();
     let origins = specs.iter().map(|_| Arc::from("test")).collect();
-    AclTable::new(name, specs, false, origins)
+    Arc::new(AclTable::new(name, specs, false, origins))
 }
 
 /// The server pod admits what `server_ingress` says; the client pod may send TCP to the

@@ -295,3 +295,24 @@ fn no_policies_no_tables() {
         .values()
         .all(|p| p.ingress.is_none() && p.egress.is_none()));
 }
+
+#[test]
+fn classifiers_of_unchanged_acls_are_reused() {
+    let cluster = cluster();
+    let mut compiler = switchyard_policy::PolicyCompiler::from_cluster(&cluster);
+    let mut cache = AclCache::default();
+    let first = policy_tables_reusing(&compiler.snapshot(), &mut cache);
+    let again = policy_tables_reusing(&compiler.snapshot(), &mut cache);
+    assert!(!first.acls.is_empty());
+    assert_eq!(first.acls.len(), again.acls.len());
+    for (a, b) in first.acls.iter().zip(&again.acls) {
+        assert!(Arc::ptr_eq(a, b), "{} was built again", a.name);
+    }
+    // Removing every policy leaves nothing to reuse, and the cache lets go of the classifiers.
+    for policy in &cluster.policies {
+        compiler.remove_policy(&policy.key());
+    }
+    let none = policy_tables_reusing(&compiler.snapshot(), &mut cache);
+    assert!(none.acls.is_empty());
+    assert!(first.acls.iter().all(|a| Arc::strong_count(a) <= 2));
+}
