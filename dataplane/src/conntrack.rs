@@ -18,7 +18,9 @@
 //!
 //! TCP follows a simplified version of the Linux/VPP middlebox state machine (no sequence
 //! window tracking): the state moves on SYN, SYN-ACK, FIN, ACK and RST by direction, and each
-//! state has its own timeout. Expiry is lazy (a lookup that finds an expired entry removes it)
+//! state has its own timeout. A client's SYN on a closing or closed connection starts a new
+//! one on the same tuples (port reuse); on an established one it passes and changes nothing,
+//! as Linux ignores it. Expiry is lazy (a lookup that finds an expired entry removes it)
 //! and incremental ([`Conntrack::expire`] visits a bounded number of slots per call).
 //!
 //! The dataplane never reads a clock: every call that needs the time takes `now`.
@@ -539,8 +541,7 @@ impl Conntrack {
             self.counters.invalid += 1;
             return Verdict::Invalid;
         };
-        let reopened = state == ConnState::SynSent
-            && matches!(slot.entry.state, ConnState::TimeWait | ConnState::Close);
+        let reopened = reopens(slot.entry.state, state);
         if reopened {
             // A new connection on the same tuples: start it over, evictable again.
             let entry = &mut self.slots[index].entry;
@@ -930,7 +931,14 @@ fn tcp_next(
     let event = tcp_event(flags)?;
     let same = dir == closer;
     let next = match (state, event, dir) {
-        (New | SynSent | TimeWait | Close, Syn, Original) => SynSent,
+        // A SYN from the client on a closing or closed connection is a new connection on the
+        // same tuples: a client reusing its port before the old close was fully seen.
+        (New | SynSent | FinWait | CloseWait | LastAck | TimeWait | Close, Syn, Original) => {
+            SynSent
+        }
+        // A SYN on an established connection (a late retransmission, or a reuse after a close
+        // we did not see) passes and changes nothing, as Linux conntrack ignores it.
+        (Established, Syn, Original) => Established,
         (New, Ack, Original) if !strict => Established,
         (SynSent, SynAck | Syn, Reply) => SynReceived,
         (SynReceived, Syn, Original) | (SynReceived, SynAck, _) => SynReceived,
@@ -956,6 +964,13 @@ fn tcp_next(
         _ => return None,
     };
     Some((next, closer))
+}
+
+/// True when going from `from` to `to` starts a new connection on the tuples of a closing or
+/// closed one (its counters and age start over).
+fn reopens(from: ConnState, to: ConnState) -> bool {
+    use ConnState::*;
+    to == SynSent && matches!(from, FinWait | CloseWait | LastAck | TimeWait | Close)
 }
 
 /// Packs a slab index and direction into a non-zero 32-bit index reference.
@@ -1338,6 +1353,40 @@ mod tests {
     }
 
     #[test]
+    fn a_syn_on_a_closing_connection_starts_a_new_one() {
+        use Direction::*;
+        for closing in [
+            &[(Original, FIN | ACK)][..],
+            &[(Reply, FIN | ACK)][..],
+            &[(Original, FIN | ACK), (Reply, FIN | ACK)][..],
+        ] {
+            let mut ct = table(16);
+            let (original, reply) = dnat_flow();
+            let id = ct.insert(original, reply, 0, 0).unwrap();
+            handshake(&mut ct, id, 0);
+            for &(dir, flags) in closing {
+                ct.track(id, dir, Some(flags), 52, 0);
+            }
+            let before = state(&ct, id);
+            assert!(
+                matches!(
+                    before,
+                    ConnState::FinWait | ConnState::CloseWait | ConnState::LastAck
+                ),
+                "{before:?}"
+            );
+            // The client reuses its port before the old close was fully seen.
+            assert_eq!(ct.track(id, Original, Some(SYN), 60, S), Verdict::Valid);
+            let entry = ct.get(id).unwrap();
+            assert_eq!(
+                (entry.state, entry.assured, entry.created, entry.packets),
+                (ConnState::SynSent, false, S, [1, 0]),
+                "from {before:?}"
+            );
+        }
+    }
+
+    #[test]
     fn reset_closes_and_expires_after_close_timeout() {
         let mut ct = table(16);
         let (original, reply) = dnat_flow();
@@ -1373,7 +1422,14 @@ mod tests {
         );
         assert_eq!(ct.counters().invalid, 7);
         handshake(&mut ct, id, S);
-        assert_eq!(ct.track(id, Original, Some(SYN), 60, S), Verdict::Invalid);
+        // A SYN on an established connection is let through and changes nothing (Linux
+        // ignores it too); a SYN-ACK from the client is invalid.
+        assert_eq!(ct.track(id, Original, Some(SYN), 60, S), Verdict::Valid);
+        assert_eq!(state(&ct, id), ConnState::Established);
+        assert_eq!(
+            ct.track(id, Original, Some(SYN | ACK), 60, S),
+            Verdict::Invalid
+        );
         assert_eq!(state(&ct, id), ConnState::Established);
     }
 
@@ -1713,9 +1769,7 @@ mod tests {
                 self.counters.invalid += 1;
                 return Verdict::Invalid;
             };
-            if state == ConnState::SynSent
-                && matches!(entry.state, ConnState::TimeWait | ConnState::Close)
-            {
+            if reopens(entry.state, state) {
                 entry.created = now;
                 entry.packets = [0; 2];
                 entry.bytes = [0; 2];
