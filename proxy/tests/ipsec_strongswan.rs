@@ -400,6 +400,9 @@ struct Seen {
     sas_left: usize,
     swanctl_initiate: String,
     counters: Option<switchyard_ipsec::ike::IkeCounters>,
+    /// The CHILD_SA's keys, for the test that decrypts a capture with tshark: (SPI, GCM key
+    /// with its salt) of our inbound and outbound SAs.
+    keys: Option<[(u32, Vec<u8>); 2]>,
     /// An ICMP echo through the CHILD_SA: our ESP to strongSwan's kernel-libipsec and its
     /// answer back, encrypted and decrypted with the keys our engine derived.
     esp_probe: Option<Result<String, String>>,
@@ -448,6 +451,10 @@ fn run_case(peer: &Peer, case: Case, psk: &str) -> Seen {
                     Ok(Some(Event::Established { .. })) => seen.established = true,
                     Ok(Some(Event::ChildInstalled(c))) => {
                         seen.child = Some((c.inbound.spi, c.outbound.spi, c.udp_encap));
+                        seen.keys = Some([
+                            (c.inbound.spi, c.inbound.keys.encryption.expose().to_vec()),
+                            (c.outbound.spi, c.outbound.keys.encryption.expose().to_vec()),
+                        ]);
                         seen.esp_probe = Some(esp_probe(&daemon, &mut tap, &c).await);
                         break;
                     }
@@ -1407,4 +1414,112 @@ fn esp_through_the_agent_shown_by_show_ipsec() {
         assert!(metrics.contains(want), "missing {want:?} in\n{metrics}");
     }
     peer.lab.finish();
+}
+
+/// `tshark` decrypts our ESP with the keys the engine negotiated (exported from the test, never
+/// logged by the agent) and finds the inner packets intact: the ICMP echo we sent through the
+/// CHILD_SA and strongSwan's answer, in ESP-in-UDP on port 4500, nothing malformed.
+#[test]
+fn tshark_decrypts_our_esp_with_the_negotiated_keys() {
+    let Some(peer) = Peer::start("ipsec_tshark") else {
+        return;
+    };
+    if let Err(e) = common::prerequisites(&["tcpdump", "tshark"]) {
+        common::skip_or_fail("tshark_decrypts_our_esp_with_the_negotiated_keys", &e);
+        return;
+    }
+    let capture = peer.lab.dir.join("esp.pcap");
+    let mut tcpdump = peer.lab.spawn(
+        Ns::Server,
+        "tcpdump",
+        &format!(
+            "tcpdump -n -i ike0 -U --immediate-mode -c 2000 -w {} udp port 4500",
+            capture.display()
+        ),
+        Duration::from_secs(60),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !peer.lab.read("tcpdump.err").contains("listening on") {
+        assert!(
+            Instant::now() < deadline,
+            "tcpdump did not start: {}",
+            peer.lab.read("tcpdump.err")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ike, ike_shown) = ike_proposal(true, "x25519");
+    let case = Case {
+        we_initiate: true,
+        ike,
+        esp: GCM128.0,
+        ike_shown,
+        esp_shown: GCM128.1,
+        ..BASE
+    };
+    let seen = run_case(&peer, case, PSK);
+    check_established(&peer, &case, &seen);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = tcpdump.kill();
+    let _ = tcpdump.wait();
+    let keys = seen.keys.expect("the CHILD_SA's keys");
+    let uat: Vec<String> = keys
+        .iter()
+        .map(|(spi, key)| {
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "\"IPv4\",\"*\",\"*\",\"0x{spi:08x}\",\"AES-GCM with 16 octet ICV [RFC4106]\",\"0x{hex}\",\"NULL\",\"\""
+            )
+        })
+        .collect();
+    let dir = peer.lab.dir.join("wireshark");
+    fs::create_dir_all(&dir).expect("tshark profile dir");
+    fs::write(dir.join("esp_sa"), uat.join("\n") + "\n").expect("esp_sa");
+    let out = std::process::Command::new("tshark")
+        .env("WIRESHARK_CONFIG_DIR", &dir)
+        .env("HOME", &dir)
+        .args([
+            "-o",
+            "esp.enable_encryption_decode:TRUE",
+            "-o",
+            &format!("uat:esp_sa:{}", uat[0]),
+            "-o",
+            &format!("uat:esp_sa:{}", uat[1]),
+            "-r",
+            capture.to_str().expect("utf-8"),
+            "-T",
+            "fields",
+            "-e",
+            "esp.spi",
+            "-e",
+            "icmp.type",
+            "-e",
+            "_ws.malformed",
+            "-Y",
+            "esp",
+        ])
+        .output()
+        .expect("run tshark");
+    let table = text(&out.stdout);
+    eprintln!("tshark:\n{table}{}", text(&out.stderr));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split('\t').collect()).collect();
+    assert!(!rows.is_empty(), "no ESP in the capture");
+    // Our echo request (type 8) went out under our outbound SPI, the answer (type 0) came
+    // back under our inbound one, both decrypted to ICMP; nothing malformed.
+    let spi = |s: u32| format!("0x{s:08x}");
+    let (inbound, outbound) = (spi(keys[0].0), spi(keys[1].0));
+    assert!(
+        rows.iter()
+            .any(|r| r.first() == Some(&outbound.as_str()) && r.get(1) == Some(&"8")),
+        "no decrypted echo request under {outbound}:\n{table}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.first() == Some(&inbound.as_str()) && r.get(1) == Some(&"0")),
+        "no decrypted echo reply under {inbound}:\n{table}"
+    );
+    assert!(
+        rows.iter().all(|r| r.get(2).is_none_or(|m| m.is_empty())),
+        "malformed packets:\n{table}"
+    );
 }
