@@ -41,7 +41,13 @@ pub mod tunnel;
 
 /// The router graph: every node above, entered at `ethernet-input`.
 pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>, GraphError> {
-    let nodes: Vec<Box<dyn Node<B>>> = vec![
+    Graph::new(router_nodes(Vec::new()), "ethernet-input", ports)
+}
+
+/// The router's nodes in graph order, with `extra` after the lookups (whose next nodes they
+/// are spliced in as).
+fn router_nodes<B: PacketBuffer + 'static>(extra: Vec<Box<dyn Node<B>>>) -> Vec<Box<dyn Node<B>>> {
+    let mut nodes: Vec<Box<dyn Node<B>>> = vec![
         Box::new(ethernet::EthernetInput),
         Box::new(arp::ArpInput),
         Box::new(ip4::Ip4Input),
@@ -52,44 +58,30 @@ pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>,
         Box::new(acl::Ip6Acl::default()),
         Box::new(ip4::Ip4Lookup),
         Box::new(ip6::Ip6Lookup),
-        Box::new(ip4::Ip4Local),
+    ];
+    nodes.extend(extra);
+    nodes.extend([
+        Box::new(ip4::Ip4Local) as Box<dyn Node<B>>,
         Box::new(ip6::Ip6Local),
         Box::new(icmp4::Icmp4Error),
         Box::new(icmp6::Icmp6Error),
         Box::new(ip4::Ip4Rewrite),
         Box::new(ip6::Ip6Rewrite),
         Box::new(neighbor::NeighborOutput),
-    ];
-    Graph::new(nodes, "ethernet-input", ports)
+    ]);
+    nodes
 }
 
 /// The router graph with IPsec: [`router_graph`]'s nodes plus `esp{4,6}-encrypt`, spliced
 /// between each lookup and its rewrite, and `esp{4,6}-decrypt`, between each lookup and its
 /// local node (see [`esp`]). With no SAs in the tables they pass every packet.
 pub fn ipsec_router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>, GraphError> {
-    let nodes: Vec<Box<dyn Node<B>>> = vec![
-        Box::new(ethernet::EthernetInput),
-        Box::new(arp::ArpInput),
-        Box::new(ip4::Ip4Input),
-        Box::new(ip6::Ip6Input),
-        Box::new(nat::Ip4Nat::default()),
-        Box::new(nat::Ip6Nat::default()),
-        Box::new(acl::Ip4Acl::default()),
-        Box::new(acl::Ip6Acl::default()),
-        Box::new(ip4::Ip4Lookup),
-        Box::new(ip6::Ip6Lookup),
+    let nodes = router_nodes(vec![
         Box::new(esp::Esp4Decrypt::default()),
         Box::new(esp::Esp6Decrypt::default()),
         Box::new(esp::Esp4Encrypt::default()),
         Box::new(esp::Esp6Encrypt::default()),
-        Box::new(ip4::Ip4Local),
-        Box::new(ip6::Ip6Local),
-        Box::new(icmp4::Icmp4Error),
-        Box::new(icmp6::Icmp6Error),
-        Box::new(ip4::Ip4Rewrite),
-        Box::new(ip6::Ip6Rewrite),
-        Box::new(neighbor::NeighborOutput),
-    ];
+    ]);
     let mut graph = Graph::new(nodes, "ethernet-input", ports)?;
     graph.splice("ip4-lookup", "ip4-rewrite", "esp4-encrypt")?;
     graph.splice("ip6-lookup", "ip6-rewrite", "esp6-encrypt")?;
