@@ -428,7 +428,7 @@ mod tests {
             },
             StaticRoute {
                 prefix: "198.51.100.0/24".parse().unwrap(),
-                target: gw("192.0.2.1"),
+                target: gw("198.51.100.1"),
             },
         ];
         let (t, errors) = base.with_extra_routes(&extra);

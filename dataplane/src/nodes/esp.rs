@@ -38,7 +38,7 @@ use crate::fib::Route;
 use crate::graph::{Context, NextIndex, Node, Packet, DROP};
 use crate::ipsec_tables::{FlowSelector, IpsecTables, SaStats};
 use crate::tables::Tables;
-use crate::wire::{Ipv4Packet, Ipv6Packet};
+use crate::wire::Ipv4Packet;
 use crate::{family_node_info, node_errors};
 
 const PROTO_TCP: u8 = 6;
@@ -351,22 +351,9 @@ impl<const V6: bool> EspEncrypt<V6> {
         }
         // The tunnel is a hop: the inner TTL goes down here, as a router's would.
         if !pkt.meta.local_origin {
-            let expired = if inner_v6 {
-                let mut ip = Ipv6Packet::new_unchecked(&mut data[..]);
-                ip.hop_limit() <= 1 || {
-                    ip.decrement_hop_limit();
-                    false
-                }
-            } else {
-                let mut ip = Ipv4Packet::new_unchecked(&mut data[..]);
-                ip.ttl() <= 1 || {
-                    ip.decrement_ttl();
-                    false
-                }
-            };
-            if expired {
+            if let Some(error) = super::tunnel::inner_hop(data, inner_v6) {
                 cx.error(EspEncryptError::TtlExpired);
-                pkt.meta.icmp_error = Some(if inner_v6 { (3, 0, 0) } else { (11, 0, 0) });
+                pkt.meta.icmp_error = Some(error);
                 return EncryptNext::Error;
             }
         }

@@ -553,22 +553,9 @@ fn encapsulate<B: PacketBuffer>(
         return Next::Error;
     }
     // The tunnel is a hop: the inner TTL goes down here, as a router's would.
-    let expired = if inner_v6 {
-        let mut ip = Ipv6Packet::new_unchecked(&mut data[..]);
-        ip.hop_limit() <= 1 || {
-            ip.decrement_hop_limit();
-            false
-        }
-    } else {
-        let mut ip = Ipv4Packet::new_unchecked(&mut data[..]);
-        ip.ttl() <= 1 || {
-            ip.decrement_ttl();
-            false
-        }
-    };
-    if expired {
+    if let Some(error) = tunnel::inner_hop(data, inner_v6) {
         cx.error(NatError::TtlExpired);
-        pkt.meta.icmp_error = Some(if inner_v6 { (3, 0, 0) } else { (11, 0, 0) });
+        pkt.meta.icmp_error = Some(error);
         return Next::Error;
     }
     cx.state.fragment_ident = cx.state.fragment_ident.wrapping_add(1);

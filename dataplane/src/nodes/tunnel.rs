@@ -197,6 +197,26 @@ fn mark_ce(ip: &mut [u8], v6: bool) {
     }
 }
 
+/// A tunnel is a hop: decrements the inner packet's TTL (hop limit), or, when it would reach
+/// zero, leaves it and returns the ICMP error to send back (time exceeded / hop limit
+/// exceeded), as a router's forwarding would.
+pub(super) fn inner_hop(data: &mut [u8], inner_v6: bool) -> Option<(u8, u8, u32)> {
+    let expired = if inner_v6 {
+        let mut ip = crate::wire::Ipv6Packet::new_unchecked(&mut data[..]);
+        ip.hop_limit() <= 1 || {
+            ip.decrement_hop_limit();
+            false
+        }
+    } else {
+        let mut ip = crate::wire::Ipv4Packet::new_unchecked(&mut data[..]);
+        ip.ttl() <= 1 || {
+            ip.decrement_ttl();
+            false
+        }
+    };
+    expired.then_some(if inner_v6 { (3, 0, 0) } else { (11, 0, 0) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
