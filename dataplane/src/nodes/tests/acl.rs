@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::nat::{tcp, udp};
 use super::*;
 use crate::acl::AclRuleSpec;
-use crate::policy::{AclTable, PodAcls, PolicyTables};
+use crate::policy::{AclDirection, AclTable, PodAcls, PolicyTables};
 
 const CLIENT: &str = "198.18.1.2";
 const SERVER: &str = "198.18.2.2";
@@ -50,6 +50,20 @@ fn policy(server_ingress: &[(&str, Option<u8>, (u16, u16))]) -> PolicyTables {
         },
     );
     p
+}
+
+/// Tables where only `pod` is isolated, in `direction`, by `acl`.
+fn one_acl(pod: Ipv4Addr, direction: AclDirection, acl: Arc<AclTable>) -> PolicyTables {
+    let (ingress, egress) = match direction {
+        AclDirection::Ingress => (Some(0), None),
+        AclDirection::Egress => (None, Some(0)),
+    };
+    PolicyTables {
+        acls: vec![acl],
+        pods: [(pod.into(), PodAcls { ingress, egress })]
+            .into_iter()
+            .collect(),
+    }
 }
 
 fn rig(p: PolicyTables) -> Rig {
@@ -108,18 +122,11 @@ fn a_connection_an_isolated_pod_opens_to_an_open_one_gets_its_replies() {
     // The server admits nothing (default-deny ingress) and may send anywhere; the client is
     // not isolated. A connection the server opens is not judged on the way out, but its
     // replies come into the server: they must pass as replies, not as new connections.
-    let mut r = rig(PolicyTables {
-        acls: vec![acl("server-in", &[])],
-        pods: [(
-            v4(SERVER).into(),
-            PodAcls {
-                ingress: Some(0),
-                egress: None,
-            },
-        )]
-        .into_iter()
-        .collect(),
-    });
+    let mut r = rig(one_acl(
+        v4(SERVER),
+        AclDirection::Ingress,
+        acl("server-in", &[]),
+    ));
     let syn = tcp(v4(SERVER), v4(CLIENT), 41000, 8080, TcpFlags::SYN);
     assert_eq!(from_server(&mut r, &syn).len(), 1);
     assert_eq!(r.count("ip4-acl", "unisolated"), 1);
@@ -140,18 +147,11 @@ fn a_connection_an_isolated_pod_opens_to_an_open_one_gets_its_replies() {
 
     // The mirror case: the client may send nothing (default-deny egress); the server is open
     // and connects to it; the client's answers go out as replies.
-    let mut r = rig(PolicyTables {
-        acls: vec![acl("client-out", &[])],
-        pods: [(
-            v4(CLIENT).into(),
-            PodAcls {
-                ingress: None,
-                egress: Some(0),
-            },
-        )]
-        .into_iter()
-        .collect(),
-    });
+    let mut r = rig(one_acl(
+        v4(CLIENT),
+        AclDirection::Egress,
+        acl("client-out", &[]),
+    ));
     let syn = tcp(v4(SERVER), v4(CLIENT), 43000, 22, TcpFlags::SYN);
     assert_eq!(from_server(&mut r, &syn).len(), 1);
     let synack = tcp(
@@ -180,18 +180,11 @@ fn ping_needs_a_rule_without_ports() {
         from_client(&mut r, &ping).is_empty(),
         "client egress allows TCP only"
     );
-    let mut r = rig(PolicyTables {
-        acls: vec![acl("server-in", &[("198.18.1.0/24", None, (0, 65535))])],
-        pods: [(
-            v4(SERVER).into(),
-            PodAcls {
-                ingress: Some(0),
-                egress: None,
-            },
-        )]
-        .into_iter()
-        .collect(),
-    });
+    let mut r = rig(one_acl(
+        v4(SERVER),
+        AclDirection::Ingress,
+        acl("server-in", &[("198.18.1.0/24", None, (0, 65535))]),
+    ));
     assert_eq!(
         from_client(&mut r, &ping).len(),
         1,
