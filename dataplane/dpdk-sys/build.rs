@@ -50,6 +50,19 @@ const FUNCTIONS: &[&str] = &[
     "rte_pktmbuf_pool_create",
     "rte_pktmbuf_free_bulk",
     "rte_mempool_avail_count",
+    "rte_mempool_free",
+    "rte_cryptodev_count",
+    "rte_cryptodev_get_dev_id",
+    "rte_cryptodev_socket_id",
+    "rte_cryptodev_info_get",
+    "rte_cryptodev_configure",
+    "rte_cryptodev_queue_pair_setup",
+    "rte_cryptodev_start",
+    "rte_cryptodev_stop",
+    "rte_cryptodev_sym_get_private_session_size",
+    "rte_cryptodev_sym_session_pool_create",
+    "rte_cryptodev_sym_session_free",
+    "rte_crypto_op_pool_create",
 ];
 
 const TYPES: &[&str] = &[
@@ -58,6 +71,12 @@ const TYPES: &[&str] = &[
     "rte_eth_conf",
     "rte_eth_stats",
     "rte_ether_addr",
+    "rte_crypto_op",
+    "rte_crypto_op_status",
+    "rte_crypto_op_type",
+    "rte_cryptodev_info",
+    "rte_cryptodev_config",
+    "rte_cryptodev_qp_conf",
 ];
 
 const VARS: &[&str] = &[
@@ -71,6 +90,7 @@ const VARS: &[&str] = &[
     "RTE_ETHER_MTU",
     "SOCKET_ID_ANY",
     "LCORE_ID_ANY",
+    "SY_CRYPTO_.*",
 ];
 
 fn main() {
@@ -90,7 +110,10 @@ fn main() {
     cc.file(src.join("shim.c"))
         .include(&src)
         .opt_level(3)
-        .warnings(false);
+        .warnings(false)
+        // DPDK's headers are noisy, but a call to something they do not declare must fail
+        // here rather than at link time.
+        .flag("-Werror=implicit-function-declaration");
     for f in &cflags {
         cc.flag(f);
     }

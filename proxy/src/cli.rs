@@ -435,6 +435,37 @@ pub struct RouterArgs {
     /// through the host stack).
     #[arg(long, value_name = "PATH", requires = "punt_tun")]
     pub ipsec: Option<PathBuf>,
+
+    /// Where ESP crypto runs: `software` (ring and aws-lc-rs on the worker) or
+    /// `cryptodev:DEVICE`, a DPDK cryptodev by name: a QAT function in production,
+    /// `crypto_aesni_gcm0`, `crypto_aesni_mb0` or `crypto_openssl0` (software poll-mode
+    /// drivers) elsewhere. The EAL must probe the device: add `--vdev DEVICE` to --eal for the
+    /// software ones. With a dataplane other than dpdk the EAL is started from --eal for the
+    /// cryptodev alone.
+    #[arg(long, default_value = "software", value_parser = parse_crypto)]
+    pub crypto: CryptoChoice,
+}
+
+/// See [`RouterArgs::crypto`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CryptoChoice {
+    Software,
+    Cryptodev(String),
+}
+
+/// Parses `software` or `cryptodev:DEVICE`.
+pub fn parse_crypto(s: &str) -> Result<CryptoChoice, String> {
+    match s.split_once(':') {
+        None if s == "software" => Ok(CryptoChoice::Software),
+        Some(("cryptodev", device))
+            if !device.is_empty() && !device.contains(char::is_whitespace) =>
+        {
+            Ok(CryptoChoice::Cryptodev(device.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected `software` or `cryptodev:DEVICE` (e.g. cryptodev:crypto_aesni_gcm0)"
+        )),
+    }
 }
 
 /// Splits `NAME=VALUE`.

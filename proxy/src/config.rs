@@ -68,6 +68,7 @@ pub struct AgentConfig {
     admin_socket: Option<PathBuf>,
     dataplane: Option<String>,
     eal: Option<String>,
+    crypto: Option<String>,
     bgp: Option<BgpConfig>,
 }
 
@@ -234,6 +235,9 @@ impl AgentConfig {
         }
         if let Some(v) = self.eal.filter(|_| set("eal")) {
             args.router.eal = Some(v);
+        }
+        if let Some(v) = self.crypto.filter(|_| set("crypto")) {
+            args.router.crypto = crate::cli::parse_crypto(&v).map_err(|e| anyhow!("crypto {e}"))?;
         }
         if let Some(bgp) = self.bgp {
             bgp.apply(args, &set)?;
@@ -509,6 +513,7 @@ healthzTimeout: 2m
 adminSocket: /run/sy/admin.sock
 dataplane: dpdk
 eal: --in-memory
+crypto: cryptodev:crypto_aesni_gcm0
 bgp:
   asn: 64512
   routerId: 198.51.100.1
@@ -552,6 +557,10 @@ bgp:
         assert_eq!(a.admin_socket, PathBuf::from("/run/sy/admin.sock"));
         assert_eq!(a.router.dataplane, Dataplane::Dpdk);
         assert_eq!(a.router.eal.as_deref(), Some("--in-memory"));
+        assert_eq!(
+            a.router.crypto,
+            crate::cli::CryptoChoice::Cryptodev("crypto_aesni_gcm0".into())
+        );
         assert_eq!(a.bgp_asn, Some(64512));
         assert_eq!(a.bgp_listen, ListenAddress(None));
         assert_eq!(
@@ -725,6 +734,7 @@ bgp:
             "admin_socket",
             "dataplane",
             "eal",
+            "crypto",
             "bgp_asn",
             "bgp_router_id",
             "bgp_listen",

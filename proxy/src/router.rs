@@ -11,9 +11,11 @@ use switchyard_dataplane::graph::{Graph, NodeCounters, Packet, VECTOR_SIZE};
 use switchyard_dataplane::nodes::router_graph;
 use switchyard_dataplane::tables::{Interface, Tables, TablesHandle};
 use switchyard_dataplane::worker::WorkerState;
+use switchyard_io::cryptodev::{Cryptodev, CryptodevConfig};
 use switchyard_io::{Driver, PortInfo};
+use switchyard_ipsec::crypto::{CryptoBackend, SoftwareBackend};
 
-use crate::cli::{self, Dataplane, RouterArgs};
+use crate::cli::{self, CryptoChoice, Dataplane, RouterArgs};
 use crate::punt::{PuntCounters, PuntPath};
 use crate::state::{DataplaneSnapshot, Shared, CONNTRACK_SAMPLE};
 
@@ -48,35 +50,31 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
+    let eal = match (args.dataplane, &args.crypto) {
+        (Dataplane::Dpdk, _) | (_, CryptoChoice::Cryptodev(_)) => Some(start_eal(args)?),
+        _ => None,
+    };
+    let crypto = Crypto::from_args(args, eal.as_ref())?;
     match args.dataplane {
         Dataplane::Afpacket => {
             let driver = switchyard_io::afpacket::AfPacketDriver::new(&args.interfaces)
                 .context("starting the AF_PACKET dataplane")?;
-            Router::new(driver, args, hooks)?.run(args, &stop)
+            Router::new(driver, args, hooks, crypto)?.run(args, &stop)
         }
         Dataplane::Afxdp => {
             let driver = switchyard_io::afxdp::AfXdpDriver::new(&args.interfaces, 0)
                 .context("starting the AF_XDP dataplane")?;
-            Router::new(driver, args, hooks)?.run(args, &stop)
+            Router::new(driver, args, hooks, crypto)?.run(args, &stop)
         }
         Dataplane::Dpdk => {
-            let eal_args: Vec<String> = std::iter::once("switchyard".to_string())
-                .chain(
-                    args.eal
-                        .as_deref()
-                        .unwrap_or_default()
-                        .split_whitespace()
-                        .map(str::to_string),
-                )
-                .collect();
-            let eal = switchyard_io::dpdk::Eal::init(&eal_args).context("starting DPDK's EAL")?;
+            let eal = eal.as_ref().context("the EAL is started for dpdk")?;
             let driver = switchyard_io::dpdk::DpdkDriver::new(
-                &eal,
+                eal,
                 &args.interfaces,
                 &switchyard_io::dpdk::DpdkConfig::default(),
             )
             .context("starting the DPDK dataplane")?;
-            Router::new(driver, args, hooks)?.run(args, &stop)
+            Router::new(driver, args, hooks, crypto)?.run(args, &stop)
         }
         Dataplane::Pcap => {
             let ports = args
@@ -88,10 +86,78 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
             let driver =
                 switchyard_io::pcap::PcapDriver::new(ports).context("opening the pcap files")?;
             // A replay ends when every input file has been read.
-            Router::new(driver, args, hooks)?.run_until(args, &stop, |d| {
+            Router::new(driver, args, hooks, crypto)?.run_until(args, &stop, |d| {
                 (0..d.ports().len() as u16).all(|p| d.rx_done(p))
             })
         }
+    }
+}
+
+/// Starts DPDK's EAL with the --eal arguments.
+fn start_eal(args: &RouterArgs) -> anyhow::Result<switchyard_io::dpdk::Eal> {
+    let eal_args: Vec<String> = args
+        .eal
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    switchyard_io::dpdk::Eal::init(&eal_args).context("starting DPDK's EAL")
+}
+
+/// The ESP crypto backend --crypto asks for, and the cryptodev behind it if there is one
+/// (for its counters in the exit report).
+struct Crypto {
+    backend: Arc<dyn CryptoBackend>,
+    device: Option<Arc<Cryptodev>>,
+}
+
+impl Crypto {
+    fn from_args(
+        args: &RouterArgs,
+        eal: Option<&switchyard_io::dpdk::Eal>,
+    ) -> anyhow::Result<Self> {
+        let CryptoChoice::Cryptodev(device) = &args.crypto else {
+            return Ok(Self {
+                backend: Arc::new(SoftwareBackend::new()),
+                device: None,
+            });
+        };
+        let eal = eal.context("the EAL is started for a cryptodev")?;
+        let dev = Cryptodev::start(eal, &CryptodevConfig::new(device.as_str()))
+            .with_context(|| format!("starting cryptodev {device}"))?;
+        if args.ipsec.is_none() {
+            tracing::warn!(
+                device,
+                "--crypto names a cryptodev but there is no --ipsec: unused"
+            );
+        }
+        tracing::info!(
+            device,
+            driver = dev.driver_name(),
+            queue_pairs = dev.queue_pairs(),
+            "ESP crypto on a DPDK cryptodev"
+        );
+        let dev = Arc::new(dev);
+        Ok(Self {
+            backend: Arc::clone(&dev) as Arc<dyn CryptoBackend>,
+            device: Some(dev),
+        })
+    }
+
+    /// A line for the exit report.
+    fn report(&self) -> Option<String> {
+        let dev = self.device.as_ref()?;
+        let s = dev.stats();
+        Some(format!(
+            "cryptodev {} ({}): {} operations, {} failed, {} in software, {} queue pairs stuck\n",
+            dev.device_name(),
+            dev.driver_name(),
+            s.operations,
+            s.failed,
+            s.software_calls,
+            s.stuck_queue_pairs
+        ))
     }
 }
 
@@ -165,13 +231,15 @@ struct Router<D: Driver> {
     shared: Option<Arc<Shared>>,
     /// The IKE daemon (`--ipsec`), wound down before the worker stops forwarding.
     ipsec: Option<crate::ipsec::IpsecService>,
+    /// Where ESP crypto runs.
+    crypto: Crypto,
 }
 
 impl<D: Driver> Router<D>
 where
     D::Buffer: 'static,
 {
-    fn new(driver: D, args: &RouterArgs, hooks: Hooks) -> anyhow::Result<Self> {
+    fn new(driver: D, args: &RouterArgs, hooks: Hooks, crypto: Crypto) -> anyhow::Result<Self> {
         let ports = driver.ports().to_vec();
         if ports.len() != args.interfaces.len() {
             bail!(
@@ -188,7 +256,10 @@ where
             state.neighbors.insert_permanent(port, ip, mac);
         }
         let mut graph = if args.ipsec.is_some() {
-            switchyard_dataplane::nodes::ipsec_router_graph(ports.len())?
+            switchyard_dataplane::nodes::ipsec_router_graph_with(
+                ports.len(),
+                Arc::clone(&crypto.backend),
+            )?
         } else {
             router_graph(ports.len())?
         };
@@ -234,6 +305,7 @@ where
             punt,
             shared: hooks.shared,
             ipsec,
+            crypto,
         })
     }
 
@@ -405,6 +477,9 @@ where
                 .map(|p| (p.name().to_string(), p.counters)),
         };
         print!("{}", report.text());
+        if let Some(line) = self.crypto.report() {
+            print!("{line}");
+        }
         for (i, t) in self.graph.trace.take().iter().enumerate() {
             println!("trace of packet {}:\n{t}", i + 1);
         }

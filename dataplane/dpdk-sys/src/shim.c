@@ -49,3 +49,142 @@ char *sy_rte_pktmbuf_append(struct rte_mbuf *m, uint16_t len) { return rte_pktmb
 int sy_rte_pktmbuf_trim(struct rte_mbuf *m, uint16_t len) { return rte_pktmbuf_trim(m, len); }
 
 int sy_rte_pktmbuf_linearize(struct rte_mbuf *m) { return rte_pktmbuf_linearize(m); }
+
+uint16_t sy_rte_cryptodev_enqueue_burst(uint8_t dev_id, uint16_t qp_id, struct rte_crypto_op **ops,
+                                        uint16_t nb_ops)
+{
+	return rte_cryptodev_enqueue_burst(dev_id, qp_id, ops, nb_ops);
+}
+
+uint16_t sy_rte_cryptodev_dequeue_burst(uint8_t dev_id, uint16_t qp_id, struct rte_crypto_op **ops,
+                                        uint16_t nb_ops)
+{
+	return rte_cryptodev_dequeue_burst(dev_id, qp_id, ops, nb_ops);
+}
+
+int sy_rte_crypto_op_bulk_alloc(struct rte_mempool *mp, struct rte_crypto_op **ops, uint16_t n)
+{
+	return rte_crypto_op_bulk_alloc(mp, RTE_CRYPTO_OP_TYPE_SYMMETRIC, ops, n) == n ? 0 : -1;
+}
+
+void sy_rte_crypto_op_free(struct rte_crypto_op *op) { rte_crypto_op_free(op); }
+
+/* The private area follows the symmetric operation. */
+#define SY_IV_OFFSET (sizeof(struct rte_crypto_op) + sizeof(struct rte_crypto_sym_op))
+#define SY_AAD_OFFSET (SY_IV_OFFSET + SY_CRYPTO_IV_MAX)
+#define SY_DIGEST_OFFSET (SY_AAD_OFFSET + SY_CRYPTO_AAD_MAX)
+
+void *sy_crypto_session_aes_gcm(uint8_t dev_id, struct rte_mempool *mp, int encrypt,
+                                const uint8_t *key, uint16_t key_len, uint16_t aad_len)
+{
+	struct rte_crypto_sym_xform x = {0};
+	x.type = RTE_CRYPTO_SYM_XFORM_AEAD;
+	x.aead.op = encrypt ? RTE_CRYPTO_AEAD_OP_ENCRYPT : RTE_CRYPTO_AEAD_OP_DECRYPT;
+	x.aead.algo = RTE_CRYPTO_AEAD_AES_GCM;
+	x.aead.key.data = key;
+	x.aead.key.length = key_len;
+	x.aead.iv.offset = SY_IV_OFFSET;
+	x.aead.iv.length = 12;
+	x.aead.digest_length = 16;
+	x.aead.aad_length = aad_len;
+	return rte_cryptodev_sym_session_create(dev_id, &x, mp);
+}
+
+void *sy_crypto_session_aes_cbc(uint8_t dev_id, struct rte_mempool *mp, int encrypt,
+                                const uint8_t *key, uint16_t key_len)
+{
+	struct rte_crypto_sym_xform x = {0};
+	x.type = RTE_CRYPTO_SYM_XFORM_CIPHER;
+	x.cipher.op = encrypt ? RTE_CRYPTO_CIPHER_OP_ENCRYPT : RTE_CRYPTO_CIPHER_OP_DECRYPT;
+	x.cipher.algo = RTE_CRYPTO_CIPHER_AES_CBC;
+	x.cipher.key.data = key;
+	x.cipher.key.length = key_len;
+	x.cipher.iv.offset = SY_IV_OFFSET;
+	x.cipher.iv.length = 16;
+	return rte_cryptodev_sym_session_create(dev_id, &x, mp);
+}
+
+void *sy_crypto_session_hmac(uint8_t dev_id, struct rte_mempool *mp, int generate, int auth_algo,
+                             const uint8_t *key, uint16_t key_len, uint16_t digest_len)
+{
+	static const enum rte_crypto_auth_algorithm algos[] = {
+		RTE_CRYPTO_AUTH_SHA256_HMAC,
+		RTE_CRYPTO_AUTH_SHA384_HMAC,
+		RTE_CRYPTO_AUTH_SHA512_HMAC,
+	};
+	if (auth_algo < 0 || auth_algo > 2) {
+		rte_errno = EINVAL;
+		return NULL;
+	}
+	struct rte_crypto_sym_xform x = {0};
+	x.type = RTE_CRYPTO_SYM_XFORM_AUTH;
+	x.auth.op = generate ? RTE_CRYPTO_AUTH_OP_GENERATE : RTE_CRYPTO_AUTH_OP_VERIFY;
+	x.auth.algo = algos[auth_algo];
+	x.auth.key.data = key;
+	x.auth.key.length = key_len;
+	x.auth.digest_length = digest_len;
+	return rte_cryptodev_sym_session_create(dev_id, &x, mp);
+}
+
+void sy_crypto_mbuf_point(struct rte_mbuf *m, void *data, uint16_t len)
+{
+	m->buf_addr = data;
+	rte_mbuf_iova_set(m, rte_eal_iova_mode() == RTE_IOVA_VA ? (rte_iova_t)(uintptr_t)data
+	                                                         : rte_mem_virt2iova(data));
+	m->buf_len = len;
+	m->data_off = 0;
+	m->data_len = len;
+	m->pkt_len = len;
+	m->nb_segs = 1;
+	m->next = NULL;
+}
+
+static void sy_crypto_op_start(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
+                               const uint8_t *iv, uint16_t iv_len)
+{
+	__rte_crypto_op_reset(op, RTE_CRYPTO_OP_TYPE_SYMMETRIC);
+	rte_crypto_op_attach_sym_session(op, sess);
+	op->sym->m_src = m;
+	op->sym->m_dst = NULL;
+	rte_memcpy(rte_crypto_op_ctod_offset(op, uint8_t *, SY_IV_OFFSET), iv, iv_len);
+}
+
+uint8_t *sy_crypto_op_aead(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
+                           const uint8_t *iv, uint16_t iv_len, const uint8_t *aad,
+                           uint16_t aad_len)
+{
+	sy_crypto_op_start(op, sess, m, iv, iv_len);
+	op->sym->aead.data.offset = 0;
+	op->sym->aead.data.length = m->data_len;
+	uint8_t *aad_area = rte_crypto_op_ctod_offset(op, uint8_t *, SY_AAD_OFFSET);
+	memset(aad_area, 0, SY_CRYPTO_AAD_MAX);
+	rte_memcpy(aad_area, aad, aad_len);
+	op->sym->aead.aad.data = aad_area;
+	op->sym->aead.aad.phys_addr = rte_crypto_op_ctophys_offset(op, SY_AAD_OFFSET);
+	op->sym->aead.digest.data = rte_crypto_op_ctod_offset(op, uint8_t *, SY_DIGEST_OFFSET);
+	op->sym->aead.digest.phys_addr = rte_crypto_op_ctophys_offset(op, SY_DIGEST_OFFSET);
+	return op->sym->aead.digest.data;
+}
+
+void sy_crypto_op_cipher(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
+                         const uint8_t *iv, uint16_t iv_len)
+{
+	sy_crypto_op_start(op, sess, m, iv, iv_len);
+	op->sym->cipher.data.offset = 0;
+	op->sym->cipher.data.length = m->data_len;
+}
+
+uint8_t *sy_crypto_op_auth(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m)
+{
+	__rte_crypto_op_reset(op, RTE_CRYPTO_OP_TYPE_SYMMETRIC);
+	rte_crypto_op_attach_sym_session(op, sess);
+	op->sym->m_src = m;
+	op->sym->m_dst = NULL;
+	op->sym->auth.data.offset = 0;
+	op->sym->auth.data.length = m->data_len;
+	op->sym->auth.digest.data = rte_crypto_op_ctod_offset(op, uint8_t *, SY_DIGEST_OFFSET);
+	op->sym->auth.digest.phys_addr = rte_crypto_op_ctophys_offset(op, SY_DIGEST_OFFSET);
+	return op->sym->auth.digest.data;
+}
+
+int sy_crypto_op_status(const struct rte_crypto_op *op) { return op->status; }

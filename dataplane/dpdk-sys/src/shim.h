@@ -1,5 +1,7 @@
 /* Out-of-line wrappers for DPDK's static inline functions and macros, prefixed `sy_` so they
- * can be bound by bindgen and called from Rust. Each one does nothing but call what it wraps. */
+ * can be bound by bindgen and called from Rust. Each one does nothing but call what it wraps,
+ * except the cryptodev helpers at the end, which fill DPDK's union-heavy transform and
+ * operation structures (simpler and safer in C than through bindgen's unions). */
 #ifndef SWITCHYARD_DPDK_SHIM_H
 #define SWITCHYARD_DPDK_SHIM_H
 
@@ -7,6 +9,7 @@
 
 struct rte_mbuf;
 struct rte_mempool;
+struct rte_crypto_op;
 
 /* Per-lcore (thread-local) state. */
 int sy_rte_errno(void);
@@ -38,5 +41,45 @@ char *sy_rte_pktmbuf_adj(struct rte_mbuf *m, uint16_t len);
 char *sy_rte_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 int sy_rte_pktmbuf_trim(struct rte_mbuf *m, uint16_t len);
 int sy_rte_pktmbuf_linearize(struct rte_mbuf *m);
+
+/* cryptodev fast path. */
+uint16_t sy_rte_cryptodev_enqueue_burst(uint8_t dev_id, uint16_t qp_id, struct rte_crypto_op **ops,
+                                        uint16_t nb_ops);
+uint16_t sy_rte_cryptodev_dequeue_burst(uint8_t dev_id, uint16_t qp_id, struct rte_crypto_op **ops,
+                                        uint16_t nb_ops);
+int sy_rte_crypto_op_bulk_alloc(struct rte_mempool *mp, struct rte_crypto_op **ops, uint16_t n);
+void sy_rte_crypto_op_free(struct rte_crypto_op *op);
+
+/* Where an operation's private area starts: the IV, then the AAD (up to SY_CRYPTO_AAD_MAX
+ * bytes), then the digest (up to SY_CRYPTO_DIGEST_MAX bytes). */
+#define SY_CRYPTO_IV_MAX 16
+#define SY_CRYPTO_AAD_MAX 16
+#define SY_CRYPTO_DIGEST_MAX 64
+#define SY_CRYPTO_OP_PRIV (SY_CRYPTO_IV_MAX + SY_CRYPTO_AAD_MAX + SY_CRYPTO_DIGEST_MAX)
+
+/* Symmetric sessions: NULL on failure (rte_errno set). `encrypt`/`generate` choose the
+ * direction; `cbc_256`/`auth_algo` pick the algorithm (0: SHA-256, 1: SHA-384, 2: SHA-512). */
+void *sy_crypto_session_aes_gcm(uint8_t dev_id, struct rte_mempool *mp, int encrypt,
+                                const uint8_t *key, uint16_t key_len, uint16_t aad_len);
+void *sy_crypto_session_aes_cbc(uint8_t dev_id, struct rte_mempool *mp, int encrypt,
+                                const uint8_t *key, uint16_t key_len);
+void *sy_crypto_session_hmac(uint8_t dev_id, struct rte_mempool *mp, int generate, int auth_algo,
+                             const uint8_t *key, uint16_t key_len, uint16_t digest_len);
+
+/* Points a scratch mbuf at `len` bytes at `data` (one segment, in place), with the IOVA the
+ * EAL's mode asks for. */
+void sy_crypto_mbuf_point(struct rte_mbuf *m, void *data, uint16_t len);
+
+/* Fills a symmetric operation on the whole of mbuf `m` with session `sess`: the IV is copied
+ * into the private area; for AEAD the AAD too. Returns the digest area (read the tag from it
+ * after an encryption, write it there before a decryption). */
+uint8_t *sy_crypto_op_aead(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
+                           const uint8_t *iv, uint16_t iv_len, const uint8_t *aad,
+                           uint16_t aad_len);
+void sy_crypto_op_cipher(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
+                         const uint8_t *iv, uint16_t iv_len);
+uint8_t *sy_crypto_op_auth(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m);
+/* RTE_CRYPTO_OP_STATUS_* of a dequeued operation. */
+int sy_crypto_op_status(const struct rte_crypto_op *op);
 
 #endif

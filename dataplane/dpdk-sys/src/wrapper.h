@@ -12,6 +12,8 @@
 #include <rte_ether.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
+#include <rte_crypto.h>
+#include <rte_cryptodev.h>
 
 #include "shim.h"
 

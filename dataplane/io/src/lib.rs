@@ -10,6 +10,8 @@ pub mod afpacket;
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
 #[cfg(feature = "dpdk")]
+pub mod cryptodev;
+#[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod mem;
 pub mod pcap;

@@ -30,7 +30,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use fnv::FnvBuildHasher;
-use switchyard_ipsec::crypto::SoftwareBackend;
+use std::sync::Arc;
+
+use switchyard_ipsec::crypto::{CryptoBackend, SoftwareBackend};
 use switchyard_ipsec::esp::{self, Direction, EspError, ReplayError, Sa};
 
 use crate::buffer::PacketBuffer;
@@ -117,20 +119,28 @@ enum DecryptNext {
 const DECRYPT_NEXT4: &[&str] = &[DROP, "ip4-local", "ip4-input", "ip6-input"];
 const DECRYPT_NEXT6: &[&str] = &[DROP, "ip6-local", "ip4-input", "ip6-input"];
 
-/// The per-worker state of SAs, by SPI, with the generation of the tables it follows.
+/// The per-worker state of SAs, by SPI, with the generation of the tables it follows, and
+/// the crypto backend that prepares their keys.
 struct SaCache {
     sas: HashMap<u32, Sa, FnvBuildHasher>,
     generation: Option<u64>,
-    backend: SoftwareBackend,
+    backend: Arc<dyn CryptoBackend>,
 }
 
-impl Default for SaCache {
-    fn default() -> Self {
+impl SaCache {
+    fn new(backend: Arc<dyn CryptoBackend>) -> Self {
         Self {
             sas: HashMap::default(),
             generation: None,
-            backend: SoftwareBackend::new(),
+            backend,
         }
+    }
+}
+
+impl Default for SaCache {
+    /// Crypto in software.
+    fn default() -> Self {
+        Self::new(Arc::new(SoftwareBackend::new()))
     }
 }
 
@@ -139,6 +149,7 @@ impl std::fmt::Debug for SaCache {
         f.debug_struct("SaCache")
             .field("sas", &self.sas.len())
             .field("generation", &self.generation)
+            .field("backend", &self.backend.name())
             .finish()
     }
 }
@@ -174,6 +185,15 @@ pub struct EspEncrypt<const V6: bool> {
     cache: SaCache,
 }
 
+impl<const V6: bool> EspEncrypt<V6> {
+    /// The node with ESP crypto on `backend`.
+    pub fn new(backend: Arc<dyn CryptoBackend>) -> Self {
+        Self {
+            cache: SaCache::new(backend),
+        }
+    }
+}
+
 /// `esp4-encrypt`.
 pub type Esp4Encrypt = EspEncrypt<false>;
 /// `esp6-encrypt`.
@@ -183,6 +203,15 @@ pub type Esp6Encrypt = EspEncrypt<true>;
 #[derive(Debug, Default)]
 pub struct EspDecrypt<const V6: bool> {
     cache: SaCache,
+}
+
+impl<const V6: bool> EspDecrypt<V6> {
+    /// The node with ESP crypto on `backend`.
+    pub fn new(backend: Arc<dyn CryptoBackend>) -> Self {
+        Self {
+            cache: SaCache::new(backend),
+        }
+    }
 }
 
 /// `esp4-decrypt`.
@@ -318,7 +347,12 @@ impl<const V6: bool> EspEncrypt<V6> {
         let sa = match self.cache.sas.entry(policy.sa.spi) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                match Sa::new(&self.cache.backend, &policy.sa, Direction::Outbound, cx.now) {
+                match Sa::new(
+                    &*self.cache.backend,
+                    &policy.sa,
+                    Direction::Outbound,
+                    cx.now,
+                ) {
                     Ok(sa) => e.insert(sa),
                     Err(_) => {
                         cx.error(EspEncryptError::SaSetup);
@@ -503,7 +537,7 @@ impl<const V6: bool> EspDecrypt<V6> {
         let sa = match self.cache.sas.entry(spi) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                match Sa::new(&self.cache.backend, &entry.sa, Direction::Inbound, cx.now) {
+                match Sa::new(&*self.cache.backend, &entry.sa, Direction::Inbound, cx.now) {
                     Ok(sa) => e.insert(sa),
                     Err(_) => {
                         cx.error(EspDecryptError::SaSetup);

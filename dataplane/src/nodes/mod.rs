@@ -16,6 +16,10 @@
 //! second buffer and hold the packet until the answer arrives; that is the only allocation
 //! outside start-up, and it is rationed to one request a second per neighbor.
 
+use std::sync::Arc;
+
+use switchyard_ipsec::crypto::{CryptoBackend, SoftwareBackend};
+
 use crate::buffer::PacketBuffer;
 use crate::graph::{Graph, GraphError, Node};
 use crate::wire::{EtherType, EthernetAddress, EthernetFrame};
@@ -74,13 +78,23 @@ fn router_nodes<B: PacketBuffer + 'static>(extra: Vec<Box<dyn Node<B>>>) -> Vec<
 
 /// The router graph with IPsec: [`router_graph`]'s nodes plus `esp{4,6}-encrypt`, spliced
 /// between each lookup and its rewrite, and `esp{4,6}-decrypt`, between each lookup and its
-/// local node (see [`esp`]). With no SAs in the tables they pass every packet.
+/// local node (see [`esp`]). With no SAs in the tables they pass every packet. ESP crypto runs
+/// in software; [`ipsec_router_graph_with`] takes another backend.
 pub fn ipsec_router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>, GraphError> {
+    ipsec_router_graph_with(ports, Arc::new(SoftwareBackend::new()))
+}
+
+/// [`ipsec_router_graph`] with ESP crypto on `backend` (a DPDK cryptodev, say), which the four
+/// ESP nodes share.
+pub fn ipsec_router_graph_with<B: PacketBuffer + 'static>(
+    ports: usize,
+    backend: Arc<dyn CryptoBackend>,
+) -> Result<Graph<B>, GraphError> {
     let nodes = router_nodes(vec![
-        Box::new(esp::Esp4Decrypt::default()),
-        Box::new(esp::Esp6Decrypt::default()),
-        Box::new(esp::Esp4Encrypt::default()),
-        Box::new(esp::Esp6Encrypt::default()),
+        Box::new(esp::Esp4Decrypt::new(Arc::clone(&backend))),
+        Box::new(esp::Esp6Decrypt::new(Arc::clone(&backend))),
+        Box::new(esp::Esp4Encrypt::new(Arc::clone(&backend))),
+        Box::new(esp::Esp6Encrypt::new(backend)),
     ]);
     let mut graph = Graph::new(nodes, "ethernet-input", ports)?;
     graph.splice("ip4-lookup", "ip4-rewrite", "esp4-encrypt")?;

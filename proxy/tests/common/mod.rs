@@ -23,6 +23,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod dissect;
+pub mod edge_lab;
 
 use std::fs;
 use std::io::Read;

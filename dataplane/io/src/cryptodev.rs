@@ -1,0 +1,821 @@
+//! A DPDK cryptodev as a [`CryptoBackend`]: Intel QAT in production, the software poll-mode
+//! drivers (`crypto_aesni_gcm`, `crypto_aesni_mb`, `crypto_openssl`) where there is no QAT,
+//! through the same API and the same code.
+//!
+//! Each prepared context owns symmetric sessions on the device (one per direction, and for
+//! AES-GCM one per AAD length: 8 bytes for ESP, 12 with extended sequence numbers), made the
+//! first time they are needed. An operation points a scratch mbuf at the caller's bytes (in
+//! place, no copy), enqueues it on the calling thread's queue pair and dequeues the result.
+//! Queue pairs are handed out to threads round-robin and each is behind a mutex that its one
+//! worker never finds taken, so the dataplane gets one queue pair per worker.
+//!
+//! What a device cannot do in one operation is done by the software backend with the same
+//! keys: AES-GCM with an AAD other than ESP's (IKE's SK payload), HMAC over several pieces
+//! (ESP's ICV with the extended sequence number's high half appended), and the single block
+//! encryption that derives a CBC IV. So every context answers every call, bit for bit as the
+//! software backend would.
+
+use std::ffi::{c_void, CStr, CString};
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use switchyard_dpdk_sys as sys;
+use switchyard_ipsec::crypto::{
+    Aead, AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, CryptoError, MacAlgorithm,
+    SecretBytes, SoftwareBackend,
+};
+
+use crate::dpdk::Eal;
+use crate::IoError;
+
+/// Makes mempool names unique within the process.
+static POOL_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// How long a thread waits for one operation before it calls the device stuck: a software
+/// PMD answers in well under a microsecond, QAT in a few.
+const MAX_POLLS: u32 = 50_000_000;
+
+/// How to set up the device.
+#[derive(Clone, Debug)]
+pub struct CryptodevConfig {
+    /// The device name as DPDK knows it: `crypto_aesni_gcm0` (from `--vdev`), a QAT
+    /// function's name, ...
+    pub device: String,
+    /// Queue pairs to set up (at most the device's maximum); threads share them round-robin.
+    pub queue_pairs: u16,
+    /// Descriptors per queue pair.
+    pub descriptors: u32,
+    /// Sessions the pool holds: each SA uses one per direction it runs in.
+    pub sessions: u32,
+}
+
+impl CryptodevConfig {
+    /// Defaults for `device`: 2 queue pairs of 2048 descriptors, 8192 sessions.
+    pub fn new(device: impl Into<String>) -> Self {
+        Self {
+            device: device.into(),
+            queue_pairs: 2,
+            descriptors: 2048,
+            sessions: 8192,
+        }
+    }
+}
+
+/// A started cryptodev and the pools its operations use.
+pub struct Cryptodev {
+    device: Arc<Device>,
+}
+
+impl fmt::Debug for Cryptodev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cryptodev")
+            .field("device", &self.device.name)
+            .field("driver", &self.device.driver)
+            .field("dev_id", &self.device.dev_id)
+            .field("queue_pairs", &self.device.queues.len())
+            .finish()
+    }
+}
+
+struct Device {
+    dev_id: u8,
+    name: String,
+    driver: String,
+    sessions: NonNull<sys::rte_mempool>,
+    queues: Vec<Mutex<QueuePair>>,
+    software: SoftwareBackend,
+    /// Calls the software backend answered instead of the device.
+    software_calls: AtomicU64,
+    /// Sessions the device refused to make (the contexts then work in software).
+    session_failures: AtomicU64,
+}
+
+// SAFETY: the device holds a DPDK device id and mempool pointers; mempools are multi-thread
+// safe and sessions may be used from any thread. The queue pairs, which are not, are each
+// behind a Mutex.
+unsafe impl Send for Device {}
+// SAFETY: as above: every shared use goes through thread-safe DPDK calls or a Mutex.
+unsafe impl Sync for Device {}
+
+/// One queue pair with the one operation and the one scratch mbuf its thread reuses.
+struct QueuePair {
+    id: u16,
+    op: NonNull<sys::rte_crypto_op>,
+    mbuf: NonNull<sys::rte_mbuf>,
+    /// Set when an operation never came back: the queue pair is not used again.
+    stuck: bool,
+    /// Operations completed, and of those refused (authentication) or failed.
+    completed: u64,
+    failed: u64,
+}
+
+// SAFETY: the op and mbuf belong to this queue pair alone and are only touched under its
+// Mutex.
+unsafe impl Send for QueuePair {}
+
+fn rte_errno() -> i32 {
+    // SAFETY: reads a thread-local integer; no preconditions.
+    unsafe { sys::sy_rte_errno() }
+}
+
+fn dpdk_error(what: impl fmt::Display, errnum: i32) -> IoError {
+    // SAFETY: rte_strerror accepts any value and returns a NUL-terminated string that is
+    // copied out at once.
+    let msg = unsafe { CStr::from_ptr(sys::rte_strerror(errnum)) };
+    IoError::Dpdk(format!(
+        "{what}: {} (errno {errnum})",
+        msg.to_string_lossy()
+    ))
+}
+
+fn unique_name(kind: &str) -> CString {
+    let n = POOL_SEQ.fetch_add(1, Ordering::Relaxed);
+    CString::new(format!("sy_{kind}_{n}")).expect("no NUL in a generated name")
+}
+
+impl Cryptodev {
+    /// Configures and starts the device `cfg.device`, which the EAL must have probed (a
+    /// `--vdev crypto_aesni_gcm0` in the EAL arguments, or a bound QAT function).
+    pub fn start(_eal: &Eal, cfg: &CryptodevConfig) -> Result<Self, IoError> {
+        let cname = CString::new(cfg.device.as_str())
+            .map_err(|_| IoError::BadArguments(format!("device name {:?}", cfg.device)))?;
+        // SAFETY: the EAL is initialised (the caller holds an Eal); cname is a C string.
+        let id = unsafe { sys::rte_cryptodev_get_dev_id(cname.as_ptr()) };
+        let dev_id = u8::try_from(id).map_err(|_| {
+            // SAFETY: reads the device table; no preconditions once the EAL is up.
+            let count = unsafe { sys::rte_cryptodev_count() };
+            IoError::NoSuchInterface(format!(
+                "cryptodev {} ({count} cryptodevs probed; add --vdev {} to the EAL arguments)",
+                cfg.device, cfg.device
+            ))
+        })?;
+        let mut info = sys::rte_cryptodev_info::default();
+        // SAFETY: dev_id names a probed device; info is a valid, writable struct.
+        unsafe { sys::rte_cryptodev_info_get(dev_id, &mut info) };
+        let driver = if info.driver_name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: a non-NULL driver name is a static NUL-terminated string of the PMD.
+            unsafe { CStr::from_ptr(info.driver_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let max_qps = u16::try_from(info.max_nb_queue_pairs).unwrap_or(u16::MAX);
+        let queue_pairs = cfg.queue_pairs.clamp(1, max_qps.max(1));
+        // SAFETY: dev_id names a probed device.
+        let socket = unsafe { sys::rte_cryptodev_socket_id(dev_id) };
+
+        // SAFETY: dev_id names a probed device.
+        let session_size = unsafe { sys::rte_cryptodev_sym_get_private_session_size(dev_id) };
+        let pool_name = unique_name("cryptosess");
+        // SAFETY: a valid name that DPDK copies; sizes are checked by DPDK.
+        let sessions = unsafe {
+            sys::rte_cryptodev_sym_session_pool_create(
+                pool_name.as_ptr(),
+                cfg.sessions,
+                session_size,
+                0,
+                0,
+                socket,
+            )
+        };
+        let sessions = NonNull::new(sessions)
+            .ok_or_else(|| dpdk_error("creating the session pool", rte_errno()))?;
+
+        let mut conf = sys::rte_cryptodev_config {
+            socket_id: socket,
+            nb_queue_pairs: queue_pairs,
+            ff_disable: 0,
+        };
+        // SAFETY: dev_id names a stopped device; conf is valid for the call.
+        let ret = unsafe { sys::rte_cryptodev_configure(dev_id, &mut conf) };
+        if ret < 0 {
+            return Err(dpdk_error(format!("configuring {}", cfg.device), -ret));
+        }
+        let qp_conf = sys::rte_cryptodev_qp_conf {
+            nb_descriptors: cfg.descriptors,
+            mp_session: sessions.as_ptr(),
+        };
+        for qp in 0..queue_pairs {
+            // SAFETY: the device is configured with queue_pairs queue pairs; qp_conf and
+            // the session pool outlive the device's use of them (the pool is never freed).
+            let ret = unsafe { sys::rte_cryptodev_queue_pair_setup(dev_id, qp, &qp_conf, socket) };
+            if ret < 0 {
+                return Err(dpdk_error(
+                    format!("queue pair {qp} of {}", cfg.device),
+                    -ret,
+                ));
+            }
+        }
+        // SAFETY: the device is configured and its queue pairs set up.
+        let ret = unsafe { sys::rte_cryptodev_start(dev_id) };
+        if ret < 0 {
+            return Err(dpdk_error(format!("starting {}", cfg.device), -ret));
+        }
+
+        let ops_name = unique_name("cryptoops");
+        // SAFETY: a valid name that DPDK copies; the private area holds IV, AAD and digest.
+        let ops = unsafe {
+            sys::rte_crypto_op_pool_create(
+                ops_name.as_ptr(),
+                sys::RTE_CRYPTO_OP_TYPE_SYMMETRIC,
+                u32::from(queue_pairs) * 2 + 64,
+                0,
+                sys::SY_CRYPTO_OP_PRIV as u16,
+                socket,
+            )
+        };
+        let ops =
+            NonNull::new(ops).ok_or_else(|| dpdk_error("creating the op pool", rte_errno()))?;
+        let mbufs_name = unique_name("cryptombufs");
+        // SAFETY: a valid name; mbufs with no data room: they only ever point at the caller's
+        // bytes (sy_crypto_mbuf_point).
+        let mbufs = unsafe {
+            sys::rte_pktmbuf_pool_create(
+                mbufs_name.as_ptr(),
+                u32::from(queue_pairs) * 2 + 64,
+                0,
+                0,
+                0,
+                socket,
+            )
+        };
+        let mbufs = NonNull::new(mbufs)
+            .ok_or_else(|| dpdk_error("creating the scratch mbuf pool", rte_errno()))?;
+
+        let mut queues = Vec::with_capacity(usize::from(queue_pairs));
+        for id in 0..queue_pairs {
+            let mut op = std::ptr::null_mut();
+            // SAFETY: ops is a live crypto op pool; op receives one fresh operation.
+            if unsafe { sys::sy_rte_crypto_op_bulk_alloc(ops.as_ptr(), &mut op, 1) } != 0 {
+                return Err(IoError::Dpdk("allocating a crypto operation".into()));
+            }
+            // SAFETY: mbufs is a live pktmbuf pool.
+            let mbuf = unsafe { sys::sy_rte_pktmbuf_alloc(mbufs.as_ptr()) };
+            let (Some(op), Some(mbuf)) = (NonNull::new(op), NonNull::new(mbuf)) else {
+                return Err(IoError::Dpdk("allocating a scratch mbuf".into()));
+            };
+            queues.push(Mutex::new(QueuePair {
+                id,
+                op,
+                mbuf,
+                stuck: false,
+                completed: 0,
+                failed: 0,
+            }));
+        }
+        Ok(Self {
+            device: Arc::new(Device {
+                dev_id,
+                name: cfg.device.clone(),
+                driver,
+                sessions,
+                queues,
+                software: SoftwareBackend::new(),
+                software_calls: AtomicU64::new(0),
+                session_failures: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The device's DPDK name.
+    pub fn device_name(&self) -> &str {
+        &self.device.name
+    }
+
+    /// The poll-mode driver's name (`crypto_aesni_gcm`, `crypto_qat`, ...).
+    pub fn driver_name(&self) -> &str {
+        &self.device.driver
+    }
+
+    /// Queue pairs in use.
+    pub fn queue_pairs(&self) -> usize {
+        self.device.queues.len()
+    }
+
+    /// What the device has done so far.
+    pub fn stats(&self) -> CryptodevStats {
+        let mut stats = CryptodevStats {
+            software_calls: self.device.software_calls.load(Ordering::Relaxed),
+            session_failures: self.device.session_failures.load(Ordering::Relaxed),
+            ..CryptodevStats::default()
+        };
+        for q in &self.device.queues {
+            let q = match q.lock() {
+                Ok(q) => q,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            stats.operations += q.completed;
+            stats.failed += q.failed;
+            stats.stuck_queue_pairs += u64::from(q.stuck);
+        }
+        stats
+    }
+}
+
+/// Counters of a [`Cryptodev`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CryptodevStats {
+    /// Operations the device completed (successfully or not).
+    pub operations: u64,
+    /// Of those, the ones that failed: forged tags and ICVs, device errors.
+    pub failed: u64,
+    /// Calls answered in software: AADs and HMAC inputs the device's sessions do not take,
+    /// empty inputs, and contexts whose sessions the device refused. (CBC IV derivation, one
+    /// block per packet, is always in software and not counted.)
+    pub software_calls: u64,
+    /// Sessions the device refused to make.
+    pub session_failures: u64,
+    /// Queue pairs given up on after an operation never came back.
+    pub stuck_queue_pairs: u64,
+}
+
+/// The calling thread's queue pair index: threads are numbered as they first ask.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|s| *s)
+}
+
+/// A symmetric session on the device, freed with it.
+struct Session {
+    ptr: NonNull<c_void>,
+    device: Arc<Device>,
+}
+
+// SAFETY: a session is read-only device state once made, usable from any thread.
+unsafe impl Send for Session {}
+// SAFETY: as above.
+unsafe impl Sync for Session {}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from rte_cryptodev_sym_session_create on this device, and no
+        // operation uses it any more (operations run to completion under the queue's lock
+        // while the context, which owns the session, is borrowed).
+        unsafe { sys::rte_cryptodev_sym_session_free(self.device.dev_id, self.ptr.as_ptr()) };
+    }
+}
+
+/// What a session does, for the C helpers that fill the transform.
+#[derive(Clone, Copy)]
+enum SessionKind {
+    Gcm { encrypt: bool, aad_len: u16 },
+    Cbc { encrypt: bool },
+    Hmac { generate: bool, mac: MacAlgorithm },
+}
+
+impl Device {
+    /// Counts a call answered in software.
+    fn in_software(&self) {
+        self.software_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn session(self: &Arc<Self>, kind: SessionKind, key: &[u8]) -> Result<Session, CryptoError> {
+        let key_len = u16::try_from(key.len()).map_err(|_| CryptoError::KeyLength)?;
+        let dev = self.dev_id;
+        let mp = self.sessions.as_ptr();
+        // SAFETY: the device is started; mp is its session pool; key is valid for key_len
+        // bytes and the PMD copies (expands) it during the call.
+        let ptr = unsafe {
+            match kind {
+                SessionKind::Gcm { encrypt, aad_len } => sys::sy_crypto_session_aes_gcm(
+                    dev,
+                    mp,
+                    i32::from(encrypt),
+                    key.as_ptr(),
+                    key_len,
+                    aad_len,
+                ),
+                SessionKind::Cbc { encrypt } => sys::sy_crypto_session_aes_cbc(
+                    dev,
+                    mp,
+                    i32::from(encrypt),
+                    key.as_ptr(),
+                    key_len,
+                ),
+                SessionKind::Hmac { generate, mac } => {
+                    let algo = match mac {
+                        MacAlgorithm::HmacSha256_128 => 0,
+                        MacAlgorithm::HmacSha384_192 => 1,
+                        MacAlgorithm::HmacSha512_256 => 2,
+                    };
+                    sys::sy_crypto_session_hmac(
+                        dev,
+                        mp,
+                        i32::from(generate),
+                        algo,
+                        key.as_ptr(),
+                        key_len,
+                        mac.icv_len() as u16,
+                    )
+                }
+            }
+        };
+        let Some(ptr) = NonNull::new(ptr) else {
+            self.session_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(CryptoError::Backend);
+        };
+        Ok(Session {
+            ptr,
+            device: Arc::clone(self),
+        })
+    }
+
+    /// Runs one operation on the calling thread's queue pair, in place on the job's bytes.
+    fn run(&self, job: Job<'_>) -> Result<(), CryptoError> {
+        let (data, len) = match &job {
+            Job::Seal { data, .. } | Job::Open { data, .. } | Job::Cipher { data, .. } => {
+                (data.as_ptr().cast_mut(), data.len())
+            }
+            // An HMAC operation only reads its data; the mbuf's pointer is mutable by type.
+            Job::Sign { data, .. } | Job::Verify { data, .. } => {
+                (data.as_ptr().cast_mut(), data.len())
+            }
+        };
+        let len = u16::try_from(len).map_err(|_| CryptoError::BufferLength)?;
+        let slot = thread_slot() % self.queues.len();
+        let mut qp = match self.queues[slot].lock() {
+            Ok(q) => q,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if qp.stuck {
+            return Err(CryptoError::Backend);
+        }
+        let (op, mbuf) = (qp.op.as_ptr(), qp.mbuf.as_ptr());
+        // SAFETY: op and mbuf are this queue pair's and idle (the last operation on them was
+        // dequeued, or the queue would be stuck); the job borrows its bytes (mutably where the
+        // operation writes them) until this returns, and the operation completes, or the
+        // queue is marked stuck and never used again, before that. IV (≤ 16 bytes), AAD (8 or
+        // 12, checked by the callers) and digest (≤ 32) fit the op's private area
+        // (SY_CRYPTO_IV_MAX, SY_CRYPTO_AAD_MAX, SY_CRYPTO_DIGEST_MAX).
+        let digest = unsafe {
+            sys::sy_crypto_mbuf_point(mbuf, data.cast(), len);
+            match &job {
+                Job::Seal {
+                    session,
+                    nonce,
+                    aad,
+                    ..
+                }
+                | Job::Open {
+                    session,
+                    nonce,
+                    aad,
+                    ..
+                } => sys::sy_crypto_op_aead(
+                    op,
+                    *session,
+                    mbuf,
+                    nonce.as_ptr(),
+                    12,
+                    aad.as_ptr(),
+                    aad.len() as u16,
+                ),
+                Job::Cipher { session, iv, .. } => {
+                    sys::sy_crypto_op_cipher(op, *session, mbuf, iv.as_ptr(), 16);
+                    std::ptr::null_mut()
+                }
+                Job::Sign { session, .. } | Job::Verify { session, .. } => {
+                    sys::sy_crypto_op_auth(op, *session, mbuf)
+                }
+            }
+        };
+        let expected: &[u8] = match &job {
+            Job::Open { tag, .. } => &tag[..],
+            Job::Verify { icv, .. } => icv,
+            _ => &[],
+        };
+        if !expected.is_empty() {
+            // SAFETY: the digest area holds SY_CRYPTO_DIGEST_MAX ≥ expected.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(expected.as_ptr(), digest, expected.len()) };
+        }
+        let mut sent = op;
+        // SAFETY: op is filled; the queue pair is ours under the lock.
+        let queued =
+            unsafe { sys::sy_rte_cryptodev_enqueue_burst(self.dev_id, qp.id, &mut sent, 1) };
+        if queued != 1 {
+            return Err(CryptoError::Backend);
+        }
+        let mut done: *mut sys::rte_crypto_op = std::ptr::null_mut();
+        let mut polls = 0u32;
+        // SAFETY: dequeues into one pointer's worth of space on our own queue pair.
+        while unsafe { sys::sy_rte_cryptodev_dequeue_burst(self.dev_id, qp.id, &mut done, 1) } == 0
+        {
+            polls += 1;
+            if polls == MAX_POLLS {
+                qp.stuck = true;
+                return Err(CryptoError::Backend);
+            }
+            std::hint::spin_loop();
+        }
+        // SAFETY: the one operation in flight on this queue pair came back.
+        let status = unsafe { sys::sy_crypto_op_status(done) } as u32;
+        qp.completed += 1;
+        if status != sys::RTE_CRYPTO_OP_STATUS_SUCCESS {
+            qp.failed += 1;
+        }
+        if status == sys::RTE_CRYPTO_OP_STATUS_AUTH_FAILED {
+            return Err(CryptoError::Authentication);
+        }
+        if status != sys::RTE_CRYPTO_OP_STATUS_SUCCESS {
+            return Err(CryptoError::Backend);
+        }
+        let out: &mut [u8] = match job {
+            Job::Seal { tag, .. } => &mut tag[..],
+            Job::Sign { icv, .. } => icv,
+            _ => &mut [],
+        };
+        if !out.is_empty() {
+            // SAFETY: the completed operation wrote out.len() ≤ SY_CRYPTO_DIGEST_MAX bytes
+            // into the digest area (not null: seal and sign fill one).
+            out.copy_from_slice(unsafe { std::slice::from_raw_parts(digest, out.len()) });
+        }
+        Ok(())
+    }
+}
+
+/// One operation for [`Device::run`], with the session it runs in.
+enum Job<'a> {
+    Seal {
+        session: *mut c_void,
+        nonce: &'a [u8; 12],
+        aad: &'a [u8],
+        data: &'a mut [u8],
+        tag: &'a mut [u8; AeadAlgorithm::TAG_LEN],
+    },
+    Open {
+        session: *mut c_void,
+        nonce: &'a [u8; 12],
+        aad: &'a [u8],
+        data: &'a mut [u8],
+        tag: &'a [u8; AeadAlgorithm::TAG_LEN],
+    },
+    Cipher {
+        session: *mut c_void,
+        iv: &'a [u8; 16],
+        data: &'a mut [u8],
+    },
+    Sign {
+        session: *mut c_void,
+        data: &'a [u8],
+        icv: &'a mut [u8],
+    },
+    Verify {
+        session: *mut c_void,
+        data: &'a [u8],
+        icv: &'a [u8],
+    },
+}
+
+/// A session made on first use (the worker that first needs it pays the setup once).
+struct LazySession {
+    cell: OnceLock<Option<Session>>,
+}
+
+impl LazySession {
+    const fn new() -> Self {
+        Self {
+            cell: OnceLock::new(),
+        }
+    }
+
+    fn get(&self, device: &Arc<Device>, kind: SessionKind, key: &SecretBytes) -> Option<&Session> {
+        self.cell
+            .get_or_init(|| device.session(kind, key.expose()).ok())
+            .as_ref()
+    }
+}
+
+/// AES-GCM on the device for ESP's AAD lengths, in software otherwise.
+struct DeviceGcm {
+    algorithm: AeadAlgorithm,
+    device: Arc<Device>,
+    key: SecretBytes,
+    /// Encrypt and decrypt sessions for an AAD of 8 and of 12 bytes.
+    sessions: [LazySession; 4],
+    software: Box<dyn Aead>,
+}
+
+impl DeviceGcm {
+    fn session(&self, encrypt: bool, aad_len: usize) -> Option<&Session> {
+        let index = match aad_len {
+            8 => 0,
+            12 => 1,
+            _ => return None,
+        } + if encrypt { 0 } else { 2 };
+        let kind = SessionKind::Gcm {
+            encrypt,
+            aad_len: aad_len as u16,
+        };
+        self.sessions[index].get(&self.device, kind, &self.key)
+    }
+}
+
+impl Aead for DeviceGcm {
+    fn algorithm(&self) -> AeadAlgorithm {
+        self.algorithm
+    }
+
+    fn seal(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &mut [u8; AeadAlgorithm::TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        match self.session(true, aad.len()) {
+            Some(session) if !in_out.is_empty() => self.device.run(Job::Seal {
+                session: session.ptr.as_ptr(),
+                nonce,
+                aad,
+                data: in_out,
+                tag,
+            }),
+            _ => {
+                self.device.in_software();
+                self.software.seal(nonce, aad, in_out, tag)
+            }
+        }
+    }
+
+    fn open(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; AeadAlgorithm::TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        match self.session(false, aad.len()) {
+            Some(session) if !in_out.is_empty() => self.device.run(Job::Open {
+                session: session.ptr.as_ptr(),
+                nonce,
+                aad,
+                data: in_out,
+                tag,
+            }),
+            _ => {
+                self.device.in_software();
+                self.software.open(nonce, aad, in_out, tag)
+            }
+        }
+    }
+}
+
+/// AES-CBC and HMAC on the device; multi-piece HMAC and IV derivation in software.
+struct DeviceCbcHmac {
+    cipher: CbcAlgorithm,
+    mac: MacAlgorithm,
+    device: Arc<Device>,
+    cipher_key: SecretBytes,
+    mac_key: SecretBytes,
+    /// Encrypt, decrypt, HMAC generate, HMAC verify.
+    sessions: [LazySession; 4],
+    software: Box<dyn CbcHmac>,
+}
+
+impl DeviceCbcHmac {
+    fn cbc(&self, encrypt: bool, iv: &[u8; 16], in_out: &mut [u8]) -> Result<(), CryptoError> {
+        if !in_out.len().is_multiple_of(CbcAlgorithm::BLOCK_LEN) {
+            return Err(CryptoError::BufferLength);
+        }
+        let index = if encrypt { 0 } else { 1 };
+        let kind = SessionKind::Cbc { encrypt };
+        let session = match self.sessions[index].get(&self.device, kind, &self.cipher_key) {
+            Some(s) if !in_out.is_empty() => s.ptr.as_ptr(),
+            _ => {
+                self.device.in_software();
+                return if encrypt {
+                    self.software.encrypt(iv, in_out)
+                } else {
+                    self.software.decrypt(iv, in_out)
+                };
+            }
+        };
+        self.device.run(Job::Cipher {
+            session,
+            iv,
+            data: in_out,
+        })
+    }
+
+    /// The one piece of `parts` with bytes in it, if there is just one.
+    fn single(parts: &[&[u8]]) -> Option<usize> {
+        let mut nonempty = parts.iter().enumerate().filter(|(_, p)| !p.is_empty());
+        match (nonempty.next(), nonempty.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    }
+
+    fn hmac_session(&self, generate: bool) -> Option<*mut c_void> {
+        let kind = SessionKind::Hmac {
+            generate,
+            mac: self.mac,
+        };
+        let index = if generate { 2 } else { 3 };
+        self.sessions[index]
+            .get(&self.device, kind, &self.mac_key)
+            .map(|s| s.ptr.as_ptr())
+    }
+}
+
+impl CbcHmac for DeviceCbcHmac {
+    fn cipher(&self) -> CbcAlgorithm {
+        self.cipher
+    }
+
+    fn mac(&self) -> MacAlgorithm {
+        self.mac
+    }
+
+    fn encrypt(&self, iv: &[u8; 16], in_out: &mut [u8]) -> Result<(), CryptoError> {
+        self.cbc(true, iv, in_out)
+    }
+
+    fn decrypt(&self, iv: &[u8; 16], in_out: &mut [u8]) -> Result<(), CryptoError> {
+        self.cbc(false, iv, in_out)
+    }
+
+    fn sign(&self, parts: &[&[u8]], icv: &mut [u8]) -> Result<(), CryptoError> {
+        if icv.len() != self.mac.icv_len() {
+            return Err(CryptoError::BufferLength);
+        }
+        let (Some(i), Some(session)) = (Self::single(parts), self.hmac_session(true)) else {
+            self.device.in_software();
+            return self.software.sign(parts, icv);
+        };
+        self.device.run(Job::Sign {
+            session,
+            data: parts[i],
+            icv,
+        })
+    }
+
+    fn verify(&self, parts: &[&[u8]], icv: &[u8]) -> Result<(), CryptoError> {
+        if icv.len() != self.mac.icv_len() {
+            return Err(CryptoError::Authentication);
+        }
+        let (Some(i), Some(session)) = (Self::single(parts), self.hmac_session(false)) else {
+            self.device.in_software();
+            return self.software.verify(parts, icv);
+        };
+        self.device.run(Job::Verify {
+            session,
+            data: parts[i],
+            icv,
+        })
+    }
+
+    fn derive_iv(&self, nonce: &[u8; 16]) -> Result<[u8; 16], CryptoError> {
+        // One block: a device round trip would cost more than the block.
+        self.software.derive_iv(nonce)
+    }
+}
+
+impl CryptoBackend for Cryptodev {
+    fn name(&self) -> &'static str {
+        "cryptodev"
+    }
+
+    fn aead(&self, algorithm: AeadAlgorithm, key: &[u8]) -> Result<Box<dyn Aead>, CryptoError> {
+        let software = self.device.software.aead(algorithm, key)?;
+        Ok(Box::new(DeviceGcm {
+            algorithm,
+            device: Arc::clone(&self.device),
+            key: SecretBytes::from_slice(key),
+            sessions: [const { LazySession::new() }; 4],
+            software,
+        }))
+    }
+
+    fn cbc_hmac(
+        &self,
+        cipher: CbcAlgorithm,
+        cipher_key: &[u8],
+        mac: MacAlgorithm,
+        mac_key: &[u8],
+    ) -> Result<Box<dyn CbcHmac>, CryptoError> {
+        let software = self
+            .device
+            .software
+            .cbc_hmac(cipher, cipher_key, mac, mac_key)?;
+        Ok(Box::new(DeviceCbcHmac {
+            cipher,
+            mac,
+            device: Arc::clone(&self.device),
+            cipher_key: SecretBytes::from_slice(cipher_key),
+            mac_key: SecretBytes::from_slice(mac_key),
+            sessions: [const { LazySession::new() }; 4],
+            software,
+        }))
+    }
+
+    fn random(&self, out: &mut [u8]) -> Result<(), CryptoError> {
+        self.device.software.random(out)
+    }
+}
