@@ -7,6 +7,11 @@
 //! cargo bench -p switchyard-benches --bench esp
 //! ```
 //!
+//! The same runs again on DPDK cryptodevs (`esp_cryptodev/...`): the `crypto_aesni_gcm` and
+//! `crypto_aesni_mb` software poll-mode drivers, through the backend the dataplane uses
+//! (`--crypto cryptodev:DEVICE`), against that backend's own AEAD seal/open of the same bytes.
+//! The EAL starts with `--no-huge`; without the plugins the cryptodev runs are left out.
+//!
 //! Each iteration copies the packet into a work buffer first (ESP works in place), in the raw
 //! runs as well, so the ratio compares like with like: everything ESP adds to the AEAD (header,
 //! padding, trailer, sequence number and anti-replay, the outer IPv4 and UDP headers).
@@ -16,15 +21,19 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use switchyard_io::cryptodev::{Cryptodev, CryptodevConfig};
+use switchyard_io::dpdk::Eal;
 use switchyard_ipsec::crypto::{
-    AeadAlgorithm, CbcAlgorithm, MacAlgorithm, SecretBytes, SoftwareBackend,
+    AeadAlgorithm, CbcAlgorithm, CryptoBackend, MacAlgorithm, SecretBytes, SoftwareBackend, SymOp,
 };
 use switchyard_ipsec::esp::{
-    decapsulate, encapsulate_in_place, Direction, EspKeys, EspSuite, Lifetime, OuterHeader, Sa,
-    SaConfig,
+    decapsulate, encapsulate_finish, encapsulate_in_place, encapsulate_prepare, Direction, EspKeys,
+    EspSuite, Lifetime, OuterHeader, Sa, SaConfig,
 };
 
 const SIZES: [usize; 3] = [64, 512, 1420];
+/// Packets per batch in the batch runs (the dataplane's crypto batch).
+const BATCH: usize = 32;
 const GCM: EspSuite = EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16);
 const CBC: EspSuite = EspSuite::CbcHmac(CbcAlgorithm::Aes256Cbc, MacAlgorithm::HmacSha256_128);
 
@@ -127,49 +136,198 @@ fn esp(c: &mut Criterion) {
             })
         });
 
-        for (name, suite) in [("gcm128", GCM), ("cbc256_sha256", CBC)] {
-            let cfg = config(suite);
-            let mut out_sa = Sa::new(&backend, &cfg, Direction::Outbound, 0).expect("SA");
-            let mut buf = vec![0u8; HEADROOM + size + TAILROOM];
-            group.bench_function(BenchmarkId::new(format!("esp_{name}_encap"), size), |b| {
-                b.iter(|| {
-                    buf[HEADROOM..HEADROOM + size].copy_from_slice(&inner);
-                    let range = encapsulate_in_place(
-                        &mut out_sa,
-                        &mut buf,
-                        HEADROOM..HEADROOM + size,
-                        &outer(),
-                        0,
-                    )
-                    .expect("encapsulate");
-                    black_box(range);
-                })
-            });
-            // One packet to open again and again.
-            let mut packet = vec![0u8; HEADROOM + size + TAILROOM];
-            packet[HEADROOM..HEADROOM + size].copy_from_slice(&inner);
-            let range = encapsulate_in_place(
-                &mut out_sa,
-                &mut packet,
-                HEADROOM..HEADROOM + size,
-                &outer(),
-                0,
-            )
-            .expect("encapsulate");
-            let packet = packet[range].to_vec();
-            let mut in_sa = Sa::new(&backend, &cfg, Direction::Inbound, 0).expect("SA");
-            let mut work = vec![0u8; packet.len()];
-            group.bench_function(BenchmarkId::new(format!("esp_{name}_decap"), size), |b| {
-                b.iter(|| {
-                    work.copy_from_slice(&packet);
-                    let d = decapsulate(&mut in_sa, &mut work, 0).expect("decapsulate");
-                    black_box(d.inner);
-                })
-            });
-        }
+        esp_suites(
+            &mut group,
+            &backend,
+            size,
+            &inner,
+            &[("gcm128", GCM), ("cbc256_sha256", CBC)],
+        );
         group.finish();
     }
 }
 
-criterion_group!(benches, esp);
+/// ESP encapsulation and decapsulation of `inner` with each of `suites` on `backend`.
+fn esp_suites(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    backend: &dyn CryptoBackend,
+    size: usize,
+    inner: &[u8],
+    suites: &[(&str, EspSuite)],
+) {
+    for &(name, suite) in suites {
+        let cfg = config(suite);
+        let mut out_sa = Sa::new(backend, &cfg, Direction::Outbound, 0).expect("SA");
+        let mut buf = vec![0u8; HEADROOM + size + TAILROOM];
+        group.bench_function(BenchmarkId::new(format!("esp_{name}_encap"), size), |b| {
+            b.iter(|| {
+                buf[HEADROOM..HEADROOM + size].copy_from_slice(inner);
+                let range = encapsulate_in_place(
+                    &mut out_sa,
+                    &mut buf,
+                    HEADROOM..HEADROOM + size,
+                    &outer(),
+                    0,
+                )
+                .expect("encapsulate");
+                black_box(range);
+            })
+        });
+        // As the dataplane's encrypt node runs it: a vector's worth of packets prepared, their
+        // crypto handed to the backend as one batch (a burst on a device), then finished.
+        // Reported per batch of BATCH packets.
+        let mut bufs = vec![vec![0u8; HEADROOM + size + TAILROOM]; BATCH];
+        group.bench_function(
+            BenchmarkId::new(format!("esp_{name}_encap_batch{BATCH}"), size),
+            |b| {
+                b.iter(|| {
+                    let mut jobs = Vec::with_capacity(BATCH);
+                    let mut ops: Vec<SymOp<'_>> = Vec::with_capacity(BATCH);
+                    for buf in bufs.iter_mut() {
+                        buf[HEADROOM..HEADROOM + size].copy_from_slice(inner);
+                        let (job, params) = encapsulate_prepare(
+                            &mut out_sa,
+                            buf,
+                            HEADROOM..HEADROOM + size,
+                            &outer(),
+                            0,
+                        )
+                        .expect("prepare");
+                        jobs.push(job);
+                        ops.push(SymOp {
+                            buf,
+                            ctx: None,
+                            params,
+                            result: Ok(()),
+                        });
+                    }
+                    for op in ops.iter_mut() {
+                        op.ctx = Some(out_sa.crypto_ctx());
+                    }
+                    backend.process(&mut ops);
+                    let results: Vec<_> = ops.into_iter().map(|o| o.result).collect();
+                    for ((buf, job), r) in bufs.iter_mut().zip(&jobs).zip(results) {
+                        black_box(encapsulate_finish(&mut out_sa, job, buf, r).expect("finish"));
+                    }
+                })
+            },
+        );
+        // One packet to open again and again.
+        let mut packet = vec![0u8; HEADROOM + size + TAILROOM];
+        packet[HEADROOM..HEADROOM + size].copy_from_slice(inner);
+        let range = encapsulate_in_place(
+            &mut out_sa,
+            &mut packet,
+            HEADROOM..HEADROOM + size,
+            &outer(),
+            0,
+        )
+        .expect("encapsulate");
+        let packet = packet[range].to_vec();
+        let mut in_sa = Sa::new(backend, &cfg, Direction::Inbound, 0).expect("SA");
+        let mut work = vec![0u8; packet.len()];
+        group.bench_function(BenchmarkId::new(format!("esp_{name}_decap"), size), |b| {
+            b.iter(|| {
+                work.copy_from_slice(&packet);
+                let d = decapsulate(&mut in_sa, &mut work, 0).expect("decapsulate");
+                black_box(d.inner);
+            })
+        });
+    }
+}
+
+/// The cryptodevs the ESP runs repeat on, if the EAL and the plugins are there.
+fn cryptodevs() -> Vec<Cryptodev> {
+    let args: Vec<String> = [
+        "--no-huge",
+        "--no-pci",
+        "--no-shconf",
+        "-m",
+        "512",
+        "-l",
+        "0",
+        "--log-level",
+        "lib.eal:error",
+        "--log-level",
+        "crypto:error",
+        "--vdev",
+        "crypto_aesni_gcm0",
+        "--vdev",
+        "crypto_aesni_mb0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let eal = match Eal::init(&args) {
+        Ok(eal) => eal,
+        Err(e) => {
+            eprintln!("no cryptodev runs: {e}");
+            return Vec::new();
+        }
+    };
+    ["crypto_aesni_gcm0", "crypto_aesni_mb0"]
+        .iter()
+        .filter_map(
+            |d| match Cryptodev::start(&eal, &CryptodevConfig::new(*d)) {
+                Ok(dev) => Some(dev),
+                Err(e) => {
+                    eprintln!("no {d} runs: {e}");
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+fn esp_cryptodev(c: &mut Criterion) {
+    for dev in cryptodevs() {
+        let device = dev.driver_name().to_string();
+        for size in SIZES {
+            let inner = inner_packet(size);
+            let mut group = c.benchmark_group(format!("esp_cryptodev/{device}/{size}B"));
+            group.throughput(Throughput::Elements(1));
+            // The limit: the backend's AEAD alone over the same bytes, ESP's 8 bytes of AAD.
+            let aead = dev
+                .aead(AeadAlgorithm::Aes128Gcm16, &[0x11; 16])
+                .expect("key");
+            let mut work = vec![0u8; size];
+            let mut tag = [0u8; 16];
+            let mut counter = 0u64;
+            group.bench_function(BenchmarkId::new("raw_aes128gcm_seal", size), |b| {
+                b.iter(|| {
+                    work.copy_from_slice(&inner);
+                    counter += 1;
+                    let mut nonce = [0u8; 12];
+                    nonce[4..].copy_from_slice(&counter.to_be_bytes());
+                    aead.seal(&nonce, &[0; 8], &mut work, &mut tag)
+                        .expect("seal");
+                    black_box(tag[0]);
+                })
+            });
+            let mut sealed = inner.clone();
+            aead.seal(&[0; 12], &[0; 8], &mut sealed, &mut tag)
+                .expect("seal");
+            let sealed_tag = tag;
+            group.bench_function(BenchmarkId::new("raw_aes128gcm_open", size), |b| {
+                b.iter(|| {
+                    work.copy_from_slice(&sealed);
+                    aead.open(&[0; 12], &[0; 8], &mut work, &sealed_tag)
+                        .expect("open");
+                    black_box(work[0]);
+                })
+            });
+            // crypto_aesni_gcm does AES-GCM only.
+            let suites: &[(&str, EspSuite)] = if device == "crypto_aesni_gcm" {
+                &[("gcm128", GCM)]
+            } else {
+                &[("gcm128", GCM), ("cbc256_sha256", CBC)]
+            };
+            esp_suites(&mut group, &dev, size, &inner, suites);
+            group.finish();
+        }
+        eprintln!("{device}: {:?}", dev.stats());
+    }
+}
+
+criterion_group!(benches, esp, esp_cryptodev);
 criterion_main!(benches);

@@ -148,7 +148,13 @@ impl IpsecTables {
     /// The first outbound policy matching the flow.
     #[inline]
     pub fn outbound_for(&self, flow: &FlowSelector) -> Option<&OutboundPolicy> {
-        self.outbound.iter().find(|p| {
+        self.outbound_index_for(flow).map(|i| &self.outbound[i])
+    }
+
+    /// The index in `outbound` of the first policy matching the flow.
+    #[inline]
+    pub fn outbound_index_for(&self, flow: &FlowSelector) -> Option<usize> {
+        self.outbound.iter().position(|p| {
             p.local_ts
                 .iter()
                 .any(|ts| selector_matches(ts, flow.src, flow.proto, flow.src_port))

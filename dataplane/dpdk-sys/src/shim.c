@@ -90,40 +90,74 @@ void *sy_crypto_session_aes_gcm(uint8_t dev_id, struct rte_mempool *mp, int encr
 	return rte_cryptodev_sym_session_create(dev_id, &x, mp);
 }
 
+
+static const enum rte_crypto_auth_algorithm sy_auth_algos[] = {
+	RTE_CRYPTO_AUTH_SHA256_HMAC,
+	RTE_CRYPTO_AUTH_SHA384_HMAC,
+	RTE_CRYPTO_AUTH_SHA512_HMAC,
+};
+
+static int sy_auth_xform(struct rte_crypto_sym_xform *x, int generate, int auth_algo,
+                         const uint8_t *key, uint16_t key_len, uint16_t digest_len)
+{
+	if (auth_algo < 0 || auth_algo > 2) {
+		rte_errno = EINVAL;
+		return -1;
+	}
+	x->type = RTE_CRYPTO_SYM_XFORM_AUTH;
+	x->auth.op = generate ? RTE_CRYPTO_AUTH_OP_GENERATE : RTE_CRYPTO_AUTH_OP_VERIFY;
+	x->auth.algo = sy_auth_algos[auth_algo];
+	x->auth.key.data = key;
+	x->auth.key.length = key_len;
+	x->auth.digest_length = digest_len;
+	return 0;
+}
+
+static void sy_cbc_xform(struct rte_crypto_sym_xform *x, int encrypt, const uint8_t *key,
+                         uint16_t key_len)
+{
+	x->type = RTE_CRYPTO_SYM_XFORM_CIPHER;
+	x->cipher.op = encrypt ? RTE_CRYPTO_CIPHER_OP_ENCRYPT : RTE_CRYPTO_CIPHER_OP_DECRYPT;
+	x->cipher.algo = RTE_CRYPTO_CIPHER_AES_CBC;
+	x->cipher.key.data = key;
+	x->cipher.key.length = key_len;
+	x->cipher.iv.offset = SY_IV_OFFSET;
+	x->cipher.iv.length = 16;
+}
+
 void *sy_crypto_session_aes_cbc(uint8_t dev_id, struct rte_mempool *mp, int encrypt,
                                 const uint8_t *key, uint16_t key_len)
 {
 	struct rte_crypto_sym_xform x = {0};
-	x.type = RTE_CRYPTO_SYM_XFORM_CIPHER;
-	x.cipher.op = encrypt ? RTE_CRYPTO_CIPHER_OP_ENCRYPT : RTE_CRYPTO_CIPHER_OP_DECRYPT;
-	x.cipher.algo = RTE_CRYPTO_CIPHER_AES_CBC;
-	x.cipher.key.data = key;
-	x.cipher.key.length = key_len;
-	x.cipher.iv.offset = SY_IV_OFFSET;
-	x.cipher.iv.length = 16;
+	sy_cbc_xform(&x, encrypt, key, key_len);
 	return rte_cryptodev_sym_session_create(dev_id, &x, mp);
 }
 
 void *sy_crypto_session_hmac(uint8_t dev_id, struct rte_mempool *mp, int generate, int auth_algo,
                              const uint8_t *key, uint16_t key_len, uint16_t digest_len)
 {
-	static const enum rte_crypto_auth_algorithm algos[] = {
-		RTE_CRYPTO_AUTH_SHA256_HMAC,
-		RTE_CRYPTO_AUTH_SHA384_HMAC,
-		RTE_CRYPTO_AUTH_SHA512_HMAC,
-	};
-	if (auth_algo < 0 || auth_algo > 2) {
-		rte_errno = EINVAL;
-		return NULL;
-	}
 	struct rte_crypto_sym_xform x = {0};
-	x.type = RTE_CRYPTO_SYM_XFORM_AUTH;
-	x.auth.op = generate ? RTE_CRYPTO_AUTH_OP_GENERATE : RTE_CRYPTO_AUTH_OP_VERIFY;
-	x.auth.algo = algos[auth_algo];
-	x.auth.key.data = key;
-	x.auth.key.length = key_len;
-	x.auth.digest_length = digest_len;
+	if (sy_auth_xform(&x, generate, auth_algo, key, key_len, digest_len) < 0)
+		return NULL;
 	return rte_cryptodev_sym_session_create(dev_id, &x, mp);
+}
+
+void *sy_crypto_session_cbc_hmac(uint8_t dev_id, struct rte_mempool *mp, int encrypt,
+                                 const uint8_t *cipher_key, uint16_t cipher_key_len,
+                                 int auth_algo, const uint8_t *auth_key, uint16_t auth_key_len,
+                                 uint16_t digest_len)
+{
+	struct rte_crypto_sym_xform cipher = {0}, auth = {0};
+	sy_cbc_xform(&cipher, encrypt, cipher_key, cipher_key_len);
+	if (sy_auth_xform(&auth, encrypt, auth_algo, auth_key, auth_key_len, digest_len) < 0)
+		return NULL;
+	/* Encrypt-then-MAC out, verify-then-decrypt in. */
+	if (encrypt) {
+		cipher.next = &auth;
+		return rte_cryptodev_sym_session_create(dev_id, &cipher, mp);
+	}
+	auth.next = &cipher;
+	return rte_cryptodev_sym_session_create(dev_id, &auth, mp);
 }
 
 void sy_crypto_mbuf_point(struct rte_mbuf *m, void *data, uint16_t len)
@@ -150,12 +184,12 @@ static void sy_crypto_op_start(struct rte_crypto_op *op, void *sess, struct rte_
 }
 
 uint8_t *sy_crypto_op_aead(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
-                           const uint8_t *iv, uint16_t iv_len, const uint8_t *aad,
-                           uint16_t aad_len)
+                           uint32_t offset, uint32_t len, const uint8_t *iv, uint16_t iv_len,
+                           const uint8_t *aad, uint16_t aad_len)
 {
 	sy_crypto_op_start(op, sess, m, iv, iv_len);
-	op->sym->aead.data.offset = 0;
-	op->sym->aead.data.length = m->data_len;
+	op->sym->aead.data.offset = offset;
+	op->sym->aead.data.length = len;
 	uint8_t *aad_area = rte_crypto_op_ctod_offset(op, uint8_t *, SY_AAD_OFFSET);
 	memset(aad_area, 0, SY_CRYPTO_AAD_MAX);
 	rte_memcpy(aad_area, aad, aad_len);
@@ -172,6 +206,20 @@ void sy_crypto_op_cipher(struct rte_crypto_op *op, void *sess, struct rte_mbuf *
 	sy_crypto_op_start(op, sess, m, iv, iv_len);
 	op->sym->cipher.data.offset = 0;
 	op->sym->cipher.data.length = m->data_len;
+}
+
+uint8_t *sy_crypto_op_chain(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
+                            uint32_t cipher_offset, uint32_t cipher_len, uint32_t auth_offset,
+                            uint32_t auth_len, const uint8_t *iv, uint16_t iv_len)
+{
+	sy_crypto_op_start(op, sess, m, iv, iv_len);
+	op->sym->cipher.data.offset = cipher_offset;
+	op->sym->cipher.data.length = cipher_len;
+	op->sym->auth.data.offset = auth_offset;
+	op->sym->auth.data.length = auth_len;
+	op->sym->auth.digest.data = rte_crypto_op_ctod_offset(op, uint8_t *, SY_DIGEST_OFFSET);
+	op->sym->auth.digest.phys_addr = rte_crypto_op_ctophys_offset(op, SY_DIGEST_OFFSET);
+	return op->sym->auth.digest.data;
 }
 
 uint8_t *sy_crypto_op_auth(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m)

@@ -65,17 +65,27 @@ void *sy_crypto_session_aes_cbc(uint8_t dev_id, struct rte_mempool *mp, int encr
                                 const uint8_t *key, uint16_t key_len);
 void *sy_crypto_session_hmac(uint8_t dev_id, struct rte_mempool *mp, int generate, int auth_algo,
                              const uint8_t *key, uint16_t key_len, uint16_t digest_len);
+/* AES-CBC chained with HMAC as ESP does it: encrypt then generate, or verify then decrypt. */
+void *sy_crypto_session_cbc_hmac(uint8_t dev_id, struct rte_mempool *mp, int encrypt,
+                                 const uint8_t *cipher_key, uint16_t cipher_key_len,
+                                 int auth_algo, const uint8_t *auth_key, uint16_t auth_key_len,
+                                 uint16_t digest_len);
 
 /* Points a scratch mbuf at `len` bytes at `data` (one segment, in place), with the IOVA the
  * EAL's mode asks for. */
 void sy_crypto_mbuf_point(struct rte_mbuf *m, void *data, uint16_t len);
 
-/* Fills a symmetric operation on the whole of mbuf `m` with session `sess`: the IV is copied
- * into the private area; for AEAD the AAD too. Returns the digest area (read the tag from it
- * after an encryption, write it there before a decryption). */
+/* Fills a symmetric operation on `len` bytes at `offset` in mbuf `m` with session `sess`: the
+ * IV is copied into the private area; for AEAD the AAD too. Returns the digest area (read the
+ * tag from it after an encryption, write it there before a decryption). */
 uint8_t *sy_crypto_op_aead(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
-                           const uint8_t *iv, uint16_t iv_len, const uint8_t *aad,
-                           uint16_t aad_len);
+                           uint32_t offset, uint32_t len, const uint8_t *iv, uint16_t iv_len,
+                           const uint8_t *aad, uint16_t aad_len);
+/* A chained cipher + HMAC operation: the cipher on `cipher_len` bytes at `cipher_offset`, the
+ * HMAC on `auth_len` bytes at `auth_offset`. Returns the digest area. */
+uint8_t *sy_crypto_op_chain(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
+                            uint32_t cipher_offset, uint32_t cipher_len, uint32_t auth_offset,
+                            uint32_t auth_len, const uint8_t *iv, uint16_t iv_len);
 void sy_crypto_op_cipher(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
                          const uint8_t *iv, uint16_t iv_len);
 uint8_t *sy_crypto_op_auth(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m);

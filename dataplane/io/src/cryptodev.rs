@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use switchyard_dpdk_sys as sys;
 use switchyard_ipsec::crypto::{
     Aead, AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, CryptoError, MacAlgorithm,
-    SecretBytes, SoftwareBackend,
+    SecretBytes, SoftwareBackend, SymCtx, SymOp,
 };
 
 use crate::dpdk::Eal;
@@ -36,6 +36,9 @@ static POOL_SEQ: AtomicU32 = AtomicU32::new(0);
 /// How long a thread waits for one operation before it calls the device stuck: a software
 /// PMD answers in well under a microsecond, QAT in a few.
 const MAX_POLLS: u32 = 50_000_000;
+
+/// Operations handed to the device at once.
+const BURST: usize = 32;
 
 /// How to set up the device.
 #[derive(Clone, Debug)]
@@ -102,8 +105,9 @@ unsafe impl Sync for Device {}
 /// One queue pair with the one operation and the one scratch mbuf its thread reuses.
 struct QueuePair {
     id: u16,
-    op: NonNull<sys::rte_crypto_op>,
-    mbuf: NonNull<sys::rte_mbuf>,
+    /// The operations and scratch mbufs of one burst; a single operation uses the first.
+    ops: [NonNull<sys::rte_crypto_op>; BURST],
+    mbufs: [NonNull<sys::rte_mbuf>; BURST],
     /// Set when an operation never came back: the queue pair is not used again.
     stuck: bool,
     /// Operations completed, and of those refused (authentication) or failed.
@@ -111,7 +115,7 @@ struct QueuePair {
     failed: u64,
 }
 
-// SAFETY: the op and mbuf belong to this queue pair alone and are only touched under its
+// SAFETY: the ops and mbufs belong to this queue pair alone and are only touched under its
 // Mutex.
 unsafe impl Send for QueuePair {}
 
@@ -221,7 +225,7 @@ impl Cryptodev {
             sys::rte_crypto_op_pool_create(
                 ops_name.as_ptr(),
                 sys::RTE_CRYPTO_OP_TYPE_SYMMETRIC,
-                u32::from(queue_pairs) * 2 + 64,
+                u32::from(queue_pairs) * BURST as u32 + 64,
                 0,
                 sys::SY_CRYPTO_OP_PRIV as u16,
                 socket,
@@ -235,7 +239,7 @@ impl Cryptodev {
         let mbufs = unsafe {
             sys::rte_pktmbuf_pool_create(
                 mbufs_name.as_ptr(),
-                u32::from(queue_pairs) * 2 + 64,
+                u32::from(queue_pairs) * BURST as u32 + 64,
                 0,
                 0,
                 0,
@@ -247,20 +251,33 @@ impl Cryptodev {
 
         let mut queues = Vec::with_capacity(usize::from(queue_pairs));
         for id in 0..queue_pairs {
-            let mut op = std::ptr::null_mut();
-            // SAFETY: ops is a live crypto op pool; op receives one fresh operation.
-            if unsafe { sys::sy_rte_crypto_op_bulk_alloc(ops.as_ptr(), &mut op, 1) } != 0 {
-                return Err(IoError::Dpdk("allocating a crypto operation".into()));
-            }
-            // SAFETY: mbufs is a live pktmbuf pool.
-            let mbuf = unsafe { sys::sy_rte_pktmbuf_alloc(mbufs.as_ptr()) };
-            let (Some(op), Some(mbuf)) = (NonNull::new(op), NonNull::new(mbuf)) else {
-                return Err(IoError::Dpdk("allocating a scratch mbuf".into()));
+            let mut ops_raw = [std::ptr::null_mut(); BURST];
+            let mut mbufs_raw = [std::ptr::null_mut(); BURST];
+            // SAFETY: both pools are live; each array has room for BURST pointers.
+            let ok = unsafe {
+                sys::sy_rte_crypto_op_bulk_alloc(ops.as_ptr(), ops_raw.as_mut_ptr(), BURST as u16)
+                    == 0
+                    && sys::sy_rte_pktmbuf_alloc_bulk(
+                        mbufs.as_ptr(),
+                        mbufs_raw.as_mut_ptr(),
+                        BURST as u32,
+                    ) == 0
+            };
+            let ops = ops_raw.map(NonNull::new);
+            let mbufs = mbufs_raw.map(NonNull::new);
+            let (true, Some(ops), Some(mbufs)) = (
+                ok,
+                ops.into_iter().collect::<Option<Vec<_>>>(),
+                mbufs.into_iter().collect::<Option<Vec<_>>>(),
+            ) else {
+                return Err(IoError::Dpdk(
+                    "allocating crypto operations and mbufs".into(),
+                ));
             };
             queues.push(Mutex::new(QueuePair {
                 id,
-                op,
-                mbuf,
+                ops: ops.try_into().expect("BURST operations"),
+                mbufs: mbufs.try_into().expect("BURST mbufs"),
                 stuck: false,
                 completed: 0,
                 failed: 0,
@@ -364,9 +381,31 @@ impl Drop for Session {
 /// What a session does, for the C helpers that fill the transform.
 #[derive(Clone, Copy)]
 enum SessionKind {
-    Gcm { encrypt: bool, aad_len: u16 },
-    Cbc { encrypt: bool },
-    Hmac { generate: bool, mac: MacAlgorithm },
+    Gcm {
+        encrypt: bool,
+        aad_len: u16,
+    },
+    Cbc {
+        encrypt: bool,
+    },
+    Hmac {
+        generate: bool,
+        mac: MacAlgorithm,
+    },
+    /// AES-CBC and HMAC in one operation: encrypt then MAC, or verify then decrypt.
+    CbcHmac {
+        encrypt: bool,
+        mac: MacAlgorithm,
+    },
+}
+
+/// The shim's number for an HMAC algorithm.
+fn auth_algo(mac: MacAlgorithm) -> i32 {
+    match mac {
+        MacAlgorithm::HmacSha256_128 => 0,
+        MacAlgorithm::HmacSha384_192 => 1,
+        MacAlgorithm::HmacSha512_256 => 2,
+    }
 }
 
 impl Device {
@@ -375,12 +414,19 @@ impl Device {
         self.software_calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn session(self: &Arc<Self>, kind: SessionKind, key: &[u8]) -> Result<Session, CryptoError> {
+    /// Makes a session; `auth_key` is the HMAC key of a chained session (else unused).
+    fn session(
+        self: &Arc<Self>,
+        kind: SessionKind,
+        key: &[u8],
+        auth_key: &[u8],
+    ) -> Result<Session, CryptoError> {
         let key_len = u16::try_from(key.len()).map_err(|_| CryptoError::KeyLength)?;
+        let auth_key_len = u16::try_from(auth_key.len()).map_err(|_| CryptoError::KeyLength)?;
         let dev = self.dev_id;
         let mp = self.sessions.as_ptr();
-        // SAFETY: the device is started; mp is its session pool; key is valid for key_len
-        // bytes and the PMD copies (expands) it during the call.
+        // SAFETY: the device is started; mp is its session pool; the keys are valid for their
+        // lengths and the PMD copies (expands) them during the call.
         let ptr = unsafe {
             match kind {
                 SessionKind::Gcm { encrypt, aad_len } => sys::sy_crypto_session_aes_gcm(
@@ -398,22 +444,26 @@ impl Device {
                     key.as_ptr(),
                     key_len,
                 ),
-                SessionKind::Hmac { generate, mac } => {
-                    let algo = match mac {
-                        MacAlgorithm::HmacSha256_128 => 0,
-                        MacAlgorithm::HmacSha384_192 => 1,
-                        MacAlgorithm::HmacSha512_256 => 2,
-                    };
-                    sys::sy_crypto_session_hmac(
-                        dev,
-                        mp,
-                        i32::from(generate),
-                        algo,
-                        key.as_ptr(),
-                        key_len,
-                        mac.icv_len() as u16,
-                    )
-                }
+                SessionKind::Hmac { generate, mac } => sys::sy_crypto_session_hmac(
+                    dev,
+                    mp,
+                    i32::from(generate),
+                    auth_algo(mac),
+                    key.as_ptr(),
+                    key_len,
+                    mac.icv_len() as u16,
+                ),
+                SessionKind::CbcHmac { encrypt, mac } => sys::sy_crypto_session_cbc_hmac(
+                    dev,
+                    mp,
+                    i32::from(encrypt),
+                    key.as_ptr(),
+                    key_len,
+                    auth_algo(mac),
+                    auth_key.as_ptr(),
+                    auth_key_len,
+                    mac.icv_len() as u16,
+                ),
             }
         };
         let Some(ptr) = NonNull::new(ptr) else {
@@ -446,7 +496,7 @@ impl Device {
         if qp.stuck {
             return Err(CryptoError::Backend);
         }
-        let (op, mbuf) = (qp.op.as_ptr(), qp.mbuf.as_ptr());
+        let (op, mbuf) = (qp.ops[0].as_ptr(), qp.mbufs[0].as_ptr());
         // SAFETY: op and mbuf are this queue pair's and idle (the last operation on them was
         // dequeued, or the queue would be stuck); the job borrows its bytes (mutably where the
         // operation writes them) until this returns, and the operation completes, or the
@@ -471,6 +521,8 @@ impl Device {
                     op,
                     *session,
                     mbuf,
+                    0,
+                    u32::from(len),
                     nonce.as_ptr(),
                     12,
                     aad.as_ptr(),
@@ -584,9 +636,15 @@ impl LazySession {
         }
     }
 
-    fn get(&self, device: &Arc<Device>, kind: SessionKind, key: &SecretBytes) -> Option<&Session> {
+    fn get(
+        &self,
+        device: &Arc<Device>,
+        kind: SessionKind,
+        key: &SecretBytes,
+        auth_key: &SecretBytes,
+    ) -> Option<&Session> {
         self.cell
-            .get_or_init(|| device.session(kind, key.expose()).ok())
+            .get_or_init(|| device.session(kind, key.expose(), auth_key.expose()).ok())
             .as_ref()
     }
 }
@@ -612,13 +670,17 @@ impl DeviceGcm {
             encrypt,
             aad_len: aad_len as u16,
         };
-        self.sessions[index].get(&self.device, kind, &self.key)
+        self.sessions[index].get(&self.device, kind, &self.key, &self.key)
     }
 }
 
 impl Aead for DeviceGcm {
     fn algorithm(&self) -> AeadAlgorithm {
         self.algorithm
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn seal(
@@ -673,8 +735,8 @@ struct DeviceCbcHmac {
     device: Arc<Device>,
     cipher_key: SecretBytes,
     mac_key: SecretBytes,
-    /// Encrypt, decrypt, HMAC generate, HMAC verify.
-    sessions: [LazySession; 4],
+    /// Encrypt, decrypt, HMAC generate, HMAC verify, encrypt-then-MAC, verify-then-decrypt.
+    sessions: [LazySession; 6],
     software: Box<dyn CbcHmac>,
 }
 
@@ -685,17 +747,18 @@ impl DeviceCbcHmac {
         }
         let index = if encrypt { 0 } else { 1 };
         let kind = SessionKind::Cbc { encrypt };
-        let session = match self.sessions[index].get(&self.device, kind, &self.cipher_key) {
-            Some(s) if !in_out.is_empty() => s.ptr.as_ptr(),
-            _ => {
-                self.device.in_software();
-                return if encrypt {
-                    self.software.encrypt(iv, in_out)
-                } else {
-                    self.software.decrypt(iv, in_out)
-                };
-            }
-        };
+        let session =
+            match self.sessions[index].get(&self.device, kind, &self.cipher_key, &self.mac_key) {
+                Some(s) if !in_out.is_empty() => s.ptr.as_ptr(),
+                _ => {
+                    self.device.in_software();
+                    return if encrypt {
+                        self.software.encrypt(iv, in_out)
+                    } else {
+                        self.software.decrypt(iv, in_out)
+                    };
+                }
+            };
         self.device.run(Job::Cipher {
             session,
             iv,
@@ -712,6 +775,18 @@ impl DeviceCbcHmac {
         }
     }
 
+    /// The chained session for a sealing (`encrypt`) or opening batch operation.
+    fn chain_session(&self, encrypt: bool) -> Option<*mut c_void> {
+        let kind = SessionKind::CbcHmac {
+            encrypt,
+            mac: self.mac,
+        };
+        let index = if encrypt { 4 } else { 5 };
+        self.sessions[index]
+            .get(&self.device, kind, &self.cipher_key, &self.mac_key)
+            .map(|s| s.ptr.as_ptr())
+    }
+
     fn hmac_session(&self, generate: bool) -> Option<*mut c_void> {
         let kind = SessionKind::Hmac {
             generate,
@@ -719,7 +794,7 @@ impl DeviceCbcHmac {
         };
         let index = if generate { 2 } else { 3 };
         self.sessions[index]
-            .get(&self.device, kind, &self.mac_key)
+            .get(&self.device, kind, &self.mac_key, &self.mac_key)
             .map(|s| s.ptr.as_ptr())
     }
 }
@@ -731,6 +806,10 @@ impl CbcHmac for DeviceCbcHmac {
 
     fn mac(&self) -> MacAlgorithm {
         self.mac
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn encrypt(&self, iv: &[u8; 16], in_out: &mut [u8]) -> Result<(), CryptoError> {
@@ -810,12 +889,200 @@ impl CryptoBackend for Cryptodev {
             device: Arc::clone(&self.device),
             cipher_key: SecretBytes::from_slice(cipher_key),
             mac_key: SecretBytes::from_slice(mac_key),
-            sessions: [const { LazySession::new() }; 4],
+            sessions: [const { LazySession::new() }; 6],
             software,
         }))
     }
 
     fn random(&self, out: &mut [u8]) -> Result<(), CryptoError> {
         self.device.software.random(out)
+    }
+
+    fn process(&self, ops: &mut [SymOp<'_>]) {
+        for burst in ops.chunks_mut(BURST) {
+            self.device.process_burst(burst);
+        }
+    }
+}
+
+/// How a batch operation maps onto the device.
+struct Placed {
+    /// Index in the burst of the caller's operation.
+    slot: usize,
+    op: *mut sys::rte_crypto_op,
+    /// Where the device leaves (or finds) the tag or ICV.
+    digest: *mut u8,
+}
+
+impl Device {
+    /// The device session for a batch operation, or `None` when it must run in software
+    /// (a context of another backend or device, an AAD the sessions do not take, a buffer
+    /// longer than an mbuf segment).
+    fn session_for(self: &Arc<Self>, op: &SymOp<'_>) -> Option<*mut c_void> {
+        if op.buf.len() > usize::from(u16::MAX) || op.params.text.is_empty() {
+            return None;
+        }
+        match op.ctx? {
+            SymCtx::Aead(aead) => {
+                let gcm = aead.as_any().downcast_ref::<DeviceGcm>()?;
+                if !Arc::ptr_eq(&gcm.device, self) {
+                    return None;
+                }
+                let aad_len = usize::from(op.params.aad_len);
+                gcm.session(op.params.seal, aad_len).map(|s| s.ptr.as_ptr())
+            }
+            SymCtx::CbcHmac(ctx) => {
+                let cbc = ctx.as_any().downcast_ref::<DeviceCbcHmac>()?;
+                if !Arc::ptr_eq(&cbc.device, self) {
+                    return None;
+                }
+                cbc.chain_session(op.params.seal)
+            }
+        }
+    }
+
+    /// Runs up to [`BURST`] operations: those the device takes are enqueued together and
+    /// dequeued together; the others run in software meanwhile.
+    fn process_burst(self: &Arc<Self>, burst: &mut [SymOp<'_>]) {
+        let slot = thread_slot() % self.queues.len();
+        let mut qp = match self.queues[slot].lock() {
+            Ok(q) => q,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut placed: [Option<Placed>; BURST] = [const { None }; BURST];
+        let mut n = 0;
+        for (i, op) in burst.iter_mut().enumerate() {
+            let session = if qp.stuck { None } else { self.session_for(op) };
+            let Some(session) = session else {
+                if op.ctx.is_some() {
+                    self.in_software();
+                }
+                op.run_here();
+                continue;
+            };
+            let (dop, mbuf) = (qp.ops[n].as_ptr(), qp.mbufs[n].as_ptr());
+            let p = &op.params;
+            let icv_len = usize::from(p.icv_len).min(p.expected.len());
+            let ok = p.text.end <= op.buf.len()
+                && p.auth.end <= op.buf.len()
+                && (!p.seal || p.digest_at + icv_len <= op.buf.len());
+            if !ok {
+                op.result = Err(CryptoError::BufferLength);
+                continue;
+            }
+            // SAFETY: dop and mbuf are this queue pair's n-th, idle; op.buf is exclusively
+            // borrowed until the burst completes (or the queue is given up on, never to be
+            // used again) before we return, and every range was checked to lie inside it;
+            // IV, AAD and digest fit the private area as in `run`.
+            let digest = unsafe {
+                sys::sy_crypto_mbuf_point(mbuf, op.buf.as_mut_ptr().cast(), op.buf.len() as u16);
+                match op.ctx {
+                    Some(SymCtx::Aead(_)) => sys::sy_crypto_op_aead(
+                        dop,
+                        session,
+                        mbuf,
+                        p.text.start as u32,
+                        p.text.len() as u32,
+                        p.iv.as_ptr(),
+                        12,
+                        p.aad.as_ptr(),
+                        u16::from(p.aad_len),
+                    ),
+                    _ => sys::sy_crypto_op_chain(
+                        dop,
+                        session,
+                        mbuf,
+                        p.text.start as u32,
+                        p.text.len() as u32,
+                        p.auth.start as u32,
+                        p.auth.len() as u32,
+                        p.iv.as_ptr(),
+                        16,
+                    ),
+                }
+            };
+            if !p.seal {
+                // SAFETY: the digest area holds SY_CRYPTO_DIGEST_MAX ≥ icv_len bytes.
+                unsafe { std::ptr::copy_nonoverlapping(p.expected.as_ptr(), digest, icv_len) };
+            }
+            placed[n] = Some(Placed {
+                slot: i,
+                op: dop,
+                digest,
+            });
+            n += 1;
+        }
+        if n == 0 {
+            return;
+        }
+        // Hand the burst over and take it back: the device may take fewer than offered, and
+        // answers in its own time.
+        let mut raw: [*mut sys::rte_crypto_op; BURST] = [std::ptr::null_mut(); BURST];
+        for (r, p) in raw.iter_mut().zip(placed.iter().flatten()) {
+            *r = p.op;
+        }
+        let (mut sent, mut back) = (0usize, 0usize);
+        let mut done: [*mut sys::rte_crypto_op; BURST] = [std::ptr::null_mut(); BURST];
+        let mut polls = 0u32;
+        while back < n {
+            if sent < n {
+                // SAFETY: raw[sent..n] are filled operations not yet enqueued; the queue pair
+                // is ours under the lock.
+                sent += usize::from(unsafe {
+                    sys::sy_rte_cryptodev_enqueue_burst(
+                        self.dev_id,
+                        qp.id,
+                        raw[sent..].as_mut_ptr(),
+                        (n - sent) as u16,
+                    )
+                });
+            }
+            // SAFETY: dequeues at most n - back pointers into done[back..].
+            let got = usize::from(unsafe {
+                sys::sy_rte_cryptodev_dequeue_burst(
+                    self.dev_id,
+                    qp.id,
+                    done[back..].as_mut_ptr(),
+                    (n - back) as u16,
+                )
+            });
+            back += got;
+            if got == 0 {
+                polls += 1;
+                if polls == MAX_POLLS {
+                    qp.stuck = true;
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        for p in placed.iter().flatten() {
+            let op = &mut burst[p.slot];
+            let came_back = done[..back].contains(&p.op);
+            let status = if came_back {
+                // SAFETY: a dequeued operation of ours.
+                (unsafe { sys::sy_crypto_op_status(p.op) }) as u32
+            } else {
+                u32::MAX
+            };
+            qp.completed += u64::from(came_back);
+            op.result = if status == sys::RTE_CRYPTO_OP_STATUS_SUCCESS {
+                if op.params.seal {
+                    let len = usize::from(op.params.icv_len).min(op.params.expected.len());
+                    let at = op.params.digest_at;
+                    // SAFETY: the completed operation wrote len ≤ SY_CRYPTO_DIGEST_MAX bytes
+                    // there; the destination range was checked above.
+                    op.buf[at..at + len]
+                        .copy_from_slice(unsafe { std::slice::from_raw_parts(p.digest, len) });
+                }
+                Ok(())
+            } else if status == sys::RTE_CRYPTO_OP_STATUS_AUTH_FAILED {
+                qp.failed += 1;
+                Err(CryptoError::Authentication)
+            } else {
+                qp.failed += u64::from(came_back);
+                Err(CryptoError::Backend)
+            };
+        }
     }
 }

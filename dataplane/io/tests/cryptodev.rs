@@ -11,7 +11,7 @@ use switchyard_io::cryptodev::{Cryptodev, CryptodevConfig};
 use switchyard_io::dpdk::Eal;
 use switchyard_ipsec::crypto::{
     AeadAlgorithm, CbcAlgorithm, CryptoBackend, CryptoError, MacAlgorithm, SecretBytes,
-    SoftwareBackend,
+    SoftwareBackend, SymOp,
 };
 use switchyard_ipsec::esp::{
     self, Direction, EspKeys, EspSuite, Lifetime, OuterHeader, Sa, SaConfig,
@@ -99,6 +99,13 @@ fn cryptodev_matches_software() {
         let after = dev.stats();
         assert_eq!(after.operations, esp.operations + 2000, "{name}: {after:?}");
         assert_eq!(after.stuck_queue_pairs, 0);
+        batches_match_software(&dev, &software, name, cbc);
+        let batches = dev.stats();
+        assert_eq!(
+            batches.software_calls, after.software_calls,
+            "{name}: {batches:?}"
+        );
+        assert_eq!(batches.session_failures, 0, "{name}: {batches:?}");
     }
 }
 
@@ -274,4 +281,116 @@ fn threads_share_the_device(dev: &Cryptodev, name: &str) {
             });
         }
     });
+}
+
+/// ESP in batches of 40 (more than one burst) through `process`: sealed on the device and
+/// opened in software, sealed in software and opened on the device, with one forged packet in
+/// the batch that alone fails.
+fn batches_match_software(dev: &Cryptodev, software: &SoftwareBackend, name: &str, cbc: bool) {
+    let mut suites = vec![EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16)];
+    if cbc {
+        suites.push(EspSuite::CbcHmac(
+            CbcAlgorithm::Aes256Cbc,
+            MacAlgorithm::HmacSha256_128,
+        ));
+    }
+    let outer = OuterHeader::new(
+        "203.0.113.1".parse().unwrap(),
+        "203.0.113.2".parse().unwrap(),
+    );
+    const N: usize = 40;
+    const ROOM: usize = 64;
+    for suite in suites {
+        for esn in [false, true] {
+            let config = sa_config(suite, esn);
+            let packets: Vec<Vec<u8>> = (0..N).map(|i| inner(40 + i * 31)).collect();
+
+            // Sealed on the device in one batch, opened in software one by one.
+            let mut out = Sa::new(dev, &config, Direction::Outbound, 0).unwrap();
+            let mut bufs: Vec<Vec<u8>> = packets
+                .iter()
+                .map(|p| {
+                    let mut b = vec![0u8; ROOM + p.len() + ROOM];
+                    b[ROOM..ROOM + p.len()].copy_from_slice(p);
+                    b
+                })
+                .collect();
+            let mut pending = Vec::new();
+            let mut params = Vec::new();
+            for (b, p) in bufs.iter_mut().zip(&packets) {
+                let (job, par) =
+                    esp::encapsulate_prepare(&mut out, b, ROOM..ROOM + p.len(), &outer, 0).unwrap();
+                pending.push(job);
+                params.push(par);
+            }
+            let results: Vec<_> = {
+                let mut ops: Vec<SymOp<'_>> = bufs
+                    .iter_mut()
+                    .zip(params)
+                    .map(|(buf, params)| SymOp {
+                        buf,
+                        ctx: Some(out.crypto_ctx()),
+                        params,
+                        result: Ok(()),
+                    })
+                    .collect();
+                dev.process(&mut ops);
+                ops.iter().map(|o| o.result).collect()
+            };
+            let mut inb = Sa::new(software, &config, Direction::Inbound, 0).unwrap();
+            let mut wires = Vec::new();
+            for ((b, job), r) in bufs.iter_mut().zip(&pending).zip(results) {
+                let range = esp::encapsulate_finish(&mut out, job, b, r)
+                    .unwrap_or_else(|e| panic!("{name} {suite:?} esn {esn}: {e:?}"));
+                let mut wire = b[range].to_vec();
+                wires.push(wire.clone());
+                let d = esp::decapsulate(&mut inb, &mut wire, 0).unwrap();
+                assert_eq!(wire[d.inner].len(), packets[wires.len() - 1].len());
+            }
+
+            // Sealed in software (the wires above), opened on the device in one batch, the
+            // seventh forged.
+            let mut inb = Sa::new(dev, &config, Direction::Inbound, 0).unwrap();
+            wires[6][30] ^= 0x40;
+            let mut pending = Vec::new();
+            let mut params = Vec::new();
+            for w in wires.iter_mut() {
+                let (job, par) = esp::decapsulate_prepare(&mut inb, w, 0).unwrap();
+                pending.push(job);
+                params.push(par);
+            }
+            let results: Vec<_> = {
+                let mut ops: Vec<SymOp<'_>> = wires
+                    .iter_mut()
+                    .zip(params)
+                    .map(|(buf, params)| SymOp {
+                        buf,
+                        ctx: Some(inb.crypto_ctx()),
+                        params,
+                        result: Ok(()),
+                    })
+                    .collect();
+                dev.process(&mut ops);
+                ops.iter().map(|o| o.result).collect()
+            };
+            for (i, ((w, job), r)) in wires.iter_mut().zip(&pending).zip(results).enumerate() {
+                let d = esp::decapsulate_finish(&mut inb, job, w, r);
+                if i == 6 {
+                    assert_eq!(
+                        d.unwrap_err(),
+                        esp::EspError::Authentication,
+                        "{name} {suite:?}"
+                    );
+                    continue;
+                }
+                let d = d.unwrap_or_else(|e| panic!("{name} {suite:?} esn {esn} #{i}: {e:?}"));
+                assert_eq!(
+                    &w[d.inner],
+                    &packets[i][..],
+                    "{name} {suite:?} esn {esn} #{i}"
+                );
+            }
+            assert_eq!(inb.counters().auth_failures, 1);
+        }
+    }
 }

@@ -32,7 +32,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use fnv::FnvBuildHasher;
 use std::sync::Arc;
 
-use switchyard_ipsec::crypto::{CryptoBackend, SoftwareBackend};
+use switchyard_ipsec::crypto::{CryptoBackend, CryptoError, SoftwareBackend, SymOp, SymParams};
 use switchyard_ipsec::esp::{self, Direction, EspError, ReplayError, Sa};
 
 use crate::buffer::PacketBuffer;
@@ -183,6 +183,8 @@ impl SaCache {
 #[derive(Debug, Default)]
 pub struct EspEncrypt<const V6: bool> {
     cache: SaCache,
+    /// This vector's packets between the halves of their encapsulation.
+    pending: Vec<Pending<EncryptWork>>,
 }
 
 impl<const V6: bool> EspEncrypt<V6> {
@@ -190,6 +192,7 @@ impl<const V6: bool> EspEncrypt<V6> {
     pub fn new(backend: Arc<dyn CryptoBackend>) -> Self {
         Self {
             cache: SaCache::new(backend),
+            pending: Vec::new(),
         }
     }
 }
@@ -203,6 +206,8 @@ pub type Esp6Encrypt = EspEncrypt<true>;
 #[derive(Debug, Default)]
 pub struct EspDecrypt<const V6: bool> {
     cache: SaCache,
+    /// This vector's packets between the halves of their decapsulation.
+    pending: Vec<Pending<esp::DecapPending>>,
 }
 
 impl<const V6: bool> EspDecrypt<V6> {
@@ -210,6 +215,7 @@ impl<const V6: bool> EspDecrypt<V6> {
     pub fn new(backend: Arc<dyn CryptoBackend>) -> Self {
         Self {
             cache: SaCache::new(backend),
+            pending: Vec::new(),
         }
     }
 }
@@ -218,6 +224,62 @@ impl<const V6: bool> EspDecrypt<V6> {
 pub type Esp4Decrypt = EspDecrypt<false>;
 /// `esp6-decrypt`.
 pub type Esp6Decrypt = EspDecrypt<true>;
+
+/// A packet of the vector whose crypto is still to run: which one, its SA, what the crypto
+/// must do (taken by the batch), how it went, and what the node's second half needs.
+#[derive(Debug)]
+struct Pending<W> {
+    index: usize,
+    spi: u32,
+    params: SymParams,
+    result: Result<(), CryptoError>,
+    work: W,
+}
+
+/// What one half of a node decided for a packet: done (with its next node), or on to the
+/// crypto batch.
+enum Step<P> {
+    Done(NextIndex),
+    Crypto(P),
+}
+
+/// Operations the nodes hand to the backend at once (a device's burst).
+const CRYPTO_BATCH: usize = 32;
+
+/// Runs the crypto of every pending packet, in batches, on `backend` with the SAs' contexts.
+fn run_crypto<B: PacketBuffer, W>(
+    backend: &dyn CryptoBackend,
+    sas: &HashMap<u32, Sa, FnvBuildHasher>,
+    pending: &mut [Pending<W>],
+    pkts: &mut [Packet<B>],
+) {
+    for batch in pending.chunks_mut(CRYPTO_BATCH) {
+        let mut ops: [SymOp<'_>; CRYPTO_BATCH] = std::array::from_fn(|_| SymOp::default());
+        // The batch's packets, in vector order: split each off the rest of the vector.
+        let mut rest = &mut *pkts;
+        let mut base = 0;
+        for (op, p) in ops.iter_mut().zip(batch.iter_mut()) {
+            let Some((pkt, tail)) = std::mem::take(&mut rest)
+                .get_mut(p.index - base..)
+                .and_then(<[Packet<B>]>::split_first_mut)
+            else {
+                break;
+            };
+            rest = tail;
+            base = p.index + 1;
+            *op = SymOp {
+                buf: pkt.buf.data_mut(),
+                ctx: sas.get(&p.spi).map(Sa::crypto_ctx),
+                params: std::mem::take(&mut p.params),
+                result: Err(CryptoError::Backend),
+            };
+        }
+        backend.process(&mut ops[..batch.len()]);
+        for (op, p) in ops.iter().zip(batch.iter_mut()) {
+            p.result = op.result;
+        }
+    }
+}
 
 /// The addresses, protocol, transport ports and payload offset of an IP packet; `None`
 /// when it is not a well-formed IPv4/IPv6 packet. IPv6 extension headers are not walked
@@ -317,32 +379,76 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for EspEncrypt<V6> {
             next.fill(EncryptNext::Rewrite as NextIndex);
             return;
         }
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = self.encrypt(cx, &ipsec, pkt) as NextIndex;
+        self.pending.clear();
+        for (index, (pkt, n)) in pkts.iter_mut().zip(next.iter_mut()).enumerate() {
+            match self.prepare(cx, &ipsec, pkt) {
+                Step::Done(next) => *n = next,
+                Step::Crypto(p) => self.pending.push(Pending { index, ..p }),
+            }
         }
+        if self.pending.is_empty() {
+            return;
+        }
+        run_crypto(
+            &*self.cache.backend,
+            &self.cache.sas,
+            &mut self.pending,
+            pkts,
+        );
+        let mut pending = std::mem::take(&mut self.pending);
+        for p in pending.drain(..) {
+            let index = p.index;
+            next[index] = self.finish(cx, &ipsec, &mut pkts[index], p) as NextIndex;
+        }
+        self.pending = pending;
     }
 }
 
+/// What the encrypt node's second half needs to know of a packet.
+#[derive(Debug)]
+struct EncryptWork {
+    job: esp::EncapPending,
+    policy: usize,
+    mtu: u16,
+    inner_len: usize,
+    flow: FlowSelector,
+}
+
 impl<const V6: bool> EspEncrypt<V6> {
-    fn encrypt<B: PacketBuffer>(
+    /// The first half: SPD lookup, checks, the inner hop, room for ESP, and the ESP header
+    /// and trailer ([`esp::encapsulate_prepare`]).
+    fn prepare<B: PacketBuffer>(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
-    ) -> EncryptNext {
+    ) -> Step<Pending<EncryptWork>> {
+        match self.try_prepare(cx, ipsec, pkt) {
+            Ok(p) => Step::Crypto(p),
+            Err(next) => Step::Done(next as NextIndex),
+        }
+    }
+
+    fn try_prepare<B: PacketBuffer>(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+    ) -> Result<Pending<EncryptWork>, EncryptNext> {
         let Some((flow, _, _)) = flow_of(pkt.buf.data()) else {
-            return EncryptNext::Rewrite;
+            return Err(EncryptNext::Rewrite);
         };
         if bypasses_spd(&flow) {
-            return EncryptNext::Rewrite;
+            return Err(EncryptNext::Rewrite);
         }
-        let Some(policy) = ipsec.outbound_for(&flow) else {
-            return EncryptNext::Rewrite;
+        let Some(policy_index) = ipsec.outbound_index_for(&flow) else {
+            return Err(EncryptNext::Rewrite);
         };
+        let policy = &ipsec.outbound[policy_index];
         let outer = policy.outer;
         let Some(mtu) = mtu_towards(cx.tables, outer.dst) else {
             cx.error(EspEncryptError::NoRoute);
-            return EncryptNext::Drop;
+            return Err(EncryptNext::Drop);
         };
         let sa = match self.cache.sas.entry(policy.sa.spi) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -356,7 +462,7 @@ impl<const V6: bool> EspEncrypt<V6> {
                     Ok(sa) => e.insert(sa),
                     Err(_) => {
                         cx.error(EspEncryptError::SaSetup);
-                        return EncryptNext::Drop;
+                        return Err(EncryptNext::Drop);
                     }
                 }
             }
@@ -380,7 +486,7 @@ impl<const V6: bool> EspEncrypt<V6> {
                 } else {
                     (3, 4, inner_mtu)
                 });
-                return EncryptNext::Error;
+                return Err(EncryptNext::Error);
             }
         }
         // The tunnel is a hop: the inner TTL goes down here, as a router's would.
@@ -388,38 +494,82 @@ impl<const V6: bool> EspEncrypt<V6> {
             if let Some(error) = super::tunnel::inner_hop(data, inner_v6) {
                 cx.error(EspEncryptError::TtlExpired);
                 pkt.meta.icmp_error = Some(error);
-                return EncryptNext::Error;
+                return Err(EncryptNext::Error);
             }
         }
         let tail = sa.esp_overhead();
         if !pkt.buf.push_front(head) {
             cx.error(EspEncryptError::NoBuffer);
-            return EncryptNext::Drop;
+            return Err(EncryptNext::Drop);
         }
         if !pkt.buf.push_back(tail) {
             cx.error(EspEncryptError::NoBuffer);
-            return EncryptNext::Drop;
+            return Err(EncryptNext::Drop);
         }
-        let result = esp::encapsulate_in_place(
+        match esp::encapsulate_prepare(
             sa,
             pkt.buf.data_mut(),
             head..head + inner_len,
             &outer,
             cx.now,
-        );
-        let range = match result {
-            Ok(r) => r,
-            Err(e) => {
-                cx.error(match e {
-                    EspError::SequenceExhausted => EspEncryptError::SequenceExhausted,
-                    EspError::Expired => EspEncryptError::Expired,
-                    EspError::BufferTooSmall => EspEncryptError::NoBuffer,
-                    _ => EspEncryptError::Failed,
-                });
-                SaStats::add(&policy.stats.other_drops, 1);
-                return EncryptNext::Drop;
-            }
+        ) {
+            Ok((job, params)) => Ok(Pending {
+                index: 0,
+                spi: policy.sa.spi,
+                params,
+                result: Ok(()),
+                work: EncryptWork {
+                    job,
+                    policy: policy_index,
+                    mtu,
+                    inner_len,
+                    flow,
+                },
+            }),
+            Err(e) => Err(self.refuse(cx, &policy.stats, e)),
+        }
+    }
+
+    /// Counts a packet ESP refused and drops it.
+    fn refuse<B: PacketBuffer>(
+        &self,
+        cx: &mut Context<'_, B>,
+        stats: &SaStats,
+        e: EspError,
+    ) -> EncryptNext {
+        cx.error(match e {
+            EspError::SequenceExhausted => EspEncryptError::SequenceExhausted,
+            EspError::Expired => EspEncryptError::Expired,
+            EspError::BufferTooSmall => EspEncryptError::NoBuffer,
+            _ => EspEncryptError::Failed,
+        });
+        SaStats::add(&stats.other_drops, 1);
+        EncryptNext::Drop
+    }
+
+    /// The second half, after the crypto: the outer header ([`esp::encapsulate_finish`]),
+    /// post-encryption fragmentation leave, counters, and on to the outer lookup.
+    fn finish<B: PacketBuffer>(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+        p: Pending<EncryptWork>,
+    ) -> EncryptNext {
+        let w = p.work;
+        let Some(policy) = ipsec.outbound.get(w.policy) else {
+            cx.error(EspEncryptError::Failed);
+            return EncryptNext::Drop;
         };
+        let Some(sa) = self.cache.sas.get_mut(&p.spi) else {
+            cx.error(EspEncryptError::Failed);
+            return EncryptNext::Drop;
+        };
+        let range = match esp::encapsulate_finish(sa, &w.job, pkt.buf.data_mut(), p.result) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(cx, &policy.stats, e),
+        };
+        let (mtu, inner_len, flow, outer) = (w.mtu, w.inner_len, w.flow, policy.outer);
         pkt.buf.pull_front(range.start);
         pkt.buf.truncate(range.end - range.start);
         if range.end - range.start > usize::from(mtu) {
@@ -473,10 +623,55 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for EspDecrypt<V6> {
             next.fill(DecryptNext::Local as NextIndex);
             return;
         }
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = self.decrypt(cx, &ipsec, pkt) as NextIndex;
+        self.pending.clear();
+        for (index, (pkt, n)) in pkts.iter_mut().zip(next.iter_mut()).enumerate() {
+            match self.prepare(cx, &ipsec, pkt) {
+                Step::Done(next) => *n = next,
+                Step::Crypto(p) => self.pending.push(Pending { index, ..p }),
+            }
         }
+        if self.pending.is_empty() {
+            return;
+        }
+        run_crypto(
+            &*self.cache.backend,
+            &self.cache.sas,
+            &mut self.pending,
+            pkts,
+        );
+        let mut pending = std::mem::take(&mut self.pending);
+        for p in pending.drain(..) {
+            let index = p.index;
+            next[index] = self.finish(cx, &ipsec, &mut pkts[index], p) as NextIndex;
+        }
+        self.pending = pending;
     }
+}
+
+/// Counts an inbound packet ESP refused (on the node and on the SA) and drops it.
+fn refuse_inbound<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    pkt: &Packet<B>,
+    stats: &SaStats,
+    spi: u32,
+    e: EspError,
+) -> DecryptNext {
+    let (error, counter) = match e {
+        EspError::Replay(ReplayError::Duplicate | ReplayError::TooOld) => {
+            (EspDecryptError::Replay, &stats.replay_drops)
+        }
+        EspError::Authentication => (EspDecryptError::IcvFailed, &stats.auth_failures),
+        EspError::Expired => (EspDecryptError::Expired, &stats.other_drops),
+        EspError::Dummy => (EspDecryptError::Dummy, &stats.other_drops),
+        EspError::UnknownSpi(_) => (EspDecryptError::UnknownSpi, &stats.other_drops),
+        _ => (EspDecryptError::Malformed, &stats.other_drops),
+    };
+    cx.error(error);
+    SaStats::add(counter, 1);
+    if pkt.meta.trace != 0 {
+        cx.trace(&pkt.meta, format_args!("ESP spi {spi:08x}: {e}"));
+    }
+    DecryptNext::Drop
 }
 
 /// Where the ESP header starts, if the packet is ESP addressed to this node (raw, or in UDP
@@ -509,18 +704,32 @@ fn esp_offset(tables: &Tables, data: &[u8]) -> Option<(usize, bool)> {
 }
 
 impl<const V6: bool> EspDecrypt<V6> {
-    fn decrypt<B: PacketBuffer>(
+    /// The first half: is it ESP for us, its SA, and the checks before the crypto
+    /// ([`esp::decapsulate_prepare`]: lifetime, replay window).
+    fn prepare<B: PacketBuffer>(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
-    ) -> DecryptNext {
+    ) -> Step<Pending<esp::DecapPending>> {
+        match self.try_prepare(cx, ipsec, pkt) {
+            Ok(p) => Step::Crypto(p),
+            Err(next) => Step::Done(next as NextIndex),
+        }
+    }
+
+    fn try_prepare<B: PacketBuffer>(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+    ) -> Result<Pending<esp::DecapPending>, DecryptNext> {
         let Some((esp_at, fragment)) = esp_offset(cx.tables, pkt.buf.data()) else {
-            return DecryptNext::Local;
+            return Err(DecryptNext::Local);
         };
         if fragment {
             cx.error(EspDecryptError::Fragment);
-            return DecryptNext::Drop;
+            return Err(DecryptNext::Drop);
         }
         let data = pkt.buf.data();
         let Some(spi) = data
@@ -528,11 +737,11 @@ impl<const V6: bool> EspDecrypt<V6> {
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         else {
             cx.error(EspDecryptError::Malformed);
-            return DecryptNext::Drop;
+            return Err(DecryptNext::Drop);
         };
         let Some(entry) = ipsec.inbound_by_spi(spi) else {
             cx.error(EspDecryptError::UnknownSpi);
-            return DecryptNext::Drop;
+            return Err(DecryptNext::Drop);
         };
         let sa = match self.cache.sas.entry(spi) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -541,32 +750,42 @@ impl<const V6: bool> EspDecrypt<V6> {
                     Ok(sa) => e.insert(sa),
                     Err(_) => {
                         cx.error(EspDecryptError::SaSetup);
-                        return DecryptNext::Drop;
+                        return Err(DecryptNext::Drop);
                     }
                 }
             }
         };
+        match esp::decapsulate_prepare(sa, pkt.buf.data_mut(), cx.now) {
+            Ok((job, params)) => Ok(Pending {
+                index: 0,
+                spi,
+                params,
+                result: Ok(()),
+                work: job,
+            }),
+            Err(e) => Err(refuse_inbound(cx, pkt, &entry.stats, spi, e)),
+        }
+    }
+
+    /// The second half, after the crypto: replay window, trailer ([`esp::decapsulate_finish`]),
+    /// the inner packet against the SA's selectors, counters, and on to the inner input.
+    fn finish<B: PacketBuffer>(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+        p: Pending<esp::DecapPending>,
+    ) -> DecryptNext {
+        let spi = p.spi;
+        let (Some(entry), Some(sa)) = (ipsec.inbound_by_spi(spi), self.cache.sas.get_mut(&spi))
+        else {
+            cx.error(EspDecryptError::UnknownSpi);
+            return DecryptNext::Drop;
+        };
         let stats = &entry.stats;
-        let d = match esp::decapsulate(sa, pkt.buf.data_mut(), cx.now) {
+        let d = match esp::decapsulate_finish(sa, &p.work, pkt.buf.data_mut(), p.result) {
             Ok(d) => d,
-            Err(e) => {
-                let (error, counter) = match e {
-                    EspError::Replay(ReplayError::Duplicate | ReplayError::TooOld) => {
-                        (EspDecryptError::Replay, &stats.replay_drops)
-                    }
-                    EspError::Authentication => (EspDecryptError::IcvFailed, &stats.auth_failures),
-                    EspError::Expired => (EspDecryptError::Expired, &stats.other_drops),
-                    EspError::Dummy => (EspDecryptError::Dummy, &stats.other_drops),
-                    EspError::UnknownSpi(_) => (EspDecryptError::UnknownSpi, &stats.other_drops),
-                    _ => (EspDecryptError::Malformed, &stats.other_drops),
-                };
-                cx.error(error);
-                SaStats::add(counter, 1);
-                if pkt.meta.trace != 0 {
-                    cx.trace(&pkt.meta, format_args!("ESP spi {spi:08x}: {e}"));
-                }
-                return DecryptNext::Drop;
-            }
+            Err(e) => return refuse_inbound(cx, pkt, stats, spi, e),
         };
         pkt.buf.pull_front(d.inner.start);
         pkt.buf.truncate(d.inner.end - d.inner.start);

@@ -11,6 +11,7 @@ mod software;
 pub use software::SoftwareBackend;
 
 use std::fmt;
+use std::ops::Range;
 use zeroize::Zeroizing;
 
 /// AEAD ciphers (RFC 4106 for ESP, RFC 5282 for IKE): AES-GCM with a 16-byte ICV.
@@ -198,6 +199,9 @@ impl fmt::Debug for SecretBytes {
 pub trait Aead: Send + Sync {
     fn algorithm(&self) -> AeadAlgorithm;
 
+    /// The context as `Any`, so that a backend can find its own contexts in a batch.
+    fn as_any(&self) -> &dyn std::any::Any;
+
     /// Encrypts `in_out` in place and writes the tag.
     fn seal(
         &self,
@@ -222,6 +226,9 @@ pub trait Aead: Send + Sync {
 pub trait CbcHmac: Send + Sync {
     fn cipher(&self) -> CbcAlgorithm;
     fn mac(&self) -> MacAlgorithm;
+
+    /// The context as `Any`, so that a backend can find its own contexts in a batch.
+    fn as_any(&self) -> &dyn std::any::Any;
 
     /// CBC-encrypts `in_out` (a multiple of 16 bytes) in place, no padding.
     fn encrypt(&self, iv: &[u8; 16], in_out: &mut [u8]) -> Result<(), CryptoError>;
@@ -263,6 +270,127 @@ pub trait CryptoBackend: Send + Sync {
 
     /// Fills `out` with cryptographically secure random bytes.
     fn random(&self, out: &mut [u8]) -> Result<(), CryptoError>;
+
+    /// Runs a batch of packet operations, each on its own buffer, and sets each one's
+    /// `result`. The contexts in the batch may come from any backend. This one runs them one
+    /// by one on the calling core; a device backend hands them over in bursts.
+    fn process(&self, ops: &mut [SymOp<'_>]) {
+        for op in ops {
+            op.run_here();
+        }
+    }
+}
+
+/// The prepared context a [`SymOp`] runs with.
+#[derive(Clone, Copy)]
+pub enum SymCtx<'a> {
+    Aead(&'a dyn Aead),
+    CbcHmac(&'a dyn CbcHmac),
+}
+
+/// What a [`SymOp`] does to its buffer, as offsets into it (plain values, so the ESP code
+/// can make them before the buffer and the context are at hand).
+#[derive(Clone, Debug, Default)]
+pub struct SymParams {
+    /// Encrypt and sign, or check and decrypt.
+    pub seal: bool,
+    /// AES-GCM: the 12-byte nonce (the rest is unused). AES-CBC: the IV.
+    pub iv: [u8; 16],
+    /// AES-GCM's additional authenticated data (8 or 12 bytes for ESP).
+    pub aad: [u8; 12],
+    pub aad_len: u8,
+    /// The bytes to encrypt or decrypt in place.
+    pub text: Range<usize>,
+    /// AES-CBC + HMAC: the bytes the ICV covers (a superset of `text`).
+    pub auth: Range<usize>,
+    /// Sealing: where the tag or ICV is written (`icv_len` bytes).
+    pub digest_at: usize,
+    /// Tag or ICV length.
+    pub icv_len: u8,
+    /// Opening: the received tag or ICV (saved aside: ESP with extended sequence numbers
+    /// writes the high half of the sequence number where the ICV was, for the HMAC).
+    pub expected: [u8; 32],
+}
+
+/// One packet's cipher and integrity work in a batch ([`CryptoBackend::process`]).
+pub struct SymOp<'a> {
+    pub buf: &'a mut [u8],
+    /// `None`: an empty slot, left alone.
+    pub ctx: Option<SymCtx<'a>>,
+    pub params: SymParams,
+    pub result: Result<(), CryptoError>,
+}
+
+impl Default for SymOp<'_> {
+    fn default() -> Self {
+        Self {
+            buf: &mut [],
+            ctx: None,
+            params: SymParams::default(),
+            result: Err(CryptoError::Backend),
+        }
+    }
+}
+
+impl SymOp<'_> {
+    /// Runs the operation on the calling core with the context's own methods.
+    pub fn run_here(&mut self) {
+        self.result = self.try_run_here();
+    }
+
+    fn try_run_here(&mut self) -> Result<(), CryptoError> {
+        let p = &self.params;
+        let len = self.buf.len();
+        let fits = |r: &Range<usize>| r.start <= r.end && r.end <= len;
+        let icv_len = usize::from(p.icv_len);
+        if !fits(&p.text) || icv_len > p.expected.len() {
+            return Err(CryptoError::BufferLength);
+        }
+        match self.ctx {
+            None => Err(CryptoError::Backend),
+            Some(SymCtx::Aead(aead)) => {
+                let mut nonce = [0u8; 12];
+                nonce.copy_from_slice(&p.iv[..12]);
+                let aad = p
+                    .aad
+                    .get(..usize::from(p.aad_len))
+                    .ok_or(CryptoError::BufferLength)?;
+                let text = &mut self.buf[p.text.clone()];
+                if p.seal {
+                    if !fits(&(p.digest_at..p.digest_at + AeadAlgorithm::TAG_LEN)) {
+                        return Err(CryptoError::BufferLength);
+                    }
+                    let mut tag = [0u8; AeadAlgorithm::TAG_LEN];
+                    aead.seal(&nonce, aad, text, &mut tag)?;
+                    self.buf[p.digest_at..p.digest_at + tag.len()].copy_from_slice(&tag);
+                    Ok(())
+                } else {
+                    let mut tag = [0u8; AeadAlgorithm::TAG_LEN];
+                    tag.copy_from_slice(&p.expected[..AeadAlgorithm::TAG_LEN]);
+                    aead.open(&nonce, aad, text, &tag)
+                }
+            }
+            Some(SymCtx::CbcHmac(ctx)) => {
+                if !fits(&p.auth) || icv_len != ctx.mac().icv_len() {
+                    return Err(CryptoError::BufferLength);
+                }
+                let iv = p.iv;
+                if p.seal {
+                    if !fits(&(p.digest_at..p.digest_at + icv_len)) {
+                        return Err(CryptoError::BufferLength);
+                    }
+                    ctx.encrypt(&iv, &mut self.buf[p.text.clone()])?;
+                    let mut icv = [0u8; 32];
+                    ctx.sign(&[&self.buf[p.auth.clone()]], &mut icv[..icv_len])?;
+                    self.buf[p.digest_at..p.digest_at + icv_len].copy_from_slice(&icv[..icv_len]);
+                    Ok(())
+                } else {
+                    ctx.verify(&[&self.buf[p.auth.clone()]], &p.expected[..icv_len])?;
+                    ctx.decrypt(&iv, &mut self.buf[p.text.clone()])
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ impl Aead for RingGcm {
         self.algorithm
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn seal(
         &self,
         nonce: &[u8; 12],
@@ -98,6 +102,10 @@ impl CbcHmac for LcCbcRingHmac {
 
     fn mac(&self) -> MacAlgorithm {
         self.mac
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn encrypt(&self, iv: &[u8; 16], in_out: &mut [u8]) -> Result<(), CryptoError> {

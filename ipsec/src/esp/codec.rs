@@ -2,7 +2,7 @@
 
 use super::sa::{Direction, EspSuite, LifetimeState, Nanos, Sa, SaCrypto};
 use super::EspError;
-use crate::crypto::AeadAlgorithm;
+use crate::crypto::{CryptoError, SymOp, SymParams};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
@@ -22,7 +22,6 @@ const IPV4_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
 const UDP_HEADER_LEN: usize = 8;
 const ESP_HEADER_LEN: usize = 8;
-const MAX_ICV_LEN: usize = 32;
 
 /// The outer header to put around ESP: tunnel endpoints and, behind a NAT, UDP ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +118,10 @@ pub fn encapsulate(
 /// Encapsulates the inner packet at `buf[inner]` in place and returns where the outer packet
 /// lies. Needs `outer.len() + 8 + IV` bytes before `inner.start` and
 /// [`Sa::esp_overhead`] bytes after `inner.end` (less suffices for lucky lengths).
+///
+/// This is [`encapsulate_prepare`], the crypto on the calling core, and
+/// [`encapsulate_finish`]; the dataplane runs the three steps over a whole vector of packets
+/// so that a crypto device gets them in bursts.
 pub fn encapsulate_in_place(
     sa: &mut Sa,
     buf: &mut [u8],
@@ -126,6 +129,39 @@ pub fn encapsulate_in_place(
     outer: &OuterHeader,
     now: Nanos,
 ) -> Result<Range<usize>, EspError> {
+    let (pending, params) = encapsulate_prepare(sa, buf, inner, outer, now)?;
+    let mut op = SymOp {
+        buf: &mut *buf,
+        ctx: Some(sa.crypto_ctx()),
+        params,
+        result: Ok(()),
+    };
+    op.run_here();
+    let result = op.result;
+    encapsulate_finish(sa, &pending, buf, result)
+}
+
+/// An encapsulation waiting for its crypto (see [`encapsulate_prepare`]).
+#[derive(Debug, Clone)]
+pub struct EncapPending {
+    /// Where the outer packet will lie in the buffer.
+    range: Range<usize>,
+    dscp: u8,
+    outer: OuterHeader,
+    inner_len: usize,
+}
+
+/// The first half of [`encapsulate_in_place`]: checks the SA and the packet, takes the next
+/// sequence number, writes the ESP header, IV and trailer, and says what the crypto must do.
+/// Run the returned [`SymParams`] on the same buffer with [`Sa::crypto_ctx`], then call
+/// [`encapsulate_finish`].
+pub fn encapsulate_prepare(
+    sa: &mut Sa,
+    buf: &mut [u8],
+    inner: Range<usize>,
+    outer: &OuterHeader,
+    now: Nanos,
+) -> Result<(EncapPending, SymParams), EspError> {
     if sa.direction != Direction::Outbound {
         return Err(EspError::WrongDirection);
     }
@@ -195,40 +231,72 @@ pub fn encapsulate_in_place(
     buf[esp_at..esp_at + 4].copy_from_slice(&spi);
     buf[esp_at + 4..esp_at + 8].copy_from_slice(&seq_low);
 
+    let mut params = SymParams {
+        seal: true,
+        text: ct_at..ct_end,
+        digest_at: ct_end,
+        icv_len: icv_len as u8,
+        ..SymParams::default()
+    };
     match &sa.crypto {
-        SaCrypto::Gcm { aead, salt } => {
+        SaCrypto::Gcm { salt, .. } => {
             // The explicit IV is the 64-bit sequence number: unique per SA, as RFC 4106
             // section 3.1 requires, and free to produce.
             let iv = seq.to_be_bytes();
             buf[esp_at + 8..ct_at].copy_from_slice(&iv);
-            let nonce = gcm_nonce(salt, &iv);
+            params.iv[..12].copy_from_slice(&gcm_nonce(salt, &iv));
             let aad = gcm_aad(&spi, &seq_low, sa.esn.then_some(&seq_high));
-            let mut tag = [0u8; AeadAlgorithm::TAG_LEN];
-            aead.seal(&nonce, aad.as_slice(), &mut buf[ct_at..ct_end], &mut tag)
-                .map_err(EspError::Crypto)?;
-            buf[ct_end..end].copy_from_slice(&tag);
+            params.aad = aad.bytes;
+            params.aad_len = aad.len as u8;
         }
         SaCrypto::CbcHmac(ctx) => {
             let mut nonce = [0u8; 16];
             nonce[..4].copy_from_slice(&spi);
             nonce[8..].copy_from_slice(&seq.to_be_bytes());
-            let iv = ctx.derive_iv(&nonce).map_err(EspError::Crypto)?;
-            buf[esp_at + 8..ct_at].copy_from_slice(&iv);
-            ctx.encrypt(&iv, &mut buf[ct_at..ct_end])
-                .map_err(EspError::Crypto)?;
-            let mut icv = [0u8; MAX_ICV_LEN];
-            let high: &[u8] = if sa.esn { &seq_high } else { &[] };
-            ctx.sign(&[&buf[esp_at..ct_end], high], &mut icv[..icv_len])
-                .map_err(EspError::Crypto)?;
-            buf[ct_end..end].copy_from_slice(&icv[..icv_len]);
+            params.iv = ctx.derive_iv(&nonce).map_err(EspError::Crypto)?;
+            buf[esp_at + 8..ct_at].copy_from_slice(&params.iv);
+            // The ICV covers the ESP header, IV and ciphertext, and with ESN the high half
+            // of the sequence number after them (RFC 4303 section 2.2.1): it goes where the
+            // ICV will be written, so the HMAC reads one contiguous range.
+            params.auth = esp_at..ct_end;
+            if sa.esn {
+                buf[ct_end..ct_end + 4].copy_from_slice(&seq_high);
+                params.auth.end += 4;
+            }
         }
     }
-
-    write_outer(buf, start, end, outer, dscp);
     sa.seq = seq;
+    Ok((
+        EncapPending {
+            range: start..end,
+            dscp,
+            outer: *outer,
+            inner_len,
+        },
+        params,
+    ))
+}
+
+/// The second half of [`encapsulate_in_place`], once the crypto ran with `crypto` as its
+/// result: writes the outer header and counts the packet. Returns where the outer packet lies.
+pub fn encapsulate_finish(
+    sa: &mut Sa,
+    pending: &EncapPending,
+    buf: &mut [u8],
+    crypto: Result<(), CryptoError>,
+) -> Result<Range<usize>, EspError> {
+    if let Err(e) = crypto {
+        sa.counters.other_drops += 1;
+        return Err(EspError::Crypto(e));
+    }
+    let range = pending.range.clone();
+    if range.end > buf.len() {
+        return Err(EspError::BufferTooSmall);
+    }
+    write_outer(buf, range.start, range.end, &pending.outer, pending.dscp);
     sa.counters.packets += 1;
-    sa.counters.bytes += inner_len as u64;
-    Ok(start..end)
+    sa.counters.bytes += pending.inner_len as u64;
+    Ok(range)
 }
 
 fn gcm_nonce(salt: &[u8; 4], iv: &[u8; 8]) -> [u8; 12] {
@@ -262,12 +330,6 @@ fn gcm_aad(spi: &[u8; 4], seq_low: &[u8; 4], seq_high: Option<&[u8; 4]>) -> AadB
 struct AadBuf {
     bytes: [u8; 12],
     len: usize,
-}
-
-impl AadBuf {
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
 }
 
 /// Writes the outer IP (and UDP) header into `buf[start..]`; the packet ends at `end`.
@@ -441,11 +503,73 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
 
 /// Decapsulates the outer packet in `packet` in place. On success the inner packet is at
 /// `packet[result.inner]`. Errors after the SA was found are counted on it.
+///
+/// This is [`decapsulate_prepare`], the crypto on the calling core, and
+/// [`decapsulate_finish`] (see [`encapsulate_in_place`]).
 pub fn decapsulate<L: SaLookup + ?Sized>(
     lookup: &mut L,
     packet: &mut [u8],
     now: Nanos,
 ) -> Result<Decapsulated, EspError> {
+    let (pending, params) = decapsulate_prepare(lookup, packet, now)?;
+    let sa = lookup
+        .inbound_sa(pending.spi, pending.outer_dst)
+        .ok_or(EspError::UnknownSpi(pending.spi))?;
+    let mut op = SymOp {
+        buf: &mut *packet,
+        ctx: Some(sa.crypto_ctx()),
+        params,
+        result: Ok(()),
+    };
+    op.run_here();
+    let result = op.result;
+    decapsulate_finish(lookup, &pending, packet, result)
+}
+
+/// A decapsulation waiting for its crypto (see [`decapsulate_prepare`]).
+#[derive(Debug, Clone)]
+pub struct DecapPending {
+    spi: u32,
+    sequence: u64,
+    ct_at: usize,
+    ct_end: usize,
+    outer_src: IpAddr,
+    outer_dst: IpAddr,
+    udp_src_port: Option<u16>,
+}
+
+impl DecapPending {
+    /// The SA's SPI, to find it again for the crypto and [`decapsulate_finish`].
+    pub fn spi(&self) -> u32 {
+        self.spi
+    }
+
+    /// The outer destination, as [`SaLookup::inbound_sa`] wants it.
+    pub fn outer_dst(&self) -> IpAddr {
+        self.outer_dst
+    }
+}
+
+/// Counts a refusal on the SA it happened on.
+fn count_refusal(sa: &mut Sa, error: &EspError) {
+    let counters = &mut sa.counters;
+    match error {
+        EspError::Replay(_) => counters.replay_drops += 1,
+        EspError::Authentication => counters.auth_failures += 1,
+        EspError::Expired => counters.lifetime_drops += 1,
+        _ => counters.other_drops += 1,
+    }
+}
+
+/// The first half of [`decapsulate`]: parses the outer packet, finds the SA, checks its
+/// lifetime and the replay window, and says what the crypto must do. Run the returned
+/// [`SymParams`] on the same buffer with the SA's [`Sa::crypto_ctx`], then call
+/// [`decapsulate_finish`].
+pub fn decapsulate_prepare<L: SaLookup + ?Sized>(
+    lookup: &mut L,
+    packet: &mut [u8],
+    now: Nanos,
+) -> Result<(DecapPending, SymParams), EspError> {
     let outer = parse_outer(packet)?;
     let esp = outer.esp.clone();
     let header = packet
@@ -459,27 +583,21 @@ pub fn decapsulate<L: SaLookup + ?Sized>(
     let sa = lookup
         .inbound_sa(spi, outer.dst)
         .ok_or(EspError::UnknownSpi(spi))?;
-    let result = decapsulate_with(sa, packet, &outer, spi, seq_low, now);
-    if let Err(error) = result {
-        let counters = &mut sa.counters;
-        match error {
-            EspError::Replay(_) => counters.replay_drops += 1,
-            EspError::Authentication => counters.auth_failures += 1,
-            EspError::Expired => counters.lifetime_drops += 1,
-            _ => counters.other_drops += 1,
-        }
+    let result = prepare_with(sa, packet, &outer, spi, seq_low, now);
+    if let Err(error) = &result {
+        count_refusal(sa, error);
     }
     result
 }
 
-fn decapsulate_with(
+fn prepare_with(
     sa: &mut Sa,
     packet: &mut [u8],
     outer: &OuterParsed,
     spi: u32,
     seq_low: u32,
     now: Nanos,
-) -> Result<Decapsulated, EspError> {
+) -> Result<(DecapPending, SymParams), EspError> {
     if sa.direction != Direction::Inbound {
         return Err(EspError::WrongDirection);
     }
@@ -506,34 +624,85 @@ fn decapsulate_with(
     let seq_low_bytes = seq_low.to_be_bytes();
     let seq_high_bytes = ((seq >> 32) as u32).to_be_bytes();
 
+    let mut params = SymParams {
+        seal: false,
+        text: ct_at..ct_end,
+        icv_len: icv_len as u8,
+        ..SymParams::default()
+    };
+    params.expected[..icv_len].copy_from_slice(&packet[ct_end..esp.end]);
     match &sa.crypto {
-        SaCrypto::Gcm { aead, salt } => {
+        SaCrypto::Gcm { salt, .. } => {
             let mut iv = [0u8; 8];
             iv.copy_from_slice(&packet[iv_at..ct_at]);
-            let mut tag = [0u8; AeadAlgorithm::TAG_LEN];
-            tag.copy_from_slice(&packet[ct_end..esp.end]);
-            let nonce = gcm_nonce(salt, &iv);
+            params.iv[..12].copy_from_slice(&gcm_nonce(salt, &iv));
             let aad = gcm_aad(
                 &spi_bytes,
                 &seq_low_bytes,
                 sa.esn.then_some(&seq_high_bytes),
             );
-            aead.open(&nonce, aad.as_slice(), &mut packet[ct_at..ct_end], &tag)
-                .map_err(|_| EspError::Authentication)?;
+            params.aad = aad.bytes;
+            params.aad_len = aad.len as u8;
         }
-        SaCrypto::CbcHmac(ctx) => {
-            let high: &[u8] = if sa.esn { &seq_high_bytes } else { &[] };
-            ctx.verify(
-                &[&packet[esp.start..ct_end], high],
-                &packet[ct_end..esp.end],
-            )
-            .map_err(|_| EspError::Authentication)?;
-            let mut iv = [0u8; 16];
-            iv.copy_from_slice(&packet[iv_at..ct_at]);
-            ctx.decrypt(&iv, &mut packet[ct_at..ct_end])
-                .map_err(EspError::Crypto)?;
+        SaCrypto::CbcHmac(_) => {
+            params.iv.copy_from_slice(&packet[iv_at..ct_at]);
+            params.auth = esp.start..ct_end;
+            if sa.esn {
+                // As on the way out: the high half goes where the ICV was (saved above).
+                packet[ct_end..ct_end + 4].copy_from_slice(&seq_high_bytes);
+                params.auth.end += 4;
+            }
         }
     }
+    Ok((
+        DecapPending {
+            spi,
+            sequence: seq,
+            ct_at,
+            ct_end,
+            outer_src: outer.src,
+            outer_dst: outer.dst,
+            udp_src_port: outer.udp_src_port,
+        },
+        params,
+    ))
+}
+
+/// The second half of [`decapsulate`], once the crypto ran with `crypto` as its result:
+/// moves the replay window, checks the trailer and counts the packet. On success the inner
+/// packet is at `packet[result.inner]`.
+pub fn decapsulate_finish<L: SaLookup + ?Sized>(
+    lookup: &mut L,
+    pending: &DecapPending,
+    packet: &mut [u8],
+    crypto: Result<(), CryptoError>,
+) -> Result<Decapsulated, EspError> {
+    let sa = lookup
+        .inbound_sa(pending.spi, pending.outer_dst)
+        .ok_or(EspError::UnknownSpi(pending.spi))?;
+    let result = finish_with(sa, pending, packet, crypto);
+    if let Err(error) = &result {
+        count_refusal(sa, error);
+    }
+    result
+}
+
+fn finish_with(
+    sa: &mut Sa,
+    pending: &DecapPending,
+    packet: &mut [u8],
+    crypto: Result<(), CryptoError>,
+) -> Result<Decapsulated, EspError> {
+    match crypto {
+        Ok(()) => {}
+        Err(CryptoError::Authentication) => return Err(EspError::Authentication),
+        Err(e) => return Err(EspError::Crypto(e)),
+    }
+    let (ct_at, ct_end) = (pending.ct_at, pending.ct_end);
+    if ct_end > packet.len() || ct_end < ct_at + 2 {
+        return Err(EspError::Truncated);
+    }
+    let seq = pending.sequence;
     // Only an authenticated packet may move the window.
     sa.replay.accept(seq)?;
 
@@ -560,13 +729,13 @@ fn decapsulate_with(
     sa.counters.packets += 1;
     sa.counters.bytes += (inner_end - ct_at) as u64;
     Ok(Decapsulated {
-        spi,
+        spi: pending.spi,
         sequence: seq,
         inner: ct_at..inner_end,
         next_header,
-        outer_src: outer.src,
-        outer_dst: outer.dst,
-        udp_src_port: outer.udp_src_port,
+        outer_src: pending.outer_src,
+        outer_dst: pending.outer_dst,
+        udp_src_port: pending.udp_src_port,
     })
 }
 

@@ -3,7 +3,7 @@
 use super::replay::ReplayWindow;
 use super::EspError;
 use crate::crypto::{
-    Aead, AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, MacAlgorithm, SecretBytes,
+    Aead, AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, MacAlgorithm, SecretBytes, SymCtx,
 };
 use std::fmt;
 
@@ -206,6 +206,15 @@ impl Sa {
 
     pub fn spi(&self) -> u32 {
         self.spi
+    }
+
+    /// The SA's prepared crypto context, for a batch of operations
+    /// ([`CryptoBackend::process`]).
+    pub fn crypto_ctx(&self) -> SymCtx<'_> {
+        match &self.crypto {
+            SaCrypto::Gcm { aead, .. } => SymCtx::Aead(aead.as_ref()),
+            SaCrypto::CbcHmac(ctx) => SymCtx::CbcHmac(ctx.as_ref()),
+        }
     }
 
     pub fn suite(&self) -> EspSuite {

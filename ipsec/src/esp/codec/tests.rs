@@ -1,5 +1,5 @@
 use super::*;
-use crate::crypto::{CbcAlgorithm, MacAlgorithm, SecretBytes, SoftwareBackend};
+use crate::crypto::{AeadAlgorithm, CbcAlgorithm, MacAlgorithm, SecretBytes, SoftwareBackend};
 use crate::esp::{EspKeys, Lifetime, ReplayError, SaConfig};
 use proptest::prelude::*;
 
