@@ -37,7 +37,14 @@ pub enum Timer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     ManualStart,
+    /// Stop with Cease / Administrative Shutdown (RFC 4486 subcode 2).
     ManualStop,
+    /// Stop with Cease and this subcode instead (RFC 4486): the shell
+    /// names why the session ends, e.g. Peer De-configured (3) when the
+    /// peer leaves the configuration, Other Configuration Change (6) when
+    /// it is replaced with different settings. The peer is told, and the
+    /// session stays down (no automatic restart).
+    ManualStopWith(u8),
     /// A TCP connection for this session is up (ours or accepted).
     TcpConnected,
     /// Our connection attempt failed.
@@ -116,15 +123,12 @@ impl Session {
         match event {
             Event::ManualStart => self.start(&mut out),
             Event::ManualStop => {
-                self.started = false;
-                if matches!(
-                    self.state,
-                    State::OpenSent | State::OpenConfirm | State::Established
-                ) {
-                    let n = Notification::cease(notification::cease::ADMIN_SHUTDOWN);
-                    out.push(Action::Send(n.encode()));
-                }
-                self.enter_idle(&mut out, DownReason::ManualStop);
+                let n = Notification::cease(notification::cease::ADMIN_SHUTDOWN);
+                self.stop(n, DownReason::ManualStop, &mut out);
+            }
+            Event::ManualStopWith(subcode) => {
+                let n = Notification::cease(subcode);
+                self.stop(n.clone(), DownReason::Sent(n), &mut out);
             }
             Event::TcpConnected => match self.state {
                 State::Connect | State::Active => {
@@ -210,6 +214,19 @@ impl Session {
             }
         }
         out
+    }
+
+    /// An administrative stop: `n` goes to the peer if a BGP connection
+    /// is open (RFC 4271 §8.2.2, ManualStop in OpenSent and later).
+    fn stop(&mut self, n: Notification, why: DownReason, out: &mut Vec<Action>) {
+        self.started = false;
+        if matches!(
+            self.state,
+            State::OpenSent | State::OpenConfirm | State::Established
+        ) {
+            out.push(Action::Send(n.encode()));
+        }
+        self.enter_idle(out, why);
     }
 
     fn start(&mut self, out: &mut Vec<Action>) {

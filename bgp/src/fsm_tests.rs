@@ -3,6 +3,7 @@
 
 use crate::config::SessionConfig;
 use crate::fsm::*;
+use crate::notification;
 use crate::wire;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -162,6 +163,36 @@ fn manual_stop_sends_cease_and_stays_idle() {
         Action::SessionDown(DownReason::Received(n)) if n.code == 6 && n.subcode == 2
     )));
     assert_eq!(a.handle(Event::TimerExpired(Timer::ConnectRetry)), vec![]);
+}
+
+#[test]
+fn deconfigured_peer_gets_cease_3_and_stays_down() {
+    let (mut a, mut b) = established(cfg(65000, 1, 65001), passive(cfg(65001, 2, 65000)));
+    let acts = a.handle(Event::ManualStopWith(
+        notification::cease::PEER_DECONFIGURED,
+    ));
+    assert_eq!(notification_sent(&acts), Some((6, 3)));
+    assert!(acts.iter().any(|x| matches!(
+        x,
+        Action::SessionDown(DownReason::Sent(n)) if n.code == 6 && n.subcode == 3
+    )));
+    assert!(acts.contains(&Action::Disconnect));
+    assert!(acts.contains(&Action::CancelTimer(Timer::ConnectRetry)));
+    assert_eq!(a.state(), State::Idle);
+    let acts_b = b.handle_bytes(&sent(&acts));
+    assert!(acts_b.iter().any(|x| matches!(
+        x,
+        Action::SessionDown(DownReason::Received(n)) if n.code == 6 && n.subcode == 3
+    )));
+    assert_eq!(a.handle(Event::TimerExpired(Timer::ConnectRetry)), vec![]);
+    // Before any BGP connection there is nobody to tell.
+    let mut idle = Session::new(cfg(65000, 1, 65001));
+    idle.handle(Event::ManualStart);
+    let acts = idle.handle(Event::ManualStopWith(
+        notification::cease::PEER_DECONFIGURED,
+    ));
+    assert_eq!(notification_sent(&acts), None);
+    assert_eq!(idle.state(), State::Idle);
 }
 
 #[test]

@@ -34,7 +34,9 @@
 //!
 //! [`speaker`] is that shell, on tokio: `Speaker::start(config)` gives a
 //! `SpeakerHandle` (advertise/withdraw/`set_local_routes`, neighbors,
-//! routes, shutdown) and a stream of `SpeakerEvent`s (session up/down,
+//! routes, shutdown, and peers added, changed or removed at run time with
+//! `set_peers`/`add_peer`/`remove_peer`, the local AS with `reconfigure`)
+//! and a stream of `SpeakerEvent`s (session up/down,
 //! `BestPathsChanged` ECMP sets for the FIB). Tests against gobgpd and
 //! BIRD live in `tests/`.
 //!

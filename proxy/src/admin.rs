@@ -810,6 +810,7 @@ pub fn bgp(b: &BgpSnapshot, now: SystemTime) -> Value {
             json!({
                 "address": n.addr.to_string(),
                 "asn": n.asn,
+                "source": b.peer_sources.get(&n.addr).map(|s| s.as_str()),
                 "state": bgp_state(n.state),
                 "uptime_seconds": n.uptime.map(|u| u.as_secs()),
                 "prefixes_in": n.prefixes_in,
@@ -854,6 +855,8 @@ pub fn bgp(b: &BgpSnapshot, now: SystemTime) -> Value {
         "routes_truncated": b.routes_total > b.routes.len(),
         "advertised": b.advertised,
         "installed": b.installed,
+        "annotation_errors": b.annotation_errors,
+        "annotation_problems": b.annotation_problems,
     })
 }
 

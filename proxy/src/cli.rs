@@ -187,6 +187,19 @@ pub struct AgentArgs {
     #[arg(long, value_name = "IPV4", requires = "bgp_asn", help_heading = "BGP")]
     pub bgp_cluster_id: Option<std::net::Ipv4Addr>,
 
+    /// Peer over iBGP with every other Node of our AS, at its InternalIP on our BGP port
+    /// (kube-router's --enable-ibgp); the Nodes' kube-router.io/rr.server and rr.client
+    /// annotations turn the full mesh into route reflection. `false` to peer only with the
+    /// --bgp-peer and annotated peers.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        help_heading = "BGP"
+    )]
+    pub bgp_ibgp_mesh: bool,
+
     /// The dataplane: ports, addresses, routes as for `switchyard router`.
     #[command(flatten)]
     pub router: RouterArgs,

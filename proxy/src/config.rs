@@ -84,6 +84,7 @@ pub struct BgpConfig {
     next_hop: Option<Value>,
     multipath: Option<usize>,
     cluster_id: Option<String>,
+    ibgp_mesh: Option<bool>,
 }
 
 /// One entry of `bgp.peers`: the parts of a `--bgp-peer` value, as keys.
@@ -295,6 +296,9 @@ impl BgpConfig {
         }
         if let Some(v) = self.cluster_id.filter(|_| set("bgp_cluster_id")) {
             args.bgp_cluster_id = Some(ipv4("bgp.clusterId", &v)?);
+        }
+        if let Some(v) = self.ibgp_mesh.filter(|_| set("bgp_ibgp_mesh")) {
+            args.bgp_ibgp_mesh = v;
         }
         // Without an AS number the other BGP settings would be silently ignored.
         if args.bgp_asn.is_none() {
@@ -525,6 +529,7 @@ bgp:
   nextHop: [198.51.100.1]
   multipath: 4
   clusterId: 198.51.100.1
+  ibgpMesh: false
 ";
 
     #[test]
@@ -576,6 +581,7 @@ bgp:
         );
         assert_eq!(a.bgp_multipath, 4);
         assert_eq!(a.bgp_cluster_id, Some(Ipv4Addr::new(198, 51, 100, 1)));
+        assert!(!a.bgp_ibgp_mesh);
         // The agent's own checks accept what the file produced.
         crate::agent::bgp::Settings::from_args(&a).unwrap().unwrap();
         crate::servers::Config::from_args(&a).unwrap();
@@ -743,6 +749,7 @@ bgp:
             "bgp_next_hop",
             "bgp_multipath",
             "bgp_cluster_id",
+            "bgp_ibgp_mesh",
             "config",
         ];
         let cmd = Cli::command();

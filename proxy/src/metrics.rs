@@ -399,6 +399,26 @@ fn bgp_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Res
         "Learned BGP prefixes installed in the dataplane FIB.",
         None,
         b.installed as u64,
+    )?;
+    let mut by_source = std::collections::BTreeMap::new();
+    for n in &b.neighbors {
+        let source = b.peer_sources.get(&n.addr).map_or("flag", |s| s.as_str());
+        *by_source.entry(source).or_insert(0i64) += 1;
+    }
+    gauge_family(
+        enc,
+        "switchyard_bgp_peers",
+        "Configured BGP peers by where they come from (flag, Node annotation, iBGP mesh).",
+        by_source
+            .into_iter()
+            .map(|(source, n)| ([("source", source.to_string())], n)),
+    )?;
+    counter(
+        enc,
+        "switchyard_bgp_node_annotation_errors",
+        "Bad Node BGP annotations seen (the node's last good settings stay in force).",
+        None,
+        b.annotation_errors,
     )
 }
 
@@ -955,6 +975,7 @@ pub(crate) mod tests {
 
     /// A shared state with a BGP speaker that has one session up and one down.
     pub(crate) fn bgp_shared() -> Arc<Shared> {
+        use crate::agent::bgp::nodes::PeerSource;
         use switchyard_bgp::speaker::{NeighborStatus, RouteEntry, RoutePath};
         let shared = Arc::new(Shared::default());
         let neighbor = |addr: &str, up: bool| NeighborStatus {
@@ -992,6 +1013,14 @@ pub(crate) mod tests {
             b.routes_total = 1;
             b.advertised = 2;
             b.installed = 1;
+            b.peer_sources = [
+                ("198.18.2.2".parse().unwrap(), PeerSource::Flag),
+                ("198.18.2.3".parse().unwrap(), PeerSource::Mesh),
+            ]
+            .into();
+            b.annotation_errors = 2;
+            b.annotation_problems =
+                vec!["Node node-a: kube-router.io/peer.asns: \"0\" is not an AS number".into()];
         });
         shared
     }
@@ -1012,6 +1041,9 @@ pub(crate) mod tests {
             "switchyard_bgp_prefixes_received{peer=\"198.18.2.2\"} 3\n",
             "switchyard_bgp_prefixes_advertised{peer=\"198.18.2.2\"} 2\n",
             "switchyard_bgp_routes_installed 1\n",
+            "switchyard_bgp_peers{source=\"flag\"} 1\n",
+            "switchyard_bgp_peers{source=\"mesh\"} 1\n",
+            "switchyard_bgp_node_annotation_errors_total 2\n",
         ] {
             assert!(text.contains(w), "missing {w:?} in\n{text}");
         }

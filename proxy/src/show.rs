@@ -525,12 +525,19 @@ fn bgp(data: &Value) -> String {
         cell(&data["advertised"]),
         cell(&data["installed"]),
     );
+    for p in items(&data["annotation_problems"]) {
+        out.push_str(&format!("ignored (last good settings kept): {}\n", cell(p)));
+    }
+    if !items(&data["annotation_problems"]).is_empty() {
+        out.push('\n');
+    }
     let rows: Vec<Vec<String>> = items(&data["neighbors"])
         .iter()
         .map(|n| {
             vec![
                 cell(&n["address"]),
                 cell(&n["asn"]),
+                cell(&n["source"]),
                 cell(&n["state"]),
                 duration(&n["uptime_seconds"]),
                 cell(&n["prefixes_in"]),
@@ -544,6 +551,7 @@ fn bgp(data: &Value) -> String {
         &[
             "NEIGHBOR",
             "ASN",
+            "SOURCE",
             "STATE",
             "UPTIME",
             "PFX IN",
@@ -678,10 +686,17 @@ mod tests {
         let s = render(ShowWhat::Bgp, &v["data"]);
         assert!(s.starts_with("BGP AS 65000, router id 198.18.1.1"), "{s}");
         assert!(
-            s.contains("198.18.2.2  65001  Established  1h02m05s  3       2        0      -"),
+            s.contains(
+                "198.18.2.2  65001  flag    Established  1h02m05s  3       2        0      -"
+            ),
             "{s}"
         );
+        assert!(s.contains("198.18.2.3  65001  mesh    Active"), "{s}");
         assert!(s.contains("hold timer expired"), "{s}");
+        assert!(
+            s.contains("ignored (last good settings kept): Node node-a: kube-router.io/peer.asns"),
+            "{s}"
+        );
         assert!(
             s.contains("*>  203.0.113.0/24  198.18.2.2  198.18.2.2  -       5    65001 65010"),
             "{s}"

@@ -165,6 +165,14 @@ pub struct BgpSnapshot {
     pub advertised: usize,
     /// Learned prefixes installed in the dataplane FIB at the last publication.
     pub installed: usize,
+    /// Where each configured peer comes from (flag, Node annotation, iBGP mesh).
+    pub peer_sources:
+        std::collections::BTreeMap<std::net::IpAddr, crate::agent::bgp::nodes::PeerSource>,
+    /// Bad Node BGP annotations seen (each counted once, when it appears).
+    pub annotation_errors: u64,
+    /// The bad Node BGP annotations now in place, one line per node (each node's last good
+    /// settings stand in for them).
+    pub annotation_problems: Vec<String>,
 }
 
 /// Most traced packets one `switchyard trace` collects.

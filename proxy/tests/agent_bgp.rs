@@ -20,10 +20,9 @@ mod common;
 
 use std::fs;
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{skip_or_fail, text, Driver, Lab, Ns};
+use common::{eventually, have_tool as have, skip_or_fail, text, Driver, Killed, Lab, Ns};
 
 const GOBGP_API: &str = "127.0.0.3";
 const GOBGP_API_PORT: u16 = 50051;
@@ -33,14 +32,6 @@ const LB_IP: &str = "203.0.113.50";
 const POD_CIDR: &str = "198.19.128.0/24";
 const LEARNED: &str = "203.0.113.0/24";
 const BEHIND_SERVER: &str = "203.0.113.9";
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool} >/dev/null 2>&1")])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 const GOBGPD_CONF: &str = r#"[global.config]
   as = 65001
@@ -148,38 +139,6 @@ fn show_bgp(lab: &Lab) -> serde_json::Value {
         .output()
         .expect("run switchyard show");
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-}
-
-/// Polls `check` for up to `secs` seconds; panics with its last complaint and `context()`.
-fn eventually(
-    what: &str,
-    secs: u64,
-    mut check: impl FnMut() -> Result<(), String>,
-    context: impl Fn() -> String,
-) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => {
-                panic!("timed out waiting for {what}: {e}\n{}", context())
-            }
-            Err(_) => thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
-/// A process started by [`Lab::spawn`], stopped when dropped (also when the test panics):
-/// SIGTERM to timeout(1), which passes it on, then reaped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = common::wait_bounded(&mut self.0, Duration::from_secs(5));
-    }
 }
 
 fn gobgpd_log(lab: &Lab) -> String {

@@ -7,106 +7,22 @@
 //!                                    └── server: pod-a 198.18.2.3, pod-b 198.18.2.4
 //! ```
 //!
-//! The API server runs in this test process, but on a thread that first moved into the node
-//! namespace (`setns`), with a runtime of its own: a socket belongs to the namespace of the
-//! thread that makes it, so the server listens on the node namespace's loopback, where the
-//! agent finds it, and nothing listens in the root namespace. Every socket operation of the
-//! server (start, pause, resume) runs on that thread; the test changes objects through the
-//! server's synchronous API, which touches no socket.
+//! The API server runs in this test process, listening on the node namespace's loopback
+//! ([`common::apiserver`]).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::apiserver::NsApiServer;
 use common::{text, Driver, Lab, Ns};
 use serde_json::{json, Value};
-use switchyard_apiserver::ApiServer;
 
 const POD_A: &str = "198.18.2.3";
 const POD_B: &str = "198.18.2.4";
 const CLUSTER_IP: &str = "198.51.100.10";
-
-/// What the server thread is asked to do.
-enum Command {
-    Pause(mpsc::Sender<()>),
-    Resume(mpsc::Sender<std::io::Result<()>>),
-}
-
-/// The test API server, serving inside a network namespace.
-struct NsApiServer {
-    server: Arc<ApiServer>,
-    commands: tokio::sync::mpsc::UnboundedSender<Command>,
-}
-
-impl NsApiServer {
-    /// Starts the server on the loopback of the namespace `netns` (a name under /run/netns).
-    fn start(netns: &str) -> NsApiServer {
-        let path = format!("/run/netns/{netns}");
-        let (ready_tx, ready_rx) = mpsc::channel();
-        thread::Builder::new()
-            .name("apiserver".into())
-            .spawn(move || {
-                // One thread: every task (and so every socket) stays in this namespace.
-                let runtime = match common::runtime_in_netns(&path) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let server = match ApiServer::start().await {
-                        Ok(s) => Arc::new(s),
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(format!("start: {e}")));
-                            return;
-                        }
-                    };
-                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                    let _ = ready_tx.send(Ok((Arc::clone(&server), tx)));
-                    // Ends when the test drops its `NsApiServer` (the sender).
-                    while let Some(command) = rx.recv().await {
-                        match command {
-                            Command::Pause(done) => {
-                                server.pause().await;
-                                let _ = done.send(());
-                            }
-                            Command::Resume(done) => {
-                                let _ = done.send(server.resume().await);
-                            }
-                        }
-                    }
-                });
-            })
-            .expect("spawn the API server thread");
-        let (server, commands) = ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("API server thread answers")
-            .unwrap_or_else(|e| panic!("API server in {netns}: {e}"));
-        NsApiServer { server, commands }
-    }
-
-    fn pause(&self) {
-        let (tx, rx) = mpsc::channel();
-        self.commands
-            .send(Command::Pause(tx))
-            .expect("server thread");
-        rx.recv_timeout(Duration::from_secs(10)).expect("paused");
-    }
-
-    fn resume(&self) {
-        let (tx, rx) = mpsc::channel();
-        self.commands
-            .send(Command::Resume(tx))
-            .expect("server thread");
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("resumed")
-            .expect("rebind the API server's port");
-    }
-}
 
 fn service() -> Value {
     json!({

@@ -23,13 +23,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub(super) enum Input {
     Accepted(TcpStream, SocketAddr),
+    /// Attempts are numbered across the whole speaker, so the result of
+    /// an attempt for a peer since removed (or removed and added again)
+    /// never matches.
     Connected {
-        peer: usize,
+        peer: IpAddr,
         attempt: u64,
         stream: TcpStream,
     },
     ConnectFailed {
-        peer: usize,
+        peer: IpAddr,
         attempt: u64,
         error: String,
     },
@@ -72,23 +75,38 @@ pub(super) fn listen(addr: SocketAddr, peers: &[PeerConfig]) -> Result<TcpListen
     sock.set_reuseaddr(true).map_err(l)?;
     sock.bind(addr).map_err(l)?;
     for p in peers {
-        if let Some(key) = &p.md5_password {
-            // A v4 listener cannot carry a v6 peer's key and vice versa.
-            if p.address.is_ipv4() == addr.is_ipv4() {
-                set_tcp_md5sig(&sock, SocketAddr::new(p.address, 0), key.as_bytes()).map_err(
-                    |source| SpeakerError::Md5 {
-                        peer: p.address,
-                        source,
-                    },
-                )?;
-            }
-        }
+        set_listener_key(&sock, addr, p, true).map_err(|source| SpeakerError::Md5 {
+            peer: p.address,
+            source,
+        })?;
     }
     sock.listen(128).map_err(l)
 }
 
+/// Installs (`install`) or removes the listener's MD5 key for peer `p`,
+/// if it has a password. Peers come and go while the listener runs, and
+/// the kernel drops unsigned SYNs from a peer with a key, so the key
+/// must follow the peer set.
+pub(super) fn set_listener_key(
+    listener: &impl std::os::fd::AsFd,
+    listen: SocketAddr,
+    p: &PeerConfig,
+    install: bool,
+) -> io::Result<()> {
+    let Some(key) = &p.md5_password else {
+        return Ok(());
+    };
+    // A v4 listener cannot carry a v6 peer's key and vice versa.
+    if p.address.is_ipv4() != listen.is_ipv4() {
+        return Ok(());
+    }
+    // An empty key removes the entry.
+    let key = if install { key.as_bytes() } else { &[] };
+    set_tcp_md5sig(listener, SocketAddr::new(p.address, 0), key)
+}
+
 /// Accepts forever; the core decides what each connection is.
-pub(super) async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<Input>) {
+pub(super) async fn accept_loop(listener: std::sync::Arc<TcpListener>, tx: mpsc::Sender<Input>) {
     loop {
         match listener.accept().await {
             Ok((s, a)) => {
@@ -134,7 +152,7 @@ async fn connect(p: &ConnectParams) -> io::Result<TcpStream> {
 }
 
 pub(super) fn spawn_connect(
-    peer: usize,
+    peer: IpAddr,
     attempt: u64,
     params: ConnectParams,
     tx: mpsc::Sender<Input>,

@@ -1,8 +1,9 @@
 //! The core task: every session, the RIB and every timer, one owner.
 
 use super::conn::{self, Conn, ConnectParams, Input};
+use super::peer_set::{self, PeerSetDiff};
 use super::{
-    BestPaths, Command, LocalRoute, NeighborStatus, PeerConfig, RouteEntry, RoutePath,
+    BestPaths, Command, LocalRoute, NeighborStatus, PeerChanges, PeerConfig, RouteEntry, RoutePath,
     SpeakerConfig, SpeakerError, SpeakerEvent,
 };
 use crate::attrs::{AsPath, AsSegment, Origin, PathAttrs};
@@ -18,8 +19,9 @@ use crate::update_tx::{self, TxParams};
 use crate::wire;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use tokio::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -37,12 +39,17 @@ pub(super) fn spawn(
     let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
     let mut bound = None;
     let mut accept_task = None;
+    let mut listener = None;
     if let Some(addr) = config.listen {
-        let l = conn::listen(addr, &config.peers)?;
+        let l = Arc::new(conn::listen(addr, &config.peers)?);
         bound = l.local_addr().ok();
-        accept_task = Some(tokio::spawn(conn::accept_loop(l, in_tx.clone())));
+        accept_task = Some(tokio::spawn(conn::accept_loop(
+            Arc::clone(&l),
+            in_tx.clone(),
+        )));
+        listener = Some(l);
     }
-    let mut core = Core::new(config, in_tx, ev_tx, bound);
+    let mut core = Core::new(config, in_tx, ev_tx, bound, listener);
     tokio::spawn(async move {
         core.run(cmd_rx, in_rx).await;
         if let Some(t) = accept_task {
@@ -100,7 +107,7 @@ struct Peer {
     session_cfg: SessionConfig,
     main: Slot,
     other: Option<Slot>,
-    /// Id of the connect attempt whose result we wait for.
+    /// Id of the connect attempt whose result we wait for (0: none).
     attempt: u64,
     connecting: Option<JoinHandle<()>>,
     rib_id: Option<PeerId>,
@@ -112,6 +119,37 @@ struct Peer {
 }
 
 impl Peer {
+    fn new(cfg: PeerConfig, local_as: u32, router_id: Ipv4Addr) -> Self {
+        let session_cfg = SessionConfig {
+            local_as,
+            router_id,
+            peer_as: cfg.remote_as,
+            hold_time: cfg.hold_time,
+            connect_retry_time: cfg.connect_retry_time,
+            open_hold_time: cfg.open_hold_time,
+            passive: cfg.passive,
+            families: cfg.families.clone(),
+            route_refresh: true,
+            graceful_restart: None,
+            add_path: cfg.add_path.clone(),
+            extended_message: true,
+        };
+        Peer {
+            main: Slot::new(session_cfg.clone()),
+            session_cfg,
+            cfg,
+            other: None,
+            attempt: 0,
+            connecting: None,
+            rib_id: None,
+            negotiated: None,
+            adj_out: AdjRibOut::default(),
+            up_since: None,
+            flaps: 0,
+            last_error: None,
+        }
+    }
+
     fn slot(&mut self, w: Which) -> Option<&mut Slot> {
         match w {
             Which::Main => Some(&mut self.main),
@@ -124,7 +162,7 @@ impl Peer {
             h.abort();
         }
         // Any result still in flight is now stale.
-        self.attempt += 1;
+        self.attempt = 0;
     }
 
     /// Makes the collision's second connection the main one; returns the
@@ -137,15 +175,36 @@ impl Peer {
 
 struct Core {
     local_as: u32,
-    router_id: std::net::Ipv4Addr,
+    router_id: Ipv4Addr,
+    cluster_id: Option<Ipv4Addr>,
+    multipath_max: usize,
     listen: Option<SocketAddr>,
+    /// Shared with the accept task; kept here to install and remove the
+    /// MD5 keys of peers added and removed at run time.
+    listener: Option<Arc<TcpListener>>,
+    /// In configuration order; peers added at run time go to the end.
+    /// Positions change when a peer is removed, so nothing that outlives
+    /// one command (connect attempts, connections) refers to a position.
     peers: Vec<Peer>,
     rib: Rib,
     local_routes: BTreeMap<IpNet, Option<IpAddr>>,
     in_tx: mpsc::Sender<Input>,
     ev_tx: mpsc::UnboundedSender<SpeakerEvent>,
     next_conn: u64,
+    next_attempt: u64,
     stopping: bool,
+}
+
+fn new_rib(local_as: u32, router_id: Ipv4Addr, cluster_id: Option<Ipv4Addr>, max: usize) -> Rib {
+    Rib::new(RibConfig {
+        local_as,
+        router_id,
+        cluster_id,
+        decision: DecisionConfig {
+            max_paths: max.max(1),
+            ..DecisionConfig::default()
+        },
+    })
 }
 
 impl Core {
@@ -154,60 +213,33 @@ impl Core {
         in_tx: mpsc::Sender<Input>,
         ev_tx: mpsc::UnboundedSender<SpeakerEvent>,
         listen: Option<SocketAddr>,
+        listener: Option<Arc<TcpListener>>,
     ) -> Self {
-        let rib = Rib::new(RibConfig {
-            local_as: cfg.local_as,
-            router_id: cfg.router_id,
-            cluster_id: cfg.cluster_id,
-            decision: DecisionConfig {
-                max_paths: cfg.multipath_max.max(1),
-                ..DecisionConfig::default()
-            },
-        });
+        let rib = new_rib(
+            cfg.local_as,
+            cfg.router_id,
+            cfg.cluster_id,
+            cfg.multipath_max,
+        );
         let peers = cfg
             .peers
             .into_iter()
-            .map(|p| {
-                let session_cfg = SessionConfig {
-                    local_as: cfg.local_as,
-                    router_id: cfg.router_id,
-                    peer_as: p.remote_as,
-                    hold_time: p.hold_time,
-                    connect_retry_time: p.connect_retry_time,
-                    open_hold_time: p.open_hold_time,
-                    passive: p.passive,
-                    families: p.families.clone(),
-                    route_refresh: true,
-                    graceful_restart: None,
-                    add_path: p.add_path.clone(),
-                    extended_message: true,
-                };
-                Peer {
-                    main: Slot::new(session_cfg.clone()),
-                    session_cfg,
-                    cfg: p,
-                    other: None,
-                    attempt: 0,
-                    connecting: None,
-                    rib_id: None,
-                    negotiated: None,
-                    adj_out: AdjRibOut::default(),
-                    up_since: None,
-                    flaps: 0,
-                    last_error: None,
-                }
-            })
+            .map(|p| Peer::new(p, cfg.local_as, cfg.router_id))
             .collect();
         Self {
             local_as: cfg.local_as,
             router_id: cfg.router_id,
+            cluster_id: cfg.cluster_id,
+            multipath_max: cfg.multipath_max,
             listen,
+            listener,
             peers,
             rib,
             local_routes: BTreeMap::new(),
             in_tx,
             ev_tx,
             next_conn: 0,
+            next_attempt: 0,
             stopping: false,
         }
     }
@@ -300,9 +332,9 @@ impl Core {
                 attempt,
                 stream,
             } => {
-                if self.peers.get(peer).is_some_and(|p| p.attempt == attempt) {
-                    self.peers[peer].connecting = None;
-                    self.new_connection(peer, stream, ConnectionOrigin::Local);
+                if let Some(i) = self.awaiting(peer, attempt) {
+                    self.peers[i].connecting = None;
+                    self.new_connection(i, stream, ConnectionOrigin::Local);
                 }
             }
             Input::ConnectFailed {
@@ -310,11 +342,12 @@ impl Core {
                 attempt,
                 error,
             } => {
-                if let Some(p) = self.peers.get_mut(peer).filter(|p| p.attempt == attempt) {
+                if let Some(i) = self.awaiting(peer, attempt) {
+                    let p = &mut self.peers[i];
                     p.connecting = None;
                     p.last_error = Some(format!("connect: {error}"));
                     let a = p.main.session.handle(Event::TcpConnectFailed);
-                    self.dispatch(peer, Which::Main, a);
+                    self.dispatch(i, Which::Main, a);
                 }
             }
             Input::Bytes { conn, data } => {
@@ -335,6 +368,13 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The peer at `addr` if it still waits for connect attempt `attempt`.
+    fn awaiting(&self, addr: IpAddr, attempt: u64) -> Option<usize> {
+        self.peers
+            .iter()
+            .position(|p| p.cfg.address == addr && p.attempt == attempt && attempt != 0)
     }
 
     fn start_conn(&mut self, i: usize, stream: TcpStream, origin: ConnectionOrigin) -> Conn {
@@ -506,8 +546,11 @@ impl Core {
             .map(|l| l.ip())
             .filter(|ip| !ip.is_unspecified());
         let ttl = conn::ttl_for(&self.peers[i].cfg, self.local_as);
+        self.next_attempt += 1;
+        let attempt = self.next_attempt;
         let p = &mut self.peers[i];
         p.cancel_connect();
+        p.attempt = attempt;
         let local = p
             .cfg
             .local_address
@@ -519,8 +562,8 @@ impl Core {
             md5: p.cfg.md5_password.clone(),
         };
         p.connecting = Some(conn::spawn_connect(
-            i,
-            p.attempt,
+            p.cfg.address,
+            attempt,
             params,
             self.in_tx.clone(),
         ));
@@ -718,10 +761,153 @@ impl Core {
             Command::Routes(reply) => {
                 let _ = reply.send(self.routes());
             }
+            Command::SetPeers(wanted, reply) => {
+                let d = peer_set::diff(&self.peer_configs(), &wanted);
+                let _ = reply.send(self.change_peers(d));
+            }
+            Command::AddPeer(p, reply) => {
+                let mut wanted = self.peer_configs();
+                wanted.retain(|q| q.address != p.address);
+                wanted.push(*p);
+                let d = peer_set::diff(&self.peer_configs(), &wanted);
+                let _ = reply.send(self.change_peers(d));
+            }
+            Command::RemovePeer(addr, reply) => {
+                let d = PeerSetDiff {
+                    removed: self
+                        .peers
+                        .iter()
+                        .filter(|p| p.cfg.address == addr)
+                        .map(|p| p.cfg.address)
+                        .collect(),
+                    ..PeerSetDiff::default()
+                };
+                let _ = reply.send(self.change_peers(d));
+            }
+            Command::Reconfigure {
+                local_as,
+                cluster_id,
+                reply,
+            } => {
+                let _ = reply.send(self.reconfigure(local_as, cluster_id));
+            }
             // Handled in `run`.
             Command::Shutdown(_) => {}
         }
         self.propagate();
+    }
+
+    fn peer_configs(&self) -> Vec<PeerConfig> {
+        self.peers.iter().map(|p| p.cfg.clone()).collect()
+    }
+
+    /// Carries out `d`; sessions of peers it does not name are left alone.
+    fn change_peers(&mut self, d: PeerSetDiff) -> PeerChanges {
+        let mut done = PeerChanges::default();
+        for addr in d.removed {
+            if self.remove_peer(addr, cease::PEER_DECONFIGURED) {
+                done.removed.push(addr);
+            }
+        }
+        for p in d.changed {
+            // RFC 4486 has a subcode for exactly this.
+            self.remove_peer(p.address, cease::OTHER_CONFIG_CHANGE);
+            done.changed.push(p.address);
+            self.add_peer(p);
+        }
+        for p in d.added {
+            done.added.push(p.address);
+            self.add_peer(p);
+        }
+        done
+    }
+
+    /// Starts a session with a new peer.
+    fn add_peer(&mut self, cfg: PeerConfig) {
+        tracing::debug!(peer = %cfg.address, asn = cfg.remote_as, "bgp: peer added");
+        let mut peer = Peer::new(cfg, self.local_as, self.router_id);
+        if let (Some(l), Some(listen)) = (&self.listener, self.listen) {
+            if let Err(e) = conn::set_listener_key(l.as_ref(), listen, &peer.cfg, true) {
+                // The peer's SYNs will be dropped; our own connects still carry the key.
+                tracing::warn!(peer = %peer.cfg.address, error = %e, "bgp: TCP MD5 key on the listener");
+                peer.last_error = Some(format!("TCP MD5 key on the listener: {e}"));
+            }
+        }
+        self.peers.push(peer);
+        let i = self.peers.len() - 1;
+        let a = self.peers[i].main.session.handle(Event::ManualStart);
+        self.dispatch(i, Which::Main, a);
+    }
+
+    /// Stops the session with `addr` (Cease / `subcode` if a BGP
+    /// connection is open) and forgets the peer; what it taught us leaves
+    /// the Loc-RIB and the FIB. False if there is no such peer.
+    fn remove_peer(&mut self, addr: IpAddr, subcode: u8) -> bool {
+        let Some(i) = self.peers.iter().position(|p| p.cfg.address == addr) else {
+            return false;
+        };
+        if let Some(o) = self.peers[i].other.take() {
+            o.close(subcode);
+        }
+        let a = self.peers[i]
+            .main
+            .session
+            .handle(Event::ManualStopWith(subcode));
+        // Sends the NOTIFICATION, closes the connection (after the write)
+        // and, if the session was up, takes its routes out and tells the
+        // FIB and the other peers.
+        self.dispatch(i, Which::Main, a);
+        let mut p = self.peers.remove(i);
+        p.cancel_connect();
+        if let Some(id) = p.rib_id.take() {
+            // Not established yet, but registered: nothing was learned.
+            self.rib.remove_peer(id);
+        }
+        if let (Some(l), Some(listen)) = (&self.listener, self.listen) {
+            if let Err(e) = conn::set_listener_key(l.as_ref(), listen, &p.cfg, false) {
+                tracing::debug!(peer = %addr, error = %e, "bgp: removing the TCP MD5 key");
+            }
+        }
+        tracing::debug!(peer = %addr, "bgp: peer removed");
+        true
+    }
+
+    /// A new local AS or route-reflector cluster id. Both shape every
+    /// session (our OPEN, iBGP or eBGP, what is reflected to whom), so
+    /// every session restarts (Cease / Other Configuration Change) over a
+    /// fresh RIB that keeps our own routes. False if nothing changed.
+    fn reconfigure(&mut self, local_as: u32, cluster_id: Option<Ipv4Addr>) -> bool {
+        if local_as == self.local_as && cluster_id == self.cluster_id {
+            return false;
+        }
+        tracing::info!(
+            from = self.local_as,
+            to = local_as,
+            ?cluster_id,
+            "bgp: local AS or cluster id changed; restarting every session"
+        );
+        let configs = self.peer_configs();
+        for p in &configs {
+            self.remove_peer(p.address, cease::OTHER_CONFIG_CHANGE);
+        }
+        self.propagate();
+        self.local_as = local_as;
+        self.cluster_id = cluster_id;
+        self.rib = new_rib(local_as, self.router_id, cluster_id, self.multipath_max);
+        let own: Vec<LocalRoute> = std::mem::take(&mut self.local_routes)
+            .into_iter()
+            .map(|(prefix, next_hop)| LocalRoute { prefix, next_hop })
+            .collect();
+        for r in own {
+            self.originate(r);
+        }
+        // Our own routes are never FIB entries: nothing to tell the agent.
+        self.rib.v4.take_changes();
+        self.rib.v6.take_changes();
+        for p in configs {
+            self.add_peer(p);
+        }
+        true
     }
 
     fn originate(&mut self, r: LocalRoute) {

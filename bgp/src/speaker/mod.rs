@@ -3,7 +3,10 @@
 //! the shared [`crate::rib::Rib`], and tells the agent what changed.
 //!
 //! One task (the *core*) owns every session, the RIB and every timer, so
-//! no lock is ever taken; per-connection reader and writer tasks move
+//! no lock is ever taken; the peer set may change while it runs
+//! ([`SpeakerHandle::set_peers`], `add_peer`, `remove_peer`, and
+//! [`SpeakerHandle::reconfigure`] for the local AS), and only the sessions
+//! a change names are touched; per-connection reader and writer tasks move
 //! bytes, and connect attempts run in their own tasks. A peer's error
 //! ends that peer's session only: the core never panics on peer input
 //! and every failure is handled per peer. Reads reach the core through a
@@ -23,6 +26,7 @@
 
 mod conn;
 mod core;
+pub mod peer_set;
 
 use crate::config::{AddPathMode, Family};
 use crate::fsm::State;
@@ -214,6 +218,22 @@ pub struct LocalRoute {
     pub next_hop: Option<IpAddr>,
 }
 
+/// What a change of the peer set did, by address (never the settings:
+/// they may hold passwords).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    pub added: Vec<IpAddr>,
+    /// Restarted with new settings.
+    pub changed: Vec<IpAddr>,
+    pub removed: Vec<IpAddr>,
+}
+
+impl PeerChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
 #[derive(Debug)]
 enum Command {
     Advertise(Vec<LocalRoute>),
@@ -221,6 +241,14 @@ enum Command {
     SetLocalRoutes(Vec<LocalRoute>),
     Neighbors(oneshot::Sender<Vec<NeighborStatus>>),
     Routes(oneshot::Sender<Vec<RouteEntry>>),
+    SetPeers(Vec<PeerConfig>, oneshot::Sender<PeerChanges>),
+    AddPeer(Box<PeerConfig>, oneshot::Sender<PeerChanges>),
+    RemovePeer(IpAddr, oneshot::Sender<PeerChanges>),
+    Reconfigure {
+        local_as: u32,
+        cluster_id: Option<Ipv4Addr>,
+        reply: oneshot::Sender<bool>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -248,40 +276,50 @@ impl Speaker {
 }
 
 fn validate(c: &SpeakerConfig) -> Result<(), SpeakerError> {
-    let err = |m: String| Err(SpeakerError::Config(m));
     if c.router_id.is_unspecified() {
-        return err("router id 0.0.0.0".into());
+        return Err(SpeakerError::Config("router id 0.0.0.0".into()));
     }
     if c.local_as == 0 {
-        return err("local AS 0".into());
+        return Err(SpeakerError::Config("local AS 0".into()));
     }
-    for (i, p) in c.peers.iter().enumerate() {
-        if c.peers[..i].iter().any(|q| q.address == p.address) {
-            return err(format!("peer {} configured twice", p.address));
-        }
-        if p.remote_as == 0 {
-            return err(format!("peer {}: remote AS 0", p.address));
-        }
-        if matches!(p.hold_time, 1 | 2) {
-            return err(format!("peer {}: hold time must be 0 or >= 3", p.address));
-        }
-        if p.connect_retry_time == 0 || p.open_hold_time == 0 {
-            return err(format!(
-                "peer {}: connect retry or OPEN hold time 0",
+    validate_peers(&c.peers, c.listen.is_some())
+}
+
+/// A whole peer set: each peer, and no address twice.
+fn validate_peers(peers: &[PeerConfig], listening: bool) -> Result<(), SpeakerError> {
+    for (i, p) in peers.iter().enumerate() {
+        if peers[..i].iter().any(|q| q.address == p.address) {
+            return Err(SpeakerError::Config(format!(
+                "peer {} configured twice",
                 p.address
-            ));
+            )));
         }
-        if p.multihop_ttl == Some(0) {
-            return err(format!("peer {}: multihop TTL 0", p.address));
+        validate_peer(p, listening)?;
+    }
+    Ok(())
+}
+
+fn validate_peer(p: &PeerConfig, listening: bool) -> Result<(), SpeakerError> {
+    let err = |m: &str| Err(SpeakerError::Config(format!("peer {}: {m}", p.address)));
+    if p.remote_as == 0 {
+        return err("remote AS 0");
+    }
+    if matches!(p.hold_time, 1 | 2) {
+        return err("hold time must be 0 or >= 3");
+    }
+    if p.connect_retry_time == 0 || p.open_hold_time == 0 {
+        return err("connect retry or OPEN hold time 0");
+    }
+    if p.multihop_ttl == Some(0) {
+        return err("multihop TTL 0");
+    }
+    if let Some(k) = &p.md5_password {
+        if k.is_empty() || k.len() > switchyard_io::tcp_md5::MAX_KEY_LEN {
+            return err("MD5 password of 1..=80 bytes");
         }
-        if let Some(k) = &p.md5_password {
-            if k.is_empty() || k.len() > switchyard_io::tcp_md5::MAX_KEY_LEN {
-                return err(format!("peer {}: MD5 password of 1..=80 bytes", p.address));
-            }
-        }
-        if p.passive && c.listen.is_none() {
-            return err(format!("peer {} is passive but nothing listens", p.address));
-        }
+    }
+    if p.passive && !listening {
+        return err("passive, but nothing listens");
     }
     Ok(())
 }
@@ -337,6 +375,57 @@ impl SpeakerHandle {
     pub async fn routes(&self) -> Result<Vec<RouteEntry>, SpeakerError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Routes(tx)).await?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Makes `peers` the peer set: peers not in it are stopped with
+    /// Cease / Peer De-configured (RFC 4486) and what they taught us is
+    /// withdrawn, peers whose settings changed restart (Cease / Other
+    /// Configuration Change), new ones start; the others are not touched.
+    /// An invalid set is refused whole and the running one kept.
+    pub async fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<PeerChanges, SpeakerError> {
+        validate_peers(&peers, self.local_addr.is_some())?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::SetPeers(peers, tx)).await?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Adds a peer, or replaces the one with the same address (which then
+    /// restarts if its settings differ).
+    pub async fn add_peer(&self, peer: PeerConfig) -> Result<PeerChanges, SpeakerError> {
+        validate_peer(&peer, self.local_addr.is_some())?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::AddPeer(Box::new(peer), tx)).await?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Stops the session with `addr` (Cease / Peer De-configured) and
+    /// forgets the peer; its routes are withdrawn.
+    pub async fn remove_peer(&self, addr: IpAddr) -> Result<PeerChanges, SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::RemovePeer(addr, tx)).await?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// A new local AS and route-reflector cluster id. If either differs,
+    /// every session restarts (Cease / Other Configuration Change) and the
+    /// learned routes are withdrawn until they are learned again; our own
+    /// routes stay. True if anything changed.
+    pub async fn reconfigure(
+        &self,
+        local_as: u32,
+        cluster_id: Option<Ipv4Addr>,
+    ) -> Result<bool, SpeakerError> {
+        if local_as == 0 {
+            return Err(SpeakerError::Config("local AS 0".into()));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Reconfigure {
+            local_as,
+            cluster_id,
+            reply: tx,
+        })
+        .await?;
         rx.await.map_err(|_| SpeakerError::Stopped)
     }
 

@@ -1,26 +1,32 @@
-//! BGP in the agent: the `--bgp-*` flags, the routes we originate (Service addresses and the
+//! BGP in the agent: the `--bgp-*` flags, the peers (flags, Node annotations and the iBGP
+//! mesh among the nodes, see [`nodes`]), the routes we originate (Service addresses and the
 //! node's pod CIDRs) and the learned routes that go into the dataplane FIB.
 //!
 //! The speaker ([`switchyard_bgp::speaker`]) runs on a tokio runtime of its own ("bgp"
-//! thread). The control-plane thread talks to it through two channels: it hands over the
-//! full set of routes to originate after every sync (the speaker sends only the difference),
-//! and it drains the learned ECMP sets between short waits on the cluster source, so a
-//! learned route reaches the FIB within about 50 ms. Once a second the BGP thread reads the
+//! thread). The control-plane thread talks to it through channels: it hands over the full set
+//! of routes to originate after every sync (the speaker sends only the difference), the whole
+//! peer set whenever a Node change alters it (the speaker touches only the sessions that
+//! differ), and it drains the learned ECMP sets between short waits on the cluster source, so
+//! a learned route reaches the FIB within about 50 ms. Once a second the BGP thread reads the
 //! neighbors and the Loc-RIB into [`Shared`] for `switchyard show bgp` and `/metrics`.
 
+pub mod nodes;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context as _};
 use ipnet::IpNet;
 use switchyard_bgp::speaker::{
-    BestPaths, LocalRoute, PeerConfig, Speaker, SpeakerConfig, SpeakerEvent, SpeakerHandle,
+    BestPaths, LocalRoute, PeerConfig, Speaker, SpeakerConfig, SpeakerError, SpeakerEvent,
+    SpeakerHandle, BGP_PORT,
 };
 use switchyard_dataplane::tables::{RouteTarget, StaticRoute, Tables};
 use switchyard_lb::service::{Service, TrafficPolicy};
 
+use crate::agent::objects::ObjectStore;
 use crate::cli::{AgentArgs, BgpAdvertise};
 use crate::state::{Shared, BGP_ROUTES_SAMPLE};
 
@@ -69,6 +75,11 @@ pub struct Settings {
     pub advertise: Advertise,
     pub multipath: usize,
     pub cluster_id: Option<Ipv4Addr>,
+    /// Peer with the other nodes (`--bgp-ibgp-mesh`).
+    pub ibgp_mesh: bool,
+    /// `--bgp-next-hop`, for the peers that come from Node objects too.
+    pub next_hop_v4: Option<Ipv4Addr>,
+    pub next_hop_v6: Option<Ipv6Addr>,
 }
 
 // By hand: the peers' MD5 passwords must never reach a log.
@@ -89,6 +100,9 @@ impl std::fmt::Debug for Settings {
             .field("advertise", &self.advertise)
             .field("multipath", &self.multipath)
             .field("cluster_id", &self.cluster_id)
+            .field("ibgp_mesh", &self.ibgp_mesh)
+            .field("next_hop_v4", &self.next_hop_v4)
+            .field("next_hop_v6", &self.next_hop_v6)
             .finish()
     }
 }
@@ -143,6 +157,9 @@ impl Settings {
             advertise: Advertise::from_kinds(&args.bgp_advertise)?,
             multipath: args.bgp_multipath,
             cluster_id: args.bgp_cluster_id,
+            ibgp_mesh: args.bgp_ibgp_mesh,
+            next_hop_v4: nh4,
+            next_hop_v6: nh6,
         }))
     }
 }
@@ -316,6 +333,46 @@ pub fn fib_routes(learned: &BTreeMap<IpNet, Vec<IpAddr>>, base: &Tables) -> Vec<
     out
 }
 
+/// Gives the speaker a planned AS, cluster id and peer set; false once it has stopped.
+async fn apply_plan(h: &SpeakerHandle, plan: nodes::Plan) -> bool {
+    match h.reconfigure(plan.local_as, plan.cluster_id).await {
+        Ok(true) => tracing::info!(
+            asn = plan.local_as,
+            cluster_id = ?plan.cluster_id,
+            "BGP: local AS or route-reflector cluster id changed; every session restarts"
+        ),
+        Ok(false) => {}
+        Err(SpeakerError::Stopped) => return false,
+        Err(e) => {
+            tracing::warn!(error = %e, "BGP: new local AS refused; the running settings stay");
+            return true;
+        }
+    }
+    match h.set_peers(plan.peers).await {
+        Ok(c) if !c.is_empty() => {
+            let with_source = |addrs: &[IpAddr]| {
+                addrs
+                    .iter()
+                    .map(|a| {
+                        let source = plan.sources.get(a).map_or("", |s| s.as_str());
+                        format!("{a} ({source})")
+                    })
+                    .collect::<Vec<_>>()
+            };
+            tracing::info!(
+                added = ?with_source(&c.added),
+                changed = ?with_source(&c.changed),
+                removed = ?c.removed,
+                "BGP peers changed"
+            );
+        }
+        Ok(_) => {}
+        Err(SpeakerError::Stopped) => return false,
+        Err(e) => tracing::warn!(error = %e, "BGP: peer set refused; the running one stays"),
+    }
+    true
+}
+
 /// Stops the speaker from another thread when the agent exits: the peers get Cease /
 /// Administrative Shutdown instead of a bare TCP close.
 #[derive(Clone)]
@@ -344,6 +401,13 @@ pub struct Bgp {
     /// Keeps the speaker's runtime (and so the speaker) alive.
     _runtime: tokio::runtime::Runtime,
     routes_tx: tokio::sync::mpsc::UnboundedSender<Vec<LocalRoute>>,
+    plan_tx: tokio::sync::mpsc::UnboundedSender<nodes::Plan>,
+    /// The flags the peer set is planned from.
+    defaults: nodes::Defaults,
+    /// The Nodes' last good annotations.
+    node_peers: nodes::NodePeers,
+    /// The peer set last handed to the speaker; `None` until the first.
+    last_plan: Option<nodes::Plan>,
     learned_rx: std::sync::mpsc::Receiver<Vec<BestPaths>>,
     /// Prefix → ECMP next hops, as the speaker last said.
     learned: BTreeMap<IpNet, Vec<IpAddr>>,
@@ -354,8 +418,9 @@ pub struct Bgp {
 }
 
 impl Bgp {
-    /// Binds the listener and starts the sessions; the router id defaults to the first IPv4
-    /// address of the dataplane ports in `base`.
+    /// Binds the listener and starts the `--bgp-peer` sessions (they need no cluster); the
+    /// router id defaults to the first IPv4 address of the dataplane ports in `base`. The
+    /// peers from Node objects join with the first [`Bgp::update_peers`].
     pub fn start(settings: Settings, base: &Tables, shared: Arc<Shared>) -> anyhow::Result<Self> {
         let router_id = match settings.router_id {
             Some(id) => id,
@@ -370,7 +435,8 @@ impl Bgp {
         let mut config = SpeakerConfig::new(settings.local_as, router_id);
         config.listen = settings.listen;
         config.multipath_max = settings.multipath;
-        // A route reflector's cluster id defaults to its router id (as in BIRD and FRR).
+        // A route reflector's cluster id defaults to its router id (as in BIRD and FRR); the
+        // Node plan computes it the same way, so its first set does not restart anything.
         config.cluster_id = settings.cluster_id.or_else(|| {
             settings
                 .peers
@@ -383,7 +449,7 @@ impl Bgp {
             .iter()
             .map(|p| (p.address, p.remote_as))
             .collect();
-        config.peers = settings.peers;
+        config.peers = settings.peers.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("bgp")
@@ -398,12 +464,28 @@ impl Bgp {
             %router_id,
             listen = ?handle.local_addr(),
             ?peers,
+            ibgp_mesh = settings.ibgp_mesh,
             "BGP speaker started"
         );
+        let defaults = nodes::Defaults {
+            asn: settings.local_as,
+            static_peers: settings.peers,
+            mesh: settings.ibgp_mesh,
+            // Every node listens on the same port, ours (kube-router's --bgp-port).
+            mesh_port: handle.local_addr().map_or(BGP_PORT, |a| a.port()),
+            cluster_id: settings.cluster_id,
+            router_id,
+            next_hop_v4: settings.next_hop_v4,
+            next_hop_v6: settings.next_hop_v6,
+        };
         shared.update_bgp(|b| {
             b.enabled = true;
             b.local_as = settings.local_as;
             b.router_id = Some(router_id);
+            b.peer_sources = peers
+                .iter()
+                .map(|(addr, _)| (*addr, nodes::PeerSource::Flag))
+                .collect();
         });
 
         let (learned_tx, learned_rx) = std::sync::mpsc::channel();
@@ -443,6 +525,20 @@ impl Bgp {
             }
         });
 
+        let (plan_tx, mut plan_rx) = tokio::sync::mpsc::unbounded_channel::<nodes::Plan>();
+        let h = handle.clone();
+        runtime.spawn(async move {
+            while let Some(mut plan) = plan_rx.recv().await {
+                // Only the newest set matters.
+                while let Ok(newer) = plan_rx.try_recv() {
+                    plan = newer;
+                }
+                if !apply_plan(&h, plan).await {
+                    return;
+                }
+            }
+        });
+
         let stopper = Stopper {
             runtime: runtime.handle().clone(),
             speaker: handle.clone(),
@@ -471,12 +567,50 @@ impl Bgp {
         Ok(Bgp {
             _runtime: runtime,
             routes_tx,
+            plan_tx,
+            defaults,
+            node_peers: nodes::NodePeers::default(),
+            last_plan: None,
             learned_rx,
             learned: BTreeMap::new(),
             last_local: None,
             advertise: settings.advertise,
             stopper,
         })
+    }
+
+    /// True once a peer set has been handed to the speaker.
+    pub fn peers_planned(&self) -> bool {
+        self.last_plan.is_some()
+    }
+
+    /// Plans the peer set from the Nodes in `store` (ours is `node_name`) and hands it to the
+    /// speaker when it changed. A bad annotation is logged once, counted, and leaves the
+    /// node's last good settings in force.
+    pub fn update_peers(&mut self, store: &ObjectStore, node_name: &str, shared: &Shared) {
+        let (plan, new_problems) = self.node_peers.plan(store, node_name, &self.defaults);
+        for p in &new_problems {
+            tracing::warn!(
+                node = %p.node,
+                error = %p.error,
+                "BGP: Node annotation ignored; the node's last good BGP settings stay"
+            );
+        }
+        let problems = self.node_peers.problems();
+        shared.update_bgp(|b| {
+            b.annotation_errors += new_problems.len() as u64;
+            b.annotation_problems = problems;
+        });
+        if self.last_plan.as_ref() == Some(&plan) {
+            return;
+        }
+        shared.update_bgp(|b| {
+            b.local_as = plan.local_as;
+            b.peer_sources.clone_from(&plan.sources);
+        });
+        if self.plan_tx.send(plan.clone()).is_ok() {
+            self.last_plan = Some(plan);
+        }
     }
 
     /// Hands the speaker the routes to originate, when they changed.

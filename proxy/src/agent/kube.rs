@@ -13,8 +13,13 @@
 //! without the `service.kubernetes.io/service-proxy-name` label. With a proxy name the server
 //! cannot be asked for "unlabelled or labelled with our name" in one selector, so the proxy-name
 //! label is left to the reducer, which applies the same rule to both sources. Only our own Node
-//! (`metadata.name=NODE`). All NetworkPolicies, Pods and Namespaces (policy needs their labels
-//! and addresses).
+//! (`metadata.name=NODE`), unless BGP's iBGP mesh needs every Node's address and annotations.
+//! All NetworkPolicies, Pods and Namespaces (policy needs their labels and addresses).
+//!
+//! Nodes are stored trimmed to what the agent reads ([`trim_node`]). Every kubelet rewrites its
+//! Node's status on each heartbeat; trimmed, such an update equals what the store holds and is
+//! dropped there ([`state::WatchState`] ignores an `Apply` that changes nothing), so watching
+//! every Node costs one decode per heartbeat, not a sync of the dataplane tables.
 //!
 //! # When the API server goes away
 //!
@@ -70,10 +75,12 @@ pub enum ClientConfig<'a> {
 /// What to watch for whom.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Our node: only its Node object is watched.
+    /// Our node: only its Node object is watched, unless `all_nodes`.
     pub node_name: String,
     /// `--service-proxy-name`.
     pub proxy_name: Option<String>,
+    /// Watch every Node (BGP's iBGP mesh peers with them).
+    pub all_nodes: bool,
 }
 
 /// The Kubernetes API source (see the module documentation).
@@ -319,7 +326,11 @@ pub fn service_label_selector(proxy_name: Option<&str>) -> String {
 async fn watch_all(client: Client, settings: Settings, shared: Arc<Shared>) {
     let services =
         watcher::Config::default().labels(&service_label_selector(settings.proxy_name.as_deref()));
-    let node = watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name));
+    let node = if settings.all_nodes {
+        watcher::Config::default()
+    } else {
+        watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name))
+    };
     let all = watcher::Config::default;
     // Ticks when the API server answers again after an outage.
     let (reconnected, _) = tokio::sync::watch::channel(0u64);
@@ -354,7 +365,7 @@ async fn watch_all(client: Client, settings: Settings, shared: Arc<Shared>) {
             Api::<Node>::all(client.clone()),
             node,
             ObjectKind::Node,
-            |o| Object::Node(Box::new(o)),
+            |o| Object::Node(Box::new(trim_node(o))),
             link.clone(),
         )),
         tokio::spawn(watch_kind(
@@ -487,6 +498,35 @@ async fn watch_kind<K>(
                 }
             }
         }
+    }
+}
+
+/// The parts of a Node the agent reads: name, labels (zone), annotations (BGP), deletion
+/// timestamp and taints (load-balancer eligibility), pod CIDRs and addresses. The rest
+/// (conditions with their heartbeat times, images, resourceVersion, managedFields) changes on
+/// every heartbeat and is read by nobody.
+pub fn trim_node(node: Node) -> Node {
+    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let meta = node.metadata;
+    Node {
+        metadata: ObjectMeta {
+            name: meta.name,
+            labels: meta.labels,
+            annotations: meta.annotations,
+            deletion_timestamp: meta.deletion_timestamp,
+            ..ObjectMeta::default()
+        },
+        spec: node.spec.map(|s| NodeSpec {
+            pod_cidr: s.pod_cidr,
+            pod_cidrs: s.pod_cidrs,
+            taints: s.taints,
+            ..NodeSpec::default()
+        }),
+        status: node.status.map(|s| NodeStatus {
+            addresses: s.addresses,
+            ..NodeStatus::default()
+        }),
     }
 }
 

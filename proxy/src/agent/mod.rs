@@ -51,8 +51,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(n) => n.clone(),
         None => hostname()?,
     };
-    let source = cluster_source(&args, &node_name)?;
     let bgp_settings = bgp::Settings::from_args(&args)?;
+    // The iBGP mesh peers with every Node: only then are all of them watched.
+    let all_nodes = bgp_settings.as_ref().is_some_and(|s| s.ibgp_mesh);
+    let source = cluster_source(&args, &node_name, all_nodes)?;
     let bgp_stopper = Arc::new(std::sync::OnceLock::new());
     let options = CompileOptions {
         node_port_addresses: args.nodeport_addresses.clone(),
@@ -93,10 +95,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// The cluster source the flags choose: `--manifests DIR`, `--kubeconfig PATH`, or the
 /// in-cluster configuration when running in a pod (`KUBERNETES_SERVICE_HOST` set).
-fn cluster_source(args: &AgentArgs, node_name: &str) -> anyhow::Result<Box<dyn Source>> {
+fn cluster_source(
+    args: &AgentArgs,
+    node_name: &str,
+    all_nodes: bool,
+) -> anyhow::Result<Box<dyn Source>> {
     let kube_settings = || kube::Settings {
         node_name: node_name.to_string(),
         proxy_name: args.service_proxy_name.clone(),
+        all_nodes,
     };
     match (&args.manifests, &args.kubeconfig) {
         (Some(_), Some(_)) => bail!("give either --manifests or --kubeconfig, not both"),
@@ -326,6 +333,16 @@ impl ControlPlane {
         problems.extend(self.view.reduce_problems().map(ToString::to_string));
         let services = self.view.services();
         if let Some(b) = &mut self.bgp {
+            // The peers from Node objects wait for a complete view of the Nodes, or at least
+            // our own, so that a node.asn annotation is in force before their sessions open.
+            let own_known = self
+                .view
+                .store
+                .nodes
+                .contains_key(&(String::new(), self.node_name.clone()));
+            if (touched.nodes || !b.peers_planned()) && (own_known || self.source.synced()) {
+                b.update_peers(&self.view.store, &self.node_name, shared);
+            }
             let pod_cidrs = if b.advertise.pod_cidr {
                 reduce::pod_cidrs(&self.view.store, &self.node_name)
             } else {

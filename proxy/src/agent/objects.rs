@@ -350,6 +350,21 @@ impl ObjectStore {
             ObjectKind::Namespace => self.namespaces.contains_key(&key),
         }
     }
+    /// True if the store holds exactly `object` (same kind, key and content).
+    pub fn holds(&self, object: &Object) -> bool {
+        let Ok(key) = object.key() else {
+            return false;
+        };
+        match object {
+            Object::Service(o) => self.services.get(&key) == Some(&**o),
+            Object::EndpointSlice(o) => self.endpoint_slices.get(&key) == Some(&**o),
+            Object::NetworkPolicy(o) => self.network_policies.get(&key) == Some(&**o),
+            Object::Node(o) => self.nodes.get(&key) == Some(&**o),
+            Object::Pod(o) => self.pods.get(&key) == Some(&**o),
+            Object::Namespace(o) => self.namespaces.get(&key) == Some(&**o),
+        }
+    }
+
     /// A copy of the object of `kind` stored under `key`.
     pub fn get(&self, kind: ObjectKind, key: &ObjectKey) -> Option<Object> {
         match kind {

@@ -45,9 +45,10 @@ pub struct View {
 pub struct Touched {
     /// Services reduced again (whether or not they came out different).
     pub services: usize,
-    /// Some NetworkPolicy, Pod, Namespace or Node changed: policy needs compiling again.
+    /// Some NetworkPolicy, Pod, Namespace or this node's Node changed: policy needs compiling
+    /// again.
     pub policy: bool,
-    /// Some Node changed (its pod CIDRs, for BGP).
+    /// Some Node changed (its pod CIDRs, BGP annotations or addresses, for BGP).
     pub nodes: bool,
 }
 
@@ -77,6 +78,7 @@ impl View {
     /// Takes in `changes` and brings the compiled Services up to date with them.
     pub fn apply(&mut self, changes: Vec<Change>) -> Touched {
         let mut touched = Touched::default();
+        let mut own_node = false;
         let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
         for change in changes {
             let kind = change.kind;
@@ -113,12 +115,16 @@ impl View {
                     self.policy_change(kind, key);
                 }
                 ObjectKind::Node => {
-                    touched.policy = true;
                     touched.nodes = true;
+                    // With BGP's mesh every Node is watched; the others matter to BGP only.
+                    if key.1 == self.node_name {
+                        own_node = true;
+                        touched.policy = true;
+                    }
                 }
             }
         }
-        if touched.nodes {
+        if own_node {
             // A new zone changes which endpoints every Service's hints leave in.
             let zone = reduce::node_zone(&self.store, &self.node_name);
             if zone != self.zone {

@@ -22,6 +22,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod apiserver;
 pub mod dissect;
 pub mod edge_lab;
 
@@ -166,7 +167,7 @@ fn has_caps() -> Result<(), String> {
     Ok(())
 }
 
-fn have_tool(tool: &str) -> bool {
+pub fn have_tool(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool} >/dev/null 2>&1")])
         .status()
@@ -888,4 +889,36 @@ pub fn runtime_in_netns(path: &str) -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))
+}
+
+/// Polls `check` for up to `secs` seconds; panics with its last complaint and `context()`.
+pub fn eventually(
+    what: &str,
+    secs: u64,
+    mut check: impl FnMut() -> Result<(), String>,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => {
+                panic!("timed out waiting for {what}: {e}\n{}", context())
+            }
+            Err(_) => thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A process started by [`Lab::spawn`], stopped when dropped (also when the test panics):
+/// SIGTERM to timeout(1), which passes it on, then reaped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = wait_bounded(&mut self.0, Duration::from_secs(5));
+    }
 }

@@ -9,7 +9,8 @@
 //!   are gone (they were deleted while the watch was down), and until the list is complete the
 //!   store keeps the last full view, so the control plane never programs half a list.
 //! - Every change that alters the store bumps [`WatchState::generation`]; a relist that finds
-//!   exactly what the store already held does not.
+//!   exactly what the store already held does not, nor does an `Apply` of an object equal to
+//!   the stored one (a trimmed Node's heartbeat).
 //! - The keys of the objects changed are remembered until [`WatchState::take_changes`]
 //!   collects them, so the control plane can take in only what changed.
 
@@ -52,6 +53,7 @@ impl WatchState {
     /// (an object the store refuses, such as one without a name, is skipped).
     pub fn apply(&mut self, kind: ObjectKind, event: WatchEvent) -> Option<String> {
         match event {
+            WatchEvent::Apply(object) if self.store.holds(&object) => None,
             WatchEvent::Apply(object) => match object
                 .key()
                 .and_then(|key| self.store.apply(object).map(|_| key))
@@ -189,6 +191,23 @@ mod tests {
             state.apply(kind, WatchEvent::InitDone);
         }
         assert!(state.all_synced());
+    }
+
+    #[test]
+    fn an_apply_that_changes_nothing_is_not_a_change() {
+        let mut state = WatchState::default();
+        list(&mut state, &[svc("a", "1")]);
+        state.take_changes();
+        let before = state.generation;
+        assert_eq!(
+            state.apply(ObjectKind::Service, WatchEvent::Apply(svc("a", "1"))),
+            None
+        );
+        assert_eq!(state.generation, before);
+        assert!(state.take_changes().is_empty());
+        state.apply(ObjectKind::Service, WatchEvent::Apply(svc("a", "2")));
+        assert_eq!(state.generation, before + 1);
+        assert_eq!(state.take_changes().len(), 1);
     }
 
     #[test]

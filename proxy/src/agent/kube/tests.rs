@@ -42,6 +42,7 @@ fn a_missing_kubeconfig_is_an_error() {
         Settings {
             node_name: "node-a".into(),
             proxy_name: None,
+            all_nodes: false,
         },
     )
     .err()
@@ -98,11 +99,16 @@ impl Server {
     }
 
     fn source(&self, proxy_name: Option<&str>) -> KubeSource {
+        self.source_with(proxy_name, false)
+    }
+
+    fn source_with(&self, proxy_name: Option<&str>, all_nodes: bool) -> KubeSource {
         KubeSource::start(
             ClientConfig::Kubeconfig(&self.kubeconfig),
             Settings {
                 node_name: "node-a".into(),
                 proxy_name: proxy_name.map(Into::into),
+                all_nodes,
             },
         )
         .expect("source")
@@ -252,5 +258,63 @@ fn a_proxy_name_lets_our_services_through() {
     // reducer keeps ours and unlabelled ones, as with manifests.
     until(&mut source, "the first list", |s| {
         service_names(s) == ["ours", "plain"]
+    });
+}
+
+/// With BGP's mesh every Node is watched, trimmed: a heartbeat (new conditions, a new
+/// resourceVersion) changes nothing the agent reads and wakes nobody; an annotation does.
+#[test]
+fn every_node_for_the_mesh_and_heartbeats_wake_nobody() {
+    let server = Server::start();
+    let with_status = |name: &str, heartbeat: &str, annotations: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": annotations},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "198.18.0.2"}],
+                "conditions": [{"type": "Ready", "status": "True",
+                                "lastHeartbeatTime": heartbeat}]
+            }
+        })
+    };
+    let none = serde_json::json!({});
+    server.api.create(&node("node-a")).expect("create");
+    server
+        .api
+        .create(&with_status("node-b", "2025-01-01T00:00:00Z", none.clone()))
+        .expect("create");
+    let mut source = server.source_with(None, true);
+    until(&mut source, "both Nodes", |s| s.nodes.len() == 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !source.synced() {
+        assert!(Instant::now() < deadline, "never synced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (store, _) = source.snapshot();
+    let b = &store.nodes[&(String::new(), "node-b".to_string())];
+    assert!(b.metadata.resource_version.is_none(), "{b:?}");
+    let status = b.status.as_ref().expect("status");
+    assert!(status.conditions.is_none(), "{status:?}");
+    assert_eq!(status.addresses.as_ref().map(Vec::len), Some(1));
+
+    server
+        .api
+        .apply(&with_status("node-b", "2025-01-01T00:00:10Z", none))
+        .expect("heartbeat");
+    assert!(
+        !source.wait_change(Duration::from_millis(700)),
+        "a heartbeat must not wake the control plane"
+    );
+    let peers = serde_json::json!({"kube-router.io/peer.ips": "203.0.113.1"});
+    server
+        .api
+        .apply(&with_status("node-b", "2025-01-01T00:00:20Z", peers))
+        .expect("annotate");
+    until(&mut source, "the annotation", |s| {
+        s.nodes[&(String::new(), "node-b".to_string())]
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("kube-router.io/peer.ips"))
     });
 }
