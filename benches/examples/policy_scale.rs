@@ -21,29 +21,36 @@
 //!   (0.0.0.0/0 except the cluster) plus backends in every namespace by named port.
 //!
 //! What is timed (median of `--runs`, each a fresh process-internal run; release build):
-//! - the agent's path today (`proxy/src/agent/mod.rs` `compile_policy`, after the reduce):
-//!   `switchyard_policy::compile` (= `PolicyCompiler::from_cluster` + `snapshot`), then one
-//!   dataplane `AclTable` (a `Classifier::build`) per isolating ACL, as
-//!   `proxy/src/agent/policy_tables.rs` does. Every change re-runs all of it.
-//! - incremental: one `PolicyCompiler` update (`set_pod_labels`, `upsert_policy`,
-//!   `remove_policy`, `upsert_pod`, `remove_pod`, `upsert_namespace`), each applied and then
-//!   undone, both timed; plus what the tables would then cost: `snapshot()` and a classifier
-//!   build for only the ACLs that are new (not shared with the previous snapshot).
+//! - a full compile, as the agent's first sync does it: `PolicyCompiler::from_cluster`,
+//!   `snapshot()`, then `PolicyTables::from_compiled` with an empty `AclCache` (one classifier
+//!   per distinct rule list), the function `proxy/src/agent/policy_tables.rs` calls.
+//! - incremental: what the agent pays per change (`proxy/src/agent/mod.rs`: the view feeds the
+//!   kept `PolicyCompiler` one object, then `compile_policy` takes a `snapshot()` and calls
+//!   `PolicyTables::from_compiled` with the `AclCache` it keeps). Each update (`set_pod_labels`,
+//!   `upsert_policy`, `remove_policy`, `upsert_pod`, `remove_pod`, `upsert_namespace`) is applied
+//!   and then undone, both timed, each as: the compiler update; the snapshot; the tables (built
+//!   with the kept cache; the previous snapshot and tables are dropped inside this timing).
+//!   "sum" is the three together: the end-to-end cost of the change in the agent's control
+//!   plane (not counted: the reduce of the API object before, the publish after).
 //!
 //! Before timing, the compiled ACLs are checked against the crate's reference evaluator on
-//! sampled flows (each direction of a local pod), and after all the incremental updates the
-//! compiler is checked to hold the same ACL per local pod as a fresh compile.
+//! sampled flows (each direction of a local pod); after all the incremental updates, the
+//! compiler is checked to hold the same ACL per local pod as a fresh compile, and the tables
+//! built incrementally (with the kept cache) to hold the same rules and origins per pod address
+//! as tables built from scratch.
 //!
 //! `policy_scale [--runs R] [--pods N] [--policies P] [--namespaces K] [--nodes M]
-//! [--local L] [--seed S] [--samples F]`
+//! [--local L] [--seed S] [--samples F] [--updates U] [--only TEXT]` (defaults: 5, 10000,
+//! 1000, 100, 300, 100, 5, 2000, U = R; each incremental update is applied and undone U times;
+//! `--only` runs just the incremental updates whose name contains TEXT, e.g. for a profile).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_dataplane::acl::AclRuleSpec;
-use switchyard_dataplane::policy::AclTable;
+use switchyard_dataplane::acl::{AclRuleSpec, Classifier};
+use switchyard_dataplane::policy::{AclCache, PolicyTables};
 use switchyard_policy::reference::{self, Endpoint};
 use switchyard_policy::{
     Acl, ChangeSet, Cluster, CompiledPolicies, DefaultAction, Direction, LabelSelector, Labels,
@@ -409,30 +416,34 @@ fn cluster(shape: &Shape) -> Cluster {
     }
 }
 
-/// One dataplane ACL table, as `proxy/src/agent/policy_tables.rs` builds it.
-fn dataplane_table(name: String, acl: &Acl) -> AclTable {
-    let specs: Vec<AclRuleSpec> = acl
-        .rules
-        .iter()
-        .map(|r| AclRuleSpec {
-            peer: r.peer,
-            protocol: r.protocol,
-            ports: (r.ports.first, r.ports.last),
+/// Per pod address: the rules and origins of its ingress and egress tables, whatever their
+/// index. Two `PolicyTables` that enforce the same thing compare equal.
+type Canonical = std::collections::BTreeMap<IpAddr, [Option<(Vec<AclRuleSpec>, Vec<String>)>; 2]>;
+
+fn canonical(tables: &PolicyTables) -> Canonical {
+    let acl = |i: Option<u32>| {
+        i.and_then(|i| tables.acls.get(i as usize)).map(|a| {
+            (
+                a.rules.to_vec(),
+                a.origins.iter().map(ToString::to_string).collect(),
+            )
         })
-        .collect();
-    let origins = acl
-        .rules
+    };
+    tables
+        .pods
         .iter()
-        .map(|r| Arc::from(r.origin.to_string()))
-        .collect();
-    AclTable::new(name, specs, acl.default == DefaultAction::Allow, origins)
+        .map(|(ip, p)| (*ip, [acl(p.ingress), acl(p.egress)]))
+        .collect()
 }
 
-/// Dataplane tables for the isolating ACLs among `acls`.
-fn dataplane_tables<'a>(acls: impl Iterator<Item = &'a Arc<Acl>>) -> Vec<AclTable> {
-    acls.filter(|a| a.default == DefaultAction::Deny)
-        .enumerate()
-        .map(|(i, a)| dataplane_table(format!("acl-{i}"), a))
+/// The distinct classifiers of `tables` (shared ones counted once).
+fn distinct_classifiers(tables: &PolicyTables) -> Vec<&Classifier> {
+    let mut seen = HashSet::new();
+    tables
+        .acls
+        .iter()
+        .filter(|t| seen.insert(Arc::as_ptr(&t.classifier)))
+        .map(|t| &*t.classifier)
         .collect()
 }
 
@@ -554,39 +565,65 @@ struct Op {
 struct OpStats {
     compiler: Vec<Duration>,
     snapshot: Vec<Duration>,
-    new_classifiers: Vec<Duration>,
+    tables: Vec<Duration>,
     recompiled: usize,
     changed: usize,
-    new_acls: usize,
+    tables_built: usize,
+    classifiers_built: usize,
 }
 
-/// Times `f` on `compiler`, then what the dataplane tables would cost after it: a snapshot and
-/// a classifier build for the isolating ACLs the previous snapshot `prev` did not have.
+/// The agent's policy state between changes: the kept compiler, the last snapshot and tables,
+/// and the cache of tables and classifiers.
+struct Agent {
+    compiler: PolicyCompiler,
+    snapshot: CompiledPolicies,
+    tables: PolicyTables,
+    cache: AclCache,
+}
+
+/// Times `f` on the agent's compiler, then what the agent does next: a snapshot, and the
+/// dataplane tables built with its kept cache (dropping the previous ones).
 fn timed_update(
-    compiler: &mut PolicyCompiler,
-    prev: &CompiledPolicies,
+    agent: &mut Agent,
     f: &dyn Fn(&mut PolicyCompiler) -> ChangeSet,
     stats: &mut OpStats,
-) -> CompiledPolicies {
-    let before: HashSet<*const Acl> = prev.acls().map(|(_, a)| Arc::as_ptr(a)).collect();
-    let t = Instant::now();
-    let changes = f(compiler);
-    stats.compiler.push(t.elapsed());
-    let t = Instant::now();
-    let snap = compiler.snapshot();
-    stats.snapshot.push(t.elapsed());
-    let fresh: Vec<&Arc<Acl>> = snap
-        .acls()
-        .map(|(_, a)| a)
-        .filter(|a| !before.contains(&Arc::as_ptr(a)))
-        .collect();
-    let t = Instant::now();
-    let tables = dataplane_tables(fresh.iter().copied());
-    stats.new_classifiers.push(t.elapsed());
+) {
+    let t0 = Instant::now();
+    let changes = f(&mut agent.compiler);
+    let t1 = Instant::now();
+    let snapshot = agent.compiler.snapshot();
+    let t2 = Instant::now();
+    agent.tables = PolicyTables::from_compiled(&snapshot, &mut agent.cache);
+    agent.snapshot = snapshot;
+    let t3 = Instant::now();
+    stats.compiler.push(t1 - t0);
+    stats.snapshot.push(t2 - t1);
+    stats.tables.push(t3 - t2);
+    let built = agent.cache.last_build();
     stats.recompiled = stats.recompiled.max(changes.recompiled.len());
     stats.changed = stats.changed.max(changes.changed.len());
-    stats.new_acls = stats.new_acls.max(tables.len());
-    snap
+    stats.tables_built = stats.tables_built.max(built.tables_built);
+    stats.classifiers_built = stats.classifiers_built.max(built.classifiers_built);
+}
+
+/// A local frontend pod that a `from-team` policy of its namespace selects by its `app`, and
+/// another frontend app to move it to: a label change that changes which policies select the
+/// pod and no peer selector's verdict (no peer reads `app` outside `monitoring`).
+fn reselected(cluster: &Cluster) -> Option<(&Pod, String)> {
+    cluster.pods.iter().find_map(|pod| {
+        let app = pod.labels.get("app")?;
+        let frontend = pod.labels.get("tier").is_some_and(|t| t == "frontend");
+        if !pod.node_local || !frontend || !pod.namespace.starts_with("ns-") {
+            return None;
+        }
+        let selected_by_app = cluster.policies.iter().any(|p| {
+            p.namespace == pod.namespace
+                && p.name.starts_with("from-team")
+                && p.pod_selector.match_labels.get("app") == Some(app)
+        });
+        let other = (0..4).map(|a| format!("app-{a}")).find(|a| a != app)?;
+        selected_by_app.then_some((pod, other))
+    })
 }
 
 fn ops(cluster: &Cluster) -> Result<Vec<Op>, String> {
@@ -631,6 +668,38 @@ fn ops(cluster: &Cluster) -> Result<Vec<Op>, String> {
             name: "label change, remote peer-only pod (tier backend→frontend)",
             apply: Box::new(move |c| c.set_pod_labels(&key, new.clone()).expect("pod")),
             undo: Box::new(move |c| c.set_pod_labels(&k2, old.clone()).expect("pod")),
+        });
+    }
+    if let Some((pod, app)) = reselected(cluster) {
+        let key = pod.key();
+        let (new, old) = (relabel(pod, "app", &app), pod.labels.clone());
+        let k2 = key.clone();
+        out.push(Op {
+            name: "label change, selected local pod, selection only (app, same tier)",
+            apply: Box::new(move |c| c.set_pod_labels(&key, new.clone()).expect("pod")),
+            undo: Box::new(move |c| c.set_pod_labels(&k2, old.clone()).expect("pod")),
+        });
+    }
+    {
+        let key = peer.key();
+        let mut new = peer.labels.clone();
+        new.remove("tier");
+        let old = peer.labels.clone();
+        let k2 = key.clone();
+        out.push(Op {
+            name: "label change, remote pod drops tier (a peer in many distinct ACLs)",
+            apply: Box::new(move |c| c.set_pod_labels(&key, new.clone()).expect("pod")),
+            undo: Box::new(move |c| c.set_pod_labels(&k2, old.clone()).expect("pod")),
+        });
+    }
+    {
+        let mut moved = peer.clone();
+        moved.ips = vec![IpAddr::V4(Ipv4Addr::new(198, 19, 255, 201))];
+        let original = peer.clone();
+        out.push(Op {
+            name: "address change, remote peer pod (a backend)",
+            apply: Box::new(move |c| c.upsert_pod(moved.clone())),
+            undo: Box::new(move |c| c.upsert_pod(original.clone())),
         });
     }
     {
@@ -706,12 +775,18 @@ fn same_acls(a: &PolicyCompiler, b: &CompiledPolicies) -> Result<(), String> {
 fn usage() -> ! {
     eprintln!(
         "usage: policy_scale [--runs R] [--pods N] [--policies P] [--namespaces K] [--nodes M] \
-         [--local L] [--seed S] [--samples F]"
+         [--local L] [--seed S] [--samples F] [--updates U] [--only TEXT]"
     );
     std::process::exit(2)
 }
 
-fn run(shape: Shape, runs: usize, samples: usize) -> Result<(), String> {
+fn run(
+    shape: Shape,
+    runs: usize,
+    updates: usize,
+    samples: usize,
+    only: &str,
+) -> Result<(), String> {
     let rss0 = status_bytes("VmRSS:");
     let t = Instant::now();
     let cluster = cluster(&shape);
@@ -731,7 +806,7 @@ fn run(shape: Shape, runs: usize, samples: usize) -> Result<(), String> {
     );
 
     // Full compile, the agent's path.
-    let (mut compile, mut snapshot, mut classifiers, mut total) =
+    let (mut compile, mut snapshot, mut build, mut total) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut last = None;
     let mut peak = 0;
@@ -741,19 +816,20 @@ fn run(shape: Shape, runs: usize, samples: usize) -> Result<(), String> {
         let t1 = Instant::now();
         let snap = compiler.snapshot();
         let t2 = Instant::now();
-        let tables = dataplane_tables(snap.acls().map(|(_, a)| a));
+        let mut cache = AclCache::default();
+        let tables = PolicyTables::from_compiled(&snap, &mut cache);
         let t3 = Instant::now();
         compile.push(t1 - t0);
         snapshot.push(t2 - t1);
-        classifiers.push(t3 - t2);
+        build.push(t3 - t2);
         total.push(t3 - t0);
         if last.is_none() {
             // One compiled generation alive (later runs overlap two).
             peak = status_bytes("VmHWM:");
         }
-        last = Some((compiler, snap, tables));
+        last = Some((compiler, snap, tables, cache));
     }
-    let (mut compiler, snap, tables) = last.ok_or("no runs")?;
+    let (compiler, snap, tables, cache) = last.ok_or("no runs")?;
     if !snap.errors().is_empty() {
         return Err(format!("policy errors: {:?}", snap.errors()));
     }
@@ -762,24 +838,26 @@ fn run(shape: Shape, runs: usize, samples: usize) -> Result<(), String> {
         .iter()
         .filter(|a| a.default == DefaultAction::Deny)
         .count();
-    let distinct_rules: usize = distinct.iter().map(|a| a.rules.len()).sum();
-    let biggest = distinct.iter().map(|a| a.rules.len()).max().unwrap_or(0);
+    let distinct_rules: usize = distinct.iter().map(|a| a.len()).sum();
+    let biggest = distinct.iter().map(|a| a.len()).max().unwrap_or(0);
     let per_pod_rules: usize = snap
         .pods()
         .flat_map(|(_, ids)| [ids.ingress, ids.egress])
         .filter_map(|id| snap.acl(id))
-        .map(|a| a.rules.len())
+        .map(|a| a.len())
         .sum();
-    let classifier_bytes: usize = tables.iter().map(|t| t.classifier.memory()).sum();
+    let classifiers = distinct_classifiers(&tables);
+    let classifier_bytes: usize = classifiers.iter().map(|c| c.memory()).sum();
     let (checked, allowed) =
         check_against_reference(&cluster, &snap, samples, &mut Rng::new(shape.seed ^ 0x5eed))?;
     println!(
         "compiled: {} local pods, {} distinct ACLs ({isolating} isolating), {distinct_rules} \
          rules in them (largest {biggest}; {per_pod_rules} if every pod had its own copy), \
-         classifiers {:.1} MiB; {checked} sampled flow directions agree with the reference \
-         evaluator ({allowed} allowed)",
+         {} classifiers (ACLs with the same rule list share one), {:.1} MiB; {checked} sampled \
+         flow directions agree with the reference evaluator ({allowed} allowed)",
         snap.pods().count(),
         distinct.len(),
+        classifiers.len(),
         mib(classifier_bytes as u64),
     );
     println!(
@@ -791,8 +869,8 @@ fn run(shape: Shape, runs: usize, samples: usize) -> Result<(), String> {
     for (what, v) in [
         ("PolicyCompiler::from_cluster", &compile),
         ("snapshot()", &snapshot),
-        ("classifiers for every isolating ACL", &classifiers),
-        ("total = the agent's compile_policy after reduce", &total),
+        ("PolicyTables::from_compiled (every classifier)", &build),
+        ("total = the agent's first compile_policy", &total),
     ] {
         println!(
             "  {what:<50} {:>9.2} ms ({:.2})",
@@ -800,45 +878,58 @@ fn run(shape: Shape, runs: usize, samples: usize) -> Result<(), String> {
             ms(max(v))
         );
     }
-    drop(tables);
 
-    // Incremental updates, each applied then undone.
+    // Incremental updates, each applied then undone, through the agent's path.
     println!(
-        "\nincremental, median of {} (apply and undo each timed; max) | max recompiled / \
-         changed pods, new ACLs:",
-        2 * runs
+        "\nincremental, the agent's cost per change: median of {} (apply and undo each timed), \
+         ms | max local pods recompiled / changed, tables / classifiers built:",
+        2 * updates
     );
     println!(
-        "  {:<74} {:>10} {:>10} {:>13} {:>10}  pods/ACLs",
-        "update", "compiler", "snapshot", "new classif.", "sum"
+        "  {:<76} {:>9} {:>9} {:>9} {:>9} {:>9}  pods, built",
+        "update", "compiler", "snapshot", "tables", "sum", "(max)"
     );
-    let mut prev = snap;
-    for op in ops(&cluster)? {
+    let mut agent = Agent {
+        compiler,
+        snapshot: snap,
+        tables,
+        cache,
+    };
+    for op in ops(&cluster)?
+        .into_iter()
+        .filter(|op| op.name.contains(only))
+    {
         let mut stats = OpStats::default();
-        for _ in 0..runs {
-            prev = timed_update(&mut compiler, &prev, &*op.apply, &mut stats);
-            prev = timed_update(&mut compiler, &prev, &*op.undo, &mut stats);
+        for _ in 0..updates {
+            timed_update(&mut agent, &*op.apply, &mut stats);
+            timed_update(&mut agent, &*op.undo, &mut stats);
         }
         let sum: Vec<Duration> = (0..stats.compiler.len())
-            .map(|i| stats.compiler[i] + stats.snapshot[i] + stats.new_classifiers[i])
+            .map(|i| stats.compiler[i] + stats.snapshot[i] + stats.tables[i])
             .collect();
         println!(
-            "  {:<74} {:>10.3} {:>10.3} {:>13.3} {:>10.3}  {}/{}, {}   (max {:.3} ms)",
+            "  {:<76} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}  {}/{}, {}/{}",
             op.name,
             ms(median(stats.compiler.clone())),
             ms(median(stats.snapshot.clone())),
-            ms(median(stats.new_classifiers.clone())),
+            ms(median(stats.tables.clone())),
             ms(median(sum.clone())),
+            ms(max(&sum)),
             stats.recompiled,
             stats.changed,
-            stats.new_acls,
-            ms(max(&sum)),
+            stats.tables_built,
+            stats.classifiers_built,
         );
     }
     let fresh = switchyard_policy::compile(&cluster);
-    same_acls(&compiler, &fresh)?;
+    same_acls(&agent.compiler, &fresh)?;
+    let fresh_tables = PolicyTables::from_compiled(&fresh, &mut AclCache::default());
+    if canonical(&agent.tables) != canonical(&fresh_tables) {
+        return Err("the incrementally built tables differ from tables built afresh".into());
+    }
     println!(
-        "\nafter every update was undone, the incremental compiler's ACLs equal a fresh compile's"
+        "\nafter every update was undone, the incremental compiler's ACLs equal a fresh compile's, \
+         and the tables built with the kept cache equal tables built from scratch"
     );
     Ok(())
 }
@@ -854,6 +945,8 @@ fn main() {
     };
     let mut runs = 5usize;
     let mut samples = 2_000usize;
+    let mut only = String::new();
+    let mut updates = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || -> u64 {
@@ -870,6 +963,8 @@ fn main() {
             "--nodes" => shape.nodes = value() as u32,
             "--local" => shape.local = value() as u32,
             "--seed" => shape.seed = value(),
+            "--updates" => updates = Some(value().max(1) as usize),
+            "--only" => only = args.next().unwrap_or_else(|| usage()),
             _ => usage(),
         }
     }
@@ -886,7 +981,8 @@ fn main() {
         );
         std::process::exit(2);
     }
-    if let Err(e) = run(shape, runs, samples) {
+    let updates = updates.unwrap_or(runs);
+    if let Err(e) = run(shape, runs, updates, samples, &only) {
         eprintln!("policy_scale: {e}");
         std::process::exit(1);
     }

@@ -1,14 +1,20 @@
 //! NetworkPolicy as the dataplane enforces it: per local pod, an optional ingress and an
 //! optional egress ACL (absent: the pod is not isolated in that direction), ACLs shared
-//! between pods whose rules are equal. Compiled by the agent from the `policy` crate's
-//! output; matched by [`crate::acl::Classifier`] in the `ip{4,6}-acl` nodes.
+//! between pods whose rules are equal. Built from the `policy` crate's output by
+//! [`PolicyTables::from_compiled`]; matched by [`crate::acl::Classifier`] in the `ip{4,6}-acl`
+//! nodes.
+
+mod compiled;
 
 use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use fnv::FnvHashMap;
 
 use crate::acl::{AclRuleSpec, Classifier};
+
+pub use compiled::{AclCache, BuildStats};
 
 /// One compiled ACL, shared by every pod that has it.
 #[derive(Clone, Debug)]
@@ -16,11 +22,13 @@ pub struct AclTable {
     /// A stable name for people and metrics (e.g. `acl-3`).
     pub name: Arc<str>,
     /// The rules as given (for people: `switchyard show acl`), in classifier order.
-    pub rules: Vec<AclRuleSpec>,
+    pub rules: Arc<[AclRuleSpec]>,
     /// The rules, compiled. Allow rules; the default action is deny (the pod is isolated).
-    pub classifier: Classifier,
+    /// Shared with every table whose rules are the same list (ACLs that differ only in where
+    /// their rules came from, such as one policy template applied in many namespaces).
+    pub classifier: Arc<Classifier>,
     /// Where each rule comes from, by rule index: `namespace/policy ingress[0]`, `node`.
-    pub origins: Vec<Arc<str>>,
+    pub origins: AclOrigins,
 }
 
 impl AclTable {
@@ -34,10 +42,99 @@ impl AclTable {
     ) -> Self {
         AclTable {
             name: name.into(),
-            classifier: Classifier::build(&rules, default_allow),
+            classifier: Arc::new(Classifier::build(&rules, default_allow)),
+            rules: rules.into(),
+            origins: origins.into_iter().collect(),
+        }
+    }
+
+    /// The ACL named `name` over `rules` already compiled into `classifier` (which must have
+    /// been built from exactly `rules`), with its rules' origins.
+    pub fn sharing(
+        name: impl Into<Arc<str>>,
+        rules: Arc<[AclRuleSpec]>,
+        classifier: Arc<Classifier>,
+        origins: AclOrigins,
+    ) -> Self {
+        debug_assert_eq!(classifier.rule_count(), rules.len());
+        AclTable {
+            name: name.into(),
             rules,
+            classifier,
             origins,
         }
+    }
+}
+
+/// Where each rule of an ACL comes from, by rule index.
+///
+/// The compiler emits the rules of one origin together, so this keeps one entry per run of
+/// rules rather than one per rule: the origins of a 10,000-rule ACL cost a handful of entries to
+/// build, not 10,000 string handles.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AclOrigins {
+    /// (end of the run, exclusive; origin), runs in rule order, none empty.
+    runs: Vec<(usize, Arc<str>)>,
+}
+
+impl AclOrigins {
+    /// From (number of rules, origin) runs in rule order.
+    pub fn from_runs(runs: impl IntoIterator<Item = (usize, Arc<str>)>) -> Self {
+        let mut out = AclOrigins::default();
+        for (count, origin) in runs {
+            out.push(count, origin);
+        }
+        out
+    }
+
+    fn push(&mut self, count: usize, origin: Arc<str>) {
+        if count == 0 {
+            return;
+        }
+        let end = self.len() + count;
+        match self.runs.last_mut() {
+            Some((last_end, last)) if *last == origin => *last_end = end,
+            _ => self.runs.push((end, origin)),
+        }
+    }
+
+    /// The origin of rule `rule`.
+    pub fn get(&self, rule: usize) -> Option<&Arc<str>> {
+        let i = self.runs.partition_point(|(end, _)| *end <= rule);
+        self.runs.get(i).map(|(_, origin)| origin)
+    }
+
+    /// How many rules.
+    pub fn len(&self) -> usize {
+        self.runs.last().map_or(0, |(end, _)| *end)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// The origin of every rule, in rule order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.runs()
+            .flat_map(|(rules, origin)| rules.map(move |_| origin))
+    }
+
+    /// The runs: rule index ranges and their origin.
+    pub fn runs(&self) -> impl Iterator<Item = (Range<usize>, &Arc<str>)> {
+        let starts = std::iter::once(0).chain(self.runs.iter().map(|(end, _)| *end));
+        starts
+            .zip(&self.runs)
+            .map(|(start, (end, origin))| (start..*end, origin))
+    }
+}
+
+impl FromIterator<Arc<str>> for AclOrigins {
+    fn from_iter<I: IntoIterator<Item = Arc<str>>>(iter: I) -> Self {
+        let mut out = AclOrigins::default();
+        for origin in iter {
+            out.push(1, origin);
+        }
+        out
     }
 }
 
@@ -78,5 +175,35 @@ impl PolicyTables {
             AclDirection::Egress => acls.egress?,
         };
         self.acls.get(index as usize).map(|t| (index, &**t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_kept_as_runs() {
+        let names: Vec<Arc<str>> = ["node", "a", "a", "a", "b", "a"]
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+        let origins: AclOrigins = names.iter().cloned().collect();
+        assert_eq!(origins.len(), 6);
+        assert_eq!(origins.runs().count(), 4);
+        assert_eq!(origins.iter().cloned().collect::<Vec<_>>(), names);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(origins.get(i), Some(name));
+        }
+        assert_eq!(origins.get(6), None);
+        let runs = AclOrigins::from_runs([
+            (1, Arc::from("node")),
+            (0, Arc::from("empty")),
+            (3, Arc::from("a")),
+            (1, Arc::from("b")),
+            (1, Arc::from("a")),
+        ]);
+        assert_eq!(runs, origins);
+        assert!(AclOrigins::default().is_empty());
     }
 }

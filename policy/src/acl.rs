@@ -9,10 +9,17 @@
 //! Replies are not in the ACLs: the dataplane lets packets of connections that conntrack has
 //! seen allowed in the other direction pass without consulting the ACL, which is what makes
 //! "replies to allowed connections are allowed" hold in both directions.
+//!
+//! An [`Acl`] is a list of [`AclPart`]s, one per origin (the node, or one rule of one policy),
+//! each holding its rules as a shared, immutable [`RuleSet`]. Many ACLs hold the same set (a
+//! selector peer of a policy in force in many namespaces), so a peer change makes one new set,
+//! and the ACLs that held the old one are rebuilt from their parts, not their rules. Set ids
+//! stand for content, which keeps interning ACLs and keying classifiers cheap.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -72,7 +79,9 @@ impl fmt::Display for RuleOrigin {
 }
 
 /// One allow rule: the peer prefix (source for ingress ACLs, destination for egress ACLs),
-/// the IP protocol (`None`: any) and the destination port range.
+/// the IP protocol (`None`: any) and the destination port range, with where it came from.
+/// [`Acl::rules`] yields these; the ACL itself keeps rules without origins, in shared
+/// [`RuleSet`]s, one per origin.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AclRule {
     pub origin: RuleOrigin,
@@ -83,10 +92,104 @@ pub struct AclRule {
 
 impl AclRule {
     pub fn matches(&self, peer: IpAddr, protocol: u8, port: u16) -> bool {
+        self.spec().matches(peer, protocol, port)
+    }
+
+    /// The rule without its origin.
+    pub fn spec(&self) -> RuleSpec {
+        RuleSpec {
+            peer: self.peer,
+            protocol: self.protocol,
+            ports: self.ports,
+        }
+    }
+}
+
+/// What an allow rule matches, without its origin: the part the dataplane classifies on.
+/// Ordered by peer, then protocol, then ports, as [`AclRule`] orders rules of one origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleSpec {
+    pub peer: IpNet,
+    pub protocol: Option<u8>,
+    pub ports: PortRange,
+}
+
+impl RuleSpec {
+    pub fn matches(&self, peer: IpAddr, protocol: u8, port: u16) -> bool {
         self.peer.contains(&peer)
             && self.protocol.is_none_or(|p| p == protocol)
             && self.ports.contains(port)
     }
+}
+
+/// Identity of one [`RuleSet`] value. Every new set gets a new id, unique in the process
+/// (across compilers too), so two sets with the same id hold the same rules, and a consumer can
+/// key what it derives from sets (the dataplane: a classifier) by their ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleSetId(pub u64);
+
+impl RuleSetId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        RuleSetId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The rules one policy rule allows to one pod, sorted and without duplicates, origin left out.
+///
+/// Why a set of its own: the rules of one policy rule are the same for every pod the policy
+/// selects (egress) or for every pod with the same named ports (ingress), and often for many
+/// policies (every namespace's "backends everywhere" egress rule names the same pods). Keeping
+/// them once, behind an `Arc`, lets a peer change patch one set instead of every ACL that holds
+/// it, and lets ACLs that differ only in where their rules came from share a classifier.
+#[derive(Debug)]
+pub struct RuleSet {
+    id: RuleSetId,
+    rules: Vec<RuleSpec>,
+}
+
+impl RuleSet {
+    /// A set with a fresh id; `rules` must be sorted and without duplicates.
+    pub(crate) fn new(rules: Vec<RuleSpec>) -> Self {
+        debug_assert!(rules.windows(2).all(|w| w[0] < w[1]));
+        Self {
+            id: RuleSetId::next(),
+            rules,
+        }
+    }
+
+    pub fn id(&self) -> RuleSetId {
+        self.id
+    }
+
+    pub fn rules(&self) -> &[RuleSpec] {
+        &self.rules
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// Equal when the rules are (ids aside: two compilers number their sets independently).
+impl PartialEq for RuleSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id || self.rules == other.rules
+    }
+}
+
+impl Eq for RuleSet {}
+
+/// The rules of one origin in an ACL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclPart {
+    pub origin: RuleOrigin,
+    /// Never empty: an origin that allows nothing has no part.
+    pub rules: Arc<RuleSet>,
 }
 
 /// What happens to a packet no rule matches.
@@ -99,12 +202,16 @@ pub enum DefaultAction {
 }
 
 /// One pod's ACL for one direction, possibly shared by many pods.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// The rules, in order, are those of its parts in turn: parts sorted by origin, each part's
+/// rules sorted, so the whole list is sorted by ([`RuleOrigin`], peer, protocol, ports) and
+/// equal rule lists compare equal. Rule `i` of [`Acl::rules`] is what a classifier built from
+/// this list reports as index `i`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acl {
     pub direction: Direction,
     pub default: DefaultAction,
-    /// Allow rules, sorted and without duplicates.
-    pub rules: Vec<AclRule>,
+    parts: Vec<AclPart>,
 }
 
 impl Acl {
@@ -113,15 +220,92 @@ impl Acl {
         Self {
             direction,
             default: DefaultAction::Allow,
-            rules: Vec::new(),
+            parts: Vec::new(),
         }
+    }
+
+    /// An isolating ACL from `parts`, which must be sorted by origin, origins distinct, and
+    /// none empty.
+    pub(crate) fn isolated(direction: Direction, parts: Vec<AclPart>) -> Self {
+        debug_assert!(parts.windows(2).all(|w| w[0].origin < w[1].origin));
+        debug_assert!(parts.iter().all(|p| !p.rules.is_empty()));
+        Self {
+            direction,
+            default: DefaultAction::Deny,
+            parts,
+        }
+    }
+
+    /// The rules grouped by origin, in rule order.
+    pub fn parts(&self) -> &[AclPart] {
+        &self.parts
+    }
+
+    /// Every rule, in order, with its origin.
+    pub fn rules(&self) -> impl Iterator<Item = AclRule> + '_ {
+        self.parts.iter().flat_map(|part| {
+            part.rules.rules().iter().map(|spec| AclRule {
+                origin: part.origin.clone(),
+                peer: spec.peer,
+                protocol: spec.protocol,
+                ports: spec.ports,
+            })
+        })
+    }
+
+    /// Rule `index`, with its origin.
+    pub fn rule(&self, index: usize) -> Option<AclRule> {
+        let mut index = index;
+        for part in &self.parts {
+            match part.rules.rules().get(index) {
+                Some(spec) => {
+                    return Some(AclRule {
+                        origin: part.origin.clone(),
+                        peer: spec.peer,
+                        protocol: spec.protocol,
+                        ports: spec.ports,
+                    })
+                }
+                None => index -= part.rules.len(),
+            }
+        }
+        None
+    }
+
+    /// How many rules.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.rules.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
     }
 
     /// Index of the first rule matching, for hit counters.
     pub fn first_match(&self, peer: IpAddr, protocol: u8, port: u16) -> Option<usize> {
-        self.rules
-            .iter()
-            .position(|r| r.matches(peer, protocol, port))
+        let mut before = 0;
+        for part in &self.parts {
+            let rules = part.rules.rules();
+            if let Some(i) = rules.iter().position(|r| r.matches(peer, protocol, port)) {
+                return Some(before + i);
+            }
+            before += rules.len();
+        }
+        None
+    }
+
+    /// What identifies this ACL's content among the ACLs of one compiler: its parts by
+    /// origin and set id. Cheap (a few parts), unlike comparing rules.
+    pub(crate) fn key(&self) -> AclKey {
+        AclKey {
+            direction: self.direction,
+            default: self.default,
+            parts: self
+                .parts
+                .iter()
+                .map(|p| (p.origin.clone(), p.rules.id()))
+                .collect(),
+        }
     }
 }
 
@@ -145,18 +329,30 @@ impl fmt::Display for AclId {
     }
 }
 
+/// An ACL's content by reference: see [`Acl::key`]. Within one compiler a [`RuleSetId`] stands
+/// for its rules, and the compiler keeps one current set per (peers, ports) definition, which
+/// an origin fixes; so equal keys mean equal rules and, among the ACLs in use, equal rules mean
+/// equal keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct AclKey {
+    direction: Direction,
+    default: DefaultAction,
+    parts: Vec<(RuleOrigin, RuleSetId)>,
+}
+
 /// Interning table: equal ACLs get one id and one allocation; reference counted by the pods
 /// that use them and dropped when the last one lets go.
 #[derive(Debug, Default)]
 pub(crate) struct AclTable {
-    by_content: HashMap<Arc<Acl>, AclId>,
+    by_key: HashMap<AclKey, AclId>,
     by_id: BTreeMap<AclId, (Arc<Acl>, usize)>,
     next: u32,
 }
 
 impl AclTable {
     pub(crate) fn intern(&mut self, acl: Acl) -> AclId {
-        if let Some(id) = self.by_content.get(&acl).copied() {
+        let key = acl.key();
+        if let Some(id) = self.by_key.get(&key).copied() {
             if let Some(entry) = self.by_id.get_mut(&id) {
                 entry.1 += 1;
             }
@@ -164,9 +360,8 @@ impl AclTable {
         }
         let id = AclId(self.next);
         self.next = self.next.wrapping_add(1);
-        let acl = Arc::new(acl);
-        self.by_content.insert(Arc::clone(&acl), id);
-        self.by_id.insert(id, (acl, 1));
+        self.by_key.insert(key, id);
+        self.by_id.insert(id, (Arc::new(acl), 1));
         id
     }
 
@@ -180,7 +375,7 @@ impl AclTable {
         };
         if gone {
             if let Some((acl, _)) = self.by_id.remove(&id) {
-                self.by_content.remove(&acl);
+                self.by_key.remove(&acl.key());
             }
         }
     }

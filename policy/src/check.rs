@@ -54,14 +54,6 @@ pub(crate) struct CheckedRule {
     pub ports: Option<Vec<CheckedPort>>,
 }
 
-impl CheckedRule {
-    pub(crate) fn has_named_ports(&self) -> bool {
-        self.ports
-            .as_ref()
-            .is_some_and(|ps| ps.iter().any(|p| matches!(p, CheckedPort::Named { .. })))
-    }
-}
-
 #[derive(Debug, Clone)]
 pub(crate) struct CheckedPolicy {
     pub key: Arc<PolicyKey>,

@@ -1,13 +1,23 @@
 //! The compiler: cluster state in, one ingress and one egress ACL per local pod out, equal ACLs
-//! shared, recompiling only the pods a change can touch.
+//! shared, and a change costing what it touches rather than what the cluster holds.
 //!
-//! Work is split by what it depends on:
-//! - per policy ([`ResolvedPolicy`]), recomputed when the policy or a pod/namespace its peers
-//!   can match changes: the peer prefixes of every rule, and egress rules fully expanded (their
-//!   named ports resolve against the *destination* pods, which the peers already name);
-//! - per local pod, recomputed when a policy selecting it is re-resolved or the pod itself
-//!   changes: the union of the rules of the policies that select it, with ingress named ports
-//!   resolved against the pod's own container ports.
+//! The state is layered so that each layer is patched by delta:
+//! - `world`: pods and namespaces, indexed by label value and named port name;
+//! - `selectors`: each distinct peer selector of the policies in force, with the pods it
+//!   selects; a pod's label change re-checks only the selectors that read a changed key;
+//! - `sources`: each distinct (peers, ports) definition of a policy rule, with the rules it
+//!   allows; a pod joining or leaving a selector patches only that pod's contribution, and a
+//!   new content gets a new [`RuleSet`];
+//! - per local pod, which sources its ACLs are made of (one per selecting policy's rule, ingress
+//!   named ports resolved against the pod) and the interned ACLs, which hold the sources' rule
+//!   sets by `Arc`. A source's new content re-keys only the ACLs of its users, in O(parts).
+//!
+//! So one pod's label change costs the selectors it flips, the sources those feed and the local
+//! pods using them; no scan of all pods, no copying of rules that stay.
+
+mod selectors;
+mod sources;
+mod world;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -15,11 +25,13 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::acl::{Acl, AclId, AclRule, AclTable, DefaultAction, PortRange, RuleOrigin};
-use crate::check::{CheckedPeer, CheckedPolicy, CheckedPort, CheckedRule, NamespaceScope};
+use self::selectors::{Scope, SelectorDef, SelectorId, Selectors};
+use self::sources::{NamedPortDef, PeerDef, SourceDef, SourceId, Sources};
+use self::world::World;
+use crate::acl::{Acl, AclId, AclPart, AclTable, PortRange, RuleOrigin, RuleSet, RuleSpec};
+use crate::check::{CheckedPeer, CheckedPolicy, CheckedPort, NamespaceScope};
 use crate::model::{
-    Cluster, Direction, Labels, Namespace, NetworkPolicy, Pod, PodKey, PolicyKey, Protocol,
-    NAMESPACE_NAME_LABEL,
+    Cluster, Direction, Namespace, NetworkPolicy, Pod, PodKey, PolicyKey, Protocol,
 };
 use crate::validate::{selector_matches, PolicyError};
 
@@ -46,96 +58,6 @@ pub struct ChangeSet {
     pub changed: Vec<PodKey>,
 }
 
-/// Pods and namespaces, as peers are matched against them.
-#[derive(Debug, Default)]
-struct World {
-    namespaces: BTreeMap<String, Namespace>,
-    pods: BTreeMap<PodKey, Pod>,
-    node_ips: Vec<IpAddr>,
-}
-
-impl World {
-    fn namespace_labels(&self, name: &str) -> Labels {
-        match self.namespaces.get(name) {
-            Some(ns) => ns.selector_labels(),
-            // A namespace we have not seen yet still has its name label.
-            None => Labels::from([(NAMESPACE_NAME_LABEL.to_string(), name.to_string())]),
-        }
-    }
-
-    fn peer_matches_pod(&self, policy_ns: &str, peer: &CheckedPeer, pod: &Pod) -> bool {
-        match peer {
-            CheckedPeer::Pods { namespaces, pods } => {
-                let ns_ok = match namespaces {
-                    NamespaceScope::Same => pod.namespace == policy_ns,
-                    NamespaceScope::Matching(sel) => {
-                        selector_matches(sel, &self.namespace_labels(&pod.namespace))
-                    }
-                };
-                ns_ok
-                    && pods
-                        .as_ref()
-                        .is_none_or(|s| selector_matches(s, &pod.labels))
-            }
-            CheckedPeer::Block(_) | CheckedPeer::Nothing => false,
-        }
-    }
-
-    /// Prefixes a rule's peer list covers, pods expanded to their addresses.
-    fn peer_prefixes(&self, policy_ns: &str, peers: &Option<Vec<CheckedPeer>>) -> Vec<IpNet> {
-        let Some(peers) = peers else {
-            return vec![IpNet::V4(Default::default()), IpNet::V6(Default::default())];
-        };
-        let mut out = Vec::new();
-        for peer in peers {
-            match peer {
-                CheckedPeer::Pods { .. } => {
-                    for pod in self.pods.values() {
-                        if self.peer_matches_pod(policy_ns, peer, pod) {
-                            out.extend(pod.ips.iter().map(|ip| IpNet::from(*ip)));
-                        }
-                    }
-                }
-                CheckedPeer::Block(parts) => out.extend(parts.iter().copied()),
-                CheckedPeer::Nothing => {}
-            }
-        }
-        out
-    }
-
-    /// Destination addresses and port numbers an egress named port reaches: every address of a
-    /// pod covered by the peers whose container port `name`/`protocol` exists. Addresses that
-    /// belong to no pod have no named ports, so an ipBlock reaches only the pods inside it.
-    fn named_destinations(
-        &self,
-        policy_ns: &str,
-        peers: &Option<Vec<CheckedPeer>>,
-        protocol: &Protocol,
-        name: &str,
-    ) -> Vec<(IpAddr, u16)> {
-        let mut out = Vec::new();
-        for pod in self.pods.values() {
-            let numbers: Vec<u16> = named_port_numbers(pod, protocol, name).collect();
-            if numbers.is_empty() {
-                continue;
-            }
-            for ip in &pod.ips {
-                let covered = match peers {
-                    None => true,
-                    Some(list) => list.iter().any(|peer| match peer {
-                        CheckedPeer::Block(parts) => parts.iter().any(|p| p.contains(ip)),
-                        _ => self.peer_matches_pod(policy_ns, peer, pod),
-                    }),
-                };
-                if covered {
-                    out.extend(numbers.iter().map(|n| (*ip, *n)));
-                }
-            }
-        }
-        out
-    }
-}
-
 fn named_port_numbers<'a>(
     pod: &'a Pod,
     protocol: &'a Protocol,
@@ -147,99 +69,39 @@ fn named_port_numbers<'a>(
         .map(|np| np.port)
 }
 
-/// An ingress rule with its peers resolved; ports stay symbolic until the selected pod is known.
-#[derive(Debug, Clone)]
-struct ResolvedIngressRule {
-    origin: RuleOrigin,
-    peers: Vec<IpNet>,
-    ports: Option<Vec<CheckedPort>>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct ResolvedPolicy {
-    ingress: Vec<ResolvedIngressRule>,
-    /// Fully expanded: egress rules do not depend on the selected pod.
-    egress: Vec<AclRule>,
-}
-
-impl ResolvedPolicy {
-    fn new(world: &World, checked: &CheckedPolicy) -> Self {
-        let ns = checked.key.namespace.as_str();
-        let origin = |direction, i: usize| RuleOrigin::Policy {
-            policy: Arc::clone(&checked.key),
-            direction,
-            rule: u32::try_from(i).unwrap_or(u32::MAX),
-        };
-        let ingress = checked
-            .ingress
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| ResolvedIngressRule {
-                origin: origin(Direction::Ingress, i),
-                peers: world.peer_prefixes(ns, &rule.peers),
-                ports: rule.ports.clone(),
-            })
-            .collect();
-        let mut egress = Vec::new();
-        for (i, rule) in checked.egress.iter().enumerate() {
-            let origin = origin(Direction::Egress, i);
-            let prefixes = world.peer_prefixes(ns, &rule.peers);
-            match &rule.ports {
-                None => push_cross(&mut egress, &origin, &prefixes, None, PortRange::ALL),
-                Some(ports) => {
-                    for port in ports {
-                        match port {
-                            CheckedPort::Numbers { protocol, ports } => {
-                                push_cross(&mut egress, &origin, &prefixes, Some(*protocol), *ports)
-                            }
-                            CheckedPort::Named {
-                                protocol,
-                                number,
-                                name,
-                            } => {
-                                for (ip, port) in
-                                    world.named_destinations(ns, &rule.peers, protocol, name)
-                                {
-                                    egress.push(AclRule {
-                                        origin: origin.clone(),
-                                        peer: IpNet::from(ip),
-                                        protocol: Some(*number),
-                                        ports: PortRange::single(port),
-                                    });
-                                }
-                            }
-                            CheckedPort::Nothing => {}
-                        }
-                    }
-                }
-            }
-        }
-        Self { ingress, egress }
-    }
-}
-
-fn push_cross(
-    out: &mut Vec<AclRule>,
-    origin: &RuleOrigin,
-    prefixes: &[IpNet],
-    protocol: Option<u8>,
-    ports: PortRange,
-) {
-    out.extend(prefixes.iter().map(|peer| AclRule {
-        origin: origin.clone(),
-        peer: *peer,
-        protocol,
-        ports,
-    }));
-}
-
+/// A policy as the compiler keeps it: checked, with its peers registered as selectors.
 #[derive(Debug)]
 struct PolicyEntry {
     checked: CheckedPolicy,
-    resolved: ResolvedPolicy,
+    /// Per ingress rule: its peers (`None`: every peer). Ports wait for the selected pod.
+    ingress_peers: Vec<Option<Vec<PeerDef>>>,
+    /// Per egress rule: its source, or `None` when it allows nothing.
+    egress: Vec<Option<SourceDef>>,
+    /// The selectors acquired for the peers, released with the policy.
+    held: Vec<SelectorId>,
 }
 
 impl PolicyEntry {
+    fn new(checked: CheckedPolicy, world: &World, selectors: &mut Selectors) -> Self {
+        let mut held = Vec::new();
+        let ns = checked.key.namespace.clone();
+        let mut register = |peers: &Option<Vec<CheckedPeer>>| {
+            register_peers(&ns, peers, world, selectors, &mut held)
+        };
+        let ingress_peers = checked.ingress.iter().map(|r| register(&r.peers)).collect();
+        let egress = checked
+            .egress
+            .iter()
+            .map(|r| egress_source(register(&r.peers), &r.ports))
+            .collect();
+        Self {
+            checked,
+            ingress_peers,
+            egress,
+            held,
+        }
+    }
+
     fn selects(&self, pod: &Pod) -> bool {
         pod.namespace == self.checked.key.namespace
             && self
@@ -249,135 +111,186 @@ impl PolicyEntry {
                 .is_none_or(|s| selector_matches(s, &pod.labels))
     }
 
-    /// Whether the resolved rules can depend on `pod`: a selector peer matches it, or an egress
-    /// rule with named ports might resolve them against it.
-    fn depends_on_pod(&self, world: &World, pod: &Pod) -> bool {
-        let ns = self.checked.key.namespace.as_str();
-        let rules = self.checked.ingress.iter().chain(&self.checked.egress);
-        let by_selector = rules.into_iter().any(|rule: &CheckedRule| {
-            rule.peers
-                .iter()
-                .flatten()
-                .any(|peer| world.peer_matches_pod(ns, peer, pod))
-        });
-        by_selector
-            || self.checked.egress.iter().any(|rule| {
-                rule.has_named_ports()
-                    && !pod.named_ports.is_empty()
-                    && rule
-                        .peers
-                        .as_ref()
-                        .is_none_or(|ps| ps.iter().any(|p| matches!(p, CheckedPeer::Block(_))))
-            })
+    fn origin(&self, direction: Direction, rule: usize) -> RuleOrigin {
+        RuleOrigin::Policy {
+            policy: Arc::clone(&self.checked.key),
+            direction,
+            rule: u32::try_from(rule).unwrap_or(u32::MAX),
+        }
     }
 
-    /// Whether the resolved rules can depend on namespace labels `labels`.
-    fn depends_on_namespace(&self, labels: &Labels) -> bool {
-        self.checked
-            .ingress
-            .iter()
-            .chain(&self.checked.egress)
-            .flat_map(|rule| rule.peers.iter().flatten())
-            .any(|peer| match peer {
-                CheckedPeer::Pods {
-                    namespaces: NamespaceScope::Matching(sel),
-                    ..
-                } => selector_matches(sel, labels),
-                _ => false,
-            })
+    fn release(self, selectors: &mut Selectors) {
+        for id in self.held {
+            selectors.release(id);
+        }
     }
 }
 
-/// Builds the ACLs of one pod from the policies of its namespace.
-fn compile_pod(
+/// A rule's peers as registered selectors and blocks; `None` (every peer) stays `None`, and
+/// invalid peers, which match nothing, are left out.
+fn register_peers(
+    policy_namespace: &str,
+    peers: &Option<Vec<CheckedPeer>>,
     world: &World,
-    policies: &BTreeMap<PolicyKey, PolicyEntry>,
-    pod: &Pod,
-) -> (Acl, Acl) {
-    let mut ingress = Acl::open(Direction::Ingress);
-    let mut egress = Acl::open(Direction::Egress);
-    let start = PolicyKey::new(pod.namespace.clone(), String::new());
-    let in_namespace = policies
-        .range(start..)
-        .take_while(|(k, _)| k.namespace == pod.namespace);
-    for (_, entry) in in_namespace {
-        if !entry.selects(pod) {
-            continue;
-        }
-        if entry.checked.isolates_ingress {
-            ingress.default = DefaultAction::Deny;
-            for rule in &entry.resolved.ingress {
-                expand_ingress(rule, pod, &mut ingress.rules);
+    selectors: &mut Selectors,
+    held: &mut Vec<SelectorId>,
+) -> Option<Vec<PeerDef>> {
+    let peers = peers.as_ref()?;
+    let mut out = Vec::with_capacity(peers.len());
+    for peer in peers {
+        match peer {
+            CheckedPeer::Pods { namespaces, pods } => {
+                let scope = match namespaces {
+                    NamespaceScope::Same => Scope::Namespace(policy_namespace.to_string()),
+                    NamespaceScope::Matching(sel) => Scope::Matching(sel.clone()),
+                };
+                let id = selectors.acquire(SelectorDef::new(scope, pods.clone()), world);
+                held.push(id);
+                out.push(PeerDef::Pods(id));
             }
-        }
-        if entry.checked.isolates_egress {
-            egress.default = DefaultAction::Deny;
-            egress.rules.extend(entry.resolved.egress.iter().cloned());
+            CheckedPeer::Block(parts) => out.push(PeerDef::Block(parts.clone())),
+            CheckedPeer::Nothing => {}
         }
     }
-    for acl in [&mut ingress, &mut egress] {
-        if acl.default == DefaultAction::Deny {
-            acl.rules.extend(world.node_ips.iter().map(|ip| AclRule {
-                origin: RuleOrigin::Node,
-                peer: IpNet::from(*ip),
-                protocol: None,
-                ports: PortRange::ALL,
-            }));
-            acl.rules.sort();
-            acl.rules.dedup();
-        }
-    }
-    (ingress, egress)
+    out.sort();
+    out.dedup();
+    Some(out)
 }
 
-fn expand_ingress(rule: &ResolvedIngressRule, pod: &Pod, out: &mut Vec<AclRule>) {
-    let Some(ports) = &rule.ports else {
-        push_cross(out, &rule.origin, &rule.peers, None, PortRange::ALL);
-        return;
-    };
-    for port in ports {
-        match port {
-            CheckedPort::Numbers { protocol, ports } => {
-                push_cross(out, &rule.origin, &rule.peers, Some(*protocol), *ports)
+/// An egress rule's source: the ports apply to every selected pod alike (named ones resolve
+/// against the destination), so the definition is the policy's. `None` if nothing is allowed.
+fn egress_source(
+    peers: Option<Vec<PeerDef>>,
+    ports: &Option<Vec<CheckedPort>>,
+) -> Option<SourceDef> {
+    if peers.as_ref().is_some_and(Vec::is_empty) {
+        return None;
+    }
+    let (mut numbers, mut named) = (Vec::new(), Vec::new());
+    match ports {
+        None => numbers.push((None, PortRange::ALL)),
+        Some(list) => {
+            for port in list {
+                match port {
+                    CheckedPort::Numbers { protocol, ports } => {
+                        numbers.push((Some(*protocol), *ports))
+                    }
+                    CheckedPort::Named {
+                        protocol,
+                        number,
+                        name,
+                    } => named.push(NamedPortDef {
+                        protocol: protocol.clone(),
+                        number: *number,
+                        name: name.clone(),
+                    }),
+                    CheckedPort::Nothing => {}
+                }
             }
+        }
+    }
+    numbers.sort();
+    numbers.dedup();
+    named.sort();
+    named.dedup();
+    (!numbers.is_empty() || !named.is_empty()).then_some(SourceDef {
+        peers,
+        ports: numbers,
+        named,
+    })
+}
+
+/// An ingress rule's ports for the selected pod `pod`: named ports resolve against its own
+/// container ports, so pods with different ones get different sources.
+fn ingress_ports(ports: &Option<Vec<CheckedPort>>, pod: &Pod) -> Vec<(Option<u8>, PortRange)> {
+    let Some(list) = ports else {
+        return vec![(None, PortRange::ALL)];
+    };
+    let mut out = Vec::new();
+    for port in list {
+        match port {
+            CheckedPort::Numbers { protocol, ports } => out.push((Some(*protocol), *ports)),
             CheckedPort::Named {
                 protocol,
                 number,
                 name,
-            } => {
-                for n in named_port_numbers(pod, protocol, name) {
-                    push_cross(
-                        out,
-                        &rule.origin,
-                        &rule.peers,
-                        Some(*number),
-                        PortRange::single(n),
-                    );
-                }
-            }
+            } => out.extend(
+                named_port_numbers(pod, protocol, name)
+                    .map(|n| (Some(*number), PortRange::single(n))),
+            ),
             CheckedPort::Nothing => {}
         }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The always-allowed rules for this node's addresses.
+fn node_rules(node_ips: &[IpAddr]) -> Vec<RuleSpec> {
+    let mut rules: Vec<RuleSpec> = node_ips
+        .iter()
+        .map(|ip| RuleSpec {
+            peer: IpNet::from(*ip),
+            protocol: None,
+            ports: PortRange::ALL,
+        })
+        .collect();
+    rules.sort();
+    rules.dedup();
+    rules
+}
+
+/// The sources one local pod's ACLs are made of, per origin; `None`: not isolated.
+#[derive(Debug, Default)]
+struct LocalPod {
+    ingress: Option<Vec<(RuleOrigin, SourceId)>>,
+    egress: Option<Vec<(RuleOrigin, SourceId)>>,
+}
+
+impl LocalPod {
+    fn sources(&self) -> impl Iterator<Item = SourceId> + '_ {
+        self.ingress
+            .iter()
+            .chain(&self.egress)
+            .flatten()
+            .map(|(_, id)| *id)
     }
 }
 
 /// Holds cluster state and the compiled ACLs, and keeps them current change by change.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PolicyCompiler {
     world: World,
+    selectors: Selectors,
+    sources: Sources,
     policies: BTreeMap<PolicyKey, PolicyEntry>,
+    /// This node's addresses as the first part of every isolating ACL.
+    node_rules: Arc<RuleSet>,
+    local: BTreeMap<PodKey, LocalPod>,
     acls: AclTable,
     assigned: BTreeMap<PodKey, PodAcls>,
+}
+
+impl Default for PolicyCompiler {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 impl PolicyCompiler {
     /// An empty compiler for a node with addresses `node_ips`.
     pub fn new(node_ips: Vec<IpAddr>) -> Self {
+        let node_rules = Arc::new(RuleSet::new(node_rules(&node_ips)));
         Self {
-            world: World {
-                node_ips,
-                ..World::default()
-            },
-            ..Self::default()
+            world: World::new(node_ips),
+            selectors: Selectors::default(),
+            sources: Sources::default(),
+            policies: BTreeMap::new(),
+            node_rules,
+            local: BTreeMap::new(),
+            acls: AclTable::default(),
+            assigned: BTreeMap::new(),
         }
     }
 
@@ -385,59 +298,77 @@ impl PolicyCompiler {
     pub fn from_cluster(cluster: &Cluster) -> Self {
         let mut c = Self::new(cluster.node_ips.clone());
         for ns in &cluster.namespaces {
-            c.world.namespaces.insert(ns.name.clone(), ns.clone());
+            c.world.set_namespace(&ns.name, Some(ns.clone()));
         }
         for pod in &cluster.pods {
-            c.world.pods.insert(pod.key(), pod.clone());
+            c.world.know_namespace(&pod.namespace);
+            c.world.insert_pod(pod.clone());
         }
         for policy in &cluster.policies {
-            let checked = CheckedPolicy::new(policy);
-            let resolved = ResolvedPolicy::new(&c.world, &checked);
-            c.policies
-                .insert(policy.key(), PolicyEntry { checked, resolved });
+            let entry = PolicyEntry::new(CheckedPolicy::new(policy), &c.world, &mut c.selectors);
+            if let Some(old) = c.policies.insert(policy.key(), entry) {
+                old.release(&mut c.selectors);
+            }
         }
-        let all: BTreeSet<PodKey> = c.world.pods.keys().cloned().collect();
-        c.recompile(all);
+        let local: BTreeSet<PodKey> = c
+            .world
+            .pods
+            .iter()
+            .filter(|(_, p)| p.node_local)
+            .map(|(k, _)| k.clone())
+            .collect();
+        c.finish(local, Vec::new());
         c
     }
 
     /// Replaces this node's addresses (every isolated ACL carries them).
     pub fn set_node_ips(&mut self, node_ips: Vec<IpAddr>) -> ChangeSet {
+        if node_ips == self.world.node_ips {
+            return ChangeSet::default();
+        }
+        self.node_rules = Arc::new(RuleSet::new(node_rules(&node_ips)));
         self.world.node_ips = node_ips;
-        let all = self.world.pods.keys().cloned().collect();
-        self.recompile(all)
+        let all: BTreeSet<PodKey> = self.local.keys().cloned().collect();
+        self.rekey_all(all)
     }
 
     /// Adds or replaces a namespace.
     pub fn upsert_namespace(&mut self, namespace: Namespace) -> ChangeSet {
         let name = namespace.name.clone();
-        let old_labels = self.world.namespace_labels(&name);
-        self.world.namespaces.insert(name.clone(), namespace);
-        self.namespace_changed(&name, old_labels)
+        self.set_namespace(&name, Some(namespace))
     }
 
     /// Removes a namespace (its pods stay until they are removed themselves).
     pub fn remove_namespace(&mut self, name: &str) -> ChangeSet {
-        let old_labels = self.world.namespace_labels(name);
-        self.world.namespaces.remove(name);
-        self.namespace_changed(name, old_labels)
+        self.set_namespace(name, None)
     }
 
-    fn namespace_changed(&mut self, name: &str, old_labels: Labels) -> ChangeSet {
-        let new_labels = self.world.namespace_labels(name);
-        if old_labels == new_labels {
+    fn set_namespace(&mut self, name: &str, namespace: Option<Namespace>) -> ChangeSet {
+        let before = self.world.namespace_labels(name).cloned();
+        let after = self.world.set_namespace(name, namespace).cloned();
+        if before == after {
             return ChangeSet::default();
         }
-        let affected: Vec<PolicyKey> = self
-            .policies
-            .iter()
-            .filter(|(_, e)| {
-                e.depends_on_namespace(&old_labels) || e.depends_on_namespace(&new_labels)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let pods = self.reresolve(&affected);
-        self.recompile(pods)
+        let moved = self
+            .selectors
+            .namespace_changed(name, after.as_ref(), &self.world);
+        for (key, m) in &moved {
+            if let Some(pod) = self.world.pods.get(key) {
+                self.sources.pod_changed(
+                    Some(pod),
+                    Some(pod),
+                    &m.before,
+                    &m.after,
+                    false,
+                    &self.selectors,
+                );
+            }
+        }
+        for (key, m) in &moved {
+            self.selectors.apply(key, m);
+        }
+        let changed = self.sources.commit();
+        self.finish(BTreeSet::new(), changed)
     }
 
     /// Adds or replaces a pod.
@@ -455,7 +386,7 @@ impl PolicyCompiler {
     pub fn set_pod_labels(
         &mut self,
         key: &PodKey,
-        labels: Labels,
+        labels: crate::model::Labels,
     ) -> Result<ChangeSet, CompileError> {
         let mut pod = self
             .world
@@ -467,114 +398,190 @@ impl PolicyCompiler {
         Ok(self.pod_changed(key.clone(), Some(pod)))
     }
 
+    /// Takes one pod's change in: the selectors it joins or leaves, the sources they (or its
+    /// new addresses and named ports) feed, its own ACLs if it is local and what they depend
+    /// on changed, and the ACLs of the local pods whose sources changed.
     fn pod_changed(&mut self, key: PodKey, new: Option<Pod>) -> ChangeSet {
-        let old = self.world.pods.get(&key).cloned();
-        if old == new {
+        if self.world.pods.get(&key) == new.as_ref() {
             return ChangeSet::default();
         }
-        let mut affected: BTreeSet<PolicyKey> = BTreeSet::new();
-        if let Some(old) = &old {
-            affected.extend(self.policies_depending_on(old));
+        if let Some(labels) = new
+            .as_ref()
+            .and_then(|p| self.world.know_namespace(&p.namespace))
+            .cloned()
+        {
+            // A namespace seen for the first time: no pods in it yet, so nothing moves.
+            let moved =
+                self.selectors
+                    .namespace_changed(&key.namespace, Some(&labels), &self.world);
+            debug_assert!(moved.is_empty());
         }
+        let old = self.world.remove_pod(&key);
+        let m = self.selectors.memberships(&key, old.as_ref(), new.as_ref());
+        let (refresh, data_changed) = match (&old, &new) {
+            (Some(o), Some(n)) => (
+                o.node_local != n.node_local
+                    || (n.node_local && (o.labels != n.labels || o.named_ports != n.named_ports)),
+                o.ips != n.ips || o.named_ports != n.named_ports,
+            ),
+            (None, Some(p)) | (Some(p), None) => (p.node_local, true),
+            (None, None) => (false, false),
+        };
+        self.sources.pod_changed(
+            old.as_ref(),
+            new.as_ref(),
+            &m.before,
+            &m.after,
+            data_changed,
+            &self.selectors,
+        );
+        self.selectors.apply(&key, &m);
         match new {
             Some(pod) => {
-                self.world.pods.insert(key.clone(), pod);
+                self.world.insert_pod(pod);
             }
             None => {
-                self.world.pods.remove(&key);
+                if self.world.forget_namespace_if_empty(&key.namespace) {
+                    let moved = self
+                        .selectors
+                        .namespace_changed(&key.namespace, None, &self.world);
+                    debug_assert!(moved.is_empty());
+                }
             }
         }
-        if let Some(new) = self.world.pods.get(&key) {
-            affected.extend(self.policies_depending_on(new));
-        }
-        let affected: Vec<PolicyKey> = affected.into_iter().collect();
-        let mut pods = self.reresolve(&affected);
-        pods.insert(key);
-        self.recompile(pods)
-    }
-
-    fn policies_depending_on(&self, pod: &Pod) -> Vec<PolicyKey> {
-        self.policies
-            .iter()
-            .filter(|(_, e)| e.depends_on_pod(&self.world, pod))
-            .map(|(k, _)| k.clone())
-            .collect()
+        let changed = self.sources.commit();
+        let refresh = if refresh {
+            BTreeSet::from([key])
+        } else {
+            BTreeSet::new()
+        };
+        self.finish(refresh, changed)
     }
 
     /// Adds or replaces a policy.
     pub fn upsert_policy(&mut self, policy: NetworkPolicy) -> ChangeSet {
         let key = policy.key();
-        let checked = CheckedPolicy::new(&policy);
-        let resolved = ResolvedPolicy::new(&self.world, &checked);
-        let mut pods = self.selected_pods(&key);
-        self.policies
-            .insert(key.clone(), PolicyEntry { checked, resolved });
-        pods.extend(self.selected_pods(&key));
-        self.recompile(pods)
+        let entry = PolicyEntry::new(
+            CheckedPolicy::new(&policy),
+            &self.world,
+            &mut self.selectors,
+        );
+        let mut pods = self.selected_local(&key);
+        let old = self.policies.insert(key.clone(), entry);
+        pods.extend(self.selected_local(&key));
+        let changes = self.finish(pods, Vec::new());
+        if let Some(old) = old {
+            old.release(&mut self.selectors);
+        }
+        changes
     }
 
     /// Removes a policy.
     pub fn remove_policy(&mut self, key: &PolicyKey) -> ChangeSet {
-        let pods = self.selected_pods(key);
-        self.policies.remove(key);
-        self.recompile(pods)
-    }
-
-    /// Re-resolves policies and returns the local pods they select.
-    fn reresolve(&mut self, keys: &[PolicyKey]) -> BTreeSet<PodKey> {
-        let mut pods = BTreeSet::new();
-        for key in keys {
-            if let Some(entry) = self.policies.get_mut(key) {
-                entry.resolved = ResolvedPolicy::new(&self.world, &entry.checked);
-            }
-            pods.extend(self.selected_pods(key));
+        let pods = self.selected_local(key);
+        let old = self.policies.remove(key);
+        let changes = self.finish(pods, Vec::new());
+        if let Some(old) = old {
+            old.release(&mut self.selectors);
         }
-        pods
+        changes
     }
 
     /// Local pods `key` selects now.
-    fn selected_pods(&self, key: &PolicyKey) -> BTreeSet<PodKey> {
+    fn selected_local(&self, key: &PolicyKey) -> BTreeSet<PodKey> {
         let Some(entry) = self.policies.get(key) else {
             return BTreeSet::new();
         };
         let start = PodKey::new(key.namespace.clone(), String::new());
-        self.world
-            .pods
+        self.local
             .range(start..)
             .take_while(|(k, _)| k.namespace == key.namespace)
-            .filter(|(_, pod)| pod.node_local && entry.selects(pod))
+            .filter(|(k, _)| self.world.pods.get(*k).is_some_and(|p| entry.selects(p)))
             .map(|(k, _)| k.clone())
             .collect()
     }
 
-    /// Rebuilds the ACLs of `pods` (those that exist and are local; others lose their ACLs).
-    fn recompile(&mut self, pods: BTreeSet<PodKey>) -> ChangeSet {
+    /// Ends an update: works out again which sources the pods in `refresh` use (those still
+    /// local; the others lose their ACLs), then re-keys their ACLs and those of every user of
+    /// the sources in `changed`.
+    fn finish(&mut self, refresh: BTreeSet<PodKey>, changed: Vec<SourceId>) -> ChangeSet {
+        for key in &refresh {
+            self.refresh(key);
+        }
+        let mut pods = refresh;
+        for id in changed {
+            pods.extend(self.sources.users(id).cloned());
+        }
+        self.rekey_all(pods)
+    }
+
+    fn rekey_all(&mut self, pods: BTreeSet<PodKey>) -> ChangeSet {
         let mut changes = ChangeSet::default();
         for key in pods {
-            let new = match self.world.pods.get(&key) {
-                Some(pod) if pod.node_local => {
-                    let (ingress, egress) = compile_pod(&self.world, &self.policies, pod);
-                    changes.recompiled.push(key.clone());
-                    Some(PodAcls {
-                        ingress: self.acls.intern(ingress),
-                        egress: self.acls.intern(egress),
-                    })
-                }
-                _ => None,
-            };
-            let old = match new {
-                Some(acls) => self.assigned.insert(key.clone(), acls),
-                None => self.assigned.remove(&key),
-            };
-            if let Some(old) = old {
-                self.acls.release(old.ingress);
-                self.acls.release(old.egress);
+            let (old, new) = self.rekey(&key);
+            if new.is_some() {
+                changes.recompiled.push(key.clone());
             }
             if old != new {
                 changes.changed.push(key);
             }
         }
         changes
+    }
+
+    /// Works out the sources of local pod `key` from the policies selecting it now.
+    fn refresh(&mut self, key: &PodKey) {
+        let parts = match self.world.pods.get(key).filter(|p| p.node_local) {
+            Some(pod) => Some(local_parts(
+                pod,
+                &self.policies,
+                &self.world,
+                &mut self.sources,
+                &mut self.selectors,
+            )),
+            None => None,
+        };
+        let old = match parts {
+            Some(parts) => self.local.insert(key.clone(), parts),
+            None => self.local.remove(key),
+        };
+        if let Some(old) = old {
+            for id in old.sources() {
+                self.sources.release(id, key, &mut self.selectors);
+            }
+        }
+    }
+
+    /// Builds and interns the ACLs of `key` from its sources' current rule sets; returns the
+    /// ids before and after.
+    fn rekey(&mut self, key: &PodKey) -> (Option<PodAcls>, Option<PodAcls>) {
+        let new = self.local.get(key).map(|local| {
+            let ingress = acl_of(
+                &local.ingress,
+                Direction::Ingress,
+                &self.node_rules,
+                &self.sources,
+            );
+            let egress = acl_of(
+                &local.egress,
+                Direction::Egress,
+                &self.node_rules,
+                &self.sources,
+            );
+            PodAcls {
+                ingress: self.acls.intern(ingress),
+                egress: self.acls.intern(egress),
+            }
+        });
+        let old = match new {
+            Some(acls) => self.assigned.insert(key.clone(), acls),
+            None => self.assigned.remove(key),
+        };
+        if let Some(old) = old {
+            self.acls.release(old.ingress);
+            self.acls.release(old.egress);
+        }
+        (old, new)
     }
 
     /// The ACLs of a local pod.
@@ -603,6 +610,54 @@ impl PolicyCompiler {
             .values()
             .flat_map(|e| e.checked.errors.iter().cloned())
             .collect()
+    }
+
+    /// Checks every index and everything kept by delta (selector members, source rules and
+    /// counts, the local pods and their ACLs) against a recomputation from the pods and
+    /// namespaces held. Slow; for the tests, which call it after every change.
+    #[doc(hidden)]
+    pub fn check_indexes(&self) -> Result<(), String> {
+        self.selectors.check(&self.world)?;
+        self.sources.check(&self.world, &self.selectors)?;
+        let local: BTreeSet<&PodKey> = self
+            .world
+            .pods
+            .iter()
+            .filter(|(_, p)| p.node_local)
+            .map(|(k, _)| k)
+            .collect();
+        if local != self.local.keys().collect() || local != self.assigned.keys().collect() {
+            return Err("local pods and their ACLs disagree".into());
+        }
+        for (key, parts) in &self.local {
+            let assigned = self.assigned.get(key).copied();
+            for (parts, direction, id) in [
+                (
+                    &parts.ingress,
+                    Direction::Ingress,
+                    assigned.map(|a| a.ingress),
+                ),
+                (&parts.egress, Direction::Egress, assigned.map(|a| a.egress)),
+            ] {
+                let now = acl_of(parts, direction, &self.node_rules, &self.sources);
+                let held = id.and_then(|id| self.acls.get(id));
+                if held.map(|acl| acl.key()) != Some(now.key()) {
+                    return Err(format!(
+                        "{key}: {direction} ACL not re-keyed to its sources"
+                    ));
+                }
+            }
+        }
+        let used: usize = self
+            .assigned
+            .values()
+            .flat_map(|a| [a.ingress, a.egress])
+            .collect::<BTreeSet<_>>()
+            .len();
+        if used != self.acls.len() {
+            return Err(format!("{} ACLs held, {used} in use", self.acls.len()));
+        }
+        Ok(())
     }
 
     /// An immutable copy for the dataplane's next `Tables`.
@@ -737,4 +792,82 @@ impl CompiledPolicies {
             .is_none_or(|acl| crate::acl::acl_allows(acl, source, protocol, port));
         egress_ok && ingress_ok
     }
+}
+
+/// The sources of local pod `pod`'s ACLs: for each policy of its namespace that selects it, in
+/// key order, one per rule of each direction the policy isolates (so parts come out sorted by
+/// origin). Acquires each source for `pod`.
+fn local_parts(
+    pod: &Pod,
+    policies: &BTreeMap<PolicyKey, PolicyEntry>,
+    world: &World,
+    sources: &mut Sources,
+    selectors: &mut Selectors,
+) -> LocalPod {
+    let key = pod.key();
+    let mut local = LocalPod::default();
+    let start = PolicyKey::new(pod.namespace.clone(), String::new());
+    let in_namespace = policies
+        .range(start..)
+        .take_while(|(k, _)| k.namespace == pod.namespace);
+    for (_, entry) in in_namespace {
+        if !entry.selects(pod) {
+            continue;
+        }
+        if entry.checked.isolates_ingress {
+            let parts = local.ingress.get_or_insert_with(Vec::new);
+            let rules = entry.checked.ingress.iter().zip(&entry.ingress_peers);
+            for (i, (rule, peers)) in rules.enumerate() {
+                if peers.as_ref().is_some_and(Vec::is_empty) {
+                    continue;
+                }
+                let ports = ingress_ports(&rule.ports, pod);
+                if ports.is_empty() {
+                    continue;
+                }
+                let def = SourceDef {
+                    peers: peers.clone(),
+                    ports,
+                    named: Vec::new(),
+                };
+                let id = sources.acquire(&def, &key, world, selectors);
+                parts.push((entry.origin(Direction::Ingress, i), id));
+            }
+        }
+        if entry.checked.isolates_egress {
+            let parts = local.egress.get_or_insert_with(Vec::new);
+            for (i, def) in entry.egress.iter().enumerate() {
+                if let Some(def) = def {
+                    let id = sources.acquire(def, &key, world, selectors);
+                    parts.push((entry.origin(Direction::Egress, i), id));
+                }
+            }
+        }
+    }
+    local
+}
+
+/// One direction's ACL from its sources: open when not isolated, else the node's rules and
+/// each source's current rules, origins that allow nothing left out.
+fn acl_of(
+    parts: &Option<Vec<(RuleOrigin, SourceId)>>,
+    direction: Direction,
+    node_rules: &Arc<RuleSet>,
+    sources: &Sources,
+) -> Acl {
+    let Some(parts) = parts else {
+        return Acl::open(direction);
+    };
+    let node = (!node_rules.is_empty()).then(|| AclPart {
+        origin: RuleOrigin::Node,
+        rules: Arc::clone(node_rules),
+    });
+    let policy = parts.iter().filter_map(|(origin, id)| {
+        let rules = sources.rules(*id).filter(|r| !r.is_empty())?;
+        Some(AclPart {
+            origin: origin.clone(),
+            rules: Arc::clone(rules),
+        })
+    });
+    Acl::isolated(direction, node.into_iter().chain(policy).collect())
 }

@@ -2,9 +2,11 @@
 //!
 //! Plain data in ([`model`]: namespaces, pods with labels, addresses and named ports, policies),
 //! ACLs out ([`acl`]): one ingress and one egress ACL per pod on this node, equal ACLs shared by
-//! id, every rule tagged with the policy rule it came from. [`PolicyCompiler`] keeps the state and
-//! recompiles only the pods a change can touch; [`reference`] answers the same questions straight
-//! from the spec and is what the tests hold the compiler to; [`explain`] prints the truth table.
+//! id, every rule tagged with the policy rule it came from. [`PolicyCompiler`] keeps the state
+//! indexed (label values to pods, label keys to the selectors that read them) and patches it by
+//! delta, so a change costs what it touches (see [`compiler`]); [`reference`] answers the same
+//! questions straight from the spec and is what the tests hold the compiler to; [`explain`]
+//! prints the truth table.
 //! No Kubernetes types and no I/O: the agent reduces API objects into [`model`] first.
 //!
 //! # Semantics, and the choices made where the spec leaves room
@@ -48,7 +50,10 @@ pub mod model;
 pub mod reference;
 pub mod validate;
 
-pub use acl::{acl_allows, Acl, AclId, AclRule, DefaultAction, PortRange, RuleOrigin};
+pub use acl::{
+    acl_allows, Acl, AclId, AclPart, AclRule, DefaultAction, PortRange, RuleOrigin, RuleSet,
+    RuleSetId, RuleSpec,
+};
 pub use compiler::{compile, ChangeSet, CompileError, CompiledPolicies, PodAcls, PolicyCompiler};
 pub use explain::{explain, TruthTable};
 pub use model::{

@@ -308,7 +308,7 @@ pub enum PortRef {
 }
 
 /// A `LabelSelector`. The empty selector matches everything.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct LabelSelector {
     pub match_labels: Labels,
     pub match_expressions: Vec<LabelSelectorRequirement>,
@@ -346,14 +346,14 @@ impl LabelSelector {
 }
 
 /// One `matchExpressions` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LabelSelectorRequirement {
     pub key: String,
     pub operator: SelectorOperator,
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SelectorOperator {
     In,
     NotIn,

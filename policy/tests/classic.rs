@@ -546,7 +546,7 @@ fn pods_with_equal_rules_share_acls_and_rules_name_their_origin() {
     let acl = compiled.pod_acl(&key("x/a"), Direction::Ingress);
     let hit = acl.and_then(|acl| {
         acl.first_match(ip("10.0.1.3"), TCP, 80)
-            .and_then(|i| acl.rules.get(i))
+            .and_then(|i| acl.rule(i))
     });
     assert_eq!(
         hit.map(|r| r.origin.to_string()).as_deref(),
@@ -554,9 +554,9 @@ fn pods_with_equal_rules_share_acls_and_rules_name_their_origin() {
     );
     let node_hit = acl.and_then(|acl| {
         acl.first_match(ip(NODE_IP), UDP, 9)
-            .and_then(|i| acl.rules.get(i))
+            .and_then(|i| acl.rule(i))
     });
-    assert_eq!(node_hit.map(|r| &r.origin), Some(&RuleOrigin::Node));
+    assert_eq!(node_hit.map(|r| r.origin), Some(RuleOrigin::Node));
 }
 
 #[test]

@@ -3,11 +3,12 @@
 //! [`CompiledPolicies::flow_allowed`] does.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use switchyard_dataplane::policy::AclDirection;
 use switchyard_policy::{
-    compile, Cluster, Direction, LabelSelector, NamedPort, Namespace, NetworkPolicy, Peer, Pod,
-    PodKey, PolicyType, PortSpec, Protocol, Rule, SelectorOperator,
+    compile, Cluster, DefaultAction, Direction, LabelSelector, NamedPort, Namespace, NetworkPolicy,
+    Peer, Pod, PodKey, PolicyType, PortSpec, Protocol, Rule, SelectorOperator,
 };
 
 use super::*;
@@ -260,8 +261,8 @@ fn isolation_names_and_origins() {
             .filter(|(_, a)| a.default == DefaultAction::Deny),
     ) {
         assert_eq!(&*table.name, format!("acl-{}", id.0));
-        assert_eq!(table.origins.len(), acl.rules.len());
-        assert_eq!(table.classifier.rule_count(), acl.rules.len());
+        assert_eq!(table.origins.len(), acl.len());
+        assert_eq!(table.classifier.rule_count(), acl.len());
     }
     let Some((_, web_in)) = tables.acl_for(ip("198.18.1.2"), AclDirection::Ingress) else {
         panic!("web is isolated for ingress");
@@ -315,4 +316,89 @@ fn classifiers_of_unchanged_acls_are_reused() {
     let none = policy_tables_reusing(&compiler.snapshot(), &mut cache);
     assert!(none.acls.is_empty());
     assert!(first.acls.iter().all(|a| Arc::strong_count(a) <= 2));
+}
+
+/// The same policy in two namespaces: ACLs that differ only in their rules' origins.
+fn template_in(namespaces: &[&str]) -> Cluster {
+    let mut cluster = Cluster {
+        node_ips: vec![ip("198.18.0.1")],
+        ..Cluster::default()
+    };
+    for (n, name) in namespaces.iter().enumerate() {
+        cluster.namespaces.push(ns(name, &[]));
+        let web = format!("198.18.{}.2", 10 + n);
+        let db = format!("198.18.{}.3", 10 + n);
+        cluster
+            .pods
+            .push(pod(&format!("{name}/web"), "web", &[&web], &[], true));
+        cluster
+            .pods
+            .push(pod(&format!("{name}/db"), "db", &[&db], &[], false));
+        cluster.policies.push(policy(
+            &format!("{name}/web-egress"),
+            LabelSelector::labels([("app", "web")]),
+            Some(vec![PolicyType::Egress]),
+            None,
+            Some(vec![Rule {
+                peers: Some(vec![Peer::pods_in_namespaces(
+                    LabelSelector::labels([("app", "db")]),
+                    LabelSelector::everything(),
+                )]),
+                ports: Some(vec![PortSpec::number(Protocol::Tcp, 5432)]),
+            }]),
+        ));
+    }
+    cluster
+}
+
+#[test]
+fn acls_with_the_same_rules_share_a_classifier() {
+    let cluster = template_in(&["a", "b"]);
+    let mut cache = AclCache::default();
+    let tables = policy_tables_reusing(&compile(&cluster), &mut cache);
+    let built = cache.last_build();
+    assert_eq!((built.tables_built, built.classifiers_built), (2, 1));
+    let [a, b] = [&tables.acls[0], &tables.acls[1]];
+    assert!(Arc::ptr_eq(&a.classifier, &b.classifier));
+    assert!(Arc::ptr_eq(&a.rules, &b.rules));
+    // Each table still names its own origins.
+    let origins = |t: &switchyard_dataplane::policy::AclTable| {
+        t.origins
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        origins(a),
+        ["node", "a/web-egress egress[0]", "a/web-egress egress[0]"]
+    );
+    assert_eq!(
+        origins(b),
+        ["node", "b/web-egress egress[0]", "b/web-egress egress[0]"]
+    );
+}
+
+#[test]
+fn a_peer_label_change_builds_one_classifier_for_all_the_acls_it_changes() {
+    let cluster = template_in(&["a", "b", "c"]);
+    let mut compiler = switchyard_policy::PolicyCompiler::from_cluster(&cluster);
+    let mut cache = AclCache::default();
+    let before = policy_tables_reusing(&compiler.snapshot(), &mut cache);
+
+    // b/db stops being a database: every namespace's web egress ACL loses it.
+    let changes = compiler.set_pod_labels(&PodKey::new("b", "db"), [].into());
+    assert_eq!(changes.map(|c| c.changed.len()), Ok(3));
+    let after = policy_tables_reusing(&compiler.snapshot(), &mut cache);
+    let built = cache.last_build();
+    assert_eq!((built.tables_built, built.classifiers_built), (3, 1));
+    assert!(!after.acls[0].classifier.allows(ip("198.18.11.3"), 6, 5432));
+    assert!(after.acls[0].classifier.allows(ip("198.18.12.3"), 6, 5432));
+    assert!(before.acls[0].classifier.allows(ip("198.18.11.3"), 6, 5432));
+
+    // Nothing changed: everything is reused.
+    let again = policy_tables_reusing(&compiler.snapshot(), &mut cache);
+    assert_eq!(cache.last_build().tables_reused, 3);
+    for (x, y) in after.acls.iter().zip(&again.acls) {
+        assert!(Arc::ptr_eq(x, y));
+    }
 }

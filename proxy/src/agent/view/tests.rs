@@ -221,10 +221,14 @@ fn one_slice_change_reduces_one_service() {
 
 /// A policy cluster drawn from small pools: pods (namespace, labels, node, present),
 /// namespaces (labels), and which of a few policy templates exist.
+/// Namespace ns-0/ns-1, app a/b, on this node, named port, second address (a pod IP change
+/// when it flips).
+type PodSlot = (u8, u8, bool, bool, bool);
+
 #[derive(Clone, Debug)]
 struct PolicyWorld {
-    /// Per pod slot: present, in namespace ns-0/ns-1, app a/b, on this node, named port.
-    pods: Vec<Option<(u8, u8, bool, bool)>>,
+    /// Per pod slot: present, and how.
+    pods: Vec<Option<PodSlot>>,
     /// Per namespace: present, team label x/y/none.
     namespaces: Vec<Option<Option<u8>>>,
     /// Which policy templates exist.
@@ -260,7 +264,7 @@ fn policy_yaml(world: &PolicyWorld) -> String {
         );
     }
     for (i, pod) in world.pods.iter().enumerate() {
-        let Some((ns, app, local, named)) = pod else {
+        let Some((ns, app, local, named, moved)) = pod else {
             continue;
         };
         let node = if *local { NODE } else { "node-b" };
@@ -276,7 +280,7 @@ fn policy_yaml(world: &PolicyWorld) -> String {
              status: {{podIP: 198.18.{}.{}}}\n",
             if *app == 0 { "a" } else { "b" },
             1 + ns,
-            10 + i
+            10 + i + if *moved { 100 } else { 0 }
         );
     }
     for (template, present) in POLICIES.iter().zip(&world.policies) {
@@ -289,7 +293,7 @@ fn policy_yaml(world: &PolicyWorld) -> String {
 }
 
 fn policy_world_strategy() -> impl Strategy<Value = PolicyWorld> {
-    let pod = prop::option::of((0u8..2, 0u8..2, any::<bool>(), any::<bool>()));
+    let pod = prop::option::of((0u8..2, 0u8..2, any::<bool>(), any::<bool>(), any::<bool>()));
     let namespace = prop::option::of(prop::option::of(0u8..2));
     (
         prop::collection::vec(pod, 5),
@@ -314,7 +318,7 @@ fn canonical(tables: &switchyard_dataplane::policy::PolicyTables) -> Canonical {
     let acl = |i: Option<u32>| {
         i.and_then(|i| tables.acls.get(i as usize)).map(|a| {
             (
-                a.rules.clone(),
+                a.rules.to_vec(),
                 a.origins.iter().map(ToString::to_string).collect(),
             )
         })
@@ -335,14 +339,17 @@ proptest! {
         let node_ips: Vec<std::net::IpAddr> = vec!["198.18.1.1".parse().unwrap()];
         let mut view = View::new(NODE, None, CompileOptions::default());
         view.set_node_ips(node_ips.clone());
+        // As the agent does: one cache of tables and classifiers kept across syncs.
+        let mut cache = policy_tables::AclCache::default();
         let mut last = ObjectStore::default();
         for world in worlds {
             let next = store(&policy_yaml(&world));
             view.apply(last.diff(&next));
             let (cluster, errors) = reduce_policy::cluster(&next, NODE, &node_ips);
             let want = canonical(&policy_tables::policy_tables(&switchyard_policy::compile(&cluster)));
-            let got = canonical(&policy_tables::policy_tables(&view.policy().snapshot()));
+            let got = canonical(&policy_tables::policy_tables_reusing(&view.policy().snapshot(), &mut cache));
             prop_assert_eq!(got, want);
+            prop_assert_eq!(view.policy().check_indexes(), Ok(()));
             prop_assert_eq!(view.policy().policy_count(), cluster.policies.len());
             let mut want_errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
             let mut got_errors: Vec<String> = view.policy_problems().map(ToString::to_string).collect();
