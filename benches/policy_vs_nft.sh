@@ -11,15 +11,14 @@
 # established/related accepted first). For each N:
 #   kernel      the node namespace forwards (ip_forward=1) with the ruleset loaded (`nft -f`,
 #               timed);
-#   switchyard  `switchyard agent --manifests` owns n0/n1 (AF_XDP by default; DATAPLANE=afpacket
-#               adds TPACKET_V3's block retire timeout, up to 1 ms a packet at low rates), the
-#               kernel forwards nothing;
+#   switchyard  `switchyard agent --manifests` owns n0/n1 (AF_XDP by default, DATAPLANE=afpacket
+#               for AF_PACKET), the kernel forwards nothing;
 # then SAMPLES TCP connect()s (python3, time.perf_counter around connect(), RST on close) from
 # random allowed (client pod, server pod) pairs, after WARMUP untimed ones: p50 and p99. Each run
 # also checks that a pair the policies refuse is refused.
 #
 # usage: benches/policy_vs_nft.sh [N...]          (default: 100 1000)
-# Environment: SAMPLES (1000), WARMUP (100), DATAPLANE (afxdp), SWITCHYARD (binary; default
+# Environment: SAMPLES (1000), WARMUP (100), DATAPLANE (afxdp or afpacket), SWITCHYARD (binary; default
 # cargo build --release).
 #
 # Network safety: three namespaces made here (veths created inside them), addresses from

@@ -375,7 +375,7 @@ impl std::str::FromStr for ProbePort {
 /// Which packet I/O the dataplane uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Dataplane {
-    /// Linux AF_PACKET sockets with TPACKET_V3 rings.
+    /// Linux AF_PACKET sockets with TPACKET_V2 receive rings.
     Afpacket,
     /// Linux AF_XDP sockets (generic mode works on any interface).
     Afxdp,

@@ -1,20 +1,23 @@
 //! The AF_PACKET driver: one packet socket per kernel interface, receiving through a
-//! `TPACKET_V3` ring and transmitting with `sendmmsg`.
+//! `TPACKET_V2` ring and transmitting with `sendmmsg`.
 //!
 //! Each port is an `AF_PACKET`/`SOCK_RAW` socket bound to one interface for `ETH_P_ALL`, in
 //! promiscuous mode, with `PACKET_QDISC_BYPASS` (transmit straight to the driver) and
 //! `PACKET_IGNORE_OUTGOING` (we do not see our own transmissions, nor anything else the host sends
 //! on that interface).
 //!
-//! Receive: the kernel fills blocks of a memory-mapped `TPACKET_V3` ring; `rx_burst` copies each
-//! frame into a pooled [`HeapBuffer`] and hands a block back to the kernel as soon as its last
-//! frame is copied. The kernel strips an 802.1Q/802.1ad tag into the frame header
+//! Receive: the kernel fills the fixed-size frame slots of a memory-mapped `TPACKET_V2` ring, each
+//! with its own status word; `rx_burst` copies each frame into a pooled [`HeapBuffer`] and hands
+//! its slot back at once. `TPACKET_V3` was used before: it hands whole blocks over, when full or
+//! when a retire timer of at least 1 ms fires, so at low packet rates every packet waited up to
+//! a millisecond in the ring (a TCP handshake through the router took about 1 ms); a V2 slot is
+//! ours as soon as the kernel has written it. The kernel strips an 802.1Q/802.1ad tag into the frame header
 //! (`TP_STATUS_VLAN_VALID`) whatever the offload settings are; the driver puts it back so the
 //! graph sees the frame as it was on the wire.
 //!
 //! Transmit: one `sendmmsg` per burst, with an iovec pointing at each buffer's bytes: no copy in
 //! user space, no second ring and no completion scan. On veth the kernel's per-packet transmit
-//! work dominates either way; a `TPACKET_V3` TX ring has not been measured against it yet.
+//! work dominates either way; a `TPACKET_V2` TX ring has not been measured against it yet.
 //!
 //! Checksums: a kernel TCP/UDP stack on the other end of a veth leaves checksums for "hardware"
 //! that veth never runs (`CHECKSUM_PARTIAL`); such frames carry `TP_STATUS_CSUMNOTREADY` and their
@@ -35,13 +38,14 @@ use crate::{Driver, IoError, PortId, PortInfo};
 /// Sizes of the receive ring and the buffer pool.
 #[derive(Clone, Debug)]
 pub struct AfPacketConfig {
-    /// Bytes in one ring block (a power of two, a multiple of the page size).
+    /// Bytes in one ring block (a power of two, a multiple of the page size): the kernel
+    /// allocates the ring in blocks of this size, each holding `block_size / frame_size` slots.
     pub block_size: u32,
     /// Blocks in each port's receive ring.
     pub block_count: u32,
-    /// How long the kernel waits before handing a partly filled block to us, in milliseconds;
-    /// the worst-case added latency at low packet rates.
-    pub block_timeout_ms: u32,
+    /// Bytes in one frame slot, its `tpacket2_hdr` and address included (a multiple of 16);
+    /// longer frames are cut by the kernel and dropped here as oversize.
+    pub frame_size: u32,
     /// Buffers in the driver's pool (shared by all ports).
     pub pool_size: usize,
 }
@@ -51,7 +55,7 @@ impl Default for AfPacketConfig {
         AfPacketConfig {
             block_size: 1 << 16,
             block_count: 64,
-            block_timeout_ms: 1,
+            frame_size: 2048,
             pool_size: 4096,
         }
     }
@@ -83,8 +87,6 @@ pub struct KernelStats {
     pub packets: u32,
     /// Frames dropped because the ring was full.
     pub drops: u32,
-    /// Times the ring was frozen (all blocks owned by user space).
-    pub freezes: u32,
 }
 
 /// Per-packet receive flags for the packets of the last [`Driver::rx_burst`].
@@ -189,20 +191,15 @@ fn os_err(what: String) -> impl FnOnce(std::io::Error) -> IoError {
     move |source| IoError::Os { what, source }
 }
 
-/// A memory-mapped `TPACKET_V3` receive ring.
+/// A memory-mapped `TPACKET_V2` receive ring: `frame_count` slots of `frame_size` bytes, each
+/// starting with a `tpacket2_hdr` whose status says whether the kernel or we own it.
 struct RxRing {
     base: *mut u8,
     len: usize,
-    block_size: usize,
-    block_count: usize,
-    /// The block to look at next.
-    block: usize,
-    /// Whether `block` is user-owned and being read.
-    held: bool,
-    /// Frames of `block` not yet read.
-    left: u32,
-    /// Offset in `block` of the next frame header.
-    offset: usize,
+    frame_size: usize,
+    frame_count: usize,
+    /// The slot to look at next.
+    next: usize,
 }
 
 // SAFETY: the ring is a private mapping owned by this struct alone; the raw pointer is only
@@ -210,32 +207,31 @@ struct RxRing {
 unsafe impl Send for RxRing {}
 
 impl RxRing {
-    fn block_ptr(&self, i: usize) -> *mut u8 {
-        // SAFETY: i < block_count, so the offset stays inside the mapping of len bytes.
-        unsafe { self.base.add(i * self.block_size) }
+    fn frame_ptr(&self, i: usize) -> *mut u8 {
+        // SAFETY: i < frame_count and frame_count * frame_size <= len (the slots fill the
+        // blocks exactly), so the offset stays inside the mapping.
+        unsafe { self.base.add(i * self.frame_size) }
     }
 
-    fn block_status(&self, i: usize) -> &AtomicU32 {
-        let desc = self.block_ptr(i).cast::<libc::tpacket_block_desc>();
-        // SAFETY: every block starts with a tpacket_block_desc (kernel ABI), blocks are page
-        // aligned so the u32 status is aligned, and the kernel writes it concurrently, which is
+    fn status(&self, i: usize) -> &AtomicU32 {
+        let hdr = self.frame_ptr(i).cast::<libc::tpacket2_hdr>();
+        // SAFETY: every slot starts with a tpacket2_hdr (kernel ABI) whose first field is the
+        // u32 status; slots are 16-byte aligned; the kernel writes it concurrently, which is
         // why it is accessed only atomically. The reference lives no longer than `self`, which
         // keeps the mapping alive.
-        unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*desc).hdr.bh1.block_status)) }
+        unsafe { AtomicU32::from_ptr(std::ptr::addr_of_mut!((*hdr).tp_status)) }
     }
 
-    /// True when the next block holds frames for us.
+    /// True when the next slot holds a frame for us.
     fn ready(&self) -> bool {
-        self.held
-            || self.block_status(self.block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
+        self.status(self.next).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
     }
 
-    /// Hands the current block back to the kernel and moves to the next one.
+    /// Hands the current slot back to the kernel and moves to the next one.
     fn release(&mut self) {
-        self.block_status(self.block)
+        self.status(self.next)
             .store(libc::TP_STATUS_KERNEL, Ordering::Release);
-        self.block = (self.block + 1) % self.block_count;
-        self.held = false;
+        self.next = (self.next + 1) % self.frame_count;
     }
 }
 
@@ -298,14 +294,19 @@ impl AfPacketDriver {
         if ifnames.len() > usize::from(PortId::MAX) {
             return Err(IoError::BadArguments("too many interfaces".into()));
         }
-        // TPACKET_V3 needs a page-multiple power-of-two block and at least one block.
+        // A page-multiple power-of-two block, at least one, and frame slots that divide it
+        // (so slot i sits at i * frame_size), 16-byte aligned and big enough for a header.
         if !config.block_size.is_power_of_two()
             || config.block_size < 4096
             || config.block_count == 0
+            || !config.frame_size.is_multiple_of(16)
+            || (config.frame_size as usize) < libc::TPACKET2_HDRLEN + 128
+            || config.frame_size > config.block_size
+            || !config.block_size.is_multiple_of(config.frame_size)
         {
             return Err(IoError::BadArguments(format!(
-                "AF_PACKET block size {} / count {} not usable",
-                config.block_size, config.block_count
+                "AF_PACKET block size {} / count {} / frame size {} not usable",
+                config.block_size, config.block_count, config.frame_size
             )));
         }
         let mut info = Vec::with_capacity(ifnames.len());
@@ -347,20 +348,19 @@ impl AfPacketDriver {
     /// Reads (and resets) the kernel's counters for `port`'s socket.
     pub fn kernel_stats(&self, port: PortId) -> Result<KernelStats, IoError> {
         let p = self.port(port)?;
-        let mut st = libc::tpacket_stats_v3 {
+        let mut st = libc::tpacket_stats {
             tp_packets: 0,
             tp_drops: 0,
-            tp_freeze_q_cnt: 0,
         };
-        let mut len = std::mem::size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
-        // SAFETY: `st` is a writable tpacket_stats_v3 and `len` its size, as PACKET_STATISTICS on
-        // a TPACKET_V3 socket expects.
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `st` is a writable tpacket_stats and `len` its size, as PACKET_STATISTICS on
+        // a TPACKET_V2 socket expects.
         let rc = unsafe {
             libc::getsockopt(
                 p.fd.as_raw_fd(),
                 libc::SOL_PACKET,
                 libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats_v3).cast(),
+                (&mut st as *mut libc::tpacket_stats).cast(),
                 &mut len,
             )
         };
@@ -370,7 +370,6 @@ impl AfPacketDriver {
         Ok(KernelStats {
             packets: st.tp_packets,
             drops: st.tp_drops,
-            freezes: st.tp_freeze_q_cnt,
         })
     }
 
@@ -405,7 +404,7 @@ fn open_port(name: &str, config: &AfPacketConfig) -> Result<(PortInfo, Port), Io
         libc::c_int::try_from(ifindex).map_err(|_| IoError::NoSuchInterface(name.to_string()))?;
     let fdr = fd.as_raw_fd();
 
-    let version = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
+    let version = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
     setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_VERSION, &version)
         .map_err(os_err(format!("PACKET_VERSION on {name}")))?;
     let one: libc::c_int = 1;
@@ -414,15 +413,12 @@ fn open_port(name: &str, config: &AfPacketConfig) -> Result<(PortInfo, Port), Io
     setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)
         .map_err(os_err(format!("PACKET_IGNORE_OUTGOING on {name}")))?;
 
-    let frame_size: u32 = 2048;
-    let req = libc::tpacket_req3 {
+    let frames_per_block = config.block_size / config.frame_size;
+    let req = libc::tpacket_req {
         tp_block_size: config.block_size,
         tp_block_nr: config.block_count,
-        tp_frame_size: frame_size,
-        tp_frame_nr: (config.block_size / frame_size) * config.block_count,
-        tp_retire_blk_tov: config.block_timeout_ms,
-        tp_sizeof_priv: 0,
-        tp_feature_req_word: 0,
+        tp_frame_size: config.frame_size,
+        tp_frame_nr: frames_per_block * config.block_count,
     };
     setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
         .map_err(os_err(format!("PACKET_RX_RING on {name}")))?;
@@ -462,12 +458,9 @@ fn open_port(name: &str, config: &AfPacketConfig) -> Result<(PortInfo, Port), Io
     let ring = RxRing {
         base: base.cast(),
         len,
-        block_size: config.block_size as usize,
-        block_count: config.block_count as usize,
-        block: 0,
-        held: false,
-        left: 0,
-        offset: 0,
+        frame_size: config.frame_size as usize,
+        frame_count: (frames_per_block * config.block_count) as usize,
+        next: 0,
     };
 
     // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
@@ -506,43 +499,41 @@ fn open_port(name: &str, config: &AfPacketConfig) -> Result<(PortInfo, Port), Io
     ))
 }
 
-/// Copies one frame out of the ring into `buf`, reinserting a stripped VLAN tag. Returns the
-/// frame's flags, or None when it does not fit (or was cut by the ring).
-///
-/// # Safety
-///
-/// `hdr` must point at a frame header inside a user-owned block of a live ring, with
-/// `tp_mac + tp_snaplen` bytes of frame inside that block.
-unsafe fn copy_frame(hdr: *const libc::tpacket3_hdr, buf: &mut HeapBuffer) -> Option<RxFlags> {
-    // SAFETY: guaranteed by the caller; the header is 16-byte aligned in the block.
-    let h = unsafe { &*hdr };
-    if h.tp_snaplen < h.tp_len {
+/// What `copy_frame` needs of a frame's `tpacket2_hdr`.
+struct FrameHeader {
+    status: u32,
+    len: u32,
+    snaplen: u32,
+    mac: u16,
+    vlan_tci: u16,
+    vlan_tpid: u16,
+}
+
+/// Copies the received frame `frame` into `buf`, putting back an 802.1Q/802.1ad tag the kernel
+/// stripped into the header. `None` when the frame was cut by the ring or does not fit `buf`.
+fn copy_frame(h: &FrameHeader, frame: &[u8], buf: &mut HeapBuffer) -> Option<RxFlags> {
+    if h.snaplen < h.len {
         return None;
     }
-    let len = h.tp_snaplen as usize;
-    // SAFETY: the caller guarantees tp_mac + tp_snaplen bytes lie within the block.
-    let frame =
-        unsafe { std::slice::from_raw_parts(hdr.cast::<u8>().add(usize::from(h.tp_mac)), len) };
+    let len = frame.len();
     let mut flags = 0u8;
-    if h.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0 {
+    if h.status & libc::TP_STATUS_CSUMNOTREADY != 0 {
         flags |= RxFlags::CSUM_NOT_READY;
     }
     let area = buf.receive_area();
-    if h.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && len >= ETH_ADDRS_LEN {
+    if h.status & libc::TP_STATUS_VLAN_VALID != 0 && len >= ETH_ADDRS_LEN {
         let total = len + VLAN_TAG_LEN;
         if total > area.len() {
             return None;
         }
-        let tpid = if h.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
-            h.hv1.tp_vlan_tpid
+        let tpid = if h.status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+            h.vlan_tpid
         } else {
             ETH_P_8021Q
         };
-        // The TCI is 16 bits on the wire; the header field is 32 bits wide.
-        let tci = h.hv1.tp_vlan_tci as u16;
         area[..ETH_ADDRS_LEN].copy_from_slice(&frame[..ETH_ADDRS_LEN]);
         area[ETH_ADDRS_LEN..ETH_ADDRS_LEN + 2].copy_from_slice(&tpid.to_be_bytes());
-        area[ETH_ADDRS_LEN + 2..ETH_ADDRS_LEN + 4].copy_from_slice(&tci.to_be_bytes());
+        area[ETH_ADDRS_LEN + 2..ETH_ADDRS_LEN + 4].copy_from_slice(&h.vlan_tci.to_be_bytes());
         area[ETH_ADDRS_LEN + VLAN_TAG_LEN..total].copy_from_slice(&frame[ETH_ADDRS_LEN..]);
         buf.set_received(total);
         flags |= RxFlags::VLAN_REINSERTED;
@@ -577,56 +568,39 @@ impl Driver for AfPacketDriver {
         let p = crate::port_entry(&mut self.ports, port)?;
         let ring = &mut p.ring;
         let mut n = 0;
-        // Each iteration either takes a frame, takes a block or releases one; a block is
-        // released after at most its frame count, so this ends after at most
-        // max + 2 * block_count iterations.
-        while n < max {
-            if !ring.held {
-                if ring.block_status(ring.block).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0
-                {
-                    break;
+        // Each iteration takes one user-owned slot and hands it back, so this ends after at
+        // most max iterations (and at the first slot the kernel still owns).
+        while n < max && ring.ready() {
+            let slot = ring.frame_ptr(ring.next);
+            // SAFETY: the slot is user-owned (status read with Acquire in `ready`), so the
+            // kernel has finished writing its header and frame; the header lies at the start
+            // of the slot, which is at least TPACKET2_HDRLEN bytes long.
+            let h = unsafe {
+                let hdr = &*slot.cast::<libc::tpacket2_hdr>();
+                FrameHeader {
+                    status: hdr.tp_status,
+                    len: hdr.tp_len,
+                    snaplen: hdr.tp_snaplen,
+                    mac: hdr.tp_mac,
+                    vlan_tci: hdr.tp_vlan_tci,
+                    vlan_tpid: hdr.tp_vlan_tpid,
                 }
-                let desc = ring
-                    .block_ptr(ring.block)
-                    .cast::<libc::tpacket_block_desc>();
-                // SAFETY: the block is user-owned (status read with Acquire above), so the
-                // kernel has finished writing its descriptor and frames.
-                let bh = unsafe { (*desc).hdr.bh1 };
-                ring.held = true;
-                ring.left = bh.num_pkts;
-                ring.offset = bh.offset_to_first_pkt as usize;
-            }
-            let cur = ring.offset;
-            if ring.left == 0 || cur + std::mem::size_of::<libc::tpacket3_hdr>() > ring.block_size {
+            };
+            let (mac, snaplen) = (usize::from(h.mac), h.snaplen as usize);
+            if mac + snaplen > ring.frame_size {
+                // A frame reaching outside its slot would be a kernel bug; drop it rather than
+                // read outside the mapping.
+                p.stats.rx_oversize += 1;
                 ring.release();
                 continue;
             }
-            // SAFETY: cur + header size <= block_size, so the header lies in the held block.
-            let hdr = unsafe { ring.block_ptr(ring.block).add(cur) }.cast::<libc::tpacket3_hdr>();
-            // SAFETY: the kernel wrote a tpacket3_hdr at this offset of the user-owned block.
-            let (next, mac, snaplen) = unsafe {
-                (
-                    (*hdr).tp_next_offset as usize,
-                    usize::from((*hdr).tp_mac),
-                    (*hdr).tp_snaplen as usize,
-                )
-            };
-            ring.left -= 1;
-            ring.offset = if next == 0 {
-                ring.block_size
-            } else {
-                cur + next
-            };
-            if cur + mac + snaplen > ring.block_size {
-                // A frame reaching outside its block would be a kernel bug; drop it rather than
-                // read outside the mapping.
-                p.stats.rx_oversize += 1;
-                continue;
-            }
+            // SAFETY: mac + snaplen bytes from the slot's start lie inside the slot (checked
+            // above), which is user-owned until `release` below; the slice is dropped before.
+            let frame = unsafe { std::slice::from_raw_parts(slot.add(mac), snaplen) };
             let mut buf = self.pool.get();
-            // SAFETY: hdr is a frame header in the held block, and its frame
-            // (tp_mac + tp_snaplen bytes from it) was checked above to lie inside the block.
-            match unsafe { copy_frame(hdr, &mut buf) } {
+            let copied = copy_frame(&h, frame, &mut buf);
+            ring.release();
+            match copied {
                 Some(flags) => {
                     p.stats.rx_packets += 1;
                     p.stats.rx_bytes += buf.len() as u64;
@@ -645,10 +619,6 @@ impl Driver for AfPacketDriver {
                     self.pool.put(buf);
                 }
             }
-        }
-        // Give the block back now rather than on the next call when we read all of it.
-        if ring.held && ring.left == 0 {
-            ring.release();
         }
         Ok(n)
     }
