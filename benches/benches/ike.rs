@@ -55,6 +55,8 @@ fn peer(initiator: bool, ike: &str) -> PeerConfig {
         local_ts: vec![if initiator { branch } else { hub }],
         remote_ts: vec![if initiator { hub } else { branch }],
         child_lifetime: Default::default(),
+        virtual_ips: Vec::new(),
+        pool: None,
     }
 }
 

@@ -109,6 +109,19 @@ pub struct IpsecTables {
     pub outbound: Vec<OutboundPolicy>,
     /// Inbound SAs, in no order (found by SPI).
     pub inbound: Vec<InboundSa>,
+    /// Virtual IPs peers assigned us (IKEv2 configuration payload): addresses of this node
+    /// while their CHILD_SAs live. [`Tables::set_ipsec`](crate::tables::Tables::set_ipsec)
+    /// gives them local routes, and `ip{4,6}-local` answers for them as for the ports'.
+    pub local_addresses: Vec<IpAddr>,
+    /// Virtual IPs we leased to peers, each with the far end of its tunnel. `esp-encrypt`
+    /// sees forwarded packets only, so a host's virtual IP needs a route:
+    /// [`Tables::set_ipsec`](crate::tables::Tables::set_ipsec) gives it the route of the
+    /// tunnel's far end, and the SPD then takes the packet into the tunnel.
+    pub leased_addresses: Vec<(IpAddr, IpAddr)>,
+    /// The FIB entries [`Tables::set_ipsec`](crate::tables::Tables::set_ipsec) added for the
+    /// two above (those already routed otherwise are left alone), taken out again when
+    /// these tables are replaced.
+    pub fib_entries: Vec<ipnet::IpNet>,
 }
 
 /// Whether `addr` (with `proto` and `port`) falls in the selector. Protocols without ports
@@ -191,6 +204,22 @@ impl IpsecTables {
             remote_ts: child.remote_ts.clone(),
             stats: Arc::default(),
         });
+        for &addr in &child.local_vips {
+            if !self.local_addresses.contains(&addr) {
+                self.local_addresses.push(addr);
+            }
+        }
+        for &addr in &child.remote_vips {
+            if !self.leased_addresses.iter().any(|(a, _)| *a == addr) {
+                self.leased_addresses.push((addr, child.remote_addr));
+            }
+        }
+    }
+
+    /// True when `addr` is a virtual IP a peer assigned us.
+    #[inline]
+    pub fn is_local_address(&self, addr: IpAddr) -> bool {
+        !self.local_addresses.is_empty() && self.local_addresses.contains(&addr)
     }
 
     /// Tables for a set of CHILD_SAs (newest last: an older SA with the same selectors, kept

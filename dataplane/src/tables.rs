@@ -285,14 +285,69 @@ impl Tables {
         self.interfaces.get(usize::from(port))
     }
 
-    /// True if `addr` is a unicast IPv4 address of this node.
+    /// True if `addr` is a unicast IPv4 address of this node (a port's, or a virtual IP an
+    /// IPsec peer assigned us).
     pub fn is_local_ipv4(&self, addr: Ipv4Addr) -> bool {
-        self.interfaces.iter().any(|i| i.has_ipv4(addr))
+        self.interfaces.iter().any(|i| i.has_ipv4(addr)) || self.is_virtual_ip(IpAddr::V4(addr))
     }
 
     /// True if `addr` is an IPv6 address of this node (link-local ones included).
     pub fn is_local_ipv6(&self, addr: Ipv6Addr) -> bool {
-        self.interfaces.iter().any(|i| i.has_ipv6(addr))
+        self.interfaces.iter().any(|i| i.has_ipv6(addr)) || self.is_virtual_ip(IpAddr::V6(addr))
+    }
+
+    #[inline]
+    fn is_virtual_ip(&self, addr: IpAddr) -> bool {
+        self.ipsec
+            .as_ref()
+            .is_some_and(|i| i.is_local_address(addr))
+    }
+
+    /// Makes `ipsec` the IPsec part of these tables, with the FIB entries its virtual IPs
+    /// need: a local route for each address a peer assigned us, and for each address we
+    /// leased to a peer the route of its tunnel's far end (so that traffic to it is forwarded
+    /// and meets the SPD). The entries the IPsec part in place had added are taken out first;
+    /// prefixes routed otherwise (a port's address, a static or learned route) are left as
+    /// they are. The FIB is recompiled when anything changed.
+    pub fn set_ipsec(&mut self, ipsec: Option<crate::ipsec_tables::IpsecTables>) {
+        let mut changed = false;
+        if let Some(old) = self.ipsec.take() {
+            for prefix in &old.fib_entries {
+                changed |= self.fib.remove(*prefix).is_some();
+            }
+        }
+        self.ipsec = ipsec.map(|mut ipsec| {
+            ipsec.fib_entries.clear();
+            let host = |addr: IpAddr| IpNet::from(addr);
+            for &addr in &ipsec.local_addresses {
+                let prefix = host(addr);
+                if self.fib.get(prefix).is_none() {
+                    self.fib.insert(prefix, Route::Local);
+                    ipsec.fib_entries.push(prefix);
+                }
+            }
+            for &(addr, far_end) in &ipsec.leased_addresses {
+                let prefix = host(addr);
+                if self.fib.get(prefix).is_some() {
+                    continue;
+                }
+                let route = match self.fib.lookup(far_end) {
+                    Some(Route::Attached { port }) => Route::Via(Arc::from([NextHop {
+                        port: *port,
+                        gateway: Some(far_end),
+                    }])),
+                    Some(route @ Route::Via(_)) => route.clone(),
+                    _ => continue,
+                };
+                self.fib.insert(prefix, route);
+                ipsec.fib_entries.push(prefix);
+            }
+            changed |= !ipsec.fib_entries.is_empty();
+            Arc::new(ipsec)
+        });
+        if changed {
+            self.fib.compile();
+        }
     }
 }
 
@@ -438,6 +493,65 @@ mod tests {
         assert_eq!(l("198.18.0.1"), Some(Route::Local));
         assert!(matches!(l("203.0.113.9"), Some(Route::Via(_))));
         assert_eq!(base.fib.lookup("203.0.113.9".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn ipsec_virtual_ips_enter_and_leave_the_fib() {
+        use crate::ipsec_tables::IpsecTables;
+        let mut t = Tables::build(
+            1,
+            vec![ifc("a", "198.18.0.1/24", "2001:db8::1/64")],
+            &[StaticRoute {
+                prefix: "203.0.113.0/24".parse().unwrap(),
+                target: RouteTarget::Via(vec![(Some("198.18.0.2".parse().unwrap()), None)]),
+            }],
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let ours = IpsecTables {
+            local_addresses: vec![ip("198.18.200.7"), ip("198.18.0.1")],
+            // One peer on the link, one beyond a router, one we have no route to.
+            leased_addresses: vec![
+                (ip("198.18.100.1"), ip("198.18.0.9")),
+                (ip("2001:db8:100::1"), ip("203.0.113.5")),
+                (ip("198.18.100.2"), ip("192.0.2.1")),
+            ],
+            ..IpsecTables::default()
+        };
+        t.set_ipsec(Some(ours.clone()));
+        let l = |t: &Tables, s: &str| t.fib.lookup(s.parse().unwrap()).cloned();
+        assert_eq!(l(&t, "198.18.200.7"), Some(Route::Local));
+        assert!(t.is_local_ipv4("198.18.200.7".parse().unwrap()));
+        assert!(!t.is_local_ipv4("198.18.200.8".parse().unwrap()));
+        assert_eq!(
+            l(&t, "198.18.100.1"),
+            Some(Route::Via(
+                vec![NextHop {
+                    port: 0,
+                    gateway: Some(ip("198.18.0.9"))
+                }]
+                .into()
+            ))
+        );
+        assert_eq!(l(&t, "2001:db8:100::1"), l(&t, "203.0.113.5"));
+        assert_eq!(l(&t, "198.18.100.2"), None);
+        let entries = &t.ipsec.as_ref().unwrap().fib_entries;
+        assert_eq!(
+            entries.len(),
+            3,
+            "the port's own address is not the IPsec part's"
+        );
+        // Replaced by tables without virtual IPs: the entries go, the rest stays.
+        t.set_ipsec(Some(IpsecTables::default()));
+        assert_eq!(l(&t, "198.18.200.7"), None);
+        assert!(!t.is_local_ipv4("198.18.200.7".parse().unwrap()));
+        assert_eq!(l(&t, "198.18.100.1"), None);
+        assert_eq!(l(&t, "198.18.0.1"), Some(Route::Local));
+        assert!(matches!(l(&t, "203.0.113.5"), Some(Route::Via(_))));
+        // Applied to a FIB that never had them (the agent's next tables): the same result.
+        t.set_ipsec(None);
+        t.set_ipsec(Some(ours));
+        assert_eq!(l(&t, "198.18.200.7"), Some(Route::Local));
     }
 
     #[test]

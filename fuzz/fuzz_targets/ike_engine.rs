@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use switchyard_ipsec::crypto::SecretBytes;
 use switchyard_ipsec::ike::proposal::{EspProposal, IkeProposal};
 use switchyard_ipsec::ike::wire::{Header, TrafficSelector};
-use switchyard_ipsec::ike::{Action, Engine, EngineConfig, Identity, PeerConfig};
+use switchyard_ipsec::ike::{Action, Engine, EngineConfig, Identity, PeerConfig, PoolConfig};
 
 const INITIATOR: &str = "198.51.100.1:500";
 const RESPONDER: &str = "198.51.100.2:500";
@@ -67,6 +67,9 @@ fn peer(initiator: bool, psk: &[u8], ike: &str, esp: &str) -> PeerConfig {
         local_ts: vec![if initiator { mine } else { theirs }],
         remote_ts: vec![if initiator { theirs } else { mine }],
         child_lifetime: Default::default(),
+        virtual_ips: Vec::new(),
+        // The responder hands out virtual IPs (to initiators that could authenticate).
+        pool: (!initiator).then(|| "pool".to_string()),
     }
 }
 
@@ -82,14 +85,19 @@ fn responder_peer() -> &'static PeerConfig {
     })
 }
 
-/// The initiator's proposals, chosen by the input: GCM or CBC for the SK payload.
+/// The initiator's proposals, chosen by the input: GCM or CBC for the SK payload; and
+/// whether it asks for virtual IPs (a Configuration payload in IKE_AUTH).
 fn initiator_peer(sel: u8) -> PeerConfig {
     let (ike, esp) = if sel & 1 == 0 {
         ("aes128gcm16-prfsha256-ecp256", "aes128gcm16-esn")
     } else {
         ("aes256-sha256-x25519", "aes256-sha256")
     };
-    peer(true, b"a guess at the secret", ike, esp)
+    let mut p = peer(true, b"a guess at the secret", ike, esp);
+    if sel & 4 != 0 {
+        p.virtual_ips = vec!["0.0.0.0".parse().unwrap(), "::".parse().unwrap()];
+    }
+    p
 }
 
 /// An address no peer is configured for.
@@ -150,6 +158,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = rest;
     let mut responder = Engine::new(EngineConfig {
         peers: vec![responder_peer().clone()],
+        pools: vec![PoolConfig::parse("pool", "198.18.100.0/30,2001:db8:100::/126", "").unwrap()],
         cookie_threshold: (sel & 2 != 0).then_some(1),
         natt_port: NATT_PORT,
         ..EngineConfig::default()

@@ -17,8 +17,9 @@
 //!   encapsulation (RFC 3948), lifetimes by bytes and time, per-SA counters.
 //! * [`ike`]: RFC 7296. [`ike::wire`] is the codec, [`ike::sk`] the Encrypted payload,
 //!   [`ike::keys`] SKEYSEED/prf+/KEYMAT/PSK AUTH, [`ike::dh`] groups 14, 19 and 31,
-//!   [`ike::proposal`] proposals and strongSwan-style proposal strings, and
-//!   [`ike::Engine`] the state machine.
+//!   [`ike::proposal`] proposals and strongSwan-style proposal strings, [`ike::cp`] the
+//!   Configuration payload's attributes and [`ike::pool`] the address pools virtual IPs are
+//!   leased from, and [`ike::Engine`] the state machine.
 //! * [`sdewan`]: `IpsecProposal`, `IpsecSite`, `IpsecHost` with serde names matching the
 //!   SD-EWAN CRDs, and their conversion into [`ike::PeerConfig`]s.
 //!
@@ -49,7 +50,10 @@
 //!   selectors in the next dataplane `Tables` (SA table keyed by inbound SPI; SPD entries
 //!   from `local_ts`/`remote_ts`; outer header from the addresses and `udp_encap`).
 //! * `DeleteChildSa`, `Closed`, `Failed`, `ChildFailed`, `Established`: update `Tables`,
-//!   metrics and `switchyard show ipsec`.
+//!   metrics and `switchyard show ipsec`. A CHILD_SA's `local_vips` (virtual IPs the peer
+//!   assigned us) and `remote_vips` (addresses we leased it) tell the dataplane which
+//!   addresses are ours and which to route into the tunnel; [`ike::Engine::virtual_ips`]
+//!   and [`ike::Engine::pools`] list them for `show ipsec` and metrics.
 //!
 //! `send_dpd`, `delete_ike_sa` and `report_invalid_spi` start INFORMATIONAL exchanges;
 //! [`ike::Engine::counters`] has named drop/event counters for `/metrics`.

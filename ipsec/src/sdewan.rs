@@ -4,6 +4,8 @@
 //! [`PeerConfig`]s for the IKE engine lives here too.
 
 use crate::crypto::SecretBytes;
+use crate::ike::cp::any_selector;
+use crate::ike::pool::{PoolConfig, PoolError};
 use crate::ike::proposal::{EspProposal, IkeProposal, ProposalError};
 use crate::ike::wire::TrafficSelector;
 use crate::ike::{Identity, PeerConfig};
@@ -92,8 +94,15 @@ pub struct SiteConnection {
     pub local_firewall: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub remote_subnet: String,
+    /// The peer's virtual IP: an address pool (a prefix, `first-last`, an address, or a
+    /// comma-separated list of those, one per family) the peer gets its address from when it
+    /// asks (strongSwan's `rightsourceip`, which the SD-EWAN CNF renders this into).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub remote_sourceip: String,
+    /// DNS servers handed out with a `remote_sourceip` address (comma-separated). Not in the
+    /// SD-EWAN CRDs: Switchyard's addition, strongSwan's `rightdns`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_dns: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub remote_updown: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -164,6 +173,10 @@ pub struct HostConnection {
     pub name: String,
     pub conn_type: String,
     pub mode: String,
+    /// Our virtual IP, asked of the peer in IKE_AUTH (strongSwan's `leftsourceip`):
+    /// `%config` (or `%config4`) for any IPv4 address, `%config6` for any IPv6 one, an
+    /// address to ask for that one (the peer may give another), comma-separated for both
+    /// families. Empty: no virtual IP, our side is our IKE address.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub local_sourceip: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -172,8 +185,15 @@ pub struct HostConnection {
     pub local_firewall: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub remote_subnet: String,
+    /// The peer's virtual IP: an address pool (a prefix, `first-last`, an address, or a
+    /// comma-separated list of those, one per family) the peer gets its address from when it
+    /// asks (strongSwan's `rightsourceip`, which the SD-EWAN CNF renders this into).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub remote_sourceip: String,
+    /// DNS servers handed out with a `remote_sourceip` address (comma-separated). Not in the
+    /// SD-EWAN CRDs: Switchyard's addition, strongSwan's `rightdns`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub remote_dns: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub remote_updown: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -243,6 +263,10 @@ pub enum SdewanError {
     Proposal(String, ProposalError),
     #[error("{0}: no crypto proposal")]
     NoProposal(String),
+    #[error("{0}: bad local_sourceip {1:?} (want %config, %config4, %config6 or addresses)")]
+    SourceIp(String, String),
+    #[error("{0}: remote_sourceip: {1}")]
+    Pool(String, PoolError),
 }
 
 /// Resolves `crypto_proposal` entries: names of `IpsecProposal` resources, or proposal
@@ -387,7 +411,61 @@ fn peer_from(
         local_ts,
         remote_ts,
         child_lifetime: Default::default(),
+        virtual_ips: Vec::new(),
+        pool: None,
     })
+}
+
+/// The virtual IPs `local_sourceip` asks for (see [`HostConnection::local_sourceip`]).
+pub fn parse_virtual_ips(name: &str, text: &str) -> Result<Vec<IpAddr>, SdewanError> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let addr = match part.to_ascii_lowercase().as_str() {
+            "%config" | "%config4" | "%cfg" | "%modeconfig" | "%modecfg" => {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            }
+            "%config6" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => part
+                .parse()
+                .map_err(|_| SdewanError::SourceIp(name.to_string(), text.to_string()))?,
+        };
+        if !out.iter().any(|a: &IpAddr| a.is_ipv4() == addr.is_ipv4()) {
+            out.push(addr);
+        }
+    }
+    Ok(out)
+}
+
+/// The pool a connection's `remote_sourceip` describes, named `resource/connection`. Only
+/// address pools: `%config` and `%poolname` name pools held elsewhere (strongSwan's attribute
+/// plugins), which Switchyard does not have.
+fn connection_pool(
+    name: &str,
+    remote_sourceip: &str,
+    remote_dns: &str,
+) -> Result<Option<PoolConfig>, SdewanError> {
+    let text = remote_sourceip.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    PoolConfig::parse(name, text, remote_dns)
+        .map(Some)
+        .map_err(|e| SdewanError::Pool(name.to_string(), e))
+}
+
+/// A connection's remote selectors when it has a pool and no `remote_subnet`: the pool's
+/// addresses (each peer's CHILD_SA is narrowed to its own lease).
+fn pool_selectors(pool: &PoolConfig) -> Vec<TrafficSelector> {
+    pool.ranges
+        .iter()
+        .map(|r| TrafficSelector {
+            protocol: 0,
+            start_port: 0,
+            end_port: u16::MAX,
+            start: r.first,
+            end: r.last,
+        })
+        .collect()
 }
 
 fn selectors(
@@ -428,8 +506,16 @@ impl IpsecSite {
                     .parse()
                     .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
                 let local_ts = selectors(&c.name, &c.local_subnet, local.ip())?;
-                let remote_ts = selectors(&c.name, &c.remote_subnet, remote_fallback)?;
-                peer_from(
+                let pool = connection_pool(
+                    &format!("{}/{}", self.metadata.name, c.name),
+                    &c.remote_sourceip,
+                    &c.remote_dns,
+                )?;
+                let remote_ts = match &pool {
+                    Some(pool) if c.remote_subnet.trim().is_empty() => pool_selectors(pool),
+                    _ => selectors(&c.name, &c.remote_subnet, remote_fallback)?,
+                };
+                let mut peer = peer_from(
                     &common,
                     &c.name,
                     &c.crypto_proposal,
@@ -437,15 +523,28 @@ impl IpsecSite {
                     remote_ts,
                     local,
                     proposals,
-                )
+                )?;
+                peer.pool = pool.map(|p| p.name);
+                Ok(peer)
             })
             .collect()
+    }
+
+    /// The address pools of the connections with a `remote_sourceip`.
+    pub fn pools(&self) -> Result<Vec<PoolConfig>, SdewanError> {
+        let mut out = Vec::new();
+        for c in &self.spec.connections {
+            let name = format!("{}/{}", self.metadata.name, c.name);
+            out.extend(connection_pool(&name, &c.remote_sourceip, &c.remote_dns)?);
+        }
+        Ok(out)
     }
 }
 
 impl IpsecHost {
-    /// One peer per connection. The host's side is its virtual IP when given as an address
-    /// (`%config`, asking the hub for one, needs the configuration payload: not yet).
+    /// One peer per connection. With `local_sourceip` the host asks the hub for a virtual IP
+    /// (RFC 7296 section 2.19) and proposes every address of the family for its side, which
+    /// the hub narrows to the address it assigns; without it, its side is its IKE address.
     pub fn to_peers(
         &self,
         local: SocketAddr,
@@ -468,9 +567,25 @@ impl IpsecHost {
                     .remote
                     .parse()
                     .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-                let local_ts = selectors(&c.name, &c.local_sourceip, local.ip())?;
-                let remote_ts = selectors(&c.name, &c.remote_subnet, remote_fallback)?;
-                peer_from(
+                let virtual_ips = parse_virtual_ips(&c.name, &c.local_sourceip)?;
+                let local_ts = if virtual_ips.is_empty() {
+                    selectors(&c.name, "", local.ip())?
+                } else {
+                    virtual_ips
+                        .iter()
+                        .map(|a| any_selector(a.is_ipv6()))
+                        .collect()
+                };
+                let pool = connection_pool(
+                    &format!("{}/{}", self.metadata.name, c.name),
+                    &c.remote_sourceip,
+                    &c.remote_dns,
+                )?;
+                let remote_ts = match &pool {
+                    Some(pool) if c.remote_subnet.trim().is_empty() => pool_selectors(pool),
+                    _ => selectors(&c.name, &c.remote_subnet, remote_fallback)?,
+                };
+                let mut peer = peer_from(
                     &common,
                     &c.name,
                     &c.crypto_proposal,
@@ -478,9 +593,22 @@ impl IpsecHost {
                     remote_ts,
                     local,
                     proposals,
-                )
+                )?;
+                peer.virtual_ips = virtual_ips;
+                peer.pool = pool.map(|p| p.name);
+                Ok(peer)
             })
             .collect()
+    }
+
+    /// The address pools of the connections with a `remote_sourceip`.
+    pub fn pools(&self) -> Result<Vec<PoolConfig>, SdewanError> {
+        let mut out = Vec::new();
+        for c in &self.spec.connections {
+            let name = format!("{}/{}", self.metadata.name, c.name);
+            out.extend(connection_pool(&name, &c.remote_sourceip, &c.remote_dns)?);
+        }
+        Ok(out)
     }
 }
 
@@ -610,5 +738,73 @@ mod tests {
             bad.to_peers(local, &[]),
             Err(SdewanError::Subnet(..))
         ));
+    }
+
+    /// The virtual IP fields as the SD-EWAN CNF hands them to strongSwan: `local_sourceip`
+    /// asks the hub for an address (`leftsourceip`), `remote_sourceip` is the hub's pool
+    /// (`rightsourceip`).
+    #[test]
+    fn virtual_ips_and_pools() {
+        let proposal: IpsecProposal = serde_json::from_str(PROPOSAL).unwrap();
+        let local: SocketAddr = "203.0.113.1:500".parse().unwrap();
+        let host: IpsecHost = serde_json::from_str(HOST).unwrap();
+        let peers = host
+            .to_peers(local, std::slice::from_ref(&proposal))
+            .unwrap();
+        assert_eq!(
+            peers[0].virtual_ips,
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        );
+        assert_eq!(peers[0].local_ts, vec![any_selector(false)]);
+        assert_eq!(peers[0].pool, None);
+        assert!(host.pools().unwrap().is_empty());
+
+        let mut hub: IpsecSite = serde_json::from_str(SITE).unwrap();
+        hub.spec.remote = "%any".into();
+        let conn = &mut hub.spec.connections[0];
+        conn.remote_subnet = String::new();
+        conn.remote_sourceip = "198.18.100.5-198.18.100.6, 2001:db8:100::/120".into();
+        conn.remote_dns = "198.18.0.53".into();
+        let peers = hub
+            .to_peers(local, std::slice::from_ref(&proposal))
+            .unwrap();
+        assert_eq!(peers[0].pool.as_deref(), Some("ipsecsite1/connA"));
+        assert_eq!(peers[0].remote_ts.len(), 2, "the pool's ranges");
+        assert_eq!(
+            peers[0].remote_ts[0].end,
+            "198.18.100.6".parse::<IpAddr>().unwrap()
+        );
+        let pools = hub.pools().unwrap();
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].name, "ipsecsite1/connA");
+        assert_eq!(pools[0].ranges.len(), 2);
+        assert_eq!(pools[0].dns, vec!["198.18.0.53".parse::<IpAddr>().unwrap()]);
+        // The field survives a round trip under its own name.
+        let back = serde_json::to_value(&hub).unwrap();
+        assert_eq!(back["spec"]["connections"][0]["remote_dns"], "198.18.0.53");
+
+        assert_eq!(
+            parse_virtual_ips("c", "%config4, %config6, 198.18.9.9").unwrap(),
+            vec![
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            ],
+            "one per family"
+        );
+        assert_eq!(
+            parse_virtual_ips("c", "198.18.9.9").unwrap(),
+            vec!["198.18.9.9".parse::<IpAddr>().unwrap()]
+        );
+        assert!(matches!(
+            parse_virtual_ips("c", "%dhcp"),
+            Err(SdewanError::SourceIp(..))
+        ));
+        let mut bad = hub.clone();
+        bad.spec.connections[0].remote_sourceip = "%config".into();
+        assert!(matches!(
+            bad.to_peers(local, &[]),
+            Err(SdewanError::Pool(..))
+        ));
+        assert!(matches!(bad.pools(), Err(SdewanError::Pool(..))));
     }
 }

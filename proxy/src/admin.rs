@@ -725,10 +725,39 @@ pub fn ipsec(view: &crate::ipsec::IpsecView) -> Value {
             })
         })
         .collect();
+    let virtual_ips: Vec<Value> = state
+        .virtual_ips
+        .iter()
+        .map(|v| {
+            json!({
+                "ike_sa": format!("{:016x}", v.ike_sa.0),
+                "peer": v.peer,
+                "address": v.address.to_string(),
+                // "assigned": the peer gave it to us; "leased": we gave it to the peer.
+                "role": if v.pool.is_some() { "leased" } else { "assigned" },
+                "pool": v.pool,
+            })
+        })
+        .collect();
+    let pools: Vec<Value> = state
+        .pools
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                // Saturating: an IPv6 pool can hold more addresses than JSON numbers do.
+                "size": u64::try_from(p.size).unwrap_or(u64::MAX),
+                "leased": p.online,
+                "remembered": p.offline,
+            })
+        })
+        .collect();
     let k = state.counters;
     json!({
         "ike_sas": ike_sas,
         "child_sas": child_sas,
+        "virtual_ips": virtual_ips,
+        "pools": pools,
         "counters": {
             "rx_messages": k.rx_messages, "rx_malformed": k.rx_malformed,
             "rx_unknown_spi": k.rx_unknown_spi, "rx_integrity_failures": k.rx_integrity_failures,
@@ -738,6 +767,9 @@ pub fn ipsec(view: &crate::ipsec::IpsecView) -> Value {
             "established": k.established, "failed": k.failed,
             "child_sas_installed": k.child_sas_installed,
             "child_sas_rekeyed": k.child_sas_rekeyed, "ike_sas_rekeyed": k.ike_sas_rekeyed,
+            "virtual_ips_leased": k.virtual_ips_leased,
+            "internal_address_failures": k.internal_address_failures,
+            "virtual_ip_failures": k.virtual_ip_failures, "cp_malformed": k.cp_malformed,
             "send_errors": state.send_errors,
         },
     })

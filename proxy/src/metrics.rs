@@ -262,6 +262,30 @@ fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::R
         None,
         i64::try_from(state.child_sas.len()).unwrap_or(i64::MAX),
     )?;
+    if !state.pools.is_empty() {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        gauge_family(
+            enc,
+            "switchyard_ipsec_pool_leases",
+            "Virtual IPs leased to peers from each address pool, by whether their IKE SA is up (online) or gone and the address kept for the peer's return (offline).",
+            state.pools.iter().flat_map(|p| {
+                [("online", p.online), ("offline", p.offline)].map(|(st, n)| {
+                    ([("pool", p.name.clone()), ("state", st.to_string())], count(n))
+                })
+            }),
+        )?;
+        gauge_family(
+            enc,
+            "switchyard_ipsec_pool_addresses",
+            "Addresses in each virtual IP pool.",
+            state.pools.iter().map(|p| {
+                (
+                    [("pool", p.name.clone())],
+                    i64::try_from(p.size).unwrap_or(i64::MAX),
+                )
+            }),
+        )?;
+    }
     let k = state.counters;
     counter_family(
         enc,
@@ -283,6 +307,10 @@ fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::R
             ("child_sa_installed", k.child_sas_installed),
             ("child_sa_rekeyed", k.child_sas_rekeyed),
             ("ike_sa_rekeyed", k.ike_sas_rekeyed),
+            ("virtual_ip_leased", k.virtual_ips_leased),
+            ("internal_address_failure", k.internal_address_failures),
+            ("virtual_ip_failure", k.virtual_ip_failures),
+            ("cp_malformed", k.cp_malformed),
         ]
         .into_iter()
         .map(|(event, n)| ([("event", event.to_string())], n)),

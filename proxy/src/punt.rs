@@ -197,4 +197,9 @@ impl<B: PacketBuffer> PuntPath<B> {
     pub fn name(&self) -> &str {
         self.tun.name()
     }
+
+    /// The device's interface index (the IKE daemon puts the virtual IPs it gets there).
+    pub fn index(&self) -> u32 {
+        self.tun.index()
+    }
 }

@@ -286,7 +286,8 @@ where
         let handle = TablesHandle::new(tables.clone());
         let ipsec = match &args.ipsec {
             Some(path) => {
-                let service = crate::ipsec::start(path, &handle, &tables)?;
+                let tun = punt.as_ref().map(|p| p.index());
+                let service = crate::ipsec::start(path, &handle, &tables, tun)?;
                 if let Some(shared) = &hooks.shared {
                     shared.set_ipsec(service.view());
                 }

@@ -441,6 +441,40 @@ fn ipsec(data: &Value) -> String {
         ],
         &child,
     ));
+    let vips: Vec<Vec<String>> = items(&data["virtual_ips"])
+        .iter()
+        .map(|v| {
+            vec![
+                cell(&v["address"]),
+                cell(&v["role"]),
+                cell(&v["peer"]),
+                cell(&v["pool"]),
+                cell(&v["ike_sa"]),
+            ]
+        })
+        .collect();
+    if !vips.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["VIRTUAL IP", "ROLE", "PEER", "POOL", "IKE SA"],
+            &vips,
+        ));
+    }
+    let pools: Vec<Vec<String>> = items(&data["pools"])
+        .iter()
+        .map(|p| {
+            vec![
+                cell(&p["name"]),
+                cell(&p["size"]),
+                cell(&p["leased"]),
+                cell(&p["remembered"]),
+            ]
+        })
+        .collect();
+    if !pools.is_empty() {
+        out.push('\n');
+        out.push_str(&table(&["POOL", "SIZE", "LEASED", "REMEMBERED"], &pools));
+    }
     let k = &data["counters"];
     let _ = writeln!(
         out,
@@ -676,6 +710,35 @@ mod tests {
             ],
         );
         assert_eq!(t, "A     LONGER\nxxxx  1\ny     22\n");
+    }
+
+    #[test]
+    fn renders_ipsec_virtual_ips_and_pools() {
+        let data = serde_json::json!({
+            "ike_sas": [{"id": "00000000000000aa", "peer": "hub/net", "state": "Established"}],
+            "child_sas": [],
+            "virtual_ips": [
+                {"ike_sa": "00000000000000aa", "peer": "hub/net", "address": "198.19.100.1",
+                 "role": "leased", "pool": "hub/net"},
+                {"ike_sa": "00000000000000bb", "peer": "host/net", "address": "198.19.200.1",
+                 "role": "assigned", "pool": null},
+            ],
+            "pools": [{"name": "hub/net", "size": 2, "leased": 1, "remembered": 0}],
+            "counters": {},
+        });
+        let s = render(ShowWhat::Ipsec, &data);
+        assert!(
+            s.contains("198.19.100.1  leased    hub/net   hub/net  00000000000000aa"),
+            "{s}"
+        );
+        assert!(s.contains("198.19.200.1  assigned  host/net  -"), "{s}");
+        assert!(s.contains("hub/net  2     1       0"), "{s}");
+        // Without virtual IPs the tables are left out.
+        let s = render(
+            ShowWhat::Ipsec,
+            &serde_json::json!({"ike_sas": [], "child_sas": [], "counters": {}}),
+        );
+        assert!(!s.contains("VIRTUAL IP") && !s.contains("POOL"), "{s}");
     }
 
     #[test]

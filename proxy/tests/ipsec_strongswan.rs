@@ -14,6 +14,10 @@
 //! * `switchyard router --ipsec` in the node namespace (IKE through the dataplane and the
 //!   punt path, ESP in the dataplane's nodes), strongSwan on the server side protecting a
 //!   loopback host: ping and TCP both ways, from either side starting, and under rekeys.
+//! * Virtual IPs (IKEv2 configuration payload) with `switchyard agent --ipsec`: strongSwan as
+//!   a host (`vips = 0.0.0.0`) gets an address from Switchyard's pool (`remote_sourceip`),
+//!   and Switchyard as a host (`local_sourceip: "%config"`) gets one from strongSwan's
+//!   `pools`; traffic from the virtual IP goes through the tunnel both ways.
 //!
 //! charon follows `shared/PEERS.md`: a private `/run` (unshare + bind mount) so it can run
 //! beside other labs, `kernel-libipsec` before `kernel-netlink` (no kernel ESP here; this makes
@@ -238,6 +242,11 @@ secrets {{
             ike = case.ike,
             esp = case.esp,
         );
+        self.load_conf(&conf);
+    }
+
+    /// Writes `conf` as swanctl.conf and loads it (replacing what was loaded).
+    fn load_conf(&self, conf: &str) {
         fs::write(self.conf_dir.join("swanctl/swanctl.conf"), conf).expect("write swanctl.conf");
         let out = self.swanctl("--load-all --noprompt");
         assert!(
@@ -1522,4 +1531,386 @@ fn tshark_decrypts_our_esp_with_the_negotiated_keys() {
         rows.iter().all(|r| r.get(2).is_none_or(|m| m.is_empty())),
         "malformed packets:\n{table}"
     );
+}
+
+// ---------------------------------------------------------------- virtual IPs (RFC 7296 2.19)
+
+/// The pool Switchyard hands strongSwan an address from (a /30: .1 and .2 usable).
+const SY_POOL: &str = "198.19.100.0/30";
+const SY_POOL_FIRST: &str = "198.19.100.1";
+/// The pool strongSwan hands Switchyard an address from.
+const SS_POOL: &str = "198.19.200.0/30";
+const SS_POOL_FIRST: &str = "198.19.200.1";
+
+/// The proposal resource both virtual-IP cases use, then `resource`.
+fn vip_resources_yaml(resource: &str) -> String {
+    let (ike, _) = ike_proposal(true, "x25519");
+    format!(
+        r#"apiVersion: batch.sdewan.akraino.org/v1alpha1
+kind: IpsecProposal
+metadata:
+  name: ike-proposal
+spec:
+  encryption_algorithm: "{ike}"
+  hash_algorithm: ""
+  dh_group: ""
+---
+{resource}"#
+    )
+}
+
+/// swanctl.conf for the virtual-IP cases: strongSwan at [`common::SERVER_V4`], Switchyard at
+/// [`common::ROUTER_S0_V4`]; `extra` goes into the connection, `child` into its CHILD_SA,
+/// `tail` after the connections (a `pools` section).
+fn vip_swanctl_conf(extra: &str, child: &str, tail: &str) -> String {
+    let (ike, _) = ike_proposal(true, "x25519");
+    let (ss, sy) = (common::SERVER_V4, common::ROUTER_S0_V4);
+    format!(
+        r#"connections {{
+  sy {{
+    version = 2
+    local_addrs = {ss}
+    remote_addrs = {sy}
+    proposals = {ike}
+    rekey_time = 0
+    {extra}
+    local {{
+      auth = psk
+      id = {ss}
+    }}
+    remote {{
+      auth = psk
+      id = {sy}
+    }}
+    children {{
+      net {{
+        {child}
+        esp_proposals = {esp}
+        rekey_time = 0
+        start_action = none
+      }}
+    }}
+  }}
+}}
+{tail}
+secrets {{
+  ike-sy {{
+    id-1 = {ss}
+    id-2 = {sy}
+    secret = "{PSK}"
+  }}
+}}
+"#,
+        esp = GCM128.0,
+    )
+}
+
+/// Starts `switchyard agent --ipsec` with `resources` in the lab's node namespace.
+fn start_vip_agent(peer: &mut Peer, resources: &str, extra: &[&str]) {
+    let manifest = peer.lab.dir.join("ipsec.yaml");
+    fs::write(&manifest, resources).expect("write the SD-EWAN resources");
+    let manifests = peer.lab.dir.join("manifests");
+    fs::create_dir_all(&manifests).expect("manifest dir");
+    peer.lab.keep_node_kernel_off_ports();
+    let manifest = manifest.display().to_string();
+    let manifests = manifests.display().to_string();
+    let mut args = vec![
+        "--manifests",
+        &manifests,
+        "--node-name",
+        "node-a",
+        "--punt-tun",
+        "sy0",
+        "--ipsec",
+        &manifest,
+    ];
+    args.extend_from_slice(extra);
+    peer.lab.start_agent(common::Driver::AfPacket, &args);
+}
+
+/// `switchyard show ipsec [--json]` from the lab's agent.
+fn show_ipsec(peer: &Peer, json: bool) -> String {
+    let socket = peer.lab.admin_socket().display().to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.args(["show", "ipsec", "--socket", &socket]);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("run switchyard show ipsec");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The agent's `/metrics` (its default address, in the node namespace).
+fn agent_metrics(peer: &Peer) -> String {
+    let out = peer.lab.exec_t(
+        Ns::Node,
+        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:10249/metrics\").read().decode())'",
+        Duration::from_secs(5),
+    );
+    text(&out.stdout)
+}
+
+/// strongSwan as an SD-EWAN host (`vips = 0.0.0.0`) connects to Switchyard as the hub, whose
+/// `IpsecSite` connection has a `remote_sourceip` pool: strongSwan gets the pool's first
+/// address, shows it in `--list-sas`, and traffic from that virtual IP reaches the client
+/// behind Switchyard and comes back through the tunnel (the hub routes the leased address into
+/// it by itself). When strongSwan comes back after a delete it gets the same address.
+#[test]
+fn virtual_ip_strongswan_host_leases_from_the_switchyard_hub() {
+    let Some(lab) = Lab::new(
+        "ipsec_vip_hub",
+        &[CHARON, "swanctl", "unshare", "mount", "socat", "python3"],
+    ) else {
+        return;
+    };
+    let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
+    peer.load_conf(&vip_swanctl_conf(
+        "vips = 0.0.0.0",
+        &format!("remote_ts = {SY_NET}"),
+        "",
+    ));
+    let hub = format!(
+        r#"apiVersion: batch.sdewan.akraino.org/v1alpha1
+kind: IpsecSite
+metadata:
+  name: hub
+spec:
+  remote: {remote}
+  authentication_method: psk
+  pre_shared_key: "{PSK}"
+  crypto_proposal: [ike-proposal]
+  connections:
+    - name: net
+      conn_type: tunnel
+      mode: add
+      local_subnet: {SY_NET}
+      remote_sourceip: {SY_POOL}
+      crypto_proposal: ["{esp}"]
+"#,
+        remote = common::SERVER_V4,
+        esp = GCM128.0,
+    );
+    start_vip_agent(&mut peer, &vip_resources_yaml(&hub), &[]);
+    let initiate = |peer: &Peer| {
+        let out = peer.swanctl("--initiate --child net --ike sy --timeout 15");
+        assert!(
+            out.status.success(),
+            "strongSwan could not initiate:\n{}{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            peer.log()
+        );
+        format!("{}{}", text(&out.stdout), text(&out.stderr))
+    };
+    let initiated = initiate(&peer);
+    let listed = wait_installed(&peer, Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!("no CHILD_SA:\n{initiated}\n{}", peer.log());
+    });
+    eprintln!("{listed}");
+    // strongSwan shows its virtual IP in brackets after its own address, and its side of the
+    // CHILD_SA is that address alone.
+    assert!(
+        listed.contains(&format!("[{SY_POOL_FIRST}]")),
+        "no virtual IP {SY_POOL_FIRST} in:\n{listed}\n{initiated}"
+    );
+    assert!(
+        listed.contains(&format!("local  {SY_POOL_FIRST}/32")),
+        "the CHILD_SA is not narrowed to the virtual IP:\n{listed}"
+    );
+    // From the virtual IP to the client behind the hub, and back; and the other way.
+    let (ok, out) = peer.lab.ping(
+        Ns::Server,
+        &format!("-c 3 -i 0.2 -W 2 -I {SY_POOL_FIRST}"),
+        common::CLIENT_V4,
+    );
+    assert!(
+        ok,
+        "ping from the virtual IP to the client:\n{out}\n{}",
+        peer.log()
+    );
+    peer.lab.assert_ping(Ns::Client, SY_POOL_FIRST);
+    peer.lab
+        .tcp_echo(Ns::Client, Ns::Server, common::CLIENT_V4, 7003, 100_000);
+
+    // What the hub reports.
+    let shown = show_ipsec(&peer, false);
+    eprintln!("switchyard show ipsec:\n{shown}");
+    let data: serde_json::Value =
+        serde_json::from_str(&show_ipsec(&peer, true)).expect("show ipsec --json");
+    let vip = &data["virtual_ips"][0];
+    assert_eq!(vip["address"], SY_POOL_FIRST, "{data}");
+    assert_eq!(vip["role"], "leased", "{data}");
+    assert_eq!(vip["pool"], "hub/net", "{data}");
+    assert_eq!(data["pools"][0]["leased"], 1, "{data}");
+    assert_eq!(data["pools"][0]["size"], 2, "{data}");
+    let remote_ts = &data["child_sas"][0]["remote_ts"];
+    assert_eq!(remote_ts, &serde_json::json!([SY_POOL_FIRST]), "{data}");
+    let metrics = agent_metrics(&peer);
+    for want in [
+        "switchyard_ipsec_pool_leases{pool=\"hub/net\",state=\"online\"} 1",
+        "switchyard_ipsec_pool_addresses{pool=\"hub/net\"} 2",
+        "switchyard_ipsec_ike_events_total{event=\"virtual_ip_leased\"} 1",
+    ] {
+        assert!(metrics.contains(want), "missing {want:?} in\n{metrics}");
+    }
+
+    // strongSwan goes and comes back: the hub remembered its address for it.
+    let out = peer.swanctl("--terminate --ike sy --timeout 5");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = agent_metrics(&peer);
+        if metrics.contains("switchyard_ipsec_pool_leases{pool=\"hub/net\",state=\"offline\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lease not released:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    initiate(&peer);
+    let listed = wait_installed(&peer, Duration::from_secs(20)).expect("CHILD_SA again");
+    assert!(
+        listed.contains(&format!("[{SY_POOL_FIRST}]")),
+        "another address after reconnecting:\n{listed}"
+    );
+    let (ok, out) = peer.lab.ping(
+        Ns::Server,
+        &format!("-c 2 -i 0.2 -W 2 -I {SY_POOL_FIRST}"),
+        common::CLIENT_V4,
+    );
+    assert!(ok, "ping after reconnecting:\n{out}");
+    let out = peer.lab.finish().expect("agent output");
+    assert!(
+        out.stderr.contains("ipsec: virtual IP leased"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Switchyard as an SD-EWAN host (`IpsecHost` with `local_sourceip: "%config"`) asks
+/// strongSwan, whose connection has a `pools` section, for a virtual IP: `switchyard show
+/// ipsec` reports the address, the CHILD_SA's local side is that address, the router answers
+/// pings to it through the tunnel, and the node's own stack (the punt TUN device carries the
+/// address) reaches the host behind strongSwan from it.
+#[test]
+fn virtual_ip_switchyard_host_gets_one_from_strongswan_pools() {
+    let Some(lab) = Lab::new(
+        "ipsec_vip_host",
+        &[CHARON, "swanctl", "unshare", "mount", "socat", "python3"],
+    ) else {
+        return;
+    };
+    let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
+    peer.load_conf(&vip_swanctl_conf(
+        "pools = vips",
+        &format!("local_ts = {SS_NET}"),
+        &format!("pools {{\n  vips {{\n    addrs = {SS_POOL}\n  }}\n}}"),
+    ));
+    let host = format!(
+        r#"apiVersion: batch.sdewan.akraino.org/v1alpha1
+kind: IpsecHost
+metadata:
+  name: host
+spec:
+  remote: {remote}
+  authentication_method: psk
+  pre_shared_key: "{PSK}"
+  crypto_proposal: [ike-proposal]
+  connections:
+    - name: net
+      conn_type: tunnel
+      mode: start
+      local_sourceip: "%config"
+      remote_subnet: {SS_NET}
+      crypto_proposal: ["{esp}"]
+"#,
+        remote = common::SERVER_V4,
+        esp = GCM128.0,
+    );
+    let route = format!("{SS_NET}={}", common::SERVER_V4);
+    start_vip_agent(&mut peer, &vip_resources_yaml(&host), &["--route", &route]);
+    let listed = wait_installed(&peer, Duration::from_secs(20)).unwrap_or_else(|| {
+        let out = peer.lab.stop_router();
+        panic!(
+            "no CHILD_SA:\n{}\n{}",
+            out.map(|o| o.to_string()).unwrap_or_default(),
+            peer.log()
+        )
+    });
+    eprintln!("{listed}");
+    assert!(
+        listed.contains(&format!("[{SS_POOL_FIRST}]")),
+        "strongSwan did not assign {SS_POOL_FIRST}:\n{listed}"
+    );
+    assert!(
+        listed.contains(&format!("remote {SS_POOL_FIRST}/32")),
+        "the CHILD_SA is not narrowed to the virtual IP:\n{listed}"
+    );
+    // What Switchyard reports.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let data = loop {
+        let data: serde_json::Value =
+            serde_json::from_str(&show_ipsec(&peer, true)).expect("show ipsec --json");
+        if data["virtual_ips"][0]["address"] == SS_POOL_FIRST || Instant::now() > deadline {
+            break data;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let shown = show_ipsec(&peer, false);
+    eprintln!("switchyard show ipsec:\n{shown}");
+    assert!(shown.contains(SS_POOL_FIRST), "{shown}");
+    let vip = &data["virtual_ips"][0];
+    assert_eq!(vip["address"], SS_POOL_FIRST, "{data}");
+    assert_eq!(vip["role"], "assigned", "{data}");
+    assert_eq!(
+        data["child_sas"][0]["local_ts"],
+        serde_json::json!([SS_POOL_FIRST]),
+        "{data}"
+    );
+    // The host behind strongSwan pings the virtual IP: the router answers, in the tunnel.
+    let (ok, out) = peer.lab.ping(
+        Ns::Server,
+        &format!("-c 3 -i 0.2 -W 2 -I {SS_HOST}"),
+        SS_POOL_FIRST,
+    );
+    assert!(ok, "ping to the virtual IP:\n{out}\n{}", peer.log());
+    // The node's own stack, from the virtual IP, to the host behind strongSwan: out through
+    // the punt device and the tunnel, the answer punted back.
+    let (ok, out) = peer.lab.ping(
+        Ns::Node,
+        &format!("-c 3 -i 0.2 -W 2 -I {SS_POOL_FIRST}"),
+        SS_HOST,
+    );
+    assert!(ok, "ping from the virtual IP on the node:\n{out}");
+    let listed = peer.list_sas();
+    let bytes = |dir: &str| {
+        listed
+            .lines()
+            .find(|l| l.trim_start().starts_with(dir))
+            .and_then(|l| l.split(',').nth(1))
+            .and_then(|b| b.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        bytes("in ") > 0 && bytes("out ") > 0,
+        "the traffic did not go through the CHILD_SA:\n{listed}"
+    );
+    let out = peer.lab.finish().expect("agent output");
+    assert!(
+        out.stderr.contains("ipsec: virtual IP assigned to us")
+            && out.stderr.contains("ipsec: virtual IP on the punt device"),
+        "{}",
+        out.stderr
+    );
+    // Stopping the agent deleted the IKE SA: strongSwan's lease is free again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while peer.list_sas().contains("sy:") {
+        assert!(
+            Instant::now() < deadline,
+            "strongSwan kept the SA:\n{}",
+            peer.list_sas()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

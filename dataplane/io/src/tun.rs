@@ -39,6 +39,7 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -218,10 +219,12 @@ impl Tun {
     /// without believing any subnet is on the device. IPv6 addresses skip duplicate address
     /// detection.
     pub fn add_host_address(&self, addr: IpAddr) -> Result<(), IoError> {
-        let msg = new_address_message(self.index, addr, 1);
-        netlink_request(&msg).map_err(|source| IoError::Os {
-            what: format!("adding {addr} to {}", self.name),
-            source,
+        add_host_address_to(self.index, addr).map_err(|e| match e {
+            IoError::Os { source, .. } => IoError::Os {
+                what: format!("adding {addr} to {}", self.name),
+                source,
+            },
+            other => other,
         })
     }
 
@@ -313,15 +316,46 @@ fn ip_bytes(addr: &IpAddr) -> (u8, Vec<u8>) {
     }
 }
 
+/// [`Tun::add_host_address`] for the device with interface index `index`, for a thread that
+/// does not own the [`Tun`] (the IKE daemon adding the virtual IPs a peer assigned us).
+pub fn add_host_address_to(index: u32, addr: IpAddr) -> Result<(), IoError> {
+    netlink_request(&new_address_message(index, addr, 1)).map_err(|source| IoError::Os {
+        what: format!("adding {addr} to interface {index}"),
+        source,
+    })
+}
+
+/// Takes a host address that [`add_host_address_to`] added off interface `index` again.
+pub fn remove_host_address_from(index: u32, addr: IpAddr) -> Result<(), IoError> {
+    netlink_request(&address_message(
+        RTM_DELADDR,
+        NLM_F_REQUEST | NLM_F_ACK,
+        index,
+        addr,
+        1,
+    ))
+    .map_err(|source| IoError::Os {
+        what: format!("removing {addr} from interface {index}"),
+        source,
+    })
+}
+
 /// `RTM_NEWADDR` for a host address (/32, /128) on interface `index`.
 fn new_address_message(index: u32, addr: IpAddr, seq: u32) -> Vec<u8> {
-    let (family, bytes) = ip_bytes(&addr);
-    let prefix_len = (bytes.len() * 8) as u8;
-    let mut m = NetlinkMessage::new(
+    address_message(
         RTM_NEWADDR,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        index,
+        addr,
         seq,
-    );
+    )
+}
+
+/// An address message (`RTM_NEWADDR`, `RTM_DELADDR`) for a host address on `index`.
+fn address_message(kind: u16, flags: u16, index: u32, addr: IpAddr, seq: u32) -> Vec<u8> {
+    let (family, bytes) = ip_bytes(&addr);
+    let prefix_len = (bytes.len() * 8) as u8;
+    let mut m = NetlinkMessage::new(kind, flags, seq);
     // struct ifaddrmsg: family, prefixlen, flags, scope, index.
     let mut ifa = vec![family, prefix_len, IFA_F_PERMANENT, RT_SCOPE_UNIVERSE];
     ifa.extend_from_slice(&index.to_ne_bytes());
@@ -437,6 +471,17 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([m[24], m[25]]), 8);
         assert_eq!(u16::from_ne_bytes([m[26], m[27]]), IFA_LOCAL);
         assert_eq!(&m[28..32], &[198, 18, 1, 1]);
+        // Its removal: the same body under another type, without create flags.
+        let d = address_message(
+            RTM_DELADDR,
+            NLM_F_REQUEST | NLM_F_ACK,
+            7,
+            "198.18.1.1".parse().unwrap(),
+            9,
+        );
+        assert_eq!(u16::from_ne_bytes([d[4], d[5]]), RTM_DELADDR);
+        assert_eq!(u16::from_ne_bytes([d[6], d[7]]), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(&d[16..], &m[16..]);
 
         let m = new_address_message(7, "2001:db8:1::1".parse().unwrap(), 1);
         // header 16 + ifaddrmsg 8 + two 20-byte addresses + 8-byte flags.

@@ -1,5 +1,6 @@
 //! What the engine is told: peers, identities, secrets, proposals, selectors, knobs.
 
+use super::pool::PoolConfig;
 use super::proposal::{EspProposal, IkeProposal};
 use super::wire::{id_type, Identification, TrafficSelector};
 use crate::crypto::SecretBytes;
@@ -85,17 +86,29 @@ pub struct PeerConfig {
     pub psk: SecretBytes,
     pub ike_proposals: Vec<IkeProposal>,
     pub esp_proposals: Vec<EspProposal>,
-    /// Our side of the tunnel (TSi when we initiate).
+    /// Our side of the tunnel (TSi when we initiate). With `virtual_ips` it must cover the
+    /// addresses the peer may assign (usually every address of the family: the peer narrows
+    /// it), and the CHILD_SA gets the assigned address only.
     pub local_ts: Vec<TrafficSelector>,
     /// The peer's side.
     pub remote_ts: Vec<TrafficSelector>,
     pub child_lifetime: Lifetime,
+    /// Virtual IPs to ask the peer for in IKE_AUTH (RFC 7296 section 2.19), as swanctl's
+    /// `vips`: an unspecified address (`0.0.0.0`, `::`) asks for any address of its family,
+    /// another one for that address. Empty: none (the tunnel uses `local_ts` as it is).
+    pub virtual_ips: Vec<IpAddr>,
+    /// The pool (a name in [`EngineConfig::pools`]) a peer that asks for a virtual IP gets
+    /// one from; the CHILD_SA's remote side is then narrowed to that address. `None`:
+    /// requests are ignored, as RFC 7296 lets a responder do.
+    pub pool: Option<String>,
 }
 
 /// Engine-wide knobs.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub peers: Vec<PeerConfig>,
+    /// Address pools for virtual IPs, named by [`PeerConfig::pool`].
+    pub pools: Vec<PoolConfig>,
     /// First retransmission delay; doubles each time (RFC 7296 section 2.1).
     pub retransmit_base: Duration,
     /// Transmissions of one request before the SA is declared dead.
@@ -116,6 +129,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             peers: Vec::new(),
+            pools: Vec::new(),
             retransmit_base: Duration::from_secs(1),
             retransmit_limit: 5,
             cookie_threshold: None,

@@ -6,12 +6,14 @@
 //! datagrams to send, CHILD_SAs to install or remove in the dataplane, timers, and events.
 
 use super::config::{EngineConfig, PeerConfig};
+use super::cp::AddressRequest;
 use super::dh::{self, DhGroup, DhPrivate};
 use super::keys::{derive_child_keys, derive_ike_keys, derive_rekeyed_ike_keys, psk_auth, IkeKeys};
+use super::pool::AddressPool;
 use super::proposal::{self, ChildSuite, EspProposal, IkeProposal, IkeSuite};
 use super::sk::{open_message, seal_message, SkCipher};
 use super::wire::{
-    exchange, notify, protocol, Header, Message, Notify, ParseError, Payload, TrafficSelector,
+    cfg, exchange, notify, protocol, Header, Message, Notify, ParseError, Payload, TrafficSelector,
     AUTH_METHOD_PSK, FLAG_INITIATOR, FLAG_RESPONSE, VERSION,
 };
 use crate::crypto::SoftwareBackend;
@@ -21,6 +23,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 use subtle::ConstantTimeEq;
+
+mod virtual_ip;
+use virtual_ip::{assigned_addresses, sa_local_ts, sa_remote_ts, CfgAnswer};
 
 /// An IKE SA, named by our own SPI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,6 +48,9 @@ pub enum Failure {
     UnsupportedGroup(u16),
     /// The local configuration cannot be used.
     Config,
+    /// We asked for a virtual IP and the peer's answer assigned none we could use (no
+    /// Configuration payload, or only malformed or unusable addresses).
+    NoVirtualIp,
 }
 
 /// Keys and parameters of a new CHILD_SA, for the dataplane.
@@ -59,6 +67,12 @@ pub struct ChildSaInstall {
     /// Narrowed selectors: our side and the peer's side.
     pub local_ts: Vec<TrafficSelector>,
     pub remote_ts: Vec<TrafficSelector>,
+    /// Virtual IPs the peer assigned us (RFC 7296 section 2.19): our side of the tunnel is
+    /// these addresses, which the dataplane must treat as its own.
+    pub local_vips: Vec<IpAddr>,
+    /// Addresses we leased to the peer from a pool: its side of the tunnel, which the
+    /// dataplane routes into it.
+    pub remote_vips: Vec<IpAddr>,
 }
 
 /// What the shell must do.
@@ -120,6 +134,8 @@ pub enum EngineError {
     NoProposal(String),
     #[error("random number generator failed")]
     Random,
+    #[error("peer {0:?} names address pool {1:?}, which is not configured")]
+    UnknownPool(String, String),
 }
 
 /// Named drop and event counters, as `show ipsec` and `/metrics` report them.
@@ -148,6 +164,26 @@ pub struct IkeCounters {
     pub child_sas_rekeyed: u64,
     /// IKE SAs the peer rekeyed.
     pub ike_sas_rekeyed: u64,
+    /// Virtual IPs leased to peers from our pools.
+    pub virtual_ips_leased: u64,
+    /// Virtual IP requests refused with INTERNAL_ADDRESS_FAILURE (pool exhausted, or no
+    /// address of the family asked for).
+    pub internal_address_failures: u64,
+    /// Our requests for a virtual IP that got no usable address back.
+    pub virtual_ip_failures: u64,
+    /// Configuration payload attributes skipped as malformed.
+    pub cp_malformed: u64,
+}
+
+/// A virtual IP of an IKE SA, for `show ipsec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualIp {
+    pub ike_sa: IkeSaId,
+    pub peer: String,
+    pub address: IpAddr,
+    /// `None`: the peer assigned it to us. `Some(pool)`: we leased it to the peer from that
+    /// pool.
+    pub pool: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +250,10 @@ struct IkeSa {
     child_spi: u32,
     children: Vec<Child>,
     created: Instant,
+    /// Virtual IPs the peer assigned us.
+    virtual_ips: Vec<IpAddr>,
+    /// Addresses leased to the peer, from the pool of `self.peer` (released when the SA goes).
+    leased: Vec<IpAddr>,
 }
 
 impl IkeSa {
@@ -243,6 +283,9 @@ pub struct Engine {
     sas: HashMap<u64, IkeSa>,
     cookie_secret: [u8; 32],
     counters: IkeCounters,
+    pools: Vec<AddressPool>,
+    /// Per peer (by index), its pool's index in `pools`.
+    peer_pools: Vec<Option<usize>>,
 }
 
 /// NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | port) (RFC 7296 section 2.23).
@@ -325,6 +368,19 @@ impl Engine {
         let mut cookie_secret = [0u8; 32];
         rng.fill(&mut cookie_secret)
             .map_err(|_| EngineError::Random)?;
+        let pools: Vec<AddressPool> = config.pools.iter().cloned().map(AddressPool::new).collect();
+        let peer_pools = config
+            .peers
+            .iter()
+            .map(|p| match &p.pool {
+                None => Ok(None),
+                Some(name) => pools
+                    .iter()
+                    .position(|pool| pool.name() == name)
+                    .map(Some)
+                    .ok_or_else(|| EngineError::UnknownPool(p.name.clone(), name.clone())),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             config,
             backend: SoftwareBackend::new(),
@@ -332,6 +388,8 @@ impl Engine {
             sas: HashMap::new(),
             cookie_secret,
             counters: IkeCounters::default(),
+            pools,
+            peer_pools,
         })
     }
 
@@ -484,6 +542,8 @@ impl Engine {
             child_spi: self.new_child_spi()?,
             children: Vec::new(),
             created: now,
+            virtual_ips: Vec::new(),
+            leased: Vec::new(),
         };
         self.sas.insert(spi_i, sa);
         let mut actions = Vec::new();
@@ -665,6 +725,7 @@ impl Engine {
         let Some(sa) = self.sas.remove(&id) else {
             return;
         };
+        self.release_leases(&sa, IkeSaId(id));
         let peer = self.peer_name(sa.peer);
         for child in &sa.children {
             actions.push(Action::DeleteChildSa {
@@ -876,7 +937,7 @@ impl Engine {
             (exchange::IKE_AUTH, false) => {
                 self.auth_request(our_spi, &header, &payloads, now, &mut actions)
             }
-            (exchange::IKE_AUTH, true) => self.auth_response(our_spi, &payloads, &mut actions),
+            (exchange::IKE_AUTH, true) => self.auth_response(our_spi, &payloads, now, &mut actions),
             (exchange::INFORMATIONAL, false) => {
                 self.informational_request(our_spi, &header, &payloads, &mut actions)
             }
@@ -1145,6 +1206,8 @@ impl Engine {
             child_spi,
             children: Vec::new(),
             created: now,
+            virtual_ips: Vec::new(),
+            leased: Vec::new(),
         };
         let bytes = Message::emit(
             sa.header(exchange::IKE_SA_INIT, 0, true),
@@ -1316,6 +1379,13 @@ impl Engine {
             method: AUTH_METHOD_PSK,
             data: auth.expose().to_vec(),
         });
+        if !peer.virtual_ips.is_empty() {
+            // RFC 7296 section 2.19: CP(CFG_REQUEST) goes between AUTH and SAi2.
+            out.push(Payload::Cp {
+                cfg_type: cfg::REQUEST,
+                attributes: AddressRequest::for_addresses(&peer.virtual_ips).attributes(),
+            });
+        }
         let proposals = peer
             .esp_proposals
             .iter()
@@ -1396,6 +1466,15 @@ impl Engine {
             self.remove(id, actions, Some(Failure::AuthenticationFailed));
             return;
         };
+        if let Some(sa) = self.sas.get_mut(&id) {
+            sa.peer = peer_index;
+        }
+        // A virtual IP for the peer, if it asks and this connection has a pool.
+        let configuration = self.serve_cfg_request(id, id_i, payloads);
+        let Some(sa) = self.sas.get(&id) else { return };
+        let (Some(suite), Some(keys)) = (sa.suite, &sa.keys) else {
+            return;
+        };
         let peer = &self.config.peers[peer_index];
         let id_r = peer.local_id.to_wire();
         let auth_r = psk_auth(
@@ -1416,7 +1495,24 @@ impl Engine {
         // The CHILD_SA.
         let mut install = None;
         let mut child_failure = None;
+        let remote_allowed = match configuration {
+            CfgAnswer::None => peer.remote_ts.clone(),
+            CfgAnswer::Reply { payload, leased } => {
+                out.push(payload);
+                if leased.is_empty() {
+                    peer.remote_ts.clone()
+                } else {
+                    leased.into_iter().map(super::cp::host_selector).collect()
+                }
+            }
+            CfgAnswer::AddressFailure => {
+                // RFC 7296 section 3.15.4: the IKE SA is set up, no CHILD_SA.
+                child_failure = Some(notify::INTERNAL_ADDRESS_FAILURE);
+                Vec::new()
+            }
+        };
         match (offered, ts_i, ts_r) {
+            _ if child_failure.is_some() => {}
             (Some(offered), Some(ts_i), Some(ts_r)) => {
                 match proposal::select_esp(offered, &peer.esp_proposals) {
                     None => {
@@ -1424,7 +1520,7 @@ impl Engine {
                         child_failure = Some(notify::NO_PROPOSAL_CHOSEN);
                     }
                     Some((number, peer_spi, child_suite)) => {
-                        let narrowed_i = narrow(ts_i, &peer.remote_ts);
+                        let narrowed_i = narrow(ts_i, &remote_allowed);
                         let narrowed_r = narrow(ts_r, &peer.local_ts);
                         if narrowed_i.is_empty() || narrowed_r.is_empty() {
                             self.counters.ts_unacceptable += 1;
@@ -1446,7 +1542,6 @@ impl Engine {
         }
         let peer_name = peer.name.clone();
         if let Some(sa) = self.sas.get_mut(&id) {
-            sa.peer = peer_index;
             sa.state = IkeState::Established;
         }
         self.counters.established += 1;
@@ -1469,7 +1564,13 @@ impl Engine {
         self.send_response(id, exchange::IKE_AUTH, header.message_id, &out, actions);
     }
 
-    fn auth_response(&mut self, id: u64, payloads: &[Payload], actions: &mut Vec<Action>) {
+    fn auth_response(
+        &mut self,
+        id: u64,
+        payloads: &[Payload],
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
@@ -1525,35 +1626,74 @@ impl Engine {
         }
         sa.state = IkeState::Established;
         let peer_name = peer.name.clone();
+        let our_child_spi = sa.child_spi;
         self.counters.established += 1;
         actions.push(Action::Established {
             ike_sa: IkeSaId(id),
             peer: peer_name.clone(),
         });
+        // The virtual IPs the peer assigned, when we asked for some.
+        let vips = (!peer.virtual_ips.is_empty()).then(|| {
+            let (addresses, malformed) = assigned_addresses(payloads, &peer.virtual_ips);
+            self.counters.cp_malformed += malformed;
+            addresses
+        });
         let child = match (answer, ts_i, ts_r, first_error(payloads)) {
+            (_, _, _, Some(error)) => Err(Failure::PeerError(error)),
+            _ if vips.as_ref().is_some_and(Vec::is_empty) => Err(Failure::NoVirtualIp),
             (Some(answer), Some(ts_i), Some(ts_r), None) => {
                 match proposal::check_esp_answer(answer, &peer.esp_proposals) {
                     Some((peer_spi, child_suite))
                         if within(ts_i, &peer.local_ts) && within(ts_r, &peer.remote_ts) =>
                     {
-                        Ok((peer_spi, child_suite, ts_i.clone(), ts_r.clone()))
+                        // With a virtual IP our side is that address, whatever the peer
+                        // left of what we proposed (RFC 7296 section 2.19).
+                        let local_ts = match &vips {
+                            Some(vips) => {
+                                let hosts: Vec<_> =
+                                    vips.iter().copied().map(super::cp::host_selector).collect();
+                                narrow(ts_i, &hosts)
+                            }
+                            None => ts_i.clone(),
+                        };
+                        if local_ts.is_empty() {
+                            Err(Failure::PeerError(notify::TS_UNACCEPTABLE))
+                        } else {
+                            Ok((peer_spi, child_suite, local_ts, ts_r.clone()))
+                        }
                     }
                     Some(_) => Err(Failure::PeerError(notify::TS_UNACCEPTABLE)),
                     None => Err(Failure::ProposalMismatch),
                 }
             }
-            (_, _, _, Some(error)) => Err(Failure::PeerError(error)),
             _ => Err(Failure::InvalidSyntax),
         };
+        if let Some(vips) = vips {
+            sa.virtual_ips = vips;
+        }
         match child {
             Ok((peer_spi, child_suite, local_ts, remote_ts)) => {
                 self.install_child(id, peer_spi, child_suite, local_ts, remote_ts, actions)
             }
-            Err(reason) => actions.push(Action::ChildFailed {
-                ike_sa: IkeSaId(id),
-                peer: peer_name,
-                reason,
-            }),
+            Err(reason) => {
+                actions.push(Action::ChildFailed {
+                    ike_sa: IkeSaId(id),
+                    peer: peer_name,
+                    reason,
+                });
+                if reason == Failure::NoVirtualIp {
+                    self.counters.virtual_ip_failures += 1;
+                    if answer.is_some() {
+                        // The peer set up a CHILD_SA we cannot use: have it deleted (our
+                        // inbound SPI names it, RFC 7296 section 3.11).
+                        let delete = Payload::Delete {
+                            protocol: protocol::ESP,
+                            spis: vec![our_child_spi.to_be_bytes().to_vec()],
+                        };
+                        self.send_request(id, exchange::INFORMATIONAL, &[delete], now, actions);
+                    }
+                }
+            }
         }
     }
 
@@ -1635,6 +1775,8 @@ impl Engine {
             udp_encap: sa.nat.then(|| (sa.local.port(), sa.remote.port())),
             local_ts,
             remote_ts,
+            local_vips: sa.virtual_ips.clone(),
+            remote_vips: sa.leased.clone(),
         };
         sa.children.push(Child {
             inbound_spi: exchange.our_spi,
@@ -1781,8 +1923,9 @@ impl Engine {
             };
             pfs = Some((group, public, shared));
         }
-        let narrowed_i = narrow(ts_i, &peer.remote_ts);
-        let narrowed_r = narrow(ts_r, &peer.local_ts);
+        // With virtual IPs, each side of a new CHILD_SA is at most its virtual IP.
+        let narrowed_i = narrow(ts_i, &sa_remote_ts(sa, peer));
+        let narrowed_r = narrow(ts_r, &sa_local_ts(sa, peer));
         if narrowed_i.is_empty() || narrowed_r.is_empty() {
             self.counters.ts_unacceptable += 1;
             refuse(self, notify::TS_UNACCEPTABLE, actions);
@@ -1941,6 +2084,12 @@ impl Engine {
             return;
         };
         let children = std::mem::take(&mut old.children);
+        // The virtual IPs go with the CHILD_SAs: the old SA's delete must not release them.
+        let virtual_ips = std::mem::take(&mut old.virtual_ips);
+        let leased = std::mem::take(&mut old.leased);
+        if let Some(pool) = self.peer_pools.get(old.peer).copied().flatten() {
+            self.pools[pool].transfer(IkeSaId(id), IkeSaId(our_spi));
+        }
         let new = IkeSa {
             spi_i: peer_spi,
             spi_r: our_spi,
@@ -1970,6 +2119,8 @@ impl Engine {
             child_spi: old.child_spi,
             children,
             created: now,
+            virtual_ips,
+            leased,
         };
         let peer_name = self.peer_name(new.peer);
         self.sas.insert(our_spi, new);

@@ -1,13 +1,16 @@
 //! IKEv2 (RFC 7296), sans-IO.
 pub mod config;
+pub mod cp;
 pub mod dh;
 pub mod engine;
 pub mod keys;
+pub mod pool;
 pub mod proposal;
 pub mod sk;
 pub mod wire;
 
 pub use config::{EngineConfig, Identity, PeerConfig};
 pub use engine::{
-    Action, ChildSaInstall, Engine, EngineError, Failure, IkeCounters, IkeSaId, IkeState,
+    Action, ChildSaInstall, Engine, EngineError, Failure, IkeCounters, IkeSaId, IkeState, VirtualIp,
 };
+pub use pool::{PoolConfig, PoolStatus};

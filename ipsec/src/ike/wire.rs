@@ -109,10 +109,17 @@ pub const TS_IPV6_ADDR_RANGE: u8 = 8;
 pub mod cfg {
     pub const REQUEST: u8 = 1;
     pub const REPLY: u8 = 2;
+    pub const SET: u8 = 3;
+    pub const ACK: u8 = 4;
     pub const INTERNAL_IP4_ADDRESS: u16 = 1;
     pub const INTERNAL_IP4_NETMASK: u16 = 2;
     pub const INTERNAL_IP4_DNS: u16 = 3;
     pub const INTERNAL_IP6_ADDRESS: u16 = 8;
+    pub const INTERNAL_IP6_DNS: u16 = 10;
+    /// The most attributes one Configuration payload may carry here. A real request asks for
+    /// a handful (strongSwan: an address per family and a few servers); a longer list is
+    /// refused as malformed rather than walked.
+    pub const MAX_ATTRIBUTES: usize = 64;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -520,6 +527,10 @@ fn parse_payload(kind: u8, critical: bool, body: &[u8]) -> Result<Payload, Parse
             r.take(3)?;
             let mut attributes = Vec::new();
             while !r.is_empty() {
+                if attributes.len() == cfg::MAX_ATTRIBUTES {
+                    return Err(ParseError::Malformed("too many configuration attributes"));
+                }
+                // The top bit is reserved (RFC 7296 section 3.15.1): ignored on receipt.
                 let attr_kind = r.u16()? & 0x7fff;
                 let len = usize::from(r.u16()?);
                 attributes.push(ConfigAttribute {

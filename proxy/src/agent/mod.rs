@@ -233,9 +233,12 @@ struct ControlPlane {
 }
 
 /// For [`TablesHandle::publish_keeping`]: the IPsec SAs in force stay (the IKE daemon
-/// publishes those).
+/// publishes those), with the FIB entries of their virtual IPs. The control plane's FIB is
+/// built from its own routes and never holds those entries, so whatever IPsec part `next`
+/// carried is dropped, not undone.
 fn keep_ipsec(current: &Tables, next: &mut Tables) {
-    next.ipsec.clone_from(&current.ipsec);
+    next.ipsec = None;
+    next.set_ipsec(current.ipsec.as_deref().cloned());
 }
 
 /// NetworkPolicy as compiled for the dataplane.

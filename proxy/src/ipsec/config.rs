@@ -89,12 +89,14 @@ impl Resources {
 
     /// The daemon's configuration for a node whose IKE address is `local`: one peer per
     /// connection; connections whose `mode` is `start` are initiated, the others (`add`)
-    /// wait for the peer.
+    /// wait for the peer. A connection's `remote_sourceip` becomes an address pool of its own.
     pub fn daemon_config(&self, local: IpAddr) -> Result<DaemonConfig, ConfigError> {
         let local = SocketAddr::new(local, 500);
         let mut peers: Vec<PeerConfig> = Vec::new();
+        let mut pools = Vec::new();
         let mut initiate = Vec::new();
         for site in &self.sites {
+            pools.extend(site.pools()?);
             let made = site.to_peers(local, &self.proposals)?;
             for (peer, conn) in made.into_iter().zip(&site.spec.connections) {
                 if conn.mode == "start" && peer.remote.is_some() {
@@ -104,6 +106,7 @@ impl Resources {
             }
         }
         for host in &self.hosts {
+            pools.extend(host.pools()?);
             let made = host.to_peers(local, &self.proposals)?;
             for (peer, conn) in made.into_iter().zip(&host.spec.connections) {
                 if conn.mode == "start" && peer.remote.is_some() {
@@ -115,6 +118,7 @@ impl Resources {
         Ok(DaemonConfig {
             engine: EngineConfig {
                 peers,
+                pools,
                 ..EngineConfig::default()
             },
             initiate,
@@ -132,5 +136,38 @@ trait DeserializeFrom: Sized {
 impl DeserializeFrom for serde_yaml::Value {
     fn deserialize_from(d: serde_yaml::Deserializer<'_>) -> Result<Self, String> {
         serde::Deserialize::deserialize(d).map_err(|e: serde_yaml::Error| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The deployment's example resources: a site, and a host connection whose
+    /// `remote_sourceip` is a pool of its own.
+    #[test]
+    fn the_example_resources_give_a_pool() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/ipsec.yaml");
+        let resources = Resources::load(&path).expect("the example loads");
+        let config = resources
+            .daemon_config("198.51.100.1".parse().expect("address"))
+            .expect("the example converts");
+        let pools = &config.engine.pools;
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].name, "roadwarrior/roadwarrior-vip");
+        assert_eq!(
+            pools[0].ranges[0].to_string(),
+            "198.51.100.129-198.51.100.142"
+        );
+        let host = config
+            .engine
+            .peers
+            .iter()
+            .find(|p| p.name == "roadwarrior/roadwarrior-vip")
+            .expect("the host connection");
+        assert_eq!(host.pool.as_deref(), Some("roadwarrior/roadwarrior-vip"));
+        assert_eq!(config.initiate, vec!["branch-1/branch-1-lan".to_string()]);
+        // The engine takes it (every pool a peer names exists).
+        switchyard_ipsec::ike::Engine::new(config.engine.clone()).expect("engine");
     }
 }

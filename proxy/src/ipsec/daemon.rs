@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use switchyard_ipsec::ike::{
     Action, ChildSaInstall, Engine, EngineConfig, Failure, IkeCounters, IkeSaId, IkeState,
+    PoolStatus, VirtualIp,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -74,6 +75,10 @@ pub struct DaemonState {
     pub ike_sas: Vec<(IkeSaId, String, IkeState)>,
     pub child_sas: Vec<Arc<ChildSaInstall>>,
     pub counters: IkeCounters,
+    /// Virtual IPs: those peers assigned us and those we leased to peers.
+    pub virtual_ips: Vec<VirtualIp>,
+    /// The address pools virtual IPs are leased from.
+    pub pools: Vec<PoolStatus>,
     /// Datagrams that could not be sent (by the socket's error).
     pub send_errors: u64,
 }
@@ -422,6 +427,8 @@ impl Shell {
                         outbound_spi = %format!("{:08x}", install.outbound.spi),
                         suite = ?install.inbound.suite,
                         udp_encap = ?install.udp_encap,
+                        local_vips = ?install.local_vips,
+                        remote_vips = ?install.remote_vips,
                         "ipsec: CHILD_SA installed"
                     );
                     if let Ok(mut s) = self.state.lock() {
@@ -489,9 +496,34 @@ impl Shell {
                 }
             }
         }
+        let virtual_ips = self.engine.virtual_ips();
         if let Ok(mut s) = self.state.lock() {
+            log_virtual_ip_changes(&s.virtual_ips, &virtual_ips);
             s.ike_sas = self.engine.sas();
             s.counters = *self.engine.counters();
+            s.virtual_ips = virtual_ips;
+            s.pools = self.engine.pools();
         }
+    }
+}
+
+/// One line per virtual IP that came or went.
+fn log_virtual_ip_changes(before: &[VirtualIp], after: &[VirtualIp]) {
+    // Not by IKE SA: a rekeyed IKE SA takes its virtual IPs along.
+    let same = |a: &VirtualIp, b: &VirtualIp| {
+        a.address == b.address && a.peer == b.peer && a.pool == b.pool
+    };
+    for v in after.iter().filter(|v| !before.iter().any(|b| same(v, b))) {
+        match &v.pool {
+            Some(pool) => {
+                tracing::info!(peer = %v.peer, address = %v.address, %pool, "ipsec: virtual IP leased")
+            }
+            None => {
+                tracing::info!(peer = %v.peer, address = %v.address, "ipsec: virtual IP assigned to us")
+            }
+        }
+    }
+    for v in before.iter().filter(|v| !after.iter().any(|a| same(v, a))) {
+        tracing::info!(peer = %v.peer, address = %v.address, leased = v.pool.is_some(), "ipsec: virtual IP released");
     }
 }

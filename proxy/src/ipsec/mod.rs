@@ -6,6 +6,15 @@
 //! IKE reaches the daemon's kernel sockets through the punt path (`--punt-tun`: the TUN
 //! device carries the router's addresses, and `ip{4,6}-local` hands UDP for them to the
 //! host); ESP never leaves the dataplane.
+//!
+//! Virtual IPs (IKEv2 configuration payload): an address a hub assigns us becomes an address
+//! of the router while its CHILD_SA lives: a local route in the FIB (`ip{4,6}-local` answers
+//! pings to it and punts the rest to the host) and a host address on the punt TUN device, so
+//! the host's own stack can use it as a source (its packets then meet the SPD, whose
+//! selectors name that address, and go through the tunnel). Addresses we lease to hosts from
+//! a pool get the route of their tunnel's far end, so traffic to them is forwarded into the
+//! tunnel. Hosts behind the router keep their own addresses: a virtual IP is the router's,
+//! not a NAT for others.
 
 // The tests compile daemon.rs and config.rs in and use parts the router does not.
 #![allow(dead_code)]
@@ -167,8 +176,14 @@ fn ike_address(resources: &config::Resources, tables: &Tables) -> Option<IpAddr>
 
 /// Reads the SD-EWAN resources at `path`, starts the IKE daemon (binding its sockets before
 /// returning, so a bad address is an error at start-up) and keeps `handle`'s tables' IPsec
-/// part in step with the installed CHILD_SAs.
-pub fn start(path: &Path, handle: &TablesHandle, base: &Tables) -> anyhow::Result<IpsecService> {
+/// part in step with the installed CHILD_SAs. `punt_tun` is the interface index of the punt
+/// path's TUN device, which gets the virtual IPs peers assign us.
+pub fn start(
+    path: &Path,
+    handle: &TablesHandle,
+    base: &Tables,
+    punt_tun: Option<u32>,
+) -> anyhow::Result<IpsecService> {
     let resources = config::Resources::load(path)
         .with_context(|| format!("reading the IPsec resources in {}", path.display()))?;
     let local = ike_address(&resources, base).context("no address for IKE")?;
@@ -199,7 +214,8 @@ pub fn start(path: &Path, handle: &TablesHandle, base: &Tables) -> anyhow::Resul
                 }
             };
             runtime.block_on(async move {
-                let daemon = match Daemon::start_with_hook(config, Some(publisher(handle))) {
+                let hook = publisher(handle, punt_tun);
+                let daemon = match Daemon::start_with_hook(config, Some(hook)) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::anyhow!("IKE daemon: {e}")));
@@ -224,40 +240,68 @@ pub fn start(path: &Path, handle: &TablesHandle, base: &Tables) -> anyhow::Resul
 }
 
 /// A hook for the daemon that publishes the dataplane's IPsec tables for a set of CHILD_SAs
-/// (newest last), keeping the counters of SAs that stay.
-fn publisher(handle: TablesHandle) -> daemon::ChildSaHook {
+/// (newest last), keeping the counters of SAs that stay, and puts the virtual IPs peers
+/// assigned us on the punt TUN device (`punt_tun`) while they last.
+fn publisher(handle: TablesHandle, punt_tun: Option<u32>) -> daemon::ChildSaHook {
     let mut generation = 0u64;
     let mut current: Option<Arc<IpsecTables>> = None;
+    let mut on_tun: Vec<IpAddr> = Vec::new();
     Box::new(move |children| {
         generation += 1;
-        let ipsec = Arc::new(IpsecTables::from_children(
+        let ipsec = IpsecTables::from_children(
             generation,
             children.iter().map(|c| c.as_ref()),
             current.as_deref(),
-        ));
-        current = Some(Arc::clone(&ipsec));
+        );
+        let local_addresses = ipsec.local_addresses.clone();
         // The rest of the tables belong to the control plane (in the agent): take them as they
-        // are in force, and only the SAs from here.
-        let latest = handle.load();
-        handle.publish_keeping(
+        // are in force, and only the SAs (and their virtual IPs' routes) from here.
+        let published = handle.publish_keeping(
             Tables {
-                ipsec: Some(Arc::clone(&ipsec)),
-                ..(*latest).clone()
+                ipsec: Some(Arc::new(ipsec)),
+                ..Tables::default()
             },
             |current, next| {
-                let ipsec = next.ipsec.take();
-                *next = Tables {
-                    ipsec,
-                    ..current.clone()
-                };
+                let ipsec = next.ipsec.take().map(Arc::unwrap_or_clone);
+                *next = current.clone();
+                next.set_ipsec(ipsec);
             },
         );
+        current = published.ipsec.clone();
+        if let Some(index) = punt_tun {
+            sync_tun_addresses(index, &mut on_tun, &local_addresses);
+        }
         tracing::info!(
             child_sas = children.len(),
             generation,
             "ipsec: dataplane SAs published"
         );
     })
+}
+
+/// Makes the virtual IPs on the punt TUN device (interface `index`) be `wanted`: the host's
+/// stack owns them (answers what the dataplane punts to them, uses them as sources).
+fn sync_tun_addresses(index: u32, on_tun: &mut Vec<IpAddr>, wanted: &[IpAddr]) {
+    for &addr in on_tun.iter().filter(|a| !wanted.contains(a)) {
+        if let Err(e) = switchyard_io::tun::remove_host_address_from(index, addr) {
+            tracing::warn!(%addr, error = %e, "ipsec: virtual IP not removed from the punt device");
+        }
+    }
+    on_tun.retain(|a| wanted.contains(a));
+    let new: Vec<IpAddr> = wanted
+        .iter()
+        .copied()
+        .filter(|a| !on_tun.contains(a))
+        .collect();
+    for addr in new {
+        match switchyard_io::tun::add_host_address_to(index, addr) {
+            Ok(()) => tracing::info!(%addr, "ipsec: virtual IP on the punt device"),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "ipsec: virtual IP not added to the punt device")
+            }
+        }
+        on_tun.push(addr);
+    }
 }
 
 /// Runs until told to stop, then deletes the IKE SAs.

@@ -102,6 +102,7 @@ fn rig(suite: EspSuite, udp: bool) -> Rig {
             remote_ts,
             stats: Arc::default(),
         }],
+        ..IpsecTables::default()
     }));
     r
 }
@@ -245,6 +246,38 @@ fn decrypts_esp_for_the_node_and_forwards_the_inner_packet() {
         let stats = ipsec(&r).inbound[0].stats.snapshot();
         assert_eq!((stats.packets, stats.bytes), (1, inner.len() as u64));
     }
+}
+
+/// A virtual IP the peer assigned us (IKEv2 configuration payload) is an address of the
+/// node: a ping to it through the tunnel is answered, and the answer goes back through it.
+#[test]
+fn a_virtual_ip_assigned_to_us_answers_through_the_tunnel() {
+    const VIP: &str = "198.19.200.1";
+    let mut r = rig(GCM, true);
+    let mut t = (*r.tables.ipsec.take().unwrap()).clone();
+    t.outbound[0].local_ts = vec![ts(VIP, VIP)];
+    t.inbound[0].local_ts = vec![ts(VIP, VIP)];
+    t.local_addresses = vec![VIP.parse().unwrap()];
+    r.tables.set_ipsec(Some(t));
+    let request = echo(REMOTE_HOST, VIP, 64, 40);
+    let esp = from_peer(&mut peer_outbound(GCM), &request, true);
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &esp));
+    assert_eq!(out.len(), 1, "the answer, encrypted");
+    assert_eq!(ip4_of(&out[0].1).dst_addr(), v4(PEER));
+    let mut packet = out[0].1[14..].to_vec();
+    let d = esp::decapsulate(&mut peer_inbound(GCM), &mut packet, 0).unwrap();
+    let reply = Ipv4Packet::new_checked(&packet[d.inner]).unwrap();
+    assert_eq!(reply.src_addr(), v4(VIP));
+    assert_eq!(reply.dst_addr(), v4(REMOTE_HOST));
+    assert_eq!(reply.payload()[0], 0, "an echo reply");
+    assert_eq!(r.count("ip4-local", "echo_replied"), 1);
+    // Without the SA the address is not ours any more (the rig's 198.19.0.0/16 route again).
+    r.tables.set_ipsec(None);
+    assert!(!r.tables.is_local_ipv4(v4(VIP)));
+    assert!(matches!(
+        r.tables.fib.lookup(VIP.parse().unwrap()),
+        Some(Route::Via(_))
+    ));
 }
 
 #[test]
@@ -442,6 +475,7 @@ fn ipv6_tunnel_carries_ipv6() {
             remote_ts,
             stats: Arc::default(),
         }],
+        ..IpsecTables::default()
     }));
     // Out: encrypted into an IPv6 packet to the peer.
     let inner = echo6(client, remote_host, 64);

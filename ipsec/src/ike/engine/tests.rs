@@ -3,6 +3,7 @@ use crate::crypto::PrfAlgorithm;
 use crate::crypto::SecretBytes;
 use crate::esp::{decapsulate, encapsulate, Direction, OuterHeader, Sa};
 use crate::ike::config::Identity;
+use crate::ike::pool::PoolConfig;
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ fn peer(
         local_ts: vec![if initiator { mine } else { theirs }],
         remote_ts: vec![if initiator { theirs } else { mine }],
         child_lifetime: Default::default(),
+        virtual_ips: Vec::new(),
+        pool: None,
     }
 }
 
@@ -908,4 +911,411 @@ fn request_on(p: &mut Pair, id: IkeSaId, exchange_type: u8, request: &[Payload])
     let bytes = seal_message(header, request, sa.tx.as_ref().unwrap(), sa.iv_counter).unwrap();
     let (local, remote) = (sa.local, sa.remote);
     p.b.handle(&bytes, remote, local, p.now)
+}
+
+// ---------------------------------------------------------------- virtual IPs (RFC 7296 2.19)
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A host (A) asking for a virtual IP of each family in `vips` and a hub (B) with `pool` as
+/// its pool (none: a hub without Configuration payload support).
+fn vip_pair(vips: &[&str], pool: Option<&str>) -> Pair {
+    let ike = "aes128gcm16-prfsha256-x25519";
+    let mut a = peer("to-b", A, Some(B), ike, "aes128gcm16", b"k");
+    a.virtual_ips = vips.iter().map(|v| ip(v)).collect();
+    a.local_ts = a
+        .virtual_ips
+        .iter()
+        .map(|v| crate::ike::cp::any_selector(v.is_ipv6()))
+        .collect();
+    let mut b = peer("from-a", B, None, ike, "aes128gcm16", b"k");
+    b.remote_id = None;
+    b.pool = pool.map(|_| "hub/pool".to_string());
+    b.local_ts.push(ts("2001:db8:19::", "2001:db8:19::ffff"));
+    let mut a_config = a;
+    a_config
+        .remote_ts
+        .push(ts("2001:db8:19::", "2001:db8:19::ffff"));
+    let pools = pool
+        .map(|p| vec![PoolConfig::parse("hub/pool", p, "198.18.0.53,2001:db8::53").unwrap()])
+        .unwrap_or_default();
+    Pair::with_config(
+        a_config,
+        b,
+        EngineConfig {
+            pools,
+            ..EngineConfig::default()
+        },
+    )
+}
+
+fn child_failure(events: &[Action]) -> Option<Failure> {
+    events.iter().find_map(|e| match e {
+        Action::ChildFailed { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_virtual_ip_from_the_pool_narrows_the_child_sa_and_comes_back_on_reconnect() {
+    let mut p = vip_pair(
+        &["0.0.0.0", "::"],
+        Some("198.18.100.0/30, 2001:db8:100::/126"),
+    );
+    let id = p.connect();
+    assert!(established(&p.events_a) && established(&p.events_b));
+    let (a, b) = (installs(&p.events_a)[0], installs(&p.events_b)[0]);
+    let vips = vec![ip("198.18.100.1"), ip("2001:db8:100::1")];
+    assert_eq!(a.local_vips, vips);
+    assert_eq!(b.remote_vips, vips);
+    assert!(a.remote_vips.is_empty() && b.local_vips.is_empty());
+    // Each side of the CHILD_SA is the host's virtual IP alone.
+    let hosts: Vec<TrafficSelector> = vips
+        .iter()
+        .map(|v| crate::ike::cp::host_selector(*v))
+        .collect();
+    assert_eq!(a.local_ts, hosts);
+    assert_eq!(b.remote_ts, hosts);
+    esp_round_trip(a, b);
+    let leased = p.b.virtual_ips();
+    assert_eq!(leased.len(), 2);
+    assert_eq!(leased[0].pool.as_deref(), Some("hub/pool"));
+    assert_eq!(leased[0].peer, "from-a");
+    let assigned = p.a.virtual_ips();
+    assert_eq!(assigned.len(), 2);
+    assert_eq!((assigned[0].ike_sa, assigned[0].pool.clone()), (id, None));
+    assert_eq!(p.b.counters().virtual_ips_leased, 2);
+    let status = &p.b.pools()[0];
+    assert_eq!((status.online, status.offline, status.size), (2, 0, 4));
+
+    // The host goes: the lease is remembered for its identity ...
+    let actions = p.a.delete_ike_sa(id, p.now).unwrap();
+    p.run(actions);
+    let status = &p.b.pools()[0];
+    assert_eq!((status.online, status.offline), (0, 2));
+    assert!(p.b.virtual_ips().is_empty());
+    // ... and it gets the same addresses when it comes back.
+    p.events_a.clear();
+    p.events_b.clear();
+    p.connect();
+    assert_eq!(installs(&p.events_a)[0].local_vips, vips);
+}
+
+#[test]
+fn an_exhausted_pool_answers_internal_address_failure_and_the_ike_sa_stays() {
+    let mut p = vip_pair(&["0.0.0.0"], Some("198.18.100.9"));
+    p.connect();
+    assert_eq!(installs(&p.events_a).len(), 1);
+    // A second IKE SA of the same host while the first holds the only address.
+    p.events_a.clear();
+    p.events_b.clear();
+    let second = p.connect();
+    assert!(established(&p.events_a) && established(&p.events_b));
+    assert!(installs(&p.events_a).is_empty() && installs(&p.events_b).is_empty());
+    assert_eq!(
+        child_failure(&p.events_a),
+        Some(Failure::PeerError(notify::INTERNAL_ADDRESS_FAILURE))
+    );
+    assert_eq!(
+        child_failure(&p.events_b),
+        Some(Failure::PeerError(notify::INTERNAL_ADDRESS_FAILURE))
+    );
+    assert_eq!(p.b.counters().internal_address_failures, 1);
+    assert_eq!(p.a.state(second), Some(IkeState::Established));
+    assert_eq!(p.b.sas().len(), 2, "both IKE SAs stay");
+    assert_eq!(p.b.pools()[0].online, 1);
+
+    // A pool without the family asked for fails the same way (RFC 7296 section 3.15.4).
+    let mut p = vip_pair(&["::"], Some("198.18.100.0/24"));
+    p.connect();
+    assert_eq!(
+        child_failure(&p.events_a),
+        Some(Failure::PeerError(notify::INTERNAL_ADDRESS_FAILURE))
+    );
+}
+
+#[test]
+fn a_hub_without_a_pool_ignores_the_request_and_the_host_fails_the_child_sa_cleanly() {
+    let mut p = vip_pair(&["0.0.0.0"], None);
+    let id = p.connect();
+    assert!(established(&p.events_a) && established(&p.events_b));
+    // B made its CHILD_SA as usual (no CP in its answer) ...
+    assert_eq!(installs(&p.events_b).len(), 1);
+    assert!(p.b.virtual_ips().is_empty());
+    // ... A had no address for its side: no CHILD_SA, and it has B delete its one.
+    assert!(installs(&p.events_a).is_empty());
+    assert_eq!(child_failure(&p.events_a), Some(Failure::NoVirtualIp));
+    assert_eq!(p.a.counters().virtual_ip_failures, 1);
+    assert!(p
+        .events_b
+        .iter()
+        .any(|e| matches!(e, Action::DeleteChildSa { .. })));
+    assert_eq!(p.a.state(id), Some(IkeState::Established));
+    assert_eq!(p.b.sas().len(), 1);
+    assert!(p.a.next_timeout().is_none(), "the delete was answered");
+}
+
+#[test]
+fn a_host_lost_to_dead_peer_detection_releases_its_lease() {
+    let mut p = vip_pair(&["0.0.0.0"], Some("198.18.100.0/24"));
+    p.connect();
+    let b_id = p.b.sas()[0].0;
+    // B checks on A, which no longer answers: after the retransmissions the SA is dead.
+    let _ = p.b.send_dpd(b_id, p.now).unwrap();
+    let mut failed = None;
+    for _ in 0..40 {
+        p.now += Duration::from_secs(1);
+        for action in p.b.handle_timeout(p.now) {
+            if let Action::Failed { reason, .. } = action {
+                failed = Some(reason);
+            }
+        }
+    }
+    assert_eq!(failed, Some(Failure::Timeout));
+    assert!(p.b.sas().is_empty());
+    let status = &p.b.pools()[0];
+    assert_eq!((status.online, status.offline), (0, 1));
+    assert!(p.b.virtual_ips().is_empty());
+}
+
+/// Runs an IKE SA set-up in which B's IKE_AUTH answer is rewritten by `edit` (decrypted with
+/// A's keys, sealed again with B's) before A reads it.
+fn with_edited_auth_answer(p: &mut Pair, edit: impl Fn(&mut Vec<Payload>)) -> IkeSaId {
+    let (id, actions) = p.a.connect("to-b", p.now).unwrap();
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (A.parse().unwrap(), B.parse().unwrap());
+    let mut to_b: Vec<Vec<u8>> = actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    for _ in 0..4 {
+        let mut to_a = Vec::new();
+        for bytes in to_b.drain(..) {
+            for action in p.b.handle(&bytes, b_addr, a_addr, p.now) {
+                match action {
+                    Action::Send { bytes, .. } => to_a.push(bytes),
+                    other => p.events_b.push(other),
+                }
+            }
+        }
+        for mut bytes in to_a {
+            let message = Message::parse(&bytes).unwrap();
+            if message.header.exchange == exchange::IKE_AUTH {
+                let Some(&Payload::Encrypted {
+                    first_payload,
+                    offset,
+                }) = message.payloads.last()
+                else {
+                    panic!("not encrypted");
+                };
+                let a_sa = p.a.sas.get(&id.0).unwrap();
+                let mut payloads =
+                    open_message(&bytes, offset, first_payload, a_sa.rx.as_ref().unwrap()).unwrap();
+                edit(&mut payloads);
+                let b_sa = p.b.sas.get(&message.header.spi_r).unwrap();
+                bytes =
+                    seal_message(message.header, &payloads, b_sa.tx.as_ref().unwrap(), 99).unwrap();
+            }
+            for action in p.a.handle(&bytes, a_addr, b_addr, p.now) {
+                match action {
+                    Action::Send { bytes, .. } => to_b.push(bytes),
+                    other => p.events_a.push(other),
+                }
+            }
+        }
+    }
+    id
+}
+
+#[test]
+fn garbage_configuration_replies_fail_the_child_sa_not_the_engine() {
+    let garbage: Vec<Vec<crate::ike::wire::ConfigAttribute>> = vec![
+        vec![],
+        vec![crate::ike::wire::ConfigAttribute {
+            kind: cfg::INTERNAL_IP4_ADDRESS,
+            value: vec![198, 18, 100],
+        }],
+        vec![crate::ike::wire::ConfigAttribute {
+            kind: cfg::INTERNAL_IP4_ADDRESS,
+            value: vec![127, 0, 0, 1],
+        }],
+        vec![crate::ike::wire::ConfigAttribute {
+            kind: cfg::INTERNAL_IP4_ADDRESS,
+            value: vec![255, 255, 255, 255],
+        }],
+        // An address of the family not asked for.
+        vec![crate::ike::wire::ConfigAttribute {
+            kind: cfg::INTERNAL_IP6_ADDRESS,
+            value: [
+                &"2001:db8::1"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets()[..],
+                &[128],
+            ]
+            .concat(),
+        }],
+    ];
+    for (n, attributes) in garbage.into_iter().enumerate() {
+        let mut p = vip_pair(&["0.0.0.0"], Some("198.18.100.0/24"));
+        let id = with_edited_auth_answer(&mut p, |payloads| {
+            for payload in payloads.iter_mut() {
+                if let Payload::Cp { attributes: a, .. } = payload {
+                    *a = attributes.clone();
+                }
+            }
+        });
+        assert!(established(&p.events_a), "case {n}");
+        assert_eq!(
+            child_failure(&p.events_a),
+            Some(Failure::NoVirtualIp),
+            "case {n}"
+        );
+        assert!(installs(&p.events_a).is_empty(), "case {n}");
+        assert_eq!(p.a.counters().virtual_ip_failures, 1, "case {n}");
+        assert_eq!(p.a.state(id), Some(IkeState::Established), "case {n}");
+        assert!(p.a.virtual_ips().is_empty(), "case {n}");
+        if n == 1 || n == 2 || n == 3 {
+            assert_eq!(p.a.counters().cp_malformed, 1, "case {n}");
+        }
+    }
+    // No Configuration payload at all.
+    let mut p = vip_pair(&["0.0.0.0"], Some("198.18.100.0/24"));
+    with_edited_auth_answer(&mut p, |payloads| {
+        payloads.retain(|p| !matches!(p, Payload::Cp { .. }))
+    });
+    assert_eq!(child_failure(&p.events_a), Some(Failure::NoVirtualIp));
+    // A reply that widens the host's side past its address: narrowed back to it.
+    let mut p = vip_pair(&["0.0.0.0"], Some("198.18.100.0/24"));
+    with_edited_auth_answer(&mut p, |payloads| {
+        for payload in payloads.iter_mut() {
+            if let Payload::TsI(t) = payload {
+                *t = vec![crate::ike::cp::any_selector(false)];
+            }
+        }
+    });
+    let a = installs(&p.events_a)[0];
+    assert_eq!(
+        a.local_ts,
+        vec![crate::ike::cp::host_selector(ip("198.18.100.1"))]
+    );
+}
+
+#[test]
+fn malformed_configuration_requests_are_counted_and_served_by_what_is_left() {
+    let mut p = vip_pair(&["0.0.0.0"], Some("198.18.100.0/24"));
+    p.connect();
+    // The responder's request handling, called on B's SA with a crafted request.
+    let b_id = *p.b.sas.keys().next().unwrap();
+    let request = [Payload::Cp {
+        cfg_type: cfg::REQUEST,
+        attributes: vec![
+            crate::ike::wire::ConfigAttribute {
+                kind: cfg::INTERNAL_IP4_ADDRESS,
+                value: vec![1, 2],
+            },
+            crate::ike::wire::ConfigAttribute {
+                kind: cfg::INTERNAL_IP6_DNS,
+                value: vec![],
+            },
+        ],
+    }];
+    let owner = crate::ike::Identity::parse("@a.example").to_wire();
+    let before = p.b.counters().cp_malformed;
+    let answer = p.b.serve_cfg_request(b_id, &owner, &request);
+    assert_eq!(p.b.counters().cp_malformed, before + 1);
+    // No address asked for (the only one was malformed): DNS only, no lease.
+    match answer {
+        virtual_ip::CfgAnswer::Reply { payload, leased } => {
+            assert!(leased.is_empty());
+            let Payload::Cp { attributes, .. } = payload else {
+                panic!("not a CP payload");
+            };
+            assert_eq!(attributes.len(), 1);
+            assert_eq!(attributes[0].kind, cfg::INTERNAL_IP6_DNS);
+        }
+        _ => panic!("expected a DNS-only reply"),
+    }
+}
+
+/// The lease follows the CHILD_SAs when the host rekeys the IKE SA, and a CHILD_SA the host
+/// adds on it is narrowed to its address too.
+#[test]
+fn leases_survive_ike_sa_rekeys_and_bound_new_child_sas() {
+    let mut p = vip_pair(&["0.0.0.0"], Some("198.18.100.0/24"));
+    let id = p.connect();
+    let vip = ip("198.18.100.1");
+    // A new CHILD_SA asking for everything: B gives the host its address only.
+    let request = vec![
+        Payload::Sa(vec![EspProposal::parse("aes128gcm16")
+            .unwrap()
+            .to_wire(1, 0x4242, false)]),
+        Payload::Nonce(vec![3; 32]),
+        Payload::TsI(vec![crate::ike::cp::any_selector(false)]),
+        Payload::TsR(vec![ts("198.19.0.0", "198.19.0.255")]),
+    ];
+    let (actions, _) = create_child(&mut p, id, &request);
+    let install = installs(&actions)[0].clone();
+    assert_eq!(install.remote_ts, vec![crate::ike::cp::host_selector(vip)]);
+    assert_eq!(install.remote_vips, vec![vip]);
+    // The IKE SA rekey, then the old SA's delete: the lease stays, on the new SA.
+    let ike = IkeProposal::parse("aes128gcm16-prfsha256-x25519").unwrap();
+    let (_, public) = dh::generate(DhGroup::Curve25519, &ring::rand::SystemRandom::new()).unwrap();
+    let rekey = [
+        Payload::Sa(vec![ike.to_wire(1, &0x5555_6666_7777_8888u64.to_be_bytes())]),
+        Payload::Nonce(vec![4; 32]),
+        Payload::Ke {
+            group: DhGroup::Curve25519.id(),
+            data: public,
+        },
+    ];
+    let (_, response) = create_child(&mut p, id, &rekey);
+    assert!(response.is_some());
+    let delete = [Payload::Delete {
+        protocol: protocol::IKE,
+        spis: Vec::new(),
+    }];
+    let actions = request_on(&mut p, id, exchange::INFORMATIONAL, &delete);
+    assert!(actions.iter().any(|a| matches!(a, Action::Closed { .. })));
+    assert_eq!(p.b.sas().len(), 1);
+    let status = &p.b.pools()[0];
+    assert_eq!((status.online, status.offline), (1, 0));
+    let leased = p.b.virtual_ips();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].address, vip);
+    assert_eq!(leased[0].ike_sa, p.b.sas()[0].0, "held by the new SA");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Whatever attributes a CFG_REPLY carries, the host either gets an address from it or
+    /// fails the CHILD_SA; the engine never panics.
+    #[test]
+    fn any_configuration_reply_is_survived(
+        list in proptest::collection::vec((0u16..12, proptest::collection::vec(any::<u8>(), 0..20)), 0..12)
+    ) {
+        let mut p = vip_pair(&["0.0.0.0", "::"], Some("198.18.100.0/24"));
+        let attributes: Vec<crate::ike::wire::ConfigAttribute> = list
+            .into_iter()
+            .map(|(kind, value)| crate::ike::wire::ConfigAttribute { kind, value })
+            .collect();
+        with_edited_auth_answer(&mut p, |payloads| {
+            for payload in payloads.iter_mut() {
+                if let Payload::Cp { attributes: a, .. } = payload {
+                    *a = attributes.clone();
+                }
+            }
+        });
+        prop_assert!(established(&p.events_a));
+        let installed = installs(&p.events_a);
+        match installed.first() {
+            Some(i) => prop_assert!(!i.local_vips.is_empty()),
+            None => prop_assert!(child_failure(&p.events_a).is_some()),
+        }
+    }
 }
