@@ -246,6 +246,55 @@ enum Step<P> {
 /// Operations the nodes hand to the backend at once (a device's burst).
 const CRYPTO_BATCH: usize = 32;
 
+/// An ESP node as its two halves around the crypto, so that one loop ([`run_halves`]) runs
+/// both nodes.
+trait Halves<B: PacketBuffer> {
+    type Work;
+    fn cache(&self) -> &SaCache;
+    fn pending(&mut self) -> &mut Vec<Pending<Self::Work>>;
+    fn first_half(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+    ) -> Step<Pending<Self::Work>>;
+    fn second_half(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+        p: Pending<Self::Work>,
+    ) -> NextIndex;
+}
+
+/// Every packet's first half, then the vector's crypto in batches, then every second half.
+fn run_halves<B: PacketBuffer, N: Halves<B>>(
+    node: &mut N,
+    cx: &mut Context<'_, B>,
+    ipsec: &IpsecTables,
+    pkts: &mut [Packet<B>],
+    next: &mut [NextIndex],
+) {
+    // Taken out while the node's halves run; put back (empty, its capacity kept) at the end.
+    let mut pending = std::mem::take(node.pending());
+    pending.clear();
+    for (index, (pkt, n)) in pkts.iter_mut().zip(next.iter_mut()).enumerate() {
+        match node.first_half(cx, ipsec, pkt) {
+            Step::Done(next) => *n = next,
+            Step::Crypto(p) => pending.push(Pending { index, ..p }),
+        }
+    }
+    if !pending.is_empty() {
+        let cache = node.cache();
+        run_crypto(&*cache.backend, &cache.sas, &mut pending, pkts);
+        for p in pending.drain(..) {
+            let index = p.index;
+            next[index] = node.second_half(cx, ipsec, &mut pkts[index], p);
+        }
+    }
+    *node.pending() = pending;
+}
+
 /// Runs the crypto of every pending packet, in batches, on `backend` with the SAs' contexts.
 fn run_crypto<B: PacketBuffer, W>(
     backend: &dyn CryptoBackend,
@@ -379,28 +428,7 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for EspEncrypt<V6> {
             next.fill(EncryptNext::Rewrite as NextIndex);
             return;
         }
-        self.pending.clear();
-        for (index, (pkt, n)) in pkts.iter_mut().zip(next.iter_mut()).enumerate() {
-            match self.prepare(cx, &ipsec, pkt) {
-                Step::Done(next) => *n = next,
-                Step::Crypto(p) => self.pending.push(Pending { index, ..p }),
-            }
-        }
-        if self.pending.is_empty() {
-            return;
-        }
-        run_crypto(
-            &*self.cache.backend,
-            &self.cache.sas,
-            &mut self.pending,
-            pkts,
-        );
-        let mut pending = std::mem::take(&mut self.pending);
-        for p in pending.drain(..) {
-            let index = p.index;
-            next[index] = self.finish(cx, &ipsec, &mut pkts[index], p) as NextIndex;
-        }
-        self.pending = pending;
+        run_halves(self, cx, &ipsec, pkts, next);
     }
 }
 
@@ -417,7 +445,7 @@ struct EncryptWork {
 impl<const V6: bool> EspEncrypt<V6> {
     /// The first half: SPD lookup, checks, the inner hop, room for ESP, and the ESP header
     /// and trailer ([`esp::encapsulate_prepare`]).
-    fn prepare<B: PacketBuffer>(
+    fn first_half<B: PacketBuffer>(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -549,7 +577,7 @@ impl<const V6: bool> EspEncrypt<V6> {
 
     /// The second half, after the crypto: the outer header ([`esp::encapsulate_finish`]),
     /// post-encryption fragmentation leave, counters, and on to the outer lookup.
-    fn finish<B: PacketBuffer>(
+    fn second_half<B: PacketBuffer>(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -623,28 +651,7 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for EspDecrypt<V6> {
             next.fill(DecryptNext::Local as NextIndex);
             return;
         }
-        self.pending.clear();
-        for (index, (pkt, n)) in pkts.iter_mut().zip(next.iter_mut()).enumerate() {
-            match self.prepare(cx, &ipsec, pkt) {
-                Step::Done(next) => *n = next,
-                Step::Crypto(p) => self.pending.push(Pending { index, ..p }),
-            }
-        }
-        if self.pending.is_empty() {
-            return;
-        }
-        run_crypto(
-            &*self.cache.backend,
-            &self.cache.sas,
-            &mut self.pending,
-            pkts,
-        );
-        let mut pending = std::mem::take(&mut self.pending);
-        for p in pending.drain(..) {
-            let index = p.index;
-            next[index] = self.finish(cx, &ipsec, &mut pkts[index], p) as NextIndex;
-        }
-        self.pending = pending;
+        run_halves(self, cx, &ipsec, pkts, next);
     }
 }
 
@@ -706,7 +713,7 @@ fn esp_offset(tables: &Tables, data: &[u8]) -> Option<(usize, bool)> {
 impl<const V6: bool> EspDecrypt<V6> {
     /// The first half: is it ESP for us, its SA, and the checks before the crypto
     /// ([`esp::decapsulate_prepare`]: lifetime, replay window).
-    fn prepare<B: PacketBuffer>(
+    fn first_half<B: PacketBuffer>(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -769,7 +776,7 @@ impl<const V6: bool> EspDecrypt<V6> {
 
     /// The second half, after the crypto: replay window, trailer ([`esp::decapsulate_finish`]),
     /// the inner packet against the SA's selectors, counters, and on to the inner input.
-    fn finish<B: PacketBuffer>(
+    fn second_half<B: PacketBuffer>(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -824,5 +831,67 @@ impl<const V6: bool> EspDecrypt<V6> {
         } else {
             DecryptNext::Input6
         }
+    }
+}
+
+impl<B: PacketBuffer, const V6: bool> Halves<B> for EspEncrypt<V6> {
+    type Work = EncryptWork;
+
+    fn cache(&self) -> &SaCache {
+        &self.cache
+    }
+
+    fn pending(&mut self) -> &mut Vec<Pending<EncryptWork>> {
+        &mut self.pending
+    }
+
+    fn first_half(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+    ) -> Step<Pending<EncryptWork>> {
+        EspEncrypt::first_half(self, cx, ipsec, pkt)
+    }
+
+    fn second_half(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+        p: Pending<EncryptWork>,
+    ) -> NextIndex {
+        EspEncrypt::second_half(self, cx, ipsec, pkt, p) as NextIndex
+    }
+}
+
+impl<B: PacketBuffer, const V6: bool> Halves<B> for EspDecrypt<V6> {
+    type Work = esp::DecapPending;
+
+    fn cache(&self) -> &SaCache {
+        &self.cache
+    }
+
+    fn pending(&mut self) -> &mut Vec<Pending<esp::DecapPending>> {
+        &mut self.pending
+    }
+
+    fn first_half(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+    ) -> Step<Pending<esp::DecapPending>> {
+        EspDecrypt::first_half(self, cx, ipsec, pkt)
+    }
+
+    fn second_half(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        ipsec: &IpsecTables,
+        pkt: &mut Packet<B>,
+        p: Pending<esp::DecapPending>,
+    ) -> NextIndex {
+        EspDecrypt::second_half(self, cx, ipsec, pkt, p) as NextIndex
     }
 }
