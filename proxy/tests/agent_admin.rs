@@ -232,7 +232,7 @@ fn metrics_health_and_admin_socket() {
     thread::sleep(Duration::from_millis(300));
     let out = lab.exec_t(
         Ns::Client,
-        &format!("socat -T 2 - TCP4:{WEB_VIP}:80,connect-timeout=2 </dev/null"),
+        &format!("socat -T 2 -t 2 - TCP4:{WEB_VIP}:80,connect-timeout=2 </dev/null"),
         Duration::from_secs(6),
     );
     assert!(out.status.success(), "request: {}", text(&out.stderr));
@@ -249,7 +249,7 @@ fn metrics_health_and_admin_socket() {
     for _ in 0..8 {
         let out = lab.exec_t(
             Ns::Client,
-            &format!("socat -T 2 - TCP4:{WEB_VIP}:80,connect-timeout=2 </dev/null"),
+            &format!("socat -T 2 -t 2 - TCP4:{WEB_VIP}:80,connect-timeout=2 </dev/null"),
             Duration::from_secs(6),
         );
         assert!(out.status.success(), "request: {}", text(&out.stderr));

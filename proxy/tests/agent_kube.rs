@@ -100,7 +100,7 @@ fn start_pods(lab: &Lab) -> Vec<std::process::Child> {
 fn tcp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
     let out = lab.exec_t(
         Ns::Client,
-        &format!("socat -T 2 - TCP4:{addr}:{port},connect-timeout=2 </dev/null"),
+        &format!("socat -T 2 -t 2 - TCP4:{addr}:{port},connect-timeout=2 </dev/null"),
         Duration::from_secs(6),
     );
     if out.status.success() && !out.stdout.is_empty() {

@@ -76,7 +76,7 @@ fn node_manifests(node: &str, pod: &str) -> String {
 fn request(lab: &EdgeLab, vip: &str) -> Result<String, String> {
     let out = lab.exec(
         "client",
-        &format!("socat -T 2 - TCP4:{vip}:80,connect-timeout=2 </dev/null"),
+        &format!("socat -T 2 -t 2 - TCP4:{vip}:80,connect-timeout=2 </dev/null"),
     );
     if out.status.success() && !out.stdout.is_empty() {
         Ok(text(&out.stdout).trim().to_string())

@@ -130,7 +130,7 @@ fn start_pods(lab: &Lab) -> Vec<std::process::Child> {
 fn tcp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
     let out = lab.exec_t(
         Ns::Client,
-        &format!("socat -T 2 - TCP4:{addr}:{port},connect-timeout=2 </dev/null"),
+        &format!("socat -T 2 -t 2 - TCP4:{addr}:{port},connect-timeout=2 </dev/null"),
         Duration::from_secs(6),
     );
     if out.status.success() && !out.stdout.is_empty() {
@@ -147,7 +147,7 @@ fn udp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
     for attempt in 1..=3 {
         let out = lab.exec_t(
             Ns::Client,
-            &format!("echo q | socat -T 2 - UDP4:{addr}:{port}"),
+            &format!("echo q | socat -T 2 -t 2 - UDP4:{addr}:{port}"),
             Duration::from_secs(6),
         );
         if out.status.success() && !out.stdout.is_empty() {
