@@ -33,6 +33,7 @@ pub fn local_capabilities(cfg: &SessionConfig) -> Vec<BgpCapability> {
         let fams: Vec<_> = cfg
             .families
             .iter()
+            .filter(|f| gr.families.contains(f))
             .map(|f| {
                 GracefulRestartAddressFamily::new(
                     gr.forwarding_preserved.contains(f),
@@ -244,6 +245,7 @@ mod tests {
         c.graceful_restart = Some(GracefulRestartConfig {
             restart_time: 120,
             restarting: false,
+            families: vec![Family::Ipv4Unicast],
             forwarding_preserved: vec![],
         });
         c
@@ -301,5 +303,41 @@ mod tests {
         assert!(caps
             .iter()
             .any(|c| matches!(c, BgpCapability::GracefulRestartCapability(_))));
+    }
+
+    /// RFC 4724 §3: a helper lists no family; a restarting peer's
+    /// capability comes back with its Restart State and Forwarding State
+    /// bits.
+    #[test]
+    fn graceful_restart_helper_and_restarting_peer() {
+        let mut ours = cfg();
+        ours.graceful_restart = Some(GracefulRestartConfig::helper_only());
+        let gr = local_capabilities(&ours)
+            .into_iter()
+            .find_map(|c| match c {
+                BgpCapability::GracefulRestartCapability(g) => Some(g),
+                _ => None,
+            })
+            .unwrap();
+        assert!(gr.address_families().is_empty() && !gr.restart());
+
+        let mut theirs = cfg();
+        theirs.graceful_restart = Some(GracefulRestartConfig {
+            restart_time: 90,
+            restarting: true,
+            families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+            forwarding_preserved: vec![Family::Ipv4Unicast],
+        });
+        let caps = local_capabilities(&theirs);
+        let n = negotiate(&ours, 65001, Ipv4Addr::new(1, 1, 1, 1), 90, &caps);
+        assert_eq!(
+            n.peer_graceful_restart,
+            Some(PeerGracefulRestart {
+                restart_time: 90,
+                restarting: true,
+                forwarding_preserved: vec![Family::Ipv4Unicast],
+                families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+            })
+        );
     }
 }

@@ -52,8 +52,28 @@ pub struct GracefulRestartConfig {
     pub restart_time: u16,
     /// Set the Restart State bit: we are coming back from a restart.
     pub restarting: bool,
+    /// Families we can restart for: the peer keeps our routes of these
+    /// while we are away. Empty: we only help a restarting peer (the
+    /// Receiving Speaker of RFC 4724 §4.2) and promise nothing ourselves.
+    pub families: Vec<Family>,
     /// Families whose forwarding state we preserved across the restart.
     pub forwarding_preserved: Vec<Family>,
+}
+
+impl GracefulRestartConfig {
+    /// The capability of a speaker that helps restarting peers but keeps
+    /// no forwarding state of its own across a restart of its own (RFC
+    /// 4724 §3: a capability without any family). A node agent whose
+    /// dataplane restarts with it is such a speaker: a peer that kept our
+    /// routes while we were away would send traffic into nothing.
+    pub fn helper_only() -> Self {
+        Self {
+            restart_time: 0,
+            restarting: false,
+            families: Vec::new(),
+            forwarding_preserved: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,9 +23,17 @@
 //!                          result (hold time, families, ADD-PATH, 4-octet
 //!                          AS, extended messages, the peer's GR capability)
 //! Action::Update(u)        rib.apply_update(peer, &u)
-//! Action::SessionDown(_)   rib.peer_down(peer)
+//! Action::SessionDown(_)   rib.peer_down(peer), or with graceful
+//!                          restart what the peer's GrHelper says
 //! Action::RouteRefresh(f)  resend the Adj-RIB-Out for family f
 //! ```
+//!
+//! Graceful restart (RFC 4724 §4.2, we help the restarting peer) is a
+//! second small machine per peer, [`graceful_restart::GrHelper`], that
+//! outlives the sessions: fed session ends and starts, End-of-RIB markers
+//! and its two timers, it says which of the peer's routes the RIB keeps
+//! as stale ([`rib::Rib::mark_stale`]) and when they go
+//! ([`rib::Rib::sweep_stale`]).
 //!
 //! A second TCP connection for a peer that already has one in OpenSent or
 //! OpenConfirm is a collision: run a second `Session` on it and, when its
@@ -50,7 +58,10 @@
 //! `multipath`, and for every established peer calls
 //! `sync_adj_rib_out_v4/v6` with its [`rib::adj_out::AdjRibOut`] and encodes
 //! the returned changes with [`update_tx::build_v4`] / [`update_tx::build_v6`]
-//! using [`update_tx::TxParams`] from the negotiated result. Locally
+//! using [`update_tx::TxParams`] from the negotiated result; with ADD-PATH
+//! send negotiated (RFC 7911) the Adj-RIB-Out holds every usable path of
+//! a prefix under our own path identifiers, not just the best
+//! ([`rib::adj_out`]). Locally
 //! originated routes (service VIPs, pod CIDR) enter via
 //! [`rib::Rib::originate`].
 //!
@@ -69,6 +80,9 @@ pub mod config;
 pub mod fsm;
 #[cfg(test)]
 mod fsm_tests;
+pub mod graceful_restart;
+#[cfg(test)]
+mod graceful_restart_tests;
 pub mod notification;
 pub mod open;
 pub mod policy;

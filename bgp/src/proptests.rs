@@ -6,7 +6,7 @@ use crate::config::{Family, SessionConfig};
 use crate::fsm::{Event, Session};
 use crate::rib::decision::{self, Candidate, DecisionConfig};
 use crate::update_check::UpdateContext;
-use crate::update_rx;
+use crate::update_rx::{self, Nlri};
 use crate::update_tx::{self, TxParams};
 use crate::wire::{Frame, Framer, MSG_OPEN};
 use ipnet::Ipv4Net;
@@ -84,7 +84,12 @@ proptest! {
     ) {
         let params = TxParams { four_octet_as: four, add_path, max_len: 4096 };
         let a = Arc::new(attrs);
-        let ann: Vec<_> = prefixes.iter().map(|p| (*p, Arc::clone(&a))).collect();
+        // Path identifiers survive when the session carries them.
+        let ann: Vec<_> = prefixes
+            .iter()
+            .zip(1u32..)
+            .map(|(p, id)| (Nlri { prefix: *p, path_id: if add_path { id } else { 0 } }, Arc::clone(&a)))
+            .collect();
         let msgs = update_tx::build_v4(&ann, &[], &params).unwrap();
         let mut got = Vec::new();
         for m in &msgs {
@@ -100,10 +105,10 @@ proptest! {
                 back.as_path = a.as_path.clone();
             }
             prop_assert_eq!(&back, &*a);
-            got.extend(u.announced_v4.iter().map(|n| n.prefix));
+            got.extend(u.announced_v4.iter().copied());
         }
         got.sort();
-        let want: Vec<_> = prefixes.into_iter().collect();
+        let want: Vec<_> = ann.iter().map(|(n, _)| *n).collect();
         prop_assert_eq!(got, want);
     }
 
@@ -118,7 +123,7 @@ proptest! {
         flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
     ) {
         let params = TxParams { four_octet_as: true, add_path: false, max_len: 4096 };
-        let ann = vec![("198.18.0.0/24".parse().unwrap(), Arc::new(attrs))];
+        let ann = vec![(Nlri { prefix: "198.18.0.0/24".parse().unwrap(), path_id: 0 }, Arc::new(attrs))];
         let msgs = update_tx::build_v4(&ann, &[], &params).unwrap();
         let mut body = msgs[0][19..].to_vec();
         for (i, b) in flips {

@@ -273,7 +273,10 @@ fn updates_pack_and_round_trip_v4() {
     for i in 0..3000u32 {
         let p = Ipv4Net::new(Ipv4Addr::from(0xc612_0000 + i), 32).unwrap();
         announce.push((
-            p,
+            Nlri {
+                prefix: p,
+                path_id: i,
+            },
             if i % 2 == 0 {
                 Arc::clone(&a)
             } else {
@@ -281,8 +284,11 @@ fn updates_pack_and_round_trip_v4() {
             },
         ));
     }
-    let withdraw: Vec<Ipv4Net> = (0..1000u32)
-        .map(|i| Ipv4Net::new(Ipv4Addr::from(0xcb00_7100 + i), 32).unwrap())
+    let withdraw: Vec<Nlri<Ipv4Net>> = (0..1000u32)
+        .map(|i| Nlri {
+            prefix: Ipv4Net::new(Ipv4Addr::from(0xcb00_7100 + i), 32).unwrap(),
+            path_id: i,
+        })
         .collect();
     for params in [
         TxParams {
@@ -340,10 +346,14 @@ fn updates_round_trip_v6_with_link_local() {
     );
     a.next_hop_local = Some("fe80::1".parse::<Ipv6Addr>().unwrap());
     let a = Arc::new(a);
-    let announce: Vec<(Ipv6Net, _)> = (0..1000u128)
+    let announce: Vec<(Nlri<Ipv6Net>, _)> = (0..1000u128)
         .map(|i| {
             (
-                Ipv6Net::new(Ipv6Addr::from((0x2001_0db8u128 << 96) + (i << 64)), 64).unwrap(),
+                Nlri {
+                    prefix: Ipv6Net::new(Ipv6Addr::from((0x2001_0db8u128 << 96) + (i << 64)), 64)
+                        .unwrap(),
+                    path_id: 0,
+                },
                 Arc::clone(&a),
             )
         })
@@ -382,10 +392,13 @@ fn scale_one_million_routes() {
         max_len: 4096,
     };
     let a = Arc::new(attrs(&[65001], 1));
-    let announce: Vec<(Ipv4Net, _)> = (0..1_000_000u32)
+    let announce: Vec<(Nlri<Ipv4Net>, _)> = (0..1_000_000u32)
         .map(|i| {
             (
-                Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i), 32).unwrap(),
+                Nlri {
+                    prefix: Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + i), 32).unwrap(),
+                    path_id: 0,
+                },
                 Arc::clone(&a),
             )
         })
@@ -410,4 +423,217 @@ fn scale_one_million_routes() {
         el
     );
     assert_eq!(r.v4.len(), 1_000_000);
+}
+
+fn v6(s: &str) -> Nlri<Ipv6Net> {
+    Nlri {
+        prefix: s.parse().unwrap(),
+        path_id: 0,
+    }
+}
+
+fn v6_attrs(nh: &str) -> PathAttrs {
+    PathAttrs::new(
+        Origin::Igp,
+        AsPath::from_sequence(vec![65001]),
+        Some(IpAddr::V6(nh.parse().unwrap())),
+    )
+}
+
+/// RFC 4724 §4.2 on the RIB: kept families go stale, the others go; a
+/// path announced again with equal attributes replaces its stale self
+/// without a Loc-RIB change; End-of-RIB sweeps what was not announced.
+#[test]
+fn stale_paths_are_kept_replaced_and_swept() {
+    let mut r = rib(4, None);
+    let a = r.add_peer(peer(1, 65001, false));
+    let b = r.add_peer(peer(2, 65001, false));
+    let (p, q) = (n("203.0.113.0/24"), n("198.18.0.0/24"));
+    r.announce_v4(a, &attrs(&[65001], 1), &[p, q]);
+    r.announce_v4(b, &attrs(&[65001], 2), &[p]);
+    r.announce_v6(a, &v6_attrs("2001:db8::1"), &[v6("2001:db8:1::/48")]);
+    r.v4.take_changes();
+    r.v6.take_changes();
+
+    r.mark_stale(a, &[Family::Ipv4Unicast]);
+    assert_eq!(r.stale_count(a), 2);
+    assert!(r.is_stale(a, p.prefix.into(), 0));
+    assert!(!r.is_stale(b, p.prefix.into(), 0), "other peers untouched");
+    assert!(r.v6.is_empty(), "a family not kept is deleted");
+    assert!(
+        r.v4.take_changes().is_empty(),
+        "stale paths still forward: nothing changed in the Loc-RIB"
+    );
+    assert_eq!(r.multipath(&r.v4, &p.prefix).len(), 2);
+
+    // Back: p again with the same attributes, q not.
+    r.announce_v4(a, &attrs(&[65001], 1), &[p]);
+    assert!(!r.is_stale(a, p.prefix.into(), 0));
+    assert!(r.v4.take_changes().is_empty(), "no FIB flap for p");
+    assert_eq!(r.sweep_stale(a, Family::Ipv6Unicast), 0);
+    assert_eq!(r.sweep_stale(a, Family::Ipv4Unicast), 1);
+    assert_eq!(r.v4.take_changes(), vec![q.prefix]);
+    assert!(r.v4.paths(&q.prefix).is_empty());
+    assert_eq!(r.multipath(&r.v4, &p.prefix).len(), 2);
+    assert_eq!(r.stale_count(a), 0);
+}
+
+/// RFC 4724 §4.2: on a second restart before End-of-RIB, the paths still
+/// stale from the first are deleted; the rest become stale.
+#[test]
+fn consecutive_restart_deletes_earlier_stale_paths() {
+    let mut r = rib(1, None);
+    let a = r.add_peer(peer(1, 65001, false));
+    let (p, q) = (n("203.0.113.0/24"), n("198.18.0.0/24"));
+    r.announce_v4(a, &attrs(&[65001], 1), &[p, q]);
+    r.mark_stale(a, &[Family::Ipv4Unicast]);
+    r.announce_v4(a, &attrs(&[65001], 1), &[p]);
+    r.v4.take_changes();
+    r.mark_stale(a, &[Family::Ipv4Unicast]);
+    assert_eq!(r.v4.take_changes(), vec![q.prefix]);
+    assert!(r.is_stale(a, p.prefix.into(), 0));
+    assert_eq!(r.stale_count(a), 1);
+    // A withdrawal of a stale path removes it from the stale set too.
+    r.withdraw_v4(a, p);
+    assert_eq!(r.stale_count(a), 0);
+    assert!(r.v4.is_empty());
+    // Forgetting the peer forgets its stale set.
+    r.announce_v4(a, &attrs(&[65001], 1), &[q]);
+    r.mark_stale(a, &[Family::Ipv4Unicast]);
+    r.remove_peer(a);
+    assert_eq!(r.stale_count(a), 0);
+    assert!(r.v4.is_empty());
+}
+
+/// ADD-PATH send (RFC 7911) from a route reflector: a client hears every
+/// usable path but its own, each under an identifier of ours that stays
+/// with its path; a path that leaves is withdrawn by identifier, a
+/// changed one replaced in place, and a freed identifier is reused.
+#[test]
+fn add_path_send_every_path_with_stable_ids() {
+    let cluster = Ipv4Addr::new(10, 9, 9, 9);
+    let mut r = rib(1, Some(cluster));
+    let c1 = r.add_peer(peer(1, LOCAL_AS, true));
+    let c2 = r.add_peer(peer(2, LOCAL_AS, true));
+    let c3 = r.add_peer(peer(3, LOCAL_AS, true));
+    let rx = r.add_peer(peer(4, LOCAL_AS, true));
+    let p = n("198.18.7.0/24");
+    r.announce_v4(c1, &attrs(&[], 1), &[p]);
+    r.announce_v4(c2, &attrs(&[], 2), &[p]);
+    let changed = r.v4.take_changes();
+    let mut out = AdjRibOut::new(true, true);
+    let ch = r.sync_adj_rib_out_v4(rx, &mut out, &changed);
+    let ids = |ch: &crate::rib::adj_out::OutChanges<Ipv4Net>| -> Vec<(u32, Option<IpAddr>)> {
+        ch.announce
+            .iter()
+            .map(|(n, a)| (n.path_id, a.next_hop))
+            .collect()
+    };
+    let nh = |x: u8| Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, x)));
+    assert_eq!(ids(&ch), vec![(1, nh(1)), (2, nh(2))], "best first");
+    assert!(ch
+        .announce
+        .iter()
+        .all(|(_, a)| a.cluster_list == vec![cluster]));
+    assert_eq!((out.v4.len(), out.v4.paths()), (1, 2));
+    // Split horizon per path: c1 hears only c2's path.
+    let mut out1 = AdjRibOut::new(true, false);
+    let ch = r.sync_adj_rib_out_v4(c1, &mut out1, &changed);
+    assert_eq!(ids(&ch), vec![(1, nh(2))]);
+    // Without ADD-PATH, the best only, identifier 0.
+    let mut plain = AdjRibOut::default();
+    let ch = r.sync_adj_rib_out_v4(c3, &mut plain, &changed);
+    assert_eq!(ids(&ch), vec![(0, nh(1))]);
+
+    // c1 withdraws: its identifier is withdrawn, c2's path keeps 2.
+    r.withdraw_v4(c1, p);
+    let ch = r.sync_adj_rib_out_v4(rx, &mut out, &[p.prefix]);
+    assert!(ch.announce.is_empty());
+    assert_eq!(
+        ch.withdraw,
+        vec![Nlri {
+            prefix: p.prefix,
+            path_id: 1
+        }]
+    );
+    // c3 arrives: it takes the freed 1. c2 changes MED: replaced as 2.
+    r.announce_v4(c3, &attrs(&[], 3), &[p]);
+    let mut med = attrs(&[], 2);
+    med.med = Some(5);
+    r.announce_v4(c2, &med, &[p]);
+    let ch = r.sync_adj_rib_out_v4(rx, &mut out, &[p.prefix]);
+    let mut got = ids(&ch);
+    got.sort();
+    assert_eq!(got, vec![(1, nh(3)), (2, nh(2))]);
+    assert!(ch.withdraw.is_empty());
+    // Nothing changed: nothing to send. Refresh resends as sent.
+    assert!(r.sync_adj_rib_out_v4(rx, &mut out, &[p.prefix]).is_empty());
+    let mut again: Vec<_> = out
+        .v4
+        .announcements()
+        .iter()
+        .map(|(n, a)| (n.path_id, a.next_hop))
+        .collect();
+    again.sort();
+    assert_eq!(again, got);
+    // Everything gone: each identifier withdrawn.
+    r.withdraw_v4(c2, p);
+    r.withdraw_v4(c3, p);
+    let ch = r.sync_adj_rib_out_v4(rx, &mut out, &[p.prefix]);
+    let mut w: Vec<u32> = ch.withdraw.iter().map(|n| n.path_id).collect();
+    w.sort();
+    assert_eq!(w, vec![1, 2]);
+    assert!(out.v4.is_empty());
+}
+
+/// The UPDATEs for ADD-PATH changes carry our identifiers, and a peer
+/// receiving ADD-PATH reads back both paths of one prefix.
+#[test]
+fn add_path_updates_round_trip() {
+    let a = Arc::new(attrs(&[], 1));
+    let b = Arc::new(attrs(&[], 2));
+    let p = net("198.18.7.0/24");
+    let params = TxParams {
+        four_octet_as: true,
+        add_path: true,
+        max_len: 4096,
+    };
+    let announce = vec![
+        (
+            Nlri {
+                prefix: p,
+                path_id: 1,
+            },
+            a,
+        ),
+        (
+            Nlri {
+                prefix: p,
+                path_id: 2,
+            },
+            b,
+        ),
+    ];
+    let withdraw = vec![Nlri {
+        prefix: p,
+        path_id: 3,
+    }];
+    let got = decode_all(
+        &update_tx::build_v4(&announce, &withdraw, &params).unwrap(),
+        &params,
+    );
+    let mut ids: Vec<u32> = got
+        .iter()
+        .flat_map(|u| u.announced_v4.iter().map(|n| n.path_id))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2]);
+    assert_eq!(got[0].withdrawn_v4, withdraw);
+    // Into a RIB with multipath: one prefix, two next hops.
+    let mut r = rib(4, None);
+    let from = r.add_peer(peer(9, LOCAL_AS, false));
+    for u in &got {
+        r.apply_update(from, u);
+    }
+    assert_eq!(r.multipath(&r.v4, &p).len(), 2);
 }

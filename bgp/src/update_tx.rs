@@ -2,10 +2,13 @@
 //! attribute set, packed into as few messages as the negotiated maximum
 //! allows (RFC 4271 §9.2, RFC 8654), IPv6 in MP_REACH/MP_UNREACH (RFC
 //! 4760) with a global and optional link-local next hop (RFC 2545).
+//! Prefixes come as [`Nlri`]: their path identifier is written when the
+//! session sends ADD-PATH (RFC 7911) and ignored otherwise.
 
 use crate::attrs::{AsPath, AsSegment, Origin, PathAttrs};
 use crate::capability::AS_TRANS;
 use crate::update_check as code;
+use crate::update_rx::Nlri;
 use crate::wire::{self, EncodeError};
 use ipnet::{Ipv4Net, Ipv6Net};
 use netgauze_bgp_pkt::community::{Community, LargeCommunity};
@@ -26,7 +29,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxParams {
     pub four_octet_as: bool,
-    /// RFC 7911: NLRI carry a path identifier.
+    /// RFC 7911: NLRI carry their path identifier.
     pub add_path: bool,
     /// 4096, or 65535 with extended messages.
     pub max_len: usize,
@@ -37,12 +40,6 @@ const UPDATE_OVERHEAD: usize = wire::HEADER_LEN + 4;
 
 fn nlri_len(bits: u8, add_path: bool) -> usize {
     1 + usize::from(bits).div_ceil(8) + if add_path { 4 } else { 0 }
-}
-
-fn path_id(p: &TxParams) -> Option<u32> {
-    // A single best path per prefix: identifier 1 (0 would work too, but
-    // some implementations treat 0 as "no identifier").
-    p.add_path.then_some(1)
 }
 
 fn attr(o: bool, t: bool, ext: bool, v: PathAttributeValue) -> Result<PathAttribute, EncodeError> {
@@ -288,29 +285,29 @@ fn chunks<P: Copy>(items: &[P], room: usize, cost: impl Fn(&P) -> usize) -> Vec<
     out
 }
 
-fn v4_addr(p: &Ipv4Net, params: &TxParams) -> Option<Ipv4UnicastAddress> {
+fn v4_addr(n: &Nlri<Ipv4Net>, params: &TxParams) -> Option<Ipv4UnicastAddress> {
     // Multicast-range prefixes cannot be carried as unicast NLRI.
-    Ipv4Unicast::from_net(*p)
+    Ipv4Unicast::from_net(n.prefix)
         .ok()
-        .map(|u| Ipv4UnicastAddress::new(path_id(params), u))
+        .map(|u| Ipv4UnicastAddress::new(params.add_path.then_some(n.path_id), u))
 }
 
-fn v6_addr(p: &Ipv6Net, params: &TxParams) -> Option<Ipv6UnicastAddress> {
-    Ipv6Unicast::from_net(*p)
+fn v6_addr(n: &Nlri<Ipv6Net>, params: &TxParams) -> Option<Ipv6UnicastAddress> {
+    Ipv6Unicast::from_net(n.prefix)
         .ok()
-        .map(|u| Ipv6UnicastAddress::new(path_id(params), u))
+        .map(|u| Ipv6UnicastAddress::new(params.add_path.then_some(n.path_id), u))
 }
 
 /// IPv4 unicast UPDATEs: withdrawals first, then one run of messages per
 /// attribute set.
 pub fn build_v4(
-    announce: &[(Ipv4Net, Arc<PathAttrs>)],
-    withdraw: &[Ipv4Net],
+    announce: &[(Nlri<Ipv4Net>, Arc<PathAttrs>)],
+    withdraw: &[Nlri<Ipv4Net>],
     params: &TxParams,
 ) -> Result<Vec<Vec<u8>>, EncodeError> {
     let mut out = Vec::new();
     let room = params.max_len.saturating_sub(UPDATE_OVERHEAD);
-    let cost = |p: &Ipv4Net| nlri_len(p.prefix_len(), params.add_path);
+    let cost = |n: &Nlri<Ipv4Net>| nlri_len(n.prefix.prefix_len(), params.add_path);
     for run in chunks(withdraw, room, cost) {
         let w: Vec<_> = run.iter().filter_map(|p| v4_addr(p, params)).collect();
         out.push(wire::encode_update(
@@ -347,12 +344,12 @@ pub fn build_v4(
 
 /// IPv6 unicast UPDATEs through MP_UNREACH_NLRI / MP_REACH_NLRI.
 pub fn build_v6(
-    announce: &[(Ipv6Net, Arc<PathAttrs>)],
-    withdraw: &[Ipv6Net],
+    announce: &[(Nlri<Ipv6Net>, Arc<PathAttrs>)],
+    withdraw: &[Nlri<Ipv6Net>],
     params: &TxParams,
 ) -> Result<Vec<Vec<u8>>, EncodeError> {
     let mut out = Vec::new();
-    let cost = |p: &Ipv6Net| nlri_len(p.prefix_len(), params.add_path);
+    let cost = |n: &Nlri<Ipv6Net>| nlri_len(n.prefix.prefix_len(), params.add_path);
     let empty_unreach = attr(
         true,
         false,

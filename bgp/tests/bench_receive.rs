@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_bgp::attrs::{AsPath, Origin, PathAttrs};
 use switchyard_bgp::speaker::{Speaker, SpeakerEvent};
+use switchyard_bgp::update_rx::Nlri;
 use switchyard_bgp::update_tx::{build_v4, build_v6, TxParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -75,16 +76,16 @@ fn feed(v6_count: u32) -> (Vec<u8>, usize, Vec<u8>, usize) {
     let base4 = u32::from(Ipv4Addr::new(198, 18, 0, 0));
     let v4: Vec<_> = (0..1u32 << 17)
         .map(|i| {
-            let n = Ipv4Net::new(Ipv4Addr::from(base4 + i), 32).unwrap();
-            (n, Arc::clone(&a4))
+            let prefix = Ipv4Net::new(Ipv4Addr::from(base4 + i), 32).unwrap();
+            (Nlri { prefix, path_id: 0 }, Arc::clone(&a4))
         })
         .collect();
     let a6 = attrs("2001:db8::30".parse().unwrap());
     let base6 = u128::from("2001:db8:100::".parse::<Ipv6Addr>().unwrap());
     let v6: Vec<_> = (0..v6_count)
         .map(|i| {
-            let n = Ipv6Net::new(Ipv6Addr::from(base6 + u128::from(i)), 128).unwrap();
-            (n, Arc::clone(&a6))
+            let prefix = Ipv6Net::new(Ipv6Addr::from(base6 + u128::from(i)), 128).unwrap();
+            (Nlri { prefix, path_id: 0 }, Arc::clone(&a6))
         })
         .collect();
     let m4 = build_v4(&v4, &[], &p).unwrap().concat();

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use std::net::IpAddr;
 use std::time::Duration;
 use switchyard_bgp::fsm::State;
 use switchyard_bgp::speaker::{Speaker, SpeakerEvent};
@@ -22,20 +21,6 @@ fn bird_opts(net: u8, our_port: u16, asn: u32, password: Option<&str>) -> BirdOp
         static6: vec!["2001:db8:30::/48".into()],
         extra: String::new(),
     }
-}
-
-async fn wait_next_hops(h: &switchyard_bgp::speaker::SpeakerHandle, prefix: &str, want: &[&str]) {
-    let want: Vec<IpAddr> = want.iter().map(|s| s.parse().unwrap()).collect();
-    for _ in 0..100 {
-        if our_next_hops(h, prefix).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!(
-        "next hops of {prefix}: {:?}, want {want:?}",
-        our_next_hops(h, prefix).await
-    );
 }
 
 /// MD5-signed session (RFC 2385); IPv4 and IPv6 both ways; withdrawal.

@@ -47,6 +47,7 @@ fn configs(sel: u8) -> (SessionConfig, SessionConfig) {
         theirs.graceful_restart = Some(GracefulRestartConfig {
             restart_time: 120,
             restarting: false,
+            families: vec![Family::Ipv4Unicast],
             forwarding_preserved: vec![Family::Ipv4Unicast],
         });
     }

@@ -868,6 +868,7 @@ pub fn bgp(b: &BgpSnapshot, now: SystemTime) -> Value {
                         "med": p.med,
                         "best": p.best,
                         "multipath": p.multipath,
+                        "stale": p.stale,
                     })
                 })
                 .collect();

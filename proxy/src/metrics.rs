@@ -1028,6 +1028,7 @@ pub(crate) mod tests {
             med: Some(5),
             best,
             multipath: true,
+            stale: false,
         };
         shared.update_bgp(|b| {
             b.enabled = true;

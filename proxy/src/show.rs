@@ -599,14 +599,20 @@ fn bgp(data: &Value) -> String {
     let mut rows = Vec::new();
     for r in items(&data["routes"]) {
         for (i, p) in items(&r["paths"]).iter().enumerate() {
-            let flags = match (p["best"].as_bool(), p["multipath"].as_bool()) {
+            let selected = match (p["best"].as_bool(), p["multipath"].as_bool()) {
                 (Some(true), _) => "*>",
                 (_, Some(true)) => "*=",
                 _ => "",
             };
+            let stale = if p["stale"].as_bool() == Some(true) {
+                "S"
+            } else {
+                ""
+            };
+            let flags = format!("{stale}{selected}");
             let as_path: Vec<String> = items(&p["as_path"]).iter().map(cell).collect();
             rows.push(vec![
-                flags.to_string(),
+                flags,
                 if i == 0 {
                     cell(&r["prefix"])
                 } else {
@@ -638,7 +644,7 @@ fn bgp(data: &Value) -> String {
             cell(&data["routes_total"])
         ));
     }
-    out.push_str("*> best, *= multipath (ECMP)\n");
+    out.push_str("*> best, *= multipath (ECMP), S stale (kept while the peer restarts)\n");
     out
 }
 

@@ -1,9 +1,21 @@
 //! Adj-RIB-Out (RFC 4271 §3.2, §9.1.3): what each peer is told, after
 //! split horizon, route reflection (RFC 4456) and export policy.
+//!
+//! Without ADD-PATH a peer hears the best path of each prefix. With
+//! ADD-PATH send negotiated for a family (RFC 7911) it hears every usable
+//! path of the prefix, the multipath set first, each exported on its own
+//! (split horizon, reflection and policy are per path). RFC 7911 leaves
+//! the choice of paths open; "all of them" is what BIRD's `add paths tx`
+//! does and what lets a route-reflector client see every exit and build
+//! its own ECMP set, as if it had our sessions. Each advertised path gets
+//! an identifier of ours, kept for as long as the path (its source peer
+//! and the source's own identifier) is advertised: an attribute change
+//! replaces it in place and a withdrawal names exactly that path.
 
 use super::{Path, PeerId, PeerInfo, Rib, RibPrefix, Table};
 use crate::attrs::PathAttrs;
 use crate::policy::Outcome;
+use crate::update_rx::Nlri;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,15 +24,120 @@ use std::sync::Arc;
 /// Routes last advertised to one peer.
 #[derive(Debug, Default)]
 pub struct AdjRibOut {
-    pub v4: BTreeMap<Ipv4Net, Arc<PathAttrs>>,
-    pub v6: BTreeMap<Ipv6Net, Arc<PathAttrs>>,
+    pub v4: OutTable<Ipv4Net>,
+    pub v6: OutTable<Ipv6Net>,
 }
 
-/// What to send to bring a peer up to date.
+impl AdjRibOut {
+    /// An empty Adj-RIB-Out; `add_path_*`: ADD-PATH send was negotiated
+    /// for the family, so every usable path goes out, not just the best.
+    pub fn new(add_path_v4: bool, add_path_v6: bool) -> Self {
+        Self {
+            v4: OutTable::new(add_path_v4),
+            v6: OutTable::new(add_path_v6),
+        }
+    }
+}
+
+/// A path as we advertised it under ADD-PATH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentPath {
+    /// Our path identifier for it on this session.
+    pub id: u32,
+    /// Where it came from: source peer and the source's path identifier.
+    pub from: (PeerId, u32),
+    pub attrs: Arc<PathAttrs>,
+}
+
+/// One family of an [`AdjRibOut`].
+#[derive(Debug)]
+pub struct OutTable<P> {
+    add_path: bool,
+    /// Best-path mode: the one path each prefix was advertised with.
+    best: BTreeMap<P, Arc<PathAttrs>>,
+    /// ADD-PATH mode: every path advertised per prefix, by identifier.
+    all: BTreeMap<P, Vec<SentPath>>,
+}
+
+impl<P> Default for OutTable<P> {
+    fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl<P> OutTable<P> {
+    pub fn new(add_path: bool) -> Self {
+        Self {
+            add_path,
+            best: BTreeMap::new(),
+            all: BTreeMap::new(),
+        }
+    }
+
+    pub fn add_path(&self) -> bool {
+        self.add_path
+    }
+
+    /// Prefixes advertised.
+    pub fn len(&self) -> usize {
+        self.best.len() + self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Paths advertised: more than [`OutTable::len`] under ADD-PATH.
+    pub fn paths(&self) -> usize {
+        self.best.len() + self.all.values().map(Vec::len).sum::<usize>()
+    }
+}
+
+impl<P: RibPrefix> OutTable<P> {
+    /// Everything advertised, as it was sent: what a route refresh (RFC
+    /// 2918) sends again, identifiers unchanged.
+    pub fn announcements(&self) -> Vec<(Nlri<P>, Arc<PathAttrs>)> {
+        let best = self.best.iter().map(|(p, a)| {
+            (
+                Nlri {
+                    prefix: *p,
+                    path_id: 0,
+                },
+                Arc::clone(a),
+            )
+        });
+        let all = self.all.iter().flat_map(|(p, v)| {
+            v.iter().map(|s| {
+                (
+                    Nlri {
+                        prefix: *p,
+                        path_id: s.id,
+                    },
+                    Arc::clone(&s.attrs),
+                )
+            })
+        });
+        best.chain(all).collect()
+    }
+
+    /// What was advertised for `prefix`: our identifier (0 without
+    /// ADD-PATH) and the attributes.
+    pub fn get(&self, prefix: &P) -> Vec<(u32, Arc<PathAttrs>)> {
+        if let Some(a) = self.best.get(prefix) {
+            return vec![(0, Arc::clone(a))];
+        }
+        self.all.get(prefix).map_or_else(Vec::new, |v| {
+            v.iter().map(|s| (s.id, Arc::clone(&s.attrs))).collect()
+        })
+    }
+}
+
+/// What to send to bring a peer up to date. Path identifiers are 0
+/// unless the family sends ADD-PATH.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutChanges<P> {
-    pub announce: Vec<(P, Arc<PathAttrs>)>,
-    pub withdraw: Vec<P>,
+    pub announce: Vec<(Nlri<P>, Arc<PathAttrs>)>,
+    pub withdraw: Vec<Nlri<P>>,
 }
 
 impl<P> Default for OutChanges<P> {
@@ -31,6 +148,16 @@ impl<P> Default for OutChanges<P> {
         }
     }
 }
+
+impl<P> OutChanges<P> {
+    pub fn is_empty(&self) -> bool {
+        self.announce.is_empty() && self.withdraw.is_empty()
+    }
+}
+
+/// The exported attributes of the paths a peer should hear for one
+/// prefix, each with its source.
+type Wanted = Vec<((PeerId, u32), PathAttrs)>;
 
 impl Rib {
     /// The attributes `path` is advertised to `to` with, or `None` when
@@ -73,19 +200,21 @@ impl Rib {
         }
     }
 
-    /// Compares the Loc-RIB best paths of `prefixes` with what `to` was
-    /// told, records the new state in `out`, and returns the difference.
+    /// Compares what `to` should hear for `prefixes` (the Loc-RIB best
+    /// path, or every usable path under ADD-PATH) with what it was told,
+    /// records the new state in `out`, and returns the difference.
     pub fn sync_adj_rib_out_v4(
         &mut self,
         to: PeerId,
         out: &mut AdjRibOut,
         prefixes: &[Ipv4Net],
     ) -> OutChanges<Ipv4Net> {
-        let bests: Vec<Option<PathAttrs>> = prefixes
+        let all = out.v4.add_path;
+        let wanted: Vec<Wanted> = prefixes
             .iter()
-            .map(|p| self.export_best(&self.v4, to, p))
+            .map(|p| self.exported(&self.v4, to, p, all))
             .collect();
-        self.diff(&mut out.v4, prefixes, bests)
+        self.diff(&mut out.v4, prefixes, wanted)
     }
 
     pub fn sync_adj_rib_out_v6(
@@ -94,44 +223,132 @@ impl Rib {
         out: &mut AdjRibOut,
         prefixes: &[Ipv6Net],
     ) -> OutChanges<Ipv6Net> {
-        let bests: Vec<Option<PathAttrs>> = prefixes
+        let all = out.v6.add_path;
+        let wanted: Vec<Wanted> = prefixes
             .iter()
-            .map(|p| self.export_best(&self.v6, to, p))
+            .map(|p| self.exported(&self.v6, to, p, all))
             .collect();
-        self.diff(&mut out.v6, prefixes, bests)
+        self.diff(&mut out.v6, prefixes, wanted)
     }
 
-    fn export_best<P: RibPrefix>(&self, t: &Table<P>, to: PeerId, p: &P) -> Option<PathAttrs> {
-        let best = self.best(t, p)?;
-        self.export_attrs(to, (*p).into(), &best)
+    /// The paths of `p` that `to` should hear, exported: the best one, or
+    /// with `all` every usable one, best first.
+    fn exported<P: RibPrefix>(&self, t: &Table<P>, to: PeerId, p: &P, all: bool) -> Wanted {
+        let paths = if all {
+            self.usable_paths(t, p)
+        } else {
+            self.best(t, p).into_iter().collect()
+        };
+        paths
+            .iter()
+            .filter_map(|path| {
+                let a = self.export_attrs(to, (*p).into(), path)?;
+                Some(((path.peer, path.path_id), a))
+            })
+            .collect()
     }
 
     fn diff<P: RibPrefix>(
         &mut self,
-        sent: &mut BTreeMap<P, Arc<PathAttrs>>,
+        out: &mut OutTable<P>,
         prefixes: &[P],
-        wanted: Vec<Option<PathAttrs>>,
+        wanted: Vec<Wanted>,
     ) -> OutChanges<P> {
         let mut ch = OutChanges::default();
-        for (p, w) in prefixes.iter().zip(wanted) {
-            match w {
-                None => {
-                    if sent.remove(p).is_some() {
-                        ch.withdraw.push(*p);
-                    }
-                }
-                Some(a) => {
-                    if sent.get(p).is_some_and(|old| **old == a) {
-                        continue;
-                    }
-                    let a = self.intern(a);
-                    sent.insert(*p, Arc::clone(&a));
-                    ch.announce.push((*p, a));
-                }
+        for (p, want) in prefixes.iter().zip(wanted) {
+            if out.add_path {
+                self.diff_all(&mut out.all, *p, want, &mut ch);
+            } else {
+                self.diff_best(&mut out.best, *p, want.into_iter().next(), &mut ch);
             }
         }
         ch
     }
+
+    fn diff_best<P: RibPrefix>(
+        &mut self,
+        sent: &mut BTreeMap<P, Arc<PathAttrs>>,
+        p: P,
+        want: Option<((PeerId, u32), PathAttrs)>,
+        ch: &mut OutChanges<P>,
+    ) {
+        let nlri = Nlri {
+            prefix: p,
+            path_id: 0,
+        };
+        match want {
+            None => {
+                if sent.remove(&p).is_some() {
+                    ch.withdraw.push(nlri);
+                }
+            }
+            Some((_, a)) => {
+                if sent.get(&p).is_some_and(|old| **old == a) {
+                    return;
+                }
+                let a = self.intern(a);
+                sent.insert(p, Arc::clone(&a));
+                ch.announce.push((nlri, a));
+            }
+        }
+    }
+
+    /// ADD-PATH: paths still advertised keep their identifiers; new ones
+    /// take the smallest free ones. An identifier freed by a path that
+    /// left and taken by a new one in the same pass is not withdrawn: the
+    /// announcement replaces it (RFC 7911 §4, one path per identifier).
+    fn diff_all<P: RibPrefix>(
+        &mut self,
+        sent: &mut BTreeMap<P, Vec<SentPath>>,
+        p: P,
+        want: Wanted,
+        ch: &mut OutChanges<P>,
+    ) {
+        let mut old = sent.remove(&p).unwrap_or_default();
+        let mut now: Vec<SentPath> = Vec::with_capacity(want.len());
+        let mut fresh = Vec::new();
+        for (from, a) in want {
+            match old.iter().position(|s| s.from == from) {
+                Some(i) => {
+                    let s = old.swap_remove(i);
+                    if *s.attrs == a {
+                        now.push(s);
+                    } else {
+                        let attrs = self.intern(a);
+                        ch.announce.push((nlri(p, s.id), Arc::clone(&attrs)));
+                        now.push(SentPath { attrs, ..s });
+                    }
+                }
+                None => fresh.push((from, a)),
+            }
+        }
+        let mut next = 1u32;
+        for (from, a) in fresh {
+            while now.iter().any(|s| s.id == next) {
+                next += 1;
+            }
+            let attrs = self.intern(a);
+            ch.announce.push((nlri(p, next), Arc::clone(&attrs)));
+            now.push(SentPath {
+                id: next,
+                from,
+                attrs,
+            });
+        }
+        for s in old {
+            if !now.iter().any(|n| n.id == s.id) {
+                ch.withdraw.push(nlri(p, s.id));
+            }
+        }
+        if !now.is_empty() {
+            now.sort_unstable_by_key(|s| s.id);
+            sent.insert(p, now);
+        }
+    }
+}
+
+fn nlri<P>(prefix: P, path_id: u32) -> Nlri<P> {
+    Nlri { prefix, path_id }
 }
 
 /// RFC 4271 §5.1: to eBGP we prepend our AS, put ourselves as next hop,

@@ -16,13 +16,14 @@
 
 pub mod adj_out;
 pub mod decision;
+mod stale;
 
 use crate::attrs::{AttrInterner, PathAttrs};
 use crate::policy::{Outcome, Policy};
 use crate::update_rx::{Nlri, ParsedUpdate};
 use decision::{DecisionConfig, FlatIgp, IgpCost};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -166,6 +167,10 @@ pub struct Rib {
     igp: Box<dyn IgpCost + Send + Sync>,
     pub v4: Table<Ipv4Net>,
     pub v6: Table<Ipv6Net>,
+    /// Paths of restarting peers kept as stale (RFC 4724 §4.2), by
+    /// (prefix, path id). Only peers in a restart have an entry, so the
+    /// common case costs one emptiness check per UPDATE.
+    stale: BTreeMap<PeerId, BTreeSet<(IpNet, u32)>>,
     /// Counters of rejected announcements, by reason.
     pub rejected: [u64; 4],
 }
@@ -199,6 +204,7 @@ impl Rib {
             igp: Box::new(FlatIgp),
             v4: Table::default(),
             v6: Table::default(),
+            stale: BTreeMap::new(),
             rejected: [0; 4],
         }
     }
@@ -221,6 +227,19 @@ impl Rib {
 
     pub fn peer(&self, id: PeerId) -> Option<&PeerInfo> {
         self.peers.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    /// New settings for a registered peer whose routes stay (a peer back
+    /// from a graceful restart keeps its id, so its re-announcements
+    /// replace its stale paths). Existing routes are re-evaluated on
+    /// their next change, as with [`Rib::set_igp`].
+    pub fn set_peer_info(&mut self, id: PeerId, info: PeerInfo) {
+        if id == PeerId::LOCAL {
+            return;
+        }
+        if let Some(slot @ Some(_)) = self.peers.get_mut(id.0 as usize) {
+            *slot = Some(info);
+        }
     }
 
     pub fn peer_ids(&self) -> impl Iterator<Item = PeerId> + '_ {
@@ -287,6 +306,7 @@ impl Rib {
     where
         Self: TableOf<P>,
     {
+        self.unmark_stale(peer, std::slice::from_ref(&n));
         let (table, ctx) = self.parts::<P>();
         remove_path(table, &ctx, n.prefix, |p| {
             p.peer == peer && p.path_id == n.path_id
@@ -338,6 +358,7 @@ impl Rib {
     /// graceful restart). A full walk: cheaper than a per-peer index for
     /// the usual few peers, and it allocates nothing.
     pub fn peer_down(&mut self, peer: PeerId) {
+        self.stale.remove(&peer);
         let (table, ctx) = self.parts::<Ipv4Net>();
         remove_all(table, &ctx, peer);
         let (table, ctx) = self.parts::<Ipv6Net>();
@@ -371,6 +392,21 @@ impl Rib {
                 }
             }
             Some(PathList::Many(m)) => m.paths[..m.selected].to_vec(),
+        }
+    }
+
+    /// Every usable candidate (next hop resolvable), the multipath set
+    /// first: what a peer hears under ADD-PATH.
+    pub fn usable_paths<P: RibPrefix>(&self, table: &Table<P>, p: &P) -> Vec<Path> {
+        let ctx = self.ctx();
+        match table.routes.get(p) {
+            None => Vec::new(),
+            Some(list) => list
+                .as_slice()
+                .iter()
+                .filter(|x| ctx.usable(x))
+                .cloned()
+                .collect(),
         }
     }
 
@@ -414,6 +450,8 @@ impl Rib {
             }
             return;
         }
+        // RFC 4724 §4.2: what the peer announces again is no longer stale.
+        self.unmark_stale(peer, nlri);
         let shared = self.interner.intern(attrs.clone());
         let policy = self.peer(peer).map(|i| i.import.clone());
         let trivial = policy

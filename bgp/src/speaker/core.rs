@@ -9,8 +9,9 @@ use super::{
 use crate::attrs::{AsPath, AsSegment, Origin, PathAttrs};
 use crate::capability::Negotiated;
 use crate::collision::{connection_to_keep, ConnectionOrigin};
-use crate::config::{Family, SessionConfig};
+use crate::config::{Family, GracefulRestartConfig, SessionConfig};
 use crate::fsm::{Action, DownReason, Event, Session, State, Timer};
+use crate::graceful_restart::{GrAction, GrEvent, GrHelper, GrTimer};
 use crate::notification::{cease, Notification};
 use crate::rib::adj_out::AdjRibOut;
 use crate::rib::decision::DecisionConfig;
@@ -21,6 +22,7 @@ use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -76,6 +78,13 @@ fn timer_index(t: Timer) -> usize {
 
 const TIMERS: [Timer; 3] = [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive];
 
+fn gr_timer_index(t: GrTimer) -> usize {
+    match t {
+        GrTimer::Restart => 0,
+        GrTimer::Stale => 1,
+    }
+}
+
 /// A session with its connection and timer deadlines.
 #[derive(Debug)]
 struct Slot {
@@ -110,8 +119,13 @@ struct Peer {
     /// Id of the connect attempt whose result we wait for (0: none).
     attempt: u64,
     connecting: Option<JoinHandle<()>>,
+    /// The peer in the RIB. Kept across a graceful restart, so what the
+    /// peer announces again replaces its own stale paths.
     rib_id: Option<PeerId>,
     negotiated: Option<Negotiated>,
+    /// Graceful restart (RFC 4724 §4.2): outlives the sessions.
+    gr: GrHelper,
+    gr_timers: [Option<Instant>; 2],
     adj_out: AdjRibOut,
     up_since: Option<Instant>,
     flaps: u64,
@@ -130,10 +144,16 @@ impl Peer {
             passive: cfg.passive,
             families: cfg.families.clone(),
             route_refresh: true,
-            graceful_restart: None,
+            graceful_restart: cfg
+                .graceful_restart
+                .then(GracefulRestartConfig::helper_only),
             add_path: cfg.add_path.clone(),
             extended_message: true,
         };
+        let gr = GrHelper::new(
+            cfg.graceful_restart,
+            Duration::from_secs(cfg.stale_routes_time.into()),
+        );
         Peer {
             main: Slot::new(session_cfg.clone()),
             session_cfg,
@@ -143,6 +163,8 @@ impl Peer {
             connecting: None,
             rib_id: None,
             negotiated: None,
+            gr,
+            gr_timers: [None; 2],
             adj_out: AdjRibOut::default(),
             up_since: None,
             flaps: 0,
@@ -274,12 +296,13 @@ impl Core {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.peers
+        let sessions = self
+            .peers
             .iter()
             .flat_map(|p| std::iter::once(&p.main).chain(p.other.as_ref()))
-            .flat_map(|s| s.timers.iter().flatten())
-            .min()
-            .copied()
+            .flat_map(|s| s.timers.iter().flatten());
+        let restarts = self.peers.iter().flat_map(|p| p.gr_timers.iter().flatten());
+        sessions.chain(restarts).min().copied()
     }
 
     fn fire_timers(&mut self) {
@@ -296,6 +319,22 @@ impl Core {
                         let a = slot.session.handle(Event::TimerExpired(t));
                         self.dispatch(i, which, a);
                     }
+                }
+            }
+            for t in GrTimer::ALL {
+                let Some(p) = self.peers.get_mut(i) else {
+                    continue;
+                };
+                let due = &mut p.gr_timers[gr_timer_index(t)];
+                if due.is_some_and(|d| d <= now) {
+                    *due = None;
+                    let a = p.gr.handle(GrEvent::TimerExpired(t));
+                    if a.contains(&GrAction::DeleteAll) {
+                        tracing::info!(peer = %p.cfg.address,
+                            "bgp: restarting peer not back within its restart time; its routes are deleted");
+                    }
+                    self.graceful_restart(i, a);
+                    self.propagate();
                 }
             }
         }
@@ -412,6 +451,22 @@ impl Core {
                 p.other = Some(slot);
                 self.dispatch(i, Which::Other, a);
             }
+            State::Established if origin == ConnectionOrigin::Remote && self.restarted(i) => {
+                // RFC 4724 §4.2: a peer with graceful restart that
+                // connects again while we still think it is up has
+                // restarted without our noticing: the old session ends as
+                // if its TCP connection had (its routes turn stale) and
+                // the new one is taken.
+                tracing::info!(peer = %self.peers[i].cfg.address,
+                    "bgp: new connection from an established peer with graceful restart: it restarted");
+                let p = &mut self.peers[i];
+                p.main.conn = None;
+                let a = p.main.session.handle(Event::TcpClosed);
+                self.dispatch(i, Which::Main, a);
+                let a = self.peers[i].main.session.handle(Event::ManualStart);
+                self.dispatch(i, Which::Main, a);
+                self.new_connection(i, stream, origin);
+            }
             State::Established => {
                 // RFC 4271 §6.8: a collision with an established session
                 // closes the new connection.
@@ -419,6 +474,17 @@ impl Core {
                 c.send(Notification::cease(cease::COLLISION_RESOLUTION).encode());
             }
         }
+    }
+
+    /// True if the established session with peer `i` is one a new
+    /// connection replaces: we help it restart and it announced graceful
+    /// restart.
+    fn restarted(&self, i: usize) -> bool {
+        let p = &self.peers[i];
+        p.gr.enabled()
+            && p.negotiated
+                .as_ref()
+                .is_some_and(|n| n.peer_graceful_restart.is_some())
     }
 
     /// Collision resolution once a connection knows the peer's BGP id,
@@ -506,6 +572,7 @@ impl Core {
                     // connection ever gets here.
                     if which == Which::Main {
                         self.session_up(i, *neg);
+                        rib_changed = true;
                     }
                 }
                 Action::SessionDown(why) => {
@@ -522,6 +589,10 @@ impl Core {
                         }
                         self.rib.apply_update(id, &u);
                         rib_changed = true;
+                        if let Some(f) = u.end_of_rib {
+                            let a = self.peers[i].gr.handle(GrEvent::EndOfRib(f));
+                            self.graceful_restart(i, a);
+                        }
                     }
                 }
                 Action::RouteRefresh(f) => {
@@ -589,16 +660,35 @@ impl Core {
             import: p.cfg.import.clone(),
             export: p.cfg.export.clone(),
         };
-        if let Some(old) = p.rib_id.take() {
-            self.rib.remove_peer(old);
-        }
-        let id = self.rib.add_peer(info);
+        // Back from a graceful restart: same RIB peer, so its stale paths
+        // are there to be replaced.
+        let id = match p.rib_id.take() {
+            Some(id) if p.gr.retaining() => {
+                self.rib.set_peer_info(id, info);
+                id
+            }
+            old => {
+                if let Some(old) = old {
+                    self.rib.remove_peer(old);
+                }
+                self.rib.add_peer(info)
+            }
+        };
         let p = &mut self.peers[i];
         p.rib_id = Some(id);
         p.up_since = Some(Instant::now());
-        p.adj_out = AdjRibOut::default();
+        p.adj_out = AdjRibOut::new(
+            neg.add_path_tx(Family::Ipv4Unicast),
+            neg.add_path_tx(Family::Ipv6Unicast),
+        );
         let families = neg.families.clone();
+        let gr = p.gr.handle(GrEvent::SessionUp {
+            peer: neg.peer_graceful_restart.as_ref(),
+            families: &neg.families,
+        });
         p.negotiated = Some(neg);
+        self.graceful_restart(i, gr);
+        let p = &self.peers[i];
         let (peer, asn) = (p.cfg.address, p.cfg.remote_as);
         tracing::info!(%peer, "bgp: session established");
         self.emit(SpeakerEvent::SessionUp { peer, asn });
@@ -626,13 +716,56 @@ impl Core {
         p.last_error = Some(reason.clone());
         p.flaps += 1;
         p.up_since = None;
-        p.negotiated = None;
         p.adj_out = AdjRibOut::default();
+        // Only a connection that ended without a NOTIFICATION may be a
+        // restart (RFC 4724 §4.2).
+        let gr = p.gr.handle(GrEvent::SessionDown {
+            peer: p
+                .negotiated
+                .as_ref()
+                .and_then(|n| n.peer_graceful_restart.as_ref()),
+            tcp_only: why == DownReason::TcpClosed,
+        });
+        p.negotiated = None;
         let addr = p.cfg.address;
-        if let Some(id) = p.rib_id.take() {
-            self.rib.remove_peer(id);
-        }
+        self.graceful_restart(i, gr);
         self.emit(SpeakerEvent::SessionDown { peer: addr, reason });
+    }
+
+    /// Carries out what the graceful-restart helper of peer `i` decided.
+    /// The caller propagates the RIB changes.
+    fn graceful_restart(&mut self, i: usize, actions: Vec<GrAction>) {
+        for a in actions {
+            let p = &mut self.peers[i];
+            let addr = p.cfg.address;
+            match a {
+                GrAction::RetainStale(families) => {
+                    if let Some(id) = p.rib_id {
+                        self.rib.mark_stale(id, &families);
+                        tracing::info!(peer = %addr, ?families, stale = self.rib.stale_count(id),
+                            "bgp: peer restarting; its routes are kept as stale (RFC 4724)");
+                    }
+                }
+                GrAction::DeleteAll => {
+                    if let Some(id) = p.rib_id.take() {
+                        self.rib.remove_peer(id);
+                    }
+                }
+                GrAction::SweepStale(families) => {
+                    if let Some(id) = p.rib_id {
+                        for f in families {
+                            let n = self.rib.sweep_stale(id, f);
+                            tracing::info!(peer = %addr, family = ?f, deleted = n,
+                                "bgp: stale routes not announced again are deleted");
+                        }
+                    }
+                }
+                GrAction::ArmTimer(t, d) => {
+                    p.gr_timers[gr_timer_index(t)] = Some(Instant::now() + d)
+                }
+                GrAction::CancelTimer(t) => p.gr_timers[gr_timer_index(t)] = None,
+            }
+        }
     }
 
     fn send_main(&self, i: usize, bytes: Vec<u8>) {
@@ -685,19 +818,28 @@ impl Core {
         }
     }
 
-    /// RFC 2918: resend the whole Adj-RIB-Out of a family.
+    /// RFC 2918: resend the whole Adj-RIB-Out of a family, as it was
+    /// sent (ADD-PATH identifiers included).
     fn refresh(&mut self, i: usize, f: Family) {
-        match f {
-            Family::Ipv4Unicast => {
-                self.peers[i].adj_out.v4.clear();
-                let v4: Vec<_> = self.rib.v4.prefixes().copied().collect();
-                self.sync_peer(i, &v4, &[]);
+        let p = &self.peers[i];
+        let Some(neg) = p.negotiated.as_ref() else {
+            return;
+        };
+        if p.main.session.state() != State::Established {
+            return;
+        }
+        let params = Self::tx_params(neg, f);
+        let msgs = match f {
+            Family::Ipv4Unicast => update_tx::build_v4(&p.adj_out.v4.announcements(), &[], &params),
+            Family::Ipv6Unicast => update_tx::build_v6(&p.adj_out.v6.announcements(), &[], &params),
+        };
+        match msgs {
+            Ok(msgs) => {
+                for m in msgs {
+                    self.send_main(i, m);
+                }
             }
-            Family::Ipv6Unicast => {
-                self.peers[i].adj_out.v6.clear();
-                let v6: Vec<_> = self.rib.v6.prefixes().copied().collect();
-                self.sync_peer(i, &[], &v6);
-            }
+            Err(e) => tracing::warn!(error = %e, "bgp: UPDATE encoding"),
         }
     }
 
@@ -1020,6 +1162,7 @@ fn route_entry<P: RibPrefix>(rib: &Rib, t: &Table<P>, p: &P) -> RouteEntry {
             med: path.attrs.med,
             best: multi.first().is_some_and(|b| same(b, path)),
             multipath: multi.iter().any(|b| same(b, path)),
+            stale: rib.is_stale(path.peer, (*p).into(), path.path_id),
         })
         .collect();
     RouteEntry {

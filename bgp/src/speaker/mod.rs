@@ -91,7 +91,22 @@ pub struct PeerConfig {
     /// Hold timer while waiting for the peer's OPEN.
     pub open_hold_time: u16,
     pub families: Vec<Family>,
+    /// ADD-PATH (RFC 7911) per family. Receive: the peer may send several
+    /// paths per prefix (a route reflector's, say), each a candidate for
+    /// ECMP. Send: the peer hears every usable path of a prefix, not just
+    /// the best (see [`crate::rib::adj_out`]).
     pub add_path: Vec<(Family, AddPathMode)>,
+    /// Help this peer restart gracefully (RFC 4724 §4.2): when its
+    /// session ends by TCP alone and it announced graceful restart, keep
+    /// its routes (marked stale) for its Restart Time, and once it is back
+    /// delete only those it did not announce again by its End-of-RIB. We
+    /// announce the capability without families: we keep no forwarding
+    /// state of our own across a restart. On by default, as in most
+    /// routers.
+    pub graceful_restart: bool,
+    /// Longest wait, in seconds, for a restarted peer's End-of-RIB before
+    /// its remaining stale routes are deleted.
+    pub stale_routes_time: u16,
     /// Next hop we announce for IPv4 routes when we are the next hop
     /// (eBGP, or our own routes without one). Defaults to the local
     /// address of the TCP connection when that is IPv4.
@@ -119,6 +134,8 @@ impl PeerConfig {
             open_hold_time: 240,
             families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
             add_path: Vec::new(),
+            graceful_restart: true,
+            stale_routes_time: crate::graceful_restart::DEFAULT_STALE_SECS,
             next_hop_v4: None,
             next_hop_v6: None,
             import: Policy::accept_all(),
@@ -207,6 +224,9 @@ pub struct RoutePath {
     pub best: bool,
     /// Member of the ECMP set (the best path included).
     pub multipath: bool,
+    /// Kept from a peer that is restarting (RFC 4724): still used, until
+    /// the peer announces it again or its End-of-RIB says it is gone.
+    pub stale: bool,
 }
 
 /// A route we originate (service VIP, pod CIDR).

@@ -301,10 +301,11 @@ pub struct Bird {
     pub sock: PathBuf,
 }
 
-impl Bird {
-    pub fn start(bin: &Path, o: &BirdOpts) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock = dir.path().join("bird.ctl");
+impl BirdOpts {
+    /// The configuration file for these options: one BGP protocol `sy`
+    /// with us.
+    pub fn config(&self) -> String {
+        let o = self;
         let statics = |v: &[String]| {
             v.iter()
                 .map(|p| format!("  route {p} blackhole;\n"))
@@ -315,7 +316,7 @@ impl Bird {
             .as_ref()
             .map(|p| format!("  password \"{p}\";\n"))
             .unwrap_or_default();
-        let conf = format!(
+        format!(
             r#"log stderr all;
 router id {rid};
 protocol device {{ }}
@@ -350,7 +351,20 @@ protocol bgp sy {{
             nh4 = o.nh4,
             nh6 = o.nh6,
             extra = o.extra,
-        );
+        )
+    }
+}
+
+impl Bird {
+    pub fn start(bin: &Path, o: &BirdOpts) -> Self {
+        Self::start_conf(bin, &o.config(), &[])
+    }
+
+    /// Starts BIRD with a configuration of the test's own and extra
+    /// command-line arguments (`-R`: graceful restart recovery).
+    pub fn start_conf(bin: &Path, conf: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("bird.ctl");
         let file = dir.path().join("bird.conf");
         std::fs::write(&file, conf).expect("write bird.conf");
         let proc = Proc::spawn(
@@ -361,7 +375,8 @@ protocol bgp sy {{
                 .arg("-c")
                 .arg(&file)
                 .arg("-s")
-                .arg(&sock),
+                .arg(&sock)
+                .args(args),
         );
         let b = Self { proc, sock };
         let end = Instant::now() + Duration::from_secs(10);
@@ -396,6 +411,12 @@ protocol bgp sy {{
 
     pub fn protocol(&self) -> String {
         self.cli(&["show", "protocols", "all", "sy"])
+            .unwrap_or_default()
+    }
+
+    /// `show route all` for one prefix (every path BIRD holds for it).
+    pub fn route_all(&self, prefix: &str) -> String {
+        self.cli(&["show", "route", "all", "for", prefix])
             .unwrap_or_default()
     }
 }
@@ -479,6 +500,37 @@ pub async fn wait_established(h: &SpeakerHandle, addr: Ipv4Addr, secs: u64) {
     panic!(
         "session with {addr} not established: {:?}",
         h.neighbors().await
+    );
+}
+
+/// Every `BestPathsChanged` entry that has arrived, without waiting.
+pub fn drain_best_paths(
+    rx: &mut mpsc::UnboundedReceiver<SpeakerEvent>,
+) -> Vec<switchyard_bgp::speaker::BestPaths> {
+    let mut out = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let SpeakerEvent::BestPathsChanged(v) = ev {
+            out.extend(v);
+        }
+    }
+    out
+}
+
+/// Next hops of a prefix in our Loc-RIB's multipath set, polled until
+/// they are `want` (sorted); panics after about 20 s.
+pub async fn wait_next_hops(h: &SpeakerHandle, prefix: &str, want: &[&str]) {
+    let mut want: Vec<IpAddr> = want.iter().map(|s| s.parse().unwrap()).collect();
+    want.sort();
+    for _ in 0..100 {
+        if our_next_hops(h, prefix).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "next hops of {prefix}: {:?}, want {want:?}\n{:#?}",
+        our_next_hops(h, prefix).await,
+        h.routes().await
     );
 }
 
