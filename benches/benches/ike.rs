@@ -55,6 +55,7 @@ fn peer(initiator: bool, ike: &str) -> PeerConfig {
         local_ts: vec![if initiator { branch } else { hub }],
         remote_ts: vec![if initiator { hub } else { branch }],
         child_lifetime: Default::default(),
+        ike_lifetime: None,
         virtual_ips: Vec::new(),
         pool: None,
     }

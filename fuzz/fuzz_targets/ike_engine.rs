@@ -67,6 +67,7 @@ fn peer(initiator: bool, psk: &[u8], ike: &str, esp: &str) -> PeerConfig {
         local_ts: vec![if initiator { mine } else { theirs }],
         remote_ts: vec![if initiator { theirs } else { mine }],
         child_lifetime: Default::default(),
+        ike_lifetime: None,
         virtual_ips: Vec::new(),
         // The responder hands out virtual IPs (to initiators that could authenticate).
         pool: (!initiator).then(|| "pool".to_string()),

@@ -4,6 +4,7 @@
 //! [`PeerConfig`]s for the IKE engine lives here too.
 
 use crate::crypto::SecretBytes;
+use crate::esp::Lifetime;
 use crate::ike::cp::any_selector;
 use crate::ike::pool::{PoolConfig, PoolError};
 use crate::ike::proposal::{EspProposal, IkeProposal, ProposalError};
@@ -12,6 +13,7 @@ use crate::ike::{Identity, PeerConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 /// The label naming which SD-EWAN CNF a resource is for.
 pub const PURPOSE_LABEL: &str = "sdewanPurpose";
@@ -113,6 +115,12 @@ pub struct SiteConnection {
     pub mark: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub if_id: String,
+    /// When the CHILD_SA is rekeyed, as strongSwan's `rekey_time`: seconds, or a number with
+    /// `s`, `m`, `h` or `d`. It expires a tenth later (strongSwan's default `life_time`).
+    /// Empty: one hour. Not in the SD-EWAN CRDs (its CNF leaves strongSwan's defaults):
+    /// Switchyard's addition.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rekey_time: String,
 }
 
 /// The fields `IpsecSiteSpec` and `IpsecHostSpec` share.
@@ -204,6 +212,12 @@ pub struct HostConnection {
     pub mark: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub if_id: String,
+    /// When the CHILD_SA is rekeyed, as strongSwan's `rekey_time`: seconds, or a number with
+    /// `s`, `m`, `h` or `d`. It expires a tenth later (strongSwan's default `life_time`).
+    /// Empty: one hour. Not in the SD-EWAN CRDs (its CNF leaves strongSwan's defaults):
+    /// Switchyard's addition.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rekey_time: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +281,54 @@ pub enum SdewanError {
     SourceIp(String, String),
     #[error("{0}: remote_sourceip: {1}")]
     Pool(String, PoolError),
+    #[error("{0}: bad rekey_time {1:?} (want seconds, or a number with s, m, h or d)")]
+    RekeyTime(String, String),
+}
+
+/// strongSwan's IKE SA `rekey_time` default.
+pub const DEFAULT_IKE_REKEY_TIME: Duration = Duration::from_secs(4 * 3600);
+
+/// strongSwan's CHILD_SA `rekey_time` default.
+pub const DEFAULT_CHILD_REKEY_TIME: Duration = Duration::from_secs(3600);
+
+/// A CHILD_SA lifetime from a `rekey_time` (empty: [`DEFAULT_CHILD_REKEY_TIME`]): soft at it,
+/// hard a tenth later, as strongSwan's defaults (`life_time` is `rekey_time` plus 10 %).
+pub fn child_lifetime(name: &str, rekey_time: &str) -> Result<Lifetime, SdewanError> {
+    let text = rekey_time.trim();
+    let soft = if text.is_empty() {
+        DEFAULT_CHILD_REKEY_TIME
+    } else {
+        parse_duration(text)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| SdewanError::RekeyTime(name.to_string(), text.to_string()))?
+    };
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    Ok(Lifetime {
+        soft_time: Some(nanos(soft)),
+        hard_time: Some(nanos(soft + soft / 10)),
+        ..Lifetime::default()
+    })
+}
+
+/// A strongSwan duration: seconds, or a number followed by `s`, `m`, `h` or `d`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = match text.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
+        _ => (text, 's'),
+    };
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => return None,
+    };
+    number
+        .trim()
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(scale)
+        .map(Duration::from_secs)
 }
 
 /// Resolves `crypto_proposal` entries: names of `IpsecProposal` resources, or proposal
@@ -411,6 +473,7 @@ fn peer_from(
         local_ts,
         remote_ts,
         child_lifetime: Default::default(),
+        ike_lifetime: Some(DEFAULT_IKE_REKEY_TIME),
         virtual_ips: Vec::new(),
         pool: None,
     })
@@ -525,6 +588,7 @@ impl IpsecSite {
                     proposals,
                 )?;
                 peer.pool = pool.map(|p| p.name);
+                peer.child_lifetime = child_lifetime(&peer.name, &c.rekey_time)?;
                 Ok(peer)
             })
             .collect()
@@ -596,6 +660,7 @@ impl IpsecHost {
                 )?;
                 peer.virtual_ips = virtual_ips;
                 peer.pool = pool.map(|p| p.name);
+                peer.child_lifetime = child_lifetime(&peer.name, &c.rekey_time)?;
                 Ok(peer)
             })
             .collect()
@@ -615,6 +680,33 @@ impl IpsecHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `rekey_time` as strongSwan writes it; the hard lifetime a tenth later; an hour when
+    /// it is not given (strongSwan's CHILD_SA defaults).
+    #[test]
+    fn rekey_time_gives_the_child_lifetime() {
+        let secs = |l: Lifetime| {
+            (
+                l.soft_time.map(|n| n / 1_000_000_000),
+                l.hard_time.map(|n| n / 1_000_000_000),
+            )
+        };
+        for (text, soft, hard) in [
+            ("", 3600, 3960),
+            ("30", 30, 33),
+            ("10s", 10, 11),
+            ("2m", 120, 132),
+            ("1h", 3600, 3960),
+            ("1d", 86400, 95040),
+        ] {
+            let got = child_lifetime("c", text).unwrap();
+            assert_eq!(secs(got), (Some(soft), Some(hard)), "{text:?}");
+            assert_eq!((got.soft_bytes, got.hard_bytes), (None, None));
+        }
+        for bad in ["0", "x", "5y", "-3", "h"] {
+            assert!(child_lifetime("c", bad).is_err(), "{bad:?}");
+        }
+    }
 
     const PROPOSAL: &str = r#"{
         "apiVersion": "batch.sdewan.akraino.org/v1alpha1",

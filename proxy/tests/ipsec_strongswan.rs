@@ -316,6 +316,8 @@ struct Case {
     child_rekey: bool,
     /// strongSwan rekeys the IKE SA every 3 s (section 1.3.2).
     ike_rekey: bool,
+    /// Switchyard's CHILD_SA `rekey_time` (empty: the default hour).
+    our_rekey: &'static str,
 }
 
 const BASE: Case = Case {
@@ -328,6 +330,7 @@ const BASE: Case = Case {
     dpd: false,
     child_rekey: false,
     ike_rekey: false,
+    our_rekey: "",
 };
 
 impl Case {
@@ -386,9 +389,11 @@ spec:
       local_subnet: {SY_NET}
       remote_subnet: {SS_NET}
       crypto_proposal: ["{esp}"]
+      rekey_time: "{rekey}"
 "#,
         ike = case.ike,
         esp = case.esp,
+        rekey = case.our_rekey,
     );
     yaml
 }
@@ -937,6 +942,85 @@ fn esp_through_the_router_with_strongswan_both_ways() {
             out.stdout
         );
     }
+}
+
+/// Issue 8: Switchyard rekeys the CHILD_SA itself (a 4 s `rekey_time`, strongSwan never
+/// rekeys) under ping traffic through the router: CREATE_CHILD_SA with REKEY_SA, the new SA
+/// pair installed, the old one deleted, no ping lost, and strongSwan lists the new CHILD_SA
+/// only.
+#[test]
+fn switchyard_rekeys_the_child_sa_with_strongswan_under_traffic() {
+    let Some(lab) = Lab::new(
+        "ipsec_our_rekey",
+        &[CHARON, "swanctl", "unshare", "mount", "socat"],
+    ) else {
+        return;
+    };
+    let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
+    let (ike, ike_shown) = ike_proposal(true, "x25519");
+    let case = Case {
+        ike,
+        esp: "aes128gcm16-x25519",
+        ike_shown,
+        esp_shown: GCM128.1,
+        our_rekey: "4s",
+        ..BASE
+    };
+    peer.load(&case, PSK);
+    let manifest = peer.lab.dir.join("ipsec.yaml");
+    fs::write(&manifest, resources_yaml(&case, PSK, common::SERVER_V4))
+        .expect("write the SD-EWAN resources");
+    peer.lab.keep_node_kernel_off_ports();
+    let manifest = manifest.display().to_string();
+    let route = format!("{SS_NET}={}", common::SERVER_V4);
+    peer.lab.start_router(
+        common::Driver::AfPacket,
+        &["--punt-tun", "sy0", "--ipsec", &manifest, "--route", &route],
+    );
+    let listed = wait_installed(&peer, Duration::from_secs(20)).unwrap_or_else(|| {
+        let out = peer.lab.stop_router();
+        panic!(
+            "no CHILD_SA with the router:\n{}\n{}",
+            out.map(|o| o.to_string()).unwrap_or_default(),
+            peer.log()
+        )
+    });
+    assert!(listed.contains(ike_shown), "{listed}");
+    // 9 s of pings across two of our rekeys (each at 3.6-4 s, the old SA expiring at 4.4 s).
+    let (_, out) = peer.lab.ping(Ns::Client, "-c 45 -i 0.2 -W 1", SS_HOST);
+    let received = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|f| f.split(' ').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    let listed = peer.list_sas();
+    let children: Vec<u32> = listed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("net: #"))
+        .filter_map(|r| r.split(',').next()?.parse::<u32>().ok())
+        .collect();
+    let router = peer.lab.finish().expect("router output");
+    assert!(
+        children.iter().max().is_some_and(|&n| n >= 3),
+        "we did not rekey twice (CHILD_SAs {children:?}):\n{listed}\n{}\n{}",
+        router.stderr,
+        peer.log()
+    );
+    // The old SAs were deleted: the newest one, perhaps with one being replaced.
+    assert!(children.len() <= 2, "{listed}");
+    assert!(listed.contains("INSTALLED"), "{listed}");
+    assert!(
+        received >= 44,
+        "{received}/45 replies across our rekeys:\n{out}"
+    );
+    assert!(
+        router.stderr.matches("CHILD_SA installed").count() >= 3,
+        "{}",
+        router.stderr
+    );
+    eprintln!("rekeyed to CHILD_SA #{children:?}, {received}/45 replies");
 }
 
 /// More suites (AES-256-GCM, AES-128-CBC with SHA-512, SHA-384) and FQDN identities, as

@@ -93,6 +93,9 @@ pub struct PeerConfig {
     /// The peer's side.
     pub remote_ts: Vec<TrafficSelector>,
     pub child_lifetime: Lifetime,
+    /// When we rekey the IKE SA (RFC 7296 section 1.3.2), less up to a tenth at random so
+    /// that both ends seldom start at once. `None`: never (the peer may).
+    pub ike_lifetime: Option<Duration>,
     /// Virtual IPs to ask the peer for in IKE_AUTH (RFC 7296 section 2.19), as swanctl's
     /// `vips`: an unspecified address (`0.0.0.0`, `::`) asks for any address of its family,
     /// another one for that address. Empty: none (the tunnel uses `local_ts` as it is).

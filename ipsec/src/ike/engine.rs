@@ -1,5 +1,6 @@
 //! The IKEv2 engine: IKE_SA_INIT, IKE_AUTH with PSK, the first CHILD_SA, INFORMATIONAL
-//! (delete, liveness), retransmissions, cookies and NAT traversal, as a sans-IO state machine.
+//! (delete, liveness), retransmissions, cookies and NAT traversal, CHILD_SA and IKE SA rekeys
+//! both ways (ours on lifetimes), as a sans-IO state machine.
 //!
 //! Feed it datagrams with [`Engine::handle`] and the clock with [`Engine::handle_timeout`];
 //! start tunnels with [`Engine::connect`]. Every call returns the [`Action`]s to carry out:
@@ -21,7 +22,7 @@ use crate::esp::{EspSuite, SaConfig};
 use ring::rand::SecureRandom;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 mod virtual_ip;
@@ -164,6 +165,20 @@ pub struct IkeCounters {
     pub child_sas_rekeyed: u64,
     /// IKE SAs the peer rekeyed.
     pub ike_sas_rekeyed: u64,
+    /// CHILD_SAs we rekeyed at their soft lifetime.
+    pub child_rekeys_started: u64,
+    /// Rekeys of one CHILD_SA by both ends at once (RFC 7296 section 2.8.1).
+    pub child_rekey_collisions: u64,
+    /// Our rekeys the peer refused (TEMPORARY_FAILURE is retried, the others are not).
+    pub child_rekey_failures: u64,
+    /// CHILD_SAs deleted at their hard lifetime.
+    pub child_sas_expired: u64,
+    /// IKE SAs we rekeyed at their lifetime.
+    pub ike_rekeys_started: u64,
+    /// Rekeys of one IKE SA by both ends at once.
+    pub ike_rekey_collisions: u64,
+    /// Our IKE SA rekeys the peer refused or answered unusably.
+    pub ike_rekey_failures: u64,
     /// Virtual IPs leased to peers from our pools.
     pub virtual_ips_leased: u64,
     /// Virtual IP requests refused with INTERNAL_ADDRESS_FAILURE (pool exhausted, or no
@@ -209,6 +224,51 @@ struct Outstanding {
 struct Child {
     inbound_spi: u32,
     outbound_spi: u32,
+    /// What it was made of: its successor is proposed with the same (RFC 7296 section 2.8).
+    suite: ChildSuite,
+    local_ts: Vec<TrafficSelector>,
+    remote_ts: Vec<TrafficSelector>,
+    /// When we start rekeying it: its soft lifetime less up to a tenth, so that the two ends
+    /// seldom start at once (section 2.8.1). `None`: never, or it is being replaced.
+    rekey_at: Option<Instant>,
+    /// Its hard lifetime: it is deleted then, replaced or not.
+    expire_at: Option<Instant>,
+}
+
+/// What our outstanding request on an established IKE SA is for, when its answer needs
+/// more than freeing the window.
+enum Pending {
+    ChildRekey(Box<ChildRekey>),
+    IkeRekey(Box<IkeRekey>),
+    /// An INFORMATIONAL deleting CHILD_SAs, named by our inbound SPIs. They leave the
+    /// dataplane once the peer answers: until then it may still send on them.
+    ChildDelete(Vec<u32>),
+}
+
+/// Our CREATE_CHILD_SA rekeying the IKE SA (RFC 7296 section 1.3.2).
+struct IkeRekey {
+    our_spi: u64,
+    nonce: Vec<u8>,
+    suite: IkeSuite,
+    dh: DhPrivate,
+    /// The peer rekeyed it meanwhile (section 2.8.1): the nonces of its exchange (its,
+    /// ours) and the IKE SA that exchange made.
+    collision: Option<(Vec<u8>, Vec<u8>, u64)>,
+}
+
+/// Our CREATE_CHILD_SA rekeying a CHILD_SA (RFC 7296 section 1.3.3).
+struct ChildRekey {
+    /// The CHILD_SA being replaced (our inbound SPI).
+    old: u32,
+    our_spi: u32,
+    nonce: Vec<u8>,
+    offered: EspProposal,
+    dh: Option<DhPrivate>,
+    local_ts: Vec<TrafficSelector>,
+    remote_ts: Vec<TrafficSelector>,
+    /// The peer rekeyed the same CHILD_SA meanwhile (section 2.8.1): the nonces of its
+    /// exchange (its, ours) and our inbound SPI of the CHILD_SA that exchange made.
+    collision: Option<(Vec<u8>, Vec<u8>, u32)>,
 }
 
 /// What keys a CHILD_SA: the nonces of the exchange that made it (IKE_SA_INIT's for the
@@ -244,6 +304,8 @@ struct IkeSa {
     next_request_id: u32,
     expected_peer_id: u32,
     outstanding: Option<Outstanding>,
+    /// What `outstanding` is for, when its answer needs more than freeing the window.
+    pending: Option<Pending>,
     last_response: Option<(u32, Vec<u8>)>,
     iv_counter: u64,
     nat: bool,
@@ -254,6 +316,8 @@ struct IkeSa {
     virtual_ips: Vec<IpAddr>,
     /// Addresses leased to the peer, from the pool of `self.peer` (released when the SA goes).
     leased: Vec<IpAddr>,
+    /// When we rekey it (see [`PeerConfig::ike_lifetime`]). `None`: never, or under way.
+    rekey_at: Option<Instant>,
 }
 
 impl IkeSa {
@@ -299,6 +363,18 @@ fn nat_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> Vec<u8> {
     }
     ctx.update(&addr.port().to_be_bytes());
     ctx.finish().as_ref().to_vec()
+}
+
+/// `period` from `now`, less up to a tenth at random: two ends configured alike then seldom
+/// rekey at once (RFC 7296 section 2.8.1), as strongSwan's `rand_time`.
+fn jittered(rng: &ring::rand::SystemRandom, now: Instant, period: Duration) -> Instant {
+    let spread = u64::try_from(period.as_nanos() / 10).unwrap_or(u64::MAX);
+    let mut b = [0u8; 8];
+    let jitter = match (spread, rng.fill(&mut b)) {
+        (0, _) | (_, Err(_)) => 0,
+        (spread, Ok(())) => u64::from_be_bytes(b) % spread,
+    };
+    now + period.saturating_sub(Duration::from_nanos(jitter))
 }
 
 fn notifies(payloads: &[Payload]) -> impl Iterator<Item = &Notify> {
@@ -428,6 +504,15 @@ impl Engine {
             .filter_map(|sa| match (&sa.outstanding, sa.state) {
                 (Some(o), _) => Some(o.next_at),
                 (None, IkeState::HalfOpen) => Some(sa.created + self.config.half_open_timeout),
+                // A rekey waits for a free window, so only an idle SA's CHILD_SA timers count
+                // (a busy one would otherwise ask to be woken again and again).
+                (None, IkeState::Established) => sa
+                    .children
+                    .iter()
+                    .flat_map(|c| [c.rekey_at, c.expire_at])
+                    .chain([sa.rekey_at])
+                    .flatten()
+                    .min(),
                 _ => None,
             })
             .min()
@@ -536,6 +621,7 @@ impl Engine {
             next_request_id: 0,
             expected_peer_id: 0,
             outstanding: None,
+            pending: None,
             last_response: None,
             iv_counter: 0,
             nat: false,
@@ -544,6 +630,7 @@ impl Engine {
             created: now,
             virtual_ips: Vec::new(),
             leased: Vec::new(),
+            rekey_at: None,
         };
         self.sas.insert(spi_i, sa);
         let mut actions = Vec::new();
@@ -611,6 +698,7 @@ impl Engine {
             return;
         };
         let Some(tx) = &sa.tx else { return };
+        sa.pending = None;
         let message_id = sa.next_request_id;
         let header = sa.header(exchange_type, message_id, false);
         sa.iv_counter += 1;
@@ -794,6 +882,11 @@ impl Engine {
                 at,
             });
         }
+        let mut ids: Vec<u64> = self.sas.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.child_timers(id, now, &mut actions);
+        }
         actions
     }
 
@@ -944,6 +1037,9 @@ impl Engine {
             (exchange::INFORMATIONAL, true) => self.informational_response(our_spi, &mut actions),
             (exchange::CREATE_CHILD_SA, false) => {
                 self.create_child_request(our_spi, &header, &payloads, now, &mut actions)
+            }
+            (exchange::CREATE_CHILD_SA, true) => {
+                self.create_child_response(our_spi, &payloads, now, &mut actions)
             }
             _ => self.counters.rx_unexpected += 1,
         }
@@ -1200,6 +1296,7 @@ impl Engine {
             next_request_id: 0,
             expected_peer_id: 1,
             outstanding: None,
+            pending: None,
             last_response: None,
             iv_counter: 0,
             nat: peer_natted || we_natted || self.config.force_udp_encap,
@@ -1208,6 +1305,7 @@ impl Engine {
             created: now,
             virtual_ips: Vec::new(),
             leased: Vec::new(),
+            rekey_at: None,
         };
         let bytes = Message::emit(
             sa.header(exchange::IKE_SA_INIT, 0, true),
@@ -1541,8 +1639,12 @@ impl Engine {
             out.push(Payload::Notify(Notify::new(kind, Vec::new())));
         }
         let peer_name = peer.name.clone();
+        let rekey_at = peer
+            .ike_lifetime
+            .map(|period| jittered(&self.rng, now, period));
         if let Some(sa) = self.sas.get_mut(&id) {
             sa.state = IkeState::Established;
+            sa.rekey_at = rekey_at;
         }
         self.counters.established += 1;
         actions.push(Action::Established {
@@ -1553,7 +1655,7 @@ impl Engine {
         // and a shell that carries out the actions in order has the SA in place by then.
         match install {
             Some((peer_spi, child_suite, local_ts, remote_ts)) => {
-                self.install_child(id, peer_spi, child_suite, local_ts, remote_ts, actions)
+                self.install_child(id, peer_spi, child_suite, local_ts, remote_ts, now, actions)
             }
             None => actions.push(Action::ChildFailed {
                 ike_sa: IkeSaId(id),
@@ -1625,6 +1727,9 @@ impl Engine {
             return;
         }
         sa.state = IkeState::Established;
+        sa.rekey_at = peer
+            .ike_lifetime
+            .map(|period| jittered(&self.rng, now, period));
         let peer_name = peer.name.clone();
         let our_child_spi = sa.child_spi;
         self.counters.established += 1;
@@ -1673,7 +1778,7 @@ impl Engine {
         }
         match child {
             Ok((peer_spi, child_suite, local_ts, remote_ts)) => {
-                self.install_child(id, peer_spi, child_suite, local_ts, remote_ts, actions)
+                self.install_child(id, peer_spi, child_suite, local_ts, remote_ts, now, actions)
             }
             Err(reason) => {
                 actions.push(Action::ChildFailed {
@@ -1697,6 +1802,7 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn install_child(
         &mut self,
         id: u64,
@@ -1704,6 +1810,7 @@ impl Engine {
         suite: ChildSuite,
         local_ts: Vec<TrafficSelector>,
         remote_ts: Vec<TrafficSelector>,
+        now: Instant,
         actions: &mut Vec<Action>,
     ) {
         let Some(sa) = self.sas.get(&id) else {
@@ -1717,7 +1824,9 @@ impl Engine {
             we_initiated: sa.initiator,
             our_spi: sa.child_spi,
         };
-        self.install_child_with(id, &exchange, peer_spi, suite, local_ts, remote_ts, actions);
+        self.install_child_with(
+            id, &exchange, peer_spi, suite, local_ts, remote_ts, now, actions,
+        );
     }
 
     /// Installs a CHILD_SA negotiated in an exchange (IKE_AUTH or CREATE_CHILD_SA).
@@ -1730,8 +1839,17 @@ impl Engine {
         suite: ChildSuite,
         local_ts: Vec<TrafficSelector>,
         remote_ts: Vec<TrafficSelector>,
+        now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        let Some(lifetime) = self
+            .sas
+            .get(&id)
+            .map(|sa| self.config.peers[sa.peer].child_lifetime)
+        else {
+            return;
+        };
+        let (rekey_at, expire_at) = self.child_deadlines(now, &lifetime);
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
@@ -1773,14 +1891,19 @@ impl Engine {
             local_addr: sa.local.ip(),
             remote_addr: sa.remote.ip(),
             udp_encap: sa.nat.then(|| (sa.local.port(), sa.remote.port())),
-            local_ts,
-            remote_ts,
+            local_ts: local_ts.clone(),
+            remote_ts: remote_ts.clone(),
             local_vips: sa.virtual_ips.clone(),
             remote_vips: sa.leased.clone(),
         };
         sa.children.push(Child {
             inbound_spi: exchange.our_spi,
             outbound_spi: peer_spi,
+            suite,
+            local_ts,
+            remote_ts,
+            rekey_at,
+            expire_at,
         });
         self.counters.child_sas_installed += 1;
         actions.push(Action::InstallChildSa(Box::new(install)));
@@ -1849,17 +1972,28 @@ impl Engine {
             refuse(self, notify::INVALID_SYNTAX, actions);
             return;
         };
+        // The CHILD_SA being rekeyed, by our inbound SPI.
+        let mut rekeyed = None;
         if let Some((proto, spi)) = rekey {
             // The SPI in REKEY_SA is one the peer receives on: our outbound one.
-            let known = proto == protocol::ESP
-                && sa
-                    .children
-                    .iter()
-                    .any(|c| c.outbound_spi == spi || c.inbound_spi == spi);
-            if !known {
+            let known = (proto == protocol::ESP)
+                .then(|| {
+                    sa.children
+                        .iter()
+                        .find(|c| c.outbound_spi == spi || c.inbound_spi == spi)
+                })
+                .flatten();
+            let Some(child) = known else {
                 refuse(self, notify::CHILD_SA_NOT_FOUND, actions);
                 return;
+            };
+            // We replaced it already and are deleting it (RFC 7296 section 2.25).
+            if matches!(&sa.pending, Some(Pending::ChildDelete(spis)) if spis.contains(&child.inbound_spi))
+            {
+                refuse(self, notify::TEMPORARY_FAILURE, actions);
+                return;
             }
+            rekeyed = Some(child.inbound_spi);
         }
         let peer = &self.config.peers[sa.peer];
         let Some((number, peer_spi, child_suite)) =
@@ -1957,9 +2091,6 @@ impl Engine {
             we_initiated: false,
             our_spi,
         };
-        if rekey.is_some() {
-            self.counters.child_sas_rekeyed += 1;
-        }
         // Installed before the answer goes out (see `auth_request`).
         self.install_child_with(
             id,
@@ -1968,8 +2099,23 @@ impl Engine {
             child_suite,
             narrowed_r,
             narrowed_i,
+            now,
             actions,
         );
+        if let (Some(old), Some(sa)) = (rekeyed, self.sas.get_mut(&id)) {
+            self.counters.child_sas_rekeyed += 1;
+            // The peer deletes the old one; we no longer rekey it.
+            if let Some(child) = sa.children.iter_mut().find(|c| c.inbound_spi == old) {
+                child.rekey_at = None;
+            }
+            // Our own rekey of it is under way: both ends rekeyed it at once.
+            if let Some(Pending::ChildRekey(ours)) = &mut sa.pending {
+                if ours.old == old {
+                    self.counters.child_rekey_collisions += 1;
+                    ours.collision = Some((exchange.nonce_i, exchange.nonce_r, our_spi));
+                }
+            }
+        }
         self.send_response(
             id,
             exchange::CREATE_CHILD_SA,
@@ -2113,6 +2259,7 @@ impl Engine {
             next_request_id: 0,
             expected_peer_id: 0,
             outstanding: None,
+            pending: None,
             last_response: None,
             iv_counter: 0,
             nat: old.nat,
@@ -2121,7 +2268,15 @@ impl Engine {
             created: now,
             virtual_ips,
             leased,
+            rekey_at: self.config.peers[old.peer]
+                .ike_lifetime
+                .map(|period| jittered(&self.rng, now, period)),
         };
+        // Our own rekey of it is under way: both ends rekeyed it at once.
+        if let Some(Pending::IkeRekey(ours)) = &mut old.pending {
+            self.counters.ike_rekey_collisions += 1;
+            ours.collision = Some((nonce_i.to_vec(), new.nonce_r.clone(), our_spi));
+        }
         let peer_name = self.peer_name(new.peer);
         self.sas.insert(our_spi, new);
         self.counters.ike_sas_rekeyed += 1;
@@ -2129,6 +2284,529 @@ impl Engine {
             ike_sa: IkeSaId(our_spi),
             peer: peer_name,
         });
+    }
+
+    // ---------------------------------------------------------------- our CHILD_SA rekeys
+
+    /// When a CHILD_SA made now is to be rekeyed and when it expires, from the peer's
+    /// lifetime. The rekey comes up to a tenth before the soft lifetime, at random, so two
+    /// ends with the same configuration seldom rekey at once (RFC 7296 section 2.8.1).
+    fn child_deadlines(
+        &self,
+        now: Instant,
+        lifetime: &crate::esp::Lifetime,
+    ) -> (Option<Instant>, Option<Instant>) {
+        let rekey_at = lifetime
+            .soft_time
+            .map(|soft| jittered(&self.rng, now, Duration::from_nanos(soft)));
+        let expire_at = lifetime
+            .hard_time
+            .map(|hard| now + Duration::from_nanos(hard));
+        (rekey_at, expire_at)
+    }
+
+    /// CHILD_SA lifetimes of an established IKE SA: deletes those past their hard lifetime
+    /// and starts rekeying the first one past its rekey time, when the window is free.
+    fn child_timers(&mut self, id: u64, now: Instant, actions: &mut Vec<Action>) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        if sa.state != IkeState::Established {
+            return;
+        }
+        let mut expired = Vec::new();
+        sa.children.retain(|c| {
+            let keep = c.expire_at.is_none_or(|at| now < at);
+            if !keep {
+                expired.push(c.inbound_spi);
+                actions.push(Action::DeleteChildSa {
+                    ike_sa: IkeSaId(id),
+                    inbound_spi: c.inbound_spi,
+                    outbound_spi: c.outbound_spi,
+                });
+            }
+            keep
+        });
+        self.counters.child_sas_expired += expired.len() as u64;
+        if sa.outstanding.is_some() {
+            // The peer's own hard lifetime removes its side of what expired here.
+            return;
+        }
+        if !expired.is_empty() {
+            // Already out of the dataplane: the Delete only tells the peer.
+            self.send_child_delete(id, expired, Vec::new(), now, actions);
+            return;
+        }
+        let due = sa
+            .children
+            .iter()
+            .find(|c| c.rekey_at.is_some_and(|at| at <= now))
+            .map(|c| c.inbound_spi);
+        if let Some(old) = due {
+            self.start_child_rekey(id, old, now, actions);
+        } else if sa.rekey_at.is_some_and(|at| at <= now) {
+            self.start_ike_rekey(id, now, actions);
+        }
+    }
+
+    /// Sends an INFORMATIONAL Delete naming `told` and `removed_on_answer` (our inbound SPIs);
+    /// the latter leave the dataplane when the peer answers.
+    fn send_child_delete(
+        &mut self,
+        id: u64,
+        told: Vec<u32>,
+        removed_on_answer: Vec<u32>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let spis = told
+            .iter()
+            .chain(&removed_on_answer)
+            .map(|spi| spi.to_be_bytes().to_vec())
+            .collect();
+        let delete = Payload::Delete {
+            protocol: protocol::ESP,
+            spis,
+        };
+        self.send_request(id, exchange::INFORMATIONAL, &[delete], now, actions);
+        if let Some(sa) = self.sas.get_mut(&id) {
+            sa.pending = Some(Pending::ChildDelete(removed_on_answer));
+        }
+    }
+
+    /// Starts rekeying a CHILD_SA (RFC 7296 section 1.3.3): CREATE_CHILD_SA with REKEY_SA
+    /// naming it, its proposal (with a KE payload when the configuration asks for PFS) and
+    /// its selectors. The old SA keeps carrying traffic until the new one is installed.
+    fn start_child_rekey(&mut self, id: u64, old: u32, now: Instant, actions: &mut Vec<Action>) {
+        let Some(sa) = self.sas.get(&id) else { return };
+        let Some(child) = sa.children.iter().find(|c| c.inbound_spi == old) else {
+            return;
+        };
+        let peer = &self.config.peers[sa.peer];
+        let group = peer
+            .esp_proposals
+            .iter()
+            .find_map(|p| p.dh.first().copied());
+        let mut offered = EspProposal::from_suite(&child.suite);
+        offered.dh = group.into_iter().collect();
+        let (local_ts, remote_ts) = (child.local_ts.clone(), child.remote_ts.clone());
+        let (Ok(our_spi), Ok(nonce)) = (self.new_child_spi(), self.nonce()) else {
+            return;
+        };
+        let (dh, ke) = match group {
+            Some(group) => match dh::generate(group, &self.rng) {
+                Ok((private, public)) => (Some(private), Some((group, public))),
+                Err(_) => return,
+            },
+            None => (None, None),
+        };
+        let mut payloads = vec![
+            Payload::Notify(Notify {
+                protocol: protocol::ESP,
+                spi: old.to_be_bytes().to_vec(),
+                kind: notify::REKEY_SA,
+                data: Vec::new(),
+            }),
+            Payload::Sa(vec![offered.to_wire(1, our_spi, ke.is_some())]),
+            Payload::Nonce(nonce.clone()),
+        ];
+        if let Some((group, data)) = ke {
+            payloads.push(Payload::Ke {
+                group: group.id(),
+                data,
+            });
+        }
+        payloads.push(Payload::TsI(local_ts.clone()));
+        payloads.push(Payload::TsR(remote_ts.clone()));
+        self.send_request(id, exchange::CREATE_CHILD_SA, &payloads, now, actions);
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        if let Some(child) = sa.children.iter_mut().find(|c| c.inbound_spi == old) {
+            child.rekey_at = None;
+        }
+        self.counters.child_rekeys_started += 1;
+        sa.pending = Some(Pending::ChildRekey(Box::new(ChildRekey {
+            old,
+            our_spi,
+            nonce,
+            offered,
+            dh,
+            local_ts,
+            remote_ts,
+            collision: None,
+        })));
+    }
+
+    /// The answer to our CHILD_SA rekey: installs the new SA, then deletes the old one, or,
+    /// when both ends rekeyed it at once, the redundant new one if it is ours (RFC 7296
+    /// section 2.8.1: the SA whose exchange had the lowest of the four nonces).
+    fn create_child_response(
+        &mut self,
+        id: u64,
+        payloads: &[Payload],
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        sa.outstanding = None;
+        let rekey = match sa.pending.take() {
+            Some(Pending::ChildRekey(rekey)) => rekey,
+            Some(Pending::IkeRekey(rekey)) => {
+                self.ike_rekey_response(id, *rekey, payloads, now, actions);
+                return;
+            }
+            _ => {
+                self.counters.rx_unexpected += 1;
+                return;
+            }
+        };
+        let ChildRekey {
+            old,
+            our_spi,
+            nonce,
+            offered,
+            dh,
+            local_ts,
+            remote_ts,
+            collision,
+        } = *rekey;
+        if let Some(error) = first_error(payloads) {
+            self.child_rekey_failed(id, old, error, now, actions);
+            return;
+        }
+        let mut answer = None;
+        let mut nonce_r = None;
+        let mut ke = None;
+        let mut ts_i = None;
+        let mut ts_r = None;
+        for p in payloads {
+            match p {
+                Payload::Sa(s) => answer = Some(s),
+                Payload::Nonce(n) => nonce_r = Some(n),
+                Payload::Ke { group, data } => ke = Some((*group, data)),
+                Payload::TsI(t) => ts_i = Some(t),
+                Payload::TsR(t) => ts_r = Some(t),
+                _ => {}
+            }
+        }
+        let chosen =
+            answer.and_then(|a| proposal::check_esp_answer(a, std::slice::from_ref(&offered)));
+        let (Some((peer_spi, suite)), Some(nonce_r), Some(ts_i), Some(ts_r)) =
+            (chosen, nonce_r, ts_i, ts_r)
+        else {
+            self.child_rekey_failed(id, old, notify::NO_PROPOSAL_CHOSEN, now, actions);
+            return;
+        };
+        if !within(ts_i, &local_ts) || !within(ts_r, &remote_ts) {
+            self.child_rekey_failed(id, old, notify::TS_UNACCEPTABLE, now, actions);
+            return;
+        }
+        let pfs_shared = match (dh, ke) {
+            (None, _) => None,
+            (Some(private), Some((group, data)))
+                if Some(group) == offered.dh.first().map(|g| g.id()) =>
+            {
+                match private.agree(data) {
+                    Ok(shared) => Some(shared),
+                    Err(_) => {
+                        self.child_rekey_failed(id, old, notify::INVALID_SYNTAX, now, actions);
+                        return;
+                    }
+                }
+            }
+            (Some(_), _) => {
+                self.child_rekey_failed(id, old, notify::INVALID_KE_PAYLOAD, now, actions);
+                return;
+            }
+        };
+        let exchange = ChildExchange {
+            nonce_i: nonce,
+            nonce_r: nonce_r.clone(),
+            pfs_shared,
+            we_initiated: true,
+            our_spi,
+        };
+        self.install_child_with(
+            id,
+            &exchange,
+            peer_spi,
+            suite,
+            ts_i.clone(),
+            ts_r.clone(),
+            now,
+            actions,
+        );
+        let ours_redundant = collision.as_ref().is_some_and(|(their_i, their_r, _)| {
+            let ours = exchange.nonce_i.as_slice().min(exchange.nonce_r.as_slice());
+            ours < their_i.as_slice().min(their_r.as_slice())
+        });
+        let Some(sa) = self.sas.get(&id) else { return };
+        let delete = if ours_redundant {
+            // The peer's exchange made the CHILD_SA that stays; the peer deletes the old one.
+            our_spi
+        } else if sa.children.iter().any(|c| c.inbound_spi == old) {
+            old
+        } else {
+            // The peer deleted it already.
+            return;
+        };
+        self.send_child_delete(id, Vec::new(), vec![delete], now, actions);
+    }
+
+    /// The peer refused our rekey of `old` (or answered with nothing usable).
+    fn child_rekey_failed(
+        &mut self,
+        id: u64,
+        old: u32,
+        error: u16,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        self.counters.child_rekey_failures += 1;
+        let retry = self.random_u64().unwrap_or(0) % 4 + 1;
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let peer = self.config.peers[sa.peer].name.clone();
+        let Some(pos) = sa.children.iter().position(|c| c.inbound_spi == old) else {
+            return;
+        };
+        match error {
+            // Busy with something else, a rekey of its own included (RFC 7296 section
+            // 2.25): try again in a moment.
+            notify::TEMPORARY_FAILURE => {
+                sa.children[pos].rekey_at = Some(now + self.config.retransmit_base * retry as u32);
+            }
+            // The peer has no such SA any more: neither have we.
+            notify::CHILD_SA_NOT_FOUND => {
+                let child = sa.children.remove(pos);
+                actions.push(Action::DeleteChildSa {
+                    ike_sa: IkeSaId(id),
+                    inbound_spi: child.inbound_spi,
+                    outbound_spi: child.outbound_spi,
+                });
+            }
+            // Anything else will not change by asking again: the SA lives out its hard
+            // lifetime.
+            _ => actions.push(Action::ChildFailed {
+                ike_sa: IkeSaId(id),
+                peer,
+                reason: Failure::PeerError(error),
+            }),
+        }
+    }
+
+    // ---------------------------------------------------------------- our IKE SA rekeys
+
+    /// Starts rekeying the IKE SA (RFC 7296 section 1.3.2): CREATE_CHILD_SA with its suite,
+    /// our new SPI, a nonce and a fresh Diffie-Hellman value.
+    fn start_ike_rekey(&mut self, id: u64, now: Instant, actions: &mut Vec<Action>) {
+        let Some(suite) = self.sas.get(&id).and_then(|sa| sa.suite) else {
+            return;
+        };
+        let (Ok(our_spi), Ok(nonce)) = (self.new_spi(), self.nonce()) else {
+            return;
+        };
+        let Ok((private, public)) = dh::generate(suite.dh, &self.rng) else {
+            return;
+        };
+        let payloads = [
+            Payload::Sa(vec![
+                IkeProposal::from_suite(&suite).to_wire(1, &our_spi.to_be_bytes())
+            ]),
+            Payload::Nonce(nonce.clone()),
+            Payload::Ke {
+                group: suite.dh.id(),
+                data: public,
+            },
+        ];
+        self.send_request(id, exchange::CREATE_CHILD_SA, &payloads, now, actions);
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        sa.rekey_at = None;
+        self.counters.ike_rekeys_started += 1;
+        sa.pending = Some(Pending::IkeRekey(Box::new(IkeRekey {
+            our_spi,
+            nonce,
+            suite,
+            dh: private,
+            collision: None,
+        })));
+    }
+
+    /// Moves the CHILD_SAs, virtual IPs and leases of IKE SA `from` to `to`.
+    fn take_over(&mut self, from: u64, to: u64) {
+        let Some(old) = self.sas.get_mut(&from) else {
+            return;
+        };
+        let children = std::mem::take(&mut old.children);
+        let virtual_ips = std::mem::take(&mut old.virtual_ips);
+        let leased = std::mem::take(&mut old.leased);
+        if let Some(pool) = self.peer_pools.get(old.peer).copied().flatten() {
+            self.pools[pool].transfer(IkeSaId(from), IkeSaId(to));
+        }
+        if let Some(new) = self.sas.get_mut(&to) {
+            new.children.extend(children);
+            new.virtual_ips.extend(virtual_ips);
+            new.leased.extend(leased);
+        }
+    }
+
+    /// The answer to our IKE SA rekey: the new IKE SA takes over the CHILD_SAs and the old
+    /// one is deleted. When both ends rekeyed at once, the new SA whose exchange had the
+    /// lowest of the four nonces is redundant and deleted by its initiator; the other end
+    /// deletes the old one (RFC 7296 section 2.8.1).
+    fn ike_rekey_response(
+        &mut self,
+        id: u64,
+        rekey: IkeRekey,
+        payloads: &[Payload],
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let mut answer = None;
+        let mut nonce_r = None;
+        let mut ke = None;
+        for p in payloads {
+            match p {
+                Payload::Sa(s) => answer = Some(s),
+                Payload::Nonce(n) => nonce_r = Some(n),
+                Payload::Ke { group, data } => ke = Some((*group, data)),
+                _ => {}
+            }
+        }
+        let offered = [IkeProposal::from_suite(&rekey.suite)];
+        let chosen = answer.and_then(|a| {
+            let suite = proposal::check_ike_answer(a, &offered)?;
+            let spi = <[u8; 8]>::try_from(a.first()?.spi.as_slice()).ok()?;
+            Some((suite, u64::from_be_bytes(spi))).filter(|(_, spi)| *spi != 0)
+        });
+        let error = first_error(payloads);
+        let (None, Some((suite, peer_spi)), Some(nonce_r), Some((group, ke_data))) =
+            (error, chosen, nonce_r, ke)
+        else {
+            self.counters.ike_rekey_failures += 1;
+            let retry = self.random_u64().unwrap_or(0) % 4 + 1;
+            if let Some(sa) = self.sas.get_mut(&id) {
+                // Busy (a rekey of its own, RFC 7296 section 2.25): again in a moment.
+                // Anything else would not change: the SA lives on unrekeyed.
+                if error == Some(notify::TEMPORARY_FAILURE) {
+                    sa.rekey_at = Some(now + self.config.retransmit_base * retry as u32);
+                }
+            }
+            return;
+        };
+        let Some(old) = self.sas.get(&id) else { return };
+        let (Some(old_suite), Some(old_keys)) = (old.suite, old.keys.as_ref()) else {
+            return;
+        };
+        let shared = (group == suite.dh.id())
+            .then(|| rekey.dh.agree(ke_data).ok())
+            .flatten();
+        let keys = shared.and_then(|shared| {
+            derive_rekeyed_ike_keys(
+                &suite,
+                old_suite.prf,
+                &old_keys.sk_d,
+                &rekey.nonce,
+                nonce_r,
+                &shared,
+                rekey.our_spi,
+                peer_spi,
+            )
+        });
+        let ciphers = keys.as_ref().and_then(|keys| {
+            let tx = SkCipher::new(
+                &self.backend,
+                suite.encryption,
+                suite.integrity,
+                &keys.sk_ei,
+                &keys.sk_ai,
+            );
+            let rx = SkCipher::new(
+                &self.backend,
+                suite.encryption,
+                suite.integrity,
+                &keys.sk_er,
+                &keys.sk_ar,
+            );
+            tx.ok().zip(rx.ok())
+        });
+        let (Some(keys), Some((tx, rx))) = (keys, ciphers) else {
+            self.counters.ike_rekey_failures += 1;
+            return;
+        };
+        let peer = &self.config.peers[old.peer];
+        let new = IkeSa {
+            spi_i: rekey.our_spi,
+            spi_r: peer_spi,
+            initiator: true,
+            peer: old.peer,
+            state: IkeState::Established,
+            local: old.local,
+            remote: old.remote,
+            suite: Some(suite),
+            nonce_i: rekey.nonce,
+            nonce_r: nonce_r.clone(),
+            dh_group: suite.dh,
+            dh: None,
+            ke_public: Vec::new(),
+            keys: Some(keys),
+            tx: Some(tx),
+            rx: Some(rx),
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            cookie: None,
+            next_request_id: 0,
+            expected_peer_id: 0,
+            outstanding: None,
+            pending: None,
+            last_response: None,
+            iv_counter: 0,
+            nat: old.nat,
+            child_spi: old.child_spi,
+            children: Vec::new(),
+            created: now,
+            virtual_ips: Vec::new(),
+            leased: Vec::new(),
+            rekey_at: peer
+                .ike_lifetime
+                .map(|period| jittered(&self.rng, now, period)),
+        };
+        let ours_redundant = rekey
+            .collision
+            .as_ref()
+            .is_some_and(|(their_i, their_r, _)| {
+                let ours = new.nonce_i.as_slice().min(new.nonce_r.as_slice());
+                ours < their_i.as_slice().min(their_r.as_slice())
+            });
+        let peer_name = peer.name.clone();
+        self.sas.insert(rekey.our_spi, new);
+        if ours_redundant {
+            // The peer's new IKE SA has the CHILD_SAs already and the peer deletes the old
+            // one: ours goes at once, with nothing on it.
+            if let Ok(more) = self.delete_ike_sa(IkeSaId(rekey.our_spi), now) {
+                actions.extend(more);
+            }
+            return;
+        }
+        // The CHILD_SAs move over, from the peer's redundant new SA too when there is one
+        // (it deletes that one, which must take nothing with it).
+        self.take_over(id, rekey.our_spi);
+        if let Some((_, _, theirs)) = rekey.collision {
+            self.take_over(theirs, rekey.our_spi);
+        }
+        actions.push(Action::Established {
+            ike_sa: IkeSaId(rekey.our_spi),
+            peer: peer_name,
+        });
+        if let Ok(more) = self.delete_ike_sa(IkeSaId(id), now) {
+            actions.extend(more);
+        }
     }
 
     // ---------------------------------------------------------------- INFORMATIONAL
@@ -2212,6 +2890,18 @@ impl Engine {
             return;
         };
         sa.outstanding = None;
+        if let Some(Pending::ChildDelete(spis)) = sa.pending.take() {
+            for spi in spis {
+                if let Some(pos) = sa.children.iter().position(|c| c.inbound_spi == spi) {
+                    let child = sa.children.remove(pos);
+                    actions.push(Action::DeleteChildSa {
+                        ike_sa: IkeSaId(id),
+                        inbound_spi: child.inbound_spi,
+                        outbound_spi: child.outbound_spi,
+                    });
+                }
+            }
+        }
         if sa.state == IkeState::Deleting {
             self.remove(id, actions, None);
         }

@@ -59,6 +59,7 @@ fn peer(
         local_ts: vec![if initiator { mine } else { theirs }],
         remote_ts: vec![if initiator { theirs } else { mine }],
         child_lifetime: Default::default(),
+        ike_lifetime: None,
         virtual_ips: Vec::new(),
         pool: None,
     }
@@ -131,9 +132,15 @@ impl Pair {
 
     /// Delivers datagrams until both sides are quiet.
     fn run(&mut self, from_a: Vec<Action>) {
+        self.run_both(from_a, Vec::new());
+    }
+
+    /// Delivers what both sides sent at once (A's first), then until both are quiet.
+    fn run_both(&mut self, from_a: Vec<Action>, from_b: Vec<Action>) {
         let mut to_b = Vec::new();
         let mut to_a = Vec::new();
         self.absorb(from_a, true, &mut to_b, &mut to_a);
+        self.absorb(from_b, false, &mut to_b, &mut to_a);
         for _ in 0..20 {
             if to_a.is_empty() && to_b.is_empty() {
                 return;
@@ -1317,5 +1324,306 @@ proptest! {
             Some(i) => prop_assert!(!i.local_vips.is_empty()),
             None => prop_assert!(child_failure(&p.events_a).is_some()),
         }
+    }
+}
+
+// ---------------------------------------------------------------- our CHILD_SA rekeys
+
+fn lifetime(soft_secs: u64, hard_secs: u64) -> crate::esp::Lifetime {
+    crate::esp::Lifetime {
+        soft_time: Some(soft_secs * 1_000_000_000),
+        hard_time: Some(hard_secs * 1_000_000_000),
+        ..Default::default()
+    }
+}
+
+/// A pair where A's CHILD_SAs live `soft`/`hard` seconds and B's forever (so only A rekeys).
+fn lifetime_pair(esp: &str, soft: u64, hard: u64) -> Pair {
+    let mut a = peer(
+        "to-b",
+        A,
+        Some(B),
+        "aes128gcm16-prfsha256-x25519",
+        esp,
+        b"pw",
+    );
+    a.child_lifetime = lifetime(soft, hard);
+    let b = peer(
+        "from-a",
+        B,
+        None,
+        "aes128gcm16-prfsha256-x25519",
+        esp,
+        b"pw",
+    );
+    Pair::new(a, b)
+}
+
+fn deleted(events: &[Action]) -> Vec<u32> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Action::DeleteChildSa { inbound_spi, .. } => Some(*inbound_spi),
+            _ => None,
+        })
+        .collect()
+}
+
+fn children(engine: &Engine) -> Vec<(u32, u32)> {
+    let sa = engine.sas.values().next().expect("an IKE SA");
+    sa.children
+        .iter()
+        .map(|c| (c.inbound_spi, c.outbound_spi))
+        .collect()
+}
+
+fn set_rekey_at(engine: &mut Engine, at: Option<Instant>) {
+    for sa in engine.sas.values_mut() {
+        for child in &mut sa.children {
+            child.rekey_at = at;
+        }
+    }
+}
+
+/// Issue 8: a CHILD_SA is rekeyed by us at its soft lifetime (less up to a tenth), with
+/// PFS when the proposal names a group; the new pair carries ESP and the old one is deleted
+/// on both sides.
+#[test]
+fn our_child_sa_is_rekeyed_at_its_soft_lifetime_and_the_old_one_deleted() {
+    for esp in [
+        "aes128gcm16",
+        "aes128gcm16-x25519",
+        "aes128-sha256-modp2048",
+    ] {
+        let mut p = lifetime_pair(esp, 100, 110);
+        let id = p.connect();
+        let start = p.now;
+        let old = installs(&p.events_a)[0].clone();
+        let due = p.a.next_timeout().expect("a rekey timer");
+        assert!(due > start + Duration::from_secs(89) && due <= start + Duration::from_secs(100));
+        assert_eq!(p.b.next_timeout(), None, "B has no lifetime");
+        p.tick(Duration::from_secs(100));
+        let (a_new, b_new) = (installs(&p.events_a), installs(&p.events_b));
+        assert_eq!((a_new.len(), b_new.len()), (2, 2), "{esp}");
+        let (a_new, b_new) = (a_new[1].clone(), b_new[1].clone());
+        assert_ne!(a_new.inbound.spi, old.inbound.spi);
+        assert_eq!(a_new.outbound.spi, b_new.inbound.spi);
+        assert_eq!(a_new.local_ts, old.local_ts);
+        esp_round_trip(&a_new, &b_new);
+        assert_eq!(deleted(&p.events_a), vec![old.inbound.spi], "{esp}");
+        assert_eq!(deleted(&p.events_b), vec![old.outbound.spi], "{esp}");
+        assert_eq!(
+            children(&p.a),
+            vec![(a_new.inbound.spi, a_new.outbound.spi)]
+        );
+        assert_eq!(
+            children(&p.b),
+            vec![(b_new.inbound.spi, b_new.outbound.spi)]
+        );
+        assert_eq!(p.a.counters().child_rekeys_started, 1);
+        assert_eq!(p.b.counters().child_sas_rekeyed, 1);
+        assert_eq!(p.a.state(id), Some(IkeState::Established));
+        // The successor has timers of its own.
+        assert!(p.a.next_timeout().is_some_and(|t| t > p.now));
+    }
+}
+
+/// RFC 7296 section 2.8.1: both ends rekey the same CHILD_SA at once. Each answers the
+/// other; the SA whose exchange has the lowest of the four nonces is deleted by the end
+/// that started that exchange, the old one by the other, and one working pair is left.
+#[test]
+fn simultaneous_child_sa_rekeys_leave_one_pair() {
+    for _ in 0..8 {
+        let mut a = peer(
+            "to-b",
+            A,
+            Some(B),
+            "aes128gcm16-prfsha256-x25519",
+            "aes128gcm16-x25519",
+            b"pw",
+        );
+        a.child_lifetime = lifetime(100, 110);
+        let mut b = peer(
+            "from-a",
+            B,
+            None,
+            "aes128gcm16-prfsha256-x25519",
+            "aes128gcm16-x25519",
+            b"pw",
+        );
+        b.child_lifetime = lifetime(100, 110);
+        let mut p = Pair::new(a, b);
+        p.connect();
+        let old = installs(&p.events_a)[0].clone();
+        p.now += Duration::from_secs(95);
+        let now = p.now;
+        set_rekey_at(&mut p.a, Some(now));
+        set_rekey_at(&mut p.b, Some(now));
+        let from_a = p.a.handle_timeout(now);
+        let from_b = p.b.handle_timeout(now);
+        p.run_both(from_a, from_b);
+        assert_eq!(p.a.counters().child_rekey_collisions, 1);
+        assert_eq!(p.b.counters().child_rekey_collisions, 1);
+        let (a_children, b_children) = (children(&p.a), children(&p.b));
+        assert_eq!(a_children.len(), 1, "{a_children:?}");
+        assert_eq!(b_children.len(), 1, "{b_children:?}");
+        assert_eq!(a_children[0], (b_children[0].1, b_children[0].0));
+        assert_ne!(a_children[0].0, old.inbound.spi);
+        let a_kept = installs(&p.events_a)
+            .into_iter()
+            .find(|i| i.inbound.spi == a_children[0].0)
+            .unwrap()
+            .clone();
+        let b_kept = installs(&p.events_b)
+            .into_iter()
+            .find(|i| i.inbound.spi == b_children[0].0)
+            .unwrap()
+            .clone();
+        esp_round_trip(&a_kept, &b_kept);
+        // Three pairs were made or existed; two are gone on each side.
+        assert_eq!(deleted(&p.events_a).len(), 2);
+        assert_eq!(deleted(&p.events_b).len(), 2);
+    }
+}
+
+/// The peer answers TEMPORARY_FAILURE (it is deleting the SA, or busy): we try again a
+/// little later. CHILD_SA_NOT_FOUND: the SA is gone there, so it goes here too, and the
+/// IKE SA stays.
+#[test]
+fn refused_child_sa_rekeys_are_retried_or_given_up() {
+    let mut p = lifetime_pair("aes128gcm16", 100, 110);
+    let id = p.connect();
+    let (b_in, _) = children(&p.b)[0];
+    p.b.sas.values_mut().next().unwrap().pending = Some(Pending::ChildDelete(vec![b_in]));
+    p.tick(Duration::from_secs(100));
+    assert_eq!(p.a.counters().child_rekey_failures, 1);
+    assert_eq!(children(&p.a).len(), 1);
+    let retry = p.a.next_timeout().expect("a retry");
+    assert!(retry > p.now && retry <= p.now + Duration::from_secs(4));
+    p.b.sas.values_mut().next().unwrap().pending = None;
+    p.tick(Duration::from_secs(4));
+    assert_eq!(installs(&p.events_a).len(), 2, "retried and rekeyed");
+    assert_eq!(children(&p.a).len(), 1);
+
+    let mut p = lifetime_pair("aes128gcm16", 100, 110);
+    p.connect();
+    p.b.sas.values_mut().next().unwrap().children.clear();
+    let (a_in, _) = children(&p.a)[0];
+    p.tick(Duration::from_secs(100));
+    assert_eq!(deleted(&p.events_a), vec![a_in]);
+    assert!(children(&p.a).is_empty());
+    assert!(p
+        .a
+        .sas()
+        .iter()
+        .all(|(_, _, s)| *s == IkeState::Established));
+    let _ = id;
+}
+
+/// A CHILD_SA that reaches its hard lifetime unreplaced is deleted, and the peer told.
+#[test]
+fn a_child_sa_past_its_hard_lifetime_is_deleted() {
+    let mut p = lifetime_pair("aes128gcm16", 100, 110);
+    p.connect();
+    let (a_in, a_out) = children(&p.a)[0];
+    set_rekey_at(&mut p.a, None);
+    p.tick(Duration::from_secs(109));
+    assert!(deleted(&p.events_a).is_empty());
+    p.tick(Duration::from_secs(1));
+    assert_eq!(deleted(&p.events_a), vec![a_in]);
+    assert_eq!(deleted(&p.events_b), vec![a_out]);
+    assert!(children(&p.a).is_empty() && children(&p.b).is_empty());
+    assert_eq!(p.a.counters().child_sas_expired, 1);
+    assert_eq!(p.a.next_timeout(), None);
+}
+
+// ---------------------------------------------------------------- our IKE SA rekeys
+
+fn ike_lifetime_pair(a_secs: Option<u64>, b_secs: Option<u64>) -> Pair {
+    let (ike, esp) = ("aes128gcm16-prfsha256-x25519", "aes128gcm16");
+    let mut a = peer("to-b", A, Some(B), ike, esp, b"pw");
+    a.ike_lifetime = a_secs.map(Duration::from_secs);
+    let mut b = peer("from-a", B, None, ike, esp, b"pw");
+    b.ike_lifetime = b_secs.map(Duration::from_secs);
+    Pair::new(a, b)
+}
+
+/// The one IKE SA each side has, as (SPIi, SPIr), with its CHILD_SAs.
+fn only_ike_sa(engine: &Engine) -> ((u64, u64), Vec<(u32, u32)>) {
+    assert_eq!(engine.sas.len(), 1, "{:?}", engine.sas());
+    let sa = engine.sas.values().next().unwrap();
+    ((sa.spi_i, sa.spi_r), children(engine))
+}
+
+/// Issue 8: we rekey the IKE SA at its lifetime (RFC 7296 section 1.3.2). The new IKE SA
+/// takes over the CHILD_SA (same SPIs, nothing reinstalled), the old one is deleted on
+/// both sides, and the new one carries requests.
+#[test]
+fn our_ike_sa_rekey_moves_the_child_sas_to_the_new_sa() {
+    let mut p = ike_lifetime_pair(Some(1000), None);
+    let old = p.connect();
+    let (_, child) = only_ike_sa(&p.a);
+    let due = p.a.next_timeout().unwrap();
+    assert!(due > p.now + Duration::from_secs(899) && due <= p.now + Duration::from_secs(1000));
+    p.tick(Duration::from_secs(1000));
+    assert_eq!(p.a.counters().ike_rekeys_started, 1);
+    assert_eq!(p.b.counters().ike_sas_rekeyed, 1);
+    let (a_spis, a_children) = only_ike_sa(&p.a);
+    let (b_spis, b_children) = only_ike_sa(&p.b);
+    assert_eq!(a_spis, b_spis);
+    assert_ne!(a_spis.0, old.0, "a new IKE SA");
+    assert_eq!((a_children, b_children.len()), (child, 1));
+    assert_eq!(
+        installs(&p.events_a).len(),
+        1,
+        "the CHILD_SA was not reinstalled"
+    );
+    assert!(deleted(&p.events_a).is_empty() && deleted(&p.events_b).is_empty());
+    assert!(p
+        .events_a
+        .iter()
+        .any(|e| matches!(e, Action::Closed { ike_sa, .. } if *ike_sa == old)));
+    // The new SA works, and will be rekeyed in its turn.
+    let new = IkeSaId(a_spis.0);
+    let dpd = p.a.send_dpd(new, p.now).unwrap();
+    p.run(dpd);
+    assert_eq!(p.a.state(new), Some(IkeState::Established));
+    assert!(p.a.sas.get(&new.0).unwrap().rekey_at.is_some());
+    // And the CHILD_SAs on it are rekeyed as usual.
+    p.tick(Duration::from_secs(1));
+    assert!(p.a.sas.get(&new.0).unwrap().outstanding.is_none());
+}
+
+/// RFC 7296 section 2.8.1 for IKE SAs: both ends rekey at once; the new IKE SA with the
+/// lowest nonce is deleted by its initiator, the old one by the other end, and one IKE SA
+/// with the CHILD_SA is left on each side.
+#[test]
+fn simultaneous_ike_sa_rekeys_leave_one_ike_sa() {
+    for _ in 0..8 {
+        let mut p = ike_lifetime_pair(Some(1000), Some(1000));
+        p.connect();
+        let (_, child) = only_ike_sa(&p.a);
+        p.now += Duration::from_secs(950);
+        let now = p.now;
+        for engine in [&mut p.a, &mut p.b] {
+            for sa in engine.sas.values_mut() {
+                sa.rekey_at = Some(now);
+            }
+        }
+        let from_a = p.a.handle_timeout(now);
+        let from_b = p.b.handle_timeout(now);
+        p.run_both(from_a, from_b);
+        assert_eq!(p.a.counters().ike_rekey_collisions, 1);
+        assert_eq!(p.b.counters().ike_rekey_collisions, 1);
+        let (a_spis, a_children) = only_ike_sa(&p.a);
+        let (b_spis, b_children) = only_ike_sa(&p.b);
+        assert_eq!(a_spis, b_spis);
+        assert_eq!(a_children, child);
+        assert_eq!(b_children.len(), 1);
+        assert!(deleted(&p.events_a).is_empty() && deleted(&p.events_b).is_empty());
+        let id = IkeSaId(*p.a.sas.keys().next().unwrap());
+        let dpd = p.a.send_dpd(id, p.now).unwrap();
+        p.run(dpd);
+        assert_eq!(p.a.state(id), Some(IkeState::Established));
     }
 }
