@@ -714,6 +714,7 @@ impl Conntrack {
         (slot.live && slot.generation == id.generation).then_some(index)
     }
 
+    #[inline]
     fn deadline(&self, index: usize) -> Nanos {
         let entry = &self.slots[index].entry;
         entry
@@ -853,6 +854,7 @@ const EMPTY_KEY: FlowKey = FlowKey::new(
 );
 
 /// The idle timeout of `entry` in its current state.
+#[inline]
 fn timeout(t: &Timeouts, entry: &ConnEntry) -> Nanos {
     let proto = entry.original.proto;
     match entry.state {

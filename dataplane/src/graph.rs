@@ -391,6 +391,13 @@ pub enum GraphError {
     UnknownInput(&'static str),
 }
 
+/// True if every element of `next` is `first`. Without an early exit, so that it compiles to
+/// a few wide compares per vector rather than a loop with a branch per packet.
+#[inline]
+fn all_equal(next: &[NextIndex], first: NextIndex) -> bool {
+    next.iter().fold(0, |acc, &x| acc | (x ^ first)) == 0
+}
+
 /// Most passes over the nodes in one dispatch; a packet still queued after that is in a loop
 /// and is dropped (counted in [`Graph::looped`]).
 const MAX_PASSES: usize = 16;
@@ -646,59 +653,77 @@ impl<B: PacketBuffer> Graph<B> {
 
     /// When every packet of the vector goes to the same node and that node's queue is empty,
     /// hands the whole vector over in one move instead of packet by packet (most vectors, on
-    /// the forwarding path). Gives the vector back when it cannot.
+    /// the forwarding path); when every packet goes to `tx`, queues them for transmission in
+    /// one tight loop. Gives the vector back when it cannot do either.
     #[inline]
     fn hand_over_whole(&mut self, i: usize, pkts: Vec<Packet<B>>) -> Option<Vec<Packet<B>>> {
         let n = pkts.len();
         let first = *self.next_scratch.first()?;
-        if n == 0 || !self.spawned.is_empty() || self.next_scratch[..n].iter().any(|&x| x != first)
-        {
+        if n == 0 || !self.spawned.is_empty() || !all_equal(&self.next_scratch[..n], first) {
             return Some(pkts);
         }
-        let Some(Target::Node(j)) = self.slots[i].arcs.get(usize::from(first)).copied() else {
-            return Some(pkts);
+        let j = match self.slots[i].arcs.get(usize::from(first)).copied() {
+            Some(Target::Node(j)) if j != i && self.slots[j].queue.is_empty() => Some(j),
+            Some(Target::Tx) => None,
+            _ => return Some(pkts),
         };
-        if j == i || !self.slots[j].queue.is_empty() {
-            return Some(pkts);
-        }
         if !self.trace.records.is_empty() {
             for pkt in pkts.iter().filter(|p| p.meta.trace != 0) {
                 self.trace_next(i, pkt.meta.trace, first);
             }
         }
-        let spare = std::mem::replace(&mut self.slots[j].queue, pkts);
+        let spare = match j {
+            Some(j) => std::mem::replace(&mut self.slots[j].queue, pkts),
+            None => self.transmit_all(pkts),
+        };
         if self.slots[i].queue.is_empty() {
             self.slots[i].queue = spare;
         }
         None
     }
 
+    /// Puts every packet of a vector on its port's transmit queue (a whole vector for the
+    /// `tx` sink, as from `neighbor-output`), and returns the emptied vector.
+    #[inline]
+    fn transmit_all(&mut self, mut pkts: Vec<Packet<B>>) -> Vec<Packet<B>> {
+        for pkt in pkts.drain(..) {
+            match self.tx.get_mut(usize::from(pkt.meta.tx_port)) {
+                Some(q) => q.push(pkt.buf),
+                None => {
+                    self.bad_tx_port += 1;
+                    self.dropped.push(pkt.buf);
+                }
+            }
+        }
+        pkts
+    }
+
     /// Sends each packet of a processed vector (and any the node spawned) on its way.
     fn scatter(&mut self, i: usize, mut pkts: Vec<Packet<B>>, now: Nanos) {
-        for (k, pkt) in pkts.drain(..).enumerate() {
-            let nx = self.next_scratch[k];
-            self.forward(i, pkt, nx, now);
+        // The node's arcs and the next indexes are lent out for the loop, so that each packet
+        // is moved straight to its queue in one inlined step (most go to a sink: transmit).
+        let arcs = std::mem::take(&mut self.slots[i].arcs);
+        let next = std::mem::take(&mut self.next_scratch);
+        for (pkt, &nx) in pkts.drain(..).zip(next.iter()) {
+            self.forward(i, &arcs, pkt, nx, now);
         }
+        self.next_scratch = next;
         let mut spawned = std::mem::take(&mut self.spawned);
         for (pkt, nx) in spawned.drain(..) {
-            self.forward(i, pkt, nx, now);
+            self.forward(i, &arcs, pkt, nx, now);
         }
         self.spawned = spawned;
+        self.slots[i].arcs = arcs;
         // Give the (now empty) vector's allocation back if the queue did not grow meanwhile.
         if self.slots[i].queue.is_empty() {
             self.slots[i].queue = pkts;
         }
     }
 
-    /// Moves a packet leaving slot `i` by its next index `nx`.
-    #[inline]
-    fn forward(&mut self, i: usize, pkt: Packet<B>, nx: NextIndex, now: Nanos) {
-        let slot = &self.slots[i];
-        let target = slot
-            .arcs
-            .get(usize::from(nx))
-            .copied()
-            .unwrap_or(Target::Drop);
+    /// Moves a packet leaving slot `i` (whose arcs are `arcs`) by its next index `nx`.
+    #[inline(always)]
+    fn forward(&mut self, i: usize, arcs: &[Target], pkt: Packet<B>, nx: NextIndex, now: Nanos) {
+        let target = arcs.get(usize::from(nx)).copied().unwrap_or(Target::Drop);
         if pkt.meta.trace != 0 {
             self.trace_next(i, pkt.meta.trace, nx);
         }
@@ -728,6 +753,7 @@ impl<B: PacketBuffer> Graph<B> {
     }
 
     /// Records in a packet's trace which next node slot `i` sent it to.
+    #[inline(never)]
     #[cold]
     fn trace_next(&mut self, i: usize, trace: u32, nx: NextIndex) {
         let node = &self.slots[i].node;

@@ -10,7 +10,7 @@
 //! with RFC 1624 incremental checksum updates ([`rewrite`]), and translate the packet an ICMP
 //! error quotes ([`quoted_tuple`], [`rewrite_icmp_error`]). None of them panics on any input.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::conntrack::{ConnEntry, Direction, FlowKey};
 use crate::wire::{checksum, sctp, IpProtocol, Ipv4Packet, Ipv6Packet};
@@ -50,6 +50,13 @@ impl Tuple {
     }
 
     fn parse_v4(data: &[u8]) -> Option<Tuple> {
+        match Self::parse_v4_plain(data) {
+            Some(t) => t,
+            None => Self::parse_v4_general(data),
+        }
+    }
+
+    fn parse_v4_general(data: &[u8]) -> Option<Tuple> {
         let ip = Ipv4Packet::new_checked(data).ok()?;
         let l4_offset = ip.header_len();
         let fragment = ip.is_fragment();
@@ -61,6 +68,45 @@ impl Tuple {
             0,
         );
         Self::with_ports(data, key, l4_offset, usize::from(ip.total_len()), fragment)
+    }
+
+    /// [`Tuple::parse_v4`] for the common packet, read from the fixed header as an array:
+    /// no options, not a fragment, TCP or UDP, lengths consistent. `None` (not `Some(None)`)
+    /// sends anything else to the general parse, which gives the same answer for these.
+    #[inline]
+    fn parse_v4_plain(data: &[u8]) -> Option<Option<Tuple>> {
+        let h = data.first_chunk::<20>()?;
+        let end = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let proto = h[9];
+        let unfragmented = u16::from_be_bytes([h[6], h[7]]) & 0x3fff == 0;
+        if h[0] != 0x45 || !unfragmented || end < 20 || end > data.len() {
+            return None;
+        }
+        let l4 = data.get(20..end)?;
+        let (tcp_flags, ports) = match proto {
+            TCP => {
+                let l4 = l4.first_chunk::<20>()?;
+                (Some(l4[13]), [l4[0], l4[1], l4[2], l4[3]])
+            }
+            UDP => {
+                let l4 = l4.first_chunk::<8>()?;
+                (None, [l4[0], l4[1], l4[2], l4[3]])
+            }
+            _ => return None,
+        };
+        Some(Some(Tuple {
+            key: FlowKey::new(
+                IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
+                IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
+                proto,
+                u16::from_be_bytes([ports[0], ports[1]]),
+                u16::from_be_bytes([ports[2], ports[3]]),
+            ),
+            l4_offset: 20,
+            end,
+            tcp_flags,
+            fragment: false,
+        }))
     }
 
     fn parse_v6(data: &[u8]) -> Option<Tuple> {
@@ -142,6 +188,14 @@ pub fn is_translated(entry: &ConnEntry) -> bool {
 /// (incrementally for TCP and UDP, recomputed for SCTP's CRC32c when a port changes). False
 /// when the packet is too short for what it claims (nothing is changed then).
 pub fn rewrite(ip: &mut [u8], from: &Tuple, to: &FlowKey) -> bool {
+    match rewrite_v4_plain(ip, from, to) {
+        Some(done) => done,
+        None => rewrite_general(ip, from, to),
+    }
+}
+
+/// [`rewrite`] for any packet.
+fn rewrite_general(ip: &mut [u8], from: &Tuple, to: &FlowKey) -> bool {
     let l4_start = from.l4_offset;
     let min_header = if from.key.src.is_ipv4() { 20 } else { 40 };
     if ip.len() < from.end || l4_start > from.end || l4_start < min_header {
@@ -216,6 +270,63 @@ pub fn rewrite(ip: &mut [u8], from: &Tuple, to: &FlowKey) -> bool {
         }
     }
     true
+}
+
+/// [`rewrite`] for the common packet, with the headers read as arrays: IPv4 without options,
+/// not a fragment, TCP or UDP with the whole transport header present. `None` sends anything
+/// else to the general code, which gives the same result for these.
+#[inline]
+fn rewrite_v4_plain(ip: &mut [u8], from: &Tuple, to: &FlowKey) -> Option<bool> {
+    let (IpAddr::V4(os), IpAddr::V4(od), IpAddr::V4(ns), IpAddr::V4(nd)) =
+        (from.key.src, from.key.dst, to.src, to.dst)
+    else {
+        return None;
+    };
+    let csum_at = match from.key.proto {
+        TCP => 16,
+        UDP => 6,
+        _ => return None,
+    };
+    if from.fragment || from.l4_offset != 20 {
+        return None;
+    }
+    // Every slice is taken before anything is written, so `None` leaves the packet as it was.
+    let (header, l4) = ip.get_mut(..from.end)?.split_first_chunk_mut::<20>()?;
+    let (ports, rest) = l4.split_first_chunk_mut::<4>()?;
+    let csum = rest.get_mut(csum_at - 4..csum_at - 2)?;
+    // The address changes go into both checksums (IPv4 header, pseudo-header); the port
+    // changes into the transport one only.
+    let mut addrs = checksum::Delta::default();
+    if os != ns {
+        addrs.replace32(os.to_bits(), ns.to_bits());
+        header[12..16].copy_from_slice(&ns.octets());
+    }
+    if od != nd {
+        addrs.replace32(od.to_bits(), nd.to_bits());
+        header[16..20].copy_from_slice(&nd.octets());
+    }
+    let hc = u16::from_be_bytes([header[10], header[11]]);
+    header[10..12].copy_from_slice(&addrs.apply(hc).to_be_bytes());
+    let mut l4_delta = addrs;
+    if from.key.src_port != to.src_port {
+        l4_delta.replace16(from.key.src_port, to.src_port);
+        ports[0..2].copy_from_slice(&to.src_port.to_be_bytes());
+    }
+    if from.key.dst_port != to.dst_port {
+        l4_delta.replace16(from.key.dst_port, to.dst_port);
+        ports[2..4].copy_from_slice(&to.dst_port.to_be_bytes());
+    }
+    let old = u16::from_be_bytes([csum[0], csum[1]]);
+    // A UDP checksum of zero means "none" and stays so; a computed zero is sent as all ones.
+    let udp = from.key.proto == UDP;
+    if !(udp && old == 0) {
+        let mut c = l4_delta.apply(old);
+        if udp && c == 0 {
+            c = 0xffff;
+        }
+        csum.copy_from_slice(&c.to_be_bytes());
+    }
+    Some(true)
 }
 
 /// ICMP types that carry an error about another packet: IPv4 destination unreachable, time

@@ -235,6 +235,42 @@ proptest! {
         prop_assert_eq!(out, expected(&pkt, &t, &to));
     }
 
+    /// The fast IPv4 paths of `Tuple::parse` and `rewrite` agree with the general code on
+    /// well-formed packets and on packets with any header byte changed (options, fragments,
+    /// bad lengths, UDP without checksum, truncation).
+    #[test]
+    fn fast_paths_agree_with_the_general_code(
+        a in any::<[u8; 4]>(), b in any::<[u8; 4]>(), c in any::<[u8; 4]>(), d in any::<[u8; 4]>(),
+        ports in any::<[u16; 4]>(),
+        proto in prop_oneof![Just(TCP), Just(UDP), Just(SCTP), Just(1u8)],
+        payload in proptest::collection::vec(any::<u8>(), 0..40),
+        poke in proptest::option::of((0usize..48, any::<u8>())),
+        cut in proptest::option::of(0usize..64),
+        zero_udp_checksum in any::<bool>(),
+    ) {
+        let (s, dd) = (IpAddr::from(a), IpAddr::from(b));
+        let mut pkt = packet(s, dd, proto, ports[0], ports[1], &payload);
+        if zero_udp_checksum && proto == UDP {
+            pkt[26..28].fill(0);
+        }
+        if let Some((at, v)) = poke {
+            if at < pkt.len() {
+                pkt[at] = v;
+            }
+        }
+        if let Some(cut) = cut {
+            pkt.truncate(cut);
+        }
+        let general = Tuple::parse_v4_general(&pkt);
+        prop_assert_eq!(Tuple::parse_v4(&pkt), general);
+        if let Some(t) = general {
+            let to = FlowKey::new(IpAddr::from(c), IpAddr::from(d), t.key.proto, ports[2], ports[3]);
+            let (mut fast, mut slow) = (pkt.clone(), pkt.clone());
+            prop_assert_eq!(rewrite(&mut fast, &t, &to), rewrite_general(&mut slow, &t, &to));
+            prop_assert_eq!(fast, slow);
+        }
+    }
+
     #[test]
     fn parsing_garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..80)) {
         if let Some(t) = Tuple::parse(&data) {

@@ -2,9 +2,9 @@
 //! EtherType.
 
 use crate::buffer::PacketBuffer;
-use crate::graph::{Context, Packet};
-use crate::wire::{EtherType, EthernetAddress, EthernetFrame};
-use crate::{node_errors, node_nexts, per_packet_node};
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet};
+use crate::wire::{EtherType, EthernetFrame};
+use crate::{node_errors, node_nexts};
 
 node_errors! {
     pub enum EthernetInputError {
@@ -30,29 +30,58 @@ node_nexts! {
 #[derive(Debug, Default)]
 pub struct EthernetInput;
 
+/// A MAC address (the first six bytes of `bytes`) as one integer, for comparing.
+#[inline]
+fn mac_word(bytes: &[u8]) -> u64 {
+    match bytes.first_chunk::<6>() {
+        Some(&[a, b, c, d, e, f]) => u64::from_le_bytes([a, b, c, d, e, f, 0, 0]),
+        None => u64::MAX,
+    }
+}
+
+/// Length of the header this node strips.
+const HEADER_LEN: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
+
 impl EthernetInput {
+    /// `port_mac` is the MAC (as [`mac_word`]) of the port the previous packet came in on, kept
+    /// across the vector: a vector's packets come from one port, so the interface is looked up
+    /// once.
     #[inline]
-    fn classify<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> Next {
-        let data = pkt.buf.data();
-        let Ok(frame) = EthernetFrame::new_checked(data) else {
+    fn classify<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        port_mac: &mut Option<(u16, u64)>,
+    ) -> Next {
+        // The header is read once, as an array: no bounds checks field by field.
+        let Some(&header) = pkt.buf.data().first_chunk::<HEADER_LEN>() else {
             cx.error(EthernetInputError::TooShort);
             return Next::Drop;
         };
-        let Some(ifc) = cx.tables.interface(pkt.meta.rx_port) else {
-            cx.error(EthernetInputError::NoInterface);
-            return Next::Drop;
+        let port = pkt.meta.rx_port;
+        let mac = match *port_mac {
+            Some((p, mac)) if p == port => mac,
+            _ => {
+                let Some(ifc) = cx.tables.interface(port) else {
+                    cx.error(EthernetInputError::NoInterface);
+                    return Next::Drop;
+                };
+                let mac = mac_word(&ifc.mac);
+                *port_mac = Some((port, mac));
+                mac
+            }
         };
-        let dst = frame.dst_addr();
-        let src = frame.src_addr();
+        // Addresses compared as 48-bit words; the I/G bit is the low bit of the first octet.
+        let dst_multicast = header[0] & 0x01 != 0;
         // The port is promiscuous (the driver sees every frame on the link): keep only ours.
-        if dst.is_unicast() && dst != EthernetAddress(ifc.mac) {
+        if !dst_multicast && mac_word(&header[..6]) != mac {
             cx.error(EthernetInputError::NotForUs);
             return Next::Drop;
         }
-        if src.is_multicast() {
+        if header[6] & 0x01 != 0 {
             cx.error(EthernetInputError::BadSource);
             return Next::Drop;
         }
+        let frame = EthernetFrame::new_unchecked(&header[..]);
         let next = match frame.ethertype() {
             EtherType::IPV4 => Next::Ip4,
             EtherType::IPV6 => Next::Ip6,
@@ -66,8 +95,9 @@ impl EthernetInput {
                 return Next::Drop;
             }
         };
-        pkt.meta.l2_multicast = dst.is_multicast();
+        pkt.meta.l2_multicast = dst_multicast;
         if pkt.meta.trace != 0 {
+            let (src, dst) = (frame.src_addr(), frame.dst_addr());
             cx.trace(
                 &pkt.meta,
                 format_args!(
@@ -77,15 +107,25 @@ impl EthernetInput {
                 ),
             );
         }
-        pkt.buf.pull_front(EthernetFrame::<&[u8]>::HEADER_LEN);
+        pkt.buf.pull_front(HEADER_LEN);
         next
     }
 }
 
-per_packet_node!(
-    EthernetInput,
-    "ethernet-input",
-    Next,
-    EthernetInputError,
-    classify
-);
+impl<B: PacketBuffer> Node<B> for EthernetInput {
+    fn name(&self) -> &'static str {
+        "ethernet-input"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        Next::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        EthernetInputError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let mut port_mac = None;
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::classify(cx, pkt, &mut port_mac).into();
+        }
+    }
+}

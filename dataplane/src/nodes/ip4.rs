@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::fragment::{fragment_ipv4, FragmentError};
 use super::ip4_options::{self, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
-use super::{ipv4_flow_hash, redirect, tcp_reset};
+use super::{redirect, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, Packet, DROP, PUNT};
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT};
 use crate::wire::icmpv4::{time_exceeded_code, unreachable_code};
 use crate::wire::{
     checksum, Icmpv4Message, IpAddrPair, IpProtocol, Ipv4Packet, TcpPacket, WireError,
@@ -68,35 +68,37 @@ node_nexts! {
 pub struct Ip4Input;
 
 impl Ip4Input {
+    /// `beyond` is where a good packet goes next: the lookup, or the NAT node when the tables
+    /// have services or policy (decided once per vector).
     #[inline]
-    fn check<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> InputNext {
-        let (total_len, src, dst, has_options) = {
-            let ip = match Ipv4Packet::new_checked(pkt.buf.data()) {
-                Ok(ip) => ip,
-                Err(e) => {
-                    cx.error(match e {
-                        WireError::BadVersion => Ip4InputError::BadVersion,
-                        WireError::BadHeaderLength => Ip4InputError::BadHeaderLength,
-                        WireError::BadTotalLength | WireError::BadLength => {
-                            Ip4InputError::BadLength
-                        }
-                        _ => Ip4InputError::TooShort,
-                    });
-                    return InputNext::Drop;
-                }
-            };
-            if !ip.verify_checksum() {
-                cx.error(Ip4InputError::BadChecksum);
-                return InputNext::Drop;
-            }
-            let options = ip.header_len() > 20;
-            (
-                usize::from(ip.total_len()),
-                ip.src_addr(),
-                ip.dst_addr(),
-                options,
-            )
+    fn check<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        beyond: InputNext,
+    ) -> InputNext {
+        let data = pkt.buf.data();
+        // The fixed header is read once, as an array (no bounds check per field); the lengths
+        // are checked together and any failure is sorted out by the wire parser, off the fast
+        // path, so the counters say exactly what they said before.
+        let Some(h) = data.first_chunk::<20>() else {
+            return Self::malformed(cx, data);
         };
+        let header_len = usize::from(h[0] & 0x0f) * 4;
+        let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        if h[0] >> 4 != 4 || header_len < 20 || total_len < header_len || total_len > data.len() {
+            return Self::malformed(cx, data);
+        }
+        let checksum_ok = if header_len == 20 {
+            checksum::sum_ipv4_header(h) == 0xffff
+        } else {
+            Ipv4Packet::new_unchecked(data).verify_checksum()
+        };
+        if !checksum_ok {
+            cx.error(Ip4InputError::BadChecksum);
+            return InputNext::Drop;
+        }
+        let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
         if is_martian_source(src) {
             cx.error(Ip4InputError::MartianSource);
             return InputNext::Drop;
@@ -107,8 +109,10 @@ impl Ip4Input {
         }
         // Ethernet pads short frames: the IP total length is the truth.
         pkt.buf.truncate(total_len);
-        cx.trace(&pkt.meta, format_args!("{src} > {dst} len {total_len}"));
-        if has_options {
+        if pkt.meta.trace != 0 {
+            cx.trace(&pkt.meta, format_args!("{src} > {dst} len {total_len}"));
+        }
+        if header_len > 20 {
             match ip4_options::check(Ipv4Packet::new_unchecked(pkt.buf.data()).options()) {
                 OptionsVerdict::Accept { .. } => {}
                 OptionsVerdict::SourceRoute => {
@@ -122,14 +126,44 @@ impl Ip4Input {
                 }
             }
         }
-        if cx.tables.services.is_some() || cx.tables.policy.is_some() {
-            return InputNext::Nat;
-        }
-        InputNext::Lookup
+        beyond
+    }
+
+    /// Counts why a packet that failed the length checks is malformed.
+    #[cold]
+    #[inline(never)]
+    fn malformed<B: PacketBuffer>(cx: &mut Context<'_, B>, data: &[u8]) -> InputNext {
+        cx.error(match Ipv4Packet::new_checked(data).err() {
+            Some(WireError::BadVersion) => Ip4InputError::BadVersion,
+            Some(WireError::BadHeaderLength) => Ip4InputError::BadHeaderLength,
+            Some(WireError::BadTotalLength | WireError::BadLength) => Ip4InputError::BadLength,
+            _ => Ip4InputError::TooShort,
+        });
+        InputNext::Drop
     }
 }
 
-per_packet_node!(Ip4Input, "ip4-input", InputNext, Ip4InputError, check);
+impl<B: PacketBuffer> Node<B> for Ip4Input {
+    fn name(&self) -> &'static str {
+        "ip4-input"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        InputNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip4InputError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let beyond = if cx.tables.services.is_some() || cx.tables.policy.is_some() {
+            InputNext::Nat
+        } else {
+            InputNext::Lookup
+        };
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::check(cx, pkt, beyond).into();
+        }
+    }
+}
 
 node_errors! {
     pub enum Ip4LookupError {
@@ -138,6 +172,7 @@ node_errors! {
         Blackhole = ("blackhole", "route says discard"),
         Multicast = ("multicast", "multicast destination; multicast routing is not enabled"),
         L2Broadcast = ("l2_broadcast", "unicast packet in a link-layer broadcast frame (RFC 1812 5.3.4)"),
+        TooShort = ("too_short", "shorter than an IPv4 header (internal: input checks this)"),
     }
 }
 
@@ -157,8 +192,13 @@ pub struct Ip4Lookup;
 impl Ip4Lookup {
     #[inline]
     fn lookup<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LookupNext {
-        let ip = Ipv4Packet::new_unchecked(pkt.buf.data());
-        let dst = ip.dst_addr();
+        let data = pkt.buf.data();
+        // Every way into this node checked the header; read it once, as an array.
+        let Some(h) = data.first_chunk::<20>() else {
+            cx.error(Ip4LookupError::TooShort);
+            return LookupNext::Drop;
+        };
+        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
         if dst.is_broadcast() {
             return LookupNext::Local;
         }
@@ -166,7 +206,8 @@ impl Ip4Lookup {
             cx.error(Ip4LookupError::Multicast);
             return LookupNext::Drop;
         }
-        let route = cx.tables.fib.lookup4(dst);
+        let tables = cx.tables;
+        let route = tables.fib.lookup4(dst);
         let hop = match route {
             Some(Route::Local) => {
                 cx.trace(&pkt.meta, format_args!("{dst}: local"));
@@ -176,7 +217,7 @@ impl Ip4Lookup {
                 cx.error(Ip4LookupError::Blackhole);
                 return LookupNext::Drop;
             }
-            Some(r) => r.next_hop(IpAddr::V4(dst), || ipv4_flow_hash(&ip)),
+            Some(r) => r.next_hop(IpAddr::V4(dst), || header_flow_hash(h, data)),
             None => None,
         };
         let Some(hop) = hop else {
@@ -197,6 +238,32 @@ impl Ip4Lookup {
         super::set_next_hop(cx, pkt, IpAddr::V4(dst), hop);
         LookupNext::Rewrite
     }
+}
+
+/// [`super::ipv4_flow_hash`] of a packet whose fixed header `h` was already read: the same hash,
+/// without parsing the header again.
+#[inline]
+pub(super) fn header_flow_hash(h: &[u8; 20], data: &[u8]) -> u32 {
+    let protocol = IpProtocol(h[9]);
+    let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
+    let ports = if fragment {
+        0
+    } else {
+        let header_len = usize::from(h[0] & 0x0f) * 4;
+        let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        super::l4_ports(
+            protocol,
+            data.get(header_len..total_len).unwrap_or_default(),
+        )
+    };
+    super::flow_hash(
+        &[
+            u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
+            u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
+        ],
+        protocol.0,
+        ports,
+    )
 }
 
 per_packet_node!(Ip4Lookup, "ip4-lookup", LookupNext, Ip4LookupError, lookup);
@@ -459,7 +526,34 @@ node_nexts! {
 pub struct Ip4Rewrite;
 
 impl Ip4Rewrite {
+    /// The common case in a few instructions: an option-less packet that fits the link, going
+    /// out of another port than it came in, with TTL to spare (or made here). Anything else
+    /// takes [`Ip4Rewrite::rewrite`], which does the same for it and handles the rest.
     #[inline]
+    fn rewrite_fast<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> RewriteNext {
+        let meta = &pkt.meta;
+        let Some(ifc) = cx.tables.interface(meta.tx_port) else {
+            return Self::rewrite(cx, pkt);
+        };
+        let (mtu, local, other_port) = (ifc.mtu, meta.local_origin, meta.tx_port != meta.rx_port);
+        let Some(h) = pkt.buf.data_mut().first_chunk_mut::<20>() else {
+            return Self::rewrite(cx, pkt);
+        };
+        let ttl = h[8];
+        let fits = u16::from_be_bytes([h[2], h[3]]) <= mtu;
+        if h[0] != 0x45 || !fits || !other_port || (!local && ttl <= 1) {
+            return Self::rewrite(cx, pkt);
+        }
+        if !local {
+            // RFC 1624 update for the TTL decrement, as `Ipv4Packet::decrement_ttl` does.
+            let csum = checksum::update_ttl_decrement(u16::from_be_bytes([h[10], h[11]]));
+            h[8] = ttl - 1;
+            h[10..12].copy_from_slice(&csum.to_be_bytes());
+        }
+        RewriteNext::Output
+    }
+
+    #[inline(never)]
     fn rewrite<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> RewriteNext {
         let Some(ifc) = cx.tables.interface(pkt.meta.tx_port) else {
             cx.error(Ip4RewriteError::NoInterface);
@@ -541,5 +635,5 @@ per_packet_node!(
     "ip4-rewrite",
     RewriteNext,
     Ip4RewriteError,
-    rewrite
+    rewrite_fast
 );

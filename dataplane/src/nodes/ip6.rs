@@ -10,12 +10,12 @@ use super::local_frag::{self, Reassembled};
 use super::{ipv6_flow_hash, push_ethernet, redirect, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, Packet, DROP, PUNT, TX};
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
 use crate::tables::Interface;
 use crate::wire::icmpv6::{param_problem_code, unreachable_code};
 use crate::wire::{
     checksum, EtherType, Icmpv6Message, Icmpv6Packet, IpAddrPair, IpProtocol, Ipv6Packet, Ipv6Repr,
-    TcpPacket, WireError,
+    TcpPacket,
 };
 use crate::{node_errors, node_nexts, per_packet_node};
 
@@ -79,19 +79,30 @@ node_nexts! {
 pub struct Ip6Input;
 
 impl Ip6Input {
+    /// `beyond` is where a good packet goes next: the lookup, or the NAT node when the tables
+    /// have services or policy (decided once per vector).
     #[inline]
-    fn check<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> InputNext {
-        let ip = match Ipv6Packet::new_checked(pkt.buf.data()) {
-            Ok(ip) => ip,
-            Err(WireError::BadVersion) => {
-                cx.error(Ip6InputError::BadVersion);
-                return InputNext::Drop;
-            }
-            Err(_) => {
-                cx.error(Ip6InputError::TooShort);
-                return InputNext::Drop;
-            }
+    fn check<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        beyond: InputNext,
+    ) -> InputNext {
+        let data = pkt.buf.data();
+        // The fixed header is read once, as an array (no bounds check per field).
+        let Some(h) = data.first_chunk::<40>() else {
+            cx.error(Ip6InputError::TooShort);
+            return InputNext::Drop;
         };
+        if h[0] >> 4 != 6 {
+            cx.error(Ip6InputError::BadVersion);
+            return InputNext::Drop;
+        }
+        let len = 40 + usize::from(u16::from_be_bytes([h[4], h[5]]));
+        if len > data.len() {
+            cx.error(Ip6InputError::TooShort);
+            return InputNext::Drop;
+        }
+        let ip = Ipv6Packet::new_unchecked(&h[..]);
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         if src.is_multicast() {
             cx.error(Ip6InputError::MulticastSource);
@@ -101,9 +112,10 @@ impl Ip6Input {
             cx.error(Ip6InputError::LoopbackAddress);
             return InputNext::Drop;
         }
-        let len = ip.packet_len();
         let hop_by_hop = ip.next_header() == IpProtocol::HOP_BY_HOP;
-        cx.trace(&pkt.meta, format_args!("{src} > {dst} len {len}"));
+        if pkt.meta.trace != 0 {
+            cx.trace(&pkt.meta, format_args!("{src} > {dst} len {len}"));
+        }
         pkt.buf.truncate(len);
         if hop_by_hop {
             match check_hop_by_hop(pkt.buf.data()) {
@@ -130,14 +142,31 @@ impl Ip6Input {
                 }
             }
         }
-        if cx.tables.services.is_some() || cx.tables.policy.is_some() {
-            return InputNext::Nat;
-        }
-        InputNext::Lookup
+        beyond
     }
 }
 
-per_packet_node!(Ip6Input, "ip6-input", InputNext, Ip6InputError, check);
+impl<B: PacketBuffer> Node<B> for Ip6Input {
+    fn name(&self) -> &'static str {
+        "ip6-input"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        InputNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip6InputError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let beyond = if cx.tables.services.is_some() || cx.tables.policy.is_some() {
+            InputNext::Nat
+        } else {
+            InputNext::Lookup
+        };
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::check(cx, pkt, beyond).into();
+        }
+    }
+}
 
 node_errors! {
     pub enum Ip6LookupError {
@@ -147,6 +176,7 @@ node_errors! {
         LinkLocal = ("link_local", "link-local destination that is not ours: not forwarded"),
         BeyondScope = ("beyond_scope", "link-local source cannot be forwarded off its link"),
         L2Multicast = ("l2_multicast", "unicast packet in a link-layer multicast frame"),
+        TooShort = ("too_short", "shorter than an IPv6 header (internal: input checks this)"),
     }
 }
 
@@ -166,7 +196,12 @@ pub struct Ip6Lookup;
 impl Ip6Lookup {
     #[inline]
     fn lookup<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LookupNext {
-        let ip = Ipv6Packet::new_unchecked(pkt.buf.data());
+        // Every way into this node checked the header; read it once, as an array.
+        let Some(h) = pkt.buf.data().first_chunk::<40>() else {
+            cx.error(Ip6LookupError::TooShort);
+            return LookupNext::Drop;
+        };
+        let ip = Ipv6Packet::new_unchecked(&h[..]);
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
         let Some(rx_ifc) = cx.tables.interface(pkt.meta.rx_port) else {
             return LookupNext::Drop;
@@ -664,7 +699,31 @@ node_nexts! {
 pub struct Ip6Rewrite;
 
 impl Ip6Rewrite {
+    /// The common case in a few instructions: a packet that fits the link, going out of
+    /// another port than it came in, with hop limit to spare (or made here). Anything else
+    /// takes [`Ip6Rewrite::rewrite`], which does the same for it and handles the rest.
     #[inline]
+    fn rewrite_fast<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> RewriteNext {
+        let meta = &pkt.meta;
+        let Some(ifc) = cx.tables.interface(meta.tx_port) else {
+            return Self::rewrite(cx, pkt);
+        };
+        let (mtu, local, other_port) = (ifc.mtu, meta.local_origin, meta.tx_port != meta.rx_port);
+        let Some(h) = pkt.buf.data_mut().first_chunk_mut::<40>() else {
+            return Self::rewrite(cx, pkt);
+        };
+        let hop_limit = h[7];
+        let fits = 40 + usize::from(u16::from_be_bytes([h[4], h[5]])) <= usize::from(mtu);
+        if !fits || !other_port || (!local && hop_limit <= 1) {
+            return Self::rewrite(cx, pkt);
+        }
+        if !local {
+            h[7] = hop_limit - 1;
+        }
+        RewriteNext::Output
+    }
+
+    #[inline(never)]
     fn rewrite<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> RewriteNext {
         let Some(ifc) = cx.tables.interface(pkt.meta.tx_port) else {
             cx.error(Ip6RewriteError::NoInterface);
@@ -704,5 +763,5 @@ per_packet_node!(
     "ip6-rewrite",
     RewriteNext,
     Ip6RewriteError,
-    rewrite
+    rewrite_fast
 );

@@ -118,7 +118,11 @@ pub(crate) fn push_ethernet<B: PacketBuffer>(
     if !buf.push_front(ETHERNET_HEADER_LEN) {
         return false;
     }
-    let mut frame = EthernetFrame::new_unchecked(buf.data_mut());
+    // Written through the fixed-size header, so the three fields cost no bounds checks.
+    let Some(header) = buf.data_mut().first_chunk_mut::<ETHERNET_HEADER_LEN>() else {
+        return false;
+    };
+    let mut frame = EthernetFrame::new_unchecked(&mut header[..]);
     frame.set_dst_addr(EthernetAddress(dst));
     frame.set_src_addr(EthernetAddress(src));
     frame.set_ethertype(ethertype);

@@ -5,13 +5,13 @@
 
 use std::net::IpAddr;
 
-use super::{arp, icmp6::nd, push_ethernet};
+use super::{arp, icmp6::nd, push_ethernet, ETHERNET_HEADER_LEN};
 use crate::buffer::PacketBuffer;
-use crate::graph::{Context, Packet, DROP, HOLD, TX};
+use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, HOLD, TX};
 use crate::tables::Interface;
 use crate::wire::{EtherType, EthernetAddress};
 use crate::worker::Resolution;
-use crate::{node_errors, node_nexts, per_packet_node};
+use crate::{node_errors, node_nexts};
 
 node_errors! {
     pub enum NeighborOutputError {
@@ -37,10 +37,63 @@ node_nexts! {
 #[derive(Debug, Default)]
 pub struct NeighborOutput;
 
+/// Ethernet headers built in this vector for next hops resolved as [`Resolution::Known`], so
+/// that further packets to the same next hop (traffic goes to few at a time: one, the members
+/// of an ECMP group, a service's backends) reuse them instead of resolving again. Direct-mapped
+/// by the address's last byte and the port, as the neighbor table's own cache of answers. Kept
+/// for one vector only: within it the tables, the time and the neighbor table's answers for
+/// known neighbors do not change, so a reused header is exactly what resolving would build.
+struct RecentHeaders {
+    entries: [Option<(u16, IpAddr, [u8; ETHERNET_HEADER_LEN])>; RecentHeaders::SLOTS],
+}
+
+impl Default for RecentHeaders {
+    fn default() -> Self {
+        RecentHeaders {
+            entries: [None; RecentHeaders::SLOTS],
+        }
+    }
+}
+
+impl RecentHeaders {
+    const SLOTS: usize = 16;
+
+    #[inline]
+    fn slot(port: u16, next_hop: &IpAddr) -> usize {
+        let low = match next_hop {
+            IpAddr::V4(a) => a.octets()[3],
+            IpAddr::V6(a) => a.octets()[15],
+        };
+        (usize::from(low) ^ usize::from(port)) % Self::SLOTS
+    }
+
+    #[inline]
+    fn get(&self, port: u16, next_hop: IpAddr) -> Option<&[u8; ETHERNET_HEADER_LEN]> {
+        match &self.entries[Self::slot(port, &next_hop)] {
+            Some((p, ip, header)) if *p == port && *ip == next_hop => Some(header),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn put(&mut self, port: u16, next_hop: IpAddr, header: [u8; ETHERNET_HEADER_LEN]) {
+        self.entries[Self::slot(port, &next_hop)] = Some((port, next_hop, header));
+    }
+}
+
 impl NeighborOutput {
     #[inline]
-    fn output<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> Next {
+    fn output<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        recent: &mut RecentHeaders,
+    ) -> Next {
         let port = pkt.meta.tx_port;
+        if let Some(next_hop) = pkt.meta.next_hop {
+            if let Some(header) = recent.get(port, next_hop) {
+                return Self::put_header(cx, pkt, header, next_hop);
+            }
+        }
         let Some(ifc) = cx.tables.interface(port) else {
             cx.error(NeighborOutputError::NoInterface);
             return Next::Drop;
@@ -54,7 +107,14 @@ impl NeighborOutput {
             IpAddr::V6(_) => EtherType::IPV6,
         };
         let mac = match cx.state.neighbors.resolve(port, next_hop, cx.now) {
-            Resolution::Known(mac) => mac,
+            Resolution::Known(mac) => {
+                let mut header = [0u8; ETHERNET_HEADER_LEN];
+                header[..6].copy_from_slice(&mac);
+                header[6..12].copy_from_slice(&ifc.mac);
+                header[12..].copy_from_slice(&ethertype.0.to_be_bytes());
+                recent.put(port, next_hop, header);
+                return Self::put_header(cx, pkt, &header, next_hop);
+            }
             Resolution::Refresh(mac) => {
                 // Still usable: send it, and ask again so it stays known.
                 Self::request(cx, pkt, ifc, next_hop);
@@ -82,6 +142,33 @@ impl NeighborOutput {
             cx.trace(
                 &pkt.meta,
                 format_args!("{next_hop} is at {} on port {port}", EthernetAddress(mac)),
+            );
+        }
+        Next::Tx
+    }
+
+    /// Puts a built Ethernet header in front of the packet.
+    #[inline]
+    fn put_header<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        header: &[u8; ETHERNET_HEADER_LEN],
+        next_hop: IpAddr,
+    ) -> Next {
+        if !pkt.buf.push_front(ETHERNET_HEADER_LEN) {
+            cx.error(NeighborOutputError::NoHeadroom);
+            return Next::Drop;
+        }
+        let Some(front) = pkt.buf.data_mut().first_chunk_mut::<ETHERNET_HEADER_LEN>() else {
+            cx.error(NeighborOutputError::NoHeadroom);
+            return Next::Drop;
+        };
+        *front = *header;
+        if pkt.meta.trace != 0 {
+            let mac = EthernetAddress::from_bytes(&header[..6]).unwrap_or_default();
+            cx.trace(
+                &pkt.meta,
+                format_args!("{next_hop} is at {mac} on port {}", pkt.meta.tx_port),
             );
         }
         Next::Tx
@@ -120,10 +207,20 @@ impl NeighborOutput {
     }
 }
 
-per_packet_node!(
-    NeighborOutput,
-    "neighbor-output",
-    Next,
-    NeighborOutputError,
-    output
-);
+impl<B: PacketBuffer> Node<B> for NeighborOutput {
+    fn name(&self) -> &'static str {
+        "neighbor-output"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        Next::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        NeighborOutputError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let mut recent = RecentHeaders::default();
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::output(cx, pkt, &mut recent).into();
+        }
+    }
+}

@@ -1409,3 +1409,24 @@ fn forwarding_back_out_of_the_same_link_sends_a_redirect() {
 mod acl;
 mod esp;
 mod nat;
+
+proptest! {
+    /// `ip4-lookup` hashes from the header it already read; the result is the packet's flow
+    /// hash (`ipv4_flow_hash`) for every header the input checks let through.
+    #[test]
+    fn lookup_flow_hash_is_the_packet_flow_hash(
+        header in any::<[u8; 20]>(),
+        proto in prop::sample::select(vec![6u8, 17, 132, 1, 47]),
+        payload in prop::collection::vec(any::<u8>(), 0..24),
+    ) {
+        let mut data = header.to_vec();
+        data[0] = 0x45;
+        data[9] = proto;
+        data.extend_from_slice(&payload);
+        let total = data.len() as u16;
+        data[2..4].copy_from_slice(&total.to_be_bytes());
+        let h: [u8; 20] = data[..20].try_into().unwrap();
+        let ip = Ipv4Packet::new_checked(&data[..]).unwrap();
+        prop_assert_eq!(super::ip4::header_flow_hash(&h, &data), super::ipv4_flow_hash(&ip));
+    }
+}

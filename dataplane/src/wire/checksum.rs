@@ -10,11 +10,16 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use super::ip::IpProtocol;
 
 /// Folds a wide ones'-complement accumulator into 16 bits with end-around carry.
+///
+/// Four fixed steps instead of a loop (no branch to mispredict): 64 → 33 → 18 → 17 → 16 bits.
+/// A non-zero accumulator never folds to zero, and the folded value is unique in `1..=0xffff`,
+/// so this gives exactly what folding 16 bits at a time until it fits gives.
 #[inline]
-fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
+fn fold(acc: u64) -> u16 {
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
     acc as u16
 }
 
@@ -56,7 +61,9 @@ pub fn sum_ipv4_header(h: &[u8; 20]) -> u16 {
 /// Ones'-complement addition of two folded sums.
 #[inline]
 pub fn combine(a: u16, b: u16) -> u16 {
-    fold(u64::from(a) + u64::from(b))
+    // At most 0x1fffe: one end-around carry is enough.
+    let s = u32::from(a) + u32::from(b);
+    ((s & 0xffff) + (s >> 16)) as u16
 }
 
 /// Turns a folded sum into the value stored in a checksum field.
@@ -110,6 +117,15 @@ pub fn pseudo_header_ipv6(
 #[inline]
 pub fn update16(old_csum: u16, old: u16, new: u16) -> u16 {
     !combine(combine(!old_csum, !old), new)
+}
+
+/// [`update16`] for the IPv4 TTL/protocol word when the TTL (its high byte, at least 1) drops
+/// by one: `~m + m'` is then always `0xfeff`, so the update is one add and one carry
+/// (RFC 1624 equation 3, the same value [`update16`] gives).
+#[inline]
+pub fn update_ttl_decrement(old_csum: u16) -> u16 {
+    let s = u32::from(!old_csum) + 0xfeff;
+    !(((s & 0xffff) + (s >> 16)) as u16)
 }
 
 /// [`update16`] for a 32-bit field (two adjacent, word-aligned 16-bit words).
@@ -230,7 +246,75 @@ mod tests {
         assert_eq!(update_ipv6_addr(full(&a), &a, &b), full(&b));
     }
 
+    /// The loop the fixed-step [`fold`] replaces.
+    fn reference_fold(mut acc: u64) -> u16 {
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc as u16
+    }
+
+    #[test]
+    fn ttl_decrement_update_is_update16() {
+        for csum in 0..=0xffffu16 {
+            for (ttl, proto) in [
+                (1u16, 0u16),
+                (1, 255),
+                (2, 6),
+                (64, 17),
+                (255, 255),
+                (128, 1),
+            ] {
+                let old = ttl << 8 | proto;
+                let new = (ttl - 1) << 8 | proto;
+                assert_eq!(
+                    update_ttl_decrement(csum),
+                    update16(csum, old, new),
+                    "{csum:#x} {ttl}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fold_matches_the_loop_at_the_edges() {
+        for acc in [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0x1_ffff,
+            0xffff_ffff,
+            0x1_0000_0000,
+        ]
+        .into_iter()
+        .chain([
+            u64::MAX,
+            u64::MAX - 1,
+            0xffff_0000_ffff_0000,
+            0x8000_0000_0000_0000,
+        ]) {
+            assert_eq!(fold(acc), reference_fold(acc), "{acc:#x}");
+        }
+        for a in (0..=0xffffu16).step_by(7).chain([0xffff]) {
+            for b in (0..=0xffffu16).step_by(251).chain([0xfffe, 0xffff]) {
+                assert_eq!(combine(a, b), reference_fold(u64::from(a) + u64::from(b)));
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn fold_matches_the_loop(acc in any::<u64>()) {
+            prop_assert_eq!(fold(acc), reference_fold(acc));
+        }
+
+        #[test]
+        fn combine_matches_the_loop(a in any::<u16>(), b in any::<u16>()) {
+            prop_assert_eq!(combine(a, b), reference_fold(u64::from(a) + u64::from(b)));
+        }
+
         #[test]
         fn ipv4_header_sum_matches_the_general_sum(h in any::<[u8; 20]>()) {
             prop_assert_eq!(sum_ipv4_header(&h), sum(&h));

@@ -290,10 +290,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         if ttl == 0 {
             return 0;
         }
-        let proto = u16::from(self.protocol().0);
-        let old_word = (u16::from(ttl) << 8) | proto;
-        let new_word = (u16::from(ttl - 1) << 8) | proto;
-        let csum = checksum::update16(self.checksum(), old_word, new_word);
+        let csum = checksum::update_ttl_decrement(self.checksum());
         self.set_ttl(ttl - 1);
         self.set_checksum(csum);
         ttl - 1
