@@ -101,6 +101,11 @@ pub struct PeerConfig {
     #[serde(default)]
     rr_client: bool,
     hold: Option<u16>,
+    /// `send`, `receive`, `both` or `off` (RFC 7911).
+    add_path: Option<String>,
+    /// Help the peer restart gracefully (RFC 4724); default true.
+    graceful_restart: Option<bool>,
+    stale_time: Option<u16>,
 }
 
 impl PeerConfig {
@@ -130,6 +135,22 @@ impl PeerConfig {
         }
         if let Some(h) = self.hold {
             s.push_str(&format!(",hold={h}"));
+        }
+        if let Some(mode) = &self.add_path {
+            if mode.contains(',') {
+                bail!("bgp.peers {}: addPath {mode:?}", self.address);
+            }
+            s.push_str(&format!(",add-path={mode}"));
+        }
+        if let Some(on) = self.graceful_restart {
+            s.push_str(if on {
+                ",graceful-restart=on"
+            } else {
+                ",graceful-restart=off"
+            });
+        }
+        if let Some(t) = self.stale_time {
+            s.push_str(&format!(",stale-time={t}"));
         }
         Ok(s)
     }
@@ -524,7 +545,7 @@ bgp:
   listen: 'off'
   peers:
   - {address: 198.51.100.254, asn: 65000, hold: 9, password: s3cret}
-  - {address: 2001:db8::1, asn: 64512, rrClient: true, port: 1790, multihop: 2}
+  - {address: 2001:db8::1, asn: 64512, rrClient: true, port: 1790, multihop: 2, addPath: both, gracefulRestart: false, staleTime: 60}
   advertise: [cluster-ip, pod-cidr]
   nextHop: [198.51.100.1]
   multipath: 4
@@ -572,7 +593,9 @@ bgp:
             a.bgp_peers,
             vec![
                 "198.51.100.254=65000,password=s3cret,hold=9".to_string(),
-                "2001:db8::1=64512,port=1790,multihop=2,rr-client".to_string()
+                "2001:db8::1=64512,port=1790,multihop=2,rr-client,add-path=both,\
+                 graceful-restart=off,stale-time=60"
+                    .to_string()
             ]
         );
         assert_eq!(

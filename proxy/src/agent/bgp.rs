@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context as _};
 use ipnet::IpNet;
+use switchyard_bgp::config::{AddPathMode, Family};
 use switchyard_bgp::speaker::{
     BestPaths, LocalRoute, PeerConfig, Speaker, SpeakerConfig, SpeakerError, SpeakerEvent,
     SpeakerHandle, BGP_PORT,
@@ -179,7 +180,8 @@ fn redact(spec: &str) -> String {
 }
 
 /// Parses `--bgp-peer ADDR=ASN[,port=N][,passive][,password=SECRET][,multihop=TTL]
-/// [,rr-client][,hold=SECS]`. Errors never contain the password.
+/// [,rr-client][,hold=SECS][,add-path=send|receive|both|off][,graceful-restart=on|off]
+/// [,stale-time=SECS]`. Errors never contain the password.
 pub fn parse_peer(spec: &str) -> anyhow::Result<PeerConfig> {
     let shown = redact(spec);
     let err = |why: String| anyhow!("--bgp-peer {shown:?}: {why}");
@@ -226,6 +228,47 @@ pub fn parse_peer(spec: &str) -> anyhow::Result<PeerConfig> {
                     _ => return Err(err(format!("multihop {v:?} is not a TTL (1-255)"))),
                 }
             }
+            ("add-path", Some(v)) => {
+                // RFC 7911 for both unicast families: what we offer to send and to receive.
+                let (send, receive) = match v.trim() {
+                    "send" => (true, false),
+                    "receive" => (false, true),
+                    "both" => (true, true),
+                    "off" => (false, false),
+                    _ => {
+                        return Err(err(format!(
+                            "add-path {v:?}: expected send, receive, both or off"
+                        )))
+                    }
+                };
+                p.add_path = if send || receive {
+                    Family::ALL
+                        .iter()
+                        .map(|&f| (f, AddPathMode { send, receive }))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+            }
+            ("graceful-restart", Some(v)) => {
+                // Whether we help this peer restart (RFC 4724 §4.2); on by default.
+                p.graceful_restart = match v.trim() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(err(format!("graceful-restart {v:?}: expected on or off"))),
+                }
+            }
+            ("stale-time", Some(v)) => {
+                p.stale_routes_time = match v.trim().parse::<u16>() {
+                    Ok(n) if n != 0 => n,
+                    _ => {
+                        return Err(err(format!(
+                            "stale-time {v:?}: seconds to keep a restarting peer's stale \
+                             routes after it is back (1-65535)"
+                        )))
+                    }
+                }
+            }
             ("hold", Some(v)) => {
                 p.hold_time = match v.trim().parse::<u16>() {
                     Ok(n) if n == 0 || n >= 3 => n,
@@ -240,7 +283,8 @@ pub fn parse_peer(spec: &str) -> anyhow::Result<PeerConfig> {
                 let shown_opt = if key == "password" { "password" } else { opt };
                 return Err(err(format!(
                     "unknown option {shown_opt:?} (port=N, passive, password=SECRET, \
-                     multihop=TTL, rr-client, hold=SECS)"
+                     multihop=TTL, rr-client, hold=SECS, add-path=send|receive|both|off, \
+                     graceful-restart=on|off, stale-time=SECS)"
                 )));
             }
         }
@@ -766,7 +810,25 @@ mod tests {
         let p = parse_peer("2001:db8::2=4200000000").unwrap();
         assert_eq!(p.remote_as, 4_200_000_000);
         assert_eq!(p.port, 179);
+        assert!(p.add_path.is_empty() && p.graceful_restart);
+        let p = parse_peer("198.18.2.2=65001,add-path=both,graceful-restart=off,stale-time=60")
+            .unwrap();
+        let both = AddPathMode {
+            send: true,
+            receive: true,
+        };
+        assert_eq!(
+            p.add_path,
+            vec![(Family::Ipv4Unicast, both), (Family::Ipv6Unicast, both)]
+        );
+        assert!(!p.graceful_restart);
+        assert_eq!(p.stale_routes_time, 60);
+        let p = parse_peer("198.18.2.2=65001,add-path=receive,add-path=off").unwrap();
+        assert!(p.add_path.is_empty());
         for bad in [
+            "198.18.2.2=65001,add-path=sometimes",
+            "198.18.2.2=65001,graceful-restart=maybe",
+            "198.18.2.2=65001,stale-time=0",
             "198.18.2.2",
             "198.18.2.2=",
             "198.18.2.2=0",
