@@ -1239,22 +1239,7 @@ impl Engine {
         else {
             return;
         };
-        let (Ok(tx), Ok(rx)) = (
-            SkCipher::new(
-                &self.backend,
-                suite.encryption,
-                suite.integrity,
-                &keys.sk_er,
-                &keys.sk_ar,
-            ),
-            SkCipher::new(
-                &self.backend,
-                suite.encryption,
-                suite.integrity,
-                &keys.sk_ei,
-                &keys.sk_ai,
-            ),
-        ) else {
+        let Ok((tx, rx)) = SkCipher::pair(&self.backend, &suite, &keys, false) else {
             return;
         };
         let response_payloads = vec![
@@ -1410,22 +1395,7 @@ impl Engine {
         else {
             return;
         };
-        let (Ok(tx), Ok(rx)) = (
-            SkCipher::new(
-                &self.backend,
-                suite.encryption,
-                suite.integrity,
-                &keys.sk_ei,
-                &keys.sk_ai,
-            ),
-            SkCipher::new(
-                &self.backend,
-                suite.encryption,
-                suite.integrity,
-                &keys.sk_er,
-                &keys.sk_ar,
-            ),
-        ) else {
+        let Ok((tx, rx)) = SkCipher::pair(&self.backend, &suite, &keys, true) else {
             return;
         };
         let nat_src: Vec<&Notify> = notifies(payloads)
@@ -2191,22 +2161,7 @@ impl Engine {
         ) else {
             return;
         };
-        let (Ok(tx), Ok(rx)) = (
-            SkCipher::new(
-                &self.backend,
-                suite.encryption,
-                suite.integrity,
-                &keys.sk_er,
-                &keys.sk_ar,
-            ),
-            SkCipher::new(
-                &self.backend,
-                suite.encryption,
-                suite.integrity,
-                &keys.sk_ei,
-                &keys.sk_ai,
-            ),
-        ) else {
+        let Ok((tx, rx)) = SkCipher::pair(&self.backend, &suite, &keys, false) else {
             return;
         };
         let response = [
@@ -2719,23 +2674,9 @@ impl Engine {
                 peer_spi,
             )
         });
-        let ciphers = keys.as_ref().and_then(|keys| {
-            let tx = SkCipher::new(
-                &self.backend,
-                suite.encryption,
-                suite.integrity,
-                &keys.sk_ei,
-                &keys.sk_ai,
-            );
-            let rx = SkCipher::new(
-                &self.backend,
-                suite.encryption,
-                suite.integrity,
-                &keys.sk_er,
-                &keys.sk_ar,
-            );
-            tx.ok().zip(rx.ok())
-        });
+        let ciphers = keys
+            .as_ref()
+            .and_then(|keys| SkCipher::pair(&self.backend, &suite, keys, true).ok());
         let (Some(keys), Some((tx, rx))) = (keys, ciphers) else {
             self.counters.ike_rekey_failures += 1;
             return;

@@ -1,6 +1,7 @@
 //! The Encrypted (SK) payload (RFC 7296 section 3.14; AES-GCM per RFC 5282).
 
-use super::proposal::Encryption;
+use super::keys::IkeKeys;
+use super::proposal::{Encryption, IkeSuite};
 use super::wire::{self, emit_payloads, payload_type, Header, ParseError, Payload, HEADER_LEN};
 use crate::crypto::{
     Aead, AeadAlgorithm, CbcHmac, CryptoBackend, CryptoError, MacAlgorithm, SecretBytes,
@@ -25,6 +26,22 @@ pub enum SkError {
 }
 
 impl SkCipher {
+    /// An IKE SA's SK ciphers as `(outbound, inbound)`: the original initiator seals with
+    /// SK_ei/SK_ai and opens with SK_er/SK_ar, the original responder the other way round.
+    pub fn pair(
+        backend: &dyn CryptoBackend,
+        suite: &IkeSuite,
+        keys: &IkeKeys,
+        initiator: bool,
+    ) -> Result<(Self, Self), CryptoError> {
+        let ours = |e, a| Self::new(backend, suite.encryption, suite.integrity, e, a);
+        let (i, r) = (
+            ours(&keys.sk_ei, &keys.sk_ai)?,
+            ours(&keys.sk_er, &keys.sk_ar)?,
+        );
+        Ok(if initiator { (i, r) } else { (r, i) })
+    }
+
     pub fn new(
         backend: &dyn CryptoBackend,
         encryption: Encryption,
