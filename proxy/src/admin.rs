@@ -777,6 +777,9 @@ pub fn ipsec(view: &crate::ipsec::IpsecView) -> Value {
             "virtual_ips_leased": k.virtual_ips_leased,
             "internal_address_failures": k.internal_address_failures,
             "virtual_ip_failures": k.virtual_ip_failures, "cp_malformed": k.cp_malformed,
+            "tx_fragments": k.tx_fragments, "rx_fragments": k.rx_fragments,
+            "rx_fragments_dropped": k.rx_fragments_dropped, "rx_reassembled": k.rx_reassembled,
+            "tx_seal_failures": k.tx_seal_failures,
             "send_errors": state.send_errors,
         },
     })

@@ -457,6 +457,13 @@ pub struct RouterArgs {
     /// cryptodev alone.
     #[arg(long, default_value = "software", value_parser = parse_crypto)]
     pub crypto: CryptoChoice,
+
+    /// IKE fragmentation (RFC 7383): the largest IP datagram an IKE message may travel in
+    /// before it is sent as Encrypted Fragments (both ends must announce support, which we
+    /// do). Unset: 576 bytes over IPv4, 1280 over IPv6, as the RFC recommends; 0: no
+    /// fragmentation (neither announced nor accepted).
+    #[arg(long, value_name = "BYTES", requires = "ipsec")]
+    pub ike_fragment_size: Option<usize>,
 }
 
 /// See [`RouterArgs::crypto`].

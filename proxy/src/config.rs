@@ -69,6 +69,7 @@ pub struct AgentConfig {
     dataplane: Option<String>,
     eal: Option<String>,
     crypto: Option<String>,
+    ike_fragment_size: Option<usize>,
     bgp: Option<BgpConfig>,
 }
 
@@ -260,6 +261,9 @@ impl AgentConfig {
         }
         if let Some(v) = self.crypto.filter(|_| set("crypto")) {
             args.router.crypto = crate::cli::parse_crypto(&v).map_err(|e| anyhow!("crypto {e}"))?;
+        }
+        if let Some(v) = self.ike_fragment_size.filter(|_| set("ike_fragment_size")) {
+            args.router.ike_fragment_size = Some(v);
         }
         if let Some(bgp) = self.bgp {
             bgp.apply(args, &set)?;
@@ -764,6 +768,7 @@ bgp:
             "dataplane",
             "eal",
             "crypto",
+            "ike_fragment_size",
             "bgp_asn",
             "bgp_router_id",
             "bgp_listen",

@@ -318,6 +318,11 @@ fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::R
             ("internal_address_failure", k.internal_address_failures),
             ("virtual_ip_failure", k.virtual_ip_failures),
             ("cp_malformed", k.cp_malformed),
+            ("fragment_sent", k.tx_fragments),
+            ("fragment_received", k.rx_fragments),
+            ("fragment_dropped", k.rx_fragments_dropped),
+            ("reassembled", k.rx_reassembled),
+            ("seal_failure", k.tx_seal_failures),
         ]
         .into_iter()
         .map(|(event, n)| ([("event", event.to_string())], n)),

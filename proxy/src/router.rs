@@ -287,7 +287,8 @@ where
         let ipsec = match &args.ipsec {
             Some(path) => {
                 let tun = punt.as_ref().map(|p| p.index());
-                let service = crate::ipsec::start(path, &handle, &tables, tun)?;
+                let service =
+                    crate::ipsec::start(path, &handle, &tables, tun, args.ike_fragment_size)?;
                 if let Some(shared) = &hooks.shared {
                     shared.set_ipsec(service.view());
                 }

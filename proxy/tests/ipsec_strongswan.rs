@@ -76,6 +76,11 @@ impl Peer {
     /// strongSwan on a link of its own to the node namespace ([`SY_ADDR`] – [`SS_ADDR`]),
     /// for Switchyard's IKE daemon alone.
     fn start(test: &str) -> Option<Peer> {
+        Self::start_with(test, "")
+    }
+
+    /// [`Peer::start`] with more settings in strongswan.conf's `charon` section.
+    fn start_with(test: &str, charon_extra: &str) -> Option<Peer> {
         let lab = Lab::new(test, &[CHARON, "swanctl", "unshare", "mount"])?;
         // The IKE link, inside the lab's namespaces only.
         let server = lab.ns(Ns::Server);
@@ -91,11 +96,20 @@ impl Peer {
             Ns::Server,
             &format!("ip addr add {SS_ADDR}/24 dev ike0 && ip link set ike0 up"),
         );
-        Some(Self::start_in(lab, SY_ADDR, SS_ADDR))
+        Some(Self::start_in_with(lab, SY_ADDR, SS_ADDR, charon_extra))
     }
 
     /// strongSwan in `lab`'s server namespace, talking IKE from `ss_addr` to `sy_addr`.
     fn start_in(lab: Lab, sy_addr: &'static str, ss_addr: &'static str) -> Peer {
+        Self::start_in_with(lab, sy_addr, ss_addr, "")
+    }
+
+    fn start_in_with(
+        lab: Lab,
+        sy_addr: &'static str,
+        ss_addr: &'static str,
+        charon_extra: &str,
+    ) -> Peer {
         // A host of strongSwan's protected subnet on its own loopback: kernel-libipsec routes
         // the remote subnet into its TUN with a source from the local one, and refuses the
         // CHILD_SA when it has no such address.
@@ -113,6 +127,7 @@ impl Peer {
                  \x20 load = random nonce aes sha1 sha2 hmac gcm kdf openssl curve25519 gmp pem pkcs1 x509 kernel-libipsec kernel-netlink socket-default vici\n\
                  \x20 retransmit_tries = 3\n\
                  \x20 retransmit_timeout = 1\n\
+                 \x20 {charon_extra}\n\
                  \x20 plugins {{\n\
                  \x20   vici {{\n\
                  \x20     socket = {vici}\n\
@@ -318,6 +333,8 @@ struct Case {
     ike_rekey: bool,
     /// Switchyard's CHILD_SA `rekey_time` (empty: the default hour).
     our_rekey: &'static str,
+    /// Switchyard's IKE fragment size (`--ike-fragment-size`; `None`: the default).
+    fragment_size: Option<usize>,
 }
 
 const BASE: Case = Case {
@@ -331,6 +348,7 @@ const BASE: Case = Case {
     child_rekey: false,
     ike_rekey: false,
     our_rekey: "",
+    fragment_size: None,
 };
 
 impl Case {
@@ -430,6 +448,7 @@ fn run_case(peer: &Peer, case: Case, psk: &str) -> Seen {
         .daemon_config(SY_ADDR.parse().expect("address"))
         .expect("daemon config");
     assert_eq!(config.initiate.len(), usize::from(case.we_initiate));
+    config.engine.fragment_size = case.fragment_size;
     let netns = format!("/run/netns/{}", peer.lab.ns(Ns::Node));
     let swanctl_initiate = format!(
         "SWANCTL_DIR={} timeout 20 swanctl --initiate --uri {} --child net --ike sy --timeout 15",
@@ -733,6 +752,43 @@ fn ike_with_strongswan_both_roles_all_suites() {
         }
     }
     assert!(failures.is_empty(), "cases failed: {failures:#?}");
+}
+
+/// IKE fragmentation (RFC 7383) both ways: strongSwan and Switchyard both told to keep IKE
+/// datagrams to 200 bytes, so each side's IKE_AUTH (about 250-300 bytes with PSK) goes in
+/// Encrypted Fragments, which the other end must put together.
+#[test]
+fn ike_with_strongswan_fragments_both_ways() {
+    let Some(peer) = Peer::start_with("ipsec_ike_frag", "fragment_size = 200") else {
+        return;
+    };
+    for we_initiate in [true, false] {
+        for gcm in [true, false] {
+            let (ike, ike_shown) = ike_proposal(gcm, "x25519");
+            let (esp, esp_shown) = if gcm { GCM128 } else { CBC256 };
+            let case = Case {
+                we_initiate,
+                ike,
+                esp,
+                ike_shown,
+                esp_shown,
+                fragment_size: Some(200),
+                ..BASE
+            };
+            let seen = run_case(&peer, case, PSK);
+            check_established(&peer, &case, &seen);
+            let k = seen.counters.expect("counters");
+            assert!(
+                k.tx_fragments >= 2 && k.rx_reassembled >= 1 && k.rx_fragments_dropped == 0,
+                "{case:?}: {k:?}\n{}",
+                peer.log()
+            );
+            eprintln!(
+                "ok: {case:?}: sent {} fragments, put {} messages together from {}",
+                k.tx_fragments, k.rx_reassembled, k.rx_fragments
+            );
+        }
+    }
 }
 
 #[test]

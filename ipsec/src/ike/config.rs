@@ -126,6 +126,25 @@ pub struct EngineConfig {
     pub natt_port: u16,
     /// Use UDP encapsulation even without a NAT (strongSwan's `encap = yes`).
     pub force_udp_encap: bool,
+    /// Announce and use IKE fragmentation (RFC 7383): protected messages larger than a
+    /// fragment are sent as Encrypted Fragment messages, and such fragments are accepted.
+    pub fragmentation: bool,
+    /// The largest IP datagram a fragment may travel in. `None`: RFC 7383 section 2.5.1's
+    /// recommendation, 576 bytes over IPv4 and 1280 over IPv6.
+    pub fragment_size: Option<usize>,
+}
+
+impl EngineConfig {
+    /// The largest IKE message (UDP payload, without the non-ESP marker) one fragment may
+    /// be, towards `remote`: the fragment size less the IP and UDP headers, and less the
+    /// marker when `natt`.
+    pub fn fragment_message_len(&self, remote: SocketAddr, natt: bool) -> usize {
+        let (datagram, ip_header) = match remote {
+            SocketAddr::V4(_) => (self.fragment_size.unwrap_or(576), 20),
+            SocketAddr::V6(_) => (self.fragment_size.unwrap_or(1280), 40),
+        };
+        datagram.saturating_sub(ip_header + 8 + if natt { 4 } else { 0 })
+    }
 }
 
 impl Default for EngineConfig {
@@ -140,6 +159,8 @@ impl Default for EngineConfig {
             replay_window: ReplayWindow::DEFAULT_SIZE,
             natt_port: 4500,
             force_udp_encap: false,
+            fragmentation: true,
+            fragment_size: None,
         }
     }
 }

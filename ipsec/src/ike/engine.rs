@@ -1,6 +1,6 @@
 //! The IKEv2 engine: IKE_SA_INIT, IKE_AUTH with PSK, the first CHILD_SA, INFORMATIONAL
 //! (delete, liveness), retransmissions, cookies and NAT traversal, CHILD_SA and IKE SA rekeys
-//! both ways (ours on lifetimes), as a sans-IO state machine.
+//! both ways (ours on lifetimes), IKE fragmentation (RFC 7383), as a sans-IO state machine.
 //!
 //! Feed it datagrams with [`Engine::handle`] and the clock with [`Engine::handle_timeout`];
 //! start tunnels with [`Engine::connect`]. Every call returns the [`Action`]s to carry out:
@@ -12,7 +12,7 @@ use super::dh::{self, DhGroup, DhPrivate};
 use super::keys::{derive_child_keys, derive_ike_keys, derive_rekeyed_ike_keys, psk_auth, IkeKeys};
 use super::pool::AddressPool;
 use super::proposal::{self, ChildSuite, EspProposal, IkeProposal, IkeSuite};
-use super::sk::{open_message, seal_message, SkCipher};
+use super::sk::{open_fragment, open_message, seal_fragments, SkCipher};
 use super::wire::{
     cfg, exchange, notify, protocol, Header, Message, Notify, ParseError, Payload, TrafficSelector,
     AUTH_METHOD_PSK, FLAG_INITIATOR, FLAG_RESPONSE, VERSION,
@@ -188,6 +188,16 @@ pub struct IkeCounters {
     pub virtual_ip_failures: u64,
     /// Configuration payload attributes skipped as malformed.
     pub cp_malformed: u64,
+    /// Encrypted Fragment messages sent (RFC 7383), counted when a message was split.
+    pub tx_fragments: u64,
+    /// Messages we could not protect (no fragment size leaves room, a crypto failure).
+    pub tx_seal_failures: u64,
+    /// Authenticated fragments received.
+    pub rx_fragments: u64,
+    /// Fragments dropped: not negotiated, duplicate, too many, too large, or superseded.
+    pub rx_fragments_dropped: u64,
+    /// Messages put back together from fragments.
+    pub rx_reassembled: u64,
 }
 
 /// A virtual IP of an IKE SA, for `show ipsec`.
@@ -216,10 +226,40 @@ pub enum IkeState {
 
 struct Outstanding {
     message_id: u32,
-    bytes: Vec<u8>,
+    /// The request as sent: one message, or its fragments (RFC 7383).
+    messages: Vec<Vec<u8>>,
     transmissions: u32,
     next_at: Instant,
 }
+
+/// Fragments of one incoming message (RFC 7383 section 2.6), each already authenticated and
+/// decrypted.
+struct Reassembly {
+    message_id: u32,
+    response: bool,
+    /// The first inner payload's type, from fragment 1.
+    first_payload: u8,
+    parts: Vec<Option<Vec<u8>>>,
+    received: usize,
+    bytes: usize,
+}
+
+/// One authenticated, decrypted fragment.
+struct Fragment {
+    message_id: u32,
+    response: bool,
+    first_payload: u8,
+    number: u16,
+    total: u16,
+    part: Vec<u8>,
+}
+
+/// The most fragments one message may come in: a 64 KiB message in fragments of a 576-byte
+/// IPv4 datagram is about 130.
+const MAX_FRAGMENTS: u16 = 256;
+
+/// The most bytes of inner payloads one reassembled message may hold.
+const MAX_REASSEMBLED: usize = 64 * 1024;
 
 struct Child {
     inbound_spi: u32,
@@ -306,8 +346,13 @@ struct IkeSa {
     outstanding: Option<Outstanding>,
     /// What `outstanding` is for, when its answer needs more than freeing the window.
     pending: Option<Pending>,
-    last_response: Option<(u32, Vec<u8>)>,
+    /// Our last answer (one message, or its fragments), for a retransmitted request.
+    last_response: Option<(u32, Vec<Vec<u8>>)>,
     iv_counter: u64,
+    /// Both ends announced IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT (RFC 7383).
+    fragmentation: bool,
+    /// The message whose fragments are arriving.
+    reassembly: Option<Reassembly>,
     nat: bool,
     child_spi: u32,
     children: Vec<Child>,
@@ -624,6 +669,8 @@ impl Engine {
             pending: None,
             last_response: None,
             iv_counter: 0,
+            fragmentation: false,
+            reassembly: None,
             nat: false,
             child_spi: self.new_child_spi()?,
             children: Vec::new(),
@@ -665,6 +712,12 @@ impl Engine {
             notify::NAT_DETECTION_DESTINATION_IP,
             nat_hash(sa.spi_i, 0, sa.remote),
         )));
+        if self.config.fragmentation {
+            payloads.push(Payload::Notify(Notify::new(
+                notify::IKEV2_FRAGMENTATION_SUPPORTED,
+                Vec::new(),
+            )));
+        }
         let bytes = Message::emit(sa.header(exchange::IKE_SA_INIT, 0, false), &payloads);
         let (local, remote) = (sa.local, sa.remote);
         actions.push(self.send(local, remote, &bytes));
@@ -674,7 +727,7 @@ impl Engine {
             sa.next_request_id = 1;
             sa.outstanding = Some(Outstanding {
                 message_id: 0,
-                bytes,
+                messages: vec![bytes],
                 transmissions: 1,
                 next_at,
             });
@@ -697,24 +750,25 @@ impl Engine {
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
-        let Some(tx) = &sa.tx else { return };
         sa.pending = None;
         let message_id = sa.next_request_id;
         let header = sa.header(exchange_type, message_id, false);
-        sa.iv_counter += 1;
-        let Ok(bytes) = seal_message(header, payloads, tx, sa.iv_counter) else {
+        let Some(messages) = self.seal(id, header, payloads) else {
+            return;
+        };
+        let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
         let next_at = now + self.config.retransmit_base;
         sa.next_request_id = message_id.wrapping_add(1);
         sa.outstanding = Some(Outstanding {
             message_id,
-            bytes: bytes.clone(),
+            messages: messages.clone(),
             transmissions: 1,
             next_at,
         });
         let (local, remote) = (sa.local, sa.remote);
-        actions.push(self.send(local, remote, &bytes));
+        self.send_all(local, remote, &messages, actions);
         actions.push(Action::ArmTimer {
             ike_sa: IkeSaId(id),
             at: next_at,
@@ -733,16 +787,57 @@ impl Engine {
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
-        let Some(tx) = &sa.tx else { return };
         let header = sa.header(exchange_type, message_id, true);
-        sa.iv_counter += 1;
-        let Ok(bytes) = seal_message(header, payloads, tx, sa.iv_counter) else {
+        let Some(messages) = self.seal(id, header, payloads) else {
             return;
         };
-        sa.last_response = Some((message_id, bytes.clone()));
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
         sa.expected_peer_id = message_id.wrapping_add(1);
         let (local, remote) = (sa.local, sa.remote);
-        actions.push(self.send(local, remote, &bytes));
+        self.send_all(local, remote, &messages, actions);
+        if let Some(sa) = self.sas.get_mut(&id) {
+            sa.last_response = Some((message_id, messages));
+        }
+    }
+
+    /// Protects a message of an established (or authenticating) IKE SA: one SK message, or,
+    /// when fragmentation was negotiated and the message is larger than a fragment may be,
+    /// its Encrypted Fragment messages (RFC 7383 section 2.5). `None` when the SA has no
+    /// keys or sealing failed (counted).
+    fn seal(&mut self, id: u64, header: Header, payloads: &[Payload]) -> Option<Vec<Vec<u8>>> {
+        let sa = self.sas.get_mut(&id)?;
+        let tx = sa.tx.as_ref()?;
+        let max_len = if sa.fragmentation {
+            self.config
+                .fragment_message_len(sa.remote, sa.local.port() == self.config.natt_port)
+        } else {
+            usize::MAX
+        };
+        match seal_fragments(header, payloads, tx, &mut sa.iv_counter, max_len) {
+            Ok(messages) => {
+                if messages.len() > 1 {
+                    self.counters.tx_fragments += messages.len() as u64;
+                }
+                Some(messages)
+            }
+            Err(_) => {
+                self.counters.tx_seal_failures += 1;
+                None
+            }
+        }
+    }
+
+    /// Sends the messages of one request or response (several when fragmented).
+    fn send_all(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        messages: &[Vec<u8>],
+        actions: &mut Vec<Action>,
+    ) {
+        actions.extend(messages.iter().map(|m| self.send(local, remote, m)));
     }
 
     /// Deletes an IKE SA and all its CHILD_SAs (INFORMATIONAL with Delete).
@@ -873,10 +968,10 @@ impl Engine {
             let delay = self.config.retransmit_base * 2u32.saturating_pow(o.transmissions);
             o.transmissions += 1;
             o.next_at = now + delay;
-            let (bytes, at) = (o.bytes.clone(), o.next_at);
+            let (messages, at) = (o.messages.clone(), o.next_at);
             let (local, remote) = (sa.local, sa.remote);
             self.counters.retransmits += 1;
-            actions.push(self.send(local, remote, &bytes));
+            self.send_all(local, remote, &messages, &mut actions);
             actions.push(Action::ArmTimer {
                 ike_sa: IkeSaId(id),
                 at,
@@ -978,29 +1073,73 @@ impl Engine {
             }
         } else if header.message_id != sa.expected_peer_id {
             match &sa.last_response {
-                Some((id, response)) if *id == header.message_id => {
-                    // A retransmitted request: the same answer again (RFC 7296 section 2.1).
+                // A retransmitted request: the same answer again (RFC 7296 section 2.1); of
+                // a fragmented one, only its first fragment asks for that (RFC 7383
+                // section 2.6.1), or one lost fragment would bring the whole answer back
+                // once per fragment received.
+                Some((id, response))
+                    if *id == header.message_id
+                        && !matches!(
+                            message.payloads.last(),
+                            Some(Payload::EncryptedFragment { number: 2.., .. })
+                        ) =>
+                {
                     let response = response.clone();
                     self.counters.responses_resent += 1;
-                    actions.push(self.send(local, remote, &response));
+                    self.send_all(local, remote, &response, &mut actions);
                 }
                 _ => self.counters.rx_bad_message_id += 1,
             }
             return actions;
         }
-        let Some(&Payload::Encrypted {
-            first_payload,
-            offset,
-        }) = message.payloads.last()
-        else {
-            self.counters.rx_malformed += 1;
-            return actions;
-        };
         let Some(rx) = &sa.rx else {
             self.counters.rx_unexpected += 1;
             return actions;
         };
-        let payloads = match open_message(bytes, offset, first_payload, rx) {
+        let opened = match message.payloads.last() {
+            Some(&Payload::Encrypted {
+                first_payload,
+                offset,
+            }) => open_message(bytes, offset, first_payload, rx),
+            Some(&Payload::EncryptedFragment {
+                first_payload,
+                offset,
+                number,
+                total,
+            }) if sa.fragmentation => {
+                let part = match open_fragment(bytes, offset, rx) {
+                    Ok(part) => part,
+                    Err(_) => {
+                        self.counters.rx_integrity_failures += 1;
+                        return actions;
+                    }
+                };
+                let fragment = Fragment {
+                    message_id: header.message_id,
+                    response: header.is_response(),
+                    first_payload,
+                    number,
+                    total,
+                    part,
+                };
+                match self.reassemble(our_spi, fragment) {
+                    Some((first, inner)) => {
+                        super::wire::parse_payloads(first, &inner).map_err(Into::into)
+                    }
+                    None => return actions,
+                }
+            }
+            Some(Payload::EncryptedFragment { .. }) => {
+                // Fragments on an SA that did not negotiate them (RFC 7383 section 2.3).
+                self.counters.rx_fragments_dropped += 1;
+                return actions;
+            }
+            _ => {
+                self.counters.rx_malformed += 1;
+                return actions;
+            }
+        };
+        let payloads = match opened {
             Ok(p) => p,
             Err(super::sk::SkError::Parse(_)) => {
                 self.counters.rx_malformed += 1;
@@ -1044,6 +1183,63 @@ impl Engine {
             _ => self.counters.rx_unexpected += 1,
         }
         actions
+    }
+
+    /// Stores an authenticated fragment (RFC 7383 section 2.6) and, once every fragment of
+    /// its message is in, returns the first inner payload's type and the joined inner
+    /// payload chain. One message is reassembled at a time per SA (the window is one): a
+    /// fragment of another message replaces what was gathered. A fragment naming more
+    /// fragments than those gathered so far restarts the message (the sender lowered its
+    /// fragment size); one naming fewer is dropped.
+    fn reassemble(&mut self, id: u64, fragment: Fragment) -> Option<(u8, Vec<u8>)> {
+        let sa = self.sas.get_mut(&id)?;
+        self.counters.rx_fragments += 1;
+        if fragment.total > MAX_FRAGMENTS {
+            self.counters.rx_fragments_dropped += 1;
+            return None;
+        }
+        let index = usize::from(fragment.number - 1);
+        let restart = match &sa.reassembly {
+            Some(r) if r.message_id == fragment.message_id && r.response == fragment.response => {
+                match usize::from(fragment.total).cmp(&r.parts.len()) {
+                    std::cmp::Ordering::Less => {
+                        self.counters.rx_fragments_dropped += 1;
+                        return None;
+                    }
+                    std::cmp::Ordering::Equal => false,
+                    std::cmp::Ordering::Greater => true,
+                }
+            }
+            _ => true,
+        };
+        if restart {
+            sa.reassembly = Some(Reassembly {
+                message_id: fragment.message_id,
+                response: fragment.response,
+                first_payload: 0,
+                parts: vec![None; usize::from(fragment.total)],
+                received: 0,
+                bytes: 0,
+            });
+        }
+        let r = sa.reassembly.as_mut()?;
+        if r.parts[index].is_some() || r.bytes + fragment.part.len() > MAX_REASSEMBLED {
+            self.counters.rx_fragments_dropped += 1;
+            return None;
+        }
+        if fragment.number == 1 {
+            r.first_payload = fragment.first_payload;
+        }
+        r.bytes += fragment.part.len();
+        r.received += 1;
+        r.parts[index] = Some(fragment.part);
+        if r.received < r.parts.len() {
+            return None;
+        }
+        let r = sa.reassembly.take()?;
+        self.counters.rx_reassembled += 1;
+        let inner = r.parts.into_iter().flatten().flatten().collect();
+        Some((r.first_payload, inner))
     }
 
     fn reply_init_error(
@@ -1242,7 +1438,7 @@ impl Engine {
         let Ok((tx, rx)) = SkCipher::pair(&self.backend, &suite, &keys, false) else {
             return;
         };
-        let response_payloads = vec![
+        let mut response_payloads = vec![
             Payload::Sa(vec![IkeProposal::from_suite(&suite).to_wire(number, &[])]),
             Payload::Ke {
                 group: suite.dh.id(),
@@ -1258,6 +1454,14 @@ impl Engine {
                 nat_hash(header.spi_i, spi_r, remote),
             )),
         ];
+        let peer_fragments =
+            notifies(payloads).any(|n| n.kind == notify::IKEV2_FRAGMENTATION_SUPPORTED);
+        if self.config.fragmentation && peer_fragments {
+            response_payloads.push(Payload::Notify(Notify::new(
+                notify::IKEV2_FRAGMENTATION_SUPPORTED,
+                Vec::new(),
+            )));
+        }
         let sa = IkeSa {
             spi_i: header.spi_i,
             spi_r,
@@ -1284,6 +1488,8 @@ impl Engine {
             pending: None,
             last_response: None,
             iv_counter: 0,
+            fragmentation: self.config.fragmentation && peer_fragments,
+            reassembly: None,
             nat: peer_natted || we_natted || self.config.force_udp_encap,
             child_spi,
             children: Vec::new(),
@@ -1298,7 +1504,7 @@ impl Engine {
         );
         let mut sa = sa;
         sa.init_response = bytes.clone();
-        sa.last_response = Some((0, bytes.clone()));
+        sa.last_response = Some((0, vec![bytes.clone()]));
         self.sas.insert(spi_r, sa);
         actions.push(self.send(local, remote, &bytes));
         actions.push(Action::ArmTimer {
@@ -1414,6 +1620,8 @@ impl Engine {
                 .any(|n| n.data == nat_hash(sa.spi_i, spi_r, sa.local));
         let peer_supports_natt = !nat_src.is_empty() && !nat_dst.is_empty();
         sa.nat = peer_natted || we_natted || self.config.force_udp_encap;
+        sa.fragmentation = self.config.fragmentation
+            && notifies(payloads).any(|n| n.kind == notify::IKEV2_FRAGMENTATION_SUPPORTED);
         if sa.nat && peer_supports_natt {
             // Move IKE to the NAT-T port (RFC 7296 section 2.23).
             sa.local.set_port(self.config.natt_port);
@@ -2217,6 +2425,8 @@ impl Engine {
             pending: None,
             last_response: None,
             iv_counter: 0,
+            fragmentation: old.fragmentation,
+            reassembly: None,
             nat: old.nat,
             child_spi: old.child_spi,
             children,
@@ -2708,6 +2918,8 @@ impl Engine {
             pending: None,
             last_response: None,
             iv_counter: 0,
+            fragmentation: old.fragmentation,
+            reassembly: None,
             nat: old.nat,
             child_spi: old.child_spi,
             children: Vec::new(),

@@ -1,4 +1,5 @@
-//! IKEv2 message and payload codec (RFC 7296 section 3), without fragmentation.
+//! IKEv2 message and payload codec (RFC 7296 section 3), with RFC 7383's Encrypted Fragment
+//! payload.
 //!
 //! [`Message::parse`] reads the header and the cleartext payload chain; an Encrypted (SK)
 //! payload ends the chain and is kept opaque ([`Payload::Encrypted`]) until the SA's keys
@@ -41,6 +42,8 @@ pub mod payload_type {
     pub const TSR: u8 = 45;
     pub const SK: u8 = 46;
     pub const CP: u8 = 47;
+    /// The Encrypted Fragment payload (RFC 7383 section 2.5).
+    pub const SKF: u8 = 53;
 }
 
 /// Notify message types (RFC 7296 section 3.10.1) used here.
@@ -71,6 +74,8 @@ pub mod notify {
     pub const USE_TRANSPORT_MODE: u16 = 16391;
     pub const REKEY_SA: u16 = 16393;
     pub const ESP_TFC_PADDING_NOT_SUPPORTED: u16 = 16394;
+    /// RFC 7383 section 2.3: both ends of IKE_SA_INIT send it to use fragmentation.
+    pub const IKEV2_FRAGMENTATION_SUPPORTED: u16 = 16430;
 }
 
 /// Security protocol identifiers.
@@ -293,6 +298,16 @@ pub enum Payload {
         first_payload: u8,
         offset: usize,
     },
+    /// An Encrypted Fragment payload (RFC 7383 section 2.5), still encrypted: its generic
+    /// header's "next payload" (the first inner payload's type in fragment 1, zero in the
+    /// others), the byte offset of its generic header, and which fragment of how many it is
+    /// (checked: `1 <= number <= total`).
+    EncryptedFragment {
+        first_payload: u8,
+        offset: usize,
+        number: u16,
+        total: u16,
+    },
     /// A payload this implementation does not interpret (CERT, CERTREQ, EAP...), not critical.
     Other {
         kind: u8,
@@ -317,6 +332,7 @@ impl Payload {
             Self::TsR(_) => t::TSR,
             Self::Cp { .. } => t::CP,
             Self::Encrypted { .. } => t::SK,
+            Self::EncryptedFragment { .. } => t::SKF,
             Self::Other { kind, .. } => *kind,
         }
     }
@@ -384,6 +400,29 @@ fn parse_chain(
             payloads.push(Payload::Encrypted {
                 first_payload: following,
                 offset: at,
+            });
+            return Ok(payloads);
+        }
+        if next == payload_type::SKF {
+            // Like SK, and only where SK could be: last, never inside an SK payload.
+            if !allow_sk {
+                return Err(ParseError::Malformed("nested SKF payload"));
+            }
+            if at + len != bytes.len() {
+                return Err(ParseError::BadLength);
+            }
+            let &[n0, n1, t0, t1, ..] = body else {
+                return Err(ParseError::Truncated);
+            };
+            let (number, total) = (u16::from_be_bytes([n0, n1]), u16::from_be_bytes([t0, t1]));
+            if number == 0 || number > total {
+                return Err(ParseError::Malformed("fragment number out of range"));
+            }
+            payloads.push(Payload::EncryptedFragment {
+                first_payload: following,
+                offset: at,
+                number,
+                total,
             });
             return Ok(payloads);
         }
@@ -756,7 +795,7 @@ fn emit_body(payload: &Payload) -> Vec<u8> {
                 b.extend_from_slice(&a.value);
             }
         }
-        Payload::Encrypted { .. } => {}
+        Payload::Encrypted { .. } | Payload::EncryptedFragment { .. } => {}
         Payload::Other { body, .. } => b.extend_from_slice(body),
     }
     b

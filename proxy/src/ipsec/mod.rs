@@ -177,19 +177,23 @@ fn ike_address(resources: &config::Resources, tables: &Tables) -> Option<IpAddr>
 /// Reads the SD-EWAN resources at `path`, starts the IKE daemon (binding its sockets before
 /// returning, so a bad address is an error at start-up) and keeps `handle`'s tables' IPsec
 /// part in step with the installed CHILD_SAs. `punt_tun` is the interface index of the punt
-/// path's TUN device, which gets the virtual IPs peers assign us.
+/// path's TUN device, which gets the virtual IPs peers assign us. `fragment_size` is
+/// `--ike-fragment-size`.
 pub fn start(
     path: &Path,
     handle: &TablesHandle,
     base: &Tables,
     punt_tun: Option<u32>,
+    fragment_size: Option<usize>,
 ) -> anyhow::Result<IpsecService> {
     let resources = config::Resources::load(path)
         .with_context(|| format!("reading the IPsec resources in {}", path.display()))?;
     let local = ike_address(&resources, base).context("no address for IKE")?;
-    let config = resources
+    let mut config = resources
         .daemon_config(local)
         .context("the IPsec resources")?;
+    config.engine.fragmentation = fragment_size != Some(0);
+    config.engine.fragment_size = fragment_size.filter(|&s| s > 0);
     tracing::info!(
         %local,
         peers = config.engine.peers.len(),

@@ -4,8 +4,11 @@ use crate::crypto::SecretBytes;
 use crate::esp::{decapsulate, encapsulate, Direction, OuterHeader, Sa};
 use crate::ike::config::Identity;
 use crate::ike::pool::PoolConfig;
+use crate::ike::sk::seal_message;
 use proptest::prelude::*;
 use std::time::Duration;
+
+mod fragments;
 
 const A: &str = "198.51.100.1:500";
 const B: &str = "198.51.100.2:500";
@@ -74,6 +77,8 @@ struct Pair {
     drop_next_from_b: bool,
     events_a: Vec<Action>,
     events_b: Vec<Action>,
+    /// The longest datagram either side sent after IKE_SA_INIT.
+    max_sent: usize,
 }
 
 impl Pair {
@@ -82,10 +87,19 @@ impl Pair {
     }
 
     fn with_config(a_peer: PeerConfig, b_peer: PeerConfig, b_config: EngineConfig) -> Self {
+        Self::with_configs(a_peer, b_peer, EngineConfig::default(), b_config)
+    }
+
+    fn with_configs(
+        a_peer: PeerConfig,
+        b_peer: PeerConfig,
+        a_config: EngineConfig,
+        b_config: EngineConfig,
+    ) -> Self {
         Self {
             a: Engine::new(EngineConfig {
                 peers: vec![a_peer],
-                ..EngineConfig::default()
+                ..a_config
             })
             .unwrap(),
             b: Engine::new(EngineConfig {
@@ -98,6 +112,7 @@ impl Pair {
             drop_next_from_b: false,
             events_a: Vec::new(),
             events_b: Vec::new(),
+            max_sent: 0,
         }
     }
 
@@ -177,6 +192,9 @@ impl Pair {
                     remote,
                     bytes,
                 } => {
+                    if Header::parse(&bytes).is_ok_and(|h| h.exchange != exchange::IKE_SA_INIT) {
+                        self.max_sent = self.max_sent.max(bytes.len());
+                    }
                     if from_a {
                         to_b.push((local, remote, bytes));
                     } else {
