@@ -760,6 +760,7 @@ pub fn ipsec(view: &crate::ipsec::IpsecView) -> Value {
         "pools": pools,
         "counters": {
             "rx_messages": k.rx_messages, "rx_malformed": k.rx_malformed,
+            "rx_bad_version": k.rx_bad_version,
             "rx_unknown_spi": k.rx_unknown_spi, "rx_integrity_failures": k.rx_integrity_failures,
             "retransmits": k.retransmits, "auth_failures": k.auth_failures,
             "no_proposal_chosen": k.no_proposal_chosen, "invalid_ke": k.invalid_ke,

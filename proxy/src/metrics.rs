@@ -300,6 +300,7 @@ fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::R
             ("invalid_ke", k.invalid_ke),
             ("ts_unacceptable", k.ts_unacceptable),
             ("malformed", k.rx_malformed),
+            ("bad_version", k.rx_bad_version),
             ("unknown_spi", k.rx_unknown_spi),
             ("integrity_failure", k.rx_integrity_failures),
             ("retransmit", k.retransmits),

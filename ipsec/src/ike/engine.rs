@@ -144,6 +144,9 @@ pub enum EngineError {
 pub struct IkeCounters {
     pub rx_messages: u64,
     pub rx_malformed: u64,
+    /// Messages of another IKE major version (answered with INVALID_MAJOR_VERSION when
+    /// a request of a later version).
+    pub rx_bad_version: u64,
     pub rx_not_ike: u64,
     pub rx_unknown_spi: u64,
     pub rx_bad_message_id: u64,
@@ -1011,6 +1014,21 @@ impl Engine {
         };
         let header = match Header::parse(bytes) {
             Ok(h) => h,
+            Err(ParseError::UnsupportedVersion(major)) if major > 2 => {
+                // RFC 7296 section 2.5: drop it, and answer a request with
+                // INVALID_MAJOR_VERSION in a version 2.0 header (the closest we support).
+                self.counters.rx_bad_version += 1;
+                if let Some(request) = Header::read(bytes).ok().filter(|h| !h.is_response()) {
+                    let (kind, data) = (notify::INVALID_MAJOR_VERSION, Vec::new());
+                    self.reply_unprotected(&request, local, remote, kind, data, &mut actions);
+                }
+                return actions;
+            }
+            Err(ParseError::UnsupportedVersion(_)) => {
+                // IKEv1 (or a zero version): not ours to answer.
+                self.counters.rx_bad_version += 1;
+                return actions;
+            }
             Err(_) => {
                 self.counters.rx_malformed += 1;
                 return actions;
@@ -1030,7 +1048,7 @@ impl Engine {
                         }
                         _ => (notify::INVALID_SYNTAX, Vec::new()),
                     };
-                    self.reply_init_error(&header, local, remote, kind.0, kind.1, &mut actions);
+                    self.reply_unprotected(&header, local, remote, kind.0, kind.1, &mut actions);
                 }
                 return actions;
             }
@@ -1141,10 +1159,17 @@ impl Engine {
         };
         let payloads = match opened {
             Ok(p) => p,
-            Err(super::sk::SkError::Parse(_)) => {
+            Err(super::sk::SkError::Parse(error)) => {
                 self.counters.rx_malformed += 1;
                 if !header.is_response() {
-                    let n = Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()));
+                    // An unknown payload marked critical names itself (RFC 7296 section
+                    // 3.2); anything else is INVALID_SYNTAX (section 3.10.1).
+                    let n = Payload::Notify(match error {
+                        ParseError::UnsupportedCritical(t) => {
+                            Notify::new(notify::UNSUPPORTED_CRITICAL_PAYLOAD, vec![t])
+                        }
+                        _ => Notify::new(notify::INVALID_SYNTAX, Vec::new()),
+                    });
                     self.send_response(
                         our_spi,
                         header.exchange,
@@ -1242,7 +1267,10 @@ impl Engine {
         Some((r.first_payload, inner))
     }
 
-    fn reply_init_error(
+    /// Answers `request` with an unprotected Notify (RFC 7296 section 2.21.1): the same SPIs,
+    /// exchange and Message ID, the Response flag, the Initiator flag as the other end of
+    /// the request's sender, version 2.0.
+    fn reply_unprotected(
         &mut self,
         request: &Header,
         local: SocketAddr,
@@ -1251,14 +1279,19 @@ impl Engine {
         data: Vec<u8>,
         actions: &mut Vec<Action>,
     ) {
+        let initiator = if request.from_initiator() {
+            0
+        } else {
+            FLAG_INITIATOR
+        };
         let header = Header {
             spi_i: request.spi_i,
-            spi_r: 0,
+            spi_r: request.spi_r,
             next_payload: 0,
             version: VERSION,
-            exchange: exchange::IKE_SA_INIT,
-            flags: FLAG_RESPONSE,
-            message_id: 0,
+            exchange: request.exchange,
+            flags: FLAG_RESPONSE | initiator,
+            message_id: request.message_id,
             length: 0,
         };
         let bytes = Message::emit(header, &[Payload::Notify(Notify::new(kind, data))]);
@@ -1318,7 +1351,7 @@ impl Engine {
         }
         let (Some(offered), Some((ke_group, ke_data)), Some(nonce_i)) = (sa_payload, ke, nonce)
         else {
-            self.reply_init_error(
+            self.reply_unprotected(
                 &header,
                 local,
                 remote,
@@ -1347,7 +1380,7 @@ impl Engine {
                         self.counters.cookies_rejected += 1;
                     }
                     self.counters.cookies_sent += 1;
-                    self.reply_init_error(
+                    self.reply_unprotected(
                         &header,
                         local,
                         remote,
@@ -1373,7 +1406,7 @@ impl Engine {
         });
         let Some((peer, number, suite)) = chosen else {
             self.counters.no_proposal_chosen += 1;
-            self.reply_init_error(
+            self.reply_unprotected(
                 &header,
                 local,
                 remote,
@@ -1386,7 +1419,7 @@ impl Engine {
         if ke_group != suite.dh.id() {
             self.counters.invalid_ke += 1;
             let group = suite.dh.id().to_be_bytes().to_vec();
-            self.reply_init_error(
+            self.reply_unprotected(
                 &header,
                 local,
                 remote,
@@ -1401,7 +1434,7 @@ impl Engine {
         };
         let Ok(shared) = dh.agree(ke_data) else {
             self.counters.rx_malformed += 1;
-            self.reply_init_error(
+            self.reply_unprotected(
                 &header,
                 local,
                 remote,

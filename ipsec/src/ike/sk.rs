@@ -118,6 +118,27 @@ pub fn seal_message(
     )
 }
 
+/// Seals an inner payload chain given as bytes (tests build chains `emit_payloads` would
+/// not, such as an unknown payload marked critical).
+#[cfg(test)]
+pub(crate) fn seal_raw(
+    header: Header,
+    first_payload: u8,
+    inner: Vec<u8>,
+    cipher: &SkCipher,
+    iv_nonce: u64,
+) -> Result<Vec<u8>, CryptoError> {
+    seal(
+        header,
+        payload_type::SK,
+        first_payload,
+        None,
+        inner,
+        cipher,
+        iv_nonce,
+    )
+}
+
 /// Why a message could not be sealed into fragments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FragmentError {

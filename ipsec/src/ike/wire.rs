@@ -155,7 +155,23 @@ pub struct Header {
 }
 
 impl Header {
+    /// Reads and checks the header of the message `bytes`: IKE version 2 (any minor
+    /// version, which RFC 7296 section 3.1 says to ignore), and a length that is the
+    /// message's.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
+        let header = Self::read(bytes)?;
+        if header.version >> 4 != 2 {
+            return Err(ParseError::UnsupportedVersion(header.version >> 4));
+        }
+        if header.length as usize != bytes.len() {
+            return Err(ParseError::BadLength);
+        }
+        Ok(header)
+    }
+
+    /// Reads the fixed header fields without checking them (to answer a message of another
+    /// major version).
+    pub fn read(bytes: &[u8]) -> Result<Self, ParseError> {
         let h = bytes.get(..HEADER_LEN).ok_or(ParseError::Truncated)?;
         let header = Self {
             spi_i: u64::from_be_bytes(h[0..8].try_into().map_err(|_| ParseError::Truncated)?),
@@ -167,12 +183,6 @@ impl Header {
             message_id: u32::from_be_bytes([h[20], h[21], h[22], h[23]]),
             length: u32::from_be_bytes([h[24], h[25], h[26], h[27]]),
         };
-        if header.version >> 4 != 2 {
-            return Err(ParseError::UnsupportedVersion(header.version >> 4));
-        }
-        if header.length as usize != bytes.len() {
-            return Err(ParseError::BadLength);
-        }
         Ok(header)
     }
 

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use std::time::Duration;
 
 mod fragments;
+mod negative;
 
 const A: &str = "198.51.100.1:500";
 const B: &str = "198.51.100.2:500";
