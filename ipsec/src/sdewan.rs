@@ -121,6 +121,11 @@ pub struct SiteConnection {
     /// Switchyard's addition.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rekey_time: String,
+    /// When the CHILD_SA is rekeyed by volume, as strongSwan's `rekey_bytes`: bytes, or a
+    /// number with `k`, `m` or `g` (powers of 1024), counted per direction. It expires a
+    /// tenth later. Empty: no byte limit. Switchyard's addition.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rekey_bytes: String,
 }
 
 /// The fields `IpsecSiteSpec` and `IpsecHostSpec` share.
@@ -218,6 +223,11 @@ pub struct HostConnection {
     /// Switchyard's addition.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rekey_time: String,
+    /// When the CHILD_SA is rekeyed by volume, as strongSwan's `rekey_bytes`: bytes, or a
+    /// number with `k`, `m` or `g` (powers of 1024), counted per direction. It expires a
+    /// tenth later. Empty: no byte limit. Switchyard's addition.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rekey_bytes: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,6 +293,8 @@ pub enum SdewanError {
     Pool(String, PoolError),
     #[error("{0}: bad rekey_time {1:?} (want seconds, or a number with s, m, h or d)")]
     RekeyTime(String, String),
+    #[error("{0}: bad rekey_bytes {1:?} (want bytes, or a number with k, m or g)")]
+    RekeyBytes(String, String),
 }
 
 /// strongSwan's IKE SA `rekey_time` default.
@@ -291,9 +303,14 @@ pub const DEFAULT_IKE_REKEY_TIME: Duration = Duration::from_secs(4 * 3600);
 /// strongSwan's CHILD_SA `rekey_time` default.
 pub const DEFAULT_CHILD_REKEY_TIME: Duration = Duration::from_secs(3600);
 
-/// A CHILD_SA lifetime from a `rekey_time` (empty: [`DEFAULT_CHILD_REKEY_TIME`]): soft at it,
-/// hard a tenth later, as strongSwan's defaults (`life_time` is `rekey_time` plus 10 %).
-pub fn child_lifetime(name: &str, rekey_time: &str) -> Result<Lifetime, SdewanError> {
+/// A CHILD_SA lifetime from a `rekey_time` (empty: [`DEFAULT_CHILD_REKEY_TIME`]) and a
+/// `rekey_bytes` (empty: none): soft at each, hard a tenth later, as strongSwan's defaults
+/// (`life_time` is `rekey_time` plus 10 %, `life_bytes` `rekey_bytes` plus 10 %).
+pub fn child_lifetime(
+    name: &str,
+    rekey_time: &str,
+    rekey_bytes: &str,
+) -> Result<Lifetime, SdewanError> {
     let text = rekey_time.trim();
     let soft = if text.is_empty() {
         DEFAULT_CHILD_REKEY_TIME
@@ -303,11 +320,33 @@ pub fn child_lifetime(name: &str, rekey_time: &str) -> Result<Lifetime, SdewanEr
             .ok_or_else(|| SdewanError::RekeyTime(name.to_string(), text.to_string()))?
     };
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let bytes = rekey_bytes.trim();
+    let soft_bytes = if bytes.is_empty() {
+        None
+    } else {
+        Some(
+            parse_bytes(bytes)
+                .filter(|&b| b > 0)
+                .ok_or_else(|| SdewanError::RekeyBytes(name.to_string(), bytes.to_string()))?,
+        )
+    };
     Ok(Lifetime {
         soft_time: Some(nanos(soft)),
         hard_time: Some(nanos(soft + soft / 10)),
-        ..Lifetime::default()
+        soft_bytes,
+        hard_bytes: soft_bytes.map(|b| b.saturating_add(b / 10)),
     })
+}
+
+/// A byte count: a number, or one followed by `k`, `m` or `g` (either case, powers of 1024).
+fn parse_bytes(text: &str) -> Option<u64> {
+    let (number, shift) = match text.as_bytes().last()?.to_ascii_lowercase() {
+        b'k' => (&text[..text.len() - 1], 10),
+        b'm' => (&text[..text.len() - 1], 20),
+        b'g' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    number.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 /// A strongSwan duration: seconds, or a number followed by `s`, `m`, `h` or `d`.
@@ -588,7 +627,7 @@ impl IpsecSite {
                     proposals,
                 )?;
                 peer.pool = pool.map(|p| p.name);
-                peer.child_lifetime = child_lifetime(&peer.name, &c.rekey_time)?;
+                peer.child_lifetime = child_lifetime(&peer.name, &c.rekey_time, &c.rekey_bytes)?;
                 Ok(peer)
             })
             .collect()
@@ -660,7 +699,7 @@ impl IpsecHost {
                 )?;
                 peer.virtual_ips = virtual_ips;
                 peer.pool = pool.map(|p| p.name);
-                peer.child_lifetime = child_lifetime(&peer.name, &c.rekey_time)?;
+                peer.child_lifetime = child_lifetime(&peer.name, &c.rekey_time, &c.rekey_bytes)?;
                 Ok(peer)
             })
             .collect()
@@ -699,12 +738,37 @@ mod tests {
             ("1h", 3600, 3960),
             ("1d", 86400, 95040),
         ] {
-            let got = child_lifetime("c", text).unwrap();
+            let got = child_lifetime("c", text, "").unwrap();
             assert_eq!(secs(got), (Some(soft), Some(hard)), "{text:?}");
             assert_eq!((got.soft_bytes, got.hard_bytes), (None, None));
         }
         for bad in ["0", "x", "5y", "-3", "h"] {
-            assert!(child_lifetime("c", bad).is_err(), "{bad:?}");
+            assert!(child_lifetime("c", bad, "").is_err(), "{bad:?}");
+        }
+    }
+
+    /// `rekey_bytes` as strongSwan writes it; the hard limit a tenth more.
+    #[test]
+    fn rekey_bytes_gives_byte_limits() {
+        for (text, soft) in [
+            ("1000", 1000),
+            ("64k", 64 << 10),
+            ("500M", 500 << 20),
+            ("2g", 2 << 30),
+        ] {
+            let got = child_lifetime("c", "", text).unwrap();
+            assert_eq!(got.soft_bytes, Some(soft), "{text:?}");
+            assert_eq!(got.hard_bytes, Some(soft + soft / 10), "{text:?}");
+            assert!(got.soft_time.is_some(), "the time limit stays");
+        }
+        for bad in ["0", "k", "1t", "-5", "99999999999g"] {
+            assert!(
+                matches!(
+                    child_lifetime("c", "", bad),
+                    Err(SdewanError::RekeyBytes(..))
+                ),
+                "{bad:?}"
+            );
         }
     }
 

@@ -335,6 +335,8 @@ struct Case {
     our_rekey: &'static str,
     /// Switchyard's IKE fragment size (`--ike-fragment-size`; `None`: the default).
     fragment_size: Option<usize>,
+    /// Switchyard's CHILD_SA `rekey_bytes` (empty: none).
+    our_rekey_bytes: &'static str,
 }
 
 const BASE: Case = Case {
@@ -349,6 +351,7 @@ const BASE: Case = Case {
     ike_rekey: false,
     our_rekey: "",
     fragment_size: None,
+    our_rekey_bytes: "",
 };
 
 impl Case {
@@ -408,10 +411,12 @@ spec:
       remote_subnet: {SS_NET}
       crypto_proposal: ["{esp}"]
       rekey_time: "{rekey}"
+      rekey_bytes: "{rekey_bytes}"
 "#,
         ike = case.ike,
         esp = case.esp,
         rekey = case.our_rekey,
+        rekey_bytes = case.our_rekey_bytes,
     );
     yaml
 }
@@ -1077,6 +1082,77 @@ fn switchyard_rekeys_the_child_sa_with_strongswan_under_traffic() {
         router.stderr
     );
     eprintln!("rekeyed to CHILD_SA #{children:?}, {received}/45 replies");
+}
+
+/// CHILD_SA lifetimes by volume: `rekey_bytes: 16k` on our side, 1000-byte pings at 5 per
+/// second (about 5 KiB/s each way), so we rekey every 3 s or so, from the dataplane's byte
+/// counters, and strongSwan follows; no ping is lost.
+#[test]
+fn switchyard_rekeys_the_child_sa_by_bytes_with_strongswan() {
+    let Some(lab) = Lab::new(
+        "ipsec_bytes_rekey",
+        &[CHARON, "swanctl", "unshare", "mount"],
+    ) else {
+        return;
+    };
+    let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
+    let (ike, ike_shown) = ike_proposal(true, "x25519");
+    let case = Case {
+        ike,
+        esp: "aes128gcm16",
+        ike_shown,
+        esp_shown: GCM128.1,
+        our_rekey_bytes: "16k",
+        ..BASE
+    };
+    peer.load(&case, PSK);
+    let manifest = peer.lab.dir.join("ipsec.yaml");
+    fs::write(&manifest, resources_yaml(&case, PSK, common::SERVER_V4))
+        .expect("write the SD-EWAN resources");
+    peer.lab.keep_node_kernel_off_ports();
+    let manifest = manifest.display().to_string();
+    let route = format!("{SS_NET}={}", common::SERVER_V4);
+    peer.lab.start_router(
+        common::Driver::AfPacket,
+        &["--punt-tun", "sy0", "--ipsec", &manifest, "--route", &route],
+    );
+    wait_installed(&peer, Duration::from_secs(20)).unwrap_or_else(|| {
+        let out = peer.lab.stop_router();
+        panic!(
+            "no CHILD_SA with the router:\n{}\n{}",
+            out.map(|o| o.to_string()).unwrap_or_default(),
+            peer.log()
+        )
+    });
+    let (_, out) = peer
+        .lab
+        .ping(Ns::Client, "-c 45 -i 0.2 -W 1 -s 1000", SS_HOST);
+    let received = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|f| f.split(' ').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    let listed = peer.list_sas();
+    let children: Vec<u32> = listed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("net: #"))
+        .filter_map(|r| r.split(',').next()?.parse::<u32>().ok())
+        .collect();
+    let router = peer.lab.finish().expect("router output");
+    assert!(
+        children.iter().max().is_some_and(|&n| n >= 3),
+        "we did not rekey twice by bytes (CHILD_SAs {children:?}):\n{listed}\n{}\n{}",
+        router.stderr,
+        peer.log()
+    );
+    assert!(children.len() <= 2, "{listed}");
+    assert!(
+        received >= 44,
+        "{received}/45 replies across our rekeys:\n{out}"
+    );
+    eprintln!("rekeyed by bytes to CHILD_SA #{children:?}, {received}/45 replies");
 }
 
 /// More suites (AES-256-GCM, AES-128-CBC with SHA-512, SHA-384) and FQDN identities, as

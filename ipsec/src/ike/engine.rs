@@ -276,6 +276,9 @@ struct Child {
     rekey_at: Option<Instant>,
     /// Its hard lifetime: it is deleted then, replaced or not.
     expire_at: Option<Instant>,
+    /// A rekey of it is under way or done (ours or the peer's): its soft byte limit no
+    /// longer starts one.
+    replaced: bool,
 }
 
 /// What our outstanding request on an established IKE SA is for, when its answer needs
@@ -2115,6 +2118,7 @@ impl Engine {
             remote_ts,
             rekey_at,
             expire_at,
+            replaced: false,
         });
         self.counters.child_sas_installed += 1;
         actions.push(Action::InstallChildSa(Box::new(install)));
@@ -2318,6 +2322,7 @@ impl Engine {
             // The peer deletes the old one; we no longer rekey it.
             if let Some(child) = sa.children.iter_mut().find(|c| c.inbound_spi == old) {
                 child.rekey_at = None;
+                child.replaced = true;
             }
             // Our own rekey of it is under way: both ends rekeyed it at once.
             if let Some(Pending::ChildRekey(ours)) = &mut sa.pending {
@@ -2489,6 +2494,49 @@ impl Engine {
     /// When a CHILD_SA made now is to be rekeyed and when it expires, from the peer's
     /// lifetime. The rekey comes up to a tenth before the soft lifetime, at random, so two
     /// ends with the same configuration seldom rekey at once (RFC 7296 section 2.8.1).
+    /// Tells the engine how many bytes the CHILD_SA with our inbound SPI `inbound_spi` has
+    /// carried (the larger of its two directions, as the dataplane counts them). Past its
+    /// soft byte limit it is rekeyed, past its hard one deleted (RFC 4301 section 4.4.2.1),
+    /// as its time limits would: the shell polls the dataplane's counters and calls this.
+    pub fn child_bytes(&mut self, inbound_spi: u32, bytes: u64, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some((&id, sa)) = self
+            .sas
+            .iter_mut()
+            .find(|(_, sa)| sa.children.iter().any(|c| c.inbound_spi == inbound_spi))
+        else {
+            return actions;
+        };
+        let lifetime = self.config.peers[sa.peer].child_lifetime;
+        let Some(child) = sa
+            .children
+            .iter_mut()
+            .find(|c| c.inbound_spi == inbound_spi)
+        else {
+            return actions;
+        };
+        let mut due = false;
+        if lifetime.hard_bytes.is_some_and(|hard| bytes >= hard) {
+            child.expire_at = Some(now);
+            due = true;
+        } else if lifetime.soft_bytes.is_some_and(|soft| bytes >= soft) && !child.replaced {
+            child.rekey_at = Some(child.rekey_at.map_or(now, |at| at.min(now)));
+            due = true;
+        }
+        if due {
+            self.child_timers(id, now, &mut actions);
+        }
+        actions
+    }
+
+    /// Whether any CHILD_SA has a byte limit (the shell need not poll counters otherwise).
+    pub fn has_byte_limits(&self) -> bool {
+        self.config.peers.iter().any(|p| {
+            let l = &p.child_lifetime;
+            l.soft_bytes.is_some() || l.hard_bytes.is_some()
+        })
+    }
+
     fn child_deadlines(
         &self,
         now: Instant,
@@ -2622,6 +2670,7 @@ impl Engine {
         };
         if let Some(child) = sa.children.iter_mut().find(|c| c.inbound_spi == old) {
             child.rekey_at = None;
+            child.replaced = true;
         }
         self.counters.child_rekeys_started += 1;
         sa.pending = Some(Pending::ChildRekey(Box::new(ChildRekey {
@@ -2777,6 +2826,7 @@ impl Engine {
             // 2.25): try again in a moment.
             notify::TEMPORARY_FAILURE => {
                 sa.children[pos].rekey_at = Some(now + self.config.retransmit_base * retry as u32);
+                sa.children[pos].replaced = false;
             }
             // The peer has no such SA any more: neither have we.
             notify::CHILD_SA_NOT_FOUND => {

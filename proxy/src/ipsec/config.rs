@@ -124,6 +124,7 @@ impl Resources {
             initiate,
             reconnect: Some(std::time::Duration::from_secs(5)),
             esp_tap: None,
+            usage: None,
         })
     }
 }

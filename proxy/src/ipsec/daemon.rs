@@ -35,7 +35,26 @@ pub struct DaemonConfig {
     /// Where ESP that arrives on the NAT-T sockets goes (UDP payloads, without IP and UDP
     /// headers), when the dataplane does not take it before the host stack sees it.
     pub esp_tap: Option<mpsc::UnboundedSender<Datagram>>,
+    /// What the dataplane counted per CHILD_SA, for lifetimes in bytes: read every
+    /// [`USAGE_POLL`] when a connection has a byte limit.
+    pub usage: Option<ChildUsage>,
 }
+
+/// Bytes a CHILD_SA carried, by (our inbound SPI, our outbound SPI): the larger of the two
+/// directions. `None`: not in the dataplane (yet).
+#[derive(Clone)]
+pub struct ChildUsage(pub Arc<dyn Fn(u32, u32) -> Option<u64> + Send + Sync>);
+
+impl std::fmt::Debug for ChildUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChildUsage")
+    }
+}
+
+/// How often byte counters are read against byte lifetimes: often enough that traffic
+/// between two reads stays well inside the tenth between soft and hard limit at the rates
+/// byte limits are set for (a few loads of shared counters per SA each time).
+pub const USAGE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The longest wait between attempts to reconnect a failed peer.
 pub const MAX_RECONNECT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -162,6 +181,7 @@ impl Daemon {
             initiate: config.initiate.iter().cloned().collect(),
             reconnect: config.reconnect,
             retries: HashMap::new(),
+            usage: config.usage.clone(),
         };
         for name in &config.initiate {
             let _ = commands.send(Command::Connect(name.clone()));
@@ -237,6 +257,7 @@ struct Shell {
     reconnect: Option<std::time::Duration>,
     /// Failed peers: when to try again, and the wait after that.
     retries: HashMap<String, (tokio::time::Instant, std::time::Duration)>,
+    usage: Option<ChildUsage>,
 }
 
 /// ESP on the NAT-T port: not the non-ESP marker, not a one-byte keepalive (RFC 3948).
@@ -253,6 +274,9 @@ impl Shell {
     ) {
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
         let mut stopping: Option<tokio::time::Instant> = None;
+        let polls_usage = self.usage.is_some() && self.engine.has_byte_limits();
+        let mut usage_poll = tokio::time::interval(USAGE_POLL);
+        usage_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self
                 .engine
@@ -304,6 +328,9 @@ impl Shell {
                         }
                     }
                 },
+                _ = usage_poll.tick(), if polls_usage && stopping.is_none() => {
+                    self.check_usage().await;
+                }
                 _ = tokio::time::sleep_until(wake) => {
                     if stopping.is_some_and(|s| tokio::time::Instant::now() >= s) {
                         break;
@@ -321,6 +348,25 @@ impl Shell {
         }
         for reader in readers {
             reader.abort();
+        }
+    }
+
+    /// Tells the engine what each CHILD_SA has carried (lifetimes in bytes).
+    async fn check_usage(&mut self) {
+        let Some(usage) = self.usage.clone() else {
+            return;
+        };
+        let children = self
+            .state
+            .lock()
+            .map(|s| s.child_sas.clone())
+            .unwrap_or_default();
+        for child in children {
+            let (inbound, outbound) = (child.inbound.spi, child.outbound.spi);
+            if let Some(bytes) = (usage.0)(inbound, outbound) {
+                let actions = self.engine.child_bytes(inbound, bytes, Instant::now());
+                self.carry_out(actions).await;
+            }
         }
     }
 

@@ -174,6 +174,24 @@ fn ike_address(resources: &config::Resources, tables: &Tables) -> Option<IpAddr>
         })
 }
 
+/// Reads a CHILD_SA's byte counters from the tables the workers use: the larger of what
+/// its inbound and its outbound SA carried.
+fn usage_reader(handle: TablesHandle) -> daemon::ChildUsage {
+    daemon::ChildUsage(Arc::new(move |inbound, outbound| {
+        let tables = handle.load();
+        let ipsec = tables.ipsec.as_deref()?;
+        let bytes_in = ipsec
+            .inbound_by_spi(inbound)
+            .map(|sa| sa.stats.snapshot().bytes);
+        let bytes_out = ipsec
+            .outbound
+            .iter()
+            .find(|p| p.sa.spi == outbound)
+            .map(|p| p.stats.snapshot().bytes);
+        bytes_in.max(bytes_out)
+    }))
+}
+
 /// Reads the SD-EWAN resources at `path`, starts the IKE daemon (binding its sockets before
 /// returning, so a bad address is an error at start-up) and keeps `handle`'s tables' IPsec
 /// part in step with the installed CHILD_SAs. `punt_tun` is the interface index of the punt
@@ -192,6 +210,7 @@ pub fn start(
     let mut config = resources
         .daemon_config(local)
         .context("the IPsec resources")?;
+    config.usage = Some(usage_reader(handle.clone()));
     config.engine.fragmentation = fragment_size != Some(0);
     config.engine.fragment_size = fragment_size.filter(|&s| s > 0);
     tracing::info!(

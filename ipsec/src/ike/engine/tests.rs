@@ -8,6 +8,7 @@ use crate::ike::sk::seal_message;
 use proptest::prelude::*;
 use std::time::Duration;
 
+mod bytes;
 mod fragments;
 mod negative;
 
