@@ -72,7 +72,7 @@ impl Identity {
 }
 
 /// One tunnel peer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeerConfig {
     /// Unique name (the SD-EWAN resource and connection name).
     pub name: String,

@@ -403,6 +403,25 @@ pub struct Engine {
     peer_pools: Vec<Option<usize>>,
 }
 
+/// Per peer of `config`, its pool's index in `pools`.
+fn peer_pools(
+    config: &EngineConfig,
+    pools: &[AddressPool],
+) -> Result<Vec<Option<usize>>, EngineError> {
+    config
+        .peers
+        .iter()
+        .map(|p| match &p.pool {
+            None => Ok(None),
+            Some(name) => pools
+                .iter()
+                .position(|pool| pool.name() == name)
+                .map(Some)
+                .ok_or_else(|| EngineError::UnknownPool(p.name.clone(), name.clone())),
+        })
+        .collect()
+}
+
 /// NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | port) (RFC 7296 section 2.23).
 fn nat_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> Vec<u8> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
@@ -496,18 +515,7 @@ impl Engine {
         rng.fill(&mut cookie_secret)
             .map_err(|_| EngineError::Random)?;
         let pools: Vec<AddressPool> = config.pools.iter().cloned().map(AddressPool::new).collect();
-        let peer_pools = config
-            .peers
-            .iter()
-            .map(|p| match &p.pool {
-                None => Ok(None),
-                Some(name) => pools
-                    .iter()
-                    .position(|pool| pool.name() == name)
-                    .map(Some)
-                    .ok_or_else(|| EngineError::UnknownPool(p.name.clone(), name.clone())),
-            })
-            .collect::<Result<_, _>>()?;
+        let peer_pools = peer_pools(&config, &pools)?;
         Ok(Self {
             config,
             backend: SoftwareBackend::new(),
@@ -518,6 +526,78 @@ impl Engine {
             pools,
             peer_pools,
         })
+    }
+
+    /// Replaces the configuration while running, as a changed set of SD-EWAN resources asks.
+    /// A peer whose configuration is unchanged (same name, same settings, same pool) keeps
+    /// its IKE SAs; the IKE SAs of peers that are gone or changed are deleted: the peer is
+    /// told when the SA's window is free (best effort, no answer awaited) and the CHILD_SAs
+    /// leave the dataplane at once. Pools that are unchanged keep their leases. Nothing
+    /// changes when the new configuration is refused (a peer naming an unknown pool).
+    pub fn reconfigure(
+        &mut self,
+        config: EngineConfig,
+        now: Instant,
+    ) -> Result<Vec<Action>, EngineError> {
+        let mut pools: Vec<AddressPool> = Vec::with_capacity(config.pools.len());
+        for wanted in &config.pools {
+            pools.push(AddressPool::new(wanted.clone()));
+        }
+        let new_peer_pools = peer_pools(&config, &pools)?;
+        let pool_config = |engine: &Engine, peer: usize| {
+            engine.peer_pools[peer].map(|i| engine.pools[i].config().clone())
+        };
+        // Each current peer's index in the new configuration, if it survives unchanged.
+        let survivors: Vec<Option<usize>> = (0..self.config.peers.len())
+            .map(|old| {
+                let peer = &self.config.peers[old];
+                let new = config.peers.iter().position(|p| p.name == peer.name)?;
+                let same_pool =
+                    pool_config(self, old) == new_peer_pools[new].map(|i| config.pools[i].clone());
+                (config.peers[new] == *peer && same_pool).then_some(new)
+            })
+            .collect();
+        let mut actions = Vec::new();
+        let mut doomed: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, sa)| survivors[sa.peer].is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        doomed.sort_unstable();
+        for id in doomed {
+            let Some(sa) = self.sas.get(&id) else {
+                continue;
+            };
+            if sa.state == IkeState::Established && sa.outstanding.is_none() {
+                let delete = Payload::Delete {
+                    protocol: protocol::IKE,
+                    spis: Vec::new(),
+                };
+                self.send_request(id, exchange::INFORMATIONAL, &[delete], now, &mut actions);
+                // Not waiting for the answer: no retransmission.
+                actions.retain(|a| !matches!(a, Action::ArmTimer { ike_sa, .. } if ike_sa.0 == id));
+                if let Some(sa) = self.sas.get_mut(&id) {
+                    sa.state = IkeState::Deleting;
+                }
+            }
+            self.remove(id, &mut actions, None);
+        }
+        // Unchanged pools keep their state (leases of the surviving SAs among it).
+        for pool in &mut pools {
+            if let Some(old) = self.pools.iter().position(|p| p.config() == pool.config()) {
+                *pool = self.pools.swap_remove(old);
+            }
+        }
+        for sa in self.sas.values_mut() {
+            if let Some(new) = survivors[sa.peer] {
+                sa.peer = new;
+            }
+        }
+        self.config = config;
+        self.pools = pools;
+        self.peer_pools = new_peer_pools;
+        Ok(actions)
     }
 
     pub fn counters(&self) -> &IkeCounters {

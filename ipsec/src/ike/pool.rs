@@ -218,6 +218,11 @@ impl AddressPool {
         }
     }
 
+    /// What the pool was made from.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
     pub fn name(&self) -> &str {
         &self.config.name
     }

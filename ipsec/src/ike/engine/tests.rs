@@ -11,6 +11,7 @@ use std::time::Duration;
 mod bytes;
 mod fragments;
 mod negative;
+mod reconfigure;
 
 const A: &str = "198.51.100.1:500";
 const B: &str = "198.51.100.2:500";
