@@ -60,6 +60,7 @@ pub struct AgentConfig {
     node_port_addresses: Option<Value>,
     masquerade_all: Option<bool>,
     service_proxy_name: Option<String>,
+    sdewan_purpose: Option<String>,
     poll_interval: Option<Value>,
     min_sync_period: Option<Value>,
     metrics_bind_address: Option<String>,
@@ -226,6 +227,9 @@ impl AgentConfig {
             .filter(|_| set("service_proxy_name"))
         {
             args.service_proxy_name = Some(v);
+        }
+        if let Some(v) = self.sdewan_purpose.filter(|_| set("sdewan_purpose")) {
+            args.sdewan_purpose = Some(v);
         }
         if let Some(v) = self.poll_interval.filter(|_| set("poll_interval")) {
             args.poll_interval = seconds("pollInterval", &v, false)?;
@@ -759,6 +763,7 @@ bgp:
             "nodeport_addresses",
             "masquerade_all",
             "service_proxy_name",
+            "sdewan_purpose",
             "poll_interval",
             "min_sync_period",
             "metrics_bind_address",

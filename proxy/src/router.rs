@@ -33,6 +33,9 @@ pub struct Hooks {
     pub on_ready: Option<OnReady>,
     /// Where the worker publishes a snapshot of its counters once a second.
     pub shared: Option<Arc<Shared>>,
+    /// SD-EWAN resources from the Kubernetes API (`--sdewan-purpose`): the IPsec service
+    /// runs, and follows them.
+    pub ipsec_feed: Option<crate::ipsec::kube::Feed>,
 }
 
 /// See [`Hooks::on_ready`].
@@ -239,7 +242,7 @@ impl<D: Driver> Router<D>
 where
     D::Buffer: 'static,
 {
-    fn new(driver: D, args: &RouterArgs, hooks: Hooks, crypto: Crypto) -> anyhow::Result<Self> {
+    fn new(driver: D, args: &RouterArgs, mut hooks: Hooks, crypto: Crypto) -> anyhow::Result<Self> {
         let ports = driver.ports().to_vec();
         if ports.len() != args.interfaces.len() {
             bail!(
@@ -255,7 +258,8 @@ where
             let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;
             state.neighbors.insert_permanent(port, ip, mac);
         }
-        let mut graph = if args.ipsec.is_some() {
+        let ipsec_feed = hooks.ipsec_feed.take();
+        let mut graph = if args.ipsec.is_some() || ipsec_feed.is_some() {
             switchyard_dataplane::nodes::ipsec_router_graph_with(
                 ports.len(),
                 Arc::clone(&crypto.backend),
@@ -284,17 +288,21 @@ where
             None => None,
         };
         let handle = TablesHandle::new(tables.clone());
-        let ipsec = match &args.ipsec {
-            Some(path) => {
-                let tun = punt.as_ref().map(|p| p.index());
-                let service =
-                    crate::ipsec::start(path, &handle, &tables, tun, args.ike_fragment_size)?;
+        let ipsec = match (&args.ipsec, ipsec_feed) {
+            (None, None) => None,
+            (path, feed) => {
+                let settings = crate::ipsec::Settings {
+                    path: path.clone(),
+                    feed,
+                    punt_tun: punt.as_ref().map(|p| p.index()),
+                    fragment_size: args.ike_fragment_size,
+                };
+                let service = crate::ipsec::start(settings, &handle, &tables)?;
                 if let Some(shared) = &hooks.shared {
                     shared.set_ipsec(service.view());
                 }
                 Some(service)
             }
-            None => None,
         };
         if let Some(on_ready) = hooks.on_ready {
             on_ready(&handle, &tables)?;

@@ -279,6 +279,10 @@ fn deploy_rbac_and_metrics_match_the_agent() {
         .load_dir(repo_root().join("examples"))
         .expect("load examples/ into the API server");
     assert!(loaded > 0);
+    // The SD-EWAN CRDs, as the base installs them, so their resources are served.
+    server
+        .load_dir(repo_root().join("deploy/base/crds"))
+        .expect("load the CRDs into the API server");
     let kubeconfig = lab.dir.join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
 
@@ -304,6 +308,11 @@ fn deploy_rbac_and_metrics_match_the_agent() {
             "off",
             "--bgp-peer",
             "127.0.0.1=64513,port=1",
+            // The SD-EWAN IPsec resources too (none are there: the daemon idles).
+            "--sdewan-purpose",
+            "cnf1",
+            "--punt-tun",
+            "sy0",
         ],
     );
 

@@ -2130,3 +2130,131 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The SD-EWAN resources come from the Kubernetes API (`--sdewan-purpose cnf1`): the agent
+/// watches them through the in-repo API server, brings the tunnel up with strongSwan when
+/// they appear, ignores another purpose's, takes it down (telling strongSwan) when the
+/// IpsecSite is deleted, and up again when it is back.
+#[test]
+fn sdewan_resources_from_the_kubernetes_api_with_strongswan() {
+    let Some(lab) = Lab::new(
+        "ipsec_kube",
+        &[CHARON, "swanctl", "unshare", "mount", "python3"],
+    ) else {
+        return;
+    };
+    let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
+    let (ike, ike_shown) = ike_proposal(true, "x25519");
+    let case = Case {
+        ike,
+        esp: GCM128.0,
+        ike_shown,
+        esp_shown: GCM128.1,
+        ..BASE
+    };
+    peer.load(&case, PSK);
+    let api = common::apiserver::NsApiServer::start(&peer.lab.ns(Ns::Node));
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/crds");
+    for name in ["ipsecproposals", "ipsecsites", "ipsechosts"] {
+        let text = fs::read_to_string(crds.join(format!("{name}.yaml"))).expect("CRD");
+        let crd: serde_json::Value = serde_yaml::from_str(&text).expect("CRD YAML");
+        api.server.create(&crd).expect("create CRD");
+    }
+    // The case's resources, labelled for us; and a site for another CNF.
+    let labelled = |yaml: &str, purpose: &str| -> Vec<serde_json::Value> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| {
+                let mut v: serde_json::Value =
+                    serde::Deserialize::deserialize(d).expect("resource YAML");
+                v["metadata"]["namespace"] = "default".into();
+                v["metadata"]["labels"] = serde_json::json!({ "sdewanPurpose": purpose });
+                v
+            })
+            .collect()
+    };
+    let ours = labelled(&resources_yaml(&case, PSK, common::SERVER_V4), "cnf1");
+    let mut theirs = labelled(&resources_yaml(&case, PSK, "198.51.100.77"), "cnf2");
+    for v in &mut theirs {
+        let name = format!("{}-cnf2", v["metadata"]["name"].as_str().unwrap_or(""));
+        v["metadata"]["name"] = name.into();
+    }
+    for v in ours.iter().chain(&theirs) {
+        api.server.create(v).expect("create SD-EWAN resource");
+    }
+    let kubeconfig = peer.lab.dir.join("kubeconfig");
+    api.server
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig");
+    peer.lab.keep_node_kernel_off_ports();
+    let route = format!("{SS_NET}={}", common::SERVER_V4);
+    peer.lab.start_agent(
+        common::Driver::AfPacket,
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().expect("utf-8"),
+            "--node-name",
+            "node-a",
+            "--punt-tun",
+            "sy0",
+            "--sdewan-purpose",
+            "cnf1",
+            "--route",
+            &route,
+        ],
+    );
+    let up = |peer: &mut Peer, when: &str| {
+        if wait_installed(peer, Duration::from_secs(30)).is_none() {
+            let out = peer.lab.stop_router();
+            panic!(
+                "no CHILD_SA {when}:\n{}\n{}",
+                out.map(|o| o.to_string()).unwrap_or_default(),
+                peer.log()
+            );
+        }
+        peer.lab.assert_ping(Ns::Client, SS_HOST);
+    };
+    up(&mut peer, "from the API's resources");
+    let shown = show_ipsec(&peer, true);
+    let data: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
+    let peers: Vec<&str> = data["ike_sas"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["peer"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        !peers.is_empty() && peers.iter().all(|p| !p.contains("cnf2")),
+        "only our purpose's peers: {peers:?}\n{shown}"
+    );
+
+    // The site goes: the tunnel goes, and strongSwan is told.
+    let site = ours
+        .iter()
+        .find(|v| v["kind"] == "IpsecSite")
+        .expect("an IpsecSite");
+    api.server
+        .delete(
+            "batch.sdewan.akraino.org/v1alpha1",
+            "IpsecSite",
+            "default",
+            site["metadata"]["name"].as_str().expect("name"),
+        )
+        .expect("delete the IpsecSite");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while peer.list_sas().contains("ESTABLISHED") {
+        assert!(
+            Instant::now() < deadline,
+            "strongSwan still has the SA after the IpsecSite was deleted:\n{}\n{}",
+            peer.list_sas(),
+            peer.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Back again.
+    api.server.create(site).expect("re-create the IpsecSite");
+    up(&mut peer, "after the IpsecSite came back");
+    let router = peer.lab.finish().expect("agent output");
+    assert!(
+        router.stderr.contains("configuration replaced"),
+        "{}",
+        router.stderr
+    );
+}

@@ -81,6 +81,8 @@ pub struct Settings {
     pub proxy_name: Option<String>,
     /// Watch every Node (BGP's iBGP mesh peers with them).
     pub all_nodes: bool,
+    /// Also watch the SD-EWAN IPsec resources (`--sdewan-purpose`).
+    pub sdewan: Option<crate::ipsec::kube::SdewanWatch>,
 }
 
 /// The Kubernetes API source (see the module documentation).
@@ -332,6 +334,10 @@ async fn watch_all(client: Client, settings: Settings, shared: Arc<Shared>) {
         watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name))
     };
     let all = watcher::Config::default;
+    let sdewan = settings
+        .sdewan
+        .clone()
+        .map(|s| tokio::spawn(crate::ipsec::kube::watch_sdewan(client.clone(), s)));
     // Ticks when the API server answers again after an outage.
     let (reconnected, _) = tokio::sync::watch::channel(0u64);
     let link = Link {
@@ -383,7 +389,7 @@ async fn watch_all(client: Client, settings: Settings, shared: Arc<Shared>) {
             link,
         )),
     ];
-    for task in tasks {
+    for task in tasks.into_iter().chain(sdewan) {
         // A watcher only ends by panicking, which the agent's code does not do; say so if it
         // ever happens, since that kind then stops updating.
         if let Err(e) = task.await {

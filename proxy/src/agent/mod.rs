@@ -54,7 +54,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let bgp_settings = bgp::Settings::from_args(&args)?;
     // The iBGP mesh peers with every Node: only then are all of them watched.
     let all_nodes = bgp_settings.as_ref().is_some_and(|s| s.ibgp_mesh);
-    let source = cluster_source(&args, &node_name, all_nodes)?;
+    let (sdewan, ipsec_feed) = match &args.sdewan_purpose {
+        Some(purpose) => {
+            let (watch, feed) = crate::ipsec::kube::SdewanWatch::new(purpose);
+            (Some(watch), Some(feed))
+        }
+        None => (None, None),
+    };
+    let source = cluster_source(&args, &node_name, all_nodes, sdewan)?;
     let bgp_stopper = Arc::new(std::sync::OnceLock::new());
     let options = CompileOptions {
         node_port_addresses: args.nodeport_addresses.clone(),
@@ -85,6 +92,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             control.start(handle.clone(), base.clone(), for_control)
         })),
         shared: Some(shared),
+        ipsec_feed,
     };
     let result = router::run_with(&args.router, hooks);
     if let Some(stopper) = bgp_stopper.get() {
@@ -99,11 +107,13 @@ fn cluster_source(
     args: &AgentArgs,
     node_name: &str,
     all_nodes: bool,
+    sdewan: Option<crate::ipsec::kube::SdewanWatch>,
 ) -> anyhow::Result<Box<dyn Source>> {
     let kube_settings = || kube::Settings {
         node_name: node_name.to_string(),
         proxy_name: args.service_proxy_name.clone(),
         all_nodes,
+        sdewan: sdewan.clone(),
     };
     match (&args.manifests, &args.kubeconfig) {
         (Some(_), Some(_)) => bail!("give either --manifests or --kubeconfig, not both"),

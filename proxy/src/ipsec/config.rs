@@ -26,7 +26,7 @@ pub enum ConfigError {
 }
 
 /// The SD-EWAN resources of a set of files.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
     pub proposals: Vec<IpsecProposal>,
     pub sites: Vec<IpsecSite>,
@@ -91,31 +91,63 @@ impl Resources {
     /// connection; connections whose `mode` is `start` are initiated, the others (`add`)
     /// wait for the peer. A connection's `remote_sourceip` becomes an address pool of its own.
     pub fn daemon_config(&self, local: IpAddr) -> Result<DaemonConfig, ConfigError> {
+        let (config, mut problems) = self.daemon_config_skipping(local);
+        match problems.is_empty() {
+            true => Ok(config),
+            false => Err(problems.swap_remove(0)),
+        }
+    }
+
+    /// [`Resources::daemon_config`], leaving out each site or host that cannot be used
+    /// (a bad pool, an unknown proposal, ...) and saying why: one broken resource from the
+    /// API must not take the others' tunnels down.
+    pub fn daemon_config_skipping(&self, local: IpAddr) -> (DaemonConfig, Vec<ConfigError>) {
         let local = SocketAddr::new(local, 500);
         let mut peers: Vec<PeerConfig> = Vec::new();
         let mut pools = Vec::new();
         let mut initiate = Vec::new();
-        for site in &self.sites {
-            pools.extend(site.pools()?);
-            let made = site.to_peers(local, &self.proposals)?;
-            for (peer, conn) in made.into_iter().zip(&site.spec.connections) {
-                if conn.mode == "start" && peer.remote.is_some() {
+        let mut problems = Vec::new();
+        let sites = self.sites.iter().map(|site| {
+            let made = site
+                .pools()
+                .and_then(|p| Ok((p, site.to_peers(local, &self.proposals)?)));
+            let modes: Vec<&str> = site
+                .spec
+                .connections
+                .iter()
+                .map(|c| c.mode.as_str())
+                .collect();
+            (made, modes)
+        });
+        let hosts = self.hosts.iter().map(|host| {
+            let made = host
+                .pools()
+                .and_then(|p| Ok((p, host.to_peers(local, &self.proposals)?)));
+            let modes: Vec<&str> = host
+                .spec
+                .connections
+                .iter()
+                .map(|c| c.mode.as_str())
+                .collect();
+            (made, modes)
+        });
+        for (made, modes) in sites.chain(hosts) {
+            let (resource_pools, made) = match made {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(ConfigError::Resource(e));
+                    continue;
+                }
+            };
+            pools.extend(resource_pools);
+            for (peer, mode) in made.into_iter().zip(modes) {
+                if mode == "start" && peer.remote.is_some() {
                     initiate.push(peer.name.clone());
                 }
                 peers.push(peer);
             }
         }
-        for host in &self.hosts {
-            pools.extend(host.pools()?);
-            let made = host.to_peers(local, &self.proposals)?;
-            for (peer, conn) in made.into_iter().zip(&host.spec.connections) {
-                if conn.mode == "start" && peer.remote.is_some() {
-                    initiate.push(peer.name.clone());
-                }
-                peers.push(peer);
-            }
-        }
-        Ok(DaemonConfig {
+        let config = DaemonConfig {
             engine: EngineConfig {
                 peers,
                 pools,
@@ -125,8 +157,35 @@ impl Resources {
             reconnect: Some(std::time::Duration::from_secs(5)),
             esp_tap: None,
             usage: None,
-        })
+        };
+        (config, problems)
     }
+
+    /// Adds one resource given as a JSON value (an object from the Kubernetes API); other
+    /// kinds are ignored.
+    pub fn add_value(&mut self, value: serde_json::Value) -> Result<(), String> {
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        match kind {
+            "IpsecProposal" => self.proposals.push(from_json(value)?),
+            "IpsecSite" => self.sites.push(from_json(value)?),
+            "IpsecHost" => self.hosts.push(from_json(value)?),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// These resources and `other`'s.
+    pub fn merged(&self, other: &Resources) -> Resources {
+        Resources {
+            proposals: [&self.proposals[..], &other.proposals[..]].concat(),
+            sites: [&self.sites[..], &other.sites[..]].concat(),
+            hosts: [&self.hosts[..], &other.hosts[..]].concat(),
+        }
+    }
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 /// `Value::deserialize_from` without importing serde's trait at every call site.

@@ -112,6 +112,13 @@ pub enum Command {
     Dpd(IkeSaId),
     /// Sends a datagram from one of the daemon's sockets (ESP in UDP from port 4500).
     SendRaw(Datagram),
+    /// Replaces the peers and pools (and which peers we connect to) while running: see
+    /// [`Engine::reconfigure`]. Sockets are bound for new addresses; a configuration the
+    /// engine refuses is logged and the running one kept.
+    Reconfigure {
+        engine: Box<EngineConfig>,
+        initiate: Vec<String>,
+    },
     Shutdown,
 }
 
@@ -140,20 +147,9 @@ impl Daemon {
     /// [`Daemon::start`], with a hook told of every change of the installed CHILD_SAs.
     pub fn start_with_hook(config: DaemonConfig, hook: Option<ChildSaHook>) -> io::Result<Self> {
         let natt_port = config.engine.natt_port;
-        let addrs: BTreeSet<IpAddr> = config.engine.peers.iter().map(|p| p.local.ip()).collect();
-        let ike_ports: BTreeSet<u16> = config.engine.peers.iter().map(|p| p.local.port()).collect();
         let mut sockets = HashMap::new();
-        for ip in &addrs {
-            for port in ike_ports.iter().copied().chain([natt_port]) {
-                let addr = SocketAddr::new(*ip, port);
-                if sockets.contains_key(&addr) {
-                    continue;
-                }
-                let socket = StdUdpSocket::bind(addr)
-                    .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
-                socket.set_nonblocking(true)?;
-                sockets.insert(addr, Arc::new(UdpSocket::from_std(socket)?));
-            }
+        for addr in socket_addresses(&config.engine) {
+            sockets.insert(addr, bind(addr)?);
         }
         let engine = Engine::new(config.engine.clone())
             .map_err(|e| io::Error::other(format!("IKE engine: {e}")))?;
@@ -171,6 +167,8 @@ impl Daemon {
         }
         let bound = sockets.keys().copied().collect();
         let shell = Shell {
+            datagrams: rx_tx,
+            readers,
             engine,
             sockets,
             state: Arc::clone(&state),
@@ -186,7 +184,7 @@ impl Daemon {
         for name in &config.initiate {
             let _ = commands.send(Command::Connect(name.clone()));
         }
-        let task = tokio::spawn(shell.run(rx_rx, command_rx, readers));
+        let task = tokio::spawn(shell.run(rx_rx, command_rx));
         Ok(Self {
             state,
             events,
@@ -244,7 +242,34 @@ async fn read_socket(local: SocketAddr, socket: Arc<UdpSocket>, out: mpsc::Sende
     }
 }
 
+/// The addresses the daemon listens on for `config`: each peer's local address, on its IKE
+/// port and the NAT-T port.
+fn socket_addresses(config: &EngineConfig) -> BTreeSet<SocketAddr> {
+    let addrs: BTreeSet<IpAddr> = config.peers.iter().map(|p| p.local.ip()).collect();
+    let ports: BTreeSet<u16> = config
+        .peers
+        .iter()
+        .map(|p| p.local.port())
+        .chain([config.natt_port])
+        .collect();
+    addrs
+        .iter()
+        .flat_map(|ip| ports.iter().map(|port| SocketAddr::new(*ip, *port)))
+        .collect()
+}
+
+/// A non-blocking UDP socket bound to `addr` (in the calling thread's network namespace).
+fn bind(addr: SocketAddr) -> io::Result<Arc<UdpSocket>> {
+    let socket = StdUdpSocket::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    socket.set_nonblocking(true)?;
+    Ok(Arc::new(UdpSocket::from_std(socket)?))
+}
+
 struct Shell {
+    /// Where the socket readers send what they receive (for readers of sockets bound later).
+    datagrams: mpsc::Sender<Datagram>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
     engine: Engine,
     sockets: HashMap<SocketAddr, Arc<UdpSocket>>,
     state: Arc<Mutex<DaemonState>>,
@@ -270,11 +295,10 @@ impl Shell {
         mut self,
         mut datagrams: mpsc::Receiver<Datagram>,
         mut commands: mpsc::UnboundedReceiver<Command>,
-        readers: Vec<tokio::task::JoinHandle<()>>,
     ) {
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
         let mut stopping: Option<tokio::time::Instant> = None;
-        let polls_usage = self.usage.is_some() && self.engine.has_byte_limits();
+        let mut polls_usage = self.usage.is_some() && self.engine.has_byte_limits();
         let mut usage_poll = tokio::time::interval(USAGE_POLL);
         usage_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -321,6 +345,12 @@ impl Shell {
                             }
                         }
                     }
+                    Some(Command::Reconfigure { engine, initiate }) => {
+                        if stopping.is_none() {
+                            self.reconfigure(*engine, initiate).await;
+                            polls_usage = self.usage.is_some() && self.engine.has_byte_limits();
+                        }
+                    }
                     Some(Command::Shutdown) | None => {
                         if stopping.is_none() {
                             self.delete_all().await;
@@ -346,8 +376,66 @@ impl Shell {
                 break;
             }
         }
-        for reader in readers {
+        for reader in &self.readers {
             reader.abort();
+        }
+    }
+
+    /// See [`Command::Reconfigure`].
+    async fn reconfigure(&mut self, engine: EngineConfig, initiate: Vec<String>) {
+        for addr in socket_addresses(&engine) {
+            if self.sockets.contains_key(&addr) {
+                continue;
+            }
+            match bind(addr) {
+                Ok(socket) => {
+                    self.readers.push(tokio::spawn(read_socket(
+                        addr,
+                        Arc::clone(&socket),
+                        self.datagrams.clone(),
+                    )));
+                    self.sockets.insert(addr, socket);
+                }
+                Err(e) => tracing::warn!(error = %e, "ipsec: cannot listen for IKE"),
+            }
+        }
+        let peers = engine.peers.len();
+        match self.engine.reconfigure(engine, Instant::now()) {
+            Ok(actions) => {
+                tracing::info!(
+                    peers,
+                    initiate = initiate.len(),
+                    "ipsec: configuration replaced"
+                );
+                self.carry_out(actions).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ipsec: configuration refused, keeping the running one");
+                return;
+            }
+        }
+        self.initiate = initiate.into_iter().collect();
+        let initiate = &self.initiate;
+        self.retries.retain(|peer, _| initiate.contains(peer));
+        let up: BTreeSet<String> = self
+            .engine
+            .sas()
+            .into_iter()
+            .map(|(_, peer, _)| peer)
+            .collect();
+        let due: Vec<String> = self.initiate.difference(&up).cloned().collect();
+        for name in due {
+            match self.engine.connect(&name, Instant::now()) {
+                Ok((id, actions)) => {
+                    tracing::info!(peer = %name, ike_sa = %format!("{:016x}", id.0), "ipsec: connecting");
+                    self.carry_out(actions).await;
+                }
+                Err(e) => tracing::warn!(peer = %name, error = %e, "ipsec: cannot connect"),
+            }
+        }
+        // Children of deleted SAs left the dataplane in carry_out; the state shows the rest.
+        if let Ok(mut s) = self.state.lock() {
+            s.ike_sas = self.engine.sas();
         }
     }
 

@@ -21,9 +21,9 @@
 
 pub mod config;
 pub mod daemon;
+pub mod kube;
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -192,31 +192,69 @@ fn usage_reader(handle: TablesHandle) -> daemon::ChildUsage {
     }))
 }
 
-/// Reads the SD-EWAN resources at `path`, starts the IKE daemon (binding its sockets before
-/// returning, so a bad address is an error at start-up) and keeps `handle`'s tables' IPsec
-/// part in step with the installed CHILD_SAs. `punt_tun` is the interface index of the punt
-/// path's TUN device, which gets the virtual IPs peers assign us. `fragment_size` is
-/// `--ike-fragment-size`.
-pub fn start(
-    path: &Path,
-    handle: &TablesHandle,
-    base: &Tables,
-    punt_tun: Option<u32>,
+/// Where the IPsec service's configuration comes from, and its knobs.
+pub struct Settings {
+    /// `--ipsec PATH`: SD-EWAN resources in files, read once at start.
+    pub path: Option<std::path::PathBuf>,
+    /// `--sdewan-purpose`: SD-EWAN resources from the Kubernetes API, followed as they change
+    /// (added to the files' ones).
+    pub feed: Option<kube::Feed>,
+    /// The interface index of the punt path's TUN device, which gets the virtual IPs peers
+    /// assign us.
+    pub punt_tun: Option<u32>,
+    /// `--ike-fragment-size`.
+    pub fragment_size: Option<usize>,
+}
+
+/// The IKE daemon's configuration for `resources`, on the address facing their first peer.
+/// Sites and hosts that cannot be used are left out and returned as problems.
+fn daemon_config(
+    resources: &config::Resources,
+    tables: &Tables,
     fragment_size: Option<usize>,
-) -> anyhow::Result<IpsecService> {
-    let resources = config::Resources::load(path)
-        .with_context(|| format!("reading the IPsec resources in {}", path.display()))?;
-    let local = ike_address(&resources, base).context("no address for IKE")?;
-    let mut config = resources
-        .daemon_config(local)
-        .context("the IPsec resources")?;
-    config.usage = Some(usage_reader(handle.clone()));
+    usage: &daemon::ChildUsage,
+) -> anyhow::Result<(daemon::DaemonConfig, Vec<config::ConfigError>)> {
+    let local = ike_address(resources, tables).context("no address for IKE")?;
+    let (mut config, problems) = resources.daemon_config_skipping(local);
+    config.usage = Some(usage.clone());
     config.engine.fragmentation = fragment_size != Some(0);
     config.engine.fragment_size = fragment_size.filter(|&s| s > 0);
+    Ok((config, problems))
+}
+
+/// Reads the SD-EWAN resources of `settings`, starts the IKE daemon (binding its sockets
+/// before returning, so a bad address is an error at start-up) and keeps `handle`'s tables'
+/// IPsec part in step with the installed CHILD_SAs. With a feed from the Kubernetes API the
+/// daemon is reconfigured whenever the resources there change.
+pub fn start(
+    settings: Settings,
+    handle: &TablesHandle,
+    base: &Tables,
+) -> anyhow::Result<IpsecService> {
+    let files = match &settings.path {
+        Some(path) => config::Resources::load(path)
+            .with_context(|| format!("reading the IPsec resources in {}", path.display()))?,
+        None => config::Resources::default(),
+    };
+    let usage = usage_reader(handle.clone());
+    let (config, problems) = daemon_config(&files, base, settings.fragment_size, &usage)?;
+    if let Some(problem) = problems.into_iter().next() {
+        // From files given on the command line: refuse to start, as before.
+        return Err(anyhow::anyhow!(problem)).context("the IPsec resources");
+    }
+    let punt_tun = settings.punt_tun;
+    let follow = settings.feed.map(|feed| Follow {
+        feed,
+        files,
+        handle: handle.clone(),
+        fragment_size: settings.fragment_size,
+        usage,
+    });
     tracing::info!(
-        %local,
+        local = ?config.engine.peers.first().map(|p| p.local.ip()),
         peers = config.engine.peers.len(),
         initiate = config.initiate.len(),
+        from_api = follow.is_some(),
         "ipsec: starting the IKE daemon"
     );
     let service_handle = handle.clone();
@@ -246,7 +284,7 @@ pub fn start(
                     }
                 };
                 let _ = ready_tx.send(Ok(Arc::clone(&daemon.state)));
-                run_until_stopped(daemon, stop_rx).await;
+                run_until_stopped(daemon, stop_rx, follow).await;
             });
         })
         .context("starting the IPsec thread")?;
@@ -327,12 +365,68 @@ fn sync_tun_addresses(index: u32, on_tun: &mut Vec<IpAddr>, wanted: &[IpAddr]) {
     }
 }
 
-/// Runs until told to stop, then deletes the IKE SAs.
-async fn run_until_stopped(mut daemon: Daemon, mut stop: oneshot::Receiver<()>) {
+/// What the service follows when its resources come from the Kubernetes API.
+struct Follow {
+    feed: kube::Feed,
+    /// The resources from `--ipsec` files, if any: always part of the configuration.
+    files: config::Resources,
+    handle: TablesHandle,
+    fragment_size: Option<usize>,
+    usage: daemon::ChildUsage,
+}
+
+impl Follow {
+    /// The daemon's next configuration, from the latest set of resources; `None` when
+    /// there is none yet or it cannot be used at all (logged).
+    fn next(&mut self) -> Option<daemon::Command> {
+        let from_api = self.feed.borrow_and_update().clone()?;
+        let resources = self.files.merged(&from_api);
+        let tables = self.handle.load();
+        match daemon_config(&resources, &tables, self.fragment_size, &self.usage) {
+            Ok((config, problems)) => {
+                for problem in &problems {
+                    tracing::warn!(error = %problem, "ipsec: resource left out");
+                }
+                Some(daemon::Command::Reconfigure {
+                    engine: Box::new(config.engine),
+                    initiate: config.initiate,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "ipsec: resources not applied");
+                None
+            }
+        }
+    }
+}
+
+/// Runs until told to stop, then deletes the IKE SAs. With `follow`, each new set of
+/// resources from the API reconfigures the daemon.
+async fn run_until_stopped(
+    mut daemon: Daemon,
+    mut stop: oneshot::Receiver<()>,
+    mut follow: Option<Follow>,
+) {
     loop {
         tokio::select! {
             _ = &mut stop => break,
             event = daemon.events.recv() => if event.is_none() { break },
+            changed = async {
+                match follow.as_mut() {
+                    Some(f) => f.feed.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match changed {
+                    Ok(()) => {
+                        if let Some(command) = follow.as_mut().and_then(Follow::next) {
+                            daemon.command(command);
+                        }
+                    }
+                    // The watcher is gone (the process is ending): keep what runs.
+                    Err(_) => follow = None,
+                }
+            }
         }
     }
     daemon.shutdown().await;

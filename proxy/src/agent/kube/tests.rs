@@ -43,6 +43,7 @@ fn a_missing_kubeconfig_is_an_error() {
             node_name: "node-a".into(),
             proxy_name: None,
             all_nodes: false,
+            sdewan: None,
         },
     )
     .err()
@@ -109,6 +110,7 @@ impl Server {
                 node_name: "node-a".into(),
                 proxy_name: proxy_name.map(Into::into),
                 all_nodes,
+                sdewan: None,
             },
         )
         .expect("source")
