@@ -50,6 +50,7 @@ fn peer(initiator: bool, ike: &str) -> PeerConfig {
         // The hub takes any branch that proves the key.
         remote_id: initiator.then(|| Identity::parse("@hub.example")),
         psk: SecretBytes::from_slice(b"switchyard-bench-psk"),
+        certs: None,
         ike_proposals: vec![IkeProposal::parse(ike).expect("IKE proposal")],
         esp_proposals: vec![EspProposal::parse("aes128gcm16").expect("ESP proposal")],
         local_ts: vec![if initiator { branch } else { hub }],

@@ -56,6 +56,7 @@ fn peer(initiator: bool, psk: &[u8], ike: &str, esp: &str) -> PeerConfig {
             "@a.example"
         })),
         psk: SecretBytes::from_slice(psk),
+        certs: None,
         ike_proposals: ike
             .split(',')
             .map(|p| IkeProposal::parse(p).unwrap())

@@ -9,10 +9,11 @@ use crate::ike::cp::any_selector;
 use crate::ike::pool::{PoolConfig, PoolError};
 use crate::ike::proposal::{EspProposal, IkeProposal, ProposalError};
 use crate::ike::wire::TrafficSelector;
-use crate::ike::{Identity, PeerConfig};
+use crate::ike::{Credentials, Identity, PeerConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The label naming which SD-EWAN CNF a resource is for.
@@ -275,8 +276,10 @@ pub struct IpsecHost {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdewanError {
-    #[error("{0}: authentication method {1:?} not supported (only psk)")]
+    #[error("{0}: authentication method {1:?} not supported (psk or pubkey)")]
     AuthMethod(String, String),
+    #[error("{0}: certificate authentication: {1}")]
+    Cert(String, String),
     #[error("{0}: no pre-shared key")]
     NoPsk(String),
     #[error("{0}: bad remote {1:?}")]
@@ -443,6 +446,32 @@ struct Common<'a> {
     local_identifier: &'a str,
     remote_identifier: &'a str,
     pre_shared_key: &'a str,
+    local_public_cert: &'a str,
+    local_private_cert: &'a str,
+    shared_ca: &'a str,
+}
+
+/// A certificate, key or CA field: the PEM text itself, or the path of a file holding it
+/// (PEM or DER), as the SD-EWAN CNF mounts them.
+fn pem_or_file(name: &str, field: &str, value: &str) -> Result<Vec<u8>, SdewanError> {
+    let value = value.trim();
+    if value.contains("-----BEGIN") {
+        return Ok(value.as_bytes().to_vec());
+    }
+    if value.is_empty() {
+        return Err(SdewanError::Cert(name.to_string(), format!("no {field}")));
+    }
+    std::fs::read(value)
+        .map_err(|e| SdewanError::Cert(name.to_string(), format!("{field} {value}: {e}")))
+}
+
+/// The credentials of `pubkey` authentication.
+fn credentials(name: &str, common: &Common<'_>) -> Result<Credentials, SdewanError> {
+    let cert = pem_or_file(name, "local_public_cert", common.local_public_cert)?;
+    let key = pem_or_file(name, "local_private_cert", common.local_private_cert)?;
+    let ca = pem_or_file(name, "shared_ca", common.shared_ca)?;
+    Credentials::new(&cert, &key, &ca)
+        .map_err(|e| SdewanError::Cert(name.to_string(), e.to_string()))
 }
 
 fn peer_from(
@@ -455,15 +484,17 @@ fn peer_from(
     proposals: &[IpsecProposal],
 ) -> Result<PeerConfig, SdewanError> {
     let name = format!("{}/{}", common.resource, connection);
-    if !common.authentication_method.eq_ignore_ascii_case("psk") {
-        return Err(SdewanError::AuthMethod(
-            name,
-            common.authentication_method.to_string(),
-        ));
-    }
-    if common.pre_shared_key.is_empty() {
-        return Err(SdewanError::NoPsk(name));
-    }
+    let method = common.authentication_method.trim();
+    let certs = if method.eq_ignore_ascii_case("psk") {
+        if common.pre_shared_key.is_empty() {
+            return Err(SdewanError::NoPsk(name));
+        }
+        None
+    } else if method.eq_ignore_ascii_case("pubkey") {
+        Some(Arc::new(credentials(&name, common)?))
+    } else {
+        return Err(SdewanError::AuthMethod(name, method.to_string()));
+    };
     let remote = match common.remote.trim() {
         "" | "%any" | "0.0.0.0" | "::" => None,
         text => Some(SocketAddr::new(
@@ -490,15 +521,17 @@ fn peer_from(
     if ike.is_empty() || esp.is_empty() {
         return Err(SdewanError::NoProposal(name));
     }
-    let local_id = if common.local_identifier.is_empty() {
-        Identity::Address(local.ip())
-    } else {
-        Identity::parse(common.local_identifier)
+    let local_id = match (common.local_identifier.is_empty(), &certs) {
+        // With a certificate, its subject (strongSwan's default identity).
+        (true, Some(c)) => Identity::Dn(c.subject_identity().data),
+        (true, None) => Identity::Address(local.ip()),
+        (false, _) => Identity::parse(common.local_identifier),
     };
-    let remote_id = if common.remote_identifier.is_empty() {
-        remote.map(|r| Identity::Address(r.ip()))
-    } else {
-        Some(Identity::parse(common.remote_identifier))
+    let remote_id = match (common.remote_identifier.is_empty(), &certs) {
+        // With certificates, any identity the peer's certificate from the CA holds.
+        (true, Some(_)) => None,
+        (true, None) => remote.map(|r| Identity::Address(r.ip())),
+        (false, _) => Some(Identity::parse(common.remote_identifier)),
     };
     Ok(PeerConfig {
         name,
@@ -507,6 +540,7 @@ fn peer_from(
         local_id,
         remote_id,
         psk: SecretBytes::from_slice(common.pre_shared_key.as_bytes()),
+        certs,
         ike_proposals: ike,
         esp_proposals: esp,
         local_ts,
@@ -599,6 +633,9 @@ impl IpsecSite {
             local_identifier: &s.local_identifier,
             remote_identifier: &s.remote_identifier,
             pre_shared_key: &s.pre_shared_key,
+            local_public_cert: &s.local_public_cert,
+            local_private_cert: &s.local_private_cert,
+            shared_ca: &s.shared_ca,
         };
         s.connections
             .iter()
@@ -662,6 +699,9 @@ impl IpsecHost {
             local_identifier: &s.local_identifier,
             remote_identifier: &s.remote_identifier,
             pre_shared_key: &s.pre_shared_key,
+            local_public_cert: &s.local_public_cert,
+            local_private_cert: &s.local_private_cert,
+            shared_ca: &s.shared_ca,
         };
         s.connections
             .iter()
@@ -883,7 +923,7 @@ mod tests {
         assert_eq!(peers[0].remote, None, "%any: responder only");
 
         let mut bad = site.clone();
-        bad.spec.authentication_method = "pubkey".into();
+        bad.spec.authentication_method = "eap".into();
         assert!(matches!(
             bad.to_peers(local, &[]),
             Err(SdewanError::AuthMethod(..))

@@ -15,6 +15,8 @@ pub enum Identity {
     Fqdn(String),
     Email(String),
     KeyId(Vec<u8>),
+    /// An X.500 distinguished name, DER (a certificate's subject).
+    Dn(Vec<u8>),
 }
 
 impl Identity {
@@ -67,6 +69,10 @@ impl Identity {
                 kind: id_type::KEY_ID,
                 data: bytes.clone(),
             },
+            Self::Dn(der) => Identification {
+                kind: id_type::DER_ASN1_DN,
+                data: der.clone(),
+            },
         }
     }
 }
@@ -84,6 +90,9 @@ pub struct PeerConfig {
     /// `None` accepts any identity that proves the PSK.
     pub remote_id: Option<Identity>,
     pub psk: SecretBytes,
+    /// X.509 authentication: our certificate and key, and the CA the peer's certificate
+    /// must come from. `None`: the pre-shared key.
+    pub certs: Option<std::sync::Arc<super::cert::Credentials>>,
     pub ike_proposals: Vec<IkeProposal>,
     pub esp_proposals: Vec<EspProposal>,
     /// Our side of the tunnel (TSi when we initiate). With `virtual_ips` it must cover the

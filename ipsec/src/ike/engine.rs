@@ -25,7 +25,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
+mod auth;
 mod virtual_ip;
+use auth::Signed;
 use virtual_ip::{assigned_addresses, sa_local_ts, sa_remote_ts, CfgAnswer};
 
 /// An IKE SA, named by our own SPI.
@@ -201,6 +203,9 @@ pub struct IkeCounters {
     pub rx_fragments_dropped: u64,
     /// Messages put back together from fragments.
     pub rx_reassembled: u64,
+    /// Peers' certificates or signatures refused (no certificate, not from our CA, expired,
+    /// identity not in it, bad signature).
+    pub cert_rejected: u64,
 }
 
 /// A virtual IP of an IKE SA, for `show ipsec`.
@@ -359,6 +364,9 @@ struct IkeSa {
     fragmentation: bool,
     /// The message whose fragments are arriving.
     reassembly: Option<Reassembly>,
+    /// The hash algorithms the peer verifies signatures with (RFC 7427), from its
+    /// IKE_SA_INIT message.
+    peer_hashes: Vec<u16>,
     nat: bool,
     child_spi: u32,
     children: Vec<Child>,
@@ -401,6 +409,27 @@ pub struct Engine {
     pools: Vec<AddressPool>,
     /// Per peer (by index), its pool's index in `pools`.
     peer_pools: Vec<Option<usize>>,
+}
+
+/// Our SIGNATURE_HASH_ALGORITHMS notify (RFC 7427 section 4).
+fn signature_hashes() -> Payload {
+    let data = super::cert::OUR_HASHES
+        .iter()
+        .flat_map(|h| h.to_be_bytes())
+        .collect();
+    Payload::Notify(Notify::new(notify::SIGNATURE_HASH_ALGORITHMS, data))
+}
+
+/// The hash algorithms a peer announced in its IKE_SA_INIT message.
+fn announced_hashes(payloads: &[Payload]) -> Vec<u16> {
+    notifies(payloads)
+        .filter(|n| n.kind == notify::SIGNATURE_HASH_ALGORITHMS)
+        .flat_map(|n| {
+            n.data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        })
+        .collect()
 }
 
 /// Per peer of `config`, its pool's index in `pools`.
@@ -757,6 +786,7 @@ impl Engine {
             iv_counter: 0,
             fragmentation: false,
             reassembly: None,
+            peer_hashes: Vec::new(),
             nat: false,
             child_spi: self.new_child_spi()?,
             children: Vec::new(),
@@ -804,6 +834,7 @@ impl Engine {
                 Vec::new(),
             )));
         }
+        payloads.push(signature_hashes());
         let bytes = Message::emit(sa.header(exchange::IKE_SA_INIT, 0, false), &payloads);
         let (local, remote) = (sa.local, sa.remote);
         actions.push(self.send(local, remote, &bytes));
@@ -1578,6 +1609,15 @@ impl Engine {
                 Vec::new(),
             )));
         }
+        let peer_hashes = announced_hashes(payloads);
+        if !peer_hashes.is_empty() {
+            response_payloads.push(signature_hashes());
+        }
+        if let Some(certs) = &self.config.peers[peer].certs {
+            // Ask for the initiator's certificate from our CA (strongSwan sends it only
+            // when asked).
+            response_payloads.push(certs.certreq_payload());
+        }
         let sa = IkeSa {
             spi_i: header.spi_i,
             spi_r,
@@ -1606,6 +1646,7 @@ impl Engine {
             iv_counter: 0,
             fragmentation: self.config.fragmentation && peer_fragments,
             reassembly: None,
+            peer_hashes,
             nat: peer_natted || we_natted || self.config.force_udp_encap,
             child_spi,
             children: Vec::new(),
@@ -1738,6 +1779,7 @@ impl Engine {
         sa.nat = peer_natted || we_natted || self.config.force_udp_encap;
         sa.fragmentation = self.config.fragmentation
             && notifies(payloads).any(|n| n.kind == notify::IKEV2_FRAGMENTATION_SUPPORTED);
+        sa.peer_hashes = announced_hashes(payloads);
         if sa.nat && peer_supports_natt {
             // Move IKE to the NAT-T port (RFC 7296 section 2.23).
             sa.local.set_port(self.config.natt_port);
@@ -1752,25 +1794,34 @@ impl Engine {
         sa.outstanding = None;
         sa.state = IkeState::AuthSent;
 
-        // IKE_AUTH request.
+        // IKE_AUTH request: IDi, [CERT, CERTREQ], [IDr], AUTH, ...
         let id_i = peer.local_id.to_wire();
-        let auth = psk_auth(
-            suite.prf,
-            peer.psk.expose(),
-            &sa.init_request,
-            nonce_r,
-            &keys.sk_pi,
-            &id_i.body(),
-        );
+        let (peer_index, init_request, peer_hashes) =
+            (sa.peer, sa.init_request.clone(), sa.peer_hashes.clone());
+        let signed = Signed {
+            prf: suite.prf,
+            real_message: &init_request,
+            nonce: nonce_r,
+            sk_p: &keys.sk_pi,
+        };
+        let Some((cert, auth)) = self.our_auth(peer_index, &signed, &id_i, &peer_hashes) else {
+            self.remove(id, actions, Some(Failure::Config));
+            return;
+        };
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let peer = &self.config.peers[peer_index];
         sa.keys = Some(keys);
         let mut out = vec![Payload::IdI(id_i)];
+        if let (Some(cert), Some(certs)) = (cert, &peer.certs) {
+            out.push(cert);
+            out.push(certs.certreq_payload());
+        }
         if let Some(remote_id) = &peer.remote_id {
             out.push(Payload::IdR(remote_id.to_wire()));
         }
-        out.push(Payload::Auth {
-            method: AUTH_METHOD_PSK,
-            data: auth.expose().to_vec(),
-        });
+        out.push(auth);
         if !peer.virtual_ips.is_empty() {
             // RFC 7296 section 2.19: CP(CFG_REQUEST) goes between AUTH and SAi2.
             out.push(Payload::Cp {
@@ -1840,17 +1891,19 @@ impl Engine {
             .filter(|(_, p)| p.remote.is_none_or(|r| r.ip() == remote_ip))
             .find(|(_, p)| p.remote_id.as_ref().is_none_or(|r| &r.to_wire() == id_i))
             .map(|(i, _)| i);
-        let verified = peer.is_some_and(|i| {
-            let expected = psk_auth(
-                suite.prf,
-                self.config.peers[i].psk.expose(),
-                &sa.init_request,
-                &sa.nonce_r,
-                &keys.sk_pi,
-                &id_i.body(),
-            );
-            method == AUTH_METHOD_PSK && bool::from(expected.expose().ct_eq(auth_data))
-        });
+        let (init_request, nonce_r, sk_pi) = (
+            sa.init_request.clone(),
+            sa.nonce_r.clone(),
+            keys.sk_pi.clone(),
+        );
+        let signed = Signed {
+            prf: suite.prf,
+            real_message: &init_request,
+            nonce: &nonce_r,
+            sk_p: &sk_pi,
+        };
+        let verified =
+            peer.is_some_and(|i| self.peer_auth_ok(i, &signed, id_i, method, auth_data, payloads));
         let Some(peer_index) = peer.filter(|_| verified) else {
             self.counters.auth_failures += 1;
             let n = Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, Vec::new()));
@@ -1867,23 +1920,31 @@ impl Engine {
         let (Some(suite), Some(keys)) = (sa.suite, &sa.keys) else {
             return;
         };
-        let peer = &self.config.peers[peer_index];
-        let id_r = peer.local_id.to_wire();
-        let auth_r = psk_auth(
-            suite.prf,
-            peer.psk.expose(),
-            &sa.init_response,
-            &sa.nonce_i,
-            &keys.sk_pr,
-            &id_r.body(),
+        let id_r = self.config.peers[peer_index].local_id.to_wire();
+        let (init_response, nonce_i, sk_pr, peer_hashes) = (
+            sa.init_response.clone(),
+            sa.nonce_i.clone(),
+            keys.sk_pr.clone(),
+            sa.peer_hashes.clone(),
         );
-        let mut out = vec![
-            Payload::IdR(id_r),
-            Payload::Auth {
-                method: AUTH_METHOD_PSK,
-                data: auth_r.expose().to_vec(),
-            },
-        ];
+        let signed = Signed {
+            prf: suite.prf,
+            real_message: &init_response,
+            nonce: &nonce_i,
+            sk_p: &sk_pr,
+        };
+        let Some((cert, auth_r)) = self.our_auth(peer_index, &signed, &id_r, &peer_hashes) else {
+            let n = Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, Vec::new()));
+            self.send_response(id, exchange::IKE_AUTH, header.message_id, &[n], actions);
+            self.remove(id, actions, Some(Failure::Config));
+            return;
+        };
+        let Some(sa) = self.sas.get(&id) else { return };
+        let peer = &self.config.peers[peer_index];
+        // IDr, [CERT], AUTH, ...
+        let mut out = vec![Payload::IdR(id_r)];
+        out.extend(cert);
+        out.push(auth_r);
         // The CHILD_SA.
         let mut install = None;
         let mut child_failure = None;
@@ -2002,24 +2063,34 @@ impl Engine {
             self.remove(id, actions, Some(reason));
             return;
         };
-        let peer = &self.config.peers[sa.peer];
         let (Some(suite), Some(keys)) = (sa.suite, &sa.keys) else {
             return;
         };
-        let expected = psk_auth(
-            suite.prf,
-            peer.psk.expose(),
-            &sa.init_response,
-            &sa.nonce_i,
-            &keys.sk_pr,
-            &id_r.body(),
+        let peer_index = sa.peer;
+        let (init_response, nonce_i, sk_pr) = (
+            sa.init_response.clone(),
+            sa.nonce_i.clone(),
+            keys.sk_pr.clone(),
         );
-        let id_ok = peer.remote_id.as_ref().is_none_or(|r| &r.to_wire() == id_r);
-        if method != AUTH_METHOD_PSK || !id_ok || !bool::from(expected.expose().ct_eq(auth_data)) {
+        let signed = Signed {
+            prf: suite.prf,
+            real_message: &init_response,
+            nonce: &nonce_i,
+            sk_p: &sk_pr,
+        };
+        let id_ok = self.config.peers[peer_index]
+            .remote_id
+            .as_ref()
+            .is_none_or(|r| &r.to_wire() == id_r);
+        if !id_ok || !self.peer_auth_ok(peer_index, &signed, id_r, method, auth_data, payloads) {
             self.counters.auth_failures += 1;
             self.remove(id, actions, Some(Failure::AuthenticationFailed));
             return;
         }
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let peer = &self.config.peers[sa.peer];
         sa.state = IkeState::Established;
         sa.rekey_at = peer
             .ike_lifetime
@@ -2545,6 +2616,7 @@ impl Engine {
             iv_counter: 0,
             fragmentation: old.fragmentation,
             reassembly: None,
+            peer_hashes: Vec::new(),
             nat: old.nat,
             child_spi: old.child_spi,
             children,
@@ -3083,6 +3155,7 @@ impl Engine {
             iv_counter: 0,
             fragmentation: old.fragmentation,
             reassembly: None,
+            peer_hashes: Vec::new(),
             nat: old.nat,
             child_spi: old.child_spi,
             children: Vec::new(),

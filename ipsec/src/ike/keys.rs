@@ -131,6 +131,19 @@ pub fn psk_auth(
     prf.compute(key.expose(), &[real_message, peer_nonce, maced_id.expose()])
 }
 
+/// The octets an AUTH signature covers (RFC 7296 section 2.15): RealMessage | Nonce of the
+/// peer | prf(SK_p, RestOfIDPayload).
+pub fn signed_octets(
+    prf: PrfAlgorithm,
+    real_message: &[u8],
+    peer_nonce: &[u8],
+    sk_p: &SecretBytes,
+    id_body: &[u8],
+) -> Vec<u8> {
+    let maced_id = prf.compute(sk_p.expose(), &[id_body]);
+    [real_message, peer_nonce, maced_id.expose()].concat()
+}
+
 /// Whether `encryption` needs separate integrity keys.
 pub fn needs_integrity(encryption: Encryption) -> bool {
     !encryption.is_aead()

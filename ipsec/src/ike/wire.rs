@@ -76,6 +76,8 @@ pub mod notify {
     pub const ESP_TFC_PADDING_NOT_SUPPORTED: u16 = 16394;
     /// RFC 7383 section 2.3: both ends of IKE_SA_INIT send it to use fragmentation.
     pub const IKEV2_FRAGMENTATION_SUPPORTED: u16 = 16430;
+    /// RFC 7427 section 4: the hash algorithms a sender verifies signatures with.
+    pub const SIGNATURE_HASH_ALGORITHMS: u16 = 16431;
 }
 
 /// Security protocol identifiers.
@@ -101,6 +103,7 @@ pub mod id_type {
     pub const FQDN: u8 = 2;
     pub const RFC822_ADDR: u8 = 3;
     pub const IPV6_ADDR: u8 = 5;
+    pub const DER_ASN1_DN: u8 = 9;
     pub const KEY_ID: u8 = 11;
 }
 

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use std::time::Duration;
 
 mod bytes;
+mod certs;
 mod fragments;
 mod negative;
 mod reconfigure;
@@ -54,6 +55,7 @@ fn peer(
             "@a.example"
         })),
         psk: SecretBytes::from_slice(psk),
+        certs: None,
         ike_proposals: ike
             .split(',')
             .map(|p| IkeProposal::parse(p).unwrap())

@@ -1,0 +1,113 @@
+//! AUTH payloads (RFC 7296 section 2.15): the pre-shared key, or an X.509 signature with the
+//! certificate before it (see `cert.rs`), as a peer's configuration says.
+
+use super::*;
+use crate::crypto::PrfAlgorithm;
+use crate::crypto::SecretBytes;
+use crate::ike::keys::signed_octets;
+use crate::ike::wire::Identification;
+
+/// What AUTH covers besides the identity: the sender's first message and the other end's
+/// nonce, with the sender's SK_p.
+pub(super) struct Signed<'a> {
+    pub prf: PrfAlgorithm,
+    pub real_message: &'a [u8],
+    pub nonce: &'a [u8],
+    pub sk_p: &'a SecretBytes,
+}
+
+impl Engine {
+    /// Our AUTH payload for the peer configuration `peer` and our identity `id`, and the
+    /// CERT payload to send before it when we authenticate with a certificate. `None` when
+    /// signing failed (counted).
+    pub(super) fn our_auth(
+        &mut self,
+        peer: usize,
+        signed: &Signed<'_>,
+        id: &Identification,
+        peer_hashes: &[u16],
+    ) -> Option<(Option<Payload>, Payload)> {
+        let config = &self.config.peers[peer];
+        match &config.certs {
+            None => {
+                let auth = psk_auth(
+                    signed.prf,
+                    config.psk.expose(),
+                    signed.real_message,
+                    signed.nonce,
+                    signed.sk_p,
+                    &id.body(),
+                );
+                Some((
+                    None,
+                    Payload::Auth {
+                        method: AUTH_METHOD_PSK,
+                        data: auth.expose().to_vec(),
+                    },
+                ))
+            }
+            Some(certs) => {
+                let octets = signed_octets(
+                    signed.prf,
+                    signed.real_message,
+                    signed.nonce,
+                    signed.sk_p,
+                    &id.body(),
+                );
+                match certs.sign(&octets, peer_hashes) {
+                    Ok(auth) => Some((Some(certs.cert_payload()), auth)),
+                    Err(_) => {
+                        self.counters.tx_seal_failures += 1;
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the peer's AUTH (`method`, `data`) proves identity `id` for the peer
+    /// configuration `peer`: the pre-shared key, or a certificate from our CA among
+    /// `payloads` naming `id` and a signature under its key.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn peer_auth_ok(
+        &mut self,
+        peer: usize,
+        signed: &Signed<'_>,
+        id: &Identification,
+        method: u8,
+        data: &[u8],
+        payloads: &[Payload],
+    ) -> bool {
+        let config = &self.config.peers[peer];
+        match &config.certs {
+            None => {
+                let expected = psk_auth(
+                    signed.prf,
+                    config.psk.expose(),
+                    signed.real_message,
+                    signed.nonce,
+                    signed.sk_p,
+                    &id.body(),
+                );
+                method == AUTH_METHOD_PSK && bool::from(expected.expose().ct_eq(data))
+            }
+            Some(certs) => {
+                let octets = signed_octets(
+                    signed.prf,
+                    signed.real_message,
+                    signed.nonce,
+                    signed.sk_p,
+                    &id.body(),
+                );
+                let now = std::time::SystemTime::now();
+                match certs.verify_peer(payloads, id, method, data, &octets, now) {
+                    Ok(()) => true,
+                    Err(_) => {
+                        self.counters.cert_rejected += 1;
+                        false
+                    }
+                }
+            }
+        }
+    }
+}
