@@ -780,7 +780,7 @@ pub fn ipsec(view: &crate::ipsec::IpsecView) -> Value {
             "virtual_ip_failures": k.virtual_ip_failures, "cp_malformed": k.cp_malformed,
             "tx_fragments": k.tx_fragments, "rx_fragments": k.rx_fragments,
             "rx_fragments_dropped": k.rx_fragments_dropped, "rx_reassembled": k.rx_reassembled,
-            "tx_seal_failures": k.tx_seal_failures,
+            "tx_seal_failures": k.tx_seal_failures, "cert_rejected": k.cert_rejected,
             "send_errors": state.send_errors,
         },
     })

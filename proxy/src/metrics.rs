@@ -324,6 +324,7 @@ fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::R
             ("fragment_dropped", k.rx_fragments_dropped),
             ("reassembled", k.rx_reassembled),
             ("seal_failure", k.tx_seal_failures),
+            ("cert_rejected", k.cert_rejected),
         ]
         .into_iter()
         .map(|(event, n)| ([("event", event.to_string())], n)),

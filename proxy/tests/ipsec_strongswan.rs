@@ -124,7 +124,7 @@ impl Peer {
             format!(
                 "charon {{\n\
                  \x20 load_modular = no\n\
-                 \x20 load = random nonce aes sha1 sha2 hmac gcm kdf openssl curve25519 gmp pem pkcs1 x509 kernel-libipsec kernel-netlink socket-default vici\n\
+                 \x20 load = random nonce aes sha1 sha2 hmac gcm kdf openssl curve25519 gmp pem pkcs1 pkcs8 x509 kernel-libipsec kernel-netlink socket-default vici\n\
                  \x20 retransmit_tries = 3\n\
                  \x20 retransmit_timeout = 1\n\
                  \x20 {charon_extra}\n\
@@ -449,7 +449,12 @@ struct Seen {
 /// when it is its turn.
 fn run_case(peer: &Peer, case: Case, psk: &str) -> Seen {
     peer.load(&case, "switchyard-interop-psk");
-    let mut config: DaemonConfig = resources(&case, psk)
+    run_case_with(peer, case, resources(&case, psk))
+}
+
+/// [`run_case`] with strongSwan already configured and Switchyard's side from `resources`.
+fn run_case_with(peer: &Peer, case: Case, resources: Resources) -> Seen {
+    let mut config: DaemonConfig = resources
         .daemon_config(SY_ADDR.parse().expect("address"))
         .expect("daemon config");
     assert_eq!(config.initiate.len(), usize::from(case.we_initiate));
@@ -794,6 +799,177 @@ fn ike_with_strongswan_fragments_both_ways() {
             );
         }
     }
+}
+
+/// A CA and the two ends' certificates (rcgen), PEM.
+struct TestPki {
+    ca: String,
+    sy: (String, String),
+    ss: (String, String),
+}
+
+fn test_pki(ss_alg: &'static rcgen::SignatureAlgorithm, sy_rsa: bool) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Switchyard test");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Switchyard test CA");
+    let ca = params.self_signed(&ca_key).expect("CA");
+    let leaf = |name: &str, alg: &'static rcgen::SignatureAlgorithm| {
+        let key = if alg == &rcgen::PKCS_RSA_SHA256 {
+            // ring makes no RSA keys: the ipsec crate's test key (openssl genpkey).
+            KeyPair::from_pem(include_str!(
+                "../../ipsec/src/ike/engine/tests/fixtures/rsa2048.pem"
+            ))
+            .expect("RSA key")
+        } else {
+            KeyPair::generate_for(alg).expect("key")
+        };
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    };
+    TestPki {
+        ca: ca.pem(),
+        sy: leaf(
+            "sy.example",
+            if sy_rsa {
+                &rcgen::PKCS_RSA_SHA256
+            } else {
+                &rcgen::PKCS_ECDSA_P256_SHA256
+            },
+        ),
+        ss: leaf("ss.example", ss_alg),
+    }
+}
+
+/// X.509 authentication both ways with strongSwan (SD-EWAN `authentication_method: pubkey`
+/// with the certificates inline): one CA, FQDN identities in the certificates'
+/// subjectAltNames; strongSwan with ECDSA P-256 and P-384 keys, ours ECDSA P-256 or RSA
+/// 2048, each end initiating. A certificate from another CA is refused.
+#[test]
+fn ike_with_strongswan_x509_certificates() {
+    let Some(peer) = Peer::start("ipsec_ike_x509") else {
+        return;
+    };
+    let swanctl = peer.conf_dir.join("swanctl");
+    for dir in ["x509", "x509ca", "pkcs8"] {
+        fs::create_dir_all(swanctl.join(dir)).expect("swanctl dir");
+    }
+    let (ike, ike_shown) = ike_proposal(true, "x25519");
+    let conf = || {
+        format!(
+            r#"connections {{
+  sy {{
+    version = 2
+    local_addrs = {SS_ADDR}
+    remote_addrs = {SY_ADDR}
+    proposals = {ike}
+    rekey_time = 0
+    local {{
+      auth = pubkey
+      certs = ss.pem
+      id = ss.example
+    }}
+    remote {{
+      auth = pubkey
+      id = sy.example
+    }}
+    children {{
+      net {{
+        local_ts = {SS_NET}
+        remote_ts = {SY_NET}
+        esp_proposals = {esp}
+        rekey_time = 0
+        start_action = none
+      }}
+    }}
+  }}
+}}
+"#,
+            esp = GCM128.0,
+        )
+    };
+    let mut cases = 0;
+    for (ss_alg, sy_rsa, we_initiate, foreign) in [
+        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, false),
+        (&rcgen::PKCS_ECDSA_P384_SHA384, false, false, false),
+        (&rcgen::PKCS_ECDSA_P256_SHA256, true, false, false),
+        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, true),
+    ] {
+        let pki = test_pki(ss_alg, sy_rsa);
+        let ours = if foreign {
+            test_pki(ss_alg, sy_rsa)
+        } else {
+            test_pki_same(&pki)
+        };
+        fs::write(swanctl.join("x509ca/ca.pem"), &pki.ca).expect("CA");
+        fs::write(swanctl.join("x509/ss.pem"), &pki.ss.0).expect("cert");
+        fs::write(swanctl.join("pkcs8/ss.pem"), &pki.ss.1).expect("key");
+        peer.load_conf(&conf());
+        let case = Case {
+            we_initiate,
+            ike,
+            esp: GCM128.0,
+            ike_shown,
+            esp_shown: GCM128.1,
+            fqdn_ids: true,
+            ..BASE
+        };
+        let yaml = resources_yaml(&case, PSK, SS_ADDR)
+            .replace(
+                "authentication_method: psk",
+                "authentication_method: pubkey",
+            )
+            .replace(
+                &format!("  pre_shared_key: \"{PSK}\"\n"),
+                &format!(
+                    "  local_public_cert: |\n{}  local_private_cert: |\n{}  shared_ca: |\n{}",
+                    indent(&ours.sy.0),
+                    indent(&ours.sy.1),
+                    indent(&ours.ca)
+                ),
+            );
+        let mut resources = Resources::default();
+        resources
+            .add_text(Path::new("x509.yaml"), &yaml)
+            .expect("the SD-EWAN resources parse");
+        let seen = run_case_with(&peer, case, resources);
+        if foreign {
+            assert!(
+                !seen.established || seen.child.is_none(),
+                "a certificate from another CA was accepted: {seen:?}\n{}",
+                peer.log()
+            );
+            assert!(!peer.list_sas().contains("ESTABLISHED"));
+        } else {
+            check_established(&peer, &case, &seen);
+            let k = seen.counters.expect("counters");
+            assert_eq!(k.cert_rejected, 0, "{k:?}");
+        }
+        cases += 1;
+        eprintln!("ok: x509 case {cases}: strongSwan {ss_alg:?}, our key RSA {sy_rsa}, we initiate {we_initiate}, foreign CA {foreign}");
+    }
+}
+
+/// The same PKI (our side of it).
+fn test_pki_same(pki: &TestPki) -> TestPki {
+    TestPki {
+        ca: pki.ca.clone(),
+        sy: pki.sy.clone(),
+        ss: pki.ss.clone(),
+    }
+}
+
+/// `text` indented four spaces, for a YAML block scalar under `spec:`.
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
 #[test]
