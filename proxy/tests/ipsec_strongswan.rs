@@ -2434,3 +2434,130 @@ fn sdewan_resources_from_the_kubernetes_api_with_strongswan() {
         router.stderr
     );
 }
+
+/// ESP over IPv6 with strongSwan, carrying IPv4 and IPv6 inside one CHILD_SA (selectors of
+/// both families): IKE and ESP-in-UDP between 2001:db8:2::1 and 2001:db8:2::2, pings of both
+/// families from the client to hosts behind strongSwan, and the dataplane's `esp6-*` nodes
+/// doing the work.
+#[test]
+fn esp_over_ipv6_with_strongswan_both_inner_families() {
+    const SS_NET6: &str = "2001:db8:99::/64";
+    const SS_HOST6: &str = "2001:db8:99::5";
+    const SY_NET6: &str = "2001:db8:1::/64";
+    let Some(lab) = Lab::new(
+        "ipsec_v6",
+        &[CHARON, "swanctl", "unshare", "mount", "socat"],
+    ) else {
+        return;
+    };
+    let peer = Peer::start_in(lab, common::ROUTER_S0_V6, common::SERVER_V6);
+    let mut peer = peer;
+    peer.lab
+        .exec_ok(Ns::Server, &format!("ip -6 addr add {SS_HOST6}/128 dev lo"));
+    let (ike, ike_shown) = ike_proposal(true, "x25519");
+    let conf = format!(
+        r#"connections {{
+  sy {{
+    version = 2
+    local_addrs = {ss}
+    remote_addrs = {sy}
+    proposals = {ike}
+    rekey_time = 0
+    local {{
+      auth = psk
+      id = {ss}
+    }}
+    remote {{
+      auth = psk
+      id = {sy}
+    }}
+    children {{
+      net {{
+        local_ts = {SS_NET},{SS_NET6}
+        remote_ts = {SY_NET},{SY_NET6}
+        esp_proposals = {esp}
+        rekey_time = 0
+        start_action = none
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-sy {{
+    id-1 = {ss}
+    id-2 = {sy}
+    secret = "{PSK}"
+  }}
+}}
+"#,
+        ss = common::SERVER_V6,
+        sy = common::ROUTER_S0_V6,
+        esp = GCM128.0,
+    );
+    peer.load_conf(&conf);
+    let case = Case {
+        ike,
+        esp: GCM128.0,
+        ike_shown,
+        esp_shown: GCM128.1,
+        ..BASE
+    };
+    let yaml = resources_yaml(&case, PSK, common::SERVER_V6)
+        .replace(
+            &format!("local_subnet: {SY_NET}"),
+            &format!("local_subnet: \"{SY_NET},{SY_NET6}\""),
+        )
+        .replace(
+            &format!("remote_subnet: {SS_NET}"),
+            &format!("remote_subnet: \"{SS_NET},{SS_NET6}\""),
+        );
+    assert!(yaml.contains(SS_NET6) && yaml.contains(SY_NET6), "{yaml}");
+    let manifest = peer.lab.dir.join("ipsec.yaml");
+    fs::write(&manifest, yaml).expect("write the SD-EWAN resources");
+    peer.lab.keep_node_kernel_off_ports();
+    let manifest = manifest.display().to_string();
+    let route4 = format!("{SS_NET}={}", common::SERVER_V4);
+    let route6 = format!("{SS_NET6}={}", common::SERVER_V6);
+    peer.lab.start_router(
+        common::Driver::AfPacket,
+        &[
+            "--punt-tun",
+            "sy0",
+            "--ipsec",
+            &manifest,
+            "--route",
+            &route4,
+            "--route",
+            &route6,
+        ],
+    );
+    let listed = wait_installed(&peer, Duration::from_secs(20)).unwrap_or_else(|| {
+        let out = peer.lab.stop_router();
+        panic!(
+            "no CHILD_SA over IPv6:\n{}\n{}",
+            out.map(|o| o.to_string()).unwrap_or_default(),
+            peer.log()
+        )
+    });
+    assert!(listed.contains(common::SERVER_V6), "{listed}");
+    peer.lab.assert_ping(Ns::Client, SS_HOST);
+    let (ok, out) = peer.lab.ping(Ns::Client, "-c 3 -i 0.2 -W 2", SS_HOST6);
+    assert!(
+        ok,
+        "ping6 through the tunnel:\n{out}\n{}\n{}",
+        peer.list_sas(),
+        peer.log()
+    );
+    let (ok, out) = peer.lab.ping(
+        Ns::Server,
+        &format!("-c 3 -i 0.2 -W 2 -I {SS_HOST6}"),
+        common::CLIENT_V6,
+    );
+    assert!(ok, "ping6 from behind strongSwan to the client:\n{out}");
+    let out = peer.lab.finish().expect("router output");
+    assert!(
+        out.stdout.contains("esp6-encrypt") && out.stdout.contains("esp6-decrypt"),
+        "{}",
+        out.stdout
+    );
+}

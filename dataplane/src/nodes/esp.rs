@@ -24,13 +24,17 @@
 //!
 //! Each node keeps the per-worker state of the SAs (prepared ciphers, sequence numbers,
 //! replay windows) by SPI. An SA's state is made on its first packet (the one allocation,
-//! once per SA) and dropped when the tables no longer name the SA.
+//! once per SA) and dropped when the tables no longer name the SA. The two encrypt nodes of
+//! a worker share one such state ([`OutboundState`]): an SA whose selectors name both
+//! families carries IPv4 and IPv6 inner packets, which reach it through different nodes, and
+//! must still number them from one sequence (the peer's replay window would refuse the
+//! second family's packets otherwise).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use fnv::FnvBuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use switchyard_ipsec::crypto::{CryptoBackend, CryptoError, SoftwareBackend, SymOp, SymParams};
 use switchyard_ipsec::esp::{self, Direction, EspError, ReplayError, Sa};
@@ -179,18 +183,52 @@ impl SaCache {
     }
 }
 
+/// The outbound SA state one worker's `esp4-encrypt` and `esp6-encrypt` share (see the
+/// module documentation). Each node takes it for the length of a vector (one uncontended
+/// lock per vector, never per packet).
+#[derive(Debug, Clone)]
+pub struct OutboundState(Arc<Mutex<SaCache>>);
+
+impl OutboundState {
+    /// Empty, with ESP crypto on `backend`.
+    pub fn new(backend: Arc<dyn CryptoBackend>) -> Self {
+        Self(Arc::new(Mutex::new(SaCache::new(backend))))
+    }
+}
+
 /// The encrypt node of IPv4 (`V6 = false`) or IPv6.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EspEncrypt<const V6: bool> {
+    shared: OutboundState,
+    /// The shared state while the node runs a vector; an empty stand-in between vectors.
     cache: SaCache,
     /// This vector's packets between the halves of their encapsulation.
     pending: Vec<Pending<EncryptWork>>,
 }
 
+impl<const V6: bool> Default for EspEncrypt<V6> {
+    /// Crypto in software, state of its own.
+    fn default() -> Self {
+        Self::sharing(&OutboundState::new(Arc::new(SoftwareBackend::new())))
+    }
+}
+
 impl<const V6: bool> EspEncrypt<V6> {
-    /// The node with ESP crypto on `backend`.
+    /// The node with ESP crypto on `backend` and outbound state of its own (a graph with one
+    /// encrypt node).
     pub fn new(backend: Arc<dyn CryptoBackend>) -> Self {
+        Self::sharing(&OutboundState::new(backend))
+    }
+
+    /// The node with `state`, shared with the worker's other encrypt node.
+    pub fn sharing(state: &OutboundState) -> Self {
+        let backend = state
+            .0
+            .lock()
+            .map(|c| Arc::clone(&c.backend))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner().backend));
         Self {
+            shared: state.clone(),
             cache: SaCache::new(backend),
             pending: Vec::new(),
         }
@@ -418,6 +456,22 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for EspEncrypt<V6> {
     );
 
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let shared = Arc::clone(&self.shared.0);
+        // Every update is complete when the lock is released: a poisoned one is still sound.
+        let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut self.cache, &mut state);
+        self.run_vector(cx, pkts, next);
+        std::mem::swap(&mut self.cache, &mut state);
+    }
+}
+
+impl<const V6: bool> EspEncrypt<V6> {
+    fn run_vector<B: PacketBuffer>(
+        &mut self,
+        cx: &mut Context<'_, B>,
+        pkts: &mut [Packet<B>],
+        next: &mut [NextIndex],
+    ) {
         let Some(ipsec) = cx.tables.ipsec.clone() else {
             self.cache.forget_all();
             next.fill(EncryptNext::Rewrite as NextIndex);

@@ -90,11 +90,13 @@ pub fn ipsec_router_graph_with<B: PacketBuffer + 'static>(
     ports: usize,
     backend: Arc<dyn CryptoBackend>,
 ) -> Result<Graph<B>, GraphError> {
+    // One outbound state for both encrypt nodes: an SA may carry both inner families.
+    let outbound = esp::OutboundState::new(Arc::clone(&backend));
     let nodes = router_nodes(vec![
         Box::new(esp::Esp4Decrypt::new(Arc::clone(&backend))),
-        Box::new(esp::Esp6Decrypt::new(Arc::clone(&backend))),
-        Box::new(esp::Esp4Encrypt::new(Arc::clone(&backend))),
-        Box::new(esp::Esp6Encrypt::new(backend)),
+        Box::new(esp::Esp6Decrypt::new(backend)),
+        Box::new(esp::Esp4Encrypt::sharing(&outbound)),
+        Box::new(esp::Esp6Encrypt::sharing(&outbound)),
     ]);
     let mut graph = Graph::new(nodes, "ethernet-input", ports)?;
     graph.splice("ip4-lookup", "ip4-rewrite", "esp4-encrypt")?;

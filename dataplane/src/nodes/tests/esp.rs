@@ -528,6 +528,49 @@ fn ipv4_over_an_ipv6_tunnel() {
     assert_eq!(packet[d.inner.start] >> 4, 4);
 }
 
+/// One SA whose selectors name both families: IPv4 and IPv6 inner packets reach it through
+/// `esp4-encrypt` and `esp6-encrypt`, and still get one sequence of numbers (the peer's
+/// replay window refused the second family's packets when each node counted its own).
+#[test]
+fn both_inner_families_share_one_sa_sequence() {
+    let mut r = rig(GCM, true);
+    r.tables.fib.insert(
+        "2001:db8:99::/48".parse().unwrap(),
+        Route::Attached { port: 1 },
+    );
+    let mut t = ipsec(&r).clone();
+    t.outbound[0]
+        .local_ts
+        .push(ts("2001:db8:1::", "2001:db8:1::ffff"));
+    t.outbound[0]
+        .remote_ts
+        .push(ts("2001:db8:99::", "2001:db8:99::ffff"));
+    r.tables.ipsec = Some(Arc::new(t));
+    let v4_frame = eth(MAC0, CLIENT_MAC, 0x0800, &echo(CLIENT, REMOTE_HOST, 64, 20));
+    let v6_frame = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x86dd,
+        &echo6(v6("2001:db8:1::2"), v6("2001:db8:99::2"), 64),
+    );
+    let mut peer = peer_inbound(GCM);
+    for (round, frame) in [&v4_frame, &v6_frame, &v4_frame, &v6_frame]
+        .iter()
+        .enumerate()
+    {
+        let out = r.send(0, frame);
+        assert_eq!(out.len(), 1, "round {round}");
+        let mut packet = out[0].1[14..].to_vec();
+        // The replay window of one receiver takes all four in order: 1, 2, 3, 4.
+        let d = esp::decapsulate(&mut peer, &mut packet, 0)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let family = packet[d.inner.start] >> 4;
+        assert_eq!(family, if round % 2 == 0 { 4 } else { 6 });
+    }
+    assert_eq!(r.count("esp4-encrypt", "encrypted"), 2);
+    assert_eq!(r.count("esp6-encrypt", "encrypted"), 2);
+}
+
 /// Sends all `frames` in on `port` as one vector and returns what comes out.
 fn send_vector(r: &mut Rig, port: u16, frames: &[Vec<u8>]) -> Vec<(u16, Vec<u8>)> {
     for f in frames {
