@@ -113,6 +113,13 @@ impl Session {
         &self.cfg
     }
 
+    /// The graceful-restart capability of our next OPEN (the Restart
+    /// State and Forwarding State bits change once our own restart is
+    /// over); a session already past OpenSent keeps what it sent.
+    pub fn set_graceful_restart(&mut self, gr: Option<crate::config::GracefulRestartConfig>) {
+        self.cfg.graceful_restart = gr;
+    }
+
     /// Set from OpenConfirm on: what both ends agreed.
     pub fn negotiated(&self) -> Option<&Negotiated> {
         self.negotiated.as_ref()
@@ -158,6 +165,18 @@ impl Session {
             Event::TcpClosed => match self.state {
                 State::Idle => {}
                 State::Connect | State::Active => {
+                    self.state = State::Active;
+                    out.push(self.arm_connect_retry());
+                }
+                // RFC 4271 §8.2.2: the connection failed before the peer's
+                // OPEN: listen for the peer's own connection (Active)
+                // until ConnectRetry, not in Idle. A peer that closes
+                // connections while it is itself busy (a restart) then
+                // gets us at its next attempt.
+                State::OpenSent => {
+                    out.push(Action::Disconnect);
+                    out.push(Action::CancelTimer(Timer::Hold));
+                    self.framer.clear();
                     self.state = State::Active;
                     out.push(self.arm_connect_retry());
                 }

@@ -246,3 +246,30 @@ fn connect_failure_and_retry() {
     assert!(!acts.contains(&Action::Connect));
     assert_eq!(p.state(), State::Active);
 }
+
+/// RFC 4271 §8.2.2: a connection that fails in OpenSent (the peer closed
+/// it before its OPEN, as a restarting peer does) leaves us in Active,
+/// listening for the peer's own connection, not in Idle refusing it.
+#[test]
+fn connection_lost_in_open_sent_goes_to_active() {
+    let mut s = Session::new(cfg(65000, 1, 65001));
+    s.handle(Event::ManualStart);
+    s.handle(Event::TcpConnected);
+    assert_eq!(s.state(), State::OpenSent);
+    let a = s.handle(Event::TcpClosed);
+    assert_eq!(s.state(), State::Active);
+    assert!(a.contains(&Action::Disconnect), "{a:?}");
+    assert!(a.contains(&Action::CancelTimer(Timer::Hold)), "{a:?}");
+    assert!(
+        a.contains(&Action::ArmTimer(
+            Timer::ConnectRetry,
+            Duration::from_secs(120)
+        )),
+        "{a:?}"
+    );
+    assert!(!a.iter().any(|x| matches!(x, Action::SessionDown(_))));
+    assert_eq!(notification_sent(&a), None);
+    // The peer's connection is taken at once.
+    assert!(!sent(&s.handle(Event::TcpConnected)).is_empty());
+    assert_eq!(s.state(), State::OpenSent);
+}

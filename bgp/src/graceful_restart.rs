@@ -1,5 +1,5 @@
-//! Graceful restart, the Receiving Speaker's side (RFC 4724 §4.2), sans
-//! IO: when a peer that can restart loses its session without a
+//! Graceful restart, the Receiving Speaker's side (RFC 4724 §4.2; our own
+//! restart is [`crate::restarting`]), sans IO: when a peer that can restart loses its session without a
 //! NOTIFICATION, keep forwarding along what it taught us until it is
 //! back and has said everything again.
 //!

@@ -40,6 +40,14 @@
 //! OPEN arrives, keep the connection [`collision::connection_to_keep`]
 //! names and stop the other with Cease / Connection Collision Resolution.
 //!
+//! Our own restart (RFC 4724 §4.1, the Restarting Speaker) is
+//! [`restarting::SelectionDeferral`], one for the speaker while it
+//! restarts: fed configured peers, their sessions' capabilities, their
+//! End-of-RIB markers and its timer, it says per family when route
+//! selection may replace the routes restored from the saved state
+//! ([`restart_state`]) and when our UPDATEs and End-of-RIB may go to the
+//! peers that waited for them.
+//!
 //! [`speaker`] is that shell, on tokio: `Speaker::start(config)` gives a
 //! `SpeakerHandle` (advertise/withdraw/`set_local_routes`, neighbors,
 //! routes, shutdown, and peers added, changed or removed at run time with
@@ -88,6 +96,10 @@ pub mod open;
 pub mod policy;
 #[cfg(test)]
 mod proptests;
+pub mod restart_state;
+pub mod restarting;
+#[cfg(test)]
+mod restarting_tests;
 #[cfg(test)]
 mod rfc7606_tests;
 pub mod rib;

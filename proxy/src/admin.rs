@@ -880,6 +880,7 @@ pub fn bgp(b: &BgpSnapshot, now: SystemTime) -> Value {
                         "best": p.best,
                         "multipath": p.multipath,
                         "stale": p.stale,
+                        "restored": p.restored,
                     })
                 })
                 .collect();
@@ -901,6 +902,25 @@ pub fn bgp(b: &BgpSnapshot, now: SystemTime) -> Value {
         "installed": b.installed,
         "annotation_errors": b.annotation_errors,
         "annotation_problems": b.annotation_problems,
+        "graceful_restart": bgp_restart(&b.restart),
+    })
+}
+
+/// Our own graceful restart (RFC 4724 §4.1).
+fn bgp_restart(r: &switchyard_bgp::speaker::RestartStatus) -> Value {
+    let family = |f: &switchyard_bgp::config::Family| match f {
+        switchyard_bgp::config::Family::Ipv4Unicast => "ipv4",
+        switchyard_bgp::config::Family::Ipv6Unicast => "ipv6",
+    };
+    json!({
+        "enabled": r.enabled,
+        "restarted": r.restarted,
+        "deferring": !r.deferred.is_empty(),
+        "deferred_families": r.deferred.iter().map(family).collect::<Vec<_>>(),
+        "waiting_for_end_of_rib": r.waiting_for.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "deferral_seconds_left": r.deferral_left.map(|d| d.as_secs()),
+        "restored_routes": r.restored_routes,
+        "start": r.start_note,
     })
 }
 

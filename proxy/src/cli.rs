@@ -212,6 +212,38 @@ pub struct AgentArgs {
     )]
     pub bgp_ibgp_mesh: bool,
 
+    /// Restart gracefully (RFC 4724 as the restarting speaker): keep the learned routes the
+    /// FIB holds and a heartbeat in DIR/bgp-restart-state, announce graceful restart for our
+    /// families so peers keep our routes while the agent restarts, and on a start within
+    /// --bgp-graceful-restart-time of the last run put the saved routes back into the FIB at
+    /// once and defer route selection until the peers' End-of-RIB. Off when not given (we
+    /// then only help restarting peers). DIR must outlive the process (a hostPath volume in
+    /// a pod).
+    #[arg(long, value_name = "DIR", requires = "bgp_asn", help_heading = "BGP")]
+    pub bgp_state_dir: Option<PathBuf>,
+
+    /// With --bgp-state-dir: the Restart Time we announce, how long peers keep our routes
+    /// while we are away (1-4095 seconds).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = switchyard_bgp::restarting::DEFAULT_RESTART_TIME_SECS,
+        requires = "bgp_asn",
+        help_heading = "BGP"
+    )]
+    pub bgp_graceful_restart_time: u16,
+
+    /// With --bgp-state-dir: after a graceful restart, the longest wait for the peers'
+    /// End-of-RIB before route selection runs anyway (the Selection_Deferral_Timer).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = switchyard_bgp::restarting::DEFAULT_SELECTION_DEFERRAL_SECS,
+        requires = "bgp_asn",
+        help_heading = "BGP"
+    )]
+    pub bgp_selection_deferral_time: u16,
+
     /// The dataplane: ports, addresses, routes as for `switchyard router`.
     #[command(flatten)]
     pub router: RouterArgs,

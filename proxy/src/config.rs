@@ -87,6 +87,9 @@ pub struct BgpConfig {
     multipath: Option<usize>,
     cluster_id: Option<String>,
     ibgp_mesh: Option<bool>,
+    state_dir: Option<PathBuf>,
+    graceful_restart_time: Option<u16>,
+    selection_deferral_time: Option<u16>,
 }
 
 /// One entry of `bgp.peers`: the parts of a `--bgp-peer` value, as keys.
@@ -328,6 +331,27 @@ impl BgpConfig {
         }
         if let Some(v) = self.ibgp_mesh.filter(|_| set("bgp_ibgp_mesh")) {
             args.bgp_ibgp_mesh = v;
+        }
+        if let Some(v) = self.state_dir.filter(|_| set("bgp_state_dir")) {
+            args.bgp_state_dir = Some(v);
+        }
+        if let Some(v) = self
+            .graceful_restart_time
+            .filter(|_| set("bgp_graceful_restart_time"))
+        {
+            if !(1..=4095).contains(&v) {
+                bail!("bgp.gracefulRestartTime: {v} is not 1-4095 seconds");
+            }
+            args.bgp_graceful_restart_time = v;
+        }
+        if let Some(v) = self
+            .selection_deferral_time
+            .filter(|_| set("bgp_selection_deferral_time"))
+        {
+            if v == 0 {
+                bail!("bgp.selectionDeferralTime: must be at least 1 second");
+            }
+            args.bgp_selection_deferral_time = v;
         }
         // Without an AS number the other BGP settings would be silently ignored.
         if args.bgp_asn.is_none() {
@@ -618,6 +642,58 @@ bgp:
         crate::servers::Config::from_args(&a).unwrap();
     }
 
+    /// `bgp.stateDir` and the graceful-restart times, as their flags.
+    #[test]
+    fn graceful_restart_keys() {
+        let a = agent(
+            &[],
+            "bgp: {asn: 65000, stateDir: /run/sy/bgp, gracefulRestartTime: 90, \
+             selectionDeferralTime: 200}\n",
+        )
+        .unwrap();
+        assert_eq!(a.bgp_state_dir, Some(PathBuf::from("/run/sy/bgp")));
+        assert_eq!(
+            (a.bgp_graceful_restart_time, a.bgp_selection_deferral_time),
+            (90, 200)
+        );
+        let s = crate::agent::bgp::Settings::from_args(&a).unwrap().unwrap();
+        let r = s.restart.unwrap();
+        assert_eq!(r.restart_time, 90);
+        assert_eq!(r.selection_deferral, std::time::Duration::from_secs(200));
+        // Defaults: off, 120 s, 360 s.
+        let a = agent(&["--bgp-asn", "65000"], "").unwrap();
+        assert_eq!(a.bgp_state_dir, None);
+        assert_eq!(
+            (a.bgp_graceful_restart_time, a.bgp_selection_deferral_time),
+            (120, 360)
+        );
+        let s = crate::agent::bgp::Settings::from_args(&a).unwrap().unwrap();
+        assert!(s.restart.is_none());
+        for (yaml, want) in [
+            (
+                "bgp: {asn: 1, gracefulRestartTime: 0}\n",
+                "bgp.gracefulRestartTime",
+            ),
+            (
+                "bgp: {asn: 1, gracefulRestartTime: 4096}\n",
+                "bgp.gracefulRestartTime",
+            ),
+            (
+                "bgp: {asn: 1, selectionDeferralTime: 0}\n",
+                "bgp.selectionDeferralTime",
+            ),
+        ] {
+            let e = err(&[], yaml);
+            assert!(e.contains(want), "{yaml:?}: {e:?} lacks {want:?}");
+        }
+        let a = agent(
+            &["--bgp-asn", "1", "--bgp-graceful-restart-time", "5000"],
+            "",
+        )
+        .unwrap();
+        assert!(crate::agent::bgp::Settings::from_args(&a).is_err());
+    }
+
     #[test]
     fn flags_override_the_file() {
         let a = agent(
@@ -783,6 +859,9 @@ bgp:
             "bgp_multipath",
             "bgp_cluster_id",
             "bgp_ibgp_mesh",
+            "bgp_state_dir",
+            "bgp_graceful_restart_time",
+            "bgp_selection_deferral_time",
             "config",
         ];
         let cmd = Cli::command();

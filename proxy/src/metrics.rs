@@ -461,6 +461,23 @@ fn bgp_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Res
         "Bad Node BGP annotations seen (the node's last good settings stay in force).",
         None,
         b.annotation_errors,
+    )?;
+    if !b.restart.enabled {
+        return Ok(());
+    }
+    gauge(
+        enc,
+        "switchyard_bgp_restart_deferral",
+        "1 while route selection is deferred after our own graceful restart (RFC 4724).",
+        None,
+        u64::from(!b.restart.deferred.is_empty()),
+    )?;
+    gauge(
+        enc,
+        "switchyard_bgp_restored_routes",
+        "Learned routes restored from the saved state into the FIB, awaiting route selection.",
+        None,
+        b.restart.restored_routes as u64,
     )
 }
 
@@ -1043,6 +1060,7 @@ pub(crate) mod tests {
             best,
             multipath: true,
             stale: false,
+            restored: false,
         };
         shared.update_bgp(|b| {
             b.enabled = true;
@@ -1066,6 +1084,37 @@ pub(crate) mod tests {
                 vec!["Node node-a: kube-router.io/peer.asns: \"0\" is not an AS number".into()];
         });
         shared
+    }
+
+    /// Our own graceful restart: the deferral gauge and the restored routes, only with
+    /// `--bgp-state-dir`.
+    #[test]
+    fn bgp_restart_gauges() {
+        let shared = bgp_shared();
+        let text = Metrics::new(Arc::clone(&shared))
+            .render(Format::OpenMetrics)
+            .unwrap();
+        assert!(!text.contains("switchyard_bgp_restart_deferral"), "{text}");
+        shared.update_bgp(|b| {
+            b.restart = switchyard_bgp::speaker::RestartStatus {
+                enabled: true,
+                restarted: true,
+                deferred: vec![switchyard_bgp::config::Family::Ipv4Unicast],
+                waiting_for: vec!["198.18.2.2".parse().unwrap()],
+                deferral_left: Some(std::time::Duration::from_secs(300)),
+                restored_routes: 7,
+                start_note: String::new(),
+            }
+        });
+        let text = Metrics::new(shared).render(Format::OpenMetrics).unwrap();
+        assert!(
+            text.contains("switchyard_bgp_restart_deferral 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_bgp_restored_routes 7\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -559,6 +559,35 @@ fn bgp(data: &Value) -> String {
         cell(&data["advertised"]),
         cell(&data["installed"]),
     );
+    let gr = &data["graceful_restart"];
+    if gr["enabled"].as_bool() == Some(true) {
+        if gr["deferring"].as_bool() == Some(true) {
+            let families: Vec<String> = items(&gr["deferred_families"]).iter().map(cell).collect();
+            let waiting: Vec<String> = items(&gr["waiting_for_end_of_rib"])
+                .iter()
+                .map(cell)
+                .collect();
+            out.push_str(&format!(
+                "graceful restart: IN RESTART DEFERRAL for {} ({} restored routes in the FIB; \
+                 waiting for End-of-RIB from {}; timer {} s left)\n",
+                families.join(", "),
+                cell(&gr["restored_routes"]),
+                if waiting.is_empty() {
+                    "no peer yet".to_string()
+                } else {
+                    waiting.join(", ")
+                },
+                cell(&gr["deferral_seconds_left"]),
+            ));
+        } else {
+            out.push_str(&format!(
+                "graceful restart: on, not deferring ({})
+",
+                cell(&gr["start"])
+            ));
+        }
+        out.push('\n');
+    }
     for p in items(&data["annotation_problems"]) {
         out.push_str(&format!("ignored (last good settings kept): {}\n", cell(p)));
     }
@@ -604,7 +633,9 @@ fn bgp(data: &Value) -> String {
                 (_, Some(true)) => "*=",
                 _ => "",
             };
-            let stale = if p["stale"].as_bool() == Some(true) {
+            let stale = if p["restored"].as_bool() == Some(true) {
+                "R"
+            } else if p["stale"].as_bool() == Some(true) {
                 "S"
             } else {
                 ""
@@ -621,6 +652,7 @@ fn bgp(data: &Value) -> String {
                 cell(&p["next_hop"]),
                 match p["peer"].as_str() {
                     Some(peer) => peer.to_string(),
+                    None if p["restored"].as_bool() == Some(true) => "restored".into(),
                     None => "local".into(),
                 },
                 cell(&p["local_pref"]),
@@ -644,7 +676,10 @@ fn bgp(data: &Value) -> String {
             cell(&data["routes_total"])
         ));
     }
-    out.push_str("*> best, *= multipath (ECMP), S stale (kept while the peer restarts)\n");
+    out.push_str(
+        "*> best, *= multipath (ECMP), S stale (kept while the peer restarts), \
+         R restored (saved before our restart, until route selection)\n",
+    );
     out
 }
 
@@ -700,6 +735,8 @@ fn sync(data: &Value) -> String {
 mod tests {
     use super::*;
     use std::time::SystemTime;
+    use switchyard_bgp::config::Family;
+    use switchyard_bgp::speaker::{RouteEntry, RoutePath};
 
     fn data(what: &str) -> Value {
         let shared = crate::metrics::tests::sample_shared();
@@ -771,6 +808,58 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("*=                  198.18.2.3"), "{s}");
+        assert!(!s.contains("graceful restart"), "{s}");
+
+        // In deferral after our own restart, with a restored route.
+        shared.update_bgp(|b| {
+            b.restart = switchyard_bgp::speaker::RestartStatus {
+                enabled: true,
+                restarted: true,
+                deferred: Family::ALL.to_vec(),
+                waiting_for: vec!["198.18.2.2".parse().unwrap()],
+                deferral_left: Some(std::time::Duration::from_secs(300)),
+                restored_routes: 1,
+                start_note: "graceful restart: state saved 3s ago, 1 routes restored".into(),
+            };
+            b.routes.push(RouteEntry {
+                prefix: "198.19.0.0/16".parse().unwrap(),
+                paths: vec![RoutePath {
+                    peer: None,
+                    next_hop: Some("198.18.2.9".parse().unwrap()),
+                    as_path: vec![],
+                    local_pref: None,
+                    med: None,
+                    best: true,
+                    multipath: true,
+                    stale: true,
+                    restored: true,
+                }],
+            });
+        });
+        let v = crate::admin::answer(&shared, "bgp", SystemTime::now());
+        assert_eq!(v["data"]["graceful_restart"]["deferring"], true, "{v}");
+        let s = render(ShowWhat::Bgp, &v["data"]);
+        assert!(
+            s.contains(
+                "graceful restart: IN RESTART DEFERRAL for ipv4, ipv6 (1 restored routes in the \
+                 FIB; waiting for End-of-RIB from 198.18.2.2; timer 300 s left)"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("R*>  198.19.0.0/16   198.18.2.9  restored"),
+            "{s}"
+        );
+        shared.update_bgp(|b| {
+            b.restart.deferred.clear();
+            b.restart.waiting_for.clear();
+        });
+        let v = crate::admin::answer(&shared, "bgp", SystemTime::now());
+        let s = render(ShowWhat::Bgp, &v["data"]);
+        assert!(
+            s.contains("graceful restart: on, not deferring (graceful restart: state saved"),
+            "{s}"
+        );
     }
 
     #[test]

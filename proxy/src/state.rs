@@ -173,6 +173,8 @@ pub struct BgpSnapshot {
     /// The bad Node BGP annotations now in place, one line per node (each node's last good
     /// settings stand in for them).
     pub annotation_problems: Vec<String>,
+    /// Our own graceful restart (`--bgp-state-dir`): deferral of route selection.
+    pub restart: switchyard_bgp::speaker::RestartStatus,
 }
 
 /// Most traced packets one `switchyard trace` collects.

@@ -2,9 +2,10 @@
 
 use super::conn::{self, Conn, ConnectParams, Input};
 use super::peer_set::{self, PeerSetDiff};
+use super::state_file::{self, Loaded};
 use super::{
-    BestPaths, Command, LocalRoute, NeighborStatus, PeerChanges, PeerConfig, RouteEntry, RoutePath,
-    SpeakerConfig, SpeakerError, SpeakerEvent,
+    BestPaths, Command, LocalRoute, NeighborStatus, PeerChanges, PeerConfig, RestartConfig,
+    RestartStatus, RouteEntry, RoutePath, SpeakerConfig, SpeakerError, SpeakerEvent,
 };
 use crate::attrs::{AsPath, AsSegment, Origin, PathAttrs};
 use crate::capability::Negotiated;
@@ -13,6 +14,8 @@ use crate::config::{Family, GracefulRestartConfig, SessionConfig};
 use crate::fsm::{Action, DownReason, Event, Session, State, Timer};
 use crate::graceful_restart::{GrAction, GrEvent, GrHelper, GrTimer};
 use crate::notification::{cease, Notification};
+use crate::restart_state::RestartState;
+use crate::restarting::{DeferralAction, DeferralEvent, SelectionDeferral};
 use crate::rib::adj_out::AdjRibOut;
 use crate::rib::decision::DecisionConfig;
 use crate::rib::{Path, PeerId, PeerInfo, Rib, RibConfig, RibPrefix, Table};
@@ -22,7 +25,7 @@ use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -31,6 +34,13 @@ use tokio::time::Instant;
 /// Reads queued for the core; a full queue stops the readers, and TCP
 /// flow control then slows the peers.
 const INPUT_QUEUE: usize = 256;
+
+/// How often the restart state file is touched (our heartbeat) or, when
+/// the FIB changed, rewritten...
+const STATE_TICK: Duration = Duration::from_secs(1);
+/// ...but rewritten at most this often, for large tables that keep
+/// changing.
+const STATE_MIN_REWRITE: Duration = Duration::from_secs(5);
 
 /// Binds the listener and spawns the core; returns the bound address.
 pub(super) fn spawn(
@@ -127,13 +137,23 @@ struct Peer {
     gr: GrHelper,
     gr_timers: [Option<Instant>; 2],
     adj_out: AdjRibOut,
+    /// Families whose initial UPDATEs and End-of-RIB wait for our own
+    /// restart's route selection (RFC 4724 §4.1).
+    held: Vec<Family>,
     up_since: Option<Instant>,
     flaps: u64,
     last_error: Option<String>,
 }
 
 impl Peer {
-    fn new(cfg: PeerConfig, local_as: u32, router_id: Ipv4Addr) -> Self {
+    /// `gr`: the capability we announce if graceful restart is on for
+    /// this peer (see [`Core::gr_capability`]).
+    fn new(
+        cfg: PeerConfig,
+        local_as: u32,
+        router_id: Ipv4Addr,
+        gr: Option<GracefulRestartConfig>,
+    ) -> Self {
         let session_cfg = SessionConfig {
             local_as,
             router_id,
@@ -144,9 +164,7 @@ impl Peer {
             passive: cfg.passive,
             families: cfg.families.clone(),
             route_refresh: true,
-            graceful_restart: cfg
-                .graceful_restart
-                .then(GracefulRestartConfig::helper_only),
+            graceful_restart: gr.filter(|_| cfg.graceful_restart),
             add_path: cfg.add_path.clone(),
             extended_message: true,
         };
@@ -166,6 +184,7 @@ impl Peer {
             gr,
             gr_timers: [None; 2],
             adj_out: AdjRibOut::default(),
+            held: Vec::new(),
             up_since: None,
             flaps: 0,
             last_error: None,
@@ -215,6 +234,39 @@ struct Core {
     next_conn: u64,
     next_attempt: u64,
     stopping: bool,
+    /// Our own graceful restart (RFC 4724 §4.1); `None`: helper only.
+    restart: Option<Restart>,
+}
+
+/// The restarting speaker's state.
+#[derive(Debug)]
+struct Restart {
+    cfg: RestartConfig,
+    /// This start is a graceful restart.
+    restarted: bool,
+    start_note: String,
+    /// Present from a graceful restart on; deferring until it completes.
+    deferral: Option<SelectionDeferral>,
+    deferral_timer: Option<Instant>,
+    /// The saved learned routes of the families still deferred: what the
+    /// FIB holds for them until selection runs.
+    restored: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// The FIB changed since the state file was last written.
+    dirty: bool,
+    last_write: Option<Instant>,
+    next_tick: Instant,
+    /// The write in flight, if any (writes never overlap).
+    writing: Option<JoinHandle<()>>,
+}
+
+impl Restart {
+    fn deferring(&self) -> bool {
+        self.deferral.as_ref().is_some_and(|d| d.deferring())
+    }
+
+    fn is_deferred(&self, f: Family) -> bool {
+        self.deferral.as_ref().is_some_and(|d| d.is_deferred(f))
+    }
 }
 
 fn new_rib(local_as: u32, router_id: Ipv4Addr, cluster_id: Option<Ipv4Addr>, max: usize) -> Rib {
@@ -243,10 +295,12 @@ impl Core {
             cfg.cluster_id,
             cfg.multipath_max,
         );
+        let restart = cfg.restart.map(Restart::load);
+        let gr = gr_capability(restart.as_ref());
         let peers = cfg
             .peers
             .into_iter()
-            .map(|p| Peer::new(p, cfg.local_as, cfg.router_id))
+            .map(|p| Peer::new(p, cfg.local_as, cfg.router_id, gr.clone()))
             .collect();
         Self {
             local_as: cfg.local_as,
@@ -263,10 +317,43 @@ impl Core {
             next_conn: 0,
             next_attempt: 0,
             stopping: false,
+            restart,
         }
     }
 
+    /// Starts the deferral of a graceful restart: the restored routes go
+    /// to the FIB at once, and the timer runs.
+    fn start_restart(&mut self) {
+        let Some(r) = self.restart.as_mut() else {
+            return;
+        };
+        if !r.restarted {
+            return;
+        }
+        let counted = self
+            .peers
+            .iter()
+            .filter(|p| p.cfg.graceful_restart)
+            .map(|p| p.cfg.address);
+        let (d, actions) =
+            SelectionDeferral::start(&Family::ALL, counted, r.cfg.selection_deferral);
+        r.deferral = Some(d);
+        let restored: Vec<BestPaths> = r
+            .restored
+            .iter()
+            .map(|(prefix, hops)| BestPaths {
+                prefix: *prefix,
+                next_hops: hops.clone(),
+            })
+            .collect();
+        if !restored.is_empty() {
+            self.emit(SpeakerEvent::BestPathsChanged(restored));
+        }
+        self.deferral_actions(actions);
+    }
+
     async fn run(&mut self, mut cmd_rx: mpsc::Receiver<Command>, mut in_rx: mpsc::Receiver<Input>) {
+        self.start_restart();
         for i in 0..self.peers.len() {
             let a = self.peers[i].main.session.handle(Event::ManualStart);
             self.dispatch(i, Which::Main, a);
@@ -277,9 +364,13 @@ impl Core {
                 biased;
                 _ = sleep_until(next) => self.fire_timers(),
                 c = cmd_rx.recv() => match c {
-                    None => return self.stop_all(),
-                    Some(Command::Shutdown(done)) => {
-                        self.stop_all();
+                    None => {
+                        self.save_state_now().await;
+                        return self.stop_all(false);
+                    }
+                    Some(Command::Shutdown(for_restart, done)) => {
+                        self.save_state_now().await;
+                        self.stop_all(for_restart);
                         let _ = done.send(());
                         return;
                     }
@@ -302,11 +393,32 @@ impl Core {
             .flat_map(|p| std::iter::once(&p.main).chain(p.other.as_ref()))
             .flat_map(|s| s.timers.iter().flatten());
         let restarts = self.peers.iter().flat_map(|p| p.gr_timers.iter().flatten());
-        sessions.chain(restarts).min().copied()
+        let ours = self
+            .restart
+            .iter()
+            .flat_map(|r| r.deferral_timer.iter().chain(std::iter::once(&r.next_tick)));
+        sessions.chain(restarts).chain(ours).min().copied()
     }
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if let Some(r) = self.restart.as_mut() {
+            if r.deferral_timer.is_some_and(|d| d <= now) {
+                r.deferral_timer = None;
+                let a = r
+                    .deferral
+                    .as_mut()
+                    .map(|d| d.handle(DeferralEvent::TimerExpired))
+                    .unwrap_or_default();
+                tracing::info!(
+                    "bgp: selection deferral timer expired; route selection runs without every End-of-RIB"
+                );
+                self.deferral_actions(a);
+            }
+        }
+        if self.restart.as_ref().is_some_and(|r| r.next_tick <= now) {
+            self.state_tick(now);
+        }
         for i in 0..self.peers.len() {
             for which in [Which::Main, Which::Other] {
                 for t in TIMERS {
@@ -592,6 +704,10 @@ impl Core {
                         if let Some(f) = u.end_of_rib {
                             let a = self.peers[i].gr.handle(GrEvent::EndOfRib(f));
                             self.graceful_restart(i, a);
+                            let peer = self.peers[i].cfg.address;
+                            let d =
+                                self.deferral_event(DeferralEvent::EndOfRib { peer, family: f });
+                            self.deferral_actions(d);
                         }
                     }
                 }
@@ -682,6 +798,18 @@ impl Core {
             neg.add_path_tx(Family::Ipv6Unicast),
         );
         let families = neg.families.clone();
+        // RFC 4724 §4.1: while our own route selection is deferred, a
+        // peer that keeps our routes across our restart gets our UPDATEs
+        // and End-of-RIB only once it has run; others at once.
+        let peer_gr = neg.peer_graceful_restart.clone();
+        p.held = match &self.restart {
+            Some(r) if peer_gr.is_some() && p.cfg.graceful_restart => families
+                .iter()
+                .copied()
+                .filter(|f| r.is_deferred(*f))
+                .collect(),
+            _ => Vec::new(),
+        };
         let gr = p.gr.handle(GrEvent::SessionUp {
             peer: neg.peer_graceful_restart.as_ref(),
             families: &neg.families,
@@ -696,11 +824,27 @@ impl Core {
         let v4: Vec<_> = self.rib.v4.prefixes().copied().collect();
         let v6: Vec<_> = self.rib.v6.prefixes().copied().collect();
         self.sync_peer(i, &v4, &v6);
-        for f in families {
-            match update_tx::end_of_rib(f) {
-                Ok(b) => self.send_main(i, b),
-                Err(e) => tracing::warn!(error = %e, "bgp: End-of-RIB encoding"),
+        for f in &families {
+            if !self.peers[i].held.contains(f) {
+                self.send_end_of_rib(i, *f);
             }
+        }
+        if !self.peers[i].held.is_empty() {
+            tracing::info!(%peer, held = ?self.peers[i].held,
+                "bgp: our UPDATEs and End-of-RIB wait for route selection after our restart");
+        }
+        let d = self.deferral_event(DeferralEvent::SessionUp {
+            peer,
+            gr: peer_gr.as_ref(),
+            families: &families,
+        });
+        self.deferral_actions(d);
+    }
+
+    fn send_end_of_rib(&self, i: usize, f: Family) {
+        match update_tx::end_of_rib(f) {
+            Ok(b) => self.send_main(i, b),
+            Err(e) => tracing::warn!(error = %e, "bgp: End-of-RIB encoding"),
         }
     }
 
@@ -717,6 +861,7 @@ impl Core {
         p.flaps += 1;
         p.up_since = None;
         p.adj_out = AdjRibOut::default();
+        p.held.clear();
         // Only a connection that ended without a NOTIFICATION may be a
         // restart (RFC 4724 §4.2).
         let gr = p.gr.handle(GrEvent::SessionDown {
@@ -793,7 +938,10 @@ impl Core {
             return;
         }
         let mut msgs = Vec::new();
-        if !v4.is_empty() && neg.families.contains(&Family::Ipv4Unicast) {
+        if !v4.is_empty()
+            && neg.families.contains(&Family::Ipv4Unicast)
+            && !p.held.contains(&Family::Ipv4Unicast)
+        {
             let ch = self.rib.sync_adj_rib_out_v4(id, &mut p.adj_out, v4);
             if !ch.announce.is_empty() || !ch.withdraw.is_empty() {
                 let params = Self::tx_params(neg, Family::Ipv4Unicast);
@@ -803,7 +951,10 @@ impl Core {
                 }
             }
         }
-        if !v6.is_empty() && neg.families.contains(&Family::Ipv6Unicast) {
+        if !v6.is_empty()
+            && neg.families.contains(&Family::Ipv6Unicast)
+            && !p.held.contains(&Family::Ipv6Unicast)
+        {
             let ch = self.rib.sync_adj_rib_out_v6(id, &mut p.adj_out, v6);
             if !ch.announce.is_empty() || !ch.withdraw.is_empty() {
                 let params = Self::tx_params(neg, Family::Ipv6Unicast);
@@ -854,13 +1005,25 @@ impl Core {
             return;
         }
         let mut changes = Vec::with_capacity(c4.len() + c6.len());
-        for p in &c4 {
-            changes.push(best_paths(&self.rib, &self.rib.v4, p));
+        // A family whose selection is deferred keeps its restored FIB
+        // entries until [`Core::complete`].
+        let deferred = |f| self.restart.as_ref().is_some_and(|r| r.is_deferred(f));
+        if !deferred(Family::Ipv4Unicast) {
+            for p in &c4 {
+                changes.push(best_paths(&self.rib, &self.rib.v4, p));
+            }
         }
-        for p in &c6 {
-            changes.push(best_paths(&self.rib, &self.rib.v6, p));
+        if !deferred(Family::Ipv6Unicast) {
+            for p in &c6 {
+                changes.push(best_paths(&self.rib, &self.rib.v6, p));
+            }
         }
-        self.emit(SpeakerEvent::BestPathsChanged(changes));
+        if !changes.is_empty() {
+            if let Some(r) = self.restart.as_mut() {
+                r.dirty = true;
+            }
+            self.emit(SpeakerEvent::BestPathsChanged(changes));
+        }
         for i in 0..self.peers.len() {
             self.sync_peer(i, &c4, &c6);
         }
@@ -933,8 +1096,11 @@ impl Core {
             } => {
                 let _ = reply.send(self.reconfigure(local_as, cluster_id));
             }
+            Command::RestartStatus(reply) => {
+                let _ = reply.send(self.restart_status());
+            }
             // Handled in `run`.
-            Command::Shutdown(_) => {}
+            Command::Shutdown(..) => {}
         }
         self.propagate();
     }
@@ -946,20 +1112,42 @@ impl Core {
     /// Carries out `d`; sessions of peers it does not name are left alone.
     fn change_peers(&mut self, d: PeerSetDiff) -> PeerChanges {
         let mut done = PeerChanges::default();
+        // Our restart's deferral hears of the change as a whole, peers
+        // that (re)start first, so that a peer restarted with new
+        // settings never looks gone for a moment.
+        let mut counted = Vec::new();
+        let mut gone = Vec::new();
         for addr in d.removed {
             if self.remove_peer(addr, cease::PEER_DECONFIGURED) {
                 done.removed.push(addr);
+                gone.push(addr);
             }
         }
         for p in d.changed {
             // RFC 4486 has a subcode for exactly this.
             self.remove_peer(p.address, cease::OTHER_CONFIG_CHANGE);
             done.changed.push(p.address);
+            if p.graceful_restart {
+                counted.push(p.address);
+            } else {
+                gone.push(p.address);
+            }
             self.add_peer(p);
         }
         for p in d.added {
             done.added.push(p.address);
+            if p.graceful_restart {
+                counted.push(p.address);
+            }
             self.add_peer(p);
+        }
+        let events = counted
+            .into_iter()
+            .map(DeferralEvent::PeerAdded)
+            .chain(gone.into_iter().map(DeferralEvent::PeerRemoved));
+        for e in events {
+            let a = self.deferral_event(e);
+            self.deferral_actions(a);
         }
         done
     }
@@ -967,7 +1155,8 @@ impl Core {
     /// Starts a session with a new peer.
     fn add_peer(&mut self, cfg: PeerConfig) {
         tracing::debug!(peer = %cfg.address, asn = cfg.remote_as, "bgp: peer added");
-        let mut peer = Peer::new(cfg, self.local_as, self.router_id);
+        let gr = gr_capability(self.restart.as_ref());
+        let mut peer = Peer::new(cfg, self.local_as, self.router_id, gr);
         if let (Some(l), Some(listen)) = (&self.listener, self.listen) {
             if let Err(e) = conn::set_listener_key(l.as_ref(), listen, &peer.cfg, true) {
                 // The peer's SYNs will be dropped; our own connects still carry the key.
@@ -1067,6 +1256,264 @@ impl Core {
             .originate(prefix, PathAttrs::new(Origin::Igp, AsPath::default(), nh));
     }
 
+    /// True if the peer's session negotiated graceful restart with our
+    /// families: the peer keeps our routes while we restart.
+    fn keeps_our_routes(&self, i: usize) -> bool {
+        let p = &self.peers[i];
+        let ours = p
+            .session_cfg
+            .graceful_restart
+            .as_ref()
+            .is_some_and(|g| !g.families.is_empty());
+        ours && p.main.session.state() == State::Established
+            && p.negotiated
+                .as_ref()
+                .is_some_and(|n| n.peer_graceful_restart.is_some())
+    }
+
+    fn deferral_event(&mut self, e: DeferralEvent<'_>) -> Vec<DeferralAction> {
+        self.restart
+            .as_mut()
+            .and_then(|r| r.deferral.as_mut())
+            .map(|d| d.handle(e))
+            .unwrap_or_default()
+    }
+
+    fn deferral_actions(&mut self, actions: Vec<DeferralAction>) {
+        for a in actions {
+            match a {
+                DeferralAction::ArmTimer(d) => {
+                    if let Some(r) = self.restart.as_mut() {
+                        r.deferral_timer = Some(Instant::now() + d);
+                    }
+                }
+                DeferralAction::CancelTimer => {
+                    if let Some(r) = self.restart.as_mut() {
+                        r.deferral_timer = None;
+                    }
+                }
+                DeferralAction::Complete(families) => self.complete(&families),
+            }
+        }
+    }
+
+    /// Route selection after our restart (RFC 4724 §4.1) for `families`:
+    /// the FIB gets what was learned in place of the restored routes (a
+    /// restored route not learned again is deleted), and the peers we
+    /// held back get our UPDATEs and End-of-RIB.
+    fn complete(&mut self, families: &[Family]) {
+        let Some(r) = self.restart.as_mut() else {
+            return;
+        };
+        let by = r
+            .deferral
+            .as_ref()
+            .and_then(SelectionDeferral::completed_by);
+        let mut changes = Vec::new();
+        for &f in families {
+            let restored: BTreeMap<IpNet, Vec<IpAddr>> = r
+                .restored
+                .iter()
+                .filter(|(p, _)| family_of(p) == f)
+                .map(|(p, h)| (*p, h.clone()))
+                .collect();
+            r.restored.retain(|p, _| family_of(p) != f);
+            let before = changes.len();
+            // Our own routes (no next hop to install) are not FIB entries.
+            let mut put = |b: BestPaths| {
+                if !b.next_hops.is_empty() {
+                    changes.push(b);
+                }
+            };
+            match f {
+                Family::Ipv4Unicast => {
+                    for p in self.rib.v4.prefixes() {
+                        put(best_paths(&self.rib, &self.rib.v4, p));
+                    }
+                }
+                Family::Ipv6Unicast => {
+                    for p in self.rib.v6.prefixes() {
+                        put(best_paths(&self.rib, &self.rib.v6, p));
+                    }
+                }
+            }
+            let learned: std::collections::BTreeSet<IpNet> =
+                changes[before..].iter().map(|b| b.prefix).collect();
+            let mut kept = 0;
+            let mut gone = 0;
+            for p in restored.keys() {
+                if learned.contains(p) {
+                    kept += 1;
+                } else {
+                    gone += 1;
+                    changes.push(BestPaths {
+                        prefix: *p,
+                        next_hops: Vec::new(),
+                    });
+                }
+            }
+            tracing::info!(family = ?f, by = ?by, restored = restored.len(), learned_again = kept,
+                deleted = gone, "bgp: route selection after our graceful restart; restored routes replaced");
+        }
+        r.dirty = true;
+        let done = !r.deferring();
+        if !changes.is_empty() {
+            self.emit(SpeakerEvent::BestPathsChanged(changes));
+        }
+        let v4: Vec<_> = self.rib.v4.prefixes().copied().collect();
+        let v6: Vec<_> = self.rib.v6.prefixes().copied().collect();
+        for i in 0..self.peers.len() {
+            let p = &mut self.peers[i];
+            let released: Vec<Family> = p
+                .held
+                .iter()
+                .copied()
+                .filter(|f| families.contains(f))
+                .collect();
+            if released.is_empty() {
+                continue;
+            }
+            p.held.retain(|f| !released.contains(f));
+            let none4: &[ipnet::Ipv4Net] = &[];
+            let none6: &[ipnet::Ipv6Net] = &[];
+            let (s4, s6) = (
+                if released.contains(&Family::Ipv4Unicast) {
+                    &v4[..]
+                } else {
+                    none4
+                },
+                if released.contains(&Family::Ipv6Unicast) {
+                    &v6[..]
+                } else {
+                    none6
+                },
+            );
+            self.sync_peer(i, s4, s6);
+            for f in released {
+                self.send_end_of_rib(i, f);
+            }
+        }
+        if done {
+            tracing::info!("bgp: graceful restart complete");
+            // Later OPENs no longer say we restarted.
+            let gr = gr_capability(self.restart.as_ref());
+            for p in &mut self.peers {
+                let g = gr.clone().filter(|_| p.cfg.graceful_restart);
+                p.session_cfg.graceful_restart.clone_from(&g);
+                p.main.session.set_graceful_restart(g);
+            }
+        }
+    }
+
+    /// What the FIB holds now, for the state file: the restored routes
+    /// of deferred families, the selected learned routes of the others.
+    fn fib_state(&self) -> RestartState {
+        let mut routes = BTreeMap::new();
+        let Some(r) = &self.restart else {
+            return RestartState::default();
+        };
+        routes.extend(r.restored.iter().map(|(p, h)| (*p, h.clone())));
+        let mut put = |b: BestPaths| {
+            if !b.next_hops.is_empty() {
+                routes.insert(b.prefix, b.next_hops);
+            }
+        };
+        if !r.is_deferred(Family::Ipv4Unicast) {
+            for p in self.rib.v4.prefixes() {
+                put(best_paths(&self.rib, &self.rib.v4, p));
+            }
+        }
+        if !r.is_deferred(Family::Ipv6Unicast) {
+            for p in self.rib.v6.prefixes() {
+                put(best_paths(&self.rib, &self.rib.v6, p));
+            }
+        }
+        RestartState {
+            saved_at: state_file::unix_secs(SystemTime::now()),
+            routes,
+        }
+    }
+
+    /// Once a second: rewrite the state file if the FIB changed (in the
+    /// background, at most every few seconds), otherwise touch it.
+    fn state_tick(&mut self, now: Instant) {
+        let text = match &self.restart {
+            Some(r)
+                if r.dirty
+                    && r.writing.as_ref().is_none_or(JoinHandle::is_finished)
+                    && r.last_write.is_none_or(|t| now >= t + STATE_MIN_REWRITE) =>
+            {
+                Some(self.fib_state().encode())
+            }
+            _ => None,
+        };
+        let Some(r) = self.restart.as_mut() else {
+            return;
+        };
+        r.next_tick = now + STATE_TICK;
+        if let Some(text) = text {
+            r.dirty = false;
+            r.last_write = Some(now);
+            let dir = r.cfg.state_dir.clone();
+            r.writing = Some(tokio::task::spawn_blocking(move || {
+                if let Err(e) = state_file::save(&dir, &text) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "bgp: cannot write the restart state");
+                }
+            }));
+        } else if r.writing.as_ref().is_none_or(JoinHandle::is_finished) {
+            if let Err(e) = state_file::touch(&r.cfg.state_dir) {
+                // No file yet (nothing written so far) is fine.
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    r.dirty = true;
+                } else {
+                    tracing::debug!(error = %e, "bgp: cannot touch the restart state");
+                }
+            }
+        }
+    }
+
+    /// At shutdown: the state file as of now, after any write in flight.
+    async fn save_state_now(&mut self) {
+        let Some(r) = self.restart.as_mut() else {
+            return;
+        };
+        if let Some(w) = r.writing.take() {
+            let _ = w.await;
+        }
+        let text = self.fib_state().encode();
+        let Some(r) = self.restart.as_ref() else {
+            return;
+        };
+        let dir = r.cfg.state_dir.clone();
+        let n = text.lines().count().saturating_sub(2);
+        let saved = tokio::task::spawn_blocking(move || state_file::save(&dir, &text)).await;
+        match saved {
+            Ok(Ok(())) => tracing::info!(dir = %r.cfg.state_dir.display(), routes = n,
+                "bgp: restart state saved"),
+            Ok(Err(e)) => tracing::warn!(dir = %r.cfg.state_dir.display(), error = %e,
+                "bgp: cannot save the restart state; the next start will not be a graceful restart"),
+            Err(e) => tracing::warn!(error = %e, "bgp: restart state writer failed"),
+        }
+    }
+
+    fn restart_status(&self) -> RestartStatus {
+        let Some(r) = &self.restart else {
+            return RestartStatus::default();
+        };
+        let d = r.deferral.as_ref();
+        RestartStatus {
+            enabled: true,
+            restarted: r.restarted,
+            deferred: d.map(|d| d.deferred().to_vec()).unwrap_or_default(),
+            waiting_for: d.map(SelectionDeferral::waiting_for).unwrap_or_default(),
+            deferral_left: r
+                .deferral_timer
+                .map(|t| t.saturating_duration_since(Instant::now())),
+            restored_routes: r.restored.len(),
+            start_note: r.start_note.clone(),
+        }
+    }
+
     fn neighbors(&self) -> Vec<NeighborStatus> {
         self.peers
             .iter()
@@ -1093,20 +1540,146 @@ impl Core {
         for p in self.rib.v6.prefixes() {
             out.push(route_entry(&self.rib, &self.rib.v6, p));
         }
-        out
+        match &self.restart {
+            Some(r) if !r.restored.is_empty() => with_restored(out, &r.restored),
+            _ => out,
+        }
     }
 
-    fn stop_all(&mut self) {
+    /// Ends every session; `for_restart`: a peer that keeps our routes
+    /// across our restart gets a bare TCP close (RFC 4724 §4.2: a
+    /// NOTIFICATION would make it delete them), the others Cease.
+    fn stop_all(&mut self, for_restart: bool) {
         self.stopping = true;
         for i in 0..self.peers.len() {
             if let Some(o) = self.peers[i].other.take() {
                 o.close(cease::ADMIN_SHUTDOWN);
+            }
+            if for_restart && self.keeps_our_routes(i) {
+                let p = &mut self.peers[i];
+                tracing::info!(peer = %p.cfg.address,
+                    "bgp: closing the session without NOTIFICATION: the peer keeps our routes while we restart");
+                // Dropping the connection writes what is queued, then FIN.
+                p.main.conn = None;
+                p.cancel_connect();
+                continue;
             }
             let a = self.peers[i].main.session.handle(Event::ManualStop);
             self.dispatch(i, Which::Main, a);
             self.peers[i].cancel_connect();
         }
     }
+}
+
+impl Restart {
+    /// Reads the state directory: a young enough state makes this start
+    /// a graceful restart.
+    fn load(cfg: RestartConfig) -> Self {
+        let (restarted, restored, start_note) = match state_file::load(
+            &cfg.state_dir,
+            cfg.restart_time,
+            SystemTime::now(),
+        ) {
+            Loaded::Restart(state, age) => {
+                tracing::info!(dir = %cfg.state_dir.display(), age_secs = age.as_secs(),
+                        routes = state.routes.len(),
+                        "bgp: graceful restart: saved routes restored to the FIB (stale) until the peers' End-of-RIB");
+                let note = format!(
+                    "graceful restart: state saved {}s ago, {} routes restored",
+                    age.as_secs(),
+                    state.routes.len()
+                );
+                (true, state.routes, note)
+            }
+            Loaded::Normal(why) => {
+                tracing::info!(dir = %cfg.state_dir.display(), reason = %why,
+                        "bgp: normal start (not a graceful restart)");
+                (false, BTreeMap::new(), format!("normal start: {why}"))
+            }
+        };
+        Self {
+            cfg,
+            restarted,
+            start_note,
+            deferral: None,
+            deferral_timer: None,
+            restored,
+            // The state of this life is written at the first tick.
+            dirty: true,
+            last_write: None,
+            next_tick: Instant::now(),
+            writing: None,
+        }
+    }
+}
+
+/// The graceful-restart capability we announce: helper only without a
+/// restart configuration; otherwise our families with our Restart Time,
+/// and while our own restart's selection is deferred the Restart State
+/// bit and the Forwarding State bit of each deferred family.
+fn gr_capability(r: Option<&Restart>) -> Option<GracefulRestartConfig> {
+    let Some(r) = r else {
+        return Some(GracefulRestartConfig::helper_only());
+    };
+    let deferring = r.restarted && r.deferral.as_ref().is_none_or(|d| d.deferring());
+    Some(GracefulRestartConfig {
+        restart_time: r.cfg.restart_time,
+        restarting: deferring,
+        families: Family::ALL.to_vec(),
+        forwarding_preserved: if deferring {
+            Family::ALL
+                .iter()
+                .copied()
+                .filter(|f| r.deferral.as_ref().is_none_or(|d| d.is_deferred(*f)))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+fn family_of(p: &IpNet) -> Family {
+    match p {
+        IpNet::V4(_) => Family::Ipv4Unicast,
+        IpNet::V6(_) => Family::Ipv6Unicast,
+    }
+}
+
+/// `routes` with the restored FIB entries merged in: each a stale,
+/// restored path that is the one in force (the learned paths of its
+/// prefix wait for route selection).
+fn with_restored(
+    routes: Vec<RouteEntry>,
+    restored: &BTreeMap<IpNet, Vec<IpAddr>>,
+) -> Vec<RouteEntry> {
+    let mut all: BTreeMap<IpNet, RouteEntry> = routes.into_iter().map(|r| (r.prefix, r)).collect();
+    for (prefix, hops) in restored {
+        let e = all.entry(*prefix).or_insert_with(|| RouteEntry {
+            prefix: *prefix,
+            paths: Vec::new(),
+        });
+        for p in &mut e.paths {
+            p.best = false;
+            p.multipath = false;
+        }
+        let restored_paths = hops.iter().map(|nh| RoutePath {
+            peer: None,
+            next_hop: Some(*nh),
+            as_path: Vec::new(),
+            local_pref: None,
+            med: None,
+            best: false,
+            multipath: true,
+            stale: true,
+            restored: true,
+        });
+        let mut paths: Vec<RoutePath> = restored_paths.chain(e.paths.drain(..)).collect();
+        if let Some(first) = paths.first_mut() {
+            first.best = true;
+        }
+        e.paths = paths;
+    }
+    all.into_values().collect()
 }
 
 /// `Some` when `bytes` is a NOTIFICATION (for the neighbour's last error).
@@ -1163,6 +1736,7 @@ fn route_entry<P: RibPrefix>(rib: &Rib, t: &Table<P>, p: &P) -> RouteEntry {
             best: multi.first().is_some_and(|b| same(b, path)),
             multipath: multi.iter().any(|b| same(b, path)),
             stale: rib.is_stale(path.peer, (*p).into(), path.path_id),
+            restored: false,
         })
         .collect();
     RouteEntry {

@@ -27,12 +27,14 @@
 mod conn;
 mod core;
 pub mod peer_set;
+mod state_file;
 
 use crate::config::{AddPathMode, Family};
 use crate::fsm::State;
 use crate::policy::Policy;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,6 +53,68 @@ pub struct SpeakerConfig {
     pub multipath_max: usize,
     /// Act as a route reflector (RFC 4456) with this cluster id.
     pub cluster_id: Option<Ipv4Addr>,
+    /// Graceful restart of our own (RFC 4724 §4.1, the Restarting
+    /// Speaker). `None`: we only help restarting peers and announce the
+    /// capability without families.
+    pub restart: Option<RestartConfig>,
+}
+
+/// Graceful restart as the Restarting Speaker (RFC 4724 §4.1).
+///
+/// The speaker keeps `state_dir/bgp-restart-state`
+/// ([`crate::restart_state`]): the learned routes it has put into the FIB
+/// (written when they change, at most every few seconds, and at
+/// shutdown) and a heartbeat (the file's modification time, touched
+/// every second). At start, a state younger than `restart_time` means we
+/// restart: the saved routes are handed to the FIB at once (the first
+/// [`SpeakerEvent::BestPathsChanged`]), our OPENs carry the Restart State
+/// bit and the Forwarding State bit of every family, and route selection
+/// is deferred ([`crate::restarting`]) until the peers' End-of-RIB or
+/// `selection_deferral`. A missing, unreadable, corrupt or old file is
+/// logged and the speaker starts normally.
+///
+/// Either way our OPENs announce graceful restart for our families with
+/// `restart_time`, so peers keep our routes while we are away, and
+/// [`SpeakerHandle::shutdown_for_restart`] ends sessions the way that
+/// lets them: TCP closed, no NOTIFICATION.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartConfig {
+    pub state_dir: PathBuf,
+    /// The Restart Time we announce, in seconds (1..=4095).
+    pub restart_time: u16,
+    /// The Selection_Deferral_Timer.
+    pub selection_deferral: Duration,
+}
+
+impl RestartConfig {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            restart_time: crate::restarting::DEFAULT_RESTART_TIME_SECS,
+            selection_deferral: Duration::from_secs(
+                crate::restarting::DEFAULT_SELECTION_DEFERRAL_SECS.into(),
+            ),
+        }
+    }
+}
+
+/// Our own graceful restart, as `switchyard show bgp` prints it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestartStatus {
+    /// Restarting speaker configured (a state directory is set).
+    pub enabled: bool,
+    /// This start was a graceful restart (the state was young enough).
+    pub restarted: bool,
+    /// Families whose route selection is still deferred.
+    pub deferred: Vec<Family>,
+    /// Peers whose End-of-RIB we still wait for.
+    pub waiting_for: Vec<IpAddr>,
+    /// Time left on the Selection_Deferral_Timer.
+    pub deferral_left: Option<Duration>,
+    /// Restored routes still in the FIB awaiting selection.
+    pub restored_routes: usize,
+    /// Why the last start was or was not a restart.
+    pub start_note: String,
 }
 
 impl SpeakerConfig {
@@ -63,6 +127,7 @@ impl SpeakerConfig {
             peers: Vec::new(),
             multipath_max: 1,
             cluster_id: None,
+            restart: None,
         }
     }
 }
@@ -99,10 +164,12 @@ pub struct PeerConfig {
     /// Help this peer restart gracefully (RFC 4724 §4.2): when its
     /// session ends by TCP alone and it announced graceful restart, keep
     /// its routes (marked stale) for its Restart Time, and once it is back
-    /// delete only those it did not announce again by its End-of-RIB. We
-    /// announce the capability without families: we keep no forwarding
-    /// state of our own across a restart. On by default, as in most
-    /// routers.
+    /// delete only those it did not announce again by its End-of-RIB.
+    /// Without [`SpeakerConfig::restart`] we announce the capability
+    /// without families (we keep no forwarding state of our own across a
+    /// restart); with it, our families too, and the peer counts for our
+    /// own restart's deferral. Off: no capability at all. On by default,
+    /// as in most routers.
     pub graceful_restart: bool,
     /// Longest wait, in seconds, for a restarted peer's End-of-RIB before
     /// its remaining stale routes are deleted.
@@ -227,6 +294,9 @@ pub struct RoutePath {
     /// Kept from a peer that is restarting (RFC 4724): still used, until
     /// the peer announces it again or its End-of-RIB says it is gone.
     pub stale: bool,
+    /// Put back into the FIB from the saved state after our own restart
+    /// (always stale too); in force until route selection runs.
+    pub restored: bool,
 }
 
 /// A route we originate (service VIP, pod CIDR).
@@ -269,7 +339,10 @@ enum Command {
         cluster_id: Option<Ipv4Addr>,
         reply: oneshot::Sender<bool>,
     },
-    Shutdown(oneshot::Sender<()>),
+    RestartStatus(oneshot::Sender<RestartStatus>),
+    /// `true`: for a restart (TCP closed without NOTIFICATION where the
+    /// peer keeps our routes).
+    Shutdown(bool, oneshot::Sender<()>),
 }
 
 /// Entry point.
@@ -298,6 +371,17 @@ impl Speaker {
 fn validate(c: &SpeakerConfig) -> Result<(), SpeakerError> {
     if c.router_id.is_unspecified() {
         return Err(SpeakerError::Config("router id 0.0.0.0".into()));
+    }
+    if let Some(r) = &c.restart {
+        // RFC 4724 §3: 12 bits; 0 would tell the peers not to wait at all.
+        if !(1..=4095).contains(&r.restart_time) {
+            return Err(SpeakerError::Config(
+                "graceful restart time must be 1-4095 seconds".into(),
+            ));
+        }
+        if r.selection_deferral.is_zero() {
+            return Err(SpeakerError::Config("selection deferral time 0".into()));
+        }
     }
     if c.local_as == 0 {
         return Err(SpeakerError::Config("local AS 0".into()));
@@ -453,7 +537,27 @@ impl SpeakerHandle {
     /// stops the speaker.
     pub async fn shutdown(&self) -> Result<(), SpeakerError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Shutdown(tx)).await?;
+        self.send(Command::Shutdown(false, tx)).await?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Stops the speaker to restart it (RFC 4724 §4.1): the restart state
+    /// is saved, and sessions whose peer keeps our routes across a restart
+    /// (graceful restart negotiated, our families announced) end with a
+    /// bare TCP close so that it does; the others get Cease /
+    /// Administrative Shutdown. Without [`SpeakerConfig::restart`] this is
+    /// [`SpeakerHandle::shutdown`].
+    pub async fn shutdown_for_restart(&self) -> Result<(), SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Shutdown(true, tx)).await?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Our own graceful restart: whether route selection is deferred and
+    /// for whom we wait.
+    pub async fn restart_status(&self) -> Result<RestartStatus, SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::RestartStatus(tx)).await?;
         rx.await.map_err(|_| SpeakerError::Stopped)
     }
 }

@@ -137,6 +137,22 @@ pub struct Gobgpd {
 
 impl Gobgpd {
     pub fn start(bin: &Path, o: &GobgpdOpts) -> Self {
+        Self::start_with(bin, o, None)
+    }
+
+    /// `graceful_restart`: a Restart Time to announce graceful restart
+    /// (RFC 4724) for both families to every neighbour, so that gobgpd
+    /// helps a restarting neighbour keep its routes.
+    pub fn start_with(bin: &Path, o: &GobgpdOpts, graceful_restart: Option<u16>) -> Self {
+        let (gr, mp_gr) = match graceful_restart {
+            Some(t) => (
+                format!(
+                    "  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = {t}\n"
+                ),
+                "    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n",
+            ),
+            None => (String::new(), ""),
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let mut conf = format!(
             r#"[global.config]
@@ -190,13 +206,13 @@ impl Gobgpd {
     connect-retry = 1
     hold-time = 9
     keepalive-interval = 3
-  [[neighbors.afi-safis]]
+{gr}  [[neighbors.afi-safis]]
     [neighbors.afi-safis.config]
       afi-safi-name = "ipv4-unicast"
-  [[neighbors.afi-safis]]
+{mp_gr}  [[neighbors.afi-safis]]
     [neighbors.afi-safis.config]
       afi-safi-name = "ipv6-unicast"
-"#,
+{mp_gr}"#,
                 a = n.addr,
                 asn = n.asn,
                 local = o.addr,

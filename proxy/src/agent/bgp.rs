@@ -8,7 +8,14 @@
 //! peer set whenever a Node change alters it (the speaker touches only the sessions that
 //! differ), and it drains the learned ECMP sets between short waits on the cluster source, so
 //! a learned route reaches the FIB within about 50 ms. Once a second the BGP thread reads the
-//! neighbors and the Loc-RIB into [`Shared`] for `switchyard show bgp` and `/metrics`.
+//! neighbors, the Loc-RIB and our graceful-restart state into [`Shared`] for `switchyard show
+//! bgp` and `/metrics`.
+//!
+//! With `--bgp-state-dir` the agent restarts gracefully (RFC 4724 §4.1, see
+//! [`switchyard_bgp::speaker::RestartConfig`]): the speaker keeps the learned routes in a state
+//! file, the agent's exit ([`Stopper`]) closes sessions without NOTIFICATION, and on the next
+//! start the speaker's first learned batch is the saved routes, so they reach the FIB before
+//! any session is up.
 
 pub mod nodes;
 
@@ -21,8 +28,8 @@ use anyhow::{anyhow, bail, Context as _};
 use ipnet::IpNet;
 use switchyard_bgp::config::{AddPathMode, Family};
 use switchyard_bgp::speaker::{
-    BestPaths, LocalRoute, PeerConfig, Speaker, SpeakerConfig, SpeakerError, SpeakerEvent,
-    SpeakerHandle, BGP_PORT,
+    BestPaths, LocalRoute, PeerConfig, RestartConfig, Speaker, SpeakerConfig, SpeakerError,
+    SpeakerEvent, SpeakerHandle, BGP_PORT,
 };
 use switchyard_dataplane::tables::{RouteTarget, StaticRoute, Tables};
 use switchyard_lb::service::{Service, TrafficPolicy};
@@ -81,6 +88,8 @@ pub struct Settings {
     /// `--bgp-next-hop`, for the peers that come from Node objects too.
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<Ipv6Addr>,
+    /// Graceful restart of our own (`--bgp-state-dir`); `None`: helper only.
+    pub restart: Option<RestartConfig>,
 }
 
 // By hand: the peers' MD5 passwords must never reach a log.
@@ -104,6 +113,7 @@ impl std::fmt::Debug for Settings {
             .field("ibgp_mesh", &self.ibgp_mesh)
             .field("next_hop_v4", &self.next_hop_v4)
             .field("next_hop_v6", &self.next_hop_v6)
+            .field("restart", &self.restart)
             .finish()
     }
 }
@@ -144,6 +154,21 @@ impl Settings {
             p.next_hop_v6 = nh6;
             peers.push(p);
         }
+        if !(1..=4095).contains(&args.bgp_graceful_restart_time) {
+            bail!(
+                "--bgp-graceful-restart-time {}: must be 1-4095 seconds (RFC 4724: 12 bits)",
+                args.bgp_graceful_restart_time
+            );
+        }
+        if args.bgp_selection_deferral_time == 0 {
+            bail!("--bgp-selection-deferral-time 0: must be at least 1 second");
+        }
+        let restart = args.bgp_state_dir.as_ref().map(|dir| {
+            let mut r = RestartConfig::new(dir.clone());
+            r.restart_time = args.bgp_graceful_restart_time;
+            r.selection_deferral = Duration::from_secs(args.bgp_selection_deferral_time.into());
+            r
+        });
         let listen = args.bgp_listen.0;
         if listen.is_none() {
             if let Some(p) = peers.iter().find(|p| p.passive) {
@@ -161,6 +186,7 @@ impl Settings {
             ibgp_mesh: args.bgp_ibgp_mesh,
             next_hop_v4: nh4,
             next_hop_v6: nh6,
+            restart,
         }))
     }
 }
@@ -418,20 +444,31 @@ async fn apply_plan(h: &SpeakerHandle, plan: nodes::Plan) -> bool {
 }
 
 /// Stops the speaker from another thread when the agent exits: the peers get Cease /
-/// Administrative Shutdown instead of a bare TCP close.
+/// Administrative Shutdown instead of a bare TCP close. With `--bgp-state-dir` the agent's
+/// exit is taken as a restart (a rollout, a SIGTERM): the restart state is saved and the
+/// peers that keep our routes across it get the bare TCP close that lets them (RFC 4724).
 #[derive(Clone)]
 pub struct Stopper {
     runtime: tokio::runtime::Handle,
     speaker: SpeakerHandle,
+    for_restart: bool,
 }
 
 impl Stopper {
     /// Closes every session, waiting at most `limit`.
     pub fn stop(&self, limit: Duration) {
         let speaker = self.speaker.clone();
-        let done = self
-            .runtime
-            .block_on(async move { tokio::time::timeout(limit, speaker.shutdown()).await });
+        let for_restart = self.for_restart;
+        let done = self.runtime.block_on(async move {
+            let stop = async {
+                if for_restart {
+                    speaker.shutdown_for_restart().await
+                } else {
+                    speaker.shutdown().await
+                }
+            };
+            tokio::time::timeout(limit, stop).await
+        });
         match done {
             Ok(Ok(())) => tracing::info!("BGP sessions closed"),
             Ok(Err(e)) => tracing::debug!(error = %e, "BGP speaker already stopped"),
@@ -494,6 +531,7 @@ impl Bgp {
             .map(|p| (p.address, p.remote_as))
             .collect();
         config.peers = settings.peers.clone();
+        config.restart = settings.restart.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("bgp")
@@ -586,6 +624,7 @@ impl Bgp {
         let stopper = Stopper {
             runtime: runtime.handle().clone(),
             speaker: handle.clone(),
+            for_restart: settings.restart.is_some(),
         };
         runtime.spawn(async move {
             let h = handle;
@@ -593,8 +632,11 @@ impl Bgp {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let (Ok(neighbors), Ok(mut routes)) = (h.neighbors().await, h.routes().await)
-                else {
+                let (Ok(neighbors), Ok(mut routes), Ok(restart)) = (
+                    h.neighbors().await,
+                    h.routes().await,
+                    h.restart_status().await,
+                ) else {
                     return;
                 };
                 let total = routes.len();
@@ -604,6 +646,7 @@ impl Bgp {
                     b.neighbors = neighbors;
                     b.routes = routes;
                     b.routes_total = total;
+                    b.restart = restart;
                 });
             }
         });
