@@ -1,6 +1,8 @@
 //! ACL classifier (`switchyard_dataplane::acl`): ns/packet at 100, 1k, 10k and 100k rules, the
 //! first-match linear scan on the same rules and packets in the same run (up to 10k rules), and
-//! build time at each size.
+//! build time at each size; then what a pod peer change costs: `Classifier::patched` for one
+//! /32 rule removed and one added (a pod leaving and joining a peer set), against a build of
+//! the same new list, and ns/packet on the patched classifier.
 //!
 //! `cargo bench -p switchyard-benches --bench acl`. Rules imitate compiled NetworkPolicy ACLs:
 //! 80% /32 pod peers with one or two ports each, /24 node pod CIDRs, external ipBlocks of every
@@ -15,7 +17,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use switchyard_dataplane::acl::{first_match_linear, AclRuleSpec, Classifier, IpNet};
+use switchyard_dataplane::acl::{first_match_linear, AclRuleSpec, Classifier, IpNet, RuleDelta};
 
 const SIZES: [usize; 4] = [100, 1_000, 10_000, 100_000];
 const LINEAR_MAX_RULES: usize = 10_000;
@@ -244,5 +246,72 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, classify, build);
+/// The rules with one /32 pod rule (the middle one) removed and a rule for a new pod added
+/// where its peer sorts, and the delta between the two lists.
+fn peer_change(rules: &[AclRuleSpec]) -> (Vec<AclRuleSpec>, RuleDelta) {
+    let host = |r: &AclRuleSpec| r.peer.prefix_len() == r.peer.max_prefix_len();
+    let hosts: Vec<usize> = (0..rules.len()).filter(|&i| host(&rules[i])).collect();
+    let gone = hosts[hosts.len() / 2];
+    let added = AclRuleSpec {
+        peer: net(IpAddr::V4(Ipv4Addr::new(10, 244, 250, 77)), 32),
+        protocol: Some(TCP),
+        ports: (8080, 8080),
+    };
+    let at = hosts[hosts.len() / 3];
+    let mut next: Vec<AclRuleSpec> = Vec::with_capacity(rules.len());
+    let mut delta = RuleDelta::default();
+    for (i, r) in rules.iter().enumerate() {
+        if i == at {
+            delta.added.push(next.len() as u32);
+            next.push(added);
+        }
+        if i == gone {
+            delta.removed.push(i as u32);
+        } else {
+            next.push(*r);
+        }
+    }
+    (next, delta)
+}
+
+fn patch(c: &mut Criterion) {
+    let mut group = c.benchmark_group("acl_patch");
+    group.sample_size(20);
+    for n in SIZES {
+        let rules = rules(n, n as u64);
+        let (next, delta) = peer_change(&rules);
+        let base = Classifier::build(&rules, false);
+        let Some(patched) = base.patched(&rules, &next, &delta) else {
+            panic!("{n} rules: a /32 change was not patched");
+        };
+        let packets = packets(&next, 7);
+        for &(peer, protocol, port) in &packets {
+            let want = first_match_linear(&next, peer, protocol, port);
+            assert_eq!(patched.classify(peer, protocol, port), want, "{n} rules");
+        }
+        group.bench_with_input(BenchmarkId::new("patched", n), &next, |b, next| {
+            b.iter(|| base.patched(&rules, black_box(next), &delta))
+        });
+        group.bench_with_input(BenchmarkId::new("build", n), &next, |b, next| {
+            b.iter(|| Classifier::build(black_box(next), false))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("classify_patched", n),
+            &packets,
+            |b, packets| {
+                b.iter(|| {
+                    let mut sum = 0u64;
+                    for &(peer, protocol, port) in packets {
+                        let hit = patched.classify(black_box(peer), protocol, port);
+                        sum = sum.wrapping_add(u64::from(hit.unwrap_or(u32::MAX)));
+                    }
+                    sum
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, classify, build, patch);
 criterion_main!(benches);

@@ -570,6 +570,7 @@ struct OpStats {
     changed: usize,
     tables_built: usize,
     classifiers_built: usize,
+    classifiers_patched: usize,
 }
 
 /// The agent's policy state between changes: the kept compiler, the last snapshot and tables,
@@ -604,6 +605,7 @@ fn timed_update(
     stats.changed = stats.changed.max(changes.changed.len());
     stats.tables_built = stats.tables_built.max(built.tables_built);
     stats.classifiers_built = stats.classifiers_built.max(built.classifiers_built);
+    stats.classifiers_patched = stats.classifiers_patched.max(built.classifiers_patched);
 }
 
 /// A local frontend pod that a `from-team` policy of its namespace selects by its `app`, and
@@ -882,7 +884,7 @@ fn run(
     // Incremental updates, each applied then undone, through the agent's path.
     println!(
         "\nincremental, the agent's cost per change: median of {} (apply and undo each timed), \
-         ms | max local pods recompiled / changed, tables / classifiers built:",
+         ms | max local pods recompiled / changed, tables / classifiers built (patched):",
         2 * updates
     );
     println!(
@@ -908,7 +910,7 @@ fn run(
             .map(|i| stats.compiler[i] + stats.snapshot[i] + stats.tables[i])
             .collect();
         println!(
-            "  {:<76} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}  {}/{}, {}/{}",
+            "  {:<76} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}  {}/{}, {}/{} ({})",
             op.name,
             ms(median(stats.compiler.clone())),
             ms(median(stats.snapshot.clone())),
@@ -919,6 +921,7 @@ fn run(
             stats.changed,
             stats.tables_built,
             stats.classifiers_built,
+            stats.classifiers_patched,
         );
     }
     let fresh = switchyard_policy::compile(&cluster);

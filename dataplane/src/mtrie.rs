@@ -4,9 +4,12 @@
 //! no branches on prefix lengths.
 //!
 //! It is built whole from a prefix list (shortest prefixes first, so each later, longer one
-//! overwrites the range it covers) and never edited: the FIB rebuilds it when it is compiled.
+//! overwrites the range it covers). The FIB rebuilds it when it is compiled; the ACL classifier
+//! also patches single addresses of a copy ([`Mtrie4::set_address`]), which is why the 256 KiB
+//! root is shared between copies (`Arc`, copied on the first write) and the plies are not.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
@@ -17,14 +20,15 @@ const PLY: Slot = 1 << 31;
 /// The compiled trie; values are `u32` indexes chosen by the caller.
 #[derive(Clone, Debug)]
 pub struct Mtrie4 {
-    root: Vec<Slot>,
+    /// Shared by clones until one of them writes to it (a lookup reads it as it would a `Vec`).
+    root: Arc<[Slot]>,
     plies: Vec<[Slot; 256]>,
 }
 
 impl Default for Mtrie4 {
     fn default() -> Self {
         Mtrie4 {
-            root: vec![0; 1 << 16],
+            root: vec![0; 1 << 16].into(),
             plies: Vec::new(),
         }
     }
@@ -49,9 +53,9 @@ impl Mtrie4 {
         if len <= 16 {
             let start = (addr >> 16) as usize;
             let count = 1usize << (16 - len);
-            for i in start..start + count {
-                let slot = self.root[i];
-                self.root[i] = self.overwrite(slot, leaf);
+            let root = Arc::make_mut(&mut self.root);
+            for slot in &mut root[start..start + count] {
+                *slot = overwrite(&mut self.plies, *slot, leaf);
             }
             return;
         }
@@ -61,7 +65,7 @@ impl Mtrie4 {
             let count = 1usize << (24 - len);
             for i in start..start + count {
                 let slot = self.plies[ply][i];
-                self.plies[ply][i] = self.overwrite(slot, leaf);
+                self.plies[ply][i] = overwrite(&mut self.plies, slot, leaf);
             }
             return;
         }
@@ -73,18 +77,14 @@ impl Mtrie4 {
         }
     }
 
-    /// What a slot becomes when a longer prefix covers it: a leaf is replaced, a ply has all
-    /// its (shorter) contents replaced.
-    fn overwrite(&mut self, slot: Slot, leaf: Slot) -> Slot {
-        if slot & PLY == 0 {
-            return leaf;
-        }
-        let ply = (slot & !PLY) as usize;
-        for i in 0..256 {
-            let inner = self.plies[ply][i];
-            self.plies[ply][i] = self.overwrite(inner, leaf);
-        }
-        slot
+    /// Makes the single address `addr` (a /32, the longest prefix there is) map to `value`
+    /// (`None`: no route), whatever covered it before; every other address keeps its value.
+    /// To remove a /32, pass the value of the longest prefix that still holds `addr`.
+    pub fn set_address(&mut self, addr: Ipv4Addr, value: Option<u32>) {
+        let a = u32::from(addr);
+        let ply = self.ply_under_root((a >> 16) as usize);
+        let ply = self.ply_under_ply(ply, ((a >> 8) & 0xff) as usize);
+        self.plies[ply][(a & 0xff) as usize] = value.map_or(0, |v| v.min(PLY - 2) + 1);
     }
 
     fn ply_under_root(&mut self, i: usize) -> usize {
@@ -93,7 +93,7 @@ impl Mtrie4 {
             return (slot & !PLY) as usize;
         }
         let ply = self.new_ply(slot);
-        self.root[i] = PLY | ply as u32;
+        Arc::make_mut(&mut self.root)[i] = PLY | ply as u32;
         ply
     }
 
@@ -127,10 +127,24 @@ impl Mtrie4 {
         slot.checked_sub(1)
     }
 
-    /// Bytes the trie occupies.
+    /// Bytes the trie occupies (the root counted in full even when shared with a copy).
     pub fn memory(&self) -> usize {
         self.root.len() * 4 + self.plies.len() * 256 * 4
     }
+}
+
+/// What a slot becomes when a longer prefix covers it: a leaf is replaced, a ply has all its
+/// (shorter) contents replaced.
+fn overwrite(plies: &mut [[Slot; 256]], slot: Slot, leaf: Slot) -> Slot {
+    if slot & PLY == 0 {
+        return leaf;
+    }
+    let ply = (slot & !PLY) as usize;
+    for i in 0..256 {
+        let inner = plies[ply][i];
+        plies[ply][i] = overwrite(plies, inner, leaf);
+    }
+    slot
 }
 
 #[cfg(test)]
@@ -188,6 +202,46 @@ mod tests {
             let edges = prefixes.iter().flat_map(|(p, _)| [p.network(), p.broadcast()]);
             for dst in probes.into_iter().map(Ipv4Addr::from).chain(edges) {
                 prop_assert_eq!(t.lookup(dst), reference(&prefixes, dst), "{}", dst);
+            }
+        }
+
+        /// Setting single addresses on a built trie (and on a copy, the original unchanged)
+        /// gives the trie built with those /32s; setting one back to its covering prefix's
+        /// value removes it.
+        #[test]
+        fn set_address_is_a_host_route(
+            raw in prop::collection::vec((any::<u32>(), 0u8..=31, 0u32..1000), 0..32),
+            hosts in prop::collection::vec((any::<u32>(), 0u32..1000, any::<bool>()), 1..16),
+            probes in prop::collection::vec(any::<u32>(), 1..32),
+        ) {
+            let mut prefixes: Vec<(Ipv4Net, u32)> = Vec::new();
+            for (addr, len, v) in raw {
+                let p = Ipv4Net::new(Ipv4Addr::from(addr), len).unwrap().trunc();
+                prefixes.retain(|(q, _)| *q != p);
+                prefixes.push((p, v));
+            }
+            let original = Mtrie4::build(prefixes.clone());
+            let mut t = original.clone();
+            let mut all = prefixes.clone();
+            for (addr, v, remove) in hosts {
+                // Near the prefixes, so hosts land inside them.
+                let addr = match prefixes.first() {
+                    Some((p, _)) => u32::from(p.network()) | (addr & 0x1ff),
+                    None => addr,
+                };
+                let p = Ipv4Net::new(Ipv4Addr::from(addr), 32).unwrap();
+                all.retain(|(q, _)| *q != p);
+                if remove {
+                    t.set_address(p.addr(), reference(&all, p.addr()));
+                } else {
+                    all.push((p, v));
+                    t.set_address(p.addr(), Some(v));
+                }
+            }
+            let edges = all.iter().flat_map(|(p, _)| [p.network(), p.broadcast()]);
+            for dst in probes.iter().copied().map(Ipv4Addr::from).chain(edges) {
+                prop_assert_eq!(t.lookup(dst), reference(&all, dst), "{}", dst);
+                prop_assert_eq!(original.lookup(dst), reference(&prefixes, dst), "{}", dst);
             }
         }
     }

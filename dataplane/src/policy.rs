@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use fnv::FnvHashMap;
 
-use crate::acl::{AclRuleSpec, Classifier};
+use crate::acl::{AclRuleSpec, Classifier, RuleList};
 
 pub use compiled::{AclCache, BuildStats};
 
@@ -22,7 +22,7 @@ pub struct AclTable {
     /// A stable name for people and metrics (e.g. `acl-3`).
     pub name: Arc<str>,
     /// The rules as given (for people: `switchyard show acl`), in classifier order.
-    pub rules: Arc<[AclRuleSpec]>,
+    pub rules: Arc<AclRules>,
     /// The rules, compiled. Allow rules; the default action is deny (the pod is isolated).
     /// Shared with every table whose rules are the same list (ACLs that differ only in where
     /// their rules came from, such as one policy template applied in many namespaces).
@@ -43,7 +43,7 @@ impl AclTable {
         AclTable {
             name: name.into(),
             classifier: Arc::new(Classifier::build(&rules, default_allow)),
-            rules: rules.into(),
+            rules: Arc::new(AclRules::from_parts([Arc::from(rules)])),
             origins: origins.into_iter().collect(),
         }
     }
@@ -52,7 +52,7 @@ impl AclTable {
     /// been built from exactly `rules`), with its rules' origins.
     pub fn sharing(
         name: impl Into<Arc<str>>,
-        rules: Arc<[AclRuleSpec]>,
+        rules: Arc<AclRules>,
         classifier: Arc<Classifier>,
         origins: AclOrigins,
     ) -> Self {
@@ -63,6 +63,77 @@ impl AclTable {
             classifier,
             origins,
         }
+    }
+}
+
+/// An ACL's rules, in order, kept as the runs they were put together from: the rules of one
+/// policy rule's peer set are the same runs in every ACL that holds the set, and in the next
+/// tables, so a new ACL costs its list of runs, not a copy of its rules.
+#[derive(Clone, Debug, Default)]
+pub struct AclRules {
+    /// The runs, none empty, with the end (exclusive) of each in the whole list.
+    parts: Vec<(usize, Arc<[AclRuleSpec]>)>,
+}
+
+impl AclRules {
+    /// The list of `parts` in turn.
+    pub fn from_parts(parts: impl IntoIterator<Item = Arc<[AclRuleSpec]>>) -> Self {
+        let mut end = 0;
+        AclRules {
+            parts: parts
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    end += p.len();
+                    (end, p)
+                })
+                .collect(),
+        }
+    }
+
+    /// How many rules.
+    pub fn len(&self) -> usize {
+        self.parts.last().map_or(0, |(end, _)| *end)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Rule `index`.
+    pub fn get(&self, index: usize) -> Option<&AclRuleSpec> {
+        let i = self.parts.partition_point(|(end, _)| *end <= index);
+        let (end, part) = self.parts.get(i)?;
+        part.get(index + part.len() - end)
+    }
+
+    /// The rules, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &AclRuleSpec> {
+        self.parts.iter().flat_map(|(_, part)| part.iter())
+    }
+
+    /// The rules, copied into one list.
+    pub fn to_vec(&self) -> Vec<AclRuleSpec> {
+        let mut out = Vec::with_capacity(self.len());
+        for (_, part) in &self.parts {
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// The runs, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &Arc<[AclRuleSpec]>> {
+        self.parts.iter().map(|(_, part)| part)
+    }
+}
+
+impl RuleList for AclRules {
+    fn len(&self) -> usize {
+        AclRules::len(self)
+    }
+
+    fn get(&self, index: usize) -> Option<&AclRuleSpec> {
+        AclRules::get(self, index)
     }
 }
 
