@@ -13,7 +13,10 @@ use switchyard_ipsec::esp::{
 };
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
     let config = SaConfig {
         spi: 0x1000,
         suite: EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16),

@@ -89,14 +89,9 @@ pub struct AgentArgs {
 
     /// Run the IPsec tunnels of the SD-EWAN resources (IpsecProposal, IpsecSite, IpsecHost of
     /// batch.sdewan.akraino.org/v1alpha1) labelled sdewanPurpose=NAME, watched through the
-    /// Kubernetes API and applied as they change (with --ipsec, added to that file's). Needs
-    /// --punt-tun and a cluster (--kubeconfig or in-cluster).
-    #[arg(
-        long,
-        value_name = "NAME",
-        requires = "punt_tun",
-        conflicts_with = "manifests"
-    )]
+    /// Kubernetes API (or read from the --manifests directory) and applied as they change
+    /// (with --ipsec, added to that file's). Needs --punt-tun.
+    #[arg(long, value_name = "NAME", requires = "punt_tun")]
     pub sdewan_purpose: Option<String>,
 
     /// How often the manifest directory is checked for changes, in seconds.

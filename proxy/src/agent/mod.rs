@@ -57,7 +57,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (sdewan, ipsec_feed) = match &args.sdewan_purpose {
         Some(purpose) => {
             let (watch, feed) = crate::ipsec::kube::SdewanWatch::new(purpose);
-            (Some(watch), Some(feed))
+            match &args.manifests {
+                // From the manifest directory, polled as the other objects are.
+                Some(dir) => {
+                    let (dir, poll) = (dir.clone(), Duration::from_secs_f64(args.poll_interval));
+                    std::thread::Builder::new()
+                        .name("sdewan-manifests".into())
+                        .spawn(move || crate::ipsec::kube::watch_manifests(dir, poll, watch))
+                        .context("starting the SD-EWAN manifest reader")?;
+                    (None, Some(feed))
+                }
+                None => (Some(watch), Some(feed)),
+            }
         }
         None => (None, None),
     };

@@ -174,6 +174,36 @@ impl Resources {
         Ok(())
     }
 
+    /// Only the resources labelled `sdewanPurpose=purpose`.
+    pub fn with_purpose(&self, purpose: &str) -> Resources {
+        let ours = |labels: &std::collections::BTreeMap<String, String>| {
+            labels
+                .get(switchyard_ipsec::sdewan::PURPOSE_LABEL)
+                .map(String::as_str)
+                == Some(purpose)
+        };
+        Resources {
+            proposals: self
+                .proposals
+                .iter()
+                .filter(|r| ours(&r.metadata.labels))
+                .cloned()
+                .collect(),
+            sites: self
+                .sites
+                .iter()
+                .filter(|r| ours(&r.metadata.labels))
+                .cloned()
+                .collect(),
+            hosts: self
+                .hosts
+                .iter()
+                .filter(|r| ours(&r.metadata.labels))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// These resources and `other`'s.
     pub fn merged(&self, other: &Resources) -> Resources {
         Resources {

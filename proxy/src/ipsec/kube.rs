@@ -154,6 +154,47 @@ pub async fn watch_sdewan(client: Client, settings: SdewanWatch) {
     }
 }
 
+/// The same feed from a manifest directory (`--manifests DIR`): the resources labelled for
+/// `settings.purpose` in its files, read again every `poll` and published when they change.
+/// A file that does not parse keeps the last good set in force (logged once per error).
+pub fn watch_manifests(dir: std::path::PathBuf, poll: std::time::Duration, settings: SdewanWatch) {
+    let mut last_error: Option<String> = None;
+    loop {
+        match Resources::load(&dir) {
+            Ok(all) => {
+                last_error = None;
+                let resources = all.with_purpose(&settings.purpose);
+                let changed = settings
+                    .out
+                    .borrow()
+                    .as_deref()
+                    .is_none_or(|current| *current != resources);
+                if changed {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        proposals = resources.proposals.len(),
+                        sites = resources.sites.len(),
+                        hosts = resources.hosts.len(),
+                        "sdewan: resources from the manifest directory"
+                    );
+                    settings.out.send_replace(Some(Arc::new(resources)));
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "sdewan: manifests not read; the last set stays");
+                    last_error = Some(e);
+                }
+            }
+        }
+        if settings.out.is_closed() {
+            return;
+        }
+        std::thread::sleep(poll);
+    }
+}
+
 fn to_value(o: DynamicObject) -> serde_json::Value {
     serde_json::to_value(o).unwrap_or_default()
 }
@@ -249,6 +290,68 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), wait)
             .await
             .unwrap_or_else(|_| panic!("feed never showed {what}: {:?}", feed.borrow()))
+    }
+
+    /// The same feed from a manifest directory: only our purpose, changes followed, a file
+    /// that does not parse keeps the last set.
+    #[test]
+    fn resources_of_our_purpose_are_read_from_the_manifest_directory() {
+        let dir = std::env::temp_dir().join(format!("switchyard-sdewan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let write = |name: &str, values: &[serde_json::Value]| {
+            let text: Vec<String> = values
+                .iter()
+                .map(|v| serde_yaml::to_string(v).expect("YAML"))
+                .collect();
+            std::fs::write(dir.join(name), text.join("---\n")).expect("write");
+        };
+        let proposal = object(
+            "IpsecProposal",
+            "p1",
+            "cnf1",
+            serde_json::json!({"encryption_algorithm": "aes128gcm16", "hash_algorithm": "", "dh_group": "x25519"}),
+        );
+        write(
+            "ipsec.yaml",
+            &[
+                proposal.clone(),
+                site("ours", "cnf1", "198.51.100.2"),
+                site("theirs", "cnf2", "198.51.100.3"),
+            ],
+        );
+        let (watch, mut feed) = SdewanWatch::new("cnf1");
+        let poll = Duration::from_millis(50);
+        let reader = {
+            let dir = dir.clone();
+            std::thread::spawn(move || watch_manifests(dir, poll, watch))
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let r = until(&mut feed, "our site", |r| r.sites.len() == 1).await;
+            assert_eq!(r.sites[0].spec.remote, "198.51.100.2");
+            write(
+                "ipsec.yaml",
+                &[proposal.clone(), site("ours", "cnf1", "198.51.100.4")],
+            );
+            until(&mut feed, "the new remote", |r| {
+                r.sites.len() == 1 && r.sites[0].spec.remote == "198.51.100.4"
+            })
+            .await;
+            std::fs::write(dir.join("broken.yaml"), "kind: IpsecSite\nspec: [nope\n")
+                .expect("write");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let r = feed.borrow().clone().expect("a set");
+            assert_eq!(
+                r.sites[0].spec.remote, "198.51.100.4",
+                "the last good set stays"
+            );
+        });
+        drop(feed);
+        reader.join().expect("the reader ends once nobody listens");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The watch against the in-repo API server: only our purpose, updates and deletes
