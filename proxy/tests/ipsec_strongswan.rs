@@ -1098,13 +1098,7 @@ fn esp_through_the_router_with_strongswan_both_ways() {
             // 6 s of pings across about three rekeys: the dataplane takes each new SA
             // before the peer uses it, and drops the old one when the peer deletes it.
             let (_, out) = peer.lab.ping(Ns::Client, "-c 30 -i 0.2 -W 1", SS_HOST);
-            let received = out
-                .lines()
-                .find(|l| l.contains("packets transmitted"))
-                .and_then(|l| l.split(", ").nth(1))
-                .and_then(|f| f.split(' ').next())
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or(0);
+            let received = replies(&out);
             let listed = peer.list_sas();
             let child_number = listed
                 .lines()
@@ -1184,16 +1178,9 @@ fn esp_through_the_router_with_strongswan_both_ways() {
 /// Issue 8: Switchyard rekeys the CHILD_SA itself (a 4 s `rekey_time`, strongSwan never
 /// rekeys) under ping traffic through the router: CREATE_CHILD_SA with REKEY_SA, the new SA
 /// pair installed, the old one deleted, no ping lost, and strongSwan lists the new CHILD_SA
-/// only.
+/// only. 9 s of pings span two of our rekeys (each at 3.6-4 s, the old SA expiring at 4.4 s).
 #[test]
 fn switchyard_rekeys_the_child_sa_with_strongswan_under_traffic() {
-    let Some(lab) = Lab::new(
-        "ipsec_our_rekey",
-        &[CHARON, "swanctl", "unshare", "mount", "socat"],
-    ) else {
-        return;
-    };
-    let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
     let (ike, ike_shown) = ike_proposal(true, "x25519");
     let case = Case {
         ike,
@@ -1203,6 +1190,35 @@ fn switchyard_rekeys_the_child_sa_with_strongswan_under_traffic() {
         our_rekey: "4s",
         ..BASE
     };
+    rekeys_under_pings("ipsec_our_rekey", case, "-c 45 -i 0.2 -W 1", "by time");
+}
+
+/// CHILD_SA lifetimes by volume: `rekey_bytes: 16k` on our side, 1000-byte pings at 5 per
+/// second (about 5 KiB/s each way), so we rekey every 3 s or so, from the dataplane's byte
+/// counters, and strongSwan follows; no ping is lost.
+#[test]
+fn switchyard_rekeys_the_child_sa_by_bytes_with_strongswan() {
+    let (ike, ike_shown) = ike_proposal(true, "x25519");
+    let case = Case {
+        ike,
+        esp: "aes128gcm16",
+        ike_shown,
+        esp_shown: GCM128.1,
+        our_rekey_bytes: "16k",
+        ..BASE
+    };
+    let ping = "-c 45 -i 0.2 -W 1 -s 1000";
+    rekeys_under_pings("ipsec_bytes_rekey", case, ping, "by bytes");
+}
+
+/// The router with `case`'s tunnel to strongSwan, 45 pings through it with `ping`'s options:
+/// we must have rekeyed at least twice (`how`), strongSwan must hold only the newest CHILD_SA
+/// (perhaps with one being replaced), and at least 44 pings must have come back.
+fn rekeys_under_pings(test: &str, case: Case, ping: &str, how: &str) {
+    let Some(lab) = Lab::new(test, &[CHARON, "swanctl", "unshare", "mount"]) else {
+        return;
+    };
+    let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
     peer.load(&case, PSK);
     let manifest = peer.lab.dir.join("ipsec.yaml");
     fs::write(&manifest, resources_yaml(&case, PSK, common::SERVER_V4))
@@ -1222,16 +1238,9 @@ fn switchyard_rekeys_the_child_sa_with_strongswan_under_traffic() {
             peer.log()
         )
     });
-    assert!(listed.contains(ike_shown), "{listed}");
-    // 9 s of pings across two of our rekeys (each at 3.6-4 s, the old SA expiring at 4.4 s).
-    let (_, out) = peer.lab.ping(Ns::Client, "-c 45 -i 0.2 -W 1", SS_HOST);
-    let received = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|f| f.split(' ').next())
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
+    assert!(listed.contains(case.ike_shown), "{listed}");
+    let (_, out) = peer.lab.ping(Ns::Client, ping, SS_HOST);
+    let received = replies(&out);
     let listed = peer.list_sas();
     let children: Vec<u32> = listed
         .lines()
@@ -1241,11 +1250,10 @@ fn switchyard_rekeys_the_child_sa_with_strongswan_under_traffic() {
     let router = peer.lab.finish().expect("router output");
     assert!(
         children.iter().max().is_some_and(|&n| n >= 3),
-        "we did not rekey twice (CHILD_SAs {children:?}):\n{listed}\n{}\n{}",
+        "we did not rekey twice {how} (CHILD_SAs {children:?}):\n{listed}\n{}\n{}",
         router.stderr,
         peer.log()
     );
-    // The old SAs were deleted: the newest one, perhaps with one being replaced.
     assert!(children.len() <= 2, "{listed}");
     assert!(listed.contains("INSTALLED"), "{listed}");
     assert!(
@@ -1257,78 +1265,17 @@ fn switchyard_rekeys_the_child_sa_with_strongswan_under_traffic() {
         "{}",
         router.stderr
     );
-    eprintln!("rekeyed to CHILD_SA #{children:?}, {received}/45 replies");
+    eprintln!("rekeyed {how} to CHILD_SA #{children:?}, {received}/45 replies");
 }
 
-/// CHILD_SA lifetimes by volume: `rekey_bytes: 16k` on our side, 1000-byte pings at 5 per
-/// second (about 5 KiB/s each way), so we rekey every 3 s or so, from the dataplane's byte
-/// counters, and strongSwan follows; no ping is lost.
-#[test]
-fn switchyard_rekeys_the_child_sa_by_bytes_with_strongswan() {
-    let Some(lab) = Lab::new(
-        "ipsec_bytes_rekey",
-        &[CHARON, "swanctl", "unshare", "mount"],
-    ) else {
-        return;
-    };
-    let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
-    let (ike, ike_shown) = ike_proposal(true, "x25519");
-    let case = Case {
-        ike,
-        esp: "aes128gcm16",
-        ike_shown,
-        esp_shown: GCM128.1,
-        our_rekey_bytes: "16k",
-        ..BASE
-    };
-    peer.load(&case, PSK);
-    let manifest = peer.lab.dir.join("ipsec.yaml");
-    fs::write(&manifest, resources_yaml(&case, PSK, common::SERVER_V4))
-        .expect("write the SD-EWAN resources");
-    peer.lab.keep_node_kernel_off_ports();
-    let manifest = manifest.display().to_string();
-    let route = format!("{SS_NET}={}", common::SERVER_V4);
-    peer.lab.start_router(
-        common::Driver::AfPacket,
-        &["--punt-tun", "sy0", "--ipsec", &manifest, "--route", &route],
-    );
-    wait_installed(&peer, Duration::from_secs(20)).unwrap_or_else(|| {
-        let out = peer.lab.stop_router();
-        panic!(
-            "no CHILD_SA with the router:\n{}\n{}",
-            out.map(|o| o.to_string()).unwrap_or_default(),
-            peer.log()
-        )
-    });
-    let (_, out) = peer
-        .lab
-        .ping(Ns::Client, "-c 45 -i 0.2 -W 1 -s 1000", SS_HOST);
-    let received = out
-        .lines()
+/// The replies `ping` counted.
+fn replies(out: &str) -> u32 {
+    out.lines()
         .find(|l| l.contains("packets transmitted"))
         .and_then(|l| l.split(", ").nth(1))
         .and_then(|f| f.split(' ').next())
         .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
-    let listed = peer.list_sas();
-    let children: Vec<u32> = listed
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("net: #"))
-        .filter_map(|r| r.split(',').next()?.parse::<u32>().ok())
-        .collect();
-    let router = peer.lab.finish().expect("router output");
-    assert!(
-        children.iter().max().is_some_and(|&n| n >= 3),
-        "we did not rekey twice by bytes (CHILD_SAs {children:?}):\n{listed}\n{}\n{}",
-        router.stderr,
-        peer.log()
-    );
-    assert!(children.len() <= 2, "{listed}");
-    assert!(
-        received >= 44,
-        "{received}/45 replies across our rekeys:\n{out}"
-    );
-    eprintln!("rekeyed by bytes to CHILD_SA #{children:?}, {received}/45 replies");
+        .unwrap_or(0)
 }
 
 /// More suites (AES-256-GCM, AES-128-CBC with SHA-512, SHA-384) and FQDN identities, as

@@ -107,32 +107,17 @@ impl Resources {
         let mut pools = Vec::new();
         let mut initiate = Vec::new();
         let mut problems = Vec::new();
-        let sites = self.sites.iter().map(|site| {
-            let made = site
-                .pools()
-                .and_then(|p| Ok((p, site.to_peers(local, &self.proposals)?)));
-            let modes: Vec<&str> = site
-                .spec
-                .connections
-                .iter()
-                .map(|c| c.mode.as_str())
-                .collect();
-            (made, modes)
+        // Per site or host: its pools, its peers (one per connection), each connection's mode.
+        let sites = self.sites.iter().map(|r| {
+            let modes: Vec<&str> = r.spec.connections.iter().map(|c| c.mode.as_str()).collect();
+            (r.pools(), r.to_peers(local, &self.proposals), modes)
         });
-        let hosts = self.hosts.iter().map(|host| {
-            let made = host
-                .pools()
-                .and_then(|p| Ok((p, host.to_peers(local, &self.proposals)?)));
-            let modes: Vec<&str> = host
-                .spec
-                .connections
-                .iter()
-                .map(|c| c.mode.as_str())
-                .collect();
-            (made, modes)
+        let hosts = self.hosts.iter().map(|r| {
+            let modes: Vec<&str> = r.spec.connections.iter().map(|c| c.mode.as_str()).collect();
+            (r.pools(), r.to_peers(local, &self.proposals), modes)
         });
-        for (made, modes) in sites.chain(hosts) {
-            let (resource_pools, made) = match made {
+        for (resource_pools, made, modes) in sites.chain(hosts) {
+            let (resource_pools, made) = match resource_pools.and_then(|p| Ok((p, made?))) {
                 Ok(m) => m,
                 Err(e) => {
                     problems.push(ConfigError::Resource(e));

@@ -58,6 +58,26 @@ impl SdewanWatch {
     }
 }
 
+impl SdewanWatch {
+    /// Publishes `resources` (read from `source`) when they differ from the last set.
+    fn publish(&self, resources: Resources, source: &str) {
+        let changed = self
+            .out
+            .borrow()
+            .as_deref()
+            .is_none_or(|current| *current != resources);
+        if changed {
+            tracing::info!(
+                proposals = resources.proposals.len(),
+                sites = resources.sites.len(),
+                hosts = resources.hosts.len(),
+                "sdewan: resources from {source}"
+            );
+            self.out.send_replace(Some(Arc::new(resources)));
+        }
+    }
+}
+
 /// Where one object sits in the store: kind index, namespace, name.
 type Key = (usize, String, String);
 
@@ -135,21 +155,7 @@ pub async fn watch_sdewan(client: Client, settings: SdewanWatch) {
             }
         }
         if listed.iter().all(|&l| l) {
-            let resources = parse(&store, &mut reported);
-            let changed = settings
-                .out
-                .borrow()
-                .as_deref()
-                .is_none_or(|current| *current != resources);
-            if changed {
-                tracing::info!(
-                    proposals = resources.proposals.len(),
-                    sites = resources.sites.len(),
-                    hosts = resources.hosts.len(),
-                    "sdewan: resources from the API"
-                );
-                settings.out.send_replace(Some(Arc::new(resources)));
-            }
+            settings.publish(parse(&store, &mut reported), "the API");
         }
     }
 }
@@ -163,22 +169,10 @@ pub fn watch_manifests(dir: std::path::PathBuf, poll: std::time::Duration, setti
         match Resources::load(&dir) {
             Ok(all) => {
                 last_error = None;
-                let resources = all.with_purpose(&settings.purpose);
-                let changed = settings
-                    .out
-                    .borrow()
-                    .as_deref()
-                    .is_none_or(|current| *current != resources);
-                if changed {
-                    tracing::info!(
-                        dir = %dir.display(),
-                        proposals = resources.proposals.len(),
-                        sites = resources.sites.len(),
-                        hosts = resources.hosts.len(),
-                        "sdewan: resources from the manifest directory"
-                    );
-                    settings.out.send_replace(Some(Arc::new(resources)));
-                }
+                settings.publish(
+                    all.with_purpose(&settings.purpose),
+                    "the manifest directory",
+                );
             }
             Err(e) => {
                 let e = e.to_string();

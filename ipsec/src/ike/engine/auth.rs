@@ -16,6 +16,31 @@ pub(super) struct Signed<'a> {
     pub sk_p: &'a SecretBytes,
 }
 
+impl Signed<'_> {
+    /// The pre-shared-key AUTH value for identity `id`.
+    fn psk_auth(&self, psk: &SecretBytes, id: &Identification) -> SecretBytes {
+        psk_auth(
+            self.prf,
+            psk.expose(),
+            self.real_message,
+            self.nonce,
+            self.sk_p,
+            &id.body(),
+        )
+    }
+
+    /// The octets a signature for identity `id` covers.
+    fn octets(&self, id: &Identification) -> Vec<u8> {
+        signed_octets(
+            self.prf,
+            self.real_message,
+            self.nonce,
+            self.sk_p,
+            &id.body(),
+        )
+    }
+}
+
 impl Engine {
     /// Our AUTH payload for the peer configuration `peer` and our identity `id`, and the
     /// CERT payload to send before it when we authenticate with a certificate. `None` when
@@ -30,14 +55,7 @@ impl Engine {
         let config = &self.config.peers[peer];
         match &config.certs {
             None => {
-                let auth = psk_auth(
-                    signed.prf,
-                    config.psk.expose(),
-                    signed.real_message,
-                    signed.nonce,
-                    signed.sk_p,
-                    &id.body(),
-                );
+                let auth = signed.psk_auth(&config.psk, id);
                 Some((
                     None,
                     Payload::Auth {
@@ -46,22 +64,13 @@ impl Engine {
                     },
                 ))
             }
-            Some(certs) => {
-                let octets = signed_octets(
-                    signed.prf,
-                    signed.real_message,
-                    signed.nonce,
-                    signed.sk_p,
-                    &id.body(),
-                );
-                match certs.sign(&octets, peer_hashes) {
-                    Ok(auth) => Some((Some(certs.cert_payload()), auth)),
-                    Err(_) => {
-                        self.counters.tx_seal_failures += 1;
-                        None
-                    }
+            Some(certs) => match certs.sign(&signed.octets(id), peer_hashes) {
+                Ok(auth) => Some((Some(certs.cert_payload()), auth)),
+                Err(_) => {
+                    self.counters.tx_seal_failures += 1;
+                    None
                 }
-            }
+            },
         }
     }
 
@@ -81,24 +90,11 @@ impl Engine {
         let config = &self.config.peers[peer];
         match &config.certs {
             None => {
-                let expected = psk_auth(
-                    signed.prf,
-                    config.psk.expose(),
-                    signed.real_message,
-                    signed.nonce,
-                    signed.sk_p,
-                    &id.body(),
-                );
+                let expected = signed.psk_auth(&config.psk, id);
                 method == AUTH_METHOD_PSK && bool::from(expected.expose().ct_eq(data))
             }
             Some(certs) => {
-                let octets = signed_octets(
-                    signed.prf,
-                    signed.real_message,
-                    signed.nonce,
-                    signed.sk_p,
-                    &id.body(),
-                );
+                let octets = signed.octets(id);
                 let now = std::time::SystemTime::now();
                 match certs.verify_peer(payloads, id, method, data, &octets, now) {
                     Ok(()) => true,
