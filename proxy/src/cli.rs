@@ -500,8 +500,9 @@ pub struct RouterArgs {
     /// IKE fragmentation (RFC 7383): the largest IP datagram an IKE message may travel in
     /// before it is sent as Encrypted Fragments (both ends must announce support, which we
     /// do). Unset: 576 bytes over IPv4, 1280 over IPv6, as the RFC recommends; 0: no
-    /// fragmentation (neither announced nor accepted).
-    #[arg(long, value_name = "BYTES", requires = "ipsec")]
+    /// fragmentation (neither announced nor accepted). For --ipsec and the agent's
+    /// --sdewan-purpose.
+    #[arg(long, value_name = "BYTES")]
     pub ike_fragment_size: Option<usize>,
 }
 

@@ -289,7 +289,14 @@ where
         };
         let handle = TablesHandle::new(tables.clone());
         let ipsec = match (&args.ipsec, ipsec_feed) {
-            (None, None) => None,
+            (None, None) => {
+                if args.ike_fragment_size.is_some() {
+                    tracing::warn!(
+                        "--ike-fragment-size without --ipsec or --sdewan-purpose: unused"
+                    );
+                }
+                None
+            }
             (path, feed) => {
                 let settings = crate::ipsec::Settings {
                     path: path.clone(),
