@@ -125,10 +125,14 @@ impl RouterRig {
     /// back. Returns how many were transmitted.
     #[inline]
     pub fn forward_vector(&mut self) -> usize {
-        for (frame, mut buf) in self.frames.iter().zip(self.free.drain(..)) {
+        // As the router's loop does with a driver's burst: fill the buffers, then hand them
+        // to the graph together. (Buffers beyond the frames, of which there are none, would
+        // be dropped, as before.)
+        for (frame, buf) in self.frames.iter().zip(self.free.iter_mut()) {
             buf.fill(frame);
-            self.graph.receive(Packet::received(buf, 0));
         }
+        self.free.truncate(self.frames.len());
+        self.graph.receive_burst(&mut self.free, 0);
         self.graph.dispatch(&self.tables, &mut self.state, self.now);
         let mut sent = 0;
         for q in &mut self.graph.tx {

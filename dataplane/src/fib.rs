@@ -47,20 +47,27 @@ impl Route {
                 port: *port,
                 gateway: Some(dst),
             }),
-            Route::Via(paths) if !paths.is_empty() => {
-                let i = if paths.len() == 1 {
-                    0
-                } else {
-                    // Multiply-shift maps the hash onto the paths evenly without a division.
-                    ((u64::from(flow_hash()) * paths.len() as u64) >> 32) as usize
-                };
-                let mut hop = paths[i];
+            Route::Via(paths) => {
+                let mut hop = *pick_path(paths, flow_hash)?;
                 hop.gateway.get_or_insert(dst);
                 Some(hop)
             }
             _ => None,
         }
     }
+}
+
+/// The path of an equal-cost group that a flow takes, `None` for an empty group. `flow_hash` is
+/// called only when there are several paths to choose from.
+#[inline]
+pub fn pick_path(paths: &[NextHop], flow_hash: impl FnOnce() -> u32) -> Option<&NextHop> {
+    let i = if paths.len() <= 1 {
+        0
+    } else {
+        // Multiply-shift maps the hash onto the paths evenly without a division.
+        ((u64::from(flow_hash()) * paths.len() as u64) >> 32) as usize
+    };
+    paths.get(i)
 }
 
 /// IPv4 and IPv6 route tables.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use ipnet::IpNet;
-use switchyard_dataplane::graph::{Graph, NodeCounters, Packet, VECTOR_SIZE};
+use switchyard_dataplane::graph::{Graph, NodeCounters, VECTOR_SIZE};
 use switchyard_dataplane::nodes::router_graph;
 use switchyard_dataplane::tables::{Interface, Tables, TablesHandle};
 use switchyard_dataplane::worker::WorkerState;
@@ -409,9 +409,7 @@ where
                     }
                 }
                 received += rx.len();
-                for buf in rx.drain(..) {
-                    self.graph.receive(Packet::received(buf, port));
-                }
+                self.graph.receive_burst(&mut rx, port);
             }
             if let Some(punt) = self.punt.as_mut() {
                 received += punt.receive(&mut self.driver, &mut self.graph);

@@ -8,7 +8,7 @@ use super::ip4_options::{self, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
 use super::{redirect, tcp_reset};
 use crate::buffer::PacketBuffer;
-use crate::fib::Route;
+use crate::fib::{pick_path, Route};
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT};
 use crate::wire::icmpv4::{time_exceeded_code, unreachable_code};
 use crate::wire::{
@@ -38,6 +38,15 @@ fn is_martian_source(a: Ipv4Addr) -> bool {
 fn is_martian_destination(a: Ipv4Addr) -> bool {
     let o = a.octets()[0];
     o == 0 || o == 127 || (o >= 240 && !a.is_broadcast())
+}
+
+/// A quick test that every ordinary packet passes: false unless the first octet of the source
+/// is 0, 127 or 224 and up, or that of the destination 0, 127 or 240 and up. Only then are
+/// [`is_martian_source`] and [`is_martian_destination`] asked. Non-short-circuit `|`, so that
+/// it is four compares and no branch.
+#[inline]
+fn may_be_martian(src: u8, dst: u8) -> bool {
+    (src.wrapping_sub(1) >= 223) | (src == 127) | (dst.wrapping_sub(1) >= 239) | (dst == 127)
 }
 
 node_errors! {
@@ -89,7 +98,7 @@ impl Ip4Input {
             return Self::malformed(cx, data);
         }
         let checksum_ok = if header_len == 20 {
-            checksum::sum_ipv4_header(h) == 0xffff
+            checksum::ipv4_header_ok(h)
         } else {
             Ipv4Packet::new_unchecked(data).verify_checksum()
         };
@@ -97,21 +106,30 @@ impl Ip4Input {
             cx.error(Ip4InputError::BadChecksum);
             return InputNext::Drop;
         }
-        let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-        if is_martian_source(src) {
-            cx.error(Ip4InputError::MartianSource);
-            return InputNext::Drop;
+        // The addresses are made only where they are needed, off the common path.
+        let addresses = |h: &[u8; 20]| {
+            (
+                Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+                Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+            )
+        };
+        if may_be_martian(h[12], h[16]) {
+            let (src, dst) = addresses(h);
+            if is_martian_source(src) {
+                cx.error(Ip4InputError::MartianSource);
+                return InputNext::Drop;
+            }
+            if is_martian_destination(dst) {
+                cx.error(Ip4InputError::MartianDestination);
+                return InputNext::Drop;
+            }
         }
-        if is_martian_destination(dst) {
-            cx.error(Ip4InputError::MartianDestination);
-            return InputNext::Drop;
+        if pkt.meta.trace != 0 {
+            let (src, dst) = addresses(h);
+            cx.trace(&pkt.meta, format_args!("{src} > {dst} len {total_len}"));
         }
         // Ethernet pads short frames: the IP total length is the truth.
         pkt.buf.truncate(total_len);
-        if pkt.meta.trace != 0 {
-            cx.trace(&pkt.meta, format_args!("{src} > {dst} len {total_len}"));
-        }
         if header_len > 20 {
             match ip4_options::check(Ipv4Packet::new_unchecked(pkt.buf.data()).options()) {
                 OptionsVerdict::Accept { .. } => {}
@@ -208,6 +226,21 @@ impl Ip4Lookup {
         }
         let tables = cx.tables;
         let route = tables.fib.lookup4(dst);
+        // The common case first: a route through gateways, for a packet that may be forwarded.
+        // The path goes straight into the metadata, without a `NextHop` in between; anything
+        // else (no path, a broadcast frame, other routes) takes the general code below.
+        if let Some(Route::Via(paths)) = route {
+            if !pkt.meta.l2_multicast || pkt.meta.local_origin {
+                if let Some(path) = pick_path(paths, || header_flow_hash(h, data)) {
+                    pkt.meta.tx_port = path.port;
+                    pkt.meta.next_hop = Some(path.gateway.unwrap_or(IpAddr::V4(dst)));
+                    if pkt.meta.trace != 0 {
+                        super::trace_next_hop(cx, pkt, IpAddr::V4(dst));
+                    }
+                    return LookupNext::Rewrite;
+                }
+            }
+        }
         let hop = match route {
             Some(Route::Local) => {
                 cx.trace(&pkt.meta, format_args!("{dst}: local"));
@@ -246,21 +279,28 @@ impl Ip4Lookup {
 pub(super) fn header_flow_hash(h: &[u8; 20], data: &[u8]) -> u32 {
     let protocol = IpProtocol(h[9]);
     let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
-    let ports = if fragment {
+    let ports = if fragment
+        || !matches!(
+            protocol,
+            IpProtocol::TCP | IpProtocol::UDP | IpProtocol::SCTP
+        ) {
         0
     } else {
+        // The first four bytes of the payload, `data[header_len..total_len]`, if it has them:
+        // what `l4_ports` reads, with two compares instead of a sub-slice and a length test.
         let header_len = usize::from(h[0] & 0x0f) * 4;
         let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-        super::l4_ports(
-            protocol,
-            data.get(header_len..total_len).unwrap_or_default(),
-        )
+        let end = header_len + 4;
+        match data.get(header_len..end) {
+            Some(&[a, b, c, d]) if end <= total_len && total_len <= data.len() => {
+                u32::from_be_bytes([a, b, c, d])
+            }
+            _ => 0,
+        }
     };
-    super::flow_hash(
-        &[
-            u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
-            u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
-        ],
+    super::ecmp_hash(
+        u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
+        u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
         protocol.0,
         ports,
     )

@@ -9,7 +9,7 @@ use super::ip6_options::{check_hop_by_hop, check_options, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
 use super::{ipv6_flow_hash, push_ethernet, redirect, tcp_reset};
 use crate::buffer::PacketBuffer;
-use crate::fib::Route;
+use crate::fib::{pick_path, Route};
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
 use crate::tables::Interface;
 use crate::wire::icmpv6::{param_problem_code, unreachable_code};
@@ -227,6 +227,21 @@ impl Ip6Lookup {
             return LookupNext::Drop;
         }
         let route = cx.tables.fib.lookup6(dst);
+        // The common case first, as in `ip4-lookup`: a route through gateways, for a packet
+        // that may be forwarded (the checks below, in the same order), the path written
+        // straight into the metadata. Anything else takes the general code below.
+        if let Some(Route::Via(paths)) = route {
+            if pkt.meta.local_origin || !(pkt.meta.l2_multicast || is_link_local(&src)) {
+                if let Some(path) = pick_path(paths, || ipv6_flow_hash(&ip)) {
+                    pkt.meta.tx_port = path.port;
+                    pkt.meta.next_hop = Some(path.gateway.unwrap_or(IpAddr::V6(dst)));
+                    if pkt.meta.trace != 0 {
+                        super::trace_next_hop(cx, pkt, IpAddr::V6(dst));
+                    }
+                    return LookupNext::Rewrite;
+                }
+            }
+        }
         let hop = match route {
             Some(Route::Local) => {
                 cx.trace(&pkt.meta, format_args!("{dst}: local"));

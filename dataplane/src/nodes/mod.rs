@@ -142,12 +142,23 @@ pub(crate) fn set_next_hop<B>(
     pkt.meta.tx_port = hop.port;
     pkt.meta.next_hop = hop.gateway;
     if pkt.meta.trace != 0 {
-        let via = hop.gateway.unwrap_or(dst);
-        cx.trace(
-            &pkt.meta,
-            format_args!("{dst}: next hop {via} on port {}", hop.port),
-        );
+        trace_next_hop(cx, pkt, dst);
     }
+}
+
+/// The trace line saying which next hop the lookup chose for `dst` (already in the metadata).
+#[cold]
+#[inline(never)]
+pub(crate) fn trace_next_hop<B>(
+    cx: &mut crate::graph::Context<'_, B>,
+    pkt: &crate::graph::Packet<B>,
+    dst: std::net::IpAddr,
+) {
+    let via = pkt.meta.next_hop.unwrap_or(dst);
+    cx.trace(
+        &pkt.meta,
+        format_args!("{dst}: next hop {via} on port {}", pkt.meta.tx_port),
+    );
 }
 
 /// Replaces the packet's bytes with `len` bytes written by `write` (for messages built from
@@ -180,6 +191,20 @@ pub fn flow_hash(words: &[u32], proto: u8, ports: u32) -> u32 {
     (h ^ (h >> 29)) as u32
 }
 
+/// The hash that spreads flows over equal-cost paths, from two 32-bit address words, the
+/// protocol and the ports (or the IPv6 flow label): [`flow_hash`]'s multiply-xorshift rounds
+/// with the two address words taken as one 64-bit word, so two multiplies instead of three on
+/// the per-packet path. The xorshifts matter: without them the result would be linear in the
+/// ports, and consecutive ports would take the same path in long runs.
+#[inline]
+pub fn ecmp_hash(a: u32, b: u32, proto: u8, ports: u32) -> u32 {
+    let mut h = (u64::from(a) << 32 | u64::from(b)) ^ 0x9e37_79b9_7f4a_7c15 ^ u64::from(proto);
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 32;
+    h = (h ^ u64::from(ports)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    (h ^ (h >> 29)) as u32
+}
+
 /// The flow hash of an IPv4 packet: addresses, protocol and, unless it is a fragment, ports.
 /// Fragments hash on addresses alone so that a datagram's fragments take one path.
 #[inline]
@@ -189,8 +214,9 @@ pub fn ipv4_flow_hash<T: AsRef<[u8]>>(ip: &crate::wire::Ipv4Packet<T>) -> u32 {
     } else {
         l4_ports(ip.protocol(), ip.payload())
     };
-    flow_hash(
-        &[u32::from(ip.src_addr()), u32::from(ip.dst_addr())],
+    ecmp_hash(
+        u32::from(ip.src_addr()),
+        u32::from(ip.dst_addr()),
         ip.protocol().0,
         ports,
     )
@@ -204,8 +230,9 @@ pub fn ipv6_flow_hash<T: AsRef<[u8]>>(ip: &crate::wire::Ipv6Packet<T>) -> u32 {
         let s = a.segments();
         (u32::from(s[4]) << 16 | u32::from(s[5])) ^ (u32::from(s[6]) << 16 | u32::from(s[7]))
     };
-    flow_hash(
-        &[low(ip.src_addr()), low(ip.dst_addr())],
+    ecmp_hash(
+        low(ip.src_addr()),
+        low(ip.dst_addr()),
         ip.next_header().0,
         ip.flow_label(),
     )

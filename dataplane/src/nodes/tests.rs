@@ -1430,3 +1430,37 @@ proptest! {
         prop_assert_eq!(super::ip4::header_flow_hash(&h, &data), super::ipv4_flow_hash(&ip));
     }
 }
+
+/// The ECMP hash spreads flows evenly over 2 to 8 paths whichever field varies: ports, the
+/// source address's low bits, or its high bits (path chosen as `fib::pick_path` does); and
+/// neighbouring flows do not share a path in long runs (a hash linear in a field would pass
+/// the first test and fail this one).
+#[test]
+fn ecmp_hash_spreads_flows_evenly() {
+    let base = u32::from(v4("198.18.1.2"));
+    let dst = u32::from(v4("198.19.0.1"));
+    let flows: [Box<dyn Fn(u32) -> u32>; 3] = [
+        Box::new(|i| super::ecmp_hash(base, dst, 17, i << 16 | 53)),
+        Box::new(|i| super::ecmp_hash(base + i, dst, 6, 0x1f90_0050)),
+        Box::new(|i| super::ecmp_hash(base ^ (i << 20), dst, 6, 0x1f90_0050)),
+    ];
+    for (f, flow) in flows.iter().enumerate() {
+        for paths in 2..=8u64 {
+            let mut count = vec![0u32; paths as usize];
+            for i in 0..4096 {
+                count[((u64::from(flow(i)) * paths) >> 32) as usize] += 1;
+            }
+            let fair = 4096 / paths as u32;
+            for c in &count {
+                assert!(
+                    c.abs_diff(fair) * 5 < fair,
+                    "flows {f}, {paths} paths: {count:?}"
+                );
+            }
+        }
+        let path = |i| (u64::from(flow(i)) * 2) >> 32;
+        let changes = (1..4096).filter(|&i| path(i) != path(i - 1)).count();
+        // About half the neighbours differ for a random function (2,047 of 4,095).
+        assert!(changes > 1_400, "flows {f}: path changes {changes} times");
+    }
+}

@@ -58,6 +58,20 @@ pub fn sum_ipv4_header(h: &[u8; 20]) -> u16 {
     fold(word(0) + word(4) + word(8) + word(12) + word(16))
 }
 
+/// True if an option-less, 20-byte IPv4 header carries a valid checksum: its sum is all-ones.
+///
+/// The same test as `sum_ipv4_header(h) == 0xffff` in fewer steps. The words are read in the
+/// machine's byte order, which only permutes the bytes of the sum (RFC 1071 2(B)), and all-ones
+/// is all-ones in either order. Instead of folding, a ones'-complement sum is all-ones exactly
+/// when the plain sum is a non-zero multiple of 0xffff (2^16 ≡ 1 mod 0xffff, and a non-zero sum
+/// never folds to zero), which is one multiply-shift remainder.
+#[inline]
+pub fn ipv4_header_ok(h: &[u8; 20]) -> bool {
+    let word = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    let acc = word(0) + word(4) + word(8) + word(12) + word(16);
+    acc != 0 && acc % 0xffff == 0
+}
+
 /// Ones'-complement addition of two folded sums.
 #[inline]
 pub fn combine(a: u16, b: u16) -> u16 {
@@ -318,6 +332,17 @@ mod tests {
         #[test]
         fn ipv4_header_sum_matches_the_general_sum(h in any::<[u8; 20]>()) {
             prop_assert_eq!(sum_ipv4_header(&h), sum(&h));
+            prop_assert_eq!(ipv4_header_ok(&h), sum(&h) == 0xffff);
+        }
+
+        #[test]
+        fn ipv4_header_ok_accepts_every_filled_checksum(mut h in any::<[u8; 20]>()) {
+            h[10..12].fill(0);
+            let c = checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            prop_assert!(ipv4_header_ok(&h));
+            h[11] ^= 1;
+            prop_assert!(!ipv4_header_ok(&h));
         }
 
         #[test]

@@ -189,7 +189,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn verify_checksum(&self) -> bool {
         let header = &self.buffer.as_ref()[..self.header_len()];
         match <&[u8; 20]>::try_from(header) {
-            Ok(plain) => checksum::sum_ipv4_header(plain) == 0xffff,
+            Ok(plain) => checksum::ipv4_header_ok(plain),
             Err(_) => checksum::verify(header),
         }
     }
