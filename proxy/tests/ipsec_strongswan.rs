@@ -1064,15 +1064,11 @@ fn esp_through_the_router_with_strongswan_both_ways() {
             ..BASE
         };
         peer.load(&case, PSK);
-        let manifest = peer.lab.dir.join("ipsec.yaml");
-        fs::write(&manifest, resources_yaml(&case, PSK, common::SERVER_V4))
-            .expect("write the SD-EWAN resources");
-        peer.lab.keep_node_kernel_off_ports();
-        let manifest = manifest.display().to_string();
-        let route = format!("{SS_NET}={}", common::SERVER_V4);
-        peer.lab.start_router(
-            common::Driver::AfPacket,
-            &["--punt-tun", "sy0", "--ipsec", &manifest, "--route", &route],
+        let yaml = resources_yaml(&case, PSK, common::SERVER_V4);
+        start_ipsec_router(
+            &mut peer,
+            &yaml,
+            &[format!("{SS_NET}={}", common::SERVER_V4)],
         );
         if !we_initiate {
             let out = peer.swanctl("--initiate --child net --ike sy --timeout 15");
@@ -1220,15 +1216,11 @@ fn rekeys_under_pings(test: &str, case: Case, ping: &str, how: &str) {
     };
     let mut peer = Peer::start_in(lab, common::ROUTER_S0_V4, common::SERVER_V4);
     peer.load(&case, PSK);
-    let manifest = peer.lab.dir.join("ipsec.yaml");
-    fs::write(&manifest, resources_yaml(&case, PSK, common::SERVER_V4))
-        .expect("write the SD-EWAN resources");
-    peer.lab.keep_node_kernel_off_ports();
-    let manifest = manifest.display().to_string();
-    let route = format!("{SS_NET}={}", common::SERVER_V4);
-    peer.lab.start_router(
-        common::Driver::AfPacket,
-        &["--punt-tun", "sy0", "--ipsec", &manifest, "--route", &route],
+    let yaml = resources_yaml(&case, PSK, common::SERVER_V4);
+    start_ipsec_router(
+        &mut peer,
+        &yaml,
+        &[format!("{SS_NET}={}", common::SERVER_V4)],
     );
     let listed = wait_installed(&peer, Duration::from_secs(20)).unwrap_or_else(|| {
         let out = peer.lab.stop_router();
@@ -1266,6 +1258,20 @@ fn rekeys_under_pings(test: &str, case: Case, ping: &str, how: &str) {
         router.stderr
     );
     eprintln!("rekeyed {how} to CHILD_SA #{children:?}, {received}/45 replies");
+}
+
+/// Starts `switchyard router --ipsec` in the lab's node namespace with the SD-EWAN resources
+/// `yaml`, the punt TUN for IKE, and `routes` (`PREFIX=GATEWAY`).
+fn start_ipsec_router(peer: &mut Peer, yaml: &str, routes: &[String]) {
+    let manifest = peer.lab.dir.join("ipsec.yaml");
+    fs::write(&manifest, yaml).expect("write the SD-EWAN resources");
+    peer.lab.keep_node_kernel_off_ports();
+    let manifest = manifest.display().to_string();
+    let mut args = vec!["--punt-tun", "sy0", "--ipsec", &manifest];
+    for route in routes {
+        args.extend(["--route", route.as_str()]);
+    }
+    peer.lab.start_router(common::Driver::AfPacket, &args);
 }
 
 /// The replies `ping` counted.
@@ -2459,25 +2465,11 @@ secrets {{
             &format!("remote_subnet: \"{SS_NET},{SS_NET6}\""),
         );
     assert!(yaml.contains(SS_NET6) && yaml.contains(SY_NET6), "{yaml}");
-    let manifest = peer.lab.dir.join("ipsec.yaml");
-    fs::write(&manifest, yaml).expect("write the SD-EWAN resources");
-    peer.lab.keep_node_kernel_off_ports();
-    let manifest = manifest.display().to_string();
-    let route4 = format!("{SS_NET}={}", common::SERVER_V4);
-    let route6 = format!("{SS_NET6}={}", common::SERVER_V6);
-    peer.lab.start_router(
-        common::Driver::AfPacket,
-        &[
-            "--punt-tun",
-            "sy0",
-            "--ipsec",
-            &manifest,
-            "--route",
-            &route4,
-            "--route",
-            &route6,
-        ],
-    );
+    let routes = [
+        format!("{SS_NET}={}", common::SERVER_V4),
+        format!("{SS_NET6}={}", common::SERVER_V6),
+    ];
+    start_ipsec_router(&mut peer, &yaml, &routes);
     let listed = wait_installed(&peer, Duration::from_secs(20)).unwrap_or_else(|| {
         let out = peer.lab.stop_router();
         panic!(
