@@ -247,3 +247,121 @@ fn service_traffic_is_judged_by_the_backend_port_after_dnat() {
     assert_eq!(out.len(), 1);
     assert_eq!(ip4_of(&out[0].1).src_addr(), v4("198.51.100.10"));
 }
+
+/// A TCP segment (or, with `sctp`, an SCTP common header with one zero-length chunk) between
+/// two IPv6 addresses, as an Ethernet frame from the client side or the server side.
+fn v6_frame(
+    from_client: bool,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: TcpFlags,
+    sctp: bool,
+) -> Vec<u8> {
+    let (l4, proto) = if sctp {
+        let mut h = Vec::new();
+        h.extend_from_slice(&sport.to_be_bytes());
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // verification tag, checksum
+        h.extend_from_slice(&[1, 0, 0, 4]); // an INIT chunk header
+        (h, IpProtocol::SCTP)
+    } else {
+        let repr = TcpRepr {
+            src_port: sport,
+            dst_port: dport,
+            seq_number: 7,
+            ack_number: if flags.contains(TcpFlags::ACK) { 1 } else { 0 },
+            flags,
+            window_len: 1000,
+            urgent_ptr: 0,
+            max_seg_size: None,
+            payload: &[],
+        };
+        let mut b = vec![0; repr.buffer_len()];
+        repr.emit(
+            &mut TcpPacket::new_unchecked(&mut b[..]),
+            &IpAddrPair::V6 { src, dst },
+        )
+        .unwrap();
+        (b, IpProtocol::TCP)
+    };
+    let ip = ipv6(src, dst, proto, 64, &l4);
+    if from_client {
+        eth(MAC0, CLIENT_MAC, 0x86dd, &ip)
+    } else {
+        eth(MAC1, SERVER_MAC, 0x86dd, &ip)
+    }
+}
+
+/// `ip6-acl`: an IPv6 pod isolated for ingress admits TCP 80 and SCTP 3868 from the client's
+/// IPv6 subnet, its TCP replies pass, other ports and the other protocol are refused.
+#[test]
+fn ipv6_pods_are_judged_by_ip6_acl_tcp_and_sctp() {
+    let (client, server) = (v6("2001:db8:1::2"), v6("2001:db8:2::2"));
+    let acl = acl(
+        "server6-in",
+        &[
+            ("2001:db8:1::/64", Some(6), (80, 80)),
+            ("2001:db8:1::/64", Some(132), (3868, 3868)),
+        ],
+    );
+    let mut p = PolicyTables {
+        acls: vec![acl],
+        ..PolicyTables::default()
+    };
+    p.pods.insert(
+        server.into(),
+        PodAcls {
+            ingress: Some(0),
+            egress: None,
+        },
+    );
+    let mut r = rig(p);
+    let f = |from_client, src, dst, sport, dport, flags, sctp| {
+        v6_frame(from_client, src, dst, sport, dport, flags, sctp)
+    };
+    let syn = f(true, client, server, 40000, 80, TcpFlags::SYN, false);
+    assert_eq!(r.send(0, &syn).len(), 1, "TCP 80 admitted");
+    let synack = f(
+        false,
+        server,
+        client,
+        80,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+        false,
+    );
+    assert_eq!(r.send(1, &synack).len(), 1, "its reply passes");
+    assert!(r
+        .send(0, &f(true, client, server, 40001, 81, TcpFlags::SYN, false))
+        .is_empty());
+    assert_eq!(
+        r.send(
+            0,
+            &f(true, client, server, 5000, 3868, TcpFlags::default(), true)
+        )
+        .len(),
+        1,
+        "SCTP 3868 admitted"
+    );
+    assert!(r
+        .send(
+            0,
+            &f(true, client, server, 5000, 3869, TcpFlags::default(), true)
+        )
+        .is_empty());
+    assert!(
+        r.send(
+            0,
+            &f(true, client, server, 40002, 3868, TcpFlags::SYN, false)
+        )
+        .is_empty(),
+        "the SCTP port is not a TCP port"
+    );
+    assert_eq!(r.count("ip6-acl", "allowed_new"), 2);
+    assert_eq!(r.count("ip6-acl", "established"), 1);
+    assert_eq!(r.count("ip6-acl", "ingress_denied"), 3);
+    assert_eq!(r.state.acl_hits[0].rule(0), 1);
+    assert_eq!(r.state.acl_hits[0].rule(1), 1);
+}
