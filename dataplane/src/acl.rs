@@ -1739,7 +1739,7 @@ mod tests {
                 let a = std::net::Ipv4Addr::from(0xc612_0000 + i);
                 (IpAddr::V4(a), TCP, 8000 + (i % 4) as u16)
             })
-            .chain([(ip("198.19.0.9"), TCP, 443), (ip("8.8.8.8"), UDP, 53)])
+            .chain([(ip("198.19.0.9"), TCP, 443), (ip("203.0.113.53"), UDP, 53)])
             .collect();
         for tuning in tunings() {
             let mut current = rules.clone();

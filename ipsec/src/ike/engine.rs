@@ -380,6 +380,59 @@ struct IkeSa {
 }
 
 impl IkeSa {
+    /// The IKE SA that replaces this one in a rekey (RFC 7296 section 1.3.2): the same peer,
+    /// addresses and negotiated options, new SPIs `(SPIi, SPIr, we are the initiator)`,
+    /// suite, nonces `(Ni, Nr)`, keys and ciphers `(outbound, inbound)`, established at
+    /// `now` and rekeyed at `rekey_at`; no CHILD_SAs or virtual IPs yet (the caller moves
+    /// them).
+    fn successor(
+        &self,
+        (spi_i, spi_r, initiator): (u64, u64, bool),
+        suite: IkeSuite,
+        (nonce_i, nonce_r): (Vec<u8>, Vec<u8>),
+        keys: IkeKeys,
+        (tx, rx): (SkCipher, SkCipher),
+        (now, rekey_at): (Instant, Option<Instant>),
+    ) -> IkeSa {
+        IkeSa {
+            spi_i,
+            spi_r,
+            initiator,
+            peer: self.peer,
+            state: IkeState::Established,
+            local: self.local,
+            remote: self.remote,
+            suite: Some(suite),
+            nonce_i,
+            nonce_r,
+            dh_group: suite.dh,
+            dh: None,
+            ke_public: Vec::new(),
+            keys: Some(keys),
+            tx: Some(tx),
+            rx: Some(rx),
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            cookie: None,
+            next_request_id: 0,
+            expected_peer_id: 0,
+            outstanding: None,
+            pending: None,
+            last_response: None,
+            iv_counter: 0,
+            fragmentation: self.fragmentation,
+            reassembly: None,
+            peer_hashes: self.peer_hashes.clone(),
+            nat: self.nat,
+            child_spi: self.child_spi,
+            children: Vec::new(),
+            created: now,
+            virtual_ips: Vec::new(),
+            leased: Vec::new(),
+            rekey_at,
+        }
+    }
+
     fn header(&self, exchange_type: u8, message_id: u32, response: bool) -> Header {
         let mut flags = if self.initiator { FLAG_INITIATOR } else { 0 };
         if response {
@@ -2588,44 +2641,21 @@ impl Engine {
         if let Some(pool) = self.peer_pools.get(old.peer).copied().flatten() {
             self.pools[pool].transfer(IkeSaId(id), IkeSaId(our_spi));
         }
+        let rekey_at = self.config.peers[old.peer]
+            .ike_lifetime
+            .map(|period| jittered(&self.rng, now, period));
         let new = IkeSa {
-            spi_i: peer_spi,
-            spi_r: our_spi,
-            initiator: false,
-            peer: old.peer,
-            state: IkeState::Established,
-            local: old.local,
-            remote: old.remote,
-            suite: Some(suite),
-            nonce_i: nonce_i.to_vec(),
-            nonce_r,
-            dh_group: suite.dh,
-            dh: None,
-            ke_public: Vec::new(),
-            keys: Some(keys),
-            tx: Some(tx),
-            rx: Some(rx),
-            init_request: Vec::new(),
-            init_response: Vec::new(),
-            cookie: None,
-            next_request_id: 0,
-            expected_peer_id: 0,
-            outstanding: None,
-            pending: None,
-            last_response: None,
-            iv_counter: 0,
-            fragmentation: old.fragmentation,
-            reassembly: None,
-            peer_hashes: Vec::new(),
-            nat: old.nat,
-            child_spi: old.child_spi,
             children,
-            created: now,
             virtual_ips,
             leased,
-            rekey_at: self.config.peers[old.peer]
-                .ike_lifetime
-                .map(|period| jittered(&self.rng, now, period)),
+            ..old.successor(
+                (peer_spi, our_spi, false),
+                suite,
+                (nonce_i.to_vec(), nonce_r),
+                keys,
+                (tx, rx),
+                (now, rekey_at),
+            )
         };
         // Our own rekey of it is under way: both ends rekeyed it at once.
         if let Some(Pending::IkeRekey(ours)) = &mut old.pending {
@@ -3127,45 +3157,17 @@ impl Engine {
             return;
         };
         let peer = &self.config.peers[old.peer];
-        let new = IkeSa {
-            spi_i: rekey.our_spi,
-            spi_r: peer_spi,
-            initiator: true,
-            peer: old.peer,
-            state: IkeState::Established,
-            local: old.local,
-            remote: old.remote,
-            suite: Some(suite),
-            nonce_i: rekey.nonce,
-            nonce_r: nonce_r.clone(),
-            dh_group: suite.dh,
-            dh: None,
-            ke_public: Vec::new(),
-            keys: Some(keys),
-            tx: Some(tx),
-            rx: Some(rx),
-            init_request: Vec::new(),
-            init_response: Vec::new(),
-            cookie: None,
-            next_request_id: 0,
-            expected_peer_id: 0,
-            outstanding: None,
-            pending: None,
-            last_response: None,
-            iv_counter: 0,
-            fragmentation: old.fragmentation,
-            reassembly: None,
-            peer_hashes: Vec::new(),
-            nat: old.nat,
-            child_spi: old.child_spi,
-            children: Vec::new(),
-            created: now,
-            virtual_ips: Vec::new(),
-            leased: Vec::new(),
-            rekey_at: peer
-                .ike_lifetime
-                .map(|period| jittered(&self.rng, now, period)),
-        };
+        let rekey_at = peer
+            .ike_lifetime
+            .map(|period| jittered(&self.rng, now, period));
+        let new = old.successor(
+            (rekey.our_spi, peer_spi, true),
+            suite,
+            (rekey.nonce, nonce_r.clone()),
+            keys,
+            (tx, rx),
+            (now, rekey_at),
+        );
         let ours_redundant = rekey
             .collision
             .as_ref()

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::nat::{tcp, udp};
+use super::nat::{tcp, tcp6, udp};
 use super::*;
 use crate::acl::AclRuleSpec;
 use crate::policy::{AclDirection, AclTable, PodAcls, PolicyTables};
@@ -259,34 +259,16 @@ fn v6_frame(
     flags: TcpFlags,
     sctp: bool,
 ) -> Vec<u8> {
-    let (l4, proto) = if sctp {
+    let ip = if sctp {
         let mut h = Vec::new();
         h.extend_from_slice(&sport.to_be_bytes());
         h.extend_from_slice(&dport.to_be_bytes());
         h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // verification tag, checksum
         h.extend_from_slice(&[1, 0, 0, 4]); // an INIT chunk header
-        (h, IpProtocol::SCTP)
+        ipv6(src, dst, IpProtocol::SCTP, 64, &h)
     } else {
-        let repr = TcpRepr {
-            src_port: sport,
-            dst_port: dport,
-            seq_number: 7,
-            ack_number: if flags.contains(TcpFlags::ACK) { 1 } else { 0 },
-            flags,
-            window_len: 1000,
-            urgent_ptr: 0,
-            max_seg_size: None,
-            payload: &[],
-        };
-        let mut b = vec![0; repr.buffer_len()];
-        repr.emit(
-            &mut TcpPacket::new_unchecked(&mut b[..]),
-            &IpAddrPair::V6 { src, dst },
-        )
-        .unwrap();
-        (b, IpProtocol::TCP)
+        tcp6(src, dst, sport, dport, flags)
     };
-    let ip = ipv6(src, dst, proto, 64, &l4);
     if from_client {
         eth(MAC0, CLIENT_MAC, 0x86dd, &ip)
     } else {

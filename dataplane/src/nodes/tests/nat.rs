@@ -97,6 +97,34 @@ pub(super) fn tcp(
     ipv4(src, dst, IpProtocol::TCP, 64, true, &seg)
 }
 
+/// An IPv6 packet carrying a TCP segment with no payload.
+pub(super) fn tcp6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: TcpFlags,
+) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: sport,
+        dst_port: dport,
+        seq_number: 7,
+        ack_number: if flags.contains(TcpFlags::ACK) { 1 } else { 0 },
+        flags,
+        window_len: 1000,
+        urgent_ptr: 0,
+        max_seg_size: None,
+        payload: &[],
+    };
+    let mut b = vec![0; repr.buffer_len()];
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut b[..]),
+        &IpAddrPair::V6 { src, dst },
+    )
+    .unwrap();
+    ipv6(src, dst, IpProtocol::TCP, 64, &b)
+}
+
 pub(super) fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     let repr = UdpRepr {
         src_port: sport,
@@ -491,28 +519,11 @@ fn ipv6_cluster_ip_is_dnated_and_answered() {
     };
     let mut r = Rig::with_services(&[svc]);
     let seg = |src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, flags: TcpFlags| {
-        let repr = TcpRepr {
-            src_port: sport,
-            dst_port: dport,
-            seq_number: 7,
-            ack_number: if flags.contains(TcpFlags::ACK) { 1 } else { 0 },
-            flags,
-            window_len: 1000,
-            urgent_ptr: 0,
-            max_seg_size: None,
-            payload: &[],
-        };
-        let mut b = vec![0; repr.buffer_len()];
-        repr.emit(
-            &mut TcpPacket::new_unchecked(&mut b[..]),
-            &IpAddrPair::V6 { src, dst },
-        )
-        .unwrap();
         eth(
             MAC0,
             CLIENT_MAC,
             0x86dd,
-            &ipv6(src, dst, IpProtocol::TCP, 64, &b),
+            &tcp6(src, dst, sport, dport, flags),
         )
     };
     let parse = |frame: &[u8]| {
