@@ -41,6 +41,7 @@ node_errors! {
         Invalid = ("invalid", "TCP segment that does not fit its connection's state: dropped"),
         TableFull = ("table_full", "connection table full: new connection dropped"),
         Clash = ("clash", "connection tuple already tracked: dropped"),
+        PortRemapped = ("port_remapped", "new connections given another source port: the reply tuple was taken"),
         NoSnatPort = ("no_snat_port", "no free masquerade port or no address towards the backend: dropped"),
         Fragment = ("fragment", "non-first fragment: not translated"),
         IcmpTranslated = ("icmp_translated", "ICMP errors about tracked connections translated"),
@@ -284,7 +285,21 @@ fn new_connection<B: PacketBuffer>(
             }
         }
     } else {
-        (src, t.key.src_port)
+        // Two services on one backend port, reached from the same client port, would share a
+        // reply tuple (the first connection may linger in TIME_WAIT): give the later one another
+        // source port, as Linux's NAT does on a tuple clash.
+        match reply_port(cx, services, t, src, backend.addr, backend.port) {
+            Some(port) => {
+                if port != t.key.src_port {
+                    cx.error(NatError::PortRemapped);
+                }
+                (src, port)
+            }
+            None => {
+                cx.error(NatError::Clash);
+                return Next::Drop;
+            }
+        }
     };
     let reply = FlowKey::new(
         backend.addr,
@@ -359,30 +374,41 @@ fn snat<B>(
     backend_port: u16,
 ) -> Option<(IpAddr, u16)> {
     let addr = source_towards(cx.tables, backend)?;
+    let port = reply_port(cx, services, t, addr, backend, backend_port)?;
+    Some((addr, port))
+}
+
+/// A source port for a new connection from `src_addr` to `backend` whose reply tuple is not
+/// tracked yet: the client's own port when it is free (as Linux keeps it), else one of the
+/// masquerade range probed from a point that depends on the flow, so concurrent clients
+/// spread over the range.
+fn reply_port<B>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    t: &Tuple,
+    src_addr: IpAddr,
+    backend: IpAddr,
+    backend_port: u16,
+) -> Option<u16> {
     let (lo, hi) = (*services.snat_ports.start(), *services.snat_ports.end());
-    if lo > hi {
-        return None;
-    }
-    let span = u32::from(hi - lo) + 1;
-    // Keep the client's port when it is free and in range (as Linux does); otherwise probe
-    // from a point that depends on the flow, so concurrent clients spread over the range.
+    // An empty range (lo > hi) offers no ports of its own.
+    let span = hi.checked_sub(lo).map_or(0, |d| u32::from(d) + 1);
+    let probes = if span == 0 { 0 } else { 64 };
     let start = u32::from(flow_hash(
         &addr_words(t.key.src),
         t.key.proto,
         u32::from(t.key.src_port),
     ) as u16);
-    let in_range = (lo..=hi).contains(&t.key.src_port);
-    let candidates = in_range
-        .then_some(t.key.src_port)
-        .into_iter()
-        .chain((0..64u32).map(|i| lo + ((start + i * 7919) % span) as u16));
-    for port in candidates {
-        let reply = FlowKey::new(backend, addr, t.key.proto, backend_port, port);
-        if cx.state.conntrack.lookup(&reply, cx.now).is_none() {
-            return Some((addr, port));
-        }
-    }
-    None
+    // The client's port is kept when free; the masqueraded address only hands out ports in
+    // its range.
+    let own =
+        (src_addr == t.key.src || (lo..=hi).contains(&t.key.src_port)).then_some(t.key.src_port);
+    own.into_iter()
+        .chain((0..probes).map(|i| lo + ((start + i * 7919) % span) as u16))
+        .find(|&port| {
+            let reply = FlowKey::new(backend, src_addr, t.key.proto, backend_port, port);
+            cx.state.conntrack.lookup(&reply, cx.now).is_none()
+        })
 }
 
 /// The address this node sends from towards `dst`: the primary address of the interface the

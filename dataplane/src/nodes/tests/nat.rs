@@ -553,3 +553,40 @@ fn ipv6_cluster_ip_is_dnated_and_answered() {
     assert_eq!(parse(&out[0].1), (vip6, client6, 80, 40000));
     assert_eq!(r.count("ip6-nat", "new_connection"), 1);
 }
+
+#[test]
+fn a_reply_tuple_clash_between_two_services_gets_another_source_port() {
+    // Two services on one backend port: a client reusing its source port for the second
+    // would collide with the first connection's reply tuple (lingering in TIME_WAIT).
+    let mut other = service(vec![backend()]);
+    other.name.name = "other".into();
+    other.cluster_ips = vec![v4("198.51.100.20").into()];
+    for port in &mut other.ports {
+        port.node_port = None;
+    }
+    let mut r = Rig::with_services(&[service(vec![backend()]), other]);
+    let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    assert_eq!(one_tcp(&out).3, 40000, "the first keeps the client's port");
+    let syn = tcp(v4(CLIENT), v4("198.51.100.20"), 40000, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let (port, src, dst, sport, dport, _) = one_tcp(&out);
+    assert_eq!((port, src, dst, dport), (1, v4(CLIENT), v4(BACKEND), 8080));
+    assert_ne!(sport, 40000, "the second is given another port");
+    assert_eq!(r.count("ip4-nat", "port_remapped"), 1);
+    assert_eq!(r.count("ip4-nat", "clash"), 0);
+    // Its answer goes back to the client's own port, from the second service.
+    let synack = tcp(
+        v4(BACKEND),
+        v4(CLIENT),
+        8080,
+        sport,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack));
+    let (port, src, dst, sport, dport, _) = one_tcp(&out);
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (0, v4("198.51.100.20"), v4(CLIENT), 80, 40000)
+    );
+}
