@@ -29,6 +29,10 @@ pub const DROP: &str = "drop";
 pub const TX: &str = "tx";
 /// Name of the built-in next node that hands the packet to the control plane.
 pub const PUNT: &str = "punt";
+/// Name of the built-in next node that gives the packet to the node that sent it there, to
+/// keep while work on it runs elsewhere (crypto on a device): [`Node::park`] takes it, and
+/// [`Node::poll`] sends it on when the work is done.
+pub const PARK: &str = "park";
 /// Name of the built-in next node that parks the packet until the neighbor table learns
 /// something new, then gives it back to the node that parked it (or drops it after
 /// [`HOLD_TIME`]).
@@ -246,6 +250,18 @@ pub trait Node<B: PacketBuffer> {
     fn errors(&self) -> &'static [ErrorInfo];
     /// Processes a vector: for each packet `pkts[i]` sets `next[i]`.
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]);
+
+    /// Takes a packet this node sent to [`PARK`], in the order of its vector. A node that
+    /// never parks keeps the default, which gives the packet back (to be dropped).
+    fn park(&mut self, pkt: Packet<B>) -> Result<(), Packet<B>> {
+        Err(pkt)
+    }
+
+    /// Sends on parked packets whose work is done, with [`Context::spawn`], and returns how
+    /// many it still keeps. Called after every dispatch while the node keeps any.
+    fn poll(&mut self, _cx: &mut Context<'_, B>) -> usize {
+        0
+    }
 }
 
 /// What a node sees of the world while it processes a vector.
@@ -367,6 +383,7 @@ enum Target {
     Tx,
     Punt,
     Hold,
+    Park,
 }
 
 struct Slot<B> {
@@ -376,6 +393,8 @@ struct Slot<B> {
     errors: Vec<u64>,
     vectors: u64,
     packets: u64,
+    /// Packets the node keeps (parked, or given back by its last poll as still kept).
+    parked: usize,
 }
 
 /// Errors found while wiring a graph.
@@ -440,6 +459,8 @@ pub struct Graph<B> {
     pub bad_tx_port: u64,
     /// Packets injected at a node index that does not exist.
     pub bad_inject: u64,
+    /// Packets sent to [`PARK`] by a node that does not keep packets.
+    pub bad_park: u64,
     /// Which packets to trace, and the traces made.
     pub trace: Trace,
 }
@@ -469,6 +490,7 @@ impl<B: PacketBuffer> Graph<B> {
                     TX => Ok(Target::Tx),
                     PUNT => Ok(Target::Punt),
                     HOLD => Ok(Target::Hold),
+                    PARK => Ok(Target::Park),
                     _ => find(next).map(Target::Node).ok_or(GraphError::UnknownNext {
                         node: node.name(),
                         next,
@@ -482,6 +504,7 @@ impl<B: PacketBuffer> Graph<B> {
                 node,
                 vectors: 0,
                 packets: 0,
+                parked: 0,
             });
         }
         Ok(Graph {
@@ -501,6 +524,7 @@ impl<B: PacketBuffer> Graph<B> {
             looped: 0,
             bad_tx_port: 0,
             bad_inject: 0,
+            bad_park: 0,
             trace: Trace::default(),
         })
     }
@@ -585,6 +609,52 @@ impl<B: PacketBuffer> Graph<B> {
         if self.release_held(state, now) {
             self.run_passes(tables, state, now);
         }
+        // Parked packets whose work finished meanwhile go on at once; a device that answers
+        // in well under a dispatch (a software crypto PMD) costs no extra turn of the loop.
+        for _ in 0..MAX_PASSES {
+            if !self.poll_parked(tables, state, now) {
+                break;
+            }
+            self.run_passes(tables, state, now);
+        }
+    }
+
+    /// Packets nodes keep parked (crypto in flight): while there are any, the caller should
+    /// keep calling [`Graph::dispatch`], even without new packets.
+    pub fn parked(&self) -> usize {
+        self.slots.iter().map(|s| s.parked).sum()
+    }
+
+    /// Polls every node that keeps parked packets; true if any sent packets on.
+    fn poll_parked(&mut self, tables: &Tables, state: &mut WorkerState, now: Nanos) -> bool {
+        let mut moved = false;
+        for i in 0..self.slots.len() {
+            if self.slots[i].parked == 0 {
+                continue;
+            }
+            let slot = &mut self.slots[i];
+            let mut cx = Context {
+                tables,
+                state,
+                now,
+                errors: &mut slot.errors,
+                trace: &mut self.trace,
+                spawned: &mut self.spawned,
+                node: slot.node.name(),
+            };
+            slot.parked = slot.node.poll(&mut cx);
+            if !self.spawned.is_empty() {
+                moved = true;
+                let arcs = std::mem::take(&mut self.slots[i].arcs);
+                let mut spawned = std::mem::take(&mut self.spawned);
+                for (pkt, nx) in spawned.drain(..) {
+                    self.forward(i, &arcs, pkt, nx, now);
+                }
+                self.spawned = spawned;
+                self.slots[i].arcs = arcs;
+            }
+        }
+        moved
     }
 
     /// Drops held packets that waited too long; call now and then when idle.
@@ -773,6 +843,13 @@ impl<B: PacketBuffer> Graph<B> {
                 self.hold_overflow += 1;
                 self.dropped.push(pkt.buf);
             }
+            Target::Park => match self.slots[i].node.park(pkt) {
+                Ok(()) => self.slots[i].parked += 1,
+                Err(pkt) => {
+                    self.bad_park += 1;
+                    self.dropped.push(pkt.buf);
+                }
+            },
             Target::Tx => match self.tx.get_mut(usize::from(pkt.meta.tx_port)) {
                 Some(q) => q.push(pkt.buf),
                 None => {

@@ -9,6 +9,7 @@ pub mod wire;
 
 pub use buffer::{BufferPool, HeapBuffer, PacketBuffer};
 pub mod acl;
+pub mod async_crypto;
 pub mod conntrack;
 pub mod fib;
 pub mod graph;

@@ -30,18 +30,21 @@
 //! must still number them from one sequence (the peer's replay window would refuse the
 //! second family's packets otherwise).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use fnv::FnvBuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use switchyard_ipsec::crypto::{CryptoBackend, CryptoError, SoftwareBackend, SymOp, SymParams};
+use switchyard_ipsec::crypto::{
+    CryptoBackend, CryptoError, SoftwareBackend, SymCtx, SymOp, SymParams,
+};
 use switchyard_ipsec::esp::{self, Direction, EspError, ReplayError, Sa};
 
+use crate::async_crypto::{AsyncCrypto, AsyncOp};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, NextIndex, Node, Packet, DROP};
+use crate::graph::{Context, NextIndex, Node, Packet, DROP, PARK};
 use crate::ipsec_tables::{FlowSelector, IpsecTables, SaStats};
 use crate::tables::Tables;
 use crate::wire::Ipv4Packet;
@@ -93,6 +96,8 @@ enum EncryptNext {
     Lookup6,
     /// The ICMP error node of the node's family.
     Error,
+    /// Kept by the node while an asynchronous engine encrypts it.
+    Park,
 }
 
 const ENCRYPT_NEXT4: &[&str] = &[
@@ -101,6 +106,7 @@ const ENCRYPT_NEXT4: &[&str] = &[
     "ip4-lookup",
     "ip6-lookup",
     "icmp4-error",
+    PARK,
 ];
 const ENCRYPT_NEXT6: &[&str] = &[
     DROP,
@@ -108,6 +114,7 @@ const ENCRYPT_NEXT6: &[&str] = &[
     "ip4-lookup",
     "ip6-lookup",
     "icmp6-error",
+    PARK,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,10 +125,12 @@ enum DecryptNext {
     Local,
     Input4,
     Input6,
+    /// Kept by the node while an asynchronous engine decrypts it.
+    Park,
 }
 
-const DECRYPT_NEXT4: &[&str] = &[DROP, "ip4-local", "ip4-input", "ip6-input"];
-const DECRYPT_NEXT6: &[&str] = &[DROP, "ip6-local", "ip4-input", "ip6-input"];
+const DECRYPT_NEXT4: &[&str] = &[DROP, "ip4-local", "ip4-input", "ip6-input", PARK];
+const DECRYPT_NEXT6: &[&str] = &[DROP, "ip6-local", "ip4-input", "ip6-input", PARK];
 
 /// The per-worker state of SAs, by SPI, with the generation of the tables it follows, and
 /// the crypto backend that prepares their keys.
@@ -196,24 +205,34 @@ impl OutboundState {
     }
 }
 
-/// The encrypt node of IPv4 (`V6 = false`) or IPv6.
-#[derive(Debug)]
-pub struct EspEncrypt<const V6: bool> {
+/// The encrypt node of IPv4 (`V6 = false`) or IPv6, for packets in buffers of type `B`.
+pub struct EspEncrypt<B, const V6: bool> {
     shared: OutboundState,
     /// The shared state while the node runs a vector; an empty stand-in between vectors.
     cache: SaCache,
     /// This vector's packets between the halves of their encapsulation.
     pending: Vec<Pending<EncryptWork>>,
+    /// Packets with an asynchronous engine, when the node has one.
+    parked: Option<Parked<B, EncryptWork>>,
 }
 
-impl<const V6: bool> Default for EspEncrypt<V6> {
+impl<B, const V6: bool> std::fmt::Debug for EspEncrypt<B, V6> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EspEncrypt")
+            .field("cache", &self.cache)
+            .field("asynchronous", &self.parked.is_some())
+            .finish()
+    }
+}
+
+impl<B, const V6: bool> Default for EspEncrypt<B, V6> {
     /// Crypto in software, state of its own.
     fn default() -> Self {
         Self::sharing(&OutboundState::new(Arc::new(SoftwareBackend::new())))
     }
 }
 
-impl<const V6: bool> EspEncrypt<V6> {
+impl<B, const V6: bool> EspEncrypt<B, V6> {
     /// The node with ESP crypto on `backend` and outbound state of its own (a graph with one
     /// encrypt node).
     pub fn new(backend: Arc<dyn CryptoBackend>) -> Self {
@@ -231,37 +250,70 @@ impl<const V6: bool> EspEncrypt<V6> {
             shared: state.clone(),
             cache: SaCache::new(backend),
             pending: Vec::new(),
+            parked: None,
         }
+    }
+
+    /// The node handing its crypto to `engine` asynchronously (the device behind the
+    /// backend): packets are parked while it works, and go on when a poll finds them done.
+    pub fn with_engine(mut self, engine: Arc<dyn AsyncCrypto<B>>) -> Self {
+        self.parked = Some(Parked::new(engine));
+        self
     }
 }
 
 /// `esp4-encrypt`.
-pub type Esp4Encrypt = EspEncrypt<false>;
+pub type Esp4Encrypt<B> = EspEncrypt<B, false>;
 /// `esp6-encrypt`.
-pub type Esp6Encrypt = EspEncrypt<true>;
+pub type Esp6Encrypt<B> = EspEncrypt<B, true>;
 
-/// The decrypt node of IPv4 (`V6 = false`) or IPv6.
-#[derive(Debug, Default)]
-pub struct EspDecrypt<const V6: bool> {
+/// The decrypt node of IPv4 (`V6 = false`) or IPv6, for packets in buffers of type `B`.
+pub struct EspDecrypt<B, const V6: bool> {
     cache: SaCache,
     /// This vector's packets between the halves of their decapsulation.
     pending: Vec<Pending<esp::DecapPending>>,
+    /// Packets with an asynchronous engine, when the node has one.
+    parked: Option<Parked<B, esp::DecapPending>>,
 }
 
-impl<const V6: bool> EspDecrypt<V6> {
+impl<B, const V6: bool> std::fmt::Debug for EspDecrypt<B, V6> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EspDecrypt")
+            .field("cache", &self.cache)
+            .field("asynchronous", &self.parked.is_some())
+            .finish()
+    }
+}
+
+impl<B, const V6: bool> Default for EspDecrypt<B, V6> {
+    /// Crypto in software.
+    fn default() -> Self {
+        Self::new(Arc::new(SoftwareBackend::new()))
+    }
+}
+
+impl<B, const V6: bool> EspDecrypt<B, V6> {
     /// The node with ESP crypto on `backend`.
     pub fn new(backend: Arc<dyn CryptoBackend>) -> Self {
         Self {
             cache: SaCache::new(backend),
             pending: Vec::new(),
+            parked: None,
         }
+    }
+
+    /// The node handing its crypto to `engine` asynchronously (see
+    /// [`EspEncrypt::with_engine`]).
+    pub fn with_engine(mut self, engine: Arc<dyn AsyncCrypto<B>>) -> Self {
+        self.parked = Some(Parked::new(engine));
+        self
     }
 }
 
 /// `esp4-decrypt`.
-pub type Esp4Decrypt = EspDecrypt<false>;
+pub type Esp4Decrypt<B> = EspDecrypt<B, false>;
 /// `esp6-decrypt`.
-pub type Esp6Decrypt = EspDecrypt<true>;
+pub type Esp6Decrypt<B> = EspDecrypt<B, true>;
 
 /// A packet of the vector whose crypto is still to run: which one, its SA, what the crypto
 /// must do (taken by the batch), how it went, and what the node's second half needs.
@@ -288,8 +340,12 @@ const CRYPTO_BATCH: usize = 32;
 /// both nodes.
 trait Halves<B: PacketBuffer> {
     type Work;
+    /// The node's next index for [`PARK`].
+    const PARK: NextIndex;
     fn cache(&self) -> &SaCache;
     fn pending(&mut self) -> &mut Vec<Pending<Self::Work>>;
+    /// The node's SA state and its asynchronous side, both at once.
+    fn cache_and_parked(&mut self) -> (&SaCache, Option<&mut Parked<B, Self::Work>>);
     fn first_half(
         &mut self,
         cx: &mut Context<'_, B>,
@@ -306,10 +362,12 @@ trait Halves<B: PacketBuffer> {
 }
 
 /// Every packet's first half, then the vector's crypto in batches, then every second half.
+/// With an asynchronous engine the crypto packets are parked instead, their second half run
+/// when a poll finds them done ([`poll_parked`]).
 fn run_halves<B: PacketBuffer, N: Halves<B>>(
     node: &mut N,
     cx: &mut Context<'_, B>,
-    ipsec: &IpsecTables,
+    ipsec: &Arc<IpsecTables>,
     pkts: &mut [Packet<B>],
     next: &mut [NextIndex],
 ) {
@@ -319,7 +377,13 @@ fn run_halves<B: PacketBuffer, N: Halves<B>>(
     for (index, (pkt, n)) in pkts.iter_mut().zip(next.iter_mut()).enumerate() {
         match node.first_half(cx, ipsec, pkt) {
             Step::Done(next) => *n = next,
-            Step::Crypto(p) => pending.push(Pending { index, ..p }),
+            Step::Crypto(p) => match node.cache_and_parked().1 {
+                Some(parked) => {
+                    parked.parking.push_back((p, Arc::clone(ipsec)));
+                    *n = N::PARK;
+                }
+                None => pending.push(Pending { index, ..p }),
+            },
         }
     }
     if !pending.is_empty() {
@@ -331,6 +395,138 @@ fn run_halves<B: PacketBuffer, N: Halves<B>>(
         }
     }
     *node.pending() = pending;
+}
+
+/// The asynchronous side of an ESP node: its engine and the packets the engine has, between
+/// the node's halves.
+struct Parked<B, W> {
+    engine: Arc<dyn AsyncCrypto<B>>,
+    /// The current vector's packets bound for the engine, in vector order, until
+    /// [`Node::park`] brings each one: its work and the tables it was prepared with.
+    parking: VecDeque<(Pending<W>, Arc<IpsecTables>)>,
+    /// Parked packets not handed to the engine yet.
+    to_submit: Vec<AsyncOp<B>>,
+    /// The work of every parked packet, in the order parked.
+    flights: VecDeque<Flight<W>>,
+    next_tag: u64,
+    /// Completed operations, between the engine's poll and the second halves.
+    done: Vec<AsyncOp<B>>,
+}
+
+/// A parked packet's work, known by its operation's tag.
+struct Flight<W> {
+    tag: u64,
+    pending: Pending<W>,
+    ipsec: Arc<IpsecTables>,
+}
+
+impl<B, W> Parked<B, W> {
+    fn new(engine: Arc<dyn AsyncCrypto<B>>) -> Self {
+        Self {
+            engine,
+            parking: VecDeque::new(),
+            to_submit: Vec::with_capacity(CRYPTO_BATCH),
+            flights: VecDeque::new(),
+            next_tag: 0,
+            done: Vec::new(),
+        }
+    }
+
+    /// Takes a packet the node sent to [`PARK`]: the next of the vector's parking work.
+    fn park(&mut self, pkt: Packet<B>) -> Result<(), Packet<B>> {
+        let Some((mut pending, ipsec)) = self.parking.pop_front() else {
+            return Err(pkt);
+        };
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        self.to_submit.push(AsyncOp {
+            pkt,
+            params: std::mem::take(&mut pending.params),
+            tag,
+            result: Ok(()),
+        });
+        self.flights.push_back(Flight {
+            tag,
+            pending,
+            ipsec,
+        });
+        Ok(())
+    }
+
+    /// The flight of operation `tag` (nearly always the oldest: engines answer in order).
+    fn take_flight(&mut self, tag: u64) -> Option<Flight<W>> {
+        let at = self.flights.iter().position(|f| f.tag == tag)?;
+        self.flights.remove(at)
+    }
+}
+
+/// Hands the parked packets to the engine, runs here what it does not take, and sends every
+/// completed packet through the node's second half. Returns how many packets stay parked.
+fn poll_parked<B: PacketBuffer, N: Halves<B>>(node: &mut N, cx: &mut Context<'_, B>) -> usize {
+    let (cache, Some(parked)) = node.cache_and_parked() else {
+        return 0;
+    };
+    let mut done = std::mem::take(&mut parked.done);
+    if !parked.to_submit.is_empty() {
+        // The operations to submit are the newest flights, in the same order.
+        let first = parked.flights.len() - parked.to_submit.len();
+        let mut offered = first;
+        while !parked.to_submit.is_empty() {
+            let n = parked.to_submit.len().min(CRYPTO_BATCH);
+            let ctxs: [Option<SymCtx<'_>>; CRYPTO_BATCH] = std::array::from_fn(|i| {
+                let f = parked.flights.get(offered + i).filter(|_| i < n)?;
+                cache.sas.get(&f.pending.spi).map(Sa::crypto_ctx)
+            });
+            let taken = parked.engine.submit(&mut parked.to_submit, &ctxs[..n]);
+            offered += taken;
+            if taken < n {
+                // The engine is full: the rest runs here, now.
+                for mut op in parked.to_submit.drain(..) {
+                    let ctx = parked
+                        .flights
+                        .get(offered)
+                        .and_then(|f| cache.sas.get(&f.pending.spi))
+                        .map(Sa::crypto_ctx);
+                    offered += 1;
+                    let mut sym = SymOp {
+                        buf: op.pkt.buf.data_mut(),
+                        ctx,
+                        params: std::mem::take(&mut op.params),
+                        result: Err(CryptoError::Backend),
+                    };
+                    cache.backend.process(std::slice::from_mut(&mut sym));
+                    op.result = sym.result;
+                    done.push(op);
+                }
+            }
+        }
+    }
+    parked.engine.poll(&mut done);
+    for op in done.drain(..) {
+        let flight = node
+            .cache_and_parked()
+            .1
+            .and_then(|parked| parked.take_flight(op.tag));
+        let Some(flight) = flight else {
+            // Not one of ours (an engine's mistake): dropped (next 0 is the drop).
+            cx.spawn(op.pkt, 0 as NextIndex);
+            continue;
+        };
+        let mut pkt = op.pkt;
+        let pending = Pending {
+            result: op.result,
+            ..flight.pending
+        };
+        let next = node.second_half(cx, &flight.ipsec, &mut pkt, pending);
+        cx.spawn(pkt, next);
+    }
+    match node.cache_and_parked() {
+        (_, Some(parked)) => {
+            parked.done = done;
+            parked.flights.len()
+        }
+        _ => 0,
+    }
 }
 
 /// Runs the crypto of every pending packet, in batches, on `backend` with the SAs' contexts.
@@ -446,7 +642,7 @@ fn mtu_towards(tables: &Tables, dst: IpAddr) -> Option<u16> {
     tables.interface(port).map(|i| i.mtu)
 }
 
-impl<B: PacketBuffer, const V6: bool> Node<B> for EspEncrypt<V6> {
+impl<B: PacketBuffer, const V6: bool> Node<B> for EspEncrypt<B, V6> {
     family_node_info!(
         EspEncryptError,
         "esp4-encrypt",
@@ -456,17 +652,36 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for EspEncrypt<V6> {
     );
 
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        self.with_shared_state(|node| node.run_vector(cx, pkts, next));
+    }
+
+    fn park(&mut self, pkt: Packet<B>) -> Result<(), Packet<B>> {
+        match &mut self.parked {
+            Some(parked) => parked.park(pkt),
+            None => Err(pkt),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_, B>) -> usize {
+        self.with_shared_state(|node| poll_parked(node, cx))
+    }
+}
+
+impl<B, const V6: bool> EspEncrypt<B, V6> {
+    /// Runs `f` with the outbound state shared with the other encrypt node in `self.cache`.
+    fn with_shared_state<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
         let shared = Arc::clone(&self.shared.0);
         // Every update is complete when the lock is released: a poisoned one is still sound.
         let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut self.cache, &mut state);
-        self.run_vector(cx, pkts, next);
+        let r = f(self);
         std::mem::swap(&mut self.cache, &mut state);
+        r
     }
 }
 
-impl<const V6: bool> EspEncrypt<V6> {
-    fn run_vector<B: PacketBuffer>(
+impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
+    fn run_vector(
         &mut self,
         cx: &mut Context<'_, B>,
         pkts: &mut [Packet<B>],
@@ -496,10 +711,10 @@ struct EncryptWork {
     flow: FlowSelector,
 }
 
-impl<const V6: bool> EspEncrypt<V6> {
+impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
     /// The first half: SPD lookup, checks, the inner hop, room for ESP, and the ESP header
     /// and trailer ([`esp::encapsulate_prepare`]).
-    fn first_half<B: PacketBuffer>(
+    fn first_half(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -511,7 +726,7 @@ impl<const V6: bool> EspEncrypt<V6> {
         }
     }
 
-    fn try_prepare<B: PacketBuffer>(
+    fn try_prepare(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -613,12 +828,7 @@ impl<const V6: bool> EspEncrypt<V6> {
     }
 
     /// Counts a packet ESP refused and drops it.
-    fn refuse<B: PacketBuffer>(
-        &self,
-        cx: &mut Context<'_, B>,
-        stats: &SaStats,
-        e: EspError,
-    ) -> EncryptNext {
+    fn refuse(&self, cx: &mut Context<'_, B>, stats: &SaStats, e: EspError) -> EncryptNext {
         cx.error(match e {
             EspError::SequenceExhausted => EspEncryptError::SequenceExhausted,
             EspError::Expired => EspEncryptError::Expired,
@@ -631,7 +841,7 @@ impl<const V6: bool> EspEncrypt<V6> {
 
     /// The second half, after the crypto: the outer header ([`esp::encapsulate_finish`]),
     /// post-encryption fragmentation leave, counters, and on to the outer lookup.
-    fn second_half<B: PacketBuffer>(
+    fn second_half(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -685,7 +895,7 @@ impl<const V6: bool> EspEncrypt<V6> {
     }
 }
 
-impl<B: PacketBuffer, const V6: bool> Node<B> for EspDecrypt<V6> {
+impl<B: PacketBuffer, const V6: bool> Node<B> for EspDecrypt<B, V6> {
     family_node_info!(
         EspDecryptError,
         "esp4-decrypt",
@@ -706,6 +916,17 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for EspDecrypt<V6> {
             return;
         }
         run_halves(self, cx, &ipsec, pkts, next);
+    }
+
+    fn park(&mut self, pkt: Packet<B>) -> Result<(), Packet<B>> {
+        match &mut self.parked {
+            Some(parked) => parked.park(pkt),
+            None => Err(pkt),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_, B>) -> usize {
+        poll_parked(self, cx)
     }
 }
 
@@ -764,10 +985,10 @@ fn esp_offset(tables: &Tables, data: &[u8]) -> Option<(usize, bool)> {
     }
 }
 
-impl<const V6: bool> EspDecrypt<V6> {
+impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
     /// The first half: is it ESP for us, its SA, and the checks before the crypto
     /// ([`esp::decapsulate_prepare`]: lifetime, replay window).
-    fn first_half<B: PacketBuffer>(
+    fn first_half(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -779,7 +1000,7 @@ impl<const V6: bool> EspDecrypt<V6> {
         }
     }
 
-    fn try_prepare<B: PacketBuffer>(
+    fn try_prepare(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -830,7 +1051,7 @@ impl<const V6: bool> EspDecrypt<V6> {
 
     /// The second half, after the crypto: replay window, trailer ([`esp::decapsulate_finish`]),
     /// the inner packet against the SA's selectors, counters, and on to the inner input.
-    fn second_half<B: PacketBuffer>(
+    fn second_half(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
@@ -888,11 +1109,16 @@ impl<const V6: bool> EspDecrypt<V6> {
     }
 }
 
-impl<B: PacketBuffer, const V6: bool> Halves<B> for EspEncrypt<V6> {
+impl<B: PacketBuffer, const V6: bool> Halves<B> for EspEncrypt<B, V6> {
     type Work = EncryptWork;
+    const PARK: NextIndex = EncryptNext::Park as NextIndex;
 
     fn cache(&self) -> &SaCache {
         &self.cache
+    }
+
+    fn cache_and_parked(&mut self) -> (&SaCache, Option<&mut Parked<B, EncryptWork>>) {
+        (&self.cache, self.parked.as_mut())
     }
 
     fn pending(&mut self) -> &mut Vec<Pending<EncryptWork>> {
@@ -919,11 +1145,16 @@ impl<B: PacketBuffer, const V6: bool> Halves<B> for EspEncrypt<V6> {
     }
 }
 
-impl<B: PacketBuffer, const V6: bool> Halves<B> for EspDecrypt<V6> {
+impl<B: PacketBuffer, const V6: bool> Halves<B> for EspDecrypt<B, V6> {
     type Work = esp::DecapPending;
+    const PARK: NextIndex = DecryptNext::Park as NextIndex;
 
     fn cache(&self) -> &SaCache {
         &self.cache
+    }
+
+    fn cache_and_parked(&mut self) -> (&SaCache, Option<&mut Parked<B, esp::DecapPending>>) {
+        (&self.cache, self.parked.as_mut())
     }
 
     fn pending(&mut self) -> &mut Vec<Pending<esp::DecapPending>> {

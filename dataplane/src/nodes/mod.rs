@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use switchyard_ipsec::crypto::{CryptoBackend, SoftwareBackend};
 
+use crate::async_crypto::AsyncCrypto;
 use crate::buffer::PacketBuffer;
 use crate::graph::{Graph, GraphError, Node};
 use crate::wire::{EtherType, EthernetAddress, EthernetFrame};
@@ -90,13 +91,35 @@ pub fn ipsec_router_graph_with<B: PacketBuffer + 'static>(
     ports: usize,
     backend: Arc<dyn CryptoBackend>,
 ) -> Result<Graph<B>, GraphError> {
+    ipsec_router_graph_async(ports, backend, None)
+}
+
+/// [`ipsec_router_graph_with`], the ESP nodes handing their packets' crypto to `engine`
+/// asynchronously when there is one (a cryptodev taking the packets' own mbufs): packets are
+/// parked while the device works and re-enter the graph when [`Graph::dispatch`] finds them
+/// done. `backend` still prepares the SAs' contexts and runs what the engine cannot take.
+pub fn ipsec_router_graph_async<B: PacketBuffer + 'static>(
+    ports: usize,
+    backend: Arc<dyn CryptoBackend>,
+    engine: Option<Arc<dyn AsyncCrypto<B>>>,
+) -> Result<Graph<B>, GraphError> {
     // One outbound state for both encrypt nodes: an SA may carry both inner families.
     let outbound = esp::OutboundState::new(Arc::clone(&backend));
+    let mut decrypt4 = esp::Esp4Decrypt::new(Arc::clone(&backend));
+    let mut decrypt6 = esp::Esp6Decrypt::new(backend);
+    let mut encrypt4 = esp::Esp4Encrypt::sharing(&outbound);
+    let mut encrypt6 = esp::Esp6Encrypt::sharing(&outbound);
+    if let Some(engine) = engine {
+        decrypt4 = decrypt4.with_engine(Arc::clone(&engine));
+        decrypt6 = decrypt6.with_engine(Arc::clone(&engine));
+        encrypt4 = encrypt4.with_engine(Arc::clone(&engine));
+        encrypt6 = encrypt6.with_engine(engine);
+    }
     let nodes = router_nodes(vec![
-        Box::new(esp::Esp4Decrypt::new(Arc::clone(&backend))),
-        Box::new(esp::Esp6Decrypt::new(backend)),
-        Box::new(esp::Esp4Encrypt::sharing(&outbound)),
-        Box::new(esp::Esp6Encrypt::sharing(&outbound)),
+        Box::new(decrypt4),
+        Box::new(decrypt6),
+        Box::new(encrypt4),
+        Box::new(encrypt6),
     ]);
     let mut graph = Graph::new(nodes, "ethernet-input", ports)?;
     graph.splice("ip4-lookup", "ip4-rewrite", "esp4-encrypt")?;

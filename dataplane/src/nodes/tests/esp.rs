@@ -11,9 +11,29 @@ use switchyard_ipsec::esp::{
 use switchyard_ipsec::ike::wire::TrafficSelector;
 
 use super::*;
+use crate::async_crypto::{AsyncCrypto, DeferredSoftware};
+use crate::buffer::HeapBuffer;
 use crate::fib::Route;
+use crate::graph::Graph;
 use crate::ipsec_tables::{InboundSa, IpsecTables, OutboundPolicy};
-use crate::nodes::ipsec_router_graph;
+use crate::nodes::{ipsec_router_graph, ipsec_router_graph_async};
+use switchyard_ipsec::crypto::SoftwareBackend;
+
+thread_local! {
+    /// Whether this thread's rigs hand ESP crypto to an asynchronous engine.
+    static ASYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The IPsec graph, its ESP nodes synchronous or (on an [`ASYNC`] thread) parking their
+/// packets with an engine that completes them only when polled.
+fn esp_graph() -> Graph<HeapBuffer> {
+    if ASYNC.with(|a| a.get()) {
+        let engine: Arc<dyn AsyncCrypto<HeapBuffer>> = Arc::new(DeferredSoftware::default());
+        ipsec_router_graph_async(2, Arc::new(SoftwareBackend::new()), Some(engine)).unwrap()
+    } else {
+        ipsec_router_graph(2).unwrap()
+    }
+}
 
 const LOCAL: &str = "198.18.2.1"; // the router's address on s0: our tunnel end
 const PEER: &str = "198.18.2.2"; // the server: the peer's tunnel end
@@ -72,7 +92,7 @@ fn outer(udp: bool, from_peer: bool) -> OuterHeader {
 /// A rig with the IPsec graph, a route to the peer's subnet and one tunnel.
 fn rig(suite: EspSuite, udp: bool) -> Rig {
     let mut r = Rig {
-        graph: ipsec_router_graph(2).unwrap(),
+        graph: esp_graph(),
         ..Rig::new()
     };
     r.tables.fib.insert(
@@ -389,7 +409,7 @@ fn too_big_for_the_tunnel_with_df_draws_frag_needed() {
 #[test]
 fn without_sas_the_ipsec_graph_routes_like_the_plain_one() {
     let mut r = Rig {
-        graph: ipsec_router_graph(2).unwrap(),
+        graph: esp_graph(),
         ..Rig::new()
     };
     r.learn_client_and_server();
@@ -449,7 +469,7 @@ fn ipv6_tunnel_carries_ipv6() {
         OuterHeader::new(s.parse().unwrap(), d.parse().unwrap()).with_udp(4500, 4500)
     };
     let mut r = Rig {
-        graph: ipsec_router_graph(2).unwrap(),
+        graph: esp_graph(),
         ..Rig::new()
     };
     r.tables.fib.insert(
@@ -632,4 +652,91 @@ fn whole_vectors_go_through_the_crypto_in_batches() {
             (66, 1, 1)
         );
     }
+}
+
+/// The tests above again, the ESP nodes parking their packets with an asynchronous engine:
+/// every packet's crypto completes at a later poll, and the outcome must not change.
+#[test]
+fn an_asynchronous_engine_gives_the_same_results() {
+    ASYNC.with(|a| a.set(true));
+    encrypts_what_the_policy_selects_as_the_ipsec_crate_would();
+    traffic_outside_the_policy_and_ike_are_routed_in_the_clear();
+    decrypts_esp_for_the_node_and_forwards_the_inner_packet();
+    a_virtual_ip_assigned_to_us_answers_through_the_tunnel();
+    replayed_esp_is_dropped_and_counted();
+    icv_failure_is_dropped_and_counted_and_does_not_move_the_window();
+    unknown_spi_and_foreign_inner_packets_are_dropped();
+    ike_on_the_nat_t_port_goes_to_the_local_path();
+    too_big_for_the_tunnel_with_df_draws_frag_needed();
+    without_sas_the_ipsec_graph_routes_like_the_plain_one();
+    sa_state_survives_a_table_swap_and_goes_with_its_sa();
+    ipv6_tunnel_carries_ipv6();
+    ipv4_over_an_ipv6_tunnel();
+    both_inner_families_share_one_sa_sequence();
+    whole_vectors_go_through_the_crypto_in_batches();
+}
+
+/// [`DeferredSoftware`] behind a gate: nothing completes until the gate opens, as with a
+/// device that takes its time.
+#[derive(Default)]
+struct Gated {
+    inner: DeferredSoftware<HeapBuffer>,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl AsyncCrypto<HeapBuffer> for Gated {
+    fn submit(
+        &self,
+        ops: &mut Vec<crate::async_crypto::AsyncOp<HeapBuffer>>,
+        ctxs: &[Option<switchyard_ipsec::crypto::SymCtx<'_>>],
+    ) -> usize {
+        self.inner.submit(ops, ctxs)
+    }
+
+    fn poll(&self, done: &mut Vec<crate::async_crypto::AsyncOp<HeapBuffer>>) {
+        if self.open.load(std::sync::atomic::Ordering::Relaxed) {
+            self.inner.poll(done);
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+}
+
+#[test]
+fn parked_packets_wait_for_the_device_and_then_go_on_in_order() {
+    let engine = Arc::new(Gated::default());
+    let mut r = rig(GCM, true);
+    r.graph = ipsec_router_graph_async(
+        2,
+        Arc::new(SoftwareBackend::new()),
+        Some(Arc::clone(&engine) as Arc<dyn AsyncCrypto<HeapBuffer>>),
+    )
+    .unwrap();
+    let inner = echo(CLIENT, REMOTE_HOST, 64, 100);
+    let frames: Vec<_> = (0..3)
+        .map(|_| eth(MAC0, CLIENT_MAC, 0x0800, &inner))
+        .collect();
+    // With the device: nothing leaves, the packets wait parked in the encrypt node.
+    assert!(send_vector(&mut r, 0, &frames).is_empty());
+    assert_eq!(r.graph.parked(), 3);
+    assert_eq!(engine.in_flight(), 3);
+    assert_eq!(r.count("esp4-encrypt", "encrypted"), 0);
+    // The device answers: the next dispatch (no new packets) sends them on, in order.
+    engine
+        .open
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let out = send_vector(&mut r, 0, &[]);
+    assert_eq!(out.len(), 3);
+    assert_eq!(r.graph.parked(), 0);
+    let mut peer = peer_inbound(GCM);
+    for (i, (port, frame)) in out.iter().enumerate() {
+        assert_eq!(*port, 1);
+        let mut packet = frame[14..].to_vec();
+        let d = esp::decapsulate(&mut peer, &mut packet, 0).unwrap();
+        assert_eq!(d.sequence, i as u64 + 1, "in submission order");
+    }
+    assert_eq!(r.count("esp4-encrypt", "encrypted"), 3);
+    assert_eq!(r.graph.bad_park, 0);
 }
