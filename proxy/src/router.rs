@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use ipnet::IpNet;
+use switchyard_dataplane::async_crypto::AsyncCrypto;
 use switchyard_dataplane::graph::{Graph, NodeCounters, VECTOR_SIZE};
 use switchyard_dataplane::nodes::router_graph;
 use switchyard_dataplane::tables::{Interface, Tables, TablesHandle};
 use switchyard_dataplane::worker::WorkerState;
 use switchyard_io::cryptodev::{Cryptodev, CryptodevConfig};
+use switchyard_io::dpdk::Mbuf;
 use switchyard_io::{Driver, PortInfo};
 use switchyard_ipsec::crypto::{CryptoBackend, SoftwareBackend};
 
@@ -153,14 +155,29 @@ impl Crypto {
         let dev = self.device.as_ref()?;
         let s = dev.stats();
         Some(format!(
-            "cryptodev {} ({}): {} operations, {} failed, {} in software, {} queue pairs stuck\n",
+            "cryptodev {} ({}): {} operations, {} failed, {} in software, {} queue pairs stuck, \
+             {} abandoned\n",
             dev.device_name(),
             dev.driver_name(),
             s.operations,
             s.failed,
             s.software_calls,
-            s.stuck_queue_pairs
+            s.stuck_queue_pairs,
+            s.abandoned
         ))
+    }
+
+    /// The device as an asynchronous engine for packets in buffers of type `B`: there is one
+    /// when the packets are DPDK mbufs (the DPDK driver), which the device can take as they
+    /// are. With another driver the ESP nodes run the device's bursts synchronously.
+    fn engine<B: 'static>(&self) -> Option<Arc<dyn AsyncCrypto<B>>> {
+        let dev = self.device.as_ref()?;
+        let engine: Box<dyn std::any::Any> =
+            Box::new(Arc::clone(dev) as Arc<dyn AsyncCrypto<Mbuf>>);
+        engine
+            .downcast::<Arc<dyn AsyncCrypto<B>>>()
+            .ok()
+            .map(|e| *e)
     }
 }
 
@@ -260,9 +277,16 @@ where
         }
         let ipsec_feed = hooks.ipsec_feed.take();
         let mut graph = if args.ipsec.is_some() || ipsec_feed.is_some() {
-            switchyard_dataplane::nodes::ipsec_router_graph_with(
+            let engine = crypto.engine::<D::Buffer>();
+            if engine.is_some() {
+                tracing::info!(
+                    "ESP crypto asynchronous: packets wait parked while the device works"
+                );
+            }
+            switchyard_dataplane::nodes::ipsec_router_graph_async(
                 ports.len(),
                 Arc::clone(&crypto.backend),
+                engine,
             )?
         } else {
             router_graph(ports.len())?
@@ -425,7 +449,9 @@ where
                     shared.set_dataplane(self.snapshot(rx_total, tx_total, io_errors));
                 }
             }
-            if received == 0 {
+            // With crypto in flight the loop keeps turning (the dispatch polls the device),
+            // received packets or not.
+            if received == 0 && self.graph.parked() == 0 {
                 if finished(&self.driver) {
                     break;
                 }

@@ -58,7 +58,9 @@ spec:
     )
 }
 
-/// Starts `switchyard router` in `ns` with ESP on cryptodev `device`.
+/// Starts `switchyard router` in `ns` with ESP on cryptodev `device`, its ports on the
+/// AF_PACKET driver, or with `dpdk` on the DPDK driver (`net_af_packet` vdevs): then the
+/// device takes the packets' own mbufs and completes them asynchronously.
 fn router(
     lab: &mut EdgeLab,
     ns: &str,
@@ -66,18 +68,31 @@ fn router(
     route: &str,
     ipsec: &str,
     device: &str,
+    dpdk: bool,
 ) {
     let manifest = lab.dir.join(format!("ipsec-{ns}.yaml"));
     fs::write(&manifest, ipsec).expect("write the SD-EWAN resources");
-    let eal = format!(
+    let mut eal = format!(
         "--no-huge --no-pci --no-shconf -m 256 -l 0 --log-level lib.eal:error \
          --file-prefix {}{ns} --vdev {device}",
         lab.prefix
     );
+    let names: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (port, _))| {
+            if dpdk {
+                eal.push_str(&format!(" --vdev net_af_packet{i},iface={port}"));
+                format!("net_af_packet{i}")
+            } else {
+                port.to_string()
+            }
+        })
+        .collect();
     let mut args: Vec<String> = [
         "router",
         "--dataplane",
-        "afpacket",
+        if dpdk { "dpdk" } else { "afpacket" },
         "--duration",
         "120",
         "--punt-tun",
@@ -94,10 +109,10 @@ fn router(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for (port, addr) in ports {
+    for (port, (_, addr)) in names.iter().zip(ports) {
         args.extend([
             "-i".into(),
-            port.to_string(),
+            port.clone(),
             "-a".into(),
             format!("{port}={addr}"),
         ]);
@@ -132,22 +147,25 @@ fn counter(report: &str, node: &str, key: &str) -> u64 {
 
 #[test]
 fn two_switchyards_tunnel_over_cryptodevs() {
-    // (IKE proposal, ESP proposal, A's device, B's device)
+    // (IKE proposal, ESP proposal, A's device, B's device, A on the DPDK driver). With DPDK,
+    // A's device works asynchronously on the packets' mbufs.
     let cases = [
         (
             "aes128gcm16-prfsha256-x25519",
             "aes128gcm16",
             "crypto_aesni_gcm0",
             "crypto_aesni_mb0",
+            true,
         ),
         (
             "aes256-sha256-x25519",
             "aes256-sha256",
             "crypto_aesni_mb0",
             "crypto_openssl0",
+            false,
         ),
     ];
-    for (ike, esp, dev_a, dev_b) in cases {
+    for (ike, esp, dev_a, dev_b, dpdk_a) in cases {
         let Some(mut lab) = EdgeLab::new("ipsec_pair") else {
             return;
         };
@@ -165,6 +183,7 @@ fn two_switchyards_tunnel_over_cryptodevs() {
                 esp,
             ),
             dev_a,
+            dpdk_a,
         );
         router(
             &mut lab,
@@ -180,6 +199,7 @@ fn two_switchyards_tunnel_over_cryptodevs() {
                 esp,
             ),
             dev_b,
+            false,
         );
         // The tunnel is up once a ping makes it through.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -247,9 +267,17 @@ fn two_switchyards_tunnel_over_cryptodevs() {
             );
             eprintln!("{esp} {ns}: {encrypted} encrypted, {decrypted} decrypted; {line}");
             assert!(
-                line.contains(" 0 failed") && line.contains(" 0 queue pairs stuck"),
+                line.contains(" 0 failed")
+                    && line.contains(" 0 queue pairs stuck")
+                    && line.contains(" 0 abandoned"),
                 "{line}"
             );
+            if ns == "edge" && dpdk_a {
+                assert!(
+                    section.contains("ESP crypto asynchronous"),
+                    "{esp} {ns}: the DPDK side hands packets to the device:\n{section}"
+                );
+            }
         }
     }
 }

@@ -9,25 +9,35 @@
 //! Queue pairs are handed out to threads round-robin and each is behind a mutex that its one
 //! worker never finds taken, so the dataplane gets one queue pair per worker.
 //!
+//! With the DPDK driver the device also works asynchronously ([`AsyncCrypto`] for [`Mbuf`]):
+//! the ESP nodes hand over the packets' own mbufs (no scratch mbuf, no copy) and go on; the
+//! graph polls, and what the device finished re-enters the graph. QAT then works beside the
+//! cores instead of making them wait.
+//!
 //! What a device cannot do in one operation is done by the software backend with the same
 //! keys: AES-GCM with an AAD other than ESP's (IKE's SK payload), HMAC over several pieces
 //! (ESP's ICV with the extended sequence number's high half appended), and the single block
 //! encryption that derives a CBC IV. So every context answers every call, bit for bit as the
 //! software backend would.
 
+use std::collections::VecDeque;
 use std::ffi::{c_void, CStr, CString};
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use switchyard_dpdk_sys as sys;
 use switchyard_ipsec::crypto::{
     Aead, AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, CryptoError, MacAlgorithm,
-    SecretBytes, SoftwareBackend, SymCtx, SymOp,
+    SecretBytes, SoftwareBackend, SymCtx, SymOp, SymParams,
 };
 
-use crate::dpdk::Eal;
+use switchyard_dataplane::async_crypto::{AsyncCrypto, AsyncOp};
+use switchyard_dataplane::buffer::PacketBuffer;
+
+use crate::dpdk::{Eal, Mbuf};
 use crate::IoError;
 
 /// Makes mempool names unique within the process.
@@ -39,6 +49,13 @@ const MAX_POLLS: u32 = 50_000_000;
 
 /// Operations handed to the device at once.
 const BURST: usize = 32;
+
+/// Asynchronous operations one queue pair keeps in flight at most.
+const IN_FLIGHT: usize = 512;
+
+/// How long an asynchronous operation may stay with the device before the queue pair is
+/// given up on.
+const ABANDON_AFTER: Duration = Duration::from_secs(1);
 
 /// How to set up the device.
 #[derive(Clone, Debug)]
@@ -110,14 +127,42 @@ struct QueuePair {
     mbufs: [NonNull<sys::rte_mbuf>; BURST],
     /// Set when an operation never came back: the queue pair is not used again.
     stuck: bool,
+    /// Asynchronous operations taken and not yet polled, in submission order.
+    flights: VecDeque<Flight>,
+    /// The asynchronous operations, [`IN_FLIGHT`] of them, and which are free.
+    async_ops: Vec<NonNull<sys::rte_crypto_op>>,
+    free: Vec<u16>,
+    /// Asynchronous operations the device never gave back (their mbufs are leaked).
+    abandoned: u64,
     /// Operations completed, and of those refused (authentication) or failed.
     completed: u64,
     failed: u64,
 }
 
 // SAFETY: the ops and mbufs belong to this queue pair alone and are only touched under its
-// Mutex.
+// Mutex; the flights' mbufs are owned by their operations (DPDK mbufs may move between
+// threads).
 unsafe impl Send for QueuePair {}
+
+/// An asynchronous operation between [`AsyncCrypto::submit`] and [`AsyncCrypto::poll`].
+struct Flight {
+    op: AsyncOp<Mbuf>,
+    state: FlightState,
+}
+
+enum FlightState {
+    /// Ran at once (in software, or refused): `op.result` waits for the next poll.
+    Finished,
+    /// With the device, on async operation `slot`, since `since`.
+    Device {
+        slot: u16,
+        since: Instant,
+        /// Where the device leaves the tag.
+        digest: *mut u8,
+        /// The device gave it back with this status.
+        status: Option<u32>,
+    },
+}
 
 fn rte_errno() -> i32 {
     // SAFETY: reads a thread-local integer; no preconditions.
@@ -225,7 +270,7 @@ impl Cryptodev {
             sys::rte_crypto_op_pool_create(
                 ops_name.as_ptr(),
                 sys::RTE_CRYPTO_OP_TYPE_SYMMETRIC,
-                u32::from(queue_pairs) * BURST as u32 + 64,
+                u32::from(queue_pairs) * (BURST + IN_FLIGHT) as u32 + 64,
                 0,
                 sys::SY_CRYPTO_OP_PRIV as u16,
                 socket,
@@ -251,6 +296,21 @@ impl Cryptodev {
 
         let mut queues = Vec::with_capacity(usize::from(queue_pairs));
         for id in 0..queue_pairs {
+            let mut async_raw = vec![std::ptr::null_mut(); IN_FLIGHT];
+            // SAFETY: the pool is live; the vector has room for IN_FLIGHT pointers.
+            let ok = unsafe {
+                sys::sy_rte_crypto_op_bulk_alloc(
+                    ops.as_ptr(),
+                    async_raw.as_mut_ptr(),
+                    IN_FLIGHT as u16,
+                ) == 0
+            };
+            let async_ops = async_raw
+                .into_iter()
+                .map(NonNull::new)
+                .collect::<Option<Vec<_>>>()
+                .filter(|_| ok)
+                .ok_or_else(|| IoError::Dpdk("allocating crypto operations".into()))?;
             let mut ops_raw = [std::ptr::null_mut(); BURST];
             let mut mbufs_raw = [std::ptr::null_mut(); BURST];
             // SAFETY: both pools are live; each array has room for BURST pointers.
@@ -279,6 +339,10 @@ impl Cryptodev {
                 ops: ops.try_into().expect("BURST operations"),
                 mbufs: mbufs.try_into().expect("BURST mbufs"),
                 stuck: false,
+                flights: VecDeque::with_capacity(IN_FLIGHT),
+                async_ops,
+                free: (0..IN_FLIGHT as u16).rev().collect(),
+                abandoned: 0,
                 completed: 0,
                 failed: 0,
             }));
@@ -327,6 +391,7 @@ impl Cryptodev {
             stats.operations += q.completed;
             stats.failed += q.failed;
             stats.stuck_queue_pairs += u64::from(q.stuck);
+            stats.abandoned += q.abandoned;
         }
         stats
     }
@@ -347,6 +412,9 @@ pub struct CryptodevStats {
     pub session_failures: u64,
     /// Queue pairs given up on after an operation never came back.
     pub stuck_queue_pairs: u64,
+    /// Asynchronous operations the device never gave back (their packets are leaked, as
+    /// the device may still write to them).
+    pub abandoned: u64,
 }
 
 /// The calling thread's queue pair index: threads are numbered as they first ask.
@@ -371,9 +439,16 @@ unsafe impl Sync for Session {}
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // Asynchronous operations may still run in this session: let the device finish them
+        // first (their results wait in their flights for the next poll).
+        for q in &self.device.queues {
+            let mut qp = q.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.device.settle(&mut qp);
+        }
         // SAFETY: ptr came from rte_cryptodev_sym_session_create on this device, and no
-        // operation uses it any more (operations run to completion under the queue's lock
-        // while the context, which owns the session, is borrowed).
+        // operation uses it any more (synchronous ones run to completion under the queue's
+        // lock while the context, which owns the session, is borrowed; asynchronous ones were
+        // settled above).
         unsafe { sys::rte_cryptodev_sym_session_free(self.device.dev_id, self.ptr.as_ptr()) };
     }
 }
@@ -488,11 +563,8 @@ impl Device {
             }
         };
         let len = u16::try_from(len).map_err(|_| CryptoError::BufferLength)?;
-        let slot = thread_slot() % self.queues.len();
-        let mut qp = match self.queues[slot].lock() {
-            Ok(q) => q,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut qp = self.queue();
+        self.settle(&mut qp);
         if qp.stuck {
             return Err(CryptoError::Backend);
         }
@@ -905,6 +977,345 @@ impl CryptoBackend for Cryptodev {
     }
 }
 
+/// Fills `dop` to run `op` in `session` on `mbuf`, which must hold `op.buf`'s bytes at its
+/// data start (a scratch mbuf pointed at them, or the packet's own mbuf); for an open,
+/// copies the expected tag or ICV into the digest area. Returns where the device leaves (or
+/// finds) the digest, or `None` when the operation's ranges do not lie inside its buffer.
+///
+/// # Safety
+///
+/// `dop` and `mbuf` must be idle (not with the device), and the bytes must stay valid and
+/// untouched until the operation is dequeued.
+unsafe fn fill_op(
+    op: &SymOp<'_>,
+    session: *mut c_void,
+    dop: *mut sys::rte_crypto_op,
+    mbuf: *mut sys::rte_mbuf,
+) -> Option<*mut u8> {
+    let p = &op.params;
+    let icv_len = usize::from(p.icv_len).min(p.expected.len());
+    let ok = p.text.end <= op.buf.len()
+        && p.auth.end <= op.buf.len()
+        && (!p.seal || p.digest_at + icv_len <= op.buf.len());
+    if !ok {
+        return None;
+    }
+    // SAFETY: the caller's promises, and every range lies inside the bytes; IV (≤ 16 bytes),
+    // AAD (≤ 12) and digest (≤ 32) fit the op's private area as in `run`.
+    let digest = unsafe {
+        match op.ctx {
+            Some(SymCtx::Aead(_)) => sys::sy_crypto_op_aead(
+                dop,
+                session,
+                mbuf,
+                p.text.start as u32,
+                p.text.len() as u32,
+                p.iv.as_ptr(),
+                12,
+                p.aad.as_ptr(),
+                u16::from(p.aad_len),
+            ),
+            _ => sys::sy_crypto_op_chain(
+                dop,
+                session,
+                mbuf,
+                p.text.start as u32,
+                p.text.len() as u32,
+                p.auth.start as u32,
+                p.auth.len() as u32,
+                p.iv.as_ptr(),
+                16,
+            ),
+        }
+    };
+    if !p.seal {
+        // SAFETY: the digest area holds SY_CRYPTO_DIGEST_MAX ≥ icv_len bytes.
+        unsafe { std::ptr::copy_nonoverlapping(p.expected.as_ptr(), digest, icv_len) };
+    }
+    Some(digest)
+}
+
+/// Puts a sealed operation's tag, as the device left it, into the packet.
+fn copy_tag(buf: &mut [u8], params: &SymParams, tag: &[u8]) {
+    if let Some(to) = buf.get_mut(params.digest_at..params.digest_at + tag.len()) {
+        to.copy_from_slice(tag);
+    }
+}
+
+/// What a dequeued operation's status means for its caller.
+fn status_result(status: u32) -> Result<(), CryptoError> {
+    match status {
+        sys::RTE_CRYPTO_OP_STATUS_SUCCESS => Ok(()),
+        sys::RTE_CRYPTO_OP_STATUS_AUTH_FAILED => Err(CryptoError::Authentication),
+        _ => Err(CryptoError::Backend),
+    }
+}
+
+impl Device {
+    /// The calling thread's queue pair, locked.
+    fn queue(&self) -> std::sync::MutexGuard<'_, QueuePair> {
+        let slot = thread_slot() % self.queues.len();
+        self.queues[slot]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes every completed asynchronous operation off the device, noting its status in
+    /// its flight.
+    fn dequeue_flights(&self, qp: &mut QueuePair) {
+        let mut done: [*mut sys::rte_crypto_op; BURST] = [std::ptr::null_mut(); BURST];
+        loop {
+            // SAFETY: dequeues at most BURST pointers into done, on our own queue pair.
+            let got = usize::from(unsafe {
+                sys::sy_rte_cryptodev_dequeue_burst(
+                    self.dev_id,
+                    qp.id,
+                    done.as_mut_ptr(),
+                    BURST as u16,
+                )
+            });
+            for &op in &done[..got] {
+                // The device answers in order, so the flight is nearly always the first
+                // one still waiting.
+                let QueuePair {
+                    flights, async_ops, ..
+                } = &mut *qp;
+                let waiting = flights.iter_mut().find_map(|f| match &mut f.state {
+                    FlightState::Device { slot, status, .. }
+                        if status.is_none() && async_ops[usize::from(*slot)].as_ptr() == op =>
+                    {
+                        Some(status)
+                    }
+                    _ => None,
+                });
+                if let Some(status) = waiting {
+                    // SAFETY: a dequeued operation of ours.
+                    *status = Some(unsafe { sys::sy_crypto_op_status(op) } as u32);
+                }
+            }
+            if got < BURST {
+                return;
+            }
+        }
+    }
+
+    /// Waits until the device has given back every asynchronous operation of `qp`: before a
+    /// synchronous one (whose dequeue must not meet them) and before a session is freed.
+    /// Their results wait in their flights for the next poll.
+    fn settle(&self, qp: &mut QueuePair) {
+        let waiting = |qp: &QueuePair| {
+            qp.flights
+                .iter()
+                .any(|f| matches!(f.state, FlightState::Device { status: None, .. }))
+        };
+        let mut polls = 0u32;
+        while !qp.stuck && waiting(qp) {
+            self.dequeue_flights(qp);
+            polls += 1;
+            if polls == MAX_POLLS {
+                qp.stuck = true;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// [`AsyncCrypto::submit`] on the calling thread's queue pair.
+    fn submit(
+        self: &Arc<Self>,
+        ops: &mut Vec<AsyncOp<Mbuf>>,
+        ctxs: &[Option<SymCtx<'_>>],
+    ) -> usize {
+        let mut qp = self.queue();
+        // Flight `base + i` is the operation of `ctxs[i]`.
+        let base = qp.flights.len();
+        let n = ops
+            .len()
+            .min(ctxs.len())
+            .min(IN_FLIGHT.saturating_sub(qp.flights.len()));
+        // The burst being filled: each operation and its flight's index.
+        let mut burst: [(*mut sys::rte_crypto_op, usize); BURST] =
+            [(std::ptr::null_mut(), 0); BURST];
+        let mut filled = 0;
+        for (mut op, ctx) in ops.drain(..n).zip(ctxs) {
+            let mbuf = op.pkt.buf.as_ptr();
+            let mut sym = SymOp {
+                buf: op.pkt.buf.data_mut(),
+                ctx: *ctx,
+                params: std::mem::take(&mut op.params),
+                result: Err(CryptoError::Backend),
+            };
+            let session = if qp.stuck {
+                None
+            } else {
+                self.session_for(&sym)
+            };
+            let placed = session.and_then(|s| qp.free.pop().map(|slot| (s, slot)));
+            let mut state = FlightState::Finished;
+            match placed {
+                Some((session, slot)) => {
+                    let dop = qp.async_ops[usize::from(slot)].as_ptr();
+                    // SAFETY: the slot was free, so dop is idle; the mbuf holds the bytes
+                    // at its data start and moves into the flight below, which owns it
+                    // until the device gives the operation back.
+                    match unsafe { fill_op(&sym, session, dop, mbuf) } {
+                        Some(digest) => {
+                            state = FlightState::Device {
+                                slot,
+                                since: Instant::now(),
+                                digest,
+                                status: None,
+                            };
+                            burst[filled] = (dop, qp.flights.len());
+                            filled += 1;
+                        }
+                        None => {
+                            qp.free.push(slot);
+                            sym.result = Err(CryptoError::BufferLength);
+                        }
+                    }
+                }
+                None => {
+                    if sym.ctx.is_some() {
+                        self.in_software();
+                    }
+                    sym.run_here();
+                }
+            }
+            op.result = sym.result;
+            op.params = sym.params;
+            qp.flights.push_back(Flight { op, state });
+            if filled == BURST {
+                self.enqueue(&mut qp, &burst[..filled], ctxs, base);
+                filled = 0;
+            }
+        }
+        self.enqueue(&mut qp, &burst[..filled], ctxs, base);
+        n
+    }
+
+    /// Hands `burst` (operations and their flights' indexes) to the device; what it does not
+    /// take runs in software at once, with its context: flight `base + i` has `ctxs[i]`.
+    fn enqueue(
+        &self,
+        qp: &mut QueuePair,
+        burst: &[(*mut sys::rte_crypto_op, usize)],
+        ctxs: &[Option<SymCtx<'_>>],
+        base: usize,
+    ) {
+        if burst.is_empty() {
+            return;
+        }
+        let mut raw: [*mut sys::rte_crypto_op; BURST] = [std::ptr::null_mut(); BURST];
+        for (r, b) in raw.iter_mut().zip(burst) {
+            *r = b.0;
+        }
+        // SAFETY: raw[..burst.len()] are filled operations of ours; the queue pair is ours
+        // under the lock.
+        let sent = usize::from(unsafe {
+            sys::sy_rte_cryptodev_enqueue_burst(
+                self.dev_id,
+                qp.id,
+                raw.as_mut_ptr(),
+                burst.len() as u16,
+            )
+        });
+        for &(_, at) in &burst[sent..] {
+            let Some(f) = qp.flights.get_mut(at) else {
+                continue;
+            };
+            if let FlightState::Device { slot, .. } = f.state {
+                qp.free.push(slot);
+            }
+            let f = &mut qp.flights[at];
+            f.state = FlightState::Finished;
+            let ctx = at
+                .checked_sub(base)
+                .and_then(|i| ctxs.get(i))
+                .copied()
+                .flatten();
+            let mut sym = SymOp {
+                buf: f.op.pkt.buf.data_mut(),
+                ctx,
+                params: std::mem::take(&mut f.op.params),
+                result: Err(CryptoError::Backend),
+            };
+            self.in_software();
+            sym.run_here();
+            f.op.result = sym.result;
+            f.op.params = sym.params;
+        }
+    }
+
+    /// [`AsyncCrypto::poll`] on the calling thread's queue pair.
+    fn poll(&self, done: &mut Vec<AsyncOp<Mbuf>>) {
+        let mut qp = self.queue();
+        if qp.flights.is_empty() {
+            return;
+        }
+        self.dequeue_flights(&mut qp);
+        let now = Instant::now();
+        while let Some(front) = qp.flights.front() {
+            let ready = match front.state {
+                FlightState::Finished
+                | FlightState::Device {
+                    status: Some(_), ..
+                } => true,
+                FlightState::Device { since, .. } => {
+                    if !qp.stuck && now.duration_since(since) <= ABANDON_AFTER {
+                        break;
+                    }
+                    false
+                }
+            };
+            let Some(mut f) = qp.flights.pop_front() else {
+                break;
+            };
+            if !ready {
+                // Never answered: the operation and its packet stay the device's for good.
+                qp.stuck = true;
+                qp.abandoned += 1;
+                std::mem::forget(f.op);
+                continue;
+            }
+            if let FlightState::Device {
+                slot,
+                digest,
+                status: Some(status),
+                ..
+            } = f.state
+            {
+                f.op.result = status_result(status);
+                if f.op.result.is_ok() && f.op.params.seal {
+                    let p = &f.op.params;
+                    let len = usize::from(p.icv_len).min(p.expected.len());
+                    // SAFETY: the completed operation wrote len ≤ SY_CRYPTO_DIGEST_MAX bytes
+                    // at digest, in its own private area.
+                    let tag = unsafe { std::slice::from_raw_parts(digest, len) };
+                    copy_tag(f.op.pkt.buf.data_mut(), &f.op.params, tag);
+                }
+                qp.free.push(slot);
+                qp.completed += 1;
+                qp.failed += u64::from(f.op.result.is_err());
+            }
+            done.push(f.op);
+        }
+    }
+}
+
+impl AsyncCrypto<Mbuf> for Cryptodev {
+    fn submit(&self, ops: &mut Vec<AsyncOp<Mbuf>>, ctxs: &[Option<SymCtx<'_>>]) -> usize {
+        self.device.submit(ops, ctxs)
+    }
+
+    fn poll(&self, done: &mut Vec<AsyncOp<Mbuf>>) {
+        self.device.poll(done);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.device.queue().flights.len()
+    }
+}
+
 /// How a batch operation maps onto the device.
 struct Placed {
     /// Index in the burst of the caller's operation.
@@ -944,11 +1355,8 @@ impl Device {
     /// Runs up to [`BURST`] operations: those the device takes are enqueued together and
     /// dequeued together; the others run in software meanwhile.
     fn process_burst(self: &Arc<Self>, burst: &mut [SymOp<'_>]) {
-        let slot = thread_slot() % self.queues.len();
-        let mut qp = match self.queues[slot].lock() {
-            Ok(q) => q,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut qp = self.queue();
+        self.settle(&mut qp);
         let mut placed: [Option<Placed>; BURST] = [const { None }; BURST];
         let mut n = 0;
         for (i, op) in burst.iter_mut().enumerate() {
@@ -961,50 +1369,17 @@ impl Device {
                 continue;
             };
             let (dop, mbuf) = (qp.ops[n].as_ptr(), qp.mbufs[n].as_ptr());
-            let p = &op.params;
-            let icv_len = usize::from(p.icv_len).min(p.expected.len());
-            let ok = p.text.end <= op.buf.len()
-                && p.auth.end <= op.buf.len()
-                && (!p.seal || p.digest_at + icv_len <= op.buf.len());
-            if !ok {
-                op.result = Err(CryptoError::BufferLength);
-                continue;
-            }
             // SAFETY: dop and mbuf are this queue pair's n-th, idle; op.buf is exclusively
             // borrowed until the burst completes (or the queue is given up on, never to be
-            // used again) before we return, and every range was checked to lie inside it;
-            // IV, AAD and digest fit the private area as in `run`.
+            // used again) before we return.
             let digest = unsafe {
                 sys::sy_crypto_mbuf_point(mbuf, op.buf.as_mut_ptr().cast(), op.buf.len() as u16);
-                match op.ctx {
-                    Some(SymCtx::Aead(_)) => sys::sy_crypto_op_aead(
-                        dop,
-                        session,
-                        mbuf,
-                        p.text.start as u32,
-                        p.text.len() as u32,
-                        p.iv.as_ptr(),
-                        12,
-                        p.aad.as_ptr(),
-                        u16::from(p.aad_len),
-                    ),
-                    _ => sys::sy_crypto_op_chain(
-                        dop,
-                        session,
-                        mbuf,
-                        p.text.start as u32,
-                        p.text.len() as u32,
-                        p.auth.start as u32,
-                        p.auth.len() as u32,
-                        p.iv.as_ptr(),
-                        16,
-                    ),
-                }
+                fill_op(op, session, dop, mbuf)
             };
-            if !p.seal {
-                // SAFETY: the digest area holds SY_CRYPTO_DIGEST_MAX ≥ icv_len bytes.
-                unsafe { std::ptr::copy_nonoverlapping(p.expected.as_ptr(), digest, icv_len) };
-            }
+            let Some(digest) = digest else {
+                op.result = Err(CryptoError::BufferLength);
+                continue;
+            };
             placed[n] = Some(Placed {
                 slot: i,
                 op: dop,
@@ -1066,23 +1441,16 @@ impl Device {
                 u32::MAX
             };
             qp.completed += u64::from(came_back);
-            op.result = if status == sys::RTE_CRYPTO_OP_STATUS_SUCCESS {
-                if op.params.seal {
-                    let len = usize::from(op.params.icv_len).min(op.params.expected.len());
-                    let at = op.params.digest_at;
-                    // SAFETY: the completed operation wrote len ≤ SY_CRYPTO_DIGEST_MAX bytes
-                    // there; the destination range was checked above.
-                    op.buf[at..at + len]
-                        .copy_from_slice(unsafe { std::slice::from_raw_parts(p.digest, len) });
-                }
-                Ok(())
-            } else if status == sys::RTE_CRYPTO_OP_STATUS_AUTH_FAILED {
-                qp.failed += 1;
-                Err(CryptoError::Authentication)
-            } else {
-                qp.failed += u64::from(came_back);
-                Err(CryptoError::Backend)
-            };
+            op.result = status_result(status);
+            qp.failed += u64::from(came_back && op.result.is_err());
+            if op.result.is_ok() && op.params.seal {
+                let len = usize::from(op.params.icv_len).min(op.params.expected.len());
+                // SAFETY: the completed operation wrote len ≤ SY_CRYPTO_DIGEST_MAX bytes
+                // there; fill_op checked the destination range.
+                copy_tag(op.buf, &op.params, unsafe {
+                    std::slice::from_raw_parts(p.digest, len)
+                });
+            }
         }
     }
 }
