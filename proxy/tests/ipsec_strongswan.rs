@@ -210,6 +210,8 @@ impl Peer {
         // PEERS.md: a life time about twice the rekey time, or SAs expire instead.
         let ike_life = if case.ike_rekey {
             "rekey_time = 3s\n    over_time = 3s\n    rand_time = 0"
+        } else if case.ike_reauth {
+            "rekey_time = 0\n    reauth_time = 3s\n    over_time = 3s\n    rand_time = 0"
         } else {
             "rekey_time = 0"
         };
@@ -331,6 +333,9 @@ struct Case {
     child_rekey: bool,
     /// strongSwan rekeys the IKE SA every 3 s (section 1.3.2).
     ike_rekey: bool,
+    /// strongSwan reauthenticates every 3 s: a new IKE SA from scratch, the old one deleted
+    /// (section 2.8.3).
+    ike_reauth: bool,
     /// Switchyard's CHILD_SA `rekey_time` (empty: the default hour).
     our_rekey: &'static str,
     /// Switchyard's IKE fragment size (`--ike-fragment-size`; `None`: the default).
@@ -349,6 +354,7 @@ const BASE: Case = Case {
     dpd: false,
     child_rekey: false,
     ike_rekey: false,
+    ike_reauth: false,
     our_rekey: "",
     fragment_size: None,
     our_rekey_bytes: "",
@@ -1602,6 +1608,70 @@ fn ike_with_strongswan_ike_rekey() {
         !listed.contains("sy:"),
         "strongSwan kept an SA after our delete:\n{listed}"
     );
+}
+
+/// strongSwan reauthenticates the IKE SA every 3 s (RFC 7296 section 2.8.3: a new IKE SA
+/// and CHILD_SA from scratch, the old ones deleted), break-before-make and make-before-break:
+/// each time we end up with one IKE SA and one CHILD_SA, and ESP works on the newest.
+#[test]
+fn ike_with_strongswan_reauthentication() {
+    for (mode, extra) in [
+        ("break-before-make", "make_before_break = no"),
+        ("make-before-break", "make_before_break = yes"),
+    ] {
+        let Some(peer) = Peer::start_with("ipsec_ike_reauth", extra) else {
+            return;
+        };
+        let (ike, ike_shown) = ike_proposal(true, "x25519");
+        let case = Case {
+            we_initiate: true,
+            ike,
+            ike_shown,
+            esp: GCM128.0,
+            esp_shown: GCM128.1,
+            ike_reauth: true,
+            ..BASE
+        };
+        peer.load(&case, PSK);
+        let config = resources(&case, PSK)
+            .daemon_config(SY_ADDR.parse().expect("address"))
+            .expect("daemon config");
+        let netns = format!("/run/netns/{}", peer.lab.ns(Ns::Node));
+        let handle = std::thread::spawn(move || -> Result<String, String> {
+            let runtime = common::runtime_in_netns(&netns)?;
+            runtime.block_on(async move {
+                let (tap_tx, mut tap) = mpsc::unbounded_channel();
+                let mut config = config;
+                config.esp_tap = Some(tap_tx);
+                let mut daemon = Daemon::start(config).map_err(|e| format!("daemon: {e}"))?;
+                next_event(&mut daemon.events, "ChildInstalled").await?;
+                let first = daemon.snapshot();
+                // Two reauthentications, then a quiet second for the deletes to finish.
+                tokio::time::sleep(Duration::from_millis(7500)).await;
+                let snapshot = daemon.snapshot();
+                let (ike_sas, child_sas) = (snapshot.ike_sas.len(), snapshot.child_sas.len());
+                if ike_sas != 1 || child_sas != 1 {
+                    return Err(format!(
+                        "{ike_sas} IKE SAs and {child_sas} CHILD_SAs after reauthentication: \
+                         {snapshot:?}"
+                    ));
+                }
+                if snapshot.ike_sas[0].0 == first.ike_sas[0].0 {
+                    return Err("strongSwan did not reauthenticate".into());
+                }
+                let child = snapshot.child_sas[0].clone();
+                esp_probe(&daemon, &mut tap, &child).await?;
+                let counters = snapshot.counters;
+                daemon.shutdown().await;
+                Ok(format!("{counters:?}"))
+            })
+        });
+        match handle.join() {
+            Ok(Ok(log)) => eprintln!("{mode}: {log}"),
+            Ok(Err(e)) => panic!("{mode}: {e}\n{}", peer.log()),
+            Err(_) => panic!("{mode}: daemon thread panicked\n{}", peer.log()),
+        }
+    }
 }
 
 /// A tunnel we start comes back by itself after a failure: strongSwan first refuses our
