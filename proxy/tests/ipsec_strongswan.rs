@@ -1341,6 +1341,36 @@ fn ike_with_strongswan_fqdn_ids_and_more_suites() {
 }
 
 /// Waits (at most 10 s) for an event whose debug form starts with `wanted`.
+/// Loads `case` into strongSwan, then runs `body` with our IKE daemon for it (ESP addressed
+/// to us handed to the tap) in the node namespace, on a thread of its own. Panics with
+/// strongSwan's log when `body` fails.
+fn with_tapped_daemon<T, F, Fut>(peer: &Peer, case: &Case, body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(Daemon, mpsc::UnboundedReceiver<Datagram>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    peer.load(case, PSK);
+    let mut config = resources(case, PSK)
+        .daemon_config(SY_ADDR.parse().expect("address"))
+        .expect("daemon config");
+    let netns = format!("/run/netns/{}", peer.lab.ns(Ns::Node));
+    let handle = std::thread::spawn(move || -> Result<T, String> {
+        let runtime = common::runtime_in_netns(&netns)?;
+        runtime.block_on(async move {
+            let (tap_tx, tap) = mpsc::unbounded_channel();
+            config.esp_tap = Some(tap_tx);
+            let daemon = Daemon::start(config).map_err(|e| format!("daemon: {e}"))?;
+            body(daemon, tap).await
+        })
+    });
+    match handle.join() {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => panic!("{e}\n{}", peer.log()),
+        Err(_) => panic!("daemon thread panicked\n{}", peer.log()),
+    }
+}
+
 async fn next_event(
     events: &mut mpsc::UnboundedReceiver<Event>,
     wanted: &'static str,
@@ -1480,62 +1510,46 @@ fn ike_with_strongswan_child_rekey() {
             child_rekey: true,
             ..BASE
         };
-        peer.load(&case, PSK);
-        let config = resources(&case, PSK)
-            .daemon_config(SY_ADDR.parse().expect("address"))
-            .expect("daemon config");
-        let netns = format!("/run/netns/{}", peer.lab.ns(Ns::Node));
-        let handle = std::thread::spawn(move || -> Result<Vec<String>, String> {
-            let runtime = common::runtime_in_netns(&netns)?;
-            runtime.block_on(async move {
-                let (tap_tx, mut tap) = mpsc::unbounded_channel();
-                let mut config = config;
-                config.esp_tap = Some(tap_tx);
-                let mut daemon = Daemon::start(config).map_err(|e| format!("daemon: {e}"))?;
-                let mut log = Vec::new();
-                let mut spis = Vec::new();
-                // The first SA, then two rekeys.
-                for round in 0..3 {
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                    let child = loop {
-                        match tokio::time::timeout_at(deadline, daemon.events.recv()).await {
-                            Ok(Some(Event::ChildInstalled(c))) => break c,
-                            Ok(Some(Event::Failed { reason, .. })) => {
-                                return Err(format!("round {round}: failed {reason:?}"))
-                            }
-                            Ok(Some(_)) => {}
-                            _ => return Err(format!("round {round}: no CHILD_SA")),
+        let log = with_tapped_daemon(&peer, &case, |mut daemon, mut tap| async move {
+            let mut log = Vec::new();
+            let mut spis = Vec::new();
+            // The first SA, then two rekeys.
+            for round in 0..3 {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                let child = loop {
+                    match tokio::time::timeout_at(deadline, daemon.events.recv()).await {
+                        Ok(Some(Event::ChildInstalled(c))) => break c,
+                        Ok(Some(Event::Failed { reason, .. })) => {
+                            return Err(format!("round {round}: failed {reason:?}"))
                         }
-                    };
-                    spis.push(child.inbound.spi);
-                    // Give strongSwan a moment to switch its outbound traffic over.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let probe = esp_probe(&daemon, &mut tap, &child).await;
-                    log.push(format!("round {round}: {probe:?}"));
-                    probe.map_err(|e| format!("round {round}: {e}\n{log:?}"))?;
-                }
-                // The rekeyed SAs were deleted: at most the newest two remain.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let left: Vec<u32> = daemon
-                    .snapshot()
-                    .child_sas
-                    .iter()
-                    .map(|c| c.inbound.spi)
-                    .collect();
-                if left.contains(&spis[0]) || left.len() > 2 {
-                    return Err(format!("old CHILD_SAs kept: {left:08x?} of {spis:08x?}"));
-                }
-                let counters = daemon.snapshot().counters;
-                daemon.shutdown().await;
-                log.push(format!("{counters:?}"));
-                Ok(log)
-            })
+                        Ok(Some(_)) => {}
+                        _ => return Err(format!("round {round}: no CHILD_SA")),
+                    }
+                };
+                spis.push(child.inbound.spi);
+                // Give strongSwan a moment to switch its outbound traffic over.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let probe = esp_probe(&daemon, &mut tap, &child).await;
+                log.push(format!("round {round}: {probe:?}"));
+                probe.map_err(|e| format!("round {round}: {e}\n{log:?}"))?;
+            }
+            // The rekeyed SAs were deleted: at most the newest two remain.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let left: Vec<u32> = daemon
+                .snapshot()
+                .child_sas
+                .iter()
+                .map(|c| c.inbound.spi)
+                .collect();
+            if left.contains(&spis[0]) || left.len() > 2 {
+                return Err(format!("old CHILD_SAs kept: {left:08x?} of {spis:08x?}"));
+            }
+            let counters = daemon.snapshot().counters;
+            daemon.shutdown().await;
+            log.push(format!("{counters:?}"));
+            Ok(log)
         });
-        match handle.join() {
-            Ok(Ok(log)) => eprintln!("{esp}: {}", log.join("\n")),
-            Ok(Err(e)) => panic!("{esp}: {e}\n{}", peer.log()),
-            Err(_) => panic!("daemon thread panicked\n{}", peer.log()),
-        }
+        eprintln!("{esp}: {}", log.join("\n"));
         peer.clear();
     }
 }
@@ -1558,51 +1572,35 @@ fn ike_with_strongswan_ike_rekey() {
         ike_rekey: true,
         ..BASE
     };
-    peer.load(&case, PSK);
-    let config = resources(&case, PSK)
-        .daemon_config(SY_ADDR.parse().expect("address"))
-        .expect("daemon config");
-    let netns = format!("/run/netns/{}", peer.lab.ns(Ns::Node));
-    let handle = std::thread::spawn(move || -> Result<String, String> {
-        let runtime = common::runtime_in_netns(&netns)?;
-        runtime.block_on(async move {
-            let (tap_tx, mut tap) = mpsc::unbounded_channel();
-            let mut config = config;
-            config.esp_tap = Some(tap_tx);
-            let mut daemon = Daemon::start(config).map_err(|e| format!("daemon: {e}"))?;
-            let first = next_event(&mut daemon.events, "ChildInstalled").await?;
-            let child = daemon.snapshot().child_sas[0].clone();
-            // Two IKE rekeys.
-            tokio::time::sleep(Duration::from_millis(7000)).await;
-            let snapshot = daemon.snapshot();
-            if snapshot.counters.ike_sas_rekeyed < 2 {
-                return Err(format!("strongSwan did not rekey: {:?}", snapshot.counters));
-            }
-            if snapshot.ike_sas.len() != 1 || snapshot.child_sas.len() != 1 {
-                return Err(format!("after the rekeys: {snapshot:?}"));
-            }
-            if snapshot.child_sas[0].inbound.spi != child.inbound.spi {
-                return Err("the CHILD_SA changed".into());
-            }
-            esp_probe(&daemon, &mut tap, &child).await?;
-            // Our own liveness check on the newest IKE SA, with its keys.
-            let newest = snapshot.ike_sas[0].0;
-            let before = daemon.snapshot().counters;
-            daemon.command(Command::Dpd(newest));
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let after = daemon.snapshot().counters;
-            if after.retransmits != before.retransmits || after.failed != 0 {
-                return Err(format!("DPD on the rekeyed SA not answered: {after:?}"));
-            }
-            daemon.shutdown().await;
-            Ok(format!("{first}; {:?}", after))
-        })
+    let log = with_tapped_daemon(&peer, &case, |mut daemon, mut tap| async move {
+        let first = next_event(&mut daemon.events, "ChildInstalled").await?;
+        let child = daemon.snapshot().child_sas[0].clone();
+        // Two IKE rekeys.
+        tokio::time::sleep(Duration::from_millis(7000)).await;
+        let snapshot = daemon.snapshot();
+        if snapshot.counters.ike_sas_rekeyed < 2 {
+            return Err(format!("strongSwan did not rekey: {:?}", snapshot.counters));
+        }
+        if snapshot.ike_sas.len() != 1 || snapshot.child_sas.len() != 1 {
+            return Err(format!("after the rekeys: {snapshot:?}"));
+        }
+        if snapshot.child_sas[0].inbound.spi != child.inbound.spi {
+            return Err("the CHILD_SA changed".into());
+        }
+        esp_probe(&daemon, &mut tap, &child).await?;
+        // Our own liveness check on the newest IKE SA, with its keys.
+        let newest = snapshot.ike_sas[0].0;
+        let before = daemon.snapshot().counters;
+        daemon.command(Command::Dpd(newest));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = daemon.snapshot().counters;
+        if after.retransmits != before.retransmits || after.failed != 0 {
+            return Err(format!("DPD on the rekeyed SA not answered: {after:?}"));
+        }
+        daemon.shutdown().await;
+        Ok(format!("{first}; {:?}", after))
     });
-    match handle.join() {
-        Ok(Ok(log)) => eprintln!("{log}"),
-        Ok(Err(e)) => panic!("{e}\n{}", peer.log()),
-        Err(_) => panic!("daemon thread panicked\n{}", peer.log()),
-    }
+    eprintln!("{log}");
     let listed = peer.list_sas();
     assert!(
         !listed.contains("sy:"),
@@ -1632,45 +1630,29 @@ fn ike_with_strongswan_reauthentication() {
             ike_reauth: true,
             ..BASE
         };
-        peer.load(&case, PSK);
-        let config = resources(&case, PSK)
-            .daemon_config(SY_ADDR.parse().expect("address"))
-            .expect("daemon config");
-        let netns = format!("/run/netns/{}", peer.lab.ns(Ns::Node));
-        let handle = std::thread::spawn(move || -> Result<String, String> {
-            let runtime = common::runtime_in_netns(&netns)?;
-            runtime.block_on(async move {
-                let (tap_tx, mut tap) = mpsc::unbounded_channel();
-                let mut config = config;
-                config.esp_tap = Some(tap_tx);
-                let mut daemon = Daemon::start(config).map_err(|e| format!("daemon: {e}"))?;
-                next_event(&mut daemon.events, "ChildInstalled").await?;
-                let first = daemon.snapshot();
-                // Two reauthentications, then a quiet second for the deletes to finish.
-                tokio::time::sleep(Duration::from_millis(7500)).await;
-                let snapshot = daemon.snapshot();
-                let (ike_sas, child_sas) = (snapshot.ike_sas.len(), snapshot.child_sas.len());
-                if ike_sas != 1 || child_sas != 1 {
-                    return Err(format!(
-                        "{ike_sas} IKE SAs and {child_sas} CHILD_SAs after reauthentication: \
+        let log = with_tapped_daemon(&peer, &case, |mut daemon, mut tap| async move {
+            next_event(&mut daemon.events, "ChildInstalled").await?;
+            let first = daemon.snapshot();
+            // Two reauthentications, then a quiet second for the deletes to finish.
+            tokio::time::sleep(Duration::from_millis(7500)).await;
+            let snapshot = daemon.snapshot();
+            let (ike_sas, child_sas) = (snapshot.ike_sas.len(), snapshot.child_sas.len());
+            if ike_sas != 1 || child_sas != 1 {
+                return Err(format!(
+                    "{ike_sas} IKE SAs and {child_sas} CHILD_SAs after reauthentication: \
                          {snapshot:?}"
-                    ));
-                }
-                if snapshot.ike_sas[0].0 == first.ike_sas[0].0 {
-                    return Err("strongSwan did not reauthenticate".into());
-                }
-                let child = snapshot.child_sas[0].clone();
-                esp_probe(&daemon, &mut tap, &child).await?;
-                let counters = snapshot.counters;
-                daemon.shutdown().await;
-                Ok(format!("{counters:?}"))
-            })
+                ));
+            }
+            if snapshot.ike_sas[0].0 == first.ike_sas[0].0 {
+                return Err("strongSwan did not reauthenticate".into());
+            }
+            let child = snapshot.child_sas[0].clone();
+            esp_probe(&daemon, &mut tap, &child).await?;
+            let counters = snapshot.counters;
+            daemon.shutdown().await;
+            Ok(format!("{counters:?}"))
         });
-        match handle.join() {
-            Ok(Ok(log)) => eprintln!("{mode}: {log}"),
-            Ok(Err(e)) => panic!("{mode}: {e}\n{}", peer.log()),
-            Err(_) => panic!("{mode}: daemon thread panicked\n{}", peer.log()),
-        }
+        eprintln!("{mode}: {log}");
     }
 }
 
