@@ -688,6 +688,46 @@ fn dataplane_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fm
     ] {
         counter(enc, name, help, None, value)?;
     }
+    gauge(
+        enc,
+        "switchyard_parked_packets",
+        "Packets graph nodes keep while their ESP crypto runs on a device.",
+        None,
+        d.parked as u64,
+    )?;
+    if let Some((device, driver, c)) = &d.cryptodev {
+        let labels = [("device", device.as_str()), ("driver", driver.as_str())];
+        for (name, help, value) in [
+            (
+                "switchyard_cryptodev_operations",
+                "Operations the ESP cryptodev completed.",
+                c.operations,
+            ),
+            (
+                "switchyard_cryptodev_failed",
+                "Completed operations that failed: forged tags and ICVs, device errors.",
+                c.failed,
+            ),
+            (
+                "switchyard_cryptodev_software_calls",
+                "Operations run in software instead of on the device.",
+                c.software_calls,
+            ),
+            (
+                "switchyard_cryptodev_abandoned",
+                "Asynchronous operations the device never gave back.",
+                c.abandoned,
+            ),
+        ] {
+            counter_family(enc, name, help, None, std::iter::once((labels, value)))?;
+        }
+        gauge_family(
+            enc,
+            "switchyard_cryptodev_stuck_queue_pairs",
+            "Queue pairs given up on after an operation never came back.",
+            std::iter::once((labels, c.stuck_queue_pairs as i64)),
+        )?;
+    }
     Ok(())
 }
 
@@ -954,6 +994,16 @@ pub(crate) mod tests {
             ],
             neighbors: vec![],
             acl_hits: vec![(vec![0, 5], 3)],
+            parked: 2,
+            cryptodev: Some((
+                "crypto_aesni_gcm0".into(),
+                "crypto_aesni_gcm".into(),
+                switchyard_io::cryptodev::CryptodevStats {
+                    operations: 40,
+                    abandoned: 1,
+                    ..Default::default()
+                },
+            )),
         });
         shared
     }
@@ -983,6 +1033,11 @@ pub(crate) mod tests {
             "switchyard_conntrack_entries_limit 1024\n",
             "switchyard_conntrack_inserts_total 5\n",
             "switchyard_conntrack_full_drops_total 2\n",
+            "switchyard_parked_packets 2\n",
+            "switchyard_cryptodev_operations_total{device=\"crypto_aesni_gcm0\",\
+             driver=\"crypto_aesni_gcm\"} 40\n",
+            "switchyard_cryptodev_abandoned_total{device=\"crypto_aesni_gcm0\",\
+             driver=\"crypto_aesni_gcm\"} 1\n",
             "switchyard_acl_rule_hits_total{acl=\"acl-1\",rule=\"1\",origin=\"demo/api-from-web ingress[0]\"} 5\n",
             "switchyard_acl_denied_total{acl=\"acl-1\"} 3\n",
             // The name's quote, backslash and newline are escaped.

@@ -382,6 +382,14 @@ where
                 .iter()
                 .map(|h| (h.rules().to_vec(), h.default_action()))
                 .collect(),
+            parked: self.graph.parked(),
+            cryptodev: self.crypto.device.as_ref().map(|d| {
+                (
+                    d.device_name().to_string(),
+                    d.driver_name().to_string(),
+                    d.stats(),
+                )
+            }),
         }
     }
 

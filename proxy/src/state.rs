@@ -14,6 +14,7 @@ use switchyard_dataplane::conntrack::{ConnEntry, Counters as ConntrackCounters};
 use switchyard_dataplane::graph::{NodeCounters, TraceRecord};
 use switchyard_dataplane::services::BackendCounters;
 use switchyard_dataplane::tables::Tables;
+use switchyard_io::cryptodev::CryptodevStats;
 use switchyard_lb::service::{BackendAddr, Frontend, Service};
 
 /// Most conntrack entries a snapshot carries (for `switchyard show conntrack`).
@@ -49,6 +50,10 @@ pub struct DataplaneSnapshot {
     /// NetworkPolicy hit counters of the tables in force (`tables_version`), one entry per
     /// ACL in `PolicyTables::acls` order: hits per rule, and hits of the default (deny).
     pub acl_hits: Vec<(Vec<u64>, u64)>,
+    /// Packets graph nodes keep parked (ESP crypto in flight on a device).
+    pub parked: usize,
+    /// The ESP cryptodev, if `--crypto` names one: device, driver and counters.
+    pub cryptodev: Option<(String, String, CryptodevStats)>,
 }
 
 /// Fixed-bucket histogram of durations in seconds, Prometheus style (cumulative on export).

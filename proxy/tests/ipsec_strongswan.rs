@@ -344,6 +344,19 @@ struct Case {
     our_rekey_bytes: &'static str,
 }
 
+/// We initiate, GCM-128 for both SAs, x25519.
+fn gcm_case() -> Case {
+    let (ike, ike_shown) = ike_proposal(true, "x25519");
+    Case {
+        we_initiate: true,
+        ike,
+        ike_shown,
+        esp: GCM128.0,
+        esp_shown: GCM128.1,
+        ..BASE
+    }
+}
+
 const BASE: Case = Case {
     we_initiate: true,
     ike: "",
@@ -1396,15 +1409,9 @@ fn ike_with_strongswan_dpd_and_deletes() {
     let Some(peer) = Peer::start("ipsec_ike_life") else {
         return;
     };
-    let (ike, ike_shown) = ike_proposal(true, "x25519");
     let case = Case {
-        we_initiate: true,
-        ike,
-        ike_shown,
-        esp: GCM128.0,
-        esp_shown: GCM128.1,
         dpd: true,
-        ..BASE
+        ..gcm_case()
     };
     peer.load(&case, PSK);
     let config = resources(&case, PSK)
@@ -1620,15 +1627,9 @@ fn ike_with_strongswan_reauthentication() {
         let Some(peer) = Peer::start_with("ipsec_ike_reauth", extra) else {
             return;
         };
-        let (ike, ike_shown) = ike_proposal(true, "x25519");
         let case = Case {
-            we_initiate: true,
-            ike,
-            ike_shown,
-            esp: GCM128.0,
-            esp_shown: GCM128.1,
             ike_reauth: true,
-            ..BASE
+            ..gcm_case()
         };
         let log = with_tapped_daemon(&peer, &case, |mut daemon, mut tap| async move {
             next_event(&mut daemon.events, "ChildInstalled").await?;
@@ -1664,15 +1665,7 @@ fn ike_with_strongswan_reconnects_after_a_failure() {
     let Some(peer) = Peer::start("ipsec_ike_retry") else {
         return;
     };
-    let (ike, ike_shown) = ike_proposal(true, "x25519");
-    let case = Case {
-        we_initiate: true,
-        ike,
-        ike_shown,
-        esp: GCM128.0,
-        esp_shown: GCM128.1,
-        ..BASE
-    };
+    let case = gcm_case();
     peer.load(&case, "not-what-switchyard-has");
     let mut config = resources(&case, PSK)
         .daemon_config(SY_ADDR.parse().expect("address"))

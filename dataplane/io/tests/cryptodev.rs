@@ -137,17 +137,7 @@ fn asynchronous_on_mbufs(
     name: &str,
     cbc: bool,
 ) {
-    let mut suites = vec![EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16)];
-    if cbc {
-        suites.push(EspSuite::CbcHmac(
-            CbcAlgorithm::Aes128Cbc,
-            MacAlgorithm::HmacSha256_128,
-        ));
-    }
-    let outer = OuterHeader::new(
-        "203.0.113.1".parse().unwrap(),
-        "203.0.113.2".parse().unwrap(),
-    );
+    let outer = test_outer();
     const N: usize = 45;
     let poll_all = |n: usize| {
         let mut done: Vec<AsyncOp<Mbuf>> = Vec::new();
@@ -161,7 +151,7 @@ fn asynchronous_on_mbufs(
         assert_eq!(dev.in_flight(), 0);
         done
     };
-    for suite in suites {
+    for suite in gcm_and_cbc(cbc, CbcAlgorithm::Aes128Cbc) {
         let config = sa_config(suite, false);
         let packets: Vec<Vec<u8>> = (0..N).map(|i| inner(40 + i * 29)).collect();
         let mut out = Sa::new(dev, &config, Direction::Outbound, 0).unwrap();
@@ -307,6 +297,23 @@ fn cbc_hmac_matches(dev: &Cryptodev, software: &SoftwareBackend, name: &str) {
     }
 }
 
+/// AES-128-GCM, and when the device does CBC too, `cbc` with HMAC-SHA-256.
+fn gcm_and_cbc(cbc: bool, cipher: CbcAlgorithm) -> Vec<EspSuite> {
+    let mut suites = vec![EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16)];
+    if cbc {
+        suites.push(EspSuite::CbcHmac(cipher, MacAlgorithm::HmacSha256_128));
+    }
+    suites
+}
+
+/// The tunnel ends the ESP tests use.
+fn test_outer() -> OuterHeader {
+    OuterHeader::new(
+        "203.0.113.1".parse().unwrap(),
+        "203.0.113.2".parse().unwrap(),
+    )
+}
+
 fn sa_config(suite: EspSuite, esn: bool) -> SaConfig {
     SaConfig {
         spi: 0x1000_0001,
@@ -407,20 +414,10 @@ fn threads_share_the_device(dev: &Cryptodev, name: &str) {
 /// opened in software, sealed in software and opened on the device, with one forged packet in
 /// the batch that alone fails.
 fn batches_match_software(dev: &Cryptodev, software: &SoftwareBackend, name: &str, cbc: bool) {
-    let mut suites = vec![EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16)];
-    if cbc {
-        suites.push(EspSuite::CbcHmac(
-            CbcAlgorithm::Aes256Cbc,
-            MacAlgorithm::HmacSha256_128,
-        ));
-    }
-    let outer = OuterHeader::new(
-        "203.0.113.1".parse().unwrap(),
-        "203.0.113.2".parse().unwrap(),
-    );
+    let outer = test_outer();
     const N: usize = 40;
     const ROOM: usize = 64;
-    for suite in suites {
+    for suite in gcm_and_cbc(cbc, CbcAlgorithm::Aes256Cbc) {
         for esn in [false, true] {
             let config = sa_config(suite, esn);
             let packets: Vec<Vec<u8>> = (0..N).map(|i| inner(40 + i * 31)).collect();
