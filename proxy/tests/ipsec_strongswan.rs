@@ -820,14 +820,21 @@ fn ike_with_strongswan_fragments_both_ways() {
     }
 }
 
-/// A CA and the two ends' certificates (rcgen), PEM.
+/// A CA and the two ends' certificates (rcgen), PEM; with an intermediate CA, the ends'
+/// certificates come from it and each end's certificate PEM carries it after the
+/// certificate.
 struct TestPki {
     ca: String,
     sy: (String, String),
     ss: (String, String),
+    intermediate: Option<String>,
 }
 
-fn test_pki(ss_alg: &'static rcgen::SignatureAlgorithm, sy_rsa: bool) -> TestPki {
+fn test_pki(
+    ss_alg: &'static rcgen::SignatureAlgorithm,
+    sy_rsa: bool,
+    via_intermediate: bool,
+) -> TestPki {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("CA key");
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -838,7 +845,23 @@ fn test_pki(ss_alg: &'static rcgen::SignatureAlgorithm, sy_rsa: bool) -> TestPki
     params
         .distinguished_name
         .push(DnType::CommonName, "Switchyard test CA");
-    let ca = params.self_signed(&ca_key).expect("CA");
+    let root = params.self_signed(&ca_key).expect("CA");
+    let root_pem = root.pem();
+    let (ca, ca_key, intermediate) = if via_intermediate {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Switchyard test intermediate");
+        let cert = params
+            .signed_by(&key, &root, &ca_key)
+            .expect("intermediate");
+        let pem = cert.pem();
+        (cert, key, Some(pem))
+    } else {
+        (root, ca_key, None)
+    };
     let leaf = |name: &str, alg: &'static rcgen::SignatureAlgorithm| {
         let key = if alg == &rcgen::PKCS_RSA_SHA256 {
             // ring makes no RSA keys: the ipsec crate's test key (openssl genpkey).
@@ -852,10 +875,12 @@ fn test_pki(ss_alg: &'static rcgen::SignatureAlgorithm, sy_rsa: bool) -> TestPki
         let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         let cert = params.signed_by(&key, &ca, &ca_key).expect("certificate");
-        (cert.pem(), key.serialize_pem())
+        let chain = format!("{}{}", cert.pem(), intermediate.as_deref().unwrap_or(""));
+        (chain, key.serialize_pem())
     };
     TestPki {
-        ca: ca.pem(),
+        ca: root_pem.clone(),
+        intermediate: intermediate.clone(),
         sy: leaf(
             "sy.example",
             if sy_rsa {
@@ -871,7 +896,8 @@ fn test_pki(ss_alg: &'static rcgen::SignatureAlgorithm, sy_rsa: bool) -> TestPki
 /// X.509 authentication both ways with strongSwan (SD-EWAN `authentication_method: pubkey`
 /// with the certificates inline): one CA, FQDN identities in the certificates'
 /// subjectAltNames; strongSwan with ECDSA P-256 and P-384 keys, ours ECDSA P-256 or RSA
-/// 2048, each end initiating. A certificate from another CA is refused.
+/// 2048, each end initiating; both certificates from an intermediate CA, each end sending it
+/// and trusting the root only. A certificate from another CA is refused.
 #[test]
 fn ike_with_strongswan_x509_certificates() {
     let Some(peer) = Peer::start("ipsec_ike_x509") else {
@@ -916,20 +942,35 @@ fn ike_with_strongswan_x509_certificates() {
         )
     };
     let mut cases = 0;
-    for (ss_alg, sy_rsa, we_initiate, foreign) in [
-        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, false),
-        (&rcgen::PKCS_ECDSA_P384_SHA384, false, false, false),
-        (&rcgen::PKCS_ECDSA_P256_SHA256, true, false, false),
-        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, true),
+    for (ss_alg, sy_rsa, we_initiate, foreign, via_intermediate) in [
+        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, false, false),
+        (&rcgen::PKCS_ECDSA_P384_SHA384, false, false, false, false),
+        (&rcgen::PKCS_ECDSA_P256_SHA256, true, false, false, false),
+        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, false, true),
+        (&rcgen::PKCS_ECDSA_P256_SHA256, false, false, false, true),
+        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, true, false),
     ] {
-        let pki = test_pki(ss_alg, sy_rsa);
+        let pki = test_pki(ss_alg, sy_rsa, via_intermediate);
         let ours = if foreign {
-            test_pki(ss_alg, sy_rsa)
+            test_pki(ss_alg, sy_rsa, false)
         } else {
             test_pki_same(&pki)
         };
         fs::write(swanctl.join("x509ca/ca.pem"), &pki.ca).expect("CA");
-        fs::write(swanctl.join("x509/ss.pem"), &pki.ss.0).expect("cert");
+        // strongSwan finds its intermediate among its CA certificates and sends it.
+        let im = swanctl.join("x509ca/intermediate.pem");
+        match &pki.intermediate {
+            Some(pem) => fs::write(&im, pem).expect("intermediate"),
+            None => {
+                let _ = fs::remove_file(&im);
+            }
+        }
+        let ss_cert = pki
+            .ss
+            .0
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .next();
+        fs::write(swanctl.join("x509/ss.pem"), ss_cert.unwrap_or_default()).expect("cert");
         fs::write(swanctl.join("pkcs8/ss.pem"), &pki.ss.1).expect("key");
         peer.load_conf(&conf());
         let case = Case {
@@ -973,7 +1014,10 @@ fn ike_with_strongswan_x509_certificates() {
             assert_eq!(k.cert_rejected, 0, "{k:?}");
         }
         cases += 1;
-        eprintln!("ok: x509 case {cases}: strongSwan {ss_alg:?}, our key RSA {sy_rsa}, we initiate {we_initiate}, foreign CA {foreign}");
+        eprintln!(
+            "ok: x509 case {cases}: strongSwan {ss_alg:?}, our key RSA {sy_rsa}, \
+             we initiate {we_initiate}, foreign CA {foreign}, intermediate {via_intermediate}"
+        );
     }
 }
 
@@ -983,6 +1027,7 @@ fn test_pki_same(pki: &TestPki) -> TestPki {
         ca: pki.ca.clone(),
         sy: pki.sy.clone(),
         ss: pki.ss.clone(),
+        intermediate: pki.intermediate.clone(),
     }
 }
 

@@ -3,15 +3,17 @@
 //! `local_private_cert` and `shared_ca`.
 //!
 //! What is checked of the peer: its end-entity certificate (the first CERT payload, X.509
-//! signature encoding) is signed by the configured CA, and both are valid now; the IKE
+//! signature encoding) leads to the configured CA, directly or through intermediate CA
+//! certificates it sends in further CERT payloads (each one a CA by its basic constraints,
+//! at most [`MAX_INTERMEDIATES`]), and every certificate on the way is valid now; the IKE
 //! identity it claims is in the certificate (an FQDN, e-mail or address identity among the
 //! subjectAltNames, a DN identity equal to the subject); and its AUTH payload is its
-//! signature, under that certificate's key, over the octets RFC 7296 section 2.15 names. One
-//! level only: the CA signs the peers' certificates directly (no intermediates, no
-//! revocation lists).
+//! signature, under that certificate's key, over the octets RFC 7296 section 2.15 names. No
+//! revocation lists.
 //!
-//! What we send: our certificate in a CERT payload, a CERTREQ naming our CA (strongSwan sends
-//! its certificate only when asked), and AUTH as an RFC 7427 digital signature (method 14:
+//! What we send: our certificate in a CERT payload, then the intermediates that followed it in
+//! `local_public_cert` (a PEM chain), a CERTREQ naming our CA (strongSwan sends its
+//! certificate only when asked), and AUTH as an RFC 7427 digital signature (method 14:
 //! ECDSA or RSA PKCS#1 v1.5 with SHA-256) when the peer announced SIGNATURE_HASH_ALGORITHMS
 //! with SHA-256, else the classic method of the key (ECDSA P-256 with SHA-256, method 9;
 //! RSA keys have no classic method we sign with, SHA-1 being off the table, so 14 anyway).
@@ -89,9 +91,14 @@ enum SigningKey {
     Rsa(Box<RsaKeyPair>),
 }
 
+/// Most intermediate CA certificates between a peer's certificate and our CA.
+pub const MAX_INTERMEDIATES: usize = 4;
+
 /// One connection's certificate, key and CA.
 pub struct Credentials {
     cert_der: Vec<u8>,
+    /// Intermediate CA certificates sent after ours, in the order given.
+    chain_der: Vec<Vec<u8>>,
     key: SigningKey,
     ca_der: Vec<u8>,
     /// SHA-1 of the CA's SubjectPublicKeyInfo: how CERTREQ names it.
@@ -145,7 +152,11 @@ fn parse_cert<'a>(what: &'static str, der: &'a [u8]) -> Result<X509Certificate<'
 impl Credentials {
     /// Reads our certificate, our private key and the CA's certificate (PEM, or DER).
     pub fn new(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, CertError> {
-        let cert_der = der_blocks("the certificate", cert, &["CERTIFICATE"])?.remove(0);
+        let mut chain_der = der_blocks("the certificate", cert, &["CERTIFICATE"])?;
+        let cert_der = chain_der.remove(0);
+        for der in &chain_der {
+            parse_cert("an intermediate certificate", der)?;
+        }
         let ca_der = der_blocks("the CA", ca, &["CERTIFICATE"])?.remove(0);
         let key_der =
             der_blocks("the private key", key, &["PRIVATE KEY", "RSA PRIVATE KEY"])?.remove(0);
@@ -186,6 +197,7 @@ impl Credentials {
                 .to_vec();
         let out = Credentials {
             cert_der,
+            chain_der,
             key,
             ca_der,
             ca_keyid,
@@ -222,14 +234,19 @@ impl Credentials {
         }
     }
 
-    /// The CERT payload carrying our certificate.
-    pub fn cert_payload(&self) -> Payload {
-        let mut body = vec![CERT_X509_SIGNATURE];
-        body.extend_from_slice(&self.cert_der);
-        Payload::Other {
-            kind: super::wire::payload_type::CERT,
-            body,
-        }
+    /// The CERT payloads: our certificate, then the intermediates.
+    pub fn cert_payloads(&self) -> Vec<Payload> {
+        std::iter::once(&self.cert_der)
+            .chain(&self.chain_der)
+            .map(|der| {
+                let mut body = vec![CERT_X509_SIGNATURE];
+                body.extend_from_slice(der);
+                Payload::Other {
+                    kind: super::wire::payload_type::CERT,
+                    body,
+                }
+            })
+            .collect()
     }
 
     /// The CERTREQ payload naming our CA.
@@ -294,9 +311,9 @@ impl Credentials {
         Ok(Payload::Auth { method, data })
     }
 
-    /// Checks the peer: its certificate (first CERT payload of `payloads`) against our CA at
-    /// `now`, its identity `id` against the certificate, and its AUTH (`method`, `data`) as
-    /// a signature over `octets`.
+    /// Checks the peer: its certificate (first CERT payload of `payloads`, the others its
+    /// intermediates) against our CA at `now`, its identity `id` against the certificate,
+    /// and its AUTH (`method`, `data`) as a signature over `octets`.
     pub fn verify_peer(
         &self,
         payloads: &[Payload],
@@ -306,33 +323,46 @@ impl Credentials {
         octets: &[u8],
         now: SystemTime,
     ) -> Result<(), PeerCertError> {
-        let der = payloads
-            .iter()
-            .find_map(|p| match p {
-                Payload::Other { kind, body }
-                    if *kind == super::wire::payload_type::CERT
-                        && body.first() == Some(&CERT_X509_SIGNATURE) =>
-                {
-                    Some(&body[1..])
-                }
-                _ => None,
-            })
-            .ok_or(PeerCertError::NoCertificate)?;
-        let cert = X509Certificate::from_der(der)
-            .map(|(_, c)| c)
-            .map_err(|_| PeerCertError::Malformed)?;
-        let ca = X509Certificate::from_der(&self.ca_der)
-            .map(|(_, c)| c)
-            .map_err(|_| PeerCertError::Malformed)?;
-        if cert.issuer().as_raw() != ca.subject().as_raw()
-            || cert.verify_signature(Some(ca.public_key())).is_err()
-        {
-            return Err(PeerCertError::NotFromCa);
-        }
+        let mut certs = payloads.iter().filter_map(|p| match p {
+            Payload::Other { kind, body }
+                if *kind == super::wire::payload_type::CERT
+                    && body.first() == Some(&CERT_X509_SIGNATURE) =>
+            {
+                Some(&body[1..])
+            }
+            _ => None,
+        });
+        let der = certs.next().ok_or(PeerCertError::NoCertificate)?;
+        let parse = |der| {
+            X509Certificate::from_der(der)
+                .map(|(_, c)| c)
+                .map_err(|_| PeerCertError::Malformed)
+        };
+        let cert = parse(der)?;
+        let intermediates = certs
+            .take(MAX_INTERMEDIATES)
+            .map(parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let ca = parse(&self.ca_der)?;
         let secs = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let at = ASN1Time::from_timestamp(secs).map_err(|_| PeerCertError::Expired)?;
+        // Up the chain from the peer's certificate, each step to an intermediate CA that
+        // signed the last one, until our CA signed one; all valid now.
+        let mut current = &cert;
+        let mut steps = 0;
+        while !signed_by(current, &ca) {
+            steps += 1;
+            current = intermediates
+                .iter()
+                .find(|i| is_ca(i) && signed_by(current, i))
+                .filter(|_| steps <= MAX_INTERMEDIATES)
+                .ok_or(PeerCertError::NotFromCa)?;
+            if !current.validity().is_valid_at(at) {
+                return Err(PeerCertError::Expired);
+            }
+        }
         if !cert.validity().is_valid_at(at) || !ca.validity().is_valid_at(at) {
             return Err(PeerCertError::Expired);
         }
@@ -341,6 +371,17 @@ impl Credentials {
         }
         verify_signature(&cert, method, data, octets)
     }
+}
+
+/// Whether `issuer` issued and signed `cert`.
+fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
+    cert.issuer().as_raw() == issuer.subject().as_raw()
+        && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// Whether `cert` may sign certificates (basic constraints with cA set).
+fn is_ca(cert: &X509Certificate<'_>) -> bool {
+    matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
 }
 
 /// Whether the IKE identity `id` is one the certificate vouches for.

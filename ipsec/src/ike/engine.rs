@@ -1857,7 +1857,7 @@ impl Engine {
             nonce: nonce_r,
             sk_p: &keys.sk_pi,
         };
-        let Some((cert, auth)) = self.our_auth(peer_index, &signed, &id_i, &peer_hashes) else {
+        let Some((certs, auth)) = self.our_auth(peer_index, &signed, &id_i, &peer_hashes) else {
             self.remove(id, actions, Some(Failure::Config));
             return;
         };
@@ -1867,9 +1867,9 @@ impl Engine {
         let peer = &self.config.peers[peer_index];
         sa.keys = Some(keys);
         let mut out = vec![Payload::IdI(id_i)];
-        if let (Some(cert), Some(certs)) = (cert, &peer.certs) {
-            out.push(cert);
-            out.push(certs.certreq_payload());
+        if let Some(ours) = &peer.certs {
+            out.extend(certs);
+            out.push(ours.certreq_payload());
         }
         if let Some(remote_id) = &peer.remote_id {
             out.push(Payload::IdR(remote_id.to_wire()));
@@ -1986,7 +1986,7 @@ impl Engine {
             nonce: &nonce_i,
             sk_p: &sk_pr,
         };
-        let Some((cert, auth_r)) = self.our_auth(peer_index, &signed, &id_r, &peer_hashes) else {
+        let Some((certs, auth_r)) = self.our_auth(peer_index, &signed, &id_r, &peer_hashes) else {
             let n = Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, Vec::new()));
             self.send_response(id, exchange::IKE_AUTH, header.message_id, &[n], actions);
             self.remove(id, actions, Some(Failure::Config));
@@ -1994,9 +1994,9 @@ impl Engine {
         };
         let Some(sa) = self.sas.get(&id) else { return };
         let peer = &self.config.peers[peer_index];
-        // IDr, [CERT], AUTH, ...
+        // IDr, [CERT...], AUTH, ...
         let mut out = vec![Payload::IdR(id_r)];
-        out.extend(cert);
+        out.extend(certs);
         out.push(auth_r);
         // The CHILD_SA.
         let mut install = None;

@@ -51,13 +51,13 @@ impl Engine {
         signed: &Signed<'_>,
         id: &Identification,
         peer_hashes: &[u16],
-    ) -> Option<(Option<Payload>, Payload)> {
+    ) -> Option<(Vec<Payload>, Payload)> {
         let config = &self.config.peers[peer];
         match &config.certs {
             None => {
                 let auth = signed.psk_auth(&config.psk, id);
                 Some((
-                    None,
+                    Vec::new(),
                     Payload::Auth {
                         method: AUTH_METHOD_PSK,
                         data: auth.expose().to_vec(),
@@ -65,7 +65,7 @@ impl Engine {
                 ))
             }
             Some(certs) => match certs.sign(&signed.octets(id), peer_hashes) {
-                Ok(auth) => Some((Some(certs.cert_payload()), auth)),
+                Ok(auth) => Some((certs.cert_payloads(), auth)),
                 Err(_) => {
                     self.counters.tx_seal_failures += 1;
                     None

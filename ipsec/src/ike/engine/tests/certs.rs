@@ -147,7 +147,7 @@ fn signatures_follow_the_peers_hashes_and_verify_both_ways() {
             panic!("not AUTH");
         };
         assert_eq!(m, method);
-        let cert = a.cert_payload();
+        let cert = a.cert_payloads().remove(0);
         let now = std::time::SystemTime::now();
         assert_eq!(
             b.verify_peer(std::slice::from_ref(&cert), &id, m, &data, octets, now),
@@ -181,4 +181,48 @@ fn an_rsa_certificate_signs_with_rfc_7427_pkcs1_sha256() {
     let mut p = cert_pair(a, b);
     p.connect();
     assert!(established(&p.events_a) && established(&p.events_b));
+}
+
+/// An intermediate CA under `ca`, marked as a CA or (`ca_flag` false) not.
+fn intermediate(ca: &Ca, name: &str, ca_flag: bool) -> Ca {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    if ca_flag {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    }
+    params.distinguished_name.push(DnType::CommonName, name);
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    Ca { cert, key }
+}
+
+#[test]
+fn a_certificate_under_an_intermediate_ca_establishes_when_the_chain_is_sent() {
+    let root = ca("Switchyard test root");
+    let b = credentials(
+        &root,
+        &leaf(&root, "b.example", &PKCS_ECDSA_P256_SHA256, |_| {}),
+    );
+    // A's certificate comes from an intermediate; its PEM carries the intermediate after it.
+    let sub = intermediate(&root, "Switchyard test intermediate", true);
+    let (cert, key) = leaf(&sub, "a.example", &PKCS_ECDSA_P256_SHA256, |_| {});
+    let chain = format!("{cert}{}", sub.cert.pem());
+    let a = credentials(&root, &(chain, key.clone()));
+    assert_eq!(a.cert_payloads().len(), 2);
+    let mut p = cert_pair(a, Arc::clone(&b));
+    p.connect();
+    assert!(established(&p.events_a) && established(&p.events_b));
+    assert_eq!(p.b.counters().cert_rejected, 0);
+
+    // Without the intermediate, or with one that is not a CA, B cannot reach its CA.
+    let not_ca = intermediate(&root, "Not a CA", false);
+    let (cert_nc, key_nc) = leaf(&not_ca, "a.example", &PKCS_ECDSA_P256_SHA256, |_| {});
+    for (cert, key) in [
+        (cert, key),
+        (format!("{cert_nc}{}", not_ca.cert.pem()), key_nc),
+    ] {
+        let mut p = cert_pair(credentials(&root, &(cert, key)), Arc::clone(&b));
+        p.connect();
+        assert_eq!(failure(&p.events_b), Some(Failure::AuthenticationFailed));
+        assert_eq!(p.b.counters().cert_rejected, 1);
+    }
 }
