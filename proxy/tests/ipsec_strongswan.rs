@@ -908,7 +908,7 @@ fn ike_with_strongswan_x509_certificates() {
         fs::create_dir_all(swanctl.join(dir)).expect("swanctl dir");
     }
     let (ike, ike_shown) = ike_proposal(true, "x25519");
-    let conf = || {
+    let conf = |ss_id: &str, sy_id: &str| {
         format!(
             r#"connections {{
   sy {{
@@ -920,11 +920,11 @@ fn ike_with_strongswan_x509_certificates() {
     local {{
       auth = pubkey
       certs = ss.pem
-      id = ss.example
+      id = "{ss_id}"
     }}
     remote {{
       auth = pubkey
-      id = sy.example
+      id = "{sy_id}"
     }}
     children {{
       net {{
@@ -942,13 +942,73 @@ fn ike_with_strongswan_x509_certificates() {
         )
     };
     let mut cases = 0;
-    for (ss_alg, sy_rsa, we_initiate, foreign, via_intermediate) in [
-        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, false, false),
-        (&rcgen::PKCS_ECDSA_P384_SHA384, false, false, false, false),
-        (&rcgen::PKCS_ECDSA_P256_SHA256, true, false, false, false),
-        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, false, true),
-        (&rcgen::PKCS_ECDSA_P256_SHA256, false, false, false, true),
-        (&rcgen::PKCS_ECDSA_P256_SHA256, false, true, true, false),
+    // (strongSwan's key, ours RSA, we initiate, our certificate from a foreign CA, both
+    // from an intermediate CA, identities as distinguished names)
+    for (ss_alg, sy_rsa, we_initiate, foreign, via_intermediate, dn_ids) in [
+        (
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            false,
+            true,
+            false,
+            false,
+            false,
+        ),
+        (
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            false,
+            false,
+            false,
+            false,
+            false,
+        ),
+        (
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            true,
+            false,
+            false,
+            false,
+            false,
+        ),
+        (
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            false,
+            true,
+            false,
+            true,
+            false,
+        ),
+        (
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            false,
+            false,
+            false,
+            true,
+            false,
+        ),
+        (
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            false,
+            true,
+            false,
+            false,
+            true,
+        ),
+        (
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            false,
+            false,
+            false,
+            false,
+            true,
+        ),
+        (
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            false,
+            true,
+            true,
+            false,
+            false,
+        ),
     ] {
         let pki = test_pki(ss_alg, sy_rsa, via_intermediate);
         let ours = if foreign {
@@ -972,7 +1032,12 @@ fn ike_with_strongswan_x509_certificates() {
             .next();
         fs::write(swanctl.join("x509/ss.pem"), ss_cert.unwrap_or_default()).expect("cert");
         fs::write(swanctl.join("pkcs8/ss.pem"), &pki.ss.1).expect("key");
-        peer.load_conf(&conf());
+        let (ss_id, sy_id) = if dn_ids {
+            ("CN=ss.example", "CN=sy.example")
+        } else {
+            ("ss.example", "sy.example")
+        };
+        peer.load_conf(&conf(ss_id, sy_id));
         let case = Case {
             we_initiate,
             ike,
@@ -983,6 +1048,8 @@ fn ike_with_strongswan_x509_certificates() {
             ..BASE
         };
         let yaml = resources_yaml(&case, PSK, SS_ADDR)
+            .replace("\"@sy.example\"", &format!("\"{sy_id}\""))
+            .replace("\"@ss.example\"", &format!("\"{ss_id}\""))
             .replace(
                 "authentication_method: psk",
                 "authentication_method: pubkey",
@@ -1016,7 +1083,8 @@ fn ike_with_strongswan_x509_certificates() {
         cases += 1;
         eprintln!(
             "ok: x509 case {cases}: strongSwan {ss_alg:?}, our key RSA {sy_rsa}, \
-             we initiate {we_initiate}, foreign CA {foreign}, intermediate {via_intermediate}"
+             we initiate {we_initiate}, foreign CA {foreign}, intermediate {via_intermediate}, \
+             DN identities {dn_ids}"
         );
     }
 }

@@ -387,7 +387,7 @@ fn is_ca(cert: &X509Certificate<'_>) -> bool {
 /// Whether the IKE identity `id` is one the certificate vouches for.
 fn identity_in(cert: &X509Certificate<'_>, id: &Identification) -> bool {
     if id.kind == id_type::DER_ASN1_DN {
-        return cert.subject().as_raw() == id.data.as_slice();
+        return super::dn::equal(cert.subject().as_raw(), &id.data);
     }
     let Ok(Some(san)) = cert.subject_alternative_name() else {
         return false;

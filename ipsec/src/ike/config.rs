@@ -21,11 +21,15 @@ pub enum Identity {
 
 impl Identity {
     /// Reads an SD-EWAN/strongSwan style identifier: an IP address, `@fqdn`, `@#hex` key id,
-    /// `user@domain`, or a bare name taken as an FQDN.
+    /// a distinguished name (`C=CH, O=Example, CN=gw.example`, relative names separated by
+    /// commas or slashes), `user@domain`, or a bare name taken as an FQDN.
     pub fn parse(text: &str) -> Self {
         let text = text.trim();
         if let Ok(addr) = text.parse::<IpAddr>() {
             return Self::Address(addr);
+        }
+        if let Some(der) = super::dn::from_text(text) {
+            return Self::Dn(der);
         }
         if let Some(hex) = text.strip_prefix("@#") {
             let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
@@ -45,6 +49,16 @@ impl Identity {
             return Self::Email(text.to_string());
         }
         Self::Fqdn(text.to_string())
+    }
+
+    /// Whether the identity a peer sent, `id`, is this one. Distinguished names compare by
+    /// attribute and value (string types and letter case aside), as a DN written in the
+    /// configuration and one taken from a certificate differ in their encoding.
+    pub fn matches(&self, id: &Identification) -> bool {
+        match self {
+            Self::Dn(der) if id.kind == id_type::DER_ASN1_DN => super::dn::equal(der, &id.data),
+            _ => self.to_wire() == *id,
+        }
     }
 
     pub fn to_wire(&self) -> Identification {

@@ -1942,7 +1942,7 @@ impl Engine {
             .iter()
             .enumerate()
             .filter(|(_, p)| p.remote.is_none_or(|r| r.ip() == remote_ip))
-            .find(|(_, p)| p.remote_id.as_ref().is_none_or(|r| &r.to_wire() == id_i))
+            .find(|(_, p)| p.remote_id.as_ref().is_none_or(|r| r.matches(id_i)))
             .map(|(i, _)| i);
         let (init_request, nonce_r, sk_pi) = (
             sa.init_request.clone(),
@@ -2134,7 +2134,7 @@ impl Engine {
         let id_ok = self.config.peers[peer_index]
             .remote_id
             .as_ref()
-            .is_none_or(|r| &r.to_wire() == id_r);
+            .is_none_or(|r| r.matches(id_r));
         if !id_ok || !self.peer_auth_ok(peer_index, &signed, id_r, method, auth_data, payloads) {
             self.counters.auth_failures += 1;
             self.remove(id, actions, Some(Failure::AuthenticationFailed));

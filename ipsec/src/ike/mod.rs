@@ -3,6 +3,7 @@ pub mod cert;
 pub mod config;
 pub mod cp;
 pub mod dh;
+pub mod dn;
 pub mod engine;
 pub mod keys;
 pub mod pool;
