@@ -23,13 +23,20 @@
 //! as Linux ignores it. Expiry is lazy (a lookup that finds an expired entry removes it)
 //! and incremental ([`Conntrack::expire`] visits a bounded number of slots per call).
 //!
+//! An established flow's packet costs one call, [`Conntrack::lookup_track_v4`] for IPv4: the
+//! key read as integers, one hash, the index probe, the expiry check against the timeout the
+//! entry keeps for its state, the tracking (packets that leave the state as it is, most of
+//! them, skip the state machine), and the translation for the packet's direction, worked out
+//! from the two tuples when the entry was inserted ([`Translation`]).
+//!
 //! The dataplane never reads a clock: every call that needs the time takes `now`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use thiserror::Error;
 
 use crate::graph::Nanos;
+use crate::nat::Translation;
 
 /// IP protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
@@ -125,6 +132,75 @@ impl FlowKey {
     }
 }
 
+/// An IPv4 [`FlowKey`] as the fast path reads it from a packet: addresses as integers, so
+/// hashing and comparing it with a tracked tuple never matches on an address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKeyV4 {
+    /// Source address (host order: `Ipv4Addr::to_bits`).
+    pub src: u32,
+    /// Destination address (host order).
+    pub dst: u32,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+}
+
+impl FlowKeyV4 {
+    /// The same tuple as a [`FlowKey`].
+    pub const fn to_key(&self) -> FlowKey {
+        FlowKey::new(
+            IpAddr::V4(Ipv4Addr::from_bits(self.src)),
+            IpAddr::V4(Ipv4Addr::from_bits(self.dst)),
+            self.proto,
+            self.src_port,
+            self.dst_port,
+        )
+    }
+
+    /// The tuple of `key`, if it is an IPv4 one.
+    pub const fn from_key(key: &FlowKey) -> Option<Self> {
+        match (key.src, key.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(Self {
+                src: src.to_bits(),
+                dst: dst.to_bits(),
+                proto: key.proto,
+                src_port: key.src_port,
+                dst_port: key.dst_port,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The same flow seen from the other end, without address translation.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            proto: self.proto,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+
+    /// True if `key` is this tuple.
+    #[inline]
+    fn matches(&self, key: &FlowKey) -> bool {
+        let addrs = match (key.src, key.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                src.to_bits() == self.src && dst.to_bits() == self.dst
+            }
+            _ => false,
+        };
+        addrs
+            && key.proto == self.proto
+            && key.src_port == self.src_port
+            && key.dst_port == self.dst_port
+    }
+}
+
 /// Which way a packet travels relative to the connection's first packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -186,6 +262,20 @@ pub enum Verdict {
     Invalid,
     /// The id no longer names a live entry (removed or reclaimed since it was looked up).
     Stale,
+}
+
+/// What [`Conntrack::lookup_track_v4`] found and did: the entry, the packet's direction on
+/// it, the verdict of tracking the packet, and the entry's caller value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// The entry.
+    pub id: EntryId,
+    /// Which of the entry's tuples the packet has.
+    pub dir: Direction,
+    /// [`Verdict::Valid`] or [`Verdict::Invalid`] (never `Stale`: the entry was just found).
+    pub verdict: Verdict,
+    /// The entry's caller value ([`ConnEntry::user`]).
+    pub user: u32,
 }
 
 /// Why an insert failed.
@@ -349,6 +439,66 @@ struct Slot {
     live: bool,
     /// TCP: the side that sent the first FIN, which tells retransmissions from answers.
     closer: Direction,
+    /// How packets of each direction are translated, indexed by [`Direction::index`]: a
+    /// function of the two tuples, worked out once at insert so that the per-packet rewrite
+    /// is a few stores and two checksum additions.
+    nat: [Translation; 2],
+    /// The idle timeout of the entry's state ([`timeout`]), kept with the state so that the
+    /// expiry check of every lookup is one addition.
+    timeout: Nanos,
+}
+
+impl Slot {
+    /// When the entry expires if no packet comes.
+    #[inline]
+    fn deadline(&self) -> Nanos {
+        self.entry.last_seen.saturating_add(self.timeout)
+    }
+
+    /// True if a valid packet with `tcp_flags` leaves the state as it is, as most do: an ACK
+    /// (PSH, URG and the ECN bits aside) on an established TCP connection, whatever its
+    /// direction, or a datagram on a replied flow. Only the counters and the time move.
+    #[inline]
+    fn steady(&self, tcp_flags: Option<u8>) -> bool {
+        let entry = &self.entry;
+        match entry.state {
+            ConnState::Established => {
+                entry.original.proto == PROTO_TCP
+                    && tcp_flags.is_some_and(|f| f & (FIN | SYN | RST | ACK) == ACK)
+            }
+            ConnState::Replied => entry.original.proto != PROTO_TCP,
+            _ => false,
+        }
+    }
+
+    /// Counts a valid packet (the state already moved) and assures the entry if it now
+    /// qualifies; true if it just did (the caller takes it off the unassured list).
+    #[inline(always)]
+    fn count(&mut self, dir: Direction, len: u32, now: Nanos) -> bool {
+        let entry = &mut self.entry;
+        entry.last_seen = now;
+        let d = dir.index();
+        entry.packets[d] = entry.packets[d].wrapping_add(1);
+        entry.bytes[d] = entry.bytes[d].wrapping_add(u64::from(len));
+        let assure =
+            !entry.assured && entry.packets[Direction::Reply.index()] > 0 && assurable(entry.state);
+        entry.assured |= assure;
+        assure
+    }
+
+    /// What [`Conntrack::lookup_track_v4`] tells of this slot, slab slot `index`.
+    #[inline(always)]
+    fn tracked(&self, index: usize, dir: Direction, verdict: Verdict) -> Tracked {
+        Tracked {
+            id: EntryId {
+                index: index as u32,
+                generation: self.generation,
+            },
+            dir,
+            verdict,
+            user: self.entry.user,
+        }
+    }
 }
 
 /// The per-worker connection table. See the module documentation.
@@ -439,6 +589,47 @@ impl Conntrack {
         Some((self.id_of(index), dir))
     }
 
+    /// [`Conntrack::lookup`], [`Conntrack::track`] and the parts of [`Conntrack::get`] that
+    /// forwarding needs, in one call and one hash, for an IPv4 packet: the fast path of an
+    /// established flow. With the result comes how the packet is to be translated (worked
+    /// out when the entry was inserted). `None` (nothing updated but the removal of an
+    /// expired entry) when no live entry tracks `key`.
+    #[inline]
+    pub fn lookup_track_v4(
+        &mut self,
+        key: &FlowKeyV4,
+        tcp_flags: Option<u8>,
+        len: u32,
+        now: Nanos,
+    ) -> Option<(Tracked, &Translation)> {
+        let hash = self.hasher.hash_v4(key);
+        let slots = &self.slots;
+        let found = self.index.find(hash, |r| {
+            let (index, dir) = slab_unref(r);
+            slots
+                .get(index)
+                .is_some_and(|s| key.matches(s.entry.key(dir)))
+        })?;
+        let (index, dir) = slab_unref(found);
+        let slot = &mut self.slots[index];
+        if now >= slot.deadline() {
+            self.release(index);
+            self.counters.expirations += 1;
+            return None;
+        }
+        let verdict = if slot.steady(tcp_flags) {
+            // `track_slot`, with the slot at hand.
+            if slot.count(dir, len, now) {
+                self.unlink_unassured(index);
+            }
+            Verdict::Valid
+        } else {
+            self.track_transition(index, dir, tcp_flags, len, now)
+        };
+        let slot = &self.slots[index];
+        Some((slot.tracked(index, dir, verdict), &slot.nat[dir.index()]))
+    }
+
     /// [`Conntrack::lookup`] for a vector of keys: `out[i]` answers `keys[i]` (extra elements
     /// of either slice are left alone).
     ///
@@ -520,9 +711,40 @@ impl Conntrack {
         len: u32,
         now: Nanos,
     ) -> Verdict {
-        let Some(index) = self.live_slot(id) else {
-            return Verdict::Stale;
-        };
+        match self.live_slot(id) {
+            Some(index) => self.track_slot(index, dir, tcp_flags, len, now),
+            None => Verdict::Stale,
+        }
+    }
+
+    /// [`Conntrack::track`] of the live entry in slab slot `index`.
+    #[inline]
+    fn track_slot(
+        &mut self,
+        index: usize,
+        dir: Direction,
+        tcp_flags: Option<u8>,
+        len: u32,
+        now: Nanos,
+    ) -> Verdict {
+        if !self.slots[index].steady(tcp_flags) {
+            return self.track_transition(index, dir, tcp_flags, len, now);
+        }
+        if self.slots[index].count(dir, len, now) {
+            self.unlink_unassured(index);
+        }
+        Verdict::Valid
+    }
+
+    /// [`Conntrack::track_slot`] of a packet that may move the state.
+    fn track_transition(
+        &mut self,
+        index: usize,
+        dir: Direction,
+        tcp_flags: Option<u8>,
+        len: u32,
+        now: Nanos,
+    ) -> Verdict {
         let slot = &self.slots[index];
         let next = if slot.entry.original.proto == PROTO_TCP {
             tcp_flags.and_then(|flags| {
@@ -555,13 +777,9 @@ impl Conntrack {
         }
         let slot = &mut self.slots[index];
         slot.closer = closer;
-        let entry = &mut slot.entry;
-        entry.state = state;
-        entry.last_seen = now;
-        entry.packets[dir.index()] = entry.packets[dir.index()].wrapping_add(1);
-        entry.bytes[dir.index()] = entry.bytes[dir.index()].wrapping_add(u64::from(len));
-        if !entry.assured && entry.packets[Direction::Reply.index()] > 0 && assurable(state) {
-            entry.assured = true;
+        slot.entry.state = state;
+        slot.timeout = timeout(&self.config.timeouts, &slot.entry);
+        if slot.count(dir, len, now) {
             self.unlink_unassured(index);
         }
         Verdict::Valid
@@ -633,8 +851,10 @@ impl Conntrack {
             state: ConnState::New,
             assured: false,
         };
+        slot.timeout = timeout(&self.config.timeouts, &slot.entry);
         slot.live = true;
         slot.closer = Direction::Original;
+        slot.nat = Translation::pair(&original, &reply);
         self.len += 1;
         self.link_unassured(index);
         self.counters.inserts += 1;
@@ -716,10 +936,7 @@ impl Conntrack {
 
     #[inline]
     fn deadline(&self, index: usize) -> Nanos {
-        let entry = &self.slots[index].entry;
-        entry
-            .last_seen
-            .saturating_add(timeout(&self.config.timeouts, entry))
+        self.slots[index].deadline()
     }
 
     #[inline]
@@ -786,6 +1003,8 @@ impl Conntrack {
             next: NIL,
             live: false,
             closer: Direction::Original,
+            nat: [Translation::None; 2],
+            timeout: 0,
         });
         self.slots.len() - 1
     }
@@ -846,8 +1065,8 @@ impl Conntrack {
 }
 
 const EMPTY_KEY: FlowKey = FlowKey::new(
-    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     0,
     0,
     0,
@@ -997,6 +1216,8 @@ fn slab_unref(r: u32) -> (usize, Direction) {
 #[derive(Clone, Copy, Debug)]
 struct FlowHasher {
     keys: [u64; 4],
+    /// The mix of two addresses' zero high halves (IPv4), worked out once for `hash_v4`.
+    zero_high: u64,
 }
 
 impl FlowHasher {
@@ -1010,8 +1231,10 @@ impl FlowHasher {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
+        let keys = [next(), next(), next(), next()];
         Self {
-            keys: [next(), next(), next(), next()],
+            keys,
+            zero_high: fold(keys[2], keys[3]),
         }
     }
 
@@ -1024,9 +1247,36 @@ impl FlowHasher {
             | u64::from(key.proto) << 8
             | u64::from(src_v4) << 1
             | u64::from(dst_v4);
-        let a = fold(src_lo ^ self.keys[0], dst_lo ^ self.keys[1]);
-        let b = fold(src_hi ^ self.keys[2], dst_hi ^ rest);
-        fold(a ^ self.keys[3], b ^ rest.rotate_left(32))
+        self.hash_words([src_lo, src_hi], [dst_lo, dst_hi], rest)
+    }
+
+    /// [`FlowHasher::hash`] of `key.to_key()`, without the address-family matches.
+    #[inline]
+    fn hash_v4(&self, key: &FlowKeyV4) -> u64 {
+        let rest = u64::from(key.src_port) << 48
+            | u64::from(key.dst_port) << 32
+            | u64::from(key.proto) << 8
+            | 0b11;
+        let low = fold(
+            u64::from(key.src) ^ self.keys[0],
+            u64::from(key.dst) ^ self.keys[1],
+        );
+        Self::finish(low, self.zero_high, rest)
+    }
+
+    /// The hash of two addresses (low and high 64 bits) and the rest of a key: the low
+    /// halves and the high halves are mixed apart (so IPv4's zero high halves can be mixed
+    /// once, up front), then together with the rest.
+    #[inline(always)]
+    fn hash_words(&self, src: [u64; 2], dst: [u64; 2], rest: u64) -> u64 {
+        let low = fold(src[0] ^ self.keys[0], dst[0] ^ self.keys[1]);
+        let high = fold(src[1] ^ self.keys[2], dst[1] ^ self.keys[3]);
+        Self::finish(low, high, rest)
+    }
+
+    #[inline(always)]
+    fn finish(low: u64, high: u64, rest: u64) -> u64 {
+        fold(low ^ rest, high ^ rest.rotate_left(32))
     }
 }
 
@@ -1110,14 +1360,16 @@ impl Index {
     fn find(&self, hash: u64, mut is_key: impl FnMut(u32) -> bool) -> Option<u32> {
         let tag = Self::tag(hash);
         let first = hash as usize & self.mask;
-        for bucket in [first, self.alternate(first, tag)] {
-            for &slot in &self.buckets[bucket].0 {
-                if slot >> 32 == tag && slot != 0 && is_key(slot as u32) {
-                    return Some(slot as u32);
-                }
-            }
-        }
-        None
+        let mut in_bucket = |bucket: &Bucket| {
+            bucket
+                .0
+                .iter()
+                .find(|&&slot| slot >> 32 == tag && slot != 0 && is_key(slot as u32))
+                .map(|&slot| slot as u32)
+        };
+        // The second bucket is worked out only when the first does not hold the key.
+        in_bucket(&self.buckets[first])
+            .or_else(|| in_bucket(&self.buckets[self.alternate(first, tag)]))
     }
 
     #[inline]
@@ -1715,6 +1967,20 @@ mod tests {
         assert_eq!(std::mem::size_of::<Bucket>(), 64);
     }
 
+    proptest! {
+        /// The IPv4 hash is the general hash of the same tuple, so both paths find the same
+        /// index buckets.
+        #[test]
+        fn ipv4_hash_is_the_general_hash(
+            seed in any::<u64>(), src in any::<u32>(), dst in any::<u32>(),
+            proto in any::<u8>(), src_port in any::<u16>(), dst_port in any::<u16>(),
+        ) {
+            let hasher = FlowHasher::new(seed);
+            let key = FlowKeyV4 { src, dst, proto, src_port, dst_port };
+            prop_assert_eq!(hasher.hash_v4(&key), hasher.hash(&key.to_key()));
+        }
+    }
+
     /// The slow reference: a map of tuples to ids and a map of ids to entries, plus the
     /// unassured entries in insertion order.
     #[derive(Default)]
@@ -1801,6 +2067,12 @@ mod tests {
             user: u32,
         },
         Lookup(FlowKey),
+        /// `lookup_track_v4`, against the model's lookup, track and entry.
+        LookupTrack {
+            key: FlowKey,
+            flags: Option<u8>,
+            len: u32,
+        },
         Track {
             pick: usize,
             dir: bool,
@@ -1848,6 +2120,13 @@ mod tests {
                 Op::Insert { original, reply, user }
             }),
             3 => key_strategy().prop_map(Op::Lookup),
+            6 => (key_strategy(), any::<bool>(), proptest::option::weighted(0.9, flags.clone()), 0u32..1500)
+                .prop_map(|(key, reverse, flags, len)| Op::LookupTrack {
+                    // Often the reverse of an inserted original: the reply of an untranslated flow.
+                    key: if reverse { key.reversed() } else { key },
+                    flags,
+                    len,
+                }),
             12 => (any::<usize>(), any::<bool>(), proptest::option::weighted(0.9, flags), 0u32..1500)
                 .prop_map(|(pick, dir, flags, len)| Op::Track { pick, dir, flags, len }),
             1 => any::<usize>().prop_map(Op::Converse),
@@ -1955,6 +2234,26 @@ mod tests {
                     }
                     Op::Lookup(key) => {
                         prop_assert_eq!(ct.lookup(&key, now), model.lookup(&key, now));
+                    }
+                    Op::LookupTrack { key, flags, len } => {
+                        let Some(key4) = FlowKeyV4::from_key(&key) else {
+                            // IPv6: not for the IPv4 path.
+                            check(&ct, &model);
+                            continue;
+                        };
+                        prop_assert_eq!(key4.to_key(), key);
+                        let got = ct.lookup_track_v4(&key4, flags, len, now);
+                        let expected = model.lookup(&key, now).map(|(id, dir)| {
+                            let verdict = model.track(id, dir, flags, len, now);
+                            let entry = &model.entries[&id].0;
+                            let translation = if dir == Direction::Original {
+                                Translation::between(&entry.original, &entry.reply.reversed())
+                            } else {
+                                Translation::between(&entry.reply, &entry.original.reversed())
+                            };
+                            (Tracked { id, dir, verdict, user: entry.user }, translation)
+                        });
+                        prop_assert_eq!(got.map(|(t, tr)| (t, *tr)), expected);
                     }
                     Op::Track { pick, dir, flags, len } if !ids.is_empty() => {
                         // Recent ids mostly: long enough conversations to reach every state.

@@ -10,9 +10,9 @@
 //! with RFC 1624 incremental checksum updates ([`rewrite`]), and translate the packet an ICMP
 //! error quotes ([`quoted_tuple`], [`rewrite_icmp_error`]). None of them panics on any input.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use crate::conntrack::{ConnEntry, Direction, FlowKey};
+use crate::conntrack::{ConnEntry, Direction, FlowKey, FlowKeyV4};
 use crate::wire::{checksum, sctp, IpProtocol, Ipv4Packet, Ipv6Packet};
 
 /// Protocol numbers NAT translates the ports of.
@@ -50,8 +50,8 @@ impl Tuple {
     }
 
     fn parse_v4(data: &[u8]) -> Option<Tuple> {
-        match Self::parse_v4_plain(data) {
-            Some(t) => t,
+        match Plain4::parse(data) {
+            Some(plain) => Some(plain.tuple()),
             None => Self::parse_v4_general(data),
         }
     }
@@ -68,45 +68,6 @@ impl Tuple {
             0,
         );
         Self::with_ports(data, key, l4_offset, usize::from(ip.total_len()), fragment)
-    }
-
-    /// [`Tuple::parse_v4`] for the common packet, read from the fixed header as an array:
-    /// no options, not a fragment, TCP or UDP, lengths consistent. `None` (not `Some(None)`)
-    /// sends anything else to the general parse, which gives the same answer for these.
-    #[inline]
-    fn parse_v4_plain(data: &[u8]) -> Option<Option<Tuple>> {
-        let h = data.first_chunk::<20>()?;
-        let end = usize::from(u16::from_be_bytes([h[2], h[3]]));
-        let proto = h[9];
-        let unfragmented = u16::from_be_bytes([h[6], h[7]]) & 0x3fff == 0;
-        if h[0] != 0x45 || !unfragmented || end < 20 || end > data.len() {
-            return None;
-        }
-        let l4 = data.get(20..end)?;
-        let (tcp_flags, ports) = match proto {
-            TCP => {
-                let l4 = l4.first_chunk::<20>()?;
-                (Some(l4[13]), [l4[0], l4[1], l4[2], l4[3]])
-            }
-            UDP => {
-                let l4 = l4.first_chunk::<8>()?;
-                (None, [l4[0], l4[1], l4[2], l4[3]])
-            }
-            _ => return None,
-        };
-        Some(Some(Tuple {
-            key: FlowKey::new(
-                IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
-                IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
-                proto,
-                u16::from_be_bytes([ports[0], ports[1]]),
-                u16::from_be_bytes([ports[2], ports[3]]),
-            ),
-            l4_offset: 20,
-            end,
-            tcp_flags,
-            fragment: false,
-        }))
     }
 
     fn parse_v6(data: &[u8]) -> Option<Tuple> {
@@ -157,6 +118,205 @@ impl Tuple {
     /// True for TCP, UDP and SCTP: the protocols services are defined for.
     pub fn has_ports(&self) -> bool {
         matches!(self.key.proto, TCP | UDP | SCTP)
+    }
+}
+
+/// The tuple of the common packet, read from the fixed headers as arrays: IPv4 without
+/// options, not a fragment, TCP or UDP with the whole transport header present, lengths
+/// consistent. The NAT node's fast path works on this; anything else goes to [`Tuple::parse`]
+/// (which gives the same tuple for these packets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plain4 {
+    /// The flow key.
+    pub key: FlowKeyV4,
+    /// End of the IP packet (its total length).
+    pub end: usize,
+    /// TCP flags, for TCP.
+    pub tcp_flags: Option<u8>,
+}
+
+impl Plain4 {
+    /// Reads the tuple of a packet that ip-input already validated; `None` for anything but
+    /// the common packet.
+    #[inline]
+    pub fn parse(data: &[u8]) -> Option<Plain4> {
+        // The IPv4 header and the ports, which TCP and UDP both start with.
+        let h = data.first_chunk::<24>()?;
+        let end = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let proto = h[9];
+        // The whole transport header must be there: 20 bytes of TCP, 8 of UDP.
+        let min_end = match proto {
+            TCP => 40,
+            UDP => 28,
+            _ => return None,
+        };
+        let unfragmented = u16::from_be_bytes([h[6], h[7]]) & 0x3fff == 0;
+        if h[0] != 0x45 || !unfragmented || end < min_end || end > data.len() {
+            return None;
+        }
+        let tcp_flags = if proto == TCP {
+            Some(*data.get(33)?)
+        } else {
+            None
+        };
+        Some(Plain4 {
+            key: FlowKeyV4 {
+                src: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
+                dst: u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
+                proto,
+                src_port: u16::from_be_bytes([h[20], h[21]]),
+                dst_port: u16::from_be_bytes([h[22], h[23]]),
+            },
+            end,
+            tcp_flags,
+        })
+    }
+
+    /// The same as a general [`Tuple`].
+    pub fn tuple(&self) -> Tuple {
+        Tuple {
+            key: self.key.to_key(),
+            l4_offset: 20,
+            end: self.end,
+            tcp_flags: self.tcp_flags,
+            fragment: false,
+        }
+    }
+}
+
+/// How packets of one direction of a tracked connection are translated: worked out once from
+/// the connection's tuples ([`Translation::between`]) and kept in its conntrack entry, so an
+/// established flow's packet needs neither the tuples nor their comparison.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Translation {
+    /// Nothing changes.
+    #[default]
+    None,
+    /// IPv4 TCP or UDP: [`Rewrite4::apply`] on a [`Plain4`] packet.
+    Ipv4(Rewrite4),
+    /// Anything else (IPv6, SCTP): [`rewrite`] to the target tuple.
+    General,
+}
+
+impl Translation {
+    /// The translation of packets with tuple `from` into tuple `to` (see [`target_tuple`]).
+    pub fn between(from: &FlowKey, to: &FlowKey) -> Translation {
+        if from == to {
+            return Translation::None;
+        }
+        match (FlowKeyV4::from_key(from), FlowKeyV4::from_key(to)) {
+            (Some(f), Some(t)) if matches!(from.proto, TCP | UDP) => {
+                Translation::Ipv4(Rewrite4::new(&f, &t))
+            }
+            _ => Translation::General,
+        }
+    }
+
+    /// The translations of both directions of a connection whose tuples are `original` and
+    /// `reply`, indexed by [`Direction::index`]: [`Translation::between`] each direction's
+    /// tuple and its [`target_tuple`], with the IPv4 keys converted once.
+    pub fn pair(original: &FlowKey, reply: &FlowKey) -> [Translation; 2] {
+        match (FlowKeyV4::from_key(original), FlowKeyV4::from_key(reply)) {
+            (Some(o), Some(r)) if matches!(o.proto, TCP | UDP) && o.proto == r.proto => {
+                let (o_back, r_back) = (o.reversed(), r.reversed());
+                if r == o_back {
+                    return [Translation::None; 2];
+                }
+                [
+                    Translation::Ipv4(Rewrite4::new(&o, &r_back)),
+                    Translation::Ipv4(Rewrite4::new(&r, &o_back)),
+                ]
+            }
+            _ => [
+                Translation::between(original, &reply.reversed()),
+                Translation::between(reply, &original.reversed()),
+            ],
+        }
+    }
+}
+
+/// The rewrite of an IPv4 TCP or UDP tuple into another, precomputed: the new addresses and
+/// ports as on the wire, and the changes to the two checksums (RFC 1624) folded to 16 bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite4 {
+    /// Source and destination address: IPv4 header bytes 12..16 and 16..20, as they are in
+    /// memory (kept in integers so that reading a `Rewrite4` is a few register loads; 32-bit
+    /// ones so that it packs into conntrack entries with 4-byte alignment).
+    addrs: [u32; 2],
+    /// Source and destination port: transport header bytes 0..4, as they are in memory.
+    ports: u32,
+    /// The address changes: what the IPv4 header checksum takes ([`checksum::Delta::folded`]).
+    header: u16,
+    /// The address and port changes: what the transport checksum (pseudo-header) takes.
+    transport: u16,
+}
+
+impl Rewrite4 {
+    /// The rewrite of tuple `from` into `to` (protocols are not changed).
+    pub fn new(from: &FlowKeyV4, to: &FlowKeyV4) -> Self {
+        // As `rewrite` does, only the fields that change go into the checksums: adding an
+        // unchanged word could turn a checksum of 0x0000 into 0xffff.
+        let mut header = checksum::Delta::default();
+        if from.src != to.src {
+            header.replace32(from.src, to.src);
+        }
+        if from.dst != to.dst {
+            header.replace32(from.dst, to.dst);
+        }
+        let mut transport = header;
+        if from.src_port != to.src_port {
+            transport.replace16(from.src_port, to.src_port);
+        }
+        if from.dst_port != to.dst_port {
+            transport.replace16(from.dst_port, to.dst_port);
+        }
+        let (s, d) = (to.src.to_be_bytes(), to.dst.to_be_bytes());
+        let (sp, dp) = (to.src_port.to_be_bytes(), to.dst_port.to_be_bytes());
+        Self {
+            addrs: [u32::from_ne_bytes(s), u32::from_ne_bytes(d)],
+            ports: u32::from_ne_bytes([sp[0], sp[1], dp[0], dp[1]]),
+            header: header.folded(),
+            transport: transport.folded(),
+        }
+    }
+
+    /// Rewrites the packet `plain` was read from, whose tuple is the `from` of
+    /// [`Rewrite4::new`]: the same bytes [`rewrite`] writes. False (nothing changed) when the
+    /// packet is shorter than `plain` says.
+    #[inline]
+    pub fn apply(&self, ip: &mut [u8], plain: &Plain4) -> bool {
+        let Some(ip) = ip.get_mut(..plain.end) else {
+            return false;
+        };
+        // The headers as arrays (20 bytes of IPv4, then TCP's or UDP's), so that no write
+        // below needs a check.
+        if plain.key.proto == UDP {
+            ip.first_chunk_mut::<28>()
+                .is_some_and(|h| self.apply_to::<28, 26>(h, true))
+        } else {
+            ip.first_chunk_mut::<40>()
+                .is_some_and(|h| self.apply_to::<40, 36>(h, false))
+        }
+    }
+
+    /// [`Rewrite4::apply`] to the headers `h`, whose transport checksum is at `CSUM`.
+    #[inline(always)]
+    fn apply_to<const N: usize, const CSUM: usize>(&self, h: &mut [u8; N], udp: bool) -> bool {
+        h[12..16].copy_from_slice(&self.addrs[0].to_ne_bytes());
+        h[16..20].copy_from_slice(&self.addrs[1].to_ne_bytes());
+        let hc = u16::from_be_bytes([h[10], h[11]]);
+        h[10..12].copy_from_slice(&checksum::apply_folded(self.header, hc).to_be_bytes());
+        h[20..24].copy_from_slice(&self.ports.to_ne_bytes());
+        let old = u16::from_be_bytes([h[CSUM], h[CSUM + 1]]);
+        // A UDP checksum of zero means "none" and stays so; a computed zero is sent as all ones.
+        if !(udp && old == 0) {
+            let mut c = checksum::apply_folded(self.transport, old);
+            if udp && c == 0 {
+                c = 0xffff;
+            }
+            h[CSUM..CSUM + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        true
     }
 }
 

@@ -271,6 +271,46 @@ proptest! {
         }
     }
 
+    /// The rewrite a connection keeps for its IPv4 TCP and UDP packets writes exactly what
+    /// the general rewrite writes, checksums included (UDP without checksum, zero results).
+    #[test]
+    fn kept_rewrite_equals_the_general_rewrite(
+        a in any::<[u8; 4]>(), b in any::<[u8; 4]>(), c in any::<[u8; 4]>(), d in any::<[u8; 4]>(),
+        ports in any::<[u16; 4]>(),
+        keep in any::<[bool; 4]>(),
+        proto in prop_oneof![Just(TCP), Just(UDP)],
+        payload in proptest::collection::vec(any::<u8>(), 0..40),
+        csum in proptest::option::of(any::<u16>()),
+    ) {
+        let (s, dd) = (IpAddr::from(a), IpAddr::from(b));
+        let mut pkt = packet(s, dd, proto, ports[0], ports[1], &payload);
+        if let Some(csum) = csum {
+            // Any transport checksum, zero and 0xffff among them.
+            let at = 20 + if proto == TCP { 16 } else { 6 };
+            pkt[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+        }
+        let plain = Plain4::parse(&pkt).unwrap();
+        let t = Tuple::parse(&pkt).unwrap();
+        prop_assert_eq!(plain.tuple(), t);
+        // Some fields kept as they are, as DNAT keeps the source and SNAT the destination.
+        let pick = |k: bool, old: IpAddr, new: [u8; 4]| if k { old } else { IpAddr::from(new) };
+        let to = FlowKey::new(
+            pick(keep[0], s, c),
+            pick(keep[1], dd, d),
+            proto,
+            if keep[2] { ports[0] } else { ports[2] },
+            if keep[3] { ports[1] } else { ports[3] },
+        );
+        let (mut kept, mut general) = (pkt.clone(), pkt.clone());
+        prop_assert!(rewrite(&mut general, &t, &to));
+        match Translation::between(&t.key, &to) {
+            Translation::None => prop_assert_eq!(&general, &pkt),
+            Translation::Ipv4(r) => prop_assert!(r.apply(&mut kept, &plain)),
+            Translation::General => prop_assert!(false, "IPv4 TCP/UDP takes the kept rewrite"),
+        }
+        prop_assert_eq!(kept, general);
+    }
+
     #[test]
     fn parsing_garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..80)) {
         if let Some(t) = Tuple::parse(&data) {

@@ -22,10 +22,10 @@ use switchyard_lb::service::{Forwarding, Frontend, FrontendEntry, FrontendKind, 
 use super::tunnel::{self, TunnelKind};
 use super::{flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
-use crate::conntrack::{ConntrackError, Direction, FlowKey, Verdict};
+use crate::conntrack::{Conntrack, ConntrackError, Direction, EntryId, FlowKey, Verdict};
 use crate::fib::Route;
 use crate::graph::{Context, NextIndex, Node, Packet, DROP};
-use crate::nat::{self, Tuple};
+use crate::nat::{self, Plain4, Translation, Tuple};
 use crate::services::Services;
 use crate::tables::Tables;
 use crate::wire::{IpAddrPair, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
@@ -122,12 +122,93 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
             return;
         };
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = match translate(cx, &services, pkt) {
+            let to = if V6 {
+                translate(cx, &services, pkt)
+            } else {
+                translate_plain4(cx, &services, pkt)
+            };
+            *n = match to {
                 Next::Lookup => lookup,
                 other => other,
             } as NextIndex;
         }
     }
+}
+
+/// [`translate`], with a short path for the common packet (IPv4 TCP or UDP without options
+/// or fragments, see [`Plain4`]): one conntrack call finds and tracks its connection and hands
+/// back the rewrite worked out when the connection started.
+#[inline]
+fn translate_plain4<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+) -> Next {
+    let data = pkt.buf.data_mut();
+    let Some(plain) = Plain4::parse(data) else {
+        return translate(cx, services, pkt);
+    };
+    let len = plain.end as u32;
+    let ct = &mut cx.state.conntrack;
+    let Some((hit, translation)) = ct.lookup_track_v4(&plain.key, plain.tcp_flags, len, cx.now)
+    else {
+        return start_parsed(cx, services, pkt);
+    };
+    match hit.verdict {
+        Verdict::Valid => {}
+        Verdict::Invalid => {
+            cx.error(NatError::Invalid);
+            return Next::Drop;
+        }
+        Verdict::Stale => return Next::Lookup,
+    }
+    let translated = match translation {
+        Translation::None => false,
+        Translation::Ipv4(rewrite) => rewrite.apply(data, &plain),
+        Translation::General => rewrite_to_target(&cx.state.conntrack, data, hit.id, hit.dir),
+    };
+    pkt.meta.conn = Some(hit.id);
+    cx.state
+        .service_counters
+        .packet(hit.user, hit.dir.index(), len);
+    if translated {
+        cx.error(NatError::Translated);
+        if pkt.meta.trace != 0 {
+            // The packet had the tuple it was found by.
+            if let Some(entry) = cx.state.conntrack.get(hit.id) {
+                let dir = hit.dir;
+                let (key, to) = (*entry.key(dir), nat::target_tuple(entry, dir));
+                cx.trace(&pkt.meta, format_args!("{key} {dir:?}: to {to}"));
+            }
+        }
+    }
+    Next::Lookup
+}
+
+// The short path's rare branches parse the packet again rather than keep its tuple: holding
+// it for them costs the common packet stores and loads.
+
+/// [`start`] for a packet the short path found no connection for.
+#[cold]
+fn start_parsed<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+) -> Next {
+    match Tuple::parse(pkt.buf.data()) {
+        Some(t) => start(cx, services, pkt, &t),
+        None => Next::Lookup,
+    }
+}
+
+/// Rewrites the packet `ip` of entry `id`, travelling in `dir`, to its target tuple with the
+/// general [`nat::rewrite`]; false if nothing was rewritten.
+#[cold]
+fn rewrite_to_target(ct: &Conntrack, ip: &mut [u8], id: EntryId, dir: Direction) -> bool {
+    let (Some(entry), Some(t)) = (ct.get(id), Tuple::parse(ip)) else {
+        return false;
+    };
+    nat::rewrite(ip, &t, &nat::target_tuple(entry, dir))
 }
 
 fn translate<B: PacketBuffer>(
@@ -182,11 +263,21 @@ fn translate<B: PacketBuffer>(
         }
         return Next::Lookup;
     }
+    start(cx, services, pkt, &t)
+}
+
+/// A packet no connection tracks: starts one if it is to a Service frontend, else passes.
+fn start<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+    t: &Tuple,
+) -> Next {
     let dst_is_local = is_local(cx.tables, t.key.dst);
     let Some(frontend) = services.find(t.key.dst, t.key.proto, t.key.dst_port, dst_is_local) else {
         return Next::Lookup;
     };
-    new_connection(cx, services, frontend, pkt, &t)
+    new_connection(cx, services, frontend, pkt, t)
 }
 
 fn is_local(tables: &Tables, addr: IpAddr) -> bool {

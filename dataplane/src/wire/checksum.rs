@@ -205,6 +205,21 @@ impl Delta {
     pub fn apply(self, csum: u16) -> u16 {
         !fold(u64::from(!csum) + self.0)
     }
+
+    /// The changes folded to 16 bits, to keep and apply later with [`apply_folded`].
+    #[inline]
+    pub fn folded(self) -> u16 {
+        fold(self.0)
+    }
+}
+
+/// [`Delta::apply`] of a delta kept as [`Delta::folded`]: the same checksum, with one
+/// end-around carry instead of a whole fold. (Folding keeps a sum's value mod 0xffff and keeps
+/// zero apart from every other sum, and `apply` folds `!csum + delta`, which is zero only when
+/// both are.)
+#[inline]
+pub fn apply_folded(folded: u16, csum: u16) -> u16 {
+    !combine(!csum, folded)
 }
 
 /// The L4 checksum after a port (or any other 16-bit aligned field) changes.
@@ -322,6 +337,18 @@ mod tests {
         #[test]
         fn fold_matches_the_loop(acc in any::<u64>()) {
             prop_assert_eq!(fold(acc), reference_fold(acc));
+        }
+
+        #[test]
+        fn a_folded_delta_applies_as_the_whole(
+            words in proptest::collection::vec(any::<(u16, u16)>(), 0..8),
+            csum in any::<u16>(),
+        ) {
+            let mut d = Delta::default();
+            for (old, new) in words {
+                d.replace16(old, new);
+            }
+            prop_assert_eq!(apply_folded(d.folded(), csum), d.apply(csum));
         }
 
         #[test]

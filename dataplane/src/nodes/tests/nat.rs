@@ -192,6 +192,42 @@ fn cluster_ip_is_dnated_and_the_reply_un_dnated() {
     assert_eq!(counted[0].1.packets, [1, 1]);
 }
 
+/// A traced packet of a tracked connection says what it was translated to, both ways.
+#[test]
+fn translations_of_tracked_connections_are_traced() {
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+    r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let synack = tcp(
+        v4(BACKEND),
+        v4(CLIENT),
+        8080,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    let ack = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::ACK);
+    r.graph.trace.pending = 2;
+    r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ack));
+    assert_eq!(one_tcp(&out).2, v4(BACKEND));
+    let nat_lines: Vec<String> = r
+        .graph
+        .trace
+        .take()
+        .into_iter()
+        .flat_map(|t| t.lines)
+        .filter(|(node, line)| *node == "ip4-nat" && !line.starts_with("->"))
+        .map(|(_, line)| line)
+        .collect();
+    assert_eq!(
+        nat_lines,
+        [
+            "198.18.2.2:8080 > 198.18.1.2:40000 proto 6 Reply: to 198.51.100.10:80 > 198.18.1.2:40000 proto 6",
+            "198.18.1.2:40000 > 198.51.100.10:80 proto 6 Original: to 198.18.1.2:40000 > 198.18.2.2:8080 proto 6",
+        ]
+    );
+}
+
 #[test]
 fn node_port_is_masqueraded_and_answered_from_the_node_address() {
     let mut r = Rig::with_services(&[service(vec![backend()])]);
