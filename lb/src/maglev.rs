@@ -20,24 +20,29 @@
 //! # Speed
 //!
 //! The populate loop makes about `M ln M` probes (a backend walks past more and more claimed
-//! slots as the table fills), whatever the number of backends. The build keeps each probe to a
-//! handful of instructions: offset and skip are computed once per backend, the walk keeps the
-//! current slot rather than the index `j` (so the next slot is one add and a conditional
-//! subtract, no modulo), and "already claimed?" is a bit in an `M`-bit bitmap that stays in L1
-//! cache. What is left is mostly the one mispredicted branch that ends each turn's walk. (Two
-//! further ideas measured no faster on M = 65537 and were dropped: looking 4 slots ahead per
-//! step, and finishing the last `2√M` slots by computing each backend's distance to every free
-//! slot with `skip⁻¹ mod M` instead of walking.)
+//! slots as the table fills), whatever the number of backends, and a third to a half of them go
+//! to the last few hundred free slots. The build (module `fill`) keeps each probe to a handful of
+//! instructions: offset and skip are computed once per backend, the walk keeps the current slot
+//! rather than the index `j` (the next slot is an add and a conditional subtract, no modulo),
+//! "already claimed?" is a bit in an `M`-bit bitmap that stays in L1 cache, and late walks run
+//! as two or four interleaved chains. Small equal-weight sets probe 64 slots ahead per backend
+//! without branching and then take a candidate per turn, instead of ending every walk on a
+//! mispredicted branch. The last `√M` free slots are not walked to at all: a backend's next slot
+//! is the free slot `f` that minimises its step count `(f - pos) · skip⁻¹ mod M` (a few dozen
+//! backends switch earlier, to those step counts kept as one bitmap per backend). Each turn
+//! claims the slot the paper's loop would, so the table is the same slot for slot (tested
+//! against [`reference`](crate::reference)).
 //!
 //! Weighted sets whose heaviest backend dwarfs the others would make the round-by-round scan
 //! visit backends with no turn to take for thousands of rounds; those are driven from a
 //! min-heap of (round of next turn, backend) instead, which visits each turn once and in the
 //! same order.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use crate::hash::{fnv1a64_seeded, OFFSET_SEED, SKIP_SEED};
+
+mod fill;
+
+pub(crate) use fill::{populate, Schedule};
 
 /// The table size the paper uses, and the default: a prime a little over 2^16, so that up to a
 /// few hundred backends each get shares within a percent or so of each other.
@@ -292,166 +297,6 @@ impl MaglevTable {
             }
         }
         counts
-    }
-}
-
-/// How to schedule turns; `Auto` picks by the weights, the others exist so tests can check
-/// both schedules against the reference on the same inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))] // only tests force a schedule
-pub(crate) enum Schedule {
-    Auto,
-    Scan,
-    Heap,
-}
-
-/// When the heaviest weight is more than this many times the mean, most backends have no turn
-/// in most rounds and the heap schedule wins over scanning every backend every round.
-const HEAP_WHEN_MAX_OVER_MEAN: u64 = 8;
-
-/// A backend's walk through its permutation.
-struct Cursor {
-    index: BackendIndex,
-    /// The next slot of its permutation to try.
-    slot: u32,
-    skip: u32,
-    /// `M - skip`: at or past it, `slot + skip` wraps, so the next slot is `slot - wrap_at`.
-    wrap_at: u32,
-    weight: u64,
-    /// `(turns taken + 1) * W`: the backend has earned its next turn in round `r` once
-    /// `r * weight >= due`.
-    due: u64,
-}
-
-/// The table being filled.
-struct Fill {
-    m: u32,
-    /// One bit per slot, set once claimed: 8 KiB for M = 65537, so probes hit L1.
-    claimed: Vec<u64>,
-    entries: Vec<BackendIndex>,
-    filled: u32,
-}
-
-impl Fill {
-    fn new(m: u32) -> Self {
-        Fill {
-            m,
-            claimed: vec![0u64; (m as usize).div_ceil(64)],
-            // Every slot is overwritten: filling stops only once `m` slots have been claimed.
-            entries: vec![BackendIndex(u32::MAX); m as usize],
-            filled: 0,
-        }
-    }
-
-    fn is_full(&self) -> bool {
-        self.filled == self.m
-    }
-
-    /// Gives `cursor`'s backend the next unclaimed slot of its permutation. Ends: the table is
-    /// not full when this is called, and the permutation visits every slot.
-    #[inline(always)]
-    fn claim(&mut self, cursor: &mut Cursor) {
-        loop {
-            let slot = cursor.slot;
-            cursor.slot = if slot >= cursor.wrap_at {
-                slot - cursor.wrap_at
-            } else {
-                slot + cursor.skip
-            };
-            let word = &mut self.claimed[(slot / 64) as usize];
-            let bit = 1u64 << (slot % 64);
-            if *word & bit == 0 {
-                *word |= bit;
-                self.entries[slot as usize] = cursor.index;
-                self.filled += 1;
-                return;
-            }
-        }
-    }
-}
-
-/// Fills a table of `m` slots from `backends` (sorted by name, names unique, `m` prime, at most
-/// `m` weighted backends). Returns no entries when no backend has a weight.
-pub(crate) fn populate(m: u32, backends: &[Backend], schedule: Schedule) -> Vec<BackendIndex> {
-    let max_weight = backends
-        .iter()
-        .map(|b| u64::from(b.weight))
-        .max()
-        .unwrap_or(0);
-    if max_weight == 0 {
-        return Vec::new();
-    }
-    let mut cursors: Vec<Cursor> = backends
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.weight > 0)
-        .map(|(index, b)| {
-            let (offset, skip) = offset_and_skip(&b.name, m);
-            Cursor {
-                index: BackendIndex(index as u32),
-                slot: offset,
-                skip,
-                wrap_at: m - skip,
-                weight: u64::from(b.weight),
-                due: max_weight,
-            }
-        })
-        .collect();
-    let mut fill = Fill::new(m);
-    let total_weight: u64 = cursors.iter().map(|c| c.weight).sum();
-    let skewed = max_weight * cursors.len() as u64 > HEAP_WHEN_MAX_OVER_MEAN * total_weight;
-    let use_heap = match schedule {
-        Schedule::Auto => skewed,
-        Schedule::Scan => false,
-        Schedule::Heap => true,
-    };
-    if use_heap {
-        fill_by_heap(&mut fill, &mut cursors, max_weight);
-    } else {
-        fill_by_scan(&mut fill, &mut cursors, max_weight);
-    }
-    fill.entries
-}
-
-/// The paper's round-robin: each round, every backend that has earned a turn takes one.
-fn fill_by_scan(fill: &mut Fill, cursors: &mut [Cursor], max_weight: u64) {
-    let mut round = 0u64;
-    loop {
-        round += 1;
-        for cursor in cursors.iter_mut() {
-            if round * cursor.weight < cursor.due {
-                continue;
-            }
-            cursor.due += max_weight;
-            fill.claim(cursor);
-            if fill.is_full() {
-                return;
-            }
-        }
-    }
-}
-
-/// The same turns in the same order as [`fill_by_scan`], taken from a min-heap keyed by
-/// (round of the backend's next turn, position in name order), so rounds in which a backend has
-/// no turn cost nothing for it.
-fn fill_by_heap(fill: &mut Fill, cursors: &mut [Cursor], max_weight: u64) {
-    // The first round in which `r * weight >= due`.
-    let next_round = |cursor: &Cursor| cursor.due.div_ceil(cursor.weight);
-    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = cursors
-        .iter()
-        .enumerate()
-        .map(|(position, cursor)| Reverse((next_round(cursor), position)))
-        .collect();
-    while let Some(Reverse((_, position))) = heap.pop() {
-        let Some(cursor) = cursors.get_mut(position) else {
-            continue;
-        };
-        cursor.due += max_weight;
-        fill.claim(cursor);
-        if fill.is_full() {
-            return;
-        }
-        heap.push(Reverse((next_round(cursor), position)));
     }
 }
 

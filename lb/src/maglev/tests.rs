@@ -1,4 +1,4 @@
-//! Unit tests that need the crate's internals: both turn schedules against the reference.
+//! Unit tests that need the crate's internals: every turn schedule against the reference.
 
 use proptest::prelude::*;
 
@@ -23,7 +23,7 @@ fn as_options(entries: &[BackendIndex]) -> Vec<Option<usize>> {
 
 proptest! {
     #[test]
-    fn scan_and_heap_schedules_both_match_the_reference(
+    fn every_schedule_matches_the_reference(
         set in names_and_weights(),
         size in sizes(),
     ) {
@@ -33,7 +33,7 @@ proptest! {
         let weighted = backends.iter().filter(|b| b.weight > 0).count();
         prop_assume!(weighted <= size as usize);
         let expected = reference::populate(size, &backends);
-        for schedule in [Schedule::Scan, Schedule::Heap] {
+        for schedule in [Schedule::Scan, Schedule::Heap, Schedule::RoundRobin, Schedule::Auto] {
             let entries = populate(size, &backends, schedule);
             if weighted == 0 {
                 prop_assert!(entries.is_empty());
@@ -41,6 +41,47 @@ proptest! {
             } else {
                 prop_assert_eq!(&as_options(&entries), &expected, "{:?}", schedule);
             }
+        }
+    }
+}
+
+proptest! {
+    /// Equal weights take the round-robin paths: windows up to 128 backends, walks beyond, and
+    /// the tail search in both.
+    #[test]
+    fn equal_weights_match_the_reference(
+        n in 1usize..300,
+        weight in 1u32..4,
+        size in prop::sample::select(vec![7u32, 13, 61, 251, 1009, 4093, 65_537]),
+        salt in any::<u16>(),
+    ) {
+        let mut backends: Vec<Backend> = (0..n)
+            .map(|i| Backend::new(format!("{salt:x}-{i}"), weight))
+            .collect();
+        backends.sort_by(|a, b| a.name.cmp(&b.name));
+        prop_assume!(n <= size as usize);
+        let expected = reference::populate(size, &backends);
+        prop_assert_eq!(&as_options(&populate(size, &backends, Schedule::Auto)), &expected);
+    }
+}
+
+/// Every round-robin path at its edges: windows (up to 128 backends and 512 slots each), order
+/// maps (up to 31 backends at 65537 slots, none below 4096 slots), the tail search (none below
+/// 1024 slots).
+#[test]
+fn round_robin_paths_match_the_reference_at_their_edges() {
+    for size in [1021u32, 4099, 65_537] {
+        for n in [1usize, 2, 7, 8, 10, 31, 32, 100, 128, 129, 300] {
+            if n > size as usize {
+                continue;
+            }
+            let mut backends: Vec<Backend> = (0..n)
+                .map(|i| Backend::new(format!("10.0.{}.{}:80", i / 256, i % 256), 1))
+                .collect();
+            backends.sort_by(|a, b| a.name.cmp(&b.name));
+            let expected = reference::populate(size, &backends);
+            let entries = populate(size, &backends, Schedule::Auto);
+            assert_eq!(as_options(&entries), expected, "{n} backends, {size} slots");
         }
     }
 }
