@@ -127,9 +127,50 @@ impl Mtrie4 {
         slot.checked_sub(1)
     }
 
+    /// The trie borrowed for a run of lookups (a vector's): the root as a fixed-size array, so
+    /// that its index needs no bounds check, and the plies as a slice, both read once. `None`
+    /// never happens in practice: the root always has 2^16 slots.
+    #[inline]
+    pub fn view(&self) -> Option<Mtrie4View<'_>> {
+        Some(Mtrie4View {
+            root: (*self.root).try_into().ok()?,
+            plies: &self.plies,
+        })
+    }
+
     /// Bytes the trie occupies (the root counted in full even when shared with a copy).
     pub fn memory(&self) -> usize {
         self.root.len() * 4 + self.plies.len() * 256 * 4
+    }
+}
+
+/// An [`Mtrie4`] borrowed for many lookups: [`Mtrie4View::lookup`] is [`Mtrie4::lookup`]
+/// without reloading the trie's pointers or bounds-checking the root index.
+#[derive(Clone, Copy, Debug)]
+pub struct Mtrie4View<'a> {
+    root: &'a [Slot; 1 << 16],
+    plies: &'a [[Slot; 256]],
+}
+
+impl Mtrie4View<'_> {
+    /// The value of the longest prefix holding `dst` (as a host-order word).
+    #[inline(always)]
+    pub fn lookup(&self, dst: u32) -> Option<u32> {
+        let mut slot = self.root[(dst >> 16) as usize];
+        if slot & PLY != 0 {
+            // A ply index the trie made itself; `get` keeps a bad one from panicking.
+            slot = self
+                .plies
+                .get((slot & !PLY) as usize)
+                .map_or(0, |p| p[((dst >> 8) & 0xff) as usize]);
+            if slot & PLY != 0 {
+                slot = self
+                    .plies
+                    .get((slot & !PLY) as usize)
+                    .map_or(0, |p| p[(dst & 0xff) as usize]);
+            }
+        }
+        slot.checked_sub(1)
     }
 }
 
@@ -202,6 +243,7 @@ mod tests {
             let edges = prefixes.iter().flat_map(|(p, _)| [p.network(), p.broadcast()]);
             for dst in probes.into_iter().map(Ipv4Addr::from).chain(edges) {
                 prop_assert_eq!(t.lookup(dst), reference(&prefixes, dst), "{}", dst);
+                prop_assert_eq!(t.view().unwrap().lookup(u32::from(dst)), t.lookup(dst), "{}", dst);
             }
         }
 

@@ -477,6 +477,17 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 0)]
     pub trace: u32,
 
+    /// Most packets taken from a port in one receive call (1 to 256, the graph's vector
+    /// size). Smaller bursts keep fewer buffers in flight (less cache per vector), larger ones
+    /// spread the per-vector work over more packets; on the DPDK benchmark (`benches/`) the
+    /// full vector is fastest.
+    #[arg(
+        long,
+        default_value_t = switchyard_dataplane::graph::VECTOR_SIZE as u16,
+        value_parser = clap::value_parser!(u16).range(1..=256),
+    )]
+    pub rx_burst: u16,
+
     /// Also write the counters on exit as JSON to this file.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,

@@ -419,6 +419,7 @@ where
             .duration
             .map(|d| start + Duration::from_secs_f64(d.max(0.0)));
         let nports = self.driver.ports().len() as u16;
+        let burst = usize::from(args.rx_burst).clamp(1, VECTOR_SIZE);
         let mut rx: Vec<D::Buffer> = Vec::with_capacity(VECTOR_SIZE);
         let mut io_errors = 0u64;
         let mut last_housekeeping = start;
@@ -431,7 +432,7 @@ where
             }
             let mut received = 0;
             for port in 0..nports {
-                match self.driver.rx_burst(port, &mut rx, VECTOR_SIZE) {
+                match self.driver.rx_burst(port, &mut rx, burst) {
                     Ok(_) => {}
                     Err(e) => {
                         io_errors += 1;

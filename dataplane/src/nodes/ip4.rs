@@ -9,7 +9,7 @@ use super::local_frag::{self, Reassembled};
 use super::{redirect, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::fib::{pick_path, Route};
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT};
+use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet, DROP, PUNT};
 use crate::wire::icmpv4::{time_exceeded_code, unreachable_code};
 use crate::wire::{
     checksum, Icmpv4Message, IpAddrPair, IpProtocol, Ipv4Packet, TcpPacket, WireError,
@@ -79,8 +79,71 @@ pub struct Ip4Input;
 impl Ip4Input {
     /// `beyond` is where a good packet goes next: the lookup, or the NAT node when the tables
     /// have services or policy (decided once per vector).
+    ///
+    /// The usual packet first: version 4 without options (one byte compare for both), its
+    /// total length within the frame. Anything else takes [`Ip4Input::check_general`], which
+    /// makes the same checks and the rest.
     #[inline]
     fn check<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        beyond: InputNext,
+    ) -> InputNext {
+        let data = pkt.buf.data();
+        let Some(h) = data.first_chunk::<20>() else {
+            return Self::malformed(cx, data);
+        };
+        let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        if h[0] != 0x45 || total_len < 20 || total_len > data.len() {
+            return Self::check_general(cx, pkt, beyond);
+        }
+        if !checksum::ipv4_header_ok(h) {
+            cx.error(Ip4InputError::BadChecksum);
+            return InputNext::Drop;
+        }
+        if may_be_martian(h[12], h[16]) {
+            if let Some(drop) = Self::martian(cx, h) {
+                return drop;
+            }
+        }
+        if pkt.meta.trace != 0 {
+            Self::trace(cx, &pkt.meta, h, total_len);
+        }
+        // Ethernet pads short frames: the IP total length is the truth.
+        pkt.buf.truncate(total_len);
+        beyond
+    }
+
+    /// Counts and drops a packet with a martian source or destination (RFC 1812 5.3.7);
+    /// `None` for one that only looked like it might be.
+    #[cold]
+    #[inline(never)]
+    fn martian<B>(cx: &mut Context<'_, B>, h: &[u8; 20]) -> Option<InputNext> {
+        let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+        if is_martian_source(src) {
+            cx.error(Ip4InputError::MartianSource);
+            return Some(InputNext::Drop);
+        }
+        if is_martian_destination(dst) {
+            cx.error(Ip4InputError::MartianDestination);
+            return Some(InputNext::Drop);
+        }
+        None
+    }
+
+    /// The trace line of a checked packet.
+    #[cold]
+    #[inline(never)]
+    fn trace<B>(cx: &mut Context<'_, B>, meta: &Meta, h: &[u8; 20], total_len: usize) {
+        let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+        cx.trace(meta, format_args!("{src} > {dst} len {total_len}"));
+    }
+
+    /// [`Ip4Input::check`] for any packet: options, other versions, bad lengths.
+    #[inline(never)]
+    fn check_general<B: PacketBuffer>(
         cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
         beyond: InputNext,
@@ -106,27 +169,13 @@ impl Ip4Input {
             cx.error(Ip4InputError::BadChecksum);
             return InputNext::Drop;
         }
-        // The addresses are made only where they are needed, off the common path.
-        let addresses = |h: &[u8; 20]| {
-            (
-                Ipv4Addr::new(h[12], h[13], h[14], h[15]),
-                Ipv4Addr::new(h[16], h[17], h[18], h[19]),
-            )
-        };
         if may_be_martian(h[12], h[16]) {
-            let (src, dst) = addresses(h);
-            if is_martian_source(src) {
-                cx.error(Ip4InputError::MartianSource);
-                return InputNext::Drop;
-            }
-            if is_martian_destination(dst) {
-                cx.error(Ip4InputError::MartianDestination);
-                return InputNext::Drop;
+            if let Some(drop) = Self::martian(cx, h) {
+                return drop;
             }
         }
         if pkt.meta.trace != 0 {
-            let (src, dst) = addresses(h);
-            cx.trace(&pkt.meta, format_args!("{src} > {dst} len {total_len}"));
+            Self::trace(cx, &pkt.meta, h, total_len);
         }
         // Ethernet pads short frames: the IP total length is the truth.
         pkt.buf.truncate(total_len);
@@ -208,39 +257,73 @@ node_nexts! {
 pub struct Ip4Lookup;
 
 impl Ip4Lookup {
+    /// `fib4` is the FIB's IPv4 lookup, chosen once for the vector.
     #[inline]
-    fn lookup<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LookupNext {
+    fn lookup<'t, B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        fib4: impl Fn(u32) -> Option<&'t Route>,
+        pkt: &mut Packet<B>,
+    ) -> LookupNext {
         let data = pkt.buf.data();
         // Every way into this node checked the header; read it once, as an array.
         let Some(h) = data.first_chunk::<20>() else {
             cx.error(Ip4LookupError::TooShort);
             return LookupNext::Drop;
         };
-        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-        if dst.is_broadcast() {
-            return LookupNext::Local;
+        // The destination as one word; an `Ipv4Addr` is made only where one is needed.
+        let dst = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
+        // The limited broadcast and multicast are both at 224.0.0.0 and above: one compare
+        // for the usual unicast destination.
+        if dst >= 0xe000_0000 {
+            if dst == u32::MAX {
+                return LookupNext::Local;
+            }
+            if Ipv4Addr::from(dst).is_multicast() {
+                cx.error(Ip4LookupError::Multicast);
+                return LookupNext::Drop;
+            }
         }
-        if dst.is_multicast() {
-            cx.error(Ip4LookupError::Multicast);
-            return LookupNext::Drop;
-        }
-        let tables = cx.tables;
-        let route = tables.fib.lookup4(dst);
+        let route = fib4(dst);
         // The common case first: a route through gateways, for a packet that may be forwarded.
         // The path goes straight into the metadata, without a `NextHop` in between; anything
         // else (no path, a broadcast frame, other routes) takes the general code below.
         if let Some(Route::Via(paths)) = route {
             if !pkt.meta.l2_multicast || pkt.meta.local_origin {
                 if let Some(path) = pick_path(paths, || header_flow_hash(h, data)) {
+                    // An IPv4 next hop (the usual one) is stored as the enum's tag and four
+                    // bytes, not as a copy of the whole 17-byte `Option<IpAddr>`.
+                    let next_hop = match path.gateway {
+                        Some(IpAddr::V4(gateway)) => gateway,
+                        None => Ipv4Addr::from(dst),
+                        Some(IpAddr::V6(_)) => return Self::lookup_general(cx, pkt, route),
+                    };
                     pkt.meta.tx_port = path.port;
-                    pkt.meta.next_hop = Some(path.gateway.unwrap_or(IpAddr::V4(dst)));
+                    pkt.meta.next_hop = Some(IpAddr::V4(next_hop));
                     if pkt.meta.trace != 0 {
-                        super::trace_next_hop(cx, pkt, IpAddr::V4(dst));
+                        super::trace_next_hop(cx, pkt, IpAddr::V4(Ipv4Addr::from(dst)));
                     }
                     return LookupNext::Rewrite;
                 }
             }
         }
+        Self::lookup_general(cx, pkt, route)
+    }
+
+    /// The rest of [`Ip4Lookup::lookup`], out of line so that the common case keeps its
+    /// values in registers: local, blackhole, unreachable and attached routes, no route, a
+    /// unicast packet in a broadcast frame.
+    #[inline(never)]
+    fn lookup_general<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        route: Option<&Route>,
+    ) -> LookupNext {
+        let data = pkt.buf.data();
+        let Some(h) = data.first_chunk::<20>() else {
+            cx.error(Ip4LookupError::TooShort);
+            return LookupNext::Drop;
+        };
+        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
         let hop = match route {
             Some(Route::Local) => {
                 cx.trace(&pkt.meta, format_args!("{dst}: local"));
@@ -273,17 +356,23 @@ impl Ip4Lookup {
     }
 }
 
+/// The protocols whose first four bytes are the ports the flow hash takes (TCP, UDP, SCTP), as
+/// a table indexed by protocol number: one load instead of three compares.
+static HAS_PORTS: [bool; 256] = {
+    let mut t = [false; 256];
+    t[IpProtocol::TCP.0 as usize] = true;
+    t[IpProtocol::UDP.0 as usize] = true;
+    t[IpProtocol::SCTP.0 as usize] = true;
+    t
+};
+
 /// [`super::ipv4_flow_hash`] of a packet whose fixed header `h` was already read: the same hash,
 /// without parsing the header again.
 #[inline]
 pub(super) fn header_flow_hash(h: &[u8; 20], data: &[u8]) -> u32 {
     let protocol = IpProtocol(h[9]);
-    let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
-    let ports = if fragment
-        || !matches!(
-            protocol,
-            IpProtocol::TCP | IpProtocol::UDP | IpProtocol::SCTP
-        ) {
+    let fragment = (h[6] & 0x3f) | h[7] != 0;
+    let ports = if fragment || !HAS_PORTS[usize::from(protocol.0)] {
         0
     } else {
         // The first four bytes of the payload, `data[header_len..total_len]`, if it has them:
@@ -306,7 +395,33 @@ pub(super) fn header_flow_hash(h: &[u8; 20], data: &[u8]) -> u32 {
     )
 }
 
-per_packet_node!(Ip4Lookup, "ip4-lookup", LookupNext, Ip4LookupError, lookup);
+impl<B: PacketBuffer> Node<B> for Ip4Lookup {
+    fn name(&self) -> &'static str {
+        "ip4-lookup"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        LookupNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip4LookupError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        // The tables do not change within a vector: find the compiled trie once.
+        let fib = &cx.tables.fib;
+        match fib.view4() {
+            Some(view) => {
+                for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                    *n = Self::lookup(cx, |dst| view.lookup(dst), pkt).into();
+                }
+            }
+            None => {
+                for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                    *n = Self::lookup(cx, |dst| fib.lookup4(Ipv4Addr::from(dst)), pkt).into();
+                }
+            }
+        }
+    }
+}
 
 node_errors! {
     pub enum Ip4LocalError {

@@ -3,11 +3,11 @@
 //! the packet is held until the answer comes, as a host's stack would, so the first packet of
 //! a flow is not lost.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{arp, icmp6::nd, push_ethernet, ETHERNET_HEADER_LEN};
 use crate::buffer::PacketBuffer;
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, HOLD, TX};
+use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet, DROP, HOLD, TX};
 use crate::tables::Interface;
 use crate::wire::{EtherType, EthernetAddress};
 use crate::worker::Resolution;
@@ -43,14 +43,20 @@ pub struct NeighborOutput;
 /// by the address's last byte and the port, as the neighbor table's own cache of answers. Kept
 /// for one vector only: within it the tables, the time and the neighbor table's answers for
 /// known neighbors do not change, so a reused header is exactly what resolving would build.
+///
+/// IPv4 next hops are keyed by one integer (port and address), so that the check is one
+/// compare.
 struct RecentHeaders {
-    entries: [Option<(u16, IpAddr, [u8; ETHERNET_HEADER_LEN])>; RecentHeaders::SLOTS],
+    /// [`RecentHeaders::v4_key`] (0 for an empty slot) and the header.
+    v4: [(u64, [u8; ETHERNET_HEADER_LEN]); RecentHeaders::SLOTS],
+    v6: [Option<(u16, Ipv6Addr, [u8; ETHERNET_HEADER_LEN])>; RecentHeaders::SLOTS],
 }
 
 impl Default for RecentHeaders {
     fn default() -> Self {
         RecentHeaders {
-            entries: [None; RecentHeaders::SLOTS],
+            v4: [(0, [0; ETHERNET_HEADER_LEN]); RecentHeaders::SLOTS],
+            v6: [None; RecentHeaders::SLOTS],
         }
     }
 }
@@ -58,42 +64,66 @@ impl Default for RecentHeaders {
 impl RecentHeaders {
     const SLOTS: usize = 16;
 
+    /// The key of an IPv4 next hop: never 0 (bit 48 is set), unique per port and address.
     #[inline]
-    fn slot(port: u16, next_hop: &IpAddr) -> usize {
-        let low = match next_hop {
-            IpAddr::V4(a) => a.octets()[3],
-            IpAddr::V6(a) => a.octets()[15],
-        };
+    fn v4_key(port: u16, next_hop: Ipv4Addr) -> u64 {
+        1 << 48 | u64::from(port) << 32 | u64::from(u32::from(next_hop))
+    }
+
+    #[inline]
+    fn slot(port: u16, low: u8) -> usize {
         (usize::from(low) ^ usize::from(port)) % Self::SLOTS
     }
 
     #[inline]
     fn get(&self, port: u16, next_hop: IpAddr) -> Option<&[u8; ETHERNET_HEADER_LEN]> {
-        match &self.entries[Self::slot(port, &next_hop)] {
-            Some((p, ip, header)) if *p == port && *ip == next_hop => Some(header),
-            _ => None,
+        match next_hop {
+            IpAddr::V4(a) => {
+                let (key, header) = &self.v4[Self::slot(port, a.octets()[3])];
+                (*key == Self::v4_key(port, a)).then_some(header)
+            }
+            IpAddr::V6(a) => match &self.v6[Self::slot(port, a.octets()[15])] {
+                Some((p, ip, header)) if *p == port && *ip == a => Some(header),
+                _ => None,
+            },
         }
     }
 
     #[inline]
     fn put(&mut self, port: u16, next_hop: IpAddr, header: [u8; ETHERNET_HEADER_LEN]) {
-        self.entries[Self::slot(port, &next_hop)] = Some((port, next_hop, header));
+        match next_hop {
+            IpAddr::V4(a) => {
+                self.v4[Self::slot(port, a.octets()[3])] = (Self::v4_key(port, a), header);
+            }
+            IpAddr::V6(a) => self.v6[Self::slot(port, a.octets()[15])] = Some((port, a, header)),
+        }
     }
 }
 
 impl NeighborOutput {
+    /// The common case: a next hop whose header this vector already built.
     #[inline]
     fn output<B: PacketBuffer>(
         cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
         recent: &mut RecentHeaders,
     ) -> Next {
-        let port = pkt.meta.tx_port;
         if let Some(next_hop) = pkt.meta.next_hop {
-            if let Some(header) = recent.get(port, next_hop) {
-                return Self::put_header(cx, pkt, header, next_hop);
+            if let Some(header) = recent.get(pkt.meta.tx_port, next_hop) {
+                return Self::put_header(cx, pkt, header);
             }
         }
+        Self::resolve(cx, pkt, recent)
+    }
+
+    /// Resolves the next hop and puts the header on, or holds the packet until it is known.
+    #[inline(never)]
+    fn resolve<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        recent: &mut RecentHeaders,
+    ) -> Next {
+        let port = pkt.meta.tx_port;
         let Some(ifc) = cx.tables.interface(port) else {
             cx.error(NeighborOutputError::NoInterface);
             return Next::Drop;
@@ -113,7 +143,7 @@ impl NeighborOutput {
                 header[6..12].copy_from_slice(&ifc.mac);
                 header[12..].copy_from_slice(&ethertype.0.to_be_bytes());
                 recent.put(port, next_hop, header);
-                return Self::put_header(cx, pkt, &header, next_hop);
+                return Self::put_header(cx, pkt, &header);
             }
             Resolution::Refresh(mac) => {
                 // Still usable: send it, and ask again so it stays known.
@@ -153,7 +183,6 @@ impl NeighborOutput {
         cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
         header: &[u8; ETHERNET_HEADER_LEN],
-        next_hop: IpAddr,
     ) -> Next {
         if !pkt.buf.push_front(ETHERNET_HEADER_LEN) {
             cx.error(NeighborOutputError::NoHeadroom);
@@ -165,13 +194,23 @@ impl NeighborOutput {
         };
         *front = *header;
         if pkt.meta.trace != 0 {
-            let mac = EthernetAddress::from_bytes(&header[..6]).unwrap_or_default();
-            cx.trace(
-                &pkt.meta,
-                format_args!("{next_hop} is at {mac} on port {}", pkt.meta.tx_port),
-            );
+            Self::trace_header(cx, &pkt.meta, header);
         }
         Next::Tx
+    }
+
+    /// The trace line of a packet given a header.
+    #[cold]
+    #[inline(never)]
+    fn trace_header<B>(cx: &mut Context<'_, B>, meta: &Meta, header: &[u8; ETHERNET_HEADER_LEN]) {
+        let mac = EthernetAddress::from_bytes(&header[..6]).unwrap_or_default();
+        let next_hop = meta
+            .next_hop
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        cx.trace(
+            meta,
+            format_args!("{next_hop} is at {mac} on port {}", meta.tx_port),
+        );
     }
 
     /// Sends an ARP request or neighbor solicitation for `next_hop` out of the packet's port,
