@@ -114,6 +114,12 @@ fn is_free(claimed: &[u64], slot: u32) -> bool {
     claimed[(slot / 64) as usize] & (1u64 << (slot % 64)) == 0
 }
 
+/// Marks `slot` claimed in the bitmap.
+#[inline(always)]
+fn set_claimed(claimed: &mut [u64], slot: u32) {
+    claimed[(slot / 64) as usize] |= 1u64 << (slot % 64);
+}
+
 #[inline(always)]
 fn free_bit(claimed: &[u64], slot: u32) -> u64 {
     (!claimed[(slot / 64) as usize] >> (slot % 64)) & 1
@@ -143,11 +149,11 @@ fn walk2(claimed: &mut [u64], pos: u32, skip: u32, m: u32) -> (u32, u32) {
     let mut b = add_mod(a, skip, m);
     loop {
         if is_free(claimed, a) {
-            claimed[(a / 64) as usize] |= 1u64 << (a % 64);
+            set_claimed(claimed, a);
             return (a, b);
         }
         if is_free(claimed, b) {
-            claimed[(b / 64) as usize] |= 1u64 << (b % 64);
+            set_claimed(claimed, b);
             return (b, add_mod(a, skip2, m));
         }
         a = add_mod(a, skip2, m);
@@ -166,19 +172,19 @@ fn walk4(claimed: &mut [u64], pos: u32, skip: u32, m: u32) -> (u32, u32) {
     let mut d = add_mod(b, skip2, m);
     loop {
         if is_free(claimed, a) {
-            claimed[(a / 64) as usize] |= 1u64 << (a % 64);
+            set_claimed(claimed, a);
             return (a, b);
         }
         if is_free(claimed, b) {
-            claimed[(b / 64) as usize] |= 1u64 << (b % 64);
+            set_claimed(claimed, b);
             return (b, c);
         }
         if is_free(claimed, c) {
-            claimed[(c / 64) as usize] |= 1u64 << (c % 64);
+            set_claimed(claimed, c);
             return (c, d);
         }
         if is_free(claimed, d) {
-            claimed[(d / 64) as usize] |= 1u64 << (d % 64);
+            set_claimed(claimed, d);
             return (d, add_mod(a, skip4, m));
         }
         a = add_mod(a, skip4, m);
@@ -349,7 +355,7 @@ impl Fill {
         }
         // The table is not full, so `tail` holds a slot and `best.1` indexes it.
         let slot = self.tail.swap_remove(best.1);
-        self.claimed[(slot / 64) as usize] |= 1u64 << (slot % 64);
+        set_claimed(&mut self.claimed, slot);
         walk.pos = add_mod(slot, walk.skip, m);
         slot
     }
@@ -518,7 +524,7 @@ fn finish_by_order_maps(
         })() else {
             return;
         };
-        fill.claimed[(slot / 64) as usize] |= 1u64 << (slot % 64);
+        set_claimed(&mut fill.claimed, slot);
         fill.entries[slot as usize] = index;
         fill.free -= 1;
         turn += 1;
@@ -641,7 +647,7 @@ fn fill_by_windows(
                 break slot;
             }
         };
-        fill.claimed[(slot / 64) as usize] |= 1u64 << (slot % 64);
+        set_claimed(&mut fill.claimed, slot);
         fill.entries[slot as usize] = index;
         fill.free -= 1;
         turn += 1;
