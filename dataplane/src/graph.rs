@@ -646,11 +646,7 @@ impl<B: PacketBuffer> Graph<B> {
             if !self.spawned.is_empty() {
                 moved = true;
                 let arcs = std::mem::take(&mut self.slots[i].arcs);
-                let mut spawned = std::mem::take(&mut self.spawned);
-                for (pkt, nx) in spawned.drain(..) {
-                    self.forward(i, &arcs, pkt, nx, now);
-                }
-                self.spawned = spawned;
+                self.forward_spawned(i, &arcs, now);
                 self.slots[i].arcs = arcs;
             }
         }
@@ -809,16 +805,21 @@ impl<B: PacketBuffer> Graph<B> {
             self.forward(i, &arcs, pkt, nx, now);
         }
         self.next_scratch = next;
-        let mut spawned = std::mem::take(&mut self.spawned);
-        for (pkt, nx) in spawned.drain(..) {
-            self.forward(i, &arcs, pkt, nx, now);
-        }
-        self.spawned = spawned;
+        self.forward_spawned(i, &arcs, now);
         self.slots[i].arcs = arcs;
         // Give the (now empty) vector's allocation back if the queue did not grow meanwhile.
         if self.slots[i].queue.is_empty() {
             self.slots[i].queue = pkts;
         }
+    }
+
+    /// Moves the packets node `i` spawned (whose arcs are `arcs`, lent out) on their way.
+    fn forward_spawned(&mut self, i: usize, arcs: &[Target], now: Nanos) {
+        let mut spawned = std::mem::take(&mut self.spawned);
+        for (pkt, nx) in spawned.drain(..) {
+            self.forward(i, arcs, pkt, nx, now);
+        }
+        self.spawned = spawned;
     }
 
     /// Moves a packet leaving slot `i` (whose arcs are `arcs`) by its next index `nx`.
