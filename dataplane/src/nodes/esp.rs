@@ -467,37 +467,34 @@ fn poll_parked<B: PacketBuffer, N: Halves<B>>(node: &mut N, cx: &mut Context<'_,
         return 0;
     };
     let mut done = std::mem::take(&mut parked.done);
-    if !parked.to_submit.is_empty() {
-        // The operations to submit are the newest flights, in the same order.
-        let first = parked.flights.len() - parked.to_submit.len();
-        let mut offered = first;
-        while !parked.to_submit.is_empty() {
-            let n = parked.to_submit.len().min(CRYPTO_BATCH);
-            let ctxs: [Option<SymCtx<'_>>; CRYPTO_BATCH] = std::array::from_fn(|i| {
-                let f = parked.flights.get(offered + i).filter(|_| i < n)?;
-                cache.sas.get(&f.pending.spi).map(Sa::crypto_ctx)
-            });
-            let taken = parked.engine.submit(&mut parked.to_submit, &ctxs[..n]);
-            offered += taken;
-            if taken < n {
-                // The engine is full: the rest runs here, now.
-                for mut op in parked.to_submit.drain(..) {
-                    let ctx = parked
-                        .flights
-                        .get(offered)
-                        .and_then(|f| cache.sas.get(&f.pending.spi))
-                        .map(Sa::crypto_ctx);
-                    offered += 1;
-                    let mut sym = SymOp {
-                        buf: op.pkt.buf.data_mut(),
-                        ctx,
-                        params: std::mem::take(&mut op.params),
-                        result: Err(CryptoError::Backend),
-                    };
-                    cache.backend.process(std::slice::from_mut(&mut sym));
-                    op.result = sym.result;
-                    done.push(op);
-                }
+    // The operations to submit are the newest flights, in the same order.
+    let mut offered = parked.flights.len() - parked.to_submit.len();
+    while !parked.to_submit.is_empty() {
+        let n = parked.to_submit.len().min(CRYPTO_BATCH);
+        let ctxs: [Option<SymCtx<'_>>; CRYPTO_BATCH] = std::array::from_fn(|i| {
+            let f = parked.flights.get(offered + i).filter(|_| i < n)?;
+            cache.sas.get(&f.pending.spi).map(Sa::crypto_ctx)
+        });
+        let taken = parked.engine.submit(&mut parked.to_submit, &ctxs[..n]);
+        offered += taken;
+        if taken < n {
+            // The engine is full: the rest runs here, now.
+            for mut op in parked.to_submit.drain(..) {
+                let ctx = parked
+                    .flights
+                    .get(offered)
+                    .and_then(|f| cache.sas.get(&f.pending.spi))
+                    .map(Sa::crypto_ctx);
+                offered += 1;
+                let mut sym = SymOp {
+                    buf: op.pkt.buf.data_mut(),
+                    ctx,
+                    params: std::mem::take(&mut op.params),
+                    result: Err(CryptoError::Backend),
+                };
+                cache.backend.process(std::slice::from_mut(&mut sym));
+                op.result = sym.result;
+                done.push(op);
             }
         }
     }
