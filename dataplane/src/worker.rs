@@ -127,6 +127,22 @@ pub struct NeighborTable {
     recent: [Option<LastAnswer>; RECENT_SLOTS],
     /// Entries not learned because the table was full.
     pub full: u64,
+    /// With several workers, what this table learned from the wire since the worker last
+    /// passed it on: the answer to one worker's request may reach another worker, so each
+    /// hands what it learns to the others ([`NeighborTable::share`]). `None` (the default):
+    /// nothing is kept.
+    pub shared: Option<Vec<LearnedNeighbor>>,
+}
+
+/// A neighbor address learned by one worker, for the others ([`NeighborTable::shared`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LearnedNeighbor {
+    /// The port it was learned on.
+    pub port: u16,
+    /// Its IP address.
+    pub ip: IpAddr,
+    /// Its link-layer address.
+    pub mac: [u8; 6],
 }
 
 impl NeighborTable {
@@ -214,6 +230,9 @@ impl NeighborTable {
                 e.mac = Some(mac);
                 e.confirmed = now;
                 e.requested = None;
+                if let Some(shared) = &mut self.shared {
+                    shared.push(LearnedNeighbor { port, ip, mac });
+                }
             }
             return;
         }
@@ -223,6 +242,9 @@ impl NeighborTable {
         if self.entries.len() >= NEIGHBOR_CAPACITY {
             self.full += 1;
             return;
+        }
+        if let Some(shared) = &mut self.shared {
+            shared.push(LearnedNeighbor { port, ip, mac });
         }
         self.generation += 1;
         self.entries.insert(
@@ -234,6 +256,16 @@ impl NeighborTable {
                 permanent: false,
             },
         );
+    }
+
+    /// Takes in what another worker learned, as if this worker had seen the packets itself
+    /// (packets waiting for one of these neighbors go out); not passed on again.
+    pub fn merge_learned(&mut self, learned: &[LearnedNeighbor], now: Nanos) {
+        let shared = self.shared.take();
+        for n in learned {
+            self.learn(n.port, n.ip, n.mac, now, true);
+        }
+        self.shared = shared;
     }
 
     /// Adds a permanent entry.
@@ -288,8 +320,11 @@ pub struct WorkerState {
     pub icmp_errors: TokenBucket,
     /// Fragments addressed to this node, waiting for the rest of their datagrams.
     pub reassembly: Reassembler,
-    /// The identification last given to a datagram this node fragmented.
+    /// The identification last given to a datagram this node fragmented or encapsulated.
     pub fragment_ident: u32,
+    /// What [`WorkerState::next_fragment_ident`] adds: the number of workers, each starting
+    /// from its own index, so that no two give out the same identification.
+    pub fragment_ident_step: u32,
     /// The service proxy's connections.
     pub conntrack: Conntrack,
     /// sessionAffinity ClientIP choices.
@@ -311,6 +346,22 @@ impl WorkerState {
         self.conntrack.expire(now, 1024);
         // Kubernetes caps sessionAffinityConfig.clientIP.timeoutSeconds at one day.
         self.affinity.expire(now, 86_400 * SECOND);
+    }
+
+    /// A fresh identification for a datagram this node fragments or encapsulates.
+    pub fn next_fragment_ident(&mut self) -> u32 {
+        self.fragment_ident = self.fragment_ident.wrapping_add(self.fragment_ident_step);
+        self.fragment_ident
+    }
+
+    /// Worker `index` of `count`: identifications of its own (see
+    /// [`WorkerState::fragment_ident_step`]), and, with more than one worker, neighbors
+    /// learned kept for the others ([`NeighborTable::shared`]).
+    pub fn set_worker(&mut self, index: u16, count: u16) {
+        let count = count.max(1);
+        self.fragment_ident = u32::from(index);
+        self.fragment_ident_step = u32::from(count);
+        self.neighbors.shared = (count > 1).then(Vec::new);
     }
 
     /// A worker with a connection table of its own making.
@@ -362,6 +413,7 @@ impl Default for WorkerState {
             icmp_errors: TokenBucket::new(1000, 50),
             reassembly: Reassembler::default(),
             fragment_ident: 0,
+            fragment_ident_step: 1,
             conntrack: Conntrack::new(ConntrackConfig::default()),
             affinity: AffinityTable::default(),
             service_counters: ServiceCounters::default(),
@@ -400,6 +452,53 @@ mod tests {
         assert_eq!(t.resolve(0, ip, 70 * SECOND), Resolution::Known([2; 6]));
         t.expire(700 * SECOND);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn workers_share_what_they_learn() {
+        let ip: IpAddr = "198.18.0.2".parse().unwrap();
+        let (mut asked, mut answered) = (WorkerState::default(), WorkerState::default());
+        asked.set_worker(0, 2);
+        answered.set_worker(1, 2);
+        assert_eq!(asked.neighbors.resolve(0, ip, 0), Resolution::Request);
+        // The reply reaches the other worker.
+        answered.neighbors.learn(0, ip, [2; 6], SECOND, true);
+        let learned = answered.neighbors.shared.as_mut().unwrap().split_off(0);
+        assert_eq!(
+            learned,
+            [LearnedNeighbor {
+                port: 0,
+                ip,
+                mac: [2; 6]
+            }]
+        );
+        let generation = asked.neighbors.generation();
+        asked.neighbors.merge_learned(&learned, SECOND);
+        assert!(
+            asked.neighbors.generation() > generation,
+            "held packets are released"
+        );
+        assert_eq!(
+            asked.neighbors.resolve(0, ip, SECOND),
+            Resolution::Known([2; 6])
+        );
+        assert_eq!(
+            asked.neighbors.shared.as_deref(),
+            Some(&[][..]),
+            "not passed back"
+        );
+        // Identifications: 0, 2, 4, ... and 1, 3, 5, ...
+        assert_eq!(
+            [asked.next_fragment_ident(), asked.next_fragment_ident()],
+            [2, 4]
+        );
+        assert_eq!(
+            [
+                answered.next_fragment_ident(),
+                answered.next_fragment_ident()
+            ],
+            [3, 5]
+        );
     }
 
     #[test]

@@ -492,6 +492,21 @@ pub struct RouterArgs {
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
 
+    /// Worker threads, each with its own graph, polling its own queue of every port: dpdk
+    /// sets up one RX/TX queue pair per worker on each port (spread by RSS, or by the vdev:
+    /// `qpairs=N` for net_af_packet); afpacket joins one socket per worker to a
+    /// `PACKET_FANOUT` group per interface; afxdp binds worker i to queue i of every
+    /// interface. Neighbors learned by one worker are handed to the others. More than one is
+    /// for routing: not with --punt-tun, --ipsec or the agent's services and policies, whose
+    /// connection state needs both directions of a flow on one worker (not built yet); pcap
+    /// has one.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=64),
+    )]
+    pub workers: u16,
+
     /// IPsec tunnels from SD-EWAN resources (IpsecSite, IpsecHost, IpsecProposal) in this
     /// YAML/JSON file or directory: runs the IKE daemon on the address facing the first remote
     /// peer and ESP in the dataplane. Needs --punt-tun (IKE reaches the daemon's sockets

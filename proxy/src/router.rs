@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -11,7 +11,7 @@ use switchyard_dataplane::async_crypto::AsyncCrypto;
 use switchyard_dataplane::graph::{Graph, NodeCounters, VECTOR_SIZE};
 use switchyard_dataplane::nodes::router_graph;
 use switchyard_dataplane::tables::{Interface, Tables, TablesHandle};
-use switchyard_dataplane::worker::WorkerState;
+use switchyard_dataplane::worker::{LearnedNeighbor, WorkerState};
 use switchyard_io::cryptodev::{Cryptodev, CryptodevConfig};
 use switchyard_io::dpdk::Mbuf;
 use switchyard_io::{Driver, PortInfo};
@@ -55,6 +55,23 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
+    let workers = args.workers.max(1);
+    if workers > 1 {
+        let with = if args.punt_tun.is_some() {
+            Some("--punt-tun")
+        } else if args.ipsec.is_some() {
+            Some("--ipsec")
+        } else if hooks.on_ready.is_some() || hooks.ipsec_feed.is_some() {
+            Some("the agent")
+        } else if args.dataplane == Dataplane::Pcap {
+            Some("the pcap dataplane")
+        } else {
+            None
+        };
+        if let Some(with) = with {
+            bail!("--workers {workers}: more than one worker does not work with {with} yet");
+        }
+    }
     let eal = match (args.dataplane, &args.crypto) {
         (Dataplane::Dpdk, _) | (_, CryptoChoice::Cryptodev(_)) => Some(start_eal(args)?),
         _ => None,
@@ -62,24 +79,53 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
     let crypto = Crypto::from_args(args, eal.as_ref())?;
     match args.dataplane {
         Dataplane::Afpacket => {
-            let driver = switchyard_io::afpacket::AfPacketDriver::new(&args.interfaces)
+            use switchyard_io::afpacket::{AfPacketConfig, AfPacketDriver};
+            // Fanout group ids are per network namespace: one range per process.
+            let config = AfPacketConfig {
+                fanout: (workers > 1).then(|| (std::process::id() as u16).wrapping_mul(64)),
+                ..AfPacketConfig::default()
+            };
+            let drivers = (0..workers)
+                .map(|_| AfPacketDriver::with_config(&args.interfaces, &config))
+                .collect::<Result<Vec<_>, _>>()
                 .context("starting the AF_PACKET dataplane")?;
-            Router::new(driver, args, hooks, crypto)?.run(args, &stop)
+            run_workers(drivers, args, hooks, crypto, &stop, None, |_| false)
         }
         Dataplane::Afxdp => {
-            let driver = switchyard_io::afxdp::AfXdpDriver::new(&args.interfaces, 0)
-                .context("starting the AF_XDP dataplane")?;
-            Router::new(driver, args, hooks, crypto)?.run(args, &stop)
+            let drivers = (0..workers)
+                .map(|q| {
+                    switchyard_io::afxdp::AfXdpDriver::new(&args.interfaces, u32::from(q))
+                        .with_context(|| match workers {
+                            1 => "starting the AF_XDP dataplane".to_string(),
+                            _ => format!(
+                                "starting the AF_XDP dataplane for worker {q} (each interface \
+                                 needs a queue per worker)"
+                            ),
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            run_workers(drivers, args, hooks, crypto, &stop, None, |_| false)
         }
         Dataplane::Dpdk => {
             let eal = eal.as_ref().context("the EAL is started for dpdk")?;
             let driver = switchyard_io::dpdk::DpdkDriver::new(
                 eal,
                 &args.interfaces,
-                &switchyard_io::dpdk::DpdkConfig::default(),
+                &switchyard_io::dpdk::DpdkConfig {
+                    queues: workers,
+                    ..switchyard_io::dpdk::DpdkConfig::default()
+                },
             )
             .context("starting the DPDK dataplane")?;
-            Router::new(driver, args, hooks, crypto)?.run(args, &stop)
+            run_workers(
+                driver.split(),
+                args,
+                hooks,
+                crypto,
+                &stop,
+                Some(eal),
+                |_| false,
+            )
         }
         Dataplane::Pcap => {
             let ports = args
@@ -91,9 +137,117 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
             let driver =
                 switchyard_io::pcap::PcapDriver::new(ports).context("opening the pcap files")?;
             // A replay ends when every input file has been read.
-            Router::new(driver, args, hooks, crypto)?.run_until(args, &stop, |d| {
+            run_workers(vec![driver], args, hooks, crypto, &stop, None, |d| {
                 (0..d.ports().len() as u16).all(|p| d.rx_done(p))
             })
+        }
+    }
+}
+
+/// Runs one worker per driver until `stop`: the first on this thread, with the tables from
+/// the flags and everything `hooks` plugs in, the others on threads of their own, loading the
+/// same tables and handing each other the neighbors they learn. Prints the report when all
+/// have stopped.
+fn run_workers<D>(
+    drivers: Vec<D>,
+    args: &RouterArgs,
+    hooks: Hooks,
+    crypto: Crypto,
+    stop: &AtomicBool,
+    eal: Option<&switchyard_io::dpdk::Eal>,
+    finished: impl Fn(&D) -> bool,
+) -> anyhow::Result<()>
+where
+    D: Driver + Send,
+    D::Buffer: 'static,
+{
+    let count = u16::try_from(drivers.len()).context("too many workers")?;
+    let mut drivers = drivers.into_iter();
+    let first = drivers.next().context("no driver to run")?;
+    let mut main = Router::new(first, args, hooks, crypto)?;
+    if count == 1 {
+        let report = main.run_until(args, stop, finished)?;
+        return report.print(args);
+    }
+    let exchange = Arc::new(NeighborExchange::new(usize::from(count)));
+    main.join(0, count, &exchange);
+    let tables = main.tables.clone();
+    std::thread::scope(|scope| {
+        let mut others = Vec::new();
+        for (i, driver) in drivers.enumerate() {
+            let index = i as u16 + 1;
+            let (tables, exchange) = (tables.clone(), Arc::clone(&exchange));
+            let spawned = std::thread::Builder::new()
+                .name(format!("worker{index}"))
+                .spawn_scoped(scope, move || {
+                    if let Some(eal) = eal {
+                        // Without an lcore id the thread works, only without a mempool cache.
+                        if let Err(e) = eal.register_thread() {
+                            tracing::warn!(worker = index, error = %e, "no DPDK lcore id");
+                        }
+                    }
+                    let mut worker = Router::worker(driver, args, tables)?;
+                    worker.join(index, count, &exchange);
+                    worker.run_until(args, stop, |_| false)
+                });
+            match spawned {
+                Ok(handle) => others.push(handle),
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e).context("starting a worker thread");
+                }
+            }
+        }
+        let result = main.run_until(args, stop, finished);
+        // However the first worker ended, the others end with it.
+        stop.store(true, Ordering::Relaxed);
+        let mut report = result?;
+        for handle in others {
+            let other = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))??;
+            report.merge(other);
+        }
+        report.print(args)
+    })
+}
+
+/// Neighbors learned by one worker, on their way to the others
+/// ([`switchyard_dataplane::worker::NeighborTable::shared`]): an inbox per worker.
+struct NeighborExchange {
+    inboxes: Vec<Mutex<Vec<LearnedNeighbor>>>,
+    /// Set when a worker's inbox has something: one relaxed load per turn otherwise.
+    waiting: Vec<AtomicBool>,
+}
+
+impl NeighborExchange {
+    fn new(workers: usize) -> Self {
+        NeighborExchange {
+            inboxes: (0..workers).map(|_| Mutex::default()).collect(),
+            waiting: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Hands what worker `from` learned to every other worker.
+    fn send(&self, from: usize, learned: &[LearnedNeighbor]) {
+        for (to, inbox) in self.inboxes.iter().enumerate() {
+            if to == from {
+                continue;
+            }
+            if let Ok(mut inbox) = inbox.lock() {
+                inbox.extend_from_slice(learned);
+            }
+            self.waiting[to].store(true, Ordering::Release);
+        }
+    }
+
+    /// What the others handed worker `to` since it last looked, into `out`.
+    fn receive(&self, to: usize, out: &mut Vec<LearnedNeighbor>) {
+        if !self.waiting[to].swap(false, Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut inbox) = self.inboxes[to].lock() {
+            out.append(&mut inbox);
         }
     }
 }
@@ -253,6 +407,10 @@ struct Router<D: Driver> {
     ipsec: Option<crate::ipsec::IpsecService>,
     /// Where ESP crypto runs.
     crypto: Crypto,
+    /// With several workers: this one's index and where learned neighbors are exchanged.
+    exchange: Option<(usize, Arc<NeighborExchange>)>,
+    /// Neighbors from the other workers, merged each turn.
+    learned: Vec<LearnedNeighbor>,
 }
 
 impl<D: Driver> Router<D>
@@ -347,7 +505,63 @@ where
             shared: hooks.shared,
             ipsec,
             crypto,
+            exchange: None,
+            learned: Vec::new(),
         })
+    }
+
+    /// A further worker: forwards with the tables the first one loads, nothing else.
+    fn worker(driver: D, args: &RouterArgs, tables: TablesHandle) -> anyhow::Result<Self> {
+        let ports = driver.ports().len();
+        let mut state = WorkerState::default();
+        for n in &args.neighbors {
+            let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;
+            state.neighbors.insert_permanent(port, ip, mac);
+        }
+        let mut graph = router_graph(ports)?;
+        graph.trace.pending = args.trace;
+        Ok(Router {
+            driver,
+            graph,
+            tables,
+            state,
+            punt: None,
+            shared: None,
+            ipsec: None,
+            crypto: Crypto {
+                backend: Arc::new(SoftwareBackend::new()),
+                device: None,
+            },
+            exchange: None,
+            learned: Vec::new(),
+        })
+    }
+
+    /// Makes this worker `index` of `count`, exchanging neighbors through `exchange`.
+    fn join(&mut self, index: u16, count: u16, exchange: &Arc<NeighborExchange>) {
+        self.state.set_worker(index, count);
+        self.exchange = Some((usize::from(index), Arc::clone(exchange)));
+    }
+
+    /// Passes on the neighbors this worker learned and takes in the others'; true if it took
+    /// any in (packets waiting for them may go now).
+    fn exchange_neighbors(&mut self, now: u64) -> bool {
+        let Some((me, exchange)) = &self.exchange else {
+            return false;
+        };
+        if let Some(out) = self.state.neighbors.shared.as_mut() {
+            if !out.is_empty() {
+                exchange.send(*me, out);
+                out.clear();
+            }
+        }
+        exchange.receive(*me, &mut self.learned);
+        if self.learned.is_empty() {
+            return false;
+        }
+        self.state.neighbors.merge_learned(&self.learned, now);
+        self.learned.clear();
+        true
     }
 
     /// The worker's counters and state, for the servers that show them.
@@ -403,17 +617,14 @@ where
         }
     }
 
-    fn run(self, args: &RouterArgs, stop: &AtomicBool) -> anyhow::Result<()> {
-        self.run_until(args, stop, |_| false)
-    }
-
-    /// Forwards until a signal, the deadline, or `finished` says the input is exhausted.
+    /// Forwards until a signal, the deadline, or `finished` says the input is exhausted;
+    /// returns what it did.
     fn run_until(
         mut self,
         args: &RouterArgs,
         stop: &AtomicBool,
         finished: impl Fn(&D) -> bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Report> {
         let start = Instant::now();
         let deadline = args
             .duration
@@ -458,9 +669,10 @@ where
                     shared.set_dataplane(self.snapshot(rx_total, tx_total, io_errors));
                 }
             }
+            let merged = self.exchange_neighbors(nanos_since(start, now));
             // With crypto in flight the loop keeps turning (the dispatch polls the device),
-            // received packets or not.
-            if received == 0 && self.graph.parked() == 0 {
+            // received packets or not; neighbors from another worker may release held ones.
+            if received == 0 && self.graph.parked() == 0 && !merged {
                 if finished(&self.driver) {
                     break;
                 }
@@ -513,7 +725,7 @@ where
             self.driver.recycle(&mut self.graph.dropped);
         }
         let elapsed = start.elapsed();
-        let report = Report {
+        Ok(Report {
             seconds: elapsed.as_secs_f64(),
             rx: rx_total,
             tx: tx_total,
@@ -525,19 +737,16 @@ where
                 .punt
                 .as_ref()
                 .map(|p| (p.name().to_string(), p.counters)),
-        };
-        print!("{}", report.text());
-        if let Some(line) = self.crypto.report() {
-            print!("{line}");
-        }
-        for (i, t) in self.graph.trace.take().iter().enumerate() {
-            println!("trace of packet {}:\n{t}", i + 1);
-        }
-        if let Some(path) = &args.stats_json {
-            std::fs::write(path, report.json())
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        Ok(())
+            workers: vec![(rx_total, tx_total)],
+            crypto: self.crypto.report(),
+            traces: self
+                .graph
+                .trace
+                .take()
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+        })
     }
 }
 
@@ -563,9 +772,50 @@ struct Report {
     nodes: Vec<NodeCounters>,
     /// The punt TUN device's name and counters, with `--punt-tun`.
     punt: Option<(String, PuntCounters)>,
+    /// Packets received and sent by each worker.
+    workers: Vec<(u64, u64)>,
+    /// The cryptodev's line, if there is one.
+    crypto: Option<String>,
+    /// Packets traced (`--trace`), as text.
+    traces: Vec<String>,
 }
 
 impl Report {
+    /// Adds another worker's report to this one's (same graph, node for node).
+    fn merge(&mut self, other: Report) {
+        self.seconds = self.seconds.max(other.seconds);
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.io_errors += other.io_errors;
+        self.looped += other.looped;
+        self.neighbors = self.neighbors.max(other.neighbors);
+        for (mine, theirs) in self.nodes.iter_mut().zip(other.nodes) {
+            mine.packets += theirs.packets;
+            mine.vectors += theirs.vectors;
+            for ((_, count), (_, more)) in mine.errors.iter_mut().zip(theirs.errors) {
+                *count += more;
+            }
+        }
+        self.workers.extend(other.workers);
+        self.traces.extend(other.traces);
+    }
+
+    /// Prints the report, the traces, and writes `--stats-json`.
+    fn print(&self, args: &RouterArgs) -> anyhow::Result<()> {
+        print!("{}", self.text());
+        if let Some(line) = &self.crypto {
+            print!("{line}");
+        }
+        for (i, t) in self.traces.iter().enumerate() {
+            println!("trace of packet {}:\n{t}", i + 1);
+        }
+        if let Some(path) = &args.stats_json {
+            std::fs::write(path, self.json())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// VPP-style: per node, packets and vectors, then every non-zero counter.
     fn text(&self) -> String {
         let mut s = String::new();
@@ -574,6 +824,11 @@ impl Report {
             "switchyard router: {:.1} s, {} packets received, {} sent, {} neighbors, {} I/O errors",
             self.seconds, self.rx, self.tx, self.neighbors, self.io_errors
         );
+        if self.workers.len() > 1 {
+            for (i, (rx, tx)) in self.workers.iter().enumerate() {
+                let _ = writeln!(s, "worker {i}: {rx} packets received, {tx} sent");
+            }
+        }
         let _ = writeln!(
             s,
             "{:<16} {:>10} {:>8}  counters",
@@ -639,9 +894,15 @@ impl Report {
                 "no_buffer": c.no_buffer, "read_errors": c.read_errors,
             })
         });
+        let workers: Vec<serde_json::Value> = self
+            .workers
+            .iter()
+            .map(|(rx, tx)| serde_json::json!({ "rx": rx, "tx": tx }))
+            .collect();
         serde_json::json!({
             "seconds": self.seconds, "rx": self.rx, "tx": self.tx, "io_errors": self.io_errors,
             "looped": self.looped, "neighbors": self.neighbors, "nodes": nodes, "punt": punt,
+            "workers": workers,
         })
         .to_string()
     }

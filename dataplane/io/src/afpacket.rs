@@ -48,6 +48,12 @@ pub struct AfPacketConfig {
     pub frame_size: u32,
     /// Buffers in the driver's pool (shared by all ports).
     pub pool_size: usize,
+    /// Spread each interface's traffic over several drivers (one per worker): with
+    /// `Some(group)`, port `i`'s socket joins the `PACKET_FANOUT` group `group + i` of its
+    /// interface, which the kernel balances by flow hash (addresses and ports, the same for
+    /// every fragment of a datagram, which is not reassembled). Every driver of a set opens
+    /// the same interfaces with the same `group`.
+    pub fanout: Option<u16>,
 }
 
 impl Default for AfPacketConfig {
@@ -57,6 +63,7 @@ impl Default for AfPacketConfig {
             block_count: 64,
             frame_size: 2048,
             pool_size: 4096,
+            fanout: None,
         }
     }
 }
@@ -311,8 +318,9 @@ impl AfPacketDriver {
         }
         let mut info = Vec::with_capacity(ifnames.len());
         let mut ports = Vec::with_capacity(ifnames.len());
-        for name in ifnames {
-            let (port_info, port) = open_port(name, config)?;
+        for (i, name) in ifnames.iter().enumerate() {
+            let fanout = config.fanout.map(|g| g.wrapping_add(i as u16));
+            let (port_info, port) = open_port(name, config, fanout)?;
             info.push(port_info);
             ports.push(port);
         }
@@ -390,7 +398,11 @@ impl AfPacketDriver {
     }
 }
 
-fn open_port(name: &str, config: &AfPacketConfig) -> Result<(PortInfo, Port), IoError> {
+fn open_port(
+    name: &str,
+    config: &AfPacketConfig,
+    fanout: Option<u16>,
+) -> Result<(PortInfo, Port), IoError> {
     // Protocol 0: receive nothing until the ring is set up and the socket bound to its interface.
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -488,6 +500,13 @@ fn open_port(name: &str, config: &AfPacketConfig) -> Result<(PortInfo, Port), Io
     };
     setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)
         .map_err(os_err(format!("PACKET_ADD_MEMBERSHIP promisc on {name}")))?;
+    if let Some(group) = fanout {
+        // Hash mode without PACKET_FANOUT_FLAG_DEFRAG: a router forwards fragments as they
+        // come, and the flow hash of a fragment leaves out the ports anyway.
+        let arg = libc::c_int::from(group) | (libc::PACKET_FANOUT_HASH as libc::c_int) << 16;
+        setsockopt(fdr, libc::SOL_PACKET, libc::PACKET_FANOUT, &arg)
+            .map_err(os_err(format!("PACKET_FANOUT group {group} on {name}")))?;
+    }
 
     Ok((
         info,

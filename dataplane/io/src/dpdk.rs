@@ -1,5 +1,5 @@
 //! The DPDK driver: ethdev ports (physical NICs or vdevs such as `net_ring0`, `net_null0`,
-//! `net_af_packet0`, `net_tap0`) with one RX and one TX queue each, receiving into and
+//! `net_af_packet0`, `net_tap0`) with one RX and one TX queue per worker each, receiving into and
 //! transmitting from DPDK mbufs without copying.
 //!
 //! Three pieces:
@@ -21,6 +21,7 @@ use std::ffi::{CStr, CString};
 use std::os::raw::c_char;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 
 use switchyard_dataplane::PacketBuffer;
 use switchyard_dpdk_sys as sys;
@@ -167,6 +168,11 @@ pub struct DpdkConfig {
     pub tx_desc: u16,
     /// Put each port in promiscuous mode (devices that cannot are left as they are).
     pub promiscuous: bool,
+    /// RX and TX queues per port, one pair per worker ([`DpdkDriver::split`]). With more
+    /// than one, receive-side scaling spreads packets by flow hash over the queues on devices
+    /// that offer it; others spread them their own way (`net_af_packet` with `qpairs=N`: a
+    /// kernel fanout group).
+    pub queues: u16,
 }
 
 impl Default for DpdkConfig {
@@ -178,6 +184,7 @@ impl Default for DpdkConfig {
             rx_desc: 1024,
             tx_desc: 1024,
             promiscuous: true,
+            queues: 1,
         }
     }
 }
@@ -395,7 +402,7 @@ impl PacketBuffer for Mbuf {
 
 /// A DPDK mbuf pool. Never freed: mbufs may outlive the driver that created it, and every
 /// live mbuf points back into its pool.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct MbufPool {
     mp: NonNull<sys::rte_mempool>,
     name: String,
@@ -441,16 +448,37 @@ impl MbufPool {
     }
 }
 
-/// A set of DPDK ethdev ports, each with one RX and one TX queue, sharing one mbuf pool.
+/// A set of DPDK ethdev ports, sharing one mbuf pool, and one RX and one TX queue of each.
 ///
-/// Queue 0 of each port belongs to this driver; `&mut self` on the burst calls keeps it to one
-/// thread at a time, as DPDK requires. Dropping the driver stops its ports.
+/// A driver uses queue `q` of every port (0 unless [`DpdkDriver::split`] made it);
+/// `&mut self` on the burst calls keeps a queue to one thread at a time, as DPDK requires.
+/// The ports stop when the last driver sharing them is dropped.
 #[derive(Debug)]
 pub struct DpdkDriver {
     info: Vec<PortInfo>,
     port_ids: Vec<u16>,
+    queue: u16,
+    queues: u16,
     counters: Vec<DriverCounters>,
     pool: MbufPool,
+    /// Stops the ports once the last driver of a [`DpdkDriver::split`] set is gone.
+    started: Arc<StartedPorts>,
+}
+
+/// Ports this process configured and started; dropping it stops them.
+#[derive(Debug, Default)]
+struct StartedPorts(std::sync::Mutex<Vec<u16>>);
+
+impl Drop for StartedPorts {
+    fn drop(&mut self) {
+        let ids = self.0.get_mut().map(std::mem::take).unwrap_or_default();
+        for id in ids {
+            // SAFETY: id is a valid port this driver configured; stopping a stopped port is
+            // harmless. Mbufs still held elsewhere stay valid: the pool is never freed, and no
+            // driver is left to poll the port's queues.
+            unsafe { sys::rte_eth_dev_stop(id) };
+        }
+    }
 }
 
 // SAFETY: the driver holds DPDK port ids and a mempool pointer. Mempools are multi-thread
@@ -481,20 +509,49 @@ impl DpdkDriver {
             }
             port_ids.push(id);
         }
-        let pool = MbufPool::create(cfg)?;
-        let mut driver = DpdkDriver {
-            info: Vec::with_capacity(port_ids.len()),
-            port_ids: Vec::with_capacity(port_ids.len()),
-            counters: vec![DriverCounters::default(); port_ids.len()],
-            pool,
-        };
-        for (name, &id) in port_names.iter().zip(&port_ids) {
-            // Pushed before setup so that Drop stops a port that failed half-way.
-            driver.port_ids.push(id);
-            let info = setup_port(name, id, &driver.pool, cfg)?;
-            driver.info.push(info);
+        if cfg.queues == 0 {
+            return Err(IoError::BadArguments("0 queues per DPDK port".into()));
         }
-        Ok(driver)
+        let pool = MbufPool::create(cfg)?;
+        let started = Arc::new(StartedPorts::default());
+        let mut info = Vec::with_capacity(port_ids.len());
+        for (name, &id) in port_names.iter().zip(&port_ids) {
+            // Recorded before setup so that a port that failed half-way is stopped.
+            if let Ok(mut ids) = started.0.lock() {
+                ids.push(id);
+            }
+            info.push(setup_port(name, id, &pool, cfg)?);
+        }
+        Ok(DpdkDriver {
+            counters: vec![DriverCounters::default(); port_ids.len()],
+            info,
+            port_ids,
+            queue: 0,
+            queues: cfg.queues,
+            pool,
+            started,
+        })
+    }
+
+    /// One driver per queue (the [`DpdkConfig::queues`] the ports were set up with), in
+    /// queue order, for one worker each. They share the ports and the mbuf pool.
+    pub fn split(self) -> Vec<DpdkDriver> {
+        (0..self.queues)
+            .map(|queue| DpdkDriver {
+                info: self.info.clone(),
+                port_ids: self.port_ids.clone(),
+                queue,
+                queues: 1,
+                counters: vec![DriverCounters::default(); self.port_ids.len()],
+                pool: self.pool.clone(),
+                started: Arc::clone(&self.started),
+            })
+            .collect()
+    }
+
+    /// The queue of every port this driver uses.
+    pub fn queue(&self) -> u16 {
+        self.queue
     }
 
     /// The DPDK port id behind `port`.
@@ -621,16 +678,6 @@ impl DpdkDriver {
     }
 }
 
-impl Drop for DpdkDriver {
-    fn drop(&mut self) {
-        for &id in &self.port_ids {
-            // SAFETY: id is a valid port this driver configured; stopping a stopped port is
-            // harmless. Mbufs still held elsewhere stay valid: the pool is never freed.
-            unsafe { sys::rte_eth_dev_stop(id) };
-        }
-    }
-}
-
 /// The DPDK port id of device `name`.
 fn lookup_port(name: &str) -> Result<u16, IoError> {
     let cname = CString::new(name).map_err(|_| IoError::NoSuchInterface(name.to_owned()))?;
@@ -643,12 +690,34 @@ fn lookup_port(name: &str) -> Result<u16, IoError> {
     Ok(id)
 }
 
-/// Configures port `id` with one RX and one TX queue, starts it and reads its address and MTU.
+/// Configures port `id` with `cfg.queues` RX and TX queues, starts it and reads its address
+/// and MTU.
 fn setup_port(name: &str, id: u16, pool: &MbufPool, cfg: &DpdkConfig) -> Result<PortInfo, IoError> {
-    let conf = sys::rte_eth_conf::default();
-    // SAFETY: id is a valid port; conf is a zeroed (all-defaults) configuration that DPDK
-    // copies. Fails with -EBUSY if the port is already started (e.g. by another driver).
-    let ret = unsafe { sys::rte_eth_dev_configure(id, 1, 1, &conf) };
+    let mut dev = sys::rte_eth_dev_info::default();
+    // SAFETY: id is a valid port; dev is a writable rte_eth_dev_info.
+    let ret = unsafe { sys::rte_eth_dev_info_get(id, &mut dev) };
+    if ret < 0 {
+        return Err(dpdk_error(format!("device info of {name}"), ret));
+    }
+    let most = dev.max_rx_queues.min(dev.max_tx_queues);
+    if cfg.queues > most {
+        return Err(IoError::BadArguments(format!(
+            "{name} has {most} RX/TX queue pair(s), {} asked for (one per worker; a vdev may \
+             take more, e.g. qpairs=N for net_af_packet)",
+            cfg.queues
+        )));
+    }
+    let mut conf = sys::rte_eth_conf::default();
+    if cfg.queues > 1 && dev.flow_type_rss_offloads != 0 {
+        // Spread flows over the queues by every hash the device offers (a NULL key: its
+        // default).
+        conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_hf = dev.flow_type_rss_offloads;
+    }
+    let queues = cfg.queues;
+    // SAFETY: id is a valid port; conf is a configuration that DPDK copies. Fails with
+    // -EBUSY if the port is already started (e.g. by another driver).
+    let ret = unsafe { sys::rte_eth_dev_configure(id, queues, queues, &conf) };
     if ret < 0 {
         return Err(dpdk_error(format!("configuring {name} (port {id})"), ret));
     }
@@ -662,18 +731,21 @@ fn setup_port(name: &str, id: u16, pool: &MbufPool, cfg: &DpdkConfig) -> Result<
     let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
     // SOCKET_ID_ANY (-1) as unsigned is what DPDK expects for "any socket".
     let socket = socket as u32;
-    // SAFETY: id is configured with one RX queue; a NULL rx_conf means the device defaults;
-    // the pool is a live pktmbuf pool that is never freed.
-    let ret = unsafe {
-        sys::rte_eth_rx_queue_setup(id, 0, rx_desc, socket, std::ptr::null(), pool.mp.as_ptr())
-    };
-    if ret < 0 {
-        return Err(dpdk_error(format!("RX queue setup on {name}"), ret));
-    }
-    // SAFETY: id is configured with one TX queue; a NULL tx_conf means the device defaults.
-    let ret = unsafe { sys::rte_eth_tx_queue_setup(id, 0, tx_desc, socket, std::ptr::null()) };
-    if ret < 0 {
-        return Err(dpdk_error(format!("TX queue setup on {name}"), ret));
+    for q in 0..queues {
+        // SAFETY: id is configured with `queues` RX queues; a NULL rx_conf means the device
+        // defaults; the pool is a live pktmbuf pool that is never freed.
+        let ret = unsafe {
+            sys::rte_eth_rx_queue_setup(id, q, rx_desc, socket, std::ptr::null(), pool.mp.as_ptr())
+        };
+        if ret < 0 {
+            return Err(dpdk_error(format!("RX queue {q} setup on {name}"), ret));
+        }
+        // SAFETY: id is configured with `queues` TX queues; a NULL tx_conf means the device
+        // defaults.
+        let ret = unsafe { sys::rte_eth_tx_queue_setup(id, q, tx_desc, socket, std::ptr::null()) };
+        if ret < 0 {
+            return Err(dpdk_error(format!("TX queue {q} setup on {name}"), ret));
+        }
     }
     // SAFETY: id is configured and both queues are set up.
     let ret = unsafe { sys::rte_eth_dev_start(id) };
@@ -730,11 +802,11 @@ impl Driver for DpdkDriver {
         let start = out.len();
         // SAFETY: out has room for max more elements after start; Mbuf is repr(transparent)
         // over NonNull<rte_mbuf>, so the spare capacity is an array of max `rte_mbuf *` slots.
-        // Queue 0 of port id is set up and &mut self makes this its only user.
+        // Queue self.queue of port id is set up and &mut self makes this its only user.
         let n = unsafe {
             sys::sy_rte_eth_rx_burst(
                 id,
-                0,
+                self.queue,
                 out.as_mut_ptr().add(start).cast::<*mut sys::rte_mbuf>(),
                 max as u16,
             )
@@ -762,9 +834,10 @@ impl Driver for DpdkDriver {
         while sent < total {
             let chunk = (total - sent).min(usize::from(u16::MAX)) as u16;
             // SAFETY: base[sent..total] are owned, valid single-segment mbufs (Mbuf is
-            // repr(transparent) over the pointer); queue 0 of port id is set up and &mut self
-            // makes this its only user. The PMD takes ownership of the first n it returns.
-            let n = unsafe { sys::sy_rte_eth_tx_burst(id, 0, base.add(sent), chunk) };
+            // repr(transparent) over the pointer); queue self.queue of port id is set up and
+            // &mut self makes this its only user. The PMD takes ownership of the first n it
+            // returns.
+            let n = unsafe { sys::sy_rte_eth_tx_burst(id, self.queue, base.add(sent), chunk) };
             sent += usize::from(n);
             if n < chunk {
                 break;

@@ -261,6 +261,5 @@ fn emit<B: PacketBuffer>(
 
 /// A fresh identification for this node's own fragments.
 pub(crate) fn next_ident<B>(cx: &mut Context<'_, B>) -> u32 {
-    cx.state.fragment_ident = cx.state.fragment_ident.wrapping_add(1);
-    cx.state.fragment_ident
+    cx.state.next_fragment_ident()
 }

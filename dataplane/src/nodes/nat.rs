@@ -675,8 +675,7 @@ fn encapsulate<B: PacketBuffer>(
         pkt.meta.icmp_error = Some(error);
         return Next::Error;
     }
-    cx.state.fragment_ident = cx.state.fragment_ident.wrapping_add(1);
-    let ident = cx.state.fragment_ident as u16;
+    let ident = cx.state.next_fragment_ident() as u16;
     if !tunnel::encapsulate(&mut pkt.buf, kind, src, to, ident) {
         cx.error(NatError::NoTunnelSource);
         return Next::Drop;

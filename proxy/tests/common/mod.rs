@@ -799,11 +799,15 @@ pub fn router_command(prefix: &str, driver: Driver, extra: &[&str]) -> Vec<Strin
     }
     if driver == Driver::Dpdk {
         // --file-prefix keeps concurrent DPDK processes apart; --no-shconf/--no-huge: no
-        // shared files or hugepages needed (see PEERS.md).
+        // shared files or hugepages needed (see PEERS.md). With --workers N each vdev gets N
+        // queue pairs.
+        let qpairs = extra
+            .windows(2)
+            .find(|w| w[0] == "--workers")
+            .map_or(String::new(), |w| format!(",qpairs={}", w[1]));
         let eal = format!(
-            "--no-huge --no-pci --no-shconf -m 512 --file-prefix {} \
-             --vdev net_af_packet0,iface=c0 --vdev net_af_packet1,iface=s0",
-            prefix
+            "--no-huge --no-pci --no-shconf -m 512 --file-prefix {prefix} \
+             --vdev net_af_packet0,iface=c0{qpairs} --vdev net_af_packet1,iface=s0{qpairs}",
         );
         args.extend(["--eal".into(), eal]);
     }
