@@ -155,6 +155,9 @@ pub struct Tables {
     /// UDP, ICMP errors, other protocols, fragments) to the host's stack through the punt
     /// sink, instead of refusing it with a reset or an ICMP error.
     pub punt_to_host: bool,
+    /// Drop every packet with a loose or strict source route option (RFC 7126's advice, and
+    /// Linux's default) instead of following it as RFC 1812 5.2.4.1 requires by default.
+    pub drop_source_routed: bool,
     /// The service proxy's tables; `None` on a plain router, whose packets then skip the
     /// `ip{4,6}-nat` nodes.
     pub services: Option<Arc<Services>>,
@@ -195,6 +198,7 @@ impl Tables {
             interfaces,
             fib,
             punt_to_host: false,
+            drop_source_routed: false,
             services: None,
             policy: None,
             ipsec: None,

@@ -492,6 +492,13 @@ pub struct RouterArgs {
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
 
+    /// Drop every packet with a loose or strict source route option (LSRR/SSRR), as Linux
+    /// does by default and RFC 7126 advises. Without it the router follows source routes, as
+    /// RFC 1812 5.2.4.1 requires by default: a packet addressed to it goes on to the route's
+    /// next address, and it is the final destination of a completed route.
+    #[arg(long)]
+    pub drop_source_routed: bool,
+
     /// Worker threads, each with its own graph, polling its own queue of every port: dpdk
     /// sets up one RX/TX queue pair per worker on each port (spread by RSS, or by the vdev:
     /// `qpairs=N` for net_af_packet); afpacket joins one socket per worker to a

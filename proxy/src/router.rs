@@ -428,6 +428,7 @@ where
         }
         let mut tables = tables_from_args(&ports, args)?;
         tables.punt_to_host = args.punt_tun.is_some();
+        tables.drop_source_routed = args.drop_source_routed;
         let mut state = WorkerState::default();
         for n in &args.neighbors {
             let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;

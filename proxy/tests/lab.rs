@@ -282,6 +282,51 @@ mod punt_to_host {
     }
 }
 
+/// A loose source route (RFC 791, RFC 1812 5.2.4.1) through the router, between kernels: the
+/// client sends a UDP datagram to the router's near address naming the server as the next
+/// hop; the server (told to accept source-routed packets, which Linux does not by default)
+/// receives it with the completed route recording the router's far address.
+#[test]
+fn afpacket_loose_source_route_between_kernels() {
+    let Some(mut lab) = Lab::new("afpacket::source_route", &["python3"]) else {
+        return;
+    };
+    if lab.kernel {
+        return;
+    }
+    lab.start_router(Driver::AfPacket, &[]);
+    lab.exec_ok(
+        Ns::Server,
+        "sysctl -qw net.ipv4.conf.all.accept_source_route=1 \
+         net.ipv4.conf.eth0.accept_source_route=1",
+    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/source_route.py");
+    let script = script.display();
+    let mut receiver = lab.spawn(
+        Ns::Server,
+        "sr-recv",
+        &format!("python3 {script} recv {SERVER_V4} 5300"),
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    lab.exec_ok(
+        Ns::Client,
+        &format!("python3 {script} send {CLIENT_V4} {ROUTER_C0_V4} {SERVER_V4} 5300"),
+    );
+    let status = wait_bounded(&mut receiver, Duration::from_secs(10));
+    let got = lab.read("sr-recv.out");
+    let out = lab.finish().expect("a router ran");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "no datagram: {}\n{out}",
+        lab.read("sr-recv.err")
+    );
+    // Payload, then the options: LSRR, length 7, pointer 8 (complete), 198.18.2.1, NOP.
+    assert_eq!(got.trim(), "source-routed 830708c612020101", "{out}");
+    assert!(out.stdout.contains("source_routed"), "{out}");
+}
+
 /// `--workers 2`: two threads, each polling its own queue of both ports (a fanout group per
 /// interface for AF_PACKET, two queue pairs per vdev for DPDK). Both forward, and neighbors
 /// learned by one reach the other (a flow's first packets may wait on a resolution the other

@@ -59,7 +59,7 @@ node_errors! {
         MartianSource = ("martian_source", "source is 0/8, loopback, multicast or class E"),
         MartianDestination = ("martian_destination", "destination is 0/8, loopback or class E"),
         BadOption = ("bad_option", "malformed IP option: parameter problem sent"),
-        SourceRoute = ("source_route", "source-routed packet (LSRR/SSRR) dropped"),
+        SourceRoute = ("source_route", "source-routed packet (LSRR/SSRR) dropped: the tables say to drop them"),
     }
 }
 
@@ -181,11 +181,13 @@ impl Ip4Input {
         pkt.buf.truncate(total_len);
         if header_len > 20 {
             match ip4_options::check(Ipv4Packet::new_unchecked(pkt.buf.data()).options()) {
-                OptionsVerdict::Accept { .. } => {}
-                OptionsVerdict::SourceRoute => {
+                OptionsVerdict::Accept {
+                    source_route: true, ..
+                } if cx.tables.drop_source_routed => {
                     cx.error(Ip4InputError::SourceRoute);
                     return InputNext::Drop;
                 }
+                OptionsVerdict::Accept { .. } => {}
                 OptionsVerdict::ParamProblem(pointer) => {
                     cx.error(Ip4InputError::BadOption);
                     pkt.meta.icmp_error = Some(param_problem(pointer));
@@ -439,6 +441,8 @@ node_errors! {
         TcpReset = ("tcp_reset", "TCP to this node, no listener: reset sent"),
         TcpDropped = ("tcp_dropped", "TCP to this node that was a reset, malformed or had a bad checksum"),
         Punted = ("punted", "handed to the control plane"),
+        SourceRouted = ("source_routed", "addressed to this node with a source route to follow: sent to its next hop"),
+        SourceRouteFailed = ("source_route_failed", "source route's next hop unreachable, or not on an attached network for a strict route: destination unreachable (source route failed) sent"),
         PuntedToHost = ("punted_to_host", "for this node, handed to the host stack (punt to host on)"),
     }
 }
@@ -457,6 +461,67 @@ node_nexts! {
 pub struct Ip4Local;
 
 impl Ip4Local {
+    /// For a packet addressed to this node whose source route goes on (RFC 791 3.1, RFC 1812
+    /// 5.2.4.1): the route's next address becomes the destination, this node's address on
+    /// the way out takes its slot, and the packet is forwarded (`ip4-rewrite` decrements the
+    /// TTL and adds to record route and timestamp options). Hops naming this node again are
+    /// taken here. `None`: the route is complete (or there is none), the packet is for this
+    /// node.
+    #[cold]
+    #[inline(never)]
+    fn source_route<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+    ) -> Option<LocalNext> {
+        let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
+        // Forty bytes of options hold at most nine addresses.
+        for _ in 0..10 {
+            let hop = ip4_options::source_route_hop(ip.options())?;
+            let next = hop.next;
+            let usable =
+                !is_martian_destination(next) && !next.is_multicast() && !next.is_broadcast();
+            let port = match cx.tables.fib.lookup(IpAddr::V4(next)).filter(|_| usable) {
+                // This node again: its own address is the one recorded.
+                Some(Route::Local) => None,
+                Some(Route::Attached { port }) => Some(*port),
+                // A strict route's next hop must be on an attached network.
+                Some(Route::Via(paths))
+                    if !hop.strict || paths.iter().all(|p| p.gateway.is_none()) =>
+                {
+                    paths.first().map(|p| p.port)
+                }
+                _ => {
+                    cx.error(Ip4LocalError::SourceRouteFailed);
+                    cx.trace(&pkt.meta, format_args!("source route to {next}: failed"));
+                    pkt.meta.icmp_error = Some((
+                        Icmpv4Message::DST_UNREACHABLE.0,
+                        unreachable_code::SOURCE_ROUTE_FAILED,
+                        0,
+                    ));
+                    return Some(LocalNext::Error);
+                }
+            };
+            let Some(port) = port else {
+                ip4_options::take_source_route_hop(ip.options_mut(), &hop, next);
+                continue;
+            };
+            let recorded = cx
+                .tables
+                .interfaces
+                .get(usize::from(port))
+                .and_then(|i| i.primary_ipv4())
+                .unwrap_or(ip.dst_addr());
+            ip4_options::take_source_route_hop(ip.options_mut(), &hop, recorded);
+            ip.set_dst_addr(next);
+            ip.fill_checksum();
+            cx.error(Ip4LocalError::SourceRouted);
+            cx.trace(&pkt.meta, format_args!("source route: on to {next}"));
+            return Some(LocalNext::Lookup);
+        }
+        ip.fill_checksum();
+        None
+    }
+
     fn deliver<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LocalNext {
         let punt_to_host = cx.tables.punt_to_host;
         if pkt.meta.local_origin {
@@ -472,6 +537,14 @@ impl Ip4Local {
         let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
         let dst = ip.dst_addr();
         let unicast_to_us = cx.tables.is_local_ipv4(dst);
+        // A source route to follow is followed before anything else, fragments included (each
+        // carries the option, RFC 1122 3.2.1.8).
+        if unicast_to_us && ip.header_len() > 20 {
+            if let Some(next) = Self::source_route(cx, pkt) {
+                return next;
+            }
+            ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
+        }
         if ip.is_fragment() {
             // With a host stack behind the punt path, it reassembles; otherwise this node does.
             if punt_to_host && unicast_to_us {

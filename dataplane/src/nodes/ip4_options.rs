@@ -1,7 +1,9 @@
 //! IPv4 options a router acts on (RFC 791 3.1, RFC 1812 5.2.4): malformed options draw a
 //! parameter problem pointing at the bad byte; record route and timestamp get this router's
-//! entry when it forwards; source-routed packets are dropped, as Linux does by default
-//! (`accept_source_route = 0`) and RFC 7126 recommends. Other options pass untouched.
+//! entry when it forwards; loose and strict source routes take their next hop here when the
+//! packet is addressed to this router ([`source_route_hop`], [`take_source_route_hop`]), as
+//! RFC 1812 5.2.4.1 requires by default (the tables may say to drop them instead, as Linux
+//! does by default and RFC 7126 recommends). Other options pass untouched.
 
 use std::net::Ipv4Addr;
 
@@ -23,21 +25,33 @@ const OPTIONS_OFFSET: usize = 20;
 /// What the options of a packet ask of the router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptionsVerdict {
-    /// Well formed; `record` when a record-route or timestamp option wants an entry.
+    /// Well formed.
     Accept {
-        /// An option to fill in when forwarding.
+        /// A record-route or timestamp option wants an entry when forwarding.
         record: bool,
+        /// A loose or strict source route option is present (completed or not).
+        source_route: bool,
     },
     /// Malformed: parameter problem with this pointer (offset from the IPv4 header start).
     ParamProblem(u8),
-    /// Loose or strict source route: dropped.
-    SourceRoute,
+}
+
+/// The next hop a source route option names, for a packet addressed to this router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRouteHop {
+    /// Where the option starts in the options.
+    at: usize,
+    /// The address the route goes to next.
+    pub next: Ipv4Addr,
+    /// Strict: `next` must be on a network attached to this router.
+    pub strict: bool,
 }
 
 /// Checks the structure of `options` (the bytes after the fixed header).
 #[cold]
 pub fn check(options: &[u8]) -> OptionsVerdict {
     let mut record = false;
+    let mut source_route = false;
     let mut at = 0;
     let pointer = |i: usize| (OPTIONS_OFFSET + i) as u8;
     while at < options.len() {
@@ -58,7 +72,22 @@ pub fn check(options: &[u8]) -> OptionsVerdict {
             return OptionsVerdict::ParamProblem(pointer(at + 1));
         }
         match kind {
-            LOOSE_SOURCE_ROUTE | STRICT_SOURCE_ROUTE => return OptionsVerdict::SourceRoute,
+            LOOSE_SOURCE_ROUTE | STRICT_SOURCE_ROUTE => {
+                // One source route per packet (RFC 1122 3.2.1.8 forbids sending two).
+                if source_route {
+                    return OptionsVerdict::ParamProblem(pointer(at));
+                }
+                // The pointer starts at 4 and, until the route is complete, names a whole
+                // address.
+                if len < 3 {
+                    return OptionsVerdict::ParamProblem(pointer(at + 1));
+                }
+                let ptr = usize::from(options[at + 2]);
+                if ptr < 4 || (ptr <= len && ptr + 3 > len) {
+                    return OptionsVerdict::ParamProblem(pointer(at + 2));
+                }
+                source_route = true;
+            }
             RECORD_ROUTE => {
                 // The pointer is 1-based within the option and starts at 4.
                 if len < 3 || options[at + 2] < 4 {
@@ -80,7 +109,56 @@ pub fn check(options: &[u8]) -> OptionsVerdict {
         }
         at += len;
     }
-    OptionsVerdict::Accept { record }
+    OptionsVerdict::Accept {
+        record,
+        source_route,
+    }
+}
+
+/// The source route option of well-formed `options` (see [`check`]), if there is one that is
+/// not complete: the hop this router, the packet's destination, sends it to next.
+#[cold]
+pub fn source_route_hop(options: &[u8]) -> Option<SourceRouteHop> {
+    let mut at = 0;
+    while at < options.len() {
+        let kind = options[at];
+        match kind {
+            END => return None,
+            NOP => {
+                at += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let len = usize::from(*options.get(at + 1)?);
+        let opt = options.get(at..at + len.max(2))?;
+        if matches!(kind, LOOSE_SOURCE_ROUTE | STRICT_SOURCE_ROUTE) {
+            let ptr = usize::from(*opt.get(2)?);
+            // Complete when the pointer is past the last address.
+            let next = opt.get(ptr.checked_sub(1)?..ptr + 3)?;
+            return Some(SourceRouteHop {
+                at,
+                next: Ipv4Addr::new(next[0], next[1], next[2], next[3]),
+                strict: kind == STRICT_SOURCE_ROUTE,
+            });
+        }
+        at += len.max(2);
+    }
+    None
+}
+
+/// Takes `hop` (from [`source_route_hop`] on the same options): its slot records `recorded`,
+/// this router's address on the way out (RFC 791), and the pointer moves to the next one.
+/// The caller makes `hop.next` the packet's destination.
+pub fn take_source_route_hop(options: &mut [u8], hop: &SourceRouteHop, recorded: Ipv4Addr) {
+    let Some(ptr) = options.get(hop.at + 2).map(|&p| usize::from(p)) else {
+        return;
+    };
+    let slot = hop.at + ptr - 1;
+    if let Some(slot) = options.get_mut(slot..slot + 4) {
+        slot.copy_from_slice(&recorded.octets());
+        options[hop.at + 2] += 4;
+    }
 }
 
 /// Adds this router's entry to the record-route and timestamp options of a forwarded packet:
@@ -162,10 +240,11 @@ mod tests {
 
     #[test]
     fn malformed_options_point_at_the_bad_byte() {
-        assert_eq!(
-            check(&[1, 1, 0, 0]),
-            OptionsVerdict::Accept { record: false }
-        );
+        let accept = |record, source_route| OptionsVerdict::Accept {
+            record,
+            source_route,
+        };
+        assert_eq!(check(&[1, 1, 0, 0]), accept(false, false));
         // Length 1 (below 2) at option offset 1 → pointer 21.
         assert_eq!(check(&[0x44, 1, 0, 0]), OptionsVerdict::ParamProblem(21));
         // Length running past the options.
@@ -175,11 +254,43 @@ mod tests {
             check(&[7, 7, 3, 0, 0, 0, 0, 0]),
             OptionsVerdict::ParamProblem(22)
         );
-        assert_eq!(check(&[131, 3, 4, 0]), OptionsVerdict::SourceRoute);
+        assert_eq!(check(&[7, 7, 4, 0, 0, 0, 0, 0]), accept(true, false));
+        // Source routes: complete (pointer 4 past a length of 3), one address to go, a
+        // pointer below 4, a pointer into the middle of the last address, two of them.
+        assert_eq!(check(&[131, 3, 4, 0]), accept(false, true));
+        assert_eq!(check(&[137, 7, 4, 1, 2, 3, 4, 0]), accept(false, true));
         assert_eq!(
-            check(&[7, 7, 4, 0, 0, 0, 0, 0]),
-            OptionsVerdict::Accept { record: true }
+            check(&[131, 7, 3, 1, 2, 3, 4, 0]),
+            OptionsVerdict::ParamProblem(22)
         );
+        assert_eq!(
+            check(&[131, 8, 6, 1, 2, 3, 4, 0]),
+            OptionsVerdict::ParamProblem(22)
+        );
+        assert_eq!(
+            check(&[131, 3, 4, 137, 3, 4, 0, 0]),
+            OptionsVerdict::ParamProblem(23)
+        );
+    }
+
+    #[test]
+    fn source_route_hops_are_taken_in_turn() {
+        let me: Ipv4Addr = "198.18.2.1".parse().unwrap();
+        // NOP, then a loose route with two addresses to go.
+        let mut opts = [1, 131, 11, 4, 198, 18, 2, 9, 203, 0, 113, 5];
+        let hop = source_route_hop(&opts).unwrap();
+        assert_eq!(
+            (hop.next, hop.strict),
+            ("198.18.2.9".parse().unwrap(), false)
+        );
+        take_source_route_hop(&mut opts, &hop, me);
+        assert_eq!(opts[..8], [1, 131, 11, 8, 198, 18, 2, 1]);
+        let hop = source_route_hop(&opts).unwrap();
+        assert_eq!(hop.next, "203.0.113.5".parse::<Ipv4Addr>().unwrap());
+        take_source_route_hop(&mut opts, &hop, me);
+        assert_eq!(opts[3], 12);
+        assert_eq!(source_route_hop(&opts), None, "complete");
+        assert_eq!(source_route_hop(&[7, 7, 4, 0, 0, 0, 0, 0]), None);
     }
 
     #[test]

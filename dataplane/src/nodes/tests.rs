@@ -1190,18 +1190,98 @@ fn ipv4_options_record_route_param_problem_and_source_route() {
     let icmp = ip4_of(&out[0].1).payload().to_vec();
     assert_eq!((icmp[0], icmp[1], icmp[4]), (12, 0, 22));
 
-    let lsrr = [131, 7, 4, 198, 18, 2, 2, 1];
-    assert!(r
-        .send(
-            0,
-            &eth(
-                MAC0,
-                CLIENT_MAC,
-                0x0800,
-                &ipv4_with_options(c, s, &lsrr, &[0; 8])
-            )
-        )
-        .is_empty());
+    // A source route naming someone else next, in a packet not addressed to this router:
+    // forwarded as it is (the option is for the packet's destination to act on).
+    let lsrr = [131, 7, 4, 203, 0, 113, 9, 1];
+    let out = r.send(
+        0,
+        &eth(
+            MAC0,
+            CLIENT_MAC,
+            0x0800,
+            &ipv4_with_options(c, s, &lsrr, &[0; 8]),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    let ip = ip4_of(&out[0].1);
+    assert_eq!((ip.dst_addr(), ip.options()), (s, &lsrr[..]));
+}
+
+/// Source routes (RFC 791 3.1, RFC 1812 5.2.4.1) addressed to this router: the next address
+/// becomes the destination and this router's outgoing address takes its slot; a completed
+/// route ends here; a next hop that cannot be reached (or, for a strict route, is not on an
+/// attached network) draws "source route failed"; `drop_source_routed` drops them all.
+#[test]
+fn ipv4_source_routes_are_followed() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let send = |r: &mut Rig, options: &[u8]| {
+        let packet = ipv4_with_options(c, me, options, &[0; 8]);
+        r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &packet))
+    };
+    let icmp_of = |out: &[(u16, Vec<u8>)]| {
+        assert_eq!(out.len(), 1);
+        let icmp = ip4_of(&out[0].1).payload().to_vec();
+        (icmp[0], icmp[1])
+    };
+
+    // Loose and strict, through the router to the server; the router's address on the far
+    // side (198.18.2.1) is recorded in the slot.
+    for kind in [131, 137] {
+        let out = send(&mut r, &[kind, 7, 4, 198, 18, 2, 2, 1]);
+        assert_eq!(out.len(), 1, "{:?}", r.graph.counters());
+        assert_eq!(out[0].0, 1);
+        let ip = ip4_of(&out[0].1);
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (c, v4("198.18.2.2")));
+        assert_eq!(ip.options(), &[kind, 7, 8, 198, 18, 2, 1, 1]);
+        assert_eq!(ip.ttl(), 63);
+        assert!(ip.verify_checksum());
+    }
+    assert_eq!(r.count("ip4-local", "source_routed"), 2);
+
+    // The route names the router twice (both its addresses), then the server.
+    let out = send(
+        &mut r,
+        &[131, 15, 4, 198, 18, 2, 1, 198, 18, 2, 2, 0, 0, 0, 0, 1],
+    );
+    assert_eq!(out.len(), 1);
+    let ip = ip4_of(&out[0].1);
+    assert_eq!(ip.dst_addr(), v4("198.18.2.2"));
+    assert_eq!(ip.options()[2], 12);
+
+    // Completed: the router is the final destination (UDP to it: port unreachable).
+    assert_eq!(
+        icmp_of(&send(&mut r, &[131, 7, 8, 198, 18, 2, 9, 1])),
+        (3, 3)
+    );
+
+    // Next hops beyond a gateway: loose goes on (waiting for the gateway's address), strict
+    // fails; no route at all fails either way.
+    assert!(send(&mut r, &[131, 7, 4, 198, 19, 0, 5, 1])
+        .iter()
+        .all(|(_, f)| f[12..14] == [8, 6]));
+    assert_eq!(
+        icmp_of(&send(&mut r, &[137, 7, 4, 198, 19, 0, 5, 1])),
+        (3, 5)
+    );
+    assert_eq!(
+        icmp_of(&send(&mut r, &[131, 7, 4, 203, 0, 113, 9, 1])),
+        (3, 5)
+    );
+    assert_eq!(
+        icmp_of(&send(&mut r, &[131, 7, 4, 224, 0, 0, 5, 1])),
+        (3, 5)
+    );
+    assert_eq!(r.count("ip4-local", "source_route_failed"), 3);
+
+    // A pointer into the middle of an address: parameter problem at the pointer (byte 22).
+    let out = send(&mut r, &[131, 8, 6, 198, 18, 2, 2, 0]);
+    let icmp = ip4_of(&out[0].1).payload().to_vec();
+    assert_eq!((icmp[0], icmp[4]), (12, 22));
+
+    r.tables.drop_source_routed = true;
+    assert!(send(&mut r, &[131, 7, 4, 198, 18, 2, 2, 1]).is_empty());
     assert_eq!(r.count("ip4-input", "source_route"), 1);
 }
 
