@@ -522,6 +522,29 @@ impl Ip4Local {
         None
     }
 
+    /// The options of an echo reply built from its request (`from` asked `me`): a source
+    /// route is reversed to lead back to `from` (RFC 1122 3.2.2.6), and record-route and
+    /// timestamp options get this router's entry, so that they cover the round trip (RFC 1812
+    /// 4.3.3.6).
+    #[cold]
+    #[inline(never)]
+    fn echo_reply_options<T: AsRef<[u8]> + AsMut<[u8]>>(
+        now: u64,
+        ip: &mut Ipv4Packet<T>,
+        from: Ipv4Addr,
+        me: Ipv4Addr,
+    ) {
+        if let Some(first_hop) = ip4_options::reverse_for_reply(ip.options_mut(), from) {
+            ip.set_dst_addr(first_hop);
+        }
+        // A timestamp option already full counts the overflow; nothing to answer here.
+        let _ = ip4_options::record(
+            ip.options_mut(),
+            me,
+            ip4_options::nonstandard_timestamp(now),
+        );
+    }
+
     fn deliver<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LocalNext {
         let punt_to_host = cx.tables.punt_to_host;
         if pkt.meta.local_origin {
@@ -593,6 +616,9 @@ impl Ip4Local {
                 let src = ip.src_addr();
                 ip.set_src_addr(dst);
                 ip.set_dst_addr(src);
+                if ip.header_len() > 20 {
+                    Self::echo_reply_options(cx.now, &mut ip, src, dst);
+                }
                 ip.set_ttl(DEFAULT_TTL);
                 ip.fill_checksum();
                 pkt.meta.local_origin = true;

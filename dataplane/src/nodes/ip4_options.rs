@@ -228,6 +228,56 @@ pub fn record(options: &mut [u8], addr: Ipv4Addr, timestamp: u32) -> Result<(), 
     Ok(())
 }
 
+/// Turns the completed source route of an echo request to this router into the route back
+/// for its reply (RFC 1122 3.2.1.8 and 3.2.2.6): the recorded addresses in reverse order, then
+/// the request's source `src`, which the route names only once even if it recorded itself.
+/// Returns the reply's destination, the route's first hop; `None` when there is no route
+/// to reverse (an empty one becomes NOPs).
+pub fn reverse_for_reply(options: &mut [u8], src: Ipv4Addr) -> Option<Ipv4Addr> {
+    let mut at = 0;
+    while at < options.len() {
+        let kind = options[at];
+        match kind {
+            END => return None,
+            NOP => {
+                at += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let len = usize::from(*options.get(at + 1)?);
+        if len < 2 || at + len > options.len() {
+            return None;
+        }
+        if !matches!(kind, LOOSE_SOURCE_ROUTE | STRICT_SOURCE_ROUTE) {
+            at += len;
+            continue;
+        }
+        let opt = &mut options[at..at + len];
+        let recorded: Vec<[u8; 4]> = opt[3..]
+            .chunks_exact(4)
+            .map(|a| [a[0], a[1], a[2], a[3]])
+            .collect();
+        let Some((&first_hop, rest)) = recorded.split_last() else {
+            opt.fill(NOP);
+            return None;
+        };
+        let mut back: Vec<[u8; 4]> = rest.iter().rev().copied().collect();
+        if back.last() != Some(&src.octets()) {
+            back.push(src.octets());
+        }
+        let new_len = 3 + 4 * back.len();
+        opt[1] = new_len as u8;
+        opt[2] = 4;
+        for (slot, a) in opt[3..].chunks_exact_mut(4).zip(&back) {
+            slot.copy_from_slice(a);
+        }
+        opt[new_len..].fill(NOP);
+        return Some(Ipv4Addr::from(first_hop));
+    }
+    None
+}
+
 /// A timestamp for the option from the caller's monotonic clock: milliseconds with the high
 /// bit set, which RFC 791 allows when the time is not milliseconds since midnight UT.
 pub fn nonstandard_timestamp(now_nanos: u64) -> u32 {
@@ -291,6 +341,31 @@ mod tests {
         assert_eq!(opts[3], 12);
         assert_eq!(source_route_hop(&opts), None, "complete");
         assert_eq!(source_route_hop(&[7, 7, 4, 0, 0, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn echo_replies_reverse_the_source_route() {
+        let s: Ipv4Addr = "198.18.1.2".parse().unwrap();
+        // S sent via G1 = 198.18.9.1 and G2 = 198.18.9.2 (recorded, complete): the reply
+        // goes to G2 first, then G1, then S.
+        let mut opts = [131, 11, 12, 198, 18, 9, 1, 198, 18, 9, 2, 1];
+        assert_eq!(
+            reverse_for_reply(&mut opts, s),
+            Some("198.18.9.2".parse().unwrap())
+        );
+        assert_eq!(opts, [131, 11, 4, 198, 18, 9, 1, 198, 18, 1, 2, 1]);
+        // A route that recorded S itself names it once; the spare slot becomes NOPs.
+        let mut opts = [137, 11, 12, 198, 18, 1, 2, 198, 18, 9, 2, 0];
+        assert_eq!(
+            reverse_for_reply(&mut opts, s),
+            Some("198.18.9.2".parse().unwrap())
+        );
+        assert_eq!(opts, [137, 7, 4, 198, 18, 1, 2, 1, 1, 1, 1, 0]);
+        // An empty route: nothing to reverse.
+        let mut opts = [131, 3, 4, 0];
+        assert_eq!(reverse_for_reply(&mut opts, s), None);
+        assert_eq!(opts, [1, 1, 1, 0]);
+        assert_eq!(reverse_for_reply(&mut [7, 7, 8, 1, 2, 3, 4, 0], s), None);
     }
 
     #[test]

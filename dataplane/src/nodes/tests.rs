@@ -1280,6 +1280,27 @@ fn ipv4_source_routes_are_followed() {
     let icmp = ip4_of(&out[0].1).payload().to_vec();
     assert_eq!((icmp[0], icmp[4]), (12, 22));
 
+    // An echo request that came by a (completed) route: the reply takes the route back,
+    // first to the last hop recorded, and record route gets this router's entry.
+    let mut echo = ipv4_with_options(
+        c,
+        me,
+        &[131, 7, 8, 198, 18, 2, 2, 1, 7, 7, 4, 0, 0, 0, 0, 1],
+        &icmp_echo(8, 8),
+    );
+    echo[9] = IpProtocol::ICMP.0;
+    Ipv4Packet::new_unchecked(&mut echo[..]).fill_checksum();
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &echo));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, 1);
+    let ip = ip4_of(&out[0].1);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (me, v4("198.18.2.2")));
+    assert_eq!(
+        ip.options(),
+        &[131, 7, 4, 198, 18, 1, 2, 1, 7, 7, 8, 198, 18, 1, 1, 1]
+    );
+    assert_eq!(ip.payload()[0], 0);
+
     r.tables.drop_source_routed = true;
     assert!(send(&mut r, &[131, 7, 4, 198, 18, 2, 2, 1]).is_empty());
     assert_eq!(r.count("ip4-input", "source_route"), 1);
