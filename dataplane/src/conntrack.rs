@@ -32,9 +32,11 @@
 //! The dataplane never reads a clock: every call that needs the time takes `now`.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::flows::FlowDirectory;
 use crate::graph::Nanos;
 use crate::nat::Translation;
 
@@ -516,6 +518,9 @@ pub struct Conntrack {
     index: Index,
     hasher: FlowHasher,
     counters: Counters,
+    /// With several workers: the directory of every worker's tuples, and this worker's
+    /// number ([`Conntrack::share`]).
+    shared: Option<(Arc<FlowDirectory>, u16)>,
 }
 
 /// Slots an insert into a full table inspects for an expired entry before evicting.
@@ -538,6 +543,46 @@ impl Conntrack {
             index: Index::new(2 * capacity as usize),
             hasher: FlowHasher::new(config.seed),
             counters: Counters::default(),
+            shared: None,
+        }
+    }
+
+    /// Makes this the table of worker `worker` among several sharing `directory`: entries
+    /// claim their tuples there when inserted (a tuple another worker tracks is a clash) and
+    /// give them back when they go.
+    pub fn share(&mut self, directory: Arc<FlowDirectory>, worker: u16) {
+        self.shared = Some((directory, worker));
+    }
+
+    /// True when the table is one of several ([`Conntrack::share`]).
+    #[inline]
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// For a packet with tuple `key` that this table does not track (live): the worker that
+    /// does, if it is another one.
+    pub fn owner_elsewhere(&self, key: &FlowKey, now: Nanos) -> Option<u16> {
+        let (directory, me) = self.shared.as_ref()?;
+        let hash = self.hasher.hash(key);
+        if self
+            .find(hash, key)
+            .is_some_and(|(index, _)| !self.expired(index, now))
+        {
+            return None;
+        }
+        directory.owner(key).filter(|owner| owner != me)
+    }
+
+    /// True when no live entry here, nor any other worker's, has tuple `key`: a new
+    /// connection may take it (e.g. as its reply tuple).
+    pub fn tuple_free(&mut self, key: &FlowKey, now: Nanos) -> bool {
+        if self.lookup(key, now).is_some() {
+            return false;
+        }
+        match &self.shared {
+            Some((directory, me)) => directory.owner(key).is_none_or(|owner| owner == *me),
+            None => true,
         }
     }
 
@@ -817,6 +862,17 @@ impl Conntrack {
         if self.len >= self.config.capacity {
             self.reclaim(now)?;
         }
+        if let Some((directory, me)) = &self.shared {
+            let claimed = directory.claim(&original, *me).and_then(|()| {
+                directory.claim(&reply, *me).inspect_err(|_| {
+                    directory.release(&original, *me);
+                })
+            });
+            if claimed.is_err() {
+                self.counters.clashes += 1;
+                return Err(ConntrackError::Exists);
+            }
+        }
         let index = self.allocate();
         let placed = self
             .index
@@ -834,6 +890,10 @@ impl Conntrack {
             });
         if !placed {
             // The index could not seat the tuples (cuckoo path search gave up): as full.
+            if let Some((directory, me)) = &self.shared {
+                directory.release(&original, *me);
+                directory.release(&reply, *me);
+            }
             self.push_free(index);
             self.counters.full_drops += 1;
             return Err(ConntrackError::Full);
@@ -1020,6 +1080,10 @@ impl Conntrack {
     /// Drops a live entry from the index and the lists and frees its slot.
     fn release(&mut self, index: usize) {
         let entry = self.slots[index].entry;
+        if let Some((directory, me)) = &self.shared {
+            directory.release(&entry.original, *me);
+            directory.release(&entry.reply, *me);
+        }
         self.index.remove(
             self.hasher.hash(&entry.original),
             slab_ref(index, Direction::Original),

@@ -33,6 +33,9 @@ pub const PUNT: &str = "punt";
 /// keep while work on it runs elsewhere (crypto on a device): [`Node::park`] takes it, and
 /// [`Node::poll`] sends it on when the work is done.
 pub const PARK: &str = "park";
+/// Name of the built-in next node that hands the packet to another worker, the one in
+/// `meta.handoff` (which owns the packet's connection, see [`crate::flows`]).
+pub const HANDOFF: &str = "handoff";
 /// Name of the built-in next node that parks the packet until the neighbor table learns
 /// something new, then gives it back to the node that parked it (or drops it after
 /// [`HOLD_TIME`]).
@@ -75,6 +78,9 @@ pub struct Meta {
     pub held_since: Option<NonZeroU64>,
     /// 1 + index of this packet's trace record, or 0 when it is not traced.
     pub trace: u32,
+    /// The worker the packet is handed to ([`HANDOFF`]); on the receiving worker, the one it
+    /// is (so it is not handed on again).
+    pub handoff: Option<u16>,
 }
 
 /// A packet and its metadata.
@@ -384,6 +390,7 @@ enum Target {
     Punt,
     Hold,
     Park,
+    Handoff,
 }
 
 struct Slot<B> {
@@ -451,6 +458,8 @@ pub struct Graph<B> {
     pub tx: Vec<Vec<B>>,
     /// Packets for the control plane.
     pub punt: Vec<Packet<B>>,
+    /// Packets for other workers ([`HANDOFF`]).
+    pub handoff: Vec<Packet<B>>,
     /// Buffers to give back to the driver.
     pub dropped: Vec<B>,
     /// Packets dropped because they went round the graph more than [`MAX_PASSES`] times.
@@ -491,6 +500,7 @@ impl<B: PacketBuffer> Graph<B> {
                     PUNT => Ok(Target::Punt),
                     HOLD => Ok(Target::Hold),
                     PARK => Ok(Target::Park),
+                    HANDOFF => Ok(Target::Handoff),
                     _ => find(next).map(Target::Node).ok_or(GraphError::UnknownNext {
                         node: node.name(),
                         next,
@@ -520,6 +530,7 @@ impl<B: PacketBuffer> Graph<B> {
                 .map(|_| Vec::with_capacity(VECTOR_SIZE))
                 .collect(),
             punt: Vec::new(),
+            handoff: Vec::new(),
             dropped: Vec::with_capacity(VECTOR_SIZE),
             looped: 0,
             bad_tx_port: 0,
@@ -833,6 +844,7 @@ impl<B: PacketBuffer> Graph<B> {
             Target::Node(j) => self.slots[j].queue.push(pkt),
             Target::Drop => self.dropped.push(pkt.buf),
             Target::Punt => self.punt.push(pkt),
+            Target::Handoff => self.handoff.push(pkt),
             Target::Hold if self.held.len() < MAX_HELD => {
                 let mut pkt = pkt;
                 pkt.meta

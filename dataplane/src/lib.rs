@@ -12,6 +12,7 @@ pub mod acl;
 pub mod async_crypto;
 pub mod conntrack;
 pub mod fib;
+pub mod flows;
 pub mod graph;
 pub mod ipsec_tables;
 pub mod lpm6;

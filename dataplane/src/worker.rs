@@ -3,11 +3,13 @@
 //! belongs to one worker.
 
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use fnv::FnvHashMap;
 
 use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::fib::Route;
+use crate::flows::FlowDirectory;
 use crate::graph::Nanos;
 use crate::reassembly::Reassembler;
 use crate::services::{AffinityTable, ServiceCounters};
@@ -311,6 +313,15 @@ impl NeighborTable {
     }
 }
 
+/// What several workers share ([`WorkerState::share`]).
+#[derive(Debug, Default)]
+pub struct SharedState {
+    /// Which worker tracks which connection tuple.
+    pub flows: Arc<FlowDirectory>,
+    /// sessionAffinity ClientIP choices.
+    pub affinity: Arc<Mutex<AffinityTable>>,
+}
+
 /// Everything one worker keeps across vectors.
 #[derive(Debug)]
 pub struct WorkerState {
@@ -329,6 +340,9 @@ pub struct WorkerState {
     pub conntrack: Conntrack,
     /// sessionAffinity ClientIP choices.
     pub affinity: AffinityTable,
+    /// With several workers, the choices all of them share instead of `affinity`: a client's
+    /// connections reach different workers ([`WorkerState::with_affinity`]).
+    pub shared_affinity: Option<Arc<Mutex<AffinityTable>>>,
     /// Traffic per service frontend and backend.
     pub service_counters: ServiceCounters,
     /// Per ACL of the tables in force (same order as `PolicyTables::acls`): rule hits.
@@ -345,7 +359,18 @@ impl WorkerState {
         // A slice of the connection table per call; callers call this often.
         self.conntrack.expire(now, 1024);
         // Kubernetes caps sessionAffinityConfig.clientIP.timeoutSeconds at one day.
-        self.affinity.expire(now, 86_400 * SECOND);
+        self.with_affinity(|affinity| affinity.expire(now, 86_400 * SECOND));
+    }
+
+    /// Runs `f` on the sessionAffinity table in force: the shared one with several workers
+    /// (a short lock, taken by new connections to affinity Services only), else this
+    /// worker's.
+    pub fn with_affinity<R>(&mut self, f: impl FnOnce(&mut AffinityTable) -> R) -> R {
+        match &self.shared_affinity {
+            // Every change is one map operation: a table a panicking worker left is usable.
+            Some(shared) => f(&mut shared.lock().unwrap_or_else(PoisonError::into_inner)),
+            None => f(&mut self.affinity),
+        }
     }
 
     /// A fresh identification for a datagram this node fragments or encapsulates.
@@ -362,6 +387,13 @@ impl WorkerState {
         self.fragment_ident = u32::from(index);
         self.fragment_ident_step = u32::from(count);
         self.neighbors.shared = (count > 1).then(Vec::new);
+    }
+
+    /// One of several workers that share `shared` (built once for all of them): connections
+    /// claim their tuples in its directory and sessionAffinity choices are common.
+    pub fn share(&mut self, index: u16, shared: &SharedState) {
+        self.conntrack.share(Arc::clone(&shared.flows), index);
+        self.shared_affinity = Some(Arc::clone(&shared.affinity));
     }
 
     /// A worker with a connection table of its own making.
@@ -416,6 +448,7 @@ impl Default for WorkerState {
             fragment_ident_step: 1,
             conntrack: Conntrack::new(ConntrackConfig::default()),
             affinity: AffinityTable::default(),
+            shared_affinity: None,
             service_counters: ServiceCounters::default(),
             acl_hits: Vec::new(),
             services_version: 0,

@@ -63,7 +63,7 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpAcl<V6> {
 
 /// The flow key policy tracks a packet under: ports for TCP/UDP/SCTP, the identifier for ICMP
 /// echo, nothing for other protocols.
-fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
+pub(crate) fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
     let icmp = t.key.proto == PROTO_ICMP || t.key.proto == PROTO_ICMPV6;
     if icmp && !t.fragment {
         if let Some(m) = ip.get(t.l4_offset..t.l4_offset + 8) {

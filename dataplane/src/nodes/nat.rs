@@ -24,7 +24,7 @@ use super::{flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{Conntrack, ConntrackError, Direction, EntryId, FlowKey, Verdict};
 use crate::fib::Route;
-use crate::graph::{Context, NextIndex, Node, Packet, DROP};
+use crate::graph::{Context, NextIndex, Node, Packet, DROP, HANDOFF};
 use crate::nat::{self, Plain4, Translation, Tuple};
 use crate::services::Services;
 use crate::tables::Tables;
@@ -53,6 +53,7 @@ node_errors! {
         TtlExpired = ("ttl_expired", "TTL or hop limit expired before encapsulation: ICMP sent"),
         Delivered = ("delivered", "direct server return: sent to a local backend unchanged"),
         SourceDenied = ("source_denied", "new connection to a load-balancer IP from outside its loadBalancerSourceRanges: dropped"),
+        HandedOff = ("handed_off", "packets of connections another worker tracks: handed to it"),
     }
 }
 
@@ -75,6 +76,8 @@ enum Next {
     Rewrite,
     /// The ACL node of the node's own family (when NetworkPolicy is enforced).
     Acl,
+    /// Another worker, the one tracking the packet's connection.
+    Handoff,
 }
 
 const NEXT4: &[&str] = &[
@@ -86,6 +89,7 @@ const NEXT4: &[&str] = &[
     "ip6-input",
     "ip4-rewrite",
     "ip4-acl",
+    HANDOFF,
 ];
 const NEXT6: &[&str] = &[
     DROP,
@@ -96,6 +100,7 @@ const NEXT6: &[&str] = &[
     "ip6-input",
     "ip6-rewrite",
     "ip6-acl",
+    HANDOFF,
 ];
 
 /// The NAT node of IPv4 (`V6 = false`) or IPv6.
@@ -117,11 +122,23 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
         } else {
             Next::Lookup
         };
+        // With several workers, a packet of a connection another worker tracks goes there.
+        let shared = cx.state.conntrack.is_shared();
         let Some(services) = cx.tables.services.clone() else {
-            next.fill(lookup as NextIndex);
+            for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                *n = if shared && hand_off(cx, pkt) {
+                    Next::Handoff
+                } else {
+                    lookup
+                } as NextIndex;
+            }
             return;
         };
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            if shared && hand_off(cx, pkt) {
+                *n = Next::Handoff as NextIndex;
+                continue;
+            }
             let to = if V6 {
                 translate(cx, &services, pkt)
             } else {
@@ -133,6 +150,33 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
             } as NextIndex;
         }
     }
+}
+
+/// True (and `meta.handoff` set) when another worker tracks the packet's connection: under
+/// the tuple it would be found by here or in `ip{4,6}-acl`, or, for an ICMP error, the tuple
+/// of the packet it quotes. Packets this node made, and packets already handed over, stay.
+#[inline(never)]
+fn hand_off<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> bool {
+    if pkt.meta.handoff.is_some() || pkt.meta.local_origin {
+        return false;
+    }
+    let data = pkt.buf.data();
+    let Some(t) = Tuple::parse(data) else {
+        return false;
+    };
+    let key = match nat::quoted_tuple(data, &t) {
+        Some((quoted, _)) => FlowKey::for_icmp_error(&quoted.key),
+        None => super::acl::policy_key(data, &t),
+    };
+    let Some(owner) = cx.state.conntrack.owner_elsewhere(&key, cx.now) else {
+        return false;
+    };
+    pkt.meta.handoff = Some(owner);
+    cx.error(NatError::HandedOff);
+    if pkt.meta.trace != 0 {
+        cx.trace(&pkt.meta, format_args!("{key}: tracked by worker {owner}"));
+    }
+    true
 }
 
 /// [`translate`], with a short path for the common packet (IPv4 TCP or UDP without options
@@ -333,15 +377,16 @@ fn new_connection<B: PacketBuffer>(
                 port: t.key.dst_port,
             };
             let timeout = u64::from(secs) * 1_000_000_000;
-            let kept = cx
-                .state
-                .affinity
-                .get(&key, src, timeout, cx.now, |b| set.backends.contains(b));
-            let chosen = kept.or_else(|| set.pick(u64::from(flow_hash(&addr_words(src), 0, 0))));
-            if let Some(b) = chosen {
-                cx.state.affinity.record(key, src, b, cx.now);
-            }
-            chosen
+            let now = cx.now;
+            cx.state.with_affinity(|affinity| {
+                let kept = affinity.get(&key, src, timeout, now, |b| set.backends.contains(b));
+                let chosen =
+                    kept.or_else(|| set.pick(u64::from(flow_hash(&addr_words(src), 0, 0))));
+                if let Some(b) = chosen {
+                    affinity.record(key, src, b, now);
+                }
+                chosen
+            })
         }
         None => set.pick(u64::from(flow_hash(
             &addr_words(src),
@@ -498,7 +543,7 @@ fn reply_port<B>(
         .chain((0..probes).map(|i| lo + ((start + i * 7919) % span) as u16))
         .find(|&port| {
             let reply = FlowKey::new(backend, src_addr, t.key.proto, backend_port, port);
-            cx.state.conntrack.lookup(&reply, cx.now).is_none()
+            cx.state.conntrack.tuple_free(&reply, cx.now)
         })
 }
 

@@ -79,6 +79,21 @@ impl Rig {
         out
     }
 
+    /// Runs the graph on `pkt`, queued at `node` (as a packet handed over by another worker
+    /// is); returns every frame sent.
+    fn inject(&mut self, node: &str, pkt: Packet<HeapBuffer>) -> Vec<(u16, Vec<u8>)> {
+        let node = self.graph.node_index(node).expect("node exists");
+        self.graph.inject(node, pkt);
+        self.graph.dispatch(&self.tables, &mut self.state, self.now);
+        let mut out = Vec::new();
+        for (p, q) in self.graph.tx.iter_mut().enumerate() {
+            for b in q.drain(..) {
+                out.push((p as u16, b.data().to_vec()));
+            }
+        }
+        out
+    }
+
     fn count(&self, node: &str, key: &str) -> u64 {
         self.graph
             .error_count(node, key)

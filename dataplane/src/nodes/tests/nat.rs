@@ -192,6 +192,88 @@ fn cluster_ip_is_dnated_and_the_reply_un_dnated() {
     assert_eq!(counted[0].1.packets, [1, 1]);
 }
 
+/// Two workers sharing a flow directory: the reply to a connection worker 0 started reaches
+/// worker 1, which hands it over untouched; worker 0 un-DNATs it. A connection worker 1
+/// starts is its own, and a worker's tuples leave the directory with its entries.
+#[test]
+fn replies_reaching_another_worker_are_handed_to_the_owner() {
+    let shared = crate::worker::SharedState::default();
+    let mut w0 = Rig::with_services(&[service(vec![backend()])]);
+    let mut w1 = Rig::with_services(&[service(vec![backend()])]);
+    w0.state.share(0, &shared);
+    w1.state.share(1, &shared);
+
+    let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+    let (_, _, dst, ..) = one_tcp(&w0.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn)));
+    assert_eq!(dst, v4(BACKEND));
+    assert_eq!(shared.flows.len(), 2, "both tuples claimed");
+
+    let synack = tcp(
+        v4(BACKEND),
+        v4(CLIENT),
+        8080,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    assert!(w1
+        .send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack))
+        .is_empty());
+    assert_eq!(w1.count("ip4-nat", "handed_off"), 1);
+    let handed = w1.graph.handoff.pop().expect("handed over");
+    assert_eq!(handed.meta.handoff, Some(0));
+    assert_eq!(handed.buf.data(), &synack[..], "untouched");
+    let out = w0.inject("ip4-nat", handed);
+    let (port, src, dst, sport, dport, _) = one_tcp(&out);
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (0, v4(VIP), v4(CLIENT), 80, 40000)
+    );
+
+    let syn = tcp(v4(CLIENT), v4(VIP), 40001, 80, TcpFlags::SYN);
+    let (_, _, dst, ..) = one_tcp(&w1.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn)));
+    assert_eq!(dst, v4(BACKEND));
+    assert_eq!(w1.count("ip4-nat", "handed_off"), 1, "its own");
+    assert_eq!(shared.flows.len(), 4);
+    w0.state.conntrack.flush_matching(|_| true);
+    assert_eq!(shared.flows.len(), 2);
+}
+
+/// sessionAffinity ClientIP holds across workers: a client's second connection, started on
+/// the other worker, goes to the backend its first one got.
+#[test]
+fn affinity_is_shared_by_the_workers() {
+    let shared = crate::worker::SharedState::default();
+    let backends: Vec<Endpoint> = (2..10)
+        .map(|i| Endpoint::ready(v4(&format!("198.18.2.{i}")).into(), 8080, true))
+        .collect();
+    let svc = Service {
+        affinity_timeout_secs: Some(600),
+        ..service(backends)
+    };
+    let mut rigs: Vec<Rig> = (0..2)
+        .map(|i| {
+            let mut r = Rig::with_services(std::slice::from_ref(&svc));
+            r.state.share(i, &shared);
+            for j in 2..10 {
+                r.state.neighbors.insert_permanent(
+                    1,
+                    v4(&format!("198.18.2.{j}")).into(),
+                    SERVER_MAC,
+                );
+            }
+            r
+        })
+        .collect();
+    let backend_of = |r: &mut Rig, sport: u16| {
+        let syn = tcp(v4(CLIENT), v4(VIP), sport, 80, TcpFlags::SYN);
+        one_tcp(&r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn))).2
+    };
+    let first = backend_of(&mut rigs[0], 41000);
+    for sport in 41001..41020 {
+        assert_eq!(backend_of(&mut rigs[usize::from(sport % 2)], sport), first);
+    }
+}
+
 /// A traced packet of a tracked connection says what it was translated to, both ways.
 #[test]
 fn translations_of_tracked_connections_are_traced() {
