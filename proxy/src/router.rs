@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use ipnet::IpNet;
 use switchyard_dataplane::async_crypto::AsyncCrypto;
-use switchyard_dataplane::graph::{Graph, NodeCounters, VECTOR_SIZE};
+use switchyard_dataplane::graph::{Graph, Meta, NodeCounters, Packet, VECTOR_SIZE};
 use switchyard_dataplane::nodes::router_graph;
 use switchyard_dataplane::tables::{Interface, Tables, TablesHandle};
-use switchyard_dataplane::worker::{LearnedNeighbor, WorkerState};
+use switchyard_dataplane::worker::{LearnedNeighbor, SharedState, WorkerState};
+use switchyard_dataplane::PacketBuffer;
 use switchyard_io::cryptodev::{Cryptodev, CryptodevConfig};
 use switchyard_io::dpdk::Mbuf;
 use switchyard_io::{Driver, PortInfo};
@@ -61,8 +62,8 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
             Some("--punt-tun")
         } else if args.ipsec.is_some() {
             Some("--ipsec")
-        } else if hooks.on_ready.is_some() || hooks.ipsec_feed.is_some() {
-            Some("the agent")
+        } else if hooks.ipsec_feed.is_some() {
+            Some("--sdewan-purpose")
         } else if args.dataplane == Dataplane::Pcap {
             Some("the pcap dataplane")
         } else {
@@ -169,7 +170,7 @@ where
         let report = main.run_until(args, stop, finished)?;
         return report.print(args);
     }
-    let exchange = Arc::new(NeighborExchange::new(usize::from(count)));
+    let exchange = Arc::new(Exchange::new(usize::from(count)));
     main.join(0, count, &exchange);
     let tables = main.tables.clone();
     std::thread::scope(|scope| {
@@ -212,42 +213,73 @@ where
     })
 }
 
-/// Neighbors learned by one worker, on their way to the others
-/// ([`switchyard_dataplane::worker::NeighborTable::shared`]): an inbox per worker.
-struct NeighborExchange {
-    inboxes: Vec<Mutex<Vec<LearnedNeighbor>>>,
+/// Inboxes, one per worker, for what one worker sends another.
+struct Inboxes<T> {
+    inboxes: Vec<Mutex<Vec<T>>>,
     /// Set when a worker's inbox has something: one relaxed load per turn otherwise.
     waiting: Vec<AtomicBool>,
 }
 
-impl NeighborExchange {
+impl<T> Inboxes<T> {
     fn new(workers: usize) -> Self {
-        NeighborExchange {
-            inboxes: (0..workers).map(|_| Mutex::default()).collect(),
+        Inboxes {
+            inboxes: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             waiting: (0..workers).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
-    /// Hands what worker `from` learned to every other worker.
-    fn send(&self, from: usize, learned: &[LearnedNeighbor]) {
-        for (to, inbox) in self.inboxes.iter().enumerate() {
-            if to == from {
-                continue;
-            }
-            if let Ok(mut inbox) = inbox.lock() {
-                inbox.extend_from_slice(learned);
-            }
-            self.waiting[to].store(true, Ordering::Release);
-        }
+    /// Puts `items` in worker `to`'s inbox.
+    fn send(&self, to: usize, items: impl IntoIterator<Item = T>) {
+        let Some(inbox) = self.inboxes.get(to) else {
+            return;
+        };
+        inbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(items);
+        self.waiting[to].store(true, Ordering::Release);
     }
 
-    /// What the others handed worker `to` since it last looked, into `out`.
-    fn receive(&self, to: usize, out: &mut Vec<LearnedNeighbor>) {
+    /// What the others sent worker `to` since it last looked, into `out`.
+    fn receive(&self, to: usize, out: &mut Vec<T>) {
         if !self.waiting[to].swap(false, Ordering::Acquire) {
             return;
         }
-        if let Ok(mut inbox) = self.inboxes[to].lock() {
-            out.append(&mut inbox);
+        out.append(
+            &mut self.inboxes[to]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+}
+
+/// A packet on its way to the worker that tracks its connection: its bytes (each driver's
+/// buffers stay with the driver) and what the graph knew of it.
+struct Handed {
+    bytes: Vec<u8>,
+    meta: Meta,
+}
+
+/// What the workers of one dataplane exchange.
+struct Exchange {
+    /// Neighbors one learned, for the others
+    /// ([`switchyard_dataplane::worker::NeighborTable::shared`]).
+    neighbors: Inboxes<LearnedNeighbor>,
+    /// Packets of connections another worker tracks ([`switchyard_dataplane::flows`]).
+    packets: Inboxes<Handed>,
+    /// Connection tuples and sessionAffinity choices.
+    state: SharedState,
+    /// Each further worker's latest counters, for the first to publish as one.
+    snapshots: Mutex<Vec<Option<DataplaneSnapshot>>>,
+}
+
+impl Exchange {
+    fn new(workers: usize) -> Self {
+        Exchange {
+            neighbors: Inboxes::new(workers),
+            packets: Inboxes::new(workers),
+            state: SharedState::default(),
+            snapshots: Mutex::new((0..workers).map(|_| None).collect()),
         }
     }
 }
@@ -407,10 +439,14 @@ struct Router<D: Driver> {
     ipsec: Option<crate::ipsec::IpsecService>,
     /// Where ESP crypto runs.
     crypto: Crypto,
-    /// With several workers: this one's index and where learned neighbors are exchanged.
-    exchange: Option<(usize, Arc<NeighborExchange>)>,
+    /// With several workers: this one's index and what they exchange.
+    exchange: Option<(usize, Arc<Exchange>)>,
     /// Neighbors from the other workers, merged each turn.
     learned: Vec<LearnedNeighbor>,
+    /// Packets from the other workers, taken in each turn.
+    handed: Vec<Handed>,
+    /// Packets handed to other workers, and those dropped for want of a buffer on arrival.
+    handoff: (u64, u64),
 }
 
 impl<D: Driver> Router<D>
@@ -508,6 +544,8 @@ where
             crypto,
             exchange: None,
             learned: Vec::new(),
+            handed: Vec::new(),
+            handoff: (0, 0),
         })
     }
 
@@ -535,12 +573,15 @@ where
             },
             exchange: None,
             learned: Vec::new(),
+            handed: Vec::new(),
+            handoff: (0, 0),
         })
     }
 
-    /// Makes this worker `index` of `count`, exchanging neighbors through `exchange`.
-    fn join(&mut self, index: u16, count: u16, exchange: &Arc<NeighborExchange>) {
+    /// Makes this worker `index` of `count`, sharing and exchanging through `exchange`.
+    fn join(&mut self, index: u16, count: u16, exchange: &Arc<Exchange>) {
         self.state.set_worker(index, count);
+        self.state.share(index, &exchange.state);
         self.exchange = Some((usize::from(index), Arc::clone(exchange)));
     }
 
@@ -552,17 +593,75 @@ where
         };
         if let Some(out) = self.state.neighbors.shared.as_mut() {
             if !out.is_empty() {
-                exchange.send(*me, out);
+                for to in (0..exchange.neighbors.inboxes.len()).filter(|to| to != me) {
+                    exchange.neighbors.send(to, out.iter().copied());
+                }
                 out.clear();
             }
         }
-        exchange.receive(*me, &mut self.learned);
+        exchange.neighbors.receive(*me, &mut self.learned);
         if self.learned.is_empty() {
             return false;
         }
         self.state.neighbors.merge_learned(&self.learned, now);
         self.learned.clear();
         true
+    }
+
+    /// Sends the packets the graph handed off to the workers that track their connections
+    /// (as bytes: the buffer goes back to this worker's driver).
+    fn send_handed_off(&mut self) {
+        let Some((_, exchange)) = &self.exchange else {
+            return;
+        };
+        for pkt in self.graph.handoff.drain(..) {
+            let to = pkt.meta.handoff.map_or(usize::MAX, usize::from);
+            let handed = Handed {
+                bytes: pkt.buf.data().to_vec(),
+                meta: pkt.meta,
+            };
+            exchange.packets.send(to, [handed]);
+            self.graph.dropped.push(pkt.buf);
+            self.handoff.0 += 1;
+        }
+    }
+
+    /// Takes in the packets other workers handed to this one, at the NAT node of their
+    /// family, in buffers of this worker's driver; returns how many.
+    fn receive_handed(&mut self) -> usize {
+        let Some((me, exchange)) = &self.exchange else {
+            return 0;
+        };
+        exchange.packets.receive(*me, &mut self.handed);
+        let mut taken = 0;
+        for Handed { bytes, meta } in self.handed.drain(..) {
+            let node = match bytes.first().map(|b| b >> 4) {
+                Some(6) => "ip6-nat",
+                _ => "ip4-nat",
+            };
+            let (Some(mut buf), Some(node)) = (self.driver.alloc(), self.graph.node_index(node))
+            else {
+                self.handoff.1 += 1;
+                continue;
+            };
+            if !buf.push_back(bytes.len()) {
+                self.handoff.1 += 1;
+                self.graph.dropped.push(buf);
+                continue;
+            }
+            buf.data_mut().copy_from_slice(&bytes);
+            let meta = Meta {
+                trace: 0,
+                conn: None,
+                conn_new: false,
+                held_since: None,
+                handoff: Some(*me as u16),
+                ..meta
+            };
+            self.graph.inject(node, Packet { buf, meta });
+            taken += 1;
+        }
+        taken
     }
 
     /// The worker's counters and state, for the servers that show them.
@@ -605,6 +704,32 @@ where
                     d.stats(),
                 )
             }),
+        }
+    }
+
+    /// Publishes the worker's counters: the first worker those of all of them, summed, to
+    /// the servers; the others theirs to the first.
+    fn publish_snapshot(&self, rx: u64, tx: u64, io_errors: u64) {
+        match (&self.shared, &self.exchange) {
+            (Some(shared), None) => shared.set_dataplane(self.snapshot(rx, tx, io_errors)),
+            (shared, Some((me, exchange))) => {
+                let mut snapshots = exchange
+                    .snapshots
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mine = self.snapshot(rx, tx, io_errors);
+                match shared {
+                    Some(shared) => {
+                        let mut all = mine;
+                        for other in snapshots.iter().flatten() {
+                            all.merge(other);
+                        }
+                        shared.set_dataplane(all);
+                    }
+                    None => snapshots[*me] = Some(mine),
+                }
+            }
+            (None, None) => {}
         }
     }
 
@@ -659,6 +784,8 @@ where
             if let Some(punt) = self.punt.as_mut() {
                 received += punt.receive(&mut self.driver, &mut self.graph);
             }
+            // Packets other workers handed over count as theirs, not received again.
+            let handed = self.receive_handed();
             let now = Instant::now();
             if now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
                 last_housekeeping = now;
@@ -666,14 +793,12 @@ where
                 self.graph
                     .housekeeping(&self.state, nanos_since(start, now));
                 self.driver.recycle(&mut self.graph.dropped);
-                if let Some(shared) = &self.shared {
-                    shared.set_dataplane(self.snapshot(rx_total, tx_total, io_errors));
-                }
+                self.publish_snapshot(rx_total, tx_total, io_errors);
             }
             let merged = self.exchange_neighbors(nanos_since(start, now));
             // With crypto in flight the loop keeps turning (the dispatch polls the device),
             // received packets or not; neighbors from another worker may release held ones.
-            if received == 0 && self.graph.parked() == 0 && !merged {
+            if received == 0 && handed == 0 && self.graph.parked() == 0 && !merged {
                 if finished(&self.driver) {
                     break;
                 }
@@ -688,6 +813,7 @@ where
             self.state.sync_services(&tables);
             self.graph
                 .dispatch(&tables, &mut self.state, nanos_since(start, now));
+            self.send_handed_off();
             if let Some(shared) = &self.shared {
                 // Traces asked for over the admin socket go there once their packets are
                 // through the graph (those of `--trace` stay for the exit report).
@@ -739,6 +865,7 @@ where
                 .as_ref()
                 .map(|p| (p.name().to_string(), p.counters)),
             workers: vec![(rx_total, tx_total)],
+            handoff: self.handoff,
             crypto: self.crypto.report(),
             traces: self
                 .graph
@@ -775,6 +902,8 @@ struct Report {
     punt: Option<(String, PuntCounters)>,
     /// Packets received and sent by each worker.
     workers: Vec<(u64, u64)>,
+    /// Packets handed to other workers, and those lost on arrival for want of a buffer.
+    handoff: (u64, u64),
     /// The cryptodev's line, if there is one.
     crypto: Option<String>,
     /// Packets traced (`--trace`), as text.
@@ -798,6 +927,8 @@ impl Report {
             }
         }
         self.workers.extend(other.workers);
+        self.handoff.0 += other.handoff.0;
+        self.handoff.1 += other.handoff.1;
         self.traces.extend(other.traces);
     }
 
@@ -829,6 +960,11 @@ impl Report {
             for (i, (rx, tx)) in self.workers.iter().enumerate() {
                 let _ = writeln!(s, "worker {i}: {rx} packets received, {tx} sent");
             }
+            let _ = writeln!(
+                s,
+                "{} packets handed to the worker tracking their connection ({} lost: no buffer)",
+                self.handoff.0, self.handoff.1
+            );
         }
         let _ = writeln!(
             s,
@@ -903,7 +1039,7 @@ impl Report {
         serde_json::json!({
             "seconds": self.seconds, "rx": self.rx, "tx": self.tx, "io_errors": self.io_errors,
             "looped": self.looped, "neighbors": self.neighbors, "nodes": nodes, "punt": punt,
-            "workers": workers,
+            "workers": workers, "handed_off": self.handoff.0, "handoff_lost": self.handoff.1,
         })
         .to_string()
     }

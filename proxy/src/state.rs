@@ -56,6 +56,72 @@ pub struct DataplaneSnapshot {
     pub cryptodev: Option<(String, String, CryptodevStats)>,
 }
 
+impl DataplaneSnapshot {
+    /// Adds another worker's snapshot (taken about the same time, same tables) to this one:
+    /// counters summed node by node, connection table by table, backend by backend, rule by
+    /// rule; neighbors and sampled connections joined.
+    pub fn merge(&mut self, other: &DataplaneSnapshot) {
+        self.rx += other.rx;
+        self.tx += other.tx;
+        self.io_errors += other.io_errors;
+        for (mine, theirs) in self.nodes.iter_mut().zip(&other.nodes) {
+            mine.packets += theirs.packets;
+            mine.vectors += theirs.vectors;
+            for ((_, count), (_, more)) in mine.errors.iter_mut().zip(&theirs.errors) {
+                *count += more;
+            }
+        }
+        self.conntrack_len += other.conntrack_len;
+        self.conntrack_capacity = self
+            .conntrack_capacity
+            .saturating_add(other.conntrack_capacity);
+        let (c, o) = (&mut self.conntrack, &other.conntrack);
+        c.inserts += o.inserts;
+        c.removals += o.removals;
+        c.evictions += o.evictions;
+        c.expirations += o.expirations;
+        c.full_drops += o.full_drops;
+        c.clashes += o.clashes;
+        c.invalid += o.invalid;
+        let room = CONNTRACK_SAMPLE.saturating_sub(self.connections.len());
+        self.connections
+            .extend(other.connections.iter().take(room).copied());
+        for (frontend, backend, counters) in &other.backends {
+            match self
+                .backends
+                .iter_mut()
+                .find(|(f, b, _)| f == frontend && b == backend)
+            {
+                Some((_, _, mine)) => {
+                    mine.connections += counters.connections;
+                    for d in 0..2 {
+                        mine.packets[d] += counters.packets[d];
+                        mine.bytes[d] += counters.bytes[d];
+                    }
+                }
+                None => self.backends.push((*frontend, *backend, *counters)),
+            }
+        }
+        for n in &other.neighbors {
+            if !self.neighbors.iter().any(|m| (m.0, m.1) == (n.0, n.1)) {
+                self.neighbors.push(*n);
+            }
+        }
+        // Hit counters only add up over the same ACLs (tables of the same version).
+        if self.tables_version == other.tables_version {
+            for ((rules, default), (more, more_default)) in
+                self.acl_hits.iter_mut().zip(&other.acl_hits)
+            {
+                for (hits, more) in rules.iter_mut().zip(more) {
+                    *hits += more;
+                }
+                *default += more_default;
+            }
+        }
+        self.parked += other.parked;
+    }
+}
+
 /// Fixed-bucket histogram of durations in seconds, Prometheus style (cumulative on export).
 #[derive(Clone, Debug)]
 pub struct Histogram {

@@ -187,28 +187,52 @@ fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
 
 #[test]
 fn services_through_the_agent() {
-    let Some(mut lab) = Lab::new("services_through_the_agent", &["socat"]) else {
+    services_through("services_through_the_agent", &[]);
+}
+
+/// The same with two workers: replies from the pods reach either worker (a fanout group
+/// spreads each port's packets by flow hash), and those of connections the other worker
+/// started are handed to it.
+#[test]
+fn services_through_two_workers() {
+    let Some(out) = services_through("services_through_two_workers", &["--workers", "2"]) else {
         return;
     };
+    let handed: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.split(" packets handed to the worker")
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no handoff line\n{out}"));
+    assert!(handed > 0, "some replies reach the other worker\n{out}");
+}
+
+/// Runs the services scenario with the agent given `extra` flags; returns its output.
+fn services_through(test: &str, extra: &[&str]) -> Option<common::RouterOutput> {
+    let mut lab = Lab::new(test, &["socat"])?;
     if lab.kernel {
         eprintln!("skipped: the service proxy has no kernel-mode equivalent in this lab");
-        return;
+        return None;
     }
     let both = [(POD_A, "node-a"), (POD_B, "node-b")];
     write_manifests(&lab, &both, &[(POD_B, "node-b")]);
     let _pods = start_pods(&lab);
     let manifests = lab.dir.join("manifests");
-    lab.start_agent(
-        Driver::AfPacket,
-        &[
-            "--manifests",
-            manifests.to_str().expect("utf-8"),
-            "--node-name",
-            "node-a",
-            "--poll-interval",
-            "0.2",
-        ],
-    );
+    let mut args = vec![
+        "--manifests",
+        manifests.to_str().expect("utf-8"),
+        "--node-name",
+        "node-a",
+        "--poll-interval",
+        "0.2",
+    ];
+    args.extend_from_slice(extra);
+    lab.start_agent(Driver::AfPacket, &args);
 
     // ClusterIP: both pods serve, and they see the client's own address.
     let seen = spread(&lab, "198.51.100.10", 80, 24);
@@ -264,6 +288,7 @@ fn services_through_the_agent() {
 
     let out = lab.finish().expect("agent output");
     assert!(out.stdout.contains("ip4-nat"), "{out}");
+    Some(out)
 }
 
 /// A restart of the agent keeps established connections: the new process finds no entry for
