@@ -503,10 +503,10 @@ pub struct RouterArgs {
     /// sets up one RX/TX queue pair per worker on each port (spread by RSS, or by the vdev:
     /// `qpairs=N` for net_af_packet); afpacket joins one socket per worker to a
     /// `PACKET_FANOUT` group per interface; afxdp binds worker i to queue i of every
-    /// interface. Neighbors learned by one worker are handed to the others. More than one is
-    /// for routing: not with --punt-tun, --ipsec or the agent's services and policies, whose
-    /// connection state needs both directions of a flow on one worker (not built yet); pcap
-    /// has one.
+    /// interface. Neighbors learned by one worker are handed to the others; a packet of a
+    /// connection another worker tracks (a Service's reply, say) is handed to that worker;
+    /// the first worker owns the --punt-tun device. Not with --ipsec or --sdewan-purpose (ESP
+    /// sequence numbers and replay windows are per SA, on one worker); pcap has one.
     #[arg(
         long,
         default_value_t = 1,

@@ -186,6 +186,16 @@ impl<B: PacketBuffer> PuntPath<B> {
         }
     }
 
+    /// Writes packets another worker punted (as bytes) to the host.
+    pub fn send_bytes(&mut self, punted: &mut Vec<Vec<u8>>) {
+        for bytes in punted.drain(..) {
+            match self.tun.write(&bytes) {
+                Ok(()) => self.counters.to_host += 1,
+                Err(_) => self.counters.to_host_dropped += 1,
+            }
+        }
+    }
+
     /// Gives the spare buffer back before the driver goes away.
     pub fn release(&mut self, dropped: &mut Vec<B>) {
         if let Some(b) = self.spare.take() {

@@ -58,9 +58,7 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
     }
     let workers = args.workers.max(1);
     if workers > 1 {
-        let with = if args.punt_tun.is_some() {
-            Some("--punt-tun")
-        } else if args.ipsec.is_some() {
+        let with = if args.ipsec.is_some() {
             Some("--ipsec")
         } else if hooks.ipsec_feed.is_some() {
             Some("--sdewan-purpose")
@@ -170,7 +168,7 @@ where
         let report = main.run_until(args, stop, finished)?;
         return report.print(args);
     }
-    let exchange = Arc::new(Exchange::new(usize::from(count)));
+    let exchange = Arc::new(Exchange::new(usize::from(count), main.punt.is_some()));
     main.join(0, count, &exchange);
     let tables = main.tables.clone();
     std::thread::scope(|scope| {
@@ -271,11 +269,15 @@ struct Exchange {
     state: SharedState,
     /// Each further worker's latest counters, for the first to publish as one.
     snapshots: Mutex<Vec<Option<DataplaneSnapshot>>>,
+    /// Packets for the host stack, which the first worker's TUN device reaches (`--punt-tun`;
+    /// none without it).
+    punted: Option<Inboxes<Vec<u8>>>,
 }
 
 impl Exchange {
-    fn new(workers: usize) -> Self {
+    fn new(workers: usize, punt: bool) -> Self {
         Exchange {
+            punted: punt.then(|| Inboxes::new(1)),
             neighbors: Inboxes::new(workers),
             packets: Inboxes::new(workers),
             state: SharedState::default(),
@@ -608,6 +610,36 @@ where
         true
     }
 
+    /// Sends what the graph punted to the host stack: through this worker's TUN device, or
+    /// the first worker's (with the others' punted packets), or nowhere without one.
+    fn punt_to_host(&mut self) {
+        let punted = self.exchange.as_ref().and_then(|(_, e)| e.punted.as_ref());
+        match (self.punt.as_mut(), punted) {
+            (Some(punt), _) => punt.send(&mut self.graph.punt, &mut self.graph.dropped),
+            (None, Some(punted)) if !self.graph.punt.is_empty() => {
+                let bytes = self.graph.punt.iter().map(|p| p.buf.data().to_vec());
+                punted.send(0, bytes.collect::<Vec<_>>());
+                let bufs = self.graph.punt.drain(..).map(|p| p.buf);
+                self.graph.dropped.extend(bufs);
+            }
+            // Without --punt-tun nothing consumes punted packets.
+            (None, _) => {
+                let bufs = self.graph.punt.drain(..).map(|p| p.buf);
+                self.graph.dropped.extend(bufs);
+            }
+        }
+    }
+
+    /// Writes what the other workers punted to the host (the first worker, with `--punt-tun`).
+    fn punt_others_to_host(&mut self) {
+        let punted = self.exchange.as_ref().and_then(|(_, e)| e.punted.as_ref());
+        if let (Some(punt), Some(punted)) = (self.punt.as_mut(), punted) {
+            let mut bytes = Vec::new();
+            punted.receive(0, &mut bytes);
+            punt.send_bytes(&mut bytes);
+        }
+    }
+
     /// Sends the packets the graph handed off to the workers that track their connections
     /// (as bytes: the buffer goes back to this worker's driver).
     fn send_handed_off(&mut self) {
@@ -786,6 +818,7 @@ where
             }
             // Packets other workers handed over count as theirs, not received again.
             let handed = self.receive_handed();
+            self.punt_others_to_host();
             let now = Instant::now();
             if now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
                 last_housekeeping = now;
@@ -837,14 +870,7 @@ where
                     }
                 }
             }
-            match self.punt.as_mut() {
-                Some(punt) => punt.send(&mut self.graph.punt, &mut self.graph.dropped),
-                // Without --punt-tun nothing consumes punted packets.
-                None => self
-                    .graph
-                    .dropped
-                    .extend(self.graph.punt.drain(..).map(|p| p.buf)),
-            }
+            self.punt_to_host();
             self.driver.recycle(&mut self.graph.dropped);
         }
         if let Some(punt) = self.punt.as_mut() {
@@ -960,11 +986,14 @@ impl Report {
             for (i, (rx, tx)) in self.workers.iter().enumerate() {
                 let _ = writeln!(s, "worker {i}: {rx} packets received, {tx} sent");
             }
-            let _ = writeln!(
-                s,
-                "{} packets handed to the worker tracking their connection ({} lost: no buffer)",
-                self.handoff.0, self.handoff.1
-            );
+            if self.handoff != (0, 0) {
+                let _ = writeln!(
+                    s,
+                    "{} packets handed to the worker tracking their connection ({} lost: no \
+                     buffer)",
+                    self.handoff.0, self.handoff.1
+                );
+            }
         }
         let _ = writeln!(
             s,

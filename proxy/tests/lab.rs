@@ -175,6 +175,11 @@ mod punt_to_host {
     /// Builds a lab with the router on AF_PACKET punting to the TUN device `sy0`, runs
     /// `check`, and returns the router's output.
     fn run_punt(test: &str, check: impl FnOnce(&Lab)) -> Option<RouterOutput> {
+        run_punt_with(test, &[], check)
+    }
+
+    /// [`run_punt`] with more flags for the router.
+    fn run_punt_with(test: &str, extra: &[&str], check: impl FnOnce(&Lab)) -> Option<RouterOutput> {
         let mut lab = Lab::new(&format!("afpacket::punt::{test}"), &[])?;
         if lab.kernel {
             // The node's kernel is the router: its services are reached without a punt path.
@@ -182,9 +187,28 @@ mod punt_to_host {
             return None;
         }
         lab.keep_node_kernel_off_ports();
-        lab.start_router(Driver::AfPacket, &["--trace", "3", "--punt-tun", "sy0"]);
+        let mut args = vec!["--trace", "3", "--punt-tun", "sy0"];
+        args.extend_from_slice(extra);
+        lab.start_router(Driver::AfPacket, &args);
         check(&lab);
         lab.finish()
+    }
+
+    /// With two workers the first owns the TUN device: what the second punts reaches the host
+    /// through it, and the host's answers go out through the first.
+    #[test]
+    fn two_workers_share_the_punt_path() {
+        let out = run_punt_with("two_workers", &["--workers", "2"], |lab| {
+            for port in 7110..7116 {
+                lab.tcp_echo(Ns::Node, Ns::Client, ROUTER_C0_V4, port, 64 << 10);
+            }
+            let got = lab.udp_echo(Ns::Node, Ns::Server, ROUTER_S0_V4, 7120, "ping-v4");
+            assert_eq!(got, "ping-v4");
+        });
+        if let Some(out) = out {
+            assert!(counter(&out, "punted_to_host") > 0, "{out}");
+            assert_eq!(counter(&out, "tcp_reset"), 0, "{out}");
+        }
     }
 
     /// Five pings, five replies, and no duplicates (which a kernel answering too would add).
