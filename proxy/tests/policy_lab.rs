@@ -1001,10 +1001,21 @@ for word in ["one", "two", "three"]:
 
 #[test]
 fn network_policy_truth_tables_on_real_connections() {
-    let Some(mut lab) = Lab::new(
-        "network_policy_truth_tables_on_real_connections",
-        &["socat", "python3"],
-    ) else {
+    truth_tables("network_policy_truth_tables_on_real_connections", &[]);
+}
+
+/// The same with two workers: a connection's packets may reach either, and the replies
+/// policy lets through as replies must find the connection wherever it is tracked.
+#[test]
+fn network_policy_truth_tables_with_two_workers() {
+    truth_tables(
+        "network_policy_truth_tables_with_two_workers",
+        &["--workers", "2"],
+    );
+}
+
+fn truth_tables(test: &str, extra: &[&str]) {
+    let Some(mut lab) = Lab::new(test, &["socat", "python3"]) else {
         return;
     };
     if lab.kernel {
@@ -1016,17 +1027,16 @@ fn network_policy_truth_tables_on_real_connections() {
     fs::create_dir_all(&dir).expect("manifest dir");
     fs::write(dir.join("00-cluster.yaml"), cluster_manifest()).expect("cluster manifest");
     let _pods = start_pods(&lab);
-    lab.start_agent(
-        Driver::AfPacket,
-        &[
-            "--manifests",
-            dir.to_str().expect("utf-8"),
-            "--node-name",
-            "node-a",
-            "--poll-interval",
-            "0.1",
-        ],
-    );
+    let mut args = vec![
+        "--manifests",
+        dir.to_str().expect("utf-8"),
+        "--node-name",
+        "node-a",
+        "--poll-interval",
+        "0.1",
+    ];
+    args.extend_from_slice(extra);
+    lab.start_agent(Driver::AfPacket, &args);
     wait_programmed(&lab, "no policies yet", &[], &[], &[]);
     // Every case runs; what disagreed is reported at the end.
     let mut wrong = Vec::new();
