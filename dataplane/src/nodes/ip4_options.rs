@@ -115,10 +115,9 @@ pub fn check(options: &[u8]) -> OptionsVerdict {
     }
 }
 
-/// The source route option of well-formed `options` (see [`check`]), if there is one that is
-/// not complete: the hop this router, the packet's destination, sends it to next.
-#[cold]
-pub fn source_route_hop(options: &[u8]) -> Option<SourceRouteHop> {
+/// Where the (first) loose or strict source route option of `options` starts, and its
+/// length, if it has one that fits.
+fn find_source_route(options: &[u8]) -> Option<(usize, usize)> {
     let mut at = 0;
     while at < options.len() {
         let kind = options[at];
@@ -131,20 +130,31 @@ pub fn source_route_hop(options: &[u8]) -> Option<SourceRouteHop> {
             _ => {}
         }
         let len = usize::from(*options.get(at + 1)?);
-        let opt = options.get(at..at + len.max(2))?;
-        if matches!(kind, LOOSE_SOURCE_ROUTE | STRICT_SOURCE_ROUTE) {
-            let ptr = usize::from(*opt.get(2)?);
-            // Complete when the pointer is past the last address.
-            let next = opt.get(ptr.checked_sub(1)?..ptr + 3)?;
-            return Some(SourceRouteHop {
-                at,
-                next: Ipv4Addr::new(next[0], next[1], next[2], next[3]),
-                strict: kind == STRICT_SOURCE_ROUTE,
-            });
+        if len < 2 || at + len > options.len() {
+            return None;
         }
-        at += len.max(2);
+        if matches!(kind, LOOSE_SOURCE_ROUTE | STRICT_SOURCE_ROUTE) {
+            return Some((at, len));
+        }
+        at += len;
     }
     None
+}
+
+/// The source route option of well-formed `options` (see [`check`]), if there is one that is
+/// not complete: the hop this router, the packet's destination, sends it to next.
+#[cold]
+pub fn source_route_hop(options: &[u8]) -> Option<SourceRouteHop> {
+    let (at, len) = find_source_route(options)?;
+    let opt = &options[at..at + len];
+    let ptr = usize::from(*opt.get(2)?);
+    // Complete when the pointer is past the last address.
+    let next = opt.get(ptr.checked_sub(1)?..ptr + 3)?;
+    Some(SourceRouteHop {
+        at,
+        next: Ipv4Addr::new(next[0], next[1], next[2], next[3]),
+        strict: opt[0] == STRICT_SOURCE_ROUTE,
+    })
 }
 
 /// Takes `hop` (from [`source_route_hop`] on the same options): its slot records `recorded`,
@@ -234,48 +244,36 @@ pub fn record(options: &mut [u8], addr: Ipv4Addr, timestamp: u32) -> Result<(), 
 /// Returns the reply's destination, the route's first hop; `None` when there is no route
 /// to reverse (an empty one becomes NOPs).
 pub fn reverse_for_reply(options: &mut [u8], src: Ipv4Addr) -> Option<Ipv4Addr> {
-    let mut at = 0;
-    while at < options.len() {
-        let kind = options[at];
-        match kind {
-            END => return None,
-            NOP => {
-                at += 1;
-                continue;
-            }
-            _ => {}
-        }
-        let len = usize::from(*options.get(at + 1)?);
-        if len < 2 || at + len > options.len() {
-            return None;
-        }
-        if !matches!(kind, LOOSE_SOURCE_ROUTE | STRICT_SOURCE_ROUTE) {
-            at += len;
-            continue;
-        }
-        let opt = &mut options[at..at + len];
-        let recorded: Vec<[u8; 4]> = opt[3..]
-            .chunks_exact(4)
-            .map(|a| [a[0], a[1], a[2], a[3]])
-            .collect();
-        let Some((&first_hop, rest)) = recorded.split_last() else {
-            opt.fill(NOP);
-            return None;
-        };
-        let mut back: Vec<[u8; 4]> = rest.iter().rev().copied().collect();
-        if back.last() != Some(&src.octets()) {
-            back.push(src.octets());
-        }
-        let new_len = 3 + 4 * back.len();
-        opt[1] = new_len as u8;
-        opt[2] = 4;
-        for (slot, a) in opt[3..].chunks_exact_mut(4).zip(&back) {
-            slot.copy_from_slice(a);
-        }
-        opt[new_len..].fill(NOP);
-        return Some(Ipv4Addr::from(first_hop));
+    let (at, len) = find_source_route(options)?;
+    let opt = &mut options[at..at + len];
+    // Forty bytes of options hold at most nine addresses.
+    let mut recorded = [[0u8; 4]; 10];
+    let mut n = 0;
+    for a in opt.get(3..)?.chunks_exact(4).take(recorded.len()) {
+        recorded[n] = [a[0], a[1], a[2], a[3]];
+        n += 1;
     }
-    None
+    let Some((&first_hop, rest)) = recorded[..n].split_last() else {
+        opt.fill(NOP);
+        return None;
+    };
+    // The way back: the other recorded hops, last first, then the source (once).
+    let mut back = [[0u8; 4]; 10];
+    let mut m = 0;
+    for a in rest.iter().rev().chain(std::iter::once(&src.octets())) {
+        if m == 0 || back[m - 1] != *a {
+            back[m] = *a;
+            m += 1;
+        }
+    }
+    let new_len = 3 + 4 * m;
+    opt[1] = new_len as u8;
+    opt[2] = 4;
+    for (slot, a) in opt[3..].chunks_exact_mut(4).zip(&back[..m]) {
+        slot.copy_from_slice(a);
+    }
+    opt[new_len..].fill(NOP);
+    Some(Ipv4Addr::from(first_hop))
 }
 
 /// A timestamp for the option from the caller's monotonic clock: milliseconds with the high
