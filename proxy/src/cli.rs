@@ -502,11 +502,11 @@ pub struct RouterArgs {
     /// Worker threads, each with its own graph, polling its own queue of every port: dpdk
     /// sets up one RX/TX queue pair per worker on each port (spread by RSS, or by the vdev:
     /// `qpairs=N` for net_af_packet); afpacket joins one socket per worker to a
-    /// `PACKET_FANOUT` group per interface; afxdp binds worker i to queue i of every
-    /// interface. Neighbors learned by one worker are handed to the others; a packet of a
-    /// connection another worker tracks (a Service's reply, say) is handed to that worker;
-    /// the first worker owns the --punt-tun device. Not with --ipsec or --sdewan-purpose (ESP
-    /// sequence numbers and replay windows are per SA, on one worker); pcap has one.
+    /// `PACKET_FANOUT` group per interface. Neighbors learned by one worker are handed to the
+    /// others; a packet of a connection another worker tracks (a Service's reply, say) is
+    /// handed to that worker; the first worker owns the --punt-tun device. Not with --ipsec or
+    /// --sdewan-purpose (ESP sequence numbers and replay windows are per SA, on one worker);
+    /// afxdp and pcap have one.
     #[arg(
         long,
         default_value_t = 1,

@@ -64,6 +64,10 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
             Some("--sdewan-purpose")
         } else if args.dataplane == Dataplane::Pcap {
             Some("the pcap dataplane")
+        } else if args.dataplane == Dataplane::Afxdp {
+            // A second socket's libxdp program replaces the first's on the interface (seen
+            // without a bpffs, where libxdp has no dispatcher): one socket per interface.
+            Some("the afxdp dataplane")
         } else {
             None
         };
@@ -91,18 +95,9 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
             run_workers(drivers, args, hooks, crypto, &stop, None, |_| false)
         }
         Dataplane::Afxdp => {
-            let drivers = (0..workers)
-                .map(|q| {
-                    switchyard_io::afxdp::AfXdpDriver::new(&args.interfaces, u32::from(q))
-                        .with_context(|| match workers {
-                            1 => "starting the AF_XDP dataplane".to_string(),
-                            _ => format!(
-                                "starting the AF_XDP dataplane for worker {q} (each interface \
-                                 needs a queue per worker)"
-                            ),
-                        })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let driver = switchyard_io::afxdp::AfXdpDriver::new(&args.interfaces, 0)
+                .context("starting the AF_XDP dataplane")?;
+            let drivers = vec![driver];
             run_workers(drivers, args, hooks, crypto, &stop, None, |_| false)
         }
         Dataplane::Dpdk => {
