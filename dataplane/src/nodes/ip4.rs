@@ -121,7 +121,13 @@ impl Ip4Input {
     fn martian<B>(cx: &mut Context<'_, B>, h: &[u8; 20]) -> Option<InputNext> {
         let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
         let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-        if is_martian_source(src) {
+        // A host still learning its address sends from 0.0.0.0 (RFC 1122 3.2.1.3, RFC 1812
+        // 4.2.2.11): ICMP to this router (an address mask request) is taken; nothing from
+        // there is ever forwarded.
+        let learning = src.is_unspecified()
+            && h[9] == IpProtocol::ICMP.0
+            && (dst.is_broadcast() || cx.tables.is_local_ipv4(dst));
+        if is_martian_source(src) && !learning {
             cx.error(Ip4InputError::MartianSource);
             return Some(InputNext::Drop);
         }
@@ -434,7 +440,9 @@ node_errors! {
         NoBuffer = ("no_buffer", "no buffer for a fragment of a reply"),
         BadIcmp = ("bad_icmp", "ICMP message too short or with a bad checksum"),
         EchoReplied = ("echo_replied", "echo requests answered"),
-        BroadcastEcho = ("broadcast_echo", "echo request to a broadcast address ignored"),
+        AddressMaskReplied = ("address_mask_replied", "address mask requests answered (RFC 1812 4.3.3.9)"),
+        AddressMaskUnknown = ("address_mask_unknown", "address mask requests not answered: no single mask for the interface and the asker"),
+        BroadcastEcho = ("broadcast_echo", "echo request to a broadcast address, or from 0.0.0.0, ignored"),
         LocalLoop = ("local_loop", "packet from this node to this node"),
         PortUnreachable = ("port_unreachable", "UDP to this node, no listener: port unreachable sent"),
         ProtocolUnreachable = ("protocol_unreachable", "protocol not handled: protocol unreachable sent"),
@@ -453,6 +461,7 @@ node_nexts! {
         Lookup = "ip4-lookup",
         Error = "icmp4-error",
         Punt = PUNT,
+        Rewrite = "ip4-rewrite",
     }
 }
 
@@ -522,6 +531,61 @@ impl Ip4Local {
         None
     }
 
+    /// Answers an address mask request (RFC 950, RFC 1812 4.3.3.9) with the mask of the
+    /// receiving interface's subnet that holds the asker, or its only mask: to the asker, or,
+    /// from 0.0.0.0, to the limited broadcast out of that interface. Not answered when the
+    /// interface has no IPv4 address, or masks of several lengths and no subnet of the asker.
+    #[cold]
+    #[inline(never)]
+    fn address_mask_reply<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+    ) -> LocalNext {
+        let port = pkt.meta.rx_port;
+        let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
+        let asker = ip.src_addr();
+        let subnets = cx.tables.interface(port).map_or(&[][..], |i| &i.ipv4[..]);
+        let same_masks = subnets
+            .windows(2)
+            .all(|w| w[0].prefix_len() == w[1].prefix_len());
+        let subnet = subnets
+            .iter()
+            .find(|n| n.contains(&asker))
+            .or_else(|| subnets.first().filter(|_| same_masks));
+        let icmp_len = ip.payload_mut().len();
+        let (Some(subnet), true) = (subnet.copied(), icmp_len >= 12) else {
+            cx.error(Ip4LocalError::AddressMaskUnknown);
+            return LocalNext::Drop;
+        };
+        let icmp = ip.payload_mut();
+        icmp[0] = Icmpv4Message::ADDRESS_MASK_REPLY.0;
+        icmp[8..12].copy_from_slice(&subnet.netmask().octets());
+        icmp[2..4].fill(0);
+        let csum = checksum::checksum(icmp);
+        icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+        ip.set_src_addr(subnet.addr());
+        let broadcast = asker.is_unspecified();
+        ip.set_dst_addr(if broadcast {
+            Ipv4Addr::BROADCAST
+        } else {
+            asker
+        });
+        ip.set_ttl(DEFAULT_TTL);
+        ip.fill_checksum();
+        pkt.meta.local_origin = true;
+        cx.error(Ip4LocalError::AddressMaskReplied);
+        cx.trace(
+            &pkt.meta,
+            format_args!("address mask {} to {asker}", subnet.netmask()),
+        );
+        if broadcast {
+            pkt.meta.tx_port = port;
+            pkt.meta.next_hop = Some(IpAddr::V4(Ipv4Addr::BROADCAST));
+            return LocalNext::Rewrite;
+        }
+        LocalNext::Lookup
+    }
+
     /// The options of an echo reply built from its request (`from` asked `me`): a source
     /// route is reversed to lead back to `from` (RFC 1122 3.2.2.6), and record-route and
     /// timestamp options get this router's entry, so that they cover the round trip (RFC 1812
@@ -587,10 +651,14 @@ impl Ip4Local {
         }
         match ip.protocol() {
             IpProtocol::ICMP => {
+                let from_nowhere = ip.src_addr().is_unspecified();
                 let icmp = ip.payload_mut();
                 if icmp.len() < 8 || !checksum::verify(icmp) {
                     cx.error(Ip4LocalError::BadIcmp);
                     return LocalNext::Drop;
+                }
+                if icmp[0] == Icmpv4Message::ADDRESS_MASK_REQUEST.0 && icmp[1] == 0 {
+                    return Self::address_mask_reply(cx, pkt);
                 }
                 if icmp[0] != Icmpv4Message::ECHO_REQUEST.0 || icmp[1] != 0 {
                     cx.error(if punt_to_host && unicast_to_us {
@@ -600,7 +668,7 @@ impl Ip4Local {
                     });
                     return LocalNext::Punt;
                 }
-                if !unicast_to_us {
+                if !unicast_to_us || from_nowhere {
                     cx.error(Ip4LocalError::BroadcastEcho);
                     return LocalNext::Drop;
                 }

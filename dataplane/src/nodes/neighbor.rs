@@ -136,7 +136,13 @@ impl NeighborOutput {
             IpAddr::V4(_) => EtherType::IPV4,
             IpAddr::V6(_) => EtherType::IPV6,
         };
-        let mac = match cx.state.neighbors.resolve(port, next_hop, cx.now) {
+        // The limited broadcast reaches every station of the link: nothing to resolve.
+        let resolved = if next_hop == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+            Resolution::Known([0xff; 6])
+        } else {
+            cx.state.neighbors.resolve(port, next_hop, cx.now)
+        };
+        let mac = match resolved {
             Resolution::Known(mac) => {
                 let mut header = [0u8; ETHERNET_HEADER_LEN];
                 header[..6].copy_from_slice(&mac);

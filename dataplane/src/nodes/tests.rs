@@ -1321,6 +1321,73 @@ fn ipv4_source_routes_are_followed() {
     assert_eq!(r.count("ip4-input", "source_route"), 1);
 }
 
+/// Address mask requests (RFC 950, RFC 1812 4.3.3.9): answered with the mask of the
+/// receiving interface's subnet, to the asker, or to the limited broadcast for an asker
+/// without an address.
+#[test]
+fn address_mask_requests_are_answered() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let mut request = vec![17, 0, 0, 0, 0x12, 0x34, 0, 1, 0, 0, 0, 0];
+    let c = checksum::checksum(&request);
+    request[2..4].copy_from_slice(&c.to_be_bytes());
+    let reply_of = |out: &[(u16, Vec<u8>)]| {
+        assert_eq!(out.len(), 1, "{out:?}");
+        let ip = ip4_of(&out[0].1);
+        assert!(ip.verify_checksum());
+        assert!(checksum::verify(ip.payload()));
+        let m = ip.payload().to_vec();
+        (
+            out[0].0,
+            ip.src_addr(),
+            ip.dst_addr(),
+            m[0],
+            m[4..12].to_vec(),
+        )
+    };
+    let unicast = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.1.1"),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &request,
+    );
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &unicast));
+    assert_eq!(
+        reply_of(&out),
+        (
+            0,
+            v4("198.18.1.1"),
+            v4("198.18.1.2"),
+            18,
+            vec![0x12, 0x34, 0, 1, 255, 255, 255, 0]
+        )
+    );
+    // Broadcast, from an asker on the far side without an address yet.
+    let anon = ipv4(
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        IpProtocol::ICMP,
+        64,
+        false,
+        &request,
+    );
+    let out = r.send(1, &eth(BCAST, SERVER_MAC, 0x0800, &anon));
+    assert_eq!(&out[0].1[..6], &BCAST);
+    assert_eq!(
+        reply_of(&out),
+        (
+            1,
+            v4("198.18.2.1"),
+            Ipv4Addr::BROADCAST,
+            18,
+            vec![0x12, 0x34, 0, 1, 255, 255, 255, 0]
+        )
+    );
+    assert_eq!(r.count("ip4-local", "address_mask_replied"), 2);
+}
+
 /// Splits an IPv4 datagram's payload into fragments of `size` bytes (a multiple of 8).
 fn ipv4_fragments(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8], size: usize) -> Vec<Vec<u8>> {
     payload

@@ -22,6 +22,8 @@ impl Icmpv4Message {
     pub const ECHO_REQUEST: Self = Self(8);
     pub const TIME_EXCEEDED: Self = Self(11);
     pub const PARAM_PROBLEM: Self = Self(12);
+    pub const ADDRESS_MASK_REQUEST: Self = Self(17);
+    pub const ADDRESS_MASK_REPLY: Self = Self(18);
 
     /// True for the error messages, to which no ICMP error may be sent in reply.
     #[inline]
