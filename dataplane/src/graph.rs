@@ -458,8 +458,9 @@ pub struct Graph<B> {
     pub tx: Vec<Vec<B>>,
     /// Packets for the control plane.
     pub punt: Vec<Packet<B>>,
-    /// Packets for other workers ([`HANDOFF`]).
-    pub handoff: Vec<Packet<B>>,
+    /// Packets for other workers ([`HANDOFF`]), each with the node that handed it off, where
+    /// the other worker takes it up.
+    pub handoff: Vec<(usize, Packet<B>)>,
     /// Buffers to give back to the driver.
     pub dropped: Vec<B>,
     /// Packets dropped because they went round the graph more than [`MAX_PASSES`] times.
@@ -844,7 +845,7 @@ impl<B: PacketBuffer> Graph<B> {
             Target::Node(j) => self.slots[j].queue.push(pkt),
             Target::Drop => self.dropped.push(pkt.buf),
             Target::Punt => self.punt.push(pkt),
-            Target::Handoff => self.handoff.push(pkt),
+            Target::Handoff => self.handoff.push((i, pkt)),
             Target::Hold if self.held.len() < MAX_HELD => {
                 let mut pkt = pkt;
                 pkt.meta

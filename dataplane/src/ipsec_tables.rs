@@ -8,8 +8,10 @@
 //! keyed by SPI, so it survives a swap of the tables. Per-SA counters are shared atomics the
 //! nodes add to and the control plane reads.
 //!
-//! Sequence numbers and replay windows are per worker: an SA must be used by one worker only
-//! (VPP pins SAs to a thread the same way). The router runs one worker today.
+//! Sequence numbers and replay windows are per worker: an SA is used by one worker only
+//! (VPP pins SAs to a thread the same way). With several workers, the ESP nodes hand a
+//! packet whose SA another worker keeps to that worker
+//! ([`crate::worker::WorkerState::sa_owner`], spread by SPI).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -336,6 +336,10 @@ pub struct WorkerState {
     /// What [`WorkerState::next_fragment_ident`] adds: the number of workers, each starting
     /// from its own index, so that no two give out the same identification.
     pub fragment_ident_step: u32,
+    /// This worker's index among `workers` ([`WorkerState::set_worker`]).
+    pub worker: u16,
+    /// How many workers there are.
+    pub workers: u16,
     /// The service proxy's connections.
     pub conntrack: Conntrack,
     /// sessionAffinity ClientIP choices.
@@ -373,6 +377,20 @@ impl WorkerState {
         }
     }
 
+    /// With several workers, the one that uses IPsec SA `spi` (its sequence numbers and
+    /// replay window live there), when it is not this one. Spread by SPI, the same on every
+    /// worker.
+    #[inline]
+    pub fn sa_owner(&self, spi: u32) -> Option<u16> {
+        if self.workers <= 1 {
+            return None;
+        }
+        // Multiply-shift: SPIs spread evenly over the workers without a division.
+        let owner =
+            ((u64::from(spi.wrapping_mul(0x9e37_79b1)) * u64::from(self.workers)) >> 32) as u16;
+        (owner != self.worker).then_some(owner)
+    }
+
     /// A fresh identification for a datagram this node fragments or encapsulates.
     pub fn next_fragment_ident(&mut self) -> u32 {
         self.fragment_ident = self.fragment_ident.wrapping_add(self.fragment_ident_step);
@@ -384,6 +402,7 @@ impl WorkerState {
     /// learned kept for the others ([`NeighborTable::shared`]).
     pub fn set_worker(&mut self, index: u16, count: u16) {
         let count = count.max(1);
+        (self.worker, self.workers) = (index, count);
         self.fragment_ident = u32::from(index);
         self.fragment_ident_step = u32::from(count);
         self.neighbors.shared = (count > 1).then(Vec::new);
@@ -446,6 +465,8 @@ impl Default for WorkerState {
             reassembly: Reassembler::default(),
             fragment_ident: 0,
             fragment_ident_step: 1,
+            worker: 0,
+            workers: 1,
             conntrack: Conntrack::new(ConntrackConfig::default()),
             affinity: AffinityTable::default(),
             shared_affinity: None,

@@ -504,9 +504,9 @@ pub struct RouterArgs {
     /// `qpairs=N` for net_af_packet); afpacket joins one socket per worker to a
     /// `PACKET_FANOUT` group per interface. Neighbors learned by one worker are handed to the
     /// others; a packet of a connection another worker tracks (a Service's reply, say) is
-    /// handed to that worker; the first worker owns the --punt-tun device. Not with --ipsec or
-    /// --sdewan-purpose (ESP sequence numbers and replay windows are per SA, on one worker);
-    /// afxdp and pcap have one.
+    /// handed to that worker, and so is an ESP packet whose SA another worker keeps (each SA
+    /// is used by one, spread by SPI); the first worker owns the --punt-tun device. afxdp and
+    /// pcap have one.
     #[arg(
         long,
         default_value_t = 1,

@@ -58,11 +58,7 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
     }
     let workers = args.workers.max(1);
     if workers > 1 {
-        let with = if args.ipsec.is_some() {
-            Some("--ipsec")
-        } else if hooks.ipsec_feed.is_some() {
-            Some("--sdewan-purpose")
-        } else if args.dataplane == Dataplane::Pcap {
+        let with = if args.dataplane == Dataplane::Pcap {
             Some("the pcap dataplane")
         } else if args.dataplane == Dataplane::Afxdp {
             // A second socket's libxdp program replaces the first's on the interface (seen
@@ -171,6 +167,8 @@ where
         for (i, driver) in drivers.enumerate() {
             let index = i as u16 + 1;
             let (tables, exchange) = (tables.clone(), Arc::clone(&exchange));
+            let crypto = main.crypto.clone();
+            let ipsec = main.ipsec.is_some();
             let spawned = std::thread::Builder::new()
                 .name(format!("worker{index}"))
                 .spawn_scoped(scope, move || {
@@ -180,7 +178,7 @@ where
                             tracing::warn!(worker = index, error = %e, "no DPDK lcore id");
                         }
                     }
-                    let mut worker = Router::worker(driver, args, tables)?;
+                    let mut worker = Router::worker(driver, args, tables, crypto, ipsec)?;
                     worker.join(index, count, &exchange);
                     worker.run_until(args, stop, |_| false)
                 });
@@ -251,6 +249,8 @@ impl<T> Inboxes<T> {
 struct Handed {
     bytes: Vec<u8>,
     meta: Meta,
+    /// The node that handed it off, where the other worker (same graph) takes it up.
+    node: usize,
 }
 
 /// What the workers of one dataplane exchange.
@@ -295,6 +295,7 @@ fn start_eal(args: &RouterArgs) -> anyhow::Result<switchyard_io::dpdk::Eal> {
 
 /// The ESP crypto backend --crypto asks for, and the cryptodev behind it if there is one
 /// (for its counters in the exit report).
+#[derive(Clone)]
 struct Crypto {
     backend: Arc<dyn CryptoBackend>,
     device: Option<Arc<Cryptodev>>,
@@ -468,21 +469,14 @@ where
             state.neighbors.insert_permanent(port, ip, mac);
         }
         let ipsec_feed = hooks.ipsec_feed.take();
-        let mut graph = if args.ipsec.is_some() || ipsec_feed.is_some() {
-            let engine = crypto.engine::<D::Buffer>();
-            if engine.is_some() {
-                tracing::info!(
-                    "ESP crypto asynchronous: packets wait parked while the device works"
-                );
-            }
-            switchyard_dataplane::nodes::ipsec_router_graph_async(
-                ports.len(),
-                Arc::clone(&crypto.backend),
-                engine,
-            )?
-        } else {
-            router_graph(ports.len())?
-        };
+        let ipsec = args.ipsec.is_some() || ipsec_feed.is_some();
+        if ipsec
+            && crypto.device.is_some()
+            && std::any::TypeId::of::<D::Buffer>() == std::any::TypeId::of::<Mbuf>()
+        {
+            tracing::info!("ESP crypto asynchronous: packets wait parked while the device works");
+        }
+        let mut graph = Self::graph(ports.len(), ipsec, &crypto)?;
         graph.trace.pending = args.trace;
         for (p, ifc) in ports.iter().zip(&tables.interfaces) {
             let addrs: Vec<String> = ifc
@@ -546,15 +540,22 @@ where
         })
     }
 
-    /// A further worker: forwards with the tables the first one loads, nothing else.
-    fn worker(driver: D, args: &RouterArgs, tables: TablesHandle) -> anyhow::Result<Self> {
+    /// A further worker: forwards with the tables the first one loads (ESP with `crypto`
+    /// when there is IPsec), nothing else.
+    fn worker(
+        driver: D,
+        args: &RouterArgs,
+        tables: TablesHandle,
+        crypto: Crypto,
+        ipsec: bool,
+    ) -> anyhow::Result<Self> {
         let ports = driver.ports().len();
         let mut state = WorkerState::default();
         for n in &args.neighbors {
             let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;
             state.neighbors.insert_permanent(port, ip, mac);
         }
-        let mut graph = router_graph(ports)?;
+        let mut graph = Self::graph(ports, ipsec, &crypto)?;
         graph.trace.pending = args.trace;
         Ok(Router {
             driver,
@@ -564,14 +565,25 @@ where
             punt: None,
             shared: None,
             ipsec: None,
-            crypto: Crypto {
-                backend: Arc::new(SoftwareBackend::new()),
-                device: None,
-            },
+            crypto,
             exchange: None,
             learned: Vec::new(),
             handed: Vec::new(),
             handoff: (0, 0),
+        })
+    }
+
+    /// The graph of a worker: the router's, with the ESP nodes when there is IPsec (on the
+    /// cryptodev asynchronously when the packets are mbufs it can take).
+    fn graph(ports: usize, ipsec: bool, crypto: &Crypto) -> anyhow::Result<Graph<D::Buffer>> {
+        Ok(if ipsec {
+            switchyard_dataplane::nodes::ipsec_router_graph_async(
+                ports,
+                Arc::clone(&crypto.backend),
+                crypto.engine::<D::Buffer>(),
+            )?
+        } else {
+            router_graph(ports)?
         })
     }
 
@@ -641,11 +653,12 @@ where
         let Some((_, exchange)) = &self.exchange else {
             return;
         };
-        for pkt in self.graph.handoff.drain(..) {
+        for (node, pkt) in self.graph.handoff.drain(..) {
             let to = pkt.meta.handoff.map_or(usize::MAX, usize::from);
             let handed = Handed {
                 bytes: pkt.buf.data().to_vec(),
                 meta: pkt.meta,
+                node,
             };
             exchange.packets.send(to, [handed]);
             self.graph.dropped.push(pkt.buf);
@@ -653,21 +666,16 @@ where
         }
     }
 
-    /// Takes in the packets other workers handed to this one, at the NAT node of their
-    /// family, in buffers of this worker's driver; returns how many.
+    /// Takes in the packets other workers handed to this one, at the node that handed them
+    /// off, in buffers of this worker's driver; returns how many.
     fn receive_handed(&mut self) -> usize {
         let Some((me, exchange)) = &self.exchange else {
             return 0;
         };
         exchange.packets.receive(*me, &mut self.handed);
         let mut taken = 0;
-        for Handed { bytes, meta } in self.handed.drain(..) {
-            let node = match bytes.first().map(|b| b >> 4) {
-                Some(6) => "ip6-nat",
-                _ => "ip4-nat",
-            };
-            let (Some(mut buf), Some(node)) = (self.driver.alloc(), self.graph.node_index(node))
-            else {
+        for Handed { bytes, meta, node } in self.handed.drain(..) {
+            let Some(mut buf) = self.driver.alloc() else {
                 self.handoff.1 += 1;
                 continue;
             };

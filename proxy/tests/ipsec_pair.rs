@@ -60,7 +60,9 @@ spec:
 
 /// Starts `switchyard router` in `ns` with ESP on cryptodev `device`, its ports on the
 /// AF_PACKET driver, or with `dpdk` on the DPDK driver (`net_af_packet` vdevs): then the
-/// device takes the packets' own mbufs and completes them asynchronously.
+/// device takes the packets' own mbufs and completes them asynchronously. With `workers`
+/// worker threads (each SA used by one of them, the others handing its packets over).
+#[allow(clippy::too_many_arguments)]
 fn router(
     lab: &mut EdgeLab,
     ns: &str,
@@ -69,6 +71,7 @@ fn router(
     ipsec: &str,
     device: &str,
     dpdk: bool,
+    workers: u16,
 ) {
     let manifest = lab.dir.join(format!("ipsec-{ns}.yaml"));
     fs::write(&manifest, ipsec).expect("write the SD-EWAN resources");
@@ -82,7 +85,9 @@ fn router(
         .enumerate()
         .map(|(i, (port, _))| {
             if dpdk {
-                eal.push_str(&format!(" --vdev net_af_packet{i},iface={port}"));
+                eal.push_str(&format!(
+                    " --vdev net_af_packet{i},iface={port},qpairs={workers}"
+                ));
                 format!("net_af_packet{i}")
             } else {
                 port.to_string()
@@ -105,6 +110,8 @@ fn router(
         &eal,
         "--route",
         route,
+        "--workers",
+        &workers.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -147,8 +154,8 @@ fn counter(report: &str, node: &str, key: &str) -> u64 {
 
 #[test]
 fn two_switchyards_tunnel_over_cryptodevs() {
-    // (IKE proposal, ESP proposal, A's device, B's device, A on the DPDK driver). With DPDK,
-    // A's device works asynchronously on the packets' mbufs.
+    // (IKE proposal, ESP proposal, A's device, B's device, A on the DPDK driver, workers of
+    // A and of B). With DPDK, A's device works asynchronously on the packets' mbufs.
     let cases = [
         (
             "aes128gcm16-prfsha256-x25519",
@@ -156,6 +163,8 @@ fn two_switchyards_tunnel_over_cryptodevs() {
             "crypto_aesni_gcm0",
             "crypto_aesni_mb0",
             true,
+            2,
+            1,
         ),
         (
             "aes256-sha256-x25519",
@@ -163,9 +172,11 @@ fn two_switchyards_tunnel_over_cryptodevs() {
             "crypto_aesni_mb0",
             "crypto_openssl0",
             false,
+            1,
+            2,
         ),
     ];
-    for (ike, esp, dev_a, dev_b, dpdk_a) in cases {
+    for (ike, esp, dev_a, dev_b, dpdk_a, workers_a, workers_b) in cases {
         let Some(mut lab) = EdgeLab::new("ipsec_pair") else {
             return;
         };
@@ -184,6 +195,7 @@ fn two_switchyards_tunnel_over_cryptodevs() {
             ),
             dev_a,
             dpdk_a,
+            workers_a,
         );
         router(
             &mut lab,
@@ -200,6 +212,7 @@ fn two_switchyards_tunnel_over_cryptodevs() {
             ),
             dev_b,
             false,
+            workers_b,
         );
         // The tunnel is up once a ping makes it through.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -240,7 +253,7 @@ fn two_switchyards_tunnel_over_cryptodevs() {
             common::text(&out.stderr)
         );
         let report = lab.stop_agents();
-        for (ns, dev) in [("edge", dev_a), ("node1", dev_b)] {
+        for (ns, dev, workers) in [("edge", dev_a, workers_a), ("node1", dev_b, workers_b)] {
             let section = report
                 .split("---- agent ")
                 .find(|s| s.starts_with(ns))
@@ -266,6 +279,13 @@ fn two_switchyards_tunnel_over_cryptodevs() {
                 "{esp} {ns}: the device did {ops} operations for {encrypted} + {decrypted} packets:\n{line}"
             );
             eprintln!("{esp} {ns}: {encrypted} encrypted, {decrypted} decrypted; {line}");
+            if workers > 1 {
+                // Both workers forwarded; packets for the SAs the other one keeps went there.
+                assert!(
+                    section.contains("worker 1: ") && section.contains("handed_off"),
+                    "{esp} {ns}: two workers:\n{section}"
+                );
+            }
             assert!(
                 line.contains(" 0 failed")
                     && line.contains(" 0 queue pairs stuck")

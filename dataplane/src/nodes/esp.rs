@@ -44,7 +44,7 @@ use switchyard_ipsec::esp::{self, Direction, EspError, ReplayError, Sa};
 use crate::async_crypto::{AsyncCrypto, AsyncOp};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, NextIndex, Node, Packet, DROP, PARK};
+use crate::graph::{Context, NextIndex, Node, Packet, DROP, HANDOFF, PARK};
 use crate::ipsec_tables::{FlowSelector, IpsecTables, SaStats};
 use crate::tables::Tables;
 use crate::wire::Ipv4Packet;
@@ -60,6 +60,7 @@ const NAT_T_PORT: u16 = 4500;
 node_errors! {
     pub enum EspEncryptError {
         Encrypted = ("encrypted", "packets put into an ESP tunnel"),
+        HandedOff = ("handed_off", "for an SA another worker keeps: handed to it"),
         TtlExpired = ("ttl_expired", "TTL or hop limit expired before encryption: ICMP sent"),
         TooBig = ("too_big", "too big once encrypted and not to be fragmented: ICMP sent"),
         NoRoute = ("no_route", "no route to the tunnel's far end: dropped"),
@@ -74,6 +75,7 @@ node_errors! {
 node_errors! {
     pub enum EspDecryptError {
         Decrypted = ("decrypted", "ESP packets decrypted"),
+        HandedOff = ("handed_off", "for an SA another worker keeps: handed to it"),
         UnknownSpi = ("unknown_spi", "ESP with an SPI of no inbound SA: dropped"),
         Replay = ("replay", "replayed or older than the replay window: dropped"),
         IcvFailed = ("icv_failed", "integrity check failed: dropped"),
@@ -98,6 +100,8 @@ enum EncryptNext {
     Error,
     /// Kept by the node while an asynchronous engine encrypts it.
     Park,
+    /// The worker that keeps the packet's SA.
+    Handoff,
 }
 
 const ENCRYPT_NEXT4: &[&str] = &[
@@ -107,6 +111,7 @@ const ENCRYPT_NEXT4: &[&str] = &[
     "ip6-lookup",
     "icmp4-error",
     PARK,
+    HANDOFF,
 ];
 const ENCRYPT_NEXT6: &[&str] = &[
     DROP,
@@ -115,6 +120,7 @@ const ENCRYPT_NEXT6: &[&str] = &[
     "ip6-lookup",
     "icmp6-error",
     PARK,
+    HANDOFF,
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,10 +133,27 @@ enum DecryptNext {
     Input6,
     /// Kept by the node while an asynchronous engine decrypts it.
     Park,
+    /// The worker that keeps the packet's SA.
+    Handoff,
 }
 
-const DECRYPT_NEXT4: &[&str] = &[DROP, "ip4-local", "ip4-input", "ip6-input", PARK];
-const DECRYPT_NEXT6: &[&str] = &[DROP, "ip6-local", "ip4-input", "ip6-input", PARK];
+const DECRYPT_NEXT4: &[&str] = &[DROP, "ip4-local", "ip4-input", "ip6-input", PARK, HANDOFF];
+const DECRYPT_NEXT6: &[&str] = &[DROP, "ip6-local", "ip4-input", "ip6-input", PARK, HANDOFF];
+
+/// True (and `meta.handoff` set) when another worker keeps SA `spi`: with several workers,
+/// each SA is used by one of them ([`crate::worker::WorkerState::sa_owner`]), whose
+/// sequence numbers and replay window it is.
+fn hand_off_sa<B>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, spi: u32) -> bool {
+    let Some(owner) = cx.state.sa_owner(spi) else {
+        return false;
+    };
+    pkt.meta.handoff = Some(owner);
+    cx.trace(
+        &pkt.meta,
+        format_args!("SA {spi:08x}: kept by worker {owner}"),
+    );
+    true
+}
 
 /// The per-worker state of SAs, by SPI, with the generation of the tables it follows, and
 /// the crypto backend that prepares their keys.
@@ -739,6 +762,10 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
             return Err(EncryptNext::Rewrite);
         };
         let policy = &ipsec.outbound[policy_index];
+        if hand_off_sa(cx, pkt, policy.sa.spi) {
+            cx.error(EspEncryptError::HandedOff);
+            return Err(EncryptNext::Handoff);
+        }
         let outer = policy.outer;
         let Some(mtu) = mtu_towards(cx.tables, outer.dst) else {
             cx.error(EspEncryptError::NoRoute);
@@ -1022,6 +1049,10 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
             cx.error(EspDecryptError::UnknownSpi);
             return Err(DecryptNext::Drop);
         };
+        if hand_off_sa(cx, pkt, spi) {
+            cx.error(EspDecryptError::HandedOff);
+            return Err(DecryptNext::Handoff);
+        }
         let sa = match self.cache.sas.entry(spi) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -1097,6 +1128,8 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
             );
         }
         pkt.meta.decapsulated = true;
+        // The inner packet is a new one: the worker tracking its connection may be another.
+        pkt.meta.handoff = None;
         pkt.meta.local_origin = false;
         if flow.src.is_ipv4() {
             DecryptNext::Input4

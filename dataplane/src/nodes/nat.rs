@@ -670,6 +670,8 @@ fn decapsulate<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t:
         Ok(inner_v6) => {
             cx.error(NatError::Decapsulated);
             pkt.meta.decapsulated = true;
+            // The inner packet is a new one: the worker tracking its connection may be another.
+            pkt.meta.handoff = None;
             pkt.meta.local_origin = false;
             if pkt.meta.trace != 0 {
                 cx.trace(&pkt.meta, format_args!("decapsulated from {}", t.key.src));

@@ -268,6 +268,61 @@ fn decrypts_esp_for_the_node_and_forwards_the_inner_packet() {
     }
 }
 
+/// With two workers each SA is used by one of them: a packet for an SA the other worker
+/// keeps, either way, is handed to it untouched, and that worker encrypts or decrypts it.
+#[test]
+fn each_sa_is_used_by_one_worker() {
+    let mut workers = [rig(GCM, true), rig(GCM, true)];
+    for (i, w) in workers.iter_mut().enumerate() {
+        w.state.set_worker(i as u16, 2);
+    }
+    for (spi, node) in [(OUT_SPI, "esp4-encrypt"), (IN_SPI, "esp4-decrypt")] {
+        let owner = usize::from(workers[0].state.sa_owner(spi).unwrap_or(0));
+        let other = 1 - owner;
+        assert_eq!(workers[owner].state.sa_owner(spi), None);
+        assert_eq!(workers[other].state.sa_owner(spi), Some(owner as u16));
+        let frame = if node == "esp4-encrypt" {
+            (
+                0,
+                eth(
+                    MAC0,
+                    CLIENT_MAC,
+                    0x0800,
+                    &echo(CLIENT, REMOTE_HOST, 64, 100),
+                ),
+            )
+        } else {
+            let esp = from_peer(
+                &mut peer_outbound(GCM),
+                &echo(REMOTE_HOST, CLIENT, 64, 60),
+                true,
+            );
+            (1, eth(MAC1, SERVER_MAC, 0x0800, &esp))
+        };
+        assert!(workers[other].send(frame.0, &frame.1).is_empty());
+        assert_eq!(workers[other].count(node, "handed_off"), 1);
+        let (at, pkt) = workers[other].graph.handoff.pop().expect("handed over");
+        assert_eq!(Some(at), workers[other].graph.node_index(node));
+        assert_eq!(pkt.meta.handoff, Some(owner as u16));
+        let out = workers[owner].inject(node, pkt);
+        assert_eq!(out.len(), 1, "{node}: through on the owner");
+    }
+    assert_eq!(
+        workers
+            .iter()
+            .map(|w| w.count("esp4-encrypt", "encrypted"))
+            .sum::<u64>(),
+        1
+    );
+    assert_eq!(
+        workers
+            .iter()
+            .map(|w| w.count("esp4-decrypt", "decrypted"))
+            .sum::<u64>(),
+        1
+    );
+}
+
 /// A virtual IP the peer assigned us (IKEv2 configuration payload) is an address of the
 /// node: a ping to it through the tunnel is answered, and the answer goes back through it.
 #[test]

@@ -219,7 +219,8 @@ fn replies_reaching_another_worker_are_handed_to_the_owner() {
         .send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack))
         .is_empty());
     assert_eq!(w1.count("ip4-nat", "handed_off"), 1);
-    let handed = w1.graph.handoff.pop().expect("handed over");
+    let (node, handed) = w1.graph.handoff.pop().expect("handed over");
+    assert_eq!(Some(node), w1.graph.node_index("ip4-nat"));
     assert_eq!(handed.meta.handoff, Some(0));
     assert_eq!(handed.buf.data(), &synack[..], "untouched");
     let out = w0.inject("ip4-nat", handed);
