@@ -182,14 +182,21 @@ impl Tables {
             let port = port as u16;
             for net in &ifc.ipv4 {
                 fib.insert(IpNet::V4(*net), Route::Attached { port });
-                fib.insert(IpNet::V4(Ipv4Net::from(net.addr())), Route::Local);
                 if net.prefix_len() < 31 {
-                    // The subnet's broadcast address is received, never forwarded.
+                    // The subnet's zero address, an obsolete broadcast form, is silently
+                    // discarded (RFC 1812 4.2.3.1); its broadcast address is received, never
+                    // forwarded.
+                    fib.insert(IpNet::V4(Ipv4Net::from(net.network())), Route::Blackhole);
                     fib.insert(IpNet::V4(Ipv4Net::from(net.broadcast())), Route::Local);
                 }
+                fib.insert(IpNet::V4(Ipv4Net::from(net.addr())), Route::Local);
             }
             for net in &ifc.ipv6 {
                 fib.insert(IpNet::V6(*net), Route::Attached { port });
+                if net.prefix_len() < 127 {
+                    // The Subnet-Router anycast address (RFC 4291 2.6.1) is this router's.
+                    fib.insert(IpNet::V6(Ipv6Net::from(net.network())), Route::Local);
+                }
                 fib.insert(IpNet::V6(Ipv6Net::from(net.addr())), Route::Local);
             }
         }

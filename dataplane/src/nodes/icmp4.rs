@@ -102,6 +102,8 @@ impl Icmp4Error {
             cx.error(Icmp4ErrorError::NoHeadroom);
             return Next::Drop;
         }
+        // Not an atomic datagram (DF clear): an identification of its own (RFC 6864 4.1).
+        let ident = cx.state.next_fragment_ident() as u16;
         let data = pkt.buf.data_mut();
         let len = data.len();
         let repr = Ipv4Repr {
@@ -113,7 +115,7 @@ impl Icmp4Error {
             // Internetwork control (CS6), as Linux marks its ICMP errors.
             dscp: 48,
             ecn: 0,
-            ident: 0,
+            ident,
             dont_fragment: false,
             more_fragments: false,
             fragment_offset: 0,

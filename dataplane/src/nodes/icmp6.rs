@@ -224,7 +224,11 @@ impl Icmp6Error {
             let is_error = ip.extension_headers().is_ok_and(|e| {
                 e.upper_protocol == IpProtocol::ICMPV6
                     && ip.payload().len() + 40 > e.upper_offset
-                    && Icmpv6Message(pkt.buf.data()[e.upper_offset]).is_error()
+                    && {
+                        // RFC 4443 2.4(e.1, e.2): never about an error or a redirect.
+                        let kind = Icmpv6Message(pkt.buf.data()[e.upper_offset]);
+                        kind.is_error() || kind == Icmpv6Message::REDIRECT
+                    }
             });
             if is_error {
                 cx.error(Icmp6ErrorError::AboutIcmpError);
@@ -249,7 +253,10 @@ impl Icmp6Error {
             cx.error(Icmp6ErrorError::RateLimited);
             return Next::Drop;
         }
-        let Some(src) = source_for(cx.tables, orig_src, pkt.meta.rx_port) else {
+        // RFC 4443 2.2(a): about a packet to one of our unicast addresses, from that address.
+        let ours =
+            (!orig_dst.is_multicast() && cx.tables.is_local_ipv6(orig_dst)).then_some(orig_dst);
+        let Some(src) = ours.or_else(|| source_for(cx.tables, orig_src, pkt.meta.rx_port)) else {
             cx.error(Icmp6ErrorError::NoHeadroom);
             return Next::Drop;
         };

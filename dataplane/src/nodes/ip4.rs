@@ -333,6 +333,16 @@ impl Ip4Lookup {
         };
         let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
         let hop = match route {
+            // RFC 1812 5.3.4: a unicast packet for this router in a link-layer broadcast frame
+            // is silently discarded.
+            Some(Route::Local)
+                if pkt.meta.l2_multicast
+                    && !pkt.meta.local_origin
+                    && cx.tables.is_local_ipv4(dst) =>
+            {
+                cx.error(Ip4LookupError::L2Broadcast);
+                return LookupNext::Drop;
+            }
             Some(Route::Local) => {
                 cx.trace(&pkt.meta, format_args!("{dst}: local"));
                 return LookupNext::Local;

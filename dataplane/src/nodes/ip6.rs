@@ -176,6 +176,7 @@ node_errors! {
         LinkLocal = ("link_local", "link-local destination that is not ours: not forwarded"),
         BeyondScope = ("beyond_scope", "link-local source cannot be forwarded off its link"),
         L2Multicast = ("l2_multicast", "unicast packet in a link-layer multicast frame"),
+        UnspecifiedSource = ("unspecified_source", "from the unspecified address: not forwarded (RFC 4291 2.5.2)"),
         TooShort = ("too_short", "shorter than an IPv6 header (internal: input checks this)"),
     }
 }
@@ -231,7 +232,9 @@ impl Ip6Lookup {
         // that may be forwarded (the checks below, in the same order), the path written
         // straight into the metadata. Anything else takes the general code below.
         if let Some(Route::Via(paths)) = route {
-            if pkt.meta.local_origin || !(pkt.meta.l2_multicast || is_link_local(&src)) {
+            if pkt.meta.local_origin
+                || !(pkt.meta.l2_multicast || is_link_local(&src) || src.is_unspecified())
+            {
                 if let Some(path) = pick_path(paths, || ipv6_flow_hash(&ip)) {
                     pkt.meta.tx_port = path.port;
                     pkt.meta.next_hop = Some(path.gateway.unwrap_or(IpAddr::V6(dst)));
@@ -267,6 +270,12 @@ impl Ip6Lookup {
         if !pkt.meta.local_origin {
             if pkt.meta.l2_multicast {
                 cx.error(Ip6LookupError::L2Multicast);
+                return LookupNext::Drop;
+            }
+            // RFC 4291 2.5.2: the unspecified address is never the source of a forwarded
+            // packet (it is taken only by this node, for duplicate address detection).
+            if src.is_unspecified() {
+                cx.error(Ip6LookupError::UnspecifiedSource);
                 return LookupNext::Drop;
             }
             if is_link_local(&src) {

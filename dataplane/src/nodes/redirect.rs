@@ -47,6 +47,18 @@ pub(crate) fn ipv4<B: PacketBuffer>(
     }
     let data = pkt.buf.data();
     let ip = Ipv4Packet::new_unchecked(data);
+    // RFC 1812 5.2.7.2: never about a source-routed packet (it goes where its route says).
+    if ip.header_len() > 20
+        && matches!(
+            super::ip4_options::check(ip.options()),
+            super::ip4_options::OptionsVerdict::Accept {
+                source_route: true,
+                ..
+            }
+        )
+    {
+        return None;
+    }
     let src = ip.src_addr();
     // Source and next hop on one of the link's subnets; redirects come from that address.
     let from: Ipv4Addr = ifc
@@ -60,6 +72,7 @@ pub(crate) fn ipv4<B: PacketBuffer>(
     if !cx.state.icmp_errors.allow(cx.now) {
         return None;
     }
+    let ident = cx.state.next_fragment_ident() as u16;
     let quoted = &data[..data.len().min(MAX_ERROR_DATAGRAM_LEN - 28)];
     let repr = Ipv4Repr {
         src_addr: from,
@@ -69,7 +82,7 @@ pub(crate) fn ipv4<B: PacketBuffer>(
         ttl: DEFAULT_TTL,
         dscp: 48,
         ecn: 0,
-        ident: 0,
+        ident,
         dont_fragment: false,
         more_fragments: false,
         fragment_offset: 0,

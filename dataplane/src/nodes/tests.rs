@@ -1590,6 +1590,7 @@ fn forwarding_back_out_of_the_same_link_sends_a_redirect() {
 }
 
 mod acl;
+mod conformance;
 mod esp;
 mod nat;
 

@@ -1,0 +1,724 @@
+//! Conformance probes (review): each test states the RFC behaviour it expects. Failing tests
+//! here are confirmed gaps.
+
+use super::*;
+
+const OTHER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x33];
+const NEW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x44];
+
+/// Runs the time-driven work (expiry of neighbors, reassembly, held packets) at `r.now` and
+/// returns what the graph sends because of it.
+fn tick(r: &mut Rig) -> Vec<(u16, Vec<u8>)> {
+    r.state.expire(r.now);
+    r.graph.housekeeping(&r.state, r.now);
+    r.graph.dispatch(&r.tables, &mut r.state, r.now);
+    let mut out = Vec::new();
+    for (p, q) in r.graph.tx.iter_mut().enumerate() {
+        for b in q.drain(..) {
+            out.push((p as u16, b.data().to_vec()));
+        }
+    }
+    out
+}
+
+/// The ICMPv6 messages among `out`: (port, src, dst, type, code, rest-of-header).
+fn icmp6_msgs(out: &[(u16, Vec<u8>)]) -> Vec<(u16, Ipv6Addr, Ipv6Addr, u8, u8, u32)> {
+    out.iter()
+        .filter(|(_, f)| f[12..14] == [0x86, 0xdd])
+        .filter_map(|(p, f)| {
+            let ip = Ipv6Packet::new_checked(&f[14..]).ok()?;
+            if ip.next_header() != IpProtocol::ICMPV6 {
+                return None;
+            }
+            let m = ip.payload();
+            Some((
+                *p,
+                ip.src_addr(),
+                ip.dst_addr(),
+                m[0],
+                m[1],
+                u32::from_be_bytes([m[4], m[5], m[6], m[7]]),
+            ))
+        })
+        .collect()
+}
+
+/// The ICMPv4 messages among `out`: (port, src, dst, type, code).
+fn icmp4_msgs(out: &[(u16, Vec<u8>)]) -> Vec<(u16, Ipv4Addr, Ipv4Addr, u8, u8)> {
+    out.iter()
+        .filter(|(_, f)| f[12..14] == [8, 0])
+        .filter_map(|(p, f)| {
+            let ip = Ipv4Packet::new_checked(&f[14..]).ok()?;
+            if ip.protocol() != IpProtocol::ICMP {
+                return None;
+            }
+            let m = ip.payload();
+            Some((*p, ip.src_addr(), ip.dst_addr(), m[0], m[1]))
+        })
+        .collect()
+}
+
+fn na(src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, flags: u8, tlla: Option<[u8; 6]>) -> Vec<u8> {
+    let mut m = vec![136, 0, 0, 0, flags, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    if let Some(mac) = tlla {
+        m.extend_from_slice(&[2, 1]);
+        m.extend_from_slice(&mac);
+    }
+    ipv6(src, dst, IpProtocol::ICMPV6, 255, &icmp6(src, dst, m))
+}
+
+/// An IPv6 fragment: fragment header (next header `nh`, offset in bytes, M) then `data`.
+fn frag6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    nh: u8,
+    offset: u16,
+    more: bool,
+    id: u32,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut fh = vec![nh, 0];
+    fh.extend_from_slice(&(offset | u16::from(more)).to_be_bytes());
+    fh.extend_from_slice(&id.to_be_bytes());
+    fh.extend_from_slice(data);
+    ipv6(src, dst, IpProtocol::FRAGMENT, 64, &fh)
+}
+
+fn udp_bytes() -> Vec<u8> {
+    // Ports 1000 → 33434, length 12, checksum 0 is not allowed for IPv6 but nothing checks it
+    // before the port-unreachable decision; payload 4 bytes.
+    vec![0x03, 0xe8, 0x82, 0x9a, 0, 12, 0, 0, 1, 2, 3, 4]
+}
+
+// ---------------------------------------------------------------- RFC 4443 -------------
+
+/// RFC 4443 2.2 (a): an ICMPv6 message sent in response to a packet addressed to one of the
+/// node's unicast addresses MUST use that address as its source.
+#[test]
+fn rfc4443_2_2_error_about_a_packet_to_our_address_comes_from_that_address() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:2::1"));
+    let pkt = ipv6(c, me, IpProtocol::UDP, 64, &udp_bytes());
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    let (_, src, dst, t, code, _) = msgs[0];
+    assert_eq!((t, code, dst), (1, 4, c));
+    assert_eq!(
+        src, me,
+        "port unreachable must come from the address probed"
+    );
+}
+
+/// Same rule, parameter problem (unknown next header) about a packet to our other address.
+#[test]
+fn rfc4443_2_2_param_problem_about_a_packet_to_our_address_comes_from_that_address() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:2::1"));
+    let pkt = ipv6(c, me, IpProtocol(253), 64, &[0; 8]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].3, msgs[0].4, msgs[0].5), (4, 1, 6));
+    assert_eq!(msgs[0].1, me);
+}
+
+// ---------------------------------------------------------------- RFC 8200 -------------
+
+/// RFC 8200 4 (and 4.1): a Next Header value of zero (hop-by-hop) in any header other than
+/// the IPv6 header draws a Parameter Problem code 1 pointing at that Next Header byte.
+#[test]
+fn rfc8200_4_hop_by_hop_not_first_gets_param_problem_code_1() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    // Destination options (next header 0 = hop-by-hop), then a hop-by-hop header, then echo.
+    let echo = icmp6(c, me, vec![128, 0, 0, 0, 0, 1, 0, 1]);
+    let mut payload = vec![0, 0, 1, 4, 0, 0, 0, 0];
+    payload.extend_from_slice(&[58, 0, 1, 4, 0, 0, 0, 0]);
+    payload.extend_from_slice(&echo);
+    let pkt = ipv6(c, me, IpProtocol::DEST_OPTS, 64, &payload);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].3, msgs[0].4, msgs[0].5), (4, 1, 40));
+}
+
+/// RFC 8200 4.5: a first fragment that does not include all headers through an upper-layer
+/// header should be discarded and draw a Parameter Problem code 3, pointer 0.
+#[test]
+fn rfc8200_4_5_first_fragment_without_the_header_chain_gets_param_problem_code_3() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    // First fragment: a destination options header whose next header (routing) is not in it.
+    let first = frag6(c, me, 60, 0, true, 0x55, &[43, 0, 1, 4, 0, 0, 0, 0]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &first));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].3, msgs[0].4, msgs[0].5), (4, 3, 0));
+}
+
+/// RFC 8200 4.5: a fragment with M set whose length is not a multiple of 8 must be discarded
+/// and should draw a Parameter Problem code 0 pointing at the Payload Length field (4).
+#[test]
+fn rfc8200_4_5_fragment_not_a_multiple_of_8_gets_param_problem_at_payload_length() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let echo = icmp6(c, me, vec![128, 0, 0, 0, 0, 1, 0, 1, 1, 2, 3, 4]);
+    let first = frag6(c, me, 58, 0, true, 0x56, &echo);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &first));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].3, msgs[0].4, msgs[0].5), (4, 0, 4));
+}
+
+/// RFC 8200 4.5: a fragment whose offset and length would make the reassembled payload longer
+/// than 65,535 bytes must be discarded and should draw a Parameter Problem code 0 pointing at
+/// the Fragment Offset field (42).
+#[test]
+fn rfc8200_4_5_fragment_beyond_65535_gets_param_problem_at_fragment_offset() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let pkt = frag6(c, me, 58, 65_528, false, 0x57, &[0; 16]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].3, msgs[0].4, msgs[0].5), (4, 0, 42));
+}
+
+/// RFC 8200 4.5: when reassembly is abandoned after 60 s and the first fragment was received,
+/// an ICMPv6 Time Exceeded code 1 (fragment reassembly time exceeded) should be sent to its
+/// source.
+#[test]
+fn rfc8200_4_5_reassembly_timeout_sends_time_exceeded_code_1() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut echo = vec![128, 0, 0, 0, 0, 9, 0, 1];
+    echo.extend([7u8; 24]);
+    let echo = icmp6(c, me, echo);
+    let first = frag6(c, me, 58, 0, true, 0x58, &echo[..16]);
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &first)).is_empty());
+    r.now += crate::reassembly::TIMEOUT_V6 + 1;
+    let out = tick(&mut r);
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1, "nothing sent when reassembly timed out");
+    assert_eq!((msgs[0].2, msgs[0].3, msgs[0].4), (c, 3, 1));
+}
+
+/// RFC 1122 3.3.2 (RFC 792): when IPv4 reassembly times out with fragment zero received, the
+/// datagram is discarded and an ICMP Time Exceeded code 1 sent to the source.
+#[test]
+fn rfc1122_3_3_2_ipv4_reassembly_timeout_sends_time_exceeded_code_1() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let echo = icmp_echo(8, 40);
+    let frags = ipv4_fragments(c, me, &echo, 24);
+    assert!(r
+        .send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &frags[0]))
+        .is_empty());
+    r.now += crate::reassembly::TIMEOUT_V4 + 1;
+    let out = tick(&mut r);
+    let msgs = icmp4_msgs(&out);
+    assert_eq!(msgs.len(), 1, "nothing sent when reassembly timed out");
+    assert_eq!((msgs[0].2, msgs[0].3, msgs[0].4), (c, 11, 1));
+}
+
+// ---------------------------------------------------------------- RFC 4861 -------------
+
+/// RFC 4861 7.2.5: an advertisement with the Override flag clear and a link-layer address
+/// different from the cached one must not update the cached address (the entry only goes
+/// STALE if it was REACHABLE).
+#[test]
+fn rfc4861_7_2_5_na_without_override_does_not_replace_the_cached_address() {
+    let mut r = Rig::new();
+    let (n, me) = (v6("2001:db8:1::5"), v6("2001:db8:1::1"));
+    // The neighbor solicits us: its entry is created with OTHER_MAC.
+    let out = r.send(
+        0,
+        &eth(MAC0, OTHER_MAC, 0x86dd, &ns(n, me, me, Some(OTHER_MAC))),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(r.state.neighbors.get(0, n.into()), Some(OTHER_MAC));
+    // Solicited advertisement, O clear, another address: ignored for the address.
+    let adv = na(n, me, n, 0x40, Some(NEW_MAC));
+    r.send(0, &eth(MAC0, NEW_MAC, 0x86dd, &adv));
+    assert_eq!(
+        r.state.neighbors.get(0, n.into()),
+        Some(OTHER_MAC),
+        "O=0 advertisement replaced the cached link-layer address"
+    );
+    // With O set it is taken (control).
+    let adv = na(n, me, n, 0x60, Some(NEW_MAC));
+    r.send(0, &eth(MAC0, NEW_MAC, 0x86dd, &adv));
+    assert_eq!(r.state.neighbors.get(0, n.into()), Some(NEW_MAC));
+}
+
+/// RFC 4861 7.2.2: when address resolution fails, the sender MUST return ICMPv6 Destination
+/// Unreachable code 3 (address unreachable) for each packet queued awaiting it.
+#[test]
+fn rfc4861_7_2_2_failed_resolution_sends_address_unreachable() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let c = v6("2001:db8:1::2");
+    let pkt = echo6(c, v6("2001:db8:2::9"), 64);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    assert_eq!(out.len(), 1, "the solicitation");
+    assert_eq!(r.graph.held(), 1);
+    r.now += crate::graph::HOLD_TIME;
+    let out = tick(&mut r);
+    let msgs = icmp6_msgs(&out)
+        .into_iter()
+        .filter(|m| m.3 == 1)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        msgs.len(),
+        1,
+        "no destination unreachable for the queued packet"
+    );
+    assert_eq!((msgs[0].2, msgs[0].4), (c, 3));
+}
+
+/// RFC 1812 5.2.7.1: Destination Unreachable code 1 (host unreachable) is "generated by a
+/// router if a forwarding path to the destination host on a directly connected network is not
+/// available (does not respond to ARP)".
+#[test]
+fn rfc1812_failed_arp_sends_host_unreachable() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let c = v4("198.18.1.2");
+    let pkt = ipv4(c, v4("198.18.2.9"), IpProtocol::UDP, 64, false, &[0; 8]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert_eq!(out.len(), 1, "the ARP request");
+    r.now += crate::graph::HOLD_TIME;
+    let out = tick(&mut r);
+    let msgs = icmp4_msgs(&out);
+    assert_eq!(msgs.len(), 1, "no host unreachable for the queued packet");
+    assert_eq!((msgs[0].2, msgs[0].3, msgs[0].4), (c, 3, 1));
+}
+
+/// RFC 4861 7.3.3: an entry that needs reachability confirmation is probed with unicast
+/// solicitations to the cached link-layer address (DELAY → PROBE), not multicast ones.
+#[test]
+fn rfc4861_7_3_3_stale_neighbor_is_probed_by_unicast() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (n, me) = (v6("2001:db8:2::5"), v6("2001:db8:2::1"));
+    r.send(
+        1,
+        &eth(MAC1, OTHER_MAC, 0x86dd, &ns(n, me, me, Some(OTHER_MAC))),
+    );
+    assert_eq!(r.state.neighbors.get(1, n.into()), Some(OTHER_MAC));
+    // Long after: traffic to it goes out and the entry is checked.
+    r.now += 120 * 1_000_000_000;
+    let pkt = echo6(v6("2001:db8:1::2"), n, 64);
+    let mut out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    // Give the DELAY state its 5 s.
+    r.now += 6 * 1_000_000_000;
+    out.extend(tick(&mut r));
+    out.extend(r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt)));
+    let solicitations: Vec<_> = out
+        .iter()
+        .filter(|(_, f)| {
+            f[12..14] == [0x86, 0xdd] && f.len() > 54 && f[14 + 6] == 58 && f[54] == 135
+        })
+        .collect();
+    assert!(!solicitations.is_empty(), "no probe at all");
+    for (_, f) in solicitations {
+        assert_eq!(&f[0..6], &OTHER_MAC, "probe sent to a multicast MAC");
+        let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), n, "probe sent to a multicast group");
+    }
+}
+
+/// RFC 4861 4.5 / 8.2: the Target of a redirect to a better router MUST be that router's
+/// link-local address (only an on-link destination may be its own target).
+#[test]
+fn rfc4861_4_5_redirect_target_for_a_router_is_link_local() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let ifcs = r.tables.interfaces.clone();
+    r.tables = Tables::build(
+        2,
+        ifcs,
+        &[StaticRoute {
+            prefix: "2001:db8:99::/48".parse().unwrap(),
+            target: RouteTarget::Via(vec![(Some("2001:db8:1::3".parse().unwrap()), None)]),
+        }],
+    )
+    .unwrap();
+    r.state
+        .neighbors
+        .insert_permanent(0, v6("2001:db8:1::3").into(), OTHER_MAC);
+    let (c, d) = (v6("2001:db8:1::2"), v6("2001:db8:99::9"));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(c, d, 64)));
+    for (_, f) in out.iter().filter(|(_, f)| f[0..6] == CLIENT_MAC) {
+        let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+        let m = ip.payload();
+        if m[0] == 137 {
+            let target = Ipv6Addr::from(<[u8; 16]>::try_from(&m[8..24]).unwrap());
+            assert!(
+                target == d || super::super::ip6::is_link_local(&target),
+                "redirect target {target} is neither the destination nor link-local"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- RFC 1812 -------------
+
+/// RFC 1812 5.2.7.2: a router MUST NOT send a redirect about a packet that carries an IP
+/// source route option.
+#[test]
+fn rfc1812_5_2_7_2_no_redirect_for_a_source_routed_packet() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    r.state
+        .neighbors
+        .insert_permanent(0, v4("198.18.1.5").into(), OTHER_MAC);
+    // LSRR with one hop left: 198.18.1.5 (on the link the packet came from).
+    let lsrr = [131, 7, 4, 198, 18, 1, 5, 0];
+    let pkt = ipv4_with_options(v4("198.18.1.2"), v4("198.18.1.1"), &lsrr, &icmp_echo(8, 8));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert!(
+        out.iter().any(|(_, f)| f[0..6] == OTHER_MAC),
+        "source route not followed"
+    );
+    let redirects = icmp4_msgs(&out).into_iter().filter(|m| m.3 == 5).count();
+    assert_eq!(redirects, 0, "redirect sent about a source-routed packet");
+}
+
+/// RFC 1812 5.3.7 / 4.2.2.11: a directed broadcast address is not a valid source; a router
+/// should not forward a packet from one (here the broadcast of the receiving subnet).
+#[test]
+fn rfc1812_5_3_7_directed_broadcast_source_is_not_forwarded() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let pkt = ipv4(
+        v4("198.18.1.255"),
+        v4("198.18.2.2"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert!(
+        out.is_empty(),
+        "forwarded a packet from a broadcast address"
+    );
+}
+
+// ------------------------------------------------ controls (expected to pass) -------------
+
+/// RFC 1812 4.2.2.9 / 5.3.1: packets to the router with TTL 0 or 1 are received, not expired.
+#[test]
+fn control_ttl_0_and_1_to_the_router_are_answered() {
+    for ttl in [0u8, 1] {
+        let mut r = Rig::new();
+        r.learn_client_and_server();
+        let ping = ipv4(
+            v4("198.18.1.2"),
+            v4("198.18.2.1"),
+            IpProtocol::ICMP,
+            ttl,
+            false,
+            &icmp_echo(8, 8),
+        );
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ping));
+        let msgs = icmp4_msgs(&out);
+        assert_eq!(msgs.len(), 1, "ttl {ttl}");
+        assert_eq!(msgs[0].3, 0, "ttl {ttl}: echo reply");
+    }
+}
+
+/// RFC 8200 3: hop limit 0 or 1 to the router is delivered.
+#[test]
+fn control_hop_limit_0_and_1_to_the_router_are_answered() {
+    for hop in [0u8, 1] {
+        let mut r = Rig::new();
+        r.learn_client_and_server();
+        let ping = echo6(v6("2001:db8:1::2"), v6("2001:db8:2::1"), hop);
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &ping));
+        let msgs = icmp6_msgs(&out);
+        assert_eq!(msgs.len(), 1, "hop {hop}");
+        assert_eq!(msgs[0].3, 129);
+    }
+}
+
+/// RFC 4443 3.2: a forwarded packet bigger than the link MTU draws Packet Too Big with the MTU
+/// and at most 1280 bytes; RFC 4443 2.4(e): not about a multicast-L2 frame (except PTB).
+#[test]
+fn control_packet_too_big_and_ipv6_error_size() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let c = v6("2001:db8:1::2");
+    let mut msg = vec![128, 0, 0, 0, 0, 1, 0, 1];
+    msg.extend([0u8; 1400]);
+    let d = v6("2001:db8:2::2");
+    let msg = icmp6(c, d, msg);
+    let pkt = ipv6(c, d, IpProtocol::ICMPV6, 64, &msg);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].3, msgs[0].4, msgs[0].5), (2, 0, 1400));
+    assert!(out[0].1.len() - 14 <= 1280);
+}
+
+/// RFC 4861 7.1.1: a DAD probe (from ::) to a group other than the target's solicited-node
+/// group is invalid; RFC 4861 7.2.4: a valid DAD probe is answered to all-nodes with S clear.
+#[test]
+fn control_dad_probe_handling() {
+    let mut r = Rig::new();
+    let me = v6("2001:db8:1::1");
+    let unspec = Ipv6Addr::UNSPECIFIED;
+    let out = r.send(
+        0,
+        &eth(
+            [0x33, 0x33, 0, 0, 0, 1],
+            CLIENT_MAC,
+            0x86dd,
+            &ns(unspec, v6("ff02::1"), me, None),
+        ),
+    );
+    assert!(out.is_empty());
+    let out = r.send(
+        0,
+        &eth(
+            [0x33, 0x33, 0xff, 0, 0, 1],
+            CLIENT_MAC,
+            0x86dd,
+            &ns(unspec, v6("ff02::1:ff00:1"), me, None),
+        ),
+    );
+    assert_eq!(out.len(), 1);
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!(ip.dst_addr(), v6("ff02::1"));
+    assert_eq!(ip.payload()[4] & 0x40, 0);
+}
+
+/// RFC 826: a request for another host updates an existing entry for the sender (merge) but
+/// creates none and is not answered; a broadcast sender hardware address is ignored.
+#[test]
+fn control_arp_merge_and_bad_sender() {
+    let mut r = Rig::new();
+    r.state
+        .neighbors
+        .learn(0, v4("198.18.1.9").into(), OTHER_MAC, r.now, true);
+    let other = arp(1, NEW_MAC, v4("198.18.1.9"), [0; 6], v4("198.18.1.7"));
+    assert!(r.send(0, &eth(BCAST, NEW_MAC, 0x0806, &other)).is_empty());
+    assert_eq!(
+        r.state.neighbors.get(0, v4("198.18.1.9").into()),
+        Some(NEW_MAC)
+    );
+    let bad = arp(1, BCAST, v4("198.18.1.8"), [0; 6], v4("198.18.1.1"));
+    assert!(r.send(0, &eth(BCAST, NEW_MAC, 0x0806, &bad)).is_empty());
+}
+
+/// RFC 8200 4.5 / RFC 6946: an atomic fragment is processed as a whole packet.
+#[test]
+fn control_atomic_fragment_is_processed() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let echo = icmp6(c, me, vec![128, 0, 0, 0, 0, 1, 0, 1]);
+    let pkt = frag6(c, me, 58, 0, false, 0x99, &echo);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].3, 129);
+}
+
+/// RFC 4443 2.4 (e.2): an ICMPv6 error message MUST NOT be originated as a result of
+/// receiving an ICMPv6 Redirect message.
+#[test]
+fn rfc4443_2_4_e2_no_error_about_a_redirect() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, d) = (v6("2001:db8:1::2"), v6("2001:db8:77::1"));
+    // A redirect (type 137) toward a destination with no route.
+    let mut m = vec![137, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&v6("2001:db8:1::3").octets());
+    m.extend_from_slice(&v6("2001:db8:99::9").octets());
+    let pkt = ipv6(c, d, IpProtocol::ICMPV6, 255, &icmp6(c, d, m));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    assert!(
+        icmp6_msgs(&out).is_empty(),
+        "ICMPv6 error sent about a redirect: {:?}",
+        icmp6_msgs(&out)
+    );
+}
+
+/// RFC 791 3.2 / RFC 6864 4.1: the identification of a non-atomic datagram (DF clear) must be
+/// unique for its source, destination and protocol while it may be alive; two ICMP errors the
+/// router originates to one host with DF clear must not share an identification.
+#[test]
+fn rfc791_icmp_errors_get_distinct_identifications() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let c = v4("198.18.1.2");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let pkt = ipv4(c, v4("203.0.113.9"), IpProtocol::UDP, 64, false, &[0; 8]);
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+        let ip = ip4_of(&out[0].1);
+        ids.push((ip.ident(), ip.dont_fragment()));
+    }
+    assert!(
+        ids[0].1 || ids[0].0 != ids[1].0,
+        "two non-atomic ICMP errors with identification {:?}",
+        ids
+    );
+}
+
+/// RFC 1812 5.3.4 (and RFC 1122 3.3.6): a router SHOULD silently discard a packet received
+/// in a link-layer broadcast whose IP destination is neither broadcast nor multicast, here an
+/// echo request to its own unicast address.
+#[test]
+fn rfc1812_5_3_4_unicast_ip_in_link_layer_broadcast_to_the_router_is_discarded() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let ping = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.1.1"),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &icmp_echo(8, 8),
+    );
+    let out = r.send(0, &eth(BCAST, CLIENT_MAC, 0x0800, &ping));
+    assert!(
+        out.is_empty(),
+        "answered a unicast echo in a broadcast frame"
+    );
+}
+
+/// RFC 1812 4.2.3.1: a router SHOULD silently discard on receipt any packet addressed to
+/// { <Network-prefix>, 0 } of an attached network (if not, treat it as a broadcast: never
+/// resolve it as a host).
+#[test]
+fn rfc1812_4_2_3_1_packet_to_the_subnet_zero_address_is_discarded() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let pkt = ipv4(
+        v4("198.18.1.2"),
+        v4("198.18.2.0"),
+        IpProtocol::UDP,
+        64,
+        false,
+        &[0; 8],
+    );
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert!(
+        out.is_empty(),
+        "a packet to the subnet's zero address went out: {:?}",
+        out.iter().map(|(p, f)| (p, &f[..14])).collect::<Vec<_>>()
+    );
+}
+
+/// RFC 791 3.2 (reassembly): a fragment duplicated by the network is merged (the algorithm
+/// copies each fragment's data into place); the datagram still completes.
+#[test]
+fn rfc791_duplicate_ipv4_fragment_does_not_kill_reassembly() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let echo = icmp_echo(8, 40);
+    let frags = ipv4_fragments(c, me, &echo, 24);
+    let mut out = Vec::new();
+    out.extend(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &frags[0])));
+    out.extend(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &frags[0])));
+    for f in &frags[1..] {
+        out.extend(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, f)));
+    }
+    let msgs = icmp4_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].3, 0);
+}
+
+/// RFC 4291 2.6.1: routers MUST support the Subnet-Router anycast address of the prefixes on
+/// their interfaces (an echo request to it is answered, not resolved as a host).
+#[test]
+fn rfc4291_subnet_router_anycast_is_ours() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let ping = echo6(v6("2001:db8:1::2"), v6("2001:db8:1::"), 64);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &ping));
+    let msgs = icmp6_msgs(&out);
+    assert!(msgs.iter().any(|m| m.3 == 129), "no echo reply: {:?}", msgs);
+}
+
+/// Control: RFC 8200 4 / RFC 4443 3.4: unknown next header after a destination options
+/// header: code 1, pointer at that header's Next Header byte (40).
+#[test]
+fn control_unknown_next_header_after_dest_opts_points_at_it() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let pkt = ipv6(
+        c,
+        me,
+        IpProtocol::DEST_OPTS,
+        64,
+        &[253, 0, 1, 4, 0, 0, 0, 0, 1, 2, 3, 4],
+    );
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].3, msgs[0].4, msgs[0].5), (4, 1, 40));
+}
+
+/// RFC 4291 2.5.2 (RFC 8200 forwarding): the unspecified address must never be the source of
+/// a packet a router forwards.
+#[test]
+fn rfc4291_2_5_2_unspecified_source_is_not_forwarded() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (s, d) = (Ipv6Addr::UNSPECIFIED, v6("2001:db8:2::2"));
+    let pkt = ipv6(s, d, IpProtocol::UDP, 64, &udp_bytes());
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    assert!(out.is_empty(), "forwarded a packet from ::");
+}
+
+/// RFC 826 / RFC 1812 (as Linux): an ARP packet whose sender protocol address is a broadcast
+/// or multicast address is not answered and teaches nothing.
+#[test]
+fn rfc826_arp_with_broadcast_or_multicast_sender_ip_is_ignored() {
+    for spa in ["255.255.255.255", "224.0.0.5", "198.18.1.255"] {
+        let mut r = Rig::new();
+        let req = arp(1, NEW_MAC, v4(spa), [0; 6], v4("198.18.1.1"));
+        let out = r.send(0, &eth(BCAST, NEW_MAC, 0x0806, &req));
+        assert!(out.is_empty(), "answered an ARP request from {spa}");
+        assert_eq!(
+            r.state.neighbors.get(0, v4(spa).into()),
+            None,
+            "learned {spa}"
+        );
+    }
+}
+
+/// RFC 4861 7.2.2: while resolution is pending the sender SHOULD retransmit the solicitation
+/// every RetransTimer (1 s) until MAX_MULTICAST_SOLICIT (3) have been sent, packet or not.
+#[test]
+fn rfc4861_7_2_2_solicitation_is_retransmitted_while_a_packet_waits() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let pkt = echo6(v6("2001:db8:1::2"), v6("2001:db8:2::9"), 64);
+    let mut out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    for _ in 0..2 {
+        r.now += 1_000_000_000;
+        out.extend(tick(&mut r));
+    }
+    let ns_count = icmp6_msgs(&out).iter().filter(|m| m.3 == 135).count();
+    assert_eq!(
+        ns_count, 3,
+        "solicitations sent for one waiting packet over 2 s"
+    );
+}
