@@ -16,6 +16,7 @@ node_errors! {
         Unsupported = ("unsupported", "ARP for a hardware or protocol type other than Ethernet/IPv4"),
         BadOperation = ("bad_operation", "ARP operation neither request nor reply"),
         BadSender = ("bad_sender", "sender hardware address is multicast or broadcast"),
+        BadSenderAddress = ("bad_sender_address", "sender IP address is broadcast, multicast, loopback or class E"),
         AddressConflict = ("address_conflict", "another station claims one of our addresses"),
         NotForUs = ("not_for_us", "ARP about an address that is not ours (entries refreshed only)"),
         RepliesLearned = ("replies_learned", "ARP replies consumed after learning the sender"),
@@ -61,6 +62,17 @@ impl ArpInput {
             return Next::Drop;
         }
         let sender = repr.source_protocol_addr;
+        // No station has a broadcast, multicast, loopback or class E address (Linux ignores
+        // such ARP too): neither answered nor learned.
+        let o = sender.octets()[0];
+        let subnet_broadcast = ifc
+            .ipv4
+            .iter()
+            .any(|n| n.prefix_len() < 31 && n.broadcast() == sender);
+        if o == 127 || o >= 224 || subnet_broadcast {
+            cx.error(ArpInputError::BadSenderAddress);
+            return Next::Drop;
+        }
         if ifc.has_ipv4(sender) {
             cx.error(ArpInputError::AddressConflict);
             return Next::Drop;
