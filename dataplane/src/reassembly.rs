@@ -156,10 +156,7 @@ impl Reassembler {
         // A fragment the network duplicated changes nothing (RFC 791's algorithm just copies
         // it again; RFC 5722 section 4 lets IPv6 drop exact duplicates quietly too); any other
         // overlap discards the datagram (RFC 5722).
-        let covered = p
-            .ranges
-            .iter()
-            .any(|&(s, e)| s <= frag.offset && end <= e);
+        let covered = p.ranges.iter().any(|&(s, e)| s <= frag.offset && end <= e);
         if covered && p.payload.get(frag.offset..end) == Some(frag.data) {
             return Ok(());
         }

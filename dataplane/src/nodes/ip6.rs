@@ -15,7 +15,7 @@ use crate::tables::Interface;
 use crate::wire::icmpv6::{param_problem_code, unreachable_code};
 use crate::wire::{
     checksum, EtherType, Icmpv6Message, Icmpv6Packet, IpAddrPair, IpProtocol, Ipv6Packet, Ipv6Repr,
-    TcpPacket,
+    TcpPacket, WireError,
 };
 use crate::{node_errors, node_nexts, per_packet_node};
 
@@ -366,7 +366,19 @@ impl Ip6Local {
         }
         let ext = match ext {
             Ok(e) => e,
-            Err(_) => {
+            Err(e) => {
+                // RFC 8200 4: a hop-by-hop header other than first is an unrecognized Next
+                // Header value, answered with a parameter problem at it.
+                let misplaced = Ipv6Packet::new_unchecked(pkt.buf.data()).misplaced_hop_by_hop();
+                if let (WireError::HopByHopNotFirst, Some(at)) = (e, misplaced) {
+                    cx.error(Ip6LocalError::UnknownHeader);
+                    pkt.meta.icmp_error = Some((
+                        Icmpv6Message::PARAM_PROBLEM.0,
+                        param_problem_code::UNRECOGNIZED_NEXT_HEADER,
+                        at as u32,
+                    ));
+                    return LocalNext::Error;
+                }
                 cx.error(Ip6LocalError::BadExtensionHeaders);
                 return LocalNext::Drop;
             }

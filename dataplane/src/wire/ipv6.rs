@@ -135,7 +135,16 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// A fragment header with a non-zero offset also ends the walk, because what follows it is
     /// the middle of the original datagram rather than a header.
     pub fn extension_headers(&self) -> Result<Ipv6ExtensionHeaders, WireError> {
-        walk(self.buffer.as_ref(), self.packet_len())
+        walk(self.buffer.as_ref(), self.packet_len(), &mut None)
+    }
+
+    /// When the chain has a hop-by-hop header anywhere but first
+    /// ([`WireError::HopByHopNotFirst`]): the offset of the Next Header field that names it,
+    /// the pointer of the Parameter Problem owed (RFC 8200 section 4, code 1).
+    pub fn misplaced_hop_by_hop(&self) -> Option<usize> {
+        let mut at = None;
+        let walked = walk(self.buffer.as_ref(), self.packet_len(), &mut at);
+        at.filter(|_| walked == Err(WireError::HopByHopNotFirst))
     }
 }
 
@@ -181,7 +190,13 @@ impl Ipv6FragmentInfo {
     }
 }
 
-fn walk(buf: &[u8], end: usize) -> Result<Ipv6ExtensionHeaders, WireError> {
+/// Walks the chain; on [`WireError::HopByHopNotFirst`], `misplaced` gets the offset of the
+/// Next Header field that named the hop-by-hop header.
+fn walk(
+    buf: &[u8],
+    end: usize,
+    misplaced: &mut Option<usize>,
+) -> Result<Ipv6ExtensionHeaders, WireError> {
     let end = end.min(buf.len());
     let mut next = IpProtocol(*buf.get(field::NEXT_HEADER).ok_or(WireError::Truncated)?);
     let mut next_header_offset = field::NEXT_HEADER;
@@ -200,7 +215,10 @@ fn walk(buf: &[u8], end: usize) -> Result<Ipv6ExtensionHeaders, WireError> {
     };
     loop {
         let header_len = match next {
-            IpProtocol::HOP_BY_HOP if count != 0 => return Err(WireError::HopByHopNotFirst),
+            IpProtocol::HOP_BY_HOP if count != 0 => {
+                *misplaced = Some(next_header_offset);
+                return Err(WireError::HopByHopNotFirst);
+            }
             IpProtocol::HOP_BY_HOP | IpProtocol::ROUTING | IpProtocol::DEST_OPTS => {
                 (usize::from(length_byte(offset)?) + 1) * 8
             }
