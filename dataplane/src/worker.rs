@@ -260,6 +260,55 @@ impl NeighborTable {
         );
     }
 
+    /// Takes in a neighbor advertisement for `ip` on `port` (RFC 4861 7.2.5): ignored without
+    /// an entry; an entry still waiting for its address takes it; a different address
+    /// replaces the cached one only with the Override flag (without it the entry just goes
+    /// stale, to be confirmed again before long); a solicited advertisement confirms the
+    /// entry. Permanent entries stay as they are.
+    pub fn advertised(
+        &mut self,
+        port: u16,
+        ip: IpAddr,
+        mac: Option<[u8; 6]>,
+        solicited: bool,
+        override_: bool,
+        now: Nanos,
+    ) {
+        let Some(e) = self.entries.get_mut(&(port, ip)) else {
+            return;
+        };
+        if e.permanent {
+            return;
+        }
+        let stale = now.saturating_sub(NEIGHBOR_REFRESH);
+        let taken = match (e.mac, mac) {
+            (None, None) => return,
+            (None, Some(new)) => Some(new),
+            (Some(old), Some(new)) if old != new && !override_ => {
+                // Keep the address; unconfirmed from now on.
+                e.confirmed = e.confirmed.min(stale);
+                self.generation += 1;
+                return;
+            }
+            (Some(old), Some(new)) if old != new => Some(new),
+            _ => None,
+        };
+        if let Some(new) = taken {
+            e.mac = Some(new);
+            e.requested = None;
+            // An unsolicited one only says where the address is, not that it is reachable.
+            e.confirmed = if solicited { now } else { stale };
+            self.generation += 1;
+            if let Some(shared) = &mut self.shared {
+                shared.push(LearnedNeighbor { port, ip, mac: new });
+            }
+        } else if solicited {
+            e.confirmed = now;
+            e.requested = None;
+            self.generation += 1;
+        }
+    }
+
     /// Takes in what another worker learned, as if this worker had seen the packets itself
     /// (packets waiting for one of these neighbors go out); not passed on again.
     pub fn merge_learned(&mut self, learned: &[LearnedNeighbor], now: Nanos) {

@@ -77,9 +77,10 @@ pub mod nd {
         hop_limit: u8,
         src: &Ipv6Addr,
         dst: &Ipv6Addr,
-    ) -> Result<(Ipv6Addr, Option<[u8; 6]>), NdError> {
+    ) -> Result<Advertisement, NdError> {
         let NdiscRepr::NeighborAdvert {
             solicited,
+            override_,
             target_addr,
             lladdr,
             ..
@@ -90,7 +91,25 @@ pub mod nd {
         if dst.is_multicast() && solicited {
             return Err(NdError::Malformed);
         }
-        Ok((target_addr, lladdr.map(|a| a.0)))
+        Ok(Advertisement {
+            target: target_addr,
+            mac: lladdr.map(|a| a.0),
+            solicited,
+            override_,
+        })
+    }
+
+    /// A validated neighbor advertisement.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Advertisement {
+        /// The address advertised.
+        pub target: Ipv6Addr,
+        /// Its link-layer address, if the advertisement carries one.
+        pub mac: Option<[u8; 6]>,
+        /// S: an answer to a solicitation.
+        pub solicited: bool,
+        /// O: the address is to replace a cached one.
+        pub override_: bool,
     }
 
     /// The Ethernet address of an IPv6 multicast group (RFC 2464 7).

@@ -529,16 +529,15 @@ impl Ip6Local {
             }
             Icmpv6Message::NEIGHBOR_ADVERT => {
                 match nd::parse_advertisement(msg, hop_limit, &src, &dst) {
-                    Ok((target, target_mac)) => {
-                        if let Some(mac) = target_mac {
-                            cx.state.neighbors.learn(
-                                pkt.meta.rx_port,
-                                IpAddr::V6(target),
-                                mac,
-                                cx.now,
-                                false,
-                            );
-                        }
+                    Ok(na) => {
+                        cx.state.neighbors.advertised(
+                            pkt.meta.rx_port,
+                            IpAddr::V6(na.target),
+                            na.mac,
+                            na.solicited,
+                            na.override_,
+                            cx.now,
+                        );
                         cx.error(Ip6LocalError::NeighborAdvertisements);
                     }
                     Err(_) => cx.error(Ip6LocalError::BadNd),
