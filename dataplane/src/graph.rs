@@ -44,6 +44,9 @@ pub const HOLD: &str = "hold";
 /// Longest a packet is held waiting for its next hop to be resolved: three one-second
 /// requests, as Linux's default `mcast_solicit`.
 pub const HOLD_TIME: Nanos = 3_000_000_000;
+/// How often held packets go back to the node that held them, which then asks for their
+/// next hop again (RFC 4861's RetransTimer).
+pub const RETRY_HELD_EVERY: Nanos = 1_000_000_000;
 /// Most packets held at once; more are dropped (counted in [`Graph::hold_overflow`]).
 pub const MAX_HELD: usize = 256;
 
@@ -450,6 +453,8 @@ pub struct Graph<B> {
     held: Vec<Held<B>>,
     /// The neighbor table generation the held packets last saw.
     held_generation: u64,
+    /// When held packets were last given another go.
+    held_retried: Nanos,
     /// Packets dropped because too many were held.
     pub hold_overflow: u64,
     /// Held packets dropped because their next hop stayed unresolved for [`HOLD_TIME`].
@@ -525,6 +530,7 @@ impl<B: PacketBuffer> Graph<B> {
             spawned: Vec::new(),
             held: Vec::new(),
             held_generation: 0,
+            held_retried: 0,
             hold_overflow: 0,
             hold_expired: 0,
             tx: (0..ports)
@@ -665,11 +671,11 @@ impl<B: PacketBuffer> Graph<B> {
         moved
     }
 
-    /// Drops held packets that waited too long; call now and then when idle.
-    pub fn housekeeping(&mut self, state: &WorkerState, now: Nanos) {
-        if !self.held.is_empty() {
-            self.release_held(state, now);
-        }
+    /// Gives held packets another go once a second (so their resolution is asked for again)
+    /// and answers those that waited too long; call about once a second. True when packets
+    /// were queued: the caller should dispatch.
+    pub fn housekeeping(&mut self, state: &WorkerState, now: Nanos) -> bool {
+        !self.held.is_empty() && self.release_held(state, now)
     }
 
     /// Number of packets held for neighbor resolution.
@@ -677,18 +683,26 @@ impl<B: PacketBuffer> Graph<B> {
         self.held.len()
     }
 
-    /// Expires old held packets and, when the neighbor table changed, queues the rest back at
-    /// the nodes that held them. True if any were queued.
+    /// Expires old held packets and, when the neighbor table changed or a second went by since
+    /// the last retry, queues the rest back at the nodes that held them (which ask for the
+    /// address again, at most once a second: RFC 4861 7.2.2's retransmissions). A packet that
+    /// waited [`HOLD_TIME`] in vain is answered with destination unreachable (address
+    /// unreachable, RFC 4861 7.2.2; host unreachable, RFC 1812 5.2.7.1) unless this node made
+    /// it. True if any were queued.
     fn release_held(&mut self, state: &WorkerState, now: Nanos) -> bool {
         let generation = state.neighbors.generation();
-        let changed = generation != self.held_generation;
+        let retry = now.saturating_sub(self.held_retried) >= RETRY_HELD_EVERY;
+        let changed = generation != self.held_generation || retry;
         self.held_generation = generation;
+        if retry {
+            self.held_retried = now;
+        }
         let mut requeued = false;
         for h in std::mem::take(&mut self.held) {
             let since = h.pkt.meta.held_since.map_or(now, NonZeroU64::get);
             if now.saturating_sub(since) >= HOLD_TIME {
                 self.hold_expired += 1;
-                self.dropped.push(h.pkt.buf);
+                requeued |= self.unreachable(h.pkt);
             } else if changed {
                 self.slots[h.slot].queue.push(h.pkt);
                 requeued = true;
@@ -697,6 +711,32 @@ impl<B: PacketBuffer> Graph<B> {
             }
         }
         requeued
+    }
+
+    /// Sends a packet whose next hop never answered to the ICMP error node of its family
+    /// (destination unreachable: host for IPv4, address for IPv6); drops it if this node made
+    /// it or the graph has no such node. True if queued.
+    fn unreachable(&mut self, mut pkt: Packet<B>) -> bool
+    where
+        B: crate::buffer::PacketBuffer,
+    {
+        let (node, error) = match pkt.buf.data().first().map(|b| b >> 4) {
+            Some(4) => ("icmp4-error", (3, 1)),
+            Some(6) => ("icmp6-error", (1, 3)),
+            _ => ("", (0, 0)),
+        };
+        match self.node_index(node) {
+            Some(slot) if !pkt.meta.local_origin => {
+                pkt.meta.icmp_error = Some((error.0, error.1, 0));
+                pkt.meta.held_since = None;
+                self.slots[slot].queue.push(pkt);
+                true
+            }
+            _ => {
+                self.dropped.push(pkt.buf);
+                false
+            }
+        }
     }
 
     fn run_passes(&mut self, tables: &Tables, state: &mut WorkerState, now: Nanos) {

@@ -823,10 +823,13 @@ where
             let handed = self.receive_handed();
             self.punt_others_to_host();
             let now = Instant::now();
+            // Held packets given another go (or answered as unreachable) need a dispatch.
+            let mut retried = false;
             if now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
                 last_housekeeping = now;
                 self.state.expire(nanos_since(start, now));
-                self.graph
+                retried = self
+                    .graph
                     .housekeeping(&self.state, nanos_since(start, now));
                 self.driver.recycle(&mut self.graph.dropped);
                 self.publish_snapshot(rx_total, tx_total, io_errors);
@@ -834,7 +837,7 @@ where
             let merged = self.exchange_neighbors(nanos_since(start, now));
             // With crypto in flight the loop keeps turning (the dispatch polls the device),
             // received packets or not; neighbors from another worker may release held ones.
-            if received == 0 && handed == 0 && self.graph.parked() == 0 && !merged {
+            if received == 0 && handed == 0 && self.graph.parked() == 0 && !merged && !retried {
                 if finished(&self.driver) {
                     break;
                 }
