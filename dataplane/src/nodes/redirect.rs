@@ -125,7 +125,25 @@ pub(crate) fn ipv6<B: PacketBuffer>(
     if !on_link || dst.is_multicast() || !cx.state.icmp_errors.allow(cx.now) {
         return None;
     }
-    let target_mac = cx.state.neighbors.get(pkt.meta.tx_port, IpAddr::V6(target));
+    let mut target_mac = cx.state.neighbors.get(pkt.meta.tx_port, IpAddr::V6(target));
+    // A better router is named by its link-local address (RFC 4861 4.5, 8.2): the neighbor
+    // on this link with the gateway's link-layer address. Without one, no redirect.
+    let target = if target == dst || is_link_local(&target) {
+        target
+    } else {
+        let mac = target_mac?;
+        let port = pkt.meta.tx_port;
+        let link_local = cx
+            .state
+            .neighbors
+            .iter()
+            .find_map(|((p, ip), n)| match ip {
+                IpAddr::V6(a) if *p == port && is_link_local(a) && n.mac == Some(mac) => Some(*a),
+                _ => None,
+            })?;
+        target_mac = Some(mac);
+        link_local
+    };
     let from: Ipv6Addr = ifc.link_local;
     // Type, code, checksum, reserved, target, destination; then the options.
     let fixed = 8 + 16 + 16;

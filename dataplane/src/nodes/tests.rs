@@ -1537,6 +1537,10 @@ fn forwarding_back_out_of_the_same_link_sends_a_redirect() {
     r.state
         .neighbors
         .insert_permanent(0, v6("2001:db8:1::3").into(), other);
+    // The better router's link-local address, which redirects name (RFC 4861 4.5).
+    r.state
+        .neighbors
+        .insert_permanent(0, v6("fe80::3").into(), other);
 
     let pkt = ipv4(
         v4("198.18.1.2"),
@@ -1582,7 +1586,7 @@ fn forwarding_back_out_of_the_same_link_sends_a_redirect() {
     );
     let m = ip.payload();
     assert_eq!(m[0], 137);
-    assert_eq!(&m[8..24], &v6("2001:db8:1::3").octets());
+    assert_eq!(&m[8..24], &v6("fe80::3").octets());
     assert_eq!(&m[24..40], &d.octets());
     assert_eq!(&m[40..48], &[2, 1, 2, 0, 0, 0, 0, 0x33]);
     assert_eq!(m[48], 4);
