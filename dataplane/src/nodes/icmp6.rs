@@ -240,8 +240,11 @@ impl Icmp6Error {
         };
         let (orig_src, orig_dst) = {
             let ip = Ipv6Packet::new_unchecked(pkt.buf.data());
+            // Only a packet's first bytes after its headers are its ICMPv6 header: a later
+            // fragment's are the middle of the message.
             let is_error = ip.extension_headers().is_ok_and(|e| {
                 e.upper_protocol == IpProtocol::ICMPV6
+                    && e.fragment.is_none_or(|f| f.offset == 0)
                     && ip.payload().len() + 40 > e.upper_offset
                     && {
                         // RFC 4443 2.4(e.1, e.2): never about an error or a redirect.

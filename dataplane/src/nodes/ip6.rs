@@ -302,6 +302,7 @@ node_errors! {
         UnknownOption = ("unknown_option", "unrecognized destination option: parameter problem sent"),
         Fragment = ("fragment", "fragment to a group, or behind other extension headers: not reassembled"),
         FragmentQueued = ("fragment_queued", "fragments held for reassembly"),
+        BadFragment = ("bad_fragment", "fragment not a multiple of 8 bytes, reaching past 65,535 bytes, or a first one without the whole header chain: parameter problem sent"),
         FragmentDropped = ("fragment_dropped", "fragments dropped: overlapping, too big, or too many datagrams in reassembly"),
         Reassembled = ("reassembled", "datagrams reassembled (echo requests answered, others dropped)"),
         NoBuffer = ("no_buffer", "no buffer for a fragment of a reply"),
@@ -378,6 +379,15 @@ impl Ip6Local {
                         at as u32,
                     ));
                     return LocalNext::Error;
+                }
+                // A first fragment whose chain runs past its end (RFC 7112).
+                let data = pkt.buf.data();
+                if data.get(6) == Some(&IpProtocol::FRAGMENT.0) && !dst.is_multicast() {
+                    if let Some((code, pointer)) = fragment_problem(data) {
+                        cx.error(Ip6LocalError::BadFragment);
+                        pkt.meta.icmp_error = Some((Icmpv6Message::PARAM_PROBLEM.0, code, pointer));
+                        return LocalNext::Error;
+                    }
                 }
                 cx.error(Ip6LocalError::BadExtensionHeaders);
                 return LocalNext::Drop;
@@ -681,6 +691,11 @@ impl Ip6Local {
         pkt: &mut Packet<B>,
         dst: Ipv6Addr,
     ) -> LocalNext {
+        if let Some((code, pointer)) = fragment_problem(pkt.buf.data()) {
+            cx.error(Ip6LocalError::BadFragment);
+            pkt.meta.icmp_error = Some((Icmpv6Message::PARAM_PROBLEM.0, code, pointer));
+            return LocalNext::Error;
+        }
         let whole = match local_frag::add_v6(cx, pkt.buf.data()) {
             Reassembled::Queued => {
                 cx.error(Ip6LocalError::FragmentQueued);
@@ -707,6 +722,51 @@ impl Ip6Local {
         }
         cx.error(Ip6LocalError::EchoReplied);
         LocalNext::Lookup
+    }
+}
+
+/// RFC 8200 4.5's checks of a fragment for this node (its fragment header right after the
+/// fixed header): the parameter problem (code, pointer) owed, if any. Every fragment but the
+/// last carries a multiple of 8 bytes (else: the Payload Length field); no fragment reaches
+/// past 65,535 bytes (the Fragment Offset field); the first holds the whole header chain
+/// through the upper-layer header (RFC 7112: code 3, pointer 0).
+fn fragment_problem(data: &[u8]) -> Option<(u8, u32)> {
+    let fh = data.get(40..48)?;
+    let word = u16::from_be_bytes([fh[2], fh[3]]);
+    let (offset, more) = (usize::from(word & 0xfff8), word & 1 != 0);
+    let end = Ipv6Packet::new_unchecked(data).packet_len().min(data.len());
+    let carried = data.get(48..end)?;
+    if more && !carried.len().is_multiple_of(8) {
+        return Some((param_problem_code::HEADER_FIELD, 4));
+    }
+    if offset + carried.len() > usize::from(u16::MAX) {
+        return Some((param_problem_code::HEADER_FIELD, 42));
+    }
+    if offset == 0 && !holds_header_chain(IpProtocol(fh[0]), carried) {
+        return Some((param_problem_code::INCOMPLETE_HEADER_CHAIN, 0));
+    }
+    None
+}
+
+/// True when `bytes` (a first fragment's data) hold every extension header from `next` on and
+/// the fixed part of the upper-layer header they lead to.
+fn holds_header_chain(mut next: IpProtocol, mut bytes: &[u8]) -> bool {
+    loop {
+        let len = match next {
+            IpProtocol::HOP_BY_HOP | IpProtocol::ROUTING | IpProtocol::DEST_OPTS => {
+                bytes.get(1).map(|&l| (usize::from(l) + 1) * 8)
+            }
+            IpProtocol::AH => bytes.get(1).map(|&l| (usize::from(l) + 2) * 4),
+            IpProtocol::FRAGMENT => Some(8),
+            IpProtocol::TCP => return bytes.len() >= 20,
+            IpProtocol::UDP => return bytes.len() >= 8,
+            IpProtocol::ICMPV6 => return bytes.len() >= 4,
+            _ => return true,
+        };
+        match len.and_then(|l| Some((bytes.first()?, bytes.get(l..)?))) {
+            Some((&following, rest)) => (next, bytes) = (IpProtocol(following), rest),
+            None => return false,
+        }
     }
 }
 

@@ -64,6 +64,8 @@ pub mod param_problem_code {
     pub const HEADER_FIELD: u8 = 0;
     pub const UNRECOGNIZED_NEXT_HEADER: u8 = 1;
     pub const UNRECOGNIZED_OPTION: u8 = 2;
+    /// The first fragment lacks part of the header chain (RFC 7112).
+    pub const INCOMPLETE_HEADER_CHAIN: u8 = 3;
 }
 
 /// Neighbor Discovery option types (RFC 4861 section 4.6).
