@@ -674,8 +674,45 @@ impl<B: PacketBuffer> Graph<B> {
     /// Gives held packets another go once a second (so their resolution is asked for again)
     /// and answers those that waited too long; call about once a second. True when packets
     /// were queued: the caller should dispatch.
-    pub fn housekeeping(&mut self, state: &WorkerState, now: Nanos) -> bool {
-        !self.held.is_empty() && self.release_held(state, now)
+    pub fn housekeeping(
+        &mut self,
+        state: &mut WorkerState,
+        now: Nanos,
+        mut alloc: impl FnMut() -> Option<B>,
+    ) -> bool
+    where
+        B: crate::buffer::PacketBuffer,
+    {
+        let mut queued = !self.held.is_empty() && self.release_held(state, now);
+        // Datagrams that never completed: time exceeded (reassembly) to their senders, about
+        // the first fragment (RFC 1122 3.3.2, RFC 8200 4.5).
+        for bytes in std::mem::take(&mut state.reassembly.timed_out_first) {
+            let Some(mut buf) = alloc() else {
+                break;
+            };
+            buf.truncate(0);
+            if !buf.push_back(bytes.len()) {
+                self.dropped.push(buf);
+                continue;
+            }
+            buf.data_mut().copy_from_slice(&bytes);
+            let (node, error) = match bytes.first().map(|b| b >> 4) {
+                Some(6) => ("icmp6-error", (3, 1)),
+                _ => ("icmp4-error", (11, 1)),
+            };
+            match self.node_index(node) {
+                Some(slot) => {
+                    let meta = Meta {
+                        icmp_error: Some((error.0, error.1, 0)),
+                        ..Meta::default()
+                    };
+                    self.slots[slot].queue.push(Packet { buf, meta });
+                    queued = true;
+                }
+                None => self.dropped.push(buf),
+            }
+        }
+        queued
     }
 
     /// Number of packets held for neighbor resolution.

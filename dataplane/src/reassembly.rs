@@ -93,7 +93,37 @@ pub struct Reassembler {
     partial: FnvHashMap<FragmentKey, Partial>,
     /// Datagrams dropped because they did not complete in time.
     pub timeouts: u64,
+    /// The first fragments (header and what data came with them) of datagrams that timed out,
+    /// to answer with time exceeded (reassembly), RFC 1122 3.3.2 and RFC 8200 4.5; taken by
+    /// the graph's housekeeping. Bounded by [`MAX_IN_PROGRESS`].
+    pub timed_out_first: Vec<Vec<u8>>,
 }
+
+/// A datagram's first fragment again, from its header and data, its length field saying
+/// what is there (as a checked packet's does).
+fn first_fragment(header: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(header.len() + data.len());
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(data);
+    match header.first().map(|b| b >> 4) {
+        Some(6) if bytes.len() >= 40 => {
+            let payload = (bytes.len() - 40) as u16;
+            bytes[4..6].copy_from_slice(&payload.to_be_bytes());
+        }
+        Some(4) if bytes.len() >= 20 => {
+            let total = bytes.len() as u16;
+            bytes[2..4].copy_from_slice(&total.to_be_bytes());
+            let mut ip = crate::wire::Ipv4Packet::new_unchecked(&mut bytes[..]);
+            ip.fill_checksum();
+        }
+        _ => {}
+    }
+    bytes
+}
+
+/// Most bytes of a timed-out datagram's first fragment kept for the ICMP error: what an
+/// IPv6 error can quote (the IPv4 one quotes less).
+const TIMED_OUT_QUOTE: usize = 1232;
 
 impl Reassembler {
     /// Adds a fragment; `timeout` is how long its datagram may take.
@@ -184,12 +214,23 @@ impl Reassembler {
         Ok(())
     }
 
-    /// Drops datagrams that ran out of time, returning how many. (An ICMP time exceeded,
-    /// reassembly, is a MAY in RFC 792 and is not sent.)
+    /// Drops datagrams that ran out of time, returning how many; keeps the first fragment of
+    /// each that had one in [`Reassembler::timed_out_first`].
     pub fn expire(&mut self, now: Nanos) -> usize {
         let before = self.partial.len();
-        self.partial
-            .retain(|_, p| now.saturating_sub(p.started) < p.timeout);
+        let first = &mut self.timed_out_first;
+        self.partial.retain(|_, p| {
+            let live = now.saturating_sub(p.started) < p.timeout;
+            if !live && first.len() < MAX_IN_PROGRESS {
+                if let (Some(header), Some(&(0, end))) = (&p.header, p.ranges.first()) {
+                    first.push(first_fragment(
+                        header,
+                        &p.payload[..end.min(TIMED_OUT_QUOTE)],
+                    ));
+                }
+            }
+            live
+        });
         let expired = before - self.partial.len();
         self.timeouts += expired as u64;
         expired

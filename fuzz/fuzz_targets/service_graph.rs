@@ -562,7 +562,7 @@ fuzz_target!(|data: &[u8]| {
             // Time passes; idle housekeeping.
             6 => {
                 now += u64::from(bytes.first().copied().unwrap_or(1)) * 250_000_000;
-                graph.housekeeping(&state, now);
+                graph.housekeeping(&mut state, now, || None);
                 graph.dropped.clear();
             }
             // The other tables come into force.

@@ -828,9 +828,10 @@ where
             if now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
                 last_housekeeping = now;
                 self.state.expire(nanos_since(start, now));
+                let driver = &mut self.driver;
                 retried = self
                     .graph
-                    .housekeeping(&self.state, nanos_since(start, now));
+                    .housekeeping(&mut self.state, nanos_since(start, now), || driver.alloc());
                 self.driver.recycle(&mut self.graph.dropped);
                 self.publish_snapshot(rx_total, tx_total, io_errors);
             }

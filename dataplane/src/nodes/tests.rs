@@ -364,7 +364,8 @@ fn held_packets_expire_when_nobody_answers() {
     r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
     assert_eq!(r.graph.held(), 1);
     r.now += crate::graph::HOLD_TIME;
-    r.graph.housekeeping(&r.state, r.now);
+    r.graph
+        .housekeeping(&mut r.state, r.now, || Some(HeapBuffer::new(2048, 128)));
     assert_eq!(r.graph.held(), 0);
     assert_eq!(r.graph.hold_expired, 1);
 }

@@ -10,7 +10,8 @@ const NEW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x44];
 /// returns what the graph sends because of it.
 fn tick(r: &mut Rig) -> Vec<(u16, Vec<u8>)> {
     r.state.expire(r.now);
-    r.graph.housekeeping(&r.state, r.now);
+    r.graph
+        .housekeeping(&mut r.state, r.now, || Some(HeapBuffer::new(2048, 128)));
     r.graph.dispatch(&r.tables, &mut r.state, r.now);
     let mut out = Vec::new();
     for (p, q) in r.graph.tx.iter_mut().enumerate() {
