@@ -71,7 +71,14 @@ pub struct Neighbor {
     pub requested: Option<Nanos>,
     /// Configured by hand: never expires, never overwritten by what is learned.
     pub permanent: bool,
+    /// Unanswered requests sent straight to `mac` to confirm it (RFC 4861 7.3.3's probes);
+    /// after [`NEIGHBOR_MAX_PROBES`] the address is forgotten and asked for by broadcast or
+    /// multicast again.
+    pub probes: u8,
 }
+
+/// Unicast probes before a neighbor's address is given up (RFC 4861's MAX_UNICAST_SOLICIT).
+pub const NEIGHBOR_MAX_PROBES: u8 = 3;
 
 /// How long a learned entry is used without being confirmed again.
 pub const NEIGHBOR_LIFETIME: Nanos = 600 * SECOND;
@@ -175,6 +182,7 @@ impl NeighborTable {
                 confirmed: 0,
                 requested: None,
                 permanent: false,
+                probes: 0,
             }),
         };
         let may_request = entry
@@ -195,9 +203,18 @@ impl NeighborTable {
                 });
                 Resolution::Known(mac)
             }
+            Some(_) if entry.probes >= NEIGHBOR_MAX_PROBES && may_request => {
+                // The neighbor did not answer at its address: ask everyone again.
+                entry.mac = None;
+                entry.probes = 0;
+                entry.requested = Some(now);
+                self.generation += 1;
+                Resolution::Request
+            }
             Some(mac) if age < NEIGHBOR_LIFETIME => {
                 if may_request {
                     entry.requested = Some(now);
+                    entry.probes = entry.probes.saturating_add(1);
                     Resolution::Refresh(mac)
                 } else {
                     Resolution::Known(mac)
@@ -232,6 +249,7 @@ impl NeighborTable {
                 e.mac = Some(mac);
                 e.confirmed = now;
                 e.requested = None;
+                e.probes = 0;
                 if let Some(shared) = &mut self.shared {
                     shared.push(LearnedNeighbor { port, ip, mac });
                 }
@@ -256,6 +274,7 @@ impl NeighborTable {
                 confirmed: now,
                 requested: None,
                 permanent: false,
+                probes: 0,
             },
         );
     }
@@ -296,6 +315,7 @@ impl NeighborTable {
         if let Some(new) = taken {
             e.mac = Some(new);
             e.requested = None;
+            e.probes = 0;
             // An unsolicited one only says where the address is, not that it is reachable.
             e.confirmed = if solicited { now } else { stale };
             self.generation += 1;
@@ -305,6 +325,7 @@ impl NeighborTable {
         } else if solicited {
             e.confirmed = now;
             e.requested = None;
+            e.probes = 0;
             self.generation += 1;
         }
     }
@@ -329,6 +350,7 @@ impl NeighborTable {
                 confirmed: 0,
                 requested: None,
                 permanent: true,
+                probes: 0,
             },
         );
     }
@@ -602,6 +624,26 @@ mod tests {
             ],
             [3, 5]
         );
+    }
+
+    #[test]
+    fn unanswered_probes_give_the_address_up() {
+        let mut t = NeighborTable::default();
+        let ip: IpAddr = "198.18.0.2".parse().unwrap();
+        t.learn(0, ip, [2; 6], 0, true);
+        let mut now = NEIGHBOR_REFRESH;
+        for _ in 0..NEIGHBOR_MAX_PROBES {
+            assert_eq!(t.resolve(0, ip, now), Resolution::Refresh([2; 6]));
+            now += SECOND;
+        }
+        assert_eq!(
+            t.resolve(0, ip, now),
+            Resolution::Request,
+            "asked for by broadcast again"
+        );
+        // An answer makes it known again, probes forgotten.
+        t.learn(0, ip, [3; 6], now, false);
+        assert_eq!(t.resolve(0, ip, now), Resolution::Known([3; 6]));
     }
 
     #[test]

@@ -130,10 +130,13 @@ per_packet_node!(ArpInput, "arp-input", Next, ArpInputError, handle);
 
 /// Turns the packet into a broadcast ARP request for `target` out of `ifc`. False when the
 /// buffer cannot hold it.
+/// An ARP request for `target` from `ifc`, broadcast, or sent straight to `unicast` (the
+/// cached address, to check an entry is still right, as RFC 1122 2.3.2.1 suggests).
 pub(crate) fn make_request<B: PacketBuffer>(
     buf: &mut B,
     ifc: &Interface,
     target: Ipv4Addr,
+    unicast: Option<[u8; 6]>,
 ) -> bool {
     // Ask from the address on the target's subnet, so the answer is usable (RFC 1812 4.3.2.4
     // spirit); any address of ours otherwise.
@@ -152,5 +155,10 @@ pub(crate) fn make_request<B: PacketBuffer>(
     };
     rebuild(buf, ArpRepr::LEN, |data| {
         request.emit(&mut ArpPacket::new_unchecked(data));
-    }) && push_ethernet(buf, EthernetAddress::BROADCAST.0, ifc.mac, EtherType::ARP)
+    }) && push_ethernet(
+        buf,
+        unicast.unwrap_or(EthernetAddress::BROADCAST.0),
+        ifc.mac,
+        EtherType::ARP,
+    )
 }

@@ -159,10 +159,14 @@ pub mod nd {
     }
 
     /// Turns the packet into a multicast solicitation for `target`, with its Ethernet header.
+    /// A neighbor solicitation for `target` from `ifc`: to its solicited-node group, or, to
+    /// confirm an entry it has (`unicast`, the cached address), to the target itself (RFC
+    /// 4861 7.3.3's probes).
     pub fn make_solicitation<B: PacketBuffer>(
         buf: &mut B,
         ifc: &Interface,
         target: Ipv6Addr,
+        unicast: Option<[u8; 6]>,
     ) -> bool {
         let src = if is_link_local(&target) {
             ifc.link_local
@@ -172,18 +176,19 @@ pub mod nd {
                 .find(|n| n.contains(&target))
                 .map_or(ifc.primary_ipv6(), |n| n.addr())
         };
-        let group = solicited_node(&target);
+        let (to, mac) = match unicast {
+            Some(mac) => (target, mac),
+            None => {
+                let group = solicited_node(&target);
+                (group, multicast_mac(&group))
+            }
+        };
         let nd = NdiscRepr::NeighborSolicit {
             target_addr: target,
             lladdr: Some(EthernetAddress(ifc.mac)),
         };
-        write(buf, src, group, nd)
-            && crate::nodes::push_ethernet(
-                buf,
-                multicast_mac(&group),
-                ifc.mac,
-                crate::wire::EtherType::IPV6,
-            )
+        write(buf, src, to, nd)
+            && crate::nodes::push_ethernet(buf, mac, ifc.mac, crate::wire::EtherType::IPV6)
     }
 }
 

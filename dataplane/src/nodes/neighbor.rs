@@ -152,8 +152,8 @@ impl NeighborOutput {
                 return Self::put_header(cx, pkt, &header);
             }
             Resolution::Refresh(mac) => {
-                // Still usable: send it, and ask again so it stays known.
-                Self::request(cx, pkt, ifc, next_hop);
+                // Still usable: send it, and ask the neighbor itself whether it still is.
+                Self::request(cx, pkt, ifc, next_hop, Some(mac));
                 mac
             }
             Resolution::Pending => {
@@ -161,7 +161,7 @@ impl NeighborOutput {
                 return Next::Hold;
             }
             Resolution::Request => {
-                Self::request(cx, pkt, ifc, next_hop);
+                Self::request(cx, pkt, ifc, next_hop, None);
                 cx.trace(
                     &pkt.meta,
                     format_args!("who-has {next_hop} on port {port}: held"),
@@ -226,6 +226,7 @@ impl NeighborOutput {
         pkt: &Packet<B>,
         ifc: &Interface,
         next_hop: IpAddr,
+        unicast: Option<[u8; 6]>,
     ) {
         let Some(mut req) = pkt.buf.alloc_sibling() else {
             cx.error(NeighborOutputError::NoBuffer);
@@ -233,11 +234,11 @@ impl NeighborOutput {
         };
         let (built, sent) = match next_hop {
             IpAddr::V4(a) => (
-                arp::make_request(&mut req, ifc, a),
+                arp::make_request(&mut req, ifc, a, unicast),
                 NeighborOutputError::ArpRequestSent,
             ),
             IpAddr::V6(a) => (
-                nd::make_solicitation(&mut req, ifc, a),
+                nd::make_solicitation(&mut req, ifc, a, unicast),
                 NeighborOutputError::SolicitationSent,
             ),
         };
