@@ -155,6 +155,10 @@ pub struct Tables {
     /// UDP, ICMP errors, other protocols, fragments) to the host's stack through the punt
     /// sink, instead of refusing it with a reset or an ICMP error.
     pub punt_to_host: bool,
+    /// The last octets of the attached subnets' broadcast addresses, as a 256-bit set: lets
+    /// `ip4-input` rule out a broadcast source with one bit test (see
+    /// [`Tables::is_directed_broadcast`]).
+    pub broadcast_tails: [u64; 4],
     /// Drop every packet with a loose or strict source route option (RFC 7126's advice, and
     /// Linux's default) instead of following it as RFC 1812 5.2.4.1 requires by default.
     pub drop_source_routed: bool,
@@ -205,17 +209,40 @@ impl Tables {
             interfaces,
             fib,
             punt_to_host: false,
+            broadcast_tails: [0; 4],
             drop_source_routed: false,
             services: None,
             policy: None,
             ipsec: None,
         };
+        for net in tables.interfaces.iter().flat_map(|i| &i.ipv4) {
+            if net.prefix_len() < 31 {
+                let tail = net.broadcast().octets()[3];
+                tables.broadcast_tails[usize::from(tail / 64)] |= 1 << (tail % 64);
+            }
+        }
         for r in routes {
             let route = tables.resolve(r)?;
             tables.fib.insert(r.prefix, route);
         }
         tables.fib.compile();
         Ok(tables)
+    }
+
+    /// True when the last octet of an IPv4 address is that of an attached subnet's broadcast
+    /// address: the address may be one (a cheap first test).
+    #[inline(always)]
+    pub fn may_be_directed_broadcast(&self, last_octet: u8) -> bool {
+        self.broadcast_tails[usize::from(last_octet / 64)] & (1 << (last_octet % 64)) != 0
+    }
+
+    /// True when `addr` is the broadcast address of a subnet attached to this node, which is
+    /// never a valid source (RFC 1812 4.2.2.11, 5.3.7).
+    pub fn is_directed_broadcast(&self, addr: Ipv4Addr) -> bool {
+        self.interfaces
+            .iter()
+            .flat_map(|i| &i.ipv4)
+            .any(|n| n.prefix_len() < 31 && n.broadcast() == addr)
     }
 
     /// A copy of these tables with `routes` added (learned routes, e.g. from BGP), the FIB

@@ -101,7 +101,7 @@ impl Ip4Input {
             cx.error(Ip4InputError::BadChecksum);
             return InputNext::Drop;
         }
-        if may_be_martian(h[12], h[16]) {
+        if may_be_martian(h[12], h[16]) || cx.tables.may_be_directed_broadcast(h[15]) {
             if let Some(drop) = Self::martian(cx, h) {
                 return drop;
             }
@@ -127,7 +127,7 @@ impl Ip4Input {
         let learning = src.is_unspecified()
             && h[9] == IpProtocol::ICMP.0
             && (dst.is_broadcast() || cx.tables.is_local_ipv4(dst));
-        if is_martian_source(src) && !learning {
+        if (is_martian_source(src) && !learning) || cx.tables.is_directed_broadcast(src) {
             cx.error(Ip4InputError::MartianSource);
             return Some(InputNext::Drop);
         }
@@ -175,7 +175,7 @@ impl Ip4Input {
             cx.error(Ip4InputError::BadChecksum);
             return InputNext::Drop;
         }
-        if may_be_martian(h[12], h[16]) {
+        if may_be_martian(h[12], h[16]) || cx.tables.may_be_directed_broadcast(h[15]) {
             if let Some(drop) = Self::martian(cx, h) {
                 return drop;
             }
