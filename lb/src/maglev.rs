@@ -24,14 +24,15 @@
 //! to the last few hundred free slots. The build (module `fill`) keeps each probe to a handful of
 //! instructions: offset and skip are computed once per backend, the walk keeps the current slot
 //! rather than the index `j` (the next slot is an add and a conditional subtract, no modulo),
-//! "already claimed?" is a bit in an `M`-bit bitmap that stays in L1 cache, and late walks run
-//! as two or four interleaved chains. Small equal-weight sets probe 64 slots ahead per backend
-//! without branching and then take a candidate per turn, instead of ending every walk on a
-//! mispredicted branch. The last `√M` free slots are not walked to at all: a backend's next slot
-//! is the free slot `f` that minimises its step count `(f - pos) · skip⁻¹ mod M` (a few dozen
-//! backends switch earlier, to those step counts kept as one bitmap per backend). Each turn
-//! claims the slot the paper's loop would, so the table is the same slot for slot (tested
-//! against [`reference`](crate::reference)).
+//! "already claimed?" is a byte of an `M`-byte map (a bit of an `M`-bit one for the few-backend
+//! sets that probe many slots per claim), and late walks run as two or four interleaved chains.
+//! Large equal-weight sets take each turn's first two or four probes without a branch, and small
+//! ones probe 64 slots ahead per backend and then take a candidate per turn, instead of ending
+//! every walk on a mispredicted branch. The last `√M` free slots are not walked to at all: a
+//! backend's next slot is the free slot `f` that minimises its step count
+//! `(f - pos) · skip⁻¹ mod M` (a few dozen backends switch earlier, to those step counts kept as
+//! one bitmap per backend). Each turn claims the slot the paper's loop would, so the table is the
+//! same slot for slot (tested against [`reference`](crate::reference)).
 //!
 //! Weighted sets whose heaviest backend dwarfs the others would make the round-by-round scan
 //! visit backends with no turn to take for thousands of rounds; those are driven from a
