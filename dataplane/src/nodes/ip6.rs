@@ -300,7 +300,7 @@ node_errors! {
         BadExtensionHeaders = ("bad_extension_headers", "extension header chain malformed, too long or truncated, or an option saying discard"),
         RoutingHeader = ("routing_header", "routing header with segments left: parameter problem sent"),
         UnknownOption = ("unknown_option", "unrecognized destination option: parameter problem sent"),
-        Fragment = ("fragment", "fragment to a group, or behind other extension headers: not reassembled"),
+        Fragment = ("fragment", "fragment to a group: not reassembled"),
         FragmentQueued = ("fragment_queued", "fragments held for reassembly"),
         BadFragment = ("bad_fragment", "fragment not a multiple of 8 bytes, reaching past 65,535 bytes, or a first one without the whole header chain: parameter problem sent"),
         FragmentDropped = ("fragment_dropped", "fragments dropped: overlapping, too big, or too many datagrams in reassembly"),
@@ -383,7 +383,7 @@ impl Ip6Local {
                 // A first fragment whose chain runs past its end (RFC 7112).
                 let data = pkt.buf.data();
                 if data.get(6) == Some(&IpProtocol::FRAGMENT.0) && !dst.is_multicast() {
-                    if let Some((code, pointer)) = fragment_problem(data) {
+                    if let Some((code, pointer)) = fragment_problem(data, 40) {
                         cx.error(Ip6LocalError::BadFragment);
                         pkt.meta.icmp_error = Some((Icmpv6Message::PARAM_PROBLEM.0, code, pointer));
                         return LocalNext::Error;
@@ -435,11 +435,11 @@ impl Ip6Local {
                 cx.error(Ip6LocalError::PuntedToHost);
                 return LocalNext::Punt;
             }
-            if !unicast_to_us || frag.header_offset != 40 {
+            if !unicast_to_us {
                 cx.error(Ip6LocalError::Fragment);
                 return LocalNext::Drop;
             }
-            return Self::fragment(cx, pkt, dst);
+            return Self::fragment(cx, pkt, dst, frag.header_offset);
         }
         if punt_to_host
             && unicast_to_us
@@ -690,13 +690,14 @@ impl Ip6Local {
         cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
         dst: Ipv6Addr,
+        at: usize,
     ) -> LocalNext {
-        if let Some((code, pointer)) = fragment_problem(pkt.buf.data()) {
+        if let Some((code, pointer)) = fragment_problem(pkt.buf.data(), at) {
             cx.error(Ip6LocalError::BadFragment);
             pkt.meta.icmp_error = Some((Icmpv6Message::PARAM_PROBLEM.0, code, pointer));
             return LocalNext::Error;
         }
-        let whole = match local_frag::add_v6(cx, pkt.buf.data()) {
+        let whole = match local_frag::add_v6(cx, pkt.buf.data(), at) {
             Reassembled::Queued => {
                 cx.error(Ip6LocalError::FragmentQueued);
                 return LocalNext::Drop;
@@ -725,22 +726,24 @@ impl Ip6Local {
     }
 }
 
-/// RFC 8200 4.5's checks of a fragment for this node (its fragment header right after the
-/// fixed header): the parameter problem (code, pointer) owed, if any. Every fragment but the
-/// last carries a multiple of 8 bytes (else: the Payload Length field); no fragment reaches
-/// past 65,535 bytes (the Fragment Offset field); the first holds the whole header chain
-/// through the upper-layer header (RFC 7112: code 3, pointer 0).
-fn fragment_problem(data: &[u8]) -> Option<(u8, u32)> {
-    let fh = data.get(40..48)?;
+/// RFC 8200 4.5's checks of a fragment for this node (its fragment header at `at`): the
+/// parameter problem (code, pointer) owed, if any. Every fragment but the last carries a
+/// multiple of 8 bytes (else: the Payload Length field); no fragment reaches past 65,535
+/// bytes (the Fragment Offset field); the first holds the whole header chain through the
+/// upper-layer header (RFC 7112: code 3, pointer 0).
+fn fragment_problem(data: &[u8], at: usize) -> Option<(u8, u32)> {
+    let fh = data.get(at..at + 8)?;
     let word = u16::from_be_bytes([fh[2], fh[3]]);
     let (offset, more) = (usize::from(word & 0xfff8), word & 1 != 0);
     let end = Ipv6Packet::new_unchecked(data).packet_len().min(data.len());
-    let carried = data.get(48..end)?;
+    let carried = data.get(at + 8..end)?;
     if more && !carried.len().is_multiple_of(8) {
         return Some((param_problem_code::HEADER_FIELD, 4));
     }
-    if offset + carried.len() > usize::from(u16::MAX) {
-        return Some((param_problem_code::HEADER_FIELD, 42));
+    // The reassembled payload: the headers before the fragment header, then the fragmentable
+    // part, whose offsets count from after it.
+    if (at - 40) + offset + carried.len() > usize::from(u16::MAX) {
+        return Some((param_problem_code::HEADER_FIELD, (at + 2) as u32));
     }
     if offset == 0 && !holds_header_chain(IpProtocol(fh[0]), carried) {
         return Some((param_problem_code::INCOMPLETE_HEADER_CHAIN, 0));

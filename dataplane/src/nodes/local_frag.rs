@@ -56,11 +56,12 @@ pub(crate) fn add_v4<B>(cx: &mut Context<'_, B>, data: &[u8]) -> Reassembled {
     outcome(cx.state.reassembly.add(key, frag, TIMEOUT_V4, cx.now))
 }
 
-/// Adds an IPv6 fragment whose fragment header sits right after the fixed header (the only
-/// layout this node reassembles; others are dropped by the caller).
-pub(crate) fn add_v6<B>(cx: &mut Context<'_, B>, data: &[u8]) -> Reassembled {
+/// Adds an IPv6 fragment whose fragment header starts at `at` (40 when it follows the fixed
+/// header; further on behind hop-by-hop, destination options or routing headers, which the
+/// caller has already acted on and which the reassembled datagram goes without).
+pub(crate) fn add_v6<B>(cx: &mut Context<'_, B>, data: &[u8], at: usize) -> Reassembled {
     let ip = Ipv6Packet::new_unchecked(data);
-    let Some(fh) = data.get(40..48) else {
+    let Some(fh) = data.get(at..at + 8) else {
         return Reassembled::Dropped;
     };
     let word = u16::from_be_bytes([fh[2], fh[3]]);
@@ -78,7 +79,9 @@ pub(crate) fn add_v6<B>(cx: &mut Context<'_, B>, data: &[u8]) -> Reassembled {
     let frag = Fragment {
         offset,
         more: word & 1 != 0,
-        data: &data[48..ip.packet_len().max(48)],
+        data: data
+            .get(at + 8..ip.packet_len().min(data.len()))
+            .unwrap_or_default(),
         header: (offset == 0).then_some(&header[..]),
     };
     outcome(cx.state.reassembly.add(key, frag, TIMEOUT_V6, cx.now))

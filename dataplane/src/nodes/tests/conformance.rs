@@ -723,3 +723,36 @@ fn rfc4861_7_2_2_solicitation_is_retransmitted_while_a_packet_waits() {
         "solicitations sent for one waiting packet over 2 s"
     );
 }
+
+/// RFC 8200 4.5: the unfragmentable part may hold a hop-by-hop header before the fragment
+/// header; such an echo request in two fragments is reassembled and answered.
+#[test]
+fn fragments_behind_a_hop_by_hop_header_are_reassembled() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut echo = vec![128, 0, 0, 0, 0, 9, 0, 1];
+    echo.extend([7u8; 24]);
+    let echo = icmp6(c, me, echo);
+    // Hop-by-hop (PadN), then the fragment header naming ICMPv6.
+    let with_hbh = |offset: u16, more: bool, data: &[u8]| {
+        let mut body = vec![44, 0, 1, 4, 0, 0, 0, 0];
+        body.extend_from_slice(&[58, 0]);
+        body.extend_from_slice(&(offset | u16::from(more)).to_be_bytes());
+        body.extend_from_slice(&0x77u32.to_be_bytes());
+        body.extend_from_slice(data);
+        ipv6(c, me, IpProtocol::HOP_BY_HOP, 64, &body)
+    };
+    assert!(r
+        .send(
+            0,
+            &eth(MAC0, CLIENT_MAC, 0x86dd, &with_hbh(0, true, &echo[..16]))
+        )
+        .is_empty());
+    let out = r.send(
+        0,
+        &eth(MAC0, CLIENT_MAC, 0x86dd, &with_hbh(16, false, &echo[16..])),
+    );
+    let msgs = icmp6_msgs(&out);
+    assert!(msgs.iter().any(|m| m.3 == 129), "no echo reply: {msgs:?}");
+}
