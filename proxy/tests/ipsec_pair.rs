@@ -280,9 +280,11 @@ fn two_switchyards_tunnel_over_cryptodevs() {
             );
             eprintln!("{esp} {ns}: {encrypted} encrypted, {decrypted} decrypted; {line}");
             if workers > 1 {
-                // Both workers forwarded; packets for the SAs the other one keeps went there.
+                // Two workers ran (which of them sees which flow is the kernel's fanout hash's
+                // choice: ESP between the gateways is one flow, so handoffs may or may not
+                // happen; the graph tests cover them).
                 assert!(
-                    section.contains("worker 1: ") && section.contains("handed_off"),
+                    section.contains("worker 1: "),
                     "{esp} {ns}: two workers:\n{section}"
                 );
             }
