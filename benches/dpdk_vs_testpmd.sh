@@ -25,6 +25,11 @@
 #                  0,FWD_LCORE with 0 as its idle main lcore)
 #   SWITCHYARD     router binary (default: built with cargo build --release -p switchyard)
 #   SKIP_DPDK_FWD  set to 1 to skip the dpdk_fwd baseline
+#   HUGE_DIR       a hugetlbfs mount with at least 128 free 2 MiB pages: every forwarder then
+#                  runs on it (-m 256) instead of --no-huge. Without hugetlbfs the EAL's memory
+#                  is in 4 KiB pages, and Switchyard's driver puts its mbuf pool on transparent
+#                  huge pages of its own (DpdkConfig::transparent_huge_pages) while testpmd and
+#                  its PMDs stay on 4 KiB pages; with HUGE_DIR every forwarder has 2 MiB pages.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -45,7 +50,13 @@ python3 benches/tools/udp_pcap.py "$WORK/in.pcap" "$MAC0" 02:00:00:00:00:c1 256
 PORTS="net_pcap0,net_null0"
 VDEVS="--vdev net_pcap0,rx_pcap=$WORK/in.pcap,infinite_rx=1 --vdev net_null0,no-rx=1"
 # --no-shconf and a per-run prefix keep runs from seeing each other's files.
-EAL_COMMON="--no-huge --no-pci --no-shconf -m 512"
+if [ -n "${HUGE_DIR:-}" ]; then
+  EAL_COMMON="--huge-dir $HUGE_DIR --huge-unlink -m 256 --no-pci --no-shconf"
+  MEMORY="hugetlbfs ($HUGE_DIR)"
+else
+  EAL_COMMON="--no-huge --no-pci --no-shconf -m 512"
+  MEMORY="--no-huge"
+fi
 eal_args() { echo "$EAL_COMMON --file-prefix sy_bench_$1_$$ -l $2 $VDEVS"; }
 
 # Bounds a run: SIGINT after DURATION + 5 s of start-up (testpmd then prints its totals and
@@ -129,7 +140,7 @@ PY
 # --- table -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$TESTPMD_MPPS" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "DPDK, 64-byte IPv4/UDP, net_pcap0 (infinite_rx) -> net_null0, ${DURATION}s each, one lcore"
+echo "DPDK, 64-byte IPv4/UDP, net_pcap0 (infinite_rx) -> net_null0, ${DURATION}s each, one lcore, $MEMORY"
 printf '| %-44s | %8s | %10s |\n' "forwarder" "Mpps" "vs testpmd"
 printf '| %-44s | %8s | %10s |\n' "--------------------------------------------" "--------" "----------"
 printf '| %-44s | %8s | %10s |\n' "dpdk-testpmd --forward-mode=io" "$TESTPMD_MPPS" "1.00"

@@ -52,6 +52,8 @@ const FUNCTIONS: &[&str] = &[
     "rte_pktmbuf_free_bulk",
     "rte_mempool_avail_count",
     "rte_mempool_free",
+    "rte_eal_has_hugepages",
+    "rte_eal_has_pci",
     "rte_cryptodev_count",
     "rte_cryptodev_get_dev_id",
     "rte_cryptodev_socket_id",

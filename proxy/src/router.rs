@@ -107,6 +107,11 @@ pub fn run_with(args: &RouterArgs, hooks: Hooks) -> anyhow::Result<()> {
                 },
             )
             .context("starting the DPDK dataplane")?;
+            tracing::info!(
+                pool = driver.pool_name(),
+                transparent_huge_pages = driver.pool_on_huge_pages(),
+                "mbuf pool ready"
+            );
             run_workers(
                 driver.split(),
                 args,

@@ -1,5 +1,9 @@
 /* See shim.h: out-of-line copies of DPDK static inline functions, for Rust. */
+#include <errno.h>
+
 #include "wrapper.h"
+
+#include <rte_mbuf_pool_ops.h>
 
 int sy_rte_errno(void) { return rte_errno; }
 
@@ -25,6 +29,52 @@ int sy_rte_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, u
 }
 
 void sy_rte_pktmbuf_free(struct rte_mbuf *m) { rte_pktmbuf_free(m); }
+
+size_t sy_pktmbuf_pool_mem_size(unsigned n, uint16_t data_room)
+{
+	size_t obj = rte_mempool_calc_obj_size(sizeof(struct rte_mbuf) + data_room,
+					       RTE_MEMPOOL_F_NO_IOVA_CONTIG, NULL);
+	/* A cache line more: the first object starts at an aligned address. */
+	return (size_t)n * obj + RTE_CACHE_LINE_SIZE;
+}
+
+struct rte_mempool *sy_pktmbuf_pool_create_in(const char *name, unsigned n, unsigned cache_size,
+                                              uint16_t data_room, int socket_id, void *addr,
+                                              size_t len)
+{
+	struct rte_pktmbuf_pool_private priv = {
+		.mbuf_data_room_size = data_room,
+		.mbuf_priv_size = 0,
+		.flags = 0,
+	};
+	if (rte_eal_iova_mode() != RTE_IOVA_VA) {
+		rte_errno = ENOTSUP;
+		return NULL;
+	}
+	/* Objects packed without regard to 4 KiB page ends (the mempool would otherwise keep
+	 * each one inside a page, one per 4 KiB, since the EAL has no hugepages): in VA mode an
+	 * object's IOVA is its address, contiguous across pages. */
+	struct rte_mempool *mp = rte_mempool_create_empty(
+		name, n, sizeof(struct rte_mbuf) + data_room, cache_size,
+		sizeof(struct rte_pktmbuf_pool_private), socket_id, RTE_MEMPOOL_F_NO_IOVA_CONTIG);
+	if (mp == NULL)
+		return NULL;
+	int ret = rte_mempool_set_ops_byname(mp, rte_mbuf_best_mempool_ops(), NULL);
+	if (ret != 0) {
+		rte_mempool_free(mp);
+		rte_errno = -ret;
+		return NULL;
+	}
+	rte_pktmbuf_pool_init(mp, &priv);
+	ret = rte_mempool_populate_iova(mp, addr, (rte_iova_t)(uintptr_t)addr, len, NULL, NULL);
+	if (ret < 0 || mp->populated_size < n) {
+		rte_mempool_free(mp);
+		rte_errno = ret < 0 ? -ret : ENOMEM;
+		return NULL;
+	}
+	rte_mempool_obj_iter(mp, rte_pktmbuf_init, NULL);
+	return mp;
+}
 
 void *sy_rte_pktmbuf_mtod(struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, void *); }
 

@@ -1,10 +1,12 @@
 /* Out-of-line wrappers for DPDK's static inline functions and macros, prefixed `sy_` so they
  * can be bound by bindgen and called from Rust. Each one does nothing but call what it wraps,
- * except the cryptodev helpers at the end, which fill DPDK's union-heavy transform and
- * operation structures (simpler and safer in C than through bindgen's unions). */
+ * except the pool helper (rte_pktmbuf_pool_create's steps, with the caller's memory) and the
+ * cryptodev helpers at the end, which fill DPDK's union-heavy transform and operation
+ * structures (simpler and safer in C than through bindgen's unions). */
 #ifndef SWITCHYARD_DPDK_SHIM_H
 #define SWITCHYARD_DPDK_SHIM_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct rte_mbuf;
@@ -25,6 +27,17 @@ uint16_t sy_rte_eth_tx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbu
 struct rte_mbuf *sy_rte_pktmbuf_alloc(struct rte_mempool *mp);
 int sy_rte_pktmbuf_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **mbufs, unsigned count);
 void sy_rte_pktmbuf_free(struct rte_mbuf *m);
+
+/* A pktmbuf pool made as rte_pktmbuf_pool_create makes it (the best mempool ops, no private
+ * area per mbuf), but with its objects packed into `len` bytes at `addr` that the caller mapped,
+ * instead of in memory from the EAL: for mbufs on transparent huge pages when the EAL runs
+ * without hugetlbfs. Only in IOVA-as-VA mode, where an object's IOVA is its address. NULL on
+ * failure, rte_errno set. The memory stays the caller's: freeing the pool does not unmap it. */
+struct rte_mempool *sy_pktmbuf_pool_create_in(const char *name, unsigned n, unsigned cache_size,
+                                              uint16_t data_room, int socket_id, void *addr,
+                                              size_t len);
+/* Bytes of memory that `n` objects of such a pool take. */
+size_t sy_pktmbuf_pool_mem_size(unsigned n, uint16_t data_room);
 
 /* mbuf data (single segment: the first segment's data). */
 void *sy_rte_pktmbuf_mtod(struct rte_mbuf *m);

@@ -173,6 +173,13 @@ pub struct DpdkConfig {
     /// that offer it; others spread them their own way (`net_af_packet` with `qpairs=N`: a
     /// kernel fanout group).
     pub queues: u16,
+    /// When the EAL runs without hugetlbfs and without PCI devices (`--no-huge --no-pci`: virtual
+    /// devices only), place the mbuf pool in memory the driver maps and advises as transparent
+    /// huge pages, instead of the EAL's 4 KiB pages. The packets' headers and data are then
+    /// reached through a handful of TLB entries instead of hundreds (see
+    /// [`DpdkDriver::pool_on_huge_pages`]). Falls back to the EAL's memory when the kernel or
+    /// DPDK refuses.
+    pub transparent_huge_pages: bool,
 }
 
 impl Default for DpdkConfig {
@@ -185,6 +192,7 @@ impl Default for DpdkConfig {
             tx_desc: 1024,
             promiscuous: true,
             queues: 1,
+            transparent_huge_pages: true,
         }
     }
 }
@@ -406,13 +414,28 @@ impl PacketBuffer for Mbuf {
 struct MbufPool {
     mp: NonNull<sys::rte_mempool>,
     name: String,
+    /// The mbufs are in memory the driver mapped on transparent huge pages (see
+    /// [`DpdkConfig::transparent_huge_pages`]), not in the EAL's.
+    on_huge_pages: bool,
 }
+
+/// Size of a transparent huge page (x86-64 and arm64 with 4 KiB base pages).
+const HUGE_PAGE: usize = 2 << 20;
 
 impl MbufPool {
     fn create(cfg: &DpdkConfig) -> Result<Self, IoError> {
         let name = format!("sy_mbufs_{}", POOL_SEQ.fetch_add(1, Ordering::Relaxed));
         let cname =
             CString::new(name.as_str()).map_err(|e| IoError::BadArguments(e.to_string()))?;
+        if cfg.transparent_huge_pages && Self::eal_memory_is_small_pages() {
+            if let Some(mp) = Self::create_on_huge_pages(cfg, &cname) {
+                return Ok(MbufPool {
+                    mp,
+                    name,
+                    on_huge_pages: true,
+                });
+            }
+        }
         // SAFETY: the EAL is initialised (the caller holds an Eal); cname is a valid C string
         // that DPDK copies; the numeric arguments are checked by DPDK.
         let mp = unsafe {
@@ -436,7 +459,79 @@ impl MbufPool {
                 strerror(errnum)
             ))
         })?;
-        Ok(MbufPool { mp, name })
+        Ok(MbufPool {
+            mp,
+            name,
+            on_huge_pages: false,
+        })
+    }
+
+    /// True when the EAL runs without hugetlbfs (`--no-huge`: its memory is in 4 KiB pages)
+    /// and without the PCI bus (`--no-pci`: every port is a virtual device, which copies or
+    /// hands packets to the kernel and never DMAs from memory the EAL did not map for it).
+    fn eal_memory_is_small_pages() -> bool {
+        // SAFETY: both read settings of the initialised EAL; no preconditions.
+        unsafe { sys::rte_eal_has_hugepages() == 0 && sys::rte_eal_has_pci() == 0 }
+    }
+
+    /// The pool in anonymous memory of its own, advised to the kernel as transparent huge
+    /// pages before anything touches it. On 4 KiB pages, a vector of 256 packets spans some
+    /// 300 pages of mbufs (the ones in flight and those the PMDs copy from), many more than the
+    /// first-level TLB holds, so every header and data access of every node pass missed it;
+    /// on 2 MiB pages the whole pool is a dozen. `None` (nothing kept) when the memory cannot
+    /// be had or advised, or DPDK refuses it: the caller then takes the EAL's memory.
+    fn create_on_huge_pages(cfg: &DpdkConfig, name: &CStr) -> Option<NonNull<sys::rte_mempool>> {
+        // SAFETY: a pure computation on sizes.
+        let bytes = unsafe { sys::sy_pktmbuf_pool_mem_size(cfg.mbufs, cfg.data_room) };
+        let len = bytes.div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        // One huge page more, so that a huge-page-aligned start can be picked inside.
+        let map_len = len + HUGE_PAGE;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return None;
+        }
+        let skip = (HUGE_PAGE - (map as usize) % HUGE_PAGE) % HUGE_PAGE;
+        // SAFETY: skip < HUGE_PAGE and skip + len <= map_len: inside the mapping.
+        let addr = unsafe { map.cast::<u8>().add(skip) };
+        // SAFETY: [addr, addr + len) lies inside the mapping made above, which nothing else
+        // uses; advising it changes how the kernel backs it, not its contents.
+        let advised = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) } == 0;
+        let mp = if advised {
+            // SAFETY: the EAL is initialised; name is a valid C string that DPDK copies;
+            // [addr, addr + len) is mapped, writable and used by nothing else, and holds the
+            // pool's objects (len >= the size the shim computed). It is never unmapped once the
+            // pool holds it (pools are never freed).
+            unsafe {
+                sys::sy_pktmbuf_pool_create_in(
+                    name.as_ptr(),
+                    cfg.mbufs,
+                    cfg.mbuf_cache,
+                    cfg.data_room,
+                    sys::SOCKET_ID_ANY,
+                    addr.cast(),
+                    len,
+                )
+            }
+        } else {
+            std::ptr::null_mut()
+        };
+        let mp = NonNull::new(mp);
+        if mp.is_none() {
+            // SAFETY: the mapping made above, which nothing refers to (the pool was not made,
+            // or was freed by the shim on failure).
+            unsafe { libc::munmap(map, map_len) };
+        }
+        mp
     }
 
     fn alloc(&self) -> Option<Mbuf> {
@@ -611,6 +706,14 @@ impl DpdkDriver {
     /// Name of the driver's mempool.
     pub fn pool_name(&self) -> &str {
         &self.pool.name
+    }
+
+    /// True when the mbuf pool is in memory the driver advised as transparent huge pages
+    /// ([`DpdkConfig::transparent_huge_pages`] asked for it and it could be had). Whether the
+    /// kernel found huge pages for it is its own business (`AnonHugePages` in
+    /// `/proc/PID/smaps`).
+    pub fn pool_on_huge_pages(&self) -> bool {
+        self.pool.on_huge_pages
     }
 
     /// The device and driver counters of `port`.

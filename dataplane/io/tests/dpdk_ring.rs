@@ -86,6 +86,13 @@ fn dpdk_ring_and_null_ports() {
 
     let cfg = DpdkConfig::default();
     let mut d = DpdkDriver::new(&eal, &s(&["net_ring0", "net_null0"]), &cfg).unwrap();
+    // --no-huge --no-pci: the pool is in the driver's own memory, advised as transparent huge
+    // pages (where the kernel has them), and everything below runs on it.
+    assert!(
+        d.pool_on_huge_pages()
+            || !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists(),
+        "the mbuf pool should be on transparent huge pages"
+    );
     let baseline = d.pool_available();
     port_info(&d);
     loopback_bytes_are_equal(&mut d);
@@ -101,10 +108,16 @@ fn dpdk_ring_and_null_ports() {
         "every mbuf went back to the pool"
     );
 
-    // Stopping the ports (drop) lets a new driver configure them again.
+    // Stopping the ports (drop) lets a new driver configure them again; asked to, it takes
+    // the EAL's memory for its pool.
     drop(d);
-    let d = DpdkDriver::new(&eal, &s(&["net_ring0"]), &cfg).unwrap();
+    let eal_memory = DpdkConfig {
+        transparent_huge_pages: false,
+        ..cfg
+    };
+    let d = DpdkDriver::new(&eal, &s(&["net_ring0"]), &eal_memory).unwrap();
     assert_eq!(d.ports().len(), 1);
+    assert!(!d.pool_on_huge_pages());
 }
 
 fn second_init_is_an_error() {
