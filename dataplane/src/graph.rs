@@ -83,7 +83,32 @@ pub struct Meta {
     pub trace: u32,
     /// The worker the packet is handed to ([`HANDOFF`]); on the receiving worker, the one it
     /// is (so it is not handed on again).
-    pub handoff: Option<u16>,
+    pub handoff: Handoff,
+}
+
+/// [`Meta::handoff`]: a worker index or none, in one byte (so `Meta` stays in 64 bytes, which
+/// every packet move copies). Up to 254 workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handoff(u8);
+
+impl Handoff {
+    /// No worker.
+    pub const NONE: Handoff = Handoff(0);
+
+    /// Worker `worker` (saturating at the largest that fits).
+    pub fn to(worker: u16) -> Handoff {
+        Handoff(u8::try_from(worker).map_or(u8::MAX, |w| w.saturating_add(1)))
+    }
+
+    /// The worker, if there is one.
+    pub fn worker(self) -> Option<u16> {
+        self.0.checked_sub(1).map(u16::from)
+    }
+
+    /// True when the packet has been or is being handed to a worker.
+    pub fn is_set(self) -> bool {
+        self.0 != 0
+    }
 }
 
 /// A packet and its metadata.

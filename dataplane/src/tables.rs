@@ -159,6 +159,9 @@ pub struct Tables {
     /// `ip4-input` rule out a broadcast source with one bit test (see
     /// [`Tables::is_directed_broadcast`]).
     pub broadcast_tails: [u64; 4],
+    /// The smallest of those last octets (255 when there are none): below it an address
+    /// cannot be a broadcast one, which `ip4-input` tells with one compare.
+    pub broadcast_tail_min: u8,
     /// Drop every packet with a loose or strict source route option (RFC 7126's advice, and
     /// Linux's default) instead of following it as RFC 1812 5.2.4.1 requires by default.
     pub drop_source_routed: bool,
@@ -210,6 +213,7 @@ impl Tables {
             fib,
             punt_to_host: false,
             broadcast_tails: [0; 4],
+            broadcast_tail_min: u8::MAX,
             drop_source_routed: false,
             services: None,
             policy: None,
@@ -219,6 +223,7 @@ impl Tables {
             if net.prefix_len() < 31 {
                 let tail = net.broadcast().octets()[3];
                 tables.broadcast_tails[usize::from(tail / 64)] |= 1 << (tail % 64);
+                tables.broadcast_tail_min = tables.broadcast_tail_min.min(tail);
             }
         }
         for r in routes {
@@ -229,20 +234,23 @@ impl Tables {
         Ok(tables)
     }
 
-    /// True when the last octet of an IPv4 address is that of an attached subnet's broadcast
-    /// address: the address may be one (a cheap first test).
+    /// True when an IPv4 address with this last octet may be an attached subnet's broadcast
+    /// address (a first test, one compare; [`Tables::is_directed_broadcast`] decides).
     #[inline(always)]
     pub fn may_be_directed_broadcast(&self, last_octet: u8) -> bool {
-        self.broadcast_tails[usize::from(last_octet / 64)] & (1 << (last_octet % 64)) != 0
+        last_octet >= self.broadcast_tail_min
     }
 
     /// True when `addr` is the broadcast address of a subnet attached to this node, which is
     /// never a valid source (RFC 1812 4.2.2.11, 5.3.7).
     pub fn is_directed_broadcast(&self, addr: Ipv4Addr) -> bool {
-        self.interfaces
-            .iter()
-            .flat_map(|i| &i.ipv4)
-            .any(|n| n.prefix_len() < 31 && n.broadcast() == addr)
+        let tail = addr.octets()[3];
+        self.broadcast_tails[usize::from(tail / 64)] & (1 << (tail % 64)) != 0
+            && self
+                .interfaces
+                .iter()
+                .flat_map(|i| &i.ipv4)
+                .any(|n| n.prefix_len() < 31 && n.broadcast() == addr)
     }
 
     /// A copy of these tables with `routes` added (learned routes, e.g. from BGP), the FIB

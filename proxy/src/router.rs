@@ -659,7 +659,7 @@ where
             return;
         };
         for (node, pkt) in self.graph.handoff.drain(..) {
-            let to = pkt.meta.handoff.map_or(usize::MAX, usize::from);
+            let to = pkt.meta.handoff.worker().map_or(usize::MAX, usize::from);
             let handed = Handed {
                 bytes: pkt.buf.data().to_vec(),
                 meta: pkt.meta,
@@ -695,7 +695,7 @@ where
                 conn: None,
                 conn_new: false,
                 held_since: None,
-                handoff: Some(*me as u16),
+                handoff: switchyard_dataplane::graph::Handoff::to(*me as u16),
                 ..meta
             };
             self.graph.inject(node, Packet { buf, meta });

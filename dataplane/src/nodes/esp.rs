@@ -147,7 +147,7 @@ fn hand_off_sa<B>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, spi: u32) -> boo
     let Some(owner) = cx.state.sa_owner(spi) else {
         return false;
     };
-    pkt.meta.handoff = Some(owner);
+    pkt.meta.handoff = crate::graph::Handoff::to(owner);
     cx.trace(
         &pkt.meta,
         format_args!("SA {spi:08x}: kept by worker {owner}"),
@@ -1129,7 +1129,7 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
         }
         pkt.meta.decapsulated = true;
         // The inner packet is a new one: the worker tracking its connection may be another.
-        pkt.meta.handoff = None;
+        pkt.meta.handoff = crate::graph::Handoff::NONE;
         pkt.meta.local_origin = false;
         if flow.src.is_ipv4() {
             DecryptNext::Input4

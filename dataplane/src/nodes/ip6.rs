@@ -59,6 +59,7 @@ node_errors! {
         TooShort = ("too_short", "shorter than an IPv6 header or than its payload length"),
         BadVersion = ("bad_version", "IP version is not 6"),
         MulticastSource = ("multicast_source", "multicast source address"),
+        UnspecifiedSource = ("unspecified_source", "from the unspecified address to a unicast one (RFC 4291 2.5.2)"),
         LoopbackAddress = ("loopback_address", "loopback or unspecified address where not allowed"),
         BadHopByHop = ("bad_hop_by_hop", "hop-by-hop header malformed or with an option saying discard"),
         UnknownOption = ("unknown_option", "unrecognized hop-by-hop option: parameter problem sent"),
@@ -108,9 +109,18 @@ impl Ip6Input {
             cx.error(Ip6InputError::MulticastSource);
             return InputNext::Drop;
         }
-        if src.is_loopback() || dst.is_loopback() || dst.is_unspecified() {
-            cx.error(Ip6InputError::LoopbackAddress);
-            return InputNext::Drop;
+        if src.is_loopback() || src.is_unspecified() || dst.is_loopback() || dst.is_unspecified() {
+            // The unspecified source is for a node learning its address (duplicate address
+            // detection, to a group); nothing else may carry it (RFC 4291 2.5.2).
+            if src.is_unspecified() && dst.is_multicast() {
+                // Taken; never forwarded (multicast is not routed).
+            } else if src.is_unspecified() {
+                cx.error(Ip6InputError::UnspecifiedSource);
+                return InputNext::Drop;
+            } else {
+                cx.error(Ip6InputError::LoopbackAddress);
+                return InputNext::Drop;
+            }
         }
         let hop_by_hop = ip.next_header() == IpProtocol::HOP_BY_HOP;
         if pkt.meta.trace != 0 {
@@ -232,9 +242,7 @@ impl Ip6Lookup {
         // that may be forwarded (the checks below, in the same order), the path written
         // straight into the metadata. Anything else takes the general code below.
         if let Some(Route::Via(paths)) = route {
-            if pkt.meta.local_origin
-                || !(pkt.meta.l2_multicast || is_link_local(&src) || src.is_unspecified())
-            {
+            if pkt.meta.local_origin || !(pkt.meta.l2_multicast || is_link_local(&src)) {
                 if let Some(path) = pick_path(paths, || ipv6_flow_hash(&ip)) {
                     pkt.meta.tx_port = path.port;
                     pkt.meta.next_hop = Some(path.gateway.unwrap_or(IpAddr::V6(dst)));

@@ -24,7 +24,7 @@ use super::{flow_hash, tcp_reset};
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{Conntrack, ConntrackError, Direction, EntryId, FlowKey, Verdict};
 use crate::fib::Route;
-use crate::graph::{Context, NextIndex, Node, Packet, DROP, HANDOFF};
+use crate::graph::{Context, Handoff, NextIndex, Node, Packet, DROP, HANDOFF};
 use crate::nat::{self, Plain4, Translation, Tuple};
 use crate::services::Services;
 use crate::tables::Tables;
@@ -157,7 +157,7 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
 /// of the packet it quotes. Packets this node made, and packets already handed over, stay.
 #[inline(never)]
 fn hand_off<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> bool {
-    if pkt.meta.handoff.is_some() || pkt.meta.local_origin {
+    if pkt.meta.handoff.is_set() || pkt.meta.local_origin {
         return false;
     }
     let data = pkt.buf.data();
@@ -171,7 +171,7 @@ fn hand_off<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> bo
     let Some(owner) = cx.state.conntrack.owner_elsewhere(&key, cx.now) else {
         return false;
     };
-    pkt.meta.handoff = Some(owner);
+    pkt.meta.handoff = Handoff::to(owner);
     cx.error(NatError::HandedOff);
     if pkt.meta.trace != 0 {
         cx.trace(&pkt.meta, format_args!("{key}: tracked by worker {owner}"));
@@ -671,7 +671,7 @@ fn decapsulate<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t:
             cx.error(NatError::Decapsulated);
             pkt.meta.decapsulated = true;
             // The inner packet is a new one: the worker tracking its connection may be another.
-            pkt.meta.handoff = None;
+            pkt.meta.handoff = Handoff::NONE;
             pkt.meta.local_origin = false;
             if pkt.meta.trace != 0 {
                 cx.trace(&pkt.meta, format_args!("decapsulated from {}", t.key.src));

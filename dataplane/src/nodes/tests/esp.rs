@@ -303,7 +303,7 @@ fn each_sa_is_used_by_one_worker() {
         assert_eq!(workers[other].count(node, "handed_off"), 1);
         let (at, pkt) = workers[other].graph.handoff.pop().expect("handed over");
         assert_eq!(Some(at), workers[other].graph.node_index(node));
-        assert_eq!(pkt.meta.handoff, Some(owner as u16));
+        assert_eq!(pkt.meta.handoff.worker(), Some(owner as u16));
         let out = workers[owner].inject(node, pkt);
         assert_eq!(out.len(), 1, "{node}: through on the owner");
     }

@@ -221,7 +221,7 @@ fn replies_reaching_another_worker_are_handed_to_the_owner() {
     assert_eq!(w1.count("ip4-nat", "handed_off"), 1);
     let (node, handed) = w1.graph.handoff.pop().expect("handed over");
     assert_eq!(Some(node), w1.graph.node_index("ip4-nat"));
-    assert_eq!(handed.meta.handoff, Some(0));
+    assert_eq!(handed.meta.handoff.worker(), Some(0));
     assert_eq!(handed.buf.data(), &synack[..], "untouched");
     let out = w0.inject("ip4-nat", handed);
     let (port, src, dst, sport, dport, _) = one_tcp(&out);
