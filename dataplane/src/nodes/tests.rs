@@ -68,14 +68,20 @@ impl Rig {
         self.graph
             .receive(Packet::received(HeapBuffer::from_bytes(frame), port));
         self.graph.dispatch(&self.tables, &mut self.state, self.now);
+        let out = self.take_tx();
+        self.graph.dropped.clear();
+        self.graph.punt.clear();
+        out
+    }
+
+    /// Every frame the graph queued for transmission, with its port, taken out.
+    fn take_tx(&mut self) -> Vec<(u16, Vec<u8>)> {
         let mut out = Vec::new();
         for (p, q) in self.graph.tx.iter_mut().enumerate() {
             for b in q.drain(..) {
                 out.push((p as u16, b.data().to_vec()));
             }
         }
-        self.graph.dropped.clear();
-        self.graph.punt.clear();
         out
     }
 
@@ -85,13 +91,7 @@ impl Rig {
         let node = self.graph.node_index(node).expect("node exists");
         self.graph.inject(node, pkt);
         self.graph.dispatch(&self.tables, &mut self.state, self.now);
-        let mut out = Vec::new();
-        for (p, q) in self.graph.tx.iter_mut().enumerate() {
-            for b in q.drain(..) {
-                out.push((p as u16, b.data().to_vec()));
-            }
-        }
-        out
+        self.take_tx()
     }
 
     fn count(&self, node: &str, key: &str) -> u64 {
