@@ -33,6 +33,9 @@ const FUNCTIONS: &[&str] = &[
     "rte_eal_init",
     "rte_strerror",
     "rte_thread_register",
+    "rte_get_main_lcore",
+    "rte_get_next_lcore",
+    "rte_lcore_to_cpu_id",
     "rte_eth_dev_count_avail",
     "rte_eth_dev_get_port_by_name",
     "rte_eth_dev_socket_id",
@@ -86,6 +89,7 @@ const TYPES: &[&str] = &[
 const VARS: &[&str] = &[
     "RTE_EAL_PMD_PATH",
     "RTE_MAX_ETHPORTS",
+    "RTE_MAX_LCORE",
     "RTE_PKTMBUF_HEADROOM",
     "RTE_MBUF_DEFAULT_BUF_SIZE",
     "RTE_MBUF_DEFAULT_DATAROOM",
@@ -101,6 +105,7 @@ fn main() {
     let manifest =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let src = manifest.join("src");
+    println!("cargo:rerun-if-changed=build.rs");
     for f in ["wrapper.h", "shim.h", "shim.c"] {
         println!("cargo:rerun-if-changed={}", src.join(f).display());
     }

@@ -177,6 +177,12 @@ where
             let spawned = std::thread::Builder::new()
                 .name(format!("worker{index}"))
                 .spawn_scoped(scope, move || {
+                    // The thread inherits the main thread's CPUs, which the EAL narrows to its
+                    // main lcore: run on the EAL's next lcore, or anywhere.
+                    let cpu = eal.and_then(|e| e.worker_cpu(usize::from(index)));
+                    if let Err(e) = switchyard_io::pin_thread(cpu) {
+                        tracing::warn!(worker = index, error = %e, "CPU affinity not set");
+                    }
                     if let Some(eal) = eal {
                         // Without an lcore id the thread works, only without a mempool cache.
                         if let Err(e) = eal.register_thread() {

@@ -126,6 +126,23 @@ impl Eal {
         Ok(())
     }
 
+    /// The CPU of the EAL's `n`-th worker lcore (`-l` after the main one, in order; `n` from
+    /// 1), for the `n`-th extra worker thread; `None` when the EAL has fewer lcores.
+    pub fn worker_cpu(&self, n: usize) -> Option<usize> {
+        let mut lcore = u32::MAX;
+        for _ in 0..n {
+            // SAFETY: reads the EAL's lcore configuration; any value of `lcore` is accepted
+            // (u32::MAX starts the walk at lcore 0).
+            lcore = unsafe { sys::rte_get_next_lcore(lcore, 1, 0) };
+            if lcore >= sys::RTE_MAX_LCORE {
+                return None;
+            }
+        }
+        // SAFETY: reads the EAL's lcore configuration; `lcore` is a valid lcore id.
+        let cpu = unsafe { sys::rte_lcore_to_cpu_id(lcore as i32) };
+        usize::try_from(cpu).ok()
+    }
+
     /// The calling thread's lcore id, or `None` for a thread DPDK does not know.
     pub fn lcore_id(&self) -> Option<u32> {
         // SAFETY: reads a thread-local integer; no preconditions.

@@ -65,6 +65,32 @@ impl IoError {
     }
 }
 
+/// Runs the calling thread on `cpu` only, or, with `None`, on every CPU the process may use:
+/// a thread spawned by one the EAL pinned to its main lcore inherits that single CPU, and a
+/// second worker would then share the first one's core.
+pub fn pin_thread(cpu: Option<usize>) -> Result<(), IoError> {
+    // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus: Vec<usize> = match cpu {
+        Some(c) => vec![c],
+        None => (0..online.max(1).min(libc::CPU_SETSIZE as usize)).collect(),
+    };
+    for c in cpus {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(IoError::BadArguments(format!("CPU {c} out of range")));
+        }
+        // SAFETY: `set` is a valid cpu_set_t and `c` is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(IoError::last_os_error("sched_setaffinity"));
+    }
+    Ok(())
+}
+
 /// Index of a port within its driver.
 pub type PortId = u16;
 
