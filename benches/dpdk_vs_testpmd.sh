@@ -25,6 +25,8 @@
 #                  0,FWD_LCORE with 0 as its idle main lcore)
 #   SWITCHYARD     router binary (default: built with cargo build --release -p switchyard)
 #   SKIP_DPDK_FWD  set to 1 to skip the dpdk_fwd baseline
+#   WORKERS        also run the router with this many workers on as many lcores (0..N-1),
+#                  the pcap port replaying the file on each receive queue
 #   HUGE_DIR       a hugetlbfs mount with at least 128 free 2 MiB pages: every forwarder then
 #                  runs on it (-m 256) instead of --no-huge. Without hugetlbfs the EAL's memory
 #                  is in 4 KiB pages, and Switchyard's driver puts its mbuf pool on transparent
@@ -137,6 +139,26 @@ PY
 )"
 [ -n "$ROUTER_MPPS" ] || { echo "the router produced no rate; log follows" >&2; cat "$WORK/router.log" >&2; }
 
+# --- 4. the router on WORKERS lcores (optional) ---------------------------------------------
+# The pcap port gets WORKERS receive queues (each replaying the file) and as many transmit
+# queues (to /dev/null: it sends nothing), the null port as many of each.
+MULTI_MPPS=""
+if [ "${WORKERS:-1}" -gt 1 ]; then
+  QUEUES="$(for _ in $(seq "$WORKERS"); do printf ',rx_pcap=%s,tx_pcap=/dev/null' "$WORK/in.pcap"; done)"
+  LCORES="$(seq -s, 0 $((WORKERS - 1)))"
+  echo "switchyard router: ${WORKERS} workers on lcores ${LCORES} for ${DURATION}s" >&2
+  bounded "$SWITCHYARD" router --dataplane dpdk -i net_pcap0 -i net_null0 --workers "$WORKERS" \
+    --mac "net_pcap0=$MAC0" --mac "net_null0=$MAC1" \
+    -a net_pcap0=198.18.1.1/24 -a net_null0=198.18.2.1/24 \
+    -r 198.19.0.0/16=198.18.2.3,198.18.2.4 \
+    --neighbor net_null0=198.18.2.3,02:00:00:00:00:53 \
+    --neighbor net_null0=198.18.2.4,02:00:00:00:00:54 \
+    --eal "$EAL_COMMON --file-prefix sy_bench_multi_$$ -l $LCORES --vdev net_pcap0${QUEUES},infinite_rx=1 --vdev net_null0,no-rx=1" \
+    --duration "$DURATION" --stats-json "$WORK/multi.json" >"$WORK/multi.log" 2>&1 || true
+  MULTI_MPPS="$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%.3f" % (s["tx"] / s["seconds"] / 1e6))' "$WORK/multi.json" 2>/dev/null || true)"
+  [ -n "$MULTI_MPPS" ] || { echo "the router on ${WORKERS} workers produced no rate; log follows" >&2; cat "$WORK/multi.log" >&2; }
+fi
+
 # --- table -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$TESTPMD_MPPS" 'BEGIN { printf "%.2f", a / b }'; }
 echo
@@ -154,3 +176,5 @@ else
   printf '| %-44s | %8s | %10s |\n' "switchyard router (lookup + rewrite)" "-" "failed"
   exit 1
 fi
+[ -z "$MULTI_MPPS" ] ||
+  printf '| %-44s | %8s | %10s |\n' "switchyard router, ${WORKERS} workers (${WORKERS} lcores)" "$MULTI_MPPS" "$(ratio "$MULTI_MPPS")"
