@@ -10,7 +10,7 @@
 
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{FlowKey, PROTO_ICMP, PROTO_ICMPV6};
-use crate::graph::{Context, NextIndex, Node, Packet, DROP};
+use crate::graph::{Context, NextIndex, Node, Packet, DROP, HANDOFF};
 use crate::nat::{self, Tuple};
 use crate::policy::{AclDirection, PolicyTables};
 use crate::services::NOT_A_SERVICE;
@@ -24,6 +24,7 @@ node_errors! {
         IngressDenied = ("ingress_denied", "denied: no ingress rule of the destination pod allows it"),
         EgressDenied = ("egress_denied", "denied: no egress rule of the source pod allows it"),
         Related = ("related", "ICMP errors about tracked connections: passed"),
+        HandedOff = ("handed_off", "packets of connections another worker tracks: handed to it"),
         TrackFailed = ("track_failed", "allowed, but the connection table refused the flow: replies may be denied"),
     }
 }
@@ -33,10 +34,12 @@ node_errors! {
 enum Next {
     Drop,
     Lookup,
+    /// Another worker, the one tracking the packet's connection.
+    Handoff,
 }
 
-const NEXT4: &[&str] = &[DROP, "ip4-lookup"];
-const NEXT6: &[&str] = &[DROP, "ip6-lookup"];
+const NEXT4: &[&str] = &[DROP, "ip4-lookup", HANDOFF];
+const NEXT6: &[&str] = &[DROP, "ip6-lookup", HANDOFF];
 
 /// The ACL node of IPv4 (`V6 = false`) or IPv6.
 #[derive(Debug, Default)]
@@ -63,7 +66,7 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpAcl<V6> {
 
 /// The flow key policy tracks a packet under: ports for TCP/UDP/SCTP, the identifier for ICMP
 /// echo, nothing for other protocols.
-pub(crate) fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
+fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
     let icmp = t.key.proto == PROTO_ICMP || t.key.proto == PROTO_ICMPV6;
     if icmp && !t.fragment {
         if let Some(m) = ip.get(t.l4_offset..t.l4_offset + 8) {
@@ -117,16 +120,23 @@ fn judge<B: PacketBuffer>(
             cx.error(AclError::Established);
             return Next::Lookup;
         }
-        if let Some((quoted, _)) = nat::quoted_tuple(pkt.buf.data(), &t) {
+        let quoted = nat::quoted_tuple(pkt.buf.data(), &t).map(|(q, _)| q.key);
+        if let Some(quoted) = &quoted {
             if cx
                 .state
                 .conntrack
-                .lookup_icmp_error(&quoted.key, cx.now)
+                .lookup_icmp_error(quoted, cx.now)
                 .is_some()
             {
                 cx.error(AclError::Related);
                 return Next::Lookup;
             }
+        }
+        // Not tracked here: perhaps by another worker.
+        let tracked_as = quoted.as_ref().map_or(key, FlowKey::for_icmp_error);
+        if super::nat::tracked_elsewhere(cx, pkt, &tracked_as).is_some() {
+            cx.error(AclError::HandedOff);
+            return Next::Handoff;
         }
     }
     if !isolated {

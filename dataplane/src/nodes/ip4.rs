@@ -101,10 +101,8 @@ impl Ip4Input {
             cx.error(Ip4InputError::BadChecksum);
             return InputNext::Drop;
         }
-        if may_be_martian(h[12], h[16]) || cx.tables.may_be_directed_broadcast(h[15]) {
-            if let Some(drop) = Self::martian(cx, h) {
-                return drop;
-            }
+        if let Some(drop) = Self::screen(cx, h) {
+            return drop;
         }
         if pkt.meta.trace != 0 {
             Self::trace(cx, &pkt.meta, h, total_len);
@@ -116,6 +114,17 @@ impl Ip4Input {
 
     /// Counts and drops a packet with a martian source or destination (RFC 1812 5.3.7);
     /// `None` for one that only looked like it might be.
+    /// Drops packets with addresses no packet may carry: one cheap test for the usual
+    /// packet (first octets, the source's last one), the real checks out of line.
+    #[inline(always)]
+    fn screen<B>(cx: &mut Context<'_, B>, h: &[u8; 20]) -> Option<InputNext> {
+        if may_be_martian(h[12], h[16]) || cx.tables.may_be_directed_broadcast(h[15]) {
+            Self::martian(cx, h)
+        } else {
+            None
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn martian<B>(cx: &mut Context<'_, B>, h: &[u8; 20]) -> Option<InputNext> {
@@ -175,10 +184,8 @@ impl Ip4Input {
             cx.error(Ip4InputError::BadChecksum);
             return InputNext::Drop;
         }
-        if may_be_martian(h[12], h[16]) || cx.tables.may_be_directed_broadcast(h[15]) {
-            if let Some(drop) = Self::martian(cx, h) {
-                return drop;
-            }
+        if let Some(drop) = Self::screen(cx, h) {
+            return drop;
         }
         if pkt.meta.trace != 0 {
             Self::trace(cx, &pkt.meta, h, total_len);

@@ -122,23 +122,11 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
         } else {
             Next::Lookup
         };
-        // With several workers, a packet of a connection another worker tracks goes there.
-        let shared = cx.state.conntrack.is_shared();
         let Some(services) = cx.tables.services.clone() else {
-            for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-                *n = if shared && hand_off(cx, pkt) {
-                    Next::Handoff
-                } else {
-                    lookup
-                } as NextIndex;
-            }
+            next.fill(lookup as NextIndex);
             return;
         };
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            if shared && hand_off(cx, pkt) {
-                *n = Next::Handoff as NextIndex;
-                continue;
-            }
             let to = if V6 {
                 translate(cx, &services, pkt)
             } else {
@@ -152,31 +140,24 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
     }
 }
 
-/// True (and `meta.handoff` set) when another worker tracks the packet's connection: under
-/// the tuple it would be found by here or in `ip{4,6}-acl`, or, for an ICMP error, the tuple
-/// of the packet it quotes. Packets this node made, and packets already handed over, stay.
-#[inline(never)]
-fn hand_off<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> bool {
-    if pkt.meta.handoff.is_set() || pkt.meta.local_origin {
-        return false;
+/// With several workers, for a packet this worker's connection table just missed under
+/// `key`: the worker that tracks it, if another one does, with the packet marked for it
+/// (`meta.handoff`). Only misses pay for the shared directory; packets this node made, and
+/// packets already handed over, stay.
+pub(crate) fn tracked_elsewhere<B>(
+    cx: &mut Context<'_, B>,
+    pkt: &mut Packet<B>,
+    key: &FlowKey,
+) -> Option<u16> {
+    if !cx.state.conntrack.is_shared() || pkt.meta.handoff.is_set() || pkt.meta.local_origin {
+        return None;
     }
-    let data = pkt.buf.data();
-    let Some(t) = Tuple::parse(data) else {
-        return false;
-    };
-    let key = match nat::quoted_tuple(data, &t) {
-        Some((quoted, _)) => FlowKey::for_icmp_error(&quoted.key),
-        None => super::acl::policy_key(data, &t),
-    };
-    let Some(owner) = cx.state.conntrack.owner_elsewhere(&key, cx.now) else {
-        return false;
-    };
+    let owner = cx.state.conntrack.owner_elsewhere(key, cx.now)?;
     pkt.meta.handoff = Handoff::to(owner);
-    cx.error(NatError::HandedOff);
     if pkt.meta.trace != 0 {
         cx.trace(&pkt.meta, format_args!("{key}: tracked by worker {owner}"));
     }
-    true
+    Some(owner)
 }
 
 /// [`translate`], with a short path for the common packet (IPv4 TCP or UDP without options
@@ -317,6 +298,10 @@ fn start<B: PacketBuffer>(
     pkt: &mut Packet<B>,
     t: &Tuple,
 ) -> Next {
+    if tracked_elsewhere(cx, pkt, &t.key).is_some() {
+        cx.error(NatError::HandedOff);
+        return Next::Handoff;
+    }
     let dst_is_local = is_local(cx.tables, t.key.dst);
     let Some(frontend) = services.find(t.key.dst, t.key.proto, t.key.dst_port, dst_is_local) else {
         return Next::Lookup;
@@ -631,6 +616,11 @@ fn icmp_error<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: 
         return Next::Lookup;
     };
     let Some((id, dir)) = cx.state.conntrack.lookup_icmp_error(&quoted.key, cx.now) else {
+        let key = FlowKey::for_icmp_error(&quoted.key);
+        if tracked_elsewhere(cx, pkt, &key).is_some() {
+            cx.error(NatError::HandedOff);
+            return Next::Handoff;
+        }
         return Next::Lookup;
     };
     let Some(entry) = cx.state.conntrack.get(id) else {
