@@ -1,6 +1,6 @@
 //! Tunnel-mode encapsulation and decapsulation.
 
-use super::sa::{Direction, EspSuite, LifetimeState, Nanos, Sa, SaCrypto};
+use super::sa::{Direction, EspSuite, Nanos, Sa, SaCrypto};
 use super::EspError;
 use crate::crypto::{CryptoError, SymOp, SymParams};
 use std::collections::HashMap;
@@ -59,6 +59,11 @@ impl OuterHeader {
         } else {
             0
         }
+    }
+
+    /// Both addresses of one family.
+    pub fn families_match(&self) -> bool {
+        self.src.is_ipv4() == self.dst.is_ipv4()
     }
 
     /// Never empty; present for clippy's `len_without_is_empty`.
@@ -165,22 +170,17 @@ pub fn encapsulate_prepare(
     if sa.direction != Direction::Outbound {
         return Err(EspError::WrongDirection);
     }
-    if inner.start > inner.end || inner.end > buf.len() {
-        return Err(EspError::BufferTooSmall);
-    }
-    let next_header = match buf.get(inner.start).map(|b| b >> 4) {
-        Some(4) => IPIP_PROTOCOL,
-        Some(6) => IPV6_PROTOCOL,
+    // Tunnel mode copies the inner DSCP (RFC 4301 section 5.1.2.1); ECN stays 0 here.
+    // Read it now: the inner header is about to be encrypted in place.
+    let (next_header, dscp) = match buf.get(inner.clone()).ok_or(EspError::BufferTooSmall)? {
+        [b0, b1, ..] if b0 >> 4 == 4 => (IPIP_PROTOCOL, b1 & 0xfc),
+        [b0, b1, ..] if b0 >> 4 == 6 => (IPV6_PROTOCOL, ((b0 << 4) | (b1 >> 4)) & 0xfc),
         _ => return Err(EspError::InnerNotIp),
     };
-    let family_ok = matches!(
-        (outer.src, outer.dst),
-        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_))
-    );
-    if !family_ok {
+    if !outer.families_match() {
         return Err(EspError::FamilyMismatch);
     }
-    if sa.lifetime_state(now) == LifetimeState::Hard {
+    if sa.past_hard_limit(now) {
         sa.counters.lifetime_drops += 1;
         return Err(EspError::Expired);
     }
@@ -189,22 +189,10 @@ pub fn encapsulate_prepare(
         return Err(EspError::SequenceExhausted);
     }
 
-    // Tunnel mode copies the inner DSCP (RFC 4301 section 5.1.2.1); ECN stays 0 here.
-    // Read it now: the inner header is about to be encrypted in place.
-    let dscp = match next_header {
-        IPIP_PROTOCOL => buf.get(inner.start + 1).copied().unwrap_or(0) & 0xfc,
-        _ => {
-            let hi = buf.get(inner.start).copied().unwrap_or(0);
-            let lo = buf.get(inner.start + 1).copied().unwrap_or(0);
-            ((hi << 4) | (lo >> 4)) & 0xfc
-        }
-    };
     let suite = sa.suite;
     let inner_len = inner.len();
     let align = suite.block_len();
     let pad_len = (align - (inner_len + 2) % align) % align;
-    let ct_len = inner_len + pad_len + 2;
-    let icv_len = suite.icv_len();
     let iv_len = suite.iv_len();
     let start = inner
         .start
@@ -212,15 +200,18 @@ pub fn encapsulate_prepare(
         .ok_or(EspError::BufferTooSmall)?;
     let esp_at = start + outer.len();
     let ct_at = inner.start;
-    let ct_end = ct_at + ct_len;
-    let end = ct_end + icv_len;
+    let ct_end = ct_at + inner_len + pad_len + 2;
+    let end = ct_end + suite.icv_len();
     if end > buf.len() {
         return Err(EspError::BufferTooSmall);
     }
 
-    // Trailer: monotonic padding 1, 2, 3, ..., pad length, next header.
-    for (i, byte) in buf[inner.end..inner.end + pad_len].iter_mut().enumerate() {
-        *byte = (i + 1) as u8;
+    // Trailer: monotonic padding 1, 2, 3, ..., pad length, next header. The pattern is
+    // copied whole when it fits before the end (the ICV, at least 16 bytes, follows the
+    // trailer, so it does unless the caller left no room for it): one 16-byte store.
+    match buf.get_mut(inner.end..inner.end + PADDING.len()) {
+        Some(room) => room.copy_from_slice(&PADDING),
+        None => buf[inner.end..ct_end - 2].copy_from_slice(&PADDING[..pad_len]),
     }
     buf[ct_end - 2] = pad_len as u8;
     buf[ct_end - 1] = next_header;
@@ -235,7 +226,7 @@ pub fn encapsulate_prepare(
         seal: true,
         text: ct_at..ct_end,
         digest_at: ct_end,
-        icv_len: icv_len as u8,
+        icv_len: suite.icv_len() as u8,
         ..SymParams::default()
     };
     match &sa.crypto {
@@ -244,10 +235,9 @@ pub fn encapsulate_prepare(
             // section 3.1 requires, and free to produce.
             let iv = seq.to_be_bytes();
             buf[esp_at + 8..ct_at].copy_from_slice(&iv);
-            params.iv[..12].copy_from_slice(&gcm_nonce(salt, &iv));
-            let aad = gcm_aad(&spi, &seq_low, sa.esn.then_some(&seq_high));
-            params.aad = aad.bytes;
-            params.aad_len = aad.len as u8;
+            params.iv[..4].copy_from_slice(salt);
+            params.iv[4..12].copy_from_slice(&iv);
+            params.aad_len = gcm_aad(&mut params.aad, &spi, &seq_low, sa.esn.then_some(&seq_high));
         }
         SaCrypto::CbcHmac(ctx) => {
             let mut nonce = [0u8; 16];
@@ -277,6 +267,10 @@ pub fn encapsulate_prepare(
     ))
 }
 
+/// RFC 4303 section 2.4's default padding: 1, 2, 3, ... (we send at most 15 bytes of it,
+/// since payload and trailer are padded to 16; peers may send up to 255).
+const PADDING: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+
 /// The second half of [`encapsulate_in_place`], once the crypto ran with `crypto` as its
 /// result: writes the outer header and counts the packet. Returns where the outer packet lies.
 pub fn encapsulate_finish(
@@ -299,37 +293,21 @@ pub fn encapsulate_finish(
     Ok(range)
 }
 
-fn gcm_nonce(salt: &[u8; 4], iv: &[u8; 8]) -> [u8; 12] {
-    let mut nonce = [0u8; 12];
-    nonce[..4].copy_from_slice(salt);
-    nonce[4..].copy_from_slice(iv);
-    nonce
-}
-
-/// RFC 4106 section 5: SPI and the 32-bit sequence number, or SPI and the 64-bit ESN.
-fn gcm_aad(spi: &[u8; 4], seq_low: &[u8; 4], seq_high: Option<&[u8; 4]>) -> AadBuf {
-    let mut aad = AadBuf {
-        bytes: [0; 12],
-        len: 0,
-    };
-    aad.bytes[..4].copy_from_slice(spi);
+/// Writes GCM's additional authenticated data into `aad` and returns its length: RFC 4106
+/// section 5, the SPI and the 32-bit sequence number, or the SPI and the 64-bit ESN.
+fn gcm_aad(aad: &mut [u8; 12], spi: &[u8; 4], seq_low: &[u8; 4], seq_high: Option<&[u8; 4]>) -> u8 {
+    aad[..4].copy_from_slice(spi);
     match seq_high {
         Some(high) => {
-            aad.bytes[4..8].copy_from_slice(high);
-            aad.bytes[8..12].copy_from_slice(seq_low);
-            aad.len = 12;
+            aad[4..8].copy_from_slice(high);
+            aad[8..12].copy_from_slice(seq_low);
+            12
         }
         None => {
-            aad.bytes[4..8].copy_from_slice(seq_low);
-            aad.len = 8;
+            aad[4..8].copy_from_slice(seq_low);
+            8
         }
     }
-    aad
-}
-
-struct AadBuf {
-    bytes: [u8; 12],
-    len: usize,
 }
 
 /// Writes the outer IP (and UDP) header into `buf[start..]`; the packet ends at `end`.
@@ -342,20 +320,19 @@ fn write_outer(buf: &mut [u8], start: usize, end: usize, outer: &OuterHeader, ds
     };
     let ip_len = match (outer.src, outer.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let h = &mut buf[start..start + IPV4_HEADER_LEN];
+            let mut h = [0u8; IPV4_HEADER_LEN];
             h[0] = 0x45;
             h[1] = dscp;
             h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            h[4..6].copy_from_slice(&[0, 0]);
             // DF set, ID 0: an atomic datagram (RFC 6864).
-            h[6..8].copy_from_slice(&[0x40, 0]);
+            h[6] = 0x40;
             h[8] = outer.ttl;
             h[9] = protocol;
-            h[10..12].copy_from_slice(&[0, 0]);
             h[12..16].copy_from_slice(&src.octets());
             h[16..20].copy_from_slice(&dst.octets());
-            let sum = checksum(&[h]);
+            let sum = checksum(&[&h]);
             h[10..12].copy_from_slice(&sum.to_be_bytes());
+            buf[start..start + IPV4_HEADER_LEN].copy_from_slice(&h);
             IPV4_HEADER_LEN
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
@@ -397,18 +374,19 @@ fn write_outer(buf: &mut [u8], start: usize, end: usize, outer: &OuterHeader, ds
     }
 }
 
-/// The Internet checksum (RFC 1071) over the concatenation of `parts` (each even-length
-/// except possibly the last).
+/// The Internet checksum (RFC 1071) over the concatenation of `parts` (each a multiple of
+/// four bytes long except possibly the last). Summed four bytes at a time: the one's
+/// complement sum of 32-bit words folds to that of the 16-bit words.
 fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
+    let mut sum: u64 = 0;
     for part in parts {
-        let mut chunks = part.chunks_exact(2);
-        for pair in &mut chunks {
-            sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+        let mut words = part.chunks_exact(4);
+        for word in &mut words {
+            sum += u64::from(u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
         }
-        if let [last] = chunks.remainder() {
-            sum += u32::from(*last) << 8;
-        }
+        let mut tail = [0u8; 4];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        sum += u64::from(u32::from_be_bytes(tail));
     }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -601,7 +579,7 @@ fn prepare_with(
     if sa.direction != Direction::Inbound {
         return Err(EspError::WrongDirection);
     }
-    if sa.lifetime_state(now) == LifetimeState::Hard {
+    if sa.past_hard_limit(now) {
         return Err(EspError::Expired);
     }
     let suite = sa.suite;
@@ -633,16 +611,14 @@ fn prepare_with(
     params.expected[..icv_len].copy_from_slice(&packet[ct_end..esp.end]);
     match &sa.crypto {
         SaCrypto::Gcm { salt, .. } => {
-            let mut iv = [0u8; 8];
-            iv.copy_from_slice(&packet[iv_at..ct_at]);
-            params.iv[..12].copy_from_slice(&gcm_nonce(salt, &iv));
-            let aad = gcm_aad(
+            params.iv[..4].copy_from_slice(salt);
+            params.iv[4..12].copy_from_slice(&packet[iv_at..ct_at]);
+            params.aad_len = gcm_aad(
+                &mut params.aad,
                 &spi_bytes,
                 &seq_low_bytes,
                 sa.esn.then_some(&seq_high_bytes),
             );
-            params.aad = aad.bytes;
-            params.aad_len = aad.len as u8;
         }
         SaCrypto::CbcHmac(_) => {
             params.iv.copy_from_slice(&packet[iv_at..ct_at]);
@@ -712,10 +688,11 @@ fn finish_with(
         .checked_sub(pad_len)
         .filter(|&e| e >= ct_at)
         .ok_or(EspError::BadTrailer)?;
-    let monotonic = packet[inner_end..ct_end - 2]
-        .iter()
-        .zip(1u8..)
-        .all(|(&byte, expected)| byte == expected);
+    let padding = &packet[inner_end..ct_end - 2];
+    let monotonic = match PADDING.get(..padding.len()) {
+        Some(expected) => padding == expected,
+        None => padding.iter().zip(1u8..).all(|(&byte, want)| byte == want),
+    };
     if !monotonic {
         return Err(EspError::BadTrailer);
     }

@@ -52,10 +52,15 @@ impl EspSuite {
     }
 
     /// What payload plus trailer is padded to.
+    ///
+    /// AES-GCM needs only 4 (RFC 4106 section 3.2), but pads here to the AES block as well
+    /// (RFC 4303 section 2.4 lets a sender add up to 255 bytes): a last partial block costs
+    /// the AEAD more than the whole blocks before it. With `ring`, sealing the 68 bytes a
+    /// 64-byte packet needs took 114 ns and the 80 bytes of whole blocks 86 ns; at 512 bytes,
+    /// 166 against 146 ns. The price is up to 12 bytes more on the wire.
     pub fn block_len(self) -> usize {
         match self {
-            Self::Gcm(_) => 4,
-            Self::CbcHmac(..) => CbcAlgorithm::BLOCK_LEN,
+            Self::Gcm(_) | Self::CbcHmac(..) => CbcAlgorithm::BLOCK_LEN,
         }
     }
 }
@@ -258,6 +263,17 @@ impl Sa {
         } else {
             LifetimeState::Fresh
         }
+    }
+
+    /// Past a hard limit at `now`: [`lifetime_state`](Self::lifetime_state) is `Hard`. The
+    /// per-packet check, without the soft limits.
+    #[inline]
+    pub fn past_hard_limit(&self, now: Nanos) -> bool {
+        let age = now.saturating_sub(self.created);
+        self.lifetime
+            .hard_bytes
+            .is_some_and(|limit| self.counters.bytes >= limit)
+            || self.lifetime.hard_time.is_some_and(|limit| age >= limit)
     }
 
     /// Bytes added to the inner packet: ESP header, IV, worst-case padding, trailer, ICV

@@ -1,6 +1,6 @@
 use super::*;
 use crate::crypto::{AeadAlgorithm, CbcAlgorithm, MacAlgorithm, SecretBytes, SoftwareBackend};
-use crate::esp::{EspKeys, Lifetime, ReplayError, SaConfig};
+use crate::esp::{EspKeys, Lifetime, LifetimeState, ReplayError, SaConfig};
 use proptest::prelude::*;
 
 const SUITES: [EspSuite; 6] = [
@@ -112,8 +112,8 @@ fn outer_headers_are_well_formed() {
     assert_eq!(usize::from(u16::from_be_bytes([p[2], p[3]])), p.len());
     assert_eq!(p[9], ESP_PROTOCOL);
     assert_eq!(checksum(&[&p[..20]]), 0, "valid IPv4 header checksum");
-    // GCM: 8 ESP + 8 IV + (100 + 2 -> 104) + 16 ICV.
-    assert_eq!(p.len(), 20 + 8 + 8 + 104 + 16);
+    // GCM: 8 ESP + 8 IV + (100 + 2 padded to the AES block: 112) + 16 ICV.
+    assert_eq!(p.len(), 20 + 8 + 8 + 112 + 16);
     assert_eq!(&p[20..24], &0x1234_5678u32.to_be_bytes());
     assert_eq!(&p[24..28], &1u32.to_be_bytes());
 
@@ -159,7 +159,8 @@ fn gcm_wire_layout_matches_rfc4106() {
     let mut nonce = salt.clone();
     nonce.extend_from_slice(&1u64.to_be_bytes());
     let mut plaintext = inner.clone();
-    plaintext.extend_from_slice(&[0, 4]); // 22 + 2 is already 4-aligned: no padding
+    // 22 + 2 is 4-aligned, as RFC 4106 asks, but is padded on to the 16-byte block.
+    plaintext.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 8, 4]);
     let aad = [0x12, 0x34, 0x56, 0x78, 0, 0, 0, 1];
     let tag = ring_key
         .seal_in_place_separate_tag(
@@ -173,6 +174,42 @@ fn gcm_wire_layout_matches_rfc4106() {
     expected.extend_from_slice(&plaintext);
     expected.extend_from_slice(tag.as_ref());
     assert_eq!(&p[20..], &expected[..]);
+}
+
+/// Peers pad AES-GCM only to 4 bytes, as RFC 4106 asks (strongSwan and Linux do): such packets
+/// decapsulate although ours are padded to 16.
+#[test]
+fn gcm_padded_to_four_bytes_is_accepted() {
+    let (_, mut inb) = pair(EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16), false);
+    let key: Vec<u8> = (0..16).collect();
+    let ring_key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &key).unwrap(),
+    );
+    let mut nonce: Vec<u8> = (16..20).collect();
+    nonce.extend_from_slice(&7u64.to_be_bytes());
+    let inner = inner_v4(40);
+    let mut plaintext = inner.clone();
+    plaintext.extend_from_slice(&[1, 2, 2, 4]); // 40 + 2 + 2 = 44
+    let aad = [0x12, 0x34, 0x56, 0x78, 0, 0, 0, 7];
+    let tag = ring_key
+        .seal_in_place_separate_tag(
+            ring::aead::Nonce::try_assume_unique_for_key(&nonce).unwrap(),
+            ring::aead::Aad::from(aad),
+            &mut plaintext,
+        )
+        .unwrap();
+    let mut esp = aad.to_vec();
+    esp.extend_from_slice(&7u64.to_be_bytes());
+    esp.extend_from_slice(&plaintext);
+    esp.extend_from_slice(tag.as_ref());
+    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, ESP_PROTOCOL, 0, 0];
+    packet.extend_from_slice(&[203, 0, 113, 1, 203, 0, 113, 2]);
+    packet.extend_from_slice(&esp);
+    let total = packet.len() as u16;
+    packet[2..4].copy_from_slice(&total.to_be_bytes());
+    let d = decapsulate(&mut inb, &mut packet, 0).unwrap();
+    assert_eq!(&packet[d.inner], &inner[..]);
+    assert_eq!(d.sequence, 7);
 }
 
 #[test]
