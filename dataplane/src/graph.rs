@@ -740,6 +740,56 @@ impl<B: PacketBuffer> Graph<B> {
         queued
     }
 
+    /// Queues the IPv6 router advertisements that are due for transmission (see
+    /// [`crate::router_adverts`]); cheap when none is, so call it every turn. The first
+    /// worker keeps the unsolicited schedule of every port with an IPv6 prefix. True when
+    /// frames were queued.
+    pub fn advertise_routers(
+        &mut self,
+        tables: &Tables,
+        state: &mut WorkerState,
+        now: Nanos,
+        mut alloc: impl FnMut() -> Option<B>,
+    ) -> bool
+    where
+        B: crate::buffer::PacketBuffer,
+    {
+        let Some(config) = &tables.router_adverts else {
+            return false;
+        };
+        let adverts = &mut state.router_adverts;
+        if state.worker == 0 && adverts.tables_version != Some(tables.version) {
+            adverts.tables_version = Some(tables.version);
+            for (port, ifc) in tables.interfaces.iter().enumerate() {
+                if ifc.ipv6.is_empty() {
+                    adverts.stop(port as u16);
+                } else {
+                    adverts.start(port as u16, now);
+                }
+            }
+        }
+        let mut queued = false;
+        let due: Vec<u16> = adverts.due(now).collect();
+        for port in due {
+            let Some(ifc) = tables.interface(port).filter(|i| !i.ipv6.is_empty()) else {
+                adverts.stop(port);
+                continue;
+            };
+            let Some(mut buf) = alloc() else {
+                break;
+            };
+            adverts.sent(port, now, config);
+            match self.tx.get_mut(usize::from(port)) {
+                Some(q) if crate::nodes::icmp6::nd::make_router_advert(&mut buf, ifc, config) => {
+                    q.push(buf);
+                    queued = true;
+                }
+                _ => self.dropped.push(buf),
+            }
+        }
+        queued
+    }
+
     /// Number of packets held for neighbor resolution.
     pub fn held(&self) -> usize {
         self.held.len()

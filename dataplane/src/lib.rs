@@ -21,6 +21,7 @@ pub mod nat;
 pub mod nodes;
 pub mod policy;
 pub mod reassembly;
+pub mod router_adverts;
 pub mod services;
 pub mod tables;
 pub mod worker;

@@ -165,6 +165,9 @@ pub struct Tables {
     /// Drop every packet with a loose or strict source route option (RFC 7126's advice, and
     /// Linux's default) instead of following it as RFC 1812 5.2.4.1 requires by default.
     pub drop_source_routed: bool,
+    /// Send IPv6 router advertisements on every port with an IPv6 prefix, and answer router
+    /// solicitations (RFC 4861 6.2); `None`: neither, the RFC's default.
+    pub router_adverts: Option<crate::router_adverts::RaConfig>,
     /// The service proxy's tables; `None` on a plain router, whose packets then skip the
     /// `ip{4,6}-nat` nodes.
     pub services: Option<Arc<Services>>,
@@ -215,6 +218,7 @@ impl Tables {
             broadcast_tails: [0; 4],
             broadcast_tail_min: u8::MAX,
             drop_source_routed: false,
+            router_adverts: None,
             services: None,
             policy: None,
             ipsec: None,

@@ -422,6 +422,8 @@ pub struct WorkerState {
     pub service_counters: ServiceCounters,
     /// Per ACL of the tables in force (same order as `PolicyTables::acls`): rule hits.
     pub acl_hits: Vec<crate::acl::AclHits>,
+    /// When each port sends its next IPv6 router advertisement.
+    pub router_adverts: crate::router_adverts::Advertiser,
     /// The version of the tables the connections were last checked against.
     services_version: u64,
 }
@@ -543,6 +545,7 @@ impl Default for WorkerState {
             shared_affinity: None,
             service_counters: ServiceCounters::default(),
             acl_hits: Vec::new(),
+            router_adverts: crate::router_adverts::Advertiser::default(),
             services_version: 0,
         }
     }

@@ -499,6 +499,32 @@ pub struct RouterArgs {
     #[arg(long)]
     pub drop_source_routed: bool,
 
+    /// Send IPv6 router advertisements (RFC 4861 6.2) on every port with an IPv6 address:
+    /// the router as a default router, its prefixes on-link (and autonomous, for /64s, so
+    /// hosts configure addresses from them); and answer router solicitations. Off by
+    /// default, as AdvSendAdvertisements is.
+    #[arg(long)]
+    pub ipv6_ra: bool,
+
+    /// With --ipv6-ra: MaxRtrAdvInterval, the longest time between unsolicited
+    /// advertisements, in seconds (4 to 1800; MinRtrAdvInterval is a third of it).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 600,
+        requires = "ipv6_ra"
+    )]
+    pub ipv6_ra_interval: u16,
+
+    /// With --ipv6-ra: the router lifetime advertised, in seconds (0: not a default router;
+    /// else from the interval up to 9000; default three intervals).
+    #[arg(long, value_name = "SECONDS", requires = "ipv6_ra")]
+    pub ipv6_ra_lifetime: Option<u16>,
+
+    /// With --ipv6-ra: include each port's MTU in its advertisements.
+    #[arg(long, requires = "ipv6_ra")]
+    pub ipv6_ra_mtu: bool,
+
     /// Worker threads, each with its own graph, polling its own queue of every port: dpdk
     /// sets up one RX/TX queue pair per worker on each port (spread by RSS, or by the vdev:
     /// `qpairs=N` for net_af_packet); afpacket joins one socket per worker to a

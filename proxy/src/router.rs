@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use switchyard_dataplane::async_crypto::AsyncCrypto;
 use switchyard_dataplane::graph::{Graph, Meta, NodeCounters, Packet, VECTOR_SIZE};
 use switchyard_dataplane::nodes::router_graph;
+use switchyard_dataplane::router_adverts::RaConfig;
 use switchyard_dataplane::tables::{Interface, Tables, TablesHandle};
 use switchyard_dataplane::worker::{LearnedNeighbor, SharedState, WorkerState};
 use switchyard_dataplane::PacketBuffer;
@@ -474,6 +475,12 @@ where
         let mut tables = tables_from_args(&ports, args)?;
         tables.punt_to_host = args.punt_tun.is_some();
         tables.drop_source_routed = args.drop_source_routed;
+        if args.ipv6_ra {
+            let mut ra = RaConfig::new(args.ipv6_ra_interval, args.ipv6_ra_lifetime)
+                .map_err(|e| anyhow::anyhow!("--ipv6-ra: {e}"))?;
+            ra.link_mtu = args.ipv6_ra_mtu;
+            tables.router_adverts = Some(ra);
+        }
         let mut state = WorkerState::default();
         for n in &args.neighbors {
             let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;
@@ -846,6 +853,16 @@ where
                 self.driver.recycle(&mut self.graph.dropped);
                 self.publish_snapshot(rx_total, tx_total, io_errors);
             }
+            let tables = self.tables.load();
+            let driver = &mut self.driver;
+            // Router advertisements are timed to the half second (RFC 4861 6.2.6): checked
+            // every turn, queued straight for transmission.
+            retried |= self.graph.advertise_routers(
+                &tables,
+                &mut self.state,
+                nanos_since(start, now),
+                || driver.alloc(),
+            );
             let merged = self.exchange_neighbors(nanos_since(start, now));
             // With crypto in flight the loop keeps turning (the dispatch polls the device),
             // received packets or not; neighbors from another worker may release held ones.
@@ -860,7 +877,6 @@ where
                 continue;
             }
             rx_total += received as u64;
-            let tables = self.tables.load();
             self.state.sync_services(&tables);
             self.graph
                 .dispatch(&tables, &mut self.state, nanos_since(start, now));

@@ -351,6 +351,91 @@ fn afpacket_loose_source_route_between_kernels() {
     assert!(out.stdout.contains("source_routed"), "{out}");
 }
 
+/// `--ipv6-ra`: the client's kernel, told to accept router advertisements, configures an
+/// address from the router's prefix (RFC 4862) and a default route via the router's
+/// link-local address, and reaches the server from that address; a router solicitation
+/// (sent from a raw socket) is answered.
+#[test]
+fn afpacket_router_advertisements_configure_a_kernel_host() {
+    let Some(mut lab) = Lab::new("afpacket::router_advertisements", &["python3"]) else {
+        return;
+    };
+    if lab.kernel {
+        return;
+    }
+    lab.exec_ok(
+        Ns::Client,
+        "sysctl -qw net.ipv6.conf.eth0.accept_ra=2 net.ipv6.conf.eth0.autoconf=1",
+    );
+    lab.start_router(
+        Driver::AfPacket,
+        &[
+            "--ipv6-ra",
+            "--ipv6-ra-interval",
+            "4",
+            "--ipv6-ra-mtu",
+            "--mtu",
+            "c0=1400",
+        ],
+    );
+    let mut slaac = String::new();
+    eventually(
+        "an address from the advertised prefix",
+        15,
+        || {
+            let out = lab.exec_ok(
+                Ns::Client,
+                "ip -6 -o addr show dev eth0 scope global dynamic",
+            );
+            match out.split_whitespace().skip_while(|w| *w != "inet6").nth(1) {
+                Some(cidr) if cidr.starts_with("2001:db8:1:") => {
+                    slaac = cidr.split('/').next().unwrap_or_default().to_string();
+                    Ok(())
+                }
+                _ => Err(format!("no dynamic address yet: {out:?}")),
+            }
+        },
+        || text(&lab.exec(Ns::Client, "ip -6 addr; ip -6 route").stdout),
+    );
+    let routes = lab.exec_ok(Ns::Client, "ip -6 route show default proto ra");
+    assert!(
+        routes.contains("via fe80::"),
+        "default route via the router: {routes:?}"
+    );
+    let mtu = lab.exec_ok(Ns::Client, "sysctl -n net.ipv6.conf.eth0.mtu");
+    assert_eq!(mtu.trim(), "1400", "the advertised MTU");
+    // The autoconfigured address reaches the server (DAD may still run for a moment).
+    eventually(
+        "a ping from the autoconfigured address",
+        10,
+        || match lab.ping(
+            Ns::Client,
+            &format!("-6 -c 2 -i 0.3 -W 2 -I {slaac}"),
+            SERVER_V6,
+        ) {
+            (true, _) => Ok(()),
+            (false, out) => Err(out),
+        },
+        String::new,
+    );
+    lab.exec_ok(
+        Ns::Client,
+        "python3 -c \"import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, \
+         socket.IPPROTO_ICMPV6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, \
+         255); s.sendto(bytes([133, 0, 0, 0, 0, 0, 0, 0]), ('ff02::2', 0, 0, \
+         socket.if_nametoindex('eth0')))\"",
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let out = lab.finish().expect("a router ran");
+    let answered = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("router_solicitations"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!answered.is_empty(), "the solicitation was answered\n{out}");
+}
+
 /// `--workers 2`: two threads, each polling its own queue of both ports (a fanout group per
 /// interface for AF_PACKET, two queue pairs per vdev for DPDK). Both forward, and neighbors
 /// learned by one reach the other (a flow's first packets may wait on a resolution the other

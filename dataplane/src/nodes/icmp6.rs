@@ -12,14 +12,15 @@ use crate::wire::icmpv6::param_problem_code;
 use crate::wire::{Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv6Packet, Ipv6Repr};
 use crate::{node_errors, node_nexts, per_packet_node};
 
-/// Neighbor discovery: the two messages address resolution needs, with the checks RFC 4861
-/// 7.1 puts on top of the wire format's own.
+/// Neighbor discovery: the messages address resolution and router discovery need, with the
+/// checks RFC 4861 6.1 and 7.1 put on top of the wire format's own.
 pub mod nd {
     use super::*;
     use crate::nodes::ip6::solicited_node;
     use crate::nodes::rebuild;
+    use crate::router_adverts::{RaConfig, PREFIX_PREFERRED_LIFETIME, PREFIX_VALID_LIFETIME};
     use crate::tables::Interface;
-    use crate::wire::{EthernetAddress, Icmpv6Packet, Icmpv6Repr, NdiscRepr};
+    use crate::wire::{EthernetAddress, Icmpv6Packet, Icmpv6Repr, NdiscRepr, PrefixInformation};
 
     /// The all-nodes link-local group.
     pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
@@ -99,6 +100,23 @@ pub mod nd {
         })
     }
 
+    /// A validated router solicitation (RFC 4861 6.1.1): the sender's link-layer address,
+    /// if it gave one. One from the unspecified address must not carry it.
+    pub fn parse_router_solicitation(
+        msg: &[u8],
+        hop_limit: u8,
+        src: &Ipv6Addr,
+        dst: &Ipv6Addr,
+    ) -> Result<Option<[u8; 6]>, NdError> {
+        let NdiscRepr::RouterSolicit { lladdr } = parse(msg, hop_limit, src, dst)? else {
+            return Err(NdError::Malformed);
+        };
+        if src.is_unspecified() && lladdr.is_some() {
+            return Err(NdError::Malformed);
+        }
+        Ok(lladdr.map(|a| a.0))
+    }
+
     /// A validated neighbor advertisement.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Advertisement {
@@ -156,6 +174,89 @@ pub mod nd {
             lladdr: Some(EthernetAddress(ifc.mac)),
         };
         write(buf, target, to, nd)
+    }
+
+    /// The prefixes `ifc` advertises: its global ones, each once, as many as fit the MTU.
+    fn advertised_prefixes(
+        ifc: &Interface,
+        room: usize,
+    ) -> impl Iterator<Item = PrefixInformation> + '_ {
+        let fit = room / PrefixInformation::LEN;
+        ifc.ipv6
+            .iter()
+            .enumerate()
+            .filter(|(i, net)| {
+                !is_link_local(&net.addr())
+                    && !ifc.ipv6[..*i].iter().any(|o| o.trunc() == net.trunc())
+            })
+            .take(fit)
+            .map(|(_, net)| PrefixInformation {
+                prefix: net.network(),
+                prefix_len: net.prefix_len(),
+                on_link: true,
+                // Stateless autoconfiguration forms 64-bit interface identifiers (RFC 4862
+                // 5.5.3, RFC 4291 2.5.1): other lengths are announced on-link only.
+                autonomous: net.prefix_len() == 64,
+                valid_lifetime: PREFIX_VALID_LIFETIME,
+                preferred_lifetime: PREFIX_PREFERRED_LIFETIME,
+            })
+    }
+
+    /// Turns the buffer into a router advertisement from `ifc` to all-nodes, with its
+    /// Ethernet header (RFC 4861 4.2 and 6.2.3): from the link-local address, hop limit
+    /// 255, with our link-layer address, the MTU if configured, and the port's prefixes.
+    pub fn make_router_advert<B: PacketBuffer>(
+        buf: &mut B,
+        ifc: &Interface,
+        config: &RaConfig,
+    ) -> bool {
+        let msg = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+            hop_limit: config.cur_hop_limit,
+            managed: false,
+            other_config: false,
+            router_lifetime: config.default_lifetime,
+            reachable_time: 0,
+            retrans_time: 0,
+            lladdr: Some(EthernetAddress(ifc.mac)),
+            mtu: config.link_mtu.then_some(u32::from(ifc.mtu)),
+        });
+        let head_len = msg.buffer_len();
+        let room = usize::from(ifc.mtu).saturating_sub(40 + head_len);
+        let prefix_count = advertised_prefixes(ifc, room).count();
+        let msg_len = head_len + prefix_count * PrefixInformation::LEN;
+        let (src, dst) = (ifc.link_local, ALL_NODES);
+        let ip = Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::ICMPV6,
+            payload_len: msg_len,
+            hop_limit: 255,
+            traffic_class: 0,
+            flow_label: 0,
+        };
+        let mut ok = false;
+        rebuild(buf, ip.buffer_len(), |data| {
+            let (header, body) = data.split_at_mut(ip.header_len());
+            ok = ip.emit(&mut Ipv6Packet::new_unchecked(header)).is_ok()
+                && msg
+                    .emit(
+                        &mut Icmpv6Packet::new_unchecked(&mut body[..head_len]),
+                        &src,
+                        &dst,
+                    )
+                    .is_ok();
+            for (i, prefix) in advertised_prefixes(ifc, room).enumerate() {
+                let at = head_len + i * PrefixInformation::LEN;
+                ok &= prefix.emit(&mut body[at..]).is_ok();
+            }
+            Icmpv6Packet::new_unchecked(body).fill_checksum(&src, &dst);
+        }) && ok
+            && crate::nodes::push_ethernet(
+                buf,
+                multicast_mac(&ALL_NODES),
+                ifc.mac,
+                crate::wire::EtherType::IPV6,
+            )
     }
 
     /// Turns the packet into a multicast solicitation for `target`, with its Ethernet header.

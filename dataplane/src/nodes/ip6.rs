@@ -322,6 +322,7 @@ node_errors! {
         BadNd = ("bad_nd", "neighbor discovery message failing RFC 4861 validation"),
         NdNotForUs = ("nd_not_for_us", "neighbor solicitation for an address that is not ours"),
         RouterDiscovery = ("router_discovery", "router solicitation or advertisement ignored"),
+        RouterSolicitations = ("router_solicitations", "router solicitations answered (an advertisement scheduled)"),
         LocalLoop = ("local_loop", "packet from this node to this node"),
         PortUnreachable = ("port_unreachable", "UDP to this node, no listener: port unreachable sent"),
         UnknownHeader = ("unknown_next_header", "unrecognized next header: parameter problem sent"),
@@ -562,6 +563,9 @@ impl Ip6Local {
                 }
                 LocalNext::Drop
             }
+            Icmpv6Message::ROUTER_SOLICIT if cx.tables.router_adverts.is_some() => {
+                Self::router_solicitation(cx, pkt, src, dst, hop_limit, offset)
+            }
             Icmpv6Message::ROUTER_SOLICIT | Icmpv6Message::ROUTER_ADVERT => {
                 cx.error(Ip6LocalError::RouterDiscovery);
                 LocalNext::Drop
@@ -619,6 +623,48 @@ impl Ip6Local {
         pkt.meta.local_origin = true;
         cx.error(Ip6LocalError::TcpReset);
         LocalNext::Lookup
+    }
+
+    /// RFC 4861 6.2.6: validate, learn the sender, and have the port's next router
+    /// advertisement go out soon (`Graph::advertise_routers` sends it).
+    fn router_solicitation<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        offset: usize,
+    ) -> LocalNext {
+        let port = pkt.meta.rx_port;
+        let msg = &pkt.buf.data()[offset..];
+        let source_mac = match nd::parse_router_solicitation(msg, hop_limit, &src, &dst) {
+            Ok(mac) => mac,
+            Err(_) => {
+                cx.error(Ip6LocalError::BadNd);
+                return LocalNext::Drop;
+            }
+        };
+        // Only ports with an IPv6 prefix advertise.
+        if cx
+            .tables
+            .interface(port)
+            .is_none_or(|ifc| ifc.ipv6.is_empty())
+        {
+            cx.error(Ip6LocalError::RouterDiscovery);
+            return LocalNext::Drop;
+        }
+        if let Some(mac) = source_mac {
+            cx.state
+                .neighbors
+                .learn(port, IpAddr::V6(src), mac, cx.now, true);
+        }
+        cx.state.router_adverts.solicited(port, cx.now);
+        cx.error(Ip6LocalError::RouterSolicitations);
+        cx.trace(
+            &pkt.meta,
+            format_args!("RS from {src}: advertisement scheduled"),
+        );
+        LocalNext::Drop
     }
 
     /// RFC 4861 7.2.3/7.2.4: validate, learn the sender, answer with an advertisement built in

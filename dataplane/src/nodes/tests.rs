@@ -1598,6 +1598,7 @@ mod acl;
 mod conformance;
 mod esp;
 mod nat;
+mod router_adverts;
 
 proptest! {
     /// `ip4-lookup` hashes from the header it already read; the result is the packet's flow

@@ -322,6 +322,60 @@ fn emit_lladdr_option(buf: &mut [u8], kind: u8, addr: EthernetAddress) -> usize 
     8
 }
 
+/// A Prefix Information option (RFC 4861 section 4.6.2), as a router advertises an on-link
+/// prefix and, with the autonomous flag, lets hosts form addresses in it (RFC 4862).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PrefixInformation {
+    /// The prefix, host bits zero.
+    pub prefix: Ipv6Addr,
+    pub prefix_len: u8,
+    /// L: the prefix is on-link.
+    pub on_link: bool,
+    /// A: hosts may configure addresses from it.
+    pub autonomous: bool,
+    /// Seconds; `u32::MAX` is infinity.
+    pub valid_lifetime: u32,
+    /// Seconds; `u32::MAX` is infinity.
+    pub preferred_lifetime: u32,
+}
+
+impl PrefixInformation {
+    /// Length of the option on the wire.
+    pub const LEN: usize = 32;
+
+    /// Writes the option (type, length and body) into `buf[..LEN]`.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<(), WireError> {
+        let buf = buf.get_mut(..Self::LEN).ok_or(WireError::Truncated)?;
+        buf[0] = ndisc_option::PREFIX_INFO;
+        buf[1] = (Self::LEN / 8) as u8;
+        buf[2] = self.prefix_len;
+        buf[3] = if self.on_link { 0x80 } else { 0 } | if self.autonomous { 0x40 } else { 0 };
+        write_u32(buf, 4, self.valid_lifetime);
+        write_u32(buf, 8, self.preferred_lifetime);
+        buf[12..16].fill(0);
+        buf[16..32].copy_from_slice(&self.prefix.octets());
+        Ok(())
+    }
+
+    /// Reads the option from its bytes (type, length and body).
+    pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
+        let buf = buf.get(..Self::LEN).ok_or(WireError::Truncated)?;
+        if buf[0] != ndisc_option::PREFIX_INFO || usize::from(buf[1]) * 8 != Self::LEN {
+            return Err(WireError::Malformed);
+        }
+        let mut prefix = [0u8; 16];
+        prefix.copy_from_slice(&buf[16..32]);
+        Ok(PrefixInformation {
+            prefix: Ipv6Addr::from(prefix),
+            prefix_len: buf[2],
+            on_link: buf[3] & 0x80 != 0,
+            autonomous: buf[3] & 0x40 != 0,
+            valid_lifetime: read_u32(buf, 4),
+            preferred_lifetime: read_u32(buf, 8),
+        })
+    }
+}
+
 /// A Neighbor Discovery message (RFC 4861 section 4). Prefix information and other options
 /// are validated but not represented. Checks that need the IP header (hop limit 255, no SLLA
 /// from the unspecified address, S clear on multicast NAs) are the caller's.

@@ -40,7 +40,9 @@ pub use esp::{EspPacket, EspRepr, EspTrailer, UdpEncapsulated};
 pub use ethernet::{EtherType, EthernetAddress, EthernetFrame, EthernetRepr, L2Header, VlanTag};
 pub use gre::{GrePacket, GreRepr};
 pub use icmpv4::{Icmpv4ErrorHeader, Icmpv4Message, Icmpv4Packet, Icmpv4Repr};
-pub use icmpv6::{Icmpv6ErrorHeader, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, NdiscRepr};
+pub use icmpv6::{
+    Icmpv6ErrorHeader, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, NdiscRepr, PrefixInformation,
+};
 pub use ip::{IpAddrPair, IpFamily, IpProtocol};
 pub use ipip::IpTunnel;
 pub use ipv4::{Ipv4Packet, Ipv4Repr};
