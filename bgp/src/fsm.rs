@@ -83,6 +83,24 @@ pub enum Action {
     RouteRefresh(Family),
 }
 
+/// Protocol errors seen by a session, by how RFC 4271 §6 and RFC 7606
+/// had them handled. They add up over the session's connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounters {
+    /// UPDATEs handled as withdrawals (RFC 7606 treat-as-withdraw).
+    pub treat_as_withdraw: u64,
+    /// UPDATEs used without some of their attributes (RFC 7606
+    /// attribute discard).
+    pub attribute_discard: u64,
+    /// Prefixes ignored as semantically incorrect (RFC 4271 §6.3).
+    pub ignored_prefixes: u64,
+    /// NOTIFICATIONs we sent for an error: header, OPEN, UPDATE (session
+    /// reset), FSM, Hold Timer Expired. Administrative Cease not counted.
+    pub notifications_sent: u64,
+    /// NOTIFICATIONs the peer sent us.
+    pub notifications_received: u64,
+}
+
 #[derive(Debug)]
 pub struct Session {
     cfg: SessionConfig,
@@ -91,6 +109,7 @@ pub struct Session {
     framer: Framer,
     negotiated: Option<Negotiated>,
     update_ctx: Option<UpdateContext>,
+    errors: ErrorCounters,
 }
 
 impl Session {
@@ -102,7 +121,12 @@ impl Session {
             framer: Framer::new(),
             negotiated: None,
             update_ctx: None,
+            errors: ErrorCounters::default(),
         }
+    }
+
+    pub fn errors(&self) -> ErrorCounters {
+        self.errors
     }
 
     pub fn state(&self) -> State {
@@ -311,6 +335,7 @@ impl Session {
         if frame.msg_type == MSG_NOTIFICATION {
             let n = Notification::decode_body(frame.body())
                 .unwrap_or_else(|| Notification::new(0, 0, Vec::new()));
+            self.errors.notifications_received += 1;
             self.enter_idle(out, DownReason::Received(n));
             return;
         }
@@ -328,7 +353,15 @@ impl Session {
                     return;
                 };
                 match update_rx::decode(frame.body(), ctx) {
-                    Ok(u) => out.push(Action::Update(Box::new(u))),
+                    Ok(u) => {
+                        if u.treated_as_withdraw.is_some() {
+                            self.errors.treat_as_withdraw += 1;
+                        } else if u.attributes_discarded {
+                            self.errors.attribute_discard += 1;
+                        }
+                        self.errors.ignored_prefixes += u.ignored_prefixes as u64;
+                        out.push(Action::Update(Box::new(u)));
+                    }
                     Err(n) => self.fail(out, n),
                 }
             }
@@ -407,6 +440,7 @@ impl Session {
 
     /// Sends `n` and drops to Idle.
     fn fail(&mut self, out: &mut Vec<Action>, n: Notification) {
+        self.errors.notifications_sent += 1;
         out.push(Action::Send(n.encode()));
         self.enter_idle(out, DownReason::Sent(n));
     }

@@ -78,13 +78,16 @@
 //! Every protocol error becomes one [`notification::Notification`]:
 //! header checks in [`wire`], OPEN checks in [`open`], UPDATE checks in
 //! [`update_check`] (RFC 7606: attribute discard, treat-as-withdraw, or
-//! session reset, the most severe winning). Nothing in this crate panics
-//! on peer input.
+//! session reset, the most severe winning); [`fsm::Session::errors`]
+//! counts them. Nothing in this crate panics on peer input. Probes of
+//! each rule, whole session to RIB, are in `conformance_tests.rs`.
 
 pub mod attrs;
 pub mod capability;
 pub mod collision;
 pub mod config;
+#[cfg(test)]
+mod conformance_tests;
 pub mod fsm;
 #[cfg(test)]
 mod fsm_tests;

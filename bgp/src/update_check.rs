@@ -101,6 +101,10 @@ pub struct Scan {
     pub attrs: Vec<AttrSpan>,
     /// Whether the message announces anything (body NLRI or MP_REACH NLRI).
     pub has_reach: bool,
+    /// Byte ranges of prefixes within MP_(UN)REACH_NLRI that are well
+    /// formed but not unicast (RFC 4271 §6.3: semantically incorrect NLRI
+    /// are ignored); [`sanitize`] cuts them out.
+    pub ignored_prefixes: Vec<(usize, usize)>,
 }
 
 impl Scan {
@@ -131,20 +135,81 @@ fn read_u16(b: &[u8], at: usize) -> Option<u16> {
 
 /// Walks a run of NLRI (RFC 4271 §4.3 prefix encoding, RFC 7911 path ids).
 /// Returns the number of prefixes, or `None` on a syntax error.
-pub fn check_nlri(mut b: &[u8], max_bits: u8, add_path: bool) -> Option<usize> {
+pub fn check_nlri(b: &[u8], max_bits: u8, add_path: bool) -> Option<usize> {
+    walk_nlri(b, max_bits, add_path, |_, _, _, _| {})
+}
+
+/// [`check_nlri`], calling `each(start, end, prefix_len, prefix_bytes)`
+/// for every prefix, with `start..end` the whole entry (path id
+/// included) within `b`.
+fn walk_nlri(
+    b: &[u8],
+    max_bits: u8,
+    add_path: bool,
+    mut each: impl FnMut(usize, usize, u8, &[u8]),
+) -> Option<usize> {
+    let mut at = 0;
     let mut n = 0;
-    while !b.is_empty() {
+    while at < b.len() {
+        let start = at;
         if add_path {
-            b = b.get(4..)?;
+            at += 4;
         }
-        let (&bits, rest) = b.split_first()?;
+        let bits = *b.get(at)?;
         if bits > max_bits {
             return None;
         }
-        b = rest.get(usize::from(bits).div_ceil(8)..)?;
+        let end = at + 1 + usize::from(bits).div_ceil(8);
+        let prefix = b.get(at + 1..end)?;
+        each(start, end, bits, prefix);
+        at = end;
         n += 1;
     }
     Some(n)
+}
+
+/// Whether netgauze takes a well-formed prefix as unicast; it refuses
+/// multicast and broadcast ones, which RFC 4271 §6.3 has us ignore.
+fn unicast_prefix(family: Family, bits: u8, prefix: &[u8]) -> bool {
+    use netgauze_bgp_pkt::nlri::{Ipv4Unicast, Ipv6Unicast};
+    match family {
+        Family::Ipv4Unicast => {
+            let mut a = [0u8; 4];
+            a.iter_mut().zip(prefix).for_each(|(d, s)| *d = *s);
+            ipnet::Ipv4Net::new(a.into(), bits).is_ok_and(|n| Ipv4Unicast::from_net(n).is_ok())
+        }
+        Family::Ipv6Unicast => {
+            let mut a = [0u8; 16];
+            a.iter_mut().zip(prefix).for_each(|(d, s)| *d = *s);
+            ipnet::Ipv6Net::new(a.into(), bits).is_ok_and(|n| Ipv6Unicast::from_net(n).is_ok())
+        }
+    }
+}
+
+/// Walks the NLRI of an MP_(UN)REACH_NLRI found at `at` in the body,
+/// recording the prefixes to ignore. `None` on a syntax error.
+fn check_mp_nlri(
+    v: &[u8],
+    at: usize,
+    family: Family,
+    ctx: &UpdateContext,
+    s: &mut Scan,
+) -> Option<usize> {
+    let max_bits = match family {
+        Family::Ipv4Unicast => 32,
+        Family::Ipv6Unicast => 128,
+    };
+    let ignored = &mut s.ignored_prefixes;
+    walk_nlri(
+        v,
+        max_bits,
+        ctx.add_path(family),
+        |start, end, bits, prefix| {
+            if !unicast_prefix(family, bits, prefix) {
+                ignored.push((at + start, at + end));
+            }
+        },
+    )
 }
 
 /// The (optional, transitive) flag values RFC 4271 and later RFCs fix for
@@ -172,6 +237,13 @@ fn check_as_path(mut v: &[u8], asn_len: usize) -> Option<Option<(u8, u32)>> {
         }
         let len = usize::from(count) * asn_len;
         let asns = rest.get(..len)?;
+        // RFC 7607 §2: AS 0 anywhere makes the path malformed.
+        if asns
+            .chunks_exact(asn_len)
+            .any(|a| a.iter().all(|b| *b == 0))
+        {
+            return None;
+        }
         if first.is_none() {
             let asn = if asn_len == 4 {
                 u32::from_be_bytes([asns[0], asns[1], asns[2], asns[3]])
@@ -194,6 +266,7 @@ pub fn scan(body: &[u8], ctx: &UpdateContext) -> Scan {
         nlri: (0, 0),
         attrs: Vec::new(),
         has_reach: false,
+        ignored_prefixes: Vec::new(),
     };
     // RFC 4271 §6.3 / RFC 7606 §4: lengths that exceed the message make
     // it impossible to find the NLRI: Malformed Attribute List, reset.
@@ -231,7 +304,23 @@ pub fn scan(body: &[u8], ctx: &UpdateContext) -> Scan {
         return s;
     }
     check_mandatory(&mut s);
+    check_missing_nlri(&mut s);
     s
+}
+
+/// RFC 7606 §5.2: an UPDATE that announces nothing yet carries
+/// attributes other than MP_UNREACH_NLRI is not one RFC 4271 or RFC 4724
+/// defines, so its NLRI may have been misread: any error in it that is
+/// not a session reset is a treat-as-withdraw.
+fn check_missing_nlri(s: &mut Scan) {
+    if s.has_reach || s.verdict != Verdict::AttributeDiscard {
+        return;
+    }
+    if s.attrs.iter().all(|a| a.code == MP_UNREACH) {
+        return;
+    }
+    let code = s.attrs.iter().find(|a| !a.keep).map_or(0, |a| a.code);
+    s.withdraw(sub::MALFORMED_ATTRIBUTE_LIST, &[code]);
 }
 
 fn walk_attributes(body: &[u8], ctx: &UpdateContext, s: &mut Scan) {
@@ -300,7 +389,12 @@ fn walk_attributes(body: &[u8], ctx: &UpdateContext, s: &mut Scan) {
             Some((o, t)) if (o, t) != (optional, transitive) => {
                 // RFC 7606 §3 c.
                 s.withdraw(sub::ATTRIBUTE_FLAGS, raw);
-                continue;
+                // MP_(UN)REACH_NLRI are still read: treat-as-withdraw
+                // needs their prefixes (RFC 7606 §2), and one that
+                // cannot be parsed still resets the session.
+                if code != MP_REACH && code != MP_UNREACH {
+                    continue;
+                }
             }
             Some(_) => {}
         }
@@ -342,15 +436,25 @@ fn check_attribute(code: u8, v: &[u8], raw: &[u8], idx: usize, ctx: &UpdateConte
             Some(_) => {}
         },
         NEXT_HOP => {
-            if v.len() != 4 {
-                s.withdraw(sub::ATTRIBUTE_LENGTH, raw);
-            } else {
-                // RFC 4271 §6.3: a semantically wrong next hop makes the
-                // route unusable, without a NOTIFICATION.
-                let nh = std::net::Ipv4Addr::new(v[0], v[1], v[2], v[3]);
-                if nh.is_unspecified() || nh.is_multicast() || nh.is_broadcast() {
-                    s.withdraw(sub::INVALID_NEXT_HOP, raw);
+            // RFC 4271 §6.3: a semantically wrong next hop makes the
+            // route unusable, without a NOTIFICATION.
+            let usable = |v: &[u8]| match <[u8; 4]>::try_from(v) {
+                Ok(a) => {
+                    let nh = std::net::Ipv4Addr::from(a);
+                    !(nh.is_unspecified() || nh.is_multicast() || nh.is_broadcast())
                 }
+                Err(_) => false,
+            };
+            if s.nlri.0 == s.nlri.1 {
+                // RFC 4760 §3: with no NLRI but MP_REACH_NLRI's, NEXT_HOP
+                // SHOULD be ignored, so a bad one costs nothing more.
+                if !usable(v) {
+                    s.discard(idx);
+                }
+            } else if v.len() != 4 {
+                s.withdraw(sub::ATTRIBUTE_LENGTH, raw);
+            } else if !usable(v) {
+                s.withdraw(sub::INVALID_NEXT_HOP, raw);
             }
         }
         MED => {
@@ -371,7 +475,8 @@ fn check_attribute(code: u8, v: &[u8], raw: &[u8], idx: usize, ctx: &UpdateConte
             }
         }
         AGGREGATOR => {
-            if v.len() != 2 + asn_len + 2 {
+            // RFC 7606 §7.7; RFC 7607 §2: AS 0 is not passed on.
+            if v.len() != asn_len + 4 || v[..asn_len].iter().all(|b| *b == 0) {
                 s.discard(idx);
             }
         }
@@ -418,7 +523,7 @@ fn check_attribute(code: u8, v: &[u8], raw: &[u8], idx: usize, ctx: &UpdateConte
             }
         }
         AS4_AGGREGATOR => {
-            if ctx.four_octet_as || v.len() != 8 {
+            if ctx.four_octet_as || v.len() != 8 || v[..4] == [0; 4] {
                 s.discard(idx);
             }
         }
@@ -461,11 +566,8 @@ fn check_mp_reach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
         s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
         return;
     }
-    let max_bits = match family {
-        Family::Ipv4Unicast => 32,
-        Family::Ipv6Unicast => 128,
-    };
-    match check_nlri(&v[nlri_at..], max_bits, ctx.add_path(family)) {
+    let at = s.attrs[idx].value_start + nlri_at;
+    match check_mp_nlri(&v[nlri_at..], at, family, ctx, s) {
         None => s.reset(sub::OPTIONAL_ATTRIBUTE, &[]),
         Some(n) => s.has_reach |= n > 0,
     }
@@ -480,11 +582,8 @@ fn check_mp_unreach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
         s.discard(idx);
         return;
     };
-    let max_bits = match family {
-        Family::Ipv4Unicast => 32,
-        Family::Ipv6Unicast => 128,
-    };
-    if check_nlri(&v[3..], max_bits, ctx.add_path(family)).is_none() {
+    let at = s.attrs[idx].value_start + 3;
+    if check_mp_nlri(&v[3..], at, family, ctx, s).is_none() {
         s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
     }
 }
@@ -517,8 +616,9 @@ fn check_mandatory(s: &mut Scan) {
 /// as is.
 pub fn sanitize(body: &[u8], s: &Scan, reach_only: bool) -> Option<Vec<u8>> {
     let needs_change = reach_only
+        || !s.ignored_prefixes.is_empty()
         || s.attrs.iter().any(|a| {
-            !a.keep || !decoded_by_netgauze(a.code) || partial_must_clear(a.flags, a.code)
+            !a.keep || !decoded_by_netgauze(a.code) || wire_flags(a.flags, a.code) != a.flags
         });
     if !needs_change {
         return None;
@@ -537,11 +637,7 @@ pub fn sanitize(body: &[u8], s: &Scan, reach_only: bool) -> Option<Vec<u8>> {
         if !a.keep || !interpreted || !wanted {
             continue;
         }
-        let from = out.len();
-        out.extend_from_slice(&body[a.start..a.end]);
-        if partial_must_clear(a.flags, a.code) {
-            out[from] &= !FLAG_PARTIAL;
-        }
+        copy_attribute(body, a, &s.ignored_prefixes, &mut out);
     }
     let alen = out.len() - attr_start;
     let alen = u16::try_from(alen).unwrap_or(u16::MAX).to_be_bytes();
@@ -551,20 +647,67 @@ pub fn sanitize(body: &[u8], s: &Scan, reach_only: bool) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Appends attribute `a` with the flags netgauze wants, and without the
+/// `ignored` prefixes that fall inside it.
+fn copy_attribute(body: &[u8], a: &AttrSpan, ignored: &[(usize, usize)], out: &mut Vec<u8>) {
+    let mut cut = ignored
+        .iter()
+        .filter(|(from, to)| a.value_start <= *from && *to <= a.end)
+        .peekable();
+    if cut.peek().is_none() {
+        out.push(wire_flags(a.flags, a.code));
+        out.extend_from_slice(&body[a.start + 1..a.end]);
+        return;
+    }
+    // Shorter now: a new header, with Extended Length to keep it simple.
+    let mut value = Vec::with_capacity(a.end - a.value_start);
+    let mut from = a.value_start;
+    for (skip_from, skip_to) in cut {
+        value.extend_from_slice(&body[from..*skip_from]);
+        from = *skip_to;
+    }
+    value.extend_from_slice(&body[from..a.end]);
+    let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+    out.push(wire_flags(a.flags, a.code) | FLAG_EXTENDED);
+    out.push(a.code);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&value);
+}
+
 pub fn is_recognised(code: u8) -> bool {
     expected_flags(code).is_some()
 }
 
 /// Attributes handed to netgauze; the rest (unrecognised, extended
-/// communities) are read from the raw bytes, which is all they need.
+/// communities, AS4_AGGREGATOR, which netgauze does not know) are read
+/// from the raw bytes, which is all they need.
 pub fn decoded_by_netgauze(code: u8) -> bool {
-    expected_flags(code).is_some() && code != EXT_COMMUNITIES && code != IPV6_EXT_COMMUNITIES
+    expected_flags(code).is_some()
+        && !matches!(
+            code,
+            EXT_COMMUNITIES | IPV6_EXT_COMMUNITIES | AS4_AGGREGATOR
+        )
 }
 
-/// RFC 4271 §4.3: Partial is 0 for well-known and optional non-transitive
-/// attributes. RFC 7606 leaves a wrong Partial bit out of its flag checks,
-/// so we accept it and normalise.
-fn partial_must_clear(flags: u8, code: u8) -> bool {
-    flags & FLAG_PARTIAL != 0
-        && matches!(expected_flags(code), Some((false, _)) | Some((true, false)))
+/// The flags a recognised attribute is handed to netgauze with, which
+/// refuses any it does not expect: Optional and Transitive as the RFCs
+/// fix them (a conflict has already decided the verdict, RFC 7606 §3 c),
+/// and Partial cleared where RFC 4271 §4.3 says it is 0 (RFC 7606 leaves
+/// a wrong Partial bit out of its checks, so we accept it and normalise).
+/// Extended Length is kept: it says how to read the length.
+fn wire_flags(flags: u8, code: u8) -> u8 {
+    let Some((optional, transitive)) = expected_flags(code) else {
+        return flags;
+    };
+    let mut f = flags & (FLAG_PARTIAL | FLAG_EXTENDED);
+    if optional {
+        f |= FLAG_OPTIONAL;
+    }
+    if transitive {
+        f |= FLAG_TRANSITIVE;
+    }
+    if !(optional && transitive) {
+        f &= !FLAG_PARTIAL;
+    }
+    f
 }

@@ -2,6 +2,7 @@
 //! RIB's own types.
 
 use crate::attrs::{AsPath, AsSegment, Origin, PathAttrs, RawAttr};
+use crate::capability::AS_TRANS;
 use crate::config::Family;
 use crate::notification::{update as sub, Notification};
 use crate::update_check::{self, Scan, UpdateContext, Verdict};
@@ -16,7 +17,7 @@ use netgauze_iana::address_family::AddressType;
 use netgauze_parse_utils::reader::SliceReader;
 use netgauze_parse_utils::traits::ParseFromWithOneInput;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// A prefix with its ADD-PATH identifier (0 when ADD-PATH is off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +43,9 @@ pub struct ParsedUpdate {
     pub treated_as_withdraw: Option<Notification>,
     /// Set when some attributes were discarded (RFC 7606 attribute discard).
     pub attributes_discarded: bool,
+    /// Prefixes left out as semantically incorrect (RFC 4271 §6.3: a
+    /// multicast or broadcast prefix is logged and ignored).
+    pub ignored_prefixes: usize,
 }
 
 /// Decodes an UPDATE body. `Err` is a NOTIFICATION to send (session reset).
@@ -61,8 +65,19 @@ pub fn decode(body: &[u8], ctx: &UpdateContext) -> Result<ParsedUpdate, Notifica
         let n: netgauze_bgp_pkt::notification::UpdateMessageError = e.into();
         Notification::update(netgauze_update_subcode(&n), Vec::new())
     })?;
-    let mut out = convert(&msg, ctx)?;
+    let as4_aggregator = raw_value(body, &scan, update_check::AS4_AGGREGATOR)
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map(|v| {
+            let asn = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+            (asn, Ipv4Addr::new(v[4], v[5], v[6], v[7]))
+        });
+    let mut out = convert(&msg, ctx, as4_aggregator)?;
+    out.end_of_rib = end_of_rib(body, &scan, ctx);
     out.attributes_discarded = scan.verdict == Verdict::AttributeDiscard;
+    let ignored = ng.parsing_errors();
+    out.ignored_prefixes = scan.ignored_prefixes.len()
+        + ignored.non_unicast_withdraw_nlri().len()
+        + ignored.non_unicast_update_nlri().len();
     add_raw_attributes(body, &scan, &mut out);
     if let Verdict::TreatAsWithdraw(why) = scan.verdict {
         // RFC 7606 §2: every announced prefix is handled as withdrawn.
@@ -109,7 +124,48 @@ fn netgauze_update_subcode(e: &netgauze_bgp_pkt::notification::UpdateMessageErro
     }
 }
 
-fn convert(msg: &BgpUpdateMessage, ctx: &UpdateContext) -> Result<ParsedUpdate, Notification> {
+/// RFC 4724 §2: an UPDATE with nothing in it is the IPv4 End-of-RIB; one
+/// with only an MP_UNREACH_NLRI without prefixes is that family's. Read
+/// from the message as received: what error handling dropped does not
+/// make an UPDATE a marker.
+fn end_of_rib(body: &[u8], scan: &Scan, ctx: &UpdateContext) -> Option<Family> {
+    if body == [0, 0, 0, 0] {
+        return Some(Family::Ipv4Unicast);
+    }
+    let no_prefixes = scan.withdrawn.0 == scan.withdrawn.1 && scan.nlri.0 == scan.nlri.1;
+    match scan.attrs.as_slice() {
+        [a] if no_prefixes
+            && a.keep
+            && a.code == update_check::MP_UNREACH
+            && scan.verdict == Verdict::Accept =>
+        {
+            match body.get(a.value_start..a.end)? {
+                [afi0, afi1, safi] => {
+                    Family::from_afi_safi(u16::from_be_bytes([*afi0, *afi1]), *safi)
+                        .filter(|f| ctx.families.contains(f))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The value of a kept attribute, straight from the body.
+fn raw_value<'a>(body: &'a [u8], scan: &Scan, code: u8) -> Option<&'a [u8]> {
+    scan.attrs
+        .iter()
+        .find(|a| a.keep && a.code == code)
+        .and_then(|a| body.get(a.value_start..a.end))
+}
+
+/// `as4_aggregator` is the AS4_AGGREGATOR (RFC 6793 §3) of a session
+/// without 4-octet ASNs, read from the raw bytes.
+fn convert(
+    msg: &BgpUpdateMessage,
+    ctx: &UpdateContext,
+    as4_aggregator: Option<(u32, Ipv4Addr)>,
+) -> Result<ParsedUpdate, Notification> {
     let mut out = ParsedUpdate {
         withdrawn_v4: msg.withdraw_routes().iter().map(v4).collect(),
         announced_v4: msg.nlri().iter().map(v4).collect(),
@@ -119,7 +175,6 @@ fn convert(msg: &BgpUpdateMessage, ctx: &UpdateContext) -> Result<ParsedUpdate, 
     let mut as4_path: Option<&As4Path> = None;
     let mut v6_next_hop = None;
     let mut mp_reach_v4_nh = None;
-    let mut mp_unreach_only = true;
     for attr in msg.path_attributes() {
         match attr.value() {
             PathAttributeValue::Origin(o) => {
@@ -155,54 +210,47 @@ fn convert(msg: &BgpUpdateMessage, ctx: &UpdateContext) -> Result<ParsedUpdate, 
             PathAttributeValue::ClusterList(c) => {
                 base.cluster_list = c.cluster_list().iter().map(|c| c.id()).collect()
             }
-            PathAttributeValue::MpReach(r) => {
-                mp_unreach_only = false;
-                match r {
-                    MpReach::Ipv6Unicast {
-                        next_hop_global,
-                        next_hop_local,
-                        nlri,
-                    } => {
-                        v6_next_hop = Some((*next_hop_global, *next_hop_local));
-                        out.announced_v6 = nlri.iter().map(v6).collect();
-                    }
-                    MpReach::Ipv4Unicast { next_hop, nlri, .. } => {
-                        mp_reach_v4_nh = Some(*next_hop);
-                        out.announced_v4.extend(nlri.iter().map(v4));
-                    }
-                    _ => {}
+            PathAttributeValue::MpReach(r) => match r {
+                MpReach::Ipv6Unicast {
+                    next_hop_global,
+                    next_hop_local,
+                    nlri,
+                } => {
+                    v6_next_hop = Some((*next_hop_global, *next_hop_local));
+                    out.announced_v6 = nlri.iter().map(v6).collect();
                 }
-            }
+                MpReach::Ipv4Unicast { next_hop, nlri, .. } => {
+                    mp_reach_v4_nh = Some(*next_hop);
+                    out.announced_v4.extend(nlri.iter().map(v4));
+                }
+                _ => {}
+            },
             PathAttributeValue::MpUnreach(u) => match u {
                 MpUnreach::Ipv6Unicast { nlri } => {
                     out.withdrawn_v6 = nlri.iter().map(v6).collect();
-                    if nlri.is_empty() {
-                        out.end_of_rib = Some(Family::Ipv6Unicast);
-                    }
                 }
                 MpUnreach::Ipv4Unicast { nlri } => {
                     out.withdrawn_v4.extend(nlri.iter().map(v4));
-                    if nlri.is_empty() {
-                        out.end_of_rib = Some(Family::Ipv4Unicast);
-                    }
                 }
                 _ => {}
             },
             _ => {}
         }
     }
+    // RFC 6793 §4.2.3: from an OLD speaker, an AGGREGATOR that is not
+    // AS_TRANS was added after the AS4_* attributes, which are then
+    // ignored; otherwise AS4_AGGREGATOR names the aggregating node and
+    // AS4_PATH completes the path.
     if !ctx.four_octet_as {
-        if let Some(p4) = as4_path {
-            base.as_path = merge_as4_path(&base.as_path, p4);
+        let aggregator_as = base.aggregator.map(|(asn, _)| asn);
+        if aggregator_as.is_none_or(|asn| asn == AS_TRANS) {
+            if let Some(p4) = as4_path {
+                base.as_path = merge_as4_path(&base.as_path, p4);
+            }
+            if let (Some(_), Some(a4)) = (aggregator_as, as4_aggregator) {
+                base.aggregator = Some(a4);
+            }
         }
-    }
-    // RFC 4724 §2: an UPDATE with nothing in it is the IPv4 End-of-RIB; an
-    // MP_UNREACH with no NLRI and no other attribute is that family's.
-    let empty = msg.withdraw_routes().is_empty() && msg.nlri().is_empty();
-    if empty && msg.path_attributes().is_empty() {
-        out.end_of_rib = Some(Family::Ipv4Unicast);
-    } else if !(mp_unreach_only && msg.path_attributes().len() == 1 && empty) {
-        out.end_of_rib = None;
     }
     if !out.announced_v6.is_empty() {
         let mut a = base.clone();
@@ -221,16 +269,18 @@ fn convert(msg: &BgpUpdateMessage, ctx: &UpdateContext) -> Result<ParsedUpdate, 
     Ok(out)
 }
 
+// RFC 4271 §4.3: the bits after the prefix length are irrelevant, so
+// they are cleared; 10.0.63.0/19 is 10.0.32.0/19 and withdraws it.
 fn v4(a: &netgauze_bgp_pkt::nlri::Ipv4UnicastAddress) -> Nlri<Ipv4Net> {
     Nlri {
-        prefix: a.network().address(),
+        prefix: a.network().address().trunc(),
         path_id: a.path_id().unwrap_or(0),
     }
 }
 
 fn v6(a: &netgauze_bgp_pkt::nlri::Ipv6UnicastAddress) -> Nlri<Ipv6Net> {
     Nlri {
-        prefix: a.network().address(),
+        prefix: a.network().address().trunc(),
         path_id: a.path_id().unwrap_or(0),
     }
 }
@@ -310,6 +360,10 @@ fn add_raw_attributes(body: &[u8], scan: &Scan, out: &mut ParsedUpdate) {
     let mut unknown = Vec::new();
     for a in scan.attrs.iter().filter(|a| a.keep) {
         let value = &body[a.value_start..a.end];
+        if a.code == update_check::AS4_AGGREGATOR {
+            // Merged into the aggregator by `convert`.
+            continue;
+        }
         if a.code == update_check::EXT_COMMUNITIES {
             ext.extend(
                 value

@@ -87,12 +87,30 @@ impl<'a> Fib4View<'a> {
     }
 }
 
+/// A [`Fib`]'s compiled IPv6 routes borrowed for many lookups (see [`Fib::view6`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Fib6View<'a> {
+    lpm: &'a Lpm6,
+    routes: &'a [Route],
+}
+
+impl<'a> Fib6View<'a> {
+    /// [`Fib::lookup6`] of `dst`.
+    #[inline(always)]
+    pub fn lookup(&self, dst: Ipv6Addr) -> Option<&'a Route> {
+        self.lpm
+            .lookup(dst)
+            .and_then(|i| self.routes.get(i as usize))
+    }
+}
+
 /// IPv4 and IPv6 route tables.
 ///
 /// Edits go to binary tries (`prefix-trie`); [`Fib::compile`] then builds the lookup
-/// structures the workers use over a flat route list: a 16-8-8 multibit trie for IPv4, hash
-/// tables per prefix length for IPv6. Until the next compile, lookups fall back to the binary
-/// tries, so a FIB is always correct, only slower when left uncompiled.
+/// structures the workers use over a flat route list: a 16-8-8 multibit trie for IPv4; for
+/// IPv6 a multibit trie over the top 64 bits and hash tables per prefix length for the longer
+/// prefixes. Until the next compile, lookups fall back to the binary tries, so a FIB is always
+/// correct, only slower when left uncompiled.
 #[derive(Clone, Debug, Default)]
 pub struct Fib {
     v4: PrefixMap<Ipv4Net, Route>,
@@ -188,6 +206,17 @@ impl Fib {
         })
     }
 
+    /// The compiled IPv6 table borrowed for a run of lookups, as [`Fib::view4`]. `None` until
+    /// [`Fib::compile`].
+    #[inline]
+    pub fn view6(&self) -> Option<Fib6View<'_>> {
+        let c = self.compiled6.as_ref()?;
+        Some(Fib6View {
+            lpm: &c.lpm,
+            routes: &c.routes,
+        })
+    }
+
     /// Longest-prefix match for an IPv6 destination.
     #[inline]
     pub fn lookup6(&self, dst: Ipv6Addr) -> Option<&Route> {
@@ -250,6 +279,44 @@ mod tests {
         let view = fib.view4().unwrap();
         for (a, route) in before {
             assert_eq!(view.lookup(u32::from(a)), route.as_ref(), "{a}");
+        }
+    }
+
+    #[test]
+    fn view6_agrees_with_the_uncompiled_lookup_and_edits_uncompile_it() {
+        let mut fib = Fib::new();
+        fib.insert(net("::/0"), Route::Blackhole);
+        fib.insert(net("2001:db8::/32"), Route::Attached { port: 1 });
+        fib.insert(net("2001:db8:1::/64"), Route::Attached { port: 2 });
+        fib.insert(net("2001:db8:1::1/128"), Route::Local);
+        assert!(fib.view6().is_none(), "not compiled yet");
+        let probes = [
+            "2001:db8:1::1",
+            "2001:db8:1::2",
+            "2001:db8:7::9",
+            "2001:db9::1",
+        ];
+        let lookups = |fib: &Fib| -> Vec<_> {
+            probes
+                .iter()
+                .map(|a| a.parse::<Ipv6Addr>().unwrap())
+                .map(|a| (a, fib.lookup6(a).cloned()))
+                .collect()
+        };
+        let before = lookups(&fib);
+        fib.compile();
+        let view = fib.view6().unwrap();
+        for (a, route) in &before {
+            assert_eq!(view.lookup(*a), route.as_ref(), "{a}");
+        }
+        fib.insert(net("2001:db8:7::/48"), Route::Local);
+        assert!(fib.view6().is_none(), "an edit drops the compiled table");
+        let edited = lookups(&fib);
+        assert_eq!(edited[2].1, Some(Route::Local));
+        fib.compile();
+        let view = fib.view6().unwrap();
+        for (a, route) in &edited {
+            assert_eq!(view.lookup(*a), route.as_ref(), "{a}");
         }
     }
 

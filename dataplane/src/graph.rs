@@ -617,9 +617,11 @@ impl<B: PacketBuffer> Graph<B> {
             }
             return;
         }
-        self.slots[self.input]
-            .queue
-            .extend(bufs.drain(..).map(|buf| Packet::received(buf, port)));
+        let queue = &mut self.slots[self.input].queue;
+        queue.reserve(bufs.len());
+        for buf in bufs.drain(..) {
+            queue.push(Packet::received(buf, port));
+        }
     }
 
     /// The index of the node named `name`, for [`Graph::inject`].

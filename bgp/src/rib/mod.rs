@@ -158,6 +158,8 @@ pub enum Rejection {
     OriginatorLoop,
     ClusterLoop,
     Policy,
+    /// RFC 4271 §6.3: the NEXT_HOP is our own address on the session.
+    NextHopSelf,
 }
 
 pub struct Rib {
@@ -172,7 +174,7 @@ pub struct Rib {
     /// common case costs one emptiness check per UPDATE.
     stale: BTreeMap<PeerId, BTreeSet<(IpNet, u32)>>,
     /// Counters of rejected announcements, by reason.
-    pub rejected: [u64; 4],
+    pub rejected: [u64; 5],
 }
 
 impl Debug for Rib {
@@ -205,7 +207,7 @@ impl Rib {
             v4: Table::default(),
             v6: Table::default(),
             stale: BTreeMap::new(),
-            rejected: [0; 4],
+            rejected: [0; 5],
         }
     }
 
@@ -433,6 +435,14 @@ impl Rib {
             if attrs.cluster_list.contains(&c) {
                 return Err(Rejection::ClusterLoop);
             }
+        }
+        let next_hop_self = match attrs.next_hop {
+            Some(IpAddr::V4(a)) => info.local_address == Some(a),
+            Some(IpAddr::V6(a)) => info.local_address_v6 == Some(a),
+            None => false,
+        };
+        if peer != PeerId::LOCAL && next_hop_self {
+            return Err(Rejection::NextHopSelf);
         }
         Ok(())
     }

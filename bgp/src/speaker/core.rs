@@ -698,6 +698,14 @@ impl Core {
                         if let Some(n) = &u.treated_as_withdraw {
                             tracing::info!(peer = %self.peers[i].cfg.address, %n,
                                 "bgp: UPDATE treated as withdraw (RFC 7606)");
+                        } else if u.attributes_discarded {
+                            tracing::info!(peer = %self.peers[i].cfg.address,
+                                "bgp: UPDATE attributes discarded (RFC 7606)");
+                        }
+                        if u.ignored_prefixes > 0 {
+                            tracing::info!(peer = %self.peers[i].cfg.address,
+                                ignored = u.ignored_prefixes,
+                                "bgp: multicast or broadcast prefixes in UPDATE ignored (RFC 4271 §6.3)");
                         }
                         self.rib.apply_update(id, &u);
                         rib_changed = true;

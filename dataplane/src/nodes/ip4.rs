@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::fragment::{fragment_ipv4, FragmentError};
 use super::ip4_options::{self, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
-use super::{redirect, tcp_reset};
+use super::{redirect, tcp_reset, PortMtu};
 use crate::buffer::PacketBuffer;
 use crate::fib::{pick_path, Route};
 use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet, DROP, PUNT};
@@ -869,12 +869,16 @@ impl Ip4Rewrite {
     /// out of another port than it came in, with TTL to spare (or made here). Anything else
     /// takes [`Ip4Rewrite::rewrite`], which does the same for it and handles the rest.
     #[inline]
-    fn rewrite_fast<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> RewriteNext {
+    fn rewrite_fast<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        mtus: &mut PortMtu,
+    ) -> RewriteNext {
         let meta = &pkt.meta;
-        let Some(ifc) = cx.tables.interface(meta.tx_port) else {
+        let Some(mtu) = mtus.get(cx.tables, meta.tx_port) else {
             return Self::rewrite(cx, pkt);
         };
-        let (mtu, local, other_port) = (ifc.mtu, meta.local_origin, meta.tx_port != meta.rx_port);
+        let (local, other_port) = (meta.local_origin, meta.tx_port != meta.rx_port);
         let Some(h) = pkt.buf.data_mut().first_chunk_mut::<20>() else {
             return Self::rewrite(cx, pkt);
         };
@@ -969,10 +973,20 @@ impl Ip4Rewrite {
     }
 }
 
-per_packet_node!(
-    Ip4Rewrite,
-    "ip4-rewrite",
-    RewriteNext,
-    Ip4RewriteError,
-    rewrite_fast
-);
+impl<B: PacketBuffer> Node<B> for Ip4Rewrite {
+    fn name(&self) -> &'static str {
+        "ip4-rewrite"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        RewriteNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip4RewriteError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let mut mtus = PortMtu::new();
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::rewrite_fast(cx, pkt, &mut mtus).into();
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use super::icmp6::nd;
 use super::ip6_options::{check_hop_by_hop, check_options, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
-use super::{ipv6_flow_hash, push_ethernet, redirect, tcp_reset};
+use super::{ipv6_flow_hash, push_ethernet, redirect, tcp_reset, PortMtu};
 use crate::buffer::PacketBuffer;
 use crate::fib::{pick_path, Route};
 use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
@@ -80,6 +80,33 @@ node_nexts! {
 pub struct Ip6Input;
 
 impl Ip6Input {
+    /// Drops packets with a multicast source, or a loopback or unspecified address where
+    /// none may be; `None` for one that only looked like it might have one.
+    #[cold]
+    #[inline(never)]
+    fn screen<B>(cx: &mut Context<'_, B>, h: &[u8; 40]) -> Option<InputNext> {
+        let ip = Ipv6Packet::new_unchecked(&h[..]);
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        if src.is_multicast() {
+            cx.error(Ip6InputError::MulticastSource);
+            return Some(InputNext::Drop);
+        }
+        if src.is_loopback() || src.is_unspecified() || dst.is_loopback() || dst.is_unspecified() {
+            // The unspecified source is for a node learning its address (duplicate address
+            // detection, to a group); nothing else may carry it (RFC 4291 2.5.2).
+            if src.is_unspecified() && dst.is_multicast() {
+                // Taken; never forwarded (multicast is not routed).
+            } else if src.is_unspecified() {
+                cx.error(Ip6InputError::UnspecifiedSource);
+                return Some(InputNext::Drop);
+            } else {
+                cx.error(Ip6InputError::LoopbackAddress);
+                return Some(InputNext::Drop);
+            }
+        }
+        None
+    }
+
     /// `beyond` is where a good packet goes next: the lookup, or the NAT node when the tables
     /// have services or policy (decided once per vector).
     #[inline]
@@ -103,29 +130,33 @@ impl Ip6Input {
             cx.error(Ip6InputError::TooShort);
             return InputNext::Drop;
         }
-        let ip = Ipv6Packet::new_unchecked(&h[..]);
-        let (src, dst) = (ip.src_addr(), ip.dst_addr());
-        if src.is_multicast() {
-            cx.error(Ip6InputError::MulticastSource);
-            return InputNext::Drop;
-        }
-        if src.is_loopback() || src.is_unspecified() || dst.is_loopback() || dst.is_unspecified() {
-            // The unspecified source is for a node learning its address (duplicate address
-            // detection, to a group); nothing else may carry it (RFC 4291 2.5.2).
-            if src.is_unspecified() && dst.is_multicast() {
-                // Taken; never forwarded (multicast is not routed).
-            } else if src.is_unspecified() {
-                cx.error(Ip6InputError::UnspecifiedSource);
-                return InputNext::Drop;
-            } else {
-                cx.error(Ip6InputError::LoopbackAddress);
-                return InputNext::Drop;
+        // A multicast source starts with 0xff; the loopback and unspecified addresses have
+        // their top 64 bits zero. One cheap test for the usual packet, the exact checks only
+        // for a packet that fails it.
+        let top = |i: usize| {
+            u64::from_ne_bytes([
+                h[i],
+                h[i + 1],
+                h[i + 2],
+                h[i + 3],
+                h[i + 4],
+                h[i + 5],
+                h[i + 6],
+                h[i + 7],
+            ])
+        };
+        if h[8] == 0xff || top(8) == 0 || top(24) == 0 {
+            if let Some(drop) = Self::screen(cx, h) {
+                return drop;
             }
         }
+        let ip = Ipv6Packet::new_unchecked(&h[..]);
         let hop_by_hop = ip.next_header() == IpProtocol::HOP_BY_HOP;
         if pkt.meta.trace != 0 {
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
             cx.trace(&pkt.meta, format_args!("{src} > {dst} len {len}"));
         }
+        let dst_multicast = h[24] == 0xff;
         pkt.buf.truncate(len);
         if hop_by_hop {
             match check_hop_by_hop(pkt.buf.data()) {
@@ -138,7 +169,7 @@ impl Ip6Input {
                     pointer,
                     unless_multicast,
                 } => {
-                    if unless_multicast && dst.is_multicast() {
+                    if unless_multicast && dst_multicast {
                         cx.error(Ip6InputError::BadHopByHop);
                         return InputNext::Drop;
                     }
@@ -205,8 +236,50 @@ node_nexts! {
 pub struct Ip6Lookup;
 
 impl Ip6Lookup {
+    /// The common packet in few instructions: a global unicast destination (neither
+    /// multicast nor link-local: the first byte below 0xfe) with a route through gateways,
+    /// forwardable, the path written straight into the metadata. It gives exactly what
+    /// [`Ip6Lookup::lookup_general`] would; anything else is left to that. `fib6` is the FIB's
+    /// IPv6 lookup and `ports` the number of interfaces, both found once for the vector.
     #[inline]
-    fn lookup<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LookupNext {
+    fn lookup<'t, B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        fib6: impl Fn(Ipv6Addr) -> Option<&'t Route>,
+        ports: usize,
+        pkt: &mut Packet<B>,
+    ) -> LookupNext {
+        let Some(h) = pkt.buf.data().first_chunk::<40>() else {
+            return Self::lookup_general(cx, pkt);
+        };
+        // The general code drops a packet from a port without an interface first of all.
+        if h[24] >= 0xfe || usize::from(pkt.meta.rx_port) >= ports {
+            return Self::lookup_general(cx, pkt);
+        }
+        let ip = Ipv6Packet::new_unchecked(&h[..]);
+        let dst = ip.dst_addr();
+        let Some(Route::Via(paths)) = fib6(dst) else {
+            return Self::lookup_general(cx, pkt);
+        };
+        // Link-local is fe80::/10: the source's first byte 0xfe and second 0b10xx_xxxx.
+        let src_link_local = h[8] == 0xfe && h[9] & 0xc0 == 0x80;
+        if !(pkt.meta.local_origin || !(pkt.meta.l2_multicast || src_link_local)) {
+            return Self::lookup_general(cx, pkt);
+        }
+        let Some(path) = pick_path(paths, || ipv6_flow_hash(&ip)) else {
+            return Self::lookup_general(cx, pkt);
+        };
+        pkt.meta.tx_port = path.port;
+        pkt.meta.next_hop = Some(path.gateway.unwrap_or(IpAddr::V6(dst)));
+        if pkt.meta.trace != 0 {
+            super::trace_next_hop(cx, pkt, IpAddr::V6(dst));
+        }
+        LookupNext::Rewrite
+    }
+
+    /// Any packet: multicast and link-local destinations, routes other than through gateways,
+    /// packets not to be forwarded.
+    #[inline(never)]
+    fn lookup_general<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LookupNext {
         // Every way into this node checked the header; read it once, as an array.
         let Some(h) = pkt.buf.data().first_chunk::<40>() else {
             cx.error(Ip6LookupError::TooShort);
@@ -301,7 +374,34 @@ impl Ip6Lookup {
     }
 }
 
-per_packet_node!(Ip6Lookup, "ip6-lookup", LookupNext, Ip6LookupError, lookup);
+impl<B: PacketBuffer> Node<B> for Ip6Lookup {
+    fn name(&self) -> &'static str {
+        "ip6-lookup"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        LookupNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip6LookupError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        // The tables do not change within a vector: find the compiled table once.
+        let fib = &cx.tables.fib;
+        let ports = cx.tables.interfaces.len();
+        match fib.view6() {
+            Some(view) => {
+                for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                    *n = Self::lookup(cx, |dst| view.lookup(dst), ports, pkt).into();
+                }
+            }
+            None => {
+                for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                    *n = Self::lookup(cx, |dst| fib.lookup6(dst), ports, pkt).into();
+                }
+            }
+        }
+    }
+}
 
 node_errors! {
     pub enum Ip6LocalError {
@@ -855,12 +955,16 @@ impl Ip6Rewrite {
     /// another port than it came in, with hop limit to spare (or made here). Anything else
     /// takes [`Ip6Rewrite::rewrite`], which does the same for it and handles the rest.
     #[inline]
-    fn rewrite_fast<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> RewriteNext {
+    fn rewrite_fast<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        mtus: &mut PortMtu,
+    ) -> RewriteNext {
         let meta = &pkt.meta;
-        let Some(ifc) = cx.tables.interface(meta.tx_port) else {
+        let Some(mtu) = mtus.get(cx.tables, meta.tx_port) else {
             return Self::rewrite(cx, pkt);
         };
-        let (mtu, local, other_port) = (ifc.mtu, meta.local_origin, meta.tx_port != meta.rx_port);
+        let (local, other_port) = (meta.local_origin, meta.tx_port != meta.rx_port);
         let Some(h) = pkt.buf.data_mut().first_chunk_mut::<40>() else {
             return Self::rewrite(cx, pkt);
         };
@@ -910,10 +1014,20 @@ impl Ip6Rewrite {
     }
 }
 
-per_packet_node!(
-    Ip6Rewrite,
-    "ip6-rewrite",
-    RewriteNext,
-    Ip6RewriteError,
-    rewrite_fast
-);
+impl<B: PacketBuffer> Node<B> for Ip6Rewrite {
+    fn name(&self) -> &'static str {
+        "ip6-rewrite"
+    }
+    fn next_nodes(&self) -> &'static [&'static str] {
+        RewriteNext::NAMES
+    }
+    fn errors(&self) -> &'static [ErrorInfo] {
+        Ip6RewriteError::INFO
+    }
+    fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
+        let mut mtus = PortMtu::new();
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            *n = Self::rewrite_fast(cx, pkt, &mut mtus).into();
+        }
+    }
+}

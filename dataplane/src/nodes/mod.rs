@@ -201,6 +201,35 @@ pub(crate) fn rebuild<B: PacketBuffer>(
     true
 }
 
+/// The MTU of the port the previous packet of a vector left by, for `ip{4,6}-rewrite`: a
+/// vector's packets leave by one or a few ports, so the interface is looked up when the port
+/// changes rather than for every packet (as `ethernet-input` keeps the receiving port's MAC).
+/// Kept for one vector only: the tables do not change within it.
+pub(crate) struct PortMtu {
+    /// The port, or `u32::MAX` (no port) before the first lookup.
+    port: u32,
+    mtu: u16,
+}
+
+impl PortMtu {
+    pub(crate) fn new() -> Self {
+        PortMtu {
+            port: u32::MAX,
+            mtu: 0,
+        }
+    }
+
+    /// The MTU of `port`'s interface; `None` if there is no such interface.
+    #[inline]
+    pub(crate) fn get(&mut self, tables: &crate::tables::Tables, port: u16) -> Option<u16> {
+        if self.port != u32::from(port) {
+            self.mtu = tables.interface(port)?.mtu;
+            self.port = u32::from(port);
+        }
+        Some(self.mtu)
+    }
+}
+
 /// A 32-bit flow hash from addresses, protocol and ports: cheap, and good enough to spread
 /// flows over ECMP paths (a multiply-xorshift mix, as in many hash tables).
 #[inline]

@@ -1654,3 +1654,24 @@ fn ecmp_hash_spreads_flows_evenly() {
         assert!(changes > 1_400, "flows {f}: path changes {changes} times");
     }
 }
+
+/// The rewrite nodes' per-vector MTU memo follows the port it is asked about, and a port
+/// without an interface neither answers nor disturbs it.
+#[test]
+fn port_mtu_follows_the_port() {
+    let tables = Tables::build(
+        1,
+        vec![
+            Interface::new("a", [2, 0, 0, 0, 0, 1], 1500),
+            Interface::new("b", [2, 0, 0, 0, 0, 2], 9000),
+        ],
+        &[],
+    )
+    .unwrap();
+    let mut mtus = super::PortMtu::new();
+    assert_eq!(mtus.get(&tables, 0), Some(1500));
+    assert_eq!(mtus.get(&tables, 1), Some(9000));
+    assert_eq!(mtus.get(&tables, 7), None);
+    assert_eq!(mtus.get(&tables, 1), Some(9000));
+    assert_eq!(mtus.get(&tables, 0), Some(1500));
+}

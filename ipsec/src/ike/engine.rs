@@ -234,6 +234,8 @@ pub enum IkeState {
 
 struct Outstanding {
     message_id: u32,
+    /// Its exchange type: the answer must be of the same (RFC 7296 section 2.3).
+    exchange: u8,
     /// The request as sent: one message, or its fragments (RFC 7383).
     messages: Vec<Vec<u8>>,
     transmissions: u32,
@@ -284,6 +286,9 @@ struct Child {
     /// A rekey of it is under way or done (ours or the peer's): its soft byte limit no
     /// longer starts one.
     replaced: bool,
+    /// The Diffie-Hellman group its rekey's KE payload uses, when the peer asked for
+    /// another than our configuration's first (INVALID_KE_PAYLOAD, RFC 7296 section 1.3).
+    pfs_group: Option<DhGroup>,
 }
 
 /// What our outstanding request on an established IKE SA is for, when its answer needs
@@ -377,6 +382,10 @@ struct IkeSa {
     leased: Vec<IpAddr>,
     /// When we rekey it (see [`PeerConfig::ike_lifetime`]). `None`: never, or under way.
     rekey_at: Option<Instant>,
+    /// Initiator: why the last unusable answer to our IKE_SA_INIT failed it (an error
+    /// notify, a malformed answer). Unauthenticated, so possibly forged: we keep waiting
+    /// for a good answer and report this only when none comes (RFC 7296 section 2.21.1).
+    init_failure: Option<Failure>,
 }
 
 impl IkeSa {
@@ -430,6 +439,7 @@ impl IkeSa {
             virtual_ips: Vec::new(),
             leased: Vec::new(),
             rekey_at,
+            init_failure: None,
         }
     }
 
@@ -529,6 +539,17 @@ fn jittered(rng: &ring::rand::SystemRandom, now: Instant, period: Duration) -> I
     now + period.saturating_sub(Duration::from_nanos(jitter))
 }
 
+/// A request to start an IKE SA (RFC 7296 sections 1.2 and 3.1): IKE_SA_INIT, Message ID
+/// zero, the responder's SPI zero and the Initiator flag set.
+fn is_init_request(header: &Header) -> bool {
+    header.exchange == exchange::IKE_SA_INIT
+        && !header.is_response()
+        && header.from_initiator()
+        && header.spi_i != 0
+        && header.spi_r == 0
+        && header.message_id == 0
+}
+
 fn notifies(payloads: &[Payload]) -> impl Iterator<Item = &Notify> {
     payloads.iter().filter_map(|p| match p {
         Payload::Notify(n) => Some(n),
@@ -536,8 +557,30 @@ fn notifies(payloads: &[Payload]) -> impl Iterator<Item = &Notify> {
     })
 }
 
+/// The group an INVALID_KE_PAYLOAD notify asks for (two octets, RFC 7296 section 3.10.1).
+fn requested_group(payloads: &[Payload]) -> Option<DhGroup> {
+    notifies(payloads)
+        .find(|n| n.kind == notify::INVALID_KE_PAYLOAD)
+        .and_then(|n| n.data.get(..2))
+        .and_then(|b| DhGroup::from_id(u16::from_be_bytes([b[0], b[1]])))
+}
+
 fn first_error(payloads: &[Payload]) -> Option<u16> {
     notifies(payloads).find(|n| n.is_error()).map(|n| n.kind)
+}
+
+/// Errors in an IKE_AUTH response that refuse only its CHILD_SA: the IKE SA is set up all
+/// the same (RFC 7296 section 1.2). Any other error type, an unknown one included, fails
+/// the whole request (section 3.10.1).
+fn refuses_only_the_child_sa(error: u16) -> bool {
+    matches!(
+        error,
+        notify::NO_PROPOSAL_CHOSEN
+            | notify::TS_UNACCEPTABLE
+            | notify::SINGLE_PAIR_REQUIRED
+            | notify::INTERNAL_ADDRESS_FAILURE
+            | notify::FAILED_CP_REQUIRED
+    )
 }
 
 fn ts_intersect(a: &TrafficSelector, b: &TrafficSelector) -> Option<TrafficSelector> {
@@ -847,6 +890,7 @@ impl Engine {
             virtual_ips: Vec::new(),
             leased: Vec::new(),
             rekey_at: None,
+            init_failure: None,
         };
         self.sas.insert(spi_i, sa);
         let mut actions = Vec::new();
@@ -897,6 +941,7 @@ impl Engine {
             sa.next_request_id = 1;
             sa.outstanding = Some(Outstanding {
                 message_id: 0,
+                exchange: exchange::IKE_SA_INIT,
                 messages: vec![bytes],
                 transmissions: 1,
                 next_at,
@@ -933,6 +978,7 @@ impl Engine {
         sa.next_request_id = message_id.wrapping_add(1);
         sa.outstanding = Some(Outstanding {
             message_id,
+            exchange: exchange_type,
             messages: messages.clone(),
             transmissions: 1,
             next_at,
@@ -1131,7 +1177,11 @@ impl Engine {
                 continue;
             }
             if o.transmissions >= self.config.retransmit_limit {
-                self.remove(id, &mut actions, Some(Failure::Timeout));
+                let reason = match sa.state {
+                    IkeState::InitSent => sa.init_failure.unwrap_or(Failure::Timeout),
+                    _ => Failure::Timeout,
+                };
+                self.remove(id, &mut actions, Some(reason));
                 continue;
             }
             // Exponential back-off: base, 2 x base, 4 x base, ...
@@ -1205,23 +1255,21 @@ impl Engine {
             Ok(m) => m,
             Err(error) => {
                 self.counters.rx_malformed += 1;
-                if header.exchange == exchange::IKE_SA_INIT
-                    && !header.is_response()
-                    && header.spi_r == 0
-                {
-                    let kind = match error {
-                        ParseError::UnsupportedCritical(t) => {
-                            (notify::UNSUPPORTED_CRITICAL_PAYLOAD, vec![t])
-                        }
-                        _ => (notify::INVALID_SYNTAX, Vec::new()),
-                    };
-                    self.reply_unprotected(&header, local, remote, kind.0, kind.1, &mut actions);
+                // An unknown payload marked critical is rejected with a response naming it
+                // (RFC 7296 section 2.5). Anything else malformed here goes unanswered:
+                // INVALID_SYNTAX may only be sent protected, once the Message ID and the
+                // checksum were found valid (section 3.10.1).
+                if let ParseError::UnsupportedCritical(t) = error {
+                    if is_init_request(&header) {
+                        let kind = notify::UNSUPPORTED_CRITICAL_PAYLOAD;
+                        self.reply_unprotected(&header, local, remote, kind, vec![t], &mut actions);
+                    }
                 }
                 return actions;
             }
         };
         if header.exchange == exchange::IKE_SA_INIT {
-            if !header.is_response() && header.spi_r == 0 && header.message_id == 0 {
+            if is_init_request(&header) {
                 self.init_request(&message, bytes, local, remote, now, &mut actions);
             } else if header.is_response() && !header.from_initiator() {
                 self.init_response(&message, bytes, now, &mut actions);
@@ -1249,8 +1297,9 @@ impl Engine {
             return actions;
         }
         if header.is_response() {
+            // An answer to the request outstanding, or to nothing we sent: ignored.
             match &sa.outstanding {
-                Some(o) if o.message_id == header.message_id => {}
+                Some(o) if o.message_id == header.message_id && o.exchange == header.exchange => {}
                 _ => {
                     self.counters.rx_bad_message_id += 1;
                     return actions;
@@ -1344,6 +1393,14 @@ impl Engine {
                         &[n],
                         &mut actions,
                     );
+                    // A refused IKE_AUTH leaves no IKE SA (RFC 7296 section 2.21.2).
+                    let half_open = self
+                        .sas
+                        .get(&our_spi)
+                        .is_some_and(|sa| sa.state == IkeState::HalfOpen);
+                    if header.exchange == exchange::IKE_AUTH && half_open {
+                        self.remove(our_spi, &mut actions, Some(Failure::InvalidSyntax));
+                    }
                 }
                 return actions;
             }
@@ -1518,14 +1575,9 @@ impl Engine {
         }
         let (Some(offered), Some((ke_group, ke_data)), Some(nonce_i)) = (sa_payload, ke, nonce)
         else {
-            self.reply_unprotected(
-                &header,
-                local,
-                remote,
-                notify::INVALID_SYNTAX,
-                Vec::new(),
-                actions,
-            );
+            // Not answered: INVALID_SYNTAX only ever goes protected (RFC 7296 section
+            // 3.10.1).
+            self.counters.rx_malformed += 1;
             return;
         };
         // Cookies under load (RFC 7296 section 2.6).
@@ -1567,8 +1619,15 @@ impl Engine {
             .filter(|(_, p)| p.remote.is_none_or(|r| r.ip() == remote.ip()))
             .map(|(i, _)| i)
             .collect();
+        // Proposals of an initial exchange carry no SPI (RFC 7296 section 3.3.1): one that
+        // does is malformed, and not chosen.
+        let offered: Vec<super::wire::Proposal> = offered
+            .iter()
+            .filter(|p| p.spi.is_empty())
+            .cloned()
+            .collect();
         let chosen = candidates.iter().find_map(|&i| {
-            proposal::select_ike(offered, &self.config.peers[i].ike_proposals)
+            proposal::select_ike_for_ke(&offered, &self.config.peers[i].ike_proposals, ke_group)
                 .map(|(n, s)| (i, n, s))
         });
         let Some((peer, number, suite)) = chosen else {
@@ -1600,15 +1659,9 @@ impl Engine {
             return;
         };
         let Ok(shared) = dh.agree(ke_data) else {
+            // A public value of the wrong length or out of range (RFC 7296 sections 3.4 and
+            // 5): dropped, as any malformed IKE_SA_INIT request.
             self.counters.rx_malformed += 1;
-            self.reply_unprotected(
-                &header,
-                local,
-                remote,
-                notify::INVALID_SYNTAX,
-                Vec::new(),
-                actions,
-            );
             return;
         };
         let (Ok(spi_r), Ok(nonce_r), Ok(child_spi)) =
@@ -1707,6 +1760,7 @@ impl Engine {
             virtual_ips: Vec::new(),
             leased: Vec::new(),
             rekey_at: None,
+            init_failure: None,
         };
         let bytes = Message::emit(
             sa.header(exchange::IKE_SA_INIT, 0, true),
@@ -1758,11 +1812,7 @@ impl Engine {
                 *g != sa.dh_group && peer.ike_proposals.iter().any(|p| p.dh.contains(g))
             });
             let Some(group) = group else {
-                self.remove(
-                    id,
-                    actions,
-                    Some(Failure::UnsupportedGroup(requested.unwrap_or(0))),
-                );
+                sa.init_failure = Some(Failure::UnsupportedGroup(requested.unwrap_or(0)));
                 return;
             };
             let Ok((dh, public)) = dh::generate(group, &self.rng) else {
@@ -1774,8 +1824,12 @@ impl Engine {
             self.send_init_request(id, now, actions);
             return;
         }
+        // Everything unauthenticated that would fail the IKE SA only marks it: a forged
+        // answer must not end the exchange a real one may still complete (RFC 7296 section
+        // 2.21.1). The retransmissions go on; the last such failure is reported if they
+        // run out.
         if let Some(error) = first_error(payloads) {
-            self.remove(id, actions, Some(Failure::PeerError(error)));
+            sa.init_failure = Some(Failure::PeerError(error));
             return;
         }
         let mut answer = None;
@@ -1790,15 +1844,20 @@ impl Engine {
             }
         }
         let (Some(answer), Some((ke_group, ke_data)), Some(nonce_r)) = (answer, ke, nonce) else {
-            self.remove(id, actions, Some(Failure::InvalidSyntax));
+            sa.init_failure = Some(Failure::InvalidSyntax);
             return;
         };
+        if header.spi_r == 0 {
+            // A real answer names the responder's SPI (RFC 7296 section 3.1).
+            sa.init_failure = Some(Failure::InvalidSyntax);
+            return;
+        }
         let Some(suite) = proposal::check_ike_answer(answer, &peer.ike_proposals) else {
-            self.remove(id, actions, Some(Failure::ProposalMismatch));
+            sa.init_failure = Some(Failure::ProposalMismatch);
             return;
         };
         if suite.dh != sa.dh_group || ke_group != suite.dh.id() {
-            self.remove(id, actions, Some(Failure::ProposalMismatch));
+            sa.init_failure = Some(Failure::ProposalMismatch);
             return;
         }
         let Some(dh) = sa.dh.take() else { return };
@@ -1845,6 +1904,7 @@ impl Engine {
         sa.tx = Some(tx);
         sa.rx = Some(rx);
         sa.outstanding = None;
+        sa.init_failure = None;
         sa.state = IkeState::AuthSent;
 
         // IKE_AUTH request: IDi, [CERT, CERTREQ], [IDr], AUTH, ...
@@ -1925,7 +1985,12 @@ impl Engine {
                 _ => {}
             }
         }
-        let (Some(id_i), Some((method, auth_data))) = (id_i, auth) else {
+        // IDi, AUTH, SAi2, TSi and TSr are all required (RFC 7296 section 1.2; we offer no
+        // childless IKE_AUTH, RFC 6023). A request without them fails as a whole: the
+        // initiator takes INVALID_SYNTAX to mean just that (section 3.10.1).
+        let (Some(id_i), Some((method, auth_data)), Some(offered), Some(ts_i), Some(ts_r)) =
+            (id_i, auth, offered, ts_i, ts_r)
+        else {
             let n = Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()));
             self.send_response(id, exchange::IKE_AUTH, header.message_id, &[n], actions);
             self.remove(id, actions, Some(Failure::InvalidSyntax));
@@ -2017,31 +2082,27 @@ impl Engine {
                 Vec::new()
             }
         };
-        match (offered, ts_i, ts_r) {
-            _ if child_failure.is_some() => {}
-            (Some(offered), Some(ts_i), Some(ts_r)) => {
-                match proposal::select_esp(offered, &peer.esp_proposals) {
-                    None => {
-                        self.counters.no_proposal_chosen += 1;
-                        child_failure = Some(notify::NO_PROPOSAL_CHOSEN);
-                    }
-                    Some((number, peer_spi, child_suite)) => {
-                        let narrowed_i = narrow(ts_i, &remote_allowed);
-                        let narrowed_r = narrow(ts_r, &peer.local_ts);
-                        if narrowed_i.is_empty() || narrowed_r.is_empty() {
-                            self.counters.ts_unacceptable += 1;
-                            child_failure = Some(notify::TS_UNACCEPTABLE);
-                        } else {
-                            out.push(Payload::Sa(vec![EspProposal::from_suite(&child_suite)
-                                .to_wire(number, sa.child_spi, false)]));
-                            out.push(Payload::TsI(narrowed_i.clone()));
-                            out.push(Payload::TsR(narrowed_r.clone()));
-                            install = Some((peer_spi, child_suite, narrowed_r, narrowed_i));
-                        }
+        if child_failure.is_none() {
+            match proposal::select_esp(offered, &peer.esp_proposals) {
+                None => {
+                    self.counters.no_proposal_chosen += 1;
+                    child_failure = Some(notify::NO_PROPOSAL_CHOSEN);
+                }
+                Some((number, peer_spi, child_suite)) => {
+                    let narrowed_i = narrow(ts_i, &remote_allowed);
+                    let narrowed_r = narrow(ts_r, &peer.local_ts);
+                    if narrowed_i.is_empty() || narrowed_r.is_empty() {
+                        self.counters.ts_unacceptable += 1;
+                        child_failure = Some(notify::TS_UNACCEPTABLE);
+                    } else {
+                        out.push(Payload::Sa(vec![EspProposal::from_suite(&child_suite)
+                            .to_wire(number, sa.child_spi, false)]));
+                        out.push(Payload::TsI(narrowed_i.clone()));
+                        out.push(Payload::TsR(narrowed_r.clone()));
+                        install = Some((peer_spi, child_suite, narrowed_r, narrowed_i));
                     }
                 }
             }
-            _ => child_failure = Some(notify::INVALID_SYNTAX),
         }
         if let Some(kind) = child_failure {
             out.push(Payload::Notify(Notify::new(kind, Vec::new())));
@@ -2138,6 +2199,10 @@ impl Engine {
         if !id_ok || !self.peer_auth_ok(peer_index, &signed, id_r, method, auth_data, payloads) {
             self.counters.auth_failures += 1;
             self.remove(id, actions, Some(Failure::AuthenticationFailed));
+            return;
+        }
+        if let Some(error) = first_error(payloads).filter(|&e| !refuses_only_the_child_sa(e)) {
+            self.remove(id, actions, Some(Failure::PeerError(error)));
             return;
         }
         let Some(sa) = self.sas.get_mut(&id) else {
@@ -2323,6 +2388,7 @@ impl Engine {
             rekey_at,
             expire_at,
             replaced: false,
+            pfs_group: None,
         });
         self.counters.child_sas_installed += 1;
         actions.push(Action::InstallChildSa(Box::new(install)));
@@ -2352,9 +2418,19 @@ impl Engine {
             );
         };
         let Some(sa) = self.sas.get(&id) else { return };
-        if sa.state != IkeState::Established {
-            refuse(self, notify::TEMPORARY_FAILURE, actions);
-            return;
+        match sa.state {
+            IkeState::Established => {}
+            // Being deleted: RFC 7296 section 2.25.2.
+            IkeState::Deleting => {
+                refuse(self, notify::TEMPORARY_FAILURE, actions);
+                return;
+            }
+            // Not authenticated yet: the exchange after IKE_SA_INIT is IKE_AUTH (section
+            // 1.2), and answering would spend the Message ID it must have.
+            IkeState::InitSent | IkeState::HalfOpen | IkeState::AuthSent => {
+                self.counters.rx_unexpected += 1;
+                return;
+            }
         }
         let mut rekey = None;
         let mut offered = None;
@@ -2365,10 +2441,10 @@ impl Engine {
         for p in payloads {
             match p {
                 Payload::Notify(n) if n.kind == notify::REKEY_SA => {
-                    rekey = <[u8; 4]>::try_from(n.spi.as_slice())
+                    let spi = <[u8; 4]>::try_from(n.spi.as_slice())
                         .ok()
-                        .map(u32::from_be_bytes)
-                        .map(|spi| (n.protocol, spi));
+                        .map(u32::from_be_bytes);
+                    rekey = Some((n.protocol, spi));
                 }
                 Payload::Sa(s) => offered = Some(s),
                 Payload::Nonce(n) => nonce_i = Some(n),
@@ -2383,6 +2459,14 @@ impl Engine {
             return;
         };
         if offered.iter().all(|p| p.protocol == protocol::IKE) {
+            // Our rekey or delete of a CHILD_SA is under way: RFC 7296 section 2.25.2.
+            if matches!(
+                sa.pending,
+                Some(Pending::ChildRekey(_) | Pending::ChildDelete(_))
+            ) {
+                refuse(self, notify::TEMPORARY_FAILURE, actions);
+                return;
+            }
             let ke = ke.map(|(group, data)| (group, data.as_slice()));
             self.rekey_ike_request(id, header, offered, nonce_i, ke, now, actions);
             return;
@@ -2394,6 +2478,17 @@ impl Engine {
         // The CHILD_SA being rekeyed, by our inbound SPI.
         let mut rekeyed = None;
         if let Some((proto, spi)) = rekey {
+            // A REKEY_SA notify must name an SA: an ESP one by its 4-byte SPI (RFC 7296
+            // section 3.10.1).
+            let Some(spi) = spi else {
+                refuse(self, notify::INVALID_SYNTAX, actions);
+                return;
+            };
+            // Our rekey of the IKE SA is under way: RFC 7296 section 2.25.2.
+            if matches!(sa.pending, Some(Pending::IkeRekey(_))) {
+                refuse(self, notify::TEMPORARY_FAILURE, actions);
+                return;
+            }
             // The SPI in REKEY_SA is one the peer receives on: our outbound one.
             let known = (proto == protocol::ESP)
                 .then(|| {
@@ -2423,50 +2518,57 @@ impl Engine {
             return;
         };
         // PFS: the group of the KE payload, if the chosen proposal offers it (and ours,
-        // when ours names groups at all).
+        // when ours names groups at all). Without a KE payload the proposal must allow doing
+        // without: no DH transform, or NONE among them (RFC 7296 section 1.3.1).
         let chosen = offered.iter().find(|p| p.number == number);
+        let chosen_groups: Vec<u16> = chosen
+            .map(|p| {
+                p.transforms
+                    .iter()
+                    .filter(|t| t.kind == super::wire::transform::DH)
+                    .map(|t| t.id)
+                    .collect()
+            })
+            .unwrap_or_default();
         let ours_allow = |g: DhGroup| {
             peer.esp_proposals
                 .iter()
                 .any(|p| p.dh.is_empty() || p.dh.contains(&g))
         };
-        let mut pfs = None;
-        if let Some((group_id, data)) = ke {
-            let offered_group = chosen.is_some_and(|p| {
-                p.transforms
-                    .iter()
-                    .any(|t| t.kind == super::wire::transform::DH && t.id == group_id)
-            });
-            let Some(group) =
-                DhGroup::from_id(group_id).filter(|g| offered_group && ours_allow(*g))
-            else {
-                self.counters.invalid_ke += 1;
-                // Ask for a group the proposal offers and we support, if there is one.
-                let wanted = chosen.and_then(|p| {
-                    p.transforms
-                        .iter()
-                        .filter(|t| t.kind == super::wire::transform::DH)
-                        .filter_map(|t| DhGroup::from_id(t.id))
-                        .find(|g| ours_allow(*g))
-                });
-                match wanted {
-                    Some(g) => {
-                        let n = Payload::Notify(Notify::new(
-                            notify::INVALID_KE_PAYLOAD,
-                            g.id().to_be_bytes().to_vec(),
-                        ));
-                        self.send_response(
-                            id,
-                            exchange::CREATE_CHILD_SA,
-                            header.message_id,
-                            &[n],
-                            actions,
-                        );
-                    }
-                    None => refuse(self, notify::NO_PROPOSAL_CHOSEN, actions),
+        let usable_ke = match ke {
+            Some((group_id, data)) => DhGroup::from_id(group_id)
+                .filter(|g| chosen_groups.contains(&group_id) && ours_allow(*g))
+                .map(|g| Some((g, data))),
+            None if chosen_groups.is_empty() || chosen_groups.contains(&0) => Some(None),
+            None => None,
+        };
+        let Some(usable_ke) = usable_ke else {
+            self.counters.invalid_ke += 1;
+            // Ask for a group the proposal offers and we support, if there is one.
+            let wanted = chosen_groups
+                .iter()
+                .filter_map(|&g| DhGroup::from_id(g))
+                .find(|g| ours_allow(*g));
+            match wanted {
+                Some(g) => {
+                    let n = Payload::Notify(Notify::new(
+                        notify::INVALID_KE_PAYLOAD,
+                        g.id().to_be_bytes().to_vec(),
+                    ));
+                    self.send_response(
+                        id,
+                        exchange::CREATE_CHILD_SA,
+                        header.message_id,
+                        &[n],
+                        actions,
+                    );
                 }
-                return;
-            };
+                None => refuse(self, notify::NO_PROPOSAL_CHOSEN, actions),
+            }
+            return;
+        };
+        let mut pfs = None;
+        if let Some((group, data)) = usable_ke {
             let Ok((private, public)) = dh::generate(group, &self.rng) else {
                 return;
             };
@@ -2811,12 +2913,21 @@ impl Engine {
             return;
         };
         let peer = &self.config.peers[sa.peer];
-        let group = peer
-            .esp_proposals
+        // PFS with every group we are configured for, the KE payload's first: that of our
+        // configuration, or the one the peer asked for last time.
+        let mut groups: Vec<DhGroup> = Vec::new();
+        for &g in child
+            .pfs_group
             .iter()
-            .find_map(|p| p.dh.first().copied());
+            .chain(peer.esp_proposals.iter().flat_map(|p| &p.dh))
+        {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        let group = groups.first().copied();
         let mut offered = EspProposal::from_suite(&child.suite);
-        offered.dh = group.into_iter().collect();
+        offered.dh = groups;
         let (local_ts, remote_ts) = (child.local_ts.clone(), child.remote_ts.clone());
         let (Ok(our_spi), Ok(nonce)) = (self.new_child_spi(), self.nonce()) else {
             return;
@@ -2902,6 +3013,24 @@ impl Engine {
             remote_ts,
             collision,
         } = *rekey;
+        if let Some(group) = requested_group(payloads) {
+            // The peer wants PFS with another group: again with that one, once, if ours
+            // allows it and it is not the one refused (RFC 7296 section 1.3).
+            let peer = &self.config.peers[sa.peer];
+            let allowed = peer.esp_proposals.iter().any(|p| p.dh.contains(&group))
+                && offered.dh.first() != Some(&group);
+            let child = sa
+                .children
+                .iter_mut()
+                .find(|c| c.inbound_spi == old && c.pfs_group.is_none());
+            if let (true, Some(child)) = (allowed, child) {
+                child.pfs_group = Some(group);
+                child.rekey_at = Some(now);
+                child.replaced = false;
+                self.counters.invalid_ke += 1;
+                return;
+            }
+        }
         if let Some(error) = first_error(payloads) {
             self.child_rekey_failed(id, old, error, now, actions);
             return;
@@ -3219,6 +3348,12 @@ impl Engine {
         let mut response = Vec::new();
         let mut delete_ike = false;
         let mut deleted_children = Vec::new();
+        // CHILD_SAs our own outstanding Delete names: both ends closing them at once.
+        let deleting: &[u32] = match &sa.pending {
+            Some(Pending::ChildDelete(spis)) => spis,
+            _ => &[],
+        };
+        let mut crossed = Vec::new();
         for p in payloads {
             if let Payload::Delete {
                 protocol: proto,
@@ -3237,7 +3372,12 @@ impl Engine {
                             if let Some(pos) =
                                 sa.children.iter().position(|c| c.outbound_spi == outbound)
                             {
-                                deleted_children.push(sa.children.remove(pos));
+                                let child = sa.children.remove(pos);
+                                if deleting.contains(&child.inbound_spi) {
+                                    crossed.push(child);
+                                } else {
+                                    deleted_children.push(child);
+                                }
                             }
                         }
                     }
@@ -3254,7 +3394,9 @@ impl Engine {
                     .collect(),
             });
         }
-        for child in deleted_children {
+        // The crossed ones go too, but the answer does not name them: our request does
+        // already, and naming them twice could delete the wrong SA (RFC 7296 section 1.4.1).
+        for child in deleted_children.into_iter().chain(crossed) {
             actions.push(Action::DeleteChildSa {
                 ike_sa: IkeSaId(id),
                 inbound_spi: child.inbound_spi,

@@ -483,6 +483,40 @@ pub fn select_ike(offered: &[Proposal], ours: &[IkeProposal]) -> Option<(u8, Ike
     })
 }
 
+/// Responder selection in IKE_SA_INIT, where the initiator has guessed a Diffie-Hellman
+/// group with its KE payload: the first offered proposal acceptable with that group, else
+/// [`select_ike`]'s choice, whose group then differs and is asked for with
+/// INVALID_KE_PAYLOAD (RFC 7296 sections 1.2 and 2.7). A guess that can be taken costs no
+/// extra round trip.
+pub fn select_ike_for_ke(
+    offered: &[Proposal],
+    ours: &[IkeProposal],
+    ke_group: u16,
+) -> Option<(u8, IkeSuite)> {
+    let with_guess = offered.iter().find_map(|o| {
+        let guessed = o
+            .transforms
+            .iter()
+            .any(|t| t.kind == transform::DH && t.id == ke_group);
+        if !guessed {
+            return None;
+        }
+        let only_guess = Proposal {
+            transforms: o
+                .transforms
+                .iter()
+                .filter(|t| t.kind != transform::DH || t.id == ke_group)
+                .copied()
+                .collect(),
+            ..o.clone()
+        };
+        ours.iter()
+            .find_map(|p| p.accept(&only_guess))
+            .map(|suite| (o.number, suite))
+    });
+    with_guess.or_else(|| select_ike(offered, ours))
+}
+
 /// Responder selection for a CHILD_SA: `(proposal number, peer's SPI, suite)`.
 pub fn select_esp(offered: &[Proposal], ours: &[EspProposal]) -> Option<(u8, u32, ChildSuite)> {
     offered.iter().find_map(|o| {
@@ -493,17 +527,30 @@ pub fn select_esp(offered: &[Proposal], ours: &[EspProposal]) -> Option<(u8, u32
     })
 }
 
-/// Initiator side: the responder's single proposal must be one we offered.
+/// Whether an accepted proposal names one transform of each type, as the responder's
+/// answer must (RFC 7296 section 3.3.6: it picks one of each, never offers a choice back).
+fn one_of_each(answer: &Proposal) -> bool {
+    answer
+        .transforms
+        .iter()
+        .enumerate()
+        .all(|(i, t)| answer.transforms[..i].iter().all(|u| u.kind != t.kind))
+}
+
+/// Initiator side: the responder's single proposal must be one we offered, narrowed to one
+/// transform of each type.
 pub fn check_ike_answer(answer: &[Proposal], ours: &[IkeProposal]) -> Option<IkeSuite> {
     match answer {
-        [one] => ours.iter().find_map(|p| p.accept(one)),
+        [one] if one_of_each(one) => ours.iter().find_map(|p| p.accept(one)),
         _ => None,
     }
 }
 
 pub fn check_esp_answer(answer: &[Proposal], ours: &[EspProposal]) -> Option<(u32, ChildSuite)> {
     match answer {
-        [one] => select_esp(std::slice::from_ref(one), ours).map(|(_, spi, s)| (spi, s)),
+        [one] if one_of_each(one) => {
+            select_esp(std::slice::from_ref(one), ours).map(|(_, spi, s)| (spi, s))
+        }
         _ => None,
     }
 }
@@ -569,6 +616,8 @@ mod tests {
         );
         let none = vec![IkeProposal::parse("aes128gcm16-prfsha384-ecp256").unwrap()];
         assert_eq!(select_ike(&offered, &none), None);
+        // An answer that offers a choice back is no answer (RFC 7296 section 3.3.6).
+        assert_eq!(check_ike_answer(&offered[1..], &ours), None);
 
         let esp_ours = vec![EspProposal::parse("aes128gcm16-esn-noesn").unwrap()];
         let esp_offer = vec![EspProposal::parse("aes128gcm16-noesn")

@@ -42,6 +42,7 @@ pub mod payload_type {
     pub const TSR: u8 = 45;
     pub const SK: u8 = 46;
     pub const CP: u8 = 47;
+    pub const EAP: u8 = 48;
     /// The Encrypted Fragment payload (RFC 7383 section 2.5).
     pub const SKF: u8 = 53;
 }
@@ -595,10 +596,15 @@ fn parse_payload(kind: u8, critical: bool, body: &[u8]) -> Result<Payload, Parse
                 attributes,
             }
         }
-        t::CERT | t::CERTREQ | 48..=54 => Payload::Other {
+        // Payloads of RFC 7296 that are read elsewhere (certificates) or not at all (EAP),
+        // whatever their critical bit, which is for types the receiver does not
+        // understand (section 3.2).
+        t::CERT | t::CERTREQ | t::EAP => Payload::Other {
             kind,
             body: body.to_vec(),
         },
+        // Any other type (later extensions: GSPM, group keying, puzzles...) is unknown
+        // here: the whole message is refused when it is critical (section 2.5).
         _ if critical => return Err(ParseError::UnsupportedCritical(kind)),
         _ => Payload::Other {
             kind,

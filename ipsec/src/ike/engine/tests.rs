@@ -13,6 +13,7 @@ mod certs;
 mod fragments;
 mod negative;
 mod reconfigure;
+mod rfc7296_negative;
 
 const A: &str = "198.51.100.1:500";
 const B: &str = "198.51.100.2:500";
@@ -355,11 +356,17 @@ fn unacceptable_proposals() {
         ),
     );
     p.connect();
+    // The refusal is unauthenticated: A reports it once its retransmissions are spent
+    // without a better answer (RFC 7296 section 2.21.1).
+    assert_eq!(failure(&p.events_a), None);
+    assert_eq!(p.b.counters().no_proposal_chosen, 1);
+    for _ in 0..40 {
+        p.tick(Duration::from_secs(1));
+    }
     assert_eq!(
         failure(&p.events_a),
         Some(Failure::PeerError(notify::NO_PROPOSAL_CHOSEN))
     );
-    assert_eq!(p.b.counters().no_proposal_chosen, 1);
     assert!(p.b.sas().is_empty(), "no state for a refused IKE_SA_INIT");
 
     // The IKE SA is fine but the CHILD_SA proposal is not: IKE up, child refused.
