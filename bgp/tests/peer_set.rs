@@ -122,10 +122,17 @@ async fn a_new_local_as_restarts_sessions() {
     let mut cx = speaker_config(net);
     cx.listen = Some((ip(net, 1), px).into());
     cx.peers.push(peer_config(ip(net, 2), py, OUR_AS));
+    // Y's own next hop differs from X's: a route whose NEXT_HOP is the receiver's own
+    // address is ignored (RFC 4271 6.3).
+    let y_peer = |asn: u32| {
+        let mut p = peer_config(ip(net, 1), px, asn);
+        p.next_hop_v4 = Some(std::net::Ipv4Addr::new(198, 51, 100, 2));
+        p
+    };
     let mut cy = speaker_config(net);
     cy.router_id = "198.51.100.2".parse().unwrap();
     cy.listen = Some((ip(net, 2), py).into());
-    cy.peers.push(peer_config(ip(net, 1), px, OUR_AS));
+    cy.peers.push(y_peer(OUR_AS));
     let (x, _xev) = Speaker::start(cx).await.unwrap();
     let (y, mut yev) = Speaker::start(cy).await.unwrap();
     wait_established(&x, ip(net, 2), 20).await;
@@ -139,9 +146,7 @@ async fn a_new_local_as_restarts_sessions() {
 
     assert!(x.reconfigure(65010, None).await.unwrap());
     assert!(!x.reconfigure(65010, None).await.unwrap(), "no change");
-    y.set_peers(vec![peer_config(ip(net, 1), px, 65010)])
-        .await
-        .unwrap();
+    y.set_peers(vec![y_peer(65010)]).await.unwrap();
     wait_established(&y, ip(net, 1), 20).await;
     let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {

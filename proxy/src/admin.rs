@@ -860,6 +860,11 @@ pub fn bgp(b: &BgpSnapshot, now: SystemTime) -> Value {
                 "prefixes_out": n.prefixes_out,
                 "flaps": n.flaps,
                 "last_error": n.last_error,
+                "treat_as_withdraw": n.errors.treat_as_withdraw,
+                "attribute_discard": n.errors.attribute_discard,
+                "ignored_prefixes": n.errors.ignored_prefixes,
+                "notifications_sent": n.errors.notifications_sent,
+                "notifications_received": n.errors.notifications_received,
             })
         })
         .collect();

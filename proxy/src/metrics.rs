@@ -419,6 +419,36 @@ fn bgp_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::Res
         None,
         b.neighbors.iter().map(|n| ([("peer", peer(n))], n.flaps)),
     )?;
+    counter_family(
+        enc,
+        "switchyard_bgp_update_errors",
+        "Malformed UPDATEs the session with the peer handled without a reset: as withdrawals \
+         (RFC 7606 treat-as-withdraw), without the bad attributes (attribute discard), and \
+         prefixes ignored as semantically incorrect (RFC 4271 6.3).",
+        None,
+        b.neighbors.iter().flat_map(|n| {
+            [
+                ("treat_as_withdraw", n.errors.treat_as_withdraw),
+                ("attribute_discard", n.errors.attribute_discard),
+                ("ignored_prefix", n.errors.ignored_prefixes),
+            ]
+            .map(|(kind, v)| ([("peer", peer(n)), ("kind", kind.to_string())], v))
+        }),
+    )?;
+    counter_family(
+        enc,
+        "switchyard_bgp_notifications",
+        "NOTIFICATIONs for errors on the session with the peer, sent and received \
+         (administrative Cease not counted when sent).",
+        None,
+        b.neighbors.iter().flat_map(|n| {
+            [
+                ("sent", n.errors.notifications_sent),
+                ("received", n.errors.notifications_received),
+            ]
+            .map(|(dir, v)| ([("peer", peer(n)), ("direction", dir.to_string())], v))
+        }),
+    )?;
     gauge_family(
         enc,
         "switchyard_bgp_prefixes_received",
@@ -1105,6 +1135,10 @@ pub(crate) mod tests {
             prefixes_out: if up { 2 } else { 0 },
             flaps: if up { 0 } else { 4 },
             last_error: (!up).then(|| "hold timer expired".to_string()),
+            errors: switchyard_bgp::fsm::ErrorCounters {
+                treat_as_withdraw: if up { 2 } else { 0 },
+                ..Default::default()
+            },
         };
         let path = |nh: &str, best: bool| RoutePath {
             peer: Some("198.18.2.2".parse().unwrap()),
@@ -1185,6 +1219,9 @@ pub(crate) mod tests {
             "switchyard_bgp_session_up{peer=\"198.18.2.2\",asn=\"65001\"} 1\n",
             "switchyard_bgp_session_up{peer=\"198.18.2.3\",asn=\"65001\"} 0\n",
             "switchyard_bgp_session_flaps_total{peer=\"198.18.2.3\"} 4\n",
+            "switchyard_bgp_update_errors_total{peer=\"198.18.2.2\",kind=\"treat_as_withdraw\"} 2\n",
+            "switchyard_bgp_update_errors_total{peer=\"198.18.2.2\",kind=\"ignored_prefix\"} 0\n",
+            "switchyard_bgp_notifications_total{peer=\"198.18.2.3\",direction=\"received\"} 0\n",
             "switchyard_bgp_prefixes_received{peer=\"198.18.2.2\"} 3\n",
             "switchyard_bgp_prefixes_advertised{peer=\"198.18.2.2\"} 2\n",
             "switchyard_bgp_routes_installed 1\n",

@@ -1536,6 +1536,7 @@ impl Core {
                 prefixes_out: p.adj_out.v4.len() + p.adj_out.v6.len(),
                 flaps: p.flaps,
                 last_error: p.last_error.clone(),
+                errors: p.main.session.errors(),
             })
             .collect()
     }

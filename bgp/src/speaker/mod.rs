@@ -271,6 +271,9 @@ pub struct NeighborStatus {
     pub flaps: u64,
     /// Why the session last went down.
     pub last_error: Option<String>,
+    /// Errors the current session handled (RFC 7606 treat-as-withdraw and attribute
+    /// discard, ignored prefixes, NOTIFICATIONs both ways).
+    pub errors: crate::fsm::ErrorCounters,
 }
 
 /// A prefix with every candidate path.
