@@ -149,15 +149,16 @@ pub fn encapsulate_in_place(
 /// An encapsulation waiting for its crypto (see [`encapsulate_prepare`]).
 #[derive(Debug, Clone)]
 pub struct EncapPending {
-    /// Where the outer packet will lie in the buffer.
+    /// Where the outer packet lies in the buffer.
     range: Range<usize>,
-    dscp: u8,
-    outer: OuterHeader,
     inner_len: usize,
+    /// UDP over IPv6: the UDP checksum, which covers the ciphertext, is still to be filled.
+    udp6_checksum: bool,
 }
 
 /// The first half of [`encapsulate_in_place`]: checks the SA and the packet, takes the next
-/// sequence number, writes the ESP header, IV and trailer, and says what the crypto must do.
+/// sequence number, writes the outer header, the ESP header, IV and trailer, and says what the
+/// crypto must do (the outer header is outside what it reads or writes).
 /// Run the returned [`SymParams`] on the same buffer with [`Sa::crypto_ctx`], then call
 /// [`encapsulate_finish`].
 pub fn encapsulate_prepare(
@@ -209,8 +210,11 @@ pub fn encapsulate_prepare(
     // Trailer: monotonic padding 1, 2, 3, ..., pad length, next header. The pattern is
     // copied whole when it fits before the end (the ICV, at least 16 bytes, follows the
     // trailer, so it does unless the caller left no room for it): one 16-byte store.
-    match buf.get_mut(inner.end..inner.end + PADDING.len()) {
-        Some(room) => room.copy_from_slice(&PADDING),
+    match buf
+        .get_mut(inner.end..)
+        .and_then(|tail| tail.first_chunk_mut::<16>())
+    {
+        Some(room) => *room = PADDING,
         None => buf[inner.end..ct_end - 2].copy_from_slice(&PADDING[..pad_len]),
     }
     buf[ct_end - 2] = pad_len as u8;
@@ -256,12 +260,12 @@ pub fn encapsulate_prepare(
         }
     }
     sa.seq = seq;
+    write_outer(buf, start, end, outer, dscp);
     Ok((
         EncapPending {
             range: start..end,
-            dscp,
-            outer: *outer,
             inner_len,
+            udp6_checksum: outer.udp.is_some() && outer.src.is_ipv6(),
         },
         params,
     ))
@@ -272,7 +276,7 @@ pub fn encapsulate_prepare(
 const PADDING: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
 
 /// The second half of [`encapsulate_in_place`], once the crypto ran with `crypto` as its
-/// result: writes the outer header and counts the packet. Returns where the outer packet lies.
+/// result: counts the packet. Returns where the outer packet lies.
 pub fn encapsulate_finish(
     sa: &mut Sa,
     pending: &EncapPending,
@@ -287,7 +291,9 @@ pub fn encapsulate_finish(
     if range.end > buf.len() {
         return Err(EspError::BufferTooSmall);
     }
-    write_outer(buf, range.start, range.end, &pending.outer, pending.dscp);
+    if pending.udp6_checksum {
+        fill_udp6_checksum(buf, range.start, range.end);
+    }
     sa.counters.packets += 1;
     sa.counters.bytes += pending.inner_len as u64;
     Ok(range)
@@ -320,19 +326,25 @@ fn write_outer(buf: &mut [u8], start: usize, end: usize, outer: &OuterHeader, ds
     };
     let ip_len = match (outer.src, outer.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let mut h = [0u8; IPV4_HEADER_LEN];
-            h[0] = 0x45;
-            h[1] = dscp;
-            h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            // DF set, ID 0: an atomic datagram (RFC 6864).
-            h[6] = 0x40;
-            h[8] = outer.ttl;
-            h[9] = protocol;
-            h[12..16].copy_from_slice(&src.octets());
-            h[16..20].copy_from_slice(&dst.octets());
-            let sum = checksum(&[&h]);
-            h[10..12].copy_from_slice(&sum.to_be_bytes());
-            buf[start..start + IPV4_HEADER_LEN].copy_from_slice(&h);
+            // The header as five 32-bit words, the checksum word zero; DF set, ID 0: an
+            // atomic datagram (RFC 6864).
+            let mut words = [
+                u32::from_be_bytes([0x45, dscp, (total >> 8) as u8, total as u8]),
+                0x0000_4000,
+                u32::from_be_bytes([outer.ttl, protocol, 0, 0]),
+                u32::from(src),
+                u32::from(dst),
+            ];
+            let sum: u64 = words.iter().map(|&w| u64::from(w)).sum();
+            words[2] |= u32::from(fold(sum));
+            if let Some(h) = buf
+                .get_mut(start..)
+                .and_then(|b| b.first_chunk_mut::<IPV4_HEADER_LEN>())
+            {
+                for (bytes, word) in h.chunks_exact_mut(4).zip(words) {
+                    bytes.copy_from_slice(&word.to_be_bytes());
+                }
+            }
             IPV4_HEADER_LEN
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
@@ -357,21 +369,26 @@ fn write_outer(buf: &mut [u8], start: usize, end: usize, outer: &OuterHeader, ds
         u[0..2].copy_from_slice(&src_port.to_be_bytes());
         u[2..4].copy_from_slice(&dst_port.to_be_bytes());
         u[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        // IPv4: zero checksum, as RFC 3948 section 2.1 recommends. IPv6 requires one, over
+        // the ciphertext: [`fill_udp6_checksum`] once the crypto ran.
         u[6..8].copy_from_slice(&[0, 0]);
-        // IPv4: zero checksum, as RFC 3948 section 2.1 recommends. IPv6 requires one.
-        if let (IpAddr::V6(src), IpAddr::V6(dst)) = (outer.src, outer.dst) {
-            let mut pseudo = [0u8; 40];
-            pseudo[..16].copy_from_slice(&src.octets());
-            pseudo[16..32].copy_from_slice(&dst.octets());
-            pseudo[32..36].copy_from_slice(&u32::from(udp_len).to_be_bytes());
-            pseudo[39] = UDP_PROTOCOL;
-            let mut sum = checksum(&[&pseudo, &buf[udp_at..end]]);
-            if sum == 0 {
-                sum = 0xffff;
-            }
-            buf[udp_at + 6..udp_at + 8].copy_from_slice(&sum.to_be_bytes());
-        }
     }
+}
+
+/// Fills in the UDP checksum of ESP-in-UDP over IPv6 whose IPv6 header is at `buf[start..]`
+/// and which ends at `end` (RFC 8200 8.1: a UDP checksum of zero is not allowed).
+fn fill_udp6_checksum(buf: &mut [u8], start: usize, end: usize) {
+    let udp_at = start + IPV6_HEADER_LEN;
+    let udp_len = (end - udp_at) as u32;
+    let mut pseudo = [0u8; 40];
+    pseudo[..32].copy_from_slice(&buf[start + 8..start + IPV6_HEADER_LEN]);
+    pseudo[32..36].copy_from_slice(&udp_len.to_be_bytes());
+    pseudo[39] = UDP_PROTOCOL;
+    let mut sum = checksum(&[&pseudo, &buf[udp_at..end]]);
+    if sum == 0 {
+        sum = 0xffff;
+    }
+    buf[udp_at + 6..udp_at + 8].copy_from_slice(&sum.to_be_bytes());
 }
 
 /// The Internet checksum (RFC 1071) over the concatenation of `parts` (each a multiple of
@@ -388,6 +405,11 @@ fn checksum(parts: &[&[u8]]) -> u16 {
         tail[..words.remainder().len()].copy_from_slice(words.remainder());
         sum += u64::from(u32::from_be_bytes(tail));
     }
+    fold(sum)
+}
+
+/// The one's complement of a one's complement sum, folded to 16 bits.
+fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
