@@ -792,6 +792,48 @@ impl<B: PacketBuffer> Graph<B> {
         queued
     }
 
+    /// Queues a final router advertisement with a router lifetime of zero on every port that
+    /// advertised (RFC 4861 6.2.5), for a router about to stop: hosts drop it as a default
+    /// router at once instead of when its lifetime runs out. The first worker's job; true
+    /// when frames were queued.
+    pub fn withdraw_router_adverts(
+        &mut self,
+        tables: &Tables,
+        state: &WorkerState,
+        mut alloc: impl FnMut() -> Option<B>,
+    ) -> bool
+    where
+        B: crate::buffer::PacketBuffer,
+    {
+        let Some(config) = &tables.router_adverts else {
+            return false;
+        };
+        if state.worker != 0 {
+            return false;
+        }
+        let last = crate::router_adverts::RaConfig {
+            default_lifetime: 0,
+            ..config.clone()
+        };
+        let mut queued = false;
+        for (port, ifc) in tables.interfaces.iter().enumerate() {
+            if ifc.ipv6.is_empty() {
+                continue;
+            }
+            let Some(mut buf) = alloc() else {
+                break;
+            };
+            match self.tx.get_mut(port) {
+                Some(q) if crate::nodes::icmp6::nd::make_router_advert(&mut buf, ifc, &last) => {
+                    q.push(buf);
+                    queued = true;
+                }
+                _ => self.dropped.push(buf),
+            }
+        }
+        queued
+    }
+
     /// Number of packets held for neighbor resolution.
     pub fn held(&self) -> usize {
         self.held.len()

@@ -907,6 +907,22 @@ where
             self.punt_to_host();
             self.driver.recycle(&mut self.graph.dropped);
         }
+        // RFC 4861 6.2.5: hosts learn at once that this router is going.
+        let tables = self.tables.load();
+        let driver = &mut self.driver;
+        if self
+            .graph
+            .withdraw_router_adverts(&tables, &self.state, || driver.alloc())
+        {
+            for (port, queue) in self.graph.tx.iter_mut().enumerate() {
+                if !queue.is_empty() {
+                    let sent = self.driver.tx_burst(port as u16, queue);
+                    tx_total += sent.unwrap_or(0) as u64;
+                    self.graph.dropped.append(queue);
+                }
+            }
+        }
+        self.driver.recycle(&mut self.graph.dropped);
         if let Some(punt) = self.punt.as_mut() {
             punt.release(&mut self.graph.dropped);
             self.driver.recycle(&mut self.graph.dropped);

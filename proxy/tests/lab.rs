@@ -426,7 +426,19 @@ fn afpacket_router_advertisements_configure_a_kernel_host() {
          socket.if_nametoindex('eth0')))\"",
     );
     std::thread::sleep(Duration::from_millis(800));
-    let out = lab.finish().expect("a router ran");
+    let out = lab.stop_router().expect("a router ran");
+    assert!(
+        out.status.is_some_and(|s| s.success()) && !out.killed,
+        "router did not exit cleanly\n{out}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    // Its last advertisement, with lifetime 0, took the default route away (RFC 4861 6.2.5).
+    let routes = lab.exec_ok(Ns::Client, "ip -6 route show default proto ra");
+    assert!(
+        routes.trim().is_empty(),
+        "default route left: {routes:?}\n{out}"
+    );
+    lab.finish();
     let answered = out
         .stdout
         .lines()

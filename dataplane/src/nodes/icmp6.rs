@@ -137,13 +137,26 @@ pub mod nd {
 
     /// Writes an IPv6 packet carrying `nd` from `src` to `dst` (hop limit 255) into the buffer.
     fn write<B: PacketBuffer>(buf: &mut B, src: Ipv6Addr, dst: Ipv6Addr, nd: NdiscRepr) -> bool {
+        write_with_options(buf, src, dst, nd, 0, |_| true)
+    }
+
+    /// [`write`], with `options_len` bytes of further options after those `nd` has, written
+    /// by `options` (which says whether it could).
+    fn write_with_options<B: PacketBuffer>(
+        buf: &mut B,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        nd: NdiscRepr,
+        options_len: usize,
+        options: impl FnOnce(&mut [u8]) -> bool,
+    ) -> bool {
         let msg = Icmpv6Repr::Ndisc(nd);
-        let msg_len = msg.buffer_len();
+        let head_len = msg.buffer_len();
         let ip = Ipv6Repr {
             src_addr: src,
             dst_addr: dst,
             next_header: IpProtocol::ICMPV6,
-            payload_len: msg_len,
+            payload_len: head_len + options_len,
             hop_limit: 255,
             traffic_class: 0,
             flow_label: 0,
@@ -153,8 +166,17 @@ pub mod nd {
             let (header, body) = data.split_at_mut(ip.header_len());
             ok = ip.emit(&mut Ipv6Packet::new_unchecked(header)).is_ok()
                 && msg
-                    .emit(&mut Icmpv6Packet::new_unchecked(body), &src, &dst)
+                    .emit(
+                        &mut Icmpv6Packet::new_unchecked(&mut body[..head_len]),
+                        &src,
+                        &dst,
+                    )
                     .is_ok();
+            if options_len > 0 {
+                // The checksum again, over the whole message.
+                ok &= options(&mut body[head_len..]);
+                Icmpv6Packet::new_unchecked(body).fill_checksum(&src, &dst);
+            }
         }) && ok
     }
 
@@ -210,7 +232,7 @@ pub mod nd {
         ifc: &Interface,
         config: &RaConfig,
     ) -> bool {
-        let msg = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+        let nd = NdiscRepr::RouterAdvert {
             hop_limit: config.cur_hop_limit,
             managed: false,
             other_config: false,
@@ -219,38 +241,15 @@ pub mod nd {
             retrans_time: 0,
             lladdr: Some(EthernetAddress(ifc.mac)),
             mtu: config.link_mtu.then_some(u32::from(ifc.mtu)),
-        });
-        let head_len = msg.buffer_len();
-        let room = usize::from(ifc.mtu).saturating_sub(40 + head_len);
-        let prefix_count = advertised_prefixes(ifc, room).count();
-        let msg_len = head_len + prefix_count * PrefixInformation::LEN;
-        let (src, dst) = (ifc.link_local, ALL_NODES);
-        let ip = Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::ICMPV6,
-            payload_len: msg_len,
-            hop_limit: 255,
-            traffic_class: 0,
-            flow_label: 0,
         };
-        let mut ok = false;
-        rebuild(buf, ip.buffer_len(), |data| {
-            let (header, body) = data.split_at_mut(ip.header_len());
-            ok = ip.emit(&mut Ipv6Packet::new_unchecked(header)).is_ok()
-                && msg
-                    .emit(
-                        &mut Icmpv6Packet::new_unchecked(&mut body[..head_len]),
-                        &src,
-                        &dst,
-                    )
-                    .is_ok();
-            for (i, prefix) in advertised_prefixes(ifc, room).enumerate() {
-                let at = head_len + i * PrefixInformation::LEN;
-                ok &= prefix.emit(&mut body[at..]).is_ok();
-            }
-            Icmpv6Packet::new_unchecked(body).fill_checksum(&src, &dst);
-        }) && ok
+        let room = usize::from(ifc.mtu).saturating_sub(40 + Icmpv6Repr::Ndisc(nd).buffer_len());
+        let options_len = advertised_prefixes(ifc, room).count() * PrefixInformation::LEN;
+        let prefixes = |out: &mut [u8]| {
+            out.chunks_exact_mut(PrefixInformation::LEN)
+                .zip(advertised_prefixes(ifc, room))
+                .all(|(option, prefix)| prefix.emit(option).is_ok())
+        };
+        write_with_options(buf, ifc.link_local, ALL_NODES, nd, options_len, prefixes)
             && crate::nodes::push_ethernet(
                 buf,
                 multicast_mac(&ALL_NODES),

@@ -234,3 +234,25 @@ fn invalid_solicitations_are_discarded() {
     r.now += MAX_RA_DELAY;
     assert_eq!(advertise(&mut r).len(), 1);
 }
+
+/// RFC 4861 6.2.5: a router that stops sends a last advertisement with lifetime zero.
+#[test]
+fn a_stopping_router_withdraws_itself() {
+    let mut r = advertising();
+    advertise(&mut r);
+    assert!(r
+        .graph
+        .withdraw_router_adverts(&r.tables, &r.state, || Some(HeapBuffer::new(2048, 128))));
+    let out = r.take_tx();
+    assert_eq!(out.len(), 2);
+    for (_, frame) in &out {
+        let ra = parse_ra(frame);
+        assert_eq!(ra.lifetime, 0);
+        assert_eq!(ra.prefixes.len(), 1);
+    }
+    // Not configured: nothing.
+    r.tables.router_adverts = None;
+    assert!(!r
+        .graph
+        .withdraw_router_adverts(&r.tables, &r.state, || Some(HeapBuffer::new(2048, 128))));
+}
