@@ -29,7 +29,9 @@
 //!   allowed (the Kubernetes docs' exception; kubelet probes rely on it): every isolated ACL
 //!   starts with an allow rule per node address, origin [`RuleOrigin::Node`].
 //! - **Self traffic.** A pod talking to its own address never reaches the dataplane (the kernel
-//!   loops it back), so it is always allowed; the ACLs carry no rule for it.
+//!   loops it back), so it is always allowed; the ACLs carry no rule for it. Through a Service
+//!   (hairpin) it does reach the dataplane, whose ACL node allows it for the same reason.
+//!   (The upstream e2e suite leaves loopback out of its verdicts; implementations differ.)
 //! - **Replies** are not in the ACLs: conntrack in the dataplane passes packets of connections
 //!   already allowed in the other direction.
 //! - **Bad input: in doubt isolated, never open.** Problems are reported as [`PolicyError`]s and

@@ -765,6 +765,7 @@ pub fn ipsec(view: &crate::ipsec::IpsecView) -> Value {
             "retransmits": k.retransmits, "auth_failures": k.auth_failures,
             "no_proposal_chosen": k.no_proposal_chosen, "invalid_ke": k.invalid_ke,
             "ts_unacceptable": k.ts_unacceptable, "cookies_sent": k.cookies_sent,
+            "unprotected_errors_limited": k.unprotected_errors_limited,
             "established": k.established, "failed": k.failed,
             "child_sas_installed": k.child_sas_installed,
             "child_sas_rekeyed": k.child_sas_rekeyed, "ike_sas_rekeyed": k.ike_sas_rekeyed,

@@ -305,6 +305,7 @@ fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::R
             ("integrity_failure", k.rx_integrity_failures),
             ("retransmit", k.retransmits),
             ("cookie_sent", k.cookies_sent),
+            ("error_answer_limited", k.unprotected_errors_limited),
             ("child_sa_installed", k.child_sas_installed),
             ("child_sa_rekeyed", k.child_sas_rekeyed),
             ("ike_sa_rekeyed", k.ike_sas_rekeyed),

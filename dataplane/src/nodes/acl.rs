@@ -7,6 +7,14 @@
 //! new flow is tracked so that its replies pass, and ICMP errors about a tracked flow pass.
 //! Traffic this node originates is allowed (the node's own traffic convention); a denied
 //! new service connection is forgotten again.
+//!
+//! A new service connection is judged after DNAT but before SNAT: from the client's own
+//! address to the backend it was sent to. Judging the masqueraded packet would take the
+//! client pod out of its egress ACL and show the backend's ingress ACL this node's address,
+//! which every isolated ACL admits. A pod reaching itself through a Service (hairpin) is
+//! allowed, as its traffic to its own address is (the policy crate's convention).
+
+use std::net::IpAddr;
 
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{FlowKey, PROTO_ICMP, PROTO_ICMPV6};
@@ -24,6 +32,7 @@ node_errors! {
         IngressDenied = ("ingress_denied", "denied: no ingress rule of the destination pod allows it"),
         EgressDenied = ("egress_denied", "denied: no egress rule of the source pod allows it"),
         Related = ("related", "ICMP errors about tracked connections: passed"),
+        SelfTraffic = ("self", "new connections of a pod to itself through a Service: allowed"),
         HandedOff = ("handed_off", "packets of connections another worker tracks: handed to it"),
         TrackFailed = ("track_failed", "allowed, but the connection table refused the flow: replies may be denied"),
     }
@@ -98,14 +107,19 @@ fn judge<B: PacketBuffer>(
     let Some(t) = Tuple::parse(pkt.buf.data()) else {
         return Next::Lookup;
     };
-    let egress = policy.acl_for(t.key.src, AclDirection::Egress);
-    let ingress = policy.acl_for(t.key.dst, AclDirection::Ingress);
+    let ends = judged_ends(cx, pkt, &t);
+    if pkt.meta.conn_new && ends.src == ends.dst {
+        cx.error(AclError::SelfTraffic);
+        return Next::Lookup;
+    }
+    let egress = policy.acl_for(ends.src, AclDirection::Egress);
+    let ingress = policy.acl_for(ends.dst, AclDirection::Ingress);
     let isolated = egress.is_some() || ingress.is_some();
     // The replies travel the other way. When an ACL judges that way (the destination's
     // egress, the source's ingress), an unisolated flow is still tracked, so its replies pass
     // as replies instead of being judged as new connections.
-    let judged_back = policy.acl_for(t.key.dst, AclDirection::Egress).is_some()
-        || policy.acl_for(t.key.src, AclDirection::Ingress).is_some();
+    let judged_back = policy.acl_for(ends.dst, AclDirection::Egress).is_some()
+        || policy.acl_for(ends.src, AclDirection::Ingress).is_some();
     if !isolated && !judged_back {
         cx.error(AclError::Unisolated);
         return Next::Lookup;
@@ -148,10 +162,10 @@ fn judge<B: PacketBuffer>(
     }
     // ICMP and other port-less protocols are matched as port 0 (rules with ports never match
     // them; rules without ports do).
-    let port = key.dst_port * u16::from(t.has_ports());
+    let port = ends.dst_port * u16::from(t.has_ports());
     for (acl, peer, denied) in [
-        (egress, t.key.dst, AclError::EgressDenied),
-        (ingress, t.key.src, AclError::IngressDenied),
+        (egress, ends.dst, AclError::EgressDenied),
+        (ingress, ends.src, AclError::IngressDenied),
     ] {
         let Some((index, table)) = acl else { continue };
         let matched = table.classifier.classify(peer, key.proto, port);
@@ -174,6 +188,35 @@ fn judge<B: PacketBuffer>(
         track_new(cx, &key, &t);
     }
     Next::Lookup
+}
+
+/// The addresses and destination port a packet is judged by.
+struct Ends {
+    src: IpAddr,
+    dst: IpAddr,
+    dst_port: u16,
+}
+
+/// The packet's own ends, except for a new service
+/// connection: its client's address, before any SNAT, and the backend's address and port,
+/// from the connection the NAT node just made.
+fn judged_ends<B: PacketBuffer>(cx: &Context<'_, B>, pkt: &Packet<B>, t: &Tuple) -> Ends {
+    let translated = match (pkt.meta.conn, pkt.meta.conn_new) {
+        (Some(id), true) => cx.state.conntrack.get(id),
+        _ => None,
+    };
+    match translated {
+        Some(entry) => Ends {
+            src: entry.original.src,
+            dst: entry.reply.src,
+            dst_port: entry.reply.src_port,
+        },
+        None => Ends {
+            src: t.key.src,
+            dst: t.key.dst,
+            dst_port: t.key.dst_port,
+        },
+    }
 }
 
 /// Tracks an allowed new flow (no translation), so its replies pass.

@@ -206,6 +206,51 @@ pub struct IkeCounters {
     /// Peers' certificates or signatures refused (no certificate, not from our CA, expired,
     /// identity not in it, bad signature).
     pub cert_rejected: u64,
+    /// Error answers to unprotected requests not sent: over [`UNPROTECTED_ERRORS_PER_SECOND`].
+    pub unprotected_errors_limited: u64,
+}
+
+/// Most error notifications answering unprotected requests sent per second, and the burst
+/// allowed (RFC 7296 section 2.21.4: a node needs to limit the rate of its answers to
+/// unprotected messages, or it becomes a reflector for forged ones).
+pub const UNPROTECTED_ERRORS_PER_SECOND: u32 = 200;
+
+/// Rations the error notifications sent outside an IKE SA (INVALID_MAJOR_VERSION,
+/// UNSUPPORTED_CRITICAL_PAYLOAD, NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD): a token bucket.
+#[derive(Debug, Default)]
+struct ErrorBudget {
+    tokens: u32,
+    /// When tokens were last added; `None` before the first answer.
+    refilled: Option<Instant>,
+}
+
+impl ErrorBudget {
+    /// Takes a token if there is one at `now`.
+    fn allow(&mut self, now: Instant) -> bool {
+        let rate = UNPROTECTED_ERRORS_PER_SECOND;
+        match self.refilled {
+            None => {
+                self.tokens = rate;
+                self.refilled = Some(now);
+            }
+            Some(then) => {
+                let earned =
+                    now.saturating_duration_since(then).as_millis() * u128::from(rate) / 1000;
+                if earned > 0 {
+                    self.tokens = rate.min(
+                        self.tokens
+                            .saturating_add(earned.min(u128::from(rate)) as u32),
+                    );
+                    self.refilled = Some(now);
+                }
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 /// A virtual IP of an IKE SA, for `show ipsec`.
@@ -469,6 +514,8 @@ pub struct Engine {
     sas: HashMap<u64, IkeSa>,
     cookie_secret: [u8; 32],
     counters: IkeCounters,
+    /// Error answers to unprotected requests, rationed.
+    error_budget: ErrorBudget,
     pools: Vec<AddressPool>,
     /// Per peer (by index), its pool's index in `pools`.
     peer_pools: Vec<Option<usize>>,
@@ -648,6 +695,7 @@ impl Engine {
             sas: HashMap::new(),
             cookie_secret,
             counters: IkeCounters::default(),
+            error_budget: ErrorBudget::default(),
             pools,
             peer_pools,
         })
@@ -1237,7 +1285,7 @@ impl Engine {
                 self.counters.rx_bad_version += 1;
                 if let Some(request) = Header::read(bytes).ok().filter(|h| !h.is_response()) {
                     let (kind, data) = (notify::INVALID_MAJOR_VERSION, Vec::new());
-                    self.reply_unprotected(&request, local, remote, kind, data, &mut actions);
+                    self.reply_unprotected(&request, local, remote, kind, data, now, &mut actions);
                 }
                 return actions;
             }
@@ -1262,7 +1310,16 @@ impl Engine {
                 if let ParseError::UnsupportedCritical(t) = error {
                     if is_init_request(&header) {
                         let kind = notify::UNSUPPORTED_CRITICAL_PAYLOAD;
-                        self.reply_unprotected(&header, local, remote, kind, vec![t], &mut actions);
+                        let data = vec![t];
+                        self.reply_unprotected(
+                            &header,
+                            local,
+                            remote,
+                            kind,
+                            data,
+                            now,
+                            &mut actions,
+                        );
                     }
                 }
                 return actions;
@@ -1494,6 +1551,9 @@ impl Engine {
     /// Answers `request` with an unprotected Notify (RFC 7296 section 2.21.1): the same SPIs,
     /// exchange and Message ID, the Response flag, the Initiator flag as the other end of
     /// the request's sender, version 2.0.
+    /// Answers an unprotected request with one notification. Error notifications are
+    /// rationed ([`ErrorBudget`]); COOKIE answers are not, being the defence against floods.
+    #[allow(clippy::too_many_arguments)]
     fn reply_unprotected(
         &mut self,
         request: &Header,
@@ -1501,8 +1561,13 @@ impl Engine {
         remote: SocketAddr,
         kind: u16,
         data: Vec<u8>,
+        now: Instant,
         actions: &mut Vec<Action>,
     ) {
+        if kind != notify::COOKIE && !self.error_budget.allow(now) {
+            self.counters.unprotected_errors_limited += 1;
+            return;
+        }
         let initiator = if request.from_initiator() {
             0
         } else {
@@ -1605,6 +1670,7 @@ impl Engine {
                         remote,
                         notify::COOKIE,
                         expected,
+                        now,
                         actions,
                     );
                     return;
@@ -1638,6 +1704,7 @@ impl Engine {
                 remote,
                 notify::NO_PROPOSAL_CHOSEN,
                 Vec::new(),
+                now,
                 actions,
             );
             return;
@@ -1651,6 +1718,7 @@ impl Engine {
                 remote,
                 notify::INVALID_KE_PAYLOAD,
                 group,
+                now,
                 actions,
             );
             return;

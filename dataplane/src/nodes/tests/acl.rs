@@ -248,6 +248,85 @@ fn service_traffic_is_judged_by_the_backend_port_after_dnat() {
     assert_eq!(ip4_of(&out[0].1).src_addr(), v4("198.51.100.10"));
 }
 
+/// A rig with `p` and the test Service (198.51.100.10:80 to the server's 8080), every
+/// connection to it masqueraded (kube-proxy's `--masquerade-all`).
+fn masquerading_rig(p: PolicyTables) -> Rig {
+    use crate::services::Services;
+    use switchyard_lb::service::{CompileOptions, ServiceTable};
+    let svc = super::nat::test_service(vec![switchyard_lb::service::Endpoint::ready(
+        v4(SERVER).into(),
+        8080,
+        true,
+    )]);
+    let (table, _) = ServiceTable::compile(&[svc], &CompileOptions::default());
+    let mut r = rig(p);
+    r.tables.services = Some(Arc::new(Services {
+        table,
+        masquerade_all: true,
+        ..Services::default()
+    }));
+    r.tables.version = 3;
+    r.state.sync_services(&r.tables);
+    r
+}
+
+#[test]
+fn masqueraded_service_traffic_is_judged_before_snat() {
+    let syn = tcp(v4(CLIENT), v4("198.51.100.10"), 40000, 80, TcpFlags::SYN);
+    // The server admits this node's address (as every compiled ACL does), not the client:
+    // the masqueraded source must not stand in for the client.
+    let mut r = masquerading_rig(policy(&[("198.18.2.1/32", Some(6), (1, 65535))]));
+    assert!(from_client(&mut r, &syn).is_empty());
+    assert_eq!(r.count("ip4-nat", "masqueraded"), 1);
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 1);
+    assert_eq!(r.state.conntrack.len(), 0);
+    // Admitting the client's own address lets it through, masqueraded, and back.
+    let mut r = masquerading_rig(policy(&[("198.18.1.2/32", Some(6), (8080, 8080))]));
+    let out = from_client(&mut r, &syn);
+    assert_eq!(out.len(), 1);
+    let sent = ip4_of(&out[0].1);
+    assert_eq!(
+        (sent.src_addr(), sent.dst_addr()),
+        (v4("198.18.2.1"), v4(SERVER))
+    );
+    assert_eq!(r.count("ip4-acl", "allowed_new"), 1);
+    // The client's egress ACL still applies to the masqueraded connection.
+    let deny_out = one_acl(v4(CLIENT), AclDirection::Egress, acl("client-out", &[]));
+    let mut r = masquerading_rig(deny_out);
+    assert!(from_client(&mut r, &syn).is_empty());
+    assert_eq!(r.count("ip4-acl", "egress_denied"), 1);
+}
+
+#[test]
+fn a_pod_reaches_itself_through_a_service_whatever_its_acls() {
+    // The server admits nothing and may send nothing, yet reaches its own Service backend.
+    let mut p = one_acl(v4(SERVER), AclDirection::Ingress, acl("server-in", &[]));
+    p.acls.push(acl("server-out", &[]));
+    p.pods.insert(
+        v4(SERVER).into(),
+        PodAcls {
+            ingress: Some(0),
+            egress: Some(1),
+        },
+    );
+    let mut r = masquerading_rig(p);
+    let syn = tcp(v4(SERVER), v4("198.51.100.10"), 40000, 80, TcpFlags::SYN);
+    let out = from_server(&mut r, &syn);
+    // (Sent back out of the port it came in on, so an ICMP redirect may go with it.)
+    let hairpinned = out.iter().filter(|(_, f)| {
+        f[12..14] == [0x08, 0x00] && {
+            let ip = ip4_of(f);
+            ip.protocol() == IpProtocol::TCP && ip.dst_addr() == v4(SERVER)
+        }
+    });
+    assert_eq!(hairpinned.count(), 1, "{out:?}");
+    assert_eq!(r.count("ip4-acl", "self"), 1);
+    // Another client of the Service is still judged.
+    let syn = tcp(v4(CLIENT), v4("198.51.100.10"), 40000, 80, TcpFlags::SYN);
+    assert!(from_client(&mut r, &syn).is_empty());
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 1);
+}
+
 /// A TCP segment (or, with `sctp`, an SCTP common header with one zero-length chunk) between
 /// two IPv6 addresses, as an Ethernet frame from the client side or the server side.
 fn v6_frame(

@@ -56,6 +56,27 @@ fn a_later_major_version_is_answered_with_invalid_major_version_in_a_2_0_header(
     assert_eq!(p.b.counters().rx_bad_version, 5);
 }
 
+/// RFC 7296 2.21.4: error answers to unprotected messages are rationed, so that forged
+/// requests do not turn the responder into a reflector.
+#[test]
+fn error_answers_to_unprotected_requests_are_rate_limited() {
+    let mut p = pair("aes128gcm16-prfsha256-x25519", "aes128gcm16");
+    let (a, b): (SocketAddr, SocketAddr) = (A.parse().unwrap(), B.parse().unwrap());
+    let request = init_request_bytes(0x30, FLAG_INITIATOR);
+    let burst = UNPROTECTED_ERRORS_PER_SECOND as usize;
+    let answered = (0..burst + 50)
+        .filter(|_| !p.b.handle(&request, b, a, p.now).is_empty())
+        .count();
+    assert_eq!(answered, burst);
+    assert_eq!(p.b.counters().unprotected_errors_limited, 50);
+    // Tokens come back with time.
+    let later = p.now + std::time::Duration::from_millis(100);
+    let answered = (0..burst)
+        .filter(|_| !p.b.handle(&request, b, a, later).is_empty())
+        .count();
+    assert_eq!(answered, burst / 10);
+}
+
 #[test]
 fn a_later_minor_version_is_ignored() {
     // RFC 7296 section 3.1: the minor version of received messages is ignored.
