@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
 use ipnet::IpNet;
-use switchyard_lb::service::{BackendAddr, Frontend, FrontendEntry, ServiceTable, Target};
+use switchyard_lb::service::{BackendAddr, Frontend, FrontendEntry, ServiceTable};
 
 use crate::conntrack::ConnEntry;
 
@@ -19,8 +19,14 @@ pub struct Services {
     /// detection, every source counts as internal for cluster IPs and as external for the
     /// other kinds of address.
     pub cluster_cidrs: Vec<IpNet>,
-    /// Masquerade all traffic to services (kube-proxy's `--masquerade-all`).
+    /// Masquerade all traffic to cluster IPs (kube-proxy's `--masquerade-all`). Traffic to
+    /// NodePorts, external and load-balancer IPs is masqueraded by its externalTrafficPolicy
+    /// whatever this says, as kube-proxy does: Local keeps the client's address.
     pub masquerade_all: bool,
+    /// The node addresses NodePorts open on every address answer on (kube-proxy's
+    /// `--nodeport-addresses`: the node's addresses within these ranges). Empty: all of them.
+    /// NodePorts compiled for listed addresses (keyed by the address itself) are not filtered.
+    pub node_port_ranges: Vec<IpNet>,
     /// Ports masqueraded connections are given on this node's addresses.
     pub snat_ports: RangeInclusive<u16>,
     /// When a backend leaves its Service, also forget the TCP connections to it (the next
@@ -38,6 +44,7 @@ impl Default for Services {
             table: ServiceTable::default(),
             cluster_cidrs: Vec::new(),
             masquerade_all: false,
+            node_port_ranges: Vec::new(),
             // As Linux's default ip_local_port_range tail, clear of ephemeral client ports
             // that the node's own stack hands out first.
             snat_ports: 32768..=60999,
@@ -66,7 +73,7 @@ impl Services {
         if let Some(entry) = self.table.frontends.get(&exact) {
             return Some(entry);
         }
-        if !dst_is_local {
+        if !dst_is_local || !self.is_node_port_address(dst) {
             return None;
         }
         let any = match dst {
@@ -80,6 +87,13 @@ impl Services {
         })
     }
 
+    /// True if NodePorts open on every node address answer on `addr` (one of the node's own),
+    /// by `node_port_ranges`.
+    #[inline]
+    pub fn is_node_port_address(&self, addr: IpAddr) -> bool {
+        self.node_port_ranges.is_empty() || self.node_port_ranges.iter().any(|n| n.contains(&addr))
+    }
+
     /// True if `src` is a pod address by `cluster_cidrs`.
     #[inline]
     pub fn is_cluster_source(&self, src: IpAddr) -> bool {
@@ -87,25 +101,27 @@ impl Services {
     }
 
     /// True if the connection `entry` (made by the NAT node: `original` is what the client
-    /// sent, `reply.src` the backend) still goes to a backend of its frontend.
+    /// sent, `reply.src` the backend) still goes to a serving endpoint of its frontend's
+    /// Service port. As kube-proxy's conntrack cleanup, this ignores traffic policies,
+    /// topology and termination: a change to the Service does not cut a flow to a pod that
+    /// still serves, though new connections may go elsewhere.
     pub fn still_valid(&self, entry: &ConnEntry, dst_is_local: bool) -> bool {
         let o = &entry.original;
         let Some(frontend) = self.find(o.dst, o.proto, o.dst_port, dst_is_local) else {
             return false;
         };
-        let backend = BackendAddr {
-            addr: entry.reply.src,
-            port: entry.reply.src_port,
-        };
-        [&frontend.internal, &frontend.external]
-            .into_iter()
-            .any(|t| matches!(t, Target::Backends(set) if set.backends.contains(&backend)))
+        let backend = (entry.reply.src, entry.reply.src_port);
+        frontend
+            .serving
+            .binary_search_by(|b| (b.addr, b.port).cmp(&backend))
+            .is_ok()
     }
 }
 
-/// sessionAffinity ClientIP: which backend each client was last sent to, per frontend, so
-/// that a client keeps its backend for the affinity timeout after its last new connection
-/// (kube-proxy's `recent` match), even when the backend set changes around it.
+/// sessionAffinity ClientIP: which backend each client was last sent to, per Service port
+/// (keyed by [`FrontendEntry::affinity_key`]), so that a client keeps its backend for the
+/// affinity timeout after its last new connection (kube-proxy's `recent` match, or its nftables
+/// affinity sets), even when the backend set changes around it.
 #[derive(Debug, Default)]
 pub struct AffinityTable {
     entries: fnv::FnvHashMap<(Frontend, IpAddr), (BackendAddr, crate::graph::Nanos)>,

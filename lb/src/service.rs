@@ -82,6 +82,14 @@
 //! 30,000 Services of 10 endpoints near 4 KiB of table each instead of 256 KiB at the default
 //! size.
 //!
+//! # Affinity and established connections
+//!
+//! sessionAffinity ClientIP is kept per Service port and family: every frontend of a port
+//! shares one [`FrontendEntry::affinity_key`], as kube-proxy's affinity sets belong to the
+//! port's endpoints. A tracked connection keeps its backend while that backend still serves
+//! ([`FrontendEntry::serving`]), whatever the traffic policies, topology or termination say
+//! about new connections, as kube-proxy's conntrack cleanup does.
+//!
 //! # Source ranges
 //!
 //! `loadBalancerSourceRanges` (of the frontend's family; ranges of the other family are
@@ -113,6 +121,8 @@ mod backends;
 mod compile;
 mod endpoints;
 mod incremental;
+#[cfg(test)]
+mod kube_proxy_probes;
 #[cfg(test)]
 mod tests;
 
@@ -400,8 +410,21 @@ pub struct FrontendEntry {
     pub masquerade_internal: bool,
     /// sessionAffinity ClientIP timeout in seconds.
     pub affinity_timeout_secs: Option<u32>,
+    /// What sessionAffinity is kept per: the Service port's frontend on its cluster IP of this
+    /// frontend's family. kube-proxy remembers a client's endpoint per Service port (one
+    /// affinity set per endpoint of the port), so a client keeps its backend whichever of the
+    /// port's addresses it connects to: cluster IP, NodePort on any node address, external
+    /// or load-balancer IP.
+    pub affinity_key: Frontend,
     /// How packets reach the backend.
     pub forwarding: Forwarding,
+    /// The port's serving endpoints of this frontend's family, whatever the traffic policies,
+    /// topology or termination (those ready or serving), sorted by address and port: the
+    /// backends a tracked connection may keep when the Service changes. kube-proxy's
+    /// conntrack cleanup removes only flows to endpoints that are no longer serving, so a
+    /// rollout does not cut a flow to a pod that is terminating but still serving. Shared by
+    /// the port's frontends.
+    pub serving: Arc<[BackendAddr]>,
     /// The sources allowed to open connections (a load-balancer IP of a Service with
     /// loadBalancerSourceRanges in this frontend's family); `None`: any source. New
     /// connections from elsewhere are dropped, as kube-proxy's firewall chain does.

@@ -75,11 +75,14 @@ pub struct AgentArgs {
     #[arg(long = "cluster-cidr", value_delimiter = ',')]
     pub cluster_cidrs: Vec<IpNet>,
 
-    /// Addresses NodePorts are open on (default: all of the node's addresses).
-    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
-    pub nodeport_addresses: Vec<IpAddr>,
+    /// Address ranges NodePorts are open on, as kube-proxy's --nodeport-addresses: the node's
+    /// addresses within them (a bare address is a range of one). Default: all of the node's
+    /// addresses. Repeat or separate with commas.
+    #[arg(long = "nodeport-addresses", value_delimiter = ',', value_parser = node_port_range)]
+    pub nodeport_addresses: Vec<IpNet>,
 
-    /// Source-NAT all traffic to services (kube-proxy's --masquerade-all).
+    /// Source-NAT all traffic to cluster IPs (kube-proxy's --masquerade-all; NodePort, external
+    /// and load-balancer traffic follows its externalTrafficPolicy, as with kube-proxy).
     #[arg(long)]
     pub masquerade_all: bool,
 
@@ -587,6 +590,17 @@ pub fn parse_crypto(s: &str) -> Result<CryptoChoice, String> {
     }
 }
 
+/// Parses one `--nodeport-addresses` entry: a CIDR (`10.0.0.0/8`, host bits cleared) or a bare
+/// address, taken as the range of that one address. kube-proxy's `primary` keyword is not
+/// supported: leaving the flag out opens NodePorts on every address.
+pub fn node_port_range(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR or an IP address (e.g. 10.0.0.0/8)"))
+}
+
 /// Splits `NAME=VALUE`.
 fn split_eq<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
     s.split_once('=')
@@ -704,6 +718,17 @@ mod tests {
 
     fn ports() -> Vec<String> {
         vec!["c0".into(), "s0".into()]
+    }
+
+    #[test]
+    fn nodeport_addresses_are_ranges_as_kube_proxys() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(node_port_range("10.0.0.0/8"), Ok(net("10.0.0.0/8")));
+        assert_eq!(node_port_range("10.1.2.3/8"), Ok(net("10.0.0.0/8")));
+        assert_eq!(node_port_range(" 198.51.100.7"), Ok(net("198.51.100.7/32")));
+        assert_eq!(node_port_range("2001:db8::1"), Ok(net("2001:db8::1/128")));
+        assert!(node_port_range("primary").is_err());
+        assert!(node_port_range("10.0.0.0/33").is_err());
     }
 
     #[test]

@@ -220,7 +220,12 @@ impl AgentConfig {
             .node_port_addresses
             .filter(|_| set("nodeport_addresses"))
         {
-            args.nodeport_addresses = list("nodePortAddresses", &v, "an IP address")?;
+            args.nodeport_addresses = list::<String>("nodePortAddresses", &v, "a CIDR")?
+                .iter()
+                .map(|s| {
+                    crate::cli::node_port_range(s).map_err(|e| anyhow!("nodePortAddresses: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?;
         }
         if let Some(v) = self.masquerade_all.filter(|_| set("masquerade_all")) {
             args.masquerade_all = v;
@@ -602,7 +607,7 @@ bgp:
         );
         assert_eq!(
             a.nodeport_addresses,
-            vec!["198.51.100.1".parse::<IpAddr>().unwrap()]
+            vec!["198.51.100.1/32".parse::<IpNet>().unwrap()]
         );
         assert!(a.masquerade_all);
         assert_eq!(a.service_proxy_name.as_deref(), Some("switchyard"));
@@ -781,8 +786,8 @@ bgp:
                 "clusterCIDR: 7 is not a CIDR",
             ),
             (
-                "nodePortAddresses: [10.0.0.0/8]\n",
-                "nodePortAddresses: \"10.0.0.0/8\" is not an IP",
+                "nodePortAddresses: [10.0.0.0/8, primary]\n",
+                "nodePortAddresses: \"primary\" is not a CIDR or an IP address",
             ),
             ("masqueradeAll: maybe\n", "masqueradeAll"),
             (

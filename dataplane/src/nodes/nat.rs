@@ -356,11 +356,9 @@ fn new_connection<B: PacketBuffer>(
     };
     let backend = match frontend.affinity_timeout_secs {
         Some(secs) => {
-            let key = Frontend {
-                addr: t.key.dst,
-                proto: t.key.proto,
-                port: t.key.dst_port,
-            };
+            // Per Service port, not per address: the same client reaching the port by its
+            // cluster IP, a NodePort or an external address keeps one backend.
+            let key = frontend.affinity_key;
             let timeout = u64::from(secs) * 1_000_000_000;
             let now = cx.now;
             cx.state.with_affinity(|affinity| {
@@ -390,10 +388,13 @@ fn new_connection<B: PacketBuffer>(
             return encapsulate(cx, pkt, t, TunnelKind::Ipip, backend.addr)
         }
     }
-    let masquerade = services.masquerade_all
-        || backend.addr == src
+    // kube-proxy's --masquerade-all covers cluster IPs only; NodePorts, external and
+    // load-balancer IPs follow their externalTrafficPolicy, so Local keeps the client address.
+    let masquerade = backend.addr == src
         || match frontend.kind {
-            FrontendKind::ClusterIp => !internal && frontend.masquerade_external,
+            FrontendKind::ClusterIp => {
+                services.masquerade_all || (!internal && frontend.masquerade_external)
+            }
             _ if internal => frontend.masquerade_internal || pkt.meta.local_origin,
             _ => frontend.masquerade_external,
         };

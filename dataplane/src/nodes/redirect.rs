@@ -32,6 +32,15 @@ fn back_to(pkt_meta: &Meta, to: IpAddr) -> Meta {
     }
 }
 
+/// True if the service proxy rewrote `meta`'s packet. Its sender addressed a Service (or is a
+/// backend answering through one), so a redirect would name a next hop for an address the
+/// sender never used, and once the source is masqueraded it would be addressed to this node.
+fn translated<B>(cx: &Context<'_, B>, meta: &Meta) -> bool {
+    meta.conn
+        .and_then(|id| cx.state.conntrack.get(id))
+        .is_some_and(crate::nat::is_translated)
+}
+
 /// The IPv4 redirect owed for `pkt` (still as received), if any.
 #[cold]
 pub(crate) fn ipv4<B: PacketBuffer>(
@@ -42,7 +51,11 @@ pub(crate) fn ipv4<B: PacketBuffer>(
     let Some(IpAddr::V4(gateway)) = pkt.meta.next_hop else {
         return None;
     };
-    if pkt.meta.tx_port != pkt.meta.rx_port || pkt.meta.local_origin || pkt.meta.l2_multicast {
+    if pkt.meta.tx_port != pkt.meta.rx_port
+        || pkt.meta.local_origin
+        || pkt.meta.l2_multicast
+        || translated(cx, &pkt.meta)
+    {
         return None;
     }
     let data = pkt.buf.data();
@@ -114,7 +127,11 @@ pub(crate) fn ipv6<B: PacketBuffer>(
     let Some(IpAddr::V6(target)) = pkt.meta.next_hop else {
         return None;
     };
-    if pkt.meta.tx_port != pkt.meta.rx_port || pkt.meta.local_origin || pkt.meta.l2_multicast {
+    if pkt.meta.tx_port != pkt.meta.rx_port
+        || pkt.meta.local_origin
+        || pkt.meta.l2_multicast
+        || translated(cx, &pkt.meta)
+    {
         return None;
     }
     let data = pkt.buf.data();

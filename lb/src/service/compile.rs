@@ -10,8 +10,8 @@ use super::backends::BackendSets;
 use super::endpoints::{endpoints_of_family, Family, Usable};
 use super::incremental::ServiceCompiler;
 use super::{
-    CompileOptions, Frontend, FrontendEntry, FrontendKind, Service, ServiceError, ServiceName,
-    ServicePort, ServiceTable, Target, TrafficPolicy,
+    BackendAddr, CompileOptions, Frontend, FrontendEntry, FrontendKind, Service, ServiceError,
+    ServiceName, ServicePort, ServiceTable, Target, TrafficPolicy,
 };
 use crate::maglev::MaglevError;
 
@@ -48,7 +48,11 @@ impl ServiceTable {
         let mut names = HashSet::new();
         let mut port_names = HashSet::new();
         let mut sets = HashSet::new();
+        let mut serving = HashSet::new();
         for entry in self.frontends.values() {
+            if serving.insert(Arc::as_ptr(&entry.serving)) {
+                bytes += arc_counts + size_of_val(&*entry.serving);
+            }
             if names.insert(Arc::as_ptr(&entry.service)) {
                 bytes += arc_counts
                     + size_of::<ServiceName>()
@@ -234,8 +238,29 @@ impl PortFrontends<'_> {
             kept
         };
         let (service, port, proto) = (self.service, self.port.port, self.port.protocol.number());
+        // The families are those of the cluster IPs, so there is one.
+        let Some(&cluster_ip) = in_family(&service.cluster_ips).first() else {
+            return Ok(Vec::new());
+        };
         let endpoints = endpoints_of_family(&self.port.endpoints, family);
         let usable = Usable::categorize(&endpoints);
+        let shared = PortShared {
+            // Affinity is per Service port: its frontends share the cluster IP's key.
+            affinity_key: Frontend {
+                addr: cluster_ip,
+                proto,
+                port,
+            },
+            // Sorted by address and port, as `endpoints` is.
+            serving: endpoints
+                .iter()
+                .filter(|e| e.ready || e.serving)
+                .map(|e| BackendAddr {
+                    addr: e.addr,
+                    port: e.port,
+                })
+                .collect(),
+        };
         let mut chooser = Chooser {
             usable: &usable,
             sets,
@@ -252,8 +277,16 @@ impl PortFrontends<'_> {
             external: true,
         };
         for addr in in_family(&service.cluster_ips) {
-            let entry = self.entry(FrontendKind::ClusterIp, &target, &target, masquerade, None);
-            entries.push((Frontend { addr, proto, port }, entry));
+            let frontend = Frontend { addr, proto, port };
+            let entry = self.entry(
+                FrontendKind::ClusterIp,
+                &target,
+                &target,
+                masquerade,
+                None,
+                &shared,
+            );
+            entries.push((frontend, entry));
         }
 
         // NodePorts, external IPs, LB IPs: externalTrafficPolicy from outside the cluster, all
@@ -302,10 +335,8 @@ impl PortFrontends<'_> {
             let ranges = (kind == FrontendKind::LoadBalancer)
                 .then_some(source_ranges.as_ref())
                 .flatten();
-            entries.push((
-                frontend,
-                self.entry(kind, &internal, &external, masquerade, ranges),
-            ));
+            let entry = self.entry(kind, &internal, &external, masquerade, ranges, &shared);
+            entries.push((frontend, entry));
         }
         Ok(entries)
     }
@@ -317,6 +348,7 @@ impl PortFrontends<'_> {
         external: &Target,
         masquerade: Masquerade,
         source_ranges: Option<&Arc<[IpNet]>>,
+        shared: &PortShared,
     ) -> FrontendEntry {
         FrontendEntry {
             service: Arc::clone(&self.name),
@@ -327,10 +359,20 @@ impl PortFrontends<'_> {
             masquerade_external: masquerade.external,
             masquerade_internal: masquerade.internal,
             affinity_timeout_secs: self.service.affinity_timeout_secs,
+            affinity_key: shared.affinity_key,
             forwarding: self.service.forwarding,
+            serving: Arc::clone(&shared.serving),
             source_ranges: source_ranges.cloned(),
         }
     }
+}
+
+/// What every frontend of one Service port in one family shares.
+struct PortShared {
+    /// See [`FrontendEntry::affinity_key`].
+    affinity_key: Frontend,
+    /// See [`FrontendEntry::serving`].
+    serving: Arc<[BackendAddr]>,
 }
 
 /// Which classes of sender get their source rewritten to the node's address.

@@ -74,8 +74,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let source = cluster_source(&args, &node_name, all_nodes, sdewan)?;
     let bgp_stopper = Arc::new(std::sync::OnceLock::new());
+    // NodePorts are compiled for every node address and narrowed to --nodeport-addresses by
+    // the dataplane, which knows the node's addresses.
     let options = CompileOptions {
-        node_port_addresses: args.nodeport_addresses.clone(),
+        node_port_addresses: Vec::new(),
         table_size: None,
     };
     let control = ControlPlane {
@@ -86,6 +88,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         compile_problems: Vec::new(),
         acl_cache: policy_tables::AclCache::default(),
         cluster_cidrs: args.cluster_cidrs.to_vec(),
+        node_port_ranges: args.nodeport_addresses.to_vec(),
         masquerade_all: args.masquerade_all,
         min_sync: Duration::from_secs_f64(args.min_sync_period),
         bgp_settings,
@@ -239,6 +242,8 @@ struct ControlPlane {
     /// The ACL classifiers in force, reused while their ACLs do not change.
     acl_cache: policy_tables::AclCache,
     cluster_cidrs: Vec<ipnet::IpNet>,
+    /// `--nodeport-addresses`.
+    node_port_ranges: Vec<ipnet::IpNet>,
     masquerade_all: bool,
     /// Least time between two syncs (kube-proxy's --min-sync-period): changes that come
     /// faster are coalesced into one sync.
@@ -403,6 +408,7 @@ impl ControlPlane {
             services: Some(Arc::new(Services {
                 table,
                 cluster_cidrs: self.cluster_cidrs.clone(),
+                node_port_ranges: self.node_port_ranges.clone(),
                 masquerade_all: self.masquerade_all,
                 ..Services::default()
             })),

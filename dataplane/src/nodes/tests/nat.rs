@@ -709,3 +709,5 @@ fn a_reply_tuple_clash_between_two_services_gets_another_source_port() {
         (0, v4("198.51.100.20"), v4(CLIENT), 80, 40000)
     );
 }
+
+mod kube_proxy;
