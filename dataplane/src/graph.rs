@@ -777,19 +777,37 @@ impl<B: PacketBuffer> Graph<B> {
                 adverts.stop(port);
                 continue;
             };
-            let Some(mut buf) = alloc() else {
+            let Some(buf) = alloc() else {
                 break;
             };
             adverts.sent(port, now, config);
-            match self.tx.get_mut(usize::from(port)) {
-                Some(q) if crate::nodes::icmp6::nd::make_router_advert(&mut buf, ifc, config) => {
-                    q.push(buf);
-                    queued = true;
-                }
-                _ => self.dropped.push(buf),
-            }
+            queued |= self.queue_router_advert(usize::from(port), buf, ifc, config);
         }
         queued
+    }
+
+    /// Builds a router advertisement of `ifc` (port `port`) in `buf` and queues it for
+    /// transmission; true if it was.
+    fn queue_router_advert(
+        &mut self,
+        port: usize,
+        mut buf: B,
+        ifc: &crate::tables::Interface,
+        config: &crate::router_adverts::RaConfig,
+    ) -> bool
+    where
+        B: crate::buffer::PacketBuffer,
+    {
+        match self.tx.get_mut(port) {
+            Some(q) if crate::nodes::icmp6::nd::make_router_advert(&mut buf, ifc, config) => {
+                q.push(buf);
+                true
+            }
+            _ => {
+                self.dropped.push(buf);
+                false
+            }
+        }
     }
 
     /// Queues a final router advertisement with a router lifetime of zero on every port that
@@ -820,16 +838,10 @@ impl<B: PacketBuffer> Graph<B> {
             if ifc.ipv6.is_empty() {
                 continue;
             }
-            let Some(mut buf) = alloc() else {
+            let Some(buf) = alloc() else {
                 break;
             };
-            match self.tx.get_mut(port) {
-                Some(q) if crate::nodes::icmp6::nd::make_router_advert(&mut buf, ifc, &last) => {
-                    q.push(buf);
-                    queued = true;
-                }
-                _ => self.dropped.push(buf),
-            }
+            queued |= self.queue_router_advert(port, buf, ifc, &last);
         }
         queued
     }
