@@ -120,9 +120,6 @@ pub struct Advertiser {
     pub(crate) tables_version: Option<u64>,
     /// xorshift64 state, for the random intervals and delays.
     rng: u64,
-    /// Advertisements sent, and solicitations answered (scheduled).
-    pub sent: u64,
-    pub solicited: u64,
 }
 
 impl Default for Advertiser {
@@ -133,8 +130,6 @@ impl Default for Advertiser {
             ports: Vec::new(),
             tables_version: None,
             rng: std::collections::hash_map::RandomState::new().hash_one(0u64) | 1,
-            sent: 0,
-            solicited: 0,
         }
     }
 }
@@ -176,7 +171,6 @@ impl Advertiser {
     /// [`MIN_DELAY_BETWEEN_RAS`] after the last multicast advertisement; an advertisement
     /// already due sooner answers it instead.
     pub fn solicited(&mut self, port: u16, now: Nanos) {
-        self.solicited += 1;
         let delay = self.random_up_to(MAX_RA_DELAY);
         let p = self.port(port);
         let mut at = now + delay;
@@ -202,7 +196,6 @@ impl Advertiser {
     /// [`MAX_INITIAL_RTR_ADVERT_INTERVAL`] for the first few), if this worker keeps the
     /// port's schedule.
     pub fn sent(&mut self, port: u16, now: Nanos, config: &RaConfig) {
-        self.sent += 1;
         let min = Nanos::from(config.min_interval) * SECOND;
         let max = Nanos::from(config.max_interval) * SECOND;
         let mut interval = min + self.random_up_to(max - min);
