@@ -158,15 +158,32 @@ impl NeighborTable {
     /// Looks up `ip` on `port` to send a packet to it, and rations requests.
     #[inline]
     pub fn resolve(&mut self, port: u16, ip: IpAddr, now: Nanos) -> Resolution {
-        if let Some(last) = &self.recent[recent_slot(port, &ip)] {
-            if last.key == (port, ip)
-                && now < last.fresh_until
-                && last.generation == self.generation
-            {
-                return Resolution::Known(last.mac);
-            }
+        match self.recently_known(port, ip, now) {
+            Some(mac) => Resolution::Known(mac),
+            None => self.resolve_slow(port, ip, now),
         }
-        self.resolve_slow(port, ip, now)
+    }
+
+    /// The cached answer of an earlier [`Resolution::Known`], if it still holds.
+    #[inline]
+    fn recently_known(&self, port: u16, ip: IpAddr, now: Nanos) -> Option<[u8; 6]> {
+        let last = self.recent[recent_slot(port, &ip)].as_ref()?;
+        let fresh =
+            last.key == (port, ip) && now < last.fresh_until && last.generation == self.generation;
+        fresh.then_some(last.mac)
+    }
+
+    /// The address [`NeighborTable::resolve`] would answer [`Resolution::Known`] with, without
+    /// any of its side effects (no entry made, no request rationed); `None` when it would
+    /// answer anything else. For nodes that take the common case themselves and leave the
+    /// rest to `neighbor-output`.
+    pub fn known(&self, port: u16, ip: IpAddr, now: Nanos) -> Option<[u8; 6]> {
+        if let Some(mac) = self.recently_known(port, ip, now) {
+            return Some(mac);
+        }
+        let entry = self.entries.get(&(port, ip))?;
+        let fresh = entry.permanent || now.saturating_sub(entry.confirmed) < NEIGHBOR_REFRESH;
+        entry.mac.filter(|_| fresh)
     }
 
     fn resolve_slow(&mut self, port: u16, ip: IpAddr, now: Nanos) -> Resolution {
@@ -574,8 +591,14 @@ mod tests {
         assert_eq!(t.resolve(0, ip, 0), Resolution::Request);
         assert_eq!(t.resolve(0, ip, 1000), Resolution::Pending);
         assert_eq!(t.resolve(0, ip, SECOND), Resolution::Request);
+        assert_eq!(t.known(0, ip, SECOND), None);
         t.learn(0, ip, [2; 6], 2 * SECOND, false);
+        // `known` agrees with `resolve` on a fresh neighbor, before and after it is cached,
+        // and leaves a stale one to `resolve`.
+        assert_eq!(t.known(0, ip, 3 * SECOND), Some([2; 6]));
         assert_eq!(t.resolve(0, ip, 3 * SECOND), Resolution::Known([2; 6]));
+        assert_eq!(t.known(0, ip, 3 * SECOND), Some([2; 6]));
+        assert_eq!(t.known(0, ip, 70 * SECOND), None);
         assert_eq!(t.resolve(0, ip, 70 * SECOND), Resolution::Refresh([2; 6]));
         assert_eq!(t.resolve(0, ip, 70 * SECOND), Resolution::Known([2; 6]));
         t.expire(700 * SECOND);

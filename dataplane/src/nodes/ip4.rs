@@ -6,10 +6,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::fragment::{fragment_ipv4, FragmentError};
 use super::ip4_options::{self, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
+use super::neighbor::{put_known_header, RecentHeaders};
 use super::{redirect, tcp_reset, PortMtu};
 use crate::buffer::PacketBuffer;
 use crate::fib::{pick_path, Route};
-use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet, DROP, PUNT};
+use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet, DROP, PUNT, TX};
 use crate::wire::icmpv4::{time_exceeded_code, unreachable_code};
 use crate::wire::{
     checksum, Icmpv4Message, IpAddrPair, IpProtocol, Ipv4Packet, TcpPacket, WireError,
@@ -857,6 +858,7 @@ node_nexts! {
         Drop = DROP,
         Output = "neighbor-output",
         Error = "icmp4-error",
+        Tx = TX,
     }
 }
 
@@ -985,8 +987,13 @@ impl<B: PacketBuffer> Node<B> for Ip4Rewrite {
     }
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         let mut mtus = PortMtu::new();
+        let mut headers = RecentHeaders::default();
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::rewrite_fast(cx, pkt, &mut mtus).into();
+            let mut to = Self::rewrite_fast(cx, pkt, &mut mtus);
+            if to == RewriteNext::Output && put_known_header(cx, pkt, &mut headers) {
+                to = RewriteNext::Tx;
+            }
+            *n = to.into();
         }
     }
 }

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use super::icmp6::nd;
 use super::ip6_options::{check_hop_by_hop, check_options, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
+use super::neighbor::{put_known_header, RecentHeaders};
 use super::{ipv6_flow_hash, push_ethernet, redirect, tcp_reset, PortMtu};
 use crate::buffer::PacketBuffer;
 use crate::fib::{pick_path, Route};
@@ -943,6 +944,7 @@ node_nexts! {
         Drop = DROP,
         Output = "neighbor-output",
         Error = "icmp6-error",
+        Tx = TX,
     }
 }
 
@@ -1026,8 +1028,13 @@ impl<B: PacketBuffer> Node<B> for Ip6Rewrite {
     }
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         let mut mtus = PortMtu::new();
+        let mut headers = RecentHeaders::default();
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::rewrite_fast(cx, pkt, &mut mtus).into();
+            let mut to = Self::rewrite_fast(cx, pkt, &mut mtus);
+            if to == RewriteNext::Output && put_known_header(cx, pkt, &mut headers) {
+                to = RewriteNext::Tx;
+            }
+            *n = to.into();
         }
     }
 }

@@ -46,7 +46,9 @@ pub struct NeighborOutput;
 ///
 /// IPv4 next hops are keyed by one integer (port and address), so that the check is one
 /// compare.
-struct RecentHeaders {
+///
+/// The rewrite nodes keep one too (see [`put_known_header`]).
+pub(super) struct RecentHeaders {
     /// [`RecentHeaders::v4_key`] (0 for an empty slot) and the header.
     v4: [(u64, [u8; ETHERNET_HEADER_LEN]); RecentHeaders::SLOTS],
     v6: [Option<(u16, Ipv6Addr, [u8; ETHERNET_HEADER_LEN])>; RecentHeaders::SLOTS],
@@ -100,6 +102,84 @@ impl RecentHeaders {
     }
 }
 
+/// An Ethernet header from `src` to `dst`.
+#[inline]
+fn ethernet_header(dst: [u8; 6], src: [u8; 6], ethertype: EtherType) -> [u8; ETHERNET_HEADER_LEN] {
+    let mut header = [0u8; ETHERNET_HEADER_LEN];
+    header[..6].copy_from_slice(&dst);
+    header[6..12].copy_from_slice(&src);
+    header[12..].copy_from_slice(&ethertype.0.to_be_bytes());
+    header
+}
+
+/// For `ip4-rewrite` and `ip6-rewrite`: puts the Ethernet header on a packet whose next hop is
+/// known and fresh, as VPP's rewrite nodes apply a complete adjacency, so that the common
+/// packet leaves without a pass through `neighbor-output`. The header is the one
+/// `neighbor-output` would put on: from this vector's `recent` headers, or built from the
+/// neighbor table's [`known`](crate::worker::NeighborTable::known) answer. False, the packet
+/// untouched, for everything else, which `neighbor-output` then handles: a next hop to resolve
+/// or refresh, the limited broadcast, a traced packet (its trace names the neighbor there), no
+/// headroom.
+#[inline]
+pub(super) fn put_known_header<B: PacketBuffer>(
+    cx: &Context<'_, B>,
+    pkt: &mut Packet<B>,
+    recent: &mut RecentHeaders,
+) -> bool {
+    let Some(next_hop) = pkt.meta.next_hop else {
+        return false;
+    };
+    if pkt.meta.trace != 0 {
+        return false;
+    }
+    match recent.get(pkt.meta.tx_port, next_hop) {
+        Some(header) => prepend(&mut pkt.buf, header),
+        None => put_new_known_header(cx, pkt, recent, next_hop),
+    }
+}
+
+/// [`put_known_header`] for the first packet of the vector to its next hop.
+#[inline(never)]
+fn put_new_known_header<B: PacketBuffer>(
+    cx: &Context<'_, B>,
+    pkt: &mut Packet<B>,
+    recent: &mut RecentHeaders,
+    next_hop: IpAddr,
+) -> bool {
+    let port = pkt.meta.tx_port;
+    let Some(mac) = cx.state.neighbors.known(port, next_hop, cx.now) else {
+        return false;
+    };
+    let Some(ifc) = cx.tables.interface(port) else {
+        return false;
+    };
+    let ethertype = match next_hop {
+        IpAddr::V4(_) => EtherType::IPV4,
+        IpAddr::V6(_) => EtherType::IPV6,
+    };
+    let header = ethernet_header(mac, ifc.mac, ethertype);
+    recent.put(port, next_hop, header);
+    prepend(&mut pkt.buf, &header)
+}
+
+/// Puts `header` in front of the packet; false, the packet untouched, without the headroom.
+#[inline]
+fn prepend<B: PacketBuffer>(buf: &mut B, header: &[u8; ETHERNET_HEADER_LEN]) -> bool {
+    if !buf.push_front(ETHERNET_HEADER_LEN) {
+        return false;
+    }
+    match buf.data_mut().first_chunk_mut::<ETHERNET_HEADER_LEN>() {
+        Some(front) => {
+            *front = *header;
+            true
+        }
+        None => {
+            buf.pull_front(ETHERNET_HEADER_LEN);
+            false
+        }
+    }
+}
+
 impl NeighborOutput {
     /// The common case: a next hop whose header this vector already built.
     #[inline]
@@ -144,10 +224,7 @@ impl NeighborOutput {
         };
         let mac = match resolved {
             Resolution::Known(mac) => {
-                let mut header = [0u8; ETHERNET_HEADER_LEN];
-                header[..6].copy_from_slice(&mac);
-                header[6..12].copy_from_slice(&ifc.mac);
-                header[12..].copy_from_slice(&ethertype.0.to_be_bytes());
+                let header = ethernet_header(mac, ifc.mac, ethertype);
                 recent.put(port, next_hop, header);
                 return Self::put_header(cx, pkt, &header);
             }

@@ -295,6 +295,66 @@ fn forwards_with_ttl_decrement_and_new_macs() {
     assert_eq!(ip.payload(), &pkt[20..]);
 }
 
+/// A next hop the neighbor table knows gets its Ethernet header in `ip{4,6}-rewrite`, as a
+/// complete adjacency; a traced packet still goes through `neighbor-output`, whose trace line
+/// names the neighbor, and leaves with the same header.
+#[test]
+fn known_next_hop_gets_its_header_in_rewrite() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let packets = |r: &Rig, node: &str| {
+        r.graph
+            .counters()
+            .iter()
+            .find(|c| c.name == node)
+            .map_or(0, |c| c.packets)
+    };
+    let udp = [0, 1, 0, 2, 0, 8, 0, 0];
+    let frame4 = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &udp),
+    );
+    let frame6 = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(v6("2001:db8:1::2"), v6("2001:db8:2::2"), IpProtocol::UDP, 64, &udp),
+    );
+    let untraced: Vec<_> = [&frame4, &frame6]
+        .iter()
+        .flat_map(|f| r.send(0, f))
+        .collect();
+    assert_eq!(packets(&r, "ip4-rewrite"), 1);
+    assert_eq!(packets(&r, "ip6-rewrite"), 1);
+    assert_eq!(packets(&r, "neighbor-output"), 0);
+
+    r.graph.trace.pending = 2;
+    let traced: Vec<_> = [&frame4, &frame6]
+        .iter()
+        .flat_map(|f| r.send(0, f))
+        .collect();
+    assert_eq!(packets(&r, "neighbor-output"), 2);
+    assert_eq!(traced, untraced);
+    for (port, f) in &traced {
+        assert_eq!(*port, 1);
+        assert_eq!(&f[0..6], &SERVER_MAC);
+        assert_eq!(&f[6..12], &MAC1);
+    }
+    let lines: Vec<String> = r
+        .graph
+        .trace
+        .records()
+        .iter()
+        .flat_map(|t| t.lines.iter().map(|(_, line)| line.clone()))
+        .collect();
+    assert!(
+        lines.iter().filter(|l| l.contains("is at")).count() == 2,
+        "{lines:#?}"
+    );
+}
+
 #[test]
 fn pads_are_trimmed_before_forwarding() {
     let mut r = Rig::new();
