@@ -32,6 +32,11 @@
 #                  is in 4 KiB pages, and Switchyard's driver puts its mbuf pool on transparent
 #                  huge pages of its own (DpdkConfig::transparent_huge_pages) while testpmd and
 #                  its PMDs stay on 4 KiB pages; with HUGE_DIR every forwarder has 2 MiB pages.
+#   RT_PRIORITY    run every forwarder with this SCHED_FIFO priority (chrt -f, e.g. 50): on a
+#                  machine busy with other work (builds) the forwarding lcore then keeps its
+#                  core, and the rates hold within a few percent from run to run, where
+#                  without it they swing by a third. The kernel still reserves 5% of each
+#                  second for other tasks (sched_rt_runtime_us), for every forwarder alike.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -63,7 +68,9 @@ eal_args() { echo "$EAL_COMMON --file-prefix sy_bench_$1_$$ -l $2 $VDEVS"; }
 
 # Bounds a run: SIGINT after DURATION + 5 s of start-up (testpmd then prints its totals and
 # exits), SIGKILL 10 s later if it hangs.
-bounded() { timeout -s INT -k 10 "$((DURATION + 5))" "$@"; }
+RT=()
+[ -z "${RT_PRIORITY:-}" ] || RT=(chrt -f "$RT_PRIORITY")
+bounded() { "${RT[@]}" timeout -s INT -k 10 "$((DURATION + 5))" "$@"; }
 
 # --- 1. testpmd ------------------------------------------------------------------------------
 # io: the limit, never touches the packet. mac: also rewrites both MAC addresses of every
@@ -162,7 +169,7 @@ fi
 # --- table -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$TESTPMD_MPPS" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "DPDK, 64-byte IPv4/UDP, net_pcap0 (infinite_rx) -> net_null0, ${DURATION}s each, one lcore, $MEMORY"
+echo "DPDK, 64-byte IPv4/UDP, net_pcap0 (infinite_rx) -> net_null0, ${DURATION}s each, one lcore, $MEMORY${RT_PRIORITY:+, SCHED_FIFO $RT_PRIORITY}"
 printf '| %-44s | %8s | %10s |\n' "forwarder" "Mpps" "vs testpmd"
 printf '| %-44s | %8s | %10s |\n' "--------------------------------------------" "--------" "----------"
 printf '| %-44s | %8s | %10s |\n' "dpdk-testpmd --forward-mode=io" "$TESTPMD_MPPS" "1.00"
