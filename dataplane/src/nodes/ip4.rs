@@ -862,7 +862,8 @@ node_nexts! {
     }
 }
 
-/// The `ip4-rewrite` node: the forwarding step (TTL, MTU).
+/// The `ip4-rewrite` node: the forwarding step (TTL, MTU), and the Ethernet header when the
+/// next hop is known ([`put_known_header`]).
 #[derive(Debug, Default)]
 pub struct Ip4Rewrite;
 

@@ -948,7 +948,8 @@ node_nexts! {
     }
 }
 
-/// The `ip6-rewrite` node.
+/// The `ip6-rewrite` node: the forwarding step (hop limit, MTU), and the Ethernet header when
+/// the next hop is known ([`put_known_header`]).
 #[derive(Debug, Default)]
 pub struct Ip6Rewrite;
 
