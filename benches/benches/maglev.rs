@@ -13,9 +13,12 @@
 //! steadier ratio.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput,
+};
+use switchyard_benches::time_alone;
 use switchyard_lb::{reference, Backend, MaglevTable, TableSize};
 
 const BACKEND_COUNTS: [usize; 3] = [10, 100, 1000];
@@ -48,7 +51,11 @@ fn build(c: &mut Criterion) {
         );
         interleaved(n, size, &set);
         group.bench_with_input(BenchmarkId::new("switchyard", n), &set, |b, set| {
-            b.iter(|| MaglevTable::with_size(size, black_box(set.clone())))
+            b.iter_batched(
+                || set.clone(),
+                |set| MaglevTable::with_size(size, black_box(set)),
+                BatchSize::SmallInput,
+            )
         });
         group.bench_with_input(BenchmarkId::new("paper_reference", n), &set, |b, set| {
             b.iter(|| reference::populate(size.get(), black_box(set)))
@@ -59,18 +66,13 @@ fn build(c: &mut Criterion) {
 
 /// Both builds alternately, the fastest of each: what is left when the noise is least.
 fn interleaved(n: usize, size: TableSize, set: &[Backend]) {
-    let time = |f: &dyn Fn()| {
-        let start = Instant::now();
-        f();
-        start.elapsed()
-    };
     let (mut ours, mut paper) = (Duration::MAX, Duration::MAX);
     for _ in 0..INTERLEAVED_ROUNDS {
-        ours = ours.min(time(&|| {
-            black_box(MaglevTable::with_size(size, black_box(set.to_vec())).ok());
+        ours = ours.min(time_alone(set.to_vec(), |set| {
+            MaglevTable::with_size(size, black_box(set)).ok()
         }));
-        paper = paper.min(time(&|| {
-            black_box(reference::populate(size.get(), black_box(set)));
+        paper = paper.min(time_alone(set, |set| {
+            reference::populate(size.get(), black_box(set))
         }));
     }
     println!(

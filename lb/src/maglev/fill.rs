@@ -9,31 +9,34 @@
 //! compare with memory and a claim one store. How the slot is found depends on how full the
 //! table is:
 //!
-//! - **Walks** (most turns): probe `pos, pos + skip, ...` (an add and a conditional subtract
-//!   per step, no modulo). Once a quarter of the slots is left, two interleaved chains
-//!   (stride `2·skip`), once an eighth is left, four: a walk is then tens of probes long, and
-//!   one chain would wait on its own add/compare/select latency at every step.
+//! - **Walks** (most turns): probe `pos, pos + skip, ...` (a subtract, an add and a
+//!   conditional move per step, no modulo; see [`add_mod`]). Once a quarter of the slots is
+//!   left, two interleaved chains (stride `2·skip`), once an eighth is left, four: a walk is
+//!   then tens of probes long, and one chain would wait on its own add/compare/select latency
+//!   at every step.
 //! - **Branch-free starts** (equal weights, tables of at least [`ORDER_MAPS_MIN_TABLE_SIZE`]
-//!   slots, sets not finishing by order maps, while more than a quarter is left): a turn probes
-//!   its first two slots (four once half the table is claimed) without a branch and selects
-//!   the first free one arithmetically; only when none is free does it walk on. A plain walk
-//!   ends on a branch that is mispredicted on most turns once a sizeable share is claimed; here
-//!   the remaining branch (all probes claimed) is rarely taken, so the CPU runs ahead into the
-//!   next backends' turns, which do not depend on this one.
+//!   slots, sets not finishing by order maps, from a third claimed until a quarter is left): a
+//!   turn probes its first four slots without a branch and selects the first free one by its
+//!   bit in a mask; only when none is free does it walk on. A plain walk ends on a branch that
+//!   is mispredicted on most turns once a sizeable share is claimed; here the remaining branch
+//!   (all probes claimed) is rarely taken, so the CPU runs ahead into the next backends' turns,
+//!   which do not depend on this one. While two-thirds is free, plain walks are faster: most
+//!   end at their first probe.
 //! - **Windows** (equal weights, at most [`WINDOW_MAX_BACKENDS`] backends and at least
 //!   [`WINDOW_SLOTS_PER_BACKEND`] slots each, until `M / 16` slots are left): a backend probes
 //!   its next 64 slots at once, without branching, into a 64-bit mask of the ones that were
 //!   free, keeping the 64 slots, and then takes one candidate per turn, rechecking it (another
-//!   backend may have claimed it since). A window replaces the walk's unpredictable final branch with a check
-//!   that almost always passes. With many backends per slot the candidates go stale between a
-//!   backend's turns (every other backend claims in between), so such sets walk; late in the
-//!   fill a window holds few free slots, so from `M / 16` on every set walks.
-//! - **The tail** (the last `⌊√M⌋` free slots, in tables of at least [`TAIL_MIN_TABLE_SIZE`]
-//!   slots): walks there average `M / free` probes, a third to a half of all probes. Instead,
-//!   the backend's next slot is the free slot `f` with the fewest steps from `pos`,
-//!   `(f - pos) · skip⁻¹ mod M` (the inverse exists since `M` is prime): one multiply and a
-//!   Barrett reduction per free slot, against hundreds of probes. With equal weights the
-//!   inverses of all backends with a tail turn are computed together ([`inverses_mod`]).
+//!   backend may have claimed it since). A window replaces the walk's unpredictable final
+//!   branch with a check that almost always passes. With many backends per slot the candidates
+//!   go stale between a backend's turns (every other backend claims in between), so such sets
+//!   walk; late in the fill a window holds few free slots, so from `M / 16` on every set walks.
+//! - **The tail** (the last `⌊√M⌋ / 2` free slots, in tables of at least
+//!   [`TAIL_MIN_TABLE_SIZE`] slots): walks there average `M / free` probes, a third to a half of
+//!   all probes. Instead, the backend's next slot is the free slot `f` with the fewest steps
+//!   from `pos`, `(f - pos) · skip⁻¹ mod M` (the inverse exists since `M` is prime): one
+//!   multiply, a Barrett reduction and a `min` per free slot, against hundreds of probes. With
+//!   equal weights the inverses of all backends with a tail turn are computed together
+//!   ([`inverses_mod`]).
 //! - **Order maps** (equal weights, up to ~30 backends at M = 65537, none below
 //!   [`ORDER_MAPS_MIN_TABLE_SIZE`] slots): from `M / 3N` free slots on, each backend translates
 //!   the free slots into its own permutation's order once (the step count above, as a bit in an
@@ -42,17 +45,27 @@
 //!
 //! Measured at M = 65537 (10 / 100 / 1000 backends, loaded 2-core VM, fastest of 300 builds,
 //! alternating with the paper's loop). Setup (sorting and hashing the names, allocating) is
-//! under 1% of a build at 10 backends, 2% at 100 and about 10% at 1000 (sorting 4%, hashing 2%,
-//! and the bench's copy of the set it hands over, and its drop, 3%). The rest is the fill, with
-//! the entries written as slots are claimed (writing them in slot order instead, timed as a
-//! test, would save 2%). At 1000 backends the fill is, roughly: the first half of the table
-//! 25%, to three-quarters 18%, to seven-eighths 13%, on to the tail 28%, the tail 3-7%.
+//! under 1% of a build at 10 backends, 2% at 100 and about 10% at 1000 (0.85 ms before the
+//! changes below: sorting 33 µs, hashing 14 µs, the bench's copy of the set it hands over and
+//! its drop 21 µs). The rest is the fill, with the entries written as slots are claimed (not
+//! writing them at all, timed as a test, saved 10% of the first half). At 1000 backends the
+//! fill took, phase by phase: the first half 200 µs, to three-quarters 155, to seven-eighths
+//! 114, on to the tail (√M) 213, the tail 61. At 1000 backends, [`add_mod`] as a borrow
+//! saved 2%, [`walk_until`] by whole rounds 4%, plain walks rather than two branch-free
+//! probes until a third is claimed 5-8%, the tail's packed `min` a sixth of the tail, and
+//! starting the tail at `√M / 2` rather than `√M` 2% (0.35 to 0.7 `√M` measured alike; 1.5
+//! `√M` was 5% slower); 100 backends gained 5-10% from the same. Measured slower at 1000
+//! and not kept: the entries doubling as the claimed map (`u32::MAX` free: 7%, the probes
+//! then miss L1), eight-chain walks with one branch per eight probes (5-12%) or per four (a
+//! third of the late walks), windows until half or a quarter is left (20-30%), bits instead
+//! of bytes (4-6%); sorting the names by a cached 16-byte key with `sort_by_cached_key`
+//! (slower than comparing names), hashing both seeds in one pass (1.5 µs).
 //!
 //! The tail search and the multi-chain walks gave most of the gain over one plain walk; windows
 //! 5-15% at 10 and 100, stopping them at `M / 16` another 5% at 100 (`M / 4`, `M / 8` and
 //! `M / 32` were slower), keeping each window's slots rather than recomputing one per turn 7% at
-//! 10 and 4% at 100; order maps another ~10% at 10; branch-free starts 8-10% at 1000 (two
-//! probes then four beat four from the start; eight from a quarter left to an eighth measured
+//! 10 and 4% at 100; order maps another ~10% at 10; branch-free starts 8-10% at 1000 (four
+//! probes beat two from half the table on; eight from a quarter left to an eighth measured
 //! no better than two chains); bytes instead of bits 2-5% at 100 and 1000 and for weighted
 //! sets, but 3% slower at 10, hence the two layouts; batched inverses about a tenth of the tail
 //! at 1000. Walking two turns at once (then fixing the rare clash) measured no faster: it keeps
@@ -134,11 +147,19 @@ struct Cursor {
 }
 
 /// `a + b mod m`, for `a, b < m`.
+///
+/// As `a - (m - b)`, which borrows exactly when `a + b < m`: the subtraction's own flag picks
+/// the result, so a step is a subtract, an add and a conditional move (`m - b` is hoisted out
+/// of a walk), one instruction fewer than comparing `a + b` with `m` (2% of a build at 1000
+/// backends).
 #[inline(always)]
 fn add_mod(a: u32, b: u32, m: u32) -> u32 {
-    let sum = a + b;
-    // Below m, `sum - m` wraps to a large value and `sum` is the smaller.
-    sum.min(sum.wrapping_sub(m))
+    let (wrapped, below) = a.overflowing_sub(m - b);
+    if below {
+        a + b
+    } else {
+        wrapped
+    }
 }
 
 /// Which slots are claimed. Two layouts: [`Bits`] keeps the map in L1 cache, [`Bytes`] makes a
@@ -309,27 +330,9 @@ fn walk4<C: Claimed>(claimed: &mut C, pos: u32, skip: u32, m: u32) -> (u32, u32)
     }
 }
 
-/// [`walk1`] with its first two probes taken without a branch: the free one of `pos` and
-/// `pos + skip` is selected arithmetically, and only when both are claimed does the walk go on
-/// (by [`walk2`]).
-#[inline(always)]
-fn ahead2<C: Claimed>(claimed: &mut C, pos: u32, skip: u32, m: u32) -> (u32, u32) {
-    let a = pos;
-    let b = add_mod(a, skip, m);
-    let c = add_mod(b, skip, m);
-    let free = claimed.free_bit(a) | claimed.free_bit(b) << 1;
-    if free == 0 {
-        return walk2(claimed, c, skip, m);
-    }
-    // All ones when `a` is free, else zero.
-    let take_a = 0u32.wrapping_sub((free & 1) as u32);
-    let slot = (a & take_a) | (b & !take_a);
-    let next = (b & take_a) | (c & !take_a);
-    claimed.set(slot);
-    (slot, next)
-}
-
-/// [`ahead2`] with four probes.
+/// [`walk1`] with its first four probes taken without a branch: the first free one of `pos`,
+/// `pos + skip`, ... `pos + 3·skip` is selected by its position in a mask, and only when all
+/// four are claimed does the walk go on (by [`walk4`]).
 #[inline(always)]
 fn ahead4<C: Claimed>(claimed: &mut C, pos: u32, skip: u32, m: u32) -> (u32, u32) {
     let skip2 = add_mod(skip, skip, m);
@@ -439,7 +442,7 @@ impl<C: Claimed> Fill<C> {
         // Small tables walk to the end: their last slots are few dozen probes away, and the
         // search's setup (inverses, the free list) costs more than it saves.
         let tail_at = if m >= TAIL_MIN_TABLE_SIZE {
-            m.isqrt()
+            m.isqrt() / 2
         } else {
             0
         };
@@ -506,23 +509,19 @@ impl<C: Claimed> Fill<C> {
         if *inverse == 0 {
             *inverse = inverse_mod(walk.skip, m);
         }
-        let (pos, inverse, reduce) = (walk.pos, u64::from(*inverse), self.reduce);
-        let mut best = (u64::MAX, 0usize);
+        let (back, inverse, reduce) = (m - walk.pos, u64::from(*inverse), self.reduce);
+        // The fewest steps in the high half, where in `tail` in the low: one `min` per slot.
+        let mut best = u64::MAX;
         for (at, &slot) in self.tail.iter().enumerate() {
-            let ahead = if slot >= pos {
-                slot - pos
-            } else {
-                slot + m - pos
-            };
+            // `slot - pos mod m` left unreduced, below 2m: the product stays below 2^49.
+            let ahead = u64::from(slot + back);
             // Steps are distinct for distinct slots (a permutation), so the minimum is unique
             // and the order of `tail` does not matter.
-            let steps = reduce.reduce(u64::from(ahead) * inverse);
-            if steps < best.0 {
-                best = (steps, at);
-            }
+            let steps = reduce.reduce(ahead * inverse);
+            best = best.min(steps << 32 | at as u64);
         }
-        // The table is not full, so `tail` holds a slot and `best.1` indexes it.
-        let slot = self.tail.swap_remove(best.1);
+        // The table is not full, so `tail` holds a slot and the low half of `best` indexes it.
+        let slot = self.tail.swap_remove(best as u32 as usize);
         self.claimed.set(slot);
         walk.pos = add_mod(slot, walk.skip, m);
         slot
@@ -623,29 +622,19 @@ fn fill_round_robin<C: Claimed>(fill: &mut Fill<C>, cursors: &[Cursor]) {
     } else {
         0
     };
+    // While two-thirds of the table is free, most walks end at their first probe: plain walks
+    // (measured at 1000 backends: 5-8% faster than branch-free starts from the first turn; the
+    // switch anywhere from three-fifths to three-quarters free measured the same).
+    let plain_until = (fill.m / 3 * 2).max(fill.walk2_at).max(stop);
+    turn = walk_until(fill, &indices, &mut walks, turn, plain_until, walk1);
     // Branch-free starts pay where a walk's end is mispredicted often and the table is large;
     // in small tables, and on the bit layout, plain walks measured faster.
-    if by_maps || fill.m < ORDER_MAPS_MIN_TABLE_SIZE {
-        turn = walk_until(
-            fill,
-            &indices,
-            &mut walks,
-            turn,
-            fill.walk2_at.max(stop),
-            walk1,
-        );
+    let walk2_at = fill.walk2_at.max(stop);
+    turn = if by_maps || fill.m < ORDER_MAPS_MIN_TABLE_SIZE {
+        walk_until(fill, &indices, &mut walks, turn, walk2_at, walk1)
     } else {
-        let half = (fill.m / 2).max(fill.walk2_at).max(stop);
-        turn = walk_until(fill, &indices, &mut walks, turn, half, ahead2);
-        turn = walk_until(
-            fill,
-            &indices,
-            &mut walks,
-            turn,
-            fill.walk2_at.max(stop),
-            ahead4,
-        );
-    }
+        walk_until(fill, &indices, &mut walks, turn, walk2_at, ahead4)
+    };
     turn = walk_until(
         fill,
         &indices,
@@ -777,18 +766,29 @@ fn walk_until<C: Claimed>(
     // Locals rather than fields, so the loop keeps them in registers.
     let mut free = fill.free;
     let (claimed, entries) = (&mut fill.claimed, &mut fill.entries[..]);
-    while free > until {
-        let (Some(w), Some(&index)) = (walks.get_mut(turn), indices.get(turn)) else {
+    // Whole rounds (the first from `turn` on), so that a turn has no index to check or wrap
+    // (4% of a build at 1000 backends).
+    let mut from = turn;
+    'rounds: while free > until {
+        let (Some(walks), Some(indices)) = (walks.get_mut(from..), indices.get(from..)) else {
             break;
         };
-        let (slot, next) = walk(claimed, w.pos, w.skip, m);
-        w.pos = next;
-        entries[slot as usize] = index;
-        free -= 1;
-        turn += 1;
-        if turn == walks.len() {
-            turn = 0;
+        for (w, &index) in walks.iter_mut().zip(indices) {
+            if free == until {
+                break 'rounds;
+            }
+            let (slot, next) = walk(claimed, w.pos, w.skip, m);
+            w.pos = next;
+            entries[slot as usize] = index;
+            free -= 1;
+            turn += 1;
         }
+        if turn == from {
+            // An empty round: no backends to take turns.
+            break;
+        }
+        from = 0;
+        turn = 0;
     }
     fill.free = free;
     turn

@@ -65,13 +65,30 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Sorting by 16-byte prefixes first gives plain string order, also for names that share
+    /// more than 16 bytes, begin one another or hold NUL bytes (what the prefixes are padded
+    /// with).
+    #[test]
+    fn names_sort_in_string_order(
+        names in proptest::collection::vec("[ab\\x00]{0,20}", 0..40),
+    ) {
+        let backends: Vec<Backend> =
+            names.iter().map(|name| Backend::new(name.clone(), 1)).collect();
+        let mut expected = names;
+        expected.sort();
+        let sorted: Vec<String> = sorted_by_name(backends).into_iter().map(|b| b.name).collect();
+        prop_assert_eq!(sorted, expected);
+    }
+}
+
 /// Every round-robin path at its edges: windows (up to 128 backends and 512 slots each), order
 /// maps (up to 31 backends at 65537 slots, none below 4096 slots), the tail search (none below
 /// 1024 slots).
 #[test]
 fn round_robin_paths_match_the_reference_at_their_edges() {
     for size in [1021u32, 4099, 65_537] {
-        for n in [1usize, 2, 7, 8, 10, 31, 32, 100, 128, 129, 300] {
+        for n in [1usize, 2, 7, 8, 10, 31, 32, 100, 128, 129, 300, 1000] {
             if n > size as usize {
                 continue;
             }
