@@ -10,7 +10,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use switchyard_ipsec::crypto::SecretBytes;
@@ -89,6 +89,7 @@ fn sends(actions: Vec<Action>) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
 /// sides ended with the CHILD_SA installed.
 fn tunnel(hub: &mut Engine, ike: &str) -> (Duration, bool) {
     let now = Instant::now();
+    let wall = SystemTime::now();
     let mut branch = engine(peer(true, ike));
     let (_, first) = branch.connect("site", now).expect("connect");
     let mut to_hub = sends(first);
@@ -101,7 +102,7 @@ fn tunnel(hub: &mut Engine, ike: &str) -> (Duration, bool) {
         let mut to_branch = Vec::new();
         for (local, remote, bytes) in to_hub.drain(..) {
             let started = Instant::now();
-            let actions = hub.handle(&bytes, remote, local, now);
+            let actions = hub.handle(&bytes, remote, local, now, wall);
             spent += started.elapsed();
             installed += actions
                 .iter()
@@ -110,7 +111,7 @@ fn tunnel(hub: &mut Engine, ike: &str) -> (Duration, bool) {
             to_branch.extend(sends(actions));
         }
         for (local, remote, bytes) in to_branch {
-            let actions = branch.handle(&bytes, remote, local, now);
+            let actions = branch.handle(&bytes, remote, local, now, wall);
             installed += actions
                 .iter()
                 .filter(|a| matches!(a, Action::InstallChildSa(_)))

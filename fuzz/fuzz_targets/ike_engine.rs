@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
 use switchyard_ipsec::crypto::SecretBytes;
@@ -148,6 +148,7 @@ fn absorb(
             | Action::DeleteChildSa { .. }
             | Action::Failed { .. }
             | Action::ChildFailed { .. }
+            | Action::IkeRekeyFailed { .. }
             | Action::Closed { .. } => {}
         }
     }
@@ -173,6 +174,7 @@ fuzz_target!(|data: &[u8]| {
     })
     .unwrap();
     let mut now = Instant::now();
+    let wall = SystemTime::now();
     // Datagrams in flight: to the responder, and back to the initiator.
     let mut to_r: Vec<(SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
     let mut to_i: Vec<(SocketAddr, SocketAddr, Vec<u8>)> = Vec::new();
@@ -203,7 +205,7 @@ fuzz_target!(|data: &[u8]| {
                     datagram.extend_from_slice(&[0, 0, 0, 0]);
                 }
                 datagram.extend_from_slice(bytes);
-                let acts = responder.handle(&datagram, local, remote, now);
+                let acts = responder.handle(&datagram, local, remote, now, wall);
                 absorb(acts, true, &mut to_i);
             }
             // The initiator starts an exchange.
@@ -224,14 +226,14 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                     // The initiator's local is the responder's remote.
-                    let acts = responder.handle(&d, remote, local, now);
+                    let acts = responder.handle(&d, remote, local, now, wall);
                     absorb(acts, true, &mut to_i);
                 }
             }
             // Deliver the responder's answers to the initiator.
             5 => {
                 for (local, remote, d) in std::mem::take(&mut to_i) {
-                    let acts = initiator.handle(&d, remote, local, now);
+                    let acts = initiator.handle(&d, remote, local, now, wall);
                     absorb(acts, false, &mut to_r);
                 }
             }
@@ -246,7 +248,7 @@ fuzz_target!(|data: &[u8]| {
             }
             // A datagram from the wrong address entirely: must be ignored or refused.
             _ => {
-                let acts = responder.handle(bytes, addr(RESPONDER), stranger(), now);
+                let acts = responder.handle(bytes, addr(RESPONDER), stranger(), now, wall);
                 for a in &acts {
                     if let Action::Send { remote, .. } = a {
                         assert_eq!(*remote, stranger(), "answered someone else");

@@ -30,17 +30,19 @@
 //! let (id, actions) = engine.connect("site/conn", Instant::now())?;   // initiator
 //! loop {
 //!     select! {
-//!         (bytes, local, remote) = sockets.recv() => run(engine.handle(&bytes, local, remote, now)),
+//!         (bytes, local, remote) = sockets.recv() => run(engine.handle(&bytes, local, remote, now, wall)),
 //!         _ = sleep_until(engine.next_timeout()) => run(engine.handle_timeout(now)),
 //!     }
 //! }
 //! ```
 //!
 //! The shell owns two UDP sockets per local address (500 and 4500). [`ike::Engine::handle`]
-//! takes the UDP payload, the local socket address it arrived on and the sender; on the
-//! NAT-T port it strips the non-ESP marker itself and [`ike::Action::Send`] bytes already
-//! carry it. The shell carries out each action, in order (an `InstallChildSa` comes before
-//! the `Send` of the answer that lets the peer start using the SA):
+//! takes the UDP payload, the local socket address it arrived on, the sender, and the time
+//! twice: `now` (monotonic, for the protocol's timers) and `wall` (calendar time, for
+//! certificate validity); the engine reads no clock of its own. On the NAT-T port it strips
+//! the non-ESP marker itself and [`ike::Action::Send`] bytes already carry it. The shell
+//! carries out each action, in order (an `InstallChildSa` comes before the `Send` of the
+//! answer that lets the peer start using the SA):
 //!
 //! * `Send { local, remote, bytes }`: send from that local socket.
 //! * `ArmTimer { at }`: wake up and call `handle_timeout` then (`next_timeout` gives the
@@ -49,11 +51,12 @@
 //!   outbound with `install.outbound`) with the configured backend, and publish them with the
 //!   selectors in the next dataplane `Tables` (SA table keyed by inbound SPI; SPD entries
 //!   from `local_ts`/`remote_ts`; outer header from the addresses and `udp_encap`).
-//! * `DeleteChildSa`, `Closed`, `Failed`, `ChildFailed`, `Established`: update `Tables`,
-//!   metrics and `switchyard show ipsec`. A CHILD_SA's `local_vips` (virtual IPs the peer
-//!   assigned us) and `remote_vips` (addresses we leased it) tell the dataplane which
-//!   addresses are ours and which to route into the tunnel; [`ike::Engine::virtual_ips`]
-//!   and [`ike::Engine::pools`] list them for `show ipsec` and metrics.
+//! * `DeleteChildSa`, `Closed`, `Failed`, `ChildFailed`, `IkeRekeyFailed`, `Established`:
+//!   update `Tables`, metrics and `switchyard show ipsec`, and log. A CHILD_SA's
+//!   `local_vips` (virtual IPs the peer assigned us) and `remote_vips` (addresses we leased
+//!   it) tell the dataplane which addresses are ours and which to route into the tunnel;
+//!   [`ike::Engine::virtual_ips`] and [`ike::Engine::pools`] list them for `show ipsec` and
+//!   metrics.
 //!
 //! `send_dpd`, `delete_ike_sa` and `report_invalid_spi` start INFORMATIONAL exchanges;
 //! [`ike::Engine::counters`] has named drop/event counters for `/metrics`.

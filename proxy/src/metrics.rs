@@ -302,6 +302,8 @@ fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::R
             ("malformed", k.rx_malformed),
             ("bad_version", k.rx_bad_version),
             ("unknown_spi", k.rx_unknown_spi),
+            ("invalid_ike_spi_sent", k.tx_invalid_ike_spi),
+            ("invalid_ike_spi_received", k.rx_invalid_ike_spi),
             ("integrity_failure", k.rx_integrity_failures),
             ("retransmit", k.retransmits),
             ("cookie_sent", k.cookies_sent),

@@ -10,7 +10,7 @@
 //!   swapped; an ICMP echo encrypted with our CHILD_SA keys must come back from strongSwan's
 //!   kernel encrypted with its keys. With a wrong PSK neither side may keep an SA. Further
 //!   tests: more suites and FQDN identities, DPD and deletes both ways, CHILD_SA rekeys
-//!   (with and without PFS) and IKE SA rekeys started by strongSwan.
+//!   (with and without PFS) and IKE SA rekeys started by strongSwan and by us.
 //! * `switchyard router --ipsec` in the node namespace (IKE through the dataplane and the
 //!   punt path, ESP in the dataplane's nodes), strongSwan on the server side protecting a
 //!   loopback host: ping and TCP both ways, from either side starting, and under rekeys.
@@ -1726,6 +1726,136 @@ fn ike_with_strongswan_ike_rekey() {
         !listed.contains("sy:"),
         "strongSwan kept an SA after our delete:\n{listed}"
     );
+}
+
+/// Switchyard rekeys the IKE SA itself (every 3 s) with strongSwan as the responder: the
+/// rekey offers our configured proposals, here one with two groups, the SA's own first and
+/// in the KE payload, so strongSwan takes it without an INVALID_KE_PAYLOAD round trip. The
+/// CHILD_SA moves to each new IKE SA, and ESP and our liveness check work on the newest.
+#[test]
+fn switchyard_rekeys_the_ike_sa_with_strongswan() {
+    let Some(peer) = Peer::start("ipsec_ike_ourikerekey") else {
+        return;
+    };
+    let case = gcm_case();
+    peer.load(&case, PSK);
+    let ours = Case {
+        ike: "aes128gcm16-prfsha256-x25519-ecp256",
+        ..gcm_case()
+    };
+    let mut config = resources(&ours, PSK)
+        .daemon_config(SY_ADDR.parse().expect("address"))
+        .expect("daemon config");
+    for p in &mut config.engine.peers {
+        p.ike_lifetime = Some(Duration::from_secs(3));
+    }
+    let netns = format!("/run/netns/{}", peer.lab.ns(Ns::Node));
+    let handle = std::thread::spawn(move || -> Result<String, String> {
+        let runtime = common::runtime_in_netns(&netns)?;
+        runtime.block_on(async move {
+            let (tap_tx, mut tap) = mpsc::unbounded_channel();
+            config.esp_tap = Some(tap_tx);
+            let mut daemon = Daemon::start(config).map_err(|e| format!("daemon: {e}"))?;
+            next_event(&mut daemon.events, "ChildInstalled").await?;
+            let child = daemon.snapshot().child_sas[0].clone();
+            // Two rekeys of ours (each up to a tenth early), then a quiet moment.
+            tokio::time::sleep(Duration::from_millis(6800)).await;
+            let snapshot = daemon.snapshot();
+            let k = snapshot.counters;
+            if k.ike_rekeys_started < 2 || k.ike_rekey_failures != 0 || k.invalid_ke != 0 {
+                return Err(format!("our rekeys: {k:?}"));
+            }
+            if snapshot.ike_sas.len() != 1 || snapshot.child_sas.len() != 1 {
+                return Err(format!("after the rekeys: {snapshot:?}"));
+            }
+            if snapshot.child_sas[0].inbound.spi != child.inbound.spi {
+                return Err("the CHILD_SA changed".into());
+            }
+            esp_probe(&daemon, &mut tap, &child).await?;
+            let before = daemon.snapshot().counters;
+            daemon.command(Command::Dpd(snapshot.ike_sas[0].0));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = daemon.snapshot().counters;
+            if after.retransmits != before.retransmits || after.failed != 0 {
+                return Err(format!("DPD on the rekeyed SA not answered: {after:?}"));
+            }
+            daemon.shutdown().await;
+            Ok(format!("{after:?}"))
+        })
+    });
+    match handle.join() {
+        Ok(Ok(log)) => eprintln!("{log}"),
+        Ok(Err(e)) => panic!("{e}\n{}", peer.log()),
+        Err(_) => panic!("daemon thread panicked\n{}", peer.log()),
+    }
+    let listed = peer.list_sas();
+    assert!(
+        !listed.contains("sy:"),
+        "strongSwan kept an SA after our delete:\n{listed}"
+    );
+}
+
+/// Switchyard loses its IKE SAs without a word (the daemon's runtime dropped, as in a
+/// crash) and comes back without them: strongSwan's next liveness checks reach an IKE SA we
+/// no longer have and are answered, unprotected, with INVALID_IKE_SPI (RFC 7296 section
+/// 2.21.4). strongSwan takes each as the answer to its request (our address and NAT-T port,
+/// its SPIs and Message ID) and, finding it unencrypted, ignores it and retransmits: the
+/// liveness check that section asks for.
+#[test]
+fn a_restarted_switchyard_answers_strongswan_with_invalid_ike_spi() {
+    let Some(peer) = Peer::start("ipsec_ike_invalidspi") else {
+        return;
+    };
+    let case = Case {
+        dpd: true,
+        ..gcm_case()
+    };
+    peer.load(&case, PSK);
+    let daemon_config = |case: &Case| {
+        resources(case, PSK)
+            .daemon_config(SY_ADDR.parse().expect("address"))
+            .expect("daemon config")
+    };
+    let (first, again) = (
+        daemon_config(&case),
+        daemon_config(&Case {
+            we_initiate: false,
+            ..case
+        }),
+    );
+    let netns = format!("/run/netns/{}", peer.lab.ns(Ns::Node));
+    let handle = std::thread::spawn(move || -> Result<String, String> {
+        let runtime = common::runtime_in_netns(&netns)?;
+        runtime.block_on(async move {
+            let mut daemon = Daemon::start(first).map_err(|e| format!("daemon: {e}"))?;
+            next_event(&mut daemon.events, "ChildInstalled").await
+        })?;
+        drop(runtime);
+        let runtime = common::runtime_in_netns(&netns)?;
+        runtime.block_on(async move {
+            let daemon = Daemon::start(again).map_err(|e| format!("daemon: {e}"))?;
+            // strongSwan checks liveness every second.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let k = daemon.snapshot().counters;
+            daemon.shutdown().await;
+            if k.tx_invalid_ike_spi == 0 || k.rx_unknown_spi < k.tx_invalid_ike_spi {
+                return Err(format!("no INVALID_IKE_SPI sent: {k:?}"));
+            }
+            Ok(format!("{k:?}"))
+        })
+    });
+    match handle.join() {
+        Ok(Ok(log)) => eprintln!("{log}"),
+        Ok(Err(e)) => panic!("{e}\n{}", peer.log()),
+        Err(_) => panic!("daemon thread panicked\n{}", peer.log()),
+    }
+    let log = peer.log();
+    for seen in [
+        format!("received unencrypted informational: from {SY_ADDR}[4500]"),
+        "INFORMATIONAL response with message ID".to_string(),
+    ] {
+        assert!(log.contains(&seen), "strongSwan logged no {seen:?}:\n{log}");
+    }
 }
 
 /// strongSwan reauthenticates the IKE SA every 3 s (RFC 7296 section 2.8.3: a new IKE SA

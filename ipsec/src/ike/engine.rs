@@ -22,7 +22,7 @@ use crate::esp::{EspSuite, SaConfig};
 use ring::rand::SecureRandom;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use subtle::ConstantTimeEq;
 
 mod auth;
@@ -109,6 +109,13 @@ pub enum Action {
         peer: String,
         reason: Failure,
     },
+    /// Our rekey of the IKE SA was refused, or answered unusably, for good: the SA carries
+    /// on unrekeyed (informational; a refusal for being busy is retried instead).
+    IkeRekeyFailed {
+        ike_sa: IkeSaId,
+        peer: String,
+        reason: Failure,
+    },
     /// The IKE SA is up but its CHILD_SA was refused.
     ChildFailed {
         ike_sa: IkeSaId,
@@ -151,6 +158,10 @@ pub struct IkeCounters {
     pub rx_bad_version: u64,
     pub rx_not_ike: u64,
     pub rx_unknown_spi: u64,
+    /// INVALID_IKE_SPI answers sent to requests for IKE SAs we do not have.
+    pub tx_invalid_ike_spi: u64,
+    /// Unprotected INVALID_IKE_SPI answers to our requests (counted; no SA changes on one).
+    pub rx_invalid_ike_spi: u64,
     pub rx_bad_message_id: u64,
     pub rx_integrity_failures: u64,
     pub rx_unexpected: u64,
@@ -350,8 +361,13 @@ enum Pending {
 struct IkeRekey {
     our_spi: u64,
     nonce: Vec<u8>,
-    suite: IkeSuite,
+    /// Our proposals as offered (see [`preferring`]).
+    offered: Vec<IkeProposal>,
+    /// The KE payload's group, and our private value in it.
+    group: DhGroup,
     dh: DhPrivate,
+    /// This is the one retry with the group the peer asked for (INVALID_KE_PAYLOAD).
+    retry: bool,
     /// The peer rekeyed it meanwhile (section 2.8.1): the nonces of its exchange (its,
     /// ours) and the IKE SA that exchange made.
     collision: Option<(Vec<u8>, Vec<u8>, u64)>,
@@ -610,6 +626,21 @@ fn requested_group(payloads: &[Payload]) -> Option<DhGroup> {
         .find(|n| n.kind == notify::INVALID_KE_PAYLOAD)
         .and_then(|n| n.data.get(..2))
         .and_then(|b| DhGroup::from_id(u16::from_be_bytes([b[0], b[1]])))
+}
+
+/// `proposals` with `group` first: those that have it ahead of the others, and in each it
+/// ahead of the other groups. A responder picks in the order offered, so it takes the group
+/// of our KE payload when it can, and that costs no extra round trip (strongSwan likewise
+/// keeps the old IKE SA's group when rekeying).
+fn preferring(proposals: &[IkeProposal], group: DhGroup) -> Vec<IkeProposal> {
+    let mut out = proposals.to_vec();
+    for p in &mut out {
+        if let Some(i) = p.dh.iter().position(|&g| g == group) {
+            p.dh[..=i].rotate_right(1);
+        }
+    }
+    out.sort_by_key(|p| p.dh.first() != Some(&group));
+    out
 }
 
 fn first_error(payloads: &[Payload]) -> Option<u16> {
@@ -1255,13 +1286,16 @@ impl Engine {
 
     // ---------------------------------------------------------------- input
 
-    /// Processes one UDP payload received on `local` from `remote`.
+    /// Processes one UDP payload received on `local` from `remote`. `now` drives the
+    /// protocol's timers; `wall` is the calendar time, which only certificate validity
+    /// periods are checked against. Both come from the caller: the engine reads no clock.
     pub fn handle(
         &mut self,
         datagram: &[u8],
         local: SocketAddr,
         remote: SocketAddr,
         now: Instant,
+        wall: SystemTime,
     ) -> Vec<Action> {
         self.counters.rx_messages += 1;
         let mut actions = Vec::new();
@@ -1342,17 +1376,15 @@ impl Engine {
         } else {
             header.spi_i
         };
-        let Some(sa) = self.sas.get(&our_spi) else {
-            self.counters.rx_unknown_spi += 1;
+        let sa = self.sas.get(&our_spi).filter(|sa| {
+            sa.spi_i == header.spi_i
+                && sa.spi_r == header.spi_r
+                && sa.initiator != header.from_initiator()
+        });
+        let Some(sa) = sa else {
+            self.unknown_ike_sa(&header, local, remote, now, &mut actions);
             return actions;
         };
-        if sa.spi_i != header.spi_i
-            || sa.spi_r != header.spi_r
-            || sa.initiator == header.from_initiator()
-        {
-            self.counters.rx_unknown_spi += 1;
-            return actions;
-        }
         if header.is_response() {
             // An answer to the request outstanding, or to nothing we sent: ignored.
             match &sa.outstanding {
@@ -1381,6 +1413,14 @@ impl Engine {
                 }
                 _ => self.counters.rx_bad_message_id += 1,
             }
+            return actions;
+        }
+        let protected = matches!(
+            message.payloads.last(),
+            Some(Payload::Encrypted { .. } | Payload::EncryptedFragment { .. })
+        );
+        if header.is_response() && !protected {
+            self.unprotected_answer(&message.payloads);
             return actions;
         }
         let Some(rx) = &sa.rx else {
@@ -1473,9 +1513,11 @@ impl Engine {
         }
         match (header.exchange, header.is_response()) {
             (exchange::IKE_AUTH, false) => {
-                self.auth_request(our_spi, &header, &payloads, now, &mut actions)
+                self.auth_request(our_spi, &header, &payloads, now, wall, &mut actions)
             }
-            (exchange::IKE_AUTH, true) => self.auth_response(our_spi, &payloads, now, &mut actions),
+            (exchange::IKE_AUTH, true) => {
+                self.auth_response(our_spi, &payloads, now, wall, &mut actions)
+            }
             (exchange::INFORMATIONAL, false) => {
                 self.informational_request(our_spi, &header, &payloads, &mut actions)
             }
@@ -1550,9 +1592,9 @@ impl Engine {
 
     /// Answers `request` with an unprotected Notify (RFC 7296 section 2.21.1): the same SPIs,
     /// exchange and Message ID, the Response flag, the Initiator flag as the other end of
-    /// the request's sender, version 2.0.
-    /// Answers an unprotected request with one notification. Error notifications are
-    /// rationed ([`ErrorBudget`]); COOKIE answers are not, being the defence against floods.
+    /// the request's sender, version 2.0, to the address and port it came from. Error
+    /// notifications are rationed ([`ErrorBudget`]); COOKIE answers are not, being the
+    /// defence against floods. Whether the answer went out.
     #[allow(clippy::too_many_arguments)]
     fn reply_unprotected(
         &mut self,
@@ -1563,10 +1605,10 @@ impl Engine {
         data: Vec<u8>,
         now: Instant,
         actions: &mut Vec<Action>,
-    ) {
+    ) -> bool {
         if kind != notify::COOKIE && !self.error_budget.allow(now) {
             self.counters.unprotected_errors_limited += 1;
-            return;
+            return false;
         }
         let initiator = if request.from_initiator() {
             0
@@ -1585,6 +1627,47 @@ impl Engine {
         };
         let bytes = Message::emit(header, &[Payload::Notify(Notify::new(kind, data))]);
         actions.push(self.send(local, remote, &bytes));
+        true
+    }
+
+    /// A message for an IKE SA we do not have, besides a request to start one (RFC 7296
+    /// section 2.21.4): most likely for one we forgot (a restart, a half-open SA timed out)
+    /// that the peer still uses. A response is never answered, or two ends that both lost
+    /// the SA would answer each other for ever. A request gets INVALID_IKE_SPI, unprotected
+    /// and rationed: the peer then learns at once that its SA is gone rather than
+    /// retransmitting until it gives up.
+    fn unknown_ike_sa(
+        &mut self,
+        header: &Header,
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        self.counters.rx_unknown_spi += 1;
+        if header.is_response() {
+            return;
+        }
+        let kind = notify::INVALID_IKE_SPI;
+        if self.reply_unprotected(header, local, remote, kind, Vec::new(), now, actions) {
+            self.counters.tx_invalid_ike_spi += 1;
+        }
+    }
+
+    /// An unprotected answer to our request outstanding on IKE SA `id`: an error the peer
+    /// could not protect, or a forgery by anyone who saw the request. Only INVALID_IKE_SPI
+    /// means anything, the peer saying it has no such SA, and RFC 7296 section 2.21.4 says a
+    /// node receiving it MUST NOT change the state of any existing SA, only take it as a hint
+    /// to check liveness: anyone who saw our request can forge one. So the SA is left as it
+    /// is, half-open (IKE_AUTH sent) or established: the outstanding request goes on being
+    /// retransmitted, which is that check, and a peer that really lost the SA is found dead
+    /// when it times out. Anything else unprotected is dropped.
+    fn unprotected_answer(&mut self, payloads: &[Payload]) {
+        if notifies(payloads).any(|n| n.kind == notify::INVALID_IKE_SPI) {
+            self.counters.rx_invalid_ike_spi += 1;
+        } else {
+            self.counters.rx_malformed += 1;
+        }
     }
 
     fn cookie_for(&self, nonce_i: &[u8], remote: IpAddr, spi_i: u64) -> Vec<u8> {
@@ -2030,6 +2113,7 @@ impl Engine {
         header: &Header,
         payloads: &[Payload],
         now: Instant,
+        wall: SystemTime,
         actions: &mut Vec<Action>,
     ) {
         let Some(sa) = self.sas.get(&id) else { return };
@@ -2088,8 +2172,9 @@ impl Engine {
             nonce: &nonce_r,
             sk_p: &sk_pi,
         };
-        let verified =
-            peer.is_some_and(|i| self.peer_auth_ok(i, &signed, id_i, method, auth_data, payloads));
+        let verified = peer.is_some_and(|i| {
+            self.peer_auth_ok(i, &signed, id_i, (method, auth_data), payloads, wall)
+        });
         let Some(peer_index) = peer.filter(|_| verified) else {
             self.counters.auth_failures += 1;
             let n = Payload::Notify(Notify::new(notify::AUTHENTICATION_FAILED, Vec::new()));
@@ -2208,6 +2293,7 @@ impl Engine {
         id: u64,
         payloads: &[Payload],
         now: Instant,
+        wall: SystemTime,
         actions: &mut Vec<Action>,
     ) {
         let Some(sa) = self.sas.get_mut(&id) else {
@@ -2264,7 +2350,16 @@ impl Engine {
             .remote_id
             .as_ref()
             .is_none_or(|r| r.matches(id_r));
-        if !id_ok || !self.peer_auth_ok(peer_index, &signed, id_r, method, auth_data, payloads) {
+        if !id_ok
+            || !self.peer_auth_ok(
+                peer_index,
+                &signed,
+                id_r,
+                (method, auth_data),
+                payloads,
+                wall,
+            )
+        {
             self.counters.auth_failures += 1;
             self.remove(id, actions, Some(Failure::AuthenticationFailed));
             return;
@@ -3228,25 +3323,46 @@ impl Engine {
 
     // ---------------------------------------------------------------- our IKE SA rekeys
 
-    /// Starts rekeying the IKE SA (RFC 7296 section 1.3.2): CREATE_CHILD_SA with its suite,
-    /// our new SPI, a nonce and a fresh Diffie-Hellman value.
+    /// Starts rekeying the IKE SA (RFC 7296 section 1.3.2), its KE payload in the SA's own
+    /// Diffie-Hellman group.
     fn start_ike_rekey(&mut self, id: u64, now: Instant, actions: &mut Vec<Action>) {
         let Some(suite) = self.sas.get(&id).and_then(|sa| sa.suite) else {
             return;
         };
+        self.send_ike_rekey(id, suite.dh, false, now, actions);
+    }
+
+    /// Sends our IKE SA rekey: CREATE_CHILD_SA with our configured proposals (`group`
+    /// first, see [`preferring`]) under our new SPI, a nonce and a fresh Diffie-Hellman
+    /// value in `group`. `retry`: this is the one retry with the group the peer asked for.
+    fn send_ike_rekey(
+        &mut self,
+        id: u64,
+        group: DhGroup,
+        retry: bool,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(sa) = self.sas.get(&id) else { return };
+        let offered = preferring(&self.config.peers[sa.peer].ike_proposals, group);
         let (Ok(our_spi), Ok(nonce)) = (self.new_spi(), self.nonce()) else {
             return;
         };
-        let Ok((private, public)) = dh::generate(suite.dh, &self.rng) else {
+        let Ok((private, public)) = dh::generate(group, &self.rng) else {
             return;
         };
+        let spi = our_spi.to_be_bytes();
         let payloads = [
-            Payload::Sa(vec![
-                IkeProposal::from_suite(&suite).to_wire(1, &our_spi.to_be_bytes())
-            ]),
+            Payload::Sa(
+                offered
+                    .iter()
+                    .zip(1..=u8::MAX)
+                    .map(|(p, number)| p.to_wire(number, &spi))
+                    .collect(),
+            ),
             Payload::Nonce(nonce.clone()),
             Payload::Ke {
-                group: suite.dh.id(),
+                group: group.id(),
                 data: public,
             },
         ];
@@ -3255,14 +3371,31 @@ impl Engine {
             return;
         };
         sa.rekey_at = None;
-        self.counters.ike_rekeys_started += 1;
+        if !retry {
+            self.counters.ike_rekeys_started += 1;
+        }
         sa.pending = Some(Pending::IkeRekey(Box::new(IkeRekey {
             our_spi,
             nonce,
-            suite,
+            offered,
+            group,
             dh: private,
+            retry,
             collision: None,
         })));
+    }
+
+    /// Our IKE SA rekey ends without a new SA, for `reason`: the SA carries on unrekeyed
+    /// until it is deleted.
+    fn ike_rekey_failed(&mut self, id: u64, reason: Failure, actions: &mut Vec<Action>) {
+        self.counters.ike_rekey_failures += 1;
+        if let Some(sa) = self.sas.get(&id) {
+            actions.push(Action::IkeRekeyFailed {
+                ike_sa: IkeSaId(id),
+                peer: self.peer_name(sa.peer),
+                reason,
+            });
+        }
     }
 
     /// Moves the CHILD_SAs, virtual IPs and leases of IKE SA `from` to `to`.
@@ -3306,9 +3439,36 @@ impl Engine {
                 _ => {}
             }
         }
-        let offered = [IkeProposal::from_suite(&rekey.suite)];
+        // The peer wants the KE payload in another group (RFC 7296 sections 1.3 and
+        // 3.10.1): again with that one, once, if we offered it; not when the peer's own
+        // rekey has replaced the SA meanwhile.
+        let wanted = notifies(payloads)
+            .find(|n| n.kind == notify::INVALID_KE_PAYLOAD)
+            .map(|n| {
+                n.data
+                    .get(..2)
+                    .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+            });
+        if let Some(wanted) = wanted {
+            let offered =
+                DhGroup::from_id(wanted).filter(|g| rekey.offered.iter().any(|p| p.dh.contains(g)));
+            match offered {
+                Some(group)
+                    if group != rekey.group && !rekey.retry && rekey.collision.is_none() =>
+                {
+                    self.counters.invalid_ke += 1;
+                    self.send_ike_rekey(id, group, true, now, actions);
+                }
+                Some(_) => {
+                    let reason = Failure::PeerError(notify::INVALID_KE_PAYLOAD);
+                    self.ike_rekey_failed(id, reason, actions);
+                }
+                None => self.ike_rekey_failed(id, Failure::UnsupportedGroup(wanted), actions),
+            }
+            return;
+        }
         let chosen = answer.and_then(|a| {
-            let suite = proposal::check_ike_answer(a, &offered)?;
+            let suite = proposal::check_ike_answer(a, &rekey.offered)?;
             let spi = <[u8; 8]>::try_from(a.first()?.spi.as_slice()).ok()?;
             Some((suite, u64::from_be_bytes(spi))).filter(|(_, spi)| *spi != 0)
         });
@@ -3316,22 +3476,30 @@ impl Engine {
         let (None, Some((suite, peer_spi)), Some(nonce_r), Some((group, ke_data))) =
             (error, chosen, nonce_r, ke)
         else {
-            self.counters.ike_rekey_failures += 1;
-            let retry = self.random_u64().unwrap_or(0) % 4 + 1;
-            if let Some(sa) = self.sas.get_mut(&id) {
+            if error == Some(notify::TEMPORARY_FAILURE) {
                 // Busy (a rekey of its own, RFC 7296 section 2.25): again in a moment.
-                // Anything else would not change: the SA lives on unrekeyed.
-                if error == Some(notify::TEMPORARY_FAILURE) {
+                self.counters.ike_rekey_failures += 1;
+                let retry = self.random_u64().unwrap_or(0) % 4 + 1;
+                if let Some(sa) = self.sas.get_mut(&id) {
                     sa.rekey_at = Some(now + self.config.retransmit_base * retry as u32);
                 }
+                return;
             }
+            // Anything else would not change by asking again.
+            let reason = match (error, chosen) {
+                (Some(error), _) => Failure::PeerError(error),
+                (None, None) => Failure::ProposalMismatch,
+                (None, Some(_)) => Failure::InvalidSyntax,
+            };
+            self.ike_rekey_failed(id, reason, actions);
             return;
         };
         let Some(old) = self.sas.get(&id) else { return };
         let (Some(old_suite), Some(old_keys)) = (old.suite, old.keys.as_ref()) else {
             return;
         };
-        let shared = (group == suite.dh.id())
+        // The KE payloads must both be in the chosen proposal's group.
+        let shared = (group == suite.dh.id() && suite.dh == rekey.group)
             .then(|| rekey.dh.agree(ke_data).ok())
             .flatten();
         let keys = shared.and_then(|shared| {
@@ -3350,7 +3518,7 @@ impl Engine {
             .as_ref()
             .and_then(|keys| SkCipher::pair(&self.backend, &suite, keys, true).ok());
         let (Some(keys), Some((tx, rx))) = (keys, ciphers) else {
-            self.counters.ike_rekey_failures += 1;
+            self.ike_rekey_failed(id, Failure::InvalidSyntax, actions);
             return;
         };
         let peer = &self.config.peers[old.peer];

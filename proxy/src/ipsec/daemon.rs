@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use switchyard_ipsec::ike::{
     Action, ChildSaInstall, Engine, EngineConfig, Failure, IkeCounters, IkeSaId, IkeState,
@@ -322,7 +322,7 @@ impl Shell {
                             continue;
                         }
                     }
-                    let actions = self.engine.handle(&d.bytes, d.local, d.remote, Instant::now());
+                    let actions = self.engine.handle(&d.bytes, d.local, d.remote, Instant::now(), SystemTime::now());
                     self.carry_out(actions).await;
                 }
                 command = commands.recv() => match command {
@@ -611,6 +611,13 @@ impl Shell {
                         peer,
                         reason,
                     });
+                }
+                Action::IkeRekeyFailed {
+                    ike_sa,
+                    peer,
+                    reason,
+                } => {
+                    tracing::warn!(%peer, ike_sa = %format!("{:016x}", ike_sa.0), ?reason, "ipsec: IKE SA rekey failed, carrying on unrekeyed");
                 }
                 Action::ChildFailed {
                     ike_sa,

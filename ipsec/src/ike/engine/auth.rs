@@ -76,16 +76,16 @@ impl Engine {
 
     /// Whether the peer's AUTH (`method`, `data`) proves identity `id` for the peer
     /// configuration `peer`: the pre-shared key, or a certificate from our CA among
-    /// `payloads` naming `id` and a signature under its key.
-    #[allow(clippy::too_many_arguments)]
+    /// `payloads` naming `id`, valid at the caller's calendar time `wall`, and a signature
+    /// under its key.
     pub(super) fn peer_auth_ok(
         &mut self,
         peer: usize,
         signed: &Signed<'_>,
         id: &Identification,
-        method: u8,
-        data: &[u8],
+        (method, data): (u8, &[u8]),
         payloads: &[Payload],
+        wall: SystemTime,
     ) -> bool {
         let config = &self.config.peers[peer];
         match &config.certs {
@@ -95,8 +95,7 @@ impl Engine {
             }
             Some(certs) => {
                 let octets = signed.octets(id);
-                let now = std::time::SystemTime::now();
-                match certs.verify_peer(payloads, id, method, data, &octets, now) {
+                match certs.verify_peer(payloads, id, method, data, &octets, wall) {
                     Ok(()) => true,
                     Err(_) => {
                         self.counters.cert_rejected += 1;

@@ -6,7 +6,7 @@ use crate::ike::config::Identity;
 use crate::ike::pool::PoolConfig;
 use crate::ike::sk::seal_message;
 use proptest::prelude::*;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 mod bytes;
 mod certs;
@@ -78,6 +78,8 @@ struct Pair {
     a: Engine,
     b: Engine,
     now: Instant,
+    /// The calendar time both ends check certificates against.
+    wall: SystemTime,
     /// Simulated NAT in front of A: A's private address/port -> public.
     nat: Option<(SocketAddr, SocketAddr)>,
     drop_next_from_b: bool,
@@ -114,6 +116,7 @@ impl Pair {
             })
             .unwrap(),
             now: Instant::now(),
+            wall: SystemTime::now(),
             nat: None,
             drop_next_from_b: false,
             events_a: Vec::new(),
@@ -168,7 +171,9 @@ impl Pair {
             }
             for (local, remote, bytes) in std::mem::take(&mut to_b) {
                 // Through the NAT: B sees A's public address.
-                let out = self.b.handle(&bytes, remote, self.nat_out(local), self.now);
+                let out = self
+                    .b
+                    .handle(&bytes, remote, self.nat_out(local), self.now, self.wall);
                 self.absorb(out, false, &mut to_b, &mut to_a);
             }
             for (local, remote, bytes) in std::mem::take(&mut to_a) {
@@ -176,7 +181,9 @@ impl Pair {
                     self.drop_next_from_b = false;
                     continue;
                 }
-                let out = self.a.handle(&bytes, self.nat_in(remote), local, self.now);
+                let out = self
+                    .a
+                    .handle(&bytes, self.nat_in(remote), local, self.now, self.wall);
                 self.absorb(out, true, &mut to_b, &mut to_a);
             }
         }
@@ -221,6 +228,7 @@ impl Pair {
 
     fn tick(&mut self, by: Duration) {
         self.now += by;
+        self.wall += by;
         let a = self.a.handle_timeout(self.now);
         self.run(a);
         let b = self.b.handle_timeout(self.now);
@@ -228,7 +236,9 @@ impl Pair {
         let mut to_a = Vec::new();
         self.absorb(b, false, &mut to_b, &mut to_a);
         for (local, remote, bytes) in to_a {
-            let out = self.a.handle(&bytes, self.nat_in(remote), local, self.now);
+            let out = self
+                .a
+                .handle(&bytes, self.nat_in(remote), local, self.now, self.wall);
             self.run(out);
         }
     }
@@ -572,9 +582,9 @@ fn transcript() -> Vec<Vec<u8>> {
         out.push(bytes.clone());
         let (a, b) = (A.parse().unwrap(), B.parse().unwrap());
         let actions = if to_b {
-            p.b.handle(&bytes, b, a, p.now)
+            p.b.handle(&bytes, b, a, p.now, p.wall)
         } else {
-            p.a.handle(&bytes, a, b, p.now)
+            p.a.handle(&bytes, a, b, p.now, p.wall)
         };
         for action in actions {
             if let Action::Send { bytes, .. } = action {
@@ -594,9 +604,9 @@ proptest! {
             peers: vec![peer("from-a", B, None, "aes128gcm16-prfsha256-x25519", "aes128gcm16", b"k")],
             ..EngineConfig::default()
         }).unwrap();
-        let now = Instant::now();
-        let _ = b.handle(&data, B.parse().unwrap(), A.parse().unwrap(), now);
-        let _ = b.handle(&data, "198.51.100.2:4500".parse().unwrap(), A.parse().unwrap(), now);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let _ = b.handle(&data, B.parse().unwrap(), A.parse().unwrap(), now, wall);
+        let _ = b.handle(&data, "198.51.100.2:4500".parse().unwrap(), A.parse().unwrap(), now, wall);
         prop_assert!(b.counters().rx_messages == 2);
     }
 
@@ -607,13 +617,13 @@ proptest! {
             peers: vec![peer("from-a", B, None, "aes128-sha256-x25519", "aes128gcm16", b"k")],
             ..EngineConfig::default()
         }).unwrap();
-        let now = Instant::now();
+        let (now, wall) = (Instant::now(), SystemTime::now());
         let mut m = messages[which % messages.len()].clone();
         let at = flip.0 % m.len();
         m[at] ^= flip.1 | 1;
-        let _ = b.handle(&m, B.parse().unwrap(), A.parse().unwrap(), now);
+        let _ = b.handle(&m, B.parse().unwrap(), A.parse().unwrap(), now, wall);
         let truncated = &messages[which % messages.len()][..cut % messages[which % messages.len()].len()];
-        let _ = b.handle(truncated, B.parse().unwrap(), A.parse().unwrap(), now);
+        let _ = b.handle(truncated, B.parse().unwrap(), A.parse().unwrap(), now, wall);
         let _ = b.handle_timeout(now + Duration::from_secs(60));
     }
 }
@@ -632,7 +642,7 @@ fn create_child(
     let header = sa.header(exchange::CREATE_CHILD_SA, message_id, false);
     let bytes = seal_message(header, request, sa.tx.as_ref().unwrap(), sa.iv_counter).unwrap();
     let (local, remote) = (sa.local, sa.remote);
-    let actions = p.b.handle(&bytes, remote, local, p.now);
+    let actions = p.b.handle(&bytes, remote, local, p.now, p.wall);
     let response = actions.iter().find_map(|a| match a {
         Action::Send { bytes, .. } => Some(bytes.clone()),
         _ => None,
@@ -907,7 +917,7 @@ fn ike_sa_rekey_moves_the_child_sas_to_the_new_sa() {
         length: 0,
     };
     let bytes = seal_message(header(0), &[], &tx, 1).unwrap();
-    let out = p.b.handle(&bytes, b_local, a_local, p.now);
+    let out = p.b.handle(&bytes, b_local, a_local, p.now, p.wall);
     let answer = out.iter().find_map(|a| match a {
         Action::Send { bytes, .. } => Some(bytes.clone()),
         _ => None,
@@ -930,7 +940,7 @@ fn ike_sa_rekey_moves_the_child_sas_to_the_new_sa() {
         spis: vec![child.outbound.spi.to_be_bytes().to_vec()],
     }];
     let bytes = seal_message(header(1), &delete_child, &tx, 2).unwrap();
-    let out = p.b.handle(&bytes, b_local, a_local, p.now);
+    let out = p.b.handle(&bytes, b_local, a_local, p.now, p.wall);
     assert!(out.iter().any(|a| matches!(
         a,
         Action::DeleteChildSa { inbound_spi, .. } if *inbound_spi == child.inbound.spi
@@ -947,7 +957,7 @@ fn request_on(p: &mut Pair, id: IkeSaId, exchange_type: u8, request: &[Payload])
     let header = sa.header(exchange_type, message_id, false);
     let bytes = seal_message(header, request, sa.tx.as_ref().unwrap(), sa.iv_counter).unwrap();
     let (local, remote) = (sa.local, sa.remote);
-    p.b.handle(&bytes, remote, local, p.now)
+    p.b.handle(&bytes, remote, local, p.now, p.wall)
 }
 
 // ---------------------------------------------------------------- virtual IPs (RFC 7296 2.19)
@@ -1132,7 +1142,7 @@ fn with_edited_auth_answer(p: &mut Pair, edit: impl Fn(&mut Vec<Payload>)) -> Ik
     for _ in 0..4 {
         let mut to_a = Vec::new();
         for bytes in to_b.drain(..) {
-            for action in p.b.handle(&bytes, b_addr, a_addr, p.now) {
+            for action in p.b.handle(&bytes, b_addr, a_addr, p.now, p.wall) {
                 match action {
                     Action::Send { bytes, .. } => to_a.push(bytes),
                     other => p.events_b.push(other),
@@ -1157,7 +1167,7 @@ fn with_edited_auth_answer(p: &mut Pair, edit: impl Fn(&mut Vec<Payload>)) -> Ik
                 bytes =
                     seal_message(message.header, &payloads, b_sa.tx.as_ref().unwrap(), 99).unwrap();
             }
-            for action in p.a.handle(&bytes, a_addr, b_addr, p.now) {
+            for action in p.a.handle(&bytes, a_addr, b_addr, p.now, p.wall) {
                 match action {
                     Action::Send { bytes, .. } => to_b.push(bytes),
                     other => p.events_a.push(other),

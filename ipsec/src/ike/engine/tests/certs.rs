@@ -226,3 +226,45 @@ fn a_certificate_under_an_intermediate_ca_establishes_when_the_chain_is_sent() {
         assert_eq!(p.b.counters().cert_rejected, 1);
     }
 }
+
+/// A calendar time, `secs` after 1970 (UTC).
+fn calendar(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// Sets up an IKE SA with A's certificate valid from January 1st of `from` to January 1st
+/// of `until`, both ends at calendar time `wall`: whether B took A's certificate.
+fn accepted(from: i32, until: i32, wall: SystemTime) -> bool {
+    let ca = ca("Switchyard test CA");
+    let a = leaf(&ca, "a.example", &PKCS_ECDSA_P256_SHA256, |p| {
+        p.not_before = rcgen::date_time_ymd(from, 1, 1);
+        p.not_after = rcgen::date_time_ymd(until, 1, 1);
+    });
+    let b = leaf(&ca, "b.example", &PKCS_ECDSA_P256_SHA256, |_| {});
+    let mut p = cert_pair(credentials(&ca, &a), credentials(&ca, &b));
+    p.wall = wall;
+    p.connect();
+    let accepted = established(&p.events_b);
+    assert_eq!(
+        failure(&p.events_b),
+        (!accepted).then_some(Failure::AuthenticationFailed)
+    );
+    assert_eq!(p.b.counters().cert_rejected, u64::from(!accepted));
+    accepted
+}
+
+/// The engine checks validity periods at the calendar time its caller passes, whatever the
+/// host's clock says: a certificate of 2040 is refused the day before and taken once its
+/// period has begun.
+#[test]
+fn a_certificate_not_yet_valid_at_the_callers_time_is_refused() {
+    assert!(!accepted(2040, 2041, calendar(2_208_902_400)), "2039-12-31");
+    assert!(accepted(2040, 2041, calendar(2_224_713_600)), "2040-07-01");
+}
+
+/// And a certificate of 2001 is taken within its period and refused after it.
+#[test]
+fn a_certificate_expired_at_the_callers_time_is_refused() {
+    assert!(accepted(2001, 2002, calendar(993_945_600)), "2001-07-01");
+    assert!(!accepted(2001, 2002, calendar(1_025_481_600)), "2002-07-01");
+}

@@ -41,8 +41,8 @@ fn auth_request(p: &mut Pair) -> Vec<Vec<u8>> {
     let (a, b) = addrs();
     let (_, actions) = p.a.connect("to-b", p.now).unwrap();
     let init = sent(actions);
-    let answer = sent(p.b.handle(&init[0], b, a, p.now));
-    sent(p.a.handle(&answer[0], a, b, p.now))
+    let answer = sent(p.b.handle(&init[0], b, a, p.now, p.wall));
+    sent(p.a.handle(&answer[0], a, b, p.now, p.wall))
 }
 
 fn fragment_number(message: &[u8]) -> Option<(u16, u16)> {
@@ -100,19 +100,19 @@ fn fragments_out_of_order_duplicated_or_forged_are_put_together_once() {
     let mut forged = request.last().unwrap().clone();
     let at = forged.len() - 20;
     forged[at] ^= 1;
-    assert!(p.b.handle(&forged, b, a, p.now).is_empty());
+    assert!(p.b.handle(&forged, b, a, p.now, p.wall).is_empty());
     assert_eq!(p.b.counters().rx_integrity_failures, 1);
     // Backwards, with the last one twice: nothing until the first arrives.
     let n = request.len();
     for message in request[1..].iter().rev().chain([&request[n - 1]]) {
-        assert!(sent(p.b.handle(message, b, a, p.now)).is_empty());
+        assert!(sent(p.b.handle(message, b, a, p.now, p.wall)).is_empty());
     }
     assert_eq!(p.b.counters().rx_fragments_dropped, 1, "the duplicate");
-    let answer = sent(p.b.handle(&request[0], b, a, p.now));
+    let answer = sent(p.b.handle(&request[0], b, a, p.now, p.wall));
     assert!(!answer.is_empty());
     assert_eq!(p.b.counters().rx_reassembled, 1);
     for message in &answer {
-        p.events_a.extend(p.a.handle(message, a, b, p.now));
+        p.events_a.extend(p.a.handle(message, a, b, p.now, p.wall));
     }
     assert!(established(&p.events_a));
 }
@@ -129,12 +129,12 @@ fn a_retransmitted_request_is_answered_again_only_on_its_first_fragment() {
     let request = auth_request(&mut p);
     let mut answer = Vec::new();
     for message in &request {
-        answer.extend(sent(p.b.handle(message, b, a, p.now)));
+        answer.extend(sent(p.b.handle(message, b, a, p.now, p.wall)));
     }
     assert!(answer.len() >= 2, "the answer is fragmented too");
     // The answer is lost; A retransmits every fragment. Only the first brings it back.
-    assert!(sent(p.b.handle(&request[1], b, a, p.now)).is_empty());
-    let again = sent(p.b.handle(&request[0], b, a, p.now));
+    assert!(sent(p.b.handle(&request[1], b, a, p.now, p.wall)).is_empty());
+    let again = sent(p.b.handle(&request[0], b, a, p.now, p.wall));
     assert_eq!(again, answer);
     assert_eq!(p.b.counters().responses_resent, 1);
 }
@@ -207,15 +207,15 @@ fn more_fragments_restart_reassembly_and_fewer_are_dropped() {
     let fine = fragments_on(&mut p, id, message_id, &request, 200);
     assert!(fine.len() > coarse.len() && coarse.len() >= 2);
     let before = p.b.counters().rx_fragments_dropped;
-    assert!(sent(p.b.handle(&coarse[0], b, a, p.now)).is_empty());
+    assert!(sent(p.b.handle(&coarse[0], b, a, p.now, p.wall)).is_empty());
     // The sender lowered its fragment size: start over with the finer set ...
     for message in &fine[..fine.len() - 1] {
-        assert!(sent(p.b.handle(message, b, a, p.now)).is_empty());
+        assert!(sent(p.b.handle(message, b, a, p.now, p.wall)).is_empty());
     }
     // ... where a coarse fragment no longer fits.
-    assert!(sent(p.b.handle(&coarse[1], b, a, p.now)).is_empty());
+    assert!(sent(p.b.handle(&coarse[1], b, a, p.now, p.wall)).is_empty());
     assert_eq!(p.b.counters().rx_fragments_dropped, before + 1);
-    let answer = sent(p.b.handle(fine.last().unwrap(), b, a, p.now));
+    let answer = sent(p.b.handle(fine.last().unwrap(), b, a, p.now, p.wall));
     assert_eq!(answer.len(), 1, "an empty INFORMATIONAL answer");
     assert_eq!(p.b.counters().rx_reassembled, 2);
 }
@@ -237,7 +237,7 @@ fn fragments_where_none_were_negotiated_are_dropped() {
     let message_id = p.a.sas.get(&id.0).unwrap().next_request_id;
     let request = [Payload::VendorId(vec![0x5a; 700])];
     for message in fragments_on(&mut p, id, message_id, &request, 300) {
-        assert!(p.b.handle(&message, b, a, p.now).is_empty());
+        assert!(p.b.handle(&message, b, a, p.now, p.wall).is_empty());
     }
     assert!(p.b.counters().rx_fragments_dropped >= 2);
     assert_eq!(p.b.counters().rx_reassembled, 0);

@@ -34,7 +34,7 @@ fn a_later_major_version_is_answered_with_invalid_major_version_in_a_2_0_header(
     let (a, b): (SocketAddr, SocketAddr) = (A.parse().unwrap(), B.parse().unwrap());
     for version in [0x30, 0x31, 0xf0] {
         let request = init_request_bytes(version, FLAG_INITIATOR);
-        let answer = only_send(p.b.handle(&request, b, a, p.now));
+        let answer = only_send(p.b.handle(&request, b, a, p.now, p.wall));
         let message = Message::parse(&answer).expect("a well-formed IKEv2 answer");
         let h = message.header;
         assert_eq!(h.version, VERSION, "the closest version we speak");
@@ -50,9 +50,9 @@ fn a_later_major_version_is_answered_with_invalid_major_version_in_a_2_0_header(
     assert!(p.b.sas().is_empty(), "no state for it");
     // Never answered: a response of a later version, and IKEv1.
     let response = init_request_bytes(0x30, FLAG_RESPONSE);
-    assert!(p.b.handle(&response, b, a, p.now).is_empty());
+    assert!(p.b.handle(&response, b, a, p.now, p.wall).is_empty());
     let ikev1 = init_request_bytes(0x10, 0);
-    assert!(p.b.handle(&ikev1, b, a, p.now).is_empty());
+    assert!(p.b.handle(&ikev1, b, a, p.now, p.wall).is_empty());
     assert_eq!(p.b.counters().rx_bad_version, 5);
 }
 
@@ -65,14 +65,17 @@ fn error_answers_to_unprotected_requests_are_rate_limited() {
     let request = init_request_bytes(0x30, FLAG_INITIATOR);
     let burst = UNPROTECTED_ERRORS_PER_SECOND as usize;
     let answered = (0..burst + 50)
-        .filter(|_| !p.b.handle(&request, b, a, p.now).is_empty())
+        .filter(|_| !p.b.handle(&request, b, a, p.now, p.wall).is_empty())
         .count();
     assert_eq!(answered, burst);
     assert_eq!(p.b.counters().unprotected_errors_limited, 50);
     // Tokens come back with time.
     let later = p.now + std::time::Duration::from_millis(100);
     let answered = (0..burst)
-        .filter(|_| !p.b.handle(&request, b, a, later).is_empty())
+        .filter(|_| {
+            !p.b.handle(&request, b, a, later, SystemTime::now())
+                .is_empty()
+        })
         .count();
     assert_eq!(answered, burst / 10);
 }
@@ -90,7 +93,7 @@ fn a_later_minor_version_is_ignored() {
         panic!("no IKE_SA_INIT");
     };
     bytes[17] = 0x27;
-    let answer = only_send(p.b.handle(&bytes, b, a, p.now));
+    let answer = only_send(p.b.handle(&bytes, b, a, p.now, p.wall));
     let message = Message::parse(&answer).unwrap();
     assert!(message.payloads.iter().any(|p| matches!(p, Payload::Sa(_))));
 }
@@ -110,7 +113,7 @@ fn an_unknown_critical_payload_inside_sk_is_named_in_the_answer() {
         crate::ike::sk::seal_raw(header, 200, inner, sa.tx.as_ref().unwrap(), sa.iv_counter)
             .unwrap();
     let (local, remote) = (sa.local, sa.remote);
-    let answer = only_send(p.b.handle(&bytes, remote, local, p.now));
+    let answer = only_send(p.b.handle(&bytes, remote, local, p.now, p.wall));
     let parsed = Message::parse(&answer).unwrap();
     assert_eq!(parsed.header.message_id, message_id);
     let Some(&Payload::Encrypted {
@@ -136,7 +139,7 @@ fn an_unknown_critical_payload_inside_sk_is_named_in_the_answer() {
     let bytes =
         crate::ike::sk::seal_raw(header, 200, inner, sa.tx.as_ref().unwrap(), sa.iv_counter)
             .unwrap();
-    let answer = only_send(p.b.handle(&bytes, remote, local, p.now));
+    let answer = only_send(p.b.handle(&bytes, remote, local, p.now, p.wall));
     let parsed = Message::parse(&answer).unwrap();
     let Some(&Payload::Encrypted {
         first_payload,

@@ -139,7 +139,7 @@ fn an_init_request_without_the_initiator_flag_is_dropped() {
         init_header(0, 0),
         &init_payloads(vec![ike_proposal(IKE, 1)], DhGroup::Curve25519),
     );
-    assert!(sends(&b.handle(&request, b_addr, a, Instant::now())).is_empty());
+    assert!(sends(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now())).is_empty());
     assert!(b.sas().is_empty());
 }
 
@@ -152,7 +152,7 @@ fn an_init_request_with_a_responder_spi_is_dropped() {
         init_header(FLAG_INITIATOR, 7),
         &init_payloads(vec![ike_proposal(IKE, 1)], DhGroup::Curve25519),
     );
-    assert!(sends(&b.handle(&request, b_addr, a, Instant::now())).is_empty());
+    assert!(sends(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now())).is_empty());
     // Section 3.1: SPIi MUST NOT be zero.
     let request = Message::emit(
         Header {
@@ -161,7 +161,7 @@ fn an_init_request_with_a_responder_spi_is_dropped() {
         },
         &init_payloads(vec![ike_proposal(IKE, 1)], DhGroup::Curve25519),
     );
-    assert!(sends(&b.handle(&request, b_addr, a, Instant::now())).is_empty());
+    assert!(sends(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now())).is_empty());
     assert!(b.sas().is_empty());
 }
 
@@ -173,7 +173,7 @@ fn the_critical_bit_of_a_known_payload_is_ignored() {
     let payloads = init_payloads(vec![ike_proposal(IKE, 1)], DhGroup::Curve25519);
     let mut request = Message::emit(init_header(FLAG_INITIATOR, 0), &payloads);
     request[HEADER_LEN + 1] = 0x80;
-    let sent = sends(&b.handle(&request, b_addr, a, Instant::now()));
+    let sent = sends(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now()));
     assert_eq!(sent.len(), 1);
     let answer = Message::parse(&sent[0]).unwrap();
     assert!(answer.payloads.iter().any(|p| matches!(p, Payload::Sa(_))));
@@ -188,7 +188,7 @@ fn reserved_and_version_flags_are_ignored_on_receipt() {
         init_header(FLAG_INITIATOR | 0xc7 | FLAG_VERSION, 0),
         &init_payloads(vec![ike_proposal(IKE, 1)], DhGroup::Curve25519),
     );
-    let sent = sends(&b.handle(&request, b_addr, a, Instant::now()));
+    let sent = sends(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now()));
     assert_eq!(sent.len(), 1);
     let answer = Message::parse(&sent[0]).unwrap();
     assert!(answer.payloads.iter().any(|p| matches!(p, Payload::Sa(_))));
@@ -209,10 +209,10 @@ fn a_length_that_is_not_the_datagrams_is_dropped() {
     );
     let longer = request.len() as u32 + 4;
     request[24..28].copy_from_slice(&longer.to_be_bytes());
-    assert!(sends(&b.handle(&request, b_addr, a, Instant::now())).is_empty());
+    assert!(sends(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now())).is_empty());
     request.extend_from_slice(&[0; 4]);
     request[24..28].copy_from_slice(&(longer - 8).to_be_bytes());
-    assert!(sends(&b.handle(&request, b_addr, a, Instant::now())).is_empty());
+    assert!(sends(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now())).is_empty());
     assert_eq!(b.counters().rx_malformed, 2);
     assert!(b.sas().is_empty());
 }
@@ -263,13 +263,16 @@ fn malformed_init_requests_are_dropped_never_answered_with_invalid_syntax() {
     trailing[24..28].copy_from_slice(&len.to_be_bytes());
     cases.push(trailing);
     for (i, case) in cases.iter().enumerate() {
-        let actions = b.handle(case, b_addr, a, now);
+        let actions = b.handle(case, b_addr, a, now, SystemTime::now());
         assert!(sends(&actions).is_empty(), "case {i} answered");
     }
     assert!(b.sas().is_empty());
     assert_eq!(b.counters().rx_malformed, cases.len() as u64);
     // The engine is unharmed: a good request is answered.
-    assert_eq!(sends(&b.handle(&valid, b_addr, a, now)).len(), 1);
+    assert_eq!(
+        sends(&b.handle(&valid, b_addr, a, now, SystemTime::now())).len(),
+        1
+    );
 }
 
 #[test]
@@ -289,12 +292,12 @@ fn an_unknown_critical_payload_in_init_is_named_and_an_uncritical_one_skipped() 
     let mut critical = plain.clone();
     critical[at] = 0x80;
     let mut b = responder(IKE);
-    let (h, n) = unprotected_notify(&b.handle(&critical, b_addr, a, now));
+    let (h, n) = unprotected_notify(&b.handle(&critical, b_addr, a, now, SystemTime::now()));
     assert_eq!(n.kind, notify::UNSUPPORTED_CRITICAL_PAYLOAD);
     assert_eq!(n.data, [50]);
     assert!(h.is_response() && !h.from_initiator() && h.spi_r == 0);
     assert!(b.sas().is_empty());
-    let sent = sends(&b.handle(&plain, b_addr, a, now));
+    let sent = sends(&b.handle(&plain, b_addr, a, now, SystemTime::now()));
     let answer = Message::parse(&sent[0]).unwrap();
     assert!(answer.payloads.iter().any(|p| matches!(p, Payload::Sa(_))));
 }
@@ -315,7 +318,7 @@ fn the_ke_guess_is_taken_when_an_offered_proposal_allows_it() {
         init_header(FLAG_INITIATOR, 0),
         &init_payloads(proposals, DhGroup::Ecp256),
     );
-    let sent = sends(&b.handle(&request, b_addr, a, Instant::now()));
+    let sent = sends(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now()));
     let answer = Message::parse(&sent[0]).unwrap();
     assert!(answer.payloads.iter().any(|p| matches!(
         p,
@@ -340,7 +343,8 @@ fn invalid_ke_payload_names_the_selected_group_in_two_bytes() {
             DhGroup::Curve25519,
         ),
     );
-    let (h, n) = unprotected_notify(&b.handle(&request, b_addr, a, Instant::now()));
+    let (h, n) =
+        unprotected_notify(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now()));
     assert_eq!(n.kind, notify::INVALID_KE_PAYLOAD);
     assert_eq!(n.data, DhGroup::Ecp256.id().to_be_bytes());
     assert_eq!((h.spi_i, h.spi_r, h.message_id), (SPI_I, 0, 0));
@@ -362,7 +366,8 @@ fn no_acceptable_proposal_is_answered_with_no_proposal_chosen() {
             init_header(FLAG_INITIATOR, 0),
             &init_payloads(proposals, DhGroup::Curve25519),
         );
-        let (_, n) = unprotected_notify(&b.handle(&request, b_addr, a, Instant::now()));
+        let (_, n) =
+            unprotected_notify(&b.handle(&request, b_addr, a, Instant::now(), SystemTime::now()));
         assert_eq!(n.kind, notify::NO_PROPOSAL_CHOSEN);
         assert!(b.sas().is_empty());
     }
@@ -378,8 +383,8 @@ fn a_retransmitted_init_request_gets_the_same_answer_and_no_second_sa() {
         init_header(FLAG_INITIATOR, 0),
         &init_payloads(vec![ike_proposal(IKE, 1)], DhGroup::Curve25519),
     );
-    let first = sends(&b.handle(&request, b_addr, a, now));
-    let second = sends(&b.handle(&request, b_addr, a, now));
+    let first = sends(&b.handle(&request, b_addr, a, now, SystemTime::now()));
+    let second = sends(&b.handle(&request, b_addr, a, now, SystemTime::now()));
     assert_eq!(first, second);
     assert_eq!(b.sas().len(), 1);
     assert_eq!(b.counters().responses_resent, 1);
@@ -404,7 +409,8 @@ fn a_cookie_is_required_verified_and_sent_first_by_the_initiator() {
     .unwrap();
     let (_, actions) = a.connect("to-b", now).unwrap();
     let first = sends(&actions);
-    let (_, cookie) = unprotected_notify(&b.handle(&first[0], b_addr, a_addr, now));
+    let (_, cookie) =
+        unprotected_notify(&b.handle(&first[0], b_addr, a_addr, now, SystemTime::now()));
     assert_eq!(cookie.kind, notify::COOKIE);
     assert!(b.sas().is_empty(), "no state before the cookie");
     let reply = Message::emit(
@@ -414,7 +420,7 @@ fn a_cookie_is_required_verified_and_sent_first_by_the_initiator() {
         },
         &[Payload::Notify(cookie.clone())],
     );
-    let retry = sends(&a.handle(&reply, a_addr, b_addr, now));
+    let retry = sends(&a.handle(&reply, a_addr, b_addr, now, SystemTime::now()));
     let message = Message::parse(&retry[0]).unwrap();
     assert!(matches!(
         message.payloads.first(),
@@ -426,11 +432,12 @@ fn a_cookie_is_required_verified_and_sent_first_by_the_initiator() {
         n.data[5] ^= 1;
     }
     let tampered = Message::emit(message.header, &forged);
-    let (_, again) = unprotected_notify(&b.handle(&tampered, b_addr, a_addr, now));
+    let (_, again) =
+        unprotected_notify(&b.handle(&tampered, b_addr, a_addr, now, SystemTime::now()));
     assert_eq!(again.kind, notify::COOKIE);
     assert_eq!(b.counters().cookies_rejected, 1);
     // The right one: served.
-    let answer = sends(&b.handle(&retry[0], b_addr, a_addr, now));
+    let answer = sends(&b.handle(&retry[0], b_addr, a_addr, now, SystemTime::now()));
     assert!(Message::parse(&answer[0])
         .unwrap()
         .payloads
@@ -466,12 +473,12 @@ fn a_forged_error_answer_to_init_does_not_end_the_exchange() {
             },
             &forged,
         );
-        let out = p.a.handle(&bytes, a_addr, b_addr, p.now);
+        let out = p.a.handle(&bytes, a_addr, b_addr, p.now, p.wall);
         assert!(failure(&out).is_none(), "{forged:?} ended the exchange");
         assert_eq!(p.a.state(id), Some(IkeState::InitSent));
     }
     // The real answer still completes it.
-    let answer = p.b.handle(&request, b_addr, a_addr, p.now);
+    let answer = p.b.handle(&request, b_addr, a_addr, p.now, p.wall);
     p.run_both(Vec::new(), answer);
     assert!(established(&p.events_a) && established(&p.events_b));
 }
@@ -494,7 +501,7 @@ fn an_error_answer_to_init_is_reported_when_no_real_answer_comes() {
             Vec::new(),
         ))],
     );
-    assert!(p.a.handle(&bytes, a_addr, b_addr, p.now).is_empty());
+    assert!(p.a.handle(&bytes, a_addr, b_addr, p.now, p.wall).is_empty());
     let mut failed = None;
     for _ in 0..60 {
         p.now += Duration::from_secs(1);
@@ -521,7 +528,8 @@ fn invalid_ke_payload_makes_the_initiator_retry_with_that_group_and_same_spi() {
             DhGroup::Ecp256.id().to_be_bytes().to_vec(),
         ))],
     );
-    let retry = Message::parse(&sends(&p.a.handle(&reply, a_addr, b_addr, p.now))[0]).unwrap();
+    let retry =
+        Message::parse(&sends(&p.a.handle(&reply, a_addr, b_addr, p.now, p.wall))[0]).unwrap();
     assert_eq!(retry.header.spi_i, request.header.spi_i);
     assert!(retry.payloads.iter().any(|p| matches!(
         p,
@@ -564,8 +572,8 @@ fn a_malformed_auth_request_is_refused_and_leaves_no_half_open_sa() {
     let (a_addr, b_addr) = addrs();
     let (id, actions) = p.a.connect("to-b", p.now).unwrap();
     let init = sends(&actions).remove(0);
-    let answer = sends(&p.b.handle(&init, b_addr, a_addr, p.now)).remove(0);
-    let _ = p.a.handle(&answer, a_addr, b_addr, p.now);
+    let answer = sends(&p.b.handle(&init, b_addr, a_addr, p.now, p.wall)).remove(0);
+    let _ = p.a.handle(&answer, a_addr, b_addr, p.now, p.wall);
     assert_eq!(p.a.state(id), Some(IkeState::AuthSent));
     let sa = p.a.sas.get_mut(&id.0).unwrap();
     sa.iv_counter += 1;
@@ -574,7 +582,7 @@ fn a_malformed_auth_request_is_refused_and_leaves_no_half_open_sa() {
     let bytes =
         crate::ike::sk::seal_raw(header, 201, inner, sa.tx.as_ref().unwrap(), sa.iv_counter)
             .unwrap();
-    let out = p.b.handle(&bytes, b_addr, a_addr, p.now);
+    let out = p.b.handle(&bytes, b_addr, a_addr, p.now, p.wall);
     let reply = sends(&out).remove(0);
     let payloads = open_with(&p.a, id.0, &reply);
     assert!(matches!(
@@ -593,20 +601,20 @@ fn an_auth_request_without_its_child_sa_payloads_fails_as_a_whole() {
     let (a_addr, b_addr) = addrs();
     let (id, actions) = p.a.connect("to-b", p.now).unwrap();
     let init = sends(&actions).remove(0);
-    let answer = sends(&p.b.handle(&init, b_addr, a_addr, p.now)).remove(0);
-    let auth = sends(&p.a.handle(&answer, a_addr, b_addr, p.now)).remove(0);
+    let answer = sends(&p.b.handle(&init, b_addr, a_addr, p.now, p.wall)).remove(0);
+    let auth = sends(&p.a.handle(&answer, a_addr, b_addr, p.now, p.wall)).remove(0);
     let mut payloads = open_with(&p.b, b_sa(&p), &auth);
     payloads.retain(|p| !matches!(p, Payload::Sa(_) | Payload::TsI(_) | Payload::TsR(_)));
     let header = Message::parse(&auth).unwrap().header;
     let sa = p.a.sas.get_mut(&id.0).unwrap();
     sa.iv_counter += 1;
     let stripped = seal_message(header, &payloads, sa.tx.as_ref().unwrap(), sa.iv_counter).unwrap();
-    let out = p.b.handle(&stripped, b_addr, a_addr, p.now);
+    let out = p.b.handle(&stripped, b_addr, a_addr, p.now, p.wall);
     assert!(!established(&out));
     let reply = open_with(&p.a, id.0, &sends(&out)[0]);
     assert_eq!(error_in(&reply), Some(notify::INVALID_SYNTAX));
     assert!(p.b.sas().is_empty());
-    let _ = p.a.handle(&sends(&out)[0], a_addr, b_addr, p.now);
+    let _ = p.a.handle(&sends(&out)[0], a_addr, b_addr, p.now, p.wall);
     assert_eq!(p.a.state(id), None);
 }
 
@@ -618,8 +626,8 @@ fn other_exchanges_before_ike_auth_are_dropped() {
     let (a_addr, b_addr) = addrs();
     let (id, actions) = p.a.connect("to-b", p.now).unwrap();
     let init = sends(&actions).remove(0);
-    let answer = sends(&p.b.handle(&init, b_addr, a_addr, p.now)).remove(0);
-    let auth = p.a.handle(&answer, a_addr, b_addr, p.now);
+    let answer = sends(&p.b.handle(&init, b_addr, a_addr, p.now, p.wall)).remove(0);
+    let auth = p.a.handle(&answer, a_addr, b_addr, p.now, p.wall);
     let sa = p.a.sas.get_mut(&id.0).unwrap();
     sa.iv_counter += 1;
     let header = sa.header(exchange::CREATE_CHILD_SA, 1, false);
@@ -637,7 +645,7 @@ fn other_exchanges_before_ike_auth_are_dropped() {
         sa.iv_counter,
     )
     .unwrap();
-    assert!(sends(&p.b.handle(&early, b_addr, a_addr, p.now)).is_empty());
+    assert!(sends(&p.b.handle(&early, b_addr, a_addr, p.now, p.wall)).is_empty());
     p.run(auth);
     assert!(established(&p.events_a) && established(&p.events_b));
 }
@@ -650,18 +658,18 @@ fn requests_outside_the_window_are_dropped_and_old_ones_answered_from_cache() {
     let id = p.connect();
     let (a_addr, b_addr) = addrs();
     let dpd = request_by_a(&mut p, id, exchange::INFORMATIONAL, &[]);
-    let first = sends(&p.b.handle(&dpd, b_addr, a_addr, p.now));
+    let first = sends(&p.b.handle(&dpd, b_addr, a_addr, p.now, p.wall));
     assert_eq!(first.len(), 1);
     assert!(open_with(&p.a, id.0, &first[0]).is_empty(), "empty answer");
     // The same request again: the same answer, not processed anew.
-    let again = sends(&p.b.handle(&dpd, b_addr, a_addr, p.now));
+    let again = sends(&p.b.handle(&dpd, b_addr, a_addr, p.now, p.wall));
     assert_eq!(first, again);
     assert_eq!(p.b.counters().responses_resent, 1);
     // A request one beyond the next expected Message ID: dropped.
     let sa = p.a.sas.get_mut(&id.0).unwrap();
     sa.next_request_id += 1;
     let ahead = request_by_a(&mut p, id, exchange::INFORMATIONAL, &[]);
-    assert!(sends(&p.b.handle(&ahead, b_addr, a_addr, p.now)).is_empty());
+    assert!(sends(&p.b.handle(&ahead, b_addr, a_addr, p.now, p.wall)).is_empty());
     assert_eq!(p.b.counters().rx_bad_message_id, 1);
 }
 
@@ -673,7 +681,7 @@ fn answers_to_nothing_sent_and_of_the_wrong_exchange_are_ignored() {
     let b_id = b_sa(&p);
     // Nothing outstanding at A: a response is ignored.
     let stray = sealed_by_b(&mut p, b_id, exchange::INFORMATIONAL, 2, true, &[]);
-    assert!(p.a.handle(&stray, a_addr, b_addr, p.now).is_empty());
+    assert!(p.a.handle(&stray, a_addr, b_addr, p.now, p.wall).is_empty());
     assert_eq!(p.a.counters().rx_bad_message_id, 1);
     // A DPD outstanding: a CREATE_CHILD_SA answer with its Message ID is not its answer.
     let dpd = p.a.send_dpd(id, p.now).unwrap();
@@ -689,7 +697,7 @@ fn answers_to_nothing_sent_and_of_the_wrong_exchange_are_ignored() {
             Vec::new(),
         ))],
     );
-    assert!(p.a.handle(&wrong, a_addr, b_addr, p.now).is_empty());
+    assert!(p.a.handle(&wrong, a_addr, b_addr, p.now, p.wall).is_empty());
     assert!(p.a.sas.get(&id.0).unwrap().outstanding.is_some());
     p.run(dpd);
     assert!(p.a.sas.get(&id.0).unwrap().outstanding.is_none());
@@ -705,10 +713,16 @@ fn a_bad_icv_is_dropped_without_a_trace() {
     let mut tampered = request.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
-    assert!(p.b.handle(&tampered, b_addr, a_addr, p.now).is_empty());
+    assert!(p
+        .b
+        .handle(&tampered, b_addr, a_addr, p.now, p.wall)
+        .is_empty());
     assert_eq!(p.b.counters().rx_integrity_failures, 1);
     // The real one, with the same Message ID, is still the one expected.
-    assert_eq!(sends(&p.b.handle(&request, b_addr, a_addr, p.now)).len(), 1);
+    assert_eq!(
+        sends(&p.b.handle(&request, b_addr, a_addr, p.now, p.wall)).len(),
+        1
+    );
 }
 
 // ---------------------------------------------------------------- INFORMATIONAL
@@ -735,7 +749,7 @@ fn informational_requests_with_unknown_spis_and_errors_are_answered_and_harmless
     ];
     for request in requests {
         let bytes = request_by_a(&mut p, id, exchange::INFORMATIONAL, &request);
-        let out = p.b.handle(&bytes, b_addr, a_addr, p.now);
+        let out = p.b.handle(&bytes, b_addr, a_addr, p.now, p.wall);
         assert!(
             out.iter().all(|a| matches!(a, Action::Send { .. })),
             "{out:?}"
@@ -772,7 +786,7 @@ fn crossed_child_sa_deletes_are_not_named_again_in_the_answer() {
             spis: vec![b_outbound.to_be_bytes().to_vec()],
         }],
     );
-    let out = p.b.handle(&request, b_addr, a_addr, p.now);
+    let out = p.b.handle(&request, b_addr, a_addr, p.now, p.wall);
     assert!(deleted(&out).contains(&b_inbound));
     let answer = open_with(&p.a, id.0, &sends(&out)[0]);
     assert!(
@@ -906,19 +920,186 @@ fn rekeying_an_unknown_child_sa_is_child_sa_not_found_and_the_ike_sa_stays() {
 
 // ---------------------------------------------------------------- outside any IKE SA
 
+/// A request of A's on its IKE SA `id` with B's SPI replaced by one B never gave out.
+fn request_for_an_unknown_sa(p: &mut Pair, id: IkeSaId) -> Vec<u8> {
+    let mut request = request_by_a(p, id, exchange::INFORMATIONAL, &[]);
+    request[8..16].copy_from_slice(&0x4242_4242_4242_4242u64.to_be_bytes());
+    request
+}
+
 #[test]
-fn messages_for_unknown_ike_sas_get_no_answer() {
-    // Section 2.21.4: a response outside any IKE SA MUST NOT be answered; requests may be,
-    // and are not here (no state, no amplification).
+fn a_request_for_an_unknown_ike_sa_gets_invalid_ike_spi_and_a_response_nothing() {
+    // Section 2.21.4: the answer goes to the address and port the request came from, with
+    // its IKE SPIs and Message ID, not cryptographically protected, with INVALID_IKE_SPI.
+    // A message marked as a response MUST NOT be answered.
     let mut p = pair(IKE, "aes128gcm16");
     let id = p.connect();
     let (a_addr, b_addr) = addrs();
-    let mut request = request_by_a(&mut p, id, exchange::INFORMATIONAL, &[]);
-    request[8..16].copy_from_slice(&0x4242_4242_4242_4242u64.to_be_bytes());
-    assert!(p.b.handle(&request, b_addr, a_addr, p.now).is_empty());
+    let mut request = request_for_an_unknown_sa(&mut p, id);
+    let asked = Message::parse(&request).unwrap().header;
+    let out = p.b.handle(&request, b_addr, a_addr, p.now, p.wall);
+    let [Action::Send {
+        local,
+        remote,
+        bytes,
+    }] = &out[..]
+    else {
+        panic!("{out:?}");
+    };
+    assert_eq!((*local, *remote), (b_addr, a_addr));
+    let answer = Message::parse(bytes).unwrap();
+    let h = answer.header;
+    assert_eq!(
+        (h.spi_i, h.spi_r, h.message_id, h.exchange),
+        (asked.spi_i, asked.spi_r, asked.message_id, asked.exchange)
+    );
+    assert!(h.is_response() && !h.from_initiator());
+    assert!(
+        matches!(
+            &answer.payloads[..],
+            [Payload::Notify(n)] if n.kind == notify::INVALID_IKE_SPI && n.spi.is_empty()
+        ),
+        "{:?}",
+        answer.payloads
+    );
+    assert_eq!(p.b.counters().tx_invalid_ike_spi, 1);
     request[19] |= FLAG_RESPONSE;
-    assert!(p.b.handle(&request, b_addr, a_addr, p.now).is_empty());
+    assert!(p
+        .b
+        .handle(&request, b_addr, a_addr, p.now, p.wall)
+        .is_empty());
     assert_eq!(p.b.counters().rx_unknown_spi, 2);
+    assert_eq!(p.b.counters().tx_invalid_ike_spi, 1);
+}
+
+#[test]
+fn invalid_ike_spi_answers_keep_to_the_nat_t_port_and_the_error_budget() {
+    // Section 2.21.4: back to the port the request came from (here the NAT-T port, with
+    // its non-ESP marker, to a NAT's port); section 2.21: rate-limited, or the node
+    // reflects floods of forged requests.
+    let mut b = responder(IKE);
+    let natt: SocketAddr = "198.51.100.2:4500".parse().unwrap();
+    let nat: SocketAddr = "203.0.113.9:31337".parse().unwrap();
+    let request = Message::emit(
+        Header {
+            spi_r: 0x4242_4242_4242_4242,
+            exchange: exchange::IKE_AUTH,
+            message_id: 1,
+            ..init_header(FLAG_INITIATOR, 0)
+        },
+        &[],
+    );
+    let mut datagram = vec![0; 4];
+    datagram.extend_from_slice(&request);
+    let now = Instant::now();
+    let limit = UNPROTECTED_ERRORS_PER_SECOND as usize;
+    let mut answered = 0;
+    for _ in 0..limit + 50 {
+        for action in b.handle(&datagram, natt, nat, now, SystemTime::now()) {
+            let Action::Send {
+                local,
+                remote,
+                bytes,
+            } = action
+            else {
+                panic!("{action:?}");
+            };
+            assert_eq!((local, remote), (natt, nat));
+            assert_eq!(bytes[..4], [0; 4], "the non-ESP marker");
+            let (h, n) = unprotected_notify(&[Action::Send {
+                local,
+                remote,
+                bytes: bytes[4..].to_vec(),
+            }]);
+            assert_eq!(n.kind, notify::INVALID_IKE_SPI);
+            assert_eq!((h.spi_i, h.message_id), (SPI_I, 1));
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, limit);
+    assert_eq!(b.counters().tx_invalid_ike_spi, limit as u64);
+    assert_eq!(b.counters().unprotected_errors_limited, 50);
+    let later = now + Duration::from_secs(1);
+    assert_eq!(
+        sends(&b.handle(&datagram, natt, nat, later, SystemTime::now())).len(),
+        1
+    );
+    assert!(b.sas().is_empty(), "no state");
+}
+
+#[test]
+fn an_unprotected_invalid_ike_spi_leaves_an_established_sa_alone() {
+    // Section 2.21.4: such a notification may be forged and MUST NOT change the state of
+    // an SA; it is a hint for a liveness check. A forged one does not stop the real answer
+    // from completing the exchange; when the peer really lost the SA, the request
+    // outstanding times out as any would.
+    let mut p = pair(IKE, "aes128gcm16");
+    let id = p.connect();
+    let (a_addr, b_addr) = addrs();
+    let dpd = p.a.send_dpd(id, p.now).unwrap();
+    let asked = Message::parse(&sends(&dpd)[0]).unwrap().header;
+    let forged = Message::emit(
+        Header {
+            flags: FLAG_RESPONSE,
+            ..asked
+        },
+        &[Payload::Notify(Notify::new(
+            notify::INVALID_IKE_SPI,
+            Vec::new(),
+        ))],
+    );
+    let out = p.a.handle(&forged, a_addr, b_addr, p.now, p.wall);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(p.a.counters().rx_invalid_ike_spi, 1);
+    assert_eq!(p.a.state(id), Some(IkeState::Established));
+    p.run(dpd);
+    assert!(p.a.sas.get(&id.0).unwrap().outstanding.is_none());
+
+    // B restarts: its answers are INVALID_IKE_SPI from now on.
+    p.b.sas.clear();
+    let dpd = p.a.send_dpd(id, p.now).unwrap();
+    p.run(dpd);
+    assert_eq!(p.b.counters().tx_invalid_ike_spi, 1);
+    assert_eq!(p.a.counters().rx_invalid_ike_spi, 2);
+    assert_eq!(p.a.state(id), Some(IkeState::Established));
+    let mut failed = None;
+    for _ in 0..600 {
+        p.tick(Duration::from_secs(1));
+        failed = failed.or(failure(&p.events_a));
+    }
+    assert_eq!(failed, Some(Failure::Timeout));
+    assert_eq!(p.a.state(id), None);
+    assert!(
+        p.a.counters().rx_invalid_ike_spi > 2,
+        "every retransmission answered"
+    );
+}
+
+#[test]
+fn an_unprotected_invalid_ike_spi_leaves_a_half_open_sa_alone() {
+    // Section 2.21.4: a node receiving an unprotected INVALID_IKE_SPI MUST NOT change the
+    // state of any existing SA, half-open ones included (anyone who saw our IKE_AUTH could
+    // forge it); the request goes on being retransmitted, and the attempt ends only when
+    // that times out.
+    let mut p = pair(IKE, "aes128gcm16");
+    let (a_addr, b_addr) = addrs();
+    let (id, actions) = p.a.connect("to-b", p.now).unwrap();
+    let init = sends(&actions).remove(0);
+    let answer = sends(&p.b.handle(&init, b_addr, a_addr, p.now, p.wall)).remove(0);
+    let auth = sends(&p.a.handle(&answer, a_addr, b_addr, p.now, p.wall)).remove(0);
+    assert_eq!(p.a.state(id), Some(IkeState::AuthSent));
+    let mut b_state = std::mem::take(&mut p.b.sas);
+    let refusal = sends(&p.b.handle(&auth, b_addr, a_addr, p.now, p.wall)).remove(0);
+    let out = p.a.handle(&refusal, a_addr, b_addr, p.now, p.wall);
+    assert_eq!(failure(&out), None);
+    assert_eq!(p.a.state(id), Some(IkeState::AuthSent));
+    assert_eq!(p.a.counters().rx_invalid_ike_spi, 1);
+    // The refusal was a forgery after all: the responder still has its half, and the
+    // retransmitted IKE_AUTH completes the SA.
+    std::mem::swap(&mut p.b.sas, &mut b_state);
+    let answer = sends(&p.b.handle(&auth, b_addr, a_addr, p.now, p.wall)).remove(0);
+    p.a.handle(&answer, a_addr, b_addr, p.now, p.wall);
+    assert_eq!(p.a.state(id), Some(IkeState::Established));
 }
 
 #[test]
@@ -938,4 +1119,139 @@ fn our_child_sa_rekey_retries_with_the_group_the_peer_asks_for() {
     assert_eq!((a_new.len(), b_new.len()), (2, 2));
     esp_round_trip(a_new[1], b_new[1]);
     assert_eq!(p.a.counters().child_rekey_failures, 0);
+}
+
+/// The KE payload's group of a CREATE_CHILD_SA request of A's, opened with B's keys.
+fn ke_group_of(p: &Pair, request: &[u8]) -> Option<u16> {
+    open_with(&p.b, b_sa(p), request)
+        .iter()
+        .find_map(|payload| match payload {
+            Payload::Ke { group, .. } => Some(*group),
+            _ => None,
+        })
+}
+
+/// The IKE SA rekey failures in `actions`.
+fn ike_rekey_failures(actions: &[Action]) -> Vec<Failure> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::IkeRekeyFailed { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn our_ike_sa_rekey_retries_with_the_group_the_peer_asks_for() {
+    // Sections 1.3 and 3.10.1: a responder preferring another group of those offered
+    // answers INVALID_KE_PAYLOAD naming it; the initiator retries with it. The IKE SA was
+    // made with X25519, and B has come to accept ECP-256 only (as a peer choosing by its
+    // own order of preference would).
+    let ike = "aes128gcm16-prfsha256-x25519-ecp256";
+    let mut a = peer("to-b", A, Some(B), ike, "aes128gcm16", b"pw");
+    a.ike_lifetime = Some(Duration::from_secs(1000));
+    let b = peer("from-a", B, None, ike, "aes128gcm16", b"pw");
+    let mut p = Pair::new(a, b);
+    let old = p.connect();
+    assert_eq!(p.a.sas.get(&old.0).unwrap().dh_group, DhGroup::Curve25519);
+    p.b.config.peers[0].ike_proposals =
+        vec![IkeProposal::parse("aes128gcm16-prfsha256-ecp256").unwrap()];
+    p.tick(Duration::from_secs(1000));
+    assert_eq!(p.b.counters().invalid_ke, 1);
+    assert_eq!(p.a.counters().invalid_ke, 1);
+    assert_eq!(p.a.counters().ike_rekeys_started, 1);
+    assert_eq!(p.a.counters().ike_rekey_failures, 0);
+    assert!(ike_rekey_failures(&p.events_a).is_empty());
+    let (a_spis, a_children) = only_ike_sa(&p.a);
+    let (b_spis, _) = only_ike_sa(&p.b);
+    assert_eq!(a_spis, b_spis);
+    assert_ne!(a_spis.0, old.0, "a new IKE SA");
+    assert_eq!(a_children.len(), 1, "which took the CHILD_SA over");
+    let new = IkeSaId(a_spis.0);
+    assert_eq!(
+        p.a.sas.get(&new.0).unwrap().suite.map(|s| s.dh),
+        Some(DhGroup::Ecp256)
+    );
+    let dpd = p.a.send_dpd(new, p.now).unwrap();
+    p.run(dpd);
+    assert!(p.a.sas.get(&new.0).unwrap().outstanding.is_none());
+}
+
+#[test]
+fn our_ike_sa_rekey_gives_up_on_a_group_not_offered_or_a_second_refusal() {
+    // The retry is for a group we offered, once: INVALID_KE_PAYLOAD naming another, or
+    // refusing the retry too, ends the rekey (reported, counted) and the IKE SA carries on.
+    let (a_addr, b_addr) = addrs();
+    let ecp256 = DhGroup::Ecp256.id().to_be_bytes().to_vec();
+    let x25519 = DhGroup::Curve25519.id().to_be_bytes().to_vec();
+    let invalid_ke = |group: &[u8]| {
+        [Payload::Notify(Notify::new(
+            notify::INVALID_KE_PAYLOAD,
+            group.to_vec(),
+        ))]
+    };
+    // Offered X25519 only, asked for ECP-256.
+    let mut p = pair(IKE, "aes128gcm16");
+    let id = p.connect();
+    let b_id = b_sa(&p);
+    let mut out = Vec::new();
+    p.a.start_ike_rekey(id.0, p.now, &mut out);
+    let request = Message::parse(&sends(&out)[0]).unwrap().header;
+    let refusal = sealed_by_b(
+        &mut p,
+        b_id,
+        exchange::CREATE_CHILD_SA,
+        request.message_id,
+        true,
+        &invalid_ke(&ecp256),
+    );
+    let out = p.a.handle(&refusal, a_addr, b_addr, p.now, p.wall);
+    assert!(sends(&out).is_empty(), "no retry");
+    assert_eq!(
+        ike_rekey_failures(&out),
+        [Failure::UnsupportedGroup(DhGroup::Ecp256.id())]
+    );
+    assert_eq!(p.a.counters().ike_rekey_failures, 1);
+    assert_eq!(p.a.state(id), Some(IkeState::Established));
+    assert!(p.a.sas.get(&id.0).unwrap().outstanding.is_none());
+
+    // Offered both: one retry with ECP-256, and a second refusal ends it.
+    let mut p = pair("aes128gcm16-prfsha256-x25519-ecp256", "aes128gcm16");
+    let id = p.connect();
+    let b_id = b_sa(&p);
+    let mut out = Vec::new();
+    p.a.start_ike_rekey(id.0, p.now, &mut out);
+    let first = sends(&out).remove(0);
+    assert_eq!(ke_group_of(&p, &first), Some(DhGroup::Curve25519.id()));
+    let message_id = Message::parse(&first).unwrap().header.message_id;
+    let refusal = sealed_by_b(
+        &mut p,
+        b_id,
+        exchange::CREATE_CHILD_SA,
+        message_id,
+        true,
+        &invalid_ke(&ecp256),
+    );
+    let retry = sends(&p.a.handle(&refusal, a_addr, b_addr, p.now, p.wall)).remove(0);
+    assert_eq!(ke_group_of(&p, &retry), Some(DhGroup::Ecp256.id()));
+    let message_id = Message::parse(&retry).unwrap().header.message_id;
+    let refusal = sealed_by_b(
+        &mut p,
+        b_id,
+        exchange::CREATE_CHILD_SA,
+        message_id,
+        true,
+        &invalid_ke(&x25519),
+    );
+    let out = p.a.handle(&refusal, a_addr, b_addr, p.now, p.wall);
+    assert!(sends(&out).is_empty(), "one retry only");
+    assert_eq!(
+        ike_rekey_failures(&out),
+        [Failure::PeerError(notify::INVALID_KE_PAYLOAD)]
+    );
+    assert_eq!(p.a.counters().ike_rekeys_started, 1);
+    assert_eq!(p.a.counters().ike_rekey_failures, 1);
+    assert_eq!(p.a.state(id), Some(IkeState::Established));
+    assert_eq!(p.a.sas().len(), 1);
 }
