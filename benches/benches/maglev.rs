@@ -15,9 +15,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{
-    criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput,
-};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use switchyard_benches::time_alone;
 use switchyard_lb::{reference, Backend, MaglevTable, TableSize};
 

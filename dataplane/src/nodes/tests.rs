@@ -314,13 +314,26 @@ fn known_next_hop_gets_its_header_in_rewrite() {
         MAC0,
         CLIENT_MAC,
         0x0800,
-        &ipv4(v4("198.18.1.2"), v4("198.18.2.2"), IpProtocol::UDP, 64, false, &udp),
+        &ipv4(
+            v4("198.18.1.2"),
+            v4("198.18.2.2"),
+            IpProtocol::UDP,
+            64,
+            false,
+            &udp,
+        ),
     );
     let frame6 = eth(
         MAC0,
         CLIENT_MAC,
         0x86dd,
-        &ipv6(v6("2001:db8:1::2"), v6("2001:db8:2::2"), IpProtocol::UDP, 64, &udp),
+        &ipv6(
+            v6("2001:db8:1::2"),
+            v6("2001:db8:2::2"),
+            IpProtocol::UDP,
+            64,
+            &udp,
+        ),
     );
     let untraced: Vec<_> = [&frame4, &frame6]
         .iter()
