@@ -84,6 +84,9 @@ pub struct Meta {
     /// The worker the packet is handed to ([`HANDOFF`]); on the receiving worker, the one it
     /// is (so it is not handed on again).
     pub handoff: Handoff,
+    /// A fragment that went through virtual reassembly (`ip{4,6}-vreass`): its datagram's
+    /// ports are in the worker's table, if its protocol is one whose fragments are followed.
+    pub vreass_done: bool,
 }
 
 /// [`Meta::handoff`]: a worker index or none, in one byte (so `Meta` stays in 64 bytes, which
@@ -1137,6 +1140,12 @@ impl<B: PacketBuffer> fmt::Debug for Graph<B> {
 mod tests {
     use super::*;
     use crate::buffer::HeapBuffer;
+
+    /// Every packet move copies `Meta`: it must stay in one cache line's worth of bytes.
+    #[test]
+    fn meta_fits_in_64_bytes() {
+        assert!(std::mem::size_of::<Meta>() <= 64);
+    }
 
     node_errors! {
         enum TestError {

@@ -24,4 +24,5 @@ pub mod reassembly;
 pub mod router_adverts;
 pub mod services;
 pub mod tables;
+pub mod virtual_reassembly;
 pub mod worker;

@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 
 use crate::conntrack::{ConnEntry, Direction, FlowKey, FlowKeyV4};
+use crate::virtual_reassembly::VirtualReassembly;
 use crate::wire::{checksum, sctp, IpProtocol, Ipv4Packet, Ipv6Packet};
 
 /// Protocol numbers NAT translates the ports of.
@@ -33,9 +34,12 @@ pub struct Tuple {
     pub end: usize,
     /// TCP flags, for TCP.
     pub tcp_flags: Option<u8>,
-    /// The packet is a fragment that does not carry the transport header, or one of several
-    /// fragments: ports cannot be read or rewritten reliably.
+    /// The packet is one of several fragments of a datagram.
     pub fragment: bool,
+    /// The packet is a fragment other than the first: it has no transport header, so its
+    /// ports are zero unless they were filled in from its first fragment's
+    /// ([`crate::virtual_reassembly`]), and only its addresses are rewritten.
+    pub later_fragment: bool,
 }
 
 impl Tuple {
@@ -60,6 +64,7 @@ impl Tuple {
         let ip = Ipv4Packet::new_checked(data).ok()?;
         let l4_offset = ip.header_len();
         let fragment = ip.is_fragment();
+        let later = ip.fragment_offset() != 0;
         let key = FlowKey::new(
             IpAddr::V4(ip.src_addr()),
             IpAddr::V4(ip.dst_addr()),
@@ -67,13 +72,15 @@ impl Tuple {
             0,
             0,
         );
-        Self::with_ports(data, key, l4_offset, usize::from(ip.total_len()), fragment)
+        let end = usize::from(ip.total_len());
+        Self::with_ports(data, key, l4_offset, end, fragment, later)
     }
 
     fn parse_v6(data: &[u8]) -> Option<Tuple> {
         let ip = Ipv6Packet::new_checked(data).ok()?;
         let ext = ip.extension_headers().ok()?;
         let fragment = ext.fragment.is_some_and(|f| f.is_fragmented());
+        let later = ext.fragment.is_some_and(|f| f.offset != 0);
         let key = FlowKey::new(
             IpAddr::V6(ip.src_addr()),
             IpAddr::V6(ip.dst_addr()),
@@ -81,7 +88,8 @@ impl Tuple {
             0,
             0,
         );
-        Self::with_ports(data, key, ext.upper_offset, ip.packet_len(), fragment)
+        let (at, end) = (ext.upper_offset, ip.packet_len());
+        Self::with_ports(data, key, at, end, fragment, later)
     }
 
     fn with_ports(
@@ -90,10 +98,11 @@ impl Tuple {
         l4_offset: usize,
         end: usize,
         fragment: bool,
+        later_fragment: bool,
     ) -> Option<Tuple> {
         let l4 = data.get(l4_offset..end)?;
         let mut tcp_flags = None;
-        if !fragment || first_fragment(data) {
+        if !later_fragment {
             match key.proto {
                 TCP if l4.len() >= 20 => tcp_flags = Some(l4[13]),
                 UDP if l4.len() >= 8 => {}
@@ -112,7 +121,19 @@ impl Tuple {
             end,
             tcp_flags,
             fragment,
+            later_fragment,
         })
+    }
+
+    /// For a later fragment: takes the ports its datagram's first fragment carried, as
+    /// `table` learned them; false (nothing changed) when they are not known.
+    pub fn follow_first(&mut self, ip: &[u8], table: &VirtualReassembly) -> bool {
+        let Some((src, dst)) = table.ports(ip) else {
+            return false;
+        };
+        self.key.src_port = src;
+        self.key.dst_port = dst;
+        true
     }
 
     /// True for TCP, UDP and SCTP: the protocols services are defined for.
@@ -180,6 +201,7 @@ impl Plain4 {
             end: self.end,
             tcp_flags: self.tcp_flags,
             fragment: false,
+            later_fragment: false,
         }
     }
 }
@@ -361,7 +383,13 @@ fn rewrite_general(ip: &mut [u8], from: &Tuple, to: &FlowKey) -> bool {
     if ip.len() < from.end || l4_start > from.end || l4_start < min_header {
         return false;
     }
-    let ports = from.has_ports() && !from.fragment && l4_start + 4 <= from.end;
+    // The first fragment carries the transport header and its checksum, which covers the
+    // whole datagram: an incremental update there is right for every fragment. Not so
+    // SCTP's CRC32c, which only the whole packet could recompute: its fragments keep their
+    // ports.
+    let sctp_fragment = from.fragment && from.key.proto == SCTP;
+    let ports =
+        from.has_ports() && !from.later_fragment && !sctp_fragment && l4_start + 4 <= from.end;
     // Transport checksum position, if the protocol has a pseudo-header one.
     let csum_at = match from.key.proto {
         TCP if ports => Some(l4_start + 16),
@@ -570,6 +598,7 @@ fn parse_quoted(inner: &[u8]) -> Option<Tuple> {
         end: inner.len(),
         tcp_flags: None,
         fragment,
+        later_fragment: fragment,
     })
 }
 

@@ -14,6 +14,7 @@ use crate::graph::Nanos;
 use crate::reassembly::Reassembler;
 use crate::services::{AffinityTable, ServiceCounters};
 use crate::tables::Tables;
+use crate::virtual_reassembly::VirtualReassembly;
 
 const SECOND: Nanos = 1_000_000_000;
 
@@ -419,6 +420,9 @@ pub struct WorkerState {
     pub icmp_errors: TokenBucket,
     /// Fragments addressed to this node, waiting for the rest of their datagrams.
     pub reassembly: Reassembler,
+    /// Fragmented datagrams being forwarded: the ports their first fragments carried, for
+    /// the later ones (`ip{4,6}-vreass`, NAT, ACLs).
+    pub virtual_reassembly: VirtualReassembly,
     /// The identification last given to a datagram this node fragmented or encapsulated.
     pub fragment_ident: u32,
     /// What [`WorkerState::next_fragment_ident`] adds: the number of workers, each starting
@@ -450,6 +454,7 @@ impl WorkerState {
     pub fn expire(&mut self, now: Nanos) {
         self.neighbors.expire(now);
         self.reassembly.expire(now);
+        self.virtual_reassembly.expire(now);
         // A slice of the connection table per call; callers call this often.
         self.conntrack.expire(now, 1024);
         // Kubernetes caps sessionAffinityConfig.clientIP.timeoutSeconds at one day.
@@ -553,6 +558,7 @@ impl Default for WorkerState {
             // As Linux's default icmp_msgs_per_sec / icmp_msgs_burst.
             icmp_errors: TokenBucket::new(1000, 50),
             reassembly: Reassembler::default(),
+            virtual_reassembly: VirtualReassembly::default(),
             fragment_ident: 0,
             fragment_ident_step: 1,
             worker: 0,

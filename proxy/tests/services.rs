@@ -409,3 +409,142 @@ print(f.readline().strip(), flush=True)
     lab.finish();
     drop(pods);
 }
+
+/// Fragmented UDP through a ClusterIP: kernel sockets on 1500-byte links send 3000-byte
+/// datagrams to the service, the pods answer each with a datagram as large; every fragment
+/// of both must follow its first (DNAT on the way in, un-DNAT on the way out) for either
+/// kernel to reassemble anything.
+#[test]
+fn fragmented_udp_through_a_cluster_ip() {
+    fragmented_udp_through("fragmented_udp_through_a_cluster_ip", &[]);
+}
+
+/// The same with two workers: a fanout group spreads fragments by addresses only, so the
+/// pods' answers may reach the worker that does not track their connection, which hands
+/// every fragment over (the first's ports with it).
+#[test]
+fn fragmented_udp_through_two_workers() {
+    fragmented_udp_through("fragmented_udp_through_two_workers", &["--workers", "2"]);
+}
+
+/// Runs the fragmented UDP scenario with the agent given `extra` flags.
+fn fragmented_udp_through(test: &str, extra: &[&str]) {
+    let Some(mut lab) = Lab::new(test, &["python3"]) else {
+        return;
+    };
+    if lab.kernel {
+        eprintln!("skipped: the service proxy has no kernel-mode equivalent in this lab");
+        return;
+    }
+    const VIP: &str = "198.51.100.15";
+    const SIZE: usize = 3000;
+    let dir = lab.dir.join("manifests");
+    fs::create_dir_all(&dir).expect("manifest dir");
+    let mut endpoints = String::new();
+    for (ip, node) in [(POD_A, "node-a"), (POD_B, "node-b")] {
+        endpoints +=
+            &format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n  nodeName: {node}\n");
+    }
+    let docs = [
+        service(
+            "big",
+            VIP,
+            "",
+            "  - {name: dns, protocol: UDP, port: 53, targetPort: 9053}\n",
+        ),
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: big-1, namespace: default, labels: {{kubernetes.io/service-name: big}}}}\n\
+             addressType: IPv4\nports: [{{name: dns, protocol: UDP, port: 9053}}]\nendpoints:\n{endpoints}"
+        ),
+    ];
+    fs::write(dir.join("big.yaml"), docs.join("---\n")).expect("manifests");
+    // IP_MTU_DISCOVER (10) = IP_PMTUDISC_DONT (0): the kernel fragments, DF clear.
+    let mut pods = Vec::new();
+    for (name, ip) in [("pod-a", POD_A), ("pod-b", POD_B)] {
+        lab.exec_ok(Ns::Server, &format!("ip addr add {ip}/24 dev eth0"));
+        let script = format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.setsockopt(socket.IPPROTO_IP, 10, 0)\n\
+             s.bind(('{ip}', 9053))\n\
+             while True:\n    \
+                 d, a = s.recvfrom(65535)\n    \
+                 s.sendto(b'{name} %d ' % len(d) + d, a)\n"
+        );
+        let path = lab.dir.join(format!("{name}.py"));
+        fs::write(&path, script).expect("pod script");
+        pods.push(lab.spawn(
+            Ns::Server,
+            name,
+            &format!("python3 {}", path.display()),
+            Duration::from_secs(60),
+        ));
+    }
+    let mut args = vec![
+        "--manifests",
+        dir.to_str().expect("utf-8"),
+        "--node-name",
+        "node-a",
+    ];
+    args.extend_from_slice(extra);
+    lab.start_agent(Driver::AfPacket, &args);
+    // Each datagram from a socket of its own (a flow of its own), three tries each, as a
+    // DNS client would; prints "POD LENGTH-SEEN ANSWER-SOURCE ANSWER-LENGTH" per datagram.
+    let client = lab.dir.join("client.py");
+    fs::write(
+        &client,
+        format!(
+            "import socket, sys\n\
+             payload = bytes(i % 251 for i in range({SIZE}))\n\
+             for n in range(8):\n    \
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+                 s.setsockopt(socket.IPPROTO_IP, 10, 0)\n    \
+                 s.settimeout(1)\n    \
+                 for attempt in range(3):\n        \
+                     s.sendto(payload, ('{VIP}', 53))\n        \
+                     try:\n            \
+                         d, a = s.recvfrom(65535)\n            \
+                         break\n        \
+                     except socket.timeout:\n            \
+                         d, a = b'', ('none', 0)\n    \
+                 pod, seen, echo = (d.split(b' ', 2) + [b'', b'', b''])[:3]\n    \
+                 ok = echo == payload\n    \
+                 print(pod.decode(), seen.decode(), a[0], len(d), 'ok' if ok else 'bad', flush=True)\n"
+        ),
+    )
+    .expect("client script");
+    // The pods may take a moment to bind.
+    thread::sleep(Duration::from_millis(300));
+    let out = lab.exec_t(
+        Ns::Client,
+        &format!("python3 {}", client.display()),
+        Duration::from_secs(40),
+    );
+    let lines = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client: {lines} {}",
+        text(&out.stderr)
+    );
+    let answers: Vec<&str> = lines.lines().collect();
+    assert_eq!(answers.len(), 8, "{lines}");
+    for line in &answers {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert!(
+            f.len() == 5 && f[0].starts_with("pod-") && f[1] == SIZE.to_string(),
+            "the pod got the whole datagram: {line}\n{lines}"
+        );
+        assert_eq!(f[2], VIP, "answered from the service address: {line}");
+        assert_eq!(f[4], "ok", "the whole answer came back: {line}");
+    }
+    // Requests and answers: 16 datagrams of three fragments, two of which followed the first.
+    let report = lab.finish().expect("agent output");
+    let followed = report
+        .stdout
+        .lines()
+        .find(|l| l.contains("fragment_followed"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok());
+    assert!(followed.is_some_and(|n| n >= 32), "{report}");
+    drop(pods);
+}

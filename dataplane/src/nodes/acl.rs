@@ -35,6 +35,7 @@ node_errors! {
         SelfTraffic = ("self", "new connections of a pod to itself through a Service: allowed"),
         HandedOff = ("handed_off", "packets of connections another worker tracks: handed to it"),
         TrackFailed = ("track_failed", "allowed, but the connection table refused the flow: replies may be denied"),
+        FragmentFollowed = ("fragment_followed", "non-first fragments judged by their first fragment's ports"),
     }
 }
 
@@ -45,10 +46,12 @@ enum Next {
     Lookup,
     /// Another worker, the one tracking the packet's connection.
     Handoff,
+    /// Virtual reassembly (a fragment the NAT node did not look at: no services).
+    Vreass,
 }
 
-const NEXT4: &[&str] = &[DROP, "ip4-lookup", HANDOFF];
-const NEXT6: &[&str] = &[DROP, "ip6-lookup", HANDOFF];
+const NEXT4: &[&str] = &[DROP, "ip4-lookup", HANDOFF, "ip4-vreass"];
+const NEXT6: &[&str] = &[DROP, "ip6-lookup", HANDOFF, "ip6-vreass"];
 
 /// The ACL node of IPv4 (`V6 = false`) or IPv6.
 #[derive(Debug, Default)]
@@ -77,7 +80,8 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpAcl<V6> {
 /// echo, nothing for other protocols.
 fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
     let icmp = t.key.proto == PROTO_ICMP || t.key.proto == PROTO_ICMPV6;
-    if icmp && !t.fragment {
+    // A later fragment has no ICMP header; its key took its first fragment's identifier.
+    if icmp && !t.later_fragment {
         if let Some(m) = ip.get(t.l4_offset..t.l4_offset + 8) {
             let echo = matches!(
                 (t.key.proto, m[0]),
@@ -104,9 +108,30 @@ fn judge<B: PacketBuffer>(
         cx.error(AclError::Established);
         return Next::Lookup;
     }
-    let Some(t) = Tuple::parse(pkt.buf.data()) else {
+    let Some(mut t) = Tuple::parse(pkt.buf.data()) else {
+        // A first fragment too short for its transport header is for virtual reassembly
+        // to drop.
+        if super::vreass::unseen_fragment(pkt) {
+            return Next::Vreass;
+        }
         return Next::Lookup;
     };
+    // Without services the NAT node passes fragments on unseen: they go through virtual
+    // reassembly from here (and come back through it). With services, NAT took up what
+    // another worker handed over.
+    if t.fragment {
+        if !pkt.meta.vreass_done {
+            return Next::Vreass;
+        }
+        if cx.tables.services.is_none() {
+            super::vreass::take_up_handed(cx, pkt);
+        }
+    }
+    // A later fragment is judged by its first fragment's ports: the same verdict. Ports not
+    // known (a protocol virtual reassembly does not follow) leave it judged as port 0.
+    if t.later_fragment && t.follow_first(pkt.buf.data(), &cx.state.virtual_reassembly) {
+        cx.error(AclError::FragmentFollowed);
+    }
     let ends = judged_ends(cx, pkt, &t);
     if pkt.meta.conn_new && ends.src == ends.dst {
         cx.error(AclError::SelfTraffic);
@@ -127,10 +152,13 @@ fn judge<B: PacketBuffer>(
     let key = policy_key(pkt.buf.data(), &t);
     if !pkt.meta.conn_new {
         if let Some((id, dir)) = cx.state.conntrack.lookup(&key, cx.now) {
-            let flags = t.tcp_flags;
-            cx.state
-                .conntrack
-                .track(id, dir, flags, t.end as u32, cx.now);
+            // A later fragment has no TCP flags: its first moved the state for it.
+            if !t.later_fragment {
+                let flags = t.tcp_flags;
+                cx.state
+                    .conntrack
+                    .track(id, dir, flags, t.end as u32, cx.now);
+            }
             cx.error(AclError::Established);
             return Next::Lookup;
         }
@@ -153,9 +181,12 @@ fn judge<B: PacketBuffer>(
             return Next::Handoff;
         }
     }
+    // Flows are tracked from their first packet; a later fragment of one that is not
+    // tracked only passes.
+    let track = !pkt.meta.conn_new && !t.later_fragment;
     if !isolated {
         cx.error(AclError::Unisolated);
-        if !pkt.meta.conn_new {
+        if track {
             track_new(cx, &key, &t);
         }
         return Next::Lookup;
@@ -184,7 +215,7 @@ fn judge<B: PacketBuffer>(
         }
     }
     cx.error(AclError::AllowedNew);
-    if !pkt.meta.conn_new {
+    if track {
         track_new(cx, &key, &t);
     }
     Next::Lookup

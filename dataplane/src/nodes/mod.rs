@@ -43,6 +43,7 @@ pub mod neighbor;
 mod redirect;
 mod tcp_reset;
 pub mod tunnel;
+pub mod vreass;
 
 /// The router graph: every node above, entered at `ethernet-input`.
 pub fn router_graph<B: PacketBuffer + 'static>(ports: usize) -> Result<Graph<B>, GraphError> {
@@ -57,6 +58,8 @@ fn router_nodes<B: PacketBuffer + 'static>(extra: Vec<Box<dyn Node<B>>>) -> Vec<
         Box::new(arp::ArpInput),
         Box::new(ip4::Ip4Input),
         Box::new(ip6::Ip6Input),
+        Box::new(vreass::Ip4Vreass::<B>::default()),
+        Box::new(vreass::Ip6Vreass::<B>::default()),
         Box::new(nat::Ip4Nat::default()),
         Box::new(nat::Ip6Nat::default()),
         Box::new(acl::Ip4Acl::default()),

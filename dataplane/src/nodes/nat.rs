@@ -14,13 +14,17 @@
 //!
 //! ICMP errors about a tracked connection are translated back (outer header and the quoted
 //! packet) so the client's stack matches them to its socket.
+//!
+//! A fragment after the first carries no ports: it takes its first fragment's, which
+//! `ip{4,6}-vreass` learned ([`crate::virtual_reassembly`]), and is translated as that
+//! fragment's connection, addresses only.
 
 use std::net::IpAddr;
 
 use switchyard_lb::service::{Forwarding, Frontend, FrontendEntry, FrontendKind, Target};
 
 use super::tunnel::{self, TunnelKind};
-use super::{flow_hash, tcp_reset};
+use super::{flow_hash, tcp_reset, vreass};
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{Conntrack, ConntrackError, Direction, EntryId, FlowKey, Verdict};
 use crate::fib::Route;
@@ -43,7 +47,9 @@ node_errors! {
         Clash = ("clash", "connection tuple already tracked: dropped"),
         PortRemapped = ("port_remapped", "new connections given another source port: the reply tuple was taken"),
         NoSnatPort = ("no_snat_port", "no free masquerade port or no address towards the backend: dropped"),
-        Fragment = ("fragment", "non-first fragment: not translated"),
+        Fragment = ("fragment", "non-first fragment whose first one's ports are not known: not translated"),
+        FragmentFollowed = ("fragment_followed", "non-first fragments translated as their first fragment's connection"),
+        FragmentWithoutConnection = ("fragment_without_connection", "non-first fragment to a service whose first fragment made no connection: dropped"),
         IcmpTranslated = ("icmp_translated", "ICMP errors about tracked connections translated"),
         Encapsulated = ("encapsulated", "packets sent to a backend in a GRE or IP-in-IP tunnel"),
         Decapsulated = ("decapsulated", "tunnel packets to this node unwrapped"),
@@ -78,6 +84,8 @@ enum Next {
     Acl,
     /// Another worker, the one tracking the packet's connection.
     Handoff,
+    /// Virtual reassembly of the node's own family (a fragment, first seen here).
+    Vreass,
 }
 
 const NEXT4: &[&str] = &[
@@ -90,6 +98,7 @@ const NEXT4: &[&str] = &[
     "ip4-rewrite",
     "ip4-acl",
     HANDOFF,
+    "ip4-vreass",
 ];
 const NEXT6: &[&str] = &[
     DROP,
@@ -101,6 +110,7 @@ const NEXT6: &[&str] = &[
     "ip6-rewrite",
     "ip6-acl",
     HANDOFF,
+    "ip6-vreass",
 ];
 
 /// The NAT node of IPv4 (`V6 = false`) or IPv6.
@@ -241,9 +251,30 @@ fn translate<B: PacketBuffer>(
     services: &Services,
     pkt: &mut Packet<B>,
 ) -> Next {
-    let Some(t) = Tuple::parse(pkt.buf.data()) else {
+    let Some(mut t) = Tuple::parse(pkt.buf.data()) else {
+        // A first fragment too short for its transport header is for virtual reassembly
+        // to drop.
+        if vreass::unseen_fragment(pkt) {
+            return Next::Vreass;
+        }
         return Next::Lookup;
     };
+    // Fragments take the short path's miss, so they cost the packets that are not nothing:
+    // each goes through virtual reassembly once, then comes back. One another worker
+    // handed over went through that worker's.
+    if t.fragment {
+        if !pkt.meta.vreass_done {
+            return Next::Vreass;
+        }
+        vreass::take_up_handed(cx, pkt);
+    }
+    if t.later_fragment && t.has_ports() {
+        if !t.follow_first(pkt.buf.data(), &cx.state.virtual_reassembly) {
+            cx.error(NatError::Fragment);
+            return Next::Lookup;
+        }
+        return translate_later_fragment(cx, services, pkt, &t);
+    }
     if matches!(
         t.key.proto,
         tunnel::PROTO_IPIP | tunnel::PROTO_IPV6 | tunnel::PROTO_GRE
@@ -255,10 +286,6 @@ fn translate<B: PacketBuffer>(
     }
     if !t.has_ports() {
         return icmp_error(cx, pkt, &t);
-    }
-    if t.fragment && t.key.src_port == 0 && t.key.dst_port == 0 {
-        cx.error(NatError::Fragment);
-        return Next::Lookup;
     }
     let len = t.end as u32;
     if let Some((id, dir)) = cx.state.conntrack.lookup(&t.key, cx.now) {
@@ -289,6 +316,61 @@ fn translate<B: PacketBuffer>(
         return Next::Lookup;
     }
     start(cx, services, pkt, &t)
+}
+
+/// A fragment after the first, its ports filled in from the first: translated as the
+/// connection its first fragment found or made, addresses only (the transport header and
+/// its checksum are in the first fragment). It moves no connection state (it has no TCP
+/// flags) and never starts a connection: a first fragment that made none was refused. What
+/// tunnels or delivers without a connection (the edge role, direct server return) it
+/// follows the same way as its first: Maglev picks the same backend for the same ports.
+#[cold]
+fn translate_later_fragment<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+    t: &Tuple,
+) -> Next {
+    let Some((id, dir)) = cx.state.conntrack.lookup(&t.key, cx.now) else {
+        if tracked_elsewhere(cx, pkt, &t.key).is_some() {
+            cx.error(NatError::HandedOff);
+            return Next::Handoff;
+        }
+        let dst_is_local = is_local(cx.tables, t.key.dst);
+        let Some(frontend) = services.find(t.key.dst, t.key.proto, t.key.dst_port, dst_is_local)
+        else {
+            return Next::Lookup;
+        };
+        let stateful = matches!(
+            (frontend.forwarding, pkt.meta.decapsulated),
+            (Forwarding::Nat, _) | (Forwarding::Gre | Forwarding::Ipip, true)
+        );
+        if stateful {
+            cx.error(NatError::FragmentWithoutConnection);
+            return Next::Drop;
+        }
+        return new_connection(cx, services, frontend, pkt, t);
+    };
+    let Some(entry) = cx.state.conntrack.get(id) else {
+        return Next::Lookup;
+    };
+    pkt.meta.conn = Some(id);
+    cx.state
+        .service_counters
+        .packet(entry.user, dir.index(), t.end as u32);
+    if nat::is_translated(entry) {
+        let to = nat::target_tuple(entry, dir);
+        if nat::rewrite(pkt.buf.data_mut(), t, &to) {
+            cx.error(NatError::FragmentFollowed);
+            if pkt.meta.trace != 0 {
+                cx.trace(
+                    &pkt.meta,
+                    format_args!("{} {dir:?} fragment: to {to}", t.key),
+                );
+            }
+        }
+    }
+    Next::Lookup
 }
 
 /// A packet no connection tracks: starts one if it is to a Service frontend, else passes.
@@ -661,8 +743,10 @@ fn decapsulate<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t:
         Ok(inner_v6) => {
             cx.error(NatError::Decapsulated);
             pkt.meta.decapsulated = true;
-            // The inner packet is a new one: the worker tracking its connection may be another.
+            // The inner packet is a new one: the worker tracking its connection may be another,
+            // and, a fragment, it has not been through virtual reassembly.
             pkt.meta.handoff = Handoff::NONE;
+            pkt.meta.vreass_done = false;
             pkt.meta.local_origin = false;
             if pkt.meta.trace != 0 {
                 cx.trace(&pkt.meta, format_args!("decapsulated from {}", t.key.src));

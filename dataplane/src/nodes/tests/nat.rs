@@ -710,4 +710,5 @@ fn a_reply_tuple_clash_between_two_services_gets_another_source_port() {
     );
 }
 
+mod fragments;
 mod kube_proxy;
