@@ -13,6 +13,8 @@ PACKAGES=(
   m4 libelf-dev zlib1g-dev
   # lab and tests: namespaces, kernel peers, packet dissection, kernel baseline
   iproute2 iputils-ping tshark tcpdump nftables iptables socat netcat-openbsd ethtool gobgpd bird2
+  # BGP peer: FRR's bgpd, started by bgp/tests/frr.rs itself (its service stays off)
+  frr
   python3
   # benchmarks: instruction counts
   valgrind

@@ -749,9 +749,14 @@ fn update_next_hop_wrong_length_is_treat_as_withdraw() {
 
 #[test]
 fn update_next_hop_semantically_invalid_ignores_the_route() {
-    // RFC 4271 §6.3: 0.0.0.0, multicast: the route is ignored, no
-    // NOTIFICATION.
-    for nh in [[0, 0, 0, 0], [224, 0, 0, 5], [255, 255, 255, 255]] {
+    // RFC 4271 §6.3: 0.0.0.0, multicast, broadcast, loopback: the route is
+    // ignored, no NOTIFICATION.
+    for nh in [
+        [0, 0, 0, 0],
+        [224, 0, 0, 5],
+        [255, 255, 255, 255],
+        [127, 0, 0, 1],
+    ] {
         let mut p = Peer::ebgp().with_route();
         let a = p.feed(&update(
             &[],
@@ -762,6 +767,52 @@ fn update_next_hop_semantically_invalid_ignores_the_route() {
         assert_eq!(p.session.state(), State::Established);
         assert!(p.v4().is_empty(), "{nh:?}");
     }
+}
+
+#[test]
+fn mp_reach_next_hop_semantically_invalid_ignores_the_routes() {
+    // RFC 4760 §3, RFC 2545 §3: an IPv6 next hop nobody can forward to
+    // (unspecified, loopback, multicast, IPv4-mapped) makes the routes
+    // unusable, without a NOTIFICATION, and they replace what the peer
+    // had announced.
+    let bad: [[u8; 16]; 4] = [
+        [0; 16],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1],
+    ];
+    for nh in bad {
+        let mut p = Peer::ebgp();
+        p.feed(&update(
+            &[],
+            &[origin(), as_path4(&[PEER_AS]), mp_reach_v6(0x80)],
+            &[],
+        ));
+        assert_eq!(p.v6(), [p6("2001:db8:1::/48")]);
+        let mut v = vec![0, 2, 1, 16];
+        v.extend(nh);
+        v.push(0);
+        v.extend([48, 0x20, 1, 0x0d, 0xb8, 0, 1]);
+        let a = p.feed(&update(
+            &[],
+            &[origin(), as_path4(&[PEER_AS]), attr(0x80, MP_REACH, &v)],
+            &[],
+        ));
+        p.assert_treated_as_withdraw(&a);
+        assert!(p.v6().is_empty(), "{nh:?}");
+    }
+    // A link-local next hop alone is what peers on one link may send.
+    let mut p = Peer::ebgp();
+    let mut v = vec![0, 2, 1, 16];
+    v.extend([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v.push(0);
+    v.extend([48, 0x20, 1, 0x0d, 0xb8, 0, 1]);
+    p.feed(&update(
+        &[],
+        &[origin(), as_path4(&[PEER_AS]), attr(0x80, MP_REACH, &v)],
+        &[],
+    ));
+    assert_eq!(p.v6(), [p6("2001:db8:1::/48")]);
 }
 
 #[test]

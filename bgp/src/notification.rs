@@ -133,12 +133,57 @@ impl Notification {
     }
 }
 
+impl Notification {
+    /// The operator's message of an Administrative Shutdown or Reset
+    /// (RFC 9003: a length octet, then that many octets of UTF-8), when the
+    /// data holds one. Malformed text is not an error: the message is
+    /// diagnostic only, so it is left out (RFC 9003 §2).
+    pub fn shutdown_message(&self) -> Option<&str> {
+        let admin = matches!(self.subcode, cease::ADMIN_SHUTDOWN | cease::ADMIN_RESET);
+        if self.code != code::CEASE || !admin {
+            return None;
+        }
+        let (&len, text) = self.data.split_first()?;
+        let text = text.get(..usize::from(len)).filter(|t| !t.is_empty())?;
+        std::str::from_utf8(text).ok()
+    }
+}
+
 impl fmt::Display for Notification {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "NOTIFICATION {}/{}", self.code, self.subcode)?;
-        if !self.data.is_empty() {
+        if let Some(text) = self.shutdown_message() {
+            // Debug formatting escapes control characters: the peer's
+            // text goes into logs and `show bgp`.
+            write!(f, ": {text:?}")?;
+        } else if !self.data.is_empty() {
             write!(f, " ({} data bytes)", self.data.len())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_message_is_shown_when_well_formed() {
+        let text = |data: &[u8]| {
+            Notification::new(code::CEASE, cease::ADMIN_SHUTDOWN, data.to_vec()).to_string()
+        };
+        assert_eq!(
+            text(b"\x12maintenance window"),
+            "NOTIFICATION 6/2: \"maintenance window\""
+        );
+        // Control characters are escaped, not written into the log.
+        assert_eq!(text(b"\x03a\nb"), "NOTIFICATION 6/2: \"a\\nb\"");
+        // A length past the data, bad UTF-8, or none: the byte count only.
+        assert_eq!(text(b"\x09short"), "NOTIFICATION 6/2 (6 data bytes)");
+        assert_eq!(text(b"\x02\xff\xfe"), "NOTIFICATION 6/2 (3 data bytes)");
+        assert_eq!(text(b""), "NOTIFICATION 6/2");
+        // Other codes keep their data opaque.
+        let other = Notification::new(code::CEASE, 3, b"\x01x".to_vec());
+        assert_eq!(other.shutdown_message(), None);
     }
 }

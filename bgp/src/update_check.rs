@@ -438,13 +438,7 @@ fn check_attribute(code: u8, v: &[u8], raw: &[u8], idx: usize, ctx: &UpdateConte
         NEXT_HOP => {
             // RFC 4271 §6.3: a semantically wrong next hop makes the
             // route unusable, without a NOTIFICATION.
-            let usable = |v: &[u8]| match <[u8; 4]>::try_from(v) {
-                Ok(a) => {
-                    let nh = std::net::Ipv4Addr::from(a);
-                    !(nh.is_unspecified() || nh.is_multicast() || nh.is_broadcast())
-                }
-                Err(_) => false,
-            };
+            let usable = |v: &[u8]| <[u8; 4]>::try_from(v).is_ok_and(usable_ipv4_next_hop);
             if s.nlri.0 == s.nlri.1 {
                 // RFC 4760 §3: with no NLRI but MP_REACH_NLRI's, NEXT_HOP
                 // SHOULD be ignored, so a bad one costs nothing more.
@@ -566,11 +560,39 @@ fn check_mp_reach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
         s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
         return;
     }
+    // RFC 4760 §3 and RFC 4271 §6.3: a next hop no router could forward
+    // to makes the attribute's routes unusable, as NEXT_HOP's do.
+    let nh = &v[4..4 + usize::from(nh_len)];
+    let usable = match family {
+        Family::Ipv4Unicast => nh.first_chunk().is_some_and(|a| usable_ipv4_next_hop(*a)),
+        Family::Ipv6Unicast => nh.first_chunk().is_some_and(|a| usable_ipv6_next_hop(*a)),
+    };
+    if !usable {
+        s.withdraw(sub::INVALID_NEXT_HOP, &[]);
+    }
     let at = s.attrs[idx].value_start + nlri_at;
     match check_mp_nlri(&v[nlri_at..], at, family, ctx, s) {
         None => s.reset(sub::OPTIONAL_ATTRIBUTE, &[]),
         Some(n) => s.has_reach |= n > 0,
     }
+}
+
+/// An IPv4 next hop a route may use: a unicast host address, not this
+/// host's own loopback (127/8 is not reachable on any link: BIRD and
+/// Linux refuse it too).
+fn usable_ipv4_next_hop(a: [u8; 4]) -> bool {
+    let nh = std::net::Ipv4Addr::from(a);
+    !(nh.is_unspecified() || nh.is_multicast() || nh.is_broadcast() || nh.is_loopback())
+}
+
+/// The global IPv6 next hop of MP_REACH_NLRI (RFC 2545 §3): not the
+/// unspecified or loopback address, not multicast, and not an
+/// IPv4-mapped address (what a speaker with no IPv6 address of its own
+/// may fill in; no IPv6 neighbor has it). A link-local address alone
+/// stays usable: peers on one link may send only that.
+fn usable_ipv6_next_hop(a: [u8; 16]) -> bool {
+    let nh = std::net::Ipv6Addr::from(a);
+    !(nh.is_unspecified() || nh.is_loopback() || nh.is_multicast() || nh.to_ipv4_mapped().is_some())
 }
 
 fn check_mp_unreach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {

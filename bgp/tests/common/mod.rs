@@ -1,6 +1,6 @@
-//! Real BGP peers for the integration tests: gobgpd and BIRD 2, started
-//! on loopback addresses and unprivileged ports, each in its own temp
-//! dir, killed when dropped (also when a test panics).
+//! Real BGP peers for the integration tests: gobgpd, BIRD 2 and FRR's
+//! bgpd, started on loopback addresses and unprivileged ports, each in
+//! its own temp dir, killed when dropped (also when a test panics).
 //!
 //! Addresses: every test takes its own 127.0.N.0/24 (N distinct per
 //! test) so tests can run in parallel; we are 127.0.N.1, peers .2, .3.
@@ -24,7 +24,7 @@ pub const OUR_NH6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/lib/frr"].map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
@@ -46,7 +46,7 @@ pub fn require(names: &[&str]) -> Option<Vec<PathBuf>> {
         std::env::var_os("CI").is_none(),
         "peer binaries missing in CI: {missing:?} (scripts/install-deps.sh installs them)"
     );
-    println!("skipped: {missing:?} not installed (apt-get install gobgpd bird2)");
+    println!("skipped: {missing:?} not installed (apt-get install gobgpd bird2 frr)");
     None
 }
 
@@ -434,6 +434,214 @@ impl Bird {
     pub fn route_all(&self, prefix: &str) -> String {
         self.cli(&["show", "route", "all", "for", prefix])
             .unwrap_or_default()
+    }
+}
+
+pub struct FrrOpts {
+    pub router_id: Ipv4Addr,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub asn: u32,
+    pub neighbor: (Ipv4Addr, u16, u32),
+    /// Next hops bgpd announces (outbound route-maps), never loopback.
+    pub nh4: Ipv4Addr,
+    pub nh6: Ipv6Addr,
+    pub password: Option<String>,
+    /// Prefixes bgpd originates with `network` statements.
+    pub networks4: Vec<String>,
+    pub networks6: Vec<String>,
+    /// Configuration appended at the end: prefix-lists and route-map
+    /// entries numbered below 10 to treat some prefixes differently.
+    pub extra: String,
+}
+
+/// FRR's bgpd, alone: no zebra, no watchfrr, no systemd.
+///
+/// Started as `bgpd -Z -S -f CONF -i PID --vty_socket DIR -l ADDR -p PORT
+/// -P 0`. `-Z` keeps it off the kernel (and makes every next hop count
+/// as resolved, since there is no zebra to ask); `-S` skips the
+/// user/group switch, because `-u root -g root` fails at start unless
+/// root is in the `frrvty` group. Queried with `vtysh --vty_socket DIR
+/// -d bgpd -c "show ... json"`.
+pub struct Frr {
+    pub proc: Proc,
+}
+
+impl FrrOpts {
+    /// `bgpd.conf` for these options: one neighbour, us, with both
+    /// families and outbound route-maps that set documentation next hops.
+    pub fn config(&self) -> String {
+        let o = self;
+        let (naddr, nport, nasn) = o.neighbor;
+        let networks = |v: &[String]| {
+            v.iter()
+                .map(|p| format!("  network {p}\n"))
+                .collect::<String>()
+        };
+        // Without it FRR's eBGP-only defaults (TTL 1 and a connected
+        // check it cannot make without zebra) keep the session down.
+        let multihop = if o.asn == nasn {
+            String::new()
+        } else {
+            format!(" neighbor {naddr} ebgp-multihop 2\n")
+        };
+        let password = o
+            .password
+            .as_ref()
+            .map(|p| format!(" neighbor {naddr} password {p}\n"))
+            .unwrap_or_default();
+        format!(
+            r#"frr defaults traditional
+hostname sy-frr
+log stdout informational
+debug bgp neighbor-events
+!
+route-map sy-out4 permit 10
+ set ip next-hop {nh4}
+exit
+!
+route-map sy-out6 permit 10
+ set ipv6 next-hop global {nh6}
+exit
+!
+router bgp {asn}
+ bgp router-id {rid}
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ neighbor {naddr} remote-as {nasn}
+ neighbor {naddr} port {nport}
+ neighbor {naddr} update-source {addr}
+ neighbor {naddr} timers 3 9
+ neighbor {naddr} timers connect 1
+ neighbor {naddr} advertisement-interval 0
+{multihop}{password} !
+ address-family ipv4 unicast
+{n4}  neighbor {naddr} route-map sy-out4 out
+ exit-address-family
+ !
+ address-family ipv6 unicast
+{n6}  neighbor {naddr} activate
+  neighbor {naddr} route-map sy-out6 out
+ exit-address-family
+exit
+!
+{extra}"#,
+            rid = o.router_id,
+            asn = o.asn,
+            addr = o.addr,
+            nh4 = o.nh4,
+            nh6 = o.nh6,
+            extra = o.extra,
+            n4 = networks(&o.networks4),
+            n6 = networks(&o.networks6),
+        )
+    }
+}
+
+impl Frr {
+    pub fn start(bin: &Path, o: &FrrOpts) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let file = path.join("bgpd.conf");
+        std::fs::write(&file, o.config()).expect("write bgpd.conf");
+        let proc = Proc::spawn(
+            "bgpd",
+            dir,
+            Command::new(bin)
+                .arg("-Z")
+                .arg("-S")
+                .arg("-f")
+                .arg(&file)
+                .arg("-i")
+                .arg(path.join("bgpd.pid"))
+                .arg("--vty_socket")
+                .arg(&path)
+                .arg("-l")
+                .arg(o.addr.to_string())
+                .arg("-p")
+                .arg(o.port.to_string())
+                .arg("-P")
+                .arg("0"),
+        );
+        let mut f = Self { proc };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if f.vtysh(&["show bgp summary json"]).is_ok() {
+                return f;
+            }
+            if !f.proc.is_running() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("bgpd did not come up:\n{}", f.proc.log());
+    }
+
+    /// vtysh commands, in turn, against this bgpd only (`configure`
+    /// followed by configuration lines changes the running config);
+    /// stdout, or what went wrong.
+    pub fn vtysh(&self, cmds: &[&str]) -> Result<String, String> {
+        let out = Command::new(find_binary("vtysh").unwrap_or_else(|| "vtysh".into()))
+            .arg("--vty_socket")
+            .arg(self.proc.dir.path())
+            .arg("-d")
+            .arg("bgpd")
+            .args(cmds.iter().flat_map(|c| ["-c", c]))
+            .output()
+            .map_err(|e| e.to_string())?;
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(s)
+        } else {
+            Err(format!("{s}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// Changes the running configuration: `lines` are entered after
+    /// `configure terminal`, as one vtysh session.
+    pub fn configure(&self, lines: &[&str]) {
+        let mut cmds = vec!["configure terminal"];
+        cmds.extend_from_slice(lines);
+        match self.vtysh(&cmds) {
+            // vtysh exits 0 on some rejected lines but says so.
+            Ok(out) if !out.contains('%') => {}
+            r => panic!("vtysh {lines:?}: {r:?}"),
+        }
+    }
+
+    /// A `show ... json` command, parsed; `Null` when bgpd does not
+    /// answer or the output is not JSON.
+    pub fn json(&self, cmd: &str) -> serde_json::Value {
+        self.vtysh(&[cmd])
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default()
+    }
+
+    /// The RFC 4271 state bgpd reports for its session with `peer`
+    /// ("Established", "Active", ...).
+    pub fn session_state(&self, peer: Ipv4Addr) -> String {
+        self.json(&format!("show bgp neighbors {peer} json"))[peer.to_string()]["bgpState"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Every path bgpd holds for `prefix` (`afi`: "ipv4" or "ipv6"), as
+    /// `show bgp AFI unicast PREFIX json` lists them.
+    pub fn paths(&self, afi: &str, prefix: &str) -> Vec<serde_json::Value> {
+        let v = self.json(&format!("show bgp {afi} unicast {prefix} json"));
+        // A missing prefix answers `{}`; make sure it is the right one.
+        if v["prefix"].as_str() != Some(prefix) {
+            return Vec::new();
+        }
+        v["paths"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The whole table of one family, for failure messages.
+    pub fn table(&self, afi: &str) -> String {
+        self.vtysh(&[&format!("show bgp {afi} unicast")])
+            .unwrap_or_else(|e| e)
     }
 }
 

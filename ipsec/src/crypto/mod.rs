@@ -335,61 +335,72 @@ impl Default for SymOp<'_> {
 impl SymOp<'_> {
     /// Runs the operation on the calling core with the context's own methods.
     pub fn run_here(&mut self) {
-        self.result = self.try_run_here();
-    }
-
-    fn try_run_here(&mut self) -> Result<(), CryptoError> {
-        let p = &self.params;
-        let len = self.buf.len();
-        let fits = |r: &Range<usize>| r.start <= r.end && r.end <= len;
-        let icv_len = usize::from(p.icv_len);
-        if !fits(&p.text) || icv_len > p.expected.len() {
-            return Err(CryptoError::BufferLength);
-        }
-        match self.ctx {
+        self.result = match self.ctx {
+            Some(ctx) => ctx.run_here(&self.params, self.buf),
             None => Err(CryptoError::Backend),
-            Some(SymCtx::Aead(aead)) => {
-                let mut nonce = [0u8; 12];
-                nonce.copy_from_slice(&p.iv[..12]);
+        };
+    }
+}
+
+impl SymCtx<'_> {
+    /// Runs the operation `params` describes on `buf`, on the calling core, with the
+    /// context's own methods. The AEAD part is inlined: ESP's one-packet paths call it
+    /// between their two halves, where the offsets are still in registers, and nothing of
+    /// `params` need be in memory but the nonce and the AAD.
+    #[inline(always)]
+    pub fn run_here(self, p: &SymParams, buf: &mut [u8]) -> Result<(), CryptoError> {
+        match self {
+            SymCtx::Aead(aead) => {
+                let nonce = p.iv.first_chunk::<12>().ok_or(CryptoError::BufferLength)?;
                 let aad = p
                     .aad
                     .get(..usize::from(p.aad_len))
                     .ok_or(CryptoError::BufferLength)?;
-                let text = &mut self.buf[p.text.clone()];
+                let text = buf
+                    .get_mut(p.text.clone())
+                    .ok_or(CryptoError::BufferLength)?;
                 if p.seal {
-                    if !fits(&(p.digest_at..p.digest_at + AeadAlgorithm::TAG_LEN)) {
-                        return Err(CryptoError::BufferLength);
-                    }
                     let mut tag = [0u8; AeadAlgorithm::TAG_LEN];
-                    aead.seal(&nonce, aad, text, &mut tag)?;
-                    self.buf[p.digest_at..p.digest_at + tag.len()].copy_from_slice(&tag);
+                    aead.seal(nonce, aad, text, &mut tag)?;
+                    *buf.get_mut(p.digest_at..)
+                        .and_then(|b| b.first_chunk_mut::<{ AeadAlgorithm::TAG_LEN }>())
+                        .ok_or(CryptoError::BufferLength)? = tag;
                     Ok(())
                 } else {
-                    let mut tag = [0u8; AeadAlgorithm::TAG_LEN];
-                    tag.copy_from_slice(&p.expected[..AeadAlgorithm::TAG_LEN]);
-                    aead.open(&nonce, aad, text, &tag)
+                    let tag = p
+                        .expected
+                        .first_chunk::<{ AeadAlgorithm::TAG_LEN }>()
+                        .ok_or(CryptoError::BufferLength)?;
+                    aead.open(nonce, aad, text, tag)
                 }
             }
-            Some(SymCtx::CbcHmac(ctx)) => {
-                if !fits(&p.auth) || icv_len != ctx.mac().icv_len() {
-                    return Err(CryptoError::BufferLength);
-                }
-                let iv = p.iv;
-                if p.seal {
-                    if !fits(&(p.digest_at..p.digest_at + icv_len)) {
-                        return Err(CryptoError::BufferLength);
-                    }
-                    ctx.encrypt(&iv, &mut self.buf[p.text.clone()])?;
-                    let mut icv = [0u8; 32];
-                    ctx.sign(&[&self.buf[p.auth.clone()]], &mut icv[..icv_len])?;
-                    self.buf[p.digest_at..p.digest_at + icv_len].copy_from_slice(&icv[..icv_len]);
-                    Ok(())
-                } else {
-                    ctx.verify(&[&self.buf[p.auth.clone()]], &p.expected[..icv_len])?;
-                    ctx.decrypt(&iv, &mut self.buf[p.text.clone()])
-                }
-            }
+            SymCtx::CbcHmac(ctx) => run_cbc_hmac_here(ctx, p, buf),
         }
+    }
+}
+
+/// [`SymCtx::run_here`] for AES-CBC with HMAC: encrypt then sign, or verify then decrypt.
+fn run_cbc_hmac_here(ctx: &dyn CbcHmac, p: &SymParams, buf: &mut [u8]) -> Result<(), CryptoError> {
+    let icv_len = usize::from(p.icv_len);
+    let len = buf.len();
+    let fits = |r: &Range<usize>| r.start <= r.end && r.end <= len;
+    if !fits(&p.text) || !fits(&p.auth) || icv_len != ctx.mac().icv_len() {
+        return Err(CryptoError::BufferLength);
+    }
+    let expected = p.expected.get(..icv_len).ok_or(CryptoError::BufferLength)?;
+    if p.seal {
+        if !fits(&(p.digest_at..p.digest_at + icv_len)) {
+            return Err(CryptoError::BufferLength);
+        }
+        ctx.encrypt(&p.iv, &mut buf[p.text.clone()])?;
+        let mut icv = [0u8; 32];
+        let icv = &mut icv[..icv_len];
+        ctx.sign(&[&buf[p.auth.clone()]], icv)?;
+        buf[p.digest_at..p.digest_at + icv_len].copy_from_slice(icv);
+        Ok(())
+    } else {
+        ctx.verify(&[&buf[p.auth.clone()]], expected)?;
+        ctx.decrypt(&p.iv, &mut buf[p.text.clone()])
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::sa::{Direction, EspSuite, Nanos, Sa, SaCrypto};
 use super::EspError;
-use crate::crypto::{CryptoError, SymOp, SymParams};
+use crate::crypto::{AeadAlgorithm, CbcHmac, CryptoError, SymParams};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
@@ -22,6 +22,7 @@ const IPV4_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
 const UDP_HEADER_LEN: usize = 8;
 const ESP_HEADER_LEN: usize = 8;
+const TAG_LEN: usize = AeadAlgorithm::TAG_LEN;
 
 /// The outer header to put around ESP: tunnel endpoints and, behind a NAT, UDP ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +127,9 @@ pub fn encapsulate(
 ///
 /// This is [`encapsulate_prepare`], the crypto on the calling core, and
 /// [`encapsulate_finish`]; the dataplane runs the three steps over a whole vector of packets
-/// so that a crypto device gets them in bursts.
+/// so that a crypto device gets them in bursts. Here the three share one body, and an AEAD
+/// is called straight from it: nonce and AAD are built on the stack, not carried in a
+/// [`SymParams`].
 pub fn encapsulate_in_place(
     sa: &mut Sa,
     buf: &mut [u8],
@@ -134,16 +137,27 @@ pub fn encapsulate_in_place(
     outer: &OuterHeader,
     now: Nanos,
 ) -> Result<Range<usize>, EspError> {
-    let (pending, params) = encapsulate_prepare(sa, buf, inner, outer, now)?;
-    let mut op = SymOp {
-        buf: &mut *buf,
-        ctx: Some(sa.crypto_ctx()),
-        params,
-        result: Ok(()),
+    let layout = write_encap(sa, buf, inner, outer, now)?;
+    let crypto = match &sa.crypto {
+        SaCrypto::Gcm { aead, salt } => {
+            let (mut nonce, mut aad) = ([0u8; 12], [0u8; 12]);
+            let aad_len =
+                gcm_encap_nonce(sa.spi, sa.esn, salt, buf, &layout, &mut nonce, &mut aad)?;
+            let aad = &aad[..usize::from(aad_len)];
+            let (text, tag) = buf
+                .get_mut(layout.ct_at..layout.end)
+                .map(|b| b.split_at_mut(layout.ct_end - layout.ct_at))
+                .and_then(|(text, tag)| Some((text, tag.first_chunk_mut::<TAG_LEN>()?)))
+                .ok_or(EspError::BufferTooSmall)?;
+            aead.seal(&nonce, aad, text, tag)
+        }
+        SaCrypto::CbcHmac(ctx) => {
+            let params = cbc_encap_params(sa.spi, sa.esn, &**ctx, buf, &layout)?;
+            sa.crypto_ctx().run_here(&params, buf)
+        }
     };
-    op.run_here();
-    let result = op.result;
-    encapsulate_finish(sa, &pending, buf, result)
+    sa.seq = layout.seq;
+    finish_encap(sa, &layout.pending(), buf, crypto)
 }
 
 /// An encapsulation waiting for its crypto (see [`encapsulate_prepare`]).
@@ -168,6 +182,74 @@ pub fn encapsulate_prepare(
     outer: &OuterHeader,
     now: Nanos,
 ) -> Result<(EncapPending, SymParams), EspError> {
+    let layout = write_encap(sa, buf, inner, outer, now)?;
+    let params = match &sa.crypto {
+        SaCrypto::Gcm { salt, .. } => {
+            let mut params = SymParams {
+                seal: true,
+                text: layout.ct_at..layout.ct_end,
+                digest_at: layout.ct_end,
+                icv_len: TAG_LEN as u8,
+                ..SymParams::default()
+            };
+            let mut nonce = [0u8; 12];
+            params.aad_len = gcm_encap_nonce(
+                sa.spi,
+                sa.esn,
+                salt,
+                buf,
+                &layout,
+                &mut nonce,
+                &mut params.aad,
+            )?;
+            params.iv[..12].copy_from_slice(&nonce);
+            params
+        }
+        SaCrypto::CbcHmac(ctx) => cbc_encap_params(sa.spi, sa.esn, &**ctx, buf, &layout)?,
+    };
+    sa.seq = layout.seq;
+    Ok((layout.pending(), params))
+}
+
+/// Where the parts of an encapsulation lie in the buffer, once [`write_encap`] wrote all but
+/// the IV and the ICV.
+struct EncapLayout {
+    /// The outer header.
+    start: usize,
+    /// The ESP header, then the IV.
+    esp_at: usize,
+    /// The plaintext (inner packet, padding, trailer): `ct_at..ct_end`; then the ICV.
+    ct_at: usize,
+    ct_end: usize,
+    end: usize,
+    inner_len: usize,
+    /// The sequence number the packet carries, not yet taken from the SA.
+    seq: u64,
+    udp6_checksum: bool,
+}
+
+impl EncapLayout {
+    fn pending(&self) -> EncapPending {
+        EncapPending {
+            range: self.start..self.end,
+            inner_len: self.inner_len,
+            udp6_checksum: self.udp6_checksum,
+        }
+    }
+}
+
+/// What every encapsulation does before the crypto's own part: checks the SA and the packet,
+/// picks the next sequence number and writes the outer header, the ESP header (not the IV)
+/// and the trailer. Inlined into both callers, so that the one-packet path keeps the layout
+/// in registers.
+#[inline(always)]
+fn write_encap(
+    sa: &mut Sa,
+    buf: &mut [u8],
+    inner: Range<usize>,
+    outer: &OuterHeader,
+    now: Nanos,
+) -> Result<EncapLayout, EspError> {
     if sa.direction != Direction::Outbound {
         return Err(EspError::WrongDirection);
     }
@@ -194,10 +276,9 @@ pub fn encapsulate_prepare(
     let inner_len = inner.len();
     let align = suite.block_len();
     let pad_len = (align - (inner_len + 2) % align) % align;
-    let iv_len = suite.iv_len();
     let start = inner
         .start
-        .checked_sub(outer.len() + ESP_HEADER_LEN + iv_len)
+        .checked_sub(outer.len() + ESP_HEADER_LEN + suite.iv_len())
         .ok_or(EspError::BufferTooSmall)?;
     let esp_at = start + outer.len();
     let ct_at = inner.start;
@@ -208,67 +289,87 @@ pub fn encapsulate_prepare(
     }
 
     // Trailer: monotonic padding 1, 2, 3, ..., pad length, next header. The pattern is
-    // copied whole when it fits before the end (the ICV, at least 16 bytes, follows the
-    // trailer, so it does unless the caller left no room for it): one 16-byte store.
-    match buf
-        .get_mut(inner.end..)
+    // stored whole, one 16-byte store: an ICV of at least 16 bytes follows the trailer, so
+    // the 16 bytes after the inner packet lie before `end`, inside the buffer.
+    *buf.get_mut(inner.end..)
         .and_then(|tail| tail.first_chunk_mut::<16>())
-    {
-        Some(room) => *room = PADDING,
-        None => buf[inner.end..ct_end - 2].copy_from_slice(&PADDING[..pad_len]),
-    }
+        .ok_or(EspError::BufferTooSmall)? = PADDING;
     buf[ct_end - 2] = pad_len as u8;
     buf[ct_end - 1] = next_header;
 
-    let spi = sa.spi.to_be_bytes();
-    let seq_low = (seq as u32).to_be_bytes();
-    let seq_high = ((seq >> 32) as u32).to_be_bytes();
-    buf[esp_at..esp_at + 4].copy_from_slice(&spi);
-    buf[esp_at + 4..esp_at + 8].copy_from_slice(&seq_low);
-
-    let mut params = SymParams {
-        seal: true,
-        text: ct_at..ct_end,
-        digest_at: ct_end,
-        icv_len: suite.icv_len() as u8,
-        ..SymParams::default()
-    };
-    match &sa.crypto {
-        SaCrypto::Gcm { salt, .. } => {
-            // The explicit IV is the 64-bit sequence number: unique per SA, as RFC 4106
-            // section 3.1 requires, and free to produce.
-            let iv = seq.to_be_bytes();
-            buf[esp_at + 8..ct_at].copy_from_slice(&iv);
-            params.iv[..4].copy_from_slice(salt);
-            params.iv[4..12].copy_from_slice(&iv);
-            params.aad_len = gcm_aad(&mut params.aad, &spi, &seq_low, sa.esn.then_some(&seq_high));
-        }
-        SaCrypto::CbcHmac(ctx) => {
-            let mut nonce = [0u8; 16];
-            nonce[..4].copy_from_slice(&spi);
-            nonce[8..].copy_from_slice(&seq.to_be_bytes());
-            params.iv = ctx.derive_iv(&nonce).map_err(EspError::Crypto)?;
-            buf[esp_at + 8..ct_at].copy_from_slice(&params.iv);
-            // The ICV covers the ESP header, IV and ciphertext, and with ESN the high half
-            // of the sequence number after them (RFC 4303 section 2.2.1): it goes where the
-            // ICV will be written, so the HMAC reads one contiguous range.
-            params.auth = esp_at..ct_end;
-            if sa.esn {
-                buf[ct_end..ct_end + 4].copy_from_slice(&seq_high);
-                params.auth.end += 4;
-            }
-        }
-    }
-    sa.seq = seq;
+    let header = buf
+        .get_mut(esp_at..)
+        .and_then(|h| h.first_chunk_mut::<ESP_HEADER_LEN>())
+        .ok_or(EspError::BufferTooSmall)?;
+    header[..4].copy_from_slice(&sa.spi.to_be_bytes());
+    header[4..].copy_from_slice(&(seq as u32).to_be_bytes());
     write_outer(buf, start, end, outer, dscp);
-    Ok((
-        EncapPending {
-            range: start..end,
-            inner_len,
-            udp6_checksum: outer.udp.is_some() && outer.src.is_ipv6(),
-        },
-        params,
-    ))
+    Ok(EncapLayout {
+        start,
+        esp_at,
+        ct_at,
+        ct_end,
+        end,
+        inner_len,
+        seq,
+        udp6_checksum: outer.udp.is_some() && outer.src.is_ipv6(),
+    })
+}
+
+/// GCM (RFC 4106): writes the explicit IV, fills in the nonce and the AAD and returns the
+/// AAD's length. The IV is the 64-bit sequence number: unique per SA, as section 3.1
+/// requires, and free to produce.
+#[inline(always)]
+fn gcm_encap_nonce(
+    spi: u32,
+    esn: bool,
+    salt: &[u8; 4],
+    buf: &mut [u8],
+    layout: &EncapLayout,
+    nonce: &mut [u8; 12],
+    aad: &mut [u8; 12],
+) -> Result<u8, EspError> {
+    let iv = layout.seq.to_be_bytes();
+    *buf.get_mut(layout.esp_at + ESP_HEADER_LEN..)
+        .and_then(|b| b.first_chunk_mut::<8>())
+        .ok_or(EspError::BufferTooSmall)? = iv;
+    nonce[..4].copy_from_slice(salt);
+    nonce[4..].copy_from_slice(&iv);
+    Ok(gcm_aad(aad, spi, layout.seq, esn))
+}
+
+/// AES-CBC with HMAC: writes the IV (and with ESN the high half of the sequence number where
+/// the ICV goes) and says what the crypto must do.
+fn cbc_encap_params(
+    spi: u32,
+    esn: bool,
+    ctx: &dyn CbcHmac,
+    buf: &mut [u8],
+    layout: &EncapLayout,
+) -> Result<SymParams, EspError> {
+    let (esp_at, ct_at, ct_end) = (layout.esp_at, layout.ct_at, layout.ct_end);
+    let mut nonce = [0u8; 16];
+    nonce[..4].copy_from_slice(&spi.to_be_bytes());
+    nonce[8..].copy_from_slice(&layout.seq.to_be_bytes());
+    let iv = ctx.derive_iv(&nonce).map_err(EspError::Crypto)?;
+    buf[esp_at + ESP_HEADER_LEN..ct_at].copy_from_slice(&iv);
+    // The ICV covers the ESP header, IV and ciphertext, and with ESN the high half of the
+    // sequence number after them (RFC 4303 section 2.2.1): it goes where the ICV will be
+    // written, so the HMAC reads one contiguous range.
+    let mut auth = esp_at..ct_end;
+    if esn {
+        buf[ct_end..ct_end + 4].copy_from_slice(&((layout.seq >> 32) as u32).to_be_bytes());
+        auth.end += 4;
+    }
+    Ok(SymParams {
+        seal: true,
+        iv,
+        text: ct_at..ct_end,
+        auth,
+        digest_at: ct_end,
+        icv_len: ctx.mac().icv_len() as u8,
+        ..SymParams::default()
+    })
 }
 
 /// RFC 4303 section 2.4's default padding: 1, 2, 3, ... (we send at most 15 bytes of it,
@@ -278,6 +379,17 @@ const PADDING: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16
 /// The second half of [`encapsulate_in_place`], once the crypto ran with `crypto` as its
 /// result: counts the packet. Returns where the outer packet lies.
 pub fn encapsulate_finish(
+    sa: &mut Sa,
+    pending: &EncapPending,
+    buf: &mut [u8],
+    crypto: Result<(), CryptoError>,
+) -> Result<Range<usize>, EspError> {
+    finish_encap(sa, pending, buf, crypto)
+}
+
+/// The body of [`encapsulate_finish`], inlined into it and into [`encapsulate_in_place`].
+#[inline(always)]
+fn finish_encap(
     sa: &mut Sa,
     pending: &EncapPending,
     buf: &mut [u8],
@@ -301,22 +413,20 @@ pub fn encapsulate_finish(
 
 /// Writes GCM's additional authenticated data into `aad` and returns its length: RFC 4106
 /// section 5, the SPI and the 32-bit sequence number, or the SPI and the 64-bit ESN.
-fn gcm_aad(aad: &mut [u8; 12], spi: &[u8; 4], seq_low: &[u8; 4], seq_high: Option<&[u8; 4]>) -> u8 {
-    aad[..4].copy_from_slice(spi);
-    match seq_high {
-        Some(high) => {
-            aad[4..8].copy_from_slice(high);
-            aad[8..12].copy_from_slice(seq_low);
-            12
-        }
-        None => {
-            aad[4..8].copy_from_slice(seq_low);
-            8
-        }
+#[inline(always)]
+fn gcm_aad(aad: &mut [u8; 12], spi: u32, seq: u64, esn: bool) -> u8 {
+    aad[..4].copy_from_slice(&spi.to_be_bytes());
+    if esn {
+        aad[4..].copy_from_slice(&seq.to_be_bytes());
+        12
+    } else {
+        aad[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+        8
     }
 }
 
 /// Writes the outer IP (and UDP) header into `buf[start..]`; the packet ends at `end`.
+#[inline(always)]
 fn write_outer(buf: &mut [u8], start: usize, end: usize, outer: &OuterHeader, dscp: u8) {
     let total = end - start;
     let protocol = if outer.udp.is_some() {
@@ -409,6 +519,7 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 }
 
 /// The one's complement of a one's complement sum, folded to 16 bits.
+#[inline]
 fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -424,6 +535,7 @@ struct OuterParsed {
     udp_src_port: Option<u16>,
 }
 
+#[inline(always)]
 fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
     let version = packet.first().ok_or(EspError::Truncated)? >> 4;
     let (src, dst, protocol, l4) = match version {
@@ -505,25 +617,17 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
 /// `packet[result.inner]`. Errors after the SA was found are counted on it.
 ///
 /// This is [`decapsulate_prepare`], the crypto on the calling core, and
-/// [`decapsulate_finish`] (see [`encapsulate_in_place`]).
+/// [`decapsulate_finish`] (see [`encapsulate_in_place`]), with one SA lookup for the three.
 pub fn decapsulate<L: SaLookup + ?Sized>(
     lookup: &mut L,
     packet: &mut [u8],
     now: Nanos,
 ) -> Result<Decapsulated, EspError> {
-    let (pending, params) = decapsulate_prepare(lookup, packet, now)?;
+    let (outer, spi, seq_low) = parse_esp(packet)?;
     let sa = lookup
-        .inbound_sa(pending.spi, pending.outer_dst)
-        .ok_or(EspError::UnknownSpi(pending.spi))?;
-    let mut op = SymOp {
-        buf: &mut *packet,
-        ctx: Some(sa.crypto_ctx()),
-        params,
-        result: Ok(()),
-    };
-    op.run_here();
-    let result = op.result;
-    decapsulate_finish(lookup, &pending, packet, result)
+        .inbound_sa(spi, outer.dst)
+        .ok_or(EspError::UnknownSpi(spi))?;
+    decap_with(sa, packet, &outer, spi, seq_low, now).map_err(|error| count_refusal(sa, error))
 }
 
 /// A decapsulation waiting for its crypto (see [`decapsulate_prepare`]).
@@ -550,8 +654,9 @@ impl DecapPending {
     }
 }
 
-/// Counts a refusal on the SA it happened on.
-fn count_refusal(sa: &mut Sa, error: &EspError) {
+/// Counts a refusal on the SA it happened on, and passes it on.
+#[cold]
+fn count_refusal(sa: &mut Sa, error: EspError) -> EspError {
     let counters = &mut sa.counters;
     match error {
         EspError::Replay(_) => counters.replay_drops += 1,
@@ -559,6 +664,7 @@ fn count_refusal(sa: &mut Sa, error: &EspError) {
         EspError::Expired => counters.lifetime_drops += 1,
         _ => counters.other_drops += 1,
     }
+    error
 }
 
 /// The first half of [`decapsulate`]: parses the outer packet, finds the SA, checks its
@@ -570,34 +676,94 @@ pub fn decapsulate_prepare<L: SaLookup + ?Sized>(
     packet: &mut [u8],
     now: Nanos,
 ) -> Result<(DecapPending, SymParams), EspError> {
-    let outer = parse_outer(packet)?;
-    let esp = outer.esp.clone();
-    let header = packet
-        .get(esp.start..esp.start + ESP_HEADER_LEN)
-        .ok_or(EspError::Truncated)?;
-    let spi = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let seq_low = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    if spi == 0 {
-        return Err(EspError::Malformed);
-    }
+    let (outer, spi, seq_low) = parse_esp(packet)?;
     let sa = lookup
         .inbound_sa(spi, outer.dst)
         .ok_or(EspError::UnknownSpi(spi))?;
-    let result = prepare_with(sa, packet, &outer, spi, seq_low, now);
-    if let Err(error) = &result {
-        count_refusal(sa, error);
-    }
-    result
+    prepare_with(sa, packet, &outer, spi, seq_low, now).map_err(|error| count_refusal(sa, error))
 }
 
-fn prepare_with(
+/// The outer headers of an ESP packet, its SPI and the low half of its sequence number.
+#[inline(always)]
+fn parse_esp(packet: &[u8]) -> Result<(OuterParsed, u32, u32), EspError> {
+    let outer = parse_outer(packet)?;
+    let header = packet
+        .get(outer.esp.start..)
+        .and_then(|h| h.first_chunk::<ESP_HEADER_LEN>())
+        .ok_or(EspError::Truncated)?;
+    let [s0, s1, s2, s3, q0, q1, q2, q3] = *header;
+    let spi = u32::from_be_bytes([s0, s1, s2, s3]);
+    if spi == 0 {
+        return Err(EspError::Malformed);
+    }
+    Ok((outer, spi, u32::from_be_bytes([q0, q1, q2, q3])))
+}
+
+/// [`decapsulate`] once the SA is found: the checks, the crypto and the second half in one
+/// body. An AEAD is called straight from it, on the ciphertext and the ICV where they lie.
+#[inline(always)]
+fn decap_with(
     sa: &mut Sa,
     packet: &mut [u8],
     outer: &OuterParsed,
     spi: u32,
     seq_low: u32,
     now: Nanos,
-) -> Result<(DecapPending, SymParams), EspError> {
+) -> Result<Decapsulated, EspError> {
+    let layout = check_decap(sa, outer, seq_low, now)?;
+    let crypto = match &sa.crypto {
+        SaCrypto::Gcm { aead, salt } => {
+            let (mut nonce, mut aad) = ([0u8; 12], [0u8; 12]);
+            let aad_len =
+                gcm_decap_nonce(spi, sa.esn, salt, packet, &layout, &mut nonce, &mut aad)?;
+            let (text, tag) = packet
+                .get_mut(layout.ct_at..layout.esp_end)
+                .map(|b| b.split_at_mut(layout.ct_end - layout.ct_at))
+                .and_then(|(text, tag)| Some((text, tag.first_chunk::<TAG_LEN>()?)))
+                .ok_or(EspError::Truncated)?;
+            aead.open(&nonce, &aad[..usize::from(aad_len)], text, tag)
+        }
+        SaCrypto::CbcHmac(_) => {
+            let params = cbc_decap_params(sa.esn, packet, &layout)?;
+            sa.crypto_ctx().run_here(&params, packet)
+        }
+    };
+    finish_with(sa, &layout.pending(spi, outer), packet, crypto)
+}
+
+/// Where the parts of an inbound ESP packet lie, and its full sequence number.
+struct DecapLayout {
+    esp_at: usize,
+    /// The ciphertext: `ct_at..ct_end`; then the ICV up to `esp_end`.
+    ct_at: usize,
+    ct_end: usize,
+    esp_end: usize,
+    sequence: u64,
+}
+
+impl DecapLayout {
+    fn pending(&self, spi: u32, outer: &OuterParsed) -> DecapPending {
+        DecapPending {
+            spi,
+            sequence: self.sequence,
+            ct_at: self.ct_at,
+            ct_end: self.ct_end,
+            outer_src: outer.src,
+            outer_dst: outer.dst,
+            udp_src_port: outer.udp_src_port,
+        }
+    }
+}
+
+/// The checks before the crypto: direction, lifetime, lengths, and the replay window (which
+/// also gives the full sequence number).
+#[inline(always)]
+fn check_decap(
+    sa: &Sa,
+    outer: &OuterParsed,
+    seq_low: u32,
+    now: Nanos,
+) -> Result<DecapLayout, EspError> {
     if sa.direction != Direction::Inbound {
         return Err(EspError::WrongDirection);
     }
@@ -606,12 +772,10 @@ fn prepare_with(
     }
     let suite = sa.suite;
     let esp = outer.esp.clone();
-    let iv_at = esp.start + ESP_HEADER_LEN;
-    let ct_at = iv_at + suite.iv_len();
-    let icv_len = suite.icv_len();
+    let ct_at = esp.start + ESP_HEADER_LEN + suite.iv_len();
     let ct_end = esp
         .end
-        .checked_sub(icv_len)
+        .checked_sub(suite.icv_len())
         .filter(|&e| e >= ct_at + 2)
         .ok_or(EspError::Truncated)?;
     if let EspSuite::CbcHmac(..) = suite {
@@ -619,51 +783,107 @@ fn prepare_with(
             return Err(EspError::Truncated);
         }
     }
-    let seq = sa.replay.check(seq_low)?;
-    let spi_bytes = spi.to_be_bytes();
-    let seq_low_bytes = seq_low.to_be_bytes();
-    let seq_high_bytes = ((seq >> 32) as u32).to_be_bytes();
+    Ok(DecapLayout {
+        esp_at: esp.start,
+        ct_at,
+        ct_end,
+        esp_end: esp.end,
+        sequence: sa.replay.check(seq_low)?,
+    })
+}
 
+/// GCM (RFC 4106): fills in the nonce (the salt and the packet's explicit IV) and the AAD,
+/// and returns the AAD's length.
+#[inline(always)]
+fn gcm_decap_nonce(
+    spi: u32,
+    esn: bool,
+    salt: &[u8; 4],
+    packet: &[u8],
+    layout: &DecapLayout,
+    nonce: &mut [u8; 12],
+    aad: &mut [u8; 12],
+) -> Result<u8, EspError> {
+    let iv = packet
+        .get(layout.esp_at + ESP_HEADER_LEN..)
+        .and_then(|b| b.first_chunk::<8>())
+        .ok_or(EspError::Truncated)?;
+    nonce[..4].copy_from_slice(salt);
+    nonce[4..].copy_from_slice(iv);
+    Ok(gcm_aad(aad, spi, layout.sequence, esn))
+}
+
+/// AES-CBC with HMAC: what the crypto must do. With ESN the high half of the sequence
+/// number goes where the ICV was (saved aside first), so the HMAC reads one range.
+fn cbc_decap_params(
+    esn: bool,
+    packet: &mut [u8],
+    layout: &DecapLayout,
+) -> Result<SymParams, EspError> {
+    let (esp_at, ct_at, ct_end) = (layout.esp_at, layout.ct_at, layout.ct_end);
+    let icv_len = layout.esp_end - ct_end;
     let mut params = SymParams {
         seal: false,
         text: ct_at..ct_end,
+        auth: esp_at..ct_end,
         icv_len: icv_len as u8,
         ..SymParams::default()
     };
-    params.expected[..icv_len].copy_from_slice(&packet[ct_end..esp.end]);
-    match &sa.crypto {
-        SaCrypto::Gcm { salt, .. } => {
-            params.iv[..4].copy_from_slice(salt);
-            params.iv[4..12].copy_from_slice(&packet[iv_at..ct_at]);
-            params.aad_len = gcm_aad(
-                &mut params.aad,
-                &spi_bytes,
-                &seq_low_bytes,
-                sa.esn.then_some(&seq_high_bytes),
-            );
-        }
-        SaCrypto::CbcHmac(_) => {
-            params.iv.copy_from_slice(&packet[iv_at..ct_at]);
-            params.auth = esp.start..ct_end;
-            if sa.esn {
-                // As on the way out: the high half goes where the ICV was (saved above).
-                packet[ct_end..ct_end + 4].copy_from_slice(&seq_high_bytes);
-                params.auth.end += 4;
-            }
-        }
+    params
+        .expected
+        .get_mut(..icv_len)
+        .ok_or(EspError::Truncated)?
+        .copy_from_slice(&packet[ct_end..layout.esp_end]);
+    params
+        .iv
+        .copy_from_slice(&packet[esp_at + ESP_HEADER_LEN..ct_at]);
+    if esn {
+        packet[ct_end..ct_end + 4].copy_from_slice(&((layout.sequence >> 32) as u32).to_be_bytes());
+        params.auth.end += 4;
     }
-    Ok((
-        DecapPending {
-            spi,
-            sequence: seq,
-            ct_at,
-            ct_end,
-            outer_src: outer.src,
-            outer_dst: outer.dst,
-            udp_src_port: outer.udp_src_port,
-        },
-        params,
-    ))
+    Ok(params)
+}
+
+/// The first half of [`decapsulate`] once the SA is found, for the batch path.
+fn prepare_with(
+    sa: &mut Sa,
+    packet: &mut [u8],
+    outer: &OuterParsed,
+    spi: u32,
+    seq_low: u32,
+    now: Nanos,
+) -> Result<(DecapPending, SymParams), EspError> {
+    let layout = check_decap(sa, outer, seq_low, now)?;
+    let params = match &sa.crypto {
+        SaCrypto::Gcm { salt, .. } => {
+            let mut params = SymParams {
+                seal: false,
+                text: layout.ct_at..layout.ct_end,
+                icv_len: TAG_LEN as u8,
+                ..SymParams::default()
+            };
+            let mut nonce = [0u8; 12];
+            params.aad_len = gcm_decap_nonce(
+                spi,
+                sa.esn,
+                salt,
+                packet,
+                &layout,
+                &mut nonce,
+                &mut params.aad,
+            )?;
+            params.iv[..12].copy_from_slice(&nonce);
+            params.expected[..TAG_LEN].copy_from_slice(
+                packet
+                    .get(layout.ct_end..)
+                    .and_then(|b| b.first_chunk::<TAG_LEN>())
+                    .ok_or(EspError::Truncated)?,
+            );
+            params
+        }
+        SaCrypto::CbcHmac(_) => cbc_decap_params(sa.esn, packet, &layout)?,
+    };
+    Ok((layout.pending(spi, outer), params))
 }
 
 /// The second half of [`decapsulate`], once the crypto ran with `crypto` as its result:
@@ -678,13 +898,56 @@ pub fn decapsulate_finish<L: SaLookup + ?Sized>(
     let sa = lookup
         .inbound_sa(pending.spi, pending.outer_dst)
         .ok_or(EspError::UnknownSpi(pending.spi))?;
-    let result = finish_with(sa, pending, packet, crypto);
-    if let Err(error) = &result {
-        count_refusal(sa, error);
-    }
-    result
+    finish_with(sa, pending, packet, crypto).map_err(|error| count_refusal(sa, error))
 }
 
+/// Whether the padding at `packet[start..end]` is RFC 4303's default 1, 2, 3, ... For the
+/// usual lengths (up to 16) one compare of the 16 bytes that end at `end`, under a mask:
+/// no call to `memcmp` for a few bytes.
+#[inline(always)]
+fn padding_is_monotonic(packet: &[u8], start: usize, end: usize) -> bool {
+    let len = end - start;
+    let window = end
+        .checked_sub(16)
+        .and_then(|at| packet.get(at..end))
+        .and_then(|w| w.first_chunk::<16>());
+    let expected = PADDING_ENDS.get(len..).and_then(|e| e.first_chunk::<16>());
+    let mask = PADDING_MASKS.get(len..).and_then(|m| m.first_chunk::<16>());
+    match (window, expected, mask) {
+        (Some(window), Some(expected), Some(mask)) => {
+            u128::from_ne_bytes(*window) & u128::from_ne_bytes(*mask)
+                == u128::from_ne_bytes(*expected)
+        }
+        _ => packet[start..end]
+            .iter()
+            .zip(1..=u8::MAX)
+            .all(|(&byte, want)| byte == want),
+    }
+}
+
+/// `PADDING_ENDS[len..len + 16]`: the last 16 bytes before the trailer when the padding is
+/// `len` (at most 16) bytes long, with zeros for the bytes before the padding, which
+/// `PADDING_MASKS[len..len + 16]` masks off.
+const PADDING_ENDS: [u8; 32] = {
+    let mut ends = [0; 32];
+    let mut i = 0;
+    while i < 16 {
+        ends[16 + i] = PADDING[i];
+        i += 1;
+    }
+    ends
+};
+const PADDING_MASKS: [u8; 32] = {
+    let mut masks = [0; 32];
+    let mut i = 16;
+    while i < 32 {
+        masks[i] = 0xff;
+        i += 1;
+    }
+    masks
+};
+
+#[inline(always)]
 fn finish_with(
     sa: &mut Sa,
     pending: &DecapPending,
@@ -710,12 +973,7 @@ fn finish_with(
         .checked_sub(pad_len)
         .filter(|&e| e >= ct_at)
         .ok_or(EspError::BadTrailer)?;
-    let padding = &packet[inner_end..ct_end - 2];
-    let monotonic = match PADDING.get(..padding.len()) {
-        Some(expected) => padding == expected,
-        None => padding.iter().zip(1u8..).all(|(&byte, want)| byte == want),
-    };
-    if !monotonic {
+    if !padding_is_monotonic(packet, inner_end, ct_end - 2) {
         return Err(EspError::BadTrailer);
     }
     let version = packet.get(ct_at).map(|b| b >> 4);

@@ -63,6 +63,7 @@ impl ReplayWindow {
 
     /// The full sequence number for the low 32 bits carried in a packet (RFC 4303
     /// appendix A2.2), or the reason to drop it. Does not change the window.
+    #[inline(always)]
     pub fn check(&self, seq_low: u32) -> Result<u64, ReplayError> {
         let seq = if self.esn {
             self.infer(seq_low).ok_or(ReplayError::TooOld)?
@@ -118,6 +119,7 @@ impl ReplayWindow {
     /// Records a packet whose integrity has been verified. `seq` must come from
     /// [`Self::check`]; re-checks so that a race between check and accept (two packets with
     /// the same number in one vector) cannot let both through.
+    #[inline(always)]
     pub fn accept(&mut self, seq: u64) -> Result<(), ReplayError> {
         if self.size == 0 {
             self.top = self.top.max(seq);

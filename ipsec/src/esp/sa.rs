@@ -215,6 +215,7 @@ impl Sa {
 
     /// The SA's prepared crypto context, for a batch of operations
     /// ([`CryptoBackend::process`]).
+    #[inline]
     pub fn crypto_ctx(&self) -> SymCtx<'_> {
         match &self.crypto {
             SaCrypto::Gcm { aead, .. } => SymCtx::Aead(aead.as_ref()),

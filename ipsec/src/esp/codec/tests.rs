@@ -102,6 +102,60 @@ fn round_trip_every_suite_family_and_encapsulation() {
     }
 }
 
+/// The one-packet paths call the AEAD straight from their own body; the dataplane's batch
+/// path goes through `*_prepare`, [`SymParams`] and `*_finish`. Both must put the same bytes
+/// on the wire and take the same packets back out.
+#[test]
+fn one_packet_and_batch_paths_agree() {
+    for suite in SUITES {
+        for esn in [false, true] {
+            for outer in [
+                v4_outer().with_udp(4500, 4500),
+                v6_outer().with_udp(40000, 4500),
+            ] {
+                let (mut out_a, mut inb_a) = pair(suite, esn);
+                let (mut out_b, mut inb_b) = pair(suite, esn);
+                for inner in [inner_v4(20), inner_v6(77)] {
+                    let head = outer.len() + 8 + suite.iv_len();
+                    let mut a = vec![0u8; head + inner.len() + out_a.esp_overhead()];
+                    a[head..head + inner.len()].copy_from_slice(&inner);
+                    let mut b = a.clone();
+                    let range_a = encapsulate_in_place(
+                        &mut out_a,
+                        &mut a,
+                        head..head + inner.len(),
+                        &outer,
+                        0,
+                    )
+                    .unwrap();
+                    let (job, params) = encapsulate_prepare(
+                        &mut out_b,
+                        &mut b,
+                        head..head + inner.len(),
+                        &outer,
+                        0,
+                    )
+                    .unwrap();
+                    let crypto = out_b.crypto_ctx().run_here(&params, &mut b);
+                    let range_b = encapsulate_finish(&mut out_b, &job, &mut b, crypto).unwrap();
+                    assert_eq!(&a[range_a.clone()], &b[range_b], "{suite:?} esn {esn}");
+
+                    let mut a = a[range_a].to_vec();
+                    let mut b = a.clone();
+                    let one = decapsulate(&mut inb_a, &mut a, 0).unwrap();
+                    let (job, params) = decapsulate_prepare(&mut inb_b, &mut b, 0).unwrap();
+                    let crypto = inb_b.crypto_ctx().run_here(&params, &mut b);
+                    let batch = decapsulate_finish(&mut inb_b, &job, &mut b, crypto).unwrap();
+                    assert_eq!(one, batch);
+                    assert_eq!(&a[one.inner], &inner[..]);
+                }
+                assert_eq!(out_a.counters(), out_b.counters());
+                assert_eq!(inb_a.counters(), inb_b.counters());
+            }
+        }
+    }
+}
+
 #[test]
 fn outer_headers_are_well_formed() {
     let (mut out, _) = pair(SUITES[0], false);
@@ -181,16 +235,26 @@ fn gcm_wire_layout_matches_rfc4106() {
 #[test]
 fn gcm_padded_to_four_bytes_is_accepted() {
     let (_, mut inb) = pair(EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16), false);
+    let inner = inner_v4(40);
+    let mut plaintext = inner.clone();
+    plaintext.extend_from_slice(&[1, 2, 2, 4]); // 40 + 2 + 2 = 44
+    let mut packet = sealed_gcm_v4(7, plaintext);
+    let d = decapsulate(&mut inb, &mut packet, 0).unwrap();
+    assert_eq!(&packet[d.inner], &inner[..]);
+    assert_eq!(d.sequence, 7);
+}
+
+/// An outer IPv4 packet carrying ESP with sequence number `seq` around `plaintext` (inner
+/// packet, padding and trailer), sealed with ring itself under the keys of [`config`].
+fn sealed_gcm_v4(seq: u32, mut plaintext: Vec<u8>) -> Vec<u8> {
     let key: Vec<u8> = (0..16).collect();
     let ring_key = ring::aead::LessSafeKey::new(
         ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &key).unwrap(),
     );
     let mut nonce: Vec<u8> = (16..20).collect();
-    nonce.extend_from_slice(&7u64.to_be_bytes());
-    let inner = inner_v4(40);
-    let mut plaintext = inner.clone();
-    plaintext.extend_from_slice(&[1, 2, 2, 4]); // 40 + 2 + 2 = 44
-    let aad = [0x12, 0x34, 0x56, 0x78, 0, 0, 0, 7];
+    nonce.extend_from_slice(&u64::from(seq).to_be_bytes());
+    let mut aad = [0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0];
+    aad[4..].copy_from_slice(&seq.to_be_bytes());
     let tag = ring_key
         .seal_in_place_separate_tag(
             ring::aead::Nonce::try_assume_unique_for_key(&nonce).unwrap(),
@@ -198,18 +262,51 @@ fn gcm_padded_to_four_bytes_is_accepted() {
             &mut plaintext,
         )
         .unwrap();
-    let mut esp = aad.to_vec();
-    esp.extend_from_slice(&7u64.to_be_bytes());
-    esp.extend_from_slice(&plaintext);
-    esp.extend_from_slice(tag.as_ref());
     let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, ESP_PROTOCOL, 0, 0];
     packet.extend_from_slice(&[203, 0, 113, 1, 203, 0, 113, 2]);
-    packet.extend_from_slice(&esp);
+    packet.extend_from_slice(&aad);
+    packet.extend_from_slice(&u64::from(seq).to_be_bytes());
+    packet.extend_from_slice(&plaintext);
+    packet.extend_from_slice(tag.as_ref());
     let total = packet.len() as u16;
     packet[2..4].copy_from_slice(&total.to_be_bytes());
-    let d = decapsulate(&mut inb, &mut packet, 0).unwrap();
-    assert_eq!(&packet[d.inner], &inner[..]);
-    assert_eq!(d.sequence, 7);
+    packet
+}
+
+/// The padding check compares up to 16 bytes at once under a mask and walks longer
+/// padding: every length is checked byte by byte either way.
+#[test]
+fn padding_of_every_length_is_checked() {
+    let (_, mut inb) = pair(EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16), false);
+    let inner = inner_v4(40);
+    let mut seq = 0;
+    for pad_len in (0..=40).chain([100, 254, 255]) {
+        let padding: Vec<u8> = (1..=pad_len).map(|b| b as u8).collect();
+        // Each byte of the padding wrong in turn, then all of it right.
+        for wrong in (0..pad_len).map(Some).chain([None]) {
+            let mut plaintext = inner.clone();
+            plaintext.extend_from_slice(&padding);
+            if let Some(at) = wrong {
+                plaintext[inner.len() + at] ^= 0x80;
+            }
+            plaintext.extend_from_slice(&[pad_len as u8, IPIP_PROTOCOL]);
+            seq += 1;
+            let mut packet = sealed_gcm_v4(seq, plaintext);
+            let result = decapsulate(&mut inb, &mut packet, 0);
+            match wrong {
+                Some(at) => assert_eq!(
+                    result,
+                    Err(EspError::BadTrailer),
+                    "padding {pad_len}, byte {at} wrong"
+                ),
+                None => assert_eq!(
+                    &packet[result.unwrap().inner],
+                    &inner[..],
+                    "padding {pad_len}"
+                ),
+            }
+        }
+    }
 }
 
 #[test]
