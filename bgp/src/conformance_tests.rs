@@ -119,11 +119,20 @@ fn p6(s: &str) -> Ipv6Net {
 /// MP_REACH_NLRI for IPv6 unicast, global next hop 2001:db8::1, with
 /// 2001:db8:1::/48.
 fn mp_reach_v6(flags: u8) -> Vec<u8> {
+    attr(
+        flags,
+        MP_REACH,
+        &mp_reach_v6_via([0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+    )
+}
+
+/// MP_REACH_NLRI's value for 2001:db8:1::/48 via `next_hop`.
+fn mp_reach_v6_via(next_hop: [u8; 16]) -> Vec<u8> {
     let mut v = vec![0, 2, 1, 16];
-    v.extend([0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v.extend(next_hop);
     v.push(0);
     v.extend([48, 0x20, 1, 0x0d, 0xb8, 0, 1]);
-    attr(flags, MP_REACH, &v)
+    v
 }
 
 /// OPEN with the MP capabilities for IPv4 and IPv6 unicast, and the
@@ -789,29 +798,16 @@ fn mp_reach_next_hop_semantically_invalid_ignores_the_routes() {
             &[],
         ));
         assert_eq!(p.v6(), [p6("2001:db8:1::/48")]);
-        let mut v = vec![0, 2, 1, 16];
-        v.extend(nh);
-        v.push(0);
-        v.extend([48, 0x20, 1, 0x0d, 0xb8, 0, 1]);
-        let a = p.feed(&update(
-            &[],
-            &[origin(), as_path4(&[PEER_AS]), attr(0x80, MP_REACH, &v)],
-            &[],
-        ));
+        let reach = attr(0x80, MP_REACH, &mp_reach_v6_via(nh));
+        let a = p.feed(&update(&[], &[origin(), as_path4(&[PEER_AS]), reach], &[]));
         p.assert_treated_as_withdraw(&a);
         assert!(p.v6().is_empty(), "{nh:?}");
     }
     // A link-local next hop alone is what peers on one link may send.
     let mut p = Peer::ebgp();
-    let mut v = vec![0, 2, 1, 16];
-    v.extend([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    v.push(0);
-    v.extend([48, 0x20, 1, 0x0d, 0xb8, 0, 1]);
-    p.feed(&update(
-        &[],
-        &[origin(), as_path4(&[PEER_AS]), attr(0x80, MP_REACH, &v)],
-        &[],
-    ));
+    let link_local = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let reach = attr(0x80, MP_REACH, &mp_reach_v6_via(link_local));
+    p.feed(&update(&[], &[origin(), as_path4(&[PEER_AS]), reach], &[]));
     assert_eq!(p.v6(), [p6("2001:db8:1::/48")]);
 }
 
