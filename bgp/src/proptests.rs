@@ -21,7 +21,9 @@ fn arb_attrs() -> impl Strategy<Value = PathAttrs> {
             (any::<bool>(), prop::collection::vec(1u32..u32::MAX, 1..6)),
             0..4,
         ),
-        1u32..0xdf00_0000,
+        // Unicast next hops a route may use: below 223/8, and not loopback (127/8 makes the
+        // route unusable, as RFC 4271 6.3 lets a receiver decide; moved up to 128/8).
+        (1u32..0xdf00_0000).prop_map(|a| if a >> 24 == 127 { a + (1 << 24) } else { a }),
         prop::option::of(any::<u32>()),
         prop::option::of(any::<u32>()),
         prop::collection::vec(any::<u32>(), 0..5),
