@@ -78,6 +78,15 @@ pub struct Neighbor {
     pub probes: u8,
 }
 
+impl Neighbor {
+    /// Its address while it needs no confirmation: configured by hand, or confirmed less than
+    /// [`NEIGHBOR_REFRESH`] ago.
+    fn fresh_mac(&self, now: Nanos) -> Option<[u8; 6]> {
+        let fresh = self.permanent || now.saturating_sub(self.confirmed) < NEIGHBOR_REFRESH;
+        self.mac.filter(|_| fresh)
+    }
+}
+
 /// Unicast probes before a neighbor's address is given up (RFC 4861's MAX_UNICAST_SOLICIT).
 pub const NEIGHBOR_MAX_PROBES: u8 = 3;
 
@@ -182,9 +191,7 @@ impl NeighborTable {
         if let Some(mac) = self.recently_known(port, ip, now) {
             return Some(mac);
         }
-        let entry = self.entries.get(&(port, ip))?;
-        let fresh = entry.permanent || now.saturating_sub(entry.confirmed) < NEIGHBOR_REFRESH;
-        entry.mac.filter(|_| fresh)
+        self.entries.get(&(port, ip))?.fresh_mac(now)
     }
 
     fn resolve_slow(&mut self, port: u16, ip: IpAddr, now: Nanos) -> Resolution {
@@ -207,20 +214,20 @@ impl NeighborTable {
             .requested
             .is_none_or(|t| now.saturating_sub(t) >= NEIGHBOR_REQUEST_INTERVAL);
         let age = now.saturating_sub(entry.confirmed);
+        if let Some(mac) = entry.fresh_mac(now) {
+            self.recent[recent_slot(port, &ip)] = Some(LastAnswer {
+                key: (port, ip),
+                mac,
+                fresh_until: if entry.permanent {
+                    Nanos::MAX
+                } else {
+                    entry.confirmed.saturating_add(NEIGHBOR_REFRESH)
+                },
+                generation: self.generation,
+            });
+            return Resolution::Known(mac);
+        }
         match entry.mac {
-            Some(mac) if entry.permanent || age < NEIGHBOR_REFRESH => {
-                self.recent[recent_slot(port, &ip)] = Some(LastAnswer {
-                    key: (port, ip),
-                    mac,
-                    fresh_until: if entry.permanent {
-                        Nanos::MAX
-                    } else {
-                        entry.confirmed.saturating_add(NEIGHBOR_REFRESH)
-                    },
-                    generation: self.generation,
-                });
-                Resolution::Known(mac)
-            }
             Some(_) if entry.probes >= NEIGHBOR_MAX_PROBES && may_request => {
                 // The neighbor did not answer at its address: ask everyone again.
                 entry.mac = None;
