@@ -461,6 +461,40 @@ fn all_equal(next: &[NextIndex], first: NextIndex) -> bool {
     next.iter().fold(0, |acc, &x| acc | (x ^ first)) == 0
 }
 
+/// The ports (and their interfaces) whose router advertisement of one family is due at `now`
+/// by `schedule`. The first worker (`worker` 0) first starts or stops the unsolicited schedule
+/// of each port as `advertises` says of its interface, when the tables changed.
+fn due_adverts<'t>(
+    schedule: &mut crate::router_adverts::Advertiser,
+    tables: &'t Tables,
+    worker: u16,
+    now: Nanos,
+    advertises: impl Fn(&crate::tables::Interface) -> bool,
+) -> Vec<(u16, &'t crate::tables::Interface)> {
+    if worker == 0 && schedule.tables_version != Some(tables.version) {
+        schedule.tables_version = Some(tables.version);
+        for (port, ifc) in tables.interfaces.iter().enumerate() {
+            if advertises(ifc) {
+                schedule.start(port as u16, now);
+            } else {
+                schedule.stop(port as u16);
+            }
+        }
+    }
+    let due: Vec<u16> = schedule.due(now).collect();
+    due.into_iter()
+        .filter_map(
+            |port| match tables.interface(port).filter(|i| advertises(i)) {
+                Some(ifc) => Some((port, ifc)),
+                None => {
+                    schedule.stop(port);
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
 /// Most passes over the nodes in one dispatch; a packet still queued after that is in a loop
 /// and is dropped (counted in [`Graph::looped`]).
 const MAX_PASSES: usize = 16;
@@ -745,10 +779,10 @@ impl<B: PacketBuffer> Graph<B> {
         queued
     }
 
-    /// Queues the IPv6 router advertisements that are due for transmission (see
-    /// [`crate::router_adverts`]); cheap when none is, so call it every turn. The first
-    /// worker keeps the unsolicited schedule of every port with an IPv6 prefix. True when
-    /// frames were queued.
+    /// Queues the router advertisements that are due for transmission, IPv6 (RFC 4861) and
+    /// IPv4 (RFC 1256) as configured (see [`crate::router_adverts`]); cheap when none is, so
+    /// call it every turn. The first worker keeps the unsolicited schedule of every port with
+    /// an address of the family. True when frames were queued.
     pub fn advertise_routers(
         &mut self,
         tables: &Tables,
@@ -759,50 +793,34 @@ impl<B: PacketBuffer> Graph<B> {
     where
         B: crate::buffer::PacketBuffer,
     {
-        let Some(config) = &tables.router_adverts else {
-            return false;
-        };
-        let adverts = &mut state.router_adverts;
-        if state.worker == 0 && adverts.tables_version != Some(tables.version) {
-            adverts.tables_version = Some(tables.version);
-            for (port, ifc) in tables.interfaces.iter().enumerate() {
-                if ifc.ipv6.is_empty() {
-                    adverts.stop(port as u16);
-                } else {
-                    adverts.start(port as u16, now);
-                }
+        let mut queued = false;
+        if let Some(config) = &tables.router_adverts {
+            let schedule = &mut state.router_adverts;
+            let due = due_adverts(schedule, tables, state.worker, now, |i| !i.ipv6.is_empty());
+            for (port, ifc) in due {
+                let Some(mut buf) = alloc() else { break };
+                schedule.sent(port, now, config.intervals());
+                let built = crate::nodes::icmp6::nd::make_router_advert(&mut buf, ifc, config);
+                queued |= self.queue_frame(port, buf, built);
             }
         }
-        let mut queued = false;
-        let due: Vec<u16> = adverts.due(now).collect();
-        for port in due {
-            let Some(ifc) = tables.interface(port).filter(|i| !i.ipv6.is_empty()) else {
-                adverts.stop(port);
-                continue;
-            };
-            let Some(buf) = alloc() else {
-                break;
-            };
-            adverts.sent(port, now, config);
-            queued |= self.queue_router_advert(usize::from(port), buf, ifc, config);
+        if let Some(config) = &tables.ipv4_router_discovery {
+            let schedule = &mut state.ipv4_router_adverts;
+            let due = due_adverts(schedule, tables, state.worker, now, |i| !i.ipv4.is_empty());
+            for (port, ifc) in due {
+                let Some(mut buf) = alloc() else { break };
+                schedule.sent(port, now, config.intervals());
+                let built = crate::nodes::icmp4::make_router_advert(&mut buf, ifc, config);
+                queued |= self.queue_frame(port, buf, built);
+            }
         }
         queued
     }
 
-    /// Builds a router advertisement of `ifc` (port `port`) in `buf` and queues it for
-    /// transmission; true if it was.
-    fn queue_router_advert(
-        &mut self,
-        port: usize,
-        mut buf: B,
-        ifc: &crate::tables::Interface,
-        config: &crate::router_adverts::RaConfig,
-    ) -> bool
-    where
-        B: crate::buffer::PacketBuffer,
-    {
-        match self.tx.get_mut(port) {
-            Some(q) if crate::nodes::icmp6::nd::make_router_advert(&mut buf, ifc, config) => {
+    /// Queues `buf` for transmission on `port` if it was `built`; true if it was queued.
+    fn queue_frame(&mut self, port: u16, buf: B, built: bool) -> bool {
+        match self.tx.get_mut(usize::from(port)) {
+            Some(q) if built => {
                 q.push(buf);
                 true
             }
@@ -813,10 +831,10 @@ impl<B: PacketBuffer> Graph<B> {
         }
     }
 
-    /// Queues a final router advertisement with a router lifetime of zero on every port that
-    /// advertised (RFC 4861 6.2.5), for a router about to stop: hosts drop it as a default
-    /// router at once instead of when its lifetime runs out. The first worker's job; true
-    /// when frames were queued.
+    /// Queues a final router advertisement with a lifetime of zero on every port that
+    /// advertised (RFC 4861 6.2.5, RFC 1256 4.3), for a router about to stop: hosts drop it
+    /// as a default router at once instead of when its lifetime runs out. The first worker's
+    /// job; true when frames were queued.
     pub fn withdraw_router_adverts(
         &mut self,
         tables: &Tables,
@@ -826,25 +844,37 @@ impl<B: PacketBuffer> Graph<B> {
     where
         B: crate::buffer::PacketBuffer,
     {
-        let Some(config) = &tables.router_adverts else {
-            return false;
-        };
         if state.worker != 0 {
             return false;
         }
-        let last = crate::router_adverts::RaConfig {
-            default_lifetime: 0,
-            ..config.clone()
-        };
+        let last6 = tables
+            .router_adverts
+            .as_ref()
+            .map(|c| crate::router_adverts::RaConfig {
+                default_lifetime: 0,
+                ..c.clone()
+            });
+        let last4 =
+            tables
+                .ipv4_router_discovery
+                .as_ref()
+                .map(|c| crate::router_adverts::IrdpConfig {
+                    lifetime: 0,
+                    ..c.clone()
+                });
         let mut queued = false;
         for (port, ifc) in tables.interfaces.iter().enumerate() {
-            if ifc.ipv6.is_empty() {
-                continue;
+            let port = port as u16;
+            if let Some(config) = last6.as_ref().filter(|_| !ifc.ipv6.is_empty()) {
+                let Some(mut buf) = alloc() else { break };
+                let built = crate::nodes::icmp6::nd::make_router_advert(&mut buf, ifc, config);
+                queued |= self.queue_frame(port, buf, built);
             }
-            let Some(buf) = alloc() else {
-                break;
-            };
-            queued |= self.queue_router_advert(port, buf, ifc, &last);
+            if let Some(config) = last4.as_ref().filter(|_| !ifc.ipv4.is_empty()) {
+                let Some(mut buf) = alloc() else { break };
+                let built = crate::nodes::icmp4::make_router_advert(&mut buf, ifc, config);
+                queued |= self.queue_frame(port, buf, built);
+            }
         }
         queued
     }

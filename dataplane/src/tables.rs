@@ -168,6 +168,9 @@ pub struct Tables {
     /// Send IPv6 router advertisements on every port with an IPv6 prefix, and answer router
     /// solicitations (RFC 4861 6.2); `None`: neither, the RFC's default.
     pub router_adverts: Option<crate::router_adverts::RaConfig>,
+    /// Send IPv4 router advertisements on every port with an IPv4 address and answer router
+    /// solicitations (RFC 1256, ICMP router discovery); `None`: neither.
+    pub ipv4_router_discovery: Option<crate::router_adverts::IrdpConfig>,
     /// The service proxy's tables; `None` on a plain router, whose packets then skip the
     /// `ip{4,6}-nat` nodes.
     pub services: Option<Arc<Services>>,
@@ -219,6 +222,7 @@ impl Tables {
             broadcast_tail_min: u8::MAX,
             drop_source_routed: false,
             router_adverts: None,
+            ipv4_router_discovery: None,
             services: None,
             policy: None,
             ipsec: None,

@@ -452,6 +452,8 @@ pub struct WorkerState {
     pub acl_hits: Vec<crate::acl::AclHits>,
     /// When each port sends its next IPv6 router advertisement.
     pub router_adverts: crate::router_adverts::Advertiser,
+    /// The IPv4 router discovery schedule (RFC 1256), kept as `router_adverts` is.
+    pub ipv4_router_adverts: crate::router_adverts::Advertiser,
     /// The version of the tables the connections were last checked against.
     services_version: u64,
 }
@@ -576,6 +578,7 @@ impl Default for WorkerState {
             service_counters: ServiceCounters::default(),
             acl_hits: Vec::new(),
             router_adverts: crate::router_adverts::Advertiser::default(),
+            ipv4_router_adverts: crate::router_adverts::Advertiser::ipv4(),
             services_version: 0,
         }
     }

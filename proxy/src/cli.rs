@@ -528,6 +528,44 @@ pub struct RouterArgs {
     #[arg(long, requires = "ipv6_ra")]
     pub ipv6_ra_mtu: bool,
 
+    /// Send IPv4 ICMP router advertisements (RFC 1256 router discovery, which RFC 1812
+    /// 4.3.3.10 asks routers to support) on every port with an IPv4 address, listing its
+    /// addresses, to all-systems (224.0.0.1); and answer router solicitations (to all-routers,
+    /// 224.0.0.2, or the limited broadcast) within 2 s. Off by default, as on Linux and most
+    /// routers.
+    #[arg(long)]
+    pub ipv4_rdisc: bool,
+
+    /// With --ipv4-rdisc: MaxAdvertisementInterval, the longest time between unsolicited
+    /// advertisements, in seconds (4 to 1800; MinAdvertisementInterval is three quarters).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 600,
+        requires = "ipv4_rdisc"
+    )]
+    pub ipv4_rdisc_interval: u16,
+
+    /// With --ipv4-rdisc: the AdvertisementLifetime, in seconds (from the interval up to
+    /// 9000; default three intervals).
+    #[arg(long, value_name = "SECONDS", requires = "ipv4_rdisc")]
+    pub ipv4_rdisc_lifetime: Option<u16>,
+
+    /// With --ipv4-rdisc: the PreferenceLevel of the advertised addresses (signed; higher
+    /// is preferred, -2147483648 means never a default router).
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        requires = "ipv4_rdisc"
+    )]
+    pub ipv4_rdisc_preference: i32,
+
+    /// With --ipv4-rdisc: advertise to the limited broadcast address instead of 224.0.0.1.
+    #[arg(long, requires = "ipv4_rdisc")]
+    pub ipv4_rdisc_broadcast: bool,
+
     /// Worker threads, each with its own graph, polling its own queue of every port: dpdk
     /// sets up one RX/TX queue pair per worker on each port (spread by RSS, or by the vdev:
     /// `qpairs=N` for net_af_packet); afpacket joins one socket per worker to a

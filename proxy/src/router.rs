@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use switchyard_dataplane::async_crypto::AsyncCrypto;
 use switchyard_dataplane::graph::{Graph, Meta, NodeCounters, Packet, VECTOR_SIZE};
 use switchyard_dataplane::nodes::router_graph;
-use switchyard_dataplane::router_adverts::RaConfig;
+use switchyard_dataplane::router_adverts::{IrdpConfig, RaConfig};
 use switchyard_dataplane::tables::{Interface, Tables, TablesHandle};
 use switchyard_dataplane::worker::{LearnedNeighbor, SharedState, WorkerState};
 use switchyard_dataplane::PacketBuffer;
@@ -480,6 +480,13 @@ where
                 .map_err(|e| anyhow::anyhow!("--ipv6-ra: {e}"))?;
             ra.link_mtu = args.ipv6_ra_mtu;
             tables.router_adverts = Some(ra);
+        }
+        if args.ipv4_rdisc {
+            let mut rd = IrdpConfig::new(args.ipv4_rdisc_interval, args.ipv4_rdisc_lifetime)
+                .map_err(|e| anyhow::anyhow!("--ipv4-rdisc: {e}"))?;
+            rd.preference = args.ipv4_rdisc_preference;
+            rd.broadcast = args.ipv4_rdisc_broadcast;
+            tables.ipv4_router_discovery = Some(rd);
         }
         let mut state = WorkerState::default();
         for n in &args.neighbors {

@@ -1,7 +1,8 @@
 //! What the router puts on the wire, as Wireshark sees it: capture on the client's eth0 while
 //! the client resolves the router (ARP, ND), pings it, sends TTL/hop-limit 1 probes, opens a TCP
-//! connection through it and pings unrouted addresses; then `tshark` must find every expected
-//! packet and no malformed packet or expert error (bad checksums included).
+//! connection through it, pings unrouted addresses and solicits a router advertisement (RFC
+//! 1256); then `tshark` must find every expected packet and no malformed packet or expert
+//! error (bad checksums included).
 //!
 //!   cargo test -p switchyard --test tshark
 //!   SWITCHYARD_LAB_KERNEL=1 cargo test -p switchyard --test tshark   # Linux as the router
@@ -17,7 +18,7 @@ fn capture_and_dissect(driver: Driver) {
     let Some(mut lab) = Lab::new(&test, &["tcpdump", "tshark"]) else {
         return;
     };
-    lab.start_router(driver, &["--trace", "3"]);
+    lab.start_router(driver, &["--trace", "3", "--ipv4-rdisc"]);
     let router_mac = lab.mac(Ns::Node, "c0");
 
     // Capture, bounded in time (timeout) and size (-c).
@@ -60,6 +61,16 @@ fn capture_and_dissect(driver: Driver) {
         // Success or failure is judged from the capture below.
         let _ = lab.exec(Ns::Client, p);
     }
+    // An ICMP router solicitation to all-routers, as a host's rdisc sends it; the answer
+    // comes within 2 s.
+    let solicit = format!(
+        "python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, \
+         socket.IPPROTO_ICMP); s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, \
+         socket.inet_aton(\"{CLIENT_V4}\")); s.sendto(bytes([10, 0, 0xf5, 0xff, 0, 0, 0, 0]), \
+         (\"224.0.0.2\", 0))'"
+    );
+    lab.exec_ok(Ns::Client, &solicit);
+    std::thread::sleep(Duration::from_millis(2500));
     lab.tcp_transfer(false, 64 * 1024, 5004);
     lab.tcp_transfer(true, 64 * 1024, 5006);
 
@@ -124,6 +135,17 @@ fn capture_and_dissect(driver: Driver) {
         (
             "forwarded TCP FIN from 198.18.2.2",
             format!("tcp.flags.fin == 1 && ip.src == {SERVER_V4}"),
+        ),
+        (
+            "ICMP router solicitation to 224.0.0.2",
+            format!("icmp.type == 10 && ip.src == {CLIENT_V4} && ip.dst == 224.0.0.2"),
+        ),
+        (
+            "ICMP router advertisement from 198.18.1.1 to 224.0.0.1, TTL 1, listing 198.18.1.1",
+            format!(
+                "icmp.type == 9 && ip.src == {ROUTER_C0_V4} && ip.dst == 224.0.0.1 && ip.ttl == 1 \
+                 && icmp.num_addrs == 1 && icmp.router_address == {ROUTER_C0_V4} && eth.src == {mac}"
+            ),
         ),
         (
             "forwarded TCP SYN-ACK from 2001:db8:2::2",

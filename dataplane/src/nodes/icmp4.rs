@@ -154,3 +154,64 @@ impl Icmp4Error {
 }
 
 per_packet_node!(Icmp4Error, "icmp4-error", Next, Icmp4ErrorError, build);
+
+/// The most addresses one IPv4 router advertisement lists: the count is one octet.
+const MAX_ADVERTISED_ADDRESSES: usize = 255;
+
+/// Builds in `buf` an ICMP router advertisement (RFC 1256 3) of `ifc`'s IPv4 addresses, from
+/// its first one to all-systems (224.0.0.1) or the limited broadcast as `config` says, with TTL
+/// 1, and its Ethernet header. False when `ifc` has no IPv4 address or `buf` no room.
+pub fn make_router_advert<B: PacketBuffer>(
+    buf: &mut B,
+    ifc: &crate::tables::Interface,
+    config: &crate::router_adverts::IrdpConfig,
+) -> bool {
+    let Some(src) = ifc.primary_ipv4() else {
+        return false;
+    };
+    let (dst, mac) = if config.broadcast {
+        (Ipv4Addr::BROADCAST, [0xff; 6])
+    } else {
+        (ALL_SYSTEMS, [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01])
+    };
+    // As many addresses as the link and the count take (RFC 1256 3: one advertisement may
+    // not fit them all; a second is not sent, a router has few addresses per link).
+    let room = usize::from(ifc.mtu).saturating_sub(HEADERS_LEN) / 8;
+    let addresses = &ifc.ipv4[..ifc.ipv4.len().min(room).min(MAX_ADVERTISED_ADDRESSES)];
+    let icmp_len = 8 + 8 * addresses.len();
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: IpProtocol::ICMP,
+        payload_len: icmp_len,
+        ttl: 1,
+        dscp: 0,
+        ecn: 0,
+        ident: 0,
+        dont_fragment: false,
+        more_fragments: false,
+        fragment_offset: 0,
+    };
+    let mut ok = false;
+    let written = super::rebuild(buf, 20 + icmp_len, |data| {
+        let (header, icmp) = data.split_at_mut(20);
+        ok = ip.emit(&mut Ipv4Packet::new_unchecked(header)).is_ok();
+        icmp[0] = Icmpv4Message::ROUTER_ADVERT.0;
+        icmp[4] = addresses.len() as u8;
+        // Address entry size: two 32-bit words, the address and its preference.
+        icmp[5] = 2;
+        icmp[6..8].copy_from_slice(&config.lifetime.to_be_bytes());
+        for (entry, net) in icmp[8..].chunks_exact_mut(8).zip(addresses) {
+            entry[..4].copy_from_slice(&net.addr().octets());
+            entry[4..].copy_from_slice(&config.preference.to_be_bytes());
+        }
+        let csum = checksum::checksum(icmp);
+        icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    });
+    written && ok && super::push_ethernet(buf, mac, ifc.mac, crate::wire::EtherType::IPV4)
+}
+
+/// All-systems, the group every IPv4 multicast host listens to (RFC 1112).
+pub const ALL_SYSTEMS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
+/// All-routers, where hosts send router solicitations (RFC 1256 3).
+pub const ALL_ROUTERS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 2);

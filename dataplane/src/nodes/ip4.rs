@@ -132,11 +132,13 @@ impl Ip4Input {
         let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
         let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
         // A host still learning its address sends from 0.0.0.0 (RFC 1122 3.2.1.3, RFC 1812
-        // 4.2.2.11): ICMP to this router (an address mask request) is taken; nothing from
-        // there is ever forwarded.
+        // 4.2.2.11): ICMP to this router (an address mask request, a router solicitation) is
+        // taken; nothing from there is ever forwarded.
         let learning = src.is_unspecified()
             && h[9] == IpProtocol::ICMP.0
-            && (dst.is_broadcast() || cx.tables.is_local_ipv4(dst));
+            && (dst.is_broadcast()
+                || dst == super::icmp4::ALL_ROUTERS
+                || cx.tables.is_local_ipv4(dst));
         if (is_martian_source(src) && !learning) || cx.tables.is_directed_broadcast(src) {
             cx.error(Ip4InputError::MartianSource);
             return Some(InputNext::Drop);
@@ -292,6 +294,14 @@ impl Ip4Lookup {
         // for the usual unicast destination.
         if dst >= 0xe000_0000 {
             if dst == u32::MAX {
+                return LookupNext::Local;
+            }
+            // Router solicitations come to all-routers (RFC 1256 3), a link-local group this
+            // router joins when it does router discovery.
+            if dst == u32::from(super::icmp4::ALL_ROUTERS)
+                && cx.tables.ipv4_router_discovery.is_some()
+                && !pkt.meta.local_origin
+            {
                 return LookupNext::Local;
             }
             if Ipv4Addr::from(dst).is_multicast() {
@@ -459,6 +469,8 @@ node_errors! {
         BadIcmp = ("bad_icmp", "ICMP message too short or with a bad checksum"),
         EchoReplied = ("echo_replied", "echo requests answered"),
         AddressMaskReplied = ("address_mask_replied", "address mask requests answered (RFC 1812 4.3.3.9)"),
+        RouterSolicitations = ("router_solicitations", "router solicitations answered: an advertisement scheduled (RFC 1256)"),
+        BadRouterSolicitation = ("bad_router_solicitation", "router solicitations ignored: code not 0, from off the link, or on a port without IPv4 (RFC 1256 4.2)"),
         AddressMaskUnknown = ("address_mask_unknown", "address mask requests not answered: no single mask for the interface and the asker"),
         BroadcastEcho = ("broadcast_echo", "echo request to a broadcast address, or from 0.0.0.0, ignored"),
         LocalLoop = ("local_loop", "packet from this node to this node"),
@@ -604,6 +616,35 @@ impl Ip4Local {
         LocalNext::Lookup
     }
 
+    /// RFC 1256 4.2 and 4.3: a valid solicitation (code 0, from 0.0.0.0 or from a neighbor on
+    /// one of the arrival port's subnets; length and checksum were checked) has the port's
+    /// next advertisement go out within [`MAX_RESPONSE_DELAY`], to the advertisement address
+    /// (`Graph::advertise_routers` sends it); any other is silently discarded.
+    ///
+    /// [`MAX_RESPONSE_DELAY`]: crate::router_adverts::MAX_RESPONSE_DELAY
+    fn router_solicitation<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+    ) -> LocalNext {
+        let port = pkt.meta.rx_port;
+        let ip = Ipv4Packet::new_unchecked(pkt.buf.data());
+        let src = ip.src_addr();
+        let code = ip.payload().get(1).copied();
+        let subnets = cx.tables.interface(port).map_or(&[][..], |i| &i.ipv4[..]);
+        let neighbor = src.is_unspecified() || subnets.iter().any(|n| n.contains(&src));
+        if code != Some(0) || !neighbor || subnets.is_empty() {
+            cx.error(Ip4LocalError::BadRouterSolicitation);
+            return LocalNext::Drop;
+        }
+        cx.state.ipv4_router_adverts.solicited(port, cx.now);
+        cx.error(Ip4LocalError::RouterSolicitations);
+        cx.trace(
+            &pkt.meta,
+            format_args!("router solicitation from {src}: advertisement scheduled"),
+        );
+        LocalNext::Drop
+    }
+
     /// The options of an echo reply built from its request (`from` asked `me`): a source
     /// route is reversed to lead back to `from` (RFC 1122 3.2.2.6), and record-route and
     /// timestamp options get this router's entry, so that they cover the round trip (RFC 1812
@@ -677,6 +718,11 @@ impl Ip4Local {
                 }
                 if icmp[0] == Icmpv4Message::ADDRESS_MASK_REQUEST.0 && icmp[1] == 0 {
                     return Self::address_mask_reply(cx, pkt);
+                }
+                if icmp[0] == Icmpv4Message::ROUTER_SOLICIT.0
+                    && cx.tables.ipv4_router_discovery.is_some()
+                {
+                    return Self::router_solicitation(cx, pkt);
                 }
                 if icmp[0] != Icmpv4Message::ECHO_REQUEST.0 || icmp[1] != 0 {
                     cx.error(if punt_to_host && unicast_to_us {

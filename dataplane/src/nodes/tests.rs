@@ -1672,6 +1672,7 @@ mod conformance;
 mod esp;
 mod nat;
 mod router_adverts;
+mod router_discovery4;
 
 proptest! {
     /// `ip4-lookup` hashes from the header it already read; the result is the packet's flow

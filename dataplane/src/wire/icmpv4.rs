@@ -20,6 +20,10 @@ impl Icmpv4Message {
     pub const SOURCE_QUENCH: Self = Self(4);
     pub const REDIRECT: Self = Self(5);
     pub const ECHO_REQUEST: Self = Self(8);
+    /// Router advertisement (RFC 1256).
+    pub const ROUTER_ADVERT: Self = Self(9);
+    /// Router solicitation (RFC 1256).
+    pub const ROUTER_SOLICIT: Self = Self(10);
     pub const TIME_EXCEEDED: Self = Self(11);
     pub const PARAM_PROBLEM: Self = Self(12);
     pub const ADDRESS_MASK_REQUEST: Self = Self(17);
