@@ -17,6 +17,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 
 use crate::buffer::PacketBuffer;
+use crate::router_adverts::Advertiser;
 use crate::tables::Tables;
 use crate::worker::WorkerState;
 
@@ -461,40 +462,6 @@ fn all_equal(next: &[NextIndex], first: NextIndex) -> bool {
     next.iter().fold(0, |acc, &x| acc | (x ^ first)) == 0
 }
 
-/// The ports (and their interfaces) whose router advertisement of one family is due at `now`
-/// by `schedule`. The first worker (`worker` 0) first starts or stops the unsolicited schedule
-/// of each port as `advertises` says of its interface, when the tables changed.
-fn due_adverts<'t>(
-    schedule: &mut crate::router_adverts::Advertiser,
-    tables: &'t Tables,
-    worker: u16,
-    now: Nanos,
-    advertises: impl Fn(&crate::tables::Interface) -> bool,
-) -> Vec<(u16, &'t crate::tables::Interface)> {
-    if worker == 0 && schedule.tables_version != Some(tables.version) {
-        schedule.tables_version = Some(tables.version);
-        for (port, ifc) in tables.interfaces.iter().enumerate() {
-            if advertises(ifc) {
-                schedule.start(port as u16, now);
-            } else {
-                schedule.stop(port as u16);
-            }
-        }
-    }
-    let due: Vec<u16> = schedule.due(now).collect();
-    due.into_iter()
-        .filter_map(
-            |port| match tables.interface(port).filter(|i| advertises(i)) {
-                Some(ifc) => Some((port, ifc)),
-                None => {
-                    schedule.stop(port);
-                    None
-                }
-            },
-        )
-        .collect()
-}
-
 /// Most passes over the nodes in one dispatch; a packet still queued after that is in a loop
 /// and is dropped (counted in [`Graph::looped`]).
 const MAX_PASSES: usize = 16;
@@ -794,25 +761,62 @@ impl<B: PacketBuffer> Graph<B> {
         B: crate::buffer::PacketBuffer,
     {
         let mut queued = false;
+        let worker = state.worker;
         if let Some(config) = &tables.router_adverts {
-            let schedule = &mut state.router_adverts;
-            let due = due_adverts(schedule, tables, state.worker, now, |i| !i.ipv6.is_empty());
-            for (port, ifc) in due {
-                let Some(mut buf) = alloc() else { break };
-                schedule.sent(port, now, config.intervals());
-                let built = crate::nodes::icmp6::nd::make_router_advert(&mut buf, ifc, config);
-                queued |= self.queue_frame(port, buf, built);
-            }
+            queued |= self.advertise_family(
+                (&mut state.router_adverts, tables, worker, now),
+                config.intervals(),
+                |ifc| !ifc.ipv6.is_empty(),
+                |buf, ifc| crate::nodes::icmp6::nd::make_router_advert(buf, ifc, config),
+                &mut alloc,
+            );
         }
         if let Some(config) = &tables.ipv4_router_discovery {
-            let schedule = &mut state.ipv4_router_adverts;
-            let due = due_adverts(schedule, tables, state.worker, now, |i| !i.ipv4.is_empty());
-            for (port, ifc) in due {
-                let Some(mut buf) = alloc() else { break };
-                schedule.sent(port, now, config.intervals());
-                let built = crate::nodes::icmp4::make_router_advert(&mut buf, ifc, config);
-                queued |= self.queue_frame(port, buf, built);
+            queued |= self.advertise_family(
+                (&mut state.ipv4_router_adverts, tables, worker, now),
+                config.intervals(),
+                |ifc| !ifc.ipv4.is_empty(),
+                |buf, ifc| crate::nodes::icmp4::make_router_advert(buf, ifc, config),
+                &mut alloc,
+            );
+        }
+        queued
+    }
+
+    /// [`Graph::advertise_routers`] for one family: the ports whose interface `advertises`
+    /// by `schedule` (started or stopped here by the first worker when the tables changed),
+    /// each advertisement made by `build`. True when frames were queued.
+    fn advertise_family(
+        &mut self,
+        (schedule, tables, worker, now): (&mut Advertiser, &Tables, u16, Nanos),
+        intervals: (u16, u16),
+        advertises: impl Fn(&crate::tables::Interface) -> bool,
+        build: impl Fn(&mut B, &crate::tables::Interface) -> bool,
+        alloc: &mut impl FnMut() -> Option<B>,
+    ) -> bool {
+        if worker == 0 && schedule.tables_version != Some(tables.version) {
+            schedule.tables_version = Some(tables.version);
+            for (port, ifc) in tables.interfaces.iter().enumerate() {
+                if advertises(ifc) {
+                    schedule.start(port as u16, now);
+                } else {
+                    schedule.stop(port as u16);
+                }
             }
+        }
+        let mut queued = false;
+        let due: Vec<u16> = schedule.due(now).collect();
+        for port in due {
+            let Some(ifc) = tables.interface(port).filter(|i| advertises(i)) else {
+                schedule.stop(port);
+                continue;
+            };
+            let Some(mut buf) = alloc() else {
+                break;
+            };
+            schedule.sent(port, now, intervals);
+            let built = build(&mut buf, ifc);
+            queued |= self.queue_frame(port, buf, built);
         }
         queued
     }

@@ -1667,6 +1667,37 @@ fn forwarding_back_out_of_the_same_link_sends_a_redirect() {
     assert_eq!(icmpv6_checksum(&ip.src_addr(), &ip.dst_addr(), m), 0);
 }
 
+/// Runs the router advertisers at `r.now`; returns what they sent.
+fn advertise(r: &mut Rig) -> Vec<(u16, Vec<u8>)> {
+    r.graph
+        .advertise_routers(&r.tables, &mut r.state, r.now, || {
+            Some(HeapBuffer::new(2048, 128))
+        });
+    r.take_tx()
+}
+
+/// Runs the advertisers every tenth of a second for `seconds` and checks the gaps between
+/// port 0's unsolicited advertisements: the first three at most 16 s (both RFC 4861 6.2.4 and
+/// RFC 1256 4.3), the rest within `min..=max` seconds.
+fn check_unsolicited_intervals(r: &mut Rig, seconds: u64, (min, max): (u64, u64)) {
+    const SECOND: u64 = 1_000_000_000;
+    let mut sent_at = Vec::new();
+    let end = r.now + seconds * SECOND;
+    while r.now < end {
+        if advertise(r).iter().any(|(p, _)| *p == 0) {
+            sent_at.push(r.now);
+        }
+        r.now += SECOND / 10;
+    }
+    let gaps: Vec<u64> = sent_at.windows(2).map(|w| (w[1] - w[0]) / SECOND).collect();
+    assert!(gaps.len() >= 5, "{gaps:?}");
+    assert!(gaps[..3].iter().all(|&g| g <= 16), "{gaps:?}");
+    assert!(
+        gaps[3..].iter().all(|&g| (min..=max).contains(&g)),
+        "{gaps:?}"
+    );
+}
+
 mod acl;
 mod conformance;
 mod esp;
