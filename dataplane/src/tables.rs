@@ -59,6 +59,14 @@ impl Interface {
         addr == self.link_local || self.ipv6.iter().any(|n| n.addr() == addr)
     }
 
+    /// True if `addr` is the Subnet-Router anycast address (the prefix with a zero interface
+    /// identifier, RFC 4291 2.6.1) of one of this interface's IPv6 subnets.
+    pub fn is_subnet_router_anycast(&self, addr: Ipv6Addr) -> bool {
+        self.ipv6
+            .iter()
+            .any(|n| n.prefix_len() < 127 && n.network() == addr)
+    }
+
     /// True if `addr` is one of this interface's IPv4 addresses.
     pub fn has_ipv4(&self, addr: Ipv4Addr) -> bool {
         self.ipv4.iter().any(|n| n.addr() == addr)

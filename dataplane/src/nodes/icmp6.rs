@@ -180,22 +180,27 @@ pub mod nd {
         }) && ok
     }
 
-    /// Turns the packet into an advertisement that `target` (ours) is at the interface's MAC.
+    /// Turns the packet into an advertisement that `target` (ours; `anycast`, a Subnet-Router
+    /// anycast address) is at the interface's MAC.
     pub fn make_advertisement<B: PacketBuffer>(
         buf: &mut B,
         ifc: &Interface,
         target: Ipv6Addr,
         to: Ipv6Addr,
         solicited: bool,
+        anycast: bool,
     ) -> bool {
         let nd = NdiscRepr::NeighborAdvert {
             router: true,
             solicited,
-            override_: true,
+            // An anycast address may be answered for by others too: no override (RFC 4861
+            // 7.2.4), and sent from a unicast address of the interface.
+            override_: !anycast,
             target_addr: target,
             lladdr: Some(EthernetAddress(ifc.mac)),
         };
-        write(buf, target, to, nd)
+        let src = if anycast { ifc.link_local } else { target };
+        write(buf, src, to, nd)
     }
 
     /// The prefixes `ifc` advertises: its global ones, each once, as many as fit the MTU.

@@ -656,6 +656,7 @@ impl Ip4Local {
         ip: &mut Ipv4Packet<T>,
         from: Ipv4Addr,
         me: Ipv4Addr,
+        is_ours: impl Fn(Ipv4Addr) -> bool,
     ) {
         if let Some(first_hop) = ip4_options::reverse_for_reply(ip.options_mut(), from) {
             ip.set_dst_addr(first_hop);
@@ -665,6 +666,7 @@ impl Ip4Local {
             ip.options_mut(),
             me,
             ip4_options::nonstandard_timestamp(now),
+            is_ours,
         );
     }
 
@@ -749,7 +751,10 @@ impl Ip4Local {
                 ip.set_src_addr(dst);
                 ip.set_dst_addr(src);
                 if ip.header_len() > 20 {
-                    Self::echo_reply_options(cx.now, &mut ip, src, dst);
+                    let tables = cx.tables;
+                    Self::echo_reply_options(cx.now, &mut ip, src, dst, |a| {
+                        tables.is_local_ipv4(a)
+                    });
                 }
                 ip.set_ttl(DEFAULT_TTL);
                 ip.fill_checksum();
@@ -889,7 +894,7 @@ per_packet_node!(Ip4Local, "ip4-local", LocalNext, Ip4LocalError, deliver);
 node_errors! {
     pub enum Ip4RewriteError {
         TtlExpired = ("ttl_expired", "TTL expired in transit: time exceeded sent"),
-        BadOption = ("bad_option", "timestamp option overflow count full: parameter problem sent"),
+        BadOption = ("bad_option", "record-route or timestamp option with some room but not enough, or a full overflow count: parameter problem sent (RFC 791)"),
         Redirected = ("redirect_sent", "forwarded back out of its own link: redirect sent to the source"),
         TooBig = ("too_big", "larger than the next link's MTU with DF set: fragmentation needed sent"),
         Fragmented = ("fragmented", "larger than the next link's MTU without DF: fragmented"),
@@ -983,7 +988,8 @@ impl Ip4Rewrite {
                     // Record route and timestamp options get this router's entry.
                     let addr = ifc.primary_ipv4().unwrap_or(Ipv4Addr::UNSPECIFIED);
                     let stamp = ip4_options::nonstandard_timestamp(cx.now);
-                    if let Err(pointer) = ip4_options::record(ip.options_mut(), addr, stamp) {
+                    let ours = |a| cx.tables.is_local_ipv4(a);
+                    if let Err(pointer) = ip4_options::record(ip.options_mut(), addr, stamp, ours) {
                         cx.error(Ip4RewriteError::BadOption);
                         pkt.meta.icmp_error = Some(param_problem(pointer));
                         return RewriteNext::Error;

@@ -90,13 +90,19 @@ pub fn check(options: &[u8]) -> OptionsVerdict {
             }
             RECORD_ROUTE => {
                 // The pointer is 1-based within the option and starts at 4.
-                if len < 3 || options[at + 2] < 4 {
+                if len < 3 {
+                    return OptionsVerdict::ParamProblem(pointer(at + 1));
+                }
+                if options[at + 2] < 4 {
                     return OptionsVerdict::ParamProblem(pointer(at + 2));
                 }
                 record = true;
             }
             TIMESTAMP => {
-                if len < 4 || options[at + 2] < 5 {
+                if len < 4 {
+                    return OptionsVerdict::ParamProblem(pointer(at + 1));
+                }
+                if options[at + 2] < 5 {
                     return OptionsVerdict::ParamProblem(pointer(at + 2));
                 }
                 let flag = options[at + 3] & 0x0f;
@@ -172,10 +178,19 @@ pub fn take_source_route_hop(options: &mut [u8], hop: &SourceRouteHop, recorded:
 }
 
 /// Adds this router's entry to the record-route and timestamp options of a forwarded packet:
-/// `addr` is the address of the interface it leaves by, `timestamp` the value to stamp.
-/// Returns the parameter-problem pointer if a timestamp overflow count itself overflows.
+/// `addr` is the address of the interface it leaves by, `timestamp` the value to stamp, and
+/// `is_ours` tells this router's addresses (a prespecified timestamp is taken when its next
+/// address is any of them, RFC 1812 5.3.13.6). A full option is forwarded as it is (a
+/// timestamp's overflow count goes up); one with some room but not enough for an entry, or
+/// whose overflow count itself overflows, is in error (RFC 791): `Err` is then the
+/// parameter-problem pointer, at the option's pointer or flags byte.
 #[cold]
-pub fn record(options: &mut [u8], addr: Ipv4Addr, timestamp: u32) -> Result<(), u8> {
+pub fn record(
+    options: &mut [u8],
+    addr: Ipv4Addr,
+    timestamp: u32,
+    is_ours: impl Fn(Ipv4Addr) -> bool,
+) -> Result<(), u8> {
     let mut at = 0;
     while at < options.len() {
         let kind = options[at];
@@ -190,27 +205,31 @@ pub fn record(options: &mut [u8], addr: Ipv4Addr, timestamp: u32) -> Result<(), 
         if len < 2 || at + len > options.len() {
             break;
         }
+        let pointer_byte = (OPTIONS_OFFSET + at + 2) as u8;
         let opt = &mut options[at..at + len];
         match kind {
-            RECORD_ROUTE => {
+            RECORD_ROUTE if len >= 3 => {
                 let ptr = usize::from(opt[2]);
-                // A full option is forwarded unchanged (RFC 791).
                 if ptr + 3 <= len {
                     opt[ptr - 1..ptr + 3].copy_from_slice(&addr.octets());
                     opt[2] += 4;
+                } else if ptr <= len {
+                    return Err(pointer_byte);
                 }
             }
-            TIMESTAMP => {
+            TIMESTAMP if len >= 4 => {
                 let ptr = usize::from(opt[2]);
                 let flag = opt[3] & 0x0f;
                 let entry = if flag == TS_ONLY { 4 } else { 8 };
-                if ptr + entry - 1 > len {
-                    // No room: count the overflow; a full count is a parameter problem.
+                if ptr > len {
+                    // Full: count the overflow; a full count is a parameter problem.
                     let overflow = opt[3] >> 4;
                     if overflow == 15 {
-                        return Err((OPTIONS_OFFSET + at + 3) as u8);
+                        return Err(pointer_byte + 1);
                     }
                     opt[3] = ((overflow + 1) << 4) | flag;
+                } else if ptr + entry - 1 > len {
+                    return Err(pointer_byte);
                 } else {
                     let slot = &mut opt[ptr - 1..ptr - 1 + entry];
                     match flag {
@@ -219,8 +238,8 @@ pub fn record(options: &mut [u8], addr: Ipv4Addr, timestamp: u32) -> Result<(), 
                             slot[..4].copy_from_slice(&addr.octets());
                             slot[4..].copy_from_slice(&timestamp.to_be_bytes());
                         }
-                        // Prespecified: stamp only when the next address is ours.
-                        _ if slot[..4] == addr.octets() => {
+                        // Prespecified: stamp only when the next address is one of ours.
+                        _ if is_ours(Ipv4Addr::new(slot[0], slot[1], slot[2], slot[3])) => {
                             slot[4..].copy_from_slice(&timestamp.to_be_bytes())
                         }
                         _ => {
@@ -369,28 +388,75 @@ mod tests {
     #[test]
     fn record_route_fills_the_next_slot_until_full() {
         let me: Ipv4Addr = "198.18.2.1".parse().unwrap();
+        let ours = |a: Ipv4Addr| a == me;
         let mut rr = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        record(&mut rr, me, 0).unwrap();
+        record(&mut rr, me, 0, ours).unwrap();
         assert_eq!(rr[..8], [7, 11, 8, 198, 18, 2, 1, 0]);
-        record(&mut rr, me, 0).unwrap();
+        record(&mut rr, me, 0, ours).unwrap();
         assert_eq!(rr[2], 12);
         // Full: unchanged.
         let before = rr;
-        record(&mut rr, me, 0).unwrap();
+        record(&mut rr, me, 0, ours).unwrap();
         assert_eq!(rr, before);
+    }
+
+    /// RFC 791: "If there is some room but not enough room for a full address to be
+    /// inserted, the original datagram is considered to be in error", and likewise for a
+    /// timestamp; the parameter problem points at the option's pointer.
+    #[test]
+    fn some_room_but_not_enough_is_an_error() {
+        let me: Ipv4Addr = "198.18.2.1".parse().unwrap();
+        let ours = |a: Ipv4Addr| a == me;
+        // Record route of length 9: one address in, two bytes left.
+        let mut rr = [7, 9, 8, 10, 0, 0, 1, 0, 0, 0, 0, 0];
+        assert_eq!(record(&mut rr, me, 0, ours), Err(22));
+        // Timestamps only, length 10: one stamp in, two bytes left.
+        let mut ts = [68, 10, 9, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert_eq!(record(&mut ts, me, 5, ours), Err(22));
+        // After a NOP the pointer byte is one further on.
+        let mut opts = [1, 7, 9, 8, 10, 0, 0, 1, 0, 0, 0, 0];
+        assert_eq!(record(&mut opts, me, 0, ours), Err(23));
     }
 
     #[test]
     fn timestamps_and_overflow() {
         let me: Ipv4Addr = "198.18.2.1".parse().unwrap();
+        let ours = |a: Ipv4Addr| a == me;
         let mut ts = [68, 12, 5, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
-        record(&mut ts, me, 0x8000_0001).unwrap();
+        record(&mut ts, me, 0x8000_0001, ours).unwrap();
         assert_eq!(ts[4..12], [198, 18, 2, 1, 0x80, 0, 0, 1]);
         assert_eq!(ts[2], 13);
         // Full now: the overflow count goes up.
-        record(&mut ts, me, 1).unwrap();
+        record(&mut ts, me, 1, ours).unwrap();
         assert_eq!(ts[3] >> 4, 1);
         ts[3] = 0xf1;
-        assert_eq!(record(&mut ts, me, 1), Err(23));
+        assert_eq!(record(&mut ts, me, 1, ours), Err(23));
+    }
+
+    /// RFC 1812 5.3.13.6: a prespecified address is stamped when it is any of the router's
+    /// addresses, not only the outgoing interface's.
+    #[test]
+    fn prespecified_timestamps_match_any_address_of_ours() {
+        let (ingress, egress): (Ipv4Addr, Ipv4Addr) =
+            ("198.18.1.1".parse().unwrap(), "198.18.2.1".parse().unwrap());
+        let ours = |a: Ipv4Addr| a == ingress || a == egress;
+        let mut ts = [
+            68, 20, 5, 3, 198, 18, 1, 1, 0, 0, 0, 0, 198, 18, 2, 1, 0, 0, 0, 0,
+        ];
+        record(&mut ts, egress, 7, ours).unwrap();
+        assert_eq!((ts[2], &ts[8..12]), (13, &[0, 0, 0, 7][..]));
+        record(&mut ts, egress, 8, ours).unwrap();
+        assert_eq!((ts[2], &ts[16..20]), (21, &[0, 0, 0, 8][..]));
+        // Someone else's address: left for its owner.
+        let mut ts = [68, 12, 5, 3, 203, 0, 113, 9, 0, 0, 0, 0];
+        let before = ts;
+        record(&mut ts, egress, 9, ours).unwrap();
+        assert_eq!(ts, before);
+    }
+
+    #[test]
+    fn short_record_route_and_timestamp_point_at_their_length() {
+        assert_eq!(check(&[7, 2, 1, 0]), OptionsVerdict::ParamProblem(21));
+        assert_eq!(check(&[68, 3, 5, 0]), OptionsVerdict::ParamProblem(21));
     }
 }

@@ -45,14 +45,18 @@ pub(crate) fn solicited_node(a: &Ipv6Addr) -> Ipv6Addr {
 }
 
 /// True if `group` is a multicast group the interface listens to: all-nodes, all-routers, or
-/// the solicited-node group of one of its addresses.
+/// the solicited-node group of one of its addresses, the Subnet-Router anycast ones included
+/// (RFC 4291 2.8).
 fn is_our_group(ifc: &Interface, group: &Ipv6Addr) -> bool {
     const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
     const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
     *group == ALL_NODES
         || *group == ALL_ROUTERS
         || solicited_node(&ifc.link_local) == *group
-        || ifc.ipv6.iter().any(|n| solicited_node(&n.addr()) == *group)
+        || ifc.ipv6.iter().any(|n| {
+            solicited_node(&n.addr()) == *group
+                || (n.prefix_len() < 127 && solicited_node(&n.network()) == *group)
+        })
 }
 
 node_errors! {
@@ -213,6 +217,7 @@ impl<B: PacketBuffer> Node<B> for Ip6Input {
 node_errors! {
     pub enum Ip6LookupError {
         NoRoute = ("no_route", "no route to the destination"),
+        Unreachable = ("unreachable", "route says unreachable: reject route sent (RFC 4443 code 6)"),
         Blackhole = ("blackhole", "route says discard"),
         Multicast = ("multicast", "multicast group not joined; multicast routing is not enabled"),
         LinkLocal = ("link_local", "link-local destination that is not ours: not forwarded"),
@@ -340,13 +345,15 @@ impl Ip6Lookup {
             None => None,
         };
         let Some(hop) = hop else {
-            cx.error(Ip6LookupError::NoRoute);
-            cx.trace(&pkt.meta, format_args!("{dst}: no route"));
-            pkt.meta.icmp_error = Some((
-                Icmpv6Message::DST_UNREACHABLE.0,
-                unreachable_code::NO_ROUTE,
-                0,
-            ));
+            // A route that says unreachable is a reject route (RFC 4443 3.1, code 6).
+            let (err, code) = if route.is_some() {
+                (Ip6LookupError::Unreachable, unreachable_code::REJECT_ROUTE)
+            } else {
+                (Ip6LookupError::NoRoute, unreachable_code::NO_ROUTE)
+            };
+            cx.error(err);
+            cx.trace(&pkt.meta, format_args!("{dst}: {err:?}"));
+            pkt.meta.icmp_error = Some((Icmpv6Message::DST_UNREACHABLE.0, code, 0));
             return LookupNext::Error;
         };
         if !pkt.meta.local_origin {
@@ -417,7 +424,8 @@ node_errors! {
         NoBuffer = ("no_buffer", "no buffer for a fragment of a reply"),
         BadIcmp = ("bad_icmp", "ICMPv6 message too short or with a bad checksum"),
         EchoReplied = ("echo_replied", "echo requests answered"),
-        MulticastEcho = ("multicast_echo", "echo requests to a multicast group answered"),
+        MulticastEcho = ("multicast_echo", "echo requests to a multicast group or anycast address answered"),
+        EchoFromUnspecified = ("echo_from_unspecified", "echo requests from the unspecified address, ignored (RFC 4291 2.5.2)"),
         NeighborSolicitations = ("ns_answered", "neighbor solicitations for our addresses answered"),
         NeighborAdvertisements = ("na_learned", "neighbor advertisements processed"),
         BadNd = ("bad_nd", "neighbor discovery message failing RFC 4861 validation"),
@@ -504,38 +512,10 @@ impl Ip6Local {
             }
         };
         let unicast_to_us = !dst.is_multicast();
-        // RFC 8200 4.4: a routing header with segments left is for a node that routes by it;
-        // this one knows no routing type (type 0 is deprecated by RFC 5095).
-        if let Some(at) = ext.routing {
-            if pkt.buf.data().get(at + 3).is_some_and(|&left| left != 0) {
-                cx.error(Ip6LocalError::RoutingHeader);
-                pkt.meta.icmp_error = Some((
-                    Icmpv6Message::PARAM_PROBLEM.0,
-                    param_problem_code::HEADER_FIELD,
-                    (at + 2) as u32,
-                ));
-                return LocalNext::Error;
-            }
-        }
-        if let Some(at) = ext.destination_options {
-            match check_options(pkt.buf.data(), at) {
-                OptionsVerdict::Accept => {}
-                OptionsVerdict::ParamProblem {
-                    pointer,
-                    unless_multicast,
-                } if !unless_multicast || unicast_to_us => {
-                    cx.error(Ip6LocalError::UnknownOption);
-                    pkt.meta.icmp_error = Some((
-                        Icmpv6Message::PARAM_PROBLEM.0,
-                        param_problem_code::UNRECOGNIZED_OPTION,
-                        pointer,
-                    ));
-                    return LocalNext::Error;
-                }
-                _ => {
-                    cx.error(Ip6LocalError::BadExtensionHeaders);
-                    return LocalNext::Drop;
-                }
+        // RFC 8200 4.1: the routing and destination options headers, in the order they come.
+        for (protocol, at) in ext.for_destination.iter() {
+            if let Some(next) = Self::destination_header(cx, pkt, protocol, at, unicast_to_us) {
+                return next;
             }
         }
         if let Some(frag) = ext.fragment.filter(|f| f.is_fragmented()) {
@@ -596,9 +576,15 @@ impl Ip6Local {
         }
         match Icmpv6Message(msg[0]) {
             Icmpv6Message::ECHO_REQUEST => {
-                // RFC 4443 4.1: a request to a group is answered from a unicast address of
-                // the receiving interface.
-                let reply_from = if unicast_to_us {
+                // No packet may go to the unspecified address (RFC 4291 2.5.2).
+                if src.is_unspecified() {
+                    cx.error(Ip6LocalError::EchoFromUnspecified);
+                    return LocalNext::Drop;
+                }
+                // RFC 4443 4.1: a request to a group or to an anycast address (the
+                // Subnet-Router one) is answered from a unicast address of the receiving
+                // interface.
+                let reply_from = if cx.tables.is_local_ipv6(dst) {
                     dst
                 } else {
                     let Some(ifc) = cx.tables.interface(pkt.meta.rx_port) else {
@@ -726,6 +712,50 @@ impl Ip6Local {
         LocalNext::Lookup
     }
 
+    /// Acts on one routing or destination options header (at `at`) of a packet for this
+    /// node; `Some` where the packet goes no further. A routing header with segments left is
+    /// for a node that routes by it, and this one knows no routing type (RFC 8200 4.4; type
+    /// 0 is deprecated by RFC 5095); options are checked as RFC 8200 4.2 says.
+    fn destination_header<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        protocol: IpProtocol,
+        at: usize,
+        unicast_to_us: bool,
+    ) -> Option<LocalNext> {
+        if protocol == IpProtocol::ROUTING {
+            if pkt.buf.data().get(at + 3).is_some_and(|&left| left != 0) {
+                cx.error(Ip6LocalError::RoutingHeader);
+                pkt.meta.icmp_error = Some((
+                    Icmpv6Message::PARAM_PROBLEM.0,
+                    param_problem_code::HEADER_FIELD,
+                    (at + 2) as u32,
+                ));
+                return Some(LocalNext::Error);
+            }
+            return None;
+        }
+        match check_options(pkt.buf.data(), at) {
+            OptionsVerdict::Accept => None,
+            OptionsVerdict::ParamProblem {
+                pointer,
+                unless_multicast,
+            } if !unless_multicast || unicast_to_us => {
+                cx.error(Ip6LocalError::UnknownOption);
+                pkt.meta.icmp_error = Some((
+                    Icmpv6Message::PARAM_PROBLEM.0,
+                    param_problem_code::UNRECOGNIZED_OPTION,
+                    pointer,
+                ));
+                Some(LocalNext::Error)
+            }
+            _ => {
+                cx.error(Ip6LocalError::BadExtensionHeaders);
+                Some(LocalNext::Drop)
+            }
+        }
+    }
+
     /// RFC 4861 6.2.6: validate, learn the sender, and have the port's next router
     /// advertisement go out soon (`Graph::advertise_routers` sends it).
     fn router_solicitation<B: PacketBuffer>(
@@ -790,7 +820,10 @@ impl Ip6Local {
         let Some(ifc) = cx.tables.interface(port) else {
             return LocalNext::Drop;
         };
-        if !ifc.has_ipv6(target) {
+        // Our unicast addresses, and the Subnet-Router anycast addresses, which an
+        // advertisement must not claim outright (RFC 4861 7.2.4: Override clear for anycast).
+        let anycast = !ifc.has_ipv6(target);
+        if anycast && !ifc.is_subnet_router_anycast(target) {
             cx.error(Ip6LocalError::NdNotForUs);
             return LocalNext::Drop;
         }
@@ -804,7 +837,7 @@ impl Ip6Local {
         } else {
             (src, true)
         };
-        if !nd::make_advertisement(&mut pkt.buf, ifc, target, to, solicited) {
+        if !nd::make_advertisement(&mut pkt.buf, ifc, target, to, solicited, anycast) {
             cx.error(Ip6LocalError::NoHeadroom);
             return LocalNext::Drop;
         }
@@ -865,7 +898,7 @@ impl Ip6Local {
         };
         cx.error(Ip6LocalError::Reassembled);
         let Some((repr, reply)) = local_frag::echo_reply_v6(&whole, dst) else {
-            return LocalNext::Drop;
+            return Self::reassembled_error(cx, pkt, &whole);
         };
         let mtu = cx
             .tables
@@ -878,6 +911,57 @@ impl Ip6Local {
         }
         cx.error(Ip6LocalError::EchoReplied);
         LocalNext::Lookup
+    }
+}
+
+impl Ip6Local {
+    /// What a reassembled datagram other than an echo request gets, as it would have come
+    /// whole: UDP a port unreachable, an unknown next header a parameter problem (RFC 4443
+    /// 3.1, 3.4), each quoting the datagram rebuilt without its fragment header; the rest
+    /// (TCP, ICMPv6, no next header) is dropped.
+    fn reassembled_error<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        whole: &local_frag::Whole,
+    ) -> LocalNext {
+        let Some(&next) = whole.header.get(6) else {
+            return LocalNext::Drop;
+        };
+        let (err, error) = match IpProtocol(next) {
+            IpProtocol::UDP => (
+                Ip6LocalError::PortUnreachable,
+                (Icmpv6Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0),
+            ),
+            IpProtocol::TCP | IpProtocol::ICMPV6 | IpProtocol::NO_NEXT => {
+                cx.error(Ip6LocalError::Punted);
+                return LocalNext::Drop;
+            }
+            // The Next Header field of the fixed header names the unknown protocol.
+            _ => (
+                Ip6LocalError::UnknownHeader,
+                (
+                    Icmpv6Message::PARAM_PROBLEM.0,
+                    param_problem_code::UNRECOGNIZED_NEXT_HEADER,
+                    6,
+                ),
+            ),
+        };
+        // As much as an error may quote (the error node trims to the minimum MTU anyway).
+        let hlen = whole.header.len();
+        let quoted = whole.payload.len().min(1280 - 48 - hlen);
+        let payload_len = whole.payload.len().min(usize::from(u16::MAX));
+        let rebuilt = super::rebuild(&mut pkt.buf, hlen + quoted, |data| {
+            data[..hlen].copy_from_slice(&whole.header);
+            data[hlen..].copy_from_slice(&whole.payload[..quoted]);
+            Ipv6Packet::new_unchecked(data).set_payload_len(payload_len as u16);
+        });
+        if !rebuilt {
+            cx.error(Ip6LocalError::NoBuffer);
+            return LocalNext::Drop;
+        }
+        cx.error(err);
+        pkt.meta.icmp_error = Some(error);
+        LocalNext::Error
     }
 }
 

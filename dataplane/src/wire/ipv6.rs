@@ -162,13 +162,35 @@ pub struct Ipv6ExtensionHeaders {
     pub next_header_offset: usize,
     /// The fragment header, if one was seen.
     pub fragment: Option<Ipv6FragmentInfo>,
-    /// Where the first routing header starts, if there is one.
-    pub routing: Option<usize>,
-    /// Where the last destination options header starts, if there is one (the one read by
-    /// the final destination: it follows any routing header).
-    pub destination_options: Option<usize>,
+    /// The routing and destination options headers, in the order of the chain: what the
+    /// packet's destination processes one after the other (RFC 8200 4.1).
+    pub for_destination: DestinationHeaders,
     /// How many extension headers were stepped over.
     pub count: usize,
+}
+
+/// The routing and destination options headers of a chain, in order, each as its protocol
+/// and where it starts ([`Ipv6ExtensionHeaders::for_destination`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct DestinationHeaders {
+    headers: [(u8, u16); MAX_EXTENSION_HEADERS],
+    len: u8,
+}
+
+impl DestinationHeaders {
+    fn push(&mut self, protocol: IpProtocol, offset: usize) {
+        if let Some(slot) = self.headers.get_mut(usize::from(self.len)) {
+            *slot = (protocol.0, offset as u16);
+            self.len += 1;
+        }
+    }
+
+    /// Each header's protocol (routing or destination options) and offset, in chain order.
+    pub fn iter(&self) -> impl Iterator<Item = (IpProtocol, usize)> + '_ {
+        self.headers[..usize::from(self.len)]
+            .iter()
+            .map(|&(p, at)| (IpProtocol(p), usize::from(at)))
+    }
 }
 
 /// What a fragment header (RFC 8200 section 4.5) says.
@@ -202,8 +224,7 @@ fn walk(
     let mut next_header_offset = field::NEXT_HEADER;
     let mut offset = Ipv6Packet::<&[u8]>::HEADER_LEN;
     let mut fragment = None;
-    let mut routing = None;
-    let mut destination_options = None;
+    let mut for_destination = DestinationHeaders::default();
     let mut count = 0;
     // Every walked header starts with Next Header and a length byte.
     let length_byte = |at: usize| {
@@ -235,12 +256,8 @@ fn walk(
         count += 1;
         let header = &buf[offset..offset + header_len];
         let this = next;
-        match this {
-            IpProtocol::ROUTING => {
-                routing.get_or_insert(offset);
-            }
-            IpProtocol::DEST_OPTS => destination_options = Some(offset),
-            _ => {}
+        if matches!(this, IpProtocol::ROUTING | IpProtocol::DEST_OPTS) {
+            for_destination.push(this, offset);
         }
         next = IpProtocol(header[0]);
         next_header_offset = offset;
@@ -264,8 +281,7 @@ fn walk(
         upper_offset: offset,
         next_header_offset,
         fragment,
-        routing,
-        destination_options,
+        for_destination,
         count,
     })
 }

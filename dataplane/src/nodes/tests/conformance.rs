@@ -751,3 +751,156 @@ fn fragments_behind_a_hop_by_hop_header_are_reassembled() {
     let msgs = icmp6_msgs(&out);
     assert!(msgs.iter().any(|m| m.3 == 129), "no echo reply: {msgs:?}");
 }
+
+// ------------------------------------------------- second review (RFC 4291, 791, 1812, 8200) -
+
+/// RFC 4291 2.6.1 and 2.8: a router answers for the Subnet-Router anycast address of each
+/// subnet, listening to its solicited-node group; RFC 4861 7.2.4: its advertisement has
+/// Override clear; RFC 4443 4.1: an echo request to it is answered from a unicast address.
+#[test]
+fn rfc4291_subnet_router_anycast_is_resolved_and_answered_from_unicast() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, anycast) = (v6("2001:db8:1::2"), v6("2001:db8:1::"));
+    let group = v6("ff02::1:ff00:0");
+    let solicit = ns(c, group, anycast, Some(CLIENT_MAC));
+    let out = r.send(
+        0,
+        &eth([0x33, 0x33, 0xff, 0, 0, 0], CLIENT_MAC, 0x86dd, &solicit),
+    );
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1, "an advertisement for the anycast address");
+    let (_, src, dst, t, _, flags) = msgs[0];
+    assert_eq!((t, dst), (136, c));
+    assert_ne!(src, anycast, "not from the anycast address");
+    assert_eq!(flags >> 29, 0b110, "router and solicited, override clear");
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(c, anycast, 64)));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].3, msgs[0].2), (129, c));
+    assert_eq!(
+        msgs[0].1,
+        v6("2001:db8:1::1"),
+        "from the interface's unicast address"
+    );
+}
+
+/// RFC 4291 2.5.2: nothing is ever sent to the unspecified address, so an echo request from
+/// it (even to all-nodes, which DAD-like probes use) gets no reply.
+#[test]
+fn rfc4291_2_5_2_echo_from_the_unspecified_address_is_not_answered() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let pkt = echo6(Ipv6Addr::UNSPECIFIED, v6("ff02::1"), 64);
+    let out = r.send(0, &eth([0x33, 0x33, 0, 0, 0, 1], CLIENT_MAC, 0x86dd, &pkt));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(r.count("ip6-local", "echo_from_unspecified"), 1);
+}
+
+/// RFC 1812 5.3.13.6: a prespecified timestamp is added when the next address "matches any of
+/// the router's IP addresses", the receiving interface's included.
+#[test]
+fn rfc1812_5_3_13_6_prespecified_timestamp_for_the_ingress_address() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let opts = [
+        68u8, 20, 5, 3, 198, 18, 1, 1, 0, 0, 0, 0, 198, 18, 2, 1, 0, 0, 0, 0,
+    ];
+    let pkt = ipv4_with_options(v4("198.18.1.2"), v4("198.18.2.2"), &opts, &[1; 8]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert_eq!(out.len(), 1);
+    let o = &out[0].1[14 + 20..14 + 40];
+    // One entry per router and option: the ingress address's slot, not yet the egress one.
+    assert_eq!(o[2], 13, "the first slot stamped: {o:?}");
+    assert_ne!(&o[8..12], &[0; 4]);
+    assert_eq!(&o[16..20], &[0; 4]);
+}
+
+/// RFC 791: a record route (or timestamp) with "some room but not enough" for an entry is in
+/// error and discarded; the parameter problem points at the option's pointer.
+#[test]
+fn rfc791_record_route_with_some_room_but_not_enough_is_discarded() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let c = v4("198.18.1.2");
+    for opts in [
+        [7u8, 9, 8, 10, 0, 0, 1, 0, 0, 0, 0, 0],
+        [68, 10, 9, 0, 0, 0, 0, 1, 0, 0, 0, 0],
+    ] {
+        let pkt = ipv4_with_options(c, v4("198.18.2.2"), &opts, &[1; 8]);
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+        let msgs = icmp4_msgs(&out);
+        assert_eq!(msgs.len(), 1, "only the parameter problem: {out:?}");
+        assert_eq!((msgs[0].2, msgs[0].3, msgs[0].4), (c, 12, 0));
+        let ip = Ipv4Packet::new_checked(&out[0].1[14..]).unwrap();
+        assert_eq!(ip.payload()[4], 22, "pointer at the option's pointer byte");
+    }
+    assert_eq!(r.count("ip4-rewrite", "bad_option"), 2);
+}
+
+/// RFC 4443 3.1: a reject route ("unreachable") answers with code 6, a missing route with 0.
+#[test]
+fn rfc4443_3_1_reject_route_is_code_6() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    r.tables = Tables::build(
+        2,
+        r.tables.interfaces.clone(),
+        &[StaticRoute {
+            prefix: "2001:db8:77::/48".parse().unwrap(),
+            target: RouteTarget::Unreachable,
+        }],
+    )
+    .unwrap();
+    let c = v6("2001:db8:1::2");
+    for (dst, code) in [("2001:db8:77::9", 6), ("2001:db8:78::9", 0)] {
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &echo6(c, v6(dst), 64)));
+        let msgs = icmp6_msgs(&out);
+        assert_eq!((msgs[0].3, msgs[0].4), (1, code), "{dst}");
+    }
+}
+
+/// RFC 4443 3.1 and 3.4 for a fragmented datagram to the router: once reassembled, UDP gets
+/// port unreachable and an unknown next header a parameter problem, as if it had come whole.
+#[test]
+fn rfc4443_reassembled_datagrams_get_the_errors_a_whole_one_would() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut udp = vec![0x03, 0xe8, 0x82, 0x9a, 0, 24, 0, 0];
+    udp.extend_from_slice(&[7u8; 16]);
+    for (nh, id, want) in [(17u8, 99, (1u8, 4u8, 0u32)), (253, 100, (4, 1, 6))] {
+        let first = frag6(c, me, nh, 0, true, id, &udp[..16]);
+        let last = frag6(c, me, nh, 16, false, id, &udp[16..]);
+        assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &first)).is_empty());
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &last));
+        let msgs = icmp6_msgs(&out);
+        assert_eq!(msgs.len(), 1, "{nh}: {out:?}");
+        let (_, src, dst, t, code, rest) = msgs[0];
+        assert_eq!((src, dst), (me, c));
+        assert_eq!((t, code, rest), want, "next header {nh}");
+        // The quote is the datagram as it would have come whole: no fragment header.
+        let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+        let quoted = &ip.payload()[8..];
+        assert_eq!((quoted[6], &quoted[40..48]), (nh, &udp[..8]));
+    }
+}
+
+/// RFC 8200 4.1: every destination options header is processed, in order: an unknown option
+/// whose action says discard-and-answer in the first of two draws the parameter problem.
+#[test]
+fn rfc8200_4_1_every_destination_options_header_is_processed() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let echo = icmp6(c, me, vec![128, 0, 0, 0, 0, 7, 0, 1, 0xaa, 0xbb]);
+    // Option 0x9e: action 10 (discard, parameter problem even to multicast), four bytes.
+    let mut p = vec![60u8, 0, 0x9e, 4, 0, 0, 0, 0];
+    p.extend_from_slice(&[58, 0, 1, 4, 0, 0, 0, 0]);
+    p.extend_from_slice(&echo);
+    let pkt = ipv6(c, me, IpProtocol::DEST_OPTS, 64, &p);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1);
+    assert_eq!((msgs[0].3, msgs[0].4, msgs[0].5), (4, 2, 42));
+}
