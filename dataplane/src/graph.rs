@@ -821,6 +821,35 @@ impl<B: PacketBuffer> Graph<B> {
         queued
     }
 
+    /// Sends the unicast probes of neighbors in DELAY or PROBE that are due (RFC 4861 7.3.3,
+    /// [`crate::worker::NeighborTable::due_probes`]); cheap when none is, so call it every
+    /// turn. True when frames were queued.
+    pub fn probe_neighbors(
+        &mut self,
+        tables: &Tables,
+        state: &mut WorkerState,
+        now: Nanos,
+        mut alloc: impl FnMut() -> Option<B>,
+    ) -> bool
+    where
+        B: crate::buffer::PacketBuffer,
+    {
+        let mut due = Vec::new();
+        state.neighbors.due_probes(now, &mut due);
+        let mut queued = false;
+        for (port, ip, mac) in due {
+            let Some(ifc) = tables.interface(port) else {
+                continue;
+            };
+            let Some(mut buf) = alloc() else {
+                break;
+            };
+            let built = crate::nodes::neighbor::make_request(&mut buf, ifc, ip, Some(mac));
+            queued |= self.queue_frame(port, buf, built);
+        }
+        queued
+    }
+
     /// Queues `buf` for transmission on `port` if it was `built`; true if it was queued.
     fn queue_frame(&mut self, port: u16, buf: B, built: bool) -> bool {
         match self.tx.get_mut(usize::from(port)) {

@@ -61,29 +61,65 @@ impl TokenBucket {
     }
 }
 
-/// A learned (or configured) neighbor.
+/// A learned (or configured) neighbor, in the states of RFC 4861 7.3.2 (which Linux applies to
+/// ARP as well): INCOMPLETE while `mac` is unknown; REACHABLE until `reachable_until`; then
+/// STALE, used as it is; DELAY from the first use of a stale entry, and PROBE
+/// [`NEIGHBOR_DELAY_FIRST_PROBE`] later, while `probe_at` is set: unicast requests to `mac`
+/// every second until one is answered or [`NEIGHBOR_MAX_PROBES`] went unanswered, when the
+/// entry is forgotten ([`NeighborTable::due_probes`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Neighbor {
     /// Its link-layer address, once known.
     pub mac: Option<[u8; 6]>,
-    /// When `mac` was last confirmed.
+    /// When `mac` was last learned or confirmed.
     pub confirmed: Nanos,
+    /// Until when the neighbor is known to be reachable: [`NEIGHBOR_REACHABLE_TIME`] after an
+    /// answer to a request; 0 for an address only heard of (a solicitation's source, an
+    /// unsolicited advertisement), which is stale from the start.
+    pub reachable_until: Nanos,
     /// When we last asked for it (ARP request or neighbor solicitation).
     pub requested: Option<Nanos>,
     /// Configured by hand: never expires, never overwritten by what is learned.
     pub permanent: bool,
-    /// Unanswered requests sent straight to `mac` to confirm it (RFC 4861 7.3.3's probes);
-    /// after [`NEIGHBOR_MAX_PROBES`] the address is forgotten and asked for by broadcast or
-    /// multicast again.
+    /// Unanswered requests sent straight to `mac` to confirm it (RFC 4861 7.3.3's probes).
     pub probes: u8,
+    /// DELAY and PROBE: when the next unicast probe is due.
+    pub probe_at: Option<Nanos>,
 }
 
 impl Neighbor {
-    /// Its address while it needs no confirmation: configured by hand, or confirmed less than
-    /// [`NEIGHBOR_REFRESH`] ago.
+    /// A neighbor whose address is `mac`, reachable until `reachable_until`.
+    fn new(mac: Option<[u8; 6]>, now: Nanos, reachable_until: Nanos) -> Self {
+        Neighbor {
+            mac,
+            confirmed: now,
+            reachable_until,
+            requested: None,
+            permanent: false,
+            probes: 0,
+            probe_at: None,
+        }
+    }
+
+    /// Its address while it is reachable (REACHABLE, or configured by hand).
     fn fresh_mac(&self, now: Nanos) -> Option<[u8; 6]> {
-        let fresh = self.permanent || now.saturating_sub(self.confirmed) < NEIGHBOR_REFRESH;
+        let fresh = self.permanent || now < self.reachable_until;
         self.mac.filter(|_| fresh)
+    }
+
+    /// Records that the neighbor answered (or was heard) at `mac`: REACHABLE when
+    /// `reachable`, else STALE; any probing stops.
+    fn confirm(&mut self, mac: [u8; 6], now: Nanos, reachable: bool) {
+        self.mac = Some(mac);
+        self.confirmed = now;
+        self.reachable_until = if reachable {
+            now.saturating_add(NEIGHBOR_REACHABLE_TIME)
+        } else {
+            0
+        };
+        self.requested = None;
+        self.probes = 0;
+        self.probe_at = None;
     }
 }
 
@@ -92,9 +128,13 @@ pub const NEIGHBOR_MAX_PROBES: u8 = 3;
 
 /// How long a learned entry is used without being confirmed again.
 pub const NEIGHBOR_LIFETIME: Nanos = 600 * SECOND;
-/// Age after which using an entry also sends a request to refresh it.
-pub const NEIGHBOR_REFRESH: Nanos = 60 * SECOND;
-/// Least time between two requests for the same neighbor.
+/// How long an answer keeps a neighbor REACHABLE (RFC 4861's REACHABLE_TIME, Linux's
+/// base_reachable_time).
+pub const NEIGHBOR_REACHABLE_TIME: Nanos = 30 * SECOND;
+/// How long a stale entry in use waits for a confirmation before it is probed (RFC 4861's
+/// DELAY_FIRST_PROBE_TIME).
+pub const NEIGHBOR_DELAY_FIRST_PROBE: Nanos = 5 * SECOND;
+/// Least time between two requests for the same neighbor (RFC 4861's RETRANS_TIMER).
 pub const NEIGHBOR_REQUEST_INTERVAL: Nanos = SECOND;
 /// Most entries; when full, new neighbors are not learned (counted).
 pub const NEIGHBOR_CAPACITY: usize = 65_536;
@@ -104,8 +144,6 @@ pub const NEIGHBOR_CAPACITY: usize = 65_536;
 pub enum Resolution {
     /// Known: send to this address.
     Known([u8; 6]),
-    /// Known but old: send, and also send a request to refresh it.
-    Refresh([u8; 6]),
     /// Unknown: send a request now.
     Request,
     /// Unknown and a request went out recently: drop and wait.
@@ -151,6 +189,13 @@ pub struct NeighborTable {
     /// hands what it learns to the others ([`NeighborTable::share`]). `None` (the default):
     /// nothing is kept.
     pub shared: Option<Vec<LearnedNeighbor>>,
+    /// Entries in DELAY or PROBE, for [`NeighborTable::due_probes`] (an entry may stay
+    /// listed after it left them; it is dropped from the list when next looked at).
+    probing: Vec<(u16, IpAddr)>,
+    /// Unicast probes sent (RFC 4861 7.3.3).
+    pub probes_sent: u64,
+    /// Entries forgotten because their probes went unanswered.
+    pub unreachable: u64,
 }
 
 /// A neighbor address learned by one worker, for the others ([`NeighborTable::shared`]).
@@ -202,13 +247,10 @@ impl NeighborTable {
                 self.full += 1;
                 return Resolution::Pending;
             }
-            None => self.entries.entry((port, ip)).or_insert(Neighbor {
-                mac: None,
-                confirmed: 0,
-                requested: None,
-                permanent: false,
-                probes: 0,
-            }),
+            None => self
+                .entries
+                .entry((port, ip))
+                .or_insert(Neighbor::new(None, 0, 0)),
         };
         let may_request = entry
             .requested
@@ -221,29 +263,21 @@ impl NeighborTable {
                 fresh_until: if entry.permanent {
                     Nanos::MAX
                 } else {
-                    entry.confirmed.saturating_add(NEIGHBOR_REFRESH)
+                    entry.reachable_until
                 },
                 generation: self.generation,
             });
             return Resolution::Known(mac);
         }
         match entry.mac {
-            Some(_) if entry.probes >= NEIGHBOR_MAX_PROBES && may_request => {
-                // The neighbor did not answer at its address: ask everyone again.
-                entry.mac = None;
-                entry.probes = 0;
-                entry.requested = Some(now);
-                self.generation += 1;
-                Resolution::Request
-            }
             Some(mac) if age < NEIGHBOR_LIFETIME => {
-                if may_request {
-                    entry.requested = Some(now);
-                    entry.probes = entry.probes.saturating_add(1);
-                    Resolution::Refresh(mac)
-                } else {
-                    Resolution::Known(mac)
+                // STALE: still used; the first use starts DELAY, after which the neighbor is
+                // probed (`due_probes`) unless it confirms itself meanwhile.
+                if entry.probe_at.is_none() {
+                    entry.probe_at = Some(now.saturating_add(NEIGHBOR_DELAY_FIRST_PROBE));
+                    self.probing.push((port, ip));
                 }
+                Resolution::Known(mac)
             }
             _ if may_request => {
                 entry.requested = Some(now);
@@ -263,18 +297,39 @@ impl NeighborTable {
         self.entries.get(&(port, ip)).and_then(|e| e.mac)
     }
 
-    /// Records that `ip` on `port` is at `mac`. With `create` false only an entry that
-    /// already exists is updated (RFC 826's merge, for packets not addressed to us).
+    /// Records that `ip` on `port` is at `mac`, and reachable (an ARP packet from it). With
+    /// `create` false only an entry that already exists is updated (RFC 826's merge, for
+    /// packets not addressed to us).
     pub fn learn(&mut self, port: u16, ip: IpAddr, mac: [u8; 6], now: Nanos, create: bool) {
+        self.heard(port, ip, mac, now, create, true);
+    }
+
+    /// Records that `ip` on `port` is at `mac` as a neighbor solicitation or router
+    /// solicitation from it says (RFC 4861 7.2.3, 6.2.6): a new entry, or one whose address
+    /// changes, is STALE; an entry with the same address stays as it was.
+    pub fn learn_stale(&mut self, port: u16, ip: IpAddr, mac: [u8; 6], now: Nanos) {
+        if self.get(port, ip) != Some(mac) {
+            self.heard(port, ip, mac, now, true, false);
+        }
+    }
+
+    /// [`NeighborTable::learn`] and [`NeighborTable::learn_stale`]: the entry becomes
+    /// REACHABLE when `reachable`, else STALE.
+    fn heard(
+        &mut self,
+        port: u16,
+        ip: IpAddr,
+        mac: [u8; 6],
+        now: Nanos,
+        create: bool,
+        reachable: bool,
+    ) {
         if let Some(e) = self.entries.get_mut(&(port, ip)) {
             if !e.permanent {
                 if e.mac != Some(mac) {
                     self.generation += 1;
                 }
-                e.mac = Some(mac);
-                e.confirmed = now;
-                e.requested = None;
-                e.probes = 0;
+                e.confirm(mac, now, reachable);
                 if let Some(shared) = &mut self.shared {
                     shared.push(LearnedNeighbor { port, ip, mac });
                 }
@@ -292,16 +347,50 @@ impl NeighborTable {
             shared.push(LearnedNeighbor { port, ip, mac });
         }
         self.generation += 1;
-        self.entries.insert(
-            (port, ip),
-            Neighbor {
-                mac: Some(mac),
-                confirmed: now,
-                requested: None,
-                permanent: false,
-                probes: 0,
-            },
-        );
+        let mut neighbor = Neighbor::new(None, now, 0);
+        neighbor.confirm(mac, now, reachable);
+        self.entries.insert((port, ip), neighbor);
+    }
+
+    /// RFC 4861 7.3.3's DELAY and PROBE: appends to `out` the neighbors due a unicast probe
+    /// at `now` (port, address, the cached MAC to send it to), each probed again a second
+    /// later; an entry that went [`NEIGHBOR_MAX_PROBES`] probes unanswered is forgotten, so
+    /// that its next use asks the whole link again.
+    pub fn due_probes(&mut self, now: Nanos, out: &mut Vec<(u16, IpAddr, [u8; 6])>) {
+        let mut i = 0;
+        while i < self.probing.len() {
+            let key = self.probing[i];
+            let (keep, forget) = match self.entries.get_mut(&key) {
+                Some(e) => match (e.probe_at, e.mac) {
+                    (Some(at), Some(mac)) if !e.permanent => {
+                        if at > now {
+                            (true, false)
+                        } else if e.probes >= NEIGHBOR_MAX_PROBES {
+                            (false, true)
+                        } else {
+                            out.push((key.0, key.1, mac));
+                            e.probes += 1;
+                            e.requested = Some(now);
+                            e.probe_at = Some(now.saturating_add(NEIGHBOR_REQUEST_INTERVAL));
+                            self.probes_sent += 1;
+                            (true, false)
+                        }
+                    }
+                    _ => (false, false),
+                },
+                None => (false, false),
+            };
+            if forget {
+                self.entries.remove(&key);
+                self.generation += 1;
+                self.unreachable += 1;
+            }
+            if keep {
+                i += 1;
+            } else {
+                self.probing.swap_remove(i);
+            }
+        }
     }
 
     /// Takes in a neighbor advertisement for `ip` on `port` (RFC 4861 7.2.5): ignored without
@@ -324,13 +413,15 @@ impl NeighborTable {
         if e.permanent {
             return;
         }
-        let stale = now.saturating_sub(NEIGHBOR_REFRESH);
         let taken = match (e.mac, mac) {
             (None, None) => return,
             (None, Some(new)) => Some(new),
             (Some(old), Some(new)) if old != new && !override_ => {
-                // Keep the address; unconfirmed from now on.
-                e.confirmed = e.confirmed.min(stale);
+                // Keep the address; STALE from now on (unless it already is).
+                if e.fresh_mac(now).is_some() {
+                    e.reachable_until = 0;
+                    e.probe_at = None;
+                }
                 self.generation += 1;
                 return;
             }
@@ -338,19 +429,16 @@ impl NeighborTable {
             _ => None,
         };
         if let Some(new) = taken {
-            e.mac = Some(new);
-            e.requested = None;
-            e.probes = 0;
             // An unsolicited one only says where the address is, not that it is reachable.
-            e.confirmed = if solicited { now } else { stale };
+            e.confirm(new, now, solicited);
             self.generation += 1;
             if let Some(shared) = &mut self.shared {
                 shared.push(LearnedNeighbor { port, ip, mac: new });
             }
         } else if solicited {
-            e.confirmed = now;
-            e.requested = None;
-            e.probes = 0;
+            if let Some(mac) = e.mac {
+                e.confirm(mac, now, true);
+            }
             self.generation += 1;
         }
     }
@@ -368,16 +456,9 @@ impl NeighborTable {
     /// Adds a permanent entry.
     pub fn insert_permanent(&mut self, port: u16, ip: IpAddr, mac: [u8; 6]) {
         self.generation += 1;
-        self.entries.insert(
-            (port, ip),
-            Neighbor {
-                mac: Some(mac),
-                confirmed: 0,
-                requested: None,
-                permanent: true,
-                probes: 0,
-            },
-        );
+        let mut neighbor = Neighbor::new(Some(mac), 0, 0);
+        neighbor.permanent = true;
+        self.entries.insert((port, ip), neighbor);
     }
 
     /// Forgets entries not confirmed within [`NEIGHBOR_LIFETIME`] and requests unanswered for
@@ -614,8 +695,9 @@ mod tests {
         assert_eq!(t.known(0, ip, 3 * SECOND), Some([2; 6]));
         assert_eq!(t.resolve(0, ip, 3 * SECOND), Resolution::Known([2; 6]));
         assert_eq!(t.known(0, ip, 3 * SECOND), Some([2; 6]));
+        // Stale: `known` leaves it to `resolve`, which still uses the address.
         assert_eq!(t.known(0, ip, 70 * SECOND), None);
-        assert_eq!(t.resolve(0, ip, 70 * SECOND), Resolution::Refresh([2; 6]));
+        assert_eq!(t.resolve(0, ip, 70 * SECOND), Resolution::Known([2; 6]));
         assert_eq!(t.resolve(0, ip, 70 * SECOND), Resolution::Known([2; 6]));
         t.expire(700 * SECOND);
         assert!(t.is_empty());
@@ -668,24 +750,77 @@ mod tests {
         );
     }
 
+    /// RFC 4861 7.3.3: REACHABLE for REACHABLE_TIME; then STALE, and in use DELAY for 5 s;
+    /// then PROBE, three unicast probes a second apart; unanswered, the entry is forgotten
+    /// and the next use asks the whole link.
     #[test]
-    fn unanswered_probes_give_the_address_up() {
+    fn stale_entries_in_use_are_probed_then_given_up() {
         let mut t = NeighborTable::default();
         let ip: IpAddr = "198.18.0.2".parse().unwrap();
+        let mut due = Vec::new();
         t.learn(0, ip, [2; 6], 0, true);
-        let mut now = NEIGHBOR_REFRESH;
-        for _ in 0..NEIGHBOR_MAX_PROBES {
-            assert_eq!(t.resolve(0, ip, now), Resolution::Refresh([2; 6]));
-            now += SECOND;
+        assert_eq!(t.resolve(0, ip, 29 * SECOND), Resolution::Known([2; 6]));
+        t.due_probes(29 * SECOND, &mut due);
+        assert!(due.is_empty(), "reachable: no probe");
+        let stale = NEIGHBOR_REACHABLE_TIME + SECOND;
+        assert_eq!(t.resolve(0, ip, stale), Resolution::Known([2; 6]));
+        t.due_probes(stale + 4 * SECOND, &mut due);
+        assert!(due.is_empty(), "DELAY: no probe for 5 s");
+        for i in 0..u64::from(NEIGHBOR_MAX_PROBES) {
+            let now = stale + NEIGHBOR_DELAY_FIRST_PROBE + i * SECOND;
+            t.due_probes(now, &mut due);
+            assert_eq!(due, [(0, ip, [2; 6])], "probe {i}");
+            due.clear();
+            t.due_probes(now + SECOND / 2, &mut due);
+            assert!(due.is_empty(), "a second apart");
+            assert_eq!(t.resolve(0, ip, now), Resolution::Known([2; 6]));
         }
+        let end = stale + NEIGHBOR_DELAY_FIRST_PROBE + 3 * SECOND;
+        t.due_probes(end, &mut due);
+        assert!(due.is_empty());
+        assert_eq!((t.get(0, ip), t.unreachable, t.probes_sent), (None, 1, 3));
+        assert_eq!(t.resolve(0, ip, end), Resolution::Request);
+    }
+
+    #[test]
+    fn an_answer_while_probing_makes_the_entry_reachable_again() {
+        let mut t = NeighborTable::default();
+        let ip: IpAddr = "2001:db8::2".parse().unwrap();
+        let mut due = Vec::new();
+        t.learn(0, ip, [2; 6], 0, true);
+        let stale = NEIGHBOR_REACHABLE_TIME;
+        t.resolve(0, ip, stale);
+        t.due_probes(stale + NEIGHBOR_DELAY_FIRST_PROBE, &mut due);
+        assert_eq!(due.len(), 1);
+        let answered = stale + NEIGHBOR_DELAY_FIRST_PROBE + SECOND / 2;
+        t.advertised(0, ip, Some([2; 6]), true, false, answered);
+        due.clear();
+        t.due_probes(answered + 10 * SECOND, &mut due);
+        assert!(due.is_empty());
+        assert_eq!(t.known(0, ip, answered + SECOND), Some([2; 6]));
+    }
+
+    /// RFC 4861 7.2.3: a solicitation's source link-layer address makes a new entry STALE,
+    /// and a changed one STALE with the new address; the same address changes nothing.
+    #[test]
+    fn solicitations_leave_entries_stale() {
+        let mut t = NeighborTable::default();
+        let ip: IpAddr = "2001:db8::2".parse().unwrap();
+        t.learn_stale(0, ip, [2; 6], SECOND);
+        assert_eq!((t.get(0, ip), t.known(0, ip, SECOND)), (Some([2; 6]), None));
+        // In use: DELAY, and the same address heard again does not undo it.
+        t.resolve(0, ip, 2 * SECOND);
+        t.learn_stale(0, ip, [2; 6], 3 * SECOND);
+        let mut due = Vec::new();
+        t.due_probes(2 * SECOND + NEIGHBOR_DELAY_FIRST_PROBE, &mut due);
+        assert_eq!(due.len(), 1);
+        // A reachable entry told of another address becomes STALE with it.
+        t.learn(0, ip, [2; 6], 10 * SECOND, true);
+        t.learn_stale(0, ip, [3; 6], 11 * SECOND);
         assert_eq!(
-            t.resolve(0, ip, now),
-            Resolution::Request,
-            "asked for by broadcast again"
+            (t.get(0, ip), t.known(0, ip, 11 * SECOND)),
+            (Some([3; 6]), None)
         );
-        // An answer makes it known again, probes forgotten.
-        t.learn(0, ip, [3; 6], now, false);
-        assert_eq!(t.resolve(0, ip, now), Resolution::Known([3; 6]));
     }
 
     #[test]

@@ -870,6 +870,13 @@ where
                 nanos_since(start, now),
                 || driver.alloc(),
             );
+            // So are neighbor probes (RFC 4861 7.3.3: one a second while in PROBE).
+            retried |= self.graph.probe_neighbors(
+                &tables,
+                &mut self.state,
+                nanos_since(start, now),
+                || driver.alloc(),
+            );
             let merged = self.exchange_neighbors(nanos_since(start, now));
             // With crypto in flight the loop keeps turning (the dispatch polls the device),
             // received packets or not; neighbors from another worker may release held ones.

@@ -784,10 +784,11 @@ impl Ip6Local {
             cx.error(Ip6LocalError::RouterDiscovery);
             return LocalNext::Drop;
         }
+        // RFC 4861 7.2.3, 6.2.6: the sender's address as heard, STALE until confirmed.
         if let Some(mac) = source_mac {
             cx.state
                 .neighbors
-                .learn(port, IpAddr::V6(src), mac, cx.now, true);
+                .learn_stale(port, IpAddr::V6(src), mac, cx.now);
         }
         cx.state.router_adverts.solicited(port, cx.now);
         cx.error(Ip6LocalError::RouterSolicitations);
@@ -827,10 +828,11 @@ impl Ip6Local {
             cx.error(Ip6LocalError::NdNotForUs);
             return LocalNext::Drop;
         }
+        // RFC 4861 7.2.3, 6.2.6: the sender's address as heard, STALE until confirmed.
         if let Some(mac) = source_mac {
             cx.state
                 .neighbors
-                .learn(port, IpAddr::V6(src), mac, cx.now, true);
+                .learn_stale(port, IpAddr::V6(src), mac, cx.now);
         }
         let (to, solicited) = if src.is_unspecified() {
             (nd::ALL_NODES, false)

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{arp, icmp6::nd, push_ethernet, ETHERNET_HEADER_LEN};
+use super::{arp, icmp6::nd, ETHERNET_HEADER_LEN};
 use crate::buffer::PacketBuffer;
 use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet, DROP, HOLD, TX};
 use crate::tables::Interface;
@@ -222,42 +222,26 @@ impl NeighborOutput {
         } else {
             cx.state.neighbors.resolve(port, next_hop, cx.now)
         };
-        let mac = match resolved {
+        match resolved {
             Resolution::Known(mac) => {
                 let header = ethernet_header(mac, ifc.mac, ethertype);
                 recent.put(port, next_hop, header);
-                return Self::put_header(cx, pkt, &header);
-            }
-            Resolution::Refresh(mac) => {
-                // Still usable: send it, and ask the neighbor itself whether it still is.
-                Self::request(cx, pkt, ifc, next_hop, Some(mac));
-                mac
+                Self::put_header(cx, pkt, &header)
             }
             Resolution::Pending => {
                 cx.error(NeighborOutputError::Held);
-                return Next::Hold;
+                Next::Hold
             }
             Resolution::Request => {
-                Self::request(cx, pkt, ifc, next_hop, None);
+                Self::request(cx, pkt, ifc, next_hop);
                 cx.trace(
                     &pkt.meta,
                     format_args!("who-has {next_hop} on port {port}: held"),
                 );
                 cx.error(NeighborOutputError::Held);
-                return Next::Hold;
+                Next::Hold
             }
-        };
-        if !push_ethernet(&mut pkt.buf, mac, ifc.mac, ethertype) {
-            cx.error(NeighborOutputError::NoHeadroom);
-            return Next::Drop;
         }
-        if pkt.meta.trace != 0 {
-            cx.trace(
-                &pkt.meta,
-                format_args!("{next_hop} is at {} on port {port}", EthernetAddress(mac)),
-            );
-        }
-        Next::Tx
     }
 
     /// Puts a built Ethernet header in front of the packet.
@@ -303,21 +287,15 @@ impl NeighborOutput {
         pkt: &Packet<B>,
         ifc: &Interface,
         next_hop: IpAddr,
-        unicast: Option<[u8; 6]>,
     ) {
         let Some(mut req) = pkt.buf.alloc_sibling() else {
             cx.error(NeighborOutputError::NoBuffer);
             return;
         };
-        let (built, sent) = match next_hop {
-            IpAddr::V4(a) => (
-                arp::make_request(&mut req, ifc, a, unicast),
-                NeighborOutputError::ArpRequestSent,
-            ),
-            IpAddr::V6(a) => (
-                nd::make_solicitation(&mut req, ifc, a, unicast),
-                NeighborOutputError::SolicitationSent,
-            ),
+        let built = make_request(&mut req, ifc, next_hop, None);
+        let sent = match next_hop {
+            IpAddr::V4(_) => NeighborOutputError::ArpRequestSent,
+            IpAddr::V6(_) => NeighborOutputError::SolicitationSent,
         };
         if !built {
             cx.error(NeighborOutputError::NoHeadroom);
@@ -327,6 +305,20 @@ impl NeighborOutput {
         let mut request = Packet::received(req, pkt.meta.rx_port);
         request.meta.tx_port = pkt.meta.tx_port;
         cx.spawn(request, Next::Tx);
+    }
+}
+
+/// Builds in `buf` an ARP request or neighbor solicitation for `next_hop` from `ifc`: to the
+/// whole link, or to `unicast` (a probe of an address already cached, RFC 4861 7.3.3).
+pub(crate) fn make_request<B: PacketBuffer>(
+    buf: &mut B,
+    ifc: &Interface,
+    next_hop: IpAddr,
+    unicast: Option<[u8; 6]>,
+) -> bool {
+    match next_hop {
+        IpAddr::V4(a) => arp::make_request(buf, ifc, a, unicast),
+        IpAddr::V6(a) => nd::make_solicitation(buf, ifc, a, unicast),
     }
 }
 

@@ -1201,11 +1201,22 @@ fn an_ageing_neighbor_is_refreshed_while_traffic_flows() {
     );
     let frame = eth(MAC0, CLIENT_MAC, 0x0800, &pkt);
     assert_eq!(r.send(0, &frame).len(), 1);
-    r.now += crate::worker::NEIGHBOR_REFRESH;
+    // Stale: the packet still goes; DELAY, then a unicast ARP probe (RFC 4861 7.3.3's
+    // states, which Linux applies to ARP too).
+    r.now += crate::worker::NEIGHBOR_REACHABLE_TIME;
     let out = r.send(0, &frame);
-    assert_eq!(out.len(), 2, "the packet and a refresh request");
-    assert!(out.iter().any(|(_, f)| f[0..6] == SERVER_MAC));
-    assert!(out.iter().any(|(_, f)| f[12..14] == [8, 6]));
+    assert_eq!(out.len(), 1, "the packet, no request yet");
+    assert_eq!(out[0].1[0..6], SERVER_MAC);
+    r.now += crate::worker::NEIGHBOR_DELAY_FIRST_PROBE;
+    r.graph.probe_neighbors(&r.tables, &mut r.state, r.now, || {
+        Some(HeapBuffer::new(2048, 128))
+    });
+    let out = r.take_tx();
+    assert_eq!(out.len(), 1, "one probe");
+    assert_eq!(
+        (&out[0].1[0..6], &out[0].1[12..14]),
+        (&SERVER_MAC[..], &[8, 6][..])
+    );
 }
 
 #[test]

@@ -13,6 +13,9 @@ fn tick(r: &mut Rig) -> Vec<(u16, Vec<u8>)> {
     r.state.expire(r.now);
     r.graph
         .housekeeping(&mut r.state, r.now, || Some(HeapBuffer::new(2048, 128)));
+    r.graph.probe_neighbors(&r.tables, &mut r.state, r.now, || {
+        Some(HeapBuffer::new(2048, 128))
+    });
     r.graph.dispatch(&r.tables, &mut r.state, r.now);
     r.take_tx()
 }
@@ -903,4 +906,41 @@ fn rfc8200_4_1_every_destination_options_header_is_processed() {
     let msgs = icmp6_msgs(&out);
     assert_eq!(msgs.len(), 1);
     assert_eq!((msgs[0].3, msgs[0].4, msgs[0].5), (4, 2, 42));
+}
+
+/// RFC 4861 7.2.3 and 7.3.3: a neighbor heard of only through its solicitation is STALE, so
+/// the first packet sent to it starts DELAY and a unicast probe follows 5 s later, then two
+/// more a second apart; unanswered, the next packet asks the whole link (multicast).
+#[test]
+fn rfc4861_7_2_3_solicitation_learned_entry_is_stale_and_probed() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (n, me) = (v6("2001:db8:2::5"), v6("2001:db8:2::1"));
+    r.send(
+        1,
+        &eth(MAC1, OTHER_MAC, 0x86dd, &ns(n, me, me, Some(OTHER_MAC))),
+    );
+    r.now += 1_000_000_000;
+    let pkt = echo6(v6("2001:db8:1::2"), n, 64);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    assert_eq!(out.len(), 1, "forwarded to the cached address");
+    let mut probes = Vec::new();
+    for second in 1..=10u64 {
+        r.now += 1_000_000_000;
+        for (_, f) in tick(&mut r) {
+            let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+            if ip.payload()[0] == 135 {
+                assert_eq!((&f[0..6], ip.dst_addr()), (&OTHER_MAC[..], n), "unicast");
+                probes.push(second);
+            }
+        }
+    }
+    assert_eq!(
+        probes,
+        [5, 6, 7],
+        "DELAY_FIRST_PROBE_TIME, then RETRANS_TIMER"
+    );
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let ns_out: Vec<_> = out.iter().filter(|(_, f)| f[0] == 0x33).collect();
+    assert_eq!(ns_out.len(), 1, "asked by multicast again: {out:?}");
 }
