@@ -403,6 +403,21 @@ fn new_connection<B: PacketBuffer>(
     t: &Tuple,
 ) -> Next {
     let src = t.key.src;
+    let from_cluster = pkt.meta.local_origin || services.is_cluster_source(src);
+    let internal = match frontend.kind {
+        FrontendKind::ClusterIp => from_cluster || services.cluster_cidrs.is_empty(),
+        _ => from_cluster,
+    };
+    let target = if internal {
+        &frontend.internal
+    } else {
+        &frontend.external
+    };
+    // A Service with no endpoints rejects every client, allowed or not: kube-proxy builds
+    // the source-range firewall only in front of endpoints.
+    if let Target::Reject = target {
+        return reject(cx, pkt, t);
+    }
     if let Some(ranges) = &frontend.source_ranges {
         if !ranges.iter().any(|net| net.contains(&src)) {
             cx.error(NatError::SourceDenied);
@@ -418,16 +433,6 @@ fn new_connection<B: PacketBuffer>(
             return Next::Drop;
         }
     }
-    let from_cluster = pkt.meta.local_origin || services.is_cluster_source(src);
-    let internal = match frontend.kind {
-        FrontendKind::ClusterIp => from_cluster || services.cluster_cidrs.is_empty(),
-        _ => from_cluster,
-    };
-    let target = if internal {
-        &frontend.internal
-    } else {
-        &frontend.external
-    };
     let set = match target {
         Target::Backends(set) => set,
         Target::Reject => return reject(cx, pkt, t),
@@ -436,6 +441,13 @@ fn new_connection<B: PacketBuffer>(
             return Next::Drop;
         }
     };
+    // A new connection's backend by its whole tuple, as kube-proxy's random pick spreads
+    // connections: a client that lost its affinity may land anywhere.
+    let tuple_hash = u64::from(flow_hash(
+        &addr_words(src),
+        t.key.proto,
+        u32::from(t.key.src_port) << 16 | u32::from(t.key.dst_port),
+    ));
     let backend = match frontend.affinity_timeout_secs {
         Some(secs) => {
             // Per Service port, not per address: the same client reaching the port by its
@@ -445,19 +457,14 @@ fn new_connection<B: PacketBuffer>(
             let now = cx.now;
             cx.state.with_affinity(|affinity| {
                 let kept = affinity.get(&key, src, timeout, now, |b| set.backends.contains(b));
-                let chosen =
-                    kept.or_else(|| set.pick(u64::from(flow_hash(&addr_words(src), 0, 0))));
+                let chosen = kept.or_else(|| set.pick(tuple_hash));
                 if let Some(b) = chosen {
                     affinity.record(key, src, b, now);
                 }
                 chosen
             })
         }
-        None => set.pick(u64::from(flow_hash(
-            &addr_words(src),
-            t.key.proto,
-            u32::from(t.key.src_port) << 16 | u32::from(t.key.dst_port),
-        ))),
+        None => set.pick(tuple_hash),
     };
     let Some(backend) = backend else {
         return reject(cx, pkt, t);

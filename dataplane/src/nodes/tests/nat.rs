@@ -367,6 +367,26 @@ fn load_balancer_source_ranges_admit_only_listed_clients_to_the_lb_ip() {
     assert_eq!(r.count("ip4-nat", "source_denied"), 1);
 }
 
+/// kube-proxy builds the source-range firewall only in front of endpoints: without any, a
+/// client outside the ranges is refused like everyone else, not left to time out.
+#[test]
+fn load_balancer_source_ranges_without_endpoints_reject_everyone() {
+    const LB_IP: &str = "203.0.113.80";
+    let lb = Service {
+        load_balancer_ips: vec![v4(LB_IP).into()],
+        // The client, 198.18.1.2, is not in it.
+        load_balancer_source_ranges: vec!["198.18.1.128/28".parse().unwrap()],
+        ..service(vec![])
+    };
+    let mut r = Rig::with_services(&[lb]);
+    let syn = tcp(v4(CLIENT), v4(LB_IP), 40001, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let (_, src, _, _, _, flags) = one_tcp(&out);
+    assert_eq!(src, v4(LB_IP));
+    assert!(flags.contains(TcpFlags::RST));
+    assert_eq!(r.count("ip4-nat", "source_denied"), 0);
+}
+
 #[test]
 fn a_service_without_endpoints_refuses_tcp_with_a_reset_and_udp_with_port_unreachable() {
     let mut r = Rig::with_services(&[service(vec![])]);
@@ -618,10 +638,16 @@ fn client_ip_affinity_keeps_a_client_on_its_backend_across_changes_until_the_tim
     for sport in 2000..2010 {
         assert_eq!(connect(&mut r, sport), first);
     }
-    // Past the timeout the choice is made afresh (by the client address, so stable again).
-    r.now += 11_000_000_000;
-    let again = connect(&mut r, 3000);
-    assert_eq!(connect(&mut r, 3001), again);
+    // Past the timeout the choice is made afresh, as for any new connection (kube-proxy
+    // picks at random), and kept again: over a few timeouts the client meets other backends.
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..8u16 {
+        r.now += 11_000_000_000;
+        let again = connect(&mut r, 3000 + 2 * round);
+        assert_eq!(connect(&mut r, 3001 + 2 * round), again);
+        seen.insert(again);
+    }
+    assert!(seen.len() > 1, "always {seen:?}");
 }
 
 #[test]
