@@ -231,6 +231,12 @@ pub fn route(ctx: &Context, routes: Routes, path: &str, accept: Option<&str>) ->
         ),
         "/livez" if routes.health => health_response(&ctx.health(SystemTime::now()), None),
         "/readyz" if routes.health => ready_response(&ctx.health(SystemTime::now())),
+        // kube-proxy's metrics port answers which proxier runs (its e2e tests ask).
+        "/proxyMode" if routes.metrics => text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            PROXY_MODE.into(),
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
@@ -238,6 +244,10 @@ pub fn route(ctx: &Context, routes: Routes, path: &str, accept: Option<&str>) ->
         ),
     }
 }
+
+/// What `/proxyMode` answers: kube-proxy names its proxier there (`iptables`, `ipvs`,
+/// `nftables`); ours is this one.
+pub const PROXY_MODE: &str = "switchyard";
 
 /// The answer of the health-check NodePort `port` of `service`.
 pub fn service_health_response(
@@ -315,6 +325,19 @@ pub async fn serve_routes(listener: TcpListener, ctx: Arc<Context>, routes: Rout
     .await
 }
 
+/// Binds `at`; the IPv6 wildcard address is dual-stack on Linux (with the default
+/// `net.ipv6.bindv6only`), as Go's `:port` is for kube-proxy, and falls back to the IPv4 one
+/// where IPv6 is off.
+async fn bind_any_family(at: SocketAddr) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(at).await {
+        Err(e) if at.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) => {
+            let v4 = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), at.port());
+            TcpListener::bind(v4).await.map_err(|_| e)
+        }
+        bound => bound,
+    }
+}
+
 /// The open health-check NodePort listeners.
 struct Open {
     service: Arc<ServiceName>,
@@ -363,7 +386,7 @@ pub async fn health_check_node_ports(ctx: Arc<Context>, addr: IpAddr) {
                 continue;
             }
             let at = SocketAddr::new(addr, port);
-            match TcpListener::bind(at).await {
+            match bind_any_family(at).await {
                 Ok(listener) => {
                     tracing::info!(%at, %service, "health-check NodePort open");
                     failed.remove(&port);
@@ -513,6 +536,10 @@ mod tests {
             crate::metrics::OPENMETRICS_CONTENT_TYPE
         );
         assert_eq!(route(&ctx, both, "/readyz", None).status(), StatusCode::OK);
+        assert_eq!(
+            route(&ctx, both, "/proxyMode", None).status(),
+            StatusCode::OK
+        );
         let health_only = Routes {
             metrics: false,
             health: true,

@@ -5,7 +5,7 @@
 //! one clear error and a non-zero exit, not a half-started agent. The runtime's threads only
 //! read the snapshots in [`Shared`]; the worker never waits for them.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +44,8 @@ impl Config {
             healthz: args.healthz_bind_address.0,
             health_timeout: Duration::from_secs_f64(t),
             admin_socket: args.admin_socket.clone(),
-            health_check_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            // Every address of either family, as kube-proxy's `:port`.
+            health_check_address: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         })
     }
 }

@@ -223,6 +223,12 @@ fn metrics_health_and_admin_socket() {
         "{}",
         hc.headers
     );
+    // Over IPv6 as well: the listener is dual-stack, as kube-proxy's `:port`.
+    let hc6 = get(&lab, &format!("http://[::1]:{HEALTH_CHECK_PORT}/"), "*/*").unwrap();
+    assert_eq!(hc6.status, 200, "{}", hc6.body);
+    // And the metrics port names the proxier, as kube-proxy's does.
+    let mode = get(&lab, &format!("http://{METRICS}/proxyMode"), "*/*").unwrap();
+    assert_eq!((mode.status, mode.body.as_str()), (200, "switchyard"));
 
     // `switchyard trace`: the next packets, node by node, while one request goes through.
     let tracer = {
