@@ -6,7 +6,8 @@
 //! event. Simplifications against §8.2.2, all deliberate: no DelayOpen,
 //! no IdleHoldTimer/DampPeerOscillations; an administratively started
 //! session that falls back to Idle re-arms ConnectRetry and restarts when
-//! it fires (the AutomaticStart of §8.1.2).
+//! it fires (the AutomaticStart of §8.1.2), or at once when the peer
+//! connects (AutomaticStart with passive TCP establishment, §8.1.1).
 
 use crate::capability::{self, Negotiated};
 use crate::config::{Family, SessionConfig};
@@ -127,6 +128,13 @@ impl Session {
 
     pub fn errors(&self) -> ErrorCounters {
         self.errors
+    }
+
+    /// True while the session is administratively started: it comes back by itself after
+    /// falling to Idle (AutomaticStart, §8.1.2), and a connection from the peer then restarts
+    /// it at once.
+    pub fn is_started(&self) -> bool {
+        self.started
     }
 
     pub fn state(&self) -> State {

@@ -286,3 +286,62 @@ async fn malformed_updates_get_the_right_notification() {
     assert_eq!(n[cases.len()].state, State::Established);
     h.shutdown().await.unwrap();
 }
+
+/// After an error the session is in Idle, but a peer that connects again is taken at once
+/// (automatic start with passive TCP establishment, RFC 4271 8.1.1) instead of being refused
+/// until ConnectRetry (here a minute) fires: a test suite can run its cases back to back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_reconnecting_after_an_error_is_taken_at_once() {
+    let net = 33;
+    let our_port = free_port(ip(net, 1));
+    let peer = ip(net, 7);
+    let mut cfg = speaker_config(net);
+    cfg.listen = Some((ip(net, 1), our_port).into());
+    let mut p = peer_config(peer, 179, RAW_AS);
+    p.passive = true;
+    p.connect_retry_time = 60;
+    cfg.peers.push(p);
+    let (h, _ev) = Speaker::start(cfg).await.unwrap();
+    let connect = || async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind((peer, 0).into()).unwrap();
+        timeout(
+            Duration::from_secs(5),
+            sock.connect((ip(net, 1), our_port).into()),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+    };
+    for round in 0..3 {
+        let mut s = connect().await;
+        let (ty, _) = read_msg(&mut s).await.expect("an OPEN, not a refusal");
+        assert_eq!(ty, 1, "round {round}");
+        // Hold time 1: Unacceptable Hold Time (2/6), and the session falls to Idle.
+        s.write_all(&open(RAW_AS, 1, "198.51.100.7".parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_notification(&mut s).await,
+            Some((2, 6)),
+            "round {round}"
+        );
+    }
+    // And a good OPEN after all that is established.
+    let mut s = connect().await;
+    read_msg(&mut s).await.expect("OPEN");
+    s.write_all(&open(RAW_AS, 9, "198.51.100.7".parse().unwrap()))
+        .await
+        .unwrap();
+    s.write_all(&message(4, &[])).await.unwrap();
+    let mut up = false;
+    for _ in 0..50 {
+        if established(&h, peer).await {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up);
+    h.shutdown().await.unwrap();
+}

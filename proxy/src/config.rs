@@ -111,6 +111,8 @@ pub struct PeerConfig {
     /// Help the peer restart gracefully (RFC 4724); default true.
     graceful_restart: Option<bool>,
     stale_time: Option<u16>,
+    /// ConnectRetryTime in seconds (RFC 4271 10; default 120).
+    connect_retry: Option<u16>,
 }
 
 impl PeerConfig {
@@ -140,6 +142,9 @@ impl PeerConfig {
         }
         if let Some(h) = self.hold {
             s.push_str(&format!(",hold={h}"));
+        }
+        if let Some(t) = self.connect_retry {
+            s.push_str(&format!(",connect-retry={t}"));
         }
         if let Some(mode) = &self.add_path {
             if mode.contains(',') {

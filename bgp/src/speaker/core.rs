@@ -536,7 +536,18 @@ impl Core {
 
     fn new_connection(&mut self, i: usize, stream: TcpStream, origin: ConnectionOrigin) {
         match self.peers[i].main.session.state() {
-            // Idle refuses connections until ConnectRetry restarts it.
+            // A started session in Idle (after an error) restarts when the peer connects,
+            // rather than refusing it until ConnectRetry fires; a stopped one refuses.
+            State::Idle
+                if origin == ConnectionOrigin::Remote
+                    && self.peers[i].main.session.is_started() =>
+            {
+                let a = self.peers[i].main.session.handle(Event::ManualStart);
+                self.dispatch(i, Which::Main, a);
+                if self.peers[i].main.session.state() != State::Idle {
+                    self.new_connection(i, stream, origin);
+                }
+            }
             State::Idle => {}
             State::Connect | State::Active => {
                 if origin == ConnectionOrigin::Remote {

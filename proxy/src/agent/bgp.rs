@@ -206,8 +206,8 @@ fn redact(spec: &str) -> String {
 }
 
 /// Parses `--bgp-peer ADDR=ASN[,port=N][,passive][,password=SECRET][,multihop=TTL]
-/// [,rr-client][,hold=SECS][,add-path=send|receive|both|off][,graceful-restart=on|off]
-/// [,stale-time=SECS]`. Errors never contain the password.
+/// [,rr-client][,hold=SECS][,connect-retry=SECS][,add-path=send|receive|both|off]
+/// [,graceful-restart=on|off][,stale-time=SECS]`. Errors never contain the password.
 pub fn parse_peer(spec: &str) -> anyhow::Result<PeerConfig> {
     let shown = redact(spec);
     let err = |why: String| anyhow!("--bgp-peer {shown:?}: {why}");
@@ -305,12 +305,22 @@ pub fn parse_peer(spec: &str) -> anyhow::Result<PeerConfig> {
                     }
                 }
             }
+            ("connect-retry", Some(v)) => {
+                p.connect_retry_time = match v.trim().parse::<u16>() {
+                    Ok(n) if n != 0 => n,
+                    _ => {
+                        return Err(err(format!(
+                            "connect-retry {v:?}: seconds between connection attempts (1-65535)"
+                        )))
+                    }
+                }
+            }
             _ => {
                 let shown_opt = if key == "password" { "password" } else { opt };
                 return Err(err(format!(
                     "unknown option {shown_opt:?} (port=N, passive, password=SECRET, \
-                     multihop=TTL, rr-client, hold=SECS, add-path=send|receive|both|off, \
-                     graceful-restart=on|off, stale-time=SECS)"
+                     multihop=TTL, rr-client, hold=SECS, connect-retry=SECS, \
+                     add-path=send|receive|both|off, graceful-restart=on|off, stale-time=SECS)"
                 )));
             }
         }
@@ -866,6 +876,13 @@ mod tests {
         );
         assert!(!p.graceful_restart);
         assert_eq!(p.stale_routes_time, 60);
+        assert_eq!(
+            parse_peer("198.18.2.2=65001,connect-retry=5")
+                .unwrap()
+                .connect_retry_time,
+            5
+        );
+        assert!(parse_peer("198.18.2.2=65001,connect-retry=0").is_err());
         let p = parse_peer("198.18.2.2=65001,add-path=receive,add-path=off").unwrap();
         assert!(p.add_path.is_empty());
         for bad in [
