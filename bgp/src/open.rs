@@ -18,6 +18,14 @@ use netgauze_parse_utils::traits::ParseFrom;
 use std::net::Ipv4Addr;
 
 const PARAM_CAPABILITIES: u8 = 2;
+/// The Non-Ext OP Type that announces RFC 9072's extended optional parameters.
+const EXTENDED_PARAMETERS: u8 = 255;
+
+/// A `size`-byte (1 or 2) big-endian length at the front of `bytes`, and what follows.
+fn split_length(bytes: &[u8], size: usize) -> Option<(usize, &[u8])> {
+    let (len, rest) = bytes.split_at_checked(size)?;
+    Some((len.iter().fold(0, |n, &b| n << 8 | usize::from(b)), rest))
+}
 
 /// A decoded OPEN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,26 +71,35 @@ pub fn decode(frame: &Frame) -> Result<OpenMessage, Notification> {
     let hold_time = u16::from_be_bytes([fixed[3], fixed[4]]);
     let bgp_id = Ipv4Addr::new(fixed[5], fixed[6], fixed[7], fixed[8]);
     let opt_len = usize::from(fixed[9]);
-    if rest.len() != opt_len {
+    // RFC 9072: a Non-Ext OP Length and Type of 255 say the parameters follow with a 2-byte
+    // total length, and each with a 2-byte length.
+    let extended = opt_len == 255 && rest.first() == Some(&EXTENDED_PARAMETERS);
+    let (params_len, mut params, len_size) = match rest {
+        [_, hi, lo, tail @ ..] if extended => {
+            (usize::from(u16::from_be_bytes([*hi, *lo])), tail, 2)
+        }
+        _ => (opt_len, rest, 1),
+    };
+    if params.len() != params_len {
         // The parameters disagree with the message length.
         return Err(bad_length(frame));
     }
     let mut capabilities = Vec::new();
-    let mut params = rest;
-    while !params.is_empty() {
-        let (ptype, plen, value, tail) = match params {
-            [t, l, tail @ ..] if tail.len() >= usize::from(*l) => {
-                let (v, r) = tail.split_at(usize::from(*l));
-                (*t, *l, v, r)
-            }
-            _ => return Err(Notification::open(0, Vec::new())),
+    while let Some((&ptype, tail)) = params.split_first() {
+        let Some((plen, tail)) = split_length(tail, len_size) else {
+            return Err(Notification::open(0, Vec::new()));
+        };
+        let Some((value, tail)) = tail.split_at_checked(plen) else {
+            return Err(Notification::open(0, Vec::new()));
         };
         params = tail;
         if ptype != PARAM_CAPABILITIES {
-            // RFC 9072 extended parameters (type 255) included: unsupported.
+            // Data: the parameter's type and length as it came.
+            let mut data = vec![ptype];
+            data.extend_from_slice(&(plen as u16).to_be_bytes()[2 - len_size..]);
             return Err(Notification::open(
                 notification::open::UNSUPPORTED_OPTIONAL_PARAMETER,
-                vec![ptype, plen],
+                data,
             ));
         }
         decode_capabilities(value, &mut capabilities)?;
@@ -284,6 +301,38 @@ mod tests {
         let o = decode(&frame(4, 65001, 3, [224, 0, 0, 1], &[2, 2, 200, 0])).unwrap();
         assert!(validate(&o, &cfg(65001)).is_ok());
         assert!(o.capabilities.len() == 1); // unknown capability kept as Unrecognized
+    }
+
+    /// RFC 9072: optional parameters with 2-byte lengths behind a Non-Ext OP Length and
+    /// Type of 255.
+    #[test]
+    fn extended_optional_parameters() {
+        let extended = |params: &[u8]| {
+            let mut p = vec![255];
+            p.extend_from_slice(&(params.len() as u16).to_be_bytes());
+            p.extend_from_slice(params);
+            let mut f = frame(4, 23456, 90, [1, 1, 1, 1], &p);
+            // The Non-Ext OP Length byte says 255 whatever follows.
+            f.bytes[19 + 9] = 255;
+            f
+        };
+        // Capabilities (type 2, length 0x0006): a 4-octet AS.
+        let o = decode(&extended(&[2, 0, 6, 65, 4, 0xfa, 0x56, 0xea, 0x00])).unwrap();
+        assert_eq!(validate(&o, &cfg(4_200_000_000)), Ok(4_200_000_000));
+        // An unknown parameter: 2/4, its type and 2-byte length as data.
+        let n = decode(&extended(&[7, 0, 1, 0])).unwrap_err();
+        assert_eq!(
+            (n.code, n.subcode, n.data),
+            (
+                2,
+                notification::open::UNSUPPORTED_OPTIONAL_PARAMETER,
+                vec![7, 0, 1]
+            )
+        );
+        // A length beyond the message: Bad Message Length.
+        let mut f = extended(&[2, 0, 6, 65, 4, 0xfa, 0x56, 0xea, 0x00]);
+        f.bytes[19 + 11] = 9;
+        assert_eq!(decode(&f).unwrap_err().subcode, 2);
     }
 
     #[test]

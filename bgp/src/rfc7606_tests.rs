@@ -391,6 +391,52 @@ fn rfc7606_table() {
             ),
             Discard,
         ),
+        // §3 c flags errors, except where the attribute's errors are handled by discarding
+        // it (§3 f; RFC 6793 §6; §7.5, §7.9, §7.10 from eBGP).
+        (
+            "med flagged transitive",
+            false,
+            body(&[], &with(attr(0xc0, MED, &[0, 0, 0, 1])), NLRI),
+            Withdraw(sub::ATTRIBUTE_FLAGS),
+        ),
+        (
+            "atomic_aggregate flagged optional",
+            false,
+            body(&[], &with(attr(0xc0, ATOMIC_AGGREGATE, &[])), NLRI),
+            Discard,
+        ),
+        (
+            "aggregator flagged well-known",
+            false,
+            body(
+                &[],
+                &with(attr(0x40, AGGREGATOR, &[0, 0, 0xfd, 0xe9, 1, 1, 1, 1])),
+                NLRI,
+            ),
+            Discard,
+        ),
+        (
+            "local_pref from ebgp flagged optional",
+            false,
+            body(&[], &with(attr(0x80, LOCAL_PREF, &[0, 0, 0, 100])), NLRI),
+            Discard,
+        ),
+        (
+            "local_pref from ibgp flagged optional",
+            true,
+            body(&[], &with(attr(0x80, LOCAL_PREF, &[0, 0, 0, 100])), NLRI),
+            Withdraw(sub::ATTRIBUTE_FLAGS),
+        ),
+        (
+            "as4_path flagged non-transitive",
+            false,
+            body(
+                &[],
+                &with(attr(0x80, AS4_PATH, &[2, 1, 0, 0, 0xfd, 0xe9])),
+                NLRI,
+            ),
+            Discard,
+        ),
         // §7.8 COMMUNITIES.
         (
             "communities length 5",
@@ -571,6 +617,26 @@ fn rfc7606_table() {
                 let u = d.unwrap_or_else(|n| panic!("{name}: {n}"));
                 assert_eq!(u.attributes_discarded, want == Want::Discard, "{name}");
             }
+        }
+    }
+}
+
+/// RFC 4271 §6.3: Optional Attribute Error (3/9) carries the attribute, type, length and
+/// value, as it came; RFC 4760 §7 sends it for a malformed MP_REACH or MP_UNREACH.
+#[test]
+fn mp_reach_and_unreach_errors_carry_the_attribute() {
+    let mut reach = vec![0, 2, 1, 8];
+    reach.extend([0x20; 8]);
+    reach.extend([0, 64, 0x20, 1, 0x0d, 0xb8, 0, 0, 0, 1]);
+    let reach = attr(0x80, MP_REACH, &reach);
+    let unreach = attr(0x80, MP_UNREACH, &[0, 2, 1, 129]);
+    for a in [reach, unreach] {
+        let b = body(&[], &[origin(), as_path(PEER_AS), a.clone()], &[]);
+        match scan(&b, &ctx(false)).verdict {
+            Verdict::SessionReset(n) => {
+                assert_eq!((n.code, n.subcode, n.data), (3, sub::OPTIONAL_ATTRIBUTE, a));
+            }
+            v => panic!("{v:?}"),
         }
     }
 }

@@ -387,7 +387,12 @@ fn walk_attributes(body: &[u8], ctx: &UpdateContext, s: &mut Scan) {
                 continue;
             }
             Some((o, t)) if (o, t) != (optional, transitive) => {
-                // RFC 7606 §3 c.
+                // RFC 7606 §3 c, but for attributes whose errors are handled by discarding
+                // them (see `discarded_on_error`).
+                if discarded_on_error(code, ctx) {
+                    s.discard(idx);
+                    continue;
+                }
                 s.withdraw(sub::ATTRIBUTE_FLAGS, raw);
                 // MP_(UN)REACH_NLRI are still read: treat-as-withdraw
                 // needs their prefixes (RFC 7606 §2), and one that
@@ -404,6 +409,18 @@ fn walk_attributes(body: &[u8], ctx: &UpdateContext, s: &mut Scan) {
             return;
         }
     }
+}
+
+/// Attributes whose errors, bad flags included, are handled by discarding the attribute
+/// rather than the route: ATOMIC_AGGREGATE and AGGREGATOR (RFC 7606 §3 f: where RFC 4271
+/// says reset, as it does for flags, they are discarded), AS4_PATH and AS4_AGGREGATOR (RFC
+/// 6793 §6), and from an external peer LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST, which are
+/// discarded from there whatever they hold (RFC 7606 §7.5, §7.9, §7.10).
+fn discarded_on_error(code: u8, ctx: &UpdateContext) -> bool {
+    matches!(
+        code,
+        ATOMIC_AGGREGATE | AGGREGATOR | AS4_PATH | AS4_AGGREGATOR
+    ) || (!ctx.ibgp && matches!(code, LOCAL_PREF | ORIGINATOR_ID | CLUSTER_LIST))
 }
 
 /// The attribute-specific rules of RFC 7606 §7 (and RFC 6793 §6, RFC 8092
@@ -521,8 +538,8 @@ fn check_attribute(code: u8, v: &[u8], raw: &[u8], idx: usize, ctx: &UpdateConte
                 s.discard(idx);
             }
         }
-        MP_REACH => check_mp_reach(v, idx, ctx, s),
-        MP_UNREACH => check_mp_unreach(v, idx, ctx, s),
+        MP_REACH => check_mp_reach(v, raw, idx, ctx, s),
+        MP_UNREACH => check_mp_unreach(v, raw, idx, ctx, s),
         _ => {
             // Recognised by flags table but not interpreted: pass on.
         }
@@ -540,11 +557,12 @@ fn as_path_has_confed(mut v: &[u8], asn_len: usize) -> bool {
 }
 
 /// RFC 7606 §7.11 / RFC 4760 §7: a next hop of the wrong length or NLRI
-/// that cannot be parsed leaves us unable to find the prefixes: reset.
+/// that cannot be parsed leaves us unable to find the prefixes: reset with
+/// Optional Attribute Error, the attribute (`raw`) as data (RFC 4271 §6.3).
 /// Families we did not negotiate are ignored.
-fn check_mp_reach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
+fn check_mp_reach(v: &[u8], raw: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
     let (Some(afi), Some(&safi), Some(&nh_len)) = (read_u16(v, 0), v.get(2), v.get(3)) else {
-        s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
+        s.reset(sub::OPTIONAL_ATTRIBUTE, raw);
         return;
     };
     let Some(family) = Family::from_afi_safi(afi, safi).filter(|f| ctx.families.contains(f)) else {
@@ -557,7 +575,7 @@ fn check_mp_reach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
     };
     let nlri_at = 4 + usize::from(nh_len) + 1;
     if !nh_ok || v.len() < nlri_at {
-        s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
+        s.reset(sub::OPTIONAL_ATTRIBUTE, raw);
         return;
     }
     // RFC 4760 §3 and RFC 4271 §6.3: a next hop no router could forward
@@ -572,7 +590,7 @@ fn check_mp_reach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
     }
     let at = s.attrs[idx].value_start + nlri_at;
     match check_mp_nlri(&v[nlri_at..], at, family, ctx, s) {
-        None => s.reset(sub::OPTIONAL_ATTRIBUTE, &[]),
+        None => s.reset(sub::OPTIONAL_ATTRIBUTE, raw),
         Some(n) => s.has_reach |= n > 0,
     }
 }
@@ -595,9 +613,9 @@ fn usable_ipv6_next_hop(a: [u8; 16]) -> bool {
     !(nh.is_unspecified() || nh.is_loopback() || nh.is_multicast() || nh.to_ipv4_mapped().is_some())
 }
 
-fn check_mp_unreach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
+fn check_mp_unreach(v: &[u8], raw: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
     let (Some(afi), Some(&safi)) = (read_u16(v, 0), v.get(2)) else {
-        s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
+        s.reset(sub::OPTIONAL_ATTRIBUTE, raw);
         return;
     };
     let Some(family) = Family::from_afi_safi(afi, safi).filter(|f| ctx.families.contains(f)) else {
@@ -606,7 +624,7 @@ fn check_mp_unreach(v: &[u8], idx: usize, ctx: &UpdateContext, s: &mut Scan) {
     };
     let at = s.attrs[idx].value_start + 3;
     if check_mp_nlri(&v[3..], at, family, ctx, s).is_none() {
-        s.reset(sub::OPTIONAL_ATTRIBUTE, &[]);
+        s.reset(sub::OPTIONAL_ATTRIBUTE, raw);
     }
 }
 

@@ -113,7 +113,9 @@ fn check_header(h: &[u8], max_len: usize) -> Result<Header, Notification> {
         MSG_UPDATE => (23, max_len),
         MSG_NOTIFICATION => (21, max_len),
         MSG_KEEPALIVE => (19, 19),
-        MSG_ROUTE_REFRESH => (23, max_len),
+        // A ROUTE-REFRESH of the wrong length is its own error, 7/1 with the message
+        // (RFC 7313 §5), which `decode_route_refresh` sends.
+        MSG_ROUTE_REFRESH => (HEADER_LEN, max_len),
         other => {
             // Length is checked before type (§6.1 lists it first).
             if !(HEADER_LEN..=max_len).contains(&len) {
@@ -248,11 +250,6 @@ pub(crate) mod tests {
                 vec![0, 20],
             ),
             (
-                msg(22, MSG_ROUTE_REFRESH, &[0; 3]),
-                h::BAD_MESSAGE_LENGTH,
-                vec![0, 22],
-            ),
-            (
                 msg(5000, MSG_UPDATE, &[]),
                 h::BAD_MESSAGE_LENGTH,
                 vec![0x13, 0x88],
@@ -292,5 +289,11 @@ pub(crate) mod tests {
             bytes: msg(24, MSG_ROUTE_REFRESH, &[0, 1, 0, 1, 0]),
         };
         assert_eq!(decode_route_refresh(&f).unwrap_err().code, 7);
+        // Shorter than a ROUTE-REFRESH: framed, then 7/1 with the whole message (RFC 7313 §5),
+        // not a header error.
+        let short = msg(22, MSG_ROUTE_REFRESH, &[0, 1, 0]);
+        let f = first(&short).unwrap().unwrap();
+        let n = decode_route_refresh(&f).unwrap_err();
+        assert_eq!((n.code, n.subcode, n.data), (7, 1, short));
     }
 }
