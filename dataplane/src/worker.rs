@@ -628,14 +628,18 @@ impl WorkerState {
                 .flush_matching(|e| e.user != crate::services::NOT_A_SERVICE);
         };
         self.conntrack.flush_matching(|e| {
-            if e.user == crate::services::NOT_A_SERVICE {
-                return false;
-            }
             let tcp = e.original.proto == crate::conntrack::PROTO_TCP;
+            let local = matches!(tables.fib.lookup(e.original.dst), Some(Route::Local));
+            if e.user == crate::services::NOT_A_SERVICE {
+                // A datagram flow tracked (by policy) before its destination became a
+                // Service would pass untranslated for as long as it keeps sending: kube-proxy
+                // clears such flows when a Service address gets endpoints, so do we.
+                let o = &e.original;
+                return !tcp && services.find(o.dst, o.proto, o.dst_port, local).is_some();
+            }
             if tcp && !services.flush_tcp_on_removal {
                 return false;
             }
-            let local = matches!(tables.fib.lookup(e.original.dst), Some(Route::Local));
             !services.still_valid(e, local)
         })
     }

@@ -426,3 +426,42 @@ fn ipv6_pods_are_judged_by_ip6_acl_tcp_and_sctp() {
     assert_eq!(r.state.acl_hits[0].rule(0), 1);
     assert_eq!(r.state.acl_hits[0].rule(1), 1);
 }
+
+/// kube-proxy clears the UDP flows to a Service address once it has endpoints: a datagram
+/// flow that policy tracked before the Service existed (so untranslated) is forgotten when
+/// the Service appears, and its next datagram goes to a backend.
+#[test]
+fn a_udp_flow_tracked_before_its_service_existed_is_translated_once_it_does() {
+    use crate::services::Services;
+    use switchyard_lb::service::{CompileOptions, ServiceTable};
+    let vip = v4("198.51.100.10");
+    let mut p = policy(&[("198.18.1.0/24", Some(17), (1, 65535))]);
+    // The client may send UDP to the Service range too.
+    p.acls[1] = acl(
+        "client-out",
+        &[
+            ("198.18.2.0/24", Some(17), (1, 65535)),
+            ("198.51.100.0/24", Some(17), (1, 65535)),
+        ],
+    );
+    let mut r = rig(p);
+    let datagram = udp(v4(CLIENT), vip, 40000, 80);
+    from_client(&mut r, &datagram);
+    assert_eq!(r.state.conntrack.len(), 1, "tracked by policy");
+    let svc = super::nat::test_service(vec![switchyard_lb::service::Endpoint::ready(
+        v4(SERVER).into(),
+        8080,
+        true,
+    )]);
+    let (table, _) = ServiceTable::compile(&[svc], &CompileOptions::default());
+    r.tables.services = Some(Arc::new(Services {
+        table,
+        ..Services::default()
+    }));
+    r.tables.version = 3;
+    r.state.sync_services(&r.tables);
+    let out = from_client(&mut r, &datagram);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let ip = ip4_of(&out[0].1);
+    assert_eq!(ip.dst_addr(), v4(SERVER), "translated now");
+}
