@@ -548,3 +548,57 @@ fn fragmented_udp_through(test: &str, extra: &[&str]) {
     assert!(followed.is_some_and(|n| n >= 32), "{report}");
     drop(pods);
 }
+
+/// The node's own processes reach Services (kube-proxy's OUTPUT chain): with `--punt-tun`
+/// the host's packets to a cluster IP go through the service proxy to a pod, and its answer
+/// comes back to the host.
+#[test]
+fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
+    let Some(mut lab) = Lab::new(
+        "the_node_reaches_a_cluster_ip_through_its_punt_tun",
+        &["socat"],
+    ) else {
+        return;
+    };
+    if lab.kernel {
+        eprintln!("skipped: the service proxy has no kernel-mode equivalent in this lab");
+        return;
+    }
+    let both = [(POD_A, "node-a"), (POD_B, "node-b")];
+    write_manifests(&lab, &both, &[(POD_B, "node-b")]);
+    let _pods = start_pods(&lab);
+    let manifests = lab.dir.join("manifests");
+    // AF_PACKET leaves the node's kernel a copy of every frame: keep it out of the way.
+    lab.keep_node_kernel_off_ports();
+    lab.start_agent(
+        Driver::AfPacket,
+        &[
+            "--manifests",
+            manifests.to_str().expect("utf-8"),
+            "--node-name",
+            "node-a",
+            "--poll-interval",
+            "0.2",
+            "--punt-tun",
+            "sy0",
+        ],
+    );
+    eventually(
+        "the node's request to the cluster IP answered by a pod",
+        || {
+            let out = lab.exec_t(
+                Ns::Node,
+                "socat -T 2 -t 2 - TCP4:198.51.100.10:80,connect-timeout=2 </dev/null",
+                Duration::from_secs(6),
+            );
+            let answer = text(&out.stdout).trim().to_string();
+            answer.starts_with("pod-").then_some(()).ok_or(format!(
+                "{} {answer} {}",
+                out.status,
+                text(&out.stderr)
+            ))
+        },
+    );
+    let out = lab.finish().expect("agent output");
+    assert!(out.stdout.contains("ip4-nat"), "{out}");
+}

@@ -1,7 +1,9 @@
 //! The way back of the punt path: packets the host stack sends (read from a TUN device, so
 //! they start at the IP header) are checked here and given the metadata of packets this node
-//! originates, then injected at `ip4-lookup` / `ip6-lookup`. They are routed like the router's
-//! own packets: no TTL decrement, neighbor resolution as usual.
+//! originates, then injected at `ip4-nat` / `ip6-nat`: the host reaches Services as
+//! kube-proxy's OUTPUT chain lets it (cluster IPs, external and load-balancer IPs go to a
+//! backend); anything else passes on to the lookup. They are routed like the router's own
+//! packets: no TTL decrement, neighbor resolution as usual.
 
 use super::ip6::is_link_local;
 use crate::buffer::PacketBuffer;
@@ -9,9 +11,9 @@ use crate::graph::Meta;
 use crate::wire::{Ipv4Packet, Ipv6Packet};
 
 /// The node IPv4 packets from the host enter at.
-pub const IP4_ENTRY: &str = "ip4-lookup";
+pub const IP4_ENTRY: &str = "ip4-nat";
 /// The node IPv6 packets from the host enter at.
-pub const IP6_ENTRY: &str = "ip6-lookup";
+pub const IP6_ENTRY: &str = "ip6-nat";
 
 /// Why a packet from the host is not injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

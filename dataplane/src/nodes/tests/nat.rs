@@ -738,3 +738,34 @@ fn a_reply_tuple_clash_between_two_services_gets_another_source_port() {
 
 mod fragments;
 mod kube_proxy;
+
+/// kube-proxy's OUTPUT chain: the node's own processes reach Services. A packet from the host
+/// (through the punt path) to the cluster IP goes to a backend, and the backend's answer
+/// comes back to the host as from the cluster IP.
+#[test]
+fn the_host_reaches_a_cluster_ip_through_the_punt_path() {
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    r.tables.punt_to_host = true;
+    let node = v4("198.18.1.1");
+    let syn = tcp(node, v4(VIP), 40000, 80, TcpFlags::SYN);
+    from_host(&mut r, &syn);
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(punted.is_empty());
+    let (port, src, dst, sport, dport, _) = one_tcp(&sent);
+    assert_eq!((port, dst, dport), (1, v4(BACKEND), 8080));
+    // The answer, to whatever source the node's packet left with.
+    let synack = tcp(v4(BACKEND), src, 8080, sport, TcpFlags::SYN | TcpFlags::ACK);
+    r.graph.receive(Packet::received(
+        HeapBuffer::from_bytes(&eth(MAC1, SERVER_MAC, 0x0800, &synack)),
+        1,
+    ));
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(punted.len(), 1, "to the host");
+    let ip = Ipv4Packet::new_checked(&punted[0][..]).unwrap();
+    let seg = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!(
+        (ip.src_addr(), seg.src_port(), ip.dst_addr(), seg.dst_port()),
+        (v4(VIP), 80, node, 40000)
+    );
+}
