@@ -1001,13 +1001,20 @@ fn slice_endpoints(
         out.push(SliceEndpoint {
             addr,
             hints: TopologyHints {
-                zone: hints.and_then(|h| h.for_zones.as_ref()).map(|zones| {
-                    here.zone
-                        .is_some_and(|zone| zones.iter().any(|z| z.name == zone))
-                }),
-                node: hints.and_then(|h| h.for_nodes.as_ref()).map(|nodes| {
-                    !node_name.is_empty() && nodes.iter().any(|n| n.name == node_name)
-                }),
+                // An empty list is no hint at all, as kube-proxy counts them.
+                zone: hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .filter(|zones| !zones.is_empty())
+                    .map(|zones| {
+                        here.zone
+                            .is_some_and(|zone| zones.iter().any(|z| z.name == zone))
+                    }),
+                node: hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .filter(|nodes| !nodes.is_empty())
+                    .map(|nodes| {
+                        !node_name.is_empty() && nodes.iter().any(|n| n.name == node_name)
+                    }),
             },
             is_local: !node_name.is_empty() && endpoint.node_name.as_deref() == Some(node_name),
             ready,

@@ -966,6 +966,19 @@ fn topology_hints_are_read_against_this_node_and_its_zone() {
         )
     ));
     assert_eq!(web.ports[0].endpoints[0].hints.zone, Some(false));
+    // An empty list is no hint (kube-proxy then leaves topology aside).
+    let web = one(&format!(
+        "{}{}",
+        svc("web", "", "", HTTP),
+        slice(
+            "web-1",
+            "web",
+            "IPv4",
+            HTTP_8080,
+            "[{addresses: [198.18.0.1], hints: {forZones: [], forNodes: []}}]"
+        )
+    ));
+    assert_eq!(web.ports[0].endpoints[0].hints, TopologyHints::default());
 }
 
 #[test]
