@@ -76,10 +76,11 @@ pub struct AgentArgs {
     pub cluster_cidrs: Vec<IpNet>,
 
     /// Address ranges NodePorts are open on, as kube-proxy's --nodeport-addresses: the node's
-    /// addresses within them (a bare address is a range of one). Default: all of the node's
-    /// addresses. Repeat or separate with commas.
+    /// addresses within them (a bare address is a range of one), or `primary`: the node's
+    /// first address of each family. Default: all of the node's addresses. Repeat or separate
+    /// with commas.
     #[arg(long = "nodeport-addresses", value_delimiter = ',', value_parser = node_port_range)]
-    pub nodeport_addresses: Vec<IpNet>,
+    pub nodeport_addresses: Vec<NodePortAddress>,
 
     /// Source-NAT all traffic to cluster IPs (kube-proxy's --masquerade-all; NodePort, external
     /// and load-balancer traffic follows its externalTrafficPolicy, as with kube-proxy).
@@ -628,15 +629,28 @@ pub fn parse_crypto(s: &str) -> Result<CryptoChoice, String> {
     }
 }
 
-/// Parses one `--nodeport-addresses` entry: a CIDR (`10.0.0.0/8`, host bits cleared) or a bare
-/// address, taken as the range of that one address. kube-proxy's `primary` keyword is not
-/// supported: leaving the flag out opens NodePorts on every address.
-pub fn node_port_range(s: &str) -> Result<IpNet, String> {
+/// One `--nodeport-addresses` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePortAddress {
+    /// The node's addresses within this range.
+    Range(IpNet),
+    /// kube-proxy's `primary`: the node's primary address of each family (here the first
+    /// `--address` of each).
+    Primary,
+}
+
+/// Parses one `--nodeport-addresses` entry: a CIDR (`10.0.0.0/8`, host bits cleared), a bare
+/// address, taken as the range of that one address, or `primary`.
+pub fn node_port_range(s: &str) -> Result<NodePortAddress, String> {
     let s = s.trim();
+    if s == "primary" {
+        return Ok(NodePortAddress::Primary);
+    }
     s.parse::<IpNet>()
         .map(|net| net.trunc())
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{s:?} is not a CIDR or an IP address (e.g. 10.0.0.0/8)"))
+        .map(NodePortAddress::Range)
+        .map_err(|_| format!("{s:?} is not a CIDR, an IP address (e.g. 10.0.0.0/8) or `primary`"))
 }
 
 /// Splits `NAME=VALUE`.
@@ -760,13 +774,14 @@ mod tests {
 
     #[test]
     fn nodeport_addresses_are_ranges_as_kube_proxys() {
-        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let net = |s: &str| NodePortAddress::Range(s.parse::<IpNet>().unwrap());
         assert_eq!(node_port_range("10.0.0.0/8"), Ok(net("10.0.0.0/8")));
         assert_eq!(node_port_range("10.1.2.3/8"), Ok(net("10.0.0.0/8")));
         assert_eq!(node_port_range(" 198.51.100.7"), Ok(net("198.51.100.7/32")));
         assert_eq!(node_port_range("2001:db8::1"), Ok(net("2001:db8::1/128")));
-        assert!(node_port_range("primary").is_err());
+        assert_eq!(node_port_range("primary"), Ok(NodePortAddress::Primary));
         assert!(node_port_range("10.0.0.0/33").is_err());
+        assert!(node_port_range("secondary").is_err());
     }
 
     #[test]

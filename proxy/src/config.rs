@@ -612,7 +612,9 @@ bgp:
         );
         assert_eq!(
             a.nodeport_addresses,
-            vec!["198.51.100.1/32".parse::<IpNet>().unwrap()]
+            vec![crate::cli::NodePortAddress::Range(
+                "198.51.100.1/32".parse::<IpNet>().unwrap()
+            )]
         );
         assert!(a.masquerade_all);
         assert_eq!(a.service_proxy_name.as_deref(), Some("switchyard"));
@@ -791,8 +793,8 @@ bgp:
                 "clusterCIDR: 7 is not a CIDR",
             ),
             (
-                "nodePortAddresses: [10.0.0.0/8, primary]\n",
-                "nodePortAddresses: \"primary\" is not a CIDR or an IP address",
+                "nodePortAddresses: [10.0.0.0/8, secondary]\n",
+                "nodePortAddresses: \"secondary\" is not a CIDR, an IP address",
             ),
             ("masqueradeAll: maybe\n", "masqueradeAll"),
             (

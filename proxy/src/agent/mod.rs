@@ -88,7 +88,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         compile_problems: Vec::new(),
         acl_cache: policy_tables::AclCache::default(),
         cluster_cidrs: args.cluster_cidrs.to_vec(),
-        node_port_ranges: args.nodeport_addresses.to_vec(),
+        node_port_addresses: args.nodeport_addresses.to_vec(),
+        node_port_ranges: Vec::new(),
         masquerade_all: args.masquerade_all,
         min_sync: Duration::from_secs_f64(args.min_sync_period),
         bgp_settings,
@@ -242,8 +243,10 @@ struct ControlPlane {
     /// The ACL classifiers in force, reused while their ACLs do not change.
     acl_cache: policy_tables::AclCache,
     cluster_cidrs: Vec<ipnet::IpNet>,
-    /// `--nodeport-addresses`.
+    /// The ranges NodePorts are open in (`--nodeport-addresses` resolved; empty: all).
     node_port_ranges: Vec<ipnet::IpNet>,
+    /// `--nodeport-addresses` as given (`primary` resolved into `node_port_ranges` at start).
+    node_port_addresses: Vec<crate::cli::NodePortAddress>,
     masquerade_all: bool,
     /// Least time between two syncs (kube-proxy's --min-sync-period): changes that come
     /// faster are coalesced into one sync.
@@ -294,6 +297,7 @@ impl ControlPlane {
                 v4.chain(i.ipv6.iter().map(|n| std::net::IpAddr::V6(n.addr())))
             })
             .collect();
+        self.node_port_ranges = node_port_ranges(&self.node_port_addresses, &base.interfaces);
         self.view.set_node_ips(node_ips);
         if let Some(settings) = self.bgp_settings.take() {
             let b = bgp::Bgp::start(settings, &base, Arc::clone(&shared))?;
@@ -523,5 +527,63 @@ impl ControlPlane {
             policies: compiler.policy_count(),
             problems,
         }
+    }
+}
+
+/// The ranges NodePorts are open in, from `--nodeport-addresses`: its ranges, and for
+/// `primary` the first address of each family on the dataplane's interfaces (empty: every
+/// node address).
+fn node_port_ranges(
+    given: &[crate::cli::NodePortAddress],
+    interfaces: &[switchyard_dataplane::tables::Interface],
+) -> Vec<ipnet::IpNet> {
+    use crate::cli::NodePortAddress;
+    let mut ranges = Vec::new();
+    for entry in given {
+        match entry {
+            NodePortAddress::Range(net) => ranges.push(*net),
+            NodePortAddress::Primary => {
+                let v4 = interfaces.iter().find_map(|i| i.ipv4.first());
+                let v6 = interfaces.iter().find_map(|i| i.ipv6.first());
+                ranges.extend(v4.map(|n| ipnet::IpNet::from(std::net::IpAddr::V4(n.addr()))));
+                ranges.extend(v6.map(|n| ipnet::IpNet::from(std::net::IpAddr::V6(n.addr()))));
+            }
+        }
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod node_port_tests {
+    use super::*;
+    use crate::cli::NodePortAddress;
+    use switchyard_dataplane::tables::Interface;
+
+    /// kube-proxy's `--nodeport-addresses primary`: the node's first address of each family.
+    #[test]
+    fn primary_is_the_first_address_of_each_family() {
+        let mut c0 = Interface::new("c0", [2, 0, 0, 0, 0, 1], 1500);
+        c0.ipv4.push("198.18.1.1/24".parse().unwrap());
+        c0.ipv4.push("198.18.9.1/24".parse().unwrap());
+        let mut s0 = Interface::new("s0", [2, 0, 0, 0, 0, 2], 1500);
+        s0.ipv4.push("198.18.2.1/24".parse().unwrap());
+        s0.ipv6.push("2001:db8:2::1/64".parse().unwrap());
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let ranges = node_port_ranges(
+            &[
+                NodePortAddress::Primary,
+                NodePortAddress::Range(net("203.0.113.0/24")),
+            ],
+            &[c0, s0],
+        );
+        assert_eq!(
+            ranges,
+            [
+                net("198.18.1.1/32"),
+                net("2001:db8:2::1/128"),
+                net("203.0.113.0/24")
+            ]
+        );
+        assert!(node_port_ranges(&[], &[]).is_empty());
     }
 }
