@@ -141,6 +141,9 @@ pub struct EngineConfig {
     pub retransmit_limit: u32,
     /// Responder: require a COOKIE (RFC 7296 section 2.6) once this many half-open SAs exist.
     pub cookie_threshold: Option<usize>,
+    /// Responder: refuse new IKE SAs (dropping their IKE_SA_INIT, counted) while this many
+    /// are half-open, cookie or not: a bound on the state a flood from real addresses makes.
+    pub half_open_limit: Option<usize>,
     /// Responder: a half-open SA not authenticated within this time is forgotten.
     pub half_open_timeout: Duration,
     /// Replay window for inbound CHILD_SAs.
@@ -178,6 +181,7 @@ impl Default for EngineConfig {
             retransmit_base: Duration::from_secs(1),
             retransmit_limit: 5,
             cookie_threshold: None,
+            half_open_limit: None,
             half_open_timeout: Duration::from_secs(30),
             replay_window: ReplayWindow::DEFAULT_SIZE,
             natt_port: 4500,

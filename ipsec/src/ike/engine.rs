@@ -177,6 +177,8 @@ pub struct IkeCounters {
     pub failed: u64,
     pub child_sas_installed: u64,
     pub half_open_expired: u64,
+    /// IKE_SA_INIT requests dropped because `half_open_limit` SAs were half-open.
+    pub half_open_refused: u64,
     /// CHILD_SAs the peer rekeyed (CREATE_CHILD_SA with REKEY_SA).
     pub child_sas_rekeyed: u64,
     /// IKE SAs the peer rekeyed.
@@ -535,7 +537,24 @@ pub struct Engine {
     pools: Vec<AddressPool>,
     /// Per peer (by index), its pool's index in `pools`.
     peer_pools: Vec<Option<usize>>,
+    /// The last answers of IKE SAs that ended, oldest first, for their retransmitted
+    /// requests ([`Closed`]).
+    closed: std::collections::VecDeque<Closed>,
 }
+
+/// The last answer of an IKE SA that ended (an authentication refused, a malformed
+/// IKE_AUTH, a Delete answered): a retransmission of the request it answered gets it again,
+/// protected as the first was, rather than an INVALID_IKE_SPI, for the last [`MAX_CLOSED`]
+/// SAs (RFC 7296 section 2.1: a response is remembered, and may be forgotten after a while).
+struct Closed {
+    spi_i: u64,
+    spi_r: u64,
+    message_id: u32,
+    response: Vec<Vec<u8>>,
+}
+
+/// How many ended SAs' last answers are kept.
+const MAX_CLOSED: usize = 256;
 
 /// Our SIGNATURE_HASH_ALGORITHMS notify (RFC 7427 section 4).
 fn signature_hashes() -> Payload {
@@ -729,6 +748,7 @@ impl Engine {
             error_budget: ErrorBudget::default(),
             pools,
             peer_pools,
+            closed: std::collections::VecDeque::new(),
         })
     }
 
@@ -1203,6 +1223,18 @@ impl Engine {
         let Some(sa) = self.sas.remove(&id) else {
             return;
         };
+        // (An IKE_SA_INIT answer, message 0, is found by its own retransmission check.)
+        if let Some((message_id @ 1.., response)) = &sa.last_response {
+            if self.closed.len() == MAX_CLOSED {
+                self.closed.pop_front();
+            }
+            self.closed.push_back(Closed {
+                spi_i: sa.spi_i,
+                spi_r: sa.spi_r,
+                message_id: *message_id,
+                response: response.clone(),
+            });
+        }
         self.release_leases(&sa, IkeSaId(id));
         let peer = self.peer_name(sa.peer);
         for child in &sa.children {
@@ -1528,9 +1560,26 @@ impl Engine {
             (exchange::CREATE_CHILD_SA, true) => {
                 self.create_child_response(our_spi, &payloads, now, &mut actions)
             }
+            (_, false) => self.refuse_request(our_spi, &header, &mut actions),
             _ => self.counters.rx_unexpected += 1,
         }
         actions
+    }
+
+    /// An authenticated request this SA does not take (an exchange type we do not know, an
+    /// IKE_AUTH after authentication): RFC 7296 section 2.21.3 wants every erroneous request
+    /// of an authenticated SA answered, here with INVALID_SYNTAX (3.10.1), so that the peer's
+    /// window moves on. Before authentication it is dropped.
+    fn refuse_request(&mut self, id: u64, header: &Header, actions: &mut Vec<Action>) {
+        self.counters.rx_unexpected += 1;
+        let authenticated = self
+            .sas
+            .get(&id)
+            .is_some_and(|sa| matches!(sa.state, IkeState::Established | IkeState::Deleting));
+        if authenticated {
+            let n = Payload::Notify(Notify::new(notify::INVALID_SYNTAX, Vec::new()));
+            self.send_response(id, header.exchange, header.message_id, &[n], actions);
+        }
     }
 
     /// Stores an authenticated fragment (RFC 7383 section 2.6) and, once every fragment of
@@ -1648,6 +1697,16 @@ impl Engine {
         if header.is_response() {
             return;
         }
+        // The retransmitted last request of an SA that ended: its answer again.
+        let closed = self.closed.iter().rev().find(|c| {
+            c.spi_i == header.spi_i && c.spi_r == header.spi_r && c.message_id == header.message_id
+        });
+        if let Some(closed) = closed {
+            let response = closed.response.clone();
+            self.counters.responses_resent += 1;
+            self.send_all(local, remote, &response, actions);
+            return;
+        }
         let kind = notify::INVALID_IKE_SPI;
         if self.reply_unprotected(header, local, remote, kind, Vec::new(), now, actions) {
             self.counters.tx_invalid_ike_spi += 1;
@@ -1728,13 +1787,17 @@ impl Engine {
             self.counters.rx_malformed += 1;
             return;
         };
-        // Cookies under load (RFC 7296 section 2.6).
+        // Cookies under load (RFC 7296 section 2.6), and a bound on half-open SAs.
+        let half_open =
+            if self.config.cookie_threshold.is_some() || self.config.half_open_limit.is_some() {
+                self.sas
+                    .values()
+                    .filter(|sa| sa.state == IkeState::HalfOpen)
+                    .count()
+            } else {
+                0
+            };
         if let Some(threshold) = self.config.cookie_threshold {
-            let half_open = self
-                .sas
-                .values()
-                .filter(|sa| sa.state == IkeState::HalfOpen)
-                .count();
             if half_open >= threshold {
                 let expected = self.cookie_for(nonce_i, remote.ip(), header.spi_i);
                 let presented = match payloads.first() {
@@ -1759,6 +1822,14 @@ impl Engine {
                     return;
                 }
             }
+        }
+        if self
+            .config
+            .half_open_limit
+            .is_some_and(|limit| half_open >= limit)
+        {
+            self.counters.half_open_refused += 1;
+            return;
         }
         let candidates: Vec<usize> = self
             .config
@@ -2011,6 +2082,12 @@ impl Engine {
             sa.init_failure = Some(Failure::ProposalMismatch);
             return;
         }
+        // The private value is used up by the agreement: a KE of the wrong size must not
+        // cost it, so that the real answer can still complete the exchange.
+        if ke_data.len() != suite.dh.public_len() {
+            sa.init_failure = Some(Failure::InvalidSyntax);
+            return;
+        }
         let Some(dh) = sa.dh.take() else { return };
         let Ok(shared) = dh.agree(ke_data) else {
             self.remove(id, actions, Some(Failure::InvalidSyntax));
@@ -2118,8 +2195,7 @@ impl Engine {
     ) {
         let Some(sa) = self.sas.get(&id) else { return };
         if sa.state != IkeState::HalfOpen || header.message_id != 1 {
-            self.counters.rx_unexpected += 1;
-            return;
+            return self.refuse_request(id, header, actions);
         }
         let _ = now;
         let mut id_i = None;
@@ -2661,7 +2737,21 @@ impl Engine {
                 })
                 .flatten();
             let Some(child) = known else {
-                refuse(self, notify::CHILD_SA_NOT_FOUND, actions);
+                // Naming the SA it could not find: the protocol and the SPI (RFC 7296
+                // section 3.10).
+                let n = Payload::Notify(Notify {
+                    protocol: proto,
+                    spi: spi.to_be_bytes().to_vec(),
+                    kind: notify::CHILD_SA_NOT_FOUND,
+                    data: Vec::new(),
+                });
+                self.send_response(
+                    id,
+                    exchange::CREATE_CHILD_SA,
+                    header.message_id,
+                    &[n],
+                    actions,
+                );
                 return;
             };
             // We replaced it already and are deleting it (RFC 7296 section 2.25).

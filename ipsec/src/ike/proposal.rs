@@ -30,6 +30,7 @@ impl Encryption {
             kind: transform::ENCR,
             id,
             key_len: Some(bits),
+            unknown_attributes: false,
         }
     }
 
@@ -283,16 +284,19 @@ impl IkeProposal {
             kind: transform::PRF,
             id: prf_id(p),
             key_len: None,
+            unknown_attributes: false,
         }));
         transforms.extend(self.integrity.iter().map(|&m| Transform {
             kind: transform::INTEG,
             id: integ_id(m),
             key_len: None,
+            unknown_attributes: false,
         }));
         transforms.extend(self.dh.iter().map(|&g| Transform {
             kind: transform::DH,
             id: g.id(),
             key_len: None,
+            unknown_attributes: false,
         }));
         Proposal {
             number,
@@ -383,18 +387,21 @@ impl EspProposal {
             kind: transform::INTEG,
             id: integ_id(m),
             key_len: None,
+            unknown_attributes: false,
         }));
         if with_dh {
             transforms.extend(self.dh.iter().map(|&g| Transform {
                 kind: transform::DH,
                 id: g.id(),
                 key_len: None,
+                unknown_attributes: false,
             }));
         }
         transforms.extend(self.esn.iter().map(|&e| Transform {
             kind: transform::ESN,
             id: u16::from(e),
             key_len: None,
+            unknown_attributes: false,
         }));
         Proposal {
             number,
@@ -455,7 +462,8 @@ impl EspProposal {
     }
 }
 
-/// The first transform of `kind` in the offer that `accept` maps to a value. Every transform
+/// The first transform of `kind` in the offer that `accept` maps to a value; one with
+/// attributes we do not understand is unacceptable (RFC 7296 section 3.3.6). Every transform
 /// type this implementation does not know makes the proposal unacceptable.
 fn pick<T>(offered: &Proposal, kind: u8, accept: impl Fn(&Transform) -> Option<T>) -> Option<T> {
     if offered.transforms.iter().any(|t| {
@@ -469,7 +477,7 @@ fn pick<T>(offered: &Proposal, kind: u8, accept: impl Fn(&Transform) -> Option<T
     offered
         .transforms
         .iter()
-        .filter(|t| t.kind == kind)
+        .filter(|t| t.kind == kind && !t.unknown_attributes)
         .find_map(accept)
 }
 
@@ -517,10 +525,14 @@ pub fn select_ike_for_ke(
     with_guess.or_else(|| select_ike(offered, ours))
 }
 
-/// Responder selection for a CHILD_SA: `(proposal number, peer's SPI, suite)`.
+/// Responder selection for a CHILD_SA: `(proposal number, peer's SPI, suite)`. A proposal
+/// whose SPI is reserved (0 to 255, RFC 4303 section 2.1: never on the wire) is unacceptable.
 pub fn select_esp(offered: &[Proposal], ours: &[EspProposal]) -> Option<(u8, u32, ChildSuite)> {
     offered.iter().find_map(|o| {
         let spi = u32::from_be_bytes(o.spi.as_slice().try_into().ok()?);
+        if spi <= 255 {
+            return None;
+        }
         ours.iter()
             .find_map(|p| p.accept(o))
             .map(|suite| (o.number, spi, suite))

@@ -321,11 +321,15 @@ fn open(message: &[u8], body_at: usize, cipher: &SkCipher) -> Result<Vec<u8>, Sk
             ctx.decrypt(&iv, &mut plaintext).map_err(SkError::Crypto)?;
         }
     }
-    let pad_len = usize::from(*plaintext.last().ok_or(SkError::Truncated)?);
+    // Authenticated from here on: a bad padding is the peer's syntax error, to be answered
+    // (RFC 7296 section 2.21.3), not a forgery to drop.
+    let bad_padding =
+        || SkError::Parse(ParseError::Malformed("SK padding longer than the payload"));
+    let pad_len = usize::from(*plaintext.last().ok_or_else(bad_padding)?);
     let inner_len = plaintext
         .len()
         .checked_sub(pad_len + 1)
-        .ok_or(SkError::Truncated)?;
+        .ok_or_else(bad_padding)?;
     plaintext.truncate(inner_len);
     Ok(plaintext)
 }

@@ -216,6 +216,10 @@ pub struct Transform {
     pub kind: u8,
     pub id: u16,
     pub key_len: Option<u16>,
+    /// It came with an attribute this implementation does not understand (anything but one
+    /// Key Length on an encryption transform), which makes it unacceptable (RFC 7296
+    /// section 3.3.6).
+    pub unknown_attributes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -678,20 +682,30 @@ fn parse_proposals(body: &[u8]) -> Result<Vec<Proposal>, ParseError> {
             t.take(1)?;
             let id = t.u16()?;
             let mut key_len = None;
+            let mut unknown_attributes = false;
             while !t.is_empty() {
                 let attr = t.u16()?;
                 if attr & 0x8000 != 0 {
                     let value = t.u16()?;
-                    if attr & 0x7fff == transform::ATTR_KEY_LENGTH {
+                    let key_length = attr & 0x7fff == transform::ATTR_KEY_LENGTH;
+                    if key_length && kind == transform::ENCR && key_len.is_none() {
                         key_len = Some(value);
+                    } else {
+                        unknown_attributes = true;
                     }
                 } else {
-                    // TLV attributes: none defined for IKEv2; skip.
+                    // TLV attributes: none defined for IKEv2.
                     let l = usize::from(t.u16()?);
                     t.take(l)?;
+                    unknown_attributes = true;
                 }
             }
-            transforms.push(Transform { kind, id, key_len });
+            transforms.push(Transform {
+                kind,
+                id,
+                key_len,
+                unknown_attributes,
+            });
         }
         if !p.is_empty() {
             return Err(ParseError::BadLength);
@@ -837,16 +851,19 @@ mod tests {
                             kind: transform::ENCR,
                             id: 20,
                             key_len: Some(128),
+                            unknown_attributes: false,
                         },
                         Transform {
                             kind: transform::PRF,
                             id: 5,
                             key_len: None,
+                            unknown_attributes: false,
                         },
                         Transform {
                             kind: transform::DH,
                             id: 31,
                             key_len: None,
+                            unknown_attributes: false,
                         },
                     ],
                 },
@@ -858,6 +875,7 @@ mod tests {
                         kind: transform::ESN,
                         id: 0,
                         key_len: None,
+                        unknown_attributes: false,
                     }],
                 },
             ]),

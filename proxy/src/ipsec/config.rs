@@ -14,6 +14,12 @@ use switchyard_ipsec::sdewan::{IpsecHost, IpsecProposal, IpsecSite};
 
 use super::daemon::DaemonConfig;
 
+/// Half-open IKE SAs beyond which the daemon asks initiators for a cookie (strongSwan's
+/// `cookie_threshold` default).
+pub const COOKIE_THRESHOLD: usize = 10;
+/// Half-open IKE SAs beyond which the daemon takes no new ones.
+pub const HALF_OPEN_LIMIT: usize = 1000;
+
 /// What went wrong reading the resources.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -136,6 +142,10 @@ impl Resources {
             engine: EngineConfig {
                 peers,
                 pools,
+                // Under load, cookies before any state (RFC 7296 section 2.6; strongSwan's
+                // default threshold), and a bound on half-open SAs.
+                cookie_threshold: Some(COOKIE_THRESHOLD),
+                half_open_limit: Some(HALF_OPEN_LIMIT),
                 ..EngineConfig::default()
             },
             initiate,

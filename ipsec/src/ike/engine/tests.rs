@@ -14,6 +14,7 @@ mod fragments;
 mod negative;
 mod reconfigure;
 mod rfc7296_negative;
+mod rfc7296_review;
 
 const A: &str = "198.51.100.1:500";
 const B: &str = "198.51.100.2:500";
@@ -635,11 +636,22 @@ fn create_child(
     id: IkeSaId,
     request: &[Payload],
 ) -> (Vec<Action>, Option<Vec<Payload>>) {
+    exchange_on(p, id, exchange::CREATE_CHILD_SA, request)
+}
+
+/// Sends a request of `exchange_type` on A's IKE SA `id` to B: B's actions and its protected
+/// answer, opened with A's keys (`None` without one).
+fn exchange_on(
+    p: &mut Pair,
+    id: IkeSaId,
+    exchange_type: u8,
+    request: &[Payload],
+) -> (Vec<Action>, Option<Vec<Payload>>) {
     let sa = p.a.sas.get_mut(&id.0).unwrap();
     let message_id = sa.next_request_id;
     sa.next_request_id += 1;
     sa.iv_counter += 1;
-    let header = sa.header(exchange::CREATE_CHILD_SA, message_id, false);
+    let header = sa.header(exchange_type, message_id, false);
     let bytes = seal_message(header, request, sa.tx.as_ref().unwrap(), sa.iv_counter).unwrap();
     let (local, remote) = (sa.local, sa.remote);
     let actions = p.b.handle(&bytes, remote, local, p.now, p.wall);
@@ -736,7 +748,7 @@ fn create_child_sa_rekeys_with_and_without_pfs() {
         // A's keys, by RFC 7296 section 2.17: KEYMAT = prf+(SK_d, [g^ir] | Ni | Nr).
         let sk_d = p.a.sk_d_for_test(id).unwrap();
         let suite = proposal::select_esp(
-            &[proposal.to_wire(1, 1, false)],
+            &[proposal.to_wire(1, 0x1000, false)],
             std::slice::from_ref(&proposal),
         )
         .unwrap()
