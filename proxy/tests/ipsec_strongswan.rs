@@ -1609,6 +1609,73 @@ fn ike_with_strongswan_dpd_and_deletes() {
     }
 }
 
+/// Our own dead peer detection (RFC 7296 section 2.4): strongSwan killed outright (no
+/// Delete) goes quiet, our liveness checks go unanswered, and the IKE SA fails with a
+/// timeout, which is what sets a tunnel we started up again.
+#[test]
+fn a_killed_strongswan_is_detected_by_our_dpd() {
+    let Some(mut peer) = Peer::start("ipsec_dpd_killed") else {
+        return;
+    };
+    let case = gcm_case();
+    peer.load(&case, PSK);
+    let mut config = resources(&case, PSK)
+        .daemon_config(SY_ADDR.parse().expect("address"))
+        .expect("daemon config");
+    config.engine.dpd_delay = Some(Duration::from_secs(1));
+    config.engine.retransmit_base = Duration::from_millis(200);
+    config.engine.retransmit_limit = 3;
+    config.reconnect = None;
+    let netns = format!("/run/netns/{}", peer.lab.ns(Ns::Node));
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || -> Result<String, String> {
+        let runtime = common::runtime_in_netns(&netns)?;
+        runtime.block_on(async move {
+            let mut daemon = Daemon::start(config).map_err(|e| format!("daemon: {e}"))?;
+            next_event(&mut daemon.events, "ChildInstalled").await?;
+            let _ = up_tx.send(());
+            // Alive: a few checks answered. Then killed: failed within seconds.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let outcome = loop {
+                match tokio::time::timeout_at(deadline, daemon.events.recv()).await {
+                    Ok(Some(Event::Failed { reason, .. })) => break Ok(reason),
+                    Ok(Some(_)) => {}
+                    _ => {
+                        break Err(format!(
+                            "no failure after strongSwan was killed: {:?} {:?}",
+                            daemon.snapshot().counters,
+                            daemon.snapshot().ike_sas
+                        ))
+                    }
+                }
+            };
+            let counters = daemon.snapshot().counters;
+            daemon.shutdown().await;
+            match outcome? {
+                Failure::Timeout if counters.dpd_sent >= 2 => Ok(format!("{counters:?}")),
+                other => Err(format!("{other:?} {counters:?}")),
+            }
+        })
+    });
+    up_rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no tunnel\n{}", peer.log()));
+    // Two quiet seconds answered by a live peer, then SIGKILL.
+    std::thread::sleep(Duration::from_millis(2500));
+    // charon is the child of the `timeout` the lab started it under.
+    if let Some(mut charon) = peer.charon.take() {
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-P", &charon.id().to_string()])
+            .status();
+        let _ = common::wait_bounded(&mut charon, Duration::from_secs(5));
+    }
+    match handle.join() {
+        Ok(Ok(counters)) => eprintln!("{counters}"),
+        Ok(Err(e)) => panic!("{e}\n{}", peer.log()),
+        Err(_) => panic!("daemon thread panicked\n{}", peer.log()),
+    }
+}
+
 /// strongSwan rekeys the CHILD_SA (every 2 s), with and without PFS: each new SA must carry
 /// ESP both ways (the probe), and the old one must go when strongSwan deletes it.
 #[test]

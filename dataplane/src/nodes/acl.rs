@@ -33,6 +33,7 @@ node_errors! {
         EgressDenied = ("egress_denied", "denied: no egress rule of the source pod allows it"),
         Related = ("related", "ICMP errors about tracked connections: passed"),
         SelfTraffic = ("self", "new connections of a pod to itself through a Service: allowed"),
+        LinkScoped = ("link_scoped", "link-scoped IPv6 (neighbor and router discovery, MLD) with this node: not judged"),
         HandedOff = ("handed_off", "packets of connections another worker tracks: handed to it"),
         TrackFailed = ("track_failed", "allowed, but the connection table refused the flow: replies may be denied"),
         FragmentFollowed = ("fragment_followed", "non-first fragments judged by their first fragment's ports"),
@@ -96,6 +97,14 @@ fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
     t.key
 }
 
+/// An IPv6 multicast or link-local address (IPv4 has ARP for what these carry).
+fn is_link_scoped(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V6(a) => a.is_multicast() || a.segments()[0] & 0xffc0 == 0xfe80,
+        IpAddr::V4(_) => false,
+    }
+}
+
 fn judge<B: PacketBuffer>(
     cx: &mut Context<'_, B>,
     policy: &PolicyTables,
@@ -131,6 +140,13 @@ fn judge<B: PacketBuffer>(
     // known (a protocol virtual reassembly does not follow) leave it judged as port 0.
     if t.later_fragment && t.follow_first(pkt.buf.data(), &cx.state.virtual_reassembly) {
         cx.error(AclError::FragmentFollowed);
+    }
+    // Link-scoped IPv6 (neighbor and router discovery, MLD: multicast or link-local
+    // addresses) only ever reaches this node, never another pod, and an isolated pod must
+    // still find its gateway: not NetworkPolicy's to judge.
+    if is_link_scoped(t.key.src) || is_link_scoped(t.key.dst) {
+        cx.error(AclError::LinkScoped);
+        return Next::Lookup;
     }
     let ends = judged_ends(cx, pkt, &t);
     if pkt.meta.conn_new && ends.src == ends.dst {

@@ -146,6 +146,10 @@ pub struct EngineConfig {
     pub half_open_limit: Option<usize>,
     /// Responder: a half-open SA not authenticated within this time is forgotten.
     pub half_open_timeout: Duration,
+    /// Dead peer detection (RFC 7296 section 2.4): an established IKE SA whose peer has sent
+    /// nothing for this long gets a liveness check (strongSwan's `dpd_delay`). `None`: none
+    /// of our own.
+    pub dpd_delay: Option<Duration>,
     /// Replay window for inbound CHILD_SAs.
     pub replay_window: u32,
     /// The NAT-T port (4500): IKE moves there when a NAT is detected, with the non-ESP marker.
@@ -183,6 +187,7 @@ impl Default for EngineConfig {
             cookie_threshold: None,
             half_open_limit: None,
             half_open_timeout: Duration::from_secs(30),
+            dpd_delay: None,
             replay_window: ReplayWindow::DEFAULT_SIZE,
             natt_port: 4500,
             force_udp_encap: false,

@@ -166,6 +166,8 @@ pub struct IkeCounters {
     pub rx_integrity_failures: u64,
     pub rx_unexpected: u64,
     pub retransmits: u64,
+    /// Liveness checks started because a peer was quiet for the DPD delay.
+    pub dpd_sent: u64,
     pub responses_resent: u64,
     pub auth_failures: u64,
     pub no_proposal_chosen: u64,
@@ -427,6 +429,9 @@ struct IkeSa {
     pending: Option<Pending>,
     /// Our last answer (one message, or its fragments), for a retransmitted request.
     last_response: Option<(u32, Vec<Vec<u8>>)>,
+    /// When the peer last sent an authenticated message: dead peer detection asks after it
+    /// once it has been quiet for [`EngineConfig::dpd_delay`].
+    last_heard: Instant,
     iv_counter: u64,
     /// Both ends announced IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT (RFC 7383).
     fragmentation: bool,
@@ -491,6 +496,7 @@ impl IkeSa {
             outstanding: None,
             pending: None,
             last_response: None,
+            last_heard: now,
             iv_counter: 0,
             fragmentation: self.fragmentation,
             reassembly: None,
@@ -865,7 +871,10 @@ impl Engine {
                     .children
                     .iter()
                     .flat_map(|c| [c.rekey_at, c.expire_at])
-                    .chain([sa.rekey_at])
+                    .chain([
+                        sa.rekey_at,
+                        self.config.dpd_delay.map(|d| sa.last_heard + d),
+                    ])
                     .flatten()
                     .min(),
                 _ => None,
@@ -978,6 +987,7 @@ impl Engine {
             outstanding: None,
             pending: None,
             last_response: None,
+            last_heard: now,
             iv_counter: 0,
             fragmentation: false,
             reassembly: None,
@@ -1312,8 +1322,28 @@ impl Engine {
         ids.sort_unstable();
         for id in ids {
             self.child_timers(id, now, &mut actions);
+            self.dead_peer_detection(id, now, &mut actions);
         }
         actions
+    }
+
+    /// RFC 7296 section 2.4: an established SA whose peer has been quiet for the DPD delay
+    /// (and with no request of ours outstanding) gets an empty INFORMATIONAL request; a peer
+    /// that never answers it makes the SA fail with [`Failure::Timeout`] once the
+    /// retransmissions run out.
+    fn dead_peer_detection(&mut self, id: u64, now: Instant, actions: &mut Vec<Action>) {
+        let Some(delay) = self.config.dpd_delay else {
+            return;
+        };
+        let due = self.sas.get(&id).is_some_and(|sa| {
+            sa.state == IkeState::Established
+                && sa.outstanding.is_none()
+                && now >= sa.last_heard + delay
+        });
+        if due {
+            self.counters.dpd_sent += 1;
+            self.send_request(id, exchange::INFORMATIONAL, &[], now, actions);
+        }
     }
 
     // ---------------------------------------------------------------- input
@@ -1542,6 +1572,7 @@ impl Engine {
         if let Some(sa) = self.sas.get_mut(&our_spi) {
             sa.local = local;
             sa.remote = remote;
+            sa.last_heard = now;
         }
         match (header.exchange, header.is_response()) {
             (exchange::IKE_AUTH, false) => {
@@ -1971,6 +2002,7 @@ impl Engine {
             outstanding: None,
             pending: None,
             last_response: None,
+            last_heard: now,
             iv_counter: 0,
             fragmentation: self.config.fragmentation && peer_fragments,
             reassembly: None,

@@ -19,6 +19,8 @@ use super::daemon::DaemonConfig;
 pub const COOKIE_THRESHOLD: usize = 10;
 /// Half-open IKE SAs beyond which the daemon takes no new ones.
 pub const HALF_OPEN_LIMIT: usize = 1000;
+/// How long a peer may be quiet before the daemon checks it is alive.
+pub const DPD_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What went wrong reading the resources.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +148,10 @@ impl Resources {
                 // default threshold), and a bound on half-open SAs.
                 cookie_threshold: Some(COOKIE_THRESHOLD),
                 half_open_limit: Some(HALF_OPEN_LIMIT),
+                // Dead peer detection as strongSwan's `dpd_delay = 30s`: a peer that went
+                // away is noticed (and a tunnel we start is set up again) without waiting
+                // for the next rekey.
+                dpd_delay: Some(DPD_DELAY),
                 ..EngineConfig::default()
             },
             initiate,

@@ -465,3 +465,36 @@ fn a_udp_flow_tracked_before_its_service_existed_is_translated_once_it_does() {
     let ip = ip4_of(&out[0].1);
     assert_eq!(ip.dst_addr(), v4(SERVER), "translated now");
 }
+
+/// An egress-isolated IPv6 pod still finds its gateway: neighbor discovery (multicast and
+/// link-local addresses, never forwarded to another pod) is not NetworkPolicy's to judge.
+#[test]
+fn an_egress_isolated_ipv6_pod_still_resolves_its_gateway() {
+    let pod = v6("2001:db8:1::2");
+    let router = v6("2001:db8:1::1");
+    let mut r = rig(PolicyTables {
+        acls: vec![acl("pod-out", &[("2001:db8:2::/64", None, (0, 65535))])],
+        pods: [(
+            pod.into(),
+            PodAcls {
+                ingress: None,
+                egress: Some(0),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    });
+    let group = v6("ff02::1:ff00:1");
+    let solicit = ns(pod, group, router, Some(CLIENT_MAC));
+    let out = r.send(
+        0,
+        &eth([0x33, 0x33, 0xff, 0, 0, 1], CLIENT_MAC, 0x86dd, &solicit),
+    );
+    assert_eq!(out.len(), 1, "the advertisement");
+    assert_eq!(
+        Ipv6Packet::new_checked(&out[0].1[14..]).unwrap().payload()[0],
+        136
+    );
+    assert_eq!(r.count("ip6-acl", "link_scoped"), 1);
+    assert_eq!(r.count("ip6-acl", "egress_denied"), 0);
+}

@@ -554,6 +554,50 @@ fn delete_and_dpd() {
     assert!(p.a.sas().is_empty() && p.b.sas().is_empty());
 }
 
+/// RFC 7296 section 2.4: with a DPD delay, a quiet peer is asked whether it is alive; an
+/// answer keeps the SA, and a peer gone for good makes it fail once the retransmissions run
+/// out (strongSwan's `dpd_delay`).
+#[test]
+fn quiet_peers_are_checked_and_dead_ones_detected() {
+    let ike = "aes128gcm16-prfsha256-x25519";
+    let config = EngineConfig {
+        dpd_delay: Some(Duration::from_secs(30)),
+        ..EngineConfig::default()
+    };
+    let mut p = Pair::with_configs(
+        peer("to-b", A, Some(B), ike, "aes128gcm16", b"k"),
+        peer("from-a", B, None, ike, "aes128gcm16", b"k"),
+        config.clone(),
+        EngineConfig::default(),
+    );
+    let id = p.connect();
+    let established = p.now;
+    assert!(p
+        .a
+        .next_timeout()
+        .is_some_and(|t| t <= established + Duration::from_secs(30)));
+    // Quiet for 29 s: nothing. At 30 s: an empty INFORMATIONAL, which B answers.
+    p.now = established + Duration::from_secs(29);
+    assert!(p.a.handle_timeout(p.now).is_empty());
+    p.now = established + Duration::from_secs(30);
+    let check = p.a.handle_timeout(p.now);
+    assert_eq!(p.a.counters().dpd_sent, 1);
+    p.run(check);
+    assert_eq!(p.a.state(id), Some(IkeState::Established));
+    assert!(failure(&p.events_a).is_none());
+    // Then B is gone: the next check goes unanswered and the SA fails.
+    let mut failed = None;
+    for second in 31..200 {
+        p.now = established + Duration::from_secs(second);
+        if let Some(f) = failure(&p.a.handle_timeout(p.now)) {
+            failed = Some(f);
+            break;
+        }
+    }
+    assert_eq!(failed, Some(Failure::Timeout));
+    assert_eq!(p.a.state(id), None);
+}
+
 #[test]
 fn half_open_sas_expire() {
     let mut p = pair("aes128gcm16-prfsha256-x25519", "aes128gcm16");
