@@ -212,9 +212,16 @@ void *sy_crypto_session_cbc_hmac(uint8_t dev_id, struct rte_mempool *mp, int enc
 
 void sy_crypto_mbuf_point(struct rte_mbuf *m, void *data, uint16_t len)
 {
+	/* The EAL's IOVA mode is fixed once it is up: asked once, not per operation (a call
+	 * into the EAL each time). Relaxed atomics: every thread computes the same value. */
+	static int iova_va = -1;
+	int va = __atomic_load_n(&iova_va, __ATOMIC_RELAXED);
+	if (va < 0) {
+		va = rte_eal_iova_mode() == RTE_IOVA_VA;
+		__atomic_store_n(&iova_va, va, __ATOMIC_RELAXED);
+	}
 	m->buf_addr = data;
-	rte_mbuf_iova_set(m, rte_eal_iova_mode() == RTE_IOVA_VA ? (rte_iova_t)(uintptr_t)data
-	                                                         : rte_mem_virt2iova(data));
+	rte_mbuf_iova_set(m, va ? (rte_iova_t)(uintptr_t)data : rte_mem_virt2iova(data));
 	m->buf_len = len;
 	m->data_off = 0;
 	m->data_len = len;
@@ -248,6 +255,16 @@ uint8_t *sy_crypto_op_aead(struct rte_crypto_op *op, void *sess, struct rte_mbuf
 	op->sym->aead.digest.data = rte_crypto_op_ctod_offset(op, uint8_t *, SY_DIGEST_OFFSET);
 	op->sym->aead.digest.phys_addr = rte_crypto_op_ctophys_offset(op, SY_DIGEST_OFFSET);
 	return op->sym->aead.digest.data;
+}
+
+void sy_crypto_op_aead_in_place(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
+                                uint32_t offset, uint32_t len, uint32_t digest_offset,
+                                const uint8_t *iv, uint16_t iv_len, const uint8_t *aad,
+                                uint16_t aad_len)
+{
+	sy_crypto_op_aead(op, sess, m, offset, len, iv, iv_len, aad, aad_len);
+	op->sym->aead.digest.data = rte_pktmbuf_mtod_offset(m, uint8_t *, digest_offset);
+	op->sym->aead.digest.phys_addr = rte_pktmbuf_iova_offset(m, digest_offset);
 }
 
 void sy_crypto_op_cipher(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,

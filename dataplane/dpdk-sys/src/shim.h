@@ -94,6 +94,13 @@ void sy_crypto_mbuf_point(struct rte_mbuf *m, void *data, uint16_t len);
 uint8_t *sy_crypto_op_aead(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
                            uint32_t offset, uint32_t len, const uint8_t *iv, uint16_t iv_len,
                            const uint8_t *aad, uint16_t aad_len);
+/* As sy_crypto_op_aead, but the digest lies in the mbuf, `digest_offset` bytes into its data
+ * (where the packet's tag goes, or already is): the device writes or reads the tag there, with
+ * no copy through the private area. */
+void sy_crypto_op_aead_in_place(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
+                                uint32_t offset, uint32_t len, uint32_t digest_offset,
+                                const uint8_t *iv, uint16_t iv_len, const uint8_t *aad,
+                                uint16_t aad_len);
 /* A chained cipher + HMAC operation: the cipher on `cipher_len` bytes at `cipher_offset`, the
  * HMAC on `auth_len` bytes at `auth_offset`. Returns the digest area. */
 uint8_t *sy_crypto_op_chain(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,

@@ -980,7 +980,9 @@ impl CryptoBackend for Cryptodev {
 /// Fills `dop` to run `op` in `session` on `mbuf`, which must hold `op.buf`'s bytes at its
 /// data start (a scratch mbuf pointed at them, or the packet's own mbuf); for an open,
 /// copies the expected tag or ICV into the digest area. Returns where the device leaves (or
-/// finds) the digest, or `None` when the operation's ranges do not lie inside its buffer.
+/// finds) the digest, null when that is in the packet (an AEAD's tag: written where it goes,
+/// read where it lies, no copy either way), or `None` when the operation's ranges do not lie
+/// inside its buffer.
 ///
 /// # Safety
 ///
@@ -994,11 +996,30 @@ unsafe fn fill_op(
 ) -> Option<*mut u8> {
     let p = &op.params;
     let icv_len = usize::from(p.icv_len).min(p.expected.len());
-    let ok = p.text.end <= op.buf.len()
-        && p.auth.end <= op.buf.len()
-        && (!p.seal || p.digest_at + icv_len <= op.buf.len());
+    let digest_fits = p.digest_at + icv_len <= op.buf.len();
+    let ok = p.text.end <= op.buf.len() && p.auth.end <= op.buf.len() && (!p.seal || digest_fits);
     if !ok {
         return None;
+    }
+    let aead = matches!(op.ctx, Some(SymCtx::Aead(_)));
+    if aead && (p.seal || p.tag_in_place) && digest_fits {
+        // SAFETY: as below; the digest range lies inside the bytes too, and the device
+        // writes (sealing) or reads (opening) the tag there.
+        unsafe {
+            sys::sy_crypto_op_aead_in_place(
+                dop,
+                session,
+                mbuf,
+                p.text.start as u32,
+                p.text.len() as u32,
+                p.digest_at as u32,
+                p.iv.as_ptr(),
+                12,
+                p.aad.as_ptr(),
+                u16::from(p.aad_len),
+            )
+        };
+        return Some(std::ptr::null_mut());
     }
     // SAFETY: the caller's promises, and every range lies inside the bytes; IV (≤ 16 bytes),
     // AAD (≤ 12) and digest (≤ 32) fit the op's private area as in `run`.
@@ -1035,7 +1056,8 @@ unsafe fn fill_op(
     Some(digest)
 }
 
-/// Puts a sealed operation's tag, as the device left it, into the packet.
+/// Puts a sealed operation's tag, as the device left it, into the packet (not needed when
+/// the device wrote it there: `fill_op` returned a null digest).
 fn copy_tag(buf: &mut [u8], params: &SymParams, tag: &[u8]) {
     if let Some(to) = buf.get_mut(params.digest_at..params.digest_at + tag.len()) {
         to.copy_from_slice(tag);
@@ -1285,7 +1307,7 @@ impl Device {
             } = f.state
             {
                 f.op.result = status_result(status);
-                if f.op.result.is_ok() && f.op.params.seal {
+                if f.op.result.is_ok() && f.op.params.seal && !digest.is_null() {
                     let p = &f.op.params;
                     let len = usize::from(p.icv_len).min(p.expected.len());
                     // SAFETY: the completed operation wrote len ≤ SY_CRYPTO_DIGEST_MAX bytes
@@ -1316,6 +1338,30 @@ impl AsyncCrypto<Mbuf> for Cryptodev {
     }
 }
 
+/// What the device session of a batch operation depends on: its context (by address), its
+/// direction and its AAD length.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SessionKey {
+    ctx: *const (),
+    seal: bool,
+    aad_len: u8,
+}
+
+impl SessionKey {
+    /// `None` for an empty slot.
+    fn of(op: &SymOp<'_>) -> Option<Self> {
+        let ctx = match op.ctx? {
+            SymCtx::Aead(aead) => aead as *const dyn Aead as *const (),
+            SymCtx::CbcHmac(ctx) => ctx as *const dyn CbcHmac as *const (),
+        };
+        Some(Self {
+            ctx,
+            seal: op.params.seal,
+            aad_len: op.params.aad_len,
+        })
+    }
+}
+
 /// How a batch operation maps onto the device.
 struct Placed {
     /// Index in the burst of the caller's operation.
@@ -1330,9 +1376,22 @@ impl Device {
     /// (a context of another backend or device, an AAD the sessions do not take, a buffer
     /// longer than an mbuf segment).
     fn session_for(self: &Arc<Self>, op: &SymOp<'_>) -> Option<*mut c_void> {
-        if op.buf.len() > usize::from(u16::MAX) || op.params.text.is_empty() {
+        if !Self::fits(op) {
             return None;
         }
+        self.context_session(op)
+    }
+
+    /// Whether the device can take `op`'s bytes: one mbuf segment, something to cipher.
+    fn fits(op: &SymOp<'_>) -> bool {
+        op.buf.len() <= usize::from(u16::MAX) && !op.params.text.is_empty()
+    }
+
+    /// The device session of `op`'s context for its direction and AAD ([`session_for`]
+    /// without the checks of the operation's own bytes).
+    ///
+    /// [`session_for`]: Self::session_for
+    fn context_session(self: &Arc<Self>, op: &SymOp<'_>) -> Option<*mut c_void> {
         match op.ctx? {
             SymCtx::Aead(aead) => {
                 let gcm = aead.as_any().downcast_ref::<DeviceGcm>()?;
@@ -1359,8 +1418,23 @@ impl Device {
         self.settle(&mut qp);
         let mut placed: [Option<Placed>; BURST] = [const { None }; BURST];
         let mut n = 0;
+        // A burst is mostly one SA's: the session found for an operation serves the next
+        // ones with the same context and direction without another look-up.
+        let mut last: Option<(SessionKey, *mut c_void)> = None;
         for (i, op) in burst.iter_mut().enumerate() {
-            let session = if qp.stuck { None } else { self.session_for(op) };
+            let session = if qp.stuck || !Self::fits(op) {
+                None
+            } else {
+                let key = SessionKey::of(op);
+                match last {
+                    Some((k, session)) if Some(k) == key => Some(session),
+                    _ => {
+                        let session = self.context_session(op);
+                        last = key.zip(session);
+                        session
+                    }
+                }
+            };
             let Some(session) = session else {
                 if op.ctx.is_some() {
                     self.in_software();
@@ -1431,9 +1505,11 @@ impl Device {
                 std::hint::spin_loop();
             }
         }
-        for p in placed.iter().flatten() {
+        for (k, p) in placed.iter().flatten().enumerate() {
             let op = &mut burst[p.slot];
-            let came_back = done[..back].contains(&p.op);
+            // The device answers in order: the k-th operation placed is nearly always the
+            // k-th dequeued, and the search is for the rare other case.
+            let came_back = (k < back && done[k] == p.op) || done[..back].contains(&p.op);
             let status = if came_back {
                 // SAFETY: a dequeued operation of ours.
                 (unsafe { sys::sy_crypto_op_status(p.op) }) as u32
@@ -1443,7 +1519,7 @@ impl Device {
             qp.completed += u64::from(came_back);
             op.result = status_result(status);
             qp.failed += u64::from(came_back && op.result.is_err());
-            if op.result.is_ok() && op.params.seal {
+            if op.result.is_ok() && op.params.seal && !p.digest.is_null() {
                 let len = usize::from(op.params.icv_len).min(op.params.expected.len());
                 // SAFETY: the completed operation wrote len ≤ SY_CRYPTO_DIGEST_MAX bytes
                 // there; fill_op checked the destination range.

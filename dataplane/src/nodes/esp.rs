@@ -767,7 +767,7 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
             return Err(EncryptNext::Handoff);
         }
         let outer = policy.outer;
-        let Some(mtu) = mtu_towards(cx.tables, outer.dst) else {
+        let Some(mtu) = mtu_towards(cx.tables, outer.dst()) else {
             cx.error(EspEncryptError::NoRoute);
             return Err(EncryptNext::Drop);
         };
@@ -892,7 +892,7 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
             // The inner packet allowed fragmentation: so does the outer one (RFC 4459's
             // post-encryption fragmentation; the peer reassembles).
             let data = pkt.buf.data_mut();
-            if outer.src.is_ipv4() && data.len() >= 20 {
+            if outer.src().is_ipv4() && data.len() >= 20 {
                 data[6] &= !0x40;
                 Ipv4Packet::new_unchecked(&mut data[..]).fill_checksum();
             }
@@ -905,13 +905,16 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
                 &pkt.meta,
                 format_args!(
                     "{} > {}: ESP spi {:08x} to {}",
-                    flow.src, flow.dst, policy.sa.spi, outer.dst
+                    flow.src,
+                    flow.dst,
+                    policy.sa.spi,
+                    outer.dst()
                 ),
             );
         }
         pkt.meta.local_origin = true;
         pkt.meta.decapsulated = false;
-        if outer.dst.is_ipv4() {
+        if outer.dst().is_ipv4() {
             EncryptNext::Lookup4
         } else {
             EncryptNext::Lookup6

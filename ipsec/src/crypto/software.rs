@@ -1,7 +1,10 @@
 //! The software backend: `ring` for AES-GCM and HMAC, `aws-lc-rs` for AES-CBC (which `ring`
 //! does not offer).
 
-use super::{Aead, AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, CryptoError, MacAlgorithm};
+use super::{
+    Aead, AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, CryptoError, MacAlgorithm,
+    PreparedAead,
+};
 use aws_lc_rs::cipher as lc;
 use ring::rand::SecureRandom;
 use subtle::ConstantTimeEq;
@@ -26,21 +29,37 @@ impl Default for SoftwareBackend {
     }
 }
 
-struct RingGcm {
+/// AES-GCM on `ring`: the software backend's [`Aead`], and the concrete key ESP holds when
+/// its SAs run in software ([`PreparedAead::Software`](super::PreparedAead)). Its
+/// [`seal`](Self::seal) and [`open`](Self::open) are inlined into their caller: the per-packet
+/// path then calls `ring` directly, with no dynamic dispatch and no tag copied through a
+/// temporary.
+pub struct SoftwareGcm {
     algorithm: AeadAlgorithm,
     key: ring::aead::LessSafeKey,
 }
 
-impl Aead for RingGcm {
-    fn algorithm(&self) -> AeadAlgorithm {
-        self.algorithm
+impl SoftwareGcm {
+    /// Prepares `key` (without the salt) for `algorithm`.
+    pub fn new(algorithm: AeadAlgorithm, key: &[u8]) -> Result<Self, CryptoError> {
+        if key.len() != algorithm.key_len() {
+            return Err(CryptoError::KeyLength);
+        }
+        let ring_algorithm = match algorithm {
+            AeadAlgorithm::Aes128Gcm16 => &ring::aead::AES_128_GCM,
+            AeadAlgorithm::Aes256Gcm16 => &ring::aead::AES_256_GCM,
+        };
+        let unbound =
+            ring::aead::UnboundKey::new(ring_algorithm, key).map_err(|_| CryptoError::KeyLength)?;
+        Ok(Self {
+            algorithm,
+            key: ring::aead::LessSafeKey::new(unbound),
+        })
     }
 
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn seal(
+    /// [`Aead::seal`], inlined.
+    #[inline(always)]
+    pub fn seal(
         &self,
         nonce: &[u8; 12],
         aad: &[u8],
@@ -52,11 +71,13 @@ impl Aead for RingGcm {
             .key
             .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(aad), in_out)
             .map_err(|_| CryptoError::BufferLength)?;
-        tag.copy_from_slice(out.as_ref());
+        *tag = *out.as_ref().first_chunk().ok_or(CryptoError::Backend)?;
         Ok(())
     }
 
-    fn open(
+    /// [`Aead::open`], inlined.
+    #[inline(always)]
+    pub fn open(
         &self,
         nonce: &[u8; 12],
         aad: &[u8],
@@ -74,6 +95,36 @@ impl Aead for RingGcm {
             )
             .map(|_| ())
             .map_err(|_| CryptoError::Authentication)
+    }
+}
+
+impl Aead for SoftwareGcm {
+    fn algorithm(&self) -> AeadAlgorithm {
+        self.algorithm
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn seal(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &mut [u8; AeadAlgorithm::TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        SoftwareGcm::seal(self, nonce, aad, in_out, tag)
+    }
+
+    fn open(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        in_out: &mut [u8],
+        tag: &[u8; AeadAlgorithm::TAG_LEN],
+    ) -> Result<(), CryptoError> {
+        SoftwareGcm::open(self, nonce, aad, in_out, tag)
     }
 }
 
@@ -158,19 +209,15 @@ impl CryptoBackend for SoftwareBackend {
     }
 
     fn aead(&self, algorithm: AeadAlgorithm, key: &[u8]) -> Result<Box<dyn Aead>, CryptoError> {
-        if key.len() != algorithm.key_len() {
-            return Err(CryptoError::KeyLength);
-        }
-        let ring_algorithm = match algorithm {
-            AeadAlgorithm::Aes128Gcm16 => &ring::aead::AES_128_GCM,
-            AeadAlgorithm::Aes256Gcm16 => &ring::aead::AES_256_GCM,
-        };
-        let unbound =
-            ring::aead::UnboundKey::new(ring_algorithm, key).map_err(|_| CryptoError::KeyLength)?;
-        Ok(Box::new(RingGcm {
-            algorithm,
-            key: ring::aead::LessSafeKey::new(unbound),
-        }))
+        Ok(Box::new(SoftwareGcm::new(algorithm, key)?))
+    }
+
+    fn prepared_aead(
+        &self,
+        algorithm: AeadAlgorithm,
+        key: &[u8],
+    ) -> Result<PreparedAead, CryptoError> {
+        SoftwareGcm::new(algorithm, key).map(PreparedAead::Software)
     }
 
     fn cbc_hmac(

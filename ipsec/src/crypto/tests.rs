@@ -194,3 +194,38 @@ fn secret_split() {
     assert_eq!(secret.expose(), &[3, 4, 5]);
     assert!(secret.take_prefix(4).is_none());
 }
+
+/// The software backend's prepared key, called without dynamic dispatch, seals and opens as
+/// its boxed [`Aead`] does (and as a backend without a concrete type, which gets the box).
+#[test]
+fn prepared_aead_matches_the_boxed_one() {
+    let backend = backend();
+    for (algorithm, key) in [
+        (AeadAlgorithm::Aes128Gcm16, vec![7u8; 16]),
+        (AeadAlgorithm::Aes256Gcm16, vec![9u8; 32]),
+    ] {
+        let prepared = backend.prepared_aead(algorithm, &key).unwrap();
+        assert!(matches!(prepared, PreparedAead::Software(_)));
+        assert_eq!(prepared.algorithm(), algorithm);
+        let boxed = PreparedAead::Backend(backend.aead(algorithm, &key).unwrap());
+        let nonce = [3u8; 12];
+        let aad = [1, 2, 3, 4, 5, 6, 7, 8];
+        let plain: Vec<u8> = (0..77u8).collect();
+        let (mut a, mut b) = (plain.clone(), plain.clone());
+        let (mut tag_a, mut tag_b) = ([0u8; 16], [0u8; 16]);
+        prepared.seal(&nonce, &aad, &mut a, &mut tag_a).unwrap();
+        boxed.seal(&nonce, &aad, &mut b, &mut tag_b).unwrap();
+        assert_eq!((&a, tag_a), (&b, tag_b));
+        prepared.open(&nonce, &aad, &mut a, &tag_a).unwrap();
+        assert_eq!(a, plain);
+        tag_b[0] ^= 1;
+        assert_eq!(
+            prepared.open(&nonce, &aad, &mut b, &tag_b),
+            Err(CryptoError::Authentication)
+        );
+        assert_eq!(
+            backend.prepared_aead(algorithm, &key[1..]).err(),
+            Some(CryptoError::KeyLength)
+        );
+    }
+}

@@ -3,7 +3,8 @@
 use super::replay::ReplayWindow;
 use super::EspError;
 use crate::crypto::{
-    Aead, AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, MacAlgorithm, SecretBytes, SymCtx,
+    AeadAlgorithm, CbcAlgorithm, CbcHmac, CryptoBackend, MacAlgorithm, PreparedAead, SecretBytes,
+    SymCtx,
 };
 use std::fmt;
 
@@ -130,8 +131,10 @@ pub struct SaCounters {
     pub lifetime_drops: u64,
 }
 
+// The GCM key inline (see `PreparedAead`): the SA is made once and never moved per packet.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum SaCrypto {
-    Gcm { aead: Box<dyn Aead>, salt: [u8; 4] },
+    Gcm { aead: PreparedAead, salt: [u8; 4] },
     CbcHmac(Box<dyn CbcHmac>),
 }
 
@@ -149,6 +152,14 @@ pub struct Sa {
     pub(crate) lifetime: Lifetime,
     pub(crate) created: Nanos,
     pub(crate) counters: SaCounters,
+    /// Outbound: the highest sequence number the SA may send (`u32::MAX`, or `u64::MAX`
+    /// with ESN), so that the per-packet check is one compare.
+    pub(crate) seq_limit: u64,
+    /// The hard limits as the per-packet check wants them ([`Sa::past_hard_limit`]): the
+    /// byte count and the time at which the SA expires, `u64::MAX` for no limit (a count of
+    /// 2^64 bytes or an uptime of 584 years is never reached).
+    pub(crate) hard_bytes: u64,
+    pub(crate) hard_deadline: Nanos,
 }
 
 impl fmt::Debug for Sa {
@@ -185,7 +196,9 @@ impl Sa {
                 let mut salt_bytes = [0u8; 4];
                 salt_bytes.copy_from_slice(salt);
                 SaCrypto::Gcm {
-                    aead: backend.aead(algorithm, key).map_err(EspError::Crypto)?,
+                    aead: backend
+                        .prepared_aead(algorithm, key)
+                        .map_err(EspError::Crypto)?,
                     salt: salt_bytes,
                 }
             }
@@ -206,6 +219,20 @@ impl Sa {
             lifetime: config.lifetime,
             created: now,
             counters: SaCounters::default(),
+            seq_limit: if config.esn {
+                u64::MAX
+            } else {
+                u64::from(u32::MAX)
+            },
+            hard_bytes: config.lifetime.hard_bytes.unwrap_or(u64::MAX),
+            // `age >= hard_time` with `age = now - created` (0 before `created`): the same
+            // as `now >= created + hard_time`, except that a limit of 0 has expired even
+            // before `created`.
+            hard_deadline: match config.lifetime.hard_time {
+                None => u64::MAX,
+                Some(0) => 0,
+                Some(limit) => now.saturating_add(limit),
+            },
         })
     }
 
@@ -218,7 +245,7 @@ impl Sa {
     #[inline]
     pub fn crypto_ctx(&self) -> SymCtx<'_> {
         match &self.crypto {
-            SaCrypto::Gcm { aead, .. } => SymCtx::Aead(aead.as_ref()),
+            SaCrypto::Gcm { aead, .. } => SymCtx::Aead(aead.as_dyn()),
             SaCrypto::CbcHmac(ctx) => SymCtx::CbcHmac(ctx.as_ref()),
         }
     }
@@ -270,11 +297,7 @@ impl Sa {
     /// per-packet check, without the soft limits.
     #[inline]
     pub fn past_hard_limit(&self, now: Nanos) -> bool {
-        let age = now.saturating_sub(self.created);
-        self.lifetime
-            .hard_bytes
-            .is_some_and(|limit| self.counters.bytes >= limit)
-            || self.lifetime.hard_time.is_some_and(|limit| age >= limit)
+        (self.counters.bytes >= self.hard_bytes) | (now >= self.hard_deadline)
     }
 
     /// Bytes added to the inner packet: ESP header, IV, worst-case padding, trailer, ICV

@@ -92,7 +92,7 @@ impl IpsecService {
             let c = p.stats.snapshot();
             tracing::info!(
                 spi = %format!("{:08x}", p.sa.spi),
-                to = %p.outer.dst,
+                to = %p.outer.dst(),
                 packets = c.packets,
                 bytes = c.bytes,
                 dropped = c.other_drops,

@@ -1,6 +1,6 @@
 use super::*;
 use crate::crypto::{AeadAlgorithm, CbcAlgorithm, MacAlgorithm, SecretBytes, SoftwareBackend};
-use crate::esp::{EspKeys, Lifetime, LifetimeState, ReplayError, SaConfig};
+use crate::esp::{EspKeys, EspSuite, Lifetime, LifetimeState, ReplayError, SaConfig};
 use proptest::prelude::*;
 
 const SUITES: [EspSuite; 6] = [
@@ -89,8 +89,8 @@ fn round_trip_every_suite_family_and_encapsulation() {
                     assert_eq!(&packet[result.inner.clone()], &inner[..], "{suite:?}");
                     assert_eq!(result.sequence, i as u64 + 1);
                     assert_eq!(result.spi, 0x1234_5678);
-                    assert_eq!(result.udp_src_port, outer.udp.map(|(s, _)| s));
-                    assert_eq!(result.outer_src, outer.src);
+                    assert_eq!(result.udp_src_port, outer.udp().map(|(s, _)| s));
+                    assert_eq!(result.outer_src, outer.src());
                     let expected_nh = if inner[0] >> 4 == 4 { 4 } else { 41 };
                     assert_eq!(result.next_header, expected_nh);
                 }
@@ -516,5 +516,240 @@ proptest! {
         prop_assert!(decapsulate(&mut inb, &mut mutated, 0).is_err());
         let mut good = good;
         prop_assert!(decapsulate(&mut inb, &mut good, 0).is_ok());
+    }
+}
+
+/// The outer header as it was built before the template: field by field, checksum summed
+/// over the whole header (the reference [`OuterHeader::write`] must agree with).
+fn outer_built_field_by_field(
+    src: IpAddr,
+    dst: IpAddr,
+    udp: Option<(u16, u16)>,
+    ttl: u8,
+    total: usize,
+    dscp: u8,
+) -> Vec<u8> {
+    let protocol = if udp.is_some() { 17 } else { ESP_PROTOCOL };
+    let mut h = match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut h = vec![0x45, dscp, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0];
+            h.extend_from_slice(&[ttl, protocol, 0, 0]);
+            h.extend_from_slice(&src.octets());
+            h.extend_from_slice(&dst.octets());
+            let sum = checksum(&[&h]);
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            h
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            let mut h = vec![0x60 | (dscp >> 4), dscp << 4, 0, 0];
+            h.extend_from_slice(&((total - 40) as u16).to_be_bytes());
+            h.extend_from_slice(&[protocol, ttl]);
+            h.extend_from_slice(&src.octets());
+            h.extend_from_slice(&dst.octets());
+            h
+        }
+        _ => panic!("families differ"),
+    };
+    if let Some((sport, dport)) = udp {
+        let udp_len = (total - h.len()) as u16;
+        h.extend_from_slice(&sport.to_be_bytes());
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&udp_len.to_be_bytes());
+        h.extend_from_slice(&[0, 0]);
+    }
+    h
+}
+
+/// The template, copied and patched (lengths, DSCP, the IPv4 checksum by incremental
+/// update), gives the same bytes as the header built field by field: for both families,
+/// with and without UDP, for any TTL, DSCP and length, and for addresses whose sums carry.
+#[test]
+fn outer_template_matches_the_header_built_field_by_field() {
+    let v4: [(&str, &str); 4] = [
+        ("203.0.113.1", "203.0.113.2"),
+        ("0.0.0.0", "0.0.0.1"),
+        ("255.255.255.255", "255.255.255.254"),
+        ("10.255.0.255", "192.168.255.1"),
+    ];
+    let v6: [(&str, &str); 3] = [
+        ("2001:db8::1", "2001:db8::2"),
+        ("::", "::1"),
+        ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "fe80::1"),
+    ];
+    let pairs: Vec<(IpAddr, IpAddr)> = v4
+        .iter()
+        .chain(v6.iter())
+        .map(|(s, d)| (s.parse().unwrap(), d.parse().unwrap()))
+        .collect();
+    let mut checked = 0;
+    for (src, dst) in pairs {
+        for udp in [
+            None,
+            Some((4500, 4500)),
+            Some((0xffff, 1)),
+            Some((40000, 4500)),
+        ] {
+            for ttl in [64, 1, 255] {
+                let mut outer = OuterHeader::new(src, dst).with_ttl(ttl);
+                if let Some((s, d)) = udp {
+                    outer = outer.with_udp(s, d);
+                }
+                assert_eq!(
+                    (outer.src(), outer.dst(), outer.udp(), outer.ttl()),
+                    (src, dst, udp, ttl)
+                );
+                for dscp in [0, 0x04, 0xb8, 0xfc] {
+                    for total in [outer.len() + 34, 100, 1500, 0x7fff, 0xfff0, 0xffff] {
+                        let expected = outer_built_field_by_field(src, dst, udp, ttl, total, dscp);
+                        assert_eq!(expected.len(), outer.len());
+                        let mut header = vec![0xaa; outer.len()];
+                        assert!(outer.write(&mut header, total, dscp));
+                        assert_eq!(header, expected, "{outer:?} total {total} dscp {dscp:#x}");
+                        if src.is_ipv4() {
+                            assert_eq!(checksum(&[&header[..20]]), 0);
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 7 * 4 * 3 * 4 * 6);
+    // Too short a buffer, or addresses of two families, write nothing.
+    let mut short = [0u8; 27];
+    assert!(!v4_outer().with_udp(4500, 4500).write(&mut short, 100, 0));
+    let mixed = OuterHeader::new(
+        "203.0.113.1".parse().unwrap(),
+        "2001:db8::1".parse().unwrap(),
+    );
+    assert!(!mixed.families_match());
+    assert!(!mixed.write(&mut [0u8; 64], 100, 0));
+}
+
+/// Headers are written from the template on both paths, and an outer header of two
+/// families is refused on both.
+#[test]
+fn encapsulation_refuses_mixed_families() {
+    let mixed = OuterHeader::new(
+        "203.0.113.1".parse().unwrap(),
+        "2001:db8::1".parse().unwrap(),
+    );
+    for suite in [SUITES[0], SUITES[2]] {
+        let (mut out, _) = pair(suite, false);
+        let inner = inner_v4(40);
+        let mut buf = vec![0u8; 64 + inner.len() + out.esp_overhead()];
+        buf[64..104].copy_from_slice(&inner);
+        assert_eq!(
+            encapsulate_in_place(&mut out, &mut buf, 64..104, &mixed, 0),
+            Err(EspError::FamilyMismatch)
+        );
+        assert!(matches!(
+            encapsulate_prepare(&mut out, &mut buf, 64..104, &mixed, 0),
+            Err(EspError::FamilyMismatch)
+        ));
+        assert_eq!(out.sequence(), 0, "no sequence number used");
+    }
+}
+
+/// The trailer comes from a table: for every padding length and both next headers it is
+/// the monotonic padding, the pad length and the next header, byte for byte.
+#[test]
+fn trailer_table_is_the_padding_the_pad_length_and_the_next_header() {
+    for next_header in [IPIP_PROTOCOL, IPV6_PROTOCOL] {
+        for pad_len in 0..16usize {
+            let mut expected: Vec<u8> = (1..=pad_len as u8).collect();
+            expected.push(pad_len as u8);
+            expected.push(next_header);
+            let t = trailer(pad_len, next_header);
+            let n = expected.len().min(16);
+            assert_eq!(&t[..n], &expected[..n], "pad {pad_len}");
+            assert_eq!(&t[n..], &PADDING[n..], "pad {pad_len}: the rest as PADDING");
+        }
+    }
+}
+
+/// Every padding length (inner packets of 20 to 35 bytes, and longer ones of each residue)
+/// through both suites and both paths: what goes on the wire decapsulates, and the one-packet
+/// and batch paths write the same bytes.
+#[test]
+fn every_padding_length_round_trips_on_both_paths() {
+    for suite in [SUITES[0], SUITES[1], SUITES[2]] {
+        for outer in [
+            v4_outer(),
+            v4_outer().with_udp(4500, 4500),
+            v6_outer(),
+            v6_outer().with_udp(40000, 4500),
+        ] {
+            let (mut out_a, mut inb) = pair(suite, false);
+            let (mut out_b, _) = pair(suite, false);
+            for len in (20..36).chain(1400..1416) {
+                let inner = if len < 1400 {
+                    inner_v4(len)
+                } else {
+                    inner_v6(len)
+                };
+                let head = outer.len() + 8 + suite.iv_len();
+                let mut a = vec![0u8; head + inner.len() + out_a.esp_overhead()];
+                a[head..head + inner.len()].copy_from_slice(&inner);
+                let mut b = a.clone();
+                let range_a =
+                    encapsulate_in_place(&mut out_a, &mut a, head..head + inner.len(), &outer, 0)
+                        .unwrap();
+                let (job, params) =
+                    encapsulate_prepare(&mut out_b, &mut b, head..head + inner.len(), &outer, 0)
+                        .unwrap();
+                let crypto = out_b.crypto_ctx().run_here(&params, &mut b);
+                let range_b = encapsulate_finish(&mut out_b, &job, &mut b, crypto).unwrap();
+                assert_eq!(range_a, range_b);
+                assert_eq!(
+                    &a[range_a.clone()],
+                    &b[range_b],
+                    "{suite:?} {outer:?} {len}"
+                );
+                let mut packet = a[range_a].to_vec();
+                let d = decapsulate(&mut inb, &mut packet, 0).unwrap();
+                assert_eq!(&packet[d.inner], &inner[..], "{suite:?} {outer:?} {len}");
+            }
+        }
+    }
+}
+
+/// The per-packet hard-limit check (precomputed limits) says what the lifetime state says,
+/// including a zero time limit, a clock before the SA's creation, and limits that would
+/// overflow.
+#[test]
+fn hard_limit_check_agrees_with_the_lifetime_state() {
+    let backend = SoftwareBackend::new();
+    let limits = [
+        None,
+        Some(0),
+        Some(1),
+        Some(1_000),
+        Some(u64::MAX - 5),
+        Some(u64::MAX),
+    ];
+    let times = [0, 1, 999, 1_000, 1_001, 5_000, u64::MAX - 10, u64::MAX - 1];
+    for hard_time in limits {
+        for hard_bytes in limits {
+            for created in [0, 1_000, u64::MAX - 7] {
+                let mut c = config(SUITES[0], false);
+                c.lifetime = Lifetime {
+                    hard_bytes,
+                    hard_time,
+                    ..Lifetime::default()
+                };
+                let mut sa = Sa::new(&backend, &c, Direction::Outbound, created).unwrap();
+                for bytes in [0, 1, 999, 1_000, u64::MAX - 6] {
+                    sa.counters.bytes = bytes;
+                    for now in times {
+                        assert_eq!(
+                            sa.past_hard_limit(now),
+                            sa.lifetime_state(now) == LifetimeState::Hard,
+                            "{hard_time:?} {hard_bytes:?} created {created} bytes {bytes} now {now}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
