@@ -890,11 +890,15 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
         pkt.buf.truncate(range.end - range.start);
         if range.end - range.start > usize::from(mtu) {
             // The inner packet allowed fragmentation: so does the outer one (RFC 4459's
-            // post-encryption fragmentation; the peer reassembles).
+            // post-encryption fragmentation; the peer reassembles), with an identification
+            // of its own (RFC 6864 4.1: a fragmentable datagram's must not repeat soon).
+            let ident = cx.state.next_fragment_ident() as u16;
             let data = pkt.buf.data_mut();
             if outer.src().is_ipv4() && data.len() >= 20 {
                 data[6] &= !0x40;
-                Ipv4Packet::new_unchecked(&mut data[..]).fill_checksum();
+                let mut ip = Ipv4Packet::new_unchecked(&mut data[..]);
+                ip.set_ident(ident);
+                ip.fill_checksum();
             }
         }
         SaStats::add(&policy.stats.packets, 1);

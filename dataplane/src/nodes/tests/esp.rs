@@ -461,6 +461,33 @@ fn too_big_for_the_tunnel_with_df_draws_frag_needed() {
     assert!(out[0].1.len() - 14 <= 1400);
 }
 
+/// RFC 4459 post-encryption fragmentation: an inner packet that may be fragmented but does
+/// not fit once encrypted leaves in outer fragments, and each outer datagram has an
+/// identification of its own (RFC 6864 4.1), so that the peer cannot mix their fragments.
+#[test]
+fn too_big_without_df_is_fragmented_after_encryption_with_fresh_identifications() {
+    let mut r = rig(GCM, true);
+    let inner = ipv4(
+        v4(CLIENT),
+        v4(REMOTE_HOST),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &icmp_echo(8, 1380 - 28),
+    );
+    let mut idents = Vec::new();
+    for _ in 0..2 {
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &inner));
+        assert_eq!(out.len(), 2, "two outer fragments");
+        let first = ip4_of(&out[0].1);
+        let second = ip4_of(&out[1].1);
+        assert!(first.more_fragments() && !second.more_fragments());
+        assert_eq!(first.ident(), second.ident());
+        idents.push(first.ident());
+    }
+    assert_ne!(idents[0], idents[1], "a new identification per datagram");
+}
+
 #[test]
 fn without_sas_the_ipsec_graph_routes_like_the_plain_one() {
     let mut r = Rig {
