@@ -2678,8 +2678,8 @@ impl Engine {
         now: Instant,
         actions: &mut Vec<Action>,
     ) {
-        let refuse = |engine: &mut Self, kind: u16, actions: &mut Vec<Action>| {
-            let n = Payload::Notify(Notify::new(kind, Vec::new()));
+        let answer = |engine: &mut Self, n: Notify, actions: &mut Vec<Action>| {
+            let n = Payload::Notify(n);
             engine.send_response(
                 id,
                 exchange::CREATE_CHILD_SA,
@@ -2687,6 +2687,9 @@ impl Engine {
                 &[n],
                 actions,
             );
+        };
+        let refuse = |engine: &mut Self, kind: u16, actions: &mut Vec<Action>| {
+            answer(engine, Notify::new(kind, Vec::new()), actions);
         };
         let Some(sa) = self.sas.get(&id) else { return };
         match sa.state {
@@ -2771,19 +2774,13 @@ impl Engine {
             let Some(child) = known else {
                 // Naming the SA it could not find: the protocol and the SPI (RFC 7296
                 // section 3.10).
-                let n = Payload::Notify(Notify {
+                let n = Notify {
                     protocol: proto,
                     spi: spi.to_be_bytes().to_vec(),
                     kind: notify::CHILD_SA_NOT_FOUND,
                     data: Vec::new(),
-                });
-                self.send_response(
-                    id,
-                    exchange::CREATE_CHILD_SA,
-                    header.message_id,
-                    &[n],
-                    actions,
-                );
+                };
+                answer(self, n, actions);
                 return;
             };
             // We replaced it already and are deleting it (RFC 7296 section 2.25).
@@ -2836,17 +2833,8 @@ impl Engine {
                 .find(|g| ours_allow(*g));
             match wanted {
                 Some(g) => {
-                    let n = Payload::Notify(Notify::new(
-                        notify::INVALID_KE_PAYLOAD,
-                        g.id().to_be_bytes().to_vec(),
-                    ));
-                    self.send_response(
-                        id,
-                        exchange::CREATE_CHILD_SA,
-                        header.message_id,
-                        &[n],
-                        actions,
-                    );
+                    let n = Notify::new(notify::INVALID_KE_PAYLOAD, g.id().to_be_bytes().to_vec());
+                    answer(self, n, actions);
                 }
                 None => refuse(self, notify::NO_PROPOSAL_CHOSEN, actions),
             }

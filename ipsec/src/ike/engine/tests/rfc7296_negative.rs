@@ -6,14 +6,14 @@
 use super::*;
 use crate::ike::wire::{FLAG_VERSION, HEADER_LEN};
 
-const IKE: &str = "aes128gcm16-prfsha256-x25519";
+pub(super) const IKE: &str = "aes128gcm16-prfsha256-x25519";
 const SPI_I: u64 = 0x0102_0304_0506_0708;
 
-fn addrs() -> (SocketAddr, SocketAddr) {
+pub(super) fn addrs() -> (SocketAddr, SocketAddr) {
     (A.parse().unwrap(), B.parse().unwrap())
 }
 
-fn sends(actions: &[Action]) -> Vec<Vec<u8>> {
+pub(super) fn sends(actions: &[Action]) -> Vec<Vec<u8>> {
     actions
         .iter()
         .filter_map(|a| match a {

@@ -1,23 +1,8 @@
 //! RFC 7296 negative cases found by a review of the engine against the RFC: each test names
 //! the requirement it checks.
 
+use super::rfc7296_negative::{addrs, sends, IKE};
 use super::*;
-
-const IKE: &str = "aes128gcm16-prfsha256-x25519";
-
-fn addrs() -> (SocketAddr, SocketAddr) {
-    (A.parse().unwrap(), B.parse().unwrap())
-}
-
-fn sends(actions: &[Action]) -> Vec<Vec<u8>> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send { bytes, .. } => Some(bytes.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 fn responder(config: EngineConfig) -> Engine {
     Engine::new(EngineConfig {
