@@ -1203,27 +1203,6 @@ fn check_decap(
     })
 }
 
-/// GCM (RFC 4106): fills in the nonce (the salt and the packet's explicit IV) and the AAD,
-/// and returns the AAD's length.
-#[inline(always)]
-fn gcm_decap_nonce(
-    spi: u32,
-    esn: bool,
-    salt: &[u8; 4],
-    packet: &[u8],
-    layout: &DecapLayout,
-    nonce: &mut [u8; 12],
-    aad: &mut [u8; 12],
-) -> Result<u8, EspError> {
-    let iv = packet
-        .get(layout.esp_at + ESP_HEADER_LEN..)
-        .and_then(|b| b.first_chunk::<8>())
-        .ok_or(EspError::Truncated)?;
-    nonce[..4].copy_from_slice(salt);
-    nonce[4..].copy_from_slice(iv);
-    Ok(gcm_aad(aad, spi, layout.sequence, esn))
-}
-
 /// AES-CBC with HMAC: what the crypto must do. With ESN the high half of the sequence
 /// number goes where the ICV was (saved aside first), so the HMAC reads one range.
 fn cbc_decap_params(
@@ -1266,42 +1245,63 @@ fn prepare_with(
     seq_low: u32,
     now: Nanos,
 ) -> Result<(DecapPending, SymParams), EspError> {
-    let lengths = match &sa.crypto {
-        SaCrypto::Gcm { .. } => GCM_LENGTHS,
-        SaCrypto::CbcHmac(ctx) => cbc_lengths(&**ctx),
-    };
-    let layout = check_decap(sa, outer, seq_low, now, lengths)?;
-    let params = match &sa.crypto {
-        SaCrypto::Gcm { salt, .. } => {
-            let mut params = SymParams {
-                seal: false,
-                text: layout.ct_at..layout.ct_end,
-                digest_at: layout.ct_end,
-                tag_in_place: true,
-                icv_len: TAG_LEN as u8,
-                ..SymParams::default()
-            };
-            let mut nonce = [0u8; 12];
-            params.aad_len = gcm_decap_nonce(
-                spi,
-                sa.esn,
-                salt,
-                packet,
-                &layout,
-                &mut nonce,
-                &mut params.aad,
-            )?;
-            params.iv[..12].copy_from_slice(&nonce);
-            params.expected[..TAG_LEN].copy_from_slice(
-                packet
-                    .get(layout.ct_end..)
-                    .and_then(|b| b.first_chunk::<TAG_LEN>())
-                    .ok_or(EspError::Truncated)?,
-            );
-            params
+    match &sa.crypto {
+        SaCrypto::Gcm { salt, .. } => prepare_gcm(sa, salt, packet, outer, spi, seq_low, now),
+        SaCrypto::CbcHmac(ctx) => {
+            let layout = check_decap(sa, outer, seq_low, now, cbc_lengths(&**ctx))?;
+            let params = cbc_decap_params(sa.esn, packet, &layout)?;
+            Ok((layout.pending(spi, outer), params))
         }
-        SaCrypto::CbcHmac(_) => cbc_decap_params(sa.esn, packet, &layout)?,
+    }
+}
+
+/// [`prepare_with`] for AES-GCM (RFC 4106), reading the packet as [`decap_gcm`] does: the
+/// ESP header and the IV as one 16-byte chunk, the tag as another. The nonce and the AAD
+/// are made as whole values ([`GcmNonce`], whose last 4 bytes are zero, fills the 16-byte IV
+/// field in one store; [`GcmAad`] without ESN is one 8-byte store), for the reason given at
+/// [`GcmNonce`]: built piecewise in a scratch array and copied over, as they were, the
+/// wider loads that copy them (here, then into the device's operation) spanned two stores.
+#[inline(always)]
+fn prepare_gcm(
+    sa: &Sa,
+    salt: &[u8; 4],
+    packet: &[u8],
+    outer: &OuterParsed,
+    spi: u32,
+    seq_low: u32,
+    now: Nanos,
+) -> Result<(DecapPending, SymParams), EspError> {
+    let layout = check_decap(sa, outer, seq_low, now, GCM_LENGTHS)?;
+    let head = packet
+        .get(layout.esp_at..)
+        .and_then(|h| h.first_chunk::<{ ESP_HEADER_LEN + AeadAlgorithm::IV_LEN }>())
+        .ok_or(EspError::Truncated)?;
+    let tag = packet
+        .get(layout.ct_end..)
+        .and_then(|t| t.first_chunk::<TAG_LEN>())
+        .ok_or(EspError::Truncated)?;
+    let [.., i0, i1, i2, i3, i4, i5, i6, i7] = *head;
+    let GcmNonce(iv) = GcmNonce::new(salt, [i0, i1, i2, i3, i4, i5, i6, i7]);
+    let mut params = SymParams {
+        seal: false,
+        iv,
+        text: layout.ct_at..layout.ct_end,
+        digest_at: layout.ct_end,
+        tag_in_place: true,
+        icv_len: TAG_LEN as u8,
+        ..SymParams::default()
     };
+    params.aad_len = match GcmAad::new(spi, layout.sequence, sa.esn) {
+        GcmAad::Plain(aad) => {
+            params.aad[..8].copy_from_slice(&aad);
+            8
+        }
+        GcmAad::Esn(aad) => {
+            params.aad = aad;
+            12
+        }
+    };
+    params.expected[..TAG_LEN].copy_from_slice(tag);
     Ok((layout.pending(spi, outer), params))
 }
 
