@@ -44,14 +44,16 @@ fn ciphers() -> &'static Ciphers {
     })
 }
 
-/// No SK or SKF payload: what `Message::emit` can write back (an encrypted payload's bytes
-/// stay in the message it came in).
+/// What `Message::emit` can write back as it came: no SK or SKF payload (an encrypted
+/// payload's bytes stay in the message it came in), and no transform with attributes we do
+/// not understand (only the fact is kept, to refuse the transform).
 fn cleartext(payloads: &[Payload]) -> bool {
-    !payloads.iter().any(|p| {
-        matches!(
-            p,
-            Payload::Encrypted { .. } | Payload::EncryptedFragment { .. }
-        )
+    !payloads.iter().any(|p| match p {
+        Payload::Encrypted { .. } | Payload::EncryptedFragment { .. } => true,
+        Payload::Sa(proposals) => proposals
+            .iter()
+            .any(|pr| pr.transforms.iter().any(|t| t.unknown_attributes)),
+        _ => false,
     })
 }
 
@@ -99,7 +101,8 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => {
             // The same bytes as the plaintext of an SK payload (no header).
             if let [first, rest @ ..] = data {
-                if let Ok(payloads) = wire::parse_payloads(*first, rest) {
+                let parsed = wire::parse_payloads(*first, rest);
+                if let Some(payloads) = parsed.ok().filter(|p| cleartext(p)) {
                     let again = wire::emit_payloads(&payloads, wire::payload_type::NONE);
                     let back =
                         wire::parse_payloads(payloads.first().map_or(0, Payload::kind), &again)
