@@ -167,7 +167,7 @@ fn recent_slot(port: u16, ip: &IpAddr) -> usize {
 struct LastAnswer {
     key: (u16, IpAddr),
     mac: [u8; 6],
-    /// Until when the answer stays [`Resolution::Known`] without a refresh.
+    /// Until when the neighbor stays REACHABLE, the answer good without a look at its entry.
     fresh_until: Nanos,
     generation: u64,
 }

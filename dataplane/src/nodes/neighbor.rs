@@ -118,7 +118,7 @@ fn ethernet_header(dst: [u8; 6], src: [u8; 6], ethertype: EtherType) -> [u8; ETH
 /// `neighbor-output` would put on: from this vector's `recent` headers, or built from the
 /// neighbor table's [`known`](crate::worker::NeighborTable::known) answer. False, the packet
 /// untouched, for everything else, which `neighbor-output` then handles: a next hop to resolve
-/// or refresh, the limited broadcast, a traced packet (its trace names the neighbor there), no
+/// or a stale one (whose use starts its DELAY), the limited broadcast, a traced packet (its trace names the neighbor there), no
 /// headroom.
 #[inline]
 pub(super) fn put_known_header<B: PacketBuffer>(
