@@ -71,8 +71,12 @@ pub struct Meta {
     pub local_origin: bool,
     /// The packet arrived in a link-layer broadcast or multicast frame.
     pub l2_multicast: bool,
-    /// The packet came out of a tunnel this node terminated (GRE, IP-in-IP).
+    /// The packet came out of a tunnel this node terminated (GRE, IP-in-IP, ESP).
     pub decapsulated: bool,
+    /// The packet came out of an ESP tunnel this node terminated, and its inner header was
+    /// checked against its SA's selectors: the inbound check of cleartext against the SAs'
+    /// selectors (RFC 4301 5.2) lets it pass, as it does not what other tunnels carried.
+    pub esp_decrypted: bool,
     /// The connection-tracking entry the packet belongs to, when the NAT node found or made
     /// one.
     pub conn: Option<crate::conntrack::EntryId>,

@@ -12,15 +12,34 @@
 //!
 //! The encrypt node looks the forwarded packet up in the SPD ([`IpsecTables::outbound_for`]);
 //! a match goes into the tunnel: the inner TTL is decremented here (the tunnel is a hop), the
-//! outer header is built in the headroom and the padding and ICV in the tailroom, and the
+//! outer header is built in the headroom and the padding and ICV in the tailroom (the outer
+//! traffic class copies the inner one, ECN included: RFC 6040's normal mode), and the
 //! outer packet is routed again as this node's own (`local_origin`). IKE (UDP 500 and 4500)
 //! and ESP always bypass the SPD, so the outer packet passes on its second visit.
 //!
 //! The decrypt node takes ESP addressed to this node, raw (protocol 50) or in UDP to 4500
 //! with a non-zero first word (zero is the non-ESP marker of IKE, which goes on to
 //! `ip4-local` and the host stack), finds the SA by SPI, checks the replay window and the
-//! ICV, decrypts in place, checks the inner packet against the SA's selectors, and sends it
-//! to the input node of its family as `decapsulated`.
+//! ICV, decrypts in place, checks the inner packet against the SA's selectors, carries a
+//! congestion mark of the outer header into it ([`super::tunnel::apply_outer_ecn`], RFC 6040
+//! 4.2), and sends it to the input node of its family as `decapsulated` and `esp_decrypted`.
+//! ESP comes in fragments when the peer (or a router) fragmented it after encryption (an
+//! inner packet that may be fragmented and does not fit once encrypted; this node's encrypt
+//! node does so too): RFC 4303 3.4.1 reassembles before ESP processing, so the decrypt node
+//! reassembles fragments of raw ESP for this node, and of UDP for the tunnel end of one of
+//! its SAs (a non-first fragment does not say its port), in the worker's reassembly table
+//! ([`crate::reassembly`], the one `ip{4,6}-local` uses), puts the whole datagram back in
+//! the buffer of the fragment that completed it, and decrypts that. A datagram larger than
+//! a buffer is dropped; reassembled UDP that is not ESP (IKE, say) goes on to the local
+//! node, fragmented again at the link's MTU if need be.
+//!
+//! RFC 4301 5.2 (step 3b) has cleartext that an inbound SA's selectors cover dropped: it
+//! should have come through the SA. Both nodes check what they pass on in the clear (the
+//! encrypt node forwarded packets that match no outbound policy, the decrypt node what is
+//! for one of this node's addresses and is not ESP), unless it came out of ESP
+//! (`esp_decrypted`) or is this node's own; IKE and ESP themselves, ICMP errors about
+//! them, neighbor discovery and link-scope traffic are let through whatever the selectors.
+//! Without IPsec tables neither node looks at a packet.
 //!
 //! Each node keeps the per-worker state of the SAs (prepared ciphers, sequence numbers,
 //! replay windows) by SPI. An SA's state is made on its first packet (the one allocation,
@@ -44,15 +63,18 @@ use switchyard_ipsec::esp::{self, Direction, EspError, ReplayError, Sa};
 use crate::async_crypto::{AsyncCrypto, AsyncOp};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, NextIndex, Node, Packet, DROP, HANDOFF, PARK};
-use crate::ipsec_tables::{FlowSelector, IpsecTables, SaStats};
+use crate::graph::{Context, Meta, NextIndex, Node, Packet, DROP, HANDOFF, PARK};
+use crate::ipsec_tables::{selector_matches, FlowSelector, IpsecTables, SaStats};
 use crate::tables::Tables;
 use crate::wire::Ipv4Packet;
 use crate::{family_node_info, node_errors};
 
+const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
+const PROTO_FRAGMENT: u8 = 44;
 const PROTO_ESP: u8 = 50;
+const PROTO_ICMPV6: u8 = 58;
 const PROTO_SCTP: u8 = 132;
 const IKE_PORT: u16 = 500;
 const NAT_T_PORT: u16 = 4500;
@@ -69,6 +91,7 @@ node_errors! {
         SequenceExhausted = ("sequence_exhausted", "SA out of sequence numbers (needs a rekey): dropped"),
         Expired = ("expired", "SA past its hard lifetime: dropped"),
         Failed = ("failed", "encryption failed: dropped"),
+        CleartextProtected = ("cleartext_protected", "came in the clear, but an inbound SA's selectors cover it: dropped (RFC 4301 5.2)"),
     }
 }
 
@@ -81,10 +104,17 @@ node_errors! {
         IcvFailed = ("icv_failed", "integrity check failed: dropped"),
         PolicyMismatch = ("policy_mismatch", "inner packet outside the SA's selectors: dropped"),
         Malformed = ("malformed", "truncated or malformed ESP, bad padding: dropped"),
-        Fragment = ("fragment", "fragmented ESP (not reassembled here): dropped"),
+        FragmentQueued = ("fragment_queued", "fragments of ESP (or of UDP to a tunnel end) held for reassembly"),
+        FragmentDropped = ("fragment_dropped", "fragments dropped by reassembly: overlapping, too big, or too many datagrams in reassembly"),
+        Reassembled = ("reassembled", "datagrams reassembled from fragments (RFC 4303 3.4.1)"),
+        ReassembledTooBig = ("reassembled_too_big", "reassembled ESP larger than a packet buffer: dropped"),
+        ReassembledNotEsp = ("reassembled_not_esp", "reassembled UDP that is not ESP (IKE, say): on to the local node"),
+        NoBuffer = ("no_buffer", "no buffer to pass a reassembled datagram on in: dropped"),
         Dummy = ("dummy", "dummy packets (next header 59): dropped"),
         Expired = ("expired", "SA past its hard lifetime: dropped"),
         SaSetup = ("sa_setup", "the SA's keys could not be prepared: dropped"),
+        EcnDrop = ("ecn_drop", "outer header marked Congestion Experienced around an inner packet that is not ECN-capable: dropped (RFC 6040 4.2)"),
+        CleartextProtected = ("cleartext_protected", "came in the clear, but an inbound SA's selectors cover it: dropped (RFC 4301 5.2)"),
     }
 }
 
@@ -651,6 +681,212 @@ fn bypasses_spd(flow: &FlowSelector) -> bool {
                 .any(|p| flow.src_port == *p || flow.dst_port == *p))
 }
 
+/// RFC 4301 5.2 (step 3b; 5.1's inbound SPD check): true when a packet that comes in the
+/// clear is one an inbound SA's selectors cover (its source among the peer's, its
+/// destination among ours), which should have come through that SA and is to be dropped;
+/// else anyone could send, around the tunnel, traffic the tunnel is there to protect.
+/// What came out of ESP (checked against its own SA's selectors on the way out of it) and
+/// this node's own packets are not inbound cleartext; nor is traffic exempt from the SPD
+/// ([`spd_exempt`], looked at only when selectors cover a packet). `payload` is the packet
+/// (or the reassembled payload) whose transport header starts at `l4`. Callers run it only
+/// with IPsec tables, so the plain router never pays for it.
+#[inline]
+fn cleartext_protected(
+    ipsec: &IpsecTables,
+    meta: &Meta,
+    flow: &FlowSelector,
+    payload: &[u8],
+    l4: usize,
+) -> bool {
+    if meta.esp_decrypted || meta.local_origin {
+        return false;
+    }
+    let covered = ipsec.inbound.iter().any(|sa| {
+        sa.remote_ts
+            .iter()
+            .any(|ts| selector_matches(ts, flow.src, flow.proto, flow.src_port))
+            && sa
+                .local_ts
+                .iter()
+                .any(|ts| selector_matches(ts, flow.dst, flow.proto, flow.dst_port))
+    });
+    covered && !spd_exempt(flow, payload, l4)
+}
+
+/// Cleartext let in even where inbound selectors cover it (a road warrior's 0.0.0.0/0 and
+/// ::/0 cover everything): IKE and ESP themselves ([`bypasses_spd`], RFC 4301 5.1); ICMP
+/// errors about them (RFC 4301 6.1.1 leaves unprotected errors to local policy; these come
+/// from routers on the tunnel's path and carry its path MTU, section 8.2); IPv6 neighbor
+/// and router discovery (RFC 4861: never leaves the link, and without it the link fails);
+/// and link-scope, multicast and broadcast traffic, which no tunnel carries.
+#[cold]
+#[inline(never)]
+fn spd_exempt(flow: &FlowSelector, payload: &[u8], l4: usize) -> bool {
+    if bypasses_spd(flow) {
+        return true;
+    }
+    let link_scope = match (flow.src, flow.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            s.is_link_local() || d.is_link_local() || d.is_multicast() || d.is_broadcast()
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let link_local = |a: Ipv6Addr| a.segments()[0] & 0xffc0 == 0xfe80;
+            d.is_multicast() || link_local(s) || link_local(d)
+        }
+        _ => false,
+    };
+    if link_scope {
+        return true;
+    }
+    let Some(&kind) = payload.get(l4) else {
+        return false;
+    };
+    // The quoted packet follows the 8-byte ICMP header.
+    let about_bypass = || {
+        payload
+            .get(l4 + 8..)
+            .and_then(flow_of)
+            .is_some_and(|(quoted, _, _)| bypasses_spd(&quoted))
+    };
+    match flow.proto {
+        // Router solicitation and advertisement, neighbor solicitation and advertisement,
+        // redirect.
+        PROTO_ICMPV6 if (133..=137).contains(&kind) => true,
+        // Destination unreachable, packet too big, time exceeded, parameter problem.
+        PROTO_ICMPV6 if (1..=4).contains(&kind) => about_bypass(),
+        // Destination unreachable, source quench, time exceeded, parameter problem.
+        PROTO_ICMP if matches!(kind, 3 | 4 | 11 | 12) => about_bypass(),
+        _ => false,
+    }
+}
+
+/// Traces a packet [`cleartext_protected`] refused.
+#[cold]
+fn refuse_cleartext<B>(cx: &mut Context<'_, B>, meta: &Meta, flow: &FlowSelector) {
+    if meta.trace != 0 {
+        cx.trace(
+            meta,
+            format_args!(
+                "{} > {}: in the clear, but an inbound SA covers it: dropped",
+                flow.src, flow.dst
+            ),
+        );
+    }
+}
+
+/// RFC 4303 3.4.1: ESP is reassembled before it is processed. Adds the fragment of `pkt` (its
+/// IPv6 fragment header at `at`) to the worker's reassembly; with its datagram whole, puts
+/// that back in `pkt`'s buffer and returns where its ESP header starts, or passes on to the
+/// local node what turns out not to be ESP. Every other outcome is a drop: held (counted as
+/// queued) or refused.
+#[cold]
+#[inline(never)]
+fn reassemble<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    ipsec: &IpsecTables,
+    pkt: &mut Packet<B>,
+    at: usize,
+) -> Result<usize, DecryptNext> {
+    let data = pkt.buf.data();
+    let v6 = data.first().is_some_and(|b| b >> 4 == 6);
+    // A fragment RFC 8200 4.5 has answered with a parameter problem: `ip6-local`'s to answer.
+    if v6 && super::ip6::fragment_problem(data, at).is_some() {
+        return Err(DecryptNext::Local);
+    }
+    let outcome = if v6 {
+        super::local_frag::add_v6(cx, data, at)
+    } else {
+        super::local_frag::add_v4(cx, data)
+    };
+    let whole = match outcome {
+        super::local_frag::Reassembled::Queued => {
+            cx.error(EspDecryptError::FragmentQueued);
+            return Err(DecryptNext::Drop);
+        }
+        super::local_frag::Reassembled::Dropped => {
+            cx.error(EspDecryptError::FragmentDropped);
+            return Err(DecryptNext::Drop);
+        }
+        super::local_frag::Reassembled::Whole(whole) => whole,
+    };
+    cx.error(EspDecryptError::Reassembled);
+    let hlen = whole.header.len();
+    let proto = match whole.header.get(if v6 { 6 } else { 9 }) {
+        Some(&p) => p,
+        None => {
+            cx.error(EspDecryptError::Malformed);
+            return Err(DecryptNext::Drop);
+        }
+    };
+    let payload = &whole.payload;
+    let esp_at = match proto {
+        PROTO_ESP => hlen,
+        PROTO_UDP => {
+            let port = |at: usize| {
+                payload
+                    .get(at..at + 2)
+                    .map(|p| u16::from_be_bytes([p[0], p[1]]))
+            };
+            let esp = payload.get(8..).unwrap_or_default();
+            if port(2) == Some(NAT_T_PORT) && esp.len() >= 8 && esp[..4] != [0, 0, 0, 0] {
+                hlen + 8
+            } else {
+                return Err(pass_on(cx, ipsec, pkt, &whole, port(0), port(2)));
+            }
+        }
+        _ => {
+            cx.error(EspDecryptError::Malformed);
+            return Err(DecryptNext::Drop);
+        }
+    };
+    if !super::local_frag::rebuild_whole(pkt, &whole) {
+        cx.error(EspDecryptError::ReassembledTooBig);
+        return Err(DecryptNext::Drop);
+    }
+    if pkt.meta.trace != 0 {
+        cx.trace(
+            &pkt.meta,
+            format_args!("ESP reassembled from fragments: {} bytes", pkt.buf.len()),
+        );
+    }
+    Ok(esp_at)
+}
+
+/// A reassembled UDP datagram that is not ESP (IKE, whose messages may be fragmented): on to
+/// the local node, as the cleartext it is ([`cleartext_protected`]), whole or fragmented
+/// again ([`super::local_frag::pass_on`]).
+fn pass_on<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    ipsec: &IpsecTables,
+    pkt: &mut Packet<B>,
+    whole: &super::local_frag::Whole,
+    src_port: Option<u16>,
+    dst_port: Option<u16>,
+) -> DecryptNext {
+    let Some((src, dst)) = flow_of(&whole.header).map(|(f, _, _)| (f.src, f.dst)) else {
+        cx.error(EspDecryptError::Malformed);
+        return DecryptNext::Drop;
+    };
+    let flow = FlowSelector {
+        src,
+        dst,
+        proto: PROTO_UDP,
+        src_port: src_port.unwrap_or(0),
+        dst_port: dst_port.unwrap_or(0),
+    };
+    if cleartext_protected(ipsec, &pkt.meta, &flow, &whole.payload, 0) {
+        refuse_cleartext(cx, &pkt.meta, &flow);
+        cx.error(EspDecryptError::CleartextProtected);
+        return DecryptNext::Drop;
+    }
+    cx.error(EspDecryptError::ReassembledNotEsp);
+    if !super::local_frag::pass_on(cx, pkt, whole, DecryptNext::Local as NextIndex) {
+        cx.error(EspDecryptError::NoBuffer);
+        return DecryptNext::Drop;
+    }
+    DecryptNext::Local
+}
+
 /// The MTU of the link towards `dst`.
 fn mtu_towards(tables: &Tables, dst: IpAddr) -> Option<u16> {
     let port = match tables.fib.lookup(dst)? {
@@ -713,7 +949,8 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
             return;
         };
         self.cache.follow(&ipsec, true);
-        if ipsec.outbound.is_empty() {
+        // Inbound SAs alone still have cleartext checked against their selectors.
+        if ipsec.is_empty() {
             next.fill(EncryptNext::Rewrite as NextIndex);
             return;
         }
@@ -752,13 +989,18 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
     ) -> Result<Pending<EncryptWork>, EncryptNext> {
-        let Some((flow, _, _)) = flow_of(pkt.buf.data()) else {
+        let Some((flow, l4, _)) = flow_of(pkt.buf.data()) else {
             return Err(EncryptNext::Rewrite);
         };
         if bypasses_spd(&flow) {
             return Err(EncryptNext::Rewrite);
         }
         let Some(policy_index) = ipsec.outbound_index_for(&flow) else {
+            if cleartext_protected(ipsec, &pkt.meta, &flow, pkt.buf.data(), l4) {
+                refuse_cleartext(cx, &pkt.meta, &flow);
+                cx.error(EspEncryptError::CleartextProtected);
+                return Err(EncryptNext::Drop);
+            }
             return Err(EncryptNext::Rewrite);
         };
         let policy = &ipsec.outbound[policy_index];
@@ -918,6 +1160,7 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
         }
         pkt.meta.local_origin = true;
         pkt.meta.decapsulated = false;
+        pkt.meta.esp_decrypted = false;
         if outer.dst().is_ipv4() {
             EncryptNext::Lookup4
         } else {
@@ -987,32 +1230,76 @@ fn refuse_inbound<B: PacketBuffer>(
     DecryptNext::Drop
 }
 
-/// Where the ESP header starts, if the packet is ESP addressed to this node (raw, or in UDP
-/// to the NAT-T port and not behind the non-ESP marker); and whether it is a fragment.
-fn esp_offset(tables: &Tables, data: &[u8]) -> Option<(usize, bool)> {
-    let (flow, l4, first_fragment) = flow_of(data)?;
+/// What the decrypt node makes of a packet the lookup found to be for this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inbound {
+    /// ESP, its header at this offset.
+    Esp(usize),
+    /// A fragment of raw ESP, or of UDP to the tunnel end of an SA (it may be ESP): to be
+    /// reassembled first (RFC 4303 3.4.1). IPv6: its fragment header at this offset.
+    Fragment(usize),
+    /// Anything else for one of this node's unicast addresses, with its payload offset: the
+    /// local node's, once checked against the inbound SAs' selectors.
+    Clear(FlowSelector, usize),
+    /// Not for one of this node's unicast addresses, or not a well-formed packet: the local
+    /// node's as it is.
+    Other,
+}
+
+/// Sorts a packet for this node ([`Inbound`]). ESP is told by its protocol, or, in UDP, by
+/// the NAT-T port and a first word that is not the non-ESP marker (IKE: the host's; so are
+/// one-byte keepalives).
+fn classify(tables: &Tables, ipsec: &IpsecTables, data: &[u8]) -> Inbound {
+    let Some((flow, l4, first_fragment)) = flow_of(data) else {
+        return Inbound::Other;
+    };
     let local = match flow.dst {
         IpAddr::V4(a) => tables.is_local_ipv4(a),
         IpAddr::V6(a) => tables.is_local_ipv6(a),
     };
     if !local {
-        return None;
+        return Inbound::Other;
     }
-    let fragment = match flow.src {
-        IpAddr::V4(_) => {
-            !first_fragment || data.get(6).is_some_and(|b| b & 0x20 != 0) // MF
+    match flow.src {
+        IpAddr::V4(_) if !first_fragment || data.get(6).is_some_and(|b| b & 0x20 != 0) => {
+            return fragment_kind(ipsec, &flow, flow.proto, 0, l4);
         }
-        IpAddr::V6(_) => false,
-    };
+        IpAddr::V6(_) if flow.proto == PROTO_FRAGMENT => {
+            // The fragment header right after the fixed one names the protocol of the
+            // fragmentable part (fragments behind other extension headers are left to
+            // `ip6-local`, as ESP behind them is).
+            return match data.get(l4) {
+                Some(&next) => fragment_kind(ipsec, &flow, next, l4, l4),
+                None => Inbound::Other,
+            };
+        }
+        _ => {}
+    }
     match flow.proto {
-        PROTO_ESP => Some((l4, fragment)),
-        PROTO_UDP if fragment => None, // the host reassembles IKE; ESP in fragments: see below
-        PROTO_UDP if flow.dst_port == NAT_T_PORT => {
-            let esp = data.get(l4 + 8..)?;
-            // The non-ESP marker (IKE) and one-byte keepalives are the host's.
-            (esp.len() >= 8 && esp[..4] != [0, 0, 0, 0]).then_some((l4 + 8, false))
-        }
-        _ => None,
+        PROTO_ESP => Inbound::Esp(l4),
+        PROTO_UDP if flow.dst_port == NAT_T_PORT => match data.get(l4 + 8..) {
+            Some(esp) if esp.len() >= 8 && esp[..4] != [0, 0, 0, 0] => Inbound::Esp(l4 + 8),
+            _ => Inbound::Clear(flow, l4),
+        },
+        _ => Inbound::Clear(flow, l4),
+    }
+}
+
+/// [`classify`] for a fragment of protocol `proto` (its fragment header at `at`, IPv6): one
+/// to reassemble when it may be ESP, else one for the local node (checked as cleartext).
+#[cold]
+fn fragment_kind(
+    ipsec: &IpsecTables,
+    flow: &FlowSelector,
+    proto: u8,
+    at: usize,
+    l4: usize,
+) -> Inbound {
+    let to_tunnel_end = || ipsec.inbound.iter().any(|sa| sa.local == flow.dst);
+    match proto {
+        PROTO_ESP => Inbound::Fragment(at),
+        PROTO_UDP if to_tunnel_end() => Inbound::Fragment(at),
+        _ => Inbound::Clear(*flow, l4),
     }
 }
 
@@ -1037,13 +1324,19 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
     ) -> Result<Pending<esp::DecapPending>, DecryptNext> {
-        let Some((esp_at, fragment)) = esp_offset(cx.tables, pkt.buf.data()) else {
-            return Err(DecryptNext::Local);
+        let esp_at = match classify(cx.tables, ipsec, pkt.buf.data()) {
+            Inbound::Esp(at) => at,
+            Inbound::Fragment(at) => reassemble(cx, ipsec, pkt, at)?,
+            Inbound::Clear(flow, l4) => {
+                if cleartext_protected(ipsec, &pkt.meta, &flow, pkt.buf.data(), l4) {
+                    refuse_cleartext(cx, &pkt.meta, &flow);
+                    cx.error(EspDecryptError::CleartextProtected);
+                    return Err(DecryptNext::Drop);
+                }
+                return Err(DecryptNext::Local);
+            }
+            Inbound::Other => return Err(DecryptNext::Local),
         };
-        if fragment {
-            cx.error(EspDecryptError::Fragment);
-            return Err(DecryptNext::Drop);
-        }
         let data = pkt.buf.data();
         let Some(spi) = data
             .get(esp_at..esp_at + 4)
@@ -1112,14 +1405,26 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
             SaStats::add(&stats.other_drops, 1);
             return DecryptNext::Drop;
         };
-        let allowed = entry.remote_ts.iter().any(|ts| {
-            crate::ipsec_tables::selector_matches(ts, flow.src, flow.proto, flow.src_port)
-        }) && entry.local_ts.iter().any(|ts| {
-            crate::ipsec_tables::selector_matches(ts, flow.dst, flow.proto, flow.dst_port)
-        });
+        let allowed = entry
+            .remote_ts
+            .iter()
+            .any(|ts| selector_matches(ts, flow.src, flow.proto, flow.src_port))
+            && entry
+                .local_ts
+                .iter()
+                .any(|ts| selector_matches(ts, flow.dst, flow.proto, flow.dst_port));
         if !allowed {
             cx.error(EspDecryptError::PolicyMismatch);
             SaStats::add(&stats.policy_drops, 1);
+            return DecryptNext::Drop;
+        }
+        // RFC 4301 5.1.2.1 and RFC 6040 4.2: a congestion mark the outer header picked up on
+        // the way is carried into the inner one, or, when that is not ECN-capable, the packet
+        // is dropped (the mark would be lost otherwise). One comparison when the outer field
+        // is Not-ECT.
+        if !super::tunnel::apply_outer_ecn(pkt.buf.data_mut(), !flow.src.is_ipv4(), d.outer_ecn) {
+            cx.error(EspDecryptError::EcnDrop);
+            SaStats::add(&stats.other_drops, 1);
             return DecryptNext::Drop;
         }
         SaStats::add(&stats.packets, 1);
@@ -1135,6 +1440,7 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
             );
         }
         pkt.meta.decapsulated = true;
+        pkt.meta.esp_decrypted = true;
         // The inner packet is a new one: the worker tracking its connection may be another.
         pkt.meta.handoff = crate::graph::Handoff::NONE;
         pkt.meta.local_origin = false;

@@ -972,7 +972,7 @@ impl Ip6Local {
 /// multiple of 8 bytes (else: the Payload Length field); no fragment reaches past 65,535
 /// bytes (the Fragment Offset field); the first holds the whole header chain through the
 /// upper-layer header (RFC 7112: code 3, pointer 0).
-fn fragment_problem(data: &[u8], at: usize) -> Option<(u8, u32)> {
+pub(super) fn fragment_problem(data: &[u8], at: usize) -> Option<(u8, u32)> {
     let fh = data.get(at..at + 8)?;
     let word = u16::from_be_bytes([fh[2], fh[3]]);
     let (offset, more) = (usize::from(word & 0xfff8), word & 1 != 0);

@@ -2,6 +2,8 @@
 //! reassembled echo request answered with an echo reply that is itself fragmented to the
 //! receiving link's MTU, so `ping -s 3000` to a router address works as it does to a host.
 //! Other reassembled datagrams get what their unfragmented kind gets (UDP: port unreachable).
+//! `esp{4,6}-decrypt` reassembles ESP (raw, or in UDP to the NAT-T port) here too, before it
+//! decrypts (RFC 4303 3.4.1), and passes on what turns out not to be ESP ([`pass_on`]).
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -17,6 +19,8 @@ use crate::wire::{
 pub(crate) struct Whole {
     pub header: Vec<u8>,
     pub payload: Vec<u8>,
+    /// Its identification (16 bits for IPv4).
+    pub ident: u32,
 }
 
 /// What became of a fragment.
@@ -29,11 +33,15 @@ pub(crate) enum Reassembled {
     Whole(Whole),
 }
 
-fn outcome(o: Outcome) -> Reassembled {
+fn outcome(o: Outcome, ident: u32) -> Reassembled {
     match o {
         Outcome::Incomplete => Reassembled::Queued,
         Outcome::Dropped(_) => Reassembled::Dropped,
-        Outcome::Complete { header, payload } => Reassembled::Whole(Whole { header, payload }),
+        Outcome::Complete { header, payload } => Reassembled::Whole(Whole {
+            header,
+            payload,
+            ident,
+        }),
     }
 }
 
@@ -53,7 +61,10 @@ pub(crate) fn add_v4<B>(cx: &mut Context<'_, B>, data: &[u8]) -> Reassembled {
         data: ip.payload(),
         header: (offset == 0).then(|| &data[..ip.header_len()]),
     };
-    outcome(cx.state.reassembly.add(key, frag, TIMEOUT_V4, cx.now))
+    outcome(
+        cx.state.reassembly.add(key, frag, TIMEOUT_V4, cx.now),
+        key.id,
+    )
 }
 
 /// Adds an IPv6 fragment whose fragment header starts at `at` (40 when it follows the fixed
@@ -84,7 +95,10 @@ pub(crate) fn add_v6<B>(cx: &mut Context<'_, B>, data: &[u8], at: usize) -> Reas
             .unwrap_or_default(),
         header: (offset == 0).then_some(&header[..]),
     };
-    outcome(cx.state.reassembly.add(key, frag, TIMEOUT_V6, cx.now))
+    outcome(
+        cx.state.reassembly.add(key, frag, TIMEOUT_V6, cx.now),
+        key.id,
+    )
 }
 
 /// The reply to a reassembled IPv4 echo request, as (header, ICMP message); `None` when the
@@ -130,6 +144,20 @@ pub(crate) fn send_v4<B: PacketBuffer>(
     mtu: usize,
     next: u16,
 ) -> bool {
+    let meta = own_meta(&first.meta);
+    send_v4_as(cx, first, meta, header, payload, mtu, next)
+}
+
+/// [`send_v4`] with `meta` for the packets instead of this node's own.
+fn send_v4_as<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    first: &mut Packet<B>,
+    meta: Meta,
+    header: &[u8; 20],
+    payload: &[u8],
+    mtu: usize,
+    next: u16,
+) -> bool {
     let room = (mtu.min(first.buf.len() + first.buf.tailroom()) - 20) / 8 * 8;
     let chunks = payload.len().div_ceil(room.max(8)).max(1);
     for k in 0..chunks {
@@ -143,7 +171,7 @@ pub(crate) fn send_v4<B: PacketBuffer>(
             ip.set_fragment(false, end < payload.len(), start as u16);
             ip.fill_checksum();
         };
-        if !emit(cx, first, k == 0, 20 + end - start, write, next) {
+        if !emit(cx, first, meta, k == 0, 20 + end - start, write, next) {
             return false;
         }
     }
@@ -192,13 +220,29 @@ pub(crate) fn send_v6<B: PacketBuffer>(
     ident: u32,
     next: u16,
 ) -> bool {
+    let meta = own_meta(&first.meta);
+    send_v6_as(cx, first, meta, repr, payload, mtu, ident, next)
+}
+
+/// [`send_v6`] with `meta` for the packets instead of this node's own.
+#[allow(clippy::too_many_arguments)]
+fn send_v6_as<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    first: &mut Packet<B>,
+    meta: Meta,
+    repr: &Ipv6Repr,
+    payload: &[u8],
+    mtu: usize,
+    ident: u32,
+    next: u16,
+) -> bool {
     let capacity = mtu.min(first.buf.len() + first.buf.tailroom());
     if 40 + payload.len() <= capacity {
         let write = |data: &mut [u8]| {
             let _ = repr.emit(&mut Ipv6Packet::new_unchecked(&mut data[..40]));
             data[40..].copy_from_slice(payload);
         };
-        return emit(cx, first, true, 40 + payload.len(), write, next);
+        return emit(cx, first, meta, true, 40 + payload.len(), write, next);
     }
     let room = (capacity - 48) / 8 * 8;
     let chunks = payload.len().div_ceil(room);
@@ -219,29 +263,35 @@ pub(crate) fn send_v6<B: PacketBuffer>(
             data[44..48].copy_from_slice(&ident.to_be_bytes());
             data[48..].copy_from_slice(&payload[start..end]);
         };
-        if !emit(cx, first, k == 0, 48 + end - start, write, next) {
+        if !emit(cx, first, meta, k == 0, 48 + end - start, write, next) {
             return false;
         }
     }
     true
 }
 
-/// Writes `len` bytes with `write` into the first packet's buffer or a new one, marking it as
-/// this node's own; new ones are spawned to `next`.
+/// The metadata of a packet this node makes in answer to one that came with `meta`.
+fn own_meta(meta: &Meta) -> Meta {
+    Meta {
+        rx_port: meta.rx_port,
+        local_origin: true,
+        trace: meta.trace,
+        ..Meta::default()
+    }
+}
+
+/// Writes `len` bytes with `write` into the first packet's buffer or a new one, with `meta`
+/// (not traced, in a new one); new ones are spawned to `next`.
+#[allow(clippy::too_many_arguments)]
 fn emit<B: PacketBuffer>(
     cx: &mut Context<'_, B>,
     first: &mut Packet<B>,
+    meta: Meta,
     is_first: bool,
     len: usize,
     write: impl FnOnce(&mut [u8]),
     next: u16,
 ) -> bool {
-    let meta = Meta {
-        rx_port: first.meta.rx_port,
-        local_origin: true,
-        trace: first.meta.trace,
-        ..Meta::default()
-    };
     if is_first {
         first.meta = meta;
         return super::rebuild(&mut first.buf, len, write);
@@ -260,6 +310,91 @@ fn emit<B: PacketBuffer>(
         next,
     );
     true
+}
+
+/// Sends a reassembled datagram that turned out not to be for the node that reassembled it
+/// on to `next` as it came, not as this node's own (it keeps `first`'s metadata): whole
+/// when it fits the receiving link's MTU and a buffer, else in fragments again, of at most
+/// that, with its own identification, so the next node (the host stack, through the punt
+/// path) reassembles it once more. An IPv4 header's options are left out (none concerns
+/// what is passed on: a UDP datagram to this node); an IPv6 datagram was reassembled from
+/// fragments right behind the fixed header, so it has none. False when buffers ran out.
+pub(crate) fn pass_on<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    first: &mut Packet<B>,
+    whole: &Whole,
+    next: u16,
+) -> bool {
+    let mtu = cx
+        .tables
+        .interface(first.meta.rx_port)
+        .map_or(1280, |i| usize::from(i.mtu));
+    let meta = first.meta;
+    match whole.header.first().map(|b| b >> 4) {
+        Some(4) => {
+            let Some(&h) = whole.header.first_chunk::<20>() else {
+                return false;
+            };
+            let mut header = h;
+            header[0] = 0x45;
+            // Room for at least one 8-byte block behind the header.
+            send_v4_as(cx, first, meta, &header, &whole.payload, mtu.max(28), next)
+        }
+        Some(6) if whole.header.len() >= 40 => {
+            let ip = Ipv6Packet::new_unchecked(&whole.header[..]);
+            let repr = Ipv6Repr {
+                src_addr: ip.src_addr(),
+                dst_addr: ip.dst_addr(),
+                next_header: ip.next_header(),
+                payload_len: whole.payload.len(),
+                hop_limit: ip.hop_limit(),
+                traffic_class: ip.traffic_class(),
+                flow_label: ip.flow_label(),
+            };
+            send_v6_as(
+                cx,
+                first,
+                meta,
+                &repr,
+                &whole.payload,
+                mtu.max(1280),
+                whole.ident,
+                next,
+            )
+        }
+        _ => false,
+    }
+}
+
+/// Puts a reassembled datagram back together in `pkt`'s buffer as one unfragmented packet
+/// (lengths, fragment fields and the IPv4 checksum set as if it had come whole). False,
+/// leaving the buffer as it was, when it does not fit: a buffer is as large as it is (no
+/// chains of buffers here), so a datagram reassembled from fragments of a link with a
+/// larger MTU, or past a buffer's size, cannot be handled whole.
+pub(crate) fn rebuild_whole<B: PacketBuffer>(pkt: &mut Packet<B>, whole: &Whole) -> bool {
+    let hlen = whole.header.len();
+    let total = hlen + whole.payload.len();
+    let v4 = match whole.header.first().map(|b| b >> 4) {
+        Some(4) if hlen >= 20 && total <= usize::from(u16::MAX) => true,
+        Some(6) if hlen == 40 && whole.payload.len() <= usize::from(u16::MAX) => false,
+        _ => return false,
+    };
+    if total > pkt.buf.len() + pkt.buf.tailroom() {
+        return false;
+    }
+    super::rebuild(&mut pkt.buf, total, |data| {
+        data[..hlen].copy_from_slice(&whole.header);
+        data[hlen..].copy_from_slice(&whole.payload);
+        if v4 {
+            let mut ip = Ipv4Packet::new_unchecked(data);
+            ip.set_total_len(total as u16);
+            let df = ip.dont_fragment();
+            ip.set_fragment(df, false, 0);
+            ip.fill_checksum();
+        } else {
+            Ipv6Packet::new_unchecked(data).set_payload_len(whole.payload.len() as u16);
+        }
+    })
 }
 
 /// A fresh identification for this node's own fragments.

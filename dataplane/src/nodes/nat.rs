@@ -54,6 +54,7 @@ node_errors! {
         Encapsulated = ("encapsulated", "packets sent to a backend in a GRE or IP-in-IP tunnel"),
         Decapsulated = ("decapsulated", "tunnel packets to this node unwrapped"),
         BadTunnel = ("bad_tunnel", "tunnel packet with a bad GRE header or inner packet: dropped"),
+        TunnelEcnDrop = ("tunnel_ecn_drop", "tunnel packet marked Congestion Experienced around an inner packet that is not ECN-capable: dropped (RFC 6040 4.2)"),
         NoTunnelSource = ("no_tunnel_source", "no route or address towards a tunnel's far end: dropped"),
         TooBigForTunnel = ("too_big_for_tunnel", "too big once encapsulated and not to be fragmented: ICMP sent"),
         TtlExpired = ("ttl_expired", "TTL or hop limit expired before encapsulation: ICMP sent"),
@@ -763,6 +764,10 @@ fn decapsulate<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t:
             } else {
                 Next::Input4
             }
+        }
+        Err(tunnel::DecapError::CongestedNotEct) => {
+            cx.error(NatError::TunnelEcnDrop);
+            Next::Drop
         }
         Err(_) => {
             cx.error(NatError::BadTunnel);

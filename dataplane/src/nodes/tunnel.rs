@@ -3,8 +3,10 @@
 //!
 //! The outer header is built in the buffer's headroom, so the inner packet is never copied.
 //! ECN follows RFC 6040's normal mode: the outer header copies the inner ECN field, and at
-//! decapsulation a Congestion Experienced mark on the outer header is carried into an
-//! ECN-capable inner packet.
+//! decapsulation the outer field is combined with the inner one by section 4.2's table
+//! ([`ecn_after_decap`], which ESP's tunnels use too): a Congestion Experienced mark on the
+//! outer header is carried into an ECN-capable inner packet, and a packet that is not
+//! ECN-capable but was marked on the way is dropped.
 
 use std::net::IpAddr;
 
@@ -29,6 +31,9 @@ pub enum TunnelKind {
 
 /// TTL / hop limit of outer headers.
 const OUTER_TTL: u8 = 64;
+/// ECN codepoints (RFC 3168 section 5).
+const ECN_NOT_ECT: u8 = 0;
+const ECN_ECT1: u8 = 1;
 const ECN_CE: u8 = 3;
 
 /// Bytes the tunnel adds in front of a packet whose outer destination is `outer_dst`.
@@ -130,6 +135,9 @@ pub enum DecapError {
     BadGre,
     /// The inner packet is not the IP version the outer header says.
     BadInner,
+    /// The outer header says Congestion Experienced and the inner packet is not ECN-capable
+    /// (RFC 6040 section 4.2: dropped).
+    CongestedNotEct,
 }
 
 /// Strips the outer header (IP, and GRE when `proto` is GRE) from a packet whose transport
@@ -172,25 +180,86 @@ pub fn decapsulate<B: PacketBuffer>(
     if version != Some(if inner_v6 { 6 } else { 4 }) {
         return Err(DecapError::BadInner);
     }
+    // Judged before anything changes, so a refused packet is left as it came.
+    let inner_ecn = data
+        .get(strip..)
+        .map_or(ECN_NOT_ECT, |ip| ecn_of(ip, inner_v6));
+    if ecn_after_decap(inner_ecn, outer_ecn).is_none() {
+        return Err(DecapError::CongestedNotEct);
+    }
     buf.truncate(end);
     if !buf.pull_front(strip) {
         return Err(DecapError::BadInner);
     }
-    if outer_ecn == ECN_CE {
-        mark_ce(buf.data_mut(), inner_v6);
-    }
+    apply_outer_ecn(buf.data_mut(), inner_v6, outer_ecn);
     Ok(inner_v6)
 }
 
-/// Sets Congestion Experienced on an ECN-capable packet (RFC 6040 section 4.2).
-fn mark_ce(ip: &mut [u8], v6: bool) {
+/// The ECN field of the IP packet at the start of `ip` (0, Not-ECT, when it is too short).
+#[inline]
+fn ecn_of(ip: &[u8], v6: bool) -> u8 {
+    match (v6, ip) {
+        (false, [_, tos, ..]) => tos & 3,
+        (true, [_, b1, ..]) => (b1 >> 4) & 3,
+        _ => ECN_NOT_ECT,
+    }
+}
+
+/// RFC 6040 section 4.2 (normal mode): the inner header's ECN field after decapsulation,
+/// from the arriving inner and outer fields; `None` where the packet must be dropped, a
+/// Congestion Experienced mark on the outer header of a packet whose transport cannot take
+/// it (Not-ECT inside).
+///
+/// ```text
+///                 outer:  Not-ECT   ECT(0)   ECT(1)   CE
+///   inner Not-ECT         Not-ECT   Not-ECT  Not-ECT  drop
+///   inner ECT(0)          ECT(0)    ECT(0)   ECT(1)   CE
+///   inner ECT(1)          ECT(1)    ECT(1)   ECT(1)   CE
+///   inner CE              CE        CE       CE       CE
+/// ```
+///
+/// That is: an ECN-capable inner packet takes the outer field when it is ECT(1) or CE (the
+/// "stronger" marks; CE inside stays CE); a Not-ECT one is left as it is, or dropped under
+/// CE. (The table's alarms for combinations that should not happen are not raised: they
+/// are forwarded as the table says.)
+#[inline]
+pub const fn ecn_after_decap(inner: u8, outer: u8) -> Option<u8> {
+    match (inner, outer) {
+        (ECN_NOT_ECT, ECN_CE) => None,
+        (ECN_NOT_ECT, _) | (ECN_CE, _) => Some(inner),
+        (_, ECN_ECT1 | ECN_CE) => Some(outer),
+        _ => Some(inner),
+    }
+}
+
+/// Applies the outer header's ECN field `outer_ecn` to the inner IP packet at the start of
+/// `ip` ([`ecn_after_decap`]), updating an IPv4 header checksum (RFC 1624). False, changing
+/// nothing, when the packet must be dropped. A Not-ECT outer field (most tunnel packets)
+/// costs one comparison.
+#[inline]
+pub fn apply_outer_ecn(ip: &mut [u8], v6: bool, outer_ecn: u8) -> bool {
+    if outer_ecn == ECN_NOT_ECT {
+        return true;
+    }
+    let inner = ecn_of(ip, v6);
+    let Some(ecn) = ecn_after_decap(inner, outer_ecn) else {
+        return false;
+    };
+    if ecn != inner {
+        set_ecn(ip, v6, ecn);
+    }
+    true
+}
+
+/// Sets the ECN field of the IP packet at the start of `ip`.
+fn set_ecn(ip: &mut [u8], v6: bool, ecn: u8) {
     if v6 {
-        if ip.len() >= 2 && (ip[1] >> 4) & 3 != 0 {
-            ip[1] |= ECN_CE << 4;
+        if let Some(b1) = ip.get_mut(1) {
+            *b1 = (*b1 & !0x30) | (ecn << 4);
         }
-    } else if ip.len() >= 20 && ip[1] & 3 != 0 {
+    } else if ip.len() >= 20 {
         let old = u16::from_be_bytes([ip[0], ip[1]]);
-        ip[1] |= ECN_CE;
+        ip[1] = (ip[1] & !3) | ecn;
         let new = u16::from_be_bytes([ip[0], ip[1]]);
         let c = checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
@@ -262,6 +331,72 @@ mod tests {
             assert_eq!(&buf.data()[2..10], &inner[2..10]);
             assert_eq!(&buf.data()[12..], &inner[12..]);
         }
+    }
+
+    /// RFC 6040 section 4.2's table, cell by cell, on IPv4 (checksum kept valid) and IPv6
+    /// inner packets.
+    #[test]
+    fn decapsulation_follows_the_rfc_6040_table() {
+        // (inner, outer) -> inner after, or None: dropped. Rows: inner Not-ECT, ECT(0),
+        // ECT(1), CE; columns: outer Not-ECT, ECT(0), ECT(1), CE (ECT(0) is 2, ECT(1) 1).
+        let table: [[Option<u8>; 4]; 4] = [
+            [Some(0), Some(0), Some(0), None],
+            [Some(2), Some(2), Some(1), Some(3)],
+            [Some(1), Some(1), Some(1), Some(3)],
+            [Some(3), Some(3), Some(3), Some(3)],
+        ];
+        let codepoints = [0u8, 2, 1, 3];
+        for (row, &inner) in codepoints.iter().enumerate() {
+            for (col, &outer) in codepoints.iter().enumerate() {
+                let want = table[row][col];
+                assert_eq!(ecn_after_decap(inner, outer), want, "{inner} {outer}");
+                let mut v4 = inner_v4();
+                v4[1] = 0xb8 | inner;
+                let c = checksum::checksum(&{
+                    let mut h = v4[..20].to_vec();
+                    h[10..12].fill(0);
+                    h
+                });
+                v4[10..12].copy_from_slice(&c.to_be_bytes());
+                let before = v4.clone();
+                assert_eq!(apply_outer_ecn(&mut v4, false, outer), want.is_some());
+                match want {
+                    Some(ecn) => {
+                        assert_eq!(v4[1], 0xb8 | ecn, "DSCP kept");
+                        assert!(Ipv4Packet::new_checked(&v4[..]).unwrap().verify_checksum());
+                    }
+                    None => assert_eq!(v4, before, "refused: unchanged"),
+                }
+                let mut v6 = [0u8; 40];
+                v6[0] = 0x6a;
+                v6[1] = 0x85 | (inner << 4);
+                assert_eq!(apply_outer_ecn(&mut v6, true, outer), want.is_some());
+                if let Some(ecn) = want {
+                    assert_eq!((v6[0], v6[1]), (0x6a, 0x85 | (ecn << 4)));
+                }
+            }
+        }
+        // Through `decapsulate`: CE outside, Not-ECT inside is refused, the packet left be.
+        let mut inner = inner_v4();
+        inner[1] = 0;
+        let c = checksum::checksum(&{
+            let mut h = inner[..20].to_vec();
+            h[10..12].fill(0);
+            h
+        });
+        inner[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut buf = HeapBuffer::from_bytes(&inner);
+        let (s, d) = ("198.18.3.1".parse().unwrap(), "198.18.3.2".parse().unwrap());
+        assert!(encapsulate(&mut buf, TunnelKind::Ipip, s, d, 7));
+        let mut bytes = buf.data().to_vec();
+        bytes[1] |= 3;
+        let mut buf = HeapBuffer::from_bytes(&bytes);
+        let end = bytes.len();
+        assert_eq!(
+            decapsulate(&mut buf, PROTO_IPIP, 20, end),
+            Err(DecapError::CongestedNotEct)
+        );
+        assert_eq!(buf.data(), &bytes[..]);
     }
 
     #[test]

@@ -31,11 +31,12 @@ const TAG_LEN: usize = AeadAlgorithm::TAG_LEN;
 ///
 /// It is made once per SA and policy ([`new`](Self::new), [`with_udp`](Self::with_udp),
 /// [`with_ttl`](Self::with_ttl)) and keeps the header's bytes as a template: every field that
-/// is the same for each packet is in place, the lengths, the DSCP and the checksums are zero.
-/// Encapsulation copies the template and patches the lengths and the DSCP; the IPv4 checksum
-/// is the template's one's complement sum, kept aside, plus the two words that changed
-/// (RFC 1624's incremental update, from zero). Building the header field by field cost some
-/// 60 instructions a packet; the copy and patch cost about 30.
+/// is the same for each packet is in place, the lengths, the traffic class and the checksums
+/// are zero. Encapsulation copies the template and patches the lengths and the traffic class
+/// (the inner packet's DSCP and ECN field); the IPv4 checksum is the template's one's
+/// complement sum, kept aside, plus the two words that changed (RFC 1624's incremental
+/// update, from zero). Building the header field by field cost some 60 instructions a packet;
+/// the copy and patch cost about 30.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct OuterHeader {
     src: IpAddr,
@@ -43,7 +44,8 @@ pub struct OuterHeader {
     udp: Option<(u16, u16)>,
     ttl: u8,
     kind: OuterKind,
-    /// The header with zero lengths, DSCP and checksums; `len()` bytes of it are used.
+    /// The header with zero lengths, traffic class and checksums; `len()` bytes of it are
+    /// used.
     template: [u8; MAX_OUTER_LEN],
     /// IPv4: the one's complement sum of the template's IP header, folded to 16 bits (not
     /// complemented). Unused for IPv6, which has no header checksum.
@@ -212,16 +214,16 @@ impl OuterHeader {
     }
 
     /// Writes the outer header at the start of `header` for an outer packet of `total` bytes,
-    /// with `dscp` in its traffic class. `false` if the header does not fit or the addresses
-    /// are of two families.
+    /// with traffic class (IPv4: type of service) `tos`, DSCP and ECN. `false` if the header
+    /// does not fit or the addresses are of two families.
     #[inline(always)]
-    fn write(&self, header: &mut [u8], total: usize, dscp: u8) -> bool {
+    fn write(&self, header: &mut [u8], total: usize, tos: u8) -> bool {
         let total = total as u16;
         match self.kind {
-            OuterKind::Ipv4 => self.write_v4::<IPV4_HEADER_LEN>(header, total, dscp),
-            OuterKind::Ipv4Udp => self.write_v4::<IPV4_UDP_LEN>(header, total, dscp),
-            OuterKind::Ipv6 => self.write_v6::<IPV6_HEADER_LEN>(header, total, dscp),
-            OuterKind::Ipv6Udp => self.write_v6::<IPV6_UDP_LEN>(header, total, dscp),
+            OuterKind::Ipv4 => self.write_v4::<IPV4_HEADER_LEN>(header, total, tos),
+            OuterKind::Ipv4Udp => self.write_v4::<IPV4_UDP_LEN>(header, total, tos),
+            OuterKind::Ipv6 => self.write_v6::<IPV6_HEADER_LEN>(header, total, tos),
+            OuterKind::Ipv6Udp => self.write_v6::<IPV6_UDP_LEN>(header, total, tos),
             OuterKind::Mismatch => false,
         }
     }
@@ -236,15 +238,16 @@ impl OuterHeader {
 
     /// [`write`](Self::write) for IPv4 with an `N`-byte header (20, or 28 with UDP).
     #[inline(always)]
-    fn write_v4<const N: usize>(&self, header: &mut [u8], total: u16, dscp: u8) -> bool {
+    fn write_v4<const N: usize>(&self, header: &mut [u8], total: u16, tos: u8) -> bool {
         let Some(h) = self.stamp::<N>(header) else {
             return false;
         };
-        h[1] = dscp;
+        h[1] = tos;
         h[2..4].copy_from_slice(&total.to_be_bytes());
-        // The template's sum plus the two changed words: DSCP is the low byte of the first,
-        // the total length the second. Two folds bring any such sum back to 16 bits.
-        let sum = u32::from(self.sum) + u32::from(dscp) + u32::from(total);
+        // The template's sum plus the two changed words: the type of service is the low byte
+        // of the first, the total length the second. Two folds bring any such sum back to 16
+        // bits.
+        let sum = u32::from(self.sum) + u32::from(tos) + u32::from(total);
         let sum = (sum & 0xffff) + (sum >> 16);
         let sum = (sum & 0xffff) + (sum >> 16);
         h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
@@ -257,12 +260,12 @@ impl OuterHeader {
 
     /// [`write`](Self::write) for IPv6 with an `N`-byte header (40, or 48 with UDP).
     #[inline(always)]
-    fn write_v6<const N: usize>(&self, header: &mut [u8], total: u16, dscp: u8) -> bool {
+    fn write_v6<const N: usize>(&self, header: &mut [u8], total: u16, tclass: u8) -> bool {
         let Some(h) = self.stamp::<N>(header) else {
             return false;
         };
-        h[0] = 0x60 | (dscp >> 4);
-        h[1] = dscp << 4;
+        h[0] = 0x60 | (tclass >> 4);
+        h[1] = tclass << 4;
         let payload = total.wrapping_sub(IPV6_HEADER_LEN as u16);
         h[4..6].copy_from_slice(&payload.to_be_bytes());
         if N > IPV6_HEADER_LEN {
@@ -303,6 +306,11 @@ pub struct Decapsulated {
     pub outer_dst: IpAddr,
     /// The peer's UDP source port when encapsulated (its NAT mapping).
     pub udp_src_port: Option<u16>,
+    /// The outer header's ECN field (the low two bits of its traffic class), for the caller
+    /// to carry into the inner header as RFC 6040 section 4.2 says (RFC 4301 section
+    /// 5.1.2.1): a congestion mark set on the way must reach the inner packet, or the
+    /// packet be dropped when that is not ECN-capable.
+    pub outer_ecn: u8,
 }
 
 /// Encapsulates `inner` into a new buffer: outer IP, optional UDP, ESP.
@@ -374,7 +382,7 @@ fn encap_gcm(
     now: Nanos,
     outer_len: usize,
 ) -> Result<Range<usize>, EspError> {
-    let (next_header, dscp, seq) = check_encap(sa, buf, &inner, outer, now)?;
+    let (next_header, tos, seq) = check_encap(sa, buf, &inner, outer, now)?;
     let SaCrypto::Gcm { aead, salt } = &sa.crypto else {
         return Err(EspError::Crypto(CryptoError::Backend));
     };
@@ -418,7 +426,7 @@ fn encap_gcm(
     esp[..4].copy_from_slice(&sa.spi.to_be_bytes());
     esp[4..8].copy_from_slice(&seq_bytes[4..]);
     esp[8..].copy_from_slice(&seq_bytes);
-    if !outer.write(outer_head, end - start, dscp) {
+    if !outer.write(outer_head, end - start, tos) {
         return Err(EspError::FamilyMismatch);
     }
 
@@ -435,9 +443,9 @@ fn encap_gcm(
 }
 
 /// The checks every encapsulation makes before it writes anything: the SA's direction, the
-/// inner packet (which gives the next header and the DSCP to copy), the outer header, the
-/// lifetime and the sequence number. Returns the next header, the DSCP and the sequence
-/// number the packet is to carry.
+/// inner packet (which gives the next header and the traffic class to copy), the outer
+/// header, the lifetime and the sequence number. Returns the next header, the traffic class
+/// and the sequence number the packet is to carry.
 #[inline(always)]
 fn check_encap(
     sa: &mut Sa,
@@ -449,11 +457,13 @@ fn check_encap(
     if sa.direction != Direction::Outbound {
         return Err(EspError::WrongDirection);
     }
-    // Tunnel mode copies the inner DSCP (RFC 4301 section 5.1.2.1); ECN stays 0 here.
-    // Read it now: the inner header is about to be encrypted in place.
-    let (next_header, dscp) = match buf.get(inner.clone()).ok_or(EspError::BufferTooSmall)? {
-        [b0, b1, ..] if b0 >> 4 == 4 => (IPIP_PROTOCOL, b1 & 0xfc),
-        [b0, b1, ..] if b0 >> 4 == 6 => (IPV6_PROTOCOL, ((b0 << 4) | (b1 >> 4)) & 0xfc),
+    // Tunnel mode copies the inner DSCP (RFC 4301 section 5.1.2.1) and, in RFC 6040's
+    // normal mode (section 4.1, which updates RFC 4301), the inner ECN field as it is, CE
+    // included: the whole traffic class. Read it now: the inner header is about to be
+    // encrypted in place.
+    let (next_header, tos) = match buf.get(inner.clone()).ok_or(EspError::BufferTooSmall)? {
+        [b0, b1, ..] if b0 >> 4 == 4 => (IPIP_PROTOCOL, *b1),
+        [b0, b1, ..] if b0 >> 4 == 6 => (IPV6_PROTOCOL, (b0 << 4) | (b1 >> 4)),
         _ => return Err(EspError::InnerNotIp),
     };
     if !outer.families_match() {
@@ -467,7 +477,7 @@ fn check_encap(
     if sa.seq >= sa.seq_limit {
         return Err(EspError::SequenceExhausted);
     }
-    Ok((next_header, dscp, sa.seq + 1))
+    Ok((next_header, tos, sa.seq + 1))
 }
 
 /// Padding for `inner_len` bytes of payload: payload, padding and the two trailer bytes come
@@ -609,7 +619,7 @@ fn write_encap(
     lengths: SuiteLengths,
     outer_len: usize,
 ) -> Result<EncapLayout, EspError> {
-    let (next_header, dscp, seq) = check_encap(sa, buf, &inner, outer, now)?;
+    let (next_header, tos, seq) = check_encap(sa, buf, &inner, outer, now)?;
     let inner_len = inner.len();
     let pad_len = pad_len(inner_len);
     let start = inner
@@ -645,7 +655,7 @@ fn write_encap(
     header[4..].copy_from_slice(&(seq as u32).to_be_bytes());
     let written = buf
         .get_mut(start..esp_at)
-        .is_some_and(|h| outer.write(h, end - start, dscp));
+        .is_some_and(|h| outer.write(h, end - start, tos));
     if !written {
         return Err(EspError::BufferTooSmall);
     }
@@ -910,12 +920,14 @@ struct OuterParsed {
     /// Range of the ESP packet in the buffer.
     esp: Range<usize>,
     udp_src_port: Option<u16>,
+    /// The outer ECN field ([`Decapsulated::outer_ecn`]).
+    ecn: u8,
 }
 
 #[inline(always)]
 fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
     let version = packet.first().ok_or(EspError::Truncated)? >> 4;
-    let (src, dst, protocol, l4) = match version {
+    let (src, dst, protocol, l4, ecn) = match version {
         4 => {
             let h = packet.get(..IPV4_HEADER_LEN).ok_or(EspError::Truncated)?;
             let ihl = usize::from(h[0] & 0x0f) * 4;
@@ -932,7 +944,7 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
             }
             let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
             let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-            (IpAddr::V4(src), IpAddr::V4(dst), h[9], ihl..total)
+            (IpAddr::V4(src), IpAddr::V4(dst), h[9], ihl..total, h[1] & 3)
         }
         6 => {
             let h = packet.get(..IPV6_HEADER_LEN).ok_or(EspError::Truncated)?;
@@ -950,6 +962,7 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
                 IpAddr::V6(Ipv6Addr::from(dst)),
                 h[6],
                 IPV6_HEADER_LEN..total,
+                (h[1] >> 4) & 3,
             )
         }
         _ => return Err(EspError::Malformed),
@@ -960,6 +973,7 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
             dst,
             esp: l4,
             udp_src_port: None,
+            ecn,
         }),
         UDP_PROTOCOL => {
             let u = packet
@@ -983,6 +997,7 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
                     dst,
                     esp: payload,
                     udp_src_port: Some(src_port),
+                    ecn,
                 }),
             }
         }
@@ -1017,6 +1032,7 @@ pub struct DecapPending {
     outer_src: IpAddr,
     outer_dst: IpAddr,
     udp_src_port: Option<u16>,
+    outer_ecn: u8,
 }
 
 impl DecapPending {
@@ -1140,6 +1156,7 @@ fn decap_gcm(
         outer_src: outer.src,
         outer_dst: outer.dst,
         udp_src_port: outer.udp_src_port,
+        outer_ecn: outer.ecn,
     })
 }
 
@@ -1163,6 +1180,7 @@ impl DecapLayout {
             outer_src: outer.src,
             outer_dst: outer.dst,
             udp_src_port: outer.udp_src_port,
+            outer_ecn: outer.ecn,
         }
     }
 }
@@ -1385,6 +1403,7 @@ fn finish_with(
         outer_src: pending.outer_src,
         outer_dst: pending.outer_dst,
         udp_src_port: pending.udp_src_port,
+        outer_ecn: pending.outer_ecn,
     })
 }
 

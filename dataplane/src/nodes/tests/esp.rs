@@ -535,21 +535,29 @@ fn sa_state_survives_a_table_swap_and_goes_with_its_sa() {
     assert_eq!(ip4_of(&out[0].1).protocol(), IpProtocol::ICMP);
 }
 
-/// IPv6 both ways: an IPv6 tunnel (outer IPv6, UDP with its checksum) carrying IPv6.
-#[test]
-fn ipv6_tunnel_carries_ipv6() {
-    let local = "2001:db8:2::1";
-    let peer_addr = "2001:db8:2::2";
-    let client = v6("2001:db8:1::2");
-    let remote_host = v6("2001:db8:99::2");
-    let outer6 = |from_peer: bool| {
-        let (s, d) = if from_peer {
-            (peer_addr, local)
-        } else {
-            (local, peer_addr)
-        };
-        OuterHeader::new(s.parse().unwrap(), d.parse().unwrap()).with_udp(4500, 4500)
+const LOCAL6: &str = "2001:db8:2::1";
+const PEER6: &str = "2001:db8:2::2";
+const CLIENT6: &str = "2001:db8:1::2";
+const REMOTE_HOST6: &str = "2001:db8:99::2";
+
+/// The IPv6 tunnel's outer header (UDP-encapsulated when `udp`).
+fn outer6(udp: bool, from_peer: bool) -> OuterHeader {
+    let (s, d) = if from_peer {
+        (PEER6, LOCAL6)
+    } else {
+        (LOCAL6, PEER6)
     };
+    let o = OuterHeader::new(s.parse().unwrap(), d.parse().unwrap());
+    if udp {
+        o.with_udp(4500, 4500)
+    } else {
+        o
+    }
+}
+
+/// A rig with an IPv6 tunnel carrying IPv6 between 2001:db8:1::/112 (behind us) and
+/// 2001:db8:99::/112 (behind the peer).
+fn rig6(udp: bool) -> Rig {
     let mut r = Rig {
         graph: esp_graph(),
         ..Rig::new()
@@ -567,18 +575,26 @@ fn ipv6_tunnel_carries_ipv6() {
             local_ts: local_ts.clone(),
             remote_ts: remote_ts.clone(),
             sa: config(OUT_SPI, GCM, 1),
-            outer: outer6(false),
+            outer: outer6(udp, false),
             stats: Arc::default(),
         }],
         inbound: vec![InboundSa {
             sa: config(IN_SPI, GCM, 2),
-            local: local.parse().unwrap(),
+            local: LOCAL6.parse().unwrap(),
             local_ts,
             remote_ts,
             stats: Arc::default(),
         }],
         ..IpsecTables::default()
     }));
+    r
+}
+
+/// IPv6 both ways: an IPv6 tunnel (outer IPv6, UDP with its checksum) carrying IPv6.
+#[test]
+fn ipv6_tunnel_carries_ipv6() {
+    let (client, remote_host, peer_addr) = (v6(CLIENT6), v6(REMOTE_HOST6), PEER6);
+    let mut r = rig6(true);
     // Out: encrypted into an IPv6 packet to the peer.
     let inner = echo6(client, remote_host, 64);
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &inner));
@@ -597,7 +613,7 @@ fn ipv6_tunnel_carries_ipv6() {
     assert_eq!(r.count("esp6-encrypt", "encrypted"), 1);
     // In: the peer's ESP over IPv6, forwarded to the client.
     let reply = echo6(remote_host, client, 64);
-    let esp = esp::encapsulate(&mut peer_outbound(GCM), &reply, &outer6(true), 0).unwrap();
+    let esp = esp::encapsulate(&mut peer_outbound(GCM), &reply, &outer6(true, true), 0).unwrap();
     let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x86dd, &esp));
     assert_eq!(out.len(), 1, "decrypted and forwarded");
     let (port, frame) = &out[0];
@@ -756,6 +772,11 @@ fn an_asynchronous_engine_gives_the_same_results() {
     ipv4_over_an_ipv6_tunnel();
     both_inner_families_share_one_sa_sequence();
     whole_vectors_go_through_the_crypto_in_batches();
+    fragmented_esp_is_reassembled_then_decrypted();
+    fragmented_esp_over_ipv6_is_reassembled_then_decrypted();
+    cleartext_that_an_inbound_sa_covers_is_dropped();
+    outer_congestion_marks_reach_the_inner_packet_or_drop_it();
+    encapsulation_copies_the_inner_ecn_field();
 }
 
 /// [`DeferredSoftware`] behind a gate: nothing completes until the gate opens, as with a
@@ -821,4 +842,434 @@ fn parked_packets_wait_for_the_device_and_then_go_on_in_order() {
     }
     assert_eq!(r.count("esp4-encrypt", "encrypted"), 3);
     assert_eq!(r.graph.bad_park, 0);
+}
+
+/// `packet` (IPv4, no options) as two fragments, the first carrying `at` bytes (a multiple
+/// of 8) of its payload: what a router with a small MTU, or the peer's post-encryption
+/// fragmentation, makes of it.
+fn fragments4(packet: &[u8], at: usize) -> [Vec<u8>; 2] {
+    let payload = &packet[20..];
+    [(0, &payload[..at], true), (at, &payload[at..], false)].map(|(offset, chunk, more)| {
+        let mut p = packet[..20].to_vec();
+        p.extend_from_slice(chunk);
+        let len = p.len() as u16;
+        let mut ip = Ipv4Packet::new_unchecked(&mut p[..]);
+        ip.set_total_len(len);
+        ip.set_ident(0x4242);
+        ip.set_fragment(false, more, offset as u16);
+        ip.fill_checksum();
+        p
+    })
+}
+
+/// `packet` (IPv6, no extension headers) as two fragments with fragment headers, the first
+/// carrying `at` bytes (a multiple of 8) of its payload: the peer as the source fragments.
+fn fragments6(packet: &[u8], at: usize) -> [Vec<u8>; 2] {
+    let next = packet[6];
+    let payload = &packet[40..];
+    [(0, &payload[..at], true), (at, &payload[at..], false)].map(|(offset, chunk, more)| {
+        let mut p = packet[..40].to_vec();
+        p[4..6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+        p[6] = IpProtocol::FRAGMENT.0;
+        p.extend_from_slice(&[next, 0]);
+        p.extend_from_slice(&(offset as u16 | u16::from(more)).to_be_bytes());
+        p.extend_from_slice(&0x0bad_cafe_u32.to_be_bytes());
+        p.extend_from_slice(chunk);
+        p
+    })
+}
+
+/// The payload of the IPv4 datagram whose fragments (frames) are `frames`, put together by
+/// offset, and the first fragment's header.
+fn reassembled4(frames: &[(u16, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
+    let mut payload = Vec::new();
+    let mut header = Vec::new();
+    for (_, f) in frames {
+        let ip = ip4_of(f);
+        let off = usize::from(ip.fragment_offset());
+        let data = ip.payload();
+        if payload.len() < off + data.len() {
+            payload.resize(off + data.len(), 0);
+        }
+        payload[off..off + data.len()].copy_from_slice(data);
+        if off == 0 {
+            header = f[14..34].to_vec();
+        }
+    }
+    (header, payload)
+}
+
+/// RFC 4303 3.4.1: ESP that comes in fragments (an inner packet that may be fragmented and
+/// does not fit the tunnel once encrypted: strongSwan's Linux peers and Switchyard itself
+/// fragment after encryption) is reassembled, then decrypted, and the inner packet goes on:
+/// raw and UDP-encapsulated, fragments in either order; a datagram too big for a buffer is
+/// dropped and counted.
+#[test]
+fn fragmented_esp_is_reassembled_then_decrypted() {
+    for udp in [false, true] {
+        for reverse in [false, true] {
+            let mut r = rig(GCM, udp);
+            // 1600 bytes, DF clear: c0's MTU (1500) fragments it again on the way out.
+            let inner = ipv4(
+                v4(REMOTE_HOST),
+                v4(CLIENT),
+                IpProtocol::ICMP,
+                64,
+                false,
+                &icmp_echo(8, 1600 - 28),
+            );
+            let esp = from_peer(&mut peer_outbound(GCM), &inner, udp);
+            let mut frags = fragments4(&esp, 1200);
+            if reverse {
+                frags.reverse();
+            }
+            let case = format!("udp={udp} reverse={reverse}");
+            assert!(
+                r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &frags[0]))
+                    .is_empty(),
+                "{case}: held"
+            );
+            assert_eq!(r.count("esp4-decrypt", "fragment_queued"), 1, "{case}");
+            let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &frags[1]));
+            assert_eq!(r.count("esp4-decrypt", "reassembled"), 1, "{case}");
+            assert_eq!(r.count("esp4-decrypt", "decrypted"), 1, "{case}");
+            assert_eq!(out.len(), 2, "{case}: the inner packet, in c0's fragments");
+            assert!(out.iter().all(|(port, _)| *port == 0));
+            let (header, payload) = reassembled4(&out);
+            let ip = Ipv4Packet::new_unchecked(&header[..]);
+            assert_eq!(
+                (ip.src_addr(), ip.dst_addr()),
+                (v4(REMOTE_HOST), v4(CLIENT))
+            );
+            assert_eq!(ip.ttl(), 63, "{case}: forwarded, one hop");
+            assert_eq!(payload, inner[20..], "{case}");
+            assert_eq!(ipsec(&r).inbound[0].stats.snapshot().packets, 1);
+        }
+    }
+    // Larger than a packet buffer once whole: dropped, counted.
+    let mut r = rig(GCM, false);
+    let inner = ipv4(
+        v4(REMOTE_HOST),
+        v4(CLIENT),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &icmp_echo(8, 3000),
+    );
+    let esp = from_peer(&mut peer_outbound(GCM), &inner, false);
+    for f in fragments4(&esp, 1376) {
+        assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &f)).is_empty());
+    }
+    assert_eq!(r.count("esp4-decrypt", "reassembled_too_big"), 1);
+    assert_eq!(r.count("esp4-decrypt", "decrypted"), 0);
+}
+
+/// Switchyard to Switchyard: what one node's encrypt node fragments after encryption, the
+/// other's decrypt node reassembles and decrypts.
+#[test]
+fn switchyard_reads_its_own_fragmented_esp() {
+    let mut sender = rig(GCM, true);
+    let inner = ipv4(
+        v4(CLIENT),
+        v4(REMOTE_HOST),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &icmp_echo(8, 1380 - 28),
+    );
+    let out = sender.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &inner));
+    assert_eq!(out.len(), 2, "two outer fragments");
+    // The receiving end, the peer (198.18.2.2 on s0): the sender's outbound SA is its
+    // inbound one, the selectors the other way round.
+    let mut receiver = rig(GCM, true);
+    let mut c0 = Interface::new("c0", MAC0, 1500);
+    c0.ipv4.push("198.18.1.1/24".parse().unwrap());
+    let mut s0 = Interface::new("s0", MAC1, 1400);
+    s0.ipv4.push("198.18.2.2/24".parse().unwrap());
+    let mut tables = Tables::build(1, vec![c0, s0], &[]).unwrap();
+    tables.fib.insert(
+        "203.0.113.0/24".parse().unwrap(),
+        Route::Attached { port: 1 },
+    );
+    let mut t = ipsec(&receiver).clone();
+    t.outbound.clear();
+    let sa = &mut t.inbound[0];
+    sa.sa = config(OUT_SPI, GCM, 1);
+    sa.local = PEER.parse().unwrap();
+    std::mem::swap(&mut sa.local_ts, &mut sa.remote_ts);
+    tables.ipsec = Some(Arc::new(t));
+    receiver.tables = tables;
+    let mut forwarded = Vec::new();
+    for (_, frame) in &out {
+        let ip = &frame[14..];
+        forwarded.extend(receiver.send(1, &eth(MAC1, SERVER_MAC, 0x0800, ip)));
+    }
+    assert_eq!(receiver.count("esp4-decrypt", "decrypted"), 1);
+    assert_eq!(forwarded.len(), 1);
+    let ip = ip4_of(&forwarded[0].1);
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr()),
+        (v4(CLIENT), v4(REMOTE_HOST))
+    );
+    assert_eq!(ip.payload(), &inner[20..]);
+}
+
+/// IPv6: the peer (the source: IPv6 routers do not fragment) sends its ESP in fragments,
+/// raw and in UDP, in either order.
+#[test]
+fn fragmented_esp_over_ipv6_is_reassembled_then_decrypted() {
+    for udp in [false, true] {
+        for reverse in [false, true] {
+            let mut r = rig6(udp);
+            let (client, remote_host) = (v6(CLIENT6), v6(REMOTE_HOST6));
+            // Fits c0 (1500) but not s0 (1400) once encrypted.
+            let mut msg = vec![128, 0, 0, 0, 0, 7, 0, 1];
+            msg.extend((0..1400).map(|i| i as u8));
+            let msg = icmp6(remote_host, client, msg);
+            let inner = ipv6(remote_host, client, IpProtocol::ICMPV6, 64, &msg);
+            let esp =
+                esp::encapsulate(&mut peer_outbound(GCM), &inner, &outer6(udp, true), 0).unwrap();
+            assert!(esp.len() > 1400);
+            let mut frags = fragments6(&esp, 1232);
+            if reverse {
+                frags.reverse();
+            }
+            let case = format!("udp={udp} reverse={reverse}");
+            assert!(r
+                .send(1, &eth(MAC1, SERVER_MAC, 0x86dd, &frags[0]))
+                .is_empty());
+            let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x86dd, &frags[1]));
+            assert_eq!(r.count("esp6-decrypt", "reassembled"), 1, "{case}");
+            assert_eq!(r.count("esp6-decrypt", "decrypted"), 1, "{case}");
+            assert_eq!(out.len(), 1, "{case}");
+            assert_eq!(out[0].0, 0);
+            let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+            assert_eq!((ip.src_addr(), ip.dst_addr()), (remote_host, client));
+            assert_eq!(ip.hop_limit(), 63);
+            assert_eq!(ip.payload(), &msg[..], "{case}");
+        }
+    }
+}
+
+/// UDP fragments to the tunnel end are reassembled in case they are ESP; what turns out to
+/// be IKE (the non-ESP marker) or another port goes on to the local node as it came: without
+/// a host stack, fragmented again and answered as `ip4-local` answers UDP; with one, to the
+/// host.
+#[test]
+fn fragmented_ike_to_the_tunnel_end_still_reaches_the_local_path() {
+    let mut ike = vec![0, 0, 0, 0];
+    ike.extend((0..1800).map(|i| i as u8));
+    let datagram = udp4(PEER, LOCAL, 4500, 4500, &ike);
+    for punt in [false, true] {
+        let mut r = rig(GCM, true);
+        r.tables.punt_to_host = punt;
+        let mut out = Vec::new();
+        let mut punted = Vec::new();
+        for f in fragments4(&datagram, 1200) {
+            r.graph.receive(Packet::received(
+                HeapBuffer::from_bytes(&eth(MAC1, SERVER_MAC, 0x0800, &f)),
+                1,
+            ));
+            r.graph.dispatch(&r.tables, &mut r.state, r.now);
+            out.extend(r.take_tx());
+            punted.extend(r.graph.punt.drain(..).map(|p| p.buf.data().to_vec()));
+            r.graph.dropped.clear();
+        }
+        assert_eq!(r.count("esp4-decrypt", "reassembled_not_esp"), 1);
+        assert_eq!(r.count("esp4-decrypt", "decrypted"), 0);
+        if punt {
+            // The host gets the datagram, in fragments of at most s0's MTU, with its
+            // identification, and reassembles it.
+            assert!(out.is_empty());
+            assert_eq!(punted.len(), 2);
+            let mut payload = vec![0u8; datagram.len() - 20];
+            for p in &punted {
+                let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
+                assert!(ip.verify_checksum());
+                assert!(p.len() <= 1400);
+                assert_eq!(ip.ident(), 0x4242);
+                assert_eq!((ip.src_addr(), ip.dst_addr()), (v4(PEER), v4(LOCAL)));
+                let off = usize::from(ip.fragment_offset());
+                payload[off..off + ip.payload().len()].copy_from_slice(ip.payload());
+            }
+            assert_eq!(payload, datagram[20..]);
+        } else {
+            assert_eq!(r.count("ip4-local", "reassembled"), 1);
+            assert_eq!(r.count("ip4-local", "port_unreachable"), 1);
+            assert_eq!(out.len(), 1, "port unreachable back to the peer");
+        }
+    }
+}
+
+/// RFC 4301 5.2: cleartext from the peer's protected subnet to ours should have come
+/// through the SA; it is dropped and counted, forwarded or to this node (a virtual IP
+/// covered by the selectors), while the same packet inside ESP is delivered; traffic outside
+/// the selectors goes on in the clear.
+#[test]
+fn cleartext_that_an_inbound_sa_covers_is_dropped() {
+    let mut r = rig(GCM, true);
+    let mut peer = peer_outbound(GCM);
+    let plain = echo(REMOTE_HOST, CLIENT, 64, 20);
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &plain)).is_empty());
+    assert_eq!(r.count("esp4-encrypt", "cleartext_protected"), 1);
+    let esp = from_peer(&mut peer, &plain, true);
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &esp));
+    assert_eq!(out.len(), 1, "inside ESP: delivered");
+    assert_eq!(ip4_of(&out[0].1).dst_addr(), v4(CLIENT));
+    assert_eq!(r.count("esp4-encrypt", "cleartext_protected"), 1);
+    // From outside the peer's selectors: forwarded in the clear.
+    let out = r.send(
+        1,
+        &eth(MAC1, SERVER_MAC, 0x0800, &echo(PEER, CLIENT, 64, 20)),
+    );
+    assert_eq!(out.len(), 1);
+    // To this node: a virtual IP the selectors cover.
+    const VIP: &str = "198.19.200.1";
+    let mut t = (*r.tables.ipsec.take().unwrap()).clone();
+    t.inbound[0].local_ts = vec![ts(VIP, VIP)];
+    t.outbound[0].local_ts = vec![ts(VIP, VIP)];
+    t.local_addresses = vec![VIP.parse().unwrap()];
+    r.tables.set_ipsec(Some(t));
+    let ping = echo(REMOTE_HOST, VIP, 64, 20);
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &ping)).is_empty());
+    assert_eq!(r.count("esp4-decrypt", "cleartext_protected"), 1);
+    assert_eq!(r.count("ip4-local", "echo_replied"), 0);
+    let esp = from_peer(&mut peer, &ping, true);
+    assert_eq!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &esp)).len(), 1);
+    assert_eq!(r.count("ip4-local", "echo_replied"), 1);
+    // IPv6 the same.
+    let mut r = rig6(true);
+    let plain = echo6(v6(REMOTE_HOST6), v6(CLIENT6), 64);
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x86dd, &plain)).is_empty());
+    assert_eq!(r.count("esp6-encrypt", "cleartext_protected"), 1);
+}
+
+/// With selectors that cover everything (a road warrior's 0.0.0.0/0 and ::/0), what must
+/// still come in the clear does: IKE, ICMP errors about the tunnel's own packets (path MTU
+/// discovery), neighbor discovery; anything else is dropped.
+#[test]
+fn with_everything_covered_ike_errors_about_esp_and_nd_still_come_in_the_clear() {
+    let all4 = ts("0.0.0.0", "255.255.255.255");
+    let all6 = ts("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+    let mut r = rig(GCM, true);
+    let mut t = ipsec(&r).clone();
+    t.inbound[0].local_ts = vec![all4, all6];
+    t.inbound[0].remote_ts = vec![all4, all6];
+    r.tables.ipsec = Some(Arc::new(t));
+    // IKE to the tunnel end: the local node's (no host stack: port unreachable).
+    let ike = udp4(PEER, LOCAL, 500, 500, b"ike");
+    assert_eq!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &ike)).len(), 1);
+    assert_eq!(r.count("ip4-local", "port_unreachable"), 1);
+    // A router's fragmentation needed about our ESP: let in (the local node punts errors).
+    let our_esp = ipv4(
+        v4(LOCAL),
+        v4(PEER),
+        IpProtocol(50),
+        64,
+        true,
+        &[0xc0, 0xff, 0xee, 1, 0, 0, 0, 1],
+    );
+    let mut error = vec![3, 4, 0, 0, 0, 0, 0x05, 0x00];
+    error.extend_from_slice(&our_esp);
+    let c = checksum::checksum(&error);
+    error[2..4].copy_from_slice(&c.to_be_bytes());
+    let error = ipv4(
+        v4("198.18.2.3"),
+        v4(LOCAL),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &error,
+    );
+    r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &error));
+    assert_eq!(r.count("esp4-decrypt", "cleartext_protected"), 0);
+    // A neighbor solicitation to our address (unreachability detection): answered.
+    let (peer6, me6) = (v6("2001:db8:2::2"), v6("2001:db8:2::1"));
+    let ns = super::ns(peer6, me6, me6, Some(SERVER_MAC));
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x86dd, &ns));
+    assert_eq!(out.len(), 1, "the advertisement");
+    assert_eq!(r.count("esp6-decrypt", "cleartext_protected"), 0);
+    // But a ping to this node in the clear: the tunnel's.
+    let ping = echo(PEER, LOCAL, 64, 8);
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &ping)).is_empty());
+    assert_eq!(r.count("esp4-decrypt", "cleartext_protected"), 1);
+}
+
+/// `packet` with ECN field `ecn` (the IPv4 header checksum made right again).
+fn with_ecn(mut packet: Vec<u8>, ecn: u8) -> Vec<u8> {
+    if packet[0] >> 4 == 4 {
+        packet[1] = (packet[1] & !3) | ecn;
+        Ipv4Packet::new_unchecked(&mut packet[..]).fill_checksum();
+    } else {
+        packet[1] = (packet[1] & !0x30) | (ecn << 4);
+    }
+    packet
+}
+
+/// RFC 6040 4.2 at the tunnel's end: CE on the outer header reaches an ECN-capable inner
+/// packet (its IPv4 checksum kept right), and a packet that is not ECN-capable is dropped
+/// rather than lose the mark; IPv4 and IPv6.
+#[test]
+fn outer_congestion_marks_reach_the_inner_packet_or_drop_it() {
+    const CE: u8 = 3;
+    for inner_ecn in [2u8, 1, 0] {
+        let mut r = rig(GCM, true);
+        let inner = with_ecn(echo(REMOTE_HOST, CLIENT, 64, 40), inner_ecn);
+        let mut esp = from_peer(&mut peer_outbound(GCM), &inner, true);
+        // A router on the way marks the outer header.
+        esp = with_ecn(esp, CE);
+        let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &esp));
+        if inner_ecn == 0 {
+            assert!(out.is_empty(), "Not-ECT inside: dropped");
+            assert_eq!(r.count("esp4-decrypt", "ecn_drop"), 1);
+            assert_eq!(ipsec(&r).inbound[0].stats.snapshot().other_drops, 1);
+        } else {
+            assert_eq!(out.len(), 1);
+            let ip = ip4_of(&out[0].1); // checks the header checksum
+            assert_eq!(ip.ecn(), CE, "ECT({}) inside: marked", 2 - inner_ecn);
+        }
+    }
+    // Not marked on the way: the inner field as it was.
+    let mut r = rig(GCM, true);
+    let inner = with_ecn(echo(REMOTE_HOST, CLIENT, 64, 40), 1);
+    let esp = from_peer(&mut peer_outbound(GCM), &inner, true);
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &esp));
+    assert_eq!(ip4_of(&out[0].1).ecn(), 1);
+    // IPv6 inside IPv6.
+    for inner_ecn in [2u8, 0] {
+        let mut r = rig6(true);
+        let inner = with_ecn(echo6(v6(REMOTE_HOST6), v6(CLIENT6), 64), inner_ecn);
+        let esp =
+            esp::encapsulate(&mut peer_outbound(GCM), &inner, &outer6(true, true), 0).unwrap();
+        let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x86dd, &with_ecn(esp, CE)));
+        if inner_ecn == 0 {
+            assert!(out.is_empty());
+            assert_eq!(r.count("esp6-decrypt", "ecn_drop"), 1);
+        } else {
+            let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+            assert_eq!(ip.traffic_class() & 3, CE);
+        }
+    }
+}
+
+/// RFC 6040 4.1 (normal mode): the outer header copies the inner ECN field, with the DSCP;
+/// IPv4 in IPv4 and IPv6 in IPv6.
+#[test]
+fn encapsulation_copies_the_inner_ecn_field() {
+    for ecn in [1u8, 2, 3] {
+        let mut r = rig(GCM, false);
+        let inner = with_ecn(echo(CLIENT, REMOTE_HOST, 64, 40), ecn);
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &inner));
+        assert_eq!(out.len(), 1);
+        let ip = ip4_of(&out[0].1); // checks the header checksum
+        assert_eq!(ip.protocol().0, 50);
+        assert_eq!(ip.ecn(), ecn);
+        let mut r = rig6(false);
+        let inner = with_ecn(echo6(v6(CLIENT6), v6(REMOTE_HOST6), 64), ecn);
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &inner));
+        assert_eq!(out.len(), 1);
+        let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+        assert_eq!(ip.next_header().0, 50);
+        assert_eq!(ip.traffic_class() & 3, ecn);
+    }
 }

@@ -519,6 +519,65 @@ proptest! {
     }
 }
 
+/// RFC 6040 section 4.1 (normal mode, which RFC 4301 section 5.1.2.1 now follows): the outer
+/// header copies the inner ECN field as it is, CE included, beside the DSCP; and
+/// decapsulation reports the outer ECN field as it arrived, for the caller to combine with
+/// the inner one (section 4.2).
+#[test]
+fn the_outer_header_copies_the_inner_ecn_field_and_decapsulation_reports_it() {
+    for suite in [SUITES[0], SUITES[2]] {
+        for ecn in 0..4u8 {
+            for outer in [v4_outer(), v6_outer().with_udp(4500, 4500)] {
+                let (mut out, mut inb) = pair(suite, false);
+                // IPv4 inner: DSCP EF (0xb8) and the ECN field in the type of service.
+                let mut v4 = inner_v4(100);
+                v4[1] = 0xb8 | ecn;
+                // IPv6 inner: traffic class 0x2c (DSCP 11) and the ECN field.
+                let mut v6 = inner_v6(100);
+                let tclass = 0x2c | ecn;
+                v6[0] = 0x60 | (tclass >> 4);
+                v6[1] = (tclass << 4) | (v6[1] & 0x0f);
+                for (inner, tos) in [(&v4, 0xb8 | ecn), (&v6, tclass)] {
+                    let mut p = encapsulate(&mut out, inner, &outer, 0).unwrap();
+                    let got = if outer.src().is_ipv4() {
+                        assert_eq!(checksum(&[&p[..20]]), 0, "valid IPv4 header checksum");
+                        p[1]
+                    } else {
+                        (p[0] << 4) | (p[1] >> 4)
+                    };
+                    assert_eq!(got, tos, "{suite:?} {outer:?} ecn {ecn}");
+                    let d = decapsulate(&mut inb, &mut p, 0).unwrap();
+                    assert_eq!(d.outer_ecn, ecn);
+                    assert_eq!(
+                        &p[d.inner],
+                        &inner[..],
+                        "the inner packet is left as it was"
+                    );
+                }
+            }
+        }
+    }
+    // What the network did to the outer field on the way is what decapsulation reports: CE
+    // set by a router, through both halves of the batch path too.
+    let (mut out, mut inb) = pair(SUITES[0], false);
+    let mut v4 = inner_v4(60);
+    v4[1] = 0x02; // ECT(0)
+    let mut p = encapsulate(&mut out, &v4, &v4_outer(), 0).unwrap();
+    p[1] |= 3;
+    p[10..12].fill(0);
+    let sum = checksum(&[&p[..20]]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    let (job, params) = decapsulate_prepare(&mut inb, &mut p, 0).unwrap();
+    let crypto = inb.crypto_ctx().run_here(&params, &mut p);
+    let d = decapsulate_finish(&mut inb, &job, &mut p, crypto).unwrap();
+    assert_eq!(d.outer_ecn, 3);
+    assert_eq!(
+        p[d.inner.start + 1],
+        0x02,
+        "the codec leaves the inner field to the caller"
+    );
+}
+
 /// The outer header as it was built before the template: field by field, checksum summed
 /// over the whole header (the reference [`OuterHeader::write`] must agree with).
 fn outer_built_field_by_field(
@@ -527,12 +586,12 @@ fn outer_built_field_by_field(
     udp: Option<(u16, u16)>,
     ttl: u8,
     total: usize,
-    dscp: u8,
+    tos: u8,
 ) -> Vec<u8> {
     let protocol = if udp.is_some() { 17 } else { ESP_PROTOCOL };
     let mut h = match (src, dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let mut h = vec![0x45, dscp, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0];
+            let mut h = vec![0x45, tos, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0];
             h.extend_from_slice(&[ttl, protocol, 0, 0]);
             h.extend_from_slice(&src.octets());
             h.extend_from_slice(&dst.octets());
@@ -541,7 +600,7 @@ fn outer_built_field_by_field(
             h
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            let mut h = vec![0x60 | (dscp >> 4), dscp << 4, 0, 0];
+            let mut h = vec![0x60 | (tos >> 4), tos << 4, 0, 0];
             h.extend_from_slice(&((total - 40) as u16).to_be_bytes());
             h.extend_from_slice(&[protocol, ttl]);
             h.extend_from_slice(&src.octets());
@@ -560,9 +619,10 @@ fn outer_built_field_by_field(
     h
 }
 
-/// The template, copied and patched (lengths, DSCP, the IPv4 checksum by incremental
+/// The template, copied and patched (lengths, traffic class, the IPv4 checksum by incremental
 /// update), gives the same bytes as the header built field by field: for both families,
-/// with and without UDP, for any TTL, DSCP and length, and for addresses whose sums carry.
+/// with and without UDP, for any TTL, DSCP, ECN and length, and for addresses whose sums
+/// carry.
 #[test]
 fn outer_template_matches_the_header_built_field_by_field() {
     let v4: [(&str, &str); 4] = [
@@ -598,13 +658,13 @@ fn outer_template_matches_the_header_built_field_by_field() {
                     (outer.src(), outer.dst(), outer.udp(), outer.ttl()),
                     (src, dst, udp, ttl)
                 );
-                for dscp in [0, 0x04, 0xb8, 0xfc] {
+                for tos in [0, 0x04, 0xb8, 0xfc, 0x01, 0xba, 0xff] {
                     for total in [outer.len() + 34, 100, 1500, 0x7fff, 0xfff0, 0xffff] {
-                        let expected = outer_built_field_by_field(src, dst, udp, ttl, total, dscp);
+                        let expected = outer_built_field_by_field(src, dst, udp, ttl, total, tos);
                         assert_eq!(expected.len(), outer.len());
                         let mut header = vec![0xaa; outer.len()];
-                        assert!(outer.write(&mut header, total, dscp));
-                        assert_eq!(header, expected, "{outer:?} total {total} dscp {dscp:#x}");
+                        assert!(outer.write(&mut header, total, tos));
+                        assert_eq!(header, expected, "{outer:?} total {total} tos {tos:#x}");
                         if src.is_ipv4() {
                             assert_eq!(checksum(&[&header[..20]]), 0);
                         }
@@ -614,7 +674,7 @@ fn outer_template_matches_the_header_built_field_by_field() {
             }
         }
     }
-    assert_eq!(checked, 7 * 4 * 3 * 4 * 6);
+    assert_eq!(checked, 7 * 4 * 3 * 7 * 6);
     // Too short a buffer, or addresses of two families, write nothing.
     let mut short = [0u8; 27];
     assert!(!v4_outer().with_udp(4500, 4500).write(&mut short, 100, 0));
