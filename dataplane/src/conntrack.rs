@@ -19,9 +19,11 @@
 //! TCP follows a simplified version of the Linux/VPP middlebox state machine (no sequence
 //! window tracking): the state moves on SYN, SYN-ACK, FIN, ACK and RST by direction, and each
 //! state has its own timeout. A client's SYN on a closing or closed connection starts a new
-//! one on the same tuples (port reuse); on an established one it passes and changes nothing,
-//! as Linux ignores it. Expiry is lazy (a lookup that finds an expired entry removes it)
-//! and incremental ([`Conntrack::expire`] visits a bounded number of slots per call).
+//! one on the same tuples (port reuse), reported as [`Verdict::Reopened`] so that the caller
+//! judges and balances it as the new connection it is; on an established one it passes and
+//! changes nothing, as Linux ignores it. Expiry is lazy (a lookup that finds an expired
+//! entry removes it) and incremental ([`Conntrack::expire`] visits a bounded number of
+//! slots per call).
 //!
 //! An established flow's packet costs one call, [`Conntrack::lookup_track_v4`] for IPv4: the
 //! key read as integers, one hash, the index probe, the expiry check against the timeout the
@@ -259,6 +261,15 @@ pub enum ConnState {
 pub enum Verdict {
     /// The packet fits the connection; state, counters and `last_seen` were updated.
     Valid,
+    /// The packet is the originator's SYN on the tuples of a closing or closed TCP connection
+    /// (a client reusing its port): a new connection. The entry was started over as if
+    /// inserted for it (state `SynSent`, age and counters from this packet, unassured).
+    /// It is still the old connection's entry, with the old translation: the caller treats
+    /// the packet as a new connection's first (NetworkPolicy judges it under the policy in
+    /// force now; the service proxy forgets the entry and balances afresh), as Linux
+    /// conntrack, for a SYN after TIME_WAIT or a reset, kills the old entry and looks the
+    /// packet up again as NEW.
+    Reopened,
     /// The packet does not fit the connection's state (for example a first TCP packet without
     /// SYN when strict, or flags no TCP stack sends); nothing was updated. Count and drop.
     Invalid,
@@ -274,7 +285,8 @@ pub struct Tracked {
     pub id: EntryId,
     /// Which of the entry's tuples the packet has.
     pub dir: Direction,
-    /// [`Verdict::Valid`] or [`Verdict::Invalid`] (never `Stale`: the entry was just found).
+    /// [`Verdict::Valid`], [`Verdict::Reopened`] or [`Verdict::Invalid`] (never `Stale`: the
+    /// entry was just found).
     pub verdict: Verdict,
     /// The entry's caller value ([`ConnEntry::user`]).
     pub user: u32,
@@ -827,7 +839,11 @@ impl Conntrack {
         if slot.count(dir, len, now) {
             self.unlink_unassured(index);
         }
-        Verdict::Valid
+        if reopened {
+            Verdict::Reopened
+        } else {
+            Verdict::Valid
+        }
     }
 
     /// Starts tracking a connection whose first packet has tuple `original` and whose answers
@@ -1660,8 +1676,11 @@ mod tests {
         );
         ct.track(id, Original, Some(ACK), 52, 0);
         assert_eq!(state(&ct, id), ConnState::TimeWait);
-        // Port reuse: a new SYN starts the connection over, unassured again.
-        assert_eq!(ct.track(id, Original, Some(SYN), 60, 3 * S), Verdict::Valid);
+        // Port reuse: a new SYN starts the connection over, unassured again, and says so.
+        assert_eq!(
+            ct.track(id, Original, Some(SYN), 60, 3 * S),
+            Verdict::Reopened
+        );
         let entry = ct.get(id).unwrap();
         assert_eq!(
             (entry.state, entry.assured, entry.created),
@@ -1694,7 +1713,11 @@ mod tests {
                 "{before:?}"
             );
             // The client reuses its port before the old close was fully seen.
-            assert_eq!(ct.track(id, Original, Some(SYN), 60, S), Verdict::Valid);
+            assert_eq!(
+                ct.track(id, Original, Some(SYN), 60, S),
+                Verdict::Reopened,
+                "from {before:?}"
+            );
             let entry = ct.get(id).unwrap();
             assert_eq!(
                 (entry.state, entry.assured, entry.created, entry.packets),
@@ -2101,7 +2124,8 @@ mod tests {
                 self.counters.invalid += 1;
                 return Verdict::Invalid;
             };
-            if reopens(entry.state, state) {
+            let reopened = reopens(entry.state, state);
+            if reopened {
                 entry.created = now;
                 entry.packets = [0; 2];
                 entry.bytes = [0; 2];
@@ -2119,7 +2143,11 @@ mod tests {
                 entry.assured = true;
                 self.unassured.retain(|&u| u != id);
             }
-            Verdict::Valid
+            if reopened {
+                Verdict::Reopened
+            } else {
+                Verdict::Valid
+            }
         }
     }
 

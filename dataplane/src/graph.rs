@@ -77,11 +77,16 @@ pub struct Meta {
     /// checked against its SA's selectors: the inbound check of cleartext against the SAs'
     /// selectors (RFC 4301 5.2) lets it pass, as it does not what other tunnels carried.
     pub esp_decrypted: bool,
-    /// The connection-tracking entry the packet belongs to, when the NAT node found or made
-    /// one.
+    /// The connection-tracking entry the packet belongs to (or, with `conn_related`, is an
+    /// ICMP error about), when the NAT node found or made one, or the ACL node found one that
+    /// the packet reopens.
     pub conn: Option<crate::conntrack::EntryId>,
-    /// `conn` was made for this packet (a new connection, not yet allowed by policy).
+    /// `conn` was made, or started over, for this packet (a new connection, not yet allowed
+    /// by policy).
     pub conn_new: bool,
+    /// The packet is an ICMP error about `conn` (it quotes one of the connection's packets),
+    /// not a packet of the connection: NetworkPolicy passes it as related.
+    pub conn_related: bool,
     /// When the packet was first parked in [`HOLD`], if it was.
     pub held_since: Option<NonZeroU64>,
     /// 1 + index of this packet's trace record, or 0 when it is not traced.

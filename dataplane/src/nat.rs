@@ -587,10 +587,21 @@ fn parse_quoted(inner: &[u8]) -> Option<Tuple> {
         _ => return None,
     };
     let mut key = key;
+    let l4 = &inner[l4_offset..];
     if !fragment && matches!(key.proto, TCP | UDP | SCTP) {
-        let l4 = &inner[l4_offset..];
         key.src_port = u16::from_be_bytes([l4[0], l4[1]]);
         key.dst_port = u16::from_be_bytes([l4[2], l4[3]]);
+    }
+    // An echo is tracked by its identifier in both port places
+    // ([`FlowKey::icmp_echo`]): so is its quote, so that errors about a ping find its flow.
+    let echo = matches!(
+        (version, key.proto, l4[0]),
+        (4, ICMP, 0 | 8) | (6, ICMPV6, 128 | 129)
+    );
+    if !fragment && echo {
+        let identifier = u16::from_be_bytes([l4[4], l4[5]]);
+        key.src_port = identifier;
+        key.dst_port = identifier;
     }
     Some(Tuple {
         key,

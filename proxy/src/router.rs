@@ -714,6 +714,7 @@ where
                 trace: 0,
                 conn: None,
                 conn_new: false,
+                conn_related: false,
                 held_since: None,
                 handoff: switchyard_dataplane::graph::Handoff::to(*me as u16),
                 ..meta

@@ -218,6 +218,65 @@ fn icmp_error_about_a_translated_flow_is_translated_back() {
     assert_eq!(err, icmp4_error(v4a, c4, &sent));
 }
 
+/// An error about a ping quotes the echo: its key carries the identifier in both port places,
+/// as [`FlowKey::icmp_echo`] tracks the ping, so that the error finds the flow it is about.
+#[test]
+fn a_quoted_echo_is_keyed_by_its_identifier() {
+    let (pod, far, router) = (
+        Ipv4Addr::new(198, 18, 0, 2),
+        Ipv4Addr::new(203, 0, 113, 9),
+        Ipv4Addr::new(198, 18, 0, 1),
+    );
+    // An echo request from the pod, identifier 0x1234, TTL 1.
+    let mut echo = vec![0x45, 0, 0, 32, 0, 0, 0, 0, 1, ICMP, 0, 0];
+    echo.extend_from_slice(&pod.octets());
+    echo.extend_from_slice(&far.octets());
+    echo.extend_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 1, 0xaa, 0xbb, 0xcc, 0xdd]);
+    let mut err = icmp4_error(router, pod, &echo);
+    err[20] = 11; // time exceeded in transit (parsing reads no checksum)
+    err[21] = 0;
+    let outer = Tuple::parse(&err).unwrap();
+    let (quoted, _) = quoted_tuple(&err, &outer).unwrap();
+    assert_eq!(
+        quoted.key,
+        FlowKey::icmp_echo(IpAddr::V4(pod), IpAddr::V4(far), 0x1234)
+    );
+    // An echo reply quoted (the pod answered a ping that then met an error) likewise.
+    echo[20] = 0;
+    let err = icmp4_error(router, pod, &echo);
+    let (quoted, _) = quoted_tuple(&err, &Tuple::parse(&err).unwrap()).unwrap();
+    assert_eq!((quoted.key.src_port, quoted.key.dst_port), (0x1234, 0x1234));
+    // Other ICMP messages quoted have no identifier: ports stay zero.
+    echo[20] = 13; // timestamp request
+    let err = icmp4_error(router, pod, &echo);
+    let (quoted, _) = quoted_tuple(&err, &Tuple::parse(&err).unwrap()).unwrap();
+    assert_eq!((quoted.key.src_port, quoted.key.dst_port), (0, 0));
+
+    // ICMPv6: a time exceeded quoting an echo request (128), identifier 7.
+    let (pod6, far6, router6) = (
+        "2001:db8:1::2".parse::<Ipv6Addr>().unwrap(),
+        "2001:db8:9::9".parse::<Ipv6Addr>().unwrap(),
+        "2001:db8:1::1".parse::<Ipv6Addr>().unwrap(),
+    );
+    let mut quoted6 = vec![0x60, 0, 0, 0, 0, 8, ICMPV6, 1];
+    quoted6.extend_from_slice(&pod6.octets());
+    quoted6.extend_from_slice(&far6.octets());
+    quoted6.extend_from_slice(&[128, 0, 0, 0, 0, 7, 0, 1]);
+    let mut err6 = vec![0x60, 0, 0, 0];
+    err6.extend_from_slice(&((8 + quoted6.len()) as u16).to_be_bytes());
+    err6.extend_from_slice(&[ICMPV6, 64]);
+    err6.extend_from_slice(&router6.octets());
+    err6.extend_from_slice(&pod6.octets());
+    err6.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
+    err6.extend_from_slice(&quoted6);
+    let outer = Tuple::parse(&err6).unwrap();
+    let (quoted, _) = quoted_tuple(&err6, &outer).unwrap();
+    assert_eq!(
+        quoted.key,
+        FlowKey::icmp_echo(IpAddr::V6(pod6), IpAddr::V6(far6), 7)
+    );
+}
+
 proptest! {
     #[test]
     fn rewrite_equals_rebuild(

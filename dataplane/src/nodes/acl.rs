@@ -5,6 +5,8 @@
 //! destination, when these are local pods isolated in that direction. Policy is stateful:
 //! a packet of a tracked connection (either way) passes without a rule check, an allowed
 //! new flow is tracked so that its replies pass, and ICMP errors about a tracked flow pass.
+//! A client's SYN on the tuples of a closed or closing TCP connection (port reuse) opens a
+//! new connection: it is judged as one, under the policy in force when it comes.
 //! Traffic this node originates is allowed (the node's own traffic convention); a denied
 //! new service connection is forgotten again.
 //!
@@ -17,7 +19,7 @@
 use std::net::IpAddr;
 
 use crate::buffer::PacketBuffer;
-use crate::conntrack::{FlowKey, PROTO_ICMP, PROTO_ICMPV6};
+use crate::conntrack::{FlowKey, Verdict, PROTO_ICMP, PROTO_ICMPV6};
 use crate::graph::{Context, NextIndex, Node, Packet, DROP, HANDOFF};
 use crate::nat::{self, Tuple};
 use crate::policy::{AclDirection, PolicyTables};
@@ -114,7 +116,12 @@ fn judge<B: PacketBuffer>(
         return Next::Lookup;
     }
     if pkt.meta.conn.is_some() && !pkt.meta.conn_new {
-        cx.error(AclError::Established);
+        // The NAT node found the packet's connection, or the one its ICMP error is about.
+        cx.error(if pkt.meta.conn_related {
+            AclError::Related
+        } else {
+            AclError::Established
+        });
         return Next::Lookup;
     }
     let Some(mut t) = Tuple::parse(pkt.buf.data()) else {
@@ -169,32 +176,42 @@ fn judge<B: PacketBuffer>(
     if !pkt.meta.conn_new {
         if let Some((id, dir)) = cx.state.conntrack.lookup(&key, cx.now) {
             // A later fragment has no TCP flags: its first moved the state for it.
-            if !t.later_fragment {
-                let flags = t.tcp_flags;
-                cx.state
+            let reopened = !t.later_fragment
+                && cx
+                    .state
                     .conntrack
-                    .track(id, dir, flags, t.end as u32, cx.now);
-            }
-            cx.error(AclError::Established);
-            return Next::Lookup;
-        }
-        let quoted = nat::quoted_tuple(pkt.buf.data(), &t).map(|(q, _)| q.key);
-        if let Some(quoted) = &quoted {
-            if cx
-                .state
-                .conntrack
-                .lookup_icmp_error(quoted, cx.now)
-                .is_some()
-            {
-                cx.error(AclError::Related);
+                    .track(id, dir, t.tcp_flags, t.end as u32, cx.now)
+                    == Verdict::Reopened;
+            if !reopened {
+                cx.error(AclError::Established);
                 return Next::Lookup;
             }
-        }
-        // Not tracked here: perhaps by another worker.
-        let tracked_as = quoted.as_ref().map_or(key, FlowKey::for_icmp_error);
-        if super::nat::tracked_elsewhere(cx, pkt, &tracked_as).is_some() {
-            cx.error(AclError::HandedOff);
-            return Next::Handoff;
+            // A SYN reusing the tuples of a closed connection opens a new one, which only
+            // the policy in force now may allow: it is judged below as new, on the entry
+            // started over for it (forgotten if denied). Without services (the NAT node
+            // would have found the entry first) the entry is untranslated: the packet's
+            // own ends are the ones to judge.
+            pkt.meta.conn = Some(id);
+            pkt.meta.conn_new = true;
+        } else {
+            let quoted = nat::quoted_tuple(pkt.buf.data(), &t).map(|(q, _)| q.key);
+            if let Some(quoted) = &quoted {
+                if cx
+                    .state
+                    .conntrack
+                    .lookup_icmp_error(quoted, cx.now)
+                    .is_some()
+                {
+                    cx.error(AclError::Related);
+                    return Next::Lookup;
+                }
+            }
+            // Not tracked here: perhaps by another worker.
+            let tracked_as = quoted.as_ref().map_or(key, FlowKey::for_icmp_error);
+            if super::nat::tracked_elsewhere(cx, pkt, &tracked_as).is_some() {
+                cx.error(AclError::HandedOff);
+                return Next::Handoff;
+            }
         }
     }
     // Flows are tracked from their first packet; a later fragment of one that is not

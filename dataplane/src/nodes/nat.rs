@@ -2,7 +2,9 @@
 //! the lookup sees is already the backend's address (or, for answers, the client's).
 //!
 //! For each TCP, UDP or SCTP packet:
-//! 1. a tracked connection (either direction) is translated as its conntrack entry says;
+//! 1. a tracked connection (either direction) is translated as its conntrack entry says (a
+//!    client's SYN on the tuples of a closed one is a new connection: the old entry goes and
+//!    the packet starts over, as below);
 //! 2. otherwise, a packet to a Service frontend starts a connection: the frontend's backend
 //!    set for this sender (internal or external, by the traffic policies) is picked from with
 //!    Maglev over the flow hash (the client address alone with ClientIP affinity), the
@@ -13,7 +15,8 @@
 //! 4. anything else passes untouched.
 //!
 //! ICMP errors about a tracked connection are translated back (outer header and the quoted
-//! packet) so the client's stack matches them to its socket.
+//! packet) so the client's stack matches them to its socket, and marked as related to it
+//! (`meta.conn`, `meta.conn_related`) for NetworkPolicy.
 //!
 //! A fragment after the first carries no ports: it takes its first fragment's, which
 //! `ip{4,6}-vreass` learned ([`crate::virtual_reassembly`]), and is translated as that
@@ -51,6 +54,7 @@ node_errors! {
         FragmentFollowed = ("fragment_followed", "non-first fragments translated as their first fragment's connection"),
         FragmentWithoutConnection = ("fragment_without_connection", "non-first fragment to a service whose first fragment made no connection: dropped"),
         IcmpTranslated = ("icmp_translated", "ICMP errors about tracked connections translated"),
+        Reopened = ("reopened", "TCP SYNs on the tuples of a closed or closing connection: its entry forgotten, the SYN taken as a new connection's"),
         Encapsulated = ("encapsulated", "packets sent to a backend in a GRE or IP-in-IP tunnel"),
         Decapsulated = ("decapsulated", "tunnel packets to this node unwrapped"),
         BadTunnel = ("bad_tunnel", "tunnel packet with a bad GRE header or inner packet: dropped"),
@@ -197,6 +201,7 @@ fn translate_plain4<B: PacketBuffer>(
             return Next::Drop;
         }
         Verdict::Stale => return Next::Lookup,
+        Verdict::Reopened => return reopen_parsed(cx, services, pkt, hit.id),
     }
     let translated = match translation {
         Translation::None => false,
@@ -235,6 +240,46 @@ fn start_parsed<B: PacketBuffer>(
         Some(t) => start(cx, services, pkt, &t),
         None => Next::Lookup,
     }
+}
+
+/// [`reopen`] for a packet the short path found reopening entry `id`.
+#[cold]
+fn reopen_parsed<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+    id: EntryId,
+) -> Next {
+    match Tuple::parse(pkt.buf.data()) {
+        Some(t) => reopen(cx, services, pkt, id, &t),
+        None => Next::Lookup,
+    }
+}
+
+/// A client's SYN on the tuples of entry `id`, a closing or closed connection
+/// ([`Verdict::Reopened`]): a new connection, which Linux conntrack (and so kube-proxy) would
+/// make a new entry for, killing the old one. So here: the old entry goes and the packet
+/// starts over, balanced among the Service's backends as they are now (the old backend may
+/// have left it; TCP connections to a backend that left are kept until they close) and
+/// judged by NetworkPolicy as a new connection (`meta.conn_new`). A tuple that is no longer
+/// a Service's passes untranslated, as any packet to a plain address.
+#[cold]
+fn reopen<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+    id: EntryId,
+    t: &Tuple,
+) -> Next {
+    cx.state.conntrack.remove(id);
+    cx.error(NatError::Reopened);
+    if pkt.meta.trace != 0 {
+        cx.trace(
+            &pkt.meta,
+            format_args!("{}: SYN on a closed connection, started anew", t.key),
+        );
+    }
+    start(cx, services, pkt, t)
 }
 
 /// Rewrites the packet `ip` of entry `id`, travelling in `dir`, to its target tuple with the
@@ -297,6 +342,7 @@ fn translate<B: PacketBuffer>(
                 return Next::Drop;
             }
             Verdict::Stale => return Next::Lookup,
+            Verdict::Reopened => return reopen(cx, services, pkt, id, &t),
         }
         let Some(entry) = cx.state.conntrack.get(id) else {
             return Next::Lookup;
@@ -717,6 +763,11 @@ fn icmp_error<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: 
     let Some(entry) = cx.state.conntrack.get(id) else {
         return Next::Lookup;
     };
+    // Related to the connection: NetworkPolicy passes it as such (once translated, its quote
+    // is no longer one of the entry's tuples, so the ACL could not find the entry again), and
+    // a translated one gets no ICMP redirect.
+    pkt.meta.conn = Some(id);
+    pkt.meta.conn_related = true;
     if !nat::is_translated(entry) {
         return Next::Lookup;
     }

@@ -1,6 +1,7 @@
 //! NetworkPolicy in the graph: per-pod ACLs, stateful replies, service traffic judged after
 //! DNAT.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::nat::{tcp, tcp6, udp};
@@ -251,6 +252,11 @@ fn service_traffic_is_judged_by_the_backend_port_after_dnat() {
 /// A rig with `p` and the test Service (198.51.100.10:80 to the server's 8080), every
 /// connection to it masqueraded (kube-proxy's `--masquerade-all`).
 fn masquerading_rig(p: PolicyTables) -> Rig {
+    service_rig(p, true)
+}
+
+/// A rig with `p` and the test Service (198.51.100.10:80 to the server's 8080).
+fn service_rig(p: PolicyTables, masquerade_all: bool) -> Rig {
     use crate::services::Services;
     use switchyard_lb::service::{CompileOptions, ServiceTable};
     let svc = super::nat::test_service(vec![switchyard_lb::service::Endpoint::ready(
@@ -262,12 +268,205 @@ fn masquerading_rig(p: PolicyTables) -> Rig {
     let mut r = rig(p);
     r.tables.services = Some(Arc::new(Services {
         table,
-        masquerade_all: true,
+        masquerade_all,
         ..Services::default()
     }));
     r.tables.version = 3;
     r.state.sync_services(&r.tables);
     r
+}
+
+/// Publishes tables with policy `p` instead (services unchanged), as the control plane does.
+fn publish(r: &mut Rig, p: PolicyTables) {
+    r.tables.policy = Some(Arc::new(p));
+    r.tables.version += 1;
+    r.state.sync_services(&r.tables);
+}
+
+/// A client that closed a connection and reuses its port opens a new connection (Linux
+/// conntrack kills the old entry and judges the SYN as NEW): it needs the policy in force
+/// now, not the one that allowed the old connection.
+#[test]
+fn a_port_reused_after_close_is_judged_by_the_policy_in_force_now() {
+    let allow = || policy(&[("198.18.1.0/24", Some(6), (80, 80))]);
+    let mut r = rig(allow());
+    super::nat::open_and_close(&mut r, v4(SERVER), 80, 80);
+    assert_eq!(r.count("ip4-acl", "allowed_new"), 1);
+    // The server's ingress now admits nothing.
+    publish(&mut r, policy(&[]));
+    let syn = tcp(v4(CLIENT), v4(SERVER), 40000, 80, TcpFlags::SYN);
+    assert!(from_client(&mut r, &syn).is_empty());
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 1);
+    assert_eq!(
+        r.state.conntrack.len(),
+        0,
+        "a denied connection is not kept"
+    );
+    // Admitted again, the same SYN opens it, tracked for its replies.
+    publish(&mut r, allow());
+    assert_eq!(from_client(&mut r, &syn).len(), 1);
+    assert_eq!(r.count("ip4-acl", "allowed_new"), 2);
+    let synack = tcp(
+        v4(SERVER),
+        v4(CLIENT),
+        80,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    assert_eq!(from_server(&mut r, &synack).len(), 1, "its reply passes");
+}
+
+/// The same through a Service: the reopened connection is judged after DNAT, under the
+/// policy in force now, and forgotten when denied.
+#[test]
+fn a_port_reused_through_a_service_is_judged_by_the_policy_in_force_now() {
+    let allow = || policy(&[("198.18.1.0/24", Some(6), (8080, 8080))]);
+    let mut r = service_rig(allow(), false);
+    super::nat::open_and_close(&mut r, v4("198.51.100.10"), 80, 8080);
+    publish(&mut r, policy(&[]));
+    let syn = tcp(v4(CLIENT), v4("198.51.100.10"), 40000, 80, TcpFlags::SYN);
+    assert!(from_client(&mut r, &syn).is_empty());
+    assert_eq!(r.count("ip4-nat", "reopened"), 1);
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 1);
+    assert_eq!(
+        r.state.conntrack.len(),
+        0,
+        "a denied connection is not kept"
+    );
+    publish(&mut r, allow());
+    let out = from_client(&mut r, &syn);
+    assert_eq!(out.len(), 1);
+    assert_eq!(ip4_of(&out[0].1).dst_addr(), v4(SERVER));
+    assert_eq!(r.count("ip4-acl", "allowed_new"), 2);
+}
+
+/// An ICMP error, `kind` and `code` (and `mtu` for fragmentation needed), from `src` to the
+/// client about the packet the frame `about` carries (its header and first 8 bytes).
+fn icmp4_error_about(src: Ipv4Addr, (kind, code, mtu): (u8, u8, u16), about: &[u8]) -> Vec<u8> {
+    let seen = ip4_of(about);
+    let hlen = seen.header_len();
+    let quoted = seen.into_inner()[..hlen + 8].to_vec();
+    let mut icmp = vec![kind, code, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&quoted);
+    let c = checksum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4(src, v4(CLIENT), IpProtocol::ICMP, 64, false, &icmp)
+}
+
+/// ICMP errors about a Service connection are related to it, translated or not: a client
+/// isolated for ingress gets the backend's port unreachable (so its probe fails at once, not
+/// by timeout) and a router's fragmentation needed (else path MTU discovery blackholes).
+#[test]
+fn icmp_errors_about_service_connections_reach_an_isolated_client() {
+    let vip = v4("198.51.100.10");
+    let client_in = acl("client-in", &[("198.18.2.2/32", Some(6), (80, 80))]);
+    let mut r = service_rig(one_acl(v4(CLIENT), AclDirection::Ingress, client_in), false);
+    let probe = from_client(&mut r, &udp(v4(CLIENT), vip, 5000, 80));
+    assert_eq!(probe.len(), 1);
+    let err = icmp4_error_about(v4(SERVER), (3, 3, 0), &probe[0].1);
+    let out = from_server(&mut r, &err);
+    assert_eq!(out.len(), 1, "the port unreachable reaches the client");
+    let ip = ip4_of(&out[0].1);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (vip, v4(CLIENT)));
+    let quoted = Ipv4Packet::new_unchecked(&ip.payload()[8..]);
+    assert_eq!(quoted.dst_addr(), vip, "about the client's own datagram");
+    assert_eq!(r.count("ip4-acl", "related"), 1);
+
+    // A router beyond this node cannot forward the client's big segment to the backend.
+    let syn = from_client(&mut r, &tcp(v4(CLIENT), vip, 40000, 80, TcpFlags::SYN));
+    assert_eq!(syn.len(), 1);
+    let router = v4("198.18.2.3");
+    let err = icmp4_error_about(router, (3, 4, 1200), &syn[0].1);
+    let out = from_server(&mut r, &err);
+    assert_eq!(out.len(), 1, "fragmentation needed reaches the client");
+    let ip = ip4_of(&out[0].1);
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (router, v4(CLIENT)));
+    assert_eq!(&ip.payload()[..2], &[3, 4]);
+    assert_eq!(r.count("ip4-acl", "related"), 2);
+    assert_eq!(r.count("ip4-acl", "ingress_denied"), 0);
+}
+
+/// ICMP errors about a ping are related to it: tracked by its identifier, the ping's error
+/// (quoting the echo) finds it, with or without services in the path, IPv4 and IPv6.
+#[test]
+fn errors_about_a_ping_reach_an_isolated_pod() {
+    let client6 = v6("2001:db8:1::2");
+    let isolated = || {
+        let mut p = PolicyTables {
+            acls: vec![
+                acl("client-in", &[]),
+                acl(
+                    "client-out",
+                    &[
+                        ("198.19.0.0/16", None, (0, 65535)),
+                        ("2001:db8:2::/64", None, (0, 65535)),
+                    ],
+                ),
+            ],
+            ..PolicyTables::default()
+        };
+        for pod in [IpAddr::V4(v4(CLIENT)), IpAddr::V6(client6)] {
+            let acls = PodAcls {
+                ingress: Some(0),
+                egress: Some(1),
+            };
+            p.pods.insert(pod, acls);
+        }
+        p
+    };
+    for with_service in [false, true] {
+        let mut r = if with_service {
+            service_rig(isolated(), false)
+        } else {
+            rig(isolated())
+        };
+        for gateway in ["198.18.2.3", "198.18.2.4"] {
+            r.state
+                .neighbors
+                .insert_permanent(1, v4(gateway).into(), SERVER_MAC);
+        }
+        let ping = ipv4(
+            v4(CLIENT),
+            v4("198.19.0.5"),
+            IpProtocol::ICMP,
+            64,
+            false,
+            &icmp_echo(8, 16),
+        );
+        let sent = from_client(&mut r, &ping);
+        assert_eq!(sent.len(), 1, "the egress rule admits the ping");
+        let err = icmp4_error_about(v4("198.18.2.3"), (11, 0, 0), &sent[0].1);
+        assert_eq!(
+            from_server(&mut r, &err).len(),
+            1,
+            "time exceeded (services: {with_service})"
+        );
+
+        let ping6 = echo6(client6, v6("2001:db8:2::2"), 64);
+        let sent = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &ping6));
+        assert_eq!(sent.len(), 1, "the egress rule admits the IPv6 ping");
+        let router6 = v6("2001:db8:2::3");
+        let mut msg = vec![3, 0, 0, 0, 0, 0, 0, 0];
+        msg.extend_from_slice(&sent[0].1[14..]);
+        let err6 = ipv6(
+            router6,
+            client6,
+            IpProtocol::ICMPV6,
+            64,
+            &icmp6(router6, client6, msg),
+        );
+        let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x86dd, &err6));
+        assert_eq!(
+            out.len(),
+            1,
+            "IPv6 time exceeded (services: {with_service})"
+        );
+        assert_eq!(r.count("ip4-acl", "related"), 1);
+        assert_eq!(r.count("ip6-acl", "related"), 1);
+        assert_eq!(r.count("ip4-acl", "ingress_denied"), 0);
+        assert_eq!(r.count("ip6-acl", "ingress_denied"), 0);
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use switchyard_lb::service::{
 };
 
 use super::*;
+use crate::conntrack::FlowKey;
 use crate::services::Services;
 use crate::wire::{UdpPacket, UdpRepr};
 
@@ -489,6 +490,78 @@ fn icmp_error_from_the_backend_reaches_the_client_as_from_the_service() {
     assert_eq!((inner.src_addr(), inner.dst_addr()), (v4(CLIENT), v4(VIP)));
     assert_eq!(&icmp[8 + 22..8 + 24], &80u16.to_be_bytes());
     assert_eq!(r.count("ip4-nat", "icmp_translated"), 1);
+}
+
+/// Opens a TCP connection from the client's port 40000 to `dst:dport`, answered by the
+/// backend (the server) from port `sport`, and closes it both ways to TIME_WAIT; every
+/// segment must get through.
+pub(super) fn open_and_close(r: &mut Rig, dst: Ipv4Addr, dport: u16, sport: u16) {
+    use crate::conntrack::ConnState;
+    const SYN: TcpFlags = TcpFlags::SYN;
+    const ACK: TcpFlags = TcpFlags::ACK;
+    const FIN: TcpFlags = TcpFlags::FIN;
+    let conversation = [
+        (true, SYN),
+        (false, SYN | ACK),
+        (true, ACK),
+        (true, FIN | ACK),
+        (false, ACK),
+        (false, FIN | ACK),
+        (true, ACK),
+    ];
+    for (from_client, flags) in conversation {
+        let (port, frame) = if from_client {
+            let seg = tcp(v4(CLIENT), dst, 40000, dport, flags);
+            (0, eth(MAC0, CLIENT_MAC, 0x0800, &seg))
+        } else {
+            let seg = tcp(v4(BACKEND), v4(CLIENT), sport, 40000, flags);
+            (1, eth(MAC1, SERVER_MAC, 0x0800, &seg))
+        };
+        assert_eq!(r.send(port, &frame).len(), 1, "{flags:?}");
+    }
+    let states: Vec<_> = r.state.conntrack.iter().map(|(_, e)| e.state).collect();
+    assert_eq!(states, [ConnState::TimeWait]);
+}
+
+/// A client reusing its port after a connection to a Service closed opens a new connection,
+/// which Linux conntrack gives a new entry and kube-proxy's rules a backend of the Service as
+/// it is now: not the old connection's backend, which has left the Service since (its TCP
+/// connections were kept to close in peace).
+#[test]
+fn a_port_reused_after_close_is_balanced_among_the_backends_as_they_are_now() {
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    open_and_close(&mut r, v4(VIP), 80, 8080);
+    let moved = Endpoint::ready(v4(BACKEND).into(), 9090, true);
+    r.set_services(&[service(vec![moved])], 3);
+    assert_eq!(r.state.conntrack.len(), 1, "the closing connection is kept");
+    let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
+    let (_, _, dst, sport, dport, _) = one_tcp(&out);
+    assert_eq!((dst, sport, dport), (v4(BACKEND), 40000, 9090));
+    assert_eq!(r.count("ip4-nat", "reopened"), 1);
+    assert_eq!(r.count("ip4-nat", "new_connection"), 2);
+    let entries: Vec<_> = r.state.conntrack.iter().map(|(_, e)| e.reply).collect();
+    assert_eq!(
+        entries,
+        [FlowKey::new(
+            v4(BACKEND).into(),
+            v4(CLIENT).into(),
+            6,
+            9090,
+            40000
+        )]
+    );
+    // Its answer comes back as from the Service.
+    let synack = tcp(
+        v4(BACKEND),
+        v4(CLIENT),
+        9090,
+        40000,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    let out = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack));
+    let (_, src, _, sport, ..) = one_tcp(&out);
+    assert_eq!((src, sport), (v4(VIP), 80));
 }
 
 #[test]
