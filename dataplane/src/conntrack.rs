@@ -34,6 +34,7 @@
 //! The dataplane never reads a clock: every call that needs the time takes `now`.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -382,7 +383,9 @@ impl Default for ConntrackConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EntryId {
     index: u32,
-    generation: u32,
+    /// Never zero, so that `Option<EntryId>` takes no more room than an id (it is in every
+    /// packet's `Meta`).
+    generation: NonZeroU32,
 }
 
 /// One tracked connection.
@@ -446,7 +449,7 @@ const NIL: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     entry: ConnEntry,
-    generation: u32,
+    generation: NonZeroU32,
     /// Free list (free slots) or unassured FIFO (live unassured entries).
     prev: u32,
     next: u32,
@@ -1074,7 +1077,7 @@ impl Conntrack {
                 state: ConnState::New,
                 assured: false,
             },
-            generation: 0,
+            generation: NonZeroU32::MIN,
             prev: NIL,
             next: NIL,
             live: false,
@@ -1088,7 +1091,7 @@ impl Conntrack {
     fn push_free(&mut self, index: usize) {
         let slot = &mut self.slots[index];
         slot.live = false;
-        slot.generation = slot.generation.wrapping_add(1);
+        slot.generation = slot.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
         slot.next = self.free;
         self.free = index as u32;
     }
@@ -1997,7 +2000,7 @@ mod tests {
         assert_eq!(ct.get(again).unwrap().mark, 9);
         let forged = EntryId {
             index: 1_000,
-            generation: 0,
+            generation: NonZeroU32::MIN,
         };
         assert_eq!(
             ct.track(forged, Direction::Reply, Some(0xff), u32::MAX, u64::MAX),
