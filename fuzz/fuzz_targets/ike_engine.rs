@@ -146,6 +146,7 @@ fn absorb(
             Action::Established { peer, .. } => panic!("IKE SA {peer} established without the key"),
             Action::ArmTimer { .. }
             | Action::DeleteChildSa { .. }
+            | Action::UpdateChildSaAddresses { .. }
             | Action::Failed { .. }
             | Action::ChildFailed { .. }
             | Action::IkeRekeyFailed { .. }

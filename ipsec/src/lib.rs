@@ -44,13 +44,17 @@
 //! carries out each action, in order (an `InstallChildSa` comes before the `Send` of the
 //! answer that lets the peer start using the SA):
 //!
-//! * `Send { local, remote, bytes }`: send from that local socket.
+//! * `Send { local, remote, bytes }`: send from that local socket, byte for byte (IKE on
+//!   the NAT-T port carries the marker already; a NAT-keepalive is the one byte 0xFF).
 //! * `ArmTimer { at }`: wake up and call `handle_timeout` then (`next_timeout` gives the
 //!   earliest; spurious calls are harmless).
 //! * `InstallChildSa(install)`: build two [`esp::Sa`]s (inbound with `install.inbound`,
 //!   outbound with `install.outbound`) with the configured backend, and publish them with the
 //!   selectors in the next dataplane `Tables` (SA table keyed by inbound SPI; SPD entries
 //!   from `local_ts`/`remote_ts`; outer header from the addresses and `udp_encap`).
+//! * `UpdateChildSaAddresses`: the peer's NAT changed its mapping and the IKE SA follows
+//!   it (RFC 7296 section 2.23): give the named CHILD_SAs the new outer addresses and UDP
+//!   ports and publish them again, keeping their sequence numbers and replay windows.
 //! * `DeleteChildSa`, `Closed`, `Failed`, `ChildFailed`, `IkeRekeyFailed`, `Established`:
 //!   update `Tables`, metrics and `switchyard show ipsec`, and log. A CHILD_SA's
 //!   `local_vips` (virtual IPs the peer assigned us) and `remote_vips` (addresses we leased

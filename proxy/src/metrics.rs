@@ -306,6 +306,8 @@ fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::R
             ("invalid_ike_spi_received", k.rx_invalid_ike_spi),
             ("integrity_failure", k.rx_integrity_failures),
             ("retransmit", k.retransmits),
+            ("nat_keepalive", k.nat_keepalives),
+            ("peer_moved", k.peer_moves),
             ("cookie_sent", k.cookies_sent),
             ("error_answer_limited", k.unprotected_errors_limited),
             ("child_sa_installed", k.child_sas_installed),

@@ -156,6 +156,11 @@ pub struct EngineConfig {
     pub natt_port: u16,
     /// Use UDP encapsulation even without a NAT (strongSwan's `encap = yes`).
     pub force_udp_encap: bool,
+    /// Behind a NAT, a NAT-keepalive (RFC 3948 section 2.3: one 0xFF byte from the NAT-T
+    /// port) goes to the peer once we have sent it nothing for this long, so that the NAT
+    /// keeps the mapping the peer reaches us by. RFC 3948 section 4 suggests 20 seconds, as
+    /// strongSwan's `keep_alive`. `None`: never.
+    pub nat_keepalive: Option<Duration>,
     /// Announce and use IKE fragmentation (RFC 7383): protected messages larger than a
     /// fragment are sent as Encrypted Fragment messages, and such fragments are accepted.
     pub fragmentation: bool,
@@ -191,6 +196,7 @@ impl Default for EngineConfig {
             replay_window: ReplayWindow::DEFAULT_SIZE,
             natt_port: 4500,
             force_udp_encap: false,
+            nat_keepalive: Some(Duration::from_secs(20)),
             fragmentation: true,
             fragment_size: None,
         }

@@ -11,7 +11,7 @@ use super::cp::AddressRequest;
 use super::dh::{self, DhGroup, DhPrivate};
 use super::keys::{derive_child_keys, derive_ike_keys, derive_rekeyed_ike_keys, psk_auth, IkeKeys};
 use super::pool::AddressPool;
-use super::proposal::{self, ChildSuite, EspProposal, IkeProposal, IkeSuite};
+use super::proposal::{self, ChildSuite, EspChoice, EspProposal, IkeProposal, IkeSuite, Pfs};
 use super::sk::{open_fragment, open_message, seal_fragments, SkCipher};
 use super::wire::{
     cfg, exchange, notify, protocol, Header, Message, Notify, ParseError, Payload, TrafficSelector,
@@ -92,6 +92,19 @@ pub enum Action {
         inbound_spi: u32,
         outbound_spi: u32,
     },
+    /// The peer, behind a NAT, now writes from another address or port (the NAT's mapping
+    /// changed) and the IKE SA follows it (RFC 7296 section 2.23): the outbound SAs of these
+    /// CHILD_SAs must now be sent to `remote_addr` (from `local_addr`), UDP-encapsulated
+    /// with `udp_encap`, as [`ChildSaInstall`]'s fields of the same names. Keys, SPIs,
+    /// sequence numbers and replay windows are unchanged.
+    UpdateChildSaAddresses {
+        ike_sa: IkeSaId,
+        /// `(inbound SPI, outbound SPI)` of each CHILD_SA.
+        spis: Vec<(u32, u32)>,
+        local_addr: IpAddr,
+        remote_addr: IpAddr,
+        udp_encap: Option<(u16, u16)>,
+    },
     /// Call [`Engine::handle_timeout`] at (or after) this instant.
     ArmTimer {
         ike_sa: IkeSaId,
@@ -168,6 +181,11 @@ pub struct IkeCounters {
     pub retransmits: u64,
     /// Liveness checks started because a peer was quiet for the DPD delay.
     pub dpd_sent: u64,
+    /// NAT-keepalives sent (RFC 3948 section 4: we are behind a NAT).
+    pub nat_keepalives: u64,
+    /// Established IKE SAs that moved to a peer's new address or port (RFC 7296 section
+    /// 2.23: its NAT's mapping changed), CHILD_SAs and all.
+    pub peer_moves: u64,
     pub responses_resent: u64,
     pub auth_failures: u64,
     pub no_proposal_chosen: u64,
@@ -440,7 +458,18 @@ struct IkeSa {
     /// The hash algorithms the peer verifies signatures with (RFC 7427), from its
     /// IKE_SA_INIT message.
     peer_hashes: Vec<u16>,
+    /// ESP goes in UDP (RFC 3948): a NAT was detected on either side, or it is forced.
     nat: bool,
+    /// We are behind a NAT: the peer's NAT_DETECTION_DESTINATION_IP did not match our
+    /// address (RFC 7296 section 2.23). We then send NAT-keepalives, and do not follow the
+    /// peer to another address.
+    behind_nat: bool,
+    /// The peer is behind a NAT (its NAT_DETECTION_SOURCE_IP did not match where its
+    /// message came from): while we are not, we follow it when its address changes.
+    peer_behind_nat: bool,
+    /// When we last sent the peer anything on this SA: a NAT-keepalive is due once that is
+    /// [`EngineConfig::nat_keepalive`] ago.
+    last_sent: Instant,
     child_spi: u32,
     children: Vec<Child>,
     created: Instant,
@@ -502,6 +531,9 @@ impl IkeSa {
             reassembly: None,
             peer_hashes: self.peer_hashes.clone(),
             nat: self.nat,
+            behind_nat: self.behind_nat,
+            peer_behind_nat: self.peer_behind_nat,
+            last_sent: now,
             child_spi: self.child_spi,
             children: Vec::new(),
             created: now,
@@ -860,7 +892,8 @@ impl Engine {
 
     /// The earliest instant at which [`Self::handle_timeout`] has work.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.sas
+        let timers = self
+            .sas
             .values()
             .filter_map(|sa| match (&sa.outstanding, sa.state) {
                 (Some(o), _) => Some(o.next_at),
@@ -878,8 +911,23 @@ impl Engine {
                     .flatten()
                     .min(),
                 _ => None,
-            })
-            .min()
+            });
+        // Keepalives go out busy or idle: a request outstanding is retransmitted at
+        // growing intervals, which may leave the NAT longer without a packet.
+        let keepalives = self.sas.values().filter_map(|sa| self.keepalive_due(sa));
+        timers.chain(keepalives).min()
+    }
+
+    /// When the next NAT-keepalive of an SA is due (RFC 3948 section 4): only behind a NAT,
+    /// on an established SA that moved to the NAT-T port (so that ESP goes in UDP, whose
+    /// mapping the keepalive keeps), [`EngineConfig::nat_keepalive`] after the last thing
+    /// we sent the peer.
+    fn keepalive_due(&self, sa: &IkeSa) -> Option<Instant> {
+        let interval = self.config.nat_keepalive?;
+        (sa.behind_nat
+            && sa.state == IkeState::Established
+            && sa.local.port() == self.config.natt_port)
+            .then(|| sa.last_sent + interval)
     }
 
     fn random_u64(&self) -> Result<u64, EngineError> {
@@ -993,6 +1041,9 @@ impl Engine {
             reassembly: None,
             peer_hashes: Vec::new(),
             nat: false,
+            behind_nat: false,
+            peer_behind_nat: false,
+            last_sent: now,
             child_spi: self.new_child_spi()?,
             children: Vec::new(),
             created: now,
@@ -1014,11 +1065,12 @@ impl Engine {
         if let Some(cookie) = &sa.cookie {
             payloads.push(Payload::Notify(Notify::new(notify::COOKIE, cookie.clone())));
         }
+        // Numbered from 1, as answers are checked (`proposal::check_ike_answer`).
         let proposals = peer
             .ike_proposals
             .iter()
-            .enumerate()
-            .map(|(i, p)| p.to_wire(i as u8 + 1, &[]))
+            .zip(1..=u8::MAX)
+            .map(|(p, number)| p.to_wire(number, &[]))
             .collect();
         payloads.push(Payload::Sa(proposals));
         payloads.push(Payload::Ke {
@@ -1092,6 +1144,7 @@ impl Engine {
             transmissions: 1,
             next_at,
         });
+        sa.last_sent = now;
         let (local, remote) = (sa.local, sa.remote);
         self.send_all(local, remote, &messages, actions);
         actions.push(Action::ArmTimer {
@@ -1310,6 +1363,7 @@ impl Engine {
             o.transmissions += 1;
             o.next_at = now + delay;
             let (messages, at) = (o.messages.clone(), o.next_at);
+            sa.last_sent = now;
             let (local, remote) = (sa.local, sa.remote);
             self.counters.retransmits += 1;
             self.send_all(local, remote, &messages, &mut actions);
@@ -1323,8 +1377,34 @@ impl Engine {
         for id in ids {
             self.child_timers(id, now, &mut actions);
             self.dead_peer_detection(id, now, &mut actions);
+            // Last: a request sent above refreshes the NAT's mapping as well.
+            self.nat_keepalive(id, now, &mut actions);
         }
         actions
+    }
+
+    /// RFC 3948 section 4: behind a NAT, a NAT-keepalive once we have been silent towards
+    /// the peer for [`EngineConfig::nat_keepalive`], so that the NAT keeps the mapping by
+    /// which the peer's ESP and IKE reach us. It is one 0xFF byte from the NAT-T port
+    /// (section 2.3), without the non-ESP marker: the receiver tells it from IKE and ESP by
+    /// its length, and drops it.
+    fn nat_keepalive(&mut self, id: u64, now: Instant, actions: &mut Vec<Action>) {
+        let Some(sa) = self.sas.get(&id) else {
+            return;
+        };
+        if self.keepalive_due(sa).is_none_or(|due| now < due) {
+            return;
+        }
+        let (local, remote) = (sa.local, sa.remote);
+        if let Some(sa) = self.sas.get_mut(&id) {
+            sa.last_sent = now;
+        }
+        self.counters.nat_keepalives += 1;
+        actions.push(Action::Send {
+            local,
+            remote,
+            bytes: vec![0xff],
+        });
     }
 
     /// RFC 7296 section 2.4: an established SA whose peer has been quiet for the DPD delay
@@ -1568,12 +1648,11 @@ impl Engine {
                 return actions;
             }
         };
-        // Authenticated: follow the peer's address (NAT mapping changes, the move to 4500).
         if let Some(sa) = self.sas.get_mut(&our_spi) {
-            sa.local = local;
-            sa.remote = remote;
             sa.last_heard = now;
         }
+        self.follow_peer(our_spi, local, remote, &mut actions);
+        let before = actions.len();
         match (header.exchange, header.is_response()) {
             (exchange::IKE_AUTH, false) => {
                 self.auth_request(our_spi, &header, &payloads, now, wall, &mut actions)
@@ -1594,7 +1673,64 @@ impl Engine {
             (_, false) => self.refuse_request(our_spi, &header, &mut actions),
             _ => self.counters.rx_unexpected += 1,
         }
+        // An answer or a request of ours refreshes the NAT's mapping as a keepalive would.
+        if actions[before..]
+            .iter()
+            .any(|a| matches!(a, Action::Send { .. }))
+        {
+            if let Some(sa) = self.sas.get_mut(&our_spi) {
+                sa.last_sent = now;
+            }
+        }
         actions
+    }
+
+    /// After an authenticated message on IKE SA `id`, which came to `local` from `remote`:
+    /// RFC 7296 section 2.23 has the end that is not behind a NAT send everything to the
+    /// address and port of the peer's last valid authenticated message, as a NAT behind
+    /// which the peer is may change its mapping; the end behind a NAT SHOULD NOT follow
+    /// such changes (anyone who sees a packet could replay it from elsewhere and draw the
+    /// traffic away). Before authentication completes, the responder follows the
+    /// initiator's move to the NAT-T port (which the initiator makes when either end is
+    /// behind a NAT, section 2.23). When an established SA moves, its CHILD_SAs' tunnel
+    /// moves with it ([`Action::UpdateChildSaAddresses`]).
+    fn follow_peer(
+        &mut self,
+        id: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        if (sa.local, sa.remote) == (local, remote) {
+            return;
+        }
+        let follows = sa.state == IkeState::HalfOpen || (sa.peer_behind_nat && !sa.behind_nat);
+        if !follows {
+            return;
+        }
+        sa.local = local;
+        sa.remote = remote;
+        if !matches!(sa.state, IkeState::Established | IkeState::Deleting) {
+            return;
+        }
+        self.counters.peer_moves += 1;
+        if sa.children.is_empty() {
+            return;
+        }
+        actions.push(Action::UpdateChildSaAddresses {
+            ike_sa: IkeSaId(id),
+            spis: sa
+                .children
+                .iter()
+                .map(|c| (c.inbound_spi, c.outbound_spi))
+                .collect(),
+            local_addr: local.ip(),
+            remote_addr: remote.ip(),
+            udp_encap: sa.nat.then(|| (local.port(), remote.port())),
+        });
     }
 
     /// An authenticated request this SA does not take (an exchange type we do not know, an
@@ -2008,6 +2144,9 @@ impl Engine {
             reassembly: None,
             peer_hashes,
             nat: peer_natted || we_natted || self.config.force_udp_encap,
+            behind_nat: we_natted,
+            peer_behind_nat: peer_natted,
+            last_sent: now,
             child_spi,
             children: Vec::new(),
             created: now,
@@ -2149,6 +2288,8 @@ impl Engine {
                 .any(|n| n.data == nat_hash(sa.spi_i, spi_r, sa.local));
         let peer_supports_natt = !nat_src.is_empty() && !nat_dst.is_empty();
         sa.nat = peer_natted || we_natted || self.config.force_udp_encap;
+        sa.behind_nat = we_natted;
+        sa.peer_behind_nat = peer_natted;
         sa.fragmentation = self.config.fragmentation
             && notifies(payloads).any(|n| n.kind == notify::IKEV2_FRAGMENTATION_SUPPORTED);
         sa.peer_hashes = announced_hashes(payloads);
@@ -2202,11 +2343,12 @@ impl Engine {
                 attributes: AddressRequest::for_addresses(&peer.virtual_ips).attributes(),
             });
         }
+        // Numbered from 1, as the answer is checked (`proposal::check_esp_answer`).
         let proposals = peer
             .esp_proposals
             .iter()
-            .enumerate()
-            .map(|(i, p)| p.to_wire(i as u8 + 1, sa.child_spi, false))
+            .zip(1..=u8::MAX)
+            .map(|(p, number)| p.to_wire(number, sa.child_spi, false))
             .collect();
         out.push(Payload::Sa(proposals));
         out.push(Payload::TsI(peer.local_ts.clone()));
@@ -2542,15 +2684,16 @@ impl Engine {
                 });
                 if reason == Failure::NoVirtualIp {
                     self.counters.virtual_ip_failures += 1;
-                    if answer.is_some() {
-                        // The peer set up a CHILD_SA we cannot use: have it deleted (our
-                        // inbound SPI names it, RFC 7296 section 3.11).
-                        let delete = Payload::Delete {
-                            protocol: protocol::ESP,
-                            spis: vec![our_child_spi.to_be_bytes().to_vec()],
-                        };
-                        self.send_request(id, exchange::INFORMATIONAL, &[delete], now, actions);
-                    }
+                }
+                if answer.is_some() && first_error(payloads).is_none() {
+                    // The peer set up a CHILD_SA we cannot use (no virtual IP for it, a
+                    // proposal or selectors we did not offer): have it deleted (our
+                    // inbound SPI names it, RFC 7296 section 3.11).
+                    let delete = Payload::Delete {
+                        protocol: protocol::ESP,
+                        spis: vec![our_child_spi.to_be_bytes().to_vec()],
+                    };
+                    self.send_request(id, exchange::INFORMATIONAL, &[delete], now, actions);
                 }
             }
         }
@@ -2792,53 +2935,34 @@ impl Engine {
             rekeyed = Some(child.inbound_spi);
         }
         let peer = &self.config.peers[sa.peer];
-        let Some((number, peer_spi, child_suite)) =
-            proposal::select_esp(offered, &peer.esp_proposals)
+        let choice =
+            proposal::select_esp_for_ke(offered, &peer.esp_proposals, ke.map(|(group, _)| group));
+        let Some(EspChoice {
+            number,
+            spi: peer_spi,
+            suite: child_suite,
+            pfs: chosen_dh,
+        }) = choice
         else {
             self.counters.no_proposal_chosen += 1;
             refuse(self, notify::NO_PROPOSAL_CHOSEN, actions);
             return;
         };
-        // PFS: the group of the KE payload, if the chosen proposal offers it (and ours,
-        // when ours names groups at all). Without a KE payload the proposal must allow doing
-        // without: no DH transform, or NONE among them (RFC 7296 section 1.3.1).
-        let chosen = offered.iter().find(|p| p.number == number);
-        let chosen_groups: Vec<u16> = chosen
-            .map(|p| {
-                p.transforms
-                    .iter()
-                    .filter(|t| t.kind == super::wire::transform::DH)
-                    .map(|t| t.id)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let ours_allow = |g: DhGroup| {
-            peer.esp_proposals
-                .iter()
-                .any(|p| p.dh.is_empty() || p.dh.contains(&g))
-        };
-        let usable_ke = match ke {
-            Some((group_id, data)) => DhGroup::from_id(group_id)
-                .filter(|g| chosen_groups.contains(&group_id) && ours_allow(*g))
-                .map(|g| Some((g, data))),
-            None if chosen_groups.is_empty() || chosen_groups.contains(&0) => Some(None),
-            None => None,
-        };
-        let Some(usable_ke) = usable_ke else {
-            self.counters.invalid_ke += 1;
-            // Ask for a group the proposal offers and we support, if there is one.
-            let wanted = chosen_groups
-                .iter()
-                .filter_map(|&g| DhGroup::from_id(g))
-                .find(|g| ours_allow(*g));
-            match wanted {
-                Some(g) => {
-                    let n = Notify::new(notify::INVALID_KE_PAYLOAD, g.id().to_be_bytes().to_vec());
-                    answer(self, n, actions);
-                }
-                None => refuse(self, notify::NO_PROPOSAL_CHOSEN, actions),
+        // PFS in the group of the KE payload when the choice is that group; another group
+        // is asked for (RFC 7296 section 1.3.1); NONE, or a proposal without Diffie-Hellman,
+        // goes without PFS (a KE payload then goes unused).
+        let usable_ke = match (chosen_dh, ke) {
+            (Pfs::Group(group), Some((id, data))) if group.id() == id => Some((group, data)),
+            (Pfs::Group(group), _) => {
+                self.counters.invalid_ke += 1;
+                let n = Notify::new(
+                    notify::INVALID_KE_PAYLOAD,
+                    group.id().to_be_bytes().to_vec(),
+                );
+                answer(self, n, actions);
+                return;
             }
-            return;
+            (Pfs::NotOffered | Pfs::Declined, _) => None,
         };
         let mut pfs = None;
         if let Some((group, data)) = usable_ke {
@@ -2873,7 +2997,18 @@ impl Engine {
                 data: public.clone(),
             });
         } else {
-            out.push(Payload::Sa(vec![answer.to_wire(number, our_spi, false)]));
+            let mut chosen = answer.to_wire(number, our_spi, false);
+            if chosen_dh == Pfs::Declined {
+                // NONE was chosen among the Diffie-Hellman transforms offered: the answer
+                // names it, one transform of each type offered (RFC 7296 section 3.3.6).
+                chosen.transforms.push(super::wire::Transform {
+                    kind: super::wire::transform::DH,
+                    id: 0,
+                    key_len: None,
+                    unknown_attributes: false,
+                });
+            }
+            out.push(Payload::Sa(vec![chosen]));
             out.push(Payload::Nonce(nonce_r.clone()));
         }
         out.push(Payload::TsI(narrowed_i.clone()));
@@ -2943,7 +3078,15 @@ impl Engine {
             return;
         };
         let peer = &self.config.peers[sa.peer];
-        let Some((number, suite)) = proposal::select_ike(offered, &peer.ike_proposals) else {
+        // As in IKE_SA_INIT: a proposal acceptable with the KE payload's group first, so
+        // that a guess we can take costs no INVALID_KE_PAYLOAD round trip (RFC 7296 section
+        // 1.3.2 makes the KE payload mandatory; without one, the choice's group is asked
+        // for below).
+        let chosen = match ke {
+            Some((group, _)) => proposal::select_ike_for_ke(offered, &peer.ike_proposals, group),
+            None => proposal::select_ike(offered, &peer.ike_proposals),
+        };
+        let Some((number, suite)) = chosen else {
             self.counters.no_proposal_chosen += 1;
             answer_error(self, notify::NO_PROPOSAL_CHOSEN, Vec::new(), actions);
             return;
@@ -3323,16 +3466,31 @@ impl Engine {
                 _ => {}
             }
         }
+        // What we sent went as proposal number 1.
         let chosen =
             answer.and_then(|a| proposal::check_esp_answer(a, std::slice::from_ref(&offered)));
+        // Past this point the peer has set up a CHILD_SA, whatever we make of it.
+        let made = answer.is_some();
         let (Some((peer_spi, suite)), Some(nonce_r), Some(ts_i), Some(ts_r)) =
             (chosen, nonce_r, ts_i, ts_r)
         else {
-            self.child_rekey_failed(id, old, notify::NO_PROPOSAL_CHOSEN, now, actions);
+            self.refuse_rekey_answer(
+                id,
+                (old, our_spi, made),
+                notify::NO_PROPOSAL_CHOSEN,
+                now,
+                actions,
+            );
             return;
         };
         if !within(ts_i, &local_ts) || !within(ts_r, &remote_ts) {
-            self.child_rekey_failed(id, old, notify::TS_UNACCEPTABLE, now, actions);
+            self.refuse_rekey_answer(
+                id,
+                (old, our_spi, made),
+                notify::TS_UNACCEPTABLE,
+                now,
+                actions,
+            );
             return;
         }
         let pfs_shared = match (dh, ke) {
@@ -3343,13 +3501,25 @@ impl Engine {
                 match private.agree(data) {
                     Ok(shared) => Some(shared),
                     Err(_) => {
-                        self.child_rekey_failed(id, old, notify::INVALID_SYNTAX, now, actions);
+                        self.refuse_rekey_answer(
+                            id,
+                            (old, our_spi, made),
+                            notify::INVALID_SYNTAX,
+                            now,
+                            actions,
+                        );
                         return;
                     }
                 }
             }
             (Some(_), _) => {
-                self.child_rekey_failed(id, old, notify::INVALID_KE_PAYLOAD, now, actions);
+                self.refuse_rekey_answer(
+                    id,
+                    (old, our_spi, made),
+                    notify::INVALID_KE_PAYLOAD,
+                    now,
+                    actions,
+                );
                 return;
             }
         };
@@ -3385,6 +3555,24 @@ impl Engine {
             return;
         };
         self.send_child_delete(id, Vec::new(), vec![delete], now, actions);
+    }
+
+    /// The peer's answer to our rekey of `old` is not one we can take, for `error`: the
+    /// rekey has failed. When the answer set up a CHILD_SA on the peer's side (`made`),
+    /// under our new inbound SPI `our_spi`, which nothing here will ever use, the peer is
+    /// told to delete it (RFC 7296 section 3.11: named by our inbound SPI).
+    fn refuse_rekey_answer(
+        &mut self,
+        id: u64,
+        (old, our_spi, made): (u32, u32, bool),
+        error: u16,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        self.child_rekey_failed(id, old, error, now, actions);
+        if made {
+            self.send_child_delete(id, vec![our_spi], Vec::new(), now, actions);
+        }
     }
 
     /// The peer refused our rekey of `old` (or answered with nothing usable).

@@ -527,16 +527,127 @@ pub fn select_ike_for_ke(
 
 /// Responder selection for a CHILD_SA: `(proposal number, peer's SPI, suite)`. A proposal
 /// whose SPI is reserved (0 to 255, RFC 4303 section 2.1: never on the wire) is unacceptable.
+/// Diffie-Hellman transforms are not looked at: this is IKE_AUTH's selection, whose CHILD_SA
+/// is keyed without a Diffie-Hellman exchange of its own (RFC 7296 section 1.2);
+/// CREATE_CHILD_SA's is [`select_esp_for_ke`].
 pub fn select_esp(offered: &[Proposal], ours: &[EspProposal]) -> Option<(u8, u32, ChildSuite)> {
     offered.iter().find_map(|o| {
-        let spi = u32::from_be_bytes(o.spi.as_slice().try_into().ok()?);
-        if spi <= 255 {
-            return None;
-        }
+        let spi = esp_spi(o)?;
         ours.iter()
             .find_map(|p| p.accept(o))
             .map(|suite| (o.number, spi, suite))
     })
+}
+
+/// The peer's SPI of an ESP proposal, unless reserved (RFC 4303 section 2.1).
+fn esp_spi(offered: &Proposal) -> Option<u32> {
+    let spi = u32::from_be_bytes(offered.spi.as_slice().try_into().ok()?);
+    (spi > 255).then_some(spi)
+}
+
+/// The Diffie-Hellman transform chosen for a CHILD_SA made by CREATE_CHILD_SA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pfs {
+    /// The proposal has no Diffie-Hellman transform: no PFS, and none named in the answer.
+    NotOffered,
+    /// NONE (transform ID 0) was chosen among the proposal's: no PFS.
+    Declined,
+    /// PFS with this group.
+    Group(DhGroup),
+}
+
+/// A CHILD_SA proposal chosen in CREATE_CHILD_SA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EspChoice {
+    /// The offered proposal's number, which the answer carries (RFC 7296 section 3.3.1).
+    pub number: u8,
+    /// The peer's SPI.
+    pub spi: u32,
+    pub suite: ChildSuite,
+    pub pfs: Pfs,
+}
+
+impl EspProposal {
+    /// Whether a CHILD_SA made with this proposal may use `group` for PFS: one it names, or
+    /// any group we implement when it names none (PFS the peer asks for takes nothing away
+    /// from a configuration that does not ask for it).
+    fn allows_group(&self, group: DhGroup) -> bool {
+        self.dh.is_empty() || self.dh.contains(&group)
+    }
+
+    /// Whether it may do without PFS: only when it names no group. A configuration that
+    /// names groups asks for PFS, and a peer must not talk it out of it (strongSwan's rule:
+    /// a group in a proposal makes the key exchange mandatory).
+    fn allows_no_pfs(&self) -> bool {
+        self.dh.is_empty()
+    }
+
+    /// The first Diffie-Hellman transform of `offered` (in the peer's order) this proposal
+    /// takes: a group it allows, or doing without (no DH transform at all, or NONE).
+    fn first_acceptable_dh(&self, offered: &Proposal) -> Option<Pfs> {
+        let mut dh = offered
+            .transforms
+            .iter()
+            .filter(|t| t.kind == transform::DH)
+            .peekable();
+        if dh.peek().is_none() {
+            return self.allows_no_pfs().then_some(Pfs::NotOffered);
+        }
+        dh.filter(|t| !t.unknown_attributes)
+            .find_map(|t| match t.id {
+                0 => self.allows_no_pfs().then_some(Pfs::Declined),
+                id => DhGroup::from_id(id)
+                    .filter(|&g| self.allows_group(g))
+                    .map(Pfs::Group),
+            })
+    }
+}
+
+/// Responder selection in CREATE_CHILD_SA (RFC 7296 section 1.3.1), where the initiator's
+/// KE payload, if any, guesses a Diffie-Hellman group: as [`select_ike_for_ke`], the first
+/// offered proposal acceptable with that group (or, without a KE payload, acceptable
+/// without PFS); else the first one acceptable with the first of its Diffie-Hellman
+/// transforms we take. When that is a group other than the KE payload's, the caller asks
+/// for it with INVALID_KE_PAYLOAD (section 1.3.1: a responder choosing a proposal in
+/// another group, NONE aside, refuses the request and names the group it wants). A
+/// proposal whose SPI is reserved is unacceptable, as in [`select_esp`].
+pub fn select_esp_for_ke(
+    offered: &[Proposal],
+    ours: &[EspProposal],
+    ke_group: Option<u16>,
+) -> Option<EspChoice> {
+    let acceptable = |pick_dh: &dyn Fn(&EspProposal, &Proposal) -> Option<Pfs>| {
+        offered.iter().find_map(|o| {
+            let spi = esp_spi(o)?;
+            ours.iter().find_map(|p| {
+                let suite = p.accept(o)?;
+                let pfs = pick_dh(p, o)?;
+                Some(EspChoice {
+                    number: o.number,
+                    spi,
+                    suite,
+                    pfs,
+                })
+            })
+        })
+    };
+    let with_guess = acceptable(&|ours, o| {
+        let has = |id: u16| {
+            o.transforms
+                .iter()
+                .any(|t| t.kind == transform::DH && t.id == id && !t.unknown_attributes)
+        };
+        match ke_group {
+            Some(id) => DhGroup::from_id(id)
+                .filter(|&g| has(id) && ours.allows_group(g))
+                .map(Pfs::Group),
+            None if !o.transforms.iter().any(|t| t.kind == transform::DH) => {
+                ours.allows_no_pfs().then_some(Pfs::NotOffered)
+            }
+            None => (has(0) && ours.allows_no_pfs()).then_some(Pfs::Declined),
+        }
+    });
+    with_guess.or_else(|| acceptable(&|ours, o| ours.first_acceptable_dh(o)))
 }
 
 /// Whether an accepted proposal names one transform of each type, as the responder's
@@ -549,19 +660,29 @@ fn one_of_each(answer: &Proposal) -> bool {
         .all(|(i, t)| answer.transforms[..i].iter().all(|u| u.kind != t.kind))
 }
 
-/// Initiator side: the responder's single proposal must be one we offered, narrowed to one
-/// transform of each type.
-pub fn check_ike_answer(answer: &[Proposal], ours: &[IkeProposal]) -> Option<IkeSuite> {
+/// The proposal we sent under `number`: ours are numbered from 1 in the order offered.
+fn sent_as<T>(offered: &[T], number: u8) -> Option<&T> {
+    offered.get(usize::from(number).checked_sub(1)?)
+}
+
+/// Initiator side: the responder's answer must be a single proposal, narrowed to one
+/// transform of each type, that the proposal we sent under its number accepts (RFC 7296
+/// section 3.3.1: the number "MUST match the number on the proposal sent that was
+/// accepted"). `offered` is what we sent, numbered from 1.
+pub fn check_ike_answer(answer: &[Proposal], offered: &[IkeProposal]) -> Option<IkeSuite> {
     match answer {
-        [one] if one_of_each(one) => ours.iter().find_map(|p| p.accept(one)),
+        [one] if one_of_each(one) => sent_as(offered, one.number)?.accept(one),
         _ => None,
     }
 }
 
-pub fn check_esp_answer(answer: &[Proposal], ours: &[EspProposal]) -> Option<(u32, ChildSuite)> {
+/// [`check_ike_answer`] for a CHILD_SA: the peer's SPI and the suite.
+pub fn check_esp_answer(answer: &[Proposal], offered: &[EspProposal]) -> Option<(u32, ChildSuite)> {
     match answer {
         [one] if one_of_each(one) => {
-            select_esp(std::slice::from_ref(one), ours).map(|(_, spi, s)| (spi, s))
+            let sent = sent_as(offered, one.number)?;
+            select_esp(std::slice::from_ref(one), std::slice::from_ref(sent))
+                .map(|(_, spi, s)| (spi, s))
         }
         _ => None,
     }
@@ -622,10 +743,21 @@ mod tests {
         assert_eq!(number, 2);
         assert_eq!(suite.encryption, Encryption::AesCbc128);
         assert_eq!(suite.dh, DhGroup::Curve25519);
+        // Our answer check: the answer's number names the proposal we sent under it.
         assert_eq!(
-            check_ike_answer(&[IkeProposal::from_suite(&suite).to_wire(2, &[])], &ours),
+            check_ike_answer(&[IkeProposal::from_suite(&suite).to_wire(1, &[])], &ours),
             Some(suite)
         );
+        for number in [0, 2] {
+            assert_eq!(
+                check_ike_answer(
+                    &[IkeProposal::from_suite(&suite).to_wire(number, &[])],
+                    &ours
+                ),
+                None,
+                "we sent one proposal, numbered 1"
+            );
+        }
         let none = vec![IkeProposal::parse("aes128gcm16-prfsha384-ecp256").unwrap()];
         assert_eq!(select_ike(&offered, &none), None);
         // An answer that offers a choice back is no answer (RFC 7296 section 3.3.6).
@@ -641,5 +773,59 @@ mod tests {
             child.esp_suite(),
             Some(EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16))
         );
+    }
+
+    /// RFC 7296 1.3.1: CREATE_CHILD_SA's choice weighs the Diffie-Hellman transforms: the
+    /// KE payload's group where a proposal offers it and we take it, else the first group of
+    /// the first proposal we take (which the caller asks for).
+    #[test]
+    fn child_sa_selection_weighs_the_ke_payloads_group() {
+        let offered = vec![
+            EspProposal::parse("aes128gcm16-ecp256")
+                .unwrap()
+                .to_wire(1, 0x1000, true),
+            EspProposal::parse("aes128gcm16-modp2048")
+                .unwrap()
+                .to_wire(2, 0x1000, true),
+        ];
+        let choice = |ours: &str, ke: Option<u16>| {
+            select_esp_for_ke(&offered, &[EspProposal::parse(ours).unwrap()], ke)
+                .map(|c| (c.number, c.pfs))
+        };
+        let modp2048 = Some((2, Pfs::Group(DhGroup::Modp2048)));
+        for ke in [Some(19), Some(14), Some(31), None] {
+            assert_eq!(choice("aes128gcm16-modp2048", ke), modp2048, "{ke:?}");
+        }
+        // Our proposal names no group: the peer's PFS is taken as offered.
+        assert_eq!(choice("aes128gcm16", Some(14)), modp2048);
+        let ecp256 = Some((1, Pfs::Group(DhGroup::Ecp256)));
+        assert_eq!(choice("aes128gcm16", Some(19)), ecp256);
+        assert_eq!(choice("aes128gcm16", None), ecp256);
+        assert_eq!(choice("aes128gcm16-x25519", Some(31)), None);
+        // A reserved SPI still makes a proposal unacceptable.
+        let reserved = [EspProposal::parse("aes128gcm16")
+            .unwrap()
+            .to_wire(1, 7, false)];
+        let ours = [EspProposal::parse("aes128gcm16").unwrap()];
+        assert_eq!(select_esp_for_ke(&reserved, &ours, None), None);
+    }
+
+    /// RFC 7296 3.3.1: a CHILD_SA answer is checked against the proposal we sent under its
+    /// number, and only that one.
+    #[test]
+    fn esp_answers_are_checked_against_the_proposal_of_their_number() {
+        let sent = vec![
+            EspProposal::parse("aes256gcm16").unwrap(),
+            EspProposal::parse("aes128gcm16").unwrap(),
+        ];
+        let answer = |number| {
+            [EspProposal::parse("aes128gcm16")
+                .unwrap()
+                .to_wire(number, 0x2000, false)]
+        };
+        assert!(check_esp_answer(&answer(2), &sent).is_some());
+        for number in [0, 1, 3, 7] {
+            assert_eq!(check_esp_answer(&answer(number), &sent), None, "#{number}");
+        }
     }
 }

@@ -5,6 +5,12 @@
 //! returns, and keeps the record of IKE SAs and installed CHILD_SAs that `show ipsec` and the
 //! dataplane read. Datagrams on 4500 go to the engine as they are: it strips the RFC 3948
 //! non-ESP marker itself and ignores ESP and keepalives (those belong to the dataplane).
+//! What the engine sends goes out byte for byte, from the socket of its local address and
+//! port: IKE on 4500 carries the marker the engine put in front, and a NAT-keepalive (one
+//! 0xFF byte, RFC 3948 section 2.3) none. When the engine follows a peer whose NAT changed
+//! its mapping, the CHILD_SAs' tunnel addresses are replaced in place and published again
+//! (the dataplane keeps per-SA state by SPI, so sequence numbers and replay windows carry
+//! on).
 //!
 //! This file depends on nothing else in the binary (std, tokio, tracing and the ipsec crate),
 //! so the integration tests can compile it into themselves and drive it in a namespace.
@@ -82,6 +88,9 @@ pub enum Event {
         inbound_spi: u32,
         outbound_spi: u32,
     },
+    /// An installed CHILD_SA's tunnel moved with its peer (a NAT's new mapping): the same
+    /// SA, with the new addresses and UDP ports.
+    ChildMoved(Arc<ChildSaInstall>),
     Closed {
         ike_sa: IkeSaId,
         peer: String,
@@ -594,6 +603,36 @@ impl Shell {
                         outbound_spi,
                     });
                 }
+                Action::UpdateChildSaAddresses {
+                    ike_sa,
+                    spis,
+                    local_addr,
+                    remote_addr,
+                    udp_encap,
+                } => {
+                    let tunnel = Tunnel {
+                        local_addr,
+                        remote_addr,
+                        udp_encap,
+                    };
+                    let moved = match self.state.lock() {
+                        Ok(mut s) => move_children(&mut s.child_sas, &spis, tunnel),
+                        Err(_) => Vec::new(),
+                    };
+                    tracing::info!(
+                        ike_sa = %format!("{:016x}", ike_sa.0),
+                        %remote_addr,
+                        ?udp_encap,
+                        child_sas = moved.len(),
+                        "ipsec: peer moved, its CHILD_SAs follow"
+                    );
+                    if !moved.is_empty() {
+                        self.child_sas_changed();
+                    }
+                    for child in moved {
+                        let _ = self.events.send(Event::ChildMoved(child));
+                    }
+                }
                 Action::Established { ike_sa, peer } => {
                     self.retries.remove(&peer);
                     tracing::info!(%peer, ike_sa = %format!("{:016x}", ike_sa.0), "ipsec: IKE SA established");
@@ -646,6 +685,45 @@ impl Shell {
             s.pools = self.engine.pools();
         }
     }
+}
+
+/// Where a CHILD_SA's ESP goes: its outer addresses and, with NAT traversal, UDP ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    pub local_addr: IpAddr,
+    pub remote_addr: IpAddr,
+    /// `(local port, remote port)` when ESP travels in UDP (RFC 3948).
+    pub udp_encap: Option<(u16, u16)>,
+}
+
+/// Gives the installed CHILD_SAs named by `spis` (inbound, outbound) the tunnel `to`, in
+/// place (their order, which the SPD follows, stays); returns those that changed. Keys and
+/// SPIs stay: the dataplane finds its per-SA state by SPI, so the outbound sequence numbers
+/// and the replay windows carry on across the republish.
+pub fn move_children(
+    children: &mut [Arc<ChildSaInstall>],
+    spis: &[(u32, u32)],
+    to: Tunnel,
+) -> Vec<Arc<ChildSaInstall>> {
+    let mut moved = Vec::new();
+    for child in children.iter_mut() {
+        let named = spis.contains(&(child.inbound.spi, child.outbound.spi));
+        let current = Tunnel {
+            local_addr: child.local_addr,
+            remote_addr: child.remote_addr,
+            udp_encap: child.udp_encap,
+        };
+        if !named || current == to {
+            continue;
+        }
+        let mut next = ChildSaInstall::clone(child);
+        next.local_addr = to.local_addr;
+        next.remote_addr = to.remote_addr;
+        next.udp_encap = to.udp_encap;
+        *child = Arc::new(next);
+        moved.push(Arc::clone(child));
+    }
+    moved
 }
 
 /// One line per virtual IP that came or went.

@@ -431,3 +431,96 @@ async fn run_until_stopped(
     }
     daemon.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daemon::{move_children, Tunnel};
+    use std::sync::atomic::Ordering;
+    use switchyard_ipsec::crypto::{AeadAlgorithm, SecretBytes};
+    use switchyard_ipsec::esp::{EspKeys, EspSuite, SaConfig};
+    use switchyard_ipsec::ike::wire::TrafficSelector;
+    use switchyard_ipsec::ike::{ChildSaInstall, IkeSaId};
+
+    fn child(inbound: u32, outbound: u32, remote_port: u16) -> Arc<ChildSaInstall> {
+        let sa = |spi| SaConfig {
+            spi,
+            suite: EspSuite::Gcm(AeadAlgorithm::Aes128Gcm16),
+            keys: EspKeys {
+                encryption: SecretBytes::from_slice(&[7; 20]),
+                integrity: SecretBytes::from_slice(&[]),
+            },
+            esn: false,
+            replay_window: 64,
+            lifetime: Default::default(),
+        };
+        let ts = |a: &str, b: &str| TrafficSelector {
+            protocol: 0,
+            start_port: 0,
+            end_port: 65535,
+            start: a.parse().unwrap(),
+            end: b.parse().unwrap(),
+        };
+        Arc::new(ChildSaInstall {
+            ike_sa: IkeSaId(1),
+            peer: "site".into(),
+            inbound: sa(inbound),
+            outbound: sa(outbound),
+            local_addr: "198.51.100.2".parse().unwrap(),
+            remote_addr: "203.0.113.9".parse().unwrap(),
+            udp_encap: Some((4500, remote_port)),
+            local_ts: vec![ts("198.19.0.0", "198.19.0.255")],
+            remote_ts: vec![ts("198.18.0.0", "198.18.0.255")],
+            local_vips: Vec::new(),
+            remote_vips: Vec::new(),
+        })
+    }
+
+    /// RFC 7296 section 2.23, the daemon's side: when the engine follows a peer whose NAT
+    /// mapping changed, the CHILD_SAs it names get the new tunnel and are published again;
+    /// their counters (and, keyed by the same SPIs, the workers' sequence numbers and replay
+    /// windows) carry over, and other CHILD_SAs are left as they were.
+    #[test]
+    fn a_moved_peer_takes_its_child_sas_tunnel_along_when_republished() {
+        let handle = TablesHandle::new(Tables::default());
+        let mut publish = publisher(handle.clone(), None);
+        let mut children = vec![child(0x1001, 0x2001, 33001), child(0x1002, 0x2002, 33001)];
+        publish(&children);
+        let before = handle.load();
+        let stats = |tables: &Tables, spi: u32| {
+            let ipsec = tables.ipsec.as_deref().unwrap();
+            let policy = ipsec.outbound.iter().find(|p| p.sa.spi == spi).unwrap();
+            (Arc::clone(&policy.stats), policy.outer)
+        };
+        let (counters, _) = stats(&before, 0x2001);
+        counters.packets.store(41, Ordering::Relaxed);
+
+        let to = Tunnel {
+            local_addr: "198.51.100.2".parse().unwrap(),
+            remote_addr: "203.0.113.9".parse().unwrap(),
+            udp_encap: Some((4500, 40001)),
+        };
+        let moved = move_children(&mut children, &[(0x1001, 0x2001)], to);
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].udp_encap, Some((4500, 40001)));
+        assert!(
+            move_children(&mut children, &[(0x1001, 0x2001)], to).is_empty(),
+            "moved already"
+        );
+        publish(&children);
+        let after = handle.load();
+        let (counters, outer) = stats(&after, 0x2001);
+        assert_eq!(outer.udp(), Some((4500, 40001)));
+        assert_eq!(outer.dst(), to.remote_addr);
+        assert_eq!(counters.packets.load(Ordering::Relaxed), 41, "same SA");
+        let (_, untouched) = stats(&after, 0x2002);
+        assert_eq!(untouched.udp(), Some((4500, 33001)));
+        let ipsec = after.ipsec.as_deref().unwrap();
+        assert!(ipsec.inbound_by_spi(0x1001).is_some());
+        assert_ne!(
+            ipsec.generation,
+            before.ipsec.as_deref().unwrap().generation,
+            "a new generation: the workers look again"
+        );
+    }
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 mod bytes;
 mod certs;
 mod fragments;
+mod nat_and_proposals;
 mod negative;
 mod reconfigure;
 mod rfc7296_negative;

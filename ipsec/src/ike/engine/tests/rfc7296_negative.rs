@@ -80,7 +80,7 @@ fn unprotected_notify(actions: &[Action]) -> (Header, Notify) {
 }
 
 /// Opens a protected message `bytes` with `engine`'s SA `id`.
-fn open_with(engine: &Engine, id: u64, bytes: &[u8]) -> Vec<Payload> {
+pub(super) fn open_with(engine: &Engine, id: u64, bytes: &[u8]) -> Vec<Payload> {
     let message = Message::parse(bytes).unwrap();
     let Some(&Payload::Encrypted {
         first_payload,
@@ -94,7 +94,7 @@ fn open_with(engine: &Engine, id: u64, bytes: &[u8]) -> Vec<Payload> {
 }
 
 /// Seals a message on B's SA `id` (B's keys), as B would send it.
-fn sealed_by_b(
+pub(super) fn sealed_by_b(
     p: &mut Pair,
     id: u64,
     exchange_type: u8,
@@ -118,7 +118,7 @@ fn request_by_a(p: &mut Pair, id: IkeSaId, exchange_type: u8, payloads: &[Payloa
     seal_message(header, payloads, sa.tx.as_ref().unwrap(), sa.iv_counter).unwrap()
 }
 
-fn b_sa(p: &Pair) -> u64 {
+pub(super) fn b_sa(p: &Pair) -> u64 {
     let sas = p.b.sas();
     assert_eq!(sas.len(), 1);
     sas[0].0 .0
