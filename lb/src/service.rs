@@ -39,7 +39,8 @@
 //! externalTrafficPolicy is Cluster, and not at all when it is Local.
 //!
 //! - **No usable endpoint at all**: every frontend gets [`Target::Reject`] for both classes of
-//!   sender, so clients fail at once (TCP RST, ICMP unreachable) instead of timing out.
+//!   sender, so clients fail at once (ICMP port unreachable, for TCP too, as kube-proxy's
+//!   bare `reject` answers) instead of timing out.
 //! - **Local policy, no local endpoint**: [`Target::Drop`]. The Service does have endpoints,
 //!   on other nodes; a silent drop lets the client retry and a load balancer's health check
 //!   move traffic away, where a reject would claim the Service is down.
@@ -375,8 +376,8 @@ impl BackendSet {
 pub enum Target {
     /// Load-balance over these backends.
     Backends(Arc<BackendSet>),
-    /// The Service has no usable endpoints at all: refuse (TCP RST, ICMP port unreachable),
-    /// as kube-proxy's REJECT rules do.
+    /// The Service has no usable endpoints at all: refuse with an ICMP port unreachable
+    /// (whatever the protocol), as kube-proxy's REJECT rules do.
     Reject,
     /// The traffic policy is Local and no local endpoint is usable: drop silently, as
     /// kube-proxy does.

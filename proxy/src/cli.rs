@@ -67,6 +67,7 @@ pub struct AgentArgs {
     pub kubeconfig: Option<PathBuf>,
 
     /// This node's name: endpoints whose nodeName is this are local (default: the host name).
+    /// Trimmed and lowercased, as kube-proxy takes --hostname-override and the host name.
     #[arg(long)]
     pub node_name: Option<String>,
 

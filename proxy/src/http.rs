@@ -10,9 +10,9 @@
 //!   takes longer than the timeout turns unhealthy;
 //! - `/healthz` is healthy and the node eligible (not being deleted); `/livez` is healthy
 //!   alone; both answer JSON with `lastUpdated` (the current time while healthy) and
-//!   `currentTime`;
+//!   `currentTime`, written as Go prints a `time.Time` ([`go_time`]);
 //! - `/readyz` (Switchyard's, from the design's kube-proxy convention) is 200 once the first
-//!   full sync has been programmed;
+//!   full sync has been programmed; its times are written the same way;
 //! - a health-check NodePort answers any request with the Service's name and its number of
 //!   local endpoints: 200 when there is at least one and the proxy is healthy, else 503.
 
@@ -143,6 +143,28 @@ pub fn rfc3339(t: Option<SystemTime>) -> String {
         .unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string())
 }
 
+/// Go's `time.Time.String()` in UTC, as kube-proxy's `/healthz` and `/livez` print
+/// `lastUpdated` and `currentTime` (a `%q` of a `time.Time`): `2024-05-01 12:00:00.5 +0000
+/// UTC`, the fraction of a second without trailing zeros and left out when zero. Go adds a
+/// monotonic clock reading (` m=+64.2`) to times from `time.Now()`; it means nothing outside
+/// the process and is not written. `None` is Go's zero time.
+pub fn go_time(t: Option<SystemTime>) -> String {
+    const ZERO: &str = "0001-01-01 00:00:00 +0000 UTC";
+    let Some(t) = t.and_then(|t| jiff::Timestamp::try_from(t).ok()) else {
+        return ZERO.to_string();
+    };
+    // The civil time's fraction is never negative, before 1970 too.
+    let t = t.to_zoned(jiff::tz::TimeZone::UTC);
+    let mut out = t.strftime("%Y-%m-%d %H:%M:%S").to_string();
+    let nanos = t.subsec_nanosecond();
+    if nanos > 0 {
+        let digits = format!(".{nanos:09}");
+        out.push_str(digits.trim_end_matches('0'));
+    }
+    out.push_str(" +0000 UTC");
+    out
+}
+
 /// A JSON string literal.
 fn quote(s: &str) -> String {
     serde_json::Value::from(s).to_string()
@@ -178,8 +200,8 @@ pub fn health_response(h: &ProxyHealth, node_eligible: Option<bool>) -> Response
     let last = if healthy { Some(h.now) } else { h.last_updated };
     let mut body = format!(
         r#"{{"lastUpdated":{},"currentTime":{}"#,
-        quote(&rfc3339(last)),
-        quote(&rfc3339(Some(h.now)))
+        quote(&go_time(last)),
+        quote(&go_time(Some(h.now)))
     );
     if let Some(eligible) = node_eligible {
         body.push_str(&format!(r#","nodeEligible":{eligible}"#));
@@ -198,8 +220,8 @@ pub fn ready_response(h: &ProxyHealth) -> Response<Body> {
     let body = format!(
         r#"{{"ready":{},"lastUpdated":{},"currentTime":{}}}"#,
         h.ready,
-        quote(&rfc3339(h.last_updated)),
-        quote(&rfc3339(Some(h.now)))
+        quote(&go_time(h.last_updated)),
+        quote(&go_time(Some(h.now)))
     );
     let status = if h.ready {
         StatusCode::OK
@@ -456,7 +478,7 @@ mod tests {
         assert_eq!(headers["content-type"], "application/json");
         assert_eq!(headers["x-content-type-options"], "nosniff");
         assert_eq!(j["lastUpdated"], j["currentTime"]);
-        assert_eq!(j["currentTime"], "1970-01-01T00:17:10Z");
+        assert_eq!(j["currentTime"], "1970-01-01 00:17:10 +0000 UTC");
         assert_eq!(j["nodeEligible"], true);
         assert_eq!(ready_response(&h).status(), StatusCode::SERVICE_UNAVAILABLE);
         // Stuck before the first sync for longer than the timeout: 503 with the zero time.
@@ -464,7 +486,7 @@ mod tests {
         assert!(!h.healthy);
         let (s, _, j) = body_json(health_response(&h, Some(true)));
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(j["lastUpdated"], "0001-01-01T00:00:00Z");
+        assert_eq!(j["lastUpdated"], "0001-01-01 00:00:00 +0000 UTC");
         let (s, _, j) = body_json(health_response(&h, None));
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert!(j.get("nodeEligible").is_none());
@@ -475,7 +497,7 @@ mod tests {
         assert!(h.healthy && h.ready);
         let (s, _, j) = body_json(ready_response(&h));
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(j["lastUpdated"], "1970-01-01T00:16:41Z");
+        assert_eq!(j["lastUpdated"], "1970-01-01 00:16:41 +0000 UTC");
         // A node being deleted is not eligible: /healthz fails, /livez does not.
         let (s, _, j) = body_json(health_response(&h, Some(false)));
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
@@ -486,6 +508,35 @@ mod tests {
         assert!(proxy_health(at(1000), &c, at(9030), timeout).healthy);
         let h = proxy_health(at(1000), &c, at(9061), timeout);
         assert!(!h.healthy && h.ready);
+    }
+
+    /// Go's `time.Time.String()` in UTC: fractions trimmed of trailing zeros and left out
+    /// when whole, the zero time for none, no monotonic reading.
+    #[test]
+    fn times_are_written_as_go_prints_them() {
+        let t = |secs: u64, nanos: u32| Some(at(secs) + Duration::from_nanos(u64::from(nanos)));
+        assert_eq!(
+            go_time(t(1_714_564_800, 0)),
+            "2024-05-01 12:00:00 +0000 UTC"
+        );
+        assert_eq!(
+            go_time(t(1_714_564_800, 123_456_789)),
+            "2024-05-01 12:00:00.123456789 +0000 UTC"
+        );
+        assert_eq!(
+            go_time(t(1_714_564_800, 500_000_000)),
+            "2024-05-01 12:00:00.5 +0000 UTC"
+        );
+        assert_eq!(
+            go_time(t(1_714_564_800, 1_000)),
+            "2024-05-01 12:00:00.000001 +0000 UTC"
+        );
+        assert_eq!(go_time(None), "0001-01-01 00:00:00 +0000 UTC");
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_millis(250);
+        assert_eq!(
+            go_time(Some(before_1970)),
+            "1969-12-31 23:59:59.75 +0000 UTC"
+        );
     }
 
     #[test]

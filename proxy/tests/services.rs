@@ -257,7 +257,8 @@ fn services_through(test: &str, extra: &[&str]) -> Option<common::RouterOutput> 
         "NodePort UDP is masqueraded: {answer}"
     );
 
-    // No endpoints: refused at once, as kube-proxy's REJECT does.
+    // No endpoints: refused at once, as kube-proxy's REJECT does (an ICMP port unreachable,
+    // which the client's TCP reports as "connection refused").
     let refused = tcp_request(&lab, "198.51.100.11", 80).expect_err("no endpoints");
     assert!(
         refused.contains("refused"),

@@ -10,8 +10,8 @@
 //!    Maglev over the flow hash (the client address alone with ClientIP affinity), the
 //!    source is masqueraded when kube-proxy would, the connection is tracked with both
 //!    tuples, and the packet is rewritten;
-//! 3. a frontend with no usable endpoint refuses (TCP reset, ICMP port unreachable) or, when
-//!    a Local traffic policy leaves no local endpoint, drops, as kube-proxy does;
+//! 3. a frontend with no usable endpoint refuses (ICMP port unreachable, for TCP too) or,
+//!    when a Local traffic policy leaves no local endpoint, drops, as kube-proxy does;
 //! 4. anything else passes untouched.
 //!
 //! ICMP errors about a tracked connection are translated back (outer header and the quoted
@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use switchyard_lb::service::{Forwarding, Frontend, FrontendEntry, FrontendKind, Target};
 
 use super::tunnel::{self, TunnelKind};
-use super::{flow_hash, tcp_reset, vreass};
+use super::{flow_hash, vreass};
 use crate::buffer::PacketBuffer;
 use crate::conntrack::{Conntrack, ConntrackError, Direction, EntryId, FlowKey, Verdict};
 use crate::fib::Route;
@@ -35,7 +35,6 @@ use crate::graph::{Context, Handoff, NextIndex, Node, Packet, DROP, HANDOFF};
 use crate::nat::{self, Plain4, Translation, Tuple};
 use crate::services::Services;
 use crate::tables::Tables;
-use crate::wire::{IpAddrPair, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
 use crate::{family_node_info, node_errors};
 
 node_errors! {
@@ -157,14 +156,16 @@ impl<B: PacketBuffer, const V6: bool> Node<B> for IpNat<V6> {
 
 /// With several workers, for a packet this worker's connection table just missed under
 /// `key`: the worker that tracks it, if another one does, with the packet marked for it
-/// (`meta.handoff`). Only misses pay for the shared directory; packets this node made, and
-/// packets already handed over, stay.
+/// (`meta.handoff`). Only misses pay for the shared directory; packets already handed over
+/// stay. The host's packets (from the punt device, `local_origin`) are handed on like the
+/// others: all of them come in at the first worker, but a host-network backend's answer
+/// belongs to the connection whichever worker took the client's first packet.
 pub(crate) fn tracked_elsewhere<B>(
     cx: &mut Context<'_, B>,
     pkt: &mut Packet<B>,
     key: &FlowKey,
 ) -> Option<u16> {
-    if !cx.state.conntrack.is_shared() || pkt.meta.handoff.is_set() || pkt.meta.local_origin {
+    if !cx.state.conntrack.is_shared() || pkt.meta.handoff.is_set() {
         return None;
     }
     let owner = cx.state.conntrack.owner_elsewhere(key, cx.now)?;
@@ -534,6 +535,13 @@ fn new_connection<B: PacketBuffer>(
             _ if internal => frontend.masquerade_internal || pkt.meta.local_origin,
             _ => frontend.masquerade_external,
         };
+    // A backend on one of this node's own addresses (a host-network endpoint here) is not
+    // masqueraded: kube-proxy's DNAT in PREROUTING makes such a packet local, so it goes to
+    // INPUT and never meets POSTROUTING's MASQUERADE, and the host sees the client's address.
+    // The host answers through the punt path into this node, where the connection finds it.
+    // Packets from the host itself keep the rule above (the kernel's OUTPUT path does pass
+    // POSTROUTING).
+    let masquerade = masquerade && (pkt.meta.local_origin || !is_local(cx.tables, backend.addr));
     let (reply_dst, reply_dst_port) = if masquerade {
         match snat(cx, services, t, backend.addr, backend.port) {
             Some(a) => a,
@@ -690,61 +698,18 @@ fn source_and_mtu_towards(tables: &Tables, dst: IpAddr) -> Option<(IpAddr, u16)>
     Some((addr, ifc.mtu))
 }
 
-/// Refuses a connection to a service without endpoints: a TCP reset from the service address,
-/// or an ICMP port unreachable for the other protocols.
+/// Refuses a connection to a service without endpoints with an ICMP (ICMPv6) port
+/// unreachable, whatever the protocol, TCP included: kube-proxy's rule is a bare `reject`
+/// (nftables) or `-j REJECT` (iptables), which answers icmp(6)-port-unreachable, never a TCP
+/// reset. A kernel TCP client sees ECONNREFUSED either way; on the wire the answer is an ICMP
+/// error, rate-limited with the node's others as the kernel's are.
 fn reject<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: &Tuple) -> Next {
     cx.error(NatError::Rejected);
-    if t.key.proto != IpProtocol::TCP.0 {
-        pkt.meta.icmp_error = Some(match t.key.dst {
-            IpAddr::V4(_) => (3, 3, 0),
-            IpAddr::V6(_) => (1, 4, 0),
-        });
-        return Next::Error;
-    }
-    let addrs = match (t.key.src, t.key.dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => IpAddrPair::V4 { src, dst },
-        (IpAddr::V6(src), IpAddr::V6(dst)) => IpAddrPair::V6 { src, dst },
-        _ => return Next::Drop,
-    };
-    let Some(rst) = pkt
-        .buf
-        .data()
-        .get(t.l4_offset..t.end)
-        .and_then(|seg| tcp_reset::reset_for(seg, &addrs))
-    else {
-        return Next::Drop;
-    };
-    let back = tcp_reset::reversed(&addrs);
-    let data = pkt.buf.data_mut();
-    let ip_len = match back {
-        IpAddrPair::V4 { src, dst } => {
-            let hlen = t.l4_offset;
-            let mut ip = Ipv4Packet::new_unchecked(&mut data[..]);
-            ip.set_src_addr(src);
-            ip.set_dst_addr(dst);
-            ip.set_ttl(super::ip4::DEFAULT_TTL);
-            ip.set_total_len((hlen + rst.buffer_len()) as u16);
-            ip.fill_checksum();
-            hlen
-        }
-        IpAddrPair::V6 { src, dst } => {
-            // Extension headers are not echoed: the reset follows the fixed header.
-            let mut ip = Ipv6Packet::new_unchecked(&mut data[..]);
-            ip.set_src_addr(src);
-            ip.set_dst_addr(dst);
-            ip.set_hop_limit(64);
-            ip.set_next_header(IpProtocol::TCP);
-            ip.set_payload_len(rst.buffer_len() as u16);
-            40
-        }
-    };
-    pkt.buf.truncate(ip_len + rst.buffer_len());
-    let seg = &mut pkt.buf.data_mut()[ip_len..];
-    if rst.emit(&mut TcpPacket::new_unchecked(seg), &back).is_err() {
-        return Next::Drop;
-    }
-    pkt.meta.local_origin = true;
-    Next::Lookup
+    pkt.meta.icmp_error = Some(match t.key.dst {
+        IpAddr::V4(_) => (3, 3, 0),
+        IpAddr::V6(_) => (1, 4, 0),
+    });
+    Next::Error
 }
 
 /// Translates an ICMP error about a tracked connection; passes other packets on.

@@ -47,10 +47,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             args.min_sync_period
         );
     }
-    let node_name = match &args.node_name {
-        Some(n) => n.clone(),
-        None => hostname()?,
-    };
+    let node_name = node_name(args.node_name.as_deref())?;
     let bgp_settings = bgp::Settings::from_args(&args)?;
     // The iBGP mesh peers with every Node: only then are all of them watched.
     let all_nodes = bgp_settings.as_ref().is_some_and(|s| s.ibgp_mesh);
@@ -157,11 +154,21 @@ fn cluster_source(
     }
 }
 
-/// This host's name, as a Kubernetes node is usually named.
-fn hostname() -> anyhow::Result<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .context("reading the host name (give --node-name)")?;
-    Ok(name.trim().to_string())
+/// This node's name: `--node-name`, or the host's name when it is not given (or empty),
+/// trimmed and lowercased as kube-proxy's `nodeutil.GetHostname` does with
+/// `--hostname-override` and the host name. Node names are lowercase (RFC 1123), so a host
+/// called `Worker-1` is the Node `worker-1`, and endpoints with that `nodeName` are local.
+fn node_name(given: Option<&str>) -> anyhow::Result<String> {
+    let raw = match given {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name (give --node-name)")?,
+    };
+    let name = raw.trim();
+    if name.is_empty() {
+        bail!("the node name is empty (give --node-name)");
+    }
+    Ok(name.to_lowercase())
 }
 
 /// Where the cluster's objects come from: a manifest directory or the Kubernetes API.
@@ -585,5 +592,39 @@ mod node_port_tests {
             ]
         );
         assert!(node_port_ranges(&[], &[]).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod node_name_tests {
+    use std::path::Path;
+
+    use super::manifests::{Format, Loader};
+    use super::*;
+
+    /// `--node-name Worker-1` is the Node `worker-1`: an endpoint whose nodeName is
+    /// `worker-1` is local, as kube-proxy with `--hostname-override Worker-1` has it.
+    #[test]
+    fn the_node_name_is_trimmed_and_lowercased() {
+        let name = node_name(Some(" Worker-1\n")).unwrap();
+        assert_eq!(name, "worker-1");
+        let mut loader = Loader::new();
+        loader.add_text(
+            Path::new("test.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
+             spec: {clusterIP: 198.19.0.10, ports: [{name: http, port: 80}]}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}\n\
+             addressType: IPv4\nports: [{name: http, port: 8080}]\n\
+             endpoints: [{addresses: [198.18.2.3], nodeName: worker-1}]\n",
+            Format::Yaml,
+        );
+        let (store, errors) = loader.finish();
+        assert!(errors.is_empty(), "{errors:?}");
+        let (services, errors) = reduce::services(&store, &name, None);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(services[0].ports[0].endpoints[0].is_local);
+        // Only blanks is no name at all.
+        assert!(node_name(Some(" \t")).is_err());
     }
 }

@@ -64,7 +64,12 @@
 //!   node's name.
 //! - Topology hints: an endpoint's `hints.forZones` and `hints.forNodes` are reduced to
 //!   whether they name this node's zone (its Node's `topology.kubernetes.io/zone` label) and
-//!   this node; the compiler applies kube-proxy's rule for them.
+//!   this node; the compiler applies kube-proxy's rule for them. They are taken whatever the
+//!   Service's `service.kubernetes.io/topology-mode` annotation or `spec.trafficDistribution`
+//!   say, as kube-proxy has since 1.31 (`topologyModeFromHints`; its annotation check,
+//!   `canUseTopology`, applied only with the ServiceTrafficDistribution gate off, which 1.33
+//!   no longer allows): the EndpointSlice controller reads those and writes hints only when
+//!   they ask for them.
 //! - Endpoints are merged over all the Service's slices and deduplicated by address and port.
 //!   Of two copies the ready one is kept, then the serving one, then the non-terminating
 //!   one, then the local one (kube-proxy keeps the local one), else the first in slice-name

@@ -382,38 +382,71 @@ fn load_balancer_source_ranges_without_endpoints_reject_everyone() {
     let mut r = Rig::with_services(&[lb]);
     let syn = tcp(v4(CLIENT), v4(LB_IP), 40001, 80, TcpFlags::SYN);
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
-    let (_, src, _, _, _, flags) = one_tcp(&out);
-    assert_eq!(src, v4(LB_IP));
-    assert!(flags.contains(TcpFlags::RST));
+    one_port_unreachable(&out, v4(CLIENT), &syn);
+    assert_eq!(r.count("ip4-nat", "rejected"), 1);
     assert_eq!(r.count("ip4-nat", "source_denied"), 0);
 }
 
+/// The single frame sent must be an ICMP port unreachable to `client` quoting `refused`
+/// (as much of it as the error holds); returns its port and outer source.
+pub(super) fn one_port_unreachable(
+    out: &[(u16, Vec<u8>)],
+    client: Ipv4Addr,
+    refused: &[u8],
+) -> (u16, Ipv4Addr) {
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (port, frame) = &out[0];
+    let ip = ip4_of(frame);
+    assert!(ip.verify_checksum());
+    assert_eq!(
+        ip.protocol(),
+        IpProtocol::ICMP,
+        "an ICMP error, not a TCP reset"
+    );
+    assert_eq!(ip.dst_addr(), client);
+    let msg = ip.payload();
+    assert_eq!((msg[0], msg[1]), (3, 3), "port unreachable");
+    assert_eq!(checksum::checksum(msg), 0, "ICMP checksum");
+    assert_eq!(&msg[8..], refused, "the refused packet quoted");
+    (*port, ip.src_addr())
+}
+
+/// kube-proxy refuses with a bare `reject` (nftables) or `-j REJECT` (iptables): ICMP port
+/// unreachable whatever the protocol, TCP included, never a TCP reset.
 #[test]
-fn a_service_without_endpoints_refuses_tcp_with_a_reset_and_udp_with_port_unreachable() {
+fn a_service_without_endpoints_refuses_tcp_and_udp_with_port_unreachable() {
     let mut r = Rig::with_services(&[service(vec![])]);
     let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &syn));
-    let (port, src, dst, sport, dport, flags) = one_tcp(&out);
-    assert_eq!(
-        (port, src, dst, sport, dport),
-        (0, v4(VIP), v4(CLIENT), 80, 40000)
-    );
-    assert!(flags.contains(TcpFlags::RST));
-    let out = r.send(
-        0,
-        &eth(
-            MAC0,
-            CLIENT_MAC,
-            0x0800,
-            &udp(v4(CLIENT), v4(VIP), 5000, 80),
-        ),
-    );
-    assert_eq!(out.len(), 1);
-    let ip = ip4_of(&out[0].1);
-    assert_eq!(ip.protocol(), IpProtocol::ICMP);
-    assert_eq!(ip.dst_addr(), v4(CLIENT));
-    assert_eq!(&ip.payload()[..2], &[3, 3]);
+    assert_eq!(one_port_unreachable(&out, v4(CLIENT), &syn).0, 0);
+    let dgram = udp(v4(CLIENT), v4(VIP), 5000, 80);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &dgram));
+    assert_eq!(one_port_unreachable(&out, v4(CLIENT), &dgram).0, 0);
     assert_eq!(r.count("ip4-nat", "rejected"), 2);
+    assert_eq!(r.count("icmp4-error", "sent"), 2);
+    assert_eq!(r.count("ip4-nat", "new_connection"), 0);
+}
+
+/// The same over IPv6: ICMPv6 destination unreachable, port unreachable (1, 4).
+#[test]
+fn an_ipv6_service_without_endpoints_refuses_tcp_with_icmpv6_port_unreachable() {
+    let (vip6, client6) = (v6("2001:db8:ffff::10"), v6("2001:db8:1::2"));
+    let svc = Service {
+        cluster_ips: vec![v4(VIP).into(), vip6.into()],
+        ..service(vec![])
+    };
+    let mut r = Rig::with_services(&[svc]);
+    let syn = tcp6(client6, vip6, 40000, 80, TcpFlags::SYN);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &syn));
+    assert_eq!(out.len(), 1, "{out:?}");
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!(ip.next_header(), IpProtocol::ICMPV6, "not a TCP reset");
+    assert_eq!(ip.dst_addr(), client6);
+    let msg = ip.payload();
+    assert_eq!((msg[0], msg[1]), (1, 4));
+    assert_eq!(icmpv6_checksum(&ip.src_addr(), &client6, msg), 0);
+    assert_eq!(&msg[8..], &syn[..], "the SYN quoted");
+    assert_eq!(r.count("ip6-nat", "rejected"), 1);
 }
 
 #[test]
@@ -840,5 +873,90 @@ fn the_host_reaches_a_cluster_ip_through_the_punt_path() {
     assert_eq!(
         (ip.src_addr(), seg.src_port(), ip.dst_addr(), seg.dst_port()),
         (v4(VIP), 80, node, 40000)
+    );
+}
+
+/// A NodePort (externalTrafficPolicy Cluster) whose endpoint is this node's own address (a
+/// host-network pod here): kube-proxy's DNAT makes the packet local, so it is delivered
+/// without masquerade and the host sees the client's address. The host's answer, back
+/// through the punt path, leaves as from the NodePort.
+#[test]
+fn a_node_port_backend_on_this_node_is_reached_unmasqueraded_through_the_punt_path() {
+    let node = v4("198.18.1.1");
+    let mut r = Rig::with_services(&[service(vec![Endpoint::ready(node.into(), 8080, true)])]);
+    r.tables.punt_to_host = true;
+    let syn = tcp(v4(CLIENT), node, 40000, 30080, TcpFlags::SYN);
+    r.graph.receive(Packet::received(
+        HeapBuffer::from_bytes(&eth(MAC0, CLIENT_MAC, 0x0800, &syn)),
+        0,
+    ));
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(punted.len(), 1, "to the host");
+    let ip = Ipv4Packet::new_checked(&punted[0][..]).unwrap();
+    assert!(ip.verify_checksum());
+    let seg = TcpPacket::new_checked(ip.payload()).unwrap();
+    let addrs = IpAddrPair::V4 {
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+    };
+    assert!(seg.verify_checksum(&addrs), "TCP checksum");
+    assert_eq!(
+        (ip.src_addr(), seg.src_port(), ip.dst_addr(), seg.dst_port()),
+        (v4(CLIENT), 40000, node, 8080),
+        "the client's own address and port"
+    );
+    assert_eq!(r.count("ip4-nat", "new_connection"), 1);
+    assert_eq!(r.count("ip4-nat", "masqueraded"), 0);
+    assert_eq!(r.count("ip4-nat", "no_snat_port"), 0);
+
+    // The host's answer comes back through the punt device and leaves as from the NodePort.
+    let synack = tcp(node, v4(CLIENT), 8080, 40000, TcpFlags::SYN | TcpFlags::ACK);
+    from_host(&mut r, &synack);
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(punted.is_empty(), "{punted:?}");
+    let (port, src, dst, sport, dport, flags) = one_tcp(&sent);
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (0, node, v4(CLIENT), 30080, 40000)
+    );
+    assert!(flags.contains(TcpFlags::SYN | TcpFlags::ACK));
+    assert_eq!(r.count("ip4-nat", "translated"), 1);
+}
+
+/// With several workers the host's packets all come in at the first, but the connection of
+/// a client's packet to a backend on this node's address belongs to the worker that took
+/// the client's packet: the host's answer is handed over to it and translated there.
+#[test]
+fn the_hosts_answer_is_handed_to_the_worker_tracking_its_connection() {
+    let node = v4("198.18.1.1");
+    let svc = service(vec![Endpoint::ready(node.into(), 8080, true)]);
+    let shared = crate::worker::SharedState::default();
+    let mut w0 = Rig::with_services(std::slice::from_ref(&svc));
+    let mut w1 = Rig::with_services(std::slice::from_ref(&svc));
+    w0.state.share(0, &shared);
+    w1.state.share(1, &shared);
+    w1.tables.punt_to_host = true;
+
+    let syn = tcp(v4(CLIENT), node, 40000, 30080, TcpFlags::SYN);
+    w1.graph.receive(Packet::received(
+        HeapBuffer::from_bytes(&eth(MAC0, CLIENT_MAC, 0x0800, &syn)),
+        0,
+    ));
+    let (punted, _) = punted_and_sent(&mut w1);
+    assert_eq!(punted.len(), 1, "to the host");
+
+    let synack = tcp(node, v4(CLIENT), 8080, 40000, TcpFlags::SYN | TcpFlags::ACK);
+    from_host(&mut w0, &synack);
+    let (punted, sent) = punted_and_sent(&mut w0);
+    assert!(punted.is_empty() && sent.is_empty(), "{punted:?} {sent:?}");
+    assert_eq!(w0.count("ip4-nat", "handed_off"), 1);
+    let (from, handed) = w0.graph.handoff.pop().expect("handed over");
+    assert_eq!(Some(from), w0.graph.node_index("ip4-nat"));
+    assert_eq!(handed.meta.handoff.worker(), Some(1));
+    let (port, src, dst, sport, dport, _) = one_tcp(&w1.inject("ip4-nat", handed));
+    assert_eq!(
+        (port, src, dst, sport, dport),
+        (0, node, v4(CLIENT), 30080, 40000)
     );
 }

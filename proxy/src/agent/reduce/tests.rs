@@ -981,6 +981,43 @@ fn topology_hints_are_read_against_this_node_and_its_zone() {
     assert_eq!(web.ports[0].endpoints[0].hints, TopologyHints::default());
 }
 
+/// kube-proxy since 1.31 (ServiceTrafficDistribution on by default, the gate gone in 1.33)
+/// honours the hints an EndpointSlice carries whatever the Service's annotations say; asking
+/// for them (`service.kubernetes.io/topology-mode`, `spec.trafficDistribution`) is the
+/// EndpointSlice controller's business, which writes hints only then. So the annotations
+/// neither add nor remove hints here.
+#[test]
+fn topology_hints_do_not_depend_on_the_services_annotations() {
+    let yaml = |meta: &str| {
+        format!(
+            "{}{}---\napiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}, labels: {{topology.kubernetes.io/zone: zone-a}}}}\n",
+            svc("web", meta, "", HTTP),
+            slice(
+                "web-1",
+                "web",
+                "IPv4",
+                HTTP_8080,
+                "[{addresses: [198.18.0.1], hints: {forZones: [{name: zone-a}]}},\
+                  {addresses: [198.18.0.2], hints: {forZones: [{name: zone-b}]}}]",
+            ),
+        )
+    };
+    for meta in [
+        "",
+        "annotations: {service.kubernetes.io/topology-mode: Auto}",
+        "annotations: {service.kubernetes.io/topology-mode: Disabled}",
+        "annotations: {service.kubernetes.io/topology-aware-hints: disabled}",
+    ] {
+        let web = one(&yaml(meta));
+        let zones: Vec<Option<bool>> = web.ports[0]
+            .endpoints
+            .iter()
+            .map(|e| e.hints.zone)
+            .collect();
+        assert_eq!(zones, [Some(true), Some(false)], "{meta}");
+    }
+}
+
 #[test]
 fn load_balancer_source_ranges() {
     let yaml = svc(

@@ -202,7 +202,8 @@ fn kube_proxy_hairpin_traffic_is_masqueraded() {
 }
 
 /// A Service with no usable endpoint refuses at every address kind, NodePorts and external
-/// IPs included (kube-proxy's reject chain for "has no endpoints").
+/// IPs included (kube-proxy's reject chain for "has no endpoints"), with an ICMP port
+/// unreachable, TCP included (a bare `reject`, not `reject with tcp reset`).
 #[test]
 fn kube_proxy_no_endpoints_refuses_at_every_address() {
     let svc = Service {
@@ -224,10 +225,10 @@ fn kube_proxy_no_endpoints_refuses_at_every_address() {
     .into_iter()
     .enumerate()
     {
-        let out = r.syn(src, dst, 42000 + i as u16, port);
-        let (_, from, to, _, _, flags) = one_tcp(&out);
-        assert!(flags.contains(TcpFlags::RST), "{dst}:{port}");
-        assert_eq!((from, to), (v4(dst), v4(src)));
+        let sport = 42000 + i as u16;
+        let out = r.syn(src, dst, sport, port);
+        let refused = tcp(v4(src), v4(dst), sport, port, TcpFlags::SYN);
+        one_port_unreachable(&out, v4(src), &refused);
     }
     assert_eq!(r.count("ip4-nat", "rejected"), 4);
 }
