@@ -19,6 +19,7 @@ pub mod lpm6;
 pub mod mtrie;
 pub mod nat;
 pub mod nodes;
+pub mod path_mtu;
 pub mod policy;
 pub mod reassembly;
 pub mod router_adverts;

@@ -269,6 +269,16 @@ impl Tables {
                 .any(|n| n.prefix_len() < 31 && n.broadcast() == addr)
     }
 
+    /// True when `addr` is the zero address, { <Network-prefix>, 0 }, of a subnet attached to
+    /// this node (shorter than /31): an obsolete form of its broadcast address, which RFC
+    /// 1812 4.2.3.1 has routers treat as one.
+    pub fn is_subnet_zero(&self, addr: Ipv4Addr) -> bool {
+        self.interfaces
+            .iter()
+            .flat_map(|i| &i.ipv4)
+            .any(|n| n.prefix_len() < 31 && n.network() == addr)
+    }
+
     /// A copy of these tables with `routes` added (learned routes, e.g. from BGP), the FIB
     /// recompiled. A route whose prefix already has one (an address of this node, an attached
     /// subnet or a static route from the flags) is left out: those win. Routes that cannot

@@ -11,6 +11,7 @@ use crate::conntrack::{Conntrack, ConntrackConfig};
 use crate::fib::Route;
 use crate::flows::FlowDirectory;
 use crate::graph::Nanos;
+use crate::path_mtu::PathMtuCache;
 use crate::reassembly::Reassembler;
 use crate::services::{AffinityTable, ServiceCounters};
 use crate::tables::Tables;
@@ -511,6 +512,9 @@ pub struct WorkerState {
     /// Fragmented datagrams being forwarded: the ports their first fragments carried, for
     /// the later ones (`ip{4,6}-vreass`, NAT, ACLs).
     pub virtual_reassembly: VirtualReassembly,
+    /// Path MTUs learned from Packet Too Big messages about this node's own IPv6 packets
+    /// (RFC 8201), which `ip6-local` fragments its echo replies to.
+    pub path_mtu: PathMtuCache,
     /// The identification last given to a datagram this node fragmented or encapsulated.
     pub fragment_ident: u32,
     /// What [`WorkerState::next_fragment_ident`] adds: the number of workers, each starting
@@ -583,14 +587,16 @@ impl WorkerState {
     }
 
     /// Worker `index` of `count`: identifications of its own (see
-    /// [`WorkerState::fragment_ident_step`]), and, with more than one worker, neighbors
-    /// learned kept for the others ([`NeighborTable::shared`]).
+    /// [`WorkerState::fragment_ident_step`]), and, with more than one worker, neighbors and
+    /// path MTUs learned kept for the others ([`NeighborTable::shared`],
+    /// [`PathMtuCache::shared`]).
     pub fn set_worker(&mut self, index: u16, count: u16) {
         let count = count.max(1);
         (self.worker, self.workers) = (index, count);
         self.fragment_ident = u32::from(index);
         self.fragment_ident_step = u32::from(count);
         self.neighbors.shared = (count > 1).then(Vec::new);
+        self.path_mtu.shared = (count > 1).then(Vec::new);
     }
 
     /// One of several workers that share `shared` (built once for all of them): connections
@@ -653,6 +659,7 @@ impl Default for WorkerState {
             icmp_errors: TokenBucket::new(1000, 50),
             reassembly: Reassembler::default(),
             virtual_reassembly: VirtualReassembly::default(),
+            path_mtu: PathMtuCache::default(),
             fragment_ident: 0,
             fragment_ident_step: 1,
             worker: 0,

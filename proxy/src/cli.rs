@@ -449,7 +449,8 @@ pub struct RouterArgs {
     #[arg(long = "route", short = 'r')]
     pub routes: Vec<String>,
 
-    /// A port's MTU: NAME=BYTES (default: what the driver reports).
+    /// A port's MTU: NAME=BYTES (default: what the driver reports); at least 576, and at
+    /// least 1280 on a port with an IPv6 address.
     #[arg(long = "mtu")]
     pub mtus: Vec<String>,
 

@@ -1,6 +1,7 @@
 //! `switchyard router`: the dataplane as a plain router, configured from flags alone.
 
 use std::fmt::Write as _;
+use std::net::Ipv6Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -270,6 +271,9 @@ struct Exchange {
     /// Neighbors one learned, for the others
     /// ([`switchyard_dataplane::worker::NeighborTable::shared`]).
     neighbors: Inboxes<LearnedNeighbor>,
+    /// IPv6 path MTUs one learned from Packet Too Big messages, for the others
+    /// ([`switchyard_dataplane::path_mtu::PathMtuCache::shared`]).
+    path_mtus: Inboxes<(Ipv6Addr, u16)>,
     /// Packets of connections another worker tracks ([`switchyard_dataplane::flows`]).
     packets: Inboxes<Handed>,
     /// Connection tuples and sessionAffinity choices.
@@ -286,6 +290,7 @@ impl Exchange {
         Exchange {
             punted: punt.then(|| Inboxes::new(1)),
             neighbors: Inboxes::new(workers),
+            path_mtus: Inboxes::new(workers),
             packets: Inboxes::new(workers),
             state: SharedState::default(),
             snapshots: Mutex::new((0..workers).map(|_| None).collect()),
@@ -399,6 +404,9 @@ fn pcap_port(index: usize, spec: &str) -> anyhow::Result<switchyard_io::pcap::Pc
     })
 }
 
+/// The IPv6 minimum link MTU (RFC 8200 5).
+const IPV6_MIN_MTU: u16 = 1280;
+
 /// Builds the tables the flags describe for the driver's ports.
 pub fn tables_from_args(ports: &[PortInfo], args: &RouterArgs) -> anyhow::Result<Tables> {
     let names = &args.interfaces;
@@ -425,7 +433,17 @@ pub fn tables_from_args(ports: &[PortInfo], args: &RouterArgs) -> anyhow::Result
     }
     for m in &args.mtus {
         let (port, mtu) = cli::parse_mtu(names, m)?;
-        interfaces[usize::from(port)].mtu = mtu;
+        let ifc = &mut interfaces[usize::from(port)];
+        // RFC 8200 5: every link IPv6 runs over carries 1280-byte packets; below that the
+        // router's own packets and errors (up to 1280 bytes, RFC 4443 2.4(c)) could not leave.
+        if let Some(v6) = ifc.ipv6.first().filter(|_| mtu < IPV6_MIN_MTU) {
+            bail!(
+                "--mtu {m:?}: below the IPv6 minimum of {IPV6_MIN_MTU} bytes (RFC 8200 5), and \
+                 port {} has the IPv6 address {v6}",
+                ifc.name
+            );
+        }
+        ifc.mtu = mtu;
     }
     let routes = args
         .routes
@@ -619,8 +637,8 @@ where
         self.exchange = Some((usize::from(index), Arc::clone(exchange)));
     }
 
-    /// Passes on the neighbors this worker learned and takes in the others'; true if it took
-    /// any in (packets waiting for them may go now).
+    /// Passes on the neighbors (and path MTUs) this worker learned and takes in the others';
+    /// true if it took neighbors in (packets waiting for them may go now).
     fn exchange_neighbors(&mut self, now: u64) -> bool {
         let Some((me, exchange)) = &self.exchange else {
             return false;
@@ -634,12 +652,32 @@ where
             }
         }
         exchange.neighbors.receive(*me, &mut self.learned);
+        Self::exchange_path_mtus(&mut self.state, *me, exchange, now);
         if self.learned.is_empty() {
             return false;
         }
         self.state.neighbors.merge_learned(&self.learned, now);
         self.learned.clear();
         true
+    }
+
+    /// Passes on the path MTUs this worker learned and takes in the others': a Packet Too
+    /// Big reaches the worker its flow hashes to, the next echo request from that
+    /// destination perhaps another.
+    fn exchange_path_mtus(state: &mut WorkerState, me: usize, exchange: &Exchange, now: u64) {
+        if let Some(out) = state.path_mtu.shared.as_mut() {
+            if !out.is_empty() {
+                for to in (0..exchange.path_mtus.inboxes.len()).filter(|&to| to != me) {
+                    exchange.path_mtus.send(to, out.iter().copied());
+                }
+                out.clear();
+            }
+        }
+        let mut learned = Vec::new();
+        exchange.path_mtus.receive(me, &mut learned);
+        if !learned.is_empty() {
+            state.path_mtu.merge_learned(&learned, now);
+        }
     }
 
     /// Sends what the graph punted to the host stack: through this worker's TUN device, or
@@ -1136,5 +1174,56 @@ impl Report {
             "workers": workers, "handed_off": self.handoff.0, "handoff_lost": self.handoff.1,
         })
         .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    /// `switchyard router` with ports c0 and s0 and the flags `flags`, turned into tables.
+    fn tables_for(flags: &[&str]) -> anyhow::Result<Tables> {
+        let mut line = vec!["switchyard", "router", "-i", "c0", "-i", "s0"];
+        line.extend_from_slice(flags);
+        let Command::Router(args) = Cli::try_parse_from(line)?.command else {
+            unreachable!("a router command line");
+        };
+        let ports = ["c0", "s0"].map(|name| PortInfo {
+            name: name.into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        });
+        tables_from_args(&ports, &args)
+    }
+
+    /// RFC 8200 5: an IPv6 link carries 1280-byte packets; a port with IPv6 addresses is not
+    /// given a smaller MTU, an IPv4-only one may be (down to IPv4's 576).
+    #[test]
+    fn mtu_below_1280_is_refused_on_a_port_with_ipv6() {
+        let err = tables_for(&["--address", "c0=2001:db8:1::1/64", "--mtu", "c0=1000"])
+            .expect_err("--mtu 1000 on an IPv6 port")
+            .to_string();
+        assert!(
+            err.contains("c0=1000") && err.contains("1280") && err.contains("2001:db8:1::1"),
+            "{err}"
+        );
+        let tables = tables_for(&[
+            "--address",
+            "c0=198.18.1.1/24",
+            "--address",
+            "s0=2001:db8:2::1/64",
+            "--mtu",
+            "c0=1000",
+            "--mtu",
+            "s0=1280",
+        ])
+        .unwrap();
+        assert_eq!(
+            (tables.interfaces[0].mtu, tables.interfaces[1].mtu),
+            (1000, 1280)
+        );
     }
 }

@@ -57,18 +57,34 @@ fn bad_pcap_ports_and_addresses_give_one_error_line() {
     let spec = format!("{}:", input.display());
     let base = ["router", "--dataplane", "pcap", "-i", &spec];
     let addr = format!("{spec}=198.18.0.1");
-    let cases: [(&[&str], &str); 4] = [
+    let (v4, v6, mtu) = (
+        format!("{spec}=198.18.0.1/24"),
+        format!("{spec}=2001:db8::1/64"),
+        format!("{spec}=1000"),
+    );
+    let cases: [(&[&str], &str); 5] = [
         (&["-a", &addr], "not an address with a prefix length"),
         (&["-a", "nosuch=198.18.0.1/24"], "no interface named"),
         (&["-r", "0.0.0.0/0=198.18.9.9"], "not on an attached subnet"),
         (&["--mtu", "x=100"], "below the IPv4 minimum"),
+        // RFC 8200 5: no IPv6 link below 1280 bytes.
+        (
+            &["-a", &v6, "--mtu", &mtu],
+            "below the IPv6 minimum of 1280",
+        ),
     ];
     for (extra, needle) in cases {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         assert_error(&args, needle);
     }
-    // The empty capture itself replays cleanly.
+    // The empty capture itself replays cleanly, and so it does with an IPv4-only port of 1000.
     assert_eq!(run(&base).0, 0);
+    let v4_port: Vec<&str> = base
+        .iter()
+        .chain(&["-a", &v4, "--mtu", &mtu])
+        .copied()
+        .collect();
+    assert_eq!(run(&v4_port).0, 0);
     // With --log-format json, every log line is one JSON object.
     let json: Vec<&str> = ["--log-format", "json"]
         .iter()

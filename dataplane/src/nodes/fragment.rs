@@ -1,9 +1,10 @@
 //! IPv4 fragmentation for forwarded packets larger than the next link's MTU (RFC 791 3.2,
-//! RFC 1812 5.2.6): the first fragment stays in the packet's own buffer, the others are built in
-//! sibling buffers.
+//! RFC 1812 5.2.6), and IPv6 fragmentation of this node's own packets, as their source (RFC
+//! 8200 4.5; routers never fragment IPv6 in transit): the first fragment stays in the packet's
+//! own buffer, the others are built in sibling buffers.
 
 use crate::buffer::PacketBuffer;
-use crate::wire::Ipv4Packet;
+use crate::wire::{IpProtocol, Ipv4Packet};
 
 /// Why a packet could not be fragmented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +107,87 @@ pub fn fragment_ipv4<B: PacketBuffer>(
     Ok(count)
 }
 
+/// Writes an IPv6 fragment into `out` (48 bytes plus `chunk`): `header`, a fixed header
+/// whose Next Header names the fragmented protocol, with Payload Length and Next Header made
+/// those of a fragment; then the fragment header (`offset` in bytes, a multiple of 8, More
+/// Fragments `more`, identification `ident`); then `chunk`.
+pub(crate) fn write_ipv6_fragment(
+    out: &mut [u8],
+    header: &[u8; 40],
+    offset: usize,
+    more: bool,
+    ident: u32,
+    chunk: &[u8],
+) {
+    out[..40].copy_from_slice(header);
+    out[4..6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+    out[6] = IpProtocol::FRAGMENT.0;
+    out[40] = header[6];
+    out[41] = 0;
+    let word = offset as u16 | u16::from(more);
+    out[42..44].copy_from_slice(&word.to_be_bytes());
+    out[44..48].copy_from_slice(&ident.to_be_bytes());
+    out[48..48 + chunk.len()].copy_from_slice(chunk);
+}
+
+/// Splits an IPv6 packet this node made (`first`: the fixed header straight followed by the
+/// upper-layer message, as its echo replies are) into fragments of at most `mtu` bytes with
+/// identification `ident`. `first` keeps the first fragment; each further one is passed to
+/// `emit` as soon as it is made, so no list of them is kept: on [`FragmentError::NoBuffer`]
+/// some may have gone, and `first`, unchanged, is for the caller to drop (the datagram could
+/// not be reassembled anyway). Refused without a change for want of the 8 bytes of headroom
+/// the first fragment's header takes, or of an MTU holding 8 bytes of data.
+pub fn fragment_ipv6<B: PacketBuffer>(
+    first: &mut B,
+    mtu: usize,
+    ident: u32,
+    mut emit: impl FnMut(B),
+) -> Result<usize, FragmentError> {
+    let room = mtu.saturating_sub(48) / 8 * 8;
+    let Some(&header) = first.data().first_chunk::<40>() else {
+        return Err(FragmentError::MtuTooSmall);
+    };
+    if room == 0 {
+        return Err(FragmentError::MtuTooSmall);
+    }
+    if first.headroom() < 8 {
+        return Err(FragmentError::NoBuffer);
+    }
+    let payload_len = first.len() - 40;
+    let mut count = 1;
+    let mut at = room;
+    while at < payload_len {
+        let len = room.min(payload_len - at);
+        let mut frag = first.alloc_sibling().ok_or(FragmentError::NoBuffer)?;
+        frag.truncate(0);
+        if !frag.push_back(48 + len) {
+            return Err(FragmentError::NoBuffer);
+        }
+        let chunk = &first.data()[40 + at..40 + at + len];
+        let last = at + len == payload_len;
+        write_ipv6_fragment(frag.data_mut(), &header, at, !last, ident, chunk);
+        emit(frag);
+        count += 1;
+        at += len;
+    }
+    // The first fragment in place: the fixed header moves 8 bytes forward, making room for
+    // the fragment header between it and the data.
+    let len = room.min(payload_len);
+    first.truncate(40 + len);
+    if !first.push_front(8) {
+        return Err(FragmentError::NoBuffer);
+    }
+    let data = first.data_mut();
+    data.copy_within(8..48, 0);
+    data[4..6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
+    data[6] = IpProtocol::FRAGMENT.0;
+    data[40] = header[6];
+    data[41] = 0;
+    data[42..44].copy_from_slice(&u16::from(len < payload_len).to_be_bytes());
+    data[44..48].copy_from_slice(&ident.to_be_bytes());
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +280,95 @@ mod tests {
         assert_eq!(first.data(), &pkt[..]);
     }
 
+    /// An IPv6 packet of `payload_len` bytes of ICMPv6 (no extension headers).
+    fn packet6(payload_len: usize) -> Vec<u8> {
+        let mut b = vec![0x60, 0, 0, 0, 0, 0, 58, 64];
+        b[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+        b.extend_from_slice(
+            &"2001:db8:1::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        b.extend_from_slice(
+            &"2001:db8:9::9"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        b.extend((0..payload_len).map(|i| (i * 7) as u8));
+        b
+    }
+
+    /// Fragments `pkt` with [`fragment_ipv6`] and checks every fragment's headers; returns the
+    /// fragments in order and the reassembled payload.
+    fn fragment6(pkt: &[u8], mtu: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let mut first = HeapBuffer::from_bytes(pkt);
+        let mut frags = vec![];
+        let n = fragment_ipv6(&mut first, mtu, 0xfeed_0001, |b| {
+            frags.push(b.data().to_vec())
+        })
+        .unwrap();
+        frags.insert(0, first.data().to_vec());
+        assert_eq!(n, frags.len());
+        let mut data = Vec::new();
+        for (k, f) in frags.iter().enumerate() {
+            assert!(f.len() <= mtu);
+            assert_eq!(&f[..4], &pkt[..4]);
+            assert_eq!(&f[7..40], &pkt[7..40], "hop limit and addresses kept");
+            assert_eq!(usize::from(u16::from_be_bytes([f[4], f[5]])), f.len() - 40);
+            assert_eq!((f[6], f[40], f[41]), (44, pkt[6], 0));
+            let word = u16::from_be_bytes([f[42], f[43]]);
+            assert_eq!(usize::from(word & 0xfff8), data.len(), "contiguous");
+            assert_eq!(word & 1 == 1, k + 1 < frags.len(), "M on all but the last");
+            assert_eq!(&f[44..48], &0xfeed_0001u32.to_be_bytes());
+            if k + 1 < frags.len() {
+                assert_eq!((f.len() - 48) % 8, 0);
+            }
+            data.extend_from_slice(&f[48..]);
+        }
+        (frags, data)
+    }
+
+    #[test]
+    fn own_ipv6_packet_is_fragmented_with_fragment_headers() {
+        let pkt = packet6(3000);
+        let (frags, data) = fragment6(&pkt, 1280);
+        assert_eq!(frags.len(), 3);
+        assert_eq!(frags[0].len(), 1280);
+        assert_eq!(&data[..], &pkt[40..]);
+    }
+
+    #[test]
+    fn ipv6_fragmentation_without_headroom_or_room_is_refused_unchanged() {
+        let pkt = packet6(2000);
+        let mut buf = HeapBuffer::new(4096, 0);
+        buf.fill(&pkt);
+        assert_eq!(
+            fragment_ipv6(&mut buf, 1280, 1, |_| panic!("nothing emitted")),
+            Err(FragmentError::NoBuffer)
+        );
+        assert_eq!(buf.data(), &pkt[..]);
+        let mut buf = HeapBuffer::from_bytes(&pkt);
+        assert_eq!(
+            fragment_ipv6(&mut buf, 55, 1, |_| panic!("nothing emitted")),
+            Err(FragmentError::MtuTooSmall)
+        );
+        assert_eq!(buf.data(), &pkt[..]);
+    }
+
     proptest! {
+        #[test]
+        fn own_ipv6_fragments_reassemble_to_the_original(
+            len in 9usize..4000,
+            mtu in 56usize..1500,
+        ) {
+            let pkt = packet6(len);
+            prop_assume!(pkt.len() > mtu);
+            let (_, data) = fragment6(&pkt, mtu);
+            prop_assert_eq!(&data[..], &pkt[40..]);
+        }
+
         #[test]
         fn fragments_reassemble_to_the_original(
             len in 9usize..1900,

@@ -78,7 +78,12 @@ impl Icmp4Error {
             }
             (ip.src_addr(), ip.dst_addr())
         };
-        if pkt.meta.l2_multicast || orig_dst.is_broadcast() || orig_dst.is_multicast() {
+        // RFC 1812 4.3.2.7: never about a packet to an IP broadcast address, an attached
+        // subnet's (directed broadcast, or its zero address, RFC 1812 4.2.3.1) included.
+        let broadcast = orig_dst.is_broadcast()
+            || cx.tables.is_directed_broadcast(orig_dst)
+            || cx.tables.is_subnet_zero(orig_dst);
+        if pkt.meta.l2_multicast || broadcast || orig_dst.is_multicast() {
             cx.error(Icmp4ErrorError::BroadcastOrMulticast);
             return Next::Drop;
         }

@@ -7,7 +7,7 @@ use super::ip6::{is_link_local, DEFAULT_HOP_LIMIT};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, Packet, DROP};
-use crate::tables::Tables;
+use crate::tables::{Interface, Tables};
 use crate::wire::icmpv6::param_problem_code;
 use crate::wire::{Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv6Packet, Ipv6Repr};
 use crate::{node_errors, node_nexts, per_packet_node};
@@ -324,9 +324,9 @@ node_nexts! {
 #[derive(Debug, Default)]
 pub struct Icmp6Error;
 
-/// The address to send an error to `to` from: the link-local address of the port for a
-/// link-local destination, else an address of the port the error leaves by.
-fn source_for(tables: &Tables, to: Ipv6Addr, rx_port: u16) -> Option<Ipv6Addr> {
+/// The interface an error to `to` leaves by: the route's, or, for a link-local destination
+/// or one without a route, the receiving port's.
+fn egress_interface(tables: &Tables, to: Ipv6Addr, rx_port: u16) -> Option<&Interface> {
     let port = match tables.fib.lookup6(to) {
         Some(r @ (Route::Attached { .. } | Route::Via(_))) if !is_link_local(&to) => {
             r.next_hop(IpAddr::V6(to), || 0).map(|h| h.port)
@@ -334,12 +334,17 @@ fn source_for(tables: &Tables, to: Ipv6Addr, rx_port: u16) -> Option<Ipv6Addr> {
         _ => None,
     }
     .unwrap_or(rx_port);
-    let ifc = tables.interface(port)?;
-    Some(if is_link_local(&to) {
+    tables.interface(port)
+}
+
+/// The address to send an error to `to` from, by `ifc`: its link-local address for a
+/// link-local destination, else an address of it.
+fn source_for(ifc: &Interface, to: Ipv6Addr) -> Ipv6Addr {
+    if is_link_local(&to) {
         ifc.link_local
     } else {
         ifc.primary_ipv6()
-    })
+    }
 }
 
 impl Icmp6Error {
@@ -385,14 +390,18 @@ impl Icmp6Error {
             cx.error(Icmp6ErrorError::RateLimited);
             return Next::Drop;
         }
-        // RFC 4443 2.2(a): about a packet to one of our unicast addresses, from that address.
-        let ours =
-            (!orig_dst.is_multicast() && cx.tables.is_local_ipv6(orig_dst)).then_some(orig_dst);
-        let Some(src) = ours.or_else(|| source_for(cx.tables, orig_src, pkt.meta.rx_port)) else {
+        let Some(egress) = egress_interface(cx.tables, orig_src, pkt.meta.rx_port) else {
             cx.error(Icmp6ErrorError::NoHeadroom);
             return Next::Drop;
         };
-        pkt.buf.truncate(MAX_ERROR_LEN - HEADERS_LEN);
+        // RFC 4443 2.2(a): about a packet to one of our unicast addresses, from that address.
+        let ours =
+            (!orig_dst.is_multicast() && cx.tables.is_local_ipv6(orig_dst)).then_some(orig_dst);
+        let src = ours.unwrap_or_else(|| source_for(egress, orig_src));
+        // RFC 4443 2.4(c): no bigger than the IPv6 minimum MTU, nor than the link it leaves
+        // by (never below 1280 on a port with IPv6 addresses; this guards the others).
+        let max_len = MAX_ERROR_LEN.min(usize::from(egress.mtu));
+        pkt.buf.truncate(max_len.saturating_sub(HEADERS_LEN));
         if !pkt.buf.push_front(HEADERS_LEN) {
             cx.error(Icmp6ErrorError::NoHeadroom);
             return Next::Drop;

@@ -41,13 +41,38 @@ fn is_martian_destination(a: Ipv4Addr) -> bool {
     o == 0 || o == 127 || (o >= 240 && !a.is_broadcast())
 }
 
+/// True for IPv4 link-local addresses, 169.254/16 (RFC 3927): valid on their own link only,
+/// so a router never forwards a packet from or to one (RFC 3927 2.7).
+#[inline]
+fn is_link_local(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    o[0] == 169 && o[1] == 254
+}
+
+/// First octets that may make an address one no forwarded packet carries, as a table indexed
+/// by the octet: bit 0 for a source (0, 127, 169, 224 and up), bit 1 for a destination (0,
+/// 127, 169, 240 and up). 169 stands for 169.254/16 (link-local), which [`Ip4Input::martian`]
+/// checks in full.
+static MAY_BE_MARTIAN: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut o = 0;
+    while o < 256 {
+        let source = o == 0 || o == 127 || o == 169 || o >= 224;
+        let destination = o == 0 || o == 127 || o == 169 || o >= 240;
+        t[o] = source as u8 | (destination as u8) << 1;
+        o += 1;
+    }
+    t
+};
+
 /// A quick test that every ordinary packet passes: false unless the first octet of the source
-/// is 0, 127 or 224 and up, or that of the destination 0, 127 or 240 and up. Only then are
-/// [`is_martian_source`] and [`is_martian_destination`] asked. Non-short-circuit `|`, so that
-/// it is four compares and no branch.
+/// is 0, 127, 169 or 224 and up, or that of the destination 0, 127, 169 or 240 and up. Only
+/// then are the exact checks ([`is_martian_source`], [`is_martian_destination`],
+/// [`is_link_local`]) made. Two loads from a table, as [`HAS_PORTS`] does for protocols,
+/// instead of a compare per octet value.
 #[inline]
 fn may_be_martian(src: u8, dst: u8) -> bool {
-    (src.wrapping_sub(1) >= 223) | (src == 127) | (dst.wrapping_sub(1) >= 239) | (dst == 127)
+    (MAY_BE_MARTIAN[usize::from(src)] | MAY_BE_MARTIAN[usize::from(dst)] >> 1) & 1 != 0
 }
 
 node_errors! {
@@ -59,6 +84,7 @@ node_errors! {
         BadChecksum = ("bad_checksum", "header checksum is wrong"),
         MartianSource = ("martian_source", "source is 0/8, loopback, multicast or class E"),
         MartianDestination = ("martian_destination", "destination is 0/8, loopback or class E"),
+        LinkLocal = ("link_local", "link-local (169.254/16) source or destination, not for this node: not forwarded (RFC 3927 2.7)"),
         BadOption = ("bad_option", "malformed IP option: parameter problem sent"),
         SourceRoute = ("source_route", "source-routed packet (LSRR/SSRR) dropped: the tables say to drop them"),
     }
@@ -145,6 +171,19 @@ impl Ip4Input {
         }
         if is_martian_destination(dst) {
             cx.error(Ip4InputError::MartianDestination);
+            return Some(InputNext::Drop);
+        }
+        // RFC 3927 2.7: never forwarded, from or to link-local; received when this node is
+        // the destination (its own 169.254 address, or a broadcast or group it takes, which
+        // are never forwarded either).
+        let received = |dst: Ipv4Addr| {
+            dst.is_broadcast()
+                || dst.is_multicast()
+                || cx.tables.is_local_ipv4(dst)
+                || cx.tables.is_directed_broadcast(dst)
+        };
+        if (is_link_local(src) || is_link_local(dst)) && !received(dst) {
+            cx.error(Ip4InputError::LinkLocal);
             return Some(InputNext::Drop);
         }
         None
@@ -757,6 +796,13 @@ impl Ip4Local {
                     });
                 }
                 ip.set_ttl(DEFAULT_TTL);
+                // DF clear, as Linux sends its ICMP: a reply as big as the request may meet a
+                // smaller link on its way back (ours, whose `ip4-rewrite` then fragments it
+                // instead of answering itself with fragmentation needed, or a later router's),
+                // and this node keeps no IPv4 path MTUs (RFC 1191 is optional). A datagram
+                // that may be fragmented needs an identification of its own (RFC 6864 4.1).
+                ip.set_fragment(false, false, 0);
+                ip.set_ident(cx.state.next_fragment_ident() as u16);
                 ip.fill_checksum();
                 pkt.meta.local_origin = true;
                 cx.error(Ip4LocalError::EchoReplied);
@@ -834,7 +880,8 @@ impl Ip4Local {
 
 impl Ip4Local {
     /// Reassembles a fragment's datagram and, once whole, answers it as its unfragmented kind
-    /// would be: echo requests with a (fragmented) echo reply, UDP with port unreachable.
+    /// would be: echo requests with a (fragmented) echo reply, UDP with port unreachable, an
+    /// unknown protocol with protocol unreachable.
     fn fragment<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> LocalNext {
         let whole = match local_frag::add_v4(cx, pkt.buf.data()) {
             Reassembled::Queued => {
@@ -861,13 +908,25 @@ impl Ip4Local {
             cx.error(Ip4LocalError::EchoReplied);
             return LocalNext::Lookup;
         }
-        if whole.header.len() < 20
-            || Ipv4Packet::new_unchecked(&whole.header[..]).protocol() != IpProtocol::UDP
-        {
+        if whole.header.len() < 20 {
             cx.error(Ip4LocalError::Punted);
             return LocalNext::Drop;
         }
-        // Port unreachable quoting the datagram as if it had come whole.
+        // RFC 1122 3.2.2.1, 4.1.3.1: UDP without a listener gets port unreachable, a protocol
+        // nothing here speaks protocol unreachable, as when unfragmented; TCP and ICMP other
+        // than echo are dropped (the host stack, with punt to host on, reassembles itself).
+        let (err, code) = match Ipv4Packet::new_unchecked(&whole.header[..]).protocol() {
+            IpProtocol::UDP => (Ip4LocalError::PortUnreachable, unreachable_code::PORT),
+            IpProtocol::TCP | IpProtocol::ICMP => {
+                cx.error(Ip4LocalError::Punted);
+                return LocalNext::Drop;
+            }
+            _ => (
+                Ip4LocalError::ProtocolUnreachable,
+                unreachable_code::PROTOCOL,
+            ),
+        };
+        // The error quotes the datagram as if it had come whole.
         let hlen = whole.header.len();
         let quoted = whole.payload.len().min(576 - 28 - hlen);
         let total = hlen + whole.payload.len();
@@ -883,8 +942,8 @@ impl Ip4Local {
             cx.error(Ip4LocalError::NoBuffer);
             return LocalNext::Drop;
         }
-        cx.error(Ip4LocalError::PortUnreachable);
-        pkt.meta.icmp_error = Some((Icmpv4Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0));
+        cx.error(err);
+        pkt.meta.icmp_error = Some((Icmpv4Message::DST_UNREACHABLE.0, code, 0));
         LocalNext::Error
     }
 }

@@ -1,9 +1,10 @@
 //! IPv6 forwarding: `ip6-input` (RFC 8200 validation), `ip6-lookup` (FIB and scopes),
-//! `ip6-local` (echo, neighbor discovery, what nothing listens to) and `ip6-rewrite` (hop
-//! limit, MTU, neighbor, Ethernet header).
+//! `ip6-local` (echo, neighbor discovery, Packet Too Big about its own packets, what nothing
+//! listens to) and `ip6-rewrite` (hop limit, MTU, neighbor, Ethernet header).
 
 use std::net::{IpAddr, Ipv6Addr};
 
+use super::fragment::fragment_ipv6;
 use super::icmp6::nd;
 use super::ip6_options::{check_hop_by_hop, check_options, OptionsVerdict};
 use super::local_frag::{self, Reassembled};
@@ -11,8 +12,9 @@ use super::neighbor::{put_known_header, RecentHeaders};
 use super::{ipv6_flow_hash, push_ethernet, redirect, tcp_reset, PortMtu};
 use crate::buffer::PacketBuffer;
 use crate::fib::{pick_path, Route};
-use crate::graph::{Context, ErrorInfo, NextIndex, Node, Packet, DROP, PUNT, TX};
-use crate::tables::Interface;
+use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet, DROP, PUNT, TX};
+use crate::path_mtu::IPV6_MIN_MTU;
+use crate::tables::{Interface, Tables};
 use crate::wire::icmpv6::{param_problem_code, unreachable_code};
 use crate::wire::{
     checksum, EtherType, Icmpv6Message, Icmpv6Packet, IpAddrPair, IpProtocol, Ipv6Packet, Ipv6Repr,
@@ -422,6 +424,9 @@ node_errors! {
         FragmentDropped = ("fragment_dropped", "fragments dropped: overlapping, too big, or too many datagrams in reassembly"),
         Reassembled = ("reassembled", "datagrams reassembled (echo requests answered, others dropped)"),
         NoBuffer = ("no_buffer", "no buffer for a fragment of a reply"),
+        Fragmented = ("fragmented", "replies of ours bigger than the path MTU: fragmented, as their source (RFC 8200 4.5)"),
+        PacketTooBig = ("packet_too_big", "Packet Too Big about a packet of ours: path MTU estimate taken (RFC 8201 4)"),
+        ForeignPacketTooBig = ("foreign_packet_too_big", "Packet Too Big quoting a packet not from one of our addresses: ignored"),
         BadIcmp = ("bad_icmp", "ICMPv6 message too short or with a bad checksum"),
         EchoReplied = ("echo_replied", "echo requests answered"),
         MulticastEcho = ("multicast_echo", "echo requests to a multicast group or anycast address answered"),
@@ -581,22 +586,14 @@ impl Ip6Local {
                     cx.error(Ip6LocalError::EchoFromUnspecified);
                     return LocalNext::Drop;
                 }
-                // RFC 4443 4.1: a request to a group or to an anycast address (the
-                // Subnet-Router one) is answered from a unicast address of the receiving
-                // interface.
-                let reply_from = if cx.tables.is_local_ipv6(dst) {
-                    dst
-                } else {
-                    let Some(ifc) = cx.tables.interface(pkt.meta.rx_port) else {
-                        return LocalNext::Drop;
-                    };
-                    cx.error(Ip6LocalError::MulticastEcho);
-                    if is_link_local(&src) {
-                        ifc.link_local
-                    } else {
-                        ifc.primary_ipv6()
-                    }
+                let Some(reply_from) =
+                    Self::echo_reply_source(cx.tables, pkt.meta.rx_port, src, dst)
+                else {
+                    return LocalNext::Drop;
                 };
+                if reply_from != dst {
+                    cx.error(Ip6LocalError::MulticastEcho);
+                }
                 // The reply carries none of the request's extension headers: slide the fixed
                 // header up against the message.
                 let hlen = Ipv6Packet::<&[u8]>::HEADER_LEN;
@@ -628,7 +625,16 @@ impl Ip6Local {
                 pkt.meta.local_origin = true;
                 cx.error(Ip6LocalError::EchoReplied);
                 cx.trace(&pkt.meta, format_args!("echo reply to {src}"));
+                // As big as the request, which came over another path: this node, as the
+                // reply's source, fragments it to fit its own (RFC 8200 4.5, RFC 8201 4).
+                let mtu = Self::own_mtu(cx, src, pkt.meta.rx_port);
+                if pkt.buf.len() > mtu {
+                    return Self::fragment_own(cx, pkt, mtu);
+                }
                 LocalNext::Lookup
+            }
+            Icmpv6Message::PACKET_TOO_BIG => {
+                Self::packet_too_big(cx, pkt, offset, punt_to_host && unicast_to_us)
             }
             Icmpv6Message::NEIGHBOR_SOLICIT => {
                 Self::solicitation(cx, pkt, src, dst, hop_limit, offset)
@@ -664,6 +670,113 @@ impl Ip6Local {
                     Ip6LocalError::Punted
                 });
                 LocalNext::Punt
+            }
+        }
+    }
+
+    /// The source of the echo reply to a request from `src` to `dst`, received on `port`:
+    /// `dst` when it is one of our unicast addresses; for a request to a group or to an
+    /// anycast address (the Subnet-Router one), a unicast address of the receiving interface
+    /// (RFC 4443 2.2(b), 4.1), link-local for a link-local asker. Whole and reassembled
+    /// requests alike.
+    fn echo_reply_source(
+        tables: &Tables,
+        port: u16,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+    ) -> Option<Ipv6Addr> {
+        if tables.is_local_ipv6(dst) {
+            return Some(dst);
+        }
+        let ifc = tables.interface(port)?;
+        Some(if is_link_local(&src) {
+            ifc.link_local
+        } else {
+            ifc.primary_ipv6()
+        })
+    }
+
+    /// RFC 8201 4: a Packet Too Big about a packet this node sent (the quoted header's source
+    /// is one of its addresses) lowers its estimate of the path MTU to the quoted packet's
+    /// destination, never below 1280 bytes; its later packets there are fragmented to fit
+    /// ([`Ip6Local::own_mtu`]). The message then goes on to the host stack when punt to host
+    /// is on (its own packets share our addresses, and its path MTU cache wants it too).
+    fn packet_too_big<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        offset: usize,
+        to_host: bool,
+    ) -> LocalNext {
+        // The MTU, then the invoking packet: its fixed header's source and destination.
+        let msg = pkt.buf.data().get(offset..).unwrap_or_default();
+        let quoted = msg.get(8..48).map(|invoking| {
+            let invoking = Ipv6Packet::new_unchecked(invoking);
+            let mtu = Icmpv6Packet::new_unchecked(msg).mtu();
+            (mtu, invoking.src_addr(), invoking.dst_addr())
+        });
+        match quoted {
+            Some((mtu, from, to)) if cx.tables.is_local_ipv6(from) && !to.is_multicast() => {
+                if cx.state.path_mtu.lower(to, mtu, cx.now) {
+                    cx.trace(&pkt.meta, format_args!("path MTU to {to}: {mtu}"));
+                }
+                cx.error(Ip6LocalError::PacketTooBig);
+            }
+            _ => cx.error(Ip6LocalError::ForeignPacketTooBig),
+        }
+        if to_host {
+            cx.error(Ip6LocalError::PuntedToHost);
+            return LocalNext::Punt;
+        }
+        LocalNext::Drop
+    }
+
+    /// The largest packet this node may send `to` as its source: the MTU of the link the
+    /// lookup will send it out of (the least of equal-cost paths'; the receiving port's for a
+    /// link-local destination or one without a route), lowered to what Packet Too Big
+    /// messages taught about the path (RFC 8201 4).
+    fn own_mtu<B>(cx: &Context<'_, B>, to: Ipv6Addr, rx_port: u16) -> usize {
+        let tables = cx.tables;
+        let port_mtu = |port: u16| tables.interface(port).map(|i| i.mtu);
+        let routed = if is_link_local(&to) {
+            None
+        } else {
+            match tables.fib.lookup6(to) {
+                Some(Route::Attached { port }) => port_mtu(*port),
+                Some(Route::Via(paths)) => paths.iter().filter_map(|p| port_mtu(p.port)).min(),
+                _ => None,
+            }
+        };
+        let link = routed.or_else(|| port_mtu(rx_port)).unwrap_or(IPV6_MIN_MTU);
+        let path = cx.state.path_mtu.get(to, cx.now).unwrap_or(u16::MAX);
+        usize::from(link.min(path))
+    }
+
+    /// Fragments a packet this node made (an echo reply, no extension headers) to `mtu`,
+    /// as its source does (RFC 8200 4.5); the fragments go to the lookup.
+    #[cold]
+    #[inline(never)]
+    fn fragment_own<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        mtu: usize,
+    ) -> LocalNext {
+        let ident = local_frag::next_ident(cx);
+        let meta = Meta {
+            trace: 0,
+            ..pkt.meta
+        };
+        let result = fragment_ipv6(&mut pkt.buf, mtu, ident, |buf| {
+            cx.spawn(Packet { buf, meta }, LocalNext::Lookup);
+        });
+        match result {
+            Ok(n) => {
+                cx.error(Ip6LocalError::Fragmented);
+                cx.trace(&pkt.meta, format_args!("fragmented into {n} for MTU {mtu}"));
+                LocalNext::Lookup
+            }
+            Err(_) => {
+                cx.error(Ip6LocalError::NoBuffer);
+                LocalNext::Drop
             }
         }
     }
@@ -875,7 +988,7 @@ impl Ip6Local {
 
 impl Ip6Local {
     /// Reassembles a fragment's datagram and answers a whole echo request, fragmenting the
-    /// reply to the receiving link's MTU.
+    /// reply to the path's MTU ([`Ip6Local::own_mtu`]).
     fn fragment<B: PacketBuffer>(
         cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
@@ -899,13 +1012,18 @@ impl Ip6Local {
             Reassembled::Whole(w) => w,
         };
         cx.error(Ip6LocalError::Reassembled);
-        let Some((repr, reply)) = local_frag::echo_reply_v6(&whole, dst) else {
+        let src = Ipv6Packet::new_unchecked(pkt.buf.data()).src_addr();
+        let Some(reply_from) = Self::echo_reply_source(cx.tables, pkt.meta.rx_port, src, dst)
+        else {
+            return LocalNext::Drop;
+        };
+        let Some((repr, reply)) = local_frag::echo_reply_v6(&whole, reply_from) else {
             return Self::reassembled_error(cx, pkt, &whole);
         };
-        let mtu = cx
-            .tables
-            .interface(pkt.meta.rx_port)
-            .map_or(1280, |i| usize::from(i.mtu));
+        if reply_from != dst {
+            cx.error(Ip6LocalError::MulticastEcho);
+        }
+        let mtu = Self::own_mtu(cx, src, pkt.meta.rx_port);
         let ident = local_frag::next_ident(cx);
         if !local_frag::send_v6(cx, pkt, &repr, &reply, mtu, ident, LocalNext::Lookup.into()) {
             cx.error(Ip6LocalError::NoBuffer);
@@ -1089,6 +1207,10 @@ impl Ip6Rewrite {
                 }
             }
             let mut ip = Ipv6Packet::new_unchecked(pkt.buf.data_mut());
+            // Routers never fragment IPv6. The node's own echo replies are fragmented to the
+            // egress link and the path before they get here (`Ip6Local::own_mtu`); a packet
+            // of the host stack's that is too big gets a Packet Too Big, punted back to the
+            // host, whose path MTU discovery wants it.
             if ip.packet_len() > usize::from(ifc.mtu) {
                 cx.error(Ip6RewriteError::TooBig);
                 pkt.meta.icmp_error =

@@ -1,12 +1,14 @@
 //! Fragments addressed to the router: reassembled (see [`crate::reassembly`]), and a
 //! reassembled echo request answered with an echo reply that is itself fragmented to the
-//! receiving link's MTU, so `ping -s 3000` to a router address works as it does to a host.
-//! Other reassembled datagrams get what their unfragmented kind gets (UDP: port unreachable).
+//! path's MTU, so `ping -s 3000` to a router address works as it does to a host. Other
+//! reassembled datagrams get what their unfragmented kind gets (UDP: port unreachable; an
+//! unknown protocol: protocol unreachable, or for IPv6 a parameter problem).
 //! `esp{4,6}-decrypt` reassembles ESP (raw, or in UDP to the NAT-T port) here too, before it
 //! decrypts (RFC 4303 3.4.1), and passes on what turns out not to be ESP ([`pass_on`]).
 
 use std::net::{IpAddr, Ipv6Addr};
 
+use super::fragment::write_ipv6_fragment;
 use crate::buffer::PacketBuffer;
 use crate::graph::{Context, Meta, Packet};
 use crate::reassembly::{Fragment, FragmentKey, Outcome, TIMEOUT_V4, TIMEOUT_V6};
@@ -244,24 +246,19 @@ fn send_v6_as<B: PacketBuffer>(
         };
         return emit(cx, first, meta, true, 40 + payload.len(), write, next);
     }
-    let room = (capacity - 48) / 8 * 8;
+    let room = capacity.saturating_sub(48) / 8 * 8;
+    if room == 0 {
+        return false;
+    }
+    let mut fixed = [0u8; 40];
+    let _ = repr.emit(&mut Ipv6Packet::new_unchecked(&mut fixed[..]));
     let chunks = payload.len().div_ceil(room);
     for k in 0..chunks {
         let start = k * room;
         let end = (start + room).min(payload.len());
         let write = |data: &mut [u8]| {
-            let header = Ipv6Repr {
-                next_header: IpProtocol::FRAGMENT,
-                payload_len: 8 + end - start,
-                ..*repr
-            };
-            let _ = header.emit(&mut Ipv6Packet::new_unchecked(&mut data[..40]));
-            data[40] = repr.next_header.0;
-            data[41] = 0;
-            let word = start as u16 | u16::from(end < payload.len());
-            data[42..44].copy_from_slice(&word.to_be_bytes());
-            data[44..48].copy_from_slice(&ident.to_be_bytes());
-            data[48..].copy_from_slice(&payload[start..end]);
+            let more = end < payload.len();
+            write_ipv6_fragment(data, &fixed, start, more, ident, &payload[start..end]);
         };
         if !emit(cx, first, meta, k == 0, 48 + end - start, write, next) {
             return false;

@@ -1,5 +1,5 @@
 //! Conformance probes: each test states the RFC behaviour it checks (RFC 1812, 791, 8200,
-//! 4443, 4861, 826, 4291), found by a review of the router against those RFCs; the `control_`
+//! 4443, 4861, 826, 4291, 8201, 3927, 1122), found by a review of the router against those RFCs; the `control_`
 //! tests pin behaviour that was already right.
 
 use super::*;
@@ -943,4 +943,331 @@ fn rfc4861_7_2_3_solicitation_learned_entry_is_stale_and_probed() {
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
     let ns_out: Vec<_> = out.iter().filter(|(_, f)| f[0] == 0x33).collect();
     assert_eq!(ns_out.len(), 1, "asked by multicast again: {out:?}");
+}
+
+// ------------------------------------------ third review (RFC 8201, 3927, 1812, 4443, 1122) -
+
+/// An echo request from `src` to `dst` that is `len` bytes long as an IPv6 packet.
+fn echo6_of_len(src: Ipv6Addr, dst: Ipv6Addr, len: usize) -> Vec<u8> {
+    let mut msg = vec![128, 0, 0, 0, 0, 5, 0, 1];
+    msg.extend((0..len - 48).map(|i| i as u8));
+    ipv6(src, dst, IpProtocol::ICMPV6, 64, &icmp6(src, dst, msg))
+}
+
+/// A Packet Too Big from `router` to `to`, advertising `mtu`, quoting as much of `invoking`
+/// (an IPv6 packet) as fits in 1280 bytes.
+fn packet_too_big(router: Ipv6Addr, to: Ipv6Addr, mtu: u32, invoking: &[u8]) -> Vec<u8> {
+    let mut msg = vec![2, 0, 0, 0];
+    msg.extend_from_slice(&mtu.to_be_bytes());
+    msg.extend_from_slice(&invoking[..invoking.len().min(1280 - 48)]);
+    ipv6(router, to, IpProtocol::ICMPV6, 255, &icmp6(router, to, msg))
+}
+
+/// The IPv6 packets of `out` as fragments of one datagram: checks each is at most `mtu`
+/// bytes, carries a fragment header with the datagram's one identification, and returns the
+/// reassembled payload with the fixed header of the first.
+fn reassemble6(out: &[(u16, Vec<u8>)], mtu: usize) -> Vec<u8> {
+    let mut whole = vec![0u8; 40];
+    let mut ident = None;
+    let mut more = true;
+    for (_, f) in out {
+        let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+        assert!(f.len() - 14 <= mtu, "{} bytes for MTU {mtu}", f.len() - 14);
+        assert_eq!(ip.next_header(), IpProtocol::FRAGMENT);
+        let p = ip.payload();
+        let word = u16::from_be_bytes([p[2], p[3]]);
+        let offset = usize::from(word & 0xfff8);
+        assert_eq!(offset, whole.len() - 40, "in order, contiguous");
+        let id = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        assert_eq!(*ident.get_or_insert(id), id, "one identification");
+        if offset == 0 {
+            whole[..40].copy_from_slice(&f[14..54]);
+            whole[6] = p[0];
+        }
+        whole.extend_from_slice(&p[8..]);
+        more = word & 1 == 1;
+    }
+    assert!(!more, "the last fragment ends the datagram");
+    let payload_len = (whole.len() - 40) as u16;
+    whole[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    whole
+}
+
+/// RFC 8201 4 (IPv6 Ready v6LC.4.1.x): a node MUST lower its path MTU estimate on a Packet
+/// Too Big about a packet it sent, and fragment its later packets to fit: a 1500-byte echo
+/// request gets a 1500-byte reply; after a Packet Too Big (MTU 1280) quoting that reply, the
+/// same request gets the reply in fragments of at most 1280 bytes.
+#[test]
+fn rfc8201_4_packet_too_big_about_our_reply_lowers_the_path_mtu() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me, router) = (
+        v6("2001:db8:1::2"),
+        v6("2001:db8:1::1"),
+        v6("2001:db8:1::3"),
+    );
+    let request = eth(MAC0, CLIENT_MAC, 0x86dd, &echo6_of_len(c, me, 1500));
+    let out = r.send(0, &request);
+    assert_eq!(out.len(), 1);
+    let reply = out[0].1[14..].to_vec();
+    assert_eq!(
+        (reply.len(), reply[40]),
+        (1500, 129),
+        "a whole 1500-byte reply"
+    );
+
+    let ptb = packet_too_big(router, me, 1280, &reply);
+    assert!(r.send(0, &eth(MAC0, OTHER_MAC, 0x86dd, &ptb)).is_empty());
+    assert_eq!(r.count("ip6-local", "packet_too_big"), 1);
+
+    let out = r.send(0, &request);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out.iter().all(|(port, _)| *port == 0));
+    assert_eq!(reassemble6(&out, 1280), reply, "the same reply, fragmented");
+    assert_eq!(r.count("ip6-local", "fragmented"), 1);
+}
+
+/// RFC 8201 4: an estimate never goes below the IPv6 minimum MTU: after a Packet Too Big
+/// advertising 1000 bytes the replies come in fragments of 1280.
+#[test]
+fn rfc8201_4_packet_too_big_below_1280_gives_1280_byte_fragments() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let request = eth(MAC0, CLIENT_MAC, 0x86dd, &echo6_of_len(c, me, 1500));
+    let reply = r.send(0, &request)[0].1[14..].to_vec();
+    let ptb = packet_too_big(v6("2001:db8:1::3"), me, 1000, &reply);
+    r.send(0, &eth(MAC0, OTHER_MAC, 0x86dd, &ptb));
+    let out = r.send(0, &request);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[0].1.len() - 14,
+        1280,
+        "the first fragment as big as 1280 allows"
+    );
+    assert_eq!(reassemble6(&out, 1280), reply);
+}
+
+/// A Packet Too Big quoting a packet another node sent teaches this node nothing.
+#[test]
+fn packet_too_big_about_someone_elses_packet_is_ignored() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let request = echo6_of_len(c, me, 1500);
+    // The request itself, from the client, quoted as if it were ours.
+    let ptb = packet_too_big(v6("2001:db8:1::3"), me, 1280, &request);
+    r.send(0, &eth(MAC0, OTHER_MAC, 0x86dd, &ptb));
+    assert_eq!(r.count("ip6-local", "foreign_packet_too_big"), 1);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &request));
+    assert_eq!((out.len(), out[0].1.len()), (1, 14 + 1500));
+}
+
+/// RFC 8200 4.5 / RFC 8201: an echo reply bigger than the link it leaves by (the request came
+/// over a link with a larger MTU) is fragmented by this node, its source, rather than
+/// refused with a Packet Too Big to itself.
+#[test]
+fn rfc8200_4_5_our_reply_bigger_than_its_way_out_is_fragmented() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    r.tables = Tables::build(
+        2,
+        r.tables.interfaces.clone(),
+        &[StaticRoute {
+            prefix: "2001:db8:77::/48".parse().unwrap(),
+            target: RouteTarget::Via(vec![(Some("2001:db8:2::2".parse().unwrap()), None)]),
+        }],
+    )
+    .unwrap();
+    let (far, me) = (v6("2001:db8:77::5"), v6("2001:db8:1::1"));
+    let request = echo6_of_len(far, me, 1500);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &request));
+    assert_eq!(out.len(), 2, "{:?}", r.graph.counters());
+    assert!(out
+        .iter()
+        .all(|(port, f)| *port == 1 && f[..6] == SERVER_MAC));
+    let reply = reassemble6(&out, 1400);
+    assert_eq!((reply.len(), reply[40]), (1500, 129));
+    assert_eq!(icmpv6_checksum(&me, &far, &reply[40..]), 0);
+}
+
+/// RFC 1191 / RFC 1812 4.2.2.5 for the router's own IPv4 packets: an echo reply bigger than
+/// the link it leaves by is sent with DF clear and fragmented by this node, not refused with
+/// a fragmentation needed to itself (the request's DF notwithstanding).
+#[test]
+fn rfc1191_our_ipv4_reply_bigger_than_its_way_out_is_fragmented() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    r.tables = Tables::build(
+        2,
+        r.tables.interfaces.clone(),
+        &[StaticRoute {
+            prefix: "203.0.113.0/24".parse().unwrap(),
+            target: RouteTarget::Via(vec![(Some("198.18.2.2".parse().unwrap()), None)]),
+        }],
+    )
+    .unwrap();
+    let (far, me) = (v4("203.0.113.5"), v4("198.18.1.1"));
+    let request = ipv4(far, me, IpProtocol::ICMP, 64, true, &icmp_echo(8, 1472));
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &request));
+    assert_eq!(out.len(), 2, "{:?}", r.graph.counters());
+    let mut reply = Vec::new();
+    for (port, f) in &out {
+        let ip = ip4_of(f);
+        assert_eq!(*port, 1);
+        assert!(f.len() - 14 <= 1400);
+        assert!(!ip.dont_fragment());
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (me, far));
+        assert_eq!(usize::from(ip.fragment_offset()), reply.len());
+        reply.extend_from_slice(ip.payload());
+    }
+    assert_eq!((reply.len(), reply[0]), (1480, 0));
+    assert!(checksum::verify(&reply));
+}
+
+/// RFC 3927 2.7 (and RFC 1812's martians): a router MUST NOT forward a packet with an IPv4
+/// link-local source or destination address, even with a route that would take it; packets
+/// to its own link-local address are received.
+#[test]
+fn rfc3927_2_7_link_local_is_not_forwarded_but_our_own_is_answered() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let mut interfaces = r.tables.interfaces.clone();
+    interfaces[0].ipv4.push("169.254.0.1/16".parse().unwrap());
+    r.tables = Tables::build(
+        2,
+        interfaces,
+        &[StaticRoute {
+            prefix: "0.0.0.0/0".parse().unwrap(),
+            target: RouteTarget::Via(vec![(Some("198.18.2.2".parse().unwrap()), None)]),
+        }],
+    )
+    .unwrap();
+    let linklocal_host = v4("169.254.1.1");
+    r.state
+        .neighbors
+        .insert_permanent(0, linklocal_host.into(), CLIENT_MAC);
+    for (src, dst) in [
+        (linklocal_host, v4("198.51.100.1")),
+        (v4("198.18.1.2"), v4("169.254.9.9")),
+        (v4("198.18.1.2"), v4("169.254.255.254")),
+    ] {
+        let pkt = ipv4(src, dst, IpProtocol::UDP, 64, false, &[0; 8]);
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+        assert!(out.is_empty(), "{src} > {dst} went out: {out:?}");
+    }
+    assert_eq!(r.count("ip4-input", "link_local"), 3);
+    let ping = ipv4(
+        linklocal_host,
+        v4("169.254.0.1"),
+        IpProtocol::ICMP,
+        64,
+        false,
+        &icmp_echo(8, 8),
+    );
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ping));
+    let msgs = icmp4_msgs(&out);
+    assert_eq!(msgs.len(), 1, "{:?}", r.graph.counters());
+    assert_eq!(msgs[0], (0, v4("169.254.0.1"), linklocal_host, 0, 0));
+    assert_eq!(r.count("ip4-input", "link_local"), 3);
+}
+
+/// RFC 1812 4.3.2.7: no ICMP error about a packet addressed to an IP broadcast address,
+/// which an attached subnet's directed broadcast is, and its zero address too (RFC 1812
+/// 4.2.3.1), even in a unicast frame: a malformed option draws no parameter problem.
+#[test]
+fn rfc1812_4_3_2_7_no_error_about_a_packet_to_a_directed_broadcast() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let bad = [7, 7, 2, 0, 0, 0, 0, 1];
+    for (k, dst) in ["198.18.2.255", "198.18.2.0", "198.18.1.255"]
+        .into_iter()
+        .enumerate()
+    {
+        let pkt = ipv4_with_options(v4("198.18.1.2"), v4(dst), &bad, &[0; 8]);
+        let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+        assert!(out.is_empty(), "an error about a packet to {dst}: {out:?}");
+        assert_eq!(
+            r.count("icmp4-error", "broadcast_or_multicast"),
+            k as u64 + 1
+        );
+    }
+    // The control: the same to a unicast address is answered.
+    let pkt = ipv4_with_options(v4("198.18.1.2"), v4("198.18.2.2"), &bad, &[0; 8]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert_eq!(icmp4_msgs(&out).len(), 1);
+}
+
+/// RFC 4443 2.2(b) for a fragmented echo request to the Subnet-Router anycast address: the
+/// reassembled request is answered from a unicast address, as a whole one is.
+#[test]
+fn rfc4443_2_2_fragmented_echo_to_the_subnet_router_anycast_is_answered_from_unicast() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, anycast) = (v6("2001:db8:1::2"), v6("2001:db8:1::"));
+    let mut echo = vec![128, 0, 0, 0, 0, 9, 0, 1];
+    echo.extend([7u8; 24]);
+    let echo = icmp6(c, anycast, echo);
+    let first = frag6(c, anycast, 58, 0, true, 0x66, &echo[..16]);
+    let last = frag6(c, anycast, 58, 16, false, 0x66, &echo[16..]);
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &first)).is_empty());
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &last));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1, "{:?}", r.graph.counters());
+    let (_, src, dst, t, ..) = msgs[0];
+    assert_eq!((t, dst), (129, c));
+    assert_eq!(
+        src,
+        v6("2001:db8:1::1"),
+        "from the interface's unicast address"
+    );
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!(icmpv6_checksum(&src, &c, ip.payload()), 0);
+}
+
+/// RFC 1122 3.2.2.1 for a fragmented datagram to the router: once reassembled, a protocol it
+/// does not speak draws protocol unreachable, as an unfragmented one does, quoting the
+/// datagram as it would have come whole.
+#[test]
+fn rfc1122_3_2_2_1_reassembled_unknown_protocol_gets_protocol_unreachable() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let payload: Vec<u8> = (0..40).collect();
+    let mut out = Vec::new();
+    for (offset, more, chunk) in [(0u16, true, &payload[..24]), (24, false, &payload[24..])] {
+        let mut b = ipv4(c, me, IpProtocol(253), 64, false, chunk);
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        ip.set_fragment(false, more, offset);
+        ip.fill_checksum();
+        out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &b));
+    }
+    let msgs = icmp4_msgs(&out);
+    assert_eq!(msgs, [(0, me, c, 3, 2)], "{:?}", r.graph.counters());
+    let error = ip4_of(&out[0].1);
+    let quoted = Ipv4Packet::new_checked(&error.payload()[8..]).unwrap();
+    assert_eq!(quoted.protocol(), IpProtocol(253));
+    assert_eq!((quoted.total_len(), quoted.more_fragments()), (60, false));
+    assert_eq!(r.count("ip4-local", "protocol_unreachable"), 1);
+}
+
+/// RFC 4443 2.4(c): an ICMPv6 error is at most 1280 bytes, and no bigger than the link it
+/// leaves by either (a port below 1280, as the flags refuse for ports with IPv6 addresses,
+/// would otherwise never carry a full-sized one).
+#[test]
+fn rfc4443_2_4_c_icmpv6_error_fits_the_link_it_leaves_by() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let mut interfaces = r.tables.interfaces.clone();
+    interfaces[0].mtu = 1000;
+    r.tables = Tables::build(2, interfaces, &[]).unwrap();
+    let c = v6("2001:db8:1::2");
+    let mut udp = udp_bytes();
+    udp.resize(1000 - 40, 0);
+    let pkt = ipv6(c, v6("2001:db8:77::1"), IpProtocol::UDP, 64, &udp);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
+    let msgs = icmp6_msgs(&out);
+    assert_eq!(msgs.len(), 1, "{:?}", r.graph.counters());
+    assert_eq!((msgs[0].3, msgs[0].4), (1, 0), "no route");
+    assert_eq!(out[0].1.len() - 14, 1000, "as much as the link carries");
 }
