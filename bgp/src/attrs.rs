@@ -92,6 +92,18 @@ impl AsPath {
     }
 }
 
+/// The well-known communities of RFC 1997 that restrict where a route goes.
+pub mod well_known {
+    /// Not advertised outside the AS (in a confederation, outside the
+    /// confederation): never to an eBGP peer.
+    pub const NO_EXPORT: u32 = 0xFFFF_FF01;
+    /// Not advertised to any peer.
+    pub const NO_ADVERTISE: u32 = 0xFFFF_FF02;
+    /// Not advertised to eBGP peers, confederation members included. We
+    /// are never in a confederation (RFC 5065), so it means NO_EXPORT.
+    pub const NO_EXPORT_SUBCONFED: u32 = 0xFFFF_FF03;
+}
+
 /// An attribute we do not interpret but must pass on (optional
 /// transitive, RFC 4271 §5): kept as raw bytes with its flags.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

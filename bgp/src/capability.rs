@@ -82,6 +82,8 @@ pub struct Negotiated {
     pub keepalive_time: u16,
     pub four_octet_as: bool,
     pub families: Vec<Family>,
+    /// Both ends advertised ROUTE-REFRESH: we may send the peer one. Its
+    /// requests to us depend on our advertisement alone (RFC 2918 §4).
     pub route_refresh: bool,
     pub extended_message: bool,
     /// Families where we may send path identifiers.

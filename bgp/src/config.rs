@@ -29,6 +29,14 @@ impl Family {
         }
     }
 
+    /// The RFC 4760 AFI and SAFI.
+    pub fn afi_safi(self) -> (u16, u8) {
+        match self {
+            Family::Ipv4Unicast => (1, 1),
+            Family::Ipv6Unicast => (2, 1),
+        }
+    }
+
     pub fn from_afi_safi(afi: u16, safi: u8) -> Option<Self> {
         match (afi, safi) {
             (1, 1) => Some(Family::Ipv4Unicast),

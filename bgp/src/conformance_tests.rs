@@ -219,10 +219,11 @@ impl Peer {
             peer_as: neg.peer_as,
             local_as: LOCAL_AS,
             rr_client: false,
+            multihop: false,
             local_address: Some(LOCAL_ADDR),
             local_address_v6: None,
             import: Policy::accept_all(),
-            export: Policy::accept_all(),
+            export: None,
         });
         Self { session, rib, id }
     }
@@ -1110,6 +1111,68 @@ fn as4_path_with_as_zero_is_discarded() {
         p.attrs_of("203.0.113.0/24").as_path.segments,
         vec![AsSegment::Sequence(vec![PEER_AS, 23456])]
     );
+}
+
+#[test]
+fn as4_path_confed_segments_are_dropped_not_the_path() {
+    // RFC 6793 §3: AS_CONFED_SEQUENCE / AS_CONFED_SET in AS4_PATH are
+    // discarded, and the rest of AS4_PATH still completes the path.
+    let mut p = Peer::ebgp_two_octet();
+    let mut as4_path = vec![3, 1];
+    as4_path.extend(64_512u32.to_be_bytes());
+    as4_path.extend([2, 1]);
+    as4_path.extend(4_200_000_001u32.to_be_bytes());
+    as4_path.extend([4, 1]);
+    as4_path.extend(64_513u32.to_be_bytes());
+    let attrs = vec![
+        origin(),
+        as_path2(&[PEER_AS as u16, 23456]),
+        next_hop([198, 51, 100, 1]),
+        attr(0xc0, AS4_PATH, &as4_path),
+    ];
+    let a = p.feed(&update(&[], &attrs, NLRI));
+    assert!(sent_notification(&a).is_none(), "{a:?}");
+    assert!(!parsed(&a).attributes_discarded);
+    assert_eq!(
+        p.attrs_of("203.0.113.0/24").as_path.segments,
+        vec![
+            AsSegment::Sequence(vec![PEER_AS]),
+            AsSegment::Sequence(vec![4_200_000_001])
+        ]
+    );
+    assert!(p.attrs_of("203.0.113.0/24").unknown.is_empty());
+}
+
+// ------------------------------------------------ RFC 2918 route refresh
+
+/// ROUTE-REFRESH for AFI 1 / SAFI 1.
+fn route_refresh_v4() -> Vec<u8> {
+    msg(crate::wire::MSG_ROUTE_REFRESH, &[0, 1, 0, 1])
+}
+
+#[test]
+fn route_refresh_honoured_when_we_advertised_the_capability() {
+    // RFC 2918 §4: a request is answered when *we* advertised the
+    // capability; this peer's OPEN has none (capability 2 absent).
+    let mut p = Peer::ebgp();
+    assert!(!p.session.negotiated().unwrap().route_refresh);
+    let a = p.feed(&route_refresh_v4());
+    assert!(
+        a.contains(&Action::RouteRefresh(crate::config::Family::Ipv4Unicast)),
+        "{a:?}"
+    );
+    assert_eq!(p.session.state(), State::Established);
+    // Without our advertisement it is ignored (not an error either).
+    let mut c = cfg();
+    c.route_refresh = false;
+    let mut p = Peer::established_with(c, &peer_open());
+    let a = p.feed(&route_refresh_v4());
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::RouteRefresh(_))),
+        "{a:?}"
+    );
+    assert!(sent_notification(&a).is_none());
+    assert_eq!(p.session.state(), State::Established);
 }
 
 #[test]

@@ -46,6 +46,10 @@ pub enum Event {
     /// it is replaced with different settings. The peer is told, and the
     /// session stays down (no automatic restart).
     ManualStopWith(u8),
+    /// Stop with this NOTIFICATION, data included, as ManualStopWith
+    /// does: Cease / Maximum Number of Prefixes Reached, whose data names
+    /// the family and the limit (RFC 4486 §4).
+    StopWith(Notification),
     /// A TCP connection for this session is up (ours or accepted).
     TcpConnected,
     /// Our connection attempt failed.
@@ -169,6 +173,7 @@ impl Session {
                 let n = Notification::cease(subcode);
                 self.stop(n.clone(), DownReason::Sent(n), &mut out);
             }
+            Event::StopWith(n) => self.stop(n.clone(), DownReason::Sent(n), &mut out),
             Event::TcpConnected => match self.state {
                 State::Connect | State::Active => {
                     out.push(Action::CancelTimer(Timer::ConnectRetry));
@@ -377,10 +382,12 @@ impl Session {
                 Ok(rr) => {
                     let fam = Family::from_afi_safi(rr.afi, rr.safi);
                     let negotiated = self.negotiated.as_ref();
-                    // RFC 2918 §4: refresh for a family not negotiated is
+                    // RFC 2918 §4: what counts is that *we* advertised the
+                    // capability (the peer's says only whether we may send
+                    // it one), and a family we did not negotiate is
                     // ignored.
                     if let (Some(f), Some(n)) = (fam, negotiated) {
-                        if n.route_refresh && n.families.contains(&f) && rr.subtype == 0 {
+                        if self.cfg.route_refresh && n.families.contains(&f) && rr.subtype == 0 {
                             out.push(Action::RouteRefresh(f));
                         }
                     }

@@ -70,10 +70,11 @@ impl Us {
                             peer_as: neg.peer_as,
                             local_as: OURS,
                             rr_client: false,
+                            multihop: false,
                             local_address: None,
                             local_address_v6: None,
                             import: crate::policy::Policy::accept_all(),
-                            export: crate::policy::Policy::accept_all(),
+                            export: None,
                         }));
                     }
                     let gr = self.helper.handle(GrEvent::SessionUp {

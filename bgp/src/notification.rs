@@ -103,6 +103,15 @@ impl Notification {
         Self::new(code::CEASE, subcode, Vec::new())
     }
 
+    /// Cease / Maximum Number of Prefixes Reached with its data (RFC 4486
+    /// §4): the family (AFI, SAFI) and the limit.
+    pub fn max_prefixes(afi: u16, safi: u8, limit: u32) -> Self {
+        let mut data = afi.to_be_bytes().to_vec();
+        data.push(safi);
+        data.extend_from_slice(&limit.to_be_bytes());
+        Self::new(code::CEASE, cease::MAX_PREFIXES, data)
+    }
+
     pub fn hold_timer_expired() -> Self {
         Self::new(code::HOLD_TIMER_EXPIRED, 0, Vec::new())
     }

@@ -4,7 +4,7 @@ use crate::attrs::{AsPath, Origin, PathAttrs};
 use crate::config::Family;
 use crate::policy::{Match, Policy, Rule, Set, Verdict};
 use crate::rib::adj_out::AdjRibOut;
-use crate::rib::decision::DecisionConfig;
+use crate::rib::decision::{DecisionConfig, IgpCost, Reach};
 use crate::rib::{PeerId, PeerInfo, Rib, RibConfig};
 use crate::update_check::UpdateContext;
 use crate::update_rx::{self, Nlri};
@@ -34,10 +34,11 @@ fn peer(last: u8, asn: u32, client: bool) -> PeerInfo {
         peer_as: asn,
         local_as: LOCAL_AS,
         rr_client: client,
+        multihop: false,
         local_address: Some(Ipv4Addr::new(198, 51, 100, 254)),
         local_address_v6: Some("2001:db8::fe".parse().unwrap()),
         import: Policy::accept_all(),
-        export: Policy::accept_all(),
+        export: None,
     }
 }
 
@@ -148,7 +149,11 @@ fn route_reflection_and_split_horizon() {
     let client2 = r.add_peer(peer(2, LOCAL_AS, true));
     let nonclient = r.add_peer(peer(3, LOCAL_AS, false));
     let nonclient2 = r.add_peer(peer(5, LOCAL_AS, false));
-    let ebgp = r.add_peer(peer(4, 65001, false));
+    let ebgp = r.add_peer(PeerInfo {
+        export: Some(Policy::accept_all()),
+        ..peer(4, 65001, false)
+    });
+    let ebgp_default = r.add_peer(peer(6, 65001, false));
     let p = n("203.0.113.0/24");
     r.announce_v4(client1, &attrs(&[], 1), &[p]);
     let best = r.best(&r.v4, &p.prefix).unwrap();
@@ -168,6 +173,10 @@ fn route_reflection_and_split_horizon() {
         Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 254)))
     );
     assert!(e.local_pref.is_none() && e.originator_id.is_none() && e.cluster_list.is_empty());
+    assert!(
+        to(&r, ebgp_default).is_none(),
+        "without an export policy, eBGP hears only our own routes (RFC 8212)"
+    );
     // A non-client route goes to clients only.
     let q = n("198.18.0.0/24");
     r.announce_v4(nonclient, &attrs(&[], 3), &[q]);
@@ -219,7 +228,10 @@ fn import_policy_sets_local_pref_and_rejects() {
 fn adj_rib_out_diffs_and_peer_down() {
     let mut r = rib(1, None);
     let a = r.add_peer(peer(1, 65001, false));
-    let b = r.add_peer(peer(2, 65002, false));
+    let b = r.add_peer(PeerInfo {
+        export: Some(Policy::accept_all()),
+        ..peer(2, 65002, false)
+    });
     let ps = [n("203.0.113.0/24"), n("198.51.100.0/24")];
     r.announce_v4(a, &attrs(&[65001], 1), &ps);
     let changed = r.v4.take_changes();
@@ -636,4 +648,359 @@ fn add_path_updates_round_trip() {
         r.apply_update(from, u);
     }
     assert_eq!(r.multipath(&r.v4, &p).len(), 2);
+}
+
+/// The attributes of every UPDATE in `msgs` as (flags, code, value),
+/// read straight from the bytes.
+fn raw_attrs(msgs: &[Vec<u8>]) -> Vec<(u8, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    for m in msgs {
+        let body = &m[19..];
+        let wlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let alen = usize::from(u16::from_be_bytes([body[2 + wlen], body[3 + wlen]]));
+        let mut a = &body[4 + wlen..4 + wlen + alen];
+        while let [flags, code, rest @ ..] = a {
+            let (len, rest) = if flags & 0x10 != 0 {
+                (
+                    usize::from(u16::from_be_bytes([rest[0], rest[1]])),
+                    &rest[2..],
+                )
+            } else {
+                (usize::from(rest[0]), &rest[1..])
+            };
+            out.push((*flags, *code, rest[..len].to_vec()));
+            a = &rest[len..];
+        }
+    }
+    out
+}
+
+/// RFC 6793 §4.2.2 (MUST): to a peer without 4-octet AS numbers, an
+/// AGGREGATOR whose AS does not fit in two octets goes as AS_TRANS plus
+/// an AS4_AGGREGATOR (optional transitive, type 18) with the real AS;
+/// read back by such a peer, the two make the original again.
+#[test]
+fn as4_aggregator_sent_to_two_octet_peer() {
+    let mut a = attrs(&[65001], 1);
+    a.aggregator = Some((4_200_000_001, Ipv4Addr::new(10, 0, 0, 9)));
+    let a = Arc::new(a);
+    let params = TxParams {
+        four_octet_as: false,
+        add_path: false,
+        max_len: 4096,
+    };
+    let msgs = update_tx::build_v4(&[(n("203.0.113.0/24"), Arc::clone(&a))], &[], &params).unwrap();
+    let got = raw_attrs(&msgs);
+    let find = |code: u8| got.iter().find(|(_, c, _)| *c == code).cloned();
+    assert_eq!(
+        find(7),
+        Some((0xc0, 7, vec![0x5b, 0xa0, 10, 0, 0, 9])),
+        "AGGREGATOR 23456/10.0.0.9"
+    );
+    assert_eq!(
+        find(18),
+        Some((0xc0, 18, vec![0xfa, 0x56, 0xea, 0x01, 10, 0, 0, 9])),
+        "AS4_AGGREGATOR 4200000001/10.0.0.9"
+    );
+    let codes: Vec<u8> = got.iter().map(|(_, c, _)| *c).collect();
+    let mut sorted = codes.clone();
+    sorted.sort_unstable();
+    assert_eq!(codes, sorted, "attributes in type-code order");
+    let back = decode_all(&msgs, &params);
+    assert_eq!(back[0].attrs_v4.as_ref().unwrap().aggregator, a.aggregator);
+
+    // A 2-octet aggregator, or a 4-octet peer: no AS4_AGGREGATOR.
+    let mut small = attrs(&[65001], 1);
+    small.aggregator = Some((65001, Ipv4Addr::new(10, 0, 0, 9)));
+    let msgs =
+        update_tx::build_v4(&[(n("203.0.113.0/24"), Arc::new(small))], &[], &params).unwrap();
+    assert!(raw_attrs(&msgs).iter().all(|(_, c, _)| *c != 18));
+    let four = TxParams {
+        four_octet_as: true,
+        ..params
+    };
+    let msgs = update_tx::build_v4(&[(n("203.0.113.0/24"), a)], &[], &four).unwrap();
+    let got = raw_attrs(&msgs);
+    assert!(got.iter().all(|(_, c, _)| *c != 18));
+    assert!(got.contains(&(0xc0, 7, vec![0xfa, 0x56, 0xea, 0x01, 10, 0, 0, 9])));
+}
+
+/// The routes `to` is told about, as (prefix, next hop).
+fn told(r: &mut Rib, to: PeerId, prefixes: &[Ipv4Net]) -> Vec<(Ipv4Net, Option<IpAddr>)> {
+    let mut out = AdjRibOut::default();
+    r.sync_adj_rib_out_v4(to, &mut out, prefixes)
+        .announce
+        .iter()
+        .map(|(n, a)| (n.prefix, a.next_hop))
+        .collect()
+}
+
+/// RFC 1997: NO_EXPORT (and NO_EXPORT_SUBCONFED, which outside a
+/// confederation means the same) keeps a route from every eBGP peer, an
+/// export policy notwithstanding, while iBGP peers still get it;
+/// NO_ADVERTISE keeps it from every peer. The route is still used.
+#[test]
+fn well_known_communities_limit_advertisement() {
+    use crate::attrs::well_known::{NO_ADVERTISE, NO_EXPORT, NO_EXPORT_SUBCONFED};
+    let mut r = rib(1, None);
+    let a = r.add_peer(peer(1, 65001, false));
+    // An export policy that would let B hear anything (RFC 8212's
+    // default would keep A's route from B on its own).
+    let b = r.add_peer(PeerInfo {
+        export: Some(Policy::accept_all()),
+        ..peer(2, 65002, false)
+    });
+    let c = r.add_peer(peer(3, LOCAL_AS, false));
+    let p = n("203.0.113.0/24");
+    for (community, to_ebgp, to_ibgp) in [
+        (None, true, true),
+        (Some(NO_EXPORT), false, true),
+        (Some(NO_EXPORT_SUBCONFED), false, true),
+        (Some(NO_ADVERTISE), false, false),
+    ] {
+        let mut x = attrs(&[65001], 1);
+        x.communities = community.into_iter().chain([65001 << 16 | 7]).collect();
+        r.announce_v4(a, &x, &[p]);
+        assert!(
+            r.best(&r.v4, &p.prefix).is_some(),
+            "{community:?}: still used"
+        );
+        assert_eq!(
+            !told(&mut r, b, &[p.prefix]).is_empty(),
+            to_ebgp,
+            "{community:?} to eBGP"
+        );
+        assert_eq!(
+            !told(&mut r, c, &[p.prefix]).is_empty(),
+            to_ibgp,
+            "{community:?} to iBGP"
+        );
+    }
+}
+
+/// RFC 4360 §6: non-transitive extended communities (type high octet
+/// with 0x40 set) do not leave the AS; transitive ones do, and iBGP
+/// peers get both. The same for the IPv6-address-specific ones (RFC
+/// 5701), which are carried as a raw attribute.
+#[test]
+fn non_transitive_extended_communities_stay_in_the_as() {
+    use crate::attrs::RawAttr;
+    let mut r = rib(1, None);
+    let a = r.add_peer(peer(1, 65001, false));
+    let b = r.add_peer(PeerInfo {
+        export: Some(Policy::accept_all()),
+        ..peer(2, 65002, false)
+    });
+    let c = r.add_peer(peer(3, LOCAL_AS, false));
+    let transitive = [0x00, 0x02, 0xfd, 0xe9, 0, 0, 0, 1];
+    let non_transitive = [0x40, 0x04, 0, 0, 0, 0, 0, 2];
+    let mut x = attrs(&[65001], 1);
+    x.extended_communities = vec![transitive, non_transitive];
+    let mut v6_transitive = vec![0x00, 0x02];
+    v6_transitive.extend([0x20, 0x01, 0x0d, 0xb8].iter().chain(&[0; 12]));
+    v6_transitive.extend([0, 1]);
+    let mut v6_non_transitive = v6_transitive.clone();
+    v6_non_transitive[0] = 0x40;
+    x.unknown = vec![RawAttr {
+        flags: 0xc0,
+        code: 25,
+        value: [v6_transitive.clone(), v6_non_transitive].concat(),
+    }];
+    let p = n("203.0.113.0/24");
+    r.announce_v4(a, &x, &[p]);
+    let best = r.best(&r.v4, &p.prefix).unwrap();
+    let to_b = r.export_attrs(b, p.prefix.into(), &best).unwrap();
+    assert_eq!(to_b.extended_communities, vec![transitive]);
+    assert_eq!(to_b.unknown[0].value, v6_transitive);
+    let to_c = r.export_attrs(c, p.prefix.into(), &best).unwrap();
+    assert_eq!(to_c.extended_communities, x.extended_communities);
+    assert_eq!(to_c.unknown, x.unknown);
+    // Only non-transitive IPv6 ones: the attribute goes altogether.
+    x.unknown[0].value = x.unknown[0].value[20..].to_vec();
+    r.announce_v4(a, &x, &[p]);
+    let best = r.best(&r.v4, &p.prefix).unwrap();
+    assert!(r
+        .export_attrs(b, p.prefix.into(), &best)
+        .unwrap()
+        .unknown
+        .is_empty());
+}
+
+/// RFC 8212 §3: an eBGP peer without an export policy of its own hears
+/// our own routes only, never one learned from another eBGP peer (no
+/// transit through a node) nor from iBGP; iBGP and route reflection are
+/// as before; an explicit policy decides for itself.
+#[test]
+fn ebgp_default_export_is_our_own_routes_only() {
+    let cluster = Ipv4Addr::new(10, 9, 9, 9);
+    let mut r = rib(1, Some(cluster));
+    let a = r.add_peer(peer(1, 65001, false));
+    let b = r.add_peer(peer(2, 65002, false));
+    let client = r.add_peer(peer(3, LOCAL_AS, true));
+    let client2 = r.add_peer(peer(4, LOCAL_AS, true));
+    let (p, own, from_client) = (
+        n("203.0.113.0/24"),
+        n("198.51.100.0/25"),
+        n("198.18.7.0/24"),
+    );
+    r.announce_v4(a, &attrs(&[65001], 1), &[p]);
+    r.announce_v4(client, &attrs(&[], 3), &[from_client]);
+    r.originate(
+        own.prefix.into(),
+        PathAttrs::new(Origin::Igp, AsPath::default(), None),
+    );
+    let all = [from_client.prefix, own.prefix, p.prefix];
+    let nh_b = Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 254)));
+    assert_eq!(told(&mut r, b, &all), vec![(own.prefix, nh_b)]);
+    // iBGP unchanged: the eBGP route, ours, and the reflected client route.
+    let to_client2: Vec<Ipv4Net> = told(&mut r, client2, &all).iter().map(|x| x.0).collect();
+    assert_eq!(to_client2, all.to_vec());
+    // An explicit policy lets the operator make us transit.
+    r.set_peer_info(
+        b,
+        PeerInfo {
+            export: Some(Policy::accept_all()),
+            ..peer(2, 65002, false)
+        },
+    );
+    assert_eq!(told(&mut r, b, &all).len(), 3);
+}
+
+/// A resolver for the RIB tests: `connected` subnets are attached,
+/// `routed` ones reached through some gateway.
+#[derive(Debug)]
+struct TestReach {
+    connected: Vec<Ipv4Net>,
+    routed: Vec<Ipv4Net>,
+}
+
+impl IgpCost for TestReach {
+    fn cost(&self, nh: Option<IpAddr>, reach: Reach) -> Option<u32> {
+        let Some(IpAddr::V4(a)) = nh else {
+            return None;
+        };
+        if self.connected.iter().any(|n| n.contains(&a)) {
+            return Some(0);
+        }
+        (reach == Reach::Resolved && self.routed.iter().any(|n| n.contains(&a))).then_some(10)
+    }
+}
+
+/// RFC 4271 §9.1.2.1: a path whose next hop does not resolve is not
+/// usable: eBGP A's path with a next hop off every attached subnet
+/// loses to B's, which is the one installed and advertised to iBGP C,
+/// although A's would win on the router id. Changing the resolver runs
+/// the decision again.
+#[test]
+fn unresolvable_next_hop_is_not_usable() {
+    let mut r = rib(4, None);
+    let a = r.add_peer(peer(1, 65001, false));
+    let b = r.add_peer(peer(2, 65002, false));
+    let c = r.add_peer(peer(3, LOCAL_AS, false));
+    let p = n("203.0.113.0/24");
+    let unattached = IpAddr::V4(Ipv4Addr::new(198, 18, 9, 9));
+    let b_self = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+    let mut from_a = attrs(&[65001], 1);
+    from_a.next_hop = Some(unattached);
+    r.announce_v4(a, &from_a, &[p]);
+    r.announce_v4(b, &attrs(&[65002], 2), &[p]);
+    // Without a resolver every next hop is reachable: A wins on router id.
+    assert_eq!(r.best(&r.v4, &p.prefix).map(|x| x.peer), Some(a));
+    r.v4.take_changes();
+
+    r.set_igp(Box::new(TestReach {
+        connected: vec![net("198.51.100.0/24")],
+        routed: vec![net("198.18.0.0/16")],
+    }));
+    assert_eq!(r.v4.take_changes(), vec![p.prefix], "decided again");
+    let mp = r.multipath(&r.v4, &p.prefix);
+    assert_eq!(mp.len(), 1, "A's path is in no ECMP set either");
+    assert_eq!(mp[0].peer, b);
+    assert_eq!(r.usable_paths(&r.v4, &p.prefix).len(), 1);
+    assert_eq!(told(&mut r, c, &[p.prefix]), vec![(p.prefix, Some(b_self))]);
+
+    // B withdraws: nothing usable is left, nothing is advertised.
+    r.withdraw_v4(b, p);
+    assert!(r.best(&r.v4, &p.prefix).is_none());
+    assert!(told(&mut r, c, &[p.prefix]).is_empty());
+
+    // The same next hop, reached through a route rather than a subnet of
+    // ours, is fine from iBGP and from a multihop eBGP peer, not from a
+    // single-hop eBGP peer.
+    let i = r.add_peer(peer(4, LOCAL_AS, false));
+    let m = r.add_peer(PeerInfo {
+        multihop: true,
+        ..peer(5, 65005, false)
+    });
+    let (q1, q2) = (n("198.19.1.0/24"), n("198.19.2.0/24"));
+    let mut via_route = attrs(&[], 1);
+    via_route.next_hop = Some(unattached);
+    r.announce_v4(i, &via_route, &[q1]);
+    via_route.as_path = AsPath::from_sequence(vec![65005]);
+    r.announce_v4(m, &via_route, &[q2]);
+    assert_eq!(r.best(&r.v4, &q1.prefix).map(|x| x.peer), Some(i));
+    assert_eq!(r.best(&r.v4, &q2.prefix).map(|x| x.peer), Some(m));
+    assert!(r.best(&r.v4, &p.prefix).is_none(), "A's still is not");
+    // Our own routes never depend on the resolver.
+    r.originate(
+        "198.51.100.128/25".parse().unwrap(),
+        PathAttrs::new(Origin::Igp, AsPath::default(), Some(unattached)),
+    );
+    assert!(r.best(&r.v4, &net("198.51.100.128/25")).is_some());
+}
+
+/// The per-peer, per-family path counts a maximum-prefix limit is
+/// checked against follow announcements (a replacement is no new path,
+/// each ADD-PATH path is one), policy rejections, withdrawals, stale
+/// sweeps and the peer going down.
+#[test]
+fn received_counts_follow_the_adj_rib_in() {
+    let mut r = rib(1, None);
+    let mut info = peer(1, 65001, false);
+    info.import = Policy {
+        rules: vec![Rule {
+            when: Match {
+                prefix_list: Some(vec![crate::policy::PrefixEntry {
+                    prefix: "198.19.0.0/16".parse().unwrap(),
+                    ge: Some(16),
+                    le: Some(32),
+                }]),
+                ..Default::default()
+            },
+            then: Verdict::Reject,
+        }],
+        default_accept: true,
+    };
+    let a = r.add_peer(info);
+    let b = r.add_peer(peer(2, 65002, false));
+    let count = |r: &Rib, p| {
+        (
+            r.received(p, Family::Ipv4Unicast),
+            r.received(p, Family::Ipv6Unicast),
+        )
+    };
+    let (p, q) = (n("203.0.113.0/24"), n("198.18.0.0/24"));
+    r.announce_v4(a, &attrs(&[65001], 1), &[p, q, n("198.19.1.0/24")]);
+    r.announce_v4(a, &attrs(&[65001, 7], 1), &[p]);
+    r.announce_v4(b, &attrs(&[65002], 2), &[p]);
+    r.announce_v4(
+        a,
+        &attrs(&[65001], 1),
+        &[Nlri {
+            prefix: q.prefix,
+            path_id: 9,
+        }],
+    );
+    r.announce_v6(a, &v6_attrs("2001:db8::1"), &[v6("2001:db8:1::/48")]);
+    assert_eq!(count(&r, a), (3, 1), "p, q and q's second path; not 198.19");
+    assert_eq!(count(&r, b), (1, 0));
+    r.withdraw_v4(a, q);
+    r.withdraw_v4(a, q);
+    assert_eq!(count(&r, a), (2, 1));
+    r.mark_stale(a, &[Family::Ipv4Unicast]);
+    assert_eq!(count(&r, a), (2, 0), "a family not kept is dropped");
+    assert_eq!(r.sweep_stale(a, Family::Ipv4Unicast), 2);
+    assert_eq!(count(&r, a), (0, 0));
+    r.peer_down(b);
+    assert_eq!(count(&r, b), (0, 0));
 }

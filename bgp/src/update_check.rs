@@ -526,10 +526,12 @@ fn check_attribute(code: u8, v: &[u8], raw: &[u8], idx: usize, ctx: &UpdateConte
             }
         }
         AS4_PATH => {
-            // RFC 6793: from a 4-octet speaker it is ignored; malformed it
-            // is discarded; confed segments are not allowed in it.
-            let ok = check_as_path(v, 4).is_some() && !as_path_has_confed(v, 4);
-            if ctx.four_octet_as || !ok {
+            // RFC 6793: from a 4-octet speaker it is ignored (§4.1);
+            // malformed it is discarded (§6). Confederation segments are
+            // not allowed in it, but only they are dropped, when it is
+            // read (§3: "MUST discard these path segments ... and
+            // continue processing").
+            if ctx.four_octet_as || check_as_path(v, 4).is_none() {
                 s.discard(idx);
             }
         }
@@ -719,13 +721,14 @@ pub fn is_recognised(code: u8) -> bool {
 }
 
 /// Attributes handed to netgauze; the rest (unrecognised, extended
-/// communities, AS4_AGGREGATOR, which netgauze does not know) are read
-/// from the raw bytes, which is all they need.
+/// communities, AS4_AGGREGATOR, which netgauze does not know, and
+/// AS4_PATH, whose confederation segments it cannot read) are read from
+/// the raw bytes, which is all they need.
 pub fn decoded_by_netgauze(code: u8) -> bool {
     expected_flags(code).is_some()
         && !matches!(
             code,
-            EXT_COMMUNITIES | IPV6_EXT_COMMUNITIES | AS4_AGGREGATOR
+            EXT_COMMUNITIES | IPV6_EXT_COMMUNITIES | AS4_AGGREGATOR | AS4_PATH
         )
 }
 

@@ -8,8 +8,8 @@ use crate::notification::{update as sub, Notification};
 use crate::update_check::{self, Scan, UpdateContext, Verdict};
 use ipnet::{Ipv4Net, Ipv6Net};
 use netgauze_bgp_pkt::path_attribute::{
-    Aggregator, As4Path, AsPath as NgAsPath, AsPathSegmentType, MpReach, MpUnreach,
-    Origin as NgOrigin, PathAttributeValue,
+    Aggregator, AsPath as NgAsPath, AsPathSegmentType, MpReach, MpUnreach, Origin as NgOrigin,
+    PathAttributeValue,
 };
 use netgauze_bgp_pkt::update::BgpUpdateMessage;
 use netgauze_bgp_pkt::wire::deserializer::BgpParsingContext;
@@ -71,7 +71,8 @@ pub fn decode(body: &[u8], ctx: &UpdateContext) -> Result<ParsedUpdate, Notifica
             let asn = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
             (asn, Ipv4Addr::new(v[4], v[5], v[6], v[7]))
         });
-    let mut out = convert(&msg, ctx, as4_aggregator)?;
+    let as4_path = raw_value(body, &scan, update_check::AS4_PATH).map(read_as4_path);
+    let mut out = convert(&msg, ctx, as4_aggregator, as4_path.as_ref())?;
     out.end_of_rib = end_of_rib(body, &scan, ctx);
     out.attributes_discarded = scan.verdict == Verdict::AttributeDiscard;
     let ignored = ng.parsing_errors();
@@ -159,12 +160,14 @@ fn raw_value<'a>(body: &'a [u8], scan: &Scan, code: u8) -> Option<&'a [u8]> {
         .and_then(|a| body.get(a.value_start..a.end))
 }
 
-/// `as4_aggregator` is the AS4_AGGREGATOR (RFC 6793 §3) of a session
-/// without 4-octet ASNs, read from the raw bytes.
+/// `as4_aggregator` and `as4_path` are the AS4_AGGREGATOR and AS4_PATH
+/// (RFC 6793 §3) of a session without 4-octet ASNs, read from the raw
+/// bytes.
 fn convert(
     msg: &BgpUpdateMessage,
     ctx: &UpdateContext,
     as4_aggregator: Option<(u32, Ipv4Addr)>,
+    as4_path: Option<&AsPath>,
 ) -> Result<ParsedUpdate, Notification> {
     let mut out = ParsedUpdate {
         withdrawn_v4: msg.withdraw_routes().iter().map(v4).collect(),
@@ -172,7 +175,6 @@ fn convert(
         ..Default::default()
     };
     let mut base = PathAttrs::new(Origin::Incomplete, AsPath::default(), None);
-    let mut as4_path: Option<&As4Path> = None;
     let mut v6_next_hop = None;
     let mut mp_reach_v4_nh = None;
     for attr in msg.path_attributes() {
@@ -185,7 +187,6 @@ fn convert(
                 };
             }
             PathAttributeValue::AsPath(p) => base.as_path = as_path(p),
-            PathAttributeValue::As4Path(p) => as4_path = Some(p),
             PathAttributeValue::NextHop(nh) => base.next_hop = Some(IpAddr::V4(nh.next_hop())),
             PathAttributeValue::MultiExitDiscriminator(m) => base.med = Some(m.metric()),
             PathAttributeValue::LocalPreference(l) => base.local_pref = Some(l.metric()),
@@ -311,17 +312,32 @@ fn as_path(p: &NgAsPath) -> AsPath {
     AsPath { segments }
 }
 
+/// An AS4_PATH value the scan found well formed, without its
+/// confederation segments: RFC 6793 §3 forbids them there and has the
+/// receiver drop them and go on with the rest.
+fn read_as4_path(mut v: &[u8]) -> AsPath {
+    let mut segments = Vec::new();
+    while let [ty, count, rest @ ..] = v {
+        let len = usize::from(*count) * 4;
+        let Some(asns) = rest.get(..len) else { break };
+        let asns: Vec<u32> = asns
+            .chunks_exact(4)
+            .map(|a| u32::from_be_bytes([a[0], a[1], a[2], a[3]]))
+            .collect();
+        match ty {
+            1 => segments.push(AsSegment::Set(asns)),
+            2 => segments.push(AsSegment::Sequence(asns)),
+            _ => {}
+        }
+        v = &rest[len..];
+    }
+    AsPath { segments }
+}
+
 /// RFC 6793 §4.2.3: rebuild the true path from AS_PATH (with AS_TRANS)
 /// and AS4_PATH. If AS4_PATH is longer than AS_PATH it is ignored;
 /// otherwise the leading AS_PATH entries it does not cover are kept.
-fn merge_as4_path(path: &AsPath, p4: &As4Path) -> AsPath {
-    let as4 = AsPath {
-        segments: p4
-            .segments()
-            .iter()
-            .map(|s| segment(s.segment_type(), s.as_numbers().to_vec()))
-            .collect(),
-    };
+fn merge_as4_path(path: &AsPath, as4: &AsPath) -> AsPath {
     let n = path.path_len();
     let m = as4.path_len();
     if m > n {
@@ -348,7 +364,7 @@ fn merge_as4_path(path: &AsPath, p4: &As4Path) -> AsPath {
             }
         }
     }
-    segments.extend(as4.segments);
+    segments.extend(as4.segments.iter().cloned());
     AsPath { segments }
 }
 
@@ -360,8 +376,8 @@ fn add_raw_attributes(body: &[u8], scan: &Scan, out: &mut ParsedUpdate) {
     let mut unknown = Vec::new();
     for a in scan.attrs.iter().filter(|a| a.keep) {
         let value = &body[a.value_start..a.end];
-        if a.code == update_check::AS4_AGGREGATOR {
-            // Merged into the aggregator by `convert`.
+        if a.code == update_check::AS4_AGGREGATOR || a.code == update_check::AS4_PATH {
+            // Merged into the aggregator and the AS path by `convert`.
             continue;
         }
         if a.code == update_check::EXT_COMMUNITIES {

@@ -55,7 +55,10 @@ fn seg_type(s: &AsSegment) -> (AsPathSegmentType, &[u32]) {
 }
 
 /// AS_PATH, plus AS4_PATH when a 2-octet peer needs it (RFC 6793 §4.2.2).
-fn as_path_attrs(p: &AsPath, four: bool) -> Result<Vec<PathAttribute>, EncodeError> {
+fn as_path_attrs(
+    p: &AsPath,
+    four: bool,
+) -> Result<(PathAttribute, Option<PathAttribute>), EncodeError> {
     let asn_len = if four { 4 } else { 2 };
     let ext = p
         .segments
@@ -72,12 +75,13 @@ fn as_path_attrs(p: &AsPath, four: bool) -> Result<Vec<PathAttribute>, EncodeErr
                 As4PathSegment::new(t, v.to_vec())
             })
             .collect();
-        return Ok(vec![attr(
+        let path = attr(
             false,
             true,
             ext,
             PathAttributeValue::AsPath(NgAsPath::As4PathSegments(segs.into())),
-        )?]);
+        )?;
+        return Ok((path, None));
     }
     let mut needs_as4 = false;
     let segs: Vec<_> = p
@@ -97,12 +101,13 @@ fn as_path_attrs(p: &AsPath, four: bool) -> Result<Vec<PathAttribute>, EncodeErr
             As2PathSegment::new(t, v2)
         })
         .collect();
-    let mut out = vec![attr(
+    let path = attr(
         false,
         true,
         ext,
         PathAttributeValue::AsPath(NgAsPath::As2PathSegments(segs.into())),
-    )?];
+    )?;
+    let mut as4 = None;
     if needs_as4 {
         let segs: Vec<_> = p
             .segments
@@ -118,14 +123,47 @@ fn as_path_attrs(p: &AsPath, four: bool) -> Result<Vec<PathAttribute>, EncodeErr
             .map(|s| 2 + seg_type(s).1.len() * 4)
             .sum::<usize>()
             > 255;
-        out.push(attr(
+        as4 = Some(attr(
             true,
             true,
             ext4,
             PathAttributeValue::As4Path(As4Path::new(segs)),
         )?);
     }
-    Ok(out)
+    Ok((path, as4))
+}
+
+/// AGGREGATOR, and for a peer without 4-octet AS numbers whose
+/// aggregating AS does not fit in two octets, AGGREGATOR with AS_TRANS
+/// plus AS4_AGGREGATOR with the real AS (RFC 6793 §4.2.2: MUST).
+fn aggregator_attrs(
+    asn: u32,
+    id: std::net::Ipv4Addr,
+    four: bool,
+) -> Result<(PathAttribute, Option<PathAttribute>), EncodeError> {
+    if four {
+        let ag = Aggregator::As4Aggregator(As4Aggregator::new(asn, id));
+        return Ok((
+            attr(true, true, false, PathAttributeValue::Aggregator(ag))?,
+            None,
+        ));
+    }
+    let two = u16::try_from(asn).ok();
+    let ag = Aggregator::As2Aggregator(As2Aggregator::new(two.unwrap_or(AS_TRANS as u16), id));
+    let aggregator = attr(true, true, false, PathAttributeValue::Aggregator(ag))?;
+    if two.is_some() {
+        return Ok((aggregator, None));
+    }
+    // netgauze has no AS4_AGGREGATOR of its own: the 8 bytes as they go.
+    let mut value = asn.to_be_bytes().to_vec();
+    value.extend_from_slice(&id.octets());
+    let as4 = attr(
+        true,
+        true,
+        false,
+        PathAttributeValue::UnknownAttribute(UnknownAttribute::new(code::AS4_AGGREGATOR, value)),
+    )?;
+    Ok((aggregator, Some(as4)))
 }
 
 /// Every attribute except the next hop / MP_REACH.
@@ -141,7 +179,8 @@ fn common_attrs(a: &PathAttrs, p: &TxParams) -> Result<Vec<PathAttribute>, Encod
         false,
         PathAttributeValue::Origin(origin),
     )?];
-    v.extend(as_path_attrs(&a.as_path, p.four_octet_as)?);
+    let (as_path, as4_path) = as_path_attrs(&a.as_path, p.four_octet_as)?;
+    v.push(as_path);
     if let Some(m) = a.med {
         v.push(attr(
             true,
@@ -166,16 +205,11 @@ fn common_attrs(a: &PathAttrs, p: &TxParams) -> Result<Vec<PathAttribute>, Encod
             PathAttributeValue::AtomicAggregate(AtomicAggregate),
         )?);
     }
+    let mut as4_aggregator = None;
     if let Some((asn, id)) = a.aggregator {
-        let ag = if p.four_octet_as {
-            Aggregator::As4Aggregator(As4Aggregator::new(asn, id))
-        } else {
-            Aggregator::As2Aggregator(As2Aggregator::new(
-                u16::try_from(asn).unwrap_or(AS_TRANS as u16),
-                id,
-            ))
-        };
-        v.push(attr(true, true, false, PathAttributeValue::Aggregator(ag))?);
+        let (aggregator, as4) = aggregator_attrs(asn, id, p.four_octet_as)?;
+        v.push(aggregator);
+        as4_aggregator = as4;
     }
     if !a.communities.is_empty() {
         let c: Vec<_> = a.communities.iter().map(|c| Community::new(*c)).collect();
@@ -218,6 +252,10 @@ fn common_attrs(a: &PathAttrs, p: &TxParams) -> Result<Vec<PathAttribute>, Encod
             )),
         )?);
     }
+    // In type-code order (RFC 4271 §5: SHOULD), AS4_PATH (17) and
+    // AS4_AGGREGATOR (18) go after the extended communities (16).
+    v.extend(as4_path);
+    v.extend(as4_aggregator);
     if !a.large_communities.is_empty() {
         let c: Vec<_> = a
             .large_communities

@@ -345,3 +345,224 @@ async fn a_peer_reconnecting_after_an_error_is_taken_at_once() {
     assert!(up);
     h.shutdown().await.unwrap();
 }
+
+/// Reads until a NOTIFICATION arrives: (code, subcode, data).
+async fn read_notification_data(s: &mut TcpStream) -> Option<(u8, u8, Vec<u8>)> {
+    loop {
+        let (ty, body) = read_msg(s).await?;
+        if ty == 3 {
+            return Some((*body.first()?, *body.get(1)?, body.get(2..)?.to_vec()));
+        }
+    }
+}
+
+/// True if the connection ends with a FIN (EOF) within a few seconds.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        timeout(Duration::from_secs(5), s.read(&mut b)).await,
+        Ok(Ok(0))
+    )
+}
+
+/// Connects to `to` from the address `from`.
+async fn connect_from(from: Ipv4Addr, to: std::net::SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((from, 0).into()).unwrap();
+    timeout(Duration::from_secs(5), sock.connect(to))
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+}
+
+/// RFC 4486 §4: a connection we accept but will not run a session on (no
+/// peer configured at that address) gets Cease / Connection Rejected,
+/// then a FIN; also when the connector has already sent its OPEN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfigured_connector_gets_connection_rejected() {
+    let net = 34;
+    let mut cfg = speaker_config(net);
+    let mut p = peer_config(ip(net, 7), 179, RAW_AS);
+    p.passive = true;
+    cfg.peers.push(p);
+    let (h, _ev) = Speaker::start(cfg).await.unwrap();
+    let listen = h.local_addr().unwrap();
+    for send_open in [false, true] {
+        let mut s = connect_from(ip(net, 9), listen).await;
+        if send_open {
+            s.write_all(&open(RAW_AS, 9, "198.51.100.9".parse().unwrap()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            read_notification_data(&mut s).await,
+            Some((6, 5, Vec::new())),
+            "OPEN sent first: {send_open}"
+        );
+        assert!(closed(&mut s).await, "FIN after the NOTIFICATION");
+    }
+    h.shutdown().await.unwrap();
+}
+
+/// ROUTE-REFRESH (RFC 2918 §4) is answered because we advertised the
+/// capability, whether or not the peer did: this peer's OPEN has no
+/// capability 2, and after our End-of-RIB its request for IPv4 unicast
+/// brings our IPv4 routes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_refresh_answered_without_the_peers_capability() {
+    let net = 35;
+    let l = TcpListener::bind((ip(net, 7), 0)).await.unwrap();
+    let mut cfg = speaker_config(net);
+    cfg.listen = None;
+    cfg.peers.push(peer_config(
+        ip(net, 7),
+        l.local_addr().unwrap().port(),
+        RAW_AS,
+    ));
+    let (h, _ev) = Speaker::start(cfg).await.unwrap();
+    h.advertise(vec!["203.0.113.0/24".parse().unwrap()], None)
+        .await
+        .unwrap();
+    let mut s = handshake(&l, 9, "198.51.100.7".parse().unwrap()).await;
+    let ours: &[u8] = &[24, 203, 0, 113];
+    let mut announced = false;
+    loop {
+        let (ty, body) = read_msg(&mut s).await.expect("our UPDATEs");
+        if ty != 2 {
+            continue;
+        }
+        if body == [0, 0, 0, 0] {
+            break;
+        }
+        announced |= body.ends_with(ours);
+    }
+    assert!(announced, "our route before End-of-RIB");
+    s.write_all(&message(5, &[0, 1, 0, 1])).await.unwrap();
+    // Bounded: KEEPALIVEs alone would keep a plain read loop going.
+    let again = timeout(Duration::from_secs(10), async {
+        loop {
+            let (ty, body) = read_msg(&mut s).await?;
+            if ty == 2 {
+                return Some(body);
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("an UPDATE answering ROUTE-REFRESH");
+    assert!(again.ends_with(ours), "{again:?}");
+    assert!(established(&h, ip(net, 7)).await);
+    h.shutdown().await.unwrap();
+}
+
+/// A peer that sends more prefixes than its limit (RFC 4271 §6.7) gets
+/// Cease / Maximum Number of Prefixes Reached with AFI, SAFI and the
+/// limit as data (RFC 4486 §4); its routes go; while the session is held
+/// down, the peer's own connections get Cease / Connection Rejected
+/// (RFC 4486 §4); after its ConnectRetryTime we connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_prefixes_exceeded_stops_the_session_for_a_while() {
+    let net = 36;
+    let peer = ip(net, 7);
+    let l = TcpListener::bind((peer, 0)).await.unwrap();
+    let mut cfg = speaker_config(net);
+    let mut p = peer_config(peer, l.local_addr().unwrap().port(), RAW_AS);
+    p.max_prefixes = Some(2);
+    p.connect_retry_time = 4;
+    cfg.peers.push(p);
+    let (h, _ev) = Speaker::start(cfg).await.unwrap();
+    let listen = h.local_addr().unwrap();
+    let mut s = handshake(&l, 9, "198.51.100.7".parse().unwrap()).await;
+    // Two: at the limit, kept.
+    let two = [24, 203, 0, 113, 24, 198, 18, 1];
+    s.write_all(&update(&[], &good_attrs(0), &two))
+        .await
+        .unwrap();
+    wait_next_hops(&h, "198.18.1.0/24", &["198.51.100.9"]).await;
+    // A third: over it.
+    s.write_all(&update(&[], &good_attrs(0), &[24, 198, 18, 2]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_notification_data(&mut s).await,
+        Some((6, 1, vec![0, 1, 1, 0, 0, 0, 2]))
+    );
+    assert!(closed(&mut s).await);
+    wait_next_hops(&h, "203.0.113.0/24", &[]).await;
+    let n = h.neighbors().await.unwrap();
+    assert_ne!(n[0].state, State::Established);
+    assert_eq!(n[0].prefixes_in, 0);
+    // Held down: the peer's own connection is refused.
+    let mut refused = connect_from(peer, listen).await;
+    assert_eq!(
+        read_notification_data(&mut refused).await,
+        Some((6, 5, Vec::new()))
+    );
+    assert!(closed(&mut refused).await);
+    // Then the session starts again by itself.
+    let again = handshake(&l, 9, "198.51.100.7".parse().unwrap()).await;
+    drop(again);
+    h.shutdown().await.unwrap();
+}
+
+/// Next hops on 198.51.100.0/24 only, for the test below.
+#[derive(Debug)]
+struct OnlyDocNet;
+
+impl switchyard_bgp::rib::decision::IgpCost for OnlyDocNet {
+    fn cost(&self, nh: Option<IpAddr>, _: switchyard_bgp::rib::decision::Reach) -> Option<u32> {
+        match nh {
+            Some(IpAddr::V4(a)) if a.octets()[..3] == [198, 51, 100] => Some(0),
+            _ => None,
+        }
+    }
+}
+
+/// RFC 4271 §9.1.2.1 in the speaker: a new next-hop resolver runs route
+/// selection again; a route whose next hop no longer resolves leaves the
+/// FIB (an empty `BestPathsChanged`), and comes back with one that does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_hop_resolver_runs_selection_again() {
+    use std::sync::Arc;
+    let net = 37;
+    let l = TcpListener::bind((ip(net, 7), 0)).await.unwrap();
+    let mut cfg = speaker_config(net);
+    cfg.listen = None;
+    cfg.peers.push(peer_config(
+        ip(net, 7),
+        l.local_addr().unwrap().port(),
+        RAW_AS,
+    ));
+    let (h, mut ev) = Speaker::start(cfg).await.unwrap();
+    let mut s = handshake(&l, 9, "198.51.100.7".parse().unwrap()).await;
+    let mut attrs = good_attrs(0);
+    attrs[2] = attr(0x40, 3, &[198, 18, 0, 9]);
+    s.write_all(&update(&[], &attrs, &[24, 203, 0, 113]))
+        .await
+        .unwrap();
+    wait_next_hops(&h, "203.0.113.0/24", &["198.18.0.9"]).await;
+    let prefix: ipnet::IpNet = "203.0.113.0/24".parse().unwrap();
+    let fib = |want_empty: bool| {
+        move |e: &switchyard_bgp::speaker::SpeakerEvent| {
+            matches!(e, switchyard_bgp::speaker::SpeakerEvent::BestPathsChanged(v)
+                if v.iter().any(|b| b.prefix == prefix && b.next_hops.is_empty() == want_empty))
+        }
+    };
+    wait_event(&mut ev, 10, "the route installed", fib(false)).await;
+
+    h.set_next_hop_resolver(Arc::new(OnlyDocNet)).await.unwrap();
+    wait_event(&mut ev, 10, "the route removed", fib(true)).await;
+    assert!(our_next_hops(&h, "203.0.113.0/24").await.is_empty());
+    // Still in the Adj-RIB-In, just not usable.
+    let routes = h.routes().await.unwrap();
+    assert!(routes
+        .iter()
+        .any(|r| r.prefix == prefix && !r.paths.is_empty()));
+
+    h.set_next_hop_resolver(Arc::new(switchyard_bgp::rib::decision::FlatIgp))
+        .await
+        .unwrap();
+    wait_event(&mut ev, 10, "the route back", fib(false)).await;
+    h.shutdown().await.unwrap();
+}

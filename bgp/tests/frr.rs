@@ -233,7 +233,7 @@ async fn frr_ibgp_local_pref_and_ecmp_with_gobgp() {
     cfg.listen = Some((ip(net, 1), our_port).into());
     cfg.peers.push(peer_config(ip(net, 2), go.port, OUR_AS));
     let mut to_frr = peer_config(ip(net, 3), fo.port, OUR_AS);
-    to_frr.export = set_local_pref("203.0.113.31/32", 150);
+    to_frr.export = Some(set_local_pref("203.0.113.31/32", 150));
     cfg.peers.push(to_frr);
     let (h, _ev) = Speaker::start(cfg).await.unwrap();
     let g = Gobgpd::start(&bins[2], &go);

@@ -151,7 +151,8 @@ pub struct AgentArgs {
     /// A BGP peer: ADDR=ASN, then any of ,port=N ,passive ,password=SECRET ,multihop=TTL
     /// ,rr-client ,hold=SECS (e.g. 198.18.2.2=65001,port=1790,hold=9). Repeat for more. `password` is the TCP MD5 key (RFC 2385; no commas; never logged);
     /// `rr-client` makes the peer a route-reflector client; `hold` is 0 or at least 3
-    /// (default 90).
+    /// (default 90). More options (connect-retry, add-path, graceful-restart, stale-time,
+    /// import=all|none, max-prefix=N) are in the README's BGP section.
     #[arg(
         long = "bgp-peer",
         value_name = "ADDR=ASN[,OPTION...]",

@@ -113,6 +113,10 @@ pub struct PeerConfig {
     stale_time: Option<u16>,
     /// ConnectRetryTime in seconds (RFC 4271 10; default 120).
     connect_retry: Option<u16>,
+    /// `all` (default) or `none`: whether routes from the peer are taken.
+    import: Option<String>,
+    /// Most prefixes taken from the peer per family (RFC 4271 §6.7).
+    max_prefix: Option<u32>,
 }
 
 impl PeerConfig {
@@ -161,6 +165,15 @@ impl PeerConfig {
         }
         if let Some(t) = self.stale_time {
             s.push_str(&format!(",stale-time={t}"));
+        }
+        if let Some(v) = &self.import {
+            if v.contains(',') {
+                bail!("bgp.peers {}: import {v:?}", self.address);
+            }
+            s.push_str(&format!(",import={v}"));
+        }
+        if let Some(n) = self.max_prefix {
+            s.push_str(&format!(",max-prefix={n}"));
         }
         Ok(s)
     }
@@ -586,7 +599,7 @@ bgp:
   routerId: 198.51.100.1
   listen: 'off'
   peers:
-  - {address: 198.51.100.254, asn: 65000, hold: 9, password: s3cret}
+  - {address: 198.51.100.254, asn: 65000, hold: 9, password: s3cret, import: none, maxPrefix: 1000}
   - {address: 2001:db8::1, asn: 64512, rrClient: true, port: 1790, multihop: 2, addPath: both, gracefulRestart: false, staleTime: 60}
   advertise: [cluster-ip, pod-cidr]
   nextHop: [198.51.100.1]
@@ -636,7 +649,8 @@ bgp:
         assert_eq!(
             a.bgp_peers,
             vec![
-                "198.51.100.254=65000,password=s3cret,hold=9".to_string(),
+                "198.51.100.254=65000,password=s3cret,hold=9,import=none,max-prefix=1000"
+                    .to_string(),
                 "2001:db8::1=64512,port=1790,multihop=2,rr-client,add-path=both,\
                  graceful-restart=off,stale-time=60"
                     .to_string()

@@ -419,12 +419,16 @@ fn bgp_peers_follow_node_annotations() {
     }
 }
 
-/// One more agent in the node namespace, on one dataplane port of its own.
+/// One more agent in the node namespace, on one dataplane port of its own, with a static
+/// route to the other node's subnet (`route`, PREFIX=GW): the next hop the other node
+/// announces (its `--bgp-next-hop`) must resolve for its routes to be used (RFC 4271
+/// 9.1.2.1), as it would through a shared subnet or the IGP in a real cluster.
 fn spawn_agent(
     lab: &Lab,
     name: &str,
     port: &str,
     addr: &str,
+    route: &str,
     listen: &str,
     kubeconfig: &std::path::Path,
 ) -> Killed {
@@ -434,7 +438,8 @@ fn spawn_agent(
         Ns::Node,
         name,
         &format!(
-            "{bin} agent --dataplane afpacket -i {port} -a {port}={addr}/24 --duration 100 \
+            "{bin} agent --dataplane afpacket -i {port} -a {port}={addr}/24 -r {route} \
+             --duration 100 \
              --kubeconfig {} --node-name {name} --admin-socket {} \
              --metrics-bind-address off --healthz-bind-address off \
              --bgp-asn 64512 --bgp-listen {listen}:1790 --bgp-advertise load-balancer-ip \
@@ -480,7 +485,15 @@ fn two_agents_mesh_over_ibgp_from_node_objects() {
     let logs = || format!("{}\n{}", lab.read("node-a.err"), lab.read("node-b.err"));
 
     // A first, until it has planned its mesh; then B, which finds A listening.
-    let _a = spawn_agent(&lab, "node-a", "c0", "198.18.1.1", "127.0.0.2", &kubeconfig);
+    let _a = spawn_agent(
+        &lab,
+        "node-a",
+        "c0",
+        "198.18.1.1",
+        "198.18.2.0/24=198.18.1.2",
+        "127.0.0.2",
+        &kubeconfig,
+    );
     eventually(
         "node-a's mesh peer",
         20,
@@ -491,7 +504,15 @@ fn two_agents_mesh_over_ibgp_from_node_objects() {
         },
         logs,
     );
-    let _b = spawn_agent(&lab, "node-b", "s0", "198.18.2.1", "127.0.0.3", &kubeconfig);
+    let _b = spawn_agent(
+        &lab,
+        "node-b",
+        "s0",
+        "198.18.2.1",
+        "198.18.1.0/24=198.18.2.2",
+        "127.0.0.3",
+        &kubeconfig,
+    );
     let learned = |socket: &std::path::Path, prefix: &str, from: &str| -> Result<(), String> {
         let v = show_bgp(socket);
         paths(&v, prefix)

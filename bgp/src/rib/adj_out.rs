@@ -13,8 +13,9 @@
 //! replaces it in place and a withdrawal names exactly that path.
 
 use super::{Path, PeerId, PeerInfo, Rib, RibPrefix, Table};
-use crate::attrs::PathAttrs;
+use crate::attrs::{well_known, PathAttrs, RawAttr};
 use crate::policy::Outcome;
+use crate::update_check::IPV6_EXT_COMMUNITIES;
 use crate::update_rx::Nlri;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::BTreeMap;
@@ -168,6 +169,25 @@ impl Rib {
         }
         let target = self.peer(to)?;
         let source = self.peer(path.peer)?;
+        // RFC 1997: what the well-known communities forbid, as received
+        // (an export policy may add them for the next AS to honour).
+        let communities = &path.attrs.communities;
+        if communities.contains(&well_known::NO_ADVERTISE) {
+            return None;
+        }
+        if target.is_ebgp()
+            && (communities.contains(&well_known::NO_EXPORT)
+                || communities.contains(&well_known::NO_EXPORT_SUBCONFED))
+        {
+            return None;
+        }
+        // RFC 8212 §3: without an export policy of its own, an eBGP peer
+        // hears only the routes we originate, never what another peer
+        // taught us: a node must not become a transit AS, nor pass one
+        // node's Service addresses off as its own (see `PeerInfo::export`).
+        if target.is_ebgp() && target.export.is_none() && path.peer != PeerId::LOCAL {
+            return None;
+        }
         let from_ibgp = path.peer != PeerId::LOCAL && !source.is_ebgp();
         let mut a = (*path.attrs).clone();
         if from_ibgp && !target.is_ebgp() {
@@ -193,10 +213,10 @@ impl Rib {
                 set_next_hop_self(&mut a, target, prefix);
             }
         }
-        match target.export.apply(prefix, &a) {
-            Outcome::Reject => None,
-            Outcome::Unchanged => Some(a),
-            Outcome::Changed(b) => Some(*b),
+        match target.export.as_ref().map(|p| p.apply(prefix, &a)) {
+            Some(Outcome::Reject) => None,
+            None | Some(Outcome::Unchanged) => Some(a),
+            Some(Outcome::Changed(b)) => Some(*b),
         }
     }
 
@@ -353,18 +373,42 @@ fn nlri<P>(prefix: P, path_id: u32) -> Nlri<P> {
 
 /// RFC 4271 §5.1: to eBGP we prepend our AS, put ourselves as next hop,
 /// and drop iBGP-only attributes; MED learned from another AS is not
-/// passed on (§5.1.4).
+/// passed on (§5.1.4). Non-transitive extended communities stay in the
+/// AS (RFC 4360 §6, RFC 5701 §2 for the IPv6-address-specific ones).
 fn to_ebgp(a: &mut PathAttrs, target: &PeerInfo, local: bool, prefix: IpNet) {
     a.as_path.prepend(target.local_as, 1);
     a.local_pref = None;
     a.originator_id = None;
     a.cluster_list.clear();
+    a.extended_communities.retain(|c| transitive_extended(c[0]));
+    a.unknown
+        .retain_mut(|u| u.code != IPV6_EXT_COMMUNITIES || keep_transitive_v6_extended(u));
     if !local {
         a.med = None;
     }
     a.next_hop = None;
     a.next_hop_local = None;
     set_next_hop_self(a, target, prefix);
+}
+
+/// The Transitive bit of an extended community's type high octet (RFC
+/// 4360 §2: set means non-transitive, "T" is 0 for transitive).
+fn transitive_extended(type_high: u8) -> bool {
+    type_high & 0x40 == 0
+}
+
+/// Drops the non-transitive entries of an IPv6-address-specific extended
+/// communities attribute (20 bytes each); false when none is left.
+fn keep_transitive_v6_extended(u: &mut RawAttr) -> bool {
+    let kept: Vec<u8> = u
+        .value
+        .chunks_exact(20)
+        .filter(|c| transitive_extended(c[0]))
+        .flatten()
+        .copied()
+        .collect();
+    u.value = kept;
+    !u.value.is_empty()
 }
 
 fn set_next_hop_self(a: &mut PathAttrs, target: &PeerInfo, prefix: IpNet) {

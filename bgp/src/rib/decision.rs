@@ -31,19 +31,44 @@ impl Default for DecisionConfig {
     }
 }
 
-/// IGP cost to a next hop (RFC 4271 §9.1.2.2 e); `None` when the next hop
-/// cannot be resolved, which makes the route unusable (§9.1.2.1).
-pub trait IgpCost {
-    fn cost(&self, next_hop: Option<IpAddr>) -> Option<u32>;
+/// How a learned route's next hop has to be reached for the route to be
+/// usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// From a single-hop eBGP peer: on a subnet we are attached to (RFC
+    /// 4271 §5.1.3: the next hop of an external peer one hop away is an
+    /// address on a shared subnet; anything else could only be reached
+    /// through routes the peer itself may be giving us).
+    Connected,
+    /// From iBGP or a multihop eBGP peer: through any route the node has
+    /// without BGP (RFC 4271 §9.1.2.1, "resolvable").
+    Resolved,
 }
 
-/// Every next hop reachable at cost 0: for a node agent whose peers are
-/// directly connected.
+/// Next-hop resolution and IGP cost (RFC 4271 §9.1.2.1, §9.1.2.2 e): the
+/// cost to reach a next hop, `None` when it cannot be reached the way
+/// `reach` asks, which makes the route unusable: it neither wins the
+/// decision nor is advertised. Our own routes are not asked about.
+pub trait IgpCost: std::fmt::Debug {
+    fn cost(&self, next_hop: Option<IpAddr>, reach: Reach) -> Option<u32>;
+}
+
+/// A shared resolver (the speaker keeps one across RIB rebuilds).
+impl<T: IgpCost + ?Sized> IgpCost for std::sync::Arc<T> {
+    fn cost(&self, next_hop: Option<IpAddr>, reach: Reach) -> Option<u32> {
+        (**self).cost(next_hop, reach)
+    }
+}
+
+/// Every next hop reachable at cost 0: the default, for a speaker that
+/// knows nothing of the forwarding table (tests, route servers). The
+/// agent installs a resolver of its attached subnets and static routes
+/// ([`crate::speaker::SpeakerHandle::set_next_hop_resolver`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FlatIgp;
 
 impl IgpCost for FlatIgp {
-    fn cost(&self, _: Option<IpAddr>) -> Option<u32> {
+    fn cost(&self, _: Option<IpAddr>, _: Reach) -> Option<u32> {
         Some(0)
     }
 }

@@ -19,9 +19,10 @@ pub mod decision;
 mod stale;
 
 use crate::attrs::{AttrInterner, PathAttrs};
+use crate::config::Family;
 use crate::policy::{Outcome, Policy};
 use crate::update_rx::{Nlri, ParsedUpdate};
-use decision::{DecisionConfig, FlatIgp, IgpCost};
+use decision::{DecisionConfig, FlatIgp, IgpCost, Reach};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -29,9 +30,22 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 /// A prefix type a [`Table`] can hold.
-pub trait RibPrefix: Copy + Ord + Debug + Into<IpNet> {}
-impl RibPrefix for Ipv4Net {}
-impl RibPrefix for Ipv6Net {}
+pub trait RibPrefix: Copy + Ord + Debug + Into<IpNet> {
+    const FAMILY: Family;
+}
+impl RibPrefix for Ipv4Net {
+    const FAMILY: Family = Family::Ipv4Unicast;
+}
+impl RibPrefix for Ipv6Net {
+    const FAMILY: Family = Family::Ipv6Unicast;
+}
+
+fn family_index(f: Family) -> usize {
+    match f {
+        Family::Ipv4Unicast => 0,
+        Family::Ipv6Unicast => 1,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u32);
@@ -50,11 +64,20 @@ pub struct PeerInfo {
     pub local_as: u32,
     /// RFC 4456 route-reflector client (meaningful when we reflect).
     pub rr_client: bool,
+    /// An eBGP peer more than one hop away (multihop TTL): its next hops
+    /// need only resolve, as iBGP ones do, not be on an attached subnet.
+    pub multihop: bool,
     /// Our address on this session: the next hop we announce to eBGP.
     pub local_address: Option<Ipv4Addr>,
     pub local_address_v6: Option<Ipv6Addr>,
     pub import: Policy,
-    pub export: Policy,
+    /// `None`: the default, which differs by kind of peer: an iBGP peer
+    /// hears whatever split horizon and route reflection allow; an eBGP
+    /// peer hears only the routes we originate (RFC 8212 §3: no route
+    /// from one neighbour AS to another without a policy saying so; and a
+    /// node agent has no business announcing another node's Service
+    /// addresses, which that node withdraws when its endpoints go).
+    pub export: Option<Policy>,
 }
 
 impl PeerInfo {
@@ -169,6 +192,9 @@ pub struct Rib {
     igp: Box<dyn IgpCost + Send + Sync>,
     pub v4: Table<Ipv4Net>,
     pub v6: Table<Ipv6Net>,
+    /// Paths held per peer (by [`PeerId`]) and family, kept as they come
+    /// and go so that a maximum-prefix check costs nothing per UPDATE.
+    received: Vec<[usize; 2]>,
     /// Paths of restarting peers kept as stale (RFC 4724 §4.2), by
     /// (prefix, path id). Only peers in a restart have an entry, so the
     /// common case costs one emptiness check per UPDATE.
@@ -194,10 +220,11 @@ impl Rib {
             peer_as: cfg.local_as,
             local_as: cfg.local_as,
             rr_client: false,
+            multihop: false,
             local_address: None,
             local_address_v6: None,
             import: Policy::accept_all(),
-            export: Policy::accept_all(),
+            export: None,
         };
         Self {
             cfg,
@@ -206,6 +233,7 @@ impl Rib {
             igp: Box::new(FlatIgp),
             v4: Table::default(),
             v6: Table::default(),
+            received: vec![[0; 2]],
             stale: BTreeMap::new(),
             rejected: [0; 5],
         }
@@ -215,16 +243,48 @@ impl Rib {
         &self.cfg
     }
 
-    /// Installs the IGP cost hook (also decides next-hop reachability).
-    /// Existing routes are re-evaluated on their next change.
+    /// Installs the IGP cost hook, which also decides next-hop
+    /// reachability, and runs the decision again for every prefix (RFC
+    /// 4271 §9.1.2.1: routes whose next hop became reachable or
+    /// unreachable); the prefixes whose selection changed are reported by
+    /// [`Table::take_changes`]. For when the node's interfaces, addresses
+    /// or static routes change.
     pub fn set_igp(&mut self, igp: Box<dyn IgpCost + Send + Sync>) {
-        self.igp = igp;
+        let old = std::mem::replace(&mut self.igp, igp);
+        let before = DecisionCtx {
+            peers: &self.peers,
+            igp: old.as_ref(),
+            cfg: &self.cfg.decision,
+        };
+        let after = DecisionCtx {
+            peers: &self.peers,
+            igp: self.igp.as_ref(),
+            cfg: &self.cfg.decision,
+        };
+        reselect(&mut self.v4, &before, &after);
+        reselect(&mut self.v6, &before, &after);
     }
 
     pub fn add_peer(&mut self, info: PeerInfo) -> PeerId {
         let id = PeerId(self.peers.len() as u32);
         self.peers.push(Some(info));
+        self.received.push([0; 2]);
         id
+    }
+
+    /// How many paths of `family` the peer's post-policy Adj-RIB-In holds
+    /// (one per prefix, or more with ADD-PATH): what a maximum-prefix
+    /// limit is checked against (RFC 4271 §6.7).
+    pub fn received(&self, peer: PeerId, family: Family) -> usize {
+        self.received
+            .get(peer.0 as usize)
+            .map_or(0, |c| c[family_index(family)])
+    }
+
+    fn count(&mut self, peer: PeerId, family: Family) -> Option<&mut usize> {
+        self.received
+            .get_mut(peer.0 as usize)
+            .map(|c| &mut c[family_index(family)])
     }
 
     pub fn peer(&self, id: PeerId) -> Option<&PeerInfo> {
@@ -234,7 +294,7 @@ impl Rib {
     /// New settings for a registered peer whose routes stay (a peer back
     /// from a graceful restart keeps its id, so its re-announcements
     /// replace its stale paths). Existing routes are re-evaluated on
-    /// their next change, as with [`Rib::set_igp`].
+    /// their next change.
     pub fn set_peer_info(&mut self, id: PeerId, info: PeerInfo) {
         if id == PeerId::LOCAL {
             return;
@@ -310,9 +370,12 @@ impl Rib {
     {
         self.unmark_stale(peer, std::slice::from_ref(&n));
         let (table, ctx) = self.parts::<P>();
-        remove_path(table, &ctx, n.prefix, |p| {
+        let gone = remove_path(table, &ctx, n.prefix, |p| {
             p.peer == peer && p.path_id == n.path_id
         });
+        if let Some(c) = self.count(peer, P::FAMILY) {
+            *c = c.saturating_sub(gone);
+        }
     }
 
     /// Originates a route from this speaker (service VIPs, pod CIDR).
@@ -365,6 +428,9 @@ impl Rib {
         remove_all(table, &ctx, peer);
         let (table, ctx) = self.parts::<Ipv6Net>();
         remove_all(table, &ctx, peer);
+        if let Some(c) = self.received.get_mut(peer.0 as usize) {
+            *c = [0; 2];
+        }
         self.interner.collect_garbage();
     }
 
@@ -487,7 +553,11 @@ impl Rib {
                 path_id: n.path_id,
             };
             let (table, ctx) = self.parts::<P>();
-            insert_path(table, &ctx, n.prefix, path);
+            if insert_path(table, &ctx, n.prefix, path) {
+                if let Some(c) = self.count(peer, P::FAMILY) {
+                    *c += 1;
+                }
+            }
         }
     }
 
@@ -544,8 +614,24 @@ impl DecisionCtx<'_> {
         self.peers.get(id.0 as usize).and_then(Option::as_ref)
     }
 
+    /// The IGP cost of a path's next hop; `None` when the path is not
+    /// usable (peer gone, next hop unreachable). Our own routes are always
+    /// usable: their next hop, if any, is ours to announce.
+    fn cost(&self, p: &Path) -> Option<u32> {
+        let info = self.peer(p.peer)?;
+        if p.peer == PeerId::LOCAL {
+            return Some(0);
+        }
+        let reach = if info.is_ebgp() && !info.multihop {
+            Reach::Connected
+        } else {
+            Reach::Resolved
+        };
+        self.igp.cost(p.attrs.next_hop, reach)
+    }
+
     fn usable(&self, p: &Path) -> bool {
-        self.peer(p.peer).is_some() && self.igp.cost(p.attrs.next_hop).is_some()
+        self.cost(p).is_some()
     }
 
     /// Reorders `paths` so the multipath set leads; returns its size.
@@ -555,7 +641,7 @@ impl DecisionCtx<'_> {
             .enumerate()
             .filter_map(|(i, p)| {
                 let info = self.peer(p.peer)?;
-                let cost = self.igp.cost(p.attrs.next_hop)?;
+                let cost = self.cost(p)?;
                 Some(decision::candidate(i, &p.attrs, p, info, cost, self.cfg))
             })
             .collect();
@@ -582,12 +668,19 @@ fn selected(list: &PathList, ctx: &DecisionCtx<'_>) -> Vec<(PeerId, u32, *const 
         .collect()
 }
 
-fn insert_path<P: RibPrefix>(t: &mut Table<P>, ctx: &DecisionCtx<'_>, prefix: P, path: Path) {
+/// Adds `path` or replaces the one it updates; true if it was added.
+fn insert_path<P: RibPrefix>(
+    t: &mut Table<P>,
+    ctx: &DecisionCtx<'_>,
+    prefix: P,
+    path: Path,
+) -> bool {
     use std::collections::btree_map::Entry;
     match t.routes.entry(prefix) {
         Entry::Vacant(v) => {
             v.insert(PathList::One(path));
             t.dirty.push(prefix);
+            true
         }
         Entry::Occupied(mut o) => {
             let list = o.get_mut();
@@ -600,32 +693,40 @@ fn insert_path<P: RibPrefix>(t: &mut Table<P>, ctx: &DecisionCtx<'_>, prefix: P,
                 })),
             )
             .into_vec();
-            match paths
+            let added = match paths
                 .iter_mut()
                 .find(|p| p.peer == path.peer && p.path_id == path.path_id)
             {
-                Some(slot) => *slot = path,
-                None => paths.push(path),
-            }
+                Some(slot) => {
+                    *slot = path;
+                    false
+                }
+                None => {
+                    paths.push(path);
+                    true
+                }
+            };
             *list = rebuild(paths, ctx);
             if selected(list, ctx) != before {
                 t.dirty.push(prefix);
             }
+            added
         }
     }
 }
 
+/// Removes the paths of `prefix` that `matches`; returns how many.
 fn remove_path<P: RibPrefix>(
     t: &mut Table<P>,
     ctx: &DecisionCtx<'_>,
     prefix: P,
     matches: impl Fn(&Path) -> bool,
-) {
+) -> usize {
     let Some(list) = t.routes.get_mut(&prefix) else {
-        return;
+        return 0;
     };
     if !list.as_slice().iter().any(&matches) {
-        return;
+        return 0;
     }
     let before = selected(list, ctx);
     let mut paths = std::mem::replace(
@@ -636,15 +737,39 @@ fn remove_path<P: RibPrefix>(
         })),
     )
     .into_vec();
+    let had = paths.len();
     paths.retain(|p| !matches(p));
+    let gone = had - paths.len();
     if paths.is_empty() {
         t.routes.remove(&prefix);
         t.dirty.push(prefix);
-        return;
+        return gone;
     }
     *list = rebuild(paths, ctx);
     if selected(list, ctx) != before {
         t.dirty.push(prefix);
+    }
+    gone
+}
+
+/// Runs the decision again for every prefix of `t` after a change of
+/// the IGP hook: `before` judged the current selection, `after` makes the
+/// new one.
+fn reselect<P: RibPrefix>(t: &mut Table<P>, before: &DecisionCtx<'_>, after: &DecisionCtx<'_>) {
+    for (prefix, list) in t.routes.iter_mut() {
+        let old = selected(list, before);
+        let paths = std::mem::replace(
+            list,
+            PathList::Many(Box::new(Multi {
+                paths: Vec::new(),
+                selected: 0,
+            })),
+        )
+        .into_vec();
+        *list = rebuild(paths, after);
+        if selected(list, after) != old {
+            t.dirty.push(*prefix);
+        }
     }
 }
 

@@ -137,5 +137,8 @@ impl Rib {
                 remove_all(table, &ctx, peer);
             }
         }
+        if let Some(c) = self.count(peer, family) {
+            *c = 0;
+        }
     }
 }

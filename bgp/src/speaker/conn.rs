@@ -5,6 +5,7 @@ use super::{PeerConfig, SpeakerError};
 use crate::collision::ConnectionOrigin;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use switchyard_io::tcp_md5::set_tcp_md5sig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,6 +122,44 @@ pub(super) async fn accept_loop(listener: std::sync::Arc<TcpListener>, tx: mpsc:
             }
         }
     }
+}
+
+/// How long a refused connection is kept to read what the connector
+/// sends, so that closing it is a FIN after our NOTIFICATION rather than
+/// a reset that could destroy the NOTIFICATION unread.
+const REJECT_LINGER: Duration = Duration::from_secs(2);
+/// Refused connections lingering at once; more are closed at once (a
+/// flood of connections must not pile up tasks).
+const REJECT_LINGER_MAX: usize = 32;
+
+/// Refuses an accepted connection (RFC 4486 §4, SHOULD): Cease /
+/// Connection Rejected, then FIN. Never waits on the connector: the
+/// write, and draining what the connector sent (its OPEN, typically:
+/// unread bytes would turn our close into a reset that can destroy the
+/// NOTIFICATION unread), run in a task of their own for at most
+/// [`REJECT_LINGER`]. `lingering` counts those tasks; past
+/// [`REJECT_LINGER_MAX`] a refused connection gets one non-blocking
+/// write attempt and is closed.
+pub(super) fn reject(stream: TcpStream, lingering: &std::sync::Arc<AtomicUsize>) {
+    use crate::notification::{cease, Notification};
+    let n = Notification::cease(cease::CONNECTION_REJECTED).encode();
+    if lingering.fetch_add(1, Ordering::Relaxed) >= REJECT_LINGER_MAX {
+        lingering.fetch_sub(1, Ordering::Relaxed);
+        let _ = stream.try_write(&n);
+        return;
+    }
+    let lingering = std::sync::Arc::clone(lingering);
+    tokio::spawn(async move {
+        let (mut rd, mut wr) = stream.into_split();
+        let refuse = async {
+            if wr.write_all(&n).await.is_ok() && wr.shutdown().await.is_ok() {
+                let mut buf = [0u8; 4096];
+                while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+            }
+        };
+        let _ = tokio::time::timeout(REJECT_LINGER, refuse).await;
+        lingering.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// Everything an active connect needs, copied out of the configuration.

@@ -17,13 +17,14 @@ use crate::notification::{cease, Notification};
 use crate::restart_state::RestartState;
 use crate::restarting::{DeferralAction, DeferralEvent, SelectionDeferral};
 use crate::rib::adj_out::AdjRibOut;
-use crate::rib::decision::DecisionConfig;
+use crate::rib::decision::{DecisionConfig, IgpCost};
 use crate::rib::{Path, PeerId, PeerInfo, Rib, RibConfig, RibPrefix, Table};
 use crate::update_tx::{self, TxParams};
 use crate::wire;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
@@ -143,6 +144,8 @@ struct Peer {
     up_since: Option<Instant>,
     flaps: u64,
     last_error: Option<String>,
+    /// Stopped for sending too many prefixes: started again then.
+    idle_hold: Option<Instant>,
 }
 
 impl Peer {
@@ -188,6 +191,7 @@ impl Peer {
             up_since: None,
             flaps: 0,
             last_error: None,
+            idle_hold: None,
         }
     }
 
@@ -233,6 +237,11 @@ struct Core {
     ev_tx: mpsc::UnboundedSender<SpeakerEvent>,
     next_conn: u64,
     next_attempt: u64,
+    /// Refused connections still being closed ([`conn::reject`]).
+    rejecting: Arc<AtomicUsize>,
+    /// What decides whether a next hop is reachable; `None`: every one
+    /// is (`FlatIgp`). Kept here so a new RIB gets it too.
+    resolver: Option<Arc<dyn IgpCost + Send + Sync>>,
     stopping: bool,
     /// Our own graceful restart (RFC 4724 §4.1); `None`: helper only.
     restart: Option<Restart>,
@@ -316,6 +325,8 @@ impl Core {
             ev_tx,
             next_conn: 0,
             next_attempt: 0,
+            rejecting: Arc::new(AtomicUsize::new(0)),
+            resolver: None,
             stopping: false,
             restart,
         }
@@ -392,7 +403,10 @@ impl Core {
             .iter()
             .flat_map(|p| std::iter::once(&p.main).chain(p.other.as_ref()))
             .flat_map(|s| s.timers.iter().flatten());
-        let restarts = self.peers.iter().flat_map(|p| p.gr_timers.iter().flatten());
+        let restarts = self
+            .peers
+            .iter()
+            .flat_map(|p| p.gr_timers.iter().flatten().chain(&p.idle_hold));
         let ours = self
             .restart
             .iter()
@@ -420,6 +434,13 @@ impl Core {
             self.state_tick(now);
         }
         for i in 0..self.peers.len() {
+            if self.peers[i].idle_hold.is_some_and(|d| d <= now) {
+                self.peers[i].idle_hold = None;
+                tracing::info!(peer = %self.peers[i].cfg.address,
+                    "bgp: session starts again after the maximum-prefix hold");
+                let a = self.peers[i].main.session.handle(Event::ManualStart);
+                self.dispatch(i, Which::Main, a);
+            }
             for which in [Which::Main, Which::Other] {
                 for t in TIMERS {
                     let Some(slot) = self.peers[i].slot(which) else {
@@ -475,7 +496,10 @@ impl Core {
                 let ip = from.ip().to_canonical();
                 match self.peers.iter().position(|p| p.cfg.address == ip) {
                     Some(i) => self.new_connection(i, stream, ConnectionOrigin::Remote),
-                    None => tracing::info!(%from, "bgp: connection from unknown peer refused"),
+                    None => {
+                        tracing::info!(%from, "bgp: connection from unknown peer refused");
+                        conn::reject(stream, &self.rejecting);
+                    }
                 }
             }
             Input::Connected {
@@ -546,9 +570,16 @@ impl Core {
                 self.dispatch(i, Which::Main, a);
                 if self.peers[i].main.session.state() != State::Idle {
                     self.new_connection(i, stream, origin);
+                } else {
+                    conn::reject(stream, &self.rejecting);
                 }
             }
-            State::Idle => {}
+            // Stopped (administratively down): RFC 4486 §4.
+            State::Idle => {
+                tracing::info!(peer = %self.peers[i].cfg.address,
+                    "bgp: connection refused: the session is stopped");
+                conn::reject(stream, &self.rejecting);
+            }
             State::Connect | State::Active => {
                 if origin == ConnectionOrigin::Remote {
                     self.peers[i].cancel_connect();
@@ -561,6 +592,8 @@ impl Core {
             }
             State::OpenSent | State::OpenConfirm => {
                 if self.peers[i].other.is_some() {
+                    // A third connection while two are being resolved.
+                    conn::reject(stream, &self.rejecting);
                     return;
                 }
                 let c = self.start_conn(i, stream, origin);
@@ -654,7 +687,14 @@ impl Core {
 
     fn dispatch(&mut self, i: usize, which: Which, actions: Vec<Action>) {
         let mut rib_changed = false;
+        // Set when an UPDATE took the peer past its maximum prefixes and
+        // the session was stopped: the rest of what the same read gave
+        // (more UPDATEs, timers of a session now gone) is moot.
+        let mut stopped = false;
         for a in actions {
+            if stopped {
+                continue;
+            }
             match a {
                 Action::Connect => {
                     if which == Which::Main {
@@ -720,6 +760,10 @@ impl Core {
                         }
                         self.rib.apply_update(id, &u);
                         rib_changed = true;
+                        if self.over_max_prefixes(i, id) {
+                            stopped = true;
+                            continue;
+                        }
                         if let Some(f) = u.end_of_rib {
                             let a = self.peers[i].gr.handle(GrEvent::EndOfRib(f));
                             self.graceful_restart(i, a);
@@ -744,6 +788,32 @@ impl Core {
         if rib_changed {
             self.propagate();
         }
+    }
+
+    /// RFC 4271 §6.7 / RFC 4486 §4: if peer `i` now holds more paths of
+    /// a family than its limit, stops its session with Cease / Maximum
+    /// Number of Prefixes Reached (its routes go with it) and holds it
+    /// down for its ConnectRetryTime. True if it did.
+    fn over_max_prefixes(&mut self, i: usize, id: PeerId) -> bool {
+        let Some(max) = self.peers[i].cfg.max_prefixes else {
+            return false;
+        };
+        let Some(f) = Family::ALL
+            .into_iter()
+            .find(|f| self.rib.received(id, *f) > max as usize)
+        else {
+            return false;
+        };
+        let p = &mut self.peers[i];
+        tracing::warn!(peer = %p.cfg.address, family = ?f, limit = max,
+            "bgp: maximum number of prefixes exceeded; session stopped");
+        let (afi, safi) = f.afi_safi();
+        let hold = Duration::from_secs(p.cfg.connect_retry_time.into());
+        p.idle_hold = Some(Instant::now() + hold);
+        let n = Notification::max_prefixes(afi, safi, max);
+        let a = p.main.session.handle(Event::StopWith(n));
+        self.dispatch(i, Which::Main, a);
+        true
     }
 
     fn start_connect(&mut self, i: usize) {
@@ -784,6 +854,7 @@ impl Core {
             peer_as: neg.peer_as,
             local_as: self.local_as,
             rr_client: p.cfg.route_reflector_client,
+            multihop: p.cfg.multihop_ttl.is_some(),
             local_address: p.cfg.next_hop_v4.or(match local {
                 Some(IpAddr::V4(a)) => Some(a),
                 _ => None,
@@ -1118,6 +1189,13 @@ impl Core {
             Command::RestartStatus(reply) => {
                 let _ = reply.send(self.restart_status());
             }
+            Command::SetNextHopResolver(r) => {
+                // Every prefix is decided again; what changed reaches the
+                // FIB and the peers through `propagate` below.
+                self.rib.set_igp(Box::new(Arc::clone(&r)));
+                self.resolver = Some(r);
+                tracing::info!("bgp: next-hop resolver changed; route selection run again");
+            }
             // Handled in `run`.
             Command::Shutdown(..) => {}
         }
@@ -1244,6 +1322,9 @@ impl Core {
         self.local_as = local_as;
         self.cluster_id = cluster_id;
         self.rib = new_rib(local_as, self.router_id, cluster_id, self.multipath_max);
+        if let Some(r) = &self.resolver {
+            self.rib.set_igp(Box::new(Arc::clone(r)));
+        }
         let own: Vec<LocalRoute> = std::mem::take(&mut self.local_routes)
             .into_iter()
             .map(|(prefix, next_hop)| LocalRoute { prefix, next_hop })
@@ -1542,7 +1623,7 @@ impl Core {
                 state: p.main.session.state(),
                 uptime: p.up_since.map(|t| t.elapsed()),
                 prefixes_in: p.rib_id.map_or(0, |id| {
-                    self.rib.adj_rib_in_v4(id).count() + self.rib.adj_rib_in_v6(id).count()
+                    Family::ALL.iter().map(|f| self.rib.received(id, *f)).sum()
                 }),
                 prefixes_out: p.adj_out.v4.len() + p.adj_out.v6.len(),
                 flaps: p.flaps,

@@ -32,9 +32,11 @@ mod state_file;
 use crate::config::{AddPathMode, Family};
 use crate::fsm::State;
 use crate::policy::Policy;
+use crate::rib::decision::IgpCost;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -181,8 +183,17 @@ pub struct PeerConfig {
     /// The same for IPv6; defaults to the connection's local address
     /// when that is IPv6. An IPv6 family over an IPv4 session needs it.
     pub next_hop_v6: Option<Ipv6Addr>,
+    /// Most paths (prefixes; more under ADD-PATH) kept from this peer per
+    /// family, after import policy (RFC 4271 §6.7). One more ends the
+    /// session with Cease / Maximum Number of Prefixes Reached (RFC 4486
+    /// §4: the family and the limit as data); its routes go, and the
+    /// session stays down (connections refused with Connection Rejected)
+    /// for its ConnectRetryTime before it starts again. `None`: no limit.
+    pub max_prefixes: Option<u32>,
     pub import: Policy,
-    pub export: Policy,
+    /// `None`: the default (RFC 8212 §3, see [`crate::rib::PeerInfo::export`]):
+    /// to an eBGP peer only the routes we originate, to iBGP everything.
+    pub export: Option<Policy>,
 }
 
 impl PeerConfig {
@@ -205,8 +216,9 @@ impl PeerConfig {
             stale_routes_time: crate::graceful_restart::DEFAULT_STALE_SECS,
             next_hop_v4: None,
             next_hop_v6: None,
+            max_prefixes: None,
             import: Policy::accept_all(),
-            export: Policy::accept_all(),
+            export: None,
         }
     }
 }
@@ -343,6 +355,7 @@ enum Command {
         reply: oneshot::Sender<bool>,
     },
     RestartStatus(oneshot::Sender<RestartStatus>),
+    SetNextHopResolver(Arc<dyn IgpCost + Send + Sync>),
     /// `true`: for a restart (TCP closed without NOTIFICATION where the
     /// peer keeps our routes).
     Shutdown(bool, oneshot::Sender<()>),
@@ -554,6 +567,19 @@ impl SpeakerHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Shutdown(true, tx)).await?;
         rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    /// Decides from now on which next hops are reachable (RFC 4271
+    /// §9.1.2.1: a route whose next hop is not is neither selected nor
+    /// advertised) and at what IGP cost, and runs route selection again
+    /// for every prefix: give a new one whenever the node's interfaces,
+    /// addresses or static routes change. Until the first, every next hop
+    /// is taken as reachable at cost 0.
+    pub async fn set_next_hop_resolver(
+        &self,
+        resolver: Arc<dyn IgpCost + Send + Sync>,
+    ) -> Result<(), SpeakerError> {
+        self.send(Command::SetNextHopResolver(resolver)).await
     }
 
     /// Our own graceful restart: whether route selection is deferred and

@@ -27,10 +27,13 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, bail, Context as _};
 use ipnet::IpNet;
 use switchyard_bgp::config::{AddPathMode, Family};
+use switchyard_bgp::policy::Policy;
+use switchyard_bgp::rib::decision::{IgpCost, Reach};
 use switchyard_bgp::speaker::{
     BestPaths, LocalRoute, PeerConfig, RestartConfig, Speaker, SpeakerConfig, SpeakerError,
     SpeakerEvent, SpeakerHandle, BGP_PORT,
 };
+use switchyard_dataplane::fib::Route;
 use switchyard_dataplane::tables::{RouteTarget, StaticRoute, Tables};
 use switchyard_lb::service::{Service, TrafficPolicy};
 
@@ -207,7 +210,8 @@ fn redact(spec: &str) -> String {
 
 /// Parses `--bgp-peer ADDR=ASN[,port=N][,passive][,password=SECRET][,multihop=TTL]
 /// [,rr-client][,hold=SECS][,connect-retry=SECS][,add-path=send|receive|both|off]
-/// [,graceful-restart=on|off][,stale-time=SECS]`. Errors never contain the password.
+/// [,graceful-restart=on|off][,stale-time=SECS][,import=all|none][,max-prefix=N]`. Errors
+/// never contain the password.
 pub fn parse_peer(spec: &str) -> anyhow::Result<PeerConfig> {
     let shown = redact(spec);
     let err = |why: String| anyhow!("--bgp-peer {shown:?}: {why}");
@@ -305,6 +309,30 @@ pub fn parse_peer(spec: &str) -> anyhow::Result<PeerConfig> {
                     }
                 }
             }
+            ("import", Some(v)) => {
+                // RFC 8212 has eBGP import off by default; learning the upstream router's
+                // routes is what BGP is for here, so ours is on, and this turns it off.
+                p.import = match v.trim() {
+                    "all" => Policy::accept_all(),
+                    "none" => Policy {
+                        rules: Vec::new(),
+                        default_accept: false,
+                    },
+                    _ => return Err(err(format!("import {v:?}: expected all or none"))),
+                }
+            }
+            ("max-prefix", Some(v)) => {
+                // RFC 4271 §6.7: past it, Cease / Maximum Number of Prefixes Reached.
+                p.max_prefixes = match v.trim().parse::<u32>() {
+                    Ok(n) if n != 0 => Some(n),
+                    _ => {
+                        return Err(err(format!(
+                            "max-prefix {v:?}: most prefixes taken from the peer per family \
+                             (1-4294967295)"
+                        )))
+                    }
+                }
+            }
             ("connect-retry", Some(v)) => {
                 p.connect_retry_time = match v.trim().parse::<u16>() {
                     Ok(n) if n != 0 => n,
@@ -320,7 +348,8 @@ pub fn parse_peer(spec: &str) -> anyhow::Result<PeerConfig> {
                 return Err(err(format!(
                     "unknown option {shown_opt:?} (port=N, passive, password=SECRET, \
                      multihop=TTL, rr-client, hold=SECS, connect-retry=SECS, \
-                     add-path=send|receive|both|off, graceful-restart=on|off, stale-time=SECS)"
+                     add-path=send|receive|both|off, graceful-restart=on|off, stale-time=SECS, \
+                     import=all|none, max-prefix=N)"
                 )));
             }
         }
@@ -376,11 +405,79 @@ pub fn local_routes<'a>(
         .collect()
 }
 
+/// What the node reaches without BGP: the routes of the base tables (its addresses, attached
+/// subnets and `--route`s), against which the speaker checks every learned next hop (RFC
+/// 4271 §9.1.2.1: a route whose next hop does not resolve is not usable: it is neither
+/// selected nor advertised, so a peer with a reachable next hop for the prefix wins) and
+/// [`fib_routes`] resolves the next hops it installs. The base tables are built once, from the
+/// flags, and do not change while the agent runs; a new set would be handed to the speaker
+/// with [`SpeakerHandle::set_next_hop_resolver`], which runs route selection again.
+/// How the dataplane reaches a next hop ([`NonBgpRoutes::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Gateway and port of each way (the port `None` when the gateway is on an attached
+    /// subnet: the FIB finds it).
+    pub ways: Vec<(IpAddr, Option<u16>)>,
+    /// The next hop is on an attached subnet or an on-link route: directly connected.
+    pub connected: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NonBgpRoutes {
+    routes: Vec<(IpNet, Route)>,
+}
+
+impl NonBgpRoutes {
+    pub fn new(base: &Tables) -> Self {
+        Self {
+            routes: base.fib.iter().map(|(p, r)| (p, r.clone())).collect(),
+        }
+    }
+
+    /// How the dataplane reaches `hop`. `None` when it cannot be reached: no route, a blackhole or unreachable route, an address of this node (not a
+    /// next hop anyone else can use for us), or only the default route (which would make
+    /// every next hop look reachable; FRR does not resolve next hops over it either).
+    pub fn resolve(&self, hop: IpAddr) -> Option<Resolved> {
+        let (prefix, route) = self
+            .routes
+            .iter()
+            .filter(|(p, _)| p.contains(&hop))
+            .max_by_key(|(p, _)| p.prefix_len())?;
+        if prefix.prefix_len() == 0 {
+            return None;
+        }
+        match route {
+            // The port is found from the subnet when the route is built.
+            Route::Attached { .. } => Some(Resolved {
+                ways: vec![(hop, None)],
+                connected: true,
+            }),
+            Route::Via(paths) => Some(Resolved {
+                ways: paths
+                    .iter()
+                    .map(|nh| (nh.gateway.unwrap_or(hop), Some(nh.port)))
+                    .collect(),
+                connected: paths.iter().all(|nh| nh.gateway.is_none()),
+            }),
+            Route::Local | Route::Blackhole | Route::Unreachable => None,
+        }
+    }
+}
+
+impl IgpCost for NonBgpRoutes {
+    /// No IGP here: a resolvable next hop costs 0, so equal paths stay equal for ECMP.
+    fn cost(&self, next_hop: Option<IpAddr>, reach: Reach) -> Option<u32> {
+        let r = self.resolve(next_hop?)?;
+        (r.connected || reach == Reach::Resolved).then_some(0)
+    }
+}
+
 /// The learned routes as static routes for [`Tables::with_extra_routes`]: each prefix with
-/// the next hops that are on an attached subnet of `base` and are not our own addresses.
-/// Prefixes `base` already routes (our addresses, attached subnets, `--route`s) are left
-/// out: those win.
+/// its next hops resolved against `base` ([`NonBgpRoutes::resolve`]: on an attached subnet,
+/// or through a static route's gateways). Prefixes `base` already routes (our addresses,
+/// attached subnets, `--route`s) are left out: those win.
 pub fn fib_routes(learned: &BTreeMap<IpNet, Vec<IpAddr>>, base: &Tables) -> Vec<StaticRoute> {
+    let reach = NonBgpRoutes::new(base);
     let mut out = Vec::new();
     for (prefix, hops) in learned {
         if base.fib.get(*prefix).is_some() {
@@ -389,18 +486,21 @@ pub fn fib_routes(learned: &BTreeMap<IpNet, Vec<IpAddr>>, base: &Tables) -> Vec<
         }
         let mut via = Vec::new();
         for &hop in hops {
-            let own = match hop {
-                IpAddr::V4(a) => base.is_local_ipv4(a),
-                IpAddr::V6(a) => base.is_local_ipv6(a),
-            };
-            if own {
-                tracing::debug!(%prefix, next_hop = %hop, "next hop is our own address; skipped");
-            } else if hop.is_ipv4() != prefix.addr().is_ipv4() {
+            if hop.is_ipv4() != prefix.addr().is_ipv4() {
                 tracing::debug!(%prefix, next_hop = %hop, "next hop of the other family; skipped");
-            } else if base.attached_port(hop).is_none() {
-                tracing::debug!(%prefix, next_hop = %hop, "next hop not on an attached subnet; skipped");
-            } else {
-                via.push((Some(hop), None));
+                continue;
+            }
+            match reach.resolve(hop) {
+                Some(r) => {
+                    for (gateway, port) in r.ways {
+                        if !via.contains(&(Some(gateway), port)) {
+                            via.push((Some(gateway), port));
+                        }
+                    }
+                }
+                None => {
+                    tracing::debug!(%prefix, next_hop = %hop, "next hop does not resolve; skipped")
+                }
             }
         }
         if !via.is_empty() {
@@ -550,6 +650,11 @@ impl Bgp {
             .context("starting the BGP runtime")?;
         let (handle, mut events) = runtime
             .block_on(Speaker::start(config))
+            .map_err(|e| anyhow!("BGP: {e}"))?;
+        // A learned route is usable only if the dataplane can reach its next hop. Given at
+        // once: anything learned before it arrives is decided again.
+        runtime
+            .block_on(handle.set_next_hop_resolver(Arc::new(NonBgpRoutes::new(base))))
             .map_err(|e| anyhow!("BGP: {e}"))?;
         tracing::info!(
             asn = settings.local_as,
@@ -885,10 +990,19 @@ mod tests {
         assert!(parse_peer("198.18.2.2=65001,connect-retry=0").is_err());
         let p = parse_peer("198.18.2.2=65001,add-path=receive,add-path=off").unwrap();
         assert!(p.add_path.is_empty());
+        let p = parse_peer("198.18.2.2=65001,import=none,max-prefix=1000").unwrap();
+        assert!(!p.import.default_accept && p.import.rules.is_empty());
+        assert_eq!(p.max_prefixes, Some(1000));
+        let p = parse_peer("198.18.2.2=65001,import=all").unwrap();
+        assert_eq!(p.import, Policy::accept_all());
+        assert_eq!(p.max_prefixes, None);
         for bad in [
             "198.18.2.2=65001,add-path=sometimes",
             "198.18.2.2=65001,graceful-restart=maybe",
             "198.18.2.2=65001,stale-time=0",
+            "198.18.2.2=65001,import=some",
+            "198.18.2.2=65001,max-prefix=0",
+            "198.18.2.2=65001,max-prefix=many",
             "198.18.2.2",
             "198.18.2.2=",
             "198.18.2.2=0",
@@ -916,17 +1030,27 @@ mod tests {
     fn learned_routes_resolve_against_attached_subnets() {
         let mut ifc = Interface::new("s0", [2, 0, 0, 0, 0, 1], 1500);
         ifc.ipv4.push("198.18.2.1/24".parse().unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let base = Tables::build(
             1,
             vec![ifc],
-            &[StaticRoute {
-                prefix: "198.19.0.0/16".parse().unwrap(),
-                target: RouteTarget::Blackhole,
-            }],
+            &[
+                StaticRoute {
+                    prefix: "198.19.0.0/16".parse().unwrap(),
+                    target: RouteTarget::Blackhole,
+                },
+                StaticRoute {
+                    prefix: "198.18.64.0/18".parse().unwrap(),
+                    target: RouteTarget::Via(vec![(Some(ip("198.18.2.254")), None)]),
+                },
+                StaticRoute {
+                    prefix: "0.0.0.0/0".parse().unwrap(),
+                    target: RouteTarget::Via(vec![(Some(ip("198.18.2.254")), None)]),
+                },
+            ],
         )
         .unwrap();
         let mut learned = BTreeMap::new();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         learned.insert(
             "203.0.113.0/24".parse().unwrap(),
             vec![
@@ -939,19 +1063,77 @@ mod tests {
         learned.insert("198.19.0.0/16".parse().unwrap(), vec![ip("198.18.2.2")]);
         learned.insert("198.18.2.1/32".parse().unwrap(), vec![ip("198.18.2.2")]);
         learned.insert("198.51.100.0/24".parse().unwrap(), vec![ip("192.0.2.1")]);
+        // Through a static route: installed via that route's gateway.
+        learned.insert("203.0.113.128/25".parse().unwrap(), vec![ip("198.18.64.5")]);
         let r = fib_routes(&learned, &base);
         assert_eq!(
             r,
-            vec![StaticRoute {
-                prefix: "203.0.113.0/24".parse().unwrap(),
-                target: RouteTarget::Via(vec![
-                    (Some(ip("198.18.2.2")), None),
-                    (Some(ip("198.18.2.3")), None)
-                ]),
-            }]
+            vec![
+                StaticRoute {
+                    prefix: "203.0.113.0/24".parse().unwrap(),
+                    target: RouteTarget::Via(vec![
+                        (Some(ip("198.18.2.2")), None),
+                        (Some(ip("198.18.2.3")), None)
+                    ]),
+                },
+                StaticRoute {
+                    prefix: "203.0.113.128/25".parse().unwrap(),
+                    target: RouteTarget::Via(vec![(Some(ip("198.18.2.254")), Some(0))]),
+                }
+            ]
         );
         let (t, errors) = base.with_extra_routes(&r);
         assert!(errors.is_empty());
         assert!(t.fib.lookup(ip("203.0.113.9")).is_some());
+    }
+
+    /// What the speaker is told about next hops (RFC 4271 §9.1.2.1): on an attached subnet,
+    /// fine for everyone; through a static route, for iBGP and multihop eBGP only; our own
+    /// addresses, blackholed ones and those only the default route covers, for no one.
+    #[test]
+    fn next_hops_resolve_without_bgp() {
+        let mut ifc = Interface::new("s0", [2, 0, 0, 0, 0, 1], 1500);
+        ifc.ipv4.push("198.18.2.1/24".parse().unwrap());
+        ifc.ipv6.push("2001:db8:2::1/64".parse().unwrap());
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let via = |gw: &str| RouteTarget::Via(vec![(ip(gw), None)]);
+        let base = Tables::build(
+            1,
+            vec![ifc],
+            &[
+                StaticRoute {
+                    prefix: "198.19.0.0/16".parse().unwrap(),
+                    target: RouteTarget::Blackhole,
+                },
+                StaticRoute {
+                    prefix: "198.18.64.0/18".parse().unwrap(),
+                    target: via("198.18.2.254"),
+                },
+                StaticRoute {
+                    prefix: "198.18.128.0/24".parse().unwrap(),
+                    target: RouteTarget::Via(vec![(None, Some(0))]),
+                },
+                StaticRoute {
+                    prefix: "0.0.0.0/0".parse().unwrap(),
+                    target: via("198.18.2.254"),
+                },
+            ],
+        )
+        .unwrap();
+        let r = NonBgpRoutes::new(&base);
+        for (hop, connected, resolved) in [
+            ("198.18.2.2", Some(0), Some(0)),
+            ("2001:db8:2::9", Some(0), Some(0)),
+            ("198.18.128.7", Some(0), Some(0)),
+            ("198.18.64.5", None, Some(0)),
+            ("198.18.2.1", None, None),
+            ("198.19.0.1", None, None),
+            ("203.0.113.1", None, None),
+            ("2001:db8:9::1", None, None),
+        ] {
+            assert_eq!(r.cost(ip(hop), Reach::Connected), connected, "{hop}");
+            assert_eq!(r.cost(ip(hop), Reach::Resolved), resolved, "{hop}");
+        }
+        assert_eq!(r.cost(None, Reach::Resolved), None);
     }
 }
