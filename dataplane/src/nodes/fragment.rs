@@ -120,14 +120,28 @@ pub(crate) fn write_ipv6_fragment(
     chunk: &[u8],
 ) {
     out[..40].copy_from_slice(header);
-    out[4..6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+    set_fragment_fields(out, header[6], offset, more, ident, chunk.len());
+    out[48..48 + chunk.len()].copy_from_slice(chunk);
+}
+
+/// In `out`, a fixed header followed by room for a fragment header: makes them those of a
+/// fragment of `len` bytes of data of a `next_header` datagram (Payload Length, Next Header,
+/// and the fragment header's fields).
+fn set_fragment_fields(
+    out: &mut [u8],
+    next_header: u8,
+    offset: usize,
+    more: bool,
+    ident: u32,
+    len: usize,
+) {
+    out[4..6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
     out[6] = IpProtocol::FRAGMENT.0;
-    out[40] = header[6];
+    out[40] = next_header;
     out[41] = 0;
     let word = offset as u16 | u16::from(more);
     out[42..44].copy_from_slice(&word.to_be_bytes());
     out[44..48].copy_from_slice(&ident.to_be_bytes());
-    out[48..48 + chunk.len()].copy_from_slice(chunk);
 }
 
 /// Splits an IPv6 packet this node made (`first`: the fixed header straight followed by the
@@ -179,12 +193,7 @@ pub fn fragment_ipv6<B: PacketBuffer>(
     }
     let data = first.data_mut();
     data.copy_within(8..48, 0);
-    data[4..6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
-    data[6] = IpProtocol::FRAGMENT.0;
-    data[40] = header[6];
-    data[41] = 0;
-    data[42..44].copy_from_slice(&u16::from(len < payload_len).to_be_bytes());
-    data[44..48].copy_from_slice(&ident.to_be_bytes());
+    set_fragment_fields(data, header[6], 0, len < payload_len, ident, len);
     Ok(count)
 }
 
