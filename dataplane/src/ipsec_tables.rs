@@ -101,6 +101,26 @@ pub struct InboundSa {
     pub stats: Arc<SaStats>,
 }
 
+impl InboundSa {
+    /// Whether the SA's selectors cover `flow`: from one of the peer's (`remote_ts`) to one
+    /// of ours (`local_ts`), as a packet that came out of it must be (RFC 4301 section 5.2).
+    #[inline]
+    pub fn covers(&self, flow: &FlowSelector) -> bool {
+        flow_between(&self.remote_ts, &self.local_ts, flow)
+    }
+}
+
+/// Whether `flow` goes from an address (and port) one of `from` matches to one one of `to`
+/// matches.
+#[inline]
+fn flow_between(from: &[TrafficSelector], to: &[TrafficSelector], flow: &FlowSelector) -> bool {
+    from.iter()
+        .any(|ts| selector_matches(ts, flow.src, flow.proto, flow.src_port))
+        && to
+            .iter()
+            .any(|ts| selector_matches(ts, flow.dst, flow.proto, flow.dst_port))
+}
+
 /// The SPD and SA table.
 #[derive(Debug, Clone, Default)]
 pub struct IpsecTables {
@@ -169,14 +189,9 @@ impl IpsecTables {
     /// The index in `outbound` of the first policy matching the flow.
     #[inline]
     pub fn outbound_index_for(&self, flow: &FlowSelector) -> Option<usize> {
-        self.outbound.iter().position(|p| {
-            p.local_ts
-                .iter()
-                .any(|ts| selector_matches(ts, flow.src, flow.proto, flow.src_port))
-                && p.remote_ts
-                    .iter()
-                    .any(|ts| selector_matches(ts, flow.dst, flow.proto, flow.dst_port))
-        })
+        self.outbound
+            .iter()
+            .position(|p| flow_between(&p.local_ts, &p.remote_ts, flow))
     }
 
     /// The inbound SA with this SPI.

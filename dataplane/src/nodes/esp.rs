@@ -64,7 +64,7 @@ use crate::async_crypto::{AsyncCrypto, AsyncOp};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
 use crate::graph::{Context, Meta, NextIndex, Node, Packet, DROP, HANDOFF, PARK};
-use crate::ipsec_tables::{selector_matches, FlowSelector, IpsecTables, SaStats};
+use crate::ipsec_tables::{FlowSelector, IpsecTables, SaStats};
 use crate::tables::Tables;
 use crate::wire::Ipv4Packet;
 use crate::{family_node_info, node_errors};
@@ -701,16 +701,7 @@ fn cleartext_protected(
     if meta.esp_decrypted || meta.local_origin {
         return false;
     }
-    let covered = ipsec.inbound.iter().any(|sa| {
-        sa.remote_ts
-            .iter()
-            .any(|ts| selector_matches(ts, flow.src, flow.proto, flow.src_port))
-            && sa
-                .local_ts
-                .iter()
-                .any(|ts| selector_matches(ts, flow.dst, flow.proto, flow.dst_port))
-    });
-    covered && !spd_exempt(flow, payload, l4)
+    ipsec.inbound.iter().any(|sa| sa.covers(flow)) && !spd_exempt(flow, payload, l4)
 }
 
 /// Cleartext let in even where inbound selectors cover it (a road warrior's 0.0.0.0/0 and
@@ -1405,15 +1396,7 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
             SaStats::add(&stats.other_drops, 1);
             return DecryptNext::Drop;
         };
-        let allowed = entry
-            .remote_ts
-            .iter()
-            .any(|ts| selector_matches(ts, flow.src, flow.proto, flow.src_port))
-            && entry
-                .local_ts
-                .iter()
-                .any(|ts| selector_matches(ts, flow.dst, flow.proto, flow.dst_port));
-        if !allowed {
+        if !entry.covers(&flow) {
             cx.error(EspDecryptError::PolicyMismatch);
             SaStats::add(&stats.policy_drops, 1);
             return DecryptNext::Drop;
