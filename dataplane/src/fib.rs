@@ -234,6 +234,21 @@ impl Fib {
         }
     }
 
+    /// Longest-prefix match for either family with the prefix that matched, for the control
+    /// plane (the route tables, not the compiled tries the fast path reads).
+    pub fn lookup_prefix(&self, dst: IpAddr) -> Option<(ipnet::IpNet, &Route)> {
+        match dst {
+            IpAddr::V4(a) => self
+                .v4
+                .get_lpm(&Ipv4Net::from(a))
+                .map(|(p, r)| (ipnet::IpNet::V4(p), r)),
+            IpAddr::V6(a) => self
+                .v6
+                .get_lpm(&Ipv6Net::from(a))
+                .map(|(p, r)| (ipnet::IpNet::V6(p), r)),
+        }
+    }
+
     /// Number of routes.
     pub fn len(&self) -> usize {
         self.len

@@ -33,7 +33,7 @@ use switchyard_bgp::speaker::{
     BestPaths, LocalRoute, PeerConfig, RestartConfig, Speaker, SpeakerConfig, SpeakerError,
     SpeakerEvent, SpeakerHandle, BGP_PORT,
 };
-use switchyard_dataplane::fib::Route;
+use switchyard_dataplane::fib::{Fib, Route};
 use switchyard_dataplane::tables::{RouteTarget, StaticRoute, Tables};
 use switchyard_lb::service::{Service, TrafficPolicy};
 
@@ -424,43 +424,46 @@ pub struct Resolved {
 
 #[derive(Debug, Clone, Default)]
 pub struct NonBgpRoutes {
-    routes: Vec<(IpNet, Route)>,
+    fib: Fib,
 }
 
 impl NonBgpRoutes {
     pub fn new(base: &Tables) -> Self {
         Self {
-            routes: base.fib.iter().map(|(p, r)| (p, r.clone())).collect(),
+            fib: base.fib.clone(),
         }
     }
 
-    /// How the dataplane reaches `hop`. `None` when it cannot be reached: no route, a blackhole or unreachable route, an address of this node (not a
-    /// next hop anyone else can use for us), or only the default route (which would make
-    /// every next hop look reachable; FRR does not resolve next hops over it either).
+    /// How the dataplane reaches `hop` ([`resolve_next_hop`] in the base tables' FIB).
     pub fn resolve(&self, hop: IpAddr) -> Option<Resolved> {
-        let (prefix, route) = self
-            .routes
-            .iter()
-            .filter(|(p, _)| p.contains(&hop))
-            .max_by_key(|(p, _)| p.prefix_len())?;
-        if prefix.prefix_len() == 0 {
-            return None;
-        }
-        match route {
-            // The port is found from the subnet when the route is built.
-            Route::Attached { .. } => Some(Resolved {
-                ways: vec![(hop, None)],
-                connected: true,
-            }),
-            Route::Via(paths) => Some(Resolved {
-                ways: paths
-                    .iter()
-                    .map(|nh| (nh.gateway.unwrap_or(hop), Some(nh.port)))
-                    .collect(),
-                connected: paths.iter().all(|nh| nh.gateway.is_none()),
-            }),
-            Route::Local | Route::Blackhole | Route::Unreachable => None,
-        }
+        resolve_next_hop(&self.fib, hop)
+    }
+}
+
+/// How the dataplane reaches `hop` through `fib` (the base tables' routes, without BGP's).
+/// `None` when it cannot be reached: no route, a blackhole or unreachable route, an address
+/// of this node (not a next hop anyone else can use for us), or only the default route
+/// (which would make every next hop look reachable; FRR does not resolve next hops over it
+/// either).
+pub fn resolve_next_hop(fib: &Fib, hop: IpAddr) -> Option<Resolved> {
+    let (prefix, route) = fib.lookup_prefix(hop)?;
+    if prefix.prefix_len() == 0 {
+        return None;
+    }
+    match route {
+        // The port is found from the subnet when the route is built.
+        Route::Attached { .. } => Some(Resolved {
+            ways: vec![(hop, None)],
+            connected: true,
+        }),
+        Route::Via(paths) => Some(Resolved {
+            ways: paths
+                .iter()
+                .map(|nh| (nh.gateway.unwrap_or(hop), Some(nh.port)))
+                .collect(),
+            connected: paths.iter().all(|nh| nh.gateway.is_none()),
+        }),
+        Route::Local | Route::Blackhole | Route::Unreachable => None,
     }
 }
 
@@ -473,11 +476,10 @@ impl IgpCost for NonBgpRoutes {
 }
 
 /// The learned routes as static routes for [`Tables::with_extra_routes`]: each prefix with
-/// its next hops resolved against `base` ([`NonBgpRoutes::resolve`]: on an attached subnet,
+/// its next hops resolved against `base` ([`resolve_next_hop`]: on an attached subnet,
 /// or through a static route's gateways). Prefixes `base` already routes (our addresses,
 /// attached subnets, `--route`s) are left out: those win.
 pub fn fib_routes(learned: &BTreeMap<IpNet, Vec<IpAddr>>, base: &Tables) -> Vec<StaticRoute> {
-    let reach = NonBgpRoutes::new(base);
     let mut out = Vec::new();
     for (prefix, hops) in learned {
         if base.fib.get(*prefix).is_some() {
@@ -490,7 +492,7 @@ pub fn fib_routes(learned: &BTreeMap<IpNet, Vec<IpAddr>>, base: &Tables) -> Vec<
                 tracing::debug!(%prefix, next_hop = %hop, "next hop of the other family; skipped");
                 continue;
             }
-            match reach.resolve(hop) {
+            match resolve_next_hop(&base.fib, hop) {
                 Some(r) => {
                     for (gateway, port) in r.ways {
                         if !via.contains(&(Some(gateway), port)) {
