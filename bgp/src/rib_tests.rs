@@ -1004,3 +1004,21 @@ fn received_counts_follow_the_adj_rib_in() {
     r.peer_down(b);
     assert_eq!(count(&r, b), (0, 0));
 }
+
+/// RFC 4271 §9.1.2: a path that already went through our AS is a loop, from an iBGP peer as
+/// much as from an eBGP one (an iBGP peer adds no AS, so ours in its path came back round).
+#[test]
+fn our_as_in_the_path_is_a_loop_on_ibgp_and_ebgp() {
+    let mut r = rib(1, None);
+    let ibgp = r.add_peer(peer(1, LOCAL_AS, false));
+    let ebgp = r.add_peer(peer(2, 65001, false));
+    let p = n("203.0.113.0/24");
+    r.announce_v4(ibgp, &attrs(&[65001, LOCAL_AS, 65002], 1), &[p]);
+    r.announce_v4(ebgp, &attrs(&[65001, LOCAL_AS], 2), &[p]);
+    assert!(
+        r.best(&r.v4, &p.prefix).is_none(),
+        "both looped paths rejected"
+    );
+    r.announce_v4(ibgp, &attrs(&[65001, 65002], 1), &[p]);
+    assert_eq!(r.best(&r.v4, &p.prefix).map(|x| x.peer), Some(ibgp));
+}

@@ -25,6 +25,8 @@ const POD_B: &str = "198.18.2.4";
 const NODE_C0: &str = "198.18.1.1";
 const NODE_S0: &str = "198.18.2.1";
 const CLIENT: &str = "198.18.1.2";
+/// A Service whose endpoint is the node itself.
+const HOSTNET_IP: &str = "198.51.100.15";
 
 fn service(name: &str, cluster_ip: &str, spec_extra: &str, ports: &str) -> String {
     format!(
@@ -567,8 +569,24 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
     }
     let both = [(POD_A, "node-a"), (POD_B, "node-b")];
     write_manifests(&lab, &both, &[(POD_B, "node-b")]);
-    let _pods = start_pods(&lab);
+    // A Service whose one endpoint is the node itself (a host-network pod on node-a).
+    let host_service = [
+        service(
+            "hostnet",
+            HOSTNET_IP,
+            "",
+            "  - {name: http, protocol: TCP, port: 80, targetPort: 8081}\n",
+        ),
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: hostnet-1, namespace: default, labels: {{kubernetes.io/service-name: hostnet}}}}\n\
+             addressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8081}}]\n\
+             endpoints:\n- addresses: [{NODE_C0}]\n  conditions: {{ready: true}}\n  nodeName: node-a\n"
+        ),
+    ];
     let manifests = lab.dir.join("manifests");
+    fs::write(manifests.join("hostnet.yaml"), host_service.join("---\n")).expect("write");
+    let _pods = start_pods(&lab);
     // AF_PACKET leaves the node's kernel a copy of every frame: keep it out of the way.
     lab.keep_node_kernel_off_ports();
     lab.start_agent(
@@ -600,6 +618,27 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
             ))
         },
     );
+    // The host reaching itself through a Service: its own address as the endpoint. The
+    // answer names the Service's address as the peer, which stood in for the host.
+    let _host = lab.spawn_listener(
+        Ns::Node,
+        "host-tcp",
+        "TCP4-LISTEN:8081,fork,reuseaddr",
+        "SYSTEM:'echo host $SOCAT_PEERADDR'",
+        8081,
+        false,
+    );
+    eventually("the node's request to its own endpoint answered", || {
+        let out = lab.exec_t(
+            Ns::Node,
+            &format!("socat -T 2 -t 2 - TCP4:{HOSTNET_IP}:80,connect-timeout=2 </dev/null"),
+            Duration::from_secs(6),
+        );
+        let answer = text(&out.stdout).trim().to_string();
+        (answer == format!("host {HOSTNET_IP}"))
+            .then_some(())
+            .ok_or(format!("{} {answer} {}", out.status, text(&out.stderr)))
+    });
     let out = lab.finish().expect("agent output");
     assert!(out.stdout.contains("ip4-nat"), "{out}");
 }

@@ -491,7 +491,9 @@ impl Rib {
         let Some(info) = self.peer(peer) else {
             return Err(Rejection::Policy);
         };
-        if info.is_ebgp() && attrs.as_path.contains(self.cfg.local_as) {
+        // Whoever it came from, eBGP or iBGP: a path through our own AS has looped (an iBGP
+        // peer never adds our AS, so on iBGP it came back round through another AS).
+        if peer != PeerId::LOCAL && attrs.as_path.contains(self.cfg.local_as) {
             return Err(Rejection::AsLoop);
         }
         if peer != PeerId::LOCAL && attrs.originator_id == Some(self.cfg.router_id) {

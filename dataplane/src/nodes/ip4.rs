@@ -714,7 +714,9 @@ impl Ip4Local {
         if pkt.meta.local_origin {
             // An ICMP error this node built about a packet from the host stack (no route, too
             // big) goes back to the host, whose sockets and path MTU cache want it.
-            if punt_to_host && Self::is_icmp_error(pkt.buf.data()) {
+            // So does the host's connection to a Service whose endpoint is the host itself,
+            // both ways, once the service proxy translated it (see `nat::snat`).
+            if punt_to_host && (pkt.meta.conn.is_some() || Self::is_icmp_error(pkt.buf.data())) {
                 cx.error(Ip4LocalError::PuntedToHost);
                 return LocalNext::Punt;
             }

@@ -481,7 +481,10 @@ impl Ip6Local {
                         .get(e.upper_offset)
                         .is_some_and(|&t| Icmpv6Message(t).is_error())
             });
-            if punt_to_host && icmp_error && !dst.is_multicast() {
+            // So does the host's connection to a Service whose endpoint is the host itself,
+            // both ways, once the service proxy translated it (see `nat::snat`).
+            let translated = pkt.meta.conn.is_some();
+            if punt_to_host && (icmp_error || translated) && !dst.is_multicast() {
                 cx.error(Ip6LocalError::PuntedToHost);
                 return LocalNext::Punt;
             }

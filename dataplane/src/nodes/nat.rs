@@ -539,9 +539,12 @@ fn new_connection<B: PacketBuffer>(
     // masqueraded: kube-proxy's DNAT in PREROUTING makes such a packet local, so it goes to
     // INPUT and never meets POSTROUTING's MASQUERADE, and the host sees the client's address.
     // The host answers through the punt path into this node, where the connection finds it.
-    // Packets from the host itself keep the rule above (the kernel's OUTPUT path does pass
-    // POSTROUTING).
-    let masquerade = masquerade && (pkt.meta.local_origin || !is_local(cx.tables, backend.addr));
+    // The host reaching its own endpoint is the exception (see `snat`): it always is.
+    let masquerade = if is_local(cx.tables, backend.addr) {
+        pkt.meta.local_origin
+    } else {
+        masquerade
+    };
     let (reply_dst, reply_dst_port) = if masquerade {
         match snat(cx, services, t, backend.addr, backend.port) {
             Some(a) => a,
@@ -631,7 +634,8 @@ fn addr_words(a: IpAddr) -> [u32; 4] {
     }
 }
 
-/// This node's address towards `backend` and a free port on it for the connection `t`.
+/// This node's address towards `backend` (for the host reaching itself, the Service's) and a
+/// free port on it for the connection `t`.
 fn snat<B>(
     cx: &mut Context<'_, B>,
     services: &Services,
@@ -639,7 +643,19 @@ fn snat<B>(
     backend: IpAddr,
     backend_port: u16,
 ) -> Option<(IpAddr, u16)> {
-    let addr = source_towards(cx.tables, backend)?;
+    let addr = match source_towards(cx.tables, backend) {
+        Some(addr) => addr,
+        // The host reaching a Service whose endpoint is the host itself (through the punt
+        // device): both ends are the host's own addresses, so from either the host would
+        // answer over its loopback and this node would never see the answer. The Service's
+        // address stands in for the client instead: the host's answer to it takes the route
+        // into this node, which translates it back. (kube-proxy's DNAT in OUTPUT needs no
+        // such help, the kernel un-translates on loopback.) A Service address that is the
+        // host's own, a NodePort on the node's address, cannot arrive here: the host
+        // delivers those to itself.
+        None if is_local(cx.tables, backend) && !is_local(cx.tables, t.key.dst) => t.key.dst,
+        None => return None,
+    };
     let port = reply_port(cx, services, t, addr, backend, backend_port)?;
     Some((addr, port))
 }
