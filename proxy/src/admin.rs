@@ -763,6 +763,8 @@ pub fn ipsec(view: &crate::ipsec::IpsecView) -> Value {
         "rx_invalid_ike_spi": k.rx_invalid_ike_spi,
         "retransmits": k.retransmits, "auth_failures": k.auth_failures,
         "nat_keepalives": k.nat_keepalives, "peer_moves": k.peer_moves,
+        "initial_contact_removals": k.initial_contact_removals,
+        "stale_init_requests": k.stale_init_requests,
         "no_proposal_chosen": k.no_proposal_chosen, "invalid_ke": k.invalid_ke,
         "ts_unacceptable": k.ts_unacceptable, "cookies_sent": k.cookies_sent,
         "unprotected_errors_limited": k.unprotected_errors_limited,

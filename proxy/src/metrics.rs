@@ -308,6 +308,8 @@ fn ipsec_section(enc: &mut DescriptorEncoder<'_>, s: &Scrape<'_>) -> std::fmt::R
             ("retransmit", k.retransmits),
             ("nat_keepalive", k.nat_keepalives),
             ("peer_moved", k.peer_moves),
+            ("initial_contact_removal", k.initial_contact_removals),
+            ("stale_init_request", k.stale_init_requests),
             ("cookie_sent", k.cookies_sent),
             ("error_answer_limited", k.unprotected_errors_limited),
             ("child_sa_installed", k.child_sas_installed),

@@ -620,7 +620,7 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
     );
     // The host reaching itself through a Service: its own address as the endpoint. The
     // answer names the Service's address as the peer, which stood in for the host.
-    let _host = lab.spawn_listener(
+    let mut host = lab.spawn_listener(
         Ns::Node,
         "host-tcp",
         "TCP4-LISTEN:8081,fork,reuseaddr",
@@ -639,6 +639,8 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
             .then_some(())
             .ok_or(format!("{} {answer} {}", out.status, text(&out.stderr)))
     });
+    let _ = host.kill();
+    let _ = host.wait();
     let out = lab.finish().expect("agent output");
     assert!(out.stdout.contains("ip4-nat"), "{out}");
 }

@@ -1,6 +1,7 @@
 //! The IKEv2 engine: IKE_SA_INIT, IKE_AUTH with PSK, the first CHILD_SA, INFORMATIONAL
 //! (delete, liveness), retransmissions, cookies and NAT traversal, CHILD_SA and IKE SA rekeys
-//! both ways (ours on lifetimes), IKE fragmentation (RFC 7383), as a sans-IO state machine.
+//! both ways (ours on lifetimes), IKE fragmentation (RFC 7383), INITIAL_CONTACT (sent and
+//! honoured), as a sans-IO state machine.
 //!
 //! Feed it datagrams with [`Engine::handle`] and the clock with [`Engine::handle_timeout`];
 //! start tunnels with [`Engine::connect`]. Every call returns the [`Action`]s to carry out:
@@ -14,8 +15,8 @@ use super::pool::AddressPool;
 use super::proposal::{self, ChildSuite, EspChoice, EspProposal, IkeProposal, IkeSuite, Pfs};
 use super::sk::{open_fragment, open_message, seal_fragments, SkCipher};
 use super::wire::{
-    cfg, exchange, notify, protocol, Header, Message, Notify, ParseError, Payload, TrafficSelector,
-    AUTH_METHOD_PSK, FLAG_INITIATOR, FLAG_RESPONSE, VERSION,
+    cfg, exchange, id_type, notify, protocol, Header, Identification, Message, Notify, ParseError,
+    Payload, TrafficSelector, AUTH_METHOD_PSK, FLAG_INITIATOR, FLAG_RESPONSE, VERSION,
 };
 use crate::crypto::SoftwareBackend;
 use crate::esp::{EspSuite, SaConfig};
@@ -199,6 +200,12 @@ pub struct IkeCounters {
     pub half_open_expired: u64,
     /// IKE_SA_INIT requests dropped because `half_open_limit` SAs were half-open.
     pub half_open_refused: u64,
+    /// Retransmitted IKE_SA_INIT requests ignored because their SA's IKE_AUTH had arrived
+    /// (RFC 7296 section 2.1).
+    pub stale_init_requests: u64,
+    /// IKE SAs removed, without a Delete, because the peer announced INITIAL_CONTACT on
+    /// a new one (RFC 7296 section 2.4: it restarted and has none of them any more).
+    pub initial_contact_removals: u64,
     /// CHILD_SAs the peer rekeyed (CREATE_CHILD_SA with REKEY_SA).
     pub child_sas_rekeyed: u64,
     /// IKE SAs the peer rekeyed.
@@ -437,8 +444,18 @@ struct IkeSa {
     keys: Option<IkeKeys>,
     tx: Option<SkCipher>,
     rx: Option<SkCipher>,
+    /// The IKE_SA_INIT messages as sent and received: the AUTH payloads sign them (RFC 7296
+    /// section 2.15). Emptied once IKE_AUTH is done, as nothing else needs them.
     init_request: Vec<u8>,
     init_response: Vec<u8>,
+    /// Responder: SHA-256 of the IKE_SA_INIT request that made this SA, kept for its life.
+    /// A request with the same hash is a retransmission of it (answered again while
+    /// half-open, ignored once IKE_AUTH arrived); SPIi and address alone cannot tell a
+    /// retransmission from a new request (RFC 7296 section 2.1).
+    init_digest: Option<Vec<u8>>,
+    /// The peer's identity (IDi or IDr) as authenticated in IKE_AUTH; `None` before. What
+    /// INITIAL_CONTACT is matched on (RFC 7296 section 2.4).
+    peer_id: Option<Identification>,
     cookie: Option<Vec<u8>>,
     next_request_id: u32,
     expected_peer_id: u32,
@@ -519,6 +536,8 @@ impl IkeSa {
             rx: Some(rx),
             init_request: Vec::new(),
             init_response: Vec::new(),
+            init_digest: None,
+            peer_id: self.peer_id.clone(),
             cookie: None,
             next_request_id: 0,
             expected_peer_id: 0,
@@ -698,6 +717,14 @@ fn preferring(proposals: &[IkeProposal], group: DhGroup) -> Vec<IkeProposal> {
     }
     out.sort_by_key(|p| p.dh.first() != Some(&group));
     out
+}
+
+/// Whether two identities a peer sent name the same party: byte for byte, or distinguished
+/// names equal by attribute and value (as [`super::config::Identity::matches`]).
+fn same_identity(a: &Identification, b: &Identification) -> bool {
+    a.kind == b.kind
+        && (a.data == b.data
+            || (a.kind == id_type::DER_ASN1_DN && super::dn::equal(&a.data, &b.data)))
 }
 
 fn first_error(payloads: &[Payload]) -> Option<u16> {
@@ -1029,6 +1056,8 @@ impl Engine {
             rx: None,
             init_request: Vec::new(),
             init_response: Vec::new(),
+            init_digest: None,
+            peer_id: None,
             cookie: None,
             next_request_id: 0,
             expected_peer_id: 0,
@@ -1922,16 +1951,28 @@ impl Engine {
         actions: &mut Vec<Action>,
     ) {
         let header = message.header;
-        // A retransmission of a request we already answered.
-        if let Some(sa) = self
-            .sas
-            .values()
-            .find(|sa| !sa.initiator && sa.spi_i == header.spi_i && sa.remote == remote)
-        {
-            if sa.init_request == raw {
+        // RFC 7296 section 2.1: a retransmission of the request of a half-open SA gets the
+        // same answer; one of an SA whose IKE_AUTH already arrived is ignored; anything else
+        // is a new request, even with the SPIi of an existing SA (two initiators behind one
+        // NAT may pick the same, an initiator may restart), and makes a new SA. The whole
+        // request, by its hash, tells them apart. The port is not compared: the SA follows
+        // the initiator to the NAT-T port once IKE_AUTH arrives.
+        let digest = ring::digest::digest(&ring::digest::SHA256, raw)
+            .as_ref()
+            .to_vec();
+        let earlier = self.sas.values().find(|sa| {
+            !sa.initiator
+                && sa.spi_i == header.spi_i
+                && sa.remote.ip() == remote.ip()
+                && sa.init_digest.as_deref() == Some(digest.as_slice())
+        });
+        if let Some(sa) = earlier {
+            if sa.state == IkeState::HalfOpen && !sa.init_response.is_empty() {
                 let response = sa.init_response.clone();
                 self.counters.responses_resent += 1;
                 actions.push(self.send(local, remote, &response));
+            } else {
+                self.counters.stale_init_requests += 1;
             }
             return;
         }
@@ -2132,6 +2173,8 @@ impl Engine {
             rx: Some(rx),
             init_request: raw.to_vec(),
             init_response: Vec::new(),
+            init_digest: Some(digest),
+            peer_id: None,
             cookie: None,
             next_request_id: 0,
             expected_peer_id: 1,
@@ -2322,6 +2365,7 @@ impl Engine {
             self.remove(id, actions, Some(Failure::Config));
             return;
         };
+        let only_contact = self.only_contact(id, peer_index, None);
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };
@@ -2331,6 +2375,14 @@ impl Engine {
         if let Some(ours) = &peer.certs {
             out.extend(certs);
             out.push(ours.certreq_payload());
+        }
+        if only_contact {
+            // RFC 7296 section 2.4: the peer may drop the SAs it still has with us, which
+            // we have not got (we restarted, or they failed here unnoticed there).
+            out.push(Payload::Notify(Notify::new(
+                notify::INITIAL_CONTACT,
+                Vec::new(),
+            )));
         }
         if let Some(remote_id) = &peer.remote_id {
             out.push(Payload::IdR(remote_id.to_wire()));
@@ -2354,6 +2406,57 @@ impl Engine {
         out.push(Payload::TsI(peer.local_ts.clone()));
         out.push(Payload::TsR(peer.remote_ts.clone()));
         self.send_request(id, exchange::IKE_AUTH, &out, now, actions);
+    }
+
+    // ---------------------------------------------------------------- INITIAL_CONTACT
+
+    /// Whether IKE SA `id`, of peer configuration `peer`, is the only one with that peer,
+    /// so that its IKE_AUTH may carry INITIAL_CONTACT (RFC 7296 section 2.4): no other SA of
+    /// the configuration exists, but those authenticated as another identity than `peer_id`
+    /// (`None`: not known yet, as for an initiator). An SA not authenticated yet counts as
+    /// the same peer: an exchange of either end under way (both connecting at once) must
+    /// not have the other end drop the SA it completes.
+    fn only_contact(&self, id: u64, peer: usize, peer_id: Option<&Identification>) -> bool {
+        !self.sas.iter().any(|(&other, sa)| {
+            other != id
+                && sa.peer == peer
+                && match (&sa.peer_id, peer_id) {
+                    (Some(theirs), Some(wanted)) => same_identity(theirs, wanted),
+                    _ => true,
+                }
+        })
+    }
+
+    /// The peer of IKE SA `id`, just authenticated, sent INITIAL_CONTACT in its first
+    /// IKE_AUTH message (RFC 7296 section 2.4): it restarted, and every other IKE SA of ours
+    /// with the same peer configuration and authenticated identity is gone at its end. They
+    /// are removed with their CHILD_SAs at once, rather than when dead peer detection gives
+    /// up on them, and without a Delete, which the peer could only answer with
+    /// INVALID_IKE_SPI. SAs not authenticated yet are left alone.
+    fn initial_contact(&mut self, id: u64, payloads: &[Payload], actions: &mut Vec<Action>) {
+        if !notifies(payloads).any(|n| n.kind == notify::INITIAL_CONTACT) {
+            return;
+        }
+        let Some(sa) = self.sas.get(&id) else { return };
+        let Some(peer_id) = &sa.peer_id else { return };
+        let mut stale: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(&other, other_sa)| {
+                other != id
+                    && other_sa.peer == sa.peer
+                    && other_sa
+                        .peer_id
+                        .as_ref()
+                        .is_some_and(|theirs| same_identity(theirs, peer_id))
+            })
+            .map(|(&other, _)| other)
+            .collect();
+        stale.sort_unstable();
+        for other in stale {
+            self.counters.initial_contact_removals += 1;
+            self.remove(other, actions, None);
+        }
     }
 
     // ---------------------------------------------------------------- IKE_AUTH
@@ -2434,7 +2537,11 @@ impl Engine {
         };
         if let Some(sa) = self.sas.get_mut(&id) {
             sa.peer = peer_index;
+            sa.peer_id = Some(id_i.clone());
         }
+        self.initial_contact(id, payloads, actions);
+        // Ours too, when we have no other SA with this peer: it may hold some we lost.
+        let only_contact = self.only_contact(id, peer_index, Some(id_i));
         // A virtual IP for the peer, if it asks and this connection has a pool.
         let configuration = self.serve_cfg_request(id, id_i, payloads);
         let Some(sa) = self.sas.get(&id) else { return };
@@ -2466,6 +2573,12 @@ impl Engine {
         let mut out = vec![Payload::IdR(id_r)];
         out.extend(certs);
         out.push(auth_r);
+        if only_contact {
+            out.push(Payload::Notify(Notify::new(
+                notify::INITIAL_CONTACT,
+                Vec::new(),
+            )));
+        }
         // The CHILD_SA.
         let mut install = None;
         let mut child_failure = None;
@@ -2517,6 +2630,10 @@ impl Engine {
         if let Some(sa) = self.sas.get_mut(&id) {
             sa.state = IkeState::Established;
             sa.rekey_at = rekey_at;
+            // Both AUTH payloads are done: nothing needs the IKE_SA_INIT messages now
+            // (`init_digest` still recognises a late retransmission of the request).
+            sa.init_request = Vec::new();
+            sa.init_response = Vec::new();
         }
         self.counters.established += 1;
         actions.push(Action::Established {
@@ -2618,6 +2735,13 @@ impl Engine {
             self.remove(id, actions, Some(Failure::PeerError(error)));
             return;
         }
+        if let Some(sa) = self.sas.get_mut(&id) {
+            sa.peer_id = Some(id_r.clone());
+            // Both AUTH payloads are done: nothing needs the IKE_SA_INIT messages now.
+            sa.init_request = Vec::new();
+            sa.init_response = Vec::new();
+        }
+        self.initial_contact(id, payloads, actions);
         let Some(sa) = self.sas.get_mut(&id) else {
             return;
         };

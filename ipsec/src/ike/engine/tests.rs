@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime};
 mod bytes;
 mod certs;
 mod fragments;
+mod init_retransmissions;
+mod initial_contact;
 mod nat_and_proposals;
 mod negative;
 mod reconfigure;

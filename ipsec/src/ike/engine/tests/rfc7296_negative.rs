@@ -23,7 +23,7 @@ pub(super) fn sends(actions: &[Action]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn init_header(flags: u8, spi_r: u64) -> Header {
+pub(super) fn init_header(flags: u8, spi_r: u64) -> Header {
     Header {
         spi_i: SPI_I,
         spi_r,
@@ -37,7 +37,10 @@ fn init_header(flags: u8, spi_r: u64) -> Header {
 }
 
 /// A well-formed IKE_SA_INIT request body: SA (the given proposals), KE of `group`, Ni.
-fn init_payloads(proposals: Vec<crate::ike::wire::Proposal>, group: DhGroup) -> Vec<Payload> {
+pub(super) fn init_payloads(
+    proposals: Vec<crate::ike::wire::Proposal>,
+    group: DhGroup,
+) -> Vec<Payload> {
     let rng = ring::rand::SystemRandom::new();
     let (_, public) = dh::generate(group, &rng).unwrap();
     vec![
@@ -50,12 +53,12 @@ fn init_payloads(proposals: Vec<crate::ike::wire::Proposal>, group: DhGroup) -> 
     ]
 }
 
-fn ike_proposal(text: &str, number: u8) -> crate::ike::wire::Proposal {
+pub(super) fn ike_proposal(text: &str, number: u8) -> crate::ike::wire::Proposal {
     IkeProposal::parse(text).unwrap().to_wire(number, &[])
 }
 
 /// B, a responder, alone.
-fn responder(ike: &str) -> Engine {
+pub(super) fn responder(ike: &str) -> Engine {
     Engine::new(EngineConfig {
         peers: vec![peer("from-a", B, None, ike, "aes128gcm16", b"k")],
         ..EngineConfig::default()
