@@ -499,6 +499,11 @@ pub struct Graph<B> {
     pub hold_expired: u64,
     /// Packets to transmit, per port.
     pub tx: Vec<Vec<B>>,
+    /// The port of each VLAN subinterface (interface `tx.len() + i` leaves by port
+    /// `vlan_ports[i]`; `u16::MAX` for an interface that is not one), from the tables of the
+    /// last dispatch: the `tx` sink puts a subinterface's frames, tagged by the node that put
+    /// the header on, on its port's queue.
+    vlan_ports: Vec<u16>,
     /// Packets for the control plane.
     pub punt: Vec<Packet<B>>,
     /// Packets for other workers ([`HANDOFF`]), each with the node that handed it off, where
@@ -574,6 +579,7 @@ impl<B: PacketBuffer> Graph<B> {
             tx: (0..ports)
                 .map(|_| Vec::with_capacity(VECTOR_SIZE))
                 .collect(),
+            vlan_ports: Vec::new(),
             punt: Vec::new(),
             handoff: Vec::new(),
             dropped: Vec::with_capacity(VECTOR_SIZE),
@@ -769,6 +775,7 @@ impl<B: PacketBuffer> Graph<B> {
     where
         B: crate::buffer::PacketBuffer,
     {
+        self.sync_vlan_ports(tables);
         let mut queued = false;
         let worker = state.worker;
         if let Some(config) = &tables.router_adverts {
@@ -843,6 +850,7 @@ impl<B: PacketBuffer> Graph<B> {
     where
         B: crate::buffer::PacketBuffer,
     {
+        self.sync_vlan_ports(tables);
         let mut due = Vec::new();
         state.neighbors.due_probes(now, &mut due);
         let mut queued = false;
@@ -859,8 +867,10 @@ impl<B: PacketBuffer> Graph<B> {
         queued
     }
 
-    /// Queues `buf` for transmission on `port` if it was `built`; true if it was queued.
+    /// Queues `buf` for transmission on interface `port` if it was `built`; true if it was
+    /// queued.
     fn queue_frame(&mut self, port: u16, buf: B, built: bool) -> bool {
+        let port = self.tx_port_of(port);
         match self.tx.get_mut(usize::from(port)) {
             Some(q) if built => {
                 q.push(buf);
@@ -869,6 +879,54 @@ impl<B: PacketBuffer> Graph<B> {
             _ => {
                 self.dropped.push(buf);
                 false
+            }
+        }
+    }
+
+    /// Takes in the VLAN subinterfaces of `tables` for the `tx` sink (see
+    /// `vlan_ports`): one test per call without them.
+    #[inline]
+    fn sync_vlan_ports(&mut self, tables: &Tables) {
+        if !tables.vlans.is_empty() || !self.vlan_ports.is_empty() {
+            self.set_vlan_ports(tables);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn set_vlan_ports(&mut self, tables: &Tables) {
+        self.vlan_ports.clear();
+        let ports = self.tx.len();
+        self.vlan_ports.extend(
+            tables
+                .interfaces
+                .iter()
+                .skip(ports)
+                .map(|i| i.vlan.map_or(u16::MAX, |v| v.parent)),
+        );
+    }
+
+    /// The port interface `ifc` transmits on: itself for a port, the parent of a VLAN
+    /// subinterface; `u16::MAX` for neither.
+    #[inline]
+    fn tx_port_of(&self, ifc: u16) -> u16 {
+        match usize::from(ifc).checked_sub(self.tx.len()) {
+            None => ifc,
+            Some(i) => self.vlan_ports.get(i).copied().unwrap_or(u16::MAX),
+        }
+    }
+
+    /// The `tx` sink for a packet whose `tx_port` is not a port: a VLAN subinterface's goes
+    /// to its port's queue, anything else is dropped.
+    #[cold]
+    #[inline(never)]
+    fn transmit_other(&mut self, pkt: Packet<B>) {
+        let port = self.tx_port_of(pkt.meta.tx_port);
+        match self.tx.get_mut(usize::from(port)) {
+            Some(q) => q.push(pkt.buf),
+            None => {
+                self.bad_tx_port += 1;
+                self.dropped.push(pkt.buf);
             }
         }
     }
@@ -889,6 +947,7 @@ impl<B: PacketBuffer> Graph<B> {
         if state.worker != 0 {
             return false;
         }
+        self.sync_vlan_ports(tables);
         let last6 = tables
             .router_adverts
             .as_ref()
@@ -983,6 +1042,7 @@ impl<B: PacketBuffer> Graph<B> {
     }
 
     fn run_passes(&mut self, tables: &Tables, state: &mut WorkerState, now: Nanos) {
+        self.sync_vlan_ports(tables);
         for _ in 0..MAX_PASSES {
             let mut ran = false;
             for i in 0..self.slots.len() {
@@ -1081,10 +1141,7 @@ impl<B: PacketBuffer> Graph<B> {
         for pkt in pkts.drain(..) {
             match self.tx.get_mut(usize::from(pkt.meta.tx_port)) {
                 Some(q) => q.push(pkt.buf),
-                None => {
-                    self.bad_tx_port += 1;
-                    self.dropped.push(pkt.buf);
-                }
+                None => self.transmit_other(pkt),
             }
         }
         pkts
@@ -1149,10 +1206,7 @@ impl<B: PacketBuffer> Graph<B> {
             },
             Target::Tx => match self.tx.get_mut(usize::from(pkt.meta.tx_port)) {
                 Some(q) => q.push(pkt.buf),
-                None => {
-                    self.bad_tx_port += 1;
-                    self.dropped.push(pkt.buf);
-                }
+                None => self.transmit_other(pkt),
             },
         }
     }

@@ -14,7 +14,11 @@ use crate::fib::{Fib, NextHop, Route};
 use crate::policy::PolicyTables;
 use crate::services::Services;
 
-/// A port as the dataplane sees it: its link-layer identity and its addresses.
+/// An interface as the dataplane sees it: its link-layer identity and its addresses. The
+/// driver's ports are the first interfaces (interface `i` is port `i`); 802.1Q VLAN
+/// subinterfaces follow them, each on a port ([`Interface::vlan`]). Packet metadata
+/// (`rx_port`, `tx_port`), routes and the neighbor table name interfaces by this index; only
+/// the transmit sink maps a subinterface to its port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interface {
     /// Name, for people.
@@ -29,6 +33,23 @@ pub struct Interface {
     pub ipv6: Vec<Ipv6Net>,
     /// The IPv6 link-local address (from the MAC, modified EUI-64).
     pub link_local: Ipv6Addr,
+    /// For a VLAN subinterface: its port and VLAN id; `None` for a port.
+    pub vlan: Option<Vlan>,
+}
+
+/// What makes an interface a VLAN subinterface: the port its frames use and the 802.1Q VLAN
+/// id they are tagged with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vlan {
+    /// The port (an interface index below the first subinterface's).
+    pub parent: u16,
+    /// The VLAN id, 1 to 4094.
+    pub vid: u16,
+}
+
+impl Vlan {
+    /// The largest VLAN id a subinterface can have (4095 is reserved, IEEE 802.1Q 9.6).
+    pub const MAX_VID: u16 = 4094;
 }
 
 impl Interface {
@@ -41,6 +62,24 @@ impl Interface {
             ipv4: Vec::new(),
             ipv6: Vec::new(),
             link_local: link_local_from_mac(mac),
+            vlan: None,
+        }
+    }
+
+    /// A VLAN subinterface of `parent` (the interface of port `parent_port`) for VLAN `vid`:
+    /// the port's MAC (and so its link-local address) and MTU, no addresses yet.
+    pub fn vlan_subinterface(
+        name: impl Into<String>,
+        parent: &Interface,
+        parent_port: u16,
+        vid: u16,
+    ) -> Self {
+        Interface {
+            vlan: Some(Vlan {
+                parent: parent_port,
+                vid,
+            }),
+            ..Interface::new(name, parent.mac, parent.mtu)
         }
     }
 
@@ -140,6 +179,30 @@ pub enum TablesError {
     /// A route has neither a gateway nor a port.
     #[error("route {0} has no next hop")]
     EmptyNextHop(IpNet),
+    /// A VLAN subinterface names a port that does not exist or is itself a subinterface.
+    #[error("VLAN subinterface {name}: port {parent} does not exist")]
+    NoSuchVlanParent {
+        /// The subinterface.
+        name: String,
+        /// The port it names.
+        parent: u16,
+    },
+    /// A VLAN id outside 1-4094.
+    #[error("VLAN subinterface {name}: VLAN id {vid} is not between 1 and 4094")]
+    BadVlanId {
+        /// The subinterface.
+        name: String,
+        /// Its VLAN id.
+        vid: u16,
+    },
+    /// Two subinterfaces of one port with the same VLAN id.
+    #[error("VLAN subinterface {name}: its port already has a subinterface for VLAN {vid}")]
+    DuplicateVlan {
+        /// The second subinterface.
+        name: String,
+        /// The VLAN id.
+        vid: u16,
+    },
     /// A gateway's family differs from its route's.
     #[error("route {prefix} has a gateway {gateway} of the other address family")]
     FamilyMismatch {
@@ -155,8 +218,11 @@ pub enum TablesError {
 pub struct Tables {
     /// Increases with every publication.
     pub version: u64,
-    /// The ports, indexed by port id.
+    /// The interfaces, indexed by interface id: the ports first, then VLAN subinterfaces.
     pub interfaces: Vec<Interface>,
+    /// The VLAN subinterfaces by [`Tables::vlan_key`] (port and VLAN id), sorted, for
+    /// `ethernet-input` to find the interface of a tagged frame.
+    pub vlans: Vec<(u32, u16)>,
     /// Routes.
     pub fib: Fib,
     /// Hand what is addressed to this node and not answered by the dataplane itself (TCP,
@@ -198,6 +264,7 @@ impl Tables {
         interfaces: Vec<Interface>,
         routes: &[StaticRoute],
     ) -> Result<Self, TablesError> {
+        let vlans = Self::index_vlans(&interfaces)?;
         let mut fib = Fib::new();
         for (port, ifc) in interfaces.iter().enumerate() {
             let port = port as u16;
@@ -224,6 +291,7 @@ impl Tables {
         let mut tables = Tables {
             version,
             interfaces,
+            vlans,
             fib,
             punt_to_host: false,
             broadcast_tails: [0; 4],
@@ -355,6 +423,64 @@ impl Tables {
     #[inline]
     pub fn interface(&self, port: u16) -> Option<&Interface> {
         self.interfaces.get(usize::from(port))
+    }
+
+    /// The key of a VLAN subinterface in [`Tables::vlans`].
+    #[inline]
+    pub fn vlan_key(port: u16, vid: u16) -> u32 {
+        u32::from(port) << 16 | u32::from(vid)
+    }
+
+    /// The interface of VLAN `vid` on port `port`, if one is configured.
+    #[inline]
+    pub fn vlan_subinterface(&self, port: u16, vid: u16) -> Option<u16> {
+        let key = Self::vlan_key(port, vid);
+        self.vlans
+            .binary_search_by_key(&key, |&(k, _)| k)
+            .ok()
+            .map(|i| self.vlans[i].1)
+    }
+
+    /// The port the frames of interface `ifc` leave by: its own index for a port, the
+    /// parent's for a VLAN subinterface.
+    #[inline]
+    pub fn port_of(&self, ifc: u16) -> Option<u16> {
+        let i = self.interface(ifc)?;
+        Some(i.vlan.map_or(ifc, |v| v.parent))
+    }
+
+    /// Checks the VLAN subinterfaces (a port that is not itself a subinterface, an id from 1
+    /// to 4094, one subinterface per port and id) and indexes them for [`Tables::vlans`].
+    fn index_vlans(interfaces: &[Interface]) -> Result<Vec<(u32, u16)>, TablesError> {
+        let mut vlans = Vec::new();
+        for (i, ifc) in interfaces.iter().enumerate() {
+            let Some(vlan) = ifc.vlan else { continue };
+            let parent_ok = interfaces
+                .get(usize::from(vlan.parent))
+                .is_some_and(|p| p.vlan.is_none());
+            if !parent_ok {
+                return Err(TablesError::NoSuchVlanParent {
+                    name: ifc.name.clone(),
+                    parent: vlan.parent,
+                });
+            }
+            if vlan.vid == 0 || vlan.vid > Vlan::MAX_VID {
+                return Err(TablesError::BadVlanId {
+                    name: ifc.name.clone(),
+                    vid: vlan.vid,
+                });
+            }
+            let key = Self::vlan_key(vlan.parent, vlan.vid);
+            if vlans.iter().any(|&(k, _)| k == key) {
+                return Err(TablesError::DuplicateVlan {
+                    name: ifc.name.clone(),
+                    vid: vlan.vid,
+                });
+            }
+            vlans.push((key, i as u16));
+        }
+        vlans.sort_unstable();
+        Ok(vlans)
     }
 
     /// True if `addr` is a unicast IPv4 address of this node (a port's, or a virtual IP an

@@ -441,25 +441,37 @@ pub struct RouterArgs {
     #[arg(long = "interface", short = 'i', required = true)]
     pub interfaces: Vec<String>,
 
-    /// An address of a port: NAME=CIDR, e.g. eth0=198.18.1.1/24 or eth0=2001:db8:1::1/64.
+    /// An 802.1Q VLAN subinterface: PORT.VID, e.g. eth0.100 (VLAN id 1 to 4094, written
+    /// without leading zeros) on a port given with --interface. Frames tagged with the id on
+    /// that port are its; everything it sends is tagged. It has the port's MAC and, unless
+    /// --mtu sets a smaller one, its MTU. Name it in --address, --route, --mtu and --neighbor
+    /// as a port (e.g. --address eth0.100=198.51.100.1/24). Repeat for more.
+    #[arg(long = "vlan", value_name = "PORT.VID")]
+    pub vlans: Vec<String>,
+
+    /// An address of a port or VLAN subinterface: NAME=CIDR, e.g. eth0=198.18.1.1/24,
+    /// eth0=2001:db8:1::1/64 or eth0.100=198.51.100.1/24.
     #[arg(long = "address", short = 'a')]
     pub addresses: Vec<String>,
 
     /// A static route: PREFIX=GW[@NAME][,GW[@NAME]...] (several for ECMP), PREFIX=@NAME
-    /// (on-link), PREFIX=blackhole or PREFIX=unreachable.
+    /// (on-link), PREFIX=blackhole or PREFIX=unreachable. NAME is a port or a VLAN
+    /// subinterface.
     #[arg(long = "route", short = 'r')]
     pub routes: Vec<String>,
 
-    /// A port's MTU: NAME=BYTES (default: what the driver reports); at least 576, and at
-    /// least 1280 on a port with an IPv6 address.
+    /// A port's or VLAN subinterface's MTU: NAME=BYTES (default: what the driver reports; a
+    /// subinterface's port's); at least 576, and at least 1280 with an IPv6 address; a
+    /// subinterface's at most its port's.
     #[arg(long = "mtu")]
     pub mtus: Vec<String>,
 
-    /// Override a port's Ethernet address: NAME=MAC (the driver's is used otherwise).
+    /// Override a port's Ethernet address: NAME=MAC (the driver's is used otherwise; a VLAN
+    /// subinterface has its port's).
     #[arg(long = "mac")]
     pub macs: Vec<String>,
 
-    /// A static neighbor: NAME=IP,MAC.
+    /// A static neighbor: NAME=IP,MAC (NAME a port or a VLAN subinterface).
     #[arg(long = "neighbor")]
     pub neighbors: Vec<String>,
 
@@ -608,6 +620,69 @@ pub struct RouterArgs {
     /// --sdewan-purpose.
     #[arg(long, value_name = "BYTES")]
     pub ike_fragment_size: Option<usize>,
+}
+
+/// A VLAN subinterface from `--vlan`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VlanSubinterface {
+    /// Its name, `PORT.VID`.
+    pub name: String,
+    /// The port's index.
+    pub parent: u16,
+    /// The VLAN id.
+    pub vid: u16,
+}
+
+impl RouterArgs {
+    /// The VLAN subinterfaces `--vlan` declares, checked.
+    pub fn vlan_subinterfaces(&self) -> anyhow::Result<Vec<VlanSubinterface>> {
+        parse_vlans(&self.interfaces, &self.vlans)
+    }
+
+    /// The names of every interface, by interface index: the ports (`--interface`), then
+    /// the VLAN subinterfaces (`--vlan`). What --address, --route, --mtu and --neighbor name.
+    pub fn interface_names(&self) -> anyhow::Result<Vec<String>> {
+        let mut names = self.interfaces.clone();
+        names.extend(self.vlan_subinterfaces()?.into_iter().map(|v| v.name));
+        Ok(names)
+    }
+}
+
+/// Parses every `--vlan PORT.VID`: a port given with --interface, a VLAN id from 1 to 4094,
+/// each subinterface once.
+pub fn parse_vlans(ports: &[String], vlans: &[String]) -> anyhow::Result<Vec<VlanSubinterface>> {
+    let mut out: Vec<VlanSubinterface> = Vec::with_capacity(vlans.len());
+    for s in vlans {
+        let (port, vid) = s
+            .rsplit_once('.')
+            .ok_or_else(|| anyhow!("--vlan {s:?}: expected PORT.VID, e.g. eth0.100"))?;
+        if port.is_empty() {
+            bail!("--vlan {s:?}: expected PORT.VID, e.g. eth0.100");
+        }
+        let digits = !vid.is_empty() && vid.bytes().all(|b| b.is_ascii_digit());
+        if !digits || (vid.len() > 1 && vid.starts_with('0')) {
+            bail!("--vlan {s:?}: {vid:?} is not a VLAN id (1 to 4094, without leading zeros)");
+        }
+        let vid = match vid.parse::<u16>() {
+            Ok(v) if (1..=4094).contains(&v) => v,
+            _ => bail!(
+                "--vlan {s:?}: VLAN id {vid} is out of range (1 to 4094; 0 and 4095 are reserved)"
+            ),
+        };
+        if ports.iter().any(|p| p == s) {
+            bail!("--vlan {s:?}: already the name of a port (--interface)");
+        }
+        let parent = port_index(ports, port).with_context(|| format!("--vlan {s:?}"))?;
+        if out.iter().any(|v| v.parent == parent && v.vid == vid) {
+            bail!("--vlan {s:?}: given twice");
+        }
+        out.push(VlanSubinterface {
+            name: s.clone(),
+            parent,
+            vid,
+        });
+    }
+    Ok(out)
 }
 
 /// See [`RouterArgs::crypto`].
@@ -845,6 +920,39 @@ mod tests {
         assert_eq!(p("9/SCTP").map(|p| p.protocol), Ok(132));
         for bad in ["0/TCP", "70000", "80/ICMP", "http/TCP", ""] {
             assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vlans_parse() {
+        let vlans = |v: &[&str]| {
+            parse_vlans(
+                &ports(),
+                &v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let ok = vlans(&["s0.100", "c0.100", "s0.4094", "s0.1"]).unwrap();
+        assert_eq!(
+            ok.iter().map(|v| (v.parent, v.vid)).collect::<Vec<_>>(),
+            [(1, 100), (0, 100), (1, 4094), (1, 1)]
+        );
+        assert_eq!(ok[0].name, "s0.100");
+        for (bad, says) in [
+            (&["s0.0"][..], "out of range"),
+            (&["s0.4095"], "out of range"),
+            (&["s0.5000"], "out of range"),
+            (&["s0.99999"], "out of range"),
+            (&["zz.100"], "no interface named \"zz\""),
+            (&["s0"], "expected PORT.VID"),
+            (&[".100"], "expected PORT.VID"),
+            (&["s0."], "not a VLAN id"),
+            (&["s0.+5"], "not a VLAN id"),
+            (&["s0.0100"], "leading zeros"),
+            (&["s0.100", "s0.100"], "given twice"),
+        ] {
+            let err = format!("{:#}", vlans(bad).expect_err(bad[0]));
+            assert!(err.contains(says), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
         }
     }
 

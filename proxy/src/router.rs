@@ -407,48 +407,88 @@ fn pcap_port(index: usize, spec: &str) -> anyhow::Result<switchyard_io::pcap::Pc
 /// The IPv6 minimum link MTU (RFC 8200 5).
 const IPV6_MIN_MTU: u16 = 1280;
 
-/// Builds the tables the flags describe for the driver's ports.
+/// Builds the tables the flags describe for the driver's ports: the ports, then the VLAN
+/// subinterfaces of `--vlan`, with their addresses, MTUs and routes.
 pub fn tables_from_args(ports: &[PortInfo], args: &RouterArgs) -> anyhow::Result<Tables> {
-    let names = &args.interfaces;
+    let vlans = args.vlan_subinterfaces()?;
+    let names = args.interface_names()?;
     let mut interfaces: Vec<Interface> = ports
         .iter()
         .map(|p| Interface::new(p.name.clone(), p.mac, p.mtu))
         .collect();
-    for a in &args.addresses {
-        let (port, net) = cli::parse_address(names, a)?;
-        let ifc = &mut interfaces[usize::from(port)];
-        match net {
-            IpNet::V4(n) => ifc.ipv4.push(n),
-            IpNet::V6(n) => ifc.ipv6.push(n),
-        }
-    }
     for m in &args.macs {
-        let (port, mac) = cli::parse_port_mac(names, m)?;
-        let ifc = &mut interfaces[usize::from(port)];
+        let (port, mac) = cli::parse_port_mac(&names, m)?;
+        let Some(ifc) = interfaces.get_mut(usize::from(port)) else {
+            bail!("--mac {m:?}: a VLAN subinterface has its port's MAC; set the port's");
+        };
         *ifc = Interface {
             mac,
             link_local: switchyard_dataplane::tables::link_local_from_mac(mac),
             ..ifc.clone()
         };
     }
+    for v in &vlans {
+        let parent = interfaces
+            .get(usize::from(v.parent))
+            .with_context(|| format!("--vlan {:?}: the driver has no such port", v.name))?;
+        let sub = Interface::vlan_subinterface(v.name.clone(), parent, v.parent, v.vid);
+        interfaces.push(sub);
+    }
+    for a in &args.addresses {
+        let (port, net) = cli::parse_address(&names, a)?;
+        let ifc = &mut interfaces[usize::from(port)];
+        match net {
+            IpNet::V4(n) => ifc.ipv4.push(n),
+            IpNet::V6(n) => ifc.ipv6.push(n),
+        }
+    }
+    let mut mtus = Vec::with_capacity(args.mtus.len());
     for m in &args.mtus {
-        let (port, mtu) = cli::parse_mtu(names, m)?;
+        let (port, mtu) = cli::parse_mtu(&names, m)?;
         let ifc = &mut interfaces[usize::from(port)];
         // RFC 8200 5: every link IPv6 runs over carries 1280-byte packets; below that the
         // router's own packets and errors (up to 1280 bytes, RFC 4443 2.4(c)) could not leave.
         if let Some(v6) = ifc.ipv6.first().filter(|_| mtu < IPV6_MIN_MTU) {
             bail!(
                 "--mtu {m:?}: below the IPv6 minimum of {IPV6_MIN_MTU} bytes (RFC 8200 5), and \
-                 port {} has the IPv6 address {v6}",
+                 interface {} has the IPv6 address {v6}",
                 ifc.name
             );
         }
         ifc.mtu = mtu;
+        mtus.push((port, m));
+    }
+    // A subinterface's MTU: its port's unless --mtu set one, and never more (its frames are
+    // the port's, tag aside, as a Linux VLAN device's).
+    for i in ports.len()..interfaces.len() {
+        let Some(parent) = interfaces[i].vlan.map(|v| usize::from(v.parent)) else {
+            continue;
+        };
+        let parent_mtu = interfaces[parent].mtu;
+        match mtus.iter().rev().find(|(p, _)| usize::from(*p) == i) {
+            Some((_, m)) if interfaces[i].mtu > parent_mtu => bail!(
+                "--mtu {m:?}: more than the MTU of port {} ({parent_mtu})",
+                interfaces[parent].name
+            ),
+            Some(_) => {}
+            None => {
+                let ifc = &mut interfaces[i];
+                if let Some(v6) = ifc.ipv6.first().filter(|_| parent_mtu < IPV6_MIN_MTU) {
+                    bail!(
+                        "VLAN subinterface {}: its port's MTU {parent_mtu} is below the IPv6 \
+                         minimum of {IPV6_MIN_MTU} bytes (RFC 8200 5), and it has the IPv6 \
+                         address {v6}",
+                        ifc.name
+                    );
+                }
+                ifc.mtu = parent_mtu;
+            }
+        }
     }
     let routes = args
         .routes
         .iter()
-        .map(|r| cli::parse_route(names, r))
+        .map(|r| cli::parse_route(&names, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Tables::build(1, interfaces, &routes)?)
 }
@@ -507,8 +547,9 @@ where
             tables.ipv4_router_discovery = Some(rd);
         }
         let mut state = WorkerState::default();
+        let names = args.interface_names()?;
         for n in &args.neighbors {
-            let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;
+            let (port, ip, mac) = cli::parse_neighbor(&names, n)?;
             state.neighbors.insert_permanent(port, ip, mac);
         }
         let ipsec_feed = hooks.ipsec_feed.take();
@@ -534,6 +575,23 @@ where
                 mtu = ifc.mtu,
                 addresses = %addrs.join(" "),
                 "port ready"
+            );
+        }
+        for ifc in tables.interfaces.iter().skip(ports.len()) {
+            let Some(vlan) = ifc.vlan else { continue };
+            let addrs: Vec<String> = ifc
+                .ipv4
+                .iter()
+                .map(|n| n.to_string())
+                .chain(ifc.ipv6.iter().map(|n| n.to_string()))
+                .collect();
+            tracing::info!(
+                subinterface = %ifc.name,
+                port = %ports[usize::from(vlan.parent)].name,
+                vlan = vlan.vid,
+                mtu = ifc.mtu,
+                addresses = %addrs.join(" "),
+                "VLAN subinterface ready"
             );
         }
         let punt = match &args.punt_tun {
@@ -594,8 +652,9 @@ where
     ) -> anyhow::Result<Self> {
         let ports = driver.ports().len();
         let mut state = WorkerState::default();
+        let names = args.interface_names()?;
         for n in &args.neighbors {
-            let (port, ip, mac) = cli::parse_neighbor(&args.interfaces, n)?;
+            let (port, ip, mac) = cli::parse_neighbor(&names, n)?;
             state.neighbors.insert_permanent(port, ip, mac);
         }
         let mut graph = Self::graph(ports, ipsec, &crypto)?;
@@ -1197,6 +1256,52 @@ mod tests {
             mtu: 1500,
         });
         tables_from_args(&ports, &args)
+    }
+
+    /// `--vlan`: subinterfaces after the ports, with the port's MAC and MTU unless --mtu
+    /// sets a smaller one; their names work in --address, --route and --mtu.
+    #[test]
+    fn vlan_subinterfaces_follow_the_ports() {
+        let tables = tables_for(&[
+            "--vlan",
+            "s0.100",
+            "--vlan",
+            "c0.7",
+            "--mac",
+            "s0=02:00:00:00:00:05",
+            "--mtu",
+            "s0=9000",
+            "--mtu",
+            "c0.7=1400",
+            "--address",
+            "s0.100=198.51.100.1/24",
+            "--address",
+            "c0.7=2001:db8:7::1/64",
+            "--route",
+            "203.0.113.0/24=198.51.100.9",
+        ])
+        .unwrap();
+        let names: Vec<&str> = tables.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["c0", "s0", "s0.100", "c0.7"]);
+        let sub = &tables.interfaces[2];
+        assert_eq!(sub.vlan.map(|v| (v.parent, v.vid)), Some((1, 100)));
+        assert_eq!((sub.mac, sub.mtu), ([2, 0, 0, 0, 0, 5], 9000));
+        assert_eq!(tables.interfaces[3].mtu, 1400);
+        assert_eq!(tables.vlan_subinterface(1, 100), Some(2));
+        assert_eq!(tables.vlan_subinterface(0, 7), Some(3));
+        let hop = tables
+            .fib
+            .lookup("203.0.113.5".parse().unwrap())
+            .map(|r| format!("{r:?}"))
+            .unwrap_or_default();
+        assert!(hop.contains("port: 2"), "{hop}");
+
+        let err = |flags: &[&str]| format!("{:#}", tables_for(flags).expect_err("refused"));
+        assert!(err(&["--vlan", "s0.100", "--mtu", "s0.100=1600"]).contains("more than the MTU"));
+        assert!(err(&["--vlan", "s0.4095"]).contains("out of range"));
+        assert!(err(&["--vlan", "x0.1"]).contains("no interface named"));
+        assert!(err(&["--vlan", "s0.1", "--mac", "s0.1=02:00:00:00:00:01"]).contains("MAC"));
+        assert!(err(&["--address", "s0.1=198.51.100.1/24"]).contains("no interface named"));
     }
 
     /// RFC 8200 5: an IPv6 link carries 1280-byte packets; a port with IPv6 addresses is not

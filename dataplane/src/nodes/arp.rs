@@ -107,7 +107,7 @@ impl ArpInput {
         if !push_ethernet(
             &mut pkt.buf,
             repr.source_hardware_addr.0,
-            ifc.mac,
+            ifc,
             EtherType::ARP,
         ) {
             cx.error(ArpInputError::NoHeadroom);
@@ -158,7 +158,7 @@ pub(crate) fn make_request<B: PacketBuffer>(
     }) && push_ethernet(
         buf,
         unicast.unwrap_or(EthernetAddress::BROADCAST.0),
-        ifc.mac,
+        ifc,
         EtherType::ARP,
     )
 }

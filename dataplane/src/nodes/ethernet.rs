@@ -1,9 +1,11 @@
 //! `ethernet-input`: accepts frames addressed to the port, strips the header and sorts them by
-//! EtherType.
+//! EtherType. An 802.1Q-tagged frame goes to the VLAN subinterface of its port and VLAN id
+//! (its tag stripped too, `rx_port` set to the subinterface), out of line: untagged frames pay
+//! nothing for it.
 
 use crate::buffer::PacketBuffer;
 use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet};
-use crate::wire::{EtherType, EthernetFrame};
+use crate::wire::{EtherType, EthernetFrame, VlanTag};
 use crate::{node_errors, node_nexts};
 
 node_errors! {
@@ -12,7 +14,8 @@ node_errors! {
         NoInterface = ("no_interface", "frame received on a port without configuration"),
         NotForUs = ("not_for_us", "unicast frame for another station"),
         BadSource = ("bad_source", "multicast or broadcast source address"),
-        Vlan = ("vlan_not_configured", "802.1Q/802.1ad tagged frame; no VLAN subinterfaces configured"),
+        Vlan = ("vlan_not_configured", "802.1Q tagged frame for a VLAN id without a subinterface on the port"),
+        QinQ = ("qinq_not_supported", "802.1ad (QinQ) or double-tagged frame"),
         UnknownEthertype = ("unknown_ethertype", "EtherType not handled"),
     }
 }
@@ -90,10 +93,7 @@ impl EthernetInput {
             EtherType::IPV4 => Next::Ip4,
             EtherType::IPV6 => Next::Ip6,
             EtherType::ARP => Next::Arp,
-            t if t.is_vlan_tag() => {
-                cx.error(EthernetInputError::Vlan);
-                return Next::Drop;
-            }
+            t if t.is_vlan_tag() => return Self::tagged(cx, pkt, t, dst_multicast),
             _ => {
                 cx.error(EthernetInputError::UnknownEthertype);
                 return Next::Drop;
@@ -104,6 +104,66 @@ impl EthernetInput {
             Self::trace(cx, &pkt.meta, header);
         }
         pkt.buf.pull_front(HEADER_LEN);
+        next
+    }
+
+    /// A frame with an 802.1Q tag (`tpid` is [`EtherType::VLAN`] or [`EtherType::QINQ`]),
+    /// its addresses already accepted: to the subinterface of its VLAN id on the port, or,
+    /// priority-tagged (VLAN id 0, IEEE 802.1Q 9.6), to the port itself, the tag stripped
+    /// with the header. QinQ and double tags are dropped.
+    #[cold]
+    #[inline(never)]
+    fn tagged<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        tpid: EtherType,
+        dst_multicast: bool,
+    ) -> Next {
+        const TAGGED_LEN: usize = HEADER_LEN + VlanTag::LEN;
+        if tpid != EtherType::VLAN {
+            cx.error(EthernetInputError::QinQ);
+            return Next::Drop;
+        }
+        let Some(header) = pkt.buf.data().first_chunk::<TAGGED_LEN>().copied() else {
+            cx.error(EthernetInputError::TooShort);
+            return Next::Drop;
+        };
+        let tag = VlanTag::from_tci(u16::from_be_bytes([header[14], header[15]]));
+        let next = match EtherType(u16::from_be_bytes([header[16], header[17]])) {
+            EtherType::IPV4 => Next::Ip4,
+            EtherType::IPV6 => Next::Ip6,
+            EtherType::ARP => Next::Arp,
+            t if t.is_vlan_tag() => {
+                cx.error(EthernetInputError::QinQ);
+                return Next::Drop;
+            }
+            _ => {
+                cx.error(EthernetInputError::UnknownEthertype);
+                return Next::Drop;
+            }
+        };
+        let port = pkt.meta.rx_port;
+        if tag.vid != 0 {
+            let Some(ifc) = cx.tables.vlan_subinterface(port, tag.vid) else {
+                cx.error(EthernetInputError::Vlan);
+                return Next::Drop;
+            };
+            pkt.meta.rx_port = ifc;
+        }
+        pkt.meta.l2_multicast = dst_multicast;
+        if pkt.meta.trace != 0 {
+            let frame = EthernetFrame::new_unchecked(&header[..]);
+            let (src, dst) = (frame.src_addr(), frame.dst_addr());
+            let inner = EtherType(u16::from_be_bytes([header[16], header[17]]));
+            cx.trace(
+                &pkt.meta,
+                format_args!(
+                    "{src} > {dst} vlan {} {inner} on port {port}: interface {}",
+                    tag.vid, pkt.meta.rx_port
+                ),
+            );
+        }
+        pkt.buf.pull_front(TAGGED_LEN);
         next
     }
 

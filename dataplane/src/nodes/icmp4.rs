@@ -213,7 +213,7 @@ pub fn make_router_advert<B: PacketBuffer>(
         let csum = checksum::checksum(icmp);
         icmp[2..4].copy_from_slice(&csum.to_be_bytes());
     });
-    written && ok && super::push_ethernet(buf, mac, ifc.mac, crate::wire::EtherType::IPV4)
+    written && ok && super::push_ethernet(buf, mac, ifc, crate::wire::EtherType::IPV4)
 }
 
 /// All-systems, the group every IPv4 multicast host listens to (RFC 1112).

@@ -258,7 +258,7 @@ pub mod nd {
             && crate::nodes::push_ethernet(
                 buf,
                 multicast_mac(&ALL_NODES),
-                ifc.mac,
+                ifc,
                 crate::wire::EtherType::IPV6,
             )
     }
@@ -293,7 +293,7 @@ pub mod nd {
             lladdr: Some(EthernetAddress(ifc.mac)),
         };
         write(buf, src, to, nd)
-            && crate::nodes::push_ethernet(buf, mac, ifc.mac, crate::wire::EtherType::IPV6)
+            && crate::nodes::push_ethernet(buf, mac, ifc, crate::wire::EtherType::IPV6)
     }
 }
 

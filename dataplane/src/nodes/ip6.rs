@@ -973,7 +973,7 @@ impl Ip6Local {
         };
         match to_mac {
             Some(mac) => {
-                if !push_ethernet(&mut pkt.buf, mac, ifc.mac, EtherType::IPV6) {
+                if !push_ethernet(&mut pkt.buf, mac, ifc, EtherType::IPV6) {
                     cx.error(Ip6LocalError::NoHeadroom);
                     return LocalNext::Drop;
                 }

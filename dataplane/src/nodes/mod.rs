@@ -135,14 +135,21 @@ pub fn ipsec_router_graph_async<B: PacketBuffer + 'static>(
 /// Length of an untagged Ethernet header.
 pub const ETHERNET_HEADER_LEN: usize = 14;
 
-/// Puts an Ethernet header in front of the packet. False when there is no headroom.
+/// Length of an Ethernet header with one 802.1Q tag.
+pub const VLAN_HEADER_LEN: usize = ETHERNET_HEADER_LEN + crate::wire::VlanTag::LEN;
+
+/// Puts the Ethernet header of a frame out of `ifc` in front of the packet: from its MAC,
+/// with its 802.1Q tag when it is a VLAN subinterface. False when there is no headroom.
 #[inline]
 pub(crate) fn push_ethernet<B: PacketBuffer>(
     buf: &mut B,
     dst: [u8; 6],
-    src: [u8; 6],
+    ifc: &crate::tables::Interface,
     ethertype: EtherType,
 ) -> bool {
+    if let Some(vlan) = ifc.vlan {
+        return push_tagged(buf, &tagged_header(dst, ifc.mac, vlan.vid, ethertype));
+    }
     if !buf.push_front(ETHERNET_HEADER_LEN) {
         return false;
     }
@@ -152,9 +159,51 @@ pub(crate) fn push_ethernet<B: PacketBuffer>(
     };
     let mut frame = EthernetFrame::new_unchecked(&mut header[..]);
     frame.set_dst_addr(EthernetAddress(dst));
-    frame.set_src_addr(EthernetAddress(src));
+    frame.set_src_addr(EthernetAddress(ifc.mac));
     frame.set_ethertype(ethertype);
     true
+}
+
+/// The Ethernet header of a frame on VLAN `vid`: an 802.1Q tag (TPID 0x8100, priority 0,
+/// DEI 0) between the source address and the EtherType.
+pub(crate) fn tagged_header(
+    dst: [u8; 6],
+    src: [u8; 6],
+    vid: u16,
+    ethertype: EtherType,
+) -> [u8; VLAN_HEADER_LEN] {
+    let mut header = [0u8; VLAN_HEADER_LEN];
+    header[..6].copy_from_slice(&dst);
+    header[6..12].copy_from_slice(&src);
+    header[12..14].copy_from_slice(&EtherType::VLAN.0.to_be_bytes());
+    let tag = crate::wire::VlanTag {
+        pcp: 0,
+        dei: false,
+        vid,
+    };
+    header[14..16].copy_from_slice(&tag.tci().to_be_bytes());
+    header[16..].copy_from_slice(&ethertype.0.to_be_bytes());
+    header
+}
+
+/// Puts a tagged header in front of the packet; false, the packet untouched, without the
+/// headroom. Out of line: only frames of VLAN subinterfaces take it.
+#[cold]
+#[inline(never)]
+pub(crate) fn push_tagged<B: PacketBuffer>(buf: &mut B, header: &[u8; VLAN_HEADER_LEN]) -> bool {
+    if !buf.push_front(VLAN_HEADER_LEN) {
+        return false;
+    }
+    match buf.data_mut().first_chunk_mut::<VLAN_HEADER_LEN>() {
+        Some(front) => {
+            *front = *header;
+            true
+        }
+        None => {
+            buf.pull_front(VLAN_HEADER_LEN);
+            false
+        }
+    }
 }
 
 /// Records the lookup's decision in the packet's metadata (and its trace).

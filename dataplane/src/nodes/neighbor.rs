@@ -153,6 +153,10 @@ fn put_new_known_header<B: PacketBuffer>(
     let Some(ifc) = cx.tables.interface(port) else {
         return false;
     };
+    // A VLAN subinterface's tagged header is `neighbor-output`'s business.
+    if ifc.vlan.is_some() {
+        return false;
+    }
     let ethertype = match next_hop {
         IpAddr::V4(_) => EtherType::IPV4,
         IpAddr::V6(_) => EtherType::IPV6,
@@ -223,6 +227,9 @@ impl NeighborOutput {
             cx.state.neighbors.resolve(port, next_hop, cx.now)
         };
         match resolved {
+            Resolution::Known(mac) if ifc.vlan.is_some() => {
+                Self::put_tagged_header(cx, pkt, ifc, mac, ethertype)
+            }
             Resolution::Known(mac) => {
                 let header = ethernet_header(mac, ifc.mac, ethertype);
                 recent.put(port, next_hop, header);
@@ -262,6 +269,30 @@ impl NeighborOutput {
         *front = *header;
         if pkt.meta.trace != 0 {
             Self::trace_header(cx, &pkt.meta, header);
+        }
+        Next::Tx
+    }
+
+    /// Puts the tagged header of a VLAN subinterface in front of the packet. Not kept in
+    /// the vector's [`RecentHeaders`] (whose headers are untagged): each packet out of a
+    /// subinterface asks the neighbor table.
+    #[cold]
+    #[inline(never)]
+    fn put_tagged_header<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        ifc: &Interface,
+        mac: [u8; 6],
+        ethertype: EtherType,
+    ) -> Next {
+        if !super::push_ethernet(&mut pkt.buf, mac, ifc, ethertype) {
+            cx.error(NeighborOutputError::NoHeadroom);
+            return Next::Drop;
+        }
+        if pkt.meta.trace != 0 {
+            let mut header = [0u8; ETHERNET_HEADER_LEN];
+            header.copy_from_slice(&pkt.buf.data()[..ETHERNET_HEADER_LEN]);
+            Self::trace_header(cx, &pkt.meta, &header);
         }
         Next::Tx
     }

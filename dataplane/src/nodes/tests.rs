@@ -1715,6 +1715,7 @@ mod esp;
 mod nat;
 mod router_adverts;
 mod router_discovery4;
+mod vlan;
 
 proptest! {
     /// `ip4-lookup` hashes from the header it already read; the result is the packet's flow
