@@ -33,8 +33,9 @@ use switchyard_ipsec::crypto::{
     SymOp, SymParams,
 };
 use switchyard_ipsec::esp::{
-    decapsulate, decapsulate_finish, decapsulate_prepare, encapsulate_finish, encapsulate_in_place,
-    encapsulate_prepare, Direction, EspKeys, EspSuite, Lifetime, OuterHeader, Sa, SaConfig,
+    decapsulate, decapsulate_finish, decapsulate_prepare_into, encapsulate_finish,
+    encapsulate_in_place, encapsulate_prepare, Direction, EspKeys, EspSuite, Lifetime, OuterHeader,
+    Sa, SaConfig,
 };
 
 const SIZES: [usize; 3] = [64, 512, 1420];
@@ -262,15 +263,11 @@ fn esp_suites(
                     let mut ops: [SymOp<'_>; BATCH] = std::array::from_fn(|_| SymOp::default());
                     for (op, work) in ops.iter_mut().zip(works.iter_mut()) {
                         work.copy_from_slice(&packet);
-                        let (pending, params) =
-                            decapsulate_prepare(&mut in_sa, work, 0).expect("prepare");
+                        let pending = decapsulate_prepare_into(&mut in_sa, work, 0, &mut op.params)
+                            .expect("prepare");
                         pendings.push(pending);
-                        *op = SymOp {
-                            buf: work,
-                            ctx: None,
-                            params,
-                            result: Ok(()),
-                        };
+                        op.buf = work;
+                        op.result = Ok(());
                     }
                     for op in ops.iter_mut() {
                         op.ctx = Some(in_sa.crypto_ctx());

@@ -21,8 +21,8 @@ use switchyard_ipsec::crypto::{
     AeadAlgorithm, CryptoBackend, SecretBytes, SoftwareBackend, SymCtx, SymOp, SymParams,
 };
 use switchyard_ipsec::esp::{
-    decapsulate_finish, decapsulate_prepare, encapsulate_in_place, Direction, EspKeys, EspSuite,
-    Lifetime, OuterHeader, Sa, SaConfig,
+    decapsulate_finish, decapsulate_prepare, decapsulate_prepare_into, encapsulate_in_place,
+    Direction, EspKeys, EspSuite, Lifetime, OuterHeader, Sa, SaConfig,
 };
 
 const BATCH: usize = 32;
@@ -148,15 +148,12 @@ fn main() {
                 let mut ops: [SymOp<'_>; BATCH] = std::array::from_fn(|_| SymOp::default());
                 for (op, work) in ops.iter_mut().zip(works.iter_mut()) {
                     work.copy_from_slice(&packet);
-                    let (pending, params) =
-                        decapsulate_prepare(&mut in_sa, work, 0).expect("prepare");
+                    // The parameters are written straight into the operation (no copy of them).
+                    let pending = decapsulate_prepare_into(&mut in_sa, work, 0, &mut op.params)
+                        .expect("prepare");
                     pendings.push(pending);
-                    *op = SymOp {
-                        buf: work,
-                        ctx: None,
-                        params,
-                        result: Ok(()),
-                    };
+                    op.buf = work;
+                    op.result = Ok(());
                 }
                 for op in ops.iter_mut() {
                     op.ctx = Some(in_sa.crypto_ctx());
@@ -182,6 +179,7 @@ fn main() {
             let mut in_sa = Sa::new(&dev, &config, Direction::Inbound, 0).expect("SA");
             let mut work = packet.clone();
             let (pending, params) = decapsulate_prepare(&mut in_sa, &mut work, 0).expect("prepare");
+            let mut scratch = SymParams::default();
             let mut ops = [SymOp {
                 buf: &mut work,
                 ctx: Some(in_sa.crypto_ctx()),
@@ -193,7 +191,13 @@ fn main() {
             for _ in 0..batches * BATCH as u64 {
                 if mode == "prepare" {
                     work.copy_from_slice(&packet);
-                    black_box(decapsulate_prepare(&mut in_sa, black_box(&mut work), 0).is_ok());
+                    let prepared = decapsulate_prepare_into(
+                        &mut in_sa,
+                        black_box(&mut work),
+                        0,
+                        black_box(&mut scratch),
+                    );
+                    black_box(prepared.is_ok());
                 } else {
                     work.copy_from_slice(&opened);
                     let d = decapsulate_finish(&mut in_sa, &pending, black_box(&mut work), Ok(()));

@@ -528,6 +528,18 @@ pub fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
     }
 }
 
+/// ICMP types that ask for an answer, the ones Linux conntrack takes as opening a connection
+/// (`ct state new`): IPv4 echo, timestamp, information and address mask requests; ICMPv6
+/// echo request and node information query. Other ICMP (errors, answers, neighbor
+/// discovery) opens none.
+pub fn is_icmp_query(proto: u8, icmp_type: u8) -> bool {
+    match proto {
+        ICMP => matches!(icmp_type, 8 | 13 | 15 | 17),
+        ICMPV6 => matches!(icmp_type, 128 | 139),
+        _ => false,
+    }
+}
+
 /// For an ICMP error packet (tuple `outer`), the tuple of the packet it quotes and that
 /// packet's offset in `ip`. `None` when the message is not an error or quotes too little.
 pub fn quoted_tuple(ip: &[u8], outer: &Tuple) -> Option<(Tuple, usize)> {

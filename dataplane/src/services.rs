@@ -87,6 +87,13 @@ impl Services {
         })
     }
 
+    /// True if `dst` is a Service's cluster IP: a new connection to it that no frontend
+    /// took is refused. For packets [`Services::find`] found no frontend for only.
+    #[inline]
+    pub fn is_cluster_ip(&self, dst: IpAddr) -> bool {
+        self.table.cluster_ips.contains(dst)
+    }
+
     /// True if NodePorts open on every node address answer on `addr` (one of the node's own),
     /// by `node_port_ranges`.
     #[inline]

@@ -105,6 +105,13 @@
 //! [`ServiceTable::health_checks`] with its number of local ready endpoints: load balancers
 //! probe it and send traffic only to nodes that will not drop it.
 //!
+//! # Cluster IPs
+//!
+//! [`ServiceTable::cluster_ips`] holds every cluster IP of a Service with at least one port,
+//! with usable endpoints or without: a new connection to one of them on a port or protocol
+//! that no frontend matches is refused (kube-proxy's `cluster-ips` set and its
+//! `cluster-ips-check` chain), not routed on as if to any address.
+//!
 //! # Not implemented
 //!
 //! The `allowFromNode` exception of kube-proxy's firewall (a load-balancer IP reached from the
@@ -119,6 +126,7 @@ use ipnet::IpNet;
 use crate::maglev::{MaglevError, MaglevTable};
 
 mod backends;
+mod cluster_ips;
 mod compile;
 mod endpoints;
 mod incremental;
@@ -128,6 +136,7 @@ mod kube_proxy_probes;
 mod tests;
 
 pub use backends::{auto_table_size, AUTO_TABLE_SIZES, SLOTS_PER_BACKEND};
+pub use cluster_ips::ClusterIps;
 pub use incremental::ServiceCompiler;
 
 /// IP protocol number of TCP.
@@ -526,4 +535,8 @@ pub struct ServiceTable {
     /// ports (a pod serving two ports counts once), taking the larger count of the two IP
     /// families (a dual-stack pod has one address in each).
     pub health_checks: HashMap<u16, (Arc<ServiceName>, usize)>,
+    /// Every cluster IP of the Services with a port, whether or not it has endpoints and
+    /// whichever of its frontends it kept: new connections to one of these on a port or
+    /// protocol no frontend matches are refused, as kube-proxy's `cluster-ips-check` does.
+    pub cluster_ips: ClusterIps,
 }

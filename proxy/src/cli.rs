@@ -83,6 +83,19 @@ pub struct AgentArgs {
     #[arg(long = "nodeport-addresses", value_delimiter = ',', value_parser = node_port_range)]
     pub nodeport_addresses: Vec<NodePortAddress>,
 
+    /// The port range NodePorts are allocated from (the API server's
+    /// --service-node-port-range): FIRST-LAST, or FIRST+COUNT as the API server also takes.
+    /// With --punt-tun the node's own connections to these ports on its own addresses are
+    /// routed into the dataplane, as kube-proxy's OUTPUT rules catch them, instead of the
+    /// kernel answering them itself.
+    #[arg(
+        long,
+        value_name = "FIRST-LAST",
+        default_value = "30000-32767",
+        value_parser = parse_port_range
+    )]
+    pub service_node_port_range: PortRange,
+
     /// Source-NAT all traffic to cluster IPs (kube-proxy's --masquerade-all; NodePort, external
     /// and load-balancer traffic follows its externalTrafficPolicy, as with kube-proxy).
     #[arg(long)]
@@ -731,6 +744,52 @@ pub fn node_port_range(s: &str) -> Result<NodePortAddress, String> {
         .map_err(|_| format!("{s:?} is not a CIDR, an IP address (e.g. 10.0.0.0/8) or `primary`"))
 }
 
+/// A range of ports, both ends included (`--service-node-port-range`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// Parses a port range as the API server's `--service-node-port-range` does: `FIRST-LAST`,
+/// `FIRST+COUNT` (FIRST up to FIRST+COUNT) or a single port; ports 1 to 65535, FIRST not
+/// above LAST.
+pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let s = s.trim();
+    let port = |p: &str| -> Result<u16, String> {
+        match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{s:?}: {p:?} is not a port (1 to 65535)")),
+            Ok(p) => Ok(p),
+        }
+    };
+    let (first, last) = if let Some((a, b)) = s.split_once('-') {
+        (port(a)?, port(b)?)
+    } else if let Some((a, n)) = s.split_once('+') {
+        let first = port(a)?;
+        let count: u16 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: {n:?} is not a port count"))?;
+        let last = first
+            .checked_add(count)
+            .ok_or_else(|| format!("{s:?}: the range ends beyond port 65535"))?;
+        (first, last)
+    } else {
+        let p = port(s).map_err(|_| format!("{s:?}: expected FIRST-LAST, e.g. 30000-32767"))?;
+        (p, p)
+    };
+    if first > last {
+        return Err(format!("{s:?}: the first port is above the last"));
+    }
+    Ok(PortRange { first, last })
+}
+
 /// Splits `NAME=VALUE`.
 fn split_eq<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
     s.split_once('=')
@@ -860,6 +919,27 @@ mod tests {
         assert_eq!(node_port_range("primary"), Ok(NodePortAddress::Primary));
         assert!(node_port_range("10.0.0.0/33").is_err());
         assert!(node_port_range("secondary").is_err());
+    }
+
+    #[test]
+    fn node_port_ranges_parse_as_the_api_servers() {
+        let r = |first, last| Ok(PortRange { first, last });
+        assert_eq!(parse_port_range("30000-32767"), r(30000, 32767));
+        assert_eq!(parse_port_range(" 30000 - 30001 "), r(30000, 30001));
+        assert_eq!(parse_port_range("30000+2767"), r(30000, 32767));
+        assert_eq!(parse_port_range("8080"), r(8080, 8080));
+        for (bad, why) in [
+            ("32767-30000", "above the last"),
+            ("0-100", "not a port"),
+            ("30000-65536", "not a port"),
+            ("65000+1000", "beyond port 65535"),
+            ("30000-", "not a port"),
+            ("nodeports", "expected FIRST-LAST"),
+            ("30000+x", "not a port count"),
+        ] {
+            let e = parse_port_range(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

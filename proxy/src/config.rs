@@ -58,6 +58,7 @@ pub struct AgentConfig {
     #[serde(rename = "clusterCIDR")]
     cluster_cidr: Option<Value>,
     node_port_addresses: Option<Value>,
+    service_node_port_range: Option<String>,
     masquerade_all: Option<bool>,
     service_proxy_name: Option<String>,
     sdewan_purpose: Option<String>,
@@ -244,6 +245,13 @@ impl AgentConfig {
                     crate::cli::node_port_range(s).map_err(|e| anyhow!("nodePortAddresses: {e}"))
                 })
                 .collect::<anyhow::Result<_>>()?;
+        }
+        if let Some(v) = self
+            .service_node_port_range
+            .filter(|_| set("service_node_port_range"))
+        {
+            args.service_node_port_range = crate::cli::parse_port_range(&v)
+                .map_err(|e| anyhow!("serviceNodePortRange: {e}"))?;
         }
         if let Some(v) = self.masquerade_all.filter(|_| set("masquerade_all")) {
             args.masquerade_all = v;
@@ -584,6 +592,7 @@ kubeconfig: /etc/kubernetes/kubeconfig
 nodeName: node-a
 clusterCIDR: 10.244.0.0/16,fd00:10:244::/56
 nodePortAddresses: [198.51.100.1]
+serviceNodePortRange: 31000-31999
 masqueradeAll: true
 serviceProxyName: switchyard
 minSyncPeriod: 1s
@@ -628,6 +637,13 @@ bgp:
             vec![crate::cli::NodePortAddress::Range(
                 "198.51.100.1/32".parse::<IpNet>().unwrap()
             )]
+        );
+        assert_eq!(
+            a.service_node_port_range,
+            crate::cli::PortRange {
+                first: 31000,
+                last: 31999
+            }
         );
         assert!(a.masquerade_all);
         assert_eq!(a.service_proxy_name.as_deref(), Some("switchyard"));
@@ -810,6 +826,10 @@ bgp:
                 "nodePortAddresses: [10.0.0.0/8, secondary]\n",
                 "nodePortAddresses: \"secondary\" is not a CIDR, an IP address",
             ),
+            (
+                "serviceNodePortRange: 32767-30000\n",
+                "serviceNodePortRange: \"32767-30000\": the first port is above the last",
+            ),
             ("masqueradeAll: maybe\n", "masqueradeAll"),
             (
                 "minSyncPeriod: -1\n",
@@ -863,6 +883,7 @@ bgp:
             "node_name",
             "cluster_cidrs",
             "nodeport_addresses",
+            "service_node_port_range",
             "masquerade_all",
             "service_proxy_name",
             "sdewan_purpose",

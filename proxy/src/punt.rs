@@ -9,8 +9,8 @@ use switchyard_dataplane::graph::{Graph, Packet, VECTOR_SIZE};
 use switchyard_dataplane::nodes::host::{self, HostFamily};
 use switchyard_dataplane::tables::Tables;
 use switchyard_dataplane::PacketBuffer;
-use switchyard_io::tun::Tun;
-use switchyard_io::Driver;
+use switchyard_io::tun::{RouteRule, Tun, RT_TABLE_LOCAL};
+use switchyard_io::{Driver, IoError};
 
 /// What went through the punt path, for the exit report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub struct PuntCounters {
 
 /// The TUN device and where its packets enter the graph.
 pub struct PuntPath<B> {
+    /// Held for its undoing on drop (before the device's, though either order works).
+    _node_port_rules: Option<HostNodePortRules>,
     tun: Tun,
     ip4_entry: usize,
     ip6_entry: usize,
@@ -41,8 +43,15 @@ pub struct PuntPath<B> {
 
 impl<B: PacketBuffer> PuntPath<B> {
     /// Makes the TUN device `name` in this namespace, gives it the router's addresses as host
-    /// addresses and routes everything else out of it.
-    pub fn new(name: &str, tables: &Tables, graph: &Graph<B>) -> anyhow::Result<Self> {
+    /// addresses and routes everything else out of it. With `node_ports` (the agent's
+    /// NodePort range), also the host's own TCP, UDP and SCTP connections to those ports on
+    /// its own addresses ([`HostNodePortRules`]).
+    pub fn new(
+        name: &str,
+        tables: &Tables,
+        graph: &Graph<B>,
+        node_ports: Option<(u16, u16)>,
+    ) -> anyhow::Result<Self> {
         let tun = Tun::create(name).with_context(|| format!("creating TUN device {name}"))?;
         let v4: Vec<Ipv4Addr> = tables
             .interfaces
@@ -93,6 +102,15 @@ impl<B: PacketBuffer> PuntPath<B> {
                 )
             })?;
         }
+        let node_port_rules = match node_ports {
+            Some(ports) => Some(HostNodePortRules::install(
+                &tun,
+                !v4.is_empty(),
+                !v6.is_empty(),
+                ports,
+            )?),
+            None => None,
+        };
         tracing::info!(
             tun = name,
             mtu,
@@ -100,6 +118,7 @@ impl<B: PacketBuffer> PuntPath<B> {
             "punt path to the host stack ready"
         );
         Ok(PuntPath {
+            _node_port_rules: node_port_rules,
             tun,
             ip4_entry: graph
                 .node_index(host::IP4_ENTRY)
@@ -211,5 +230,138 @@ impl<B: PacketBuffer> PuntPath<B> {
     /// The device's interface index (the IKE daemon puts the virtual IPs it gets there).
     pub fn index(&self) -> u32 {
         self.tun.index()
+    }
+}
+
+/// The routing table of the host's NodePort connections: a default route into the TUN device.
+pub const NODE_PORT_TABLE: u32 = 0x5359;
+/// The preference of the rules that send the host's NodePort connections to
+/// [`NODE_PORT_TABLE`]; the local table's rule moves from 0 to just after them.
+pub const NODE_PORT_PREF: u32 = 100;
+/// Where the local table's rule moves to, while the NodePort rules are in place.
+pub const LOCAL_PREF: u32 = 101;
+
+/// Policy routing that sends the host's own connections to a NodePort on one of its own
+/// addresses into the dataplane, as kube-proxy's OUTPUT rules (`fib daddr type local` and
+/// the NodePort set; `KUBE-NODEPORTS` with `--dst-type LOCAL`) catch them. Left alone, the
+/// kernel delivers a packet to its own address over loopback, so the dataplane never sees
+/// it and nothing answers on the NodePort.
+///
+/// For each family the device has addresses in, rules (`ip rule`) of preference
+/// [`NODE_PORT_PREF`] send TCP, UDP and SCTP from the host itself (`iif lo`; packets that
+/// arrive from the device are still delivered locally) to ports in the NodePort range into
+/// [`NODE_PORT_TABLE`], a default route out of the device; the local table's rule moves
+/// from preference 0 to [`LOCAL_PREF`], as a rule cannot come before 0. IPv4 also gets
+/// `accept_local` on the device: the service's answer arrives from it with the node's own
+/// address as source. Rules outlive the process: a previous run's are replaced at start,
+/// and dropping this puts the namespace back as it was.
+pub struct HostNodePortRules {
+    families: Vec<bool>,
+}
+
+/// The transport protocols Services have ports in.
+const PORT_PROTOCOLS: [u8; 3] = [6, 17, 132];
+
+impl HostNodePortRules {
+    fn install(tun: &Tun, ipv4: bool, ipv6: bool, ports: (u16, u16)) -> anyhow::Result<Self> {
+        let families: Vec<bool> = [(ipv4, false), (ipv6, true)]
+            .into_iter()
+            .filter_map(|(present, v6)| present.then_some(v6))
+            .collect();
+        // Made first so that a failure part way undoes what was done.
+        let rules = HostNodePortRules { families };
+        if ipv4 {
+            tun.accept_local_sources()
+                .context("letting the kernel take the node's own addresses from the TUN device")?;
+        }
+        for &v6 in &rules.families {
+            let any = if v6 {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            };
+            tun.add_route_in_table(any, 0, NODE_PORT_TABLE)
+                .context("routing the host's NodePort connections into the TUN device")?;
+            // The local table's rule at LOCAL_PREF before it goes from 0, so that local
+            // delivery never stops; either may be left from a run that did not finish.
+            tolerate(
+                local_rule(v6, LOCAL_PREF).add(),
+                std::io::ErrorKind::AlreadyExists,
+            )?;
+            tolerate(local_rule(v6, 0).delete(), std::io::ErrorKind::NotFound)?;
+            delete_all(&any_node_port_rule(v6))?;
+            for proto in PORT_PROTOCOLS {
+                let rule = RouteRule {
+                    iif: Some("lo".into()),
+                    ip_proto: Some(proto),
+                    dports: Some(ports),
+                    ..any_node_port_rule(v6)
+                };
+                rule.add()
+                    .context("routing the host's NodePort connections")?;
+            }
+        }
+        tracing::info!(
+            ports = %format!("{}-{}", ports.0, ports.1),
+            table = NODE_PORT_TABLE,
+            "the host's connections to NodePorts on its own addresses go through the dataplane"
+        );
+        Ok(rules)
+    }
+}
+
+impl Drop for HostNodePortRules {
+    fn drop(&mut self) {
+        for &v6 in &self.families {
+            let undo = delete_all(&any_node_port_rule(v6))
+                .and_then(|()| tolerate(local_rule(v6, 0).add(), std::io::ErrorKind::AlreadyExists))
+                .and_then(|()| delete_all(&local_rule(v6, LOCAL_PREF)));
+            if let Err(e) = undo {
+                tracing::warn!(error = %format!("{e:#}"), "undoing the NodePort routing rules");
+            }
+        }
+    }
+}
+
+/// The rule that looks up the local table, at preference `priority`.
+fn local_rule(ipv6: bool, priority: u32) -> RouteRule {
+    RouteRule {
+        ipv6,
+        priority,
+        table: RT_TABLE_LOCAL,
+        iif: None,
+        ip_proto: None,
+        dports: None,
+    }
+}
+
+/// Any rule of ours (to delete: unset fields match anything).
+fn any_node_port_rule(ipv6: bool) -> RouteRule {
+    RouteRule {
+        ipv6,
+        priority: NODE_PORT_PREF,
+        table: NODE_PORT_TABLE,
+        iif: None,
+        ip_proto: None,
+        dports: None,
+    }
+}
+
+/// Deletes every rule matching `rule`.
+fn delete_all(rule: &RouteRule) -> anyhow::Result<()> {
+    // Bounded: each round deletes one, and nothing else adds ours.
+    for _ in 0..64 {
+        if let Err(e) = rule.delete() {
+            return tolerate(Err(e), std::io::ErrorKind::NotFound);
+        }
+    }
+    anyhow::bail!("rules {rule} keep coming back")
+}
+
+/// `result`, with the OS error of kind `ok` taken as success.
+fn tolerate(result: Result<(), IoError>, ok: std::io::ErrorKind) -> anyhow::Result<()> {
+    match result {
+        Err(IoError::Os { source, .. }) if source.kind() == ok => Ok(()),
+        other => Ok(other?),
     }
 }

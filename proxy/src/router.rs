@@ -41,6 +41,10 @@ pub struct Hooks {
     /// SD-EWAN resources from the Kubernetes API (`--sdewan-purpose`): the IPsec service
     /// runs, and follows them.
     pub ipsec_feed: Option<crate::ipsec::kube::Feed>,
+    /// The NodePort range (the agent's `--service-node-port-range`): with `--punt-tun`, the
+    /// host's own connections to these ports on its addresses are routed into the dataplane
+    /// ([`crate::punt::HostNodePortRules`]).
+    pub node_ports: Option<(u16, u16)>,
 }
 
 /// See [`Hooks::on_ready`].
@@ -595,7 +599,7 @@ where
             );
         }
         let punt = match &args.punt_tun {
-            Some(name) => Some(PuntPath::new(name, &tables, &graph)?),
+            Some(name) => Some(PuntPath::new(name, &tables, &graph, hooks.node_ports)?),
             None => None,
         };
         let handle = TablesHandle::new(tables.clone());

@@ -589,6 +589,12 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
     let _pods = start_pods(&lab);
     // AF_PACKET leaves the node's kernel a copy of every frame: keep it out of the way.
     lab.keep_node_kernel_off_ports();
+    // What a run killed before it could undo its routing rules leaves: replaced at start.
+    lab.exec_ok(
+        Ns::Node,
+        "ip rule add pref 100 iif lo ipproto tcp dport 1000-2000 lookup 21337 && \
+         ip rule add pref 101 lookup local && ip rule del pref 0 lookup local",
+    );
     lab.start_agent(
         Driver::AfPacket,
         &[
@@ -618,9 +624,82 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
             ))
         },
     );
+    // A NodePort on the node's own address (kube-proxy's OUTPUT rules, and the upstream e2e
+    // "Services should function for node-Service"): the punt device's policy routing sends
+    // the host's packets into the dataplane, which masquerades them to a pod (whose answer
+    // names the node's address towards it) and hands the answer back.
+    eventually(
+        "the node's TCP to a NodePort on its own address answered by a pod",
+        || {
+            let out = lab.exec_t(
+                Ns::Node,
+                &format!("socat -T 2 -t 2 - TCP4:{NODE_C0}:30080,connect-timeout=2 </dev/null"),
+                Duration::from_secs(6),
+            );
+            let answer = text(&out.stdout).trim().to_string();
+            answer
+                .ends_with(&format!(" {NODE_S0}"))
+                .then_some(())
+                .ok_or(format!("{} {answer} {}", out.status, text(&out.stderr)))
+        },
+    );
+    eventually(
+        "the node's UDP to a NodePort on its own address answered by a pod",
+        || {
+            let out = lab.exec_t(
+                Ns::Node,
+                &format!("echo q | socat -T 2 -t 2 - UDP4:{NODE_C0}:30053"),
+                Duration::from_secs(6),
+            );
+            let answer = text(&out.stdout).trim().to_string();
+            answer.starts_with("pod-").then_some(()).ok_or(format!(
+                "{} {answer} {}",
+                out.status,
+                text(&out.stderr)
+            ))
+        },
+    );
+    // The rest of the node's own ports, in the NodePort range or not, are the node's.
+    let own = lab.spawn_listener(
+        Ns::Node,
+        "host-own",
+        "TCP4-LISTEN:30999,fork,reuseaddr",
+        "SYSTEM:'echo own'",
+        30999,
+        false,
+    );
+    eventually(
+        "the node's own listener in the NodePort range answered",
+        || {
+            let out = lab.exec_t(
+                Ns::Node,
+                &format!("socat -T 2 -t 2 - TCP4:{NODE_C0}:30999,connect-timeout=2 </dev/null"),
+                Duration::from_secs(6),
+            );
+            let answer = text(&out.stdout).trim().to_string();
+            (answer == "own").then_some(()).ok_or(format!(
+                "{} {answer} {}",
+                out.status,
+                text(&out.stderr)
+            ))
+        },
+    );
+    // A cluster IP on a port its Service does not have refuses at once (kube-proxy's
+    // cluster-ips-check), from the node too.
+    let out = lab.exec_t(
+        Ns::Node,
+        "socat -T 2 -t 2 - TCP4:198.51.100.10:81,connect-timeout=2 </dev/null",
+        Duration::from_secs(6),
+    );
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("Connection refused"),
+        "{} {}",
+        out.status,
+        text(&out.stderr)
+    );
     // The host reaching itself through a Service: its own address as the endpoint. The
     // answer names the Service's address as the peer, which stood in for the host.
-    let mut host = lab.spawn_listener(
+    let host = lab.spawn_listener(
         Ns::Node,
         "host-tcp",
         "TCP4-LISTEN:8081,fork,reuseaddr",
@@ -639,8 +718,27 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
             .then_some(())
             .ok_or(format!("{} {answer} {}", out.status, text(&out.stderr)))
     });
-    let _ = host.kill();
-    let _ = host.wait();
+    for mut listener in [own, host] {
+        let _ = listener.kill();
+        let _ = listener.wait();
+    }
+    let rules = text(&lab.exec(Ns::Node, "ip -4 rule; ip -6 rule").stdout);
+    assert!(rules.contains("lookup 21337"), "{rules}");
+    assert!(
+        !rules.contains("1000-2000"),
+        "the stale rule is gone: {rules}"
+    );
     let out = lab.finish().expect("agent output");
     assert!(out.stdout.contains("ip4-nat"), "{out}");
+    // The routing rules are undone: the local table's rule back at 0, none of ours.
+    let rules = text(&lab.exec(Ns::Node, "ip -4 rule; ip -6 rule").stdout);
+    let local: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.ends_with("lookup local"))
+        .collect();
+    assert!(
+        !local.is_empty() && local.iter().all(|l| l.starts_with("0:")),
+        "{rules}"
+    );
+    assert!(!rules.contains("lookup 21337"), "{rules}");
 }

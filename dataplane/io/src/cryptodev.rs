@@ -997,12 +997,18 @@ unsafe fn fill_op(
     let p = &op.params;
     let icv_len = usize::from(p.icv_len).min(p.expected.len());
     let digest_fits = p.digest_at + icv_len <= op.buf.len();
-    let ok = p.text.end <= op.buf.len() && p.auth.end <= op.buf.len() && (!p.seal || digest_fits);
+    let aead = matches!(op.ctx, Some(SymCtx::Aead(_)));
+    // A tag in place is read only there (`expected` is not filled then): it must lie in the
+    // bytes, and only an AEAD's operation can take it from there.
+    let in_place = p.seal || p.tag_in_place;
+    let ok = p.text.end <= op.buf.len()
+        && p.auth.end <= op.buf.len()
+        && (!in_place || digest_fits)
+        && (aead || !p.tag_in_place);
     if !ok {
         return None;
     }
-    let aead = matches!(op.ctx, Some(SymCtx::Aead(_)));
-    if aead && (p.seal || p.tag_in_place) && digest_fits {
+    if aead && in_place {
         // SAFETY: as below; the digest range lies inside the bytes too, and the device
         // writes (sealing) or reads (opening) the tag there.
         unsafe {

@@ -53,6 +53,21 @@ const RTPROT_STATIC: u8 = 4;
 const RTN_UNICAST: u8 = 1;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
+const RTA_TABLE: u16 = 15;
+/// What `rtm_table` says for a table whose number does not fit a byte (`RTA_TABLE` has it).
+const RT_TABLE_COMPAT: u8 = 252;
+// <linux/fib_rules.h>: policy routing rules.
+const RTM_NEWRULE: u16 = 32;
+const RTM_DELRULE: u16 = 33;
+const FRA_IIFNAME: u16 = 3;
+const FRA_PRIORITY: u16 = 6;
+const FRA_TABLE: u16 = 15;
+const FRA_IP_PROTO: u16 = 22;
+const FRA_DPORT_RANGE: u16 = 24;
+const FR_ACT_TO_TBL: u8 = 1;
+
+/// The kernel's table of local and broadcast routes, which the rule of preference 0 looks up.
+pub const RT_TABLE_LOCAL: u32 = 255;
 
 /// `struct ifreq`: a name and a 24-byte union, of which we use the leading short (flags) or
 /// int (MTU, index).
@@ -231,11 +246,92 @@ impl Tun {
     /// Routes `prefix`/`len` out of the device (`len` 0: the default route). Fails (with
     /// "File exists") rather than replace a route already there.
     pub fn add_route(&self, prefix: IpAddr, len: u8) -> Result<(), IoError> {
-        let msg = new_route_message(self.index, prefix, len, 2);
+        self.add_route_in_table(prefix, len, u32::from(RT_TABLE_MAIN))
+    }
+
+    /// [`Tun::add_route`] in routing table `table` (for policy routing, see [`RouteRule`]).
+    /// The route goes with the device.
+    pub fn add_route_in_table(&self, prefix: IpAddr, len: u8, table: u32) -> Result<(), IoError> {
+        let msg = new_route_message(self.index, prefix, len, table, 2);
         netlink_request(&msg).map_err(|source| IoError::Os {
-            what: format!("adding route {prefix}/{len} via {}", self.name),
+            what: format!(
+                "adding route {prefix}/{len} via {} in table {table}",
+                self.name
+            ),
             source,
         })
+    }
+
+    /// Lets the kernel take packets from the device whose source is one of its own addresses
+    /// (an answer the dataplane translated to come from the node, to the node): IPv4 drops
+    /// them as martians unless the device has `accept_local`. Also turns the device's
+    /// reverse-path filter off (the `all` setting still applies; either way such a packet's
+    /// reverse route leads back into the device). Writes the IPv4 sysctls.
+    pub fn accept_local_sources(&self) -> Result<(), IoError> {
+        for (key, value) in [("accept_local", "1\n"), ("rp_filter", "0\n")] {
+            let path = format!("/proc/sys/net/ipv4/conf/{}/{key}", self.name);
+            std::fs::write(&path, value).map_err(|source| IoError::Os {
+                what: format!("writing {path}"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A policy routing rule (`ip rule`, in the calling thread's network namespace): packets
+/// that match are looked up in `table`. Unset fields match anything; to delete, they are
+/// wildcards too (the kernel deletes the first rule matching what is set).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRule {
+    /// IPv6 (else IPv4).
+    pub ipv6: bool,
+    /// The preference (lower is looked at first).
+    pub priority: u32,
+    /// The routing table.
+    pub table: u32,
+    /// Only packets from this interface; `lo` for the host's own.
+    pub iif: Option<String>,
+    /// Only this IP protocol.
+    pub ip_proto: Option<u8>,
+    /// Only destination ports in this range (both ends included).
+    pub dports: Option<(u16, u16)>,
+}
+
+impl RouteRule {
+    /// Adds the rule; an identical rule already there is an error ("File exists").
+    pub fn add(&self) -> Result<(), IoError> {
+        netlink_request(&rule_message(RTM_NEWRULE, self, 1)).map_err(|source| IoError::Os {
+            what: format!("adding rule {self}"),
+            source,
+        })
+    }
+
+    /// Deletes the first rule that matches this one; none is an error ("No such file or
+    /// directory").
+    pub fn delete(&self) -> Result<(), IoError> {
+        netlink_request(&rule_message(RTM_DELRULE, self, 1)).map_err(|source| IoError::Os {
+            what: format!("deleting rule {self}"),
+            source,
+        })
+    }
+}
+
+impl std::fmt::Display for RouteRule {
+    /// As `ip rule` prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let family = if self.ipv6 { "-6" } else { "-4" };
+        write!(f, "{family} pref {}", self.priority)?;
+        if let Some(iif) = &self.iif {
+            write!(f, " iif {iif}")?;
+        }
+        if let Some(proto) = self.ip_proto {
+            write!(f, " ipproto {proto}")?;
+        }
+        if let Some((first, last)) = self.dports {
+            write!(f, " dport {first}-{last}")?;
+        }
+        write!(f, " lookup {}", self.table)
     }
 }
 
@@ -371,8 +467,8 @@ fn address_message(kind: u16, flags: u16, index: u32, addr: IpAddr, seq: u32) ->
     m.finish()
 }
 
-/// `RTM_NEWROUTE` for `prefix`/`len` out of interface `index`, in the main table.
-fn new_route_message(index: u32, prefix: IpAddr, len: u8, seq: u32) -> Vec<u8> {
+/// `RTM_NEWROUTE` for `prefix`/`len` out of interface `index`, in routing table `table`.
+fn new_route_message(index: u32, prefix: IpAddr, len: u8, table: u32, seq: u32) -> Vec<u8> {
     let (family, bytes) = ip_bytes(&prefix);
     let mut m = NetlinkMessage::new(
         RTM_NEWROUTE,
@@ -387,7 +483,7 @@ fn new_route_message(index: u32, prefix: IpAddr, len: u8, seq: u32) -> Vec<u8> {
         len,
         0,
         0,
-        RT_TABLE_MAIN,
+        u8::try_from(table).unwrap_or(RT_TABLE_COMPAT),
         RTPROT_STATIC,
         RT_SCOPE_LINK,
         RTN_UNICAST,
@@ -398,6 +494,54 @@ fn new_route_message(index: u32, prefix: IpAddr, len: u8, seq: u32) -> Vec<u8> {
         m.attr(RTA_DST, &bytes);
     }
     m.attr(RTA_OIF, &index.to_ne_bytes());
+    if table != u32::from(RT_TABLE_MAIN) {
+        m.attr(RTA_TABLE, &table.to_ne_bytes());
+    }
+    m.finish()
+}
+
+/// `RTM_NEWRULE` (exclusive: an identical rule is an error) or `RTM_DELRULE` for `rule`.
+fn rule_message(kind: u16, rule: &RouteRule, seq: u32) -> Vec<u8> {
+    let flags = if kind == RTM_NEWRULE {
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    } else {
+        NLM_F_REQUEST | NLM_F_ACK
+    };
+    let mut m = NetlinkMessage::new(kind, flags, seq);
+    let family = if rule.ipv6 {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    } as u8;
+    // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
+    let mut frh = vec![
+        family,
+        0,
+        0,
+        0,
+        u8::try_from(rule.table).unwrap_or(RT_TABLE_COMPAT),
+        0,
+        0,
+        FR_ACT_TO_TBL,
+    ];
+    frh.extend_from_slice(&0u32.to_ne_bytes());
+    m.put(&frh);
+    m.attr(FRA_PRIORITY, &rule.priority.to_ne_bytes());
+    m.attr(FRA_TABLE, &rule.table.to_ne_bytes());
+    if let Some(iif) = &rule.iif {
+        let mut name = iif.as_bytes().to_vec();
+        name.push(0);
+        m.attr(FRA_IIFNAME, &name);
+    }
+    if let Some(proto) = rule.ip_proto {
+        m.attr(FRA_IP_PROTO, &[proto]);
+    }
+    if let Some((first, last)) = rule.dports {
+        // struct fib_rule_port_range: start and end, host order.
+        let mut range = first.to_ne_bytes().to_vec();
+        range.extend_from_slice(&last.to_ne_bytes());
+        m.attr(FRA_DPORT_RANGE, &range);
+    }
     m.finish()
 }
 
@@ -496,7 +640,7 @@ mod tests {
 
     #[test]
     fn route_message_layout() {
-        let m = new_route_message(3, "0.0.0.0".parse().unwrap(), 0, 2);
+        let m = new_route_message(3, "0.0.0.0".parse().unwrap(), 0, 254, 2);
         // header 16 + rtmsg 12 + oif 8: no destination for the default route.
         assert_eq!(m.len(), 36);
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), RTM_NEWROUTE);
@@ -515,9 +659,75 @@ mod tests {
         );
         assert_eq!(u16::from_ne_bytes([m[30], m[31]]), RTA_OIF);
         assert_eq!(u32::from_ne_bytes(m[32..36].try_into().unwrap()), 3);
-        let m = new_route_message(3, "2001:db8::".parse().unwrap(), 32, 2);
+        let m = new_route_message(3, "2001:db8::".parse().unwrap(), 32, 254, 2);
         assert_eq!(m.len(), 16 + 12 + 20 + 8);
         assert_eq!(u16::from_ne_bytes([m[30], m[31]]), RTA_DST);
+        // Another table: its number in RTA_TABLE, the compatibility value in the header.
+        let m = new_route_message(3, "0.0.0.0".parse().unwrap(), 0, 21337, 2);
+        assert_eq!(m.len(), 44);
+        assert_eq!(m[20], RT_TABLE_COMPAT);
+        assert_eq!(u16::from_ne_bytes([m[38], m[39]]), RTA_TABLE);
+        assert_eq!(u32::from_ne_bytes(m[40..44].try_into().unwrap()), 21337);
+    }
+
+    #[test]
+    fn rule_message_layout() {
+        let rule = RouteRule {
+            ipv6: true,
+            priority: 100,
+            table: 21337,
+            iif: Some("lo".into()),
+            ip_proto: Some(6),
+            dports: Some((30000, 32767)),
+        };
+        assert_eq!(
+            rule.to_string(),
+            "-6 pref 100 iif lo ipproto 6 dport 30000-32767 lookup 21337"
+        );
+        let m = rule_message(RTM_NEWRULE, &rule, 1);
+        // header 16 + fib_rule_hdr 12 + priority 8 + table 8 + iif 8 + proto 8 + ports 8.
+        assert_eq!(m.len(), 68);
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), RTM_NEWRULE);
+        assert_eq!(
+            &m[16..24],
+            &[
+                libc::AF_INET6 as u8,
+                0,
+                0,
+                0,
+                RT_TABLE_COMPAT,
+                0,
+                0,
+                FR_ACT_TO_TBL
+            ]
+        );
+        assert_eq!(u16::from_ne_bytes([m[30], m[31]]), FRA_PRIORITY);
+        assert_eq!(u32::from_ne_bytes(m[32..36].try_into().unwrap()), 100);
+        assert_eq!(u16::from_ne_bytes([m[38], m[39]]), FRA_TABLE);
+        assert_eq!(u16::from_ne_bytes([m[44], m[45]]), 7, "lo and its NUL");
+        assert_eq!(u16::from_ne_bytes([m[46], m[47]]), FRA_IIFNAME);
+        assert_eq!(&m[48..51], b"lo\0");
+        assert_eq!(u16::from_ne_bytes([m[54], m[55]]), FRA_IP_PROTO);
+        assert_eq!(m[56], 6);
+        assert_eq!(u16::from_ne_bytes([m[62], m[63]]), FRA_DPORT_RANGE);
+        assert_eq!(u16::from_ne_bytes([m[64], m[65]]), 30000);
+        assert_eq!(u16::from_ne_bytes([m[66], m[67]]), 32767);
+        // The local table's rule, to delete: no match fields, the table in the header.
+        let local = RouteRule {
+            ipv6: false,
+            priority: 0,
+            table: RT_TABLE_LOCAL,
+            iif: None,
+            ip_proto: None,
+            dports: None,
+        };
+        let d = rule_message(RTM_DELRULE, &local, 1);
+        assert_eq!(d.len(), 44);
+        assert_eq!(u16::from_ne_bytes([d[6], d[7]]), NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(
+            d[16..24],
+            [libc::AF_INET as u8, 0, 0, 0, 255, 0, 0, FR_ACT_TO_TBL]
+        );
     }
 
     #[test]

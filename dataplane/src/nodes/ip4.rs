@@ -715,8 +715,16 @@ impl Ip4Local {
             // An ICMP error this node built about a packet from the host stack (no route, too
             // big) goes back to the host, whose sockets and path MTU cache want it.
             // So does the host's connection to a Service whose endpoint is the host itself,
-            // both ways, once the service proxy translated it (see `nat::snat`).
-            if punt_to_host && (pkt.meta.conn.is_some() || Self::is_icmp_error(pkt.buf.data())) {
+            // both ways, once the service proxy translated it (see `nat::snat`). And the
+            // host's TCP, UDP or SCTP to its own address that no Service took: the punt
+            // device's policy routing sends the NodePort range here (the proxy's
+            // `HostNodePortRules`), and the host delivers the rest to itself as it would have.
+            let data = pkt.buf.data();
+            if punt_to_host
+                && (pkt.meta.conn.is_some()
+                    || Self::is_icmp_error(data)
+                    || super::is_transport(Ipv4Packet::new_unchecked(data).protocol()))
+            {
                 cx.error(Ip4LocalError::PuntedToHost);
                 return LocalNext::Punt;
             }

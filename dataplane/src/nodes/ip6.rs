@@ -482,9 +482,13 @@ impl Ip6Local {
                         .is_some_and(|&t| Icmpv6Message(t).is_error())
             });
             // So does the host's connection to a Service whose endpoint is the host itself,
-            // both ways, once the service proxy translated it (see `nat::snat`).
+            // both ways, once the service proxy translated it (see `nat::snat`). And the
+            // host's TCP, UDP or SCTP to its own address that no Service took (see ip4-local).
             let translated = pkt.meta.conn.is_some();
-            if punt_to_host && (icmp_error || translated) && !dst.is_multicast() {
+            let transport = ext
+                .as_ref()
+                .is_ok_and(|e| super::is_transport(e.upper_protocol));
+            if punt_to_host && (icmp_error || translated || transport) && !dst.is_multicast() {
                 cx.error(Ip6LocalError::PuntedToHost);
                 return LocalNext::Punt;
             }

@@ -354,5 +354,11 @@ pub(crate) fn l4_ports(proto: crate::wire::IpProtocol, l4: &[u8]) -> u32 {
     }
 }
 
+/// True for TCP, UDP and SCTP, the protocols Services have ports in.
+pub(crate) fn is_transport(proto: crate::wire::IpProtocol) -> bool {
+    use crate::wire::IpProtocol;
+    matches!(proto, IpProtocol::TCP | IpProtocol::UDP | IpProtocol::SCTP)
+}
+
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,10 @@
 //!    tuples, and the packet is rewritten;
 //! 3. a frontend with no usable endpoint refuses (ICMP port unreachable, for TCP too) or,
 //!    when a Local traffic policy leaves no local endpoint, drops, as kube-proxy does;
-//! 4. anything else passes untouched.
+//! 4. a new connection to a cluster IP on a port or protocol no Service has (TCP, UDP and
+//!    SCTP on another port, pings and other ICMP queries, other protocols) is refused with an
+//!    ICMP port unreachable, as kube-proxy's `cluster-ips-check` chain does;
+//! 5. anything else passes untouched.
 //!
 //! ICMP errors about a tracked connection are translated back (outer header and the quoted
 //! packet) so the client's stack matches them to its socket, and marked as related to it
@@ -29,7 +32,9 @@ use switchyard_lb::service::{Forwarding, Frontend, FrontendEntry, FrontendKind, 
 use super::tunnel::{self, TunnelKind};
 use super::{flow_hash, vreass};
 use crate::buffer::PacketBuffer;
-use crate::conntrack::{Conntrack, ConntrackError, Direction, EntryId, FlowKey, Verdict};
+use crate::conntrack::{
+    Conntrack, ConntrackError, Direction, EntryId, FlowKey, Verdict, PROTO_ICMP, PROTO_ICMPV6,
+};
 use crate::fib::Route;
 use crate::graph::{Context, Handoff, NextIndex, Node, Packet, DROP, HANDOFF};
 use crate::nat::{self, Plain4, Translation, Tuple};
@@ -64,6 +69,8 @@ node_errors! {
         Delivered = ("delivered", "direct server return: sent to a local backend unchanged"),
         SourceDenied = ("source_denied", "new connection to a load-balancer IP from outside its loadBalancerSourceRanges: dropped"),
         HandedOff = ("handed_off", "packets of connections another worker tracks: handed to it"),
+        HostToItself = ("host_to_itself", "the host's connection to a service address of its own (a NodePort on the node's address) whose endpoint is the host itself: dropped, not supported"),
+        NoServicePort = ("no_service_port", "new connection to a cluster IP on a port or protocol no service has: refused (a later fragment: dropped)"),
     }
 }
 
@@ -332,7 +339,7 @@ fn translate<B: PacketBuffer>(
         return decapsulate(cx, pkt, &t);
     }
     if !t.has_ports() {
-        return icmp_error(cx, pkt, &t);
+        return icmp_error(cx, services, pkt, &t);
     }
     let len = t.end as u32;
     if let Some((id, dir)) = cx.state.conntrack.lookup(&t.key, cx.now) {
@@ -387,7 +394,7 @@ fn translate_later_fragment<B: PacketBuffer>(
         let dst_is_local = is_local(cx.tables, t.key.dst);
         let Some(frontend) = services.find(t.key.dst, t.key.proto, t.key.dst_port, dst_is_local)
         else {
-            return Next::Lookup;
+            return no_frontend(cx, services, pkt, t);
         };
         let stateful = matches!(
             (frontend.forwarding, pkt.meta.decapsulated),
@@ -434,9 +441,48 @@ fn start<B: PacketBuffer>(
     }
     let dst_is_local = is_local(cx.tables, t.key.dst);
     let Some(frontend) = services.find(t.key.dst, t.key.proto, t.key.dst_port, dst_is_local) else {
-        return Next::Lookup;
+        return no_frontend(cx, services, pkt, t);
     };
     new_connection(cx, services, frontend, pkt, t)
+}
+
+/// A packet that no connection tracks and no frontend takes: passes, unless it is to a
+/// cluster IP. Then it is refused, as kube-proxy's `ip daddr @cluster-ips reject` for new
+/// connections does (a bare `reject`: ICMP port unreachable whatever the protocol), so a
+/// client of a port the Service does not have fails at once instead of its packet following
+/// the default route off the node. The set is looked at only here, on the miss.
+#[inline]
+fn no_frontend<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+    t: &Tuple,
+) -> Next {
+    if !services.is_cluster_ip(t.key.dst) {
+        return Next::Lookup;
+    }
+    refuse_cluster_ip(cx, pkt, t)
+}
+
+/// [`no_frontend`] for a cluster IP. A fragment after the first is dropped: its first was
+/// refused, and an ICMP error is never sent about a later fragment (RFC 1122 3.2.2).
+#[cold]
+fn refuse_cluster_ip<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    pkt: &mut Packet<B>,
+    t: &Tuple,
+) -> Next {
+    cx.error(NatError::NoServicePort);
+    if pkt.meta.trace != 0 {
+        cx.trace(
+            &pkt.meta,
+            format_args!("{}: cluster IP, no service port: refused", t.key),
+        );
+    }
+    if t.later_fragment {
+        return Next::Drop;
+    }
+    port_unreachable(pkt, t)
 }
 
 fn is_local(tables: &Tables, addr: IpAddr) -> bool {
@@ -546,12 +592,16 @@ fn new_connection<B: PacketBuffer>(
         masquerade
     };
     let (reply_dst, reply_dst_port) = if masquerade {
-        match snat(cx, services, t, backend.addr, backend.port) {
+        match snat(
+            cx,
+            services,
+            t,
+            backend.addr,
+            backend.port,
+            pkt.meta.local_origin,
+        ) {
             Some(a) => a,
-            None => {
-                cx.error(NatError::NoSnatPort);
-                return Next::Drop;
-            }
+            None => return Next::Drop,
         }
     } else {
         // Two services on one backend port, reached from the same client port, would share a
@@ -635,13 +685,14 @@ fn addr_words(a: IpAddr) -> [u32; 4] {
 }
 
 /// This node's address towards `backend` (for the host reaching itself, the Service's) and a
-/// free port on it for the connection `t`.
+/// free port on it for the connection `t`; `None`, counted by why, when there is none.
 fn snat<B>(
     cx: &mut Context<'_, B>,
     services: &Services,
     t: &Tuple,
     backend: IpAddr,
     backend_port: u16,
+    pkt_from_host: bool,
 ) -> Option<(IpAddr, u16)> {
     let addr = match source_towards(cx.tables, backend) {
         Some(addr) => addr,
@@ -650,13 +701,25 @@ fn snat<B>(
         // answer over its loopback and this node would never see the answer. The Service's
         // address stands in for the client instead: the host's answer to it takes the route
         // into this node, which translates it back. (kube-proxy's DNAT in OUTPUT needs no
-        // such help, the kernel un-translates on loopback.) A Service address that is the
-        // host's own, a NodePort on the node's address, cannot arrive here: the host
-        // delivers those to itself.
+        // such help, the kernel un-translates on loopback.)
         None if is_local(cx.tables, backend) && !is_local(cx.tables, t.key.dst) => t.key.dst,
-        None => return None,
+        // A Service address that is the host's own as well, a NodePort on the node's address
+        // (the punt device's policy routing brings the host's own connections to NodePorts
+        // here): no address of either end would bring the host's answer back through this
+        // node. Not supported; counted apart from a shortage of ports.
+        None if pkt_from_host && is_local(cx.tables, backend) => {
+            cx.error(NatError::HostToItself);
+            return None;
+        }
+        None => {
+            cx.error(NatError::NoSnatPort);
+            return None;
+        }
     };
-    let port = reply_port(cx, services, t, addr, backend, backend_port)?;
+    let Some(port) = reply_port(cx, services, t, addr, backend, backend_port) else {
+        cx.error(NatError::NoSnatPort);
+        return None;
+    };
     Some((addr, port))
 }
 
@@ -721,6 +784,11 @@ fn source_and_mtu_towards(tables: &Tables, dst: IpAddr) -> Option<(IpAddr, u16)>
 /// error, rate-limited with the node's others as the kernel's are.
 fn reject<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: &Tuple) -> Next {
     cx.error(NatError::Rejected);
+    port_unreachable(pkt, t)
+}
+
+/// Sends the packet to the ICMP error node to be answered with a port unreachable.
+fn port_unreachable<B>(pkt: &mut Packet<B>, t: &Tuple) -> Next {
     pkt.meta.icmp_error = Some(match t.key.dst {
         IpAddr::V4(_) => (3, 3, 0),
         IpAddr::V6(_) => (1, 4, 0),
@@ -728,9 +796,19 @@ fn reject<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: &Tup
     Next::Error
 }
 
-/// Translates an ICMP error about a tracked connection; passes other packets on.
-fn icmp_error<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: &Tuple) -> Next {
+/// For a packet without ports (ICMP, other protocols): translates an ICMP error about a
+/// tracked connection; refuses what opens a connection to a cluster IP (an ICMP query, or a
+/// protocol Services have no ports in; see [`no_frontend`]); passes other packets on.
+fn icmp_error<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+    t: &Tuple,
+) -> Next {
     let Some((quoted, at)) = nat::quoted_tuple(pkt.buf.data(), t) else {
+        if opens_connection(pkt.buf.data(), t) {
+            return no_frontend(cx, services, pkt, t);
+        }
         return Next::Lookup;
     };
     let Some((id, dir)) = cx.state.conntrack.lookup_icmp_error(&quoted.key, cx.now) else {
@@ -774,6 +852,19 @@ fn icmp_error<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>, t: 
         cx.error(NatError::IcmpTranslated);
     }
     Next::Lookup
+}
+
+/// True if the packet `ip` (without ports, tuple `t`) would open a connection in Linux
+/// conntrack: an ICMP query ([`nat::is_icmp_query`]), or any packet of a protocol other than
+/// ICMP (tracked generically). A later fragment carries no ICMP header: it counts as one of
+/// its datagram's.
+fn opens_connection(ip: &[u8], t: &Tuple) -> bool {
+    match t.key.proto {
+        PROTO_ICMP | PROTO_ICMPV6 if !t.later_fragment => ip
+            .get(t.l4_offset)
+            .is_some_and(|&ty| nat::is_icmp_query(t.key.proto, ty)),
+        _ => true,
+    }
 }
 
 /// Unwraps a tunnel packet addressed to this node and sends the inner packet to the input

@@ -914,9 +914,10 @@ fn fold(mut sum: u64) -> u16 {
     !(sum as u16)
 }
 
+/// What decapsulation needs of the outer headers. Not the addresses: they are read where
+/// they lie when wanted ([`outer_addresses`]), not carried through the whole decapsulation
+/// as two 17-byte `IpAddr`s, which cost some 20 instructions a packet in copies.
 struct OuterParsed {
-    src: IpAddr,
-    dst: IpAddr,
     /// Range of the ESP packet in the buffer.
     esp: Range<usize>,
     udp_src_port: Option<u16>,
@@ -927,7 +928,7 @@ struct OuterParsed {
 #[inline(always)]
 fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
     let version = packet.first().ok_or(EspError::Truncated)? >> 4;
-    let (src, dst, protocol, l4, ecn) = match version {
+    let (protocol, l4, ecn) = match version {
         4 => {
             let h = packet.get(..IPV4_HEADER_LEN).ok_or(EspError::Truncated)?;
             let ihl = usize::from(h[0] & 0x0f) * 4;
@@ -942,9 +943,7 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
             if fragment & 0x3fff != 0 {
                 return Err(EspError::Fragment);
             }
-            let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-            let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-            (IpAddr::V4(src), IpAddr::V4(dst), h[9], ihl..total, h[1] & 3)
+            (h[9], ihl..total, h[1] & 3)
         }
         6 => {
             let h = packet.get(..IPV6_HEADER_LEN).ok_or(EspError::Truncated)?;
@@ -953,24 +952,12 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
             if total > packet.len() {
                 return Err(EspError::Truncated);
             }
-            let mut src = [0u8; 16];
-            src.copy_from_slice(&h[8..24]);
-            let mut dst = [0u8; 16];
-            dst.copy_from_slice(&h[24..40]);
-            (
-                IpAddr::V6(Ipv6Addr::from(src)),
-                IpAddr::V6(Ipv6Addr::from(dst)),
-                h[6],
-                IPV6_HEADER_LEN..total,
-                (h[1] >> 4) & 3,
-            )
+            (h[6], IPV6_HEADER_LEN..total, (h[1] >> 4) & 3)
         }
         _ => return Err(EspError::Malformed),
     };
     match protocol {
         ESP_PROTOCOL => Ok(OuterParsed {
-            src,
-            dst,
             esp: l4,
             udp_src_port: None,
             ecn,
@@ -993,8 +980,6 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
                 // NAT keepalive or IKE behind the non-ESP marker: not ours.
                 [0xff] | [0, 0, 0, 0, ..] => Err(EspError::NotEsp),
                 _ => Ok(OuterParsed {
-                    src,
-                    dst,
                     esp: payload,
                     udp_src_port: Some(src_port),
                     ecn,
@@ -1016,34 +1001,33 @@ pub fn decapsulate<L: SaLookup + ?Sized>(
     now: Nanos,
 ) -> Result<Decapsulated, EspError> {
     let (outer, spi, seq_low) = parse_esp(packet)?;
+    let (_, dst) = outer_addresses(packet).ok_or(EspError::Malformed)?;
     let sa = lookup
-        .inbound_sa(spi, outer.dst)
+        .inbound_sa(spi, dst)
         .ok_or(EspError::UnknownSpi(spi))?;
     decap_with(sa, packet, &outer, spi, seq_low, now).map_err(|error| count_refusal(sa, error))
 }
 
 /// A decapsulation waiting for its crypto (see [`decapsulate_prepare`]).
+///
+/// It holds no outer addresses: [`decapsulate_finish`] reads them back from the outer
+/// header, which the crypto leaves alone. Carried here, as they were (two 17-byte `IpAddr`s),
+/// they were copied three times per packet (out of the parse, into this, and with this
+/// through the caller's batch) for one read, which most callers then did not use.
 #[derive(Debug, Clone)]
 pub struct DecapPending {
     spi: u32,
+    udp_src_port: Option<u16>,
+    outer_ecn: u8,
     sequence: u64,
     ct_at: usize,
     ct_end: usize,
-    outer_src: IpAddr,
-    outer_dst: IpAddr,
-    udp_src_port: Option<u16>,
-    outer_ecn: u8,
 }
 
 impl DecapPending {
     /// The SA's SPI, to find it again for the crypto and [`decapsulate_finish`].
     pub fn spi(&self) -> u32 {
         self.spi
-    }
-
-    /// The outer destination, as [`SaLookup::inbound_sa`] wants it.
-    pub fn outer_dst(&self) -> IpAddr {
-        self.outer_dst
     }
 }
 
@@ -1063,18 +1047,41 @@ fn count_refusal(sa: &mut Sa, error: EspError) -> EspError {
 /// The first half of [`decapsulate`]: parses the outer packet, finds the SA, checks its
 /// lifetime and the replay window, and says what the crypto must do. Run the returned
 /// [`SymParams`] on the same buffer with the SA's [`Sa::crypto_ctx`], then call
-/// [`decapsulate_finish`].
+/// [`decapsulate_finish`] with the same buffer.
+///
+/// [`decapsulate_prepare_into`] without a [`SymParams`] at hand.
 #[inline]
 pub fn decapsulate_prepare<L: SaLookup + ?Sized>(
     lookup: &mut L,
     packet: &mut [u8],
     now: Nanos,
 ) -> Result<(DecapPending, SymParams), EspError> {
+    let mut params = SymParams::default();
+    let pending = decapsulate_prepare_into(lookup, packet, now, &mut params)?;
+    Ok((pending, params))
+}
+
+/// [`decapsulate_prepare`] that writes what the crypto must do into `params`, typically
+/// those of the batch operation ([`SymOp`](crate::crypto::SymOp)) that will run it, and
+/// returns the rest. Returned together, the two came to some 180 bytes, which the caller
+/// copied (with a call to `memcpy`) before moving each part where it goes; written in place,
+/// nothing is copied. On error `params` is left as it was.
+///
+/// Inlined into the caller's loop: called, it spent some 15 instructions a packet on its
+/// frame and passed its result through memory.
+#[inline(always)]
+pub fn decapsulate_prepare_into<L: SaLookup + ?Sized>(
+    lookup: &mut L,
+    packet: &mut [u8],
+    now: Nanos,
+    params: &mut SymParams,
+) -> Result<DecapPending, EspError> {
     let (outer, spi, seq_low) = parse_esp(packet)?;
     let sa = lookup
-        .inbound_sa(spi, outer.dst)
+        .inbound_sa(spi, outer_dst(packet))
         .ok_or(EspError::UnknownSpi(spi))?;
-    prepare_with(sa, packet, &outer, spi, seq_low, now).map_err(|error| count_refusal(sa, error))
+    prepare_with(sa, packet, &outer, spi, seq_low, now, params)
+        .map_err(|error| count_refusal(sa, error))
 }
 
 /// The outer headers of an ESP packet, its SPI and the low half of its sequence number.
@@ -1110,7 +1117,9 @@ fn decap_with(
             let layout = check_decap(sa, outer, seq_low, now, cbc_lengths(&**ctx))?;
             let params = cbc_decap_params(sa.esn, packet, &layout)?;
             let crypto = sa.crypto_ctx().run_here(&params, packet);
-            finish_with(sa, &layout.pending(spi, outer), packet, crypto)
+            let pending = layout.pending(spi, outer);
+            let (src, dst) = outer_addresses(packet).ok_or(EspError::Malformed)?;
+            finish_with(sa, &pending, packet, crypto, src, dst)
         }
     }
 }
@@ -1131,8 +1140,14 @@ fn decap_gcm(
     let SaCrypto::Gcm { aead, salt } = &sa.crypto else {
         return Err(EspError::Crypto(CryptoError::Backend));
     };
-    let esp = packet
-        .get_mut(layout.esp_at..layout.esp_end)
+    // The outer headers apart from the ESP packet, to read the addresses from once the
+    // crypto has run.
+    let (outer_bytes, rest) = packet
+        .split_at_mut_checked(layout.esp_at)
+        .ok_or(EspError::Truncated)?;
+    // `check_decap` found the ESP packet longer than its header, IV and ICV.
+    let esp = rest
+        .get_mut(..layout.esp_end - layout.esp_at)
         .ok_or(EspError::Truncated)?;
     let (head, body) = esp
         .split_at_mut_checked(ESP_HEADER_LEN + AeadAlgorithm::IV_LEN)
@@ -1148,13 +1163,16 @@ fn decap_gcm(
     let aad = GcmAad::new(spi, layout.sequence, sa.esn);
     let crypto = aead.open(nonce.get(), aad.get(), text, tag);
     let (inner_len, next_header) = finish_plaintext(sa, layout.sequence, text, crypto)?;
+    // Read last, straight into the result (`parse_outer` checked the header, so this does
+    // not fail).
+    let (outer_src, outer_dst) = outer_addresses(outer_bytes).ok_or(EspError::Malformed)?;
     Ok(Decapsulated {
         spi,
         sequence: layout.sequence,
         inner: layout.ct_at..layout.ct_at + inner_len,
         next_header,
-        outer_src: outer.src,
-        outer_dst: outer.dst,
+        outer_src,
+        outer_dst,
         udp_src_port: outer.udp_src_port,
         outer_ecn: outer.ecn,
     })
@@ -1174,13 +1192,11 @@ impl DecapLayout {
     fn pending(&self, spi: u32, outer: &OuterParsed) -> DecapPending {
         DecapPending {
             spi,
+            udp_src_port: outer.udp_src_port,
+            outer_ecn: outer.ecn,
             sequence: self.sequence,
             ct_at: self.ct_at,
             ct_end: self.ct_end,
-            outer_src: outer.src,
-            outer_dst: outer.dst,
-            udp_src_port: outer.udp_src_port,
-            outer_ecn: outer.ecn,
         }
     }
 }
@@ -1262,23 +1278,30 @@ fn prepare_with(
     spi: u32,
     seq_low: u32,
     now: Nanos,
-) -> Result<(DecapPending, SymParams), EspError> {
+    params: &mut SymParams,
+) -> Result<DecapPending, EspError> {
     match &sa.crypto {
-        SaCrypto::Gcm { salt, .. } => prepare_gcm(sa, salt, packet, outer, spi, seq_low, now),
+        SaCrypto::Gcm { salt, .. } => {
+            prepare_gcm(sa, salt, packet, outer, spi, seq_low, now, params)
+        }
         SaCrypto::CbcHmac(ctx) => {
             let layout = check_decap(sa, outer, seq_low, now, cbc_lengths(&**ctx))?;
-            let params = cbc_decap_params(sa.esn, packet, &layout)?;
-            Ok((layout.pending(spi, outer), params))
+            *params = cbc_decap_params(sa.esn, packet, &layout)?;
+            Ok(layout.pending(spi, outer))
         }
     }
 }
 
 /// [`prepare_with`] for AES-GCM (RFC 4106), reading the packet as [`decap_gcm`] does: the
-/// ESP header and the IV as one 16-byte chunk, the tag as another. The nonce and the AAD
-/// are made as whole values ([`GcmNonce`], whose last 4 bytes are zero, fills the 16-byte IV
-/// field in one store; [`GcmAad`] without ESN is one 8-byte store), for the reason given at
+/// ESP header and the IV as one 16-byte chunk. The nonce and the AAD are made as whole
+/// values ([`GcmNonce`], whose last 4 bytes are zero, fills the 16-byte IV field in one
+/// store; [`GcmAad`] without ESN is one 8-byte store), for the reason given at
 /// [`GcmNonce`]: built piecewise in a scratch array and copied over, as they were, the
 /// wider loads that copy them (here, then into the device's operation) spanned two stores.
+///
+/// The tag stays where it lies and is read there (`tag_in_place`): it is not copied into
+/// `expected`, which is left as it was.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn prepare_gcm(
     sa: &Sa,
@@ -1288,30 +1311,26 @@ fn prepare_gcm(
     spi: u32,
     seq_low: u32,
     now: Nanos,
-) -> Result<(DecapPending, SymParams), EspError> {
+    params: &mut SymParams,
+) -> Result<DecapPending, EspError> {
     let layout = check_decap(sa, outer, seq_low, now, GCM_LENGTHS)?;
     let head = packet
         .get(layout.esp_at..)
         .and_then(|h| h.first_chunk::<{ ESP_HEADER_LEN + AeadAlgorithm::IV_LEN }>())
         .ok_or(EspError::Truncated)?;
-    let tag = packet
-        .get(layout.ct_end..)
-        .and_then(|t| t.first_chunk::<TAG_LEN>())
-        .ok_or(EspError::Truncated)?;
+    // The tag ends the ESP packet, which lies in `packet` (`parse_outer`); checked all the
+    // same, as cheaply as a compare can.
+    if layout.esp_end > packet.len() {
+        return Err(EspError::Truncated);
+    }
     let [.., i0, i1, i2, i3, i4, i5, i6, i7] = *head;
     let GcmNonce(iv) = GcmNonce::new(salt, [i0, i1, i2, i3, i4, i5, i6, i7]);
-    let mut params = SymParams {
-        seal: false,
-        iv,
-        text: layout.ct_at..layout.ct_end,
-        digest_at: layout.ct_end,
-        tag_in_place: true,
-        icv_len: TAG_LEN as u8,
-        ..SymParams::default()
-    };
+    // The whole field is written (its unused tail zero), an 8-byte and a 4-byte store.
     params.aad_len = match GcmAad::new(spi, layout.sequence, sa.esn) {
         GcmAad::Plain(aad) => {
-            params.aad[..8].copy_from_slice(&aad);
+            let (head, tail) = params.aad.split_at_mut(8);
+            head.copy_from_slice(&aad);
+            tail.fill(0);
             8
         }
         GcmAad::Esn(aad) => {
@@ -1319,23 +1338,69 @@ fn prepare_gcm(
             12
         }
     };
-    params.expected[..TAG_LEN].copy_from_slice(tag);
-    Ok((layout.pending(spi, outer), params))
+    params.seal = false;
+    params.iv = iv;
+    params.text = layout.ct_at..layout.ct_end;
+    params.auth = 0..0;
+    params.digest_at = layout.ct_end;
+    params.tag_in_place = true;
+    params.icv_len = TAG_LEN as u8;
+    Ok(layout.pending(spi, outer))
 }
 
 /// The second half of [`decapsulate`], once the crypto ran with `crypto` as its result:
-/// moves the replay window, checks the trailer and counts the packet. On success the inner
-/// packet is at `packet[result.inner]`.
+/// moves the replay window, checks the trailer and counts the packet. `packet` is the
+/// buffer [`decapsulate_prepare`] saw, outer header included. On success the inner packet
+/// is at `packet[result.inner]`.
+///
+/// Inlined, as [`decapsulate_prepare_into`] is: what the caller does not read of the result
+/// (most callers read the outer addresses only to trace the packet) is then not made.
+#[inline(always)]
 pub fn decapsulate_finish<L: SaLookup + ?Sized>(
     lookup: &mut L,
     pending: &DecapPending,
     packet: &mut [u8],
     crypto: Result<(), CryptoError>,
 ) -> Result<Decapsulated, EspError> {
+    let (src, dst) = outer_addresses(packet).ok_or(EspError::Truncated)?;
     let sa = lookup
-        .inbound_sa(pending.spi, pending.outer_dst)
+        .inbound_sa(pending.spi, dst)
         .ok_or(EspError::UnknownSpi(pending.spi))?;
-    finish_with(sa, pending, packet, crypto).map_err(|error| count_refusal(sa, error))
+    finish_with(sa, pending, packet, crypto, src, dst).map_err(|error| count_refusal(sa, error))
+}
+
+/// The outer destination for [`SaLookup::inbound_sa`], of a header [`parse_outer`] accepted
+/// (the unspecified address for any other, which is never asked for). Infallible, so that
+/// where the lookup does not use it (tables by SPI alone), it is not even read.
+#[inline(always)]
+fn outer_dst(packet: &[u8]) -> IpAddr {
+    outer_addresses(packet).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |(_, dst)| dst)
+}
+
+/// The source and destination of the outer header at the start of `packet`, which
+/// [`parse_outer`] checked (see [`OuterParsed`], [`DecapPending`]).
+#[inline(always)]
+fn outer_addresses(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match packet.first()? >> 4 {
+        4 => {
+            let h = packet.first_chunk::<IPV4_HEADER_LEN>()?;
+            let [.., s0, s1, s2, s3, d0, d1, d2, d3] = *h;
+            Some((
+                IpAddr::V4(Ipv4Addr::new(s0, s1, s2, s3)),
+                IpAddr::V4(Ipv4Addr::new(d0, d1, d2, d3)),
+            ))
+        }
+        6 => {
+            let h = packet.first_chunk::<IPV6_HEADER_LEN>()?;
+            let src: [u8; 16] = *h[8..].first_chunk()?;
+            let dst: [u8; 16] = *h[24..].first_chunk()?;
+            Some((
+                IpAddr::V6(Ipv6Addr::from(src)),
+                IpAddr::V6(Ipv6Addr::from(dst)),
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// Whether the `pad_len` bytes before the plaintext's last two (pad length, next header) are
@@ -1381,12 +1446,15 @@ const PADDING_CHECKS: [(u128, u128); 15] = {
     checks
 };
 
+/// The second half once the SA is found, with the outer addresses.
 #[inline(always)]
 fn finish_with(
     sa: &mut Sa,
     pending: &DecapPending,
     packet: &mut [u8],
     crypto: Result<(), CryptoError>,
+    outer_src: IpAddr,
+    outer_dst: IpAddr,
 ) -> Result<Decapsulated, EspError> {
     let (ct_at, ct_end) = (pending.ct_at, pending.ct_end);
     let text = match packet.get(ct_at..ct_end) {
@@ -1400,8 +1468,8 @@ fn finish_with(
         sequence: pending.sequence,
         inner: ct_at..ct_at + inner_len,
         next_header,
-        outer_src: pending.outer_src,
-        outer_dst: pending.outer_dst,
+        outer_src,
+        outer_dst,
         udp_src_port: pending.udp_src_port,
         outer_ecn: pending.outer_ecn,
     })

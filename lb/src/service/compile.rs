@@ -44,7 +44,8 @@ impl ServiceTable {
         let mut bytes = self.frontends.capacity()
             * (size_of::<Frontend>() + size_of::<FrontendEntry>() + 1)
             + self.health_checks.capacity()
-                * (size_of::<u16>() + size_of::<(Arc<ServiceName>, usize)>() + 1);
+                * (size_of::<u16>() + size_of::<(Arc<ServiceName>, usize)>() + 1)
+            + self.cluster_ips.approx_heap_bytes();
         let mut names = HashSet::new();
         let mut port_names = HashSet::new();
         let mut sets = HashSet::new();

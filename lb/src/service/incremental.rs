@@ -11,9 +11,11 @@
 //! goes, the next claimant takes over, as a full compile without the owner would have had it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::backends::BackendSets;
+use super::cluster_ips::ClusterIpClaims;
 use super::compile::Compiler;
 use super::{
     CompileOptions, Frontend, FrontendEntry, Service, ServiceError, ServiceName, ServiceTable,
@@ -38,6 +40,8 @@ pub struct ServiceCompiler {
     contested_health: BTreeSet<u16>,
     /// Services with problems of their own.
     with_errors: BTreeSet<ServiceName>,
+    /// Which Services claim each cluster IP.
+    cluster_ip_claims: ClusterIpClaims,
     table: ServiceTable,
 }
 
@@ -48,6 +52,8 @@ struct Compiled {
     frontends: Vec<Frontend>,
     /// Its health-check NodePort.
     health_port: Option<u16>,
+    /// Its distinct cluster IPs, if it has a port (see [`ServiceTable::cluster_ips`]).
+    cluster_ips: Vec<IpAddr>,
     /// Its own problems (contested frontends aside).
     errors: Vec<ServiceError>,
 }
@@ -78,6 +84,7 @@ impl ServiceCompiler {
             contested: BTreeSet::new(),
             contested_health: BTreeSet::new(),
             with_errors: BTreeSet::new(),
+            cluster_ip_claims: ClusterIpClaims::default(),
             table: ServiceTable::default(),
         }
     }
@@ -154,6 +161,16 @@ impl ServiceCompiler {
             self.settle_health(port);
             port
         });
+        let mut cluster_ips: Vec<IpAddr> = Vec::new();
+        if !service.ports.is_empty() {
+            for &addr in &service.cluster_ips {
+                if !cluster_ips.contains(&addr) {
+                    cluster_ips.push(addr);
+                }
+            }
+        }
+        self.cluster_ip_claims
+            .claim(&cluster_ips, &mut self.table.cluster_ips);
         if !errors.is_empty() {
             self.with_errors.insert(name.clone());
         }
@@ -163,6 +180,7 @@ impl ServiceCompiler {
                 service,
                 frontends,
                 health_port,
+                cluster_ips,
                 errors,
             },
         );
@@ -186,6 +204,8 @@ impl ServiceCompiler {
             }
             self.settle_health(port);
         }
+        self.cluster_ip_claims
+            .release(&old.cluster_ips, &mut self.table.cluster_ips);
         self.with_errors.remove(name);
         true
     }

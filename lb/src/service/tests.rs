@@ -2,7 +2,7 @@
 //! focused tests for frontends, conflicts, backend sets and sizing, and a property test that
 //! input order does not matter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
@@ -1072,6 +1072,14 @@ fn reference_compile(
             }
         }
     }
+    // Every cluster IP of a Service with a port, claimed at once.
+    let cluster_ips: BTreeSet<IpAddr> = services
+        .values()
+        .filter(|s| !s.ports.is_empty())
+        .flat_map(|s| s.cluster_ips.iter().copied())
+        .collect();
+    let cluster_ips: Vec<IpAddr> = cluster_ips.into_iter().collect();
+    super::cluster_ips::ClusterIpClaims::default().claim(&cluster_ips, &mut table.cluster_ips);
     errors.sort();
     (table, errors)
 }
@@ -1242,4 +1250,73 @@ fn source_ranges_guard_load_balancer_ips_of_their_own_family() {
     assert_eq!(ranges("2001:db8::80"), None);
     assert_eq!(ranges("203.0.113.81"), None);
     assert_eq!(ranges("198.51.100.10"), None);
+}
+
+// The cluster IPs (kube-proxy's `cluster-ips` set): every cluster IP of a Service with a
+// port, endpoints or not, in both families.
+
+#[test]
+fn cluster_ips_are_those_of_services_with_ports_endpoints_or_not() {
+    let table = compile_ok(&[
+        service(
+            "web",
+            &["198.51.100.10", "2001:db8::10"],
+            vec![tcp("http", 80, vec![ready("198.18.0.1", false)])],
+        ),
+        service("empty", &["198.51.100.20"], vec![tcp("http", 80, vec![])]),
+        service("portless", &["198.51.100.30"], vec![]),
+    ]);
+    let mut got: Vec<IpAddr> = table.cluster_ips.iter().collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![ip("198.51.100.10"), ip("198.51.100.20"), ip("2001:db8::10")]
+    );
+    for addr in ["198.51.100.10", "198.51.100.20", "2001:db8::10"] {
+        assert!(table.cluster_ips.contains(ip(addr)), "{addr}");
+    }
+    // Neighbours, within the bounds and outside them, and the other family's zero.
+    for addr in [
+        "198.51.100.15",
+        "198.51.100.30",
+        "198.51.100.9",
+        "198.51.100.21",
+        "2001:db8::11",
+        "2001:db8::f",
+        "::",
+        "0.0.0.0",
+    ] {
+        assert!(!table.cluster_ips.contains(ip(addr)), "{addr}");
+    }
+    assert_eq!(compile_ok(&[]).cluster_ips, ClusterIps::default());
+}
+
+#[test]
+fn cluster_ips_follow_services_one_at_a_time() {
+    let mut compiler = ServiceCompiler::new(CompileOptions::default());
+    let one = |addrs: &[&str]| {
+        Arc::new(service(
+            "a",
+            addrs,
+            vec![tcp("http", 80, vec![ready("198.18.0.1", false)])],
+        ))
+    };
+    compiler.upsert(one(&["198.51.100.10"]));
+    // A second Service claiming the same address (invalid, but the API may say so for a
+    // while): the address stays until neither claims it.
+    compiler.upsert(Arc::new(service(
+        "b",
+        &["198.51.100.10", "198.51.100.11"],
+        vec![tcp("dns", 53, vec![])],
+    )));
+    let contains = |c: &ServiceCompiler, a: &str| c.table().cluster_ips.contains(ip(a));
+    assert!(contains(&compiler, "198.51.100.10") && contains(&compiler, "198.51.100.11"));
+    compiler.upsert(one(&["198.51.100.12", "2001:db8::12"]));
+    assert!(contains(&compiler, "198.51.100.10"), "still b's");
+    assert!(contains(&compiler, "198.51.100.12") && contains(&compiler, "2001:db8::12"));
+    compiler.remove(&service_name("b"));
+    assert!(!contains(&compiler, "198.51.100.10") && !contains(&compiler, "198.51.100.11"));
+    assert_eq!(compiler.table().cluster_ips.len(), 2);
+    compiler.remove(&service_name("a"));
+    assert_eq!(compiler.table().cluster_ips, ClusterIps::default());
 }

@@ -105,6 +105,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         })),
         shared: Some(shared),
         ipsec_feed,
+        node_ports: Some((
+            args.service_node_port_range.first,
+            args.service_node_port_range.last,
+        )),
     };
     let result = router::run_with(&args.router, hooks);
     if let Some(stopper) = bgp_stopper.get() {

@@ -842,6 +842,7 @@ fn a_reply_tuple_clash_between_two_services_gets_another_source_port() {
     );
 }
 
+mod cluster_ips;
 mod fragments;
 mod kube_proxy;
 
@@ -959,4 +960,75 @@ fn the_hosts_answer_is_handed_to_the_worker_tracking_its_connection() {
         (port, src, dst, sport, dport),
         (0, node, v4(CLIENT), 30080, 40000)
     );
+}
+
+/// kube-proxy's OUTPUT chain again, for a NodePort on the node's own address (the punt
+/// device's policy routing brings the host's own connections to NodePorts here): the
+/// connection is masqueraded towards the pod, and the pod's answer, translated back to come
+/// from the NodePort, goes to the host.
+#[test]
+fn the_host_reaches_a_node_port_on_its_own_address_through_the_punt_path() {
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    r.tables.punt_to_host = true;
+    let node = v4("198.18.1.1");
+    let syn = tcp(node, node, 40000, 30080, TcpFlags::SYN);
+    from_host(&mut r, &syn);
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(punted.is_empty(), "{punted:?}");
+    let (port, src, dst, sport, dport, _) = one_tcp(&sent);
+    assert_eq!(
+        (port, src, dst, dport),
+        (1, v4("198.18.2.1"), v4(BACKEND), 8080),
+        "masqueraded to the address towards the pod"
+    );
+    assert_eq!(r.count("ip4-nat", "masqueraded"), 1);
+    let synack = tcp(v4(BACKEND), src, 8080, sport, TcpFlags::SYN | TcpFlags::ACK);
+    r.graph.receive(Packet::received(
+        HeapBuffer::from_bytes(&eth(MAC1, SERVER_MAC, 0x0800, &synack)),
+        1,
+    ));
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(punted.len(), 1, "to the host");
+    let ip = Ipv4Packet::new_checked(&punted[0][..]).unwrap();
+    assert!(ip.verify_checksum());
+    let seg = TcpPacket::new_checked(ip.payload()).unwrap();
+    let addrs = IpAddrPair::V4 {
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+    };
+    assert!(seg.verify_checksum(&addrs), "TCP checksum");
+    assert_eq!(
+        (ip.src_addr(), seg.src_port(), ip.dst_addr(), seg.dst_port()),
+        (node, 30080, node, 40000)
+    );
+    // The host's next segment follows the connection.
+    let ack = tcp(node, node, 40000, 30080, TcpFlags::ACK);
+    from_host(&mut r, &ack);
+    let (_, sent) = punted_and_sent(&mut r);
+    let (_, _, dst, _, dport, _) = one_tcp(&sent);
+    assert_eq!((dst, dport), (v4(BACKEND), 8080));
+}
+
+/// The same NodePort whose endpoint is the host itself (a host-network pod): no address
+/// would bring the host's answer back through this node, so it is not supported, and
+/// counted as such. The host's own traffic to ports of its own that no Service has goes
+/// back to the host, which delivers it to itself as it would have.
+#[test]
+fn the_host_to_its_own_node_port_served_by_itself_is_dropped_and_other_ports_go_back() {
+    let node = v4("198.18.1.1");
+    let mut r = Rig::with_services(&[service(vec![Endpoint::ready(node.into(), 8080, true)])]);
+    r.tables.punt_to_host = true;
+    from_host(&mut r, &tcp(node, node, 40000, 30080, TcpFlags::SYN));
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(punted.is_empty() && sent.is_empty(), "{punted:?} {sent:?}");
+    assert_eq!(r.count("ip4-nat", "host_to_itself"), 1);
+    assert_eq!(r.count("ip4-nat", "no_snat_port"), 0);
+
+    let other = udp(node, node, 5000, 30999);
+    from_host(&mut r, &other);
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(punted, vec![other], "back to the host unchanged");
+    assert_eq!(r.count("ip4-local", "local_loop"), 0);
 }

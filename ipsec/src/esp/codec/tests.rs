@@ -156,6 +156,76 @@ fn one_packet_and_batch_paths_agree() {
     }
 }
 
+/// [`decapsulate_prepare_into`] writes into whatever parameters the caller's operation held
+/// before (a previous packet's, another suite's): nothing of them may leak into this packet's
+/// crypto. AES-GCM's tag is read where it lies, so a forged one fails there.
+#[test]
+fn prepare_into_overwrites_stale_parameters() {
+    let stale = SymParams {
+        seal: true,
+        iv: [0xa5; 16],
+        aad: [0x5a; 12],
+        aad_len: 12,
+        text: 3..9999,
+        auth: 7..9999,
+        digest_at: 9999,
+        tag_in_place: false,
+        icv_len: 32,
+        expected: [0xee; 32],
+    };
+    for suite in SUITES {
+        for esn in [false, true] {
+            for outer in [v4_outer(), v6_outer().with_udp(40000, 4500)] {
+                let (mut out, mut inb_a) = pair(suite, esn);
+                let (_, mut inb_b) = pair(suite, esn);
+                let packet = encapsulate(&mut out, &inner_v4(45), &outer, 0).unwrap();
+                let (mut a, mut b) = (packet.clone(), packet.clone());
+                let one = decapsulate(&mut inb_a, &mut a, 0).unwrap();
+                let mut params = stale.clone();
+                let job = decapsulate_prepare_into(&mut inb_b, &mut b, 0, &mut params).unwrap();
+                let crypto = inb_b.crypto_ctx().run_here(&params, &mut b);
+                let batch = decapsulate_finish(&mut inb_b, &job, &mut b, crypto).unwrap();
+                assert_eq!(one, batch, "{suite:?} esn {esn}");
+                assert_eq!(a, b, "{suite:?} esn {esn}");
+
+                // The last byte of the packet is the tag's (or the ICV's).
+                let mut forged = encapsulate(&mut out, &inner_v4(45), &outer, 0).unwrap();
+                if let Some(last) = forged.last_mut() {
+                    *last ^= 1;
+                }
+                let mut params = stale.clone();
+                let job =
+                    decapsulate_prepare_into(&mut inb_b, &mut forged, 0, &mut params).unwrap();
+                let crypto = inb_b.crypto_ctx().run_here(&params, &mut forged);
+                assert_eq!(
+                    decapsulate_finish(&mut inb_b, &job, &mut forged, crypto),
+                    Err(EspError::Authentication),
+                    "{suite:?} esn {esn}"
+                );
+            }
+        }
+    }
+}
+
+/// On a refusal the caller's parameters are left as they were.
+#[test]
+fn prepare_into_refusal_leaves_parameters() {
+    let (mut out, mut inb) = pair(SUITES[0], false);
+    let mut packet = encapsulate(&mut out, &inner_v4(45), &v4_outer(), 0).unwrap();
+    let mut params = SymParams {
+        iv: [7; 16],
+        ..SymParams::default()
+    };
+    let mut replayed = packet.clone();
+    decapsulate(&mut inb, &mut packet, 0).unwrap();
+    let before = format!("{params:?}");
+    assert_eq!(
+        decapsulate_prepare_into(&mut inb, &mut replayed, 0, &mut params).map(|_| ()),
+        Err(EspError::Replay(ReplayError::Duplicate))
+    );
+    assert_eq!(format!("{params:?}"), before);
+}
+
 #[test]
 fn outer_headers_are_well_formed() {
     let (mut out, _) = pair(SUITES[0], false);
