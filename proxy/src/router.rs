@@ -567,34 +567,22 @@ where
         let mut graph = Self::graph(ports.len(), ipsec, &crypto)?;
         graph.trace.pending = args.trace;
         for (p, ifc) in ports.iter().zip(&tables.interfaces) {
-            let addrs: Vec<String> = ifc
-                .ipv4
-                .iter()
-                .map(|n| n.to_string())
-                .chain(ifc.ipv6.iter().map(|n| n.to_string()))
-                .collect();
             tracing::info!(
                 port = %p.name,
                 mac = %format_mac(&p.mac),
                 mtu = ifc.mtu,
-                addresses = %addrs.join(" "),
+                addresses = %interface_addresses(ifc),
                 "port ready"
             );
         }
         for ifc in tables.interfaces.iter().skip(ports.len()) {
             let Some(vlan) = ifc.vlan else { continue };
-            let addrs: Vec<String> = ifc
-                .ipv4
-                .iter()
-                .map(|n| n.to_string())
-                .chain(ifc.ipv6.iter().map(|n| n.to_string()))
-                .collect();
             tracing::info!(
                 subinterface = %ifc.name,
                 port = %ports[usize::from(vlan.parent)].name,
                 vlan = vlan.vid,
                 mtu = ifc.mtu,
-                addresses = %addrs.join(" "),
+                addresses = %interface_addresses(ifc),
                 "VLAN subinterface ready"
             );
         }
@@ -1072,6 +1060,13 @@ where
 
 fn nanos_since(start: Instant, now: Instant) -> u64 {
     u64::try_from(now.duration_since(start).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// An interface's addresses with their prefix lengths, space-separated, for the log.
+fn interface_addresses(ifc: &Interface) -> String {
+    let v4 = ifc.ipv4.iter().map(|n| n.to_string());
+    let v6 = ifc.ipv6.iter().map(|n| n.to_string());
+    v4.chain(v6).collect::<Vec<_>>().join(" ")
 }
 
 fn format_mac(m: &[u8; 6]) -> String {

@@ -881,6 +881,20 @@ fn the_host_reaches_a_cluster_ip_through_the_punt_path() {
 /// host-network pod here): kube-proxy's DNAT makes the packet local, so it is delivered
 /// without masquerade and the host sees the client's address. The host's answer, back
 /// through the punt path, leaves as from the NodePort.
+/// The source and destination (address, port) of an IPv4 TCP segment whose IP and TCP
+/// checksums are checked.
+fn checked_tcp4_ends(packet: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let ip = Ipv4Packet::new_checked(packet).unwrap();
+    assert!(ip.verify_checksum(), "IP checksum");
+    let seg = TcpPacket::new_checked(ip.payload()).unwrap();
+    let addrs = IpAddrPair::V4 {
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+    };
+    assert!(seg.verify_checksum(&addrs), "TCP checksum");
+    (ip.src_addr(), seg.src_port(), ip.dst_addr(), seg.dst_port())
+}
+
 #[test]
 fn a_node_port_backend_on_this_node_is_reached_unmasqueraded_through_the_punt_path() {
     let node = v4("198.18.1.1");
@@ -894,16 +908,8 @@ fn a_node_port_backend_on_this_node_is_reached_unmasqueraded_through_the_punt_pa
     let (punted, sent) = punted_and_sent(&mut r);
     assert!(sent.is_empty(), "{sent:?}");
     assert_eq!(punted.len(), 1, "to the host");
-    let ip = Ipv4Packet::new_checked(&punted[0][..]).unwrap();
-    assert!(ip.verify_checksum());
-    let seg = TcpPacket::new_checked(ip.payload()).unwrap();
-    let addrs = IpAddrPair::V4 {
-        src: ip.src_addr(),
-        dst: ip.dst_addr(),
-    };
-    assert!(seg.verify_checksum(&addrs), "TCP checksum");
     assert_eq!(
-        (ip.src_addr(), seg.src_port(), ip.dst_addr(), seg.dst_port()),
+        checked_tcp4_ends(&punted[0]),
         (v4(CLIENT), 40000, node, 8080),
         "the client's own address and port"
     );
@@ -990,18 +996,7 @@ fn the_host_reaches_a_node_port_on_its_own_address_through_the_punt_path() {
     let (punted, sent) = punted_and_sent(&mut r);
     assert!(sent.is_empty(), "{sent:?}");
     assert_eq!(punted.len(), 1, "to the host");
-    let ip = Ipv4Packet::new_checked(&punted[0][..]).unwrap();
-    assert!(ip.verify_checksum());
-    let seg = TcpPacket::new_checked(ip.payload()).unwrap();
-    let addrs = IpAddrPair::V4 {
-        src: ip.src_addr(),
-        dst: ip.dst_addr(),
-    };
-    assert!(seg.verify_checksum(&addrs), "TCP checksum");
-    assert_eq!(
-        (ip.src_addr(), seg.src_port(), ip.dst_addr(), seg.dst_port()),
-        (node, 30080, node, 40000)
-    );
+    assert_eq!(checked_tcp4_ends(&punted[0]), (node, 30080, node, 40000));
     // The host's next segment follows the connection.
     let ack = tcp(node, node, 40000, 30080, TcpFlags::ACK);
     from_host(&mut r, &ack);
