@@ -461,6 +461,11 @@ fn no_frontend<B: PacketBuffer>(
     if !services.is_cluster_ip(t.key.dst) {
         return Next::Lookup;
     }
+    // A stray reset is no new connection (Linux conntrack calls it invalid, which the reject
+    // rule's `ct state new` does not match), and no error is ever sent about one.
+    if t.tcp_flags.is_some_and(|f| f & 0x04 != 0) {
+        return Next::Lookup;
+    }
     refuse_cluster_ip(cx, pkt, t)
 }
 

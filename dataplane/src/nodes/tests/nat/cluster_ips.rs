@@ -170,6 +170,16 @@ fn a_cluster_ip_without_endpoints_refuses_on_every_port() {
     assert_eq!(r.count("ip4-nat", "no_service_port"), 1);
 }
 
+/// A stray reset to a cluster IP is no new connection (conntrack: invalid): it draws no
+/// error and is routed as before.
+#[test]
+fn a_stray_reset_to_a_cluster_ip_draws_no_error() {
+    let mut r = rig(vec![backend()]);
+    let rst = tcp(v4(CLIENT), v4(CLUSTER_IP), 40000, 81, TcpFlags::RST);
+    forwarded_unchanged(&from_client(&mut r, &rst), &rst);
+    assert_eq!(r.count("ip4-nat", "no_service_port"), 0);
+}
+
 /// kube-proxy's set holds cluster IPs only: a load-balancer IP (or any other address) on a
 /// port no Service has is routed as before.
 #[test]
