@@ -1311,6 +1311,22 @@ impl Engine {
         Ok(actions)
     }
 
+    /// Sends one INFORMATIONAL request carrying the error `kind` on an SA about to be removed:
+    /// sent once, neither retransmitted nor waited for, since nothing will be left to answer.
+    fn send_last_word(&mut self, id: u64, kind: u16, actions: &mut Vec<Action>) {
+        let Some(sa) = self.sas.get_mut(&id) else {
+            return;
+        };
+        let message_id = sa.next_request_id;
+        sa.next_request_id = message_id.wrapping_add(1);
+        let header = sa.header(exchange::INFORMATIONAL, message_id, false);
+        let payloads = [Payload::Notify(Notify::new(kind, Vec::new()))];
+        if let Some(messages) = self.seal(id, header, &payloads) {
+            let sa = &self.sas[&id];
+            self.send_all(sa.local, sa.remote, &messages, actions);
+        }
+    }
+
     fn remove(&mut self, id: u64, actions: &mut Vec<Action>, failure: Option<Failure>) {
         let Some(sa) = self.sas.remove(&id) else {
             return;
@@ -2728,6 +2744,9 @@ impl Engine {
             )
         {
             self.counters.auth_failures += 1;
+            // The responder authenticated us, so it holds the SA as established: say why it
+            // goes (section 2.21.2 allows this one request started by an error in a response).
+            self.send_last_word(id, notify::AUTHENTICATION_FAILED, actions);
             self.remove(id, actions, Some(Failure::AuthenticationFailed));
             return;
         }
@@ -4061,10 +4080,17 @@ impl Engine {
                 outbound_spi: child.outbound_spi,
             });
         }
-        if delete_ike {
+        // An initiator that could not authenticate us says so in an INFORMATIONAL of its own
+        // (RFC 7296 section 2.21.2): the SA we took as established is then gone on its side.
+        let refused = first_error(payloads) == Some(notify::AUTHENTICATION_FAILED);
+        if delete_ike || refused {
             // Answer with an empty INFORMATIONAL, then forget everything.
             self.send_response(id, exchange::INFORMATIONAL, header.message_id, &[], actions);
-            self.remove(id, actions, None);
+            let failure = refused.then(|| {
+                self.counters.auth_failures += 1;
+                Failure::AuthenticationFailed
+            });
+            self.remove(id, actions, failure);
             return;
         }
         self.send_response(

@@ -334,6 +334,31 @@ fn every_proposal_establishes_and_keys_agree() {
 }
 
 #[test]
+fn initiator_refusing_the_responder_tells_it_and_both_forget_the_sa() {
+    // B authenticates A and takes the SA as established; A expects another identity, refuses
+    // B's AUTH and says so in an INFORMATIONAL of its own (RFC 7296 section 2.21.2), so B
+    // does not keep a CHILD_SA nobody will use.
+    let ike = "aes128gcm16-prfsha256-x25519";
+    let mut a = peer("to-b", A, Some(B), ike, "aes128gcm16", b"secret");
+    a.remote_id = Some(Identity::parse("@c.example"));
+    let mut p = Pair::new(a, peer("from-a", B, None, ike, "aes128gcm16", b"secret"));
+    let id = p.connect();
+    assert_eq!(failure(&p.events_a), Some(Failure::AuthenticationFailed));
+    assert!(established(&p.events_b), "B accepted A's AUTH first");
+    assert_eq!(failure(&p.events_b), Some(Failure::AuthenticationFailed));
+    let b_child = installs(&p.events_b);
+    assert_eq!(b_child.len(), 1);
+    assert!(p.events_b.iter().any(|e| matches!(e,
+        Action::DeleteChildSa { inbound_spi, .. } if *inbound_spi == b_child[0].inbound.spi)));
+    assert_eq!(p.a.state(id), None);
+    assert!(p.b.sas().is_empty());
+    assert_eq!(
+        (p.a.counters().auth_failures, p.b.counters().auth_failures),
+        (1, 1)
+    );
+}
+
+#[test]
 fn wrong_psk_fails_authentication_without_sas() {
     let ike = "aes128gcm16-prfsha256-x25519";
     let mut p = Pair::new(
