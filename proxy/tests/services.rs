@@ -18,7 +18,7 @@ use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{text, Driver, Lab, Ns};
+use common::{text, Driver, Lab, Ns, CLIENT_V6, ROUTER_C0_V6, ROUTER_S0_V6};
 
 const POD_A: &str = "198.18.2.3";
 const POD_B: &str = "198.18.2.4";
@@ -741,4 +741,182 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
         "{rules}"
     );
     assert!(!rules.contains("lookup 21337"), "{rules}");
+}
+
+/// IPv6 Services end to end: a single-stack IPv6 Service (ClusterIP and NodePort, TCP and
+/// UDP) with two IPv6 pods, one without endpoints, and a cluster IP on a port no Service
+/// has, from the client's kernel over IPv6 (ND on both sides of the dataplane).
+#[test]
+fn ipv6_services_through_the_agent() {
+    let Some(mut lab) = Lab::new("ipv6_services_through_the_agent", &["socat"]) else {
+        return;
+    };
+    if lab.kernel {
+        eprintln!("skipped: the service proxy has no kernel-mode equivalent in this lab");
+        return;
+    }
+    const VIP: &str = "2001:db8:100::10";
+    const EMPTY_VIP: &str = "2001:db8:100::11";
+    const PODS: [(&str, &str, &str); 2] = [
+        ("pod-a", "2001:db8:2::3", "node-a"),
+        ("pod-b", "2001:db8:2::4", "node-b"),
+    ];
+    let v6 = "  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n";
+    let mut endpoints = String::new();
+    for (_, ip, node) in PODS {
+        endpoints +=
+            &format!("- addresses: ['{ip}']\n  conditions: {{ready: true}}\n  nodeName: {node}\n");
+    }
+    let docs = [
+        service(
+            "web6",
+            &format!("'{VIP}'"),
+            &format!("  type: NodePort\n{v6}"),
+            "  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30090}\n  \
+             - {name: dns, protocol: UDP, port: 53, targetPort: 8053, nodePort: 30091}\n",
+        ),
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web6-1, namespace: default, labels: {{kubernetes.io/service-name: web6}}}}\n\
+             addressType: IPv6\n\
+             ports: [{{name: http, protocol: TCP, port: 8080}}, {{name: dns, protocol: UDP, port: 8053}}]\n\
+             endpoints:\n{endpoints}"
+        ),
+        service("empty6", &format!("'{EMPTY_VIP}'"), v6, PORTS),
+    ];
+    let dir = lab.dir.join("manifests");
+    fs::create_dir_all(&dir).expect("manifest dir");
+    fs::write(dir.join("services.yaml"), docs.join("---\n")).expect("write manifests");
+
+    // The pods: each answers TCP :8080 and UDP :8053 with "NAME PEER-ADDRESS".
+    let mut pods = Vec::new();
+    for (name, ip, _) in PODS {
+        lab.exec_ok(
+            Ns::Server,
+            &format!("ip -6 addr add {ip}/64 dev eth0 nodad"),
+        );
+        for (proto, listen) in [
+            (
+                "tcp",
+                format!("TCP6-LISTEN:8080,bind=[{ip}],fork,reuseaddr"),
+            ),
+            ("udp", format!("UDP6-RECVFROM:8053,bind=[{ip}],fork")),
+        ] {
+            pods.push(lab.spawn(
+                Ns::Server,
+                &format!("{name}-{proto}6"),
+                &format!("socat {listen} SYSTEM:'echo {name} $SOCAT_PEERADDR'"),
+                Duration::from_secs(110),
+            ));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab
+        .exec(
+            Ns::Server,
+            "[ $(ss -H -6 -ltn 'sport = :8080' | wc -l) = 2 ] && \
+             [ $(ss -H -6 -lun 'sport = :8053' | wc -l) = 2 ]",
+        )
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the IPv6 pods did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+    lab.start_agent(
+        Driver::AfPacket,
+        &[
+            "--manifests",
+            dir.to_str().expect("utf-8"),
+            "--node-name",
+            "node-a",
+            "--poll-interval",
+            "0.2",
+            "--punt-tun",
+            "sy0",
+        ],
+    );
+
+    let request_from = |ns: Ns, proto: &str, addr: &str, port: u16| -> Result<String, String> {
+        let out = if proto == "tcp" {
+            lab.exec_t(
+                ns,
+                &format!("socat -T 2 -t 2 - TCP6:[{addr}]:{port},connect-timeout=2 </dev/null"),
+                Duration::from_secs(6),
+            )
+        } else {
+            lab.exec_t(
+                ns,
+                &format!("echo q | socat -T 2 -t 2 - UDP6:[{addr}]:{port}"),
+                Duration::from_secs(6),
+            )
+        };
+        if out.status.success() && !out.stdout.is_empty() {
+            Ok(text(&out.stdout).trim().to_string())
+        } else {
+            Err(format!("{} {}", out.status, text(&out.stderr).trim()))
+        }
+    };
+    let request = |proto: &str, addr: &str, port: u16| -> Result<String, String> {
+        request_from(Ns::Client, proto, addr, port)
+    };
+    // The peer a pod saw (socat writes it in full, in brackets), in the short form.
+    let peer = |answer: &str| {
+        let full = answer.split(' ').nth(1).unwrap_or_default();
+        full.trim_matches(['[', ']'])
+            .parse::<std::net::Ipv6Addr>()
+            .map_or(full.to_string(), |a| a.to_string())
+    };
+
+    // ClusterIP: both pods serve, and they see the client's own address.
+    let mut seen = BTreeMap::new();
+    eventually("the IPv6 cluster IP answered", || {
+        request("tcp", VIP, 80).map(|_| ())
+    });
+    for _ in 0..24 {
+        let answer = request("tcp", VIP, 80).expect("IPv6 ClusterIP request");
+        assert_eq!(peer(&answer), CLIENT_V6, "no masquerade for ClusterIP");
+        *seen
+            .entry(answer.split(' ').next().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both IPv6 backends should answer: {seen:?}");
+    eventually("UDP over the IPv6 cluster IP", || {
+        let answer = request("udp", VIP, 53)?;
+        (peer(&answer) == CLIENT_V6).then_some(()).ok_or(answer)
+    });
+
+    // NodePort on the node's IPv6 address: masqueraded to the node's address towards the pods.
+    for proto in ["tcp", "udp"] {
+        let port = if proto == "tcp" { 30090 } else { 30091 };
+        eventually(&format!("IPv6 NodePort {proto}"), || {
+            let answer = request(proto, ROUTER_C0_V6, port)?;
+            (answer.starts_with("pod-") && peer(&answer) == ROUTER_S0_V6)
+                .then_some(())
+                .ok_or(answer)
+        });
+    }
+
+    // The node itself, through the punt device: the cluster IP, and a NodePort on its own
+    // address (policy routing sends the host's packets to the NodePort range into the TUN).
+    for (what, addr, port) in [("cluster IP", VIP, 80), ("NodePort", ROUTER_C0_V6, 30090)] {
+        eventually(&format!("the node's TCP to its IPv6 {what}"), || {
+            let answer = request_from(Ns::Node, "tcp", addr, port)?;
+            answer.starts_with("pod-").then_some(()).ok_or(answer)
+        });
+    }
+
+    // No endpoints, and a cluster IP on a port no Service has: refused at once (ICMPv6
+    // port unreachable, which the client's TCP reports as "connection refused").
+    for (addr, port) in [(EMPTY_VIP, 80), (VIP, 81)] {
+        let refused = request("tcp", addr, port).expect_err("refused");
+        assert!(refused.contains("refused"), "[{addr}]:{port}: {refused}");
+    }
+
+    for mut pod in pods {
+        let _ = pod.kill();
+        let _ = pod.wait();
+    }
+    let out = lab.finish().expect("agent output");
+    assert!(out.stdout.contains("ip6-nat"), "{out}");
 }
