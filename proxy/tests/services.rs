@@ -128,13 +128,15 @@ fn start_pods(lab: &Lab) -> Vec<std::process::Child> {
     children
 }
 
-/// One TCP request from the client: the pod's answer ("pod-a 198.18.1.2"), or the error.
-fn tcp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
-    let out = lab.exec_t(
-        Ns::Client,
-        &format!("socat -T 2 -t 2 - TCP4:{addr}:{port},connect-timeout=2 </dev/null"),
-        Duration::from_secs(6),
-    );
+/// One request by socat from `ns` to `address` (socat's form: `TCP4:198.51.100.10:80`,
+/// `UDP6:[2001:db8:100::10]:53`): the pod's answer ("pod-a 198.18.1.2"), or the error.
+fn socat_request(lab: &Lab, ns: Ns, address: &str) -> Result<String, String> {
+    let command = if address.starts_with("TCP") {
+        format!("socat -T 2 -t 2 - {address},connect-timeout=2 </dev/null")
+    } else {
+        format!("echo q | socat -T 2 -t 2 - {address}")
+    };
+    let out = lab.exec_t(ns, &command, Duration::from_secs(6));
     if out.status.success() && !out.stdout.is_empty() {
         Ok(text(&out.stdout).trim().to_string())
     } else {
@@ -142,23 +144,25 @@ fn tcp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
     }
 }
 
+/// One TCP request from the client.
+fn tcp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
+    socat_request(lab, Ns::Client, &format!("TCP4:{addr}:{port}"))
+}
+
 /// One UDP request from the client; like a DNS client it tries three times (UDP may lose a
 /// datagram on a loaded machine), and says so when it had to.
 fn udp_request(lab: &Lab, addr: &str, port: u16) -> Result<String, String> {
     let mut last = String::new();
     for attempt in 1..=3 {
-        let out = lab.exec_t(
-            Ns::Client,
-            &format!("echo q | socat -T 2 -t 2 - UDP4:{addr}:{port}"),
-            Duration::from_secs(6),
-        );
-        if out.status.success() && !out.stdout.is_empty() {
-            if attempt > 1 {
-                eprintln!("UDP {addr}:{port}: answered on attempt {attempt}");
+        match socat_request(lab, Ns::Client, &format!("UDP4:{addr}:{port}")) {
+            Ok(answer) => {
+                if attempt > 1 {
+                    eprintln!("UDP {addr}:{port}: answered on attempt {attempt}");
+                }
+                return Ok(answer);
             }
-            return Ok(text(&out.stdout).trim().to_string());
+            Err(e) => last = e,
         }
-        last = format!("{} {}", out.status, text(&out.stderr).trim());
     }
     Err(last)
 }
@@ -837,25 +841,12 @@ fn ipv6_services_through_the_agent() {
         ],
     );
 
-    let request_from = |ns: Ns, proto: &str, addr: &str, port: u16| -> Result<String, String> {
-        let out = if proto == "tcp" {
-            lab.exec_t(
-                ns,
-                &format!("socat -T 2 -t 2 - TCP6:[{addr}]:{port},connect-timeout=2 </dev/null"),
-                Duration::from_secs(6),
-            )
-        } else {
-            lab.exec_t(
-                ns,
-                &format!("echo q | socat -T 2 -t 2 - UDP6:[{addr}]:{port}"),
-                Duration::from_secs(6),
-            )
-        };
-        if out.status.success() && !out.stdout.is_empty() {
-            Ok(text(&out.stdout).trim().to_string())
-        } else {
-            Err(format!("{} {}", out.status, text(&out.stderr).trim()))
-        }
+    let request_from = |ns: Ns, proto: &str, addr: &str, port: u16| {
+        socat_request(
+            &lab,
+            ns,
+            &format!("{}6:[{addr}]:{port}", proto.to_uppercase()),
+        )
     };
     let request = |proto: &str, addr: &str, port: u16| -> Result<String, String> {
         request_from(Ns::Client, proto, addr, port)
