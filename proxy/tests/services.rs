@@ -100,12 +100,25 @@ fn write_manifests(lab: &Lab, web_endpoints: &[(&str, &str)], local_endpoints: &
 
 /// Starts the pods: each answers TCP :8080 and UDP :8053 with "NAME PEER-ADDRESS".
 fn start_pods(lab: &Lab) -> Vec<std::process::Child> {
+    start_pods_at(lab, &[("pod-a", POD_A), ("pod-b", POD_B)])
+}
+
+/// Starts pods (name, IPv4 or IPv6 address) in the server namespace, as [`start_pods`].
+fn start_pods_at(lab: &Lab, pods: &[(&str, &str)]) -> Vec<std::process::Child> {
     let mut children = Vec::new();
-    for (name, ip) in [("pod-a", POD_A), ("pod-b", POD_B)] {
-        lab.exec_ok(Ns::Server, &format!("ip addr add {ip}/24 dev eth0"));
+    for &(name, ip) in pods {
+        let (family, prefix, bind) = if ip.contains(':') {
+            ("6", "64 nodad", format!("[{ip}]"))
+        } else {
+            ("4", "24", ip.to_string())
+        };
+        lab.exec_ok(Ns::Server, &format!("ip addr add {ip}/{prefix} dev eth0"));
         for (proto, listen) in [
-            ("tcp", format!("TCP4-LISTEN:8080,bind={ip},fork,reuseaddr")),
-            ("udp", format!("UDP4-RECVFROM:8053,bind={ip},fork")),
+            (
+                "tcp",
+                format!("TCP{family}-LISTEN:8080,bind={bind},fork,reuseaddr"),
+            ),
+            ("udp", format!("UDP{family}-RECVFROM:8053,bind={bind},fork")),
         ] {
             children.push(lab.spawn(
                 Ns::Server,
@@ -116,7 +129,7 @@ fn start_pods(lab: &Lab) -> Vec<std::process::Child> {
             let flag = if proto == "tcp" { "-Hltn" } else { "-Hlun" };
             let deadline = Instant::now() + Duration::from_secs(5);
             while !lab
-                .exec(Ns::Server, &format!("ss {flag} src {ip} | grep -q ."))
+                .exec(Ns::Server, &format!("ss {flag} src {bind} | grep -q ."))
                 .status
                 .success()
             {
@@ -792,41 +805,7 @@ fn ipv6_services_through_the_agent() {
     fs::create_dir_all(&dir).expect("manifest dir");
     fs::write(dir.join("services.yaml"), docs.join("---\n")).expect("write manifests");
 
-    // The pods: each answers TCP :8080 and UDP :8053 with "NAME PEER-ADDRESS".
-    let mut pods = Vec::new();
-    for (name, ip, _) in PODS {
-        lab.exec_ok(
-            Ns::Server,
-            &format!("ip -6 addr add {ip}/64 dev eth0 nodad"),
-        );
-        for (proto, listen) in [
-            (
-                "tcp",
-                format!("TCP6-LISTEN:8080,bind=[{ip}],fork,reuseaddr"),
-            ),
-            ("udp", format!("UDP6-RECVFROM:8053,bind=[{ip}],fork")),
-        ] {
-            pods.push(lab.spawn(
-                Ns::Server,
-                &format!("{name}-{proto}6"),
-                &format!("socat {listen} SYSTEM:'echo {name} $SOCAT_PEERADDR'"),
-                Duration::from_secs(110),
-            ));
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lab
-        .exec(
-            Ns::Server,
-            "[ $(ss -H -6 -ltn 'sport = :8080' | wc -l) = 2 ] && \
-             [ $(ss -H -6 -lun 'sport = :8053' | wc -l) = 2 ]",
-        )
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "the IPv6 pods did not start");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let pods = start_pods_at(&lab, &PODS.map(|(name, ip, _)| (name, ip)));
     lab.start_agent(
         Driver::AfPacket,
         &[
