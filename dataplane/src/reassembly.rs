@@ -79,6 +79,9 @@ pub enum DropReason {
 #[derive(Debug)]
 struct Partial {
     header: Option<Vec<u8>>,
+    /// How many bytes of data the first fragment carried (with `header`, the first fragment
+    /// as it came).
+    first_len: usize,
     payload: Vec<u8>,
     /// Received byte ranges, sorted and disjoint.
     ranges: Vec<(usize, usize)>,
@@ -99,25 +102,14 @@ pub struct Reassembler {
     pub timed_out_first: Vec<Vec<u8>>,
 }
 
-/// A datagram's first fragment again, from its header and data, its length field saying
-/// what is there (as a checked packet's does).
+/// A datagram's first fragment again, as it came: its header (lengths and all, which
+/// describe that fragment) and its data, cut to [`TIMED_OUT_QUOTE`] bytes, which is all an
+/// error may quote of it.
 fn first_fragment(header: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(header.len() + data.len());
+    let mut bytes = Vec::with_capacity((header.len() + data.len()).min(TIMED_OUT_QUOTE));
     bytes.extend_from_slice(header);
     bytes.extend_from_slice(data);
-    match header.first().map(|b| b >> 4) {
-        Some(6) if bytes.len() >= 40 => {
-            let payload = (bytes.len() - 40) as u16;
-            bytes[4..6].copy_from_slice(&payload.to_be_bytes());
-        }
-        Some(4) if bytes.len() >= 20 => {
-            let total = bytes.len() as u16;
-            bytes[2..4].copy_from_slice(&total.to_be_bytes());
-            let mut ip = crate::wire::Ipv4Packet::new_unchecked(&mut bytes[..]);
-            ip.fill_checksum();
-        }
-        _ => {}
-    }
+    bytes.truncate(TIMED_OUT_QUOTE);
     bytes
 }
 
@@ -147,6 +139,7 @@ impl Reassembler {
         }
         let p = self.partial.entry(key).or_insert_with(|| Partial {
             header: None,
+            first_len: 0,
             payload: Vec::new(),
             ranges: Vec::new(),
             total: None,
@@ -199,6 +192,7 @@ impl Reassembler {
         p.payload[frag.offset..end].copy_from_slice(frag.data);
         if let Some(h) = frag.header {
             p.header = Some(h.to_vec());
+            p.first_len = frag.data.len();
         }
         // Insert and coalesce with touching neighbours.
         let i = p.ranges.partition_point(|r| r.0 < frag.offset);
@@ -222,11 +216,9 @@ impl Reassembler {
         self.partial.retain(|_, p| {
             let live = now.saturating_sub(p.started) < p.timeout;
             if !live && first.len() < MAX_IN_PROGRESS {
-                if let (Some(header), Some(&(0, end))) = (&p.header, p.ranges.first()) {
-                    first.push(first_fragment(
-                        header,
-                        &p.payload[..end.min(TIMED_OUT_QUOTE)],
-                    ));
+                if let Some(header) = &p.header {
+                    let data = &p.payload[..p.first_len.min(p.payload.len())];
+                    first.push(first_fragment(header, data));
                 }
             }
             live

@@ -514,6 +514,7 @@ node_errors! {
         BroadcastEcho = ("broadcast_echo", "echo request to a broadcast address, or from 0.0.0.0, ignored"),
         LocalLoop = ("local_loop", "packet from this node to this node"),
         PortUnreachable = ("port_unreachable", "UDP to this node, no listener: port unreachable sent"),
+        BadUdp = ("bad_udp", "UDP to this node too short or with a bad checksum: dropped unanswered (RFC 1122 4.1.3.4)"),
         ProtocolUnreachable = ("protocol_unreachable", "protocol not handled: protocol unreachable sent"),
         TcpReset = ("tcp_reset", "TCP to this node, no listener: reset sent"),
         TcpDropped = ("tcp_dropped", "TCP to this node that was a reset, malformed or had a bad checksum"),
@@ -820,6 +821,14 @@ impl Ip4Local {
                 LocalNext::Lookup
             }
             IpProtocol::UDP if unicast_to_us => {
+                let addrs = IpAddrPair::V4 {
+                    src: ip.src_addr(),
+                    dst,
+                };
+                if !super::udp_ok(ip.payload(), &addrs) {
+                    cx.error(Ip4LocalError::BadUdp);
+                    return LocalNext::Drop;
+                }
                 cx.error(Ip4LocalError::PortUnreachable);
                 pkt.meta.icmp_error =
                     Some((Icmpv4Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0));
@@ -925,8 +934,19 @@ impl Ip4Local {
         // RFC 1122 3.2.2.1, 4.1.3.1: UDP without a listener gets port unreachable, a protocol
         // nothing here speaks protocol unreachable, as when unfragmented; TCP and ICMP other
         // than echo are dropped (the host stack, with punt to host on, reassembles itself).
-        let (err, code) = match Ipv4Packet::new_unchecked(&whole.header[..]).protocol() {
-            IpProtocol::UDP => (Ip4LocalError::PortUnreachable, unreachable_code::PORT),
+        let header = Ipv4Packet::new_unchecked(&whole.header[..]);
+        let (err, code) = match header.protocol() {
+            IpProtocol::UDP => {
+                let addrs = IpAddrPair::V4 {
+                    src: header.src_addr(),
+                    dst: header.dst_addr(),
+                };
+                if !super::udp_ok(&whole.payload, &addrs) {
+                    cx.error(Ip4LocalError::BadUdp);
+                    return LocalNext::Drop;
+                }
+                (Ip4LocalError::PortUnreachable, unreachable_code::PORT)
+            }
             IpProtocol::TCP | IpProtocol::ICMP => {
                 cx.error(Ip4LocalError::Punted);
                 return LocalNext::Drop;

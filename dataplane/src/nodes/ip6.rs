@@ -46,14 +46,17 @@ pub(crate) fn solicited_node(a: &Ipv6Addr) -> Ipv6Addr {
     )
 }
 
-/// True if `group` is a multicast group the interface listens to: all-nodes, all-routers, or
+/// True if `group` is a multicast group the interface listens to: all-nodes, all-routers
+/// (link- and site-local, RFC 4291 2.8), or
 /// the solicited-node group of one of its addresses, the Subnet-Router anycast ones included
 /// (RFC 4291 2.8).
 fn is_our_group(ifc: &Interface, group: &Ipv6Addr) -> bool {
     const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
     const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+    const SITE_ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff05, 0, 0, 0, 0, 0, 0, 2);
     *group == ALL_NODES
         || *group == ALL_ROUTERS
+        || *group == SITE_ALL_ROUTERS
         || solicited_node(&ifc.link_local) == *group
         || ifc.ipv6.iter().any(|n| {
             solicited_node(&n.addr()) == *group
@@ -439,6 +442,7 @@ node_errors! {
         RouterSolicitations = ("router_solicitations", "router solicitations answered (an advertisement scheduled)"),
         LocalLoop = ("local_loop", "packet from this node to this node"),
         PortUnreachable = ("port_unreachable", "UDP to this node, no listener: port unreachable sent"),
+        BadUdp = ("bad_udp", "UDP to this node too short, with a bad checksum or none: dropped unanswered (RFC 8200 8.1)"),
         UnknownHeader = ("unknown_next_header", "unrecognized next header: parameter problem sent"),
         NoNextHeader = ("no_next_header", "no next header"),
         TcpReset = ("tcp_reset", "TCP to this node, no listener: reset sent"),
@@ -554,6 +558,11 @@ impl Ip6Local {
         match ext.upper_protocol {
             IpProtocol::ICMPV6 => {}
             IpProtocol::UDP if unicast_to_us => {
+                let datagram = pkt.buf.data().get(ext.upper_offset..).unwrap_or_default();
+                if !super::udp_ok(datagram, &IpAddrPair::V6 { src, dst }) {
+                    cx.error(Ip6LocalError::BadUdp);
+                    return LocalNext::Drop;
+                }
                 cx.error(Ip6LocalError::PortUnreachable);
                 pkt.meta.icmp_error =
                     Some((Icmpv6Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0));
@@ -1024,8 +1033,33 @@ impl Ip6Local {
         else {
             return LocalNext::Drop;
         };
-        let Some((repr, reply)) = local_frag::echo_reply_v6(&whole, reply_from) else {
-            return Self::reassembled_error(cx, pkt, &whole);
+        let upper = match reassembled_upper(&whole) {
+            Ok(upper) => upper,
+            Err(OptionsVerdict::ParamProblem {
+                pointer,
+                unless_multicast,
+            }) if !(unless_multicast && dst.is_multicast()) => {
+                let problem = (
+                    Icmpv6Message::PARAM_PROBLEM.0,
+                    param_problem_code::UNRECOGNIZED_OPTION,
+                    pointer,
+                );
+                return Self::quote_reassembled(
+                    cx,
+                    pkt,
+                    &whole,
+                    Ip6LocalError::UnknownOption,
+                    problem,
+                );
+            }
+            Err(_) => {
+                cx.error(Ip6LocalError::BadExtensionHeaders);
+                return LocalNext::Drop;
+            }
+        };
+        let Some((repr, reply)) = local_frag::echo_reply_v6(&whole, (upper.0, upper.1), reply_from)
+        else {
+            return Self::reassembled_error(cx, pkt, &whole, upper);
         };
         if reply_from != dst {
             cx.error(Ip6LocalError::MulticastEcho);
@@ -1043,36 +1077,58 @@ impl Ip6Local {
 
 impl Ip6Local {
     /// What a reassembled datagram other than an echo request gets, as it would have come
-    /// whole: UDP a port unreachable, an unknown next header a parameter problem (RFC 4443
-    /// 3.1, 3.4), each quoting the datagram rebuilt without its fragment header; the rest
-    /// (TCP, ICMPv6, no next header) is dropped.
+    /// whole: UDP a port unreachable (when its checksum holds), an unknown next header a
+    /// parameter problem (RFC 4443 3.1, 3.4), each quoting the datagram rebuilt without its
+    /// fragment header; the rest (TCP, ICMPv6, no next header) is dropped. `upper` is what
+    /// [`reassembled_upper`] found.
     fn reassembled_error<B: PacketBuffer>(
         cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
         whole: &local_frag::Whole,
+        (next, at, next_field): (IpProtocol, usize, u32),
     ) -> LocalNext {
-        let Some(&next) = whole.header.get(6) else {
-            return LocalNext::Drop;
-        };
-        let (err, error) = match IpProtocol(next) {
-            IpProtocol::UDP => (
-                Ip6LocalError::PortUnreachable,
-                (Icmpv6Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0),
-            ),
+        let (err, error) = match next {
+            IpProtocol::UDP => {
+                let ip = Ipv6Packet::new_unchecked(&whole.header[..]);
+                let addrs = IpAddrPair::V6 {
+                    src: ip.src_addr(),
+                    dst: ip.dst_addr(),
+                };
+                if !super::udp_ok(&whole.payload[at..], &addrs) {
+                    cx.error(Ip6LocalError::BadUdp);
+                    return LocalNext::Drop;
+                }
+                (
+                    Ip6LocalError::PortUnreachable,
+                    (Icmpv6Message::DST_UNREACHABLE.0, unreachable_code::PORT, 0),
+                )
+            }
             IpProtocol::TCP | IpProtocol::ICMPV6 | IpProtocol::NO_NEXT => {
                 cx.error(Ip6LocalError::Punted);
                 return LocalNext::Drop;
             }
-            // The Next Header field of the fixed header names the unknown protocol.
+            // The Next Header field that names the unknown protocol.
             _ => (
                 Ip6LocalError::UnknownHeader,
                 (
                     Icmpv6Message::PARAM_PROBLEM.0,
                     param_problem_code::UNRECOGNIZED_NEXT_HEADER,
-                    6,
+                    next_field,
                 ),
             ),
         };
+        Self::quote_reassembled(cx, pkt, whole, err, error)
+    }
+
+    /// Turns `pkt` into the reassembled datagram (as much as an error may quote of it) to be
+    /// answered with the ICMPv6 `error`, counted as `err`.
+    fn quote_reassembled<B: PacketBuffer>(
+        cx: &mut Context<'_, B>,
+        pkt: &mut Packet<B>,
+        whole: &local_frag::Whole,
+        err: Ip6LocalError,
+        error: (u8, u8, u32),
+    ) -> LocalNext {
         // As much as an error may quote (the error node trims to the minimum MTU anyway).
         let hlen = whole.header.len();
         let quoted = whole.payload.len().min(1280 - 48 - hlen);
@@ -1090,6 +1146,38 @@ impl Ip6Local {
         pkt.meta.icmp_error = Some(error);
         LocalNext::Error
     }
+}
+
+/// The upper-layer header of a reassembled datagram, past the destination options that may
+/// follow a fragment header (RFC 8200 4.1), whose options are read as for an unfragmented
+/// packet (4.2): (protocol, where its header starts in the payload, the offset in the
+/// datagram of the Next Header field that names it); or the options' verdict when they stop
+/// the datagram (a parameter problem's pointer counts from the start of the datagram).
+fn reassembled_upper(
+    whole: &local_frag::Whole,
+) -> Result<(IpProtocol, usize, u32), OptionsVerdict> {
+    let mut next = IpProtocol(whole.header[6]);
+    let (mut at, mut next_field) = (0, 6);
+    while next == IpProtocol::DEST_OPTS {
+        match check_options(&whole.payload, at) {
+            OptionsVerdict::Accept => {}
+            OptionsVerdict::ParamProblem {
+                pointer,
+                unless_multicast,
+            } => {
+                return Err(OptionsVerdict::ParamProblem {
+                    pointer: pointer + 40,
+                    unless_multicast,
+                })
+            }
+            verdict => return Err(verdict),
+        }
+        // check_options saw the whole header in the payload.
+        next_field = 40 + at as u32;
+        next = IpProtocol(whole.payload[at]);
+        at += (usize::from(whole.payload[at + 1]) + 1) * 8;
+    }
+    Ok((next, at, next_field))
 }
 
 /// RFC 8200 4.5's checks of a fragment for this node (its fragment header at `at`): the

@@ -85,22 +85,30 @@ pub(crate) fn add_v6<B>(cx: &mut Context<'_, B>, data: &[u8], at: usize) -> Reas
         protocol: 0,
     };
     let offset = usize::from(word & 0xfff8);
-    // The first fragment's fixed header, naming the protocol after the fragment header.
-    let mut header = [0u8; 40];
-    header.copy_from_slice(&data[..40]);
-    header[6] = fh[0];
     let frag = Fragment {
         offset,
         more: word & 1 != 0,
         data: data
             .get(at + 8..ip.packet_len().min(data.len()))
             .unwrap_or_default(),
-        header: (offset == 0).then_some(&header[..]),
+        // The first fragment's headers as they came, through its fragment header: what a
+        // time exceeded (reassembly) quotes when the rest never comes (RFC 8200 4.5).
+        header: (offset == 0).then_some(&data[..at + 8]),
     };
-    outcome(
+    match outcome(
         cx.state.reassembly.add(key, frag, TIMEOUT_V6, cx.now),
         key.id,
-    )
+    ) {
+        // The datagram goes on with the fixed header alone, naming the header that followed
+        // the fragment header.
+        Reassembled::Whole(mut whole) => {
+            let next = whole.header[whole.header.len() - 8];
+            whole.header.truncate(40);
+            whole.header[6] = next;
+            Reassembled::Whole(whole)
+        }
+        other => other,
+    }
 }
 
 /// The reply to a reassembled IPv4 echo request, as (header, ICMP message); `None` when the
@@ -181,21 +189,27 @@ fn send_v4_as<B: PacketBuffer>(
 }
 
 /// The reply to a reassembled IPv6 echo request from `reply_from`: (fixed header, message).
-pub(crate) fn echo_reply_v6(whole: &Whole, reply_from: Ipv6Addr) -> Option<(Ipv6Repr, Vec<u8>)> {
+/// `upper` is the datagram's upper-layer protocol and where its header starts in the payload
+/// (past destination options).
+pub(crate) fn echo_reply_v6(
+    whole: &Whole,
+    upper: (IpProtocol, usize),
+    reply_from: Ipv6Addr,
+) -> Option<(Ipv6Repr, Vec<u8>)> {
     if whole.header.len() < 40 {
         return None;
     }
     let req = Ipv6Packet::new_unchecked(&whole.header[..]);
-    let msg = &whole.payload;
+    let msg = whole.payload.get(upper.1..)?;
     let (src, dst) = (req.src_addr(), req.dst_addr());
-    if req.next_header() != IpProtocol::ICMPV6
+    if upper.0 != IpProtocol::ICMPV6
         || msg.len() < 8
         || msg[0] != Icmpv6Message::ECHO_REQUEST.0
-        || !Icmpv6Packet::new_checked(&msg[..]).is_ok_and(|m| m.verify_checksum(&src, &dst))
+        || !Icmpv6Packet::new_checked(msg).is_ok_and(|m| m.verify_checksum(&src, &dst))
     {
         return None;
     }
-    let mut reply = msg.clone();
+    let mut reply = msg.to_vec();
     let mut m = Icmpv6Packet::new_unchecked(&mut reply[..]);
     m.set_msg_type(Icmpv6Message::ECHO_REPLY);
     m.fill_checksum(&reply_from, &src);

@@ -354,6 +354,14 @@ pub(crate) fn l4_ports(proto: crate::wire::IpProtocol, l4: &[u8]) -> u32 {
     }
 }
 
+/// True if `datagram` is a UDP datagram whose length fits and whose checksum is right for
+/// `addrs` (none at all is right only over IPv4): what this node checks before it answers UDP
+/// to one of its addresses, since a datagram that fails is discarded silently (RFC 1122
+/// 4.1.3.4, RFC 8200 8.1).
+pub(crate) fn udp_ok(datagram: &[u8], addrs: &crate::wire::IpAddrPair) -> bool {
+    crate::wire::UdpPacket::new_checked(datagram).is_ok_and(|u| u.verify_checksum(addrs))
+}
+
 /// True for TCP, UDP and SCTP, the protocols Services have ports in.
 pub(crate) fn is_transport(proto: crate::wire::IpProtocol) -> bool {
     use crate::wire::IpProtocol;

@@ -1244,6 +1244,17 @@ fn solicitation_without_source_address_option_resolves_the_asker_first() {
 }
 
 /// An IPv4 packet with `options` (a multiple of 4 bytes) after the fixed header.
+/// A UDP datagram, ports 1000 → 33434, with `payload` and its checksum right for `addrs`.
+fn udp_datagram(addrs: IpAddrPair, payload: &[u8]) -> Vec<u8> {
+    let mut d = vec![0x03, 0xe8, 0x82, 0x9a, 0, 0, 0, 0];
+    d.extend_from_slice(payload);
+    let len = d.len() as u16;
+    let mut udp = crate::wire::UdpPacket::new_unchecked(&mut d[..]);
+    udp.set_len(len);
+    udp.fill_checksum(&addrs);
+    d
+}
+
 fn ipv4_with_options(src: Ipv4Addr, dst: Ipv4Addr, options: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut b = ipv4(src, dst, IpProtocol::UDP, 64, false, payload);
     let hlen = 20 + options.len();
@@ -1317,7 +1328,8 @@ fn ipv4_source_routes_are_followed() {
     r.learn_client_and_server();
     let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
     let send = |r: &mut Rig, options: &[u8]| {
-        let packet = ipv4_with_options(c, me, options, &[0; 8]);
+        // An empty UDP datagram (checksum 0: none, as IPv4 allows).
+        let packet = ipv4_with_options(c, me, options, &[0x03, 0xe8, 0x82, 0x9a, 0, 8, 0, 0]);
         r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &packet))
     };
     let icmp_of = |out: &[(u16, Vec<u8>)]| {

@@ -85,8 +85,8 @@ fn frag6(
 }
 
 fn udp_bytes() -> Vec<u8> {
-    // Ports 1000 → 33434, length 12, checksum 0 is not allowed for IPv6 but nothing checks it
-    // before the port-unreachable decision; payload 4 bytes.
+    // Ports 1000 → 33434, length 12, checksum 0 (none: for packets the router forwards, which
+    // it does not look into); payload 4 bytes.
     vec![0x03, 0xe8, 0x82, 0x9a, 0, 12, 0, 0, 1, 2, 3, 4]
 }
 
@@ -99,7 +99,8 @@ fn rfc4443_2_2_error_about_a_packet_to_our_address_comes_from_that_address() {
     let mut r = Rig::new();
     r.learn_client_and_server();
     let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:2::1"));
-    let pkt = ipv6(c, me, IpProtocol::UDP, 64, &udp_bytes());
+    let udp = udp_datagram(IpAddrPair::V6 { src: c, dst: me }, &[1, 2, 3, 4]);
+    let pkt = ipv6(c, me, IpProtocol::UDP, 64, &udp);
     let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &pkt));
     let msgs = icmp6_msgs(&out);
     assert_eq!(msgs.len(), 1);
@@ -870,8 +871,7 @@ fn rfc4443_reassembled_datagrams_get_the_errors_a_whole_one_would() {
     let mut r = Rig::new();
     r.learn_client_and_server();
     let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
-    let mut udp = vec![0x03, 0xe8, 0x82, 0x9a, 0, 24, 0, 0];
-    udp.extend_from_slice(&[7u8; 16]);
+    let udp = udp_datagram(IpAddrPair::V6 { src: c, dst: me }, &[7u8; 16]);
     for (nh, id, want) in [(17u8, 99, (1u8, 4u8, 0u32)), (253, 100, (4, 1, 6))] {
         let first = frag6(c, me, nh, 0, true, id, &udp[..16]);
         let last = frag6(c, me, nh, 16, false, id, &udp[16..]);
@@ -1270,4 +1270,146 @@ fn rfc4443_2_4_c_icmpv6_error_fits_the_link_it_leaves_by() {
     assert_eq!(msgs.len(), 1, "{:?}", r.graph.counters());
     assert_eq!((msgs[0].3, msgs[0].4), (1, 0), "no route");
     assert_eq!(out[0].1.len() - 14, 1000, "as much as the link carries");
+}
+
+/// RFC 1122 4.1.3.4 / RFC 768, RFC 8200 8.1: a UDP datagram with a bad checksum is discarded
+/// silently (and over IPv6 one without a checksum too): no port unreachable from the router,
+/// whole or reassembled.
+#[test]
+fn rfc1122_4_1_3_4_udp_with_a_bad_checksum_to_the_router_is_not_answered() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c4, me4) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let (c6, me6) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let good4 = udp_datagram(IpAddrPair::V4 { src: c4, dst: me4 }, b"abcd");
+    let good6 = udp_datagram(IpAddrPair::V6 { src: c6, dst: me6 }, &[9u8; 16]);
+    let corrupt = |d: &[u8]| {
+        let mut d = d.to_vec();
+        d[8] ^= 0x40;
+        d
+    };
+    let mut unsummed6 = good6.clone();
+    unsummed6[6..8].fill(0);
+    // The good ones are answered: the checks below are about the checksum alone.
+    let v4_frame = |udp: &[u8]| {
+        let pkt = ipv4(c4, me4, IpProtocol::UDP, 64, false, udp);
+        eth(MAC0, CLIENT_MAC, 0x0800, &pkt)
+    };
+    let v6_frame = |udp: &[u8]| {
+        eth(
+            MAC0,
+            CLIENT_MAC,
+            0x86dd,
+            &ipv6(c6, me6, IpProtocol::UDP, 64, udp),
+        )
+    };
+    assert_eq!(icmp4_msgs(&r.send(0, &v4_frame(&good4)))[0].3, 3);
+    assert_eq!(icmp6_msgs(&r.send(0, &v6_frame(&good6)))[0].3, 1);
+    assert!(r.send(0, &v4_frame(&corrupt(&good4))).is_empty());
+    assert!(r.send(0, &v6_frame(&corrupt(&good6))).is_empty());
+    assert!(r.send(0, &v6_frame(&unsummed6)).is_empty());
+    assert_eq!(r.count("ip4-local", "bad_udp"), 1);
+    assert_eq!(r.count("ip6-local", "bad_udp"), 2);
+    // Reassembled: the same.
+    let bad = corrupt(&good6);
+    let first = frag6(c6, me6, 17, 0, true, 0x77, &bad[..16]);
+    let last = frag6(c6, me6, 17, 16, false, 0x77, &bad[16..]);
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &first)).is_empty());
+    assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &last)).is_empty());
+    assert_eq!(r.count("ip6-local", "bad_udp"), 3);
+}
+
+/// RFC 8200 4.5 / RFC 4443 3.3: the time exceeded (reassembly) is about the first fragment:
+/// it quotes that fragment as it came, fragment header and all; and for IPv4 (RFC 792) the
+/// first fragment alone, though the next one had come as well.
+#[test]
+fn rfc8200_4_5_reassembly_time_exceeded_quotes_the_first_fragment_as_it_came() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut echo = vec![128, 0, 0, 0, 0, 9, 0, 1];
+    echo.extend([7u8; 40]);
+    let echo = icmp6(c, me, echo);
+    let first = frag6(c, me, 58, 0, true, 0x59, &echo[..16]);
+    let second = frag6(c, me, 58, 16, true, 0x59, &echo[16..32]);
+    for f in [&first, &second] {
+        assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, f)).is_empty());
+    }
+    r.now += crate::reassembly::TIMEOUT_V6 + 1;
+    let out = tick(&mut r);
+    assert_eq!(out.len(), 1);
+    let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!(&ip.payload()[..2], &[3, 1]);
+    assert_eq!(
+        &ip.payload()[8..],
+        &first[..],
+        "the first fragment, byte for byte"
+    );
+
+    let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let frags = ipv4_fragments(c, me, &icmp_echo(8, 64), 24);
+    assert!(frags.len() >= 3);
+    for f in &frags[..2] {
+        assert!(r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, f)).is_empty());
+    }
+    r.now += crate::reassembly::TIMEOUT_V4 + 1;
+    let out = tick(&mut r);
+    assert_eq!(out.len(), 1);
+    let ip = ip4_of(&out[0].1);
+    assert_eq!(
+        &ip.payload()[8..],
+        &frags[0][..],
+        "the first fragment, byte for byte"
+    );
+}
+
+/// RFC 8200 4.1/4.2: destination options may follow the fragment header. Known ones
+/// (padding) let a fragmented echo request be answered once reassembled; an unknown one of
+/// action 10 draws a parameter problem code 2 about the first fragment, pointing at the
+/// option where it sits in that fragment.
+#[test]
+fn rfc8200_4_1_destination_options_after_a_fragment_header_are_processed() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v6("2001:db8:1::2"), v6("2001:db8:1::1"));
+    let mut echo = vec![128, 0, 0, 0, 0, 9, 0, 1];
+    echo.extend([5u8; 32]);
+    let echo = icmp6(c, me, echo);
+    let send = |r: &mut Rig, id: u32, option: [u8; 6]| {
+        let mut datagram = vec![58, 0];
+        datagram.extend_from_slice(&option);
+        datagram.extend_from_slice(&echo);
+        let first = frag6(c, me, 60, 0, true, id, &datagram[..24]);
+        let last = frag6(c, me, 60, 24, false, id, &datagram[24..]);
+        let after_first = icmp6_msgs(&r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &first)));
+        let after_last = icmp6_msgs(&r.send(0, &eth(MAC0, CLIENT_MAC, 0x86dd, &last)));
+        (after_first, after_last)
+    };
+    let (first, last) = send(&mut r, 0x61, [1, 4, 0, 0, 0, 0]);
+    assert!(first.is_empty());
+    assert_eq!(last.len(), 1);
+    assert_eq!((last[0].2, last[0].3), (c, 129), "echo reply");
+    let (first, last) = send(&mut r, 0x62, [0x9e, 4, 0, 0, 0, 0]);
+    assert_eq!(first.len(), 1);
+    // Fixed header, fragment header, then the option's type byte after two header bytes.
+    assert_eq!(
+        (first[0].2, first[0].3, first[0].4, first[0].5),
+        (c, 4, 2, 40 + 8 + 2)
+    );
+    assert!(last.is_empty(), "the datagram was dropped: {last:?}");
+}
+
+/// RFC 4291 2.8: a router recognises the All-Routers addresses, the site-local one
+/// (ff05::2) as well as the link-local one.
+#[test]
+fn rfc4291_2_8_site_local_all_routers_is_ours() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    for group in ["ff02::2", "ff05::2"] {
+        let ping = echo6(v6("2001:db8:1::2"), v6(group), 64);
+        let dst_mac = [0x33, 0x33, 0, 0, 0, 2];
+        let out = r.send(0, &eth(dst_mac, CLIENT_MAC, 0x86dd, &ping));
+        let msgs = icmp6_msgs(&out);
+        assert!(msgs.iter().any(|m| m.3 == 129), "{group}: {msgs:?}");
+    }
 }
