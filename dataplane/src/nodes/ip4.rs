@@ -841,14 +841,23 @@ impl Ip4Local {
                     cx.error(Ip4LocalError::TcpDropped);
                     return LocalNext::Drop;
                 };
+                // The reset goes without the segment's IP options: a source route is not
+                // followed back (RFC 1122 3.2.1.8 allows, does not ask, a reversed one) nor a
+                // record route carried on. Its fixed header moves up over them.
                 let hlen = ip.header_len();
+                if hlen > 20 {
+                    pkt.buf.data_mut().copy_within(..20, hlen - 20);
+                    pkt.buf.pull_front(hlen - 20);
+                }
+                let mut ip = Ipv4Packet::new_unchecked(pkt.buf.data_mut());
+                ip.set_version_and_header_len(20);
                 ip.set_src_addr(dst);
                 ip.set_dst_addr(src);
                 ip.set_ttl(DEFAULT_TTL);
-                ip.set_total_len((hlen + rst.buffer_len()) as u16);
+                ip.set_total_len((20 + rst.buffer_len()) as u16);
                 ip.fill_checksum();
-                pkt.buf.truncate(hlen + rst.buffer_len());
-                let seg = &mut pkt.buf.data_mut()[hlen..];
+                pkt.buf.truncate(20 + rst.buffer_len());
+                let seg = &mut pkt.buf.data_mut()[20..];
                 if rst
                     .emit(
                         &mut TcpPacket::new_unchecked(seg),
@@ -1079,6 +1088,9 @@ impl Ip4Rewrite {
                     let stamp = ip4_options::nonstandard_timestamp(cx.now);
                     let ours = |a| cx.tables.is_local_ipv4(a);
                     if let Err(pointer) = ip4_options::record(ip.options_mut(), addr, stamp, ours) {
+                        // The error quotes the header as it came: the TTL put back.
+                        ip.set_ttl(ip.ttl() + 1);
+                        ip.fill_checksum();
                         cx.error(Ip4RewriteError::BadOption);
                         pkt.meta.icmp_error = Some(param_problem(pointer));
                         return RewriteNext::Error;

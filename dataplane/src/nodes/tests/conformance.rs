@@ -1413,3 +1413,51 @@ fn rfc4291_2_8_site_local_all_routers_is_ours() {
         assert!(msgs.iter().any(|m| m.3 == 129), "{group}: {msgs:?}");
     }
 }
+
+/// RFC 1122 3.2.1.8 / 4.2.3.8 (as Linux): the reset the router answers a segment with is a
+/// packet of its own: it does not carry the segment's IP options (a record route here).
+#[test]
+fn control_tcp_reset_carries_no_ip_options() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, me) = (v4("198.18.1.2"), v4("198.18.1.1"));
+    let syn = tcp_syn(IpAddrPair::V4 { src: c, dst: me }, 40000, 179, 1000);
+    // Record route with room for two addresses, then end of options.
+    let rr = [7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut pkt = ipv4_with_options(c, me, &rr, &syn);
+    let mut ip = Ipv4Packet::new_unchecked(&mut pkt[..]);
+    ip.set_protocol(IpProtocol::TCP);
+    ip.fill_checksum();
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    assert_eq!(out.len(), 1);
+    let ip = Ipv4Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!((ip.header_len(), ip.src_addr(), ip.dst_addr()), (20, me, c));
+    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+    let rst = TcpRepr::parse(&tcp, &IpAddrPair::V4 { src: me, dst: c }).unwrap();
+    assert_eq!(
+        (rst.src_port, rst.dst_port, rst.flags),
+        (179, 40000, TcpFlags::RST | TcpFlags::ACK)
+    );
+}
+
+/// RFC 1812 4.3.2.3 / RFC 792: a parameter problem quotes the packet as it came; when the
+/// router finds the record route option has no room it cannot use at the time it records,
+/// the TTL it had decremented is put back in the quote.
+#[test]
+fn rfc792_parameter_problem_from_rewrite_quotes_the_ttl_as_it_came() {
+    let mut r = Rig::new();
+    r.learn_client_and_server();
+    let (c, s) = (v4("198.18.1.2"), v4("198.18.2.2"));
+    // Record route, length 7, pointer 5: three bytes left, less than an address.
+    let bad = [7, 7, 5, 0, 0, 0, 0, 1];
+    let pkt = ipv4_with_options(c, s, &bad, &[0x03, 0xe8, 0x82, 0x9a, 0, 8, 0, 0]);
+    let out = r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &pkt));
+    let msgs = icmp4_msgs(&out);
+    assert_eq!(msgs.len(), 1, "{out:?}");
+    assert_eq!((msgs[0].3, msgs[0].4), (12, 0));
+    let ip = ip4_of(&out[0].1);
+    let quoted = &ip.payload()[8..];
+    assert_eq!(&quoted[..28], &pkt[..28], "the header as it came");
+    assert_eq!(r.count("ip4-rewrite", "bad_option"), 1, "found when recording");
+}
