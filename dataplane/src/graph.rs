@@ -837,6 +837,52 @@ impl<B: PacketBuffer> Graph<B> {
         queued
     }
 
+    /// Queues the multicast listener reports that are due ([`crate::mld`]): the first worker
+    /// announces each port's groups when they change (the tables' addresses), any worker
+    /// answers the queries it received. Cheap when nothing is due, so call it every turn.
+    /// True when frames were queued.
+    pub fn report_listeners(
+        &mut self,
+        tables: &Tables,
+        state: &mut WorkerState,
+        now: Nanos,
+        mut alloc: impl FnMut() -> Option<B>,
+    ) -> bool
+    where
+        B: crate::buffer::PacketBuffer,
+    {
+        self.sync_vlan_ports(tables);
+        let listener = &mut state.listener_reports;
+        if listener.tables_version != Some(tables.version) {
+            listener.tables_version = Some(tables.version);
+            for (port, ifc) in tables.interfaces.iter().enumerate() {
+                // Ports without IPv6 have no groups; only the first worker announces.
+                let groups = if ifc.ipv6.is_empty() {
+                    Vec::new()
+                } else {
+                    crate::mld::groups(ifc)
+                };
+                if state.worker == 0 {
+                    listener.set_groups(port as u16, groups, now);
+                } else {
+                    listener.set_groups_quietly(port as u16, groups);
+                }
+            }
+        }
+        let mut queued = false;
+        for (port, kind) in listener.due(now) {
+            let Some(ifc) = tables.interface(port) else {
+                continue;
+            };
+            let Some(mut buf) = alloc() else {
+                break;
+            };
+            let built = crate::mld::make_report(&mut buf, ifc, listener.groups_of(port), kind);
+            queued |= self.queue_frame(port, buf, built);
+        }
+        queued
+    }
+
     /// Sends the unicast probes of neighbors in DELAY or PROBE that are due (RFC 4861 7.3.3,
     /// [`crate::worker::NeighborTable::due_probes`]); cheap when none is, so call it every
     /// turn. True when frames were queued.

@@ -16,6 +16,7 @@ pub mod flows;
 pub mod graph;
 pub mod ipsec_tables;
 pub mod lpm6;
+pub mod mld;
 pub mod mtrie;
 pub mod nat;
 pub mod nodes;

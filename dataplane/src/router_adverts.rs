@@ -196,8 +196,37 @@ pub struct Advertiser {
     min_spacing: Nanos,
     /// The tables version whose ports the schedule was last set up for.
     pub(crate) tables_version: Option<u64>,
-    /// xorshift64 state, for the random intervals and delays.
-    rng: u64,
+    /// For the random intervals and delays.
+    rng: Jitter,
+}
+
+/// A xorshift64 generator for the random delays of link protocols (advertisements, listener
+/// reports), seeded from the process's random hash keys so that routers on one link do not
+/// fall into step.
+#[derive(Clone, Debug)]
+pub(crate) struct Jitter(u64);
+
+impl Default for Jitter {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        Jitter(std::collections::hash_map::RandomState::new().hash_one(0u64) | 1)
+    }
+}
+
+impl Jitter {
+    /// A random duration in `0..=max`.
+    pub(crate) fn up_to(&mut self, max: Nanos) -> Nanos {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        if max == 0 {
+            0
+        } else {
+            x % (max + 1)
+        }
+    }
 }
 
 impl Default for Advertiser {
@@ -213,30 +242,19 @@ impl Advertiser {
         Advertiser::with_timing(MAX_RESPONSE_DELAY, 0)
     }
 
-    /// Seeded from the process's random hash keys: routers on one link do not fall into step.
     fn with_timing(response_delay: Nanos, min_spacing: Nanos) -> Self {
-        use std::hash::BuildHasher;
         Advertiser {
             ports: Vec::new(),
             response_delay,
             min_spacing,
             tables_version: None,
-            rng: std::collections::hash_map::RandomState::new().hash_one(0u64) | 1,
+            rng: Jitter::default(),
         }
     }
 
     /// A random duration in `0..=max`.
     fn random_up_to(&mut self, max: Nanos) -> Nanos {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        if max == 0 {
-            0
-        } else {
-            x % (max + 1)
-        }
+        self.rng.up_to(max)
     }
 
     fn port(&mut self, port: u16) -> &mut PortSchedule {

@@ -539,6 +539,8 @@ pub struct WorkerState {
     pub router_adverts: crate::router_adverts::Advertiser,
     /// The IPv4 router discovery schedule (RFC 1256), kept as `router_adverts` is.
     pub ipv4_router_adverts: crate::router_adverts::Advertiser,
+    /// When each port reports the IPv6 multicast groups it listens to (MLDv2).
+    pub listener_reports: crate::mld::Listener,
     /// The version of the tables the connections were last checked against.
     services_version: u64,
 }
@@ -671,6 +673,7 @@ impl Default for WorkerState {
             acl_hits: Vec::new(),
             router_adverts: crate::router_adverts::Advertiser::default(),
             ipv4_router_adverts: crate::router_adverts::Advertiser::ipv4(),
+            listener_reports: crate::mld::Listener::default(),
             services_version: 0,
         }
     }

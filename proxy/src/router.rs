@@ -960,6 +960,14 @@ where
                 nanos_since(start, now),
                 || driver.alloc(),
             );
+            // And multicast listener reports (RFC 3810: a random delay within a second of a
+            // change, or within a query's maximum response delay).
+            retried |= self.graph.report_listeners(
+                &tables,
+                &mut self.state,
+                nanos_since(start, now),
+                || driver.alloc(),
+            );
             // So are neighbor probes (RFC 4861 7.3.3: one a second while in PROBE).
             retried |= self.graph.probe_neighbors(
                 &tables,

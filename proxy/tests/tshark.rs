@@ -1,8 +1,8 @@
 //! What the router puts on the wire, as Wireshark sees it: capture on the client's eth0 while
 //! the client resolves the router (ARP, ND), pings it, sends TTL/hop-limit 1 probes, opens a TCP
-//! connection through it, pings unrouted addresses and solicits a router advertisement (RFC
-//! 1256); then `tshark` must find every expected packet and no malformed packet or expert
-//! error (bad checksums included).
+//! connection through it, pings unrouted addresses, solicits a router advertisement (RFC 1256)
+//! and queries multicast listeners (MLDv2); then `tshark` must find every expected packet and
+//! no malformed packet or expert error (bad checksums included).
 //!
 //!   cargo test -p switchyard --test tshark
 //!   SWITCHYARD_LAB_KERNEL=1 cargo test -p switchyard --test tshark   # Linux as the router
@@ -70,6 +70,15 @@ fn capture_and_dissect(driver: Driver) {
          (\"224.0.0.2\", 0))'"
     );
     lab.exec_ok(Ns::Client, &solicit);
+    // A general MLDv2 query from the client's link-local address to all-nodes, as a
+    // multicast router sends it (maximum response delay 1 s): the router reports its groups.
+    let query = "python3 -c 'import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, \
+         socket.IPPROTO_ICMPV6); i = socket.if_nametoindex(\"eth0\"); \
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, i); \
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1); \
+         s.sendto(bytes([130, 0, 0, 0, 3, 0xe8, 0, 0] + [0] * 16 + [2, 125, 0, 0]), \
+         (\"ff02::1\", 0, 0, i))'";
+    lab.exec_ok(Ns::Client, query);
     std::thread::sleep(Duration::from_millis(2500));
     lab.tcp_transfer(false, 64 * 1024, 5004);
     lab.tcp_transfer(true, 64 * 1024, 5006);
@@ -145,6 +154,13 @@ fn capture_and_dissect(driver: Driver) {
             format!(
                 "icmp.type == 9 && ip.src == {ROUTER_C0_V4} && ip.dst == 224.0.0.1 && ip.ttl == 1 \
                  && icmp.num_addrs == 1 && icmp.router_address == {ROUTER_C0_V4} && eth.src == {mac}"
+            ),
+        ),
+        (
+            "MLDv2 report from c0's link-local address to ff02::16, hop limit 1, all-routers listed",
+            format!(
+                "icmpv6.type == 143 && ipv6.src == fe80::/10 && ipv6.dst == ff02::16 && ipv6.hlim == 1 \
+                 && icmpv6.mldr.mar.multicast_address == ff02::2 && eth.src == {mac}"
             ),
         ),
         (

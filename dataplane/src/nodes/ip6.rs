@@ -440,6 +440,9 @@ node_errors! {
         NdNotForUs = ("nd_not_for_us", "neighbor solicitation for an address that is not ours"),
         RouterDiscovery = ("router_discovery", "router solicitation or advertisement ignored"),
         RouterSolicitations = ("router_solicitations", "router solicitations answered (an advertisement scheduled)"),
+        MldQueries = ("mld_queries", "multicast listener queries: a report of our groups scheduled (RFC 3810 6.2)"),
+        BadMld = ("bad_mld", "multicast listener query from a non-link-local source, with a code or too short: ignored (RFC 3810 5.1.14)"),
+        MldReports = ("mld_reports", "other listeners' reports and dones: ignored (not a multicast router)"),
         LocalLoop = ("local_loop", "packet from this node to this node"),
         PortUnreachable = ("port_unreachable", "UDP to this node, no listener: port unreachable sent"),
         BadUdp = ("bad_udp", "UDP to this node too short, with a bad checksum or none: dropped unanswered (RFC 8200 8.1)"),
@@ -677,6 +680,24 @@ impl Ip6Local {
             }
             Icmpv6Message::ROUTER_SOLICIT | Icmpv6Message::ROUTER_ADVERT => {
                 cx.error(Ip6LocalError::RouterDiscovery);
+                LocalNext::Drop
+            }
+            Icmpv6Message(crate::mld::QUERY) => {
+                // RFC 3810 5.1.14: only from a link-local source (RFC 2710 likewise); code 0
+                // and at least MLDv1's 24 bytes.
+                let port = pkt.meta.rx_port;
+                if !is_link_local(&src) || msg[1] != 0 || msg.len() < 24 {
+                    cx.error(Ip6LocalError::BadMld);
+                    return LocalNext::Drop;
+                }
+                let delay = crate::mld::max_response_delay(msg);
+                cx.state.listener_reports.queried(port, cx.now, delay);
+                cx.error(Ip6LocalError::MldQueries);
+                LocalNext::Drop
+            }
+            Icmpv6Message(crate::mld::REPORT_V1 | crate::mld::DONE_V1 | crate::mld::REPORT_V2) => {
+                // Other listeners' reports: for multicast routers, which this node is not.
+                cx.error(Ip6LocalError::MldReports);
                 LocalNext::Drop
             }
             _ => {

@@ -1724,6 +1724,7 @@ fn check_unsolicited_intervals(r: &mut Rig, seconds: u64, (min, max): (u64, u64)
 mod acl;
 mod conformance;
 mod esp;
+mod mld;
 mod nat;
 mod router_adverts;
 mod router_discovery4;

@@ -1459,5 +1459,9 @@ fn rfc792_parameter_problem_from_rewrite_quotes_the_ttl_as_it_came() {
     let ip = ip4_of(&out[0].1);
     let quoted = &ip.payload()[8..];
     assert_eq!(&quoted[..28], &pkt[..28], "the header as it came");
-    assert_eq!(r.count("ip4-rewrite", "bad_option"), 1, "found when recording");
+    assert_eq!(
+        r.count("ip4-rewrite", "bad_option"),
+        1,
+        "found when recording"
+    );
 }
