@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use switchyard_ipsec::crypto::{CryptoError, SymCtx, SymOp, SymParams};
+use switchyard_ipsec::crypto::{CryptoError, SymCtx, SymParams};
 
 use crate::buffer::PacketBuffer;
 use crate::graph::Packet;
@@ -72,15 +72,10 @@ impl<B: PacketBuffer + Send> AsyncCrypto<B> for DeferredSoftware<B> {
         for (mut op, ctx) in ops.drain(..n).zip(ctxs) {
             // The crypto runs now (the context is only borrowed for this call), but the
             // packet stays here, untouched by the caller, until the next poll.
-            let mut sym = SymOp {
-                buf: op.pkt.buf.data_mut(),
-                ctx: *ctx,
-                params: std::mem::take(&mut op.params),
-                result: Err(CryptoError::Backend),
+            op.result = match ctx {
+                Some(ctx) => ctx.run_here(&op.params, op.pkt.buf.data_mut()),
+                None => Err(CryptoError::Backend),
             };
-            sym.run_here();
-            op.result = sym.result;
-            op.params = sym.params;
             queue.push_back(op);
         }
         n

@@ -210,7 +210,9 @@ void *sy_crypto_session_cbc_hmac(uint8_t dev_id, struct rte_mempool *mp, int enc
 	return rte_cryptodev_sym_session_create(dev_id, &auth, mp);
 }
 
-void sy_crypto_mbuf_point(struct rte_mbuf *m, void *data, uint16_t len)
+/* sy_crypto_mbuf_point, inlined into its callers; returns the bytes' IOVA. */
+static inline __attribute__((always_inline)) rte_iova_t
+sy_crypto_mbuf_point_inline(struct rte_mbuf *m, void *data, uint16_t len)
 {
 	/* The EAL's IOVA mode is fixed once it is up: asked once, not per operation (a call
 	 * into the EAL each time). Relaxed atomics: every thread computes the same value. */
@@ -220,14 +222,21 @@ void sy_crypto_mbuf_point(struct rte_mbuf *m, void *data, uint16_t len)
 		va = rte_eal_iova_mode() == RTE_IOVA_VA;
 		__atomic_store_n(&iova_va, va, __ATOMIC_RELAXED);
 	}
+	rte_iova_t iova = va ? (rte_iova_t)(uintptr_t)data : rte_mem_virt2iova(data);
 	m->buf_addr = data;
-	rte_mbuf_iova_set(m, va ? (rte_iova_t)(uintptr_t)data : rte_mem_virt2iova(data));
+	rte_mbuf_iova_set(m, iova);
 	m->buf_len = len;
 	m->data_off = 0;
 	m->data_len = len;
 	m->pkt_len = len;
 	m->nb_segs = 1;
 	m->next = NULL;
+	return iova;
+}
+
+void sy_crypto_mbuf_point(struct rte_mbuf *m, void *data, uint16_t len)
+{
+	sy_crypto_mbuf_point_inline(m, data, len);
 }
 
 static void sy_crypto_op_start(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,
@@ -276,6 +285,38 @@ void sy_crypto_op_aead_in_place(struct rte_crypto_op *op, void *sess, struct rte
 	sy_crypto_op_aead_fill(op, sess, m, offset, len, iv, iv_len, aad, aad_len);
 	op->sym->aead.digest.data = rte_pktmbuf_mtod_offset(m, uint8_t *, digest_offset);
 	op->sym->aead.digest.phys_addr = rte_pktmbuf_iova_offset(m, digest_offset);
+}
+
+void sy_crypto_op_aead_point(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m, void *data,
+                             uint16_t data_len, uint32_t offset, uint32_t len,
+                             uint32_t digest_offset, const uint8_t *iv, const uint8_t *aad,
+                             uint16_t aad_len)
+{
+	rte_iova_t iova = sy_crypto_mbuf_point_inline(m, data, data_len);
+	__rte_crypto_op_reset(op, RTE_CRYPTO_OP_TYPE_SYMMETRIC);
+	rte_crypto_op_attach_sym_session(op, sess);
+	op->sym->m_src = m;
+	op->sym->m_dst = NULL;
+	/* The IV field whole (the nonce and its unused tail): one fixed-size copy. */
+	memcpy(rte_crypto_op_ctod_offset(op, uint8_t *, SY_IV_OFFSET), iv, SY_CRYPTO_IV_MAX);
+	op->sym->aead.data.offset = offset;
+	op->sym->aead.data.length = len;
+	/* The AAD zero-padded to the area's length, as sy_crypto_op_aead_fill leaves it, but
+	 * with fixed-size copies for ESP's two lengths (8, or 12 with ESN). */
+	uint8_t *aad_area = rte_crypto_op_ctod_offset(op, uint8_t *, SY_AAD_OFFSET);
+	uint8_t padded[SY_CRYPTO_AAD_MAX] = {0};
+	if (aad_len == 8) {
+		memcpy(padded, aad, 8);
+	} else if (aad_len == 12) {
+		memcpy(padded, aad, 12);
+	} else {
+		memcpy(padded, aad, aad_len < SY_CRYPTO_AAD_MAX ? aad_len : SY_CRYPTO_AAD_MAX);
+	}
+	memcpy(aad_area, padded, SY_CRYPTO_AAD_MAX);
+	op->sym->aead.aad.data = aad_area;
+	op->sym->aead.aad.phys_addr = rte_crypto_op_ctophys_offset(op, SY_AAD_OFFSET);
+	op->sym->aead.digest.data = (uint8_t *)data + digest_offset;
+	op->sym->aead.digest.phys_addr = iova + digest_offset;
 }
 
 void sy_crypto_op_cipher(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,

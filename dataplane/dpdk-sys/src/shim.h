@@ -101,6 +101,15 @@ void sy_crypto_op_aead_in_place(struct rte_crypto_op *op, void *sess, struct rte
                                 uint32_t offset, uint32_t len, uint32_t digest_offset,
                                 const uint8_t *iv, uint16_t iv_len, const uint8_t *aad,
                                 uint16_t aad_len);
+/* sy_crypto_mbuf_point and sy_crypto_op_aead_in_place in one call (one per packet where
+ * there were two): points scratch mbuf `m` at `data_len` bytes at `data` and fills the AEAD
+ * operation on `len` bytes at `offset`, the tag at `digest_offset`, all in those bytes. `iv`
+ * is SY_CRYPTO_IV_MAX bytes (the nonce and its unused tail, copied whole); `aad` holds
+ * `aad_len` bytes, at most SY_CRYPTO_AAD_MAX (copied with a fixed size for ESP's 8 and 12). */
+void sy_crypto_op_aead_point(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m, void *data,
+                             uint16_t data_len, uint32_t offset, uint32_t len,
+                             uint32_t digest_offset, const uint8_t *iv, const uint8_t *aad,
+                             uint16_t aad_len);
 /* A chained cipher + HMAC operation: the cipher on `cipher_len` bytes at `cipher_offset`, the
  * HMAC on `auth_len` bytes at `auth_offset`. Returns the digest area. */
 uint8_t *sy_crypto_op_chain(struct rte_crypto_op *op, void *sess, struct rte_mbuf *m,

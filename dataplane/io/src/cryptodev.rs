@@ -977,36 +977,70 @@ impl CryptoBackend for Cryptodev {
     }
 }
 
-/// Fills `dop` to run `op` in `session` on `mbuf`, which must hold `op.buf`'s bytes at its
-/// data start (a scratch mbuf pointed at them, or the packet's own mbuf); for an open,
-/// copies the expected tag or ICV into the digest area. Returns where the device leaves (or
-/// finds) the digest, null when that is in the packet (an AEAD's tag: written where it goes,
-/// read where it lies, no copy either way), or `None` when the operation's ranges do not lie
-/// inside its buffer.
+/// Fills `dop` to run the operation `p` with context `ctx` in `session` on `mbuf`, which
+/// holds the operation's `len` bytes at its data start: the packet's own mbuf (`point`
+/// null), or a scratch mbuf this points at the `len` bytes at `point` (with the operation, in
+/// one call into the shim for an AEAD's tag in place); for an open, copies the expected tag
+/// or ICV into the digest area. Returns where the device leaves (or finds) the digest, null when that is in the
+/// packet (an AEAD's tag: written where it goes, read where it lies, no copy either way), or
+/// `None` when the operation's ranges do not lie inside its bytes. The parameters are read
+/// where they lie (the caller's operation), not copied into a [`SymOp`] first.
 ///
 /// # Safety
 ///
-/// `dop` and `mbuf` must be idle (not with the device), and the bytes must stay valid and
-/// untouched until the operation is dequeued.
+/// `dop` and `mbuf` must be idle (not with the device), `point` (when not null) must point
+/// at `len` valid bytes, and the bytes must stay valid and untouched until the operation is
+/// dequeued.
+#[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn fill_op(
-    op: &SymOp<'_>,
+    p: &SymParams,
+    ctx: Option<SymCtx<'_>>,
+    point: *mut u8,
+    len: usize,
     session: *mut c_void,
     dop: *mut sys::rte_crypto_op,
     mbuf: *mut sys::rte_mbuf,
 ) -> Option<*mut u8> {
-    let p = &op.params;
     let icv_len = usize::from(p.icv_len).min(p.expected.len());
-    let digest_fits = p.digest_at + icv_len <= op.buf.len();
-    let aead = matches!(op.ctx, Some(SymCtx::Aead(_)));
+    let digest_fits = p.digest_at + icv_len <= len;
+    let aead = matches!(ctx, Some(SymCtx::Aead(_)));
     // A tag in place is read only there (`expected` is not filled then): it must lie in the
     // bytes, and only an AEAD's operation can take it from there.
     let in_place = p.seal || p.tag_in_place;
-    let ok = p.text.end <= op.buf.len()
-        && p.auth.end <= op.buf.len()
+    let ok = p.text.end <= len
+        && p.auth.end <= len
         && (!in_place || digest_fits)
         && (aead || !p.tag_in_place);
     if !ok {
         return None;
+    }
+    // ESP's AAD is 8 or 12 bytes (the sessions take no other length); the field is 12.
+    let aad_len = u16::from(p.aad_len).min(p.aad.len() as u16);
+    if aead && in_place && !point.is_null() {
+        // SAFETY: as below, and `point` holds `len` bytes (≤ u16::MAX: `Device::fits`),
+        // which the digest range lies inside; the IV is the field's 16 bytes
+        // (SY_CRYPTO_IV_MAX), the AAD `aad_len` ≤ 12 bytes of its 12.
+        unsafe {
+            sys::sy_crypto_op_aead_point(
+                dop,
+                session,
+                mbuf,
+                point.cast(),
+                len as u16,
+                p.text.start as u32,
+                p.text.len() as u32,
+                p.digest_at as u32,
+                p.iv.as_ptr(),
+                p.aad.as_ptr(),
+                aad_len,
+            )
+        };
+        return Some(std::ptr::null_mut());
+    }
+    if !point.is_null() {
+        // SAFETY: the caller's promises: mbuf is idle and `point` holds `len` bytes.
+        unsafe { sys::sy_crypto_mbuf_point(mbuf, point.cast(), len as u16) };
     }
     if aead && in_place {
         // SAFETY: as below; the digest range lies inside the bytes too, and the device
@@ -1022,7 +1056,7 @@ unsafe fn fill_op(
                 p.iv.as_ptr(),
                 12,
                 p.aad.as_ptr(),
-                u16::from(p.aad_len),
+                aad_len,
             )
         };
         return Some(std::ptr::null_mut());
@@ -1030,7 +1064,7 @@ unsafe fn fill_op(
     // SAFETY: the caller's promises, and every range lies inside the bytes; IV (≤ 16 bytes),
     // AAD (≤ 12) and digest (≤ 32) fit the op's private area as in `run`.
     let digest = unsafe {
-        match op.ctx {
+        match ctx {
             Some(SymCtx::Aead(_)) => sys::sy_crypto_op_aead(
                 dop,
                 session,
@@ -1040,7 +1074,7 @@ unsafe fn fill_op(
                 p.iv.as_ptr(),
                 12,
                 p.aad.as_ptr(),
-                u16::from(p.aad_len),
+                aad_len,
             ),
             _ => sys::sy_crypto_op_chain(
                 dop,
@@ -1067,6 +1101,19 @@ unsafe fn fill_op(
 fn copy_tag(buf: &mut [u8], params: &SymParams, tag: &[u8]) {
     if let Some(to) = buf.get_mut(params.digest_at..params.digest_at + tag.len()) {
         to.copy_from_slice(tag);
+    }
+}
+
+/// Runs an operation on the calling core ([`SymOp::run_here`] on parameters where they lie);
+/// without a context it fails.
+fn run_here(
+    ctx: Option<SymCtx<'_>>,
+    params: &SymParams,
+    buf: &mut [u8],
+) -> Result<(), CryptoError> {
+    match ctx {
+        Some(ctx) => ctx.run_here(params, buf),
+        None => Err(CryptoError::Backend),
     }
 }
 
@@ -1164,18 +1211,13 @@ impl Device {
         let mut burst: [(*mut sys::rte_crypto_op, usize); BURST] =
             [(std::ptr::null_mut(), 0); BURST];
         let mut filled = 0;
-        for (mut op, ctx) in ops.drain(..n).zip(ctxs) {
+        for (mut op, &ctx) in ops.drain(..n).zip(ctxs) {
             let mbuf = op.pkt.buf.as_ptr();
-            let mut sym = SymOp {
-                buf: op.pkt.buf.data_mut(),
-                ctx: *ctx,
-                params: std::mem::take(&mut op.params),
-                result: Err(CryptoError::Backend),
-            };
+            let len = op.pkt.buf.len();
             let session = if qp.stuck {
                 None
             } else {
-                self.session_for(&sym)
+                self.session_for(ctx, &op.params, len)
             };
             let placed = session.and_then(|s| qp.free.pop().map(|slot| (s, slot)));
             let mut state = FlightState::Finished;
@@ -1185,7 +1227,17 @@ impl Device {
                     // SAFETY: the slot was free, so dop is idle; the mbuf holds the bytes
                     // at its data start and moves into the flight below, which owns it
                     // until the device gives the operation back.
-                    match unsafe { fill_op(&sym, session, dop, mbuf) } {
+                    match unsafe {
+                        fill_op(
+                            &op.params,
+                            ctx,
+                            std::ptr::null_mut(),
+                            len,
+                            session,
+                            dop,
+                            mbuf,
+                        )
+                    } {
                         Some(digest) => {
                             state = FlightState::Device {
                                 slot,
@@ -1198,19 +1250,17 @@ impl Device {
                         }
                         None => {
                             qp.free.push(slot);
-                            sym.result = Err(CryptoError::BufferLength);
+                            op.result = Err(CryptoError::BufferLength);
                         }
                     }
                 }
                 None => {
-                    if sym.ctx.is_some() {
+                    if ctx.is_some() {
                         self.in_software();
                     }
-                    sym.run_here();
+                    op.result = run_here(ctx, &op.params, op.pkt.buf.data_mut());
                 }
             }
-            op.result = sym.result;
-            op.params = sym.params;
             qp.flights.push_back(Flight { op, state });
             if filled == BURST {
                 self.enqueue(&mut qp, &burst[..filled], ctxs, base);
@@ -1261,16 +1311,8 @@ impl Device {
                 .and_then(|i| ctxs.get(i))
                 .copied()
                 .flatten();
-            let mut sym = SymOp {
-                buf: f.op.pkt.buf.data_mut(),
-                ctx,
-                params: std::mem::take(&mut f.op.params),
-                result: Err(CryptoError::Backend),
-            };
             self.in_software();
-            sym.run_here();
-            f.op.result = sym.result;
-            f.op.params = sym.params;
+            f.op.result = run_here(ctx, &f.op.params, f.op.pkt.buf.data_mut());
         }
     }
 
@@ -1355,24 +1397,25 @@ struct SessionKey {
 
 impl SessionKey {
     /// `None` for an empty slot.
-    fn of(op: &SymOp<'_>) -> Option<Self> {
-        let ctx = match op.ctx? {
+    fn of(ctx: Option<SymCtx<'_>>, params: &SymParams) -> Option<Self> {
+        let ctx = match ctx? {
             SymCtx::Aead(aead) => aead as *const dyn Aead as *const (),
             SymCtx::CbcHmac(ctx) => ctx as *const dyn CbcHmac as *const (),
         };
         Some(Self {
             ctx,
-            seal: op.params.seal,
-            aad_len: op.params.aad_len,
+            seal: params.seal,
+            aad_len: params.aad_len,
         })
     }
 }
 
-/// How a batch operation maps onto the device.
+/// Where a device operation of a burst came from (its device operation is at the same
+/// index of the burst's array of them).
+#[derive(Clone, Copy)]
 struct Placed {
     /// Index in the burst of the caller's operation.
     slot: usize,
-    op: *mut sys::rte_crypto_op,
     /// Where the device leaves (or finds) the tag or ICV.
     digest: *mut u8,
 }
@@ -1381,38 +1424,49 @@ impl Device {
     /// The device session for a batch operation, or `None` when it must run in software
     /// (a context of another backend or device, an AAD the sessions do not take, a buffer
     /// longer than an mbuf segment).
-    fn session_for(self: &Arc<Self>, op: &SymOp<'_>) -> Option<*mut c_void> {
-        if !Self::fits(op) {
+    fn session_for(
+        self: &Arc<Self>,
+        ctx: Option<SymCtx<'_>>,
+        params: &SymParams,
+        len: usize,
+    ) -> Option<*mut c_void> {
+        if !Self::fits(params, len) {
             return None;
         }
-        self.context_session(op)
+        self.context_session(ctx, params)
     }
 
-    /// Whether the device can take `op`'s bytes: one mbuf segment, something to cipher.
-    fn fits(op: &SymOp<'_>) -> bool {
-        op.buf.len() <= usize::from(u16::MAX) && !op.params.text.is_empty()
+    /// Whether the device can take an operation's `len` bytes: one mbuf segment, something
+    /// to cipher.
+    #[inline]
+    fn fits(params: &SymParams, len: usize) -> bool {
+        len <= usize::from(u16::MAX) && !params.text.is_empty()
     }
 
     /// The device session of `op`'s context for its direction and AAD ([`session_for`]
     /// without the checks of the operation's own bytes).
     ///
     /// [`session_for`]: Self::session_for
-    fn context_session(self: &Arc<Self>, op: &SymOp<'_>) -> Option<*mut c_void> {
-        match op.ctx? {
+    fn context_session(
+        self: &Arc<Self>,
+        ctx: Option<SymCtx<'_>>,
+        params: &SymParams,
+    ) -> Option<*mut c_void> {
+        match ctx? {
             SymCtx::Aead(aead) => {
                 let gcm = aead.as_any().downcast_ref::<DeviceGcm>()?;
                 if !Arc::ptr_eq(&gcm.device, self) {
                     return None;
                 }
-                let aad_len = usize::from(op.params.aad_len);
-                gcm.session(op.params.seal, aad_len).map(|s| s.ptr.as_ptr())
+                let aad_len = usize::from(params.aad_len);
+                gcm.session(params.seal, aad_len).map(|s| s.ptr.as_ptr())
             }
             SymCtx::CbcHmac(ctx) => {
                 let cbc = ctx.as_any().downcast_ref::<DeviceCbcHmac>()?;
                 if !Arc::ptr_eq(&cbc.device, self) {
                     return None;
                 }
-                cbc.chain_session(op.params.seal)
+                cbc.chain_session(params.seal)
             }
         }
     }
@@ -1422,20 +1476,26 @@ impl Device {
     fn process_burst(self: &Arc<Self>, burst: &mut [SymOp<'_>]) {
         let mut qp = self.queue();
         self.settle(&mut qp);
-        let mut placed: [Option<Placed>; BURST] = [const { None }; BURST];
+        // The operations handed to the device, in the order given (the array the enqueue
+        // takes), and where each came from: filled as they are placed, not gathered after.
+        let mut raw: [*mut sys::rte_crypto_op; BURST] = [std::ptr::null_mut(); BURST];
+        let mut placed = [Placed {
+            slot: 0,
+            digest: std::ptr::null_mut(),
+        }; BURST];
         let mut n = 0;
         // A burst is mostly one SA's: the session found for an operation serves the next
         // ones with the same context and direction without another look-up.
         let mut last: Option<(SessionKey, *mut c_void)> = None;
         for (i, op) in burst.iter_mut().enumerate() {
-            let session = if qp.stuck || !Self::fits(op) {
+            let session = if qp.stuck || !Self::fits(&op.params, op.buf.len()) {
                 None
             } else {
-                let key = SessionKey::of(op);
+                let key = SessionKey::of(op.ctx, &op.params);
                 match last {
                     Some((k, session)) if Some(k) == key => Some(session),
                     _ => {
-                        let session = self.context_session(op);
+                        let session = self.context_session(op.ctx, &op.params);
                         last = key.zip(session);
                         session
                     }
@@ -1453,18 +1513,22 @@ impl Device {
             // borrowed until the burst completes (or the queue is given up on, never to be
             // used again) before we return.
             let digest = unsafe {
-                sys::sy_crypto_mbuf_point(mbuf, op.buf.as_mut_ptr().cast(), op.buf.len() as u16);
-                fill_op(op, session, dop, mbuf)
+                fill_op(
+                    &op.params,
+                    op.ctx,
+                    op.buf.as_mut_ptr(),
+                    op.buf.len(),
+                    session,
+                    dop,
+                    mbuf,
+                )
             };
             let Some(digest) = digest else {
                 op.result = Err(CryptoError::BufferLength);
                 continue;
             };
-            placed[n] = Some(Placed {
-                slot: i,
-                op: dop,
-                digest,
-            });
+            raw[n] = dop;
+            placed[n] = Placed { slot: i, digest };
             n += 1;
         }
         if n == 0 {
@@ -1472,10 +1536,6 @@ impl Device {
         }
         // Hand the burst over and take it back: the device may take fewer than offered, and
         // answers in its own time.
-        let mut raw: [*mut sys::rte_crypto_op; BURST] = [std::ptr::null_mut(); BURST];
-        for (r, p) in raw.iter_mut().zip(placed.iter().flatten()) {
-            *r = p.op;
-        }
         let (mut sent, mut back) = (0usize, 0usize);
         let mut done: [*mut sys::rte_crypto_op; BURST] = [std::ptr::null_mut(); BURST];
         let mut polls = 0u32;
@@ -1511,14 +1571,16 @@ impl Device {
                 std::hint::spin_loop();
             }
         }
-        for (k, p) in placed.iter().flatten().enumerate() {
-            let op = &mut burst[p.slot];
+        for (k, (p, &dop)) in placed[..n].iter().zip(&raw[..n]).enumerate() {
+            let Some(op) = burst.get_mut(p.slot) else {
+                continue;
+            };
             // The device answers in order: the k-th operation placed is nearly always the
             // k-th dequeued, and the search is for the rare other case.
-            let came_back = (k < back && done[k] == p.op) || done[..back].contains(&p.op);
+            let came_back = (k < back && done[k] == dop) || done[..back].contains(&dop);
             let status = if came_back {
                 // SAFETY: a dequeued operation of ours.
-                (unsafe { sys::sy_crypto_op_status(p.op) }) as u32
+                (unsafe { sys::sy_crypto_op_status(dop) }) as u32
             } else {
                 u32::MAX
             };

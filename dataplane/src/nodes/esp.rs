@@ -368,13 +368,14 @@ pub type Esp4Decrypt<B> = EspDecrypt<B, false>;
 /// `esp6-decrypt`.
 pub type Esp6Decrypt<B> = EspDecrypt<B, true>;
 
-/// A packet of the vector whose crypto is still to run: which one, its SA, what the crypto
-/// must do (taken by the batch), how it went, and what the node's second half needs.
+/// A packet of the vector whose crypto is still to run: which one, its SA, how the crypto
+/// went, and what the node's second half needs. What the crypto must do is not carried
+/// here: the first half writes it straight into the operation that runs it (see
+/// [`run_halves`]), so that its hundred-odd bytes are not copied from record to record.
 #[derive(Debug)]
 struct Pending<W> {
     index: usize,
     spi: u32,
-    params: SymParams,
     result: Result<(), CryptoError>,
     work: W,
 }
@@ -399,11 +400,14 @@ trait Halves<B: PacketBuffer> {
     fn pending(&mut self) -> &mut Vec<Pending<Self::Work>>;
     /// The node's SA state and its asynchronous side, both at once.
     fn cache_and_parked(&mut self) -> (&SaCache, Option<&mut Parked<B, Self::Work>>);
+    /// On [`Step::Crypto`], what the crypto must do is in `params` (left unspecified
+    /// otherwise).
     fn first_half(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
+        params: &mut SymParams,
     ) -> Step<Pending<Self::Work>>;
     fn second_half(
         &mut self,
@@ -414,9 +418,11 @@ trait Halves<B: PacketBuffer> {
     ) -> NextIndex;
 }
 
-/// Every packet's first half, then the vector's crypto in batches, then every second half.
-/// With an asynchronous engine the crypto packets are parked instead, their second half run
-/// when a poll finds them done ([`poll_parked`]).
+/// Every packet's first half, the crypto in batches, and every second half. The vector is
+/// taken in stretches that each hold (at most) one batch of packets for the crypto: their
+/// first halves write what the crypto must do straight into the batch's operations, the
+/// batch runs, then their second halves. With an asynchronous engine the crypto packets are
+/// parked instead, their second half run when a poll finds them done ([`poll_parked`]).
 fn run_halves<B: PacketBuffer, N: Halves<B>>(
     node: &mut N,
     cx: &mut Context<'_, B>,
@@ -424,30 +430,77 @@ fn run_halves<B: PacketBuffer, N: Halves<B>>(
     pkts: &mut [Packet<B>],
     next: &mut [NextIndex],
 ) {
+    if node.cache_and_parked().1.is_some() {
+        park_halves(node, cx, ipsec, pkts, next);
+        return;
+    }
     // Taken out while the node's halves run; put back (empty, its capacity kept) at the end.
     let mut pending = std::mem::take(node.pending());
-    pending.clear();
-    for (index, (pkt, n)) in pkts.iter_mut().zip(next.iter_mut()).enumerate() {
-        match node.first_half(cx, ipsec, pkt) {
-            Step::Done(next) => *n = next,
-            Step::Crypto(p) => match node.cache_and_parked().1 {
-                Some(parked) => {
-                    parked.parking.push_back((p, Arc::clone(ipsec)));
-                    *n = N::PARK;
-                }
-                None => pending.push(Pending { index, ..p }),
-            },
+    let mut start = 0;
+    while start < pkts.len() {
+        pending.clear();
+        let mut ops: [SymOp<'_>; CRYPTO_BATCH] = std::array::from_fn(|_| SymOp::default());
+        let mut end = start;
+        while let (Some(pkt), Some(n), Some(op)) = (
+            pkts.get_mut(end),
+            next.get_mut(end),
+            ops.get_mut(pending.len()),
+        ) {
+            match node.first_half(cx, ipsec, pkt, &mut op.params) {
+                Step::Done(next) => *n = next,
+                Step::Crypto(p) => pending.push(Pending { index: end, ..p }),
+            }
+            end += 1;
         }
-    }
-    if !pending.is_empty() {
-        let cache = node.cache();
-        run_crypto(&*cache.backend, &cache.sas, &mut pending, pkts);
-        for p in pending.drain(..) {
-            let index = p.index;
-            next[index] = node.second_half(cx, ipsec, &mut pkts[index], p);
+        if !pending.is_empty() {
+            let cache = node.cache();
+            run_crypto(
+                &*cache.backend,
+                &cache.sas,
+                &mut ops,
+                &mut pending,
+                &mut pkts[start..end],
+                start,
+            );
+            for p in pending.drain(..) {
+                let index = p.index;
+                next[index] = node.second_half(cx, ipsec, &mut pkts[index], p);
+            }
         }
+        start = end;
     }
     *node.pending() = pending;
+}
+
+/// [`run_halves`] with an asynchronous engine: every packet's first half, the crypto
+/// packets bound for the engine, which [`Node::park`] then brings one by one.
+fn park_halves<B: PacketBuffer, N: Halves<B>>(
+    node: &mut N,
+    cx: &mut Context<'_, B>,
+    ipsec: &Arc<IpsecTables>,
+    pkts: &mut [Packet<B>],
+    next: &mut [NextIndex],
+) {
+    // One scratch for the vector: the first half overwrites what the crypto reads.
+    let mut params = SymParams::default();
+    for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+        match node.first_half(cx, ipsec, pkt, &mut params) {
+            Step::Done(next) => *n = next,
+            Step::Crypto(pending) => {
+                if let Some(parked) = node.cache_and_parked().1 {
+                    parked.parking.push_back(Parking {
+                        pending,
+                        params: params.clone(),
+                        ipsec: Arc::clone(ipsec),
+                    });
+                    *n = N::PARK;
+                } else {
+                    // Not reached: the caller saw the engine. Next 0 is the drop.
+                    *n = 0 as NextIndex;
+                }
+            }
+        }
+    }
 }
 
 /// The asynchronous side of an ESP node: its engine and the packets the engine has, between
@@ -455,8 +508,8 @@ fn run_halves<B: PacketBuffer, N: Halves<B>>(
 struct Parked<B, W> {
     engine: Arc<dyn AsyncCrypto<B>>,
     /// The current vector's packets bound for the engine, in vector order, until
-    /// [`Node::park`] brings each one: its work and the tables it was prepared with.
-    parking: VecDeque<(Pending<W>, Arc<IpsecTables>)>,
+    /// [`Node::park`] brings each one.
+    parking: VecDeque<Parking<W>>,
     /// Parked packets not handed to the engine yet.
     to_submit: Vec<AsyncOp<B>>,
     /// The work of every parked packet, in the order parked.
@@ -464,6 +517,14 @@ struct Parked<B, W> {
     next_tag: u64,
     /// Completed operations, between the engine's poll and the second halves.
     done: Vec<AsyncOp<B>>,
+}
+
+/// A packet bound for the engine: its work, what the crypto must do, and the tables it was
+/// prepared with.
+struct Parking<W> {
+    pending: Pending<W>,
+    params: SymParams,
+    ipsec: Arc<IpsecTables>,
 }
 
 /// A parked packet's work, known by its operation's tag.
@@ -487,14 +548,19 @@ impl<B, W> Parked<B, W> {
 
     /// Takes a packet the node sent to [`PARK`]: the next of the vector's parking work.
     fn park(&mut self, pkt: Packet<B>) -> Result<(), Packet<B>> {
-        let Some((mut pending, ipsec)) = self.parking.pop_front() else {
+        let Some(Parking {
+            pending,
+            params,
+            ipsec,
+        }) = self.parking.pop_front()
+        else {
             return Err(pkt);
         };
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1);
         self.to_submit.push(AsyncOp {
             pkt,
-            params: std::mem::take(&mut pending.params),
+            params,
             tag,
             result: Ok(()),
         });
@@ -579,38 +645,42 @@ fn poll_parked<B: PacketBuffer, N: Halves<B>>(node: &mut N, cx: &mut Context<'_,
     }
 }
 
-/// Runs the crypto of every pending packet, in batches, on `backend` with the SAs' contexts.
-fn run_crypto<B: PacketBuffer, W>(
+/// Runs one batch: the operations `ops[..pending.len()]`, whose parameters the first halves
+/// wrote, on the pending packets' bytes with their SAs' contexts, on `backend`. `pkts` is
+/// the stretch of the vector the batch came from, the packet of vector index `base` first.
+fn run_crypto<'a, B: PacketBuffer, W>(
     backend: &dyn CryptoBackend,
-    sas: &HashMap<u32, Sa, FnvBuildHasher>,
+    sas: &'a HashMap<u32, Sa, FnvBuildHasher>,
+    ops: &mut [SymOp<'a>],
     pending: &mut [Pending<W>],
-    pkts: &mut [Packet<B>],
+    pkts: &'a mut [Packet<B>],
+    base: usize,
 ) {
-    for batch in pending.chunks_mut(CRYPTO_BATCH) {
-        let mut ops: [SymOp<'_>; CRYPTO_BATCH] = std::array::from_fn(|_| SymOp::default());
-        // The batch's packets, in vector order: split each off the rest of the vector.
-        let mut rest = &mut *pkts;
-        let mut base = 0;
-        for (op, p) in ops.iter_mut().zip(batch.iter_mut()) {
-            let Some((pkt, tail)) = std::mem::take(&mut rest)
-                .get_mut(p.index - base..)
-                .and_then(<[Packet<B>]>::split_first_mut)
-            else {
-                break;
-            };
-            rest = tail;
-            base = p.index + 1;
-            *op = SymOp {
-                buf: pkt.buf.data_mut(),
-                ctx: sas.get(&p.spi).map(Sa::crypto_ctx),
-                params: std::mem::take(&mut p.params),
-                result: Err(CryptoError::Backend),
-            };
-        }
-        backend.process(&mut ops[..batch.len()]);
-        for (op, p) in ops.iter().zip(batch.iter_mut()) {
-            p.result = op.result;
-        }
+    // The batch's packets, in vector order: split each off the rest of the stretch.
+    let mut rest = pkts;
+    let mut base = base;
+    let mut filled = 0;
+    for (op, p) in ops.iter_mut().zip(pending.iter()) {
+        let Some((pkt, tail)) = std::mem::take(&mut rest)
+            .get_mut(p.index.wrapping_sub(base)..)
+            .and_then(<[Packet<B>]>::split_first_mut)
+        else {
+            break;
+        };
+        rest = tail;
+        base = p.index + 1;
+        op.buf = pkt.buf.data_mut();
+        op.ctx = sas.get(&p.spi).map(Sa::crypto_ctx);
+        filled += 1;
+    }
+    let ops = &mut ops[..filled];
+    backend.process(ops);
+    for (op, p) in ops.iter().zip(pending.iter_mut()) {
+        p.result = op.result;
+    }
+    // Not run (never expected: every pending packet is in the stretch): refused.
+    for p in pending.iter_mut().skip(filled) {
+        p.result = Err(CryptoError::Backend);
     }
 }
 
@@ -961,14 +1031,16 @@ struct EncryptWork {
 
 impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
     /// The first half: SPD lookup, checks, the inner hop, room for ESP, and the ESP header
-    /// and trailer ([`esp::encapsulate_prepare`]).
+    /// and trailer ([`esp::encapsulate_prepare_into`], which writes what the crypto must do
+    /// into `params`).
     fn first_half(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
+        params: &mut SymParams,
     ) -> Step<Pending<EncryptWork>> {
-        match self.try_prepare(cx, ipsec, pkt) {
+        match self.try_prepare(cx, ipsec, pkt, params) {
             Ok(p) => Step::Crypto(p),
             Err(next) => Step::Done(next as NextIndex),
         }
@@ -979,6 +1051,7 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
+        params: &mut SymParams,
     ) -> Result<Pending<EncryptWork>, EncryptNext> {
         let Some((flow, l4, _)) = flow_of(pkt.buf.data()) else {
             return Err(EncryptNext::Rewrite);
@@ -1060,17 +1133,17 @@ impl<B: PacketBuffer, const V6: bool> EspEncrypt<B, V6> {
             cx.error(EspEncryptError::NoBuffer);
             return Err(EncryptNext::Drop);
         }
-        match esp::encapsulate_prepare(
+        match esp::encapsulate_prepare_into(
             sa,
             pkt.buf.data_mut(),
             head..head + inner_len,
             &outer,
             cx.now,
+            params,
         ) {
-            Ok((job, params)) => Ok(Pending {
+            Ok(job) => Ok(Pending {
                 index: 0,
                 spi: policy.sa.spi,
-                params,
                 result: Ok(()),
                 work: EncryptWork {
                     job,
@@ -1296,14 +1369,16 @@ fn fragment_kind(
 
 impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
     /// The first half: is it ESP for us, its SA, and the checks before the crypto
-    /// ([`esp::decapsulate_prepare`]: lifetime, replay window).
+    /// ([`esp::decapsulate_prepare_into`]: lifetime, replay window), which writes what the
+    /// crypto must do into `params`.
     fn first_half(
         &mut self,
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
+        params: &mut SymParams,
     ) -> Step<Pending<esp::DecapPending>> {
-        match self.try_prepare(cx, ipsec, pkt) {
+        match self.try_prepare(cx, ipsec, pkt, params) {
             Ok(p) => Step::Crypto(p),
             Err(next) => Step::Done(next as NextIndex),
         }
@@ -1314,6 +1389,7 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
+        params: &mut SymParams,
     ) -> Result<Pending<esp::DecapPending>, DecryptNext> {
         let esp_at = match classify(cx.tables, ipsec, pkt.buf.data()) {
             Inbound::Esp(at) => at,
@@ -1356,11 +1432,10 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
                 }
             }
         };
-        match esp::decapsulate_prepare(sa, pkt.buf.data_mut(), cx.now) {
-            Ok((job, params)) => Ok(Pending {
+        match esp::decapsulate_prepare_into(sa, pkt.buf.data_mut(), cx.now, params) {
+            Ok(job) => Ok(Pending {
                 index: 0,
                 spi,
-                params,
                 result: Ok(()),
                 work: job,
             }),
@@ -1456,8 +1531,9 @@ impl<B: PacketBuffer, const V6: bool> Halves<B> for EspEncrypt<B, V6> {
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
+        params: &mut SymParams,
     ) -> Step<Pending<EncryptWork>> {
-        EspEncrypt::first_half(self, cx, ipsec, pkt)
+        EspEncrypt::first_half(self, cx, ipsec, pkt, params)
     }
 
     fn second_half(
@@ -1492,8 +1568,9 @@ impl<B: PacketBuffer, const V6: bool> Halves<B> for EspDecrypt<B, V6> {
         cx: &mut Context<'_, B>,
         ipsec: &IpsecTables,
         pkt: &mut Packet<B>,
+        params: &mut SymParams,
     ) -> Step<Pending<esp::DecapPending>> {
-        EspDecrypt::first_half(self, cx, ipsec, pkt)
+        EspDecrypt::first_half(self, cx, ipsec, pkt, params)
     }
 
     fn second_half(

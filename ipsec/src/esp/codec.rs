@@ -504,8 +504,7 @@ pub struct EncapPending {
 /// Run the returned [`SymParams`] on the same buffer with [`Sa::crypto_ctx`], then call
 /// [`encapsulate_finish`].
 ///
-/// Inlined: what it returns is large, and built in place in the caller's operation it is not
-/// copied through a call to `memcpy`.
+/// [`encapsulate_prepare_into`] without a [`SymParams`] at hand.
 #[inline]
 pub fn encapsulate_prepare(
     sa: &mut Sa,
@@ -514,7 +513,25 @@ pub fn encapsulate_prepare(
     outer: &OuterHeader,
     now: Nanos,
 ) -> Result<(EncapPending, SymParams), EspError> {
-    let (layout, params) = match &sa.crypto {
+    let mut params = SymParams::default();
+    let pending = encapsulate_prepare_into(sa, buf, inner, outer, now, &mut params)?;
+    Ok((pending, params))
+}
+
+/// [`encapsulate_prepare`] that writes what the crypto must do into `params`, typically
+/// those of the batch operation ([`SymOp`](crate::crypto::SymOp)) that will run it (as
+/// [`decapsulate_prepare_into`] does), and returns the rest. On error `params` is left as
+/// it was.
+#[inline(always)]
+pub fn encapsulate_prepare_into(
+    sa: &mut Sa,
+    buf: &mut [u8],
+    inner: Range<usize>,
+    outer: &OuterHeader,
+    now: Nanos,
+    params: &mut SymParams,
+) -> Result<EncapPending, EspError> {
+    let layout = match &sa.crypto {
         SaCrypto::Gcm { .. } => {
             let layout = outer.with_len(|outer_len| {
                 write_encap(sa, buf, inner, outer, now, GCM_LENGTHS, outer_len)
@@ -522,25 +539,34 @@ pub fn encapsulate_prepare(
             let SaCrypto::Gcm { salt, .. } = &sa.crypto else {
                 return Err(EspError::Crypto(CryptoError::Backend));
             };
-            let mut params = SymParams {
-                seal: true,
-                text: layout.ct_at..layout.ct_end,
-                digest_at: layout.ct_end,
-                icv_len: TAG_LEN as u8,
-                ..SymParams::default()
+            // The explicit IV is the 64-bit sequence number (RFC 4106 section 3.1: unique
+            // per SA, and free to produce).
+            let iv = layout.seq.to_be_bytes();
+            *buf.get_mut(layout.esp_at + ESP_HEADER_LEN..)
+                .and_then(|b| b.first_chunk_mut::<8>())
+                .ok_or(EspError::BufferTooSmall)? = iv;
+            // Every field the crypto reads is written, as whole values (see `prepare_gcm`).
+            let GcmNonce(nonce) = GcmNonce::new(salt, iv);
+            params.aad_len = match GcmAad::new(sa.spi, layout.seq, sa.esn) {
+                GcmAad::Plain(aad) => {
+                    let (head, tail) = params.aad.split_at_mut(8);
+                    head.copy_from_slice(&aad);
+                    tail.fill(0);
+                    8
+                }
+                GcmAad::Esn(aad) => {
+                    params.aad = aad;
+                    12
+                }
             };
-            let mut nonce = [0u8; 12];
-            params.aad_len = gcm_encap_nonce(
-                sa.spi,
-                sa.esn,
-                salt,
-                buf,
-                &layout,
-                &mut nonce,
-                &mut params.aad,
-            )?;
-            params.iv[..12].copy_from_slice(&nonce);
-            (layout, params)
+            params.seal = true;
+            params.iv = nonce;
+            params.text = layout.ct_at..layout.ct_end;
+            params.auth = 0..0;
+            params.digest_at = layout.ct_end;
+            params.tag_in_place = false;
+            params.icv_len = TAG_LEN as u8;
+            layout
         }
         SaCrypto::CbcHmac(ctx) => {
             let lengths = cbc_lengths(&**ctx);
@@ -548,12 +574,12 @@ pub fn encapsulate_prepare(
             let SaCrypto::CbcHmac(ctx) = &sa.crypto else {
                 return Err(EspError::Crypto(CryptoError::Backend));
             };
-            let params = cbc_encap_params(sa.spi, sa.esn, &**ctx, buf, &layout)?;
-            (layout, params)
+            *params = cbc_encap_params(sa.spi, sa.esn, &**ctx, buf, &layout)?;
+            layout
         }
     };
     sa.seq = layout.seq;
-    Ok((layout.pending(), params))
+    Ok(layout.pending())
 }
 
 /// The per-packet IV and ICV lengths of a suite, passed to the inlined per-packet code so
@@ -669,28 +695,6 @@ fn write_encap(
         seq,
         udp6_checksum: outer.kind == OuterKind::Ipv6Udp,
     })
-}
-
-/// GCM (RFC 4106): writes the explicit IV, fills in the nonce and the AAD and returns the
-/// AAD's length. The IV is the 64-bit sequence number: unique per SA, as section 3.1
-/// requires, and free to produce.
-#[inline(always)]
-fn gcm_encap_nonce(
-    spi: u32,
-    esn: bool,
-    salt: &[u8; 4],
-    buf: &mut [u8],
-    layout: &EncapLayout,
-    nonce: &mut [u8; 12],
-    aad: &mut [u8; 12],
-) -> Result<u8, EspError> {
-    let iv = layout.seq.to_be_bytes();
-    *buf.get_mut(layout.esp_at + ESP_HEADER_LEN..)
-        .and_then(|b| b.first_chunk_mut::<8>())
-        .ok_or(EspError::BufferTooSmall)? = iv;
-    nonce[..4].copy_from_slice(salt);
-    nonce[4..].copy_from_slice(&iv);
-    Ok(gcm_aad(aad, spi, layout.seq, esn))
 }
 
 /// AES-CBC with HMAC: writes the IV (and with ESN the high half of the sequence number where
@@ -975,16 +979,13 @@ fn parse_outer(packet: &[u8]) -> Result<OuterParsed, EspError> {
             if dst_port != NAT_T_PORT {
                 return Err(EspError::NotEsp);
             }
-            let payload = l4.start + UDP_HEADER_LEN..l4.start + udp_len;
-            match &packet[payload.clone()] {
-                // NAT keepalive or IKE behind the non-ESP marker: not ours.
-                [0xff] | [0, 0, 0, 0, ..] => Err(EspError::NotEsp),
-                _ => Ok(OuterParsed {
-                    esp: payload,
-                    udp_src_port: Some(src_port),
-                    ecn,
-                }),
-            }
+            // A NAT keepalive or IKE behind the non-ESP marker is not ours: told apart by
+            // `parse_esp`, where the marker is an SPI of zero (one compare it makes anyway).
+            Ok(OuterParsed {
+                esp: l4.start + UDP_HEADER_LEN..l4.start + udp_len,
+                udp_src_port: Some(src_port),
+                ecn,
+            })
         }
         _ => Err(EspError::NotEsp),
     }
@@ -1085,19 +1086,39 @@ pub fn decapsulate_prepare_into<L: SaLookup + ?Sized>(
 }
 
 /// The outer headers of an ESP packet, its SPI and the low half of its sequence number.
+/// One check in the common case: a header of 8 bytes with an SPI other than zero.
 #[inline(always)]
 fn parse_esp(packet: &[u8]) -> Result<(OuterParsed, u32, u32), EspError> {
     let outer = parse_outer(packet)?;
+    // Within the ESP packet (a NAT keepalive's one byte may be followed by a link's padding).
     let header = packet
-        .get(outer.esp.start..)
-        .and_then(|h| h.first_chunk::<ESP_HEADER_LEN>())
-        .ok_or(EspError::Truncated)?;
-    let [s0, s1, s2, s3, q0, q1, q2, q3] = *header;
-    let spi = u32::from_be_bytes([s0, s1, s2, s3]);
-    if spi == 0 {
-        return Err(EspError::Malformed);
+        .get(outer.esp.clone())
+        .and_then(|h| h.first_chunk::<ESP_HEADER_LEN>());
+    match header {
+        Some(&[s0, s1, s2, s3, q0, q1, q2, q3]) if [s0, s1, s2, s3] != [0; 4] => Ok((
+            outer,
+            u32::from_be_bytes([s0, s1, s2, s3]),
+            u32::from_be_bytes([q0, q1, q2, q3]),
+        )),
+        _ => Err(refuse_esp_header(packet, &outer)),
     }
-    Ok((outer, spi, u32::from_be_bytes([q0, q1, q2, q3])))
+}
+
+/// Why [`parse_esp`] found no ESP header: in UDP, a NAT keepalive (one byte, 0xff) or a
+/// message behind the non-ESP marker (four zero bytes where the SPI would be: IKE) is not
+/// ESP at all; else the header is cut short, or has the SPI zero, which no SA has.
+#[cold]
+#[inline(never)]
+fn refuse_esp_header(packet: &[u8], outer: &OuterParsed) -> EspError {
+    let esp = packet.get(outer.esp.clone()).unwrap_or_default();
+    if outer.udp_src_port.is_some() && matches!(esp, [0xff] | [0, 0, 0, 0, ..]) {
+        return EspError::NotEsp;
+    }
+    if esp.len() < ESP_HEADER_LEN {
+        EspError::Truncated
+    } else {
+        EspError::Malformed
+    }
 }
 
 /// [`decapsulate`] once the SA is found: the checks, the crypto and the second half in one

@@ -18,8 +18,9 @@ mod sa;
 
 pub use codec::{
     decapsulate, decapsulate_finish, decapsulate_prepare, decapsulate_prepare_into, encapsulate,
-    encapsulate_finish, encapsulate_in_place, encapsulate_prepare, DecapPending, Decapsulated,
-    EncapPending, OuterHeader, SaLookup, ESP_PROTOCOL, IPIP_PROTOCOL, IPV6_PROTOCOL, NAT_T_PORT,
+    encapsulate_finish, encapsulate_in_place, encapsulate_prepare, encapsulate_prepare_into,
+    DecapPending, Decapsulated, EncapPending, OuterHeader, SaLookup, ESP_PROTOCOL, IPIP_PROTOCOL,
+    IPV6_PROTOCOL, NAT_T_PORT,
 };
 pub use replay::{ReplayError, ReplayWindow};
 pub use sa::{

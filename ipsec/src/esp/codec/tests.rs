@@ -547,6 +547,27 @@ fn non_esp_udp_is_not_taken() {
     // Other destination port.
     let mut p = encapsulate(&mut out, &inner_v4(40), &v4_outer().with_udp(4500, 500), 0).unwrap();
     assert_eq!(decapsulate(&mut inb, &mut p, 0), Err(EspError::NotEsp));
+    // A NAT keepalive (RFC 3948 2.3: one byte, 0xff), followed in the buffer by a link's
+    // padding that the ESP header must not be read from; and the non-ESP marker alone.
+    for payload in [&[0xff][..], &[0, 0, 0, 0][..]] {
+        let udp_len = 8 + payload.len();
+        let mut p = vec![0u8; 20 + udp_len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[20..22].copy_from_slice(&4500u16.to_be_bytes());
+        p[22..24].copy_from_slice(&4500u16.to_be_bytes());
+        p[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        p[28..].copy_from_slice(payload);
+        p.extend_from_slice(&[0x5a; 17]);
+        assert_eq!(decapsulate(&mut inb, &mut p, 0), Err(EspError::NotEsp));
+        let mut params = SymParams::default();
+        assert_eq!(
+            decapsulate_prepare_into(&mut inb, &mut p, 0, &mut params).map(|_| ()),
+            Err(EspError::NotEsp)
+        );
+    }
     // Outer fragment.
     let mut p = encapsulate(&mut out, &inner_v4(40), &v4_outer(), 0).unwrap();
     p[6] = 0x20;
