@@ -70,11 +70,99 @@ pub fn pick_path(paths: &[NextHop], flow_hash: impl FnOnce() -> u32) -> Option<&
     paths.get(i)
 }
 
+/// Most paths of a route that [`Gateways4`] holds; wider equal-cost groups are read from
+/// their [`Route`].
+pub const GATEWAYS4_MAX: usize = 4;
+
+/// One path of a route through IPv4 gateways, as `ip4-lookup`'s common case reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Path4 {
+    /// The gateway (0.0.0.0 when `on_link`).
+    pub gateway: Ipv4Addr,
+    /// The port to send on.
+    pub port: u16,
+    /// No gateway: the destination is on the port's link and is its own next hop.
+    pub on_link: bool,
+}
+
+/// The paths of a compiled IPv4 route in a fixed-size array, for the common case of the
+/// lookup: a [`Route::Via`] of 1 to [`GATEWAYS4_MAX`] paths, none through an IPv6 gateway,
+/// in the route's order. `count` is 0 for every other route (and for no route), which the
+/// lookup then reads from the [`Route`] itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gateways4 {
+    /// Paths in use, at most [`GATEWAYS4_MAX`]; 0 for a route that is not one of these.
+    pub count: u32,
+    /// The paths; those past `count` are unused.
+    pub paths: [Path4; GATEWAYS4_MAX],
+}
+
+impl Gateways4 {
+    /// No paths: the route is read from its [`Route`].
+    pub const NONE: Gateways4 = Gateways4 {
+        count: 0,
+        paths: [Path4 {
+            gateway: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            on_link: false,
+        }; GATEWAYS4_MAX],
+    };
+
+    /// The compact form of `route`, or `count` 0 when it has none.
+    fn of(route: &Route) -> Gateways4 {
+        let mut g = Gateways4::NONE;
+        let Route::Via(hops) = route else {
+            return g;
+        };
+        if hops.len() > GATEWAYS4_MAX {
+            return g;
+        }
+        for (path, hop) in g.paths.iter_mut().zip(hops.iter()) {
+            *path = match hop.gateway {
+                Some(IpAddr::V4(gw)) => Path4 {
+                    gateway: gw,
+                    port: hop.port,
+                    on_link: false,
+                },
+                None => Path4 {
+                    gateway: Ipv4Addr::UNSPECIFIED,
+                    port: hop.port,
+                    on_link: true,
+                },
+                Some(IpAddr::V6(_)) => return Gateways4::NONE,
+            };
+        }
+        g.count = hops.len() as u32;
+        g
+    }
+
+    /// The path a flow takes, as [`pick_path`] picks it from the route's paths: `None` when
+    /// `count` is 0. `flow_hash` is called only when there are several paths.
+    #[inline(always)]
+    pub fn pick(&self, flow_hash: impl FnOnce() -> u32) -> Option<&Path4> {
+        let n = u64::from(self.count);
+        if n == 0 {
+            return None;
+        }
+        let i = if n == 1 {
+            0
+        } else {
+            ((u64::from(flow_hash()) * n) >> 32) as usize
+        };
+        // i < count <= GATEWAYS4_MAX, a power of two: the mask keeps it and drops the
+        // bounds check.
+        const _: () = assert!(GATEWAYS4_MAX.is_power_of_two());
+        Some(&self.paths[i & (GATEWAYS4_MAX - 1)])
+    }
+}
+
 /// A [`Fib`]'s compiled IPv4 routes borrowed for many lookups (see [`Fib::view4`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Fib4View<'a> {
     trie: crate::mtrie::Mtrie4View<'a>,
     routes: &'a [Route],
+    /// Indexed by the trie's raw value: entry 0 for no route, entry `i + 1` for `routes[i]`.
+    gateways: &'a [Gateways4],
 }
 
 impl<'a> Fib4View<'a> {
@@ -84,6 +172,16 @@ impl<'a> Fib4View<'a> {
         self.trie
             .lookup(dst)
             .and_then(|i| self.routes.get(i as usize))
+    }
+
+    /// The paths of the route of `dst` (a host-order word) in their compact form, when it is
+    /// a route through up to [`GATEWAYS4_MAX`] IPv4 gateways (or on-link paths); `count` 0
+    /// when it is any other route or none ([`Fib4View::lookup`] then says which).
+    #[inline(always)]
+    pub fn gateways(&self, dst: u32) -> &'a Gateways4 {
+        self.gateways
+            .get(self.trie.lookup_raw(dst) as usize)
+            .unwrap_or(&Gateways4::NONE)
     }
 }
 
@@ -132,6 +230,8 @@ struct Compiled6 {
 struct Compiled4 {
     trie: Mtrie4,
     routes: Vec<Route>,
+    /// [`Gateways4`] of no route (entry 0) and of each of `routes` (entry `i + 1`).
+    gateways: Vec<Gateways4>,
 }
 
 impl Fib {
@@ -144,7 +244,14 @@ impl Fib {
     pub fn compile(&mut self) {
         let routes: Vec<Route> = self.v4.iter().map(|(_, r)| r.clone()).collect();
         let trie = Mtrie4::build(self.v4.iter().enumerate().map(|(i, (p, _))| (p, i as u32)));
-        self.compiled4 = Some(Compiled4 { trie, routes });
+        let gateways = std::iter::once(Gateways4::NONE)
+            .chain(routes.iter().map(Gateways4::of))
+            .collect();
+        self.compiled4 = Some(Compiled4 {
+            trie,
+            routes,
+            gateways,
+        });
         let routes: Vec<Route> = self.v6.iter().map(|(_, r)| r.clone()).collect();
         let lpm = Lpm6::build(self.v6.iter().enumerate().map(|(i, (p, _))| (p, i as u32)));
         self.compiled6 = Some(Compiled6 { lpm, routes });
@@ -203,6 +310,7 @@ impl Fib {
         Some(Fib4View {
             trie: c.trie.view()?,
             routes: &c.routes,
+            gateways: &c.gateways,
         })
     }
 
@@ -387,6 +495,79 @@ mod tests {
             .filter(|(p, _)| p.contains(&dst))
             .max_by_key(|(p, _)| p.prefix_len())
             .map(|(_, v)| *v)
+    }
+
+    /// The compact paths of the view pick, for every hash, the path `pick_path` picks from
+    /// the route, with the destination as the next hop of an on-link path; every route they
+    /// do not cover says so (`count` 0).
+    #[test]
+    fn view4_gateways_pick_what_the_route_picks() {
+        let v4 = |s: &str| Some(IpAddr::V4(s.parse().unwrap()));
+        let hop = |port, gateway| NextHop { port, gateway };
+        let mut fib = Fib::new();
+        let via = |hops: Vec<NextHop>| Route::Via(hops.into());
+        fib.insert(net("0.0.0.0/0"), via(vec![hop(3, v4("198.18.9.1"))]));
+        fib.insert(
+            net("198.19.0.0/16"),
+            via(vec![hop(1, v4("198.18.2.3")), hop(2, v4("198.18.2.4"))]),
+        );
+        fib.insert(
+            net("198.19.1.0/24"),
+            via(vec![hop(1, None), hop(2, v4("198.18.2.4")), hop(4, None)]),
+        );
+        fib.insert(
+            net("203.0.113.0/24"),
+            via(vec![
+                hop(1, v4("198.18.2.3")),
+                hop(2, "2001:db8::1".parse().ok()),
+            ]),
+        );
+        fib.insert(
+            net("198.51.100.0/24"),
+            via((0..5).map(|i| hop(i, v4("198.18.2.7"))).collect()),
+        );
+        fib.insert(net("198.18.2.0/24"), Route::Attached { port: 2 });
+        fib.insert(net("198.18.2.1/32"), Route::Local);
+        fib.insert(net("192.0.2.0/24"), Route::Unreachable);
+        fib.insert(net("198.19.7.0/24"), via(vec![]));
+        fib.compile();
+        let view = fib.view4().unwrap();
+        let probes = [
+            "10.1.2.3",
+            "198.19.200.1",
+            "198.19.1.77",
+            "203.0.113.5",
+            "198.51.100.9",
+            "198.18.2.9",
+            "198.18.2.1",
+            "192.0.2.1",
+            "198.19.7.1",
+        ];
+        for dst in probes.map(|a| a.parse::<Ipv4Addr>().unwrap()) {
+            let route = view.lookup(u32::from(dst)).unwrap();
+            let gateways = view.gateways(u32::from(dst));
+            let covered = match route {
+                Route::Via(hops) => {
+                    !hops.is_empty()
+                        && hops.len() <= GATEWAYS4_MAX
+                        && hops
+                            .iter()
+                            .all(|h| !matches!(h.gateway, Some(IpAddr::V6(_))))
+                }
+                _ => false,
+            };
+            assert_eq!(gateways.count != 0, covered, "{dst}");
+            for hash in [0, 1, 0x5555_5555, 0x8000_0000, 0xc000_0001, u32::MAX] {
+                let picked = gateways.pick(|| hash).map(|p| NextHop {
+                    port: p.port,
+                    gateway: Some(IpAddr::V4(if p.on_link { dst } else { p.gateway })),
+                });
+                let expected = covered
+                    .then(|| route.next_hop(IpAddr::V4(dst), || hash))
+                    .flatten();
+                assert_eq!(picked, expected, "{dst} hash {hash:#x}");
+            }
+        }
     }
 
     proptest! {

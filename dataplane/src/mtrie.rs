@@ -156,6 +156,13 @@ impl Mtrie4View<'_> {
     /// The value of the longest prefix holding `dst` (as a host-order word).
     #[inline(always)]
     pub fn lookup(&self, dst: u32) -> Option<u32> {
+        self.lookup_raw(dst).checked_sub(1)
+    }
+
+    /// [`Mtrie4View::lookup`] as the trie stores it: 0 for no prefix, `value + 1` for one.
+    /// For tables indexed by it, whose entry 0 stands for "no route".
+    #[inline(always)]
+    pub fn lookup_raw(&self, dst: u32) -> u32 {
         let mut slot = self.root[(dst >> 16) as usize];
         if slot & PLY != 0 {
             // A ply index the trie made itself; `get` keeps a bad one from panicking.
@@ -170,7 +177,7 @@ impl Mtrie4View<'_> {
                     .map_or(0, |p| p[(dst & 0xff) as usize]);
             }
         }
-        slot.checked_sub(1)
+        slot
     }
 }
 

@@ -1,6 +1,6 @@
 //! The whole router graph as a state machine: a sequence of arbitrary frames on either port,
-//! with the clock advancing, must never panic, loop or leak a packet (every packet received
-//! ends in a sink or is held).
+//! with the clock advancing (reassembly timeouts and listener reports included), must never
+//! panic, loop or leak a packet (every packet received ends in a sink or is held).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -53,6 +53,11 @@ fuzz_target!(|data: &[u8]| {
         received += 1;
         now += 400_000_000;
         graph.dispatch(tables, &mut state, now);
+        // Time-driven work: reassembly timeouts (time exceeded about first fragments) and the
+        // multicast listener reports that queries scheduled.
+        state.expire(now);
+        graph.housekeeping(&mut state, now, || Some(HeapBuffer::new(2048, 128)));
+        graph.report_listeners(tables, &mut state, now, || Some(HeapBuffer::new(2048, 128)));
         for q in &mut graph.tx {
             for buf in q.drain(..) {
                 assert!(buf.len() >= 14);

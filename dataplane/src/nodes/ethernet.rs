@@ -45,38 +45,78 @@ fn mac_word(bytes: &[u8]) -> u64 {
 /// Length of the header this node strips.
 const HEADER_LEN: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
 
+/// The destination address and the I/G bit of the source (bit 48) in [`header_word`]: a
+/// frame whose word equals the port's [`mac_word`] under this mask is unicast to the port from
+/// a unicast source.
+const UNICAST_TO_US_MASK: u64 = 0x0001_ffff_ffff_ffff;
+
+/// The first eight bytes of a header as one little-endian word: the destination address, then
+/// the first two bytes of the source.
+#[inline(always)]
+fn header_word(header: &[u8; HEADER_LEN]) -> u64 {
+    header
+        .first_chunk::<8>()
+        .map_or(0, |w| u64::from_le_bytes(*w))
+}
+
+/// The EtherTypes of IPv4 and IPv6 as they lie in the header, read as a native-endian `u16`.
+const IPV4_RAW: u16 = u16::from_ne_bytes(EtherType::IPV4.0.to_be_bytes());
+const IPV6_RAW: u16 = u16::from_ne_bytes(EtherType::IPV6.0.to_be_bytes());
+
 impl EthernetInput {
-    /// `port_mac` is the MAC (as [`mac_word`]) of the port the previous packet came in on, kept
-    /// across the vector: a vector's packets come from one port, so the interface is looked up
-    /// once.
-    #[inline]
-    fn classify<B: PacketBuffer>(
+    /// `port_mac` is the port the vector's first packet came in on and its MAC (as
+    /// [`mac_word`]), looked up once: a vector's packets come from one port.
+    ///
+    /// The usual frame first: IPv4 or IPv6, unicast to the port from a unicast source (one
+    /// masked compare of the first eight bytes, one or two of the EtherType). Anything else takes
+    /// [`EthernetInput::classify_general`], which makes every check. `TRACE` is
+    /// [`Context::tracing`], fixed for the vector.
+    #[inline(always)]
+    fn classify<B: PacketBuffer, const TRACE: bool>(
         cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
-        port_mac: &mut Option<(u16, u64)>,
+        port_mac: (u32, u64),
     ) -> Next {
         // The header is read in place, as an array: no bounds checks field by field.
+        let Some(header) = pkt.buf.data().first_chunk::<HEADER_LEN>() else {
+            return Self::classify_general(cx, pkt);
+        };
+        let word = header_word(header);
+        let ethertype = u16::from_ne_bytes([header[12], header[13]]);
+        let next = match ethertype {
+            IPV4_RAW => Next::Ip4,
+            IPV6_RAW => Next::Ip6,
+            _ => return Self::classify_general(cx, pkt),
+        };
+        if u32::from(pkt.meta.rx_port) != port_mac.0
+            || (word ^ port_mac.1) & UNICAST_TO_US_MASK != 0
+            || (TRACE && pkt.meta.trace != 0)
+        {
+            return Self::classify_general(cx, pkt);
+        }
+        // The destination is the port's own address: a link-layer multicast frame only if
+        // that is a group address.
+        pkt.meta.l2_multicast = word & 1 != 0;
+        pkt.buf.pull_front(HEADER_LEN);
+        next
+    }
+
+    /// [`EthernetInput::classify`] for any frame: the checks one by one, with their counters.
+    #[inline(never)]
+    fn classify_general<B: PacketBuffer>(cx: &mut Context<'_, B>, pkt: &mut Packet<B>) -> Next {
         let Some(header) = pkt.buf.data().first_chunk::<HEADER_LEN>() else {
             cx.error(EthernetInputError::TooShort);
             return Next::Drop;
         };
         let port = pkt.meta.rx_port;
-        let mac = match *port_mac {
-            Some((p, mac)) if p == port => mac,
-            _ => {
-                let Some(ifc) = cx.tables.interface(port) else {
-                    cx.error(EthernetInputError::NoInterface);
-                    return Next::Drop;
-                };
-                let mac = mac_word(&ifc.mac);
-                *port_mac = Some((port, mac));
-                mac
-            }
+        let Some(ifc) = cx.tables.interface(port) else {
+            cx.error(EthernetInputError::NoInterface);
+            return Next::Drop;
         };
+        let mac = mac_word(&ifc.mac);
         // The destination as one 8-byte load with the two bytes past it masked off; the I/G
         // bit is the low bit of the first octet.
-        let first8 = header.first_chunk::<8>().copied().unwrap_or_default();
-        let dst_word = u64::from_le_bytes(first8) & 0xffff_ffff_ffff;
+        let dst_word = header_word(header) & 0xffff_ffff_ffff;
         let dst_multicast = header[0] & 0x01 != 0;
         // The port is promiscuous (the driver sees every frame on the link): keep only ours.
         if !dst_multicast && dst_word != mac {
@@ -88,7 +128,6 @@ impl EthernetInput {
             return Next::Drop;
         }
         let ethertype = EtherType(u16::from_be_bytes([header[12], header[13]]));
-        // IPv4, the usual one, is tested first on its own.
         let next = match ethertype {
             EtherType::IPV4 => Next::Ip4,
             EtherType::IPV6 => Next::Ip6,
@@ -195,9 +234,24 @@ impl<B: PacketBuffer> Node<B> for EthernetInput {
         EthernetInputError::INFO
     }
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        let mut port_mac = None;
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::classify(cx, pkt, &mut port_mac).into();
+        // The port of the first packet and its MAC; a frame from another port, or from a port
+        // without an interface (`u32::MAX`, which no port matches), takes the general checks.
+        let Some(first) = pkts.first() else {
+            return;
+        };
+        let port = first.meta.rx_port;
+        let port_mac = match cx.tables.interface(port) {
+            Some(ifc) => (u32::from(port), mac_word(&ifc.mac)),
+            None => (u32::MAX, 0),
+        };
+        if cx.tracing() {
+            for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                *n = Self::classify::<B, true>(cx, pkt, port_mac).into();
+            }
+        } else {
+            for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                *n = Self::classify::<B, false>(cx, pkt, port_mac).into();
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use super::local_frag::{self, Reassembled};
 use super::neighbor::{put_known_header, RecentHeaders};
 use super::{redirect, tcp_reset, PortMtu};
 use crate::buffer::PacketBuffer;
-use crate::fib::{pick_path, Route};
+use crate::fib::{Gateways4, Route};
 use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet, DROP, PUNT, TX};
 use crate::wire::icmpv4::{time_exceeded_code, unreachable_code};
 use crate::wire::{
@@ -105,16 +105,18 @@ pub struct Ip4Input;
 
 impl Ip4Input {
     /// `beyond` is where a good packet goes next: the lookup, or the NAT node when the tables
-    /// have services or policy (decided once per vector).
+    /// have services or policy (decided once per vector); `tail_min` is the tables'
+    /// [`broadcast_tail_min`](crate::tables::Tables::broadcast_tail_min), read once per vector
+    /// too; `TRACE` is [`Context::tracing`].
     ///
     /// The usual packet first: version 4 without options (one byte compare for both), its
     /// total length within the frame. Anything else takes [`Ip4Input::check_general`], which
     /// makes the same checks and the rest.
-    #[inline]
-    fn check<B: PacketBuffer>(
+    #[inline(always)]
+    fn check<B: PacketBuffer, const TRACE: bool>(
         cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
-        beyond: InputNext,
+        (beyond, tail_min): (InputNext, u8),
     ) -> InputNext {
         let data = pkt.buf.data();
         let Some(h) = data.first_chunk::<20>() else {
@@ -128,10 +130,13 @@ impl Ip4Input {
             cx.error(Ip4InputError::BadChecksum);
             return InputNext::Drop;
         }
-        if let Some(drop) = Self::screen(cx, h) {
-            return drop;
+        // `screen`'s first test, with the tables' value read once per vector.
+        if may_be_martian(h[12], h[16]) || h[15] >= tail_min {
+            if let Some(drop) = Self::martian(cx, h) {
+                return drop;
+            }
         }
-        if pkt.meta.trace != 0 {
+        if TRACE && pkt.meta.trace != 0 {
             Self::trace(cx, &pkt.meta, h, total_len);
         }
         // Ethernet pads short frames: the IP total length is the truth.
@@ -283,8 +288,15 @@ impl<B: PacketBuffer> Node<B> for Ip4Input {
         } else {
             InputNext::Lookup
         };
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            *n = Self::check(cx, pkt, beyond).into();
+        let vector = (beyond, cx.tables.broadcast_tail_min);
+        if cx.tracing() {
+            for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                *n = Self::check::<B, true>(cx, pkt, vector).into();
+            }
+        } else {
+            for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                *n = Self::check::<B, false>(cx, pkt, vector).into();
+            }
         }
     }
 }
@@ -314,11 +326,18 @@ node_nexts! {
 pub struct Ip4Lookup;
 
 impl Ip4Lookup {
-    /// `fib4` is the FIB's IPv4 lookup, chosen once for the vector.
-    #[inline]
-    fn lookup<'t, B: PacketBuffer>(
+    /// `fib4` is the FIB's IPv4 lookup and `gateways4` its compact paths of routes through
+    /// IPv4 gateways ([`Fib4View::gateways`]), both chosen once for the vector; `TRACE` is
+    /// [`Context::tracing`].
+    ///
+    /// [`Fib4View::gateways`]: crate::fib::Fib4View::gateways
+    #[inline(always)]
+    fn lookup<'t, B: PacketBuffer, const TRACE: bool>(
         cx: &mut Context<'_, B>,
-        fib4: impl Fn(u32) -> Option<&'t Route>,
+        (fib4, gateways4): (
+            impl Fn(u32) -> Option<&'t Route>,
+            impl Fn(u32) -> &'t Gateways4,
+        ),
         pkt: &mut Packet<B>,
     ) -> LookupNext {
         let data = pkt.buf.data();
@@ -327,8 +346,9 @@ impl Ip4Lookup {
             cx.error(Ip4LookupError::TooShort);
             return LookupNext::Drop;
         };
-        // The destination as one word; an `Ipv4Addr` is made only where one is needed.
-        let dst = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
+        // The destination as one word (one load); an `Ipv4Addr` is made only where one is
+        // needed.
+        let dst = h.last_chunk::<4>().map_or(0, |d| u32::from_be_bytes(*d));
         // The limited broadcast and multicast are both at 224.0.0.0 and above: one compare
         // for the usual unicast destination.
         if dst >= 0xe000_0000 {
@@ -348,30 +368,28 @@ impl Ip4Lookup {
                 return LookupNext::Drop;
             }
         }
-        let route = fib4(dst);
-        // The common case first: a route through gateways, for a packet that may be forwarded.
-        // The path goes straight into the metadata, without a `NextHop` in between; anything
-        // else (no path, a broadcast frame, other routes) takes the general code below.
-        if let Some(Route::Via(paths)) = route {
-            if !pkt.meta.l2_multicast || pkt.meta.local_origin {
-                if let Some(path) = pick_path(paths, || header_flow_hash(h, data)) {
-                    // An IPv4 next hop (the usual one) is stored as the enum's tag and four
-                    // bytes, not as a copy of the whole 17-byte `Option<IpAddr>`.
-                    let next_hop = match path.gateway {
-                        Some(IpAddr::V4(gateway)) => gateway,
-                        None => Ipv4Addr::from(dst),
-                        Some(IpAddr::V6(_)) => return Self::lookup_general(cx, pkt, route),
-                    };
-                    pkt.meta.tx_port = path.port;
-                    pkt.meta.next_hop = Some(IpAddr::V4(next_hop));
-                    if pkt.meta.trace != 0 {
-                        super::trace_next_hop(cx, pkt, IpAddr::V4(Ipv4Addr::from(dst)));
-                    }
-                    return LookupNext::Rewrite;
+        // The common case first: a route through IPv4 gateways (or on-link paths), for a
+        // packet that may be forwarded. The path, from the route's compact form, goes straight
+        // into the metadata, without a `NextHop` in between; anything else (other routes, no
+        // route, a broadcast frame) takes the general code below.
+        if !pkt.meta.l2_multicast || pkt.meta.local_origin {
+            if let Some(path) = gateways4(dst).pick(|| header_flow_hash(h, data)) {
+                // An IPv4 next hop (the usual one) is stored as the enum's tag and four
+                // bytes, not as a copy of the whole 17-byte `Option<IpAddr>`.
+                let next_hop = if path.on_link {
+                    Ipv4Addr::from(dst)
+                } else {
+                    path.gateway
+                };
+                pkt.meta.tx_port = path.port;
+                pkt.meta.next_hop = Some(IpAddr::V4(next_hop));
+                if TRACE && pkt.meta.trace != 0 {
+                    super::trace_next_hop(cx, pkt, IpAddr::V4(Ipv4Addr::from(dst)));
                 }
+                return LookupNext::Rewrite;
             }
         }
-        Self::lookup_general(cx, pkt, route)
+        Self::lookup_general(cx, pkt, fib4(dst))
     }
 
     /// The rest of [`Ip4Lookup::lookup`], out of line so that the common case keeps its
@@ -445,27 +463,32 @@ static HAS_PORTS: [bool; 256] = {
 /// without parsing the header again.
 #[inline]
 pub(super) fn header_flow_hash(h: &[u8; 20], data: &[u8]) -> u32 {
-    let protocol = IpProtocol(h[9]);
-    let fragment = (h[6] & 0x3f) | h[7] != 0;
-    let ports = if fragment || !HAS_PORTS[usize::from(protocol.0)] {
+    let protocol = h[9];
+    // More fragments or a fragment offset: the 14 low bits of the flags and offset word,
+    // tested as the word lies in the header.
+    const FRAGMENT_BITS: u16 = u16::from_ne_bytes(0x3fffu16.to_be_bytes());
+    let fragment = u16::from_ne_bytes([h[6], h[7]]) & FRAGMENT_BITS != 0;
+    let ports = if fragment || !HAS_PORTS[usize::from(protocol)] {
         0
     } else {
-        // The first four bytes of the payload, `data[header_len..total_len]`, if it has them:
-        // what `l4_ports` reads, with two compares instead of a sub-slice and a length test.
+        // The first four bytes of the payload, `data[header_len..total_len]`, if the buffer
+        // holds the total length and the payload has them: what `l4_ports` reads of
+        // `Ipv4Packet::payload`, in two compares.
         let header_len = usize::from(h[0] & 0x0f) * 4;
         let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-        let end = header_len + 4;
-        match data.get(header_len..end) {
-            Some(&[a, b, c, d]) if end <= total_len && total_len <= data.len() => {
-                u32::from_be_bytes([a, b, c, d])
-            }
+        match data
+            .get(..total_len)
+            .and_then(|datagram| datagram.get(header_len..header_len + 4))
+        {
+            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
             _ => 0,
         }
     };
+    let [.., s0, s1, s2, s3, d0, d1, d2, d3] = *h;
     super::ecmp_hash(
-        u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
-        u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
-        protocol.0,
+        u32::from_be_bytes([s0, s1, s2, s3]),
+        u32::from_be_bytes([d0, d1, d2, d3]),
+        protocol,
         ports,
     )
 }
@@ -483,15 +506,24 @@ impl<B: PacketBuffer> Node<B> for Ip4Lookup {
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
         // The tables do not change within a vector: find the compiled trie once.
         let fib = &cx.tables.fib;
-        match fib.view4() {
-            Some(view) => {
+        match (fib.view4(), cx.tracing()) {
+            (Some(view), false) => {
+                let fib4 = (|dst| view.lookup(dst), |dst| view.gateways(dst));
                 for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-                    *n = Self::lookup(cx, |dst| view.lookup(dst), pkt).into();
+                    *n = Self::lookup::<B, false>(cx, fib4, pkt).into();
                 }
             }
-            None => {
+            (Some(view), true) => {
+                let fib4 = (|dst| view.lookup(dst), |dst| view.gateways(dst));
                 for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-                    *n = Self::lookup(cx, |dst| fib.lookup4(Ipv4Addr::from(dst)), pkt).into();
+                    *n = Self::lookup::<B, true>(cx, fib4, pkt).into();
+                }
+            }
+            // Not compiled: every route is read whole, by the general code.
+            (None, _) => {
+                let fib4 = (|dst| fib.lookup4(Ipv4Addr::from(dst)), |_| &Gateways4::NONE);
+                for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+                    *n = Self::lookup::<B, true>(cx, fib4, pkt).into();
                 }
             }
         }
@@ -1020,7 +1052,7 @@ impl Ip4Rewrite {
     /// The common case in a few instructions: an option-less packet that fits the link, going
     /// out of another port than it came in, with TTL to spare (or made here). Anything else
     /// takes [`Ip4Rewrite::rewrite`], which does the same for it and handles the rest.
-    #[inline]
+    #[inline(always)]
     fn rewrite_fast<B: PacketBuffer>(
         cx: &mut Context<'_, B>,
         pkt: &mut Packet<B>,
@@ -1040,12 +1072,31 @@ impl Ip4Rewrite {
             return Self::rewrite(cx, pkt);
         }
         if !local {
-            // RFC 1624 update for the TTL decrement, as `Ipv4Packet::decrement_ttl` does.
-            let csum = checksum::update_ttl_decrement(u16::from_be_bytes([h[10], h[11]]));
+            // RFC 1624 update for the TTL decrement, as `Ipv4Packet::decrement_ttl` does,
+            // on the checksum as it lies in the header (no byte swaps).
+            let csum = checksum::ttl_decrement_update_ne(u16::from_ne_bytes([h[10], h[11]]));
             h[8] = ttl - 1;
-            h[10..12].copy_from_slice(&csum.to_be_bytes());
+            h[10..12].copy_from_slice(&csum.to_ne_bytes());
         }
         RewriteNext::Output
+    }
+
+    /// The rewrite of a vector, `TRACE` being [`Context::tracing`].
+    #[inline(always)]
+    fn rewrite_vector<B: PacketBuffer, const TRACE: bool>(
+        cx: &mut Context<'_, B>,
+        pkts: &mut [Packet<B>],
+        next: &mut [NextIndex],
+    ) {
+        let mut mtus = PortMtu::new();
+        let mut headers = RecentHeaders::default();
+        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
+            let mut to = Self::rewrite_fast(cx, pkt, &mut mtus);
+            if to == RewriteNext::Output && put_known_header::<B, TRACE>(cx, pkt, &mut headers) {
+                to = RewriteNext::Tx;
+            }
+            *n = to.into();
+        }
     }
 
     #[inline(never)]
@@ -1140,14 +1191,10 @@ impl<B: PacketBuffer> Node<B> for Ip4Rewrite {
         Ip4RewriteError::INFO
     }
     fn process(&mut self, cx: &mut Context<'_, B>, pkts: &mut [Packet<B>], next: &mut [NextIndex]) {
-        let mut mtus = PortMtu::new();
-        let mut headers = RecentHeaders::default();
-        for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
-            let mut to = Self::rewrite_fast(cx, pkt, &mut mtus);
-            if to == RewriteNext::Output && put_known_header(cx, pkt, &mut headers) {
-                to = RewriteNext::Tx;
-            }
-            *n = to.into();
+        if cx.tracing() {
+            Self::rewrite_vector::<B, true>(cx, pkts, next);
+        } else {
+            Self::rewrite_vector::<B, false>(cx, pkts, next);
         }
     }
 }

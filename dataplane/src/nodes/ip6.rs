@@ -1356,7 +1356,7 @@ impl<B: PacketBuffer> Node<B> for Ip6Rewrite {
         let mut headers = RecentHeaders::default();
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             let mut to = Self::rewrite_fast(cx, pkt, &mut mtus);
-            if to == RewriteNext::Output && put_known_header(cx, pkt, &mut headers) {
+            if to == RewriteNext::Output && put_known_header::<B, true>(cx, pkt, &mut headers) {
                 to = RewriteNext::Tx;
             }
             *n = to.into();

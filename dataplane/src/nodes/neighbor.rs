@@ -77,13 +77,17 @@ impl RecentHeaders {
         (usize::from(low) ^ usize::from(port)) % Self::SLOTS
     }
 
+    /// The header kept for IPv4 next hop `next_hop` (as a host-order word) on `port`.
+    #[inline(always)]
+    fn get_v4(&self, port: u16, next_hop: u32) -> Option<&[u8; ETHERNET_HEADER_LEN]> {
+        let (key, header) = &self.v4[Self::slot(port, next_hop as u8)];
+        (*key == Self::v4_key(port, Ipv4Addr::from(next_hop))).then_some(header)
+    }
+
     #[inline]
     fn get(&self, port: u16, next_hop: IpAddr) -> Option<&[u8; ETHERNET_HEADER_LEN]> {
         match next_hop {
-            IpAddr::V4(a) => {
-                let (key, header) = &self.v4[Self::slot(port, a.octets()[3])];
-                (*key == Self::v4_key(port, a)).then_some(header)
-            }
+            IpAddr::V4(a) => self.get_v4(port, u32::from(a)),
             IpAddr::V6(a) => match &self.v6[Self::slot(port, a.octets()[15])] {
                 Some((p, ip, header)) if *p == port && *ip == a => Some(header),
                 _ => None,
@@ -120,21 +124,26 @@ fn ethernet_header(dst: [u8; 6], src: [u8; 6], ethertype: EtherType) -> [u8; ETH
 /// untouched, for everything else, which `neighbor-output` then handles: a next hop to resolve
 /// or a stale one (whose use starts its DELAY), the limited broadcast, a traced packet (its trace names the neighbor there), no
 /// headroom.
-#[inline]
-pub(super) fn put_known_header<B: PacketBuffer>(
+///
+/// `TRACE` is [`Context::tracing`]: without it no packet counts as traced.
+#[inline(always)]
+pub(super) fn put_known_header<B: PacketBuffer, const TRACE: bool>(
     cx: &Context<'_, B>,
     pkt: &mut Packet<B>,
     recent: &mut RecentHeaders,
 ) -> bool {
-    let Some(next_hop) = pkt.meta.next_hop else {
-        return false;
-    };
-    if pkt.meta.trace != 0 {
+    if TRACE && pkt.meta.trace != 0 {
         return false;
     }
-    match recent.get(pkt.meta.tx_port, next_hop) {
-        Some(header) => prepend(&mut pkt.buf, header),
-        None => put_new_known_header(cx, pkt, recent, next_hop),
+    // An IPv4 next hop is read in place (the tag and four bytes), not copied out whole.
+    let header = match &pkt.meta.next_hop {
+        Some(IpAddr::V4(a)) => recent.get_v4(pkt.meta.tx_port, u32::from(*a)),
+        Some(a @ IpAddr::V6(_)) => recent.get(pkt.meta.tx_port, *a),
+        None => return false,
+    };
+    match header {
+        Some(header) => pkt.buf.push_header(header),
+        None => put_new_known_header(cx, pkt, recent),
     }
 }
 
@@ -144,8 +153,10 @@ fn put_new_known_header<B: PacketBuffer>(
     cx: &Context<'_, B>,
     pkt: &mut Packet<B>,
     recent: &mut RecentHeaders,
-    next_hop: IpAddr,
 ) -> bool {
+    let Some(next_hop) = pkt.meta.next_hop else {
+        return false;
+    };
     let port = pkt.meta.tx_port;
     let Some(mac) = cx.state.neighbors.known(port, next_hop, cx.now) else {
         return false;
@@ -163,25 +174,7 @@ fn put_new_known_header<B: PacketBuffer>(
     };
     let header = ethernet_header(mac, ifc.mac, ethertype);
     recent.put(port, next_hop, header);
-    prepend(&mut pkt.buf, &header)
-}
-
-/// Puts `header` in front of the packet; false, the packet untouched, without the headroom.
-#[inline]
-fn prepend<B: PacketBuffer>(buf: &mut B, header: &[u8; ETHERNET_HEADER_LEN]) -> bool {
-    if !buf.push_front(ETHERNET_HEADER_LEN) {
-        return false;
-    }
-    match buf.data_mut().first_chunk_mut::<ETHERNET_HEADER_LEN>() {
-        Some(front) => {
-            *front = *header;
-            true
-        }
-        None => {
-            buf.pull_front(ETHERNET_HEADER_LEN);
-            false
-        }
-    }
+    pkt.buf.push_header(&header)
 }
 
 impl NeighborOutput {
@@ -258,15 +251,10 @@ impl NeighborOutput {
         pkt: &mut Packet<B>,
         header: &[u8; ETHERNET_HEADER_LEN],
     ) -> Next {
-        if !pkt.buf.push_front(ETHERNET_HEADER_LEN) {
+        if !pkt.buf.push_header(header) {
             cx.error(NeighborOutputError::NoHeadroom);
             return Next::Drop;
         }
-        let Some(front) = pkt.buf.data_mut().first_chunk_mut::<ETHERNET_HEADER_LEN>() else {
-            cx.error(NeighborOutputError::NoHeadroom);
-            return Next::Drop;
-        };
-        *front = *header;
         if pkt.meta.trace != 0 {
             Self::trace_header(cx, &pkt.meta, header);
         }

@@ -142,6 +142,21 @@ pub fn update_ttl_decrement(old_csum: u16) -> u16 {
     !(((s & 0xffff) + (s >> 16)) as u16)
 }
 
+/// [`update_ttl_decrement`] on a checksum as it lies in the packet, read and written back in
+/// native byte order: the same 16 bits in the header, without the two byte swaps.
+///
+/// Ones'-complement sums commute with swapping the bytes of every word, so adding `0x0100`
+/// (what the decrement takes off the TTL/protocol word, in ones' complement) to the checksum
+/// in network order is adding `0x0100` byte-swapped to it in native order. The end-around
+/// carry is taken as Linux's `ip_decrease_ttl` takes it, which gives exactly
+/// [`update_ttl_decrement`]'s value (never `0xffff`; a test compares all 65,536 checksums).
+#[inline]
+pub fn ttl_decrement_update_ne(old_csum_ne: u16) -> u16 {
+    let add = u32::from(u16::from_ne_bytes(0x0100u16.to_be_bytes()));
+    let s = u32::from(old_csum_ne) + add;
+    (s + u32::from(s >= 0xffff)) as u16
+}
+
 /// [`update16`] for a 32-bit field (two adjacent, word-aligned 16-bit words).
 #[inline]
 pub fn update32(old_csum: u16, old: u32, new: u32) -> u16 {
@@ -243,6 +258,19 @@ mod tests {
             acc = (acc & 0xffff) + (acc >> 16);
         }
         acc as u16
+    }
+
+    #[test]
+    fn ttl_decrement_update_ne_is_update_ttl_decrement_in_native_order() {
+        for c in 0..=u16::MAX {
+            let ne = u16::from_ne_bytes(c.to_be_bytes());
+            let expected = update_ttl_decrement(c);
+            assert_eq!(
+                ttl_decrement_update_ne(ne).to_ne_bytes(),
+                expected.to_be_bytes(),
+                "{c:#06x}"
+            );
+        }
     }
 
     #[test]
@@ -360,6 +388,21 @@ mod tests {
         fn ipv4_header_sum_matches_the_general_sum(h in any::<[u8; 20]>()) {
             prop_assert_eq!(sum_ipv4_header(&h), sum(&h));
             prop_assert_eq!(ipv4_header_ok(&h), sum(&h) == 0xffff);
+        }
+
+        #[test]
+        fn ttl_decrement_in_native_order_matches_rfc_1624(ttl in 2u8.., proto in any::<u8>(), rest in any::<[u8; 18]>()) {
+            let mut h = [0u8; 20];
+            h[..8].copy_from_slice(&rest[..8]);
+            h[8] = ttl;
+            h[9] = proto;
+            h[12..].copy_from_slice(&rest[10..]);
+            let c = checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            let ne = ttl_decrement_update_ne(u16::from_ne_bytes([h[10], h[11]]));
+            h[8] = ttl - 1;
+            h[10..12].copy_from_slice(&ne.to_ne_bytes());
+            prop_assert!(ipv4_header_ok(&h));
         }
 
         #[test]
