@@ -15,6 +15,9 @@ PACKAGES=(
   iproute2 iputils-ping tshark tcpdump nftables iptables socat netcat-openbsd ethtool gobgpd bird2
   # BGP peer: FRR's bgpd, started by bgp/tests/frr.rs itself (its service stays off)
   frr
+  # BGP peers: OpenBGPD's bgpd and bgpctl, started by bgp/tests/openbgpd.rs, and ExaBGP,
+  # started by bgp/tests/exabgp.rs (their services stay off, see below)
+  openbgpd exabgp
   python3
   # benchmarks: instruction counts
   valgrind
@@ -47,6 +50,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
   if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  # openbgpd and exabgp enable their services for the next boot; the tests start daemons of
+  # their own, so keep the system ones from starting then.
+  if [ -d /run/systemd/system ]; then
+    for unit in openbgpd exabgp; do
+      if printf '%s\n' "${missing[@]}" | grep -qx "$unit"; then
+        systemctl disable --quiet "$unit.service" || true
+      fi
+    done
+  fi
 fi
 
 # Deployment checks (proxy/tests/deploy.rs runs deploy/check.py): kubectl, for its built-in

@@ -114,7 +114,7 @@ async fn wait_session_down(h: &SpeakerHandle, peer: std::net::Ipv4Addr) {
 /// us, and one withdrawal each way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frr_ebgp_routes_both_ways() {
-    let Some(bins) = require(&["bgpd", "vtysh"]) else {
+    let Some(bins) = require(&["frr/bgpd", "vtysh"]) else {
         return;
     };
     let net = 51;
@@ -200,7 +200,7 @@ fn set_local_pref(prefix: &str, lp: u32) -> Policy {
 /// the same prefix with equal attributes and we install both next hops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frr_ibgp_local_pref_and_ecmp_with_gobgp() {
-    let Some(bins) = require(&["bgpd", "vtysh", "gobgpd", "gobgp"]) else {
+    let Some(bins) = require(&["frr/bgpd", "vtysh", "gobgpd", "gobgp"]) else {
         return;
     };
     let net = 52;
@@ -282,7 +282,7 @@ async fn frr_ibgp_local_pref_and_ecmp_with_gobgp() {
 /// ours and we relearn its.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frr_killed_and_restarted() {
-    let Some(bins) = require(&["bgpd", "vtysh"]) else {
+    let Some(bins) = require(&["frr/bgpd", "vtysh"]) else {
         return;
     };
     let net = 53;
@@ -321,7 +321,7 @@ async fn frr_killed_and_restarted() {
 /// cross it both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frr_md5_session() {
-    let Some(bins) = require(&["bgpd", "vtysh"]) else {
+    let Some(bins) = require(&["frr/bgpd", "vtysh"]) else {
         return;
     };
     let net = 54;
@@ -350,7 +350,7 @@ async fn frr_md5_session() {
 /// comes back when the shutdown is undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frr_admin_shutdown_and_back() {
-    let Some(bins) = require(&["bgpd", "vtysh"]) else {
+    let Some(bins) = require(&["frr/bgpd", "vtysh"]) else {
         return;
     };
     let net = 55;
@@ -396,7 +396,7 @@ async fn frr_admin_shutdown_and_back() {
 /// comes up on either side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frr_md5_mismatch_never_establishes() {
-    let Some(bins) = require(&["bgpd", "vtysh"]) else {
+    let Some(bins) = require(&["frr/bgpd", "vtysh"]) else {
         return;
     };
     let net = 56;
@@ -424,7 +424,7 @@ async fn frr_md5_mismatch_never_establishes() {
 /// the FIB while it is away, and they are fresh again once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frr_graceful_restart_we_help() {
-    let Some(bins) = require(&["bgpd", "vtysh"]) else {
+    let Some(bins) = require(&["frr/bgpd", "vtysh"]) else {
         return;
     };
     let net = 57;
@@ -476,7 +476,7 @@ async fn frr_graceful_restart_we_help() {
 /// End-of-RIB bgpd holds it fresh and has dropped the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frr_helps_us_restart() {
-    let Some(bins) = require(&["bgpd", "vtysh"]) else {
+    let Some(bins) = require(&["frr/bgpd", "vtysh"]) else {
         return;
     };
     let net = 58;

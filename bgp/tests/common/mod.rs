@@ -1,6 +1,7 @@
 //! Real BGP peers for the integration tests: gobgpd, BIRD 2 and FRR's
 //! bgpd, started on loopback addresses and unprivileged ports, each in
 //! its own temp dir, killed when dropped (also when a test panics).
+//! OpenBGPD and ExaBGP, used by one test file each, are started there.
 //!
 //! Addresses: every test takes its own 127.0.N.0/24 (N distinct per
 //! test) so tests can run in parallel; we are 127.0.N.1, peers .2, .3.
@@ -21,10 +22,27 @@ pub const OUR_AS: u32 = 65000;
 pub const OUR_NH4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const OUR_NH6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
+/// A binary by name, on PATH or in the usual sbin directories.
+///
+/// FRR's and OpenBGPD's daemons are both called `bgpd`, so those two are
+/// asked for by package: "frr/bgpd" is FRR's, in /usr/lib/frr where no
+/// PATH leads, and "openbgpd/bgpd" is the `bgpd` next to OpenBGPD's
+/// `bgpctl`.
 fn find_binary(name: &str) -> Option<PathBuf> {
+    if let Some(daemon) = name.strip_prefix("frr/") {
+        return ["/usr/lib/frr", "/usr/local/lib/frr"]
+            .map(|d| Path::new(d).join(daemon))
+            .into_iter()
+            .find(|p| p.is_file());
+    }
+    if let Some(daemon) = name.strip_prefix("openbgpd/") {
+        return find_binary("bgpctl")
+            .map(|ctl| ctl.with_file_name(daemon))
+            .filter(|p| p.is_file());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/lib/frr"].map(PathBuf::from))
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
@@ -46,7 +64,9 @@ pub fn require(names: &[&str]) -> Option<Vec<PathBuf>> {
         std::env::var_os("CI").is_none(),
         "peer binaries missing in CI: {missing:?} (scripts/install-deps.sh installs them)"
     );
-    println!("skipped: {missing:?} not installed (apt-get install gobgpd bird2 frr)");
+    println!(
+        "skipped: {missing:?} not installed (apt-get install gobgpd bird2 frr openbgpd exabgp)"
+    );
     None
 }
 
@@ -70,7 +90,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, dir: tempfile::TempDir, cmd: &mut Command) -> Self {
+    pub fn spawn(name: &str, dir: tempfile::TempDir, cmd: &mut Command) -> Self {
         let log =
             std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("create log file");
         let log2 = log.try_clone().expect("clone log file");
