@@ -87,7 +87,7 @@ pub struct Path4 {
 
 /// The paths of a compiled IPv4 route in a fixed-size array, for the common case of the
 /// lookup: a [`Route::Via`] of 1 to [`GATEWAYS4_MAX`] paths, none through an IPv6 gateway,
-/// in the route's order. `count` is 0 for every other route (and for no route), which the
+/// in the route's order, or a [`Route::Attached`] as its one on-link path. `count` is 0 for every other route (and for no route), which the
 /// lookup then reads from the [`Route`] itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gateways4 {
@@ -111,8 +111,20 @@ impl Gateways4 {
     /// The compact form of `route`, or `count` 0 when it has none.
     fn of(route: &Route) -> Gateways4 {
         let mut g = Gateways4::NONE;
-        let Route::Via(hops) = route else {
-            return g;
+        let hops = match route {
+            Route::Via(hops) => hops,
+            // An attached network: one on-link path, the destination its own next hop, as
+            // `Route::next_hop` makes it.
+            Route::Attached { port } => {
+                g.paths[0] = Path4 {
+                    gateway: Ipv4Addr::UNSPECIFIED,
+                    port: *port,
+                    on_link: true,
+                };
+                g.count = 1;
+                return g;
+            }
+            _ => return g,
         };
         if hops.len() > GATEWAYS4_MAX {
             return g;
@@ -175,7 +187,8 @@ impl<'a> Fib4View<'a> {
     }
 
     /// The paths of the route of `dst` (a host-order word) in their compact form, when it is
-    /// a route through up to [`GATEWAYS4_MAX`] IPv4 gateways (or on-link paths); `count` 0
+    /// a route through up to [`GATEWAYS4_MAX`] IPv4 gateways (or on-link paths) or an attached
+    /// network; `count` 0
     /// when it is any other route or none ([`Fib4View::lookup`] then says which).
     #[inline(always)]
     pub fn gateways(&self, dst: u32) -> &'a Gateways4 {
@@ -547,6 +560,7 @@ mod tests {
             let route = view.lookup(u32::from(dst)).unwrap();
             let gateways = view.gateways(u32::from(dst));
             let covered = match route {
+                Route::Attached { .. } => true,
                 Route::Via(hops) => {
                     !hops.is_empty()
                         && hops.len() <= GATEWAYS4_MAX

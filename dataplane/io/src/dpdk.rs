@@ -359,6 +359,12 @@ impl PacketBuffer for Mbuf {
         usize::from(self.raw().data_off)
     }
 
+    /// The length alone: `data_len`, without forming the slice (no `buf_addr` load).
+    #[inline]
+    fn len(&self) -> usize {
+        usize::from(self.raw().data_len)
+    }
+
     #[inline]
     fn tailroom(&self) -> usize {
         let raw = self.raw();
@@ -382,6 +388,28 @@ impl PacketBuffer for Mbuf {
         m.data_off -= n16;
         m.data_len += n16;
         m.pkt_len += u32::from(n16);
+        true
+    }
+
+    /// `rte_pktmbuf_prepend` and a copy of the header to the new front, with one headroom
+    /// check: the default (`push_front`, then `data_mut`) would check the length again.
+    #[inline]
+    fn push_header<const N: usize>(&mut self, header: &[u8; N]) -> bool {
+        let Ok(n16) = u16::try_from(N) else {
+            return false;
+        };
+        let m = self.raw_mut();
+        if n16 > m.data_off {
+            return false;
+        }
+        // data_off + data_len <= buf_len <= u16::MAX, so the length cannot overflow.
+        m.data_off -= n16;
+        m.data_len += n16;
+        m.pkt_len += u32::from(n16);
+        // SAFETY: the N bytes at data_ptr() were headroom until now, inside the mbuf's buffer
+        // (data_off >= 0 after the check); self owns the buffer exclusively (&mut self), and
+        // `header` is a separate borrow, so the two do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), self.data_ptr(), N) };
         true
     }
 

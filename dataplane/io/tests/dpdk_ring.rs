@@ -210,6 +210,31 @@ fn mbuf_push_pull(d: &mut DpdkDriver) {
     assert_eq!(&m.data()[head..], &f[..]);
     assert!(m.pull_front(head));
 
+    // push_header: the header goes in front, lengths and headroom follow, or nothing changes.
+    assert!(m.pull_front(14));
+    assert!(m.push_header(&[0xaa; 14]));
+    assert_eq!(m.len(), 200);
+    assert_eq!(m.headroom(), head);
+    assert_eq!(&m.data()[..14], &[0xaa; 14]);
+    assert_eq!(&m.data()[14..], &f[14..]);
+    assert!(m.pull_front(14));
+    let room = m.headroom();
+    assert!(
+        !m.push_header(&[0xbb; 4096]),
+        "cannot push more than the headroom"
+    );
+    assert_eq!(m.headroom(), room);
+    assert!(m.push_front(room - 2));
+    assert!(!m.push_header(&[0xcc; 3]));
+    assert!(m.push_header(&[0xcc; 2]));
+    assert_eq!(m.headroom(), 0);
+    assert_eq!(&m.data()[..2], &[0xcc; 2]);
+    assert!(m.pull_front(room));
+    assert!(m.push_front(14));
+    m.data_mut()[..14].copy_from_slice(&f[..14]);
+    assert_eq!(m.data(), &f[..]);
+    assert_eq!(m.headroom(), head);
+
     assert!(m.push_back(tail));
     assert_eq!(m.tailroom(), 0);
     assert!(!m.push_back(1));

@@ -94,10 +94,13 @@ impl EthernetInput {
         {
             return Self::classify_general(cx, pkt);
         }
+        // The header is stripped before the metadata is written: a store to the metadata
+        // could, for all the compiler knows, change a buffer's length fields, which it would
+        // then read again for `pull_front`'s check.
+        pkt.buf.pull_front(HEADER_LEN);
         // The destination is the port's own address: a link-layer multicast frame only if
         // that is a group address.
         pkt.meta.l2_multicast = word & 1 != 0;
-        pkt.buf.pull_front(HEADER_LEN);
         next
     }
 

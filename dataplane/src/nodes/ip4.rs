@@ -426,7 +426,9 @@ impl Ip4Lookup {
                 cx.error(Ip4LookupError::Blackhole);
                 return LookupNext::Drop;
             }
-            Some(r) => r.next_hop(IpAddr::V4(dst), || header_flow_hash(h, data)),
+            // The hash out of line: only wide equal-cost groups need it here, and inlined it
+            // would cost every other route registers saved and restored.
+            Some(r) => r.next_hop(IpAddr::V4(dst), || header_flow_hash_outlined(h, data)),
             None => None,
         };
         let Some(hop) = hop else {
@@ -459,6 +461,29 @@ static HAS_PORTS: [bool; 256] = {
     t
 };
 
+/// The ports of [`header_flow_hash`] for any header length: the first four bytes of the
+/// payload, `data[header_len..total_len]`, if the buffer holds the total length and the payload
+/// has them (what `l4_ports` reads of `Ipv4Packet::payload`, in two compares). Out of line: the
+/// usual header has no options.
+#[inline(never)]
+fn ports_after_options(h: &[u8; 20], data: &[u8]) -> u32 {
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    match data
+        .get(..total_len)
+        .and_then(|datagram| datagram.get(header_len..header_len + 4))
+    {
+        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+        _ => 0,
+    }
+}
+
+/// [`header_flow_hash`], not inlined.
+#[inline(never)]
+fn header_flow_hash_outlined(h: &[u8; 20], data: &[u8]) -> u32 {
+    header_flow_hash(h, data)
+}
+
 /// [`super::ipv4_flow_hash`] of a packet whose fixed header `h` was already read: the same hash,
 /// without parsing the header again.
 #[inline]
@@ -470,19 +495,20 @@ pub(super) fn header_flow_hash(h: &[u8; 20], data: &[u8]) -> u32 {
     let fragment = u16::from_ne_bytes([h[6], h[7]]) & FRAGMENT_BITS != 0;
     let ports = if fragment || !HAS_PORTS[usize::from(protocol)] {
         0
-    } else {
-        // The first four bytes of the payload, `data[header_len..total_len]`, if the buffer
-        // holds the total length and the payload has them: what `l4_ports` reads of
-        // `Ipv4Packet::payload`, in two compares.
-        let header_len = usize::from(h[0] & 0x0f) * 4;
+    } else if h[0] == 0x45 {
+        // No options, the usual header: the ports are at a fixed place, and the datagram
+        // bounds (at least 24 bytes, all in the buffer) say the buffer has them.
         let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-        match data
-            .get(..total_len)
-            .and_then(|datagram| datagram.get(header_len..header_len + 4))
-        {
-            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
-            _ => 0,
+        if (24..=data.len()).contains(&total_len) {
+            match data.get(20..24) {
+                Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+                _ => 0,
+            }
+        } else {
+            0
         }
+    } else {
+        ports_after_options(h, data)
     };
     let [.., s0, s1, s2, s3, d0, d1, d2, d3] = *h;
     super::ecmp_hash(

@@ -44,12 +44,13 @@ pub struct NeighborOutput;
 /// for one vector only: within it the tables, the time and the neighbor table's answers for
 /// known neighbors do not change, so a reused header is exactly what resolving would build.
 ///
-/// IPv4 next hops are keyed by one integer (port and address), so that the check is one
-/// compare.
+/// IPv4 next hops are keyed by one integer (port and address, the address as it lies in
+/// memory: no byte swap), so that the check is one compare.
 ///
 /// The rewrite nodes keep one too (see [`put_known_header`]).
 pub(super) struct RecentHeaders {
-    /// [`RecentHeaders::v4_key`] (0 for an empty slot) and the header.
+    /// [`RecentHeaders::v4_slot_key`]'s key ([`RecentHeaders::EMPTY`] for an empty slot) and
+    /// the header.
     v4: [(u64, [u8; ETHERNET_HEADER_LEN]); RecentHeaders::SLOTS],
     v6: [Option<(u16, Ipv6Addr, [u8; ETHERNET_HEADER_LEN])>; RecentHeaders::SLOTS],
 }
@@ -57,7 +58,7 @@ pub(super) struct RecentHeaders {
 impl Default for RecentHeaders {
     fn default() -> Self {
         RecentHeaders {
-            v4: [(0, [0; ETHERNET_HEADER_LEN]); RecentHeaders::SLOTS],
+            v4: [(RecentHeaders::EMPTY, [0; ETHERNET_HEADER_LEN]); RecentHeaders::SLOTS],
             v6: [None; RecentHeaders::SLOTS],
         }
     }
@@ -66,10 +67,19 @@ impl Default for RecentHeaders {
 impl RecentHeaders {
     const SLOTS: usize = 16;
 
-    /// The key of an IPv4 next hop: never 0 (bit 48 is set), unique per port and address.
-    #[inline]
-    fn v4_key(port: u16, next_hop: Ipv4Addr) -> u64 {
-        1 << 48 | u64::from(port) << 32 | u64::from(u32::from(next_hop))
+    /// The key of no IPv4 next hop: above every real one (at most 48 bits).
+    const EMPTY: u64 = u64::MAX;
+
+    /// The slot and the key of an IPv4 next hop. The key is unique per port and address: the
+    /// port above the address's four bytes read in the machine's order. The slot is
+    /// [`RecentHeaders::slot`] of the port and the address's last byte, taken from the same
+    /// word (on a little-endian machine one load serves both).
+    #[inline(always)]
+    fn v4_slot_key(port: u16, next_hop: Ipv4Addr) -> (usize, u64) {
+        let octets = next_hop.octets();
+        let last = (u32::from_le_bytes(octets) >> 24) as u8;
+        let key = u64::from(port) << 32 | u64::from(u32::from_ne_bytes(octets));
+        (Self::slot(port, last), key)
     }
 
     #[inline]
@@ -77,17 +87,18 @@ impl RecentHeaders {
         (usize::from(low) ^ usize::from(port)) % Self::SLOTS
     }
 
-    /// The header kept for IPv4 next hop `next_hop` (as a host-order word) on `port`.
+    /// The header kept for IPv4 next hop `next_hop` on `port`.
     #[inline(always)]
-    fn get_v4(&self, port: u16, next_hop: u32) -> Option<&[u8; ETHERNET_HEADER_LEN]> {
-        let (key, header) = &self.v4[Self::slot(port, next_hop as u8)];
-        (*key == Self::v4_key(port, Ipv4Addr::from(next_hop))).then_some(header)
+    fn get_v4(&self, port: u16, next_hop: Ipv4Addr) -> Option<&[u8; ETHERNET_HEADER_LEN]> {
+        let (slot, key) = Self::v4_slot_key(port, next_hop);
+        let (kept, header) = &self.v4[slot];
+        (*kept == key).then_some(header)
     }
 
     #[inline]
     fn get(&self, port: u16, next_hop: IpAddr) -> Option<&[u8; ETHERNET_HEADER_LEN]> {
         match next_hop {
-            IpAddr::V4(a) => self.get_v4(port, u32::from(a)),
+            IpAddr::V4(a) => self.get_v4(port, a),
             IpAddr::V6(a) => match &self.v6[Self::slot(port, a.octets()[15])] {
                 Some((p, ip, header)) if *p == port && *ip == a => Some(header),
                 _ => None,
@@ -99,7 +110,8 @@ impl RecentHeaders {
     fn put(&mut self, port: u16, next_hop: IpAddr, header: [u8; ETHERNET_HEADER_LEN]) {
         match next_hop {
             IpAddr::V4(a) => {
-                self.v4[Self::slot(port, a.octets()[3])] = (Self::v4_key(port, a), header);
+                let (slot, key) = Self::v4_slot_key(port, a);
+                self.v4[slot] = (key, header);
             }
             IpAddr::V6(a) => self.v6[Self::slot(port, a.octets()[15])] = Some((port, a, header)),
         }
@@ -137,7 +149,7 @@ pub(super) fn put_known_header<B: PacketBuffer, const TRACE: bool>(
     }
     // An IPv4 next hop is read in place (the tag and four bytes), not copied out whole.
     let header = match &pkt.meta.next_hop {
-        Some(IpAddr::V4(a)) => recent.get_v4(pkt.meta.tx_port, u32::from(*a)),
+        Some(IpAddr::V4(a)) => recent.get_v4(pkt.meta.tx_port, *a),
         Some(a @ IpAddr::V6(_)) => recent.get(pkt.meta.tx_port, *a),
         None => return false,
     };
@@ -356,5 +368,36 @@ impl<B: PacketBuffer> Node<B> for NeighborOutput {
         for (pkt, n) in pkts.iter_mut().zip(next.iter_mut()) {
             *n = Self::output(cx, pkt, &mut recent).into();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header is found again for its own port and next hop only, including port 0 and
+    /// 0.0.0.0 (whose key is 0), and a later one in the same slot replaces it.
+    #[test]
+    fn recent_headers_key_by_port_and_address() {
+        let mut recent = RecentHeaders::default();
+        let zero = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        assert_eq!(recent.get(0, zero), None);
+        let a = IpAddr::V4(Ipv4Addr::new(198, 18, 2, 3));
+        let b = IpAddr::V4(Ipv4Addr::new(3, 2, 18, 198));
+        recent.put(1, a, [1; ETHERNET_HEADER_LEN]);
+        recent.put(0, zero, [2; ETHERNET_HEADER_LEN]);
+        assert_eq!(recent.get(1, a), Some(&[1; ETHERNET_HEADER_LEN]));
+        assert_eq!(recent.get(0, zero), Some(&[2; ETHERNET_HEADER_LEN]));
+        assert_eq!(recent.get(2, a), None);
+        assert_eq!(recent.get(1, b), None);
+        // Same slot (last byte 3 on port 1, last byte 2 on port 0): the newer one stays.
+        let c = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        recent.put(0, c, [3; ETHERNET_HEADER_LEN]);
+        assert_eq!(recent.get(0, c), Some(&[3; ETHERNET_HEADER_LEN]));
+        assert_eq!(recent.get(1, a), None);
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert_eq!(recent.get(1, v6), None);
+        recent.put(1, v6, [4; ETHERNET_HEADER_LEN]);
+        assert_eq!(recent.get(1, v6), Some(&[4; ETHERNET_HEADER_LEN]));
     }
 }

@@ -1749,6 +1749,44 @@ proptest! {
         let ip = Ipv4Packet::new_checked(&data[..]).unwrap();
         prop_assert_eq!(super::ip4::header_flow_hash(&h, &data), super::ipv4_flow_hash(&ip));
     }
+
+    /// The same hash for any header length and any total length against the buffer's (the
+    /// lookup's short path for option-less headers included): the ports are the payload's
+    /// first four bytes when the buffer holds the whole datagram and the payload has them.
+    #[test]
+    fn lookup_flow_hash_reads_ports_only_inside_the_datagram(
+        header in any::<[u8; 20]>(),
+        ihl in prop::sample::select(vec![5u8, 5, 5, 6, 7, 15, 0, 4]),
+        proto in prop::sample::select(vec![6u8, 17, 132, 1]),
+        fragment in prop::sample::select(vec![[0u8, 0], [0x40, 0], [0x20, 0], [0, 1]]),
+        rest in prop::collection::vec(any::<u8>(), 0..72),
+        total in 0u16..96,
+    ) {
+        let mut data = header.to_vec();
+        data[0] = 0x40 | ihl;
+        data[9] = proto;
+        data[6..8].copy_from_slice(&fragment);
+        data[2..4].copy_from_slice(&total.to_be_bytes());
+        data.extend_from_slice(&rest);
+        let h: [u8; 20] = data[..20].try_into().unwrap();
+        let header_len = usize::from(ihl) * 4;
+        let ports = match data
+            .get(..usize::from(total))
+            .and_then(|d| d.get(header_len..header_len + 4))
+        {
+            Some(&[a, b, c, d]) if fragment[0] & 0x3f == 0 && fragment[1] == 0 && proto != 1 => {
+                u32::from_be_bytes([a, b, c, d])
+            }
+            _ => 0,
+        };
+        let expected = super::ecmp_hash(
+            u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
+            u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
+            proto,
+            ports,
+        );
+        prop_assert_eq!(super::ip4::header_flow_hash(&h, &data), expected);
+    }
 }
 
 /// The ECMP hash spreads flows evenly over 2 to 8 paths whichever field varies: ports, the

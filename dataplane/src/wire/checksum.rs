@@ -60,17 +60,52 @@ pub fn sum_ipv4_header(h: &[u8; 20]) -> u16 {
 
 /// True if an option-less, 20-byte IPv4 header carries a valid checksum: its sum is all-ones.
 ///
-/// The same test as `sum_ipv4_header(h) == 0xffff` in fewer steps. The words are read in the
-/// machine's byte order, which only permutes the bytes of the sum (RFC 1071 2(B)), and all-ones
-/// is all-ones in either order. Instead of folding, a ones'-complement sum is all-ones exactly
-/// when the plain sum is a non-zero multiple of 0xffff (2^16 ≡ 1 mod 0xffff, and a non-zero sum
-/// never folds to zero), which is one multiply-shift remainder.
+/// The same test as `sum_ipv4_header(h) == 0xffff` in fewer steps. The header is read as two
+/// 8-byte words and one 4-byte word in the machine's byte order, which only permutes the bytes
+/// of the sum (RFC 1071 2(B)), and all-ones is all-ones in either order. Their sum's carries
+/// out of 64 bits are added back in (2^64 ≡ 1 mod 0xffff), all in registers. Instead of
+/// folding, a ones'-complement sum is all-ones exactly when the plain sum is a non-zero
+/// multiple of 0xffff (2^16 ≡ 1 mod 0xffff, and a non-zero sum never folds to zero); for an odd
+/// divisor that is one multiply by its inverse modulo 2^64 and one compare (the product is at
+/// most `u64::MAX / 0xffff` exactly for the multiples), without a division or a wide multiply.
 #[inline]
 pub fn ipv4_header_ok(h: &[u8; 20]) -> bool {
-    let word = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    let acc = word(0) + word(4) + word(8) + word(12) + word(16);
-    acc != 0 && acc % 0xffff == 0
+    let word8 = |i: usize| {
+        u64::from_ne_bytes([
+            h[i],
+            h[i + 1],
+            h[i + 2],
+            h[i + 3],
+            h[i + 4],
+            h[i + 5],
+            h[i + 6],
+            h[i + 7],
+        ])
+    };
+    let word4 = u64::from(u32::from_ne_bytes([h[16], h[17], h[18], h[19]]));
+    let (acc, c1) = word8(0).overflowing_add(word8(8));
+    let (acc, c2) = acc.overflowing_add(word4);
+    // End-around carries. When this addition carries too, `acc` ends at most 1, so adding
+    // that last carry cannot overflow. `acc` is 0 only for an all-zero header.
+    let (acc, c3) = acc.overflowing_add(u64::from(c1) + u64::from(c2));
+    let acc = acc + u64::from(c3);
+    acc != 0 && acc.wrapping_mul(INVERSE_OF_FFFF) <= u64::MAX / 0xffff
 }
+
+/// The inverse of 0xffff modulo 2^64: `0xffff * INVERSE_OF_FFFF` wraps to 1. Newton's
+/// iteration, each step doubling the correct low bits (an odd number is its own inverse
+/// modulo 8: 3 bits, then 6, 12, 24, 48, 96).
+const INVERSE_OF_FFFF: u64 = {
+    let d: u64 = 0xffff;
+    let mut x = d;
+    let mut i = 0;
+    while i < 5 {
+        x = x.wrapping_mul(2u64.wrapping_sub(d.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+};
+const _: () = assert!(INVERSE_OF_FFFF.wrapping_mul(0xffff) == 1);
 
 /// Ones'-complement addition of two folded sums.
 #[inline]
@@ -359,6 +394,30 @@ mod tests {
                 assert_eq!(combine(a, b), reference_fold(u64::from(a) + u64::from(b)));
             }
         }
+    }
+
+    /// The carries out of 64 bits in `ipv4_header_ok`: headers of mostly 0xff bytes make
+    /// every one of them, and the all-zero header (whose sum is zero, not all-ones) fails.
+    #[test]
+    fn ipv4_header_ok_at_the_carry_edges() {
+        let mut cases = vec![[0u8; 20], [0xff; 20]];
+        for at in 0..20 {
+            for v in [0x00, 0x01, 0xfe] {
+                let mut h = [0xff; 20];
+                h[at] = v;
+                cases.push(h);
+                let mut h = [0u8; 20];
+                h[at] = v;
+                cases.push(h);
+            }
+        }
+        let mut h = [0xff; 20];
+        h[16..].copy_from_slice(&[0, 0, 0, 1]);
+        cases.push(h);
+        for h in cases {
+            assert_eq!(ipv4_header_ok(&h), sum(&h) == 0xffff, "{h:02x?}");
+        }
+        assert_eq!(INVERSE_OF_FFFF.wrapping_mul(0xffff), 1);
     }
 
     proptest! {
