@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use switchyard_bgp::fsm::{ErrorCounters, State};
-use switchyard_bgp::speaker::{RoutePath, Speaker, SpeakerHandle};
+use switchyard_bgp::speaker::{Speaker, SpeakerHandle};
 
 const EXA_AS: u32 = 65005;
 const EXA_NH4: &str = "198.51.100.5";
@@ -263,19 +263,6 @@ async fn wait_exa_gone(x: &ExaBgp, local: Ipv4Addr, prefix: &str) {
         || x.context(),
     )
     .await;
-}
-
-/// Our paths for `prefix` learned from `peer`.
-async fn our_paths(h: &SpeakerHandle, prefix: &str, peer: Ipv4Addr) -> Vec<RoutePath> {
-    let p: ipnet::IpNet = prefix.parse().unwrap();
-    h.routes()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.prefix == p)
-        .flat_map(|r| r.paths)
-        .filter(|x| x.peer == Some(IpAddr::V4(peer)))
-        .collect()
 }
 
 /// Our speaker with A and B configured, passive, and exabgp started.

@@ -14,8 +14,7 @@ use common::*;
 use serde_json::Value;
 use std::net::IpAddr;
 use switchyard_bgp::fsm::{ErrorCounters, State};
-use switchyard_bgp::policy::{Match, Policy, PrefixEntry, Rule, Set, Verdict};
-use switchyard_bgp::speaker::{RestartConfig, RoutePath, Speaker, SpeakerEvent, SpeakerHandle};
+use switchyard_bgp::speaker::{RestartConfig, Speaker, SpeakerEvent, SpeakerHandle};
 
 const FRR_NH4: &str = "198.51.100.3";
 const FRR_NH6: &str = "2001:db8::3";
@@ -71,19 +70,6 @@ fn next_hop_of(path: &Value) -> &str {
 
 fn as_path_of(path: &Value) -> &str {
     path["aspath"]["string"].as_str().unwrap_or("?")
-}
-
-/// Our paths for `prefix` learned from `peer`.
-async fn our_paths(h: &SpeakerHandle, prefix: &str, peer: IpAddr) -> Vec<RoutePath> {
-    let p: ipnet::IpNet = prefix.parse().unwrap();
-    h.routes()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.prefix == p)
-        .flat_map(|r| r.paths)
-        .filter(|x| x.peer == Some(peer))
-        .collect()
 }
 
 /// Waits until bgpd's session with us is Established too (it gets there
@@ -172,27 +158,6 @@ async fn frr_ebgp_routes_both_ways() {
     let n = h.neighbors().await.unwrap();
     assert_eq!(n[0].errors, ErrorCounters::default(), "{n:?}");
     h.shutdown().await.unwrap();
-}
-
-/// Our export policy: LOCAL_PREF `lp` on `prefix`, everything else as is.
-fn set_local_pref(prefix: &str, lp: u32) -> Policy {
-    Policy {
-        rules: vec![Rule {
-            when: Match {
-                prefix_list: Some(vec![PrefixEntry {
-                    prefix: prefix.parse().unwrap(),
-                    ge: None,
-                    le: None,
-                }]),
-                ..Match::default()
-            },
-            then: Verdict::Accept(Set {
-                local_pref: Some(lp),
-                ..Set::default()
-            }),
-        }],
-        default_accept: true,
-    }
 }
 
 /// iBGP with bgpd, gobgpd as a second iBGP peer: LOCAL_PREF crosses in

@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use switchyard_bgp::fsm::{ErrorCounters, State};
-use switchyard_bgp::policy::{Match, Policy, PrefixEntry, Rule, Set, Verdict};
-use switchyard_bgp::speaker::{RoutePath, Speaker, SpeakerEvent, SpeakerHandle};
+use switchyard_bgp::speaker::{Speaker, SpeakerEvent};
 
 const OBGP_NH4: &str = "198.51.100.4";
 const OBGP_NH6: &str = "2001:db8::4";
@@ -287,19 +286,6 @@ async fn wait_obgp_established(b: &OpenBgpd, us: Ipv4Addr) {
     .await;
 }
 
-/// Our paths for `prefix` learned from `peer`.
-async fn our_paths(h: &SpeakerHandle, prefix: &str, peer: Ipv4Addr) -> Vec<RoutePath> {
-    let p: ipnet::IpNet = prefix.parse().unwrap();
-    h.routes()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.prefix == p)
-        .flat_map(|r| r.paths)
-        .filter(|x| x.peer == Some(IpAddr::V4(peer)))
-        .collect()
-}
-
 /// The binaries, or `None` when the test is skipped.
 fn require_openbgpd() -> Option<(PathBuf, PathBuf)> {
     let bins = require(&["openbgpd/bgpd", "bgpctl"])?;
@@ -440,27 +426,6 @@ async fn openbgpd_admin_shutdown_and_back() {
     let n = h.neighbors().await.unwrap();
     assert_eq!(n[0].flaps, 1, "{n:?}");
     h.shutdown().await.unwrap();
-}
-
-/// Our export policy: LOCAL_PREF `lp` on `prefix`, everything else as is.
-fn set_local_pref(prefix: &str, lp: u32) -> Policy {
-    Policy {
-        rules: vec![Rule {
-            when: Match {
-                prefix_list: Some(vec![PrefixEntry {
-                    prefix: prefix.parse().unwrap(),
-                    ge: None,
-                    le: None,
-                }]),
-                ..Match::default()
-            },
-            then: Verdict::Accept(Set {
-                local_pref: Some(lp),
-                ..Set::default()
-            }),
-        }],
-        default_accept: true,
-    }
 }
 
 /// iBGP: LOCAL_PREF crosses both ways (bgpd's set on a `network`, ours

@@ -794,3 +794,42 @@ pub async fn our_next_hops(h: &SpeakerHandle, prefix: &str) -> Vec<IpAddr> {
     v.sort();
     v
 }
+
+/// An export policy: LOCAL_PREF `lp` on `prefix`, everything else as is.
+pub fn set_local_pref(prefix: &str, lp: u32) -> switchyard_bgp::policy::Policy {
+    use switchyard_bgp::policy::{Match, Policy, PrefixEntry, Rule, Set, Verdict};
+    Policy {
+        rules: vec![Rule {
+            when: Match {
+                prefix_list: Some(vec![PrefixEntry {
+                    prefix: prefix.parse().unwrap(),
+                    ge: None,
+                    le: None,
+                }]),
+                ..Match::default()
+            },
+            then: Verdict::Accept(Set {
+                local_pref: Some(lp),
+                ..Set::default()
+            }),
+        }],
+        default_accept: true,
+    }
+}
+
+/// Our paths for `prefix` learned from `peer`.
+pub async fn our_paths(
+    h: &SpeakerHandle,
+    prefix: &str,
+    peer: impl Into<IpAddr>,
+) -> Vec<switchyard_bgp::speaker::RoutePath> {
+    let (p, peer): (ipnet::IpNet, IpAddr) = (prefix.parse().unwrap(), peer.into());
+    h.routes()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.prefix == p)
+        .flat_map(|r| r.paths)
+        .filter(|x| x.peer == Some(peer))
+        .collect()
+}
