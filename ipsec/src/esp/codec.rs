@@ -545,27 +545,9 @@ pub fn encapsulate_prepare_into(
             *buf.get_mut(layout.esp_at + ESP_HEADER_LEN..)
                 .and_then(|b| b.first_chunk_mut::<8>())
                 .ok_or(EspError::BufferTooSmall)? = iv;
-            // Every field the crypto reads is written, as whole values (see `prepare_gcm`).
-            let GcmNonce(nonce) = GcmNonce::new(salt, iv);
-            params.aad_len = match GcmAad::new(sa.spi, layout.seq, sa.esn) {
-                GcmAad::Plain(aad) => {
-                    let (head, tail) = params.aad.split_at_mut(8);
-                    head.copy_from_slice(&aad);
-                    tail.fill(0);
-                    8
-                }
-                GcmAad::Esn(aad) => {
-                    params.aad = aad;
-                    12
-                }
-            };
-            params.seal = true;
-            params.iv = nonce;
-            params.text = layout.ct_at..layout.ct_end;
-            params.auth = 0..0;
-            params.digest_at = layout.ct_end;
-            params.tag_in_place = false;
-            params.icv_len = TAG_LEN as u8;
+            let aad = GcmAad::new(sa.spi, layout.seq, sa.esn);
+            let nonce = GcmNonce::new(salt, iv);
+            set_gcm_params(params, true, nonce, aad, layout.ct_at..layout.ct_end);
             layout
         }
         SaCrypto::CbcHmac(ctx) => {
@@ -1345,9 +1327,25 @@ fn prepare_gcm(
         return Err(EspError::Truncated);
     }
     let [.., i0, i1, i2, i3, i4, i5, i6, i7] = *head;
-    let GcmNonce(iv) = GcmNonce::new(salt, [i0, i1, i2, i3, i4, i5, i6, i7]);
-    // The whole field is written (its unused tail zero), an 8-byte and a 4-byte store.
-    params.aad_len = match GcmAad::new(spi, layout.sequence, sa.esn) {
+    let nonce = GcmNonce::new(salt, [i0, i1, i2, i3, i4, i5, i6, i7]);
+    let aad = GcmAad::new(spi, layout.sequence, sa.esn);
+    set_gcm_params(params, false, nonce, aad, layout.ct_at..layout.ct_end);
+    Ok(layout.pending(spi, outer))
+}
+
+/// Writes an AES-GCM operation's parameters for the ciphertext `text` with the ICV right
+/// after it: sealed (the tag written there) or opened (the tag read where it lies). Every
+/// field the crypto reads is written, as whole values: the AAD field whole, its unused tail
+/// zero (an 8-byte and a 4-byte store), so the cipher's loads of it are forwarded.
+#[inline(always)]
+fn set_gcm_params(
+    params: &mut SymParams,
+    seal: bool,
+    GcmNonce(nonce): GcmNonce,
+    aad: GcmAad,
+    text: std::ops::Range<usize>,
+) {
+    params.aad_len = match aad {
         GcmAad::Plain(aad) => {
             let (head, tail) = params.aad.split_at_mut(8);
             head.copy_from_slice(&aad);
@@ -1359,14 +1357,13 @@ fn prepare_gcm(
             12
         }
     };
-    params.seal = false;
-    params.iv = iv;
-    params.text = layout.ct_at..layout.ct_end;
+    params.seal = seal;
+    params.iv = nonce;
+    params.digest_at = text.end;
+    params.text = text;
     params.auth = 0..0;
-    params.digest_at = layout.ct_end;
-    params.tag_in_place = true;
+    params.tag_in_place = !seal;
     params.icv_len = TAG_LEN as u8;
-    Ok(layout.pending(spi, outer))
 }
 
 /// The second half of [`decapsulate`], once the crypto ran with `crypto` as its result:
