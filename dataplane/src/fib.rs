@@ -541,19 +541,19 @@ mod tests {
         );
         fib.insert(net("198.18.2.0/24"), Route::Attached { port: 2 });
         fib.insert(net("198.18.2.1/32"), Route::Local);
-        fib.insert(net("192.0.2.0/24"), Route::Unreachable);
+        fib.insert(net("198.18.200.0/24"), Route::Unreachable);
         fib.insert(net("198.19.7.0/24"), via(vec![]));
         fib.compile();
         let view = fib.view4().unwrap();
         let probes = [
-            "10.1.2.3",
+            "198.18.99.3",
             "198.19.200.1",
             "198.19.1.77",
             "203.0.113.5",
             "198.51.100.9",
             "198.18.2.9",
             "198.18.2.1",
-            "192.0.2.1",
+            "198.18.200.1",
             "198.19.7.1",
         ];
         for dst in probes.map(|a| a.parse::<Ipv4Addr>().unwrap()) {
