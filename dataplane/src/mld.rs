@@ -56,7 +56,7 @@ const RECORD_LEN: usize = 20;
 /// (8 bytes), Router Alert with value 0 (MLD, RFC 2711), then a two-byte PadN.
 const HOP_BY_HOP: [u8; 8] = [58, 0, 5, 2, 0, 0, 1, 0];
 
-/// The groups `ifc` listens to and reports, each once, all-nodes left out.
+/// The groups `ifc` listens to and reports, each once (sorted), all-nodes left out.
 pub fn groups(ifc: &Interface) -> Vec<Ipv6Addr> {
     use crate::nodes::ip6::solicited_node;
     let mut groups = vec![
@@ -70,13 +70,10 @@ pub fn groups(ifc: &Interface) -> Vec<Ipv6Addr> {
             groups.push(solicited_node(&net.network()));
         }
     }
-    // Solicited-node groups repeat (addresses that share their last 24 bits).
-    let mut seen = Vec::with_capacity(groups.len());
-    groups.retain(|g| {
-        let new = !seen.contains(g);
-        seen.push(*g);
-        new
-    });
+    // Solicited-node groups repeat (addresses that share their last 24 bits); a report's
+    // records may come in any order.
+    groups.sort_unstable();
+    groups.dedup();
     groups
 }
 
