@@ -591,8 +591,8 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
         service(
             "hostnet",
             HOSTNET_IP,
-            "",
-            "  - {name: http, protocol: TCP, port: 80, targetPort: 8081}\n",
+            "  type: NodePort\n",
+            "  - {name: http, protocol: TCP, port: 80, targetPort: 8081, nodePort: 30081}\n",
         ),
         format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
@@ -728,6 +728,19 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
         let out = lab.exec_t(
             Ns::Node,
             &format!("socat -T 2 -t 2 - TCP4:{HOSTNET_IP}:80,connect-timeout=2 </dev/null"),
+            Duration::from_secs(6),
+        );
+        let answer = text(&out.stdout).trim().to_string();
+        (answer == format!("host {HOSTNET_IP}"))
+            .then_some(())
+            .ok_or(format!("{} {answer} {}", out.status, text(&out.stderr)))
+    });
+    // And through the Service's NodePort on the node's own address: the cluster IP stands
+    // in for the host, whose answer goes back as from the NodePort.
+    eventually("the node's NodePort to its own endpoint answered", || {
+        let out = lab.exec_t(
+            Ns::Node,
+            &format!("socat -T 2 -t 2 - TCP4:{NODE_C0}:30081,connect-timeout=2 </dev/null"),
             Duration::from_secs(6),
         );
         let answer = text(&out.stdout).trim().to_string();

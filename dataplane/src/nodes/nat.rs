@@ -69,7 +69,7 @@ node_errors! {
         Delivered = ("delivered", "direct server return: sent to a local backend unchanged"),
         SourceDenied = ("source_denied", "new connection to a load-balancer IP from outside its loadBalancerSourceRanges: dropped"),
         HandedOff = ("handed_off", "packets of connections another worker tracks: handed to it"),
-        HostToItself = ("host_to_itself", "the host's connection to a service address of its own (a NodePort on the node's address) whose endpoint is the host itself: dropped, not supported"),
+        HostToItself = ("host_to_itself", "the host's connection to a service address of its own whose endpoint is the host itself, with no cluster IP of the family to stand in for the host: dropped"),
         NoServicePort = ("no_service_port", "new connection to a cluster IP on a port or protocol no service has: refused (a later fragment: dropped)"),
     }
 }
@@ -601,9 +601,8 @@ fn new_connection<B: PacketBuffer>(
             cx,
             services,
             t,
-            backend.addr,
-            backend.port,
-            pkt.meta.local_origin,
+            (backend.addr, backend.port),
+            frontend.affinity_key.addr,
         ) {
             Some(a) => a,
             None => return Next::Drop,
@@ -689,32 +688,36 @@ fn addr_words(a: IpAddr) -> [u32; 4] {
     }
 }
 
-/// This node's address towards `backend` (for the host reaching itself, the Service's) and a
-/// free port on it for the connection `t`; `None`, counted by why, when there is none.
+/// This node's address towards `backend` (for the host reaching itself, a Service address)
+/// and a free port on it for the connection `t`; `None`, counted by why, when there is none.
+/// `cluster_ip` is the Service's cluster IP of the connection's family.
 fn snat<B>(
     cx: &mut Context<'_, B>,
     services: &Services,
     t: &Tuple,
-    backend: IpAddr,
-    backend_port: u16,
-    pkt_from_host: bool,
+    (backend, backend_port): (IpAddr, u16),
+    cluster_ip: IpAddr,
 ) -> Option<(IpAddr, u16)> {
     let addr = match source_towards(cx.tables, backend) {
         Some(addr) => addr,
         // The host reaching a Service whose endpoint is the host itself (through the punt
         // device): both ends are the host's own addresses, so from either the host would
-        // answer over its loopback and this node would never see the answer. The Service's
-        // address stands in for the client instead: the host's answer to it takes the route
-        // into this node, which translates it back. (kube-proxy's DNAT in OUTPUT needs no
-        // such help, the kernel un-translates on loopback.)
-        None if is_local(cx.tables, backend) && !is_local(cx.tables, t.key.dst) => t.key.dst,
-        // A Service address that is the host's own as well, a NodePort on the node's address
-        // (the punt device's policy routing brings the host's own connections to NodePorts
-        // here): no address of either end would bring the host's answer back through this
-        // node. Not supported; counted apart from a shortage of ports.
-        None if pkt_from_host && is_local(cx.tables, backend) => {
-            cx.error(NatError::HostToItself);
-            return None;
+        // answer over its loopback and this node would never see the answer. A Service
+        // address stands in for the client instead: the one the host connected to, or, for a
+        // NodePort on the node's own address, the Service's cluster IP. The host's answer to
+        // it takes the route into this node, which translates it back. (kube-proxy's DNAT in
+        // OUTPUT needs no such help, the kernel un-translates on loopback.)
+        None if is_local(cx.tables, backend) => {
+            match [t.key.dst, cluster_ip]
+                .into_iter()
+                .find(|&a| !is_local(cx.tables, a) && a.is_ipv4() == backend.is_ipv4())
+            {
+                Some(stand_in) => stand_in,
+                None => {
+                    cx.error(NatError::HostToItself);
+                    return None;
+                }
+            }
         }
         None => {
             cx.error(NatError::NoSnatPort);

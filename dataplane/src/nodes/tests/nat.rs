@@ -1005,20 +1005,43 @@ fn the_host_reaches_a_node_port_on_its_own_address_through_the_punt_path() {
     assert_eq!((dst, dport), (v4(BACKEND), 8080));
 }
 
-/// The same NodePort whose endpoint is the host itself (a host-network pod): no address
-/// would bring the host's answer back through this node, so it is not supported, and
-/// counted as such. The host's own traffic to ports of its own that no Service has goes
-/// back to the host, which delivers it to itself as it would have.
+/// The same NodePort whose endpoint is the host itself (a host-network pod): the Service's
+/// cluster IP stands in for the host as the client, so that the host's answer (to the
+/// cluster IP) comes back through the punt device, where it is translated back to come from
+/// the NodePort. The host's own traffic to ports of its own that no Service has goes back to
+/// the host, which delivers it to itself as it would have.
 #[test]
-fn the_host_to_its_own_node_port_served_by_itself_is_dropped_and_other_ports_go_back() {
+fn the_host_reaches_its_own_node_port_served_by_itself_and_other_ports_go_back() {
     let node = v4("198.18.1.1");
     let mut r = Rig::with_services(&[service(vec![Endpoint::ready(node.into(), 8080, true)])]);
     r.tables.punt_to_host = true;
     from_host(&mut r, &tcp(node, node, 40000, 30080, TcpFlags::SYN));
     let (punted, sent) = punted_and_sent(&mut r);
-    assert!(punted.is_empty() && sent.is_empty(), "{punted:?} {sent:?}");
-    assert_eq!(r.count("ip4-nat", "host_to_itself"), 1);
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(punted.len(), 1, "to the host's endpoint");
+    let (src, sport, dst, dport) = checked_tcp4_ends(&punted[0]);
+    assert_eq!(
+        (src, dst, dport),
+        (v4(VIP), node, 8080),
+        "from the cluster IP"
+    );
+    assert_eq!(r.count("ip4-nat", "host_to_itself"), 0);
     assert_eq!(r.count("ip4-nat", "no_snat_port"), 0);
+    // The host answers the cluster IP through the punt device; the answer goes back to the
+    // host as from the NodePort.
+    from_host(
+        &mut r,
+        &tcp(node, v4(VIP), 8080, sport, TcpFlags::SYN | TcpFlags::ACK),
+    );
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(punted.len(), 1, "{punted:?}");
+    assert_eq!(checked_tcp4_ends(&punted[0]), (node, 30080, node, 40000));
+    // And the host's next segment follows the connection.
+    from_host(&mut r, &tcp(node, node, 40000, 30080, TcpFlags::ACK));
+    let (punted, _) = punted_and_sent(&mut r);
+    assert_eq!(punted.len(), 1, "{punted:?}");
+    assert_eq!(checked_tcp4_ends(&punted[0]), (v4(VIP), sport, node, 8080));
 
     let other = udp(node, node, 5000, 30999);
     from_host(&mut r, &other);
