@@ -52,11 +52,12 @@
 //!   Keeping the client's address is the point of Local, so Local traffic is not rewritten. A
 //!   cluster IP reached from outside the cluster (a route to the service range pointing at a
 //!   node) is masqueraded for the same reason as Cluster traffic (kube-proxy does so when it
-//!   can tell cluster traffic from the rest, which is the dataplane's to tell here). Two cases
-//!   kube-proxy also masquerades are the dataplane's to spot, as they depend on the packet, not
-//!   the Service: traffic the node itself originates towards a NodePort or LB address with
-//!   externalTrafficPolicy Local, and hairpin traffic (a backend reaching itself through its
-//!   Service).
+//!   can tell cluster traffic from the rest, which is the dataplane's to tell here). Three
+//!   cases kube-proxy also masquerades are the dataplane's to spot, as they depend on the
+//!   packet, not the Service: traffic the node itself originates towards a NodePort or LB
+//!   address with externalTrafficPolicy Local, the node's own traffic to a cluster IP when
+//!   pods are told by their addresses (its source is not a pod's), and hairpin traffic (a
+//!   backend reaching itself through its Service).
 //!
 //! # Frontends
 //!
@@ -229,7 +230,7 @@ pub struct Endpoint {
     pub is_local: bool,
     /// EndpointConditions.ready (absent in the API means true).
     pub ready: bool,
-    /// EndpointConditions.serving (absent means: same as ready).
+    /// EndpointConditions.serving (absent means true, as kube-proxy reads it).
     pub serving: bool,
     /// EndpointConditions.terminating (absent means false).
     pub terminating: bool,

@@ -101,7 +101,8 @@ pub struct AgentArgs {
     #[arg(long)]
     pub masquerade_all: bool,
 
-    /// Only handle Services whose service.kubernetes.io/service-proxy-name label is this.
+    /// Also handle Services whose service.kubernetes.io/service-proxy-name label is this
+    /// (unlabelled Services are handled either way; other names belong to other proxies).
     #[arg(long)]
     pub service_proxy_name: Option<String>,
 

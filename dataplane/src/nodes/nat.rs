@@ -580,8 +580,14 @@ fn new_connection<B: PacketBuffer>(
     // load-balancer IPs follow their externalTrafficPolicy, so Local keeps the client address.
     let masquerade = backend.addr == src
         || match frontend.kind {
+            // By the source address alone, as kube-proxy's `ip saddr != <cluster CIDR>`: the
+            // node's own traffic counts as internal for the traffic policies but is not a
+            // pod's, so it is masqueraded too when there is a cluster CIDR to tell pods by.
             FrontendKind::ClusterIp => {
-                services.masquerade_all || (!internal && frontend.masquerade_external)
+                services.masquerade_all
+                    || (frontend.masquerade_external
+                        && !services.cluster_cidrs.is_empty()
+                        && !services.is_cluster_source(src))
             }
             _ if internal => frontend.masquerade_internal || pkt.meta.local_origin,
             _ => frontend.masquerade_external,

@@ -183,3 +183,49 @@ fn kube_proxy_duplicate_endpoints_keep_the_non_terminating_copy() {
         }
     }
 }
+
+/// A named targetPort resolves per pod: the EndpointSlice controller puts pods whose named
+/// port has different numbers in different slices, and kube-proxy keys each endpoint by
+/// address and that slice's port number. One Service port then balances over endpoints on
+/// different ports, each reached on its own.
+#[test]
+fn kube_proxy_a_named_target_port_resolves_per_endpoint() {
+    let on = |addr: &str, number: u16| Endpoint::ready(ip(addr), number, false);
+    let table = compile(service(vec![port(
+        "http",
+        80,
+        vec![on("198.18.0.1", 8080), on("198.18.0.2", 9090)],
+    )]));
+    match &at(&table, "198.51.100.10", 80).internal {
+        Target::Backends(set) => assert_eq!(
+            set.backends
+                .iter()
+                .map(|b| (b.addr, b.port))
+                .collect::<Vec<_>>(),
+            vec![(ip("198.18.0.1"), 8080), (ip("198.18.0.2"), 9090)]
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `CategorizeEndpoints` with externalTrafficPolicy Local: a local endpoint that is
+/// terminating but still serving is used for external traffic when no local one is ready,
+/// even though ready endpoints exist on other nodes (those stay for internal traffic).
+#[test]
+fn kube_proxy_local_policy_prefers_a_local_terminating_endpoint_to_dropping() {
+    let local_going = Endpoint {
+        ready: false,
+        serving: true,
+        terminating: true,
+        ..endpoint("198.18.0.1", true)
+    };
+    let mut http = port("http", 80, vec![local_going, endpoint("198.18.0.2", false)]);
+    http.node_port = Some(30080);
+    let mut svc = service(vec![http]);
+    svc.external_traffic_policy = TrafficPolicy::Local;
+    let table = compile(svc);
+    let node_port = at(&table, "0.0.0.0", 30080);
+    assert_eq!(addrs(&node_port.external), vec![ip("198.18.0.1")]);
+    assert_eq!(addrs(&node_port.internal), vec![ip("198.18.0.2")]);
+    assert!(!node_port.masquerade_external);
+}

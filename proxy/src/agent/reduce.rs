@@ -394,15 +394,20 @@ impl Context<'_> {
 
 /// True if an object with `meta`'s labels is for the proxy named `proxy_name`: kube-proxy's
 /// informer selector `!service.kubernetes.io/service-proxy-name,
-/// !service.kubernetes.io/headless`, with our own name let through.
+/// !service.kubernetes.io/headless`, with our own name let through. The headless label
+/// rules an object out whatever its proxy name, as the watch's selector with a proxy name
+/// (`!service.kubernetes.io/headless`) does, so both sources see the same objects.
 fn is_ours(meta: &ObjectMeta, proxy_name: Option<&str>) -> bool {
     let Some(labels) = &meta.labels else {
         return true;
     };
-    if let Some(owner) = labels.get(LABEL_SERVICE_PROXY_NAME) {
-        return Some(owner.as_str()) == proxy_name;
+    if labels.contains_key(LABEL_HEADLESS) {
+        return false;
     }
-    !labels.contains_key(LABEL_HEADLESS)
+    match labels.get(LABEL_SERVICE_PROXY_NAME) {
+        Some(owner) => Some(owner.as_str()) == proxy_name,
+        None => true,
+    }
 }
 
 /// The EndpointSlices of each Service, by (namespace, Service name), each list in slice-name

@@ -320,3 +320,56 @@ fn every_node_for_the_mesh_and_heartbeats_wake_nobody() {
             .is_some_and(|a| a.contains_key("kube-router.io/peer.ips"))
     });
 }
+
+/// kube-proxy's informers watch with the selector `!service.kubernetes.io/service-proxy-name,
+/// !service.kubernetes.io/headless`, so an object that takes one of those labels later leaves
+/// its store (the watch reports it deleted) and comes back when the label goes: a Service and
+/// its EndpointSlice handed to another proxy, then back.
+#[test]
+fn objects_leave_and_return_as_their_labels_change() {
+    let server = Server::start();
+    let slice = |labels: serde_json::Value| {
+        let mut l = serde_json::json!({crate::agent::reduce::LABEL_SERVICE_NAME: "web"});
+        if let (Some(l), Some(extra)) = (l.as_object_mut(), labels.as_object()) {
+            l.extend(extra.clone());
+        }
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "default", "labels": l},
+            "addressType": "IPv4",
+            "ports": [{"name": "", "protocol": "TCP", "port": 8080}],
+            "endpoints": [{"addresses": ["198.18.2.3"]}]
+        })
+    };
+    let none = serde_json::json!({});
+    server
+        .api
+        .create(&service("web", none.clone()))
+        .expect("create");
+    server.api.create(&slice(none.clone())).expect("create");
+    let mut source = server.source(None);
+    until(&mut source, "the first list", |s| {
+        service_names(s) == ["web"] && s.endpoint_slices.len() == 1
+    });
+    for label in [
+        serde_json::json!({LABEL_SERVICE_PROXY_NAME: "someone-else"}),
+        serde_json::json!({LABEL_HEADLESS: ""}),
+    ] {
+        server
+            .api
+            .update(&service("web", label.clone()))
+            .expect("update");
+        server.api.update(&slice(label.clone())).expect("update");
+        until(&mut source, &format!("objects labelled {label}"), |s| {
+            s.services.is_empty() && s.endpoint_slices.is_empty()
+        });
+        server
+            .api
+            .update(&service("web", none.clone()))
+            .expect("update");
+        server.api.update(&slice(none.clone())).expect("update");
+        until(&mut source, "the label gone", |s| {
+            service_names(s) == ["web"] && s.endpoint_slices.len() == 1
+        });
+    }
+}

@@ -166,6 +166,15 @@ fn which_services_are_proxied() {
             None,
             false,
         ),
+        // The headless label rules out a Service whatever its proxy name, as the watch's
+        // selector does with a proxy name (`!service.kubernetes.io/headless`).
+        (
+            "ours-headless-label",
+            format!("labels: {{{PROXY}: switchyard, {HEADLESS}: ''}}"),
+            "",
+            Some("switchyard"),
+            false,
+        ),
         (
             "unrelated-label",
             "labels: {app: web}".into(),
@@ -227,6 +236,17 @@ fn endpoint_slices_of_other_proxies_and_headless_services_are_ignored() {
         let s = one(&(svc("web", "", "", HTTP) + &labelled(label)));
         assert!(s.ports[0].endpoints.is_empty(), "{label}");
     }
+    // Labelled with our own proxy name as well: the headless label still rules it out.
+    let ours_headless = labelled(
+        "service.kubernetes.io/service-proxy-name: switchyard, service.kubernetes.io/headless: ''",
+    );
+    let (services, errors) = services(
+        &store(&(svc("web", "", "", HTTP) + &ours_headless)),
+        NODE,
+        Some("switchyard"),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(services[0].ports[0].endpoints.is_empty());
 }
 
 #[test]

@@ -308,3 +308,127 @@ fn kube_proxy_udp_flows_to_a_terminating_but_serving_pod_are_kept() {
     assert_eq!(r.state.conntrack.len(), 0);
     assert_eq!(to(&r.send(0, &datagram)), v4(REMOTE_POD));
 }
+
+/// The node's own traffic to a cluster IP (kube-proxy's OUTPUT path; here the punt device)
+/// is masqueraded when a local traffic detector is set: kube-proxy's rule is `ip saddr !=
+/// <cluster CIDR> ip daddr <cluster IP> jump mark-for-masquerade`, and the node's address is
+/// not a pod's. (The interface-name detectors say the same: the host's packets come in on no
+/// pod interface.) The backend sees the node's address towards it, as from any other
+/// masqueraded client, and the answer still reaches the host from the cluster IP.
+#[test]
+fn kube_proxy_the_hosts_traffic_to_a_cluster_ip_is_masqueraded_with_a_cluster_cidr() {
+    let mut r = Rig::with_pod_network(&[service(vec![Endpoint::ready(
+        v4(REMOTE_POD).into(),
+        8080,
+        false,
+    )])]);
+    r.tables.punt_to_host = true;
+    let node = v4(NODE_ADDR);
+    from_host(&mut r, &tcp(node, v4(VIP), 40000, 80, TcpFlags::SYN));
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(punted.is_empty(), "{punted:?}");
+    let (port, src, dst, sport, dport, _) = one_tcp(&sent);
+    assert_eq!(
+        (port, src, dst, dport),
+        (1, v4("198.18.2.1"), v4(REMOTE_POD), 8080),
+        "masqueraded to the address towards the pod"
+    );
+    assert_eq!(r.count("ip4-nat", "masqueraded"), 1);
+    // The pod's answer goes back to the host, from the cluster IP.
+    let synack = tcp(
+        v4(REMOTE_POD),
+        src,
+        8080,
+        sport,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    let mac = SERVER_MAC;
+    r.graph.receive(Packet::received(
+        HeapBuffer::from_bytes(&eth(MAC1, mac, 0x0800, &synack)),
+        1,
+    ));
+    let (punted, sent) = punted_and_sent(&mut r);
+    assert!(sent.is_empty(), "{sent:?}");
+    assert_eq!(punted.len(), 1, "to the host");
+    let ip = Ipv4Packet::new_checked(&punted[0][..]).unwrap();
+    let seg = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!(
+        (ip.src_addr(), seg.src_port(), ip.dst_addr(), seg.dst_port()),
+        (v4(VIP), 80, node, 40000)
+    );
+}
+
+/// Without a local traffic detector (no `--cluster-cidr`) kube-proxy has no rule to tell pods
+/// from anyone else, and masquerades nothing sent to a cluster IP: the host's traffic keeps
+/// its address too.
+#[test]
+fn kube_proxy_the_hosts_traffic_to_a_cluster_ip_keeps_its_address_without_a_cluster_cidr() {
+    let mut r = Rig::with_services(&[service(vec![backend()])]);
+    r.tables.punt_to_host = true;
+    let node = v4(NODE_ADDR);
+    from_host(&mut r, &tcp(node, v4(VIP), 40000, 80, TcpFlags::SYN));
+    let (_, sent) = punted_and_sent(&mut r);
+    let (_, src, dst, sport, _, _) = one_tcp(&sent);
+    assert_eq!((src, dst, sport), (node, v4(BACKEND), 40000));
+    assert_eq!(r.count("ip4-nat", "masqueraded"), 0);
+}
+
+/// A Service deleted and created again with the same cluster IP (kube-proxy's conntrack
+/// cleanup, `DeletedUDPClusterIPs` and stale endpoints): its UDP flows are forgotten with
+/// the Service, so a client that keeps sending reaches the new Service's endpoint once it is
+/// there; its TCP connections are left to conntrack, as kube-proxy leaves them, and keep
+/// their backend.
+#[test]
+fn kube_proxy_a_service_deleted_and_recreated_with_its_ip() {
+    let old = Endpoint::ready(v4(REMOTE_POD).into(), 8080, false);
+    let new = Endpoint::ready(v4(OTHER_POD).into(), 8080, false);
+    let mut r = Rig::with_pod_network(&[service(vec![old])]);
+    let datagram = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x0800,
+        &udp(v4(CLIENT), v4(VIP), 5000, 80),
+    );
+    let to = |out: &[(u16, Vec<u8>)]| {
+        assert_eq!(out.len(), 1, "{out:?}");
+        ip4_of(&out[0].1).dst_addr()
+    };
+    assert_eq!(to(&r.send(0, &datagram)), v4(REMOTE_POD));
+    let (_, src, dst, sport, _, _) = one_tcp(&r.syn(CLIENT, VIP, 40000, 80));
+    assert_eq!(dst, v4(REMOTE_POD));
+    let synack = tcp(
+        v4(REMOTE_POD),
+        src,
+        8080,
+        sport,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    assert_eq!(
+        one_tcp(&r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack))).2,
+        v4(CLIENT)
+    );
+    assert_eq!(r.state.conntrack.len(), 2);
+
+    // Deleted (another Service stays): the UDP flow goes, the TCP connection stays.
+    let other = Service {
+        name: ServiceName {
+            namespace: "default".into(),
+            name: "other".into(),
+        },
+        cluster_ips: vec![v4("198.51.100.99").into()],
+        ..service(vec![backend()])
+    };
+    let mut other = other;
+    for port in &mut other.ports {
+        port.node_port = None;
+    }
+    r.set_services(std::slice::from_ref(&other), 3);
+    assert_eq!(r.state.conntrack.len(), 1);
+
+    // Created again with the same cluster IP and another endpoint.
+    r.set_services(&[other, service(vec![new])], 4);
+    assert_eq!(to(&r.send(0, &datagram)), v4(OTHER_POD));
+    let ack = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::ACK);
+    let (_, _, dst, _, _, _) = one_tcp(&r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ack)));
+    assert_eq!(dst, v4(REMOTE_POD), "the TCP connection keeps its backend");
+}
