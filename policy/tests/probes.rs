@@ -637,3 +637,350 @@ fn runtime_relabels_change_verdicts() {
     compiler.upsert_namespace(y);
     assert!(!ask(&compiler, &c));
 }
+
+// Probes of the second conformance review: the cases of the API reference and the cyclonus
+// truth tables not spelled out above.
+
+#[test]
+fn ingress_only_types_ignore_egress_rules() {
+    // policyTypes [Ingress] with egress rules: the egress rules are ignored and egress stays
+    // open, even though the rules would have narrowed it.
+    let c = cluster(vec![with(
+        policy("x", "p", sel(&[("pod", "a")])),
+        Some(vec![PolicyType::Ingress]),
+        Some(vec![rule(
+            Some(vec![Peer::pods(sel(&[("pod", "b")]))]),
+            None,
+        )]),
+        Some(vec![rule(
+            Some(vec![Peer::pods(sel(&[("pod", "zzz")]))]),
+            None,
+        )]),
+    )]);
+    expect(
+        &c,
+        &[
+            ("x/a", "y/c", TCP, 80, true),
+            ("x/a", "203.0.113.1", UDP, 53, true),
+            ("x/b", "x/a", TCP, 80, true),
+            ("x/c", "x/a", TCP, 80, false),
+        ],
+    );
+}
+
+#[test]
+fn explicit_empty_peer_and_port_lists_are_every_peer_and_port() {
+    // `from: []` and `ports: []` are "empty or missing": every source, every port and
+    // protocol, cluster-external addresses included. `ingress: []` is no rule: deny.
+    let c = cluster(vec![with(
+        policy("x", "p", sel(&[("pod", "a")])),
+        None,
+        Some(vec![rule(Some(vec![]), Some(vec![]))]),
+        None,
+    )]);
+    expect(
+        &c,
+        &[
+            ("z/c", "x/a", TCP, 80, true),
+            ("z/c", "x/a", SCTP, 9, true),
+            ("203.0.113.1", "x/a", UDP, 5353, true),
+        ],
+    );
+    let deny = cluster(vec![with(
+        policy("x", "p", sel(&[("pod", "a")])),
+        Some(vec![PolicyType::Ingress, PolicyType::Egress]),
+        Some(vec![]),
+        Some(vec![]),
+    )]);
+    expect(
+        &deny,
+        &[
+            ("x/b", "x/a", TCP, 80, false),
+            ("x/a", "x/b", TCP, 80, false),
+            ("x/b", "x/c", TCP, 80, true),
+        ],
+    );
+    // An egress rule with only `to: []` and ports: every destination on those ports.
+    let dns = cluster(vec![with(
+        policy("x", "p", LabelSelector::everything()),
+        Some(vec![PolicyType::Egress]),
+        None,
+        Some(vec![rule(
+            Some(vec![]),
+            Some(vec![PortSpec::number(Protocol::Udp, 53)]),
+        )]),
+    )]);
+    expect(
+        &dns,
+        &[
+            ("x/a", "z/c", UDP, 53, true),
+            ("x/a", "203.0.113.1", UDP, 53, true),
+            ("x/a", "z/c", TCP, 53, false),
+        ],
+    );
+}
+
+#[test]
+fn namespace_selector_expressions_read_namespace_labels() {
+    // y and z carry `ns`; only z carries `tier`. NotIn matches a namespace without the key.
+    let mut c = cluster(vec![]);
+    for ns in &mut c.namespaces {
+        if ns.name == "z" {
+            ns.labels.insert("tier".into(), "gold".into());
+        }
+    }
+    let with_peer = |peer: Peer| {
+        let mut c = c.clone();
+        c.policies = vec![with(
+            policy("x", "p", sel(&[("pod", "a")])),
+            None,
+            Some(vec![rule(Some(vec![peer]), None)]),
+            None,
+        )];
+        c
+    };
+    let not_gold =
+        LabelSelector::default().with_expression("tier", SelectorOperator::NotIn, &["gold"]);
+    expect(
+        &with_peer(Peer::namespaces(not_gold)),
+        &[
+            ("y/b", "x/a", TCP, 80, true),
+            ("x/b", "x/a", TCP, 80, true),
+            ("z/b", "x/a", TCP, 80, false),
+        ],
+    );
+    let has_tier = LabelSelector::default().with_expression("tier", SelectorOperator::Exists, &[]);
+    expect(
+        &with_peer(Peer::namespaces(has_tier)),
+        &[
+            ("z/b", "x/a", TCP, 80, true),
+            ("y/b", "x/a", TCP, 80, false),
+        ],
+    );
+    let no_tier =
+        LabelSelector::default().with_expression("tier", SelectorOperator::DoesNotExist, &[]);
+    // Both selectors in one peer: pods `b` of namespaces without `tier`.
+    expect(
+        &with_peer(Peer::pods_in_namespaces(sel(&[("pod", "b")]), no_tier)),
+        &[
+            ("y/b", "x/a", TCP, 80, true),
+            ("x/b", "x/a", TCP, 80, true),
+            ("y/c", "x/a", TCP, 80, false),
+            ("z/b", "x/a", TCP, 80, false),
+        ],
+    );
+}
+
+#[test]
+fn ip_block_host_bits_are_cleared_as_the_api_server_does() {
+    // The API server's (legacy) CIDR parsing takes "10.0.1.77/24" as 10.0.1.0/24, for `cidr`
+    // and `except` alike, IPv4 and IPv6.
+    let mut c = cluster(vec![with(
+        policy("x", "p", sel(&[("pod", "a")])),
+        None,
+        Some(vec![rule(
+            Some(vec![
+                Peer::ip_block("10.0.1.77/24", &["10.0.1.3/31"]),
+                Peer::ip_block("2001:db8:aa::1/48", &["2001:db8:aa:1::9/64"]),
+            ]),
+            None,
+        )]),
+        None,
+    )]);
+    for p in &mut c.pods {
+        if p.namespace == "x" && p.name == "a" {
+            p.ips.push(ip("2001:db8:ff::1"));
+        }
+    }
+    expect(
+        &c,
+        &[
+            ("y/a", "x/a", TCP, 80, true),
+            ("y/b", "x/a", TCP, 80, false),
+            ("y/c", "x/a", TCP, 80, false),
+            ("10.0.1.200", "x/a", TCP, 80, true),
+            ("10.0.2.1", "x/a", TCP, 80, false),
+            ("2001:db8:aa:2::5", "x/a", TCP, 80, true),
+            ("2001:db8:aa:1::5", "x/a", TCP, 80, false),
+        ],
+    );
+    assert!(
+        compile(&c).errors().is_empty(),
+        "{:?}",
+        compile(&c).errors()
+    );
+}
+
+#[test]
+fn end_port_equal_to_port_and_ranges_of_each_protocol() {
+    let c = cluster(vec![with(
+        policy("x", "p", sel(&[("pod", "a")])),
+        None,
+        Some(vec![rule(
+            None,
+            Some(vec![
+                PortSpec::range(Protocol::Tcp, 80, 80),
+                PortSpec::range(Protocol::Udp, 5000, 5010),
+                PortSpec::range(Protocol::Sctp, 9, 10),
+            ]),
+        )]),
+        None,
+    )]);
+    expect(
+        &c,
+        &[
+            ("y/b", "x/a", TCP, 80, true),
+            ("y/b", "x/a", TCP, 81, false),
+            ("y/b", "x/a", UDP, 5010, true),
+            ("y/b", "x/a", UDP, 5011, false),
+            ("y/b", "x/a", TCP, 5005, false),
+            ("y/b", "x/a", SCTP, 10, true),
+            ("y/b", "x/a", UDP, 9, false),
+        ],
+    );
+    assert!(compile(&c).errors().is_empty());
+}
+
+#[test]
+fn isolation_is_per_direction_across_policies() {
+    // One policy isolates x/a for ingress, another for egress; each direction is the union of
+    // its own policies only, and a policy that isolates egress says nothing about ingress.
+    let c = cluster(vec![
+        with(
+            policy("x", "in", sel(&[("pod", "a")])),
+            Some(vec![PolicyType::Ingress]),
+            Some(vec![rule(
+                Some(vec![Peer::pods(sel(&[("pod", "b")]))]),
+                None,
+            )]),
+            None,
+        ),
+        with(
+            policy("x", "out", sel(&[("pod", "a")])),
+            Some(vec![PolicyType::Egress]),
+            None,
+            Some(vec![rule(
+                Some(vec![Peer::namespaces(sel(&[("ns", "y")]))]),
+                None,
+            )]),
+        ),
+        with(
+            policy("x", "out-too", sel(&[("pod", "c")])),
+            Some(vec![PolicyType::Egress]),
+            None,
+            Some(vec![rule(
+                None,
+                Some(vec![PortSpec::number(Protocol::Udp, 53)]),
+            )]),
+        ),
+    ]);
+    expect(
+        &c,
+        &[
+            ("x/b", "x/a", TCP, 80, true),
+            ("y/b", "x/a", TCP, 80, false),
+            ("x/a", "y/c", TCP, 80, true),
+            ("x/a", "z/c", TCP, 80, false),
+            ("x/a", "z/c", UDP, 53, false),
+            // x/c is egress-isolated by `out-too` only; x/b not at all.
+            ("x/c", "y/c", TCP, 80, false),
+            ("x/c", "y/c", UDP, 53, true),
+            ("x/b", "z/c", TCP, 80, true),
+            // Nothing isolates z/*.
+            ("z/a", "z/b", TCP, 80, true),
+        ],
+    );
+}
+
+#[test]
+fn egress_named_port_of_a_dual_stack_destination() {
+    // Named ports resolve against the destination pod whichever of its addresses is used.
+    let mut c = cluster(vec![with(
+        policy("x", "p", sel(&[("pod", "a")])),
+        Some(vec![PolicyType::Egress]),
+        None,
+        Some(vec![rule(
+            Some(vec![Peer::namespaces(sel(&[("ns", "y")]))]),
+            Some(vec![PortSpec::named(Protocol::Udp, "serve-53")]),
+        )]),
+    )]);
+    for p in &mut c.pods {
+        match (p.namespace.as_str(), p.name.as_str()) {
+            ("x", "a") => p.ips.push(ip("2001:db8::a")),
+            ("y", "b") => p.ips = vec![ip("2001:db8:1::b")],
+            _ => {}
+        }
+    }
+    expect(
+        &c,
+        &[
+            ("x/a", "y/b", UDP, 53, true),
+            ("x/a", "y/b", TCP, 53, false),
+            ("x/a", "y/b", UDP, 80, false),
+            ("x/a", "y/a", UDP, 53, true),
+            ("x/a", "z/a", UDP, 53, false),
+        ],
+    );
+}
+
+#[test]
+fn changes_take_effect_for_new_connections() {
+    // Through the incremental compiler, as the agent drives it: a pod's new address, a
+    // policy's deletion and a pod leaving the policy's selector each change the next verdict.
+    let mut c = cluster(vec![with(
+        policy("x", "p", sel(&[("pod", "a")])),
+        None,
+        Some(vec![rule(
+            Some(vec![Peer::ip_block("10.0.1.2/32", &[])]),
+            None,
+        )]),
+        None,
+    )]);
+    let mut compiler = PolicyCompiler::from_cluster(&c);
+    let ask = |compiler: &PolicyCompiler, c: &Cluster, from: &str, to: &str| {
+        let (from, to) = (pod(from), pod(to));
+        let (s, d) = flow_addresses(c, &from, &to).expect("addresses");
+        let got = compiler.snapshot().flow_allowed(s, d, TCP, 80);
+        assert_eq!(got, compile(c).flow_allowed(s, d, TCP, 80));
+        assert_eq!(got, reference::allowed(c, &from, &to, TCP, 80));
+        got
+    };
+    assert!(ask(&compiler, &c, "y/b", "x/a"));
+    assert!(!ask(&compiler, &c, "y/c", "x/a"));
+    // y/b and y/c swap addresses (a pod replaced, its address reused).
+    let (b_ip, c_ip) = (ip("10.0.1.2"), ip("10.0.1.3"));
+    for p in &mut c.pods {
+        if p.namespace == "y" && p.name == "b" {
+            p.ips = vec![c_ip];
+            compiler.upsert_pod(p.clone());
+        }
+    }
+    for p in &mut c.pods {
+        if p.namespace == "y" && p.name == "c" {
+            p.ips = vec![b_ip];
+            compiler.upsert_pod(p.clone());
+        }
+    }
+    assert!(!ask(&compiler, &c, "y/b", "x/a"));
+    assert!(ask(&compiler, &c, "y/c", "x/a"));
+    // x/a relabelled out of the selector: open again.
+    for p in &mut c.pods {
+        if p.namespace == "x" && p.name == "a" {
+            p.labels = labels(&[("pod", "a2")]);
+            compiler.upsert_pod(p.clone());
+        }
+    }
+    assert!(ask(&compiler, &c, "y/b", "x/a"));
+    for p in &mut c.pods {
+        if p.namespace == "x" && p.name == "a" {
+            p.labels = labels(&[("pod", "a")]);
+            compiler.upsert_pod(p.clone());
+        }
+    }
+    assert!(!ask(&compiler, &c, "y/b", "x/a"));
+    // The policy deleted: open again.
+    compiler.remove_policy(&PolicyKey::new("x", "p"));
+    c.policies.clear();
+    assert!(ask(&compiler, &c, "y/b", "x/a"));
+    compiler.check_indexes().expect("indexes");
+}

@@ -6,7 +6,10 @@
 //! a packet of a tracked connection (either way) passes without a rule check, an allowed
 //! new flow is tracked so that its replies pass, and ICMP errors about a tracked flow pass.
 //! A client's SYN on the tuples of a closed or closing TCP connection (port reuse) opens a
-//! new connection: it is judged as one, under the policy in force when it comes.
+//! new connection: it is judged as one, under the policy in force when it comes. So is an
+//! echo request the wrong way round for the ping it keys to (the pinged end's own ping with
+//! the same identifier): only the echo reply is a reply. A TCP, UDP or SCTP packet without a
+//! whole transport header has nothing to judge it by and is dropped when an ACL applies.
 //! Traffic this node originates is allowed (the node's own traffic convention); a denied
 //! new service connection is forgotten again.
 //!
@@ -19,7 +22,7 @@
 use std::net::IpAddr;
 
 use crate::buffer::PacketBuffer;
-use crate::conntrack::{FlowKey, Verdict, PROTO_ICMP, PROTO_ICMPV6};
+use crate::conntrack::{Direction as ConnDirection, FlowKey, Verdict, PROTO_ICMP, PROTO_ICMPV6};
 use crate::graph::{Context, NextIndex, Node, Packet, DROP, HANDOFF};
 use crate::nat::{self, Tuple};
 use crate::policy::{AclDirection, PolicyTables};
@@ -39,6 +42,7 @@ node_errors! {
         HandedOff = ("handed_off", "packets of connections another worker tracks: handed to it"),
         TrackFailed = ("track_failed", "allowed, but the connection table refused the flow: replies may be denied"),
         FragmentFollowed = ("fragment_followed", "non-first fragments judged by their first fragment's ports"),
+        Unparsed = ("unparsed", "dropped: TCP, UDP or SCTP without a whole transport header, from or to an isolated pod"),
     }
 }
 
@@ -99,6 +103,20 @@ fn policy_key(ip: &[u8], t: &Tuple) -> FlowKey {
     t.key
 }
 
+/// For an ICMP or ICMPv6 echo (its first fragment, or whole): whether it is the request;
+/// `None` for anything else.
+#[inline]
+fn echo_request(ip: &[u8], t: &Tuple) -> Option<bool> {
+    if !(t.key.proto == PROTO_ICMP || t.key.proto == PROTO_ICMPV6) || t.later_fragment {
+        return None;
+    }
+    match (t.key.proto, *ip.get(t.l4_offset)?) {
+        (PROTO_ICMP, 8) | (PROTO_ICMPV6, 128) => Some(true),
+        (PROTO_ICMP, 0) | (PROTO_ICMPV6, 129) => Some(false),
+        _ => None,
+    }
+}
+
 /// An IPv6 multicast or link-local address (IPv4 has ARP for what these carry).
 fn is_link_scoped(addr: IpAddr) -> bool {
     match addr {
@@ -129,6 +147,14 @@ fn judge<B: PacketBuffer>(
         // to drop.
         if super::vreass::unseen_fragment(pkt) {
             return Next::Vreass;
+        }
+        // Any other TCP, UDP or SCTP packet without a whole transport header (or IPv6
+        // extension headers that do not parse) has no ports to judge or track it by. It
+        // passes only where no ACL would judge it: an isolated pod gets no packet that a rule
+        // did not admit, however malformed.
+        if judged_by_addresses(policy, pkt.buf.data()) {
+            cx.error(AclError::Unparsed);
+            return Next::Drop;
         }
         return Next::Lookup;
     };
@@ -173,8 +199,16 @@ fn judge<B: PacketBuffer>(
         return Next::Lookup;
     }
     let key = policy_key(pkt.buf.data(), &t);
+    // An echo the wrong way round for the flow it keys to (a request from the pinged end
+    // with the identifier of the other end's ping, or an unasked reply) is no reply: it is
+    // judged as a new query and not tracked over that flow's entry.
+    let mut wrong_way_echo = false;
     if !pkt.meta.conn_new {
-        if let Some((id, dir)) = cx.state.conntrack.lookup(&key, cx.now) {
+        if let Some((id, dir)) = cx.state.conntrack.lookup(&key, cx.now).filter(|(_, dir)| {
+            wrong_way_echo = echo_request(pkt.buf.data(), &t)
+                .is_some_and(|request| request != (*dir == ConnDirection::Original));
+            !wrong_way_echo
+        }) {
             // A later fragment has no TCP flags: its first moved the state for it.
             let reopened = !t.later_fragment
                 && cx
@@ -193,7 +227,7 @@ fn judge<B: PacketBuffer>(
             // own ends are the ones to judge.
             pkt.meta.conn = Some(id);
             pkt.meta.conn_new = true;
-        } else {
+        } else if !wrong_way_echo {
             let quoted = nat::quoted_tuple(pkt.buf.data(), &t).map(|(q, _)| q.key);
             if let Some(quoted) = &quoted {
                 if cx
@@ -216,7 +250,7 @@ fn judge<B: PacketBuffer>(
     }
     // Flows are tracked from their first packet; a later fragment of one that is not
     // tracked only passes.
-    let track = !pkt.meta.conn_new && !t.later_fragment;
+    let track = !pkt.meta.conn_new && !t.later_fragment && !wrong_way_echo;
     if !isolated {
         cx.error(AclError::Unisolated);
         if track {
@@ -252,6 +286,35 @@ fn judge<B: PacketBuffer>(
         track_new(cx, &key, &t);
     }
     Next::Lookup
+}
+
+/// Whether a packet whose transport header could not be read would meet an ACL: the
+/// source's egress or the destination's ingress, by the addresses of its IP header (which
+/// ip-input checked), link-scoped IPv6 left alone as for every packet. Off the common path.
+#[cold]
+fn judged_by_addresses(policy: &PolicyTables, ip: &[u8]) -> bool {
+    let ends = match ip.first().map(|b| b >> 4) {
+        Some(4) => ip.get(12..20).and_then(|a| {
+            let src: [u8; 4] = a[..4].try_into().ok()?;
+            let dst: [u8; 4] = a[4..].try_into().ok()?;
+            Some((IpAddr::from(src), IpAddr::from(dst)))
+        }),
+        Some(6) => ip.get(8..40).and_then(|a| {
+            let src: [u8; 16] = a[..16].try_into().ok()?;
+            let dst: [u8; 16] = a[16..].try_into().ok()?;
+            Some((IpAddr::from(src), IpAddr::from(dst)))
+        }),
+        _ => None,
+    };
+    // Without addresses there is nothing to pass it by: closed.
+    let Some((src, dst)) = ends else {
+        return true;
+    };
+    if is_link_scoped(src) || is_link_scoped(dst) {
+        return false;
+    }
+    policy.acl_for(src, AclDirection::Egress).is_some()
+        || policy.acl_for(dst, AclDirection::Ingress).is_some()
 }
 
 /// The addresses and destination port a packet is judged by.

@@ -6,7 +6,8 @@
 //! - **Namespaces**: name and labels, with `kubernetes.io/metadata.name` set to the name as the
 //!   API server sets it (a `--manifests` namespace that leaves it out still matches).
 //! - **Pods**: namespace, name, labels, addresses (`status.podIPs`, else `status.podIP`), the
-//!   named ports of `spec.containers[].ports[]` and whether `spec.nodeName` is this node.
+//!   named ports of `spec.containers[].ports[]` and of the sidecars (`spec.initContainers[]`
+//!   with `restartPolicy: Always`), and whether `spec.nodeName` is this node.
 //!   Left out, not errors: host-network pods (policy does not apply to them and their address is
 //!   the node's), pods without an address yet, and finished pods (`phase` Succeeded or Failed;
 //!   their address may already belong to another pod).
@@ -242,17 +243,28 @@ fn pod(
         return None;
     }
     let mut named_ports = Vec::new();
-    for (c, container) in spec
+    // The pod's containers, and its sidecars: init containers with `restartPolicy: Always`
+    // run as long as the pod and serve on their ports (a Service's named `targetPort` finds
+    // them too). Init containers that run to completion serve nothing.
+    let containers = spec
         .map(|s| s.containers.as_slice())
         .unwrap_or_default()
         .iter()
         .enumerate()
-    {
+        .map(|(c, container)| ("containers", c, container));
+    let sidecars = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+        .map(|(c, container)| ("initContainers", c, container));
+    for (list, c, container) in containers.chain(sidecars) {
         for (i, port) in container.ports.iter().flatten().enumerate() {
             let Some(port_name) = port.name.as_deref().filter(|n| !n.is_empty()) else {
                 continue;
             };
-            let field = format!("spec.containers[{c}].ports[{i}]");
+            let field = format!("spec.{list}[{c}].ports[{i}]");
             let number = match u16::try_from(port.container_port) {
                 Ok(n) if n != 0 => n,
                 _ => {

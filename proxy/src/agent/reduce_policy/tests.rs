@@ -285,3 +285,45 @@ spec:
     assert!(!compiled.flow_allowed(ip("198.51.100.1"), ip("198.18.1.2"), 6, 80));
     assert!(compiled.flow_allowed(ip("198.18.0.1"), ip("198.18.1.2"), 6, 80));
 }
+
+/// Named ports are the pod's: a sidecar's (an init container with `restartPolicy: Always`,
+/// which runs as long as the pod) count, as they do for a Service's `targetPort`; an init
+/// container that runs to completion serves nothing.
+#[test]
+fn sidecar_named_ports_are_the_pods() {
+    let (c, errors) = reduce(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: prod}
+spec:
+  nodeName: node-a
+  initContainers:
+  - name: setup
+    ports:
+    - {name: setup, containerPort: 7000}
+  - name: proxy
+    restartPolicy: Always
+    ports:
+    - {name: metrics, containerPort: 9090}
+    - {name: bad, containerPort: 0}
+  containers:
+  - name: app
+    ports:
+    - {name: http, containerPort: 8080}
+status: {podIP: 198.18.1.2}
+"#,
+    );
+    let ports: Vec<(&str, u16)> = c.pods[0]
+        .named_ports
+        .iter()
+        .map(|p| (p.name.as_str(), p.port))
+        .collect();
+    assert_eq!(ports, [("http", 8080), ("metrics", 9090)]);
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("spec.initContainers[1].ports[1].containerPort"),
+        "{lines:#?}"
+    );
+}
