@@ -1,5 +1,14 @@
 //! The punt path to the host stack: a TUN device in the router's namespace that carries what
 //! the dataplane punts to the kernel and what the kernel sends back into the graph.
+//!
+//! IPv6 link-local traffic has a device per link besides: `NAME-i` for interface `i` (a port
+//! or a VLAN subinterface) with IPv6, holding the interface's link-local address. A
+//! link-local address names a host on one link only (RFC 4291 2.5.6), and the kernel tells
+//! links apart by device (the scope of `fe80::1%NAME-1`), so a packet to or from one goes to
+//! the host through its link's device, and what the host sends out of that device to a
+//! link-local address leaves by that interface and no other. Host services then work on the
+//! ports' link-local addresses (a BGP session with a neighbor's fe80:: address), as on the
+//! global ones, which stay on the main device.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
@@ -7,7 +16,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use anyhow::Context as _;
 use switchyard_dataplane::graph::{Graph, Packet, VECTOR_SIZE};
 use switchyard_dataplane::nodes::host::{self, HostFamily};
-use switchyard_dataplane::tables::Tables;
+use switchyard_dataplane::tables::{Interface, Tables};
 use switchyard_dataplane::PacketBuffer;
 use switchyard_io::tun::{RouteRule, Tun, RT_TABLE_LOCAL};
 use switchyard_io::{Driver, IoError};
@@ -21,7 +30,8 @@ pub struct PuntCounters {
     pub to_host_dropped: u64,
     /// Packets read from the device and injected into the graph.
     pub from_host: u64,
-    /// Packets read from the device and dropped: malformed, multicast, link-local.
+    /// Packets read from the devices and dropped: malformed, multicast, link-local from the
+    /// main device or with a link-local source to a destination beyond the link.
     pub from_host_dropped: u64,
     /// Reads skipped because the driver's pool had no buffer.
     pub no_buffer: u64,
@@ -29,11 +39,29 @@ pub struct PuntCounters {
     pub read_errors: u64,
 }
 
-/// The TUN device and where its packets enter the graph.
+/// The device of one interface's link, for the host's IPv6 link-local traffic on it.
+struct LinkDevice {
+    tun: Tun,
+    /// The interface (port or VLAN subinterface) the device stands for.
+    ifc: u16,
+}
+
+/// The TUN devices and where their packets enter the graph.
 pub struct PuntPath<B> {
     /// Held for its undoing on drop (before the device's, though either order works).
     _node_port_rules: Option<HostNodePortRules>,
+    /// The main device: the router's addresses, default routes, everything but link-local.
     tun: Tun,
+    /// The links' devices, one per interface with IPv6.
+    links: Vec<LinkDevice>,
+    /// For each interface, its device's index in `links`, if it has one.
+    link_of: Vec<Option<usize>>,
+    /// Every device's descriptor, the main one first, to wait on.
+    fds: Vec<RawFd>,
+    /// The same descriptors for `poll`, when there are links' devices: one call finds which
+    /// have packets, so that polling idle devices costs one system call a turn, as reading
+    /// the main device alone did.
+    pollfds: Vec<libc::pollfd>,
     ip4_entry: usize,
     ip6_entry: usize,
     /// A buffer kept for the next read, so that polling an idle device costs no allocation.
@@ -43,9 +71,11 @@ pub struct PuntPath<B> {
 
 impl<B: PacketBuffer> PuntPath<B> {
     /// Makes the TUN device `name` in this namespace, gives it the router's addresses as host
-    /// addresses and routes everything else out of it. With `node_ports` (the agent's
-    /// NodePort range), also the host's own TCP, UDP and SCTP connections to those ports on
-    /// its own addresses ([`HostNodePortRules`]).
+    /// addresses and routes everything else out of it; and the device `name-i` of each
+    /// interface `i` with IPv6, with the interface's link-local address
+    /// ([`PuntPath::link_device`]). With `node_ports` (the agent's NodePort range), also the
+    /// host's own TCP, UDP and SCTP connections to those ports on its own addresses
+    /// ([`HostNodePortRules`]).
     pub fn new(
         name: &str,
         tables: &Tables,
@@ -111,15 +141,54 @@ impl<B: PacketBuffer> PuntPath<B> {
             )?),
             None => None,
         };
+        let mut links = Vec::new();
+        let mut link_of = vec![None; tables.interfaces.len()];
+        for (i, ifc) in tables.interfaces.iter().enumerate() {
+            if ifc.ipv6.is_empty() {
+                continue;
+            }
+            let Ok(index) = u16::try_from(i) else { break };
+            match Self::link_device(name, index, ifc) {
+                Ok(tun) => {
+                    link_of[i] = Some(links.len());
+                    links.push(LinkDevice { tun, ifc: index });
+                }
+                // The rest of the punt path works without it.
+                Err(e) => tracing::warn!(
+                    interface = %ifc.name,
+                    error = %format!("{e:#}"),
+                    "no link-local addresses for the host on this interface"
+                ),
+            }
+        }
+        let fds: Vec<RawFd> = std::iter::once(tun.as_raw_fd())
+            .chain(links.iter().map(|l| l.tun.as_raw_fd()))
+            .collect();
+        let pollfds = if links.is_empty() {
+            Vec::new()
+        } else {
+            fds.iter()
+                .map(|&fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect()
+        };
         tracing::info!(
             tun = name,
             mtu,
             addresses = v4.len() + v6.len(),
+            link_devices = links.len(),
             "punt path to the host stack ready"
         );
         Ok(PuntPath {
             _node_port_rules: node_port_rules,
             tun,
+            links,
+            link_of,
+            fds,
+            pollfds,
             ip4_entry: graph
                 .node_index(host::IP4_ENTRY)
                 .context("the graph has no ip4-lookup")?,
@@ -131,73 +200,112 @@ impl<B: PacketBuffer> PuntPath<B> {
         })
     }
 
-    /// The device's descriptor, to wait on.
-    pub fn fd(&self) -> RawFd {
-        self.tun.as_raw_fd()
+    /// Makes the device `name-i` of interface `i` (`ifc`): its MTU, IPv6 with the interface's
+    /// link-local address and no other (so the kernel routes fe80::/64 scoped to the device
+    /// out of it, and nothing else: the main device keeps the default routes).
+    fn link_device(name: &str, i: u16, ifc: &Interface) -> anyhow::Result<Tun> {
+        let link_name = format!("{name}-{i}");
+        let tun = Tun::create(&link_name)
+            .with_context(|| format!("creating TUN device {link_name} for {}", ifc.name))?;
+        tun.set_mtu(ifc.mtu)
+            .with_context(|| format!("setting the MTU of {link_name}"))?;
+        // Without this the kernel would make up a link-local address of its own for it.
+        tun.no_ipv6_link_local()
+            .with_context(|| format!("keeping the kernel's link-local address off {link_name}"))?;
+        tun.enable_ipv6()
+            .with_context(|| format!("enabling IPv6 on {link_name}"))?;
+        tun.set_up()
+            .with_context(|| format!("bringing {link_name} up"))?;
+        tun.add_link_local_address(ifc.link_local)
+            .with_context(|| format!("adding {} to {link_name}", ifc.link_local))?;
+        tracing::info!(
+            tun = %link_name,
+            interface = %ifc.name,
+            address = %ifc.link_local,
+            "link-local punt device ready"
+        );
+        Ok(tun)
     }
 
-    /// Reads at most a vector of packets from the host and injects them into the graph;
-    /// returns how many were read.
+    /// Every device's descriptor (the main one first), to wait on.
+    pub fn fds(&self) -> &[RawFd] {
+        &self.fds
+    }
+
+    /// Reads at most a vector of packets from the host (the main device first, then the
+    /// links') and injects them into the graph; returns how many were read. With links'
+    /// devices, one `poll` finds the devices with packets waiting, and only those are read.
     pub fn receive<D: Driver<Buffer = B>>(
         &mut self,
         driver: &mut D,
         graph: &mut Graph<B>,
     ) -> usize {
+        let PuntPath {
+            tun,
+            links,
+            pollfds,
+            ip4_entry,
+            ip6_entry,
+            spare,
+            counters,
+            ..
+        } = self;
+        let mut reader = Reader {
+            entries: (*ip4_entry, *ip6_entry),
+            spare,
+            counters,
+        };
+        if links.is_empty() {
+            return reader.read(tun, None, VECTOR_SIZE, driver, graph);
+        }
+        for p in pollfds.iter_mut() {
+            p.revents = 0;
+        }
+        // SAFETY: `pollfds` is a live array of pollfd of the given length; timeout 0: no wait.
+        let ready = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 0) };
+        if ready <= 0 {
+            return 0;
+        }
+        // Readable or in error (a read then says which): anything but nothing.
+        let has = |p: &libc::pollfd| p.revents != 0;
         let mut read = 0;
-        while read < VECTOR_SIZE {
-            let Some(mut buf) = self.spare.take().or_else(|| driver.alloc()) else {
-                self.counters.no_buffer += 1;
-                break;
-            };
-            buf.truncate(0);
-            let room = buf.tailroom();
-            if !buf.push_back(room) {
-                self.counters.no_buffer += 1;
-                graph.dropped.push(buf);
+        if has(&pollfds[0]) {
+            read += reader.read(tun, None, VECTOR_SIZE, driver, graph);
+        }
+        for (link, p) in links.iter_mut().zip(&pollfds[1..]) {
+            if read >= VECTOR_SIZE {
                 break;
             }
-            match self.tun.read_into(buf.data_mut()) {
-                Ok(Some(len)) => {
-                    read += 1;
-                    buf.truncate(len);
-                    match host::from_host(&mut buf) {
-                        Ok((family, meta)) => {
-                            let entry = match family {
-                                HostFamily::Ipv4 => self.ip4_entry,
-                                HostFamily::Ipv6 => self.ip6_entry,
-                            };
-                            self.counters.from_host += 1;
-                            graph.inject(entry, Packet { buf, meta });
-                        }
-                        Err(_) => {
-                            self.counters.from_host_dropped += 1;
-                            graph.dropped.push(buf);
-                        }
-                    }
-                }
-                Ok(None) => {
-                    buf.truncate(0);
-                    self.spare = Some(buf);
-                    break;
-                }
-                Err(e) => {
-                    self.counters.read_errors += 1;
-                    if self.counters.read_errors.is_power_of_two() {
-                        tracing::warn!(error = %e, count = self.counters.read_errors, "TUN read failed");
-                    }
-                    buf.truncate(0);
-                    self.spare = Some(buf);
-                    break;
-                }
+            if has(p) {
+                read += reader.read(
+                    &mut link.tun,
+                    Some(link.ifc),
+                    VECTOR_SIZE - read,
+                    driver,
+                    graph,
+                );
             }
         }
         read
     }
 
+    /// The device a punted packet that came in on interface `rx_port` goes to: its link's
+    /// for link-scoped IPv6 ([`host::link_scoped`]), else the main one.
+    fn device_for(&mut self, rx_port: u16, ip: &[u8]) -> &mut Tun {
+        let link = self.link_of.get(usize::from(rx_port)).copied().flatten();
+        match link {
+            Some(i) if host::link_scoped(ip) => &mut self.links[i].tun,
+            _ => &mut self.tun,
+        }
+    }
+
     /// Writes the graph's punted packets to the host, handing their buffers to `dropped`.
     pub fn send(&mut self, punted: &mut Vec<Packet<B>>, dropped: &mut Vec<B>) {
         for p in punted.drain(..) {
-            match self.tun.write(p.buf.data()) {
+            let written = self
+                .device_for(p.meta.rx_port, p.buf.data())
+                .write(p.buf.data());
+            match written {
                 Ok(()) => self.counters.to_host += 1,
                 Err(_) => self.counters.to_host_dropped += 1,
             }
@@ -205,10 +313,11 @@ impl<B: PacketBuffer> PuntPath<B> {
         }
     }
 
-    /// Writes packets another worker punted (as bytes) to the host.
-    pub fn send_bytes(&mut self, punted: &mut Vec<Vec<u8>>) {
-        for bytes in punted.drain(..) {
-            match self.tun.write(&bytes) {
+    /// Writes packets another worker punted (as the interface each came in on and its bytes)
+    /// to the host.
+    pub fn send_bytes(&mut self, punted: &mut Vec<(u16, Vec<u8>)>) {
+        for (rx_port, bytes) in punted.drain(..) {
+            match self.device_for(rx_port, &bytes).write(&bytes) {
                 Ok(()) => self.counters.to_host += 1,
                 Err(_) => self.counters.to_host_dropped += 1,
             }
@@ -222,14 +331,90 @@ impl<B: PacketBuffer> PuntPath<B> {
         }
     }
 
-    /// The device's name.
+    /// The main device's name.
     pub fn name(&self) -> &str {
         self.tun.name()
     }
 
-    /// The device's interface index (the IKE daemon puts the virtual IPs it gets there).
+    /// The main device's interface index (the IKE daemon puts the virtual IPs it gets there).
     pub fn index(&self) -> u32 {
         self.tun.index()
+    }
+}
+
+/// What reading from the devices shares: where packets enter the graph, the spare buffer
+/// and the counters.
+struct Reader<'a, B> {
+    /// The entry nodes of IPv4 and IPv6 packets.
+    entries: (usize, usize),
+    spare: &'a mut Option<B>,
+    counters: &'a mut PuntCounters,
+}
+
+impl<B: PacketBuffer> Reader<'_, B> {
+    /// Reads at most `budget` packets from `tun`, the device of interface `link`'s link or
+    /// (`None`) the main one, and injects them into the graph; returns how many were read.
+    fn read<D: Driver<Buffer = B>>(
+        &mut self,
+        tun: &mut Tun,
+        link: Option<u16>,
+        budget: usize,
+        driver: &mut D,
+        graph: &mut Graph<B>,
+    ) -> usize {
+        let mut read = 0;
+        while read < budget {
+            let Some(mut buf) = self.spare.take().or_else(|| driver.alloc()) else {
+                self.counters.no_buffer += 1;
+                break;
+            };
+            buf.truncate(0);
+            let room = buf.tailroom();
+            if !buf.push_back(room) {
+                self.counters.no_buffer += 1;
+                graph.dropped.push(buf);
+                break;
+            }
+            match tun.read_into(buf.data_mut()) {
+                Ok(Some(len)) => {
+                    read += 1;
+                    buf.truncate(len);
+                    let checked = match link {
+                        None => host::from_host(&mut buf),
+                        Some(ifc) => host::from_host_on_link(&mut buf, ifc),
+                    };
+                    match checked {
+                        Ok((family, meta)) => {
+                            let entry = match family {
+                                HostFamily::Ipv4 => self.entries.0,
+                                HostFamily::Ipv6 => self.entries.1,
+                            };
+                            self.counters.from_host += 1;
+                            graph.inject(entry, Packet { buf, meta });
+                        }
+                        Err(_) => {
+                            self.counters.from_host_dropped += 1;
+                            graph.dropped.push(buf);
+                        }
+                    }
+                }
+                Ok(None) => {
+                    buf.truncate(0);
+                    *self.spare = Some(buf);
+                    break;
+                }
+                Err(e) => {
+                    self.counters.read_errors += 1;
+                    if self.counters.read_errors.is_power_of_two() {
+                        tracing::warn!(error = %e, count = self.counters.read_errors, "TUN read failed");
+                    }
+                    buf.truncate(0);
+                    *self.spare = Some(buf);
+                    break;
+                }
+            }
+        }
+        read
     }
 }
 

@@ -284,9 +284,10 @@ struct Exchange {
     state: SharedState,
     /// Each further worker's latest counters, for the first to publish as one.
     snapshots: Mutex<Vec<Option<DataplaneSnapshot>>>,
-    /// Packets for the host stack, which the first worker's TUN device reaches (`--punt-tun`;
-    /// none without it).
-    punted: Option<Inboxes<Vec<u8>>>,
+    /// Packets for the host stack, which the first worker's TUN devices reach (`--punt-tun`;
+    /// none without it), with the interface each came in on (which picks the device of a
+    /// link-scoped one, see [`PuntPath::send_bytes`]).
+    punted: Option<Inboxes<(u16, Vec<u8>)>>,
 }
 
 impl Exchange {
@@ -738,7 +739,11 @@ where
         match (self.punt.as_mut(), punted) {
             (Some(punt), _) => punt.send(&mut self.graph.punt, &mut self.graph.dropped),
             (None, Some(punted)) if !self.graph.punt.is_empty() => {
-                let bytes = self.graph.punt.iter().map(|p| p.buf.data().to_vec());
+                let bytes = self
+                    .graph
+                    .punt
+                    .iter()
+                    .map(|p| (p.meta.rx_port, p.buf.data().to_vec()));
                 punted.send(0, bytes.collect::<Vec<_>>());
                 let bufs = self.graph.punt.drain(..).map(|p| p.buf);
                 self.graph.dropped.extend(bufs);
@@ -983,7 +988,7 @@ where
                     break;
                 }
                 match &self.punt {
-                    Some(punt) => self.driver.wait_also(IDLE_WAIT, &[punt.fd()]),
+                    Some(punt) => self.driver.wait_also(IDLE_WAIT, punt.fds()),
                     None => self.driver.wait(IDLE_WAIT),
                 }
                 continue;

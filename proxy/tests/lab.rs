@@ -288,6 +288,101 @@ mod punt_to_host {
         }
     }
 
+    /// The IPv6 link-local address (modified EUI-64, RFC 4291 appendix A) of the MAC `mac`
+    /// (`aa:bb:cc:dd:ee:ff`), as the dataplane gives its ports and the kernel its links.
+    fn link_local_of(mac: &str) -> String {
+        let b: Vec<u8> = mac
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).expect("a MAC"))
+            .collect();
+        let addr = std::net::Ipv6Addr::new(
+            0xfe80,
+            0,
+            0,
+            0,
+            u16::from_be_bytes([b[0] ^ 0x02, b[1]]),
+            u16::from_be_bytes([b[2], 0xff]),
+            u16::from_be_bytes([0xfe, b[3]]),
+            u16::from_be_bytes([b[4], b[5]]),
+        );
+        addr.to_string()
+    }
+
+    /// Host services on a port's link-local address (a BGP daemon peering over fe80::):
+    /// the client connects to the router's link-local address on its link, a listener bound
+    /// to that address on c0's punt device (`sy0-0`, the scope) in the node's stack answers,
+    /// data both ways; and the node reaches the client's link-local address through that
+    /// device. Ping to the router's link-local address stays in the dataplane.
+    #[test]
+    fn tcp_to_a_node_service_on_a_link_local_address() {
+        link_local_service("link_local", &[]);
+    }
+
+    /// [`tcp_to_a_node_service_on_a_link_local_address`] with two workers: what the second
+    /// punts reaches the first with the port it came in on, which picks the link's device.
+    #[test]
+    fn two_workers_punt_link_local_packets_to_their_links_device() {
+        link_local_service("link_local_workers", &["--workers", "2"]);
+    }
+
+    /// The link-local tests, with `extra` flags for the router.
+    fn link_local_service(test: &str, extra: &[&str]) {
+        let out = run_punt_with(test, extra, |lab| {
+            if lab.kernel {
+                return;
+            }
+            let router = link_local_of(&lab.mac(Ns::Node, "c0"));
+            let client = link_local_of(&lab.mac(Ns::Client, "eth0"));
+            let port = 7130;
+            let data = pseudo_random(64 << 10, 7130);
+            let src = lab.dir.join("ll-echo.in");
+            let dst = lab.dir.join("ll-echo.out");
+            std::fs::write(&src, &data).expect("write echo source");
+            let mut srv = lab.spawn_listener(
+                Ns::Node,
+                "ll-echo-server",
+                &format!("TCP6-LISTEN:{port},bind=[{router}%sy0-0],reuseaddr"),
+                "EXEC:cat",
+                port,
+                false,
+            );
+            let out = lab.exec_t(
+                Ns::Client,
+                &format!(
+                    "socat -t 5 - TCP6:[{router}%eth0]:{port} < {} > {}",
+                    src.display(),
+                    dst.display()
+                ),
+                Duration::from_secs(30),
+            );
+            let server_status = wait_bounded(&mut srv, Duration::from_secs(10));
+            let got = std::fs::read(&dst).unwrap_or_default();
+            assert!(
+                out.status.success() && got == data,
+                "TCP echo over fe80:: failed ({} of {} bytes back)\nclient: {}\nserver: {:?} {}",
+                got.len(),
+                data.len(),
+                text(&out.stderr),
+                server_status,
+                lab.read("ll-echo-server.err")
+            );
+            ping_once_each(lab, Ns::Client, &format!("{router}%eth0"));
+            ping_once_each(lab, Ns::Node, &format!("{client}%sy0-0"));
+            // The link's device has the port's link-local address and nothing else.
+            let addrs = lab.exec_ok(Ns::Node, "ip -6 -br addr show dev sy0-0");
+            assert!(addrs.contains(&format!("{router}/64")), "{addrs}");
+        });
+        if let Some(out) = out {
+            assert!(counter(&out, "punted_to_host") > 0, "{out}");
+            assert_eq!(counter(&out, "tcp_reset"), 0, "{out}");
+            assert_eq!(
+                counter(&out, "link_local"),
+                0,
+                "nothing dropped as off-link: {out}"
+            );
+        }
+    }
+
     /// Without a listener the host stack refuses, as the dataplane did on its own.
     #[test]
     fn closed_port_is_refused_by_the_host() {

@@ -16,7 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -65,6 +65,9 @@ const FRA_TABLE: u16 = 15;
 const FRA_IP_PROTO: u16 = 22;
 const FRA_DPORT_RANGE: u16 = 24;
 const FR_ACT_TO_TBL: u8 = 1;
+
+/// The prefix length of a link-local address: fe80::/64 (RFC 4291 2.5.6).
+const LINK_LOCAL_PREFIX_LEN: u8 = 64;
 
 /// The kernel's table of local and broadcast routes, which the rule of preference 0 looks up.
 pub const RT_TABLE_LOCAL: u32 = 255;
@@ -209,9 +212,10 @@ impl Tun {
         ifreq_ioctl(&ctl, SIOCSIFFLAGS, &mut req, &self.name)
     }
 
-    /// Stops the kernel from giving the device an IPv6 link-local address (and with it router
-    /// solicitations and MLD reports): the device is not a real link. Call before
-    /// [`Tun::set_up`]. Writes the `addr_gen_mode` sysctl.
+    /// Stops the kernel from making up an IPv6 link-local address for the device (and with it
+    /// router solicitations and MLD reports): the device is not a real link, and one that
+    /// stands for a link gets that link's address ([`Tun::add_link_local_address`]). Call
+    /// before [`Tun::set_up`]. Writes the `addr_gen_mode` sysctl.
     pub fn no_ipv6_link_local(&self) -> Result<(), IoError> {
         let path = format!("/proc/sys/net/ipv6/conf/{}/addr_gen_mode", self.name);
         std::fs::write(&path, "1\n").map_err(|source| IoError::Os {
@@ -240,6 +244,25 @@ impl Tun {
                 source,
             },
             other => other,
+        })
+    }
+
+    /// Adds the IPv6 link-local address `addr` to the device as a link's own address: with
+    /// the /64 of fe80::, so that the kernel routes link-local destinations scoped to the
+    /// device (`fe80::1%name`, a socket's scope id) out of it, without duplicate address
+    /// detection. Call after [`Tun::enable_ipv6`].
+    pub fn add_link_local_address(&self, addr: Ipv6Addr) -> Result<(), IoError> {
+        let msg = address_message(
+            RTM_NEWADDR,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            self.index,
+            IpAddr::V6(addr),
+            LINK_LOCAL_PREFIX_LEN,
+            1,
+        );
+        netlink_request(&msg).map_err(|source| IoError::Os {
+            what: format!("adding {addr}/{LINK_LOCAL_PREFIX_LEN} to {}", self.name),
+            source,
         })
     }
 
@@ -428,6 +451,7 @@ pub fn remove_host_address_from(index: u32, addr: IpAddr) -> Result<(), IoError>
         NLM_F_REQUEST | NLM_F_ACK,
         index,
         addr,
+        host_prefix_len(&addr),
         1,
     ))
     .map_err(|source| IoError::Os {
@@ -443,14 +467,29 @@ fn new_address_message(index: u32, addr: IpAddr, seq: u32) -> Vec<u8> {
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         index,
         addr,
+        host_prefix_len(&addr),
         seq,
     )
 }
 
-/// An address message (`RTM_NEWADDR`, `RTM_DELADDR`) for a host address on `index`.
-fn address_message(kind: u16, flags: u16, index: u32, addr: IpAddr, seq: u32) -> Vec<u8> {
+/// The prefix length of a host address: 32 or 128.
+fn host_prefix_len(addr: &IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+/// An address message (`RTM_NEWADDR`, `RTM_DELADDR`) for `addr`/`prefix_len` on `index`.
+fn address_message(
+    kind: u16,
+    flags: u16,
+    index: u32,
+    addr: IpAddr,
+    prefix_len: u8,
+    seq: u32,
+) -> Vec<u8> {
     let (family, bytes) = ip_bytes(&addr);
-    let prefix_len = (bytes.len() * 8) as u8;
     let mut m = NetlinkMessage::new(kind, flags, seq);
     // struct ifaddrmsg: family, prefixlen, flags, scope, index.
     let mut ifa = vec![family, prefix_len, IFA_F_PERMANENT, RT_SCOPE_UNIVERSE];
@@ -621,6 +660,7 @@ mod tests {
             NLM_F_REQUEST | NLM_F_ACK,
             7,
             "198.18.1.1".parse().unwrap(),
+            32,
             9,
         );
         assert_eq!(u16::from_ne_bytes([d[4], d[5]]), RTM_DELADDR);
@@ -636,6 +676,19 @@ mod tests {
             u32::from_ne_bytes(m[68..72].try_into().unwrap()) & IFA_F_NODAD,
             IFA_F_NODAD
         );
+
+        // A link-local address: the /64 its link's route comes from.
+        let m = address_message(
+            RTM_NEWADDR,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            7,
+            "fe80::1".parse().unwrap(),
+            LINK_LOCAL_PREFIX_LEN,
+            1,
+        );
+        assert_eq!(m.len(), 72);
+        assert_eq!(&m[16..18], &[libc::AF_INET6 as u8, 64]);
+        assert_eq!(&m[28..30], &[0xfe, 0x80]);
     }
 
     #[test]

@@ -309,14 +309,19 @@ impl Ip6Lookup {
             return LookupNext::Drop;
         }
         if is_link_local(&dst) {
+            // Ours: also an ICMPv6 error this node built about a link-local packet of the host
+            // stack's, which `ip6-local` hands back to it.
+            if rx_ifc.has_ipv6(dst) {
+                return LookupNext::Local;
+            }
             if pkt.meta.local_origin {
-                // Our answer to a link-local source goes back out of the link it came from.
+                // Our answer to a link-local source goes back out of the link it came from;
+                // the host's link-local packets come "from" the link whose device they were
+                // read from (see `host::from_host_on_link`). Never another link (RFC 4291
+                // 2.5.6).
                 pkt.meta.tx_port = pkt.meta.rx_port;
                 pkt.meta.next_hop = Some(IpAddr::V6(dst));
                 return LookupNext::Rewrite;
-            }
-            if rx_ifc.has_ipv6(dst) {
-                return LookupNext::Local;
             }
             cx.error(Ip6LookupError::LinkLocal);
             return LookupNext::Drop;

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{arp, icmp6::nd, ETHERNET_HEADER_LEN};
+use super::{arp, icmp6::nd, tagged_header, ETHERNET_HEADER_LEN, VLAN_HEADER_LEN};
 use crate::buffer::PacketBuffer;
 use crate::graph::{Context, ErrorInfo, Meta, NextIndex, Node, Packet, DROP, HOLD, TX};
 use crate::tables::Interface;
@@ -47,12 +47,18 @@ pub struct NeighborOutput;
 /// IPv4 next hops are keyed by one integer (port and address, the address as it lies in
 /// memory: no byte swap), so that the check is one compare.
 ///
-/// The rewrite nodes keep one too (see [`put_known_header`]).
+/// The rewrite nodes keep one too (see [`put_known_header`]), with the 18-byte tagged headers
+/// of VLAN subinterfaces' next hops apart from the untagged ones, so that looking up an
+/// untagged header costs what it did before subinterfaces had a cache.
 pub(super) struct RecentHeaders {
     /// [`RecentHeaders::v4_slot_key`]'s key ([`RecentHeaders::EMPTY`] for an empty slot) and
     /// the header.
     v4: [(u64, [u8; ETHERNET_HEADER_LEN]); RecentHeaders::SLOTS],
     v6: [Option<(u16, Ipv6Addr, [u8; ETHERNET_HEADER_LEN])>; RecentHeaders::SLOTS],
+    /// Tagged headers (802.1Q) of next hops on VLAN subinterfaces, both families: the
+    /// subinterface, the next hop and the header. Looked at only when the untagged slots
+    /// have nothing for a packet, which they never have for a subinterface.
+    tagged: [Option<(u16, IpAddr, [u8; VLAN_HEADER_LEN])>; RecentHeaders::TAGGED_SLOTS],
 }
 
 impl Default for RecentHeaders {
@@ -60,12 +66,17 @@ impl Default for RecentHeaders {
         RecentHeaders {
             v4: [(RecentHeaders::EMPTY, [0; ETHERNET_HEADER_LEN]); RecentHeaders::SLOTS],
             v6: [None; RecentHeaders::SLOTS],
+            tagged: [None; RecentHeaders::TAGGED_SLOTS],
         }
     }
 }
 
 impl RecentHeaders {
     const SLOTS: usize = 16;
+
+    /// Slots for tagged headers: fewer, as few next hops sit behind subinterfaces, and
+    /// emptying them is part of every vector's cost.
+    const TAGGED_SLOTS: usize = 8;
 
     /// The key of no IPv4 next hop: above every real one (at most 48 bits).
     const EMPTY: u64 = u64::MAX;
@@ -116,6 +127,31 @@ impl RecentHeaders {
             IpAddr::V6(a) => self.v6[Self::slot(port, a.octets()[15])] = Some((port, a, header)),
         }
     }
+
+    /// The slot of a tagged header: by the port and the address's last byte, as untagged.
+    #[inline]
+    fn tagged_slot(port: u16, next_hop: IpAddr) -> usize {
+        let low = match next_hop {
+            IpAddr::V4(a) => a.octets()[3],
+            IpAddr::V6(a) => a.octets()[15],
+        };
+        Self::slot(port, low) % Self::TAGGED_SLOTS
+    }
+
+    /// The tagged header kept for `next_hop` on subinterface `port`.
+    #[inline]
+    fn get_tagged(&self, port: u16, next_hop: IpAddr) -> Option<&[u8; VLAN_HEADER_LEN]> {
+        match &self.tagged[Self::tagged_slot(port, next_hop)] {
+            Some((p, ip, header)) if *p == port && *ip == next_hop => Some(header),
+            _ => None,
+        }
+    }
+
+    /// Keeps the tagged header of `next_hop` on subinterface `port`.
+    #[inline]
+    fn put_tagged(&mut self, port: u16, next_hop: IpAddr, header: [u8; VLAN_HEADER_LEN]) {
+        self.tagged[Self::tagged_slot(port, next_hop)] = Some((port, next_hop, header));
+    }
 }
 
 /// An Ethernet header from `src` to `dst`.
@@ -132,9 +168,11 @@ fn ethernet_header(dst: [u8; 6], src: [u8; 6], ethertype: EtherType) -> [u8; ETH
 /// known and fresh, as VPP's rewrite nodes apply a complete adjacency, so that the common
 /// packet leaves without a pass through `neighbor-output`. The header is the one
 /// `neighbor-output` would put on: from this vector's `recent` headers, or built from the
-/// neighbor table's [`known`](crate::worker::NeighborTable::known) answer. False, the packet
-/// untouched, for everything else, which `neighbor-output` then handles: a next hop to resolve
-/// or a stale one (whose use starts its DELAY), the limited broadcast, a traced packet (its trace names the neighbor there), no
+/// neighbor table's [`known`](crate::worker::NeighborTable::known) answer; out of a VLAN
+/// subinterface, the 18-byte header with its 802.1Q tag (the `tx` sink then queues the frame
+/// on the subinterface's port). False, the packet untouched, for everything else, which
+/// `neighbor-output` then handles: a next hop to resolve or a stale one (whose use starts its
+/// DELAY), the limited broadcast, a traced packet (its trace names the neighbor there), no
 /// headroom.
 ///
 /// `TRACE` is [`Context::tracing`]: without it no packet counts as traced.
@@ -159,7 +197,8 @@ pub(super) fn put_known_header<B: PacketBuffer, const TRACE: bool>(
     }
 }
 
-/// [`put_known_header`] for the first packet of the vector to its next hop.
+/// [`put_known_header`] for the first packet of the vector to its next hop, and for every
+/// packet out of a VLAN subinterface.
 #[inline(never)]
 fn put_new_known_header<B: PacketBuffer>(
     cx: &Context<'_, B>,
@@ -170,22 +209,46 @@ fn put_new_known_header<B: PacketBuffer>(
         return false;
     };
     let port = pkt.meta.tx_port;
-    let Some(mac) = cx.state.neighbors.known(port, next_hop, cx.now) else {
-        return false;
-    };
     let Some(ifc) = cx.tables.interface(port) else {
         return false;
     };
-    // A VLAN subinterface's tagged header is `neighbor-output`'s business.
-    if ifc.vlan.is_some() {
-        return false;
-    }
     let ethertype = match next_hop {
         IpAddr::V4(_) => EtherType::IPV4,
         IpAddr::V6(_) => EtherType::IPV6,
     };
+    if let Some(vlan) = ifc.vlan {
+        let tag = (ifc.mac, vlan.vid);
+        return put_known_tagged_header(cx, pkt, recent, (port, next_hop), tag, ethertype);
+    }
+    let Some(mac) = cx.state.neighbors.known(port, next_hop, cx.now) else {
+        return false;
+    };
     let header = ethernet_header(mac, ifc.mac, ethertype);
     recent.put(port, next_hop, header);
+    pkt.buf.push_header(&header)
+}
+
+/// [`put_known_header`] for `next_hop` out of VLAN subinterface `port`, whose frames carry
+/// `(mac, vid)`: the subinterface's (its port's) MAC and its VLAN id. The tagged header is the
+/// one `neighbor-output` would put on ([`super::push_ethernet`]'s), kept in `recent` for the
+/// vector's further packets to the same next hop on the same subinterface.
+#[inline(never)]
+fn put_known_tagged_header<B: PacketBuffer>(
+    cx: &Context<'_, B>,
+    pkt: &mut Packet<B>,
+    recent: &mut RecentHeaders,
+    (port, next_hop): (u16, IpAddr),
+    (mac, vid): ([u8; 6], u16),
+    ethertype: EtherType,
+) -> bool {
+    if let Some(header) = recent.get_tagged(port, next_hop) {
+        return pkt.buf.push_header(header);
+    }
+    let Some(neighbor) = cx.state.neighbors.known(port, next_hop, cx.now) else {
+        return false;
+    };
+    let header = tagged_header(neighbor, mac, vid, ethertype);
+    recent.put_tagged(port, next_hop, header);
     pkt.buf.push_header(&header)
 }
 
@@ -274,8 +337,9 @@ impl NeighborOutput {
     }
 
     /// Puts the tagged header of a VLAN subinterface in front of the packet. Not kept in
-    /// the vector's [`RecentHeaders`] (whose headers are untagged): each packet out of a
-    /// subinterface asks the neighbor table.
+    /// the vector's [`RecentHeaders`]: the rewrite nodes keep tagged headers of known next
+    /// hops ([`put_known_header`]), so what comes here is what they left (a next hop just
+    /// resolved or stale, a traced packet), and each such packet asks the neighbor table.
     #[cold]
     #[inline(never)]
     fn put_tagged_header<B: PacketBuffer>(
@@ -399,5 +463,34 @@ mod tests {
         assert_eq!(recent.get(1, v6), None);
         recent.put(1, v6, [4; ETHERNET_HEADER_LEN]);
         assert_eq!(recent.get(1, v6), Some(&[4; ETHERNET_HEADER_LEN]));
+    }
+
+    /// Tagged headers are kept apart from untagged ones: found again for their own
+    /// subinterface and next hop only, both families, never by the untagged lookups (a
+    /// port and its subinterface may have next hops of the same address).
+    #[test]
+    fn tagged_headers_key_by_subinterface_and_address() {
+        let mut recent = RecentHeaders::default();
+        let a = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+        let b = IpAddr::V6("2001:db8:100::3".parse().unwrap());
+        assert_eq!(recent.get_tagged(2, a), None);
+        recent.put_tagged(2, a, [1; VLAN_HEADER_LEN]);
+        recent.put_tagged(2, b, [2; VLAN_HEADER_LEN]);
+        recent.put(1, a, [3; ETHERNET_HEADER_LEN]);
+        assert_eq!(recent.get_tagged(2, a), Some(&[1; VLAN_HEADER_LEN]));
+        assert_eq!(recent.get_tagged(2, b), Some(&[2; VLAN_HEADER_LEN]));
+        assert_eq!(recent.get_tagged(3, a), None);
+        assert_eq!(recent.get_tagged(1, a), None);
+        assert_eq!(recent.get(2, a), None, "not an untagged header");
+        assert_eq!(recent.get(1, a), Some(&[3; ETHERNET_HEADER_LEN]));
+        // A later next hop in the same slot replaces the earlier.
+        let c = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
+        assert_eq!(
+            RecentHeaders::tagged_slot(2, a),
+            RecentHeaders::tagged_slot(2, c)
+        );
+        recent.put_tagged(2, c, [4; VLAN_HEADER_LEN]);
+        assert_eq!(recent.get_tagged(2, c), Some(&[4; VLAN_HEADER_LEN]));
+        assert_eq!(recent.get_tagged(2, a), None);
     }
 }

@@ -1171,6 +1171,119 @@ fn punt_to_host_hands_tcp_udp_and_icmp_errors_to_the_host_and_routes_its_answers
     assert_eq!(r.count("ip6-local", "local_loop"), 0);
 }
 
+/// IPv6 link-local traffic on the punt path: what comes in for a port's link-local address
+/// is punted with the port it came in on (the proxy writes it to that link's device, as
+/// `host::link_scoped` says); what the host sends from a link's device to a link-local
+/// address leaves by that port alone, its hop limit untouched; from the main device, or to
+/// a destination beyond the link from a link-local source, it goes nowhere (RFC 4291 2.5.6).
+#[test]
+fn link_local_packets_are_punted_with_their_link_and_answered_out_of_it() {
+    let mut r = Rig::new();
+    r.tables.punt_to_host = true;
+    let me = r.tables.interfaces[0].link_local;
+    let peer = v6("fe80::c1");
+    r.state
+        .neighbors
+        .insert_permanent(0, peer.into(), CLIENT_MAC);
+    // The same neighbor address on the other link, elsewhere.
+    r.state
+        .neighbors
+        .insert_permanent(1, peer.into(), SERVER_MAC);
+    let syn = ipv6(
+        peer,
+        me,
+        IpProtocol::TCP,
+        255,
+        &tcp_syn(IpAddrPair::V6 { src: peer, dst: me }, 40000, 179, 1),
+    );
+    r.graph.receive(Packet::received(
+        HeapBuffer::from_bytes(&eth(MAC0, CLIENT_MAC, 0x86dd, &syn)),
+        0,
+    ));
+    r.graph.dispatch(&r.tables, &mut r.state, r.now);
+    let punted: Vec<_> = r
+        .graph
+        .punt
+        .drain(..)
+        .map(|p| (p.meta.rx_port, p.buf.data().to_vec()))
+        .collect();
+    assert_eq!(punted, vec![(0, syn.clone())], "unchanged, with its port");
+    assert!(super::host::link_scoped(&punted[0].1));
+    assert!(r.take_tx().is_empty(), "no reset from the dataplane");
+
+    // The host's answer from port 0's device: out of port 0 to the neighbor there, hop
+    // limit as the host set it (255, as BGP's GTSM wants), never out of port 1.
+    let answer = ipv6(
+        me,
+        peer,
+        IpProtocol::TCP,
+        255,
+        &tcp_syn(IpAddrPair::V6 { src: me, dst: peer }, 179, 40000, 9),
+    );
+    let inject = |r: &mut Rig, ip: &[u8], link: Option<u16>| {
+        let mut buf = HeapBuffer::from_bytes(ip);
+        let checked = match link {
+            Some(ifc) => super::host::from_host_on_link(&mut buf, ifc),
+            None => super::host::from_host(&mut buf),
+        };
+        let Ok((_, meta)) = checked else {
+            return None;
+        };
+        let node = r.graph.node_index(super::host::IP6_ENTRY).unwrap();
+        r.graph.inject(node, Packet { buf, meta });
+        let (punted, sent) = punted_and_sent(r);
+        assert!(punted.is_empty(), "{punted:02x?}");
+        Some(sent)
+    };
+    let sent = inject(&mut r, &answer, Some(0)).unwrap();
+    assert_eq!(sent.len(), 1);
+    let (port, f) = &sent[0];
+    assert_eq!(*port, 0);
+    assert_eq!(&f[..12], &[CLIENT_MAC, MAC0].concat()[..]);
+    let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+    assert_eq!(
+        (ip.src_addr(), ip.dst_addr(), ip.hop_limit()),
+        (me, peer, 255)
+    );
+    // From port 1's device: to the neighbor of that address on port 1.
+    let sent = inject(&mut r, &answer, Some(1)).unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, 1);
+    assert_eq!(&sent[0].1[..6], &SERVER_MAC);
+    // Not from the main device, and never beyond the link.
+    assert!(inject(&mut r, &answer, None).is_none());
+    let beyond = ipv6(me, v6("2001:db8:2::2"), IpProtocol::UDP, 64, &[0; 8]);
+    assert!(inject(&mut r, &beyond, Some(0)).is_none());
+
+    // An ICMPv6 error about a host packet to a link-local address (from port 1's device, so
+    // from port 1's address; too big for its MTU of 1400) goes back to the host, with the
+    // port, so to the same device.
+    let me1 = r.tables.interfaces[1].link_local;
+    let big = ipv6(me1, peer, IpProtocol::UDP, 64, &[0; 1400]);
+    let mut buf = HeapBuffer::from_bytes(&big);
+    let (_, meta) = super::host::from_host_on_link(&mut buf, 1).unwrap();
+    let node = r.graph.node_index(super::host::IP6_ENTRY).unwrap();
+    r.graph.inject(node, Packet { buf, meta });
+    r.graph.dispatch(&r.tables, &mut r.state, r.now);
+    let punted: Vec<_> = r
+        .graph
+        .punt
+        .drain(..)
+        .map(|p| (p.meta.rx_port, p.buf.data().to_vec()))
+        .collect();
+    let sent = r.take_tx();
+    assert!(sent.is_empty(), "{sent:02x?} {punted:02x?}");
+    assert_eq!(punted.len(), 1, "the error, to the host");
+    assert_eq!(punted[0].0, 1);
+    let err = Ipv6Packet::new_checked(&punted[0].1[..]).unwrap();
+    assert_eq!(
+        (err.dst_addr(), err.payload()[0]),
+        (me1, 2),
+        "Packet Too Big"
+    );
+    assert!(super::host::link_scoped(&punted[0].1));
+}
+
 #[test]
 fn without_punt_to_host_icmp_errors_about_our_own_packets_are_not_looped() {
     let mut r = Rig::new();

@@ -233,6 +233,132 @@ fn forwards_between_a_port_and_a_subinterface() {
     assert_eq!(&out[0].1[12..14], &[0x86, 0xdd]);
 }
 
+/// The 18-byte header of a frame out of the subinterface to `dst`: the port's MAC, the
+/// 802.1Q tag (TPID 0x8100, priority 0, DEI 0, VLAN 100) and `ethertype`.
+fn tagged_header_to(dst: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut h = dst.to_vec();
+    h.extend_from_slice(&MAC1);
+    h.extend_from_slice(&[0x81, 0x00]);
+    h.extend_from_slice(&VID.to_be_bytes());
+    h.extend_from_slice(&ethertype.to_be_bytes());
+    h
+}
+
+/// Packets through a node, from its counters.
+fn node_packets(r: &Rig, node: &str) -> u64 {
+    r.graph
+        .counters()
+        .iter()
+        .find(|c| c.name == node)
+        .map_or(0, |c| c.packets)
+}
+
+/// Next hops the neighbor table knows on a subinterface get their tagged header in the
+/// rewrite nodes, as the port's untagged ones do: built once per vector and next hop, then
+/// taken from the vector's cache, never through `neighbor-output`. Untagged next hops in the
+/// same vector keep their own headers; the frames leave by the subinterface's port; a
+/// neighbor's new MAC is in the next vector's headers.
+#[test]
+fn known_next_hops_on_the_subinterface_get_cached_tagged_headers_in_rewrite() {
+    let mut r = vlan_rig();
+    r.learn_client_and_server();
+    let (server, server6) = (v4("198.51.100.2"), v6("2001:db8:100::2"));
+    let now = r.now;
+    r.state
+        .neighbors
+        .learn(SUB, server.into(), SUB_CLIENT_MAC, now, true);
+    r.state
+        .neighbors
+        .learn(SUB, server6.into(), SUB_CLIENT_MAC, now, true);
+    let udp = [0, 1, 0, 2, 0, 8, 0, 0];
+    let to_sub4 = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(v4("198.18.1.2"), server, IpProtocol::UDP, 64, false, &udp),
+    );
+    let to_sub6 = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x86dd,
+        &ipv6(v6("2001:db8:1::2"), server6, IpProtocol::UDP, 64, &udp),
+    );
+    // The port's own server, untagged, on the same port as the subinterface.
+    let to_port4 = eth(
+        MAC0,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(
+            v4("198.18.1.2"),
+            v4("198.18.2.2"),
+            IpProtocol::UDP,
+            64,
+            false,
+            &udp,
+        ),
+    );
+    // One vector: three to each next hop on the subinterface, interleaved with untagged ones.
+    let vector = |r: &mut Rig| {
+        for f in [&to_sub4, &to_sub6, &to_port4].repeat(3) {
+            r.graph
+                .receive(Packet::received(HeapBuffer::from_bytes(f), 0));
+        }
+        r.graph.dispatch(&r.tables, &mut r.state, r.now);
+        let out = r.take_tx();
+        r.graph.dropped.clear();
+        out
+    };
+    // Each frame by its header: tagged IPv4, tagged IPv6, untagged; three of each.
+    let check = |out: &[(u16, Vec<u8>)], sub_mac: [u8; 6]| {
+        assert_eq!(out.len(), 9, "{out:02x?}");
+        let mut kinds = [0; 3];
+        for (port, f) in out {
+            assert_eq!(*port, 1, "out of the subinterface's port");
+            if f[..18] == tagged_header_to(sub_mac, 0x0800)[..] {
+                let ip = Ipv4Packet::new_checked(&f[18..]).unwrap();
+                assert!(ip.verify_checksum());
+                assert_eq!((ip.dst_addr(), ip.ttl()), (server, 63));
+                kinds[0] += 1;
+            } else if f[..18] == tagged_header_to(sub_mac, 0x86dd)[..] {
+                let ip = Ipv6Packet::new_checked(&f[18..]).unwrap();
+                assert_eq!((ip.dst_addr(), ip.hop_limit()), (server6, 63));
+                kinds[1] += 1;
+            } else {
+                assert_eq!(
+                    &f[..14],
+                    &eth(SERVER_MAC, MAC1, 0x0800, &[])[..],
+                    "{f:02x?}"
+                );
+                assert_eq!(ip4_of(f).dst_addr(), v4("198.18.2.2"));
+                kinds[2] += 1;
+            }
+        }
+        assert_eq!(kinds, [3, 3, 3], "{out:02x?}");
+    };
+    check(&vector(&mut r), SUB_CLIENT_MAC);
+    assert_eq!(node_packets(&r, "ip4-rewrite"), 6);
+    assert_eq!(node_packets(&r, "ip6-rewrite"), 3);
+    assert_eq!(
+        node_packets(&r, "neighbor-output"),
+        0,
+        "all from the rewrite nodes"
+    );
+
+    // The server moves to another MAC: its ARP reply on the VLAN (RFC 826's merge) and a
+    // new IPv6 entry. The next vector's tagged headers carry it.
+    let moved = [0x02, 0, 0, 0, 0, 0xd2];
+    let reply = arp(2, moved, server, MAC1, v4("198.51.100.1"));
+    assert!(r
+        .send(1, &tagged(&eth(MAC1, moved, 0x0806, &reply), VID))
+        .is_empty());
+    assert_eq!(r.state.neighbors.get(SUB, server.into()), Some(moved));
+    r.state
+        .neighbors
+        .learn(SUB, server6.into(), moved, now, true);
+    check(&vector(&mut r), moved);
+    assert_eq!(node_packets(&r, "neighbor-output"), 0);
+}
+
 /// A next hop on the subinterface not yet known: the ARP request goes out tagged, the
 /// packet waits, and leaves tagged once the tagged answer comes. A static route through a
 /// gateway on the subinterface resolves to it.
