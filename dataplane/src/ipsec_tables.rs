@@ -13,9 +13,10 @@
 //! packet whose SA another worker keeps to that worker
 //! ([`crate::worker::WorkerState::sa_owner`], spread by SPI).
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use switchyard_ipsec::esp::{OuterHeader, SaConfig};
 use switchyard_ipsec::ike::wire::TrafficSelector;
@@ -121,6 +122,39 @@ fn flow_between(from: &[TrafficSelector], to: &[TrafficSelector], flow: &FlowSel
             .any(|ts| selector_matches(ts, flow.dst, flow.proto, flow.dst_port))
 }
 
+/// ESP that arrived with the SPI of no inbound SA, by sender and SPI, for the IKE daemon to
+/// tell the sender of (RFC 7296 3.10.1, INVALID_SPI, sent in an INFORMATIONAL exchange on the
+/// IKE SA with it): a short queue the decrypt nodes add to and the daemon empties. A worker
+/// never waits on it: a report that finds it busy or full is left out (the sender keeps
+/// sending, and is reported again).
+#[derive(Debug, Default)]
+pub struct SpiReports {
+    queue: Mutex<VecDeque<(IpAddr, u32)>>,
+}
+
+impl SpiReports {
+    /// Most reports waiting at once.
+    pub const CAPACITY: usize = 64;
+
+    /// Reports ESP from `sender` with the unknown SPI `spi`, unless it is waiting already.
+    pub fn report(&self, sender: IpAddr, spi: u32) {
+        let Ok(mut queue) = self.queue.try_lock() else {
+            return;
+        };
+        if queue.len() < Self::CAPACITY && !queue.contains(&(sender, spi)) {
+            queue.push_back((sender, spi));
+        }
+    }
+
+    /// Takes the waiting reports, oldest first.
+    pub fn take(&self) -> Vec<(IpAddr, u32)> {
+        self.queue
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// The SPD and SA table.
 #[derive(Debug, Clone, Default)]
 pub struct IpsecTables {
@@ -144,6 +178,9 @@ pub struct IpsecTables {
     /// two above (those already routed otherwise are left alone), taken out again when
     /// these tables are replaced.
     pub fib_entries: Vec<ipnet::IpNet>,
+    /// Where the decrypt nodes report ESP with an unknown SPI (shared with the IKE daemon,
+    /// and from one version of the tables to the next).
+    pub spi_reports: Arc<SpiReports>,
 }
 
 /// Whether `addr` (with `proto` and `port`) falls in the selector. Protocols without ports
@@ -256,6 +293,7 @@ impl IpsecTables {
         }
         t.outbound.reverse();
         if let Some(prev) = previous {
+            t.spi_reports = Arc::clone(&prev.spi_reports);
             for p in &mut t.outbound {
                 if let Some(old) = prev.outbound.iter().find(|o| o.sa.spi == p.sa.spi) {
                     p.stats = Arc::clone(&old.stats);

@@ -1278,6 +1278,30 @@ fn esp_through_the_router_with_strongswan_both_ways() {
             bytes("in ") > 400_000 && bytes("out ") > 400_000,
             "the traffic did not go through the CHILD_SA:\n{listed}"
         );
+        // ESP with an SPI of no CHILD_SA, from strongSwan's address: the router reports it
+        // to our IKE daemon, which tells the sender in an INFORMATIONAL exchange on the IKE
+        // SA, carrying INVALID_SPI and the SPI (RFC 7296 3.10.1); strongSwan parses it,
+        // answers, and keeps its SAs.
+        if we_initiate {
+            peer.lab.exec_ok(
+                Ns::Server,
+                &format!(
+                    "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50); \
+                     s.sendto(bytes.fromhex('deadbeef00000001') + bytes(48), ('{}', 0))\"",
+                    common::ROUTER_S0_V4
+                ),
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !peer.log().contains("N(INVAL_SPI)") {
+                assert!(
+                    Instant::now() < deadline,
+                    "strongSwan was not told of the unknown SPI:\n{}",
+                    peer.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(peer.list_sas().contains("sy:"), "{}", peer.list_sas());
+        }
         let out = peer.lab.finish().expect("router output");
         // Stopping the router deleted the IKE SA on strongSwan's side too.
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -724,30 +724,31 @@ fn the_node_reaches_a_cluster_ip_through_its_punt_tun() {
         8081,
         false,
     );
-    eventually("the node's request to its own endpoint answered", || {
-        let out = lab.exec_t(
-            Ns::Node,
-            &format!("socat -T 2 -t 2 - TCP4:{HOSTNET_IP}:80,connect-timeout=2 </dev/null"),
-            Duration::from_secs(6),
-        );
-        let answer = text(&out.stdout).trim().to_string();
-        (answer == format!("host {HOSTNET_IP}"))
-            .then_some(())
-            .ok_or(format!("{} {answer} {}", out.status, text(&out.stderr)))
-    });
-    // And through the Service's NodePort on the node's own address: the cluster IP stands
-    // in for the host, whose answer goes back as from the NodePort.
-    eventually("the node's NodePort to its own endpoint answered", || {
-        let out = lab.exec_t(
-            Ns::Node,
-            &format!("socat -T 2 -t 2 - TCP4:{NODE_C0}:30081,connect-timeout=2 </dev/null"),
-            Duration::from_secs(6),
-        );
-        let answer = text(&out.stdout).trim().to_string();
-        (answer == format!("host {HOSTNET_IP}"))
-            .then_some(())
-            .ok_or(format!("{} {answer} {}", out.status, text(&out.stderr)))
-    });
+    // Directly to the cluster IP, and through the Service's NodePort on the node's own
+    // address (the cluster IP then stands in for the host, whose answer goes back as from the
+    // NodePort).
+    for (what, target) in [
+        (
+            "the node's request to its own endpoint answered",
+            format!("{HOSTNET_IP}:80"),
+        ),
+        (
+            "the node's NodePort to its own endpoint answered",
+            format!("{NODE_C0}:30081"),
+        ),
+    ] {
+        eventually(what, || {
+            let out = lab.exec_t(
+                Ns::Node,
+                &format!("socat -T 2 -t 2 - TCP4:{target},connect-timeout=2 </dev/null"),
+                Duration::from_secs(6),
+            );
+            let answer = text(&out.stdout).trim().to_string();
+            (answer == format!("host {HOSTNET_IP}"))
+                .then_some(())
+                .ok_or(format!("{} {answer} {}", out.status, text(&out.stderr)))
+        });
+    }
     for mut listener in [own, host] {
         let _ = listener.kill();
         let _ = listener.wait();

@@ -63,7 +63,7 @@ use switchyard_ipsec::esp::{self, Direction, EspError, ReplayError, Sa};
 use crate::async_crypto::{AsyncCrypto, AsyncOp};
 use crate::buffer::PacketBuffer;
 use crate::fib::Route;
-use crate::graph::{Context, Meta, NextIndex, Node, Packet, DROP, HANDOFF, PARK};
+use crate::graph::{Context, Meta, Nanos, NextIndex, Node, Packet, DROP, HANDOFF, PARK};
 use crate::ipsec_tables::{FlowSelector, IpsecTables, SaStats};
 use crate::tables::Tables;
 use crate::wire::Ipv4Packet;
@@ -323,6 +323,10 @@ pub type Esp6Encrypt<B> = EspEncrypt<B, true>;
 /// The decrypt node of IPv4 (`V6 = false`) or IPv6, for packets in buffers of type `B`.
 pub struct EspDecrypt<B, const V6: bool> {
     cache: SaCache,
+    /// When this node last reported ESP with an unknown SPI to the IKE daemon
+    /// ([`SpiReports`](crate::ipsec_tables::SpiReports)): at most one report per
+    /// [`SPI_REPORT_EVERY`], so a flood of such packets costs the workers nothing more.
+    last_spi_report: Option<Nanos>,
     /// This vector's packets between the halves of their decapsulation.
     pending: Vec<Pending<esp::DecapPending>>,
     /// Packets with an asynchronous engine, when the node has one.
@@ -350,6 +354,7 @@ impl<B, const V6: bool> EspDecrypt<B, V6> {
     pub fn new(backend: Arc<dyn CryptoBackend>) -> Self {
         Self {
             cache: SaCache::new(backend),
+            last_spi_report: None,
             pending: Vec::new(),
             parked: None,
         }
@@ -361,7 +366,38 @@ impl<B, const V6: bool> EspDecrypt<B, V6> {
         self.parked = Some(Parked::new(engine));
         self
     }
+
+    /// Reports ESP with the unknown SPI `spi` in packet `ip` to the IKE daemon (by its
+    /// sender, the outer source), unless this node reported one less than
+    /// [`SPI_REPORT_EVERY`] ago.
+    #[cold]
+    fn report_unknown_spi(&mut self, now: Nanos, ipsec: &IpsecTables, ip: &[u8], spi: u32) {
+        if self
+            .last_spi_report
+            .is_some_and(|last| now.saturating_sub(last) < SPI_REPORT_EVERY)
+        {
+            return;
+        }
+        let sender = match ip.first().map(|b| b >> 4) {
+            Some(4) => ip
+                .get(12..16)
+                .and_then(|a| <[u8; 4]>::try_from(a).ok())
+                .map(IpAddr::from),
+            Some(6) => ip
+                .get(8..24)
+                .and_then(|a| <[u8; 16]>::try_from(a).ok())
+                .map(IpAddr::from),
+            _ => None,
+        };
+        if let Some(sender) = sender {
+            self.last_spi_report = Some(now);
+            ipsec.spi_reports.report(sender, spi);
+        }
+    }
 }
+
+/// Least time between two reports of unknown SPIs from one decrypt node (10 a second).
+pub const SPI_REPORT_EVERY: Nanos = 100_000_000;
 
 /// `esp4-decrypt`.
 pub type Esp4Decrypt<B> = EspDecrypt<B, false>;
@@ -1414,6 +1450,7 @@ impl<B: PacketBuffer, const V6: bool> EspDecrypt<B, V6> {
         };
         let Some(entry) = ipsec.inbound_by_spi(spi) else {
             cx.error(EspDecryptError::UnknownSpi);
+            self.report_unknown_spi(cx.now, ipsec, pkt.buf.data(), spi);
             return Err(DecryptNext::Drop);
         };
         if hand_off_sa(cx, pkt, spi) {

@@ -917,6 +917,18 @@ impl Engine {
         out
     }
 
+    /// The established IKE SA with the peer at `addr` (its address, whatever the port: a
+    /// peer behind a NAT sends ESP from the address it does IKE from), the lowest id when
+    /// there are several (during a rekey); for telling a sender of ESP about an SPI we do not
+    /// know ([`Self::report_invalid_spi`]).
+    pub fn established_sa_with(&self, addr: std::net::IpAddr) -> Option<IkeSaId> {
+        self.sas
+            .iter()
+            .filter(|(_, sa)| sa.state == IkeState::Established && sa.remote.ip() == addr)
+            .map(|(&id, _)| IkeSaId(id))
+            .min_by_key(|id| id.0)
+    }
+
     /// The earliest instant at which [`Self::handle_timeout`] has work.
     pub fn next_timeout(&self) -> Option<Instant> {
         let timers = self

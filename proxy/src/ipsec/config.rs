@@ -158,6 +158,7 @@ impl Resources {
             reconnect: Some(std::time::Duration::from_secs(5)),
             esp_tap: None,
             usage: None,
+            spi_reports: None,
         };
         (config, problems)
     }

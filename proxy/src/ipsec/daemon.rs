@@ -21,6 +21,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use switchyard_dataplane::ipsec_tables::SpiReports;
 use switchyard_ipsec::ike::{
     Action, ChildSaInstall, Engine, EngineConfig, Failure, IkeCounters, IkeSaId, IkeState,
     PoolStatus, VirtualIp,
@@ -44,7 +45,17 @@ pub struct DaemonConfig {
     /// What the dataplane counted per CHILD_SA, for lifetimes in bytes: read every
     /// [`USAGE_POLL`] when a connection has a byte limit.
     pub usage: Option<ChildUsage>,
+    /// Where the dataplane reports ESP with SPIs of no CHILD_SA: each sender with an IKE SA
+    /// is told, in an INFORMATIONAL exchange carrying INVALID_SPI (RFC 7296 3.10.1), at most
+    /// once per [`INVALID_SPI_EVERY`] per SPI. Read every [`SPI_REPORT_POLL`].
+    pub spi_reports: Option<Arc<SpiReports>>,
 }
+
+/// How often the dataplane's reports of unknown SPIs are read.
+pub const SPI_REPORT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Least time between two INVALID_SPI notifications about one SPI to one sender.
+pub const INVALID_SPI_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Bytes a CHILD_SA carried, by (our inbound SPI, our outbound SPI): the larger of the two
 /// directions. `None`: not in the dataplane (yet).
@@ -189,6 +200,8 @@ impl Daemon {
             reconnect: config.reconnect,
             retries: HashMap::new(),
             usage: config.usage.clone(),
+            spi_reports: config.spi_reports.clone(),
+            invalid_spis_sent: HashMap::new(),
         };
         for name in &config.initiate {
             let _ = commands.send(Command::Connect(name.clone()));
@@ -292,6 +305,9 @@ struct Shell {
     /// Failed peers: when to try again, and the wait after that.
     retries: HashMap<String, (tokio::time::Instant, std::time::Duration)>,
     usage: Option<ChildUsage>,
+    spi_reports: Option<Arc<SpiReports>>,
+    /// When each (sender, SPI) was last told INVALID_SPI.
+    invalid_spis_sent: HashMap<(IpAddr, u32), Instant>,
 }
 
 /// ESP on the NAT-T port: not the non-ESP marker, not a one-byte keepalive (RFC 3948).
@@ -310,6 +326,8 @@ impl Shell {
         let mut polls_usage = self.usage.is_some() && self.engine.has_byte_limits();
         let mut usage_poll = tokio::time::interval(USAGE_POLL);
         usage_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut spi_poll = tokio::time::interval(SPI_REPORT_POLL);
+        spi_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self
                 .engine
@@ -369,6 +387,9 @@ impl Shell {
                 },
                 _ = usage_poll.tick(), if polls_usage && stopping.is_none() => {
                     self.check_usage().await;
+                }
+                _ = spi_poll.tick(), if self.spi_reports.is_some() && stopping.is_none() => {
+                    self.report_invalid_spis().await;
                 }
                 _ = tokio::time::sleep_until(wake) => {
                     if stopping.is_some_and(|s| tokio::time::Instant::now() >= s) {
@@ -463,6 +484,39 @@ impl Shell {
             if let Some(bytes) = (usage.0)(inbound, outbound) {
                 let actions = self.engine.child_bytes(inbound, bytes, Instant::now());
                 self.carry_out(actions).await;
+            }
+        }
+    }
+
+    /// Tells the senders of ESP with SPIs of no CHILD_SA, which the dataplane reported,
+    /// that they use an SPI we do not know (RFC 7296 3.10.1): on the IKE SA with each, if
+    /// there is one, and at most once per [`INVALID_SPI_EVERY`] per SPI. A peer that lost
+    /// track of a CHILD_SA (its delete or ours went missing) learns of it, instead of
+    /// sending into the void until its lifetime runs out.
+    async fn report_invalid_spis(&mut self) {
+        let Some(reports) = self.spi_reports.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        self.invalid_spis_sent
+            .retain(|_, at| now.duration_since(*at) < INVALID_SPI_EVERY);
+        for (sender, spi) in reports.take() {
+            if self.invalid_spis_sent.contains_key(&(sender, spi)) {
+                continue;
+            }
+            let Some(id) = self.engine.established_sa_with(sender) else {
+                continue;
+            };
+            match self.engine.report_invalid_spi(id, spi, now) {
+                Ok(actions) => {
+                    self.invalid_spis_sent.insert((sender, spi), now);
+                    tracing::info!(peer = %sender, spi = %format!("{spi:08x}"), "ipsec: ESP with an unknown SPI: INVALID_SPI sent");
+                    self.carry_out(actions).await;
+                }
+                // An exchange in flight: the next report gets its turn.
+                Err(e) => {
+                    tracing::debug!(peer = %sender, error = %e, "ipsec: INVALID_SPI not sent")
+                }
             }
         }
     }

@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 
 use anyhow::Context as _;
 use switchyard_dataplane::fib::Route;
-use switchyard_dataplane::ipsec_tables::IpsecTables;
+use switchyard_dataplane::ipsec_tables::{IpsecTables, SpiReports};
 use switchyard_dataplane::tables::{Tables, TablesHandle};
 use tokio::sync::oneshot;
 
@@ -237,7 +237,11 @@ pub fn start(
         None => config::Resources::default(),
     };
     let usage = usage_reader(handle.clone());
-    let (config, problems) = daemon_config(&files, base, settings.fragment_size, &usage)?;
+    let (mut config, problems) = daemon_config(&files, base, settings.fragment_size, &usage)?;
+    // The decrypt nodes' reports of unknown SPIs, in every version of the tables the
+    // publisher makes, read by the daemon.
+    let spi_reports = Arc::new(SpiReports::default());
+    config.spi_reports = Some(Arc::clone(&spi_reports));
     if let Some(problem) = problems.into_iter().next() {
         // From files given on the command line: refuse to start, as before.
         return Err(anyhow::anyhow!(problem)).context("the IPsec resources");
@@ -275,7 +279,7 @@ pub fn start(
                 }
             };
             runtime.block_on(async move {
-                let hook = publisher(handle, punt_tun);
+                let hook = publisher(handle, punt_tun, spi_reports);
                 let daemon = match Daemon::start_with_hook(config, Some(hook)) {
                     Ok(d) => d,
                     Err(e) => {
@@ -301,19 +305,25 @@ pub fn start(
 }
 
 /// A hook for the daemon that publishes the dataplane's IPsec tables for a set of CHILD_SAs
-/// (newest last), keeping the counters of SAs that stay, and puts the virtual IPs peers
-/// assigned us on the punt TUN device (`punt_tun`) while they last.
-fn publisher(handle: TablesHandle, punt_tun: Option<u32>) -> daemon::ChildSaHook {
+/// (newest last), keeping the counters of SAs that stay and reporting unknown SPIs to
+/// `spi_reports`, and puts the virtual IPs peers assigned us on the punt TUN device
+/// (`punt_tun`) while they last.
+fn publisher(
+    handle: TablesHandle,
+    punt_tun: Option<u32>,
+    spi_reports: Arc<SpiReports>,
+) -> daemon::ChildSaHook {
     let mut generation = 0u64;
     let mut current: Option<Arc<IpsecTables>> = None;
     let mut on_tun: Vec<IpAddr> = Vec::new();
     Box::new(move |children| {
         generation += 1;
-        let ipsec = IpsecTables::from_children(
+        let mut ipsec = IpsecTables::from_children(
             generation,
             children.iter().map(|c| c.as_ref()),
             current.as_deref(),
         );
+        ipsec.spi_reports = Arc::clone(&spi_reports);
         let local_addresses = ipsec.local_addresses.clone();
         // The rest of the tables belong to the control plane (in the agent): take them as they
         // are in force, and only the SAs (and their virtual IPs' routes) from here.
@@ -483,7 +493,7 @@ mod tests {
     #[test]
     fn a_moved_peer_takes_its_child_sas_tunnel_along_when_republished() {
         let handle = TablesHandle::new(Tables::default());
-        let mut publish = publisher(handle.clone(), None);
+        let mut publish = publisher(handle.clone(), None, Arc::default());
         let mut children = vec![child(0x1001, 0x2001, 33001), child(0x1002, 0x2002, 33001)];
         publish(&children);
         let before = handle.load();

@@ -405,6 +405,17 @@ fn unknown_spi_and_foreign_inner_packets_are_dropped() {
     let esp = from_peer(&mut stranger, &echo(REMOTE_HOST, CLIENT, 64, 10), true);
     assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &esp)).is_empty());
     assert_eq!(r.count("esp4-decrypt", "unknown_spi"), 1);
+    // Reported to the IKE daemon (by sender and SPI), at most once per SPI_REPORT_EVERY
+    // per node.
+    let sender = std::net::IpAddr::from(<[u8; 4]>::try_from(&esp[12..16]).unwrap());
+    assert_eq!(ipsec(&r).spi_reports.take(), vec![(sender, 0x1234_5678)]);
+    let again = from_peer(&mut stranger, &echo(REMOTE_HOST, CLIENT, 64, 11), true);
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &again)).is_empty());
+    assert!(ipsec(&r).spi_reports.take().is_empty(), "rate-limited");
+    r.now += crate::nodes::esp::SPI_REPORT_EVERY;
+    assert!(r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &again)).is_empty());
+    assert_eq!(ipsec(&r).spi_reports.take(), vec![(sender, 0x1234_5678)]);
+    assert_eq!(r.count("esp4-decrypt", "unknown_spi"), 3);
     // The right SA, but the inner source is not behind the peer.
     let mut peer = peer_outbound(GCM);
     let esp = from_peer(&mut peer, &echo("198.19.9.9", CLIENT, 64, 10), true);

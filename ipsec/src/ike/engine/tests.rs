@@ -582,6 +582,40 @@ fn delete_and_dpd() {
     assert!(p.a.sas().is_empty() && p.b.sas().is_empty());
 }
 
+/// RFC 7296 3.10.1: ESP with an SPI we do not know is reported to its sender, found by its
+/// address, in an INFORMATIONAL exchange carrying INVALID_SPI and the SPI; the sender
+/// answers it and acts on nothing (the notification is only a hint).
+#[test]
+fn invalid_spi_is_reported_to_the_sender_of_the_esp() {
+    let mut p = pair("aes128gcm16-prfsha256-x25519", "aes128gcm16");
+    let id = p.connect();
+    let b_addr = B.parse::<SocketAddr>().unwrap().ip();
+    assert_eq!(p.a.established_sa_with(b_addr), Some(id));
+    assert_eq!(p.a.established_sa_with(ip("198.51.100.77")), None);
+    let events_b = p.events_b.len();
+    let actions = p.a.report_invalid_spi(id, 0xdead_beef, p.now).unwrap();
+    let sent: Vec<&Vec<u8>> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 1, "{actions:?}");
+    p.run(actions);
+    // Answered: nothing outstanding on either side, both SAs and their CHILD_SAs stay.
+    assert!(p.a.next_timeout().is_none(), "answered");
+    assert_eq!(p.a.state(id), Some(IkeState::Established));
+    assert_eq!(p.b.sas().len(), 1);
+    assert!(
+        !p.events_b[events_b..]
+            .iter()
+            .any(|e| matches!(e, Action::DeleteChildSa { .. } | Action::Closed { .. })),
+        "{:?}",
+        &p.events_b[events_b..]
+    );
+}
+
 /// RFC 7296 section 2.4: with a DPD delay, a quiet peer is asked whether it is alive; an
 /// answer keeps the SA, and a peer gone for good makes it fail once the retransmissions run
 /// out (strongSwan's `dpd_delay`).
