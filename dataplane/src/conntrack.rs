@@ -456,6 +456,10 @@ struct Slot {
     live: bool,
     /// TCP: the side that sent the first FIN, which tells retransmissions from answers.
     closer: Direction,
+    /// The connection's Service backend is no longer a serving endpoint
+    /// ([`Conntrack::set_backend_gone`]): a client's SYN on it, established, is a new
+    /// connection.
+    backend_gone: bool,
     /// How packets of each direction are translated, indexed by [`Direction::index`]: a
     /// function of the two tuples, worked out once at insert so that the per-packet rewrite
     /// is a few stores and two checksum additions.
@@ -819,13 +823,25 @@ impl Conntrack {
         } else {
             Some((datagram_next(slot.entry.state, dir), slot.closer))
         };
-        let Some((state, closer)) = next else {
+        let Some((mut state, closer)) = next else {
             self.counters.invalid += 1;
             return Verdict::Invalid;
         };
+        // A client's SYN on an established connection whose backend has left its Service: a
+        // new connection reusing the tuple, not a late retransmission for a backend that is
+        // gone (which would take it until the entry's established timeout ran out; Linux
+        // lets such a flow die within minutes, its retransmissions unanswered).
+        if slot.backend_gone
+            && slot.entry.state == ConnState::Established
+            && dir == Direction::Original
+            && tcp_flags.and_then(tcp_event) == Some(TcpEvent::Syn)
+        {
+            state = ConnState::SynSent;
+        }
         let reopened = reopens(slot.entry.state, state);
         if reopened {
             // A new connection on the same tuples: start it over, evictable again.
+            self.slots[index].backend_gone = false;
             let entry = &mut self.slots[index].entry;
             entry.created = now;
             entry.packets = [0; 2];
@@ -933,6 +949,7 @@ impl Conntrack {
         slot.timeout = timeout(&self.config.timeouts, &slot.entry);
         slot.live = true;
         slot.closer = Direction::Original;
+        slot.backend_gone = false;
         slot.nat = Translation::pair(&original, &reply);
         self.len += 1;
         self.link_unassured(index);
@@ -978,6 +995,21 @@ impl Conntrack {
         }
         self.counters.removals += removed as u64;
         removed
+    }
+
+    /// Marks each live TCP entry by whether `gone` says its Service backend has left (no
+    /// longer a serving endpoint of its Service port): a client's SYN on an established
+    /// connection so marked is [`Verdict::Reopened`], a new connection (the service proxy
+    /// balances it afresh), where otherwise it passes on the old entry as a late
+    /// retransmission. The connection's other packets are untouched (kube-proxy leaves TCP
+    /// connections to departed endpoints alone). Returns how many are marked.
+    pub fn set_backend_gone(&mut self, mut gone: impl FnMut(&ConnEntry) -> bool) -> usize {
+        let mut marked = 0;
+        for slot in self.slots.iter_mut().filter(|s| s.live) {
+            slot.backend_gone = slot.entry.original.proto == PROTO_TCP && gone(&slot.entry);
+            marked += usize::from(slot.backend_gone);
+        }
+        marked
     }
 
     /// Every live entry, in slab order (for `show conntrack`).
@@ -1082,6 +1114,7 @@ impl Conntrack {
             next: NIL,
             live: false,
             closer: Direction::Original,
+            backend_gone: false,
             nat: [Translation::None; 2],
             timeout: 0,
         });
@@ -1271,10 +1304,15 @@ fn tcp_next(
 }
 
 /// True when going from `from` to `to` starts a new connection on the tuples of a closing or
-/// closed one (its counters and age start over).
+/// closed one, or of an established one whose backend is gone (its counters and age start
+/// over).
 fn reopens(from: ConnState, to: ConnState) -> bool {
     use ConnState::*;
-    to == SynSent && matches!(from, FinWait | CloseWait | LastAck | TimeWait | Close)
+    to == SynSent
+        && matches!(
+            from,
+            Established | FinWait | CloseWait | LastAck | TimeWait | Close
+        )
 }
 
 /// Packs a slab index and direction into a non-zero 32-bit index reference.
@@ -1690,6 +1728,35 @@ mod tests {
             (ConnState::SynSent, false, 3 * S)
         );
         assert_eq!(entry.packets, [1, 0]);
+    }
+
+    /// A SYN on an established connection passes on it (a late retransmission) unless the
+    /// connection's backend is marked gone: then it is a new connection on the tuple.
+    #[test]
+    fn a_syn_on_an_established_connection_to_a_departed_backend_starts_a_new_one() {
+        use Direction::*;
+        let mut ct = table(16);
+        let (original, reply) = dnat_flow();
+        let id = ct.insert(original, reply, 7, 0).unwrap();
+        handshake(&mut ct, id, 0);
+        assert_eq!(ct.track(id, Original, Some(SYN), 60, S), Verdict::Valid);
+        assert_eq!(state(&ct, id), ConnState::Established);
+        assert_eq!(ct.set_backend_gone(|e| e.user == 7), 1);
+        // Its other packets, and the backend's, are the connection's still.
+        assert_eq!(ct.track(id, Original, Some(ACK), 52, S), Verdict::Valid);
+        assert_eq!(ct.track(id, Reply, Some(SYN | ACK), 60, S), Verdict::Valid);
+        assert_eq!(
+            ct.track(id, Original, Some(SYN), 60, 2 * S),
+            Verdict::Reopened
+        );
+        assert_eq!(state(&ct, id), ConnState::SynSent);
+        // Started over: the mark goes with the old connection.
+        handshake(&mut ct, id, 3 * S);
+        assert_eq!(ct.track(id, Original, Some(SYN), 60, 4 * S), Verdict::Valid);
+        // Unmarked again (the backend serves once more): a SYN passes as before.
+        ct.set_backend_gone(|_| true);
+        ct.set_backend_gone(|_| false);
+        assert_eq!(ct.track(id, Original, Some(SYN), 60, 5 * S), Verdict::Valid);
     }
 
     #[test]

@@ -617,7 +617,9 @@ impl WorkerState {
     }
 
     /// Call when new tables come into force: forgets the connections whose backend left its
-    /// Service (UDP and SCTP always, TCP when configured). Returns how many were forgotten.
+    /// Service (UDP and SCTP always, TCP when configured), and marks the TCP ones it keeps
+    /// ([`Conntrack::set_backend_gone`]: a client's SYN on one starts a new connection).
+    /// Returns how many were forgotten.
     pub fn sync_services(&mut self, tables: &Tables) -> usize {
         if tables.version == self.services_version {
             return 0;
@@ -635,21 +637,32 @@ impl WorkerState {
                 .conntrack
                 .flush_matching(|e| e.user != crate::services::NOT_A_SERVICE);
         };
-        self.conntrack.flush_matching(|e| {
+        let local = |e: &crate::conntrack::ConnEntry| {
+            matches!(tables.fib.lookup(e.original.dst), Some(Route::Local))
+        };
+        let flushed = self.conntrack.flush_matching(|e| {
             let tcp = e.original.proto == crate::conntrack::PROTO_TCP;
-            let local = matches!(tables.fib.lookup(e.original.dst), Some(Route::Local));
             if e.user == crate::services::NOT_A_SERVICE {
                 // A datagram flow tracked (by policy) before its destination became a
                 // Service would pass untranslated for as long as it keeps sending: kube-proxy
                 // clears such flows when a Service address gets endpoints, so do we.
                 let o = &e.original;
-                return !tcp && services.find(o.dst, o.proto, o.dst_port, local).is_some();
+                return !tcp
+                    && services
+                        .find(o.dst, o.proto, o.dst_port, local(e))
+                        .is_some();
             }
             if tcp && !services.flush_tcp_on_removal {
                 return false;
             }
-            !services.still_valid(e, local)
-        })
+            !services.still_valid(e, local(e))
+        });
+        // TCP connections to a backend that left stay (as kube-proxy leaves them), but a
+        // client's SYN reusing one's tuple starts a new connection.
+        self.conntrack.set_backend_gone(|e| {
+            e.user != crate::services::NOT_A_SERVICE && !services.still_valid(e, local(e))
+        });
+        flushed
     }
 }
 

@@ -432,3 +432,52 @@ fn kube_proxy_a_service_deleted_and_recreated_with_its_ip() {
     let (_, _, dst, _, _, _) = one_tcp(&r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ack)));
     assert_eq!(dst, v4(REMOTE_POD), "the TCP connection keeps its backend");
 }
+
+/// A client reusing the tuple of an established connection whose backend has left the
+/// Service (its pod deleted): the new SYN starts a new connection to a backend that serves,
+/// rather than going to the dead one until the old entry's established timeout runs out
+/// (Linux conntrack lets such a flow die within minutes, its retransmissions unanswered, and
+/// a SYN after that starts anew). The old connection's other packets still go where they
+/// went, as kube-proxy leaves TCP connections alone; and while the backend serves, a SYN on
+/// the established tuple stays with it.
+#[test]
+fn kube_proxy_a_syn_reusing_the_tuple_of_a_connection_to_a_departed_backend_starts_anew() {
+    let old = Endpoint::ready(v4(REMOTE_POD).into(), 8080, false);
+    let new = Endpoint::ready(v4(OTHER_POD).into(), 8080, false);
+    let mut r = Rig::with_pod_network(&[service(vec![old])]);
+    let (_, src, dst, sport, _, _) = one_tcp(&r.syn(CLIENT, VIP, 40000, 80));
+    assert_eq!(dst, v4(REMOTE_POD));
+    let synack = tcp(
+        v4(REMOTE_POD),
+        src,
+        8080,
+        sport,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    let answer = r.send(1, &eth(MAC1, SERVER_MAC, 0x0800, &synack));
+    assert_eq!(one_tcp(&answer).2, v4(CLIENT));
+    let ack = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::ACK);
+    let (_, _, dst, _, _, _) = one_tcp(&r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ack)));
+    assert_eq!(dst, v4(REMOTE_POD));
+    // A late SYN while the backend serves: the same connection.
+    let (_, _, dst, _, _, _) = one_tcp(&r.syn(CLIENT, VIP, 40000, 80));
+    assert_eq!(dst, v4(REMOTE_POD));
+    assert_eq!(r.count("ip4-nat", "reopened"), 0);
+
+    // The old backend leaves, another comes.
+    r.set_services(&[service(vec![new])], 3);
+    let (_, _, dst, _, _, _) = one_tcp(&r.send(0, &eth(MAC0, CLIENT_MAC, 0x0800, &ack)));
+    assert_eq!(
+        dst,
+        v4(REMOTE_POD),
+        "the old connection's packets keep their backend"
+    );
+    let (_, _, dst, _, _, _) = one_tcp(&r.syn(CLIENT, VIP, 40000, 80));
+    assert_eq!(
+        dst,
+        v4(OTHER_POD),
+        "a new SYN on the tuple goes to a serving backend"
+    );
+    assert_eq!(r.count("ip4-nat", "reopened"), 1);
+    assert_eq!(r.count("ip4-nat", "new_connection"), 2);
+}
