@@ -18,7 +18,7 @@ use switchyard_dataplane::graph::{Graph, Packet, VECTOR_SIZE};
 use switchyard_dataplane::nodes::host::{self, HostFamily};
 use switchyard_dataplane::tables::{Interface, Tables};
 use switchyard_dataplane::PacketBuffer;
-use switchyard_io::tun::{RouteRule, Tun, RT_TABLE_LOCAL};
+use switchyard_io::tun::{ReadyFds, RouteRule, Tun, RT_TABLE_LOCAL};
 use switchyard_io::{Driver, IoError};
 
 /// What went through the punt path, for the exit report.
@@ -58,10 +58,10 @@ pub struct PuntPath<B> {
     link_of: Vec<Option<usize>>,
     /// Every device's descriptor, the main one first, to wait on.
     fds: Vec<RawFd>,
-    /// The same descriptors for `poll`, when there are links' devices: one call finds which
-    /// have packets, so that polling idle devices costs one system call a turn, as reading
-    /// the main device alone did.
-    pollfds: Vec<libc::pollfd>,
+    /// The same descriptors for one `poll`, when there are links' devices: one call finds
+    /// which have packets, so that polling idle devices costs one system call a turn, as
+    /// reading the main device alone did.
+    ready: ReadyFds,
     ip4_entry: usize,
     ip6_entry: usize,
     /// A buffer kept for the next read, so that polling an idle device costs no allocation.
@@ -164,17 +164,7 @@ impl<B: PacketBuffer> PuntPath<B> {
         let fds: Vec<RawFd> = std::iter::once(tun.as_raw_fd())
             .chain(links.iter().map(|l| l.tun.as_raw_fd()))
             .collect();
-        let pollfds = if links.is_empty() {
-            Vec::new()
-        } else {
-            fds.iter()
-                .map(|&fd| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect()
-        };
+        let ready = ReadyFds::new(if links.is_empty() { &[] } else { &fds });
         tracing::info!(
             tun = name,
             mtu,
@@ -188,7 +178,7 @@ impl<B: PacketBuffer> PuntPath<B> {
             links,
             link_of,
             fds,
-            pollfds,
+            ready,
             ip4_entry: graph
                 .node_index(host::IP4_ENTRY)
                 .context("the graph has no ip4-lookup")?,
@@ -243,7 +233,7 @@ impl<B: PacketBuffer> PuntPath<B> {
         let PuntPath {
             tun,
             links,
-            pollfds,
+            ready,
             ip4_entry,
             ip6_entry,
             spare,
@@ -258,25 +248,18 @@ impl<B: PacketBuffer> PuntPath<B> {
         if links.is_empty() {
             return reader.read(tun, None, VECTOR_SIZE, driver, graph);
         }
-        for p in pollfds.iter_mut() {
-            p.revents = 0;
-        }
-        // SAFETY: `pollfds` is a live array of pollfd of the given length; timeout 0: no wait.
-        let ready = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 0) };
-        if ready <= 0 {
+        if !ready.poll() {
             return 0;
         }
-        // Readable or in error (a read then says which): anything but nothing.
-        let has = |p: &libc::pollfd| p.revents != 0;
         let mut read = 0;
-        if has(&pollfds[0]) {
+        if ready.is_ready(0) {
             read += reader.read(tun, None, VECTOR_SIZE, driver, graph);
         }
-        for (link, p) in links.iter_mut().zip(&pollfds[1..]) {
+        for (i, link) in links.iter_mut().enumerate() {
             if read >= VECTOR_SIZE {
                 break;
             }
-            if has(p) {
+            if ready.is_ready(i + 1) {
                 read += reader.read(
                     &mut link.tun,
                     Some(link.ifc),

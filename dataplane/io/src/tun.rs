@@ -364,6 +364,53 @@ impl AsRawFd for Tun {
     }
 }
 
+/// Which of several descriptors (TUN devices) have something to read, found by one `poll(2)`
+/// without waiting: reading only those costs one system call for the lot instead of a read
+/// per idle device.
+#[derive(Debug)]
+pub struct ReadyFds {
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl ReadyFds {
+    /// For the descriptors `fds`, in this order.
+    pub fn new(fds: &[RawFd]) -> Self {
+        ReadyFds {
+            pollfds: fds
+                .iter()
+                .map(|&fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// Polls them all at once, without waiting; false when none is ready (or the poll
+    /// failed), and then [`ReadyFds::is_ready`] says false for each.
+    pub fn poll(&mut self) -> bool {
+        for p in &mut self.pollfds {
+            p.revents = 0;
+        }
+        // SAFETY: `pollfds` is a live, exclusively borrowed array of `len` pollfd; timeout 0.
+        let ready = unsafe {
+            libc::poll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                0,
+            )
+        };
+        ready > 0
+    }
+
+    /// Whether descriptor `i` was readable (or in error, which a read then reports) at the
+    /// last [`ReadyFds::poll`].
+    pub fn is_ready(&self, i: usize) -> bool {
+        self.pollfds.get(i).is_some_and(|p| p.revents != 0)
+    }
+}
+
 /// An `AF_INET` datagram socket, the handle the `SIOC*IF*` ioctls go through.
 fn control_socket() -> Result<OwnedFd, IoError> {
     // SAFETY: plain socket(2) call with constant arguments; no pointers.
