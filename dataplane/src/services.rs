@@ -211,6 +211,12 @@ pub struct ServiceCounters {
 /// no counter slot, and never flushed by a Service change.
 pub const NOT_A_SERVICE: u32 = u32::MAX;
 
+/// The `user` value of a Service flow sent on without a translation (a GRE or IP-in-IP
+/// tunnel to the backend, or direct server return's delivery), tracked because NetworkPolicy
+/// judges it: its packets keep going the Service's way, its replies pass as replies. No
+/// counter slot (slots stay below [`MAX_COUNTED_PAIRS`]).
+pub const TUNNELLED: u32 = u32::MAX - 2;
+
 /// Most (frontend, backend) pairs counted per worker; pairs beyond it are not counted.
 pub const MAX_COUNTED_PAIRS: usize = 1 << 20;
 

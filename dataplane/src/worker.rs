@@ -652,6 +652,14 @@ impl WorkerState {
                         .find(o.dst, o.proto, o.dst_port, local(e))
                         .is_some();
             }
+            if e.user == crate::services::TUNNELLED {
+                // Kept while the address still sends such flows on untranslated (its
+                // backends are picked per packet); else its packets start over.
+                let o = &e.original;
+                return !services
+                    .find(o.dst, o.proto, o.dst_port, local(e))
+                    .is_some_and(|f| f.forwarding != switchyard_lb::service::Forwarding::Nat);
+            }
             if tcp && !services.flush_tcp_on_removal {
                 return false;
             }
@@ -660,7 +668,7 @@ impl WorkerState {
         // TCP connections to a backend that left stay (as kube-proxy leaves them), but a
         // client's SYN reusing one's tuple starts a new connection.
         self.conntrack.set_backend_gone(|e| {
-            e.user != crate::services::NOT_A_SERVICE && !services.still_valid(e, local(e))
+            e.user < crate::services::TUNNELLED && !services.still_valid(e, local(e))
         });
         flushed
     }

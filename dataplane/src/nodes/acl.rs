@@ -25,7 +25,7 @@ use crate::buffer::PacketBuffer;
 use crate::conntrack::{Direction as ConnDirection, FlowKey, Verdict, PROTO_ICMP, PROTO_ICMPV6};
 use crate::graph::{Context, NextIndex, Node, Packet, DROP, HANDOFF};
 use crate::nat::{self, Tuple};
-use crate::policy::{AclDirection, PolicyTables};
+use crate::policy::{AclDirection, AclTable, PolicyTables};
 use crate::services::NOT_A_SERVICE;
 use crate::{family_node_info, node_errors};
 
@@ -258,6 +258,33 @@ fn judge<B: PacketBuffer>(
         }
         return Next::Lookup;
     }
+    if let Err(denied) = rules_allow(cx, pkt, (egress, ingress), &ends, &t) {
+        cx.error(denied);
+        if let (Some(id), true) = (pkt.meta.conn, pkt.meta.conn_new) {
+            cx.state.conntrack.remove(id);
+        }
+        return Next::Drop;
+    }
+    cx.error(AclError::AllowedNew);
+    if track {
+        track_new(cx, &key, &t);
+    }
+    Next::Lookup
+}
+
+/// An ACL that judges one end of a flow, with its index (for the hit counters).
+type JudgingAcl<'a> = Option<(u32, &'a AclTable)>;
+
+/// The rules of the source's egress ACL and the destination's ingress ACL (each where there
+/// is one) for a new flow between `ends`: the first that admits nothing says why. Rule hits
+/// are counted.
+fn rules_allow<B>(
+    cx: &mut Context<'_, B>,
+    pkt: &Packet<B>,
+    (egress, ingress): (JudgingAcl<'_>, JudgingAcl<'_>),
+    ends: &Ends,
+    t: &Tuple,
+) -> Result<(), AclError> {
     // ICMP and other port-less protocols are matched as port 0 (rules with ports never match
     // them; rules without ports do).
     let port = ends.dst_port * u16::from(t.has_ports());
@@ -266,26 +293,56 @@ fn judge<B: PacketBuffer>(
         (ingress, ends.src, AclError::IngressDenied),
     ] {
         let Some((index, table)) = acl else { continue };
-        let matched = table.classifier.classify(peer, key.proto, port);
+        let matched = table.classifier.classify(peer, t.key.proto, port);
         if let Some(hits) = cx.state.acl_hits.get_mut(index as usize) {
             hits.record(matched);
         }
         if matched.is_none() {
-            cx.error(denied);
             if pkt.meta.trace != 0 {
                 cx.trace(&pkt.meta, format_args!("{denied:?} by {}", table.name));
             }
-            if let (Some(id), true) = (pkt.meta.conn, pkt.meta.conn_new) {
-                cx.state.conntrack.remove(id);
-            }
-            return Next::Drop;
+            return Err(denied);
         }
     }
-    cx.error(AclError::AllowedNew);
-    if track {
-        track_new(cx, &key, &t);
+    Ok(())
+}
+
+/// NetworkPolicy for the first packet of a Service flow that is sent on without a
+/// translation of its own: in a GRE or IP-in-IP tunnel to its backend (the node the client's
+/// packet reached), or delivered unchanged to a local backend (direct server return). It is
+/// judged as a translated connection is, from the client's address to the backend's address
+/// and port. `Ok(true)`: allowed, and an ACL judges one way or the other, so the flow is to
+/// be tracked (its replies then pass as replies, its later packets without a rule check);
+/// `Ok(false)`: no ACL judges it; `Err`: denied, and why (for the caller to count: this
+/// is not the ACL node's). Traffic this node originates is allowed, as in [`judge`].
+pub(crate) fn judge_unconnected<B>(
+    cx: &mut Context<'_, B>,
+    policy: &PolicyTables,
+    pkt: &Packet<B>,
+    t: &Tuple,
+    backend: (IpAddr, u16),
+) -> Result<bool, AclError> {
+    if pkt.meta.local_origin {
+        return Ok(false);
     }
-    Next::Lookup
+    let ends = Ends {
+        src: t.key.src,
+        dst: backend.0,
+        dst_port: backend.1,
+    };
+    if ends.src == ends.dst {
+        return Ok(false);
+    }
+    let egress = policy.acl_for(ends.src, AclDirection::Egress);
+    let ingress = policy.acl_for(ends.dst, AclDirection::Ingress);
+    let judged_back = policy.acl_for(ends.dst, AclDirection::Egress).is_some()
+        || policy.acl_for(ends.src, AclDirection::Ingress).is_some();
+    if egress.is_none() && ingress.is_none() {
+        return Ok(judged_back && !t.later_fragment);
+    }
+    rules_allow(cx, pkt, (egress, ingress), &ends, t)?;
+    // A later fragment only passes: its first one made the entry, or was refused.
+    Ok(!t.later_fragment)
 }
 
 /// Whether a packet whose transport header could not be read would meet an ACL: the

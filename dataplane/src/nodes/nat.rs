@@ -27,7 +27,9 @@
 
 use std::net::IpAddr;
 
-use switchyard_lb::service::{Forwarding, Frontend, FrontendEntry, FrontendKind, Target};
+use switchyard_lb::service::{
+    BackendAddr, Forwarding, Frontend, FrontendEntry, FrontendKind, Target,
+};
 
 use super::tunnel::{self, TunnelKind};
 use super::{flow_hash, vreass};
@@ -38,7 +40,7 @@ use crate::conntrack::{
 use crate::fib::Route;
 use crate::graph::{Context, Handoff, NextIndex, Node, Packet, DROP, HANDOFF};
 use crate::nat::{self, Plain4, Translation, Tuple};
-use crate::services::Services;
+use crate::services::{Services, TUNNELLED};
 use crate::tables::Tables;
 use crate::{family_node_info, node_errors};
 
@@ -70,6 +72,9 @@ node_errors! {
         SourceDenied = ("source_denied", "new connection to a load-balancer IP from outside its loadBalancerSourceRanges: dropped"),
         HandedOff = ("handed_off", "packets of connections another worker tracks: handed to it"),
         HostToItself = ("host_to_itself", "the host's connection to a service address of its own whose endpoint is the host itself, with no cluster IP of the family to stand in for the host: dropped"),
+        PolicyEgressDenied = ("policy_egress_denied", "new flow a Service tunnels or delivers untranslated, denied by the client's egress NetworkPolicy (judged as to the backend): dropped"),
+        PolicyIngressDenied = ("policy_ingress_denied", "new flow a Service tunnels or delivers untranslated, denied by the backend's ingress NetworkPolicy: dropped"),
+        PolicyTrackFailed = ("policy_track_failed", "a tunnelled or delivered flow NetworkPolicy allowed could not be tracked: its replies may be denied"),
         NoServicePort = ("no_service_port", "new connection to a cluster IP on a port or protocol no service has: refused (a later fragment: dropped)"),
     }
 }
@@ -204,6 +209,9 @@ fn translate_plain4<B: PacketBuffer>(
     };
     match hit.verdict {
         Verdict::Valid => {}
+        // A tunnelled flow is often seen one way only (its backend answers the client
+        // directly): its TCP state does not judge its packets.
+        Verdict::Invalid if hit.user == TUNNELLED => {}
         Verdict::Invalid => {
             cx.error(NatError::Invalid);
             return Next::Drop;
@@ -212,6 +220,9 @@ fn translate_plain4<B: PacketBuffer>(
         Verdict::Reopened => return reopen_parsed(cx, services, pkt, hit.id),
     }
     let translated = match translation {
+        Translation::None if hit.user == TUNNELLED => {
+            return follow_untranslated(cx, services, pkt, (hit.id, hit.dir), None)
+        }
         Translation::None => false,
         Translation::Ipv4(rewrite) => rewrite.apply(data, &plain),
         Translation::General => rewrite_to_target(&cx.state.conntrack, data, hit.id, hit.dir),
@@ -345,6 +356,12 @@ fn translate<B: PacketBuffer>(
     if let Some((id, dir)) = cx.state.conntrack.lookup(&t.key, cx.now) {
         match cx.state.conntrack.track(id, dir, t.tcp_flags, len, cx.now) {
             Verdict::Valid => {}
+            Verdict::Invalid
+                if cx
+                    .state
+                    .conntrack
+                    .get(id)
+                    .is_some_and(|e| e.user == TUNNELLED) => {}
             Verdict::Invalid => {
                 cx.error(NatError::Invalid);
                 return Next::Drop;
@@ -355,6 +372,9 @@ fn translate<B: PacketBuffer>(
         let Some(entry) = cx.state.conntrack.get(id) else {
             return Next::Lookup;
         };
+        if entry.user == TUNNELLED {
+            return follow_untranslated(cx, services, pkt, (id, dir), Some(&t));
+        }
         pkt.meta.conn = Some(id);
         cx.state
             .service_counters
@@ -396,11 +416,7 @@ fn translate_later_fragment<B: PacketBuffer>(
         else {
             return no_frontend(cx, services, pkt, t);
         };
-        let stateful = matches!(
-            (frontend.forwarding, pkt.meta.decapsulated),
-            (Forwarding::Nat, _) | (Forwarding::Gre | Forwarding::Ipip, true)
-        );
-        if stateful {
+        if !sends_untranslated(frontend, pkt.meta.decapsulated) {
             cx.error(NatError::FragmentWithoutConnection);
             return Next::Drop;
         }
@@ -409,6 +425,9 @@ fn translate_later_fragment<B: PacketBuffer>(
     let Some(entry) = cx.state.conntrack.get(id) else {
         return Next::Lookup;
     };
+    if entry.user == TUNNELLED {
+        return follow_untranslated(cx, services, pkt, (id, dir), Some(t));
+    }
     pkt.meta.conn = Some(id);
     cx.state
         .service_counters
@@ -570,10 +589,15 @@ fn new_connection<B: PacketBuffer>(
     };
     match (frontend.forwarding, pkt.meta.decapsulated) {
         (Forwarding::Nat, _) | (Forwarding::Gre | Forwarding::Ipip, true) => {}
-        (Forwarding::DsrIpip, true) => return deliver(cx, pkt, backend.addr),
-        (Forwarding::Gre, false) => return encapsulate(cx, pkt, t, TunnelKind::Gre, backend.addr),
-        (Forwarding::Ipip | Forwarding::DsrIpip, false) => {
-            return encapsulate(cx, pkt, t, TunnelKind::Ipip, backend.addr)
+        untranslated => {
+            if !policy_admits_untranslated(cx, pkt, t, backend) {
+                return Next::Drop;
+            }
+            return match untranslated {
+                (Forwarding::DsrIpip, true) => deliver(cx, pkt, backend.addr),
+                (Forwarding::Gre, _) => encapsulate(cx, pkt, t, TunnelKind::Gre, backend.addr),
+                _ => encapsulate(cx, pkt, t, TunnelKind::Ipip, backend.addr),
+            };
         }
     }
     // kube-proxy's --masquerade-all covers cluster IPs only; NodePorts, external and
@@ -679,6 +703,90 @@ fn new_connection<B: PacketBuffer>(
     }
     nat::rewrite(pkt.buf.data_mut(), t, &to);
     Next::Lookup
+}
+
+/// Whether a Service flow that goes on untranslated (tunnelled to its backend, or delivered
+/// to it by direct server return) may: NetworkPolicy judges it as a translated connection,
+/// from the client to the backend ([`acl::judge_unconnected`]). An allowed flow that an ACL
+/// judges either way is tracked ([`TUNNELLED`]), so its replies pass the client's ingress ACL
+/// and its later packets skip the rules; one already tracked (`meta.conn`) is not judged again.
+///
+/// [`acl::judge_unconnected`]: super::acl::judge_unconnected
+fn policy_admits_untranslated<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    pkt: &mut Packet<B>,
+    t: &Tuple,
+    backend: BackendAddr,
+) -> bool {
+    let Some(policy) = cx.tables.policy.clone() else {
+        return true;
+    };
+    if pkt.meta.conn.is_some() {
+        return true;
+    }
+    match super::acl::judge_unconnected(cx, &policy, pkt, t, (backend.addr, backend.port)) {
+        Ok(false) => true,
+        Ok(true) => {
+            let ct = &mut cx.state.conntrack;
+            match ct.insert(t.key, t.key.reversed(), TUNNELLED, cx.now) {
+                Ok(id) => {
+                    ct.track(id, Direction::Original, t.tcp_flags, t.end as u32, cx.now);
+                    pkt.meta.conn = Some(id);
+                }
+                Err(_) => cx.error(NatError::PolicyTrackFailed),
+            }
+            true
+        }
+        Err(denied) => {
+            cx.error(match denied {
+                super::acl::AclError::EgressDenied => NatError::PolicyEgressDenied,
+                _ => NatError::PolicyIngressDenied,
+            });
+            false
+        }
+    }
+}
+
+/// A packet of a flow tracked as [`TUNNELLED`] (entry `id`, travelling `dir`): the client's
+/// packets go the Service's way again, tunnelled or delivered to the backend Maglev picks
+/// for their tuple (the one it picked for the first); the replies pass. When the address is
+/// no longer such a Service's, the entry is forgotten and the packet starts over. `t`: the
+/// packet's tuple when the caller has it (a later fragment's has its first one's ports).
+#[cold]
+fn follow_untranslated<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+    (id, dir): (EntryId, Direction),
+    t: Option<&Tuple>,
+) -> Next {
+    pkt.meta.conn = Some(id);
+    if dir == Direction::Reply {
+        return Next::Lookup;
+    }
+    let Some(t) = t.copied().or_else(|| Tuple::parse(pkt.buf.data())) else {
+        return Next::Lookup;
+    };
+    let dst_is_local = is_local(cx.tables, t.key.dst);
+    match services.find(t.key.dst, t.key.proto, t.key.dst_port, dst_is_local) {
+        Some(frontend) if sends_untranslated(frontend, pkt.meta.decapsulated) => {
+            new_connection(cx, services, frontend, pkt, &t)
+        }
+        _ => {
+            cx.state.conntrack.remove(id);
+            pkt.meta.conn = None;
+            start(cx, services, pkt, &t)
+        }
+    }
+}
+
+/// Whether `frontend` sends a packet on untranslated: tunnelled where it arrives first, or
+/// delivered by direct server return once out of its tunnel (`decapsulated`).
+fn sends_untranslated(frontend: &FrontendEntry, decapsulated: bool) -> bool {
+    matches!(
+        (frontend.forwarding, decapsulated),
+        (Forwarding::Gre | Forwarding::Ipip, false) | (Forwarding::DsrIpip, _)
+    )
 }
 
 /// An address as 32-bit words for [`flow_hash`].

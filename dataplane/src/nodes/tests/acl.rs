@@ -11,6 +11,8 @@ use crate::policy::{AclDirection, AclTable, PodAcls, PolicyTables};
 
 const CLIENT: &str = "198.18.1.2";
 const SERVER: &str = "198.18.2.2";
+/// The cluster IP of `super::nat::test_service`.
+const VIP: &str = "198.51.100.10";
 
 fn acl(name: &str, rules: &[(&str, Option<u8>, (u16, u16))]) -> Arc<AclTable> {
     let specs: Vec<AclRuleSpec> = rules
@@ -769,17 +771,13 @@ fn an_echo_request_is_no_reply_to_an_echo_request() {
     );
 }
 
-/// Known gap (not fixed): a Service annotated for tunnel forwarding (`gre`, `ipip`, `dsr`)
-/// sends the client's packet to the backend encapsulated, as this node's own packet, so
-/// neither the client's egress ACL nor the backend pod's ingress ACL judges it. Run with
-/// `--ignored` to see it.
-#[test]
-#[ignore = "known gap: tunnel-forwarded Service traffic bypasses NetworkPolicy"]
-fn tunnel_forwarded_service_traffic_meets_the_backends_ingress_acl() {
+/// A Service of one endpoint, the server pod on port 8080, forwarded as `forwarding` says,
+/// over policy `p`.
+fn forwarding_rig(forwarding: switchyard_lb::service::Forwarding, p: PolicyTables) -> Rig {
     use crate::services::Services;
-    use switchyard_lb::service::{CompileOptions, Forwarding, Service, ServiceTable};
+    use switchyard_lb::service::{CompileOptions, Service, ServiceTable};
     let svc = Service {
-        forwarding: Forwarding::Gre,
+        forwarding,
         ..super::nat::test_service(vec![switchyard_lb::service::Endpoint::ready(
             v4(SERVER).into(),
             8080,
@@ -787,20 +785,204 @@ fn tunnel_forwarded_service_traffic_meets_the_backends_ingress_acl() {
         )])
     };
     let (table, _) = ServiceTable::compile(&[svc], &CompileOptions::default());
-    let mut r = rig(one_acl(
-        v4(SERVER),
-        AclDirection::Ingress,
-        acl("server-in", &[]),
-    ));
+    let mut r = rig(p);
     r.tables.services = Some(Arc::new(Services {
         table,
         ..Services::default()
     }));
     r.tables.version = 3;
     r.state.sync_services(&r.tables);
-    let syn = tcp(v4(CLIENT), v4("198.51.100.10"), 40000, 80, TcpFlags::SYN);
-    assert!(
-        from_client(&mut r, &syn).is_empty(),
-        "the server admits nothing, yet the SYN reaches it in a GRE tunnel"
+    r
+}
+
+const TUNNELLED_FORWARDINGS: [switchyard_lb::service::Forwarding; 3] = [
+    switchyard_lb::service::Forwarding::Gre,
+    switchyard_lb::service::Forwarding::Ipip,
+    switchyard_lb::service::Forwarding::DsrIpip,
+];
+
+/// A Service forwarded in a tunnel (`gre`, `ipip`, `dsr`) sends the client's packet to the
+/// backend encapsulated, untranslated, as this node's own packet. NetworkPolicy still
+/// judges it as the connection it is, from the client to the backend's address and port:
+/// the backend pod's ingress ACL and the client pod's egress ACL.
+#[test]
+fn tunnel_forwarded_service_traffic_meets_the_backends_ingress_acl() {
+    for forwarding in TUNNELLED_FORWARDINGS {
+        let mut r = forwarding_rig(
+            forwarding,
+            one_acl(v4(SERVER), AclDirection::Ingress, acl("server-in", &[])),
+        );
+        let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+        assert!(
+            from_client(&mut r, &syn).is_empty(),
+            "{forwarding:?}: the server admits nothing, yet the SYN reached it in a tunnel"
+        );
+        assert_eq!(r.count("ip4-nat", "policy_ingress_denied"), 1);
+        assert_eq!(r.count("ip4-nat", "encapsulated"), 0);
+        assert_eq!(r.state.conntrack.len(), 0, "a denied flow is not tracked");
+        // Judged by the backend's port, not the Service's: 80 admitted is not enough.
+        let mut r = forwarding_rig(
+            forwarding,
+            one_acl(
+                v4(SERVER),
+                AclDirection::Ingress,
+                acl("server-in", &[("198.18.1.0/24", Some(6), (80, 80))]),
+            ),
+        );
+        assert!(from_client(&mut r, &syn).is_empty(), "{forwarding:?}");
+        let mut r = forwarding_rig(
+            forwarding,
+            one_acl(
+                v4(SERVER),
+                AclDirection::Ingress,
+                acl("server-in", &[("198.18.1.0/24", Some(6), (8080, 8080))]),
+            ),
+        );
+        assert_eq!(from_client(&mut r, &syn).len(), 1, "{forwarding:?}");
+        assert_eq!(r.count("ip4-nat", "encapsulated"), 1);
+        // Its later packets take the tunnel too, without a rule check.
+        let ack = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::ACK);
+        assert_eq!(from_client(&mut r, &ack).len(), 1, "{forwarding:?}");
+        assert_eq!(r.count("ip4-nat", "encapsulated"), 2);
+        assert_eq!(
+            r.state.acl_hits[0].rule(0),
+            1,
+            "one rule check, for the SYN"
+        );
+    }
+}
+
+#[test]
+fn tunnel_forwarded_service_traffic_meets_the_clients_egress_acl() {
+    for forwarding in TUNNELLED_FORWARDINGS {
+        // The client may reach 198.18.3.0/24 only: not the backend behind the Service.
+        let mut r = forwarding_rig(
+            forwarding,
+            one_acl(
+                v4(CLIENT),
+                AclDirection::Egress,
+                acl("client-out", &[("198.18.3.0/24", None, (0, 65535))]),
+            ),
+        );
+        let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+        assert!(from_client(&mut r, &syn).is_empty(), "{forwarding:?}");
+        assert_eq!(r.count("ip4-nat", "policy_egress_denied"), 1);
+        // Allowed to the backend's subnet: through, and tracked for the replies.
+        let mut r = forwarding_rig(
+            forwarding,
+            one_acl(
+                v4(CLIENT),
+                AclDirection::Egress,
+                acl("client-out", &[("198.18.2.0/24", Some(6), (8080, 8080))]),
+            ),
+        );
+        assert_eq!(from_client(&mut r, &syn).len(), 1, "{forwarding:?}");
+        assert_eq!(r.state.conntrack.len(), 1);
+    }
+}
+
+/// The backend answers a tunnelled client itself, from the Service's address (direct server
+/// return, or the far node's NAT). A client pod isolated for ingress must get those replies
+/// as replies of the connection it opened.
+#[test]
+fn replies_to_a_tunnelled_flow_reach_a_client_isolated_for_ingress() {
+    for forwarding in TUNNELLED_FORWARDINGS {
+        let mut r = forwarding_rig(
+            forwarding,
+            one_acl(v4(CLIENT), AclDirection::Ingress, acl("client-in", &[])),
+        );
+        let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+        assert_eq!(from_client(&mut r, &syn).len(), 1, "{forwarding:?}");
+        let synack = tcp(
+            v4(VIP),
+            v4(CLIENT),
+            80,
+            40000,
+            TcpFlags::SYN | TcpFlags::ACK,
+        );
+        assert_eq!(
+            from_server(&mut r, &synack).len(),
+            1,
+            "{forwarding:?}: the reply from the Service address was denied"
+        );
+        assert_eq!(r.count("ip4-acl", "established"), 1);
+        // Not a reply: the Service address opening a connection of its own to the client.
+        let other = tcp(v4(VIP), v4(CLIENT), 80, 40001, TcpFlags::SYN);
+        assert!(from_server(&mut r, &other).is_empty(), "{forwarding:?}");
+        assert_eq!(r.count("ip4-acl", "ingress_denied"), 1);
+    }
+}
+
+/// Direct server return, backend side: the packet out of its IP-in-IP tunnel goes to the
+/// local backend unchanged (still to the Service's address), judged by the backend's ingress
+/// ACL as to its own address and port.
+#[test]
+fn direct_server_return_delivery_meets_the_backends_ingress_acl() {
+    use switchyard_lb::service::Forwarding;
+    let outside = v4("203.0.113.5");
+    let inner = tcp(outside, v4(VIP), 40000, 80, TcpFlags::SYN);
+    let tunnelled = ipv4(
+        v4(CLIENT),
+        v4("198.18.1.1"),
+        IpProtocol(4),
+        64,
+        true,
+        &inner,
     );
+    let mut r = forwarding_rig(
+        Forwarding::DsrIpip,
+        one_acl(v4(SERVER), AclDirection::Ingress, acl("server-in", &[])),
+    );
+    assert!(from_client(&mut r, &tunnelled).is_empty());
+    assert_eq!(r.count("ip4-nat", "policy_ingress_denied"), 1);
+    assert_eq!(r.count("ip4-nat", "delivered"), 0);
+    let mut r = forwarding_rig(
+        Forwarding::DsrIpip,
+        one_acl(
+            v4(SERVER),
+            AclDirection::Ingress,
+            acl("server-in", &[("203.0.113.0/24", Some(6), (8080, 8080))]),
+        ),
+    );
+    let out = from_client(&mut r, &tunnelled);
+    assert_eq!(out.len(), 1);
+    assert_eq!(r.count("ip4-nat", "delivered"), 1);
+    // The next packet of the flow is delivered too, without a rule check.
+    let ack = tcp(outside, v4(VIP), 40000, 80, TcpFlags::ACK);
+    let tunnelled = ipv4(v4(CLIENT), v4("198.18.1.1"), IpProtocol(4), 64, true, &ack);
+    assert_eq!(from_client(&mut r, &tunnelled).len(), 1);
+    assert_eq!(r.count("ip4-nat", "delivered"), 2);
+    assert_eq!(r.state.acl_hits[0].rule(0), 1);
+}
+
+/// A tracked tunnelled flow whose Service turns to plain NAT is forgotten at the change:
+/// its next packet is translated as a new connection's, not tunnelled.
+#[test]
+fn a_tunnelled_flow_follows_its_service_when_it_stops_tunnelling() {
+    use crate::services::Services;
+    use switchyard_lb::service::{CompileOptions, Forwarding, ServiceTable};
+    let mut r = forwarding_rig(
+        Forwarding::Gre,
+        one_acl(v4(CLIENT), AclDirection::Ingress, acl("client-in", &[])),
+    );
+    let syn = tcp(v4(CLIENT), v4(VIP), 40000, 80, TcpFlags::SYN);
+    assert_eq!(from_client(&mut r, &syn).len(), 1);
+    assert_eq!(r.state.conntrack.len(), 1);
+    let svc = super::nat::test_service(vec![switchyard_lb::service::Endpoint::ready(
+        v4(SERVER).into(),
+        8080,
+        true,
+    )]);
+    let (table, _) = ServiceTable::compile(&[svc], &CompileOptions::default());
+    r.tables.services = Some(Arc::new(Services {
+        table,
+        ..Services::default()
+    }));
+    r.tables.version += 1;
+    r.state.sync_services(&r.tables);
+    assert_eq!(r.state.conntrack.len(), 0);
+    let out = from_client(&mut r, &syn);
+    assert_eq!(out.len(), 1);
+    assert_eq!(r.count("ip4-nat", "new_connection"), 1);
+    assert_eq!(r.count("ip4-nat", "encapsulated"), 1);
 }
