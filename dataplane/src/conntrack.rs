@@ -756,6 +756,16 @@ impl Conntrack {
             .is_some()
     }
 
+    /// Sets the translation [`Conntrack::lookup_track_v4`] hands back for packets of entry
+    /// `id` travelling `dir` (made from its tuples at insertion); false if `id` is stale. A
+    /// caller that keeps its own meaning for an entry's packets sets
+    /// [`Translation::General`] to be sent off the short path with them.
+    pub fn set_translation(&mut self, id: EntryId, dir: Direction, t: Translation) -> bool {
+        self.live_slot(id)
+            .map(|i| self.slots[i].nat[dir.index()] = t)
+            .is_some()
+    }
+
     /// Sets the mark of entry `id`; false if `id` is stale.
     pub fn set_mark(&mut self, id: EntryId, mark: u32) -> bool {
         self.live_slot(id)

@@ -209,22 +209,17 @@ fn translate_plain4<B: PacketBuffer>(
     };
     match hit.verdict {
         Verdict::Valid => {}
-        // A tunnelled flow is often seen one way only (its backend answers the client
-        // directly): its TCP state does not judge its packets.
-        Verdict::Invalid if hit.user == TUNNELLED => {}
-        Verdict::Invalid => {
-            cx.error(NatError::Invalid);
-            return Next::Drop;
-        }
+        Verdict::Invalid => return invalid_parsed(cx, services, pkt, (hit.id, hit.dir), hit.user),
         Verdict::Stale => return Next::Lookup,
         Verdict::Reopened => return reopen_parsed(cx, services, pkt, hit.id),
     }
     let translated = match translation {
-        Translation::None if hit.user == TUNNELLED => {
-            return follow_untranslated(cx, services, pkt, (hit.id, hit.dir), None)
-        }
         Translation::None => false,
         Translation::Ipv4(rewrite) => rewrite.apply(data, &plain),
+        // A tunnelled flow's packets from the client (see `policy_admits_untranslated`).
+        Translation::General if hit.user == TUNNELLED => {
+            return follow_untranslated(cx, services, pkt, (hit.id, hit.dir), None)
+        }
         Translation::General => rewrite_to_target(&cx.state.conntrack, data, hit.id, hit.dir),
     };
     pkt.meta.conn = Some(hit.id);
@@ -259,6 +254,25 @@ fn start_parsed<B: PacketBuffer>(
         Some(t) => start(cx, services, pkt, &t),
         None => Next::Lookup,
     }
+}
+
+/// A packet the short path found not to fit the TCP state of its connection (entry `id`,
+/// travelling `dir`, caller value `user`): dropped, unless the entry is a tunnelled flow's.
+/// Such a flow is often seen one way only (its backend answers the client directly), so its
+/// TCP state does not judge its packets.
+#[cold]
+fn invalid_parsed<B: PacketBuffer>(
+    cx: &mut Context<'_, B>,
+    services: &Services,
+    pkt: &mut Packet<B>,
+    hit: (EntryId, Direction),
+    user: u32,
+) -> Next {
+    if user == TUNNELLED {
+        return follow_untranslated(cx, services, pkt, hit, None);
+    }
+    cx.error(NatError::Invalid);
+    Next::Drop
 }
 
 /// [`reopen`] for a packet the short path found reopening entry `id`.
@@ -731,6 +745,8 @@ fn policy_admits_untranslated<B: PacketBuffer>(
             match ct.insert(t.key, t.key.reversed(), TUNNELLED, cx.now) {
                 Ok(id) => {
                     ct.track(id, Direction::Original, t.tcp_flags, t.end as u32, cx.now);
+                    // The client's packets leave the short path, to be sent on again.
+                    ct.set_translation(id, Direction::Original, Translation::General);
                     pkt.meta.conn = Some(id);
                 }
                 Err(_) => cx.error(NatError::PolicyTrackFailed),
@@ -753,6 +769,7 @@ fn policy_admits_untranslated<B: PacketBuffer>(
 /// no longer such a Service's, the entry is forgotten and the packet starts over. `t`: the
 /// packet's tuple when the caller has it (a later fragment's has its first one's ports).
 #[cold]
+#[inline(never)]
 fn follow_untranslated<B: PacketBuffer>(
     cx: &mut Context<'_, B>,
     services: &Services,
