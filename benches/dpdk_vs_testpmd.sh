@@ -10,7 +10,8 @@
 #      dpdk-testpmd --forward-mode=mac         (context) rewrites both MACs of every packet
 #   2. dpdk_fwd (switchyard-io example)        Switchyard's DPDK driver alone, no graph
 #   3. switchyard router --dataplane dpdk      ethernet-input, ip4-input (checksum, TTL),
-#                                              FIB lookup of a /16 with two ECMP gateways,
+#                                              FIB lookup of a /16 with two ECMP gateways
+#                                              (GATEWAYS=1: one),
 #                                              ip4-rewrite (TTL, checksum, Ethernet header)
 #
 # One direction only (port 0 -> port 1), one forwarding lcore each. Rates are packets forwarded
@@ -32,6 +33,8 @@
 #                  is in 4 KiB pages, and Switchyard's driver puts its mbuf pool on transparent
 #                  huge pages of its own (DpdkConfig::transparent_huge_pages) while testpmd and
 #                  its PMDs stay on 4 KiB pages; with HUGE_DIR every forwarder has 2 MiB pages.
+#   GATEWAYS       1 or 2 (default 2): the /16's next hops. With 1 there is no path to choose
+#                  and so no flow hash: the plain lookup and rewrite of DPDK's l3fwd
 #   RT_PRIORITY    run every forwarder with this SCHED_FIFO priority (chrt -f, e.g. 50): on a
 #                  machine busy with other work (builds) the forwarding lcore then keeps its
 #                  core, and the rates hold within a few percent from run to run, where
@@ -52,6 +55,11 @@ for c in dpdk-testpmd python3; do
 done
 
 MAC0=02:00:00:00:00:10 MAC1=02:00:00:00:00:11
+case "${GATEWAYS:-2}" in
+  1) ROUTE=198.19.0.0/16=198.18.2.3 ;;
+  2) ROUTE=198.19.0.0/16=198.18.2.3,198.18.2.4 ;;
+  *) echo "GATEWAYS must be 1 or 2" >&2; exit 2 ;;
+esac
 python3 benches/tools/udp_pcap.py "$WORK/in.pcap" "$MAC0" 02:00:00:00:00:c1 256
 
 PORTS="net_pcap0,net_null0"
@@ -128,7 +136,7 @@ echo "switchyard router: forwarding ${PORTS} for ${DURATION}s" >&2
 bounded "$SWITCHYARD" router --dataplane dpdk -i net_pcap0 -i net_null0 \
   --mac "net_pcap0=$MAC0" --mac "net_null0=$MAC1" \
   -a net_pcap0=198.18.1.1/24 -a net_null0=198.18.2.1/24 \
-  -r 198.19.0.0/16=198.18.2.3,198.18.2.4 \
+  -r "$ROUTE" \
   --neighbor net_null0=198.18.2.3,02:00:00:00:00:53 \
   --neighbor net_null0=198.18.2.4,02:00:00:00:00:54 \
   --eal "$(eal_args router "$FWD_LCORE")" \
@@ -157,7 +165,7 @@ if [ "${WORKERS:-1}" -gt 1 ]; then
   bounded "$SWITCHYARD" router --dataplane dpdk -i net_pcap0 -i net_null0 --workers "$WORKERS" \
     --mac "net_pcap0=$MAC0" --mac "net_null0=$MAC1" \
     -a net_pcap0=198.18.1.1/24 -a net_null0=198.18.2.1/24 \
-    -r 198.19.0.0/16=198.18.2.3,198.18.2.4 \
+    -r "$ROUTE" \
     --neighbor net_null0=198.18.2.3,02:00:00:00:00:53 \
     --neighbor net_null0=198.18.2.4,02:00:00:00:00:54 \
     --eal "$EAL_COMMON --file-prefix sy_bench_multi_$$ -l $LCORES --vdev net_pcap0${QUEUES},infinite_rx=1 --vdev net_null0,no-rx=1" \
@@ -169,7 +177,7 @@ fi
 # --- table -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$TESTPMD_MPPS" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "DPDK, 64-byte IPv4/UDP, net_pcap0 (infinite_rx) -> net_null0, ${DURATION}s each, one lcore, $MEMORY${RT_PRIORITY:+, SCHED_FIFO $RT_PRIORITY}"
+echo "DPDK, 64-byte IPv4/UDP, net_pcap0 (infinite_rx) -> net_null0, ${DURATION}s each, one lcore, $MEMORY${RT_PRIORITY:+, SCHED_FIFO $RT_PRIORITY}, ${GATEWAYS:-2} gateway(s)"
 printf '| %-44s | %8s | %10s |\n' "forwarder" "Mpps" "vs testpmd"
 printf '| %-44s | %8s | %10s |\n' "--------------------------------------------" "--------" "----------"
 printf '| %-44s | %8s | %10s |\n' "dpdk-testpmd --forward-mode=io" "$TESTPMD_MPPS" "1.00"
