@@ -5,12 +5,16 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::{prerequisites, run_bounded, skip_or_fail, text, wait_bounded};
 
 /// The longest any Switchyard instance of the lab runs (`timeout(1)` kills it after that).
 const AGENT_MAX_SECS: &str = "150";
+
+/// Numbers the labs of a test process: its tests run in parallel, each with a lab of its own.
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub struct EdgeLab {
     pub prefix: String,
@@ -32,7 +36,8 @@ impl EdgeLab {
             skip_or_fail(test, &reason);
             return None;
         }
-        let prefix = format!("sy{}t90", std::process::id());
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("sy{}t9{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("switchyard-edge-{prefix}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("scratch dir");
