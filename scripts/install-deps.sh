@@ -27,6 +27,12 @@ PACKAGES=(
   # libcharon-extra-plugins), swanctl, and the crypto plugins its proposals need
   strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins
   libcharon-extra-plugins
+  # IPsec peer (proxy/tests/ipsec_libreswan.rs): libreswan's pluto, a second IKEv2
+  # implementation. Debian's `libreswan` package conflicts with strongSwan's (installing it
+  # removes strongswan-charon, -libcharon and -starter), so it is unpacked below instead of
+  # installed; these are the libraries and tools it needs (certutil for its NSS database).
+  libnss3-tools libnss3 libnspr4 libcurl3-nss libevent-core-2.1-7 libevent-pthreads-2.1-7
+  libldap-2.5-0 libldns3 libunbound8 libcap-ng0 libaudit1 libpam0g dns-root-data
 )
 
 missing=()
@@ -58,6 +64,31 @@ if [ "${#missing[@]}" -gt 0 ]; then
         systemctl disable --quiet "$unit.service" || true
       fi
     done
+  fi
+fi
+
+# libreswan 4.10 for proxy/tests/ipsec_libreswan.rs, beside strongSwan: Debian's package is
+# downloaded and unpacked into /opt/libreswan, never installed, so none of its package
+# scripts run (no ipsec.service enabled or started, no pluto in the root namespace, no
+# /etc/ipsec.* of its own); the tests start pluto themselves in a lab namespace. pluto looks
+# for its helpers (addconn) in /usr/libexec/ipsec, a path compiled in: a link points there
+# unless something else (the real package, where strongSwan is not needed) already has it.
+LIBRESWAN_VERSION=4.10
+if [ ! -x /usr/libexec/ipsec/pluto ]; then
+  echo "install-deps: unpacking libreswan into /opt/libreswan"
+  export DEBIAN_FRONTEND=noninteractive
+  deb_dir=$(mktemp -d)
+  chmod 755 "$deb_dir"
+  if ! (cd "$deb_dir" && apt-get download -q "libreswan=$LIBRESWAN_VERSION*" 2>/dev/null); then
+    apt-get update -q
+    (cd "$deb_dir" && apt-get download -q "libreswan=$LIBRESWAN_VERSION*")
+  fi
+  rm -rf /opt/libreswan
+  dpkg-deb -x "$deb_dir"/libreswan_*.deb /opt/libreswan
+  rm -rf "$deb_dir"
+  if [ ! -e /usr/libexec/ipsec ]; then
+    mkdir -p /usr/libexec
+    ln -s /opt/libreswan/usr/libexec/ipsec /usr/libexec/ipsec
   fi
 fi
 

@@ -228,10 +228,7 @@ impl Credentials {
 
     /// Our certificate's subject as an ASN.1 DN identity.
     pub fn subject_identity(&self) -> Identification {
-        Identification {
-            kind: id_type::DER_ASN1_DN,
-            data: self.subject_der.clone(),
-        }
+        Identification::new(id_type::DER_ASN1_DN, self.subject_der.clone())
     }
 
     /// The CERT payloads: our certificate, then the intermediates.

@@ -63,30 +63,18 @@ impl Identity {
 
     pub fn to_wire(&self) -> Identification {
         match self {
-            Self::Address(IpAddr::V4(a)) => Identification {
-                kind: id_type::IPV4_ADDR,
-                data: a.octets().to_vec(),
-            },
-            Self::Address(IpAddr::V6(a)) => Identification {
-                kind: id_type::IPV6_ADDR,
-                data: a.octets().to_vec(),
-            },
-            Self::Fqdn(name) => Identification {
-                kind: id_type::FQDN,
-                data: name.as_bytes().to_vec(),
-            },
-            Self::Email(name) => Identification {
-                kind: id_type::RFC822_ADDR,
-                data: name.as_bytes().to_vec(),
-            },
-            Self::KeyId(bytes) => Identification {
-                kind: id_type::KEY_ID,
-                data: bytes.clone(),
-            },
-            Self::Dn(der) => Identification {
-                kind: id_type::DER_ASN1_DN,
-                data: der.clone(),
-            },
+            Self::Address(IpAddr::V4(a)) => {
+                Identification::new(id_type::IPV4_ADDR, a.octets().to_vec())
+            }
+            Self::Address(IpAddr::V6(a)) => {
+                Identification::new(id_type::IPV6_ADDR, a.octets().to_vec())
+            }
+            Self::Fqdn(name) => Identification::new(id_type::FQDN, name.as_bytes().to_vec()),
+            Self::Email(name) => {
+                Identification::new(id_type::RFC822_ADDR, name.as_bytes().to_vec())
+            }
+            Self::KeyId(bytes) => Identification::new(id_type::KEY_ID, bytes.clone()),
+            Self::Dn(der) => Identification::new(id_type::DER_ASN1_DN, der.clone()),
         }
     }
 }

@@ -367,10 +367,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn id(name: &str) -> Identification {
-        Identification {
-            kind: id_type::FQDN,
-            data: name.as_bytes().to_vec(),
-        }
+        Identification::new(id_type::FQDN, name.as_bytes().to_vec())
     }
 
     fn ip(s: &str) -> IpAddr {

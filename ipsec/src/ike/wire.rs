@@ -253,16 +253,51 @@ impl Notify {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// An ID payload (RFC 7296 section 3.5).
+///
+/// Its three RESERVED octets are kept as received: the identity ignores them (two IDs that
+/// differ only there are equal, section 3.5: "MUST be ignored on receipt"), but AUTH covers
+/// the payload body as the peer sent it, RESERVED included (section 2.15:
+/// `RestOfInitIDPayload = IDType | RESERVED | InitIDData`). A peer that sets them (libreswan's
+/// `send-nonzero-reserved-id` does) must still authenticate. Ours are zero.
+#[derive(Debug, Clone)]
 pub struct Identification {
     pub kind: u8,
     pub data: Vec<u8>,
+    /// The RESERVED octets after the ID type: zero in what we send.
+    pub reserved: [u8; 3],
+}
+
+impl PartialEq for Identification {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.data == other.data
+    }
+}
+
+impl Eq for Identification {}
+
+impl std::hash::Hash for Identification {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+        self.data.hash(state);
+    }
 }
 
 impl Identification {
-    /// The payload body after the generic header, as AUTH signs it (RFC 7296 section 2.15).
+    /// An identity of ID type `kind`, RESERVED zero (as we send it).
+    pub fn new(kind: u8, data: Vec<u8>) -> Self {
+        Self {
+            kind,
+            data,
+            reserved: [0; 3],
+        }
+    }
+
+    /// The payload body after the generic header, RESERVED as received: what AUTH signs
+    /// (RFC 7296 section 2.15) and what goes on the wire.
     pub fn body(&self) -> Vec<u8> {
-        let mut out = vec![self.kind, 0, 0, 0];
+        let mut out = vec![self.kind];
+        out.extend_from_slice(&self.reserved);
         out.extend_from_slice(&self.data);
         out
     }
@@ -511,10 +546,11 @@ fn parse_payload(kind: u8, critical: bool, body: &[u8]) -> Result<Payload, Parse
         }
         t::IDI | t::IDR => {
             let id_kind = r.u8()?;
-            r.take(3)?;
+            let reserved = r.take(3)?;
             let id = Identification {
                 kind: id_kind,
                 data: r.rest().to_vec(),
+                reserved: [reserved[0], reserved[1], reserved[2]],
             };
             if kind == t::IDI {
                 Payload::IdI(id)
@@ -885,10 +921,7 @@ mod tests {
             },
             Payload::Nonce(vec![7; 32]),
             Payload::Notify(Notify::new(notify::NAT_DETECTION_SOURCE_IP, vec![1; 20])),
-            Payload::IdI(Identification {
-                kind: id_type::FQDN,
-                data: b"a.example".to_vec(),
-            }),
+            Payload::IdI(Identification::new(id_type::FQDN, b"a.example".to_vec())),
             Payload::Auth {
                 method: AUTH_METHOD_PSK,
                 data: vec![3; 32],
@@ -976,6 +1009,35 @@ mod tests {
         // Nonce too short.
         let short = Message::emit(header(), &[Payload::Nonce(vec![1; 15])]);
         assert!(Message::parse(&short).is_err());
+    }
+
+    #[test]
+    fn id_reserved_octets_are_kept_for_auth_and_ignored_for_the_identity() {
+        // An IDi as libreswan sends it with `--impair send-nonzero-reserved-id`: ID_FQDN,
+        // RESERVED 00 00 01 (RFC 7296 section 3.5: sent as zero, ignored on receipt).
+        let mut body = vec![id_type::FQDN, 0, 0, 1];
+        body.extend_from_slice(b"ls.example");
+        let mut bytes = Message::emit(header(), &[]);
+        bytes[16] = payload_type::IDI;
+        bytes.extend_from_slice(&[0, 0]);
+        bytes.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
+        bytes.extend_from_slice(&body);
+        let total = bytes.len() as u32;
+        bytes[24..28].copy_from_slice(&total.to_be_bytes());
+        let parsed = Message::parse(&bytes).unwrap();
+        let Payload::IdI(id) = &parsed.payloads[0] else {
+            panic!("{:?}", parsed.payloads);
+        };
+        // AUTH covers IDType | RESERVED | data as received (section 2.15).
+        assert_eq!(id.body(), body);
+        assert_eq!(id.reserved, [0, 0, 1]);
+        // The identity is the same as with RESERVED zero.
+        let plain = Identification::new(id_type::FQDN, b"ls.example".to_vec());
+        assert_eq!(*id, plain);
+        assert_eq!(plain.body()[1..4], [0, 0, 0]);
+        // What we send has RESERVED zero.
+        let ours = Message::emit(header(), &[Payload::IdI(plain)]);
+        assert_eq!(ours[HEADER_LEN + 5..HEADER_LEN + 8], [0, 0, 0]);
     }
 
     proptest! {

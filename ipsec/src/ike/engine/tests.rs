@@ -16,6 +16,7 @@ mod initial_contact;
 mod nat_and_proposals;
 mod negative;
 mod reconfigure;
+mod reserved_id_octets;
 mod rfc7296_negative;
 mod rfc7296_review;
 
