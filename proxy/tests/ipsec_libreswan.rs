@@ -72,19 +72,7 @@ struct Pluto {
 impl Pluto {
     fn start(test: &str) -> Option<Pluto> {
         let lab = Lab::new(test, &[PLUTO, WHACK, ADDCONN, "certutil"])?;
-        let server = lab.ns(Ns::Server);
-        lab.exec_ok(
-            Ns::Node,
-            &format!("ip link add ike0 type veth peer name ike0 netns {server}"),
-        );
-        lab.exec_ok(
-            Ns::Node,
-            &format!("ip addr add {SY_ADDR}/24 dev ike0 && ip link set ike0 up"),
-        );
-        lab.exec_ok(
-            Ns::Server,
-            &format!("ip addr add {LS_ADDR}/24 dev ike0 && ip link set ike0 up"),
-        );
+        lab.ike_link(SY_ADDR, LS_ADDR);
         let dir = lab.dir.join("libreswan");
         for sub in ["nss", "run", "ipsec.d", "dump"] {
             fs::create_dir_all(dir.join(sub)).expect("mkdir libreswan");
@@ -174,27 +162,10 @@ impl Pluto {
     /// Replaces connection `sy` by `conn`.
     fn load(&self, conn: &Conn) {
         let _ = self.whack("--delete --name sy");
-        let file = self.dir.join("sy.conf");
-        fs::write(&file, conn.render()).expect("write sy.conf");
-        let out = self.lab.exec_t(
-            Ns::Server,
-            &format!(
-                "{ADDCONN} --ctlsocket {} --config {} sy",
-                self.ctl.display(),
-                file.display()
-            ),
-            Duration::from_secs(30),
-        );
-        assert!(
-            out.status.success(),
-            "addconn failed:\n{}{}\n{}",
-            text(&out.stdout),
-            text(&out.stderr),
-            self.log()
-        );
+        self.add_named("sy", conn);
     }
 
-    /// Adds connection `name` from `conn` (beside `sy`).
+    /// Adds `conn` to pluto as connection `name`.
     fn add_named(&self, name: &str, conn: &Conn) {
         let file = self.dir.join(format!("{name}.conf"));
         let text_ = conn
@@ -212,9 +183,10 @@ impl Pluto {
         );
         assert!(
             out.status.success(),
-            "addconn {name} failed:\n{}{}",
+            "addconn {name} failed:\n{}{}\n{}",
             text(&out.stdout),
-            text(&out.stderr)
+            text(&out.stderr),
+            self.log()
         );
     }
 

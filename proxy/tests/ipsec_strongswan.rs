@@ -82,20 +82,7 @@ impl Peer {
     /// [`Peer::start`] with more settings in strongswan.conf's `charon` section.
     fn start_with(test: &str, charon_extra: &str) -> Option<Peer> {
         let lab = Lab::new(test, &[CHARON, "swanctl", "unshare", "mount"])?;
-        // The IKE link, inside the lab's namespaces only.
-        let server = lab.ns(Ns::Server);
-        lab.exec_ok(
-            Ns::Node,
-            &format!("ip link add ike0 type veth peer name ike0 netns {server}"),
-        );
-        lab.exec_ok(
-            Ns::Node,
-            &format!("ip addr add {SY_ADDR}/24 dev ike0 && ip link set ike0 up"),
-        );
-        lab.exec_ok(
-            Ns::Server,
-            &format!("ip addr add {SS_ADDR}/24 dev ike0 && ip link set ike0 up"),
-        );
+        lab.ike_link(SY_ADDR, SS_ADDR);
         Some(Self::start_in_with(lab, SY_ADDR, SS_ADDR, charon_extra))
     }
 

@@ -312,6 +312,24 @@ impl Lab {
         text(&out.stdout)
     }
 
+    /// Joins the node namespace (`node_addr`) to the server namespace (`server_addr`, both
+    /// `/24`s) by a veth pair `ike0`, for an IKE peer run in the server namespace.
+    pub fn ike_link(&self, node_addr: &str, server_addr: &str) {
+        let server = self.ns(Ns::Server);
+        self.exec_ok(
+            Ns::Node,
+            &format!("ip link add ike0 type veth peer name ike0 netns {server}"),
+        );
+        self.exec_ok(
+            Ns::Node,
+            &format!("ip addr add {node_addr}/24 dev ike0 && ip link set ike0 up"),
+        );
+        self.exec_ok(
+            Ns::Server,
+            &format!("ip addr add {server_addr}/24 dev ike0 && ip link set ike0 up"),
+        );
+    }
+
     /// Starts `cmd` in the background in a namespace, bounded by `timeout` (the returned pid is
     /// that of `timeout(1)`, which passes SIGTERM on). Output goes to files in the lab dir.
     pub fn spawn(&self, ns: Ns, name: &str, cmd: &str, timeout: Duration) -> Child {
