@@ -33,6 +33,11 @@ PACKAGES=(
   # installed; these are the libraries and tools it needs (certutil for its NSS database).
   libnss3-tools libnss3 libnspr4 libcurl3-nss libevent-core-2.1-7 libevent-pthreads-2.1-7
   libldap-2.5-0 libldns3 libunbound8 libcap-ng0 libaudit1 libpam0g dns-root-data
+  # IPsec peer (proxy/tests/ipsec_openiked.rs): OpenIKED's iked and ikectl, a third IKEv2
+  # implementation. No conflict with strongSwan; its postinst makes /etc/iked/private/local.key
+  # (iked loads it even for PSK). Its service stays off (below); the test starts iked itself,
+  # with a PF_KEY stand-in it compiles with cc (this kernel has no PF_KEY).
+  openiked
 )
 
 missing=()
@@ -56,10 +61,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
   if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-  # openbgpd and exabgp enable their services for the next boot; the tests start daemons of
-  # their own, so keep the system ones from starting then.
+  # openbgpd, exabgp and openiked enable their services for the next boot; the tests start
+  # daemons of their own, so keep the system ones from starting then.
   if [ -d /run/systemd/system ]; then
-    for unit in openbgpd exabgp; do
+    for unit in openbgpd exabgp openiked; do
       if printf '%s\n' "${missing[@]}" | grep -qx "$unit"; then
         systemctl disable --quiet "$unit.service" || true
       fi
