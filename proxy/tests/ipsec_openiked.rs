@@ -35,6 +35,8 @@ mod config;
 #[allow(dead_code)]
 #[path = "../src/ipsec/daemon.rs"]
 mod daemon;
+#[path = "common/ike.rs"]
+mod ike;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,7 @@ use std::time::{Duration, Instant};
 use common::{text, Lab, Ns};
 use config::Resources;
 use daemon::{Command, Daemon, Event};
+use ike::Shell;
 use switchyard_ipsec::ike::{ChildSaInstall, Failure};
 
 const IKED: &str = "/usr/sbin/iked";
@@ -236,67 +239,18 @@ const OURS: Ours = Ours {
 
 impl Ours {
     fn resources(&self) -> Resources {
-        let mode = if self.we_initiate { "start" } else { "add" };
-        let yaml = format!(
-            r#"apiVersion: batch.sdewan.akraino.org/v1alpha1
-kind: IpsecProposal
-metadata:
-  name: ike-proposal
-spec:
-  encryption_algorithm: "{ike}"
-  hash_algorithm: ""
-  dh_group: ""
----
-apiVersion: batch.sdewan.akraino.org/v1alpha1
-kind: IpsecSite
-metadata:
-  name: site
-spec:
-  remote: {OI_ADDR}
-  local_identifier: ""
-  remote_identifier: "{OI_ADDR}"
-  authentication_method: psk
-  pre_shared_key: "{psk}"
-  crypto_proposal: [ike-proposal]
-  connections:
-    - name: net
-      conn_type: tunnel
-      mode: {mode}
-      local_subnet: {SY_NET}
-      remote_subnet: {OI_NET}
-      crypto_proposal: ["{esp}"]
-"#,
-            ike = self.ike,
-            esp = self.esp,
-            psk = self.psk,
-        );
-        let mut r = Resources::default();
-        r.add_text(Path::new("case.yaml"), &yaml)
-            .expect("the test's SD-EWAN resources parse");
-        r
-    }
-}
-
-/// Runs shell commands in iked's namespace from the daemon's thread.
-#[derive(Clone)]
-struct Shell {
-    ns: String,
-}
-
-impl Shell {
-    async fn run(&self, cmd: String) -> String {
-        let ns = self.ns.clone();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new("timeout")
-                .args([
-                    "-k", "2", "40", "ip", "netns", "exec", &ns, "sh", "-c", &cmd,
-                ])
-                .output()
-                .map(|o| format!("{}{}", text(&o.stdout), text(&o.stderr)))
-                .unwrap_or_else(|e| format!("cannot run: {e}"))
-        })
-        .await
-        .unwrap_or_default()
+        ike::Site {
+            remote: OI_ADDR,
+            local_id: "",
+            remote_id: OI_ADDR,
+            psk: self.psk,
+            ike: self.ike,
+            esp: self.esp,
+            start: self.we_initiate,
+            local_subnet: SY_NET,
+            remote_subnet: OI_NET,
+        }
+        .resources()
     }
 }
 
