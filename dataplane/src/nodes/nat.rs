@@ -601,18 +601,15 @@ fn new_connection<B: PacketBuffer>(
     let Some(backend) = backend else {
         return reject(cx, pkt, t);
     };
-    match (frontend.forwarding, pkt.meta.decapsulated) {
-        (Forwarding::Nat, _) | (Forwarding::Gre | Forwarding::Ipip, true) => {}
-        untranslated => {
-            if !policy_admits_untranslated(cx, pkt, t, backend) {
-                return Next::Drop;
-            }
-            return match untranslated {
-                (Forwarding::DsrIpip, true) => deliver(cx, pkt, backend.addr),
-                (Forwarding::Gre, _) => encapsulate(cx, pkt, t, TunnelKind::Gre, backend.addr),
-                _ => encapsulate(cx, pkt, t, TunnelKind::Ipip, backend.addr),
-            };
+    if sends_untranslated(frontend, pkt.meta.decapsulated) {
+        if !policy_admits_untranslated(cx, pkt, t, backend) {
+            return Next::Drop;
         }
+        return match (frontend.forwarding, pkt.meta.decapsulated) {
+            (Forwarding::DsrIpip, true) => deliver(cx, pkt, backend.addr),
+            (Forwarding::Gre, _) => encapsulate(cx, pkt, t, TunnelKind::Gre, backend.addr),
+            _ => encapsulate(cx, pkt, t, TunnelKind::Ipip, backend.addr),
+        };
     }
     // kube-proxy's --masquerade-all covers cluster IPs only; NodePorts, external and
     // load-balancer IPs follow their externalTrafficPolicy, so Local keeps the client address.
